@@ -1,0 +1,152 @@
+"""From options to an ordered list of passes, and the ``compress`` entry point behind the CLI.
+
+Size accounting: a weight of N float32 values costs 4N bytes before and its record's length after (header,
+codebook, Huffman tables and coded indices); the file ratio compares the input file with the output model
+plus its sidecar.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from passes import CompressionState, PackWeightsPass, Pipeline, PruneWeightsPass, SelectWeightsPass, ShareWeightsPass
+from passes.base import DOMAIN, DOMAIN_VERSION
+from passes.pack_weights import RECORD_SUFFIX
+
+from . import model_io
+from .errors import InvalidOptionError, UnsupportedModelError
+
+log = logging.getLogger("onnxcomp")
+
+# Defaults chosen from docs/benchmarks.md (bundled LeNet-300-100): see the user guide for the reasoning.
+DEFAULT_BITS = {"conv": 5, "fc": 3, "embedding": 6}
+DEFAULT_SPARSITY = {"conv": 0.0, "fc": 0.5, "embedding": 0.0}
+
+
+@dataclass
+class LayerReport:
+    name: str
+    kind: str
+    shape: list[int]
+    params: int
+    sparsity: float
+    codebook_size: int
+    bits: int
+    bytes_before: int
+    bytes_after: int
+
+    @property
+    def ratio(self) -> float:
+        return self.bytes_before / max(self.bytes_after, 1)
+
+
+@dataclass
+class Report:
+    input_path: str
+    output_path: str
+    sidecar_path: str | None
+    input_bytes: int
+    output_bytes: int
+    layers: list[LayerReport] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    accuracy_before: float | None = None
+    accuracy_after: float | None = None
+
+    @property
+    def ratio(self) -> float:
+        return self.input_bytes / max(self.output_bytes, 1)
+
+    @property
+    def modified(self) -> bool:
+        return bool(self.layers)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["ratio"] = self.ratio
+        for layer, entry in zip(self.layers, data["layers"]):
+            entry["ratio"] = layer.ratio
+        return data
+
+
+def build_pipeline(*, prune: str = "magnitude", sparsity=None, scope: str = "layer", bits=None,
+                   init: str = "quantile", min_elements: int = 1024, seed: int = 0) -> Pipeline:
+    """The pass list for the given options (``None`` means the per-kind defaults)."""
+    if min_elements < 1:
+        raise InvalidOptionError(f"min-elements {min_elements} must be at least 1")
+    return Pipeline([
+        SelectWeightsPass(min_elements=min_elements),
+        PruneWeightsPass(method=prune, sparsity=DEFAULT_SPARSITY if sparsity is None else sparsity, scope=scope),
+        ShareWeightsPass(bits=DEFAULT_BITS if bits is None else bits, init=init, seed=seed),
+        PackWeightsPass(),
+    ])
+
+
+def compress_model(model: onnx.ModelProto, **options) -> tuple[onnx.ModelProto, CompressionState]:
+    """Compress an in-memory model; returns the rewritten model (records still inline) and the state."""
+    model_io.constants_to_initializers(model.graph)
+    try:
+        graph = gs.import_onnx(model)
+    except Exception as error:  # graphsurgeon raises many types on malformed graphs
+        raise UnsupportedModelError(f"the graph cannot be read: {error}") from error
+    state = CompressionState(graph)
+    build_pipeline(**options)(state)
+    if not state.targets:
+        return model, state
+    exported = gs.export_onnx(graph)
+    exported.ir_version = model.ir_version
+    del exported.opset_import[:]
+    exported.opset_import.extend(o for o in model.opset_import if o.domain != DOMAIN)
+    exported.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+    for key in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(exported, key, getattr(model, key))
+    exported.metadata_props.extend(model.metadata_props)
+    exported.functions.extend(model.functions)
+    return exported, state
+
+
+def compress(input_path: str, output_path: str, *, eval_data: str | None = None, **options) -> Report:
+    """Compress ``input_path`` into ``output_path`` plus its sidecar; the Python face of ``onnxcomp compress``."""
+    input_path, output_path = os.fspath(input_path), os.fspath(output_path)
+    build_pipeline(**options)  # validate options before any work
+    model_io.check_output_path(input_path, output_path)
+    model = model_io.load_model(input_path)
+    compressed, state = compress_model(model, **options)
+    records = [(t.name, t.name + RECORD_SUFFIX, t.record, t.transposed) for t in state.targets]
+    sidecar_file = model_io.write_compressed(compressed, records, output_path)
+    output_bytes = os.path.getsize(output_path) + (os.path.getsize(sidecar_file) if sidecar_file else 0)
+    report = Report(input_path, output_path, sidecar_file, _model_bytes(input_path), output_bytes, skipped=state.skipped)
+    for t in state.targets:
+        report.layers.append(LayerReport(t.name, t.kind, list(t.shape), t.size, round(t.sparsity, 6), len(t.codebook),
+                                         t.bits, 4 * t.size, len(t.record)))
+    if eval_data:
+        from .evaluate import accuracy
+        report.accuracy_before = accuracy(input_path, eval_data)
+        report.accuracy_after = accuracy(output_path, eval_data, compressed=True)
+    return report
+
+
+def _model_bytes(path: str) -> int:
+    """The model file plus the external data files it references."""
+    total = os.path.getsize(path)
+    model = onnx.load(path, load_external_data=False)
+    folder = os.path.dirname(os.path.abspath(path))
+    locations = {entry.value for t in model.graph.initializer for entry in t.external_data if entry.key == "location"}
+    return total + sum(os.path.getsize(os.path.join(folder, loc)) for loc in locations if os.path.isfile(os.path.join(folder, loc)))
+
+
+def decoded_weights(sidecar_file: str) -> dict[str, np.ndarray]:
+    """Every weight of a sidecar decoded by the numpy reference decoder, in its original orientation."""
+    from . import sidecar
+    weights = {}
+    with open(sidecar_file, "rb") as f:
+        data = f.read()
+    for entry in sidecar.read_directory(sidecar_file):
+        dense = sidecar.decode_record(data[entry.offset:entry.offset + entry.length]).to_dense()
+        weights[entry.name] = dense.T if entry.transposed else dense
+    return weights

@@ -1,0 +1,17 @@
+"""Graph passes of the onnxcomp pipeline: select weights, prune, share (codebooks), pack (rewrite + records).
+
+Each pass is a small class named VerbNounPass with keyword-only options; calling it on a
+``CompressionState`` returns a ``PassResult`` whose ``modified`` flag says whether it changed anything.
+``Pipeline`` runs a list of passes in order.
+"""
+
+from .base import CompressionState, PassResult, Pipeline, WeightTarget
+from .pack_weights import PackWeightsPass
+from .prune_weights import PruneWeightsPass
+from .select_weights import SelectWeightsPass
+from .share_weights import ShareWeightsPass
+
+__all__ = [
+    "CompressionState", "PassResult", "Pipeline", "WeightTarget",
+    "SelectWeightsPass", "PruneWeightsPass", "ShareWeightsPass", "PackWeightsPass",
+]

@@ -1,0 +1,89 @@
+"""Pass infrastructure: the state passes share, their result type, and the pipeline that runs them."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+log = logging.getLogger("onnxcomp")
+
+DOMAIN = "ai.onnxcomp"
+DOMAIN_VERSION = 1
+
+
+@dataclass
+class WeightTarget:
+    """One weight tensor chosen for compression and what the passes decided for it."""
+
+    name: str
+    constant: gs.Constant
+    kind: str  # "conv", "fc" or "embedding": selects per-kind defaults
+    uses: list[tuple[gs.Node, int]]  # (consumer node, input slot)
+    keep: np.ndarray | None = None  # pruning mask, True = kept
+    codebook: np.ndarray | None = None
+    indices: np.ndarray | None = None
+    bits: int | None = None
+    record: bytes | None = None
+    transposed: bool = False
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.constant.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def values(self) -> np.ndarray:
+        return np.asarray(self.constant.values, dtype=np.float32)
+
+    @property
+    def sparsity(self) -> float:
+        return 0.0 if self.keep is None or self.size == 0 else 1.0 - float(self.keep.mean())
+
+    def decoded(self) -> np.ndarray:
+        """The weight as the compressed model computes it, in the original orientation."""
+        return self.codebook[self.indices].reshape(self.shape).astype(np.float32)
+
+
+@dataclass
+class CompressionState:
+    graph: gs.Graph
+    targets: list[WeightTarget] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (tensor, reason)
+
+
+@dataclass
+class PassResult:
+    modified: bool
+    message: str = ""
+
+
+class GraphPass:
+    """Base class: ``check`` states preconditions (a broken contract raises), ``run`` does the work."""
+
+    def __call__(self, state: CompressionState) -> PassResult:
+        self.check(state)
+        result = self.run(state)
+        log.debug("%s: modified=%s %s", type(self).__name__, result.modified, result.message)
+        return result
+
+    def check(self, state: CompressionState) -> None:  # pragma: no cover - default: no preconditions
+        pass
+
+    def run(self, state: CompressionState) -> PassResult:
+        raise NotImplementedError
+
+
+class Pipeline:
+    """Runs passes in order on one state; returns each pass's result."""
+
+    def __init__(self, passes: list[GraphPass]) -> None:
+        self.passes = list(passes)
+
+    def __call__(self, state: CompressionState) -> list[PassResult]:
+        return [compression_pass(state) for compression_pass in self.passes]

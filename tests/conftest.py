@@ -1,0 +1,56 @@
+"""Shared helpers: tiny seeded models and runners for the original and the compressed form."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxcomp
+from onnxcomp.pipeline import decoded_weights
+
+
+def make_model(nodes, inputs, outputs, initializers, opset=17) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "test", inputs, outputs, initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def float_input(name, shape):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def weight(rng, name, shape, scale=1.0):
+    return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+
+def run_plain(model_or_path, feeds):
+    source = model_or_path.SerializeToString() if isinstance(model_or_path, onnx.ModelProto) else str(model_or_path)
+    return ort.InferenceSession(source, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def run_compressed(path, feeds):
+    return onnxcomp.InferenceSession(str(path)).run(None, feeds)
+
+
+def reference_model(original: onnx.ModelProto, sidecar_file: str) -> onnx.ModelProto:
+    """The original graph with each compressed weight replaced by the numpy decoder's output."""
+    decoded = decoded_weights(sidecar_file)
+    model = onnx.ModelProto()
+    model.CopyFrom(original)
+    for tensor in model.graph.initializer:
+        if tensor.name in decoded:
+            tensor.CopyFrom(numpy_helper.from_array(decoded.pop(tensor.name), tensor.name))
+    for node in list(model.graph.node):  # weights that were Constant nodes
+        if node.op_type == "Constant" and node.output[0] in decoded:
+            node.attribute[0].t.CopyFrom(numpy_helper.from_array(decoded.pop(node.output[0]), node.output[0]))
+    assert not decoded, f"sidecar names not found in the original: {list(decoded)}"
+    return model
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)

@@ -1,0 +1,102 @@
+"""The command line: success output, and bad input giving a one-line error, a non-zero exit, nothing lost."""
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from conftest import float_input, make_model, weight
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLED = ROOT / "models" / "lenet300_fashion.onnx"
+BUNDLED_EVAL = ROOT / "models" / "fashion_eval.npz"
+
+
+def onnxcomp(*args):
+    # Run outside the checkout so that the installed package (with its built library) is the one imported.
+    return subprocess.run([sys.executable, "-m", "onnxcomp", *map(str, args)], capture_output=True, text=True, cwd=ROOT.parent)
+
+
+@pytest.fixture
+def small_model(tmp_path, rng):
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [float_input("x", ["n", 64])],
+                       [float_input("y", ["n", 32])], [weight(rng, "w", (64, 32))])
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def digest(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_compress_bundled_model_prints_ratio_and_accuracy(tmp_path):
+    result = onnxcomp("compress", BUNDLED, tmp_path / "small.onnx", "--eval", BUNDLED_EVAL, "--report", tmp_path / "r.json")
+    assert result.returncode == 0, result.stderr
+    assert "smaller" in result.stdout and "top-1 accuracy" in result.stdout
+    assert (tmp_path / "small.onnxcomp").is_file()
+    import json
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["ratio"] > 8  # magnitude pruning + 5-bit codebooks on LeNet-300-100
+    assert report["accuracy_before"] - report["accuracy_after"] <= 0.01
+
+
+def expect_error(result, *words):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    message = result.stderr.strip()
+    for word in words:
+        assert word in message, message
+
+
+def test_not_an_onnx_file(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"this is not a model at all \x00\xff" * 10)
+    before = digest(bad)
+    expect_error(onnxcomp("compress", bad, tmp_path / "out.onnx"), "not a valid ONNX model")
+    assert digest(bad) == before and not (tmp_path / "out.onnx").exists()
+
+
+def test_missing_input(tmp_path):
+    expect_error(onnxcomp("compress", tmp_path / "nope.onnx", tmp_path / "out.onnx"), "no such file")
+
+
+def test_output_equal_to_input(small_model):
+    before = digest(small_model)
+    expect_error(onnxcomp("compress", small_model, small_model), "is the input")
+    assert digest(small_model) == before
+
+
+def test_output_folder_missing(small_model, tmp_path):
+    expect_error(onnxcomp("compress", small_model, tmp_path / "no" / "out.onnx"), "does not exist")
+
+
+@pytest.mark.parametrize("option", [["--bits", "0"], ["--bits", "17"], ["--sparsity", "1.5"], ["--fc-bits", "20"]])
+def test_invalid_option_values(small_model, tmp_path, option):
+    result = onnxcomp("compress", small_model, tmp_path / "out.onnx", *option)
+    assert result.returncode == 2  # usage error
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_eval_data_with_a_missing_input(small_model, tmp_path):
+    data = tmp_path / "d.npz"
+    np.savez(data, wrong=np.zeros((3, 64), np.float32), labels=np.zeros(3, np.int64))
+    expect_error(onnxcomp("compress", small_model, tmp_path / "out.onnx", "--eval", data), "no array for model input 'x'")
+
+
+def test_no_partial_output_when_writing_fails(small_model, tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    os.chmod(folder, 0o500)
+    try:
+        if os.access(folder, os.W_OK):
+            pytest.skip("running as a user who can write to read-only folders (root)")
+        expect_error(onnxcomp("compress", small_model, folder / "out.onnx"), "not writable")
+    finally:
+        os.chmod(folder, 0o700)

@@ -1,0 +1,201 @@
+"""End to end: compress tiny models, run them in onnxruntime with the library, compare with references."""
+
+import hashlib
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+import onnxcomp
+from onnxcomp import sidecar
+from onnxcomp.pipeline import compress_model
+
+from conftest import float_input, make_model, reference_model, run_compressed, run_plain, weight
+
+# The decoded weights are exact; the kernels differ from onnxruntime's only in fp32 summation order.
+RTOL, ATOL = 1e-4, 1e-4
+OPTIONS = dict(sparsity=0.5, bits=4, min_elements=16)
+
+
+def ops_of(path):
+    return [(n.domain, n.op_type) for n in onnx.load(str(path), load_external_data=False).graph.node]
+
+
+def compress_and_check(tmp_path, model, feeds, options=OPTIONS):
+    """Compress, then check: valid model, outputs equal the numpy-decoded reference, records bit-exact."""
+    source = tmp_path / "in.onnx"
+    onnx.save(model, source)
+    out = tmp_path / "out.onnx"
+    report = onnxcomp.compress(source, out, **options)
+    assert report.modified
+    onnx.checker.check_model(str(out), full_check=True)
+    reference = reference_model(model, report.sidecar_path)
+    got = run_compressed(out, feeds)
+    want = run_plain(reference, feeds)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=RTOL, atol=ATOL)
+    # The same options give the same codebooks, and the records decode to exactly those values.
+    _, state = compress_model(onnx.load(source), **options)
+    data = open(report.sidecar_path, "rb").read()
+    for target, entry in zip(state.targets, sidecar.read_directory(report.sidecar_path)):
+        assert entry.name == target.name
+        assert data[entry.offset:entry.offset + entry.length] == target.record
+        decoded = sidecar.decode_record(target.record).to_dense()
+        decoded = decoded.T if entry.transposed else decoded
+        assert np.array_equal(decoded.view(np.uint32), target.decoded().view(np.uint32))
+    return out, report, got
+
+
+def test_matmul_weight_on_the_right_is_fused(tmp_path, rng):
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [float_input("x", ["n", 3, 48])],
+                       [float_input("y", ["n", 3, 20])], [weight(rng, "w", (48, 20))])
+    feeds = {"x": rng.standard_normal((2, 3, 48)).astype(np.float32)}
+    out, _, _ = compress_and_check(tmp_path, model, feeds)
+    assert ops_of(out) == [("ai.onnxcomp", "CodebookMatMul")]
+
+
+def test_matmul_weight_on_the_left_is_decoded(tmp_path, rng):
+    model = make_model([helper.make_node("MatMul", ["w", "x"], ["y"])], [float_input("x", [40, 5])],
+                       [float_input("y", [30, 5])], [weight(rng, "w", (30, 40))])
+    out, _, _ = compress_and_check(tmp_path, model, {"x": rng.standard_normal((40, 5)).astype(np.float32)})
+    assert ops_of(out) == [("ai.onnxcomp", "CodebookDecode"), ("", "MatMul")]
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_gemm_with_bias_fuses_into_one_node(tmp_path, rng, trans_b):
+    shape = (20, 32) if trans_b else (32, 20)
+    model = make_model([helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=trans_b)], [float_input("x", ["n", 32])],
+                       [float_input("y", ["n", 20])], [weight(rng, "w", shape), weight(rng, "b", (20,))])
+    out, report, _ = compress_and_check(tmp_path, model, {"x": rng.standard_normal((5, 32)).astype(np.float32)})
+    assert ops_of(out) == [("ai.onnxcomp", "CodebookMatMul")]
+    assert sidecar.read_directory(report.sidecar_path)[0].transposed == bool(trans_b)
+
+
+def test_gemm_alpha_beta_and_broadcast_bias(tmp_path, rng):
+    model = make_model([helper.make_node("Gemm", ["x", "w", "c"], ["y"], alpha=0.5, beta=2.0)], [float_input("x", ["n", 32])],
+                       [float_input("y", ["n", 20])], [weight(rng, "w", (32, 20)), weight(rng, "c", (1, 20))])
+    out, _, _ = compress_and_check(tmp_path, model, {"x": rng.standard_normal((5, 32)).astype(np.float32)})
+    assert ("ai.onnxcomp", "CodebookMatMul") in ops_of(out) and ("", "Mul") in ops_of(out)
+
+
+def test_gemm_with_runtime_bias_and_beta(tmp_path, rng):
+    model = make_model([helper.make_node("Gemm", ["x", "w", "c"], ["y"], beta=3.0, transB=1)],
+                       [float_input("x", [4, 32]), float_input("c", [4, 20])], [float_input("y", [4, 20])], [weight(rng, "w", (20, 32))])
+    feeds = {"x": rng.standard_normal((4, 32)).astype(np.float32), "c": rng.standard_normal((4, 20)).astype(np.float32)}
+    out, _, _ = compress_and_check(tmp_path, model, feeds)
+    assert ("", "Add") in ops_of(out)
+
+
+def test_conv_and_conv_transpose(tmp_path, rng):
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["h"], pads=[1, 1, 1, 1]),
+             helper.make_node("ConvTranspose", ["h", "wt"], ["y"], strides=[2, 2])]
+    model = make_model(nodes, [float_input("x", [1, 3, 8, 8])], [float_input("y", [1, 4, 15, 15])],
+                       [weight(rng, "w", (6, 3, 3, 3)), weight(rng, "b", (6,)), weight(rng, "wt", (6, 4, 1, 1), 0.5)],)
+    options = dict(OPTIONS, min_elements=20)
+    out, report, _ = compress_and_check(tmp_path, model, {"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)}, options)
+    assert [layer.name for layer in report.layers] == ["w", "wt"]
+    assert ops_of(out).count(("ai.onnxcomp", "CodebookDecode")) == 2
+
+
+def test_weight_in_a_constant_node(tmp_path, rng):
+    w = numpy_helper.from_array(rng.standard_normal((24, 10)).astype(np.float32))
+    nodes = [helper.make_node("Constant", [], ["w"], value=w), helper.make_node("MatMul", ["x", "w"], ["y"])]
+    model = make_model(nodes, [float_input("x", [2, 24])], [float_input("y", [2, 10])], [])
+    out, _, _ = compress_and_check(tmp_path, model, {"x": rng.standard_normal((2, 24)).astype(np.float32)})
+    assert ops_of(out) == [("ai.onnxcomp", "CodebookMatMul")]
+
+
+def test_weight_shared_by_two_nodes_is_stored_once(tmp_path, rng):
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"]), helper.make_node("Gemm", ["x", "w"], ["b"], transB=0),
+             helper.make_node("Gemm", ["x2", "w"], ["c"], transA=1)]
+    model = make_model(nodes, [float_input("x", [3, 16]), float_input("x2", [16, 3])],
+                       [float_input(n, [3, 16]) for n in "abc"], [weight(rng, "w", (16, 16))])
+    feeds = {"x": rng.standard_normal((3, 16)).astype(np.float32), "x2": rng.standard_normal((16, 3)).astype(np.float32)}
+    out, report, _ = compress_and_check(tmp_path, model, feeds)
+    assert len(report.layers) == 1 and len(sidecar.read_directory(report.sidecar_path)) == 1
+    assert ops_of(out).count(("ai.onnxcomp", "CodebookMatMul")) == 2
+    assert ops_of(out).count(("ai.onnxcomp", "CodebookDecode")) == 1  # the transA Gemm
+
+
+def test_mixed_orientations_keep_one_record(tmp_path, rng):
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["a"], transB=1), helper.make_node("MatMul", ["x", "w"], ["b"])]
+    model = make_model(nodes, [float_input("x", [3, 16])], [float_input(n, [3, 16]) for n in "ab"], [weight(rng, "w", (16, 16))])
+    out, _, _ = compress_and_check(tmp_path, model, {"x": rng.standard_normal((3, 16)).astype(np.float32)})
+    assert ("", "Transpose") not in ops_of(out)  # stored as is: MatMul fused, Gemm(transB) decoded
+
+
+@pytest.mark.parametrize("index_type", [onnx.TensorProto.INT64, onnx.TensorProto.INT32])
+def test_gather_embedding(tmp_path, rng, index_type):
+    indices = helper.make_tensor_value_info("ids", index_type, ["n", 5])
+    model = make_model([helper.make_node("Gather", ["table", "ids"], ["y"])], [indices], [float_input("y", ["n", 5, 12])],
+                       [weight(rng, "table", (50, 12))])
+    ids = np.array([[0, 49, -1, 7, 7], [3, -50, 2, 1, 0]], dtype=np.int64 if index_type == onnx.TensorProto.INT64 else np.int32)
+    out, _, _ = compress_and_check(tmp_path, model, {"ids": ids})
+    assert ops_of(out) == [("ai.onnxcomp", "CodebookGather")]
+
+
+def test_nothing_qualifies(tmp_path, rng):
+    model = make_model([helper.make_node("Add", ["x", "w"], ["y"])], [float_input("x", [4, 40])], [float_input("y", [4, 40])],
+                       [weight(rng, "w", (4, 40))])
+    onnx.save(model, tmp_path / "in.onnx")
+    report = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx", **OPTIONS)
+    assert not report.modified and report.sidecar_path is None
+    assert not (tmp_path / "out.onnxcomp").exists()
+    feeds = {"x": rng.standard_normal((4, 40)).astype(np.float32)}
+    np.testing.assert_array_equal(run_plain(tmp_path / "out.onnx", feeds)[0], run_plain(model, feeds)[0])
+
+
+def mlp(rng):
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], transB=1)]
+    return make_model(nodes, [float_input("x", ["n", 64])], [float_input("y", ["n", 10])],
+                      [weight(rng, "w1", (48, 64), 0.2), weight(rng, "b1", (48,)), weight(rng, "w2", (10, 48), 0.2), weight(rng, "b2", (10,))])
+
+
+def test_close_to_the_original_at_8_bits(tmp_path, rng):
+    model = mlp(rng)
+    feeds = {"x": rng.standard_normal((16, 64)).astype(np.float32)}
+    out, _, got = compress_and_check(tmp_path, model, feeds, dict(sparsity=0.0, bits=8, min_elements=16))
+    want = run_plain(model, feeds)[0]
+    assert np.abs(got[0] - want).max() < 0.02 * np.abs(want).max()  # 256 centroids: error well under 1 % of range
+
+
+def test_second_run_changes_nothing_and_output_is_deterministic(tmp_path, rng):
+    model = mlp(rng)
+    onnx.save(model, tmp_path / "in.onnx")
+    onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "a.onnx", **OPTIONS)
+    onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "b.onnx", **OPTIONS)
+    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    assert digest(tmp_path / "a.onnxcomp") == digest(tmp_path / "b.onnxcomp")
+    a = onnx.load(tmp_path / "a.onnx", load_external_data=False)
+    b = onnx.load(tmp_path / "b.onnx", load_external_data=False)
+    for t in b.graph.initializer:  # only the sidecar's file name differs
+        for entry in t.external_data:
+            if entry.key == "location":
+                entry.value = "a.onnxcomp"
+    assert a.SerializeToString() == b.SerializeToString()
+    again = onnxcomp.compress(tmp_path / "a.onnx", tmp_path / "c.onnx", **OPTIONS)
+    assert not again.modified
+
+
+def test_moving_model_and_sidecar_together_keeps_them_working(tmp_path, rng):
+    model = mlp(rng)
+    onnx.save(model, tmp_path / "in.onnx")
+    onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx", **OPTIONS)
+    feeds = {"x": rng.standard_normal((3, 64)).astype(np.float32)}
+    before = run_compressed(tmp_path / "out.onnx", feeds)[0]
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    shutil.move(tmp_path / "out.onnx", moved / "out.onnx")
+    shutil.move(tmp_path / "out.onnxcomp", moved / "out.onnxcomp")
+    np.testing.assert_array_equal(run_compressed(moved / "out.onnx", feeds)[0], before)
+
+
+def test_input_is_never_modified(tmp_path, rng):
+    onnx.save(mlp(rng), tmp_path / "in.onnx")
+    before = (tmp_path / "in.onnx").read_bytes()
+    onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx", **OPTIONS)
+    assert (tmp_path / "in.onnx").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx", "out.onnx", "out.onnxcomp"]
