@@ -18,7 +18,18 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Deep Compres
 
 class PruneMethod(str, Enum):
     magnitude = "magnitude"
+    activation = "activation"
     none = "none"
+
+
+class Score(str, Enum):
+    wanda = "wanda"
+    tfidf = "tfidf"
+
+
+class Threshold(str, Enum):
+    percentile = "percentile"
+    sensitivity = "sensitivity"
 
 
 class Scope(str, Enum):
@@ -45,9 +56,22 @@ def _bits_option(value: Optional[int], kind: str) -> None:
 def compress(
     input_path: Path = typer.Argument(..., metavar="IN", help="The ONNX model to compress (never modified)."),
     output_path: Path = typer.Argument(..., metavar="OUT", help="The compressed model; its sidecar OUT-stem.onnxcomp goes beside it."),
-    prune: PruneMethod = typer.Option(PruneMethod.magnitude, help="Pruning score."),
+    prune: PruneMethod = typer.Option(PruneMethod.magnitude, help="Pruning: by |w|, by activation-aware --score (needs --calib), or none."),
+    score: Score = typer.Option(Score.wanda, help="Activation-aware score: wanda |w|*||x||, or tfidf (docs/guide.md)."),
     sparsity: Optional[float] = typer.Option(None, min=0.0, max=0.999, help="Fraction of weights pruned in every layer (default: per kind, see docs/guide.md)."),
+    threshold: Threshold = typer.Option(Threshold.percentile, help="percentile: prune the --sparsity fraction; sensitivity: prune scores below --sensitivity x std."),
+    sensitivity: float = typer.Option(1.0, min=0.0, help="Multiplier of the score std for --threshold sensitivity."),
     scope: Scope = typer.Option(Scope.layer, help="Prune each layer by itself, or all layers against one threshold."),
+    calib: Optional[str] = typer.Option(None, help="Calibration inputs: .npz keyed by input name (or a folder of them); 'random' for smoke tests only."),
+    calib_samples: Optional[int] = typer.Option(None, min=1, help="Use at most this many calibration samples."),
+    calib_batch: int = typer.Option(64, min=1, help="Calibration batch size."),
+    activation_threshold: float = typer.Option(0.0, help="An input 'fires' above this value (tfidf statistics)."),
+    reconstruct: Optional[bool] = typer.Option(None, "--reconstruct/--no-reconstruct", help="Least-squares refit of kept weights and codebooks (default: on with --calib)."),
+    ridge: float = typer.Option(1e-2, min=0.0, help="Ridge regularisation of the refit, relative to the mean input energy."),
+    tfidf_power: float = typer.Option(1.0, help="tfidf: power p on |w|."),
+    tfidf_smoothing: float = typer.Option(1.0, min=0.0, help="tfidf: smoothing added to firing counts."),
+    tfidf_constant: float = typer.Option(1.0, help="tfidf: constant added to the IDF."),
+    tfidf_exponent: float = typer.Option(1.0, help="tfidf: exponent on TF x IDF."),
     bits: Optional[int] = typer.Option(None, help="Codebook bits for every layer, 1-16 (default: per kind)."),
     fc_bits: Optional[int] = typer.Option(None, help="Codebook bits for fully connected (Gemm/MatMul) weights."),
     conv_bits: Optional[int] = typer.Option(None, help="Codebook bits for Conv/ConvTranspose weights."),
@@ -69,13 +93,17 @@ def compress(
         _bits_option(value, kind)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     from .pipeline import DEFAULT_BITS, compress as run
+    from .pruning import TfidfParameters
     per_kind = dict(DEFAULT_BITS) if bits is None else {kind: bits for kind in DEFAULT_BITS}
     for kind, value in (("fc", fc_bits), ("conv", conv_bits), ("embedding", embedding_bits)):
         if value is not None:
             per_kind[kind] = value
     try:
-        result = run(str(input_path), str(output_path), prune=prune.value, sparsity=sparsity, scope=scope.value,
-                     bits=per_kind, init=init.value, min_elements=min_elements, seed=seed,
+        result = run(str(input_path), str(output_path), prune=prune.value, score=score.value, sparsity=sparsity,
+                     threshold=threshold.value, sensitivity=sensitivity, scope=scope.value, bits=per_kind,
+                     init=init.value, min_elements=min_elements, seed=seed, calib=calib, calib_samples=calib_samples,
+                     calib_batch=calib_batch, activation_threshold=activation_threshold, reconstruct=reconstruct,
+                     ridge=ridge, tfidf=TfidfParameters(tfidf_power, tfidf_smoothing, tfidf_constant, tfidf_exponent),
                      eval_data=str(eval_data) if eval_data else None)
         if report:
             report.write_text(json.dumps(result.to_dict(), indent=2) + "\n")

@@ -15,12 +15,13 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from passes import CompressionState, PackWeightsPass, Pipeline, PruneWeightsPass, SelectWeightsPass, ShareWeightsPass
+from passes import (CalibrateWeightsPass, CompressionState, PackWeightsPass, Pipeline, PruneWeightsPass,
+                    ReconstructWeightsPass, SelectWeightsPass, ShareWeightsPass)
 from passes.base import DOMAIN, DOMAIN_VERSION
 from passes.pack_weights import RECORD_SUFFIX
 
 from . import model_io
-from .errors import InvalidOptionError, UnsupportedModelError
+from .errors import CalibrationError, InvalidOptionError, UnsupportedModelError
 
 log = logging.getLogger("onnxcomp")
 
@@ -74,17 +75,37 @@ class Report:
         return data
 
 
-def build_pipeline(*, prune: str = "magnitude", sparsity=None, scope: str = "layer", bits=None,
-                   init: str = "quantile", min_elements: int = 1024, seed: int = 0) -> Pipeline:
-    """The pass list for the given options (``None`` means the per-kind defaults)."""
+def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=None, scope: str = "layer",
+                   threshold: str = "percentile", sensitivity: float = 1.0, tfidf=None, bits=None,
+                   init: str = "quantile", min_elements: int = 1024, seed: int = 0, calib=None, calib_batch: int = 64,
+                   activation_threshold: float = 0.0, reconstruct: bool | None = None, ridge: float = 1e-2) -> Pipeline:
+    """The pass list for the given options (``None`` means the defaults; ``calib`` is a dict of input arrays).
+
+    With calibration data, reconstruction (refitting kept weights, then the shared values) is on unless
+    ``reconstruct=False``.
+    """
     if min_elements < 1:
         raise InvalidOptionError(f"min-elements {min_elements} must be at least 1")
-    return Pipeline([
-        SelectWeightsPass(min_elements=min_elements),
-        PruneWeightsPass(method=prune, sparsity=DEFAULT_SPARSITY if sparsity is None else sparsity, scope=scope),
-        ShareWeightsPass(bits=DEFAULT_BITS if bits is None else bits, init=init, seed=seed),
-        PackWeightsPass(),
-    ])
+    if calib_batch < 1:
+        raise InvalidOptionError(f"calib-batch {calib_batch} must be at least 1")
+    if ridge < 0:
+        raise InvalidOptionError(f"ridge {ridge} must be >= 0")
+    if prune == "activation" and calib is None:
+        raise CalibrationError("activation-aware pruning needs calibration data: pass --calib DATA.npz "
+                               "(or --calib random for a smoke test, which is not meaningful)")
+    if reconstruct and calib is None:
+        raise CalibrationError("reconstruction needs calibration data: pass --calib DATA.npz")
+    reconstruct = calib is not None if reconstruct is None else reconstruct
+    passes = [SelectWeightsPass(min_elements=min_elements)]
+    if calib is not None:
+        passes.append(CalibrateWeightsPass(data=calib, batch=calib_batch, threshold=activation_threshold, keep_gram=reconstruct))
+    passes.append(PruneWeightsPass(method=prune, score=score, sparsity=DEFAULT_SPARSITY if sparsity is None else sparsity,
+                                   scope=scope, threshold=threshold, sensitivity=sensitivity, tfidf=tfidf))
+    if reconstruct:
+        passes.append(ReconstructWeightsPass(ridge=ridge))
+    passes.append(ShareWeightsPass(bits=DEFAULT_BITS if bits is None else bits, init=init, seed=seed, refit_codebook=reconstruct))
+    passes.append(PackWeightsPass())
+    return Pipeline(passes)
 
 
 def compress_model(model: onnx.ModelProto, **options) -> tuple[onnx.ModelProto, CompressionState]:
@@ -110,12 +131,19 @@ def compress_model(model: onnx.ModelProto, **options) -> tuple[onnx.ModelProto, 
     return exported, state
 
 
-def compress(input_path: str, output_path: str, *, eval_data: str | None = None, **options) -> Report:
-    """Compress ``input_path`` into ``output_path`` plus its sidecar; the Python face of ``onnxcomp compress``."""
+def compress(input_path: str, output_path: str, *, eval_data: str | None = None, calib: str | None = None,
+             calib_samples: int | None = None, **options) -> Report:
+    """Compress ``input_path`` into ``output_path`` plus its sidecar; the Python face of ``onnxcomp compress``.
+
+    ``calib`` is a path (.npz, or a folder of them) or "random"; options are those of ``build_pipeline``.
+    """
     input_path, output_path = os.fspath(input_path), os.fspath(output_path)
-    build_pipeline(**options)  # validate options before any work
+    build_pipeline(calib={} if calib else None, **options)  # validate options before any work
     model_io.check_output_path(input_path, output_path)
     model = model_io.load_model(input_path)
+    if calib:
+        from .evaluate import load_calibration
+        options["calib"] = load_calibration(calib, model, calib_samples, seed=options.get("seed", 0))
     compressed, state = compress_model(model, **options)
     records = [(t.name, t.name + RECORD_SUFFIX, t.record, t.transposed) for t in state.targets]
     sidecar_file = model_io.write_compressed(compressed, records, output_path)

@@ -9,6 +9,7 @@ that the result is deterministic.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -44,3 +45,47 @@ def global_keep_masks(scores: dict[str, np.ndarray], sparsity: float) -> dict[st
         masks[name] = keep[start:start + size].reshape(np.shape(scores[name]))
         start += size
     return masks
+
+
+# Activation-aware scores. ``rows`` is the weight as [outputs, inputs]; ``stats`` its LayerStatistics.
+
+def wanda_score(rows: np.ndarray, stats) -> np.ndarray:
+    """Wanda: ``S_ij = |W_ij| * ||X_j||_2``, compared within each output row."""
+    return np.abs(rows) * stats.norms[None, :]
+
+
+@dataclass
+class TfidfParameters:
+    """Knobs of the TF-IDF score (defaults: p = 1, threshold 0, smoothing 1, constant 1, exponent 1)."""
+
+    power: float = 1.0  # p, on |w|
+    smoothing: float = 1.0  # alpha, added to counts
+    constant: float = 1.0  # c, added to the IDF so that inputs firing everywhere keep a positive score
+    exponent: float = 1.0  # e, on TF x IDF
+
+
+def tfidf_score(rows: np.ndarray, stats, params: TfidfParameters | None = None) -> np.ndarray:
+    """``S_ij = |w_ij|^p * (TF_j * IDF_j)^e`` with
+    ``TF_j = (fire_rows_j + a) / (rows + a) * mean|x_j|`` (inputs that fire often and strongly) and
+    ``IDF_j = log((samples + a) / (fire_samples_j + a)) + c`` (inputs that fire selectively).
+    """
+    p = params or TfidfParameters()
+    a = p.smoothing
+    tf = (stats.fire_rows + a) / (stats.rows + a) * (stats.sum_abs / max(stats.rows, 1))
+    idf = np.log((stats.samples + a) / (stats.fire_samples + a)) + p.constant
+    return np.abs(rows) ** p.power * np.maximum(tf * idf, 0.0)[None, :] ** p.exponent
+
+
+def row_keep_mask(scores: np.ndarray, sparsity: float) -> np.ndarray:
+    """Prune the ``sparsity`` fraction with the lowest scores within every row (Wanda's comparison group)."""
+    pruned = int(round(sparsity * scores.shape[1]))
+    keep = np.ones(scores.shape, dtype=bool)
+    if pruned:
+        order = np.argsort(scores, axis=1, kind="stable")[:, :pruned]
+        np.put_along_axis(keep, order, False, axis=1)
+    return keep
+
+
+def sensitivity_keep_mask(scores: np.ndarray, sensitivity: float) -> np.ndarray:
+    """Deep Compression's threshold: prune scores below ``sensitivity * std(scores)``."""
+    return np.asarray(scores) >= sensitivity * float(np.std(scores))

@@ -6,12 +6,15 @@ Each pass is a small class named VerbNounPass with keyword-only options; calling
 """
 
 from .base import CompressionState, PassResult, Pipeline, WeightTarget
+from .calibrate_weights import CalibrateWeightsPass
 from .pack_weights import PackWeightsPass
 from .prune_weights import PruneWeightsPass
+from .reconstruct_weights import ReconstructWeightsPass
 from .select_weights import SelectWeightsPass
 from .share_weights import ShareWeightsPass
 
 __all__ = [
     "CompressionState", "PassResult", "Pipeline", "WeightTarget",
-    "SelectWeightsPass", "PruneWeightsPass", "ShareWeightsPass", "PackWeightsPass",
+    "SelectWeightsPass", "CalibrateWeightsPass", "PruneWeightsPass", "ReconstructWeightsPass", "ShareWeightsPass",
+    "PackWeightsPass",
 ]

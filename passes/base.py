@@ -28,6 +28,9 @@ class WeightTarget:
     bits: int | None = None
     record: bytes | None = None
     transposed: bool = False
+    layer_input: object | None = None  # onnxcomp.calibration.LayerInput, when activations can be observed
+    statistics: object | None = None  # onnxcomp.calibration.LayerStatistics
+    refit: np.ndarray | None = None  # reconstructed weights, replacing the original values for sharing
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -38,8 +41,13 @@ class WeightTarget:
         return int(np.prod(self.shape, dtype=np.int64))
 
     @property
-    def values(self) -> np.ndarray:
+    def original(self) -> np.ndarray:
         return np.asarray(self.constant.values, dtype=np.float32)
+
+    @property
+    def values(self) -> np.ndarray:
+        """The weights to share: the reconstructed ones if a reconstruction ran, else the original."""
+        return self.refit if self.refit is not None else self.original
 
     @property
     def sparsity(self) -> float:

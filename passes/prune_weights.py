@@ -1,50 +1,92 @@
-"""PruneWeightsPass: choose which weights become exact zeros (see onnxcomp/pruning.py for the math).
+"""PruneWeightsPass: choose which weights become exact zeros (the math is in onnxcomp/pruning.py).
 
-Options: ``method`` ("none" or a score name in ``onnxcomp.pruning.SCORES``), ``sparsity`` (fraction pruned;
-a float for all layers, or a mapping from weight kind to fraction), ``scope`` ("layer" or "global").
-It sets each target's keep mask; weights are rewritten later by the share pass.
+Options: ``method`` ("none", "magnitude" or "activation"), ``score`` for activation pruning ("wanda" or
+"tfidf"), ``sparsity`` (fraction pruned; one float, or a mapping from weight kind to fraction), ``threshold``
+("percentile": prune the lowest ``sparsity`` fraction; "sensitivity": prune scores below
+``sensitivity * std``), ``scope`` ("layer" or "global"). Wanda scores are compared within each output row,
+as in the Wanda paper; the other scores within the layer or globally. It sets each target's keep mask.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
+
 from onnxcomp import pruning
-from onnxcomp.errors import InvalidOptionError
+from onnxcomp.calibration import from_rows, to_rows
+from onnxcomp.errors import CalibrationError, InvalidOptionError
 
-from .base import CompressionState, GraphPass, PassResult
+from .base import CompressionState, GraphPass, PassResult, WeightTarget, log
 
+METHODS = ("none", "magnitude", "activation")
+SCORES = ("wanda", "tfidf")
 SCOPES = ("layer", "global")
+THRESHOLDS = ("percentile", "sensitivity")
 
 
 class PruneWeightsPass(GraphPass):
-    def __init__(self, *, method: str = "magnitude", sparsity: float | Mapping[str, float] = 0.5, scope: str = "layer") -> None:
-        if method != "none" and method not in pruning.SCORES:
-            raise InvalidOptionError(f"unknown pruning method {method!r}: use none or {', '.join(pruning.SCORES)}")
-        if scope not in SCOPES:
-            raise InvalidOptionError(f"unknown pruning scope {scope!r}: use layer or global")
-        values = sparsity.values() if isinstance(sparsity, Mapping) else [sparsity]
-        for value in values:
+    def __init__(self, *, method: str = "magnitude", score: str = "wanda", sparsity: float | Mapping[str, float] = 0.5,
+                 scope: str = "layer", threshold: str = "percentile", sensitivity: float = 1.0,
+                 tfidf: pruning.TfidfParameters | None = None) -> None:
+        for value, allowed, what in ((method, METHODS, "pruning method"), (score, SCORES, "score"),
+                                     (scope, SCOPES, "pruning scope"), (threshold, THRESHOLDS, "threshold mode")):
+            if value not in allowed:
+                raise InvalidOptionError(f"unknown {what} {value!r}: use one of {', '.join(allowed)}")
+        for value in sparsity.values() if isinstance(sparsity, Mapping) else [sparsity]:
             if not 0.0 <= value < 1.0:
                 raise InvalidOptionError(f"sparsity {value} is out of range: give a fraction in [0, 1)")
-        self.method, self.sparsity, self.scope = method, sparsity, scope
+        if sensitivity < 0:
+            raise InvalidOptionError(f"sensitivity {sensitivity} must be >= 0")
+        if scope == "global" and isinstance(sparsity, Mapping) and threshold == "percentile":
+            raise InvalidOptionError("global pruning takes one sparsity for all layers")
+        self.method, self.score, self.sparsity, self.scope = method, score, sparsity, scope
+        self.threshold, self.sensitivity, self.tfidf = threshold, sensitivity, tfidf
+
+    def check(self, state: CompressionState) -> None:
+        if self.method == "activation" and state.targets and not any(t.statistics is not None for t in state.targets):
+            raise CalibrationError("activation-aware pruning needs calibration data: pass --calib DATA.npz")
 
     def sparsity_for(self, kind: str) -> float:
         return self.sparsity.get(kind, 0.0) if isinstance(self.sparsity, Mapping) else self.sparsity
+
+    def scores(self, target: WeightTarget) -> np.ndarray:
+        """Scores in the weight's own shape."""
+        if self.method == "magnitude" or target.statistics is None:
+            if self.method == "activation":
+                log.info("%s: no activation statistics, scored by magnitude", target.name)
+            return pruning.magnitude_score(target.values)
+        layout = target.layer_input.layout
+        rows = to_rows(target.values, layout)
+        if self.score == "wanda":
+            scores = pruning.wanda_score(rows, target.statistics)
+        else:
+            scores = pruning.tfidf_score(rows, target.statistics, self.tfidf)
+        return from_rows(scores, layout, target.shape)
 
     def run(self, state: CompressionState) -> PassResult:
         targets = [t for t in state.targets if t.keep is None and t.codebook is None]
         if self.method == "none" or not targets:
             return PassResult(False, "no pruning")
-        score = pruning.SCORES[self.method]
-        if self.scope == "global":
-            if isinstance(self.sparsity, Mapping):
-                raise InvalidOptionError("global pruning takes one sparsity for all layers")
-            masks = pruning.global_keep_masks({t.name: score(t.values) for t in targets}, self.sparsity)
-            for target in targets:
-                target.keep = masks[target.name]
+        scores = {t.name: self.scores(t) for t in targets}
+        if self.threshold == "sensitivity":
+            if self.scope == "global":
+                sigma = float(np.std(np.concatenate([s.ravel() for s in scores.values()])))
+                masks = {name: s >= self.sensitivity * sigma for name, s in scores.items()}
+            else:
+                masks = {name: pruning.sensitivity_keep_mask(s, self.sensitivity) for name, s in scores.items()}
+        elif self.scope == "global":
+            masks = pruning.global_keep_masks(scores, self.sparsity)
         else:
-            for target in targets:
-                target.keep = pruning.keep_mask(score(target.values), self.sparsity_for(target.kind))
+            masks = {}
+            for t in targets:
+                row_wise = self.method == "activation" and self.score == "wanda" and t.statistics is not None
+                if row_wise:
+                    rows = to_rows(scores[t.name], t.layer_input.layout)
+                    masks[t.name] = from_rows(pruning.row_keep_mask(rows, self.sparsity_for(t.kind)), t.layer_input.layout, t.shape)
+                else:
+                    masks[t.name] = pruning.keep_mask(scores[t.name], self.sparsity_for(t.kind))
+        for target in targets:
+            target.keep = masks[target.name]
         pruned = sum(t.size - int(t.keep.sum()) for t in targets)
         return PassResult(pruned > 0, f"pruned {pruned} weights in {len(targets)} tensors")

@@ -2,7 +2,8 @@
 
 Each target gets a codebook of at most 2^bits float32 values and one index per weight; pruned weights map to
 index 0, whose value is exactly 0.0. ``bits`` is an int or a mapping from weight kind ("conv", "fc",
-"embedding") to an int in 1..16.
+"embedding") to an int in 1..16. With ``refit_codebook`` and calibration statistics, the shared values are
+then refit by least squares against the dense layer's outputs (onnxcomp/reconstruction.py).
 """
 
 from __future__ import annotations
@@ -10,19 +11,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from onnxcomp import codebook as codebook_math
+from onnxcomp import reconstruction
+from onnxcomp.calibration import to_rows
 from onnxcomp.errors import InvalidOptionError
 
 from .base import CompressionState, GraphPass, PassResult
 
 
 class ShareWeightsPass(GraphPass):
-    def __init__(self, *, bits: int | Mapping[str, int] = 5, init: str = "quantile", seed: int = 0) -> None:
+    def __init__(self, *, bits: int | Mapping[str, int] = 5, init: str = "quantile", seed: int = 0,
+                 refit_codebook: bool = False) -> None:
         for value in bits.values() if isinstance(bits, Mapping) else [bits]:
             if not isinstance(value, int) or not 1 <= value <= 16:
                 raise InvalidOptionError(f"bits {value} is out of range: give an integer from 1 to 16")
         if init not in codebook_math.INITS:
             raise InvalidOptionError(f"unknown codebook initialisation {init!r}: use {', '.join(codebook_math.INITS)}")
-        self.bits, self.init, self.seed = bits, init, seed
+        self.bits, self.init, self.seed, self.refit_codebook = bits, init, seed, refit_codebook
 
     def bits_for(self, kind: str) -> int:
         return self.bits[kind] if isinstance(self.bits, Mapping) else self.bits
@@ -33,4 +37,9 @@ class ShareWeightsPass(GraphPass):
             target.bits = self.bits_for(target.kind)
             target.codebook, target.indices = codebook_math.quantize(
                 target.values, target.keep, target.bits, self.init, self.seed)
+            if self.refit_codebook and target.statistics is not None and target.statistics.gram is not None:
+                layout = target.layer_input.layout
+                indices = to_rows(target.indices.reshape(target.shape), layout)
+                target.codebook = reconstruction.refit_codebook(
+                    to_rows(target.original, layout), indices, target.codebook, target.statistics.gram, target.keep is not None)
         return PassResult(bool(targets), f"shared {len(targets)} tensors")

@@ -15,6 +15,7 @@ from onnxcomp.pipeline import decoded_weights
 def make_model(nodes, inputs, outputs, initializers, opset=17) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "test", inputs, outputs, initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8  # what opset 17 needs; onnx may default to an IR onnxruntime cannot read yet
     onnx.checker.check_model(model, full_check=True)
     return model
 

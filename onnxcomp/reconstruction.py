@@ -1,0 +1,74 @@
+"""Post-training reconstruction from calibration statistics (numpy only).
+
+For a layer with input Gram matrix ``G = X^T X`` and original row ``w``, the output error of a replacement
+row ``v`` is ``E(v) = (v - w)^T G (v - w) = ||X v - X w||^2``.
+- ``refit_rows``: after pruning, each row's surviving weights S solve the ridge least squares
+  ``(G_SS + lambda I) v_S = G_S: w`` with ``lambda = ridge * mean(diag G)``; a row keeps its plain pruned
+  values whenever the refit would not lower E (so reconstruction never increases the calibration error).
+- ``refit_codebook``: with the index assignment fixed, the shared values c minimise
+  ``sum_i E(M_i c)`` where ``M_i`` one-hot encodes row i's indices: the normal equations
+  ``(sum_i M_i^T G M_i) c = sum_i M_i^T G w_i`` (the pruned entry stays exactly 0). It is the post-training
+  counterpart of Deep Compression's fine-tuned centroids; kept only if it lowers the total error.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+
+def row_errors(rows: np.ndarray, original: np.ndarray, gram: np.ndarray) -> np.ndarray:
+    diff = rows - original
+    return np.einsum("ik,kl,il->i", diff, gram, diff)
+
+
+@threadpool_limits.wrap(limits=1, user_api="blas")  # many small solves: BLAS threads only add overhead here
+def refit_rows(original: np.ndarray, keep: np.ndarray, gram: np.ndarray, ridge: float = 1e-2) -> np.ndarray:
+    """Refit the kept weights of every row of ``original`` [outputs, inputs]; pruned ones stay 0."""
+    original = original.astype(np.float64)
+    lam = ridge * float(np.mean(np.diag(gram))) + 1e-12
+    refit = np.where(keep, original, 0.0)
+    base = row_errors(refit, original, gram)
+    target = gram @ original.T  # [inputs, outputs]: G w_i for every row
+    for i in range(len(original)):
+        support = np.flatnonzero(keep[i])
+        if len(support) == 0 or len(support) == keep.shape[1]:
+            continue
+        system = gram[np.ix_(support, support)] + lam * np.eye(len(support))
+        candidate = np.zeros(original.shape[1])
+        candidate[support] = np.linalg.solve(system, target[support, i])
+        diff = candidate - original[i]
+        if diff @ gram @ diff < base[i]:
+            refit[i] = candidate
+    return refit.astype(np.float32)
+
+
+@threadpool_limits.wrap(limits=1, user_api="blas")
+def refit_codebook(original: np.ndarray, indices: np.ndarray, codebook: np.ndarray, gram: np.ndarray,
+                   pruned_zero: bool, ridge: float = 1e-6) -> np.ndarray:
+    """Least-squares shared values for fixed ``indices`` [outputs, inputs]; returns the new codebook."""
+    original = original.astype(np.float64)
+    k = len(codebook)
+    first = 1 if pruned_zero else 0
+    free = np.arange(first, k)
+    if len(free) == 0:
+        return codebook
+    normal = np.zeros((k, k))
+    rhs = np.zeros(k)
+    gw = original @ gram  # rows of (G w_i)^T
+    for i in range(len(original)):
+        onehot = np.zeros((original.shape[1], k))
+        onehot[np.arange(original.shape[1]), indices[i]] = 1.0
+        normal += onehot.T @ gram @ onehot
+        rhs += onehot.T @ gw[i]
+    sub = normal[np.ix_(free, free)]
+    sub += ridge * (np.trace(sub) / len(free) + 1e-12) * np.eye(len(free))
+    candidate = codebook.astype(np.float64).copy()
+    try:
+        candidate[free] = np.linalg.solve(sub, rhs[free])
+    except np.linalg.LinAlgError:
+        return codebook
+    candidate = candidate.astype(np.float32)
+    before = row_errors(codebook[indices], original, gram).sum()
+    after = row_errors(candidate[indices], original, gram).sum()
+    return candidate if after < before else codebook

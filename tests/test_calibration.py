@@ -1,0 +1,148 @@
+"""Calibration statistics, activation-aware scores and reconstruction against independent numpy references."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+import onnxcomp
+from onnxcomp import calibration, pruning, reconstruction
+from onnxcomp.errors import CalibrationError
+from onnxcomp.evaluate import load_calibration
+
+from conftest import float_input, make_model, weight
+
+
+def two_layer_model(rng):
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "w2"], ["y"], transB=1)]
+    return make_model(nodes, [float_input("x", ["n", 12])], [float_input("y", ["n", 5])],
+                      [weight(rng, "w1", (12, 20)), weight(rng, "w2", (5, 20))])
+
+
+def test_statistics_match_a_direct_computation(rng):
+    model = two_layer_model(rng)
+    x = rng.standard_normal((37, 12)).astype(np.float32)
+    layers = {"w1": calibration.LayerInput("x", "kn"), "w2": calibration.LayerInput("r", "nk")}
+    stats = calibration.collect(model, layers, {"x": x}, batch=8, threshold=0.1)
+    w1 = onnx.numpy_helper.to_array(model.graph.initializer[0])
+    r = np.maximum(x @ w1, 0)
+    for name, acts in (("w1", x), ("w2", r)):
+        acts = acts.astype(np.float64)
+        s = stats[name]
+        assert s.rows == 37 and s.samples == 37
+        np.testing.assert_allclose(s.norms, np.linalg.norm(acts, axis=0), rtol=1e-5)
+        np.testing.assert_allclose(s.gram, acts.T @ acts, rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(s.fire_rows, (acts > 0.1).sum(axis=0))
+        np.testing.assert_allclose(s.sum_abs, np.abs(acts).sum(axis=0), rtol=1e-5)
+
+
+def test_im2col_matches_a_naive_loop(rng):
+    x = rng.standard_normal((2, 3, 7, 6))
+    spec = calibration.LayerInput("x", "conv", (3, 2), (2, 1), (1, 0, 1, 1), (1, 2))
+    rows = calibration.im2col(x, spec)
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (0, 1)))
+    expected = []
+    for b in range(2):
+        for i in range(0, padded.shape[2] - 3 + 1, 2):
+            for j in range(0, padded.shape[3] - (1 * 2 + 1) + 1, 1):
+                expected.append(padded[b, :, i:i + 3, j:j + 3:2].ravel())
+    np.testing.assert_array_equal(rows, np.array(expected))
+
+
+def test_conv_statistics_make_the_layer_a_matmul(rng):
+    # W reshaped to [O, C*kh*kw] times the im2col rows must reproduce the convolution: the features line up.
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1], strides=[2, 2])]
+    model = make_model(nodes, [float_input("x", [2, 3, 8, 8])], [float_input("y", [2, 4, 4, 4])], [weight(rng, "w", (4, 3, 3, 3))])
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    spec = calibration.LayerInput("x", "conv", (3, 3), (2, 2), (1, 1, 1, 1), (1, 1))
+    w = onnx.numpy_helper.to_array(model.graph.initializer[0])
+    from conftest import run_plain
+    y = run_plain(model, {"x": x})[0]
+    rows = calibration.im2col(x, spec)
+    np.testing.assert_allclose(rows @ calibration.to_rows(w, "conv").T, y.transpose(0, 2, 3, 1).reshape(-1, 4), rtol=1e-4, atol=1e-5)
+
+
+def test_scores_match_their_formulas(rng):
+    stats = calibration.LayerStatistics(6)
+    acts = np.maximum(rng.standard_normal((40, 6)), 0)
+    stats.add(acts, samples=40, threshold=0.0)
+    w = rng.standard_normal((3, 6))
+    for i in range(3):
+        for j in range(6):
+            assert pruning.wanda_score(w, stats)[i, j] == pytest.approx(abs(w[i, j]) * np.sqrt((acts[:, j] ** 2).sum()))
+    params = pruning.TfidfParameters(power=2.0, smoothing=0.5, constant=0.3, exponent=1.5)
+    got = pruning.tfidf_score(w, stats, params)
+    for j in range(6):
+        fires = (acts[:, j] > 0).sum()
+        tf = (fires + 0.5) / (40 + 0.5) * np.abs(acts[:, j]).mean()
+        idf = np.log((40 + 0.5) / (fires + 0.5)) + 0.3
+        for i in range(3):
+            assert got[i, j] == pytest.approx(abs(w[i, j]) ** 2 * (tf * idf) ** 1.5)
+
+
+def test_row_and_sensitivity_masks(rng):
+    scores = rng.random((4, 10))
+    keep = pruning.row_keep_mask(scores, 0.3)
+    assert (keep.sum(axis=1) == 7).all()
+    keep = pruning.sensitivity_keep_mask(scores, 2.0)
+    assert np.array_equal(keep, scores >= 2.0 * scores.std())
+
+
+def test_reconstruction_never_increases_the_layer_error(rng):
+    x = rng.standard_normal((200, 12)) @ rng.standard_normal((12, 30))  # correlated inputs, as in real layers
+    gram = x.T @ x
+    w = rng.standard_normal((8, 30))
+    keep = pruning.row_keep_mask(np.abs(w), 0.6)
+    pruned = np.where(keep, w, 0)
+    refit = reconstruction.refit_rows(w, keep, gram, ridge=1e-3)
+    assert np.array_equal(refit == 0, ~keep)
+    before = reconstruction.row_errors(pruned, w, gram)
+    after = reconstruction.row_errors(refit.astype(np.float64), w, gram)
+    assert (after <= before + 1e-6).all() and after.sum() < 0.8 * before.sum()
+    codebook = np.array([0.0, -1.0, -0.3, 0.3, 1.0], np.float32)
+    indices = np.where(keep, 1 + np.abs(refit[..., None] - codebook[1:]).argmin(-1), 0)
+    refined = reconstruction.refit_codebook(w, indices, codebook, gram, pruned_zero=True)
+    assert refined[0] == 0.0
+    error = lambda c: reconstruction.row_errors(c[indices].astype(np.float64), w, gram).sum()  # noqa: E731
+    assert error(refined) <= error(codebook)
+
+
+def test_activation_pruning_end_to_end_runs_in_onnxruntime(tmp_path, rng):
+    model = two_layer_model(rng)
+    onnx.save(model, tmp_path / "in.onnx")
+    data = tmp_path / "calib.npz"
+    np.savez(data, x=rng.standard_normal((64, 12)).astype(np.float32))
+    for score in ("wanda", "tfidf"):
+        report = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx", prune="activation", score=score,
+                                   calib=str(data), sparsity=0.5, bits=4, min_elements=16)
+        assert [round(layer.sparsity, 2) for layer in report.layers] == [0.5, 0.5]
+        x = rng.standard_normal((3, 12)).astype(np.float32)
+        assert onnxcomp.InferenceSession(tmp_path / "out.onnx").run(None, {"x": x})[0].shape == (3, 5)
+
+
+@pytest.mark.parametrize("arrays,message", [
+    ({"wrong": np.zeros((4, 12), np.float32)}, "no array for model input 'x'"),
+    ({"x": np.zeros((4, 11), np.float32)}, "has shape [4, 11], the model wants ['?', 12]"),
+    ({"x": np.zeros((4, 12), np.float64)}, "is float64, the model wants float32"),
+    ({"x": np.zeros((0, 12), np.float32)}, "has no samples"),
+])
+def test_bad_calibration_data_gives_clear_errors(tmp_path, rng, arrays, message):
+    data = tmp_path / "calib.npz"
+    np.savez(data, **arrays)
+    with pytest.raises(CalibrationError, match=None) as error:
+        load_calibration(str(data), two_layer_model(rng))
+    assert message in str(error.value)
+
+
+def test_empty_or_garbage_calibration_file(tmp_path, rng):
+    (tmp_path / "empty.npz").write_bytes(b"")
+    with pytest.raises(CalibrationError, match="not a readable"):
+        load_calibration(str(tmp_path / "empty.npz"), two_layer_model(rng))
+
+
+def test_activation_pruning_without_data_is_refused(tmp_path, rng):
+    onnx.save(two_layer_model(rng), tmp_path / "in.onnx")
+    with pytest.raises(CalibrationError, match="--calib"):
+        onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx", prune="activation")
+    assert not (tmp_path / "out.onnx").exists()
