@@ -1,0 +1,27 @@
+#include "cpu/ops.h"
+
+namespace onnxcomp {
+
+namespace {
+std::string AnyRecord(const DecodedRecord&) { return {}; }
+}  // namespace
+
+CodebookDecodeKernel::CodebookDecodeKernel() : RecordKernel(CodebookDecodeOp::kName, 0, AnyRecord) {}
+
+OrtStatus* CodebookDecodeKernel::ComputeV2(OrtKernelContext* raw_context) noexcept {
+  return GuardStatus(this, [&]() -> OrtStatus* {
+    Ort::KernelContext context(raw_context);
+    DecodedRecord scratch;
+    const DecodedRecord* record;
+    if (OrtStatus* status = GetRecord(context, scratch, &record)) return status;
+    float* out = context.GetOutput(0, record->dims).GetTensorMutableData<float>();
+    const float* codebook = record->codebook.data();
+    const int64_t n = record->num_elements;
+    record->with_indices([&](const auto* indices) {
+      for (int64_t i = 0; i < n; ++i) out[i] = codebook[indices[i]];
+    });
+    return nullptr;
+  });
+}
+
+}  // namespace onnxcomp

@@ -1,0 +1,76 @@
+// CPU custom ops of domain ai.onnxcomp (docs/ops.md). Kernels decode the record once, at creation.
+#ifndef ONNXCOMP_CPU_OPS_H_
+#define ONNXCOMP_CPU_OPS_H_
+
+#include "cpu/record_kernel.h"
+
+namespace onnxcomp {
+
+// ---- CodebookDecode: record -> dense weight --------------------------------------------------------------
+
+struct CodebookDecodeKernel : RecordKernel {
+  CodebookDecodeKernel();
+  OrtStatus* ComputeV2(OrtKernelContext* context) noexcept;
+};
+
+struct CodebookDecodeOp : Ort::CustomOpBase<CodebookDecodeOp, CodebookDecodeKernel, true> {
+  static constexpr const char* kName = "CodebookDecode";
+  OrtStatus* CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
+    return CreateRecordKernel<CodebookDecodeKernel>(info, kernel);
+  }
+  const char* GetName() const { return kName; }
+  size_t GetInputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8; }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+};
+
+// ---- CodebookMatMul: Y = X @ W (+ bias), W [K, N] from the record ------------------------------------------
+
+struct CodebookMatMulKernel : RecordKernel {
+  CodebookMatMulKernel();
+  OrtStatus* ComputeV2(OrtKernelContext* context) noexcept;
+};
+
+struct CodebookMatMulOp : Ort::CustomOpBase<CodebookMatMulOp, CodebookMatMulKernel, true> {
+  static constexpr const char* kName = "CodebookMatMul";
+  OrtStatus* CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
+    return CreateRecordKernel<CodebookMatMulKernel>(info, kernel);
+  }
+  const char* GetName() const { return kName; }
+  size_t GetInputTypeCount() const { return 3; }  // X, record, bias
+  ONNXTensorElementDataType GetInputType(size_t index) const {
+    return index == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
+    return index == 2 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+  }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+};
+
+// ---- CodebookGather: Gather(W, indices, axis=0) ------------------------------------------------------------
+
+struct CodebookGatherKernel : RecordKernel {
+  CodebookGatherKernel();
+  OrtStatus* ComputeV2(OrtKernelContext* context) noexcept;
+};
+
+struct CodebookGatherOp : Ort::CustomOpBase<CodebookGatherOp, CodebookGatherKernel, true> {
+  static constexpr const char* kName = "CodebookGather";
+  OrtStatus* CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
+    return CreateRecordKernel<CodebookGatherKernel>(info, kernel);
+  }
+  const char* GetName() const { return kName; }
+  size_t GetInputTypeCount() const { return 2; }  // record, indices
+  // Indices may be int32 or int64: UNDEFINED lets ORT accept any type; compute checks which.
+  ONNXTensorElementDataType GetInputType(size_t index) const {
+    return index == 0 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+};
+
+}  // namespace onnxcomp
+
+#endif  // ONNXCOMP_CPU_OPS_H_

@@ -1,0 +1,53 @@
+#include "cpu/record_kernel.h"
+
+namespace onnxcomp {
+
+std::string ShapeToString(const std::vector<int64_t>& shape) {
+  std::string text = "[";
+  for (size_t i = 0; i < shape.size(); ++i) text += (i ? ", " : "") + std::to_string(shape[i]);
+  return text + "]";
+}
+
+OrtStatus* RecordKernel::Error(const std::string& problem) const {
+  std::string message = "onnxcomp: node '" + node_name_ + "' (" + op_name_ + "): " + problem;
+  return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, message.c_str());
+}
+
+OrtStatus* RecordKernel::DecodeInput(const Ort::ConstValue& value, DecodedRecord& out) const {
+  auto info = value.GetTensorTypeAndShapeInfo();
+  if (info.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 || info.GetShape().size() != 1) {
+    return Error("the record input must be a 1-D uint8 tensor, got shape " + ShapeToString(info.GetShape()));
+  }
+  DecodeStatus status = decode_record_bytes(value.GetTensorData<uint8_t>(), info.GetElementCount(), &out);
+  if (!status.ok()) return Error(std::string("corrupt weight record: ") + status.message);
+  std::string problem = check_(out);
+  if (!problem.empty()) return Error(problem);
+  return nullptr;
+}
+
+OrtStatus* RecordKernel::Init(const OrtKernelInfo* info) {
+  return GuardStatus(this, [&]() -> OrtStatus* {
+    Ort::ConstKernelInfo kernel_info(info);
+    node_name_ = kernel_info.GetNodeName();
+    int is_constant = 0;
+    Ort::ConstValue value = kernel_info.GetTensorConstantInput(record_input_, &is_constant);
+    if (!is_constant || value == nullptr) return nullptr;  // decoded in every run instead
+    auto decoded = std::make_unique<DecodedRecord>();
+    if (OrtStatus* status = DecodeInput(value, *decoded)) return status;
+    constant_ = std::move(decoded);
+    return nullptr;
+  });
+}
+
+OrtStatus* RecordKernel::GetRecord(const Ort::KernelContext& context, DecodedRecord& scratch,
+                                   const DecodedRecord** record) const {
+  if (constant_) {
+    *record = constant_.get();
+    return nullptr;
+  }
+  if (OrtStatus* status = DecodeInput(context.GetInput(record_input_), scratch)) return status;
+  *record = &scratch;
+  return nullptr;
+}
+
+}  // namespace onnxcomp

@@ -1,0 +1,79 @@
+// What the three CPU kernels share: decoding the record input once at kernel creation (or per run when
+// it is not a constant), error statuses that name the node, and keeping exceptions inside the library.
+#ifndef ONNXCOMP_CPU_RECORD_KERNEL_H_
+#define ONNXCOMP_CPU_RECORD_KERNEL_H_
+
+#include <onnxruntime_cxx_api.h>
+
+#include <exception>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cpu/decoded_record.h"
+
+namespace onnxcomp {
+
+// Returns why a decoded record cannot serve this op (empty string: it can).
+using RecordCheck = std::string (*)(const DecodedRecord&);
+
+class RecordKernel {
+ public:
+  RecordKernel(const char* op_name, size_t record_input, RecordCheck check)
+      : op_name_(op_name), record_input_(record_input), check_(check) {}
+
+  // Reads the node name and, when the record input is a constant initializer, decodes and checks it now,
+  // so a corrupt record fails session creation.
+  OrtStatus* Init(const OrtKernelInfo* info);
+
+  // "onnxcomp: node 'name' (Op): problem" as an INVALID_ARGUMENT status.
+  OrtStatus* Error(const std::string& problem) const;
+
+ protected:
+  // The record decoded at creation, or this run's record input decoded into `scratch`.
+  OrtStatus* GetRecord(const Ort::KernelContext& context, DecodedRecord& scratch, const DecodedRecord** record) const;
+
+ private:
+  OrtStatus* DecodeInput(const Ort::ConstValue& value, DecodedRecord& out) const;
+
+  const char* op_name_;
+  size_t record_input_;
+  RecordCheck check_;
+  std::string node_name_;
+  std::unique_ptr<const DecodedRecord> constant_;
+};
+
+// Runs `body` (returning OrtStatus*) and turns any exception into a status, so none crosses into ORT.
+template <typename Body>
+OrtStatus* GuardStatus(const RecordKernel* kernel, Body&& body) noexcept {
+  try {
+    return body();
+  } catch (const Ort::Exception& e) {
+    if (kernel) return kernel->Error(e.what());
+    return Ort::Status(e).release();
+  } catch (const std::bad_alloc&) {
+    if (kernel) return kernel->Error("out of memory");
+    return Ort::Status("onnxcomp: out of memory", ORT_FAIL).release();
+  } catch (const std::exception& e) {
+    if (kernel) return kernel->Error(e.what());
+    return Ort::Status(e).release();
+  }
+}
+
+// Creates kernel type K (constructible from nothing, with Init(info)) for CustomOpBase::CreateKernelV2.
+template <typename K>
+OrtStatus* CreateRecordKernel(const OrtKernelInfo* info, void** op_kernel) noexcept {
+  *op_kernel = nullptr;
+  return GuardStatus(nullptr, [&]() -> OrtStatus* {
+    auto kernel = std::make_unique<K>();
+    if (OrtStatus* status = kernel->Init(info)) return status;
+    *op_kernel = kernel.release();
+    return nullptr;
+  });
+}
+
+std::string ShapeToString(const std::vector<int64_t>& shape);
+
+}  // namespace onnxcomp
+
+#endif  // ONNXCOMP_CPU_RECORD_KERNEL_H_

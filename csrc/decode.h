@@ -1,0 +1,344 @@
+// Weight-record parsing and decoding (docs/format.md), written once for host and device code.
+// No ORT types, no STL, no exceptions, no allocation: the caller sizes and hands in every buffer.
+//
+// Use:
+//   RecordInfo info;  DecodeStatus s = parse_record(data, size, &info);   // bounds, header, CRC
+//   codebook: info.codebook_size floats; indices: info.num_elements * record::index_width(info.index_bits) bytes;
+//   workspace: decode_workspace_bytes(info) bytes, 4-byte aligned;
+//   s = decode_record(data, info, codebook, indices, workspace, workspace_bytes);
+#ifndef ONNXCOMP_DECODE_H_
+#define ONNXCOMP_DECODE_H_
+
+#include <stdint.h>
+#include <string.h>
+
+#include "huffman.h"
+#include "record_format.h"
+
+namespace onnxcomp {
+
+// ---- Little-endian loads (records have no alignment inside an ORT buffer) -----------------------------
+
+ONNXCOMP_HD uint16_t load_u16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
+ONNXCOMP_HD uint32_t load_u32(const uint8_t* p) {
+  return uint32_t{p[0]} | (uint32_t{p[1]} << 8) | (uint32_t{p[2]} << 16) | (uint32_t{p[3]} << 24);
+}
+ONNXCOMP_HD uint64_t load_u64(const uint8_t* p) { return uint64_t{load_u32(p)} | (uint64_t{load_u32(p + 4)} << 32); }
+ONNXCOMP_HD float bits_to_float(uint32_t bits) {
+  float f;
+  memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// ---- CRC-32 (IEEE 802.3, reflected, as zlib.crc32) ----------------------------------------------------
+
+inline constexpr uint32_t kCrc32Polynomial = 0xEDB88320u;
+
+struct Crc32Tables {
+  uint32_t t[8][256];
+};
+
+// Slice-by-8 tables, built at compile time.
+constexpr Crc32Tables make_crc32_tables() {
+  Crc32Tables tables{};
+  for (uint32_t i = 0; i < 256; ++i) {
+    uint32_t c = i;
+    for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ kCrc32Polynomial : c >> 1;
+    tables.t[0][i] = c;
+  }
+  for (uint32_t i = 0; i < 256; ++i) {
+    for (int s = 1; s < 8; ++s) tables.t[s][i] = (tables.t[s - 1][i] >> 8) ^ tables.t[0][tables.t[s - 1][i] & 0xFF];
+  }
+  return tables;
+}
+#if !defined(__CUDA_ARCH__)
+inline constexpr Crc32Tables kCrc32Tables = make_crc32_tables();
+#endif
+
+ONNXCOMP_HD uint32_t crc32(const uint8_t* p, uint64_t n) {
+  uint32_t c = 0xFFFFFFFFu;
+#if defined(__CUDA_ARCH__)
+  // Device code cannot read the host constexpr tables; the bitwise form is fine for the rare device use.
+  for (uint64_t i = 0; i < n; ++i) {
+    c ^= p[i];
+    for (int k = 0; k < 8; ++k) c = (c >> 1) ^ (kCrc32Polynomial & (0u - (c & 1)));
+  }
+#else
+  const auto& t = kCrc32Tables.t;
+  for (; n >= 8; n -= 8, p += 8) {
+    uint32_t lo = load_u32(p) ^ c;
+    uint32_t hi = load_u32(p + 4);
+    c = t[7][lo & 0xFF] ^ t[6][(lo >> 8) & 0xFF] ^ t[5][(lo >> 16) & 0xFF] ^ t[4][lo >> 24] ^ t[3][hi & 0xFF] ^
+        t[2][(hi >> 8) & 0xFF] ^ t[1][(hi >> 16) & 0xFF] ^ t[0][hi >> 24];
+  }
+  for (; n; --n, ++p) c = (c >> 8) ^ t[0][(c ^ *p) & 0xFF];
+#endif
+  return ~c;
+}
+
+// ---- Record header ------------------------------------------------------------------------------------
+
+// Everything parse_record learned: field values and the byte offsets of the variable-size sections.
+struct RecordInfo {
+  uint32_t rank;
+  uint32_t index_bits;
+  uint32_t coding;
+  uint32_t codebook_size;  // K
+  uint64_t num_elements;   // N
+  uint64_t dims[record::kMaxRank];
+  uint64_t codebook_offset;
+  // Sparse coding only (gap_bits = 0, nonzero_count = 0 for dense).
+  uint32_t gap_bits;
+  uint64_t nonzero_count;  // M
+  uint64_t gap_table_offset;
+  // Both codings.
+  uint64_t value_table_offset;  // dense: the index table
+  uint64_t payload_offset;
+  uint64_t payload_bits;
+};
+
+// A bounds-checked forward cursor over [0, end): every field is taken through it.
+struct Cursor {
+  uint64_t position;
+  uint64_t end;
+  // Claims `n` bytes; on success stores their offset. Overflow-safe: never computes position + n first.
+  ONNXCOMP_HD bool take(uint64_t n, uint64_t* offset) {
+    if (n > end - position) return false;
+    *offset = position;
+    position += n;
+    return true;
+  }
+};
+
+ONNXCOMP_HD bool float_is_finite_bits(uint32_t bits) { return (bits & 0x7F800000u) != 0x7F800000u; }
+
+// Validates everything that can be checked without decoding the payload: sizes against `size`,
+// header fields, the CRC (before anything else is trusted beyond the magic), dims, codebook values,
+// sparse parameters and the stream's padding bits.
+ONNXCOMP_HD DecodeStatus parse_record(const uint8_t* data, uint64_t size, RecordInfo* out) {
+  using namespace record;
+  RecordInfo& info = *out;
+  if (size < kFixedHeaderSize + kCrcSize) {
+    return decode_fail(DecodeError::kTruncated, "record shorter than its fixed header");
+  }
+  if (load_u32(data + kOffsetMagic) != kMagicLE) {
+    return decode_fail(DecodeError::kBadHeader, "bad record magic (expected OCWR)");
+  }
+  uint64_t body = size - kCrcSize;
+  if (crc32(data, body) != load_u32(data + body)) {
+    return decode_fail(DecodeError::kBadCrc, "record CRC-32 mismatch (corrupt or truncated record)");
+  }
+  if (load_u16(data + kOffsetVersion) != kVersion) {
+    return decode_fail(DecodeError::kBadHeader, "unsupported record version (expected 1)");
+  }
+  if (data[kOffsetValueType] != kValueTypeFloat32) {
+    return decode_fail(DecodeError::kBadHeader, "unsupported value type (expected 1, float32)");
+  }
+  info.rank = data[kOffsetRank];
+  if (info.rank > kMaxRank) return decode_fail(DecodeError::kBadHeader, "rank above 8");
+  info.index_bits = data[kOffsetIndexBits];
+  if (info.index_bits < kMinIndexBits || info.index_bits > kMaxIndexBits) {
+    return decode_fail(DecodeError::kBadHeader, "index bits outside 1..16");
+  }
+  info.coding = data[kOffsetCoding];
+  if (info.coding != kCodingDense && info.coding != kCodingSparse) {
+    return decode_fail(DecodeError::kBadHeader, "unknown coding (expected 0 dense or 1 sparse)");
+  }
+  if (load_u16(data + kOffsetReserved) != 0) return decode_fail(DecodeError::kBadHeader, "reserved field not 0");
+  info.codebook_size = load_u32(data + kOffsetCodebookSize);
+  if (info.codebook_size < 1 || info.codebook_size > (uint32_t{1} << info.index_bits)) {
+    return decode_fail(DecodeError::kBadCodebookSize, "codebook size K outside 1..2^bits");
+  }
+  info.num_elements = load_u64(data + kOffsetNumElements);
+  if (info.num_elements >= kMaxElements) return decode_fail(DecodeError::kBadDims, "element count N not below 2^40");
+
+  Cursor cursor{kFixedHeaderSize, body};
+  uint64_t offset;
+  if (!cursor.take(uint64_t{kDimSize} * info.rank, &offset)) {
+    return decode_fail(DecodeError::kTruncated, "record truncated in dims");
+  }
+  // Product of the non-zero dims stays below 2^40 (so no dim is absurd even when another is 0).
+  uint64_t nonzero_product = 1;
+  bool has_zero = false;
+  for (uint32_t i = 0; i < info.rank; ++i) {
+    uint64_t dim = load_u64(data + offset + uint64_t{kDimSize} * i);
+    info.dims[i] = dim;
+    if (dim == 0) {
+      has_zero = true;
+      continue;
+    }
+    if (dim >= kMaxElements || nonzero_product >= kMaxElements / dim) {
+      return decode_fail(DecodeError::kBadDims, "dims product overflows (not below 2^40)");
+    }
+    nonzero_product *= dim;
+  }
+  for (uint32_t i = info.rank; i < kMaxRank; ++i) info.dims[i] = 0;
+  if ((has_zero ? 0 : nonzero_product) != info.num_elements) {
+    return decode_fail(DecodeError::kBadDims, "dims product differs from element count N");
+  }
+
+  if (!cursor.take(uint64_t{kCodebookEntrySize} * info.codebook_size, &info.codebook_offset)) {
+    return decode_fail(DecodeError::kTruncated, "record truncated in codebook");
+  }
+  for (uint32_t i = 0; i < info.codebook_size; ++i) {
+    if (!float_is_finite_bits(load_u32(data + info.codebook_offset + uint64_t{kCodebookEntrySize} * i))) {
+      return decode_fail(DecodeError::kBadCodebook, "codebook value not finite");
+    }
+  }
+
+  info.gap_bits = 0;
+  info.nonzero_count = 0;
+  info.gap_table_offset = 0;
+  if (info.coding == kCodingSparse) {
+    if (load_u32(data + info.codebook_offset) != 0) {
+      return decode_fail(DecodeError::kBadCodebook, "sparse coding needs codebook[0] == 0.0");
+    }
+    if (!cursor.take(kSparseHeaderSize, &offset)) {
+      return decode_fail(DecodeError::kTruncated, "record truncated in sparse header");
+    }
+    info.gap_bits = data[offset];
+    if (info.gap_bits < kMinGapBits || info.gap_bits > kMaxGapBits) {
+      return decode_fail(DecodeError::kBadSparseHeader, "gap bits outside 1..16");
+    }
+    info.nonzero_count = load_u64(data + offset + 1);
+    if (info.nonzero_count > info.num_elements) {
+      return decode_fail(DecodeError::kBadSparseHeader, "non-zero count M above element count N");
+    }
+    if (!cursor.take(uint64_t{1} << info.gap_bits, &info.gap_table_offset)) {
+      return decode_fail(DecodeError::kTruncated, "record truncated in gap Huffman table");
+    }
+  }
+  if (!cursor.take(info.codebook_size, &info.value_table_offset)) {
+    return decode_fail(DecodeError::kTruncated, "record truncated in index Huffman table");
+  }
+  if (info.coding == kCodingSparse && data[info.value_table_offset] != 0) {
+    return decode_fail(DecodeError::kBadHuffmanTable, "sparse value Huffman table codes symbol 0");
+  }
+  if (!cursor.take(kPayloadBitsSize, &offset)) {
+    return decode_fail(DecodeError::kTruncated, "record truncated before payload_bits");
+  }
+  info.payload_bits = load_u64(data + offset);
+  uint64_t payload_bytes = info.payload_bits / 8 + (info.payload_bits % 8 != 0);
+  if (!cursor.take(payload_bytes, &info.payload_offset)) {
+    return decode_fail(DecodeError::kTruncated, "record truncated in payload (shorter than payload_bits)");
+  }
+  if (cursor.position != body) {
+    return decode_fail(DecodeError::kTrailingBytes, "record has bytes between its payload and its CRC");
+  }
+  uint32_t spare_bits = static_cast<uint32_t>(payload_bytes * 8 - info.payload_bits);
+  if (spare_bits && (data[info.payload_offset + payload_bytes - 1] & ((1u << spare_bits) - 1)) != 0) {
+    return decode_fail(DecodeError::kStreamHasBitsLeft, "payload padding bits after payload_bits not 0");
+  }
+  return decode_ok();
+}
+
+// ---- Payload decoding ---------------------------------------------------------------------------------
+
+ONNXCOMP_HD uint64_t decode_workspace_bytes(const RecordInfo& info) {
+  uint64_t bytes = huffman_workspace_bytes(info.codebook_size);
+  if (info.coding == record::kCodingSparse) bytes += huffman_workspace_bytes(uint32_t{1} << info.gap_bits);
+  return bytes;
+}
+
+ONNXCOMP_HD BitReader payload_reader(const uint8_t* data, const RecordInfo& info) {
+  return BitReader{data + info.payload_offset, info.payload_bits / 8 + (info.payload_bits % 8 != 0), info.payload_bits,
+                   0};
+}
+
+// Dense coding: N codes, one per element.
+template <typename Index>
+ONNXCOMP_HD DecodeStatus decode_dense(const HuffmanDecoder& table, BitReader reader, uint64_t n, Index* indices) {
+  uint64_t i = 0;
+  // Fast path while 57 stream bits remain: several codes are taken from each 8-byte load, so the serial
+  // chain per code is one table lookup and one shift, not a reload; no bounds checks are needed.
+  while (i < n && reader.fast_ok()) {
+    uint64_t word = reader.peek64_fast();
+    uint32_t used = 0;
+    do {
+      uint32_t symbol;
+      uint32_t length = huffman_decode_window(table, static_cast<uint32_t>(word >> 32), &symbol);
+      if (ONNXCOMP_UNLIKELY(length == 0)) {
+        return decode_fail(DecodeError::kNoCode, "payload holds a bit string that is no Huffman code");
+      }
+      word <<= length;
+      used += length;
+      indices[i++] = static_cast<Index>(symbol);
+    } while (used <= kWordRefillAt && i < n);
+    reader.position += used;
+  }
+  for (; i < n; ++i) {
+    uint32_t symbol;
+    DecodeStatus s = huffman_decode_one(table, reader, &symbol);
+    if (!s.ok()) return s;
+    indices[i] = static_cast<Index>(symbol);
+  }
+  if (reader.position != reader.size_bits) {
+    return decode_fail(DecodeError::kStreamHasBitsLeft, "payload has bits left after the last code");
+  }
+  return decode_ok();
+}
+
+// Sparse (gap) coding: items of (gap, value) or escape, until M non-zero elements; the rest are index 0.
+template <typename Index>
+ONNXCOMP_HD DecodeStatus decode_sparse(const HuffmanDecoder& gaps, const HuffmanDecoder& values, BitReader reader,
+                                       const RecordInfo& info, Index* indices) {
+  const uint64_t n = info.num_elements;
+  for (uint64_t i = 0; i < n; ++i) indices[i] = 0;
+  const uint32_t escape = (uint32_t{1} << info.gap_bits) - 1;
+  uint64_t position = 0;
+  for (uint64_t produced = 0; produced < info.nonzero_count;) {
+    uint32_t gap;
+    DecodeStatus s = huffman_decode_one(gaps, reader, &gap);
+    if (!s.ok()) return s;
+    if (gap == escape) {
+      if (escape > n - position) return decode_fail(DecodeError::kGapPassesN, "gap decoding passes element count N");
+      position += escape;
+      continue;
+    }
+    if (gap >= n - position) return decode_fail(DecodeError::kGapPassesN, "gap decoding passes element count N");
+    position += gap;
+    uint32_t value;
+    s = huffman_decode_one(values, reader, &value);
+    if (!s.ok()) return s;
+    if (value == 0 || value >= info.codebook_size) {
+      return decode_fail(DecodeError::kBadValueIndex, "sparse value index 0 or not below K");
+    }
+    indices[position++] = static_cast<Index>(value);
+    ++produced;
+  }
+  if (reader.position != reader.size_bits) {
+    return decode_fail(DecodeError::kStreamHasBitsLeft, "payload has bits left after the last code");
+  }
+  return decode_ok();
+}
+
+// Decodes a record parse_record accepted: K floats into `codebook`, N indices in working form
+// (uint8 when index_bits <= 8, else uint16) into `indices`.
+ONNXCOMP_HD DecodeStatus decode_record(const uint8_t* data, const RecordInfo& info, float* codebook, void* indices,
+                                       void* workspace, uint64_t workspace_bytes) {
+  if (workspace_bytes < decode_workspace_bytes(info) || (reinterpret_cast<uintptr_t>(workspace) & 3) != 0) {
+    return decode_fail(DecodeError::kBadArgument, "decode workspace too small or not 4-byte aligned");
+  }
+  for (uint32_t i = 0; i < info.codebook_size; ++i) {
+    codebook[i] = bits_to_float(load_u32(data + info.codebook_offset + uint64_t{record::kCodebookEntrySize} * i));
+  }
+  HuffmanDecoder values;
+  DecodeStatus s = huffman_build(data + info.value_table_offset, info.codebook_size, workspace, &values);
+  if (!s.ok()) return s;
+  BitReader reader = payload_reader(data, info);
+  const bool wide = record::index_width(info.index_bits) == 2;
+  if (info.coding == record::kCodingDense) {
+    return wide ? decode_dense(values, reader, info.num_elements, static_cast<uint16_t*>(indices))
+                : decode_dense(values, reader, info.num_elements, static_cast<uint8_t*>(indices));
+  }
+  HuffmanDecoder gaps;
+  void* gap_workspace = static_cast<uint8_t*>(workspace) + huffman_workspace_bytes(info.codebook_size);
+  s = huffman_build(data + info.gap_table_offset, uint32_t{1} << info.gap_bits, gap_workspace, &gaps);
+  if (!s.ok()) return s;
+  return wide ? decode_sparse(gaps, values, reader, info, static_cast<uint16_t*>(indices))
+              : decode_sparse(gaps, values, reader, info, static_cast<uint8_t*>(indices));
+}
+
+}  // namespace onnxcomp
+
+#endif  // ONNXCOMP_DECODE_H_

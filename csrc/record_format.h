@@ -1,0 +1,73 @@
+// The weight-record layout of docs/format.md (record version 1), pinned in one place.
+// Shared by host and device code: constants only, no ORT types, no STL.
+#ifndef ONNXCOMP_RECORD_FORMAT_H_
+#define ONNXCOMP_RECORD_FORMAT_H_
+
+#include <stdint.h>
+
+namespace onnxcomp {
+
+// The op domain, once for C++ (onnxcomp/runtime.py holds the Python twin; a test checks they agree).
+#define ONNXCOMP_DOMAIN "ai.onnxcomp"
+inline constexpr const char kDomain[] = ONNXCOMP_DOMAIN;
+inline constexpr int kOpsetVersion = 1;
+
+namespace record {
+
+inline constexpr uint8_t kMagic[4] = {'O', 'C', 'W', 'R'};
+inline constexpr uint32_t kMagicLE = 0x5257434Fu;  // kMagic read as a little-endian u32 (device-friendly)
+inline constexpr uint16_t kVersion = 1;
+inline constexpr uint8_t kValueTypeFloat32 = 1;  // ONNX TensorProto.FLOAT
+inline constexpr uint8_t kCodingDense = 0;
+inline constexpr uint8_t kCodingSparse = 1;
+
+inline constexpr uint32_t kMaxRank = 8;
+inline constexpr uint32_t kMinIndexBits = 1;
+inline constexpr uint32_t kMaxIndexBits = 16;
+inline constexpr uint32_t kMinGapBits = 1;
+inline constexpr uint32_t kMaxGapBits = 16;
+inline constexpr uint32_t kMaxCodeLength = 24;
+inline constexpr uint64_t kMaxElements = uint64_t{1} << 40;  // N must be strictly below this
+
+// Fixed header: byte offsets of each field.
+inline constexpr uint32_t kOffsetMagic = 0;
+inline constexpr uint32_t kOffsetVersion = 4;
+inline constexpr uint32_t kOffsetValueType = 6;
+inline constexpr uint32_t kOffsetRank = 7;
+inline constexpr uint32_t kOffsetIndexBits = 8;
+inline constexpr uint32_t kOffsetCoding = 9;
+inline constexpr uint32_t kOffsetReserved = 10;
+inline constexpr uint32_t kOffsetCodebookSize = 12;
+inline constexpr uint32_t kOffsetNumElements = 16;
+inline constexpr uint32_t kOffsetDims = 24;
+inline constexpr uint32_t kFixedHeaderSize = 24;
+inline constexpr uint32_t kDimSize = 8;
+inline constexpr uint32_t kCodebookEntrySize = 4;
+inline constexpr uint32_t kCrcSize = 4;
+inline constexpr uint32_t kPayloadBitsSize = 8;
+inline constexpr uint32_t kSparseHeaderSize = 1 + 8;  // gap bits, M
+
+// The smallest possible record: rank 0, K = 1, dense, empty payload.
+inline constexpr uint32_t kMinRecordSize =
+    kFixedHeaderSize + kCodebookEntrySize + 1 /*table*/ + kPayloadBitsSize + kCrcSize;
+
+static_assert(kMagicLE == (uint32_t{kMagic[0]} | uint32_t{kMagic[1]} << 8 | uint32_t{kMagic[2]} << 16 |
+                           uint32_t{kMagic[3]} << 24), "magic as u32");
+static_assert(kOffsetDims == kFixedHeaderSize, "dims follow the fixed header");
+static_assert(kOffsetNumElements + 8 == kFixedHeaderSize, "N is the last fixed field");
+static_assert(kOffsetCodebookSize + 4 == kOffsetNumElements, "K is a u32 before N");
+static_assert(kOffsetReserved + 2 == kOffsetCodebookSize, "reserved is a u16");
+static_assert(kMinRecordSize == 41, "rank-0, K=1 dense record size");
+static_assert(kMaxCodeLength < 32, "codes are peeked from a 32-bit window");
+static_assert(kMaxIndexBits <= 16, "indices are held in at most two bytes");
+static_assert(kMaxGapBits <= 16, "gap symbols are held in at most two bytes");
+static_assert(kMaxRank * kDimSize + kFixedHeaderSize < 256, "header fits in a small buffer");
+
+// Working form of the indices: one byte each up to 8 index bits, two bytes otherwise.
+inline constexpr uint32_t index_width(uint32_t index_bits) { return index_bits <= 8 ? 1u : 2u; }
+static_assert(index_width(8) == sizeof(uint8_t) && index_width(9) == sizeof(uint16_t), "index widths");
+
+}  // namespace record
+}  // namespace onnxcomp
+
+#endif  // ONNXCOMP_RECORD_FORMAT_H_
