@@ -19,8 +19,11 @@ BUNDLED_EVAL = ROOT / "models" / "fashion_eval.npz"
 
 
 def onnxcomp(*args):
-    # Run outside the checkout so that the installed package (with its built library) is the one imported.
-    return subprocess.run([sys.executable, "-m", "onnxcomp", *map(str, args)], capture_output=True, text=True, cwd=ROOT.parent)
+    """Run the CLI in a subprocess that imports the same onnxcomp as these tests (installed or checkout)."""
+    import onnxcomp as package
+    home = str(Path(package.__file__).resolve().parents[1])
+    code = f"import sys; sys.path.insert(0, {home!r}); from onnxcomp.cli import run; run()"
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, cwd=ROOT.parent)
 
 
 @pytest.fixture
