@@ -145,6 +145,14 @@ def encode_record(codebook: np.ndarray, indices: np.ndarray, dims: tuple[int, ..
     return bytes(record)
 
 
+def _take_payload(cursor: "_Cursor") -> tuple[bytes, int]:
+    (payload_bits,) = struct.unpack("<Q", cursor.take(8, "payload length"))
+    payload = cursor.take((payload_bits + 7) // 8, "payload")
+    if payload_bits % 8 and payload[-1] & ((1 << (8 - payload_bits % 8)) - 1):
+        raise CorruptSidecarError("payload has non-zero padding bits")
+    return payload, payload_bits
+
+
 class _Cursor:
     def __init__(self, data: bytes) -> None:
         self.data = data
@@ -179,10 +187,11 @@ def decode_record(data: bytes) -> Record:
     if int(np.prod(np.array(dims, dtype=object))) != n:
         raise CorruptSidecarError("record dims do not multiply to its element count")
     codebook = np.frombuffer(cursor.take(4 * k, "codebook"), dtype="<f4").astype(np.float32)
+    if not np.isfinite(codebook).all():
+        raise CorruptSidecarError("record codebook holds a value that is not finite")
     if coding == CODING_DENSE:
         lengths = np.frombuffer(cursor.take(k, "code table"), dtype=np.uint8)
-        (payload_bits,) = struct.unpack("<Q", cursor.take(8, "payload length"))
-        payload = cursor.take((payload_bits + 7) // 8, "payload")
+        payload, payload_bits = _take_payload(cursor)
         indices = huffman.decode(payload, payload_bits, lengths, n) if n else np.zeros(0, np.int64)
         if n == 0 and payload_bits:
             raise CorruptSidecarError("payload has bits left over after the last symbol")
@@ -196,8 +205,7 @@ def decode_record(data: bytes) -> Record:
         value_lengths = np.frombuffer(cursor.take(k, "value table"), dtype=np.uint8)
         if value_lengths[0]:
             raise CorruptSidecarError("sparse record codes the pruned value 0")
-        (payload_bits,) = struct.unpack("<Q", cursor.take(8, "payload length"))
-        payload = cursor.take((payload_bits + 7) // 8, "payload")
+        payload, payload_bits = _take_payload(cursor)
         indices = _decode_sparse(payload, payload_bits, gap_bits, gap_lengths, value_lengths, n, nonzero_count)
     if cursor.offset != len(cursor.data):
         raise CorruptSidecarError("record has trailing bytes")

@@ -106,3 +106,26 @@ def test_sidecar_directory_roundtrip(tmp_path, rng):
 
 def test_sidecar_path():
     assert sidecar.sidecar_path("out/small.onnx") == "out/small.onnxcomp"
+
+
+def test_non_finite_codebook_and_padding_bits_are_rejected(rng):
+    data = bytearray(sidecar.encode_record(np.array([0.5, 1.5], np.float32), np.array([0, 0, 0, 0, 0, 0, 1]), (7,), 1))
+    body = bytearray(data[:-4])
+    body[24 + 8:24 + 12] = np.array([np.inf], "<f4").tobytes()  # codebook[0] of a rank-1 record
+    with pytest.raises(CorruptSidecarError, match="not finite"):
+        sidecar.decode_record(reseal(bytes(body)))
+    body = bytearray(data[:-4])
+    assert body[-1] & 1 == 0  # 7 one-bit codes: one padding bit
+    body[-1] |= 1  # the payload's last byte has unused low bits
+    with pytest.raises(CorruptSidecarError, match="padding"):
+        sidecar.decode_record(reseal(bytes(body)))
+
+
+def test_domain_string_agrees_between_python_and_cpp():
+    from pathlib import Path
+
+    import onnxcomp
+    from passes.base import DOMAIN
+    header = (Path(__file__).resolve().parents[1] / "csrc" / "record_format.h").read_text()
+    assert f'#define ONNXCOMP_DOMAIN "{onnxcomp.DOMAIN}"' in header
+    assert DOMAIN == onnxcomp.DOMAIN
