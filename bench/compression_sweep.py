@@ -33,6 +33,10 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         out = str(Path(folder) / "out.onnx")
+        report = onnxcomp.compress(args.model, out)  # the defaults
+        acc = accuracy(out, args.data, compressed=True)
+        rows.append(("defaults", "defaults", "quantile", report.ratio, acc))
+        print(f"defaults: ratio {report.ratio:.1f}x accuracy {100 * acc:.2f}%", flush=True)
         grid = itertools.product([float(s) for s in args.sparsity.split(",")], [int(b) for b in args.bits.split(",")],
                                  args.init.split(","))
         for sparsity, bits, init in grid:
@@ -45,7 +49,8 @@ def main() -> None:
              "k-means codebooks, Huffman/gap-coded sidecar. Ratio = input file / (output model + sidecar).", "",
              "| sparsity | bits | init | ratio | top-1 | change (points) |", "|---|---|---|---|---|---|"]
     for sparsity, bits, init, ratio, acc in rows:
-        lines.append(f"| {sparsity:.2f} | {bits} | {init} | {ratio:.1f}x | {100 * acc:.2f}% | {100 * (acc - base):+.2f} |")
+        sparsity = sparsity if isinstance(sparsity, str) else f"{sparsity:.2f}"
+        lines.append(f"| {sparsity} | {bits} | {init} | {ratio:.1f}x | {100 * acc:.2f}% | {100 * (acc - base):+.2f} |")
     update_section(args.section or f"sweep-{name}", "\n".join(lines))
 
 

@@ -68,6 +68,9 @@ def compress(
     activation_threshold: float = typer.Option(0.0, help="An input 'fires' above this value (tfidf statistics)."),
     reconstruct: Optional[bool] = typer.Option(None, "--reconstruct/--no-reconstruct", help="Least-squares refit of kept weights and codebooks (default: on with --calib)."),
     ridge: float = typer.Option(1e-2, min=0.0, help="Ridge regularisation of the refit, relative to the mean input energy."),
+    budget: Optional[str] = typer.Option(None, help="Smallest model within a quality budget, e.g. top1=0.99, cosine=0.99, rel_l2=0.05, accuracy=0.01 (needs --calib)."),
+    holdout: float = typer.Option(0.25, min=0.01, max=0.99, help="With --budget: fraction of calibration samples held back to measure quality."),
+    cache_dir: Optional[Path] = typer.Option(None, help="With --budget: where sensitivity curves are cached (default ~/.cache/onnxcomp)."),
     tfidf_power: float = typer.Option(1.0, help="tfidf: power p on |w|."),
     tfidf_smoothing: float = typer.Option(1.0, min=0.0, help="tfidf: smoothing added to firing counts."),
     tfidf_constant: float = typer.Option(1.0, help="tfidf: constant added to the IDF."),
@@ -99,12 +102,19 @@ def compress(
         if value is not None:
             per_kind[kind] = value
     try:
-        result = run(str(input_path), str(output_path), prune=prune.value, score=score.value, sparsity=sparsity,
-                     threshold=threshold.value, sensitivity=sensitivity, scope=scope.value, bits=per_kind,
-                     init=init.value, min_elements=min_elements, seed=seed, calib=calib, calib_samples=calib_samples,
-                     calib_batch=calib_batch, activation_threshold=activation_threshold, reconstruct=reconstruct,
-                     ridge=ridge, tfidf=TfidfParameters(tfidf_power, tfidf_smoothing, tfidf_constant, tfidf_exponent),
-                     eval_data=str(eval_data) if eval_data else None)
+        if budget:
+            from .autotune import compress_to_budget
+            result = compress_to_budget(str(input_path), str(output_path), budget=budget, calib=calib, calib_samples=calib_samples,
+                                        holdout=holdout, cache_dir=str(cache_dir) if cache_dir else None, prune=prune.value,
+                                        score=score.value, reconstruct=reconstruct is not False, ridge=ridge, init=init.value,
+                                        seed=seed, min_elements=min_elements, eval_data=str(eval_data) if eval_data else None)
+        else:
+            result = run(str(input_path), str(output_path), prune=prune.value, score=score.value, sparsity=sparsity,
+                         threshold=threshold.value, sensitivity=sensitivity, scope=scope.value, bits=per_kind,
+                         init=init.value, min_elements=min_elements, seed=seed, calib=calib, calib_samples=calib_samples,
+                         calib_batch=calib_batch, activation_threshold=activation_threshold, reconstruct=reconstruct,
+                         ridge=ridge, tfidf=TfidfParameters(tfidf_power, tfidf_smoothing, tfidf_constant, tfidf_exponent),
+                         eval_data=str(eval_data) if eval_data else None)
         if report:
             report.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     except OnnxcompError as error:
@@ -129,6 +139,12 @@ def _print_summary(result) -> None:
         typer.echo(f"left dense: {name}: {reason}")
     typer.echo(f"total: {result.input_bytes:,} bytes -> {result.output_bytes:,} bytes "
                f"({result.output_path} + {result.sidecar_path or 'no sidecar'}): {result.ratio:.1f}x smaller")
+    if result.budget:
+        b = result.budget
+        typer.echo(f"budget {b['metric']}={b['value']}: predicted error {b['predicted_error']:.4g}, measured {b['measured_error']:.4g} "
+                   f"on {b['holdout_samples']} held-back samples")
+        for name, setting in b["settings"].items():
+            typer.echo(f"  {name}: sparsity {setting['sparsity']:.2f}, {setting['bits']} bits")
     if result.accuracy_before is not None:
         delta = 100 * (result.accuracy_after - result.accuracy_before)
         typer.echo(f"top-1 accuracy: {100 * result.accuracy_before:.2f}% before, {100 * result.accuracy_after:.2f}% after ({delta:+.2f} points)")

@@ -14,7 +14,7 @@ import numpy as np
 from sklearn.cluster import KMeans
 
 INITS = ("quantile", "linear")
-SAMPLE_SIZE = 50_000
+SAMPLE_SIZE = 20_000
 REFINE_ITERATIONS = 2000
 
 
@@ -41,7 +41,7 @@ def fit_codebook(values: np.ndarray, size: int, init: str = "quantile", seed: in
         start = np.linspace(sample.min(), sample.max(), size)
     else:
         start = np.unique(np.quantile(sample, (np.arange(size) + 0.5) / size))
-    kmeans = KMeans(n_clusters=len(start), init=start[:, None], n_init=1, max_iter=50, tol=1e-10, random_state=seed)
+    kmeans = KMeans(n_clusters=len(start), init=start[:, None], n_init=1, max_iter=20, tol=1e-10, random_state=seed)
     centroids = np.sort(kmeans.fit(sample[:, None]).cluster_centers_.ravel())
     return _refine(values, centroids)
 

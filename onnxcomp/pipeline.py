@@ -17,6 +17,7 @@ import onnx_graphsurgeon as gs
 
 from passes import (CalibrateWeightsPass, CompressionState, PackWeightsPass, Pipeline, PruneWeightsPass,
                     ReconstructWeightsPass, SelectWeightsPass, ShareWeightsPass)
+from passes.apply_settings import ApplySettingsPass
 from passes.base import DOMAIN, DOMAIN_VERSION
 from passes.pack_weights import RECORD_SUFFIX
 
@@ -58,6 +59,7 @@ class Report:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     accuracy_before: float | None = None
     accuracy_after: float | None = None
+    budget: dict | None = None  # with --budget: the goal, predicted and measured error, chosen settings
 
     @property
     def ratio(self) -> float:
@@ -78,11 +80,12 @@ class Report:
 def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=None, scope: str = "layer",
                    threshold: str = "percentile", sensitivity: float = 1.0, tfidf=None, bits=None,
                    init: str = "quantile", min_elements: int = 1024, seed: int = 0, calib=None, calib_batch: int = 64,
-                   activation_threshold: float = 0.0, reconstruct: bool | None = None, ridge: float = 1e-2) -> Pipeline:
+                   activation_threshold: float = 0.0, reconstruct: bool | None = None, ridge: float = 1e-2,
+                   settings: dict | None = None) -> Pipeline:
     """The pass list for the given options (``None`` means the defaults; ``calib`` is a dict of input arrays).
 
     With calibration data, reconstruction (refitting kept weights, then the shared values) is on unless
-    ``reconstruct=False``.
+    ``reconstruct=False``. ``settings`` maps weight names to ``{"sparsity": s, "bits": b}`` overrides.
     """
     if min_elements < 1:
         raise InvalidOptionError(f"min-elements {min_elements} must be at least 1")
@@ -97,6 +100,8 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
         raise CalibrationError("reconstruction needs calibration data: pass --calib DATA.npz")
     reconstruct = calib is not None if reconstruct is None else reconstruct
     passes = [SelectWeightsPass(min_elements=min_elements)]
+    if settings:
+        passes.append(ApplySettingsPass(settings=settings))
     if calib is not None:
         passes.append(CalibrateWeightsPass(data=calib, batch=calib_batch, threshold=activation_threshold, keep_gram=reconstruct))
     passes.append(PruneWeightsPass(method=prune, score=score, sparsity=DEFAULT_SPARSITY if sparsity is None else sparsity,
@@ -135,15 +140,18 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
              calib_samples: int | None = None, **options) -> Report:
     """Compress ``input_path`` into ``output_path`` plus its sidecar; the Python face of ``onnxcomp compress``.
 
-    ``calib`` is a path (.npz, or a folder of them) or "random"; options are those of ``build_pipeline``.
+    ``calib`` is a path (.npz, or a folder of them), "random", or a dict of input arrays; options are those
+    of ``build_pipeline``.
     """
     input_path, output_path = os.fspath(input_path), os.fspath(output_path)
     build_pipeline(calib={} if calib else None, **options)  # validate options before any work
     model_io.check_output_path(input_path, output_path)
     model = model_io.load_model(input_path)
-    if calib:
+    if isinstance(calib, str):
         from .evaluate import load_calibration
         options["calib"] = load_calibration(calib, model, calib_samples, seed=options.get("seed", 0))
+    elif calib is not None:
+        options["calib"] = calib
     compressed, state = compress_model(model, **options)
     records = [(t.name, t.name + RECORD_SUFFIX, t.record, t.transposed) for t in state.targets]
     sidecar_file = model_io.write_compressed(compressed, records, output_path)

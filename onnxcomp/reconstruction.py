@@ -8,7 +8,8 @@ row ``v`` is ``E(v) = (v - w)^T G (v - w) = ||X v - X w||^2``.
 - ``refit_codebook``: with the index assignment fixed, the shared values c minimise
   ``sum_i E(M_i c)`` where ``M_i`` one-hot encodes row i's indices: the normal equations
   ``(sum_i M_i^T G M_i) c = sum_i M_i^T G w_i`` (the pruned entry stays exactly 0). It is the post-training
-  counterpart of Deep Compression's fine-tuned centroids; kept only if it lowers the total error.
+  counterpart of Deep Compression's fine-tuned centroids; kept only if it lowers the total error, and
+  done for codebooks of at most ``MAX_REFIT_CODEBOOK`` entries.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 
+MAX_REFIT_CODEBOOK = 64  # larger codebooks lose little to k-means, and the normal equations cost O(rows * in^2)
+
+
 def row_errors(rows: np.ndarray, original: np.ndarray, gram: np.ndarray) -> np.ndarray:
     diff = rows - original
-    return np.einsum("ik,kl,il->i", diff, gram, diff)
+    return ((diff @ gram) * diff).sum(axis=1)
 
 
 @threadpool_limits.wrap(limits=1, user_api="blas")  # many small solves: BLAS threads only add overhead here
@@ -51,16 +55,21 @@ def refit_codebook(original: np.ndarray, indices: np.ndarray, codebook: np.ndarr
     k = len(codebook)
     first = 1 if pruned_zero else 0
     free = np.arange(first, k)
-    if len(free) == 0:
+    if len(free) == 0 or k > MAX_REFIT_CODEBOOK:
         return codebook
     normal = np.zeros((k, k))
     rhs = np.zeros(k)
     gw = original @ gram  # rows of (G w_i)^T
     for i in range(len(original)):
-        onehot = np.zeros((original.shape[1], k))
-        onehot[np.arange(original.shape[1]), indices[i]] = 1.0
-        normal += onehot.T @ gram @ onehot
-        rhs += onehot.T @ gw[i]
+        # M_i^T G M_i sums G over (group a, group b) blocks: sort columns by index, then reduce each group.
+        idx = indices[i]
+        order = np.argsort(idx, kind="stable")
+        counts = np.bincount(idx, minlength=k)
+        present = np.flatnonzero(counts)
+        starts = np.concatenate([[0], np.cumsum(counts)])[present]
+        grouped = np.add.reduceat(gram[np.ix_(order, order)], starts, axis=1)
+        normal[np.ix_(present, present)] += np.add.reduceat(grouped, starts, axis=0)
+        rhs += np.bincount(idx, weights=gw[i], minlength=k)
     sub = normal[np.ix_(free, free)]
     sub += ridge * (np.trace(sub) / len(free) + 1e-12) * np.eye(len(free))
     candidate = codebook.astype(np.float64).copy()

@@ -31,6 +31,8 @@ class WeightTarget:
     layer_input: object | None = None  # onnxcomp.calibration.LayerInput, when activations can be observed
     statistics: object | None = None  # onnxcomp.calibration.LayerStatistics
     refit: np.ndarray | None = None  # reconstructed weights, replacing the original values for sharing
+    sparsity_override: float | None = None  # per-weight settings (budget allocation, recipes) beat per-kind ones
+    bits_override: int | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -47,8 +47,10 @@ class PruneWeightsPass(GraphPass):
         if self.method == "activation" and state.targets and not any(t.statistics is not None for t in state.targets):
             raise CalibrationError("activation-aware pruning needs calibration data: pass --calib DATA.npz")
 
-    def sparsity_for(self, kind: str) -> float:
-        return self.sparsity.get(kind, 0.0) if isinstance(self.sparsity, Mapping) else self.sparsity
+    def sparsity_for(self, target: WeightTarget) -> float:
+        if target.sparsity_override is not None:
+            return target.sparsity_override
+        return self.sparsity.get(target.kind, 0.0) if isinstance(self.sparsity, Mapping) else self.sparsity
 
     def scores(self, target: WeightTarget) -> np.ndarray:
         """Scores in the weight's own shape."""
@@ -83,9 +85,9 @@ class PruneWeightsPass(GraphPass):
                 row_wise = self.method == "activation" and self.score == "wanda" and t.statistics is not None
                 if row_wise:
                     rows = to_rows(scores[t.name], t.layer_input.layout)
-                    masks[t.name] = from_rows(pruning.row_keep_mask(rows, self.sparsity_for(t.kind)), t.layer_input.layout, t.shape)
+                    masks[t.name] = from_rows(pruning.row_keep_mask(rows, self.sparsity_for(t)), t.layer_input.layout, t.shape)
                 else:
-                    masks[t.name] = pruning.keep_mask(scores[t.name], self.sparsity_for(t.kind))
+                    masks[t.name] = pruning.keep_mask(scores[t.name], self.sparsity_for(t))
         for target in targets:
             target.keep = masks[target.name]
         pruned = sum(t.size - int(t.keep.sum()) for t in targets)

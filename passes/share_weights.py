@@ -28,13 +28,15 @@ class ShareWeightsPass(GraphPass):
             raise InvalidOptionError(f"unknown codebook initialisation {init!r}: use {', '.join(codebook_math.INITS)}")
         self.bits, self.init, self.seed, self.refit_codebook = bits, init, seed, refit_codebook
 
-    def bits_for(self, kind: str) -> int:
-        return self.bits[kind] if isinstance(self.bits, Mapping) else self.bits
+    def bits_for(self, target) -> int:
+        if target.bits_override is not None:
+            return target.bits_override
+        return self.bits[target.kind] if isinstance(self.bits, Mapping) else self.bits
 
     def run(self, state: CompressionState) -> PassResult:
         targets = [t for t in state.targets if t.codebook is None]
         for target in targets:
-            target.bits = self.bits_for(target.kind)
+            target.bits = self.bits_for(target)
             target.codebook, target.indices = codebook_math.quantize(
                 target.values, target.keep, target.bits, self.init, self.seed)
             if self.refit_codebook and target.statistics is not None and target.statistics.gram is not None:

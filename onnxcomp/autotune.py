@@ -1,0 +1,196 @@
+"""``compress --budget``: per-layer sensitivity analysis, then the smallest allocation within a quality budget.
+
+1. Calibration samples are split: the first part fits everything (statistics, pruning, reconstruction), the
+   held-back rest (``holdout`` fraction) only measures quality against the original model.
+2. Sensitivity: for each weight and each candidate (sparsity, bits), only that weight is compressed and the
+   model's first output on the held-back samples is compared with the original's (the weight is fed as a
+   graph input, so one onnxruntime session serves all candidates of a weight). Results are cached in a JSON
+   file keyed by the model, the data and the options, so a second run with another budget skips this step.
+3. Allocation (onnxcomp/budget.py) assumes errors add up; the chosen model is then compressed for real and
+   measured end to end in onnxruntime with the custom ops. When the measured error exceeds the budget, the
+   allowed error is scaled by predicted/measured and the allocation repeated (at most ``ROUNDS`` times).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import tempfile
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import onnxruntime as ort
+
+from passes import CalibrateWeightsPass, CompressionState, PruneWeightsPass, ReconstructWeightsPass, SelectWeightsPass, ShareWeightsPass
+from passes.base import WeightTarget
+
+from . import budget as budget_math
+from . import model_io, sidecar
+from .errors import CalibrationError, OnnxcompError
+from .evaluate import LABELS, _read_arrays, load_calibration
+
+log = logging.getLogger("onnxcomp")
+
+SPARSITIES = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+BITS = (2, 3, 4, 5, 6, 8)
+ROUNDS = 4
+CACHE_VERSION = 1
+
+
+def _session(model: onnx.ModelProto) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _weight_as_input(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    tensor = next(t for t in probe.graph.initializer if t.name == name)
+    probe.graph.input.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, list(tensor.dims)))
+    probe.graph.initializer.remove(tensor)
+    return probe
+
+
+def _pruned(target: WeightTarget, sparsity: float, options: dict) -> WeightTarget:
+    """``target`` pruned (and reconstructed) alone at ``sparsity`` with the pipeline's own passes."""
+    trial = dataclasses.replace(target, keep=None, codebook=None, indices=None, refit=None, record=None,
+                                sparsity_override=sparsity, bits_override=None)
+    state = CompressionState(None, [trial])
+    PruneWeightsPass(method=options["prune"] if sparsity > 0 else "none", score=options["score"])(state)
+    if options["reconstruct"] and trial.keep is not None:
+        ReconstructWeightsPass(ridge=options["ridge"])(state)
+    return trial
+
+
+def _shared(pruned: WeightTarget, bits: int, options: dict) -> WeightTarget:
+    """A pruned target's codebook and record at ``bits``."""
+    trial = dataclasses.replace(pruned, codebook=None, indices=None, record=None, bits_override=bits)
+    ShareWeightsPass(bits=bits, init=options["init"], seed=options["seed"], refit_codebook=options["reconstruct"])(
+        CompressionState(None, [trial]))
+    bits_needed = max(1, int(np.ceil(np.log2(max(len(trial.codebook), 2)))))
+    trial.record = sidecar.encode_record(trial.codebook, trial.indices, trial.shape, bits_needed)
+    return trial
+
+
+def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib: str, calib_samples: int | None = None,
+                       holdout: float = 0.25, sparsities=SPARSITIES, bits=BITS, cache_dir: str | None = None,
+                       prune: str = "magnitude", score: str = "wanda", reconstruct: bool = True, ridge: float = 1e-2,
+                       init: str = "quantile", seed: int = 0, min_elements: int = 1024, eval_data: str | None = None):
+    """Compress ``input_path`` to the smallest allocation found that meets ``budget`` (e.g. "top1=0.99")."""
+    from .pipeline import compress
+    goal = budget_math.parse_budget(budget)
+    if not calib:
+        raise CalibrationError("--budget needs calibration data to measure quality: pass --calib DATA.npz")
+    if not 0 < holdout < 1:
+        raise OnnxcompError(f"holdout {holdout} must be a fraction in (0, 1)")
+    model_io.check_output_path(input_path, output_path)
+    model = model_io.load_model(input_path)
+    model_io.constants_to_initializers(model.graph)
+    data = load_calibration(calib, model, calib_samples, seed)
+    count = len(next(iter(data.values())))
+    held = max(1, int(round(holdout * count)))
+    if count - held < 1:
+        raise CalibrationError(f"{count} calibration samples are too few to hold some back: give at least 2")
+    fit = {k: v[:count - held] for k, v in data.items()}
+    hold = {k: v[count - held:] for k, v in data.items()}
+    labels = None
+    if goal.metric == "accuracy":
+        arrays = _read_arrays(calib) if calib != "random" else {}
+        if LABELS not in arrays:
+            raise CalibrationError("an accuracy budget needs an array 'labels' in the calibration data")
+        labels = arrays[LABELS][:count][count - held:]
+    reference = _session(model).run(None, hold)[0]
+
+    options = dict(prune=prune, score=score, reconstruct=reconstruct, ridge=ridge, init=init, seed=seed)
+    key = hashlib.sha256(json.dumps([CACHE_VERSION, options, min_elements, list(sparsities), list(bits), goal.metric, holdout,
+                                     count], sort_keys=True).encode())
+    key.update(model.SerializeToString(deterministic=True))
+    for name in sorted(data):
+        key.update(np.ascontiguousarray(data[name]).tobytes())
+    cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "onnxcomp")
+    cache_file = os.path.join(cache_dir, f"sensitivity-{key.hexdigest()[:32]}.json")
+    curves = _load_cache(cache_file)
+    if curves is None:
+        curves = _measure(model, fit, hold, reference, labels, goal, sparsities, bits, options, min_elements)
+        _save_cache(cache_file, curves)
+    else:
+        log.info("sensitivity curves from the cache %s", cache_file)
+
+    allowed = goal.max_error
+    best = None
+    history = []
+    for _ in range(ROUNDS):
+        choice = budget_math.allocate({n: [(c[2], c[3]) for c in cands] for n, cands in curves.items()}, allowed)
+        if choice is None:
+            break
+        settings = {n: {"sparsity": curves[n][i][0], "bits": curves[n][i][1]} for n, i in choice.items()}
+        predicted = sum(curves[n][i][3] for n, i in choice.items())
+        with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(output_path))) as folder:
+            trial = os.path.join(folder, "trial.onnx")
+            report = compress(input_path, trial, calib=fit, prune=prune, score=score, reconstruct=reconstruct,
+                              ridge=ridge, init=init, seed=seed, min_elements=min_elements, settings=settings)
+            from .runtime import InferenceSession
+            measured = budget_math.error(goal.metric, reference, InferenceSession(trial).run(None, hold)[0], labels)
+        history.append({"allowed": allowed, "predicted": predicted, "measured": measured, "bytes": report.output_bytes})
+        log.info("allocation within %.4g: predicted error %.4g, measured %.4g, %d bytes", allowed, predicted, measured, report.output_bytes)
+        if goal.met(measured):
+            if best is None or report.output_bytes < best[1]:
+                best = (settings, report.output_bytes, predicted, measured)
+            break
+        allowed *= max(0.2, min(0.9, goal.max_error / max(measured, 1e-12)))
+    if best is None:
+        floor = sum(min(c[3] for c in cands) for cands in curves.values())
+        raise OnnxcompError(f"no allocation meets the budget {budget} on the held-back samples: even the most accurate "
+                            f"candidates predict an error of {floor:.4g} (allowed {goal.max_error:.4g}) and "
+                            f"{len(history)} compressed trials missed it; loosen the budget or add more accurate candidates")
+    settings, _, predicted, measured = best
+    report = compress(input_path, output_path, calib=fit, prune=prune, score=score, reconstruct=reconstruct,
+                      ridge=ridge, init=init, seed=seed, min_elements=min_elements, settings=settings, eval_data=eval_data)
+    report.budget = {"metric": goal.metric, "value": goal.value, "predicted_error": predicted, "measured_error": measured,
+                     "holdout_samples": held, "settings": settings, "rounds": history, "cache": cache_file}
+    return report
+
+
+def _measure(model, fit, hold, reference, labels, goal, sparsities, bits, options, min_elements):
+    graph = gs.import_onnx(model)
+    state = CompressionState(graph)
+    SelectWeightsPass(min_elements=min_elements)(state)
+    if options["prune"] == "activation" or options["reconstruct"]:
+        CalibrateWeightsPass(data=fit, keep_gram=options["reconstruct"])(state)
+    curves = {}
+    for target in state.targets:
+        session = _session(_weight_as_input(model, target.name))
+        points = []
+        for sparsity in sparsities:
+            pruned = _pruned(target, sparsity, options)
+            for b in bits:
+                trial = _shared(pruned, b, options)
+                output = session.run(None, {**hold, target.name: trial.decoded()})[0]
+                points.append((sparsity, b, len(trial.record), budget_math.error(goal.metric, reference, output, labels)))
+        curves[target.name] = points
+        log.info("sensitivity of %s measured at %d settings", target.name, len(points))
+    return curves
+
+
+def _load_cache(path: str):
+    try:
+        with open(path) as f:
+            return {name: [tuple(p) for p in points] for name, points in json.load(f).items()}
+    except (OSError, ValueError):
+        return None
+
+
+def _save_cache(path: str, curves) -> None:
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + f".{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(curves, f)
+        os.replace(tmp, path)
+    except OSError as error:  # a cache is an optimisation: never fail the run for it
+        log.warning("cannot write the sensitivity cache %s: %s", path, error)

@@ -1,0 +1,26 @@
+"""ApplySettingsPass: per-weight sparsity and bit width, by weight name (from a budget allocation)."""
+
+from __future__ import annotations
+
+from onnxcomp.errors import InvalidOptionError
+
+from .base import CompressionState, GraphPass, PassResult
+
+
+class ApplySettingsPass(GraphPass):
+    def __init__(self, *, settings: dict[str, dict]) -> None:
+        for name, values in settings.items():
+            unknown = set(values) - {"sparsity", "bits"}
+            if unknown:
+                raise InvalidOptionError(f"setting for {name!r} has unknown keys {sorted(unknown)}: use sparsity and bits")
+        self.settings = settings
+
+    def run(self, state: CompressionState) -> PassResult:
+        applied = 0
+        for target in state.targets:
+            values = self.settings.get(target.name)
+            if values:
+                target.sparsity_override = values.get("sparsity", target.sparsity_override)
+                target.bits_override = values.get("bits", target.bits_override)
+                applied += 1
+        return PassResult(False, f"applied settings to {applied} weights")

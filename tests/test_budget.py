@@ -1,0 +1,86 @@
+"""Quality budgets: parsing, the allocation on synthetic curves, and the end-to-end command on a tiny model."""
+
+import itertools
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+import onnxcomp
+from onnxcomp.autotune import compress_to_budget
+from onnxcomp.budget import allocate, error, parse_budget
+from onnxcomp.errors import InvalidOptionError
+
+from conftest import float_input, make_model, weight
+
+
+def brute_force(curves, max_error):
+    best = None
+    names = list(curves)
+    for combo in itertools.product(*[range(len(curves[n])) for n in names]):
+        err = sum(curves[n][i][1] for n, i in zip(names, combo))
+        size = sum(curves[n][i][0] for n, i in zip(names, combo))
+        if err <= max_error + 1e-12 and (best is None or size < best[0]):
+            best = (size, dict(zip(names, combo)))
+    return best
+
+
+def test_allocation_finds_the_known_optimum():
+    # Errors are multiples of budget/20, so rounding cannot hide the optimum.
+    rng = np.random.default_rng(7)
+    for _ in range(100):
+        curves = {f"layer{i}": [(int(rng.integers(1, 1000)), float(rng.integers(0, 20)) / 20 * 0.1) for _ in range(5)]
+                  for i in range(4)}
+        budget = float(rng.integers(1, 30)) / 20 * 0.1
+        expected = brute_force(curves, budget)
+        got = allocate(curves, budget)
+        if expected is None:
+            assert got is None
+        else:
+            assert sum(curves[n][i][0] for n, i in got.items()) == expected[0]
+
+
+def test_allocation_prefers_compressing_the_insensitive_layer():
+    curves = {"big_robust": [(1000, 0.0), (100, 0.001)], "small_sensitive": [(100, 0.0), (10, 0.05)]}
+    assert allocate(curves, 0.01) == {"big_robust": 1, "small_sensitive": 0}
+    assert allocate({"a": [(10, 0.5)]}, 0.1) is None
+
+
+def test_budget_parsing_and_metrics():
+    assert parse_budget("cosine=0.99").max_error == pytest.approx(0.01)
+    assert parse_budget("rel_l2=0.05").max_error == 0.05
+    for bad in ("cosine", "speed=3", "top1=1.5", "accuracy=-1"):
+        with pytest.raises(InvalidOptionError):
+            parse_budget(bad)
+    reference = np.array([[1.0, 0.0], [0.0, 1.0]])
+    output = np.array([[1.0, 0.1], [1.0, 0.0]])
+    assert error("top1", reference, output) == 0.5
+    assert error("cosine", reference, output) == pytest.approx(1.0)  # the second row is orthogonal
+    assert error("accuracy", reference, output, labels=np.array([0, 1])) == 0.5
+
+
+def test_budget_end_to_end_on_a_tiny_model(tmp_path, rng):
+    nodes = [helper.make_node("Gemm", ["x", "w1"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "w2"], ["y"], transB=1)]
+    model = make_model(nodes, [float_input("x", ["n", 32])], [float_input("y", ["n", 8])],
+                       [weight(rng, "w1", (48, 32), 0.3), weight(rng, "w2", (8, 48), 0.3)])
+    onnx.save(model, tmp_path / "in.onnx")
+    data = tmp_path / "calib.npz"
+    np.savez(data, x=rng.standard_normal((80, 32)).astype(np.float32))
+    kwargs = dict(budget="cosine=0.98", calib=str(data), sparsities=(0.0, 0.5, 0.8), bits=(2, 4, 6),
+                  min_elements=16, cache_dir=str(tmp_path / "cache"))
+    report = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), **kwargs)
+    assert report.budget["measured_error"] <= 0.02
+    assert set(report.budget["settings"]) == {"w1", "w2"}
+    # Measured independently on the held-back samples (the last 25 %) in onnxruntime with the library.
+    held = np.load(data)["x"][60:]
+    from conftest import run_plain
+    want = run_plain(model, {"x": held})[0]
+    got = onnxcomp.InferenceSession(tmp_path / "out.onnx").run(None, {"x": held})[0]
+    assert error("cosine", want, got) <= 0.02
+    # The curves were cached: a second run with another budget reuses them and may pick a larger model.
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+    strict = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "strict.onnx"), **dict(kwargs, budget="cosine=0.995"))
+    assert strict.budget["cache"] == report.budget["cache"]
+    assert strict.output_bytes >= report.output_bytes
