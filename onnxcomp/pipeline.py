@@ -115,11 +115,15 @@ def compress_model(model: onnx.ModelProto, **options) -> tuple[onnx.ModelProto, 
         graph = gs.import_onnx(model)
     except Exception as error:  # graphsurgeon raises many types on malformed graphs
         raise UnsupportedModelError(f"the graph cannot be read: {error}") from error
-    state = CompressionState(graph)
+    initializers = {t.name for t in model.graph.initializer}
+    overridable = [value for value in model.graph.input if value.name in initializers]
+    state = CompressionState(graph, graph_inputs={value.name for value in overridable})
     build_pipeline(**options)(state)
     if not state.targets:
         return model, state
     exported = gs.export_onnx(graph)
+    # graphsurgeon drops initializers from the graph inputs; callers may still override them, so keep them listed.
+    exported.graph.input.extend(overridable)
     exported.ir_version = model.ir_version
     del exported.opset_import[:]
     exported.opset_import.extend(o for o in model.opset_import if o.domain != DOMAIN)
