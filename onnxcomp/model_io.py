@@ -12,7 +12,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from . import sidecar
-from .errors import OutputError, UnsupportedModelError
+from .errors import CorruptSidecarError, OutputError, UnsupportedModelError
 
 MIN_OPSET = 7
 
@@ -38,6 +38,11 @@ def load_model(path: str) -> onnx.ModelProto:
     folder = os.path.dirname(os.path.abspath(path))
     locations = sorted({entry.value for graph in graphs_of(model.graph) for t in graph.initializer
                         for entry in t.external_data if entry.key == "location"})
+    for location in locations:
+        try:
+            external_data_path(folder, location)
+        except CorruptSidecarError as error:
+            raise UnsupportedModelError(f"{path}: {error}") from error
     try:
         onnx.load_external_data_for_model(model, folder)
     except (OSError, onnx.checker.ValidationError, ValueError) as error:
@@ -50,6 +55,19 @@ def load_model(path: str) -> onnx.ModelProto:
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise UnsupportedModelError(f"{path} is not a valid ONNX model ({first_line}); fix or re-export it") from error
     return model
+
+
+def external_data_path(folder: str, location: str) -> str:
+    """The file an external-data ``location`` names, refusing any that leaves ``folder`` (absolute, ``..``).
+
+    A model may come from anywhere; its data locations must not make a reader open files outside its folder.
+    """
+    parts = location.replace("\\", "/").split("/")
+    if not location or os.path.isabs(location) or location.startswith(("/", "\\")) or ".." in parts \
+            or (len(location) > 1 and location[1] == ":"):
+        raise CorruptSidecarError(f"external data location {location!r} points outside the model's folder; "
+                                  "data files must sit beside the model (a plain file name)")
+    return os.path.join(folder, *[p for p in parts if p not in ("", ".")])
 
 
 def graphs_of(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:

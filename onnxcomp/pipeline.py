@@ -168,8 +168,10 @@ def _model_bytes(path: str) -> int:
     total = os.path.getsize(path)
     model = onnx.load(path, load_external_data=False)
     folder = os.path.dirname(os.path.abspath(path))
-    locations = {entry.value for t in model.graph.initializer for entry in t.external_data if entry.key == "location"}
-    return total + sum(os.path.getsize(os.path.join(folder, loc)) for loc in locations if os.path.isfile(os.path.join(folder, loc)))
+    locations = {entry.value for graph in model_io.graphs_of(model.graph) for t in graph.initializer
+                 for entry in t.external_data if entry.key == "location"}
+    files = [model_io.external_data_path(folder, location) for location in locations]
+    return total + sum(os.path.getsize(file) for file in files if os.path.isfile(file))
 
 
 def decoded_weights(sidecar_file: str) -> dict[str, np.ndarray]:
