@@ -432,3 +432,10 @@ def test_38_a_user_sees_one_line_in_a_real_process(tmp_path):
 def test_39_output_error_type_in_the_python_api(tmp_path, model_file):
     with pytest.raises(OutputError):
         onnxcomp.compress(model_file, model_file)
+
+
+def test_40_same_input_and_options_give_byte_identical_outputs(tmp_path, model_file):
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        onnxcomp.compress(model_file, tmp_path / run / "out.onnx", min_elements=16, calib="random", prune="activation")
+    assert snapshot(tmp_path / "a") == snapshot(tmp_path / "b")
