@@ -15,6 +15,8 @@ from . import sidecar
 from .errors import CorruptSidecarError, OutputError, UnsupportedModelError
 
 MIN_OPSET = 7
+# Outputs at least this large (protobuf's limit is 2 GiB) keep their uncompressed initializers in a data file.
+LARGE_MODEL_BYTES = 2**31 - 2**26
 
 
 def load_model(path: str) -> onnx.ModelProto:
@@ -111,7 +113,9 @@ def constants_to_initializers_here(graph: onnx.GraphProto) -> int:
 def check_output_path(input_path: str, output_path: str) -> None:
     if os.path.abspath(input_path) == os.path.abspath(output_path):
         raise OutputError(f"output {output_path} is the input: give another output path (the input is never overwritten)")
-    for path in (output_path, sidecar.sidecar_path(output_path)):
+    for path in (output_path, sidecar.sidecar_path(output_path), dense_data_path(output_path)):
+        if os.path.abspath(path) == os.path.abspath(input_path):
+            raise OutputError(f"{path}, written beside {output_path}, would overwrite the input: choose another output name")
         if os.path.isdir(path):
             raise OutputError(f"{path} is a folder: give a file name for the output")
     folder = os.path.dirname(os.path.abspath(output_path))
@@ -154,11 +158,17 @@ def write_compressed(model: onnx.ModelProto, records: list, output_path: str) ->
                 writer.abort()
                 raise
             writer.close()
+        data_file = dense_data_path(output_path)
+        data_tmp = None
+        if model.ByteSize() >= LARGE_MODEL_BYTES:
+            data_tmp = _temporary(folder, temporaries)
+            _move_dense_initializers(model, data_tmp, os.path.basename(data_file))
         model_tmp = _temporary(folder, temporaries)
         _write_model(model, model_tmp)
-        if records:
-            os.replace(sidecar_tmp, sidecar_file)
-            temporaries.append(sidecar_file)  # a sidecar without its model is of no use: removed if the next step fails
+        for tmp, final in ((sidecar_tmp if records else None, sidecar_file), (data_tmp, data_file)):
+            if tmp is not None:
+                os.replace(tmp, final)
+                temporaries.append(final)  # of no use without its model: removed if the next step fails
         os.replace(model_tmp, output_path)
         temporaries.clear()
     except OSError as error:
@@ -169,6 +179,34 @@ def write_compressed(model: onnx.ModelProto, records: list, output_path: str) ->
             with contextlib.suppress(OSError):
                 os.remove(path)
     return sidecar_file if records else None
+
+
+def dense_data_path(output_path: str) -> str:
+    """Where the uncompressed initializers of an output over 2 GB go (``small.onnx`` -> ``small.onnx.data``)."""
+    return os.fspath(output_path) + ".data"
+
+
+def _move_dense_initializers(model: onnx.ModelProto, path: str, location: str) -> None:
+    """Move every initializer still held inline (>= 1 KiB) into ``path`` as ONNX external data at ``location``.
+
+    A protobuf cannot exceed 2 GB, so an output whose dense weights alone pass that limit keeps them beside it.
+    """
+    with open(path, "wb") as f:
+        for graph in graphs_of(model.graph):
+            for tensor in graph.initializer:
+                if tensor.data_location == onnx.TensorProto.EXTERNAL or not tensor.HasField("raw_data") \
+                        or len(tensor.raw_data) < 1024:
+                    continue
+                f.write(b"\0" * (-f.tell() % 4096))  # page-aligned, so runtimes can map the data
+                offset = f.tell()
+                f.write(tensor.raw_data)
+                length = len(tensor.raw_data)
+                tensor.ClearField("raw_data")
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+                del tensor.external_data[:]
+                for key, value in (("location", location), ("offset", offset), ("length", length)):
+                    item = tensor.external_data.add()
+                    item.key, item.value = key, str(value)
 
 
 def _write_model(model: onnx.ModelProto, path: str) -> None:

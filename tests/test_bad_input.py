@@ -439,3 +439,23 @@ def test_40_same_input_and_options_give_byte_identical_outputs(tmp_path, model_f
         (tmp_path / run).mkdir()
         onnxcomp.compress(model_file, tmp_path / run / "out.onnx", min_elements=16, calib="random", prune="activation")
     assert snapshot(tmp_path / "a") == snapshot(tmp_path / "b")
+
+
+def test_41_large_output_keeps_dense_initializers_in_a_data_file(tmp_path, rng, monkeypatch):
+    """An output past protobuf's 2 GB limit (simulated by lowering the limit) keeps its dense weights in
+    OUT.data; the model still runs, and a failure while writing leaves none of the three files."""
+    from onnxcomp import model_io
+    monkeypatch.setattr(model_io, "LARGE_MODEL_BYTES", 0)
+    table = numpy_helper.from_array(rng.standard_normal((64, 32)).astype(np.float64), "table")
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["rows"]), helper.make_node("Cast", ["rows"], ["x"], to=TensorProto.FLOAT),
+             helper.make_node("MatMul", ["x", "v"], ["y"])]
+    model = make_model(nodes, [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])], [float_input("y", ["n", 8])],
+                       [table, weight(rng, "v", (32, 8))])
+    expect_skip(tmp_path, model, {"ids": np.array([1, 2, 63], np.int64)}, "left dense: table", compressed=True)
+    out = onnx.load(tmp_path / "out.onnx", load_external_data=False)
+    locations = {e.value for t in out.graph.initializer for e in t.external_data if e.key == "location"}
+    assert locations == {"out.onnx.data", "out.onnxcomp"}
+
+    (tmp_path / "out.onnx").unlink(), (tmp_path / "out.onnxcomp").unlink(), (tmp_path / "out.onnx.data").unlink()
+    monkeypatch.setattr(model_io, "_write_model", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+    expect_failure(tmp_path, ["compress", tmp_path / "in.onnx", tmp_path / "out.onnx", "--min-elements", "16"], "free some space")
