@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from .errors import OnnxcompError
+from .errors import OnnxcompError, OutputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Deep Compression for ONNX models.")
 
@@ -116,11 +116,22 @@ def compress(
                          ridge=ridge, tfidf=TfidfParameters(tfidf_power, tfidf_smoothing, tfidf_constant, tfidf_exponent),
                          eval_data=str(eval_data) if eval_data else None)
         if report:
-            report.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+            try:
+                report.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+            except OSError as error:
+                raise OutputError(f"cannot write the report {report}: {error.strerror or error} "
+                                  f"(the compressed model was written)") from error
     except OnnxcompError as error:
         if debug:
             raise
         typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1)
+    except Exception as error:  # a bug, not the user's fault: still one line, with a way to get the details
+        if debug:
+            raise
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        typer.echo(f"error: internal error ({type(error).__name__}: {first_line}); "
+                   "rerun with --debug and report the traceback", err=True)
         raise typer.Exit(1)
     if not quiet:
         _print_summary(result)

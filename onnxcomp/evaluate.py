@@ -7,6 +7,7 @@ for accuracy, an integer array ``labels``.
 from __future__ import annotations
 
 import os
+import zipfile
 
 import logging
 
@@ -54,7 +55,7 @@ def _read_arrays(path: str) -> dict[str, np.ndarray]:
             with np.load(file, allow_pickle=False) as data:
                 for key in data.files:
                     parts.setdefault(key, []).append(data[key])
-        except (OSError, ValueError, EOFError) as error:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
             raise CalibrationError(f"{file} is not a readable .npz file ({error})") from error
     try:
         return {key: np.concatenate(arrays) for key, arrays in parts.items()}

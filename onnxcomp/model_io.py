@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
+from collections.abc import Iterator
 
 import onnx
 from google.protobuf.message import DecodeError
 
 from . import sidecar
-from .errors import OutputError, UnsupportedModelError
+from .errors import CorruptSidecarError, OutputError, UnsupportedModelError
 
 MIN_OPSET = 7
+# Outputs at least this large (protobuf's limit is 2 GiB) keep their uncompressed initializers in a data file.
+LARGE_MODEL_BYTES = 2**31 - 2**26
 
 
 def load_model(path: str) -> onnx.ModelProto:
     """Load an ONNX model with its external data; errors say what is wrong with the file."""
+    if os.path.isdir(path):
+        raise UnsupportedModelError(f"{path} is a folder; give the path of an .onnx model file")
     if not os.path.isfile(path):
         raise UnsupportedModelError(f"{path}: no such file; give the path of an .onnx model")
     try:
@@ -25,18 +31,69 @@ def load_model(path: str) -> onnx.ModelProto:
         raise UnsupportedModelError(f"{path} is not a valid ONNX model ({error}); re-export it") from error
     if not model.graph.node and not model.graph.initializer:
         raise UnsupportedModelError(f"{path} holds no graph; is it really an ONNX model?")
-    try:
-        onnx.load_external_data_for_model(model, os.path.dirname(os.path.abspath(path)))
-    except (OSError, onnx.checker.ValidationError, ValueError) as error:
-        raise UnsupportedModelError(f"{path}: its external data cannot be read ({error}); keep the data files beside the model") from error
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is not None and opset < MIN_OPSET:
         raise UnsupportedModelError(f"{path} uses opset {opset}; onnxcomp needs opset {MIN_OPSET} or newer: upgrade it with onnx.version_converter")
+    if opset is not None and opset > onnx.defs.onnx_opset_version():
+        raise UnsupportedModelError(f"{path} uses opset {opset}, newer than this onnx {onnx.__version__} knows "
+                                    f"({onnx.defs.onnx_opset_version()}): upgrade onnx, or export with an older opset")
+    folder = os.path.dirname(os.path.abspath(path))
+    locations = sorted({entry.value for graph in graphs_of(model.graph) for t in graph.initializer
+                        for entry in t.external_data if entry.key == "location"})
+    for location in locations:
+        try:
+            external_data_path(folder, location)
+        except CorruptSidecarError as error:
+            raise UnsupportedModelError(f"{path}: {error}") from error
+    try:
+        onnx.load_external_data_for_model(model, folder)
+    except (OSError, onnx.checker.ValidationError, ValueError) as error:
+        raise UnsupportedModelError(f"{path}: its external data ({', '.join(locations)}) cannot be read ({error}); "
+                                    "keep the complete data files beside the model") from error
+    try:
+        # A proto over 2 GB cannot be checked in memory; the checker then reads the file itself.
+        onnx.checker.check_model(model if model.ByteSize() < onnx.checker.MAXIMUM_PROTOBUF else path)
+    except onnx.checker.ValidationError as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UnsupportedModelError(f"{path} is not a valid ONNX model ({first_line}); fix or re-export it") from error
     return model
 
 
+def external_data_path(folder: str, location: str) -> str:
+    """The file an external-data ``location`` names, refusing any that leaves ``folder`` (absolute, ``..``).
+
+    A model may come from anywhere; its data locations must not make a reader open files outside its folder.
+    """
+    parts = location.replace("\\", "/").split("/")
+    if not location or os.path.isabs(location) or location.startswith(("/", "\\")) or ".." in parts \
+            or (len(location) > 1 and location[1] == ":"):
+        raise CorruptSidecarError(f"external data location {location!r} points outside the model's folder; "
+                                  "data files must sit beside the model (a plain file name)")
+    return os.path.join(folder, *[p for p in parts if p not in ("", ".")])
+
+
+def graphs_of(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """``graph`` and every subgraph inside it (If branches, Loop and Scan bodies), depth first."""
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield from graphs_of(attribute.g)
+            elif attribute.type == onnx.AttributeProto.GRAPHS:
+                for subgraph in attribute.graphs:
+                    yield from graphs_of(subgraph)
+
+
 def constants_to_initializers(graph: onnx.GraphProto) -> int:
-    """Move float tensors held by Constant nodes into initializers, so passes see one kind of weight."""
+    """Move float tensors held by Constant nodes into initializers (in every subgraph too), so passes see one
+    kind of weight."""
+    moved = 0
+    for subgraph in list(graphs_of(graph))[1:]:
+        moved += constants_to_initializers_here(subgraph)
+    return moved + constants_to_initializers_here(graph)
+
+
+def constants_to_initializers_here(graph: onnx.GraphProto) -> int:
     moved = 0
     for node in list(graph.node):
         if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.attribute) != 1:
@@ -56,6 +113,11 @@ def constants_to_initializers(graph: onnx.GraphProto) -> int:
 def check_output_path(input_path: str, output_path: str) -> None:
     if os.path.abspath(input_path) == os.path.abspath(output_path):
         raise OutputError(f"output {output_path} is the input: give another output path (the input is never overwritten)")
+    for path in (output_path, sidecar.sidecar_path(output_path), dense_data_path(output_path)):
+        if os.path.abspath(path) == os.path.abspath(input_path):
+            raise OutputError(f"{path}, written beside {output_path}, would overwrite the input: choose another output name")
+        if os.path.isdir(path):
+            raise OutputError(f"{path} is a folder: give a file name for the output")
     folder = os.path.dirname(os.path.abspath(output_path))
     if not os.path.isdir(folder):
         raise OutputError(f"output folder {folder} does not exist: create it first")
@@ -78,33 +140,78 @@ def write_compressed(model: onnx.ModelProto, records: list, output_path: str) ->
         if records:
             sidecar_tmp = _temporary(folder, temporaries)
             writer = sidecar.SidecarWriter(sidecar_tmp)
-            initializers = {t.name: t for t in model.graph.initializer}
+            initializers: dict[str, list[onnx.TensorProto]] = {}
+            for graph in graphs_of(model.graph):  # a record used inside an If/Loop/Scan body lives there
+                for t in graph.initializer:
+                    initializers.setdefault(t.name, []).append(t)
             try:
                 for weight_name, record_name, record, transposed in records:
                     entry = writer.add(weight_name, record, transposed)
-                    tensor = initializers[record_name]
-                    tensor.ClearField("raw_data")
-                    tensor.data_location = onnx.TensorProto.EXTERNAL
-                    del tensor.external_data[:]
-                    for key, value in (("location", os.path.basename(sidecar_file)), ("offset", entry.offset), ("length", entry.length)):
-                        item = tensor.external_data.add()
-                        item.key, item.value = key, str(value)
-            finally:
-                writer.close()
+                    for tensor in initializers[record_name]:
+                        tensor.ClearField("raw_data")
+                        tensor.data_location = onnx.TensorProto.EXTERNAL
+                        del tensor.external_data[:]
+                        for key, value in (("location", os.path.basename(sidecar_file)), ("offset", entry.offset), ("length", entry.length)):
+                            item = tensor.external_data.add()
+                            item.key, item.value = key, str(value)
+            except BaseException:
+                writer.abort()
+                raise
+            writer.close()
+        data_file = dense_data_path(output_path)
+        data_tmp = None
+        if model.ByteSize() >= LARGE_MODEL_BYTES:
+            data_tmp = _temporary(folder, temporaries)
+            _move_dense_initializers(model, data_tmp, os.path.basename(data_file))
         model_tmp = _temporary(folder, temporaries)
-        with open(model_tmp, "wb") as f:
-            f.write(model.SerializeToString())
-        if records:
-            os.replace(sidecar_tmp, sidecar_file)
+        _write_model(model, model_tmp)
+        for tmp, final in ((sidecar_tmp if records else None, sidecar_file), (data_tmp, data_file)):
+            if tmp is not None:
+                os.replace(tmp, final)
+                temporaries.append(final)  # of no use without its model: removed if the next step fails
         os.replace(model_tmp, output_path)
         temporaries.clear()
     except OSError as error:
-        raise OutputError(f"cannot write {output_path}: {error.strerror or error}; nothing was written") from error
+        hint = "the disk is full: free some space and run again" if error.errno == errno.ENOSPC else "nothing was written"
+        raise OutputError(f"cannot write {output_path}: {error.strerror or error}; {hint}") from error
     finally:
         for path in temporaries:
             with contextlib.suppress(OSError):
                 os.remove(path)
     return sidecar_file if records else None
+
+
+def dense_data_path(output_path: str) -> str:
+    """Where the uncompressed initializers of an output over 2 GB go (``small.onnx`` -> ``small.onnx.data``)."""
+    return os.fspath(output_path) + ".data"
+
+
+def _move_dense_initializers(model: onnx.ModelProto, path: str, location: str) -> None:
+    """Move every initializer still held inline (>= 1 KiB) into ``path`` as ONNX external data at ``location``.
+
+    A protobuf cannot exceed 2 GB, so an output whose dense weights alone pass that limit keeps them beside it.
+    """
+    with open(path, "wb") as f:
+        for graph in graphs_of(model.graph):
+            for tensor in graph.initializer:
+                if tensor.data_location == onnx.TensorProto.EXTERNAL or not tensor.HasField("raw_data") \
+                        or len(tensor.raw_data) < 1024:
+                    continue
+                f.write(b"\0" * (-f.tell() % 4096))  # page-aligned, so runtimes can map the data
+                offset = f.tell()
+                f.write(tensor.raw_data)
+                length = len(tensor.raw_data)
+                tensor.ClearField("raw_data")
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+                del tensor.external_data[:]
+                for key, value in (("location", location), ("offset", offset), ("length", length)):
+                    item = tensor.external_data.add()
+                    item.key, item.value = key, str(value)
+
+
+def _write_model(model: onnx.ModelProto, path: str) -> None:
+    with open(path, "wb") as f:
+        f.write(model.SerializeToString())
 
 
 def _temporary(folder: str, temporaries: list[str]) -> str:

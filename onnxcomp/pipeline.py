@@ -120,11 +120,15 @@ def compress_model(model: onnx.ModelProto, **options) -> tuple[onnx.ModelProto, 
         graph = gs.import_onnx(model)
     except Exception as error:  # graphsurgeon raises many types on malformed graphs
         raise UnsupportedModelError(f"the graph cannot be read: {error}") from error
-    state = CompressionState(graph)
+    initializers = {t.name for t in model.graph.initializer}
+    overridable = [value for value in model.graph.input if value.name in initializers]
+    state = CompressionState(graph, graph_inputs={value.name for value in overridable})
     build_pipeline(**options)(state)
     if not state.targets:
         return model, state
     exported = gs.export_onnx(graph)
+    # graphsurgeon drops initializers from the graph inputs; callers may still override them, so keep them listed.
+    exported.graph.input.extend(overridable)
     exported.ir_version = model.ir_version
     del exported.opset_import[:]
     exported.opset_import.extend(o for o in model.opset_import if o.domain != DOMAIN)
@@ -172,8 +176,10 @@ def _model_bytes(path: str) -> int:
     total = os.path.getsize(path)
     model = onnx.load(path, load_external_data=False)
     folder = os.path.dirname(os.path.abspath(path))
-    locations = {entry.value for t in model.graph.initializer for entry in t.external_data if entry.key == "location"}
-    return total + sum(os.path.getsize(os.path.join(folder, loc)) for loc in locations if os.path.isfile(os.path.join(folder, loc)))
+    locations = {entry.value for graph in model_io.graphs_of(model.graph) for t in graph.initializer
+                 for entry in t.external_data if entry.key == "location"}
+    files = [model_io.external_data_path(folder, location) for location in locations]
+    return total + sum(os.path.getsize(file) for file in files if os.path.isfile(file))
 
 
 def decoded_weights(sidecar_file: str) -> dict[str, np.ndarray]:

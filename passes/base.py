@@ -65,6 +65,8 @@ class CompressionState:
     graph: gs.Graph
     targets: list[WeightTarget] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (tensor, reason)
+    # Initializers the model also lists as graph inputs (graphsurgeon drops them from graph.inputs).
+    graph_inputs: set[str] = field(default_factory=set)
 
 
 @dataclass

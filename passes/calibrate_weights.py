@@ -2,7 +2,8 @@
 
 It finds, for every target, the tensor entering its layer (MatMul with the weight on the right, Gemm with
 transA=0, 2-D Conv with group 1), runs the still-uncompressed graph in onnxruntime with those tensors as
-extra outputs, and stores per-layer statistics (see onnxcomp/calibration.py). Targets with no such use keep
+extra outputs, and stores per-layer statistics (see onnxcomp/calibration.py). Only uses in the main graph
+count: a tensor inside an If/Loop/Scan body cannot be made a graph output. Targets with no such use keep
 no statistics, and activation-aware steps fall back to magnitude for them, with a log line saying why.
 """
 
@@ -16,9 +17,9 @@ from onnxcomp.calibration import LayerInput, collect
 from .base import CompressionState, GraphPass, PassResult, WeightTarget, log
 
 
-def layer_input(target: WeightTarget) -> LayerInput | None:
+def layer_input(target: WeightTarget, main_nodes: set[int] | None = None) -> LayerInput | None:
     for node, slot in target.uses:
-        if slot != 1 or len(target.shape) < 2:
+        if slot != 1 or len(target.shape) < 2 or (main_nodes is not None and id(node) not in main_nodes):
             continue
         if node.op == "MatMul" and len(target.shape) == 2:
             return LayerInput(node.inputs[0].name, "kn")
@@ -38,10 +39,11 @@ class CalibrateWeightsPass(GraphPass):
 
     def run(self, state: CompressionState) -> PassResult:
         layers = {}
+        main_nodes = {id(node) for node in state.graph.nodes}
         for target in state.targets:
             if target.statistics is not None or target.codebook is not None:
                 continue
-            target.layer_input = layer_input(target)
+            target.layer_input = layer_input(target, main_nodes)
             if target.layer_input is None:
                 log.info("%s: no MatMul/Gemm/Conv(group 1) use whose input can be observed; magnitude scores apply", target.name)
             else:

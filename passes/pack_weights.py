@@ -6,7 +6,7 @@ Rewrites (ops in domain ``ai.onnxcomp``, see docs/ops.md):
   alpha and Add of beta*C; B is stored transposed when every fused use has transB=1, so the record is [K, N]
 - Gather (axis 0) of a table -> CodebookGather(record, indices)
 - any other consumer -> the output of one shared CodebookDecode(record) node (plus a Transpose if stored
-  transposed)
+  transposed), placed in the graph of that consumer (an If branch, a Loop or Scan body, or the main graph)
 The record bytes become a uint8 constant; the writer later moves it into the sidecar as external data.
 Storage: a record costs its header and tables plus the Huffman-coded indices, against 4 bytes per weight.
 """
@@ -19,6 +19,7 @@ import onnx_graphsurgeon as gs
 from onnxcomp import sidecar
 
 from .base import DOMAIN, CompressionState, GraphPass, PassResult, WeightTarget
+from .select_weights import all_graphs
 
 RECORD_SUFFIX = ".onnxcomp_record"
 
@@ -37,13 +38,14 @@ class PackWeightsPass(GraphPass):
 
     def run(self, state: CompressionState) -> PassResult:
         targets = [t for t in state.targets if t.codebook is not None and t.record is None]
+        owners = {id(node): graph for graph in all_graphs(state.graph) for node in graph.nodes}
         for target in targets:
-            self._pack(state.graph, target)
+            self._pack(state.graph, target, owners)
         if targets:
             state.graph.cleanup().toposort()
         return PassResult(bool(targets), f"packed {len(targets)} tensors")
 
-    def _pack(self, graph: gs.Graph, target: WeightTarget) -> None:
+    def _pack(self, graph: gs.Graph, target: WeightTarget, owners: dict[int, gs.Graph]) -> None:
         rank = len(target.shape)
         gemm_uses = [(n, s) for n, s in target.uses if self.fuse and _fusable_gemm(n, s)]
         target.transposed = (
@@ -56,28 +58,31 @@ class PackWeightsPass(GraphPass):
         bits = max(1, int(np.ceil(np.log2(max(len(target.codebook), 2)))))
         target.record = sidecar.encode_record(target.codebook, indices, dims, bits)
         record = gs.Constant(target.name + RECORD_SUFFIX, np.frombuffer(target.record, dtype=np.uint8))
-        dense = None
+        dense: dict[int, gs.Variable] = {}  # one decode per graph holding a non-fused consumer
         for node, slot in target.uses:
             stored_as_used = target.transposed == (node.op == "Gemm" and _attr(node, "transB", 0) == 1)
             if self.fuse and rank == 2 and stored_as_used and (
                     (node.op == "MatMul" and slot == 1) or _fusable_gemm(node, slot)):
-                self._to_matmul(graph, node, record)
+                self._to_matmul(owners.get(id(node), graph), node, record)
             elif self.fuse and node.op == "Gather" and slot == 0 and _attr(node, "axis", 0) == 0:
                 node.op, node.domain, node.attrs = "CodebookGather", DOMAIN, {}
                 node.inputs = [record, node.inputs[1]]
             else:
-                if dense is None:
-                    dense = self._decode_node(graph, target, record)
-                node.inputs[slot] = dense
+                owner = owners.get(id(node), graph)
+                if id(owner) not in dense:
+                    suffix = f".{len(dense)}" if dense else ""
+                    dense[id(owner)] = self._decode_node(owner, target, record, suffix)
+                node.inputs[slot] = dense[id(owner)]
 
-    def _decode_node(self, graph: gs.Graph, target: WeightTarget, record: gs.Constant) -> gs.Variable:
-        dense = gs.Variable(target.name + ".decoded", dtype=np.float32, shape=list(target.shape))
+    def _decode_node(self, graph: gs.Graph, target: WeightTarget, record: gs.Constant, suffix: str = "") -> gs.Variable:
+        name = target.name + suffix
+        dense = gs.Variable(name + ".decoded", dtype=np.float32, shape=list(target.shape))
         if not target.transposed:
-            graph.nodes.append(gs.Node("CodebookDecode", target.name + ".decode", domain=DOMAIN, inputs=[record], outputs=[dense]))
+            graph.nodes.append(gs.Node("CodebookDecode", name + ".decode", domain=DOMAIN, inputs=[record], outputs=[dense]))
             return dense
-        stored = gs.Variable(target.name + ".decoded_t", dtype=np.float32, shape=list(target.shape[::-1]))
-        graph.nodes.append(gs.Node("CodebookDecode", target.name + ".decode", domain=DOMAIN, inputs=[record], outputs=[stored]))
-        graph.nodes.append(gs.Node("Transpose", target.name + ".transpose", attrs={"perm": [1, 0]}, inputs=[stored], outputs=[dense]))
+        stored = gs.Variable(name + ".decoded_t", dtype=np.float32, shape=list(target.shape[::-1]))
+        graph.nodes.append(gs.Node("CodebookDecode", name + ".decode", domain=DOMAIN, inputs=[record], outputs=[stored]))
+        graph.nodes.append(gs.Node("Transpose", name + ".transpose", attrs={"perm": [1, 0]}, inputs=[stored], outputs=[dense]))
         return dense
 
     def _to_matmul(self, graph: gs.Graph, node: gs.Node, record: gs.Constant) -> None:

@@ -1,0 +1,76 @@
+"""Write the seed corpus for fuzz_decode: real weight records, one file each, made by the Python encoder.
+
+Usage: python csrc/fuzz/make_corpus.py OUT_DIR
+
+Seeds cover both codings, every rank from 0 to 4, zero-size tensors, a lone symbol, 1- to 16-bit indices,
+gap escapes, and the records of the bundled LeNet-5 compressed as the CLI does. Deterministic (seeded).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from onnxcomp import sidecar  # noqa: E402
+
+
+def synthetic(rng: np.random.Generator) -> dict[str, bytes]:
+    seeds = {}
+
+    def add(name, codebook, indices, dims, bits):
+        seeds[name] = sidecar.encode_record(np.asarray(codebook, np.float32), np.asarray(indices), tuple(dims), bits)
+
+    add("scalar", [1.5], [0], (), 1)
+    add("zero_size", [0.0], [], (0, 4), 1)
+    add("lone_symbol", [0.25, -1.0], np.zeros(40, np.int64), (5, 8), 1)
+    for bits in (1, 2, 3, 4, 5, 8, 9, 12, 16):
+        k = min(1 << bits, 300)
+        dims = (7, 11) if bits < 12 else (30, 40)
+        codebook = rng.standard_normal(k).astype(np.float32)
+        add(f"dense_{bits}bit", codebook, rng.integers(0, k, int(np.prod(dims))), dims, bits)
+        codebook[0] = 0.0
+        indices = rng.integers(1, k, int(np.prod(dims))) if k > 1 else np.zeros(int(np.prod(dims)), np.int64)
+        indices[rng.random(indices.shape) < 0.85] = 0
+        add(f"sparse_{bits}bit", codebook, indices, dims, bits)
+    escapes = np.zeros(5000, np.int64)
+    escapes[[3, 1200, 4999]] = [1, 2, 3]
+    add("sparse_escapes", [0, 1, 2, 3], escapes, (5000,), 2)
+    add("rank4", rng.standard_normal(8), rng.integers(0, 8, 2 * 3 * 2 * 2), (2, 3, 2, 2), 3)
+    add("all_pruned", [0.0, 1.0], np.zeros(64, np.int64), (8, 8), 1)
+    return seeds
+
+
+def from_bundled_model() -> dict[str, bytes]:
+    """Records of the bundled LeNet-5 as `onnxcomp compress` writes them (every weight, defaults otherwise)."""
+    import onnxcomp
+    seeds = {}
+    with tempfile.TemporaryDirectory() as folder:
+        out = os.path.join(folder, "lenet5.onnx")
+        report = onnxcomp.compress(ROOT / "models" / "lenet5_fashion.onnx", out, min_elements=16)
+        data = Path(report.sidecar_path).read_bytes()
+        for entry in sidecar.read_directory(report.sidecar_path):
+            seeds["lenet5_" + entry.name.replace("/", "_")] = data[entry.offset:entry.offset + entry.length]
+    return seeds
+
+
+def main(out_dir: str) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    seeds = {**synthetic(np.random.default_rng(2024)), **from_bundled_model()}
+    for name, record in seeds.items():
+        sidecar.decode_record(record)  # every seed is a valid record
+        Path(out_dir, name + ".rec").write_bytes(record)
+    sizes = [len(r) for r in seeds.values()]
+    print(f"{len(seeds)} seed records in {out_dir} ({min(sizes)} to {max(sizes)} bytes)")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    main(sys.argv[1])
