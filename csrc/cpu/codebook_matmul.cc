@@ -11,23 +11,6 @@ std::string MatMulRecord(const DecodedRecord& record) {
   return {};
 }
 
-// Repacks the linear indices of W [K, N] into panels (packed_layout.h); columns past N keep index 0.
-void PackMatrix(const DecodedRecord& record, PackedMatrix* out) {
-  PackedMatrix& w = *out;
-  w.k = record.dims[0];
-  w.n = record.dims[1];
-  w.slot_bits = record.slot_bits;
-  w.codebook_size = record.codebook_size;
-  w.table = record.codebook;
-  const uint64_t k = static_cast<uint64_t>(w.k), n = static_cast<uint64_t>(w.n);
-  w.panels.assign(packed::panels_total_bytes(k, n, w.slot_bits), 0);
-  for (uint64_t kk = 0; kk < k; ++kk) {
-    for (uint64_t nn = 0; nn < n; ++nn) {
-      packed::panel_store(w.panels.data(), k, w.slot_bits, kk, nn, record.index(static_cast<int64_t>(kk * n + nn)));
-    }
-  }
-}
-
 // Panels per parallel task: two, so a batch-1 task can run the four-group GEMV tile.
 constexpr int64_t kPanelsPerTask = 2;
 // Rows per parallel task at larger batches (a multiple of the 6-row AVX-512 tile).
@@ -52,6 +35,23 @@ void RunTask(void* data, size_t task) {
 }
 
 }  // namespace
+
+// Columns past N keep index 0.
+void PackMatrix(const DecodedRecord& record, PackedMatrix* out) {
+  PackedMatrix& w = *out;
+  w.k = record.dims[0];
+  w.n = record.dims[1];
+  w.slot_bits = record.slot_bits;
+  w.codebook_size = record.codebook_size;
+  w.table = record.codebook;
+  const uint64_t k = static_cast<uint64_t>(w.k), n = static_cast<uint64_t>(w.n);
+  w.panels.assign(packed::panels_total_bytes(k, n, w.slot_bits), 0);
+  for (uint64_t kk = 0; kk < k; ++kk) {
+    for (uint64_t nn = 0; nn < n; ++nn) {
+      packed::panel_store(w.panels.data(), k, w.slot_bits, kk, nn, record.index(static_cast<int64_t>(kk * n + nn)));
+    }
+  }
+}
 
 CodebookMatMulKernel::CodebookMatMulKernel() : RecordKernel(CodebookMatMulOp::kName, 1, MatMulRecord) {}
 

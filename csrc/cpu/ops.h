@@ -37,6 +37,9 @@ struct PackedMatrix {
   std::vector<uint8_t> panels;
 };
 
+// Repacks the linear indices of a decoded [K, N] record into panels (shared by the CPU and CUDA kernels).
+void PackMatrix(const DecodedRecord& record, PackedMatrix* out);
+
 struct CodebookMatMulKernel : RecordKernel {
   CodebookMatMulKernel();
   // Decodes the record (RecordKernel::Init), repacks it into panels and drops the decoded form.
