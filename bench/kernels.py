@@ -145,8 +145,10 @@ def main():
     creation_table = "\n".join(lines)
     print(layer_table)
     print(creation_table)
+    load = os.getloadavg()[0]
     if not args.no_write:
-        update_section("kernels-layer", "Median latency per run, fp32 activations, one session per variant and thread "
+        update_section("kernels-layer", f"Load average at the end of the run: {load:.1f} (other jobs shared the "
+                       "machine; 2-thread figures suffer most).\n\nMedian latency per run, fp32 activations, one session per variant and thread "
                        "count (intra_op_num_threads), variants measured round-robin in one run.\n\n" + layer_table)
         update_section("kernels-session-creation", "Session creation (single thread) for the layer models above; "
                        "ours includes parsing, CRC, Huffman decode and repacking into panels.\n\n" + creation_table)

@@ -36,6 +36,37 @@ void RunTask(void* data, size_t task) {
 
 }  // namespace
 
+namespace {
+
+// One loop per slot width so the slot positions and loads compile to constants (this runs at session creation
+// over every weight).
+template <uint32_t kSlot>
+void PackPanels(const DecodedRecord& record, uint64_t k, uint64_t n, uint8_t* panels) {
+  packed::SlotPosition position[packed::kPanelColumns];
+  for (uint32_t c = 0; c < packed::kPanelColumns; ++c) position[c] = packed::panel_slot(kSlot, c);
+  const uint8_t* source = record.indices.data();
+  const uint64_t panel_stride = packed::panel_bytes(k, kSlot);
+  for (uint64_t kk = 0; kk < k; ++kk) {
+    for (uint64_t n0 = 0; n0 < n; n0 += packed::kPanelColumns) {
+      uint8_t* row = panels + (n0 / packed::kPanelColumns) * panel_stride + kk * packed::panel_row_bytes(kSlot);
+      const uint32_t width = static_cast<uint32_t>(std::min<uint64_t>(packed::kPanelColumns, n - n0));
+      for (uint32_t c = 0; c < width; ++c) {
+        const uint32_t index = packed::linear_load(source, kSlot, kk * n + n0 + c);
+        if (kSlot == 4) {
+          row[position[c].byte] = static_cast<uint8_t>(row[position[c].byte] | (index << position[c].shift));
+        } else if (kSlot == 8) {
+          row[c] = static_cast<uint8_t>(index);
+        } else {
+          row[2 * c] = static_cast<uint8_t>(index);
+          row[2 * c + 1] = static_cast<uint8_t>(index >> 8);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
 // Columns past N keep index 0.
 void PackMatrix(const DecodedRecord& record, PackedMatrix* out) {
   PackedMatrix& w = *out;
@@ -46,10 +77,10 @@ void PackMatrix(const DecodedRecord& record, PackedMatrix* out) {
   w.table = record.codebook;
   const uint64_t k = static_cast<uint64_t>(w.k), n = static_cast<uint64_t>(w.n);
   w.panels.assign(packed::panels_total_bytes(k, n, w.slot_bits), 0);
-  for (uint64_t kk = 0; kk < k; ++kk) {
-    for (uint64_t nn = 0; nn < n; ++nn) {
-      packed::panel_store(w.panels.data(), k, w.slot_bits, kk, nn, record.index(static_cast<int64_t>(kk * n + nn)));
-    }
+  switch (w.slot_bits) {
+    case 4: return PackPanels<4>(record, k, n, w.panels.data());
+    case 8: return PackPanels<8>(record, k, n, w.panels.data());
+    default: return PackPanels<16>(record, k, n, w.panels.data());
   }
 }
 
