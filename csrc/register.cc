@@ -4,6 +4,9 @@
 
 #include "cpu/ops.h"
 #include "record_format.h"
+#if defined(ONNXCOMP_WITH_CUDA)
+#include "cuda/cuda_ops.h"
+#endif
 
 namespace onnxcomp {
 namespace {
@@ -14,7 +17,18 @@ Ort::CustomOpDomain& Domain() {
   static CodebookDecodeOp decode_op;
   static CodebookMatMulOp matmul_op;
   static CodebookGatherOp gather_op;
-  static OrtCustomOp* const kOps[] = {&decode_op, &matmul_op, &gather_op};  // the registration table
+#if defined(ONNXCOMP_WITH_CUDA)
+  // CUDA variants next to the CPU ones: a CPU-only runtime still finds the CPU kernels.
+  static CudaCodebookDecodeOp cuda_decode_op;
+  static CudaCodebookMatMulOp cuda_matmul_op;
+  static CudaCodebookGatherOp cuda_gather_op;
+#endif
+  static OrtCustomOp* const kOps[] = {  // the registration table
+      &decode_op, &matmul_op, &gather_op,
+#if defined(ONNXCOMP_WITH_CUDA)
+      &cuda_decode_op, &cuda_matmul_op, &cuda_gather_op,
+#endif
+  };
 
   static Ort::CustomOpDomain* domain = [] {
     auto* d = new Ort::CustomOpDomain(kDomain);

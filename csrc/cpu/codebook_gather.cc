@@ -10,16 +10,19 @@ std::string GatherableRecord(const DecodedRecord& record) {
 }
 
 // Copies rows; returns the position of the first out-of-range index, or -1.
-template <typename Position, typename Index>
-int64_t GatherRows(const Position* positions, int64_t count, const Index* indices, const float* codebook,
-                   int64_t rows, int64_t row_size, float* out) {
+template <typename Position>
+int64_t GatherRows(const Position* positions, int64_t count, const DecodedRecord& record, int64_t rows,
+                   int64_t row_size, float* out) {
+  const float* codebook = record.codebook.data();
+  const uint8_t* indices = record.indices.data();
+  const uint32_t slot = record.slot_bits;
   for (int64_t i = 0; i < count; ++i) {
     int64_t row = static_cast<int64_t>(positions[i]);
     if (row < -rows || row >= rows) return i;
     if (row < 0) row += rows;
-    const Index* source = indices + row * row_size;
+    const uint64_t first = static_cast<uint64_t>(row * row_size);
     float* target = out + i * row_size;
-    for (int64_t j = 0; j < row_size; ++j) target[j] = codebook[source[j]];
+    for (int64_t j = 0; j < row_size; ++j) target[j] = packed::lookup(codebook, packed::linear_load(indices, slot, first + j));
   }
   return -1;
 }
@@ -50,12 +53,9 @@ OrtStatus* CodebookGatherKernel::ComputeV2(OrtKernelContext* raw_context) noexce
       shape.push_back(record->dims[i]);
     }
     float* out = context.GetOutput(0, shape).GetTensorMutableData<float>();
-    const float* codebook = record->codebook.data();
-    const int64_t bad = record->with_indices([&](const auto* indices) {
-      return type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32
-                 ? GatherRows(positions.GetTensorData<int32_t>(), count, indices, codebook, rows, row_size, out)
-                 : GatherRows(positions.GetTensorData<int64_t>(), count, indices, codebook, rows, row_size, out);
-    });
+    const int64_t bad = type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32
+                            ? GatherRows(positions.GetTensorData<int32_t>(), count, *record, rows, row_size, out)
+                            : GatherRows(positions.GetTensorData<int64_t>(), count, *record, rows, row_size, out);
     if (bad >= 0) {
       const int64_t value = type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 ? positions.GetTensorData<int32_t>()[bad]
                                                                         : positions.GetTensorData<int64_t>()[bad];

@@ -11,100 +11,116 @@ std::string MatMulRecord(const DecodedRecord& record) {
   return {};
 }
 
-// Rows of X updated together from one dequantized strip of W (register blocking).
-constexpr int64_t kRowBlock = 4;
-// Columns per tile: the dequantized strip (one row of W) and kRowsPerTask output rows of this width stay
-// in L1/L2 while K is swept.
-constexpr int64_t kColumnTile = 256;
-// Rows per parallel task: each dequantized strip is reused across them.
-constexpr int64_t kRowsPerTask = 32;
+// Panels per parallel task: two, so a batch-1 task can run the four-group GEMV tile.
+constexpr int64_t kPanelsPerTask = 2;
+// Rows per parallel task at larger batches (a multiple of the 6-row AVX-512 tile).
+constexpr int64_t kRowsPerTask = 48;
 // Below this many multiply-adds a single thread is faster than dispatching work.
-constexpr int64_t kParallelWork = int64_t{1} << 18;
-
-struct MatMulArgs {
-  const float* x;
-  const float* codebook;
-  const float* bias;  // may be null
-  float* y;
-  int64_t m, k, n;
-};
-
-// y[m0:m1, n0:n1] = x[m0:m1, :] @ W[:, n0:n1] + bias[n0:n1]. W is never materialised: for each k, only
-// the strip W[k, n0:n1] is looked up from the codebook into a small buffer, then applied to every row
-// with a loop the compiler vectorizes.
-template <typename Index>
-void MatMulTile(const MatMulArgs& a, const Index* indices, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-  const float* codebook = a.codebook;
-  const int64_t width = n1 - n0;
-  for (int64_t m = m0; m < m1; ++m) {
-    float* y = a.y + m * a.n + n0;
-    if (a.bias) {
-      std::copy(a.bias + n0, a.bias + n1, y);
-    } else {
-      std::fill(y, y + width, 0.0f);
-    }
-  }
-  float strip[kColumnTile];
-  for (int64_t kk = 0; kk < a.k; ++kk) {
-    const Index* w = indices + kk * a.n + n0;
-    for (int64_t j = 0; j < width; ++j) strip[j] = codebook[w[j]];
-    const float* x = a.x + kk;
-    int64_t m = m0;
-    for (; m + kRowBlock <= m1; m += kRowBlock) {
-      const float x0 = x[m * a.k], x1 = x[(m + 1) * a.k], x2 = x[(m + 2) * a.k], x3 = x[(m + 3) * a.k];
-      float* __restrict y0 = a.y + m * a.n + n0;
-      float* __restrict y1 = y0 + a.n;
-      float* __restrict y2 = y1 + a.n;
-      float* __restrict y3 = y2 + a.n;
-      for (int64_t j = 0; j < width; ++j) {
-        const float c = strip[j];
-        y0[j] += x0 * c;
-        y1[j] += x1 * c;
-        y2[j] += x2 * c;
-        y3[j] += x3 * c;
-      }
-    }
-    for (; m < m1; ++m) {
-      const float xm = x[m * a.k];
-      float* __restrict y = a.y + m * a.n + n0;
-      for (int64_t j = 0; j < width; ++j) y[j] += xm * strip[j];
-    }
-  }
-}
+constexpr double kParallelWork = double(1 << 18);
 
 struct ParallelTask {
-  const MatMulArgs* args;
-  const DecodedRecord* record;
-  int64_t column_tiles;
+  const MatMulProblem* problem;
+  MatMulKernel kernel;
+  int64_t panels, panel_tasks;
 };
 
 void RunTask(void* data, size_t task) {
   const ParallelTask& t = *static_cast<const ParallelTask*>(data);
-  const MatMulArgs& a = *t.args;
-  const int64_t row_task = static_cast<int64_t>(task) / t.column_tiles;
-  const int64_t column_tile = static_cast<int64_t>(task) % t.column_tiles;
-  const int64_t m0 = row_task * kRowsPerTask, m1 = std::min(a.m, m0 + kRowsPerTask);
-  const int64_t n0 = column_tile * kColumnTile, n1 = std::min(a.n, n0 + kColumnTile);
-  t.record->with_indices([&](const auto* indices) { MatMulTile(a, indices, m0, m1, n0, n1); });
+  const MatMulProblem& p = *t.problem;
+  const int64_t row_task = static_cast<int64_t>(task) / t.panel_tasks;
+  const int64_t panel_task = static_cast<int64_t>(task) % t.panel_tasks;
+  const int64_t m0 = row_task * kRowsPerTask, m1 = std::min(p.m, m0 + kRowsPerTask);
+  const int64_t p0 = panel_task * kPanelsPerTask, p1 = std::min(t.panels, p0 + kPanelsPerTask);
+  t.kernel(p, p0, p1, m0, m1);
 }
 
 }  // namespace
 
+namespace {
+
+// One loop per slot width so the slot positions and loads compile to constants (this runs at session creation
+// over every weight).
+template <uint32_t kSlot>
+void PackPanels(const DecodedRecord& record, uint64_t k, uint64_t n, uint8_t* panels) {
+  packed::SlotPosition position[packed::kPanelColumns];
+  for (uint32_t c = 0; c < packed::kPanelColumns; ++c) position[c] = packed::panel_slot(kSlot, c);
+  const uint8_t* source = record.indices.data();
+  const uint64_t panel_stride = packed::panel_bytes(k, kSlot);
+  for (uint64_t kk = 0; kk < k; ++kk) {
+    for (uint64_t n0 = 0; n0 < n; n0 += packed::kPanelColumns) {
+      uint8_t* row = panels + (n0 / packed::kPanelColumns) * panel_stride + kk * packed::panel_row_bytes(kSlot);
+      const uint32_t width = static_cast<uint32_t>(std::min<uint64_t>(packed::kPanelColumns, n - n0));
+      for (uint32_t c = 0; c < width; ++c) {
+        const uint32_t index = packed::linear_load(source, kSlot, kk * n + n0 + c);
+        if (kSlot == 4) {
+          row[position[c].byte] = static_cast<uint8_t>(row[position[c].byte] | (index << position[c].shift));
+        } else if (kSlot == 8) {
+          row[c] = static_cast<uint8_t>(index);
+        } else {
+          row[2 * c] = static_cast<uint8_t>(index);
+          row[2 * c + 1] = static_cast<uint8_t>(index >> 8);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+// Columns past N keep index 0.
+void PackMatrix(const DecodedRecord& record, PackedMatrix* out) {
+  PackedMatrix& w = *out;
+  w.k = record.dims[0];
+  w.n = record.dims[1];
+  w.slot_bits = record.slot_bits;
+  w.codebook_size = record.codebook_size;
+  w.table = record.codebook;
+  const uint64_t k = static_cast<uint64_t>(w.k), n = static_cast<uint64_t>(w.n);
+  w.panels.assign(packed::panels_total_bytes(k, n, w.slot_bits), 0);
+  switch (w.slot_bits) {
+    case 4: return PackPanels<4>(record, k, n, w.panels.data());
+    case 8: return PackPanels<8>(record, k, n, w.panels.data());
+    default: return PackPanels<16>(record, k, n, w.panels.data());
+  }
+}
+
 CodebookMatMulKernel::CodebookMatMulKernel() : RecordKernel(CodebookMatMulOp::kName, 1, MatMulRecord) {}
+
+OrtStatus* CodebookMatMulKernel::Init(const OrtKernelInfo* info) {
+  if (OrtStatus* status = RecordKernel::Init(info)) return status;
+  return GuardStatus(this, [&]() -> OrtStatus* {
+    isa_ = SelectIsa();
+    kernel_ = MatMulKernelFor(isa_);
+    std::unique_ptr<const DecodedRecord> record = TakeConstant();
+    if (record) {
+      auto matrix = std::make_unique<PackedMatrix>();
+      PackMatrix(*record, matrix.get());
+      constant_matrix_ = std::move(matrix);
+    }
+    return nullptr;
+  });
+}
 
 OrtStatus* CodebookMatMulKernel::ComputeV2(OrtKernelContext* raw_context) noexcept {
   return GuardStatus(this, [&]() -> OrtStatus* {
     Ort::KernelContext context(raw_context);
-    DecodedRecord scratch;
-    const DecodedRecord* record;
-    if (OrtStatus* status = GetRecord(context, scratch, &record)) return status;
-    const int64_t k = record->dims[0], n = record->dims[1];
+    PackedMatrix scratch;
+    const PackedMatrix* w = constant_matrix_.get();
+    std::vector<int64_t> record_dims;
+    if (!w) {  // the record is not a constant: decode and pack it in this run
+      DecodedRecord decoded;
+      const DecodedRecord* record;
+      if (OrtStatus* status = GetRecord(context, decoded, &record)) return status;
+      PackMatrix(*record, &scratch);
+      w = &scratch;
+    }
+    const int64_t k = w->k, n = w->n;
 
     Ort::ConstValue x = context.GetInput(0);
     std::vector<int64_t> shape = x.GetTensorTypeAndShapeInfo().GetShape();
     if (shape.empty() || shape.back() != k) {
       return Error("X shape " + ShapeToString(shape) + " does not end in K = " + std::to_string(k) +
-                   " of the record dims " + ShapeToString(record->dims));
+                   " of the record dims " + ShapeToString({k, n}));
     }
     const float* bias = nullptr;
     if (context.GetInputCount() > 2) {
@@ -120,14 +136,19 @@ OrtStatus* CodebookMatMulKernel::ComputeV2(OrtKernelContext* raw_context) noexce
     int64_t m = 1;
     for (size_t i = 0; i + 1 < shape.size(); ++i) m *= shape[i];
     shape.back() = n;
-    MatMulArgs args{x.GetTensorData<float>(), record->codebook.data(), bias,
-                    context.GetOutput(0, shape).GetTensorMutableData<float>(), m, k, n};
+    float* y = context.GetOutput(0, shape).GetTensorMutableData<float>();
     if (m == 0 || n == 0) return nullptr;
 
-    const int64_t column_tiles = (n + kColumnTile - 1) / kColumnTile;
-    const int64_t tasks = (m + kRowsPerTask - 1) / kRowsPerTask * column_tiles;
-    ParallelTask task{&args, record, column_tiles};
-    if (tasks > 1 && static_cast<double>(m) * static_cast<double>(k) * static_cast<double>(n) >= kParallelWork) {
+    const uint32_t slot = w->slot_bits;
+    MatMulProblem problem{x.GetTensorData<float>(), m, k, n, w->panels.data(), slot, w->codebook_size,
+                          w->table.data(), bias, y, packed::panel_bytes(static_cast<uint64_t>(k), slot),
+                          packed::panel_row_bytes(slot), packed::group_bytes(slot)};
+    const int64_t panels = static_cast<int64_t>(packed::panel_count(static_cast<uint64_t>(n)));
+    const int64_t panel_tasks = (panels + kPanelsPerTask - 1) / kPanelsPerTask;
+    const int64_t tasks = (m + kRowsPerTask - 1) / kRowsPerTask * panel_tasks;
+    ParallelTask task{&problem, kernel_, panels, panel_tasks};
+    // ORT's intra-op thread pool (session option intra_op_num_threads) runs the tasks.
+    if (tasks > 1 && double(m) * double(k) * double(n) >= kParallelWork) {
       context.ParallelFor(RunTask, static_cast<size_t>(tasks), 0, &task);
     } else {
       for (int64_t t = 0; t < tasks; ++t) RunTask(&task, static_cast<size_t>(t));

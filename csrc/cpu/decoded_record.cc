@@ -5,6 +5,21 @@
 
 namespace onnxcomp {
 
+namespace {
+
+// Packs indices from the decoder's byte-per-index (or u16) form into fixed-width slots.
+template <typename Index>
+void pack_linear(const Index* source, uint64_t n, uint32_t slot, uint8_t* target) {
+  if (slot == 4) {
+    for (uint64_t i = 0; i + 1 < n; i += 2) target[i / 2] = static_cast<uint8_t>(source[i] | (source[i + 1] << 4));
+    if (n & 1) target[n / 2] = static_cast<uint8_t>(source[n - 1]);
+  } else {
+    for (uint64_t i = 0; i < n; ++i) packed::linear_store(target, slot, i, source[i]);
+  }
+}
+
+}  // namespace
+
 DecodeStatus decode_record_bytes(const uint8_t* data, size_t size, DecodedRecord* out) {
   RecordInfo info;
   DecodeStatus status = parse_record(data, size, &info);
@@ -14,20 +29,23 @@ DecodeStatus decode_record_bytes(const uint8_t* data, size_t size, DecodedRecord
     r.dims.assign(info.dims, info.dims + info.rank);
     r.num_elements = static_cast<int64_t>(info.num_elements);
     r.index_bits = info.index_bits;
-    r.codebook.resize(info.codebook_size);
-    void* indices;
-    if (r.wide()) {
-      r.indices16.resize(info.num_elements);
-      r.indices8.clear();
-      indices = r.indices16.data();
-    } else {
-      r.indices8.resize(info.num_elements);
-      r.indices16.clear();
-      indices = r.indices8.data();
-    }
+    r.slot_bits = packed::slot_bits(info.index_bits);
+    r.codebook_size = info.codebook_size;
+    r.codebook.assign(packed::table_entries(info.codebook_size), 0.0f);
+    // The decoder writes one byte (or u16) per index; that transient form is packed and dropped here.
+    const uint32_t width = record::index_width(info.index_bits);
+    std::vector<uint8_t> wide(info.num_elements * width + 1);
     const uint64_t workspace_bytes = decode_workspace_bytes(info);
     std::vector<uint32_t> workspace((workspace_bytes + 3) / 4);
-    return decode_record(data, info, r.codebook.data(), indices, workspace.data(), workspace.size() * 4);
+    status = decode_record(data, info, r.codebook.data(), wide.data(), workspace.data(), workspace.size() * 4);
+    if (!status.ok()) return status;
+    r.indices.assign(packed::linear_bytes(info.num_elements, r.slot_bits), 0);
+    if (width == 2) {
+      pack_linear(reinterpret_cast<const uint16_t*>(wide.data()), info.num_elements, r.slot_bits, r.indices.data());
+    } else {
+      pack_linear(wide.data(), info.num_elements, r.slot_bits, r.indices.data());
+    }
+    return decode_ok();
   } catch (const std::bad_alloc&) {
     return decode_fail(DecodeError::kBadArgument, "not enough memory to hold the decoded indices");
   } catch (const std::length_error&) {

@@ -1,4 +1,4 @@
-// A decoded weight record in working form (codebook + indices), as the CPU kernels keep it.
+// A decoded weight record in working form (codebook + packed fixed-width indices), as the CPU kernels keep it.
 #ifndef ONNXCOMP_CPU_DECODED_RECORD_H_
 #define ONNXCOMP_CPU_DECODED_RECORD_H_
 
@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "decode.h"
+#include "packed_layout.h"
 
 namespace onnxcomp {
 
@@ -15,18 +16,12 @@ struct DecodedRecord {
   std::vector<int64_t> dims;
   int64_t num_elements = 0;
   uint32_t index_bits = 0;
-  std::vector<float> codebook;
-  // Exactly one of these holds the N indices: one byte each up to 8 index bits, two bytes above.
-  std::vector<uint8_t> indices8;
-  std::vector<uint16_t> indices16;
+  uint32_t slot_bits = 0;       // packed::slot_bits(index_bits)
+  uint32_t codebook_size = 0;   // K of the record
+  std::vector<float> codebook;  // padded with 0.0 to packed::table_entries(K) entries
+  std::vector<uint8_t> indices;  // the N indices in the linear packed layout (packed_layout.h)
 
-  bool wide() const { return record::index_width(index_bits) == 2; }
-
-  // Calls fn(const Index* indices) with the working-form index array, so loops compile for each width.
-  template <typename Fn>
-  decltype(auto) with_indices(Fn&& fn) const {
-    return wide() ? fn(indices16.data()) : fn(indices8.data());
-  }
+  uint32_t index(int64_t i) const { return packed::linear_load(indices.data(), slot_bits, static_cast<uint64_t>(i)); }
 };
 
 // Validates and decodes `size` bytes. Never throws; allocation failure is reported as a status.

@@ -2,6 +2,7 @@
 #ifndef ONNXCOMP_CPU_OPS_H_
 #define ONNXCOMP_CPU_OPS_H_
 
+#include "cpu/matmul_kernels.h"
 #include "cpu/record_kernel.h"
 
 namespace onnxcomp {
@@ -27,9 +28,28 @@ struct CodebookDecodeOp : Ort::CustomOpBase<CodebookDecodeOp, CodebookDecodeKern
 
 // ---- CodebookMatMul: Y = X @ W (+ bias), W [K, N] from the record ------------------------------------------
 
+// W [K, N] in the panel layout of packed_layout.h: what CodebookMatMul keeps (no dense copy of W).
+struct PackedMatrix {
+  int64_t k = 0, n = 0;
+  uint32_t slot_bits = 0;
+  uint32_t codebook_size = 0;
+  std::vector<float> table;      // the codebook padded with zeros (packed::table_entries)
+  std::vector<uint8_t> panels;
+};
+
+// Repacks the linear indices of a decoded [K, N] record into panels (shared by the CPU and CUDA kernels).
+void PackMatrix(const DecodedRecord& record, PackedMatrix* out);
+
 struct CodebookMatMulKernel : RecordKernel {
   CodebookMatMulKernel();
+  // Decodes the record (RecordKernel::Init), repacks it into panels and drops the decoded form.
+  OrtStatus* Init(const OrtKernelInfo* info);
   OrtStatus* ComputeV2(OrtKernelContext* context) noexcept;
+
+ private:
+  Isa isa_ = Isa::kScalar;
+  MatMulKernel kernel_ = nullptr;
+  std::unique_ptr<const PackedMatrix> constant_matrix_;
 };
 
 struct CodebookMatMulOp : Ort::CustomOpBase<CodebookMatMulOp, CodebookMatMulKernel, true> {

@@ -33,6 +33,10 @@ class RecordKernel {
   // The record decoded at creation, or this run's record input decoded into `scratch`.
   OrtStatus* GetRecord(const Ort::KernelContext& context, DecodedRecord& scratch, const DecodedRecord** record) const;
 
+  // Hands the record decoded at creation (null if the input is not constant) to a kernel that keeps its own
+  // working form instead; GetRecord must not be called afterwards.
+  std::unique_ptr<const DecodedRecord> TakeConstant() { return std::move(constant_); }
+
  private:
   OrtStatus* DecodeInput(const Ort::ConstValue& value, DecodedRecord& out) const;
 

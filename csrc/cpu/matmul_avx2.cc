@@ -1,0 +1,157 @@
+// CodebookMatMul with AVX2 + FMA (compiled with -mavx2 -mfma; called only when the CPU has both).
+//
+// Same scheme as matmul_avx512.cc with 8-lane registers: vpermps looks up 8 entries, so up to 8-entry
+// codebooks (3-bit) take one permute and 16-entry ones take two plus a blend on bit 3 of the index;
+// wider indices gather from the table in L1. 16 registers allow 8 accumulators per tile.
+#include <immintrin.h>
+#include <string.h>
+
+#include "cpu/matmul_kernels.h"
+
+namespace onnxcomp {
+namespace {
+
+constexpr int kGroupColumns = 32;  // packed::kGroupColumns, restated: this unit includes no inline code
+constexpr int kVectors = 4;        // ymm vectors per group
+
+// A 16-byte nibble group: byte j holds column j (low nibble) and column j + 16 (high nibble).
+template <class Lookup>
+void DecodeNibbles(const Lookup& lookup, const uint8_t* group, __m256* w) {
+  const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(group));
+  const __m256i first = _mm256_cvtepu8_epi32(bytes);                         // bytes 0..7
+  const __m256i second = _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(bytes, bytes));  // bytes 8..15
+  w[0] = lookup(first);                              // columns 0..7
+  w[1] = lookup(second);                             // columns 8..15
+  w[2] = lookup(_mm256_srli_epi32(first, 4));        // columns 16..23
+  w[3] = lookup(_mm256_srli_epi32(second, 4));       // columns 24..31
+}
+
+struct Nibble8 {
+  __m256 table;
+  __m256 operator()(__m256i index) const { return _mm256_permutevar8x32_ps(table, index); }
+  void decode(const uint8_t* group, __m256* w) const { DecodeNibbles(*this, group, w); }
+};
+
+struct Nibble16 {
+  __m256 low, high;  // entries 0..7 and 8..15
+  __m256 operator()(__m256i index) const {
+    // vpermps reads bits 0..2; bit 3 (moved to the sign bit) picks the half.
+    const __m256 pick = _mm256_castsi256_ps(_mm256_slli_epi32(index, 28));
+    return _mm256_blendv_ps(_mm256_permutevar8x32_ps(low, index), _mm256_permutevar8x32_ps(high, index), pick);
+  }
+  void decode(const uint8_t* group, __m256* w) const { DecodeNibbles(*this, group, w); }
+};
+
+struct ByteGather {
+  const float* table;
+  void decode(const uint8_t* group, __m256* w) const {
+    for (int i = 0; i < 4; ++i) {
+      const __m256i lanes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(group + 8 * i)));
+      w[i] = _mm256_i32gather_ps(table, lanes, 4);
+    }
+  }
+};
+
+struct WordGather {
+  const float* table;
+  void decode(const uint8_t* group, __m256* w) const {
+    for (int i = 0; i < 4; ++i) {
+      const __m256i lanes = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(group + 16 * i)));
+      w[i] = _mm256_i32gather_ps(table, lanes, 4);
+    }
+  }
+};
+
+template <int MR, int NG, class Decoder>
+void Tile(const Decoder& decoder, const float* x, int64_t ldx, int64_t k, const uint8_t* const* group,
+          uint32_t row_bytes, float* out) {
+  __m256 acc[MR][NG * kVectors];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 16
+    for (int j = 0; j < NG * kVectors; ++j) acc[r][j] = _mm256_setzero_ps();
+  }
+  const uint8_t* g[NG];
+  for (int i = 0; i < NG; ++i) g[i] = group[i];
+  for (int64_t kk = 0; kk < k; ++kk) {
+    __m256 w[NG * kVectors];
+#pragma GCC unroll 8
+    for (int i = 0; i < NG; ++i) {
+      decoder.decode(g[i], w + kVectors * i);
+      g[i] += row_bytes;
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m256 xv = _mm256_set1_ps(x[r * ldx + kk]);
+#pragma GCC unroll 16
+      for (int j = 0; j < NG * kVectors; ++j) acc[r][j] = _mm256_fmadd_ps(xv, w[j], acc[r][j]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 16
+    for (int j = 0; j < NG * kVectors; ++j) _mm256_storeu_ps(out + r * NG * kGroupColumns + 8 * j, acc[r][j]);
+  }
+}
+
+void Store(const MatMulProblem& p, const float* out, int64_t m0, int rows, int64_t g0, int ng) {
+  const int64_t n0 = g0 * kGroupColumns;
+  int64_t width = p.n - n0;
+  if (width > int64_t{ng} * kGroupColumns) width = int64_t{ng} * kGroupColumns;
+  for (int r = 0; r < rows; ++r) {
+    const float* source = out + r * ng * kGroupColumns;
+    float* y = p.y + (m0 + r) * p.n + n0;
+    if (p.bias) {
+      for (int64_t c = 0; c < width; ++c) y[c] = source[c] + p.bias[n0 + c];
+    } else {
+      memcpy(y, source, sizeof(float) * static_cast<size_t>(width));
+    }
+  }
+}
+
+template <int MR, int NG, class Decoder>
+void TileAndStore(const Decoder& decoder, const MatMulProblem& p, int64_t m0, int64_t g0, float* out) {
+  const uint8_t* group[NG];
+  for (int i = 0; i < NG; ++i) {
+    const int64_t gi = g0 + i;
+    group[i] = p.panels + (gi / 2) * p.panel_bytes + (gi % 2) * p.group_bytes;
+  }
+  if (g0 * kGroupColumns >= p.n) return;  // a padding group of the last panel
+  Tile<MR, NG>(decoder, p.x + m0 * p.k, p.k, p.k, group, p.row_bytes, out);
+  Store(p, out, m0, MR, g0, NG);
+}
+
+template <class Decoder>
+void Run(const Decoder& d, const MatMulProblem& p, int64_t panel_begin, int64_t panel_end, int64_t row_begin,
+         int64_t row_end) {
+  alignas(32) float out[2 * 2 * kGroupColumns];
+  const int64_t g_end = panel_end * 2;
+  for (int64_t g = panel_begin * 2; g < g_end; g += 2) {
+    if (row_end - row_begin == 1) {
+      TileAndStore<1, 2>(d, p, row_begin, g, out);
+      continue;
+    }
+    for (int64_t h = g; h < g + 2; ++h) {
+      int64_t m = row_begin;
+      for (; m + 2 <= row_end; m += 2) TileAndStore<2, 1>(d, p, m, h, out);
+      if (m < row_end) TileAndStore<1, 1>(d, p, m, h, out);
+    }
+  }
+}
+
+}  // namespace
+
+void MatMulAvx2(const MatMulProblem& p, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end) {
+  if (p.slot_bits == 4 && p.codebook_size <= 8) {
+    Run(Nibble8{_mm256_loadu_ps(p.table)}, p, panel_begin, panel_end, row_begin, row_end);
+  } else if (p.slot_bits == 4) {
+    Run(Nibble16{_mm256_loadu_ps(p.table), _mm256_loadu_ps(p.table + 8)}, p, panel_begin, panel_end, row_begin,
+        row_end);
+  } else if (p.slot_bits == 8) {
+    Run(ByteGather{p.table}, p, panel_begin, panel_end, row_begin, row_end);
+  } else {
+    Run(WordGather{p.table}, p, panel_begin, panel_end, row_begin, row_end);
+  }
+}
+
+}  // namespace onnxcomp

@@ -1,0 +1,161 @@
+// CodebookMatMul with AVX-512F (compiled with -mavx512f -mfma; called only when the CPU has it).
+//
+// The weights are never written out: each step of k widens one panel row of packed indices to 32-bit
+// lanes and looks the codebook up in registers. 4-bit: the 16-entry table sits in one register and
+// vpermps takes the low 4 bits of each lane as the entry; 5-bit: vpermi2ps over two registers; wider
+// indices: a gather from the table in L1. Each looked-up vector is reused for MR rows of X (outer
+// product, accumulators in registers, no horizontal sums), so the lookup cost is shared at batch > 1.
+#include <immintrin.h>
+#include <string.h>
+
+#include "cpu/matmul_kernels.h"
+
+namespace onnxcomp {
+namespace {
+
+constexpr int kGroupColumns = 32;  // packed::kGroupColumns, restated: this unit includes no inline code
+constexpr int kVectors = 2;        // zmm vectors per group
+
+struct Nibble16 {
+  __m512 table;
+  void decode(const uint8_t* group, __m512* w) const {
+    const __m512i lanes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(group)));
+    w[0] = _mm512_permutexvar_ps(lanes, table);                         // low nibbles: columns 0..15
+    w[1] = _mm512_permutexvar_ps(_mm512_srli_epi32(lanes, 4), table);   // high nibbles: columns 16..31
+  }
+};
+
+struct Byte32 {
+  __m512 low, high;  // table entries 0..15 and 16..31
+  void decode(const uint8_t* group, __m512* w) const {
+    for (int i = 0; i < 2; ++i) {
+      const __m512i lanes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(group + 16 * i)));
+      w[i] = _mm512_permutex2var_ps(low, lanes, high);
+    }
+  }
+};
+
+struct ByteGather {
+  const float* table;
+  void decode(const uint8_t* group, __m512* w) const {
+    for (int i = 0; i < 2; ++i) {
+      const __m512i lanes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(group + 16 * i)));
+      w[i] = _mm512_i32gather_ps(lanes, table, 4);
+    }
+  }
+};
+
+struct WordGather {
+  const float* table;
+  void decode(const uint8_t* group, __m512* w) const {
+    for (int i = 0; i < 2; ++i) {
+      const __m512i lanes =
+          _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(group + 32 * i)));
+      w[i] = _mm512_i32gather_ps(lanes, table, 4);
+    }
+  }
+};
+
+// out[MR][NG * 32] = X[MR rows] @ W[:, NG groups]; group[g] points at row 0 of group g.
+template <int MR, int NG, class Decoder>
+void Tile(const Decoder& decoder, const float* x, int64_t ldx, int64_t k, const uint8_t* const* group,
+          uint32_t row_bytes, float* out) {
+  __m512 acc[MR][NG * kVectors];
+#pragma GCC unroll 64
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 64
+    for (int j = 0; j < NG * kVectors; ++j) acc[r][j] = _mm512_setzero_ps();
+  }
+  const uint8_t* g[NG];
+  for (int i = 0; i < NG; ++i) g[i] = group[i];
+  for (int64_t kk = 0; kk < k; ++kk) {
+    __m512 w[NG * kVectors];
+#pragma GCC unroll 8
+    for (int i = 0; i < NG; ++i) {
+      decoder.decode(g[i], w + kVectors * i);
+      g[i] += row_bytes;
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m512 xv = _mm512_set1_ps(x[r * ldx + kk]);
+#pragma GCC unroll 16
+      for (int j = 0; j < NG * kVectors; ++j) acc[r][j] = _mm512_fmadd_ps(xv, w[j], acc[r][j]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 16
+    for (int j = 0; j < NG * kVectors; ++j) _mm512_storeu_ps(out + r * NG * kGroupColumns + 16 * j, acc[r][j]);
+  }
+}
+
+// Y[m0 .. m0+rows, columns of groups g0 .. g0+ng) = out (+ bias), clipped to N.
+void Store(const MatMulProblem& p, const float* out, int64_t m0, int rows, int64_t g0, int ng) {
+  const int64_t n0 = g0 * kGroupColumns;
+  int64_t width = p.n - n0;
+  if (width > int64_t{ng} * kGroupColumns) width = int64_t{ng} * kGroupColumns;
+  for (int r = 0; r < rows; ++r) {
+    const float* source = out + r * ng * kGroupColumns;
+    float* y = p.y + (m0 + r) * p.n + n0;
+    if (p.bias) {
+      for (int64_t c = 0; c < width; ++c) y[c] = source[c] + p.bias[n0 + c];
+    } else {
+      memcpy(y, source, sizeof(float) * static_cast<size_t>(width));
+    }
+  }
+}
+
+template <int MR, int NG, class Decoder>
+void TileAndStore(const Decoder& decoder, const MatMulProblem& p, int64_t m0, int64_t g0, float* out) {
+  const uint8_t* group[NG];
+  for (int i = 0; i < NG; ++i) {
+    const int64_t gi = g0 + i;
+    group[i] = p.panels + (gi / 2) * p.panel_bytes + (gi % 2) * p.group_bytes;
+  }
+  if (g0 * kGroupColumns >= p.n) return;  // a padding group of the last panel
+  Tile<MR, NG>(decoder, p.x + m0 * p.k, p.k, p.k, group, p.row_bytes, out);
+  Store(p, out, m0, MR, g0, NG);
+}
+
+template <class Decoder>
+void Run(const Decoder& d, const MatMulProblem& p, int64_t panel_begin, int64_t panel_end, int64_t row_begin,
+         int64_t row_end) {
+  alignas(64) float out[6 * 2 * kGroupColumns];
+  const int64_t g_end = panel_end * 2;
+  for (int64_t g = panel_begin * 2; g < g_end;) {
+    if (row_end - row_begin == 1 && g_end - g >= 4) {
+      // GEMV: four groups (128 columns) give eight independent accumulator chains per row.
+      TileAndStore<1, 4>(d, p, row_begin, g, out);
+      g += 4;
+      continue;
+    }
+    int64_t m = row_begin;
+    for (; m + 6 <= row_end; m += 6) TileAndStore<6, 2>(d, p, m, g, out);
+    switch (row_end - m) {
+      case 5: TileAndStore<5, 2>(d, p, m, g, out); break;
+      case 4: TileAndStore<4, 2>(d, p, m, g, out); break;
+      case 3: TileAndStore<3, 2>(d, p, m, g, out); break;
+      case 2: TileAndStore<2, 2>(d, p, m, g, out); break;
+      case 1: TileAndStore<1, 2>(d, p, m, g, out); break;
+      default: break;
+    }
+    g += 2;
+  }
+}
+
+}  // namespace
+
+void MatMulAvx512(const MatMulProblem& p, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end) {
+  if (p.slot_bits == 4) {
+    Run(Nibble16{_mm512_loadu_ps(p.table)}, p, panel_begin, panel_end, row_begin, row_end);
+  } else if (p.slot_bits == 8 && p.codebook_size <= 32) {
+    Run(Byte32{_mm512_loadu_ps(p.table), _mm512_loadu_ps(p.table + 16)}, p, panel_begin, panel_end, row_begin,
+        row_end);
+  } else if (p.slot_bits == 8) {
+    Run(ByteGather{p.table}, p, panel_begin, panel_end, row_begin, row_end);
+  } else {
+    Run(WordGather{p.table}, p, panel_begin, panel_end, row_begin, row_end);
+  }
+}
+
+}  // namespace onnxcomp

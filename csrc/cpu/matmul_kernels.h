@@ -1,0 +1,55 @@
+// The fused CodebookMatMul kernels, one per instruction set, and the choice between them.
+//
+// Each instruction set lives in its own translation unit compiled with its own -m flags (matmul_avx2.cc,
+// matmul_avx512.cc) and is called only after a run-time CPU check. Those units include this header only:
+// plain structs and declarations, no inline functions. An inline function (or std:: template) compiled in
+// an AVX-512 unit could be the copy the linker keeps for every unit, and then crash older CPUs.
+#ifndef ONNXCOMP_CPU_MATMUL_KERNELS_H_
+#define ONNXCOMP_CPU_MATMUL_KERNELS_H_
+
+#include <stdint.h>
+
+namespace onnxcomp {
+
+// Y[M, N] = X[M, K] @ W[K, N] (+ bias), W in the panel layout of packed_layout.h.
+struct MatMulProblem {
+  const float* x;  // [m, k] row-major
+  int64_t m, k, n;
+  const uint8_t* panels;
+  uint32_t slot_bits;      // 4, 8 or 16
+  uint32_t codebook_size;  // K of the record: every index is below it
+  const float* table;      // codebook padded with zeros to packed::table_entries(codebook_size)
+  const float* bias;       // [n] or null
+  float* y;                // [m, n] row-major
+  // Layout sizes, precomputed by the caller (see the note above about inline functions).
+  uint64_t panel_bytes;    // bytes of one panel: k rows
+  uint32_t row_bytes;      // bytes of one panel row
+  uint32_t group_bytes;    // bytes of one 32-column group inside a row
+};
+
+// Computes rows [row_begin, row_end) of Y for the columns of panels [panel_begin, panel_end).
+// Every kernel computes each output as fma(x[k], w[k], acc) over k = 0..K-1 in order from 0.0, then adds
+// the bias: all instruction sets give bit-identical results, whatever the split into tasks.
+using MatMulKernel = void (*)(const MatMulProblem&, int64_t panel_begin, int64_t panel_end, int64_t row_begin,
+                              int64_t row_end);
+
+void MatMulScalar(const MatMulProblem&, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end);
+#if defined(ONNXCOMP_HAVE_AVX2_KERNELS)
+void MatMulAvx2(const MatMulProblem&, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end);
+#endif
+#if defined(ONNXCOMP_HAVE_AVX512_KERNELS)
+void MatMulAvx512(const MatMulProblem&, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end);
+#endif
+
+enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+
+// The best instruction set this CPU and this build support, lowered by the environment variable
+// ONNXCOMP_ISA=scalar|avx2|avx512 (a cap, never raised above what the CPU has) or ONNXCOMP_FORCE_SCALAR=1.
+// Read when a kernel is created.
+Isa SelectIsa();
+const char* IsaName(Isa isa);
+MatMulKernel MatMulKernelFor(Isa isa);
+
+}  // namespace onnxcomp
+
+#endif  // ONNXCOMP_CPU_MATMUL_KERNELS_H_

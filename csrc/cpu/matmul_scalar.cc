@@ -1,0 +1,114 @@
+// Portable CodebookMatMul kernel (any CPU), and the run-time choice of instruction set.
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu/matmul_kernels.h"
+#include "packed_layout.h"
+
+namespace onnxcomp {
+
+namespace {
+
+// One output row of one panel: acc[c] = fma(x[k], W[k, c], acc[c]) for k in order, as the SIMD kernels do.
+template <uint32_t kSlot>
+void PanelRow(const float* x, int64_t k, const uint8_t* panel, uint32_t row_bytes, const float* table,
+              float* acc) {
+  for (uint32_t c = 0; c < packed::kPanelColumns; ++c) acc[c] = 0.0f;
+  uint32_t byte[packed::kPanelColumns], shift[packed::kPanelColumns];
+  for (uint32_t c = 0; c < packed::kPanelColumns; ++c) {
+    const packed::SlotPosition at = packed::panel_slot(kSlot, c);
+    byte[c] = at.byte;
+    shift[c] = at.shift;
+  }
+  for (int64_t kk = 0; kk < k; ++kk) {
+    const float xk = x[kk];
+    const uint8_t* row = panel + kk * row_bytes;
+    for (uint32_t c = 0; c < packed::kPanelColumns; ++c) {
+      uint32_t index;
+      if (kSlot == 4) {
+        index = (row[byte[c]] >> shift[c]) & 0xFu;
+      } else if (kSlot == 8) {
+        index = row[c];
+      } else {
+        index = uint32_t{row[2 * c]} | (uint32_t{row[2 * c + 1]} << 8);
+      }
+      acc[c] = fmaf(xk, packed::lookup(table, index), acc[c]);
+    }
+  }
+}
+
+template <uint32_t kSlot>
+void Run(const MatMulProblem& p, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end) {
+  float acc[packed::kPanelColumns];
+  for (int64_t panel = panel_begin; panel < panel_end; ++panel) {
+    const uint8_t* data = p.panels + panel * p.panel_bytes;
+    const int64_t n0 = panel * packed::kPanelColumns;
+    const int64_t width = p.n - n0 < int64_t{packed::kPanelColumns} ? p.n - n0 : int64_t{packed::kPanelColumns};
+    for (int64_t m = row_begin; m < row_end; ++m) {
+      PanelRow<kSlot>(p.x + m * p.k, p.k, data, p.row_bytes, p.table, acc);
+      float* y = p.y + m * p.n + n0;
+      if (p.bias) {
+        for (int64_t c = 0; c < width; ++c) y[c] = acc[c] + p.bias[n0 + c];
+      } else {
+        memcpy(y, acc, sizeof(float) * static_cast<size_t>(width));
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void MatMulScalar(const MatMulProblem& p, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end) {
+  switch (p.slot_bits) {
+    case 4: return Run<4>(p, panel_begin, panel_end, row_begin, row_end);
+    case 8: return Run<8>(p, panel_begin, panel_end, row_begin, row_end);
+    default: return Run<16>(p, panel_begin, panel_end, row_begin, row_end);
+  }
+}
+
+const char* IsaName(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    default: return "scalar";
+  }
+}
+
+Isa SelectIsa() {
+  Isa best = Isa::kScalar;
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+#if defined(ONNXCOMP_HAVE_AVX2_KERNELS)
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::kAvx2;
+#endif
+#if defined(ONNXCOMP_HAVE_AVX512_KERNELS)
+  if (best == Isa::kAvx2 && __builtin_cpu_supports("avx512f")) best = Isa::kAvx512;
+#endif
+#endif
+  const char* force_scalar = getenv("ONNXCOMP_FORCE_SCALAR");
+  if (force_scalar && strcmp(force_scalar, "") != 0 && strcmp(force_scalar, "0") != 0) return Isa::kScalar;
+  const char* cap = getenv("ONNXCOMP_ISA");
+  if (cap) {
+    Isa wanted = best;
+    if (strcmp(cap, "scalar") == 0) wanted = Isa::kScalar;
+    if (strcmp(cap, "avx2") == 0) wanted = Isa::kAvx2;
+    if (strcmp(cap, "avx512") == 0) wanted = Isa::kAvx512;
+    if (static_cast<int>(wanted) < static_cast<int>(best)) best = wanted;
+  }
+  return best;
+}
+
+MatMulKernel MatMulKernelFor(Isa isa) {
+  switch (isa) {
+#if defined(ONNXCOMP_HAVE_AVX512_KERNELS)
+    case Isa::kAvx512: return MatMulAvx512;
+#endif
+#if defined(ONNXCOMP_HAVE_AVX2_KERNELS)
+    case Isa::kAvx2: return MatMulAvx2;
+#endif
+    default: return MatMulScalar;
+  }
+}
+
+}  // namespace onnxcomp

@@ -1,0 +1,171 @@
+#include "cuda/cuda_ops.h"
+
+#include "cuda/kernels.h"
+
+namespace onnxcomp {
+
+namespace {
+
+std::string AnyRecord(const DecodedRecord&) { return {}; }
+std::string MatrixRecord(const DecodedRecord& record) {
+  if (record.dims.size() != 2) return "the record must be 2-D [K, N], got dims " + ShapeToString(record.dims);
+  return {};
+}
+std::string TableRecord(const DecodedRecord& record) {
+  if (record.dims.empty()) return "the record must have rank >= 1 (dims [V, D...]), got a scalar";
+  return {};
+}
+
+}  // namespace
+
+DeviceBuffer::~DeviceBuffer() { onnxcomp_cuda_free(pointer_); }  // nothing useful to do with an error here
+
+int DeviceBuffer::Upload(const void* host, uint64_t bytes) {
+  if (int error = onnxcomp_cuda_malloc(&pointer_, bytes)) return error;
+  return onnxcomp_cuda_copy_to_device(pointer_, host, bytes);
+}
+
+OrtStatus* CudaRecordKernel::CudaError(int error, const char* what) const {
+  return Error(std::string("CUDA error in ") + what + ": " + onnxcomp_cuda_error_string(error));
+}
+
+OrtStatus* CudaRecordKernel::InitRecord(const OrtKernelInfo* info, std::unique_ptr<const DecodedRecord>* record) {
+  if (OrtStatus* status = RecordKernel::Init(info)) return status;
+  *record = TakeConstant();
+  if (!*record) return Error("the CUDA kernel needs the record as a constant initializer (not a graph input)");
+  const DecodedRecord& r = **record;
+  if (int error = table_.Upload(r.codebook.data(), r.codebook.size() * sizeof(float))) {
+    return CudaError(error, "uploading the codebook");
+  }
+  return nullptr;
+}
+
+// ---- CodebookDecode ---------------------------------------------------------------------------------------
+
+CudaCodebookDecodeKernel::CudaCodebookDecodeKernel() : CudaRecordKernel(CodebookDecodeOp::kName, 0, AnyRecord) {}
+
+OrtStatus* CudaCodebookDecodeKernel::Init(const OrtKernelInfo* info) {
+  return GuardStatus(this, [&]() -> OrtStatus* {
+    std::unique_ptr<const DecodedRecord> record;
+    if (OrtStatus* status = InitRecord(info, &record)) return status;
+    dims_ = record->dims;
+    count_ = record->num_elements;
+    slot_ = record->slot_bits;
+    if (int error = indices_.Upload(record->indices.data(), record->indices.size())) {
+      return CudaError(error, "uploading the indices");
+    }
+    return nullptr;
+  });
+}
+
+OrtStatus* CudaCodebookDecodeKernel::ComputeV2(OrtKernelContext* raw_context) noexcept {
+  return GuardStatus(this, [&]() -> OrtStatus* {
+    Ort::KernelContext context(raw_context);
+    float* out = context.GetOutput(0, dims_).GetTensorMutableData<float>();
+    int error = onnxcomp_cuda_codebook_decode(context.GetGPUComputeStream(), indices_.get<uint8_t>(), slot_,
+                                              table_.get<float>(), count_, out);
+    return error ? CudaError(error, "CodebookDecode launch") : nullptr;
+  });
+}
+
+// ---- CodebookMatMul ---------------------------------------------------------------------------------------
+
+CudaCodebookMatMulKernel::CudaCodebookMatMulKernel() : CudaRecordKernel(CodebookMatMulOp::kName, 1, MatrixRecord) {}
+
+OrtStatus* CudaCodebookMatMulKernel::Init(const OrtKernelInfo* info) {
+  return GuardStatus(this, [&]() -> OrtStatus* {
+    std::unique_ptr<const DecodedRecord> record;
+    if (OrtStatus* status = InitRecord(info, &record)) return status;
+    PackedMatrix matrix;
+    PackMatrix(*record, &matrix);
+    record.reset();
+    k_ = matrix.k;
+    n_ = matrix.n;
+    slot_ = matrix.slot_bits;
+    if (int error = panels_.Upload(matrix.panels.data(), matrix.panels.size())) {
+      return CudaError(error, "uploading the packed weight");
+    }
+    return nullptr;
+  });
+}
+
+OrtStatus* CudaCodebookMatMulKernel::ComputeV2(OrtKernelContext* raw_context) noexcept {
+  return GuardStatus(this, [&]() -> OrtStatus* {
+    Ort::KernelContext context(raw_context);
+    Ort::ConstValue x = context.GetInput(0);
+    std::vector<int64_t> shape = x.GetTensorTypeAndShapeInfo().GetShape();
+    if (shape.empty() || shape.back() != k_) {
+      return Error("X shape " + ShapeToString(shape) + " does not end in K = " + std::to_string(k_));
+    }
+    const float* bias = nullptr;
+    if (context.GetInputCount() > 2) {
+      Ort::ConstValue bias_value = context.GetInput(2);
+      if (bias_value != nullptr) {
+        if (bias_value.GetTensorTypeAndShapeInfo().GetShape() != std::vector<int64_t>{n_}) {
+          return Error("bias shape is not [N] = [" + std::to_string(n_) + "]");
+        }
+        bias = bias_value.GetTensorData<float>();
+      }
+    }
+    int64_t m = 1;
+    for (size_t i = 0; i + 1 < shape.size(); ++i) m *= shape[i];
+    shape.back() = n_;
+    float* y = context.GetOutput(0, shape).GetTensorMutableData<float>();
+    int error = onnxcomp_cuda_codebook_matmul(context.GetGPUComputeStream(), x.GetTensorData<float>(), m, k_, n_,
+                                              panels_.get<uint8_t>(), slot_, table_.get<float>(), bias, y);
+    return error ? CudaError(error, "CodebookMatMul launch") : nullptr;
+  });
+}
+
+// ---- CodebookGather ---------------------------------------------------------------------------------------
+
+CudaCodebookGatherKernel::CudaCodebookGatherKernel() : CudaRecordKernel(CodebookGatherOp::kName, 0, TableRecord) {}
+
+OrtStatus* CudaCodebookGatherKernel::Init(const OrtKernelInfo* info) {
+  return GuardStatus(this, [&]() -> OrtStatus* {
+    std::unique_ptr<const DecodedRecord> record;
+    if (OrtStatus* status = InitRecord(info, &record)) return status;
+    dims_ = record->dims;
+    slot_ = record->slot_bits;
+    if (int error = indices_.Upload(record->indices.data(), record->indices.size())) {
+      return CudaError(error, "uploading the indices");
+    }
+    return nullptr;
+  });
+}
+
+OrtStatus* CudaCodebookGatherKernel::ComputeV2(OrtKernelContext* raw_context) noexcept {
+  return GuardStatus(this, [&]() -> OrtStatus* {
+    Ort::KernelContext context(raw_context);
+    Ort::ConstValue positions = context.GetInput(1);  // host memory (GetInputMemoryType)
+    auto positions_info = positions.GetTensorTypeAndShapeInfo();
+    const ONNXTensorElementDataType type = positions_info.GetElementType();
+    if (type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 && type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64) {
+      return Error("indices must be int32 or int64");
+    }
+    const int64_t count = static_cast<int64_t>(positions_info.GetElementCount());
+    const int64_t rows = dims_[0];
+    std::vector<int64_t> shape = positions_info.GetShape();
+    int64_t row_size = 1;
+    for (size_t i = 1; i < dims_.size(); ++i) {
+      row_size *= dims_[i];
+      shape.push_back(dims_[i]);
+    }
+    std::vector<int64_t> checked(static_cast<size_t>(count));
+    for (int64_t i = 0; i < count; ++i) {
+      int64_t row = type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 ? positions.GetTensorData<int32_t>()[i]
+                                                                : positions.GetTensorData<int64_t>()[i];
+      if (row < -rows || row >= rows) {
+        return Error("index " + std::to_string(row) + " at position " + std::to_string(i) + " outside [" +
+                     std::to_string(-rows) + ", " + std::to_string(rows) + ")");
+      }
+      checked[static_cast<size_t>(i)] = row < 0 ? row + rows : row;
+    }
+    float* out = context.GetOutput(0, shape).GetTensorMutableData<float>();
+    int error = onnxcomp_cuda_codebook_gather(context.GetGPUComputeStream(), indices_.get<uint8_t>(), slot_,
+                                              table_.get<float>(), checked.data(), count, row_size, out);
+    return error ? CudaError(error, "CodebookGather launch") : nullptr;
+  });
+}
+
+}  // namespace onnxcomp

@@ -1,0 +1,98 @@
+// CUDA variants of the ai.onnxcomp ops (docs/ops.md), registered for CUDAExecutionProvider next to the CPU
+// ones. The record input stays in host memory (decoded and repacked on the host once, at kernel creation,
+// then uploaded); X, bias and outputs live on the device; kernels run on onnxruntime's compute stream.
+#ifndef ONNXCOMP_CUDA_CUDA_OPS_H_
+#define ONNXCOMP_CUDA_CUDA_OPS_H_
+
+#include "cpu/ops.h"
+
+namespace onnxcomp {
+
+inline constexpr const char kCudaProvider[] = "CUDAExecutionProvider";
+
+// Device memory owned by a kernel, freed with it.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer();
+  // Allocates `bytes` and copies `host` in; returns a cudaError_t as int.
+  int Upload(const void* host, uint64_t bytes);
+  template <typename T>
+  const T* get() const { return static_cast<const T*>(pointer_); }
+
+ private:
+  void* pointer_ = nullptr;
+};
+
+// Decodes the constant record at creation and uploads the codebook table and the packed indices.
+class CudaRecordKernel : public RecordKernel {
+ public:
+  using RecordKernel::RecordKernel;
+  OrtStatus* CudaError(int error, const char* what) const;
+
+ protected:
+  // The record decoded at creation; fails when the record input is not a constant initializer.
+  OrtStatus* InitRecord(const OrtKernelInfo* info, std::unique_ptr<const DecodedRecord>* record);
+  DeviceBuffer table_;
+};
+
+struct CudaCodebookDecodeKernel : CudaRecordKernel {
+  CudaCodebookDecodeKernel();
+  OrtStatus* Init(const OrtKernelInfo* info);
+  OrtStatus* ComputeV2(OrtKernelContext* context) noexcept;
+  std::vector<int64_t> dims_;
+  int64_t count_ = 0;
+  uint32_t slot_ = 0;
+  DeviceBuffer indices_;
+};
+
+struct CudaCodebookMatMulKernel : CudaRecordKernel {
+  CudaCodebookMatMulKernel();
+  OrtStatus* Init(const OrtKernelInfo* info);
+  OrtStatus* ComputeV2(OrtKernelContext* context) noexcept;
+  int64_t k_ = 0, n_ = 0;
+  uint32_t slot_ = 0;
+  DeviceBuffer panels_;
+};
+
+struct CudaCodebookGatherKernel : CudaRecordKernel {
+  CudaCodebookGatherKernel();
+  OrtStatus* Init(const OrtKernelInfo* info);
+  OrtStatus* ComputeV2(OrtKernelContext* context) noexcept;
+  std::vector<int64_t> dims_;
+  uint32_t slot_ = 0;
+  DeviceBuffer indices_;
+};
+
+// The CPU op's signature with the CUDA provider and the record input (and Gather's positions) in host memory.
+template <typename CpuOp, typename Kernel, size_t kRecordInput, int kHostInput2>
+struct CudaOp : Ort::CustomOpBase<CudaOp<CpuOp, Kernel, kRecordInput, kHostInput2>, Kernel, true> {
+  OrtStatus* CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
+    return CreateRecordKernel<Kernel>(info, kernel);
+  }
+  const char* GetName() const { return CpuOp::kName; }
+  const char* GetExecutionProviderType() const { return kCudaProvider; }
+  size_t GetInputTypeCount() const { return cpu_.GetInputTypeCount(); }
+  ONNXTensorElementDataType GetInputType(size_t index) const { return cpu_.GetInputType(index); }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
+    return cpu_.GetInputCharacteristic(index);
+  }
+  OrtMemType GetInputMemoryType(size_t index) const {
+    return index == kRecordInput || static_cast<int>(index) == kHostInput2 ? OrtMemTypeCPUInput : OrtMemTypeDefault;
+  }
+  size_t GetOutputTypeCount() const { return cpu_.GetOutputTypeCount(); }
+  ONNXTensorElementDataType GetOutputType(size_t index) const { return cpu_.GetOutputType(index); }
+
+ private:
+  CpuOp cpu_;
+};
+
+using CudaCodebookDecodeOp = CudaOp<CodebookDecodeOp, CudaCodebookDecodeKernel, 0, -1>;
+using CudaCodebookMatMulOp = CudaOp<CodebookMatMulOp, CudaCodebookMatMulKernel, 1, -1>;
+using CudaCodebookGatherOp = CudaOp<CodebookGatherOp, CudaCodebookGatherKernel, 0, 1>;
+
+}  // namespace onnxcomp
+
+#endif  // ONNXCOMP_CUDA_CUDA_OPS_H_

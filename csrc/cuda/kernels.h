@@ -1,0 +1,31 @@
+// The CUDA side of the library as plain C functions: the .cu file holds every CUDA call, and the op
+// classes (cuda_ops.cc) hold every ORT type, so neither sees the other's headers.
+// Every function returns a cudaError_t as int (0 = success); onnxcomp_cuda_error_string names it.
+#ifndef ONNXCOMP_CUDA_KERNELS_H_
+#define ONNXCOMP_CUDA_KERNELS_H_
+
+#include <stdint.h>
+
+extern "C" {
+
+const char* onnxcomp_cuda_error_string(int error);
+
+// Device memory for the kernels' persistent working form (allocated at kernel creation).
+int onnxcomp_cuda_malloc(void** pointer, uint64_t bytes);
+int onnxcomp_cuda_free(void* pointer);
+int onnxcomp_cuda_copy_to_device(void* device, const void* host, uint64_t bytes);
+
+// Y[m, n] = X[m, k] @ W (+ bias) with W in the panel layout (packed_layout.h); all pointers on the device.
+int onnxcomp_cuda_codebook_matmul(void* stream, const float* x, int64_t m, int64_t k, int64_t n, const uint8_t* panels,
+                                  uint32_t slot_bits, const float* table, const float* bias, float* y);
+
+// out[i] = table[index i] for the `count` indices in the linear layout.
+int onnxcomp_cuda_codebook_decode(void* stream, const uint8_t* indices, uint32_t slot_bits, const float* table,
+                                  int64_t count, float* out);
+
+// out[i, :] = W[rows[i], :]; `host_rows` (host memory, already checked and made non-negative) is copied in.
+int onnxcomp_cuda_codebook_gather(void* stream, const uint8_t* indices, uint32_t slot_bits, const float* table,
+                                  const int64_t* host_rows, int64_t count, int64_t row_size, float* out);
+}
+
+#endif  // ONNXCOMP_CUDA_KERNELS_H_

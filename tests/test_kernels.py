@@ -1,0 +1,174 @@
+"""The fused CodebookMatMul kernels (every instruction set, and the scalar fallback) and the packed working
+form of CodebookDecode / CodebookGather against numpy references, on random shapes.
+
+Tolerance: the decoded weights are exact (codebook[index]), so the only difference from the float64
+reference is fp32 rounding in the sum over K. Every kernel accumulates in order with fused multiply-adds,
+so |y - y_ref| <= K * 2**-24 * (|X| @ |W|)[m, n] (the standard recursive-summation bound, gamma_K) plus
+one rounding of the bias add; that bound is what the tests allow. Across instruction sets the kernels do
+the same operations in the same order, so their outputs must be bit-identical.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxcomp
+from onnxcomp.sidecar import encode_record
+
+ISAS = ["scalar", "avx2", "avx512"]
+EPS32 = 2.0 ** -24
+
+
+def cpu_has(flag: str) -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(flag in line.split() for line in f if line.startswith("flags"))
+    except OSError:
+        return False
+
+
+def isa_available(isa: str) -> bool:
+    return isa == "scalar" or (isa == "avx2" and cpu_has("avx2") and cpu_has("fma")) or (isa == "avx512" and cpu_has("avx512f"))
+
+
+def random_layer(rng, k, n, bits, sparse=False):
+    size = int(rng.integers(max(1, (1 << bits) // 2 + 1), (1 << bits) + 1))  # K from just over half to full
+    codebook = rng.standard_normal(size).astype(np.float32)
+    if sparse:
+        codebook[0] = 0.0
+        indices = np.where(rng.random((k, n)) < 0.7, 0, rng.integers(1, size, (k, n)))
+    else:
+        indices = rng.integers(0, size, (k, n))
+    return codebook, indices
+
+
+def matmul_model(record: bytes, k: int, n: int, with_bias: bool, bias=None, batch_shape=("M",)) -> onnx.ModelProto:
+    inits = [numpy_helper.from_array(np.frombuffer(record, np.uint8), "w_record")]
+    inputs = ["x", "w_record"]
+    if with_bias:
+        inits.append(numpy_helper.from_array(bias, "bias"))
+        inputs.append("bias")
+    node = helper.make_node("CodebookMatMul", inputs, ["y"], domain=onnxcomp.runtime.DOMAIN)
+    graph = helper.make_graph(
+        [node], "kernel", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [*batch_shape, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(onnxcomp.runtime.DOMAIN, 1)])
+    model.ir_version = 8
+    return model
+
+
+def run_with_isa(model: onnx.ModelProto, feeds: dict, isa: str, threads: int = 1):
+    """Runs the model in a session created while ONNXCOMP_ISA caps the instruction set (read at kernel creation)."""
+    old = os.environ.get("ONNXCOMP_ISA")
+    os.environ["ONNXCOMP_ISA"] = isa
+    try:
+        import onnxruntime as ort
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = ort.InferenceSession(model.SerializeToString(), onnxcomp.runtime.session_options(options),
+                                       providers=["CPUExecutionProvider"])
+    finally:
+        if old is None:
+            del os.environ["ONNXCOMP_ISA"]
+        else:
+            os.environ["ONNXCOMP_ISA"] = old
+    return session.run(None, feeds)[0]
+
+
+def check_against_reference(y, x, weight, bias):
+    x64, w64 = x.astype(np.float64).reshape(-1, weight.shape[0]), weight.astype(np.float64)
+    ref = x64 @ w64 + (0 if bias is None else bias.astype(np.float64))
+    bound = weight.shape[0] * EPS32 * (np.abs(x64) @ np.abs(w64)) + EPS32 * np.abs(ref) + 1e-30
+    err = np.abs(y.reshape(ref.shape).astype(np.float64) - ref)
+    assert (err <= bound).all(), f"max error {err.max()} above the summation bound (worst ratio {(err / bound).max()})"
+
+
+SHAPES = [  # (M, K, N): odd sizes, K and N not multiples of 8/16/64, a partial panel, batch 1 and more
+    (1, 1, 1), (1, 7, 13), (1, 33, 65), (1, 100, 129), (1, 64, 256), (1, 257, 300),
+    (2, 31, 70), (3, 45, 64), (5, 19, 191), (6, 50, 130), (7, 64, 128), (8, 96, 200), (13, 17, 67), (64, 130, 97),
+]
+
+
+@pytest.mark.parametrize("bits", [3, 4, 5, 8, 10])
+@pytest.mark.parametrize("m,k,n", SHAPES)
+def test_codebook_matmul_every_isa_against_numpy(m, k, n, bits):
+    rng = np.random.default_rng(1000 * m + 10 * k + n + bits)
+    codebook, indices = random_layer(rng, k, n, bits, sparse=(k + n) % 3 == 0)
+    weight = codebook[indices]
+    bias = rng.standard_normal(n).astype(np.float32) if n % 2 else None
+    model = matmul_model(encode_record(codebook, indices, (k, n), bits), k, n, bias is not None, bias)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    outputs = {}
+    for isa in ISAS:
+        if not isa_available(isa):
+            continue
+        outputs[isa] = run_with_isa(model, {"x": x}, isa)
+        assert outputs[isa].shape == (m, n) and outputs[isa].dtype == np.float32
+        check_against_reference(outputs[isa], x, weight, bias)
+    for isa, y in outputs.items():
+        np.testing.assert_array_equal(y, outputs["scalar"], err_msg=f"{isa} differs from the scalar kernel")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_codebook_matmul_threads_and_batch_dims(isa):
+    if not isa_available(isa):
+        pytest.skip(f"this CPU has no {isa}")
+    rng = np.random.default_rng(7)
+    k, n = 300, 1000  # large enough for the parallel path, 16 panels of which the last is partial
+    codebook, indices = random_layer(rng, k, n, 4)
+    bias = rng.standard_normal(n).astype(np.float32)
+    model = matmul_model(encode_record(codebook, indices, (k, n), 4), k, n, True, bias, batch_shape=("A", "B"))
+    for shape in [(1, 1), (2, 9), (3, 50)]:
+        x = rng.standard_normal((*shape, k)).astype(np.float32)
+        one = run_with_isa(model, {"x": x}, isa, threads=1)
+        two = run_with_isa(model, {"x": x}, isa, threads=2)
+        assert one.shape == (*shape, n)
+        np.testing.assert_array_equal(one, two)  # the split into tasks never changes the summation order
+        check_against_reference(one, x, codebook[indices], bias)
+        # batch invariance: each row computed alone gives the same bits
+        single = run_with_isa(model, {"x": x.reshape(-1, k)[:1].reshape(1, 1, k)}, isa)
+        np.testing.assert_array_equal(single.reshape(-1), one.reshape(-1, n)[0])
+
+
+def test_force_scalar_env_matches_isa_scalar():
+    rng = np.random.default_rng(3)
+    codebook, indices = random_layer(rng, 40, 90, 4)
+    model = matmul_model(encode_record(codebook, indices, (40, 90), 4), 40, 90, False)
+    x = rng.standard_normal((3, 40)).astype(np.float32)
+    os.environ["ONNXCOMP_FORCE_SCALAR"] = "1"
+    try:
+        forced = run_with_isa(model, {"x": x}, "avx512")
+    finally:
+        del os.environ["ONNXCOMP_FORCE_SCALAR"]
+    np.testing.assert_array_equal(forced, run_with_isa(model, {"x": x}, "scalar"))
+
+
+@pytest.mark.parametrize("bits", [1, 3, 4, 5, 8, 9, 16])
+def test_decode_and_gather_packed_working_form(bits):
+    rng = np.random.default_rng(bits)
+    shape = (37, 11)  # odd element count: the last 4-bit slot is a lone low nibble
+    size = min(1 << bits, 3000)
+    codebook = rng.standard_normal(size).astype(np.float32)
+    indices = rng.integers(0, size, shape)
+    record = numpy_helper.from_array(np.frombuffer(encode_record(codebook, indices, shape, bits), np.uint8), "r")
+    positions = np.array([[0, 36, -1], [5, -37, 17]], dtype=np.int64)
+    nodes = [helper.make_node("CodebookDecode", ["r"], ["w"], domain=onnxcomp.runtime.DOMAIN),
+             helper.make_node("CodebookGather", ["r", "p"], ["g"], domain=onnxcomp.runtime.DOMAIN)]
+    graph = helper.make_graph(nodes, "decode", [helper.make_tensor_value_info("p", TensorProto.INT64, [2, 3])],
+                              [helper.make_tensor_value_info("w", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("g", TensorProto.FLOAT, None)], [record])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(onnxcomp.runtime.DOMAIN, 1)])
+    model.ir_version = 8
+    w, g = onnxcomp.InferenceSession.__wrapped__(model) if False else (None, None)
+    import onnxruntime as ort
+    session = ort.InferenceSession(model.SerializeToString(), onnxcomp.runtime.session_options(), providers=["CPUExecutionProvider"])
+    w, g = session.run(None, {"p": positions})
+    np.testing.assert_array_equal(w, codebook[indices])
+    np.testing.assert_array_equal(g, codebook[indices][positions])
