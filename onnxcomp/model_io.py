@@ -15,8 +15,8 @@ from .errors import OutputError, UnsupportedModelError
 MIN_OPSET = 7
 
 
-def load_model(path: str) -> onnx.ModelProto:
-    """Load an ONNX model with its external data; errors say what is wrong with the file."""
+def load_model(path: str, external_data: bool = True) -> onnx.ModelProto:
+    """Load an ONNX model with its external data (unless told not to); errors say what is wrong with the file."""
     if not os.path.isfile(path):
         raise UnsupportedModelError(f"{path}: no such file; give the path of an .onnx model")
     try:
@@ -26,7 +26,8 @@ def load_model(path: str) -> onnx.ModelProto:
     if not model.graph.node and not model.graph.initializer:
         raise UnsupportedModelError(f"{path} holds no graph; is it really an ONNX model?")
     try:
-        onnx.load_external_data_for_model(model, os.path.dirname(os.path.abspath(path)))
+        if external_data:
+            onnx.load_external_data_for_model(model, os.path.dirname(os.path.abspath(path)))
     except (OSError, onnx.checker.ValidationError, ValueError) as error:
         raise UnsupportedModelError(f"{path}: its external data cannot be read ({error}); keep the data files beside the model") from error
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
