@@ -38,6 +38,11 @@ class Scope(str, Enum):
     global_ = "global"
 
 
+class Format(str, Enum):
+    custom_op = "custom-op"
+    portable = "portable"
+
+
 class Init(str, Enum):
     quantile = "quantile"
     linear = "linear"
@@ -100,6 +105,7 @@ def compress(
     conv_bits: Optional[int] = typer.Option(None, help="Codebook bits for Conv/ConvTranspose weights."),
     embedding_bits: Optional[int] = typer.Option(None, help="Codebook bits for Gather tables (embeddings)."),
     init: Init = typer.Option(Init.quantile, help="Codebook initialisation before k-means."),
+    format: Format = typer.Option(Format.custom_op, "--format", help="custom-op: Huffman-coded sidecar + onnxcomp ops (smallest); portable: standard ONNX ops only, no sidecar, no library (about 4x at most)."),
     min_elements: int = typer.Option(1024, min=1, help="Leave weights with fewer elements dense."),
     seed: int = typer.Option(0, help="Seed for every random choice (k-means sampling)."),
     eval_data: Optional[Path] = typer.Option(None, "--eval", help=".npz with model inputs and 'labels': print top-1 accuracy before and after."),
@@ -108,7 +114,9 @@ def compress(
 ) -> None:
     """Compress IN into OUT plus a sidecar file.
 
-    Example: onnxcomp compress model.onnx small.onnx --sparsity 0.6 --bits 4 --eval data.npz
+    Examples: onnxcomp compress model.onnx small.onnx --sparsity 0.6 --bits 4 --eval data.npz
+
+    onnxcomp compress model.onnx portable.onnx --format portable
     """
     for value, kind in ((bits, "bits"), (fc_bits, "fc-bits"), (conv_bits, "conv-bits"), (embedding_bits, "embedding-bits")):
         _bits_option(value, kind)
@@ -125,7 +133,7 @@ def compress(
                      init=init.value, min_elements=min_elements, seed=seed, calib=calib, calib_samples=calib_samples,
                      calib_batch=calib_batch, activation_threshold=activation_threshold, reconstruct=reconstruct,
                      ridge=ridge, tfidf=TfidfParameters(tfidf_power, tfidf_smoothing, tfidf_constant, tfidf_exponent),
-                     eval_data=str(eval_data) if eval_data else None)
+                     format=format.value, eval_data=str(eval_data) if eval_data else None)
         if report:
             report.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     if not quiet:

@@ -71,12 +71,13 @@ def decompress_model(model: onnx.ModelProto, model_path: str) -> onnx.ModelProto
             nodes.append(node)
     graph_outputs = {o.name for o in graph.output}
     for source, target in renamed.items():
-        if source in graph_outputs or source == target:
+        if source in graph_outputs and source != target:
             nodes.append(helper.make_node("Identity", [target], [source], source + ".identity"))
     for node in nodes:
         for i, name in enumerate(node.input):
             if name in renamed and not (node.op_type == "Identity" and node.output[0] == name):
                 node.input[i] = renamed[name]
+    nodes = _live(nodes, graph_outputs)
     used = {name for node in nodes for name in node.input} | graph_outputs
     kept = [t for t in graph.initializer if t.name in used and t.name not in dense] + list(dense.values())
     del graph.node[:]
@@ -90,6 +91,16 @@ def decompress_model(model: onnx.ModelProto, model_path: str) -> onnx.ModelProto
     del model.opset_import[:]
     model.opset_import.extend(opsets)
     return model
+
+
+def _live(nodes: list, graph_outputs: set[str]) -> list:
+    """``nodes`` without those whose outputs nobody reads (the index unpacking of portable lookups)."""
+    while True:
+        read = {name for node in nodes for name in node.input} | graph_outputs
+        alive = [n for n in nodes if any(o in read for o in n.output)]
+        if len(alive) == len(nodes):
+            return nodes
+        nodes = alive
 
 
 def decompress(compressed_path: str, output_path: str) -> str:

@@ -150,21 +150,50 @@ def stored_weights(model: onnx.ModelProto, model_path: str) -> dict[str, StoredW
                                                   record.bits, entry.length, entry.transposed, tensor_name)
     producers = {out: n for n in model.graph.node for out in n.output}
     for node in model.graph.node:
-        # portable: Gather(codebook float [K], Cast(indices integer)) with both constant
+        # portable: Gather(codebook, indices computed by standard ops from constants), see passes/pack_portable.py
         if node.op_type != "Gather" or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
             continue
-        codebook, cast = initializers.get(node.input[0]), producers.get(node.input[1])
-        if codebook is None or cast is None or cast.op_type != "Cast" or cast.input[0] not in initializers:
+        codebook = initializers.get(node.input[0])
+        if codebook is None or not codebook.name.endswith(PORTABLE_CODEBOOK):
             continue
-        if not codebook.name.endswith(PORTABLE_CODEBOOK):
+        chain, leaves = _constant_producers(node.input[1], producers, initializers)
+        if chain is None:
             continue
-        indices = numpy_helper.to_array(initializers[cast.input[0]])
+        indices = _evaluate(model, chain, leaves, node.input[1]).astype(np.int64)
         values = numpy_helper.to_array(codebook).astype(np.float32)
-        bits = max(1, int(np.ceil(np.log2(max(len(values), 2)))))
-        stored = values.nbytes + indices.nbytes
-        found[node.output[0]] = StoredWeight(codebook.name[:-len(PORTABLE_CODEBOOK)], "portable", values,
-                                             indices.astype(np.int64), bits, stored, False, node.output[0])
+        index_bytes = sum(numpy_helper.to_array(initializers[leaf]).nbytes for leaf in leaves)
+        bits = max(1, round(8 * index_bytes / max(indices.size, 1)))
+        found[node.output[0]] = StoredWeight(codebook.name[:-len(PORTABLE_CODEBOOK)], "portable", values, indices,
+                                             bits, values.nbytes + index_bytes, False, node.output[0])
     return found
+
+
+def _constant_producers(tensor: str, producers: dict, initializers: dict):
+    """The nodes computing ``tensor`` from initializers only, in graph order, and those initializers."""
+    chain, leaves, queue = {}, set(), [tensor]
+    while queue:
+        name = queue.pop()
+        if name in initializers:
+            leaves.add(name)
+            continue
+        node = producers.get(name)
+        if node is None or node.domain not in ("", "ai.onnx"):
+            return None, None
+        if id(node) not in chain:
+            chain[id(node)] = node
+            queue.extend(i for i in node.input if i)
+    return list(chain.values()), sorted(leaves)
+
+
+def _evaluate(model: onnx.ModelProto, nodes: list, leaves: list[str], output: str) -> np.ndarray:
+    from onnx.reference import ReferenceEvaluator
+    initializers = {t.name: t for t in model.graph.initializer}
+    order = {id(n): i for i, n in enumerate(model.graph.node)}
+    graph = onnx.helper.make_graph(sorted(nodes, key=lambda n: order[id(n)]), "indices", [],
+                                   [onnx.helper.make_tensor_value_info(output, onnx.TensorProto.UNDEFINED, None)],
+                                   [initializers[name] for name in leaves])
+    sub = onnx.helper.make_model(graph, opset_imports=[o for o in model.opset_import if o.domain in ("", "ai.onnx")])
+    return np.asarray(ReferenceEvaluator(sub).run(None, {})[0])
 
 
 def _consumers(model: onnx.ModelProto) -> dict[str, list[tuple[onnx.NodeProto, int]]]:
@@ -184,7 +213,7 @@ def _describe_uses(name: str, uses: dict) -> tuple[str, str]:
             if id(node) in seen:
                 continue
             seen.add(id(node))
-            if node.op_type in ("CodebookDecode", "Transpose", "Reshape", "Cast", "Identity") or (
+            if node.op_type in ("CodebookDecode", "Transpose", "Identity") or (
                     node.op_type == "Gather" and node.input[0].endswith(PORTABLE_CODEBOOK)):
                 queue.extend(node.output)
             else:

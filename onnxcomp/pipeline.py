@@ -15,8 +15,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from passes import (CalibrateWeightsPass, CompressionState, PackWeightsPass, Pipeline, PruneWeightsPass,
-                    ReconstructWeightsPass, SelectWeightsPass, ShareWeightsPass)
+from passes import (CalibrateWeightsPass, CompressionState, PackPortableWeightsPass, PackWeightsPass, Pipeline,
+                    PruneWeightsPass, ReconstructWeightsPass, SelectWeightsPass, ShareWeightsPass)
+from passes.pack_portable import portable_bytes
 from passes.base import DOMAIN, DOMAIN_VERSION
 from passes.pack_weights import RECORD_SUFFIX
 
@@ -28,6 +29,7 @@ log = logging.getLogger("onnxcomp")
 # Defaults chosen from docs/benchmarks.md (bundled LeNet-300-100): see the user guide for the reasoning.
 DEFAULT_BITS = {"conv": 5, "fc": 3, "embedding": 6}
 DEFAULT_SPARSITY = {"conv": 0.0, "fc": 0.5, "embedding": 0.0}
+FORMATS = ("custom-op", "portable")  # records in a sidecar read by the custom ops, or standard ops only
 
 
 @dataclass
@@ -78,12 +80,17 @@ class Report:
 def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=None, scope: str = "layer",
                    threshold: str = "percentile", sensitivity: float = 1.0, tfidf=None, bits=None,
                    init: str = "quantile", min_elements: int = 1024, seed: int = 0, calib=None, calib_batch: int = 64,
-                   activation_threshold: float = 0.0, reconstruct: bool | None = None, ridge: float = 1e-2) -> Pipeline:
+                   activation_threshold: float = 0.0, reconstruct: bool | None = None, ridge: float = 1e-2,
+                   format: str = "custom-op") -> Pipeline:
     """The pass list for the given options (``None`` means the defaults; ``calib`` is a dict of input arrays).
+
+    ``format`` "custom-op" writes records for the onnxcomp ops; "portable" writes standard ONNX ops only.
 
     With calibration data, reconstruction (refitting kept weights, then the shared values) is on unless
     ``reconstruct=False``.
     """
+    if format not in FORMATS:
+        raise InvalidOptionError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
     if min_elements < 1:
         raise InvalidOptionError(f"min-elements {min_elements} must be at least 1")
     if calib_batch < 1:
@@ -104,7 +111,7 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
     if reconstruct:
         passes.append(ReconstructWeightsPass(ridge=ridge))
     passes.append(ShareWeightsPass(bits=DEFAULT_BITS if bits is None else bits, init=init, seed=seed, refit_codebook=reconstruct))
-    passes.append(PackWeightsPass())
+    passes.append(PackPortableWeightsPass() if format == "portable" else PackWeightsPass())
     return Pipeline(passes)
 
 
@@ -123,7 +130,8 @@ def compress_model(model: onnx.ModelProto, **options) -> tuple[onnx.ModelProto, 
     exported.ir_version = model.ir_version
     del exported.opset_import[:]
     exported.opset_import.extend(o for o in model.opset_import if o.domain != DOMAIN)
-    exported.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+    if any(t.record is not None for t in state.targets):
+        exported.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
     for key in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
         setattr(exported, key, getattr(model, key))
     exported.metadata_props.extend(model.metadata_props)
@@ -145,17 +153,17 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
         from .evaluate import load_calibration
         options["calib"] = load_calibration(calib, model, calib_samples, seed=options.get("seed", 0))
     compressed, state = compress_model(model, **options)
-    records = [(t.name, t.name + RECORD_SUFFIX, t.record, t.transposed) for t in state.targets]
+    records = [(t.name, t.name + RECORD_SUFFIX, t.record, t.transposed) for t in state.targets if t.record is not None]
     sidecar_file = model_io.write_compressed(compressed, records, output_path)
     output_bytes = os.path.getsize(output_path) + (os.path.getsize(sidecar_file) if sidecar_file else 0)
     report = Report(input_path, output_path, sidecar_file, _model_bytes(input_path), output_bytes, skipped=state.skipped)
     for t in state.targets:
         report.layers.append(LayerReport(t.name, t.kind, list(t.shape), t.size, round(t.sparsity, 6), len(t.codebook),
-                                         t.bits, 4 * t.size, len(t.record)))
+                                         t.bits, 4 * t.size, len(t.record) if t.record is not None else portable_bytes(t, state.graph.opset or 0)))
     if eval_data:
         from .evaluate import accuracy
         report.accuracy_before = accuracy(input_path, eval_data)
-        report.accuracy_after = accuracy(output_path, eval_data, compressed=True)
+        report.accuracy_after = accuracy(output_path, eval_data, compressed=sidecar_file is not None)
     return report
 
 
