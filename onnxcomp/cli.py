@@ -80,8 +80,13 @@ def _bits_option(value: Optional[int], kind: str) -> None:
         raise typer.BadParameter(f"{value} is out of range: give an integer from 1 to 16", param_hint=f"--{kind}")
 
 
+PIPELINE_OPTIONS = ("prune", "score", "sparsity", "threshold", "sensitivity", "scope", "init", "min_elements", "seed",
+                    "calib_batch", "activation_threshold", "reconstruct", "ridge", "format")
+
+
 @app.command()
 def compress(
+    ctx: typer.Context,
     input_path: Path = typer.Argument(..., metavar="IN", help="The ONNX model to compress (never modified)."),
     output_path: Path = typer.Argument(..., metavar="OUT", help="The compressed model; its sidecar OUT-stem.onnxcomp goes beside it."),
     prune: PruneMethod = typer.Option(PruneMethod.magnitude, help="Pruning: by |w|, by activation-aware --score (needs --calib), or none."),
@@ -105,6 +110,8 @@ def compress(
     conv_bits: Optional[int] = typer.Option(None, help="Codebook bits for Conv/ConvTranspose weights."),
     embedding_bits: Optional[int] = typer.Option(None, help="Codebook bits for Gather tables (embeddings)."),
     init: Init = typer.Option(Init.quantile, help="Codebook initialisation before k-means."),
+    recipe: Optional[str] = typer.Option(None, help="A built-in recipe (see: onnxcomp recipes); explicit options override it."),
+    config: Optional[Path] = typer.Option(None, help="A recipe file (TOML): options and per-layer rules by name pattern (docs/guide.md)."),
     format: Format = typer.Option(Format.custom_op, "--format", help="custom-op: Huffman-coded sidecar + onnxcomp ops (smallest); portable: standard ONNX ops only, no sidecar, no library (about 4x at most)."),
     min_elements: int = typer.Option(1024, min=1, help="Leave weights with fewer elements dense."),
     seed: int = typer.Option(0, help="Seed for every random choice (k-means sampling)."),
@@ -117,23 +124,30 @@ def compress(
     Examples: onnxcomp compress model.onnx small.onnx --sparsity 0.6 --bits 4 --eval data.npz
 
     onnxcomp compress model.onnx portable.onnx --format portable
+
+    onnxcomp compress model.onnx small.onnx --recipe deep-compression --config my-layers.toml
     """
     for value, kind in ((bits, "bits"), (fc_bits, "fc-bits"), (conv_bits, "conv-bits"), (embedding_bits, "embedding-bits")):
         _bits_option(value, kind)
     _setup_logging(quiet, verbose)
-    from .pipeline import DEFAULT_BITS, compress as run
+    from .pipeline import compress as run
     from .pruning import TfidfParameters
-    per_kind = dict(DEFAULT_BITS) if bits is None else {kind: bits for kind in DEFAULT_BITS}
+    # Only options given on the command line are passed, so that a recipe's values are not hidden by defaults.
+    given = {name for name, value in ctx.params.items()
+             if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}
+    values = {name: value.value if isinstance(value, Enum) else value for name, value in ctx.params.items()}
+    options = {name: values[name] for name in PIPELINE_OPTIONS if name in given or (recipe is None and config is None)}
+    per_kind = {} if bits is None else {kind: bits for kind in ("conv", "fc", "embedding")}
     for kind, value in (("fc", fc_bits), ("conv", conv_bits), ("embedding", embedding_bits)):
         if value is not None:
             per_kind[kind] = value
+    if per_kind:
+        options["bits"] = per_kind
+    if given & {"tfidf_power", "tfidf_smoothing", "tfidf_constant", "tfidf_exponent"} or (recipe is None and config is None):
+        options["tfidf"] = TfidfParameters(tfidf_power, tfidf_smoothing, tfidf_constant, tfidf_exponent)
     with _user_errors(debug):
-        result = run(str(input_path), str(output_path), prune=prune.value, score=score.value, sparsity=sparsity,
-                     threshold=threshold.value, sensitivity=sensitivity, scope=scope.value, bits=per_kind,
-                     init=init.value, min_elements=min_elements, seed=seed, calib=calib, calib_samples=calib_samples,
-                     calib_batch=calib_batch, activation_threshold=activation_threshold, reconstruct=reconstruct,
-                     ridge=ridge, tfidf=TfidfParameters(tfidf_power, tfidf_smoothing, tfidf_constant, tfidf_exponent),
-                     format=format.value, eval_data=str(eval_data) if eval_data else None)
+        result = run(str(input_path), str(output_path), recipe=recipe, config=str(config) if config else None,
+                     calib=calib, calib_samples=calib_samples, eval_data=str(eval_data) if eval_data else None, **options)
         if report:
             report.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     if not quiet:
@@ -156,6 +170,23 @@ def _print_summary(result) -> None:
     if result.accuracy_before is not None:
         delta = 100 * (result.accuracy_after - result.accuracy_before)
         typer.echo(f"top-1 accuracy: {100 * result.accuracy_before:.2f}% before, {100 * result.accuracy_after:.2f}% after ({delta:+.2f} points)")
+
+
+@app.command()
+def recipes(as_json: bool = typer.Option(False, "--json", help="Print the recipes as JSON.")) -> None:
+    """List the built-in recipes usable with compress --recipe NAME.
+
+    Example: onnxcomp recipes
+    """
+    from .recipes import BUILTIN
+    if as_json:
+        typer.echo(json.dumps({name: {"description": r.description, "options": r.options} for name, r in BUILTIN.items()}, indent=2))
+        return
+    for name, recipe in BUILTIN.items():
+        typer.echo(f"{name}: {recipe.description}")
+        for key, value in recipe.options.items():
+            shown = ", ".join(f"{k} {v}" for k, v in value.items()) if isinstance(value, dict) else value
+            typer.echo(f"    {key}: {shown}")
 
 
 @app.command()

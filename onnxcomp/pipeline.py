@@ -7,8 +7,10 @@ plus its sidecar.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -21,8 +23,9 @@ from passes.pack_portable import portable_bytes
 from passes.base import DOMAIN, DOMAIN_VERSION
 from passes.pack_weights import RECORD_SUFFIX
 
-from . import model_io
+from . import model_io, recipes
 from .errors import CalibrationError, InvalidOptionError, UnsupportedModelError
+from .recipes import LayerRule
 
 log = logging.getLogger("onnxcomp")
 
@@ -81,10 +84,12 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
                    threshold: str = "percentile", sensitivity: float = 1.0, tfidf=None, bits=None,
                    init: str = "quantile", min_elements: int = 1024, seed: int = 0, calib=None, calib_batch: int = 64,
                    activation_threshold: float = 0.0, reconstruct: bool | None = None, ridge: float = 1e-2,
-                   format: str = "custom-op") -> Pipeline:
+                   format: str = "custom-op", layers=()) -> Pipeline:
     """The pass list for the given options (``None`` means the defaults; ``calib`` is a dict of input arrays).
 
     ``format`` "custom-op" writes records for the onnxcomp ops; "portable" writes standard ONNX ops only.
+    ``bits`` and ``sparsity`` are one value or per-kind mappings (missing kinds take the defaults); ``layers``
+    are per-layer rules (onnxcomp.recipes.LayerRule or dicts of its fields).
 
     With calibration data, reconstruction (refitting kept weights, then the shared values) is on unless
     ``reconstruct=False``.
@@ -103,14 +108,19 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
     if reconstruct and calib is None:
         raise CalibrationError("reconstruction needs calibration data: pass --calib DATA.npz")
     reconstruct = calib is not None if reconstruct is None else reconstruct
-    passes = [SelectWeightsPass(min_elements=min_elements)]
+    rules = tuple(r if isinstance(r, LayerRule) else LayerRule(**r) for r in layers)
+    if sparsity is None or isinstance(sparsity, Mapping):
+        sparsity = {**DEFAULT_SPARSITY, **(sparsity or {})}
+    if bits is None or isinstance(bits, Mapping):
+        bits = {**DEFAULT_BITS, **(bits or {})}
+    passes = [SelectWeightsPass(min_elements=min_elements, rules=rules)]
     if calib is not None:
         passes.append(CalibrateWeightsPass(data=calib, batch=calib_batch, threshold=activation_threshold, keep_gram=reconstruct))
-    passes.append(PruneWeightsPass(method=prune, score=score, sparsity=DEFAULT_SPARSITY if sparsity is None else sparsity,
-                                   scope=scope, threshold=threshold, sensitivity=sensitivity, tfidf=tfidf))
+    passes.append(PruneWeightsPass(method=prune, score=score, sparsity=sparsity, scope=scope, threshold=threshold,
+                                   sensitivity=sensitivity, tfidf=tfidf, rules=rules))
     if reconstruct:
         passes.append(ReconstructWeightsPass(ridge=ridge))
-    passes.append(ShareWeightsPass(bits=DEFAULT_BITS if bits is None else bits, init=init, seed=seed, refit_codebook=reconstruct))
+    passes.append(ShareWeightsPass(bits=bits, init=init, seed=seed, refit_codebook=reconstruct, rules=rules))
     passes.append(PackPortableWeightsPass() if format == "portable" else PackWeightsPass())
     return Pipeline(passes)
 
@@ -140,12 +150,26 @@ def compress_model(model: onnx.ModelProto, **options) -> tuple[onnx.ModelProto, 
 
 
 def compress(input_path: str, output_path: str, *, eval_data: str | None = None, calib: str | None = None,
-             calib_samples: int | None = None, **options) -> Report:
+             calib_samples: int | None = None, recipe=None, config=None, **options) -> Report:
     """Compress ``input_path`` into ``output_path`` plus its sidecar; the Python face of ``onnxcomp compress``.
 
     ``calib`` is a path (.npz, or a folder of them) or "random"; options are those of ``build_pipeline``.
+    ``recipe`` names a built-in recipe (or is an ``onnxcomp.recipes.Recipe``), ``config`` is a recipe file;
+    explicit options override both (see onnxcomp/recipes.py).
     """
     input_path, output_path = os.fspath(input_path), os.fspath(output_path)
+    if recipe is not None or config is not None or options.get("layers"):
+        options = recipes.resolve(recipe, config, options)
+        eval_data, calib, calib_samples = (value if value is not None else options.pop(key, None) for key, value in
+                                           (("eval_data", eval_data), ("calib", calib), ("calib_samples", calib_samples)))
+        for key in ("eval_data", "calib", "calib_samples"):
+            options.pop(key, None)
+        unknown = set(options) - set(inspect.signature(build_pipeline).parameters)
+        if unknown:
+            raise InvalidOptionError(f"unknown option(s) {', '.join(sorted(unknown))} in the recipe")
+        if isinstance(options.get("tfidf"), Mapping):
+            from .pruning import TfidfParameters
+            options["tfidf"] = TfidfParameters(**options["tfidf"])
     build_pipeline(calib={} if calib else None, **options)  # validate options before any work
     model_io.check_output_path(input_path, output_path)
     model = model_io.load_model(input_path)

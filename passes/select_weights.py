@@ -3,13 +3,16 @@
 A weight qualifies when it is a float32 constant with at least ``min_elements`` elements that feeds a weight
 slot: Conv/ConvTranspose input 1, Gemm or MatMul input 0 or 1, Gather input 0 (embedding tables). Other
 consumers of a qualifying weight receive the decoded dense tensor. The decision uses only shape and dtype,
-so no weight data is read here.
+so no weight data is read here. ``rules`` (onnxcomp.recipes.LayerRule) with ``skip`` leave matching weights
+dense.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import onnx_graphsurgeon as gs
+
+from onnxcomp.recipes import LayerRule, rule_value
 
 from .base import CompressionState, GraphPass, PassResult, WeightTarget, log
 
@@ -26,8 +29,8 @@ def weight_kind(uses: list[tuple[gs.Node, int]]) -> str:
 
 
 class SelectWeightsPass(GraphPass):
-    def __init__(self, *, min_elements: int = 1024) -> None:
-        self.min_elements = min_elements
+    def __init__(self, *, min_elements: int = 1024, rules: tuple[LayerRule, ...] = ()) -> None:
+        self.min_elements, self.rules = min_elements, tuple(rules)
 
     def run(self, state: CompressionState) -> PassResult:
         graph = state.graph
@@ -62,4 +65,7 @@ class SelectWeightsPass(GraphPass):
             return f"{size} elements, below --min-elements {self.min_elements}"
         if tensor.name in graph_inputs:
             return "it is also a graph input, so callers may override it at run time"
+        if rule_value(self.rules, tensor.name, "skip"):
+            pattern = next(r.pattern for r in reversed(self.rules) if r.skip and r.matches(tensor.name))
+            return f"skipped by the layer rule {pattern!r}"
         return None

@@ -2,7 +2,8 @@
 
 Each target gets a codebook of at most 2^bits float32 values and one index per weight; pruned weights map to
 index 0, whose value is exactly 0.0. ``bits`` is an int or a mapping from weight kind ("conv", "fc",
-"embedding") to an int in 1..16. With ``refit_codebook`` and calibration statistics, the shared values are
+"embedding") to an int in 1..16; ``rules`` (onnxcomp.recipes.LayerRule) set the bits of the weights whose
+names they match. With ``refit_codebook`` and calibration statistics, the shared values are
 then refit by least squares against the dense layer's outputs (onnxcomp/reconstruction.py).
 """
 
@@ -14,27 +15,32 @@ from onnxcomp import codebook as codebook_math
 from onnxcomp import reconstruction
 from onnxcomp.calibration import to_rows
 from onnxcomp.errors import InvalidOptionError
+from onnxcomp.recipes import LayerRule, rule_value
 
 from .base import CompressionState, GraphPass, PassResult
 
 
 class ShareWeightsPass(GraphPass):
     def __init__(self, *, bits: int | Mapping[str, int] = 5, init: str = "quantile", seed: int = 0,
-                 refit_codebook: bool = False) -> None:
+                 refit_codebook: bool = False, rules: tuple[LayerRule, ...] = ()) -> None:
         for value in bits.values() if isinstance(bits, Mapping) else [bits]:
             if not isinstance(value, int) or not 1 <= value <= 16:
                 raise InvalidOptionError(f"bits {value} is out of range: give an integer from 1 to 16")
         if init not in codebook_math.INITS:
             raise InvalidOptionError(f"unknown codebook initialisation {init!r}: use {', '.join(codebook_math.INITS)}")
         self.bits, self.init, self.seed, self.refit_codebook = bits, init, seed, refit_codebook
+        self.rules = tuple(rules)
 
-    def bits_for(self, kind: str) -> int:
+    def bits_for(self, kind: str, name: str | None = None) -> int:
+        """Index bits: a layer rule matching ``name``, else the value for ``kind``."""
+        if name is not None and (value := rule_value(self.rules, name, "bits")) is not None:
+            return value
         return self.bits[kind] if isinstance(self.bits, Mapping) else self.bits
 
     def run(self, state: CompressionState) -> PassResult:
         targets = [t for t in state.targets if t.codebook is None]
         for target in targets:
-            target.bits = self.bits_for(target.kind)
+            target.bits = self.bits_for(target.kind, target.name)
             target.codebook, target.indices = codebook_math.quantize(
                 target.values, target.keep, target.bits, self.init, self.seed)
             if self.refit_codebook and target.statistics is not None and target.statistics.gram is not None:
