@@ -116,7 +116,8 @@ def compress(
     min_elements: int = typer.Option(1024, min=1, help="Leave weights with fewer elements dense."),
     seed: int = typer.Option(0, help="Seed for every random choice (k-means sampling)."),
     eval_data: Optional[Path] = typer.Option(None, "--eval", help=".npz with model inputs and 'labels': print top-1 accuracy before and after."),
-    report: Optional[Path] = typer.Option(None, help="Write the per-layer report as JSON here."),
+    report: Optional[Path] = typer.Option(None, help="Write the per-layer report as JSON here (schema: docs/report.md)."),
+    html: Optional[Path] = typer.Option(None, help="Write a self-contained HTML page with per-layer plots and weight histograms (needs matplotlib: onnxcomp[report])."),
     quiet: bool = QUIET, verbose: bool = VERBOSE, debug: bool = DEBUG,
 ) -> None:
     """Compress IN into OUT plus a sidecar file.
@@ -150,6 +151,9 @@ def compress(
                      calib=calib, calib_samples=calib_samples, eval_data=str(eval_data) if eval_data else None, **options)
         if report:
             report.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        if html:
+            from .html_report import write_html
+            write_html(result, html)
     if not quiet:
         _print_summary(result)
 
