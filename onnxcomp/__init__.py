@@ -1,7 +1,9 @@
 """onnxcomp: Deep Compression (pruning, k-means weight sharing, Huffman coding) for ONNX models.
 
 ``compress(in, out, **options)`` writes a compressed model and its sidecar; ``InferenceSession`` opens it in
-onnxruntime with the custom-op library (``library_path()``) registered.
+onnxruntime with the custom-op library (``library_path()``) registered. ``inspect(model)`` tells what each
+weight costs, ``verify(original, compressed)`` compares their outputs, ``decompress(compressed, out)`` writes
+a plain dense model.
 """
 
 from .errors import (CalibrationError, CorruptSidecarError, InvalidOptionError, OnnxcompError, OutputError,
@@ -17,5 +19,23 @@ def compress(input_path, output_path, **options):
     return run(input_path, output_path, **options)
 
 
-__all__ = ["compress", "InferenceSession", "library_path", "session_options", "DOMAIN", "OnnxcompError",
+def inspect(model_path):
+    """Per-weight storage of an original or compressed model; returns an ``Inspection`` (``.to_dict()``)."""
+    from .inspection import inspect as run
+    return run(model_path)
+
+
+def verify(original_path, compressed_path, calib=None, **options):
+    """Compare both models' outputs on ``calib`` (.npz) or seeded random inputs; returns a ``Verification``."""
+    from .verification import verify as run
+    return run(original_path, compressed_path, calib, **options)
+
+
+def decompress(compressed_path, output_path):
+    """Write a plain dense ONNX model (standard ops only) equivalent to ``compressed_path``."""
+    from .decompression import decompress as run
+    return run(compressed_path, output_path)
+
+
+__all__ = ["compress", "inspect", "verify", "decompress", "InferenceSession", "library_path", "session_options", "DOMAIN", "OnnxcompError",
            "InvalidOptionError", "UnsupportedModelError", "CalibrationError", "CorruptSidecarError", "OutputError"]

@@ -19,8 +19,8 @@ MIN_OPSET = 7
 LARGE_MODEL_BYTES = 2**31 - 2**26
 
 
-def load_model(path: str) -> onnx.ModelProto:
-    """Load an ONNX model with its external data; errors say what is wrong with the file."""
+def load_model(path: str, external_data: bool = True) -> onnx.ModelProto:
+    """Load an ONNX model with its external data (unless told not to); errors say what is wrong with the file."""
     if os.path.isdir(path):
         raise UnsupportedModelError(f"{path} is a folder; give the path of an .onnx model file")
     if not os.path.isfile(path):
@@ -42,17 +42,23 @@ def load_model(path: str) -> onnx.ModelProto:
                         for entry in t.external_data if entry.key == "location"})
     for location in locations:
         try:
-            external_data_path(folder, location)
+            data_file = external_data_path(folder, location)
         except CorruptSidecarError as error:
             raise UnsupportedModelError(f"{path}: {error}") from error
+        if not os.path.isfile(data_file):
+            what = "its sidecar" if location.endswith(sidecar.SIDECAR_SUFFIX) else "its external data file"
+            raise UnsupportedModelError(f"{path}: {what} {location} is missing; keep it beside the model")
     try:
-        onnx.load_external_data_for_model(model, folder)
+        if external_data:
+            onnx.load_external_data_for_model(model, folder)
     except (OSError, onnx.checker.ValidationError, ValueError) as error:
         raise UnsupportedModelError(f"{path}: its external data ({', '.join(locations)}) cannot be read ({error}); "
                                     "keep the complete data files beside the model") from error
     try:
         # A proto over 2 GB cannot be checked in memory; the checker then reads the file itself.
-        onnx.checker.check_model(model if model.ByteSize() < onnx.checker.MAXIMUM_PROTOBUF else path)
+        # Without its external data in memory, the checker must read the file to resolve data locations.
+        in_memory = external_data and model.ByteSize() < onnx.checker.MAXIMUM_PROTOBUF
+        onnx.checker.check_model(model if in_memory else path)
     except onnx.checker.ValidationError as error:
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise UnsupportedModelError(f"{path} is not a valid ONNX model ({first_line}); fix or re-export it") from error

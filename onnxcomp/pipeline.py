@@ -7,28 +7,33 @@ plus its sidecar.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from passes import (CalibrateWeightsPass, CompressionState, PackWeightsPass, Pipeline, PruneWeightsPass,
-                    ReconstructWeightsPass, SelectWeightsPass, ShareWeightsPass)
+from passes import (CalibrateWeightsPass, CompressionState, PackPortableWeightsPass, PackWeightsPass, Pipeline,
+                    PruneWeightsPass, ReconstructWeightsPass, SelectWeightsPass, ShareWeightsPass)
+from passes.pack_portable import portable_bytes
 from passes.apply_settings import ApplySettingsPass
 from passes.base import DOMAIN, DOMAIN_VERSION
 from passes.pack_weights import RECORD_SUFFIX
 
-from . import model_io
+from . import model_io, recipes
 from .errors import CalibrationError, InvalidOptionError, UnsupportedModelError
+from .recipes import LayerRule
 
 log = logging.getLogger("onnxcomp")
 
 # Defaults chosen from docs/benchmarks.md (bundled LeNet-300-100): see the user guide for the reasoning.
 DEFAULT_BITS = {"conv": 5, "fc": 3, "embedding": 6}
 DEFAULT_SPARSITY = {"conv": 0.0, "fc": 0.5, "embedding": 0.0}
+FORMATS = ("custom-op", "portable")  # records in a sidecar read by the custom ops, or standard ops only
 
 
 @dataclass
@@ -81,12 +86,18 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
                    threshold: str = "percentile", sensitivity: float = 1.0, tfidf=None, bits=None,
                    init: str = "quantile", min_elements: int = 1024, seed: int = 0, calib=None, calib_batch: int = 64,
                    activation_threshold: float = 0.0, reconstruct: bool | None = None, ridge: float = 1e-2,
-                   settings: dict | None = None) -> Pipeline:
+                   format: str = "custom-op", layers=(), settings: dict | None = None) -> Pipeline:
     """The pass list for the given options (``None`` means the defaults; ``calib`` is a dict of input arrays).
+
+    ``format`` "custom-op" writes records for the onnxcomp ops; "portable" writes standard ONNX ops only.
+    ``bits`` and ``sparsity`` are one value or per-kind mappings (missing kinds take the defaults); ``layers``
+    are per-layer rules (onnxcomp.recipes.LayerRule or dicts of its fields).
 
     With calibration data, reconstruction (refitting kept weights, then the shared values) is on unless
     ``reconstruct=False``. ``settings`` maps weight names to ``{"sparsity": s, "bits": b}`` overrides.
     """
+    if format not in FORMATS:
+        raise InvalidOptionError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
     if min_elements < 1:
         raise InvalidOptionError(f"min-elements {min_elements} must be at least 1")
     if calib_batch < 1:
@@ -99,17 +110,22 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
     if reconstruct and calib is None:
         raise CalibrationError("reconstruction needs calibration data: pass --calib DATA.npz")
     reconstruct = calib is not None if reconstruct is None else reconstruct
-    passes = [SelectWeightsPass(min_elements=min_elements)]
+    rules = tuple(r if isinstance(r, LayerRule) else LayerRule(**r) for r in layers)
+    if sparsity is None or isinstance(sparsity, Mapping):
+        sparsity = {**DEFAULT_SPARSITY, **(sparsity or {})}
+    if bits is None or isinstance(bits, Mapping):
+        bits = {**DEFAULT_BITS, **(bits or {})}
+    passes = [SelectWeightsPass(min_elements=min_elements, rules=rules)]
     if settings:
         passes.append(ApplySettingsPass(settings=settings))
     if calib is not None:
         passes.append(CalibrateWeightsPass(data=calib, batch=calib_batch, threshold=activation_threshold, keep_gram=reconstruct))
-    passes.append(PruneWeightsPass(method=prune, score=score, sparsity=DEFAULT_SPARSITY if sparsity is None else sparsity,
-                                   scope=scope, threshold=threshold, sensitivity=sensitivity, tfidf=tfidf))
+    passes.append(PruneWeightsPass(method=prune, score=score, sparsity=sparsity, scope=scope, threshold=threshold,
+                                   sensitivity=sensitivity, tfidf=tfidf, rules=rules))
     if reconstruct:
         passes.append(ReconstructWeightsPass(ridge=ridge))
-    passes.append(ShareWeightsPass(bits=DEFAULT_BITS if bits is None else bits, init=init, seed=seed, refit_codebook=reconstruct))
-    passes.append(PackWeightsPass())
+    passes.append(ShareWeightsPass(bits=bits, init=init, seed=seed, refit_codebook=reconstruct, rules=rules))
+    passes.append(PackPortableWeightsPass() if format == "portable" else PackWeightsPass())
     return Pipeline(passes)
 
 
@@ -132,7 +148,8 @@ def compress_model(model: onnx.ModelProto, **options) -> tuple[onnx.ModelProto, 
     exported.ir_version = model.ir_version
     del exported.opset_import[:]
     exported.opset_import.extend(o for o in model.opset_import if o.domain != DOMAIN)
-    exported.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+    if any(t.record is not None for t in state.targets):
+        exported.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
     for key in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
         setattr(exported, key, getattr(model, key))
     exported.metadata_props.extend(model.metadata_props)
@@ -141,13 +158,26 @@ def compress_model(model: onnx.ModelProto, **options) -> tuple[onnx.ModelProto, 
 
 
 def compress(input_path: str, output_path: str, *, eval_data: str | None = None, calib: str | None = None,
-             calib_samples: int | None = None, **options) -> Report:
+             calib_samples: int | None = None, recipe=None, config=None, **options) -> Report:
     """Compress ``input_path`` into ``output_path`` plus its sidecar; the Python face of ``onnxcomp compress``.
 
     ``calib`` is a path (.npz, or a folder of them), "random", or a dict of input arrays; options are those
-    of ``build_pipeline``.
+    of ``build_pipeline``. ``recipe`` names a built-in recipe (or is an ``onnxcomp.recipes.Recipe``), ``config``
+    is a recipe file; explicit options override both (see onnxcomp/recipes.py).
     """
     input_path, output_path = os.fspath(input_path), os.fspath(output_path)
+    if recipe is not None or config is not None or options.get("layers"):
+        options = recipes.resolve(recipe, config, options)
+        eval_data, calib, calib_samples = (value if value is not None else options.pop(key, None) for key, value in
+                                           (("eval_data", eval_data), ("calib", calib), ("calib_samples", calib_samples)))
+        for key in ("eval_data", "calib", "calib_samples"):
+            options.pop(key, None)
+        unknown = set(options) - set(inspect.signature(build_pipeline).parameters)
+        if unknown:
+            raise InvalidOptionError(f"unknown option(s) {', '.join(sorted(unknown))} in the recipe")
+        if isinstance(options.get("tfidf"), Mapping):
+            from .pruning import TfidfParameters
+            options["tfidf"] = TfidfParameters(**options["tfidf"])
     build_pipeline(calib={} if calib else None, **options)  # validate options before any work
     model_io.check_output_path(input_path, output_path)
     model = model_io.load_model(input_path)
@@ -157,17 +187,17 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
     elif calib is not None:
         options["calib"] = calib
     compressed, state = compress_model(model, **options)
-    records = [(t.name, t.name + RECORD_SUFFIX, t.record, t.transposed) for t in state.targets]
+    records = [(t.name, t.name + RECORD_SUFFIX, t.record, t.transposed) for t in state.targets if t.record is not None]
     sidecar_file = model_io.write_compressed(compressed, records, output_path)
     output_bytes = os.path.getsize(output_path) + (os.path.getsize(sidecar_file) if sidecar_file else 0)
     report = Report(input_path, output_path, sidecar_file, _model_bytes(input_path), output_bytes, skipped=state.skipped)
     for t in state.targets:
         report.layers.append(LayerReport(t.name, t.kind, list(t.shape), t.size, round(t.sparsity, 6), len(t.codebook),
-                                         t.bits, 4 * t.size, len(t.record)))
+                                         t.bits, 4 * t.size, len(t.record) if t.record is not None else portable_bytes(t, state.graph.opset or 0)))
     if eval_data:
         from .evaluate import accuracy
         report.accuracy_before = accuracy(input_path, eval_data)
-        report.accuracy_after = accuracy(output_path, eval_data, compressed=True)
+        report.accuracy_after = accuracy(output_path, eval_data, compressed=sidecar_file is not None)
     return report
 
 

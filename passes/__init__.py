@@ -1,4 +1,5 @@
-"""Graph passes of the onnxcomp pipeline: select weights, prune, share (codebooks), pack (rewrite + records).
+"""Graph passes of the onnxcomp pipeline: select weights, prune, share (codebooks), pack (rewrite + records,
+or standard-op codebook lookups for the portable format).
 
 Each pass is a small class named VerbNounPass with keyword-only options; calling it on a
 ``CompressionState`` returns a ``PassResult`` whose ``modified`` flag says whether it changed anything.
@@ -7,6 +8,7 @@ Each pass is a small class named VerbNounPass with keyword-only options; calling
 
 from .base import CompressionState, PassResult, Pipeline, WeightTarget
 from .calibrate_weights import CalibrateWeightsPass
+from .pack_portable import PackPortableWeightsPass
 from .pack_weights import PackWeightsPass
 from .prune_weights import PruneWeightsPass
 from .reconstruct_weights import ReconstructWeightsPass
@@ -16,5 +18,5 @@ from .share_weights import ShareWeightsPass
 __all__ = [
     "CompressionState", "PassResult", "Pipeline", "WeightTarget",
     "SelectWeightsPass", "CalibrateWeightsPass", "PruneWeightsPass", "ReconstructWeightsPass", "ShareWeightsPass",
-    "PackWeightsPass",
+    "PackWeightsPass", "PackPortableWeightsPass",
 ]

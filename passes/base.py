@@ -28,6 +28,7 @@ class WeightTarget:
     bits: int | None = None
     record: bytes | None = None
     transposed: bool = False
+    portable: bool = False  # expressed as a standard-op codebook lookup instead of a record
     layer_input: object | None = None  # onnxcomp.calibration.LayerInput, when activations can be observed
     statistics: object | None = None  # onnxcomp.calibration.LayerStatistics
     refit: np.ndarray | None = None  # reconstructed weights, replacing the original values for sharing

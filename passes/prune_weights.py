@@ -4,7 +4,9 @@ Options: ``method`` ("none", "magnitude" or "activation"), ``score`` for activat
 "tfidf"), ``sparsity`` (fraction pruned; one float, or a mapping from weight kind to fraction), ``threshold``
 ("percentile": prune the lowest ``sparsity`` fraction; "sensitivity": prune scores below
 ``sensitivity * std``), ``scope`` ("layer" or "global"). Wanda scores are compared within each output row,
-as in the Wanda paper; the other scores within the layer or globally. It sets each target's keep mask.
+as in the Wanda paper; the other scores within the layer or globally. ``rules`` (onnxcomp.recipes.LayerRule)
+override the sparsity and the score ("magnitude", "wanda", "tfidf") of the weights whose names they match.
+It sets each target's keep mask.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 from onnxcomp import pruning
 from onnxcomp.calibration import from_rows, to_rows
 from onnxcomp.errors import CalibrationError, InvalidOptionError
+from onnxcomp.recipes import LayerRule, rule_value
 
 from .base import CompressionState, GraphPass, PassResult, WeightTarget, log
 
@@ -28,7 +31,7 @@ THRESHOLDS = ("percentile", "sensitivity")
 class PruneWeightsPass(GraphPass):
     def __init__(self, *, method: str = "magnitude", score: str = "wanda", sparsity: float | Mapping[str, float] = 0.5,
                  scope: str = "layer", threshold: str = "percentile", sensitivity: float = 1.0,
-                 tfidf: pruning.TfidfParameters | None = None) -> None:
+                 tfidf: pruning.TfidfParameters | None = None, rules: tuple[LayerRule, ...] = ()) -> None:
         for value, allowed, what in ((method, METHODS, "pruning method"), (score, SCORES, "score"),
                                      (scope, SCOPES, "pruning scope"), (threshold, THRESHOLDS, "threshold mode")):
             if value not in allowed:
@@ -40,6 +43,9 @@ class PruneWeightsPass(GraphPass):
             raise InvalidOptionError(f"sensitivity {sensitivity} must be >= 0")
         if scope == "global" and isinstance(sparsity, Mapping) and threshold == "percentile":
             raise InvalidOptionError("global pruning takes one sparsity for all layers")
+        if scope == "global" and threshold == "percentile" and any(r.sparsity is not None for r in rules):
+            raise InvalidOptionError("global pruning takes one sparsity for all layers: drop the per-layer sparsity rules")
+        self.rules = tuple(rules)
         self.method, self.score, self.sparsity, self.scope = method, score, sparsity, scope
         self.threshold, self.sensitivity, self.tfidf = threshold, sensitivity, tfidf
 
@@ -48,19 +54,27 @@ class PruneWeightsPass(GraphPass):
             raise CalibrationError("activation-aware pruning needs calibration data: pass --calib DATA.npz")
 
     def sparsity_for(self, target: WeightTarget) -> float:
+        """The fraction pruned: a per-weight override, a layer rule matching the name, else the kind's value."""
         if target.sparsity_override is not None:
             return target.sparsity_override
+        if (value := rule_value(self.rules, target.name, "sparsity")) is not None:
+            return value
         return self.sparsity.get(target.kind, 0.0) if isinstance(self.sparsity, Mapping) else self.sparsity
+
+    def score_for(self, name: str) -> str:
+        """"magnitude", "wanda" or "tfidf" for the weight ``name``."""
+        return rule_value(self.rules, name, "score") or (self.score if self.method == "activation" else "magnitude")
 
     def scores(self, target: WeightTarget) -> np.ndarray:
         """Scores in the weight's own shape."""
-        if self.method == "magnitude" or target.statistics is None:
-            if self.method == "activation":
+        score = self.score_for(target.name)
+        if score == "magnitude" or target.statistics is None:
+            if score != "magnitude":
                 log.info("%s: no activation statistics, scored by magnitude", target.name)
             return pruning.magnitude_score(target.values)
         layout = target.layer_input.layout
         rows = to_rows(target.values, layout)
-        if self.score == "wanda":
+        if score == "wanda":
             scores = pruning.wanda_score(rows, target.statistics)
         else:
             scores = pruning.tfidf_score(rows, target.statistics, self.tfidf)
@@ -82,7 +96,7 @@ class PruneWeightsPass(GraphPass):
         else:
             masks = {}
             for t in targets:
-                row_wise = self.method == "activation" and self.score == "wanda" and t.statistics is not None
+                row_wise = self.score_for(t.name) == "wanda" and t.statistics is not None
                 if row_wise:
                     rows = to_rows(scores[t.name], t.layer_input.layout)
                     masks[t.name] = from_rows(pruning.row_keep_mask(rows, self.sparsity_for(t)), t.layer_input.layout, t.shape)

@@ -6,7 +6,8 @@ graph or in any control-flow subgraph (If branches, Loop and Scan bodies). Other
 weight receive the decoded dense tensor. The decision uses shape and dtype first; only a weight that passes is
 read, once, to check that it holds no NaN or Inf (which k-means cannot cluster: such a weight is left dense
 with a warning, so the output computes exactly what the input did). Integer weights of already-quantized
-ops (QLinearMatMul, ConvInteger, DequantizeLinear, ...) are reported as skipped, never touched.
+ops (QLinearMatMul, ConvInteger, DequantizeLinear, ...) are reported as skipped, never touched. ``rules``
+(onnxcomp.recipes.LayerRule) with ``skip`` leave matching weights dense.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+
+from onnxcomp.recipes import LayerRule, rule_value
 
 from .base import CompressionState, GraphPass, PassResult, WeightTarget, log
 
@@ -37,8 +40,8 @@ def weight_kind(uses: list[tuple[gs.Node, int]]) -> str:
 
 
 class SelectWeightsPass(GraphPass):
-    def __init__(self, *, min_elements: int = 1024) -> None:
-        self.min_elements = min_elements
+    def __init__(self, *, min_elements: int = 1024, rules: tuple[LayerRule, ...] = ()) -> None:
+        self.min_elements, self.rules = min_elements, tuple(rules)
 
     def run(self, state: CompressionState) -> PassResult:
         chosen = {t.name for t in state.targets}
@@ -93,4 +96,7 @@ class SelectWeightsPass(GraphPass):
             return f"{size} elements, below --min-elements {self.min_elements}"
         if tensor.name in graph_inputs:
             return "it is also a graph input, so callers may override it at run time"
+        if rule_value(self.rules, tensor.name, "skip"):
+            pattern = next(r.pattern for r in reversed(self.rules) if r.skip and r.matches(tensor.name))
+            return f"skipped by the layer rule {pattern!r}"
         return None

@@ -2,7 +2,8 @@
 
 Each target gets a codebook of at most 2^bits float32 values and one index per weight; pruned weights map to
 index 0, whose value is exactly 0.0. ``bits`` is an int or a mapping from weight kind ("conv", "fc",
-"embedding") to an int in 1..16. With ``refit_codebook`` and calibration statistics, the shared values are
+"embedding") to an int in 1..16; ``rules`` (onnxcomp.recipes.LayerRule) set the bits of the weights whose
+names they match. With ``refit_codebook`` and calibration statistics, the shared values are
 then refit by least squares against the dense layer's outputs (onnxcomp/reconstruction.py).
 """
 
@@ -14,23 +15,28 @@ from onnxcomp import codebook as codebook_math
 from onnxcomp import reconstruction
 from onnxcomp.calibration import to_rows
 from onnxcomp.errors import InvalidOptionError
+from onnxcomp.recipes import LayerRule, rule_value
 
 from .base import CompressionState, GraphPass, PassResult
 
 
 class ShareWeightsPass(GraphPass):
     def __init__(self, *, bits: int | Mapping[str, int] = 5, init: str = "quantile", seed: int = 0,
-                 refit_codebook: bool = False) -> None:
+                 refit_codebook: bool = False, rules: tuple[LayerRule, ...] = ()) -> None:
         for value in bits.values() if isinstance(bits, Mapping) else [bits]:
             if not isinstance(value, int) or not 1 <= value <= 16:
                 raise InvalidOptionError(f"bits {value} is out of range: give an integer from 1 to 16")
         if init not in codebook_math.INITS:
             raise InvalidOptionError(f"unknown codebook initialisation {init!r}: use {', '.join(codebook_math.INITS)}")
         self.bits, self.init, self.seed, self.refit_codebook = bits, init, seed, refit_codebook
+        self.rules = tuple(rules)
 
     def bits_for(self, target) -> int:
+        """Index bits: a per-weight override (budget allocation), a layer rule matching the name, else the kind's."""
         if target.bits_override is not None:
             return target.bits_override
+        if (value := rule_value(self.rules, target.name, "bits")) is not None:
+            return value
         return self.bits[target.kind] if isinstance(self.bits, Mapping) else self.bits
 
     def run(self, state: CompressionState) -> PassResult:

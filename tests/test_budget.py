@@ -68,7 +68,7 @@ def test_budget_end_to_end_on_a_tiny_model(tmp_path, rng):
     onnx.save(model, tmp_path / "in.onnx")
     data = tmp_path / "calib.npz"
     np.savez(data, x=rng.standard_normal((80, 32)).astype(np.float32))
-    kwargs = dict(budget="cosine=0.98", calib=str(data), sparsities=(0.0, 0.5, 0.8), bits=(2, 4, 6),
+    kwargs = dict(budget="cosine=0.98", calib=str(data), sparsities=(0.0, 0.5, 0.8), bits=(2, 4, 8),
                   min_elements=16, cache_dir=str(tmp_path / "cache"))
     report = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), **kwargs)
     assert report.budget["measured_error"] <= 0.02

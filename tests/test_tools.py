@@ -1,0 +1,146 @@
+"""inspect, decompress and verify: Python API and command line, checked on their output."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxcomp
+from onnxcomp import sidecar
+from conftest import float_input, make_model, run_compressed, run_plain, weight
+from test_cli import BUNDLED, BUNDLED_EVAL, expect_error, onnxcomp as cli
+
+
+@pytest.fixture
+def mixed_model(tmp_path, rng):
+    """One weight of each rewrite: Gemm transB=1 (stored transposed), MatMul, Gather, Conv (CodebookDecode)."""
+    nodes = [
+        helper.make_node("Gemm", ["x", "w_gemm", "b_gemm"], ["h1"], transB=1),
+        helper.make_node("MatMul", ["h1", "w_matmul"], ["h2"]),
+        helper.make_node("Gather", ["table", "ids"], ["emb"], axis=0),
+        helper.make_node("Conv", ["img", "w_conv"], ["conv"], pads=[1, 1, 1, 1]),
+    ]
+    inputs = [float_input("x", ["n", 64]), helper.make_tensor_value_info("ids", TensorProto.INT64, ["n", 3]),
+              float_input("img", ["n", 8, 6, 6])]
+    outputs = [float_input("h2", ["n", 16]), float_input("emb", ["n", 3, 32]), float_input("conv", ["n", 16, 6, 6])]
+    initializers = [weight(rng, "w_gemm", (48, 64)), weight(rng, "b_gemm", (48,)), weight(rng, "w_matmul", (48, 16)),
+                    weight(rng, "table", (100, 32)), weight(rng, "w_conv", (16, 8, 3, 3), 0.3)]
+    path = tmp_path / "mixed.onnx"
+    onnx.save(make_model(nodes, inputs, outputs, initializers), path)
+    return path
+
+
+def mixed_feeds(rng):
+    return {"x": rng.standard_normal((5, 64)).astype(np.float32), "ids": rng.integers(-100, 100, (5, 3)),
+            "img": rng.standard_normal((5, 8, 6, 6)).astype(np.float32)}
+
+
+def test_inspect_compressed_model(mixed_model, tmp_path):
+    out = tmp_path / "small.onnx"
+    report = onnxcomp.compress(mixed_model, out, sparsity=0.5, bits=4, min_elements=100)
+    result = onnxcomp.inspect(out)
+    assert result.format == "custom-op"
+    weights = {w.name: w for w in result.weights}
+    assert set(weights) == {"w_gemm", "w_matmul", "table", "w_conv"}
+    assert weights["w_gemm"].shape == [48, 64] and weights["w_gemm"].op == "CodebookMatMul"
+    assert weights["table"].op == "CodebookGather" and weights["table"].kind == "embedding"
+    assert weights["w_conv"].op == "Conv" and weights["w_conv"].kind == "conv"
+    directory = {e.name: e for e in sidecar.read_directory(str(tmp_path / "small.onnxcomp"))}
+    assert directory["w_gemm"].transposed
+    for layer in report.layers:
+        info = weights[layer.name]
+        assert info.storage == "record" and info.bits == 4 and info.codebook_size <= 16
+        assert info.stored_bytes == directory[layer.name].length == layer.bytes_after
+        assert info.sparsity == pytest.approx(layer.sparsity, abs=1e-6)
+        assert info.bits_per_weight == pytest.approx(8 * info.stored_bytes / info.params)
+        assert 0 < info.entropy_bytes <= info.stored_bytes + 64  # Huffman stays close to the entropy
+    assert result.stored_bytes == sum(w.stored_bytes for w in result.weights)
+    assert result.ratio == pytest.approx(result.dense_bytes / result.stored_bytes)
+
+
+def test_inspect_original_model_and_json(tmp_path):
+    result = cli("inspect", BUNDLED, "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["format"] == "original"
+    assert [w["name"] for w in data["weights"]] == ["fc1.weight", "fc2.weight", "fc3.weight"]
+    assert data["params"] == 784 * 300 + 300 * 100 + 100 * 10
+    assert all(w["bits"] == 32 and w["storage"] == "dense" for w in data["weights"])
+    assert data["ratio"] == pytest.approx(1.0)
+    table = cli("inspect", BUNDLED)
+    assert table.returncode == 0 and "fc1.weight" in table.stdout and "300x784" in table.stdout
+    assert "1.0x" in table.stdout.splitlines()[-1]
+
+
+def test_decompress_runs_without_the_library(mixed_model, tmp_path, rng):
+    out, dense = tmp_path / "small.onnx", tmp_path / "dense.onnx"
+    onnxcomp.compress(mixed_model, out, sparsity=0.5, bits=4, min_elements=100)
+    onnxcomp.decompress(out, dense)
+    model = onnx.load(dense)
+    assert all(n.domain in ("", "ai.onnx") for n in model.graph.node)
+    assert all(o.domain != onnxcomp.DOMAIN for o in model.opset_import)
+    assert {n.op_type for n in model.graph.node} == {"Gemm", "MatMul", "Gather", "Conv"}
+    names = {t.name for t in model.graph.initializer}
+    assert {"w_gemm", "w_matmul", "table", "w_conv"} <= names
+    assert not any(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer)
+    gemm = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "w_gemm"))
+    assert gemm.shape == (48, 64)  # original orientation, restored from the directory's transposed flag
+    feeds = mixed_feeds(rng)
+    expected = run_compressed(out, feeds)
+    actual = run_plain(dense, feeds)  # stock onnxruntime, no custom-op library
+    for a, b in zip(actual, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())  # fp32 summation order
+
+
+def test_decompress_cli(tmp_path):
+    small, dense = tmp_path / "small.onnx", tmp_path / "dense.onnx"
+    onnxcomp.compress(BUNDLED, small)
+    result = cli("decompress", small, dense)
+    assert result.returncode == 0, result.stderr
+    assert "wrote" in result.stdout and dense.is_file()
+    assert [n.op_type for n in onnx.load(dense).graph.node] == ["Gemm", "Relu", "Gemm", "Relu", "Gemm"]
+    expect_error(cli("decompress", tmp_path / "missing.onnx", tmp_path / "x.onnx"), "no such file")
+
+
+def test_decompress_missing_sidecar(tmp_path):
+    small = tmp_path / "small.onnx"
+    onnxcomp.compress(BUNDLED, small)
+    (tmp_path / "small.onnxcomp").unlink()
+    expect_error(cli("decompress", small, tmp_path / "dense.onnx"), "sidecar", "missing")
+
+
+def test_verify_random_inputs_and_gates(tmp_path):
+    small = tmp_path / "small.onnx"
+    onnxcomp.compress(BUNDLED, small, sparsity=0.5, bits=4)
+    result = onnxcomp.verify(BUNDLED, small, samples=32, seed=3)
+    assert result.inputs == "random (seed 3)" and result.samples == 32
+    (output,) = result.outputs
+    assert output.name == "logits" and output.shape == [32, 10]
+    assert 0.9 < output.cosine < 1.0 and 0 < output.relative_l2_error < 0.5 and output.max_abs_error > 0
+    assert output.top1_agreement is not None and output.top1_agreement > 0.7
+    assert result.failures(min_cosine=0.5, min_top1=0.5) == []
+    assert len(result.failures(min_cosine=0.99999)) == 1
+
+    text = cli("verify", BUNDLED, small, "--samples", "32", "--seed", "3")
+    assert text.returncode == 0, text.stderr
+    assert "random inputs" in text.stdout and "logits" in text.stdout
+    gated = cli("verify", BUNDLED, small, "--min-cosine", "0.99999")
+    assert gated.returncode == 3 and "cosine" in gated.stderr and "below 0.99999" in gated.stderr
+    assert cli("verify", BUNDLED, small, "--min-top1", "1.5").returncode == 2  # usage error
+
+
+def test_verify_on_data_json_and_identity(tmp_path):
+    small, dense = tmp_path / "small.onnx", tmp_path / "dense.onnx"
+    onnxcomp.compress(BUNDLED, small)
+    onnxcomp.decompress(small, dense)
+    result = cli("verify", BUNDLED, small, "--calib", BUNDLED_EVAL, "--samples", "500", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["inputs"] == str(BUNDLED_EVAL) and data["samples"] == 500
+    assert data["outputs"][0]["top1_agreement"] > 0.9 and data["min_cosine"] > 0.99
+    same = onnxcomp.verify(small, dense, BUNDLED_EVAL, samples=200)  # decompressed equals compressed
+    assert same.outputs[0].max_abs_error < 1e-4 and same.outputs[0].top1_agreement == 1.0
+    assert same.min_cosine == pytest.approx(1.0, abs=1e-9)
+    expect_error(cli("verify", BUNDLED, small, "--calib", tmp_path / "none.npz"), "no such data file")
