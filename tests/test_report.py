@@ -11,7 +11,7 @@ import onnxcomp
 from test_cli import BUNDLED, BUNDLED_EVAL, expect_error, onnxcomp as cli
 
 REPORT_KEYS = {"input_path", "output_path", "sidecar_path", "input_bytes", "output_bytes", "layers", "skipped",
-               "accuracy_before", "accuracy_after", "ratio"}
+               "accuracy_before", "accuracy_after", "ratio", "budget"}
 LAYER_KEYS = {"name", "kind", "shape", "params", "sparsity", "codebook_size", "bits", "bytes_before", "bytes_after", "ratio"}
 
 
