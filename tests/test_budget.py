@@ -68,19 +68,19 @@ def test_budget_end_to_end_on_a_tiny_model(tmp_path, rng):
     onnx.save(model, tmp_path / "in.onnx")
     data = tmp_path / "calib.npz"
     np.savez(data, x=rng.standard_normal((80, 32)).astype(np.float32))
-    kwargs = dict(budget="cosine=0.98", calib=str(data), sparsities=(0.0, 0.5, 0.8), bits=(2, 4, 8),
+    kwargs = dict(budget="cosine=0.95", calib=str(data), sparsities=(0.0, 0.5, 0.8), bits=(2, 4, 8),
                   min_elements=16, cache_dir=str(tmp_path / "cache"))
     report = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), **kwargs)
-    assert report.budget["measured_error"] <= 0.02
+    assert report.budget["measured_error"] <= 0.05
     assert set(report.budget["settings"]) == {"w1", "w2"}
     # Measured independently on the held-back samples (the last 25 %) in onnxruntime with the library.
     held = np.load(data)["x"][60:]
     from conftest import run_plain
     want = run_plain(model, {"x": held})[0]
     got = onnxcomp.InferenceSession(tmp_path / "out.onnx").run(None, {"x": held})[0]
-    assert error("cosine", want, got) <= 0.02
+    assert error("cosine", want, got) <= 0.05
     # The curves were cached: a second run with another budget reuses them and may pick a larger model.
     assert len(list((tmp_path / "cache").iterdir())) == 1
-    strict = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "strict.onnx"), **dict(kwargs, budget="cosine=0.995"))
+    strict = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "strict.onnx"), **dict(kwargs, budget="cosine=0.98"))
     assert strict.budget["cache"] == report.budget["cache"]
     assert strict.output_bytes >= report.output_bytes
