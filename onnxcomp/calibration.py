@@ -46,6 +46,8 @@ class LayerStatistics:
     fire_samples: np.ndarray = None
     gram: np.ndarray | None = None
     keep_gram: bool = True
+    cross: np.ndarray | None = None  # sequential mode: X_c^T X_o (inputs after upstream compression vs original)
+    gram_original: np.ndarray | None = None  # sequential mode: X_o^T X_o
 
     def __post_init__(self):
         k = self.features
@@ -66,6 +68,17 @@ class LayerStatistics:
         self.fire_samples += fires.reshape(samples, -1, rows.shape[1]).any(axis=1).sum(axis=0)
         if self.gram is not None:
             self.gram += rows.T @ rows
+
+    def add_original(self, rows: np.ndarray, original: np.ndarray) -> None:
+        """Sequential mode: accumulate the cross terms with the original model's rows for the same samples."""
+        if self.gram is None:
+            return
+        rows, original = rows.astype(np.float64, copy=False), original.astype(np.float64, copy=False)
+        if self.cross is None:
+            self.cross = np.zeros_like(self.gram)
+            self.gram_original = np.zeros_like(self.gram)
+        self.cross += rows.T @ original
+        self.gram_original += original.T @ original
 
     @property
     def norms(self) -> np.ndarray:
@@ -105,10 +118,7 @@ def input_rows(x: np.ndarray, spec: LayerInput) -> np.ndarray:
     return x.reshape(-1, x.shape[-1])
 
 
-def collect(model: onnx.ModelProto, layers: dict[str, LayerInput], data: dict[str, np.ndarray], *,
-            batch: int = 64, threshold: float = 0.0, keep_gram: bool = True) -> dict[str, LayerStatistics]:
-    """Run ``model`` on ``data`` (arrays keyed by input name) and gather each layer's input statistics."""
-    wanted = sorted({spec.tensor for spec in layers.values()})
+def _probe_session(model: onnx.ModelProto, wanted: list[str]) -> ort.InferenceSession:
     graph_inputs = {i.name for i in model.graph.input}
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -122,9 +132,21 @@ def collect(model: onnx.ModelProto, layers: dict[str, LayerInput], data: dict[st
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor observable
     try:
-        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own exception types
         raise CalibrationError(f"onnxruntime cannot run the model for calibration: {error}") from error
+
+
+def collect(model: onnx.ModelProto, layers: dict[str, LayerInput], data: dict[str, np.ndarray], *,
+            batch: int = 64, threshold: float = 0.0, keep_gram: bool = True,
+            original: onnx.ModelProto | None = None) -> dict[str, LayerStatistics]:
+    """Run ``model`` on ``data`` (arrays keyed by input name) and gather each layer's input statistics.
+
+    With ``original`` (sequential mode: ``model`` holds already-compressed upstream weights), the same
+    layers' inputs in the original model are captured too, for the cross terms of the reconstruction."""
+    wanted = sorted({spec.tensor for spec in layers.values()})
+    session = _probe_session(model, wanted)
+    reference = _probe_session(original, wanted) if original is not None else None
     names = [o.name for o in session.get_outputs()]
     input_names = [i.name for i in session.get_inputs()]
     total = len(data[input_names[0]])
@@ -133,6 +155,9 @@ def collect(model: onnx.ModelProto, layers: dict[str, LayerInput], data: dict[st
         feeds = {n: data[n][start:start + batch] for n in input_names}
         values = dict(zip(names, session.run(None, feeds)))
         values.update(feeds)
+        if reference is not None:
+            original_values = dict(zip([o.name for o in reference.get_outputs()], reference.run(None, feeds)))
+            original_values.update(feeds)
         samples = len(feeds[input_names[0]])
         for layer, spec in layers.items():
             x = values[spec.tensor]
@@ -142,4 +167,6 @@ def collect(model: onnx.ModelProto, layers: dict[str, LayerInput], data: dict[st
             if layer not in stats:
                 stats[layer] = LayerStatistics(rows.shape[1], keep_gram=keep_gram)
             stats[layer].add(rows, samples, threshold)
+            if reference is not None:
+                stats[layer].add_original(rows, input_rows(np.asarray(original_values[spec.tensor]), spec))
     return stats

@@ -88,7 +88,7 @@ def _bits_option(value: Optional[int], kind: str) -> None:
 
 
 PIPELINE_OPTIONS = ("prune", "score", "sparsity", "threshold", "sensitivity", "scope", "init", "min_elements", "seed",
-                    "calib_batch", "activation_threshold", "reconstruct", "ridge", "format")
+                    "calib_batch", "activation_threshold", "reconstruct", "ridge", "format", "sequential")
 
 
 @app.command()
@@ -107,6 +107,7 @@ def compress(
     calib_batch: int = typer.Option(64, min=1, help="Calibration batch size."),
     activation_threshold: float = typer.Option(0.0, help="An input 'fires' above this value (tfidf statistics)."),
     reconstruct: Optional[bool] = typer.Option(None, "--reconstruct/--no-reconstruct", help="Least-squares refit of kept weights and codebooks (default: on with --calib)."),
+    sequential: bool = typer.Option(False, help="With --calib: compress layer by layer in graph order, each refit to the already-compressed layers before it."),
     ridge: float = typer.Option(1e-2, min=0.0, help="Ridge regularisation of the refit, relative to the mean input energy."),
     budget: Optional[str] = typer.Option(None, help="Smallest model within a quality budget, e.g. top1=0.99, cosine=0.99, rel_l2=0.05, accuracy=0.01 (needs --calib)."),
     holdout: float = typer.Option(0.25, min=0.01, max=0.99, help="With --budget: fraction of calibration samples held back to measure quality."),

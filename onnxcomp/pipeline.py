@@ -21,6 +21,7 @@ from passes import (CalibrateWeightsPass, CompressionState, PackPortableWeightsP
                     PruneWeightsPass, ReconstructWeightsPass, SelectWeightsPass, ShareWeightsPass)
 from passes.pack_portable import portable_bytes
 from passes.apply_settings import ApplySettingsPass
+from passes.compress_sequentially import CompressSequentiallyPass
 from passes.base import DOMAIN, DOMAIN_VERSION
 from passes.pack_weights import RECORD_SUFFIX
 
@@ -86,7 +87,7 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
                    threshold: str = "percentile", sensitivity: float = 1.0, tfidf=None, bits=None,
                    init: str = "quantile", min_elements: int = 1024, seed: int = 0, calib=None, calib_batch: int = 64,
                    activation_threshold: float = 0.0, reconstruct: bool | None = None, ridge: float = 1e-2,
-                   format: str = "custom-op", layers=(), settings: dict | None = None) -> Pipeline:
+                   format: str = "custom-op", layers=(), settings: dict | None = None, sequential: bool = False) -> Pipeline:
     """The pass list for the given options (``None`` means the defaults; ``calib`` is a dict of input arrays).
 
     ``format`` "custom-op" writes records for the onnxcomp ops; "portable" writes standard ONNX ops only.
@@ -94,7 +95,8 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
     are per-layer rules (onnxcomp.recipes.LayerRule or dicts of its fields).
 
     With calibration data, reconstruction (refitting kept weights, then the shared values) is on unless
-    ``reconstruct=False``. ``settings`` maps weight names to ``{"sparsity": s, "bits": b}`` overrides.
+    ``reconstruct=False``. ``settings`` maps weight names to ``{"sparsity": s, "bits": b}`` overrides. ``sequential`` compresses layer
+    by layer in graph order, each fit to the already-compressed upstream layers (needs calibration data).
     """
     if format not in FORMATS:
         raise InvalidOptionError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
@@ -118,13 +120,21 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
     passes = [SelectWeightsPass(min_elements=min_elements, rules=rules)]
     if settings:
         passes.append(ApplySettingsPass(settings=settings))
-    if calib is not None:
-        passes.append(CalibrateWeightsPass(data=calib, batch=calib_batch, threshold=activation_threshold, keep_gram=reconstruct))
-    passes.append(PruneWeightsPass(method=prune, score=score, sparsity=sparsity, scope=scope, threshold=threshold,
-                                   sensitivity=sensitivity, tfidf=tfidf, rules=rules))
+    if sequential and calib is None:
+        raise CalibrationError("--sequential needs calibration data: pass --calib DATA.npz")
+    if sequential and scope == "global":
+        raise InvalidOptionError("--sequential prunes layer by layer: it cannot take --scope global")
+    steps = [PruneWeightsPass(method=prune, score=score, sparsity=sparsity, scope=scope, threshold=threshold,
+                              sensitivity=sensitivity, tfidf=tfidf, rules=rules)]
     if reconstruct:
-        passes.append(ReconstructWeightsPass(ridge=ridge))
-    passes.append(ShareWeightsPass(bits=bits, init=init, seed=seed, refit_codebook=reconstruct, rules=rules))
+        steps.append(ReconstructWeightsPass(ridge=ridge))
+    steps.append(ShareWeightsPass(bits=bits, init=init, seed=seed, refit_codebook=reconstruct, rules=rules))
+    if sequential:
+        passes.append(CompressSequentiallyPass(data=calib, steps=steps, batch=calib_batch, threshold=activation_threshold))
+    else:
+        if calib is not None:
+            passes.append(CalibrateWeightsPass(data=calib, batch=calib_batch, threshold=activation_threshold, keep_gram=reconstruct))
+        passes.extend(steps)
     passes.append(PackPortableWeightsPass() if format == "portable" else PackWeightsPass())
     return Pipeline(passes)
 

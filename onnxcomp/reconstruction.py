@@ -21,19 +21,27 @@ from threadpoolctl import threadpool_limits
 MAX_REFIT_CODEBOOK = 64  # larger codebooks lose little to k-means, and the normal equations cost O(rows * in^2)
 
 
-def row_errors(rows: np.ndarray, original: np.ndarray, gram: np.ndarray) -> np.ndarray:
-    diff = rows - original
-    return ((diff @ gram) * diff).sum(axis=1)
+def row_errors(rows: np.ndarray, original: np.ndarray, gram: np.ndarray, cross: np.ndarray | None = None,
+               gram_original: np.ndarray | None = None) -> np.ndarray:
+    """Per-row ``||X v - X w||^2``; with ``cross`` = X_c^T X_o and ``gram_original`` = X_o^T X_o (sequential
+    mode, where the layer's inputs X_c differ from the original X_o), ``||X_c v - X_o w||^2``."""
+    if cross is None:
+        diff = rows - original
+        return ((diff @ gram) * diff).sum(axis=1)
+    return (((rows @ gram) * rows).sum(axis=1) - 2 * ((rows @ cross) * original).sum(axis=1)
+            + ((original @ gram_original) * original).sum(axis=1))
 
 
 @threadpool_limits.wrap(limits=1, user_api="blas")  # many small solves: BLAS threads only add overhead here
-def refit_rows(original: np.ndarray, keep: np.ndarray, gram: np.ndarray, ridge: float = 1e-2) -> np.ndarray:
-    """Refit the kept weights of every row of ``original`` [outputs, inputs]; pruned ones stay 0."""
+def refit_rows(original: np.ndarray, keep: np.ndarray, gram: np.ndarray, ridge: float = 1e-2,
+               cross: np.ndarray | None = None, gram_original: np.ndarray | None = None) -> np.ndarray:
+    """Refit the kept weights of every row of ``original`` [outputs, inputs]; pruned ones stay 0.
+    With ``cross``/``gram_original`` (sequential mode) the target is the original layer on original inputs."""
     original = original.astype(np.float64)
     lam = ridge * float(np.mean(np.diag(gram))) + 1e-12
     refit = np.where(keep, original, 0.0)
-    base = row_errors(refit, original, gram)
-    target = gram @ original.T  # [inputs, outputs]: G w_i for every row
+    base = row_errors(refit, original, gram, cross, gram_original)
+    target = (gram if cross is None else cross) @ original.T  # [inputs, outputs]: G w_i (or X_c^T X_o w_i)
     for i in range(len(original)):
         support = np.flatnonzero(keep[i])
         if len(support) == 0 or len(support) == keep.shape[1]:
@@ -41,15 +49,15 @@ def refit_rows(original: np.ndarray, keep: np.ndarray, gram: np.ndarray, ridge: 
         system = gram[np.ix_(support, support)] + lam * np.eye(len(support))
         candidate = np.zeros(original.shape[1])
         candidate[support] = np.linalg.solve(system, target[support, i])
-        diff = candidate - original[i]
-        if diff @ gram @ diff < base[i]:
+        if row_errors(candidate[None, :], original[i:i + 1], gram, cross, gram_original)[0] < base[i]:
             refit[i] = candidate
     return refit.astype(np.float32)
 
 
 @threadpool_limits.wrap(limits=1, user_api="blas")
 def refit_codebook(original: np.ndarray, indices: np.ndarray, codebook: np.ndarray, gram: np.ndarray,
-                   pruned_zero: bool, ridge: float = 1e-6) -> np.ndarray:
+                   pruned_zero: bool, ridge: float = 1e-6, cross: np.ndarray | None = None,
+                   gram_original: np.ndarray | None = None) -> np.ndarray:
     """Least-squares shared values for fixed ``indices`` [outputs, inputs]; returns the new codebook."""
     original = original.astype(np.float64)
     k = len(codebook)
@@ -59,7 +67,7 @@ def refit_codebook(original: np.ndarray, indices: np.ndarray, codebook: np.ndarr
         return codebook
     normal = np.zeros((k, k))
     rhs = np.zeros(k)
-    gw = original @ gram  # rows of (G w_i)^T
+    gw = original @ (gram if cross is None else cross).T  # rows of (G w_i)^T, or (X_c^T X_o w_i)^T
     for i in range(len(original)):
         # M_i^T G M_i sums G over (group a, group b) blocks: sort columns by index, then reduce each group.
         idx = indices[i]
@@ -78,6 +86,6 @@ def refit_codebook(original: np.ndarray, indices: np.ndarray, codebook: np.ndarr
     except np.linalg.LinAlgError:
         return codebook
     candidate = candidate.astype(np.float32)
-    before = row_errors(codebook[indices], original, gram).sum()
-    after = row_errors(candidate[indices], original, gram).sum()
+    before = row_errors(codebook[indices], original, gram, cross, gram_original).sum()
+    after = row_errors(candidate[indices], original, gram, cross, gram_original).sum()
     return candidate if after < before else codebook

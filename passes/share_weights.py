@@ -49,5 +49,6 @@ class ShareWeightsPass(GraphPass):
                 layout = target.layer_input.layout
                 indices = to_rows(target.indices.reshape(target.shape), layout)
                 target.codebook = reconstruction.refit_codebook(
-                    to_rows(target.original, layout), indices, target.codebook, target.statistics.gram, target.keep is not None)
+                    to_rows(target.original, layout), indices, target.codebook, target.statistics.gram, target.keep is not None,
+                    cross=target.statistics.cross, gram_original=target.statistics.gram_original)
         return PassResult(bool(targets), f"shared {len(targets)} tensors")

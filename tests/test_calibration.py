@@ -146,3 +146,32 @@ def test_activation_pruning_without_data_is_refused(tmp_path, rng):
     with pytest.raises(CalibrationError, match="--calib"):
         onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx", prune="activation")
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_sequential_reconstruction_fits_original_outputs_from_perturbed_inputs(rng):
+    # Inputs X_c carry upstream error; the refit targets the original layer on the original inputs X_o.
+    x_o = rng.standard_normal((300, 10)) @ rng.standard_normal((10, 24))
+    x_c = x_o + 0.3 * rng.standard_normal(x_o.shape)
+    w = rng.standard_normal((6, 24))
+    keep = pruning.row_keep_mask(np.abs(w), 0.5)
+    gram, cross, gram_o = x_c.T @ x_c, x_c.T @ x_o, x_o.T @ x_o
+    refit = reconstruction.refit_rows(w, keep, gram, 1e-4, cross, gram_o).astype(np.float64)
+    direct = lambda v: np.sum((x_c @ v.T - x_o @ w.T) ** 2, axis=0)  # noqa: E731
+    np.testing.assert_allclose(reconstruction.row_errors(refit, w, gram, cross, gram_o), direct(refit), rtol=1e-6)
+    pruned = np.where(keep, w, 0.0)
+    independent = reconstruction.refit_rows(w, keep, gram, 1e-4).astype(np.float64)
+    assert (direct(refit) <= direct(pruned) + 1e-6).all()
+    assert direct(refit).sum() < direct(independent).sum()  # it absorbs the upstream error too
+
+
+def test_sequential_mode_end_to_end(tmp_path, rng):
+    onnx.save(two_layer_model(rng), tmp_path / "in.onnx")
+    data = tmp_path / "calib.npz"
+    np.savez(data, x=rng.standard_normal((64, 12)).astype(np.float32))
+    report = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx", prune="activation", calib=str(data),
+                               sparsity=0.5, bits=3, min_elements=16, sequential=True)
+    assert [round(layer.sparsity, 2) for layer in report.layers] == [0.5, 0.5]
+    x = rng.standard_normal((3, 12)).astype(np.float32)
+    assert onnxcomp.InferenceSession(tmp_path / "out.onnx").run(None, {"x": x})[0].shape == (3, 5)
+    with pytest.raises(CalibrationError, match="--sequential needs calibration data"):
+        onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out2.onnx", sequential=True)
