@@ -4,6 +4,7 @@
 // matmul_avx512.cc) and is called only after a run-time CPU check. Those units include this header only:
 // plain structs and declarations, no inline functions. An inline function (or std:: template) compiled in
 // an AVX-512 unit could be the copy the linker keeps for every unit, and then crash older CPUs.
+// On aarch64 the NEON kernel (matmul_neon.cc) is chosen whenever the build has it: NEON is baseline ARMv8-A.
 #ifndef ONNXCOMP_CPU_MATMUL_KERNELS_H_
 #define ONNXCOMP_CPU_MATMUL_KERNELS_H_
 
@@ -40,11 +41,15 @@ void MatMulAvx2(const MatMulProblem&, int64_t panel_begin, int64_t panel_end, in
 #if defined(ONNXCOMP_HAVE_AVX512_KERNELS)
 void MatMulAvx512(const MatMulProblem&, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end);
 #endif
+#if defined(ONNXCOMP_HAVE_NEON_KERNELS)
+void MatMulNeon(const MatMulProblem&, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end);
+#endif
 
-enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kNeon = 3 };
 
 // The best instruction set this CPU and this build support, lowered by the environment variable
 // ONNXCOMP_ISA=scalar|avx2|avx512 (a cap, never raised above what the CPU has) or ONNXCOMP_FORCE_SCALAR=1.
+// On aarch64 only "scalar" lowers it (from NEON); the x86 names are ignored there.
 // Read when a kernel is created.
 Isa SelectIsa();
 const char* IsaName(Isa isa);

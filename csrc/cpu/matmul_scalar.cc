@@ -71,6 +71,7 @@ const char* IsaName(Isa isa) {
   switch (isa) {
     case Isa::kAvx512: return "avx512";
     case Isa::kAvx2: return "avx2";
+    case Isa::kNeon: return "neon";
     default: return "scalar";
   }
 }
@@ -86,14 +87,19 @@ Isa SelectIsa() {
   if (best == Isa::kAvx2 && __builtin_cpu_supports("avx512f")) best = Isa::kAvx512;
 #endif
 #endif
+#if defined(ONNXCOMP_HAVE_NEON_KERNELS)
+  best = Isa::kNeon;
+#endif
   const char* force_scalar = getenv("ONNXCOMP_FORCE_SCALAR");
   if (force_scalar && strcmp(force_scalar, "") != 0 && strcmp(force_scalar, "0") != 0) return Isa::kScalar;
   const char* cap = getenv("ONNXCOMP_ISA");
   if (cap) {
     Isa wanted = best;
     if (strcmp(cap, "scalar") == 0) wanted = Isa::kScalar;
+#if defined(__x86_64__) || defined(__i386__)
     if (strcmp(cap, "avx2") == 0) wanted = Isa::kAvx2;
     if (strcmp(cap, "avx512") == 0) wanted = Isa::kAvx512;
+#endif
     if (static_cast<int>(wanted) < static_cast<int>(best)) best = wanted;
   }
   return best;
@@ -106,6 +112,9 @@ MatMulKernel MatMulKernelFor(Isa isa) {
 #endif
 #if defined(ONNXCOMP_HAVE_AVX2_KERNELS)
     case Isa::kAvx2: return MatMulAvx2;
+#endif
+#if defined(ONNXCOMP_HAVE_NEON_KERNELS)
+    case Isa::kNeon: return MatMulNeon;
 #endif
     default: return MatMulScalar;
   }

@@ -1,0 +1,146 @@
+// Unit test of the SIMD CodebookMatMul kernels (matmul_kernels.h) against the scalar kernel: every output must
+// be bit-identical (all kernels sum fma(x[k], w[k], acc) over k in order from 0.0, then add the bias), for
+// random shapes (odd K, N not a multiple of the vector width or the panel width, batch 1/3/8), index bits
+// 2..9, codebooks of every table path (<= 16, 32, 64 entries and larger, sizes not powers of two), with and
+// without bias, and with the work split into tasks as the op does. Built for aarch64 (run under qemu-user)
+// it checks the NEON kernel; built natively on x86-64 the AVX2 and AVX-512 kernels this CPU runs.
+// Plain C++, no ORT.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <algorithm>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "cpu/matmul_kernels.h"
+#include "packed_layout.h"
+
+using namespace onnxcomp;
+
+static int g_failures = 0;
+static long g_checks = 0;
+
+struct Case {
+  int64_t m, k, n;
+  uint32_t bits, codebook_size;
+  bool bias;
+};
+
+// Runs `kernel` over the whole problem, in tasks of `panels_per_task` x `rows_per_task` (0: one task).
+static void run_tasks(MatMulKernel kernel, const MatMulProblem& p, int64_t panels_per_task, int64_t rows_per_task) {
+  const int64_t panels = static_cast<int64_t>(packed::panel_count(static_cast<uint64_t>(p.n)));
+  if (panels_per_task == 0) panels_per_task = panels;
+  if (rows_per_task == 0) rows_per_task = p.m;
+  for (int64_t m0 = 0; m0 < p.m; m0 += rows_per_task) {
+    for (int64_t p0 = 0; p0 < panels; p0 += panels_per_task) {
+      kernel(p, p0, p0 + panels_per_task < panels ? p0 + panels_per_task : panels, m0,
+             m0 + rows_per_task < p.m ? m0 + rows_per_task : p.m);
+    }
+  }
+}
+
+static void check_case(Isa isa, const Case& c, std::mt19937& rng) {
+  std::normal_distribution<float> normal;
+  const uint32_t slot = packed::slot_bits(c.bits);
+  // Values a lookup must keep exactly, and that make FMA and separate multiply-add differ.
+  const float specials[] = {0.0f, -0.0f, std::numeric_limits<float>::denorm_min(), -std::numeric_limits<float>::min(),
+                            1.0f + 0x1p-23f, -1.0f};
+  std::vector<float> table(packed::table_entries(c.codebook_size), 0.0f);
+  for (uint32_t i = 0; i < c.codebook_size; ++i) table[i] = i < 6 ? specials[i] : normal(rng);
+  std::vector<uint8_t> panels(packed::panels_total_bytes(c.k, c.n, slot), 0);
+  for (int64_t r = 0; r < c.k; ++r)
+    for (int64_t j = 0; j < c.n; ++j)
+      packed::panel_store(panels.data(), c.k, slot, r, j, static_cast<uint32_t>(rng()) % c.codebook_size);
+  std::vector<float> x(c.m * c.k), bias(c.n);
+  for (auto& v : x) v = normal(rng);
+  if (!x.empty()) x[0] = 1.0f - 0x1p-24f;
+  for (auto& v : bias) v = normal(rng);
+  // +1: nothing is written past the end.
+  std::vector<float> want(c.m * c.n + 1, NAN), got(c.m * c.n + 1, NAN);
+  MatMulProblem p{x.data(), c.m, c.k, c.n, panels.data(), slot, c.codebook_size, table.data(),
+                  c.bias ? bias.data() : nullptr, want.data(), packed::panel_bytes(c.k, slot),
+                  packed::panel_row_bytes(slot), packed::group_bytes(slot)};
+  run_tasks(MatMulScalar, p, 0, 0);
+  // The op's split (2 panels, 48 rows), single tasks, and odd splits (1 panel x 1 row, 3 panels x 5 rows).
+  const int64_t splits[][2] = {{0, 0}, {2, 48}, {1, 1}, {3, 5}};
+  for (const auto& split : splits) {
+    std::fill(got.begin(), got.end(), NAN);
+    p.y = got.data();
+    run_tasks(MatMulKernelFor(isa), p, split[0], split[1]);
+    ++g_checks;
+    const bool tail_untouched = isnan(got[c.m * c.n]);
+    if (memcmp(got.data(), want.data(), sizeof(float) * static_cast<size_t>(c.m * c.n)) != 0 || !tail_untouched) {
+      ++g_failures;
+      for (int64_t i = 0; i < c.m * c.n; ++i) {
+        if (memcmp(&got[i], &want[i], 4) != 0) {
+          fprintf(stderr, "%s m=%lld k=%lld n=%lld bits=%u size=%u bias=%d split=%lldx%lld: y[%lld, %lld] is %a, "
+                  "scalar gives %a\n", IsaName(isa), (long long)c.m, (long long)c.k, (long long)c.n, c.bits,
+                  c.codebook_size, c.bias, (long long)split[0], (long long)split[1], (long long)(i / c.n),
+                  (long long)(i % c.n), got[i], want[i]);
+          break;
+        }
+      }
+      if (!tail_untouched) fprintf(stderr, "%s: wrote past the output\n", IsaName(isa));
+    }
+  }
+}
+
+static int check_isa(Isa isa) {
+  std::mt19937 rng(20240612u + static_cast<unsigned>(isa));
+  const long checks_before = g_checks;
+  const int failures_before = g_failures;
+  // Fixed edge shapes, then random ones.
+  std::vector<Case> cases;
+  for (uint32_t bits = 2; bits <= 9; ++bits) {
+    const uint32_t full = 1u << bits;
+    for (uint32_t size : {full, full - full / 4 + 1}) {  // a power of two and one that is not
+      cases.push_back({1, 1, 1, bits, size, true});
+      cases.push_back({3, 7, 33, bits, size, false});
+      cases.push_back({8, 31, 65, bits, size, true});
+      cases.push_back({1, 17, 129, bits, size, false});
+    }
+  }
+  for (uint32_t size : {16u, 17u, 32u, 33u, 64u, 65u, 100u}) cases.push_back({3, 9, 45, 8, size, true});
+  std::uniform_int_distribution<int> batch(0, 2), bits_of(2, 9), odd_k(0, 40), width(1, 200), coin(0, 1);
+  const int64_t batches[] = {1, 3, 8};
+  for (int i = 0; i < 60; ++i) {
+    const uint32_t bits = static_cast<uint32_t>(bits_of(rng));
+    const uint32_t full = 1u << bits;
+    const uint32_t size = full / 2 + 1 + static_cast<uint32_t>(rng()) % (full / 2);  // needs all `bits` bits
+    int64_t n = width(rng);
+    if (n % 4 == 0) ++n;  // never a multiple of the 4-lane vector
+    cases.push_back({batches[batch(rng)], 2 * odd_k(rng) + 1, n, bits, size, coin(rng) == 1});
+  }
+  for (const Case& c : cases) check_case(isa, c, rng);
+  printf("%s against scalar: %zu shapes, %ld checks, %d failures\n", IsaName(isa), cases.size(),
+         g_checks - checks_before, g_failures - failures_before);
+  return 1;
+}
+
+int main() {
+  const Isa best = SelectIsa();
+  int tested = 0;
+  for (Isa isa : {Isa::kAvx2, Isa::kAvx512, Isa::kNeon}) {
+    // Kernels of this build (MatMulKernelFor falls back to scalar otherwise) that this CPU runs.
+    if (static_cast<int>(isa) > static_cast<int>(best) || MatMulKernelFor(isa) == MatMulScalar) continue;
+    tested += check_isa(isa);
+  }
+#if defined(ONNXCOMP_HAVE_NEON_KERNELS)
+  if (!getenv("ONNXCOMP_ISA") && !getenv("ONNXCOMP_FORCE_SCALAR")) {
+    ++g_checks;  // a NEON build picks NEON unless the environment lowers it
+    if (best != Isa::kNeon) {
+      fprintf(stderr, "NEON build but SelectIsa() gave %s\n", IsaName(best));
+      ++g_failures;
+    }
+  }
+#endif
+  if (tested == 0) {
+    printf("SKIPPED: no SIMD CodebookMatMul kernel in this build that this CPU runs (best: %s)\n", IsaName(best));
+    return g_failures ? 1 : 77;
+  }
+  printf("%ld checks, %d failures\n", g_checks, g_failures);
+  return g_failures ? 1 : 0;
+}
