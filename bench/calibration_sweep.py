@@ -28,6 +28,7 @@ METHODS = [  # (label, options)
     ("wanda + reconstruction", dict(prune="activation", score="wanda", calib=True)),
     ("tfidf", dict(prune="activation", score="tfidf", calib=True, reconstruct=False)),
     ("tfidf + reconstruction", dict(prune="activation", score="tfidf", calib=True)),
+    ("wanda + reconstruction, sequential", dict(prune="activation", score="wanda", calib=True, sequential=True)),
 ]
 
 
@@ -37,6 +38,8 @@ def main() -> None:
     parser.add_argument("--sparsity", default="0.5,0.7,0.8,0.9")
     parser.add_argument("--bits", type=int, default=3)
     parser.add_argument("--budget", default="top1=0.99")
+    parser.add_argument("--methods", default=None, help="semicolon-separated method labels (default: all)")
+    parser.add_argument("--section", default="calibration")
     args = parser.parse_args()
     sparsities = [float(s) for s in args.sparsity.split(",")]
     lines = [f"Uniform settings: {args.bits}-bit codebooks in every compressed layer, the same sparsity in every layer;",
@@ -53,6 +56,8 @@ def main() -> None:
             data = str(ROOT / "models" / f"{dataset}_eval.npz")
             base = accuracy(model, data)
             for label, options in METHODS:
+                if args.methods and label not in args.methods.split(";"):
+                    continue
                 options = dict(options, calib=calib if options.get("calib") else None)
                 best, seconds = None, []
                 for sparsity in sparsities:
@@ -76,7 +81,7 @@ def main() -> None:
             chosen = ", ".join(f"{k.split('.')[0]} {v['sparsity']:.2f}/{v['bits']}b" for k, v in report.budget["settings"].items())
             print(f"{name} auto: {report.ratio:.1f}x {100 * acc:.2f}% ({chosen})", flush=True)
             lines.append(f"| {name} | auto ({chosen}) | {report.ratio:.1f}x | per layer | {100 * acc:.2f}% ({100 * (acc - base):+.2f}) | {elapsed:.0f} s |")
-    update_section("calibration", "\n".join(lines))
+    update_section(args.section, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -58,7 +58,8 @@ def ensure_tools() -> None:
 def configure_and_build(build: Path, *, cross: bool, tests: bool, static_libstdcxx: bool, ort_include: str) -> None:
     args = ["cmake", "-S", str(ROOT), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
             f"-DONNXCOMP_BUILD_TESTS={'ON' if tests else 'OFF'}",
-            f"-DONNXCOMP_STATIC_LIBSTDCXX={'ON' if static_libstdcxx else 'OFF'}"]
+            f"-DONNXCOMP_STATIC_LIBSTDCXX={'ON' if static_libstdcxx else 'OFF'}",
+            "-DONNXCOMP_CUDA=OFF"]  # sizes of the CPU library; the CUDA variant is a separate build
     if cross:
         args.append(f"-DCMAKE_TOOLCHAIN_FILE={ROOT / 'cmake' / 'aarch64-linux-gnu.cmake'}")
     if ort_include:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -18,7 +19,7 @@ def machine() -> str:
 
 def update_section(name: str, body: str) -> None:
     """Replace (or append) the section between ``<!-- bench:name -->`` markers."""
-    command = "python " + " ".join(["bench/" + Path(sys.argv[0]).name] + sys.argv[1:])
+    command = "python " + shlex.join(["bench/" + Path(sys.argv[0]).name] + sys.argv[1:])
     text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n\nEvery table below was written by the command shown above it.\n"
     block = f"<!-- bench:{name} -->\nCommand: `{command}`  \nMachine: {machine()}\n\n{body.strip()}\n<!-- /bench:{name} -->"
     pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S)
