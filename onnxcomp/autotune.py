@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterable
 
 import numpy as np
 import onnx
@@ -29,7 +30,7 @@ from passes import CalibrateWeightsPass, CompressionState, PruneWeightsPass, Rec
 from passes.base import WeightTarget
 
 from . import budget as budget_math
-from . import model_io, sidecar
+from . import model_io, progress, sidecar
 from .errors import CalibrationError, OnnxcompError
 from .evaluate import LABELS, _read_arrays, load_calibration
 
@@ -47,12 +48,16 @@ def _session(model: onnx.ModelProto) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def _weight_as_input(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+def _weight_as_input(model: onnx.ModelProto, names: str | Iterable[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose main-graph initializers ``names`` (one name or several) are graph inputs."""
+    wanted = {names} if isinstance(names, str) else set(names)
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
-    tensor = next(t for t in probe.graph.initializer if t.name == name)
-    probe.graph.input.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, list(tensor.dims)))
-    probe.graph.initializer.remove(tensor)
+    listed = {value.name for value in probe.graph.input}  # initializers some models also list as inputs
+    for tensor in [t for t in probe.graph.initializer if t.name in wanted]:
+        if tensor.name not in listed:
+            probe.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, onnx.TensorProto.FLOAT, list(tensor.dims)))
+        probe.graph.initializer.remove(tensor)
     return probe
 
 
@@ -77,11 +82,14 @@ def _shared(pruned: WeightTarget, bits: int, options: dict) -> WeightTarget:
     return trial
 
 
+@progress.with_progress
 def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib: str, calib_samples: int | None = None,
                        holdout: float = 0.25, sparsities=SPARSITIES, bits=BITS, cache_dir: str | None = None,
                        prune: str = "magnitude", score: str = "wanda", reconstruct: bool = True, ridge: float = 1e-2,
                        init: str = "quantile", seed: int = 0, min_elements: int = 1024, eval_data: str | None = None):
-    """Compress ``input_path`` to the smallest allocation found that meets ``budget`` (e.g. "top1=0.99")."""
+    """Compress ``input_path`` to the smallest allocation found that meets ``budget`` (e.g. "top1=0.99").
+
+    ``progress=callback`` receives the progress of the long steps (onnxcomp/progress.py)."""
     from .pipeline import compress
     goal = budget_math.parse_budget(budget)
     if not calib:
@@ -163,15 +171,19 @@ def _measure(model, fit, hold, reference, labels, goal, sparsities, bits, option
     if options["prune"] == "activation" or options["reconstruct"]:
         CalibrateWeightsPass(data=fit, keep_gram=options["reconstruct"])(state)
     curves = {}
+    advance = progress.counter("sensitivity analysis", len(state.targets) * len(sparsities) * len(bits))
     for target in state.targets:
         session = _session(_weight_as_input(model, target.name))
         points = []
         for sparsity in sparsities:
-            pruned = _pruned(target, sparsity, options)
+            with progress.silenced():
+                pruned = _pruned(target, sparsity, options)
             for b in bits:
-                trial = _shared(pruned, b, options)
+                with progress.silenced():
+                    trial = _shared(pruned, b, options)
                 output = session.run(None, {**hold, target.name: trial.decoded()})[0]
                 points.append((sparsity, b, len(trial.record), budget_math.error(goal.metric, reference, output, labels)))
+                advance()
         curves[target.name] = points
         log.info("sensitivity of %s measured at %d settings", target.name, len(points))
     return curves

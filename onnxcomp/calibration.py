@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from . import progress
 from .errors import CalibrationError
 
 GRAM_LIMIT = 8192
@@ -151,7 +152,7 @@ def collect(model: onnx.ModelProto, layers: dict[str, LayerInput], data: dict[st
     input_names = [i.name for i in session.get_inputs()]
     total = len(data[input_names[0]])
     stats: dict[str, LayerStatistics] = {}
-    for start in range(0, total, batch):
+    for start in progress.track(range(0, total, batch), "calibration batches"):
         feeds = {n: data[n][start:start + batch] for n in input_names}
         values = dict(zip(names, session.run(None, feeds)))
         values.update(feeds)

@@ -77,7 +77,13 @@ def _user_errors(debug: bool):
         raise typer.Exit(1) from error
 
 
-QUIET = typer.Option(False, "--quiet", "-q", help="Print nothing but errors.")
+def _progress(quiet: bool):
+    """Progress bars on stderr when it is a terminal and not --quiet (onnxcomp/progress.py), else None."""
+    from .progress import terminal_progress
+    return terminal_progress(quiet)
+
+
+QUIET = typer.Option(False, "--quiet", "-q", help="Print nothing but errors (no progress bars either).")
 VERBOSE = typer.Option(False, "--verbose", "-v", help="Log each decision.")
 DEBUG = typer.Option(False, help="Show tracebacks.")
 
@@ -164,10 +170,11 @@ def compress(
                                         holdout=holdout, cache_dir=str(cache_dir) if cache_dir else None, prune=values["prune"],
                                         score=values["score"], reconstruct=reconstruct is not False, ridge=ridge,
                                         init=values["init"], seed=seed, min_elements=min_elements,
-                                        eval_data=str(eval_data) if eval_data else None)
+                                        eval_data=str(eval_data) if eval_data else None, progress=_progress(quiet))
         else:
             result = run(str(input_path), str(output_path), recipe=recipe, config=str(config) if config else None,
-                         calib=calib, calib_samples=calib_samples, eval_data=str(eval_data) if eval_data else None, **options)
+                         calib=calib, calib_samples=calib_samples, eval_data=str(eval_data) if eval_data else None,
+                         progress=_progress(quiet), **options)
         if report:
             try:
                 report.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
@@ -282,6 +289,7 @@ def verify(
     seed: int = typer.Option(0, help="Seed of the random inputs."),
     min_cosine: Optional[float] = typer.Option(None, min=-1.0, max=1.0, help="Exit 3 if any output's cosine similarity is below this."),
     min_top1: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Exit 3 if any class-score output's top-1 agreement is below this."),
+    per_layer: bool = typer.Option(False, "--per-layer", help="Also put each compressed weight alone into ORIGINAL and report its error on the first output, worst first."),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
     quiet: bool = QUIET, verbose: bool = VERBOSE, debug: bool = DEBUG,
 ) -> None:
@@ -290,11 +298,14 @@ def verify(
     Exit codes: 0 all thresholds met, 1 user error, 2 usage error, 3 a threshold missed.
 
     Example: onnxcomp verify model.onnx small.onnx --calib data.npz --min-cosine 0.99 --min-top1 0.95
+
+    Which layer broke the accuracy: onnxcomp verify model.onnx small.onnx --calib data.npz --per-layer
     """
     _setup_logging(quiet, verbose)
     from .verification import verify as run_verify
     with _user_errors(debug):
-        result = run_verify(str(original), str(compressed), str(calib) if calib else None, samples=samples, seed=seed)
+        result = run_verify(str(original), str(compressed), str(calib) if calib else None, samples=samples, seed=seed,
+                            per_layer=per_layer, progress=_progress(quiet or as_json))
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
     elif not quiet:
@@ -307,11 +318,27 @@ def verify(
             top1 = "-" if o.top1_agreement is None else f"{o.top1_agreement:.2%}"
             typer.echo(f"{o.name[:20]:<20} {'x'.join(map(str, o.shape)):<12} {o.max_abs_error:>12.4g} "
                        f"{o.relative_l2_error:>10.4g} {o.cosine:>10.6f} {top1:>11}")
+        if result.layers is not None:
+            _print_layers(result)
     problems = result.failures(min_cosine, min_top1)
     for problem in problems:
         typer.echo(f"FAILED: {problem}", err=True)
     if problems:
         raise typer.Exit(3)
+
+
+def _print_layers(result) -> None:
+    whole = next(o for o in result.outputs if o.name == result.per_layer_output)
+    typer.echo(f"\nper layer, each compressed alone, on output {result.per_layer_output!r} (worst first):")
+    typer.echo(f"{'weight':<24} {'shape':<12} {'bits':>4} {'K':>5} {'sparsity':>8} {'max abs err':>12} {'rel L2':>10} "
+               f"{'cosine':>10} {'top-1 agree':>11} {'share':>6}")
+    for layer in result.layers:
+        top1 = "-" if layer.top1_agreement is None else f"{layer.top1_agreement:.2%}"
+        typer.echo(f"{layer.name[:24]:<24} {'x'.join(map(str, layer.shape)):<12} {layer.bits:>4} {layer.codebook_size:>5} "
+                   f"{layer.sparsity:>8.1%} {layer.max_abs_error:>12.4g} {layer.relative_l2_error:>10.4g} "
+                   f"{layer.cosine:>10.6f} {top1:>11} {layer.share:>6.1%}")
+    typer.echo(f"the layers' relative L2 errors add up to {result.layers_error_sum:.4g}; "
+               f"all compressed together: {whole.relative_l2_error:.4g}")
 
 
 def run() -> None:

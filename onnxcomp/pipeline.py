@@ -25,7 +25,7 @@ from passes.compress_sequentially import CompressSequentiallyPass
 from passes.base import DOMAIN, DOMAIN_VERSION
 from passes.pack_weights import RECORD_SUFFIX
 
-from . import model_io, recipes
+from . import model_io, progress, recipes
 from .errors import CalibrationError, InvalidOptionError, UnsupportedModelError
 from .recipes import LayerRule
 
@@ -167,13 +167,15 @@ def compress_model(model: onnx.ModelProto, **options) -> tuple[onnx.ModelProto, 
     return exported, state
 
 
+@progress.with_progress
 def compress(input_path: str, output_path: str, *, eval_data: str | None = None, calib: str | None = None,
              calib_samples: int | None = None, recipe=None, config=None, **options) -> Report:
     """Compress ``input_path`` into ``output_path`` plus its sidecar; the Python face of ``onnxcomp compress``.
 
     ``calib`` is a path (.npz, or a folder of them), "random", or a dict of input arrays; options are those
     of ``build_pipeline``. ``recipe`` names a built-in recipe (or is an ``onnxcomp.recipes.Recipe``), ``config``
-    is a recipe file; explicit options override both (see onnxcomp/recipes.py).
+    is a recipe file; explicit options override both (see onnxcomp/recipes.py). ``progress=callback`` receives
+    ``(step, done, total)`` for the long steps (onnxcomp/progress.py); by default nothing is reported.
     """
     input_path, output_path = os.fspath(input_path), os.fspath(output_path)
     if recipe is not None or config is not None or options.get("layers"):

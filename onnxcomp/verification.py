@@ -6,6 +6,14 @@ and, for outputs that look like class scores (float, rank 2, at least 2 classes)
 share of samples whose argmax is the same in both. Inputs come from a data file, or are drawn from the
 declared input shapes with a seeded generator: floats uniform in [0, 1), integers 0 (dynamic dims: the
 batch gets ``samples``, others 1). Random inputs say nothing about accuracy; they only catch gross breakage.
+
+Per-layer attribution (``per_layer=True``, for models written by ``onnxcomp compress``): each compressed weight
+is decoded from the compressed model (sidecar record or portable lookup, in its original orientation) and put
+ALONE into the original model, every other weight left original; the first output on the same inputs is
+compared with the original's by the same four metrics. A layer's share is its relative L2 error over the sum of
+all layers' relative L2 errors. Main-graph weights become graph inputs of one probe session (as in the budget's
+sensitivity analysis, onnxcomp/autotune.py); a weight inside an If/Loop/Scan body is substituted in a copy.
+When the layers' errors interact, their sum differs from the whole model's error: both are reported.
 """
 
 from __future__ import annotations
@@ -18,9 +26,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from onnx import numpy_helper
+
+from . import model_io, progress
 from .errors import CalibrationError, UnsupportedModelError
 from .evaluate import LABELS, load_data, session_specs
-from .inspection import DOMAIN
+from .inspection import DOMAIN, stored_weights
 from .runtime import session_options
 
 log = logging.getLogger("onnxcomp")
@@ -38,12 +49,35 @@ class OutputComparison:
 
 
 @dataclass
+class LayerAttribution:
+    """The first output's error when only this weight is compressed (see the module docstring)."""
+
+    name: str
+    shape: list[int]
+    bits: int  # index bits as stored
+    codebook_size: int
+    sparsity: float  # share of weights decoding to exactly 0
+    max_abs_error: float
+    relative_l2_error: float
+    cosine: float
+    top1_agreement: float | None
+    share: float  # relative_l2_error / the sum over all layers
+
+
+@dataclass
 class Verification:
     original_path: str
     compressed_path: str
     inputs: str  # the data file, or "random (seed S)"
     samples: int
     outputs: list[OutputComparison] = field(default_factory=list)
+    per_layer_output: str | None = None  # with per_layer: the output the layers' errors are measured on
+    layers: list[LayerAttribution] | None = None  # with per_layer: worst first
+
+    @property
+    def layers_error_sum(self) -> float | None:
+        """The per-layer relative L2 errors added up (compare with the whole model's: they rarely add exactly)."""
+        return None if self.layers is None else sum(layer.relative_l2_error for layer in self.layers)
 
     @property
     def min_cosine(self) -> float:
@@ -68,7 +102,7 @@ class Verification:
 
     def to_dict(self) -> dict:
         data = asdict(self)
-        data.update(min_cosine=self.min_cosine, min_top1=self.min_top1)
+        data.update(min_cosine=self.min_cosine, min_top1=self.min_top1, layers_error_sum=self.layers_error_sum)
         return data
 
 
@@ -110,11 +144,14 @@ def compare(a: np.ndarray, b: np.ndarray, name: str) -> OutputComparison:
                             float(difference / norm_x) if norm_x else float(difference), cosine, top1)
 
 
+@progress.with_progress
 def verify(original_path: str, compressed_path: str, calib: str | None = None, *, samples: int | None = None,
-           seed: int = 0, batch: int = 256) -> Verification:
+           seed: int = 0, batch: int = 256, per_layer: bool = False) -> Verification:
     """Compare the outputs of ``compressed_path`` with those of ``original_path`` (see the module docstring).
 
     ``samples`` caps the samples read from ``calib``; without ``calib`` it is the random batch size (default 64).
+    ``per_layer`` adds the error of each compressed weight alone (``Verification.layers``, worst first).
+    ``progress=callback`` receives the progress of the runs (onnxcomp/progress.py).
     """
     if samples is not None and samples < 1:
         raise CalibrationError(f"samples {samples} must be at least 1")
@@ -133,16 +170,75 @@ def verify(original_path: str, compressed_path: str, calib: str | None = None, *
         source = f"random (seed {seed})"
     count = len(next(iter(inputs.values()))) if inputs else 1
     result = Verification(original_path, compressed_path, source, count)
+    expected = _run(reference, inputs, count, batch, source)
+    actual = _run(candidate, inputs, count, batch, source)
+    for name, a, b in zip(names, expected, actual):
+        result.outputs.append(compare(a, b, name))
+    if per_layer:
+        result.per_layer_output = names[0]
+        result.layers = attribute_layers(original_path, compressed_path, inputs, count, batch, source, expected[0])
+    return result
+
+
+def _run(session: ort.InferenceSession, inputs: dict[str, np.ndarray], count: int, batch: int, source: str,
+         extra: dict[str, np.ndarray] | None = None, outputs: list[str] | None = None) -> list[np.ndarray]:
+    """``session``'s outputs on ``inputs`` (plus the unbatched ``extra`` feeds), run ``batch`` samples at a time."""
+    runs = []
     try:
-        runs = [[], []]
         for start in range(0, count, batch):
             feed = {k: v[start:start + batch] for k, v in inputs.items()}
-            runs[0].append(reference.run(None, feed))
-            runs[1].append(candidate.run(None, feed))
+            runs.append(session.run(outputs, {**feed, **(extra or {})}))
     except Exception as error:  # onnxruntime's errors on bad feeds
         raise CalibrationError(f"running the models failed on {source}: {error}") from error
-    for i, name in enumerate(names):
-        a = np.concatenate([np.asarray(r[i]) for r in runs[0]]) if runs[0] and np.ndim(runs[0][0][i]) else np.asarray(runs[0][0][i])
-        b = np.concatenate([np.asarray(r[i]) for r in runs[1]]) if runs[1] and np.ndim(runs[1][0][i]) else np.asarray(runs[1][0][i])
-        result.outputs.append(compare(a, b, name))
-    return result
+    return [np.concatenate([np.asarray(r[i]) for r in runs]) if np.ndim(runs[0][i]) else np.asarray(runs[0][i])
+            for i in range(len(runs[0]))]
+
+
+def attribute_layers(original_path: str, compressed_path: str, inputs: dict[str, np.ndarray], count: int, batch: int,
+                     source: str, expected: np.ndarray) -> list[LayerAttribution]:
+    """Each compressed weight's error alone on the first output (``expected``: the original's), worst first."""
+    from .autotune import _session, _weight_as_input
+    stored = {w.name: w for w in stored_weights(model_io.load_model(compressed_path, external_data=False),
+                                                 compressed_path).values()}
+    if not stored:
+        raise UnsupportedModelError(f"{compressed_path} holds no compressed weight (sidecar record or portable lookup): "
+                                    "--per-layer needs a model written by onnxcomp compress")
+    model = model_io.load_model(original_path)
+    model_io.constants_to_initializers(model.graph)  # as compress does, so weights held by Constant nodes are found
+    everywhere = {t.name: t for graph in model_io.graphs_of(model.graph) for t in graph.initializer}
+    for name, weight in stored.items():
+        tensor = everywhere.get(name)
+        if tensor is None:
+            raise UnsupportedModelError(f"{compressed_path} stores the weight {name!r}, which {original_path} does not have: "
+                                        "was it compressed from another model?")
+        if tuple(tensor.dims) != tuple(weight.shape):
+            raise UnsupportedModelError(f"weight {name!r} has shape {list(tensor.dims)} in {original_path}, "
+                                        f"{list(weight.shape)} in {compressed_path}: was it compressed from another model?")
+    main = {t.name for t in model.graph.initializer}
+    originals = {name: numpy_helper.to_array(everywhere[name]) for name in stored if name in main}
+    first = model.graph.output[0].name
+    probe = _session(_weight_as_input(model, originals)) if originals else None
+    layers = []
+    for name, weight in progress.track(stored.items(), "per-layer verification"):
+        decoded = weight.dense()
+        if name in originals:
+            output = _run(probe, inputs, count, batch, source, {**originals, name: decoded}, [first])[0]
+        else:  # inside a subgraph: substitute the initializer in a copy
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)
+            for graph in model_io.graphs_of(copy.graph):
+                for tensor in graph.initializer:
+                    if tensor.name == name:
+                        tensor.CopyFrom(numpy_helper.from_array(decoded, name))
+            output = _run(_session(copy), inputs, count, batch, source, outputs=[first])[0]
+        metrics = compare(expected, output, first)
+        zero = np.flatnonzero(weight.codebook == 0.0)
+        sparsity = float(np.isin(weight.indices, zero).mean()) if weight.indices.size else 0.0
+        layers.append(LayerAttribution(name, list(weight.shape), weight.bits, len(weight.codebook), round(sparsity, 6),
+                                       metrics.max_abs_error, metrics.relative_l2_error, metrics.cosine,
+                                       metrics.top1_agreement, 0.0))
+    total = sum(layer.relative_l2_error for layer in layers)
+    for layer in layers:
+        layer.share = layer.relative_l2_error / total if total > 0 else 0.0
+    layers.sort(key=lambda layer: (-layer.relative_l2_error, layer.name))
+    return layers

@@ -14,6 +14,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
+from onnxcomp import progress
 from onnxcomp.calibration import collect
 
 from .base import CompressionState, GraphPass, PassResult
@@ -34,15 +35,16 @@ class CompressSequentiallyPass(GraphPass):
         compressed = onnx.ModelProto()
         compressed.CopyFrom(original)
         initializers = {t.name: t for t in compressed.graph.initializer}
-        for target in targets:
+        for target in progress.track(targets, "sequential layers"):
             target.layer_input = layer_input(target)
-            if target.layer_input is not None:
-                stats = collect(compressed, {target.name: target.layer_input}, self.data, batch=self.batch,
-                                threshold=self.threshold, original=original)
-                target.statistics = stats[target.name]
-            single = CompressionState(state.graph, [target])
-            for step in self.steps:
-                step(single)
+            with progress.silenced():  # one bar for the layers, not one per layer's steps
+                if target.layer_input is not None:
+                    stats = collect(compressed, {target.name: target.layer_input}, self.data, batch=self.batch,
+                                    threshold=self.threshold, original=original)
+                    target.statistics = stats[target.name]
+                single = CompressionState(state.graph, [target])
+                for step in self.steps:
+                    step(single)
             if target.name in initializers:
                 initializers[target.name].CopyFrom(numpy_helper.from_array(target.decoded(), target.name))
         return PassResult(False, f"compressed {len(targets)} layers in graph order")

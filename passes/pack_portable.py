@@ -18,6 +18,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnx import TensorProto
 
+from onnxcomp import progress
+
 from .base import CompressionState, GraphPass, PassResult, WeightTarget
 
 CODEBOOK_SUFFIX = ".codebook"
@@ -51,7 +53,7 @@ def portable_bytes(target: WeightTarget, opset: int = SLICE_INPUTS_OPSET) -> int
 class PackPortableWeightsPass(GraphPass):
     def run(self, state: CompressionState) -> PassResult:
         targets = [t for t in state.targets if t.codebook is not None and t.record is None and not t.portable]
-        for target in targets:
+        for target in progress.track(targets, "packing lookups"):
             self._pack(state.graph, target)
         if targets:
             state.graph.cleanup().toposort()

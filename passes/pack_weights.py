@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxcomp import sidecar
+from onnxcomp import progress, sidecar
 
 from .base import DOMAIN, CompressionState, GraphPass, PassResult, WeightTarget
 from .select_weights import all_graphs
@@ -39,7 +39,7 @@ class PackWeightsPass(GraphPass):
     def run(self, state: CompressionState) -> PassResult:
         targets = [t for t in state.targets if t.codebook is not None and t.record is None]
         owners = {id(node): graph for graph in all_graphs(state.graph) for node in graph.nodes}
-        for target in targets:
+        for target in progress.track(targets, "packing records"):
             self._pack(state.graph, target, owners)
         if targets:
             state.graph.cleanup().toposort()

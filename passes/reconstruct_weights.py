@@ -3,7 +3,7 @@ output on the calibration data stays close to the dense layer's (math in onnxcom
 
 from __future__ import annotations
 
-from onnxcomp import reconstruction
+from onnxcomp import progress, reconstruction
 from onnxcomp.calibration import from_rows, to_rows
 
 from .base import CompressionState, GraphPass, PassResult, log
@@ -15,7 +15,7 @@ class ReconstructWeightsPass(GraphPass):
 
     def run(self, state: CompressionState) -> PassResult:
         done = 0
-        for target in state.targets:
+        for target in progress.track(state.targets, "reconstruction"):
             if target.keep is None or target.refit is not None or target.codebook is not None:
                 continue
             if target.statistics is None or target.statistics.gram is None:

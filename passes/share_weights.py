@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from onnxcomp import codebook as codebook_math
+from onnxcomp import progress
 from onnxcomp import reconstruction
 from onnxcomp.calibration import to_rows
 from onnxcomp.errors import InvalidOptionError
@@ -41,7 +42,7 @@ class ShareWeightsPass(GraphPass):
 
     def run(self, state: CompressionState) -> PassResult:
         targets = [t for t in state.targets if t.codebook is None]
-        for target in targets:
+        for target in progress.track(targets, "k-means codebooks"):
             target.bits = self.bits_for(target)
             target.codebook, target.indices = codebook_math.quantize(
                 target.values, target.keep, target.bits, self.init, self.seed)

@@ -144,3 +144,84 @@ def test_verify_on_data_json_and_identity(tmp_path):
     assert same.outputs[0].max_abs_error < 1e-4 and same.outputs[0].top1_agreement == 1.0
     assert same.min_cosine == pytest.approx(1.0, abs=1e-9)
     expect_error(cli("verify", BUNDLED, small, "--calib", tmp_path / "none.npz"), "no such data file")
+
+
+def two_layer_model(tmp_path, rng):
+    """x -> MatMul w1 -> Relu -> Gemm(transB=1) w2 -> scores: two weights of the same size."""
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "w2"], ["scores"], transB=1)]
+    model = make_model(nodes, [float_input("x", ["n", 64])], [float_input("scores", ["n", 64])],
+                       [weight(rng, "w1", (64, 64), 0.2), weight(rng, "w2", (64, 64), 0.2)])
+    path = tmp_path / "two.onnx"
+    onnx.save(model, path)
+    data = tmp_path / "data.npz"
+    np.savez(data, x=rng.standard_normal((200, 64)).astype(np.float32))
+    return model, path, data
+
+
+@pytest.mark.parametrize("coarse", ["w1", "w2"])
+def test_verify_per_layer_ranks_the_2_bit_layer_first(tmp_path, rng, coarse):
+    model, path, data = two_layer_model(tmp_path, rng)
+    fine = {"w1": "w2", "w2": "w1"}[coarse]
+    small = tmp_path / "small.onnx"
+    onnxcomp.compress(path, small, min_elements=100, settings={coarse: {"sparsity": 0.0, "bits": 2},
+                                                               fine: {"sparsity": 0.0, "bits": 8}})
+    result = onnxcomp.verify(path, small, str(data), per_layer=True)
+    assert result.per_layer_output == "scores"
+    worst, best = result.layers
+    assert (worst.name, worst.bits, worst.codebook_size) == (coarse, 2, 4)
+    assert (best.name, best.bits) == (fine, 8)
+    assert worst.relative_l2_error > 10 * best.relative_l2_error
+    assert worst.share > 0.9 and worst.share + best.share == pytest.approx(1.0)
+    assert worst.cosine < best.cosine <= 1.0 and worst.top1_agreement < best.top1_agreement
+    assert result.layers_error_sum == pytest.approx(worst.relative_l2_error + best.relative_l2_error)
+    # Each row is exactly "the original with only that weight decoded": recompute it in onnxruntime.
+    x = np.load(data)["x"]
+    want = run_plain(model, {"x": x})[0]
+    decoded = onnxcomp.pipeline.decoded_weights(str(tmp_path / "small.onnxcomp"))
+    for layer in result.layers:
+        alone = onnx.ModelProto()
+        alone.CopyFrom(model)
+        tensor = next(t for t in alone.graph.initializer if t.name == layer.name)
+        tensor.CopyFrom(numpy_helper.from_array(decoded[layer.name], layer.name))
+        got = run_plain(alone, {"x": x})[0]
+        assert layer.max_abs_error == pytest.approx(np.abs(got - want).max(), rel=1e-4, abs=1e-6)
+        assert layer.relative_l2_error == pytest.approx(np.linalg.norm(got - want) / np.linalg.norm(want), rel=1e-4)
+
+    text = cli("verify", path, small, "--calib", data, "--per-layer")
+    assert text.returncode == 0, text.stderr
+    table = text.stdout.split("per layer")[1].splitlines()
+    rows = [line.split()[0] for line in table if line.split() and line.split()[0] in ("w1", "w2")]
+    assert rows == [coarse, fine] and "add up to" in text.stdout
+    as_json = cli("verify", path, small, "--calib", data, "--per-layer", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    report = json.loads(as_json.stdout)
+    assert [layer["name"] for layer in report["layers"]] == [coarse, fine]
+    assert report["layers"][0]["share"] == pytest.approx(worst.share)
+    assert report["per_layer_output"] == "scores" and report["layers_error_sum"] > 0
+    plain = json.loads(cli("verify", path, small, "--calib", data, "--json").stdout)
+    assert plain["layers"] is None  # only with --per-layer
+
+
+def test_verify_per_layer_orientation_and_unrelated_layers(mixed_model, tmp_path, rng):
+    """Transposed records come back in the original orientation; weights the first output does not read cost 0."""
+    small = tmp_path / "small.onnx"
+    onnxcomp.compress(mixed_model, small, sparsity=0.5, bits=3, min_elements=100)
+    result = onnxcomp.verify(mixed_model, small, per_layer=True, samples=16)
+    layers = {layer.name: layer for layer in result.layers}
+    assert set(layers) == {"w_gemm", "w_matmul", "table", "w_conv"} and result.per_layer_output == "h2"
+    assert layers["w_gemm"].shape == [48, 64] and layers["w_conv"].shape == [16, 8, 3, 3]
+    assert layers["table"].relative_l2_error == 0 and layers["w_conv"].share == 0  # they feed other outputs
+    assert {layer.name for layer in result.layers[:2]} == {"w_gemm", "w_matmul"}
+    assert all(0.4 < layer.sparsity < 0.6 for layer in result.layers)
+
+
+def test_verify_per_layer_portable_and_errors(tmp_path):
+    portable, dense = tmp_path / "portable.onnx", tmp_path / "dense.onnx"
+    onnxcomp.compress(BUNDLED, portable, format="portable", bits=4)
+    result = onnxcomp.verify(BUNDLED, portable, samples=16, per_layer=True)
+    assert {layer.name for layer in result.layers} == {"fc1.weight", "fc2.weight"}
+    assert all(layer.bits == 4 and 0 < layer.share < 1 for layer in result.layers)
+    onnxcomp.decompress(tmp_path / "portable.onnx", dense)
+    expect_error(cli("verify", BUNDLED, dense, "--per-layer"), "no compressed weight", "--per-layer")
+    assert cli("verify", BUNDLED, dense).returncode == 0  # without --per-layer a dense model is fine
