@@ -90,30 +90,47 @@ def main() -> None:
             reference = run(model, hold, compressed=False)
             goals = [budget_math.parse_budget(b) for b in [args.budget] + EXTRA_BUDGETS.get(name, [])]
 
-            # ---- uniform grid: every setting measured once, judged against every budget
+            # ---- uniform settings, each compressed and measured once (against every budget), on demand
             start = time.perf_counter()
-            grid = []
-            for s in sparsities:
-                for b in bits:
+            measured = {}
+
+            def point(s, b):
+                if (s, b) not in measured:
                     report = onnxcomp.compress(model, out, calib=fit, prune="magnitude", sparsity=s, bits=b,
                                                min_elements=args.min_elements)
                     output = run(out, hold, compressed=True)
                     qualities = [quality(g, reference, output) for g in goals]
-                    point = dict(sparsity=s, bits=b, bytes=report.output_bytes, ratio=report.ratio, quality=qualities,
-                                 met=[g.met(budget_math.error(g.metric, reference, output)) for g in goals],
-                                 input_bytes=report.input_bytes)
-                    if any(point["met"]):
-                        point["eval"] = accuracy(out, data, compressed=True)
-                    grid.append(point)
-                    print(f"{name} uniform s={s:.2f} b={b}: {report.output_bytes:8d} B {report.ratio:6.1f}x  "
-                          + "  ".join(f"{g.metric} {q:.4f}{'*' if m else ''}" for g, q, m in zip(goals, qualities, point["met"]))
-                          + (f"  eval {100 * point['eval']:.2f}%" if "eval" in point else ""), flush=True)
+                    p = dict(sparsity=s, bits=b, bytes=report.output_bytes, ratio=report.ratio, quality=qualities,
+                             met=[g.met(budget_math.error(g.metric, reference, output)) for g in goals])
+                    if any(p["met"]):
+                        p["eval"] = accuracy(out, data, compressed=True)
+                    measured[(s, b)] = p
+                    print(f"{name} uniform s={s:.2f} b={b}: {p['bytes']:8d} B {p['ratio']:6.1f}x  "
+                          + "  ".join(f"{g.metric} {q:.4f}{'*' if m else ''}" for g, q, m in zip(goals, qualities, p["met"]))
+                          + (f"  eval {100 * p['eval']:.2f}%" if "eval" in p else ""), flush=True)
+                return measured[(s, b)]
+
+            # The smallest uniform setting per budget: bits from low to high, sparsity from high to low until the
+            # first setting that meets the budget. A setting with no more sparsity and no fewer bits than one that
+            # met it is never smaller (the file shrinks with sparsity and with fewer bits), so it is skipped.
+            uniform = []
+            for k, goal in enumerate(goals):
+                best = None
+                for b in sorted(bits):
+                    for s in sorted(sparsities, reverse=True):
+                        if best and s <= best["sparsity"]:
+                            break
+                        p = point(s, b)
+                        if p["met"][k]:
+                            if best is None or p["bytes"] < best["bytes"]:
+                                best = p
+                            break
+                uniform.append(best)
             grid_seconds = time.perf_counter() - start
 
             for k, goal in enumerate(goals):
                 text = f"{goal.metric}={goal.value:g}"
-                meeting = [p for p in grid if p["met"][k]]
-                uni = min(meeting, key=lambda p: p["bytes"]) if meeting else None
+                uni = uniform[k]
                 start = time.perf_counter()
                 report = compress_to_budget(model, out, budget=text, calib=calib, min_elements=args.min_elements,
                                             cache_dir=args.cache_dir)
@@ -124,7 +141,7 @@ def main() -> None:
                 print(f"{name} {text} auto: {report.output_bytes} B {report.ratio:.1f}x {goal.metric} {auto_q:.4f} "
                       f"eval {100 * auto_eval:.2f}% ({auto_seconds:.0f} s) rounds {report.budget['rounds']}", flush=True)
                 print("   settings " + json.dumps(settings), flush=True)
-                result = dict(model=name, budget=text, goal_index=k, base_eval=base, held=held, uniform=uni, grid_seconds=grid_seconds,
+                result = dict(model=name, budget=text, goal_index=k, uniform_tried=len(measured), base_eval=base, held=held, uniform=uni, grid_seconds=grid_seconds,
                               auto=dict(bytes=report.output_bytes, ratio=report.ratio, quality=auto_q, eval=auto_eval,
                                         seconds=auto_seconds, settings=settings, rounds=report.budget["rounds"],
                                         predicted_error=report.budget["predicted_error"],
@@ -155,7 +172,8 @@ def main() -> None:
         f"and reconstruction for both columns. `min_elements={args.min_elements}` for both.",
         f"Uniform = the smallest file over the grid sparsity {{{args.sparsity}}} x bits {{{args.bits}}} "
         "(same setting in every compressed layer, magnitude pruning + reconstruction) that meets the budget on the "
-        "held-back samples. Auto = `compress_to_budget` with its defaults (magnitude + reconstruction, per-layer "
+        "held-back samples (searched per bit width from high to low sparsity, stopping at the first setting that meets "
+        "it; settings with less sparsity and more bits than a passing one are never smaller and are skipped). Auto = `compress_to_budget` with its defaults (magnitude + reconstruction, per-layer "
         "sparsity 0..0.95 and bits 2..8). Size = model + sidecar bytes (ratio against the original file). "
         "Eval top-1 on the separate evaluation file (models/*_eval.npz: 5,000 Fashion-MNIST test / 1,000 MNIST images). "
         "Margin = how much smaller auto is than uniform.",
