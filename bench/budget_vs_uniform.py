@@ -30,6 +30,7 @@ import onnxruntime as ort
 import onnxcomp
 from onnxcomp import budget as budget_math
 from onnxcomp.autotune import compress_to_budget
+from onnxcomp.errors import OnnxcompError
 from onnxcomp.evaluate import accuracy, load_calibration
 
 from report import update_section
@@ -70,6 +71,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", default="/tmp/onnxcomp-budget-vs-uniform-cache")
     parser.add_argument("--json", default=None, help="also write the raw results here")
     parser.add_argument("--reuse", default=None, help="results (--json) of an earlier run: skip the models it holds")
+    parser.add_argument("--notes", default=None, help="a Markdown file appended to the section (observations)")
     parser.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
     args = parser.parse_args()
     sparsities = [float(s) for s in args.sparsity.split(",")]
@@ -132,8 +134,17 @@ def main() -> None:
                 text = f"{goal.metric}={goal.value:g}"
                 uni = uniform[k]
                 start = time.perf_counter()
-                report = compress_to_budget(model, out, budget=text, calib=calib, min_elements=args.min_elements,
-                                            cache_dir=args.cache_dir)
+                try:
+                    report = compress_to_budget(model, out, budget=text, calib=calib, min_elements=args.min_elements,
+                                                cache_dir=args.cache_dir)
+                except OnnxcompError as error:  # reported as a result: auto found no allocation within the budget
+                    print(f"{name} {text} auto: FAILED: {error}", flush=True)
+                    raw.append(dict(model=name, budget=text, goal_index=k, uniform_tried=len(measured), base_eval=base,
+                                    held=held, uniform=uni, grid_seconds=grid_seconds,
+                                    auto=dict(failed=str(error), seconds=time.perf_counter() - start)))
+                    if args.json:
+                        Path(args.json).write_text(json.dumps(raw, indent=1) + "\n")
+                    continue
                 auto_seconds = time.perf_counter() - start
                 auto_q = quality(goal, reference, run(out, hold, compressed=True))
                 auto_eval = accuracy(out, data, compressed=True)
@@ -141,7 +152,8 @@ def main() -> None:
                 print(f"{name} {text} auto: {report.output_bytes} B {report.ratio:.1f}x {goal.metric} {auto_q:.4f} "
                       f"eval {100 * auto_eval:.2f}% ({auto_seconds:.0f} s) rounds {report.budget['rounds']}", flush=True)
                 print("   settings " + json.dumps(settings), flush=True)
-                result = dict(model=name, budget=text, goal_index=k, uniform_tried=len(measured), base_eval=base, held=held, uniform=uni, grid_seconds=grid_seconds,
+                result = dict(model=name, budget=text, goal_index=k, uniform_tried=len(measured), base_eval=base, held=held,
+                              uniform=uni, grid_seconds=grid_seconds,
                               auto=dict(bytes=report.output_bytes, ratio=report.ratio, quality=auto_q, eval=auto_eval,
                                         seconds=auto_seconds, settings=settings, rounds=report.budget["rounds"],
                                         predicted_error=report.budget["predicted_error"],
@@ -155,7 +167,7 @@ def main() -> None:
     rows = []
     for r in raw:
         uni, auto, base, k = r["uniform"], r["auto"], r["base_eval"], 0
-        if uni:
+        if uni and "failed" not in auto:
             k = r["goal_index"]
             margin = 100.0 * (1.0 - auto["bytes"] / uni["bytes"])
             uni_cells = (f"s {uni['sparsity']:g} / {uni['bits']} b | {uni['bytes']:,} ({uni['ratio']:.1f}x) | "
@@ -163,6 +175,14 @@ def main() -> None:
             margin_cell = f"**{margin:+.1f}%**" if margin > 0 else f"{margin:+.1f}% (auto larger)"
         else:
             uni_cells, margin_cell = "none in the grid | | | ", "n/a"
+        if uni and "failed" in auto:
+            k = r["goal_index"]
+            uni_cells = (f"s {uni['sparsity']:g} / {uni['bits']} b | {uni['bytes']:,} ({uni['ratio']:.1f}x) | "
+                         f"{uni['quality'][k]:.4f} | {100 * uni['eval']:.2f}% ({100 * (uni['eval'] - base):+.2f})")
+        if "failed" in auto:
+            rows.append(f"| {r['model']} | {r['budget']} | {100 * base:.2f}% | {uni_cells} | **no allocation found** (see below) | | | "
+                        f"auto failed | {r['grid_seconds']:.0f} s / {auto['seconds']:.0f} s |")
+            continue
         rows.append(f"| {r['model']} | {r['budget']} | {100 * base:.2f}% | {uni_cells} | {auto['bytes']:,} ({auto['ratio']:.1f}x) | "
                     f"{auto['quality']:.4f} | {100 * auto['eval']:.2f}% ({100 * (auto['eval'] - base):+.2f}) | {margin_cell} | "
                     f"{r['grid_seconds']:.0f} s / {auto['seconds']:.0f} s |")
@@ -187,9 +207,14 @@ def main() -> None:
         "",
     ]
     for r in raw:
+        if "failed" in r["auto"]:
+            lines.append(f"* {r['model']}, {r['budget']}: auto failed: {r['auto']['failed']}")
+            continue
         chosen = ", ".join(f"{k.removesuffix('.weight')} {v['sparsity']:g}/{v['bits']}" for k, v in r["auto"]["settings"].items())
         lines.append(f"* {r['model']}, {r['budget']}: {chosen} (predicted error {r['auto']['predicted_error']:.4f}, "
                      f"measured {r['auto']['measured_error']:.4f}, {len(r['auto']['rounds'])} round(s))")
+    if args.notes:
+        lines += ["", Path(args.notes).read_text().strip()]
     if not args.no_doc:
         update_section("budget-vs-uniform", "\n".join(lines))
 
