@@ -210,7 +210,7 @@ def main() -> None:
         if "failed" in r["auto"]:
             lines.append(f"* {r['model']}, {r['budget']}: auto failed: {r['auto']['failed']}")
             continue
-        chosen = ", ".join(f"{k.removesuffix('.weight')} {v['sparsity']:g}/{v['bits']}" for k, v in r["auto"]["settings"].items())
+        chosen = ", ".join(f"{k.removesuffix('.weight')} " + ("dense" if v.get("skip") else f"{v['sparsity']:g}/{v['bits']}") for k, v in r["auto"]["settings"].items())
         lines.append(f"* {r['model']}, {r['budget']}: {chosen} (predicted error {r['auto']['predicted_error']:.4f}, "
                      f"measured {r['auto']['measured_error']:.4f}, {len(r['auto']['rounds'])} round(s))")
     if args.notes:

@@ -78,7 +78,7 @@ def main() -> None:
                                         cache_dir=str(Path(folder) / "cache"))
             elapsed = time.perf_counter() - start
             acc = accuracy(out, data, compressed=True)
-            chosen = ", ".join(f"{k.split('.')[0]} {v['sparsity']:.2f}/{v['bits']}b" for k, v in report.budget["settings"].items())
+            chosen = ", ".join(f"{k.split('.')[0]} " + ("dense" if v.get("skip") else f"{v['sparsity']:.2f}/{v['bits']}b") for k, v in report.budget["settings"].items())
             print(f"{name} auto: {report.ratio:.1f}x {100 * acc:.2f}% ({chosen})", flush=True)
             lines.append(f"| {name} | auto ({chosen}) | {report.ratio:.1f}x | per layer | {100 * acc:.2f}% ({100 * (acc - base):+.2f}) | {elapsed:.0f} s |")
     update_section(args.section, "\n".join(lines))

@@ -38,8 +38,8 @@ log = logging.getLogger("onnxcomp")
 
 SPARSITIES = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 BITS = (2, 3, 4, 5, 6, 8)
-ROUNDS = 4
-CACHE_VERSION = 1
+ROUNDS = 6
+CACHE_VERSION = 2
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -80,6 +80,11 @@ def _shared(pruned: WeightTarget, bits: int, options: dict) -> WeightTarget:
     bits_needed = max(1, int(np.ceil(np.log2(max(len(trial.codebook), 2)))))
     trial.record = sidecar.encode_record(trial.codebook, trial.indices, trial.shape, bits_needed)
     return trial
+
+
+def _setting(candidate) -> dict:
+    sparsity, bits = candidate[0], candidate[1]
+    return {"skip": True} if sparsity is None else {"sparsity": sparsity, "bits": bits}
 
 
 @progress.with_progress
@@ -129,28 +134,45 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     else:
         log.info("sensitivity curves from the cache %s", cache_file)
 
-    allowed = goal.max_error
+    # Search the allowed (predicted) error: errors rarely add up exactly, so shrink it when the real model
+    # misses the budget and grow it when the real model leaves room, bisecting between the two.
+    allowed, passed_at, failed_at = goal.max_error, None, None
     best = None
     history = []
+    tried: dict[tuple, tuple[float, int]] = {}
     for _ in range(ROUNDS):
         choice = budget_math.allocate({n: [(c[2], c[3]) for c in cands] for n, cands in curves.items()}, allowed)
         if choice is None:
-            break
-        settings = {n: {"sparsity": curves[n][i][0], "bits": curves[n][i][1]} for n, i in choice.items()}
-        predicted = sum(curves[n][i][3] for n, i in choice.items())
-        with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(output_path))) as folder:
-            trial = os.path.join(folder, "trial.onnx")
-            report = compress(input_path, trial, calib=fit, prune=prune, score=score, reconstruct=reconstruct,
-                              ridge=ridge, init=init, seed=seed, min_elements=min_elements, settings=settings)
-            from .runtime import InferenceSession
-            measured = budget_math.error(goal.metric, reference, InferenceSession(trial).run(None, hold)[0], labels)
-        history.append({"allowed": allowed, "predicted": predicted, "measured": measured, "bytes": report.output_bytes})
-        log.info("allocation within %.4g: predicted error %.4g, measured %.4g, %d bytes", allowed, predicted, measured, report.output_bytes)
-        if goal.met(measured):
-            if best is None or report.output_bytes < best[1]:
-                best = (settings, report.output_bytes, predicted, measured)
-            break
-        allowed *= max(0.2, min(0.9, goal.max_error / max(measured, 1e-12)))
+            failed_at = allowed
+        else:
+            settings = {n: _setting(curves[n][i]) for n, i in choice.items()}
+            predicted = sum(curves[n][i][3] for n, i in choice.items())
+            key = tuple(sorted(choice.items()))
+            if key not in tried:
+                with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(output_path))) as folder:
+                    trial = os.path.join(folder, "trial.onnx")
+                    report = compress(input_path, trial, calib=fit, prune=prune, score=score, reconstruct=reconstruct,
+                                      ridge=ridge, init=init, seed=seed, min_elements=min_elements, settings=settings)
+                    from .runtime import InferenceSession
+                    measured = budget_math.error(goal.metric, reference, InferenceSession(trial).run(None, hold)[0], labels)
+                tried[key] = (measured, report.output_bytes)
+                history.append({"allowed": allowed, "predicted": predicted, "measured": measured, "bytes": report.output_bytes})
+                log.info("allocation within %.4g: predicted error %.4g, measured %.4g, %d bytes", allowed, predicted, measured,
+                         report.output_bytes)
+            measured, size = tried[key]
+            if goal.met(measured):
+                passed_at = allowed if passed_at is None else max(passed_at, allowed)
+                if best is None or size < best[1]:
+                    best = (settings, size, predicted, measured)
+            else:
+                failed_at = allowed if failed_at is None else min(failed_at, allowed)
+        if passed_at is not None and failed_at is not None:
+            allowed = (passed_at + failed_at) / 2
+        elif failed_at is not None:  # nothing passed yet: shrink by how far the real model missed
+            last = history[-1]["measured"] if history else goal.max_error * 2
+            allowed = failed_at * max(0.2, min(0.9, goal.max_error / max(last, 1e-12)))
+        else:  # everything passed so far: there may be room for a smaller model
+            allowed = passed_at * 2
     if best is None:
         floor = sum(min(c[3] for c in cands) for cands in curves.values())
         raise OnnxcompError(f"no allocation meets the budget {budget} on the held-back samples: even the most accurate "
@@ -184,6 +206,7 @@ def _measure(model, fit, hold, reference, labels, goal, sparsities, bits, option
                 output = session.run(None, {**hold, target.name: trial.decoded()})[0]
                 points.append((sparsity, b, len(trial.record), budget_math.error(goal.metric, reference, output, labels)))
                 advance()
+        points.append((None, None, 4 * target.size, 0.0))  # leaving the weight dense is a candidate too
         curves[target.name] = points
         log.info("sensitivity of %s measured at %d settings", target.name, len(points))
     return curves

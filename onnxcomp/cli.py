@@ -206,7 +206,8 @@ def _print_summary(result) -> None:
         typer.echo(f"budget {b['metric']}={b['value']}: predicted error {b['predicted_error']:.4g}, measured {b['measured_error']:.4g} "
                    f"on {b['holdout_samples']} held-back samples")
         for name, setting in b["settings"].items():
-            typer.echo(f"  {name}: sparsity {setting['sparsity']:.2f}, {setting['bits']} bits")
+            typer.echo(f"  {name}: " + ("left dense" if setting.get("skip") else
+                                        f"sparsity {setting['sparsity']:.2f}, {setting['bits']} bits"))
     if result.accuracy_before is not None:
         delta = 100 * (result.accuracy_after - result.accuracy_before)
         typer.echo(f"top-1 accuracy: {100 * result.accuracy_before:.2f}% before, {100 * result.accuracy_after:.2f}% after ({delta:+.2f} points)")

@@ -1,4 +1,5 @@
-"""ApplySettingsPass: per-weight sparsity and bit width, by weight name (from a budget allocation)."""
+"""ApplySettingsPass: per-weight sparsity and bit width, or ``skip`` (leave dense), by weight name (from a
+budget allocation)."""
 
 from __future__ import annotations
 
@@ -10,16 +11,20 @@ from .base import CompressionState, GraphPass, PassResult
 class ApplySettingsPass(GraphPass):
     def __init__(self, *, settings: dict[str, dict]) -> None:
         for name, values in settings.items():
-            unknown = set(values) - {"sparsity", "bits"}
+            unknown = set(values) - {"sparsity", "bits", "skip"}
             if unknown:
-                raise InvalidOptionError(f"setting for {name!r} has unknown keys {sorted(unknown)}: use sparsity and bits")
+                raise InvalidOptionError(f"setting for {name!r} has unknown keys {sorted(unknown)}: use sparsity, bits, skip")
         self.settings = settings
 
     def run(self, state: CompressionState) -> PassResult:
         applied = 0
-        for target in state.targets:
+        for target in list(state.targets):
             values = self.settings.get(target.name)
-            if values:
+            if values and values.get("skip"):
+                state.targets.remove(target)
+                state.skipped.append((target.name, "left dense by the budget allocation"))
+                applied += 1
+            elif values:
                 target.sparsity_override = values.get("sparsity", target.sparsity_override)
                 target.bits_override = values.get("bits", target.bits_override)
                 applied += 1

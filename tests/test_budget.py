@@ -84,3 +84,15 @@ def test_budget_end_to_end_on_a_tiny_model(tmp_path, rng):
     strict = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "strict.onnx"), **dict(kwargs, budget="cosine=0.98"))
     assert strict.budget["cache"] == report.budget["cache"]
     assert strict.output_bytes >= report.output_bytes
+
+
+def test_settings_can_leave_a_weight_dense(tmp_path, rng):
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("MatMul", ["h", "w2"], ["y"])]
+    model = make_model(nodes, [float_input("x", ["n", 32])], [float_input("y", ["n", 8])],
+                       [weight(rng, "w1", (32, 48)), weight(rng, "w2", (48, 8))])
+    onnx.save(model, tmp_path / "in.onnx")
+    report = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx", min_elements=16,
+                               settings={"w1": {"skip": True}, "w2": {"sparsity": 0.25, "bits": 2}})
+    assert [layer.name for layer in report.layers] == ["w2"]
+    assert report.layers[0].codebook_size <= 4 and report.layers[0].sparsity == 0.25
+    assert ("w1", "left dense by the budget allocation") in report.skipped
