@@ -141,8 +141,11 @@ def encode(symbols: np.ndarray, lengths: np.ndarray) -> tuple[bytes, int]:
     """Huffman-code ``symbols`` with the canonical code for ``lengths``; returns (payload, bit length)."""
     writer = BitWriter()
     codes = canonical_codes(lengths)
-    symbols = np.asarray(symbols, dtype=np.int64)
-    writer.write(codes[symbols], lengths[symbols].astype(np.int64))
+    lengths = np.asarray(lengths, dtype=np.int64)
+    symbols = np.asarray(symbols)
+    for start in range(0, len(symbols), BitWriter._CHUNK):  # bounded temporaries, whatever the tensor size
+        chunk = symbols[start:start + BitWriter._CHUNK].astype(np.int64, copy=False)
+        writer.write(codes[chunk], lengths[chunk])
     return writer.getvalue(), writer.bit_length
 
 

@@ -133,15 +133,53 @@ def check_output_path(input_path: str, output_path: str) -> None:
         raise OutputError(f"the sidecar of {output_path} would overwrite the input: choose another output name")
 
 
-def write_compressed(model: onnx.ModelProto, records: list, output_path: str) -> str | None:
+def attach_external_values(graph, folder: str) -> int:
+    """Give every graphsurgeon constant stored as external data (in ``folder``) lazy values that read only
+    that tensor's bytes when asked for, never cached in the graph (passes.base.read_values)."""
+    import onnx_graphsurgeon as gs
+    from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
+
+    from passes.base import ExternalValues
+    attached = 0
+    for subgraph in [graph, *graph.subgraphs(recursive=True)]:
+        for tensor in subgraph.tensors().values():
+            values = getattr(tensor, "_values", None)
+            if not isinstance(tensor, gs.Constant) or type(values) is not LazyValues or isinstance(values, SparseValues) \
+                    or values.tensor.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            path, offset, length = external_location(values.tensor, folder)
+            tensor._values = ExternalValues(values.tensor, path, offset, length)
+            attached += 1
+    return attached
+
+
+def external_location(tensor: onnx.TensorProto, folder: str) -> tuple[str, int, int | None]:
+    """(file, offset, length or None) of an external-data tensor whose model sits in ``folder``."""
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    try:
+        path = external_data_path(folder, info.get("location", ""))
+    except CorruptSidecarError as error:
+        raise UnsupportedModelError(str(error)) from error
+    length = info.get("length")
+    return path, int(info.get("offset", 0) or 0), int(length) if length not in (None, "") else None
+
+
+def write_compressed(model: onnx.ModelProto, records: list, output_path: str, source_folder: str | None = None) -> str | None:
     """Write ``model`` and the sidecar of ``records`` ((initializer name, record name, bytes, transposed)).
 
     Record initializers become external data in the sidecar. Both files are written to temporary names in
     the output folder and renamed only when complete; returns the sidecar path (None if no records).
+    With ``source_folder``, initializers still stored as external data of the input (a streamed model) are
+    read from there: loaded inline if the output stays under 2 GB, else copied, chunk by chunk, into OUT.data.
     """
     folder = os.path.dirname(os.path.abspath(output_path))
     sidecar_file = sidecar.sidecar_path(output_path)
     temporaries: list[str] = []
+    record_names = {record_name for _, record_name, _, _ in records}
+    sources = []  # initializers whose data is still in the input's data files
+    if source_folder is not None:
+        sources = [t for graph in graphs_of(model.graph) for t in graph.initializer
+                   if t.data_location == onnx.TensorProto.EXTERNAL and t.name not in record_names]
     try:
         if records:
             sidecar_tmp = _temporary(folder, temporaries)
@@ -166,9 +204,20 @@ def write_compressed(model: onnx.ModelProto, records: list, output_path: str) ->
             writer.close()
         data_file = dense_data_path(output_path)
         data_tmp = None
-        if model.ByteSize() >= LARGE_MODEL_BYTES:
+        located = [(t, *external_location(t, source_folder)) for t in sources]
+        source_bytes = sum(length if length is not None else max(os.path.getsize(path) - offset, 0)
+                           for _, path, offset, length in located)
+        if model.ByteSize() + source_bytes >= LARGE_MODEL_BYTES:
             data_tmp = _temporary(folder, temporaries)
-            _move_dense_initializers(model, data_tmp, os.path.basename(data_file))
+            _move_dense_initializers(model, data_tmp, os.path.basename(data_file), dict((id(t), rest) for t, *rest in located))
+        else:
+            for tensor, path, offset, length in located:
+                with open(path, "rb") as source:
+                    source.seek(offset)
+                    data = source.read() if length is None else source.read(length)
+                if length is not None and len(data) != length:
+                    raise UnsupportedModelError(f"{tensor.name}: its external data file {os.path.basename(path)} is too short")
+                _set_raw(tensor, data)
         model_tmp = _temporary(folder, temporaries)
         _write_model(model, model_tmp)
         for tmp, final in ((sidecar_tmp if records else None, sidecar_file), (data_tmp, data_file)):
@@ -192,27 +241,59 @@ def dense_data_path(output_path: str) -> str:
     return os.fspath(output_path) + ".data"
 
 
-def _move_dense_initializers(model: onnx.ModelProto, path: str, location: str) -> None:
-    """Move every initializer still held inline (>= 1 KiB) into ``path`` as ONNX external data at ``location``.
+def _set_raw(tensor: onnx.TensorProto, data: bytes) -> None:
+    del tensor.external_data[:]
+    tensor.data_location = onnx.TensorProto.DEFAULT
+    tensor.raw_data = data
+
+
+def _move_dense_initializers(model: onnx.ModelProto, path: str, location: str, sources: dict | None = None) -> None:
+    """Move every initializer still held inline (>= 1 KiB) into ``path`` as ONNX external data at ``location``;
+    ``sources`` maps id(tensor) to the (file, offset, length) of initializers still in the input's data
+    files, which are copied in bounded chunks (never whole in memory).
 
     A protobuf cannot exceed 2 GB, so an output whose dense weights alone pass that limit keeps them beside it.
     """
+    sources = sources or {}
     with open(path, "wb") as f:
         for graph in graphs_of(model.graph):
             for tensor in graph.initializer:
-                if tensor.data_location == onnx.TensorProto.EXTERNAL or not tensor.HasField("raw_data") \
-                        or len(tensor.raw_data) < 1024:
+                source = sources.get(id(tensor))
+                if source is None and (tensor.data_location == onnx.TensorProto.EXTERNAL or not tensor.HasField("raw_data")
+                                       or len(tensor.raw_data) < 1024):
                     continue
                 f.write(b"\0" * (-f.tell() % 4096))  # page-aligned, so runtimes can map the data
                 offset = f.tell()
-                f.write(tensor.raw_data)
-                length = len(tensor.raw_data)
+                if source is not None:
+                    length = _copy_range(*source, f, tensor.name)
+                else:
+                    f.write(tensor.raw_data)
+                    length = len(tensor.raw_data)
                 tensor.ClearField("raw_data")
                 tensor.data_location = onnx.TensorProto.EXTERNAL
                 del tensor.external_data[:]
                 for key, value in (("location", location), ("offset", offset), ("length", length)):
                     item = tensor.external_data.add()
                     item.key, item.value = key, str(value)
+
+
+COPY_CHUNK = 1 << 24
+
+
+def _copy_range(path: str, offset: int, length: int | None, out, name: str) -> int:
+    """Copy ``length`` bytes (to the end if None) of ``path`` from ``offset`` into ``out``, 16 MiB at a time."""
+    copied = 0
+    with open(path, "rb") as source:
+        source.seek(offset)
+        while length is None or copied < length:
+            chunk = source.read(COPY_CHUNK if length is None else min(COPY_CHUNK, length - copied))
+            if not chunk:
+                break
+            out.write(chunk)
+            copied += len(chunk)
+    if length is not None and copied != length:
+        raise UnsupportedModelError(f"{name}: its external data file {os.path.basename(path)} is too short")
+    return copied
 
 
 def _write_model(model: onnx.ModelProto, path: str) -> None:

@@ -7,6 +7,7 @@ plus its sidecar.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import os
@@ -139,8 +140,14 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
     return Pipeline(passes)
 
 
-def compress_model(model: onnx.ModelProto, **options) -> tuple[onnx.ModelProto, CompressionState]:
-    """Compress an in-memory model; returns the rewritten model (records still inline) and the state."""
+def compress_model(model: onnx.ModelProto, *, base_dir: str | None = None, **options) -> tuple[onnx.ModelProto, CompressionState]:
+    """Compress an in-memory model; returns the rewritten model (records still inline) and the state.
+
+    ``base_dir`` streams: the model's external data (in that folder) is not loaded; each weight is read
+    when a pass needs it, each record encoded as soon as its weight is shared and the weight's arrays
+    released, and the dense initializers keep pointing at the input's data files (write_compressed copies
+    them). The state's targets then hold no indices.
+    """
     model_io.constants_to_initializers(model.graph)
     try:
         graph = gs.import_onnx(model)
@@ -149,7 +156,14 @@ def compress_model(model: onnx.ModelProto, **options) -> tuple[onnx.ModelProto, 
     initializers = {t.name for t in model.graph.initializer}
     overridable = [value for value in model.graph.input if value.name in initializers]
     state = CompressionState(graph, graph_inputs={value.name for value in overridable})
-    build_pipeline(**options)(state)
+    pipeline = build_pipeline(**options)
+    if base_dir is not None:
+        model_io.attach_external_values(graph, base_dir)
+        share = next((p for p in pipeline.passes if isinstance(p, ShareWeightsPass)), None)
+        pack = next((p for p in pipeline.passes if isinstance(p, PackWeightsPass)), None)
+        if share is not None and pack is not None:
+            share.encode = functools.partial(pack.encode, release=True)
+    pipeline(state)
     if not state.targets:
         return model, state
     exported = gs.export_onnx(graph)
@@ -192,15 +206,18 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
             options["tfidf"] = TfidfParameters(**options["tfidf"])
     build_pipeline(calib={} if calib else None, **options)  # validate options before any work
     model_io.check_output_path(input_path, output_path)
-    model = model_io.load_model(input_path)
+    # Without calibration no pass runs the model, so its external data is read one weight at a time.
+    stream = calib is None
+    model = model_io.load_model(input_path, external_data=not stream)
     if isinstance(calib, str):
         from .evaluate import load_calibration
         options["calib"] = load_calibration(calib, model, calib_samples, seed=options.get("seed", 0))
     elif calib is not None:
         options["calib"] = calib
-    compressed, state = compress_model(model, **options)
+    source_folder = os.path.dirname(os.path.abspath(input_path))
+    compressed, state = compress_model(model, base_dir=source_folder if stream else None, **options)
     records = [(t.name, t.name + RECORD_SUFFIX, t.record, t.transposed) for t in state.targets if t.record is not None]
-    sidecar_file = model_io.write_compressed(compressed, records, output_path)
+    sidecar_file = model_io.write_compressed(compressed, records, output_path, source_folder=source_folder)
     output_bytes = os.path.getsize(output_path) + (os.path.getsize(sidecar_file) if sidecar_file else 0)
     report = Report(input_path, output_path, sidecar_file, _model_bytes(input_path), output_bytes, skipped=state.skipped)
     for t in state.targets:

@@ -5,10 +5,46 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import os
+
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 log = logging.getLogger("onnxcomp")
+
+
+class ExternalValues(LazyValues):
+    """Values of an initializer stored as ONNX external data, read from its file only when asked for.
+
+    ``load`` reads just this tensor's bytes (its offset and length), so a model with external data is
+    compressed one weight at a time; graphsurgeon exports the original (external) TensorProto untouched.
+    """
+
+    def __init__(self, tensor: onnx.TensorProto, path: str, offset: int, length: int | None) -> None:
+        super().__init__(tensor)
+        self.path, self.offset, self.length = path, offset, length
+
+    def load(self) -> np.ndarray:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(self.tensor.data_type)
+        count = int(np.prod(self.shape, dtype=np.int64))
+        want = count * dtype.itemsize
+        if self.length is not None and self.length != want:
+            raise ValueError(f"{self.tensor.name}: external data length {self.length} != {want} bytes for shape {list(self.shape)}")
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = np.fromfile(f, dtype=dtype.newbyteorder("<"), count=count)
+        if data.size != count:
+            raise ValueError(f"{self.tensor.name}: its external data file {os.path.basename(self.path)} is too short")
+        return data.astype(dtype, copy=False).reshape(self.shape)
+
+
+def read_values(constant: gs.Constant) -> np.ndarray:
+    """A constant's values without caching them in the graph (a lazy constant reads its data again next time),
+    so that a weight's float copy lives only as long as the pass using it."""
+    values = constant._values
+    return values.load() if isinstance(values, LazyValues) else values
 
 DOMAIN = "ai.onnxcomp"
 DOMAIN_VERSION = 1
@@ -34,6 +70,7 @@ class WeightTarget:
     refit: np.ndarray | None = None  # reconstructed weights, replacing the original values for sharing
     sparsity_override: float | None = None  # per-weight settings (budget allocation, recipes) beat per-kind ones
     bits_override: int | None = None
+    packed: bool = False  # consumers rewritten to the record (PackWeightsPass)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -45,7 +82,7 @@ class WeightTarget:
 
     @property
     def original(self) -> np.ndarray:
-        return np.asarray(self.constant.values, dtype=np.float32)
+        return np.asarray(read_values(self.constant), dtype=np.float32)
 
     @property
     def values(self) -> np.ndarray:
@@ -55,6 +92,10 @@ class WeightTarget:
     @property
     def sparsity(self) -> float:
         return 0.0 if self.keep is None or self.size == 0 else 1.0 - float(self.keep.mean())
+
+    def release(self) -> None:
+        """Drop the per-weight arrays once the record is encoded (the weight is then only its record)."""
+        self.indices = self.refit = None
 
     def decoded(self) -> np.ndarray:
         """The weight as the compressed model computes it, in the original orientation."""

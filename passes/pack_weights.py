@@ -37,7 +37,7 @@ class PackWeightsPass(GraphPass):
         self.fuse = fuse
 
     def run(self, state: CompressionState) -> PassResult:
-        targets = [t for t in state.targets if t.codebook is not None and t.record is None]
+        targets = [t for t in state.targets if t.codebook is not None and not t.packed and not t.portable]
         owners = {id(node): graph for graph in all_graphs(state.graph) for node in graph.nodes}
         for target in progress.track(targets, "packing records"):
             self._pack(state.graph, target, owners)
@@ -45,7 +45,12 @@ class PackWeightsPass(GraphPass):
             state.graph.cleanup().toposort()
         return PassResult(bool(targets), f"packed {len(targets)} tensors")
 
-    def _pack(self, graph: gs.Graph, target: WeightTarget, owners: dict[int, gs.Graph]) -> None:
+    def encode(self, target: WeightTarget, release: bool = False) -> None:
+        """Encode ``target``'s record (choosing its stored orientation); with ``release``, drop its indices and
+        refit values too. Streaming compression has ShareWeightsPass call this as each weight is shared, so
+        only one weight's arrays are alive at a time."""
+        if target.record is not None:
+            return
         rank = len(target.shape)
         gemm_uses = [(n, s) for n, s in target.uses if self.fuse and _fusable_gemm(n, s)]
         target.transposed = (
@@ -57,6 +62,14 @@ class PackWeightsPass(GraphPass):
             indices, dims = indices.T, dims[::-1]
         bits = max(1, int(np.ceil(np.log2(max(len(target.codebook), 2)))))
         target.record = sidecar.encode_record(target.codebook, indices, dims, bits)
+        del indices
+        if release:
+            target.release()
+
+    def _pack(self, graph: gs.Graph, target: WeightTarget, owners: dict[int, gs.Graph]) -> None:
+        self.encode(target)
+        target.packed = True
+        rank = len(target.shape)
         record = gs.Constant(target.name + RECORD_SUFFIX, np.frombuffer(target.record, dtype=np.uint8))
         dense: dict[int, gs.Variable] = {}  # one decode per graph holding a non-fused consumer
         for node, slot in target.uses:

@@ -80,28 +80,29 @@ class PruneWeightsPass(GraphPass):
             scores = pruning.tfidf_score(rows, target.statistics, self.tfidf)
         return from_rows(scores, layout, target.shape)
 
+    def layer_mask(self, t: WeightTarget, scores: np.ndarray) -> np.ndarray:
+        if self.threshold == "sensitivity":
+            return pruning.sensitivity_keep_mask(scores, self.sensitivity)
+        if self.score_for(t.name) == "wanda" and t.statistics is not None:
+            rows = to_rows(scores, t.layer_input.layout)
+            return from_rows(pruning.row_keep_mask(rows, self.sparsity_for(t)), t.layer_input.layout, t.shape)
+        return pruning.keep_mask(scores, self.sparsity_for(t))
+
     def run(self, state: CompressionState) -> PassResult:
         targets = [t for t in state.targets if t.keep is None and t.codebook is None]
         if self.method == "none" or not targets:
             return PassResult(False, "no pruning")
-        scores = {t.name: self.scores(t) for t in targets}
+        if self.scope == "layer":  # one weight's scores at a time: memory stays bounded by the largest weight
+            for target in targets:
+                target.keep = self.layer_mask(target, self.scores(target))
+            pruned = sum(t.size - int(t.keep.sum()) for t in targets)
+            return PassResult(pruned > 0, f"pruned {pruned} weights in {len(targets)} tensors")
+        scores = {t.name: self.scores(t) for t in targets}  # global: every layer's scores are ranked together
         if self.threshold == "sensitivity":
-            if self.scope == "global":
-                sigma = float(np.std(np.concatenate([s.ravel() for s in scores.values()])))
-                masks = {name: s >= self.sensitivity * sigma for name, s in scores.items()}
-            else:
-                masks = {name: pruning.sensitivity_keep_mask(s, self.sensitivity) for name, s in scores.items()}
-        elif self.scope == "global":
-            masks = pruning.global_keep_masks(scores, self.sparsity)
+            sigma = float(np.std(np.concatenate([s.ravel() for s in scores.values()])))
+            masks = {name: s >= self.sensitivity * sigma for name, s in scores.items()}
         else:
-            masks = {}
-            for t in targets:
-                row_wise = self.score_for(t.name) == "wanda" and t.statistics is not None
-                if row_wise:
-                    rows = to_rows(scores[t.name], t.layer_input.layout)
-                    masks[t.name] = from_rows(pruning.row_keep_mask(rows, self.sparsity_for(t)), t.layer_input.layout, t.shape)
-                else:
-                    masks[t.name] = pruning.keep_mask(scores[t.name], self.sparsity_for(t))
+            masks = pruning.global_keep_masks(scores, self.sparsity)
         for target in targets:
             target.keep = masks[target.name]
         pruned = sum(t.size - int(t.keep.sum()) for t in targets)

@@ -18,7 +18,7 @@ import onnx_graphsurgeon as gs
 
 from onnxcomp.recipes import LayerRule, rule_value
 
-from .base import CompressionState, GraphPass, PassResult, WeightTarget, log
+from .base import CompressionState, GraphPass, PassResult, WeightTarget, log, read_values
 
 WEIGHT_SLOTS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (0, 1), "MatMul": (0, 1), "Gather": (0,)}
 QUANTIZED_SLOTS = {"QLinearMatMul": (0, 3), "QLinearConv": (0, 3), "MatMulInteger": (0, 1), "ConvInteger": (0, 1),
@@ -69,7 +69,9 @@ class SelectWeightsPass(GraphPass):
         if reason:
             self._skip(state, tensor, reason, log.info)
             return
-        non_finite = int(np.size(tensor.values) - np.isfinite(tensor.values).sum())
+        values = read_values(tensor)  # read once here, not kept: the passes read it again when they need it
+        non_finite = int(np.size(values) - np.isfinite(values).sum())
+        del values
         if non_finite:
             self._skip(state, tensor, f"holds {non_finite} NaN/Inf value{'s' if non_finite > 1 else ''}, which cannot be "
                                       "clustered; fix the model if they are not intended", log.warning)

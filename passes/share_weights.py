@@ -4,7 +4,9 @@ Each target gets a codebook of at most 2^bits float32 values and one index per w
 index 0, whose value is exactly 0.0. ``bits`` is an int or a mapping from weight kind ("conv", "fc",
 "embedding") to an int in 1..16; ``rules`` (onnxcomp.recipes.LayerRule) set the bits of the weights whose
 names they match. With ``refit_codebook`` and calibration statistics, the shared values are
-then refit by least squares against the dense layer's outputs (onnxcomp/reconstruction.py).
+then refit by least squares against the dense layer's outputs (onnxcomp/reconstruction.py). ``encode``, if
+given, is called on each target as soon as it is shared (the custom-op pipeline encodes its record there and
+drops the indices), so only one weight's arrays are alive at a time.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from .base import CompressionState, GraphPass, PassResult
 
 class ShareWeightsPass(GraphPass):
     def __init__(self, *, bits: int | Mapping[str, int] = 5, init: str = "quantile", seed: int = 0,
-                 refit_codebook: bool = False, rules: tuple[LayerRule, ...] = ()) -> None:
+                 refit_codebook: bool = False, rules: tuple[LayerRule, ...] = (), encode=None) -> None:
         for value in bits.values() if isinstance(bits, Mapping) else [bits]:
             if not isinstance(value, int) or not 1 <= value <= 16:
                 raise InvalidOptionError(f"bits {value} is out of range: give an integer from 1 to 16")
@@ -31,6 +33,7 @@ class ShareWeightsPass(GraphPass):
             raise InvalidOptionError(f"unknown codebook initialisation {init!r}: use {', '.join(codebook_math.INITS)}")
         self.bits, self.init, self.seed, self.refit_codebook = bits, init, seed, refit_codebook
         self.rules = tuple(rules)
+        self.encode = encode
 
     def bits_for(self, target) -> int:
         """Index bits: a per-weight override (budget allocation), a layer rule matching the name, else the kind's."""
@@ -52,4 +55,6 @@ class ShareWeightsPass(GraphPass):
                 target.codebook = reconstruction.refit_codebook(
                     to_rows(target.original, layout), indices, target.codebook, target.statistics.gram, target.keep is not None,
                     cross=target.statistics.cross, gram_original=target.statistics.gram_original)
+            if self.encode is not None:
+                self.encode(target)
         return PassResult(bool(targets), f"shared {len(targets)} tensors")

@@ -1,0 +1,141 @@
+"""Compressing a model far larger than comfortable memory: peak RSS and wall time (issue #5, Scale).
+
+Generates a transformer-like chain of MatMul weights stored as ONNX external data (written straight to the
+data file through numpy.memmap, seeded), then compresses it in a fresh subprocess that reports its peak
+resident set (VmHWM from /proc/self/status), its resident set just before compressing, and the wall time.
+The default model is 24 weights of 4096x8192 float32 (3.2 GB); options keep the run quick (no pruning,
+4-bit codebooks; the k-means fit already uses a bounded sample). ``--dense N`` leaves the last N weights
+uncompressed (a layer rule), so the output passes 2 GB and its dense weights stream into OUT.data.
+Usage:
+    python bench/scale.py [--layers 24] [--rows 4096] [--cols 8192] [--dense 0] [--record]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def weight_name(i: int) -> str:
+    return f"layer{i:02d}.weight"
+
+
+def make_model(path: str | os.PathLike, layers: int = 24, rows: int = 4096, cols: int = 8192, seed: int = 0) -> int:
+    """Write ``path`` and ``path``.data: x[1, rows] -> MatMul by W0 [rows, cols] -> W1 [cols, rows] -> ...
+
+    Weights are N(0, 1/fan_in) float32, generated in row blocks into a memory map, so the generator never
+    holds a whole weight. Returns the data file's size in bytes.
+    """
+    path = Path(path)
+    data_path = path.with_name(path.name + ".data")
+    shapes = [(rows, cols) if i % 2 == 0 else (cols, rows) for i in range(layers)]
+    total = sum(r * c * 4 for r, c in shapes)
+    data = np.memmap(data_path, dtype=np.float32, mode="w+", shape=(total // 4,))
+    rng = np.random.default_rng(seed)
+    initializers, nodes, offset = [], [], 0
+    for i, (r, c) in enumerate(shapes):
+        block = max(1, (1 << 22) // c)
+        scale = np.float32(1.0 / np.sqrt(r))
+        for start in range(0, r, block):
+            stop = min(r, start + block)
+            data[offset // 4 + start * c: offset // 4 + stop * c] = rng.standard_normal((stop - start) * c, dtype=np.float32) * scale
+        tensor = TensorProto(name=weight_name(i), data_type=TensorProto.FLOAT, dims=[r, c])
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", data_path.name), ("offset", str(offset)), ("length", str(r * c * 4))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+        initializers.append(tensor)
+        nodes.append(helper.make_node("MatMul", ["x" if i == 0 else f"h{i}", weight_name(i)], [f"h{i + 1}" if i < layers - 1 else "y"]))
+        offset += r * c * 4
+    data.flush()
+    del data
+    out_features = shapes[-1][1]
+    graph = helper.make_graph(nodes, "scale", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", rows])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", out_features])], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return total
+
+
+CHILD = r"""
+import json, sys, time
+import onnxcomp
+import onnxcomp.pipeline, onnxcomp.codebook, onnxcomp.sidecar, sklearn.cluster  # imported before the baseline
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+
+args = json.loads(sys.argv[1])
+before = status("VmRSS")
+start = time.perf_counter()
+report = onnxcomp.compress(args["input"], args["output"], **args["options"])
+seconds = time.perf_counter() - start
+print(json.dumps({"rss_before": before, "peak_rss": status("VmHWM"), "seconds": seconds,
+                  "output_bytes": report.output_bytes, "input_bytes": report.input_bytes, "layers": len(report.layers)}))
+"""
+
+
+def measure(input_path, output_path, **options) -> dict:
+    """Compress in a fresh Python process; returns its peak RSS, RSS before compressing, and the wall time."""
+    arguments = json.dumps({"input": str(input_path), "output": str(output_path), "options": options})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", CHILD, arguments], capture_output=True, text=True, env=env, check=False)
+    if result.returncode:
+        raise RuntimeError(f"compression failed:\n{result.stderr[-4000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def options_for(layers: int, dense: int) -> dict:
+    rules = [{"pattern": weight_name(i), "skip": True} for i in range(layers - dense, layers)]
+    return {"prune": "none", "bits": 4, **({"layers": rules} if rules else {})}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, default=24)
+    parser.add_argument("--rows", type=int, default=4096)
+    parser.add_argument("--cols", type=int, default=8192)
+    parser.add_argument("--dense", type=int, default=0, help="leave the last N weights uncompressed")
+    parser.add_argument("--folder", default=None, help="where to write the models (default: a temporary folder)")
+    parser.add_argument("--record", action="store_true", help="write the result into docs/benchmarks.md")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.folder) as folder:
+        source = Path(folder) / "scale.onnx"
+        start = time.perf_counter()
+        size = make_model(source, args.layers, args.rows, args.cols)
+        generated = time.perf_counter() - start
+        result = measure(source, Path(folder) / "out.onnx", **options_for(args.layers, args.dense))
+        files = sorted(p.name + f" ({p.stat().st_size / 1e6:.0f} MB)" for p in Path(folder).glob("out.onnx*"))
+    gb = 1e9
+    row = (f"| {args.layers} x {args.rows}x{args.cols} float32, {args.dense} left dense | {size / gb:.2f} GB | "
+           f"{result['output_bytes'] / gb:.3f} GB | {result['rss_before'] / gb:.2f} GB | {result['peak_rss'] / gb:.2f} GB | "
+           f"{result['seconds']:.0f} s |")
+    print(f"generated {size / gb:.2f} GB in {generated:.0f} s; output files: {', '.join(files)}")
+    print(row)
+    if args.record:
+        from report import update_section
+        body = ("Compressing a generated transformer-like chain of MatMul weights stored as external data "
+                "(`prune none`, `bits 4`), in a fresh process: weights are read one tensor at a time and each record "
+                "is encoded as soon as its weight is shared. Peak RSS is the process's VmHWM (Python, numpy, onnx "
+                "and the compressor included); the RSS before compressing is after the imports.\n\n"
+                "| Model | Input | Output | RSS before | Peak RSS | Wall time |\n|---|---|---|---|---|---|\n" + row)
+        update_section(f"scale{'-dense' if args.dense else ''}", body)
+
+
+if __name__ == "__main__":
+    main()

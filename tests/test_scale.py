@@ -1,0 +1,95 @@
+"""Streaming compression of a model with external data (issue #5, Scale): the small version of bench/scale.py.
+
+The weights are read one tensor at a time and each record is encoded as soon as its weight is shared, so
+the compressing process grows by much less than the model's size (measured in a fresh subprocess: VmHWM
+against the resident set after the imports). The output must compute what the numpy-decoded records say.
+"""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import onnxcomp
+from onnxcomp import model_io
+from onnxcomp.pipeline import decoded_weights
+from onnxcomp.runtime import InferenceSession
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("bench_scale", ROOT / "bench" / "scale.py")
+scale = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(scale)
+
+
+def chain(weights, x):
+    for w in weights:
+        x = x @ w
+    return x
+
+
+def test_streamed_compression_is_correct_and_memory_stays_well_below_the_model_size(tmp_path):
+    layers, rows, cols = 64, 512, 1024  # 134 MB of float32 in 2 MB weights
+    size = scale.make_model(tmp_path / "in.onnx", layers, rows, cols)
+    result = scale.measure(tmp_path / "in.onnx", tmp_path / "out.onnx", **scale.options_for(layers, 0))
+    growth = result["peak_rss"] - result["rss_before"]
+    # Loading the model would alone grow the process by its size (and its int64 indices by twice that).
+    assert growth < 0.7 * size, f"peak RSS grew by {growth / 1e6:.0f} MB compressing a {size / 1e6:.0f} MB model"
+    assert result["layers"] == layers
+
+    decoded = decoded_weights(str(tmp_path / "out.onnxcomp"))
+    weights = [decoded[scale.weight_name(i)] for i in range(layers)]
+    x = np.random.default_rng(1).standard_normal((3, rows)).astype(np.float32)
+    expected = chain([w.astype(np.float64) for w in weights], x.astype(np.float64))
+    got = InferenceSession(tmp_path / "out.onnx").run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
+    # and the codebooks approximate the original weights
+    original = np.fromfile(tmp_path / "in.onnx.data", dtype=np.float32, count=rows * cols).reshape(rows, cols)
+    assert np.abs(weights[0] - original).max() < 0.5 * np.abs(original).max()
+
+
+def test_streamed_dense_weights_are_copied_into_the_output_data_file(tmp_path, monkeypatch):
+    """Weights left dense stay in the input's data file until written: inline under 2 GB, else copied in
+    chunks into OUT.data (simulated by lowering the limit and the chunk size)."""
+    layers, rows, cols = 4, 64, 128
+    scale.make_model(tmp_path / "in.onnx", layers, rows, cols)
+    x = np.random.default_rng(2).standard_normal((2, rows)).astype(np.float32)
+    import onnxruntime as ort
+    expected = ort.InferenceSession(str(tmp_path / "in.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    options = scale.options_for(layers, 2)  # the last two weights left dense
+    onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "small.onnx", **options)
+    small = onnx.load(tmp_path / "small.onnx", load_external_data=False)
+    dense = [t for t in small.graph.initializer if t.name in (scale.weight_name(2), scale.weight_name(3))]
+    assert len(dense) == 2 and all(t.data_location == onnx.TensorProto.DEFAULT and t.raw_data for t in dense)
+
+    monkeypatch.setattr(model_io, "LARGE_MODEL_BYTES", 0)
+    monkeypatch.setattr(model_io, "COPY_CHUNK", 1000)
+    onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "large.onnx", **options)
+    large = onnx.load(tmp_path / "large.onnx", load_external_data=False)
+    locations = {e.value for t in large.graph.initializer for e in t.external_data if e.key == "location"}
+    assert locations == {"large.onnx.data", "large.onnxcomp"}
+    source = np.fromfile(tmp_path / "in.onnx.data", dtype=np.float32)
+    offset = 3 * rows * cols  # the last weight
+    copied = onnx.load(tmp_path / "large.onnx").graph.initializer
+    last = next(t for t in copied if t.name == scale.weight_name(3))
+    assert np.array_equal(onnx.numpy_helper.to_array(last), source[offset:].reshape(cols, rows))
+    for name in ("small.onnx", "large.onnx"):
+        got = InferenceSession(tmp_path / name).run(None, {"x": x})[0]
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=0.5, atol=0.5 * np.abs(expected).max())
+
+
+def test_streamed_output_is_byte_identical_to_the_in_memory_one(tmp_path, monkeypatch):
+    layers, rows, cols = 3, 64, 128
+    scale.make_model(tmp_path / "in.onnx", layers, rows, cols)
+    onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "a.onnx", **scale.options_for(layers, 1))
+    from onnxcomp import pipeline
+    original = pipeline.compress_model
+    monkeypatch.setattr(pipeline, "compress_model", lambda model, base_dir=None, **o: original(
+        (onnx.load_external_data_for_model(model, str(tmp_path)), model)[1], **o))
+    onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "b.onnx", **scale.options_for(layers, 1))
+    assert (tmp_path / "a.onnxcomp").read_bytes() == (tmp_path / "b.onnxcomp").read_bytes()
+    a, b = onnx.load(tmp_path / "a.onnx"), onnx.load(tmp_path / "b.onnx")
+    assert [onnx.numpy_helper.to_array(t).tobytes() for t in a.graph.initializer if t.name.startswith("layer")] == \
+        [onnx.numpy_helper.to_array(t).tobytes() for t in b.graph.initializer if t.name.startswith("layer")]
