@@ -12,17 +12,7 @@
 using namespace onnxcomp;
 using namespace onnxcomp_test;
 
-static int g_failures = 0;
-static int g_checks = 0;
-
-#define CHECK(cond)                                                          \
-  do {                                                                       \
-    ++g_checks;                                                              \
-    if (!(cond)) {                                                           \
-      ++g_failures;                                                          \
-      fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-    }                                                                        \
-  } while (0)
+#include "tests/check.h"
 
 struct Decoded {
   DecodeStatus status{DecodeError::kOk, "ok"};
@@ -476,6 +466,6 @@ int main() {
   test_truncations();
   test_bit_flips();
   test_random_corruption();
-  printf("%d checks, %d failures\n", g_checks, g_failures);
+  printf("%ld checks, %d failures\n", g_checks, g_failures);
   return g_failures ? 1 : 0;
 }

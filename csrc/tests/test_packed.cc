@@ -11,17 +11,7 @@
 
 using namespace onnxcomp;
 
-static int g_failures = 0;
-static int g_checks = 0;
-
-#define CHECK(cond)                                                            \
-  do {                                                                         \
-    ++g_checks;                                                                \
-    if (!(cond)) {                                                             \
-      ++g_failures;                                                            \
-      fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-    }                                                                          \
-  } while (0)
+#include "tests/check.h"
 
 // Linear layout: round trip, and the documented nibble order (even element in the low nibble).
 static void test_linear() {
@@ -121,6 +111,6 @@ int main() {
   test_linear();
   test_panels();
   test_scalar_matmul();
-  printf("%d checks, %d failures\n", g_checks, g_failures);
+  printf("%ld checks, %d failures\n", g_checks, g_failures);
   return g_failures ? 1 : 0;
 }
