@@ -177,7 +177,8 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
         floor = sum(min(c[3] for c in cands) for cands in curves.values())
         raise OnnxcompError(f"no allocation meets the budget {budget} on the held-back samples: even the most accurate "
                             f"candidates predict an error of {floor:.4g} (allowed {goal.max_error:.4g}) and "
-                            f"{len(history)} compressed trials missed it; loosen the budget or add more accurate candidates")
+                            f"{len(history)} compressed trials missed it; loosen the budget, or use a smoother metric (cosine, rel_l2) "
+                            f"or more calibration samples: top-1 on {held} held-back samples moves in steps of {1 / held:.3g}")
     settings, _, predicted, measured = best
     report = compress(input_path, output_path, calib=fit, prune=prune, score=score, reconstruct=reconstruct,
                       ridge=ridge, init=init, seed=seed, min_elements=min_elements, settings=settings, eval_data=eval_data)

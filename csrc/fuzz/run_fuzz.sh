@@ -5,14 +5,14 @@
 #   csrc/fuzz/run_fuzz.sh [SECONDS] [extra libFuzzer flags...]     (default 20 s: the CI smoke)
 #
 # Environment: PYTHON (with onnxcomp's dependencies; default python3), BUILD_DIR (default
-# /tmp/onnxcomp-fuzz-build), CORPUS_DIR (default: a fresh temporary folder), JOBS (default 1).
+# build/fuzz in the checkout), CORPUS_DIR (default: a fresh temporary folder), JOBS (default 1).
 # Without clang++ or libFuzzer it says so and exits 0: the fuzz run is optional where clang is missing.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 SECONDS_TO_RUN="${1:-20}"
 shift || true
 PYTHON="${PYTHON:-python3}"
-BUILD_DIR="${BUILD_DIR:-/tmp/onnxcomp-fuzz-build}"
+BUILD_DIR="${BUILD_DIR:-$ROOT/build/fuzz}"  # per checkout: a shared folder would mix CMake caches
 
 if ! command -v clang++ >/dev/null 2>&1; then
   echo "fuzz: skipped (clang++ not found; on Debian/Ubuntu: apt-get install clang)"
