@@ -90,21 +90,6 @@ void Tile(const Decoder& decoder, const float* x, int64_t ldx, int64_t k, const 
 }
 
 // Y[m0 .. m0+rows, columns of groups g0 .. g0+ng) = out (+ bias), clipped to N.
-void Store(const MatMulProblem& p, const float* out, int64_t m0, int rows, int64_t g0, int ng) {
-  const int64_t n0 = g0 * kGroupColumns;
-  int64_t width = p.n - n0;
-  if (width > int64_t{ng} * kGroupColumns) width = int64_t{ng} * kGroupColumns;
-  for (int r = 0; r < rows; ++r) {
-    const float* source = out + r * ng * kGroupColumns;
-    float* y = p.y + (m0 + r) * p.n + n0;
-    if (p.bias) {
-      for (int64_t c = 0; c < width; ++c) y[c] = source[c] + p.bias[n0 + c];
-    } else {
-      memcpy(y, source, sizeof(float) * static_cast<size_t>(width));
-    }
-  }
-}
-
 template <int MR, int NG, class Decoder>
 void TileAndStore(const Decoder& decoder, const MatMulProblem& p, int64_t m0, int64_t g0, float* out) {
   const uint8_t* group[NG];
@@ -114,7 +99,7 @@ void TileAndStore(const Decoder& decoder, const MatMulProblem& p, int64_t m0, in
   }
   if (g0 * kGroupColumns >= p.n) return;  // a padding group of the last panel
   Tile<MR, NG>(decoder, p.x + m0 * p.k, p.k, p.k, group, p.row_bytes, out);
-  Store(p, out, m0, MR, g0, NG);
+  StoreTile(p, out, m0, MR, g0, NG);
 }
 
 template <class Decoder>

@@ -45,6 +45,10 @@ void MatMulAvx512(const MatMulProblem&, int64_t panel_begin, int64_t panel_end, 
 void MatMulNeon(const MatMulProblem&, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end);
 #endif
 
+// Writes a tile of `rows` x `ng` column groups (computed into `out`) to p.y from row m0 and group g0, adding
+// the bias and cutting the last group at p.n. Shared by the SIMD kernels, compiled without ISA flags.
+void StoreTile(const MatMulProblem& p, const float* out, int64_t m0, int rows, int64_t g0, int ng);
+
 enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kNeon = 3 };
 
 // The best instruction set this CPU and this build support, lowered by the environment variable

@@ -59,6 +59,22 @@ void Run(const MatMulProblem& p, int64_t panel_begin, int64_t panel_end, int64_t
 
 }  // namespace
 
+// Shared by the SIMD kernels; defined here, in a unit compiled without ISA flags (see matmul_kernels.h).
+void StoreTile(const MatMulProblem& p, const float* out, int64_t m0, int rows, int64_t g0, int ng) {
+  const int64_t n0 = g0 * packed::kGroupColumns;
+  int64_t width = p.n - n0;
+  if (width > int64_t{ng} * packed::kGroupColumns) width = int64_t{ng} * packed::kGroupColumns;
+  for (int r = 0; r < rows; ++r) {
+    const float* source = out + r * ng * packed::kGroupColumns;
+    float* y = p.y + (m0 + r) * p.n + n0;
+    if (p.bias) {
+      for (int64_t c = 0; c < width; ++c) y[c] = source[c] + p.bias[n0 + c];
+    } else {
+      memcpy(y, source, sizeof(float) * static_cast<size_t>(width));
+    }
+  }
+}
+
 void MatMulScalar(const MatMulProblem& p, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end) {
   switch (p.slot_bits) {
     case 4: return Run<4>(p, panel_begin, panel_end, row_begin, row_end);
