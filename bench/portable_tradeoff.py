@@ -20,7 +20,7 @@ import onnxruntime as ort
 
 import onnxcomp
 from onnxcomp.evaluate import accuracy, load_data
-from onnxcomp.inspection import model_bytes
+from onnxcomp.model_io import model_bytes
 
 from report import update_section
 

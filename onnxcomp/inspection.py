@@ -19,6 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from . import model_io, sidecar
+from .model_io import model_bytes
 from .errors import CorruptSidecarError, UnsupportedModelError
 
 DOMAIN = "ai.onnxcomp"
@@ -108,15 +109,6 @@ def entropy_bits(symbols: np.ndarray) -> float:
         return 0.0
     p = counts / counts.sum()
     return float(-(p * np.log2(p)).sum())
-
-
-def model_bytes(path: str) -> int:
-    """The model file plus the external data files it references."""
-    total = os.path.getsize(path)
-    model = onnx.load(path, load_external_data=False)
-    folder = os.path.dirname(os.path.abspath(path))
-    locations = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
-    return total + sum(os.path.getsize(os.path.join(folder, loc)) for loc in locations if os.path.isfile(os.path.join(folder, loc)))
 
 
 def stored_weights(model: onnx.ModelProto, model_path: str) -> dict[str, StoredWeight]:

@@ -309,3 +309,14 @@ def _temporary(folder: str, temporaries: list[str]) -> str:
     os.chmod(path, 0o666 & ~umask)  # mkstemp's 0600 would surprise users sharing the output
     temporaries.append(path)
     return path
+
+
+def model_bytes(path: str) -> int:
+    """The model file plus the external data files it references."""
+    total = os.path.getsize(path)
+    model = onnx.load(path, load_external_data=False)
+    folder = os.path.dirname(os.path.abspath(path))
+    locations = {entry.value for graph in graphs_of(model.graph) for t in graph.initializer
+                 for entry in t.external_data if entry.key == "location"}
+    files = [external_data_path(folder, location) for location in locations]
+    return total + sum(os.path.getsize(file) for file in files if os.path.isfile(file))

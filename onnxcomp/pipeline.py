@@ -219,7 +219,7 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
     records = [(t.name, t.name + RECORD_SUFFIX, t.record, t.transposed) for t in state.targets if t.record is not None]
     sidecar_file = model_io.write_compressed(compressed, records, output_path, source_folder=source_folder)
     output_bytes = os.path.getsize(output_path) + (os.path.getsize(sidecar_file) if sidecar_file else 0)
-    report = Report(input_path, output_path, sidecar_file, _model_bytes(input_path), output_bytes, skipped=state.skipped)
+    report = Report(input_path, output_path, sidecar_file, model_io.model_bytes(input_path), output_bytes, skipped=state.skipped)
     for t in state.targets:
         report.layers.append(LayerReport(t.name, t.kind, list(t.shape), t.size, round(t.sparsity, 6), len(t.codebook),
                                          t.bits, 4 * t.size, len(t.record) if t.record is not None else portable_bytes(t, state.graph.opset or 0)))
@@ -228,17 +228,6 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
         report.accuracy_before = accuracy(input_path, eval_data)
         report.accuracy_after = accuracy(output_path, eval_data, compressed=sidecar_file is not None)
     return report
-
-
-def _model_bytes(path: str) -> int:
-    """The model file plus the external data files it references."""
-    total = os.path.getsize(path)
-    model = onnx.load(path, load_external_data=False)
-    folder = os.path.dirname(os.path.abspath(path))
-    locations = {entry.value for graph in model_io.graphs_of(model.graph) for t in graph.initializer
-                 for entry in t.external_data if entry.key == "location"}
-    files = [model_io.external_data_path(folder, location) for location in locations]
-    return total + sum(os.path.getsize(file) for file in files if os.path.isfile(file))
 
 
 def decoded_weights(sidecar_file: str) -> dict[str, np.ndarray]:
