@@ -12,7 +12,7 @@ batch by batch, so memory is bounded by the statistics, never by the activations
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnx

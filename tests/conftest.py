@@ -52,6 +52,18 @@ def reference_model(original: onnx.ModelProto, sidecar_file: str) -> onnx.ModelP
     return model
 
 
+def budget_mlp(tmp_path, rng):
+    """A two-Gemm MLP saved as in.onnx and 80 seeded calibration samples in calib.npz: the budget tests' model."""
+    nodes = [helper.make_node("Gemm", ["x", "w1"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "w2"], ["y"], transB=1)]
+    model = make_model(nodes, [float_input("x", ["n", 32])], [float_input("y", ["n", 8])],
+                       [weight(rng, "w1", (48, 32), 0.3), weight(rng, "w2", (8, 48), 0.3)])
+    onnx.save(model, tmp_path / "in.onnx")
+    data = tmp_path / "calib.npz"
+    np.savez(data, x=rng.standard_normal((80, 32)).astype(np.float32))
+    return model, data
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

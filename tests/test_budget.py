@@ -12,7 +12,7 @@ from onnxcomp.autotune import compress_to_budget
 from onnxcomp.budget import allocate, error, parse_budget
 from onnxcomp.errors import InvalidOptionError
 
-from conftest import float_input, make_model, weight
+from conftest import budget_mlp, float_input, make_model, weight
 
 
 def brute_force(curves, max_error):
@@ -61,13 +61,7 @@ def test_budget_parsing_and_metrics():
 
 
 def test_budget_end_to_end_on_a_tiny_model(tmp_path, rng):
-    nodes = [helper.make_node("Gemm", ["x", "w1"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["r"]),
-             helper.make_node("Gemm", ["r", "w2"], ["y"], transB=1)]
-    model = make_model(nodes, [float_input("x", ["n", 32])], [float_input("y", ["n", 8])],
-                       [weight(rng, "w1", (48, 32), 0.3), weight(rng, "w2", (8, 48), 0.3)])
-    onnx.save(model, tmp_path / "in.onnx")
-    data = tmp_path / "calib.npz"
-    np.savez(data, x=rng.standard_normal((80, 32)).astype(np.float32))
+    model, data = budget_mlp(tmp_path, rng)
     kwargs = dict(budget="cosine=0.95", calib=str(data), sparsities=(0.0, 0.5, 0.8), bits=(2, 4, 8),
                   min_elements=16, cache_dir=str(tmp_path / "cache"))
     report = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), **kwargs)

@@ -11,8 +11,6 @@ the same operations in the same order, so their outputs must be bit-identical.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import onnx

@@ -7,14 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import onnx
-from onnx import helper
-
 import onnxcomp
 from onnxcomp import progress
 from onnxcomp.autotune import compress_to_budget
-from conftest import float_input, make_model, weight
+from conftest import budget_mlp
 from test_cli import BUNDLED, BUNDLED_EVAL, onnxcomp as cli
 
 
@@ -86,13 +82,7 @@ def test_python_api_reports_the_long_steps(tmp_path):
 
 
 def test_budget_reports_the_sensitivity_analysis(tmp_path, rng):
-    nodes = [helper.make_node("Gemm", ["x", "w1"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["r"]),
-             helper.make_node("Gemm", ["r", "w2"], ["y"], transB=1)]
-    model = make_model(nodes, [float_input("x", ["n", 32])], [float_input("y", ["n", 8])],
-                       [weight(rng, "w1", (48, 32), 0.3), weight(rng, "w2", (8, 48), 0.3)])
-    onnx.save(model, tmp_path / "in.onnx")
-    data = tmp_path / "calib.npz"
-    np.savez(data, x=rng.standard_normal((80, 32)).astype(np.float32))
+    _, data = budget_mlp(tmp_path, rng)
     record = Recorder()
     compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), budget="cosine=0.9", calib=str(data),
                        sparsities=(0.0, 0.5), bits=(3, 8), min_elements=16, cache_dir=str(tmp_path / "cache"), progress=record)

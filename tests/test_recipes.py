@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 from types import SimpleNamespace
 
 import pytest

@@ -1,14 +1,13 @@
 """compress --report (JSON schema of docs/report.md) and --html (self-contained page with embedded plots)."""
 
 import base64
-import json
 import re
 import sys
 
 import pytest
 
 import onnxcomp
-from test_cli import BUNDLED, BUNDLED_EVAL, expect_error, onnxcomp as cli
+from test_cli import BUNDLED, BUNDLED_EVAL, onnxcomp as cli
 
 REPORT_KEYS = {"input_path", "output_path", "sidecar_path", "input_bytes", "output_bytes", "layers", "skipped",
                "accuracy_before", "accuracy_after", "ratio", "budget"}

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import pytest
 
 import onnxcomp
 from onnxcomp import model_io

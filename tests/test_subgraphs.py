@@ -3,7 +3,6 @@ branch, and the compressed model computes what the numpy-decoded reference does.
 
 import numpy as np
 import onnx
-import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxcomp
