@@ -4,7 +4,8 @@ Each layer l has measured candidates c = (sparsity, bits) with stored bytes B_l(
 e_l(c), the quality loss when only that layer is compressed. Assuming errors add up, the allocation picks one
 candidate per layer to minimise sum_l B_l(c_l) subject to sum_l e_l(c_l) <= budget: a multiple-choice
 knapsack, solved exactly by dynamic programming over Pareto frontiers. Metrics turn into additive errors as: cosine -> 1 - cos, top1 -> 1 - agreement,
-rel_l2 -> relative L2 error, accuracy -> drop in top-1 accuracy against labels.
+rel_l2 -> relative L2 error, accuracy -> drop in top-1 accuracy against labels, kl -> mean KL divergence of the
+softmax outputs.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 
 from .errors import InvalidOptionError
 
-METRICS = ("cosine", "top1", "rel_l2", "accuracy")
+METRICS = ("cosine", "top1", "rel_l2", "accuracy", "kl")
 RESOLUTION = 20000
 MAX_STATES = 200_000
 
@@ -39,7 +40,8 @@ class Budget:
 
 def parse_budget(text: str) -> Budget:
     """``cosine=0.99`` (min cosine), ``top1=0.99`` (min top-1 agreement), ``rel_l2=0.05`` (max relative L2
-    error) or ``accuracy=0.01`` (max top-1 accuracy drop against the data's labels)."""
+    error), ``accuracy=0.01`` (max top-1 accuracy drop against the data's labels) or ``kl=0.05`` (max mean KL
+    divergence of the softmax outputs, in nats: smooth, for class scores)."""
     name, _, value = text.partition("=")
     name = name.strip().lower().replace("-", "_")
     try:
@@ -50,15 +52,32 @@ def parse_budget(text: str) -> Budget:
         raise InvalidOptionError(f"budget {text!r} is not understood: use one of {', '.join(m + '=VALUE' for m in METRICS)}")
     if name in ("cosine", "top1") and not 0 < number <= 1:
         raise InvalidOptionError(f"budget {text!r}: {name} must be in (0, 1]")
-    if name in ("rel_l2", "accuracy") and number < 0:
+    if name in ("rel_l2", "accuracy", "kl") and number < 0:
         raise InvalidOptionError(f"budget {text!r}: {name} must be >= 0")
     return Budget(name, number)
 
 
+def allocation_metric(metric: str, reference: np.ndarray) -> str:
+    """The metric the sensitivity curves use for a budget in ``metric``: itself when it is smooth; for top-1 and
+    accuracy, which move in whole samples, ``kl`` (class scores [samples, classes]) or else ``rel_l2``."""
+    if metric not in ("top1", "accuracy"):
+        return metric
+    return "kl" if reference.ndim == 2 and reference.shape[1] > 1 else "rel_l2"
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    shifted = x - x.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
 def error(metric: str, reference: np.ndarray, output: np.ndarray, labels: np.ndarray | None = None) -> float:
-    """The additive error of ``output`` against ``reference`` (first model output, samples first)."""
+    """The additive error of ``output`` against ``reference`` (first model output, samples first); ``kl`` is
+    the mean KL divergence of softmax(output) from softmax(reference), in nats."""
     ref = reference.reshape(len(reference), -1).astype(np.float64)
     out = output.reshape(len(output), -1).astype(np.float64)
+    if metric == "kl":
+        log_p, log_q = _log_softmax(ref), _log_softmax(out)
+        return float(np.mean((np.exp(log_p) * (log_p - log_q)).sum(1)))
     if metric == "cosine":
         cos = (ref * out).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1) + 1e-30)
         return float(1.0 - cos.min())

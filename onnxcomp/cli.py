@@ -26,6 +26,12 @@ class PruneMethod(str, Enum):
 class Score(str, Enum):
     wanda = "wanda"
     tfidf = "tfidf"
+    obs = "obs"
+
+
+class Rounding(str, Enum):
+    obs = "obs"
+    nearest = "nearest"
 
 
 class Threshold(str, Enum):
@@ -94,7 +100,7 @@ def _bits_option(value: Optional[int], kind: str) -> None:
 
 
 PIPELINE_OPTIONS = ("prune", "score", "sparsity", "threshold", "sensitivity", "scope", "init", "min_elements", "seed",
-                    "calib_batch", "activation_threshold", "reconstruct", "ridge", "format", "sequential")
+                    "calib_batch", "activation_threshold", "reconstruct", "ridge", "format", "sequential", "rounding")
 
 
 @app.command()
@@ -103,7 +109,7 @@ def compress(
     input_path: Path = typer.Argument(..., metavar="IN", help="The ONNX model to compress (never modified)."),
     output_path: Path = typer.Argument(..., metavar="OUT", help="The compressed model; its sidecar OUT-stem.onnxcomp goes beside it."),
     prune: PruneMethod = typer.Option(PruneMethod.magnitude, help="Pruning: by |w|, by activation-aware --score (needs --calib), or none."),
-    score: Score = typer.Option(Score.wanda, help="Activation-aware score: wanda |w|*||x||, or tfidf (docs/guide.md)."),
+    score: Score = typer.Option(Score.wanda, help="Activation-aware score: wanda |w|*||x||, tfidf, or obs (Optimal Brain Surgeon, with updates; docs/guide.md)."),
     sparsity: Optional[float] = typer.Option(None, min=0.0, max=0.999, help="Fraction of weights pruned in every layer (default: per kind, see docs/guide.md)."),
     threshold: Threshold = typer.Option(Threshold.percentile, help="percentile: prune the --sparsity fraction; sensitivity: prune scores below --sensitivity x std."),
     sensitivity: float = typer.Option(1.0, min=0.0, help="Multiplier of the score std for --threshold sensitivity."),
@@ -115,7 +121,8 @@ def compress(
     reconstruct: Optional[bool] = typer.Option(None, "--reconstruct/--no-reconstruct", help="Least-squares refit of kept weights and codebooks (default: on with --calib)."),
     sequential: bool = typer.Option(False, help="With --calib: compress layer by layer in graph order, each refit to the already-compressed layers before it."),
     ridge: float = typer.Option(1e-2, min=0.0, help="Ridge regularisation of the refit, relative to the mean input energy."),
-    budget: Optional[str] = typer.Option(None, help="Smallest model within a quality budget, e.g. top1=0.99, cosine=0.99, rel_l2=0.05, accuracy=0.01 (needs --calib)."),
+    rounding: Rounding = typer.Option(Rounding.obs, help="With --calib: obs rounds weights to the codebook compensating each error in the weights not yet rounded; nearest rounds each alone."),
+    budget: Optional[str] = typer.Option(None, help="Smallest model within a quality budget, e.g. top1=0.99, cosine=0.99, rel_l2=0.05, accuracy=0.01, kl=0.05 (needs --calib)."),
     holdout: float = typer.Option(0.25, min=0.01, max=0.99, help="With --budget: fraction of calibration samples held back to measure quality."),
     cache_dir: Optional[Path] = typer.Option(None, help="With --budget: where sensitivity curves are cached (default ~/.cache/onnxcomp)."),
     tfidf_power: float = typer.Option(1.0, help="tfidf: power p on |w|."),
@@ -168,7 +175,8 @@ def compress(
             from .autotune import compress_to_budget
             result = compress_to_budget(str(input_path), str(output_path), budget=budget, calib=calib, calib_samples=calib_samples,
                                         holdout=holdout, cache_dir=str(cache_dir) if cache_dir else None, prune=values["prune"],
-                                        score=values["score"], reconstruct=reconstruct is not False, ridge=ridge,
+                                        score=values["score"], reconstruct=reconstruct is not False, ridge=ridge, rounding=values["rounding"],
+                                        sequential=sequential,
                                         init=values["init"], seed=seed, min_elements=min_elements,
                                         eval_data=str(eval_data) if eval_data else None, progress=_progress(quiet))
         else:

@@ -89,8 +89,13 @@ def load_data(path: str, specs: list[InputSpec] | ort.InferenceSession) -> dict[
     return inputs
 
 
-def load_calibration(path: str, model: onnx.ModelProto, samples: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
-    """Calibration inputs (no labels): from .npz file(s), or ``"random"`` draws from the declared shapes."""
+def load_calibration(path: str, model: onnx.ModelProto, samples: int | None = None, seed: int = 0,
+                     keep_labels: bool = False) -> dict[str, np.ndarray]:
+    """Calibration inputs: from .npz file(s), or ``"random"`` draws from the declared shapes.
+
+    ``samples`` keeps that many samples, drawn at random (seeded) and kept in file order: files are often
+    sorted (by class, by source), so the first N would not be representative. ``keep_labels`` keeps the
+    file's ``labels`` array (subset alike) when there is one."""
     specs = model_specs(model)
     if samples is not None and samples < 1:
         raise CalibrationError(f"calib-samples {samples} must be at least 1")
@@ -104,9 +109,12 @@ def load_calibration(path: str, model: onnx.ModelProto, samples: int | None = No
             data[name] = rng.standard_normal(dims).astype(dtype) if dtype.kind == "f" else np.zeros(dims, dtype)
         return data
     data = load_data(path, specs)
-    data.pop(LABELS, None)
-    if samples is not None:
-        data = {k: v[:samples] for k, v in data.items()}
+    if not keep_labels:
+        data.pop(LABELS, None)
+    count = len(next(iter(data.values()))) if data else 0
+    if samples is not None and samples < count:
+        chosen = np.sort(np.random.default_rng(seed).choice(count, samples, replace=False))
+        data = {k: v[chosen] for k, v in data.items()}
     return data
 
 

@@ -88,7 +88,8 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
                    threshold: str = "percentile", sensitivity: float = 1.0, tfidf=None, bits=None,
                    init: str = "quantile", min_elements: int = 1024, seed: int = 0, calib=None, calib_batch: int = 64,
                    activation_threshold: float = 0.0, reconstruct: bool | None = None, ridge: float = 1e-2,
-                   format: str = "custom-op", layers=(), settings: dict | None = None, sequential: bool = False) -> Pipeline:
+                   format: str = "custom-op", layers=(), settings: dict | None = None, sequential: bool = False,
+                   rounding: str = "obs") -> Pipeline:
     """The pass list for the given options (``None`` means the defaults; ``calib`` is a dict of input arrays).
 
     ``format`` "custom-op" writes records for the onnxcomp ops; "portable" writes standard ONNX ops only.
@@ -118,6 +119,7 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
         sparsity = {**DEFAULT_SPARSITY, **(sparsity or {})}
     if bits is None or isinstance(bits, Mapping):
         bits = {**DEFAULT_BITS, **(bits or {})}
+    needs_gram = (prune == "activation" and score == "obs") or any(r.score == "obs" for r in rules)
     passes = [SelectWeightsPass(min_elements=min_elements, rules=rules)]
     if settings:
         passes.append(ApplySettingsPass(settings=settings))
@@ -129,12 +131,12 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
                               sensitivity=sensitivity, tfidf=tfidf, rules=rules)]
     if reconstruct:
         steps.append(ReconstructWeightsPass(ridge=ridge))
-    steps.append(ShareWeightsPass(bits=bits, init=init, seed=seed, refit_codebook=reconstruct, rules=rules))
+    steps.append(ShareWeightsPass(bits=bits, init=init, seed=seed, refit_codebook=reconstruct, rounding=rounding, rules=rules))
     if sequential:
         passes.append(CompressSequentiallyPass(data=calib, steps=steps, batch=calib_batch, threshold=activation_threshold))
     else:
         if calib is not None:
-            passes.append(CalibrateWeightsPass(data=calib, batch=calib_batch, threshold=activation_threshold, keep_gram=reconstruct))
+            passes.append(CalibrateWeightsPass(data=calib, batch=calib_batch, threshold=activation_threshold, keep_gram=reconstruct or needs_gram))
         passes.extend(steps)
     passes.append(PackPortableWeightsPass() if format == "portable" else PackWeightsPass())
     return Pipeline(passes)

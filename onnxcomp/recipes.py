@@ -9,7 +9,7 @@ A recipe file (TOML) looks like::
     bits = { fc = 4, conv = 6 }
     [[layer]]                        # rules, matched with fnmatch on the initializer name; later rules win
     pattern = "classifier.*"
-    bits = 8                         # and/or: sparsity = 0.3, score = "magnitude" | "wanda" | "tfidf", skip = true
+    bits = 8                         # and/or: sparsity = 0.3, score = "magnitude" | "wanda" | "tfidf" | "obs", skip = true
 
 Precedence, lowest first: built-in defaults, the base recipe, the file, options given explicitly (CLI flags or
 keyword arguments). Per-kind mappings (``bits``, ``sparsity``) merge kind by kind; a single number replaces
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from .errors import InvalidOptionError
 
-RULE_SCORES = ("magnitude", "wanda", "tfidf")
+RULE_SCORES = ("magnitude", "wanda", "tfidf", "obs")
 
 
 @dataclass(frozen=True)

@@ -34,12 +34,14 @@ def row_errors(rows: np.ndarray, original: np.ndarray, gram: np.ndarray, cross: 
 
 @threadpool_limits.wrap(limits=1, user_api="blas")  # many small solves: BLAS threads only add overhead here
 def refit_rows(original: np.ndarray, keep: np.ndarray, gram: np.ndarray, ridge: float = 1e-2,
-               cross: np.ndarray | None = None, gram_original: np.ndarray | None = None) -> np.ndarray:
+               cross: np.ndarray | None = None, gram_original: np.ndarray | None = None,
+               start: np.ndarray | None = None) -> np.ndarray:
     """Refit the kept weights of every row of ``original`` [outputs, inputs]; pruned ones stay 0.
-    With ``cross``/``gram_original`` (sequential mode) the target is the original layer on original inputs."""
+    With ``cross``/``gram_original`` (sequential mode) the target is the original layer on original inputs.
+    ``start`` (default: the original with pruned weights zeroed) is what a row keeps when the refit is no better."""
     original = original.astype(np.float64)
     lam = ridge * float(np.mean(np.diag(gram))) + 1e-12
-    refit = np.where(keep, original, 0.0)
+    refit = np.where(keep, original if start is None else start, 0.0)
     base = row_errors(refit, original, gram, cross, gram_original)
     target = (gram if cross is None else cross) @ original.T  # [inputs, outputs]: G w_i (or X_c^T X_o w_i)
     for i in range(len(original)):

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from onnxcomp import pruning
+from onnxcomp import obs, pruning
 from onnxcomp.calibration import from_rows, to_rows
 from onnxcomp.errors import CalibrationError, InvalidOptionError
 from onnxcomp.recipes import LayerRule, rule_value
@@ -23,7 +23,7 @@ from onnxcomp.recipes import LayerRule, rule_value
 from .base import CompressionState, GraphPass, PassResult, WeightTarget, log
 
 METHODS = ("none", "magnitude", "activation")
-SCORES = ("wanda", "tfidf")
+SCORES = ("wanda", "tfidf", "obs")
 SCOPES = ("layer", "global")
 THRESHOLDS = ("percentile", "sensitivity")
 
@@ -62,7 +62,7 @@ class PruneWeightsPass(GraphPass):
         return self.sparsity.get(target.kind, 0.0) if isinstance(self.sparsity, Mapping) else self.sparsity
 
     def score_for(self, name: str) -> str:
-        """"magnitude", "wanda" or "tfidf" for the weight ``name``."""
+        """"magnitude", "wanda", "tfidf" or "obs" for the weight ``name``."""
         return rule_value(self.rules, name, "score") or (self.score if self.method == "activation" else "magnitude")
 
     def scores(self, target: WeightTarget) -> np.ndarray:
@@ -76,17 +76,31 @@ class PruneWeightsPass(GraphPass):
         rows = to_rows(target.values, layout)
         if score == "wanda":
             scores = pruning.wanda_score(rows, target.statistics)
+        elif score == "obs":
+            if target.statistics.gram is None:
+                raise CalibrationError(f"{target.name}: OBS scores need the layer's Gram matrix, which was not collected "
+                                       "(too many inputs): use --score wanda for this layer")
+            scores = obs.saliency(rows, target.statistics.gram)
         else:
             scores = pruning.tfidf_score(rows, target.statistics, self.tfidf)
         return from_rows(scores, layout, target.shape)
 
     def layer_mask(self, t: WeightTarget, scores: np.ndarray) -> np.ndarray:
+        if self.score_for(t.name) == "obs" and t.statistics is not None and t.statistics.gram is not None:
+            return self.obs_mask(t)
         if self.threshold == "sensitivity":
             return pruning.sensitivity_keep_mask(scores, self.sensitivity)
         if self.score_for(t.name) == "wanda" and t.statistics is not None:
             rows = to_rows(scores, t.layer_input.layout)
             return from_rows(pruning.row_keep_mask(rows, self.sparsity_for(t)), t.layer_input.layout, t.shape)
         return pruning.keep_mask(scores, self.sparsity_for(t))
+
+    def obs_mask(self, t: WeightTarget) -> np.ndarray:
+        """OBS pruning (onnxcomp/obs.py): the mask, and the compensated weights as the target's refit."""
+        layout = t.layer_input.layout
+        keep, rows = obs.prune(to_rows(t.values, layout), t.statistics.gram, self.sparsity_for(t))
+        t.refit = from_rows(rows, layout, t.shape)
+        return from_rows(keep, layout, t.shape)
 
     def run(self, state: CompressionState) -> PassResult:
         targets = [t for t in state.targets if t.keep is None and t.codebook is None]

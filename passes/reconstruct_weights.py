@@ -16,7 +16,7 @@ class ReconstructWeightsPass(GraphPass):
     def run(self, state: CompressionState) -> PassResult:
         done = 0
         for target in progress.track(state.targets, "reconstruction"):
-            if target.keep is None or target.refit is not None or target.codebook is not None:
+            if target.keep is None or target.codebook is not None:
                 continue
             if target.statistics is None or target.statistics.gram is None:
                 log.info("%s: no Gram matrix (no calibration use, or too many inputs); not reconstructed", target.name)
@@ -24,7 +24,7 @@ class ReconstructWeightsPass(GraphPass):
             layout = target.layer_input.layout
             rows = reconstruction.refit_rows(to_rows(target.original, layout), to_rows(target.keep, layout),
                                              target.statistics.gram, self.ridge, target.statistics.cross,
-                                             target.statistics.gram_original)
+                                             target.statistics.gram_original, to_rows(target.values, layout))
             target.refit = from_rows(rows, layout, target.shape)
             done += 1
         return PassResult(False, f"reconstructed {done} layers")

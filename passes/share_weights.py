@@ -4,7 +4,9 @@ Each target gets a codebook of at most 2^bits float32 values and one index per w
 index 0, whose value is exactly 0.0. ``bits`` is an int or a mapping from weight kind ("conv", "fc",
 "embedding") to an int in 1..16; ``rules`` (onnxcomp.recipes.LayerRule) set the bits of the weights whose
 names they match. With ``refit_codebook`` and calibration statistics, the shared values are
-then refit by least squares against the dense layer's outputs (onnxcomp/reconstruction.py). ``encode``, if
+then refit by least squares against the dense layer's outputs (onnxcomp/reconstruction.py); with
+``rounding="obs"`` (the default) the weights are first rounded to the codebook in input order, each rounding
+error compensated in the inputs not yet rounded (onnxcomp/obs.py), instead of each to its nearest entry. ``encode``, if
 given, is called on each target as soon as it is shared (the custom-op pipeline encodes its record there and
 drops the indices), so only one weight's arrays are alive at a time.
 """
@@ -14,24 +16,31 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from onnxcomp import codebook as codebook_math
+from onnxcomp import obs
 from onnxcomp import progress
 from onnxcomp import reconstruction
-from onnxcomp.calibration import to_rows
+from onnxcomp.calibration import from_rows, to_rows
 from onnxcomp.errors import InvalidOptionError
 from onnxcomp.recipes import LayerRule, rule_value
 
 from .base import CompressionState, GraphPass, PassResult
 
 
+ROUNDINGS = ("obs", "nearest")
+
+
 class ShareWeightsPass(GraphPass):
     def __init__(self, *, bits: int | Mapping[str, int] = 5, init: str = "quantile", seed: int = 0,
-                 refit_codebook: bool = False, rules: tuple[LayerRule, ...] = (), encode=None) -> None:
+                 refit_codebook: bool = False, rounding: str = "obs", rules: tuple[LayerRule, ...] = (), encode=None) -> None:
         for value in bits.values() if isinstance(bits, Mapping) else [bits]:
             if not isinstance(value, int) or not 1 <= value <= 16:
                 raise InvalidOptionError(f"bits {value} is out of range: give an integer from 1 to 16")
         if init not in codebook_math.INITS:
             raise InvalidOptionError(f"unknown codebook initialisation {init!r}: use {', '.join(codebook_math.INITS)}")
+        if rounding not in ROUNDINGS:
+            raise InvalidOptionError(f"unknown rounding {rounding!r}: use one of {', '.join(ROUNDINGS)}")
         self.bits, self.init, self.seed, self.refit_codebook = bits, init, seed, refit_codebook
+        self.rounding = rounding
         self.rules = tuple(rules)
         self.encode = encode
 
@@ -51,6 +60,16 @@ class ShareWeightsPass(GraphPass):
                 target.values, target.keep, target.bits, self.init, self.seed)
             if self.refit_codebook and target.statistics is not None and target.statistics.gram is not None:
                 layout = target.layer_input.layout
+                if self.rounding == "obs":
+                    keep = None if target.keep is None else to_rows(target.keep.reshape(target.shape), layout)
+                    rows = obs.round_to_codebook(to_rows(target.values, layout), keep, target.codebook, target.statistics.gram)
+                    nearest = to_rows(target.indices.reshape(target.shape), layout)
+                    original = to_rows(target.original, layout)
+                    errors = [reconstruction.row_errors(target.codebook[i], original, target.statistics.gram,
+                                                        target.statistics.cross, target.statistics.gram_original).sum()
+                              for i in (rows, nearest)]
+                    if errors[0] < errors[1]:  # compensated rounding is kept only where it lowers the layer's error
+                        target.indices = from_rows(rows, layout, target.shape).ravel()
                 indices = to_rows(target.indices.reshape(target.shape), layout)
                 target.codebook = reconstruction.refit_codebook(
                     to_rows(target.original, layout), indices, target.codebook, target.statistics.gram, target.keep is not None,
