@@ -9,7 +9,7 @@ from onnx import helper
 
 import onnxcomp
 from onnxcomp.autotune import compress_to_budget
-from onnxcomp.budget import allocate, error, parse_budget
+from onnxcomp.budget import allocate, allocation_metric, error, parse_budget
 from onnxcomp.errors import InvalidOptionError
 
 from conftest import budget_mlp, float_input, make_model, weight
@@ -58,6 +58,34 @@ def test_budget_parsing_and_metrics():
     assert error("top1", reference, output) == 0.5
     assert error("cosine", reference, output) == pytest.approx(1.0)  # the second row is orthogonal
     assert error("accuracy", reference, output, labels=np.array([0, 1])) == 0.5
+    assert parse_budget("kl=0.05").max_error == 0.05
+    p = np.exp(reference) / np.exp(reference).sum(1, keepdims=True)
+    q = np.exp(output) / np.exp(output).sum(1, keepdims=True)
+    assert error("kl", reference, output) == pytest.approx(np.mean((p * np.log(p / q)).sum(1)))
+    assert error("kl", reference, reference) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_discrete_budgets_allocate_on_a_smooth_stand_in():
+    assert allocation_metric("top1", np.zeros((4, 10))) == "kl"
+    assert allocation_metric("accuracy", np.zeros((4, 10))) == "kl"
+    assert allocation_metric("top1", np.zeros((4, 3, 5))) == "rel_l2"
+    assert allocation_metric("cosine", np.zeros((4, 10))) == "cosine"
+
+
+def test_accuracy_budget_holds_back_a_random_part_of_a_sorted_file(tmp_path, rng):
+    """Calibration files are often sorted by class: the held-back part must not be the last classes only."""
+    model, _ = budget_mlp(tmp_path, rng)
+    x = rng.standard_normal((80, 32)).astype(np.float32)
+    from conftest import run_plain
+    labels = np.sort(run_plain(model, {"x": x})[0].argmax(1))  # sorted labels, the model's own predictions
+    order = np.argsort(run_plain(model, {"x": x})[0].argmax(1), kind="stable")
+    np.savez(tmp_path / "sorted.npz", x=x[order], labels=labels)
+    report = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), budget="accuracy=0.05",
+                                calib=str(tmp_path / "sorted.npz"), sparsities=(0.0, 0.5), bits=(4, 8), min_elements=16,
+                                cache_dir=str(tmp_path / "cache"))
+    assert report.budget["allocation_metric"] == "kl" and report.budget["measured_error"] <= 0.05 + 1e-9
+    held = np.sort(np.random.default_rng(0).permutation(80)[:20])
+    assert len(set(labels[held])) > 1 and held.max() >= 60 and held.min() < 60
 
 
 def test_budget_end_to_end_on_a_tiny_model(tmp_path, rng):
@@ -67,8 +95,8 @@ def test_budget_end_to_end_on_a_tiny_model(tmp_path, rng):
     report = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), **kwargs)
     assert report.budget["measured_error"] <= 0.05
     assert set(report.budget["settings"]) == {"w1", "w2"}
-    # Measured independently on the held-back samples (the last 25 %) in onnxruntime with the library.
-    held = np.load(data)["x"][60:]
+    # Measured independently on the held-back samples (a seeded random 25 %) in onnxruntime with the library.
+    held = np.load(data)["x"][np.sort(np.random.default_rng(0).permutation(80)[:20])]
     from conftest import run_plain
     want = run_plain(model, {"x": held})[0]
     got = onnxcomp.InferenceSession(tmp_path / "out.onnx").run(None, {"x": held})[0]

@@ -135,6 +135,16 @@ def test_bad_calibration_data_gives_clear_errors(tmp_path, rng, arrays, message)
     assert message in str(error.value)
 
 
+def test_calib_samples_draws_across_a_sorted_file(tmp_path, rng):
+    model = two_layer_model(rng)
+    x = np.repeat(np.arange(100, dtype=np.float32)[:, None], 12, axis=1)  # sample i is all i: a sorted file
+    np.savez(tmp_path / "sorted.npz", x=x)
+    picked = load_calibration(str(tmp_path / "sorted.npz"), model, samples=10)["x"][:, 0]
+    assert len(picked) == 10 and np.all(np.diff(picked) > 0) and picked.max() >= 50  # not just the first 10
+    again = load_calibration(str(tmp_path / "sorted.npz"), model, samples=10)["x"][:, 0]
+    assert np.array_equal(picked, again)  # seeded
+
+
 def test_empty_or_garbage_calibration_file(tmp_path, rng):
     (tmp_path / "empty.npz").write_bytes(b"")
     with pytest.raises(CalibrationError, match="not a readable"):

@@ -1,0 +1,94 @@
+"""OBS pruning and OBS rounding (onnxcomp/obs.py) against closed-form numpy references, and end to end."""
+
+import numpy as np
+import onnx
+import pytest
+
+import onnxcomp
+from onnxcomp import codebook, obs, reconstruction
+
+from conftest import run_plain
+from test_calibration import two_layer_model
+
+
+def correlated_gram(rng, n=10, samples=300):
+    x = rng.standard_normal((samples, n)) @ rng.standard_normal((n, n))
+    return x.T @ x
+
+
+def test_saliency_is_w_squared_over_the_inverse_diagonal(rng):
+    gram = correlated_gram(rng)
+    w = rng.standard_normal((3, 10))
+    damped = gram + 0.01 * np.mean(np.diag(gram)) * np.eye(10)
+    expected = w ** 2 / np.diag(np.linalg.inv(damped))[None, :]
+    assert np.allclose(obs.saliency(w, gram), expected)
+
+
+def test_pruning_one_weight_gives_the_least_squares_update_of_the_later_inputs(rng):
+    gram = correlated_gram(rng, n=6)
+    w = rng.standard_normal((1, 6))
+    keep, rows = obs.prune(w, gram, sparsity=1 / 6, damp=0.0)
+    (j,) = np.flatnonzero(~keep[0])
+    # Columns before j are fixed; the later ones S solve min (v - w)^T H (v - w) with v_j = 0:
+    # v_S = w_S + H_SS^-1 H_Sj w_j.
+    later = np.arange(j + 1, 6)
+    expected = w[0].copy()
+    expected[j] = 0.0
+    expected[later] += np.linalg.solve(gram[np.ix_(later, later)], gram[later, j] * w[0, j])
+    assert np.allclose(rows[0], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_pruning_meets_the_sparsity_and_beats_plain_zeroing(rng):
+    gram = correlated_gram(rng, n=40, samples=400)
+    w = rng.standard_normal((12, 40))
+    keep, rows = obs.prune(w, gram, sparsity=0.75, block=16)
+    assert keep.sum() == pytest.approx(0.25 * w.size, abs=3)
+    assert np.all(rows[~keep] == 0)
+    plain = reconstruction.row_errors(np.where(keep, w, 0.0), w, gram).sum()
+    assert reconstruction.row_errors(rows.astype(np.float64), w, gram).sum() < 0.9 * plain
+
+
+def test_dead_inputs_are_pruned_first(rng):
+    x = rng.standard_normal((100, 8))
+    x[:, [2, 5]] = 0.0  # two inputs that never carry a signal
+    keep, _ = obs.prune(rng.standard_normal((4, 8)), x.T @ x, sparsity=0.25)
+    assert not keep[:, [2, 5]].any() and keep.sum() == 24
+
+
+def test_rounding_with_uncorrelated_inputs_is_nearest_rounding(rng):
+    w = rng.standard_normal((5, 20))
+    book = np.sort(rng.standard_normal(8)).astype(np.float32)
+    gram = np.diag(rng.uniform(0.5, 2.0, 20))  # diagonal H: no error can be compensated elsewhere
+    assert np.array_equal(obs.round_to_codebook(w, None, book, gram), codebook.assign(w, book).reshape(w.shape))
+
+
+def test_rounding_keeps_pruned_weights_at_zero_and_lowers_the_error(rng):
+    gram = correlated_gram(rng, n=30, samples=400)
+    w = rng.standard_normal((10, 30))
+    keep = rng.random((10, 30)) > 0.4
+    book, nearest = codebook.quantize(w, keep, bits=3)
+    nearest = nearest.reshape(w.shape)
+    book = book[np.r_[0, 1 + rng.permutation(len(book) - 1)]]  # unsorted entries (as after a refit) must work too
+    nearest = codebook.assign(w, np.sort(book[1:])).reshape(w.shape)
+    nearest = np.where(keep, np.argsort(book[1:])[nearest] + 1, 0)
+    compensated = obs.round_to_codebook(w, keep, book, gram)
+    assert np.array_equal(compensated == 0, ~keep)
+    error = lambda idx: reconstruction.row_errors(book[idx].astype(np.float64), w, gram).sum()  # noqa: E731
+    assert error(compensated) < error(nearest)
+
+
+def test_obs_pruning_and_rounding_end_to_end(tmp_path, rng):
+    model = two_layer_model(rng)
+    onnx.save(model, tmp_path / "in.onnx")
+    data = tmp_path / "calib.npz"
+    x = rng.standard_normal((64, 12)).astype(np.float32)
+    np.savez(data, x=x)
+    outputs = {}
+    for rounding in ("obs", "nearest"):
+        report = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / f"{rounding}.onnx", prune="activation", score="obs",
+                                   calib=str(data), sparsity=0.5, bits=3, min_elements=16, rounding=rounding)
+        assert [round(layer.sparsity, 2) for layer in report.layers] == [0.5, 0.5]
+        outputs[rounding] = onnxcomp.InferenceSession(tmp_path / f"{rounding}.onnx").run(None, {"x": x})[0]
+    reference = run_plain(model, {"x": x})[0]
+    errors = {k: np.linalg.norm(v - reference) for k, v in outputs.items()}
+    assert errors["obs"] <= errors["nearest"] * 1.05, errors
