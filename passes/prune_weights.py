@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from onnxcomp import obs, pruning
-from onnxcomp.calibration import from_rows, to_rows
+from onnxcomp.calibration import GRAM_LIMIT, from_rows, to_rows
 from onnxcomp.errors import CalibrationError, InvalidOptionError
 from onnxcomp.recipes import LayerRule, rule_value
 
@@ -76,11 +76,11 @@ class PruneWeightsPass(GraphPass):
         rows = to_rows(target.values, layout)
         if score == "wanda":
             scores = pruning.wanda_score(rows, target.statistics)
-        elif score == "obs":
-            if target.statistics.gram is None:
-                raise CalibrationError(f"{target.name}: OBS scores need the layer's Gram matrix, which was not collected "
-                                       "(too many inputs): use --score wanda for this layer")
+        elif score == "obs" and target.statistics.gram is not None:
             scores = obs.saliency(rows, target.statistics.gram)
+        elif score == "obs":
+            log.warning("%s: no Gram matrix (more than %d inputs), scored by wanda instead of obs", target.name, GRAM_LIMIT)
+            scores = pruning.wanda_score(rows, target.statistics)
         else:
             scores = pruning.tfidf_score(rows, target.statistics, self.tfidf)
         return from_rows(scores, layout, target.shape)
