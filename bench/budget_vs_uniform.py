@@ -3,8 +3,8 @@ budget, on the bundled models.
 
 For each model and budget:
 * uniform: the same sparsity and bits for every compressed layer, over a grid, with magnitude pruning and
-  least-squares reconstruction fitted on the same first 75% of the calibration file that ``compress_to_budget``
-  fits on; each setting is judged on the held-back last 25% (the samples ``compress_to_budget`` measures on), and
+  least-squares reconstruction fitted on the same 75% of the calibration file that ``compress_to_budget``
+  fits on; each setting is judged on the held-back 25% (the samples ``compress_to_budget`` measures on), and
   the smallest one that meets the budget wins;
 * auto: ``compress_to_budget(model, out, budget=B, calib=..., min_elements=...)`` with its defaults (magnitude
   pruning, reconstruction, sparsity 0..0.95, bits 2..8 per layer).
@@ -28,7 +28,7 @@ import onnxruntime as ort
 
 import onnxcomp
 from onnxcomp import budget as budget_math
-from onnxcomp.autotune import compress_to_budget
+from onnxcomp.autotune import compress_to_budget, holdout_split
 from onnxcomp.errors import OnnxcompError
 from onnxcomp.evaluate import accuracy, load_calibration
 
@@ -41,11 +41,12 @@ HOLDOUT = 0.25  # compress_to_budget's default
 
 
 def split(calib: str, model_path: str):
-    """The fit / held-back split compress_to_budget makes (first 75% / last 25% of the file)."""
+    """The fit / held-back split compress_to_budget makes (a seeded random 25% held back)."""
     data = load_calibration(calib, onnx.load(model_path))
     count = len(next(iter(data.values())))
     held = max(1, int(round(HOLDOUT * count)))
-    return ({k: v[:count - held] for k, v in data.items()}, {k: v[count - held:] for k, v in data.items()}, held)
+    fit_rows, hold_rows = holdout_split(count, held)
+    return ({k: v[fit_rows] for k, v in data.items()}, {k: v[hold_rows] for k, v in data.items()}, held)
 
 
 def run(path: str, feeds: dict, compressed: bool) -> np.ndarray:
@@ -186,8 +187,8 @@ def main() -> None:
                     f"{auto['quality']:.4f} | {100 * auto['eval']:.2f}% ({100 * (auto['eval'] - base):+.2f}) | {margin_cell} | "
                     f"{r['grid_seconds']:.0f} s / {auto['seconds']:.0f} s |")
     lines = [
-        f"Budget measured against the original model on the held-back last 25% of the calibration file "
-        f"(the samples `compress_to_budget` holds back; nothing is fitted on them); the first 75% fit pruning statistics "
+        f"Budget measured against the original model on the held-back 25% (seeded random) of the calibration file "
+        f"(the samples `compress_to_budget` holds back; nothing is fitted on them); the other 75% fit pruning statistics "
         f"and reconstruction for both columns. `min_elements={args.min_elements}` for both.",
         f"Uniform = the smallest file over the grid sparsity {{{args.sparsity}}} x bits {{{args.bits}}} "
         "(same setting in every compressed layer, magnitude pruning + reconstruction) that meets the budget on the "

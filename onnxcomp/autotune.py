@@ -47,6 +47,13 @@ ROUNDS_SMOOTH = 12  # a geometric search over a stand-in metric needs a few more
 CACHE_VERSION = 3
 
 
+def holdout_split(count: int, held: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(fit rows, held-back rows): a seeded random split, each part in file order. Random, not the last ones:
+    calibration files are often sorted (by class, by source)."""
+    order = np.random.default_rng(seed).permutation(count)
+    return np.sort(order[held:]), np.sort(order[:held])
+
+
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -122,9 +129,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     held = max(1, int(round(holdout * count)))
     if count - held < 1:
         raise CalibrationError(f"{count} calibration samples are too few to hold some back: give at least 2")
-    # A seeded random split, each part in file order: calibration files are often sorted (by class, by source).
-    order = np.random.default_rng(seed).permutation(count)
-    fit_rows, hold_rows = np.sort(order[held:]), np.sort(order[:held])
+    fit_rows, hold_rows = holdout_split(count, held, seed)
     fit = {k: v[fit_rows] for k, v in data.items()}
     hold = {k: v[hold_rows] for k, v in data.items()}
     labels = None if all_labels is None else all_labels[hold_rows]
