@@ -199,7 +199,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
         floor = sum(min(c[3] for c in cands) for cands in curves.values())
         raise OnnxcompError(f"no allocation meets the budget {budget} on the held-back samples: even the most accurate "
                             f"candidates predict an error of {floor:.4g} (allowed {goal.max_error:.4g}) and "
-                            f"{len(history)} compressed trials missed it; loosen the budget, or use a smoother metric (cosine, rel_l2) "
+                            f"{len(history)} compressed trials missed it; loosen the budget, or use a smoother metric (kl, cosine, rel_l2) "
                             f"or more calibration samples: top-1 on {held} held-back samples moves in steps of {1 / held:.3g}")
     settings, _, predicted, measured = best
     # The output is fit to all the calibration samples (the held-back ones too): more samples, better statistics.

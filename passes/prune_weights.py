@@ -85,9 +85,11 @@ class PruneWeightsPass(GraphPass):
             scores = pruning.tfidf_score(rows, target.statistics, self.tfidf)
         return from_rows(scores, layout, target.shape)
 
-    def layer_mask(self, t: WeightTarget, scores: np.ndarray) -> np.ndarray:
-        if self.score_for(t.name) == "obs" and t.statistics is not None and t.statistics.gram is not None:
+    def layer_mask(self, t: WeightTarget) -> np.ndarray:
+        if (self.score_for(t.name) == "obs" and self.threshold == "percentile" and t.statistics is not None
+                and t.statistics.gram is not None):
             return self.obs_mask(t)
+        scores = self.scores(t)
         if self.threshold == "sensitivity":
             return pruning.sensitivity_keep_mask(scores, self.sensitivity)
         if self.score_for(t.name) == "wanda" and t.statistics is not None:
@@ -108,7 +110,7 @@ class PruneWeightsPass(GraphPass):
             return PassResult(False, "no pruning")
         if self.scope == "layer":  # one weight's scores at a time: memory stays bounded by the largest weight
             for target in targets:
-                target.keep = self.layer_mask(target, self.scores(target))
+                target.keep = self.layer_mask(target)
             pruned = sum(t.size - int(t.keep.sum()) for t in targets)
             return PassResult(pruned > 0, f"pruned {pruned} weights in {len(targets)} tensors")
         scores = {t.name: self.scores(t) for t in targets}  # global: every layer's scores are ranked together

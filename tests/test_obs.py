@@ -92,3 +92,18 @@ def test_obs_pruning_and_rounding_end_to_end(tmp_path, rng):
     reference = run_plain(model, {"x": x})[0]
     errors = {k: np.linalg.norm(v - reference) for k, v in outputs.items()}
     assert errors["obs"] <= errors["nearest"] * 1.05, errors
+
+
+def test_sensitivity_threshold_ranks_the_one_shot_saliency(rng):
+    from passes import CompressionState, PruneWeightsPass
+    from passes.base import WeightTarget
+    from onnxcomp.calibration import LayerInput, LayerStatistics
+    import onnx_graphsurgeon as gs
+    w = rng.standard_normal((6, 10)).astype(np.float32)
+    gram = correlated_gram(rng)
+    stats = LayerStatistics(features=10)
+    stats.gram = gram
+    target = WeightTarget("w", gs.Constant("w", w), "fc", [], layer_input=LayerInput("x", "nk"), statistics=stats)
+    PruneWeightsPass(method="activation", score="obs", threshold="sensitivity", sensitivity=0.5)(CompressionState(None, [target]))
+    saliency = obs.saliency(w, gram)
+    assert np.array_equal(target.keep, saliency >= 0.5 * saliency.std())
