@@ -395,12 +395,14 @@ def test_34_calibration_file_missing(tmp_path, model_file):
 
 @pytest.mark.parametrize("option,words", [(["--bits", "0"], ["--bits", "1 to 16"]), (["--bits", "17"], ["--bits", "1 to 16"]),
                                           (["--sparsity", "1.5"], ["--sparsity"]), (["--conv-bits", "-1"], ["--conv-bits"]),
-                                          (["--sparsity", "-0.1"], ["--sparsity"]), (["--min-elements", "0"], ["--min-elements"])])
+                                          (["--sparsity", "-0.1"], ["--sparsity"]), (["--min-elements", "0"], ["--min-elements"]),
+                                          (["--rounding", "stochastic"], ["--rounding"]), (["--score", "sparsegpt"], ["--score"])])
 def test_35_invalid_option_values_are_usage_errors(tmp_path, model_file, option, words):
     expect_failure(tmp_path, ["compress", model_file, tmp_path / "out.onnx", *option], *words, exit_code=2)
 
 
-@pytest.mark.parametrize("options", [dict(bits=0), dict(bits=17), dict(sparsity=1.5), dict(bits={"fc": 20}), dict(prune="random")])
+@pytest.mark.parametrize("options", [dict(bits=0), dict(bits=17), dict(sparsity=1.5), dict(bits={"fc": 20}), dict(prune="random"),
+                                     dict(rounding="stochastic"), dict(score="sparsegpt")])
 def test_36_invalid_option_values_in_the_python_api(tmp_path, model_file, options):
     before = snapshot(tmp_path)
     with pytest.raises(InvalidOptionError):

@@ -50,7 +50,7 @@ def test_allocation_prefers_compressing_the_insensitive_layer():
 def test_budget_parsing_and_metrics():
     assert parse_budget("cosine=0.99").max_error == pytest.approx(0.01)
     assert parse_budget("rel_l2=0.05").max_error == 0.05
-    for bad in ("cosine", "speed=3", "top1=1.5", "accuracy=-1"):
+    for bad in ("cosine", "speed=3", "top1=1.5", "accuracy=-1", "kl=-0.1", "kl=nan"):
         with pytest.raises(InvalidOptionError):
             parse_budget(bad)
     reference = np.array([[1.0, 0.0], [0.0, 1.0]])
