@@ -50,12 +50,15 @@ def main() -> None:
     lines = [f"Uniform settings: {args.bits}-bit codebooks in every compressed layer (weights of 1,024 elements or more),",
              "the same sparsity in every layer; best ratio whose accuracy is within 1 point of the original",
              f"(grid: sparsity {args.sparsity}). Reconstruction rounds to the codebook with OBS compensation",
-             "unless the row says nearest. `per layer, --budget kl=K` = `--budget kl=K --prune activation --score wanda",
-             "--sequential --min-elements 1`: per-layer sparsity and bits from sensitivity curves (KL divergence of the",
-             "outputs on the held-back quarter of the calibration samples), every weight a candidate, sequential trials,",
-             "output fit to all calibration samples; its time includes the sensitivity analysis for the first budget of a model,",
-             "the others reuse the cached curves. Accuracy on the evaluation file.", "",
-             "| model | method | best ratio within 1 pt | sparsity | top-1 (change) | time per run |", "|---|---|---|---|---|---|"]
+             "unless the row says nearest."]
+    if args.budgets:
+        lines += ["`per layer, --budget kl=K` = `--budget kl=K --prune activation --score wanda --sequential",
+                  "--min-elements 1`: per-layer sparsity and bits from sensitivity curves (KL divergence of the",
+                  "outputs on the held-back quarter of the calibration samples), every weight a candidate, sequential trials,",
+                  "output fit to all calibration samples; its time includes the sensitivity analysis for the first budget of a model,",
+                  "the others reuse the cached curves."]
+    lines += ["Accuracy on the evaluation file.", "",
+              "| model | method | best ratio within 1 pt | sparsity | top-1 (change) | time per run |", "|---|---|---|---|---|---|"]
     grid = ["| model | method | sparsity | ratio | top-1 | change |", "|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as folder:
         out = str(Path(folder) / "out.onnx")
