@@ -30,13 +30,19 @@ from onnxcomp.codebook import assign
 BLOCK = 128
 
 
-def _inverse_factor(gram: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray]:
-    """(upper Cholesky factor of (H + damp mean(diag H) I)^-1, mask of dead inputs)."""
+def _damped(gram: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray]:
+    """(H + damp mean(diag H) I with dead inputs given a unit diagonal, mask of dead inputs)."""
     h = np.array(gram, dtype=np.float64)
     dead = np.diag(h) <= 0
     h[dead, dead] = 1.0
     live = np.diag(h)[~dead]
     h[np.diag_indices_from(h)] += damp * (float(live.mean()) if len(live) else 1.0)
+    return h, dead
+
+
+def _inverse_factor(gram: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray]:
+    """(upper Cholesky factor of the damped H^-1, mask of dead inputs)."""
+    h, dead = _damped(gram, damp)
     for attempt in range(6):  # raise the damping if the inverse is not numerically positive definite
         try:
             inverse = np.linalg.inv(h)
@@ -49,11 +55,7 @@ def _inverse_factor(gram: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarr
 def saliency(rows: np.ndarray, gram: np.ndarray, damp: float = 0.01) -> np.ndarray:
     """Classical OBS saliency ``w_ij^2 / [H^-1]_jj`` (the error of removing one weight alone, the others
     compensating); dead inputs score 0."""
-    h = np.array(gram, dtype=np.float64)
-    dead = np.diag(h) <= 0
-    h[dead, dead] = 1.0
-    live = np.diag(h)[~dead]
-    h[np.diag_indices_from(h)] += damp * (float(live.mean()) if len(live) else 1.0)
+    h, dead = _damped(gram, damp)
     scores = np.asarray(rows, dtype=np.float64) ** 2 / np.diag(np.linalg.inv(h))[None, :]
     scores[:, dead] = 0.0
     return scores
@@ -86,8 +88,7 @@ def prune(rows: np.ndarray, gram: np.ndarray, sparsity: float, damp: float = 0.0
             w1[:, j:] -= np.outer(e, u1[j, j:])
             w1[:, j] = target
             errors[:, j] = e
-        w[:, start:stop] = w1
-        w[:, stop:] -= errors @ u[start:stop, stop:]
+        w[:, stop:] -= errors @ u[start:stop, stop:]  # w1 is a view: the block itself is already updated
         keep[:, start:stop] = mask
     return keep, w.astype(np.float32)
 
