@@ -168,13 +168,16 @@ def write_compressed(model: onnx.ModelProto, records: list, output_path: str, so
     """Write ``model`` and the sidecar of ``records`` ((initializer name, record name, bytes, transposed)).
 
     Record initializers become external data in the sidecar. Both files are written to temporary names in
-    the output folder and renamed only when complete; returns the sidecar path (None if no records).
+    the output folder and renamed only when complete; returns the sidecar path (None if no records). A previous
+    output's sidecar and data file are set aside, not overwritten, until the new model is in place, and are put
+    back if any step fails, so the old model and its sidecar stay a working pair.
     With ``source_folder``, initializers still stored as external data of the input (a streamed model) are
     read from there: loaded inline if the output stays under 2 GB, else copied, chunk by chunk, into OUT.data.
     """
     folder = os.path.dirname(os.path.abspath(output_path))
     sidecar_file = sidecar.sidecar_path(output_path)
     temporaries: list[str] = []
+    backups: list[tuple[str, str]] = []  # (aside, final) for files of a previous output being replaced
     record_names = {record_name for _, record_name, _, _ in records}
     sources = []  # initializers whose data is still in the input's data files
     if source_folder is not None:
@@ -222,10 +225,18 @@ def write_compressed(model: onnx.ModelProto, records: list, output_path: str, so
         _write_model(model, model_tmp)
         for tmp, final in ((sidecar_tmp if records else None, sidecar_file), (data_tmp, data_file)):
             if tmp is not None:
+                if os.path.lexists(final):  # the previous output's file: kept aside until the new model is in place
+                    backup = _temporary(folder, [])
+                    os.replace(final, backup)
+                    backups.append((backup, final))
                 os.replace(tmp, final)
                 temporaries.append(final)  # of no use without its model: removed if the next step fails
         os.replace(model_tmp, output_path)
         temporaries.clear()
+        for backup, _ in backups:
+            with contextlib.suppress(OSError):
+                os.remove(backup)
+        backups.clear()
     except OSError as error:
         hint = "the disk is full: free some space and run again" if error.errno == errno.ENOSPC else "nothing was written"
         raise OutputError(f"cannot write {output_path}: {error.strerror or error}; {hint}") from error
@@ -233,6 +244,9 @@ def write_compressed(model: onnx.ModelProto, records: list, output_path: str, so
         for path in temporaries:
             with contextlib.suppress(OSError):
                 os.remove(path)
+        for backup, final in reversed(backups):  # a failed write puts the previous model's files back
+            with contextlib.suppress(OSError):
+                os.replace(backup, final)
     return sidecar_file if records else None
 
 

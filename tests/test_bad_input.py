@@ -240,6 +240,30 @@ def test_19_existing_output_survives_a_failed_write(tmp_path, model_file, monkey
     expect_failure(tmp_path, ["compress", model_file, tmp_path / "out.onnx", "--min-elements", "16"], "I/O error")
 
 
+def test_19b_previous_pair_still_runs_when_the_last_rename_fails(tmp_path, model_file, monkeypatch, rng):
+    """The sidecar is renamed into place before the model: if the model's rename then fails, the previous model
+    and its own sidecar are both back and still run together."""
+    from onnxcomp import model_io
+    out = tmp_path / "out.onnx"
+    assert cli("compress", model_file, out, "--min-elements", "16", "--bits", "4").exit_code == 0
+    feeds = x_feed(rng)
+    before = run_compressed(out, feeds)[0]
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if os.fspath(dst) == str(out):
+            raise OSError(errno.EIO, "I/O error")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(model_io.os, "replace", failing_replace)
+    result = cli("compress", model_file, out, "--min-elements", "16", "--bits", "2")
+    assert result.exit_code != 0 and "I/O error" in result.stdout + result.stderr
+    monkeypatch.setattr(model_io.os, "replace", real_replace)
+    np.testing.assert_array_equal(run_compressed(out, feeds)[0], before)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("out")) == ["out.onnx", "out.onnxcomp"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".onnxcomp-")]
+
+
 # --- weights that are left dense, with the reason said ------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", [TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16])
