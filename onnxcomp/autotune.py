@@ -32,6 +32,7 @@ import onnxruntime as ort
 
 from passes import CalibrateWeightsPass, CompressionState, PruneWeightsPass, ReconstructWeightsPass, SelectWeightsPass, ShareWeightsPass
 from passes.base import WeightTarget
+from passes.prune_weights import needs_gram
 
 from . import budget as budget_math
 from . import model_io, progress, sidecar
@@ -217,7 +218,7 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
     state = CompressionState(graph)
     SelectWeightsPass(min_elements=min_elements)(state)
     if options["prune"] == "activation" or options["reconstruct"]:
-        CalibrateWeightsPass(data=fit, keep_gram=options["reconstruct"] or options["score"] == "obs")(state)
+        CalibrateWeightsPass(data=fit, keep_gram=options["reconstruct"] or needs_gram(options["prune"], options["score"]))(state)
     curves = {}
     advance = progress.counter("sensitivity analysis", len(state.targets) * len(sparsities) * len(bits))
     for target in state.targets:

@@ -25,6 +25,7 @@ from passes.apply_settings import ApplySettingsPass
 from passes.compress_sequentially import CompressSequentiallyPass
 from passes.base import DOMAIN, DOMAIN_VERSION
 from passes.pack_weights import RECORD_SUFFIX
+from passes.prune_weights import needs_gram
 
 from . import model_io, progress, recipes
 from .errors import CalibrationError, InvalidOptionError, UnsupportedModelError
@@ -119,7 +120,6 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
         sparsity = {**DEFAULT_SPARSITY, **(sparsity or {})}
     if bits is None or isinstance(bits, Mapping):
         bits = {**DEFAULT_BITS, **(bits or {})}
-    needs_gram = (prune == "activation" and score == "obs") or any(r.score == "obs" for r in rules)
     passes = [SelectWeightsPass(min_elements=min_elements, rules=rules)]
     if settings:
         passes.append(ApplySettingsPass(settings=settings))
@@ -136,7 +136,7 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
         passes.append(CompressSequentiallyPass(data=calib, steps=steps, batch=calib_batch, threshold=activation_threshold))
     else:
         if calib is not None:
-            passes.append(CalibrateWeightsPass(data=calib, batch=calib_batch, threshold=activation_threshold, keep_gram=reconstruct or needs_gram))
+            passes.append(CalibrateWeightsPass(data=calib, batch=calib_batch, threshold=activation_threshold, keep_gram=reconstruct or needs_gram(prune, score, rules)))
         passes.extend(steps)
     passes.append(PackPortableWeightsPass() if format == "portable" else PackWeightsPass())
     return Pipeline(passes)

@@ -28,6 +28,11 @@ SCOPES = ("layer", "global")
 THRESHOLDS = ("percentile", "sensitivity")
 
 
+def needs_gram(method: str, score: str, rules: tuple[LayerRule, ...] = ()) -> bool:
+    """Whether pruning with these options scores some layer by OBS, which needs the layers' Gram matrices."""
+    return (method == "activation" and score == "obs") or any(r.score == "obs" for r in rules)
+
+
 class PruneWeightsPass(GraphPass):
     def __init__(self, *, method: str = "magnitude", score: str = "wanda", sparsity: float | Mapping[str, float] = 0.5,
                  scope: str = "layer", threshold: str = "percentile", sensitivity: float = 1.0,

@@ -8,7 +8,7 @@ import pytest
 from onnx import helper
 
 import onnxcomp
-from onnxcomp.autotune import compress_to_budget
+from onnxcomp.autotune import compress_to_budget, holdout_split
 from onnxcomp.budget import allocate, allocation_metric, error, parse_budget
 from onnxcomp.errors import InvalidOptionError
 
@@ -84,7 +84,9 @@ def test_accuracy_budget_holds_back_a_random_part_of_a_sorted_file(tmp_path, rng
                                 calib=str(tmp_path / "sorted.npz"), sparsities=(0.0, 0.5), bits=(4, 8), min_elements=16,
                                 cache_dir=str(tmp_path / "cache"))
     assert report.budget["allocation_metric"] == "kl" and report.budget["measured_error"] <= 0.05 + 1e-9
-    held = np.sort(np.random.default_rng(0).permutation(80)[:20])
+    fit_rows, held = holdout_split(80, 20, seed=0)  # the split compress_to_budget made above
+    assert sorted(np.concatenate([fit_rows, held]).tolist()) == list(range(80)) and len(held) == 20
+    assert np.all(np.diff(held) > 0) and np.all(np.diff(fit_rows) > 0)  # each part in file order
     assert len(set(labels[held])) > 1 and held.max() >= 60 and held.min() < 60
 
 
@@ -96,7 +98,7 @@ def test_budget_end_to_end_on_a_tiny_model(tmp_path, rng):
     assert report.budget["measured_error"] <= 0.05
     assert set(report.budget["settings"]) == {"w1", "w2"}
     # Measured independently on the held-back samples (a seeded random 25 %) in onnxruntime with the library.
-    held = np.load(data)["x"][np.sort(np.random.default_rng(0).permutation(80)[:20])]
+    held = np.load(data)["x"][holdout_split(80, 20)[1]]
     from conftest import run_plain
     want = run_plain(model, {"x": held})[0]
     got = onnxcomp.InferenceSession(tmp_path / "out.onnx").run(None, {"x": held})[0]
