@@ -180,7 +180,7 @@ def compress(
     with _user_errors(debug):
         from onnxcomp.pipeline.fidelity import parse_overrides
         shapes, ranges = parse_overrides(input_shape, input_range)
-        check = dict(fidelity=fidelity, min_cosine=min_cosine, fidelity_data=str(fidelity_data) if fidelity_data else None,
+        fidelity_options = dict(fidelity=fidelity, min_cosine=min_cosine, fidelity_data=str(fidelity_data) if fidelity_data else None,
                      input_shapes=shapes, input_ranges=ranges)
         if budget:
             from onnxcomp.pipeline.autotune import compress_to_budget
@@ -189,11 +189,11 @@ def compress(
                                         score=values["score"], reconstruct=reconstruct is not False, ridge=ridge, rounding=values["rounding"],
                                         sequential=sequential,
                                         init=values["init"], seed=seed, min_elements=min_elements,
-                                        eval_data=str(eval_data) if eval_data else None, progress=_progress(quiet), **check)
+                                        eval_data=str(eval_data) if eval_data else None, progress=_progress(quiet), **fidelity_options)
         else:
             result = run(str(input_path), str(output_path), recipe=recipe, config=str(config) if config else None,
                          calib=calib, calib_samples=calib_samples, eval_data=str(eval_data) if eval_data else None,
-                         progress=_progress(quiet), **check, **options)
+                         progress=_progress(quiet), **fidelity_options, **options)
         if report:
             try:
                 report.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
