@@ -148,6 +148,21 @@ def test_force_scalar_env_matches_isa_scalar():
     np.testing.assert_array_equal(forced, run_with_isa(model, {"x": x}, "scalar"))
 
 
+def decode_and_gather(record: bytes, rows: np.ndarray):
+    """Runs CodebookDecode(record) and CodebookGather(record, rows) in onnxruntime; returns (w, g)."""
+    import onnxruntime as ort
+    initializer = numpy_helper.from_array(np.frombuffer(record, np.uint8), "r")
+    nodes = [helper.make_node("CodebookDecode", ["r"], ["w"], domain=onnxcomp.runtime.DOMAIN),
+             helper.make_node("CodebookGather", ["r", "p"], ["g"], domain=onnxcomp.runtime.DOMAIN)]
+    graph = helper.make_graph(nodes, "decode", [helper.make_tensor_value_info("p", TensorProto.INT64, list(rows.shape))],
+                              [helper.make_tensor_value_info("w", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("g", TensorProto.FLOAT, None)], [initializer])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(onnxcomp.runtime.DOMAIN, 1)])
+    model.ir_version = 8
+    session = ort.InferenceSession(model.SerializeToString(), onnxcomp.runtime.session_options(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"p": rows})
+
+
 @pytest.mark.parametrize("bits", [1, 3, 4, 5, 8, 9, 16])
 def test_decode_and_gather_packed_working_form(bits):
     rng = np.random.default_rng(bits)
@@ -155,19 +170,8 @@ def test_decode_and_gather_packed_working_form(bits):
     size = min(1 << bits, 3000)
     codebook = rng.standard_normal(size).astype(np.float32)
     indices = rng.integers(0, size, shape)
-    record = numpy_helper.from_array(np.frombuffer(encode_record(codebook, indices, shape, bits), np.uint8), "r")
     positions = np.array([[0, 36, -1], [5, -37, 17]], dtype=np.int64)
-    nodes = [helper.make_node("CodebookDecode", ["r"], ["w"], domain=onnxcomp.runtime.DOMAIN),
-             helper.make_node("CodebookGather", ["r", "p"], ["g"], domain=onnxcomp.runtime.DOMAIN)]
-    graph = helper.make_graph(nodes, "decode", [helper.make_tensor_value_info("p", TensorProto.INT64, [2, 3])],
-                              [helper.make_tensor_value_info("w", TensorProto.FLOAT, None),
-                               helper.make_tensor_value_info("g", TensorProto.FLOAT, None)], [record])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(onnxcomp.runtime.DOMAIN, 1)])
-    model.ir_version = 8
-    w, g = onnxcomp.InferenceSession.__wrapped__(model) if False else (None, None)
-    import onnxruntime as ort
-    session = ort.InferenceSession(model.SerializeToString(), onnxcomp.runtime.session_options(), providers=["CPUExecutionProvider"])
-    w, g = session.run(None, {"p": positions})
+    w, g = decode_and_gather(encode_record(codebook, indices, shape, bits), positions)
     np.testing.assert_array_equal(w, codebook[indices])
     np.testing.assert_array_equal(g, codebook[indices][positions])
 
@@ -241,7 +245,6 @@ def test_codebook_matmul_outliers_threads(isa):
 
 @pytest.mark.parametrize("bits,fraction", [(1, 0.02), (4, 1.0), (5, 0.05), (9, 0.01), (16, 0.003)])
 def test_decode_and_gather_outliers_exact(bits, fraction):
-    import onnxruntime as ort
     rng = np.random.default_rng(bits)
     shape = (37, 11)
     size = min(1 << bits, 3000)
@@ -252,17 +255,8 @@ def test_decode_and_gather_outliers_exact(bits, fraction):
     data = encode_record(codebook, indices, shape, bits, positions, values)
     reference = decode_record(data).to_dense()
     assert np.array_equal(reference.reshape(-1)[positions], values)  # exact, not rounded
-    record = numpy_helper.from_array(np.frombuffer(data, np.uint8), "r")
     rows = np.array([[0, 36, -1], [5, -37, 17]], dtype=np.int64)
-    nodes = [helper.make_node("CodebookDecode", ["r"], ["w"], domain=onnxcomp.runtime.DOMAIN),
-             helper.make_node("CodebookGather", ["r", "p"], ["g"], domain=onnxcomp.runtime.DOMAIN)]
-    graph = helper.make_graph(nodes, "decode", [helper.make_tensor_value_info("p", TensorProto.INT64, [2, 3])],
-                              [helper.make_tensor_value_info("w", TensorProto.FLOAT, None),
-                               helper.make_tensor_value_info("g", TensorProto.FLOAT, None)], [record])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(onnxcomp.runtime.DOMAIN, 1)])
-    model.ir_version = 8
-    session = ort.InferenceSession(model.SerializeToString(), onnxcomp.runtime.session_options(), providers=["CPUExecutionProvider"])
-    w, g = session.run(None, {"p": rows})
+    w, g = decode_and_gather(data, rows)
     np.testing.assert_array_equal(w, reference)
     np.testing.assert_array_equal(g, reference[rows])
     assert not np.array_equal(w, codebook[indices])
