@@ -50,6 +50,7 @@ class LayerReport:
     bits: int
     bytes_before: int
     bytes_after: int
+    outliers: int = 0  # values stored exactly beside the codebook
 
     @property
     def ratio(self) -> float:
@@ -90,7 +91,7 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
                    init: str = "quantile", min_elements: int = 1024, seed: int = 0, calib=None, calib_batch: int = 64,
                    activation_threshold: float = 0.0, reconstruct: bool | None = None, ridge: float = 1e-2,
                    format: str = "custom-op", layers=(), settings: dict | None = None, sequential: bool = False,
-                   rounding: str = "obs") -> Pipeline:
+                   rounding: str = "obs", outliers: str | float = "auto") -> Pipeline:
     """The pass list for the given options (``None`` means the defaults; ``calib`` is a dict of input arrays).
 
     ``format`` "custom-op" writes records for the onnxcomp ops; "portable" writes standard ONNX ops only.
@@ -100,6 +101,8 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
     With calibration data, reconstruction (refitting kept weights, then the shared values) is on unless
     ``reconstruct=False``. ``settings`` maps weight names to ``{"sparsity": s, "bits": b}`` overrides. ``sequential`` compresses layer
     by layer in graph order, each fit to the already-compressed upstream layers (needs calibration data).
+    ``outliers`` is "auto" (a fraction per weight by measured error, onnxcomp/outliers.py) or a fraction of each
+    weight's kept values (0: none) stored exactly beside the codebook.
     """
     if format not in FORMATS:
         raise InvalidOptionError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
@@ -131,7 +134,8 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
                               sensitivity=sensitivity, tfidf=tfidf, rules=rules)]
     if reconstruct:
         steps.append(ReconstructWeightsPass(ridge=ridge))
-    steps.append(ShareWeightsPass(bits=bits, init=init, seed=seed, refit_codebook=reconstruct, rounding=rounding, rules=rules))
+    steps.append(ShareWeightsPass(bits=bits, init=init, seed=seed, refit_codebook=reconstruct, rounding=rounding, rules=rules,
+                                  outliers=outliers))
     if sequential:
         passes.append(CompressSequentiallyPass(data=calib, steps=steps, batch=calib_batch, threshold=activation_threshold))
     else:
@@ -224,7 +228,8 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
     report = Report(input_path, output_path, sidecar_file, model_io.model_bytes(input_path), output_bytes, skipped=state.skipped)
     for t in state.targets:
         report.layers.append(LayerReport(t.name, t.kind, list(t.shape), t.size, round(t.sparsity, 6), len(t.codebook),
-                                         t.bits, 4 * t.size, len(t.record) if t.record is not None else portable_bytes(t, state.graph.opset or 0)))
+                                         t.bits, 4 * t.size, len(t.record) if t.record is not None else portable_bytes(t, state.graph.opset or 0),
+                                         len(t.outlier_positions)))
     if eval_data:
         from .evaluate import accuracy
         report.accuracy_before = accuracy(input_path, eval_data)
