@@ -18,7 +18,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxcomp
-from onnxcomp.sidecar import decode_record, encode_record
+from onnxcomp.core.sidecar import decode_record, encode_record
 
 ISAS = ["scalar", "avx2", "avx512"]
 EPS32 = 2.0 ** -24

@@ -20,9 +20,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxcomp
-from onnxcomp import outliers, sidecar
+from onnxcomp.core import outliers, sidecar
 from onnxcomp.errors import InvalidOptionError
-from onnxcomp.pipeline import compress_model
+from onnxcomp.pipeline.compression import compress_model
 
 from conftest import float_input, make_model, run_compressed, run_plain, weight
 from test_compress import OPTIONS, compress_and_check

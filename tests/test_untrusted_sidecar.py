@@ -18,7 +18,7 @@ import pytest
 from onnx import helper
 
 import onnxcomp
-from onnxcomp import model_io
+from onnxcomp.passes import model_io
 from onnxcomp.errors import CorruptSidecarError, UnsupportedModelError
 
 from conftest import float_input, make_model, weight
@@ -189,7 +189,7 @@ def outlier_matmul_model(record: bytes) -> onnx.ModelProto:
 @pytest.mark.parametrize("damage", ["position at N", "count zero", "count above N", "values cut", "extra byte", "bad format"])
 def test_damaged_outlier_section_is_a_clean_error(tmp_path, damage):
     """A version-2 record whose outlier section lies (CRC recomputed): both readers refuse it, no crash."""
-    from onnxcomp import sidecar
+    from onnxcomp.core import sidecar
     rng = np.random.default_rng(5)
     good = sidecar.encode_record(rng.standard_normal(4).astype(np.float32), rng.integers(0, 4, 60), (10, 6), 2,
                                  np.array([59]), np.array([9.0], np.float32))

@@ -71,7 +71,7 @@ class WeightTarget:
     sparsity_override: float | None = None  # per-weight settings (budget allocation, recipes) beat per-kind ones
     bits_override: int | None = None
     packed: bool = False  # consumers rewritten to the record (PackWeightsPass)
-    # Outliers kept exact beside the codebook (onnxcomp/outliers.py): flat row-major positions, increasing, and
+    # Outliers kept exact beside the codebook (onnxcomp/core/outliers.py): flat row-major positions, increasing, and
     # their float32 values as a reader gets them back.
     outlier_positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     outlier_values: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))

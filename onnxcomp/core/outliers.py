@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import codebook as codebook_math
-from .errors import CorruptSidecarError, InvalidOptionError
+from onnxcomp.core import codebook as codebook_math
+from onnxcomp.errors import CorruptSidecarError, InvalidOptionError
 
 FLOAT16 = 0
 FLOAT32 = 1

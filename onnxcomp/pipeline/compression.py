@@ -18,18 +18,20 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from passes import (CalibrateWeightsPass, CompressionState, PackPortableWeightsPass, PackWeightsPass, Pipeline,
+from onnxcomp.passes import (CalibrateWeightsPass, CompressionState, PackPortableWeightsPass, PackWeightsPass, Pipeline,
                     PruneWeightsPass, ReconstructWeightsPass, SelectWeightsPass, ShareWeightsPass)
-from passes.pack_portable import portable_bytes
-from passes.apply_settings import ApplySettingsPass
-from passes.compress_sequentially import CompressSequentiallyPass
-from passes.base import DOMAIN, DOMAIN_VERSION
-from passes.pack_weights import RECORD_SUFFIX
-from passes.prune_weights import needs_gram
+from onnxcomp.passes.pack_portable import portable_bytes
+from onnxcomp.passes.apply_settings import ApplySettingsPass
+from onnxcomp.passes.compress_sequentially import CompressSequentiallyPass
+from onnxcomp.passes.base import DOMAIN, DOMAIN_VERSION
+from onnxcomp.passes.pack_weights import RECORD_SUFFIX
+from onnxcomp.passes.prune_weights import needs_gram
 
-from . import model_io, progress, recipes
-from .errors import CalibrationError, InvalidOptionError, UnsupportedModelError
-from .recipes import LayerRule
+from onnxcomp.passes import model_io
+from onnxcomp import progress
+from onnxcomp.core import recipes
+from onnxcomp.errors import CalibrationError, InvalidOptionError, UnsupportedModelError
+from onnxcomp.core.recipes import LayerRule
 
 log = logging.getLogger("onnxcomp")
 
@@ -101,7 +103,7 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
     With calibration data, reconstruction (refitting kept weights, then the shared values) is on unless
     ``reconstruct=False``. ``settings`` maps weight names to ``{"sparsity": s, "bits": b}`` overrides. ``sequential`` compresses layer
     by layer in graph order, each fit to the already-compressed upstream layers (needs calibration data).
-    ``outliers`` is "auto" (a fraction per weight by measured error, onnxcomp/outliers.py) or a fraction of each
+    ``outliers`` is "auto" (a fraction per weight by measured error, onnxcomp/core/outliers.py) or a fraction of each
     weight's kept values (0: none) stored exactly beside the codebook.
     """
     if format not in FORMATS:
@@ -208,7 +210,7 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
         if unknown:
             raise InvalidOptionError(f"unknown option(s) {', '.join(sorted(unknown))} in the recipe")
         if isinstance(options.get("tfidf"), Mapping):
-            from .pruning import TfidfParameters
+            from onnxcomp.core.pruning import TfidfParameters
             options["tfidf"] = TfidfParameters(**options["tfidf"])
     build_pipeline(calib={} if calib else None, **options)  # validate options before any work
     model_io.check_output_path(input_path, output_path)
@@ -216,7 +218,7 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
     stream = calib is None
     model = model_io.load_model(input_path, external_data=not stream)
     if isinstance(calib, str):
-        from .evaluate import load_calibration
+        from onnxcomp.pipeline.evaluate import load_calibration
         options["calib"] = load_calibration(calib, model, calib_samples, seed=options.get("seed", 0))
     elif calib is not None:
         options["calib"] = calib
@@ -231,7 +233,7 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
                                          t.bits, 4 * t.size, len(t.record) if t.record is not None else portable_bytes(t, state.graph.opset or 0),
                                          len(t.outlier_positions)))
     if eval_data:
-        from .evaluate import accuracy
+        from onnxcomp.pipeline.evaluate import accuracy
         report.accuracy_before = accuracy(input_path, eval_data)
         report.accuracy_after = accuracy(output_path, eval_data, compressed=sidecar_file is not None)
     return report
@@ -239,7 +241,7 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
 
 def decoded_weights(sidecar_file: str) -> dict[str, np.ndarray]:
     """Every weight of a sidecar decoded by the numpy reference decoder, in its original orientation."""
-    from . import sidecar
+    from onnxcomp.core import sidecar
     weights = {}
     with open(sidecar_file, "rb") as f:
         data = f.read()

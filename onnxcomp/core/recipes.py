@@ -25,7 +25,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .errors import InvalidOptionError
+from onnxcomp.errors import InvalidOptionError
 
 RULE_SCORES = ("magnitude", "wanda", "tfidf", "obs")
 
@@ -49,7 +49,7 @@ class LayerRule:
         if self.score is not None and self.score not in RULE_SCORES:
             raise InvalidOptionError(f"layer rule {self.pattern!r}: unknown score {self.score!r}: use one of {', '.join(RULE_SCORES)}")
         if self.outliers is not None:
-            from .outliers import parse_option
+            from onnxcomp.core.outliers import parse_option
             try:
                 parse_option(self.outliers)
             except InvalidOptionError as error:

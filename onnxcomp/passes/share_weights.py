@@ -1,4 +1,4 @@
-"""ShareWeightsPass: per-layer k-means codebooks (see onnxcomp/codebook.py for the math).
+"""ShareWeightsPass: per-layer k-means codebooks (see onnxcomp/core/codebook.py for the math).
 
 Each target gets a codebook of at most 2^bits float32 values and one index per weight; pruned weights map to
 index 0, whose value is exactly 0.0. ``bits`` is an int or a mapping from weight kind ("conv", "fc",
@@ -11,7 +11,7 @@ given, is called on each target as soon as it is shared (the custom-op pipeline 
 drops the indices), so only one weight's arrays are alive at a time.
 
 ``outliers`` ("auto", the default, or a fraction of the kept weights; rules may set it per layer) keeps the
-largest weights exact beside the codebook (onnxcomp/outliers.py: the rule that picks the fraction per
+largest weights exact beside the codebook (onnxcomp/core/outliers.py: the rule that picks the fraction per
 tensor). Compensated rounding and the codebook refit treat them as fixed: an outlier stores its compensated
 value and no codebook entry is fit to it.
 """
@@ -22,14 +22,14 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from onnxcomp import codebook as codebook_math
-from onnxcomp import obs
-from onnxcomp import outliers as outlier_math
+from onnxcomp.core import codebook as codebook_math
+from onnxcomp.core import obs
+from onnxcomp.core import outliers as outlier_math
 from onnxcomp import progress
-from onnxcomp import reconstruction
-from onnxcomp.calibration import from_rows, to_rows
+from onnxcomp.core import reconstruction
+from onnxcomp.passes.calibration import from_rows, to_rows
 from onnxcomp.errors import InvalidOptionError
-from onnxcomp.recipes import LayerRule, rule_value
+from onnxcomp.core.recipes import LayerRule, rule_value
 
 from .base import CompressionState, GraphPass, PassResult
 

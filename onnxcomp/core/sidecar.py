@@ -6,7 +6,7 @@ elements plus the non-zero indices: a layer with sparsity s then costs about
 ``(1 - s) * (H(gap) + H(value))`` bits per element instead of ``H(index) >= 1`` bit, which is what lets
 highly sparse layers escape Huffman's one-bit floor. The encoder tries both codings and every gap
 alphabet size and keeps the smallest record. A record may also list outliers, exact values at given positions
-that replace the codebook value there (record version 2, onnxcomp/outliers.py).
+that replace the codebook value there (record version 2, onnxcomp/core/outliers.py).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import huffman, outliers
-from .errors import CorruptSidecarError
+from onnxcomp.core import huffman, outliers
+from onnxcomp.errors import CorruptSidecarError
 
 RECORD_MAGIC = b"OCWR"
 RECORD_VERSION = 1
