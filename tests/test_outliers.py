@@ -20,6 +20,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxcomp
+import onnxcomp.pipeline.inspection
 from onnxcomp.core import outliers, sidecar
 from onnxcomp.errors import InvalidOptionError
 from onnxcomp.pipeline.compression import compress_model
@@ -164,3 +165,68 @@ def test_calibrated_refit_keeps_outliers_exact(tmp_path, rng):
         want = x @ numpy_helper.to_array(model.graph.initializer[0])
         errors[option] = np.linalg.norm(x @ decoded - want) / np.linalg.norm(want)
     assert errors["auto"] < errors[0]
+
+
+# ---- Portable format, inspect and decompress --------------------------------------------------------------
+
+from test_tools import mixed_feeds, mixed_model  # noqa: E402,F401 - fixture
+
+MIXED = dict(sparsity=0.5, bits=4, min_elements=100, outliers=0.03)
+MIXED_NAMES = {"w_gemm", "w_matmul", "table", "w_conv"}
+
+
+def test_portable_outliers_equal_the_custom_op_weights(mixed_model, tmp_path, rng):  # noqa: F811
+    custom, portable = tmp_path / "custom.onnx", tmp_path / "portable.onnx"
+    custom_report = onnxcomp.compress(mixed_model, custom, **MIXED)
+    report = onnxcomp.compress(mixed_model, portable, format="portable", **MIXED)
+    model = onnx.load(portable)
+    onnx.checker.check_model(model, full_check=True)
+    assert all(n.domain in ("", "ai.onnx") for n in model.graph.node)
+    assert {n.name for n in model.graph.node if n.op_type == "ScatterElements"} == {f"{w}.outliers" for w in MIXED_NAMES}
+    assert [layer.outliers for layer in report.layers] == [layer.outliers for layer in custom_report.layers]
+    # The same weights: the lookup with outliers scattered on equals the numpy decoding of the records.
+    stored = {w.name: w.dense() for w in onnxcomp.pipeline.inspection.stored_weights(model, str(portable)).values()}
+    from onnxcomp.pipeline.compression import decoded_weights
+    for name, dense in decoded_weights(custom_report.sidecar_path).items():
+        np.testing.assert_array_equal(stored[name], dense)
+    feeds = mixed_feeds(rng)
+    for a, b in zip(run_plain(portable, feeds), run_compressed(custom, feeds)):  # stock onnxruntime vs the library
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
+    for layer in report.layers:  # bytes_after counts the stored gaps and values
+        gaps = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == layer.name + ".outlier_gaps"))
+        values = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == layer.name + ".outlier_values"))
+        assert len(gaps) == len(values) == layer.outliers
+        assert layer.bytes_after == -(-layer.params * 4 // 8) + 4 * layer.codebook_size + gaps.nbytes + values.nbytes
+
+
+def test_portable_old_opset_has_no_outliers(tmp_path, rng):
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [float_input("x", ["n", 64])],
+                       [float_input("y", ["n", 32])], [weight(rng, "w", (64, 32))], opset=10)
+    onnx.save(model, tmp_path / "old.onnx")
+    report = onnxcomp.compress(tmp_path / "old.onnx", tmp_path / "out.onnx", format="portable", outliers=0.05)
+    assert report.layers[0].outliers == 0
+    assert not any(n.op_type == "ScatterElements" for n in onnx.load(tmp_path / "out.onnx").graph.node)
+
+
+@pytest.mark.parametrize("fmt", ["custom-op", "portable"])
+def test_inspect_and_decompress_count_and_apply_outliers(mixed_model, tmp_path, rng, fmt):  # noqa: F811
+    out, dense = tmp_path / "small.onnx", tmp_path / "dense.onnx"
+    report = onnxcomp.compress(mixed_model, out, format=fmt, **MIXED)
+    inspected = {w.name: w for w in onnxcomp.inspect(out).weights}
+    for layer in report.layers:
+        info = inspected[layer.name]
+        assert info.outliers == layer.outliers > 0
+        assert 0 < info.outlier_bytes < info.stored_bytes
+    if fmt == "custom-op":
+        data = open(report.sidecar_path, "rb").read()
+        for entry in sidecar.read_directory(report.sidecar_path):
+            record = sidecar.decode_record(data[entry.offset:entry.offset + entry.length])
+            assert inspected[entry.name].outlier_bytes == outliers.encoded_bytes(record.outlier_positions, record.outlier_values)
+            assert inspected[entry.name].stored_bytes == entry.length
+    table = subprocess.run([sys.executable, "-m", "onnxcomp", "inspect", str(out)], capture_output=True, text=True)
+    assert table.returncode == 0 and "outliers" in table.stdout.splitlines()[1]
+    onnxcomp.decompress(out, dense)
+    assert not any(n.op_type == "ScatterElements" or n.domain == onnxcomp.DOMAIN for n in onnx.load(dense).graph.node)
+    feeds = mixed_feeds(rng)
+    for a, b in zip(run_plain(dense, feeds), run_compressed(out, feeds)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())  # fp32 summation order

@@ -49,6 +49,7 @@ class Record:
     coding: int = CODING_DENSE
     outlier_positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # int64 [L], increasing
     outlier_values: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # float32 [L]
+    outlier_bytes: int = 0  # length of the outlier section
 
     def to_dense(self) -> np.ndarray:
         return apply_outliers(self.codebook[self.indices], self.outlier_positions, self.outlier_values).reshape(self.dims)
@@ -239,7 +240,9 @@ def decode_record(data: bytes) -> Record:
         indices = _decode_sparse(payload, payload_bits, gap_bits, gap_lengths, value_lengths, n, nonzero_count)
     record = Record(tuple(dims), codebook, indices, bits, coding)
     if version == RECORD_VERSION_OUTLIERS:
+        start = cursor.offset
         record.outlier_positions, record.outlier_values = outliers.decode_section(cursor.take, n)
+        record.outlier_bytes = cursor.offset - start
     if cursor.offset != len(cursor.data):
         raise CorruptSidecarError("record has trailing bytes")
     return record

@@ -263,12 +263,13 @@ def inspect(
 def _print_inspection(result) -> None:
     typer.echo(f"{result.path}: {result.format} model, {result.file_bytes:,} bytes on disk")
     typer.echo(f"{'weight':<24} {'op':<15} {'kind':<9} {'shape':<14} {'params':>9} {'sparsity':>8} {'bits':>4} "
-               f"{'K':>6} {'stored':>10} {'bits/w':>6} {'entropy':>10}")
+               f"{'K':>6} {'stored':>10} {'bits/w':>6} {'entropy':>10} {'outliers':>9} {'out.bytes':>9}")
     for w in result.weights:
         shape = "x".join(map(str, w.shape))
         k = "-" if w.codebook_size is None else str(w.codebook_size)
         typer.echo(f"{w.name[:24]:<24} {w.op[:15]:<15} {w.kind:<9} {shape:<14} {w.params:>9,} {w.sparsity:>8.1%} {w.bits:>4} "
-                   f"{k:>6} {w.stored_bytes:>10,} {w.bits_per_weight:>6.2f} {w.entropy_bytes:>10,}")
+                   f"{k:>6} {w.stored_bytes:>10,} {w.bits_per_weight:>6.2f} {w.entropy_bytes:>10,} {w.outliers:>9,} "
+                   f"{w.outlier_bytes:>9,}")
     typer.echo(f"total: {result.params:,} weights, {result.dense_bytes:,} bytes as float32 -> {result.stored_bytes:,} "
                f"stored ({result.ratio:.1f}x)")
 

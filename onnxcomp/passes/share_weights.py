@@ -31,7 +31,7 @@ from onnxcomp.passes.calibration import from_rows, to_rows
 from onnxcomp.errors import InvalidOptionError
 from onnxcomp.core.recipes import LayerRule, rule_value
 
-from .base import CompressionState, GraphPass, PassResult
+from .base import CompressionState, GraphPass, PassResult, log
 
 
 ROUNDINGS = ("obs", "nearest")
@@ -40,7 +40,7 @@ ROUNDINGS = ("obs", "nearest")
 class ShareWeightsPass(GraphPass):
     def __init__(self, *, bits: int | Mapping[str, int] = 5, init: str = "quantile", seed: int = 0,
                  refit_codebook: bool = False, rounding: str = "obs", rules: tuple[LayerRule, ...] = (), encode=None,
-                 outliers: str | float = outlier_math.AUTO) -> None:
+                 outliers: str | float = outlier_math.AUTO, outliers_opset: int = 0) -> None:
         for value in bits.values() if isinstance(bits, Mapping) else [bits]:
             if not isinstance(value, int) or not 1 <= value <= 16:
                 raise InvalidOptionError(f"bits {value} is out of range: give an integer from 1 to 16")
@@ -51,6 +51,7 @@ class ShareWeightsPass(GraphPass):
         self.bits, self.init, self.seed, self.refit_codebook = bits, init, seed, refit_codebook
         self.rounding = rounding
         self.outliers = outlier_math.parse_option(outliers)
+        self.outliers_opset = outliers_opset  # the portable format scatters outliers with opset-11 ops
         self.rules = tuple(rules)
         self.encode = encode
 
@@ -69,12 +70,18 @@ class ShareWeightsPass(GraphPass):
 
     def run(self, state: CompressionState) -> PassResult:
         targets = [t for t in state.targets if t.codebook is None]
+        opset = (state.graph.opset or 0) if state.graph is not None else self.outliers_opset
+        no_outliers = opset < self.outliers_opset
+        if no_outliers and targets:
+            log.info("no outliers: the model's opset %d has no ScatterElements/CumSum (needs %d) for the portable format",
+                     opset, self.outliers_opset)
         for target in progress.track(targets, "k-means codebooks"):
             target.bits = self.bits_for(target)
             layout = target.layer_input.layout if target.layer_input is not None else None
             statistics = target.statistics
             shared = outlier_math.share(
-                target.values, target.keep, target.bits, option=self.outliers_for(target), init=self.init, seed=self.seed,
+                target.values, target.keep, target.bits, option=0.0 if no_outliers else self.outliers_for(target),
+                init=self.init, seed=self.seed,
                 rows=output_rows(target), importance=None if statistics is None else statistics.sum_squares)
             target.codebook, target.indices = shared.codebook, shared.indices
             target.outlier_positions, target.outlier_values = shared.positions, shared.values

@@ -20,7 +20,7 @@ import onnx_graphsurgeon as gs
 
 from onnxcomp.passes import (CalibrateWeightsPass, CompressionState, PackPortableWeightsPass, PackWeightsPass, Pipeline,
                     PruneWeightsPass, ReconstructWeightsPass, SelectWeightsPass, ShareWeightsPass)
-from onnxcomp.passes.pack_portable import portable_bytes
+from onnxcomp.passes.pack_portable import SCATTER_OPSET, portable_bytes
 from onnxcomp.passes.apply_settings import ApplySettingsPass
 from onnxcomp.passes.compress_sequentially import CompressSequentiallyPass
 from onnxcomp.passes.base import DOMAIN, DOMAIN_VERSION
@@ -137,7 +137,7 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
     if reconstruct:
         steps.append(ReconstructWeightsPass(ridge=ridge))
     steps.append(ShareWeightsPass(bits=bits, init=init, seed=seed, refit_codebook=reconstruct, rounding=rounding, rules=rules,
-                                  outliers=outliers))
+                                  outliers=outliers, outliers_opset=SCATTER_OPSET if format == "portable" else 0))
     if sequential:
         passes.append(CompressSequentiallyPass(data=calib, steps=steps, batch=calib_batch, threshold=activation_threshold))
     else:
