@@ -230,3 +230,43 @@ def test_inspect_and_decompress_count_and_apply_outliers(mixed_model, tmp_path, 
     feeds = mixed_feeds(rng)
     for a, b in zip(run_plain(dense, feeds), run_compressed(out, feeds)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())  # fp32 summation order
+
+
+# ---- Calibrated math with outliers held fixed -----------------------------------------------------------------
+
+def test_obs_rounding_leaves_outliers_unrounded(rng):
+    from onnxcomp.core import obs
+    rows = rng.standard_normal((6, 20))
+    x = rng.standard_normal((100, 20))
+    gram = x.T @ x
+    codebook = np.sort(rng.standard_normal(4)).astype(np.float32)
+    none = np.zeros(rows.shape, dtype=bool)
+    plain = obs.round_to_codebook(rows, None, codebook, gram)
+    indices, values = obs.round_to_codebook(rows, None, codebook, gram, exact=none)
+    assert np.array_equal(indices, plain) and not values.any()
+    everything = np.ones(rows.shape, dtype=bool)
+    _, values = obs.round_to_codebook(rows, None, codebook, gram, exact=everything)
+    np.testing.assert_allclose(values, rows, rtol=1e-6)  # nothing rounded, so nothing compensated
+
+
+def test_codebook_refit_with_fixed_outliers_is_the_least_squares_optimum(rng):
+    """Against a brute-force least squares over the free codebook entries, outliers fixed at their values."""
+    from onnxcomp.core import reconstruction
+    outputs, inputs, k = 5, 12, 4
+    original = rng.standard_normal((outputs, inputs))
+    x = rng.standard_normal((200, inputs))
+    gram = x.T @ x
+    indices = rng.integers(0, k, (outputs, inputs))
+    exact = rng.random((outputs, inputs)) < 0.15
+    exact_values = np.where(exact, original * 1.1, 0.0).astype(np.float32)
+    start = np.sort(rng.standard_normal(k)).astype(np.float32)
+    refit = reconstruction.refit_codebook(original, indices, start, gram, False, ridge=0.0, exact=exact, exact_values=exact_values)
+    # ||X (M c + v) - X w||^2 summed over rows, M the one-hot of non-outlier entries: linear least squares in c.
+    design, target = [], []
+    for i in range(outputs):
+        onehot = np.zeros((inputs, k))
+        onehot[np.flatnonzero(~exact[i]), indices[i][~exact[i]]] = 1.0
+        design.append(x @ onehot)
+        target.append(x @ original[i] - x @ exact_values[i])
+    best = np.linalg.lstsq(np.vstack(design), np.concatenate(target), rcond=None)[0]
+    np.testing.assert_allclose(refit, best, rtol=1e-4, atol=1e-5)
