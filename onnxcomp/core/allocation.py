@@ -2,7 +2,8 @@
 
 For a weight w (N values) and a candidate (sparsity s, bits b, outlier fraction f), the candidate's weight
 ŵ is: the s N smallest |w| set to 0 (magnitude pruning), the f N largest |w| kept exact (outliers), the rest
-clustered into 2^b - [s > 0] shared values by the pipeline's own k-means (onnxcomp/core/codebook.py). Two data-free measures of its damage:
+clustered into 2^b - [s > 0] shared values by Lloyd iterations from quantile starts (onnxcomp/core/codebook.py,
+the pipeline's k-means without its first fit on a sample). Two data-free measures of its damage:
 
     relative L2 error   e2  = ||w - ŵ||_2 / ||w||_2
     worst-case error    einf = max_i |w_i - ŵ_i| / max_i |w_i|
@@ -36,9 +37,9 @@ L2_LIMIT = 0.05
 MAX_LIMIT = 0.25
 BITS = (2, 3, 4, 5, 6, 7, 8)
 SPARSITIES = (0.0,)
-OUTLIERS = (0.0,)
+OUTLIERS = (0.0, 0.002, 0.01)
 OUTLIER_BYTES = 3.5  # a float16 value and about 12 bits of Rice-coded position gap at 0.1-1 % outliers
-SAMPLE = 1 << 20
+SAMPLE = 1 << 18
 EXTREMES = 256
 
 
@@ -65,64 +66,112 @@ def _sample(weight: np.ndarray, seed: int) -> np.ndarray:
     return flat[np.union1d(chosen, extremes)].astype(np.float64)
 
 
+class Allocator:
+    """The candidates of one weight, measured lazily: ``choose`` walks the bits upwards per (sparsity, outlier
+    fraction) and stops at the first acceptable one (more bits only cost more bytes), so a weight costs a few
+    codebook fits, not the whole grid; measurements are kept for later calls with tighter scales."""
+
+    def __init__(self, weight: np.ndarray, *, bits=BITS, sparsities=SPARSITIES, outliers=OUTLIERS, seed: int = 0) -> None:
+        self.n_total = int(np.size(weight))
+        self.values = _sample(weight, seed)  # in tensor order: the codebook is fit on the values as the pipeline sees them
+        self.v = np.sort(self.values)
+        self.magnitude = np.sort(np.abs(self.v))
+        self.s2 = np.concatenate([[0.0], np.cumsum(self.v * self.v)])
+        self.energy = float(self.s2[-1])
+        self.largest = float(self.magnitude[-1]) if len(self.v) else 0.0
+        self.bits, self.sparsities, self.outliers, self.seed = tuple(bits), tuple(sparsities), tuple(outliers), seed
+        self.measured: dict[tuple, Candidate | None] = {}
+
+    def _blocks(self, sparsity: float, fraction: float):
+        """(lo, hi): the pruned block of the sorted sample; (a, b): the clustered range's ends (outliers outside)."""
+        v, n = self.v, len(self.v)
+        pruned = int(round(sparsity * n))
+        if pruned:
+            threshold = self.magnitude[pruned - 1]
+            lo, hi = int(np.searchsorted(v, -threshold, side="left")), int(np.searchsorted(v, threshold, side="right"))
+        else:
+            lo = hi = int(np.searchsorted(v, 0.0))
+        kept = n - (hi - lo)
+        count = int(round(fraction * kept)) if fraction > 0 else 0
+        if count:
+            top = self.magnitude[n - count]
+            a, b = int(np.searchsorted(v, -top, side="right")), int(np.searchsorted(v, top, side="left"))
+            a, b = min(a, lo), max(b, hi)
+        else:
+            a, b = 0, n
+        return lo, hi, a, b
+
+    def pruned_error(self, sparsity: float) -> float:
+        """The relative L2 error of pruning alone: a lower bound for every candidate at this sparsity."""
+        lo, hi, _, _ = self._blocks(sparsity, 0.0)
+        return math.sqrt((self.s2[hi] - self.s2[lo]) / self.energy) if self.energy else 0.0
+
+    def measure(self, sparsity: float, bits: int, fraction: float) -> Candidate | None:
+        key = (sparsity, bits, fraction)
+        if key not in self.measured:
+            self.measured[key] = self._measure(sparsity, bits, fraction)
+        return self.measured[key]
+
+    def _measure(self, sparsity: float, bits: int, fraction: float) -> Candidate | None:
+        v, values = self.v, self.values
+        if len(v) == 0 or self.energy == 0:
+            return Candidate(sparsity, bits, fraction, 0.0, 0.0, 64 + self.n_total / 8)
+        scale = self.n_total / len(v)
+        lo, hi, a, b = self._blocks(sparsity, fraction)
+        pruned = hi > lo
+        kept = np.concatenate([v[a:lo], v[hi:b]])  # sorted: the pruned block and the outliers removed
+        size = (1 << bits) - (1 if pruned else 0)
+        if len(kept) == 0 or size < 1:
+            return None
+        low, high = kept[0], kept[-1]
+        in_range = (values >= low) & (values <= high)
+        if pruned:
+            in_range &= (values < v[lo]) | (values > v[hi - 1])
+        # Lloyd iterations from the quantile starts, without the pipeline's k-means on a sample first: a few
+        # times faster, and the same fixed-point iteration (the proxy need not match the final codebook exactly).
+        start = kept[np.minimum(((np.arange(size) + 0.5) / size * len(kept)).astype(np.int64), len(kept) - 1)]
+        centroids = codebook.fit_codebook(values[in_range], size, "quantile", self.seed, start=np.unique(start)).astype(np.float64)
+        k1 = np.concatenate([[0.0], np.cumsum(kept)])
+        k2 = np.concatenate([[0.0], np.cumsum(kept * kept)])
+        bounds = np.concatenate([[0], np.searchsorted(kept, (centroids[:-1] + centroids[1:]) / 2, side="right"), [len(kept)]])
+        counts = np.diff(bounds).astype(np.float64)
+        sums1, sums2 = k1[bounds[1:]] - k1[bounds[:-1]], k2[bounds[1:]] - k2[bounds[:-1]]
+        pruned_energy = self.s2[hi] - self.s2[lo]
+        sse = float(np.sum(sums2 - 2 * centroids * sums1 + counts * centroids ** 2)) + pruned_energy
+        low_end = kept[np.minimum(bounds[:-1], len(kept) - 1)]
+        high_end = kept[np.maximum(bounds[1:] - 1, 0)]
+        spread = np.where(counts > 0, np.maximum(centroids - low_end, high_end - centroids), 0.0)
+        pruned_max = max(abs(v[lo]), abs(v[hi - 1])) if pruned else 0.0
+        worst = max(float(spread.max(initial=0.0)), pruned_max)
+        symbols = np.concatenate([[hi - lo], counts]) if pruned else counts
+        lengths = huffman.code_lengths(np.round(symbols * scale).astype(np.int64))
+        exact = len(v) - len(kept) - (hi - lo)
+        size_bytes = (float((symbols * scale * lengths).sum()) / 8 + 4 * (len(centroids) + pruned)
+                      + OUTLIER_BYTES * exact * scale + 64)
+        return Candidate(sparsity, bits, fraction, math.sqrt(max(sse, 0.0) / self.energy),
+                         worst / self.largest if self.largest else 0.0, size_bytes)
+
+    def choose(self, scale: float = 1.0, dense_bytes: float = math.inf, l2_limit: float = L2_LIMIT,
+               max_limit: float = MAX_LIMIT) -> Candidate | None:
+        """The smallest acceptable candidate (as module ``choose`` over the whole grid), or None."""
+        found = []
+        for sparsity in self.sparsities:
+            if self.pruned_error(sparsity) > scale * l2_limit:
+                continue  # pruning alone already costs more than allowed
+            for fraction in self.outliers:
+                for bits in sorted(self.bits):
+                    candidate = self.measure(sparsity, bits, fraction)
+                    if candidate is not None and candidate.proxy(l2_limit, max_limit) <= scale:
+                        found.append(candidate)
+                        break
+        return choose(found, scale, dense_bytes, l2_limit, max_limit)
+
+
 def candidates(weight: np.ndarray, *, bits=BITS, sparsities=SPARSITIES, outliers=OUTLIERS, seed: int = 0) -> list[Candidate]:
     """Every (sparsity, bits, outlier fraction) candidate of ``weight`` with its e2, einf and estimated bytes."""
-    n_total = int(np.size(weight))
-    values = _sample(weight, seed)  # in tensor order: the codebook is fit on the values as the pipeline sees them
-    v = np.sort(values)
-    n = len(v)
-    scale = n_total / max(n, 1)
-    s1 = np.concatenate([[0.0], np.cumsum(v)])
-    s2 = np.concatenate([[0.0], np.cumsum(v * v)])
-    energy = s2[-1]
-    largest = float(np.abs(v).max(initial=0.0))
-    magnitude = np.sort(np.abs(v))
-    results = []
-    if n == 0 or energy == 0:
-        return [Candidate(0.0, 1, 0.0, 0.0, 0.0, 4.0 + n_total / 8)]
-    for sparsity in sparsities:
-        pruned = int(round(sparsity * n))
-        threshold = magnitude[pruned - 1] if pruned else -1.0
-        lo = int(np.searchsorted(v, -threshold, side="left")) if pruned else 0
-        hi = int(np.searchsorted(v, threshold, side="right")) if pruned else 0
-        if not pruned:
-            lo = hi = int(np.searchsorted(v, 0.0))  # an empty middle block
-        pruned_energy = s2[hi] - s2[lo]
-        pruned_max = max(abs(v[lo]), abs(v[hi - 1])) if hi > lo else 0.0
-        for fraction in outliers:
-            count = int(math.ceil(fraction * n)) if fraction > 0 else 0
-            top = magnitude[n - count] if count else math.inf
-            a = int(np.searchsorted(v, -top, side="right")) if count else 0
-            b = int(np.searchsorted(v, top, side="left")) if count else n
-            a, b = min(a, lo), max(b, hi)
-            kept = np.concatenate([v[a:lo], v[hi:b]])  # sorted: the pruned block and the outliers removed
-            low, high = (v[a], v[b - 1]) if b > a else (0.0, -1.0)
-            in_order = values[(values >= low) & (values <= high) & ((values < v[lo]) | (values > v[hi - 1]) if hi > lo else True)]
-            k1 = np.concatenate([[0.0], np.cumsum(kept)])
-            k2 = np.concatenate([[0.0], np.cumsum(kept * kept)])
-            exact = n - (b - a) - (hi - lo)
-            for bit in bits:
-                size = (1 << bit) - (1 if pruned else 0)
-                if len(kept) == 0 or size < 1:
-                    continue
-                centroids = codebook.fit_codebook(in_order, size, "quantile", seed).astype(np.float64)
-                mids = (centroids[:-1] + centroids[1:]) / 2
-                bounds = np.concatenate([[0], np.searchsorted(kept, mids, side="right"), [len(kept)]])
-                counts = np.diff(bounds).astype(np.float64)
-                sums1, sums2 = k1[bounds[1:]] - k1[bounds[:-1]], k2[bounds[1:]] - k2[bounds[:-1]]
-                sse = float(np.sum(sums2 - 2 * centroids * sums1 + counts * centroids ** 2)) + pruned_energy
-                filled = counts > 0
-                low_end = kept[np.minimum(bounds[:-1], len(kept) - 1)]
-                high_end = kept[np.maximum(bounds[1:] - 1, 0)]
-                spread = np.where(filled, np.maximum(centroids - low_end, high_end - centroids), 0.0)
-                worst = max(float(spread.max(initial=0.0)), pruned_max)
-                symbols = counts if not pruned else np.concatenate([[hi - lo], counts])
-                lengths = huffman.code_lengths(np.round(symbols * scale).astype(np.int64))
-                coded = float((symbols * scale * lengths).sum()) / 8
-                size_bytes = coded + 4 * (len(centroids) + (1 if pruned else 0)) + OUTLIER_BYTES * exact * scale + 64
-                results.append(Candidate(sparsity, bit, fraction, math.sqrt(max(sse, 0.0) / energy),
-                                         worst / largest if largest else 0.0, size_bytes))
-    return results
+    allocator = Allocator(weight, bits=bits, sparsities=sparsities, outliers=outliers, seed=seed)
+    grid = [allocator.measure(s, b, f) for s in sparsities for f in outliers for b in bits]
+    return [c for c in grid if c is not None]
 
 
 def choose(options: list[Candidate], scale: float = 1.0, dense_bytes: float = math.inf, l2_limit: float = L2_LIMIT,

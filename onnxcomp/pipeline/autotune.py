@@ -51,7 +51,7 @@ ROUNDS_SMOOTH = 12  # a geometric search over a stand-in metric needs a few more
 CHECK = 0.25  # share of the calibration samples kept apart as the final check set
 CHECKS = 3  # passing allocations tried on the check set, smallest first
 Z = 1.0  # the safety margin: one standard error (budget.error_bound)
-CACHE_VERSION = 3
+CACHE_VERSION = 5  # 4: records keep outliers (--outliers, default auto); 5: a check set apart
 
 
 def holdout_split(count: int, held: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -104,10 +104,11 @@ def _shared(pruned: WeightTarget, bits: int, options: dict) -> WeightTarget:
     """A pruned target's codebook and record at ``bits``."""
     trial = dataclasses.replace(pruned, codebook=None, indices=None, record=None, bits_override=bits)
     ShareWeightsPass(bits=bits, init=options["init"], seed=options["seed"], refit_codebook=options["reconstruct"],
-                     rounding=options["rounding"])(
+                     rounding=options["rounding"], outliers=options.get("outliers", "auto"))(
         CompressionState(None, [trial]))
     bits_needed = max(1, int(np.ceil(np.log2(max(len(trial.codebook), 2)))))
-    trial.record = sidecar.encode_record(trial.codebook, trial.indices, trial.shape, bits_needed)
+    trial.record = sidecar.encode_record(trial.codebook, trial.indices, trial.shape, bits_needed,
+                                         trial.outlier_positions, trial.outlier_values)
     return trial
 
 
@@ -120,7 +121,7 @@ def _setting(candidate) -> dict:
 def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib: str, calib_samples: int | None = None,
                        holdout: float = 0.25, check: float = CHECK, sparsities=SPARSITIES, bits=BITS, cache_dir: str | None = None,
                        prune: str = "magnitude", score: str = "wanda", reconstruct: bool = True, ridge: float = 1e-2,
-                       rounding: str = "obs", sequential: bool = False,
+                       rounding: str = "obs", sequential: bool = False, outliers: str | float = "auto",
                        init: str = "quantile", seed: int = 0, min_elements: int = 1024, eval_data: str | None = None,
                        **fidelity_options):
     """Compress ``input_path`` to the smallest allocation found that meets ``budget`` (e.g. "top1=0.99").
@@ -134,8 +135,10 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     standard errors, budget.error_bound), so a budget met here holds on unseen data of the same kind.
 
     ``progress=callback`` receives the progress of the long steps (onnxcomp/progress.py); ``fidelity_options`` hold the fidelity options of ``compress`` (fidelity, min_cosine, fidelity_data, input_shapes, input_ranges) for the output."""
+    from onnxcomp.core.outliers import parse_option
     from onnxcomp.pipeline.compression import compress
     goal = budget_math.parse_budget(budget)
+    outliers = parse_option(outliers)
     if not calib:
         raise CalibrationError("--budget needs calibration data to measure quality: pass --calib DATA.npz")
     if not 0 < holdout < 1:
@@ -165,7 +168,8 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     reference = _session(model).run(None, hold)[0]
     metric = budget_math.allocation_metric(goal.metric, reference)
 
-    options = dict(prune=prune, score=score, reconstruct=reconstruct, ridge=ridge, init=init, seed=seed, rounding=rounding)
+    options = dict(prune=prune, score=score, reconstruct=reconstruct, ridge=ridge, init=init, seed=seed, rounding=rounding,
+                   outliers=outliers)
     key = hashlib.sha256(json.dumps([CACHE_VERSION, options, min_elements, list(sparsities), list(bits), metric, holdout,
                                      check, count], sort_keys=True).encode())
     key.update(model.SerializeToString(deterministic=True))
@@ -201,7 +205,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
                     trial = os.path.join(folder, "trial.onnx")
                     report = compress(input_path, trial, calib=fit, prune=prune, score=score, reconstruct=reconstruct,
                                       ridge=ridge, init=init, seed=seed, min_elements=min_elements, settings=settings,
-                                      rounding=rounding, sequential=sequential, fidelity=False)
+                                      rounding=rounding, sequential=sequential, outliers=outliers, fidelity=False)
                     from onnxcomp.runtime import InferenceSession
                     output = InferenceSession(trial).run(None, hold)[0]
                     measured = budget_math.error(goal.metric, reference, output, labels)
@@ -234,7 +238,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
         try:
             staged = os.path.join(staging, os.path.basename(output_path))
             report = compress(input_path, staged, calib=searched, prune=prune, score=score, reconstruct=reconstruct,
-                              ridge=ridge, init=init, seed=seed, min_elements=min_elements, settings=settings,
+                              outliers=outliers, ridge=ridge, init=init, seed=seed, min_elements=min_elements, settings=settings,
                               eval_data=eval_data, rounding=rounding, sequential=sequential,
                               **{**fidelity_options, "fidelity_data": fidelity_options.get("fidelity_data") or
                                  (checking if checked else None)})
