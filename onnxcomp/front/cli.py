@@ -210,7 +210,9 @@ def compress(
 
 
 def _print_summary(result) -> None:
-    if not result.layers:
+    if result.fallback:
+        pass  # the fallback line below says why the output is a copy
+    elif not result.layers:
         typer.echo(f"nothing to compress in {result.input_path}: no float32 weight qualifies; {result.output_path} is a copy")
     else:
         typer.echo(f"{'weight':<28} {'kind':<9} {'shape':<14} {'sparsity':>8} {'K':>5} {'before':>11} {'after':>10} {'ratio':>7}")

@@ -242,8 +242,8 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
     else the calibration data, else inputs synthesised with ``input_shapes``/``input_ranges`` overrides) into
     ``Report.fidelity``. With the proxy allocation, a min cosine below 0.99 re-compresses with tighter
     thresholds on the layers that damage the output most (at most BACKOFF_ROUNDS times); if it still misses,
-    or whenever the output would not be smaller than the input, the input is copied instead
-    (``Report.fallback`` says why). ``min_cosine`` makes the check a gate: below it (or when it cannot be
+    or the output would not be smaller than the input, the input is copied instead (``Report.fallback`` says
+    why). Explicit settings are written as asked (a warning is the caller's to print). ``min_cosine`` makes the check a gate: below it (or when it cannot be
     measured) FidelityError is raised and nothing is written.
     """
     from onnxcomp.pipeline import fidelity as fidelity_check
@@ -259,16 +259,16 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
         raise InvalidOptionError(f"min-cosine {min_cosine} must be in [-1, 1]")
     build_pipeline(calib={} if calib else None, allocation=allocation, **options)  # validate options before any work
     model_io.check_output_path(input_path, output_path)
+    graph_only = model_io.load_model(input_path, external_data=False)  # also the clear errors for a bad input
     if isinstance(calib, str):
         from onnxcomp.pipeline.evaluate import load_calibration
-        calib = load_calibration(calib, model_io.load_model(input_path, external_data=False), calib_samples,
-                                 seed=options.get("seed", 0))
+        calib = load_calibration(calib, graph_only, calib_samples, seed=options.get("seed", 0))
     measure = fidelity or min_cosine is not None
     feeds, source, unavailable = ([], "", None)
     if measure:
         feeds, source, unavailable = fidelity_check.prepare(
             input_path, data=fidelity_data, calib=calib, shapes=input_shapes, ranges=input_ranges,
-            seed=options.get("seed", 0))
+            seed=options.get("seed", 0), model=graph_only)
     folder = os.path.dirname(os.path.abspath(output_path))
     staging = tempfile.mkdtemp(prefix=".onnxcomp-", dir=folder)
     try:
@@ -294,7 +294,7 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
                      ", ".join(worst))
         report.allocation, report.backoff = allocation, history
         fallback = None
-        if report.layers and report.output_bytes >= report.input_bytes:
+        if allocation == "proxy" and report.layers and report.output_bytes >= report.input_bytes:
             fallback = (f"compression would not shrink the model ({report.output_bytes:,} >= {report.input_bytes:,} bytes): "
                         "the output is a copy of the input")
         elif allocation == "proxy" and result is not None and result.below and report.layers:
@@ -329,7 +329,7 @@ def _most_damaging(input_path: str, staged: str, feeds: list[dict]) -> list[str]
     from onnxcomp.pipeline.verification import attribute_layers
     from onnxcomp.pipeline.fidelity import _session
     feed = feeds[0]
-    expected = np.asarray(_session(input_path, False).run(None, feed)[0])
+    expected = np.asarray(_session(input_path).run(None, feed)[0])
     layers = attribute_layers(input_path, staged, feed, 1, 1 << 40, "synthesised", expected)
     total = sum(layer.relative_l2_error for layer in layers)
     chosen, carried = [], 0.0

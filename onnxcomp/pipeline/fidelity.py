@@ -187,8 +187,11 @@ def batched_feeds(data: dict[str, np.ndarray], samples: int = SAMPLES, batch: in
     return [{k: v[start:min(start + batch, count)] for k, v in data.items()} for start in range(0, count, batch)]
 
 
-def _session(path: str, custom: bool) -> ort.InferenceSession:
-    from onnxcomp.runtime import session_options
+def _session(path: str) -> ort.InferenceSession:
+    """A single-threaded CPU session; the custom-op library is registered when the model uses onnxcomp ops (an
+    already compressed input, or the output)."""
+    from onnxcomp.runtime import DOMAIN, session_options
+    custom = any(o.domain == DOMAIN for o in onnx.load(path, load_external_data=False).opset_import)
     options = session_options() if custom else ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -215,9 +218,7 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def compare_runs(original_path: str, compressed_path: str, feeds: list[dict[str, np.ndarray]], inputs: str) -> Fidelity:
     """Run both models on ``feeds`` and compare every float output (module docstring)."""
-    from onnxcomp.runtime import DOMAIN
-    custom = any(o.domain == DOMAIN for o in onnx.load(compressed_path, load_external_data=False).opset_import)
-    reference, candidate = _session(original_path, False), _session(compressed_path, custom)
+    reference, candidate = _session(original_path), _session(compressed_path)
     names = [o.name for o in reference.get_outputs()]
     per_output: dict[str, dict] = {name: {"cos": [], "agree": [], "class_scores": True} for name in names}
     samples = 0
