@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from onnxcomp import obs, pruning
+from onnxcomp import obs, parallel, pruning
 from onnxcomp.calibration import GRAM_LIMIT, from_rows, to_rows
 from onnxcomp.errors import CalibrationError, InvalidOptionError
 from onnxcomp.recipes import LayerRule, rule_value
@@ -113,9 +113,12 @@ class PruneWeightsPass(GraphPass):
         targets = [t for t in state.targets if t.keep is None and t.codebook is None]
         if self.method == "none" or not targets:
             return PassResult(False, "no pruning")
-        if self.scope == "layer":  # one weight's scores at a time: memory stays bounded by the largest weight
-            for target in targets:
-                target.keep = self.layer_mask(target)
+        if self.scope == "layer":  # one weight's scores per thread: memory stays bounded by the largest weights
+            # Magnitude masks of different weights are independent and run on every core; activation-aware
+            # ones (BLAS, Gram matrices) one at a time.
+            workers = None if all(self.score_for(t.name) == "magnitude" or t.statistics is None for t in targets) else 1
+            for target, keep in zip(targets, parallel.ordered_map(self.layer_mask, targets, workers)):
+                target.keep = keep
             pruned = sum(t.size - int(t.keep.sum()) for t in targets)
             return PassResult(pruned > 0, f"pruned {pruned} weights in {len(targets)} tensors")
         scores = {t.name: self.scores(t) for t in targets}  # global: every layer's scores are ranked together

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 
 from onnxcomp import codebook as codebook_math
 from onnxcomp import obs
+from onnxcomp import parallel
 from onnxcomp import progress
 from onnxcomp import reconstruction
 from onnxcomp.calibration import from_rows, to_rows
@@ -54,26 +55,33 @@ class ShareWeightsPass(GraphPass):
 
     def run(self, state: CompressionState) -> PassResult:
         targets = [t for t in state.targets if t.codebook is None]
-        for target in progress.track(targets, "k-means codebooks"):
-            target.bits = self.bits_for(target)
-            target.codebook, target.indices = codebook_math.quantize(
-                target.values, target.keep, target.bits, self.init, self.seed)
-            if self.refit_codebook and target.statistics is not None and target.statistics.gram is not None:
-                layout = target.layer_input.layout
-                if self.rounding == "obs":
-                    keep = None if target.keep is None else to_rows(target.keep.reshape(target.shape), layout)
-                    rows = obs.round_to_codebook(to_rows(target.values, layout), keep, target.codebook, target.statistics.gram)
-                    nearest = to_rows(target.indices.reshape(target.shape), layout)
-                    original = to_rows(target.original, layout)
-                    errors = [reconstruction.row_errors(target.codebook[i], original, target.statistics.gram,
-                                                        target.statistics.cross, target.statistics.gram_original).sum()
-                              for i in (rows, nearest)]
-                    if errors[0] < errors[1]:  # compensated rounding is kept only where it lowers the layer's error
-                        target.indices = from_rows(rows, layout, target.shape).ravel()
-                indices = to_rows(target.indices.reshape(target.shape), layout)
-                target.codebook = reconstruction.refit_codebook(
-                    to_rows(target.original, layout), indices, target.codebook, target.statistics.gram, target.keep is not None,
-                    cross=target.statistics.cross, gram_original=target.statistics.gram_original)
-            if self.encode is not None:
-                self.encode(target)
+        # Weights are independent: without calibration each is shared (and encoded) on its own thread, results
+        # taken in order, so the output is the same as one thread's. The calibrated path stays on one thread
+        # (its refits already use BLAS threads, and hold a layer's Gram matrix each).
+        workers = 1 if self.refit_codebook else None
+        for _ in progress.track(parallel.ordered_map(self._share, targets, workers), "k-means codebooks", total=len(targets)):
+            pass
         return PassResult(bool(targets), f"shared {len(targets)} tensors")
+
+    def _share(self, target) -> None:
+        target.bits = self.bits_for(target)
+        target.codebook, target.indices = codebook_math.quantize(
+            target.values, target.keep, target.bits, self.init, self.seed)
+        if self.refit_codebook and target.statistics is not None and target.statistics.gram is not None:
+            layout = target.layer_input.layout
+            if self.rounding == "obs":
+                keep = None if target.keep is None else to_rows(target.keep.reshape(target.shape), layout)
+                rows = obs.round_to_codebook(to_rows(target.values, layout), keep, target.codebook, target.statistics.gram)
+                nearest = to_rows(target.indices.reshape(target.shape), layout)
+                original = to_rows(target.original, layout)
+                errors = [reconstruction.row_errors(target.codebook[i], original, target.statistics.gram,
+                                                    target.statistics.cross, target.statistics.gram_original).sum()
+                          for i in (rows, nearest)]
+                if errors[0] < errors[1]:  # compensated rounding is kept only where it lowers the layer's error
+                    target.indices = from_rows(rows, layout, target.shape).ravel()
+            indices = to_rows(target.indices.reshape(target.shape), layout)
+            target.codebook = reconstruction.refit_codebook(
+                to_rows(target.original, layout), indices, target.codebook, target.statistics.gram, target.keep is not None,
+                cross=target.statistics.cross, gram_original=target.statistics.gram_original)
+        if self.encode is not None:
+            self.encode(target)
