@@ -65,16 +65,18 @@ def assign_reference(values: np.ndarray, centroids: np.ndarray, keep: np.ndarray
 
 
 def fit_codebook(values: np.ndarray, size: int, init: str = "quantile", seed: int = 0,
-                 weights: np.ndarray | None = None) -> np.ndarray:
+                 weights: np.ndarray | None = None, overwrite_input: bool = False) -> np.ndarray:
     """Sorted, distinct float32 centroids (at most ``size``) for the 1-D ``values`` (any shape, read as float32).
 
     ``weights`` (optional, >= 0, one per value) make the Lloyd iterations minimise the weighted squared error
     (the start is the unweighted one); values of weight 0 still get a nearest centroid but move none.
-    ``seed`` seeds the sample of the ``linear`` start (the quantile fit uses none). Raises ValueError for an unknown
-    ``init`` or bad weights.
+    ``seed`` seeds the sample of the ``linear`` start (the quantile fit uses none). ``overwrite_input`` lets
+    a float32 ``values`` array be sorted in place (saving a copy). Raises ValueError for an unknown ``init``
+    or bad weights.
     """
     if init not in INITS:
         raise ValueError(f"unknown codebook initialisation {init!r}; choose one of {', '.join(INITS)}")
+    given = values
     values = np.ascontiguousarray(values, dtype=np.float32).ravel()
     if weights is not None:
         weights = np.ascontiguousarray(weights, dtype=np.float32).ravel()
@@ -82,9 +84,11 @@ def fit_codebook(values: np.ndarray, size: int, init: str = "quantile", seed: in
             raise ValueError("k-means weights must be one non-negative number per value")
     if len(values) == 0:
         return np.zeros(0, dtype=np.float32)
+    sample = _linear_sample(values, seed, weights) if init == "linear" else None  # before any in-place sort
     sorted_weights = None
     if weights is None:
-        ordered = np.sort(values)
+        ordered = values if overwrite_input or values is not given else values.copy()
+        ordered.sort()  # as np.sort does
     else:
         order = np.argsort(values, kind="stable")
         ordered, sorted_weights = values[order], weights[order]
@@ -96,8 +100,8 @@ def fit_codebook(values: np.ndarray, size: int, init: str = "quantile", seed: in
     if np.count_nonzero(first) <= size:
         return ordered[first]
     del first
-    if init == "linear":
-        start = _linear_start(values, size, seed, weights)
+    if sample is not None:
+        start = _linear_start(*sample, size, seed)
     else:  # numpy's default ("linear" interpolation) quantiles, read off the sorted values
         n = len(ordered)
         position = (np.arange(size) + 0.5) / size * (n - 1)
@@ -108,18 +112,23 @@ def fit_codebook(values: np.ndarray, size: int, init: str = "quantile", seed: in
     return refine(ordered, np.unique(start.astype(np.float32)), sorted_weights)
 
 
-def _linear_start(values: np.ndarray, size: int, seed: int, weights: np.ndarray | None) -> np.ndarray:
-    """Centroids evenly spaced between min and max leave most of them empty on heavy-tailed tensors, and Lloyd
-    iterations alone would drop them; scikit-learn's KMeans (20 iterations on a seeded sample of SAMPLE_SIZE
-    values, which moves empty clusters to the farthest points) turns them into a start that keeps all k."""
-    from sklearn.cluster import KMeans
-
+def _linear_sample(values: np.ndarray, seed: int, weights: np.ndarray | None):
+    """The seeded sample of at most SAMPLE_SIZE values (float64) and their weights that _linear_start fits."""
     rng = np.random.default_rng(seed)
     picked = None if len(values) <= SAMPLE_SIZE else np.sort(rng.choice(len(values), SAMPLE_SIZE, replace=False))
     sample = (values if picked is None else values[picked]).astype(np.float64)
     sample_weight = None if weights is None else (weights if picked is None else weights[picked]).astype(np.float64)
     if sample_weight is not None and not sample_weight.sum() > 0:
         sample_weight = None  # every sampled value has weight 0: start from the plain fit
+    return sample, sample_weight
+
+
+def _linear_start(sample: np.ndarray, sample_weight: np.ndarray | None, size: int, seed: int) -> np.ndarray:
+    """Centroids evenly spaced between min and max leave most of them empty on heavy-tailed tensors, and Lloyd
+    iterations alone would drop them; scikit-learn's KMeans (20 iterations on a seeded sample of SAMPLE_SIZE
+    values, which moves empty clusters to the farthest points) turns them into a start that keeps all k."""
+    from sklearn.cluster import KMeans
+
     start = np.linspace(sample.min(), sample.max(), size)
     kmeans = KMeans(n_clusters=len(start), init=start[:, None], n_init=1, max_iter=20, tol=1e-10, random_state=seed)
     with _SKLEARN_LOCK:
@@ -188,7 +197,8 @@ def quantize(weight: np.ndarray, keep: np.ndarray | None, bits: int, init: str =
         centroids = fit_codebook(flat, 1 << bits, init, seed, weights)
         return centroids, assign(flat, centroids)
     keep = np.ascontiguousarray(keep, dtype=bool).ravel()
-    centroids = fit_codebook(flat[keep], (1 << bits) - 1, init, seed, None if weights is None else weights[keep])
+    centroids = fit_codebook(flat[keep], (1 << bits) - 1, init, seed, None if weights is None else weights[keep],
+                             overwrite_input=True)  # the survivors are a fresh copy
     codebook = np.concatenate([np.zeros(1, dtype=np.float32), centroids])
     if len(centroids):
         return codebook, assign(flat, centroids, keep)

@@ -94,6 +94,10 @@ class PruneWeightsPass(GraphPass):
         if (self.score_for(t.name) == "obs" and self.threshold == "percentile" and t.statistics is not None
                 and t.statistics.gram is not None):
             return self.obs_mask(t)
+        if self.threshold == "percentile" and (self.score_for(t.name) == "magnitude" or t.statistics is None):
+            if self.score_for(t.name) != "magnitude":
+                log.info("%s: no activation statistics, scored by magnitude", t.name)
+            return pruning.magnitude_keep_mask(t.values, self.sparsity_for(t))
         scores = self.scores(t)
         if self.threshold == "sensitivity":
             return pruning.sensitivity_keep_mask(scores, self.sensitivity)

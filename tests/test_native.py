@@ -124,6 +124,16 @@ def test_keep_mask_matches_the_stable_argsort(rng, sparsity):
     assert np.array_equal(pruning.keep_mask(scores, sparsity), pruning.keep_mask_reference(scores, sparsity))
 
 
+@pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.999, 1.0])
+def test_magnitude_mask_matches_the_stable_argsort(rng, sparsity):
+    w = (np.round(rng.standard_normal((257, 33)) * 8) / 8).astype(np.float32)  # ties, and +-0
+    w[0, :5] = [0.0, -0.0, 1e-40, -1e-40, 3e38]  # zeros, subnormals, huge
+    expected = pruning.keep_mask_reference(np.abs(w), sparsity)
+    assert np.array_equal(pruning.magnitude_keep_mask(w, sparsity), expected)
+    dense = rng.standard_normal(100_003).astype(np.float32)
+    assert np.array_equal(pruning.magnitude_keep_mask(dense, sparsity), pruning.keep_mask_reference(np.abs(dense), sparsity))
+
+
 def test_quantize_works_without_the_compiled_module(rng, monkeypatch):
     w = (rng.standard_t(3, 50_000) * 0.1).astype(np.float32)
     keep = pruning.keep_mask(np.abs(w), 0.5)

@@ -187,7 +187,7 @@ py::array_t<float> lloyd_1d(FloatArray sorted_values, py::object weights_object,
 // (if m is a float, t = m; otherwise no float lies in (t, m]). So each midpoint becomes a float threshold
 // and a value's index is the count of thresholds below it: a branch-free count over a block of values for
 // up to kLinearThresholds midpoints (vectorised), a binary search beyond.
-constexpr size_t kLinearThresholds = 32;
+constexpr size_t kLinearThresholds = 64;
 constexpr size_t kBlock = 512;
 
 float round_down_to_float(double m) {
@@ -271,6 +271,49 @@ py::array assign(FloatArray values, FloatArray centroids, py::object keep_object
   py::gil_scoped_release release;
   assign_u16(values.data(), n, keep, midpoints, o);
   return std::move(out);
+}
+
+// Magnitude pruning's mask: False for the ``pruned`` values of smallest |w|, ties at the threshold pruned in
+// position order, which is what onnxcomp.pruning.keep_mask(numpy.abs(w), s) (a stable argsort) gives. For
+// finite floats with the sign bit cleared, the bit patterns order as the values do, so the threshold is
+// found by a two-level radix select (16 bits, then 16 bits) in three passes and no copy of the weight.
+py::array_t<bool> magnitude_keep_mask(FloatArray values, size_t pruned) {
+  const size_t n = static_cast<size_t>(values.size());
+  const float* v = values.data();
+  py::array_t<bool> out(static_cast<py::ssize_t>(n));
+  bool* keep = out.mutable_data();
+  py::gil_scoped_release release;
+  auto key = [v](size_t i) {
+    uint32_t bits;
+    std::memcpy(&bits, v + i, sizeof bits);
+    return bits & 0x7FFFFFFFu;
+  };
+  if (pruned == 0 || pruned >= n) {
+    std::fill(keep, keep + n, pruned == 0);
+    return out;
+  }
+  std::vector<size_t> high(1u << 15, 0), low(1u << 16, 0);
+  for (size_t i = 0; i < n; ++i) ++high[key(i) >> 16];
+  size_t below = 0, bin = 0;
+  while (below + high[bin] < pruned) below += high[bin++];
+  for (size_t i = 0; i < n; ++i) {
+    const uint32_t k = key(i);
+    if ((k >> 16) == bin) ++low[k & 0xFFFFu];
+  }
+  size_t part = 0;
+  while (below + low[part] < pruned) below += low[part++];
+  const uint32_t threshold = static_cast<uint32_t>(bin << 16 | part);
+  size_t ties = pruned - below;  // values equal to the threshold still to prune, first ones first
+  for (size_t i = 0; i < n; ++i) {
+    const uint32_t k = key(i);
+    bool kept = k > threshold;
+    if (k == threshold) {
+      kept = ties == 0;
+      if (ties) --ties;
+    }
+    keep[i] = kept;
+  }
+  return out;
 }
 
 // Reads a 1-D array of non-negative integer symbols (uint8, uint16, int32 or int64) as uint64.
@@ -412,16 +455,12 @@ py::tuple encode_dense(py::array symbols_array, U32Array codes, U8Array lengths)
   uint64_t bits = 0;
   {
     py::gil_scoped_release release;
-    uint64_t total = 0;
+    BitWriter writer(symbols.n * 2);
     symbols.each([&](size_t, uint64_t s) {
-      if (s < table.size) total += l[s]; else bad = true;
+      if (s < table.size) writer.put(c[s], l[s]); else bad = true;
     });
-    if (!bad) {
-      BitWriter writer(total);
-      symbols.each([&](size_t, uint64_t s) { writer.put(c[s], l[s]); });
-      bits = writer.bits();
-      payload = writer.finish();
-    }
+    bits = writer.bits();
+    payload = writer.finish();
   }
   if (bad) throw std::invalid_argument("symbol outside the code table");
   return py::make_tuple(py::bytes(payload), bits);
@@ -447,24 +486,25 @@ py::tuple encode_sparse(py::array symbols_array, int gap_bits, U32Array gap_code
   uint64_t bits = 0;
   {
     py::gil_scoped_release release;
-    symbols.each([&](size_t, uint64_t s) { if (s >= values.size) bad = true; });
-    if (!bad) {
-      BitWriter writer(symbols.n);
-      uint64_t run = 0;
-      symbols.each([&](size_t, uint64_t s) {
-        if (s == 0) {
-          ++run;
-          return;
-        }
-        for (uint64_t e = run / escape; e > 0; --e) writer.put(gc[escape], gl[escape]);
-        const uint64_t rest = run % escape;
-        writer.put(gc[rest], gl[rest]);
-        writer.put(vc[s], vl[s]);
-        run = 0;
-      });
-      bits = writer.bits();
-      payload = writer.finish();
-    }
+    BitWriter writer(symbols.n);
+    uint64_t run = 0;
+    symbols.each([&](size_t, uint64_t s) {
+      if (s == 0) {
+        ++run;
+        return;
+      }
+      if (s >= values.size) {
+        bad = true;
+        return;
+      }
+      for (uint64_t e = run / escape; e > 0; --e) writer.put(gc[escape], gl[escape]);
+      const uint64_t rest = run % escape;
+      writer.put(gc[rest], gl[rest]);
+      writer.put(vc[s], vl[s]);
+      run = 0;
+    });
+    bits = writer.bits();
+    payload = writer.finish();
   }
   if (bad) throw std::invalid_argument("symbol outside the code table");
   return py::make_tuple(py::bytes(payload), bits);
@@ -480,6 +520,8 @@ PYBIND11_MODULE(_native, m) {
   m.def("assign", &assign, py::arg("values"), py::arg("centroids"), py::arg("keep") = py::none(),
         "Nearest-centroid index (uint8 or uint16) for each float32 value; ties to the lower centroid. With a "
         "bool keep mask: 0 for pruned values, 1 + centroid index for kept ones.");
+  m.def("magnitude_keep_mask", &magnitude_keep_mask, py::arg("values"), py::arg("pruned"),
+        "Bool mask keeping all but the `pruned` float32 values of smallest magnitude (ties pruned in position order).");
   m.def("statistics", &statistics, py::arg("symbols"), py::arg("size"), py::arg("gap_limit"),
         "(numpy.bincount(symbols, minlength=size), counts of the zero runs before each non-zero symbol that are "
         "below gap_limit, int64 array of the longer runs), in one pass; gap_limit 0 skips the gaps.");
