@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from onnxcomp import codebook, pruning, sidecar
-from onnxcomp.native import native
+from onnxcomp.core import codebook, pruning, sidecar
+from onnxcomp.core.native import native
 
 
 def test_the_compiled_module_is_built():
@@ -103,15 +103,19 @@ def test_records_match_the_numpy_coder_byte_for_byte(rng, dtype):
             if zero_first:
                 book[0] = 0.0
             dims = (len(indices),) if len(indices) % 4 else (4, len(indices) // 4)
-            expected = sidecar.encode_record(book, indices, dims, bits, sidecar.NumpyCoding)
-            assert sidecar.encode_record(book, indices, dims, bits, sidecar.NativeCoding) == expected
+            expected = sidecar.encode_record(book, indices, dims, bits, coding_steps=sidecar.NumpyCoding)
+            assert sidecar.encode_record(book, indices, dims, bits, coding_steps=sidecar.NativeCoding) == expected
             decoded = sidecar.decode_record(expected)
             assert np.array_equal(decoded.indices, indices.astype(np.int64))
+            positions = np.unique(rng.integers(0, len(indices), max(1, len(indices) // 200)))  # with outliers
+            values = rng.standard_normal(len(positions)).astype(np.float32)
+            expected = sidecar.encode_record(book, indices, dims, bits, positions, values, coding_steps=sidecar.NumpyCoding)
+            assert sidecar.encode_record(book, indices, dims, bits, positions, values, coding_steps=sidecar.NativeCoding) == expected
 
 
 def test_records_reject_indices_outside_the_codebook():
     with pytest.raises(ValueError, match="outside"):
-        sidecar.encode_record(np.zeros(4, np.float32), np.array([0, 4], np.uint8), (2,), 2, sidecar.NativeCoding)
+        sidecar.encode_record(np.zeros(4, np.float32), np.array([0, 4], np.uint8), (2,), 2, coding_steps=sidecar.NativeCoding)
     with pytest.raises(ValueError):
         native.statistics(np.array([0, 9], np.uint8), 4, 0)
 
