@@ -138,6 +138,16 @@ def test_magnitude_mask_matches_the_stable_argsort(rng, sparsity):
     assert np.array_equal(pruning.magnitude_keep_mask(dense, sparsity), pruning.keep_mask_reference(np.abs(dense), sparsity))
 
 
+def test_fitting_never_modifies_the_weight(rng):
+    w = rng.standard_normal((64, 50)).astype(np.float32)
+    before = w.copy()
+    for keep in (None, rng.random(w.shape) < 0.5):
+        codebook.quantize(w, keep, 4)
+        codebook.fit_codebook(w, 16)
+        codebook.fit_codebook(w.ravel(), 16, init="linear")
+    assert np.array_equal(w, before)
+
+
 def test_quantize_works_without_the_compiled_module(rng, monkeypatch):
     w = (rng.standard_t(3, 50_000) * 0.1).astype(np.float32)
     keep = pruning.keep_mask(np.abs(w), 0.5)
@@ -167,3 +177,30 @@ def test_compressed_files_do_not_depend_on_the_thread_count(tmp_path):
         subprocess.run([sys.executable, "-c", script, str(folder)], check=True, env={**os.environ, "ONNXCOMP_THREADS": threads})
         outputs.append(((folder / "out.onnx").read_bytes(), (folder / "out.onnxcomp").read_bytes()))
     assert outputs[0] == outputs[1] == outputs[2]
+
+
+@pytest.mark.parametrize("count", [0, 1, 7, 100, 999, 1000, 5000])
+def test_largest_first_matches_the_stable_argsort(rng, count):
+    from onnxcomp.core import outliers
+    flat = (np.round(rng.standard_normal(3000) * 3) / 3).astype(np.float32)  # many ties in magnitude, +-
+    for candidates in (np.arange(len(flat)), np.flatnonzero(rng.random(len(flat)) < 0.5)):
+        expected = candidates[np.argsort(-np.abs(flat[candidates]), kind="stable")][:count]
+        assert np.array_equal(outliers.largest_first(flat, candidates, count), expected)
+
+
+def test_damage_with_a_fixed_reference_equals_the_direct_formula(rng):
+    from onnxcomp.core import outliers
+    reference = rng.standard_normal((40, 30)).astype(np.float32)
+    reference[3] *= 1e-3  # a dead channel
+    importance = rng.exponential(size=30)
+    for weights in (None, importance):
+        damage = outliers.damage_against(reference, weights)
+        for _ in range(3):
+            decoded = reference + rng.standard_normal(reference.shape).astype(np.float32) * 0.01
+            error = (decoded.astype(np.float64) - reference) ** 2
+            energy = reference.astype(np.float64) ** 2
+            if weights is not None:
+                error, energy = error * weights[None, :], energy * weights[None, :]
+            norms = energy.sum(axis=1)
+            live = (norms >= outliers.LIVE_CHANNEL ** 2 * np.median(norms)) & (norms > 0)
+            assert damage(decoded) == float(np.sqrt((error.sum(axis=1)[live] / norms[live]).max()))

@@ -80,7 +80,6 @@ def fit_codebook(values: np.ndarray, size: int, init: str = "quantile", seed: in
     """
     if init not in INITS:
         raise ValueError(f"unknown codebook initialisation {init!r}; choose one of {', '.join(INITS)}")
-    given = values
     values = np.ascontiguousarray(values, dtype=np.float32).ravel()
     if weights is not None:
         weights = np.ascontiguousarray(weights, dtype=np.float32).ravel()
@@ -92,7 +91,7 @@ def fit_codebook(values: np.ndarray, size: int, init: str = "quantile", seed: in
     sample = _linear_sample(values, seed, weights) if init == "linear" and not warm else None  # before any in-place sort
     sorted_weights = None
     if weights is None:
-        ordered = values if overwrite_input or values is not given else values.copy()
+        ordered = values if overwrite_input else values.copy()
         ordered.sort()  # as np.sort does
     else:
         order = np.argsort(values, kind="stable")
