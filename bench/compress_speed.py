@@ -12,9 +12,11 @@ stages by wrapping the functions that do them:
 
 CPU time (user + system of the whole process, and per stage the thread's CPU time) is reported beside the wall
 time since it depends less on what else the machine runs. Stages (summed over every call and thread, so with
-threads the stage times can add up to more than the total): load (reading and checking the model), select (choosing weights, reading each once to check it is finite), prune (reading each weight again, magnitude masks),
-k-means (fitting codebooks), assign (nearest-centroid indices), encode (Huffman/gap coding and record
-packing), rewrite (graph rewrite and export), write (sidecar and model files).
+threads the stage times can add up to more than the total): load (reading and checking the model), select
+(choosing weights, reading each once to check it is finite), prune (reading each weight again, magnitude masks),
+outlier choice (onnxcomp.core.outliers.share: the per-tensor outlier search, its k-means and assign calls
+included), k-means (fitting codebooks), assign (nearest-centroid indices), encode (Huffman/gap coding and
+record packing), rewrite (graph rewrite and export), write (sidecar and model files).
 Usage:
     nice -n 10 python bench/compress_speed.py [--models mlp25m,vgg16,minilm] [--repeat 3] [--record]
         [--source OTHER_CHECKOUT --section NAME]
@@ -121,8 +123,25 @@ if args["source"]:  # another checkout's Python code (the compiled parts come fr
     sys.path.insert(0, args["source"])
     sys.meta_path[:] = [f for f in sys.meta_path if not type(f).__module__.startswith("_editable")]
 from collections import defaultdict
-import onnxcomp, onnxcomp.pipeline, onnxcomp.codebook, onnxcomp.sidecar, onnxcomp.model_io, onnxcomp.pruning
-import passes.pack_weights, passes.prune_weights, passes.select_weights
+import importlib
+import onnxcomp
+
+def module(*names):  # the package's layout, or an older checkout's flat one (--source)
+    for name in names:
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            pass
+    return None
+
+model_io = module("onnxcomp.passes.model_io", "onnxcomp.model_io")
+select = module("onnxcomp.passes.select_weights", "passes.select_weights")
+prune = module("onnxcomp.passes.prune_weights", "passes.prune_weights")
+pack = module("onnxcomp.passes.pack_weights", "passes.pack_weights")
+codebook = module("onnxcomp.core.codebook", "onnxcomp.codebook")
+sidecar = module("onnxcomp.core.sidecar", "onnxcomp.sidecar")
+compression = module("onnxcomp.pipeline.compression", "onnxcomp.pipeline")
+outliers = module("onnxcomp.core.outliers")
 
 totals = defaultdict(float)
 cpu = defaultdict(float)
@@ -150,15 +169,17 @@ def status(key):
         if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
 
-timed(onnxcomp.model_io, "load_model", "load")
-timed(passes.select_weights.SelectWeightsPass, "run", "select")
-timed(passes.prune_weights.PruneWeightsPass, "layer_mask", "prune")
-timed(onnxcomp.codebook, "fit_codebook", "k-means")
-timed(onnxcomp.codebook, "assign", "assign")
-timed(onnxcomp.sidecar, "encode_record", "encode")
-timed(passes.pack_weights.PackWeightsPass, "run", "rewrite (pack pass)")
-timed(onnxcomp.pipeline.gs, "export_onnx", "rewrite (export)")
-timed(onnxcomp.model_io, "write_compressed", "write")
+timed(model_io, "load_model", "load")
+timed(select.SelectWeightsPass, "run", "select")
+timed(prune.PruneWeightsPass, "layer_mask", "prune")
+if outliers is not None:
+    timed(outliers, "share", "outlier choice")
+timed(codebook, "fit_codebook", "k-means")
+timed(codebook, "assign", "assign")
+timed(sidecar, "encode_record", "encode")
+timed(pack.PackWeightsPass, "run", "rewrite (pack pass)")
+timed(compression.gs, "export_onnx", "rewrite (export)")
+timed(model_io, "write_compressed", "write")
 start, times = time.perf_counter(), os.times()
 report = onnxcomp.compress(args["input"], args["output"])
 seconds = time.perf_counter() - start
@@ -217,7 +238,8 @@ def main() -> None:
         update_section(args.section, body)
 
 
-STAGES = ["load", "select", "prune", "k-means", "assign", "encode", "rewrite (pack pass)", "rewrite (export)", "write"]
+STAGES = ["load", "select", "prune", "outlier choice", "k-means", "assign", "encode", "rewrite (pack pass)",
+          "rewrite (export)", "write"]
 
 if __name__ == "__main__":
     main()

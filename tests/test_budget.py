@@ -123,7 +123,7 @@ def test_settings_can_leave_a_weight_dense(tmp_path, rng):
 
 
 def test_an_interrupted_sensitivity_analysis_resumes_from_its_cache(tmp_path, rng, monkeypatch):
-    from onnxcomp import autotune
+    from onnxcomp.pipeline import autotune
     budget_mlp(tmp_path, rng)
     kwargs = dict(budget="cosine=0.95", calib=str(tmp_path / "calib.npz"), sparsities=(0.0, 0.5), bits=(2, 4),
                   min_elements=16, cache_dir=str(tmp_path / "cache"))
