@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from onnxcomp import progress
 from onnxcomp.core import allocation
+from onnxcomp.core import outliers as outlier_math
 
 from .base import CompressionState, GraphPass, PassResult, log
 
 
 class AllocateWeightsPass(GraphPass):
     def __init__(self, *, scales: dict[str, float] | None = None, cache: dict | None = None, seed: int = 0,
-                 sparsities: dict[str, tuple] | None = None) -> None:
+                 sparsities: dict[str, tuple] | None = None, outliers: str | float = "auto") -> None:
         self.scales = dict(scales or {})
         self.cache = cache if cache is not None else {}
         self.seed = seed
@@ -26,13 +27,16 @@ class AllocateWeightsPass(GraphPass):
         self.sparsities = sparsities or {"fc": (0.0, 0.3, 0.5), "conv": (0.0, 0.3), "embedding": (0.0,)}
         # (a sparsity whose pruning alone exceeds the relative L2 limit is never fit, so these cost little)
         self.choices: dict[str, allocation.Candidate] = {}
+        # An outlier fraction given by the user is the only one considered; "auto" lets the proxy choose.
+        option = outlier_math.parse_option(outliers)
+        self.outliers = allocation.OUTLIERS if option == outlier_math.AUTO else (float(option),)
 
     def run(self, state: CompressionState) -> PassResult:
         targets = [t for t in state.targets if t.bits_override is None and t.sparsity_override is None]
         for target in progress.track(targets, "per-layer allocation"):
             if target.name not in self.cache:
                 self.cache[target.name] = allocation.Allocator(
-                    target.original, sparsities=self.sparsities.get(target.kind, (0.0,)), seed=self.seed)
+                    target.original, sparsities=self.sparsities.get(target.kind, (0.0,)), outliers=self.outliers, seed=self.seed)
             choice = self.cache[target.name].choose(self.scales.get(target.name, 1.0), 4.0 * target.size)
             if choice is None:
                 state.targets.remove(target)

@@ -143,7 +143,7 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
         raise InvalidOptionError(f"unknown allocation {allocation!r}: use one of {', '.join(ALLOCATIONS)}")
     passes = [SelectWeightsPass(min_elements=min_elements, rules=rules)]
     if allocation == "proxy":
-        passes.append(AllocateWeightsPass(scales=allocation_scales, cache=allocation_cache, seed=seed))
+        passes.append(AllocateWeightsPass(scales=allocation_scales, cache=allocation_cache, seed=seed, outliers=outliers))
     if settings:
         passes.append(ApplySettingsPass(settings=settings))
     if sequential and calib is None:
