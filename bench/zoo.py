@@ -21,6 +21,7 @@ import argparse
 import datetime
 import json
 import pickle
+import re
 import shlex
 import shutil
 import subprocess
@@ -332,7 +333,7 @@ def details(rows: list[dict]) -> str:
         elif row.get("coverage", {}).get("skipped"):
             reasons: dict[str, list[str]] = {}
             for name, reason in row["coverage"]["skipped"]:
-                reasons.setdefault(reason, []).append(name)
+                reasons.setdefault(re.sub(r"^\d+ elements, ", "", reason), []).append(name)
             text = "; ".join(f"{reason}: {len(names)} ({', '.join(names[:2])}{', ...' if len(names) > 2 else ''})"
                              for reason, names in reasons.items())
             out.append(f"- {row['model']}: skipped by onnxcomp: {text}")

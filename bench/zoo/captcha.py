@@ -1,4 +1,4 @@
-"""ddddocr's two captcha readers (CNN + LSTM + CTC, static batch 1, gray 64 x W input, argmax inside the graph),
+"""ddddocr's two captcha readers (CNN + LSTM + CTC, static batch 1, gray 64 x W input, logits [T, 1, 8210] out),
 on text captchas drawn here with DejaVu fonts, coloured noise lines and dots.
 
 `common_old.onnx` was dynamically quantised by its authors (ConvInteger on uint8 weights), its LSTM and
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .common import Fidelity, ZooModel, char_accuracy, fetch_wheel, fonts
+from .common import Fidelity, ZooModel, char_accuracy, cosine_rows, fetch_wheel, fonts
 
 DDDDOCR = "ddddocr==1.6.1"
 ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"  # no l/1/o/0: ambiguous in many fonts
@@ -77,12 +77,12 @@ def _decode(indices: np.ndarray, charset) -> str:
 
 def _infer(session, data: dict) -> dict:
     charset = list(data["charset"])
-    raw, pred = [], []
+    logits, pred = [], []
     for i in range(len(data["texts"])):
-        indices = session.run(None, {"input1": data[f"x{i}"][None, None]})[0]
-        raw.append(indices)
-        pred.append(_decode(indices, charset))
-    return {"raw": None, "pred": pred}
+        scores = session.run(None, {"input1": data[f"x{i}"][None, None]})[0]  # [T, 1, symbols]
+        logits.append(scores[:, 0])
+        pred.append(_decode(scores[:, 0].argmax(-1), charset))
+    return {"raw": None, "logits": logits, "pred": pred}
 
 
 def _exact(pred: dict, data: dict) -> float:
@@ -90,8 +90,8 @@ def _exact(pred: dict, data: dict) -> float:
 
 
 def _fidelity(a: dict, b: dict, data: dict) -> dict:
-    return {"char agreement": char_accuracy(b["pred"], a["pred"]),
-            "char accuracy": char_accuracy(b["pred"], list(data["texts"]))}
+    cosine = min(float(cosine_rows(x.reshape(1, -1), y.reshape(1, -1))[0]) for x, y in zip(a["logits"], b["logits"]))
+    return {"char agreement": char_accuracy(b["pred"], a["pred"]), "min cosine": cosine}
 
 
 def _model(name: str, member: str, charset: str, summary: str) -> ZooModel:

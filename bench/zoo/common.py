@@ -7,6 +7,7 @@ Nothing here runs in CI: the zoo needs the network (package registries) and minu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -99,6 +100,7 @@ def license_words(files: list[str]) -> list[str]:
     return words
 
 
+@functools.lru_cache(maxsize=1)
 def sample_images() -> dict[str, np.ndarray]:
     """RGB uint8 photographs shipped inside the scikit-image and matplotlib wheels (no download)."""
     import matplotlib

@@ -64,7 +64,7 @@ VGG16 = ZooModel(
 
 def _yolo_prepare(model: Path, folder: Path, rng: np.random.Generator) -> None:
     to_input = lambda crops: (crops.astype(np.float32) / 255).transpose(0, 3, 1, 2).copy()  # noqa: E731
-    np.savez_compressed(folder / "eval.npz", x=to_input(_crops(EVAL_IMAGES, rng, 60, (320, 320))))
+    np.savez_compressed(folder / "eval.npz", x=to_input(_crops(EVAL_IMAGES, rng, 120, (320, 320))))
     np.savez_compressed(folder / "calib.npz", images=to_input(_crops(CALIB_IMAGES, rng, 32, (320, 320))))
 
 
@@ -98,7 +98,7 @@ def _detections_fidelity(a: dict, b: dict, data: dict) -> dict:
 YOLOV8N = ZooModel(
     name="yolov8n-nudenet", package="nudenet==3.4.2", member="nudenet/320n.onnx",
     summary="YOLOv8n detector (Ultralytics export, 18 body-part classes incl. faces), 320x320",
-    data="60 seeded random crops of 12 photographs at 320x320 (no labels: detections of the original are the reference); calib: 32 crops of 10 other photographs",
+    data="120 seeded random crops of 12 photographs at 320x320 (no labels: detections of the original are the reference); calib: 32 crops of 10 other photographs",
     prepare=_yolo_prepare, infer=_yolo_infer, fidelity=_detections_fidelity,
     checks=[Fidelity("F1 vs original", 0.95)],
     feeds=lambda data, batch: {"images": data["x"][:batch]}, eval_batch=1)
