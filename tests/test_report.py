@@ -11,7 +11,8 @@ from test_cli import BUNDLED, BUNDLED_EVAL, onnxcomp as cli
 
 REPORT_KEYS = {"input_path", "output_path", "sidecar_path", "input_bytes", "output_bytes", "layers", "skipped",
                "accuracy_before", "accuracy_after", "ratio", "budget"}
-LAYER_KEYS = {"name", "kind", "shape", "params", "sparsity", "codebook_size", "bits", "bytes_before", "bytes_after", "ratio"}
+LAYER_KEYS = {"name", "kind", "shape", "params", "sparsity", "codebook_size", "bits", "bytes_before", "bytes_after", "ratio",
+              "outliers"}
 
 
 def test_report_json_matches_the_documented_schema(tmp_path):
@@ -40,7 +41,7 @@ def test_html_report(tmp_path):
 
 def test_html_without_matplotlib_says_what_to_install(tmp_path, monkeypatch):
     from onnxcomp.errors import OnnxcompError
-    from onnxcomp.html_report import write_html
+    from onnxcomp.front.html_report import write_html
     report = onnxcomp.compress(BUNDLED, tmp_path / "out.onnx")
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(OnnxcompError, match=r"onnxcomp\[report\]"):

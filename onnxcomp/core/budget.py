@@ -1,0 +1,115 @@
+"""Compressing to a quality budget: metrics, and the allocation of per-layer settings (numpy only).
+
+Each layer l has measured candidates c = (sparsity, bits) with stored bytes B_l(c) and an output error
+e_l(c), the quality loss when only that layer is compressed. Assuming errors add up, the allocation picks one
+candidate per layer to minimise sum_l B_l(c_l) subject to sum_l e_l(c_l) <= budget: a multiple-choice
+knapsack, solved exactly by dynamic programming over Pareto frontiers. Metrics turn into additive errors as: cosine -> 1 - cos, top1 -> 1 - agreement,
+rel_l2 -> relative L2 error, accuracy -> drop in top-1 accuracy against labels, kl -> mean KL divergence of the
+softmax outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxcomp.errors import InvalidOptionError
+
+METRICS = ("cosine", "top1", "rel_l2", "accuracy", "kl")
+RESOLUTION = 20000
+MAX_STATES = 200_000
+
+
+@dataclass(frozen=True)
+class Budget:
+    metric: str
+    value: float
+
+    @property
+    def max_error(self) -> float:
+        """The error the budget allows, in the additive units of ``error``."""
+        if self.metric in ("cosine", "top1"):
+            return 1.0 - self.value
+        return self.value
+
+    def met(self, error: float) -> bool:
+        return error <= self.max_error + 1e-12
+
+
+def parse_budget(text: str) -> Budget:
+    """``cosine=0.99`` (min cosine), ``top1=0.99`` (min top-1 agreement), ``rel_l2=0.05`` (max relative L2
+    error), ``accuracy=0.01`` (max top-1 accuracy drop against the data's labels) or ``kl=0.05`` (max mean KL
+    divergence of the softmax outputs, in nats: smooth, for class scores)."""
+    name, _, value = text.partition("=")
+    name = name.strip().lower().replace("-", "_")
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if name not in METRICS or not math.isfinite(number):
+        raise InvalidOptionError(f"budget {text!r} is not understood: use one of {', '.join(m + '=VALUE' for m in METRICS)}")
+    if name in ("cosine", "top1") and not 0 < number <= 1:
+        raise InvalidOptionError(f"budget {text!r}: {name} must be in (0, 1]")
+    if name in ("rel_l2", "accuracy", "kl") and number < 0:
+        raise InvalidOptionError(f"budget {text!r}: {name} must be >= 0")
+    return Budget(name, number)
+
+
+def allocation_metric(metric: str, reference: np.ndarray) -> str:
+    """The metric the sensitivity curves use for a budget in ``metric``: itself when it is smooth; for top-1 and
+    accuracy, which move in whole samples, ``kl`` (class scores [samples, classes]) or else ``rel_l2``."""
+    if metric not in ("top1", "accuracy"):
+        return metric
+    return "kl" if reference.ndim == 2 and reference.shape[1] > 1 else "rel_l2"
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    shifted = x - x.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def error(metric: str, reference: np.ndarray, output: np.ndarray, labels: np.ndarray | None = None) -> float:
+    """The additive error of ``output`` against ``reference`` (first model output, samples first); ``kl`` is
+    the mean KL divergence of softmax(output) from softmax(reference), in nats."""
+    ref = reference.reshape(len(reference), -1).astype(np.float64)
+    out = output.reshape(len(output), -1).astype(np.float64)
+    if metric == "kl":
+        log_p, log_q = _log_softmax(ref), _log_softmax(out)
+        return float(np.mean((np.exp(log_p) * (log_p - log_q)).sum(1)))
+    if metric == "cosine":
+        cos = (ref * out).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1) + 1e-30)
+        return float(1.0 - cos.min())
+    if metric == "top1":
+        return float(1.0 - np.mean(ref.argmax(1) == out.argmax(1)))
+    if metric == "rel_l2":
+        return float(np.linalg.norm(out - ref) / (np.linalg.norm(ref) + 1e-30))
+    if labels is None:
+        raise InvalidOptionError("an accuracy budget needs labels: add an array 'labels' to the calibration data")
+    return float(np.mean(ref.argmax(1) == labels) - np.mean(out.argmax(1) == labels))
+
+
+def allocate(curves: dict[str, list[tuple[int, float]]], max_error: float) -> dict[str, int] | None:
+    """Index of the chosen (bytes, error) candidate per layer: least total bytes with summed error within
+    ``max_error``; None if even the most accurate choice per layer exceeds it.
+
+    Dynamic programming over the Pareto frontier of (error, bytes) of the layers seen so far: exact, and
+    small in practice; past ``MAX_STATES`` states the errors are bucketed (rounded up) to bound the work.
+    """
+    states = [(0.0, 0, ())]  # (total error, total bytes, picks), sorted by error, bytes strictly falling
+    for name in curves:
+        combined = [(err + e, size + b, picks + (i,)) for err, size, picks in states
+                    for i, (b, e) in enumerate(curves[name]) if err + max(e, 0.0) <= max_error + 1e-12]
+        if not combined:
+            return None
+        if len(combined) > MAX_STATES:
+            unit = max(max_error, 1e-12) / RESOLUTION
+            combined = [(math.ceil(err / unit - 1e-9) * unit, size, picks) for err, size, picks in combined]
+        combined.sort(key=lambda state: (state[0], state[1]))
+        states = []
+        for state in combined:
+            if not states or state[1] < states[-1][1]:
+                states.append(state)
+    best = min(states, key=lambda state: state[1])
+    return dict(zip(curves, best[2]))

@@ -1,0 +1,134 @@
+"""Optimal-Brain-Surgeon-style pruning and codebook rounding with error compensation (numpy only).
+
+A layer's output error for a replacement row ``v`` of row ``w`` is ``(v - w)^T H (v - w)`` with
+``H = X^T X`` (the calibration Gram matrix, damped by ``damp * mean(diag H)``). Processing the inputs
+(columns) in order, fixing column j of every row to a value ``q`` (0 when pruned, a codebook entry when
+rounded) and moving the not-yet-fixed columns ``j+1..`` to the best compensation is the OBS update
+
+    e = (w_j - q) / U_jj,    w_{j:} <- w_{j:} - e U_{j, j:}
+
+where ``U`` is the upper Cholesky factor of ``H^-1`` (so that eliminating columns one by one needs no new
+inverse: SparseGPT, Frantar & Alistarh 2023; GPTQ for rounding). Columns go in blocks; the error of a block
+is pushed to the later columns in one matrix product.
+
+- ``prune``: chooses the mask one block of columns at a time from the OBS saliency ``w^2 / U_jj^2`` of the
+  weights as updated so far (the lowest ``sparsity`` fraction of the block, over all rows), and returns the
+  mask and the compensated weights.
+- ``round_to_codebook``: rounds every kept weight to its nearest non-zero codebook entry (pruned ones to the
+  exact 0.0 at index 0) in the same order, compensating each rounding in the later columns; returns indices.
+
+Inputs that never fire (``H_jj = 0``) carry no signal: their weights are pruned first and get no update.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from onnxcomp.core.codebook import assign
+
+BLOCK = 128
+
+
+def _damped(gram: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray]:
+    """(H + damp mean(diag H) I with dead inputs given a unit diagonal, mask of dead inputs)."""
+    h = np.array(gram, dtype=np.float64)
+    dead = np.diag(h) <= 0
+    h[dead, dead] = 1.0
+    live = np.diag(h)[~dead]
+    h[np.diag_indices_from(h)] += damp * (float(live.mean()) if len(live) else 1.0)
+    return h, dead
+
+
+def _inverse_factor(gram: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray]:
+    """(upper Cholesky factor of the damped H^-1, mask of dead inputs)."""
+    h, dead = _damped(gram, damp)
+    for attempt in range(6):  # raise the damping if the inverse is not numerically positive definite
+        try:
+            inverse = np.linalg.inv(h)
+            return np.linalg.cholesky((inverse + inverse.T) / 2).T, dead
+        except np.linalg.LinAlgError:
+            h[np.diag_indices_from(h)] += 10.0 ** (attempt - 3) * float(np.mean(np.diag(h)))
+    raise np.linalg.LinAlgError("the calibration Gram matrix could not be inverted")
+
+
+def saliency(rows: np.ndarray, gram: np.ndarray, damp: float = 0.01) -> np.ndarray:
+    """Classical OBS saliency ``w_ij^2 / [H^-1]_jj`` (the error of removing one weight alone, the others
+    compensating); dead inputs score 0."""
+    h, dead = _damped(gram, damp)
+    scores = np.asarray(rows, dtype=np.float64) ** 2 / np.diag(np.linalg.inv(h))[None, :]
+    scores[:, dead] = 0.0
+    return scores
+
+
+@threadpool_limits.wrap(limits=1, user_api="blas")
+def prune(rows: np.ndarray, gram: np.ndarray, sparsity: float, damp: float = 0.01,
+          block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """OBS pruning of ``rows`` [outputs, inputs]: returns (keep mask, compensated float32 rows)."""
+    w = np.array(rows, dtype=np.float64)
+    m, n = w.shape
+    u, dead = _inverse_factor(gram, damp)
+    w[:, dead] = 0.0
+    keep = np.ones((m, n), dtype=bool)
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        w1, u1 = w[:, start:stop], u[start:stop, start:stop]
+        diag = np.diag(u1)
+        saliency = w1 ** 2 / diag[None, :] ** 2
+        saliency[:, dead[start:stop]] = -1.0  # dead inputs go first
+        pruned = int(round(sparsity * saliency.size))
+        mask = np.ones(saliency.size, dtype=bool)
+        if pruned:
+            mask[np.argsort(saliency.ravel(), kind="stable")[:pruned]] = False
+        mask = mask.reshape(saliency.shape)
+        errors = np.zeros_like(w1)
+        for j in range(stop - start):
+            target = np.where(mask[:, j], w1[:, j], 0.0)
+            e = (w1[:, j] - target) / diag[j]
+            w1[:, j:] -= np.outer(e, u1[j, j:])
+            w1[:, j] = target
+            errors[:, j] = e
+        w[:, stop:] -= errors @ u[start:stop, stop:]  # w1 is a view: the block itself is already updated
+        keep[:, start:stop] = mask
+    return keep, w.astype(np.float32)
+
+
+@threadpool_limits.wrap(limits=1, user_api="blas")
+def round_to_codebook(rows: np.ndarray, keep: np.ndarray | None, codebook: np.ndarray, gram: np.ndarray,
+                      damp: float = 0.01, block: int = BLOCK, exact: np.ndarray | None = None):
+    """Indices [outputs, inputs] into the sorted ``codebook`` with OBS compensation of the rounding error.
+
+    With ``keep``, index 0 is the pruned entry (exactly 0.0): pruned weights take it, kept ones take the
+    nearest of the others. Without, every weight takes the nearest entry.
+    ``exact`` [outputs, inputs] marks outliers stored exactly: they keep their compensated value (no rounding
+    error to push on), and the result is ``(indices, values)`` with ``values`` float32 [outputs, inputs]
+    holding each outlier's compensated value where ``exact`` is set (0 elsewhere).
+    """
+    w = np.array(rows, dtype=np.float64)
+    m, n = w.shape
+    u, _ = _inverse_factor(gram, damp)
+    c = np.asarray(codebook, dtype=np.float64)
+    first = 0 if keep is None else 1
+    order = np.argsort(c[first:], kind="stable")  # a least-squares refit may have left the entries unsorted
+    choices = c[first:][order]
+    indices = np.zeros((m, n), dtype=np.int64)
+    if len(choices) == 0:
+        return indices if exact is None else (indices, np.where(exact, w, 0.0).astype(np.float32))
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        w1, u1 = w[:, start:stop], u[start:stop, start:stop]
+        errors = np.zeros_like(w1)
+        for j in range(stop - start):
+            col = w1[:, j]
+            idx = order[assign(col, choices)] + first
+            if keep is not None:
+                idx = np.where(keep[:, start + j], idx, 0)
+            q = c[idx] if exact is None else np.where(exact[:, start + j], col, c[idx])
+            e = (col - q) / u1[j, j]
+            w1[:, j:] -= np.outer(e, u1[j, j:])
+            errors[:, j] = e
+            indices[:, start + j] = idx
+        w[:, stop:] -= errors @ u[start:stop, stop:]
+    if exact is not None:
+        return indices, np.where(exact, w, 0.0).astype(np.float32)
+    return indices

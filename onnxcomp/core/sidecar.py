@@ -1,0 +1,345 @@
+"""Weight records and the sidecar file (docs/format.md): encoding, and an independent numpy decoder.
+
+A record stores a tensor as a codebook plus one index per element. The index stream is Huffman coded,
+either densely (one code per element) or, when index 0 is the pruned 0.0 entry, as gaps between non-zero
+elements plus the non-zero indices: a layer with sparsity s then costs about
+``(1 - s) * (H(gap) + H(value))`` bits per element instead of ``H(index) >= 1`` bit, which is what lets
+highly sparse layers escape Huffman's one-bit floor. The encoder tries both codings and every gap
+alphabet size and keeps the smallest record. A record may also list outliers, exact values at given positions
+that replace the codebook value there (record version 2, onnxcomp/core/outliers.py).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from onnxcomp.core import huffman, outliers
+from onnxcomp.errors import CorruptSidecarError
+
+RECORD_MAGIC = b"OCWR"
+RECORD_VERSION = 1
+RECORD_VERSION_OUTLIERS = 2  # version 1 plus an outlier section
+FILE_MAGIC = b"ONXCSIDE"
+FILE_VERSION = 1
+FLOAT32 = 1  # onnx.TensorProto.FLOAT
+CODING_DENSE = 0
+CODING_SPARSE = 1
+MAX_RANK = 8
+MAX_GAP_BITS = 16
+MAX_ELEMENTS = 1 << 40
+RECORD_ALIGNMENT = 64
+SIDECAR_SUFFIX = ".onnxcomp"
+
+_FIXED = struct.Struct("<4sHBBBBHIQ")  # magic, version, value type, rank, bits, coding, reserved, K, N
+
+
+@dataclass
+class Record:
+    """A decoded weight record."""
+
+    dims: tuple[int, ...]
+    codebook: np.ndarray  # float32 [K]
+    indices: np.ndarray  # int64 [N], row-major
+    bits: int
+    coding: int = CODING_DENSE
+    outlier_positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # int64 [L], increasing
+    outlier_values: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # float32 [L]
+    outlier_bytes: int = 0  # length of the outlier section
+
+    def to_dense(self) -> np.ndarray:
+        return apply_outliers(self.codebook[self.indices], self.outlier_positions, self.outlier_values).reshape(self.dims)
+
+
+def apply_outliers(values: np.ndarray, positions: np.ndarray, outlier_values: np.ndarray) -> np.ndarray:
+    """``values`` (any shape, row-major) with element ``positions[j]`` set to ``outlier_values[j]`` (a copy)."""
+    values = np.array(values, dtype=np.float32)
+    values.reshape(-1)[np.asarray(positions, dtype=np.int64)] = outlier_values
+    return values
+
+
+def sidecar_path(model_path: str | os.PathLike) -> str:
+    """The sidecar file that belongs to ``model_path`` (``small.onnx`` -> ``small.onnxcomp``)."""
+    root, _ = os.path.splitext(os.fspath(model_path))
+    return root + SIDECAR_SUFFIX
+
+
+def _gap_symbols(indices: np.ndarray, gap_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split the positions of non-zeros into gap symbols; returns (symbols, is_value_follows)."""
+    nonzero = np.flatnonzero(indices)
+    gaps = np.diff(np.concatenate([[-1], nonzero])) - 1
+    escape = (1 << gap_bits) - 1
+    escapes = gaps // escape
+    remainder = gaps % escape
+    # Each gap becomes `escapes` escape symbols followed by its remainder symbol.
+    counts = escapes + 1
+    symbols = np.full(int(counts.sum()), escape, dtype=np.int64)
+    last = np.cumsum(counts) - 1
+    symbols[last] = remainder
+    return symbols, last
+
+
+def _gap_cost_bits(indices_nonzero_gaps: np.ndarray, gap_bits: int) -> int:
+    escape = (1 << gap_bits) - 1
+    counts = np.bincount(indices_nonzero_gaps % escape, minlength=escape + 1).astype(np.int64)
+    counts[escape] += int((indices_nonzero_gaps // escape).sum())
+    lengths = huffman.code_lengths(counts)
+    return int((counts * lengths).sum()) + 8 * (escape + 1)
+
+
+def encode_record(codebook: np.ndarray, indices: np.ndarray, dims: tuple[int, ...], bits: int,
+                  outlier_positions: np.ndarray | None = None, outlier_values: np.ndarray | None = None) -> bytes:
+    """Encode one tensor; picks the smaller of dense and sparse (gap) coding.
+
+    With outliers (strictly increasing positions below N, finite float32 values), the record is version 2 and
+    the indices at the outlier positions are replaced by the cheapest one for the chosen coding (0 in sparse
+    coding, the most frequent index in dense), since the reader never looks them up. Without, version 1.
+    """
+    codebook = np.ascontiguousarray(codebook, dtype="<f4")
+    indices = np.asarray(indices, dtype=np.int64).ravel()
+    k = len(codebook)
+    n = int(np.prod(dims, dtype=np.int64)) if dims else 1
+    if not (1 <= bits <= 16) or not (1 <= k <= 1 << bits):
+        raise ValueError(f"codebook of {k} entries does not fit {bits} index bits")
+    if len(indices) != n or len(dims) > MAX_RANK:
+        raise ValueError("indices do not match the tensor dims")
+    if n and (indices.min() < 0 or indices.max() >= k):
+        raise ValueError("index outside the codebook")
+    positions = np.zeros(0, np.int64) if outlier_positions is None else np.asarray(outlier_positions, np.int64)
+    section = b""
+    dense_indices = sparse_indices = indices
+    if len(positions):
+        section = outliers.encode_section(positions, outlier_values, n)
+        others = np.ones(n, dtype=bool)
+        others[positions] = False
+        dense_indices, sparse_indices = indices.copy(), indices.copy()
+        dense_indices[positions] = int(np.argmax(np.bincount(indices[others], minlength=k))) if others.any() else 0
+        sparse_indices[positions] = 0
+    version = RECORD_VERSION_OUTLIERS if len(positions) else RECORD_VERSION
+    header = _FIXED.pack(RECORD_MAGIC, version, FLOAT32, len(dims), bits, 0, 0, k, n)
+    header += struct.pack(f"<{len(dims)}Q", *dims) + codebook.tobytes()
+
+    dense_counts = np.bincount(dense_indices, minlength=k)
+    dense_lengths = huffman.code_lengths(dense_counts)
+    dense_bits = int((dense_counts * dense_lengths).sum())
+    best = (dense_bits + 8 * k, CODING_DENSE, 0)
+    if codebook[0].view(np.uint32) == 0 and n:
+        value_counts = np.bincount(sparse_indices, minlength=k)
+        nonzero = np.flatnonzero(sparse_indices)
+        gaps = np.diff(np.concatenate([[-1], nonzero])) - 1
+        sparse_counts = value_counts.copy()
+        sparse_counts[0] = 0
+        value_bits = int((sparse_counts * huffman.code_lengths(sparse_counts)).sum()) + 8 * k
+        for gap_bits in range(1, MAX_GAP_BITS + 1):
+            if gap_bits > 1 and (1 << (gap_bits - 1)) > max(int(gaps.max(initial=0)), 1):
+                break  # larger alphabets only add table bytes
+            cost = _gap_cost_bits(gaps, gap_bits) + value_bits
+            if cost < best[0]:
+                best = (cost, CODING_SPARSE, gap_bits)
+
+    _, coding, gap_bits = best
+    if coding == CODING_DENSE:
+        payload, payload_bits = huffman.encode(dense_indices, dense_lengths)
+        body = dense_lengths.tobytes()
+    else:
+        indices = sparse_indices
+        symbols, value_slots = _gap_symbols(indices, gap_bits)
+        nonzero_values = indices[indices != 0]
+        gap_lengths = huffman.code_lengths(np.bincount(symbols, minlength=1 << gap_bits))
+        sparse_counts = np.bincount(indices, minlength=k)
+        sparse_counts[0] = 0
+        value_lengths = huffman.code_lengths(sparse_counts)
+        # Interleave: each non-escape gap code is followed by its value code.
+        gap_codes = huffman.canonical_codes(gap_lengths)
+        value_codes = huffman.canonical_codes(value_lengths)
+        total = len(symbols) + len(nonzero_values)
+        codes = np.empty(total, dtype=np.uint32)
+        lengths = np.empty(total, dtype=np.int64)
+        gap_positions = np.arange(len(symbols)) + np.searchsorted(value_slots, np.arange(len(symbols)))
+        value_positions = value_slots + np.arange(len(value_slots)) + 1
+        codes[gap_positions] = gap_codes[symbols]
+        lengths[gap_positions] = gap_lengths[symbols]
+        codes[value_positions] = value_codes[nonzero_values]
+        lengths[value_positions] = value_lengths[nonzero_values]
+        writer = huffman.BitWriter()
+        writer.write(codes, lengths)
+        payload, payload_bits = writer.getvalue(), writer.bit_length
+        body = struct.pack("<BQ", gap_bits, len(nonzero_values)) + gap_lengths.tobytes() + value_lengths.tobytes()
+    record = bytearray(header)
+    record[9] = coding
+    record += body + struct.pack("<Q", payload_bits) + payload + section
+    record += struct.pack("<I", zlib.crc32(record))
+    return bytes(record)
+
+
+def _take_payload(cursor: "_Cursor") -> tuple[bytes, int]:
+    (payload_bits,) = struct.unpack("<Q", cursor.take(8, "payload length"))
+    payload = cursor.take((payload_bits + 7) // 8, "payload")
+    if payload_bits % 8 and payload[-1] & ((1 << (8 - payload_bits % 8)) - 1):
+        raise CorruptSidecarError("payload has non-zero padding bits")
+    return payload, payload_bits
+
+
+class _Cursor:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.offset = 0
+
+    def take(self, size: int, what: str) -> bytes:
+        if size < 0 or self.offset + size > len(self.data):
+            raise CorruptSidecarError(f"record is truncated: {what} runs past its end")
+        chunk = self.data[self.offset:self.offset + size]
+        self.offset += size
+        return chunk
+
+
+def decode_record(data: bytes) -> Record:
+    """Validate and decode a record (the numpy reference the C++ kernels are tested against)."""
+    data = bytes(data)
+    if len(data) < _FIXED.size + 4:
+        raise CorruptSidecarError("record is shorter than its fixed header")
+    if zlib.crc32(data[:-4]) != struct.unpack("<I", data[-4:])[0]:
+        raise CorruptSidecarError("record checksum mismatch: the sidecar is corrupt")
+    cursor = _Cursor(data[:-4])
+    magic, version, value_type, rank, bits, coding, reserved, k, n = _FIXED.unpack(cursor.take(_FIXED.size, "header"))
+    if magic != RECORD_MAGIC:
+        raise CorruptSidecarError("not an onnxcomp weight record (bad magic)")
+    if version not in (RECORD_VERSION, RECORD_VERSION_OUTLIERS):
+        raise CorruptSidecarError(f"record version {version} is not supported (expected 1 or 2)")
+    if value_type != FLOAT32 or rank > MAX_RANK or not 1 <= bits <= 16 or coding > 1 or reserved:
+        raise CorruptSidecarError("record header has a field out of range")
+    if not 1 <= k <= 1 << bits or n >= MAX_ELEMENTS:
+        raise CorruptSidecarError("record codebook size or element count out of range")
+    dims = struct.unpack(f"<{rank}Q", cursor.take(8 * rank, "dims"))
+    if int(np.prod(np.array(dims, dtype=object))) != n:
+        raise CorruptSidecarError("record dims do not multiply to its element count")
+    codebook = np.frombuffer(cursor.take(4 * k, "codebook"), dtype="<f4").astype(np.float32)
+    if not np.isfinite(codebook).all():
+        raise CorruptSidecarError("record codebook holds a value that is not finite")
+    if coding == CODING_DENSE:
+        lengths = np.frombuffer(cursor.take(k, "code table"), dtype=np.uint8)
+        payload, payload_bits = _take_payload(cursor)
+        indices = huffman.decode(payload, payload_bits, lengths, n) if n else np.zeros(0, np.int64)
+        if n == 0 and payload_bits:
+            raise CorruptSidecarError("payload has bits left over after the last symbol")
+    else:
+        if codebook[:1].view(np.uint32).tolist() != [0]:
+            raise CorruptSidecarError("sparse record needs codebook[0] == 0.0")
+        gap_bits, nonzero_count = struct.unpack("<BQ", cursor.take(9, "sparse header"))
+        if not 1 <= gap_bits <= MAX_GAP_BITS or nonzero_count > n:
+            raise CorruptSidecarError("sparse record header out of range")
+        gap_lengths = np.frombuffer(cursor.take(1 << gap_bits, "gap table"), dtype=np.uint8)
+        value_lengths = np.frombuffer(cursor.take(k, "value table"), dtype=np.uint8)
+        if value_lengths[0]:
+            raise CorruptSidecarError("sparse record codes the pruned value 0")
+        payload, payload_bits = _take_payload(cursor)
+        indices = _decode_sparse(payload, payload_bits, gap_bits, gap_lengths, value_lengths, n, nonzero_count)
+    record = Record(tuple(dims), codebook, indices, bits, coding)
+    if version == RECORD_VERSION_OUTLIERS:
+        start = cursor.offset
+        record.outlier_positions, record.outlier_values = outliers.decode_section(cursor.take, n)
+        record.outlier_bytes = cursor.offset - start
+    if cursor.offset != len(cursor.data):
+        raise CorruptSidecarError("record has trailing bytes")
+    return record
+
+
+def _decode_sparse(payload, payload_bits, gap_bits, gap_lengths, value_lengths, n, nonzero_count) -> np.ndarray:
+    reader = huffman.BitReader(payload, payload_bits)
+    gap_symbol, gap_length = reader.table(gap_lengths, "gap table")
+    value_symbol, value_length = reader.table(value_lengths, "value table")
+    escape = (1 << gap_bits) - 1
+    indices = np.zeros(n, dtype=np.int64)
+    position = 0  # next element
+    bit = 0
+    produced = 0
+    while produced < nonzero_count:
+        if bit >= payload_bits or gap_symbol[bit] < 0:
+            raise CorruptSidecarError("payload ends early or holds an invalid gap code")
+        gap = gap_symbol[bit]
+        bit += gap_length[bit]
+        if gap == escape:
+            position += escape
+            if position > n:
+                raise CorruptSidecarError("gap decoding runs past the tensor's end")
+            continue
+        position += gap
+        if position >= n:
+            raise CorruptSidecarError("gap decoding runs past the tensor's end")
+        if bit >= payload_bits or value_symbol[bit] < 0:
+            raise CorruptSidecarError("payload ends early or holds an invalid value code")
+        indices[position] = value_symbol[bit]
+        bit += value_length[bit]
+        position += 1
+        produced += 1
+    if bit != payload_bits:
+        raise CorruptSidecarError("payload has bits left over after the last symbol")
+    return indices
+
+
+@dataclass
+class DirectoryEntry:
+    name: str
+    offset: int
+    length: int
+    transposed: bool = False
+
+
+class SidecarWriter:
+    """Writes records to a sidecar file at 64-byte aligned offsets, then the directory and its CRC."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.entries: list[DirectoryEntry] = []
+        self._file = open(path, "wb")
+        self._file.write(b"\0" * 32)
+
+    def add(self, name: str, record: bytes, transposed: bool = False) -> DirectoryEntry:
+        offset = self._file.tell()
+        pad = -offset % RECORD_ALIGNMENT
+        self._file.write(b"\0" * pad)
+        entry = DirectoryEntry(name, offset + pad, len(record), transposed)
+        self._file.write(record)
+        self.entries.append(entry)
+        return entry
+
+    def close(self) -> None:
+        directory_offset = self._file.tell()
+        directory = bytearray()
+        for entry in self.entries:
+            name = entry.name.encode("utf-8")
+            directory += struct.pack("<QQBH", entry.offset, entry.length, int(entry.transposed), len(name)) + name
+        self._file.write(directory + struct.pack("<I", zlib.crc32(directory)))
+        self._file.seek(0)
+        self._file.write(struct.pack("<8sHHIQQ", FILE_MAGIC, FILE_VERSION, 0, len(self.entries), directory_offset, 0))
+        self._file.close()
+
+    def abort(self) -> None:
+        self._file.close()
+
+
+def read_directory(path: str) -> list[DirectoryEntry]:
+    """Read and validate a sidecar's directory."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if len(data) < 36 or data[:8] != FILE_MAGIC:
+        raise CorruptSidecarError(f"{path} is not an onnxcomp sidecar")
+    _, version, _, count, directory_offset, _ = struct.unpack("<8sHHIQQ", data[:32])
+    if version != FILE_VERSION:
+        raise CorruptSidecarError(f"{path}: sidecar version {version} is not supported")
+    directory = data[directory_offset:-4] if 32 <= directory_offset <= len(data) - 4 else b""
+    if zlib.crc32(directory) != struct.unpack("<I", data[-4:])[0]:
+        raise CorruptSidecarError(f"{path}: directory checksum mismatch")
+    cursor = _Cursor(directory)
+    entries = []
+    for _ in range(count):
+        offset, length, transposed, name_length = struct.unpack("<QQBH", cursor.take(19, "directory"))
+        name = cursor.take(name_length, "directory name").decode("utf-8", errors="replace")
+        if offset + length > directory_offset:
+            raise CorruptSidecarError(f"{path}: directory entry {name!r} points past the records")
+        entries.append(DirectoryEntry(name, offset, length, bool(transposed)))
+    return entries

@@ -1,0 +1,362 @@
+"""The ``onnxcomp`` command line: a thin typer front over ``onnxcomp.pipeline``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from onnxcomp.errors import OnnxcompError, OutputError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Deep Compression for ONNX models.")
+
+
+class PruneMethod(str, Enum):
+    magnitude = "magnitude"
+    activation = "activation"
+    none = "none"
+
+
+class Score(str, Enum):
+    wanda = "wanda"
+    tfidf = "tfidf"
+    obs = "obs"
+
+
+class Rounding(str, Enum):
+    obs = "obs"
+    nearest = "nearest"
+
+
+class Threshold(str, Enum):
+    percentile = "percentile"
+    sensitivity = "sensitivity"
+
+
+class Scope(str, Enum):
+    layer = "layer"
+    global_ = "global"
+
+
+class Format(str, Enum):
+    custom_op = "custom-op"
+    portable = "portable"
+
+
+class Init(str, Enum):
+    quantile = "quantile"
+    linear = "linear"
+
+
+@app.callback()
+def main() -> None:
+    """Compress ONNX models: prune, share weights through k-means codebooks, Huffman-code the indices."""
+
+
+def _setup_logging(quiet: bool, verbose: bool) -> None:
+    level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s: %(message)s")
+
+
+@contextlib.contextmanager
+def _user_errors(debug: bool):
+    """Turn onnxcomp's errors into a one-line message and exit code 1 (tracebacks with --debug)."""
+    try:
+        yield
+    except OnnxcompError as error:
+        if debug:
+            raise
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from error
+    except Exception as error:  # a bug, not the user's fault: still one line, with a way to get the details
+        if debug:
+            raise
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        typer.echo(f"error: internal error ({type(error).__name__}: {first_line}); "
+                   "rerun with --debug and report the traceback", err=True)
+        raise typer.Exit(1) from error
+
+
+def _progress(quiet: bool):
+    """Progress bars on stderr when it is a terminal and not --quiet (onnxcomp/progress.py), else None."""
+    from onnxcomp.progress import terminal_progress
+    return terminal_progress(quiet)
+
+
+QUIET = typer.Option(False, "--quiet", "-q", help="Print nothing but errors (no progress bars either).")
+VERBOSE = typer.Option(False, "--verbose", "-v", help="Log each decision.")
+DEBUG = typer.Option(False, help="Show tracebacks.")
+
+
+def _bits_option(value: Optional[int], kind: str) -> None:
+    if value is not None and not 1 <= value <= 16:
+        raise typer.BadParameter(f"{value} is out of range: give an integer from 1 to 16", param_hint=f"--{kind}")
+
+
+PIPELINE_OPTIONS = ("prune", "score", "sparsity", "threshold", "sensitivity", "scope", "init", "min_elements", "seed",
+                    "calib_batch", "activation_threshold", "reconstruct", "ridge", "format", "sequential", "rounding",
+                    "outliers")
+
+
+@app.command()
+def compress(
+    ctx: typer.Context,
+    input_path: Path = typer.Argument(..., metavar="IN", help="The ONNX model to compress (never modified)."),
+    output_path: Path = typer.Argument(..., metavar="OUT", help="The compressed model; its sidecar OUT-stem.onnxcomp goes beside it."),
+    prune: PruneMethod = typer.Option(PruneMethod.magnitude, help="Pruning: by |w|, by activation-aware --score (needs --calib), or none."),
+    score: Score = typer.Option(Score.wanda, help="Activation-aware score: wanda |w|*||x||, tfidf, or obs (Optimal Brain Surgeon, with updates; docs/guide.md)."),
+    sparsity: Optional[float] = typer.Option(None, min=0.0, max=0.999, help="Fraction of weights pruned in every layer (default: per kind, see docs/guide.md)."),
+    threshold: Threshold = typer.Option(Threshold.percentile, help="percentile: prune the --sparsity fraction; sensitivity: prune scores below --sensitivity x std."),
+    sensitivity: float = typer.Option(1.0, min=0.0, help="Multiplier of the score std for --threshold sensitivity."),
+    scope: Scope = typer.Option(Scope.layer, help="Prune each layer by itself, or all layers against one threshold."),
+    calib: Optional[str] = typer.Option(None, help="Calibration inputs: .npz keyed by input name (or a folder of them); 'random' for smoke tests only."),
+    calib_samples: Optional[int] = typer.Option(None, min=1, help="Use at most this many calibration samples."),
+    calib_batch: int = typer.Option(64, min=1, help="Calibration batch size."),
+    activation_threshold: float = typer.Option(0.0, help="An input 'fires' above this value (tfidf statistics)."),
+    reconstruct: Optional[bool] = typer.Option(None, "--reconstruct/--no-reconstruct", help="Least-squares refit of kept weights and codebooks (default: on with --calib)."),
+    sequential: bool = typer.Option(False, help="With --calib: compress layer by layer in graph order, each refit to the already-compressed layers before it."),
+    ridge: float = typer.Option(1e-2, min=0.0, help="Ridge regularisation of the refit, relative to the mean input energy."),
+    rounding: Rounding = typer.Option(Rounding.obs, help="With --calib: obs rounds weights to the codebook compensating each error in the weights not yet rounded; nearest rounds each alone."),
+    outliers: str = typer.Option("auto", help="Weights kept exact beside each codebook: auto (a fraction per layer chosen by measured error, 0 allowed), or a fraction of each layer's kept weights, e.g. 0.005 (0: none)."),
+    budget: Optional[str] = typer.Option(None, help="Smallest model within a quality budget, e.g. top1=0.99, cosine=0.99, rel_l2=0.05, accuracy=0.01, kl=0.05 (needs --calib)."),
+    holdout: float = typer.Option(0.25, min=0.01, max=0.99, help="With --budget: fraction of calibration samples held back to measure quality."),
+    cache_dir: Optional[Path] = typer.Option(None, help="With --budget: where sensitivity curves are cached (default ~/.cache/onnxcomp)."),
+    tfidf_power: float = typer.Option(1.0, help="tfidf: power p on |w|."),
+    tfidf_smoothing: float = typer.Option(1.0, min=0.0, help="tfidf: smoothing added to firing counts."),
+    tfidf_constant: float = typer.Option(1.0, help="tfidf: constant added to the IDF."),
+    tfidf_exponent: float = typer.Option(1.0, help="tfidf: exponent on TF x IDF."),
+    bits: Optional[int] = typer.Option(None, help="Codebook bits for every layer, 1-16 (default: per kind)."),
+    fc_bits: Optional[int] = typer.Option(None, help="Codebook bits for fully connected (Gemm/MatMul) weights."),
+    conv_bits: Optional[int] = typer.Option(None, help="Codebook bits for Conv/ConvTranspose weights."),
+    embedding_bits: Optional[int] = typer.Option(None, help="Codebook bits for Gather tables (embeddings)."),
+    init: Init = typer.Option(Init.quantile, help="Codebook initialisation before k-means."),
+    recipe: Optional[str] = typer.Option(None, help="A built-in recipe (see: onnxcomp recipes); explicit options override it."),
+    config: Optional[Path] = typer.Option(None, help="A recipe file (TOML): options and per-layer rules by name pattern (docs/guide.md)."),
+    format: Format = typer.Option(Format.custom_op, "--format", help="custom-op: Huffman-coded sidecar + onnxcomp ops (smallest); portable: standard ONNX ops only, no sidecar, no library (about 4x at most)."),
+    min_elements: int = typer.Option(1024, min=1, help="Leave weights with fewer elements dense."),
+    seed: int = typer.Option(0, help="Seed for every random choice (k-means sampling)."),
+    eval_data: Optional[Path] = typer.Option(None, "--eval", help=".npz with model inputs and 'labels': print top-1 accuracy before and after."),
+    report: Optional[Path] = typer.Option(None, help="Write the per-layer report as JSON here (schema: docs/report.md)."),
+    html: Optional[Path] = typer.Option(None, help="Write a self-contained HTML page with per-layer plots and weight histograms (needs matplotlib: onnxcomp[report])."),
+    quiet: bool = QUIET, verbose: bool = VERBOSE, debug: bool = DEBUG,
+) -> None:
+    """Compress IN into OUT plus a sidecar file.
+
+    Examples: onnxcomp compress model.onnx small.onnx --sparsity 0.6 --bits 4 --eval data.npz
+
+    onnxcomp compress model.onnx portable.onnx --format portable
+
+    onnxcomp compress model.onnx small.onnx --recipe deep-compression --config my-layers.toml
+    """
+    for value, kind in ((bits, "bits"), (fc_bits, "fc-bits"), (conv_bits, "conv-bits"), (embedding_bits, "embedding-bits")):
+        _bits_option(value, kind)
+    _setup_logging(quiet, verbose)
+    from onnxcomp.pipeline.compression import compress as run
+    from onnxcomp.core.pruning import TfidfParameters
+    # Only options given on the command line are passed, so that a recipe's values are not hidden by defaults.
+    given = {name for name, value in ctx.params.items()
+             if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}
+    values = {name: value.value if isinstance(value, Enum) else value for name, value in ctx.params.items()}
+    options = {name: values[name] for name in PIPELINE_OPTIONS if name in given or (recipe is None and config is None)}
+    per_kind = {} if bits is None else {kind: bits for kind in ("conv", "fc", "embedding")}
+    for kind, value in (("fc", fc_bits), ("conv", conv_bits), ("embedding", embedding_bits)):
+        if value is not None:
+            per_kind[kind] = value
+    if per_kind:
+        options["bits"] = per_kind
+    if given & {"tfidf_power", "tfidf_smoothing", "tfidf_constant", "tfidf_exponent"} or (recipe is None and config is None):
+        options["tfidf"] = TfidfParameters(tfidf_power, tfidf_smoothing, tfidf_constant, tfidf_exponent)
+    with _user_errors(debug):
+        if budget:
+            from onnxcomp.pipeline.autotune import compress_to_budget
+            result = compress_to_budget(str(input_path), str(output_path), budget=budget, calib=calib, calib_samples=calib_samples,
+                                        holdout=holdout, cache_dir=str(cache_dir) if cache_dir else None, prune=values["prune"],
+                                        score=values["score"], reconstruct=reconstruct is not False, ridge=ridge, rounding=values["rounding"],
+                                        sequential=sequential, outliers=outliers,
+                                        init=values["init"], seed=seed, min_elements=min_elements,
+                                        eval_data=str(eval_data) if eval_data else None, progress=_progress(quiet))
+        else:
+            result = run(str(input_path), str(output_path), recipe=recipe, config=str(config) if config else None,
+                         calib=calib, calib_samples=calib_samples, eval_data=str(eval_data) if eval_data else None,
+                         progress=_progress(quiet), **options)
+        if report:
+            try:
+                report.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+            except OSError as error:
+                raise OutputError(f"cannot write the report {report}: {error.strerror or error} "
+                                  f"(the compressed model was written)") from error
+        if html:
+            from onnxcomp.front.html_report import write_html
+            write_html(result, html)
+    if not quiet:
+        _print_summary(result)
+
+
+def _print_summary(result) -> None:
+    if not result.layers:
+        typer.echo(f"nothing to compress in {result.input_path}: no float32 weight qualifies; {result.output_path} is a copy")
+    else:
+        typer.echo(f"{'weight':<28} {'kind':<9} {'shape':<14} {'sparsity':>8} {'K':>5} {'before':>11} {'after':>10} {'ratio':>7}")
+        for layer in result.layers:
+            shape = "x".join(map(str, layer.shape))
+            typer.echo(f"{layer.name[:28]:<28} {layer.kind:<9} {shape:<14} {layer.sparsity:>8.1%} {layer.codebook_size:>5} "
+                       f"{layer.bytes_before:>11,} {layer.bytes_after:>10,} {layer.ratio:>6.1f}x")
+    for name, reason in result.skipped:
+        typer.echo(f"left dense: {name}: {reason}")
+    typer.echo(f"total: {result.input_bytes:,} bytes -> {result.output_bytes:,} bytes "
+               f"({result.output_path} + {result.sidecar_path or 'no sidecar'}): {result.ratio:.1f}x smaller")
+    if result.budget:
+        b = result.budget
+        typer.echo(f"budget {b['metric']}={b['value']}: predicted error {b['predicted_error']:.4g}, measured {b['measured_error']:.4g} "
+                   f"on {b['holdout_samples']} held-back samples")
+        for name, setting in b["settings"].items():
+            typer.echo(f"  {name}: " + ("left dense" if setting.get("skip") else
+                                        f"sparsity {setting['sparsity']:.2f}, {setting['bits']} bits"))
+    if result.accuracy_before is not None:
+        delta = 100 * (result.accuracy_after - result.accuracy_before)
+        typer.echo(f"top-1 accuracy: {100 * result.accuracy_before:.2f}% before, {100 * result.accuracy_after:.2f}% after ({delta:+.2f} points)")
+
+
+@app.command()
+def recipes(as_json: bool = typer.Option(False, "--json", help="Print the recipes as JSON.")) -> None:
+    """List the built-in recipes usable with compress --recipe NAME.
+
+    Example: onnxcomp recipes
+    """
+    from onnxcomp.core.recipes import BUILTIN
+    if as_json:
+        typer.echo(json.dumps({name: {"description": r.description, "options": r.options} for name, r in BUILTIN.items()}, indent=2))
+        return
+    for name, recipe in BUILTIN.items():
+        typer.echo(f"{name}: {recipe.description}")
+        for key, value in recipe.options.items():
+            shown = ", ".join(f"{k} {v}" for k, v in value.items()) if isinstance(value, dict) else value
+            typer.echo(f"    {key}: {shown}")
+
+
+@app.command()
+def inspect(
+    model: Path = typer.Argument(..., help="An original or compressed (custom-op or portable) ONNX model."),
+    as_json: bool = typer.Option(False, "--json", help="Print the table as JSON (schema: docs/report.md)."),
+    quiet: bool = QUIET, verbose: bool = VERBOSE, debug: bool = DEBUG,
+) -> None:
+    """Show what every weight costs: shape, sparsity, bits, codebook size, stored bytes, entropy bound.
+
+    Example: onnxcomp inspect small.onnx --json
+    """
+    _setup_logging(quiet, verbose)
+    from onnxcomp.pipeline.inspection import inspect as run_inspect
+    with _user_errors(debug):
+        result = run_inspect(str(model))
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+    elif not quiet:
+        _print_inspection(result)
+
+
+def _print_inspection(result) -> None:
+    typer.echo(f"{result.path}: {result.format} model, {result.file_bytes:,} bytes on disk")
+    typer.echo(f"{'weight':<24} {'op':<15} {'kind':<9} {'shape':<14} {'params':>9} {'sparsity':>8} {'bits':>4} "
+               f"{'K':>6} {'stored':>10} {'bits/w':>6} {'entropy':>10} {'outliers':>9} {'out.bytes':>9}")
+    for w in result.weights:
+        shape = "x".join(map(str, w.shape))
+        k = "-" if w.codebook_size is None else str(w.codebook_size)
+        typer.echo(f"{w.name[:24]:<24} {w.op[:15]:<15} {w.kind:<9} {shape:<14} {w.params:>9,} {w.sparsity:>8.1%} {w.bits:>4} "
+                   f"{k:>6} {w.stored_bytes:>10,} {w.bits_per_weight:>6.2f} {w.entropy_bytes:>10,} {w.outliers:>9,} "
+                   f"{w.outlier_bytes:>9,}")
+    typer.echo(f"total: {result.params:,} weights, {result.dense_bytes:,} bytes as float32 -> {result.stored_bytes:,} "
+               f"stored ({result.ratio:.1f}x)")
+
+
+@app.command()
+def decompress(
+    compressed: Path = typer.Argument(..., help="A model written by onnxcomp compress (its sidecar beside it)."),
+    output: Path = typer.Argument(..., metavar="OUT", help="The dense model to write (standard ONNX ops only)."),
+    quiet: bool = QUIET, verbose: bool = VERBOSE, debug: bool = DEBUG,
+) -> None:
+    """Write a plain dense ONNX model with the decoded weights; it runs anywhere, no custom ops needed.
+
+    Example: onnxcomp decompress small.onnx dense.onnx
+    """
+    _setup_logging(quiet, verbose)
+    from onnxcomp.pipeline.decompression import decompress as run_decompress
+    with _user_errors(debug):
+        run_decompress(str(compressed), str(output))
+    if not quiet:
+        typer.echo(f"wrote {output}: dense weights, standard ONNX ops only")
+
+
+@app.command()
+def verify(
+    original: Path = typer.Argument(..., help="The model before compression."),
+    compressed: Path = typer.Argument(..., help="The compressed (or decompressed) model."),
+    calib: Optional[Path] = typer.Option(None, help="Inputs to compare on: .npz keyed by input name (or a folder). Default: seeded random inputs."),
+    samples: Optional[int] = typer.Option(None, min=1, help="Use at most this many samples (random inputs: this many, default 64)."),
+    seed: int = typer.Option(0, help="Seed of the random inputs."),
+    min_cosine: Optional[float] = typer.Option(None, min=-1.0, max=1.0, help="Exit 3 if any output's cosine similarity is below this."),
+    min_top1: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Exit 3 if any class-score output's top-1 agreement is below this."),
+    per_layer: bool = typer.Option(False, "--per-layer", help="Also put each compressed weight alone into ORIGINAL and report its error on the first output, worst first."),
+    as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+    quiet: bool = QUIET, verbose: bool = VERBOSE, debug: bool = DEBUG,
+) -> None:
+    """Run both models in onnxruntime and compare every output: max abs error, relative L2, cosine, top-1 agreement.
+
+    Exit codes: 0 all thresholds met, 1 user error, 2 usage error, 3 a threshold missed.
+
+    Example: onnxcomp verify model.onnx small.onnx --calib data.npz --min-cosine 0.99 --min-top1 0.95
+
+    Which layer broke the accuracy: onnxcomp verify model.onnx small.onnx --calib data.npz --per-layer
+    """
+    _setup_logging(quiet, verbose)
+    from onnxcomp.pipeline.verification import verify as run_verify
+    with _user_errors(debug):
+        result = run_verify(str(original), str(compressed), str(calib) if calib else None, samples=samples, seed=seed,
+                            per_layer=per_layer, progress=_progress(quiet or as_json))
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+    elif not quiet:
+        if calib is None:
+            typer.echo(f"no --calib data: compared on {result.samples} random inputs (seed {seed}) drawn from the declared shapes")
+        else:
+            typer.echo(f"compared on {result.samples} samples from {calib}")
+        typer.echo(f"{'output':<20} {'shape':<12} {'max abs err':>12} {'rel L2':>10} {'cosine':>10} {'top-1 agree':>11}")
+        for o in result.outputs:
+            top1 = "-" if o.top1_agreement is None else f"{o.top1_agreement:.2%}"
+            typer.echo(f"{o.name[:20]:<20} {'x'.join(map(str, o.shape)):<12} {o.max_abs_error:>12.4g} "
+                       f"{o.relative_l2_error:>10.4g} {o.cosine:>10.6f} {top1:>11}")
+        if result.layers is not None:
+            _print_layers(result)
+    problems = result.failures(min_cosine, min_top1)
+    for problem in problems:
+        typer.echo(f"FAILED: {problem}", err=True)
+    if problems:
+        raise typer.Exit(3)
+
+
+def _print_layers(result) -> None:
+    whole = next(o for o in result.outputs if o.name == result.per_layer_output)
+    typer.echo(f"\nper layer, each compressed alone, on output {result.per_layer_output!r} (worst first):")
+    typer.echo(f"{'weight':<24} {'shape':<12} {'bits':>4} {'K':>5} {'sparsity':>8} {'max abs err':>12} {'rel L2':>10} "
+               f"{'cosine':>10} {'top-1 agree':>11} {'share':>6}")
+    for layer in result.layers:
+        top1 = "-" if layer.top1_agreement is None else f"{layer.top1_agreement:.2%}"
+        typer.echo(f"{layer.name[:24]:<24} {'x'.join(map(str, layer.shape)):<12} {layer.bits:>4} {layer.codebook_size:>5} "
+                   f"{layer.sparsity:>8.1%} {layer.max_abs_error:>12.4g} {layer.relative_l2_error:>10.4g} "
+                   f"{layer.cosine:>10.6f} {top1:>11} {layer.share:>6.1%}")
+    typer.echo(f"the layers' relative L2 errors add up to {result.layers_error_sum:.4g}; "
+               f"all compressed together: {whole.relative_l2_error:.4g}")
+
+
+def run() -> None:
+    """Console entry point: usage errors exit 2, user errors 1."""
+    app(prog_name="onnxcomp")
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,149 @@
+"""Pass infrastructure: the state passes share, their result type, and the pipeline that runs them."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import os
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
+
+log = logging.getLogger("onnxcomp")
+
+
+class ExternalValues(LazyValues):
+    """Values of an initializer stored as ONNX external data, read from its file only when asked for.
+
+    ``load`` reads just this tensor's bytes (its offset and length), so a model with external data is
+    compressed one weight at a time; graphsurgeon exports the original (external) TensorProto untouched.
+    """
+
+    def __init__(self, tensor: onnx.TensorProto, path: str, offset: int, length: int | None) -> None:
+        super().__init__(tensor)
+        self.path, self.offset, self.length = path, offset, length
+
+    def load(self) -> np.ndarray:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(self.tensor.data_type)
+        count = int(np.prod(self.shape, dtype=np.int64))
+        want = count * dtype.itemsize
+        if self.length is not None and self.length != want:
+            raise ValueError(f"{self.tensor.name}: external data length {self.length} != {want} bytes for shape {list(self.shape)}")
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = np.fromfile(f, dtype=dtype.newbyteorder("<"), count=count)
+        if data.size != count:
+            raise ValueError(f"{self.tensor.name}: its external data file {os.path.basename(self.path)} is too short")
+        return data.astype(dtype, copy=False).reshape(self.shape)
+
+
+def read_values(constant: gs.Constant) -> np.ndarray:
+    """A constant's values without caching them in the graph (a lazy constant reads its data again next time),
+    so that a weight's float copy lives only as long as the pass using it."""
+    values = constant._values
+    return values.load() if isinstance(values, LazyValues) else values
+
+DOMAIN = "ai.onnxcomp"
+DOMAIN_VERSION = 1
+
+
+@dataclass
+class WeightTarget:
+    """One weight tensor chosen for compression and what the passes decided for it."""
+
+    name: str
+    constant: gs.Constant
+    kind: str  # "conv", "fc" or "embedding": selects per-kind defaults
+    uses: list[tuple[gs.Node, int]]  # (consumer node, input slot)
+    keep: np.ndarray | None = None  # pruning mask, True = kept
+    codebook: np.ndarray | None = None
+    indices: np.ndarray | None = None
+    bits: int | None = None
+    record: bytes | None = None
+    transposed: bool = False
+    portable: bool = False  # expressed as a standard-op codebook lookup instead of a record
+    layer_input: object | None = None  # onnxcomp.calibration.LayerInput, when activations can be observed
+    statistics: object | None = None  # onnxcomp.calibration.LayerStatistics
+    refit: np.ndarray | None = None  # reconstructed weights, replacing the original values for sharing
+    sparsity_override: float | None = None  # per-weight settings (budget allocation, recipes) beat per-kind ones
+    bits_override: int | None = None
+    packed: bool = False  # consumers rewritten to the record (PackWeightsPass)
+    # Outliers kept exact beside the codebook (onnxcomp/core/outliers.py): flat row-major positions, increasing, and
+    # their float32 values as a reader gets them back.
+    outlier_positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    outlier_values: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.constant.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def original(self) -> np.ndarray:
+        return np.asarray(read_values(self.constant), dtype=np.float32)
+
+    @property
+    def values(self) -> np.ndarray:
+        """The weights to share: the reconstructed ones if a reconstruction ran, else the original."""
+        return self.refit if self.refit is not None else self.original
+
+    @property
+    def sparsity(self) -> float:
+        return 0.0 if self.keep is None or self.size == 0 else 1.0 - float(self.keep.mean())
+
+    def release(self) -> None:
+        """Drop the per-weight arrays once the record is encoded (the weight is then only its record)."""
+        self.indices = self.refit = None
+
+    def decoded(self) -> np.ndarray:
+        """The weight as the compressed model computes it, in the original orientation."""
+        decoded = self.codebook[self.indices].astype(np.float32)
+        decoded[self.outlier_positions] = self.outlier_values
+        return decoded.reshape(self.shape)
+
+
+@dataclass
+class CompressionState:
+    graph: gs.Graph
+    targets: list[WeightTarget] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (tensor, reason)
+    # Initializers the model also lists as graph inputs (graphsurgeon drops them from graph.inputs).
+    graph_inputs: set[str] = field(default_factory=set)
+
+
+@dataclass
+class PassResult:
+    modified: bool
+    message: str = ""
+
+
+class GraphPass:
+    """Base class: ``check`` states preconditions (a broken contract raises), ``run`` does the work."""
+
+    def __call__(self, state: CompressionState) -> PassResult:
+        self.check(state)
+        result = self.run(state)
+        log.debug("%s: modified=%s %s", type(self).__name__, result.modified, result.message)
+        return result
+
+    def check(self, state: CompressionState) -> None:  # pragma: no cover - default: no preconditions
+        pass
+
+    def run(self, state: CompressionState) -> PassResult:
+        raise NotImplementedError
+
+
+class Pipeline:
+    """Runs passes in order on one state; returns each pass's result."""
+
+    def __init__(self, passes: list[GraphPass]) -> None:
+        self.passes = list(passes)
+
+    def __call__(self, state: CompressionState) -> list[PassResult]:
+        return [compression_pass(state) for compression_pass in self.passes]

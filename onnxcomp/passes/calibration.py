@@ -1,0 +1,173 @@
+"""Activation statistics from calibration data run through onnxruntime (numpy; no graph editing here).
+
+For a layer computing ``y = W x`` (rows of W = output units, columns = input features j), the statistics of
+its input rows X (MatMul/Gemm: one row per sample and position; Conv: one im2col patch per output pixel,
+features ordered channel, kernel row, kernel column, matching W reshaped to [O, C*kh*kw]) are accumulated
+batch by batch, so memory is bounded by the statistics, never by the activations:
+- ``sum_squares[j] = sum_rows x_j^2``  (Wanda's ||X_j||_2 is its square root)
+- ``sum_abs[j] = sum_rows |x_j|``, ``fire_rows[j] = #rows with x_j > threshold``
+- ``fire_samples[j] = #samples in which x_j exceeds the threshold at least once``
+- ``gram = X^T X`` (for least-squares reconstruction), kept when the layer has at most ``GRAM_LIMIT`` inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from onnxcomp import progress
+from onnxcomp.errors import CalibrationError
+
+GRAM_LIMIT = 8192
+
+
+@dataclass
+class LayerInput:
+    """Where a weight's input activations come from and how they line up with its rows."""
+
+    tensor: str
+    layout: str  # "kn": W is [K, N] (MatMul, Gemm transB=0); "nk": W is [N, K]; "conv": W is [O, C, kh, kw]
+    kernel: tuple[int, ...] = ()
+    strides: tuple[int, ...] = ()
+    pads: tuple[int, ...] = ()
+    dilations: tuple[int, ...] = ()
+
+
+@dataclass
+class LayerStatistics:
+    features: int
+    rows: int = 0
+    samples: int = 0
+    sum_squares: np.ndarray = None
+    sum_abs: np.ndarray = None
+    fire_rows: np.ndarray = None
+    fire_samples: np.ndarray = None
+    gram: np.ndarray | None = None
+    keep_gram: bool = True
+    cross: np.ndarray | None = None  # sequential mode: X_c^T X_o (inputs after upstream compression vs original)
+    gram_original: np.ndarray | None = None  # sequential mode: X_o^T X_o
+
+    def __post_init__(self):
+        k = self.features
+        self.sum_squares, self.sum_abs = np.zeros(k), np.zeros(k)
+        self.fire_rows, self.fire_samples = np.zeros(k), np.zeros(k)
+        if self.keep_gram and k <= GRAM_LIMIT:
+            self.gram = np.zeros((k, k))
+
+    def add(self, rows: np.ndarray, samples: int, threshold: float) -> None:
+        """Accumulate ``rows`` [samples * rows_per_sample, K]."""
+        rows = rows.astype(np.float64, copy=False)
+        fires = rows > threshold
+        self.rows += len(rows)
+        self.samples += samples
+        self.sum_squares += np.einsum("rk,rk->k", rows, rows)
+        self.sum_abs += np.abs(rows).sum(axis=0)
+        self.fire_rows += fires.sum(axis=0)
+        self.fire_samples += fires.reshape(samples, -1, rows.shape[1]).any(axis=1).sum(axis=0)
+        if self.gram is not None:
+            self.gram += rows.T @ rows
+
+    def add_original(self, rows: np.ndarray, original: np.ndarray) -> None:
+        """Sequential mode: accumulate the cross terms with the original model's rows for the same samples."""
+        if self.gram is None:
+            return
+        rows, original = rows.astype(np.float64, copy=False), original.astype(np.float64, copy=False)
+        if self.cross is None:
+            self.cross = np.zeros_like(self.gram)
+            self.gram_original = np.zeros_like(self.gram)
+        self.cross += rows.T @ original
+        self.gram_original += original.T @ original
+
+    @property
+    def norms(self) -> np.ndarray:
+        return np.sqrt(self.sum_squares)
+
+
+def to_rows(weight: np.ndarray, layout: str) -> np.ndarray:
+    """The weight as [outputs, inputs], inputs ordered like the statistics' features."""
+    if layout == "kn":
+        return weight.T
+    if layout == "nk":
+        return weight
+    return weight.reshape(weight.shape[0], -1)
+
+
+def from_rows(rows: np.ndarray, layout: str, shape: tuple[int, ...]) -> np.ndarray:
+    if layout == "kn":
+        return np.ascontiguousarray(rows.T)
+    return np.ascontiguousarray(rows.reshape(shape))
+
+
+def im2col(x: np.ndarray, spec: LayerInput) -> np.ndarray:
+    """Patches of a 2-D convolution input [B, C, H, W] as rows [B * OH * OW, C * kh * kw]."""
+    kh, kw = spec.kernel
+    sh, sw = spec.strides
+    dh, dw = spec.dilations
+    top, left, bottom, right = spec.pads
+    padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
+    windows = windows[:, :, ::sh, ::sw, ::dh, ::dw]  # [B, C, OH, OW, kh, kw]
+    return windows.transpose(0, 2, 3, 1, 4, 5).reshape(-1, x.shape[1] * kh * kw)
+
+
+def input_rows(x: np.ndarray, spec: LayerInput) -> np.ndarray:
+    if spec.layout == "conv":
+        return im2col(x, spec)
+    return x.reshape(-1, x.shape[-1])
+
+
+def _probe_session(model: onnx.ModelProto, wanted: list[str]) -> ort.InferenceSession:
+    graph_inputs = {i.name for i in model.graph.input}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    for name in wanted:
+        if name not in graph_inputs:
+            probe.graph.output.append(onnx.ValueInfoProto(name=name))
+    if not probe.graph.output:  # every layer reads a graph input: still need one output to run
+        probe.graph.output.append(model.graph.output[0])
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor observable
+    try:
+        return ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own exception types
+        raise CalibrationError(f"onnxruntime cannot run the model for calibration: {error}") from error
+
+
+def collect(model: onnx.ModelProto, layers: dict[str, LayerInput], data: dict[str, np.ndarray], *,
+            batch: int = 64, threshold: float = 0.0, keep_gram: bool = True,
+            original: onnx.ModelProto | None = None) -> dict[str, LayerStatistics]:
+    """Run ``model`` on ``data`` (arrays keyed by input name) and gather each layer's input statistics.
+
+    With ``original`` (sequential mode: ``model`` holds already-compressed upstream weights), the same
+    layers' inputs in the original model are captured too, for the cross terms of the reconstruction."""
+    wanted = sorted({spec.tensor for spec in layers.values()})
+    session = _probe_session(model, wanted)
+    reference = _probe_session(original, wanted) if original is not None else None
+    names = [o.name for o in session.get_outputs()]
+    input_names = [i.name for i in session.get_inputs()]
+    total = len(data[input_names[0]])
+    stats: dict[str, LayerStatistics] = {}
+    for start in progress.track(range(0, total, batch), "calibration batches"):
+        feeds = {n: data[n][start:start + batch] for n in input_names}
+        values = dict(zip(names, session.run(None, feeds)))
+        values.update(feeds)
+        if reference is not None:
+            original_values = dict(zip([o.name for o in reference.get_outputs()], reference.run(None, feeds)))
+            original_values.update(feeds)
+        samples = len(feeds[input_names[0]])
+        for layer, spec in layers.items():
+            x = values[spec.tensor]
+            if spec.layout != "conv" and x.ndim >= 2 and x.shape[0] != samples:
+                raise CalibrationError(f"the input of {layer} does not keep the batch axis first; activation-aware pruning cannot use it")
+            rows = input_rows(np.asarray(x), spec)
+            if layer not in stats:
+                stats[layer] = LayerStatistics(rows.shape[1], keep_gram=keep_gram)
+            stats[layer].add(rows, samples, threshold)
+            if reference is not None:
+                stats[layer].add_original(rows, input_rows(np.asarray(original_values[spec.tensor]), spec))
+    return stats

@@ -1,0 +1,264 @@
+"""``compress --budget``: per-layer sensitivity analysis, then the smallest allocation within a quality budget.
+
+1. Calibration samples are split: the first part fits everything (statistics, pruning, reconstruction), the
+   held-back rest (``holdout`` fraction) only measures quality against the original model.
+2. Sensitivity: for each weight and each candidate (sparsity, bits), only that weight is compressed and the
+   model's first output on the held-back samples is compared with the original's (the weight is fed as a
+   graph input, so one onnxruntime session serves all candidates of a weight). Results are cached in a JSON
+   file keyed by the model, the data and the options, so a second run with another budget skips this step.
+   Top-1 and accuracy budgets move in steps of one sample, too coarse to rank candidates: their curves
+   measure a smooth stand-in instead (the KL divergence of the softmax outputs for class scores, else the
+   relative L2 error; budget.allocation_metric).
+3. Allocation (onnxcomp/budget.py) assumes errors add up; the chosen model is then compressed for real and
+   measured end to end in onnxruntime with the custom ops, in the budget's own metric. The allowed
+   (predicted) error is then searched: shrunk on a miss, grown when there is room, bisected between the two
+   (at most ``ROUNDS`` trials, ``ROUNDS_SMOOTH`` with a stand-in metric).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import onnxruntime as ort
+
+from onnxcomp.passes import CalibrateWeightsPass, CompressionState, PruneWeightsPass, ReconstructWeightsPass, SelectWeightsPass, ShareWeightsPass
+from onnxcomp.passes.base import WeightTarget
+from onnxcomp.passes.prune_weights import needs_gram
+
+from onnxcomp.core import budget as budget_math
+from onnxcomp.passes import model_io
+from onnxcomp import progress
+from onnxcomp.core import sidecar
+from onnxcomp.errors import CalibrationError, OnnxcompError
+from onnxcomp.pipeline.evaluate import LABELS, load_calibration
+
+log = logging.getLogger("onnxcomp")
+
+SPARSITIES = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97)
+BITS = (2, 3, 4, 5, 6, 8)
+ROUNDS = 6
+ROUNDS_SMOOTH = 12  # a geometric search over a stand-in metric needs a few more end-to-end trials
+CACHE_VERSION = 4  # 4: records keep outliers (--outliers, default auto)
+
+
+def holdout_split(count: int, held: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(fit rows, held-back rows): a seeded random split, each part in file order. Random, not the last ones:
+    calibration files are often sorted (by class, by source)."""
+    order = np.random.default_rng(seed).permutation(count)
+    return np.sort(order[held:]), np.sort(order[:held])
+
+
+def _session(model: onnx.ModelProto) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _weight_as_input(model: onnx.ModelProto, names: str | Iterable[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose main-graph initializers ``names`` (one name or several) are graph inputs."""
+    wanted = {names} if isinstance(names, str) else set(names)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    listed = {value.name for value in probe.graph.input}  # initializers some models also list as inputs
+    for tensor in [t for t in probe.graph.initializer if t.name in wanted]:
+        if tensor.name not in listed:
+            probe.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, onnx.TensorProto.FLOAT, list(tensor.dims)))
+        probe.graph.initializer.remove(tensor)
+    return probe
+
+
+def _pruned(target: WeightTarget, sparsity: float, options: dict) -> WeightTarget:
+    """``target`` pruned (and reconstructed) alone at ``sparsity`` with the pipeline's own passes."""
+    trial = dataclasses.replace(target, keep=None, codebook=None, indices=None, refit=None, record=None,
+                                sparsity_override=sparsity, bits_override=None)
+    state = CompressionState(None, [trial])
+    PruneWeightsPass(method=options["prune"] if sparsity > 0 else "none", score=options["score"])(state)
+    if options["reconstruct"] and trial.keep is not None:
+        ReconstructWeightsPass(ridge=options["ridge"])(state)
+    return trial
+
+
+def _shared(pruned: WeightTarget, bits: int, options: dict) -> WeightTarget:
+    """A pruned target's codebook and record at ``bits``."""
+    trial = dataclasses.replace(pruned, codebook=None, indices=None, record=None, bits_override=bits)
+    ShareWeightsPass(bits=bits, init=options["init"], seed=options["seed"], refit_codebook=options["reconstruct"],
+                     rounding=options["rounding"], outliers=options.get("outliers", "auto"))(
+        CompressionState(None, [trial]))
+    bits_needed = max(1, int(np.ceil(np.log2(max(len(trial.codebook), 2)))))
+    trial.record = sidecar.encode_record(trial.codebook, trial.indices, trial.shape, bits_needed,
+                                         trial.outlier_positions, trial.outlier_values)
+    return trial
+
+
+def _setting(candidate) -> dict:
+    sparsity, bits = candidate[0], candidate[1]
+    return {"skip": True} if sparsity is None else {"sparsity": sparsity, "bits": bits}
+
+
+@progress.with_progress
+def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib: str, calib_samples: int | None = None,
+                       holdout: float = 0.25, sparsities=SPARSITIES, bits=BITS, cache_dir: str | None = None,
+                       prune: str = "magnitude", score: str = "wanda", reconstruct: bool = True, ridge: float = 1e-2,
+                       rounding: str = "obs", sequential: bool = False, outliers: str | float = "auto",
+                       init: str = "quantile", seed: int = 0, min_elements: int = 1024, eval_data: str | None = None):
+    """Compress ``input_path`` to the smallest allocation found that meets ``budget`` (e.g. "top1=0.99").
+
+    ``sequential`` compresses each trial (and the output) layer by layer, each layer fit to the compressed
+    ones before it; the sensitivity curves are still measured one weight at a time.
+
+    ``progress=callback`` receives the progress of the long steps (onnxcomp/progress.py)."""
+    from onnxcomp.core.outliers import parse_option
+    from onnxcomp.pipeline.compression import compress
+    goal = budget_math.parse_budget(budget)
+    outliers = parse_option(outliers)
+    if not calib:
+        raise CalibrationError("--budget needs calibration data to measure quality: pass --calib DATA.npz")
+    if not 0 < holdout < 1:
+        raise OnnxcompError(f"holdout {holdout} must be a fraction in (0, 1)")
+    model_io.check_output_path(input_path, output_path)
+    model = model_io.load_model(input_path)
+    model_io.constants_to_initializers(model.graph)
+    data = load_calibration(calib, model, calib_samples, seed, keep_labels=goal.metric == "accuracy")
+    all_labels = data.pop(LABELS, None)
+    if goal.metric == "accuracy" and all_labels is None:
+        raise CalibrationError("an accuracy budget needs an array 'labels' in the calibration data")
+    count = len(next(iter(data.values())))
+    held = max(1, int(round(holdout * count)))
+    if count - held < 1:
+        raise CalibrationError(f"{count} calibration samples are too few to hold some back: give at least 2")
+    fit_rows, hold_rows = holdout_split(count, held, seed)
+    fit = {k: v[fit_rows] for k, v in data.items()}
+    hold = {k: v[hold_rows] for k, v in data.items()}
+    labels = None if all_labels is None else all_labels[hold_rows]
+    reference = _session(model).run(None, hold)[0]
+    metric = budget_math.allocation_metric(goal.metric, reference)
+
+    options = dict(prune=prune, score=score, reconstruct=reconstruct, ridge=ridge, init=init, seed=seed, rounding=rounding,
+                   outliers=outliers)
+    key = hashlib.sha256(json.dumps([CACHE_VERSION, options, min_elements, list(sparsities), list(bits), metric, holdout,
+                                     count], sort_keys=True).encode())
+    key.update(model.SerializeToString(deterministic=True))
+    for name in sorted(data):
+        key.update(np.ascontiguousarray(data[name]).tobytes())
+    cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "onnxcomp")
+    cache_file = os.path.join(cache_dir, f"sensitivity-{key.hexdigest()[:32]}.json")
+    curves = _load_cache(cache_file)
+    if curves is None:
+        curves = _measure(model, fit, hold, reference, labels, metric, sparsities, bits, options, min_elements)
+        _save_cache(cache_file, curves)
+    else:
+        log.info("sensitivity curves from the cache %s", cache_file)
+
+    # Search the allowed (predicted) error: errors rarely add up exactly, so shrink it when the real model
+    # misses the budget and grow it when the real model leaves room, bisecting between the two (geometrically
+    # when the curves use a smooth stand-in metric, whose scale the budget does not give).
+    smooth = metric != goal.metric
+    allowed, passed_at, failed_at = goal.max_error, None, None
+    best = None
+    history = []
+    tried: dict[tuple, tuple[float, int]] = {}
+    for _ in range(ROUNDS_SMOOTH if smooth else ROUNDS):
+        choice = budget_math.allocate({n: [(c[2], c[3]) for c in cands] for n, cands in curves.items()}, allowed)
+        if choice is None:
+            failed_at = allowed
+        else:
+            settings = {n: _setting(curves[n][i]) for n, i in choice.items()}
+            predicted = sum(curves[n][i][3] for n, i in choice.items())
+            key = tuple(sorted(choice.items()))
+            if key not in tried:
+                with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(output_path))) as folder:
+                    trial = os.path.join(folder, "trial.onnx")
+                    report = compress(input_path, trial, calib=fit, prune=prune, score=score, reconstruct=reconstruct,
+                                      ridge=ridge, init=init, seed=seed, min_elements=min_elements, settings=settings,
+                                      rounding=rounding, sequential=sequential, outliers=outliers)
+                    from onnxcomp.runtime import InferenceSession
+                    measured = budget_math.error(goal.metric, reference, InferenceSession(trial).run(None, hold)[0], labels)
+                tried[key] = (measured, report.output_bytes)
+                history.append({"allowed": allowed, "predicted": predicted, "measured": measured, "bytes": report.output_bytes})
+                log.info("allocation within %.4g: predicted %s %.4g, measured %s %.4g, %d bytes", allowed, metric, predicted,
+                         goal.metric, measured, report.output_bytes)
+            measured, size = tried[key]
+            if goal.met(measured):
+                passed_at = allowed if passed_at is None else max(passed_at, allowed)
+                if best is None or size < best[1]:
+                    best = (settings, size, predicted, measured)
+            else:
+                failed_at = allowed if failed_at is None else min(failed_at, allowed)
+        if passed_at is not None and failed_at is not None:
+            if failed_at <= passed_at * 1.02:
+                break
+            allowed = (passed_at * failed_at) ** 0.5 if smooth else (passed_at + failed_at) / 2
+        elif failed_at is not None:  # nothing passed yet: shrink by how far the real model missed
+            last = history[-1]["measured"] if history else goal.max_error * 2
+            allowed = failed_at * (0.25 if smooth else max(0.2, min(0.9, goal.max_error / max(last, 1e-12))))
+        else:  # everything passed so far: there may be room for a smaller model
+            allowed = passed_at * (4 if smooth else 2)
+    if best is None:
+        floor = sum(min(c[3] for c in cands) for cands in curves.values())
+        raise OnnxcompError(f"no allocation meets the budget {budget} on the held-back samples: even the most accurate "
+                            f"candidates predict an error of {floor:.4g} (allowed {goal.max_error:.4g}) and "
+                            f"{len(history)} compressed trials missed it; loosen the budget, or use a smoother metric (kl, cosine, rel_l2) "
+                            f"or more calibration samples: top-1 on {held} held-back samples moves in steps of {1 / held:.3g}")
+    settings, _, predicted, measured = best
+    # The output is fit to all the calibration samples (the held-back ones too): more samples, better statistics.
+    report = compress(input_path, output_path, calib=data, prune=prune, score=score, reconstruct=reconstruct, outliers=outliers,
+                      ridge=ridge, init=init, seed=seed, min_elements=min_elements, settings=settings, eval_data=eval_data,
+                      rounding=rounding, sequential=sequential)
+    report.budget = {"metric": goal.metric, "value": goal.value, "allocation_metric": metric,
+                     "predicted_error": predicted, "measured_error": measured,
+                     "holdout_samples": held, "settings": settings, "rounds": history, "cache": cache_file}
+    return report
+
+
+def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, options, min_elements):
+    graph = gs.import_onnx(model)
+    state = CompressionState(graph)
+    SelectWeightsPass(min_elements=min_elements)(state)
+    if options["prune"] == "activation" or options["reconstruct"]:
+        CalibrateWeightsPass(data=fit, keep_gram=options["reconstruct"] or needs_gram(options["prune"], options["score"]))(state)
+    curves = {}
+    advance = progress.counter("sensitivity analysis", len(state.targets) * len(sparsities) * len(bits))
+    for target in state.targets:
+        session = _session(_weight_as_input(model, target.name))
+        points = []
+        for sparsity in sparsities:
+            with progress.silenced():
+                pruned = _pruned(target, sparsity, options)
+            for b in bits:
+                with progress.silenced():
+                    trial = _shared(pruned, b, options)
+                output = session.run(None, {**hold, target.name: trial.decoded()})[0]
+                points.append((sparsity, b, len(trial.record), budget_math.error(metric, reference, output, labels)))
+                advance()
+        points.append((None, None, 4 * target.size, 0.0))  # leaving the weight dense is a candidate too
+        curves[target.name] = points
+        log.info("sensitivity of %s measured at %d settings", target.name, len(points))
+    return curves
+
+
+def _load_cache(path: str):
+    try:
+        with open(path) as f:
+            return {name: [tuple(p) for p in points] for name, points in json.load(f).items()}
+    except (OSError, ValueError):
+        return None
+
+
+def _save_cache(path: str, curves) -> None:
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + f".{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(curves, f)
+        os.replace(tmp, path)
+    except OSError as error:  # a cache is an optimisation: never fail the run for it
+        log.warning("cannot write the sensitivity cache %s: %s", path, error)

@@ -1,0 +1,251 @@
+"""From options to an ordered list of passes, and the ``compress`` entry point behind the CLI.
+
+Size accounting: a weight of N float32 values costs 4N bytes before and its record's length after (header,
+codebook, Huffman tables and coded indices); the file ratio compares the input file with the output model
+plus its sidecar.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxcomp.passes import (CalibrateWeightsPass, CompressionState, PackPortableWeightsPass, PackWeightsPass, Pipeline,
+                    PruneWeightsPass, ReconstructWeightsPass, SelectWeightsPass, ShareWeightsPass)
+from onnxcomp.passes.pack_portable import SCATTER_OPSET, portable_bytes
+from onnxcomp.passes.apply_settings import ApplySettingsPass
+from onnxcomp.passes.compress_sequentially import CompressSequentiallyPass
+from onnxcomp.passes.base import DOMAIN, DOMAIN_VERSION
+from onnxcomp.passes.pack_weights import RECORD_SUFFIX
+from onnxcomp.passes.prune_weights import needs_gram
+
+from onnxcomp.passes import model_io
+from onnxcomp import progress
+from onnxcomp.core import recipes
+from onnxcomp.errors import CalibrationError, InvalidOptionError, UnsupportedModelError
+from onnxcomp.core.recipes import LayerRule
+
+log = logging.getLogger("onnxcomp")
+
+# Defaults chosen from docs/benchmarks.md (bundled LeNet-300-100): see the user guide for the reasoning.
+DEFAULT_BITS = {"conv": 5, "fc": 3, "embedding": 6}
+DEFAULT_SPARSITY = {"conv": 0.0, "fc": 0.5, "embedding": 0.0}
+FORMATS = ("custom-op", "portable")  # records in a sidecar read by the custom ops, or standard ops only
+
+
+@dataclass
+class LayerReport:
+    name: str
+    kind: str
+    shape: list[int]
+    params: int
+    sparsity: float
+    codebook_size: int
+    bits: int
+    bytes_before: int
+    bytes_after: int
+    outliers: int = 0  # values stored exactly beside the codebook
+
+    @property
+    def ratio(self) -> float:
+        return self.bytes_before / max(self.bytes_after, 1)
+
+
+@dataclass
+class Report:
+    input_path: str
+    output_path: str
+    sidecar_path: str | None
+    input_bytes: int
+    output_bytes: int
+    layers: list[LayerReport] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    accuracy_before: float | None = None
+    accuracy_after: float | None = None
+    budget: dict | None = None  # with --budget: the goal, predicted and measured error, chosen settings
+
+    @property
+    def ratio(self) -> float:
+        return self.input_bytes / max(self.output_bytes, 1)
+
+    @property
+    def modified(self) -> bool:
+        return bool(self.layers)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["ratio"] = self.ratio
+        for layer, entry in zip(self.layers, data["layers"]):
+            entry["ratio"] = layer.ratio
+        return data
+
+
+def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=None, scope: str = "layer",
+                   threshold: str = "percentile", sensitivity: float = 1.0, tfidf=None, bits=None,
+                   init: str = "quantile", min_elements: int = 1024, seed: int = 0, calib=None, calib_batch: int = 64,
+                   activation_threshold: float = 0.0, reconstruct: bool | None = None, ridge: float = 1e-2,
+                   format: str = "custom-op", layers=(), settings: dict | None = None, sequential: bool = False,
+                   rounding: str = "obs", outliers: str | float = "auto") -> Pipeline:
+    """The pass list for the given options (``None`` means the defaults; ``calib`` is a dict of input arrays).
+
+    ``format`` "custom-op" writes records for the onnxcomp ops; "portable" writes standard ONNX ops only.
+    ``bits`` and ``sparsity`` are one value or per-kind mappings (missing kinds take the defaults); ``layers``
+    are per-layer rules (onnxcomp.recipes.LayerRule or dicts of its fields).
+
+    With calibration data, reconstruction (refitting kept weights, then the shared values) is on unless
+    ``reconstruct=False``. ``settings`` maps weight names to ``{"sparsity": s, "bits": b}`` overrides. ``sequential`` compresses layer
+    by layer in graph order, each fit to the already-compressed upstream layers (needs calibration data).
+    ``outliers`` is "auto" (a fraction per weight by measured error, onnxcomp/core/outliers.py) or a fraction of each
+    weight's kept values (0: none) stored exactly beside the codebook.
+    """
+    if format not in FORMATS:
+        raise InvalidOptionError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
+    if min_elements < 1:
+        raise InvalidOptionError(f"min-elements {min_elements} must be at least 1")
+    if calib_batch < 1:
+        raise InvalidOptionError(f"calib-batch {calib_batch} must be at least 1")
+    if ridge < 0:
+        raise InvalidOptionError(f"ridge {ridge} must be >= 0")
+    if prune == "activation" and calib is None:
+        raise CalibrationError("activation-aware pruning needs calibration data: pass --calib DATA.npz "
+                               "(or --calib random for a smoke test, which is not meaningful)")
+    if reconstruct and calib is None:
+        raise CalibrationError("reconstruction needs calibration data: pass --calib DATA.npz")
+    reconstruct = calib is not None if reconstruct is None else reconstruct
+    rules = tuple(r if isinstance(r, LayerRule) else LayerRule(**r) for r in layers)
+    if sparsity is None or isinstance(sparsity, Mapping):
+        sparsity = {**DEFAULT_SPARSITY, **(sparsity or {})}
+    if bits is None or isinstance(bits, Mapping):
+        bits = {**DEFAULT_BITS, **(bits or {})}
+    passes = [SelectWeightsPass(min_elements=min_elements, rules=rules)]
+    if settings:
+        passes.append(ApplySettingsPass(settings=settings))
+    if sequential and calib is None:
+        raise CalibrationError("--sequential needs calibration data: pass --calib DATA.npz")
+    if sequential and scope == "global":
+        raise InvalidOptionError("--sequential prunes layer by layer: it cannot take --scope global")
+    steps = [PruneWeightsPass(method=prune, score=score, sparsity=sparsity, scope=scope, threshold=threshold,
+                              sensitivity=sensitivity, tfidf=tfidf, rules=rules)]
+    if reconstruct:
+        steps.append(ReconstructWeightsPass(ridge=ridge))
+    steps.append(ShareWeightsPass(bits=bits, init=init, seed=seed, refit_codebook=reconstruct, rounding=rounding, rules=rules,
+                                  outliers=outliers, outliers_opset=SCATTER_OPSET if format == "portable" else 0))
+    if sequential:
+        passes.append(CompressSequentiallyPass(data=calib, steps=steps, batch=calib_batch, threshold=activation_threshold))
+    else:
+        if calib is not None:
+            passes.append(CalibrateWeightsPass(data=calib, batch=calib_batch, threshold=activation_threshold, keep_gram=reconstruct or needs_gram(prune, score, rules)))
+        passes.extend(steps)
+    passes.append(PackPortableWeightsPass() if format == "portable" else PackWeightsPass())
+    return Pipeline(passes)
+
+
+def compress_model(model: onnx.ModelProto, *, base_dir: str | None = None, **options) -> tuple[onnx.ModelProto, CompressionState]:
+    """Compress an in-memory model; returns the rewritten model (records still inline) and the state.
+
+    ``base_dir`` streams: the model's external data (in that folder) is not loaded; each weight is read
+    when a pass needs it, each record encoded as soon as its weight is shared and the weight's arrays
+    released, and the dense initializers keep pointing at the input's data files (write_compressed copies
+    them). The state's targets then hold no indices.
+    """
+    model_io.constants_to_initializers(model.graph)
+    try:
+        graph = gs.import_onnx(model)
+    except Exception as error:  # graphsurgeon raises many types on malformed graphs
+        raise UnsupportedModelError(f"the graph cannot be read: {error}") from error
+    initializers = {t.name for t in model.graph.initializer}
+    overridable = [value for value in model.graph.input if value.name in initializers]
+    state = CompressionState(graph, graph_inputs={value.name for value in overridable})
+    pipeline = build_pipeline(**options)
+    if base_dir is not None:
+        model_io.attach_external_values(graph, base_dir)
+        share = next((p for p in pipeline.passes if isinstance(p, ShareWeightsPass)), None)
+        pack = next((p for p in pipeline.passes if isinstance(p, PackWeightsPass)), None)
+        if share is not None and pack is not None:
+            share.encode = functools.partial(pack.encode, release=True)
+    pipeline(state)
+    if not state.targets:
+        return model, state
+    exported = gs.export_onnx(graph)
+    # graphsurgeon drops initializers from the graph inputs; callers may still override them, so keep them listed.
+    exported.graph.input.extend(overridable)
+    exported.ir_version = model.ir_version
+    del exported.opset_import[:]
+    exported.opset_import.extend(o for o in model.opset_import if o.domain != DOMAIN)
+    if any(t.record is not None for t in state.targets):
+        exported.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+    for key in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(exported, key, getattr(model, key))
+    exported.metadata_props.extend(model.metadata_props)
+    exported.functions.extend(model.functions)
+    return exported, state
+
+
+@progress.with_progress
+def compress(input_path: str, output_path: str, *, eval_data: str | None = None, calib: str | None = None,
+             calib_samples: int | None = None, recipe=None, config=None, **options) -> Report:
+    """Compress ``input_path`` into ``output_path`` plus its sidecar; the Python face of ``onnxcomp compress``.
+
+    ``calib`` is a path (.npz, or a folder of them), "random", or a dict of input arrays; options are those
+    of ``build_pipeline``. ``recipe`` names a built-in recipe (or is an ``onnxcomp.recipes.Recipe``), ``config``
+    is a recipe file; explicit options override both (see onnxcomp/recipes.py). ``progress=callback`` receives
+    ``(step, done, total)`` for the long steps (onnxcomp/progress.py); by default nothing is reported.
+    """
+    input_path, output_path = os.fspath(input_path), os.fspath(output_path)
+    if recipe is not None or config is not None or options.get("layers"):
+        options = recipes.resolve(recipe, config, options)
+        eval_data, calib, calib_samples = (value if value is not None else options.pop(key, None) for key, value in
+                                           (("eval_data", eval_data), ("calib", calib), ("calib_samples", calib_samples)))
+        for key in ("eval_data", "calib", "calib_samples"):
+            options.pop(key, None)
+        unknown = set(options) - set(inspect.signature(build_pipeline).parameters)
+        if unknown:
+            raise InvalidOptionError(f"unknown option(s) {', '.join(sorted(unknown))} in the recipe")
+        if isinstance(options.get("tfidf"), Mapping):
+            from onnxcomp.core.pruning import TfidfParameters
+            options["tfidf"] = TfidfParameters(**options["tfidf"])
+    build_pipeline(calib={} if calib else None, **options)  # validate options before any work
+    model_io.check_output_path(input_path, output_path)
+    # Without calibration no pass runs the model, so its external data is read one weight at a time.
+    stream = calib is None
+    model = model_io.load_model(input_path, external_data=not stream)
+    if isinstance(calib, str):
+        from onnxcomp.pipeline.evaluate import load_calibration
+        options["calib"] = load_calibration(calib, model, calib_samples, seed=options.get("seed", 0))
+    elif calib is not None:
+        options["calib"] = calib
+    source_folder = os.path.dirname(os.path.abspath(input_path))
+    compressed, state = compress_model(model, base_dir=source_folder if stream else None, **options)
+    records = [(t.name, t.name + RECORD_SUFFIX, t.record, t.transposed) for t in state.targets if t.record is not None]
+    sidecar_file = model_io.write_compressed(compressed, records, output_path, source_folder=source_folder)
+    output_bytes = os.path.getsize(output_path) + (os.path.getsize(sidecar_file) if sidecar_file else 0)
+    report = Report(input_path, output_path, sidecar_file, model_io.model_bytes(input_path), output_bytes, skipped=state.skipped)
+    for t in state.targets:
+        report.layers.append(LayerReport(t.name, t.kind, list(t.shape), t.size, round(t.sparsity, 6), len(t.codebook),
+                                         t.bits, 4 * t.size, len(t.record) if t.record is not None else portable_bytes(t, state.graph.opset or 0),
+                                         len(t.outlier_positions)))
+    if eval_data:
+        from onnxcomp.pipeline.evaluate import accuracy
+        report.accuracy_before = accuracy(input_path, eval_data)
+        report.accuracy_after = accuracy(output_path, eval_data, compressed=sidecar_file is not None)
+    return report
+
+
+def decoded_weights(sidecar_file: str) -> dict[str, np.ndarray]:
+    """Every weight of a sidecar decoded by the numpy reference decoder, in its original orientation."""
+    from onnxcomp.core import sidecar
+    weights = {}
+    with open(sidecar_file, "rb") as f:
+        data = f.read()
+    for entry in sidecar.read_directory(sidecar_file):
+        dense = sidecar.decode_record(data[entry.offset:entry.offset + entry.length]).to_dense()
+        weights[entry.name] = dense.T if entry.transposed else dense
+    return weights

@@ -1,0 +1,142 @@
+"""Running a model on a labelled .npz in onnxruntime: top-1 accuracy and outputs.
+
+The data file holds one array per model input, keyed by the input's name (first axis = samples), and,
+for accuracy, an integer array ``labels``.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+
+import logging
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from onnxcomp.errors import CalibrationError
+from onnxcomp.runtime import session_options
+
+LABELS = "labels"
+log = logging.getLogger("onnxcomp")
+
+
+InputSpec = tuple  # (name, shape with ints or None for dynamic dims, numpy dtype)
+
+
+def session_specs(session: ort.InferenceSession) -> list[InputSpec]:
+    return [(i.name, [d if isinstance(d, int) else None for d in i.shape], np.dtype(_NUMPY_TYPES.get(i.type, np.float32)))
+            for i in session.get_inputs()]
+
+
+def model_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    """The model's real inputs (initializers listed as inputs are not data)."""
+    initializers = {t.name for t in model.graph.initializer}
+    specs = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor = value.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+        specs.append((value.name, shape, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))))
+    return specs
+
+
+def _read_arrays(path: str) -> dict[str, np.ndarray]:
+    files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".npz")) if os.path.isdir(path) else [path]
+    if not files:
+        raise CalibrationError(f"{path}: the folder holds no .npz files")
+    parts: dict[str, list[np.ndarray]] = {}
+    for file in files:
+        if not os.path.isfile(file):
+            raise CalibrationError(f"{file}: no such data file")
+        try:
+            with np.load(file, allow_pickle=False) as data:
+                for key in data.files:
+                    parts.setdefault(key, []).append(data[key])
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+            raise CalibrationError(f"{file} is not a readable .npz file ({error})") from error
+    try:
+        return {key: np.concatenate(arrays) for key, arrays in parts.items()}
+    except ValueError as error:
+        raise CalibrationError(f"{path}: the .npz files do not agree in shape ({error})") from error
+
+
+def load_data(path: str, specs: list[InputSpec] | ort.InferenceSession) -> dict[str, np.ndarray]:
+    """Inputs from ``path`` checked against the model's inputs (names, ranks, fixed dims, dtypes)."""
+    if isinstance(specs, ort.InferenceSession):
+        specs = session_specs(specs)
+    arrays = _read_arrays(path)
+    inputs = {}
+    for name, shape, dtype in specs:
+        if name not in arrays:
+            raise CalibrationError(f"{path} has no array for model input {name!r} (it has: {', '.join(sorted(arrays)) or 'none'})")
+        array = arrays[name]
+        if array.ndim != len(shape) or any(d is not None and d != a for d, a in zip(shape[1:], array.shape[1:])):
+            wanted = ["?" if d is None else d for d in shape]
+            raise CalibrationError(f"{path}: input {name!r} has shape {list(array.shape)}, the model wants {wanted}")
+        if array.dtype != dtype:
+            raise CalibrationError(f"{path}: input {name!r} is {array.dtype}, the model wants {dtype}")
+        if len(array) == 0:
+            raise CalibrationError(f"{path}: input {name!r} has no samples")
+        inputs[name] = array
+    counts = {len(a) for a in inputs.values()}
+    if len(counts) > 1:
+        raise CalibrationError(f"{path}: inputs have different sample counts {sorted(counts)}")
+    if LABELS in arrays:
+        inputs[LABELS] = arrays[LABELS]
+    return inputs
+
+
+def load_calibration(path: str, model: onnx.ModelProto, samples: int | None = None, seed: int = 0,
+                     keep_labels: bool = False) -> dict[str, np.ndarray]:
+    """Calibration inputs: from .npz file(s), or ``"random"`` draws from the declared shapes.
+
+    ``samples`` keeps that many samples, drawn at random (seeded) and kept in file order: files are often
+    sorted (by class, by source), so the first N would not be representative. ``keep_labels`` keeps the
+    file's ``labels`` array (subset alike) when there is one."""
+    specs = model_specs(model)
+    if samples is not None and samples < 1:
+        raise CalibrationError(f"calib-samples {samples} must be at least 1")
+    if path == "random":
+        log.warning("calibrating on random data drawn from the input shapes: fine for a smoke test, not meaningful")
+        rng = np.random.default_rng(seed)
+        count = samples or 16
+        data = {}
+        for name, shape, dtype in specs:
+            dims = [count] + [d or 1 for d in shape[1:]]
+            data[name] = rng.standard_normal(dims).astype(dtype) if dtype.kind == "f" else np.zeros(dims, dtype)
+        return data
+    data = load_data(path, specs)
+    if not keep_labels:
+        data.pop(LABELS, None)
+    count = len(next(iter(data.values()))) if data else 0
+    if samples is not None and samples < count:
+        chosen = np.sort(np.random.default_rng(seed).choice(count, samples, replace=False))
+        data = {k: v[chosen] for k, v in data.items()}
+    return data
+
+
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
+                "tensor(int32)": np.int32, "tensor(uint8)": np.uint8, "tensor(float16)": np.float16}
+
+
+def run_batches(session: ort.InferenceSession, inputs: dict[str, np.ndarray], batch: int = 256) -> np.ndarray:
+    """The first output over all samples, computed in batches."""
+    names = [spec.name for spec in session.get_inputs()]
+    total = len(inputs[names[0]])
+    outputs = [session.run(None, {n: inputs[n][i:i + batch] for n in names})[0] for i in range(0, total, batch)]
+    return np.concatenate(outputs)
+
+
+def accuracy(model_path: str, data_path: str, compressed: bool = False) -> float | None:
+    """Top-1 accuracy of ``model_path`` on ``data_path`` (None when the file has no labels)."""
+    options = session_options() if compressed else ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+    data = load_data(data_path, session)
+    if LABELS not in data:
+        return None
+    scores = run_batches(session, data)
+    return float(np.mean(scores.reshape(len(scores), -1).argmax(axis=1) == data[LABELS]))

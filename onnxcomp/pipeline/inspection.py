@@ -1,0 +1,315 @@
+"""What a model stores per weight: ``onnxcomp inspect`` and the reader ``decompress`` and reports share.
+
+A weight is a float32 constant in a weight slot (see passes/select_weights.py), a record in the sidecar
+(custom-op format), or a codebook lookup ``Gather(codebook, Cast(indices))`` (portable format), in either
+format possibly with outliers (exact values at listed positions: a record's outlier section, or a
+ScatterElements onto the lookup). Outlier bytes are the record's outlier section, or the portable form's
+stored gaps and values.
+Per weight: N elements, K codebook entries, b index bits, stored bytes S; bits per weight = 8 S / N.
+The entropy bound is the zeroth-order entropy of the stored symbols, H = -sum_j p_j log2 p_j with p_j the
+share of elements holding codebook entry j (for a dense float weight: distinct value j), plus the codebook:
+N H / 8 + 4 K bytes (for a dense weight at most its 4 N bytes). Sparse gap coding may land slightly below
+it, dense Huffman coding never does.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnxcomp.passes import model_io
+from onnxcomp.core import sidecar
+from onnxcomp.passes.model_io import model_bytes
+from onnxcomp.errors import CorruptSidecarError, UnsupportedModelError
+
+DOMAIN = "ai.onnxcomp"
+WEIGHT_SLOTS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (0, 1), "MatMul": (0, 1), "Gather": (0,)}
+KIND_OF_OP = {"Conv": "conv", "ConvTranspose": "conv", "Gather": "embedding", "CodebookGather": "embedding"}
+PORTABLE_CODEBOOK = ".codebook"
+PORTABLE_INDICES = ".indices"
+PORTABLE_LOOKUP = ".codebook_lookup"  # the lookup's output when outliers are scattered onto it
+PORTABLE_OUTLIER_GAPS = ".outlier_gaps"
+PORTABLE_OUTLIER_VALUES = ".outlier_values"
+PORTABLE_OUTLIER_STEPS = (".lookup_flat", ".outliers", ".outliers_reshape")  # node names of the scatter
+
+
+@dataclass
+class StoredWeight:
+    """One compressed weight as a model stores it (indices in the stored orientation)."""
+
+    name: str  # the original initializer's name
+    storage: str  # "record" (sidecar) or "portable"
+    codebook: np.ndarray
+    indices: np.ndarray  # integer, stored dims
+    bits: int
+    stored_bytes: int
+    transposed: bool = False  # stored as the transpose of the original 2-D weight
+    tensor: str = ""  # the record initializer (record) or the Gather output (portable)
+    outlier_positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # flat, stored dims
+    outlier_values: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    outlier_bytes: int = 0
+
+    @property
+    def stored_dims(self) -> tuple[int, ...]:
+        return tuple(self.indices.shape)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.stored_dims[::-1] if self.transposed else self.stored_dims
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of elements pruned: their index points at a 0.0 entry and no outlier overrides it."""
+        if not self.indices.size:
+            return 0.0
+        pruned = np.isin(self.indices, np.flatnonzero(self.codebook == 0.0)).ravel()
+        pruned[self.outlier_positions] = False  # an outlier's own index is a placeholder
+        return float(pruned.mean())
+
+    def dense(self) -> np.ndarray:
+        """The decoded weight in its original orientation."""
+        values = sidecar.apply_outliers(self.codebook[self.indices], self.outlier_positions, self.outlier_values)
+        return np.ascontiguousarray(values.T) if self.transposed else values
+
+
+@dataclass
+class WeightInfo:
+    name: str
+    op: str
+    kind: str
+    shape: list[int]
+    params: int
+    sparsity: float
+    bits: int  # index bits, 32 for a dense float32 weight
+    codebook_size: int | None  # None for dense weights with too many distinct values to matter
+    stored_bytes: int
+    bits_per_weight: float
+    entropy_bytes: int
+    storage: str  # "dense", "record" or "portable"
+    outliers: int = 0  # values stored exactly beside the codebook
+    outlier_bytes: int = 0  # bytes they take (included in stored_bytes)
+
+
+@dataclass
+class Inspection:
+    path: str
+    format: str  # "original", "custom-op" or "portable"
+    file_bytes: int  # model plus the external data files it references (the sidecar)
+    weights: list[WeightInfo] = field(default_factory=list)
+
+    @property
+    def params(self) -> int:
+        return sum(w.params for w in self.weights)
+
+    @property
+    def dense_bytes(self) -> int:
+        return 4 * self.params
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(w.stored_bytes for w in self.weights)
+
+    @property
+    def ratio(self) -> float:
+        """Weight bytes as float32 over weight bytes as stored."""
+        return self.dense_bytes / max(self.stored_bytes, 1)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data.update(params=self.params, dense_bytes=self.dense_bytes, stored_bytes=self.stored_bytes, ratio=self.ratio)
+        return data
+
+
+def entropy_bits(symbols: np.ndarray) -> float:
+    """Zeroth-order entropy of ``symbols`` in bits per symbol."""
+    _, counts = np.unique(np.asarray(symbols).ravel(), return_counts=True)
+    if len(counts) <= 1:
+        return 0.0
+    p = counts / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def stored_weights(model: onnx.ModelProto, model_path: str) -> dict[str, StoredWeight]:
+    """Compressed weights of ``model`` keyed by the tensor the graph uses (record initializer or Gather output).
+
+    Records are read from the sidecar beside ``model_path`` and matched to the directory by offset.
+    """
+    found: dict[str, StoredWeight] = {}
+    initializers = {t.name: t for t in model.graph.initializer}
+    records = {t.name: t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+               and any(n.domain == DOMAIN for n in model.graph.node if t.name in n.input)}
+    if records:
+        folder = os.path.dirname(os.path.abspath(model_path))
+        by_file: dict[str, list] = {}
+        for tensor in records.values():
+            info = {e.key: e.value for e in tensor.external_data}
+            by_file.setdefault(info["location"], []).append((tensor.name, int(info.get("offset", 0))))
+        for location, tensors in by_file.items():
+            path = os.path.join(folder, location)
+            if not os.path.isfile(path):
+                raise UnsupportedModelError(f"{model_path}: its sidecar {location} is missing; keep it beside the model")
+            entries = {e.offset: e for e in sidecar.read_directory(path)}
+            with open(path, "rb") as f:
+                data = f.read()
+            for tensor_name, offset in tensors:
+                entry = entries.get(offset)
+                if entry is None:
+                    raise CorruptSidecarError(f"{path}: no directory entry for record {tensor_name!r} at offset {offset}")
+                record = sidecar.decode_record(data[entry.offset:entry.offset + entry.length])
+                found[tensor_name] = StoredWeight(entry.name, "record", record.codebook, record.indices.reshape(record.dims),
+                                                  record.bits, entry.length, entry.transposed, tensor_name,
+                                                  record.outlier_positions, record.outlier_values, record.outlier_bytes)
+    producers = {out: n for n in model.graph.node for out in n.output}
+    for node in model.graph.node:
+        # portable: Gather(codebook, indices computed by standard ops from constants), see passes/pack_portable.py
+        if node.op_type != "Gather" or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
+            continue
+        codebook = initializers.get(node.input[0])
+        if codebook is None or not codebook.name.endswith(PORTABLE_CODEBOOK):
+            continue
+        chain, leaves = _constant_producers(node.input[1], producers, initializers)
+        if chain is None:
+            continue
+        indices = _evaluate(model, chain, leaves, node.input[1]).astype(np.int64)
+        values = numpy_helper.to_array(codebook).astype(np.float32)
+        index_bytes = sum(numpy_helper.to_array(initializers[leaf]).nbytes for leaf in leaves)
+        bits = max(1, round(8 * index_bytes / max(indices.size, 1)))
+        weight = StoredWeight(codebook.name[:-len(PORTABLE_CODEBOOK)], "portable", values, indices,
+                              bits, values.nbytes + index_bytes, False, node.output[0])
+        final = _portable_outliers(model, weight, producers, initializers)
+        found[final or node.output[0]] = weight
+    return found
+
+
+def _portable_outliers(model, weight: StoredWeight, producers: dict, initializers: dict) -> str | None:
+    """Reads the outliers scattered onto a portable lookup (passes/pack_portable.py) into ``weight``; returns the
+    tensor holding the final weight, or None when the lookup has no outliers."""
+    final = producers.get(weight.name)
+    if weight.tensor != weight.name + PORTABLE_LOOKUP or final is None or final.op_type != "Reshape":
+        return None
+    scatter = producers.get(final.input[0])
+    if scatter is None or scatter.op_type != "ScatterElements" or len(scatter.input) != 3:
+        return None
+    arrays, stored = [], 0
+    for tensor in scatter.input[1:]:
+        chain, leaves = _constant_producers(tensor, producers, initializers)
+        if chain is None:
+            return None
+        arrays.append(_evaluate(model, chain, leaves, tensor))
+        stored += sum(numpy_helper.to_array(initializers[leaf]).nbytes for leaf in leaves
+                      if leaf.endswith((PORTABLE_OUTLIER_GAPS, PORTABLE_OUTLIER_VALUES)))
+    weight.outlier_positions = arrays[0].astype(np.int64)
+    weight.outlier_values = arrays[1].astype(np.float32)
+    weight.outlier_bytes = stored
+    weight.stored_bytes += stored
+    weight.tensor = final.output[0]
+    return final.output[0]
+
+
+def _constant_producers(tensor: str, producers: dict, initializers: dict):
+    """The nodes computing ``tensor`` from initializers only, in graph order, and those initializers."""
+    chain, leaves, queue = {}, set(), [tensor]
+    while queue:
+        name = queue.pop()
+        if name in initializers:
+            leaves.add(name)
+            continue
+        node = producers.get(name)
+        if node is None or node.domain not in ("", "ai.onnx"):
+            return None, None
+        if id(node) not in chain:
+            chain[id(node)] = node
+            queue.extend(i for i in node.input if i)
+    return list(chain.values()), sorted(leaves)
+
+
+def _evaluate(model: onnx.ModelProto, nodes: list, leaves: list[str], output: str) -> np.ndarray:
+    from onnx.reference import ReferenceEvaluator
+    initializers = {t.name: t for t in model.graph.initializer}
+    order = {id(n): i for i, n in enumerate(model.graph.node)}
+    graph = onnx.helper.make_graph(sorted(nodes, key=lambda n: order[id(n)]), "indices", [],
+                                   [onnx.helper.make_tensor_value_info(output, onnx.TensorProto.UNDEFINED, None)],
+                                   [initializers[name] for name in leaves])
+    sub = onnx.helper.make_model(graph, opset_imports=[o for o in model.opset_import if o.domain in ("", "ai.onnx")])
+    return np.asarray(ReferenceEvaluator(sub).run(None, {})[0])
+
+
+def _consumers(model: onnx.ModelProto) -> dict[str, list[tuple[onnx.NodeProto, int]]]:
+    uses: dict[str, list] = {}
+    for node in model.graph.node:
+        for slot, name in enumerate(node.input):
+            uses.setdefault(name, []).append((node, slot))
+    return uses
+
+
+def _describe_uses(name: str, uses: dict) -> tuple[str, str]:
+    """(op, kind) for a tensor, looking through CodebookDecode/Transpose/Reshape to the real consumer."""
+    ops, queue, seen = [], [name], set()
+    while queue:
+        tensor = queue.pop()
+        for node, _ in uses.get(tensor, []):
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if node.op_type in ("CodebookDecode", "Transpose", "Identity") or (
+                    node.op_type == "Gather" and node.input[0].endswith(PORTABLE_CODEBOOK)) or (
+                    node.op_type in ("Reshape", "ScatterElements") and node.name.endswith(PORTABLE_OUTLIER_STEPS)):
+                queue.extend(node.output)
+            else:
+                ops.append(node.op_type)
+    ops = sorted(set(ops)) or ["-"]
+    kinds = {KIND_OF_OP.get(op, "fc") for op in ops}
+    kind = "conv" if "conv" in kinds else "embedding" if "embedding" in kinds else "fc"
+    return "+".join(ops), kind
+
+
+def inspect(model_path: str) -> Inspection:
+    """Per-weight storage of an original, custom-op or portable model (see the module docstring)."""
+    model_path = os.fspath(model_path)
+    model = model_io.load_model(model_path, external_data=False)
+    compressed = stored_weights(model, model_path)
+    fmt = "original"
+    if any(w.storage == "record" for w in compressed.values()):
+        fmt = "custom-op"
+    elif compressed:
+        fmt = "portable"
+    uses = _consumers(model)
+    result = Inspection(model_path, fmt, model_bytes(model_path))
+    for tensor_name, weight in compressed.items():
+        op, kind = _describe_uses(tensor_name, uses)
+        sparsity = weight.sparsity
+        n = int(weight.indices.size)
+        entropy = entropy_bits(weight.indices) if n else 0.0
+        result.weights.append(WeightInfo(weight.name, op, kind, list(weight.shape), n, round(sparsity, 6), weight.bits,
+                                         len(weight.codebook), weight.stored_bytes, 8 * weight.stored_bytes / max(n, 1),
+                                         int(np.ceil(n * entropy / 8)) + 4 * len(weight.codebook), weight.storage,
+                                         len(weight.outlier_positions), weight.outlier_bytes))
+    folder = os.path.dirname(os.path.abspath(model_path))
+    for tensor in model.graph.initializer:
+        if tensor.data_type != onnx.TensorProto.FLOAT or tensor.name.endswith(PORTABLE_CODEBOOK):
+            continue
+        slots = [(n, s) for n, s in uses.get(tensor.name, []) if s in WEIGHT_SLOTS.get(n.op_type, ()) and n.domain in ("", "ai.onnx")]
+        if not slots:
+            continue
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            onnx.external_data_helper.load_external_data_for_tensor(tensor, folder)
+        values = numpy_helper.to_array(tensor)
+        n = int(values.size)
+        distinct = np.unique(values)
+        entropy = entropy_bits(values) if n else 0.0
+        op, kind = _describe_uses(tensor.name, uses)
+        result.weights.append(WeightInfo(tensor.name, op, kind, list(values.shape), n,
+                                         round(float((values == 0).mean()) if n else 0.0, 6), 32,
+                                         len(distinct) if len(distinct) <= 1 << 16 else None, 4 * n, 32.0,
+                                         min(4 * n, int(np.ceil(n * entropy / 8)) + 4 * len(distinct)), "dense"))
+    order = {}
+    for position, node in enumerate(model.graph.node):
+        for name in node.input:
+            order.setdefault(name, position)
+    first_use = {w.name: order.get(w.tensor, 0) for w in compressed.values()}
+    result.weights.sort(key=lambda w: (first_use.get(w.name, order.get(w.name, 0)), w.name))
+    return result
