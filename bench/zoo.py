@@ -275,7 +275,7 @@ def fmt_coverage(row: dict) -> str:
     return text
 
 
-def table(rows: list[dict], int8: dict[str, dict], options: list[str]) -> str:
+def table(rows: list[dict], int8: dict[str, dict], options: list[str], commit: str) -> str:
     lines = ["| model | float params | ratio | task before -> after | fidelity | verdict | compress s | coverage "
              "| int8 ratio | int8 task | int8 fidelity | int8 verdict |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -304,7 +304,7 @@ def table(rows: list[dict], int8: dict[str, dict], options: list[str]) -> str:
                f"{np.median(ratios):.2f}x; outputs larger than input: {sum(1 for r in ratios if r < 1)}. "
                f"int8 anchor: {int8_passed} of {len(rows)} within tolerance.")
     header = (f"onnxcomp options: `{shlex.join(options) or '(none: the defaults)'}`; "
-              f"{datetime.date.today().isoformat()}, onnxcomp commit {git_commit()}, onnxruntime {ort_version()}. "
+              f"{datetime.date.today().isoformat()}, onnxcomp commit {commit}, onnxruntime {ort_version()}. "
               "ratio = original file / (output model + sidecar); coverage = share of float parameters (initializers "
               "and Constant values, subgraphs included) in compressed records, with the largest tensors "
               "(>= 1,024 elements) left dense. Tolerances: bench/zoo/ (declared before results).\n\n")
@@ -344,6 +344,7 @@ def cmd_run(args, options: list[str]) -> None:
     models = select(args.models)
     folder = run_dir(args.name)
     folder.mkdir(parents=True, exist_ok=True)
+    commit = git_commit()  # of the checkout at the start: install it (pip install .) before running
     rows, int8 = [], {}
     for model in models:
         print(f"{model.name}: compressing ...", flush=True)
@@ -355,8 +356,9 @@ def cmd_run(args, options: list[str]) -> None:
         rows.append(row)
         int8[model.name] = int8_row(model) if (model.folder / "original.pkl").exists() else {"error": "not prepared"}
         print(f"{model.name}: {fmt_verdict(row)}; ratio {row.get('ratio', 0):.2f}x", flush=True)
-    (folder / "rows.json").write_text(json.dumps({"options": options, "rows": rows, "int8": int8}, indent=1, default=str))
-    body = table(rows, int8, options)
+    (folder / "rows.json").write_text(json.dumps({"options": options, "commit": commit, "rows": rows, "int8": int8},
+                                                 indent=1, default=str))
+    body = table(rows, int8, options, commit)
     more = details(rows)
     text = f"### Real-model zoo: run `{args.name}`\n\n{body}\n" + (f"\n{more}\n" if more else "")
     print(text)
@@ -403,9 +405,9 @@ def speed_child(name: str, original: str, compressed: str, repeats: int, out: st
     Path(out).write_text(json.dumps(result))
 
 
-def rss_child(name: str, path: str, kind: str) -> None:
-    model = zoo.BY_NAME[name]
-    feeds = model.feeds(load_data(model), 1)
+def rss_child(name: str, path: str, kind: str, feed_file: str) -> None:
+    with np.load(feed_file) as f:  # the batch-1 feed alone: loading the whole evaluation set would dominate the peak
+        feeds = {k: f[k] for k in f.files}
     import onnxruntime  # noqa: F401  (the baseline pays for the imports too)
 
     import onnxcomp  # noqa: F401
@@ -417,9 +419,9 @@ def rss_child(name: str, path: str, kind: str) -> None:
             print(int(line.split()[1]) * 1024)
 
 
-def peak_rss(name: str, path: Path, kind: str) -> int:
-    result = subprocess.run([sys.executable, __file__, "_rss", name, str(path), kind], capture_output=True, text=True,
-                            check=True, timeout=1800)
+def peak_rss(name: str, path: Path, kind: str, feed_file: Path) -> int:
+    result = subprocess.run([sys.executable, __file__, "_rss", name, str(path), kind, str(feed_file)],
+                            capture_output=True, text=True, check=True, timeout=1800)
     return int(result.stdout.split()[-1])
 
 
@@ -440,8 +442,11 @@ def cmd_speed(args) -> None:
             subprocess.run([sys.executable, __file__, "_speed", model.name, str(model.onnx_path), str(compressed),
                             str(args.repeats), str(out)], check=True, capture_output=True, text=True, timeout=args.timeout)
             speed = json.loads(out.read_text())
-            base = peak_rss(model.name, model.onnx_path, "baseline")
-            rss = {k: peak_rss(model.name, p, k) - base for k, p in (("original", model.onnx_path), ("compressed", compressed))}
+            feed_file = folder / f"{model.name}.feed1.npz"
+            np.savez(feed_file, **model.feeds(load_data(model), 1))
+            base = peak_rss(model.name, model.onnx_path, "baseline", feed_file)
+            rss = {k: peak_rss(model.name, p, k, feed_file) - base
+                   for k, p in (("original", model.onnx_path), ("compressed", compressed))}
         except subprocess.CalledProcessError as error:
             lines.append(f"| {model.name} | - | failed: {last_line(error.stderr)} | | | | | | | |")
             continue
@@ -461,8 +466,10 @@ def cmd_speed(args) -> None:
             f"{rss['original'] / 2 ** 20:.1f}", f"{rss['compressed'] / max(rss['original'], 1):.2f}"]) + " |")
     summary = (f"\nMedian time ratio (compressed / original) over all cells: {np.median(ratios):.2f}; "
                f"cells above 1.0: {sum(1 for r in ratios if r > 1.0)} of {len(ratios)}." if ratios else "")
-    text = (f"### Real-model zoo speed: run `{args.name}`\n\n{datetime.date.today().isoformat()}, onnxcomp commit "
-            f"{git_commit()}, onnxruntime {ort_version()}, default onnxruntime threads. Latency: median of "
+    rows_file = folder / "rows.json"
+    commit = json.loads(rows_file.read_text()).get("commit", "unknown") if rows_file.exists() else "unknown"
+    text = (f"### Real-model zoo speed: run `{args.name}`\n\n{datetime.date.today().isoformat()}, outputs of run "
+            f"`{args.name}` (onnxcomp commit {commit}), onnxruntime {ort_version()}, default onnxruntime threads. Latency: median of "
             f"at least {args.repeats} runs (up to 200, about 2 s per model and batch) after one warm-up, original and compressed alternating in one process, at batch 1 "
             "and at the batch the model's own package runs (the whole evaluation set for magika). Session creation: "
             "median of 3, alternating. Peak RSS: VmHWM of a fresh process that creates the session and runs batch 1, "
