@@ -18,7 +18,23 @@ void pack_linear(const Index* source, uint64_t n, uint32_t slot, uint8_t* target
   }
 }
 
+// One loop per slot width, so each compiles without a per-element branch.
+template <uint32_t kSlot>
+void lookup_range(const DecodedRecord& r, uint64_t first, uint64_t count, float* out) {
+  const float* codebook = r.codebook.data();
+  const uint8_t* indices = r.indices.data();
+  for (uint64_t i = 0; i < count; ++i) out[i] = packed::lookup(codebook, packed::linear_load(indices, kSlot, first + i));
+}
+
 }  // namespace
+
+void DecodedRecord::decode_range(uint64_t first, uint64_t count, float* out) const {
+  switch (slot_bits) {
+    case 4: return lookup_range<4>(*this, first, count, out);
+    case 8: return lookup_range<8>(*this, first, count, out);
+    default: return lookup_range<16>(*this, first, count, out);
+  }
+}
 
 DecodeStatus decode_record_bytes(const uint8_t* data, size_t size, DecodedRecord* out) {
   RecordInfo info;

@@ -22,6 +22,11 @@ struct DecodedRecord {
   std::vector<uint8_t> indices;  // the N indices in the linear packed layout (packed_layout.h)
 
   uint32_t index(int64_t i) const { return packed::linear_load(indices.data(), slot_bits, static_cast<uint64_t>(i)); }
+
+  // Writes elements [first, first + count) of the decoded tensor (row-major) to `out`: the codebook value of
+  // each index. The one function every kernel uses for dense values (CodebookDecode, CodebookConv's working form).
+  // Requires first + count <= N.
+  void decode_range(uint64_t first, uint64_t count, float* out) const;
 };
 
 // Validates and decodes `size` bytes. Never throws; allocation failure is reported as a status.
