@@ -24,7 +24,8 @@ from .errors import CorruptSidecarError, UnsupportedModelError
 
 DOMAIN = "ai.onnxcomp"
 WEIGHT_SLOTS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (0, 1), "MatMul": (0, 1), "Gather": (0,)}
-KIND_OF_OP = {"Conv": "conv", "ConvTranspose": "conv", "Gather": "embedding", "CodebookGather": "embedding"}
+KIND_OF_OP = {"Conv": "conv", "ConvTranspose": "conv", "CodebookConv": "conv", "Gather": "embedding",
+              "CodebookGather": "embedding"}
 PORTABLE_CODEBOOK = ".codebook"
 PORTABLE_INDICES = ".indices"
 

@@ -43,6 +43,13 @@ struct PackedMatrix {
 // Repacks the linear indices of a decoded [K, N] record into panels (shared by the CPU and CUDA kernels).
 void PackMatrix(const DecodedRecord& record, PackedMatrix* out);
 
+// Writes W [K, N] row-major from its panels (the dense form the large-batch path multiplies by).
+void UnpackMatrix(const PackedMatrix& w, float* out);
+
+// Rows of X from which CodebookMatMul decodes W for the run and multiplies with onnxruntime's MatMul (MLAS GEMM)
+// instead of the fused kernel (docs/ops.md); ONNXCOMP_GEMM_ROWS overrides it (0: never), read at kernel creation.
+int64_t DenseGemmRows();
+
 struct CodebookMatMulKernel : RecordKernel {
   CodebookMatMulKernel();
   // Decodes the record (RecordKernel::Init), repacks it into panels and drops the decoded form.
@@ -50,9 +57,15 @@ struct CodebookMatMulKernel : RecordKernel {
   OrtStatus* ComputeV2(OrtKernelContext* context) noexcept;
 
  private:
+  // Y = X @ W (+ bias) with W unpacked into a buffer of this run and onnxruntime's MatMul.
+  OrtStatus* RunDense(OrtKernelContext* context, const PackedMatrix& w, const Ort::ConstValue& x, const float* bias,
+                      float* y, int64_t m);
+
   Isa isa_ = Isa::kScalar;
   MatMulKernel kernel_ = nullptr;
   std::unique_ptr<const PackedMatrix> constant_matrix_;
+  int64_t dense_rows_ = 0;  // 0: the fused kernel always
+  Ort::Op dense_matmul_{nullptr};
 };
 
 struct CodebookMatMulOp : Ort::CustomOpBase<CodebookMatMulOp, CodebookMatMulKernel, true> {
