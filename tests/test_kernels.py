@@ -115,9 +115,10 @@ def test_codebook_matmul_every_isa_against_numpy(m, k, n, bits):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-def test_codebook_matmul_threads_and_batch_dims(isa):
+def test_codebook_matmul_threads_and_batch_dims(isa, monkeypatch):
     if not isa_available(isa):
         pytest.skip(f"this CPU has no {isa}")
+    monkeypatch.setenv("ONNXCOMP_GEMM_ROWS", "0")  # the fused kernel at every batch (150 rows below)
     rng = np.random.default_rng(7)
     k, n = 300, 1000  # large enough for the parallel path, 16 panels of which the last is partial
     codebook, indices = random_layer(rng, k, n, 4)
@@ -133,6 +134,28 @@ def test_codebook_matmul_threads_and_batch_dims(isa):
         # batch invariance: each row computed alone gives the same bits
         single = run_with_isa(model, {"x": x.reshape(-1, k)[:1].reshape(1, 1, k)}, isa)
         np.testing.assert_array_equal(single.reshape(-1), one.reshape(-1, n)[0])
+
+
+@pytest.mark.parametrize("m,k,n,bits", [(64, 130, 97, 4), (150, 300, 1000, 4), (200, 33, 65, 8), (97, 64, 129, 10)])
+def test_codebook_matmul_large_batch_uses_a_gemm_on_the_decoded_weight(m, k, n, bits, monkeypatch):
+    """From ONNXCOMP_GEMM_ROWS rows (default 64) W is decoded for the run and multiplied by onnxruntime's MatMul:
+    within the same summation bound and the same under every instruction-set cap. (Like onnxruntime's own MatMul,
+    its bits may depend on the thread count: MLAS splits the work by threads.)"""
+    rng = np.random.default_rng(m + k + n)
+    codebook, indices = random_layer(rng, k, n, bits, sparse=bits == 8)
+    bias = rng.standard_normal(n).astype(np.float32)
+    model = matmul_model(encode_record(codebook, indices, (k, n), bits), k, n, True, bias, batch_shape=("A", "B"))
+    x = rng.standard_normal((m // 2 if m % 2 == 0 else 1, 2 if m % 2 == 0 else m, k)).astype(np.float32)
+    outputs = [run_with_isa(model, {"x": x}, isa) for isa in ISAS if isa_available(isa)]
+    check_against_reference(outputs[0], x, codebook[indices], bias)
+    check_against_reference(run_with_isa(model, {"x": x}, "scalar", threads=2), x, codebook[indices], bias)
+    for y in outputs[1:]:
+        np.testing.assert_array_equal(y, outputs[0])
+    monkeypatch.setenv("ONNXCOMP_GEMM_ROWS", "0")
+    fused = run_with_isa(model, {"x": x}, "scalar")
+    check_against_reference(fused, x, codebook[indices], bias)
+    monkeypatch.setenv("ONNXCOMP_GEMM_ROWS", str(m + 1))  # one row short of the threshold: the fused kernel again
+    np.testing.assert_array_equal(run_with_isa(model, {"x": x}, "scalar"), fused)
 
 
 def test_force_scalar_env_matches_isa_scalar():
