@@ -11,13 +11,11 @@ differently, so across the two paths results agree to that bound, not bit for bi
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import float_input, make_model, run_compressed, run_plain, weight
+from conftest import float_input, make_model, run_compressed, run_plain, session_with_env, weight
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxcomp
@@ -137,21 +135,7 @@ def numpy_conv(x, w, bias, attrs):
 
 
 def session_output(model: onnx.ModelProto, x: np.ndarray, env: dict | None = None, threads: int = 1) -> np.ndarray:
-    """Runs ``model``, its session created while ``env`` is set (kernels read it at creation)."""
-    saved = {key: os.environ.get(key) for key in (env or {})}
-    os.environ.update(env or {})
-    try:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        session = ort.InferenceSession(model.SerializeToString(), onnxcomp.runtime.session_options(options),
-                                       providers=["CPUExecutionProvider"])
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    return session.run(None, {"x": x})[0]
+    return session_with_env(model, env, threads).run(None, {"x": x})[0]
 
 
 def summation_bound(x, w, bias, attrs) -> np.ndarray:

@@ -18,6 +18,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxcomp
+from conftest import session_with_env
 from onnxcomp.sidecar import encode_record
 
 ISAS = ["scalar", "avx2", "avx512"]
@@ -64,20 +65,7 @@ def matmul_model(record: bytes, k: int, n: int, with_bias: bool, bias=None, batc
 
 def run_with_isa(model: onnx.ModelProto, feeds: dict, isa: str, threads: int = 1):
     """Runs the model in a session created while ONNXCOMP_ISA caps the instruction set (read at kernel creation)."""
-    old = os.environ.get("ONNXCOMP_ISA")
-    os.environ["ONNXCOMP_ISA"] = isa
-    try:
-        import onnxruntime as ort
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        session = ort.InferenceSession(model.SerializeToString(), onnxcomp.runtime.session_options(options),
-                                       providers=["CPUExecutionProvider"])
-    finally:
-        if old is None:
-            del os.environ["ONNXCOMP_ISA"]
-        else:
-            os.environ["ONNXCOMP_ISA"] = old
-    return session.run(None, feeds)[0]
+    return session_with_env(model, {"ONNXCOMP_ISA": isa}, threads).run(None, feeds)[0]
 
 
 def check_against_reference(y, x, weight, bias):
