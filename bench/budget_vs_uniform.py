@@ -27,10 +27,10 @@ import onnx
 import onnxruntime as ort
 
 import onnxcomp
-from onnxcomp import budget as budget_math
-from onnxcomp.autotune import compress_to_budget, holdout_split
+from onnxcomp.core import budget as budget_math
+from onnxcomp.pipeline.autotune import compress_to_budget, holdout_split
 from onnxcomp.errors import OnnxcompError
-from onnxcomp.evaluate import accuracy, load_calibration
+from onnxcomp.pipeline.evaluate import accuracy, load_calibration
 
 from report import update_section
 

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import onnxcomp
-from onnxcomp.autotune import compress_to_budget
-from onnxcomp.evaluate import accuracy
+from onnxcomp.pipeline.autotune import compress_to_budget
+from onnxcomp.pipeline.evaluate import accuracy
 
 from report import update_section
 

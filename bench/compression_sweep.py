@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import onnxcomp
-from onnxcomp.evaluate import accuracy
+from onnxcomp.pipeline.evaluate import accuracy
 
 from report import update_section
 

@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import onnxcomp  # noqa: E402
-from onnxcomp.sidecar import encode_record  # noqa: E402
+from onnxcomp.core.sidecar import encode_record  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from report import update_section  # noqa: E402

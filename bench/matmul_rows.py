@@ -19,7 +19,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxcomp
-from onnxcomp.sidecar import encode_record
+from onnxcomp.core.sidecar import encode_record
 
 SHAPES = [(257, 64), (512, 214), (384, 1536), (1536, 384), (768, 768)]
 ROWS = [1, 8, 16, 32, 64, 128, 512, 2048]

@@ -18,8 +18,8 @@ from pathlib import Path
 import onnxruntime as ort
 
 import onnxcomp
-from onnxcomp.evaluate import accuracy, load_data
-from onnxcomp.model_io import model_bytes
+from onnxcomp.pipeline.evaluate import accuracy, load_data
+from onnxcomp.passes.model_io import model_bytes
 
 from report import update_section
 

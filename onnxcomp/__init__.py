@@ -6,34 +6,34 @@ weight costs, ``verify(original, compressed)`` compares their outputs, ``decompr
 a plain dense model.
 """
 
-from .errors import (CalibrationError, CorruptSidecarError, InvalidOptionError, OnnxcompError, OutputError,
+from onnxcomp.errors import (CalibrationError, CorruptSidecarError, InvalidOptionError, OnnxcompError, OutputError,
                      UnsupportedModelError)
-from .runtime import DOMAIN, InferenceSession, library_path, session_options
+from onnxcomp.runtime import DOMAIN, InferenceSession, library_path, session_options
 
 __version__ = "0.1.0"
 
 
 def compress(input_path, output_path, **options):
     """Compress ``input_path`` to ``output_path`` (+ sidecar); returns a ``Report``. Options as the CLI."""
-    from .pipeline import compress as run
+    from onnxcomp.pipeline.compression import compress as run
     return run(input_path, output_path, **options)
 
 
 def inspect(model_path):
     """Per-weight storage of an original or compressed model; returns an ``Inspection`` (``.to_dict()``)."""
-    from .inspection import inspect as run
+    from onnxcomp.pipeline.inspection import inspect as run
     return run(model_path)
 
 
 def verify(original_path, compressed_path, calib=None, **options):
     """Compare both models' outputs on ``calib`` (.npz) or seeded random inputs; returns a ``Verification``."""
-    from .verification import verify as run
+    from onnxcomp.pipeline.verification import verify as run
     return run(original_path, compressed_path, calib, **options)
 
 
 def decompress(compressed_path, output_path):
     """Write a plain dense ONNX model (standard ops only) equivalent to ``compressed_path``."""
-    from .decompression import decompress as run
+    from onnxcomp.pipeline.decompression import decompress as run
     return run(compressed_path, output_path)
 
 

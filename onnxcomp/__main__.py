@@ -1,3 +1,3 @@
-from .cli import run
+from onnxcomp.front.cli import run
 
 run()

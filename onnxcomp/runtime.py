@@ -6,19 +6,47 @@ import os
 
 import onnxruntime as ort
 
-from .errors import OnnxcompError
+from onnxcomp.errors import OnnxcompError
 
 LIBRARY_NAME = "libonnxcomp_ops.so"
 DOMAIN = "ai.onnxcomp"
 
 
 def library_path() -> str:
-    """Absolute path of the custom-op library (``ONNXCOMP_LIBRARY`` overrides the installed one)."""
+    """Absolute path of the custom-op library (``ONNXCOMP_LIBRARY`` overrides the installed one).
+
+    Looked up beside this module, then among the installed distribution's files: the package imported from a
+    source checkout (Python run from the repository root, or an editable install) has no built library, while
+    the installed ``onnxcomp`` beside it does. Raises ``OnnxcompError`` when neither has it."""
     override = os.environ.get("ONNXCOMP_LIBRARY")
-    path = os.path.abspath(override or os.path.join(os.path.dirname(__file__), LIBRARY_NAME))
-    if not os.path.isfile(path):
-        raise OnnxcompError(f"the onnxcomp custom-op library is missing at {path}: reinstall onnxcomp with pip (it builds the library)")
-    return path
+    if override:
+        path = os.path.abspath(override)
+        if not os.path.isfile(path):
+            raise OnnxcompError(f"ONNXCOMP_LIBRARY names {path}, which does not exist: unset it or point it at libonnxcomp_ops.so")
+        return path
+    beside = os.path.join(os.path.dirname(os.path.abspath(__file__)), LIBRARY_NAME)
+    if os.path.isfile(beside):
+        return beside
+    installed = _installed_library()
+    if installed:
+        return installed
+    raise OnnxcompError(f"the onnxcomp custom-op library is missing at {beside} and onnxcomp is not installed: "
+                        "install it with pip (pip install .), which builds the library")
+
+
+def _installed_library() -> str | None:
+    """The library's path among the files of the installed ``onnxcomp`` distribution, if any."""
+    from importlib import metadata
+    try:
+        files = metadata.files("onnxcomp") or []
+    except metadata.PackageNotFoundError:
+        return None
+    for file in files:
+        if file.name == LIBRARY_NAME:
+            path = os.path.abspath(str(file.locate()))
+            if os.path.isfile(path):
+                return path
+    return None
 
 
 def session_options(options: ort.SessionOptions | None = None) -> ort.SessionOptions:

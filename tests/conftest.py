@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxcomp
-from onnxcomp.pipeline import decoded_weights
+from onnxcomp.pipeline.compression import decoded_weights
 
 
 def make_model(nodes, inputs, outputs, initializers, opset=17) -> onnx.ModelProto:

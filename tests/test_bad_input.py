@@ -20,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 import onnxcomp
-from onnxcomp.cli import app
+from onnxcomp.front.cli import app
 from onnxcomp.errors import InvalidOptionError, OutputError
 
 from conftest import float_input, make_model, reference_model, run_compressed, run_plain, weight
@@ -219,7 +219,8 @@ def test_17_output_is_a_folder(tmp_path, model_file):
 @pytest.mark.parametrize("stage", ["sidecar", "model"])
 def test_18_out_of_disk_space(tmp_path, model_file, monkeypatch, stage):
     """A full disk in the middle of either file: the error says so and no temporary file remains."""
-    from onnxcomp import model_io, sidecar
+    from onnxcomp.passes import model_io
+    from onnxcomp.core import sidecar
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -233,7 +234,7 @@ def test_18_out_of_disk_space(tmp_path, model_file, monkeypatch, stage):
 
 
 def test_19_existing_output_survives_a_failed_write(tmp_path, model_file, monkeypatch):
-    from onnxcomp import model_io
+    from onnxcomp.passes import model_io
     (tmp_path / "out.onnx").write_bytes(b"previous output")
     (tmp_path / "out.onnxcomp").write_bytes(b"previous sidecar")
     monkeypatch.setattr(model_io, "_write_model", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
@@ -243,7 +244,7 @@ def test_19_existing_output_survives_a_failed_write(tmp_path, model_file, monkey
 def test_19b_previous_pair_still_runs_when_the_last_rename_fails(tmp_path, model_file, monkeypatch, rng):
     """The sidecar is renamed into place before the model: if the model's rename then fails, the previous model
     and its own sidecar are both back and still run together."""
-    from onnxcomp import model_io
+    from onnxcomp.passes import model_io
     out = tmp_path / "out.onnx"
     assert cli("compress", model_file, out, "--min-elements", "16", "--bits", "4").exit_code == 0
     feeds = x_feed(rng)
@@ -449,7 +450,7 @@ def test_38_a_user_sees_one_line_in_a_real_process(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"junk")
     home = str(Path(onnxcomp.__file__).resolve().parents[1])
-    code = f"import sys; sys.path.insert(0, {home!r}); from onnxcomp.cli import run; run()"
+    code = f"import sys; sys.path.insert(0, {home!r}); from onnxcomp.front.cli import run; run()"
     result = subprocess.run([sys.executable, "-c", code, "compress", str(bad), str(tmp_path / "o.onnx")], capture_output=True, text=True)
     assert result.returncode == 1 and result.stdout == ""
     assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error: "), result.stderr
@@ -470,7 +471,7 @@ def test_40_same_input_and_options_give_byte_identical_outputs(tmp_path, model_f
 def test_41_large_output_keeps_dense_initializers_in_a_data_file(tmp_path, rng, monkeypatch):
     """An output past protobuf's 2 GB limit (simulated by lowering the limit) keeps its dense weights in
     OUT.data; the model still runs, and a failure while writing leaves none of the three files."""
-    from onnxcomp import model_io
+    from onnxcomp.passes import model_io
     monkeypatch.setattr(model_io, "LARGE_MODEL_BYTES", 0)
     table = numpy_helper.from_array(rng.standard_normal((64, 32)).astype(np.float64), "table")
     nodes = [helper.make_node("Gather", ["table", "ids"], ["rows"]), helper.make_node("Cast", ["rows"], ["x"], to=TensorProto.FLOAT),

@@ -8,8 +8,8 @@ import pytest
 from onnx import helper
 
 import onnxcomp
-from onnxcomp.autotune import compress_to_budget, holdout_split
-from onnxcomp.budget import allocate, allocation_metric, error, parse_budget
+from onnxcomp.pipeline.autotune import compress_to_budget, holdout_split
+from onnxcomp.core.budget import allocate, allocation_metric, error, parse_budget
 from onnxcomp.errors import InvalidOptionError
 
 from conftest import budget_mlp, float_input, make_model, weight

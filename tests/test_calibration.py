@@ -6,9 +6,10 @@ import pytest
 from onnx import helper
 
 import onnxcomp
-from onnxcomp import calibration, pruning, reconstruction
+from onnxcomp.passes import calibration
+from onnxcomp.core import pruning, reconstruction
 from onnxcomp.errors import CalibrationError
-from onnxcomp.evaluate import load_calibration
+from onnxcomp.pipeline.evaluate import load_calibration
 
 from conftest import float_input, make_model, weight
 

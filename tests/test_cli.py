@@ -22,7 +22,7 @@ def onnxcomp(*args):
     """Run the CLI in a subprocess that imports the same onnxcomp as these tests (installed or checkout)."""
     import onnxcomp as package
     home = str(Path(package.__file__).resolve().parents[1])
-    code = f"import sys; sys.path.insert(0, {home!r}); from onnxcomp.cli import run; run()"
+    code = f"import sys; sys.path.insert(0, {home!r}); from onnxcomp.front.cli import run; run()"
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, cwd=ROOT.parent)
 
 

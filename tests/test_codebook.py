@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from onnxcomp import codebook, pruning
+from onnxcomp.core import codebook, pruning
 
 
 def test_assign_picks_the_nearest_centroid(rng):

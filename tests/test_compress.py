@@ -9,8 +9,8 @@ import pytest
 from onnx import helper, numpy_helper
 
 import onnxcomp
-from onnxcomp import sidecar
-from onnxcomp.pipeline import compress_model
+from onnxcomp.core import sidecar
+from onnxcomp.pipeline.compression import compress_model
 
 from conftest import float_input, make_model, reference_model, run_compressed, run_plain, weight
 

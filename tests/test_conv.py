@@ -19,7 +19,7 @@ from conftest import float_input, make_model, run_compressed, run_plain, session
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxcomp
-from onnxcomp.sidecar import encode_record
+from onnxcomp.core.sidecar import encode_record
 
 EPS32 = 2.0 ** -24
 

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 
 import onnxcomp
-from onnxcomp.pipeline import compress
+from onnxcomp.pipeline.compression import compress
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "cpp_host"

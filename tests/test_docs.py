@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from onnxcomp.recipes import load
+from onnxcomp.core.recipes import load
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted((ROOT / "docs").glob("*.md"))
@@ -28,7 +28,7 @@ def commands(path: Path) -> list[str]:
 def test_console_blocks_run(doc, tmp_path):
     import onnxcomp as package
     home = str(Path(package.__file__).resolve().parents[1])
-    entry = f"import sys; sys.path.insert(0, {home!r}); from onnxcomp.cli import run; run()"
+    entry = f"import sys; sys.path.insert(0, {home!r}); from onnxcomp.front.cli import run; run()"
     (tmp_path / "models").symlink_to(ROOT / "models")
     for command in commands(doc):
         args = shlex.split(command)

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onnxcomp import huffman
+from onnxcomp.core import huffman
 from onnxcomp.errors import CorruptSidecarError
 
 

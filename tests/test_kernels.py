@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxcomp
 from conftest import session_with_env
-from onnxcomp.sidecar import encode_record
+from onnxcomp.core.sidecar import encode_record
 
 ISAS = ["scalar", "avx2", "avx512"]
 EPS32 = 2.0 ** -24

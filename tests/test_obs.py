@@ -1,11 +1,11 @@
-"""OBS pruning and OBS rounding (onnxcomp/obs.py) against closed-form numpy references, and end to end."""
+"""OBS pruning and OBS rounding (onnxcomp/core/obs.py) against closed-form numpy references, and end to end."""
 
 import numpy as np
 import onnx
 import pytest
 
 import onnxcomp
-from onnxcomp import codebook, obs, reconstruction
+from onnxcomp.core import codebook, obs, reconstruction
 
 from conftest import run_plain
 from test_calibration import two_layer_model
@@ -95,9 +95,9 @@ def test_obs_pruning_and_rounding_end_to_end(tmp_path, rng):
 
 
 def test_sensitivity_threshold_ranks_the_one_shot_saliency(rng):
-    from passes import CompressionState, PruneWeightsPass
-    from passes.base import WeightTarget
-    from onnxcomp.calibration import LayerInput, LayerStatistics
+    from onnxcomp.passes import CompressionState, PruneWeightsPass
+    from onnxcomp.passes.base import WeightTarget
+    from onnxcomp.passes.calibration import LayerInput, LayerStatistics
     import onnx_graphsurgeon as gs
     w = rng.standard_normal((6, 10)).astype(np.float32)
     gram = correlated_gram(rng)

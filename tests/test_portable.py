@@ -7,7 +7,7 @@ from onnx import numpy_helper
 
 import onnxcomp
 from conftest import run_compressed, run_plain
-from passes.pack_portable import pack_indices, packing_bits
+from onnxcomp.passes.pack_portable import pack_indices, packing_bits
 from test_cli import BUNDLED, onnxcomp as cli
 from test_tools import mixed_feeds, mixed_model  # noqa: F401 - fixture
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import onnxcomp
 from onnxcomp import progress
-from onnxcomp.autotune import compress_to_budget
+from onnxcomp.pipeline.autotune import compress_to_budget
 from conftest import budget_mlp
 from test_cli import BUNDLED, BUNDLED_EVAL, onnxcomp as cli
 
@@ -110,7 +110,7 @@ def test_no_progress_noise_when_stderr_is_not_a_terminal(tmp_path):
 def on_a_terminal(*args) -> tuple[int, str, str]:
     """Run the CLI with stderr on a pseudo-terminal (stdout a pipe); returns (exit code, stdout, stderr)."""
     home = str(Path(onnxcomp.__file__).resolve().parents[1])
-    code = f"import sys; sys.path.insert(0, {home!r}); from onnxcomp.cli import run; run()"
+    code = f"import sys; sys.path.insert(0, {home!r}); from onnxcomp.front.cli import run; run()"
     master, slave = pty.openpty()
     process = subprocess.Popen([sys.executable, "-c", code, *map(str, args)], stdout=subprocess.PIPE, stderr=slave,
                                stdin=subprocess.DEVNULL)

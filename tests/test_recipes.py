@@ -8,8 +8,8 @@ import pytest
 
 import onnxcomp
 from onnxcomp.errors import InvalidOptionError
-from onnxcomp.recipes import BUILTIN, LayerRule, load, resolve, rule_value
-from passes import PruneWeightsPass, ShareWeightsPass
+from onnxcomp.core.recipes import BUILTIN, LayerRule, load, resolve, rule_value
+from onnxcomp.passes import PruneWeightsPass, ShareWeightsPass
 from test_cli import BUNDLED, expect_error, onnxcomp as cli
 from test_tools import mixed_model  # noqa: F401 - fixture
 

@@ -40,7 +40,7 @@ def test_html_report(tmp_path):
 
 def test_html_without_matplotlib_says_what_to_install(tmp_path, monkeypatch):
     from onnxcomp.errors import OnnxcompError
-    from onnxcomp.html_report import write_html
+    from onnxcomp.front.html_report import write_html
     report = onnxcomp.compress(BUNDLED, tmp_path / "out.onnx")
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(OnnxcompError, match=r"onnxcomp\[report\]"):

@@ -12,8 +12,8 @@ import numpy as np
 import onnx
 
 import onnxcomp
-from onnxcomp import model_io
-from onnxcomp.pipeline import decoded_weights
+from onnxcomp.passes import model_io
+from onnxcomp.pipeline.compression import decoded_weights
 from onnxcomp.runtime import InferenceSession
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,9 +83,9 @@ def test_streamed_output_is_byte_identical_to_the_in_memory_one(tmp_path, monkey
     layers, rows, cols = 3, 64, 128
     scale.make_model(tmp_path / "in.onnx", layers, rows, cols)
     onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "a.onnx", **scale.options_for(layers, 1))
-    from onnxcomp import pipeline
-    original = pipeline.compress_model
-    monkeypatch.setattr(pipeline, "compress_model", lambda model, base_dir=None, **o: original(
+    from onnxcomp.pipeline import compression
+    original = compression.compress_model
+    monkeypatch.setattr(compression, "compress_model", lambda model, base_dir=None, **o: original(
         (onnx.load_external_data_for_model(model, str(tmp_path)), model)[1], **o))
     onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "b.onnx", **scale.options_for(layers, 1))
     assert (tmp_path / "a.onnxcomp").read_bytes() == (tmp_path / "b.onnxcomp").read_bytes()

@@ -4,7 +4,7 @@ import zlib
 import numpy as np
 import pytest
 
-from onnxcomp import sidecar
+from onnxcomp.core import sidecar
 from onnxcomp.errors import CorruptSidecarError
 
 
@@ -125,7 +125,7 @@ def test_domain_string_agrees_between_python_and_cpp():
     from pathlib import Path
 
     import onnxcomp
-    from passes.base import DOMAIN
+    from onnxcomp.passes.base import DOMAIN
     header = (Path(__file__).resolve().parents[1] / "csrc" / "record_format.h").read_text()
     assert f'#define ONNXCOMP_DOMAIN "{onnxcomp.DOMAIN}"' in header
     assert DOMAIN == onnxcomp.DOMAIN

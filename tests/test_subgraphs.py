@@ -6,8 +6,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxcomp
-from onnxcomp.model_io import graphs_of
-from onnxcomp.pipeline import decoded_weights
+from onnxcomp.passes.model_io import graphs_of
+from onnxcomp.pipeline.compression import decoded_weights
 
 from conftest import float_input, make_model, run_compressed, run_plain, weight
 

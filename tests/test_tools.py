@@ -8,7 +8,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxcomp
-from onnxcomp import sidecar
+from onnxcomp.core import sidecar
+from onnxcomp.pipeline.compression import decoded_weights
 from conftest import float_input, make_model, run_compressed, run_plain, weight
 from test_cli import BUNDLED, BUNDLED_EVAL, expect_error, onnxcomp as cli
 
@@ -178,7 +179,7 @@ def test_verify_per_layer_ranks_the_2_bit_layer_first(tmp_path, rng, coarse):
     # Each row is exactly "the original with only that weight decoded": recompute it in onnxruntime.
     x = np.load(data)["x"]
     want = run_plain(model, {"x": x})[0]
-    decoded = onnxcomp.pipeline.decoded_weights(str(tmp_path / "small.onnxcomp"))
+    decoded = decoded_weights(str(tmp_path / "small.onnxcomp"))
     for layer in result.layers:
         alone = onnx.ModelProto()
         alone.CopyFrom(model)

@@ -18,7 +18,7 @@ import pytest
 from onnx import helper
 
 import onnxcomp
-from onnxcomp import model_io
+from onnxcomp.passes import model_io
 from onnxcomp.errors import CorruptSidecarError, UnsupportedModelError
 
 from conftest import float_input, make_model, weight

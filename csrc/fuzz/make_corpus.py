@@ -18,7 +18,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from onnxcomp import sidecar  # noqa: E402
+from onnxcomp.core import sidecar  # noqa: E402
 
 
 def synthetic(rng: np.random.Generator) -> dict[str, bytes]:

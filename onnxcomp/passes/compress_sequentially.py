@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
 from onnxcomp import progress
-from onnxcomp.calibration import collect
+from onnxcomp.passes.calibration import collect
 
 from .base import CompressionState, GraphPass, PassResult
 from .calibrate_weights import layer_input

@@ -18,18 +18,20 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from passes import (CalibrateWeightsPass, CompressionState, PackPortableWeightsPass, PackWeightsPass, Pipeline,
+from onnxcomp.passes import (CalibrateWeightsPass, CompressionState, PackPortableWeightsPass, PackWeightsPass, Pipeline,
                     PruneWeightsPass, ReconstructWeightsPass, SelectWeightsPass, ShareWeightsPass)
-from passes.pack_portable import portable_bytes
-from passes.apply_settings import ApplySettingsPass
-from passes.compress_sequentially import CompressSequentiallyPass
-from passes.base import DOMAIN, DOMAIN_VERSION
-from passes.pack_weights import RECORD_SUFFIX
-from passes.prune_weights import needs_gram
+from onnxcomp.passes.pack_portable import portable_bytes
+from onnxcomp.passes.apply_settings import ApplySettingsPass
+from onnxcomp.passes.compress_sequentially import CompressSequentiallyPass
+from onnxcomp.passes.base import DOMAIN, DOMAIN_VERSION
+from onnxcomp.passes.pack_weights import RECORD_SUFFIX
+from onnxcomp.passes.prune_weights import needs_gram
 
-from . import model_io, progress, recipes
-from .errors import CalibrationError, InvalidOptionError, UnsupportedModelError
-from .recipes import LayerRule
+from onnxcomp.passes import model_io
+from onnxcomp import progress
+from onnxcomp.core import recipes
+from onnxcomp.errors import CalibrationError, InvalidOptionError, UnsupportedModelError
+from onnxcomp.core.recipes import LayerRule
 
 log = logging.getLogger("onnxcomp")
 
@@ -204,7 +206,7 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
         if unknown:
             raise InvalidOptionError(f"unknown option(s) {', '.join(sorted(unknown))} in the recipe")
         if isinstance(options.get("tfidf"), Mapping):
-            from .pruning import TfidfParameters
+            from onnxcomp.core.pruning import TfidfParameters
             options["tfidf"] = TfidfParameters(**options["tfidf"])
     build_pipeline(calib={} if calib else None, **options)  # validate options before any work
     model_io.check_output_path(input_path, output_path)
@@ -212,7 +214,7 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
     stream = calib is None
     model = model_io.load_model(input_path, external_data=not stream)
     if isinstance(calib, str):
-        from .evaluate import load_calibration
+        from onnxcomp.pipeline.evaluate import load_calibration
         options["calib"] = load_calibration(calib, model, calib_samples, seed=options.get("seed", 0))
     elif calib is not None:
         options["calib"] = calib
@@ -226,7 +228,7 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
         report.layers.append(LayerReport(t.name, t.kind, list(t.shape), t.size, round(t.sparsity, 6), len(t.codebook),
                                          t.bits, 4 * t.size, len(t.record) if t.record is not None else portable_bytes(t, state.graph.opset or 0)))
     if eval_data:
-        from .evaluate import accuracy
+        from onnxcomp.pipeline.evaluate import accuracy
         report.accuracy_before = accuracy(input_path, eval_data)
         report.accuracy_after = accuracy(output_path, eval_data, compressed=sidecar_file is not None)
     return report
@@ -234,7 +236,7 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
 
 def decoded_weights(sidecar_file: str) -> dict[str, np.ndarray]:
     """Every weight of a sidecar decoded by the numpy reference decoder, in its original orientation."""
-    from . import sidecar
+    from onnxcomp.core import sidecar
     weights = {}
     with open(sidecar_file, "rb") as f:
         data = f.read()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InvalidOptionError
+from onnxcomp.errors import InvalidOptionError
 
 METRICS = ("cosine", "top1", "rel_l2", "accuracy", "kl")
 RESOLUTION = 20000

@@ -3,8 +3,9 @@ output on the calibration data stays close to the dense layer's (math in onnxcom
 
 from __future__ import annotations
 
-from onnxcomp import progress, reconstruction
-from onnxcomp.calibration import from_rows, to_rows
+from onnxcomp import progress
+from onnxcomp.core import reconstruction
+from onnxcomp.passes.calibration import from_rows, to_rows
 
 from .base import CompressionState, GraphPass, PassResult, log
 

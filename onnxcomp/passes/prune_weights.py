@@ -15,10 +15,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from onnxcomp import obs, pruning
-from onnxcomp.calibration import GRAM_LIMIT, from_rows, to_rows
+from onnxcomp.core import obs, pruning
+from onnxcomp.passes.calibration import GRAM_LIMIT, from_rows, to_rows
 from onnxcomp.errors import CalibrationError, InvalidOptionError
-from onnxcomp.recipes import LayerRule, rule_value
+from onnxcomp.core.recipes import LayerRule, rule_value
 
 from .base import CompressionState, GraphPass, PassResult, WeightTarget, log
 

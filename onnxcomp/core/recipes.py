@@ -24,7 +24,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .errors import InvalidOptionError
+from onnxcomp.errors import InvalidOptionError
 
 RULE_SCORES = ("magnitude", "wanda", "tfidf", "obs")
 

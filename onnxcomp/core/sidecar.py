@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import huffman
-from .errors import CorruptSidecarError
+from onnxcomp.core import huffman
+from onnxcomp.errors import CorruptSidecarError
 
 RECORD_MAGIC = b"OCWR"
 RECORD_VERSION = 1

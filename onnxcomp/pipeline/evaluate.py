@@ -15,8 +15,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .errors import CalibrationError
-from .runtime import session_options
+from onnxcomp.errors import CalibrationError
+from onnxcomp.runtime import session_options
 
 LABELS = "labels"
 log = logging.getLogger("onnxcomp")

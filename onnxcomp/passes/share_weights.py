@@ -1,4 +1,4 @@
-"""ShareWeightsPass: per-layer k-means codebooks (see onnxcomp/codebook.py for the math).
+"""ShareWeightsPass: per-layer k-means codebooks (see onnxcomp/core/codebook.py for the math).
 
 Each target gets a codebook of at most 2^bits float32 values and one index per weight; pruned weights map to
 index 0, whose value is exactly 0.0. ``bits`` is an int or a mapping from weight kind ("conv", "fc",
@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from onnxcomp import codebook as codebook_math
-from onnxcomp import obs
+from onnxcomp.core import codebook as codebook_math
+from onnxcomp.core import obs
 from onnxcomp import progress
-from onnxcomp import reconstruction
-from onnxcomp.calibration import from_rows, to_rows
+from onnxcomp.core import reconstruction
+from onnxcomp.passes.calibration import from_rows, to_rows
 from onnxcomp.errors import InvalidOptionError
-from onnxcomp.recipes import LayerRule, rule_value
+from onnxcomp.core.recipes import LayerRule, rule_value
 
 from .base import CompressionState, GraphPass, PassResult
 

@@ -18,9 +18,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from . import model_io, sidecar
-from .model_io import model_bytes
-from .errors import CorruptSidecarError, UnsupportedModelError
+from onnxcomp.passes import model_io
+from onnxcomp.core import sidecar
+from onnxcomp.passes.model_io import model_bytes
+from onnxcomp.errors import CorruptSidecarError, UnsupportedModelError
 
 DOMAIN = "ai.onnxcomp"
 WEIGHT_SLOTS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (0, 1), "MatMul": (0, 1), "Gather": (0,)}

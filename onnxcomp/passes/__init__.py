@@ -4,6 +4,10 @@ or standard-op codebook lookups for the portable format).
 Each pass is a small class named VerbNounPass with keyword-only options; calling it on a
 ``CompressionState`` returns a ``PassResult`` whose ``modified`` flag says whether it changed anything.
 ``Pipeline`` runs a list of passes in order.
+
+Layer: the graph layer. Besides the passes it holds ``model_io`` (reading and writing models with their sidecars)
+and ``calibration`` (collecting layer inputs with onnxruntime). Imports ``onnxcomp.core``, never the pipeline or
+front layers.
 """
 
 from .base import CompressionState, PassResult, Pipeline, WeightTarget

@@ -30,14 +30,16 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
-from passes import CalibrateWeightsPass, CompressionState, PruneWeightsPass, ReconstructWeightsPass, SelectWeightsPass, ShareWeightsPass
-from passes.base import WeightTarget
-from passes.prune_weights import needs_gram
+from onnxcomp.passes import CalibrateWeightsPass, CompressionState, PruneWeightsPass, ReconstructWeightsPass, SelectWeightsPass, ShareWeightsPass
+from onnxcomp.passes.base import WeightTarget
+from onnxcomp.passes.prune_weights import needs_gram
 
-from . import budget as budget_math
-from . import model_io, progress, sidecar
-from .errors import CalibrationError, OnnxcompError
-from .evaluate import LABELS, load_calibration
+from onnxcomp.core import budget as budget_math
+from onnxcomp.passes import model_io
+from onnxcomp import progress
+from onnxcomp.core import sidecar
+from onnxcomp.errors import CalibrationError, OnnxcompError
+from onnxcomp.pipeline.evaluate import LABELS, load_calibration
 
 log = logging.getLogger("onnxcomp")
 
@@ -113,7 +115,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     ones before it; the sensitivity curves are still measured one weight at a time.
 
     ``progress=callback`` receives the progress of the long steps (onnxcomp/progress.py)."""
-    from .pipeline import compress
+    from onnxcomp.pipeline.compression import compress
     goal = budget_math.parse_budget(budget)
     if not calib:
         raise CalibrationError("--budget needs calibration data to measure quality: pass --calib DATA.npz")
@@ -174,7 +176,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
                     report = compress(input_path, trial, calib=fit, prune=prune, score=score, reconstruct=reconstruct,
                                       ridge=ridge, init=init, seed=seed, min_elements=min_elements, settings=settings,
                                       rounding=rounding, sequential=sequential)
-                    from .runtime import InferenceSession
+                    from onnxcomp.runtime import InferenceSession
                     measured = budget_math.error(goal.metric, reference, InferenceSession(trial).run(None, hold)[0], labels)
                 tried[key] = (measured, report.output_bytes)
                 history.append({"allowed": allowed, "predicted": predicted, "measured": measured, "bytes": report.output_bytes})

@@ -28,11 +28,12 @@ import onnxruntime as ort
 
 from onnx import numpy_helper
 
-from . import model_io, progress
-from .errors import CalibrationError, UnsupportedModelError
-from .evaluate import LABELS, load_data, session_specs
-from .inspection import DOMAIN, stored_weights
-from .runtime import session_options
+from onnxcomp.passes import model_io
+from onnxcomp import progress
+from onnxcomp.errors import CalibrationError, UnsupportedModelError
+from onnxcomp.pipeline.evaluate import LABELS, load_data, session_specs
+from onnxcomp.pipeline.inspection import DOMAIN, stored_weights
+from onnxcomp.runtime import session_options
 
 log = logging.getLogger("onnxcomp")
 DEFAULT_RANDOM_SAMPLES = 64
@@ -197,7 +198,7 @@ def _run(session: ort.InferenceSession, inputs: dict[str, np.ndarray], count: in
 def attribute_layers(original_path: str, compressed_path: str, inputs: dict[str, np.ndarray], count: int, batch: int,
                      source: str, expected: np.ndarray) -> list[LayerAttribution]:
     """Each compressed weight's error alone on the first output (``expected``: the original's), worst first."""
-    from .autotune import _session, _weight_as_input
+    from onnxcomp.pipeline.autotune import _session, _weight_as_input
     stored = {w.name: w for w in stored_weights(model_io.load_model(compressed_path, external_data=False),
                                                  compressed_path).values()}
     if not stored:

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxcomp.recipes import LayerRule, rule_value
+from onnxcomp.core.recipes import LayerRule, rule_value
 
 from .base import CompressionState, GraphPass, PassResult, WeightTarget, log, read_values
 

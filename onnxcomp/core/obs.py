@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from onnxcomp.codebook import assign
+from onnxcomp.core.codebook import assign
 
 BLOCK = 128
 

@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from .errors import OnnxcompError, OutputError
+from onnxcomp.errors import OnnxcompError, OutputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Deep Compression for ONNX models.")
 
@@ -85,7 +85,7 @@ def _user_errors(debug: bool):
 
 def _progress(quiet: bool):
     """Progress bars on stderr when it is a terminal and not --quiet (onnxcomp/progress.py), else None."""
-    from .progress import terminal_progress
+    from onnxcomp.progress import terminal_progress
     return terminal_progress(quiet)
 
 
@@ -155,8 +155,8 @@ def compress(
     for value, kind in ((bits, "bits"), (fc_bits, "fc-bits"), (conv_bits, "conv-bits"), (embedding_bits, "embedding-bits")):
         _bits_option(value, kind)
     _setup_logging(quiet, verbose)
-    from .pipeline import compress as run
-    from .pruning import TfidfParameters
+    from onnxcomp.pipeline.compression import compress as run
+    from onnxcomp.core.pruning import TfidfParameters
     # Only options given on the command line are passed, so that a recipe's values are not hidden by defaults.
     given = {name for name, value in ctx.params.items()
              if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}
@@ -172,7 +172,7 @@ def compress(
         options["tfidf"] = TfidfParameters(tfidf_power, tfidf_smoothing, tfidf_constant, tfidf_exponent)
     with _user_errors(debug):
         if budget:
-            from .autotune import compress_to_budget
+            from onnxcomp.pipeline.autotune import compress_to_budget
             result = compress_to_budget(str(input_path), str(output_path), budget=budget, calib=calib, calib_samples=calib_samples,
                                         holdout=holdout, cache_dir=str(cache_dir) if cache_dir else None, prune=values["prune"],
                                         score=values["score"], reconstruct=reconstruct is not False, ridge=ridge, rounding=values["rounding"],
@@ -190,7 +190,7 @@ def compress(
                 raise OutputError(f"cannot write the report {report}: {error.strerror or error} "
                                   f"(the compressed model was written)") from error
         if html:
-            from .html_report import write_html
+            from onnxcomp.front.html_report import write_html
             write_html(result, html)
     if not quiet:
         _print_summary(result)
@@ -227,7 +227,7 @@ def recipes(as_json: bool = typer.Option(False, "--json", help="Print the recipe
 
     Example: onnxcomp recipes
     """
-    from .recipes import BUILTIN
+    from onnxcomp.core.recipes import BUILTIN
     if as_json:
         typer.echo(json.dumps({name: {"description": r.description, "options": r.options} for name, r in BUILTIN.items()}, indent=2))
         return
@@ -249,7 +249,7 @@ def inspect(
     Example: onnxcomp inspect small.onnx --json
     """
     _setup_logging(quiet, verbose)
-    from .inspection import inspect as run_inspect
+    from onnxcomp.pipeline.inspection import inspect as run_inspect
     with _user_errors(debug):
         result = run_inspect(str(model))
     if as_json:
@@ -282,7 +282,7 @@ def decompress(
     Example: onnxcomp decompress small.onnx dense.onnx
     """
     _setup_logging(quiet, verbose)
-    from .decompression import decompress as run_decompress
+    from onnxcomp.pipeline.decompression import decompress as run_decompress
     with _user_errors(debug):
         run_decompress(str(compressed), str(output))
     if not quiet:
@@ -311,7 +311,7 @@ def verify(
     Which layer broke the accuracy: onnxcomp verify model.onnx small.onnx --calib data.npz --per-layer
     """
     _setup_logging(quiet, verbose)
-    from .verification import verify as run_verify
+    from onnxcomp.pipeline.verification import verify as run_verify
     with _user_errors(debug):
         result = run_verify(str(original), str(compressed), str(calib) if calib else None, samples=samples, seed=seed,
                             per_layer=per_layer, progress=_progress(quiet or as_json))

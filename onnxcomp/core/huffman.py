@@ -13,7 +13,7 @@ import heapq
 
 import numpy as np
 
-from .errors import CorruptSidecarError
+from onnxcomp.errors import CorruptSidecarError
 
 MAX_CODE_LENGTH = 24
 

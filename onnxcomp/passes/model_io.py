@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import onnx
 from google.protobuf.message import DecodeError
 
-from . import sidecar
-from .errors import CorruptSidecarError, OutputError, UnsupportedModelError
+from onnxcomp.core import sidecar
+from onnxcomp.errors import CorruptSidecarError, OutputError, UnsupportedModelError
 
 MIN_OPSET = 7
 # Outputs at least this large (protobuf's limit is 2 GiB) keep their uncompressed initializers in a data file.
@@ -139,7 +139,7 @@ def attach_external_values(graph, folder: str) -> int:
     import onnx_graphsurgeon as gs
     from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
-    from passes.base import ExternalValues
+    from onnxcomp.passes.base import ExternalValues
     attached = 0
     for subgraph in [graph, *graph.subgraphs(recursive=True)]:
         for tensor in subgraph.tensors().values():

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxcomp.calibration import LayerInput, collect
+from onnxcomp.passes.calibration import LayerInput, collect
 
 from .base import CompressionState, GraphPass, PassResult, WeightTarget, log
 

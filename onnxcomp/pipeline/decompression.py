@@ -1,6 +1,6 @@
 """``onnxcomp decompress``: a compressed model back to a plain dense ONNX model in standard ops.
 
-Each record is decoded with the numpy reference decoder (onnxcomp/sidecar.py) into a float32 initializer
+Each record is decoded with the numpy reference decoder (onnxcomp/core/sidecar.py) into a float32 initializer
 carrying the original weight's name and orientation, and the custom ops become their standard equivalents:
 CodebookMatMul(X, record[, bias]) -> MatMul(X, W) (+ Add bias), or Gemm(X, W, bias, transB=1) when the
 directory says the record holds W transposed (records for CodebookMatMul are always [K, N]);
@@ -19,9 +19,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from . import model_io
-from .errors import UnsupportedModelError
-from .inspection import DOMAIN, stored_weights
+from onnxcomp.passes import model_io
+from onnxcomp.errors import UnsupportedModelError
+from onnxcomp.pipeline.inspection import DOMAIN, stored_weights
 
 
 def decompress_model(model: onnx.ModelProto, model_path: str) -> onnx.ModelProto:

@@ -18,8 +18,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from . import progress
-from .errors import CalibrationError
+from onnxcomp import progress
+from onnxcomp.errors import CalibrationError
 
 GRAM_LIMIT = 8192
 

@@ -16,9 +16,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from . import model_io
-from .errors import OnnxcompError
-from .inspection import stored_weights
+from onnxcomp.passes import model_io
+from onnxcomp.errors import OnnxcompError
+from onnxcomp.pipeline.inspection import stored_weights
 
 MAX_HISTOGRAMS = 24  # beyond this many layers the page shows the largest ones
 
@@ -118,5 +118,5 @@ def write_html(report, path: str | os.PathLike) -> None:
         with open(path, "w", encoding="utf-8") as f:
             f.write(page)
     except OSError as error:
-        from .errors import OutputError
+        from onnxcomp.errors import OutputError
         raise OutputError(f"cannot write {path}: {error.strerror or error}") from error

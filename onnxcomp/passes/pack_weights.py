@@ -21,7 +21,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxcomp import progress, sidecar
+from onnxcomp import progress
+from onnxcomp.core import sidecar
 
 from .base import DOMAIN, CompressionState, GraphPass, PassResult, WeightTarget, read_values
 from .select_weights import all_graphs

@@ -1,0 +1,1 @@
+"""Front layer: the command line (``cli``) and the HTML report. Imports the pipeline layer and below, never the reverse."""
