@@ -127,9 +127,9 @@ void UnpackMatrix(const PackedMatrix& w, float* out) {
 }
 
 int64_t DenseGemmRows() {
-  // Measured crossover (docs/benchmarks.md, bench/matmul_rows.py): from about 64 rows the GEMM on a weight decoded
-  // for the run beats the fused kernel on 2 cores.
-  constexpr int64_t kDefaultRows = 64;
+  // Measured crossover (docs/benchmarks.md, bench/matmul_rows.py): with the fused kernels' decode-once row tiles,
+  // the GEMM on a weight decoded for the run only wins from several hundred rows, and on narrow weights.
+  constexpr int64_t kDefaultRows = 512;
   const char* text = getenv("ONNXCOMP_GEMM_ROWS");
   if (!text || !*text) return kDefaultRows;
   char* end = nullptr;
