@@ -3,9 +3,10 @@
 For each weight shape [K, N] (4-bit codebook, random indices) and each row count M, times three sessions on the
 same X in one process, alternating: the dense MatMul (onnxruntime, constant weight), CodebookMatMul with the fused
 kernel only (ONNXCOMP_GEMM_ROWS=0) and CodebookMatMul decoding W for the run and invoking onnxruntime's MatMul
-(ONNXCOMP_GEMM_ROWS=1). Prints medians (ms) and the ratios to dense. Command in docs/benchmarks.md.
+(ONNXCOMP_GEMM_ROWS=1). Prints medians (ms) and the ratios to dense: of the process CPU time per run with one
+thread (robust to other jobs on a shared machine), of wall time with more. Command in docs/benchmarks.md.
 
-    python bench/matmul_rows.py [--threads 0] [--repeats 15]
+    python bench/matmul_rows.py [--threads 1] [--repeats 15]
 """
 
 from __future__ import annotations
@@ -58,11 +59,13 @@ def session(data: bytes, threads: int, gemm_rows: str | None) -> ort.InferenceSe
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=0, help="intra_op_num_threads (0: onnxruntime's default)")
+    parser.add_argument("--threads", type=int, default=1, help="intra_op_num_threads (0: onnxruntime's default)")
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    print(f"threads={args.threads} repeats={args.repeats}; medians in ms; ratio = time / dense MatMul")
+    clock = time.process_time if args.threads == 1 else time.perf_counter
+    print(f"threads={args.threads} repeats={args.repeats}; medians of {'CPU' if args.threads == 1 else 'wall'} time in ms; "
+          "ratio = time / dense MatMul")
     print(f"{'K x N':>11} {'M':>5} {'dense':>9} {'fused':>9} {'gemm':>9} {'fused/dense':>11} {'gemm/dense':>10}")
     for k, n in SHAPES:
         sessions = {"dense": session(model(k, n, False, np.random.default_rng(k)), args.threads, None),
@@ -75,9 +78,9 @@ def main() -> None:
                 s.run(None, {"x": x})
             for _ in range(args.repeats):
                 for name, s in sessions.items():
-                    start = time.perf_counter()
+                    start = clock()
                     s.run(None, {"x": x})
-                    times[name].append(time.perf_counter() - start)
+                    times[name].append(clock() - start)
             med = {name: 1e3 * float(np.median(t)) for name, t in times.items()}
             print(f"{k:>5} x {n:<5} {m:>5} {med['dense']:9.3f} {med['fused']:9.3f} {med['gemm']:9.3f} "
                   f"{med['fused'] / med['dense']:11.2f} {med['gemm'] / med['dense']:10.2f}")

@@ -9,7 +9,9 @@ accuracy. Each model is compressed with the defaults (``onnxcomp.compress(src, o
 
 Per model and batch: the original and the compressed session run alternately in one process, ``--repeats``
 times at batch 1 and a quarter as often (at least 3) at the natural batch, after a warm-up run, with the same
-``intra_op_num_threads``; the table gives the medians and their ratio.
+``intra_op_num_threads``; the table gives the medians and their ratio, of the process CPU time of each run
+(``time.process_time``: robust to other jobs on a shared machine when onnxruntime runs one thread) and of its wall
+time.
 Creation: median of 3 session creations. Peak RSS: a fresh process per model and form (numpy and onnxruntime
 imported, the library registered) creates the session and runs it once at the natural batch; the table gives the
 growth of its peak resident set (VmHWM) over the figure just before the session was created (the session's peak)
@@ -103,18 +105,21 @@ def creation_ms(path: str, threads: int) -> float:
     return 1e3 * float(np.median(times))
 
 
-def alternate(paths: list[str], x: np.ndarray, threads: int, repeats: int) -> list[float]:
+def alternate(paths: list[str], x: np.ndarray, threads: int, repeats: int) -> tuple[list[float], list[float]]:
+    """Median wall time and median process CPU time (ms) per run of each model."""
     sessions = [session(p, threads) for p in paths]
     feeds = [{s.get_inputs()[0].name: x} for s in sessions]
     for s, f in zip(sessions, feeds):
         s.run(None, f)
-    times: list[list[float]] = [[] for _ in sessions]
+    wall: list[list[float]] = [[] for _ in sessions]
+    cpu: list[list[float]] = [[] for _ in sessions]
     for _ in range(repeats):
         for i, (s, f) in enumerate(zip(sessions, feeds)):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             s.run(None, f)
-            times[i].append(time.perf_counter() - start)
-    return [1e3 * float(np.median(t)) for t in times]
+            cpu[i].append(time.process_time() - start_cpu)
+            wall[i].append(time.perf_counter() - start)
+    return [1e3 * float(np.median(t)) for t in wall], [1e3 * float(np.median(t)) for t in cpu]
 
 
 def peak_rss(path: str, shape: tuple[int, ...], batch: int, kind: str, threads: int) -> dict:
@@ -133,8 +138,8 @@ def main() -> None:
     parser.add_argument("--compressed", help="folder of models already compressed (NAME.onnx), instead of compressing")
     args = parser.parse_args()
     print(f"onnxruntime {ort.__version__}, threads={args.threads}, repeats={args.repeats}; medians in ms")
-    print("| model | batch | original ms | compressed ms | ratio |")
-    print("|---|---|---|---|---|")
+    print("| model | batch | original CPU ms | compressed CPU ms | ratio (CPU) | original wall ms | compressed wall ms | ratio (wall) |")
+    print("|---|---|---|---|---|---|---|---|")
     extra = []
     with tempfile.TemporaryDirectory() as folder:
         for name in args.models.split(","):
@@ -147,9 +152,9 @@ def main() -> None:
                 onnxcomp.compress(source, compressed)
             for batch in sorted({1, natural}):
                 repeats = args.repeats if batch == 1 else max(3, args.repeats // 4)
-                original_ms, compressed_ms = alternate([source, compressed], inputs(shape, batch, kind), args.threads, repeats)
-                print(f"| {name} | {batch} | {original_ms:.2f} | {compressed_ms:.2f} | {compressed_ms / original_ms:.2f} |",
-                      flush=True)
+                wall, cpu = alternate([source, compressed], inputs(shape, batch, kind), args.threads, repeats)
+                print(f"| {name} | {batch} | {cpu[0]:.2f} | {cpu[1]:.2f} | {cpu[1] / cpu[0]:.2f} | {wall[0]:.2f} | "
+                      f"{wall[1]:.2f} | {wall[1] / wall[0]:.2f} |", flush=True)
             rss = [peak_rss(p, shape, natural, kind, args.threads) for p in (source, compressed)]
             extra.append((name, creation_ms(source, args.threads), creation_ms(compressed, args.threads), rss))
     print()
