@@ -19,7 +19,7 @@ from conftest import float_input, make_model, run_compressed, run_plain, session
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxcomp
-from onnxcomp.core.sidecar import encode_record
+from onnxcomp.core.sidecar import decode_record, encode_record
 
 EPS32 = 2.0 ** -24
 
@@ -188,6 +188,25 @@ def test_codebook_conv_is_the_same_under_every_isa_cap_and_thread_count():
     outputs.append(session_output(model, x, threads=2))
     for y in outputs[1:]:
         np.testing.assert_array_equal(y, outputs[0])
+
+
+@pytest.mark.parametrize("case", [0, 2, 10, 12])
+def test_codebook_conv_applies_record_outliers(case):
+    """A version-2 record's outliers reach the working weight (the numpy reference decoder's dense values)."""
+    x_shape, w_shape, attrs = CASES[case]
+    rng = np.random.default_rng(30 + case)
+    codebook, indices, _ = random_weight(rng, w_shape, 4)
+    count = max(1, indices.size // 50)
+    positions = np.sort(rng.choice(indices.size, count, replace=False))
+    values = (rng.standard_normal(count) * 20).astype(np.float32)
+    record = encode_record(codebook, indices, w_shape, 4, positions, values)
+    w = decode_record(record).to_dense().reshape(w_shape)
+    np.testing.assert_allclose(w.ravel()[positions], values, rtol=2 ** -10)  # values may be stored as float16
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    for env in (None, {"ONNXCOMP_CONV": "ort"}):
+        y = session_output(codebook_conv_model(record, attrs), x, env)
+        bound = summation_bound(x, w, None, attrs)
+        assert (np.abs(y.astype(np.float64) - numpy_conv(x, w, None, attrs)) <= bound).all()
 
 
 def test_codebook_conv_record_that_is_a_graph_input():

@@ -1,5 +1,6 @@
 #include "cpu/decoded_record.h"
 
+#include <algorithm>
 #include <new>
 #include <stdexcept>
 
@@ -18,21 +19,24 @@ void pack_linear(const Index* source, uint64_t n, uint32_t slot, uint8_t* target
   }
 }
 
-// One loop per slot width, so each compiles without a per-element branch.
-template <uint32_t kSlot>
-void lookup_range(const DecodedRecord& r, uint64_t first, uint64_t count, float* out) {
-  const float* codebook = r.codebook.data();
-  const uint8_t* indices = r.indices.data();
-  for (uint64_t i = 0; i < count; ++i) out[i] = packed::lookup(codebook, packed::linear_load(indices, kSlot, first + i));
-}
-
 }  // namespace
 
 void DecodedRecord::decode_range(uint64_t first, uint64_t count, float* out) const {
-  switch (slot_bits) {
-    case 4: return lookup_range<4>(*this, first, count, out);
-    case 8: return lookup_range<8>(*this, first, count, out);
-    default: return lookup_range<16>(*this, first, count, out);
+  const float* table = codebook.data();
+  const uint8_t* data = indices.data();
+  switch (slot_bits) {  // one loop per slot width, so each compiles without a per-element branch
+    case 4:
+      for (uint64_t i = 0; i < count; ++i) out[i] = packed::lookup(table, packed::linear_load(data, 4, first + i));
+      break;
+    case 8:
+      for (uint64_t i = 0; i < count; ++i) out[i] = packed::lookup(table, packed::linear_load(data, 8, first + i));
+      break;
+    default:
+      for (uint64_t i = 0; i < count; ++i) out[i] = packed::lookup(table, packed::linear_load(data, 16, first + i));
+  }
+  auto begin = std::lower_bound(outlier_positions.begin(), outlier_positions.end(), first);
+  for (auto it = begin; it != outlier_positions.end() && *it < first + count; ++it) {
+    out[*it - first] = outlier_values[static_cast<size_t>(it - outlier_positions.begin())];
   }
 }
 
@@ -61,6 +65,9 @@ DecodeStatus decode_record_bytes(const uint8_t* data, size_t size, DecodedRecord
     } else {
       pack_linear(wide.data(), info.num_elements, r.slot_bits, r.indices.data());
     }
+    r.outlier_positions.assign(info.outlier_count, 0);
+    r.outlier_values.assign(info.outlier_count, 0.0f);
+    if (info.outlier_count) return decode_outliers(data, info, r.outlier_positions.data(), r.outlier_values.data());
     return decode_ok();
   } catch (const std::bad_alloc&) {
     return decode_fail(DecodeError::kBadArgument, "not enough memory to hold the decoded indices");

@@ -7,7 +7,8 @@ directory says the record holds W transposed (records for CodebookMatMul are alw
 CodebookGather(record, indices) -> Gather(W, indices); CodebookDecode(record) -> the initializer itself;
 CodebookConv(X, record[, bias[, scale]]) -> Conv(X, W * scale, bias) with its attributes, then the fused activation
 as its own node (a folded BatchNormalization stays folded: W * scale is a new initializer).
-Portable lookups Gather(codebook, Cast(indices)) become the initializer they compute. The values equal the
+Portable lookups Gather(codebook, Cast(indices)), with their outliers scattered on when present, become the
+initializer they compute; record outliers are applied by the reference decoder. The values equal the
 compressed model's weights exactly; outputs agree up to fp32 summation order.
 """
 
@@ -71,7 +72,8 @@ def decompress_model(model: onnx.ModelProto, model_path: str) -> onnx.ModelProto
                     renamed[node.output[0]] = name
             else:
                 raise UnsupportedModelError(f"{model_path}: unknown onnxcomp op {node.op_type!r}; upgrade onnxcomp")
-        elif node.op_type == "Gather" and node.output[0] in weights:
+        elif node.output and node.output[0] in weights and weights[node.output[0]].storage == "portable":
+            # the lookup (Gather), or with outliers the Reshape after their ScatterElements
             renamed[node.output[0]] = initializer_for(weights[node.output[0]])
         else:
             nodes.append(node)
