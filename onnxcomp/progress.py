@@ -108,6 +108,50 @@ class TerminalProgress:
             self.shown = False
 
 
+class LineProgress:
+    """A progress callback for streams that are not terminals (pipelines, CI logs): whole lines, no redrawing.
+
+    One line when a step starts, then at most one every ``interval`` seconds with the count done and the time
+    left at the rate so far, and one when it ends with the time it took."""
+
+    def __init__(self, stream=None, interval: float = 30.0) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.interval = interval
+        self.started: dict[str, float] = {}
+        self.written_at = 0.0
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == 0 or label not in self.started:
+            self.started[label] = now
+            self._write(f"{label}: {total} to do")
+            return
+        elapsed = now - self.started[label]
+        if done >= total:
+            self._write(f"{label}: {done}/{total} done in {_duration(elapsed)}")
+            del self.started[label]
+        elif now - self.written_at >= self.interval:
+            self._write(f"{label}: {done}/{total}, about {_duration(elapsed / done * (total - done))} left")
+
+    def _write(self, line: str) -> None:
+        self.written_at = time.monotonic()
+        self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def line_or_terminal_progress(quiet: bool, stream=None) -> Callback | None:
+    """For long commands (``--budget``): a bar on a terminal, else one line per step (LineProgress); ``None``
+    when ``quiet``."""
+    stream = stream if stream is not None else sys.stderr
+    if quiet:
+        return None
+    return terminal_progress(quiet, stream) or LineProgress(stream)
+
+
 def terminal_progress(quiet: bool, stream=None) -> TerminalProgress | None:
     """The CLI's callback: a bar on ``stream`` (stderr) when it is a terminal and not ``quiet``, else ``None``.
 

@@ -83,10 +83,11 @@ def _user_errors(debug: bool):
         raise typer.Exit(1) from error
 
 
-def _progress(quiet: bool):
-    """Progress bars on stderr when it is a terminal and not --quiet (onnxcomp/progress.py), else None."""
-    from onnxcomp.progress import terminal_progress
-    return terminal_progress(quiet)
+def _progress(quiet: bool, lines: bool = False):
+    """Progress bars on stderr when it is a terminal and not --quiet (onnxcomp/progress.py), else None; with
+    ``lines`` (long commands such as --budget), one line per step when stderr is not a terminal."""
+    from onnxcomp.progress import line_or_terminal_progress, terminal_progress
+    return line_or_terminal_progress(quiet) if lines else terminal_progress(quiet)
 
 
 QUIET = typer.Option(False, "--quiet", "-q", help="Print nothing but errors (no progress bars either).")
@@ -180,7 +181,7 @@ def compress(
                                         score=values["score"], reconstruct=reconstruct is not False, ridge=ridge, rounding=values["rounding"],
                                         sequential=sequential, outliers=outliers,
                                         init=values["init"], seed=seed, min_elements=min_elements,
-                                        eval_data=str(eval_data) if eval_data else None, progress=_progress(quiet))
+                                        eval_data=str(eval_data) if eval_data else None, progress=_progress(quiet, lines=True))
         else:
             result = run(str(input_path), str(output_path), recipe=recipe, config=str(config) if config else None,
                          calib=calib, calib_samples=calib_samples, eval_data=str(eval_data) if eval_data else None,
