@@ -31,9 +31,8 @@ from onnx import numpy_helper
 from onnxcomp.passes import model_io
 from onnxcomp import progress
 from onnxcomp.errors import CalibrationError, UnsupportedModelError
-from onnxcomp.pipeline.evaluate import LABELS, load_data, session_specs
+from onnxcomp.pipeline.evaluate import LABELS, load_data, open_session, session_specs
 from onnxcomp.pipeline.inspection import DOMAIN, stored_weights
-from onnxcomp.runtime import session_options
 
 log = logging.getLogger("onnxcomp")
 DEFAULT_RANDOM_SAMPLES = 64
@@ -105,18 +104,6 @@ class Verification:
         data = asdict(self)
         data.update(min_cosine=self.min_cosine, min_top1=self.min_top1, layers_error_sum=self.layers_error_sum)
         return data
-
-
-def open_session(path: str) -> ort.InferenceSession:
-    """A CPU session; the custom-op library is registered only when the model uses onnxcomp ops."""
-    model = onnx.load(path, load_external_data=False)
-    custom = any(o.domain == DOMAIN for o in model.opset_import)
-    options = session_options() if custom else ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    try:
-        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    except Exception as error:  # onnxruntime raises its own types for unreadable models
-        raise UnsupportedModelError(f"{path}: onnxruntime cannot open it ({error})") from error
 
 
 def random_inputs(session: ort.InferenceSession, samples: int, seed: int) -> dict[str, np.ndarray]:
