@@ -20,6 +20,8 @@ import pytest
 from onnx import helper
 
 import onnxcomp
+from onnxcomp.front.cli import app
+from typer.testing import CliRunner
 from checkout import ROOT, fenced_blocks, repository_root_like
 from conftest import float_input, make_model, weight
 
@@ -39,6 +41,14 @@ def cli(*args, columns: int | None = None, cwd: Path | None = None) -> subproces
         env["COLUMNS"] = str(columns)
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
                           cwd=cwd or ROOT.parent, env=env)
+
+
+def run(*args, columns: int = 80) -> subprocess.CompletedProcess:
+    """The same command in this process (typer's test runner: faster; onnxruntime's own log lines, written to
+    file descriptor 2, are not seen here: ``cli`` checks those)."""
+    result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": str(columns)}, prog_name="onnxcomp")
+    assert isinstance(result.exception, (SystemExit, type(None))), result.exception  # no traceback
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
 
 
 def one_line_error(result: subprocess.CompletedProcess, code: int, *words: str) -> str:
@@ -96,7 +106,7 @@ def test_every_command_reports_unreadable_models_in_one_line(tmp_path, case):
         model.mkdir()
     for command in [("compress", model, tmp_path / "out.onnx"), ("inspect", model),
                     ("decompress", model, tmp_path / "out.onnx"), ("verify", model, BUNDLED), ("verify", BUNDLED, model)]:
-        one_line_error(cli(*command), 1, str(model), *words)
+        one_line_error(run(*command), 1, str(model), *words)
         assert not (tmp_path / "out.onnx").exists()
 
 
@@ -108,7 +118,7 @@ def test_moved_model_without_its_sidecar_is_one_clean_line_everywhere(tmp_path):
     shutil.copy(small, moved / "small.onnx")
     for command in [("verify", BUNDLED, moved / "small.onnx"), ("inspect", moved / "small.onnx"),
                     ("decompress", moved / "small.onnx", tmp_path / "dense.onnx")]:
-        one_line_error(cli(*command), 1, "its sidecar small.onnxcomp is missing; keep it beside the model")
+        one_line_error(run(*command), 1, "its sidecar small.onnxcomp is missing; keep it beside the model")
 
 
 def test_corrupt_sidecar_gives_no_onnxruntime_log_line(tmp_path):
@@ -143,14 +153,14 @@ def test_eval_data_without_labels_says_so(tmp_path):
 def test_eval_data_is_checked_before_any_work(tmp_path):
     data = tmp_path / "wrong.npz"
     np.savez(data, other=np.zeros((3, 784), np.float32), labels=np.zeros(3, np.int64))
-    one_line_error(cli("compress", BUNDLED, tmp_path / "small.onnx", "--eval", data), 1, "no array for model input")
+    one_line_error(run("compress", BUNDLED, tmp_path / "small.onnx", "--eval", data), 1, "no array for model input")
     assert not (tmp_path / "small.onnx").exists()
 
 
 # 5. Help texts ----------------------------------------------------------------------------------------------
 
 def test_compress_help_fits_80_columns_with_the_common_options_first():
-    result = cli("compress", "--help", columns=80)
+    result = run("compress", "--help", columns=80)
     assert result.returncode == 0
     text = result.stdout
     lines = text.splitlines()
@@ -171,7 +181,7 @@ def test_compress_help_fits_80_columns_with_the_common_options_first():
 
 
 def test_format_and_html_help_say_the_truth():
-    text = " ".join(cli("compress", "--help", columns=200).stdout.replace("│", " ").split())
+    text = " ".join(run("compress", "--help", columns=200).stdout.replace("│", " ").split())
     assert "no library (7.5x there" in text and "about 4x" not in text  # docs/guide.md: 7.5x on LeNet-300-100
     assert "(needs matplotlib: pip install 'onnxcomp[report]')" in text
     guide = (ROOT / "docs" / "guide.md").read_text()
@@ -188,8 +198,12 @@ def test_format_and_html_help_say_the_truth():
     (("verify", "a.onnx", "b.onnx", "--min-cosine", "2"), ("--min-cosine", "onnxcomp verify --help")),
 ])
 def test_usage_errors_are_one_line_with_exit_code_2(args, words):
-    message = one_line_error(cli(*args), 2, *words)
+    message = one_line_error(run(*args), 2, *words)
     assert "╭" not in message and "Usage:" not in message
+
+
+def test_usage_error_from_the_installed_command():
+    one_line_error(cli("compress", "in.onnx", "out.onnx", "--sparsity", "1.5"), 2, "--sparsity", "onnxcomp compress --help")
 
 
 # 7. Compressing a compressed model --------------------------------------------------------------------------
@@ -199,7 +213,7 @@ def test_compressing_a_compressed_model_says_so(tmp_path, form):
     small = tmp_path / "small.onnx"
     onnxcomp.compress(BUNDLED, small, format=form)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    one_line_error(cli("compress", small, tmp_path / "again.onnx", "--eval", EVAL), 1,
+    one_line_error(run("compress", small, tmp_path / "again.onnx", "--eval", EVAL), 1,
                    f"{small} is already compressed by onnxcomp ({form} format", "compress the original model instead")
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing written, nothing changed
 
@@ -216,12 +230,12 @@ def test_verify_shows_top1_only_for_class_scores(tmp_path, rng):
                        [weight(rng, "w1", (128, 64)), weight(rng, "w2", (64, 10)), weight(rng, "b", (10,))])
     onnx.save(model, tmp_path / "model.onnx")
     onnxcomp.compress(tmp_path / "model.onnx", tmp_path / "small.onnx", min_elements=16, bits=4)
-    result = cli("verify", tmp_path / "model.onnx", tmp_path / "small.onnx", "--samples", "64")
+    result = run("verify", tmp_path / "model.onnx", tmp_path / "small.onnx", "--samples", "64")
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line.split()}
     assert rows["features"][1] == "64x64" and rows["features"][-1] == "-"
     assert rows["probabilities"][-1].endswith("%")
-    report = json.loads(cli("verify", tmp_path / "model.onnx", tmp_path / "small.onnx", "--json").stdout)
+    report = json.loads(run("verify", tmp_path / "model.onnx", tmp_path / "small.onnx", "--json").stdout)
     top1 = {output["name"]: output["top1_agreement"] for output in report["outputs"]}
     assert top1["features"] is None and 0 <= top1["probabilities"] <= 1
 
@@ -247,10 +261,10 @@ def test_guide_python_example_writes_what_the_command_line_writes(tmp_path):
     result = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {home!r})\n" + block],
                             cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert cli("compress", LENET5, tmp_path / "cli.onnx", "-q").returncode == 0
+    assert run("compress", LENET5, tmp_path / "cli.onnx", "-q").returncode == 0
     assert (tmp_path / "small.onnxcomp").read_bytes() == (tmp_path / "cli.onnxcomp").read_bytes()
     api = onnxcomp.compress(LENET5, tmp_path / "api5.onnx", sparsity=0.5)
-    assert cli("compress", LENET5, tmp_path / "cli5.onnx", "--sparsity", "0.5", "-q").returncode == 0
+    assert run("compress", LENET5, tmp_path / "cli5.onnx", "--sparsity", "0.5", "-q").returncode == 0
     assert (tmp_path / "api5.onnxcomp").read_bytes() == (tmp_path / "cli5.onnxcomp").read_bytes()
     assert {layer.name: round(layer.sparsity, 1) for layer in api.layers}["conv2.weight"] == 0.5
 
@@ -259,17 +273,16 @@ def test_guide_python_example_writes_what_the_command_line_writes(tmp_path):
 
 def test_tables_fit_80_columns_and_keep_every_number(tmp_path):
     small = tmp_path / "small.onnx"
-    result = cli("compress", VIT, small, columns=80)
+    result = run("compress", VIT, small, "--report", tmp_path / "report.json", columns=80)
     assert result.returncode == 0, result.stderr
     table = result.stdout.split("\nleft dense")[0].split("\ntotal:")[0]
     assert max(len(line) for line in table.splitlines()) <= 80, table
-    report = onnxcomp.compress(VIT, tmp_path / "again.onnx")
-    for layer in report.layers:  # every number whole, never cut; long names may wrap in their cell
-        assert f" {layer.bytes_before:,} " in table and f" {layer.bytes_after:,} " in table
-        assert f"{layer.ratio:.1f}x" in table
+    for layer in json.loads((tmp_path / "report.json").read_text())["layers"]:  # numbers whole; long names may wrap
+        assert f" {layer['bytes_before']:,} " in table and f" {layer['bytes_after']:,} " in table
+        assert f"{layer['ratio']:.1f}x" in table
     assert "blocks.0.mlp.fc1.weight" in table.replace("\n", "") or "blocks.0.mlp.fc1" in table
     for command in (("inspect", small), ("verify", VIT, small, "--per-layer", "--samples", "8")):
-        output = cli(*command, columns=80)
+        output = run(*command, columns=80)
         assert output.returncode == 0, output.stderr
         table_lines = [line for line in output.stdout.splitlines()
                        if not line.startswith((str(small), "no --calib", "the layers"))]
