@@ -143,7 +143,8 @@ def _bits_option(value: Optional[int], kind: str) -> None:
 
 
 PIPELINE_OPTIONS = ("prune", "score", "sparsity", "threshold", "sensitivity", "scope", "init", "min_elements", "seed",
-                    "calib_batch", "activation_threshold", "reconstruct", "ridge", "format", "sequential", "rounding")
+                    "calib_batch", "activation_threshold", "reconstruct", "ridge", "format", "sequential", "rounding",
+                    "outliers")
 
 
 @app.command()
@@ -165,6 +166,7 @@ def compress(
     sequential: bool = typer.Option(False, "--sequential", help="With --calib: compress layer by layer in graph order, each refit to the layers compressed before it."),
     ridge: float = typer.Option(1e-2, min=0.0, help="Ridge regularisation of the refit, relative to the mean input energy."),
     rounding: Rounding = typer.Option(Rounding.obs, help="With --calib: obs rounds weights to the codebook compensating each error in the weights not yet rounded; nearest rounds each alone."),
+    outliers: str = typer.Option("auto", help="Weights kept exact beside each codebook: auto (a fraction per layer chosen by measured error, 0 allowed), or a fraction of each layer's kept weights, e.g. 0.005 (0: none)."),
     budget: Optional[str] = typer.Option(None, help="Smallest model within a quality budget, e.g. top1=0.99, cosine=0.99, rel_l2=0.05, accuracy=0.01, kl=0.05 (needs --calib)."),
     holdout: float = typer.Option(0.25, min=0.01, max=0.99, help="With --budget: fraction of calibration samples held back to measure quality."),
     cache_dir: Optional[Path] = typer.Option(None, help="With --budget: where sensitivity curves are cached (default ~/.cache/onnxcomp)."),
@@ -215,7 +217,7 @@ def compress(
             result = compress_to_budget(str(input_path), str(output_path), budget=budget, calib=calib, calib_samples=calib_samples,
                                         holdout=holdout, cache_dir=str(cache_dir) if cache_dir else None, prune=values["prune"],
                                         score=values["score"], reconstruct=reconstruct is not False, ridge=ridge, rounding=values["rounding"],
-                                        sequential=sequential,
+                                        sequential=sequential, outliers=outliers,
                                         init=values["init"], seed=seed, min_elements=min_elements,
                                         eval_data=str(eval_data) if eval_data else None, progress=_progress(quiet))
         else:
@@ -239,7 +241,7 @@ def compress(
 COMPRESS_PANELS = {
     "Pruning": ("prune", "score", "threshold", "sensitivity", "scope", "min_elements", "activation_threshold",
                 "tfidf_power", "tfidf_smoothing", "tfidf_constant", "tfidf_exponent"),
-    "Weight sharing (k-means codebooks)": ("fc_bits", "conv_bits", "embedding_bits", "init", "seed"),
+    "Weight sharing (k-means codebooks)": ("fc_bits", "conv_bits", "embedding_bits", "init", "outliers", "seed"),
     "Calibration and refit (with --calib)": ("calib_samples", "calib_batch", "reconstruct", "sequential", "ridge",
                                              "rounding"),
     "Quality budget (with --budget)": ("holdout", "cache_dir"),
@@ -325,12 +327,18 @@ def inspect(
 
 def _print_inspection(result) -> None:
     typer.echo(f"{result.path}: {result.format} model, {result.file_bytes:,} bytes on disk")
-    # kind and element count follow from op and shape (both are in --json): left out to fit 80 columns
-    columns = (("weight", "left"), ("op", "left"), ("shape", "left"), ("sparsity", "right"), ("bits", "right"),
-               ("K", "right"), ("stored", "right"), ("bits/w", "right"), ("entropy", "right"))
-    print_table(columns, ([w.name, w.op, "x".join(map(str, w.shape)), f"{w.sparsity:.1%}", str(w.bits),
-                           "-" if w.codebook_size is None else str(w.codebook_size), f"{w.stored_bytes:,}",
-                           f"{w.bits_per_weight:.2f}", f"{w.entropy_bytes:,}"] for w in result.weights))
+    # kind and element count follow from op and shape (both are in --json): left out to fit 80 columns; the
+    # outlier columns only when some weight keeps outliers
+    columns = [("weight", "left"), ("op", "left"), ("shape", "left"), ("sparsity", "right"), ("bits", "right"),
+               ("K", "right"), ("stored", "right"), ("bits/w", "right"), ("entropy", "right")]
+    rows = [[w.name, w.op, "x".join(map(str, w.shape)), f"{w.sparsity:.1%}", str(w.bits),
+             "-" if w.codebook_size is None else str(w.codebook_size), f"{w.stored_bytes:,}",
+             f"{w.bits_per_weight:.2f}", f"{w.entropy_bytes:,}"] for w in result.weights]
+    if any(w.outliers for w in result.weights):
+        columns += [("outliers", "right"), ("out.bytes", "right")]
+        for row, w in zip(rows, result.weights):
+            row += [f"{w.outliers:,}", f"{w.outlier_bytes:,}"]
+    print_table(columns, rows)
     typer.echo(f"total: {result.params:,} weights, {result.dense_bytes:,} bytes as float32 -> {result.stored_bytes:,} "
                f"stored ({result.ratio:.1f}x)")
 

@@ -71,6 +71,10 @@ class WeightTarget:
     sparsity_override: float | None = None  # per-weight settings (budget allocation, recipes) beat per-kind ones
     bits_override: int | None = None
     packed: bool = False  # consumers rewritten to the record (PackWeightsPass)
+    # Outliers kept exact beside the codebook (onnxcomp/core/outliers.py): flat row-major positions, increasing, and
+    # their float32 values as a reader gets them back.
+    outlier_positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    outlier_values: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -99,7 +103,9 @@ class WeightTarget:
 
     def decoded(self) -> np.ndarray:
         """The weight as the compressed model computes it, in the original orientation."""
-        return self.codebook[self.indices].reshape(self.shape).astype(np.float32)
+        decoded = self.codebook[self.indices].astype(np.float32)
+        decoded[self.outlier_positions] = self.outlier_values
+        return decoded.reshape(self.shape)
 
 
 @dataclass

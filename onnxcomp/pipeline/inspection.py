@@ -1,7 +1,10 @@
 """What a model stores per weight: ``onnxcomp inspect`` and the reader ``decompress`` and reports share.
 
 A weight is a float32 constant in a weight slot (see passes/select_weights.py), a record in the sidecar
-(custom-op format), or a codebook lookup ``Gather(codebook, Cast(indices))`` (portable format).
+(custom-op format), or a codebook lookup ``Gather(codebook, Cast(indices))`` (portable format), in either
+format possibly with outliers (exact values at listed positions: a record's outlier section, or a
+ScatterElements onto the lookup). Outlier bytes are the record's outlier section, or the portable form's
+stored gaps and values.
 Per weight: N elements, K codebook entries, b index bits, stored bytes S; bits per weight = 8 S / N.
 The entropy bound is the zeroth-order entropy of the stored symbols, H = -sum_j p_j log2 p_j with p_j the
 share of elements holding codebook entry j (for a dense float weight: distinct value j), plus the codebook:
@@ -28,6 +31,10 @@ WEIGHT_SLOTS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (0, 1), "MatMul": (
 KIND_OF_OP = {"Conv": "conv", "ConvTranspose": "conv", "Gather": "embedding", "CodebookGather": "embedding"}
 PORTABLE_CODEBOOK = ".codebook"
 PORTABLE_INDICES = ".indices"
+PORTABLE_LOOKUP = ".codebook_lookup"  # the lookup's output when outliers are scattered onto it
+PORTABLE_OUTLIER_GAPS = ".outlier_gaps"
+PORTABLE_OUTLIER_VALUES = ".outlier_values"
+PORTABLE_OUTLIER_STEPS = (".lookup_flat", ".outliers", ".outliers_reshape")  # node names of the scatter
 
 
 @dataclass
@@ -42,6 +49,9 @@ class StoredWeight:
     stored_bytes: int
     transposed: bool = False  # stored as the transpose of the original 2-D weight
     tensor: str = ""  # the record initializer (record) or the Gather output (portable)
+    outlier_positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # flat, stored dims
+    outlier_values: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    outlier_bytes: int = 0
 
     @property
     def stored_dims(self) -> tuple[int, ...]:
@@ -51,9 +61,18 @@ class StoredWeight:
     def shape(self) -> tuple[int, ...]:
         return self.stored_dims[::-1] if self.transposed else self.stored_dims
 
+    @property
+    def sparsity(self) -> float:
+        """Fraction of elements pruned: their index points at a 0.0 entry and no outlier overrides it."""
+        if not self.indices.size:
+            return 0.0
+        pruned = np.isin(self.indices, np.flatnonzero(self.codebook == 0.0)).ravel()
+        pruned[self.outlier_positions] = False  # an outlier's own index is a placeholder
+        return float(pruned.mean())
+
     def dense(self) -> np.ndarray:
         """The decoded weight in its original orientation."""
-        values = self.codebook[self.indices].astype(np.float32)
+        values = sidecar.apply_outliers(self.codebook[self.indices], self.outlier_positions, self.outlier_values)
         return np.ascontiguousarray(values.T) if self.transposed else values
 
 
@@ -71,6 +90,8 @@ class WeightInfo:
     bits_per_weight: float
     entropy_bytes: int
     storage: str  # "dense", "record" or "portable"
+    outliers: int = 0  # values stored exactly beside the codebook
+    outlier_bytes: int = 0  # bytes they take (included in stored_bytes)
 
 
 @dataclass
@@ -140,7 +161,8 @@ def stored_weights(model: onnx.ModelProto, model_path: str) -> dict[str, StoredW
                     raise CorruptSidecarError(f"{path}: no directory entry for record {tensor_name!r} at offset {offset}")
                 record = sidecar.decode_record(data[entry.offset:entry.offset + entry.length])
                 found[tensor_name] = StoredWeight(entry.name, "record", record.codebook, record.indices.reshape(record.dims),
-                                                  record.bits, entry.length, entry.transposed, tensor_name)
+                                                  record.bits, entry.length, entry.transposed, tensor_name,
+                                                  record.outlier_positions, record.outlier_values, record.outlier_bytes)
     producers = {out: n for n in model.graph.node for out in n.output}
     for node in model.graph.node:
         # portable: Gather(codebook, indices computed by standard ops from constants), see passes/pack_portable.py
@@ -156,9 +178,36 @@ def stored_weights(model: onnx.ModelProto, model_path: str) -> dict[str, StoredW
         values = numpy_helper.to_array(codebook).astype(np.float32)
         index_bytes = sum(numpy_helper.to_array(initializers[leaf]).nbytes for leaf in leaves)
         bits = max(1, round(8 * index_bytes / max(indices.size, 1)))
-        found[node.output[0]] = StoredWeight(codebook.name[:-len(PORTABLE_CODEBOOK)], "portable", values, indices,
-                                             bits, values.nbytes + index_bytes, False, node.output[0])
+        weight = StoredWeight(codebook.name[:-len(PORTABLE_CODEBOOK)], "portable", values, indices,
+                              bits, values.nbytes + index_bytes, False, node.output[0])
+        final = _portable_outliers(model, weight, producers, initializers)
+        found[final or node.output[0]] = weight
     return found
+
+
+def _portable_outliers(model, weight: StoredWeight, producers: dict, initializers: dict) -> str | None:
+    """Reads the outliers scattered onto a portable lookup (passes/pack_portable.py) into ``weight``; returns the
+    tensor holding the final weight, or None when the lookup has no outliers."""
+    final = producers.get(weight.name)
+    if weight.tensor != weight.name + PORTABLE_LOOKUP or final is None or final.op_type != "Reshape":
+        return None
+    scatter = producers.get(final.input[0])
+    if scatter is None or scatter.op_type != "ScatterElements" or len(scatter.input) != 3:
+        return None
+    arrays, stored = [], 0
+    for tensor in scatter.input[1:]:
+        chain, leaves = _constant_producers(tensor, producers, initializers)
+        if chain is None:
+            return None
+        arrays.append(_evaluate(model, chain, leaves, tensor))
+        stored += sum(numpy_helper.to_array(initializers[leaf]).nbytes for leaf in leaves
+                      if leaf.endswith((PORTABLE_OUTLIER_GAPS, PORTABLE_OUTLIER_VALUES)))
+    weight.outlier_positions = arrays[0].astype(np.int64)
+    weight.outlier_values = arrays[1].astype(np.float32)
+    weight.outlier_bytes = stored
+    weight.stored_bytes += stored
+    weight.tensor = final.output[0]
+    return final.output[0]
 
 
 def _constant_producers(tensor: str, producers: dict, initializers: dict):
@@ -207,7 +256,8 @@ def _describe_uses(name: str, uses: dict) -> tuple[str, str]:
                 continue
             seen.add(id(node))
             if node.op_type in ("CodebookDecode", "Transpose", "Identity") or (
-                    node.op_type == "Gather" and node.input[0].endswith(PORTABLE_CODEBOOK)):
+                    node.op_type == "Gather" and node.input[0].endswith(PORTABLE_CODEBOOK)) or (
+                    node.op_type in ("Reshape", "ScatterElements") and node.name.endswith(PORTABLE_OUTLIER_STEPS)):
                 queue.extend(node.output)
             else:
                 ops.append(node.op_type)
@@ -231,13 +281,13 @@ def inspect(model_path: str) -> Inspection:
     result = Inspection(model_path, fmt, model_bytes(model_path))
     for tensor_name, weight in compressed.items():
         op, kind = _describe_uses(tensor_name, uses)
-        zero = np.flatnonzero(weight.codebook == 0.0)
-        sparsity = float(np.isin(weight.indices, zero).mean()) if weight.indices.size else 0.0
+        sparsity = weight.sparsity
         n = int(weight.indices.size)
         entropy = entropy_bits(weight.indices) if n else 0.0
         result.weights.append(WeightInfo(weight.name, op, kind, list(weight.shape), n, round(sparsity, 6), weight.bits,
                                          len(weight.codebook), weight.stored_bytes, 8 * weight.stored_bytes / max(n, 1),
-                                         int(np.ceil(n * entropy / 8)) + 4 * len(weight.codebook), weight.storage))
+                                         int(np.ceil(n * entropy / 8)) + 4 * len(weight.codebook), weight.storage,
+                                         len(weight.outlier_positions), weight.outlier_bytes))
     folder = os.path.dirname(os.path.abspath(model_path))
     for tensor in model.graph.initializer:
         if tensor.data_type != onnx.TensorProto.FLOAT or tensor.name.endswith(PORTABLE_CODEBOOK):
