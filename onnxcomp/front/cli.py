@@ -181,7 +181,7 @@ def compress(
     init: Init = typer.Option(Init.quantile, help="Codebook initialisation before k-means."),
     recipe: Optional[str] = typer.Option(None, help="A built-in recipe (see: onnxcomp recipes); explicit options override it."),
     config: Optional[Path] = typer.Option(None, help="A recipe file (TOML): options and per-layer rules by name pattern (docs/guide.md)."),
-    format: Format = typer.Option(Format.custom_op, "--format", help="custom-op: Huffman-coded sidecar + onnxcomp ops, smallest (13.4x on LeNet-300-100); portable: standard ONNX ops only, no sidecar, no library (7.5x there; docs/guide.md)."),
+    format: Format = typer.Option(Format.custom_op, "--format", help="custom-op: Huffman-coded sidecar + onnxcomp ops, the smallest; portable: standard ONNX ops only, no sidecar, no library, larger (7.5x against 13.4x on LeNet-300-100, docs/guide.md)."),
     min_elements: int = typer.Option(1024, min=1, help="Leave weights with fewer elements dense."),
     seed: int = typer.Option(0, help="Seed for every random choice (k-means sampling)."),
     eval_data: Optional[Path] = typer.Option(None, "--eval", help=".npz with model inputs and 'labels': print top-1 accuracy before and after."),
