@@ -186,7 +186,7 @@ def compress(
     seed: int = typer.Option(0, help="Seed for every random choice (k-means sampling)."),
     eval_data: Optional[Path] = typer.Option(None, "--eval", help=".npz with model inputs and 'labels': print top-1 accuracy before and after."),
     report: Optional[Path] = typer.Option(None, help="Write the per-layer report as JSON here (schema: docs/report.md)."),
-    html: Optional[Path] = typer.Option(None, help="Write a self-contained HTML page with per-layer plots and weight histograms (needs matplotlib: pip install 'onnxcomp\\[report]')."),  # \\[: not rich markup,
+    html: Optional[Path] = typer.Option(None, help="Write a self-contained HTML page with per-layer plots and weight histograms (needs matplotlib: pip install 'onnxcomp\\[report]')."),  # \\[ shows "[" (rich markup)
     quiet: bool = QUIET, verbose: bool = VERBOSE, debug: bool = DEBUG,
 ) -> None:
     """Compress IN into OUT plus a sidecar file (the options most runs need first; docs/guide.md).
