@@ -4,7 +4,8 @@ Library code wraps its loops in ``track(items, label)``: without a callback inst
 plain iterable. A caller installs one with ``reporting(callback)`` (the Python API's ``progress=`` argument
 does this); the callback receives ``(label, done, total)`` once before the first item and after each one.
 Nothing here draws: the command line's callback (``onnxcomp/front/terminal.py``) draws bars with rich, only
-when stderr is a terminal and ``--quiet`` is not given, so pipes and logs see no bar noise.
+when stderr is a terminal and ``--quiet`` is not given, so pipes and logs see no bar noise (``--budget`` writes
+whole lines there instead).
 """
 
 from __future__ import annotations

@@ -126,10 +126,11 @@ def _user_errors(debug: bool):
         raise typer.Exit(1) from error
 
 
-def _progress(quiet: bool):
-    """Progress bars on stderr when it is a terminal and not --quiet (onnxcomp/front/terminal.py), else None."""
-    from onnxcomp.front.terminal import progress_bars
-    return progress_bars(quiet)
+def _progress(quiet: bool, lines: bool = False):
+    """Progress bars on stderr when it is a terminal and not --quiet (onnxcomp/front/terminal.py), else None; with
+    ``lines`` (long commands such as --budget), one line per step when stderr is not a terminal."""
+    from onnxcomp.front.terminal import progress_bars, progress_bars_or_lines
+    return progress_bars_or_lines(quiet) if lines else progress_bars(quiet)
 
 
 QUIET = typer.Option(False, "--quiet", "-q", help="Print nothing but errors (no progress bars either).")
@@ -219,7 +220,7 @@ def compress(
                                         score=values["score"], reconstruct=reconstruct is not False, ridge=ridge, rounding=values["rounding"],
                                         sequential=sequential, outliers=outliers,
                                         init=values["init"], seed=seed, min_elements=min_elements,
-                                        eval_data=str(eval_data) if eval_data else None, progress=_progress(quiet))
+                                        eval_data=str(eval_data) if eval_data else None, progress=_progress(quiet, lines=True))
         else:
             result = run(str(input_path), str(output_path), recipe=recipe, config=str(config) if config else None,
                          calib=calib, calib_samples=calib_samples, eval_data=str(eval_data) if eval_data else None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Iterable, Sequence
 
 from rich.console import Console
@@ -71,6 +72,41 @@ class ProgressBars:
             self.running = False
 
 
+class LineProgress:
+    """A progress callback for streams that are not terminals (pipelines, CI logs): whole lines, no redrawing.
+
+    One line when a step starts, then at most one every ``interval`` seconds with the count done and the time
+    left at the rate so far, and one when it ends with the time it took."""
+
+    def __init__(self, stream=None, interval: float = 30.0) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.interval = interval
+        self.started: dict[str, float] = {}
+        self.written_at = 0.0
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == 0 or label not in self.started:
+            self.started[label] = now
+            self._write(f"{label}: {total} to do")
+            return
+        elapsed = now - self.started[label]
+        if done >= total:
+            self._write(f"{label}: {done}/{total} done in {_duration(elapsed)}")
+            del self.started[label]
+        elif now - self.written_at >= self.interval:
+            self._write(f"{label}: {done}/{total}, about {_duration(elapsed / done * (total - done))} left")
+
+    def _write(self, line: str) -> None:
+        self.written_at = time.monotonic()
+        self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
 _active: list[tuple[ProgressBars, list[tuple[logging.Handler, object]]]] = []
 
 
@@ -89,6 +125,15 @@ def progress_bars(quiet: bool, stream=None) -> ProgressBars | None:
             filters.append((handler, route))
     _active.append((bars, filters))
     return bars
+
+
+def progress_bars_or_lines(quiet: bool, stream=None) -> ProgressBars | LineProgress | None:
+    """For long commands (``--budget``): bars on a terminal, else one line per step (``LineProgress``); ``None``
+    when ``quiet``."""
+    stream = stream if stream is not None else sys.stderr
+    if quiet:
+        return None
+    return progress_bars(quiet, stream) or LineProgress(stream)
 
 
 def close_progress_bars() -> None:
