@@ -3,8 +3,8 @@
 Usage: python check_installed.py MODELS_DIR   (run from a folder outside the checkout, PATH = the venv only)
 
 Checks, each failing with a message: no compiler is reachable (the simulation holds); onnxcomp and its library
-come from site-packages and the distribution installs nothing outside the ``onnxcomp`` namespace (no top-level
-``passes``); ``onnxcomp compress --eval`` on the bundled LeNet-300-100 prints its ratio and accuracy; the
+come from site-packages, the compiled ``onnxcomp._native`` loads, and the distribution installs nothing outside
+the ``onnxcomp`` namespace (no top-level ``passes``); ``onnxcomp compress --eval`` on the bundled LeNet-300-100 prints its ratio and accuracy; the
 compressed model opens in ``onnxcomp.InferenceSession`` and computes what its decompressed dense twin computes
 in plain onnxruntime.
 """
@@ -43,6 +43,9 @@ def main(models: Path) -> None:
                      and name != ".." and not name.startswith("__editable__"))
     check(not outside, f"the wheel installs outside the onnxcomp namespace: {outside}")
     check(importlib.util.find_spec("passes") is None, "a top-level module 'passes' is importable")
+    from onnxcomp.core.native import native
+    check(native is not None and Path(native.__file__).resolve().parent == site / "onnxcomp",
+          "the compiled onnxcomp._native is missing from the wheel")
 
     model, data = models / "lenet300_fashion.onnx", models / "fashion_eval.npz"
     command = [os.path.join(os.path.dirname(sys.executable), "onnxcomp"), "compress", str(model), "small.onnx",
@@ -50,6 +53,7 @@ def main(models: Path) -> None:
     result = subprocess.run(command, capture_output=True, text=True)
     check(result.returncode == 0, f"`onnxcomp compress` exited {result.returncode}: {result.stderr}")
     check("smaller" in result.stdout and "top-1 accuracy" in result.stdout, f"unexpected output:\n{result.stdout}")
+    check(result.stderr == "", f"`onnxcomp compress` printed on stderr: {result.stderr}")
     print(result.stdout, end="")
 
     x = np.load(data)["input"][:256]
