@@ -41,7 +41,8 @@ from onnxcomp.passes import model_io
 from onnxcomp import progress
 from onnxcomp.core import sidecar
 from onnxcomp.errors import CalibrationError, OnnxcompError
-from onnxcomp.pipeline.evaluate import LABELS, load_calibration
+from onnxcomp.pipeline.evaluate import LABELS, check_eval_data, load_calibration
+from onnxcomp.runtime import quiet_session_options
 
 log = logging.getLogger("onnxcomp")
 
@@ -60,7 +61,7 @@ def holdout_split(count: int, held: int, seed: int = 0) -> tuple[np.ndarray, np.
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
-    options = ort.SessionOptions()
+    options = quiet_session_options()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
@@ -119,7 +120,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
 
     ``progress=callback`` receives the progress of the long steps (onnxcomp/progress.py)."""
     from onnxcomp.core.outliers import parse_option
-    from onnxcomp.pipeline.compression import compress
+    from onnxcomp.pipeline.compression import compress, refuse_compressed
     goal = budget_math.parse_budget(budget)
     outliers = parse_option(outliers)
     if not calib:
@@ -128,6 +129,9 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
         raise OnnxcompError(f"holdout {holdout} must be a fraction in (0, 1)")
     model_io.check_output_path(input_path, output_path)
     model = model_io.load_model(input_path)
+    refuse_compressed(model, input_path)
+    if eval_data:
+        check_eval_data(eval_data, model)
     model_io.constants_to_initializers(model.graph)
     data = load_calibration(calib, model, calib_samples, seed, keep_labels=goal.metric == "accuracy")
     all_labels = data.pop(LABELS, None)
@@ -182,8 +186,8 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
                     report = compress(input_path, trial, calib=fit, prune=prune, score=score, reconstruct=reconstruct,
                                       ridge=ridge, init=init, seed=seed, min_elements=min_elements, settings=settings,
                                       rounding=rounding, sequential=sequential, outliers=outliers)
-                    from onnxcomp.runtime import InferenceSession
-                    measured = budget_math.error(goal.metric, reference, InferenceSession(trial).run(None, hold)[0], labels)
+                    session = ort.InferenceSession(trial, quiet_session_options(custom_ops=True), providers=["CPUExecutionProvider"])
+                    measured = budget_math.error(goal.metric, reference, session.run(None, hold)[0], labels)
                 tried[key] = (measured, report.output_bytes)
                 history.append({"allowed": allowed, "predicted": predicted, "measured": measured, "bytes": report.output_bytes})
                 log.info("allocation within %.4g: predicted %s %.4g, measured %s %.4g, %d bytes", allowed, metric, predicted,
