@@ -1,7 +1,9 @@
 """PackPortableWeightsPass: express each shared weight in standard ONNX ops, for runtimes without custom ops.
 
-A weight W with codebook c (K float32 values) and indices i becomes ``W = Gather(c, i', axis=0)``, the
-Gather output keeping W's name so every consumer is unchanged. The indices are stored with p bits each,
+A weight W with codebook c (K float32 values) and indices i becomes ``W = Gather(c, i', axis=0)`` (then
+``Cast`` to float16 / bfloat16 for a weight of that type), the last output keeping W's name so every consumer is
+unchanged. The lookup sits in the innermost graph enclosing all of W's readers (the main graph, an If branch,
+a Loop or Scan body); the names it adds are unique in the model (passes/names.py). The indices are stored with p bits each,
 p the smallest of 1, 2, 4, 8, 16 that holds K - 1:
 - p = 8 or 16: i is a uint8 / uint16 initializer in W's shape and i' = Cast(i, to=int32);
 - p < 8: q = 8 / p indices per byte, first index in the high bits, in a uint8 initializer P of
@@ -21,6 +23,7 @@ from onnx import TensorProto
 from onnxcomp import progress
 
 from .base import CompressionState, GraphPass, PassResult, WeightTarget
+from .names import UniqueNames, all_graphs, common_graph, parents
 
 CODEBOOK_SUFFIX = ".codebook"
 INDICES_SUFFIX = ".indices"
@@ -53,42 +56,55 @@ def portable_bytes(target: WeightTarget, opset: int = SLICE_INPUTS_OPSET) -> int
 class PackPortableWeightsPass(GraphPass):
     def run(self, state: CompressionState) -> PassResult:
         targets = [t for t in state.targets if t.codebook is not None and t.record is None and not t.portable]
+        owners = {id(node): graph for graph in all_graphs(state.graph) for node in graph.nodes}
+        names, parent = UniqueNames(state.graph), parents(state.graph)
         for target in progress.track(targets, "packing lookups"):
-            self._pack(state.graph, target)
+            graph = common_graph([owners.get(id(node), state.graph) for node, _ in target.uses], parent, state.graph)
+            self._pack(graph, target, names, state.graph.opset or 0)
         if targets:
             state.graph.cleanup().toposort()
         return PassResult(bool(targets), f"expressed {len(targets)} tensors as codebook lookups")
 
-    def _pack(self, graph: gs.Graph, target: WeightTarget) -> None:
-        codebook = gs.Constant(target.name + CODEBOOK_SUFFIX, np.asarray(target.codebook, dtype=np.float32))
+    def _pack(self, graph: gs.Graph, target: WeightTarget, names: UniqueNames, opset: int) -> None:
+        nodes: list[gs.Node] = []
+        codebook = gs.Constant(names(target.name + CODEBOOK_SUFFIX), np.asarray(target.codebook, dtype=np.float32))
         bits = packing_bits(len(target.codebook))
-        if (graph.opset or 0) < SLICE_INPUTS_OPSET:
+        if opset < SLICE_INPUTS_OPSET:
             bits = max(bits, 8)
         name = target.name
         if bits >= 8:
             stored = target.indices.reshape(target.shape).astype(np.uint8 if bits == 8 else np.uint16)
-            indices = gs.Constant(name + INDICES_SUFFIX, stored)
-            wide = gs.Variable(name + ".indices_int32", dtype=np.int32, shape=list(target.shape))
-            graph.nodes.append(gs.Node("Cast", name + ".cast", attrs={"to": TensorProto.INT32}, inputs=[indices], outputs=[wide]))
+            indices = gs.Constant(names(name + INDICES_SUFFIX), stored)
+            wide = gs.Variable(names(name + ".indices_int32"), dtype=np.int32, shape=list(target.shape))
+            nodes.append(gs.Node("Cast", names(name + ".cast_indices"), attrs={"to": TensorProto.INT32}, inputs=[indices], outputs=[wide]))
         else:
-            wide = self._unpack(graph, name, gs.Constant(name + INDICES_SUFFIX, pack_indices(target.indices, bits)), bits, target)
-        dense = gs.Variable(name, dtype=np.float32, shape=list(target.shape))
-        target.constant.name = name + ".original"  # frees the name for the lookup's output
-        graph.nodes.append(gs.Node("Gather", name + ".lookup", attrs={"axis": 0}, inputs=[codebook, wide], outputs=[dense]))
+            packed = gs.Constant(names(name + INDICES_SUFFIX), pack_indices(target.indices, bits))
+            wide = self._unpack(nodes, names, name, packed, bits, target)
+        target.constant.name = names(name + ".original")  # frees the name for the lookup's output
+        if target.dtype == TensorProto.FLOAT:
+            dense = gs.Variable(name, dtype=np.float32, shape=list(target.shape))
+            nodes.append(gs.Node("Gather", names(name + ".lookup"), attrs={"axis": 0}, inputs=[codebook, wide], outputs=[dense]))
+        else:  # the codebook holds values of the weight's type (ShareWeightsPass): the Cast is exact
+            looked_up = gs.Variable(names(name + ".lookup_float"), dtype=np.float32, shape=list(target.shape))
+            nodes.append(gs.Node("Gather", names(name + ".lookup"), attrs={"axis": 0}, inputs=[codebook, wide], outputs=[looked_up]))
+            dense = gs.Variable(name, dtype=np.float16 if target.dtype == TensorProto.FLOAT16 else target.dtype, shape=list(target.shape))
+            nodes.append(gs.Node("Cast", names(name + ".cast"), attrs={"to": target.dtype}, inputs=[looked_up], outputs=[dense]))
+        graph.nodes[0:0] = nodes  # reads constants only: first in its graph, before any reader
         for node, slot in target.uses:
             node.inputs[slot] = dense
         target.portable = True
 
     @staticmethod
-    def _unpack(graph: gs.Graph, name: str, packed: gs.Constant, bits: int, target: WeightTarget) -> gs.Variable:
+    def _unpack(nodes: list[gs.Node], names: UniqueNames, name: str, packed: gs.Constant, bits: int,
+                target: WeightTarget) -> gs.Variable:
         """Standard ops turning packed bytes back into int32 indices in the weight's shape."""
         per_byte = 8 // bits
 
         def variable(suffix: str) -> gs.Variable:
-            return gs.Variable(f"{name}.{suffix}", dtype=np.int32)
+            return gs.Variable(names(f"{name}.{suffix}"), dtype=np.int32)
 
         def constant(suffix: str, values) -> gs.Constant:
-            return gs.Constant(f"{name}.{suffix}", np.asarray(values))
+            return gs.Constant(names(f"{name}.{suffix}"), np.asarray(values))
 
         steps = [  # (op, extra inputs, attributes)
             ("Cast", [], {"to": TensorProto.INT32}),
@@ -102,6 +118,6 @@ class PackPortableWeightsPass(GraphPass):
         current: gs.Tensor = packed
         for step, (op, extra, attrs) in enumerate(steps):
             output = variable(f"unpack{step}")
-            graph.nodes.append(gs.Node(op, f"{name}.unpack{step}", attrs=attrs, inputs=[current] + extra, outputs=[output]))
+            nodes.append(gs.Node(op, names(f"{name}.unpack{step}"), attrs=attrs, inputs=[current] + extra, outputs=[output]))
             current = output
         return current

@@ -23,7 +23,7 @@ from onnxcomp.passes.calibration import from_rows, to_rows
 from onnxcomp.errors import InvalidOptionError
 from onnxcomp.core.recipes import LayerRule, rule_value
 
-from .base import CompressionState, GraphPass, PassResult
+from .base import to_element_type, CompressionState, GraphPass, PassResult
 
 
 ROUNDINGS = ("obs", "nearest")
@@ -74,6 +74,9 @@ class ShareWeightsPass(GraphPass):
                 target.codebook = reconstruction.refit_codebook(
                     to_rows(target.original, layout), indices, target.codebook, target.statistics.gram, target.keep is not None,
                     cross=target.statistics.cross, gram_original=target.statistics.gram_original)
+            # A float16/bfloat16 weight is decoded to float32 and cast back: its codebook holds values of its type,
+            # so every path (decode + Cast, a fused kernel after Cast, the portable lookup) computes the same numbers.
+            target.codebook = to_element_type(target.codebook, target.dtype)
             if self.encode is not None:
                 self.encode(target)
         return PassResult(bool(targets), f"shared {len(targets)} tensors")

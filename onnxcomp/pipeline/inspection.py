@@ -12,6 +12,7 @@ it, dense Huffman coding never does.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -21,13 +22,17 @@ from onnx import numpy_helper
 from onnxcomp.passes import model_io
 from onnxcomp.core import sidecar
 from onnxcomp.passes.model_io import model_bytes
+from onnxcomp.passes.select_weights import CHAIN_OPS, FC_OPS
 from onnxcomp.errors import CorruptSidecarError, UnsupportedModelError
 
 DOMAIN = "ai.onnxcomp"
-WEIGHT_SLOTS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (0, 1), "MatMul": (0, 1), "Gather": (0,)}
-KIND_OF_OP = {"Conv": "conv", "ConvTranspose": "conv", "Gather": "embedding", "CodebookGather": "embedding"}
+KIND_OF_OP = {"Conv": "conv", "ConvTranspose": "conv", "Gather": "embedding", "CodebookGather": "embedding",
+              "CodebookMatMul": "fc", **{op: "fc" for op in FC_OPS}}
+DENSE_BITS = {onnx.TensorProto.FLOAT: 32, onnx.TensorProto.FLOAT16: 16, onnx.TensorProto.BFLOAT16: 16}
+DENSE_LISTED = 1024  # dense float tensors read by no conv/fc/embedding op are listed from this many elements
 PORTABLE_CODEBOOK = ".codebook"
 PORTABLE_INDICES = ".indices"
+PORTABLE_CODEBOOK_NAME = re.compile(r"\.codebook(\.\d+)?$")  # passes/names.py may number a generated name
 
 
 @dataclass
@@ -71,6 +76,7 @@ class WeightInfo:
     bits_per_weight: float
     entropy_bytes: int
     storage: str  # "dense", "record" or "portable"
+    dense_bytes: int = 0  # the weight uncompressed: 4 bytes per element (float32; compressed weights), 2 for float16/bfloat16
 
 
 @dataclass
@@ -86,7 +92,7 @@ class Inspection:
 
     @property
     def dense_bytes(self) -> int:
-        return 4 * self.params
+        return sum(w.dense_bytes or 4 * w.params for w in self.weights)
 
     @property
     def stored_bytes(self) -> int:
@@ -118,9 +124,10 @@ def stored_weights(model: onnx.ModelProto, model_path: str) -> dict[str, StoredW
     Records are read from the sidecar beside ``model_path`` and matched to the directory by offset.
     """
     found: dict[str, StoredWeight] = {}
-    initializers = {t.name: t for t in model.graph.initializer}
-    records = {t.name: t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
-               and any(n.domain == DOMAIN for n in model.graph.node if t.name in n.input)}
+    graphs = list(model_io.graphs_of(model.graph))
+    initializers = {t.name: t for g in graphs for t in g.initializer}
+    custom_reads = {name for g in graphs for n in g.node if n.domain == DOMAIN for name in n.input}
+    records = {t.name: t for t in initializers.values() if t.data_location == onnx.TensorProto.EXTERNAL and t.name in custom_reads}
     if records:
         folder = os.path.dirname(os.path.abspath(model_path))
         by_file: dict[str, list] = {}
@@ -141,13 +148,13 @@ def stored_weights(model: onnx.ModelProto, model_path: str) -> dict[str, StoredW
                 record = sidecar.decode_record(data[entry.offset:entry.offset + entry.length])
                 found[tensor_name] = StoredWeight(entry.name, "record", record.codebook, record.indices.reshape(record.dims),
                                                   record.bits, entry.length, entry.transposed, tensor_name)
-    producers = {out: n for n in model.graph.node for out in n.output}
-    for node in model.graph.node:
+    producers = {out: n for g in graphs for n in g.node for out in n.output}
+    for node in (n for g in graphs for n in g.node):
         # portable: Gather(codebook, indices computed by standard ops from constants), see passes/pack_portable.py
         if node.op_type != "Gather" or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
             continue
         codebook = initializers.get(node.input[0])
-        if codebook is None or not codebook.name.endswith(PORTABLE_CODEBOOK):
+        if codebook is None or not PORTABLE_CODEBOOK_NAME.search(codebook.name):
             continue
         chain, leaves = _constant_producers(node.input[1], producers, initializers)
         if chain is None:
@@ -156,7 +163,7 @@ def stored_weights(model: onnx.ModelProto, model_path: str) -> dict[str, StoredW
         values = numpy_helper.to_array(codebook).astype(np.float32)
         index_bytes = sum(numpy_helper.to_array(initializers[leaf]).nbytes for leaf in leaves)
         bits = max(1, round(8 * index_bytes / max(indices.size, 1)))
-        found[node.output[0]] = StoredWeight(codebook.name[:-len(PORTABLE_CODEBOOK)], "portable", values, indices,
+        found[node.output[0]] = StoredWeight(PORTABLE_CODEBOOK_NAME.sub("", codebook.name), "portable", values, indices,
                                              bits, values.nbytes + index_bytes, False, node.output[0])
     return found
 
@@ -180,8 +187,9 @@ def _constant_producers(tensor: str, producers: dict, initializers: dict):
 
 def _evaluate(model: onnx.ModelProto, nodes: list, leaves: list[str], output: str) -> np.ndarray:
     from onnx.reference import ReferenceEvaluator
-    initializers = {t.name: t for t in model.graph.initializer}
-    order = {id(n): i for i, n in enumerate(model.graph.node)}
+    graphs = list(model_io.graphs_of(model.graph))
+    initializers = {t.name: t for g in graphs for t in g.initializer}
+    order = {id(n): i for i, n in enumerate(n for g in graphs for n in g.node)}
     graph = onnx.helper.make_graph(sorted(nodes, key=lambda n: order[id(n)]), "indices", [],
                                    [onnx.helper.make_tensor_value_info(output, onnx.TensorProto.UNDEFINED, None)],
                                    [initializers[name] for name in leaves])
@@ -190,30 +198,34 @@ def _evaluate(model: onnx.ModelProto, nodes: list, leaves: list[str], output: st
 
 
 def _consumers(model: onnx.ModelProto) -> dict[str, list[tuple[onnx.NodeProto, int]]]:
+    """tensor name -> (node, slot) reading it, in every graph (subgraphs read outer-scope names)."""
     uses: dict[str, list] = {}
-    for node in model.graph.node:
-        for slot, name in enumerate(node.input):
-            uses.setdefault(name, []).append((node, slot))
+    for graph in model_io.graphs_of(model.graph):
+        for node in graph.node:
+            for slot, name in enumerate(node.input):
+                uses.setdefault(name, []).append((node, slot))
     return uses
 
 
 def _describe_uses(name: str, uses: dict) -> tuple[str, str]:
-    """(op, kind) for a tensor, looking through CodebookDecode/Transpose/Reshape to the real consumer."""
+    """(op, kind) for a tensor, looking through CodebookDecode, portable lookups and shape-only ops (CHAIN_OPS)
+    to the real consumers; kind as passes/select_weights.py decides it."""
     ops, queue, seen = [], [name], set()
     while queue:
         tensor = queue.pop()
-        for node, _ in uses.get(tensor, []):
+        for node, slot in uses.get(tensor, []):
             if id(node) in seen:
                 continue
             seen.add(id(node))
-            if node.op_type in ("CodebookDecode", "Transpose", "Identity") or (
-                    node.op_type == "Gather" and node.input[0].endswith(PORTABLE_CODEBOOK)):
+            chain = CHAIN_OPS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ()
+            if node.op_type == "CodebookDecode" or (node.op_type in CHAIN_OPS and (chain is None or slot in chain)) or (
+                    node.op_type == "Gather" and PORTABLE_CODEBOOK_NAME.search(node.input[0])):
                 queue.extend(node.output)
             else:
                 ops.append(node.op_type)
     ops = sorted(set(ops)) or ["-"]
-    kinds = {KIND_OF_OP.get(op, "fc") for op in ops}
-    kind = "conv" if "conv" in kinds else "embedding" if "embedding" in kinds else "fc"
+    kinds = {KIND_OF_OP.get(op, "other") for op in ops}
+    kind = next((k for k in ("conv", "embedding", "fc", "other") if k in kinds), "other")
     return "+".join(ops), kind
 
 
@@ -237,25 +249,30 @@ def inspect(model_path: str) -> Inspection:
         entropy = entropy_bits(weight.indices) if n else 0.0
         result.weights.append(WeightInfo(weight.name, op, kind, list(weight.shape), n, round(sparsity, 6), weight.bits,
                                          len(weight.codebook), weight.stored_bytes, 8 * weight.stored_bytes / max(n, 1),
-                                         int(np.ceil(n * entropy / 8)) + 4 * len(weight.codebook), weight.storage))
+                                         int(np.ceil(n * entropy / 8)) + 4 * len(weight.codebook), weight.storage, 4 * n))
     folder = os.path.dirname(os.path.abspath(model_path))
-    for tensor in model.graph.initializer:
-        if tensor.data_type != onnx.TensorProto.FLOAT or tensor.name.endswith(PORTABLE_CODEBOOK):
+    listed = set()
+    for tensor in (t for g in model_io.graphs_of(model.graph) for t in g.initializer):
+        if tensor.data_type not in DENSE_BITS or PORTABLE_CODEBOOK_NAME.search(tensor.name) or tensor.name in listed \
+                or not uses.get(tensor.name):
             continue
-        slots = [(n, s) for n, s in uses.get(tensor.name, []) if s in WEIGHT_SLOTS.get(n.op_type, ()) and n.domain in ("", "ai.onnx")]
-        if not slots:
+        op, kind = _describe_uses(tensor.name, uses)
+        size = int(np.prod(tensor.dims, dtype=np.int64))
+        if kind == "other" and size < DENSE_LISTED:
             continue
+        listed.add(tensor.name)
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             onnx.external_data_helper.load_external_data_for_tensor(tensor, folder)
         values = numpy_helper.to_array(tensor)
         n = int(values.size)
         distinct = np.unique(values)
         entropy = entropy_bits(values) if n else 0.0
-        op, kind = _describe_uses(tensor.name, uses)
+        bits = DENSE_BITS[tensor.data_type]
         result.weights.append(WeightInfo(tensor.name, op, kind, list(values.shape), n,
-                                         round(float((values == 0).mean()) if n else 0.0, 6), 32,
-                                         len(distinct) if len(distinct) <= 1 << 16 else None, 4 * n, 32.0,
-                                         min(4 * n, int(np.ceil(n * entropy / 8)) + 4 * len(distinct)), "dense"))
+                                         round(float((values == 0).mean()) if n else 0.0, 6), bits,
+                                         len(distinct) if len(distinct) <= 1 << 16 else None, bits * n // 8, float(bits),
+                                         min(bits * n // 8, int(np.ceil(n * entropy / 8)) + bits // 8 * len(distinct)), "dense",
+                                         bits * n // 8))
     order = {}
     for position, node in enumerate(model.graph.node):
         for name in node.input:
