@@ -166,6 +166,18 @@ class CompressionState:
     float_params: int = 0  # elements of every float constant in the input, for the report's coverage
 
 
+def drop_if_not_smaller(state: CompressionState, target: WeightTarget, stored_bytes: int) -> bool:
+    """Leave ``target`` dense (out of ``state.targets``, into ``state.skipped``) when its compressed form of
+    ``stored_bytes`` would not be smaller than the dense tensor; returns True if it was dropped."""
+    if stored_bytes < target.dense_bytes:
+        return False
+    reason = f"compressed it would take {stored_bytes} bytes, not fewer than its {target.dense_bytes} dense bytes"
+    log.info("left %s dense: %s", target.name, reason)
+    state.targets.remove(target)
+    state.skipped.append((target.name, reason))
+    return True
+
+
 @dataclass
 class PassResult:
     modified: bool

@@ -22,7 +22,7 @@ from onnx import TensorProto
 
 from onnxcomp import progress
 
-from .base import CompressionState, GraphPass, PassResult, WeightTarget
+from .base import drop_if_not_smaller, CompressionState, GraphPass, PassResult, WeightTarget
 from .names import UniqueNames, all_graphs, common_graph, parents
 
 CODEBOOK_SUFFIX = ".codebook"
@@ -59,6 +59,8 @@ class PackPortableWeightsPass(GraphPass):
         owners = {id(node): graph for graph in all_graphs(state.graph) for node in graph.nodes}
         names, parent = UniqueNames(state.graph), parents(state.graph)
         for target in progress.track(targets, "packing lookups"):
+            if drop_if_not_smaller(state, target, portable_bytes(target, state.graph.opset or 0)):
+                continue
             graph = common_graph([owners.get(id(node), state.graph) for node, _ in target.uses], parent, state.graph)
             self._pack(graph, target, names, state.graph.opset or 0)
         if targets:

@@ -27,7 +27,7 @@ import onnx_graphsurgeon as gs
 from onnxcomp import progress
 from onnxcomp.core import sidecar
 
-from .base import DOMAIN, CompressionState, GraphPass, PassResult, WeightTarget
+from .base import DOMAIN, drop_if_not_smaller, CompressionState, GraphPass, PassResult, WeightTarget
 from .names import UniqueNames, all_graphs, common_graph, parents
 from .select_weights import fusable_gemm
 
@@ -55,7 +55,9 @@ class PackWeightsPass(GraphPass):
         owners = {id(node): graph for graph in all_graphs(state.graph) for node in graph.nodes}
         names, parent = UniqueNames(state.graph), parents(state.graph)
         for target in progress.track(targets, "packing records"):
-            self._pack(state.graph, target, owners, parent, names)
+            self.encode(target)
+            if not drop_if_not_smaller(state, target, len(target.record)):
+                self._pack(state.graph, target, owners, parent, names)
         if targets:
             state.graph.cleanup().toposort()
         return PassResult(bool(targets), f"packed {len(targets)} tensors")

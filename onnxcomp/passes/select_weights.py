@@ -190,11 +190,14 @@ class SelectWeightsPass(GraphPass):
 
     def _skip_reason(self, tensor: gs.Constant, graph_inputs: set[str], uses, is_output: bool) -> str | None:
         """Why a float constant stays dense (None: it is compressed); a reason starting with '-' is not reported
-        (below --min-elements: small tensors are dense by design)."""
+        (a small tensor no conv, fc or embedding op reads: biases and scales are dense by design)."""
         size = int(np.prod(tensor.shape, dtype=np.int64))
-        if size < self.min_elements:
-            log.debug("%s: %d elements, below --min-elements %d: dense", tensor.name, size, self.min_elements)
-            return "-small"
+        if size < self.min_elements:  # reported for conv/fc/embedding weights; small biases and scales stay quiet
+            reason = f"{size} elements, below --min-elements {self.min_elements}"
+            if weight_kind(final_consumers(tensor)) == "other":
+                log.debug("left %s dense: %s", tensor.name, reason)
+                return "-" + reason
+            return reason
         if tensor.name in graph_inputs:
             return "it is also a graph input, so callers may override it at run time"
         if rule_value(self.rules, tensor.name, "skip"):
