@@ -22,7 +22,7 @@ from onnx import TensorProto
 
 from onnxcomp import progress
 
-from .base import drop_if_not_smaller, CompressionState, GraphPass, PassResult, WeightTarget
+from .base import CompressionState, GraphPass, PassResult, WeightTarget, drop_if_not_smaller
 from .names import UniqueNames, all_graphs, common_graph, parents
 
 CODEBOOK_SUFFIX = ".codebook"

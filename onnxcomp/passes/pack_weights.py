@@ -27,7 +27,7 @@ import onnx_graphsurgeon as gs
 from onnxcomp import progress
 from onnxcomp.core import sidecar
 
-from .base import DOMAIN, drop_if_not_smaller, CompressionState, GraphPass, PassResult, WeightTarget
+from .base import DOMAIN, CompressionState, GraphPass, PassResult, WeightTarget, drop_if_not_smaller, log
 from .names import UniqueNames, all_graphs, common_graph, parents
 from .select_weights import fusable_gemm
 
@@ -54,10 +54,13 @@ class PackWeightsPass(GraphPass):
         targets = [t for t in state.targets if t.codebook is not None and not t.packed and not t.portable]
         owners = {id(node): graph for graph in all_graphs(state.graph) for node in graph.nodes}
         names, parent = UniqueNames(state.graph), parents(state.graph)
+        traces = []  # logged after the loop: a log line must not land inside a progress bar
         for target in progress.track(targets, "packing records"):
             self.encode(target)
             if not drop_if_not_smaller(state, target, len(target.record)):
-                self._pack(state.graph, target, owners, parent, names)
+                traces.append(self._pack(state.graph, target, owners, parent, names))
+        for trace in traces:
+            log.debug("%s", trace)
         if targets:
             state.graph.cleanup().toposort()
         return PassResult(bool(targets), f"packed {len(targets)} tensors")
@@ -80,7 +83,8 @@ class PackWeightsPass(GraphPass):
             target.release()
 
     def _pack(self, root: gs.Graph, target: WeightTarget, owners: dict[int, gs.Graph], parent: dict[int, gs.Graph],
-              names: UniqueNames) -> None:
+              names: UniqueNames) -> str:
+        """Rewrite ``target``'s readers; returns the line --verbose logs about it."""
         self.encode(target)
         target.packed = True
         target.record_name = names(target.name + RECORD_SUFFIX)
@@ -102,6 +106,9 @@ class PackWeightsPass(GraphPass):
             dense = self._decode_node(graph, target, record, names)
             for node, slot in decoded:
                 node.inputs[slot] = dense
+        return (f"{target.name}: record {target.record_name}{' (stored transposed)' if target.transposed else ''}; "
+                f"{len(target.uses) - len(decoded)} of {len(target.uses)} readers fused, {len(decoded)} read it decoded "
+                f"({', '.join(sorted({node.op for node, _ in decoded})) or '-'})")
 
     @staticmethod
     def _decode_node(graph: gs.Graph, target: WeightTarget, record: gs.Constant, names: UniqueNames) -> gs.Variable:

@@ -8,7 +8,7 @@ is decided by its final consumers, found by following the weight through shape-o
 (``CHAIN_OPS``: Transpose, Reshape, Flatten, Squeeze, Unsqueeze, Identity, Cast, Slice, Split, Concat, ...):
 - ``conv``: Conv / ConvTranspose weights;
 - ``embedding``: tables read by Gather;
-- ``fc``: MatMul, Gemm, Einsum, LSTM / GRU / RNN ``W`` and ``R``, attention ops;
+- ``fc``: MatMul, Gemm ``A``/``B``, Einsum, LSTM / GRU / RNN ``W`` and ``R``, attention ops;
 - ``other``: anything else (normalization scales, added tables, biases), kept unpruned by default.
 
 A candidate is left dense, with its reason in ``state.skipped`` (and a log line), when it is also a graph
@@ -38,7 +38,10 @@ CHAIN_OPS = {"Transpose": (0,), "Reshape": (0,), "Flatten": (0,), "Squeeze": (0,
              "Identity": (0,), "Cast": (0,), "CastLike": (0,), "Slice": (0,), "Split": (0,), "Concat": None,
              "Expand": (0,), "Tile": (0,)}
 CONV_SLOTS = {"Conv": (1,), "ConvTranspose": (1,)}
-FC_OPS = {"MatMul", "Gemm", "Einsum", "LSTM", "GRU", "RNN", "Attention", "MultiHeadAttention", "FusedMatMul"}
+# The inputs holding a fully connected layer's weights (None: every input); a bias (Gemm C, LSTM B) is "other".
+FC_SLOTS = {"MatMul": (0, 1), "Gemm": (0, 1), "FusedMatMul": (0, 1), "LSTM": (1, 2), "GRU": (1, 2), "RNN": (1, 2),
+            "Einsum": None, "Attention": (1,), "MultiHeadAttention": None}
+FC_OPS = set(FC_SLOTS)
 QUANTIZED_SLOTS = {"QLinearMatMul": (0, 3), "QLinearConv": (0, 3), "MatMulInteger": (0, 1), "ConvInteger": (0, 1),
                    "DequantizeLinear": (0,)}
 KIND_ORDER = ("conv", "embedding", "fc", "other")
@@ -78,7 +81,7 @@ def weight_kind(consumers: list[tuple[gs.Node, int, tuple[str, ...]]]) -> str:
             kinds.add("conv")
         elif node.op == "Gather" and slot == 0:
             kinds.add("embedding")
-        elif node.op in FC_OPS:
+        elif node.op in FC_SLOTS and (FC_SLOTS[node.op] is None or slot in FC_SLOTS[node.op]):
             kinds.add("fc")
         else:
             kinds.add("other")

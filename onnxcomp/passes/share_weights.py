@@ -23,7 +23,7 @@ from onnxcomp.passes.calibration import from_rows, to_rows
 from onnxcomp.errors import InvalidOptionError
 from onnxcomp.core.recipes import LayerRule, rule_value
 
-from .base import to_element_type, CompressionState, GraphPass, PassResult
+from .base import CompressionState, GraphPass, PassResult, to_element_type
 
 
 ROUNDINGS = ("obs", "nearest")

@@ -262,6 +262,7 @@ def _opens(path: str, custom: bool) -> str | None:
     options = session_options() if custom else ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # loading is the check: keep it cheap
     options.intra_op_num_threads = 1
+    options.log_severity_level = 3  # the check says nothing unless it fails (onnxruntime warns about harmless things)
     try:
         ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own exception types

@@ -29,7 +29,10 @@ DOMAIN = "ai.onnxcomp"
 KIND_OF_OP = {"Conv": "conv", "ConvTranspose": "conv", "Gather": "embedding", "CodebookGather": "embedding",
               "CodebookMatMul": "fc", **{op: "fc" for op in FC_OPS}}
 DENSE_BITS = {onnx.TensorProto.FLOAT: 32, onnx.TensorProto.FLOAT16: 16, onnx.TensorProto.BFLOAT16: 16}
-DENSE_LISTED = 1024  # dense float tensors read by no conv/fc/embedding op are listed from this many elements
+DENSE_LISTED = 1024  # dense float tensors read in no weight slot are listed from this many elements
+# Inputs that hold a layer's weights (None: every input); a dense float tensor read there is always listed.
+WEIGHT_SLOTS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (0, 1), "MatMul": (0, 1), "Gather": (0,), "LSTM": (1, 2),
+                "GRU": (1, 2), "RNN": (1, 2), "Einsum": None, "CodebookMatMul": (1,), "CodebookGather": (0,)}
 PORTABLE_CODEBOOK = ".codebook"
 PORTABLE_INDICES = ".indices"
 PORTABLE_CODEBOOK_NAME = re.compile(r"\.codebook(\.\d+)?$")  # passes/names.py may number a generated name
@@ -207,10 +210,11 @@ def _consumers(model: onnx.ModelProto) -> dict[str, list[tuple[onnx.NodeProto, i
     return uses
 
 
-def _describe_uses(name: str, uses: dict) -> tuple[str, str]:
-    """(op, kind) for a tensor, looking through CodebookDecode, portable lookups and shape-only ops (CHAIN_OPS)
-    to the real consumers; kind as passes/select_weights.py decides it."""
-    ops, queue, seen = [], [name], set()
+def _describe_uses(name: str, uses: dict) -> tuple[str, str, bool]:
+    """(op, kind, in a weight slot) for a tensor, looking through CodebookDecode, portable lookups and shape-only
+    ops (CHAIN_OPS) to the real consumers; kind as passes/select_weights.py decides it; the flag says whether a
+    consumer reads it as a weight (WEIGHT_SLOTS), not as a bias or an operand of an elementwise op."""
+    ops, queue, seen, weight_slot = [], [name], set(), False
     while queue:
         tensor = queue.pop()
         for node, slot in uses.get(tensor, []):
@@ -223,10 +227,12 @@ def _describe_uses(name: str, uses: dict) -> tuple[str, str]:
                 queue.extend(node.output)
             else:
                 ops.append(node.op_type)
+                slots = WEIGHT_SLOTS.get(node.op_type, ())
+                weight_slot |= slots is None or slot in slots
     ops = sorted(set(ops)) or ["-"]
     kinds = {KIND_OF_OP.get(op, "other") for op in ops}
     kind = next((k for k in ("conv", "embedding", "fc", "other") if k in kinds), "other")
-    return "+".join(ops), kind
+    return "+".join(ops), kind, weight_slot
 
 
 def inspect(model_path: str) -> Inspection:
@@ -242,7 +248,7 @@ def inspect(model_path: str) -> Inspection:
     uses = _consumers(model)
     result = Inspection(model_path, fmt, model_bytes(model_path))
     for tensor_name, weight in compressed.items():
-        op, kind = _describe_uses(tensor_name, uses)
+        op, kind, _ = _describe_uses(tensor_name, uses)
         zero = np.flatnonzero(weight.codebook == 0.0)
         sparsity = float(np.isin(weight.indices, zero).mean()) if weight.indices.size else 0.0
         n = int(weight.indices.size)
@@ -256,9 +262,9 @@ def inspect(model_path: str) -> Inspection:
         if tensor.data_type not in DENSE_BITS or PORTABLE_CODEBOOK_NAME.search(tensor.name) or tensor.name in listed \
                 or not uses.get(tensor.name):
             continue
-        op, kind = _describe_uses(tensor.name, uses)
+        op, kind, weight_slot = _describe_uses(tensor.name, uses)
         size = int(np.prod(tensor.dims, dtype=np.int64))
-        if kind == "other" and size < DENSE_LISTED:
+        if not weight_slot and size < DENSE_LISTED:
             continue
         listed.add(tensor.name)
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
