@@ -6,6 +6,8 @@
 //   codebook: info.codebook_size floats; indices: info.num_elements * record::index_width(info.index_bits) bytes;
 //   workspace: decode_workspace_bytes(info) bytes, 4-byte aligned;
 //   s = decode_record(data, info, codebook, indices, workspace, workspace_bytes);
+//   version 2 only (info.outlier_count > 0): positions: outlier_count u64, values: outlier_count floats;
+//   s = decode_outliers(data, info, positions, values);   // the decoded tensor takes values[j] at positions[j]
 #ifndef ONNXCOMP_DECODE_H_
 #define ONNXCOMP_DECODE_H_
 
@@ -95,6 +97,13 @@ struct RecordInfo {
   uint64_t value_table_offset;  // dense: the index table
   uint64_t payload_offset;
   uint64_t payload_bits;
+  // Outlier section (version 2; outlier_count = 0 for version 1).
+  uint64_t outlier_count;  // L
+  uint32_t outlier_format;  // record::kOutlierFloat16 or kOutlierFloat32
+  uint32_t rice_bits;
+  uint64_t positions_offset;
+  uint64_t positions_bits;
+  uint64_t outlier_values_offset;
 };
 
 // A bounds-checked forward cursor over [0, end): every field is taken through it.
@@ -111,6 +120,70 @@ struct Cursor {
 };
 
 ONNXCOMP_HD bool float_is_finite_bits(uint32_t bits) { return (bits & 0x7F800000u) != 0x7F800000u; }
+ONNXCOMP_HD bool half_is_finite_bits(uint16_t bits) { return (bits & 0x7C00u) != 0x7C00u; }
+
+// IEEE-754 binary16 -> binary32, exact (every finite half is a float). Non-finite inputs are rejected by
+// parse_record before this is called.
+ONNXCOMP_HD float half_bits_to_float(uint16_t h) {
+  const uint32_t sign = uint32_t{h & 0x8000u} << 16;
+  const uint32_t exponent = (h >> 10) & 0x1Fu, mantissa = h & 0x3FFu;
+  if (exponent == 0) {  // zero or subnormal: mantissa * 2^-24, exact in binary32
+    const float magnitude = static_cast<float>(mantissa) * 5.9604644775390625e-8f;
+    return sign ? -magnitude : magnitude;
+  }
+  return bits_to_float(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+}
+
+// Bytes of a bit stream of `bits` bits, and whether its unused low bits in the last byte are all 0.
+ONNXCOMP_HD uint64_t stream_bytes(uint64_t bits) { return bits / 8 + (bits % 8 != 0); }
+ONNXCOMP_HD bool stream_padding_is_zero(const uint8_t* stream, uint64_t bits) {
+  const uint32_t spare = static_cast<uint32_t>(stream_bytes(bits) * 8 - bits);
+  return spare == 0 || (stream[stream_bytes(bits) - 1] & ((1u << spare) - 1)) == 0;
+}
+
+// Outlier section (version 2): header, position stream and values; the positions themselves are checked
+// when decode_outliers reads them.
+ONNXCOMP_HD DecodeStatus parse_outlier_section(const uint8_t* data, Cursor& cursor, RecordInfo* out) {
+  using namespace record;
+  RecordInfo& info = *out;
+  uint64_t offset;
+  if (!cursor.take(kOutlierHeaderSize, &offset)) {
+    return decode_fail(DecodeError::kTruncated, "record truncated in outlier header");
+  }
+  info.outlier_count = load_u64(data + offset);
+  info.outlier_format = data[offset + 8];
+  info.rice_bits = data[offset + 9];
+  info.positions_bits = load_u64(data + offset + 10);
+  if (info.outlier_count < 1 || info.outlier_count > info.num_elements) {
+    return decode_fail(DecodeError::kBadOutliers, "outlier count L outside 1..N");
+  }
+  if (info.outlier_format != kOutlierFloat16 && info.outlier_format != kOutlierFloat32) {
+    return decode_fail(DecodeError::kBadOutliers, "outlier value format not 0 (float16) or 1 (float32)");
+  }
+  if (info.rice_bits > kMaxRiceBits) return decode_fail(DecodeError::kBadOutliers, "outlier Rice bits above 39");
+  // Every gap code is at least rice_bits + 1 bits: a cheap bound before anything is decoded.
+  if (info.positions_bits / (info.rice_bits + 1) < info.outlier_count) {
+    return decode_fail(DecodeError::kBadOutliers, "outlier position stream shorter than L codes");
+  }
+  if (!cursor.take(stream_bytes(info.positions_bits), &info.positions_offset)) {
+    return decode_fail(DecodeError::kTruncated, "record truncated in outlier positions (shorter than position_bits)");
+  }
+  if (!stream_padding_is_zero(data + info.positions_offset, info.positions_bits)) {
+    return decode_fail(DecodeError::kStreamHasBitsLeft, "outlier position padding bits not 0");
+  }
+  const uint32_t value_size = outlier_value_size(info.outlier_format);
+  if (info.outlier_count > (cursor.end - cursor.position) / value_size ||
+      !cursor.take(info.outlier_count * value_size, &info.outlier_values_offset)) {
+    return decode_fail(DecodeError::kTruncated, "record truncated in outlier values");
+  }
+  for (uint64_t j = 0; j < info.outlier_count; ++j) {
+    const uint8_t* value = data + info.outlier_values_offset + j * value_size;
+    if (value_size == 2 ? !half_is_finite_bits(load_u16(value)) : !float_is_finite_bits(load_u32(value))) {
+      return decode_fail(DecodeError::kBadOutliers, "outlier value not finite");
+    }
+  }
+  return decode_ok();
+}
 
 // Validates everything that can be checked without decoding the payload: sizes against `size`,
 // header fields, the CRC (before anything else is trusted beyond the magic), dims, codebook values,
@@ -128,8 +201,9 @@ ONNXCOMP_HD DecodeStatus parse_record(const uint8_t* data, uint64_t size, Record
   if (crc32(data, body) != load_u32(data + body)) {
     return decode_fail(DecodeError::kBadCrc, "record CRC-32 mismatch (corrupt or truncated record)");
   }
-  if (load_u16(data + kOffsetVersion) != kVersion) {
-    return decode_fail(DecodeError::kBadHeader, "unsupported record version (expected 1)");
+  const uint16_t version = load_u16(data + kOffsetVersion);
+  if (version != kVersion && version != kVersionOutliers) {
+    return decode_fail(DecodeError::kBadHeader, "unsupported record version (expected 1 or 2)");
   }
   if (data[kOffsetValueType] != kValueTypeFloat32) {
     return decode_fail(DecodeError::kBadHeader, "unsupported value type (expected 1, float32)");
@@ -218,16 +292,22 @@ ONNXCOMP_HD DecodeStatus parse_record(const uint8_t* data, uint64_t size, Record
     return decode_fail(DecodeError::kTruncated, "record truncated before payload_bits");
   }
   info.payload_bits = load_u64(data + offset);
-  uint64_t payload_bytes = info.payload_bits / 8 + (info.payload_bits % 8 != 0);
-  if (!cursor.take(payload_bytes, &info.payload_offset)) {
+  if (!cursor.take(stream_bytes(info.payload_bits), &info.payload_offset)) {
     return decode_fail(DecodeError::kTruncated, "record truncated in payload (shorter than payload_bits)");
   }
-  if (cursor.position != body) {
-    return decode_fail(DecodeError::kTrailingBytes, "record has bytes between its payload and its CRC");
-  }
-  uint32_t spare_bits = static_cast<uint32_t>(payload_bytes * 8 - info.payload_bits);
-  if (spare_bits && (data[info.payload_offset + payload_bytes - 1] & ((1u << spare_bits) - 1)) != 0) {
+  if (!stream_padding_is_zero(data + info.payload_offset, info.payload_bits)) {
     return decode_fail(DecodeError::kStreamHasBitsLeft, "payload padding bits after payload_bits not 0");
+  }
+  info.outlier_count = 0;
+  info.outlier_format = 0;
+  info.rice_bits = 0;
+  info.positions_offset = info.positions_bits = info.outlier_values_offset = 0;
+  if (version == kVersionOutliers) {
+    DecodeStatus s = parse_outlier_section(data, cursor, &info);
+    if (!s.ok()) return s;
+  }
+  if (cursor.position != body) {
+    return decode_fail(DecodeError::kTrailingBytes, "record has bytes between its last section and its CRC");
   }
   return decode_ok();
 }
@@ -308,6 +388,62 @@ ONNXCOMP_HD DecodeStatus decode_sparse(const HuffmanDecoder& gaps, const Huffman
   }
   if (reader.position != reader.size_bits) {
     return decode_fail(DecodeError::kStreamHasBitsLeft, "payload has bits left after the last code");
+  }
+  return decode_ok();
+}
+
+// Reads `count` (<= 32) bits MSB first; the caller has checked that they lie inside the stream.
+ONNXCOMP_HD uint64_t read_bits(BitReader& reader, uint32_t count) {
+  if (count == 0) return 0;
+  const uint32_t window = reader.peek32_safe();
+  reader.position += count;
+  return window >> (32 - count);
+}
+
+// Decodes the outlier positions (Golomb-Rice coded gaps, docs/format.md) and values of a record
+// parse_record accepted: `positions` and `values` hold info.outlier_count entries each. Positions come out
+// strictly increasing and below N, or the record is rejected.
+ONNXCOMP_HD DecodeStatus decode_outliers(const uint8_t* data, const RecordInfo& info, uint64_t* positions,
+                                         float* values) {
+  BitReader reader{data + info.positions_offset, stream_bytes(info.positions_bits), info.positions_bits, 0};
+  const uint64_t n = info.num_elements;
+  const uint32_t r = info.rice_bits;
+  const uint64_t max_quotient = n >> r;  // a larger quotient alone puts the gap at or past N
+  uint64_t next = 0;                     // the smallest position the next outlier may take
+  for (uint64_t j = 0; j < info.outlier_count; ++j) {
+    uint64_t quotient = 0;
+    for (;;) {  // unary part: quotient one-bits, then a zero bit
+      const uint64_t left = reader.size_bits - reader.position;
+      if (left == 0) return decode_fail(DecodeError::kStreamEndsEarly, "outlier position stream ends early");
+      const uint32_t window = reader.peek32_safe();
+      uint32_t ones = 0;
+      while (ones < 32 && (window >> (31 - ones)) & 1u) ++ones;
+      if (ones >= left) return decode_fail(DecodeError::kStreamEndsEarly, "outlier position stream ends early");
+      quotient += ones;
+      if (quotient > max_quotient) return decode_fail(DecodeError::kBadOutliers, "outlier position not below N");
+      reader.position += ones;
+      if (ones < 32) {
+        reader.position += 1;  // the terminating zero
+        break;
+      }
+    }
+    if (reader.size_bits - reader.position < r) {
+      return decode_fail(DecodeError::kStreamEndsEarly, "outlier position stream ends early");
+    }
+    uint64_t remainder = r > 20 ? read_bits(reader, r - 20) << 20 : 0;
+    remainder |= read_bits(reader, r > 20 ? 20 : r);
+    const uint64_t gap = (quotient << r) | remainder;
+    if (next >= n || gap >= n - next) return decode_fail(DecodeError::kBadOutliers, "outlier position not below N");
+    positions[j] = next + gap;
+    next = positions[j] + 1;
+  }
+  if (reader.position != reader.size_bits) {
+    return decode_fail(DecodeError::kStreamHasBitsLeft, "outlier position stream has bits left after L codes");
+  }
+  const uint32_t value_size = record::outlier_value_size(info.outlier_format);
+  for (uint64_t j = 0; j < info.outlier_count; ++j) {
+    const uint8_t* value = data + info.outlier_values_offset + j * value_size;
+    values[j] = value_size == 2 ? half_bits_to_float(load_u16(value)) : bits_to_float(load_u32(value));
   }
   return decode_ok();
 }

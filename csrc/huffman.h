@@ -42,6 +42,7 @@ enum class DecodeError : uint8_t {
   kStreamHasBitsLeft,  // payload_bits not consumed exactly, or non-zero padding bits
   kBadValueIndex,      // sparse value index 0 or >= K
   kGapPassesN,
+  kBadOutliers,        // outlier section: count, value format, Rice bits, positions or values out of range
   kBadArgument,        // caller error: workspace too small or misaligned
 };
 

@@ -1,4 +1,4 @@
-// The weight-record layout of docs/format.md (record version 1), pinned in one place.
+// The weight-record layout of docs/format.md (record versions 1 and 2), pinned in one place.
 // Shared by host and device code: constants only, no ORT types, no STL.
 #ifndef ONNXCOMP_RECORD_FORMAT_H_
 #define ONNXCOMP_RECORD_FORMAT_H_
@@ -16,7 +16,10 @@ namespace record {
 
 inline constexpr uint8_t kMagic[4] = {'O', 'C', 'W', 'R'};
 inline constexpr uint32_t kMagicLE = 0x5257434Fu;  // kMagic read as a little-endian u32 (device-friendly)
+// Version 1: codebook + coded indices. Version 2: the same followed by an outlier section (exact values at
+// listed positions). Writers use version 1 whenever a record has no outliers, so older readers keep reading it.
 inline constexpr uint16_t kVersion = 1;
+inline constexpr uint16_t kVersionOutliers = 2;
 inline constexpr uint8_t kValueTypeFloat32 = 1;  // ONNX TensorProto.FLOAT
 inline constexpr uint8_t kCodingDense = 0;
 inline constexpr uint8_t kCodingSparse = 1;
@@ -28,6 +31,10 @@ inline constexpr uint32_t kMinGapBits = 1;
 inline constexpr uint32_t kMaxGapBits = 16;
 inline constexpr uint32_t kMaxCodeLength = 24;
 inline constexpr uint64_t kMaxElements = uint64_t{1} << 40;  // N must be strictly below this
+// Outlier section: value format and the Golomb-Rice parameter of the position gaps.
+inline constexpr uint8_t kOutlierFloat16 = 0;  // IEEE-754 binary16, little-endian
+inline constexpr uint8_t kOutlierFloat32 = 1;  // IEEE-754 binary32, little-endian
+inline constexpr uint32_t kMaxRiceBits = 39;    // gaps are below N < 2^40
 
 // Fixed header: byte offsets of each field.
 inline constexpr uint32_t kOffsetMagic = 0;
@@ -46,6 +53,8 @@ inline constexpr uint32_t kCodebookEntrySize = 4;
 inline constexpr uint32_t kCrcSize = 4;
 inline constexpr uint32_t kPayloadBitsSize = 8;
 inline constexpr uint32_t kSparseHeaderSize = 1 + 8;  // gap bits, M
+inline constexpr uint32_t kOutlierHeaderSize = 8 + 1 + 1 + 8;  // count L, value format, Rice bits, position_bits
+inline constexpr uint32_t outlier_value_size(uint32_t format) { return format == kOutlierFloat16 ? 2u : 4u; }
 
 // The smallest possible record: rank 0, K = 1, dense, empty payload.
 inline constexpr uint32_t kMinRecordSize =
@@ -61,6 +70,8 @@ static_assert(kMinRecordSize == 41, "rank-0, K=1 dense record size");
 static_assert(kMaxCodeLength < 32, "codes are peeked from a 32-bit window");
 static_assert(kMaxIndexBits <= 16, "indices are held in at most two bytes");
 static_assert(kMaxGapBits <= 16, "gap symbols are held in at most two bytes");
+static_assert(outlier_value_size(kOutlierFloat16) == 2 && outlier_value_size(kOutlierFloat32) == 4, "outlier values");
+static_assert((uint64_t{1} << (kMaxRiceBits + 1)) >= kMaxElements, "a Rice parameter can cover any gap below N");
 static_assert(kMaxRank * kDimSize + kFixedHeaderSize < 256, "header fits in a small buffer");
 
 // Working form of the indices: one byte each up to 8 index bits, two bytes otherwise.

@@ -18,7 +18,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxcomp
-from onnxcomp.core.sidecar import encode_record
+from onnxcomp.core.sidecar import decode_record, encode_record
 
 ISAS = ["scalar", "avx2", "avx512"]
 EPS32 = 2.0 ** -24
@@ -148,6 +148,21 @@ def test_force_scalar_env_matches_isa_scalar():
     np.testing.assert_array_equal(forced, run_with_isa(model, {"x": x}, "scalar"))
 
 
+def decode_and_gather(record: bytes, rows: np.ndarray):
+    """Runs CodebookDecode(record) and CodebookGather(record, rows) in onnxruntime; returns (w, g)."""
+    import onnxruntime as ort
+    initializer = numpy_helper.from_array(np.frombuffer(record, np.uint8), "r")
+    nodes = [helper.make_node("CodebookDecode", ["r"], ["w"], domain=onnxcomp.runtime.DOMAIN),
+             helper.make_node("CodebookGather", ["r", "p"], ["g"], domain=onnxcomp.runtime.DOMAIN)]
+    graph = helper.make_graph(nodes, "decode", [helper.make_tensor_value_info("p", TensorProto.INT64, list(rows.shape))],
+                              [helper.make_tensor_value_info("w", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("g", TensorProto.FLOAT, None)], [initializer])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(onnxcomp.runtime.DOMAIN, 1)])
+    model.ir_version = 8
+    session = ort.InferenceSession(model.SerializeToString(), onnxcomp.runtime.session_options(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"p": rows})
+
+
 @pytest.mark.parametrize("bits", [1, 3, 4, 5, 8, 9, 16])
 def test_decode_and_gather_packed_working_form(bits):
     rng = np.random.default_rng(bits)
@@ -155,18 +170,93 @@ def test_decode_and_gather_packed_working_form(bits):
     size = min(1 << bits, 3000)
     codebook = rng.standard_normal(size).astype(np.float32)
     indices = rng.integers(0, size, shape)
-    record = numpy_helper.from_array(np.frombuffer(encode_record(codebook, indices, shape, bits), np.uint8), "r")
     positions = np.array([[0, 36, -1], [5, -37, 17]], dtype=np.int64)
-    nodes = [helper.make_node("CodebookDecode", ["r"], ["w"], domain=onnxcomp.runtime.DOMAIN),
-             helper.make_node("CodebookGather", ["r", "p"], ["g"], domain=onnxcomp.runtime.DOMAIN)]
-    graph = helper.make_graph(nodes, "decode", [helper.make_tensor_value_info("p", TensorProto.INT64, [2, 3])],
-                              [helper.make_tensor_value_info("w", TensorProto.FLOAT, None),
-                               helper.make_tensor_value_info("g", TensorProto.FLOAT, None)], [record])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(onnxcomp.runtime.DOMAIN, 1)])
-    model.ir_version = 8
-    w, g = onnxcomp.InferenceSession.__wrapped__(model) if False else (None, None)
-    import onnxruntime as ort
-    session = ort.InferenceSession(model.SerializeToString(), onnxcomp.runtime.session_options(), providers=["CPUExecutionProvider"])
-    w, g = session.run(None, {"p": positions})
+    w, g = decode_and_gather(encode_record(codebook, indices, shape, bits), positions)
     np.testing.assert_array_equal(w, codebook[indices])
     np.testing.assert_array_equal(g, codebook[indices][positions])
+
+
+# ---- Outliers (record version 2) ---------------------------------------------------------------------------
+
+def with_outliers(rng, indices_shape, fraction, scale=40.0):
+    """Sorted random outlier positions (a `fraction` of the elements, at least one) and large values."""
+    n = int(np.prod(indices_shape))
+    count = max(1, int(fraction * n))
+    positions = np.sort(rng.choice(n, count, replace=False))
+    return positions, (rng.standard_normal(count) * scale).astype(np.float32)
+
+
+def check_with_corrections(y, x, record, bias):
+    """The summation bound of check_against_reference, widened for the outlier corrections: each is one more
+    fused multiply-add after the bias, with delta = fl(outlier - codebook value) rounded once."""
+    decoded = decode_record(record)
+    k = decoded.dims[0]
+    plain = decoded.codebook[decoded.indices].reshape(decoded.dims).astype(np.float64)
+    exact = decoded.to_dense().astype(np.float64)
+    per_column = np.bincount(decoded.outlier_positions % decoded.dims[1], minlength=decoded.dims[1]).max()
+    x64 = x.astype(np.float64).reshape(-1, k)
+    ref = x64 @ exact + (0 if bias is None else bias.astype(np.float64))
+    bound = (k + per_column + 2) * EPS32 * (np.abs(x64) @ (np.abs(plain) + 2 * np.abs(exact))) + EPS32 * np.abs(ref) + 1e-30
+    err = np.abs(y.reshape(ref.shape).astype(np.float64) - ref)
+    assert (err <= bound).all(), f"max error {err.max()} above the bound (worst ratio {(err / bound).max()})"
+
+
+@pytest.mark.parametrize("bits,sparse", [(3, False), (4, True), (5, False), (8, True), (10, False)])
+@pytest.mark.parametrize("m,k,n", [(1, 7, 13), (1, 100, 129), (3, 45, 64), (13, 17, 67), (64, 130, 97)])
+def test_codebook_matmul_outliers_every_isa(m, k, n, bits, sparse):
+    rng = np.random.default_rng(7 * m + 11 * k + n + bits)
+    codebook, indices = random_layer(rng, k, n, bits, sparse=sparse)
+    positions, values = with_outliers(rng, (k, n), 0.01)
+    record = encode_record(codebook, indices, (k, n), bits, positions, values)
+    bias = rng.standard_normal(n).astype(np.float32) if n % 2 else None
+    model = matmul_model(record, k, n, bias is not None, bias)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    outputs = {}
+    for isa in ISAS:
+        if isa_available(isa):
+            outputs[isa] = run_with_isa(model, {"x": x}, isa)
+            check_with_corrections(outputs[isa], x, record, bias)
+    for isa, y in outputs.items():
+        np.testing.assert_array_equal(y, outputs["scalar"], err_msg=f"{isa} differs from the scalar kernel")
+    # Without the outliers the product is far off: the check above can fail.
+    plain = x.astype(np.float64) @ codebook[indices].astype(np.float64)
+    exact = x.astype(np.float64) @ decode_record(record).to_dense().astype(np.float64)
+    assert np.abs(plain - exact).max() > 1.0
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_codebook_matmul_outliers_threads(isa):
+    if not isa_available(isa):
+        pytest.skip(f"this CPU has no {isa}")
+    rng = np.random.default_rng(8)
+    k, n = 300, 1000
+    codebook, indices = random_layer(rng, k, n, 4)
+    positions, values = with_outliers(rng, (k, n), 0.005)
+    record = encode_record(codebook, indices, (k, n), 4, positions, values)
+    bias = rng.standard_normal(n).astype(np.float32)
+    model = matmul_model(record, k, n, True, bias, batch_shape=("A", "B"))
+    x = rng.standard_normal((3, 50, k)).astype(np.float32)
+    one = run_with_isa(model, {"x": x}, isa, threads=1)
+    np.testing.assert_array_equal(one, run_with_isa(model, {"x": x}, isa, threads=2))
+    check_with_corrections(one, x, record, bias)
+    single = run_with_isa(model, {"x": x[:1, :1]}, isa)
+    np.testing.assert_array_equal(single.reshape(-1), one.reshape(-1, n)[0])
+
+
+@pytest.mark.parametrize("bits,fraction", [(1, 0.02), (4, 1.0), (5, 0.05), (9, 0.01), (16, 0.003)])
+def test_decode_and_gather_outliers_exact(bits, fraction):
+    rng = np.random.default_rng(bits)
+    shape = (37, 11)
+    size = min(1 << bits, 3000)
+    codebook = rng.standard_normal(size).astype(np.float32)
+    indices = rng.integers(0, size, shape)
+    positions, values = with_outliers(rng, shape, fraction)
+    values[::3] = np.float32(1e-30)  # binary16 cannot hold these: the record keeps float32 values
+    data = encode_record(codebook, indices, shape, bits, positions, values)
+    reference = decode_record(data).to_dense()
+    assert np.array_equal(reference.reshape(-1)[positions], values)  # exact, not rounded
+    rows = np.array([[0, 36, -1], [5, -37, 17]], dtype=np.int64)
+    w, g = decode_and_gather(data, rows)
+    np.testing.assert_array_equal(w, reference)
+    np.testing.assert_array_equal(g, reference[rows])
+    assert not np.array_equal(w, codebook[indices])

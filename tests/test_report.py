@@ -11,7 +11,8 @@ from test_cli import BUNDLED, BUNDLED_EVAL, onnxcomp as cli
 
 REPORT_KEYS = {"input_path", "output_path", "sidecar_path", "input_bytes", "output_bytes", "layers", "skipped",
                "accuracy_before", "accuracy_after", "ratio", "budget", "float_params", "compressed_params", "coverage"}
-LAYER_KEYS = {"name", "kind", "shape", "params", "sparsity", "codebook_size", "bits", "bytes_before", "bytes_after", "ratio"}
+LAYER_KEYS = {"name", "kind", "shape", "params", "sparsity", "codebook_size", "bits", "bytes_before", "bytes_after", "ratio",
+              "outliers"}
 
 
 def test_report_json_matches_the_documented_schema(tmp_path):

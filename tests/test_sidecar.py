@@ -129,3 +129,112 @@ def test_domain_string_agrees_between_python_and_cpp():
     header = (Path(__file__).resolve().parents[1] / "csrc" / "record_format.h").read_text()
     assert f'#define ONNXCOMP_DOMAIN "{onnxcomp.DOMAIN}"' in header
     assert DOMAIN == onnxcomp.DOMAIN
+
+
+# ---- Outlier section (record version 2) ---------------------------------------------------------------------
+
+from onnxcomp.core import outliers  # noqa: E402
+
+
+def outlier_record(rng, n=500, count=7, scale=20.0, sparse=False):
+    cb = codebook_with_zero(rng, 8)
+    idx = sparse_indices(rng, (n,), 0.8 if sparse else 0.0, 8)
+    positions = np.sort(rng.choice(n, count, replace=False))
+    values = (rng.standard_normal(count) * scale).astype(np.float32)
+    return cb, idx, positions, values, sidecar.encode_record(cb, idx, (n,), 3, positions, values)
+
+
+@pytest.mark.parametrize("n,count,sparse", [(1, 1, False), (500, 7, False), (500, 7, True), (5000, 5000, False), (200_000, 1000, True)])
+def test_outlier_roundtrip(rng, n, count, sparse):
+    cb, idx, positions, values, data = outlier_record(rng, n, count, sparse=sparse)
+    assert struct.unpack("<H", data[4:6])[0] == sidecar.RECORD_VERSION_OUTLIERS
+    record = sidecar.decode_record(data)
+    assert np.array_equal(record.outlier_positions, positions)
+    expected = cb[idx].copy()
+    expected[positions] = outliers.stored_values(values)
+    assert np.array_equal(record.to_dense(), expected)
+    others = np.setdiff1d(np.arange(n), positions)
+    assert np.array_equal(record.indices[others], idx[others])  # only the outliers' own indices may change
+
+
+def test_records_without_outliers_stay_version_1(rng):
+    data = sidecar.encode_record(codebook_with_zero(rng, 4), rng.integers(0, 4, 30), (30,), 2)
+    assert struct.unpack("<H", data[4:6])[0] == sidecar.RECORD_VERSION
+
+
+def test_outlier_value_format_rule():
+    assert outliers.value_format(np.array([1.0, -2.5, 65504.0], np.float32)) == outliers.FLOAT16
+    assert outliers.value_format(np.array([1.0, 70000.0], np.float32)) == outliers.FLOAT32  # binary16 overflows
+    assert outliers.value_format(np.array([1e-6], np.float32)) == outliers.FLOAT32  # binary16 subnormal: too coarse
+    third = np.float32(1 / 3)
+    assert abs(float(np.float16(third)) - third) <= outliers.FLOAT16_RELATIVE_ERROR * third
+    assert outliers.value_format(np.array([third], np.float32)) == outliers.FLOAT16
+
+
+def test_outliers_cost_about_the_budget(rng):
+    """0.5 % outliers: Rice-coded gaps plus binary16 values, near 0.13 bit per weight (docs/format.md)."""
+    n = 1_000_000
+    positions = np.sort(rng.choice(n, n // 200, replace=False))
+    values = rng.standard_normal(len(positions)).astype(np.float32) * 5
+    bits_per_weight = 8 * outliers.encoded_bytes(positions, values) / n
+    assert 0.10 < bits_per_weight < 0.15
+
+
+def outlier_section_offset(data: bytes) -> int:
+    """Where the outlier section starts in a dense version-2 record with a rank-1 shape and K = 8."""
+    _, _, _, rank, _, coding, _, k, _ = struct.unpack("<4sHBBBBHIQ", data[:24])
+    assert coding == sidecar.CODING_DENSE and rank == 1
+    at = 24 + 8 + 4 * k + k
+    payload_bits = struct.unpack("<Q", data[at:at + 8])[0]
+    return at + 8 + (payload_bits + 7) // 8
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("count", 0, "outlier count"), ("count", 501, "outlier count"), ("format", 2, "value format"),
+    ("rice", 40, "Rice bits"), ("position_bits", 3, "shorter than L codes"),
+])
+def test_bad_outlier_headers_are_rejected(rng, field, value, match):
+    *_, data = outlier_record(rng)
+    start = outlier_section_offset(data)
+    body = bytearray(data[:-4])
+    offset, fmt = {"count": (0, "<Q"), "format": (8, "<B"), "rice": (9, "<B"), "position_bits": (10, "<Q")}[field]
+    body[start + offset:start + offset + struct.calcsize(fmt)] = struct.pack(fmt, value)
+    with pytest.raises(CorruptSidecarError, match=match):
+        sidecar.decode_record(reseal(bytes(body)))
+
+
+def test_bad_outlier_positions_and_values_are_rejected(rng):
+    cb = codebook_with_zero(rng, 8)
+    idx = rng.integers(0, 8, 100)
+    # A position at N, written by hand (the encoder refuses it): one gap of 100 with r = 6.
+    good = sidecar.encode_record(cb, idx, (100,), 3, np.array([99]), np.array([5.0], np.float32))
+    start = outlier_section_offset(good)
+    count, fmt, r, bits = struct.unpack("<QBBQ", good[start:start + 18])
+    assert (count, r, bits) == (1, 6, 8)  # gap 99: unary 1, a zero, 100011
+    body = bytearray(good[:-4])
+    body[start + 18] = 0b10100100  # gap 64 + 36 = 100: position 100 = N
+    with pytest.raises(CorruptSidecarError, match="not below N"):
+        sidecar.decode_record(reseal(bytes(body)))
+    body = bytearray(good[:-4])
+    body[-2:] = np.array([np.inf], "<f2").tobytes()
+    with pytest.raises(CorruptSidecarError, match="not finite"):
+        sidecar.decode_record(reseal(bytes(body)))
+    with pytest.raises(CorruptSidecarError, match="trailing"):
+        sidecar.decode_record(reseal(bytes(good[:-4]) + b"\0"))
+    with pytest.raises(CorruptSidecarError, match="truncated"):
+        sidecar.decode_record(reseal(bytes(good[:-5])))
+    for bad_positions in ([3, 3], [5, 2], [-1], [100]):
+        with pytest.raises(ValueError):
+            sidecar.encode_record(cb, idx, (100,), 3, np.array(bad_positions), np.ones(len(bad_positions), np.float32))
+    with pytest.raises(ValueError):
+        sidecar.encode_record(cb, idx, (100,), 3, np.array([1]), np.array([np.nan], np.float32))
+
+
+def test_every_truncation_of_an_outlier_record_is_rejected(rng):
+    *_, data = outlier_record(rng, n=300, count=9)
+    for size in range(len(data)):
+        with pytest.raises(CorruptSidecarError):
+            sidecar.decode_record(data[:size])
+        if size > 40:
+            with pytest.raises(CorruptSidecarError):
+                sidecar.decode_record(reseal(data[:size - 4]))

@@ -118,7 +118,7 @@ def test_wrong_record_version_with_a_valid_checksum(compressed, tmp_path):
     offset, length = int(entry["offset"]), int(entry["length"])
     data = bytearray(sidecar_path.read_bytes())
     record = bytearray(data[offset:offset + length])
-    record[4:6] = struct.pack("<H", 2)
+    record[4:6] = struct.pack("<H", 3)
     record[-4:] = struct.pack("<I", zlib.crc32(bytes(record[:-4])))
     data[offset:offset + length] = record
     sidecar_path.write_bytes(bytes(data))
@@ -174,3 +174,54 @@ def test_python_loader_refuses_an_absolute_location(compressed, tmp_path, rng):
     onnx.save(model, str(tmp_path / "abs.onnx"))
     with pytest.raises(UnsupportedModelError, match="outside"):
         model_io.load_model(str(tmp_path / "abs.onnx"))
+
+
+def outlier_matmul_model(record: bytes) -> onnx.ModelProto:
+    from onnx import numpy_helper
+    node = helper.make_node("CodebookMatMul", ["x", "w"], ["y"], domain=onnxcomp.runtime.DOMAIN)
+    graph = helper.make_graph([node], "outliers", [float_input("x", ["n", 10])], [float_input("y", None)],
+                              [numpy_helper.from_array(np.frombuffer(record, np.uint8), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(onnxcomp.runtime.DOMAIN, 1)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("damage", ["position at N", "count zero", "count above N", "values cut", "extra byte", "bad format"])
+def test_damaged_outlier_section_is_a_clean_error(tmp_path, damage):
+    """A version-2 record whose outlier section lies (CRC recomputed): both readers refuse it, no crash."""
+    from onnxcomp.core import sidecar
+    rng = np.random.default_rng(5)
+    good = sidecar.encode_record(rng.standard_normal(4).astype(np.float32), rng.integers(0, 4, 60), (10, 6), 2,
+                                 np.array([59]), np.array([9.0], np.float32))
+    body = bytearray(good[:-4])
+    start = len(body) - 2 - 1 - 18  # one binary16 value, a one-byte position stream, the 18-byte header
+    assert struct.unpack("<QBBQ", bytes(body[start:start + 18]))[0] == 1
+    if damage == "position at N":
+        count, fmt, r, bits = struct.unpack("<QBBQ", bytes(body[start:start + 18]))
+        gap = 60  # every code of r + 1 + quotient bits; rewrite the stream with gap 60 = N
+        quotient, code_bits = gap >> r, (gap >> r) + 1 + r
+        assert code_bits == bits
+        code = ((1 << quotient) - 1) << (r + 1) | (gap & ((1 << r) - 1))
+        body[start + 18] = (code << (8 - code_bits)) & 0xFF
+    elif damage == "count zero":
+        body[start:start + 8] = struct.pack("<Q", 0)
+    elif damage == "count above N":
+        body[start:start + 8] = struct.pack("<Q", 61)
+    elif damage == "values cut":
+        del body[-1]
+    elif damage == "extra byte":
+        body += b"\0"
+    elif damage == "bad format":
+        body[start + 8] = 7
+    record = reseal(bytes(body))
+    with pytest.raises(CorruptSidecarError):
+        sidecar.decode_record(record)
+    path = tmp_path / "m.onnx"
+    onnx.save(outlier_matmul_model(record), str(path))
+    expect_clean_error(path, "onnxcomp: node", "corrupt weight record")
+    onnx.save(outlier_matmul_model(good), str(path))
+    assert open_session(path).returncode == 0
+
+
+def reseal(body: bytes) -> bytes:
+    return body + struct.pack("<I", zlib.crc32(body))

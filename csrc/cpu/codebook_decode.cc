@@ -15,19 +15,7 @@ OrtStatus* CodebookDecodeKernel::ComputeV2(OrtKernelContext* raw_context) noexce
     const DecodedRecord* record;
     if (OrtStatus* status = GetRecord(context, scratch, &record)) return status;
     float* out = context.GetOutput(0, record->dims).GetTensorMutableData<float>();
-    const float* codebook = record->codebook.data();
-    const int64_t n = record->num_elements;
-    const uint8_t* indices = record->indices.data();
-    switch (record->slot_bits) {  // one loop per slot width, so each compiles without a per-element branch
-      case 4:
-        for (int64_t i = 0; i < n; ++i) out[i] = packed::lookup(codebook, packed::linear_load(indices, 4, i));
-        break;
-      case 8:
-        for (int64_t i = 0; i < n; ++i) out[i] = packed::lookup(codebook, packed::linear_load(indices, 8, i));
-        break;
-      default:
-        for (int64_t i = 0; i < n; ++i) out[i] = packed::lookup(codebook, packed::linear_load(indices, 16, i));
-    }
+    record->decode_range(0, static_cast<uint64_t>(record->num_elements), out);
     return nullptr;
   });
 }

@@ -13,16 +13,11 @@ std::string GatherableRecord(const DecodedRecord& record) {
 template <typename Position>
 int64_t GatherRows(const Position* positions, int64_t count, const DecodedRecord& record, int64_t rows,
                    int64_t row_size, float* out) {
-  const float* codebook = record.codebook.data();
-  const uint8_t* indices = record.indices.data();
-  const uint32_t slot = record.slot_bits;
   for (int64_t i = 0; i < count; ++i) {
     int64_t row = static_cast<int64_t>(positions[i]);
     if (row < -rows || row >= rows) return i;
     if (row < 0) row += rows;
-    const uint64_t first = static_cast<uint64_t>(row * row_size);
-    float* target = out + i * row_size;
-    for (int64_t j = 0; j < row_size; ++j) target[j] = packed::lookup(codebook, packed::linear_load(indices, slot, first + j));
+    record.decode_range(static_cast<uint64_t>(row * row_size), static_cast<uint64_t>(row_size), out + i * row_size);
   }
   return -1;
 }

@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <cmath>
 
 #include "cpu/ops.h"
 
@@ -20,6 +21,7 @@ constexpr double kParallelWork = double(1 << 18);
 
 struct ParallelTask {
   const MatMulProblem* problem;
+  const PackedMatrix* matrix;
   MatMulKernel kernel;
   int64_t panels, panel_tasks;
 };
@@ -32,6 +34,10 @@ void RunTask(void* data, size_t task) {
   const int64_t m0 = row_task * kRowsPerTask, m1 = std::min(p.m, m0 + kRowsPerTask);
   const int64_t p0 = panel_task * kPanelsPerTask, p1 = std::min(t.panels, p0 + kPanelsPerTask);
   t.kernel(p, p0, p1, m0, m1);
+  if (!t.matrix->correction_start.empty()) {
+    ApplyCorrections(*t.matrix, p.x, p.y, m0, m1, p0 * packed::kPanelColumns,
+                     std::min<int64_t>(p.n, p1 * packed::kPanelColumns));
+  }
 }
 
 }  // namespace
@@ -67,6 +73,42 @@ void PackPanels(const DecodedRecord& record, uint64_t k, uint64_t n, uint8_t* pa
 
 }  // namespace
 
+void ApplyCorrections(const PackedMatrix& w, const float* x, float* y, int64_t row_begin, int64_t row_end,
+                      int64_t column_begin, int64_t column_end) {
+  const int64_t* start = w.correction_start.data();
+  const int64_t* rows = w.correction_row.data();
+  const float* delta = w.correction_delta.data();
+  for (int64_t m = row_begin; m < row_end; ++m) {
+    const float* xm = x + m * w.k;
+    float* ym = y + m * w.n;
+    for (int64_t c = column_begin; c < column_end; ++c) {
+      for (int64_t j = start[c]; j < start[c + 1]; ++j) ym[c] = std::fma(xm[rows[j]], delta[j], ym[c]);
+    }
+  }
+}
+
+namespace {
+
+// Groups the outliers of a [K, N] record by column (a counting sort keeps rows increasing inside a column).
+void PackCorrections(const DecodedRecord& record, PackedMatrix* w) {
+  const size_t count = record.outlier_positions.size();
+  w->correction_start.assign(static_cast<size_t>(w->n) + 1, 0);
+  w->correction_row.assign(count, 0);
+  w->correction_delta.assign(count, 0.0f);
+  const uint64_t n = static_cast<uint64_t>(w->n);
+  for (uint64_t position : record.outlier_positions) ++w->correction_start[position % n + 1];
+  for (int64_t c = 0; c < w->n; ++c) w->correction_start[c + 1] += w->correction_start[c];
+  std::vector<int64_t> next(w->correction_start.begin(), w->correction_start.end() - 1);
+  for (size_t j = 0; j < count; ++j) {
+    const uint64_t position = record.outlier_positions[j];
+    const int64_t at = next[position % n]++;
+    w->correction_row[at] = static_cast<int64_t>(position / n);
+    w->correction_delta[at] = record.outlier_values[j] - record.codebook[record.index(static_cast<int64_t>(position))];
+  }
+}
+
+}  // namespace
+
 // Columns past N keep index 0.
 void PackMatrix(const DecodedRecord& record, PackedMatrix* out) {
   PackedMatrix& w = *out;
@@ -77,6 +119,10 @@ void PackMatrix(const DecodedRecord& record, PackedMatrix* out) {
   w.table = record.codebook;
   const uint64_t k = static_cast<uint64_t>(w.k), n = static_cast<uint64_t>(w.n);
   w.panels.assign(packed::panels_total_bytes(k, n, w.slot_bits), 0);
+  w.correction_start.clear();
+  w.correction_row.clear();
+  w.correction_delta.clear();
+  if (!record.outlier_positions.empty()) PackCorrections(record, &w);
   switch (w.slot_bits) {
     case 4: return PackPanels<4>(record, k, n, w.panels.data());
     case 8: return PackPanels<8>(record, k, n, w.panels.data());
@@ -146,7 +192,7 @@ OrtStatus* CodebookMatMulKernel::ComputeV2(OrtKernelContext* raw_context) noexce
     const int64_t panels = static_cast<int64_t>(packed::panel_count(static_cast<uint64_t>(n)));
     const int64_t panel_tasks = (panels + kPanelsPerTask - 1) / kPanelsPerTask;
     const int64_t tasks = (m + kRowsPerTask - 1) / kRowsPerTask * panel_tasks;
-    ParallelTask task{&problem, kernel_, panels, panel_tasks};
+    ParallelTask task{&problem, w, kernel_, panels, panel_tasks};
     // ORT's intra-op thread pool (session option intra_op_num_threads) runs the tasks.
     if (tasks > 1 && double(m) * double(k) * double(n) >= kParallelWork) {
       context.ParallelFor(RunTask, static_cast<size_t>(tasks), 0, &task);

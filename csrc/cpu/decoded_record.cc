@@ -1,5 +1,6 @@
 #include "cpu/decoded_record.h"
 
+#include <algorithm>
 #include <new>
 #include <stdexcept>
 
@@ -19,6 +20,25 @@ void pack_linear(const Index* source, uint64_t n, uint32_t slot, uint8_t* target
 }
 
 }  // namespace
+
+void DecodedRecord::decode_range(uint64_t first, uint64_t count, float* out) const {
+  const float* table = codebook.data();
+  const uint8_t* data = indices.data();
+  switch (slot_bits) {  // one loop per slot width, so each compiles without a per-element branch
+    case 4:
+      for (uint64_t i = 0; i < count; ++i) out[i] = packed::lookup(table, packed::linear_load(data, 4, first + i));
+      break;
+    case 8:
+      for (uint64_t i = 0; i < count; ++i) out[i] = packed::lookup(table, packed::linear_load(data, 8, first + i));
+      break;
+    default:
+      for (uint64_t i = 0; i < count; ++i) out[i] = packed::lookup(table, packed::linear_load(data, 16, first + i));
+  }
+  auto begin = std::lower_bound(outlier_positions.begin(), outlier_positions.end(), first);
+  for (auto it = begin; it != outlier_positions.end() && *it < first + count; ++it) {
+    out[*it - first] = outlier_values[static_cast<size_t>(it - outlier_positions.begin())];
+  }
+}
 
 DecodeStatus decode_record_bytes(const uint8_t* data, size_t size, DecodedRecord* out) {
   RecordInfo info;
@@ -45,6 +65,9 @@ DecodeStatus decode_record_bytes(const uint8_t* data, size_t size, DecodedRecord
     } else {
       pack_linear(wide.data(), info.num_elements, r.slot_bits, r.indices.data());
     }
+    r.outlier_positions.assign(info.outlier_count, 0);
+    r.outlier_values.assign(info.outlier_count, 0.0f);
+    if (info.outlier_count) return decode_outliers(data, info, r.outlier_positions.data(), r.outlier_values.data());
     return decode_ok();
   } catch (const std::bad_alloc&) {
     return decode_fail(DecodeError::kBadArgument, "not enough memory to hold the decoded indices");

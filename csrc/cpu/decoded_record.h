@@ -1,4 +1,6 @@
-// A decoded weight record in working form (codebook + packed fixed-width indices), as the CPU kernels keep it.
+// A decoded weight record in working form (codebook + packed fixed-width indices + outliers), as the CPU kernels
+// keep it. Every kernel reads weight values through decode_range (dense values) or, for the fused product,
+// PackMatrix (cpu/ops.h), so each applies the outliers the same way.
 #ifndef ONNXCOMP_CPU_DECODED_RECORD_H_
 #define ONNXCOMP_CPU_DECODED_RECORD_H_
 
@@ -20,8 +22,15 @@ struct DecodedRecord {
   uint32_t codebook_size = 0;   // K of the record
   std::vector<float> codebook;  // padded with 0.0 to packed::table_entries(K) entries
   std::vector<uint8_t> indices;  // the N indices in the linear packed layout (packed_layout.h)
+  // Outliers (record version 2): element outlier_positions[j] is outlier_values[j], whatever its index says.
+  std::vector<uint64_t> outlier_positions;  // strictly increasing, below N
+  std::vector<float> outlier_values;
 
   uint32_t index(int64_t i) const { return packed::linear_load(indices.data(), slot_bits, static_cast<uint64_t>(i)); }
+
+  // Writes elements [first, first + count) of the decoded tensor (row-major) to `out`: the codebook value of
+  // each index, then the outliers inside the range. Requires first + count <= N.
+  void decode_range(uint64_t first, uint64_t count, float* out) const;
 };
 
 // Validates and decodes `size` bytes. Never throws; allocation failure is reported as a status.

@@ -35,10 +35,23 @@ struct PackedMatrix {
   uint32_t codebook_size = 0;
   std::vector<float> table;      // the codebook padded with zeros (packed::table_entries)
   std::vector<uint8_t> panels;
+  // The record's outliers as a sparse correction, by column (compressed sparse columns): for column c, entries
+  // correction_start[c] .. correction_start[c + 1] - 1 hold row k and delta = outlier - table[index of W[k, c]],
+  // rows increasing. Empty when the record has no outliers.
+  std::vector<int64_t> correction_start;  // n + 1 offsets
+  std::vector<int64_t> correction_row;
+  std::vector<float> correction_delta;
 };
 
-// Repacks the linear indices of a decoded [K, N] record into panels (shared by the CPU and CUDA kernels).
+// Repacks the linear indices of a decoded [K, N] record into panels and its outliers into per-column corrections
+// (shared by the CPU and CUDA kernels).
 void PackMatrix(const DecodedRecord& record, PackedMatrix* out);
+
+// Adds the outlier corrections to Y rows [row_begin, row_end), columns [column_begin, column_end), after the
+// panel kernel (and its bias): y[m, c] = fma(x[m, k], delta, y[m, c]) for each correction of column c in order
+// of k. The same code follows every instruction set's kernel, so their outputs stay bit-identical.
+void ApplyCorrections(const PackedMatrix& w, const float* x, float* y, int64_t row_begin, int64_t row_end,
+                      int64_t column_begin, int64_t column_end);
 
 struct CodebookMatMulKernel : RecordKernel {
   CodebookMatMulKernel();

@@ -54,6 +54,9 @@ OrtStatus* CudaCodebookDecodeKernel::Init(const OrtKernelInfo* info) {
     if (int error = indices_.Upload(record->indices.data(), record->indices.size())) {
       return CudaError(error, "uploading the indices");
     }
+    outlier_count_ = static_cast<int64_t>(record->outlier_positions.size());
+    if (int error = outlier_positions_.UploadVector(record->outlier_positions)) return CudaError(error, "uploading outliers");
+    if (int error = outlier_values_.UploadVector(record->outlier_values)) return CudaError(error, "uploading outliers");
     return nullptr;
   });
 }
@@ -63,7 +66,8 @@ OrtStatus* CudaCodebookDecodeKernel::ComputeV2(OrtKernelContext* raw_context) no
     Ort::KernelContext context(raw_context);
     float* out = context.GetOutput(0, dims_).GetTensorMutableData<float>();
     int error = onnxcomp_cuda_codebook_decode(context.GetGPUComputeStream(), indices_.get<uint8_t>(), slot_,
-                                              table_.get<float>(), count_, out);
+                                              table_.get<float>(), count_, outlier_positions_.get<uint64_t>(),
+                                              outlier_values_.get<float>(), outlier_count_, out);
     return error ? CudaError(error, "CodebookDecode launch") : nullptr;
   });
 }
@@ -84,6 +88,11 @@ OrtStatus* CudaCodebookMatMulKernel::Init(const OrtKernelInfo* info) {
     slot_ = matrix.slot_bits;
     if (int error = panels_.Upload(matrix.panels.data(), matrix.panels.size())) {
       return CudaError(error, "uploading the packed weight");
+    }
+    for (int error : {correction_start_.UploadVector(matrix.correction_start),
+                      correction_row_.UploadVector(matrix.correction_row),
+                      correction_delta_.UploadVector(matrix.correction_delta)}) {
+      if (error) return CudaError(error, "uploading the outlier corrections");
     }
     return nullptr;
   });
@@ -112,7 +121,9 @@ OrtStatus* CudaCodebookMatMulKernel::ComputeV2(OrtKernelContext* raw_context) no
     shape.back() = n_;
     float* y = context.GetOutput(0, shape).GetTensorMutableData<float>();
     int error = onnxcomp_cuda_codebook_matmul(context.GetGPUComputeStream(), x.GetTensorData<float>(), m, k_, n_,
-                                              panels_.get<uint8_t>(), slot_, table_.get<float>(), bias, y);
+                                              panels_.get<uint8_t>(), slot_, table_.get<float>(), bias,
+                                              correction_start_.get<int64_t>(), correction_row_.get<int64_t>(),
+                                              correction_delta_.get<float>(), y);
     return error ? CudaError(error, "CodebookMatMul launch") : nullptr;
   });
 }
@@ -129,6 +140,22 @@ OrtStatus* CudaCodebookGatherKernel::Init(const OrtKernelInfo* info) {
     slot_ = record->slot_bits;
     if (int error = indices_.Upload(record->indices.data(), record->indices.size())) {
       return CudaError(error, "uploading the indices");
+    }
+    if (!record->outlier_positions.empty()) {
+      // Row r's outliers start at the first position >= r * row_size (positions are sorted).
+      const uint64_t rows = static_cast<uint64_t>(dims_[0]);
+      const uint64_t row_size = rows ? static_cast<uint64_t>(record->num_elements) / rows : 0;
+      std::vector<int64_t> row_start(rows + 1, 0);
+      size_t j = 0;
+      for (uint64_t r = 0; r <= rows; ++r) {
+        while (j < record->outlier_positions.size() && record->outlier_positions[j] < r * row_size) ++j;
+        row_start[r] = static_cast<int64_t>(j);
+      }
+      row_start[rows] = static_cast<int64_t>(record->outlier_positions.size());
+      for (int error : {outlier_row_start_.UploadVector(row_start), outlier_positions_.UploadVector(record->outlier_positions),
+                        outlier_values_.UploadVector(record->outlier_values)}) {
+        if (error) return CudaError(error, "uploading outliers");
+      }
     }
     return nullptr;
   });
@@ -163,7 +190,9 @@ OrtStatus* CudaCodebookGatherKernel::ComputeV2(OrtKernelContext* raw_context) no
     }
     float* out = context.GetOutput(0, shape).GetTensorMutableData<float>();
     int error = onnxcomp_cuda_codebook_gather(context.GetGPUComputeStream(), indices_.get<uint8_t>(), slot_,
-                                              table_.get<float>(), checked.data(), count, row_size, out);
+                                              table_.get<float>(), checked.data(), count, row_size,
+                                              outlier_row_start_.get<int64_t>(), outlier_positions_.get<uint64_t>(),
+                                              outlier_values_.get<float>(), out);
     return error ? CudaError(error, "CodebookGather launch") : nullptr;
   });
 }

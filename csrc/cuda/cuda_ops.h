@@ -19,6 +19,9 @@ class DeviceBuffer {
   ~DeviceBuffer();
   // Allocates `bytes` and copies `host` in; returns a cudaError_t as int.
   int Upload(const void* host, uint64_t bytes);
+  // Uploads a host vector; an empty one leaves the buffer null (get() == nullptr).
+  template <typename T>
+  int UploadVector(const std::vector<T>& host) { return host.empty() ? 0 : Upload(host.data(), host.size() * sizeof(T)); }
   template <typename T>
   const T* get() const { return static_cast<const T*>(pointer_); }
 
@@ -46,6 +49,8 @@ struct CudaCodebookDecodeKernel : CudaRecordKernel {
   int64_t count_ = 0;
   uint32_t slot_ = 0;
   DeviceBuffer indices_;
+  int64_t outlier_count_ = 0;
+  DeviceBuffer outlier_positions_, outlier_values_;
 };
 
 struct CudaCodebookMatMulKernel : CudaRecordKernel {
@@ -55,6 +60,7 @@ struct CudaCodebookMatMulKernel : CudaRecordKernel {
   int64_t k_ = 0, n_ = 0;
   uint32_t slot_ = 0;
   DeviceBuffer panels_;
+  DeviceBuffer correction_start_, correction_row_, correction_delta_;  // null without outliers
 };
 
 struct CudaCodebookGatherKernel : CudaRecordKernel {
@@ -64,6 +70,7 @@ struct CudaCodebookGatherKernel : CudaRecordKernel {
   std::vector<int64_t> dims_;
   uint32_t slot_ = 0;
   DeviceBuffer indices_;
+  DeviceBuffer outlier_row_start_, outlier_positions_, outlier_values_;  // null without outliers
 };
 
 // The CPU op's signature with the CUDA provider and the record input (and Gather's positions) in host memory.

@@ -18,7 +18,9 @@ constexpr int kMatMulRows = 4;      // threads along M per block
 // Sums in order over k with fmaf, as the CPU kernels do.
 __global__ void CodebookMatMulKernel(const float* __restrict__ x, int64_t m, int64_t k, int64_t n,
                                      const uint8_t* __restrict__ panels, uint32_t slot, const float* __restrict__ table,
-                                     const float* __restrict__ bias, float* __restrict__ y) {
+                                     const float* __restrict__ bias, const int64_t* __restrict__ correction_start,
+                                     const int64_t* __restrict__ correction_row,
+                                     const float* __restrict__ correction_delta, float* __restrict__ y) {
   const int64_t column = int64_t{blockIdx.x} * kMatMulColumns + threadIdx.x;
   const int64_t row = int64_t{blockIdx.y} * kMatMulRows + threadIdx.y;
   if (column >= n || row >= m) return;
@@ -28,7 +30,13 @@ __global__ void CodebookMatMulKernel(const float* __restrict__ x, int64_t m, int
     const uint32_t index = packed::panel_load(panels, static_cast<uint64_t>(k), slot, kk, column);
     acc = fmaf(xr[kk], packed::lookup(table, index), acc);
   }
-  y[row * n + column] = bias ? acc + bias[column] : acc;
+  float out = bias ? acc + bias[column] : acc;
+  if (correction_start) {  // outliers, after the bias, in order of k: as the CPU kernels do
+    for (int64_t j = correction_start[column]; j < correction_start[column + 1]; ++j) {
+      out = fmaf(xr[correction_row[j]], correction_delta[j], out);
+    }
+  }
+  y[row * n + column] = out;
 }
 
 __global__ void CodebookDecodeKernel(const uint8_t* __restrict__ indices, uint32_t slot, const float* __restrict__ table,
@@ -38,14 +46,32 @@ __global__ void CodebookDecodeKernel(const uint8_t* __restrict__ indices, uint32
   }
 }
 
+__global__ void ScatterOutliersKernel(const uint64_t* __restrict__ positions, const float* __restrict__ values,
+                                      int64_t count, float* __restrict__ out) {
+  for (int64_t j = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; j < count; j += int64_t{gridDim.x} * blockDim.x) {
+    out[positions[j]] = values[j];
+  }
+}
+
 __global__ void CodebookGatherKernel(const uint8_t* __restrict__ indices, uint32_t slot, const float* __restrict__ table,
                                      const int64_t* __restrict__ rows, int64_t count, int64_t row_size,
-                                     float* __restrict__ out) {
+                                     const int64_t* __restrict__ outlier_row_start,
+                                     const uint64_t* __restrict__ outlier_positions,
+                                     const float* __restrict__ outlier_values, float* __restrict__ out) {
   const int64_t total = count * row_size;
   for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t position = i / row_size, column = i % row_size;
     const uint64_t element = static_cast<uint64_t>(rows[position] * row_size + column);
-    out[i] = packed::lookup(table, packed::linear_load(indices, slot, element));
+    float value = packed::lookup(table, packed::linear_load(indices, slot, element));
+    if (outlier_row_start) {  // binary search among this row's outliers
+      int64_t low = outlier_row_start[rows[position]], high = outlier_row_start[rows[position] + 1];
+      while (low < high) {
+        const int64_t middle = low + (high - low) / 2;
+        if (outlier_positions[middle] < element) low = middle + 1; else high = middle;
+      }
+      if (low < outlier_row_start[rows[position] + 1] && outlier_positions[low] == element) value = outlier_values[low];
+    }
+    out[i] = value;
   }
 }
 
@@ -70,7 +96,9 @@ int onnxcomp_cuda_copy_to_device(void* device, const void* host, uint64_t bytes)
 }
 
 int onnxcomp_cuda_codebook_matmul(void* stream, const float* x, int64_t m, int64_t k, int64_t n, const uint8_t* panels,
-                                  uint32_t slot_bits, const float* table, const float* bias, float* y) {
+                                  uint32_t slot_bits, const float* table, const float* bias,
+                                  const int64_t* correction_start, const int64_t* correction_row,
+                                  const float* correction_delta, float* y) {
   if (m == 0 || n == 0) return cudaSuccess;
   const int64_t row_blocks = (m + kMatMulRows - 1) / kMatMulRows;
   if (row_blocks > 65535) return cudaErrorInvalidValue;  // grid.y limit; such batches are not expected here
@@ -78,20 +106,28 @@ int onnxcomp_cuda_codebook_matmul(void* stream, const float* x, int64_t m, int64
                   static_cast<unsigned int>(row_blocks));
   const dim3 block(kMatMulColumns, kMatMulRows);
   CodebookMatMulKernel<<<grid, block, 0, static_cast<cudaStream_t>(stream)>>>(x, m, k, n, panels, slot_bits, table,
-                                                                               bias, y);
+                                                                               bias, correction_start, correction_row,
+                                                                               correction_delta, y);
   return cudaGetLastError();
 }
 
 int onnxcomp_cuda_codebook_decode(void* stream, const uint8_t* indices, uint32_t slot_bits, const float* table,
-                                  int64_t count, float* out) {
+                                  int64_t count, const uint64_t* outlier_positions, const float* outlier_values,
+                                  int64_t outlier_count, float* out) {
   if (count == 0) return cudaSuccess;
-  CodebookDecodeKernel<<<GridFor(count), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(indices, slot_bits, table,
-                                                                                           count, out);
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  CodebookDecodeKernel<<<GridFor(count), kThreads, 0, s>>>(indices, slot_bits, table, count, out);
+  if (outlier_count > 0) {  // same stream: runs after the lookup
+    ScatterOutliersKernel<<<GridFor(outlier_count), kThreads, 0, s>>>(outlier_positions, outlier_values,
+                                                                      outlier_count, out);
+  }
   return cudaGetLastError();
 }
 
 int onnxcomp_cuda_codebook_gather(void* stream, const uint8_t* indices, uint32_t slot_bits, const float* table,
-                                  const int64_t* host_rows, int64_t count, int64_t row_size, float* out) {
+                                  const int64_t* host_rows, int64_t count, int64_t row_size,
+                                  const int64_t* outlier_row_start, const uint64_t* outlier_positions,
+                                  const float* outlier_values, float* out) {
   if (count == 0 || row_size == 0) return cudaSuccess;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   int64_t* rows = nullptr;
@@ -102,7 +138,8 @@ int onnxcomp_cuda_codebook_gather(void* stream, const uint8_t* indices, uint32_t
   error = cudaMemcpyAsync(rows, host_rows, bytes, cudaMemcpyHostToDevice, s);
   if (error == cudaSuccess) {
     CodebookGatherKernel<<<GridFor(count * row_size), kThreads, 0, s>>>(indices, slot_bits, table, rows, count,
-                                                                          row_size, out);
+                                                                          row_size, outlier_row_start,
+                                                                          outlier_positions, outlier_values, out);
     error = cudaGetLastError();
   }
   const cudaError_t freed = cudaFreeAsync(rows, s);

@@ -15,17 +15,26 @@ int onnxcomp_cuda_malloc(void** pointer, uint64_t bytes);
 int onnxcomp_cuda_free(void* pointer);
 int onnxcomp_cuda_copy_to_device(void* device, const void* host, uint64_t bytes);
 
-// Y[m, n] = X[m, k] @ W (+ bias) with W in the panel layout (packed_layout.h); all pointers on the device.
+// Y[m, n] = X[m, k] @ W (+ bias) with W in the panel layout (packed_layout.h), then the outlier corrections
+// (PackedMatrix in cpu/ops.h; correction_start null when there are none); all pointers on the device.
 int onnxcomp_cuda_codebook_matmul(void* stream, const float* x, int64_t m, int64_t k, int64_t n, const uint8_t* panels,
-                                  uint32_t slot_bits, const float* table, const float* bias, float* y);
+                                  uint32_t slot_bits, const float* table, const float* bias,
+                                  const int64_t* correction_start, const int64_t* correction_row,
+                                  const float* correction_delta, float* y);
 
-// out[i] = table[index i] for the `count` indices in the linear layout.
+// out[i] = table[index i] for the `count` indices in the linear layout, then out[positions[j]] = values[j] for
+// the `outlier_count` outliers.
 int onnxcomp_cuda_codebook_decode(void* stream, const uint8_t* indices, uint32_t slot_bits, const float* table,
-                                  int64_t count, float* out);
+                                  int64_t count, const uint64_t* outlier_positions, const float* outlier_values,
+                                  int64_t outlier_count, float* out);
 
 // out[i, :] = W[rows[i], :]; `host_rows` (host memory, already checked and made non-negative) is copied in.
+// Outliers of row r are entries outlier_row_start[r] .. outlier_row_start[r + 1] - 1 of the sorted positions
+// (outlier_row_start null when the record has none).
 int onnxcomp_cuda_codebook_gather(void* stream, const uint8_t* indices, uint32_t slot_bits, const float* table,
-                                  const int64_t* host_rows, int64_t count, int64_t row_size, float* out);
+                                  const int64_t* host_rows, int64_t count, int64_t row_size,
+                                  const int64_t* outlier_row_start, const uint64_t* outlier_positions,
+                                  const float* outlier_values, float* out);
 }
 
 #endif  // ONNXCOMP_CUDA_KERNELS_H_

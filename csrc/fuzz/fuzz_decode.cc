@@ -30,6 +30,18 @@ void DecodeOnce(const uint8_t* data, size_t size) {
       if (index >= info.codebook_size) __builtin_trap();  // every index must address the codebook
     }
   }
+  if (status.ok() && info.outlier_count) {
+    std::unique_ptr<uint64_t[]> positions(new uint64_t[info.outlier_count]);
+    std::unique_ptr<float[]> values(new float[info.outlier_count]);
+    status = decode_outliers(data, info, positions.get(), values.get());
+    if (!status.ok() && status.message == nullptr) __builtin_trap();
+    if (status.ok()) {
+      for (uint64_t j = 0; j < info.outlier_count; ++j) {  // strictly increasing, below N, finite
+        if (positions[j] >= info.num_elements || (j && positions[j] <= positions[j - 1])) __builtin_trap();
+        if (!(values[j] - values[j] == 0.0f)) __builtin_trap();
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -3,7 +3,8 @@
 Usage: python csrc/fuzz/make_corpus.py OUT_DIR
 
 Seeds cover both codings, every rank from 0 to 4, zero-size tensors, a lone symbol, 1- to 16-bit indices,
-gap escapes, and the records of the bundled LeNet-5 compressed as the CLI does. Deterministic (seeded).
+gap escapes, outlier sections (binary16 and binary32 values, Rice parameters from 0 up, every element an
+outlier), and the records of the bundled LeNet-5 compressed as the CLI does. Deterministic (seeded).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from onnxcomp.core import sidecar  # noqa: E402
 def synthetic(rng: np.random.Generator) -> dict[str, bytes]:
     seeds = {}
 
-    def add(name, codebook, indices, dims, bits):
-        seeds[name] = sidecar.encode_record(np.asarray(codebook, np.float32), np.asarray(indices), tuple(dims), bits)
+    def add(name, codebook, indices, dims, bits, positions=None, values=None):
+        seeds[name] = sidecar.encode_record(np.asarray(codebook, np.float32), np.asarray(indices), tuple(dims), bits,
+                                            positions, None if values is None else np.asarray(values, np.float32))
 
     add("scalar", [1.5], [0], (), 1)
     add("zero_size", [0.0], [], (0, 4), 1)
@@ -44,16 +46,27 @@ def synthetic(rng: np.random.Generator) -> dict[str, bytes]:
     add("sparse_escapes", [0, 1, 2, 3], escapes, (5000,), 2)
     add("rank4", rng.standard_normal(8), rng.integers(0, 8, 2 * 3 * 2 * 2), (2, 3, 2, 2), 3)
     add("all_pruned", [0.0, 1.0], np.zeros(64, np.int64), (8, 8), 1)
+    # Outlier sections (record version 2).
+    add("outliers_one", [1.5], [0], (), 1, [0], [7.0])
+    add("outliers_every_element", [0.25, -1.0], rng.integers(0, 2, 12), (3, 4), 1, np.arange(12), rng.standard_normal(12))
+    add("outliers_float32", rng.standard_normal(16), rng.integers(0, 16, 900), (30, 30), 4,
+        np.sort(rng.choice(900, 9, replace=False)), [1e-30, 1e6, -3.0, 2.5, 7.0, 8.0, 9.0, 1e-7, 70000.0])
+    sparse = rng.integers(1, 8, 4000)
+    sparse[rng.random(4000) < 0.9] = 0
+    add("outliers_sparse", np.concatenate([[0.0], rng.standard_normal(7)]), sparse, (40, 100), 3,
+        np.sort(rng.choice(4000, 20, replace=False)), rng.standard_normal(20) * 30)
+    add("outliers_long_gaps", [0.0, 1.0], np.zeros(100_000, np.int64), (100_000,), 1, [5, 70_000, 99_999], [1.0, 2.0, 3.0])
     return seeds
 
 
 def from_bundled_model() -> dict[str, bytes]:
-    """Records of the bundled LeNet-5 as `onnxcomp compress` writes them (every weight, defaults otherwise)."""
+    """Records of the bundled LeNet-5 as `onnxcomp compress` writes them (every weight, 1 % outliers, defaults
+    otherwise)."""
     import onnxcomp
     seeds = {}
     with tempfile.TemporaryDirectory() as folder:
         out = os.path.join(folder, "lenet5.onnx")
-        report = onnxcomp.compress(ROOT / "models" / "lenet5_fashion.onnx", out, min_elements=16)
+        report = onnxcomp.compress(ROOT / "models" / "lenet5_fashion.onnx", out, min_elements=16, outliers=0.01)
         data = Path(report.sidecar_path).read_bytes()
         for entry in sidecar.read_directory(report.sidecar_path):
             seeds["lenet5_" + entry.name.replace("/", "_")] = data[entry.offset:entry.offset + entry.length]

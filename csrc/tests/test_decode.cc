@@ -2,6 +2,7 @@
 #include <math.h>
 #include <stdio.h>
 
+#include <algorithm>
 #include <memory>
 #include <random>
 #include <string>
@@ -19,6 +20,8 @@ struct Decoded {
   RecordInfo info{};
   std::vector<float> codebook;
   std::vector<uint32_t> indices;
+  std::vector<uint64_t> outlier_positions;
+  std::vector<float> outlier_values;
 };
 
 // Decodes into exactly-sized heap buffers (so the sanitizer sees any overrun), copying the record
@@ -42,6 +45,13 @@ static Decoded decode(const Bytes& record) {
   for (uint64_t i = 0; i < n; ++i) {
     d.indices[i] = width == 1 ? indices[i] : reinterpret_cast<const uint16_t*>(indices.get())[i];
   }
+  const uint64_t count = d.info.outlier_count;
+  std::unique_ptr<uint64_t[]> positions(new uint64_t[count ? count : 1]);
+  std::unique_ptr<float[]> values(new float[count ? count : 1]);
+  if (count) d.status = decode_outliers(data.get(), d.info, positions.get(), values.get());
+  if (!d.status.ok()) return d;
+  d.outlier_positions.assign(positions.get(), positions.get() + count);
+  d.outlier_values.assign(values.get(), values.get() + count);
   return d;
 }
 
@@ -228,7 +238,7 @@ static void test_header_fields() {
   bad[0] = 'X';
   CHECK(fails_with(bad, DecodeError::kBadHeader));  // magic is checked before the CRC
   RecordSpec s = small_dense();
-  s.version = 2;
+  s.version = 3;
   CHECK(fails_with(serialize(s), DecodeError::kBadHeader));
   s = small_dense();
   s.value_type = 10;
@@ -428,6 +438,136 @@ static void test_random_corruption() {
   printf("random corruption: %d of %zu changed records still decode (valid by chance)\n", accepted, g_valid.size() * 2000);
 }
 
+
+// ---- Outlier section (record version 2) ----------------------------------------------------------------
+
+static bool decodes_with_outliers(const Bytes& record, const std::vector<uint64_t>& positions,
+                                  const std::vector<float>& values) {
+  Decoded d = decode(record);
+  if (!d.status.ok()) {
+    fprintf(stderr, "  unexpected error: %s\n", d.status.message);
+    return false;
+  }
+  return d.outlier_positions == positions && d.outlier_values == values;
+}
+
+static void test_outlier_roundtrip() {
+  std::mt19937 rng(99);
+  for (uint64_t n : {1ull, 2ull, 37ull, 1000ull, 70000ull}) {
+    for (uint32_t count : {1u, 3u, 50u}) {
+      if (count > n) continue;
+      std::vector<uint64_t> positions;
+      std::vector<bool> taken(n, false);
+      while (positions.size() < count) {
+        uint64_t p = rng() % n;
+        if (!taken[p]) { taken[p] = true; positions.push_back(p); }
+      }
+      std::sort(positions.begin(), positions.end());
+      std::vector<float> values;
+      for (uint32_t j = 0; j < count; ++j) values.push_back(float(int(rng() % 2001) - 1000) * 0.37f);
+      for (int rice : {0, 3, 9, 20, 39}) {
+        const uint8_t r = uint8_t(rice);
+        if (r == 0 && n > 1000) continue;  // unary codes of long gaps: fine, but slow to write bit by bit
+        std::vector<uint32_t> indices = make_indices(n, 8, 0.6, uint32_t(n + count + r));
+        RecordSpec dense = dense_spec(make_codebook(8, true), indices, {n}, 3);
+        with_outliers(dense, positions, values, r);
+        Bytes record = serialize(dense);
+        CHECK(decodes_to(record, make_codebook(8, true), indices));
+        CHECK(decodes_with_outliers(record, positions, values));
+        if (n <= 1000 && r == 3) g_valid.push_back(record);  // the corruption sweeps below are quadratic in size
+        RecordSpec sparse = sparse_spec(make_codebook(8, true), indices, {n}, 3, 4);
+        with_outliers(sparse, positions, values, r);
+        CHECK(decodes_with_outliers(serialize(sparse), positions, values));
+      }
+    }
+  }
+  // Every element an outlier, and binary16 values (normal, subnormal, negative zero, the largest finite).
+  RecordSpec s = dense_spec(make_codebook(2, false), {0, 1, 0, 1}, {2, 2}, 1);
+  with_outliers(s, {0, 1, 2, 3}, {}, 0, 0, {0x3C00, 0x0001, 0x8000, 0x7BFF});
+  Bytes half = serialize(s);
+  CHECK(decodes_with_outliers(half, {0, 1, 2, 3}, {1.0f, 5.9604644775390625e-8f, -0.0f, 65504.0f}));
+  Decoded d = decode(half);
+  CHECK(d.status.ok() && signbit(d.outlier_values[2]));
+  g_valid.push_back(half);
+}
+
+static void test_outlier_violations() {
+  const std::vector<uint32_t> indices = {0, 1, 2, 3, 0, 0, 1, 1, 3, 0};
+  auto base = [&]() {
+    RecordSpec s = dense_spec(make_codebook(4, false), indices, {2, 5}, 2);
+    with_outliers(s, {1, 4, 9}, {7.0f, -8.0f, 9.0f}, 1);
+    return s;
+  };
+  CHECK(decode(serialize(base())).status.ok());
+  RecordSpec s = base();
+  s.outlier_count = 0;
+  CHECK(fails_with(serialize(s), DecodeError::kBadOutliers));
+  s = base();
+  s.outlier_count = 11;  // above N
+  CHECK(fails_with(serialize(s), DecodeError::kBadOutliers));
+  s = base();
+  s.outlier_format = 2;
+  CHECK(fails_with(serialize(s), DecodeError::kBadOutliers));
+  s = base();
+  s.rice_bits = 40;
+  CHECK(fails_with(serialize(s), DecodeError::kBadOutliers));
+  s = base();
+  s.positions_bits = 5;  // fewer bits than L codes of r + 1 bits
+  CHECK(fails_with(serialize(s), DecodeError::kBadOutliers));
+  s = base();
+  s.positions_bits += 8;  // claims a byte the record does not hold: the values shift into it
+  CHECK(!decode(serialize(s)).status.ok());
+  s = base();
+  s.outlier_values.pop_back();
+  CHECK(fails_with(serialize(s), DecodeError::kTruncated));
+  s = base();
+  s.outlier_values.push_back(0);
+  CHECK(fails_with(serialize(s), DecodeError::kTrailingBytes));
+  s = base();
+  s.positions.back() |= 1;  // a padding bit set
+  CHECK(fails_with(serialize(s), DecodeError::kStreamHasBitsLeft));
+  s = base();
+  s.outlier_values[3] = 0x7F;
+  s.outlier_values[2] = 0x80;  // 7.0f -> 0x7F80.... : +inf's exponent
+  s.outlier_values[1] = 0;
+  s.outlier_values[0] = 0;
+  CHECK(fails_with(serialize(s), DecodeError::kBadOutliers));
+  s = dense_spec(make_codebook(4, false), indices, {2, 5}, 2);
+  with_outliers(s, {0}, {}, 0, 0, {0x7C00});  // binary16 infinity
+  CHECK(fails_with(serialize(s), DecodeError::kBadOutliers));
+  // A position at N: gap 10 after nothing, in a 10-element tensor.
+  s = dense_spec(make_codebook(4, false), indices, {2, 5}, 2);
+  with_outliers(s, {10}, {1.0f}, 2);
+  CHECK(fails_with(serialize(s), DecodeError::kBadOutliers));
+  // Positions that pass N only through the sum of gaps.
+  s = dense_spec(make_codebook(4, false), indices, {2, 5}, 2);
+  with_outliers(s, {6, 12}, {1.0f, 2.0f}, 2);
+  CHECK(fails_with(serialize(s), DecodeError::kBadOutliers));
+  // A huge unary run: the quotient bound stops it before any overflow.
+  s = dense_spec(make_codebook(4, false), indices, {2, 5}, 2);
+  with_outliers(s, {0}, {1.0f}, 39);
+  s.positions.assign(64, 0xFF);
+  s.positions_bits = 64 * 8;
+  CHECK(fails_with(serialize(s), DecodeError::kBadOutliers));
+  // A unary run with no terminating zero.
+  s = dense_spec(make_codebook(4, false), std::vector<uint32_t>(200, 1), {200}, 2);
+  with_outliers(s, {0}, {1.0f}, 0);
+  s.positions = {0xFF};
+  s.positions_bits = 8;
+  CHECK(fails_with(serialize(s), DecodeError::kStreamEndsEarly));
+  // Bits left after L codes.
+  s = dense_spec(make_codebook(4, false), indices, {2, 5}, 2);
+  with_outliers(s, {3}, {1.0f}, 1);
+  s.positions_bits += 1;
+  CHECK(fails_with(serialize(s), DecodeError::kStreamHasBitsLeft));
+  // Version 1 records never carry the section: the same bytes read as trailing bytes.
+  s = base();
+  Bytes v1 = serialize(s);
+  v1[4] = 1;
+  fix_crc(v1);
+  CHECK(fails_with(v1, DecodeError::kTrailingBytes));
+}
+
 static void test_crc() {
   const char* text = "123456789";
   CHECK(crc32(reinterpret_cast<const uint8_t*>(text), 9) == 0xCBF43926u);  // the standard check value
@@ -463,6 +603,8 @@ int main() {
   test_huffman_tables();
   test_sparse_violations();
   test_workspace_checks();
+  test_outlier_roundtrip();
+  test_outlier_violations();
   test_truncations();
   test_bit_flips();
   test_random_corruption();

@@ -120,6 +120,13 @@ struct RecordSpec {
   uint64_t payload_bits = 0;
   Bytes payload;
   int rank_override = -1;  // to write a rank that differs from dims.size()
+  // Outlier section, written when version == 2 (see with_outliers).
+  uint64_t outlier_count = 0;
+  uint8_t outlier_format = 0;
+  uint8_t rice_bits = 0;
+  uint64_t positions_bits = 0;
+  Bytes positions;
+  Bytes outlier_values;
 };
 
 inline Bytes serialize(const RecordSpec& s) {
@@ -146,6 +153,14 @@ inline Bytes serialize(const RecordSpec& s) {
   b.insert(b.end(), s.value_lengths.begin(), s.value_lengths.end());
   put_u64(b, s.payload_bits);
   b.insert(b.end(), s.payload.begin(), s.payload.end());
+  if (s.version == 2) {
+    put_u64(b, s.outlier_count);
+    b.push_back(s.outlier_format);
+    b.push_back(s.rice_bits);
+    put_u64(b, s.positions_bits);
+    b.insert(b.end(), s.positions.begin(), s.positions.end());
+    b.insert(b.end(), s.outlier_values.begin(), s.outlier_values.end());
+  }
   put_u32(b, 0);
   fix_crc(b);
   return b;
@@ -210,6 +225,37 @@ inline RecordSpec sparse_spec(const std::vector<float>& codebook, const std::vec
   s.payload = w.bytes;
   s.payload_bits = w.bits;
   return s;
+}
+
+// Adds an outlier section (version 2): Golomb-Rice coded gaps with parameter `rice_bits`, values as binary32
+// (format 1) or, format 0, as the binary16 bit patterns in `half_bits`.
+inline void with_outliers(RecordSpec& s, const std::vector<uint64_t>& positions, const std::vector<float>& values,
+                          uint8_t rice_bits, uint8_t format = 1, const std::vector<uint16_t>& half_bits = {}) {
+  s.version = 2;
+  s.outlier_count = positions.size();
+  s.outlier_format = format;
+  s.rice_bits = rice_bits;
+  BitWriter w;
+  uint64_t next = 0;
+  for (uint64_t p : positions) {
+    const uint64_t gap = p - next;
+    for (uint64_t q = gap >> rice_bits; q; --q) w.write(1, 1);
+    w.write(0, 1);
+    for (int b = rice_bits - 1; b >= 0; --b) w.write(uint32_t(gap >> b) & 1u, 1);
+    next = p + 1;
+  }
+  s.positions = w.bytes;
+  s.positions_bits = w.bits;
+  s.outlier_values.clear();
+  if (format == 1) {
+    for (float f : values) {
+      uint32_t u;
+      memcpy(&u, &f, 4);
+      put_u32(s.outlier_values, u);
+    }
+  } else {
+    for (uint16_t h : half_bits) put_u16(s.outlier_values, h);
+  }
 }
 
 }  // namespace onnxcomp_test

@@ -25,8 +25,12 @@ def assign(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return np.searchsorted(midpoints, np.asarray(values, dtype=np.float64), side="left")
 
 
-def fit_codebook(values: np.ndarray, size: int, init: str = "quantile", seed: int = 0) -> np.ndarray:
-    """Sorted, distinct float32 centroids (at most ``size``) for the 1-D ``values``."""
+def fit_codebook(values: np.ndarray, size: int, init: str = "quantile", seed: int = 0,
+                 start: np.ndarray | None = None) -> np.ndarray:
+    """Sorted, distinct float32 centroids (at most ``size``) for the 1-D ``values``.
+
+    ``start`` (at most ``size`` centroids, e.g. a fit of nearly the same values) skips the initialisation and the
+    k-means on a sample: Lloyd iterations on all values run from it (the outlier search's warm start)."""
     if init not in INITS:
         raise ValueError(f"unknown codebook initialisation {init!r}; choose one of {', '.join(INITS)}")
     values = np.asarray(values, dtype=np.float64).ravel()
@@ -35,6 +39,8 @@ def fit_codebook(values: np.ndarray, size: int, init: str = "quantile", seed: in
     distinct = np.unique(values.astype(np.float32))
     if len(distinct) <= size:
         return distinct
+    if start is not None and len(start):
+        return _refine(values, np.clip(np.asarray(start, dtype=np.float64)[:size], values.min(), values.max()))
     rng = np.random.default_rng(seed)
     sample = values if len(values) <= SAMPLE_SIZE else values[np.sort(rng.choice(len(values), SAMPLE_SIZE, replace=False))]
     if init == "linear":
@@ -69,18 +75,24 @@ def _refine(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return centroids
 
 
-def quantize(weight: np.ndarray, keep: np.ndarray | None, bits: int, init: str = "quantile", seed: int = 0):
+def quantize(weight: np.ndarray, keep: np.ndarray | None, bits: int, init: str = "quantile", seed: int = 0,
+             exclude: np.ndarray | None = None, start: np.ndarray | None = None):
     """Codebook and indices for ``weight``; pruned entries (``keep`` False) map to index 0 = exactly 0.0.
 
+    ``exclude`` (bool, weight's shape) marks values left out of the centroid fit (outliers stored exactly
+    beside the codebook); they still get the index of their nearest centroid. ``start``: see fit_codebook.
     Returns ``(codebook float32 [K], indices int64 [N] row-major)`` with K <= 2^bits.
     """
     flat = np.asarray(weight, dtype=np.float32).ravel()
+    fit = None if exclude is None else ~np.asarray(exclude, dtype=bool).ravel()
     if keep is None:
-        centroids = fit_codebook(flat, 1 << bits, init, seed)
+        centroids = fit_codebook(flat if fit is None else flat[fit], 1 << bits, init, seed, start)
+        if len(centroids) == 0:  # every value excluded: any one entry serves
+            centroids = np.zeros(1, dtype=np.float32)
         return centroids, assign(flat, centroids)
     keep = np.asarray(keep, dtype=bool).ravel()
     survivors = flat[keep]
-    centroids = fit_codebook(survivors, (1 << bits) - 1, init, seed)
+    centroids = fit_codebook(flat[keep if fit is None else keep & fit], (1 << bits) - 1, init, seed, start)
     codebook = np.concatenate([np.zeros(1, dtype=np.float32), centroids])
     indices = np.zeros(len(flat), dtype=np.int64)
     if len(centroids):

@@ -95,11 +95,14 @@ def prune(rows: np.ndarray, gram: np.ndarray, sparsity: float, damp: float = 0.0
 
 @threadpool_limits.wrap(limits=1, user_api="blas")
 def round_to_codebook(rows: np.ndarray, keep: np.ndarray | None, codebook: np.ndarray, gram: np.ndarray,
-                      damp: float = 0.01, block: int = BLOCK) -> np.ndarray:
+                      damp: float = 0.01, block: int = BLOCK, exact: np.ndarray | None = None):
     """Indices [outputs, inputs] into the sorted ``codebook`` with OBS compensation of the rounding error.
 
     With ``keep``, index 0 is the pruned entry (exactly 0.0): pruned weights take it, kept ones take the
     nearest of the others. Without, every weight takes the nearest entry.
+    ``exact`` [outputs, inputs] marks outliers stored exactly: they keep their compensated value (no rounding
+    error to push on), and the result is ``(indices, values)`` with ``values`` float32 [outputs, inputs]
+    holding each outlier's compensated value where ``exact`` is set (0 elsewhere).
     """
     w = np.array(rows, dtype=np.float64)
     m, n = w.shape
@@ -110,7 +113,7 @@ def round_to_codebook(rows: np.ndarray, keep: np.ndarray | None, codebook: np.nd
     choices = c[first:][order]
     indices = np.zeros((m, n), dtype=np.int64)
     if len(choices) == 0:
-        return indices
+        return indices if exact is None else (indices, np.where(exact, w, 0.0).astype(np.float32))
     for start in range(0, n, block):
         stop = min(start + block, n)
         w1, u1 = w[:, start:stop], u[start:stop, start:stop]
@@ -120,10 +123,12 @@ def round_to_codebook(rows: np.ndarray, keep: np.ndarray | None, codebook: np.nd
             idx = order[assign(col, choices)] + first
             if keep is not None:
                 idx = np.where(keep[:, start + j], idx, 0)
-            q = c[idx]
+            q = c[idx] if exact is None else np.where(exact[:, start + j], col, c[idx])
             e = (col - q) / u1[j, j]
             w1[:, j:] -= np.outer(e, u1[j, j:])
             errors[:, j] = e
             indices[:, start + j] = idx
         w[:, stop:] -= errors @ u[start:stop, stop:]
+    if exact is not None:
+        return indices, np.where(exact, w, 0.0).astype(np.float32)
     return indices

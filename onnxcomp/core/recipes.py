@@ -9,7 +9,8 @@ A recipe file (TOML) looks like::
     bits = { fc = 4, conv = 6 }
     [[layer]]                        # rules, matched with fnmatch on the initializer name; later rules win
     pattern = "classifier.*"
-    bits = 8                         # and/or: sparsity = 0.3, score = "magnitude" | "wanda" | "tfidf" | "obs", skip = true
+    bits = 8                         # and/or: sparsity = 0.3, score = "magnitude" | "wanda" | "tfidf" | "obs", skip = true,
+                                     # outliers = "auto" | 0.005 (fraction kept exact; 0 = none)
 
 Precedence, lowest first: built-in defaults, the base recipe, the file, options given explicitly (CLI flags or
 keyword arguments). Per-kind mappings (``bits``, ``sparsity``) merge kind by kind; a single number replaces
@@ -38,6 +39,7 @@ class LayerRule:
     bits: int | None = None
     sparsity: float | None = None
     score: str | None = None
+    outliers: str | float | None = None
 
     def __post_init__(self) -> None:
         if self.bits is not None and (not isinstance(self.bits, int) or not 1 <= self.bits <= 16):
@@ -46,6 +48,12 @@ class LayerRule:
             raise InvalidOptionError(f"layer rule {self.pattern!r}: sparsity {self.sparsity} is out of range: give a fraction in [0, 1)")
         if self.score is not None and self.score not in RULE_SCORES:
             raise InvalidOptionError(f"layer rule {self.pattern!r}: unknown score {self.score!r}: use one of {', '.join(RULE_SCORES)}")
+        if self.outliers is not None:
+            from onnxcomp.core.outliers import parse_option
+            try:
+                parse_option(self.outliers)
+            except InvalidOptionError as error:
+                raise InvalidOptionError(f"layer rule {self.pattern!r}: {error}") from None
 
     def matches(self, name: str) -> bool:
         return fnmatch.fnmatchcase(name, self.pattern)
@@ -88,9 +96,9 @@ def _rules(entries, source: str) -> list[LayerRule]:
         raise InvalidOptionError(f"{source}: 'layer' must be an array of tables ([[layer]])")
     rules = []
     for entry in entries:
-        unknown = set(entry) - {"pattern", "skip", "bits", "sparsity", "score"}
+        unknown = set(entry) - {"pattern", "skip", "bits", "sparsity", "score", "outliers"}
         if "pattern" not in entry or unknown:
-            raise InvalidOptionError(f"{source}: each [[layer]] needs 'pattern' and may set skip, bits, sparsity, score"
+            raise InvalidOptionError(f"{source}: each [[layer]] needs 'pattern' and may set skip, bits, sparsity, score, outliers"
                                      + (f" (unknown: {', '.join(sorted(unknown))})" if unknown else ""))
         rules.append(LayerRule(**entry))
     return rules

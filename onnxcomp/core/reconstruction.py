@@ -9,7 +9,9 @@ row ``v`` is ``E(v) = (v - w)^T G (v - w) = ||X v - X w||^2``.
   ``sum_i E(M_i c)`` where ``M_i`` one-hot encodes row i's indices: the normal equations
   ``(sum_i M_i^T G M_i) c = sum_i M_i^T G w_i`` (the pruned entry stays exactly 0). It is the post-training
   counterpart of Deep Compression's fine-tuned centroids; kept only if it lowers the total error, and
-  done for codebooks of at most ``MAX_REFIT_CODEBOOK`` entries.
+  done for codebooks of at most ``MAX_REFIT_CODEBOOK`` entries. Outliers (entries stored exactly, set O of a
+  row) are fixed: only the other entries S take codebook values, so the equations use ``G_SS`` and the
+  right-hand side ``(G w_i)_S - G_SO v_O``.
 """
 
 from __future__ import annotations
@@ -59,8 +61,11 @@ def refit_rows(original: np.ndarray, keep: np.ndarray, gram: np.ndarray, ridge: 
 @threadpool_limits.wrap(limits=1, user_api="blas")
 def refit_codebook(original: np.ndarray, indices: np.ndarray, codebook: np.ndarray, gram: np.ndarray,
                    pruned_zero: bool, ridge: float = 1e-6, cross: np.ndarray | None = None,
-                   gram_original: np.ndarray | None = None) -> np.ndarray:
-    """Least-squares shared values for fixed ``indices`` [outputs, inputs]; returns the new codebook."""
+                   gram_original: np.ndarray | None = None, exact: np.ndarray | None = None,
+                   exact_values: np.ndarray | None = None) -> np.ndarray:
+    """Least-squares shared values for fixed ``indices`` [outputs, inputs]; returns the new codebook.
+    ``exact`` [outputs, inputs] marks outliers whose value is ``exact_values`` at the same place, whatever the
+    codebook."""
     original = original.astype(np.float64)
     k = len(codebook)
     first = 1 if pruned_zero else 0
@@ -72,14 +77,18 @@ def refit_codebook(original: np.ndarray, indices: np.ndarray, codebook: np.ndarr
     gw = original @ (gram if cross is None else cross).T  # rows of (G w_i)^T, or (X_c^T X_o w_i)^T
     for i in range(len(original)):
         # M_i^T G M_i sums G over (group a, group b) blocks: sort columns by index, then reduce each group.
-        idx = indices[i]
+        idx, block, target = indices[i], gram, gw[i]
+        if exact is not None and exact[i].any():
+            shared, fixed = np.flatnonzero(~exact[i]), np.flatnonzero(exact[i])
+            idx, block = idx[shared], gram[np.ix_(shared, shared)]
+            target = gw[i][shared] - gram[np.ix_(shared, fixed)] @ exact_values[i, fixed].astype(np.float64)
         order = np.argsort(idx, kind="stable")
         counts = np.bincount(idx, minlength=k)
         present = np.flatnonzero(counts)
         starts = np.concatenate([[0], np.cumsum(counts)])[present]
-        grouped = np.add.reduceat(gram[np.ix_(order, order)], starts, axis=1)
+        grouped = np.add.reduceat(block[np.ix_(order, order)], starts, axis=1)
         normal[np.ix_(present, present)] += np.add.reduceat(grouped, starts, axis=0)
-        rhs += np.bincount(idx, weights=gw[i], minlength=k)
+        rhs += np.bincount(idx, weights=target, minlength=k)
     sub = normal[np.ix_(free, free)]
     sub += ridge * (np.trace(sub) / len(free) + 1e-12) * np.eye(len(free))
     candidate = codebook.astype(np.float64).copy()
@@ -88,6 +97,11 @@ def refit_codebook(original: np.ndarray, indices: np.ndarray, codebook: np.ndarr
     except np.linalg.LinAlgError:
         return codebook
     candidate = candidate.astype(np.float32)
-    before = row_errors(codebook[indices], original, gram, cross, gram_original).sum()
-    after = row_errors(candidate[indices], original, gram, cross, gram_original).sum()
+
+    def rows(values: np.ndarray) -> np.ndarray:
+        decoded = values[indices]
+        return decoded if exact is None else np.where(exact, exact_values, decoded)
+
+    before = row_errors(rows(codebook), original, gram, cross, gram_original).sum()
+    after = row_errors(rows(candidate), original, gram, cross, gram_original).sum()
     return candidate if after < before else codebook

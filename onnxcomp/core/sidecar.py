@@ -5,7 +5,8 @@ either densely (one code per element) or, when index 0 is the pruned 0.0 entry, 
 elements plus the non-zero indices: a layer with sparsity s then costs about
 ``(1 - s) * (H(gap) + H(value))`` bits per element instead of ``H(index) >= 1`` bit, which is what lets
 highly sparse layers escape Huffman's one-bit floor. The encoder tries both codings and every gap
-alphabet size and keeps the smallest record.
+alphabet size and keeps the smallest record. A record may also list outliers, exact values at given positions
+that replace the codebook value there (record version 2, onnxcomp/core/outliers.py).
 """
 
 from __future__ import annotations
@@ -13,15 +14,16 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from onnxcomp.core import huffman
+from onnxcomp.core import huffman, outliers
 from onnxcomp.errors import CorruptSidecarError
 
 RECORD_MAGIC = b"OCWR"
 RECORD_VERSION = 1
+RECORD_VERSION_OUTLIERS = 2  # version 1 plus an outlier section
 FILE_MAGIC = b"ONXCSIDE"
 FILE_VERSION = 1
 FLOAT32 = 1  # onnx.TensorProto.FLOAT
@@ -45,9 +47,19 @@ class Record:
     indices: np.ndarray  # int64 [N], row-major
     bits: int
     coding: int = CODING_DENSE
+    outlier_positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # int64 [L], increasing
+    outlier_values: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # float32 [L]
+    outlier_bytes: int = 0  # length of the outlier section
 
     def to_dense(self) -> np.ndarray:
-        return self.codebook[self.indices].reshape(self.dims)
+        return apply_outliers(self.codebook[self.indices], self.outlier_positions, self.outlier_values).reshape(self.dims)
+
+
+def apply_outliers(values: np.ndarray, positions: np.ndarray, outlier_values: np.ndarray) -> np.ndarray:
+    """``values`` (any shape, row-major) with element ``positions[j]`` set to ``outlier_values[j]`` (a copy)."""
+    values = np.array(values, dtype=np.float32)
+    values.reshape(-1)[np.asarray(positions, dtype=np.int64)] = outlier_values
+    return values
 
 
 def sidecar_path(model_path: str | os.PathLike) -> str:
@@ -79,8 +91,14 @@ def _gap_cost_bits(indices_nonzero_gaps: np.ndarray, gap_bits: int) -> int:
     return int((counts * lengths).sum()) + 8 * (escape + 1)
 
 
-def encode_record(codebook: np.ndarray, indices: np.ndarray, dims: tuple[int, ...], bits: int) -> bytes:
-    """Encode one tensor; picks the smaller of dense and sparse (gap) coding."""
+def encode_record(codebook: np.ndarray, indices: np.ndarray, dims: tuple[int, ...], bits: int,
+                  outlier_positions: np.ndarray | None = None, outlier_values: np.ndarray | None = None) -> bytes:
+    """Encode one tensor; picks the smaller of dense and sparse (gap) coding.
+
+    With outliers (strictly increasing positions below N, finite float32 values), the record is version 2 and
+    the indices at the outlier positions are replaced by the cheapest one for the chosen coding (0 in sparse
+    coding, the most frequent index in dense), since the reader never looks them up. Without, version 1.
+    """
     codebook = np.ascontiguousarray(codebook, dtype="<f4")
     indices = np.asarray(indices, dtype=np.int64).ravel()
     k = len(codebook)
@@ -91,15 +109,27 @@ def encode_record(codebook: np.ndarray, indices: np.ndarray, dims: tuple[int, ..
         raise ValueError("indices do not match the tensor dims")
     if n and (indices.min() < 0 or indices.max() >= k):
         raise ValueError("index outside the codebook")
-    value_counts = np.bincount(indices, minlength=k)
-    header = _FIXED.pack(RECORD_MAGIC, RECORD_VERSION, FLOAT32, len(dims), bits, 0, 0, k, n)
+    positions = np.zeros(0, np.int64) if outlier_positions is None else np.asarray(outlier_positions, np.int64)
+    section = b""
+    dense_indices = sparse_indices = indices
+    if len(positions):
+        section = outliers.encode_section(positions, outlier_values, n)
+        others = np.ones(n, dtype=bool)
+        others[positions] = False
+        dense_indices, sparse_indices = indices.copy(), indices.copy()
+        dense_indices[positions] = int(np.argmax(np.bincount(indices[others], minlength=k))) if others.any() else 0
+        sparse_indices[positions] = 0
+    version = RECORD_VERSION_OUTLIERS if len(positions) else RECORD_VERSION
+    header = _FIXED.pack(RECORD_MAGIC, version, FLOAT32, len(dims), bits, 0, 0, k, n)
     header += struct.pack(f"<{len(dims)}Q", *dims) + codebook.tobytes()
 
-    dense_lengths = huffman.code_lengths(value_counts)
-    dense_bits = int((value_counts * dense_lengths).sum())
+    dense_counts = np.bincount(dense_indices, minlength=k)
+    dense_lengths = huffman.code_lengths(dense_counts)
+    dense_bits = int((dense_counts * dense_lengths).sum())
     best = (dense_bits + 8 * k, CODING_DENSE, 0)
     if codebook[0].view(np.uint32) == 0 and n:
-        nonzero = np.flatnonzero(indices)
+        value_counts = np.bincount(sparse_indices, minlength=k)
+        nonzero = np.flatnonzero(sparse_indices)
         gaps = np.diff(np.concatenate([[-1], nonzero])) - 1
         sparse_counts = value_counts.copy()
         sparse_counts[0] = 0
@@ -113,13 +143,14 @@ def encode_record(codebook: np.ndarray, indices: np.ndarray, dims: tuple[int, ..
 
     _, coding, gap_bits = best
     if coding == CODING_DENSE:
-        payload, payload_bits = huffman.encode(indices, dense_lengths)
+        payload, payload_bits = huffman.encode(dense_indices, dense_lengths)
         body = dense_lengths.tobytes()
     else:
+        indices = sparse_indices
         symbols, value_slots = _gap_symbols(indices, gap_bits)
         nonzero_values = indices[indices != 0]
         gap_lengths = huffman.code_lengths(np.bincount(symbols, minlength=1 << gap_bits))
-        sparse_counts = value_counts.copy()
+        sparse_counts = np.bincount(indices, minlength=k)
         sparse_counts[0] = 0
         value_lengths = huffman.code_lengths(sparse_counts)
         # Interleave: each non-escape gap code is followed by its value code.
@@ -140,7 +171,7 @@ def encode_record(codebook: np.ndarray, indices: np.ndarray, dims: tuple[int, ..
         body = struct.pack("<BQ", gap_bits, len(nonzero_values)) + gap_lengths.tobytes() + value_lengths.tobytes()
     record = bytearray(header)
     record[9] = coding
-    record += body + struct.pack("<Q", payload_bits) + payload
+    record += body + struct.pack("<Q", payload_bits) + payload + section
     record += struct.pack("<I", zlib.crc32(record))
     return bytes(record)
 
@@ -177,8 +208,8 @@ def decode_record(data: bytes) -> Record:
     magic, version, value_type, rank, bits, coding, reserved, k, n = _FIXED.unpack(cursor.take(_FIXED.size, "header"))
     if magic != RECORD_MAGIC:
         raise CorruptSidecarError("not an onnxcomp weight record (bad magic)")
-    if version != RECORD_VERSION:
-        raise CorruptSidecarError(f"record version {version} is not supported (expected {RECORD_VERSION})")
+    if version not in (RECORD_VERSION, RECORD_VERSION_OUTLIERS):
+        raise CorruptSidecarError(f"record version {version} is not supported (expected 1 or 2)")
     if value_type != FLOAT32 or rank > MAX_RANK or not 1 <= bits <= 16 or coding > 1 or reserved:
         raise CorruptSidecarError("record header has a field out of range")
     if not 1 <= k <= 1 << bits or n >= MAX_ELEMENTS:
@@ -207,9 +238,14 @@ def decode_record(data: bytes) -> Record:
             raise CorruptSidecarError("sparse record codes the pruned value 0")
         payload, payload_bits = _take_payload(cursor)
         indices = _decode_sparse(payload, payload_bits, gap_bits, gap_lengths, value_lengths, n, nonzero_count)
+    record = Record(tuple(dims), codebook, indices, bits, coding)
+    if version == RECORD_VERSION_OUTLIERS:
+        start = cursor.offset
+        record.outlier_positions, record.outlier_values = outliers.decode_section(cursor.take, n)
+        record.outlier_bytes = cursor.offset - start
     if cursor.offset != len(cursor.data):
         raise CorruptSidecarError("record has trailing bytes")
-    return Record(tuple(dims), codebook, indices, bits, coding)
+    return record
 
 
 def _decode_sparse(payload, payload_bits, gap_bits, gap_lengths, value_lengths, n, nonzero_count) -> np.ndarray:

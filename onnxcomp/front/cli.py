@@ -103,7 +103,8 @@ def _bits_option(value: Optional[int], kind: str) -> None:
 
 
 PIPELINE_OPTIONS = ("prune", "score", "sparsity", "threshold", "sensitivity", "scope", "init", "min_elements", "seed",
-                    "calib_batch", "activation_threshold", "reconstruct", "ridge", "format", "sequential", "rounding")
+                    "calib_batch", "activation_threshold", "reconstruct", "ridge", "format", "sequential", "rounding",
+                    "outliers")
 
 
 @app.command()
@@ -125,6 +126,7 @@ def compress(
     sequential: bool = typer.Option(False, help="With --calib: compress layer by layer in graph order, each refit to the already-compressed layers before it."),
     ridge: float = typer.Option(1e-2, min=0.0, help="Ridge regularisation of the refit, relative to the mean input energy."),
     rounding: Rounding = typer.Option(Rounding.obs, help="With --calib: obs rounds weights to the codebook compensating each error in the weights not yet rounded; nearest rounds each alone."),
+    outliers: str = typer.Option("auto", help="Weights kept exact beside each codebook: auto (a fraction per layer chosen by measured error, 0 allowed), or a fraction of each layer's kept weights, e.g. 0.005 (0: none)."),
     budget: Optional[str] = typer.Option(None, help="Smallest model within a quality budget, e.g. top1=0.99, cosine=0.99, rel_l2=0.05, accuracy=0.01, kl=0.05 (needs --calib)."),
     holdout: float = typer.Option(0.25, min=0.01, max=0.99, help="With --budget: fraction of calibration samples held back to measure quality."),
     cache_dir: Optional[Path] = typer.Option(None, help="With --budget: where sensitivity curves are cached (default ~/.cache/onnxcomp)."),
@@ -179,7 +181,7 @@ def compress(
             result = compress_to_budget(str(input_path), str(output_path), budget=budget, calib=calib, calib_samples=calib_samples,
                                         holdout=holdout, cache_dir=str(cache_dir) if cache_dir else None, prune=values["prune"],
                                         score=values["score"], reconstruct=reconstruct is not False, ridge=ridge, rounding=values["rounding"],
-                                        sequential=sequential,
+                                        sequential=sequential, outliers=outliers,
                                         init=values["init"], seed=seed, min_elements=min_elements,
                                         eval_data=str(eval_data) if eval_data else None, progress=_progress(quiet))
         else:
@@ -266,12 +268,13 @@ def inspect(
 def _print_inspection(result) -> None:
     typer.echo(f"{result.path}: {result.format} model, {result.file_bytes:,} bytes on disk")
     typer.echo(f"{'weight':<24} {'op':<15} {'kind':<9} {'shape':<14} {'params':>9} {'sparsity':>8} {'bits':>4} "
-               f"{'K':>6} {'stored':>10} {'bits/w':>6} {'entropy':>10}")
+               f"{'K':>6} {'stored':>10} {'bits/w':>6} {'entropy':>10} {'outliers':>9} {'out.bytes':>9}")
     for w in result.weights:
         shape = "x".join(map(str, w.shape))
         k = "-" if w.codebook_size is None else str(w.codebook_size)
         typer.echo(f"{w.name[:24]:<24} {w.op[:15]:<15} {w.kind:<9} {shape:<14} {w.params:>9,} {w.sparsity:>8.1%} {w.bits:>4} "
-                   f"{k:>6} {w.stored_bytes:>10,} {w.bits_per_weight:>6.2f} {w.entropy_bytes:>10,}")
+                   f"{k:>6} {w.stored_bytes:>10,} {w.bits_per_weight:>6.2f} {w.entropy_bytes:>10,} {w.outliers:>9,} "
+                   f"{w.outlier_bytes:>9,}")
     typer.echo(f"total: {result.params:,} weights, {result.dense_bytes:,} bytes as float32 -> {result.stored_bytes:,} "
                f"stored ({result.ratio:.1f}x)")
 

@@ -119,6 +119,10 @@ class WeightTarget:
     # Per use (aligned with ``uses``): the MatMul/Gemm nodes a CodebookMatMul can replace, each with whether it
     # multiplies by the transpose (select_weights.fused_route), or None.
     routes: list | None = None
+    # Outliers kept exact beside the codebook (onnxcomp/core/outliers.py): flat row-major positions, increasing, and
+    # their float32 values as a reader gets them back.
+    outlier_positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    outlier_values: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -152,8 +156,10 @@ class WeightTarget:
 
     def decoded(self) -> np.ndarray:
         """The weight as the compressed model computes it, in the original orientation (float32 values; for a
-        float16 or bfloat16 weight the codebook holds values of that type)."""
-        return self.codebook[self.indices].reshape(self.shape).astype(np.float32)
+        float16 or bfloat16 weight the codebook and outliers hold values of that type)."""
+        decoded = self.codebook[self.indices].astype(np.float32)
+        decoded[self.outlier_positions] = self.outlier_values
+        return decoded.reshape(self.shape)
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """PackPortableWeightsPass: express each shared weight in standard ONNX ops, for runtimes without custom ops.
 
-A weight W with codebook c (K float32 values) and indices i becomes ``W = Gather(c, i', axis=0)`` (then
-``Cast`` to float16 / bfloat16 for a weight of that type), the last output keeping W's name so every consumer is
+A weight W with codebook c (K float32 values) and indices i becomes ``W = Gather(c, i', axis=0)`` (then its
+outliers scattered on, then ``Cast`` to float16 / bfloat16 for a weight of that type), the last output keeping W's name so every consumer is
 unchanged. The lookup sits in the innermost graph enclosing all of W's readers (the main graph, an If branch,
 a Loop or Scan body); the names it adds are unique in the model (passes/names.py). The indices are stored with p bits each,
 p the smallest of 1, 2, 4, 8, 16 that holds K - 1:
@@ -9,8 +9,14 @@ p the smallest of 1, 2, 4, 8, 16 that holds K - 1:
 - p < 8: q = 8 / p indices per byte, first index in the high bits, in a uint8 initializer P of
   ceil(N / q) bytes, unpacked by i' = Reshape(Slice(Reshape(Mod(Div(Reshape(Cast(P), [-1, 1]), d), 2^p)), 0, N)),
   d = [2^(p(q-1)), ..., 2^p, 1]. Slice takes its bounds as inputs from opset 10; older models get p = 8.
+Outliers (values kept exact beside the codebook, onnxcomp/core/outliers.py) are scattered onto the lookup:
+``W = Reshape(ScatterElements(Reshape(lookup, [-1]), positions, values, axis=0), shape)`` with
+``positions = CumSum(Cast(g, int64)) - 1`` from the stored gaps ``g_j = p_j - p_{j-1}`` (``p_{-1} = -1``;
+uint16 when every gap fits, else uint32) and ``values = Cast(v, float)`` from binary16 or binary32 ``v`` (the
+record's value-format rule). ScatterElements and CumSum need opset 11: older models get no outliers in this
+format (ShareWeightsPass is told so).
 Storage: N p / 8 bytes plus 4K, against 4N: 32/p times smaller at most, whatever the sparsity, since there
-is no entropy coding. Runtimes fold the constant lookup at load time (onnxruntime does), so the weight
+is no entropy coding; outliers add 4 to 8 bytes each. Runtimes fold the constant lookup at load time (onnxruntime does), so the weight
 lives dense in memory and runs at dense speed.
 """
 
@@ -21,6 +27,7 @@ import onnx_graphsurgeon as gs
 from onnx import TensorProto
 
 from onnxcomp import progress
+from onnxcomp.core import outliers as outlier_math
 
 from .base import CompressionState, GraphPass, PassResult, WeightTarget, drop_if_not_smaller
 from .names import UniqueNames, all_graphs, common_graph, parents
@@ -28,6 +35,9 @@ from .names import UniqueNames, all_graphs, common_graph, parents
 CODEBOOK_SUFFIX = ".codebook"
 INDICES_SUFFIX = ".indices"
 SLICE_INPUTS_OPSET = 10
+SCATTER_OPSET = 11  # ScatterElements and CumSum
+OUTLIER_GAPS_SUFFIX = ".outlier_gaps"
+OUTLIER_VALUES_SUFFIX = ".outlier_values"
 
 
 def packing_bits(codebook_size: int) -> int:
@@ -45,12 +55,23 @@ def pack_indices(indices: np.ndarray, bits: int) -> np.ndarray:
     return np.bitwise_or.reduce(padded.reshape(-1, per_byte) << shifts, axis=1).astype(np.uint8)
 
 
+def outlier_arrays(positions: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The stored forms of outliers: gaps ``p_j - p_{j-1}`` (``p_{-1} = -1``) as uint16 or uint32, and the values
+    as float16 or float32 (onnxcomp/core/outliers.py, value_format)."""
+    gaps = np.diff(np.concatenate([[-1], np.asarray(positions, dtype=np.int64)]))
+    gaps = gaps.astype(np.uint16 if gaps.max(initial=0) <= np.iinfo(np.uint16).max else np.uint32)
+    wide = outlier_math.value_format(values) == outlier_math.FLOAT32
+    return gaps, np.asarray(values, dtype=np.float32 if wide else np.float16)
+
+
 def portable_bytes(target: WeightTarget, opset: int = SLICE_INPUTS_OPSET) -> int:
-    """Bytes the portable form stores for ``target``: packed indices plus the float32 codebook."""
+    """Bytes the portable form stores for ``target``: packed indices, the float32 codebook and the outliers."""
     bits = packing_bits(len(target.codebook))
     if opset < SLICE_INPUTS_OPSET:
         bits = max(bits, 8)
-    return -(-target.size * bits // 8) + 4 * len(target.codebook)
+    gaps, values = outlier_arrays(target.outlier_positions, target.outlier_values)
+    extra = gaps.nbytes + values.nbytes if len(gaps) else 0
+    return -(-target.size * bits // 8) + 4 * len(target.codebook) + extra
 
 
 class PackPortableWeightsPass(GraphPass):
@@ -83,18 +104,51 @@ class PackPortableWeightsPass(GraphPass):
             packed = gs.Constant(names(name + INDICES_SUFFIX), pack_indices(target.indices, bits))
             wide = self._unpack(nodes, names, name, packed, bits, target)
         target.constant.name = names(name + ".original")  # frees the name for the lookup's output
-        if target.dtype == TensorProto.FLOAT:
-            dense = gs.Variable(name, dtype=np.float32, shape=list(target.shape))
-            nodes.append(gs.Node("Gather", names(name + ".lookup"), attrs={"axis": 0}, inputs=[codebook, wide], outputs=[dense]))
-        else:  # the codebook holds values of the weight's type (ShareWeightsPass): the Cast is exact
-            looked_up = gs.Variable(names(name + ".lookup_float"), dtype=np.float32, shape=list(target.shape))
-            nodes.append(gs.Node("Gather", names(name + ".lookup"), attrs={"axis": 0}, inputs=[codebook, wide], outputs=[looked_up]))
-            dense = gs.Variable(name, dtype=np.float16 if target.dtype == TensorProto.FLOAT16 else target.dtype, shape=list(target.shape))
-            nodes.append(gs.Node("Cast", names(name + ".cast"), attrs={"to": target.dtype}, inputs=[looked_up], outputs=[dense]))
+        # Gather (float32) [-> outliers scattered on] [-> Cast to the weight's float16/bfloat16 type] -> W's name
+        steps_after = bool(len(target.outlier_positions)) + (target.dtype != TensorProto.FLOAT)
+        final_dtype = np.float32 if target.dtype == TensorProto.FLOAT else np.float16 if target.dtype == TensorProto.FLOAT16 \
+            else target.dtype
+        dense = gs.Variable(name, dtype=final_dtype, shape=list(target.shape))
+        current = dense if not steps_after else gs.Variable(names(name + ".lookup_float"), dtype=np.float32, shape=list(target.shape))
+        nodes.append(gs.Node("Gather", names(name + ".lookup"), attrs={"axis": 0}, inputs=[codebook, wide], outputs=[current]))
+        if len(target.outlier_positions):
+            scattered = dense if target.dtype == TensorProto.FLOAT else \
+                gs.Variable(names(name + ".with_outliers"), dtype=np.float32, shape=list(target.shape))
+            self._scatter_outliers(nodes, names, target, current, scattered)
+            current = scattered
+        if target.dtype != TensorProto.FLOAT:  # the codebook and outliers hold values of the weight's type: the Cast is exact
+            nodes.append(gs.Node("Cast", names(name + ".cast"), attrs={"to": target.dtype}, inputs=[current], outputs=[dense]))
         graph.nodes[0:0] = nodes  # reads constants only: first in its graph, before any reader
         for node, slot in target.uses:
             node.inputs[slot] = dense
         target.portable = True
+
+    @staticmethod
+    def _scatter_outliers(nodes: list[gs.Node], names: UniqueNames, target: WeightTarget, lookup: gs.Variable,
+                          dense: gs.Variable) -> None:
+        """Standard ops writing the outlier values over the lookup (see the module docstring)."""
+        name = target.name
+        gaps, values = outlier_arrays(target.outlier_positions, target.outlier_values)
+
+        def node(op, suffix, inputs, dtype, attrs=None) -> gs.Variable:
+            output = gs.Variable(names(f"{name}.{suffix}"), dtype=dtype)
+            nodes.append(gs.Node(op, names(f"{name}.{suffix}"), attrs=attrs or {}, inputs=inputs, outputs=[output]))
+            return output
+
+        def constant(suffix, array) -> gs.Constant:
+            return gs.Constant(names(f"{name}{suffix}"), np.asarray(array))
+
+        wide_gaps = node("Cast", "outlier_gaps_int64", [constant(OUTLIER_GAPS_SUFFIX, gaps)], np.int64, {"to": TensorProto.INT64})
+        summed = node("CumSum", "outlier_cumsum", [wide_gaps, constant(".outlier_axis", np.array(0, np.int64))], np.int64)
+        positions = node("Sub", "outlier_positions", [summed, constant(".outlier_one", np.array(1, np.int64))], np.int64)
+        stored = constant(OUTLIER_VALUES_SUFFIX, values)
+        exact = stored if values.dtype == np.float32 else node("Cast", "outlier_values_float", [stored], np.float32,
+                                                                  {"to": TensorProto.FLOAT})
+        flat = node("Reshape", "lookup_flat", [lookup, constant(".lookup_flat_shape", np.array([-1], np.int64))], np.float32)
+        scattered = node("ScatterElements", "outliers", [flat, positions, exact], np.float32, {"axis": 0})
+        nodes.append(gs.Node("Reshape", names(f"{name}.outliers_reshape"),
+                             inputs=[scattered, constant(".weight_shape", np.array(target.shape, np.int64))],
+                             outputs=[dense]))
 
     @staticmethod
     def _unpack(nodes: list[gs.Node], names: UniqueNames, name: str, packed: gs.Constant, bits: int,

@@ -74,10 +74,15 @@ class PackWeightsPass(GraphPass):
         target.transposed = stored_transposed(target, self.fuse)
         indices = target.indices.reshape(target.shape)
         dims = target.shape
+        positions, values = target.outlier_positions, target.outlier_values
         if target.transposed:
             indices, dims = indices.T, dims[::-1]
+            rows, columns = np.divmod(positions, target.shape[1])
+            transposed = columns * target.shape[0] + rows
+            order = np.argsort(transposed)
+            positions, values = transposed[order], values[order]
         bits = max(1, int(np.ceil(np.log2(max(len(target.codebook), 2)))))
-        target.record = sidecar.encode_record(target.codebook, indices, dims, bits)
+        target.record = sidecar.encode_record(target.codebook, indices, dims, bits, positions, values)
         del indices
         if release:
             target.release()

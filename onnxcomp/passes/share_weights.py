@@ -9,21 +9,29 @@ then refit by least squares against the dense layer's outputs (onnxcomp/reconstr
 error compensated in the inputs not yet rounded (onnxcomp/obs.py), instead of each to its nearest entry. ``encode``, if
 given, is called on each target as soon as it is shared (the custom-op pipeline encodes its record there and
 drops the indices), so only one weight's arrays are alive at a time.
+
+``outliers`` ("auto", the default, or a fraction of the kept weights; rules may set it per layer) keeps the
+largest weights exact beside the codebook (onnxcomp/core/outliers.py: the rule that picks the fraction per
+tensor). Compensated rounding and the codebook refit treat them as fixed: an outlier stores its compensated
+value and no codebook entry is fit to it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
+
 from onnxcomp.core import codebook as codebook_math
 from onnxcomp.core import obs
+from onnxcomp.core import outliers as outlier_math
 from onnxcomp import progress
 from onnxcomp.core import reconstruction
 from onnxcomp.passes.calibration import from_rows, to_rows
 from onnxcomp.errors import InvalidOptionError
 from onnxcomp.core.recipes import LayerRule, rule_value
 
-from .base import CompressionState, GraphPass, PassResult, to_element_type
+from .base import CompressionState, GraphPass, PassResult, log, to_element_type
 
 
 ROUNDINGS = ("obs", "nearest")
@@ -31,7 +39,8 @@ ROUNDINGS = ("obs", "nearest")
 
 class ShareWeightsPass(GraphPass):
     def __init__(self, *, bits: int | Mapping[str, int] = 5, init: str = "quantile", seed: int = 0,
-                 refit_codebook: bool = False, rounding: str = "obs", rules: tuple[LayerRule, ...] = (), encode=None) -> None:
+                 refit_codebook: bool = False, rounding: str = "obs", rules: tuple[LayerRule, ...] = (), encode=None,
+                 outliers: str | float = outlier_math.AUTO, outliers_opset: int = 0) -> None:
         for value in bits.values() if isinstance(bits, Mapping) else [bits]:
             if not isinstance(value, int) or not 1 <= value <= 16:
                 raise InvalidOptionError(f"bits {value} is out of range: give an integer from 1 to 16")
@@ -41,6 +50,8 @@ class ShareWeightsPass(GraphPass):
             raise InvalidOptionError(f"unknown rounding {rounding!r}: use one of {', '.join(ROUNDINGS)}")
         self.bits, self.init, self.seed, self.refit_codebook = bits, init, seed, refit_codebook
         self.rounding = rounding
+        self.outliers = outlier_math.parse_option(outliers)
+        self.outliers_opset = outliers_opset  # the portable format scatters outliers with opset-11 ops
         self.rules = tuple(rules)
         self.encode = encode
 
@@ -52,31 +63,95 @@ class ShareWeightsPass(GraphPass):
             return value
         return self.bits[target.kind] if isinstance(self.bits, Mapping) else self.bits
 
+    def outliers_for(self, target) -> str | float:
+        """Outlier option: a layer rule matching the name, else the pass's."""
+        value = rule_value(self.rules, target.name, "outliers")
+        return self.outliers if value is None else outlier_math.parse_option(value)
+
     def run(self, state: CompressionState) -> PassResult:
         targets = [t for t in state.targets if t.codebook is None]
+        opset = (state.graph.opset or 0) if state.graph is not None else self.outliers_opset
+        no_outliers = opset < self.outliers_opset
+        if no_outliers and targets:
+            log.info("no outliers: the model's opset %d has no ScatterElements/CumSum (needs %d) for the portable format",
+                     opset, self.outliers_opset)
         for target in progress.track(targets, "k-means codebooks"):
             target.bits = self.bits_for(target)
-            target.codebook, target.indices = codebook_math.quantize(
-                target.values, target.keep, target.bits, self.init, self.seed)
-            if self.refit_codebook and target.statistics is not None and target.statistics.gram is not None:
-                layout = target.layer_input.layout
-                if self.rounding == "obs":
-                    keep = None if target.keep is None else to_rows(target.keep.reshape(target.shape), layout)
-                    rows = obs.round_to_codebook(to_rows(target.values, layout), keep, target.codebook, target.statistics.gram)
-                    nearest = to_rows(target.indices.reshape(target.shape), layout)
-                    original = to_rows(target.original, layout)
-                    errors = [reconstruction.row_errors(target.codebook[i], original, target.statistics.gram,
-                                                        target.statistics.cross, target.statistics.gram_original).sum()
-                              for i in (rows, nearest)]
-                    if errors[0] < errors[1]:  # compensated rounding is kept only where it lowers the layer's error
-                        target.indices = from_rows(rows, layout, target.shape).ravel()
-                indices = to_rows(target.indices.reshape(target.shape), layout)
-                target.codebook = reconstruction.refit_codebook(
-                    to_rows(target.original, layout), indices, target.codebook, target.statistics.gram, target.keep is not None,
-                    cross=target.statistics.cross, gram_original=target.statistics.gram_original)
-            # A float16/bfloat16 weight is decoded to float32 and cast back: its codebook holds values of its type,
-            # so every path (decode + Cast, a fused kernel after Cast, the portable lookup) computes the same numbers.
+            layout = target.layer_input.layout if target.layer_input is not None else None
+            statistics = target.statistics
+            shared = outlier_math.share(
+                target.values, target.keep, target.bits, option=0.0 if no_outliers else self.outliers_for(target),
+                init=self.init, seed=self.seed,
+                rows=output_rows(target), importance=None if statistics is None else statistics.sum_squares)
+            target.codebook, target.indices = shared.codebook, shared.indices
+            target.outlier_positions, target.outlier_values = shared.positions, shared.values
+            if self.refit_codebook and statistics is not None and statistics.gram is not None:
+                self._refit(target, layout, statistics)
+            # A float16/bfloat16 weight is decoded to float32 and cast back: its codebook and outliers hold values of
+            # its type, so every path (decode + Cast, a fused kernel after Cast, the portable lookup) computes the same.
             target.codebook = to_element_type(target.codebook, target.dtype)
+            target.outlier_values = to_element_type(target.outlier_values, target.dtype)
             if self.encode is not None:
                 self.encode(target)
         return PassResult(bool(targets), f"shared {len(targets)} tensors")
+
+    def _refit(self, target, layout: str, statistics) -> None:
+        """Compensated rounding (kept where it lowers the layer's error), then the least-squares codebook refit."""
+        exact = None
+        if len(target.outlier_positions):
+            mask = np.zeros(target.size, dtype=bool)
+            mask[target.outlier_positions] = True
+            exact = to_rows(mask.reshape(target.shape), layout)
+        exact_values = self._outlier_rows(target, layout)
+        original = to_rows(target.original, layout)
+        if self.rounding == "obs":
+            keep = None if target.keep is None else to_rows(target.keep.reshape(target.shape), layout)
+            rounded = obs.round_to_codebook(to_rows(target.values, layout), keep, target.codebook, statistics.gram, exact=exact)
+            rows, compensated = rounded if exact is not None else (rounded, None)
+            if compensated is not None:  # outliers store their compensated values, as a reader gets them back
+                compensated = from_rows(compensated, layout, target.shape).ravel()[target.outlier_positions]
+                compensated = outlier_math.stored_values(compensated)
+            nearest = to_rows(target.indices.reshape(target.shape), layout)
+            candidates = [(rows, compensated), (nearest, target.outlier_values)]
+            errors = []
+            for indices, values in candidates:
+                decoded = target.codebook[indices]
+                if exact is not None:
+                    decoded = np.where(exact, self._outlier_rows(target, layout, values), decoded)
+                errors.append(reconstruction.row_errors(decoded, original, statistics.gram, statistics.cross,
+                                                        statistics.gram_original).sum())
+            if errors[0] < errors[1]:  # compensated rounding is kept only where it lowers the layer's error
+                target.indices = from_rows(rows, layout, target.shape).ravel()
+                if compensated is not None:
+                    target.outlier_values = compensated
+                    exact_values = self._outlier_rows(target, layout)
+        indices = to_rows(target.indices.reshape(target.shape), layout)
+        target.codebook = reconstruction.refit_codebook(
+            original, indices, target.codebook, statistics.gram, target.keep is not None,
+            cross=statistics.cross, gram_original=statistics.gram_original, exact=exact, exact_values=exact_values)
+
+    @staticmethod
+    def _outlier_rows(target, layout: str, values=None):
+        """The outlier values placed in an [outputs, inputs] array (zeros elsewhere), or None without outliers."""
+        if not len(target.outlier_positions):
+            return None
+        dense = np.zeros(target.size, dtype=np.float32)
+        dense[target.outlier_positions] = target.outlier_values if values is None else values
+        return to_rows(dense.reshape(target.shape), layout)
+
+
+def output_rows(target):
+    """A function mapping arrays of the weight's shape to [output channels, inputs] (for the outlier choice):
+    the calibration layout when known, else from the first consumer (MatMul/Gemm B: columns, or rows with
+    transB; ConvTranspose: axis 1; Conv, Gather and the rest: axis 0)."""
+    if target.layer_input is not None:
+        layout = target.layer_input.layout
+        return lambda array: to_rows(array, layout)
+    node, slot = target.uses[0]
+    axis = 0
+    if len(target.shape) >= 2 and slot == 1:
+        if node.op == "MatMul" or (node.op == "Gemm" and not node.attrs.get("transB", 0)):
+            axis = len(target.shape) - 1
+        elif node.op == "ConvTranspose":
+            axis = 1
+    return lambda array: np.moveaxis(array, axis, 0).reshape(array.shape[axis], -1) if array.ndim else array.reshape(1, 1)

@@ -48,7 +48,7 @@ SPARSITIES = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97)
 BITS = (2, 3, 4, 5, 6, 8)
 ROUNDS = 6
 ROUNDS_SMOOTH = 12  # a geometric search over a stand-in metric needs a few more end-to-end trials
-CACHE_VERSION = 3
+CACHE_VERSION = 4  # 4: records keep outliers (--outliers, default auto)
 
 
 def holdout_split(count: int, held: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -92,10 +92,11 @@ def _shared(pruned: WeightTarget, bits: int, options: dict) -> WeightTarget:
     """A pruned target's codebook and record at ``bits``."""
     trial = dataclasses.replace(pruned, codebook=None, indices=None, record=None, bits_override=bits)
     ShareWeightsPass(bits=bits, init=options["init"], seed=options["seed"], refit_codebook=options["reconstruct"],
-                     rounding=options["rounding"])(
+                     rounding=options["rounding"], outliers=options.get("outliers", "auto"))(
         CompressionState(None, [trial]))
     bits_needed = max(1, int(np.ceil(np.log2(max(len(trial.codebook), 2)))))
-    trial.record = sidecar.encode_record(trial.codebook, trial.indices, trial.shape, bits_needed)
+    trial.record = sidecar.encode_record(trial.codebook, trial.indices, trial.shape, bits_needed,
+                                         trial.outlier_positions, trial.outlier_values)
     return trial
 
 
@@ -108,7 +109,7 @@ def _setting(candidate) -> dict:
 def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib: str, calib_samples: int | None = None,
                        holdout: float = 0.25, sparsities=SPARSITIES, bits=BITS, cache_dir: str | None = None,
                        prune: str = "magnitude", score: str = "wanda", reconstruct: bool = True, ridge: float = 1e-2,
-                       rounding: str = "obs", sequential: bool = False,
+                       rounding: str = "obs", sequential: bool = False, outliers: str | float = "auto",
                        init: str = "quantile", seed: int = 0, min_elements: int = 1024, eval_data: str | None = None):
     """Compress ``input_path`` to the smallest allocation found that meets ``budget`` (e.g. "top1=0.99").
 
@@ -116,8 +117,10 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     ones before it; the sensitivity curves are still measured one weight at a time.
 
     ``progress=callback`` receives the progress of the long steps (onnxcomp/progress.py)."""
+    from onnxcomp.core.outliers import parse_option
     from onnxcomp.pipeline.compression import compress
     goal = budget_math.parse_budget(budget)
+    outliers = parse_option(outliers)
     if not calib:
         raise CalibrationError("--budget needs calibration data to measure quality: pass --calib DATA.npz")
     if not 0 < holdout < 1:
@@ -140,7 +143,8 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     reference = run_batched(_session(model), hold)[0]
     metric = budget_math.allocation_metric(goal.metric, reference)
 
-    options = dict(prune=prune, score=score, reconstruct=reconstruct, ridge=ridge, init=init, seed=seed, rounding=rounding)
+    options = dict(prune=prune, score=score, reconstruct=reconstruct, ridge=ridge, init=init, seed=seed, rounding=rounding,
+                   outliers=outliers)
     key = hashlib.sha256(json.dumps([CACHE_VERSION, options, min_elements, list(sparsities), list(bits), metric, holdout,
                                      count], sort_keys=True).encode())
     key.update(model.SerializeToString(deterministic=True))
@@ -176,7 +180,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
                     trial = os.path.join(folder, "trial.onnx")
                     report = compress(input_path, trial, calib=fit, prune=prune, score=score, reconstruct=reconstruct,
                                       ridge=ridge, init=init, seed=seed, min_elements=min_elements, settings=settings,
-                                      rounding=rounding, sequential=sequential)
+                                      rounding=rounding, sequential=sequential, outliers=outliers)
                     from onnxcomp.runtime import InferenceSession
                     measured = budget_math.error(goal.metric, reference, run_batched(InferenceSession(trial), hold)[0], labels)
                 tried[key] = (measured, report.output_bytes)
@@ -207,7 +211,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
                             f"or more calibration samples: top-1 on {held} held-back samples moves in steps of {1 / held:.3g}")
     settings, _, predicted, measured = best
     # The output is fit to all the calibration samples (the held-back ones too): more samples, better statistics.
-    report = compress(input_path, output_path, calib=data, prune=prune, score=score, reconstruct=reconstruct,
+    report = compress(input_path, output_path, calib=data, prune=prune, score=score, reconstruct=reconstruct, outliers=outliers,
                       ridge=ridge, init=init, seed=seed, min_elements=min_elements, settings=settings, eval_data=eval_data,
                       rounding=rounding, sequential=sequential)
     report.budget = {"metric": goal.metric, "value": goal.value, "allocation_metric": metric,

@@ -21,7 +21,7 @@ import onnx_graphsurgeon as gs
 
 from onnxcomp.passes import (CalibrateWeightsPass, CompressionState, PackPortableWeightsPass, PackWeightsPass, Pipeline,
                     PruneWeightsPass, ReconstructWeightsPass, SelectWeightsPass, ShareWeightsPass)
-from onnxcomp.passes.pack_portable import portable_bytes
+from onnxcomp.passes.pack_portable import SCATTER_OPSET, portable_bytes
 from onnxcomp.passes.apply_settings import ApplySettingsPass
 from onnxcomp.passes.compress_sequentially import CompressSequentiallyPass
 from onnxcomp.passes.base import DOMAIN, DOMAIN_VERSION
@@ -55,6 +55,7 @@ class LayerReport:
     bits: int
     bytes_before: int
     bytes_after: int
+    outliers: int = 0  # values stored exactly beside the codebook
 
     @property
     def ratio(self) -> float:
@@ -107,7 +108,7 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
                    init: str = "quantile", min_elements: int = 1024, seed: int = 0, calib=None, calib_batch: int = 64,
                    activation_threshold: float = 0.0, reconstruct: bool | None = None, ridge: float = 1e-2,
                    format: str = "custom-op", layers=(), settings: dict | None = None, sequential: bool = False,
-                   rounding: str = "obs") -> Pipeline:
+                   rounding: str = "obs", outliers: str | float = "auto") -> Pipeline:
     """The pass list for the given options (``None`` means the defaults; ``calib`` is a dict of input arrays).
 
     ``format`` "custom-op" writes records for the onnxcomp ops; "portable" writes standard ONNX ops only.
@@ -117,6 +118,8 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
     With calibration data, reconstruction (refitting kept weights, then the shared values) is on unless
     ``reconstruct=False``. ``settings`` maps weight names to ``{"sparsity": s, "bits": b}`` overrides. ``sequential`` compresses layer
     by layer in graph order, each fit to the already-compressed upstream layers (needs calibration data).
+    ``outliers`` is "auto" (a fraction per weight by measured error, onnxcomp/core/outliers.py) or a fraction of each
+    weight's kept values (0: none) stored exactly beside the codebook.
     """
     if format not in FORMATS:
         raise InvalidOptionError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
@@ -148,7 +151,8 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
                               sensitivity=sensitivity, tfidf=tfidf, rules=rules)]
     if reconstruct:
         steps.append(ReconstructWeightsPass(ridge=ridge))
-    steps.append(ShareWeightsPass(bits=bits, init=init, seed=seed, refit_codebook=reconstruct, rounding=rounding, rules=rules))
+    steps.append(ShareWeightsPass(bits=bits, init=init, seed=seed, refit_codebook=reconstruct, rounding=rounding, rules=rules,
+                                  outliers=outliers, outliers_opset=SCATTER_OPSET if format == "portable" else 0))
     if sequential:
         passes.append(CompressSequentiallyPass(data=calib, steps=steps, batch=calib_batch, threshold=activation_threshold))
     else:
@@ -247,7 +251,8 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
                     float_params=state.float_params)
     for t in state.targets:
         report.layers.append(LayerReport(t.name, t.kind, list(t.shape), t.size, round(t.sparsity, 6), len(t.codebook),
-                                         t.bits, t.dense_bytes, len(t.record) if t.record is not None else portable_bytes(t, state.graph.opset or 0)))
+                                         t.bits, t.dense_bytes, len(t.record) if t.record is not None else portable_bytes(t, state.graph.opset or 0),
+                                         len(t.outlier_positions)))
     if eval_data:
         from onnxcomp.pipeline.evaluate import accuracy
         report.accuracy_before = accuracy(input_path, eval_data)

@@ -5,8 +5,9 @@ carrying the original weight's name and orientation, and the custom ops become t
 CodebookMatMul(X, record[, bias]) -> MatMul(X, W) (+ Add bias), or Gemm(X, W, bias, transB=1) when the
 directory says the record holds W transposed (records for CodebookMatMul are always [K, N]);
 CodebookGather(record, indices) -> Gather(W, indices); CodebookDecode(record) -> the initializer itself.
-Portable lookups Gather(codebook, Cast(indices)) become the initializer they compute. Every graph is
-rewritten, If branches and Loop/Scan bodies included; decoded weights live in the main graph. The values equal the
+Portable lookups Gather(codebook, Cast(indices)), with their outliers scattered on when present, become the
+initializer they compute; record outliers are applied by the reference decoder. Every graph is rewritten, If
+branches and Loop/Scan bodies included; decoded weights live in the main graph. The values equal the
 compressed model's weights exactly; outputs agree up to fp32 summation order.
 """
 
@@ -62,7 +63,8 @@ def decompress_model(model: onnx.ModelProto, model_path: str) -> onnx.ModelProto
                 if weight is None:
                     raise UnsupportedModelError(f"{model_path}: node {node.name!r} ({node.op_type}) has no readable record")
                 nodes.extend(_standard_nodes(node, weight, initializer_for(weight), renamed, model_path))
-            elif node.op_type == "Gather" and node.output[0] in weights:
+            elif node.output and node.output[0] in weights and weights[node.output[0]].storage == "portable":
+                # the lookup (Gather), or with outliers the Reshape after their ScatterElements
                 renamed[node.output[0]] = initializer_for(weights[node.output[0]])
             else:
                 nodes.append(node)

@@ -1,7 +1,10 @@
 """What a model stores per weight: ``onnxcomp inspect`` and the reader ``decompress`` and reports share.
 
 A weight is a float32 constant in a weight slot (see passes/select_weights.py), a record in the sidecar
-(custom-op format), or a codebook lookup ``Gather(codebook, Cast(indices))`` (portable format).
+(custom-op format), or a codebook lookup ``Gather(codebook, Cast(indices))`` (portable format), in either
+format possibly with outliers (exact values at listed positions: a record's outlier section, or a
+ScatterElements onto the lookup). Outlier bytes are the record's outlier section, or the portable form's
+stored gaps and values.
 Per weight: N elements, K codebook entries, b index bits, stored bytes S; bits per weight = 8 S / N.
 The entropy bound is the zeroth-order entropy of the stored symbols, H = -sum_j p_j log2 p_j with p_j the
 share of elements holding codebook entry j (for a dense float weight: distinct value j), plus the codebook:
@@ -36,6 +39,8 @@ WEIGHT_SLOTS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (0, 1), "MatMul": (
 PORTABLE_CODEBOOK = ".codebook"
 PORTABLE_INDICES = ".indices"
 PORTABLE_CODEBOOK_NAME = re.compile(r"\.codebook(\.\d+)?$")  # passes/names.py may number a generated name
+PORTABLE_OUTLIER_GAPS = ".outlier_gaps"
+PORTABLE_OUTLIER_VALUES = ".outlier_values"
 
 
 @dataclass
@@ -50,6 +55,9 @@ class StoredWeight:
     stored_bytes: int
     transposed: bool = False  # stored as the transpose of the original 2-D weight
     tensor: str = ""  # the record initializer (record) or the Gather output (portable)
+    outlier_positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # flat, stored dims
+    outlier_values: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    outlier_bytes: int = 0
 
     @property
     def stored_dims(self) -> tuple[int, ...]:
@@ -59,9 +67,18 @@ class StoredWeight:
     def shape(self) -> tuple[int, ...]:
         return self.stored_dims[::-1] if self.transposed else self.stored_dims
 
+    @property
+    def sparsity(self) -> float:
+        """Fraction of elements pruned: their index points at a 0.0 entry and no outlier overrides it."""
+        if not self.indices.size:
+            return 0.0
+        pruned = np.isin(self.indices, np.flatnonzero(self.codebook == 0.0)).ravel()
+        pruned[self.outlier_positions] = False  # an outlier's own index is a placeholder
+        return float(pruned.mean())
+
     def dense(self) -> np.ndarray:
         """The decoded weight in its original orientation."""
-        values = self.codebook[self.indices].astype(np.float32)
+        values = sidecar.apply_outliers(self.codebook[self.indices], self.outlier_positions, self.outlier_values)
         return np.ascontiguousarray(values.T) if self.transposed else values
 
 
@@ -79,6 +96,8 @@ class WeightInfo:
     bits_per_weight: float
     entropy_bytes: int
     storage: str  # "dense", "record" or "portable"
+    outliers: int = 0  # values stored exactly beside the codebook
+    outlier_bytes: int = 0  # bytes they take (included in stored_bytes)
     dense_bytes: int = 0  # the weight uncompressed: 4 bytes per element (float32; compressed weights), 2 for float16/bfloat16
 
 
@@ -150,8 +169,14 @@ def stored_weights(model: onnx.ModelProto, model_path: str) -> dict[str, StoredW
                     raise CorruptSidecarError(f"{path}: no directory entry for record {tensor_name!r} at offset {offset}")
                 record = sidecar.decode_record(data[entry.offset:entry.offset + entry.length])
                 found[tensor_name] = StoredWeight(entry.name, "record", record.codebook, record.indices.reshape(record.dims),
-                                                  record.bits, entry.length, entry.transposed, tensor_name)
+                                                  record.bits, entry.length, entry.transposed, tensor_name,
+                                                  record.outlier_positions, record.outlier_values, record.outlier_bytes)
     producers = {out: n for g in graphs for n in g.node for out in n.output}
+    readers: dict[str, list] = {}
+    for g in graphs:
+        for n in g.node:
+            for slot, name in enumerate(n.input):
+                readers.setdefault(name, []).append((n, slot))
     for node in (n for g in graphs for n in g.node):
         # portable: Gather(codebook, indices computed by standard ops from constants), see passes/pack_portable.py
         if node.op_type != "Gather" or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
@@ -166,9 +191,39 @@ def stored_weights(model: onnx.ModelProto, model_path: str) -> dict[str, StoredW
         values = numpy_helper.to_array(codebook).astype(np.float32)
         index_bytes = sum(numpy_helper.to_array(initializers[leaf]).nbytes for leaf in leaves)
         bits = max(1, round(8 * index_bytes / max(indices.size, 1)))
-        found[node.output[0]] = StoredWeight(PORTABLE_CODEBOOK_NAME.sub("", codebook.name), "portable", values, indices,
-                                             bits, values.nbytes + index_bytes, False, node.output[0])
+        weight = StoredWeight(PORTABLE_CODEBOOK_NAME.sub("", codebook.name), "portable", values, indices,
+                              bits, values.nbytes + index_bytes, False, node.output[0])
+        final = _portable_outliers(model, weight, producers, initializers, readers)
+        found[final or node.output[0]] = weight
     return found
+
+
+def _portable_outliers(model, weight: StoredWeight, producers: dict, initializers: dict, readers: dict) -> str | None:
+    """Reads the outliers scattered onto a portable lookup (passes/pack_portable.py: Reshape -> ScatterElements ->
+    Reshape after the Gather) into ``weight``; returns the tensor holding the final weight, or None when the lookup
+    has no outliers. Recognised by structure, not by names (generated names may be numbered)."""
+    def only_reader(tensor: str, op: str, slot: int = 0):
+        found = readers.get(tensor, [])
+        return found[0][0] if len(found) == 1 and found[0][0].op_type == op and found[0][1] == slot else None
+    flat = only_reader(weight.tensor, "Reshape")
+    scatter = flat and only_reader(flat.output[0], "ScatterElements")
+    final = scatter and only_reader(scatter.output[0], "Reshape")
+    if final is None or len(scatter.input) != 3:
+        return None
+    arrays, stored = [], 0
+    for tensor in scatter.input[1:]:
+        chain, leaves = _constant_producers(tensor, producers, initializers)
+        if chain is None:
+            return None
+        arrays.append(_evaluate(model, chain, leaves, tensor))
+        stored += sum(numpy_helper.to_array(initializers[leaf]).nbytes for leaf in leaves
+                      if PORTABLE_OUTLIER_GAPS in leaf or PORTABLE_OUTLIER_VALUES in leaf)
+    weight.outlier_positions = arrays[0].astype(np.int64)
+    weight.outlier_values = arrays[1].astype(np.float32)
+    weight.outlier_bytes = stored
+    weight.stored_bytes += stored
+    weight.tensor = final.output[0]
+    return final.output[0]
 
 
 def _constant_producers(tensor: str, producers: dict, initializers: dict):
@@ -223,7 +278,8 @@ def _describe_uses(name: str, uses: dict) -> tuple[str, str, bool]:
             seen.add(id(node))
             chain = CHAIN_OPS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ()
             if node.op_type == "CodebookDecode" or (node.op_type in CHAIN_OPS and (chain is None or slot in chain)) or (
-                    node.op_type == "Gather" and PORTABLE_CODEBOOK_NAME.search(node.input[0])):
+                    node.op_type == "Gather" and PORTABLE_CODEBOOK_NAME.search(node.input[0])) or (
+                    node.op_type == "ScatterElements" and slot == 0):
                 queue.extend(node.output)
             else:
                 ops.append(node.op_type)
@@ -249,13 +305,13 @@ def inspect(model_path: str) -> Inspection:
     result = Inspection(model_path, fmt, model_bytes(model_path))
     for tensor_name, weight in compressed.items():
         op, kind, _ = _describe_uses(tensor_name, uses)
-        zero = np.flatnonzero(weight.codebook == 0.0)
-        sparsity = float(np.isin(weight.indices, zero).mean()) if weight.indices.size else 0.0
+        sparsity = weight.sparsity
         n = int(weight.indices.size)
         entropy = entropy_bits(weight.indices) if n else 0.0
         result.weights.append(WeightInfo(weight.name, op, kind, list(weight.shape), n, round(sparsity, 6), weight.bits,
                                          len(weight.codebook), weight.stored_bytes, 8 * weight.stored_bytes / max(n, 1),
-                                         int(np.ceil(n * entropy / 8)) + 4 * len(weight.codebook), weight.storage, 4 * n))
+                                         int(np.ceil(n * entropy / 8)) + 4 * len(weight.codebook), weight.storage,
+                                         len(weight.outlier_positions), weight.outlier_bytes, 4 * n))
     folder = os.path.dirname(os.path.abspath(model_path))
     listed = set()
     for tensor in (t for g in model_io.graphs_of(model.graph) for t in g.initializer):
@@ -278,7 +334,7 @@ def inspect(model_path: str) -> Inspection:
                                          round(float((values == 0).mean()) if n else 0.0, 6), bits,
                                          len(distinct) if len(distinct) <= 1 << 16 else None, bits * n // 8, float(bits),
                                          min(bits * n // 8, int(np.ceil(n * entropy / 8)) + bits // 8 * len(distinct)), "dense",
-                                         bits * n // 8))
+                                         dense_bytes=bits * n // 8))
     order = {}
     for position, node in enumerate(model.graph.node):
         for name in node.input:

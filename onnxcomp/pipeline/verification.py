@@ -230,9 +230,7 @@ def attribute_layers(original_path: str, compressed_path: str, inputs: dict[str,
             copy = model_io.substituted(model, {name: decoded})
             output = _run(_session(copy), inputs, count, batch, source, outputs=[first])[0]
         metrics = compare(expected, output, first)
-        zero = np.flatnonzero(weight.codebook == 0.0)
-        sparsity = float(np.isin(weight.indices, zero).mean()) if weight.indices.size else 0.0
-        layers.append(LayerAttribution(name, list(weight.shape), weight.bits, len(weight.codebook), round(sparsity, 6),
+        layers.append(LayerAttribution(name, list(weight.shape), weight.bits, len(weight.codebook), round(weight.sparsity, 6),
                                        metrics.max_abs_error, metrics.relative_l2_error, metrics.cosine,
                                        metrics.top1_agreement, 0.0))
     total = sum(layer.relative_l2_error for layer in layers)
