@@ -131,8 +131,9 @@ class PackPortableWeightsPass(GraphPass):
         gaps, values = outlier_arrays(target.outlier_positions, target.outlier_values)
 
         def node(op, suffix, inputs, dtype, attrs=None) -> gs.Variable:
-            output = gs.Variable(names(f"{name}.{suffix}"), dtype=dtype)
-            nodes.append(gs.Node(op, names(f"{name}.{suffix}"), attrs=attrs or {}, inputs=inputs, outputs=[output]))
+            unique = names(f"{name}.{suffix}")  # the node and its output share the name (separate namespaces in ONNX)
+            output = gs.Variable(unique, dtype=dtype)
+            nodes.append(gs.Node(op, unique, attrs=attrs or {}, inputs=inputs, outputs=[output]))
             return output
 
         def constant(suffix, array) -> gs.Constant:
@@ -156,8 +157,8 @@ class PackPortableWeightsPass(GraphPass):
         """Standard ops turning packed bytes back into int32 indices in the weight's shape."""
         per_byte = 8 // bits
 
-        def variable(suffix: str) -> gs.Variable:
-            return gs.Variable(names(f"{name}.{suffix}"), dtype=np.int32)
+        def variable(unique: str) -> gs.Variable:
+            return gs.Variable(unique, dtype=np.int32)
 
         def constant(suffix: str, values) -> gs.Constant:
             return gs.Constant(names(f"{name}.{suffix}"), np.asarray(values))
@@ -173,7 +174,8 @@ class PackPortableWeightsPass(GraphPass):
         ]
         current: gs.Tensor = packed
         for step, (op, extra, attrs) in enumerate(steps):
-            output = variable(f"unpack{step}")
-            nodes.append(gs.Node(op, names(f"{name}.unpack{step}"), attrs=attrs, inputs=[current] + extra, outputs=[output]))
+            unique = names(f"{name}.unpack{step}")  # the node and its output share the name
+            output = variable(unique)
+            nodes.append(gs.Node(op, unique, attrs=attrs, inputs=[current] + extra, outputs=[output]))
             current = output
         return current
