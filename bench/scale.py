@@ -73,7 +73,7 @@ def make_model(path: str | os.PathLike, layers: int = 24, rows: int = 4096, cols
 CHILD = r"""
 import json, sys, time
 import onnxcomp
-import onnxcomp.pipeline.compression, onnxcomp.core.codebook, onnxcomp.core.sidecar, sklearn.cluster  # imported before the baseline
+import onnxcomp.pipeline.compression, onnxcomp.core.codebook, onnxcomp.core.sidecar  # imported before the baseline
 
 def status(key):
     for line in open("/proc/self/status"):

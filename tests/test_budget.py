@@ -120,3 +120,43 @@ def test_settings_can_leave_a_weight_dense(tmp_path, rng):
     assert [layer.name for layer in report.layers] == ["w2"]
     assert report.layers[0].codebook_size <= 4 and report.layers[0].sparsity == 0.25
     assert ("w1", "left dense by the budget allocation") in report.skipped
+
+
+def test_an_interrupted_sensitivity_analysis_resumes_from_its_cache(tmp_path, rng, monkeypatch):
+    from onnxcomp.pipeline import autotune
+    budget_mlp(tmp_path, rng)
+    kwargs = dict(budget="cosine=0.95", calib=str(tmp_path / "calib.npz"), sparsities=(0.0, 0.5), bits=(2, 4),
+                  min_elements=16, cache_dir=str(tmp_path / "cache"))
+    measured = []
+    real_shared = autotune._shared
+
+    def shared(pruned, bits, options):
+        measured.append(pruned.name)
+        if len(set(measured)) == 2 and interrupt:
+            raise KeyboardInterrupt  # stopped while measuring the second weight
+        return real_shared(pruned, bits, options)
+
+    monkeypatch.setattr(autotune, "_shared", shared)
+    interrupt = True
+    with pytest.raises(KeyboardInterrupt):
+        compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), **kwargs)
+    first = measured[0]
+    assert not (tmp_path / "out.onnx").exists()
+    interrupt, measured[:] = False, []
+    report = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), **kwargs)
+    assert first not in measured and set(measured) == {"w1", "w2"} - {first}  # only the unfinished weight again
+    assert set(report.budget["settings"]) == {"w1", "w2"}
+
+
+def test_line_progress_writes_whole_lines_with_the_time_left():
+    import io
+    from onnxcomp.front.terminal import LineProgress
+    stream = io.StringIO()
+    lines = LineProgress(stream, interval=0.0)
+    for done in range(5):
+        lines("sensitivity analysis", done, 4)
+    text = stream.getvalue()
+    assert "\r" not in text and text.endswith("\n")
+    rows = text.splitlines()
+    assert rows[0] == "sensitivity analysis: 4 to do" and "1/4, about" in rows[1] and "left" in rows[1]
+    assert rows[-1].startswith("sensitivity analysis: 4/4 done in ")

@@ -96,7 +96,8 @@ def test_conv_and_conv_transpose(tmp_path, rng):
     options = dict(OPTIONS, min_elements=20)
     out, report, _ = compress_and_check(tmp_path, model, {"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)}, options)
     assert [layer.name for layer in report.layers] == ["w", "wt"]
-    assert ops_of(out).count(("ai.onnxcomp", "CodebookDecode")) == 2
+    assert ops_of(out).count(("ai.onnxcomp", "CodebookConv")) == 1  # Conv: fused (decoded once, docs/ops.md)
+    assert ops_of(out).count(("ai.onnxcomp", "CodebookDecode")) == 1  # ConvTranspose: decoded each run
 
 
 def test_weight_in_a_constant_node(tmp_path, rng):
@@ -163,7 +164,7 @@ def test_close_to_the_original_at_8_bits(tmp_path, rng):
     assert np.abs(got[0] - want).max() < 0.02 * np.abs(want).max()  # 256 centroids: error well under 1 % of range
 
 
-def test_second_run_changes_nothing_and_output_is_deterministic(tmp_path, rng):
+def test_output_is_deterministic_and_a_second_run_is_refused(tmp_path, rng):
     model = mlp(rng)
     onnx.save(model, tmp_path / "in.onnx")
     onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "a.onnx", **OPTIONS)
@@ -177,8 +178,9 @@ def test_second_run_changes_nothing_and_output_is_deterministic(tmp_path, rng):
             if entry.key == "location":
                 entry.value = "a.onnxcomp"
     assert a.SerializeToString() == b.SerializeToString()
-    again = onnxcomp.compress(tmp_path / "a.onnx", tmp_path / "c.onnx", **OPTIONS)
-    assert not again.modified
+    with pytest.raises(onnxcomp.UnsupportedModelError, match="already compressed by onnxcomp"):
+        onnxcomp.compress(tmp_path / "a.onnx", tmp_path / "c.onnx", **OPTIONS)
+    assert not (tmp_path / "c.onnx").exists() and not (tmp_path / "c.onnxcomp").exists()
 
 
 def test_moving_model_and_sidecar_together_keeps_them_working(tmp_path, rng):

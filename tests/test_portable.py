@@ -55,7 +55,8 @@ def test_portable_equals_custom_op(mixed_model, tmp_path, rng, bits):  # noqa: F
             continue
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())  # fp32 summation order
     inspected = {w.name: w for w in onnxcomp.inspect(portable).weights}
-    assert inspected["w_conv"].storage == "portable" and inspected["w_conv"].codebook_size == report.layers[0].codebook_size
+    reported = {layer.name: layer for layer in report.layers}
+    assert inspected["w_conv"].storage == "portable" and inspected["w_conv"].codebook_size == reported["w_conv"].codebook_size
     assert inspected["w_gemm"].shape == [48, 64] and inspected["w_gemm"].bits == p
 
 

@@ -1,73 +1,187 @@
-"""Per-layer weight sharing: a 1-D k-means codebook and nearest-centroid indices (numpy + scikit-learn).
+"""Per-layer weight sharing: a 1-D k-means codebook and nearest-centroid indices.
 
 Deep Compression clusters each layer's weights into 2^b shared values and stores a b-bit index per weight.
-The centroids minimise the within-cluster squared error sum_i (w_i - c[idx_i])^2. Initialisation matters in
-1-D: ``linear`` (evenly spaced between min and max, the paper's choice) leaves most centroids empty on
-heavy-tailed tensors, ``quantile`` (at the (j + 1/2)/k quantiles) follows the density. scikit-learn's KMeans
-fits a seeded sample; Lloyd iterations over all values then converge exactly, cheaply, since in 1-D the
-nearest centroid is a binary search among the midpoints.
+The centroids minimise the within-cluster squared error sum_i u_i (w_i - c[idx_i])^2 (u_i = 1, or optional
+importance weights u_i >= 0). Initialisation matters in 1-D: ``linear`` (evenly spaced between min and max,
+the paper's choice) leaves most centroids empty on heavy-tailed tensors, ``quantile`` (at the (j + 1/2)/k
+quantiles of the values) follows the density; a linear start is first moved by scikit-learn's KMeans on a
+sample, which relocates empty clusters (see _linear_start). Lloyd iterations over all values then run to a
+fixed point (at most REFINE_ITERATIONS), cheaply: on sorted values each cluster is a contiguous run, so the nearest
+centroid is a binary search among the midpoints and each cluster's mean a difference of prefix sums, and
+one iteration costs O(k log n) whatever n is. The quantile fit uses no random numbers.
+
+The loops over all values (Lloyd iterations, assignment) run in the compiled module ``onnxcomp._native``
+(csrc/python/native.cc). ``refine_reference`` and ``assign_reference`` are the straightforward numpy
+versions; the compiled ones give byte-identical results (tests/test_native.py), and stand in for them if the
+module is missing. Only float32 copies of a tensor are made (its sorted values; indices are uint8/uint16).
 """
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
-from sklearn.cluster import KMeans
+
+from onnxcomp.core.native import native as _native
 
 INITS = ("quantile", "linear")
-SAMPLE_SIZE = 20_000
 REFINE_ITERATIONS = 2000
+SAMPLE_SIZE = 20_000  # values the "linear" start is fitted on
+# scikit-learn's KMeans sets process-wide BLAS thread limits while it fits; fits from several threads at once
+# could restore them in the wrong order, so they take turns.
+_SKLEARN_LOCK = threading.Lock()
 
 
-def assign(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Index of the nearest centroid (sorted, ascending) for every value; ties go to the lower one."""
+def index_dtype(largest: int) -> np.dtype:
+    """The smallest unsigned integer type holding indices up to ``largest`` (at most 65535)."""
+    return np.dtype(np.uint8) if largest <= 0xFF else np.dtype(np.uint16)
+
+
+def assign(values: np.ndarray, centroids: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+    """Index of the nearest centroid for each value (centroids sorted ascending; ties go to the lower one).
+
+    ``values``: any shape, flattened; float32 values run in the compiled module, other dtypes (e.g. float64
+    compensated weights) in ``assign_reference``, compared exactly in float64. With a bool ``keep`` mask of the
+    same size, pruned values get index 0 and kept ones 1 + their centroid's index. Returns uint8 or uint16 [N]
+    (index_dtype).
+    """
+    values = np.asarray(values)
+    keep = None if keep is None else np.ascontiguousarray(keep, dtype=bool).ravel()
+    if _native is None or values.dtype != np.float32:
+        return assign_reference(values, centroids, keep)
+    return _native.assign(np.ascontiguousarray(values).ravel(), np.ascontiguousarray(centroids, dtype=np.float32), keep)
+
+
+def assign_reference(values: np.ndarray, centroids: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+    """numpy reference of ``assign``: searchsorted on the float64 midpoints."""
     c = np.asarray(centroids, dtype=np.float64)
     midpoints = (c[:-1] + c[1:]) / 2
-    return np.searchsorted(midpoints, np.asarray(values, dtype=np.float64), side="left")
+    nearest = np.searchsorted(midpoints, np.asarray(values, dtype=np.float64).ravel(), side="left")
+    if keep is None:
+        return nearest.astype(index_dtype(len(c) - 1))
+    out = np.zeros(len(nearest), dtype=index_dtype(len(c)))
+    keep = np.asarray(keep, dtype=bool).ravel()
+    out[keep] = nearest[keep] + 1
+    return out
 
 
 def fit_codebook(values: np.ndarray, size: int, init: str = "quantile", seed: int = 0,
-                 start: np.ndarray | None = None) -> np.ndarray:
-    """Sorted, distinct float32 centroids (at most ``size``) for the 1-D ``values``.
+                 start: np.ndarray | None = None, weights: np.ndarray | None = None,
+                 overwrite_input: bool = False) -> np.ndarray:
+    """Sorted, distinct float32 centroids (at most ``size``) for the 1-D ``values`` (any shape, read as float32).
 
-    ``start`` (at most ``size`` centroids, e.g. a fit of nearly the same values) skips the initialisation and the
-    k-means on a sample: Lloyd iterations on all values run from it (the outlier search's warm start)."""
+    ``weights`` (optional, >= 0, one per value) make the Lloyd iterations minimise the weighted squared error
+    (the start is the unweighted one); values of weight 0 still get a nearest centroid but move none.
+    ``seed`` seeds the sample of the ``linear`` start (the quantile fit uses none). ``start`` (at most ``size``
+    centroids, e.g. a fit of nearly the same values) replaces the initialisation: Lloyd iterations on all values
+    run from it, clipped to the values' range (the outlier search's warm start). ``overwrite_input`` lets
+    a float32 ``values`` array be sorted in place (saving a copy). Raises ValueError for an unknown ``init``
+    or bad weights.
+    """
     if init not in INITS:
         raise ValueError(f"unknown codebook initialisation {init!r}; choose one of {', '.join(INITS)}")
-    values = np.asarray(values, dtype=np.float64).ravel()
+    values = np.ascontiguousarray(values, dtype=np.float32).ravel()
+    if weights is not None:
+        weights = np.ascontiguousarray(weights, dtype=np.float32).ravel()
+        if weights.shape != values.shape or not (weights >= 0).all():
+            raise ValueError("k-means weights must be one non-negative number per value")
     if len(values) == 0:
         return np.zeros(0, dtype=np.float32)
-    distinct = np.unique(values.astype(np.float32))
-    if len(distinct) <= size:
-        return distinct
-    if start is not None and len(start):
-        return _refine(values, np.clip(np.asarray(start, dtype=np.float64)[:size], values.min(), values.max()))
-    rng = np.random.default_rng(seed)
-    sample = values if len(values) <= SAMPLE_SIZE else values[np.sort(rng.choice(len(values), SAMPLE_SIZE, replace=False))]
-    if init == "linear":
-        start = np.linspace(sample.min(), sample.max(), size)
+    warm = start is not None and len(start) > 0
+    sample = _linear_sample(values, seed, weights) if init == "linear" and not warm else None  # before any in-place sort
+    sorted_weights = None
+    if weights is None:
+        ordered = values if overwrite_input else values.copy()
+        ordered.sort()  # as np.sort does
     else:
-        start = np.unique(np.quantile(sample, (np.arange(size) + 0.5) / size))
+        order = np.argsort(values, kind="stable")
+        ordered, sorted_weights = values[order], weights[order]
+        del order
+    # the distinct values, as np.unique finds them (it sorts the same way, then drops repeats)
+    first = np.empty(len(ordered), dtype=bool)
+    first[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+    if np.count_nonzero(first) <= size:
+        return ordered[first]
+    del first
+    if warm:
+        start = np.clip(np.asarray(start, dtype=np.float64)[:size], float(ordered[0]), float(ordered[-1]))
+    elif sample is not None:
+        start = _linear_start(*sample, size, seed)
+    else:  # numpy's default ("linear" interpolation) quantiles, read off the sorted values
+        n = len(ordered)
+        position = (np.arange(size) + 0.5) / size * (n - 1)
+        below = np.floor(position).astype(np.int64)
+        above = np.minimum(below + 1, n - 1)
+        low, high = ordered[below].astype(np.float64), ordered[above].astype(np.float64)
+        start = low + (position - below) * (high - low)
+    return refine(ordered, np.unique(start.astype(np.float32)), sorted_weights)
+
+
+def _linear_sample(values: np.ndarray, seed: int, weights: np.ndarray | None):
+    """The seeded sample of at most SAMPLE_SIZE values (float64) and their weights that _linear_start fits."""
+    rng = np.random.default_rng(seed)
+    picked = None if len(values) <= SAMPLE_SIZE else np.sort(rng.choice(len(values), SAMPLE_SIZE, replace=False))
+    sample = (values if picked is None else values[picked]).astype(np.float64)
+    sample_weight = None if weights is None else (weights if picked is None else weights[picked]).astype(np.float64)
+    if sample_weight is not None and not sample_weight.sum() > 0:
+        sample_weight = None  # every sampled value has weight 0: start from the plain fit
+    return sample, sample_weight
+
+
+def _linear_start(sample: np.ndarray, sample_weight: np.ndarray | None, size: int, seed: int) -> np.ndarray:
+    """Centroids evenly spaced between min and max leave most of them empty on heavy-tailed tensors, and Lloyd
+    iterations alone would drop them; scikit-learn's KMeans (20 iterations on a seeded sample of SAMPLE_SIZE
+    values, which moves empty clusters to the farthest points) turns them into a start that keeps all k."""
+    from sklearn.cluster import KMeans
+
+    start = np.linspace(sample.min(), sample.max(), size)
     kmeans = KMeans(n_clusters=len(start), init=start[:, None], n_init=1, max_iter=20, tol=1e-10, random_state=seed)
-    centroids = np.sort(kmeans.fit(sample[:, None]).cluster_centers_.ravel())
-    return _refine(values, centroids)
+    with _SKLEARN_LOCK:
+        return np.sort(kmeans.fit(sample[:, None], sample_weight=sample_weight).cluster_centers_.ravel())
 
 
-def _refine(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Lloyd iterations on all values to a fixed point; drops centroids that end up empty.
+def refine(ordered: np.ndarray, centroids: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Lloyd iterations on all ``ordered`` values (float32, ascending) from ``centroids`` to a fixed point
+    (at most REFINE_ITERATIONS); drops centroids that end up empty. Returns sorted distinct float32 centroids.
 
-    On sorted values each cluster is a contiguous run, so one iteration is a binary search per centroid
-    and a difference of prefix sums: O(k log n), however many values there are.
+    ``weights`` (float32, in the order of ``ordered``) weight each value. Compiled (``_native.lloyd_1d``),
+    or ``refine_reference`` when the module is missing; both give the same bytes.
     """
-    ordered = np.sort(values)
-    prefix = np.concatenate([[0.0], np.cumsum(ordered)])
-    centroids = np.unique(centroids.astype(np.float32))
+    ordered = np.ascontiguousarray(ordered, dtype=np.float32)
+    centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+    weights = None if weights is None else np.ascontiguousarray(weights, dtype=np.float32)
+    if _native is None:
+        return refine_reference(ordered, centroids, weights)
+    return _native.lloyd_1d(ordered, weights, centroids, REFINE_ITERATIONS)
+
+
+def refine_reference(ordered: np.ndarray, centroids: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """numpy reference of ``refine``. On sorted values each cluster is a contiguous run, so one iteration is a
+    binary search per centroid and a difference of prefix sums (float64, sequential as np.cumsum adds):
+    O(k log n), however many values there are. The mean of run [a, b) is (S[b] - S[a]) / (b - a), or with
+    weights u, (sum u v) / (sum u) from prefix sums of u v and of u."""
+    v = np.asarray(ordered, dtype=np.float64)
+    if weights is None:
+        sums = np.concatenate([[0.0], np.cumsum(v)])
+    else:
+        u = np.asarray(weights, dtype=np.float64)
+        sums = np.concatenate([[0.0], np.cumsum(u * v)])
+        mass = np.concatenate([[0.0], np.cumsum(u)])
+    centroids = np.unique(np.asarray(centroids, dtype=np.float32))
     for _ in range(REFINE_ITERATIONS):
         c = centroids.astype(np.float64)
         # assign() sends v to centroid j when v <= midpoint j: count values up to each midpoint.
-        bounds = np.concatenate([[0], np.searchsorted(ordered, (c[:-1] + c[1:]) / 2, side="right"), [len(ordered)]])
-        counts = np.diff(bounds)
-        keep = counts > 0
-        means = (prefix[bounds[1:]] - prefix[bounds[:-1]])[keep] / counts[keep]
+        bounds = np.concatenate([[0], np.searchsorted(v, (c[:-1] + c[1:]) / 2, side="right"), [len(v)]])
+        lo, hi = bounds[:-1], bounds[1:]
+        if weights is None:
+            counts = hi - lo
+            keep = counts > 0
+            means = (sums[hi] - sums[lo])[keep] / counts[keep]
+        else:
+            total = mass[hi] - mass[lo]
+            keep = (hi > lo) & (total > 0)
+            means = (sums[hi] - sums[lo])[keep] / total[keep]
         updated = np.unique(means.astype(np.float32))
         if np.array_equal(updated, centroids):
             break
@@ -76,25 +190,30 @@ def _refine(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
 
 
 def quantize(weight: np.ndarray, keep: np.ndarray | None, bits: int, init: str = "quantile", seed: int = 0,
-             exclude: np.ndarray | None = None, start: np.ndarray | None = None):
+             exclude: np.ndarray | None = None, start: np.ndarray | None = None, weights: np.ndarray | None = None):
     """Codebook and indices for ``weight``; pruned entries (``keep`` False) map to index 0 = exactly 0.0.
 
     ``exclude`` (bool, weight's shape) marks values left out of the centroid fit (outliers stored exactly
     beside the codebook); they still get the index of their nearest centroid. ``start``: see fit_codebook.
-    Returns ``(codebook float32 [K], indices int64 [N] row-major)`` with K <= 2^bits.
+    ``weights``: optional k-means importance per element (fit_codebook). Returns ``(codebook float32 [K],
+    indices uint8/uint16 [N] row-major)`` with K <= 2^bits.
     """
-    flat = np.asarray(weight, dtype=np.float32).ravel()
+    flat = np.ascontiguousarray(weight, dtype=np.float32).ravel()
     fit = None if exclude is None else ~np.asarray(exclude, dtype=bool).ravel()
+    if weights is not None:
+        weights = np.asarray(weights, dtype=np.float32).ravel()
     if keep is None:
-        centroids = fit_codebook(flat if fit is None else flat[fit], 1 << bits, init, seed, start)
+        chosen_weights = None if weights is None else weights if fit is None else weights[fit]
+        centroids = fit_codebook(flat if fit is None else flat[fit], 1 << bits, init, seed, start, chosen_weights,
+                                 overwrite_input=fit is not None)  # a masked selection is a fresh copy
         if len(centroids) == 0:  # every value excluded: any one entry serves
             centroids = np.zeros(1, dtype=np.float32)
         return centroids, assign(flat, centroids)
-    keep = np.asarray(keep, dtype=bool).ravel()
-    survivors = flat[keep]
-    centroids = fit_codebook(flat[keep if fit is None else keep & fit], (1 << bits) - 1, init, seed, start)
+    keep = np.ascontiguousarray(keep, dtype=bool).ravel()
+    chosen = keep if fit is None else keep & fit
+    centroids = fit_codebook(flat[chosen], (1 << bits) - 1, init, seed, start, None if weights is None else weights[chosen],
+                             overwrite_input=True)  # the selection is a fresh copy
     codebook = np.concatenate([np.zeros(1, dtype=np.float32), centroids])
-    indices = np.zeros(len(flat), dtype=np.int64)
     if len(centroids):
-        indices[keep] = assign(survivors, centroids) + 1
-    return codebook, indices
+        return codebook, assign(flat, centroids, keep)
+    return codebook, np.zeros(len(flat), dtype=np.uint8)

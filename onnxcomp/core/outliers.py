@@ -203,18 +203,50 @@ class SharedWeight:
 def channel_damage(reference_rows: np.ndarray, decoded_rows: np.ndarray, importance: np.ndarray | None = None) -> float:
     """``max_c ||r_c - q_c|| / ||r_c||`` over the rows c (output channels) of norm at least LIVE_CHANNEL times the
     median row norm; with ``importance`` [inputs], squared entries are weighted by it. 0 for an all-zero tensor."""
+    return damage_against(reference_rows, importance)(decoded_rows)
+
+
+def damage_against(reference_rows: np.ndarray, importance: np.ndarray | None = None):
+    """``channel_damage`` with the reference fixed: the reference's float64 copy, channel norms and live channels
+    are computed once, for the several candidate decodings of one tensor."""
     reference = np.asarray(reference_rows, dtype=np.float64)
-    error = (np.asarray(decoded_rows, dtype=np.float64) - reference) ** 2
+    weights = None
     energy = reference ** 2
     if importance is not None and len(importance) == reference.shape[1]:
         weights = np.asarray(importance, dtype=np.float64)[None, :]
-        error, energy = error * weights, energy * weights
+        energy = energy * weights
     norms = energy.sum(axis=1)
+    del energy
     live = norms >= LIVE_CHANNEL ** 2 * np.median(norms)
     live &= norms > 0
-    if not live.any():
-        return 0.0
-    return float(np.sqrt((error.sum(axis=1)[live] / norms[live]).max()))
+
+    def damage(decoded_rows: np.ndarray) -> float:
+        if not live.any():
+            return 0.0
+        error = (np.asarray(decoded_rows, dtype=np.float64) - reference) ** 2
+        if weights is not None:
+            error = error * weights
+        return float(np.sqrt((error.sum(axis=1)[live] / norms[live]).max()))
+    return damage
+
+
+def largest_first(flat: np.ndarray, candidates: np.ndarray, count: int) -> np.ndarray:
+    """The first ``count`` of ``candidates`` (increasing positions) ordered by decreasing |flat| (ties: earlier
+    first), i.e. ``candidates[np.argsort(-np.abs(flat[candidates]), kind="stable")][:count]``, without sorting
+    them all: the count-th largest magnitude is found by partition, the ones above it and the first ties taken,
+    and only those sorted."""
+    count = min(int(count), len(candidates))
+    if count <= 0:
+        return np.zeros(0, dtype=np.int64)
+    magnitudes = np.abs(flat[candidates])
+    if count < len(candidates):
+        threshold = magnitudes[np.argpartition(magnitudes, len(magnitudes) - count)[len(magnitudes) - count]]
+        above = np.flatnonzero(magnitudes > threshold)
+        ties = np.flatnonzero(magnitudes == threshold)[:count - len(above)]
+        chosen = np.sort(np.concatenate([above, ties]))
+    else:
+        chosen = np.arange(len(candidates))
+    return np.asarray(candidates)[chosen][np.argsort(-magnitudes[chosen], kind="stable")]
 
 
 def estimated_bytes(codebook: np.ndarray, indices: np.ndarray, positions: np.ndarray, values: np.ndarray) -> int:
@@ -243,8 +275,9 @@ def share(values: np.ndarray, keep: np.ndarray | None, bits: int, *, option: str
     reference = flat if keep is None else np.where(np.asarray(keep, dtype=bool).ravel(), flat, np.float32(0))
     reference_rows = to_rows(reference.reshape(values.shape))
     candidates = np.arange(len(flat)) if keep is None else np.flatnonzero(np.asarray(keep, dtype=bool).ravel())
-    order = candidates[np.argsort(-np.abs(flat[candidates]), kind="stable")]
     fractions = AUTO_FRACTIONS if option == AUTO else (float(option),)
+    order = largest_first(flat, candidates, max(int(round(f * len(candidates))) for f in fractions))
+    damage_of = damage_against(reference_rows, importance)
     exponent = np.log(2.0) / np.log1p(1.0 / bits)
     best, previous_score, start = None, None, None
     tried_counts = set()
@@ -263,7 +296,7 @@ def share(values: np.ndarray, keep: np.ndarray | None, bits: int, *, option: str
         kept_values = stored_values(flat[positions])
         decoded = codebook[indices]
         decoded[positions] = kept_values
-        damage = channel_damage(reference_rows, to_rows(decoded.reshape(values.shape)), importance)
+        damage = damage_of(to_rows(decoded.reshape(values.shape)))
         size = estimated_bytes(codebook, indices, positions, kept_values)
         score = exponent * np.log(max(size, 1)) + (np.log(damage) if damage > 0 else -np.inf)
         candidate = SharedWeight(codebook, indices, positions, kept_values, fraction, damage, size, float(score))

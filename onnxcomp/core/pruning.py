@@ -14,6 +14,8 @@ from typing import Callable
 
 import numpy as np
 
+from onnxcomp.core.native import native
+
 ScoreFunction = Callable[[np.ndarray], np.ndarray]
 
 
@@ -25,7 +27,38 @@ SCORES: dict[str, ScoreFunction] = {"magnitude": magnitude_score}
 
 
 def keep_mask(scores: np.ndarray, sparsity: float) -> np.ndarray:
-    """True for the weights kept when the ``sparsity`` fraction with the lowest scores is pruned."""
+    """True for the weights kept when the ``sparsity`` fraction with the lowest scores is pruned.
+
+    Ties at the threshold are pruned in position order, exactly as ``keep_mask_reference`` (a stable
+    argsort) does, but in O(n): the threshold is the p-th smallest score (np.partition), everything below
+    it is pruned, then the first of the scores equal to it until p are pruned.
+    """
+    flat = np.asarray(scores).ravel()
+    pruned = int(round(sparsity * flat.size))
+    keep = np.ones(flat.size, dtype=bool)
+    if pruned:
+        threshold = np.partition(flat, pruned - 1)[pruned - 1]
+        if not np.isfinite(threshold):  # NaN order is numpy's business: leave it to the sort
+            return keep_mask_reference(scores, sparsity)
+        below = flat < threshold
+        keep[below] = False
+        ties = pruned - int(np.count_nonzero(below))
+        del below
+        keep[np.flatnonzero(flat == threshold)[:ties]] = False
+    return keep.reshape(np.shape(scores))
+
+
+def magnitude_keep_mask(weight: np.ndarray, sparsity: float) -> np.ndarray:
+    """``keep_mask(magnitude_score(weight), sparsity)`` (finite weights), in three passes of the compiled
+    module and no copy of the weight (onnxcomp._native.magnitude_keep_mask); the same mask, byte for byte."""
+    flat = np.ascontiguousarray(weight, dtype=np.float32).ravel()
+    if native is None:
+        return keep_mask(magnitude_score(weight), sparsity)
+    return native.magnitude_keep_mask(flat, int(round(sparsity * flat.size))).reshape(np.shape(weight))
+
+
+def keep_mask_reference(scores: np.ndarray, sparsity: float) -> np.ndarray:
+    """The straightforward ``keep_mask``: prune the first ``round(sparsity * n)`` of a stable argsort."""
     flat = np.asarray(scores).ravel()
     pruned = int(round(sparsity * flat.size))
     keep = np.ones(flat.size, dtype=bool)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from onnxcomp.core import huffman, outliers
+from onnxcomp.core.native import native as _native
 from onnxcomp.errors import CorruptSidecarError
 
 RECORD_MAGIC = b"OCWR"
@@ -68,91 +69,39 @@ def sidecar_path(model_path: str | os.PathLike) -> str:
     return root + SIDECAR_SUFFIX
 
 
-def _gap_symbols(indices: np.ndarray, gap_bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split the positions of non-zeros into gap symbols; returns (symbols, is_value_follows)."""
-    nonzero = np.flatnonzero(indices)
-    gaps = np.diff(np.concatenate([[-1], nonzero])) - 1
-    escape = (1 << gap_bits) - 1
-    escapes = gaps // escape
-    remainder = gaps % escape
-    # Each gap becomes `escapes` escape symbols followed by its remainder symbol.
-    counts = escapes + 1
-    symbols = np.full(int(counts.sum()), escape, dtype=np.int64)
-    last = np.cumsum(counts) - 1
-    symbols[last] = remainder
-    return symbols, last
+class NumpyCoding:
+    """The straightforward numpy coding steps of ``encode_record`` (the reference the compiled ones match)."""
 
+    def __init__(self, indices: np.ndarray) -> None:
+        self.indices = np.asarray(indices, dtype=np.int64).ravel()
+        self._gaps = None
 
-def _gap_cost_bits(indices_nonzero_gaps: np.ndarray, gap_bits: int) -> int:
-    escape = (1 << gap_bits) - 1
-    counts = np.bincount(indices_nonzero_gaps % escape, minlength=escape + 1).astype(np.int64)
-    counts[escape] += int((indices_nonzero_gaps // escape).sum())
-    lengths = huffman.code_lengths(counts)
-    return int((counts * lengths).sum()) + 8 * (escape + 1)
+    def counts(self, k: int, gaps: bool) -> np.ndarray:
+        """How often each of the k indices occurs (``gaps``: the gap counts will be asked for too)."""
+        return np.bincount(self.indices, minlength=k)
 
+    def gaps(self) -> np.ndarray:
+        """Zeros skipped before each non-zero index."""
+        if self._gaps is None:
+            self._gaps = np.diff(np.concatenate([[-1], np.flatnonzero(self.indices)])) - 1
+        return self._gaps
 
-def encode_record(codebook: np.ndarray, indices: np.ndarray, dims: tuple[int, ...], bits: int,
-                  outlier_positions: np.ndarray | None = None, outlier_values: np.ndarray | None = None) -> bytes:
-    """Encode one tensor; picks the smaller of dense and sparse (gap) coding.
+    def max_gap(self) -> int:
+        return int(self.gaps().max(initial=0))
 
-    With outliers (strictly increasing positions below N, finite float32 values), the record is version 2 and
-    the indices at the outlier positions are replaced by the cheapest one for the chosen coding (0 in sparse
-    coding, the most frequent index in dense), since the reader never looks them up. Without, version 1.
-    """
-    codebook = np.ascontiguousarray(codebook, dtype="<f4")
-    indices = np.asarray(indices, dtype=np.int64).ravel()
-    k = len(codebook)
-    n = int(np.prod(dims, dtype=np.int64)) if dims else 1
-    if not (1 <= bits <= 16) or not (1 <= k <= 1 << bits):
-        raise ValueError(f"codebook of {k} entries does not fit {bits} index bits")
-    if len(indices) != n or len(dims) > MAX_RANK:
-        raise ValueError("indices do not match the tensor dims")
-    if n and (indices.min() < 0 or indices.max() >= k):
-        raise ValueError("index outside the codebook")
-    positions = np.zeros(0, np.int64) if outlier_positions is None else np.asarray(outlier_positions, np.int64)
-    section = b""
-    dense_indices = sparse_indices = indices
-    if len(positions):
-        section = outliers.encode_section(positions, outlier_values, n)
-        others = np.ones(n, dtype=bool)
-        others[positions] = False
-        dense_indices, sparse_indices = indices.copy(), indices.copy()
-        dense_indices[positions] = int(np.argmax(np.bincount(indices[others], minlength=k))) if others.any() else 0
-        sparse_indices[positions] = 0
-    version = RECORD_VERSION_OUTLIERS if len(positions) else RECORD_VERSION
-    header = _FIXED.pack(RECORD_MAGIC, version, FLOAT32, len(dims), bits, 0, 0, k, n)
-    header += struct.pack(f"<{len(dims)}Q", *dims) + codebook.tobytes()
+    def gap_counts(self, gap_bits: int) -> np.ndarray:
+        """Counts of the 2^gap_bits gap symbols (``escape`` = 2^gap_bits - 1 stands for that many zeros)."""
+        escape = (1 << gap_bits) - 1
+        counts = np.bincount(self.gaps() % escape, minlength=escape + 1).astype(np.int64)
+        counts[escape] += int((self.gaps() // escape).sum())
+        return counts
 
-    dense_counts = np.bincount(dense_indices, minlength=k)
-    dense_lengths = huffman.code_lengths(dense_counts)
-    dense_bits = int((dense_counts * dense_lengths).sum())
-    best = (dense_bits + 8 * k, CODING_DENSE, 0)
-    if codebook[0].view(np.uint32) == 0 and n:
-        value_counts = np.bincount(sparse_indices, minlength=k)
-        nonzero = np.flatnonzero(sparse_indices)
-        gaps = np.diff(np.concatenate([[-1], nonzero])) - 1
-        sparse_counts = value_counts.copy()
-        sparse_counts[0] = 0
-        value_bits = int((sparse_counts * huffman.code_lengths(sparse_counts)).sum()) + 8 * k
-        for gap_bits in range(1, MAX_GAP_BITS + 1):
-            if gap_bits > 1 and (1 << (gap_bits - 1)) > max(int(gaps.max(initial=0)), 1):
-                break  # larger alphabets only add table bytes
-            cost = _gap_cost_bits(gaps, gap_bits) + value_bits
-            if cost < best[0]:
-                best = (cost, CODING_SPARSE, gap_bits)
+    def dense_payload(self, lengths: np.ndarray) -> tuple[bytes, int]:
+        return huffman.encode(self.indices, lengths)
 
-    _, coding, gap_bits = best
-    if coding == CODING_DENSE:
-        payload, payload_bits = huffman.encode(dense_indices, dense_lengths)
-        body = dense_lengths.tobytes()
-    else:
-        indices = sparse_indices
-        symbols, value_slots = _gap_symbols(indices, gap_bits)
-        nonzero_values = indices[indices != 0]
-        gap_lengths = huffman.code_lengths(np.bincount(symbols, minlength=1 << gap_bits))
-        sparse_counts = np.bincount(indices, minlength=k)
-        sparse_counts[0] = 0
-        value_lengths = huffman.code_lengths(sparse_counts)
+    def sparse_payload(self, gap_bits, gap_lengths, value_lengths) -> tuple[bytes, int]:
+        symbols, value_slots = _gap_symbols(self.gaps(), gap_bits)
+        nonzero_values = self.indices[self.indices != 0]
         # Interleave: each non-escape gap code is followed by its value code.
         gap_codes = huffman.canonical_codes(gap_lengths)
         value_codes = huffman.canonical_codes(value_lengths)
@@ -167,8 +116,131 @@ def encode_record(codebook: np.ndarray, indices: np.ndarray, dims: tuple[int, ..
         lengths[value_positions] = value_lengths[nonzero_values]
         writer = huffman.BitWriter()
         writer.write(codes, lengths)
-        payload, payload_bits = writer.getvalue(), writer.bit_length
-        body = struct.pack("<BQ", gap_bits, len(nonzero_values)) + gap_lengths.tobytes() + value_lengths.tobytes()
+        return writer.getvalue(), writer.bit_length
+
+
+class NativeCoding(NumpyCoding):
+    """The same steps in one compiled pass each (onnxcomp._native), on uint8/uint16/int64 indices as given;
+    gap symbol counts for any alphabet come from one histogram of the gaps (those >= 2^16 listed apart)."""
+
+    GAP_LIMIT = 1 << 16
+
+    def __init__(self, indices: np.ndarray) -> None:
+        indices = np.asarray(indices).ravel()
+        self.indices = indices if indices.dtype.kind in "ui" else indices.astype(np.int64)
+        self._histogram = None
+
+    def counts(self, k: int, gaps: bool) -> np.ndarray:
+        # the gap histogram comes in the same pass, when gaps can be coded at all (index 0 is the pruned 0.0)
+        counts, histogram, large = _native.statistics(self.indices, k, self.GAP_LIMIT if gaps else 0)
+        present = np.flatnonzero(histogram)
+        self._histogram = (histogram[:present[-1] + 1 if len(present) else 1], large)
+        return counts
+
+    def max_gap(self) -> int:
+        histogram, large = self._histogram
+        return int(max(len(histogram) - 1, large.max(initial=0)))
+
+    def gap_counts(self, gap_bits: int) -> np.ndarray:
+        histogram, large = self._histogram
+        escape = (1 << gap_bits) - 1
+        gap = np.arange(len(histogram))
+        counts = np.bincount(gap % escape, weights=histogram, minlength=escape + 1)  # exact: counts < 2^53
+        counts = np.rint(counts).astype(np.int64) + np.bincount(large % escape, minlength=escape + 1)
+        counts[escape] += int((histogram * (gap // escape)).sum() + (large // escape).sum())
+        return counts
+
+    def dense_payload(self, lengths: np.ndarray) -> tuple[bytes, int]:
+        return _native.encode_dense(self.indices, huffman.canonical_codes(lengths), lengths)
+
+    def sparse_payload(self, gap_bits, gap_lengths, value_lengths) -> tuple[bytes, int]:
+        return _native.encode_sparse(self.indices, gap_bits, huffman.canonical_codes(gap_lengths), gap_lengths,
+                                     huffman.canonical_codes(value_lengths), value_lengths)
+
+
+def _gap_symbols(gaps: np.ndarray, gap_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split the gaps before non-zeros into gap symbols; returns (symbols, position of each gap's last symbol)."""
+    escape = (1 << gap_bits) - 1
+    escapes = gaps // escape
+    remainder = gaps % escape
+    # Each gap becomes `escapes` escape symbols followed by its remainder symbol.
+    counts = escapes + 1
+    symbols = np.full(int(counts.sum()), escape, dtype=np.int64)
+    last = np.cumsum(counts) - 1
+    symbols[last] = remainder
+    return symbols, last
+
+
+def encode_record(codebook: np.ndarray, indices: np.ndarray, dims: tuple[int, ...], bits: int,
+                  outlier_positions: np.ndarray | None = None, outlier_values: np.ndarray | None = None,
+                  coding_steps: type[NumpyCoding] | None = None) -> bytes:
+    """Encode one tensor; picks the smaller of dense and sparse (gap) coding.
+
+    ``indices``: integers in [0, K), any shape with prod(dims) elements, row-major. With outliers (strictly
+    increasing positions below N, finite float32 values), the record is version 2 and the indices at the
+    outlier positions are replaced by the cheapest one for the chosen coding (0 in sparse coding, the most
+    frequent index in dense), since the reader never looks them up. Without, version 1. ``coding_steps`` picks
+    the implementation of the counting and bit-writing steps: NativeCoding (the default when the compiled
+    module is built) or NumpyCoding (the reference); both give the same bytes.
+    """
+    codebook = np.ascontiguousarray(codebook, dtype="<f4")
+    indices = np.asarray(indices).ravel()
+    if indices.dtype.kind not in "ui":
+        indices = indices.astype(np.int64)
+    k = len(codebook)
+    n = int(np.prod(dims, dtype=np.int64)) if dims else 1
+    if not (1 <= bits <= 16) or not (1 <= k <= 1 << bits):
+        raise ValueError(f"codebook of {k} entries does not fit {bits} index bits")
+    if len(indices) != n or len(dims) > MAX_RANK:
+        raise ValueError("indices do not match the tensor dims")
+    if n and (int(indices.min()) < 0 or int(indices.max()) >= k):
+        raise ValueError("index outside the codebook")
+    steps_type = coding_steps or (NumpyCoding if _native is None else NativeCoding)
+    positions = np.zeros(0, np.int64) if outlier_positions is None else np.asarray(outlier_positions, np.int64)
+    section = b""
+    dense_indices = sparse_indices = indices
+    if len(positions):
+        section = outliers.encode_section(positions, outlier_values, n)
+        others = np.ones(n, dtype=bool)
+        others[positions] = False
+        dense_indices, sparse_indices = indices.copy(), indices.copy()
+        dense_indices[positions] = int(np.argmax(np.bincount(indices[others], minlength=k))) if others.any() else 0
+        sparse_indices[positions] = 0
+    version = RECORD_VERSION_OUTLIERS if len(positions) else RECORD_VERSION
+    header = _FIXED.pack(RECORD_MAGIC, version, FLOAT32, len(dims), bits, 0, 0, k, n)
+    header += struct.pack(f"<{len(dims)}Q", *dims) + codebook.tobytes()
+
+    sparse_coding = bool(codebook[0].view(np.uint32) == 0 and n)  # index 0 is the pruned, exact 0.0
+    sparse_steps = steps_type(sparse_indices)
+    value_counts = sparse_steps.counts(k, sparse_coding)  # the gap histogram comes in the same pass
+    dense_steps = sparse_steps if dense_indices is sparse_indices else steps_type(dense_indices)
+    dense_counts = value_counts if dense_steps is sparse_steps else dense_steps.counts(k, False)
+    dense_lengths = huffman.code_lengths(dense_counts)
+    dense_bits = int((dense_counts * dense_lengths).sum())
+    best = (dense_bits + 8 * k, CODING_DENSE, 0)
+    sparse_counts = value_counts.copy()
+    sparse_counts[0] = 0
+    if sparse_coding:
+        max_gap = sparse_steps.max_gap()
+        value_bits = int((sparse_counts * huffman.code_lengths(sparse_counts)).sum()) + 8 * k
+        for gap_bits in range(1, MAX_GAP_BITS + 1):
+            if gap_bits > 1 and (1 << (gap_bits - 1)) > max(max_gap, 1):
+                break  # larger alphabets only add table bytes
+            counts = sparse_steps.gap_counts(gap_bits)
+            cost = int((counts * huffman.code_lengths(counts)).sum()) + 8 * (1 << gap_bits) + value_bits
+            if cost < best[0]:
+                best = (cost, CODING_SPARSE, gap_bits)
+
+    _, coding, gap_bits = best
+    if coding == CODING_DENSE:
+        payload, payload_bits = dense_steps.dense_payload(dense_lengths)
+        body = dense_lengths.tobytes()
+    else:
+        gap_lengths = huffman.code_lengths(sparse_steps.gap_counts(gap_bits))
+        value_lengths = huffman.code_lengths(sparse_counts)
+        payload, payload_bits = sparse_steps.sparse_payload(gap_bits, gap_lengths, value_lengths)
+        nonzero_count = n - int(value_counts[0])
+        body = struct.pack("<BQ", gap_bits, nonzero_count) + gap_lengths.tobytes() + value_lengths.tobytes()
     record = bytearray(header)
     record[9] = coding
     record += body + struct.pack("<Q", payload_bits) + payload + section

@@ -20,6 +20,7 @@ import onnxruntime as ort
 
 from onnxcomp import progress
 from onnxcomp.errors import CalibrationError
+from onnxcomp.runtime import quiet_session_options
 
 GRAM_LIMIT = 8192
 
@@ -166,7 +167,7 @@ def _probe_session(model: onnx.ModelProto, wanted: list[str]) -> ort.InferenceSe
             probe.graph.output.append(onnx.ValueInfoProto(name=name))
     if not probe.graph.output:  # every layer reads a graph input: still need one output to run
         probe.graph.output.append(model.graph.output[0])
-    options = ort.SessionOptions()
+    options = quiet_session_options()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor observable
     try:

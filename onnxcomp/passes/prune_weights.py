@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from onnxcomp import parallel
 from onnxcomp.core import obs, pruning
 from onnxcomp.passes.calibration import GRAM_LIMIT, from_rows, to_rows
 from onnxcomp.errors import CalibrationError, InvalidOptionError
@@ -94,6 +95,10 @@ class PruneWeightsPass(GraphPass):
         if (self.score_for(t.name) == "obs" and self.threshold == "percentile" and t.statistics is not None
                 and t.statistics.gram is not None):
             return self.obs_mask(t)
+        if self.threshold == "percentile" and (self.score_for(t.name) == "magnitude" or t.statistics is None):
+            if self.score_for(t.name) != "magnitude":
+                log.info("%s: no activation statistics, scored by magnitude", t.name)
+            return pruning.magnitude_keep_mask(t.values, self.sparsity_for(t))
         scores = self.scores(t)
         if self.threshold == "sensitivity":
             return pruning.sensitivity_keep_mask(scores, self.sensitivity)
@@ -113,9 +118,12 @@ class PruneWeightsPass(GraphPass):
         targets = [t for t in state.targets if t.keep is None and t.codebook is None]
         if self.method == "none" or not targets:
             return PassResult(False, "no pruning")
-        if self.scope == "layer":  # one weight's scores at a time: memory stays bounded by the largest weight
-            for target in targets:
-                target.keep = self.layer_mask(target)
+        if self.scope == "layer":  # one weight's scores per thread: memory stays bounded by the largest weights
+            # Magnitude masks of different weights are independent and run on every core; activation-aware
+            # ones (BLAS, Gram matrices) one at a time.
+            workers = None if all(self.score_for(t.name) == "magnitude" or t.statistics is None for t in targets) else 1
+            for target, keep in zip(targets, parallel.ordered_map(self.layer_mask, targets, workers)):
+                target.keep = keep
             pruned = sum(t.size - int(t.keep.sum()) for t in targets)
             return PassResult(pruned > 0, f"pruned {pruned} weights in {len(targets)} tensors")
         scores = {t.name: self.scores(t) for t in targets}  # global: every layer's scores are ranked together

@@ -25,7 +25,7 @@ import numpy as np
 from onnxcomp.core import codebook as codebook_math
 from onnxcomp.core import obs
 from onnxcomp.core import outliers as outlier_math
-from onnxcomp import progress
+from onnxcomp import parallel, progress
 from onnxcomp.core import reconstruction
 from onnxcomp.passes.calibration import from_rows, to_rows
 from onnxcomp.errors import InvalidOptionError
@@ -75,7 +75,7 @@ class ShareWeightsPass(GraphPass):
         if no_outliers and targets:
             log.info("no outliers: the model's opset %d has no ScatterElements/CumSum (needs %d) for the portable format",
                      opset, self.outliers_opset)
-        for target in progress.track(targets, "k-means codebooks"):
+        def share(target) -> None:
             target.bits = self.bits_for(target)
             layout = target.layer_input.layout if target.layer_input is not None else None
             statistics = target.statistics
@@ -93,6 +93,13 @@ class ShareWeightsPass(GraphPass):
             target.outlier_values = to_element_type(target.outlier_values, target.dtype)
             if self.encode is not None:
                 self.encode(target)
+
+        # Weights are independent: without calibration each is shared (and encoded) on its own thread, results
+        # taken in order, so the output is the same as one thread's. The calibrated path stays on one thread
+        # (its refits already use BLAS threads, and hold a layer's Gram matrix each).
+        workers = 1 if self.refit_codebook else None
+        for _ in progress.track(parallel.ordered_map(share, targets, workers), "k-means codebooks", total=len(targets)):
+            pass
         return PassResult(bool(targets), f"shared {len(targets)} tensors")
 
     def _refit(self, target, layout: str, statistics) -> None:

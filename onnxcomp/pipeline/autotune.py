@@ -4,8 +4,10 @@
    held-back rest (``holdout`` fraction) only measures quality against the original model.
 2. Sensitivity: for each weight and each candidate (sparsity, bits), only that weight is compressed and the
    model's first output on the held-back samples is compared with the original's (the weight is fed as a
-   graph input, so one onnxruntime session serves all candidates of a weight). Results are cached in a JSON
-   file keyed by the model, the data and the options, so a second run with another budget skips this step.
+   graph input, so one onnxruntime session serves all candidates of a weight). One calibration pass gives
+   every layer's statistics. Results are cached in a JSON file keyed by the model, the data and the options,
+   written after each weight: an interrupted run resumes with the next weight, and a second run with another
+   budget skips this step.
    Top-1 and accuracy budgets move in steps of one sample, too coarse to rank candidates: their curves
    measure a smooth stand-in instead (the KL divergence of the softmax outputs for class scores, else the
    relative L2 error; budget.allocation_metric).
@@ -40,7 +42,8 @@ from onnxcomp.passes import model_io
 from onnxcomp import progress
 from onnxcomp.core import sidecar
 from onnxcomp.errors import CalibrationError, OnnxcompError
-from onnxcomp.pipeline.evaluate import LABELS, load_calibration
+from onnxcomp.pipeline.evaluate import LABELS, check_eval_data, load_calibration
+from onnxcomp.runtime import quiet_session_options
 
 log = logging.getLogger("onnxcomp")
 
@@ -59,7 +62,7 @@ def holdout_split(count: int, held: int, seed: int = 0) -> tuple[np.ndarray, np.
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
-    options = ort.SessionOptions()
+    options = quiet_session_options()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
@@ -118,7 +121,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
 
     ``progress=callback`` receives the progress of the long steps (onnxcomp/progress.py)."""
     from onnxcomp.core.outliers import parse_option
-    from onnxcomp.pipeline.compression import compress
+    from onnxcomp.pipeline.compression import compress, refuse_compressed
     goal = budget_math.parse_budget(budget)
     outliers = parse_option(outliers)
     if not calib:
@@ -127,6 +130,9 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
         raise OnnxcompError(f"holdout {holdout} must be a fraction in (0, 1)")
     model_io.check_output_path(input_path, output_path)
     model = model_io.load_model(input_path)
+    refuse_compressed(model, input_path)
+    if eval_data:
+        check_eval_data(eval_data, model)
     model_io.constants_to_initializers(model.graph)
     data = load_calibration(calib, model, calib_samples, seed, keep_labels=goal.metric == "accuracy")
     all_labels = data.pop(LABELS, None)
@@ -152,12 +158,12 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
         key.update(np.ascontiguousarray(data[name]).tobytes())
     cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "onnxcomp")
     cache_file = os.path.join(cache_dir, f"sensitivity-{key.hexdigest()[:32]}.json")
-    curves = _load_cache(cache_file)
-    if curves is None:
-        curves = _measure(model, fit, hold, reference, labels, metric, sparsities, bits, options, min_elements)
-        _save_cache(cache_file, curves)
-    else:
-        log.info("sensitivity curves from the cache %s", cache_file)
+    cached = _load_cache(cache_file) or {}
+    if cached:
+        log.info("%d sensitivity curves from the cache %s", len(cached), cache_file)
+    # each weight's curve is cached as soon as it is measured, so an interrupted run resumes where it stopped
+    curves = _measure(model, fit, hold, reference, labels, metric, sparsities, bits, options, min_elements,
+                      cached, lambda done: _save_cache(cache_file, done))
 
     # Search the allowed (predicted) error: errors rarely add up exactly, so shrink it when the real model
     # misses the budget and grow it when the real model leaves room, bisecting between the two (geometrically
@@ -181,8 +187,8 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
                     report = compress(input_path, trial, calib=fit, prune=prune, score=score, reconstruct=reconstruct,
                                       ridge=ridge, init=init, seed=seed, min_elements=min_elements, settings=settings,
                                       rounding=rounding, sequential=sequential, outliers=outliers)
-                    from onnxcomp.runtime import InferenceSession
-                    measured = budget_math.error(goal.metric, reference, run_batched(InferenceSession(trial), hold)[0], labels)
+                    session = ort.InferenceSession(trial, quiet_session_options(custom_ops=True), providers=["CPUExecutionProvider"])
+                    measured = budget_math.error(goal.metric, reference, run_batched(session, hold)[0], labels)
                 tried[key] = (measured, report.output_bytes)
                 history.append({"allowed": allowed, "predicted": predicted, "measured": measured, "bytes": report.output_bytes})
                 log.info("allocation within %.4g: predicted %s %.4g, measured %s %.4g, %d bytes", allowed, metric, predicted,
@@ -220,16 +226,22 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     return report
 
 
-def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, options, min_elements):
+def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, options, min_elements, cached=None, save=None):
+    """Each selected weight's curve [(sparsity, bits, record bytes, error)], the dense candidate last. Curves in
+    ``cached`` are reused; ``save(curves)`` is called after each newly measured weight."""
     graph = gs.import_onnx(model)
     state = CompressionState(graph)
     SelectWeightsPass(min_elements=min_elements)(state)
-    if options["prune"] == "activation" or options["reconstruct"]:
+    cached = cached or {}
+    curves = {t.name: cached[t.name] for t in state.targets if t.name in cached}
+    todo = [t for t in state.targets if t.name not in curves]
+    if todo and (options["prune"] == "activation" or options["reconstruct"]):  # one pass: every layer's statistics
         CalibrateWeightsPass(data=fit, keep_gram=options["reconstruct"] or needs_gram(options["prune"], options["score"]))(state)
-    curves = {}
     main = {t.name for t in model.graph.initializer}
-    advance = progress.counter("sensitivity analysis", len(state.targets) * len(sparsities) * len(bits))
-    for target in state.targets:
+    settings = len(sparsities) * len(bits)
+    log.info("sensitivity analysis: %d weights x %d settings to measure, %d cached", len(todo), settings, len(curves))
+    advance = progress.counter("sensitivity analysis", len(todo) * settings)
+    for target in todo:
         # A float32/float16 main-graph weight is fed as an input; others (bfloat16, in a subgraph) substituted in a copy.
         feedable = target.name in main and target.dtype in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
         session = _session(_weight_as_input(model, target.name)) if feedable else None
@@ -250,8 +262,11 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
                 advance()
         points.append((None, None, target.dense_bytes, 0.0))  # leaving the weight dense is a candidate too
         curves[target.name] = points
+        target.statistics = target.layer_input = None  # this weight's Gram matrix is no longer needed
         log.info("sensitivity of %s measured at %d settings", target.name, len(points))
-    return curves
+        if save is not None:
+            save(curves)
+    return {t.name: curves[t.name] for t in state.targets}
 
 
 def _load_cache(path: str):

@@ -21,7 +21,7 @@ import onnx_graphsurgeon as gs
 
 from onnxcomp.passes import (CalibrateWeightsPass, CompressionState, PackPortableWeightsPass, PackWeightsPass, Pipeline,
                     PruneWeightsPass, ReconstructWeightsPass, SelectWeightsPass, ShareWeightsPass)
-from onnxcomp.passes.pack_portable import SCATTER_OPSET, portable_bytes
+from onnxcomp.passes.pack_portable import CODEBOOK_SUFFIX, SCATTER_OPSET, portable_bytes
 from onnxcomp.passes.apply_settings import ApplySettingsPass
 from onnxcomp.passes.compress_sequentially import CompressSequentiallyPass
 from onnxcomp.passes.base import DOMAIN, DOMAIN_VERSION
@@ -186,10 +186,10 @@ def compress_model(model: onnx.ModelProto, *, base_dir: str | None = None, **opt
     pipeline = build_pipeline(**options)
     if base_dir is not None:
         model_io.attach_external_values(graph, base_dir)
-        share = next((p for p in pipeline.passes if isinstance(p, ShareWeightsPass)), None)
-        pack = next((p for p in pipeline.passes if isinstance(p, PackWeightsPass)), None)
-        if share is not None and pack is not None:
-            share.encode = functools.partial(pack.encode, release=True)
+    share = next((p for p in pipeline.passes if isinstance(p, ShareWeightsPass)), None)
+    pack = next((p for p in pipeline.passes if isinstance(p, PackWeightsPass)), None)
+    if share is not None and pack is not None:  # each record is encoded as its weight is shared (on its thread)
+        share.encode = functools.partial(pack.encode, release=base_dir is not None)
     pipeline(state)
     if not state.targets:
         return model, state
@@ -206,6 +206,21 @@ def compress_model(model: onnx.ModelProto, *, base_dir: str | None = None, **opt
     exported.metadata_props.extend(model.metadata_props)
     exported.functions.extend(model.functions)
     return exported, state
+
+
+def refuse_compressed(model: onnx.ModelProto, path: str) -> None:
+    """Raise ``UnsupportedModelError`` when ``model`` was written by ``onnxcomp compress``: it uses onnxcomp's ops
+    (custom-op format) or looks weights up in ``*.codebook`` initializers (portable format). Compressing it again
+    would only re-quantize quantized weights; the original model is the one to compress."""
+    graphs = list(model_io.graphs_of(model.graph))
+    if any(o.domain == DOMAIN for o in model.opset_import) or any(n.domain == DOMAIN for g in graphs for n in g.node):
+        form = "custom-op format: its weights are records in its sidecar"
+    else:
+        codebooks = {t.name for g in graphs for t in g.initializer if t.name.endswith(CODEBOOK_SUFFIX)}
+        if not any(n.op_type == "Gather" and n.input and n.input[0] in codebooks for g in graphs for n in g.node):
+            return
+        form = "portable format: its weights are codebook lookups"
+    raise UnsupportedModelError(f"{path} is already compressed by onnxcomp ({form}); compress the original model instead")
 
 
 @progress.with_progress
@@ -236,6 +251,10 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
     # Without calibration no pass runs the model, so its external data is read one weight at a time.
     stream = calib is None
     model = model_io.load_model(input_path, external_data=not stream)
+    refuse_compressed(model, input_path)
+    if eval_data:
+        from onnxcomp.pipeline.evaluate import check_eval_data
+        check_eval_data(eval_data, model)
     if isinstance(calib, str):
         from onnxcomp.pipeline.evaluate import load_calibration
         options["calib"] = load_calibration(calib, model, calib_samples, seed=options.get("seed", 0))

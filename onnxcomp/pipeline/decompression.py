@@ -4,7 +4,9 @@ Each record is decoded with the numpy reference decoder (onnxcomp/core/sidecar.p
 carrying the original weight's name and orientation, and the custom ops become their standard equivalents:
 CodebookMatMul(X, record[, bias]) -> MatMul(X, W) (+ Add bias), or Gemm(X, W, bias, transB=1) when the
 directory says the record holds W transposed (records for CodebookMatMul are always [K, N]);
-CodebookGather(record, indices) -> Gather(W, indices); CodebookDecode(record) -> the initializer itself.
+CodebookGather(record, indices) -> Gather(W, indices); CodebookDecode(record) -> the initializer itself;
+CodebookConv(X, record[, bias[, scale]]) -> Conv(X, W * scale, bias) with its attributes, then the fused activation
+as its own node (a folded BatchNormalization stays folded: W * scale is a new initializer).
 Portable lookups Gather(codebook, Cast(indices)), with their outliers scattered on when present, become the
 initializer they compute; record outliers are applied by the reference decoder. Every graph is rewritten, If
 branches and Loop/Scan bodies included; decoded weights live in the main graph. The values equal the
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
@@ -53,16 +56,18 @@ def decompress_model(model: onnx.ModelProto, model_path: str) -> onnx.ModelProto
             dense[weight.tensor] = numpy_helper.from_array(weight.dense(), name)
         return dense[weight.tensor].name
 
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 11)
     renamed: dict[str, str] = {}  # tensor -> the tensor that replaces it
     # Innermost graphs first: replacing a graph's node list copies its nodes, subgraphs included.
     for graph in reversed(graphs):
         nodes = []
         for node in graph.node:
-            weight = weights.get(node.input[1] if node.op_type == "CodebookMatMul" else node.input[0]) if node.input else None
+            weight = weights.get(node.input[1] if node.op_type in ("CodebookMatMul", "CodebookConv") else node.input[0]) if node.input else None
             if node.domain == DOMAIN:
                 if weight is None:
                     raise UnsupportedModelError(f"{model_path}: node {node.name!r} ({node.op_type}) has no readable record")
-                nodes.extend(_standard_nodes(node, weight, initializer_for(weight), renamed, model_path))
+                nodes.extend(_standard_nodes(node, weight, initializer_for(weight), renamed, model_path,
+                                             conv=(graph, dense, opset, taken)))
             elif node.output and node.output[0] in weights and weights[node.output[0]].storage == "portable":
                 # the lookup (Gather), or with outliers the Reshape after their ScatterElements
                 renamed[node.output[0]] = initializer_for(weights[node.output[0]])
@@ -97,8 +102,9 @@ def decompress_model(model: onnx.ModelProto, model_path: str) -> onnx.ModelProto
     return model
 
 
-def _standard_nodes(node, weight, name: str, renamed: dict, model_path: str) -> list:
-    """The standard nodes replacing one onnxcomp node reading ``weight`` (its dense initializer ``name``)."""
+def _standard_nodes(node, weight, name: str, renamed: dict, model_path: str, conv: tuple) -> list:
+    """The standard nodes replacing one onnxcomp node reading ``weight`` (its dense initializer ``name``);
+    ``conv`` = (graph, dense, opset, taken) for CodebookConv."""
     if node.op_type == "CodebookMatMul":
         x, bias, y = node.input[0], node.input[2] if len(node.input) > 2 and node.input[2] else None, node.output[0]
         if weight.transposed:
@@ -107,6 +113,8 @@ def _standard_nodes(node, weight, name: str, renamed: dict, model_path: str) -> 
             return [helper.make_node("MatMul", [x, name], [y + ".matmul"], node.name),
                     helper.make_node("Add", [y + ".matmul", bias], [y], node.name + ".bias")]
         return [helper.make_node("MatMul", [x, name], [y], node.name)]
+    if node.op_type == "CodebookConv":
+        return _conv_nodes(node, name, weight, *conv)
     if node.op_type == "CodebookGather":
         return [helper.make_node("Gather", [name, node.input[1]], [node.output[0]], node.name, axis=0)]
     if node.op_type == "CodebookDecode":
@@ -137,6 +145,64 @@ def _fold_casts(graphs: list, dense: dict) -> None:
             continue
         tensor.CopyFrom(model_io.float_tensor(numpy_helper.to_array(tensor), node.output[0], to))
         graph.node.remove(node)
+
+
+def _conv_nodes(node: onnx.NodeProto, weight_name: str, weight, graph: onnx.GraphProto,
+                dense: dict[str, onnx.TensorProto], opset: int, taken: set[str]) -> list[onnx.NodeProto]:
+    """Conv (+ activation) nodes equal to a CodebookConv node; a scale input makes a scaled copy of the weight."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    activation = attrs.pop("activation", None)
+    params = list(attrs.pop("activation_params", []))
+    if isinstance(activation, bytes):
+        activation = activation.decode()
+    inputs = list(node.input) + [""] * (4 - len(node.input))
+    x, bias, scale = inputs[0], inputs[2], inputs[3]
+    if scale:
+        scale_values = _initializer_array(graph, scale, node)
+        values = weight.dense().astype(np.float32)
+        values = (values * scale_values.reshape((-1,) + (1,) * (values.ndim - 1))).astype(np.float32)
+        weight_name = _unused_name(taken, f"{weight_name}.{node.name or 'conv'}.scaled")
+        dense[weight_name] = numpy_helper.from_array(values, weight_name)
+    y = node.output[0]
+    conv_out = y + ".conv" if activation else y
+    nodes = [helper.make_node("Conv", [x, weight_name] + ([bias] if bias else []), [conv_out], node.name, **attrs)]
+    if activation in ("Relu", "Tanh", "Sigmoid"):
+        nodes.append(helper.make_node(activation, [conv_out], [y], node.name + ".activation"))
+    elif activation == "LeakyRelu":
+        nodes.append(helper.make_node("LeakyRelu", [conv_out], [y], node.name + ".activation", alpha=params[0]))
+    elif activation == "HardSigmoid":
+        nodes.append(helper.make_node("HardSigmoid", [conv_out], [y], node.name + ".activation",
+                                      alpha=params[0], beta=params[1]))
+    elif activation == "Clip":
+        if opset >= 11:
+            bounds = []
+            for i, value in enumerate(params[:2]):
+                bound = _unused_name(taken, f"{y}.clip_{'min' if i == 0 else 'max'}")
+                dense[bound] = numpy_helper.from_array(np.array(value, np.float32), bound)
+                bounds.append(bound)
+            nodes.append(helper.make_node("Clip", [conv_out] + bounds, [y], node.name + ".activation"))
+        else:
+            nodes.append(helper.make_node("Clip", [conv_out], [y], node.name + ".activation", min=params[0], max=params[1]))
+    elif activation:
+        raise UnsupportedModelError(f"node {node.name!r} (CodebookConv): unknown activation {activation!r}")
+    return nodes
+
+
+def _initializer_array(graph: onnx.GraphProto, name: str, node: onnx.NodeProto) -> np.ndarray:
+    for tensor in graph.initializer:
+        if tensor.name == name:
+            return numpy_helper.to_array(tensor).astype(np.float32)
+    raise UnsupportedModelError(f"node {node.name!r} (CodebookConv): its scale {name!r} is not an initializer")
+
+
+def _unused_name(taken: set[str], base: str) -> str:
+    """``base``, numbered if needed so that it names nothing in ``taken``; the name is added to ``taken``."""
+    name, i = base, 0
+    while name in taken:
+        i += 1
+        name = f"{base}.{i}"
+    taken.add(name)
+    return name
 
 
 def _remove_dead(main) -> list:

@@ -15,8 +15,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxcomp.errors import CalibrationError
-from onnxcomp.runtime import session_options
+from onnxcomp.errors import CalibrationError, UnsupportedModelError
+from onnxcomp.passes import model_io
+from onnxcomp.runtime import DOMAIN, quiet_session_options
 
 LABELS = "labels"
 log = logging.getLogger("onnxcomp")
@@ -129,11 +130,44 @@ def run_batches(session: ort.InferenceSession, inputs: dict[str, np.ndarray], ba
     return run_batched(session, {n: inputs[n] for n in names}, batch, outputs=[session.get_outputs()[0].name])[0]
 
 
-def accuracy(model_path: str, data_path: str, compressed: bool = False) -> float | None:
-    """Top-1 accuracy of ``model_path`` on ``data_path`` (None when the file has no labels)."""
-    options = session_options() if compressed else ort.SessionOptions()
+def open_session(path: str, custom_ops: bool | None = None) -> ort.InferenceSession:
+    """A one-thread CPU session on the model file ``path``, for every command that runs a model.
+
+    The file goes through ``model_io.load_model``'s checks first, so a missing or unreadable file, a file that is
+    not ONNX and a model without its sidecar or data file each give one clean ``UnsupportedModelError``, the same
+    for every command. The custom-op library is registered when the model uses onnxcomp ops (``custom_ops`` None)
+    or when asked; onnxruntime's own error log lines are silenced (``runtime.quiet_session_options``)."""
+    path = os.fspath(path)
+    model = model_io.load_model(path, external_data=False)
+    if custom_ops is None:
+        custom_ops = any(o.domain == DOMAIN for o in model.opset_import)
+    options = quiet_session_options(custom_ops)
     options.intra_op_num_threads = 1
-    session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own types for models it cannot open
+        raise UnsupportedModelError(f"{path}: onnxruntime cannot open it ({_first_line(error)})") from error
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def check_eval_data(path: str, model: onnx.ModelProto) -> bool:
+    """Check an ``--eval`` file against ``model``'s inputs before any work (``CalibrationError`` if it does not
+    fit); returns whether it holds ``labels``, and warns when it does not, since no accuracy can be measured."""
+    if LABELS in load_data(path, model_specs(model)):
+        return True
+    log.warning("%s has no 'labels' array: top-1 accuracy is not measured (--eval needs integer class labels "
+                "[N] beside the inputs)", path)
+    return False
+
+
+def accuracy(model_path: str, data_path: str, compressed: bool | None = None) -> float | None:
+    """Top-1 accuracy of ``model_path`` on ``data_path`` (None when the file has no labels).
+
+    ``compressed`` registers the custom-op library (None: when the model uses onnxcomp ops)."""
+    session = open_session(model_path, compressed)
     data = load_data(data_path, session)
     if LABELS not in data:
         return None

@@ -1,0 +1,533 @@
+// onnxcomp._native: the compressor's hot loops (1-D k-means, nearest-centroid assignment, Huffman and gap
+// coding), compiled. A CPython extension module built by the same CMake as the custom-op library but
+// separate from it: no onnxruntime type appears here.
+//
+// Every function reproduces, bit for bit, a straightforward numpy reference kept in the Python package
+// (onnxcomp/codebook.py, onnxcomp/huffman.py, onnxcomp/sidecar.py); tests/test_native.py compares the
+// two on random inputs. Floating-point steps are done in the same order and precision as the reference:
+// prefix sums are sequential float64 additions (what numpy.cumsum does), midpoints are float64.
+// Every function releases the GIL while it works, so a Python thread pool over weights uses all cores.
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace py = pybind11;
+
+// The value-by-value loops are compiled twice on x86-64 (AVX2 and baseline) and picked at load time; they
+// compute integers from exact comparisons, so both give the same result.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define ONNXCOMP_MULTIVERSION __attribute__((target_clones("avx2", "default")))
+#else
+#define ONNXCOMP_MULTIVERSION
+#endif
+
+namespace {
+
+using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using U8Array = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
+using U32Array = py::array_t<uint32_t, py::array::c_style | py::array::forcecast>;
+using BoolArray = py::array_t<bool, py::array::c_style | py::array::forcecast>;
+
+// Prefix sums P[i] = v[0] + ... + v[i-1] (P[0] = 0, P[1] = v[0] exactly, then sequential float64 adds, as
+// numpy.concatenate([[0.0], numpy.cumsum(v)]) computes them) without storing all n + 1 of them: P is kept
+// at every kStride-th position and the few additions past a checkpoint are redone on demand, giving the
+// same float64 value as the full sequential sum. Memory: n / kStride doubles.
+class CheckpointedPrefix {
+ public:
+  static constexpr size_t kStride = 64;
+
+  // term(i) gives the i-th summand in float64.
+  template <typename Term>
+  void build(size_t n, Term term) {
+    n_ = n;
+    checkpoints_.assign(n / kStride + 1, 0.0);
+    double sum = 0.0;
+    for (size_t i = 0; i < n; ++i) {
+      if (i % kStride == 0) checkpoints_[i / kStride] = sum;
+      sum = i == 0 ? term(0) : sum + term(i);
+    }
+    if (n % kStride == 0) checkpoints_[n / kStride] = sum;
+  }
+
+  template <typename Term>
+  double at(size_t i, Term term) const {
+    size_t block = i / kStride;
+    size_t k = block * kStride;
+    double sum = checkpoints_[block];
+    if (k == 0 && i > 0) {
+      sum = term(0);
+      k = 1;
+    }
+    for (; k < i; ++k) sum += term(k);
+    return sum;
+  }
+
+ private:
+  size_t n_ = 0;
+  std::vector<double> checkpoints_;
+};
+
+std::vector<float> sorted_distinct(std::vector<float> values) {
+  std::sort(values.begin(), values.end());
+  values.erase(std::unique(values.begin(), values.end()), values.end());
+  return values;
+}
+
+// The first position in sorted ``v`` whose value exceeds ``m`` (std::upper_bound), found by galloping out from
+// ``hint`` (any position; a good one is the answer of the previous Lloyd iteration, which moves little).
+size_t upper_bound_from(const float* v, size_t n, double m, size_t hint) {
+  auto above = [v, m](size_t i) { return static_cast<double>(v[i]) > m; };
+  size_t lo = 0, hi = n;  // the answer lies in [lo, hi]
+  if (hint < n && !above(hint)) {
+    lo = hint + 1;
+    for (size_t step = 1;; step <<= 1) {
+      const size_t probe = lo + step - 1;
+      if (probe >= n) break;
+      if (above(probe)) {
+        hi = probe;
+        break;
+      }
+      lo = probe + 1;
+    }
+  } else {
+    hi = std::min(hint, n);
+    for (size_t step = 1;; step <<= 1) {
+      if (hi < step) {
+        lo = 0;
+        break;
+      }
+      const size_t probe = hi - step;
+      if (!above(probe)) {
+        lo = probe + 1;
+        break;
+      }
+      hi = probe;
+    }
+  }
+  return static_cast<size_t>(std::upper_bound(v + lo, v + hi, m, [](double x, float y) { return x < static_cast<double>(y); }) - v);
+}
+
+// Lloyd iterations of 1-D k-means on sorted values to a fixed point (see onnxcomp.codebook.refine_reference).
+py::array_t<float> lloyd_1d(FloatArray sorted_values, py::object weights_object, FloatArray centroids_in,
+                            int max_iterations) {
+  const size_t n = static_cast<size_t>(sorted_values.size());
+  const float* v = sorted_values.data();
+  FloatArray weights_array;
+  const bool weighted = !weights_object.is_none();
+  if (weighted) {
+    weights_array = weights_object.cast<FloatArray>();
+    if (static_cast<size_t>(weights_array.size()) != n) throw std::invalid_argument("weights and values differ in length");
+  }
+  const float* w = weighted ? weights_array.data() : nullptr;
+  std::vector<float> centroids(centroids_in.data(), centroids_in.data() + centroids_in.size());
+  {
+    py::gil_scoped_release release;
+    centroids = sorted_distinct(std::move(centroids));
+    auto value_term = [v](size_t i) { return static_cast<double>(v[i]); };
+    auto weight_term = [w](size_t i) { return static_cast<double>(w[i]); };
+    auto moment_term = [v, w](size_t i) { return static_cast<double>(w[i]) * static_cast<double>(v[i]); };
+    CheckpointedPrefix sums, weight_sums;
+    if (weighted) {
+      sums.build(n, moment_term);
+      weight_sums.build(n, weight_term);
+    } else {
+      sums.build(n, value_term);
+    }
+    std::vector<size_t> bounds, previous;
+    std::vector<float> updated;
+    for (int iteration = 0; iteration < max_iterations && !centroids.empty(); ++iteration) {
+      const size_t k = centroids.size();
+      bounds.assign(k + 1, 0);
+      bounds[k] = n;
+      for (size_t j = 0; j + 1 < k; ++j) {
+        const double midpoint = (static_cast<double>(centroids[j]) + static_cast<double>(centroids[j + 1])) / 2;
+        // values up to and including the midpoint go to centroid j (ties to the lower one, as assign does)
+        const size_t hint = j + 1 < previous.size() ? previous[j + 1] : n * (j + 1) / k;
+        bounds[j + 1] = upper_bound_from(v, n, midpoint, hint);
+      }
+      updated.clear();
+      for (size_t j = 0; j < k; ++j) {
+        const size_t lo = bounds[j], hi = bounds[j + 1];
+        if (hi <= lo) continue;
+        if (weighted) {
+          const double mass = weight_sums.at(hi, weight_term) - weight_sums.at(lo, weight_term);
+          if (!(mass > 0)) continue;
+          updated.push_back(static_cast<float>((sums.at(hi, moment_term) - sums.at(lo, moment_term)) / mass));
+        } else {
+          const double total = sums.at(hi, value_term) - sums.at(lo, value_term);
+          updated.push_back(static_cast<float>(total / static_cast<double>(hi - lo)));
+        }
+      }
+      updated = sorted_distinct(std::move(updated));
+      previous.swap(bounds);
+      if (updated == centroids) break;
+      centroids.swap(updated);
+    }
+  }
+  py::array_t<float> out(static_cast<py::ssize_t>(centroids.size()));
+  std::copy(centroids.begin(), centroids.end(), out.mutable_data());
+  return out;
+}
+
+// Index of the nearest centroid for each value: the number of float64 midpoints strictly below it (ties go
+// to the lower centroid), as numpy.searchsorted(midpoints, values, side="left"). With ``keep``, pruned
+// values get index 0 and kept ones 1 + their centroid's index (the pruned 0.0 entry leads the codebook).
+//
+// Exact in float32: for a float x and a double m, x > m exactly when x > t, t = m rounded down to a float
+// (if m is a float, t = m; otherwise no float lies in (t, m]). So each midpoint becomes a float threshold
+// and a value's index is the count of thresholds below it: a branch-free count over a block of values for
+// up to kLinearThresholds midpoints (vectorised), a binary search beyond.
+constexpr size_t kLinearThresholds = 64;
+constexpr size_t kBlock = 512;
+
+float round_down_to_float(double m) {
+  float t = static_cast<float>(m);
+  if (static_cast<double>(t) > m) t = std::nextafter(t, -std::numeric_limits<float>::infinity());
+  return t;
+}
+
+template <typename Index>
+inline __attribute__((always_inline)) void assign_into(const float* values, size_t n, const bool* keep, const std::vector<float>& thresholds,
+                                       Index* out) {
+  const size_t m = thresholds.size();
+  const float* t = thresholds.data();
+  uint32_t count[kBlock];
+  for (size_t start = 0; start < n; start += kBlock) {
+    const size_t len = std::min(kBlock, n - start);
+    const float* x = values + start;
+    if (m <= kLinearThresholds) {
+      for (size_t i = 0; i < len; ++i) count[i] = 0;
+      for (size_t j = 0; j < m; ++j) {
+        const float tj = t[j];
+        for (size_t i = 0; i < len; ++i) count[i] += x[i] > tj ? 1u : 0u;
+      }
+    } else {
+      for (size_t i = 0; i < len; ++i) {  // branch-free lower bound: thresholds below x
+        const float xi = x[i];
+        const float* base = t;
+        size_t size = m;
+        while (size > 1) {
+          const size_t half = size / 2;
+          base = base[half - 1] < xi ? base + half : base;
+          size -= half;
+        }
+        count[i] = static_cast<uint32_t>(base - t) + (*base < xi ? 1u : 0u);
+      }
+    }
+    Index* o = out + start;
+    if (keep) {
+      const bool* kp = keep + start;
+      for (size_t i = 0; i < len; ++i) o[i] = kp[i] ? static_cast<Index>(count[i] + 1) : Index{0};
+    } else {
+      for (size_t i = 0; i < len; ++i) o[i] = static_cast<Index>(count[i]);
+    }
+  }
+}
+
+ONNXCOMP_MULTIVERSION void assign_u8(const float* values, size_t n, const bool* keep, const std::vector<float>& t, uint8_t* out) {
+  assign_into(values, n, keep, t, out);
+}
+
+ONNXCOMP_MULTIVERSION void assign_u16(const float* values, size_t n, const bool* keep, const std::vector<float>& t, uint16_t* out) {
+  assign_into(values, n, keep, t, out);
+}
+
+py::array assign(FloatArray values, FloatArray centroids, py::object keep_object) {
+  const size_t n = static_cast<size_t>(values.size());
+  const size_t k = static_cast<size_t>(centroids.size());
+  if (k == 0) throw std::invalid_argument("assign needs at least one centroid");
+  BoolArray keep_array;
+  const bool masked = !keep_object.is_none();
+  if (masked) {
+    keep_array = keep_object.cast<BoolArray>();
+    if (static_cast<size_t>(keep_array.size()) != n) throw std::invalid_argument("keep and values differ in length");
+  }
+  std::vector<float> midpoints(k - 1);  // as float thresholds (see assign_into)
+  const float* c = centroids.data();
+  for (size_t j = 0; j + 1 < k; ++j)
+    midpoints[j] = round_down_to_float((static_cast<double>(c[j]) + static_cast<double>(c[j + 1])) / 2);
+  const bool* keep = masked ? keep_array.data() : nullptr;
+  const size_t largest = k - 1 + (masked ? 1 : 0);
+  if (largest <= 0xFF) {
+    py::array_t<uint8_t> out(static_cast<py::ssize_t>(n));
+    uint8_t* o = out.mutable_data();
+    py::gil_scoped_release release;
+    assign_u8(values.data(), n, keep, midpoints, o);
+    return std::move(out);
+  }
+  if (largest > 0xFFFF) throw std::invalid_argument("more than 65536 centroids");
+  py::array_t<uint16_t> out(static_cast<py::ssize_t>(n));
+  uint16_t* o = out.mutable_data();
+  py::gil_scoped_release release;
+  assign_u16(values.data(), n, keep, midpoints, o);
+  return std::move(out);
+}
+
+// Magnitude pruning's mask: False for the ``pruned`` values of smallest |w|, ties at the threshold pruned in
+// position order, which is what onnxcomp.pruning.keep_mask(numpy.abs(w), s) (a stable argsort) gives. For
+// finite floats with the sign bit cleared, the bit patterns order as the values do, so the threshold is
+// found by a two-level radix select (16 bits, then 16 bits) in three passes and no copy of the weight.
+py::array_t<bool> magnitude_keep_mask(FloatArray values, size_t pruned) {
+  const size_t n = static_cast<size_t>(values.size());
+  const float* v = values.data();
+  py::array_t<bool> out(static_cast<py::ssize_t>(n));
+  bool* keep = out.mutable_data();
+  py::gil_scoped_release release;
+  auto key = [v](size_t i) {
+    uint32_t bits;
+    std::memcpy(&bits, v + i, sizeof bits);
+    return bits & 0x7FFFFFFFu;
+  };
+  if (pruned == 0 || pruned >= n) {
+    std::fill(keep, keep + n, pruned == 0);
+    return out;
+  }
+  std::vector<size_t> high(1u << 15, 0), low(1u << 16, 0);
+  for (size_t i = 0; i < n; ++i) ++high[key(i) >> 16];
+  size_t below = 0, bin = 0;
+  while (below + high[bin] < pruned) below += high[bin++];
+  for (size_t i = 0; i < n; ++i) {
+    const uint32_t k = key(i);
+    if ((k >> 16) == bin) ++low[k & 0xFFFFu];
+  }
+  size_t part = 0;
+  while (below + low[part] < pruned) below += low[part++];
+  const uint32_t threshold = static_cast<uint32_t>(bin << 16 | part);
+  size_t ties = pruned - below;  // values equal to the threshold still to prune, first ones first
+  for (size_t i = 0; i < n; ++i) {
+    const uint32_t k = key(i);
+    bool kept = k > threshold;
+    if (k == threshold) {
+      kept = ties == 0;
+      if (ties) --ties;
+    }
+    keep[i] = kept;
+  }
+  return out;
+}
+
+// Reads a 1-D array of non-negative integer symbols (uint8, uint16, int32 or int64) as uint64.
+struct Symbols {
+  py::array array;
+  int width = 0;
+  bool is_signed = false;
+  size_t n = 0;
+
+  explicit Symbols(py::array a) : array(py::array::ensure(a, py::array::c_style)) {
+    if (!array) throw std::invalid_argument("symbols must be an array");
+    const char kind = array.dtype().kind();
+    if (kind != 'u' && kind != 'i') throw std::invalid_argument("symbols must be integers");
+    width = static_cast<int>(array.itemsize());
+    is_signed = kind == 'i';
+    n = static_cast<size_t>(array.size());
+  }
+
+  template <typename F>
+  void each(F f) const {
+    const void* data = array.data();
+    switch (width * (is_signed ? -1 : 1)) {
+      case 1: for (size_t i = 0; i < n; ++i) f(i, static_cast<const uint8_t*>(data)[i]); break;
+      case 2: for (size_t i = 0; i < n; ++i) f(i, static_cast<const uint16_t*>(data)[i]); break;
+      case 4: for (size_t i = 0; i < n; ++i) f(i, static_cast<const uint32_t*>(data)[i]); break;
+      case 8: for (size_t i = 0; i < n; ++i) f(i, static_cast<const uint64_t*>(data)[i]); break;
+      case -1: for (size_t i = 0; i < n; ++i) f(i, static_cast<uint64_t>(static_cast<const int8_t*>(data)[i])); break;
+      case -2: for (size_t i = 0; i < n; ++i) f(i, static_cast<uint64_t>(static_cast<const int16_t*>(data)[i])); break;
+      case -4: for (size_t i = 0; i < n; ++i) f(i, static_cast<uint64_t>(static_cast<const int32_t*>(data)[i])); break;
+      case -8: for (size_t i = 0; i < n; ++i) f(i, static_cast<uint64_t>(static_cast<const int64_t*>(data)[i])); break;
+      default: throw std::invalid_argument("unsupported symbol width");
+    }
+  }
+};
+
+// One pass over an index stream: numpy.bincount(symbols, minlength=size) (a symbol >= size raises
+// ValueError) and, with gap_limit > 0, the gaps (zeros skipped) before each non-zero symbol: a histogram of
+// those below gap_limit and the list of the others, from which any gap alphabet's symbol counts follow.
+py::tuple statistics(py::array symbols_array, size_t size, size_t gap_limit) {
+  Symbols symbols(symbols_array);
+  std::vector<int64_t> counts(size + 1, 0);  // the last slot catches symbols out of range
+  std::vector<int64_t> gaps(gap_limit + 1, 0);  // the last slot catches zeros (and large gaps, listed apart)
+  std::vector<int64_t> large;
+  {
+    py::gil_scoped_release release;
+    if (gap_limit == 0) {
+      symbols.each([&](size_t, uint64_t s) { ++counts[s < size ? s : size]; });
+    } else {
+      uint64_t previous = ~uint64_t{0};  // position of the last non-zero symbol, -1 before the first
+      symbols.each([&](size_t i, uint64_t s) {
+        ++counts[s < size ? s : size];
+        const uint64_t gap = i - previous - 1;
+        const bool nonzero = s != 0;
+        if (nonzero && gap >= gap_limit) large.push_back(static_cast<int64_t>(gap));
+        ++gaps[nonzero && gap < gap_limit ? gap : gap_limit];
+        previous = nonzero ? i : previous;
+      });
+    }
+  }
+  if (counts[size]) throw std::invalid_argument("index outside the codebook");
+  py::array_t<int64_t> value_counts(static_cast<py::ssize_t>(size));
+  std::copy(counts.begin(), counts.begin() + static_cast<std::ptrdiff_t>(size), value_counts.mutable_data());
+  py::array_t<int64_t> hist(static_cast<py::ssize_t>(gap_limit));
+  std::copy(gaps.begin(), gaps.begin() + static_cast<std::ptrdiff_t>(gap_limit), hist.mutable_data());
+  py::array_t<int64_t> rest(static_cast<py::ssize_t>(large.size()));
+  std::copy(large.begin(), large.end(), rest.mutable_data());
+  return py::make_tuple(value_counts, hist, rest);
+}
+
+// MSB-first bit writer: codes gather in a 64-bit accumulator and leave it 32 bits at a time.
+class BitWriter {
+ public:
+  explicit BitWriter(uint64_t expected_bits) : bytes_(static_cast<size_t>(expected_bits / 8) + 16, '\0') {}
+
+  // ``code`` < 2^length, length <= 32
+  inline void put(uint32_t code, unsigned length) {
+    accumulator_ = (accumulator_ << length) | code;
+    pending_ += length;
+    bits_ += length;
+    if (pending_ >= 32) {
+      pending_ -= 32;
+      if (position_ + 4 > bytes_.size()) bytes_.resize(bytes_.size() * 2 + 16);
+      const uint32_t word = static_cast<uint32_t>(accumulator_ >> pending_);
+      char* out = &bytes_[position_];
+      out[0] = static_cast<char>(word >> 24);
+      out[1] = static_cast<char>(word >> 16);
+      out[2] = static_cast<char>(word >> 8);
+      out[3] = static_cast<char>(word);
+      position_ += 4;
+    }
+  }
+
+  std::string finish() {
+    bytes_.resize(position_ + 8);
+    while (pending_ >= 8) {
+      pending_ -= 8;
+      bytes_[position_++] = static_cast<char>((accumulator_ >> pending_) & 0xFF);
+    }
+    if (pending_) bytes_[position_++] = static_cast<char>((accumulator_ << (8 - pending_)) & 0xFF);
+    pending_ = 0;
+    bytes_.resize(position_);
+    return std::move(bytes_);
+  }
+
+  uint64_t bits() const { return bits_; }
+
+ private:
+  std::string bytes_;
+  size_t position_ = 0;
+  uint64_t accumulator_ = 0;  // fewer than 32 pending bits, plus the code being added
+  unsigned pending_ = 0;
+  uint64_t bits_ = 0;
+};
+
+// Codes (masked to their lengths) and lengths, checked: no code longer than 32 bits.
+struct CodeTable {
+  std::vector<uint32_t> codes;
+  std::vector<uint8_t> lengths;
+  size_t size;
+  CodeTable(const U32Array& c, const U8Array& l) : size(static_cast<size_t>(c.size())) {
+    if (static_cast<size_t>(l.size()) != size) throw std::invalid_argument("codes and lengths differ in length");
+    codes.assign(c.data(), c.data() + size);
+    lengths.assign(l.data(), l.data() + size);
+    for (size_t i = 0; i < size; ++i) {
+      if (lengths[i] > 32) throw std::invalid_argument("code longer than 32 bits");
+      if (lengths[i] < 32) codes[i] &= (uint32_t{1} << lengths[i]) - 1;
+    }
+  }
+};
+
+// Canonical-Huffman coding of every symbol in order (as onnxcomp.huffman.encode): (payload, bits).
+py::tuple encode_dense(py::array symbols_array, U32Array codes, U8Array lengths) {
+  Symbols symbols(symbols_array);
+  CodeTable table(codes, lengths);
+  const uint32_t* c = table.codes.data();
+  const uint8_t* l = table.lengths.data();
+  bool bad = false;
+  std::string payload;
+  uint64_t bits = 0;
+  {
+    py::gil_scoped_release release;
+    BitWriter writer(symbols.n * 2);
+    symbols.each([&](size_t, uint64_t s) {
+      if (s < table.size) writer.put(c[s], l[s]); else bad = true;
+    });
+    bits = writer.bits();
+    payload = writer.finish();
+  }
+  if (bad) throw std::invalid_argument("symbol outside the code table");
+  return py::make_tuple(py::bytes(payload), bits);
+}
+
+// Sparse (gap) coding of an index stream whose 0 is the pruned value (docs/format.md): before each non-zero
+// index, its gap (the zeros skipped) as escape codes, one per whole (2^gap_bits - 1) zeros, then the
+// remainder's code, then the index's value code; trailing zeros are not coded. Returns (payload, bits).
+py::tuple encode_sparse(py::array symbols_array, int gap_bits, U32Array gap_codes, U8Array gap_lengths,
+                        U32Array value_codes, U8Array value_lengths) {
+  Symbols symbols(symbols_array);
+  if (gap_bits < 1 || gap_bits > 16) throw std::invalid_argument("gap_bits out of range");
+  CodeTable gaps(gap_codes, gap_lengths);
+  CodeTable values(value_codes, value_lengths);
+  if (gaps.size != (size_t{1} << gap_bits)) throw std::invalid_argument("gap table size must be 2^gap_bits");
+  const uint64_t escape = (uint64_t{1} << gap_bits) - 1;
+  const uint32_t* gc = gaps.codes.data();
+  const uint8_t* gl = gaps.lengths.data();
+  const uint32_t* vc = values.codes.data();
+  const uint8_t* vl = values.lengths.data();
+  bool bad = false;
+  std::string payload;
+  uint64_t bits = 0;
+  {
+    py::gil_scoped_release release;
+    BitWriter writer(symbols.n);
+    uint64_t run = 0;
+    symbols.each([&](size_t, uint64_t s) {
+      if (s == 0) {
+        ++run;
+        return;
+      }
+      if (s >= values.size) {
+        bad = true;
+        return;
+      }
+      for (uint64_t e = run / escape; e > 0; --e) writer.put(gc[escape], gl[escape]);
+      const uint64_t rest = run % escape;
+      writer.put(gc[rest], gl[rest]);
+      writer.put(vc[s], vl[s]);
+      run = 0;
+    });
+    bits = writer.bits();
+    payload = writer.finish();
+  }
+  if (bad) throw std::invalid_argument("symbol outside the code table");
+  return py::make_tuple(py::bytes(payload), bits);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_native, m) {
+  m.doc() = "onnxcomp's compiled compression loops (k-means, assignment, Huffman/gap coding); see csrc/python/native.cc";
+  m.def("lloyd_1d", &lloyd_1d, py::arg("sorted_values"), py::arg("weights"), py::arg("centroids"), py::arg("max_iterations"),
+        "Lloyd iterations of 1-D k-means on ascending float32 values (optional float32 weights in the same order) "
+        "from float32 centroids, to a fixed point; returns the sorted distinct non-empty centroids (float32).");
+  m.def("assign", &assign, py::arg("values"), py::arg("centroids"), py::arg("keep") = py::none(),
+        "Nearest-centroid index (uint8 or uint16) for each float32 value; ties to the lower centroid. With a "
+        "bool keep mask: 0 for pruned values, 1 + centroid index for kept ones.");
+  m.def("magnitude_keep_mask", &magnitude_keep_mask, py::arg("values"), py::arg("pruned"),
+        "Bool mask keeping all but the `pruned` float32 values of smallest magnitude (ties pruned in position order).");
+  m.def("statistics", &statistics, py::arg("symbols"), py::arg("size"), py::arg("gap_limit"),
+        "(numpy.bincount(symbols, minlength=size), counts of the zero runs before each non-zero symbol that are "
+        "below gap_limit, int64 array of the longer runs), in one pass; gap_limit 0 skips the gaps.");
+  m.def("encode_dense", &encode_dense, py::arg("symbols"), py::arg("codes"), py::arg("lengths"),
+        "MSB-first Huffman coding of symbols with the given codes; returns (payload bytes, bit length).");
+  m.def("encode_sparse", &encode_sparse, py::arg("symbols"), py::arg("gap_bits"), py::arg("gap_codes"), py::arg("gap_lengths"),
+        py::arg("value_codes"), py::arg("value_lengths"),
+        "Gap coding of the non-zero symbols (escape codes, gap remainder, value) MSB first; returns (payload, bit length).");
+}

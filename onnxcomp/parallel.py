@@ -1,0 +1,45 @@
+"""Independent per-weight work on every core, results in input order (so outputs stay deterministic).
+
+The heavy steps (numpy sorts, the compiled loops of onnxcomp._native, file reads) release the GIL, so
+threads share one process's memory and run them in parallel. At most ``workers`` items are in flight, which
+bounds memory to that many weights' working sets.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def default_workers() -> int:
+    """``ONNXCOMP_THREADS`` if set, else the cores this process may run on."""
+    setting = os.environ.get("ONNXCOMP_THREADS", "").strip()
+    if setting:
+        try:
+            return max(1, int(setting))
+        except ValueError:
+            pass
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def ordered_map(function: Callable[[T], R], items: Iterable[T], workers: int | None = None) -> Iterator[R]:
+    """Yield ``function(item)`` for every item, in the items' order, computing up to ``workers`` at once."""
+    items = list(items)
+    workers = default_workers() if workers is None else workers
+    if workers <= 1 or len(items) <= 1:
+        yield from map(function, items)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="onnxcomp") as pool:
+        pending = deque()
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) >= workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()

@@ -1,0 +1,206 @@
+"""The compiled fast paths (onnxcomp._native) against the straightforward numpy references they replace:
+byte-identical results on random, tied and edge-case inputs, and the same compressed files whatever the
+number of threads."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from onnxcomp.core import codebook, pruning, sidecar
+from onnxcomp.core.native import native
+
+
+def test_the_compiled_module_is_built():
+    assert native is not None, "onnxcomp._native is missing: the package was installed without its extension"
+
+
+def _distributions(rng):
+    yield rng.standard_normal(5000).astype(np.float32)
+    yield (rng.standard_t(1.5, 20_000) * 0.01).astype(np.float32)  # heavy tails
+    yield np.round(rng.standard_normal(3000) * 4).astype(np.float32) / 4  # many exact repeats
+    yield np.concatenate([np.zeros(100), -np.zeros(100), rng.standard_normal(300)]).astype(np.float32)  # +-0
+    yield np.array([3.0], np.float32)
+    yield rng.uniform(-1, 1, 200_001).astype(np.float32)  # not a multiple of the prefix checkpoint stride
+
+
+@pytest.mark.parametrize("k", [1, 2, 7, 32, 255])
+def test_lloyd_matches_the_numpy_reference(rng, k):
+    for values in _distributions(rng):
+        ordered = np.sort(values)
+        start = np.unique(np.quantile(ordered, (np.arange(k) + 0.5) / k).astype(np.float32))
+        expected = codebook.refine_reference(ordered, start)
+        got = native.lloyd_1d(ordered, None, start, codebook.REFINE_ITERATIONS)
+        assert got.tobytes() == expected.tobytes()
+        for iterations in (1, 3):  # also before convergence
+            assert native.lloyd_1d(ordered, None, start, iterations).tobytes() == _reference_iterations(ordered, start, iterations).tobytes()
+        weights = rng.exponential(size=len(ordered)).astype(np.float32)
+        weights[rng.random(len(weights)) < 0.2] = 0  # zero weights: such values move no centroid
+        expected = codebook.refine_reference(ordered, start, weights)
+        assert native.lloyd_1d(ordered, weights, start, codebook.REFINE_ITERATIONS).tobytes() == expected.tobytes()
+
+
+def _reference_iterations(ordered, start, iterations):
+    saved = codebook.REFINE_ITERATIONS
+    codebook.REFINE_ITERATIONS = iterations
+    try:
+        return codebook.refine_reference(ordered, start)
+    finally:
+        codebook.REFINE_ITERATIONS = saved
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 8, 33, 64, 256, 257, 1000])
+def test_assign_matches_the_numpy_reference(rng, k):
+    values = (rng.standard_normal(10_007) * rng.choice([1e-3, 1.0, 1e3], 10_007)).astype(np.float32)
+    centroids = np.unique(rng.standard_normal(k).astype(np.float32))
+    # values exactly at (float) midpoints, and beside them: ties go to the lower centroid
+    midpoints = ((centroids[:-1].astype(np.float64) + centroids[1:]) / 2).astype(np.float32)
+    values = np.concatenate([values, midpoints, np.nextafter(midpoints, np.inf), np.nextafter(midpoints, -np.inf), centroids])
+    expected = codebook.assign_reference(values, centroids)
+    got = native.assign(values, centroids)
+    assert got.dtype == expected.dtype and np.array_equal(got, expected)
+    keep = rng.random(len(values)) < 0.4
+    expected = codebook.assign_reference(values, centroids, keep)
+    got = native.assign(values, centroids, keep)
+    assert got.dtype == expected.dtype and np.array_equal(got, expected)
+    assert np.array_equal(expected[keep], codebook.assign_reference(values[keep], centroids).astype(np.int64) + 1)
+
+
+def test_assign_ties_at_a_midpoint_that_is_not_a_float():
+    centroids = np.array([1.0, np.nextafter(np.float32(1.0), np.float32(2.0))], np.float32)  # midpoint between floats
+    values = centroids.copy()
+    assert native.assign(values, centroids).tolist() == codebook.assign_reference(values, centroids).tolist() == [0, 1]
+
+
+def _index_streams(rng):
+    yield rng.integers(0, 8, 50_000), 8  # dense-coded
+    sparse = rng.integers(1, 16, 80_000) * (rng.random(80_000) < 0.05)  # sparse-coded, small gaps
+    yield sparse, 16
+    long_gaps = np.zeros(300_000, np.int64)
+    long_gaps[[5, 70_000, 70_001, 299_999]] = [1, 2, 3, 1]  # gaps beyond 2^16, and a run to the end
+    yield long_gaps, 4
+    trailing = np.zeros(1000, np.int64)
+    trailing[:3] = 1
+    yield trailing, 2
+    yield np.zeros(64, np.int64), 1
+    yield np.array([0]), 1
+    yield rng.integers(0, 600, 20_000), 1024  # uint16 indices
+    skew = rng.choice(40, 30_000, p=np.r_[0.5, np.full(39, 0.5 / 39)])
+    yield skew, 40
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int64])
+def test_records_match_the_numpy_coder_byte_for_byte(rng, dtype):
+    for indices, k in _index_streams(rng):
+        if np.iinfo(dtype).max < k - 1:
+            continue
+        indices = indices.astype(dtype)
+        bits = max(1, int(np.ceil(np.log2(max(k, 2)))))
+        for zero_first in (True, False):
+            book = np.sort(rng.standard_normal(k)).astype(np.float32)
+            if zero_first:
+                book[0] = 0.0
+            dims = (len(indices),) if len(indices) % 4 else (4, len(indices) // 4)
+            expected = sidecar.encode_record(book, indices, dims, bits, coding_steps=sidecar.NumpyCoding)
+            assert sidecar.encode_record(book, indices, dims, bits, coding_steps=sidecar.NativeCoding) == expected
+            decoded = sidecar.decode_record(expected)
+            assert np.array_equal(decoded.indices, indices.astype(np.int64))
+            positions = np.unique(rng.integers(0, len(indices), max(1, len(indices) // 200)))  # with outliers
+            values = rng.standard_normal(len(positions)).astype(np.float32)
+            expected = sidecar.encode_record(book, indices, dims, bits, positions, values, coding_steps=sidecar.NumpyCoding)
+            assert sidecar.encode_record(book, indices, dims, bits, positions, values, coding_steps=sidecar.NativeCoding) == expected
+
+
+def test_records_reject_indices_outside_the_codebook():
+    with pytest.raises(ValueError, match="outside"):
+        sidecar.encode_record(np.zeros(4, np.float32), np.array([0, 4], np.uint8), (2,), 2, coding_steps=sidecar.NativeCoding)
+    with pytest.raises(ValueError):
+        native.statistics(np.array([0, 9], np.uint8), 4, 0)
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.01, 0.5, 0.97])
+def test_keep_mask_matches_the_stable_argsort(rng, sparsity):
+    scores = np.abs(np.round(rng.standard_normal((300, 77)) * 3)).astype(np.float32)  # many ties at the threshold
+    assert np.array_equal(pruning.keep_mask(scores, sparsity), pruning.keep_mask_reference(scores, sparsity))
+    scores = rng.random(10_001)
+    assert np.array_equal(pruning.keep_mask(scores, sparsity), pruning.keep_mask_reference(scores, sparsity))
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.999, 1.0])
+def test_magnitude_mask_matches_the_stable_argsort(rng, sparsity):
+    w = (np.round(rng.standard_normal((257, 33)) * 8) / 8).astype(np.float32)  # ties, and +-0
+    w[0, :5] = [0.0, -0.0, 1e-40, -1e-40, 3e38]  # zeros, subnormals, huge
+    expected = pruning.keep_mask_reference(np.abs(w), sparsity)
+    assert np.array_equal(pruning.magnitude_keep_mask(w, sparsity), expected)
+    dense = rng.standard_normal(100_003).astype(np.float32)
+    assert np.array_equal(pruning.magnitude_keep_mask(dense, sparsity), pruning.keep_mask_reference(np.abs(dense), sparsity))
+
+
+def test_fitting_never_modifies_the_weight(rng):
+    w = rng.standard_normal((64, 50)).astype(np.float32)
+    before = w.copy()
+    for keep in (None, rng.random(w.shape) < 0.5):
+        codebook.quantize(w, keep, 4)
+        codebook.fit_codebook(w, 16)
+        codebook.fit_codebook(w.ravel(), 16, init="linear")
+    assert np.array_equal(w, before)
+
+
+def test_quantize_works_without_the_compiled_module(rng, monkeypatch):
+    w = (rng.standard_t(3, 50_000) * 0.1).astype(np.float32)
+    keep = pruning.keep_mask(np.abs(w), 0.5)
+    fast = codebook.quantize(w, keep, 4)
+    monkeypatch.setattr(codebook, "_native", None)
+    slow = codebook.quantize(w, keep, 4)
+    assert fast[0].tobytes() == slow[0].tobytes() and fast[1].dtype == slow[1].dtype and np.array_equal(fast[1], slow[1])
+
+
+def test_compressed_files_do_not_depend_on_the_thread_count(tmp_path):
+    script = (
+        "import sys, numpy as np, onnx, onnxcomp\n"
+        "from onnx import helper, numpy_helper, TensorProto\n"
+        "rng = np.random.default_rng(0)\n"
+        "inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), f'w{i}') for i, s in enumerate([(64, 128), (128, 96), (96, 32), (32, 8)])]\n"
+        "nodes = [helper.make_node('MatMul', ['x' if i == 0 else f'h{i}', f'w{i}'], [f'h{i + 1}']) for i in range(4)]\n"
+        "g = helper.make_graph(nodes, 'g', [helper.make_tensor_value_info('x', TensorProto.FLOAT, ['n', 64])],\n"
+        "                      [helper.make_tensor_value_info('h4', TensorProto.FLOAT, ['n', 8])], inits)\n"
+        "m = helper.make_model(g, opset_imports=[helper.make_opsetid('', 17)]); m.ir_version = 8\n"
+        "onnx.save(m, sys.argv[1] + '/in.onnx')\n"
+        "onnxcomp.compress(sys.argv[1] + '/in.onnx', sys.argv[1] + '/out.onnx', min_elements=16)\n"
+    )
+    outputs = []
+    for threads in ("1", "2", "3"):
+        folder = tmp_path / threads
+        folder.mkdir()
+        subprocess.run([sys.executable, "-c", script, str(folder)], check=True, env={**os.environ, "ONNXCOMP_THREADS": threads})
+        outputs.append(((folder / "out.onnx").read_bytes(), (folder / "out.onnxcomp").read_bytes()))
+    assert outputs[0] == outputs[1] == outputs[2]
+
+
+@pytest.mark.parametrize("count", [0, 1, 7, 100, 999, 1000, 5000])
+def test_largest_first_matches_the_stable_argsort(rng, count):
+    from onnxcomp.core import outliers
+    flat = (np.round(rng.standard_normal(3000) * 3) / 3).astype(np.float32)  # many ties in magnitude, +-
+    for candidates in (np.arange(len(flat)), np.flatnonzero(rng.random(len(flat)) < 0.5)):
+        expected = candidates[np.argsort(-np.abs(flat[candidates]), kind="stable")][:count]
+        assert np.array_equal(outliers.largest_first(flat, candidates, count), expected)
+
+
+def test_damage_with_a_fixed_reference_equals_the_direct_formula(rng):
+    from onnxcomp.core import outliers
+    reference = rng.standard_normal((40, 30)).astype(np.float32)
+    reference[3] *= 1e-3  # a dead channel
+    importance = rng.exponential(size=30)
+    for weights in (None, importance):
+        damage = outliers.damage_against(reference, weights)
+        for _ in range(3):
+            decoded = reference + rng.standard_normal(reference.shape).astype(np.float32) * 0.01
+            error = (decoded.astype(np.float64) - reference) ** 2
+            energy = reference.astype(np.float64) ** 2
+            if weights is not None:
+                error, energy = error * weights[None, :], energy * weights[None, :]
+            norms = energy.sum(axis=1)
+            live = (norms >= outliers.LIVE_CHANNEL ** 2 * np.median(norms)) & (norms > 0)
+            assert damage(decoded) == float(np.sqrt((error.sum(axis=1)[live] / norms[live]).max()))
