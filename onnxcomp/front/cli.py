@@ -100,6 +100,9 @@ def main() -> None:
 def _setup_logging(quiet: bool, verbose: bool) -> None:
     level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s")
+    if quiet:  # quiet means quiet: graphsurgeon has its own logger, printing to the terminal
+        from onnx_graphsurgeon.logger import G_LOGGER
+        G_LOGGER.severity = G_LOGGER.CRITICAL
 
 
 @contextlib.contextmanager
@@ -204,7 +207,7 @@ def compress(
              if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}
     values = {name: value.value if isinstance(value, Enum) else value for name, value in ctx.params.items()}
     options = {name: values[name] for name in PIPELINE_OPTIONS if name in given or (recipe is None and config is None)}
-    per_kind = {} if bits is None else {kind: bits for kind in ("conv", "fc", "embedding")}
+    per_kind = {} if bits is None else {kind: bits for kind in ("conv", "fc", "embedding", "other")}
     for kind, value in (("fc", fc_bits), ("conv", conv_bits), ("embedding", embedding_bits)):
         if value is not None:
             per_kind[kind] = value
@@ -267,7 +270,7 @@ SUMMARY_COLUMNS = (("weight", "left"), ("kind", "left"), ("shape", "left"), ("sp
 
 def _print_summary(result) -> None:
     if not result.layers:
-        typer.echo(f"nothing to compress in {result.input_path}: no float32 weight qualifies; {result.output_path} "
+        typer.echo(f"nothing to compress in {result.input_path}: no float weight qualifies; {result.output_path} "
                    "holds the same weights, uncompressed, and no sidecar")
     else:
         print_table(SUMMARY_COLUMNS, ([layer.name, layer.kind, "x".join(map(str, layer.shape)), f"{layer.sparsity:.1%}",
@@ -275,6 +278,8 @@ def _print_summary(result) -> None:
                                        f"{layer.ratio:.1f}x"] for layer in result.layers))
     for name, reason in result.skipped:
         typer.echo(f"left dense: {name}: {reason}")
+    typer.echo(f"coverage: {result.coverage:.1%} of {result.float_params:,} float parameters compressed"
+               + (f" ({len(result.skipped)} tensor{'s' if len(result.skipped) != 1 else ''} left dense, listed above)" if result.skipped else ""))
     typer.echo(f"total: {result.input_bytes:,} bytes -> {result.output_bytes:,} bytes "
                f"({result.output_path} + {result.sidecar_path or 'no sidecar'}): {result.ratio:.1f}x smaller")
     if result.budget:

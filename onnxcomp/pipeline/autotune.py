@@ -34,6 +34,7 @@ import onnxruntime as ort
 
 from onnxcomp.passes import CalibrateWeightsPass, CompressionState, PruneWeightsPass, ReconstructWeightsPass, SelectWeightsPass, ShareWeightsPass
 from onnxcomp.passes.base import WeightTarget
+from onnxcomp.passes.calibration import run_batched
 from onnxcomp.passes.prune_weights import needs_gram
 
 from onnxcomp.core import budget as budget_math
@@ -74,7 +75,7 @@ def _weight_as_input(model: onnx.ModelProto, names: str | Iterable[str]) -> onnx
     listed = {value.name for value in probe.graph.input}  # initializers some models also list as inputs
     for tensor in [t for t in probe.graph.initializer if t.name in wanted]:
         if tensor.name not in listed:
-            probe.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, onnx.TensorProto.FLOAT, list(tensor.dims)))
+            probe.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
         probe.graph.initializer.remove(tensor)
     return probe
 
@@ -145,7 +146,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     fit = {k: v[fit_rows] for k, v in data.items()}
     hold = {k: v[hold_rows] for k, v in data.items()}
     labels = None if all_labels is None else all_labels[hold_rows]
-    reference = _session(model).run(None, hold)[0]
+    reference = run_batched(_session(model), hold)[0]
     metric = budget_math.allocation_metric(goal.metric, reference)
 
     options = dict(prune=prune, score=score, reconstruct=reconstruct, ridge=ridge, init=init, seed=seed, rounding=rounding,
@@ -187,7 +188,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
                                       ridge=ridge, init=init, seed=seed, min_elements=min_elements, settings=settings,
                                       rounding=rounding, sequential=sequential, outliers=outliers)
                     session = ort.InferenceSession(trial, quiet_session_options(custom_ops=True), providers=["CPUExecutionProvider"])
-                    measured = budget_math.error(goal.metric, reference, session.run(None, hold)[0], labels)
+                    measured = budget_math.error(goal.metric, reference, run_batched(session, hold)[0], labels)
                 tried[key] = (measured, report.output_bytes)
                 history.append({"allowed": allowed, "predicted": predicted, "measured": measured, "bytes": report.output_bytes})
                 log.info("allocation within %.4g: predicted %s %.4g, measured %s %.4g, %d bytes", allowed, metric, predicted,
@@ -236,11 +237,14 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
     todo = [t for t in state.targets if t.name not in curves]
     if todo and (options["prune"] == "activation" or options["reconstruct"]):  # one pass: every layer's statistics
         CalibrateWeightsPass(data=fit, keep_gram=options["reconstruct"] or needs_gram(options["prune"], options["score"]))(state)
+    main = {t.name for t in model.graph.initializer}
     settings = len(sparsities) * len(bits)
     log.info("sensitivity analysis: %d weights x %d settings to measure, %d cached", len(todo), settings, len(curves))
     advance = progress.counter("sensitivity analysis", len(todo) * settings)
     for target in todo:
-        session = _session(_weight_as_input(model, target.name))
+        # A float32/float16 main-graph weight is fed as an input; others (bfloat16, in a subgraph) substituted in a copy.
+        feedable = target.name in main and target.dtype in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+        session = _session(_weight_as_input(model, target.name)) if feedable else None
         points = []
         for sparsity in sparsities:
             with progress.silenced():
@@ -248,10 +252,15 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
             for b in bits:
                 with progress.silenced():
                     trial = _shared(pruned, b, options)
-                output = session.run(None, {**hold, target.name: trial.decoded()})[0]
+                values = trial.decoded()
+                if feedable:
+                    feed = values.astype(np.float16 if target.dtype == onnx.TensorProto.FLOAT16 else np.float32)
+                    output = run_batched(session, hold, extra={target.name: feed})[0]
+                else:
+                    output = run_batched(_session(model_io.substituted(model, {target.name: values})), hold)[0]
                 points.append((sparsity, b, len(trial.record), budget_math.error(metric, reference, output, labels)))
                 advance()
-        points.append((None, None, 4 * target.size, 0.0))  # leaving the weight dense is a candidate too
+        points.append((None, None, target.dense_bytes, 0.0))  # leaving the weight dense is a candidate too
         curves[target.name] = points
         target.statistics = target.layer_input = None  # this weight's Gram matrix is no longer needed
         log.info("sensitivity of %s measured at %d settings", target.name, len(points))

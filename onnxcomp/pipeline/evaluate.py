@@ -106,7 +106,7 @@ def load_calibration(path: str, model: onnx.ModelProto, samples: int | None = No
         count = samples or 16
         data = {}
         for name, shape, dtype in specs:
-            dims = [count] + [d or 1 for d in shape[1:]]
+            dims = [count if not shape or shape[0] is None else shape[0] * max(1, count // shape[0])] + [d or 1 for d in shape[1:]]
             data[name] = rng.standard_normal(dims).astype(dtype) if dtype.kind == "f" else np.zeros(dims, dtype)
         return data
     data = load_data(path, specs)
@@ -119,16 +119,15 @@ def load_calibration(path: str, model: onnx.ModelProto, samples: int | None = No
     return data
 
 
-_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
+_NUMPY_TYPES = {"tensor(bool)": np.bool_, "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
                 "tensor(int32)": np.int32, "tensor(uint8)": np.uint8, "tensor(float16)": np.float16}
 
 
 def run_batches(session: ort.InferenceSession, inputs: dict[str, np.ndarray], batch: int = 256) -> np.ndarray:
-    """The first output over all samples, computed in batches."""
+    """The first output over all samples, computed in batches the model accepts."""
+    from onnxcomp.passes.calibration import run_batched
     names = [spec.name for spec in session.get_inputs()]
-    total = len(inputs[names[0]])
-    outputs = [session.run(None, {n: inputs[n][i:i + batch] for n in names})[0] for i in range(0, total, batch)]
-    return np.concatenate(outputs)
+    return run_batched(session, {n: inputs[n] for n in names}, batch, outputs=[session.get_outputs()[0].name])[0]
 
 
 def open_session(path: str, custom_ops: bool | None = None) -> ort.InferenceSession:

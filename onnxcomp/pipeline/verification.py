@@ -32,6 +32,7 @@ from onnx import numpy_helper
 from onnxcomp.passes import model_io
 from onnxcomp import progress
 from onnxcomp.errors import CalibrationError, UnsupportedModelError
+from onnxcomp.passes.calibration import run_batched
 from onnxcomp.pipeline.evaluate import LABELS, load_data, open_session, session_specs
 from onnxcomp.pipeline.inspection import DOMAIN, stored_weights
 
@@ -112,6 +113,8 @@ def random_inputs(session: ort.InferenceSession, samples: int, seed: int) -> dic
     inputs = {}
     for name, shape, dtype in session_specs(session):
         dims = [samples if i == 0 and d is None else (d or 1) for i, d in enumerate(shape)]
+        if shape and shape[0] is not None:  # a fixed batch: as many full batches as fit in ``samples``
+            dims[0] = shape[0] * max(1, samples // shape[0])
         if dtype.kind == "f":
             inputs[name] = rng.random(dims).astype(dtype)
         else:
@@ -185,7 +188,7 @@ def verify(original_path: str, compressed_path: str, calib: str | None = None, *
     else:
         inputs = random_inputs(reference, samples or DEFAULT_RANDOM_SAMPLES, seed)
         source = f"random (seed {seed})"
-    count = len(next(iter(inputs.values()))) if inputs else 1
+    count = next((len(v) for v in inputs.values() if np.ndim(v)), 1)
     result = Verification(original_path, compressed_path, source, count)
     expected = _run(reference, inputs, count, batch, source)
     actual = _run(candidate, inputs, count, batch, source)
@@ -202,15 +205,12 @@ def verify(original_path: str, compressed_path: str, calib: str | None = None, *
 def _run(session: ort.InferenceSession, inputs: dict[str, np.ndarray], count: int, batch: int, source: str,
          extra: dict[str, np.ndarray] | None = None, outputs: list[str] | None = None) -> list[np.ndarray]:
     """``session``'s outputs on ``inputs`` (plus the unbatched ``extra`` feeds), run ``batch`` samples at a time."""
-    runs = []
     try:
-        for start in range(0, count, batch):
-            feed = {k: v[start:start + batch] for k, v in inputs.items()}
-            runs.append(session.run(outputs, {**feed, **(extra or {})}))
+        return run_batched(session, inputs, batch, outputs, extra)
+    except CalibrationError:
+        raise
     except Exception as error:  # onnxruntime's errors on bad feeds
         raise CalibrationError(f"running the models failed on {source}: {error}") from error
-    return [np.concatenate([np.asarray(r[i]) for r in runs]) if np.ndim(runs[0][i]) else np.asarray(runs[0][i])
-            for i in range(len(runs[0]))]
 
 
 def attribute_layers(original_path: str, compressed_path: str, inputs: dict[str, np.ndarray], count: int, batch: int,
@@ -233,7 +233,8 @@ def attribute_layers(original_path: str, compressed_path: str, inputs: dict[str,
         if tuple(tensor.dims) != tuple(weight.shape):
             raise UnsupportedModelError(f"weight {name!r} has shape {list(tensor.dims)} in {original_path}, "
                                         f"{list(weight.shape)} in {compressed_path}: was it compressed from another model?")
-    main = {t.name for t in model.graph.initializer}
+    # Main-graph weights numpy can hold are fed as inputs; bfloat16 ones are substituted in a copy, like subgraph weights.
+    main = {t.name for t in model.graph.initializer if t.data_type != onnx.TensorProto.BFLOAT16}
     originals = {name: numpy_helper.to_array(everywhere[name]) for name in stored if name in main}
     first = model.graph.output[0].name
     probe = _session(_weight_as_input(model, originals)) if originals else None
@@ -241,14 +242,10 @@ def attribute_layers(original_path: str, compressed_path: str, inputs: dict[str,
     for name, weight in progress.track(stored.items(), "per-layer verification"):
         decoded = weight.dense()
         if name in originals:
+            decoded = decoded.astype(originals[name].dtype)
             output = _run(probe, inputs, count, batch, source, {**originals, name: decoded}, [first])[0]
         else:  # inside a subgraph: substitute the initializer in a copy
-            copy = onnx.ModelProto()
-            copy.CopyFrom(model)
-            for graph in model_io.graphs_of(copy.graph):
-                for tensor in graph.initializer:
-                    if tensor.name == name:
-                        tensor.CopyFrom(numpy_helper.from_array(decoded, name))
+            copy = model_io.substituted(model, {name: decoded})
             output = _run(_session(copy), inputs, count, batch, source, outputs=[first])[0]
         metrics = compare(expected, output, first, class_scores)
         layers.append(LayerAttribution(name, list(weight.shape), weight.bits, len(weight.codebook), round(weight.sparsity, 6),
