@@ -17,6 +17,7 @@ Ort::CustomOpDomain& Domain() {
   static CodebookDecodeOp decode_op;
   static CodebookMatMulOp matmul_op;
   static CodebookGatherOp gather_op;
+  static CodebookConvOp conv_op;
 #if defined(ONNXCOMP_WITH_CUDA)
   // CUDA variants next to the CPU ones: a CPU-only runtime still finds the CPU kernels.
   static CudaCodebookDecodeOp cuda_decode_op;
@@ -24,7 +25,7 @@ Ort::CustomOpDomain& Domain() {
   static CudaCodebookGatherOp cuda_gather_op;
 #endif
   static OrtCustomOp* const kOps[] = {  // the registration table
-      &decode_op, &matmul_op, &gather_op,
+      &decode_op, &matmul_op, &gather_op, &conv_op,
 #if defined(ONNXCOMP_WITH_CUDA)
       &cuda_decode_op, &cuda_matmul_op, &cuda_gather_op,
 #endif

@@ -33,6 +33,26 @@ def run_plain(model_or_path, feeds):
     return ort.InferenceSession(source, providers=["CPUExecutionProvider"]).run(None, feeds)
 
 
+def session_with_env(model: onnx.ModelProto, env: dict[str, str] | None = None, threads: int = 1) -> ort.InferenceSession:
+    """A session with the custom-op library, created while the variables ``env`` are set (kernels read them at
+    creation), then restored."""
+    import os
+
+    saved = {key: os.environ.get(key) for key in (env or {})}
+    os.environ.update(env or {})
+    try:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        return ort.InferenceSession(model.SerializeToString(), onnxcomp.runtime.session_options(options),
+                                    providers=["CPUExecutionProvider"])
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def run_compressed(path, feeds):
     return onnxcomp.InferenceSession(str(path)).run(None, feeds)
 

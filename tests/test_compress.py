@@ -96,7 +96,8 @@ def test_conv_and_conv_transpose(tmp_path, rng):
     options = dict(OPTIONS, min_elements=20)
     out, report, _ = compress_and_check(tmp_path, model, {"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)}, options)
     assert [layer.name for layer in report.layers] == ["w", "wt"]
-    assert ops_of(out).count(("ai.onnxcomp", "CodebookDecode")) == 2
+    assert ops_of(out).count(("ai.onnxcomp", "CodebookConv")) == 1  # Conv: fused (decoded once, docs/ops.md)
+    assert ops_of(out).count(("ai.onnxcomp", "CodebookDecode")) == 1  # ConvTranspose: decoded each run
 
 
 def test_weight_in_a_constant_node(tmp_path, rng):

@@ -18,6 +18,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxcomp
+from conftest import session_with_env
 from onnxcomp.core.sidecar import decode_record, encode_record
 
 ISAS = ["scalar", "avx2", "avx512"]
@@ -64,20 +65,7 @@ def matmul_model(record: bytes, k: int, n: int, with_bias: bool, bias=None, batc
 
 def run_with_isa(model: onnx.ModelProto, feeds: dict, isa: str, threads: int = 1):
     """Runs the model in a session created while ONNXCOMP_ISA caps the instruction set (read at kernel creation)."""
-    old = os.environ.get("ONNXCOMP_ISA")
-    os.environ["ONNXCOMP_ISA"] = isa
-    try:
-        import onnxruntime as ort
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        session = ort.InferenceSession(model.SerializeToString(), onnxcomp.runtime.session_options(options),
-                                       providers=["CPUExecutionProvider"])
-    finally:
-        if old is None:
-            del os.environ["ONNXCOMP_ISA"]
-        else:
-            os.environ["ONNXCOMP_ISA"] = old
-    return session.run(None, feeds)[0]
+    return session_with_env(model, {"ONNXCOMP_ISA": isa}, threads).run(None, feeds)[0]
 
 
 def check_against_reference(y, x, weight, bias):
@@ -115,9 +103,10 @@ def test_codebook_matmul_every_isa_against_numpy(m, k, n, bits):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-def test_codebook_matmul_threads_and_batch_dims(isa):
+def test_codebook_matmul_threads_and_batch_dims(isa, monkeypatch):
     if not isa_available(isa):
         pytest.skip(f"this CPU has no {isa}")
+    monkeypatch.setenv("ONNXCOMP_GEMM_ROWS", "0")  # the fused kernel at every batch (150 rows below)
     rng = np.random.default_rng(7)
     k, n = 300, 1000  # large enough for the parallel path, 16 panels of which the last is partial
     codebook, indices = random_layer(rng, k, n, 4)
@@ -133,6 +122,30 @@ def test_codebook_matmul_threads_and_batch_dims(isa):
         # batch invariance: each row computed alone gives the same bits
         single = run_with_isa(model, {"x": x.reshape(-1, k)[:1].reshape(1, 1, k)}, isa)
         np.testing.assert_array_equal(single.reshape(-1), one.reshape(-1, n)[0])
+
+
+@pytest.mark.parametrize("m,k,n,bits", [(64, 130, 97, 4), (150, 300, 1000, 4), (600, 33, 65, 8), (97, 64, 129, 10)])
+def test_codebook_matmul_large_batch_uses_a_gemm_on_the_decoded_weight(m, k, n, bits, monkeypatch):
+    """From ONNXCOMP_GEMM_ROWS rows (default 512) W is decoded for the run and multiplied by onnxruntime's MatMul:
+    within the same summation bound and the same under every instruction-set cap. (Like onnxruntime's own MatMul,
+    its bits may depend on the thread count: MLAS splits the work by threads.)"""
+    rng = np.random.default_rng(m + k + n)
+    if m < 512:
+        monkeypatch.setenv("ONNXCOMP_GEMM_ROWS", "64")
+    codebook, indices = random_layer(rng, k, n, bits, sparse=bits == 8)
+    bias = rng.standard_normal(n).astype(np.float32)
+    model = matmul_model(encode_record(codebook, indices, (k, n), bits), k, n, True, bias, batch_shape=("A", "B"))
+    x = rng.standard_normal((m // 2 if m % 2 == 0 else 1, 2 if m % 2 == 0 else m, k)).astype(np.float32)
+    outputs = [run_with_isa(model, {"x": x}, isa) for isa in ISAS if isa_available(isa)]
+    check_against_reference(outputs[0], x, codebook[indices], bias)
+    check_against_reference(run_with_isa(model, {"x": x}, "scalar", threads=2), x, codebook[indices], bias)
+    for y in outputs[1:]:
+        np.testing.assert_array_equal(y, outputs[0])
+    monkeypatch.setenv("ONNXCOMP_GEMM_ROWS", "0")
+    fused = run_with_isa(model, {"x": x}, "scalar")
+    check_against_reference(fused, x, codebook[indices], bias)
+    monkeypatch.setenv("ONNXCOMP_GEMM_ROWS", str(m + 1))  # one row short of the threshold: the fused kernel again
+    np.testing.assert_array_equal(run_with_isa(model, {"x": x}, "scalar"), fused)
 
 
 def test_force_scalar_env_matches_isa_scalar():
@@ -241,6 +254,21 @@ def test_codebook_matmul_outliers_threads(isa):
     check_with_corrections(one, x, record, bias)
     single = run_with_isa(model, {"x": x[:1, :1]}, isa)
     np.testing.assert_array_equal(single.reshape(-1), one.reshape(-1, n)[0])
+
+
+def test_codebook_matmul_outliers_large_batch(monkeypatch):
+    """From 512 rows (the GEMM on the weight decoded for the run) the same per-column corrections follow."""
+    rng = np.random.default_rng(9)
+    k, n = 70, 90
+    codebook, indices = random_layer(rng, k, n, 5)
+    positions, values = with_outliers(rng, (k, n), 0.01)
+    record = encode_record(codebook, indices, (k, n), 5, positions, values)
+    bias = rng.standard_normal(n).astype(np.float32)
+    model = matmul_model(record, k, n, True, bias)
+    x = rng.standard_normal((600, k)).astype(np.float32)
+    check_with_corrections(run_with_isa(model, {"x": x}, "scalar"), x, record, bias)
+    monkeypatch.setenv("ONNXCOMP_GEMM_ROWS", "0")
+    check_with_corrections(run_with_isa(model, {"x": x}, "scalar"), x, record, bias)
 
 
 @pytest.mark.parametrize("bits,fraction", [(1, 0.02), (4, 1.0), (5, 0.05), (9, 0.01), (16, 0.003)])

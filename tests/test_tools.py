@@ -16,7 +16,7 @@ from test_cli import BUNDLED, BUNDLED_EVAL, expect_error, onnxcomp as cli
 
 @pytest.fixture
 def mixed_model(tmp_path, rng):
-    """One weight of each rewrite: Gemm transB=1 (stored transposed), MatMul, Gather, Conv (CodebookDecode)."""
+    """One weight of each rewrite: Gemm transB=1 (stored transposed), MatMul, Gather, Conv (CodebookConv)."""
     nodes = [
         helper.make_node("Gemm", ["x", "w_gemm", "b_gemm"], ["h1"], transB=1),
         helper.make_node("MatMul", ["h1", "w_matmul"], ["h2"]),
@@ -47,7 +47,7 @@ def test_inspect_compressed_model(mixed_model, tmp_path):
     assert set(weights) == {"w_gemm", "w_matmul", "table", "w_conv"}
     assert weights["w_gemm"].shape == [48, 64] and weights["w_gemm"].op == "CodebookMatMul"
     assert weights["table"].op == "CodebookGather" and weights["table"].kind == "embedding"
-    assert weights["w_conv"].op == "Conv" and weights["w_conv"].kind == "conv"
+    assert weights["w_conv"].op == "CodebookConv" and weights["w_conv"].kind == "conv"
     directory = {e.name: e for e in sidecar.read_directory(str(tmp_path / "small.onnxcomp"))}
     assert directory["w_gemm"].transposed
     for layer in report.layers:

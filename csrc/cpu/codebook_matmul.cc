@@ -1,3 +1,5 @@
+#include <stdlib.h>
+
 #include <algorithm>
 #include <cmath>
 
@@ -109,6 +111,74 @@ void PackCorrections(const DecodedRecord& record, PackedMatrix* w) {
 
 }  // namespace
 
+namespace {
+
+// Panels [panel_begin, panel_end) of W into row-major `out` [K, N]; one loop per slot width, like PackPanels.
+template <uint32_t kSlot>
+void UnpackPanels(const PackedMatrix& w, int64_t panel_begin, int64_t panel_end, float* out) {
+  packed::SlotPosition position[packed::kPanelColumns];
+  for (uint32_t c = 0; c < packed::kPanelColumns; ++c) position[c] = packed::panel_slot(kSlot, c);
+  const uint64_t k = static_cast<uint64_t>(w.k);
+  const uint64_t panel_stride = packed::panel_bytes(k, kSlot);
+  const uint32_t row_bytes = packed::panel_row_bytes(kSlot);
+  const float* table = w.table.data();
+  for (int64_t panel = panel_begin; panel < panel_end; ++panel) {
+    const int64_t n0 = panel * packed::kPanelColumns;
+    const uint32_t width = static_cast<uint32_t>(std::min<int64_t>(packed::kPanelColumns, w.n - n0));
+    const uint8_t* data = w.panels.data() + static_cast<uint64_t>(panel) * panel_stride;
+    for (uint64_t kk = 0; kk < k; ++kk) {
+      const uint8_t* row = data + kk * row_bytes;
+      float* target = out + kk * static_cast<uint64_t>(w.n) + n0;
+      for (uint32_t c = 0; c < width; ++c) {
+        uint32_t index;
+        if (kSlot == 4) {
+          index = (row[position[c].byte] >> position[c].shift) & 0xFu;
+        } else if (kSlot == 8) {
+          index = row[c];
+        } else {
+          index = uint32_t{row[2 * c]} | (uint32_t{row[2 * c + 1]} << 8);
+        }
+        target[c] = packed::lookup(table, index);
+      }
+    }
+  }
+}
+
+void UnpackPanelRange(const PackedMatrix& w, int64_t panel_begin, int64_t panel_end, float* out) {
+  switch (w.slot_bits) {
+    case 4: return UnpackPanels<4>(w, panel_begin, panel_end, out);
+    case 8: return UnpackPanels<8>(w, panel_begin, panel_end, out);
+    default: return UnpackPanels<16>(w, panel_begin, panel_end, out);
+  }
+}
+
+struct UnpackTask {
+  const PackedMatrix* w;
+  float* out;
+};
+
+void RunUnpackTask(void* data, size_t panel) {
+  const UnpackTask& t = *static_cast<const UnpackTask*>(data);
+  UnpackPanelRange(*t.w, static_cast<int64_t>(panel), static_cast<int64_t>(panel) + 1, t.out);
+}
+
+}  // namespace
+
+void UnpackMatrix(const PackedMatrix& w, float* out) {
+  UnpackPanelRange(w, 0, static_cast<int64_t>(packed::panel_count(static_cast<uint64_t>(w.n))), out);
+}
+
+int64_t DenseGemmRows() {
+  // Measured crossover (docs/benchmarks.md, bench/matmul_rows.py): with the fused kernels' decode-once row tiles,
+  // the GEMM on a weight decoded for the run only wins from several hundred rows, and on narrow weights.
+  constexpr int64_t kDefaultRows = 512;
+  const char* text = getenv("ONNXCOMP_GEMM_ROWS");
+  if (!text || !*text) return kDefaultRows;
+  char* end = nullptr;
+  const long long rows = strtoll(text, &end, 10);
+  return (end && *end == 0 && rows >= 0) ? static_cast<int64_t>(rows) : kDefaultRows;
+}
+
 // Columns past N keep index 0.
 void PackMatrix(const DecodedRecord& record, PackedMatrix* out) {
   PackedMatrix& w = *out;
@@ -137,6 +207,16 @@ OrtStatus* CodebookMatMulKernel::Init(const OrtKernelInfo* info) {
   return GuardStatus(this, [&]() -> OrtStatus* {
     isa_ = SelectIsa();
     kernel_ = MatMulKernelFor(isa_);
+    dense_rows_ = DenseGemmRows();
+    if (dense_rows_ > 0) {
+      const char* type_names[] = {"T"};
+      const ONNXTensorElementDataType type_values[] = {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
+      try {
+        dense_matmul_ = Ort::Op::Create(info, "MatMul", "", 13, type_names, type_values, 1, nullptr, 0, 2, 1);
+      } catch (const Ort::Exception&) {
+        dense_rows_ = 0;  // this onnxruntime cannot invoke its MatMul: the fused kernel serves every batch
+      }
+    }
     std::unique_ptr<const DecodedRecord> record = TakeConstant();
     if (record) {
       auto matrix = std::make_unique<PackedMatrix>();
@@ -185,6 +265,8 @@ OrtStatus* CodebookMatMulKernel::ComputeV2(OrtKernelContext* raw_context) noexce
     float* y = context.GetOutput(0, shape).GetTensorMutableData<float>();
     if (m == 0 || n == 0) return nullptr;
 
+    if (dense_rows_ > 0 && m >= dense_rows_) return RunDense(raw_context, *w, x, bias, y, m);
+
     const uint32_t slot = w->slot_bits;
     MatMulProblem problem{x.GetTensorData<float>(), m, k, n, w->panels.data(), slot, w->codebook_size,
                           w->table.data(), bias, y, packed::panel_bytes(static_cast<uint64_t>(k), slot),
@@ -201,6 +283,38 @@ OrtStatus* CodebookMatMulKernel::ComputeV2(OrtKernelContext* raw_context) noexce
     }
     return nullptr;
   });
+}
+
+OrtStatus* CodebookMatMulKernel::RunDense(OrtKernelContext* raw_context, const PackedMatrix& w,
+                                          const Ort::ConstValue& x, const float* bias, float* y, int64_t m) {
+  Ort::KernelContext context(raw_context);
+  Ort::MemoryInfo memory = Ort::MemoryInfo::CreateCpu(OrtDeviceAllocator, OrtMemTypeDefault);
+  OrtAllocator* allocator = context.GetAllocator(*memory.GetConst());
+  const int64_t dims[] = {w.k, w.n};
+  Ort::Value weight = Ort::Value::CreateTensor<float>(allocator, dims, 2);
+  UnpackTask unpack{&w, weight.GetTensorMutableData<float>()};
+  const size_t panels = packed::panel_count(static_cast<uint64_t>(w.n));
+  if (panels > 1 && double(w.k) * double(w.n) >= kParallelWork) {
+    context.ParallelFor(RunUnpackTask, panels, 0, &unpack);
+  } else {
+    UnpackMatrix(w, unpack.out);
+  }
+  std::vector<int64_t> y_shape = x.GetTensorTypeAndShapeInfo().GetShape();
+  y_shape.back() = w.n;
+  Ort::Value y_view = Ort::Value::CreateTensor<float>(memory, y, static_cast<size_t>(m * w.n),
+                                                     y_shape.data(), y_shape.size());
+  const OrtValue* inputs[] = {x, weight};
+  OrtValue* outputs[] = {y_view};
+  dense_matmul_.Invoke(raw_context, inputs, 2, outputs, 1);
+  if (bias) {
+    for (int64_t r = 0; r < m; ++r) {
+      float* row = y + r * w.n;
+      for (int64_t c = 0; c < w.n; ++c) row[c] += bias[c];
+    }
+  }
+  // The outliers, as after the fused kernel: the panels hold the codebook values only.
+  if (!w.correction_start.empty()) ApplyCorrections(w, x.GetTensorData<float>(), y, 0, m, 0, w.n);
+  return nullptr;
 }
 
 }  // namespace onnxcomp

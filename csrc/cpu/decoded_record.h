@@ -29,7 +29,8 @@ struct DecodedRecord {
   uint32_t index(int64_t i) const { return packed::linear_load(indices.data(), slot_bits, static_cast<uint64_t>(i)); }
 
   // Writes elements [first, first + count) of the decoded tensor (row-major) to `out`: the codebook value of
-  // each index, then the outliers inside the range. Requires first + count <= N.
+  // each index, then the outliers inside the range. The one function every kernel uses for dense values
+  // (CodebookDecode, CodebookConv's working form). Requires first + count <= N.
   void decode_range(uint64_t first, uint64_t count, float* out) const;
 };
 

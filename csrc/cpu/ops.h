@@ -5,6 +5,9 @@
 #include "cpu/matmul_kernels.h"
 #include "cpu/record_kernel.h"
 
+#include <string>
+#include <vector>
+
 namespace onnxcomp {
 
 // ---- CodebookDecode: record -> dense weight --------------------------------------------------------------
@@ -47,6 +50,13 @@ struct PackedMatrix {
 // (shared by the CPU and CUDA kernels).
 void PackMatrix(const DecodedRecord& record, PackedMatrix* out);
 
+// Writes W [K, N] row-major from its panels (the dense form the large-batch path multiplies by).
+void UnpackMatrix(const PackedMatrix& w, float* out);
+
+// Rows of X from which CodebookMatMul decodes W for the run and multiplies with onnxruntime's MatMul (MLAS GEMM)
+// instead of the fused kernel (docs/ops.md); ONNXCOMP_GEMM_ROWS overrides it (0: never), read at kernel creation.
+int64_t DenseGemmRows();
+
 // Adds the outlier corrections to Y rows [row_begin, row_end), columns [column_begin, column_end), after the
 // panel kernel (and its bias): y[m, c] = fma(x[m, k], delta, y[m, c]) for each correction of column c in order
 // of k. The same code follows every instruction set's kernel, so their outputs stay bit-identical.
@@ -60,9 +70,15 @@ struct CodebookMatMulKernel : RecordKernel {
   OrtStatus* ComputeV2(OrtKernelContext* context) noexcept;
 
  private:
+  // Y = X @ W (+ bias) with W unpacked into a buffer of this run and onnxruntime's MatMul.
+  OrtStatus* RunDense(OrtKernelContext* context, const PackedMatrix& w, const Ort::ConstValue& x, const float* bias,
+                      float* y, int64_t m);
+
   Isa isa_ = Isa::kScalar;
   MatMulKernel kernel_ = nullptr;
   std::unique_ptr<const PackedMatrix> constant_matrix_;
+  int64_t dense_rows_ = 0;  // 0: the fused kernel always
+  Ort::Op dense_matmul_{nullptr};
 };
 
 struct CodebookMatMulOp : Ort::CustomOpBase<CodebookMatMulOp, CodebookMatMulKernel, true> {
@@ -99,6 +115,70 @@ struct CodebookGatherOp : Ort::CustomOpBase<CodebookGatherOp, CodebookGatherKern
   // Indices may be int32 or int64: UNDEFINED lets ORT accept any type; compute checks which.
   ONNXTensorElementDataType GetInputType(size_t index) const {
     return index == 0 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+};
+
+// ---- CodebookConv: Conv(X, W * scale, B) (+ activation), W [O, I/group, k...] from the record ---------------
+
+// The convolution's attributes (ONNX Conv, plus FusedConv's activation), read once at kernel creation.
+struct ConvAttributes {
+  std::string auto_pad = "NOTSET";
+  std::vector<int64_t> dilations, kernel_shape, pads, strides;  // empty: not given (ONNX defaults)
+  int64_t group = 1;
+  std::string activation;  // empty: none; else Relu, Tanh, Sigmoid, LeakyRelu, Clip or HardSigmoid
+  std::vector<float> activation_params;
+};
+
+// How a CodebookConv kernel runs its convolution (docs/ops.md, "CodebookConv: the rule").
+enum class ConvPath {
+  kNchwc,  // onnxruntime's blocked-layout (NCHWc) convolution on a reordered working weight
+  kOrt,    // onnxruntime's Conv / FusedConv on the dense working weight
+};
+
+struct CodebookConvKernel : RecordKernel {
+  CodebookConvKernel();
+  // Decodes the record (RecordKernel::Init) into the working weight, folds the scale and bias in, picks the
+  // path and creates the onnxruntime ops it invokes.
+  OrtStatus* Init(const OrtKernelInfo* info);
+  OrtStatus* ComputeV2(OrtKernelContext* context) noexcept;
+
+ private:
+  OrtStatus* ReadAttributes(const Ort::ConstKernelInfo& info);
+  OrtStatus* CreateOps(const OrtKernelInfo* info);
+  // Checks the attributes against the weight dims [O, I/group, k...].
+  OrtStatus* CheckWeight(const std::vector<int64_t>& weight_dims) const;
+  // Y's shape for input shape `x` (ONNX Conv shape rules), or an error.
+  OrtStatus* OutputShape(const std::vector<int64_t>& weight_dims, const std::vector<int64_t>& x,
+                         std::vector<int64_t>* y) const;
+
+  ConvAttributes attributes_;
+  ConvPath path_ = ConvPath::kOrt;
+  int64_t block_ = 1;              // NCHWc block size (channels per block) on the kNchwc path
+  bool reorder_input_ = false;     // kNchwc: X is reordered to NCHWc first (else read as NCHW)
+  std::vector<int64_t> weight_dims_;  // the record's dims [O, I/group, k...]
+  std::vector<float> weight_;      // working weight: dense (kOrt) or NCHWc-reordered and padded (kNchwc)
+  std::vector<float> bias_;        // effective bias (padded on kNchwc), empty when none
+  std::vector<float> scale_;       // per-output-channel scale (empty: none); folded into weight_ when constant
+  bool bias_is_constant_ = true;
+  Ort::Value weight_value_{nullptr}, bias_value_{nullptr};
+  Ort::Op conv_op_{nullptr}, reorder_input_op_{nullptr}, reorder_output_op_{nullptr};
+  int conv_inputs_ = 2;
+};
+
+struct CodebookConvOp : Ort::CustomOpBase<CodebookConvOp, CodebookConvKernel, true> {
+  static constexpr const char* kName = "CodebookConv";
+  OrtStatus* CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
+    return CreateRecordKernel<CodebookConvKernel>(info, kernel);
+  }
+  const char* GetName() const { return kName; }
+  size_t GetInputTypeCount() const { return 4; }  // X, record, bias, scale
+  ONNXTensorElementDataType GetInputType(size_t index) const {
+    return index == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
+    return index >= 2 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
   }
   size_t GetOutputTypeCount() const { return 1; }
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }

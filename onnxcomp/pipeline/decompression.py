@@ -4,7 +4,9 @@ Each record is decoded with the numpy reference decoder (onnxcomp/core/sidecar.p
 carrying the original weight's name and orientation, and the custom ops become their standard equivalents:
 CodebookMatMul(X, record[, bias]) -> MatMul(X, W) (+ Add bias), or Gemm(X, W, bias, transB=1) when the
 directory says the record holds W transposed (records for CodebookMatMul are always [K, N]);
-CodebookGather(record, indices) -> Gather(W, indices); CodebookDecode(record) -> the initializer itself.
+CodebookGather(record, indices) -> Gather(W, indices); CodebookDecode(record) -> the initializer itself;
+CodebookConv(X, record[, bias[, scale]]) -> Conv(X, W * scale, bias) with its attributes, then the fused activation
+as its own node (a folded BatchNormalization stays folded: W * scale is a new initializer).
 Portable lookups Gather(codebook, Cast(indices)), with their outliers scattered on when present, become the
 initializer they compute; record outliers are applied by the reference decoder. The values equal the
 compressed model's weights exactly; outputs agree up to fp32 summation order.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
@@ -40,10 +43,11 @@ def decompress_model(model: onnx.ModelProto, model_path: str) -> onnx.ModelProto
             dense[weight.name] = numpy_helper.from_array(weight.dense(), weight.name)
         return weight.name
 
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 11)
     renamed: dict[str, str] = {}  # tensor -> the tensor that replaces it
     nodes = []
     for node in graph.node:
-        weight = weights.get(node.input[1] if node.op_type == "CodebookMatMul" else node.input[0]) if node.input else None
+        weight = weights.get(node.input[1] if node.op_type in ("CodebookMatMul", "CodebookConv") else node.input[0]) if node.input else None
         if node.domain == DOMAIN:
             if weight is None:
                 raise UnsupportedModelError(f"{model_path}: node {node.name!r} ({node.op_type}) has no readable record")
@@ -57,6 +61,8 @@ def decompress_model(model: onnx.ModelProto, model_path: str) -> onnx.ModelProto
                     nodes.append(helper.make_node("Add", [y + ".matmul", bias], [y], node.name + ".bias"))
                 else:
                     nodes.append(helper.make_node("MatMul", [x, name], [y], node.name))
+            elif node.op_type == "CodebookConv":
+                nodes.extend(_conv_nodes(node, name, weight, graph, dense, opset))
             elif node.op_type == "CodebookGather":
                 nodes.append(helper.make_node("Gather", [name, node.input[1]], [node.output[0]], node.name, axis=0))
             elif node.op_type == "CodebookDecode":
@@ -93,6 +99,63 @@ def decompress_model(model: onnx.ModelProto, model_path: str) -> onnx.ModelProto
     del model.opset_import[:]
     model.opset_import.extend(opsets)
     return model
+
+
+def _conv_nodes(node: onnx.NodeProto, weight_name: str, weight, graph: onnx.GraphProto,
+                dense: dict[str, onnx.TensorProto], opset: int) -> list[onnx.NodeProto]:
+    """Conv (+ activation) nodes equal to a CodebookConv node; a scale input makes a scaled copy of the weight."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    activation = attrs.pop("activation", None)
+    params = list(attrs.pop("activation_params", []))
+    if isinstance(activation, bytes):
+        activation = activation.decode()
+    inputs = list(node.input) + [""] * (4 - len(node.input))
+    x, bias, scale = inputs[0], inputs[2], inputs[3]
+    if scale:
+        scale_values = _initializer_array(graph, scale, node)
+        values = weight.dense().astype(np.float32)
+        values = (values * scale_values.reshape((-1,) + (1,) * (values.ndim - 1))).astype(np.float32)
+        weight_name = _unused_name(graph, dense, f"{weight_name}.{node.name or 'conv'}.scaled")
+        dense[weight_name] = numpy_helper.from_array(values, weight_name)
+    y = node.output[0]
+    conv_out = y + ".conv" if activation else y
+    nodes = [helper.make_node("Conv", [x, weight_name] + ([bias] if bias else []), [conv_out], node.name, **attrs)]
+    if activation in ("Relu", "Tanh", "Sigmoid"):
+        nodes.append(helper.make_node(activation, [conv_out], [y], node.name + ".activation"))
+    elif activation == "LeakyRelu":
+        nodes.append(helper.make_node("LeakyRelu", [conv_out], [y], node.name + ".activation", alpha=params[0]))
+    elif activation == "HardSigmoid":
+        nodes.append(helper.make_node("HardSigmoid", [conv_out], [y], node.name + ".activation",
+                                      alpha=params[0], beta=params[1]))
+    elif activation == "Clip":
+        if opset >= 11:
+            bounds = []
+            for i, value in enumerate(params[:2]):
+                bound = _unused_name(graph, dense, f"{y}.clip_{'min' if i == 0 else 'max'}")
+                dense[bound] = numpy_helper.from_array(np.array(value, np.float32), bound)
+                bounds.append(bound)
+            nodes.append(helper.make_node("Clip", [conv_out] + bounds, [y], node.name + ".activation"))
+        else:
+            nodes.append(helper.make_node("Clip", [conv_out], [y], node.name + ".activation", min=params[0], max=params[1]))
+    elif activation:
+        raise UnsupportedModelError(f"node {node.name!r} (CodebookConv): unknown activation {activation!r}")
+    return nodes
+
+
+def _initializer_array(graph: onnx.GraphProto, name: str, node: onnx.NodeProto) -> np.ndarray:
+    for tensor in graph.initializer:
+        if tensor.name == name:
+            return numpy_helper.to_array(tensor).astype(np.float32)
+    raise UnsupportedModelError(f"node {node.name!r} (CodebookConv): its scale {name!r} is not an initializer")
+
+
+def _unused_name(graph: onnx.GraphProto, dense: dict, base: str) -> str:
+    taken = {t.name for t in graph.initializer} | set(dense) | {o for n in graph.node for o in n.output}
+    name, i = base, 0
+    while name in taken:
+        i += 1
+        name = f"{base}.{i}"
+    return name
 
 
 def _live(nodes: list, graph_outputs: set[str]) -> list:

@@ -28,7 +28,8 @@ from onnxcomp.errors import CorruptSidecarError, UnsupportedModelError
 
 DOMAIN = "ai.onnxcomp"
 WEIGHT_SLOTS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (0, 1), "MatMul": (0, 1), "Gather": (0,)}
-KIND_OF_OP = {"Conv": "conv", "ConvTranspose": "conv", "Gather": "embedding", "CodebookGather": "embedding"}
+KIND_OF_OP = {"Conv": "conv", "ConvTranspose": "conv", "CodebookConv": "conv", "Gather": "embedding",
+              "CodebookGather": "embedding"}
 PORTABLE_CODEBOOK = ".codebook"
 PORTABLE_INDICES = ".indices"
 PORTABLE_LOOKUP = ".codebook_lookup"  # the lookup's output when outliers are scattered onto it

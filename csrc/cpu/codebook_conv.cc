@@ -1,0 +1,419 @@
+// CodebookConv: the record is decoded once, at kernel creation, into a working weight (one dense copy of the
+// layer, per-output-channel scale folded in), and the convolution itself runs in onnxruntime's own kernels,
+// invoked through the C API (CreateOp/InvokeOp): its blocked-layout NCHWc convolution where the layer qualifies,
+// else its Conv (or FusedConv when an activation is fused). The rule is documented in docs/ops.md.
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <algorithm>
+
+#include "cpu/ops.h"
+
+namespace onnxcomp {
+
+namespace {
+
+constexpr const char kNchwcDomain[] = "com.microsoft.nchwc";
+constexpr const char kMicrosoftDomain[] = "com.microsoft";
+
+std::string ConvRecord(const DecodedRecord& record) {
+  if (record.dims.size() < 3) {
+    return "the record must have rank >= 3 (dims [O, I/group, k...]), got dims " + ShapeToString(record.dims);
+  }
+  return {};
+}
+
+bool IsKnownActivation(const std::string& name) {
+  return name == "Relu" || name == "Tanh" || name == "Sigmoid" || name == "LeakyRelu" || name == "Clip" ||
+         name == "HardSigmoid";
+}
+
+// The channel block of onnxruntime's NCHWc kernels on this CPU (MLAS: 16 with AVX-512F, else 8 on x86-64), or
+// 1 where this library does not use them (other CPUs, or ONNXCOMP_CONV=ort).
+int64_t NchwcBlockSize() {
+  const char* mode = getenv("ONNXCOMP_CONV");
+  if (mode && strcmp(mode, "ort") == 0) return 1;
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") ? 16 : 8;
+#else
+  return 1;
+#endif
+}
+
+int64_t RoundUp(int64_t value, int64_t block) { return (value + block - 1) / block * block; }
+
+// OIHW -> the NCHWc filter layouts of onnxruntime's blocked convolution, output channels padded with zeros to a
+// multiple of `block`: with `blocked_input`, [O/B][I/B][k][bi][bo] (OIHWBiBo; I a multiple of B), else
+// [O/B][I][k][bo] (OIHWBo: depthwise, or an NCHW input with fewer than B channels).
+void ReorderFilter(const float* w, int64_t o_count, int64_t i_count, int64_t kernel, int64_t block,
+                   bool blocked_input, float* out) {
+  const int64_t o_blocks = RoundUp(o_count, block) / block;
+  const int64_t i_stride = i_count * kernel;
+  auto source = [&](int64_t o, int64_t i, int64_t k) { return o < o_count ? w[o * i_stride + i * kernel + k] : 0.0f; };
+  if (blocked_input) {
+    const int64_t i_blocks = i_count / block;
+    for (int64_t ob = 0; ob < o_blocks; ++ob)
+      for (int64_t ib = 0; ib < i_blocks; ++ib)
+        for (int64_t k = 0; k < kernel; ++k)
+          for (int64_t bi = 0; bi < block; ++bi)
+            for (int64_t bo = 0; bo < block; ++bo) *out++ = source(ob * block + bo, ib * block + bi, k);
+  } else {
+    for (int64_t ob = 0; ob < o_blocks; ++ob)
+      for (int64_t i = 0; i < i_count; ++i)
+        for (int64_t k = 0; k < kernel; ++k)
+          for (int64_t bo = 0; bo < block; ++bo) *out++ = source(ob * block + bo, i, k);
+  }
+}
+
+// Dense working weight: record values times scale[o] (scale may be empty).
+void DenseWeight(const DecodedRecord& record, const std::vector<float>& scale, std::vector<float>* out) {
+  out->resize(static_cast<size_t>(record.num_elements));
+  record.decode_range(0, static_cast<uint64_t>(record.num_elements), out->data());
+  if (scale.empty() || record.dims[0] == 0) return;
+  const int64_t per_channel = record.num_elements / record.dims[0];
+  for (int64_t o = 0; o < record.dims[0]; ++o) {
+    float* row = out->data() + o * per_channel;
+    for (int64_t j = 0; j < per_channel; ++j) row[j] *= scale[static_cast<size_t>(o)];
+  }
+}
+
+// Reads an optional attribute; absent leaves `value` as it is.
+template <typename T>
+void OptionalAttribute(const Ort::ConstKernelInfo& info, const char* name, T* value) {
+  try {
+    *value = info.GetAttribute<T>(name);
+  } catch (const Ort::Exception&) {
+  }
+}
+template <typename T>
+void OptionalAttributes(const Ort::ConstKernelInfo& info, const char* name, std::vector<T>* value) {
+  try {
+    *value = info.GetAttributes<T>(name);
+  } catch (const Ort::Exception&) {
+  }
+}
+
+// A float tensor input of shape [count] given at kernel creation, or absent.
+struct ChannelVector {
+  bool present = false, constant = false;
+  std::vector<float> values;
+};
+
+OrtStatus* ReadChannelVector(const RecordKernel& kernel, const Ort::ConstKernelInfo& info, size_t index,
+                             const char* what, int64_t count, ChannelVector* out) {
+  if (info.GetInputCount() <= index || info.GetInputName(index).empty()) return nullptr;
+  out->present = true;
+  int is_constant = 0;
+  Ort::ConstValue value = info.GetTensorConstantInput(index, &is_constant);
+  if (!is_constant || value == nullptr) return nullptr;
+  out->constant = true;
+  auto shape = value.GetTensorTypeAndShapeInfo().GetShape();
+  if (shape != std::vector<int64_t>{count}) {
+    return kernel.Error(std::string(what) + " shape " + ShapeToString(shape) + " is not [O] = [" +
+                        std::to_string(count) + "]");
+  }
+  const float* data = value.GetTensorData<float>();
+  out->values.assign(data, data + count);
+  return nullptr;
+}
+
+}  // namespace
+
+CodebookConvKernel::CodebookConvKernel() : RecordKernel(CodebookConvOp::kName, 1, ConvRecord) {}
+
+OrtStatus* CodebookConvKernel::ReadAttributes(const Ort::ConstKernelInfo& info) {
+  ConvAttributes& a = attributes_;
+  OptionalAttribute(info, "auto_pad", &a.auto_pad);
+  OptionalAttribute(info, "group", &a.group);
+  OptionalAttribute(info, "activation", &a.activation);
+  OptionalAttributes(info, "dilations", &a.dilations);
+  OptionalAttributes(info, "kernel_shape", &a.kernel_shape);
+  OptionalAttributes(info, "pads", &a.pads);
+  OptionalAttributes(info, "strides", &a.strides);
+  OptionalAttributes(info, "activation_params", &a.activation_params);
+  if (a.auto_pad != "NOTSET" && a.auto_pad != "VALID" && a.auto_pad != "SAME_UPPER" && a.auto_pad != "SAME_LOWER") {
+    return Error("auto_pad '" + a.auto_pad + "' is not NOTSET, VALID, SAME_UPPER or SAME_LOWER");
+  }
+  if (a.group < 1) return Error("group must be >= 1, got " + std::to_string(a.group));
+  if (!a.activation.empty() && !IsKnownActivation(a.activation)) {
+    return Error("activation '" + a.activation + "' is not Relu, Tanh, Sigmoid, LeakyRelu, Clip or HardSigmoid");
+  }
+  return nullptr;
+}
+
+OrtStatus* CodebookConvKernel::CheckWeight(const std::vector<int64_t>& w) const {
+  const ConvAttributes& a = attributes_;
+  const size_t spatial = w.size() - 2;
+  if (w[0] % a.group != 0) {
+    return Error("output channels " + std::to_string(w[0]) + " are not a multiple of group " + std::to_string(a.group));
+  }
+  if ((!a.kernel_shape.empty() && (a.kernel_shape.size() != spatial ||
+                                   !std::equal(a.kernel_shape.begin(), a.kernel_shape.end(), w.begin() + 2))) ||
+      (!a.dilations.empty() && a.dilations.size() != spatial) || (!a.strides.empty() && a.strides.size() != spatial) ||
+      (!a.pads.empty() && a.pads.size() != 2 * spatial)) {
+    return Error("kernel_shape, dilations, strides or pads do not fit the weight dims " + ShapeToString(w));
+  }
+  for (size_t i = 0; i < spatial; ++i) {
+    if ((!a.dilations.empty() && a.dilations[i] < 1) || (!a.strides.empty() && a.strides[i] < 1) ||
+        (!a.pads.empty() && (a.pads[i] < 0 || a.pads[i + spatial] < 0))) {
+      return Error("dilations and strides must be >= 1 and pads >= 0");
+    }
+  }
+  return nullptr;
+}
+
+OrtStatus* CodebookConvKernel::OutputShape(const std::vector<int64_t>& weight_dims, const std::vector<int64_t>& x,
+                                           std::vector<int64_t>* y) const {
+  const size_t spatial = weight_dims.size() - 2;
+  const ConvAttributes& a = attributes_;
+  if (x.size() != spatial + 2 || x[1] != weight_dims[1] * a.group) {
+    return Error("X shape " + ShapeToString(x) + " does not fit the weight dims " + ShapeToString(weight_dims) +
+                 " with group " + std::to_string(a.group) + " (expected [N, " +
+                 std::to_string(weight_dims[1] * a.group) + ", " + std::to_string(spatial) + " spatial dims])");
+  }
+  y->assign({x[0], weight_dims[0]});
+  for (size_t i = 0; i < spatial; ++i) {
+    const int64_t kernel = weight_dims[2 + i];
+    const int64_t dilation = a.dilations.empty() ? 1 : a.dilations[i];
+    const int64_t stride = a.strides.empty() ? 1 : a.strides[i];
+    const int64_t extent = (kernel - 1) * dilation + 1;
+    int64_t out;
+    if (a.auto_pad == "SAME_UPPER" || a.auto_pad == "SAME_LOWER") {
+      out = (x[2 + i] + stride - 1) / stride;
+    } else {
+      const int64_t pad = (a.auto_pad == "VALID" || a.pads.empty()) ? 0 : a.pads[i] + a.pads[i + spatial];
+      const int64_t span = x[2 + i] + pad - extent;
+      out = span < 0 ? 0 : span / stride + 1;
+    }
+    if (out <= 0 && x[2 + i] > 0) {
+      return Error("X shape " + ShapeToString(x) + " is too small for the kernel " + ShapeToString(weight_dims));
+    }
+    y->push_back(out);
+  }
+  return nullptr;
+}
+
+OrtStatus* CodebookConvKernel::CreateOps(const OrtKernelInfo* info) {
+  const ConvAttributes& a = attributes_;
+  std::vector<Ort::OpAttr> attrs;
+  attrs.emplace_back("auto_pad", a.auto_pad.c_str(), static_cast<int>(a.auto_pad.size()), OrtOpAttrType::ORT_OP_ATTR_STRING);
+  attrs.emplace_back("group", &a.group, 1, OrtOpAttrType::ORT_OP_ATTR_INT);
+  const std::pair<const char*, const std::vector<int64_t>*> lists[] = {
+      {"dilations", &a.dilations}, {"kernel_shape", &a.kernel_shape}, {"pads", &a.pads}, {"strides", &a.strides}};
+  for (const auto& [name, values] : lists) {
+    if (!values->empty()) {
+      attrs.emplace_back(name, values->data(), static_cast<int>(values->size()), OrtOpAttrType::ORT_OP_ATTR_INTS);
+    }
+  }
+  if (!a.activation.empty()) {
+    attrs.emplace_back("activation", a.activation.c_str(), static_cast<int>(a.activation.size()),
+                       OrtOpAttrType::ORT_OP_ATTR_STRING);
+    if (!a.activation_params.empty()) {
+      attrs.emplace_back("activation_params", a.activation_params.data(), static_cast<int>(a.activation_params.size()),
+                         OrtOpAttrType::ORT_OP_ATTR_FLOATS);
+    }
+  }
+  const char* type_names[] = {"T"};
+  const ONNXTensorElementDataType type_values[] = {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
+  if (path_ == ConvPath::kNchwc) {
+    try {
+      conv_op_ = Ort::Op::Create(info, "Conv", kNchwcDomain, 1, type_names, type_values, 1, attrs.data(), attrs.size(),
+                                 static_cast<size_t>(conv_inputs_), 1);
+      const int64_t zero = 0, channels = weight_dims_[0];
+      Ort::OpAttr input_attrs[] = {Ort::OpAttr("channels_last", &zero, 1, OrtOpAttrType::ORT_OP_ATTR_INT)};
+      if (reorder_input_) {
+        reorder_input_op_ = Ort::Op::Create(info, "ReorderInput", kNchwcDomain, 1, type_names, type_values, 1,
+                                            input_attrs, 1, 1, 1);
+      }
+      Ort::OpAttr output_attrs[] = {Ort::OpAttr("channels", &channels, 1, OrtOpAttrType::ORT_OP_ATTR_INT),
+                                    Ort::OpAttr("channels_last", &zero, 1, OrtOpAttrType::ORT_OP_ATTR_INT)};
+      reorder_output_op_ = Ort::Op::Create(info, "ReorderOutput", kNchwcDomain, 1, type_names, type_values, 1,
+                                           output_attrs, 2, 1, 1);
+      return nullptr;
+    } catch (const Ort::Exception&) {
+      return nullptr;  // this onnxruntime has no NCHWc kernels: the caller falls back to the dense path
+    }
+  }
+  try {
+    if (a.activation.empty()) {
+      conv_op_ = Ort::Op::Create(info, "Conv", "", 11, type_names, type_values, 1, attrs.data(), attrs.size(),
+                                 static_cast<size_t>(conv_inputs_), 1);
+    } else {
+      conv_op_ = Ort::Op::Create(info, "FusedConv", kMicrosoftDomain, 1, type_names, type_values, 1, attrs.data(),
+                                 attrs.size(), static_cast<size_t>(conv_inputs_), 1);
+    }
+  } catch (const Ort::Exception& e) {
+    return Error(std::string("this onnxruntime cannot run its own ") + (a.activation.empty() ? "Conv" : "FusedConv") +
+                 " for the layer (CreateOp failed: " + e.what() + ")");
+  }
+  return nullptr;
+}
+
+OrtStatus* CodebookConvKernel::Init(const OrtKernelInfo* info) {
+  if (OrtStatus* status = RecordKernel::Init(info)) return status;
+  return GuardStatus(this, [&]() -> OrtStatus* {
+    Ort::ConstKernelInfo kernel_info(info);
+    if (OrtStatus* status = ReadAttributes(kernel_info)) return status;
+    std::unique_ptr<const DecodedRecord> record = TakeConstant();
+    if (!record) {
+      // The record is not a constant: every run decodes it and runs onnxruntime's Conv (kOrt) on the result.
+      if (kernel_info.GetInputCount() > 3 && !kernel_info.GetInputName(3).empty()) {
+        return Error("the scale input needs a constant record input");
+      }
+      bias_is_constant_ = false;
+      conv_inputs_ = kernel_info.GetInputCount() > 2 && !kernel_info.GetInputName(2).empty() ? 3 : 2;
+      path_ = ConvPath::kOrt;
+      return CreateOps(info);
+    }
+    weight_dims_ = record->dims;
+    if (OrtStatus* status = CheckWeight(weight_dims_)) return status;
+    const int64_t o_count = weight_dims_[0], i_count = weight_dims_[1];
+    const ConvAttributes& a = attributes_;
+    const size_t spatial = weight_dims_.size() - 2;
+    ChannelVector bias, scale;
+    if (OrtStatus* status = ReadChannelVector(*this, kernel_info, 2, "bias", o_count, &bias)) return status;
+    if (OrtStatus* status = ReadChannelVector(*this, kernel_info, 3, "scale", o_count, &scale)) return status;
+    if (scale.present && !scale.constant) return Error("the scale input must be a constant initializer");
+    scale_ = scale.values;
+    bias_is_constant_ = !bias.present || bias.constant;
+    conv_inputs_ = bias.present ? 3 : 2;
+
+    std::vector<float> dense;
+    DenseWeight(*record, scale_, &dense);
+    record.reset();  // the working weight replaces the decoded indices
+
+    // The rule: the NCHWc path when onnxruntime's graph optimiser would use it for the same dense Conv
+    // (2-D, channel counts fitting its blocks, constant bias), else onnxruntime's Conv/FusedConv.
+    const int64_t block = NchwcBlockSize();
+    bool nchwc = block > 1 && spatial == 2 && bias_is_constant_;
+    bool blocked_input = true;
+    if (nchwc && a.group > 1) {
+      if (o_count % block != 0) {
+        nchwc = false;
+      } else if (i_count == 1 && o_count == a.group) {
+        blocked_input = false;  // depthwise
+      } else if (i_count % block != 0 || (o_count / a.group) % block != 0) {
+        nchwc = false;
+      }
+    } else if (nchwc) {
+      if (i_count < block) {
+        blocked_input = false;
+      } else if (i_count % block != 0) {
+        nchwc = false;
+      }
+    }
+    if (nchwc) {
+      const int64_t kernel = weight_dims_[2] * weight_dims_[3];
+      path_ = ConvPath::kNchwc;
+      block_ = block;
+      reorder_input_ = blocked_input || a.group > 1;
+      const int64_t o_padded = RoundUp(o_count, block);
+      weight_.assign(static_cast<size_t>(o_padded * i_count * kernel), 0.0f);
+      ReorderFilter(dense.data(), o_count, i_count, kernel, block, blocked_input, weight_.data());
+      if (bias.present) {
+        bias_ = bias.values;
+        bias_.resize(static_cast<size_t>(o_padded), 0.0f);
+      }
+      if (OrtStatus* status = CreateOps(info)) return status;
+      if (!conv_op_ || !reorder_output_op_ || (reorder_input_ && !reorder_input_op_)) {
+        path_ = ConvPath::kOrt;  // no NCHWc kernels in this onnxruntime
+        conv_op_ = Ort::Op(nullptr);
+        reorder_input_op_ = Ort::Op(nullptr);
+        reorder_output_op_ = Ort::Op(nullptr);
+      }
+    }
+    if (path_ == ConvPath::kOrt) {
+      weight_ = std::move(dense);
+      if (bias.constant) bias_ = bias.values;
+      if (OrtStatus* status = CreateOps(info)) return status;
+    }
+    std::vector<float>().swap(dense);
+    std::vector<int64_t> stored_dims = weight_dims_;
+    if (path_ == ConvPath::kNchwc) stored_dims[0] = RoundUp(o_count, block_);
+    Ort::MemoryInfo memory = Ort::MemoryInfo::CreateCpu(OrtDeviceAllocator, OrtMemTypeDefault);
+    weight_value_ = Ort::Value::CreateTensor<float>(memory, weight_.data(), weight_.size(), stored_dims.data(),
+                                                    stored_dims.size());
+    if (!bias_.empty()) {
+      const int64_t bias_dims[] = {static_cast<int64_t>(bias_.size())};
+      bias_value_ = Ort::Value::CreateTensor<float>(memory, bias_.data(), bias_.size(), bias_dims, 1);
+    }
+    return nullptr;
+  });
+}
+
+OrtStatus* CodebookConvKernel::ComputeV2(OrtKernelContext* raw_context) noexcept {
+  return GuardStatus(this, [&]() -> OrtStatus* {
+    Ort::KernelContext context(raw_context);
+    Ort::ConstValue x = context.GetInput(0);
+    const std::vector<int64_t> x_shape = x.GetTensorTypeAndShapeInfo().GetShape();
+
+    // A record that is not a constant: decode it in this run.
+    const OrtValue* weight = weight_value_;
+    if (!weight) {
+      DecodedRecord decoded;
+      const DecodedRecord* record;
+      if (OrtStatus* status = GetRecord(context, decoded, &record)) return status;
+      if (OrtStatus* status = CheckWeight(record->dims)) return status;
+      std::vector<float> run_weight;
+      DenseWeight(*record, {}, &run_weight);
+      Ort::MemoryInfo memory = Ort::MemoryInfo::CreateCpu(OrtDeviceAllocator, OrtMemTypeDefault);
+      Ort::Value run_weight_value = Ort::Value::CreateTensor<float>(memory, run_weight.data(), run_weight.size(),
+                                                         record->dims.data(), record->dims.size());
+      std::vector<int64_t> y_shape;
+      if (OrtStatus* status = OutputShape(record->dims, x_shape, &y_shape)) return status;
+      Ort::UnownedValue y = context.GetOutput(0, y_shape);
+      for (int64_t d : y_shape) {
+        if (d == 0) return nullptr;
+      }
+      const OrtValue* inputs[] = {x, run_weight_value, context.GetInput(2)};
+      OrtValue* outputs[] = {y};
+      conv_op_.Invoke(raw_context, inputs, static_cast<size_t>(conv_inputs_), outputs, 1);
+      return nullptr;
+    }
+
+    std::vector<int64_t> y_shape;
+    if (OrtStatus* status = OutputShape(weight_dims_, x_shape, &y_shape)) return status;
+    Ort::UnownedValue y = context.GetOutput(0, y_shape);
+    for (int64_t d : y_shape) {
+      if (d == 0) return nullptr;
+    }
+    const OrtValue* bias = bias_value_;
+    if (!bias_is_constant_) bias = context.GetInput(2);
+
+    if (path_ == ConvPath::kOrt) {
+      const OrtValue* inputs[] = {x, weight, bias};
+      OrtValue* outputs[] = {y};
+      conv_op_.Invoke(raw_context, inputs, static_cast<size_t>(conv_inputs_), outputs, 1);
+      return nullptr;
+    }
+    Ort::MemoryInfo memory = Ort::MemoryInfo::CreateCpu(OrtDeviceAllocator, OrtMemTypeDefault);
+    OrtAllocator* allocator = context.GetAllocator(*memory.GetConst());
+    Ort::Value blocked_x{nullptr};
+    const OrtValue* conv_input = x;
+    if (reorder_input_) {
+      std::vector<int64_t> shape = x_shape;
+      shape[1] = RoundUp(shape[1], block_);
+      blocked_x = Ort::Value::CreateTensor<float>(allocator, shape.data(), shape.size());
+      const OrtValue* in[] = {x};
+      OrtValue* out[] = {blocked_x};
+      reorder_input_op_.Invoke(raw_context, in, 1, out, 1);
+      conv_input = blocked_x;
+    }
+    std::vector<int64_t> blocked_y_shape = y_shape;
+    blocked_y_shape[1] = RoundUp(y_shape[1], block_);
+    Ort::Value blocked_y = Ort::Value::CreateTensor<float>(allocator, blocked_y_shape.data(), blocked_y_shape.size());
+    {
+      const OrtValue* inputs[] = {conv_input, weight, bias};
+      OrtValue* outputs[] = {blocked_y};
+      conv_op_.Invoke(raw_context, inputs, static_cast<size_t>(conv_inputs_), outputs, 1);
+    }
+    const OrtValue* in[] = {blocked_y};
+    OrtValue* out[] = {y};
+    reorder_output_op_.Invoke(raw_context, in, 1, out, 1);
+    return nullptr;
+  });
+}
+
+}  // namespace onnxcomp

@@ -1,0 +1,323 @@
+"""CodebookConv (the record decoded once into a working weight, run by onnxruntime's own convolution kernels) and
+the PackWeightsPass rewrite that emits it, against numpy and onnxruntime's Conv on random shapes.
+
+Tolerance: the decoded weights are exact (codebook[index] * scale), so the kernel differs from a float64
+reference only by fp32 rounding in each output's sum of C/group * prod(kernel) products (the recursive-summation
+bound gamma_n * (|X| conv |W|), n the number of products) plus the bias add and, for fused activations, one more
+rounding; the tests allow twice that bound. onnxruntime's blocked (NCHWc) and plain kernels order the sum
+differently, so across the two paths results agree to that bound, not bit for bit. The instruction-set cap
+(ONNXCOMP_ISA) does not change CodebookConv: its outputs are bit-identical under every cap.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from conftest import float_input, make_model, run_compressed, run_plain, session_with_env, weight
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxcomp
+from onnxcomp.core.sidecar import decode_record, encode_record
+
+EPS32 = 2.0 ** -24
+
+# (X shape, W shape, Conv attributes): groups, depthwise, 1x1, strides, dilations, explicit and auto pads,
+# 1-D/2-D/3-D, batch 1 and more, odd channel counts, channel counts that fit and miss the NCHWc blocks.
+CASES = [
+    ((1, 16, 12, 12), (32, 16, 3, 3), dict(pads=[1, 1, 1, 1])),
+    ((2, 3, 13, 11), (16, 3, 3, 3), dict(strides=[2, 2], pads=[1, 0, 1, 2])),
+    ((1, 32, 9, 9), (32, 1, 3, 3), dict(group=32, pads=[1, 1, 1, 1])),
+    ((3, 32, 9, 10), (32, 1, 5, 5), dict(group=32, auto_pad="SAME_UPPER", strides=[2, 2])),
+    ((2, 24, 7, 9), (24, 1, 3, 3), dict(group=24, auto_pad="SAME_LOWER")),
+    ((1, 16, 8, 8), (24, 16, 1, 1), {}),
+    ((2, 13, 8, 5), (21, 13, 1, 1), dict(strides=[2, 1])),
+    ((1, 7, 8, 8), (9, 7, 3, 3), dict(dilations=[2, 2], pads=[2, 1, 0, 3])),
+    ((1, 32, 8, 8), (32, 8, 3, 3), dict(group=4, auto_pad="VALID")),
+    ((2, 15, 11, 6), (10, 3, 2, 3), dict(group=5, dilations=[1, 2], strides=[3, 1])),
+    ((2, 5, 20), (6, 5, 3), dict(pads=[1, 2])),
+    ((1, 8, 17), (8, 1, 5), dict(group=8, auto_pad="SAME_UPPER", strides=[2])),
+    ((1, 4, 5, 6, 7), (6, 2, 3, 3, 3), dict(group=2, strides=[1, 2, 1])),
+    ((2, 3, 4, 5, 6), (5, 3, 1, 2, 2), dict(pads=[0, 1, 1, 0, 0, 1], dilations=[1, 1, 2])),
+]
+ACTIVATIONS = {"Relu": [], "Clip": [0.0, 6.0], "HardSigmoid": [0.2, 0.5], "LeakyRelu": [0.1], "Sigmoid": [], "Tanh": []}
+
+
+def random_weight(rng, shape, bits):
+    size = 1 << bits
+    codebook = np.sort(rng.standard_normal(size)).astype(np.float32) * np.float32(0.4)
+    indices = rng.integers(0, size, shape)
+    return codebook, indices, codebook[indices]
+
+
+def codebook_conv_model(record: bytes, attrs: dict, bias=None, scale=None, activation=None) -> onnx.ModelProto:
+    inits = [numpy_helper.from_array(np.frombuffer(record, np.uint8), "record")]
+    inputs = ["x", "record", "", ""]
+    if bias is not None:
+        inits.append(numpy_helper.from_array(bias, "bias"))
+        inputs[2] = "bias"
+    if scale is not None:
+        inits.append(numpy_helper.from_array(scale, "scale"))
+        inputs[3] = "scale"
+    while inputs[-1] == "":
+        inputs.pop()
+    attrs = dict(attrs)
+    if activation:
+        attrs["activation"] = activation
+        if ACTIVATIONS[activation]:
+            attrs["activation_params"] = ACTIVATIONS[activation]
+    node = helper.make_node("CodebookConv", inputs, ["y"], domain=onnxcomp.DOMAIN, **attrs)
+    graph = helper.make_graph([node], "conv", [float_input("x", None)], [float_input("y", None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(onnxcomp.DOMAIN, 1)],
+                             ir_version=8)
+
+
+def ort_conv(x, w, bias, attrs, activation=None, abs_inputs=False):
+    """onnxruntime's own Conv (graph optimisations off) with the activation as its own node."""
+    inits = [numpy_helper.from_array(np.abs(w) if abs_inputs else w, "w")]
+    inputs = ["x", "w"]
+    if bias is not None:
+        inits.append(numpy_helper.from_array(np.abs(bias) if abs_inputs else bias, "b"))
+        inputs.append("b")
+    nodes = [helper.make_node("Conv", inputs, ["c" if activation else "y"], **attrs)]
+    params = ACTIVATIONS.get(activation)
+    if activation == "Clip":
+        inits += [numpy_helper.from_array(np.float32(params[0]), "lo"), numpy_helper.from_array(np.float32(params[1]), "hi")]
+        nodes.append(helper.make_node("Clip", ["c", "lo", "hi"], ["y"]))
+    elif activation == "HardSigmoid":
+        nodes.append(helper.make_node("HardSigmoid", ["c"], ["y"], alpha=params[0], beta=params[1]))
+    elif activation == "LeakyRelu":
+        nodes.append(helper.make_node("LeakyRelu", ["c"], ["y"], alpha=params[0]))
+    elif activation:
+        nodes.append(helper.make_node(activation, ["c"], ["y"]))
+    graph = helper.make_graph(nodes, "ref", [float_input("x", None)], [float_input("y", None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": np.abs(x) if abs_inputs else x})[0]
+
+
+def numpy_conv(x, w, bias, attrs):
+    """Direct N-D convolution in float64 (ONNX Conv semantics, explicit pads or auto_pad)."""
+    x, w = x.astype(np.float64), w.astype(np.float64)
+    spatial = w.ndim - 2
+    group = attrs.get("group", 1)
+    strides = attrs.get("strides", [1] * spatial)
+    dilations = attrs.get("dilations", [1] * spatial)
+    pads = list(attrs.get("pads", [0] * 2 * spatial))
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    if auto_pad == "VALID":
+        pads = [0] * 2 * spatial
+    elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        for i in range(spatial):
+            out = -(-x.shape[2 + i] // strides[i])
+            total = max(0, (out - 1) * strides[i] + (w.shape[2 + i] - 1) * dilations[i] + 1 - x.shape[2 + i])
+            small, large = total // 2, total - total // 2
+            pads[i], pads[i + spatial] = (small, large) if auto_pad == "SAME_UPPER" else (large, small)
+    xp = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[i + spatial]) for i in range(spatial)])
+    out_shape = [(xp.shape[2 + i] - (w.shape[2 + i] - 1) * dilations[i] - 1) // strides[i] + 1 for i in range(spatial)]
+    n, o = x.shape[0], w.shape[0]
+    per_group_in, per_group_out = w.shape[1], o // group
+    y = np.zeros((n, o, *out_shape))
+    for offset in np.ndindex(*w.shape[2:]):
+        window = tuple(slice(offset[i] * dilations[i], offset[i] * dilations[i] + (out_shape[i] - 1) * strides[i] + 1,
+                             strides[i]) for i in range(spatial))
+        patch = xp[(slice(None), slice(None)) + window]  # [N, C, out...]
+        for g in range(group):
+            taps = w[g * per_group_out:(g + 1) * per_group_out, :, *offset]  # [O/g, C/g]
+            y[:, g * per_group_out:(g + 1) * per_group_out] += np.einsum(
+                "oc,nc...->no...", taps, patch[:, g * per_group_in:(g + 1) * per_group_in])
+    if bias is not None:
+        y += bias.astype(np.float64).reshape((1, -1) + (1,) * spatial)
+    return y
+
+
+def session_output(model: onnx.ModelProto, x: np.ndarray, env: dict | None = None, threads: int = 1) -> np.ndarray:
+    return session_with_env(model, env, threads).run(None, {"x": x})[0]
+
+
+def summation_bound(x, w, bias, attrs) -> np.ndarray:
+    terms = w[0].size  # C/group * prod(kernel) products per output
+    magnitude = ort_conv(x, w, bias, attrs, abs_inputs=True).astype(np.float64)
+    return 2 * ((terms + 2) * EPS32 * magnitude + 1e-30)
+
+
+@pytest.mark.parametrize("path", ["default", "ort"])
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_codebook_conv_against_numpy_and_onnxruntime(case, path):
+    x_shape, w_shape, attrs = CASES[case]
+    rng = np.random.default_rng(100 + case)
+    codebook, indices, w = random_weight(rng, w_shape, 4 if case % 2 else 6)
+    bias = rng.standard_normal(w_shape[0]).astype(np.float32) if case % 3 else None
+    scale = (rng.random(w_shape[0]) + 0.5).astype(np.float32) if case % 4 == 1 else None
+    w_effective = w if scale is None else (w * scale.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    model = codebook_conv_model(encode_record(codebook, indices, w_shape, 4 if case % 2 else 6), attrs, bias, scale)
+    y = session_output(model, x, {"ONNXCOMP_CONV": "ort"} if path == "ort" else None)
+    reference = numpy_conv(x, w_effective, bias, attrs)
+    assert y.shape == reference.shape and y.dtype == np.float32
+    bound = summation_bound(x, w_effective, bias, attrs)
+    err = np.abs(y.astype(np.float64) - reference)
+    assert (err <= bound).all(), f"max error {err.max()}, worst ratio to the bound {(err / bound).max()}"
+    np.testing.assert_allclose(y, ort_conv(x, w_effective, bias, attrs), rtol=0, atol=float(bound.max()))
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("case", [0, 2, 6, 10])
+def test_codebook_conv_fused_activation(case, activation):
+    x_shape, w_shape, attrs = CASES[case]
+    rng = np.random.default_rng(7 + case)
+    codebook, indices, w = random_weight(rng, w_shape, 5)
+    bias = rng.standard_normal(w_shape[0]).astype(np.float32)
+    x = (3 * rng.standard_normal(x_shape)).astype(np.float32)  # reaches both Clip bounds
+    model = codebook_conv_model(encode_record(codebook, indices, w_shape, 5), attrs, bias, None, activation)
+    y = session_output(model, x)
+    bound = summation_bound(x, w, bias, attrs).max()
+    np.testing.assert_allclose(y, ort_conv(x, w, bias, attrs, activation), rtol=0, atol=float(bound))
+
+
+def test_codebook_conv_is_the_same_under_every_isa_cap_and_thread_count():
+    x_shape, w_shape, attrs = CASES[0]
+    rng = np.random.default_rng(5)
+    codebook, indices, _ = random_weight(rng, w_shape, 4)
+    model = codebook_conv_model(encode_record(codebook, indices, w_shape, 4), attrs, rng.standard_normal(32).astype(np.float32))
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    outputs = [session_output(model, x, {"ONNXCOMP_ISA": isa}) for isa in ("scalar", "avx2", "avx512")]
+    outputs.append(session_output(model, x, threads=2))
+    for y in outputs[1:]:
+        np.testing.assert_array_equal(y, outputs[0])
+
+
+@pytest.mark.parametrize("case", [0, 2, 10, 12])
+def test_codebook_conv_applies_record_outliers(case):
+    """A version-2 record's outliers reach the working weight (the numpy reference decoder's dense values)."""
+    x_shape, w_shape, attrs = CASES[case]
+    rng = np.random.default_rng(30 + case)
+    codebook, indices, _ = random_weight(rng, w_shape, 4)
+    count = max(1, indices.size // 50)
+    positions = np.sort(rng.choice(indices.size, count, replace=False))
+    values = (rng.standard_normal(count) * 20).astype(np.float32)
+    record = encode_record(codebook, indices, w_shape, 4, positions, values)
+    w = decode_record(record).to_dense().reshape(w_shape)
+    np.testing.assert_allclose(w.ravel()[positions], values, rtol=2 ** -10)  # values may be stored as float16
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    for env in (None, {"ONNXCOMP_CONV": "ort"}):
+        y = session_output(codebook_conv_model(record, attrs), x, env)
+        bound = summation_bound(x, w, None, attrs)
+        assert (np.abs(y.astype(np.float64) - numpy_conv(x, w, None, attrs)) <= bound).all()
+
+
+def test_codebook_conv_record_that_is_a_graph_input():
+    """A record that is not a constant is decoded in every run (and still computes the convolution)."""
+    x_shape, w_shape, attrs = CASES[2]
+    rng = np.random.default_rng(11)
+    codebook, indices, w = random_weight(rng, w_shape, 4)
+    record = np.frombuffer(encode_record(codebook, indices, w_shape, 4), np.uint8)
+    node = helper.make_node("CodebookConv", ["x", "record"], ["y"], domain=onnxcomp.DOMAIN, **attrs)
+    graph = helper.make_graph([node], "g", [float_input("x", None), helper.make_tensor_value_info("record", TensorProto.UINT8, None)],
+                              [float_input("y", None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(onnxcomp.DOMAIN, 1)],
+                              ir_version=8)
+    session = ort.InferenceSession(model.SerializeToString(), onnxcomp.runtime.session_options(), providers=["CPUExecutionProvider"])
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    y = session.run(None, {"x": x, "record": record})[0]
+    np.testing.assert_allclose(y, numpy_conv(x, w, None, attrs), rtol=0, atol=float(summation_bound(x, w, None, attrs).max()))
+
+
+def test_codebook_conv_errors_name_the_node():
+    rng = np.random.default_rng(2)
+    codebook, indices, _ = random_weight(rng, (8, 4, 3, 3), 4)
+    model = codebook_conv_model(encode_record(codebook, indices, (8, 4, 3, 3), 4), {})
+    model.graph.node[0].name = "conv1"
+    session = ort.InferenceSession(model.SerializeToString(), onnxcomp.runtime.session_options(), providers=["CPUExecutionProvider"])
+    with pytest.raises(Exception, match=r"onnxcomp: node 'conv1' \(CodebookConv\): X shape \[1, 5, 6, 6\] does not fit"):
+        session.run(None, {"x": np.zeros((1, 5, 6, 6), np.float32)})
+    bad = codebook_conv_model(encode_record(codebook, indices, (8, 4, 3, 3), 4), {"group": 3})
+    with pytest.raises(Exception, match=r"output channels 8 are not a multiple of group 3"):
+        ort.InferenceSession(bad.SerializeToString(), onnxcomp.runtime.session_options(), providers=["CPUExecutionProvider"])
+    matrix = codebook_conv_model(encode_record(codebook, indices.reshape(8, 36), (8, 36), 4), {})
+    with pytest.raises(Exception, match=r"the record must have rank >= 3"):
+        ort.InferenceSession(matrix.SerializeToString(), onnxcomp.runtime.session_options(), providers=["CPUExecutionProvider"])
+
+
+# ---- the pass: Conv (+ BatchNormalization + activation) -> CodebookConv ----------------------------------------
+
+def mobile_block(rng) -> onnx.ModelProto:
+    """Conv -> BatchNormalization -> Clip(0, 6), depthwise Conv (bias) -> Relu, 1x1 Conv -> HardSigmoid, and a Conv
+    whose output is also a graph output (nothing fused after it)."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], strides=[2, 2], name="conv1"),
+        helper.make_node("BatchNormalization", ["c1", "gamma", "beta", "mean", "var"], ["n1"], epsilon=1e-3),
+        helper.make_node("Clip", ["n1", "lo", "hi"], ["a1"]),
+        helper.make_node("Conv", ["a1", "w2", "b2"], ["c2"], group=16, pads=[1, 1, 1, 1], name="conv2"),
+        helper.make_node("Relu", ["c2"], ["a2"]),
+        helper.make_node("Conv", ["a2", "w3"], ["c3"], name="conv3"),
+        helper.make_node("HardSigmoid", ["c3"], ["y"], alpha=0.25, beta=0.4),
+        helper.make_node("Conv", ["a2", "w4"], ["side"], auto_pad="SAME_UPPER", name="conv4"),
+    ]
+    inits = [weight(rng, "w1", (16, 3, 3, 3), 0.3), numpy_helper.from_array((rng.random(16) + 0.5).astype(np.float32), "gamma"),
+             weight(rng, "beta", (16,)), weight(rng, "mean", (16,), 0.1),
+             numpy_helper.from_array((rng.random(16) + 0.2).astype(np.float32), "var"),
+             numpy_helper.from_array(np.float32(0.0), "lo"), numpy_helper.from_array(np.float32(6.0), "hi"),
+             weight(rng, "w2", (16, 1, 3, 3), 0.5), weight(rng, "b2", (16,)), weight(rng, "w3", (24, 16, 1, 1), 0.3),
+             weight(rng, "w4", (8, 16, 3, 3), 0.2)]
+    return make_model(nodes, [float_input("x", ["n", 3, 16, 16])],
+                      [float_input("y", ["n", 24, 8, 8]), float_input("side", ["n", 8, 8, 8])], inits)
+
+
+def test_pass_fuses_batch_norm_and_activations_into_codebook_conv(tmp_path):
+    rng = np.random.default_rng(21)
+    model = mobile_block(rng)
+    source, out, dense = tmp_path / "in.onnx", tmp_path / "out.onnx", tmp_path / "dense.onnx"
+    onnx.save(model, source)
+    onnxcomp.compress(source, out, bits=8, min_elements=100)
+    compressed = onnx.load(out, load_external_data=False)
+    ops = [(n.domain, n.op_type) for n in compressed.graph.node]
+    assert ops.count((onnxcomp.DOMAIN, "CodebookConv")) == 4
+    assert not {"BatchNormalization", "Clip", "Relu", "HardSigmoid", "Conv"} & {op for _, op in ops}
+    by_name = {n.name: n for n in compressed.graph.node}
+    attrs = {name: {a.name: helper.get_attribute_value(a) for a in by_name[name].attribute} for name in by_name}
+    assert attrs["conv1"]["activation"] == b"Clip" and attrs["conv1"]["activation_params"] == [0.0, 6.0]
+    assert len(by_name["conv1"].input) == 4  # X, record, folded bias, BatchNormalization's scale
+    assert attrs["conv2"]["activation"] == b"Relu" and attrs["conv2"]["group"] == 16
+    assert attrs["conv3"]["activation"] == b"HardSigmoid" and attrs["conv3"]["activation_params"] == pytest.approx([0.25, 0.4])
+    assert "activation" not in attrs["conv4"] and attrs["conv4"]["auto_pad"] == b"SAME_UPPER"
+
+    x = rng.standard_normal((2, 3, 16, 16)).astype(np.float32)
+    got = run_compressed(out, {"x": x})
+    # Decompressed: standard ops only, and the same function (BatchNormalization stays folded into the weight).
+    onnxcomp.decompress(out, dense)
+    plain = onnx.load(dense)
+    assert all(n.domain in ("", "ai.onnx") for n in plain.graph.node)
+    assert {n.op_type for n in plain.graph.node} == {"Conv", "Clip", "Relu", "HardSigmoid"}
+    for g, d in zip(got, run_plain(plain, {"x": x})):
+        np.testing.assert_allclose(g, d, rtol=1e-5, atol=1e-5 * float(np.abs(d).max()))
+    # Against the original: 8-bit codebooks keep each weight within half a codebook step of the original.
+    for g, o in zip(got, run_plain(model, {"x": x})):
+        assert np.abs(g - o).max() <= 0.05 * float(np.abs(o).max())
+    # inspect and verify see the convolution weights.
+    kinds = {w.name: (w.op, w.kind) for w in onnxcomp.inspect(out).weights}
+    assert kinds["w1"] == ("CodebookConv", "conv") and kinds["w3"] == ("CodebookConv", "conv")
+    result = onnxcomp.verify(source, out, samples=4, per_layer=True)
+    assert {layer.name for layer in result.layers} == {"w1", "w2", "w3", "w4"}
+    assert result.min_cosine > 0.99
+
+
+def test_pass_leaves_a_shared_batch_norm_input_alone(tmp_path):
+    """A Conv whose output feeds BatchNormalization and another node keeps the BatchNormalization as a node."""
+    rng = np.random.default_rng(4)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], ["n"]),
+             helper.make_node("Add", ["n", "c"], ["y"])]
+    inits = [weight(rng, "w", (8, 8, 3, 3), 0.3)] + [
+        numpy_helper.from_array((rng.random(8) + 0.5).astype(np.float32), name) for name in "gbmv"]
+    model = make_model(nodes, [float_input("x", [1, 8, 6, 6])], [float_input("y", [1, 8, 6, 6])], inits)
+    onnx.save(model, tmp_path / "in.onnx")
+    onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx", bits=8, min_elements=100)
+    ops = [n.op_type for n in onnx.load(tmp_path / "out.onnx", load_external_data=False).graph.node]
+    assert ops.count("CodebookConv") == 1 and "BatchNormalization" in ops
+    x = rng.standard_normal((1, 8, 6, 6)).astype(np.float32)
+    want = run_plain(model, {"x": x})[0]
+    assert np.abs(run_compressed(tmp_path / "out.onnx", {"x": x})[0] - want).max() <= 0.05 * float(np.abs(want).max())
