@@ -56,6 +56,20 @@ def session_options(options: ort.SessionOptions | None = None) -> ort.SessionOpt
     return options
 
 
+# onnxruntime's "fatal" level: onnxcomp's own sessions report every failure as an exception, which the CLI turns
+# into one clean line; onnxruntime's own coloured "[E:onnxruntime:...]" log line would otherwise come first.
+QUIET_LOG_SEVERITY = 4
+
+
+def quiet_session_options(custom_ops: bool = False) -> ort.SessionOptions:
+    """Options for onnxcomp's own sessions (verify, --eval, calibration, the budget search): onnxruntime logs
+    nothing below fatal, since every failure reaches the caller as an exception. ``custom_ops`` registers the
+    custom-op library (``OnnxcompError`` when it is missing)."""
+    options = session_options() if custom_ops else ort.SessionOptions()
+    options.log_severity_level = QUIET_LOG_SEVERITY
+    return options
+
+
 def InferenceSession(path, sess_options: ort.SessionOptions | None = None, **kwargs) -> ort.InferenceSession:  # noqa: N802 - mirrors onnxruntime's name
     """An ``onnxruntime.InferenceSession`` able to run onnxcomp-compressed models."""
     kwargs.setdefault("providers", ["CPUExecutionProvider"])

@@ -150,7 +150,7 @@ def test_an_interrupted_sensitivity_analysis_resumes_from_its_cache(tmp_path, rn
 
 def test_line_progress_writes_whole_lines_with_the_time_left():
     import io
-    from onnxcomp.progress import LineProgress
+    from onnxcomp.front.terminal import LineProgress
     stream = io.StringIO()
     lines = LineProgress(stream, interval=0.0)
     for done in range(5):

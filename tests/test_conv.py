@@ -272,7 +272,9 @@ def test_pass_fuses_batch_norm_and_activations_into_codebook_conv(tmp_path):
     model = mobile_block(rng)
     source, out, dense = tmp_path / "in.onnx", tmp_path / "out.onnx", tmp_path / "dense.onnx"
     onnx.save(model, source)
-    onnxcomp.compress(source, out, bits=8, min_elements=100)
+    # 5 bits: at 8 bits the 144-weight depthwise record (a 256-entry codebook) would not be smaller than the weight,
+    # and such weights stay dense.
+    onnxcomp.compress(source, out, bits=5, min_elements=100)
     compressed = onnx.load(out, load_external_data=False)
     ops = [(n.domain, n.op_type) for n in compressed.graph.node]
     assert ops.count((onnxcomp.DOMAIN, "CodebookConv")) == 4
@@ -294,9 +296,9 @@ def test_pass_fuses_batch_norm_and_activations_into_codebook_conv(tmp_path):
     assert {n.op_type for n in plain.graph.node} == {"Conv", "Clip", "Relu", "HardSigmoid"}
     for g, d in zip(got, run_plain(plain, {"x": x})):
         np.testing.assert_allclose(g, d, rtol=1e-5, atol=1e-5 * float(np.abs(d).max()))
-    # Against the original: 8-bit codebooks keep each weight within half a codebook step of the original.
+    # Against the original: 5-bit codebooks (about 3 % relative error per weight) through three layers.
     for g, o in zip(got, run_plain(model, {"x": x})):
-        assert np.abs(g - o).max() <= 0.05 * float(np.abs(o).max())
+        assert np.linalg.norm(g - o) <= 0.1 * float(np.linalg.norm(o))
     # inspect and verify see the convolution weights.
     kinds = {w.name: (w.op, w.kind) for w in onnxcomp.inspect(out).weights}
     assert kinds["w1"] == ("CodebookConv", "conv") and kinds["w3"] == ("CodebookConv", "conv")

@@ -1,21 +1,20 @@
 """The C++ host example (examples/cpp_host): built with CMake against the onnxruntime library of the installed
-wheel, it runs compressed bundled models with no Python and prints what the Python session computes."""
+wheel by its README's own commands, run from where the README leaves the user, it runs compressed bundled
+models with no Python and prints what the Python session computes."""
 
-import glob
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 import onnxcomp
+from checkout import fenced_blocks, repository_root_like, run_shell
 from onnxcomp.pipeline.compression import compress
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = ROOT / "examples" / "cpp_host"
+README = ROOT / "examples" / "cpp_host" / "README.md"
 
 pytestmark = pytest.mark.skipif(
     shutil.which("cmake") is None or (shutil.which("c++") is None and shutil.which("g++") is None),
@@ -23,16 +22,32 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def host(tmp_path_factory) -> Path:
-    """The onnxcomp_run program, built once for this module (headers as for the library: ORT_INCLUDE_DIR or fetched)."""
-    libraries = glob.glob(os.path.join(os.path.dirname(ort.__file__), "capi", "libonnxruntime.so*"))
-    assert libraries, f"the onnxruntime wheel at {os.path.dirname(ort.__file__)} ships no capi/libonnxruntime.so*"
-    build = tmp_path_factory.mktemp("cpp_host")
-    for command in (["cmake", "-S", str(EXAMPLE), "-B", str(build), f"-DONNXRUNTIME_LIBRARY={sorted(libraries)[0]}"],
-                    ["cmake", "--build", str(build), "-j", "2"]):
-        result = subprocess.run(command, capture_output=True, text=True)
-        assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}"
-    return build / "onnxcomp_run"
+def checkout(tmp_path_factory) -> Path:
+    """A folder laid out like the repository root, where the example's README leaves the user."""
+    return repository_root_like(tmp_path_factory.mktemp("checkout"))
+
+
+@pytest.fixture(scope="module")
+def host(checkout) -> Path:
+    """The onnxcomp_run program, built once for this module by the README's build block, run as written from the
+    repository root (headers as for the library: ORT_INCLUDE_DIR or fetched)."""
+    build_block = next(block for block in fenced_blocks(README) if "cmake --build" in block)
+    result = run_shell(build_block, checkout)
+    assert result.returncode == 0, f"the README's build block failed:\n{result.stdout}\n{result.stderr}"
+    return checkout / "build" / "cpp_host" / "onnxcomp_run"
+
+
+def test_readme_run_block_works_from_the_repository_root(host, checkout):
+    """The README's run lines, as written (the venv's python, the library found from the source folder)."""
+    run_block = next(block for block in fenced_blocks(README) if "onnxcomp_run" in block)
+    assert "python3" not in run_block.replace(".venv/bin/python", "")  # the venv's python, not whatever python3 is
+    result = run_shell(run_block, checkout)
+    assert result.returncode == 0, f"the README's run block failed:\n{result.stdout}\n{result.stderr}"
+    got = parse_outputs(result.stdout[result.stdout.index("output "):])
+    x = np.load(ROOT / "models" / "fashion_eval.npz")["input"][:4]
+    session = onnxcomp.InferenceSession(checkout / "small.onnx")
+    (expected,) = session.run(None, {session.get_inputs()[0].name: x})
+    np.testing.assert_allclose(got["logits"], expected, rtol=1e-5, atol=1e-5)
 
 
 def parse_outputs(stdout: str) -> dict[str, np.ndarray]:

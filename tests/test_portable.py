@@ -39,7 +39,10 @@ def test_portable_equals_custom_op(mixed_model, tmp_path, rng, bits):  # noqa: F
     assert all(o.domain in ("", "ai.onnx") for o in model.opset_import)
     onnx.checker.check_model(model, full_check=True)
     indices = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name.endswith(".indices")}
-    assert set(indices) == {"w_gemm.indices", "w_matmul.indices", "table.indices", "w_conv.indices"}
+    # At 9 bits w_matmul's 16-bit indices and 512-entry codebook would outgrow its 768 float32 values: left dense, said.
+    dense = {name for name, _ in report.skipped}
+    assert dense == ({"w_matmul"} if bits == 9 else set())
+    assert set(indices) == {f"{name}.indices" for name in {"w_gemm", "w_matmul", "table", "w_conv"} - dense}
     p = packing_bits(1 << bits)
     for layer in report.layers:
         stored = indices[layer.name + ".indices"]
@@ -47,7 +50,9 @@ def test_portable_equals_custom_op(mixed_model, tmp_path, rng, bits):  # noqa: F
         assert stored.nbytes == -(-layer.params * p // 8)
         assert layer.bytes_after == stored.nbytes + 4 * layer.codebook_size
     feeds = mixed_feeds(rng)
-    for a, b in zip(run_plain(portable, feeds), run_compressed(custom, feeds)):  # stock onnxruntime vs the library
+    for i, (a, b) in enumerate(zip(run_plain(portable, feeds), run_compressed(custom, feeds))):  # stock onnxruntime vs the library
+        if i == 0 and dense:  # h2 = (x W_gemm) W_matmul: W_matmul dense in one, compressed in the other
+            continue
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())  # fp32 summation order
     inspected = {w.name: w for w in onnxcomp.inspect(portable).weights}
     reported = {layer.name: layer for layer in report.layers}

@@ -94,7 +94,8 @@ def test_recipes_cli(tmp_path):
                  "--conv-bits", "6", "--report", report, "-q")
     assert result.returncode == 0, result.stderr
     layers = {layer["name"]: layer for layer in json.loads(report.read_text())["layers"]}
-    assert set(layers) == {"fc1.weight", "fc3.weight"}  # fc3 qualifies through min-elements 100, fc2 skipped
+    # fc3 (and fc1's 300-element bias, kind other) qualify through min-elements 100, fc2.* skipped
+    assert set(layers) == {"fc1.weight", "fc1.bias", "fc3.weight"} and layers["fc1.bias"]["kind"] == "other"
     assert layers["fc1.weight"]["bits"] == 5 and layers["fc3.weight"]["bits"] == 2
     assert layers["fc1.weight"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
     explicit = cli("compress", BUNDLED, tmp_path / "out.onnx", "--recipe", "deep-compression", "--fc-bits", "3", "--report", report, "-q")

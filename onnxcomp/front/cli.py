@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import sys
@@ -11,10 +12,47 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+import typer.core
 
 from onnxcomp.errors import OnnxcompError, OutputError
+from onnxcomp.front.terminal import print_table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Deep Compression for ONNX models.")
+try:  # typer >= 0.22 carries its own copy of click
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # older typer runs on click itself
+    from click import exceptions as click_exceptions
+
+
+class Commands(typer.core.TyperGroup):
+    """onnxcomp's command group: a usage error is one line (``error: ...``) like every other error, with the
+    help command to run, instead of click's boxed message; its exit code (2) is kept."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click_exceptions.NoArgsIsHelpError:  # the help was printed when the error was made
+            sys.exit(2)
+        except click_exceptions.ClickException as error:
+            typer.echo(f"error: {usage_message(error)}", err=True)
+            sys.exit(error.exit_code)
+        except typer.Abort:
+            typer.echo("error: aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def usage_message(error) -> str:
+    """A click error as one line, ending with the help command of the command it concerns."""
+    message = " ".join(line.strip() for line in error.format_message().splitlines() if line.strip())
+    context = getattr(error, "ctx", None)
+    if context is not None and isinstance(error, click_exceptions.UsageError):
+        message += f" (see: {context.command_path} --help)"
+    return message
+
+
+app = typer.Typer(cls=Commands, add_completion=False, no_args_is_help=True, help="Deep Compression for ONNX models.")
 
 
 class PruneMethod(str, Enum):
@@ -62,13 +100,21 @@ def main() -> None:
 def _setup_logging(quiet: bool, verbose: bool) -> None:
     level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s")
+    if quiet:  # quiet means quiet: graphsurgeon has its own logger, printing to the terminal
+        from onnx_graphsurgeon.logger import G_LOGGER
+        G_LOGGER.severity = G_LOGGER.CRITICAL
 
 
 @contextlib.contextmanager
 def _user_errors(debug: bool):
-    """Turn onnxcomp's errors into a one-line message and exit code 1 (tracebacks with --debug)."""
+    """Turn onnxcomp's errors into a one-line message and exit code 1 (tracebacks with --debug); progress bars
+    end first, so nothing is drawn after the result or the error."""
+    from onnxcomp.front.terminal import close_progress_bars
     try:
-        yield
+        try:
+            yield
+        finally:
+            close_progress_bars()
     except OnnxcompError as error:
         if debug:
             raise
@@ -84,15 +130,15 @@ def _user_errors(debug: bool):
 
 
 def _progress(quiet: bool, lines: bool = False):
-    """Progress bars on stderr when it is a terminal and not --quiet (onnxcomp/progress.py), else None; with
+    """Progress bars on stderr when it is a terminal and not --quiet (onnxcomp/front/terminal.py), else None; with
     ``lines`` (long commands such as --budget), one line per step when stderr is not a terminal."""
-    from onnxcomp.progress import line_or_terminal_progress, terminal_progress
-    return line_or_terminal_progress(quiet) if lines else terminal_progress(quiet)
+    from onnxcomp.front.terminal import progress_bars, progress_bars_or_lines
+    return progress_bars_or_lines(quiet) if lines else progress_bars(quiet)
 
 
 QUIET = typer.Option(False, "--quiet", "-q", help="Print nothing but errors (no progress bars either).")
 VERBOSE = typer.Option(False, "--verbose", "-v", help="Log each decision.")
-DEBUG = typer.Option(False, help="Show tracebacks.")
+DEBUG = typer.Option(False, "--debug", help="Show tracebacks.")
 
 
 def _bits_option(value: Optional[int], kind: str) -> None:
@@ -121,7 +167,7 @@ def compress(
     calib_batch: int = typer.Option(64, min=1, help="Calibration batch size."),
     activation_threshold: float = typer.Option(0.0, help="An input 'fires' above this value (tfidf statistics)."),
     reconstruct: Optional[bool] = typer.Option(None, "--reconstruct/--no-reconstruct", help="Least-squares refit of kept weights and codebooks (default: on with --calib)."),
-    sequential: bool = typer.Option(False, help="With --calib: compress layer by layer in graph order, each refit to the already-compressed layers before it."),
+    sequential: bool = typer.Option(False, "--sequential", help="With --calib: compress layer by layer in graph order, each refit to the layers compressed before it."),
     ridge: float = typer.Option(1e-2, min=0.0, help="Ridge regularisation of the refit, relative to the mean input energy."),
     rounding: Rounding = typer.Option(Rounding.obs, help="With --calib: obs rounds weights to the codebook compensating each error in the weights not yet rounded; nearest rounds each alone."),
     outliers: str = typer.Option("auto", help="Weights kept exact beside each codebook: auto (a fraction per layer chosen by measured error, 0 allowed), or a fraction of each layer's kept weights, e.g. 0.005 (0: none)."),
@@ -139,21 +185,17 @@ def compress(
     init: Init = typer.Option(Init.quantile, help="Codebook initialisation before k-means."),
     recipe: Optional[str] = typer.Option(None, help="A built-in recipe (see: onnxcomp recipes); explicit options override it."),
     config: Optional[Path] = typer.Option(None, help="A recipe file (TOML): options and per-layer rules by name pattern (docs/guide.md)."),
-    format: Format = typer.Option(Format.custom_op, "--format", help="custom-op: Huffman-coded sidecar + onnxcomp ops (smallest); portable: standard ONNX ops only, no sidecar, no library (about 4x at most)."),
+    format: Format = typer.Option(Format.custom_op, "--format", help="custom-op: Huffman-coded sidecar + onnxcomp ops, the smallest; portable: standard ONNX ops only, no sidecar, no library, larger (7.5x against 13.4x on LeNet-300-100, docs/guide.md)."),
     min_elements: int = typer.Option(1024, min=1, help="Leave weights with fewer elements dense."),
     seed: int = typer.Option(0, help="Seed for every random choice (k-means sampling)."),
     eval_data: Optional[Path] = typer.Option(None, "--eval", help=".npz with model inputs and 'labels': print top-1 accuracy before and after."),
     report: Optional[Path] = typer.Option(None, help="Write the per-layer report as JSON here (schema: docs/report.md)."),
-    html: Optional[Path] = typer.Option(None, help="Write a self-contained HTML page with per-layer plots and weight histograms (needs matplotlib: onnxcomp[report])."),
+    html: Optional[Path] = typer.Option(None, help="Write a self-contained HTML page with per-layer plots and weight histograms (needs matplotlib: pip install 'onnxcomp\\[report]')."),  # \\[ shows "[" (rich markup)
     quiet: bool = QUIET, verbose: bool = VERBOSE, debug: bool = DEBUG,
 ) -> None:
-    """Compress IN into OUT plus a sidecar file.
+    """Compress IN into OUT plus a sidecar file (the options most runs need first; docs/guide.md).
 
-    Examples: onnxcomp compress model.onnx small.onnx --sparsity 0.6 --bits 4 --eval data.npz
-
-    onnxcomp compress model.onnx portable.onnx --format portable
-
-    onnxcomp compress model.onnx small.onnx --recipe deep-compression --config my-layers.toml
+    Example: onnxcomp compress model.onnx small.onnx --eval data.npz
     """
     for value, kind in ((bits, "bits"), (fc_bits, "fc-bits"), (conv_bits, "conv-bits"), (embedding_bits, "embedding-bits")):
         _bits_option(value, kind)
@@ -165,7 +207,7 @@ def compress(
              if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}
     values = {name: value.value if isinstance(value, Enum) else value for name, value in ctx.params.items()}
     options = {name: values[name] for name in PIPELINE_OPTIONS if name in given or (recipe is None and config is None)}
-    per_kind = {} if bits is None else {kind: bits for kind in ("conv", "fc", "embedding")}
+    per_kind = {} if bits is None else {kind: bits for kind in ("conv", "fc", "embedding", "other")}
     for kind, value in (("fc", fc_bits), ("conv", conv_bits), ("embedding", embedding_bits)):
         if value is not None:
             per_kind[kind] = value
@@ -199,17 +241,45 @@ def compress(
         _print_summary(result)
 
 
+# compress --help: the options most runs need stay in the first panel, the rest are grouped below it.
+COMPRESS_PANELS = {
+    "Pruning": ("prune", "score", "threshold", "sensitivity", "scope", "min_elements", "activation_threshold",
+                "tfidf_power", "tfidf_smoothing", "tfidf_constant", "tfidf_exponent"),
+    "Weight sharing (k-means codebooks)": ("fc_bits", "conv_bits", "embedding_bits", "init", "outliers", "seed"),
+    "Calibration and refit (with --calib)": ("calib_samples", "calib_batch", "reconstruct", "sequential", "ridge",
+                                             "rounding"),
+    "Quality budget (with --budget)": ("holdout", "cache_dir"),
+    "Reports and recipe files": ("report", "html", "config"),
+}
+
+
+def _help_panels(command, panels: dict[str, tuple[str, ...]]) -> None:
+    """Put ``command``'s options into rich help panels by parameter name (unlisted ones stay in "Options")."""
+    for name, parameter in inspect.signature(command).parameters.items():
+        for panel, names in panels.items():
+            if name in names:
+                parameter.default.rich_help_panel = panel
+
+
+_help_panels(compress, COMPRESS_PANELS)
+
+
+SUMMARY_COLUMNS = (("weight", "left"), ("kind", "left"), ("shape", "left"), ("sparsity", "right"), ("K", "right"),
+                   ("before", "right"), ("after", "right"), ("ratio", "right"))
+
+
 def _print_summary(result) -> None:
     if not result.layers:
-        typer.echo(f"nothing to compress in {result.input_path}: no float32 weight qualifies; {result.output_path} is a copy")
+        typer.echo(f"nothing to compress in {result.input_path}: no float weight qualifies; {result.output_path} "
+                   "holds the same weights, uncompressed, and no sidecar")
     else:
-        typer.echo(f"{'weight':<28} {'kind':<9} {'shape':<14} {'sparsity':>8} {'K':>5} {'before':>11} {'after':>10} {'ratio':>7}")
-        for layer in result.layers:
-            shape = "x".join(map(str, layer.shape))
-            typer.echo(f"{layer.name[:28]:<28} {layer.kind:<9} {shape:<14} {layer.sparsity:>8.1%} {layer.codebook_size:>5} "
-                       f"{layer.bytes_before:>11,} {layer.bytes_after:>10,} {layer.ratio:>6.1f}x")
+        print_table(SUMMARY_COLUMNS, ([layer.name, layer.kind, "x".join(map(str, layer.shape)), f"{layer.sparsity:.1%}",
+                                       str(layer.codebook_size), f"{layer.bytes_before:,}", f"{layer.bytes_after:,}",
+                                       f"{layer.ratio:.1f}x"] for layer in result.layers))
     for name, reason in result.skipped:
         typer.echo(f"left dense: {name}: {reason}")
+    typer.echo(f"coverage: {result.coverage:.1%} of {result.float_params:,} float parameters compressed"
+               + (f" ({len(result.skipped)} tensor{'s' if len(result.skipped) != 1 else ''} left dense, listed above)" if result.skipped else ""))
     typer.echo(f"total: {result.input_bytes:,} bytes -> {result.output_bytes:,} bytes "
                f"({result.output_path} + {result.sidecar_path or 'no sidecar'}): {result.ratio:.1f}x smaller")
     if result.budget:
@@ -263,14 +333,18 @@ def inspect(
 
 def _print_inspection(result) -> None:
     typer.echo(f"{result.path}: {result.format} model, {result.file_bytes:,} bytes on disk")
-    typer.echo(f"{'weight':<24} {'op':<15} {'kind':<9} {'shape':<14} {'params':>9} {'sparsity':>8} {'bits':>4} "
-               f"{'K':>6} {'stored':>10} {'bits/w':>6} {'entropy':>10} {'outliers':>9} {'out.bytes':>9}")
-    for w in result.weights:
-        shape = "x".join(map(str, w.shape))
-        k = "-" if w.codebook_size is None else str(w.codebook_size)
-        typer.echo(f"{w.name[:24]:<24} {w.op[:15]:<15} {w.kind:<9} {shape:<14} {w.params:>9,} {w.sparsity:>8.1%} {w.bits:>4} "
-                   f"{k:>6} {w.stored_bytes:>10,} {w.bits_per_weight:>6.2f} {w.entropy_bytes:>10,} {w.outliers:>9,} "
-                   f"{w.outlier_bytes:>9,}")
+    # kind and element count follow from op and shape (both are in --json): left out to fit 80 columns; the
+    # outlier columns only when some weight keeps outliers
+    columns = [("weight", "left"), ("op", "left"), ("shape", "left"), ("sparsity", "right"), ("bits", "right"),
+               ("K", "right"), ("stored", "right"), ("bits/w", "right"), ("entropy", "right")]
+    rows = [[w.name, w.op, "x".join(map(str, w.shape)), f"{w.sparsity:.1%}", str(w.bits),
+             "-" if w.codebook_size is None else str(w.codebook_size), f"{w.stored_bytes:,}",
+             f"{w.bits_per_weight:.2f}", f"{w.entropy_bytes:,}"] for w in result.weights]
+    if any(w.outliers for w in result.weights):
+        columns += [("outliers", "right"), ("out.bytes", "right")]
+        for row, w in zip(rows, result.weights):
+            row += [f"{w.outliers:,}", f"{w.outlier_bytes:,}"]
+    print_table(columns, rows)
     typer.echo(f"total: {result.params:,} weights, {result.dense_bytes:,} bytes as float32 -> {result.stored_bytes:,} "
                f"stored ({result.ratio:.1f}x)")
 
@@ -326,11 +400,11 @@ def verify(
             typer.echo(f"no --calib data: compared on {result.samples} random inputs (seed {seed}) drawn from the declared shapes")
         else:
             typer.echo(f"compared on {result.samples} samples from {calib}")
-        typer.echo(f"{'output':<20} {'shape':<12} {'max abs err':>12} {'rel L2':>10} {'cosine':>10} {'top-1 agree':>11}")
-        for o in result.outputs:
-            top1 = "-" if o.top1_agreement is None else f"{o.top1_agreement:.2%}"
-            typer.echo(f"{o.name[:20]:<20} {'x'.join(map(str, o.shape)):<12} {o.max_abs_error:>12.4g} "
-                       f"{o.relative_l2_error:>10.4g} {o.cosine:>10.6f} {top1:>11}")
+        columns = (("output", "left"), ("shape", "left"), ("max abs err", "right"), ("rel L2", "right"),
+                   ("cosine", "right"), ("top-1 agree", "right"))
+        print_table(columns, ([o.name, "x".join(map(str, o.shape)), f"{o.max_abs_error:.4g}", f"{o.relative_l2_error:.4g}",
+                               f"{o.cosine:.6f}", "-" if o.top1_agreement is None else f"{o.top1_agreement:.2%}"]
+                              for o in result.outputs))
         if result.layers is not None:
             _print_layers(result)
     problems = result.failures(min_cosine, min_top1)
@@ -343,13 +417,12 @@ def verify(
 def _print_layers(result) -> None:
     whole = next(o for o in result.outputs if o.name == result.per_layer_output)
     typer.echo(f"\nper layer, each compressed alone, on output {result.per_layer_output!r} (worst first):")
-    typer.echo(f"{'weight':<24} {'shape':<12} {'bits':>4} {'K':>5} {'sparsity':>8} {'max abs err':>12} {'rel L2':>10} "
-               f"{'cosine':>10} {'top-1 agree':>11} {'share':>6}")
-    for layer in result.layers:
-        top1 = "-" if layer.top1_agreement is None else f"{layer.top1_agreement:.2%}"
-        typer.echo(f"{layer.name[:24]:<24} {'x'.join(map(str, layer.shape)):<12} {layer.bits:>4} {layer.codebook_size:>5} "
-                   f"{layer.sparsity:>8.1%} {layer.max_abs_error:>12.4g} {layer.relative_l2_error:>10.4g} "
-                   f"{layer.cosine:>10.6f} {top1:>11} {layer.share:>6.1%}")
+    columns = (("weight", "left"), ("shape", "left"), ("bits", "right"), ("K", "right"), ("sparsity", "right"),
+               ("max err", "right"), ("rel L2", "right"), ("cosine", "right"), ("top-1", "right"), ("share", "right"))
+    print_table(columns, ([layer.name, "x".join(map(str, layer.shape)), str(layer.bits), str(layer.codebook_size),
+                           f"{layer.sparsity:.1%}", f"{layer.max_abs_error:.4g}", f"{layer.relative_l2_error:.4g}",
+                           f"{layer.cosine:.6f}", "-" if layer.top1_agreement is None else f"{layer.top1_agreement:.2%}",
+                           f"{layer.share:.1%}"] for layer in result.layers))
     typer.echo(f"the layers' relative L2 errors add up to {result.layers_error_sum:.4g}; "
                f"all compressed together: {whole.relative_l2_error:.4g}")
 

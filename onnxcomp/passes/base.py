@@ -46,6 +46,49 @@ def read_values(constant: gs.Constant) -> np.ndarray:
     values = constant._values
     return values.load() if isinstance(values, LazyValues) else values
 
+FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+
+
+def onnx_type(tensor: gs.Tensor) -> int | None:
+    """The ONNX element type (TensorProto.FLOAT, ...) of a graphsurgeon tensor, None when unknown."""
+    dtype = tensor.dtype
+    if dtype is None:
+        return None
+    if isinstance(dtype, (int, np.integer)):  # graphsurgeon gives the ONNX number for types numpy lacks (bfloat16)
+        return int(dtype)
+    try:
+        return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    except (TypeError, KeyError, ValueError):
+        return None
+
+
+def as_float32(values: np.ndarray, element_type: int) -> np.ndarray:
+    """float32 copy of an array holding ``element_type`` values (bfloat16 arrives as its raw 16-bit words)."""
+    values = np.asarray(values)
+    if element_type == onnx.TensorProto.BFLOAT16 and values.dtype.kind in "ui":
+        return (values.astype(np.uint32) << 16).view(np.float32)
+    return values.astype(np.float32)
+
+
+def to_element_type(values: np.ndarray, element_type: int) -> np.ndarray:
+    """float32 ``values`` rounded to ``element_type`` and back (what a Cast to that type keeps), as float32.
+
+    bfloat16 rounds to nearest even on the upper 16 bits, as onnxruntime's Cast does."""
+    values = np.asarray(values, dtype=np.float32)
+    if element_type == onnx.TensorProto.FLOAT16:
+        return values.astype(np.float16).astype(np.float32)
+    if element_type == onnx.TensorProto.BFLOAT16:
+        bits = values.view(np.uint32).astype(np.uint64)
+        rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+        return rounded.astype(np.uint32).view(np.float32)
+    return values
+
+
+def float_values(constant: gs.Constant) -> np.ndarray:
+    """A float constant's values as float32 (float16 and bfloat16 widened exactly), not cached."""
+    return as_float32(read_values(constant), onnx_type(constant))
+
+
 DOMAIN = "ai.onnxcomp"
 DOMAIN_VERSION = 1
 
@@ -56,7 +99,7 @@ class WeightTarget:
 
     name: str
     constant: gs.Constant
-    kind: str  # "conv", "fc" or "embedding": selects per-kind defaults
+    kind: str  # "conv", "fc", "embedding" or "other": selects per-kind defaults
     uses: list[tuple[gs.Node, int]]  # (consumer node, input slot)
     keep: np.ndarray | None = None  # pruning mask, True = kept
     codebook: np.ndarray | None = None
@@ -71,6 +114,11 @@ class WeightTarget:
     sparsity_override: float | None = None  # per-weight settings (budget allocation, recipes) beat per-kind ones
     bits_override: int | None = None
     packed: bool = False  # consumers rewritten to the record (PackWeightsPass)
+    dtype: int = onnx.TensorProto.FLOAT  # the constant's ONNX element type (FLOAT, FLOAT16 or BFLOAT16)
+    record_name: str | None = None  # the record initializer's name (unique in the model), once packed
+    # Per use (aligned with ``uses``): the MatMul/Gemm nodes a CodebookMatMul can replace, each with whether it
+    # multiplies by the transpose (select_weights.fused_route), or None.
+    routes: list | None = None
     # Outliers kept exact beside the codebook (onnxcomp/core/outliers.py): flat row-major positions, increasing, and
     # their float32 values as a reader gets them back.
     outlier_positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -86,12 +134,17 @@ class WeightTarget:
 
     @property
     def original(self) -> np.ndarray:
-        return np.asarray(read_values(self.constant), dtype=np.float32)
+        return float_values(self.constant)
 
     @property
     def values(self) -> np.ndarray:
         """The weights to share: the reconstructed ones if a reconstruction ran, else the original."""
         return self.refit if self.refit is not None else self.original
+
+    @property
+    def dense_bytes(self) -> int:
+        """Bytes the weight takes uncompressed: 4 per element for float32, 2 for float16 and bfloat16."""
+        return self.size * (4 if self.dtype == onnx.TensorProto.FLOAT else 2)
 
     @property
     def sparsity(self) -> float:
@@ -102,7 +155,8 @@ class WeightTarget:
         self.indices = self.refit = None
 
     def decoded(self) -> np.ndarray:
-        """The weight as the compressed model computes it, in the original orientation."""
+        """The weight as the compressed model computes it, in the original orientation (float32 values; for a
+        float16 or bfloat16 weight the codebook and outliers hold values of that type)."""
         decoded = self.codebook[self.indices].astype(np.float32)
         decoded[self.outlier_positions] = self.outlier_values
         return decoded.reshape(self.shape)
@@ -115,6 +169,19 @@ class CompressionState:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (tensor, reason)
     # Initializers the model also lists as graph inputs (graphsurgeon drops them from graph.inputs).
     graph_inputs: set[str] = field(default_factory=set)
+    float_params: int = 0  # elements of every float constant in the input, for the report's coverage
+
+
+def drop_if_not_smaller(state: CompressionState, target: WeightTarget, stored_bytes: int) -> bool:
+    """Leave ``target`` dense (out of ``state.targets``, into ``state.skipped``) when its compressed form of
+    ``stored_bytes`` would not be smaller than the dense tensor; returns True if it was dropped."""
+    if stored_bytes < target.dense_bytes:
+        return False
+    reason = f"compressed it would take {stored_bytes} bytes, not fewer than its {target.dense_bytes} dense bytes"
+    log.info("left %s dense: %s", target.name, reason)
+    state.targets.remove(target)
+    state.skipped.append((target.name, reason))
+    return True
 
 
 @dataclass

@@ -20,6 +20,7 @@ import onnxruntime as ort
 
 from onnxcomp import progress
 from onnxcomp.errors import CalibrationError
+from onnxcomp.runtime import quiet_session_options
 
 GRAM_LIMIT = 8192
 
@@ -119,6 +120,43 @@ def input_rows(x: np.ndarray, spec: LayerInput) -> np.ndarray:
     return x.reshape(-1, x.shape[-1])
 
 
+def accepted_batch(session: ort.InferenceSession, wanted: int, count: int | None = None, names=None) -> int:
+    """The batch size to feed ``session``: ``wanted``, unless an input (of ``names``, default all) fixes its first
+    (batch) dimension, in which case that fixed size. With ``count`` (the samples to feed), a count the fixed size does not divide
+    is refused with a CalibrationError naming the sizes."""
+    fixed = set()
+    for value in session.get_inputs():
+        if names is not None and value.name not in names:
+            continue
+        first = value.shape[0] if value.shape else None
+        if isinstance(first, int) and first > 0:
+            fixed.add(first)
+    if not fixed:
+        return wanted
+    if len(fixed) > 1:
+        raise CalibrationError(f"the model's inputs fix different batch sizes {sorted(fixed)}; onnxcomp cannot feed them samples")
+    size = fixed.pop()
+    if count is not None and count % size:
+        raise CalibrationError(f"the model takes batches of exactly {size} samples; {count} samples do not divide into them: "
+                               f"give a multiple of {size}")
+    return size
+
+
+def run_batched(session: ort.InferenceSession, feeds: dict[str, np.ndarray], batch: int = 256,
+                outputs: list[str] | None = None, extra: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+    """``session``'s outputs on ``feeds`` (arrays with samples first), computed in batches the model accepts
+    (accepted_batch) and concatenated; ``extra`` feeds and scalar feeds are passed whole to every run. Outputs without a batch
+    axis (scalars) come from the first run."""
+    batched = {k: v for k, v in feeds.items() if np.ndim(v)}  # scalar inputs (an If's condition) go whole to each run
+    whole = {**{k: v for k, v in feeds.items() if not np.ndim(v)}, **(extra or {})}
+    count = len(next(iter(batched.values()))) if batched else 1
+    batch = accepted_batch(session, batch, count, set(batched))
+    runs = [session.run(outputs, {**{k: v[start:start + batch] for k, v in batched.items()}, **whole})
+            for start in range(0, count, batch)]
+    return [np.concatenate([np.asarray(r[i]) for r in runs]) if np.ndim(runs[0][i]) else np.asarray(runs[0][i])
+            for i in range(len(runs[0]))]
+
+
 def _probe_session(model: onnx.ModelProto, wanted: list[str]) -> ort.InferenceSession:
     graph_inputs = {i.name for i in model.graph.input}
     probe = onnx.ModelProto()
@@ -129,7 +167,7 @@ def _probe_session(model: onnx.ModelProto, wanted: list[str]) -> ort.InferenceSe
             probe.graph.output.append(onnx.ValueInfoProto(name=name))
     if not probe.graph.output:  # every layer reads a graph input: still need one output to run
         probe.graph.output.append(model.graph.output[0])
-    options = ort.SessionOptions()
+    options = quiet_session_options()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor observable
     try:
@@ -151,6 +189,7 @@ def collect(model: onnx.ModelProto, layers: dict[str, LayerInput], data: dict[st
     names = [o.name for o in session.get_outputs()]
     input_names = [i.name for i in session.get_inputs()]
     total = len(data[input_names[0]])
+    batch = accepted_batch(session, batch, total, set(data))
     stats: dict[str, LayerStatistics] = {}
     for start in progress.track(range(0, total, batch), "calibration batches"):
         feeds = {n: data[n][start:start + batch] for n in input_names}

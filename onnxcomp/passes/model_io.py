@@ -15,6 +15,7 @@ from onnxcomp.core import sidecar
 from onnxcomp.errors import CorruptSidecarError, OutputError, UnsupportedModelError
 
 MIN_OPSET = 7
+FLOAT_CONSTANTS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
 # Outputs at least this large (protobuf's limit is 2 GiB) keep their uncompressed initializers in a data file.
 LARGE_MODEL_BYTES = 2**31 - 2**26
 
@@ -91,7 +92,7 @@ def graphs_of(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
 
 
 def constants_to_initializers(graph: onnx.GraphProto) -> int:
-    """Move float tensors held by Constant nodes into initializers (in every subgraph too), so passes see one
+    """Move float tensors (float32, float16, bfloat16, float64) held by Constant nodes into initializers (in every subgraph too), so passes see one
     kind of weight."""
     moved = 0
     for subgraph in list(graphs_of(graph))[1:]:
@@ -105,7 +106,7 @@ def constants_to_initializers_here(graph: onnx.GraphProto) -> int:
         if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.attribute) != 1:
             continue
         attribute = node.attribute[0]
-        if attribute.name != "value" or attribute.t.data_type != onnx.TensorProto.FLOAT:
+        if attribute.name != "value" or attribute.t.data_type not in FLOAT_CONSTANTS:
             continue
         tensor = onnx.TensorProto()
         tensor.CopyFrom(attribute.t)
@@ -114,6 +115,31 @@ def constants_to_initializers_here(graph: onnx.GraphProto) -> int:
         graph.node.remove(node)
         moved += 1
     return moved
+
+
+def float_tensor(values, name: str, element_type: int) -> onnx.TensorProto:
+    """An initializer ``name`` holding float ``values`` as ``element_type`` (FLOAT, FLOAT16, BFLOAT16 or DOUBLE);
+    bfloat16 rounds to nearest even, as onnxruntime's Cast does."""
+    import numpy as np
+    values = np.asarray(values, dtype=np.float32)
+    if element_type == onnx.TensorProto.BFLOAT16:
+        bits = values.view(np.uint32).astype(np.uint64)
+        words = (((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) & 0xFFFF).astype("<u2")
+        return onnx.helper.make_tensor(name, element_type, list(values.shape), words.tobytes(), raw=True)
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(element_type)
+    return onnx.numpy_helper.from_array(values.astype(dtype), name)
+
+
+def substituted(model: onnx.ModelProto, values: dict) -> onnx.ModelProto:
+    """A copy of ``model`` whose initializers named in ``values`` (in any graph) hold those float values, kept in
+    each initializer's own element type."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for graph in graphs_of(copy.graph):
+        for tensor in graph.initializer:
+            if tensor.name in values:
+                tensor.CopyFrom(float_tensor(values[tensor.name], tensor.name, tensor.data_type))
+    return copy
 
 
 def check_output_path(input_path: str, output_path: str) -> None:

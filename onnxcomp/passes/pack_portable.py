@@ -1,7 +1,9 @@
 """PackPortableWeightsPass: express each shared weight in standard ONNX ops, for runtimes without custom ops.
 
-A weight W with codebook c (K float32 values) and indices i becomes ``W = Gather(c, i', axis=0)``, the
-Gather output keeping W's name so every consumer is unchanged. The indices are stored with p bits each,
+A weight W with codebook c (K float32 values) and indices i becomes ``W = Gather(c, i', axis=0)`` (then its
+outliers scattered on, then ``Cast`` to float16 / bfloat16 for a weight of that type), the last output keeping W's name so every consumer is
+unchanged. The lookup sits in the innermost graph enclosing all of W's readers (the main graph, an If branch,
+a Loop or Scan body); the names it adds are unique in the model (passes/names.py). The indices are stored with p bits each,
 p the smallest of 1, 2, 4, 8, 16 that holds K - 1:
 - p = 8 or 16: i is a uint8 / uint16 initializer in W's shape and i' = Cast(i, to=int32);
 - p < 8: q = 8 / p indices per byte, first index in the high bits, in a uint8 initializer P of
@@ -27,7 +29,8 @@ from onnx import TensorProto
 from onnxcomp import progress
 from onnxcomp.core import outliers as outlier_math
 
-from .base import CompressionState, GraphPass, PassResult, WeightTarget
+from .base import CompressionState, GraphPass, PassResult, WeightTarget, drop_if_not_smaller
+from .names import UniqueNames, all_graphs, common_graph, parents
 
 CODEBOOK_SUFFIX = ".codebook"
 INDICES_SUFFIX = ".indices"
@@ -74,50 +77,67 @@ def portable_bytes(target: WeightTarget, opset: int = SLICE_INPUTS_OPSET) -> int
 class PackPortableWeightsPass(GraphPass):
     def run(self, state: CompressionState) -> PassResult:
         targets = [t for t in state.targets if t.codebook is not None and t.record is None and not t.portable]
+        owners = {id(node): graph for graph in all_graphs(state.graph) for node in graph.nodes}
+        names, parent = UniqueNames(state.graph), parents(state.graph)
         for target in progress.track(targets, "packing lookups"):
-            self._pack(state.graph, target)
+            if drop_if_not_smaller(state, target, portable_bytes(target, state.graph.opset or 0)):
+                continue
+            graph = common_graph([owners.get(id(node), state.graph) for node, _ in target.uses], parent, state.graph)
+            self._pack(graph, target, names, state.graph.opset or 0)
         if targets:
             state.graph.cleanup().toposort()
         return PassResult(bool(targets), f"expressed {len(targets)} tensors as codebook lookups")
 
-    def _pack(self, graph: gs.Graph, target: WeightTarget) -> None:
-        codebook = gs.Constant(target.name + CODEBOOK_SUFFIX, np.asarray(target.codebook, dtype=np.float32))
+    def _pack(self, graph: gs.Graph, target: WeightTarget, names: UniqueNames, opset: int) -> None:
+        nodes: list[gs.Node] = []
+        codebook = gs.Constant(names(target.name + CODEBOOK_SUFFIX), np.asarray(target.codebook, dtype=np.float32))
         bits = packing_bits(len(target.codebook))
-        if (graph.opset or 0) < SLICE_INPUTS_OPSET:
+        if opset < SLICE_INPUTS_OPSET:
             bits = max(bits, 8)
         name = target.name
         if bits >= 8:
             stored = target.indices.reshape(target.shape).astype(np.uint8 if bits == 8 else np.uint16)
-            indices = gs.Constant(name + INDICES_SUFFIX, stored)
-            wide = gs.Variable(name + ".indices_int32", dtype=np.int32, shape=list(target.shape))
-            graph.nodes.append(gs.Node("Cast", name + ".cast", attrs={"to": TensorProto.INT32}, inputs=[indices], outputs=[wide]))
+            indices = gs.Constant(names(name + INDICES_SUFFIX), stored)
+            wide = gs.Variable(names(name + ".indices_int32"), dtype=np.int32, shape=list(target.shape))
+            nodes.append(gs.Node("Cast", names(name + ".cast_indices"), attrs={"to": TensorProto.INT32}, inputs=[indices], outputs=[wide]))
         else:
-            wide = self._unpack(graph, name, gs.Constant(name + INDICES_SUFFIX, pack_indices(target.indices, bits)), bits, target)
-        dense = gs.Variable(name, dtype=np.float32, shape=list(target.shape))
-        target.constant.name = name + ".original"  # frees the name for the lookup's output
-        lookup = dense
+            packed = gs.Constant(names(name + INDICES_SUFFIX), pack_indices(target.indices, bits))
+            wide = self._unpack(nodes, names, name, packed, bits, target)
+        target.constant.name = names(name + ".original")  # frees the name for the lookup's output
+        # Gather (float32) [-> outliers scattered on] [-> Cast to the weight's float16/bfloat16 type] -> W's name
+        steps_after = bool(len(target.outlier_positions)) + (target.dtype != TensorProto.FLOAT)
+        final_dtype = np.float32 if target.dtype == TensorProto.FLOAT else np.float16 if target.dtype == TensorProto.FLOAT16 \
+            else target.dtype
+        dense = gs.Variable(name, dtype=final_dtype, shape=list(target.shape))
+        current = dense if not steps_after else gs.Variable(names(name + ".lookup_float"), dtype=np.float32, shape=list(target.shape))
+        nodes.append(gs.Node("Gather", names(name + ".lookup"), attrs={"axis": 0}, inputs=[codebook, wide], outputs=[current]))
         if len(target.outlier_positions):
-            lookup = gs.Variable(name + ".codebook_lookup", dtype=np.float32, shape=list(target.shape))
-        graph.nodes.append(gs.Node("Gather", name + ".lookup", attrs={"axis": 0}, inputs=[codebook, wide], outputs=[lookup]))
-        if len(target.outlier_positions):
-            self._scatter_outliers(graph, target, lookup, dense)
+            scattered = dense if target.dtype == TensorProto.FLOAT else \
+                gs.Variable(names(name + ".with_outliers"), dtype=np.float32, shape=list(target.shape))
+            self._scatter_outliers(nodes, names, target, current, scattered)
+            current = scattered
+        if target.dtype != TensorProto.FLOAT:  # the codebook and outliers hold values of the weight's type: the Cast is exact
+            nodes.append(gs.Node("Cast", names(name + ".cast"), attrs={"to": target.dtype}, inputs=[current], outputs=[dense]))
+        graph.nodes[0:0] = nodes  # reads constants only: first in its graph, before any reader
         for node, slot in target.uses:
             node.inputs[slot] = dense
         target.portable = True
 
     @staticmethod
-    def _scatter_outliers(graph: gs.Graph, target: WeightTarget, lookup: gs.Variable, dense: gs.Variable) -> None:
+    def _scatter_outliers(nodes: list[gs.Node], names: UniqueNames, target: WeightTarget, lookup: gs.Variable,
+                          dense: gs.Variable) -> None:
         """Standard ops writing the outlier values over the lookup (see the module docstring)."""
         name = target.name
         gaps, values = outlier_arrays(target.outlier_positions, target.outlier_values)
 
         def node(op, suffix, inputs, dtype, attrs=None) -> gs.Variable:
-            output = gs.Variable(f"{name}.{suffix}", dtype=dtype)
-            graph.nodes.append(gs.Node(op, f"{name}.{suffix}", attrs=attrs or {}, inputs=inputs, outputs=[output]))
+            unique = names(f"{name}.{suffix}")  # the node and its output share the name (separate namespaces in ONNX)
+            output = gs.Variable(unique, dtype=dtype)
+            nodes.append(gs.Node(op, unique, attrs=attrs or {}, inputs=inputs, outputs=[output]))
             return output
 
         def constant(suffix, array) -> gs.Constant:
-            return gs.Constant(f"{name}{suffix}", np.asarray(array))
+            return gs.Constant(names(f"{name}{suffix}"), np.asarray(array))
 
         wide_gaps = node("Cast", "outlier_gaps_int64", [constant(OUTLIER_GAPS_SUFFIX, gaps)], np.int64, {"to": TensorProto.INT64})
         summed = node("CumSum", "outlier_cumsum", [wide_gaps, constant(".outlier_axis", np.array(0, np.int64))], np.int64)
@@ -127,20 +147,21 @@ class PackPortableWeightsPass(GraphPass):
                                                                   {"to": TensorProto.FLOAT})
         flat = node("Reshape", "lookup_flat", [lookup, constant(".lookup_flat_shape", np.array([-1], np.int64))], np.float32)
         scattered = node("ScatterElements", "outliers", [flat, positions, exact], np.float32, {"axis": 0})
-        graph.nodes.append(gs.Node("Reshape", f"{name}.outliers_reshape",
-                                   inputs=[scattered, constant(".weight_shape", np.array(target.shape, np.int64))],
-                                   outputs=[dense]))
+        nodes.append(gs.Node("Reshape", names(f"{name}.outliers_reshape"),
+                             inputs=[scattered, constant(".weight_shape", np.array(target.shape, np.int64))],
+                             outputs=[dense]))
 
     @staticmethod
-    def _unpack(graph: gs.Graph, name: str, packed: gs.Constant, bits: int, target: WeightTarget) -> gs.Variable:
+    def _unpack(nodes: list[gs.Node], names: UniqueNames, name: str, packed: gs.Constant, bits: int,
+                target: WeightTarget) -> gs.Variable:
         """Standard ops turning packed bytes back into int32 indices in the weight's shape."""
         per_byte = 8 // bits
 
-        def variable(suffix: str) -> gs.Variable:
-            return gs.Variable(f"{name}.{suffix}", dtype=np.int32)
+        def variable(unique: str) -> gs.Variable:
+            return gs.Variable(unique, dtype=np.int32)
 
         def constant(suffix: str, values) -> gs.Constant:
-            return gs.Constant(f"{name}.{suffix}", np.asarray(values))
+            return gs.Constant(names(f"{name}.{suffix}"), np.asarray(values))
 
         steps = [  # (op, extra inputs, attributes)
             ("Cast", [], {"to": TensorProto.INT32}),
@@ -153,7 +174,8 @@ class PackPortableWeightsPass(GraphPass):
         ]
         current: gs.Tensor = packed
         for step, (op, extra, attrs) in enumerate(steps):
-            output = variable(f"unpack{step}")
-            graph.nodes.append(gs.Node(op, f"{name}.unpack{step}", attrs=attrs, inputs=[current] + extra, outputs=[output]))
+            unique = names(f"{name}.unpack{step}")  # the node and its output share the name
+            output = variable(unique)
+            nodes.append(gs.Node(op, unique, attrs=attrs, inputs=[current] + extra, outputs=[output]))
             current = output
         return current

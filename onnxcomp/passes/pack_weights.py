@@ -1,31 +1,40 @@
 """PackWeightsPass: encode each shared weight as a record and rewrite its consumers to custom ops.
 
-Rewrites (ops in domain ``ai.onnxcomp``, see docs/ops.md):
-- MatMul with a 2-D weight on the right -> CodebookMatMul(X, record)
+Rewrites (ops in domain ``ai.onnxcomp``, see docs/ops.md), for every node reading the weight:
+- MatMul with a 2-D float32 weight on the right -> CodebookMatMul(X, record); also when the weight reaches the
+  MatMul through Transpose (perm [1, 0]), Cast to float32 or Identity (select_weights.fused_route), which then
+  become dead and are removed;
 - Gemm (transA=0) with a constant B -> CodebookMatMul(A, record[, bias]) and, only where needed, Mul by
-  alpha and Add of beta*C; B is stored transposed when every fused use has transB=1, so the record is [K, N]
-- Gather (axis 0) of a table -> CodebookGather(record, indices)
-- Conv with the weight in slot 1 -> CodebookConv(X, record[, bias[, scale]]) with Conv's attributes; a
+  alpha and Add of beta*C;
+- Gather (axis 0) of a float32 table -> CodebookGather(record, indices);
+- Conv with the float32 weight in slot 1 -> CodebookConv(X, record[, bias[, scale]]) with Conv's attributes; a
   BatchNormalization that alone reads the Conv's output is folded in (scale = gamma / sqrt(var + eps),
   bias = (B - mean) * scale + beta, the same folding onnxruntime applies to a dense Conv), then an activation that
   alone reads the result (Relu, Tanh, Sigmoid, LeakyRelu, Clip with constant bounds, HardSigmoid) becomes the
-  node's ``activation`` attribute, as in onnxruntime's FusedConv
-- any other consumer -> the output of one shared CodebookDecode(record) node (plus a Transpose if stored
-  transposed), placed in the graph of that consumer (an If branch, a Loop or Scan body, or the main graph)
-The record bytes become a uint8 constant; the writer later moves it into the sidecar as external data.
-Storage: a record costs its header and tables plus the Huffman-coded indices, against 4 bytes per weight.
+  node's ``activation`` attribute, as in onnxruntime's FusedConv;
+- any other reader (ConvTranspose, LSTM, Einsum, a Slice, a float16 weight's consumers, ...) -> the output of ONE
+  CodebookDecode(record) node per weight (plus a Transpose if stored transposed, plus a Cast back to the
+  weight's float16/bfloat16 type), placed in the innermost graph enclosing all those readers (the main graph, an
+  If branch, a Loop or Scan body), so a weight read by several subgraphs is decoded and stored once.
+The record is stored transposed ([K, N] = W^T) when every reader fuses and each multiplies by W^T (Gemm with
+transB=1, Transpose -> MatMul). Every generated name is unique in the model (passes/names.py). The record bytes
+become a uint8 constant; the writer later moves it into the sidecar as external data.
+Storage: a record costs its header and tables plus the Huffman-coded indices, against 4 (float32) or 2
+(float16, bfloat16) bytes per weight.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from onnxcomp import progress
 from onnxcomp.core import sidecar
 
-from .base import DOMAIN, CompressionState, GraphPass, PassResult, WeightTarget, read_values
-from .select_weights import all_graphs
+from .base import DOMAIN, CompressionState, GraphPass, PassResult, WeightTarget, drop_if_not_smaller, log, read_values
+from .names import UniqueNames, all_graphs, common_graph, parents
+from .select_weights import fusable_gemm
 
 RECORD_SUFFIX = ".onnxcomp_record"
 
@@ -34,8 +43,12 @@ def _attr(node: gs.Node, name: str, default):
     return node.attrs.get(name, default)
 
 
-def _fusable_gemm(node: gs.Node, slot: int) -> bool:
-    return node.op == "Gemm" and slot == 1 and _attr(node, "transA", 0) == 0
+def stored_transposed(target: WeightTarget, fuse: bool = True) -> bool:
+    """Store the record as W^T: every use fuses into a CodebookMatMul multiplying by W^T."""
+    routes = target.routes or []
+    if not fuse or len(target.shape) != 2 or not routes or any(r is None for r in routes):
+        return False
+    return {flipped for route in routes for _, flipped in route} == {True}
 
 
 class PackWeightsPass(GraphPass):
@@ -45,8 +58,14 @@ class PackWeightsPass(GraphPass):
     def run(self, state: CompressionState) -> PassResult:
         targets = [t for t in state.targets if t.codebook is not None and not t.packed and not t.portable]
         owners = {id(node): graph for graph in all_graphs(state.graph) for node in graph.nodes}
+        names, parent = UniqueNames(state.graph), parents(state.graph)
+        traces = []  # logged after the loop: a log line must not land inside a progress bar
         for target in progress.track(targets, "packing records"):
-            self._pack(state.graph, target, owners)
+            self.encode(target)
+            if not drop_if_not_smaller(state, target, len(target.record)):
+                traces.append(self._pack(state.graph, target, owners, parent, names))
+        for trace in traces:
+            log.debug("%s", trace)
         if targets:
             state.graph.cleanup().toposort()
         return PassResult(bool(targets), f"packed {len(targets)} tensors")
@@ -57,11 +76,7 @@ class PackWeightsPass(GraphPass):
         only one weight's arrays are alive at a time."""
         if target.record is not None:
             return
-        rank = len(target.shape)
-        gemm_uses = [(n, s) for n, s in target.uses if self.fuse and _fusable_gemm(n, s)]
-        target.transposed = (
-            rank == 2 and bool(gemm_uses) and len(gemm_uses) == len(target.uses)
-            and all(_attr(n, "transB", 0) == 1 for n, _ in gemm_uses))
+        target.transposed = stored_transposed(target, self.fuse)
         indices = target.indices.reshape(target.shape)
         dims = target.shape
         positions, values = target.outlier_positions, target.outlier_values
@@ -77,43 +92,63 @@ class PackWeightsPass(GraphPass):
         if release:
             target.release()
 
-    def _pack(self, graph: gs.Graph, target: WeightTarget, owners: dict[int, gs.Graph]) -> None:
+    def _pack(self, root: gs.Graph, target: WeightTarget, owners: dict[int, gs.Graph], parent: dict[int, gs.Graph],
+              names: UniqueNames) -> str:
+        """Rewrite ``target``'s readers; returns the line --verbose logs about it."""
         self.encode(target)
         target.packed = True
-        rank = len(target.shape)
-        record = gs.Constant(target.name + RECORD_SUFFIX, np.frombuffer(target.record, dtype=np.uint8))
-        dense: dict[int, gs.Variable] = {}  # one decode per graph holding a non-fused consumer
-        for node, slot in target.uses:
-            stored_as_used = target.transposed == (node.op == "Gemm" and _attr(node, "transB", 0) == 1)
-            if self.fuse and rank == 2 and stored_as_used and (
-                    (node.op == "MatMul" and slot == 1) or _fusable_gemm(node, slot)):
-                self._to_matmul(owners.get(id(node), graph), node, record)
-            elif self.fuse and node.op == "Conv" and slot == 1 and rank >= 3 and not target.transposed:
-                _to_conv(owners.get(id(node), graph), node, record, int(target.shape[0]))
-            elif self.fuse and node.op == "Gather" and slot == 0 and _attr(node, "axis", 0) == 0:
+        target.record_name = names(target.name + RECORD_SUFFIX)
+        record = gs.Constant(target.record_name, np.frombuffer(target.record, dtype=np.uint8))
+        decoded = []  # (node, slot) reading the dense tensor
+        routes = target.routes or [None] * len(target.uses)
+        for (node, slot), route in zip(target.uses, routes):
+            if self.fuse and route is not None and all(flipped == target.transposed for _, flipped in route):
+                for consumer, _ in route:
+                    self._to_matmul(owners.get(id(consumer), root), consumer, record, names)
+            elif self.fuse and node.op == "Conv" and not node.domain and slot == 1 and len(target.shape) >= 3 \
+                    and not target.transposed and target.dtype == onnx.TensorProto.FLOAT:
+                _to_conv(owners.get(id(node), root), node, record, int(target.shape[0]), names)
+            elif self.fuse and node.op == "Gather" and not node.domain and slot == 0 and _attr(node, "axis", 0) == 0 \
+                    and target.dtype == onnx.TensorProto.FLOAT:
                 node.op, node.domain, node.attrs = "CodebookGather", DOMAIN, {}
                 node.inputs = [record, node.inputs[1]]
             else:
-                owner = owners.get(id(node), graph)
-                if id(owner) not in dense:
-                    suffix = f".{len(dense)}" if dense else ""
-                    dense[id(owner)] = self._decode_node(owner, target, record, suffix)
-                node.inputs[slot] = dense[id(owner)]
+                decoded.append((node, slot))
+        if decoded:
+            graph = common_graph([owners.get(id(node), root) for node, _ in decoded], parent, root)
+            dense = self._decode_node(graph, target, record, names)
+            for node, slot in decoded:
+                node.inputs[slot] = dense
+        return (f"{target.name}: record {target.record_name}{' (stored transposed)' if target.transposed else ''}; "
+                f"{len(target.uses) - len(decoded)} of {len(target.uses)} readers fused, {len(decoded)} read it decoded "
+                f"({', '.join(sorted({node.op for node, _ in decoded})) or '-'})")
 
-    def _decode_node(self, graph: gs.Graph, target: WeightTarget, record: gs.Constant, suffix: str = "") -> gs.Variable:
-        name = target.name + suffix
-        dense = gs.Variable(name + ".decoded", dtype=np.float32, shape=list(target.shape))
-        if not target.transposed:
-            graph.nodes.append(gs.Node("CodebookDecode", name + ".decode", domain=DOMAIN, inputs=[record], outputs=[dense]))
-            return dense
-        stored = gs.Variable(name + ".decoded_t", dtype=np.float32, shape=list(target.shape[::-1]))
-        graph.nodes.append(gs.Node("CodebookDecode", name + ".decode", domain=DOMAIN, inputs=[record], outputs=[stored]))
-        graph.nodes.append(gs.Node("Transpose", name + ".transpose", attrs={"perm": [1, 0]}, inputs=[stored], outputs=[dense]))
-        return dense
+    @staticmethod
+    def _decode_node(graph: gs.Graph, target: WeightTarget, record: gs.Constant, names: UniqueNames) -> gs.Variable:
+        """CodebookDecode (float32, stored orientation) [-> Transpose] [-> Cast to the weight's type], placed first
+        in ``graph`` (it reads only a constant); returns the tensor equal to the original weight."""
+        name = target.name
+        steps = []
+        if target.transposed:
+            steps.append(("Transpose", {"perm": [1, 0]}, np.float32))
+        if target.dtype != onnx.TensorProto.FLOAT:
+            steps.append(("Cast", {"to": target.dtype}, np.float16 if target.dtype == onnx.TensorProto.FLOAT16 else target.dtype))
+        shape = list(target.shape[::-1]) if target.transposed else list(target.shape)
+        current = gs.Variable(names(name + (".decoded_stored" if steps else ".decoded")), dtype=np.float32, shape=shape)
+        nodes = [gs.Node("CodebookDecode", names(name + ".decode"), domain=DOMAIN, inputs=[record], outputs=[current])]
+        for position, (op, attrs, dtype) in enumerate(steps):
+            last = position == len(steps) - 1
+            out = gs.Variable(names(name + (".decoded" if last else ".decoded_float")), dtype=dtype, shape=list(target.shape))
+            nodes.append(gs.Node(op, names(f"{name}.{op.lower()}"), attrs=attrs, inputs=[current], outputs=[out]))
+            current = out
+        graph.nodes[0:0] = nodes
+        return current
 
-    def _to_matmul(self, graph: gs.Graph, node: gs.Node, record: gs.Constant) -> None:
+    @staticmethod
+    def _to_matmul(graph: gs.Graph, node: gs.Node, record: gs.Constant, names: UniqueNames) -> None:
         """Turn MatMul or Gemm into CodebookMatMul, keeping Gemm's alpha, beta and C exact."""
         x = node.inputs[0]
+        base = node.name or node.outputs[0].name
         if node.op == "MatMul":
             node.op, node.domain, node.attrs, node.inputs = "CodebookMatMul", DOMAIN, {}, [x, record]
             return
@@ -127,21 +162,21 @@ class PackWeightsPass(GraphPass):
                 and np.dtype(c.dtype) == np.float32:
             values = np.asarray(c.values, dtype=np.float32).reshape(n_out)
             bias = c if beta == 1.0 and tuple(c.shape) == (n_out,) else gs.Constant(
-                node.name + ".bias", (np.float32(beta) * values).astype(np.float32))
+                names(base + ".bias"), (np.float32(beta) * values).astype(np.float32))
             c = None
         tail = []  # standard nodes applying alpha and beta*C after the product
         current = output
         if c is not None:
-            product = gs.Variable(node.name + ".scaled", dtype=np.float32)
+            product = gs.Variable(names(base + ".scaled"), dtype=np.float32)
             addend = c
             if beta != 1.0:
-                addend = gs.Variable(node.name + ".beta_c", dtype=np.float32)
-                tail.append(gs.Node("Mul", node.name + ".beta", inputs=[c, gs.Constant(node.name + ".beta_value", np.array(beta, np.float32))], outputs=[addend]))
-            tail.append(gs.Node("Add", node.name + ".add_c", inputs=[product, addend], outputs=[current]))
+                addend = gs.Variable(names(base + ".beta_c"), dtype=np.float32)
+                tail.append(gs.Node("Mul", names(base + ".beta"), inputs=[c, gs.Constant(names(base + ".beta_value"), np.array(beta, np.float32))], outputs=[addend]))
+            tail.append(gs.Node("Add", names(base + ".add_c"), inputs=[product, addend], outputs=[current]))
             current = product
         if alpha != 1.0:
-            product = gs.Variable(node.name + ".product", dtype=np.float32)
-            tail.append(gs.Node("Mul", node.name + ".alpha", inputs=[product, gs.Constant(node.name + ".alpha_value", np.array(alpha, np.float32))], outputs=[current]))
+            product = gs.Variable(names(base + ".product"), dtype=np.float32)
+            tail.append(gs.Node("Mul", names(base + ".alpha"), inputs=[product, gs.Constant(names(base + ".alpha_value"), np.array(alpha, np.float32))], outputs=[current]))
             current = product
         node.op, node.domain, node.attrs = "CodebookMatMul", DOMAIN, {}
         node.inputs = [x, record] + ([bias] if bias is not None else [])
@@ -204,16 +239,7 @@ def _activation(node: gs.Node) -> tuple[str, list[float]] | None:
     return None
 
 
-def _fresh_name(graph: gs.Graph, base: str) -> str:
-    taken = graph.tensors().keys() | {n.name for n in graph.nodes}
-    name, i = base, 0
-    while name in taken:
-        i += 1
-        name = f"{base}.{i}"
-    return name
-
-
-def _to_conv(graph: gs.Graph, node: gs.Node, record: gs.Constant, out_channels: int) -> None:
+def _to_conv(graph: gs.Graph, node: gs.Node, record: gs.Constant, out_channels: int, names: UniqueNames) -> None:
     """Turn Conv(X, W[, B]) into CodebookConv(X, record[, bias[, scale]]), folding a following BatchNormalization and
     then an activation into it (see the module docstring)."""
     attrs = {k: v for k, v in node.attrs.items() if k in CONV_ATTRIBUTES}
@@ -226,8 +252,8 @@ def _to_conv(graph: gs.Graph, node: gs.Node, record: gs.Constant, out_channels: 
     bias_values = _constant_array(bias) if bias is not None else np.zeros(out_channels, np.float32)
     if folded is not None and bias_values is not None and bias_values.shape == (out_channels,):
         scale_values, shift = folded
-        scale = gs.Constant(_fresh_name(graph, node.name + ".scale"), scale_values)
-        bias = gs.Constant(_fresh_name(graph, node.name + ".bias"),
+        scale = gs.Constant(names(node.name + ".scale"), scale_values)
+        bias = gs.Constant(names(node.name + ".bias"),
                            (bias_values.astype(np.float32) * scale_values + shift).astype(np.float32))
         output = norm.outputs[0]
         norm.inputs, norm.outputs = [], []

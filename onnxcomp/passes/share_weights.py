@@ -31,7 +31,7 @@ from onnxcomp.passes.calibration import from_rows, to_rows
 from onnxcomp.errors import InvalidOptionError
 from onnxcomp.core.recipes import LayerRule, rule_value
 
-from .base import CompressionState, GraphPass, PassResult, log
+from .base import CompressionState, GraphPass, PassResult, log, to_element_type
 
 
 ROUNDINGS = ("obs", "nearest")
@@ -87,6 +87,10 @@ class ShareWeightsPass(GraphPass):
             target.outlier_positions, target.outlier_values = shared.positions, shared.values
             if self.refit_codebook and statistics is not None and statistics.gram is not None:
                 self._refit(target, layout, statistics)
+            # A float16/bfloat16 weight is decoded to float32 and cast back: its codebook and outliers hold values of
+            # its type, so every path (decode + Cast, a fused kernel after Cast, the portable lookup) computes the same.
+            target.codebook = to_element_type(target.codebook, target.dtype)
+            target.outlier_values = to_element_type(target.outlier_values, target.dtype)
             if self.encode is not None:
                 self.encode(target)
 

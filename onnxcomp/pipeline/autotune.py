@@ -34,6 +34,7 @@ import onnxruntime as ort
 
 from onnxcomp.passes import CalibrateWeightsPass, CompressionState, PruneWeightsPass, ReconstructWeightsPass, SelectWeightsPass, ShareWeightsPass
 from onnxcomp.passes.base import WeightTarget
+from onnxcomp.passes.calibration import run_batched
 from onnxcomp.passes.prune_weights import needs_gram
 
 from onnxcomp.core import budget as budget_math
@@ -41,7 +42,8 @@ from onnxcomp.passes import model_io
 from onnxcomp import progress
 from onnxcomp.core import sidecar
 from onnxcomp.errors import CalibrationError, OnnxcompError
-from onnxcomp.pipeline.evaluate import LABELS, load_calibration
+from onnxcomp.pipeline.evaluate import LABELS, check_eval_data, load_calibration
+from onnxcomp.runtime import quiet_session_options
 
 log = logging.getLogger("onnxcomp")
 
@@ -60,7 +62,7 @@ def holdout_split(count: int, held: int, seed: int = 0) -> tuple[np.ndarray, np.
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
-    options = ort.SessionOptions()
+    options = quiet_session_options()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
@@ -73,7 +75,7 @@ def _weight_as_input(model: onnx.ModelProto, names: str | Iterable[str]) -> onnx
     listed = {value.name for value in probe.graph.input}  # initializers some models also list as inputs
     for tensor in [t for t in probe.graph.initializer if t.name in wanted]:
         if tensor.name not in listed:
-            probe.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, onnx.TensorProto.FLOAT, list(tensor.dims)))
+            probe.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
         probe.graph.initializer.remove(tensor)
     return probe
 
@@ -119,7 +121,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
 
     ``progress=callback`` receives the progress of the long steps (onnxcomp/progress.py)."""
     from onnxcomp.core.outliers import parse_option
-    from onnxcomp.pipeline.compression import compress
+    from onnxcomp.pipeline.compression import compress, refuse_compressed
     goal = budget_math.parse_budget(budget)
     outliers = parse_option(outliers)
     if not calib:
@@ -128,6 +130,9 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
         raise OnnxcompError(f"holdout {holdout} must be a fraction in (0, 1)")
     model_io.check_output_path(input_path, output_path)
     model = model_io.load_model(input_path)
+    refuse_compressed(model, input_path)
+    if eval_data:
+        check_eval_data(eval_data, model)
     model_io.constants_to_initializers(model.graph)
     data = load_calibration(calib, model, calib_samples, seed, keep_labels=goal.metric == "accuracy")
     all_labels = data.pop(LABELS, None)
@@ -141,7 +146,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     fit = {k: v[fit_rows] for k, v in data.items()}
     hold = {k: v[hold_rows] for k, v in data.items()}
     labels = None if all_labels is None else all_labels[hold_rows]
-    reference = _session(model).run(None, hold)[0]
+    reference = run_batched(_session(model), hold)[0]
     metric = budget_math.allocation_metric(goal.metric, reference)
 
     options = dict(prune=prune, score=score, reconstruct=reconstruct, ridge=ridge, init=init, seed=seed, rounding=rounding,
@@ -182,8 +187,8 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
                     report = compress(input_path, trial, calib=fit, prune=prune, score=score, reconstruct=reconstruct,
                                       ridge=ridge, init=init, seed=seed, min_elements=min_elements, settings=settings,
                                       rounding=rounding, sequential=sequential, outliers=outliers)
-                    from onnxcomp.runtime import InferenceSession
-                    measured = budget_math.error(goal.metric, reference, InferenceSession(trial).run(None, hold)[0], labels)
+                    session = ort.InferenceSession(trial, quiet_session_options(custom_ops=True), providers=["CPUExecutionProvider"])
+                    measured = budget_math.error(goal.metric, reference, run_batched(session, hold)[0], labels)
                 tried[key] = (measured, report.output_bytes)
                 history.append({"allowed": allowed, "predicted": predicted, "measured": measured, "bytes": report.output_bytes})
                 log.info("allocation within %.4g: predicted %s %.4g, measured %s %.4g, %d bytes", allowed, metric, predicted,
@@ -232,11 +237,14 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
     todo = [t for t in state.targets if t.name not in curves]
     if todo and (options["prune"] == "activation" or options["reconstruct"]):  # one pass: every layer's statistics
         CalibrateWeightsPass(data=fit, keep_gram=options["reconstruct"] or needs_gram(options["prune"], options["score"]))(state)
+    main = {t.name for t in model.graph.initializer}
     settings = len(sparsities) * len(bits)
     log.info("sensitivity analysis: %d weights x %d settings to measure, %d cached", len(todo), settings, len(curves))
     advance = progress.counter("sensitivity analysis", len(todo) * settings)
     for target in todo:
-        session = _session(_weight_as_input(model, target.name))
+        # A float32/float16 main-graph weight is fed as an input; others (bfloat16, in a subgraph) substituted in a copy.
+        feedable = target.name in main and target.dtype in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+        session = _session(_weight_as_input(model, target.name)) if feedable else None
         points = []
         for sparsity in sparsities:
             with progress.silenced():
@@ -244,10 +252,15 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
             for b in bits:
                 with progress.silenced():
                     trial = _shared(pruned, b, options)
-                output = session.run(None, {**hold, target.name: trial.decoded()})[0]
+                values = trial.decoded()
+                if feedable:
+                    feed = values.astype(np.float16 if target.dtype == onnx.TensorProto.FLOAT16 else np.float32)
+                    output = run_batched(session, hold, extra={target.name: feed})[0]
+                else:
+                    output = run_batched(_session(model_io.substituted(model, {target.name: values})), hold)[0]
                 points.append((sparsity, b, len(trial.record), budget_math.error(metric, reference, output, labels)))
                 advance()
-        points.append((None, None, 4 * target.size, 0.0))  # leaving the weight dense is a candidate too
+        points.append((None, None, target.dense_bytes, 0.0))  # leaving the weight dense is a candidate too
         curves[target.name] = points
         target.statistics = target.layer_input = None  # this weight's Gram matrix is no longer needed
         log.info("sensitivity of %s measured at %d settings", target.name, len(points))

@@ -7,6 +7,7 @@ plus its sidecar.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -20,24 +21,26 @@ import onnx_graphsurgeon as gs
 
 from onnxcomp.passes import (CalibrateWeightsPass, CompressionState, PackPortableWeightsPass, PackWeightsPass, Pipeline,
                     PruneWeightsPass, ReconstructWeightsPass, SelectWeightsPass, ShareWeightsPass)
-from onnxcomp.passes.pack_portable import SCATTER_OPSET, portable_bytes
+from onnxcomp.passes.pack_portable import CODEBOOK_SUFFIX, SCATTER_OPSET, portable_bytes
 from onnxcomp.passes.apply_settings import ApplySettingsPass
 from onnxcomp.passes.compress_sequentially import CompressSequentiallyPass
 from onnxcomp.passes.base import DOMAIN, DOMAIN_VERSION
-from onnxcomp.passes.pack_weights import RECORD_SUFFIX
+from onnxcomp.passes.base import FLOAT_TYPES, onnx_type
+from onnxcomp.passes.names import all_graphs, unique_node_names
 from onnxcomp.passes.prune_weights import needs_gram
 
 from onnxcomp.passes import model_io
 from onnxcomp import progress
 from onnxcomp.core import recipes
-from onnxcomp.errors import CalibrationError, InvalidOptionError, UnsupportedModelError
+from onnxcomp.errors import CalibrationError, InvalidOptionError, OutputError, UnsupportedModelError
 from onnxcomp.core.recipes import LayerRule
 
 log = logging.getLogger("onnxcomp")
 
 # Defaults chosen from docs/benchmarks.md (bundled LeNet-300-100): see the user guide for the reasoning.
-DEFAULT_BITS = {"conv": 5, "fc": 3, "embedding": 6}
-DEFAULT_SPARSITY = {"conv": 0.0, "fc": 0.5, "embedding": 0.0}
+# "other": weights read by no conv, fc or embedding op (normalization scales, added tables): unpruned, 6 bits.
+DEFAULT_BITS = {"conv": 5, "fc": 3, "embedding": 6, "other": 6}
+DEFAULT_SPARSITY = {"conv": 0.0, "fc": 0.5, "embedding": 0.0, "other": 0.0}
 FORMATS = ("custom-op", "portable")  # records in a sidecar read by the custom ops, or standard ops only
 
 
@@ -71,10 +74,20 @@ class Report:
     accuracy_before: float | None = None
     accuracy_after: float | None = None
     budget: dict | None = None  # with --budget: the goal, predicted and measured error, chosen settings
+    float_params: int = 0  # elements of every float constant of the input (all graphs, any size)
 
     @property
     def ratio(self) -> float:
         return self.input_bytes / max(self.output_bytes, 1)
+
+    @property
+    def compressed_params(self) -> int:
+        return sum(layer.params for layer in self.layers)
+
+    @property
+    def coverage(self) -> float:
+        """Share of the input's float parameters that were compressed (1.0 when it has none)."""
+        return self.compressed_params / self.float_params if self.float_params else 1.0
 
     @property
     def modified(self) -> bool:
@@ -83,6 +96,8 @@ class Report:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["ratio"] = self.ratio
+        data["compressed_params"] = self.compressed_params
+        data["coverage"] = self.coverage
         for layer, entry in zip(self.layers, data["layers"]):
             entry["ratio"] = layer.ratio
         return data
@@ -161,9 +176,13 @@ def compress_model(model: onnx.ModelProto, *, base_dir: str | None = None, **opt
         graph = gs.import_onnx(model)
     except Exception as error:  # graphsurgeon raises many types on malformed graphs
         raise UnsupportedModelError(f"the graph cannot be read: {error}") from error
+    unique_node_names(graph)
     initializers = {t.name for t in model.graph.initializer}
     overridable = [value for value in model.graph.input if value.name in initializers]
     state = CompressionState(graph, graph_inputs={value.name for value in overridable})
+    constants = {id(t): t for g in all_graphs(graph) for t in g.tensors().values() if isinstance(t, gs.Constant)}
+    state.float_params = sum(int(np.prod(t.shape, dtype=np.int64)) for t in constants.values()
+                             if onnx_type(t) in (*FLOAT_TYPES, onnx.TensorProto.DOUBLE))
     pipeline = build_pipeline(**options)
     if base_dir is not None:
         model_io.attach_external_values(graph, base_dir)
@@ -187,6 +206,21 @@ def compress_model(model: onnx.ModelProto, *, base_dir: str | None = None, **opt
     exported.metadata_props.extend(model.metadata_props)
     exported.functions.extend(model.functions)
     return exported, state
+
+
+def refuse_compressed(model: onnx.ModelProto, path: str) -> None:
+    """Raise ``UnsupportedModelError`` when ``model`` was written by ``onnxcomp compress``: it uses onnxcomp's ops
+    (custom-op format) or looks weights up in ``*.codebook`` initializers (portable format). Compressing it again
+    would only re-quantize quantized weights; the original model is the one to compress."""
+    graphs = list(model_io.graphs_of(model.graph))
+    if any(o.domain == DOMAIN for o in model.opset_import) or any(n.domain == DOMAIN for g in graphs for n in g.node):
+        form = "custom-op format: its weights are records in its sidecar"
+    else:
+        codebooks = {t.name for g in graphs for t in g.initializer if t.name.endswith(CODEBOOK_SUFFIX)}
+        if not any(n.op_type == "Gather" and n.input and n.input[0] in codebooks for g in graphs for n in g.node):
+            return
+        form = "portable format: its weights are codebook lookups"
+    raise UnsupportedModelError(f"{path} is already compressed by onnxcomp ({form}); compress the original model instead")
 
 
 @progress.with_progress
@@ -217,6 +251,10 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
     # Without calibration no pass runs the model, so its external data is read one weight at a time.
     stream = calib is None
     model = model_io.load_model(input_path, external_data=not stream)
+    refuse_compressed(model, input_path)
+    if eval_data:
+        from onnxcomp.pipeline.evaluate import check_eval_data
+        check_eval_data(eval_data, model)
     if isinstance(calib, str):
         from onnxcomp.pipeline.evaluate import load_calibration
         options["calib"] = load_calibration(calib, model, calib_samples, seed=options.get("seed", 0))
@@ -224,19 +262,54 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
         options["calib"] = calib
     source_folder = os.path.dirname(os.path.abspath(input_path))
     compressed, state = compress_model(model, base_dir=source_folder if stream else None, **options)
-    records = [(t.name, t.name + RECORD_SUFFIX, t.record, t.transposed) for t in state.targets if t.record is not None]
+    records = [(t.name, t.record_name, t.record, t.transposed) for t in state.targets if t.record is not None]
     sidecar_file = model_io.write_compressed(compressed, records, output_path, source_folder=source_folder)
+    check_output_loads(input_path, output_path, sidecar_file)
     output_bytes = os.path.getsize(output_path) + (os.path.getsize(sidecar_file) if sidecar_file else 0)
-    report = Report(input_path, output_path, sidecar_file, model_io.model_bytes(input_path), output_bytes, skipped=state.skipped)
+    report = Report(input_path, output_path, sidecar_file, model_io.model_bytes(input_path), output_bytes, skipped=state.skipped,
+                    float_params=state.float_params)
     for t in state.targets:
         report.layers.append(LayerReport(t.name, t.kind, list(t.shape), t.size, round(t.sparsity, 6), len(t.codebook),
-                                         t.bits, 4 * t.size, len(t.record) if t.record is not None else portable_bytes(t, state.graph.opset or 0),
+                                         t.bits, t.dense_bytes, len(t.record) if t.record is not None else portable_bytes(t, state.graph.opset or 0),
                                          len(t.outlier_positions)))
     if eval_data:
         from onnxcomp.pipeline.evaluate import accuracy
         report.accuracy_before = accuracy(input_path, eval_data)
         report.accuracy_after = accuracy(output_path, eval_data, compressed=sidecar_file is not None)
     return report
+
+
+def _opens(path: str, custom: bool) -> str | None:
+    """None if onnxruntime (with the custom-op library when ``custom``) opens ``path``, else its error's first line."""
+    import onnxruntime as ort
+    from onnxcomp.runtime import session_options
+    options = session_options() if custom else ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # loading is the check: keep it cheap
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3  # the check says nothing unless it fails (onnxruntime warns about harmless things)
+    try:
+        ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own exception types
+        return (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return None
+
+
+def check_output_loads(input_path: str, output_path: str, sidecar_file: str | None) -> None:
+    """The written output must load in onnxruntime: if it does not (and the input does), it is removed and an
+    OutputError raised, so success is never reported for an output that cannot run. An input onnxruntime cannot
+    load either (ops it lacks) only gets a warning."""
+    problem = _opens(output_path, sidecar_file is not None)
+    if problem is None:
+        return
+    if _opens(input_path, False) is not None:
+        log.warning("onnxruntime cannot load %s (%s), nor the input: the output is written unchecked", output_path, problem)
+        return
+    for path in (output_path, sidecar_file):
+        if path:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+    raise OutputError(f"internal error: the compressed model does not load in onnxruntime ({problem}); nothing was written, "
+                      "please report it with the model")
 
 
 def decoded_weights(sidecar_file: str) -> dict[str, np.ndarray]:

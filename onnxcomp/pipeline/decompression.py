@@ -8,7 +8,8 @@ CodebookGather(record, indices) -> Gather(W, indices); CodebookDecode(record) ->
 CodebookConv(X, record[, bias[, scale]]) -> Conv(X, W * scale, bias) with its attributes, then the fused activation
 as its own node (a folded BatchNormalization stays folded: W * scale is a new initializer).
 Portable lookups Gather(codebook, Cast(indices)), with their outliers scattered on when present, become the
-initializer they compute; record outliers are applied by the reference decoder. The values equal the
+initializer they compute; record outliers are applied by the reference decoder. Every graph is rewritten, If
+branches and Loop/Scan bodies included; decoded weights live in the main graph. The values equal the
 compressed model's weights exactly; outputs agree up to fp32 summation order.
 """
 
@@ -26,83 +27,128 @@ from onnxcomp.pipeline.inspection import DOMAIN, stored_weights
 
 
 def decompress_model(model: onnx.ModelProto, model_path: str) -> onnx.ModelProto:
-    """The dense equivalent of ``model`` (loaded without external data; records read beside ``model_path``)."""
+    """The dense equivalent of ``model`` (loaded without external data; records read beside ``model_path``).
+
+    Every graph is rewritten (If branches, Loop and Scan bodies too). The decoded initializers go into the main
+    graph, where every subgraph can read them; a decoded weight only a Cast to float16/bfloat16 reads becomes
+    an initializer of that type in place of the Cast."""
     weights = stored_weights(model, model_path)
-    graph = model.graph
+    graphs = list(model_io.graphs_of(model.graph))
     folder = os.path.dirname(os.path.abspath(model_path))
     record_names = {w.tensor for w in weights.values() if w.storage == "record"}
-    for tensor in graph.initializer:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL and tensor.name not in record_names:
-            onnx.external_data_helper.load_external_data_for_tensor(tensor, folder)
-            tensor.data_location = onnx.TensorProto.DEFAULT
-            del tensor.external_data[:]
-    dense: dict[str, onnx.TensorProto] = {}  # original name -> initializer
+    for graph in graphs:
+        for tensor in graph.initializer:
+            if tensor.data_location == onnx.TensorProto.EXTERNAL and tensor.name not in record_names:
+                onnx.external_data_helper.load_external_data_for_tensor(tensor, folder)
+                tensor.data_location = onnx.TensorProto.DEFAULT
+                del tensor.external_data[:]
+    taken = {name for g in graphs for n in g.node for name in [*n.input, *n.output, n.name]}
+    taken |= {t.name for g in graphs for t in [*g.initializer, *g.input, *g.output]}
+    dense: dict[str, onnx.TensorProto] = {}  # tensor replaced (record or lookup output) -> its initializer
 
     def initializer_for(weight) -> str:
-        if weight.name not in dense:
-            dense[weight.name] = numpy_helper.from_array(weight.dense(), weight.name)
-        return weight.name
+        if weight.tensor not in dense:
+            name, number = weight.name, 0
+            while name in taken:
+                number += 1
+                name = f"{weight.name}.dense{'' if number == 1 else number}"
+            taken.add(name)
+            dense[weight.tensor] = numpy_helper.from_array(weight.dense(), name)
+        return dense[weight.tensor].name
 
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 11)
     renamed: dict[str, str] = {}  # tensor -> the tensor that replaces it
-    nodes = []
-    for node in graph.node:
-        weight = weights.get(node.input[1] if node.op_type in ("CodebookMatMul", "CodebookConv") else node.input[0]) if node.input else None
-        if node.domain == DOMAIN:
-            if weight is None:
-                raise UnsupportedModelError(f"{model_path}: node {node.name!r} ({node.op_type}) has no readable record")
-            name = initializer_for(weight)
-            if node.op_type == "CodebookMatMul":
-                x, bias, y = node.input[0], node.input[2] if len(node.input) > 2 and node.input[2] else None, node.output[0]
-                if weight.transposed:
-                    nodes.append(helper.make_node("Gemm", [x, name] + ([bias] if bias else []), [y], node.name, transB=1))
-                elif bias:
-                    nodes.append(helper.make_node("MatMul", [x, name], [y + ".matmul"], node.name))
-                    nodes.append(helper.make_node("Add", [y + ".matmul", bias], [y], node.name + ".bias"))
-                else:
-                    nodes.append(helper.make_node("MatMul", [x, name], [y], node.name))
-            elif node.op_type == "CodebookConv":
-                nodes.extend(_conv_nodes(node, name, weight, graph, dense, opset))
-            elif node.op_type == "CodebookGather":
-                nodes.append(helper.make_node("Gather", [name, node.input[1]], [node.output[0]], node.name, axis=0))
-            elif node.op_type == "CodebookDecode":
-                if weight.transposed:  # the node yields the stored orientation
-                    nodes.append(helper.make_node("Transpose", [name], [node.output[0]], node.name, perm=[1, 0]))
-                else:
-                    renamed[node.output[0]] = name
+    # Innermost graphs first: replacing a graph's node list copies its nodes, subgraphs included.
+    for graph in reversed(graphs):
+        nodes = []
+        for node in graph.node:
+            weight = weights.get(node.input[1] if node.op_type in ("CodebookMatMul", "CodebookConv") else node.input[0]) if node.input else None
+            if node.domain == DOMAIN:
+                if weight is None:
+                    raise UnsupportedModelError(f"{model_path}: node {node.name!r} ({node.op_type}) has no readable record")
+                nodes.extend(_standard_nodes(node, weight, initializer_for(weight), renamed, model_path,
+                                             conv=(graph, dense, opset, taken)))
+            elif node.output and node.output[0] in weights and weights[node.output[0]].storage == "portable":
+                # the lookup (Gather), or with outliers the Reshape after their ScatterElements
+                renamed[node.output[0]] = initializer_for(weights[node.output[0]])
             else:
-                raise UnsupportedModelError(f"{model_path}: unknown onnxcomp op {node.op_type!r}; upgrade onnxcomp")
-        elif node.output and node.output[0] in weights and weights[node.output[0]].storage == "portable":
-            # the lookup (Gather), or with outliers the Reshape after their ScatterElements
-            renamed[node.output[0]] = initializer_for(weights[node.output[0]])
-        else:
-            nodes.append(node)
-    graph_outputs = {o.name for o in graph.output}
-    for source, target in renamed.items():
-        if source in graph_outputs and source != target:
-            nodes.append(helper.make_node("Identity", [target], [source], source + ".identity"))
-    for node in nodes:
-        for i, name in enumerate(node.input):
-            if name in renamed and not (node.op_type == "Identity" and node.output[0] == name):
-                node.input[i] = renamed[name]
-    nodes = _live(nodes, graph_outputs)
-    used = {name for node in nodes for name in node.input} | graph_outputs
-    kept = [t for t in graph.initializer if t.name in used and t.name not in dense] + list(dense.values())
-    del graph.node[:]
-    graph.node.extend(nodes)
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    inputs = [i for i in graph.input if i.name not in record_names]
-    del graph.input[:]
-    graph.input.extend(inputs)
+                nodes.append(node)
+        del graph.node[:]
+        graph.node.extend(nodes)
+    graphs = list(model_io.graphs_of(model.graph))
+    for graph in graphs:
+        outputs = {o.name for o in graph.output}
+        for source, target in renamed.items():
+            if source in outputs and source != target:
+                graph.node.append(helper.make_node("Identity", [target], [source], source + ".identity"))
+        for node in graph.node:
+            for i, name in enumerate(node.input):
+                if name in renamed and not (node.op_type == "Identity" and node.output[0] == name):
+                    node.input[i] = renamed[name]
+    _fold_casts(graphs, dense)
+    graphs = _remove_dead(model.graph)
+    used = {name for g in graphs for node in g.node for name in node.input} | {o.name for g in graphs for o in g.output}
+    for graph in graphs:
+        kept = [t for t in graph.initializer if t.name in used and t.name not in record_names]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+    model.graph.initializer.extend(t for t in dense.values() if t.name in used)
+    inputs = [i for i in model.graph.input if i.name not in record_names]
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
     opsets = [o for o in model.opset_import if o.domain != DOMAIN]
     del model.opset_import[:]
     model.opset_import.extend(opsets)
     return model
 
 
+def _standard_nodes(node, weight, name: str, renamed: dict, model_path: str, conv: tuple) -> list:
+    """The standard nodes replacing one onnxcomp node reading ``weight`` (its dense initializer ``name``);
+    ``conv`` = (graph, dense, opset, taken) for CodebookConv."""
+    if node.op_type == "CodebookMatMul":
+        x, bias, y = node.input[0], node.input[2] if len(node.input) > 2 and node.input[2] else None, node.output[0]
+        if weight.transposed:
+            return [helper.make_node("Gemm", [x, name] + ([bias] if bias else []), [y], node.name, transB=1)]
+        if bias:
+            return [helper.make_node("MatMul", [x, name], [y + ".matmul"], node.name),
+                    helper.make_node("Add", [y + ".matmul", bias], [y], node.name + ".bias")]
+        return [helper.make_node("MatMul", [x, name], [y], node.name)]
+    if node.op_type == "CodebookConv":
+        return _conv_nodes(node, name, weight, *conv)
+    if node.op_type == "CodebookGather":
+        return [helper.make_node("Gather", [name, node.input[1]], [node.output[0]], node.name, axis=0)]
+    if node.op_type == "CodebookDecode":
+        if weight.transposed:  # the node yields the stored orientation
+            return [helper.make_node("Transpose", [name], [node.output[0]], node.name, perm=[1, 0])]
+        renamed[node.output[0]] = name
+        return []
+    raise UnsupportedModelError(f"{model_path}: unknown onnxcomp op {node.op_type!r}; upgrade onnxcomp")
+
+
+def _fold_casts(graphs: list, dense: dict) -> None:
+    """A decoded float32 initializer read only by one Cast (to float16/bfloat16, not a graph output) becomes an
+    initializer of that type named like the Cast's output, and the Cast goes."""
+    by_name = {t.name: t for t in dense.values()}
+    readers: dict[str, list] = {}
+    for graph in graphs:
+        for node in graph.node:
+            for name in node.input:
+                readers.setdefault(name, []).append((graph, node))
+    outputs = {o.name for g in graphs for o in g.output}
+    for name, tensor in by_name.items():
+        found = readers.get(name, [])
+        if len(found) != 1:
+            continue
+        graph, node = found[0]
+        to = next((a.i for a in node.attribute if a.name == "to"), None)
+        if node.op_type != "Cast" or node.output[0] in outputs or to not in (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16):
+            continue
+        tensor.CopyFrom(model_io.float_tensor(numpy_helper.to_array(tensor), node.output[0], to))
+        graph.node.remove(node)
+
+
 def _conv_nodes(node: onnx.NodeProto, weight_name: str, weight, graph: onnx.GraphProto,
-                dense: dict[str, onnx.TensorProto], opset: int) -> list[onnx.NodeProto]:
+                dense: dict[str, onnx.TensorProto], opset: int, taken: set[str]) -> list[onnx.NodeProto]:
     """Conv (+ activation) nodes equal to a CodebookConv node; a scale input makes a scaled copy of the weight."""
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     activation = attrs.pop("activation", None)
@@ -115,7 +161,7 @@ def _conv_nodes(node: onnx.NodeProto, weight_name: str, weight, graph: onnx.Grap
         scale_values = _initializer_array(graph, scale, node)
         values = weight.dense().astype(np.float32)
         values = (values * scale_values.reshape((-1,) + (1,) * (values.ndim - 1))).astype(np.float32)
-        weight_name = _unused_name(graph, dense, f"{weight_name}.{node.name or 'conv'}.scaled")
+        weight_name = _unused_name(taken, f"{weight_name}.{node.name or 'conv'}.scaled")
         dense[weight_name] = numpy_helper.from_array(values, weight_name)
     y = node.output[0]
     conv_out = y + ".conv" if activation else y
@@ -131,7 +177,7 @@ def _conv_nodes(node: onnx.NodeProto, weight_name: str, weight, graph: onnx.Grap
         if opset >= 11:
             bounds = []
             for i, value in enumerate(params[:2]):
-                bound = _unused_name(graph, dense, f"{y}.clip_{'min' if i == 0 else 'max'}")
+                bound = _unused_name(taken, f"{y}.clip_{'min' if i == 0 else 'max'}")
                 dense[bound] = numpy_helper.from_array(np.array(value, np.float32), bound)
                 bounds.append(bound)
             nodes.append(helper.make_node("Clip", [conv_out] + bounds, [y], node.name + ".activation"))
@@ -149,23 +195,29 @@ def _initializer_array(graph: onnx.GraphProto, name: str, node: onnx.NodeProto) 
     raise UnsupportedModelError(f"node {node.name!r} (CodebookConv): its scale {name!r} is not an initializer")
 
 
-def _unused_name(graph: onnx.GraphProto, dense: dict, base: str) -> str:
-    taken = {t.name for t in graph.initializer} | set(dense) | {o for n in graph.node for o in n.output}
+def _unused_name(taken: set[str], base: str) -> str:
+    """``base``, numbered if needed so that it names nothing in ``taken``; the name is added to ``taken``."""
     name, i = base, 0
     while name in taken:
         i += 1
         name = f"{base}.{i}"
+    taken.add(name)
     return name
 
 
-def _live(nodes: list, graph_outputs: set[str]) -> list:
-    """``nodes`` without those whose outputs nobody reads (the index unpacking of portable lookups)."""
+def _remove_dead(main) -> list:
+    """Drop nodes whose outputs nothing reads (the index unpacking of portable lookups), in every graph; a tensor
+    read inside a subgraph counts as read. Returns the graphs as they are afterwards."""
     while True:
-        read = {name for node in nodes for name in node.input} | graph_outputs
-        alive = [n for n in nodes if any(o in read for o in n.output)]
-        if len(alive) == len(nodes):
-            return nodes
-        nodes = alive
+        graphs = list(model_io.graphs_of(main))
+        read = {name for g in graphs for node in g.node for name in node.input} | {o.name for g in graphs for o in g.output}
+        dead = [g for g in reversed(graphs) if any(not any(o in read for o in n.output) for n in g.node)]
+        if not dead:
+            return graphs
+        graph = dead[0]  # innermost first; the list is rebuilt after each change
+        alive = [n for n in graph.node if any(o in read for o in n.output)]
+        del graph.node[:]
+        graph.node.extend(alive)
 
 
 def decompress(compressed_path: str, output_path: str) -> str:

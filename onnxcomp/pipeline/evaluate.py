@@ -15,8 +15,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxcomp.errors import CalibrationError
-from onnxcomp.runtime import session_options
+from onnxcomp.errors import CalibrationError, UnsupportedModelError
+from onnxcomp.passes import model_io
+from onnxcomp.runtime import DOMAIN, quiet_session_options
 
 LABELS = "labels"
 log = logging.getLogger("onnxcomp")
@@ -105,7 +106,7 @@ def load_calibration(path: str, model: onnx.ModelProto, samples: int | None = No
         count = samples or 16
         data = {}
         for name, shape, dtype in specs:
-            dims = [count] + [d or 1 for d in shape[1:]]
+            dims = [count if not shape or shape[0] is None else shape[0] * max(1, count // shape[0])] + [d or 1 for d in shape[1:]]
             data[name] = rng.standard_normal(dims).astype(dtype) if dtype.kind == "f" else np.zeros(dims, dtype)
         return data
     data = load_data(path, specs)
@@ -118,23 +119,55 @@ def load_calibration(path: str, model: onnx.ModelProto, samples: int | None = No
     return data
 
 
-_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
+_NUMPY_TYPES = {"tensor(bool)": np.bool_, "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
                 "tensor(int32)": np.int32, "tensor(uint8)": np.uint8, "tensor(float16)": np.float16}
 
 
 def run_batches(session: ort.InferenceSession, inputs: dict[str, np.ndarray], batch: int = 256) -> np.ndarray:
-    """The first output over all samples, computed in batches."""
+    """The first output over all samples, computed in batches the model accepts."""
+    from onnxcomp.passes.calibration import run_batched
     names = [spec.name for spec in session.get_inputs()]
-    total = len(inputs[names[0]])
-    outputs = [session.run(None, {n: inputs[n][i:i + batch] for n in names})[0] for i in range(0, total, batch)]
-    return np.concatenate(outputs)
+    return run_batched(session, {n: inputs[n] for n in names}, batch, outputs=[session.get_outputs()[0].name])[0]
 
 
-def accuracy(model_path: str, data_path: str, compressed: bool = False) -> float | None:
-    """Top-1 accuracy of ``model_path`` on ``data_path`` (None when the file has no labels)."""
-    options = session_options() if compressed else ort.SessionOptions()
+def open_session(path: str, custom_ops: bool | None = None) -> ort.InferenceSession:
+    """A one-thread CPU session on the model file ``path``, for every command that runs a model.
+
+    The file goes through ``model_io.load_model``'s checks first, so a missing or unreadable file, a file that is
+    not ONNX and a model without its sidecar or data file each give one clean ``UnsupportedModelError``, the same
+    for every command. The custom-op library is registered when the model uses onnxcomp ops (``custom_ops`` None)
+    or when asked; onnxruntime's own error log lines are silenced (``runtime.quiet_session_options``)."""
+    path = os.fspath(path)
+    model = model_io.load_model(path, external_data=False)
+    if custom_ops is None:
+        custom_ops = any(o.domain == DOMAIN for o in model.opset_import)
+    options = quiet_session_options(custom_ops)
     options.intra_op_num_threads = 1
-    session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own types for models it cannot open
+        raise UnsupportedModelError(f"{path}: onnxruntime cannot open it ({_first_line(error)})") from error
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def check_eval_data(path: str, model: onnx.ModelProto) -> bool:
+    """Check an ``--eval`` file against ``model``'s inputs before any work (``CalibrationError`` if it does not
+    fit); returns whether it holds ``labels``, and warns when it does not, since no accuracy can be measured."""
+    if LABELS in load_data(path, model_specs(model)):
+        return True
+    log.warning("%s has no 'labels' array: top-1 accuracy is not measured (--eval needs integer class labels "
+                "[N] beside the inputs)", path)
+    return False
+
+
+def accuracy(model_path: str, data_path: str, compressed: bool | None = None) -> float | None:
+    """Top-1 accuracy of ``model_path`` on ``data_path`` (None when the file has no labels).
+
+    ``compressed`` registers the custom-op library (None: when the model uses onnxcomp ops)."""
+    session = open_session(model_path, compressed)
     data = load_data(data_path, session)
     if LABELS not in data:
         return None

@@ -15,6 +15,7 @@ it, dense Huffman coding never does.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -24,18 +25,23 @@ from onnx import numpy_helper
 from onnxcomp.passes import model_io
 from onnxcomp.core import sidecar
 from onnxcomp.passes.model_io import model_bytes
+from onnxcomp.passes.select_weights import CHAIN_OPS, FC_OPS
 from onnxcomp.errors import CorruptSidecarError, UnsupportedModelError
 
 DOMAIN = "ai.onnxcomp"
-WEIGHT_SLOTS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (0, 1), "MatMul": (0, 1), "Gather": (0,)}
 KIND_OF_OP = {"Conv": "conv", "ConvTranspose": "conv", "CodebookConv": "conv", "Gather": "embedding",
-              "CodebookGather": "embedding"}
+              "CodebookGather": "embedding", "CodebookMatMul": "fc", **{op: "fc" for op in FC_OPS}}
+DENSE_BITS = {onnx.TensorProto.FLOAT: 32, onnx.TensorProto.FLOAT16: 16, onnx.TensorProto.BFLOAT16: 16}
+DENSE_LISTED = 1024  # dense float tensors read in no weight slot are listed from this many elements
+# Inputs that hold a layer's weights (None: every input); a dense float tensor read there is always listed.
+WEIGHT_SLOTS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (0, 1), "MatMul": (0, 1), "Gather": (0,), "LSTM": (1, 2),
+                "GRU": (1, 2), "RNN": (1, 2), "Einsum": None, "CodebookMatMul": (1,), "CodebookGather": (0,),
+                "CodebookConv": (1,)}
 PORTABLE_CODEBOOK = ".codebook"
 PORTABLE_INDICES = ".indices"
-PORTABLE_LOOKUP = ".codebook_lookup"  # the lookup's output when outliers are scattered onto it
+PORTABLE_CODEBOOK_NAME = re.compile(r"\.codebook(\.\d+)?$")  # passes/names.py may number a generated name
 PORTABLE_OUTLIER_GAPS = ".outlier_gaps"
 PORTABLE_OUTLIER_VALUES = ".outlier_values"
-PORTABLE_OUTLIER_STEPS = (".lookup_flat", ".outliers", ".outliers_reshape")  # node names of the scatter
 
 
 @dataclass
@@ -93,6 +99,7 @@ class WeightInfo:
     storage: str  # "dense", "record" or "portable"
     outliers: int = 0  # values stored exactly beside the codebook
     outlier_bytes: int = 0  # bytes they take (included in stored_bytes)
+    dense_bytes: int = 0  # the weight uncompressed: 4 bytes per element (float32; compressed weights), 2 for float16/bfloat16
 
 
 @dataclass
@@ -108,7 +115,7 @@ class Inspection:
 
     @property
     def dense_bytes(self) -> int:
-        return 4 * self.params
+        return sum(w.dense_bytes or 4 * w.params for w in self.weights)
 
     @property
     def stored_bytes(self) -> int:
@@ -140,9 +147,10 @@ def stored_weights(model: onnx.ModelProto, model_path: str) -> dict[str, StoredW
     Records are read from the sidecar beside ``model_path`` and matched to the directory by offset.
     """
     found: dict[str, StoredWeight] = {}
-    initializers = {t.name: t for t in model.graph.initializer}
-    records = {t.name: t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
-               and any(n.domain == DOMAIN for n in model.graph.node if t.name in n.input)}
+    graphs = list(model_io.graphs_of(model.graph))
+    initializers = {t.name: t for g in graphs for t in g.initializer}
+    custom_reads = {name for g in graphs for n in g.node if n.domain == DOMAIN for name in n.input}
+    records = {t.name: t for t in initializers.values() if t.data_location == onnx.TensorProto.EXTERNAL and t.name in custom_reads}
     if records:
         folder = os.path.dirname(os.path.abspath(model_path))
         by_file: dict[str, list] = {}
@@ -164,13 +172,18 @@ def stored_weights(model: onnx.ModelProto, model_path: str) -> dict[str, StoredW
                 found[tensor_name] = StoredWeight(entry.name, "record", record.codebook, record.indices.reshape(record.dims),
                                                   record.bits, entry.length, entry.transposed, tensor_name,
                                                   record.outlier_positions, record.outlier_values, record.outlier_bytes)
-    producers = {out: n for n in model.graph.node for out in n.output}
-    for node in model.graph.node:
+    producers = {out: n for g in graphs for n in g.node for out in n.output}
+    readers: dict[str, list] = {}
+    for g in graphs:
+        for n in g.node:
+            for slot, name in enumerate(n.input):
+                readers.setdefault(name, []).append((n, slot))
+    for node in (n for g in graphs for n in g.node):
         # portable: Gather(codebook, indices computed by standard ops from constants), see passes/pack_portable.py
         if node.op_type != "Gather" or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
             continue
         codebook = initializers.get(node.input[0])
-        if codebook is None or not codebook.name.endswith(PORTABLE_CODEBOOK):
+        if codebook is None or not PORTABLE_CODEBOOK_NAME.search(codebook.name):
             continue
         chain, leaves = _constant_producers(node.input[1], producers, initializers)
         if chain is None:
@@ -179,21 +192,24 @@ def stored_weights(model: onnx.ModelProto, model_path: str) -> dict[str, StoredW
         values = numpy_helper.to_array(codebook).astype(np.float32)
         index_bytes = sum(numpy_helper.to_array(initializers[leaf]).nbytes for leaf in leaves)
         bits = max(1, round(8 * index_bytes / max(indices.size, 1)))
-        weight = StoredWeight(codebook.name[:-len(PORTABLE_CODEBOOK)], "portable", values, indices,
+        weight = StoredWeight(PORTABLE_CODEBOOK_NAME.sub("", codebook.name), "portable", values, indices,
                               bits, values.nbytes + index_bytes, False, node.output[0])
-        final = _portable_outliers(model, weight, producers, initializers)
+        final = _portable_outliers(model, weight, producers, initializers, readers)
         found[final or node.output[0]] = weight
     return found
 
 
-def _portable_outliers(model, weight: StoredWeight, producers: dict, initializers: dict) -> str | None:
-    """Reads the outliers scattered onto a portable lookup (passes/pack_portable.py) into ``weight``; returns the
-    tensor holding the final weight, or None when the lookup has no outliers."""
-    final = producers.get(weight.name)
-    if weight.tensor != weight.name + PORTABLE_LOOKUP or final is None or final.op_type != "Reshape":
-        return None
-    scatter = producers.get(final.input[0])
-    if scatter is None or scatter.op_type != "ScatterElements" or len(scatter.input) != 3:
+def _portable_outliers(model, weight: StoredWeight, producers: dict, initializers: dict, readers: dict) -> str | None:
+    """Reads the outliers scattered onto a portable lookup (passes/pack_portable.py: Reshape -> ScatterElements ->
+    Reshape after the Gather) into ``weight``; returns the tensor holding the final weight, or None when the lookup
+    has no outliers. Recognised by structure, not by names (generated names may be numbered)."""
+    def only_reader(tensor: str, op: str, slot: int = 0):
+        found = readers.get(tensor, [])
+        return found[0][0] if len(found) == 1 and found[0][0].op_type == op and found[0][1] == slot else None
+    flat = only_reader(weight.tensor, "Reshape")
+    scatter = flat and only_reader(flat.output[0], "ScatterElements")
+    final = scatter and only_reader(scatter.output[0], "Reshape")
+    if final is None or len(scatter.input) != 3:
         return None
     arrays, stored = [], 0
     for tensor in scatter.input[1:]:
@@ -202,7 +218,7 @@ def _portable_outliers(model, weight: StoredWeight, producers: dict, initializer
             return None
         arrays.append(_evaluate(model, chain, leaves, tensor))
         stored += sum(numpy_helper.to_array(initializers[leaf]).nbytes for leaf in leaves
-                      if leaf.endswith((PORTABLE_OUTLIER_GAPS, PORTABLE_OUTLIER_VALUES)))
+                      if PORTABLE_OUTLIER_GAPS in leaf or PORTABLE_OUTLIER_VALUES in leaf)
     weight.outlier_positions = arrays[0].astype(np.int64)
     weight.outlier_values = arrays[1].astype(np.float32)
     weight.outlier_bytes = stored
@@ -230,8 +246,9 @@ def _constant_producers(tensor: str, producers: dict, initializers: dict):
 
 def _evaluate(model: onnx.ModelProto, nodes: list, leaves: list[str], output: str) -> np.ndarray:
     from onnx.reference import ReferenceEvaluator
-    initializers = {t.name: t for t in model.graph.initializer}
-    order = {id(n): i for i, n in enumerate(model.graph.node)}
+    graphs = list(model_io.graphs_of(model.graph))
+    initializers = {t.name: t for g in graphs for t in g.initializer}
+    order = {id(n): i for i, n in enumerate(n for g in graphs for n in g.node)}
     graph = onnx.helper.make_graph(sorted(nodes, key=lambda n: order[id(n)]), "indices", [],
                                    [onnx.helper.make_tensor_value_info(output, onnx.TensorProto.UNDEFINED, None)],
                                    [initializers[name] for name in leaves])
@@ -240,32 +257,39 @@ def _evaluate(model: onnx.ModelProto, nodes: list, leaves: list[str], output: st
 
 
 def _consumers(model: onnx.ModelProto) -> dict[str, list[tuple[onnx.NodeProto, int]]]:
+    """tensor name -> (node, slot) reading it, in every graph (subgraphs read outer-scope names)."""
     uses: dict[str, list] = {}
-    for node in model.graph.node:
-        for slot, name in enumerate(node.input):
-            uses.setdefault(name, []).append((node, slot))
+    for graph in model_io.graphs_of(model.graph):
+        for node in graph.node:
+            for slot, name in enumerate(node.input):
+                uses.setdefault(name, []).append((node, slot))
     return uses
 
 
-def _describe_uses(name: str, uses: dict) -> tuple[str, str]:
-    """(op, kind) for a tensor, looking through CodebookDecode/Transpose/Reshape to the real consumer."""
-    ops, queue, seen = [], [name], set()
+def _describe_uses(name: str, uses: dict) -> tuple[str, str, bool]:
+    """(op, kind, in a weight slot) for a tensor, looking through CodebookDecode, portable lookups and shape-only
+    ops (CHAIN_OPS) to the real consumers; kind as passes/select_weights.py decides it; the flag says whether a
+    consumer reads it as a weight (WEIGHT_SLOTS), not as a bias or an operand of an elementwise op."""
+    ops, queue, seen, weight_slot = [], [name], set(), False
     while queue:
         tensor = queue.pop()
-        for node, _ in uses.get(tensor, []):
+        for node, slot in uses.get(tensor, []):
             if id(node) in seen:
                 continue
             seen.add(id(node))
-            if node.op_type in ("CodebookDecode", "Transpose", "Identity") or (
-                    node.op_type == "Gather" and node.input[0].endswith(PORTABLE_CODEBOOK)) or (
-                    node.op_type in ("Reshape", "ScatterElements") and node.name.endswith(PORTABLE_OUTLIER_STEPS)):
+            chain = CHAIN_OPS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ()
+            if node.op_type == "CodebookDecode" or (node.op_type in CHAIN_OPS and (chain is None or slot in chain)) or (
+                    node.op_type == "Gather" and PORTABLE_CODEBOOK_NAME.search(node.input[0])) or (
+                    node.op_type == "ScatterElements" and slot == 0):
                 queue.extend(node.output)
             else:
                 ops.append(node.op_type)
+                slots = WEIGHT_SLOTS.get(node.op_type, ())
+                weight_slot |= slots is None or slot in slots
     ops = sorted(set(ops)) or ["-"]
-    kinds = {KIND_OF_OP.get(op, "fc") for op in ops}
-    kind = "conv" if "conv" in kinds else "embedding" if "embedding" in kinds else "fc"
-    return "+".join(ops), kind
+    kinds = {KIND_OF_OP.get(op, "other") for op in ops}
+    kind = next((k for k in ("conv", "embedding", "fc", "other") if k in kinds), "other")
+    return "+".join(ops), kind, weight_slot
 
 
 def inspect(model_path: str) -> Inspection:
@@ -281,32 +305,37 @@ def inspect(model_path: str) -> Inspection:
     uses = _consumers(model)
     result = Inspection(model_path, fmt, model_bytes(model_path))
     for tensor_name, weight in compressed.items():
-        op, kind = _describe_uses(tensor_name, uses)
+        op, kind, _ = _describe_uses(tensor_name, uses)
         sparsity = weight.sparsity
         n = int(weight.indices.size)
         entropy = entropy_bits(weight.indices) if n else 0.0
         result.weights.append(WeightInfo(weight.name, op, kind, list(weight.shape), n, round(sparsity, 6), weight.bits,
                                          len(weight.codebook), weight.stored_bytes, 8 * weight.stored_bytes / max(n, 1),
                                          int(np.ceil(n * entropy / 8)) + 4 * len(weight.codebook), weight.storage,
-                                         len(weight.outlier_positions), weight.outlier_bytes))
+                                         len(weight.outlier_positions), weight.outlier_bytes, 4 * n))
     folder = os.path.dirname(os.path.abspath(model_path))
-    for tensor in model.graph.initializer:
-        if tensor.data_type != onnx.TensorProto.FLOAT or tensor.name.endswith(PORTABLE_CODEBOOK):
+    listed = set()
+    for tensor in (t for g in model_io.graphs_of(model.graph) for t in g.initializer):
+        if tensor.data_type not in DENSE_BITS or PORTABLE_CODEBOOK_NAME.search(tensor.name) or tensor.name in listed \
+                or not uses.get(tensor.name):
             continue
-        slots = [(n, s) for n, s in uses.get(tensor.name, []) if s in WEIGHT_SLOTS.get(n.op_type, ()) and n.domain in ("", "ai.onnx")]
-        if not slots:
+        op, kind, weight_slot = _describe_uses(tensor.name, uses)
+        size = int(np.prod(tensor.dims, dtype=np.int64))
+        if not weight_slot and size < DENSE_LISTED:
             continue
+        listed.add(tensor.name)
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             onnx.external_data_helper.load_external_data_for_tensor(tensor, folder)
         values = numpy_helper.to_array(tensor)
         n = int(values.size)
         distinct = np.unique(values)
         entropy = entropy_bits(values) if n else 0.0
-        op, kind = _describe_uses(tensor.name, uses)
+        bits = DENSE_BITS[tensor.data_type]
         result.weights.append(WeightInfo(tensor.name, op, kind, list(values.shape), n,
-                                         round(float((values == 0).mean()) if n else 0.0, 6), 32,
-                                         len(distinct) if len(distinct) <= 1 << 16 else None, 4 * n, 32.0,
-                                         min(4 * n, int(np.ceil(n * entropy / 8)) + 4 * len(distinct)), "dense"))
+                                         round(float((values == 0).mean()) if n else 0.0, 6), bits,
+                                         len(distinct) if len(distinct) <= 1 << 16 else None, bits * n // 8, float(bits),
+                                         min(bits * n // 8, int(np.ceil(n * entropy / 8)) + bits // 8 * len(distinct)), "dense",
+                                         dense_bytes=bits * n // 8))
     order = {}
     for position, node in enumerate(model.graph.node):
         for name in node.input:

@@ -2,8 +2,9 @@
 
 Per output, with a the original's values and b the compressed model's (flattened over the batch):
 max abs error max|a - b|; relative L2 error ||a - b|| / ||a||; cosine similarity a.b / (||a|| ||b||);
-and, for outputs that look like class scores (float, rank 2, at least 2 classes), top-1 agreement: the
-share of samples whose argmax is the same in both. Inputs come from a data file, or are drawn from the
+and, for outputs that are class scores (float [N, C], C >= 2, computed by a linear layer, possibly through
+Softmax/LogSoftmax/Sigmoid or a reshape: ``class_score_outputs``), top-1 agreement: the share of samples whose
+argmax is the same in both; features such as pooled embeddings get none, whatever their shape. Inputs come from a data file, or are drawn from the
 declared input shapes with a seeded generator: floats uniform in [0, 1), integers 0 (dynamic dims: the
 batch gets ``samples``, others 1). Random inputs say nothing about accuracy; they only catch gross breakage.
 
@@ -31,9 +32,9 @@ from onnx import numpy_helper
 from onnxcomp.passes import model_io
 from onnxcomp import progress
 from onnxcomp.errors import CalibrationError, UnsupportedModelError
-from onnxcomp.pipeline.evaluate import LABELS, load_data, session_specs
+from onnxcomp.passes.calibration import run_batched
+from onnxcomp.pipeline.evaluate import LABELS, load_data, open_session, session_specs
 from onnxcomp.pipeline.inspection import DOMAIN, stored_weights
-from onnxcomp.runtime import session_options
 
 log = logging.getLogger("onnxcomp")
 DEFAULT_RANDOM_SAMPLES = 64
@@ -46,7 +47,7 @@ class OutputComparison:
     max_abs_error: float
     relative_l2_error: float
     cosine: float
-    top1_agreement: float | None  # None when the output does not look like class scores
+    top1_agreement: float | None  # None when the output is not class scores
 
 
 @dataclass
@@ -98,7 +99,7 @@ class Verification:
             if min_top1 is not None and o.top1_agreement is not None and not o.top1_agreement >= min_top1:
                 problems.append(f"output {o.name!r}: top-1 agreement {o.top1_agreement:.4f} is below {min_top1}")
         if min_top1 is not None and self.min_top1 is None:
-            problems.append("--min-top1 given, but no output looks like class scores (float, rank 2)")
+            problems.append("--min-top1 given, but no output is class scores (float [N, C] from a linear layer)")
         return problems
 
     def to_dict(self) -> dict:
@@ -107,23 +108,13 @@ class Verification:
         return data
 
 
-def open_session(path: str) -> ort.InferenceSession:
-    """A CPU session; the custom-op library is registered only when the model uses onnxcomp ops."""
-    model = onnx.load(path, load_external_data=False)
-    custom = any(o.domain == DOMAIN for o in model.opset_import)
-    options = session_options() if custom else ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    try:
-        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    except Exception as error:  # onnxruntime raises its own types for unreadable models
-        raise UnsupportedModelError(f"{path}: onnxruntime cannot open it ({error})") from error
-
-
 def random_inputs(session: ort.InferenceSession, samples: int, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     inputs = {}
     for name, shape, dtype in session_specs(session):
         dims = [samples if i == 0 and d is None else (d or 1) for i, d in enumerate(shape)]
+        if shape and shape[0] is not None:  # a fixed batch: as many full batches as fit in ``samples``
+            dims[0] = shape[0] * max(1, samples // shape[0])
         if dtype.kind == "f":
             inputs[name] = rng.random(dims).astype(dtype)
         else:
@@ -131,7 +122,35 @@ def random_inputs(session: ort.InferenceSession, samples: int, seed: int) -> dic
     return inputs
 
 
-def compare(a: np.ndarray, b: np.ndarray, name: str) -> OutputComparison:
+# Class scores: a linear layer's output ([N, C], C >= 2), possibly through these before it leaves the graph.
+SCORE_LAYERS = {("", "Gemm"), ("", "MatMul"), (DOMAIN, "CodebookMatMul")}
+SCORE_PASS_THROUGH = {"Add", "Softmax", "LogSoftmax", "Sigmoid", "Identity", "Reshape", "Flatten", "Squeeze", "Cast"}
+
+
+def class_score_outputs(model: onnx.ModelProto) -> set[str]:
+    """The graph outputs that are class scores: computed by a linear layer (Gemm, MatMul or CodebookMatMul,
+    bias Add included), possibly followed by Softmax, LogSoftmax, Sigmoid or a reshape. Features such as pooled
+    embeddings (GlobalAveragePool, ReduceMean, a normalisation, an activation) are not, whatever their shape."""
+    producers = {output: node for node in model.graph.node for output in node.output}
+    constants = {t.name for t in model.graph.initializer}
+    scores = set()
+    for output in model.graph.output:
+        name, steps = output.name, 0
+        while (node := producers.get(name)) is not None and steps < len(model.graph.node):
+            steps += 1
+            if (node.domain if node.domain != "ai.onnx" else "", node.op_type) in SCORE_LAYERS:
+                scores.add(output.name)
+                break
+            if node.domain not in ("", "ai.onnx") or node.op_type not in SCORE_PASS_THROUGH or not node.input:
+                break
+            inputs = [i for i in node.input if i and i not in constants]  # an Add's bias is a constant
+            if len(inputs) != 1:
+                break
+            name = inputs[0]
+    return scores
+
+
+def compare(a: np.ndarray, b: np.ndarray, name: str, class_scores: bool = True) -> OutputComparison:
     if a.shape != b.shape:
         raise UnsupportedModelError(f"output {name!r} has shape {list(a.shape)} in the original, {list(b.shape)} compressed")
     x, y = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
@@ -139,7 +158,7 @@ def compare(a: np.ndarray, b: np.ndarray, name: str) -> OutputComparison:
     difference = np.linalg.norm(x - y)
     cosine = 1.0 if norm_x == norm_y == 0 else float(x @ y / (norm_x * norm_y)) if norm_x and norm_y else 0.0
     top1 = None
-    if a.dtype.kind == "f" and a.ndim == 2 and a.shape[1] >= 2:
+    if class_scores and a.dtype.kind == "f" and a.ndim == 2 and a.shape[1] >= 2:
         top1 = float(np.mean(a.argmax(axis=1) == b.argmax(axis=1)))
     return OutputComparison(name, list(a.shape), float(np.abs(x - y).max(initial=0.0)),
                             float(difference / norm_x) if norm_x else float(difference), cosine, top1)
@@ -169,34 +188,33 @@ def verify(original_path: str, compressed_path: str, calib: str | None = None, *
     else:
         inputs = random_inputs(reference, samples or DEFAULT_RANDOM_SAMPLES, seed)
         source = f"random (seed {seed})"
-    count = len(next(iter(inputs.values()))) if inputs else 1
+    count = next((len(v) for v in inputs.values() if np.ndim(v)), 1)
     result = Verification(original_path, compressed_path, source, count)
     expected = _run(reference, inputs, count, batch, source)
     actual = _run(candidate, inputs, count, batch, source)
+    scores = class_score_outputs(onnx.load(original_path, load_external_data=False))
     for name, a, b in zip(names, expected, actual):
-        result.outputs.append(compare(a, b, name))
+        result.outputs.append(compare(a, b, name, name in scores))
     if per_layer:
         result.per_layer_output = names[0]
-        result.layers = attribute_layers(original_path, compressed_path, inputs, count, batch, source, expected[0])
+        result.layers = attribute_layers(original_path, compressed_path, inputs, count, batch, source, expected[0],
+                                         names[0] in scores)
     return result
 
 
 def _run(session: ort.InferenceSession, inputs: dict[str, np.ndarray], count: int, batch: int, source: str,
          extra: dict[str, np.ndarray] | None = None, outputs: list[str] | None = None) -> list[np.ndarray]:
     """``session``'s outputs on ``inputs`` (plus the unbatched ``extra`` feeds), run ``batch`` samples at a time."""
-    runs = []
     try:
-        for start in range(0, count, batch):
-            feed = {k: v[start:start + batch] for k, v in inputs.items()}
-            runs.append(session.run(outputs, {**feed, **(extra or {})}))
+        return run_batched(session, inputs, batch, outputs, extra)
+    except CalibrationError:
+        raise
     except Exception as error:  # onnxruntime's errors on bad feeds
         raise CalibrationError(f"running the models failed on {source}: {error}") from error
-    return [np.concatenate([np.asarray(r[i]) for r in runs]) if np.ndim(runs[0][i]) else np.asarray(runs[0][i])
-            for i in range(len(runs[0]))]
 
 
 def attribute_layers(original_path: str, compressed_path: str, inputs: dict[str, np.ndarray], count: int, batch: int,
-                     source: str, expected: np.ndarray) -> list[LayerAttribution]:
+                     source: str, expected: np.ndarray, class_scores: bool = True) -> list[LayerAttribution]:
     """Each compressed weight's error alone on the first output (``expected``: the original's), worst first."""
     from onnxcomp.pipeline.autotune import _session, _weight_as_input
     stored = {w.name: w for w in stored_weights(model_io.load_model(compressed_path, external_data=False),
@@ -215,7 +233,8 @@ def attribute_layers(original_path: str, compressed_path: str, inputs: dict[str,
         if tuple(tensor.dims) != tuple(weight.shape):
             raise UnsupportedModelError(f"weight {name!r} has shape {list(tensor.dims)} in {original_path}, "
                                         f"{list(weight.shape)} in {compressed_path}: was it compressed from another model?")
-    main = {t.name for t in model.graph.initializer}
+    # Main-graph weights numpy can hold are fed as inputs; bfloat16 ones are substituted in a copy, like subgraph weights.
+    main = {t.name for t in model.graph.initializer if t.data_type != onnx.TensorProto.BFLOAT16}
     originals = {name: numpy_helper.to_array(everywhere[name]) for name in stored if name in main}
     first = model.graph.output[0].name
     probe = _session(_weight_as_input(model, originals)) if originals else None
@@ -223,16 +242,12 @@ def attribute_layers(original_path: str, compressed_path: str, inputs: dict[str,
     for name, weight in progress.track(stored.items(), "per-layer verification"):
         decoded = weight.dense()
         if name in originals:
+            decoded = decoded.astype(originals[name].dtype)
             output = _run(probe, inputs, count, batch, source, {**originals, name: decoded}, [first])[0]
         else:  # inside a subgraph: substitute the initializer in a copy
-            copy = onnx.ModelProto()
-            copy.CopyFrom(model)
-            for graph in model_io.graphs_of(copy.graph):
-                for tensor in graph.initializer:
-                    if tensor.name == name:
-                        tensor.CopyFrom(numpy_helper.from_array(decoded, name))
+            copy = model_io.substituted(model, {name: decoded})
             output = _run(_session(copy), inputs, count, batch, source, outputs=[first])[0]
-        metrics = compare(expected, output, first)
+        metrics = compare(expected, output, first, class_scores)
         layers.append(LayerAttribution(name, list(weight.shape), weight.bits, len(weight.codebook), round(weight.sparsity, 6),
                                        metrics.max_abs_error, metrics.relative_l2_error, metrics.cosine,
                                        metrics.top1_agreement, 0.0))
