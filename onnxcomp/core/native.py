@@ -7,11 +7,35 @@ Huffman and gap coding), each byte-identical to a numpy reference kept beside it
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import sys
+
+
+def _installed_native():
+    """``onnxcomp._native`` from the installed distribution's files, for a process that imported the source tree
+    (run from the checkout's root after a normal install, as CI does); None if it is not installed."""
+    from importlib import metadata
+    try:
+        files = metadata.files("onnxcomp") or []
+    except metadata.PackageNotFoundError:
+        return None
+    for file in files:
+        if file.name.startswith("_native.") and file.name.endswith((".so", ".pyd")):
+            spec = importlib.util.spec_from_file_location("onnxcomp._native", str(file.locate()))
+            if spec is None or spec.loader is None:
+                continue
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            sys.modules["onnxcomp._native"] = module
+            return module
+    return None
+
 
 try:
     from onnxcomp import _native as native
-except ImportError:  # pragma: no cover - a source tree without the built module
-    native = None
+except ImportError:  # a source tree without the built module: use the installed one, else numpy
+    native = _installed_native()
+if native is None:  # pragma: no cover - nothing built anywhere
     logging.getLogger("onnxcomp").warning("onnxcomp._native is not built: k-means and Huffman coding run in numpy, "
                                           "much slower (reinstall onnxcomp with pip to build it)")

@@ -206,27 +206,34 @@ def channel_damage(reference_rows: np.ndarray, decoded_rows: np.ndarray, importa
     return damage_against(reference_rows, importance)(decoded_rows)
 
 
+DAMAGE_BLOCK_ELEMENTS = 1 << 18  # rows are measured in blocks of about this many elements (bounded float64 temporaries)
+
+
 def damage_against(reference_rows: np.ndarray, importance: np.ndarray | None = None):
-    """``channel_damage`` with the reference fixed: the reference's float64 copy, channel norms and live channels
-    are computed once, for the several candidate decodings of one tensor."""
-    reference = np.asarray(reference_rows, dtype=np.float64)
+    """``channel_damage`` with the reference fixed: its channel norms and live channels are computed once, for
+    the several candidate decodings of one tensor. Squares are summed in float64 over blocks of rows, so the
+    working memory stays a small multiple of one block whatever the tensor's size."""
+    reference = np.asarray(reference_rows, dtype=np.float32)
     weights = None
-    energy = reference ** 2
     if importance is not None and len(importance) == reference.shape[1]:
         weights = np.asarray(importance, dtype=np.float64)[None, :]
-        energy = energy * weights
-    norms = energy.sum(axis=1)
-    del energy
-    live = norms >= LIVE_CHANNEL ** 2 * np.median(norms)
+    step = max(1, DAMAGE_BLOCK_ELEMENTS // max(reference.shape[1], 1))
+    blocks = [slice(start, start + step) for start in range(0, reference.shape[0], step)]
+
+    def row_sums(rows: np.ndarray) -> np.ndarray:
+        squares = rows ** 2
+        return (squares * weights if weights is not None else squares).sum(axis=1)
+
+    norms = np.concatenate([row_sums(reference[block].astype(np.float64)) for block in blocks]) if blocks else np.zeros(0)
+    live = norms >= LIVE_CHANNEL ** 2 * np.median(norms) if len(norms) else np.zeros(0, dtype=bool)
     live &= norms > 0
 
     def damage(decoded_rows: np.ndarray) -> float:
         if not live.any():
             return 0.0
-        error = (np.asarray(decoded_rows, dtype=np.float64) - reference) ** 2
-        if weights is not None:
-            error = error * weights
-        return float(np.sqrt((error.sum(axis=1)[live] / norms[live]).max()))
+        decoded = np.asarray(decoded_rows)
+        error = np.concatenate([row_sums(decoded[block].astype(np.float64) - reference[block]) for block in blocks])
+        return float(np.sqrt((error[live] / norms[live]).max()))
     return damage
 
 
