@@ -260,9 +260,9 @@ COMPRESS_PANELS = {
     "Weight sharing (k-means codebooks)": ("fc_bits", "conv_bits", "embedding_bits", "init", "outliers", "seed"),
     "Calibration and refit (with --calib)": ("calib_samples", "calib_batch", "reconstruct", "sequential", "ridge",
                                              "rounding"),
-    "Quality budget (with --budget)": ("holdout", "cache_dir"),
+    "Quality budget (with --budget)": ("check", "holdout", "cache_dir"),
     "Reports and recipe files": ("report", "html", "config"),
-    "Fidelity check (after compressing)": ("fidelity", "fidelity_data", "input_shape", "input_range"),
+    "Fidelity check (after compressing)": ("min_cosine", "fidelity", "fidelity_data", "input_shape", "input_range"),
 }
 
 

@@ -31,6 +31,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from onnxcomp.passes.calibration import run_batched
+
 from onnxcomp.errors import CalibrationError, InvalidOptionError
 
 log = logging.getLogger("onnxcomp")
@@ -218,7 +220,11 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def compare_runs(original_path: str, compressed_path: str, feeds: list[dict[str, np.ndarray]], inputs: str) -> Fidelity:
     """Run both models on ``feeds`` and compare every float output (module docstring)."""
-    reference, candidate = _session(original_path), _session(compressed_path)
+    try:
+        reference = _session(original_path)
+    except Exception as error:  # onnxruntime's own error types: the input itself does not load there
+        return Fidelity(inputs, unavailable=f"onnxruntime cannot load the input model ({str(error).strip().splitlines()[0]})")
+    candidate = _session(compressed_path)
     names = [o.name for o in reference.get_outputs()]
     per_output: dict[str, dict] = {name: {"cos": [], "agree": [], "class_scores": True} for name in names}
     samples = 0
@@ -226,10 +232,12 @@ def compare_runs(original_path: str, compressed_path: str, feeds: list[dict[str,
         first = next(iter(feed.values()), None)
         count = int(first.shape[0]) if first is not None and first.ndim else None
         try:
-            expected = reference.run(None, feed)
-            actual = candidate.run(None, feed)
-        except Exception as error:  # onnxruntime's own error types on bad feeds
-            raise CalibrationError(f"running the models on the {inputs} inputs failed: {str(error).splitlines()[0]}") from error
+            # In batches the model accepts (a fixed batch dimension gets runs of that size).
+            expected = run_batched(reference, feed, batch=count or 1)
+            actual = run_batched(candidate, feed, batch=count or 1)
+        except Exception as error:  # onnxruntime's own error types on feeds the model does not take
+            return Fidelity(inputs, unavailable=f"running the models on the {inputs} inputs failed "
+                            f"({str(error).strip().splitlines()[0]}); give real inputs with --fidelity-data FILE.npz")
         samples += count or 1
         for name, a, b in zip(names, expected, actual):
             a, b = np.asarray(a), np.asarray(b)
