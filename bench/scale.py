@@ -102,7 +102,9 @@ def measure(input_path, output_path, **options) -> dict:
 
 def options_for(layers: int, dense: int) -> dict:
     rules = [{"pattern": weight_name(i), "skip": True} for i in range(layers - dense, layers)]
-    return {"prune": "none", "bits": 4, **({"layers": rules} if rules else {})}
+    # fidelity=False: this measures the compression's memory; the fidelity check runs both models in onnxruntime,
+    # which holds the whole input model (compress --no-fidelity skips it for models near the memory limit).
+    return {"prune": "none", "bits": 4, "fidelity": False, **({"layers": rules} if rules else {})}
 
 
 def main() -> None:

@@ -23,3 +23,7 @@ class CorruptSidecarError(OnnxcompError):
 
 class OutputError(OnnxcompError):
     """The output cannot be written where asked."""
+
+
+class FidelityError(OnnxcompError):
+    """The compressed model's outputs miss the fidelity the user required (--min-cosine); nothing was written."""

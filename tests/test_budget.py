@@ -8,7 +8,7 @@ import pytest
 from onnx import helper
 
 import onnxcomp
-from onnxcomp.pipeline.autotune import compress_to_budget, holdout_split
+from onnxcomp.pipeline.autotune import budget_split, compress_to_budget, holdout_split
 from onnxcomp.core.budget import allocate, allocation_metric, error, parse_budget
 from onnxcomp.errors import InvalidOptionError
 
@@ -50,7 +50,9 @@ def test_allocation_prefers_compressing_the_insensitive_layer():
 def test_budget_parsing_and_metrics():
     assert parse_budget("cosine=0.99").max_error == pytest.approx(0.01)
     assert parse_budget("rel_l2=0.05").max_error == 0.05
-    for bad in ("cosine", "speed=3", "top1=1.5", "accuracy=-1", "kl=-0.1", "kl=nan"):
+    assert parse_budget("accuracy=-1").max_error == pytest.approx(0.01)  # points
+    assert parse_budget("accuracy=0.01").max_error == pytest.approx(0.01)  # a fraction
+    for bad in ("cosine", "speed=3", "top1=1.5", "kl=-0.1", "kl=nan"):
         with pytest.raises(InvalidOptionError):
             parse_budget(bad)
     reference = np.array([[1.0, 0.0], [0.0, 1.0]])
@@ -84,10 +86,11 @@ def test_accuracy_budget_holds_back_a_random_part_of_a_sorted_file(tmp_path, rng
                                 calib=str(tmp_path / "sorted.npz"), sparsities=(0.0, 0.5), bits=(4, 8), min_elements=16,
                                 cache_dir=str(tmp_path / "cache"))
     assert report.budget["allocation_metric"] == "kl" and report.budget["measured_error"] <= 0.05 + 1e-9
-    fit_rows, held = holdout_split(80, 20, seed=0)  # the split compress_to_budget made above
-    assert sorted(np.concatenate([fit_rows, held]).tolist()) == list(range(80)) and len(held) == 20
-    assert np.all(np.diff(held) > 0) and np.all(np.diff(fit_rows) > 0)  # each part in file order
-    assert len(set(labels[held])) > 1 and held.max() >= 60 and held.min() < 60
+    fit_rows, held, checked = budget_split(80, 20, 20, seed=0)  # the split compress_to_budget made above
+    assert sorted(np.concatenate([fit_rows, held, checked]).tolist()) == list(range(80)) and len(held) == len(checked) == 20
+    for part in (fit_rows, held, checked):
+        assert np.all(np.diff(part) > 0)  # each part in file order
+        assert len(set(labels[part])) > 1 and part.max() >= 60 and part.min() < 60
 
 
 def test_budget_end_to_end_on_a_tiny_model(tmp_path, rng):
@@ -97,8 +100,8 @@ def test_budget_end_to_end_on_a_tiny_model(tmp_path, rng):
     report = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), **kwargs)
     assert report.budget["measured_error"] <= 0.05
     assert set(report.budget["settings"]) == {"w1", "w2"}
-    # Measured independently on the held-back samples (a seeded random 25 %) in onnxruntime with the library.
-    held = np.load(data)["x"][holdout_split(80, 20)[1]]
+    # Measured independently on the check samples (a seeded random 25 % the search never saw) in onnxruntime.
+    held = np.load(data)["x"][budget_split(80, 20, 20)[2]]
     from conftest import run_plain
     want = run_plain(model, {"x": held})[0]
     got = onnxcomp.InferenceSession(tmp_path / "out.onnx").run(None, {"x": held})[0]
@@ -120,6 +123,41 @@ def test_settings_can_leave_a_weight_dense(tmp_path, rng):
     assert [layer.name for layer in report.layers] == ["w2"]
     assert report.layers[0].codebook_size <= 4 and report.layers[0].sparsity == 0.25
     assert ("w1", "left dense by the budget allocation") in report.skipped
+
+
+def test_error_bounds_add_a_margin_for_counted_metrics():
+    """Wilson upper bound of the disagreement rate; paired standard error for the accuracy change."""
+    from onnxcomp.core.budget import error_bound
+    n = 250
+    reference = np.zeros((n, 3))
+    reference[:, 0] = 1
+    output = reference.copy()
+    assert error_bound("top1", reference, output) == pytest.approx(1 / (n + 1))  # k = 0: z^2 / (n + z^2)
+    output[0] = [0, 1, 0]  # one disagreement: 0.4 % measured, above 1 % at one standard error
+    assert error("top1", reference, output) == pytest.approx(0.004)
+    assert 0.0100 < error_bound("top1", reference, output) < 0.0106
+    labels = np.zeros(n, dtype=int)
+    labels[1] = 2  # the original is wrong on sample 1 and the compressed model right, the reverse on sample 0
+    output[1] = [0, 0, 1]
+    assert error("accuracy", reference, output, labels) == 0.0
+    assert error_bound("accuracy", reference, output, labels) == pytest.approx(np.sqrt(2) / n)
+    assert error_bound("kl", reference, output) == error("kl", reference, output)
+
+
+def test_budget_is_checked_on_samples_the_search_never_saw(tmp_path, rng):
+    """A top-1 budget: the written model meets it at its confidence bound on the check set, measured here."""
+    model, data = budget_mlp(tmp_path, rng)
+    report = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), budget="top1=0.9", calib=str(data),
+                                sparsities=(0.0, 0.5, 0.8), bits=(2, 4, 8), min_elements=16, cache_dir=str(tmp_path / "cache"))
+    b = report.budget
+    assert b["check_samples"] == 20 and b["holdout_samples"] == 20 and b["check_bound"] <= 0.1
+    x = np.load(data)["x"][budget_split(80, 20, 20)[2]]
+    from conftest import run_plain
+    want = run_plain(model, {"x": x})[0]
+    got = onnxcomp.InferenceSession(tmp_path / "out.onnx").run(None, {"x": x})[0]
+    assert error("top1", want, got) == pytest.approx(b["check_error"])
+    from onnxcomp.core.budget import error_bound
+    assert error_bound("top1", want, got) <= 0.1
 
 
 def test_an_interrupted_sensitivity_analysis_resumes_from_its_cache(tmp_path, rng, monkeypatch):

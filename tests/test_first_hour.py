@@ -254,7 +254,7 @@ def test_api_defaults_are_the_command_line_defaults():
 
 
 def test_guide_python_example_writes_what_the_command_line_writes(tmp_path):
-    """The guide's API example (the defaults spelled out) and `onnxcomp compress` with no option write the same
+    """The guide's API example (the defaults) and `onnxcomp compress` with no option write the same
     sidecar; `sparsity=0.5` and `--sparsity 0.5` agree too (both prune convolutions)."""
     (tmp_path / "models").symlink_to(ROOT / "models")
     (block,) = [b for b in fenced_blocks(ROOT / "docs" / "guide.md", ("python",)) if "onnxcomp.compress(" in b]

@@ -10,7 +10,8 @@ import onnxcomp
 from test_cli import BUNDLED, BUNDLED_EVAL, onnxcomp as cli
 
 REPORT_KEYS = {"input_path", "output_path", "sidecar_path", "input_bytes", "output_bytes", "layers", "skipped",
-               "accuracy_before", "accuracy_after", "ratio", "budget", "float_params", "compressed_params", "coverage"}
+               "accuracy_before", "accuracy_after", "ratio", "budget", "fidelity", "allocation", "backoff", "fallback",
+               "float_params", "compressed_params", "coverage"}
 LAYER_KEYS = {"name", "kind", "shape", "params", "sparsity", "codebook_size", "bits", "bytes_before", "bytes_after", "ratio",
               "outliers"}
 

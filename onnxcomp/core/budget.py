@@ -40,7 +40,8 @@ class Budget:
 
 def parse_budget(text: str) -> Budget:
     """``cosine=0.99`` (min cosine), ``top1=0.99`` (min top-1 agreement), ``rel_l2=0.05`` (max relative L2
-    error), ``accuracy=0.01`` (max top-1 accuracy drop against the data's labels) or ``kl=0.05`` (max mean KL
+    error), ``accuracy=0.01`` (max top-1 accuracy drop against the data's labels, as a fraction; a negative value
+    is a change in points: ``accuracy=-1`` allows a drop of one point) or ``kl=0.05`` (max mean KL
     divergence of the softmax outputs, in nats: smooth, for class scores)."""
     name, _, value = text.partition("=")
     name = name.strip().lower().replace("-", "_")
@@ -52,7 +53,9 @@ def parse_budget(text: str) -> Budget:
         raise InvalidOptionError(f"budget {text!r} is not understood: use one of {', '.join(m + '=VALUE' for m in METRICS)}")
     if name in ("cosine", "top1") and not 0 < number <= 1:
         raise InvalidOptionError(f"budget {text!r}: {name} must be in (0, 1]")
-    if name in ("rel_l2", "accuracy", "kl") and number < 0:
+    if name == "accuracy" and number < 0:  # a change in points: accuracy=-1 allows a drop of one point
+        number = -number / 100
+    if name in ("rel_l2", "kl") and number < 0:
         raise InvalidOptionError(f"budget {text!r}: {name} must be >= 0")
     return Budget(name, number)
 
@@ -88,6 +91,33 @@ def error(metric: str, reference: np.ndarray, output: np.ndarray, labels: np.nda
     if labels is None:
         raise InvalidOptionError("an accuracy budget needs labels: add an array 'labels' to the calibration data")
     return float(np.mean(ref.argmax(1) == labels) - np.mean(out.argmax(1) == labels))
+
+
+def error_bound(metric: str, reference: np.ndarray, output: np.ndarray, labels: np.ndarray | None = None,
+                z: float = 1.0) -> float:
+    """The error at a confidence bound ``z`` standard errors above the measured one, for the metrics measured by
+    counting samples; the measured error for the others (``kl``, ``cosine``, ``rel_l2``).
+
+    top1: the Wilson score upper bound of the disagreement rate p = k / n (Wilson 1927),
+    (p + z^2/2n + z sqrt(p(1 - p)/n + z^2/4n^2)) / (1 + z^2/n); it stays above 0 when k = 0, unlike the normal
+    approximation. accuracy: the paired difference of two accuracies on the same n samples, with b samples the
+    compressed model gets wrong that the original got right and c the reverse, has the standard error
+    sqrt(b + c - (b - c)^2/n) / n (the variance behind McNemar's test); the bound is (b - c)/n + z times it."""
+    if metric not in ("top1", "accuracy"):
+        return error(metric, reference, output, labels)
+    ref = reference.reshape(len(reference), -1).argmax(1)
+    out = output.reshape(len(output), -1).argmax(1)
+    n = len(ref)
+    if metric == "top1":
+        p = float(np.mean(ref != out))
+        z2 = z * z
+        return (p + z2 / (2 * n) + z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))) / (1 + z2 / n)
+    if labels is None:
+        raise InvalidOptionError("an accuracy budget needs labels: add an array 'labels' to the calibration data")
+    hurt = int(np.sum((ref == labels) & (out != labels)))
+    helped = int(np.sum((ref != labels) & (out == labels)))
+    spread = math.sqrt(max(hurt + helped - (hurt - helped) ** 2 / n, 0.0)) / n
+    return (hurt - helped) / n + z * spread
 
 
 def allocate(curves: dict[str, list[tuple[int, float]]], max_error: float) -> dict[str, int] | None:

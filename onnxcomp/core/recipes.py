@@ -78,8 +78,9 @@ class Recipe:
 
 
 BUILTIN = {
-    "default": Recipe("default", "onnxcomp's defaults: magnitude pruning of 50% of fc weights, 3-bit fc / 5-bit conv / "
-                      "6-bit embedding codebooks (chosen on the bundled LeNet-300-100, see docs/guide.md)"),
+    "default": Recipe("default", "the fixed per-kind settings: magnitude pruning of 50% of fc weights, 3-bit fc / 5-bit conv / "
+                      "6-bit embedding codebooks (chosen on the bundled LeNets; without options onnxcomp picks per layer "
+                      "instead, see docs/guide.md)"),
     "deep-compression": Recipe(
         "deep-compression", "the bit widths of Han et al. 2016 (8-bit conv, 5-bit fc); without the paper's retraining "
         "the pruning is moderate: 50% of fc, 20% of conv weights by magnitude",

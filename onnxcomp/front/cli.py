@@ -119,7 +119,8 @@ def _user_errors(debug: bool):
         if debug:
             raise
         typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1) from error
+        from onnxcomp.errors import FidelityError
+        raise typer.Exit(4 if isinstance(error, FidelityError) else 1) from error
     except Exception as error:  # a bug, not the user's fault: still one line, with a way to get the details
         if debug:
             raise
@@ -171,8 +172,9 @@ def compress(
     ridge: float = typer.Option(1e-2, min=0.0, help="Ridge regularisation of the refit, relative to the mean input energy."),
     rounding: Rounding = typer.Option(Rounding.obs, help="With --calib: obs rounds weights to the codebook compensating each error in the weights not yet rounded; nearest rounds each alone."),
     outliers: str = typer.Option("auto", help="Weights kept exact beside each codebook: auto (a fraction per layer chosen by measured error, 0 allowed), or a fraction of each layer's kept weights, e.g. 0.005 (0: none)."),
-    budget: Optional[str] = typer.Option(None, help="Smallest model within a quality budget, e.g. top1=0.99, cosine=0.99, rel_l2=0.05, accuracy=0.01, kl=0.05 (needs --calib)."),
-    holdout: float = typer.Option(0.25, min=0.01, max=0.99, help="With --budget: fraction of calibration samples held back to measure quality."),
+    budget: Optional[str] = typer.Option(None, help="Smallest model within a quality budget, e.g. top1=0.99, accuracy=-1 (points), cosine=0.99, rel_l2=0.05, kl=0.05 (needs --calib)."),
+    holdout: float = typer.Option(0.25, min=0.01, max=0.99, help="With --budget: fraction of calibration samples held back to measure quality while searching."),
+    check: float = typer.Option(0.25, min=0.0, max=0.98, help="With --budget: fraction of calibration samples kept apart as a final check set the search never sees (0: none)."),
     cache_dir: Optional[Path] = typer.Option(None, help="With --budget: where sensitivity curves are cached (default ~/.cache/onnxcomp)."),
     tfidf_power: float = typer.Option(1.0, help="tfidf: power p on |w|."),
     tfidf_smoothing: float = typer.Option(1.0, min=0.0, help="tfidf: smoothing added to firing counts."),
@@ -191,6 +193,11 @@ def compress(
     eval_data: Optional[Path] = typer.Option(None, "--eval", help=".npz with model inputs and 'labels': print top-1 accuracy before and after."),
     report: Optional[Path] = typer.Option(None, help="Write the per-layer report as JSON here (schema: docs/report.md)."),
     html: Optional[Path] = typer.Option(None, help="Write a self-contained HTML page with per-layer plots and weight histograms (needs matplotlib: pip install 'onnxcomp\\[report]')."),  # \\[ shows "[" (rich markup)
+    min_cosine: Optional[float] = typer.Option(None, min=-1.0, max=1.0, help="Gate: if the output's min cosine against the input is below this (or cannot be measured), exit 4 and write nothing."),
+    fidelity_data: Optional[Path] = typer.Option(None, help="Real inputs (.npz keyed by input name) for the fidelity check (default: --calib data, else synthesised inputs)."),
+    input_shape: Optional[list[str]] = typer.Option(None, help="Shape of a synthesised input, NAME=D0,D1,... (repeatable), e.g. image=1,3,224,224."),
+    input_range: Optional[list[str]] = typer.Option(None, help="Value range of a synthesised input, NAME=LO,HI (repeatable; integers inclusive), e.g. sr=16000,16000."),
+    fidelity: bool = typer.Option(True, "--fidelity/--no-fidelity", help="Measure the output against the input after compressing (docs/guide.md)."),
     quiet: bool = QUIET, verbose: bool = VERBOSE, debug: bool = DEBUG,
 ) -> None:
     """Compress IN into OUT plus a sidecar file (the options most runs need first; docs/guide.md).
@@ -216,18 +223,23 @@ def compress(
     if given & {"tfidf_power", "tfidf_smoothing", "tfidf_constant", "tfidf_exponent"} or (recipe is None and config is None):
         options["tfidf"] = TfidfParameters(tfidf_power, tfidf_smoothing, tfidf_constant, tfidf_exponent)
     with _user_errors(debug):
+        from onnxcomp.pipeline.fidelity import parse_overrides
+        shapes, ranges = parse_overrides(input_shape, input_range)
+        fidelity_options = dict(fidelity=fidelity, min_cosine=min_cosine, fidelity_data=str(fidelity_data) if fidelity_data else None,
+                     input_shapes=shapes, input_ranges=ranges)
         if budget:
             from onnxcomp.pipeline.autotune import compress_to_budget
             result = compress_to_budget(str(input_path), str(output_path), budget=budget, calib=calib, calib_samples=calib_samples,
-                                        holdout=holdout, cache_dir=str(cache_dir) if cache_dir else None, prune=values["prune"],
+                                        holdout=holdout, check=check, cache_dir=str(cache_dir) if cache_dir else None, prune=values["prune"],
                                         score=values["score"], reconstruct=reconstruct is not False, ridge=ridge, rounding=values["rounding"],
                                         sequential=sequential, outliers=outliers,
                                         init=values["init"], seed=seed, min_elements=min_elements,
-                                        eval_data=str(eval_data) if eval_data else None, progress=_progress(quiet, lines=True))
+                                        eval_data=str(eval_data) if eval_data else None, progress=_progress(quiet, lines=True),
+                                        **fidelity_options)
         else:
             result = run(str(input_path), str(output_path), recipe=recipe, config=str(config) if config else None,
                          calib=calib, calib_samples=calib_samples, eval_data=str(eval_data) if eval_data else None,
-                         progress=_progress(quiet), **options)
+                         progress=_progress(quiet), **fidelity_options, **options)
         if report:
             try:
                 report.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
@@ -248,8 +260,9 @@ COMPRESS_PANELS = {
     "Weight sharing (k-means codebooks)": ("fc_bits", "conv_bits", "embedding_bits", "init", "outliers", "seed"),
     "Calibration and refit (with --calib)": ("calib_samples", "calib_batch", "reconstruct", "sequential", "ridge",
                                              "rounding"),
-    "Quality budget (with --budget)": ("holdout", "cache_dir"),
+    "Quality budget (with --budget)": ("check", "holdout", "cache_dir"),
     "Reports and recipe files": ("report", "html", "config"),
+    "Fidelity check (after compressing)": ("min_cosine", "fidelity", "fidelity_data", "input_shape", "input_range"),
 }
 
 
@@ -269,7 +282,9 @@ SUMMARY_COLUMNS = (("weight", "left"), ("kind", "left"), ("shape", "left"), ("sp
 
 
 def _print_summary(result) -> None:
-    if not result.layers:
+    if result.fallback:
+        pass  # the fallback line below says why the output is a copy
+    elif not result.layers:
         typer.echo(f"nothing to compress in {result.input_path}: no float weight qualifies; {result.output_path} "
                    "holds the same weights, uncompressed, and no sidecar")
     else:
@@ -285,13 +300,33 @@ def _print_summary(result) -> None:
     if result.budget:
         b = result.budget
         typer.echo(f"budget {b['metric']}={b['value']}: predicted error {b['predicted_error']:.4g}, measured {b['measured_error']:.4g} "
-                   f"on {b['holdout_samples']} held-back samples")
+                   f"on {b['holdout_samples']} held-back samples"
+                   + (f", {b['check_error']:.4g} (bound {b['check_bound']:.4g}) on {b['check_samples']} check samples"
+                      if b.get("check_error") is not None else ""))
         for name, setting in b["settings"].items():
             typer.echo(f"  {name}: " + ("left dense" if setting.get("skip") else
                                         f"sparsity {setting['sparsity']:.2f}, {setting['bits']} bits"))
     if result.accuracy_before is not None:
         delta = 100 * (result.accuracy_after - result.accuracy_before)
         typer.echo(f"top-1 accuracy: {100 * result.accuracy_before:.2f}% before, {100 * result.accuracy_after:.2f}% after ({delta:+.2f} points)")
+    for round_ in result.backoff:
+        typer.echo(f"back-off: min cosine {round_['min_cosine']:.4f}; tightened {len(round_['tightened'])} layer(s): "
+                   + ", ".join(round_["tightened"][:4]) + (" ..." if len(round_["tightened"]) > 4 else ""))
+    if result.fallback:
+        typer.echo(f"fallback: {result.fallback}")
+    _print_fidelity(result.fidelity)
+
+
+def _print_fidelity(fidelity: dict | None) -> None:
+    from onnxcomp.pipeline.fidelity import Fidelity
+    if fidelity is None:
+        return
+    measured = Fidelity(**fidelity)
+    typer.echo(measured.line())
+    if measured.below:
+        typer.echo(f"warning: min cosine {measured.min_cosine:.4f} is below {measured.threshold}: the compressed model's "
+                   "outputs differ from the original's; check it on real data (onnxcomp verify) or compress with more "
+                   "bits (--bits 8, --recipe conservative)", err=True)
 
 
 @app.command()

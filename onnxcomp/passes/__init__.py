@@ -11,6 +11,7 @@ front layers.
 """
 
 from .base import CompressionState, PassResult, Pipeline, WeightTarget
+from .allocate_weights import AllocateWeightsPass
 from .calibrate_weights import CalibrateWeightsPass
 from .pack_portable import PackPortableWeightsPass
 from .pack_weights import PackWeightsPass
@@ -21,6 +22,6 @@ from .share_weights import ShareWeightsPass
 
 __all__ = [
     "CompressionState", "PassResult", "Pipeline", "WeightTarget",
-    "SelectWeightsPass", "CalibrateWeightsPass", "PruneWeightsPass", "ReconstructWeightsPass", "ShareWeightsPass",
+    "SelectWeightsPass", "AllocateWeightsPass", "CalibrateWeightsPass", "PruneWeightsPass", "ReconstructWeightsPass", "ShareWeightsPass",
     "PackWeightsPass", "PackPortableWeightsPass",
 ]

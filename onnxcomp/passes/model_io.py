@@ -276,6 +276,40 @@ def write_compressed(model: onnx.ModelProto, records: list, output_path: str, so
     return sidecar_file if records else None
 
 
+def install_staged(staged_path: str, output_path: str) -> str | None:
+    """Move a complete output written at ``staged_path`` (a temporary folder in the output's folder, same file
+    name) to ``output_path``: its sidecar and data file first, the model last. A previous output's files are set
+    aside until the new model is in place and put back if a step fails. Returns the installed sidecar path, or
+    None when the staged output has none."""
+    folder = os.path.dirname(os.path.abspath(output_path))
+    moves = [(staged, os.path.join(folder, os.path.basename(staged)))
+             for staged in (sidecar.sidecar_path(staged_path), dense_data_path(staged_path)) if os.path.isfile(staged)]
+    backups: list[tuple[str, str]] = []
+    installed: list[str] = []
+    try:
+        for staged, final in moves:
+            if os.path.lexists(final):
+                backup = _temporary(folder, [])
+                os.replace(final, backup)
+                backups.append((backup, final))
+            os.replace(staged, final)
+            installed.append(final)
+        os.replace(staged_path, output_path)
+    except OSError as error:
+        for final in installed:
+            with contextlib.suppress(OSError):
+                os.remove(final)
+        for backup, final in backups:
+            with contextlib.suppress(OSError):
+                os.replace(backup, final)
+        raise OutputError(f"cannot write {output_path}: {error.strerror or error}; nothing was written") from error
+    for backup, _ in backups:
+        with contextlib.suppress(OSError):
+            os.remove(backup)
+    sidecar_file = sidecar.sidecar_path(output_path)
+    return sidecar_file if any(final == os.path.join(folder, os.path.basename(sidecar_file)) for _, final in moves) else None
+
+
 def dense_data_path(output_path: str) -> str:
     """Where the uncompressed initializers of an output over 2 GB go (``small.onnx`` -> ``small.onnx.data``)."""
     return os.fspath(output_path) + ".data"

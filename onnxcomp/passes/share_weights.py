@@ -64,7 +64,9 @@ class ShareWeightsPass(GraphPass):
         return self.bits[target.kind] if isinstance(self.bits, Mapping) else self.bits
 
     def outliers_for(self, target) -> str | float:
-        """Outlier option: a layer rule matching the name, else the pass's."""
+        """Outlier option: a per-weight override (the data-free allocation), a layer rule matching the name, else the pass's."""
+        if target.outliers_override is not None:
+            return target.outliers_override
         value = rule_value(self.rules, target.name, "outliers")
         return self.outliers if value is None else outlier_math.parse_option(value)
 

@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable
 
@@ -51,7 +52,10 @@ SPARSITIES = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97)
 BITS = (2, 3, 4, 5, 6, 8)
 ROUNDS = 6
 ROUNDS_SMOOTH = 12  # a geometric search over a stand-in metric needs a few more end-to-end trials
-CACHE_VERSION = 4  # 4: records keep outliers (--outliers, default auto)
+CHECK = 0.25  # share of the calibration samples kept apart as the final check set
+CHECKS = 3  # passing allocations tried on the check set, smallest first
+Z = 1.0  # the safety margin: one standard error (budget.error_bound)
+CACHE_VERSION = 5  # 4: records keep outliers (--outliers, default auto); 5: a check set apart
 
 
 def holdout_split(count: int, held: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -59,6 +63,15 @@ def holdout_split(count: int, held: int, seed: int = 0) -> tuple[np.ndarray, np.
     calibration files are often sorted (by class, by source)."""
     order = np.random.default_rng(seed).permutation(count)
     return np.sort(order[held:]), np.sort(order[:held])
+
+
+def budget_split(count: int, held: int, checked: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fit rows, held-back rows, check rows), disjoint, each in file order: the check rows are drawn first
+    (seeded, ``seed + 1``), the other two split the rest as ``holdout_split``."""
+    order = np.random.default_rng(seed + 1).permutation(count)
+    check, rest = np.sort(order[:checked]), np.sort(order[checked:])
+    fit, hold = holdout_split(len(rest), held, seed)
+    return rest[fit], rest[hold], check
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -110,16 +123,22 @@ def _setting(candidate) -> dict:
 
 @progress.with_progress
 def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib: str, calib_samples: int | None = None,
-                       holdout: float = 0.25, sparsities=SPARSITIES, bits=BITS, cache_dir: str | None = None,
+                       holdout: float = 0.25, check: float = CHECK, sparsities=SPARSITIES, bits=BITS, cache_dir: str | None = None,
                        prune: str = "magnitude", score: str = "wanda", reconstruct: bool = True, ridge: float = 1e-2,
                        rounding: str = "obs", sequential: bool = False, outliers: str | float = "auto",
-                       init: str = "quantile", seed: int = 0, min_elements: int = 1024, eval_data: str | None = None):
+                       init: str = "quantile", seed: int = 0, min_elements: int = 1024, eval_data: str | None = None,
+                       **fidelity_options):
     """Compress ``input_path`` to the smallest allocation found that meets ``budget`` (e.g. "top1=0.99").
 
     ``sequential`` compresses each trial (and the output) layer by layer, each layer fit to the compressed
     ones before it; the sensitivity curves are still measured one weight at a time.
 
-    ``progress=callback`` receives the progress of the long steps (onnxcomp/progress.py)."""
+    ``check`` (a fraction of the calibration samples, drawn first) is a final check set the search never sees;
+    the output is fit on the other samples and written only if it meets the budget on the check set too. For
+    top-1 and accuracy budgets both the search and the check require the budget at a confidence bound (``Z``
+    standard errors, budget.error_bound), so a budget met here holds on unseen data of the same kind.
+
+    ``progress=callback`` receives the progress of the long steps (onnxcomp/progress.py); ``fidelity_options`` hold the fidelity options of ``compress`` (fidelity, min_cosine, fidelity_data, input_shapes, input_ranges) for the output."""
     from onnxcomp.core.outliers import parse_option
     from onnxcomp.pipeline.compression import compress, refuse_compressed
     goal = budget_math.parse_budget(budget)
@@ -128,6 +147,8 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
         raise CalibrationError("--budget needs calibration data to measure quality: pass --calib DATA.npz")
     if not 0 < holdout < 1:
         raise OnnxcompError(f"holdout {holdout} must be a fraction in (0, 1)")
+    if not 0 <= check < 1 or holdout + check >= 1:
+        raise OnnxcompError(f"check {check} must be a fraction in [0, 1) leaving samples to fit (holdout {holdout} + check < 1)")
     model_io.check_output_path(input_path, output_path)
     model = model_io.load_model(input_path)
     refuse_compressed(model, input_path)
@@ -140,19 +161,24 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
         raise CalibrationError("an accuracy budget needs an array 'labels' in the calibration data")
     count = len(next(iter(data.values())))
     held = max(1, int(round(holdout * count)))
-    if count - held < 1:
-        raise CalibrationError(f"{count} calibration samples are too few to hold some back: give at least 2")
-    fit_rows, hold_rows = holdout_split(count, held, seed)
+    checked = int(round(check * count)) if check > 0 else 0
+    if check > 0 and checked < 1 or count - held - checked < 1:
+        raise CalibrationError(f"{count} calibration samples are too few to hold some back and keep a check set: give at "
+                               f"least {2 + (check > 0)}, or --check 0")
+    fit_rows, hold_rows, check_rows = budget_split(count, held, checked, seed)
     fit = {k: v[fit_rows] for k, v in data.items()}
     hold = {k: v[hold_rows] for k, v in data.items()}
+    searched = {k: v[np.sort(np.concatenate([fit_rows, hold_rows]))] for k, v in data.items()}
+    checking = {k: v[check_rows] for k, v in data.items()}
     labels = None if all_labels is None else all_labels[hold_rows]
+    check_labels = None if all_labels is None else all_labels[check_rows]
     reference = run_batched(_session(model), hold)[0]
     metric = budget_math.allocation_metric(goal.metric, reference)
 
     options = dict(prune=prune, score=score, reconstruct=reconstruct, ridge=ridge, init=init, seed=seed, rounding=rounding,
                    outliers=outliers)
     key = hashlib.sha256(json.dumps([CACHE_VERSION, options, min_elements, list(sparsities), list(bits), metric, holdout,
-                                     count], sort_keys=True).encode())
+                                     check, count], sort_keys=True).encode())
     key.update(model.SerializeToString(deterministic=True))
     for name in sorted(data):
         key.update(np.ascontiguousarray(data[name]).tobytes())
@@ -170,7 +196,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     # when the curves use a smooth stand-in metric, whose scale the budget does not give).
     smooth = metric != goal.metric
     allowed, passed_at, failed_at = goal.max_error, None, None
-    best = None
+    passing: dict[tuple, tuple] = {}
     history = []
     tried: dict[tuple, tuple[float, int]] = {}
     for _ in range(ROUNDS_SMOOTH if smooth else ROUNDS):
@@ -186,18 +212,20 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
                     trial = os.path.join(folder, "trial.onnx")
                     report = compress(input_path, trial, calib=fit, prune=prune, score=score, reconstruct=reconstruct,
                                       ridge=ridge, init=init, seed=seed, min_elements=min_elements, settings=settings,
-                                      rounding=rounding, sequential=sequential, outliers=outliers)
+                                      rounding=rounding, sequential=sequential, outliers=outliers, fidelity=False)
                     session = ort.InferenceSession(trial, quiet_session_options(custom_ops=True), providers=["CPUExecutionProvider"])
-                    measured = budget_math.error(goal.metric, reference, run_batched(session, hold)[0], labels)
-                tried[key] = (measured, report.output_bytes)
-                history.append({"allowed": allowed, "predicted": predicted, "measured": measured, "bytes": report.output_bytes})
+                    output = run_batched(session, hold)[0]
+                    measured = budget_math.error(goal.metric, reference, output, labels)
+                    bound = budget_math.error_bound(goal.metric, reference, output, labels, Z)
+                tried[key] = (bound, report.output_bytes)
+                history.append({"allowed": allowed, "predicted": predicted, "measured": measured, "bound": bound,
+                                "bytes": report.output_bytes})
                 log.info("allocation within %.4g: predicted %s %.4g, measured %s %.4g, %d bytes", allowed, metric, predicted,
                          goal.metric, measured, report.output_bytes)
             measured, size = tried[key]
             if goal.met(measured):
                 passed_at = allowed if passed_at is None else max(passed_at, allowed)
-                if best is None or size < best[1]:
-                    best = (settings, size, predicted, measured)
+                passing[key] = (settings, size, predicted, measured)
             else:
                 failed_at = allowed if failed_at is None else min(failed_at, allowed)
         if passed_at is not None and failed_at is not None:
@@ -209,21 +237,46 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
             allowed = failed_at * (0.25 if smooth else max(0.2, min(0.9, goal.max_error / max(last, 1e-12))))
         else:  # everything passed so far: there may be room for a smaller model
             allowed = passed_at * (4 if smooth else 2)
-    if best is None:
-        floor = sum(min(c[3] for c in cands) for cands in curves.values())
-        raise OnnxcompError(f"no allocation meets the budget {budget} on the held-back samples: even the most accurate "
-                            f"candidates predict an error of {floor:.4g} (allowed {goal.max_error:.4g}) and "
-                            f"{len(history)} compressed trials missed it; loosen the budget, or use a smoother metric (kl, cosine, rel_l2) "
-                            f"or more calibration samples: top-1 on {held} held-back samples moves in steps of {1 / held:.3g}")
-    settings, _, predicted, measured = best
-    # The output is fit to all the calibration samples (the held-back ones too): more samples, better statistics.
-    report = compress(input_path, output_path, calib=data, prune=prune, score=score, reconstruct=reconstruct, outliers=outliers,
-                      ridge=ridge, init=init, seed=seed, min_elements=min_elements, settings=settings, eval_data=eval_data,
-                      rounding=rounding, sequential=sequential)
-    report.budget = {"metric": goal.metric, "value": goal.value, "allocation_metric": metric,
-                     "predicted_error": predicted, "measured_error": measured,
-                     "holdout_samples": held, "settings": settings, "rounds": history, "cache": cache_file}
-    return report
+    # The check set, never seen by the search, decides: the smallest passing allocation whose output (fit on the
+    # search's samples) also meets the budget there, with the same margin, is written.
+    checks = []
+    for settings, _, predicted, measured in sorted(passing.values(), key=lambda entry: entry[1])[:CHECKS]:
+        staging = tempfile.mkdtemp(prefix=".onnxcomp-", dir=os.path.dirname(os.path.abspath(output_path)))
+        try:
+            staged = os.path.join(staging, os.path.basename(output_path))
+            report = compress(input_path, staged, calib=searched, prune=prune, score=score, reconstruct=reconstruct,
+                              outliers=outliers, ridge=ridge, init=init, seed=seed, min_elements=min_elements, settings=settings,
+                              eval_data=eval_data, rounding=rounding, sequential=sequential,
+                              **{**fidelity_options, "fidelity_data": fidelity_options.get("fidelity_data") or
+                                 (checking if checked else None)})
+            if checked:
+                from onnxcomp.runtime import InferenceSession
+                expected = run_batched(_session(model), checking)[0]
+                output = run_batched(InferenceSession(staged), checking)[0]
+                on_check = budget_math.error(goal.metric, expected, output, check_labels)
+                check_bound = budget_math.error_bound(goal.metric, expected, output, check_labels, Z)
+                checks.append({"bytes": report.output_bytes, "measured": on_check, "bound": check_bound})
+                if not goal.met(check_bound):
+                    log.info("allocation of %d bytes misses the budget on the check set (%s %.4g, bound %.4g)",
+                             report.output_bytes, goal.metric, on_check, check_bound)
+                    continue
+            report.sidecar_path = model_io.install_staged(staged, output_path)
+            report.output_path = output_path
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        report.budget = {"metric": goal.metric, "value": goal.value, "allocation_metric": metric,
+                         "predicted_error": predicted, "measured_error": measured,
+                         "holdout_samples": held, "check_samples": checked, "z": Z,
+                         "check_error": checks[-1]["measured"] if checks else None,
+                         "check_bound": checks[-1]["bound"] if checks else None,
+                         "checks": checks, "settings": settings, "rounds": history, "cache": cache_file}
+        return report
+    floor = sum(min(c[3] for c in cands) for cands in curves.values())
+    why = (f"{len(checks)} allocation(s) that met it on the {held} held-back samples missed it on the {checked} check samples"
+           if checks else f"even the most accurate candidates predict an error of {floor:.4g} (allowed {goal.max_error:.4g}) "
+                          f"and {len(history)} compressed trials missed it")
+    raise OnnxcompError(f"no allocation meets the budget {budget} with its safety margin: {why}; loosen the budget, "
+                        "give more calibration samples, or use a smoother metric (kl, cosine, rel_l2)")
 
 
 def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, options, min_elements, cached=None, save=None):

@@ -12,6 +12,8 @@ import functools
 import inspect
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
@@ -19,7 +21,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxcomp.passes import (CalibrateWeightsPass, CompressionState, PackPortableWeightsPass, PackWeightsPass, Pipeline,
+from onnxcomp.passes import (AllocateWeightsPass, CalibrateWeightsPass, CompressionState, PackPortableWeightsPass, PackWeightsPass, Pipeline,
                     PruneWeightsPass, ReconstructWeightsPass, SelectWeightsPass, ShareWeightsPass)
 from onnxcomp.passes.pack_portable import CODEBOOK_SUFFIX, SCATTER_OPSET, portable_bytes
 from onnxcomp.passes.apply_settings import ApplySettingsPass
@@ -32,7 +34,7 @@ from onnxcomp.passes.prune_weights import needs_gram
 from onnxcomp.passes import model_io
 from onnxcomp import progress
 from onnxcomp.core import recipes
-from onnxcomp.errors import CalibrationError, InvalidOptionError, OutputError, UnsupportedModelError
+from onnxcomp.errors import CalibrationError, FidelityError, InvalidOptionError, OutputError, UnsupportedModelError
 from onnxcomp.core.recipes import LayerRule
 
 log = logging.getLogger("onnxcomp")
@@ -42,6 +44,10 @@ log = logging.getLogger("onnxcomp")
 DEFAULT_BITS = {"conv": 5, "fc": 3, "embedding": 6, "other": 6}
 DEFAULT_SPARSITY = {"conv": 0.0, "fc": 0.5, "embedding": 0.0, "other": 0.0}
 FORMATS = ("custom-op", "portable")  # records in a sidecar read by the custom ops, or standard ops only
+ALLOCATIONS = ("fixed", "proxy")
+BACKOFF_ROUNDS = 3  # re-compressions with tightened thresholds when the measured fidelity misses WARN_COSINE
+BACKOFF_FACTOR = 0.25  # each round multiplies the proxy threshold of the most damaging layers by this
+BACKOFF_SHARE = 0.6  # the most damaging layers: worst first until they carry this share of the summed error
 
 
 @dataclass
@@ -74,6 +80,10 @@ class Report:
     accuracy_before: float | None = None
     accuracy_after: float | None = None
     budget: dict | None = None  # with --budget: the goal, predicted and measured error, chosen settings
+    fidelity: dict | None = None  # onnxcomp.pipeline.fidelity.Fidelity.to_dict() of the written output
+    allocation: str = "fixed"  # "proxy": per-layer bits and sparsity chosen without data
+    backoff: list[dict] = field(default_factory=list)  # each fidelity back-off round: min cosine, layers tightened
+    fallback: str | None = None  # why the output is a copy of the input, when it is
     float_params: int = 0  # elements of every float constant of the input (all graphs, any size)
 
     @property
@@ -108,7 +118,8 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
                    init: str = "quantile", min_elements: int = 1024, seed: int = 0, calib=None, calib_batch: int = 64,
                    activation_threshold: float = 0.0, reconstruct: bool | None = None, ridge: float = 1e-2,
                    format: str = "custom-op", layers=(), settings: dict | None = None, sequential: bool = False,
-                   rounding: str = "obs", outliers: str | float = "auto") -> Pipeline:
+                   rounding: str = "obs", outliers: str | float = "auto", allocation: str = "fixed",
+                   allocation_scales: dict | None = None, allocation_cache: dict | None = None) -> Pipeline:
     """The pass list for the given options (``None`` means the defaults; ``calib`` is a dict of input arrays).
 
     ``format`` "custom-op" writes records for the onnxcomp ops; "portable" writes standard ONNX ops only.
@@ -120,6 +131,9 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
     by layer in graph order, each fit to the already-compressed upstream layers (needs calibration data).
     ``outliers`` is "auto" (a fraction per weight by measured error, onnxcomp/core/outliers.py) or a fraction of each
     weight's kept values (0: none) stored exactly beside the codebook.
+    ``allocation`` "fixed" takes bits and sparsity per kind; "proxy" picks them per weight without data
+    (AllocateWeightsPass, onnxcomp/core/allocation.py; ``allocation_scales`` tighten its threshold per weight,
+    ``allocation_cache`` keeps its measurements between runs).
     """
     if format not in FORMATS:
         raise InvalidOptionError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
@@ -140,7 +154,11 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
         sparsity = {**DEFAULT_SPARSITY, **(sparsity or {})}
     if bits is None or isinstance(bits, Mapping):
         bits = {**DEFAULT_BITS, **(bits or {})}
+    if allocation not in ALLOCATIONS:
+        raise InvalidOptionError(f"unknown allocation {allocation!r}: use one of {', '.join(ALLOCATIONS)}")
     passes = [SelectWeightsPass(min_elements=min_elements, rules=rules)]
+    if allocation == "proxy":
+        passes.append(AllocateWeightsPass(scales=allocation_scales, cache=allocation_cache, seed=seed, outliers=outliers))
     if settings:
         passes.append(ApplySettingsPass(settings=settings))
     if sequential and calib is None:
@@ -223,17 +241,7 @@ def refuse_compressed(model: onnx.ModelProto, path: str) -> None:
     raise UnsupportedModelError(f"{path} is already compressed by onnxcomp ({form}); compress the original model instead")
 
 
-@progress.with_progress
-def compress(input_path: str, output_path: str, *, eval_data: str | None = None, calib: str | None = None,
-             calib_samples: int | None = None, recipe=None, config=None, **options) -> Report:
-    """Compress ``input_path`` into ``output_path`` plus its sidecar; the Python face of ``onnxcomp compress``.
-
-    ``calib`` is a path (.npz, or a folder of them), "random", or a dict of input arrays; options are those
-    of ``build_pipeline``. ``recipe`` names a built-in recipe (or is an ``onnxcomp.recipes.Recipe``), ``config``
-    is a recipe file; explicit options override both (see onnxcomp/recipes.py). ``progress=callback`` receives
-    ``(step, done, total)`` for the long steps (onnxcomp/progress.py); by default nothing is reported.
-    """
-    input_path, output_path = os.fspath(input_path), os.fspath(output_path)
+def _resolve(recipe, config, options, eval_data, calib, calib_samples):
     if recipe is not None or config is not None or options.get("layers"):
         options = recipes.resolve(recipe, config, options)
         eval_data, calib, calib_samples = (value if value is not None else options.pop(key, None) for key, value in
@@ -246,36 +254,159 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
         if isinstance(options.get("tfidf"), Mapping):
             from onnxcomp.core.pruning import TfidfParameters
             options["tfidf"] = TfidfParameters(**options["tfidf"])
-    build_pipeline(calib={} if calib else None, **options)  # validate options before any work
+    return options, eval_data, calib, calib_samples
+
+
+@progress.with_progress
+def compress(input_path: str, output_path: str, *, eval_data: str | None = None, calib: str | None = None,
+             calib_samples: int | None = None, recipe=None, config=None, allocation: str = "auto",
+             fidelity: bool = True, min_cosine: float | None = None, fidelity_data=None, input_shapes: dict | None = None,
+             input_ranges: dict | None = None, **options) -> Report:
+    """Compress ``input_path`` into ``output_path`` plus its sidecar; the Python face of ``onnxcomp compress``.
+
+    ``calib`` is a path (.npz, or a folder of them), "random", or a dict of input arrays; options are those
+    of ``build_pipeline``. ``recipe`` names a built-in recipe (or is an ``onnxcomp.recipes.Recipe``), ``config``
+    is a recipe file; explicit options override both (see onnxcomp/recipes.py). ``progress=callback`` receives
+    ``(step, done, total)`` for the long steps (onnxcomp/progress.py); by default nothing is reported.
+
+    ``allocation`` "auto" (the default) picks bits and sparsity per weight without data (``"proxy"``) unless bits,
+    sparsity, per-weight settings, a recipe or layer rules are given (then ``"fixed"``). The output is written
+    to a temporary folder beside ``output_path`` and moved into place only when complete and accepted.
+    ``fidelity`` measures the output against the input (onnxcomp/pipeline/fidelity.py; on ``fidelity_data``,
+    else the calibration data, else inputs synthesised with ``input_shapes``/``input_ranges`` overrides) into
+    ``Report.fidelity``. With the proxy allocation, a min cosine below 0.99 re-compresses with tighter
+    thresholds on the layers that damage the output most (at most BACKOFF_ROUNDS times); if it still misses,
+    or the output would not be smaller than the input, the input is copied instead (``Report.fallback`` says
+    why). Explicit settings are written as asked (a warning is the caller's to print). ``min_cosine`` makes the check a gate: below it (or when it cannot be
+    measured) FidelityError is raised and nothing is written.
+    """
+    from onnxcomp.pipeline import fidelity as fidelity_check
+    input_path, output_path = os.fspath(input_path), os.fspath(output_path)
+    if allocation not in ("auto", *ALLOCATIONS):
+        raise InvalidOptionError(f"unknown allocation {allocation!r}: use auto, {', '.join(ALLOCATIONS)}")
+    explicit = (recipe is not None or config is not None or options.get("layers") or options.get("settings")
+                or options.get("bits") is not None or options.get("sparsity") is not None)
+    options, eval_data, calib, calib_samples = _resolve(recipe, config, options, eval_data, calib, calib_samples)
+    if allocation == "auto":
+        allocation = "fixed" if explicit else "proxy"
+    if min_cosine is not None and not -1.0 <= min_cosine <= 1.0:
+        raise InvalidOptionError(f"min-cosine {min_cosine} must be in [-1, 1]")
+    build_pipeline(calib={} if calib else None, allocation=allocation, **options)  # validate options before any work
     model_io.check_output_path(input_path, output_path)
+    graph_only = model_io.load_model(input_path, external_data=False)  # also the clear errors for a bad input
+    refuse_compressed(graph_only, input_path)
+    if eval_data:
+        from onnxcomp.pipeline.evaluate import check_eval_data
+        check_eval_data(eval_data, graph_only)
+    if isinstance(calib, str):
+        from onnxcomp.pipeline.evaluate import load_calibration
+        calib = load_calibration(calib, graph_only, calib_samples, seed=options.get("seed", 0))
+    measure = fidelity or min_cosine is not None
+    feeds, source, unavailable = ([], "", None)
+    if measure:
+        feeds, source, unavailable = fidelity_check.prepare(
+            input_path, data=fidelity_data, calib=calib, shapes=input_shapes, ranges=input_ranges,
+            seed=options.get("seed", 0), model=graph_only)
+    folder = os.path.dirname(os.path.abspath(output_path))
+    staging = tempfile.mkdtemp(prefix=".onnxcomp-", dir=folder)
+    try:
+        staged = os.path.join(staging, os.path.basename(output_path))
+        scales: dict[str, float] = {}
+        cache: dict = {}
+        history: list[dict] = []
+        for round_ in range(BACKOFF_ROUNDS + 1):
+            extra = {"allocation_scales": scales, "allocation_cache": cache} if allocation == "proxy" else {}
+            report = _compress_once(input_path, staged, calib, allocation=allocation, **extra, **options)
+            result = None
+            if measure:
+                result = (fidelity_check.Fidelity("", unavailable=unavailable) if unavailable else
+                          fidelity_check.compare_runs(input_path, staged, feeds, source))
+            if (allocation != "proxy" or result is None or not result.below or not report.layers
+                    or round_ == BACKOFF_ROUNDS):
+                break
+            worst = _most_damaging(input_path, staged, feeds)
+            for name in worst:
+                scales[name] = scales.get(name, 1.0) * BACKOFF_FACTOR
+            history.append({"min_cosine": result.min_cosine, "bytes": report.output_bytes, "tightened": worst})
+            log.info("fidelity min cosine %.4f below %.2f: tightening %s", result.min_cosine, fidelity_check.WARN_COSINE,
+                     ", ".join(worst))
+        report.allocation, report.backoff = allocation, history
+        fallback = None
+        if allocation == "proxy" and report.layers and report.output_bytes >= report.input_bytes:
+            fallback = (f"compression would not shrink the model ({report.output_bytes:,} >= {report.input_bytes:,} bytes): "
+                        "the output is a copy of the input")
+        elif allocation == "proxy" and result is not None and result.below and report.layers:
+            fallback = (f"min cosine {result.min_cosine:.4f} stayed below {fidelity_check.WARN_COSINE} after "
+                        f"{len(history)} back-off rounds: the output is a copy of the input")
+        if fallback:
+            float_params = report.float_params
+            report = _copy_input(input_path, staged)
+            report.float_params = float_params  # nothing of them is compressed: coverage 0
+            report.allocation, report.backoff, report.fallback = allocation, history, fallback
+            result = fidelity_check.Fidelity(source or "", unavailable=unavailable) if unavailable else (
+                fidelity_check.compare_runs(input_path, staged, feeds, source) if measure else None)
+        report.fidelity = None if result is None else result.to_dict()
+        if min_cosine is not None:
+            if result.unavailable:
+                raise FidelityError(f"--min-cosine {min_cosine} cannot be checked: {result.unavailable}; nothing was written")
+            if not result.min_cosine >= min_cosine:
+                raise FidelityError(f"min cosine {result.min_cosine:.4f} on {result.samples} {result.inputs} inputs is below "
+                                    f"--min-cosine {min_cosine}: nothing was written")
+        if eval_data:
+            from onnxcomp.pipeline.evaluate import accuracy
+            report.accuracy_before = accuracy(input_path, eval_data)
+            report.accuracy_after = accuracy(staged, eval_data, compressed=report.sidecar_path is not None)
+        report.sidecar_path = model_io.install_staged(staged, output_path)
+        report.output_path = output_path
+        return report
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _most_damaging(input_path: str, staged: str, feeds: list[dict]) -> list[str]:
+    """The compressed weights that, each alone, do most damage to the first output on the first feed: worst first
+    until they carry BACKOFF_SHARE of the summed relative L2 error (at least one)."""
+    from onnxcomp.pipeline.verification import attribute_layers
+    from onnxcomp.pipeline.fidelity import _session
+    feed = feeds[0]
+    expected = np.asarray(_session(input_path).run(None, feed)[0])
+    layers = attribute_layers(input_path, staged, feed, 1, 1 << 40, "synthesised", expected)
+    total = sum(layer.relative_l2_error for layer in layers)
+    chosen, carried = [], 0.0
+    for layer in layers:
+        chosen.append(layer.name)
+        carried += layer.relative_l2_error
+        if carried >= BACKOFF_SHARE * total:
+            break
+    return chosen
+
+
+def _copy_input(input_path: str, staged: str) -> Report:
+    """The input model written unchanged at ``staged`` (its external data inlined or copied as write_compressed does)."""
+    model = model_io.load_model(input_path, external_data=False)
+    model_io.write_compressed(model, [], staged, source_folder=os.path.dirname(os.path.abspath(input_path)))
+    return Report(input_path, staged, None, model_io.model_bytes(input_path), model_io.model_bytes(staged))
+
+
+def _compress_once(input_path: str, output_path: str, calib: dict | None, **options) -> Report:
+    """One compression of ``input_path`` written to ``output_path`` (a staging path) and its report."""
     # Without calibration no pass runs the model, so its external data is read one weight at a time.
     stream = calib is None
     model = model_io.load_model(input_path, external_data=not stream)
-    refuse_compressed(model, input_path)
-    if eval_data:
-        from onnxcomp.pipeline.evaluate import check_eval_data
-        check_eval_data(eval_data, model)
-    if isinstance(calib, str):
-        from onnxcomp.pipeline.evaluate import load_calibration
-        options["calib"] = load_calibration(calib, model, calib_samples, seed=options.get("seed", 0))
-    elif calib is not None:
+    if calib is not None:
         options["calib"] = calib
     source_folder = os.path.dirname(os.path.abspath(input_path))
     compressed, state = compress_model(model, base_dir=source_folder if stream else None, **options)
     records = [(t.name, t.record_name, t.record, t.transposed) for t in state.targets if t.record is not None]
     sidecar_file = model_io.write_compressed(compressed, records, output_path, source_folder=source_folder)
     check_output_loads(input_path, output_path, sidecar_file)
-    output_bytes = os.path.getsize(output_path) + (os.path.getsize(sidecar_file) if sidecar_file else 0)
+    output_bytes = model_io.model_bytes(output_path)  # the model, its sidecar and any dense data file
     report = Report(input_path, output_path, sidecar_file, model_io.model_bytes(input_path), output_bytes, skipped=state.skipped,
                     float_params=state.float_params)
     for t in state.targets:
         report.layers.append(LayerReport(t.name, t.kind, list(t.shape), t.size, round(t.sparsity, 6), len(t.codebook),
                                          t.bits, t.dense_bytes, len(t.record) if t.record is not None else portable_bytes(t, state.graph.opset or 0),
                                          len(t.outlier_positions)))
-    if eval_data:
-        from onnxcomp.pipeline.evaluate import accuracy
-        report.accuracy_before = accuracy(input_path, eval_data)
-        report.accuracy_after = accuracy(output_path, eval_data, compressed=sidecar_file is not None)
     return report
 
 

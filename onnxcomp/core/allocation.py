@@ -1,0 +1,182 @@
+"""Per-layer settings without data: the smallest record whose predicted weight damage stays under a threshold.
+
+For a weight w (N values) and a candidate (sparsity s, bits b, outlier fraction f), the candidate's weight
+ŵ is: the s N smallest |w| set to 0 (magnitude pruning), the f N largest |w| kept exact (outliers), the rest
+clustered into 2^b - [s > 0] shared values by Lloyd iterations from quantile starts (onnxcomp/core/codebook.py,
+the pipeline's k-means without its first fit on a sample). Two data-free measures of its damage:
+
+    relative L2 error   e2  = ||w - ŵ||_2 / ||w||_2
+    worst-case error    einf = max_i |w_i - ŵ_i| / max_i |w_i|
+
+Mean error alone misleads: on third-party models (issue #12), 8-bit k-means kept e2 at 1-3 % while einf reached
+40 % on convs whose largest weights are 30-50x their typical size, and those few weights carried the damage.
+The proxy is therefore ``max(e2 / L2_LIMIT, einf / MAX_LIMIT)``; a candidate is acceptable when its proxy is
+at most ``scale`` (1 by default; the fidelity back-off lowers it for the layers that damage the output most).
+Among acceptable candidates the smallest estimated record wins; when none is acceptable (or none is smaller
+than the dense tensor), the weight stays dense. Record bytes are estimated as Huffman-coded indices (code lengths from the cluster sizes,
+onnxcomp/core/huffman.py) + the float32 codebook + ``OUTLIER_BYTES`` per outlier.
+
+Errors and cluster sizes come from the sorted values with prefix sums of w and w^2 (each cluster is a run of
+sorted values), so scoring a codebook costs O(K log N). Tensors above ``SAMPLE`` values are measured on a seeded uniform sample plus
+their ``EXTREMES`` largest |w| (the extremes decide einf).
+
+L2_LIMIT and MAX_LIMIT were set once on the real-model zoo (docs/benchmarks.md, section zoo): the largest
+values that kept every zoo model within its tolerance at the defaults.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxcomp.core import codebook, huffman
+
+L2_LIMIT = 0.05
+MAX_LIMIT = 0.25
+BITS = (2, 3, 4, 5, 6, 7, 8)
+SPARSITIES = (0.0,)
+OUTLIERS = (0.0, 0.002, 0.01)
+OUTLIER_BYTES = 3.5  # a float16 value and about 12 bits of Rice-coded position gap at 0.1-1 % outliers
+SAMPLE = 1 << 18
+EXTREMES = 256
+
+
+@dataclass(frozen=True)
+class Candidate:
+    sparsity: float
+    bits: int
+    outliers: float
+    relative_l2: float  # e2
+    max_relative: float  # einf
+    bytes: float  # estimated record bytes for the whole tensor
+
+    def proxy(self, l2_limit: float = L2_LIMIT, max_limit: float = MAX_LIMIT) -> float:
+        return max(self.relative_l2 / l2_limit, self.max_relative / max_limit)
+
+
+def _sample(weight: np.ndarray, seed: int) -> np.ndarray:
+    flat = np.asarray(weight, dtype=np.float32).ravel()
+    if flat.size <= SAMPLE:
+        return flat.astype(np.float64)
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(flat.size, SAMPLE - EXTREMES, replace=False)
+    extremes = np.argpartition(np.abs(flat), flat.size - EXTREMES)[-EXTREMES:]
+    return flat[np.union1d(chosen, extremes)].astype(np.float64)
+
+
+class Allocator:
+    """The candidates of one weight, measured lazily: ``choose`` walks the bits upwards per (sparsity, outlier
+    fraction) and stops at the first acceptable one (more bits only cost more bytes), so a weight costs a few
+    codebook fits, not the whole grid; measurements are kept for later calls with tighter scales."""
+
+    def __init__(self, weight: np.ndarray, *, bits=BITS, sparsities=SPARSITIES, outliers=OUTLIERS, seed: int = 0) -> None:
+        self.n_total = int(np.size(weight))
+        self.values = _sample(weight, seed)  # in tensor order: the codebook is fit on the values as the pipeline sees them
+        self.v = np.sort(self.values)
+        self.magnitude = np.sort(np.abs(self.v))
+        self.s2 = np.concatenate([[0.0], np.cumsum(self.v * self.v)])
+        self.energy = float(self.s2[-1])
+        self.largest = float(self.magnitude[-1]) if len(self.v) else 0.0
+        self.bits, self.sparsities, self.outliers, self.seed = tuple(bits), tuple(sparsities), tuple(outliers), seed
+        self.measured: dict[tuple, Candidate | None] = {}
+
+    def _blocks(self, sparsity: float, fraction: float):
+        """(lo, hi): the pruned block of the sorted sample; (a, b): the clustered range's ends (outliers outside)."""
+        v, n = self.v, len(self.v)
+        pruned = int(round(sparsity * n))
+        if pruned:
+            threshold = self.magnitude[pruned - 1]
+            lo, hi = int(np.searchsorted(v, -threshold, side="left")), int(np.searchsorted(v, threshold, side="right"))
+        else:
+            lo = hi = int(np.searchsorted(v, 0.0))
+        kept = n - (hi - lo)
+        count = int(round(fraction * kept)) if fraction > 0 else 0
+        if count:
+            top = self.magnitude[n - count]
+            a, b = int(np.searchsorted(v, -top, side="right")), int(np.searchsorted(v, top, side="left"))
+            a, b = min(a, lo), max(b, hi)
+        else:
+            a, b = 0, n
+        return lo, hi, a, b
+
+    def pruned_error(self, sparsity: float) -> float:
+        """The relative L2 error of pruning alone: a lower bound for every candidate at this sparsity."""
+        lo, hi, _, _ = self._blocks(sparsity, 0.0)
+        return math.sqrt((self.s2[hi] - self.s2[lo]) / self.energy) if self.energy else 0.0
+
+    def measure(self, sparsity: float, bits: int, fraction: float) -> Candidate | None:
+        key = (sparsity, bits, fraction)
+        if key not in self.measured:
+            self.measured[key] = self._measure(sparsity, bits, fraction)
+        return self.measured[key]
+
+    def _measure(self, sparsity: float, bits: int, fraction: float) -> Candidate | None:
+        v, values = self.v, self.values
+        if len(v) == 0 or self.energy == 0:
+            return Candidate(sparsity, bits, fraction, 0.0, 0.0, 64 + self.n_total / 8)
+        scale = self.n_total / len(v)
+        lo, hi, a, b = self._blocks(sparsity, fraction)
+        pruned = hi > lo
+        kept = np.concatenate([v[a:lo], v[hi:b]])  # sorted: the pruned block and the outliers removed
+        size = (1 << bits) - (1 if pruned else 0)
+        if len(kept) == 0 or size < 1:
+            return None
+        low, high = kept[0], kept[-1]
+        in_range = (values >= low) & (values <= high)
+        if pruned:
+            in_range &= (values < v[lo]) | (values > v[hi - 1])
+        # Lloyd iterations from the quantile starts, without the pipeline's k-means on a sample first: a few
+        # times faster, and the same fixed-point iteration (the proxy need not match the final codebook exactly).
+        start = kept[np.minimum(((np.arange(size) + 0.5) / size * len(kept)).astype(np.int64), len(kept) - 1)]
+        centroids = codebook.fit_codebook(values[in_range], size, "quantile", self.seed, start=np.unique(start)).astype(np.float64)
+        k1 = np.concatenate([[0.0], np.cumsum(kept)])
+        k2 = np.concatenate([[0.0], np.cumsum(kept * kept)])
+        bounds = np.concatenate([[0], np.searchsorted(kept, (centroids[:-1] + centroids[1:]) / 2, side="right"), [len(kept)]])
+        counts = np.diff(bounds).astype(np.float64)
+        sums1, sums2 = k1[bounds[1:]] - k1[bounds[:-1]], k2[bounds[1:]] - k2[bounds[:-1]]
+        pruned_energy = self.s2[hi] - self.s2[lo]
+        sse = float(np.sum(sums2 - 2 * centroids * sums1 + counts * centroids ** 2)) + pruned_energy
+        low_end = kept[np.minimum(bounds[:-1], len(kept) - 1)]
+        high_end = kept[np.maximum(bounds[1:] - 1, 0)]
+        spread = np.where(counts > 0, np.maximum(centroids - low_end, high_end - centroids), 0.0)
+        pruned_max = max(abs(v[lo]), abs(v[hi - 1])) if pruned else 0.0
+        worst = max(float(spread.max(initial=0.0)), pruned_max)
+        symbols = np.concatenate([[hi - lo], counts]) if pruned else counts
+        lengths = huffman.code_lengths(np.round(symbols * scale).astype(np.int64))
+        exact = len(v) - len(kept) - (hi - lo)
+        size_bytes = (float((symbols * scale * lengths).sum()) / 8 + 4 * (len(centroids) + pruned)
+                      + OUTLIER_BYTES * exact * scale + 64)
+        return Candidate(sparsity, bits, fraction, math.sqrt(max(sse, 0.0) / self.energy),
+                         worst / self.largest if self.largest else 0.0, size_bytes)
+
+    def choose(self, scale: float = 1.0, dense_bytes: float = math.inf, l2_limit: float = L2_LIMIT,
+               max_limit: float = MAX_LIMIT) -> Candidate | None:
+        """The smallest acceptable candidate (as module ``choose`` over the whole grid), or None."""
+        found = []
+        for sparsity in self.sparsities:
+            if self.pruned_error(sparsity) > scale * l2_limit:
+                continue  # pruning alone already costs more than allowed
+            for fraction in self.outliers:
+                for bits in sorted(self.bits):
+                    candidate = self.measure(sparsity, bits, fraction)
+                    if candidate is not None and candidate.proxy(l2_limit, max_limit) <= scale:
+                        found.append(candidate)
+                        break
+        return choose(found, scale, dense_bytes, l2_limit, max_limit)
+
+
+def candidates(weight: np.ndarray, *, bits=BITS, sparsities=SPARSITIES, outliers=OUTLIERS, seed: int = 0) -> list[Candidate]:
+    """Every (sparsity, bits, outlier fraction) candidate of ``weight`` with its e2, einf and estimated bytes."""
+    allocator = Allocator(weight, bits=bits, sparsities=sparsities, outliers=outliers, seed=seed)
+    grid = [allocator.measure(s, b, f) for s in sparsities for f in outliers for b in bits]
+    return [c for c in grid if c is not None]
+
+
+def choose(options: list[Candidate], scale: float = 1.0, dense_bytes: float = math.inf, l2_limit: float = L2_LIMIT,
+           max_limit: float = MAX_LIMIT) -> Candidate | None:
+    """The smallest candidate whose proxy is at most ``scale`` and whose record is smaller than ``dense_bytes``;
+    None when there is none (the weight is best left dense)."""
+    acceptable = [c for c in options if c.proxy(l2_limit, max_limit) <= scale and c.bytes < dense_bytes]
+    return min(acceptable, key=lambda c: (c.bytes, c.proxy(l2_limit, max_limit)), default=None)

@@ -1,0 +1,51 @@
+"""AllocateWeightsPass: per-layer sparsity and bits chosen without data (the proxy in onnxcomp/core/allocation.py).
+
+For each selected weight without a per-weight setting already (a budget allocation, ``settings``), the pass
+measures candidates' relative L2 and worst-case error on the weight itself and sets (bits, sparsity, outlier
+fraction) of the smallest candidate whose proxy stays under the layer's ``scales`` entry (default 1);
+a weight with no such candidate (or none smaller than float32) is left dense and listed as skipped. ``cache`` (a dict kept by the caller)
+holds the candidates per weight name, so a re-run with other scales (the fidelity back-off) does not measure
+again. Each choice is kept in ``choices`` (weight name -> onnxcomp.core.allocation.Candidate).
+"""
+
+from __future__ import annotations
+
+from onnxcomp import progress
+from onnxcomp.core import allocation
+from onnxcomp.core import outliers as outlier_math
+
+from .base import CompressionState, GraphPass, PassResult, log
+
+
+class AllocateWeightsPass(GraphPass):
+    def __init__(self, *, scales: dict[str, float] | None = None, cache: dict | None = None, seed: int = 0,
+                 sparsities: dict[str, tuple] | None = None, outliers: str | float = "auto") -> None:
+        self.scales = dict(scales or {})
+        self.cache = cache if cache is not None else {}
+        self.seed = seed
+        # Without data, magnitude pruning is allowed where the proxy accepts it; embeddings stay dense-valued.
+        self.sparsities = sparsities or {"fc": (0.0, 0.3, 0.5), "conv": (0.0, 0.3), "embedding": (0.0,)}
+        # (a sparsity whose pruning alone exceeds the relative L2 limit is never fit, so these cost little)
+        self.choices: dict[str, allocation.Candidate] = {}
+        # An outlier fraction given by the user is the only one considered; "auto" lets the proxy choose.
+        option = outlier_math.parse_option(outliers)
+        self.outliers = allocation.OUTLIERS if option == outlier_math.AUTO else (float(option),)
+
+    def run(self, state: CompressionState) -> PassResult:
+        targets = [t for t in state.targets if t.bits_override is None and t.sparsity_override is None]
+        for target in progress.track(targets, "per-layer allocation"):
+            if target.name not in self.cache:
+                self.cache[target.name] = allocation.Allocator(
+                    target.original, sparsities=self.sparsities.get(target.kind, (0.0,)), outliers=self.outliers, seed=self.seed)
+            choice = self.cache[target.name].choose(self.scales.get(target.name, 1.0), 4.0 * target.size)
+            if choice is None:
+                state.targets.remove(target)
+                state.skipped.append((target.name, "no codebook keeps its predicted error under the threshold "
+                                                   "(worst-case or relative L2): left dense to keep the output safe"))
+                continue
+            target.sparsity_override, target.bits_override = choice.sparsity, choice.bits
+            target.outliers_override = choice.outliers
+            self.choices[target.name] = choice
+            log.info("%s: %d bits, sparsity %.2f, outliers %.3f (relative L2 %.4f, worst-case %.4f)", target.name,
+                     choice.bits, choice.sparsity, choice.outliers, choice.relative_l2, choice.max_relative)
+        return PassResult(False, f"allocated {len(targets)} weights")

@@ -1,0 +1,307 @@
+"""How close the compressed model's outputs stay to the original's: measured after every ``compress`` run.
+
+Both models run in onnxruntime (the output with the onnxcomp library registered) on the same inputs: real
+ones (``--fidelity-data``, else the calibration data, at most ``SAMPLES`` samples) or inputs synthesised from the
+declared inputs. Per float output and per sample (a row along the first axis when the output has one row per
+sample, else the whole output of one run), the cosine similarity a.b / (||a|| ||b||) of original a and
+compressed b; the report gives their minimum and mean over all outputs and samples, and, for outputs that look
+like class scores (float, rank 2, at least 2 columns), the top-1 agreement (share of rows whose argmax is the
+same). Below ``WARN_COSINE`` a run prints a warning; ``--min-cosine`` turns the check into a gate.
+
+Synthesised inputs (seeded): a dynamic first dimension gets the sample count, other dynamic dimensions
+``DYNAMIC_DIM``; floats are uniform in [0, 1) (an image scaled to [0, 1]; inputs named like a recurrent state,
+``state``/``h0``/``c0``/``hidden``/``past``/``cache``, are zeros, a model's initial state); integer inputs that index
+an embedding table (they reach a Gather's index slot through shape-preserving ops) are uniform over the table's
+rows, integer masks (``mask`` in the name) are ones, token type / segment ids zeros. Any other integer or boolean
+input (a sample rate, a flag, a count) has no value that can be guessed safely: the measurement is then
+``unavailable`` with the input named and how to supply it (``--input-range NAME=LO,HI`` or real inputs).
+``--input-shape NAME=D0,D1,..`` fixes an input's shape, ``--input-range NAME=LO,HI`` its value range (integers
+inclusive). Random inputs catch gross damage; they do not measure accuracy on real data.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from onnxcomp.passes.calibration import run_batched
+
+from onnxcomp.errors import CalibrationError, InvalidOptionError
+
+log = logging.getLogger("onnxcomp")
+
+SAMPLES = 16  # samples compared (real or synthesised)
+BATCH = 16
+DYNAMIC_DIM = 32  # a dynamic dimension other than the first
+WARN_COSINE = 0.99
+STATE_NAMES = re.compile(r"(state|hidden|^h0$|^c0$|^h$|^c$|past|cache)", re.IGNORECASE)
+ZERO_ID_NAMES = re.compile(r"(token_type|segment)", re.IGNORECASE)
+SHAPE_PRESERVING = {"Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity", "Expand", "Transpose"}
+
+
+class InputsUnavailable(Exception):
+    """The model's inputs cannot be synthesised; the message says which input and how to supply it."""
+
+
+@dataclass
+class Fidelity:
+    inputs: str  # "calibration", "data FILE", "synthesised (seed S)", or "" when unavailable
+    samples: int = 0
+    min_cosine: float | None = None
+    mean_cosine: float | None = None
+    top1_agreement: float | None = None  # over the class-score outputs; None when none looks like class scores
+    outputs: list[dict] = field(default_factory=list)  # per output: name, min_cosine, mean_cosine, top1_agreement
+    unavailable: str | None = None  # why fidelity was not measured
+    threshold: float = WARN_COSINE
+
+    @property
+    def below(self) -> bool:
+        return self.min_cosine is not None and not self.min_cosine >= self.threshold
+
+    def line(self) -> str:
+        """The one-line summary the CLI prints."""
+        if self.unavailable:
+            return f"fidelity not measured: {self.unavailable}"
+        top1 = "" if self.top1_agreement is None else f", top-1 agreement {100 * self.top1_agreement:.1f}%"
+        return (f"fidelity on {self.samples} {self.inputs} inputs: min cosine {self.min_cosine:.4f}, "
+                f"mean {self.mean_cosine:.4f}{top1}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_overrides(shapes=(), ranges=()) -> tuple[dict, dict]:
+    """``NAME=D0,D1,..`` and ``NAME=LO,HI`` option values into {name: [dims]} and {name: (lo, hi)}."""
+    parsed_shapes, parsed_ranges = {}, {}
+    for text in shapes or ():
+        name, _, dims = text.rpartition("=")
+        try:
+            values = [int(d) for d in dims.split(",")]
+        except ValueError:
+            values = []
+        if not name or not values or any(d < 1 for d in values):
+            raise InvalidOptionError(f"--input-shape {text!r}: give NAME=D0,D1,... with positive integers, e.g. image=1,3,224,224")
+        parsed_shapes[name] = values
+    for text in ranges or ():
+        name, _, bounds = text.rpartition("=")
+        try:
+            low, high = (float(b) for b in bounds.split(","))
+        except ValueError:
+            low = high = math.nan
+        if not name or not (math.isfinite(low) and math.isfinite(high)) or low > high:
+            raise InvalidOptionError(f"--input-range {text!r}: give NAME=LO,HI with LO <= HI, e.g. sr=16000,16000")
+        parsed_ranges[name] = (low, high)
+    return parsed_shapes, parsed_ranges
+
+
+def _gather_rows(model: onnx.ModelProto) -> dict[str, int]:
+    """For each graph input: the rows of the embedding table it indexes (through shape-preserving ops), if any."""
+    tables = {t.name: t.dims[0] for t in model.graph.initializer if len(t.dims) >= 1}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    found = {}
+    for value in model.graph.input:
+        frontier, seen = [value.name], set()
+        while frontier and value.name not in found:
+            tensor = frontier.pop()
+            seen.add(tensor)
+            for node in consumers.get(tensor, []):
+                if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == tensor and node.input[0] in tables:
+                    found[value.name] = int(tables[node.input[0]])
+                elif node.op_type in SHAPE_PRESERVING and node.input[0] == tensor:
+                    frontier.extend(o for o in node.output if o not in seen)
+    return found
+
+
+def synthesise(model: onnx.ModelProto, samples: int = SAMPLES, seed: int = 0, shapes: dict | None = None,
+               ranges: dict | None = None) -> list[dict[str, np.ndarray]]:
+    """Feeds (one dict per run) covering ``samples`` samples, from the declared inputs (module docstring).
+
+    Raises InputsUnavailable naming the first input whose valid values cannot be guessed."""
+    from onnxcomp.pipeline.evaluate import model_specs
+    shapes, ranges = shapes or {}, ranges or {}
+    specs = model_specs(model)
+    unknown = (set(shapes) | set(ranges)) - {name for name, _, _ in specs}
+    if unknown:
+        raise InvalidOptionError(f"--input-shape/--input-range name no model input: {', '.join(sorted(unknown))} "
+                                 f"(inputs: {', '.join(n for n, _, _ in specs)})")
+    rows = _gather_rows(model)
+    plans = []
+    for name, shape, dtype in specs:
+        if name in shapes:
+            if len(shapes[name]) != len(shape):
+                raise InvalidOptionError(f"--input-shape {name}: the model declares rank {len(shape)}, got {len(shapes[name])} dims")
+            dims = list(shapes[name])
+            batched = False
+        else:
+            batched = bool(shape) and shape[0] is None
+            dims = [samples if i == 0 and batched else (d if d is not None else DYNAMIC_DIM) for i, d in enumerate(shape)]
+        if name in ranges:
+            kind = ("range", ranges[name])
+        elif dtype.kind == "f":
+            kind = ("zeros", None) if STATE_NAMES.search(name) else ("range", (0.0, 1.0))
+        elif dtype.kind in "iu" and "mask" in name.lower():
+            kind = ("ones", None)
+        elif dtype.kind in "iu" and ZERO_ID_NAMES.search(name):
+            kind = ("zeros", None)
+        elif dtype.kind in "iu" and name in rows:
+            kind = ("range", (0, rows[name] - 1))
+        else:
+            what = "scalar" if not shape else f"shape {['?' if d is None else d for d in shape]}"
+            raise InputsUnavailable(f"input {name!r} ({dtype.name}, {what}) has no value that can be guessed safely; "
+                                    f"give its values with --input-range {name}=LO,HI (e.g. {name}=16000,16000 for a sample rate) "
+                                    "or real inputs with --fidelity-data FILE.npz")
+        plans.append((name, dims, dtype, kind, batched))
+    per_run = max([dims[0] for _, dims, _, _, batched in plans if batched] or [1])
+    runs = max(1, math.ceil(samples / per_run)) if not any(batched for *_, batched in plans) else 1
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for _ in range(runs):
+        feed = {}
+        for name, dims, dtype, (kind, bounds), _ in plans:
+            if kind == "zeros":
+                feed[name] = np.zeros(dims, dtype)
+            elif kind == "ones":
+                feed[name] = np.ones(dims, dtype)
+            elif dtype.kind == "f":
+                feed[name] = rng.uniform(bounds[0], bounds[1], dims).astype(dtype)
+            elif dtype.kind == "b":
+                feed[name] = rng.integers(int(bounds[0]), int(bounds[1]) + 1, dims).astype(bool)
+            else:
+                feed[name] = rng.integers(int(bounds[0]), int(bounds[1]) + 1, dims, dtype=np.int64).astype(dtype)
+        feeds.append(feed)
+    return feeds
+
+
+def batched_feeds(data: dict[str, np.ndarray], samples: int = SAMPLES, batch: int = BATCH) -> list[dict[str, np.ndarray]]:
+    """Real inputs (samples on the first axis) as feeds of at most ``batch`` samples, ``samples`` in all."""
+    count = min(len(v) for v in data.values()) if data else 0
+    count = min(count, samples)
+    return [{k: v[start:min(start + batch, count)] for k, v in data.items()} for start in range(0, count, batch)]
+
+
+def _session(path: str) -> ort.InferenceSession:
+    """A single-threaded CPU session; the custom-op library is registered when the model uses onnxcomp ops (an
+    already compressed input, or the output)."""
+    from onnxcomp.runtime import DOMAIN, session_options
+    custom = any(o.domain == DOMAIN for o in onnx.load(path, load_external_data=False).opset_import)
+    options = session_options() if custom else ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def _rows(array: np.ndarray, samples_in_feed: int | None) -> np.ndarray:
+    """One row per sample when the output has the feed's samples on its first axis, else one row for the run."""
+    array = np.asarray(array, dtype=np.float64)
+    if samples_in_feed and array.ndim >= 1 and array.shape[0] == samples_in_feed:
+        return array.reshape(samples_in_feed, -1)
+    return array.reshape(1, -1)
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of two [rows, n] arrays; two zero rows count as 1, one zero row as 0."""
+    dot = (a * b).sum(1)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    both_zero = (np.abs(a).sum(1) == 0) & (np.abs(b).sum(1) == 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = np.where(norms > 0, dot / np.where(norms > 0, norms, 1), 0.0)
+    return np.where(both_zero, 1.0, value)
+
+
+def compare_runs(original_path: str, compressed_path: str, feeds: list[dict[str, np.ndarray]], inputs: str) -> Fidelity:
+    """Run both models on ``feeds`` and compare every float output (module docstring)."""
+    try:
+        reference = _session(original_path)
+    except Exception as error:  # onnxruntime's own error types: the input itself does not load there
+        return Fidelity(inputs, unavailable=f"onnxruntime cannot load the input model ({str(error).strip().splitlines()[0]})")
+    candidate = _session(compressed_path)
+    names = [o.name for o in reference.get_outputs()]
+    per_output: dict[str, dict] = {name: {"cos": [], "agree": [], "class_scores": True} for name in names}
+    samples = 0
+    for feed in feeds:
+        first = next(iter(feed.values()), None)
+        count = int(first.shape[0]) if first is not None and first.ndim else None
+        try:
+            # In batches the model accepts (a fixed batch dimension gets runs of that size).
+            expected = run_batched(reference, feed, batch=count or 1)
+            actual = run_batched(candidate, feed, batch=count or 1)
+        except Exception as error:  # onnxruntime's own error types on feeds the model does not take
+            return Fidelity(inputs, unavailable=f"running the models on the {inputs} inputs failed "
+                            f"({str(error).strip().splitlines()[0]}); give real inputs with --fidelity-data FILE.npz")
+        samples += count or 1
+        for name, a, b in zip(names, expected, actual):
+            a, b = np.asarray(a), np.asarray(b)
+            if a.dtype.kind != "f" or a.size == 0:
+                continue
+            if a.shape != b.shape:
+                raise CalibrationError(f"output {name!r} has shape {list(a.shape)} in the original, {list(b.shape)} compressed")
+            entry = per_output[name]
+            entry["cos"].append(cosines(_rows(a, count), _rows(b, count)))
+            if a.ndim == 2 and a.shape[1] >= 2:
+                entry["agree"].append(a.argmax(1) == b.argmax(1))
+            else:
+                entry["class_scores"] = False
+    result = Fidelity(inputs, samples)
+    all_cos, all_agree = [], []
+    for name, entry in per_output.items():
+        if not entry["cos"]:
+            continue
+        values = np.concatenate(entry["cos"])
+        values = values[np.isfinite(values)]  # an original output of NaN says nothing about the compression
+        if not len(values):
+            continue
+        top1 = float(np.concatenate(entry["agree"]).mean()) if entry["class_scores"] and entry["agree"] else None
+        result.outputs.append({"name": name, "min_cosine": float(values.min()), "mean_cosine": float(values.mean()),
+                               "top1_agreement": top1})
+        all_cos.append(values)
+        if top1 is not None:
+            all_agree.append(np.concatenate(entry["agree"]))
+    if not all_cos:
+        result.unavailable = "the model has no float output to compare"
+        return result
+    joined = np.concatenate(all_cos)
+    result.min_cosine, result.mean_cosine = float(joined.min()), float(joined.mean())
+    result.top1_agreement = float(np.concatenate(all_agree).mean()) if all_agree else None
+    return result
+
+
+def prepare(original_path: str, *, data: str | dict | None = None, calib: dict | None = None, shapes: dict | None = None,
+            ranges: dict | None = None, seed: int = 0, samples: int = SAMPLES,
+            model: onnx.ModelProto | None = None) -> tuple[list[dict[str, np.ndarray]], str, str | None]:
+    """(feeds, what they are, why none) for the fidelity check: ``data`` (a .npz path or arrays), else ``calib``
+    (calibration arrays), else inputs synthesised from the declared inputs. Inputs that cannot be synthesised
+    give no feeds and the reason (never an exception)."""
+    if data is not None:
+        if isinstance(data, (str, os.PathLike)):
+            from onnxcomp.pipeline.evaluate import LABELS, load_data, model_specs
+            model = model or onnx.load(original_path, load_external_data=False)
+            arrays = load_data(os.fspath(data), model_specs(model))
+            arrays.pop(LABELS, None)
+            return batched_feeds(arrays, samples), os.path.basename(os.fspath(data)), None
+        return batched_feeds(data, samples), "given", None
+    if calib:
+        arrays = {k: v for k, v in calib.items() if k != "labels"}
+        return batched_feeds(arrays, samples), "calibration", None
+    model = model or onnx.load(original_path, load_external_data=False)
+    try:
+        return synthesise(model, samples, seed, shapes, ranges), "synthesised", None
+    except InputsUnavailable as reason:
+        return [], "", str(reason)
+
+
+def measure(original_path: str, compressed_path: str, **inputs) -> Fidelity:
+    """Fidelity of ``compressed_path`` against ``original_path`` on the inputs ``prepare(**inputs)`` gives."""
+    feeds, source, reason = prepare(original_path, **inputs)
+    if reason:
+        return Fidelity("", unavailable=reason)
+    return compare_runs(original_path, compressed_path, feeds, source)

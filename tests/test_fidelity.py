@@ -1,0 +1,132 @@
+"""Every compress run states its fidelity: the one-line summary, the report fields, the warning below cosine
+0.99, the --min-cosine gate (nothing written, input untouched), and inputs that cannot be synthesised."""
+
+import hashlib
+import json
+import os
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import float_input, make_model, weight
+from test_cli import onnxcomp
+
+import onnxcomp as package
+from onnxcomp.pipeline import fidelity
+
+
+@pytest.fixture
+def mlp(tmp_path, rng):
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["y"])]
+    model = make_model(nodes, [float_input("x", ["n", 64])], [float_input("y", ["n", 10])],
+                       [weight(rng, "w1", (64, 48)), weight(rng, "w2", (48, 10), 0.3)])
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def digest(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_compress_prints_fidelity_and_reports_it(tmp_path, mlp):
+    result = onnxcomp("compress", mlp, tmp_path / "out.onnx", "--min-elements", "256", "--report", tmp_path / "r.json")
+    assert result.returncode == 0, result.stderr
+    line = next(l for l in result.stdout.splitlines() if l.startswith("fidelity"))
+    assert "16 synthesised inputs" in line and "min cosine" in line and "top-1 agreement" in line
+    report = json.loads((tmp_path / "r.json").read_text())["fidelity"]
+    assert report["inputs"] == "synthesised" and report["samples"] == 16
+    assert 0.99 <= report["min_cosine"] <= report["mean_cosine"] <= 1.0 + 1e-9  # defaults keep it above the warning
+    assert report["top1_agreement"] is not None and report["unavailable"] is None
+    assert "warning" not in result.stderr
+
+
+def test_fidelity_matches_an_independent_measurement(tmp_path, mlp):
+    out = tmp_path / "out.onnx"
+    report = package.compress(mlp, out, bits=2, min_elements=256)
+    feeds = fidelity.synthesise(onnx.load(mlp), seed=0)
+    import onnxruntime as ort
+    a = ort.InferenceSession(str(mlp), providers=["CPUExecutionProvider"]).run(None, feeds[0])[0].astype(np.float64)
+    b = package.InferenceSession(out).run(None, feeds[0])[0].astype(np.float64)
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert report.fidelity["min_cosine"] == pytest.approx(cos.min(), abs=1e-9)
+    assert report.fidelity["mean_cosine"] == pytest.approx(cos.mean(), abs=1e-9)
+    assert report.fidelity["top1_agreement"] == pytest.approx(np.mean(a.argmax(1) == b.argmax(1)))
+
+
+def test_low_fidelity_warns_in_one_line_and_exits_zero(tmp_path, mlp):
+    result = onnxcomp("compress", mlp, tmp_path / "out.onnx", "--bits", "1", "--min-elements", "256")
+    assert result.returncode == 0, result.stderr
+    warnings = [l for l in result.stderr.splitlines() if l.startswith("warning: min cosine")]
+    assert len(warnings) == 1 and "below 0.99" in warnings[0]
+    assert (tmp_path / "out.onnx").is_file()
+
+
+def test_min_cosine_gate_writes_nothing(tmp_path, mlp):
+    before = digest(mlp)
+    out = tmp_path / "out.onnx"
+    result = onnxcomp("compress", mlp, out, "--bits", "1", "--min-elements", "256", "--min-cosine", "0.999")
+    assert result.returncode == 4
+    assert result.stderr.strip().count("\n") == 0 and "below --min-cosine 0.999" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(os.listdir(tmp_path)) == ["model.onnx"]  # no output, no sidecar, no staging folder left
+    assert digest(mlp) == before
+    passed = onnxcomp("compress", mlp, out, "--bits", "8", "--sparsity", "0", "--min-elements", "256", "--min-cosine", "0.99")
+    assert passed.returncode == 0, passed.stderr
+    assert out.is_file() and (tmp_path / "out.onnxcomp").is_file()
+
+
+def test_gate_keeps_a_previous_output(tmp_path, mlp):
+    out = tmp_path / "out.onnx"
+    assert onnxcomp("compress", mlp, out, "--bits", "8", "--sparsity", "0", "--min-elements", "256").returncode == 0
+    model_before, sidecar_before = digest(out), digest(tmp_path / "out.onnxcomp")
+    assert onnxcomp("compress", mlp, out, "--bits", "1", "--min-elements", "256", "--min-cosine", "0.999").returncode == 4
+    assert digest(out) == model_before and digest(tmp_path / "out.onnxcomp") == sidecar_before
+
+
+def sample_rate_model(tmp_path, rng):
+    """A model with an int64 scalar input 'sr' whose valid value (16000) cannot be guessed."""
+    nodes = [helper.make_node("Cast", ["sr"], ["srf"], to=TensorProto.FLOAT),
+             helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Mul", ["h", "srf"], ["y"])]
+    model = make_model(nodes, [float_input("x", ["n", 64]), helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+                       [float_input("y", ["n", 32])], [weight(rng, "w", (64, 32))])
+    path = tmp_path / "sr.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def test_inputs_that_cannot_be_synthesised_are_named(tmp_path, rng):
+    path = sample_rate_model(tmp_path, rng)
+    result = onnxcomp("compress", path, tmp_path / "out.onnx")
+    assert result.returncode == 0, result.stderr
+    line = next(l for l in result.stdout.splitlines() if l.startswith("fidelity"))
+    assert "not measured" in line and "'sr'" in line and "--input-range sr=" in line
+    gated = onnxcomp("compress", path, tmp_path / "gated.onnx", "--min-cosine", "0.9")
+    assert gated.returncode == 4 and "cannot be checked" in gated.stderr
+    assert not (tmp_path / "gated.onnx").exists()
+    given = onnxcomp("compress", path, tmp_path / "out.onnx", "--input-range", "sr=16000,16000", "--report", tmp_path / "r.json")
+    assert given.returncode == 0, given.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["fidelity"]["min_cosine"] > 0.99
+
+
+def test_token_ids_are_drawn_over_the_embedding_rows(rng):
+    table = numpy_helper.from_array(rng.standard_normal((50, 8)).astype(np.float32), "table")
+    nodes = [helper.make_node("Gather", ["table", "input_ids"], ["e"]), helper.make_node("Add", ["e", "e"], ["y"])]
+    model = make_model(nodes, [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+                               helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"])],
+                       [float_input("y", ["batch", "seq", 8])], [table])
+    feeds = fidelity.synthesise(model, samples=4, seed=0, shapes={"attention_mask": [4, 7]})
+    ids = feeds[0]["input_ids"]
+    assert ids.shape == (4, fidelity.DYNAMIC_DIM) and ids.min() >= 0 and ids.max() <= 49 and len(np.unique(ids)) > 10
+    assert (feeds[0]["attention_mask"] == 1).all() and feeds[0]["attention_mask"].shape == (4, 7)
+
+
+def test_bad_override_is_a_one_line_error(tmp_path, mlp):
+    result = onnxcomp("compress", mlp, tmp_path / "out.onnx", "--input-shape", "x=1,a")
+    assert result.returncode == 1 and "--input-shape" in result.stderr and "Traceback" not in result.stderr
+    result = onnxcomp("compress", mlp, tmp_path / "out.onnx", "--input-range", "nope=0,1")
+    assert result.returncode == 1 and "nope" in result.stderr
+    assert not (tmp_path / "out.onnx").exists()
