@@ -3,6 +3,7 @@ it picks the known optimum on synthetic tensors, and a tensor with extreme outli
 default CLI settings."""
 
 import json
+import os
 
 import numpy as np
 import onnx
@@ -125,3 +126,30 @@ def test_extreme_outliers_keep_the_output_at_default_settings(tmp_path, rng):
     from onnxcomp.pipeline.compression import decoded_weights
     decoded = decoded_weights(str(tmp_path / "out.onnxcomp"))["w1"].ravel()
     np.testing.assert_allclose(decoded[spots], w1.ravel()[spots], rtol=2.0 ** -11)
+
+
+def test_fallback_copy_leaves_no_sidecar_beside_it(tmp_path, monkeypatch):
+    """When the measured fidelity stays low, the output is a copy of the input: neither the sidecar of a
+    compressed round nor a previous output's sidecar may be left beside it (the copy needs none)."""
+    from onnxcomp.pipeline import fidelity
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((128, 64)).astype(np.float32)
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [float_input("x", ["n", 128])],
+                       [float_input("y", ["n", 64])], [onnx.numpy_helper.from_array(w, "w")])
+    onnx.save(model, tmp_path / "in.onnx")
+    onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx")
+    assert (tmp_path / "out.onnxcomp").exists()  # a previous, compressed output
+    real = fidelity.compare_runs
+
+    def low(original, compressed, feeds, inputs):  # every round measures badly
+        result = real(original, compressed, feeds, inputs)
+        result.min_cosine = 0.5
+        return result
+    monkeypatch.setattr(fidelity, "compare_runs", low)
+    report = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx")
+    assert report.backoff  # tightened, then a copy (or every weight left dense)
+    assert (report.fallback and "copy of the input" in report.fallback) or not report.layers
+    assert report.sidecar_path is None and not (tmp_path / "out.onnxcomp").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx", "out.onnx"]
+    x = rng.standard_normal((4, 128)).astype(np.float32)
+    np.testing.assert_array_equal(run_plain(onnx.load(tmp_path / "out.onnx"), {"x": x})[0], run_plain(model, {"x": x})[0])

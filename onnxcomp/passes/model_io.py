@@ -282,11 +282,18 @@ def install_staged(staged_path: str, output_path: str) -> str | None:
     aside until the new model is in place and put back if a step fails. Returns the installed sidecar path, or
     None when the staged output has none."""
     folder = os.path.dirname(os.path.abspath(output_path))
-    moves = [(staged, os.path.join(folder, os.path.basename(staged)))
-             for staged in (sidecar.sidecar_path(staged_path), dense_data_path(staged_path)) if os.path.isfile(staged)]
+    companions = [(staged, os.path.join(folder, os.path.basename(staged)))
+                  for staged in (sidecar.sidecar_path(staged_path), dense_data_path(staged_path))]
+    moves = [(staged, final) for staged, final in companions if os.path.isfile(staged)]
+    # A previous output's sidecar or data file that the new output does not have would be left beside it, stale.
+    stale = [final for staged, final in companions if not os.path.isfile(staged) and os.path.lexists(final)]
     backups: list[tuple[str, str]] = []
     installed: list[str] = []
     try:
+        for final in stale:
+            backup = _temporary(folder, [])
+            os.replace(final, backup)
+            backups.append((backup, final))
         for staged, final in moves:
             if os.path.lexists(final):
                 backup = _temporary(folder, [])

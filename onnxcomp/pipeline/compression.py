@@ -33,7 +33,7 @@ from onnxcomp.passes.prune_weights import needs_gram
 
 from onnxcomp.passes import model_io
 from onnxcomp import progress
-from onnxcomp.core import recipes
+from onnxcomp.core import recipes, sidecar
 from onnxcomp.errors import CalibrationError, FidelityError, InvalidOptionError, OutputError, UnsupportedModelError
 from onnxcomp.core.recipes import LayerRule
 
@@ -384,8 +384,17 @@ def _most_damaging(input_path: str, staged: str, feeds: list[dict]) -> list[str]
 def _copy_input(input_path: str, staged: str) -> Report:
     """The input model written unchanged at ``staged`` (its external data inlined or copied as write_compressed does)."""
     model = model_io.load_model(input_path, external_data=False)
+    _remove_companions(staged)
     model_io.write_compressed(model, [], staged, source_folder=os.path.dirname(os.path.abspath(input_path)))
     return Report(input_path, staged, None, model_io.model_bytes(input_path), model_io.model_bytes(staged))
+
+
+def _remove_companions(staged: str) -> None:
+    """Remove the sidecar and data file an earlier round wrote beside ``staged``: a round that writes none must
+    not leave the earlier one's to be installed with it."""
+    for leftover in (sidecar.sidecar_path(staged), model_io.dense_data_path(staged)):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(leftover)
 
 
 def _compress_once(input_path: str, output_path: str, calib: dict | None, **options) -> Report:
@@ -398,6 +407,7 @@ def _compress_once(input_path: str, output_path: str, calib: dict | None, **opti
     source_folder = os.path.dirname(os.path.abspath(input_path))
     compressed, state = compress_model(model, base_dir=source_folder if stream else None, **options)
     records = [(t.name, t.record_name, t.record, t.transposed) for t in state.targets if t.record is not None]
+    _remove_companions(output_path)
     sidecar_file = model_io.write_compressed(compressed, records, output_path, source_folder=source_folder)
     check_output_loads(input_path, output_path, sidecar_file)
     output_bytes = model_io.model_bytes(output_path)  # the model, its sidecar and any dense data file
