@@ -56,7 +56,9 @@ class PruneWeightsPass(GraphPass):
         self.threshold, self.sensitivity, self.tfidf = threshold, sensitivity, tfidf
 
     def check(self, state: CompressionState) -> None:
-        if self.method == "activation" and state.targets and not any(t.statistics is not None for t in state.targets):
+        # Only weights that will lose elements need activations: an unpruned one (a bias in a sequential run) does not.
+        pruned = [t for t in state.targets if self.sparsity_for(t) > 0]
+        if self.method == "activation" and pruned and not any(t.statistics is not None for t in pruned):
             raise CalibrationError("activation-aware pruning needs calibration data: pass --calib DATA.npz")
 
     def sparsity_for(self, target: WeightTarget) -> float:

@@ -291,15 +291,19 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
     if todo and (options["prune"] == "activation" or options["reconstruct"]):  # one pass: every layer's statistics
         CalibrateWeightsPass(data=fit, keep_gram=options["reconstruct"] or needs_gram(options["prune"], options["score"]))(state)
     main = {t.name for t in model.graph.initializer}
+    def tried_sparsities(target):
+        # Activation-aware pruning needs the layer's inputs: a weight no calibrated layer multiplies (a bias, a
+        # normalization scale) is tried unpruned only.
+        return sparsities if options["prune"] != "activation" or target.statistics is not None else [0.0]
     settings = len(sparsities) * len(bits)
     log.info("sensitivity analysis: %d weights x %d settings to measure, %d cached", len(todo), settings, len(curves))
-    advance = progress.counter("sensitivity analysis", len(todo) * settings)
+    advance = progress.counter("sensitivity analysis", sum(len(tried_sparsities(t)) * len(bits) for t in todo))
     for target in todo:
         # A float32/float16 main-graph weight is fed as an input; others (bfloat16, in a subgraph) substituted in a copy.
         feedable = target.name in main and target.dtype in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
         session = _session(_weight_as_input(model, target.name)) if feedable else None
         points = []
-        for sparsity in sparsities:
+        for sparsity in tried_sparsities(target):
             with progress.silenced():
                 pruned = _pruned(target, sparsity, options)
             for b in bits:
