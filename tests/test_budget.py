@@ -198,3 +198,21 @@ def test_line_progress_writes_whole_lines_with_the_time_left():
     rows = text.splitlines()
     assert rows[0] == "sensitivity analysis: 4 to do" and "1/4, about" in rows[1] and "left" in rows[1]
     assert rows[-1].startswith("sensitivity analysis: 4/4 done in ")
+
+
+def test_activation_budget_with_biases_selected(tmp_path, rng):
+    """README's calibrated recipe on a model whose biases are selected too (--min-elements 1): a bias has no layer
+    input to score by, so the search tries it unpruned and the sequential run does not ask it for activations."""
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], transB=1)]
+    model = make_model(nodes, [float_input("x", ["n", 32])], [float_input("y", ["n", 8])],
+                       [weight(rng, "w1", (48, 32), 0.3), weight(rng, "b1", (48,), 0.1),
+                        weight(rng, "w2", (8, 48), 0.3), weight(rng, "b2", (8,), 0.1)])
+    onnx.save(model, tmp_path / "in.onnx")
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((160, 32)).astype(np.float32))
+    report = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), budget="cosine=0.95",
+                                calib=str(tmp_path / "calib.npz"), prune="activation", sequential=True, min_elements=1,
+                                sparsities=(0.0, 0.5), bits=(4, 8), cache_dir=str(tmp_path / "cache"))
+    assert {"b1", "b2"} <= set(report.budget["settings"])
+    assert all(s.get("skip") or s["sparsity"] == 0.0 for name, s in report.budget["settings"].items() if name.startswith("b"))
+    assert report.budget["measured_error"] <= 0.05
