@@ -130,3 +130,19 @@ def test_bad_override_is_a_one_line_error(tmp_path, mlp):
     result = onnxcomp("compress", mlp, tmp_path / "out.onnx", "--input-range", "nope=0,1")
     assert result.returncode == 1 and "nope" in result.stderr
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_top1_only_for_class_scores(tmp_path, rng):
+    """A pooled embedding [N, 64] is no class score: the fidelity line shows no top-1 (verify's rule), while the
+    linear head's [N, 10] output of the same model does."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("ReduceMean", ["r"], ["embedding"], axes=[1], keepdims=0),
+             helper.make_node("MatMul", ["embedding", "head"], ["scores"])]
+    model = make_model(nodes, [float_input("x", ["n", 8, 32])],
+                       [float_input("embedding", ["n", 64]), float_input("scores", ["n", 10])],
+                       [weight(rng, "w", (32, 64), 0.3), weight(rng, "head", (64, 10), 0.3)])
+    onnx.save(model, tmp_path / "in.onnx")
+    report = package.compress(tmp_path / "in.onnx", tmp_path / "out.onnx", bits=8, min_elements=16)
+    by_output = {o["name"]: o for o in report.fidelity["outputs"]}
+    assert by_output["embedding"]["top1_agreement"] is None
+    assert by_output["scores"]["top1_agreement"] is not None

@@ -226,7 +226,9 @@ def compare_runs(original_path: str, compressed_path: str, feeds: list[dict[str,
         return Fidelity(inputs, unavailable=f"onnxruntime cannot load the input model ({str(error).strip().splitlines()[0]})")
     candidate = _session(compressed_path)
     names = [o.name for o in reference.get_outputs()]
-    per_output: dict[str, dict] = {name: {"cos": [], "agree": [], "class_scores": True} for name in names}
+    from onnxcomp.pipeline.verification import class_score_outputs  # verify's rule: top-1 only for class scores
+    scores = class_score_outputs(onnx.load(original_path, load_external_data=False))
+    per_output: dict[str, dict] = {name: {"cos": [], "agree": [], "class_scores": name in scores} for name in names}
     samples = 0
     for feed in feeds:
         first = next(iter(feed.values()), None)
