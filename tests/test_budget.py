@@ -216,3 +216,37 @@ def test_activation_budget_with_biases_selected(tmp_path, rng):
     assert {"b1", "b2"} <= set(report.budget["settings"])
     assert all(s.get("skip") or s["sparsity"] == 0.0 for name, s in report.budget["settings"].items() if name.startswith("b"))
     assert report.budget["measured_error"] <= 0.05
+
+
+def test_calibration_with_a_state_batched_on_its_second_axis_and_a_scalar(tmp_path, rng):
+    """A recurrent model's own feed (silero-vad's): x [N, 32], state [2, N, 16] (samples second), a scalar
+    int64 ``sr``. Compressing with --calib, and a budget search splitting it, keep each sample's state row with it."""
+    nodes = [helper.make_node("Gemm", ["x", "w1"], ["h"], transB=1),
+             helper.make_node("ReduceSum", ["state", "axes0"], ["s"], keepdims=0),  # [N, 16]
+             helper.make_node("Concat", ["h", "s"], ["hs"], axis=1), helper.make_node("Relu", ["hs"], ["r"]),
+             helper.make_node("Gemm", ["r", "w2"], ["y0"], transB=1),
+             helper.make_node("Cast", ["sr"], ["srf"], to=onnx.TensorProto.FLOAT),
+             helper.make_node("Mul", ["y0", "srf"], ["y"])]
+    inputs = [float_input("x", ["n", 32]), float_input("state", [2, "n", 16]),
+              helper.make_tensor_value_info("sr", onnx.TensorProto.INT64, [])]
+    model = make_model(nodes, inputs, [float_input("y", ["n", 8])],
+                       [weight(rng, "w1", (48, 32), 0.3), weight(rng, "w2", (8, 64), 0.3),
+                        onnx.numpy_helper.from_array(np.array([0], np.int64), "axes0")])
+    onnx.save(model, tmp_path / "in.onnx")
+    count = 80
+    feeds = {"x": rng.standard_normal((count, 32)).astype(np.float32),
+             "state": rng.standard_normal((2, count, 16)).astype(np.float32), "sr": np.array(2, np.int64)}
+    np.savez(tmp_path / "calib.npz", **feeds)
+    report = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "plain.onnx", calib=str(tmp_path / "calib.npz"),
+                               prune="activation", min_elements=16)
+    assert report.fidelity["min_cosine"] is not None and report.fidelity["inputs"] == "calibration"
+    report = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), budget="cosine=0.95",
+                                calib=str(tmp_path / "calib.npz"), sparsities=(0.0, 0.5), bits=(4, 8), min_elements=16,
+                                cache_dir=str(tmp_path / "cache"))
+    check = budget_split(count, 20, 20)[2]
+    from conftest import run_plain
+    subset = {"x": feeds["x"][check], "state": feeds["state"][:, check], "sr": feeds["sr"]}
+    want = run_plain(model, subset)[0]
+    got = onnxcomp.InferenceSession(tmp_path / "out.onnx").run(None, subset)[0]
+    assert error("cosine", want, got) == pytest.approx(report.budget["check_error"], abs=1e-6)
+    assert report.budget["check_error"] <= 0.05

@@ -120,17 +120,65 @@ def input_rows(x: np.ndarray, spec: LayerInput) -> np.ndarray:
     return x.reshape(-1, x.shape[-1])
 
 
+def sample_axis(shape) -> int | None:
+    """The axis of an input (or output) with declared ``shape`` (ints for fixed dims, 0 included; names, None or
+    negative ints for dynamic ones) that counts samples: its first dynamic dimension (a recurrent state
+    [layers, batch, hidden] has it second), else 0 (a model with a fixed batch); None for a scalar, which is
+    fed whole to every run."""
+    if shape is None or len(shape) == 0:
+        return None
+    return next((axis for axis, d in enumerate(shape) if not (isinstance(d, int) and d >= 0)), 0)
+
+
+def sample_axes(values) -> dict[str, int | None]:
+    """``sample_axis`` of each of a session's inputs or outputs (``session.get_inputs()``) or of
+    ``(name, shape, ...)`` specs, by name. When some of them have a dynamic dimension, those with none (all
+    dims fixed) hold no samples: they are fed whole, like scalars; so are all of them when every one is fixed
+    and their first dims differ (a Scan's initial state [1, H] beside its sequence [T, 1, D])."""
+    shapes = {v.name: v.shape for v in values} if values and hasattr(values[0], "shape") else {s[0]: s[1] for s in values}
+    fixed = {name for name, shape in shapes.items() if shape is not None and all(isinstance(d, int) and d >= 0 for d in shape)}
+    dynamic = any(shape for name, shape in shapes.items() if name not in fixed)
+    whole = fixed if dynamic else fixed if len({shapes[name][0] for name in fixed if shapes[name]}) > 1 else set()
+    return {name: None if name in whole else sample_axis(shape) for name, shape in shapes.items()}
+
+
+def count_samples(arrays: dict[str, np.ndarray], axes: dict[str, int | None]) -> int:
+    """The sample count of ``arrays`` (samples on each input's axis in ``axes``, default 0; scalars count none);
+    1 when every array is a scalar. Raises CalibrationError when the inputs disagree."""
+    counts = {name: array.shape[axes.get(name, 0)] for name, array in arrays.items()
+              if np.ndim(array) and axes.get(name, 0) is not None}
+    if len(set(counts.values())) > 1:
+        raise CalibrationError("the inputs hold different sample counts: " + ", ".join(f"{n} {c}" for n, c in counts.items()))
+    return next(iter(counts.values()), 1)
+
+
+def take_samples(arrays: dict[str, np.ndarray], rows, axes: dict[str, int | None]) -> dict[str, np.ndarray]:
+    """``arrays`` restricted to the samples ``rows`` (indices or a slice) on each array's sample axis in ``axes``
+    (default 0); scalars and arrays whose axis is None are kept whole."""
+    out = {}
+    for name, array in arrays.items():
+        axis = axes.get(name, 0)
+        if not np.ndim(array) or axis is None:
+            out[name] = array
+        elif isinstance(rows, slice):
+            out[name] = array[(slice(None),) * axis + (rows,)]
+        else:
+            out[name] = np.take(array, rows, axis=axis)
+    return out
+
+
 def accepted_batch(session: ort.InferenceSession, wanted: int, count: int | None = None, names=None) -> int:
-    """The batch size to feed ``session``: ``wanted``, unless an input (of ``names``, default all) fixes its first
-    (batch) dimension, in which case that fixed size. With ``count`` (the samples to feed), a count the fixed size does not divide
+    """The batch size to feed ``session``: ``wanted``, unless an input (of ``names``, default all) fixes every
+    dimension (``sample_axis`` is then 0), in which case its first. With ``count`` (the samples to feed), a count the fixed size does not divide
     is refused with a CalibrationError naming the sizes."""
     fixed = set()
     for value in session.get_inputs():
         if names is not None and value.name not in names:
             continue
-        first = value.shape[0] if value.shape else None
-        if isinstance(first, int) and first > 0:
-            fixed.add(first)
+        axis = sample_axis(value.shape)
+        size = value.shape[axis] if axis is not None else None
+        if isinstance(size, int) and size > 0:
+            fixed.add(size)
     if not fixed:
         return wanted
     if len(fixed) > 1:
@@ -144,17 +192,26 @@ def accepted_batch(session: ort.InferenceSession, wanted: int, count: int | None
 
 def run_batched(session: ort.InferenceSession, feeds: dict[str, np.ndarray], batch: int = 256,
                 outputs: list[str] | None = None, extra: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
-    """``session``'s outputs on ``feeds`` (arrays with samples first), computed in batches the model accepts
-    (accepted_batch) and concatenated; ``extra`` feeds and scalar feeds are passed whole to every run. Outputs without a batch
+    """``session``'s outputs on ``feeds`` (arrays with samples on each input's ``sample_axis``, the first unless
+    the declared shape says otherwise), computed in batches the model accepts (accepted_batch) and concatenated
+    on each output's sample axis; ``extra`` feeds and scalar feeds are passed whole to every run. Outputs without a batch
     axis (scalars) come from the first run."""
-    batched = {k: v for k, v in feeds.items() if np.ndim(v)}  # scalar inputs (an If's condition) go whole to each run
-    whole = {**{k: v for k, v in feeds.items() if not np.ndim(v)}, **(extra or {})}
-    count = len(next(iter(batched.values()))) if batched else 1
+    axes = sample_axes(session.get_inputs())
+    batched = {k: v for k, v in feeds.items() if np.ndim(v) and axes.get(k, 0) is not None}  # scalars go whole to each run
+    whole = {**{k: v for k, v in feeds.items() if k not in batched}, **(extra or {})}
+    count = count_samples(batched, axes) if batched else 1
     batch = accepted_batch(session, batch, count, set(batched))
-    runs = [session.run(outputs, {**{k: v[start:start + batch] for k, v in batched.items()}, **whole})
+    runs = [session.run(outputs, {**take_samples(batched, slice(start, start + batch), axes), **whole})
             for start in range(0, count, batch)]
-    return [np.concatenate([np.asarray(r[i]) for r in runs]) if np.ndim(runs[0][i]) else np.asarray(runs[0][i])
-            for i in range(len(runs[0]))]
+    declared = {o.name: o.shape for o in session.get_outputs()}
+    names = outputs or list(declared)
+
+    def output_axis(name: str, value) -> int:
+        shape = declared.get(name)
+        axis = sample_axis(shape) if shape is not None and len(shape) == np.ndim(value) else 0
+        return 0 if axis is None else axis
+    return [np.concatenate([np.asarray(r[i]) for r in runs], axis=output_axis(names[i], runs[0][i]))
+            if np.ndim(runs[0][i]) else np.asarray(runs[0][i]) for i in range(len(runs[0]))]
 
 
 def _probe_session(model: onnx.ModelProto, wanted: list[str]) -> ort.InferenceSession:
@@ -188,17 +245,18 @@ def collect(model: onnx.ModelProto, layers: dict[str, LayerInput], data: dict[st
     reference = _probe_session(original, wanted) if original is not None else None
     names = [o.name for o in session.get_outputs()]
     input_names = [i.name for i in session.get_inputs()]
-    total = len(data[input_names[0]])
+    axes = sample_axes(session.get_inputs())
+    total = count_samples({n: data[n] for n in input_names}, axes)
     batch = accepted_batch(session, batch, total, set(data))
     stats: dict[str, LayerStatistics] = {}
     for start in progress.track(range(0, total, batch), "calibration batches"):
-        feeds = {n: data[n][start:start + batch] for n in input_names}
+        feeds = take_samples({n: data[n] for n in input_names}, slice(start, start + batch), axes)
         values = dict(zip(names, session.run(None, feeds)))
         values.update(feeds)
         if reference is not None:
             original_values = dict(zip([o.name for o in reference.get_outputs()], reference.run(None, feeds)))
             original_values.update(feeds)
-        samples = len(feeds[input_names[0]])
+        samples = count_samples(feeds, axes)
         for layer, spec in layers.items():
             x = values[spec.tensor]
             if spec.layout != "conv" and x.ndim >= 2 and x.shape[0] != samples:

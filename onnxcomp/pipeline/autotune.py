@@ -35,7 +35,7 @@ import onnxruntime as ort
 
 from onnxcomp.passes import CalibrateWeightsPass, CompressionState, PruneWeightsPass, ReconstructWeightsPass, SelectWeightsPass, ShareWeightsPass
 from onnxcomp.passes.base import WeightTarget
-from onnxcomp.passes.calibration import run_batched
+from onnxcomp.passes.calibration import count_samples, run_batched, sample_axes, take_samples
 from onnxcomp.passes.prune_weights import needs_gram
 
 from onnxcomp.core import budget as budget_math
@@ -43,7 +43,7 @@ from onnxcomp.passes import model_io
 from onnxcomp import progress
 from onnxcomp.core import sidecar
 from onnxcomp.errors import CalibrationError, OnnxcompError
-from onnxcomp.pipeline.evaluate import LABELS, check_eval_data, load_calibration
+from onnxcomp.pipeline.evaluate import LABELS, check_eval_data, load_calibration, model_specs
 from onnxcomp.runtime import quiet_session_options
 
 log = logging.getLogger("onnxcomp")
@@ -159,17 +159,18 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     all_labels = data.pop(LABELS, None)
     if goal.metric == "accuracy" and all_labels is None:
         raise CalibrationError("an accuracy budget needs an array 'labels' in the calibration data")
-    count = len(next(iter(data.values())))
+    axes = sample_axes(model_specs(model))
+    count = count_samples(data, axes)
     held = max(1, int(round(holdout * count)))
     checked = int(round(check * count)) if check > 0 else 0
     if check > 0 and checked < 1 or count - held - checked < 1:
         raise CalibrationError(f"{count} calibration samples are too few to hold some back and keep a check set: give at "
                                f"least {2 + (check > 0)}, or --check 0")
     fit_rows, hold_rows, check_rows = budget_split(count, held, checked, seed)
-    fit = {k: v[fit_rows] for k, v in data.items()}
-    hold = {k: v[hold_rows] for k, v in data.items()}
-    searched = {k: v[np.sort(np.concatenate([fit_rows, hold_rows]))] for k, v in data.items()}
-    checking = {k: v[check_rows] for k, v in data.items()}
+    fit = take_samples(data, fit_rows, axes)
+    hold = take_samples(data, hold_rows, axes)
+    searched = take_samples(data, np.sort(np.concatenate([fit_rows, hold_rows])), axes)
+    checking = take_samples(data, check_rows, axes)
     labels = None if all_labels is None else all_labels[hold_rows]
     check_labels = None if all_labels is None else all_labels[check_rows]
     reference = run_batched(_session(model), hold)[0]

@@ -17,6 +17,7 @@ import onnxruntime as ort
 
 from onnxcomp.errors import CalibrationError, UnsupportedModelError
 from onnxcomp.passes import model_io
+from onnxcomp.passes.calibration import count_samples, sample_axes, sample_axis, take_samples
 from onnxcomp.runtime import DOMAIN, quiet_session_options
 
 LABELS = "labels"
@@ -44,7 +45,7 @@ def model_specs(model: onnx.ModelProto) -> list[InputSpec]:
     return specs
 
 
-def _read_arrays(path: str) -> dict[str, np.ndarray]:
+def _read_arrays(path: str, axes: dict[str, int | None] | None = None) -> dict[str, np.ndarray]:
     files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".npz")) if os.path.isdir(path) else [path]
     if not files:
         raise CalibrationError(f"{path}: the folder holds no .npz files")
@@ -58,8 +59,10 @@ def _read_arrays(path: str) -> dict[str, np.ndarray]:
                     parts.setdefault(key, []).append(data[key])
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
             raise CalibrationError(f"{file} is not a readable .npz file ({error})") from error
-    try:
-        return {key: np.concatenate(arrays) for key, arrays in parts.items()}
+    axes = axes or {}
+    try:  # files join on each input's sample axis; a scalar (or an input fed whole) is taken from the first file
+        return {key: arrays[0] if len(arrays) == 1 or not np.ndim(arrays[0]) or axes.get(key, 0) is None
+                else np.concatenate(arrays, axis=axes.get(key, 0)) for key, arrays in parts.items()}
     except ValueError as error:
         raise CalibrationError(f"{path}: the .npz files do not agree in shape ({error})") from error
 
@@ -68,21 +71,23 @@ def load_data(path: str, specs: list[InputSpec] | ort.InferenceSession) -> dict[
     """Inputs from ``path`` checked against the model's inputs (names, ranks, fixed dims, dtypes)."""
     if isinstance(specs, ort.InferenceSession):
         specs = session_specs(specs)
-    arrays = _read_arrays(path)
+    axes = sample_axes(specs)
+    arrays = _read_arrays(path, axes)
     inputs = {}
     for name, shape, dtype in specs:
         if name not in arrays:
             raise CalibrationError(f"{path} has no array for model input {name!r} (it has: {', '.join(sorted(arrays)) or 'none'})")
         array = arrays[name]
-        if array.ndim != len(shape) or any(d is not None and d != a for d, a in zip(shape[1:], array.shape[1:])):
+        axis = axes[name]
+        if array.ndim != len(shape) or any(d is not None and d != a for i, (d, a) in enumerate(zip(shape, array.shape)) if i != axis):
             wanted = ["?" if d is None else d for d in shape]
             raise CalibrationError(f"{path}: input {name!r} has shape {list(array.shape)}, the model wants {wanted}")
         if array.dtype != dtype:
             raise CalibrationError(f"{path}: input {name!r} is {array.dtype}, the model wants {dtype}")
-        if len(array) == 0:
+        if axis is not None and array.shape[axis] == 0:
             raise CalibrationError(f"{path}: input {name!r} has no samples")
         inputs[name] = array
-    counts = {len(a) for a in inputs.values()}
+    counts = {a.shape[axes[n]] for n, a in inputs.items() if axes[n] is not None}
     if len(counts) > 1:
         raise CalibrationError(f"{path}: inputs have different sample counts {sorted(counts)}")
     if LABELS in arrays:
@@ -106,16 +111,19 @@ def load_calibration(path: str, model: onnx.ModelProto, samples: int | None = No
         count = samples or 16
         data = {}
         for name, shape, dtype in specs:
-            dims = [count if not shape or shape[0] is None else shape[0] * max(1, count // shape[0])] + [d or 1 for d in shape[1:]]
+            dims, axis = [d or 1 for d in shape], sample_axis(shape)
+            if axis is not None:
+                dims[axis] = count if shape[axis] is None else shape[axis] * max(1, count // shape[axis])
             data[name] = rng.standard_normal(dims).astype(dtype) if dtype.kind == "f" else np.zeros(dims, dtype)
         return data
     data = load_data(path, specs)
     if not keep_labels:
         data.pop(LABELS, None)
-    count = len(next(iter(data.values()))) if data else 0
+    axes = sample_axes(specs)
+    count = count_samples(data, axes) if data else 0
     if samples is not None and samples < count:
         chosen = np.sort(np.random.default_rng(seed).choice(count, samples, replace=False))
-        data = {k: v[chosen] for k, v in data.items()}
+        data = take_samples(data, chosen, axes)
     return data
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxcomp.passes.calibration import run_batched
+from onnxcomp.passes.calibration import count_samples, run_batched, sample_axes, take_samples
 
 from onnxcomp.errors import CalibrationError, InvalidOptionError
 
@@ -182,11 +182,14 @@ def synthesise(model: onnx.ModelProto, samples: int = SAMPLES, seed: int = 0, sh
     return feeds
 
 
-def batched_feeds(data: dict[str, np.ndarray], samples: int = SAMPLES, batch: int = BATCH) -> list[dict[str, np.ndarray]]:
-    """Real inputs (samples on the first axis) as feeds of at most ``batch`` samples, ``samples`` in all."""
-    count = min(len(v) for v in data.values()) if data else 0
-    count = min(count, samples)
-    return [{k: v[start:min(start + batch, count)] for k, v in data.items()} for start in range(0, count, batch)]
+def batched_feeds(data: dict[str, np.ndarray], samples: int = SAMPLES, batch: int = BATCH,
+                  axes: dict[str, int | None] | None = None) -> list[dict[str, np.ndarray]]:
+    """Real inputs (samples on each input's axis in ``axes``, default the first; scalars whole) as feeds of at
+    most ``batch`` samples, ``samples`` in all."""
+    axes = axes or {}
+    counted = [v.shape[axes.get(k, 0)] for k, v in data.items() if np.ndim(v) and axes.get(k, 0) is not None]
+    count = min(min(counted) if counted else (1 if data else 0), samples)
+    return [take_samples(data, slice(start, min(start + batch, count)), axes) for start in range(0, count, batch)]
 
 
 def _session(path: str) -> ort.InferenceSession:
@@ -230,10 +233,10 @@ def compare_runs(original_path: str, compressed_path: str, feeds: list[dict[str,
     scores = class_score_outputs(onnx.load(original_path, load_external_data=False))
     per_output: dict[str, dict] = {name: {"cos": [], "agree": [], "class_scores": name in scores} for name in names}
     samples = 0
+    axes = sample_axes(reference.get_inputs())
     for feed in feeds:
-        first = next(iter(feed.values()), None)
-        count = int(first.shape[0]) if first is not None and first.ndim else None
         try:
+            count = count_samples(feed, axes) if any(np.ndim(v) and axes.get(k, 0) is not None for k, v in feed.items()) else None
             # In batches the model accepts (a fixed batch dimension gets runs of that size).
             expected = run_batched(reference, feed, batch=count or 1)
             actual = run_batched(candidate, feed, batch=count or 1)
@@ -283,18 +286,18 @@ def prepare(original_path: str, *, data: str | dict | None = None, calib: dict |
     """(feeds, what they are, why none) for the fidelity check: ``data`` (a .npz path or arrays), else ``calib``
     (calibration arrays), else inputs synthesised from the declared inputs. Inputs that cannot be synthesised
     give no feeds and the reason (never an exception)."""
+    from onnxcomp.pipeline.evaluate import LABELS, load_data, model_specs
+    model = model or onnx.load(original_path, load_external_data=False)
+    axes = sample_axes(model_specs(model))
     if data is not None:
         if isinstance(data, (str, os.PathLike)):
-            from onnxcomp.pipeline.evaluate import LABELS, load_data, model_specs
-            model = model or onnx.load(original_path, load_external_data=False)
             arrays = load_data(os.fspath(data), model_specs(model))
             arrays.pop(LABELS, None)
-            return batched_feeds(arrays, samples), os.path.basename(os.fspath(data)), None
-        return batched_feeds(data, samples), "given", None
+            return batched_feeds(arrays, samples, axes=axes), os.path.basename(os.fspath(data)), None
+        return batched_feeds(data, samples, axes=axes), "given", None
     if calib:
-        arrays = {k: v for k, v in calib.items() if k != "labels"}
-        return batched_feeds(arrays, samples), "calibration", None
-    model = model or onnx.load(original_path, load_external_data=False)
+        arrays = {k: v for k, v in calib.items() if k != LABELS}
+        return batched_feeds(arrays, samples, axes=axes), "calibration", None
     try:
         return synthesise(model, samples, seed, shapes, ranges), "synthesised", None
     except InputsUnavailable as reason:
