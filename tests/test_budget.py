@@ -158,6 +158,13 @@ def test_budget_is_checked_on_samples_the_search_never_saw(tmp_path, rng):
     assert error("top1", want, got) == pytest.approx(b["check_error"])
     from onnxcomp.core.budget import error_bound
     assert error_bound("top1", want, got) <= 0.1
+    # A fixed sequence: from the largest allocation down, every one but the last tested passed, and the
+    # smallest that passed is the one written.
+    sizes = [c["bytes"] for c in b["checks"]]
+    assert sizes == sorted(sizes, reverse=True)
+    passed = [c for c in b["checks"] if c["bound"] <= 0.1 + 1e-12]
+    assert b["checks"][:len(passed)] == passed and len(b["checks"]) - len(passed) <= 1
+    assert report.output_bytes == passed[-1]["bytes"]
 
 
 def test_an_interrupted_sensitivity_analysis_resumes_from_its_cache(tmp_path, rng, monkeypatch):
@@ -250,3 +257,29 @@ def test_calibration_with_a_state_batched_on_its_second_axis_and_a_scalar(tmp_pa
     got = onnxcomp.InferenceSession(tmp_path / "out.onnx").run(None, subset)[0]
     assert error("cosine", want, got) == pytest.approx(report.budget["check_error"], abs=1e-6)
     assert report.budget["check_error"] <= 0.05
+
+
+@pytest.mark.parametrize("budget, limit", [("top1=0.95", 0.05), ("accuracy=-3", 0.03)])
+def test_counted_budgets_hold_on_separate_evaluation_data(tmp_path, rng, budget, limit):
+    """Top-1 agreement and accuracy budgets are confirmed with a margin on samples the search never saw, so they
+    hold on new data of the same kind: 2,000 evaluation samples drawn apart from the 400 calibration ones."""
+    nodes = [helper.make_node("Gemm", ["x", "w1"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "w2"], ["y"], transB=1)]
+    model = make_model(nodes, [float_input("x", ["n", 32])], [float_input("y", ["n", 10])],
+                       [weight(rng, "w1", (64, 32), 0.3), weight(rng, "w2", (10, 64), 0.3)])
+    onnx.save(model, tmp_path / "in.onnx")
+    from conftest import run_plain
+    x = rng.standard_normal((2400, 32)).astype(np.float32)
+    scores = run_plain(model, {"x": x})[0]
+    labels = np.where(rng.random(len(x)) < 0.85, scores.argmax(1), rng.integers(0, 10, len(x)))  # ~87 % accurate
+    np.savez(tmp_path / "calib.npz", x=x[:400], labels=labels[:400])
+    report = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), budget=budget,
+                                calib=str(tmp_path / "calib.npz"), sparsities=(0.0, 0.5, 0.7, 0.85), bits=(2, 3, 4, 8),
+                                min_elements=16, cache_dir=str(tmp_path / "cache"))
+    assert report.output_bytes < report.input_bytes
+    got = onnxcomp.InferenceSession(tmp_path / "out.onnx").run(None, {"x": x[400:]})[0].argmax(1)
+    want = scores[400:].argmax(1)
+    if budget.startswith("top1"):
+        assert np.mean(got != want) <= limit
+    else:
+        assert np.mean(want == labels[400:]) - np.mean(got == labels[400:]) <= limit

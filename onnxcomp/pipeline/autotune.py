@@ -14,7 +14,16 @@
 3. Allocation (onnxcomp/budget.py) assumes errors add up; the chosen model is then compressed for real and
    measured end to end in onnxruntime with the custom ops, in the budget's own metric. The allowed
    (predicted) error is then searched: shrunk on a miss, grown when there is room, bisected between the two
-   (at most ``ROUNDS`` trials, ``ROUNDS_SMOOTH`` with a stand-in metric).
+   (at most ``ROUNDS`` trials, ``ROUNDS_SMOOTH`` with a stand-in metric). The search steers by the confidence
+   bound on the held-back samples (below), so it keeps finding allocations the check can confirm; every trial
+   whose measured error meets the budget there is a candidate for the check.
+4. Check: a share of the samples (``check``, drawn first) that neither fit nor steer anything confirms the
+   result. The passing allocations are tested there from the largest down, each at its confidence bound
+   (``Z`` standard errors: the Wilson bound of the disagreement rate for top-1, the paired flip-count bound
+   for accuracy; budget.error_bound), and the sequence stops at the first miss. Testing in a fixed order,
+   each allocation only when every larger one passed, keeps the chance of writing an allocation that misses
+   the budget at that of a single test (the fixed-sequence principle of multiple testing, Maurer, Hothorn and
+   Lehmacher 1995), so the margin is paid once, however many allocations are tried.
 """
 
 from __future__ import annotations
@@ -53,8 +62,9 @@ BITS = (2, 3, 4, 5, 6, 8)
 ROUNDS = 6
 ROUNDS_SMOOTH = 12  # a geometric search over a stand-in metric needs a few more end-to-end trials
 CHECK = 0.25  # share of the calibration samples kept apart as the final check set
-CHECKS = 3  # passing allocations tried on the check set, smallest first
+CHECKS = 8  # passing allocations tried on the check set, in a fixed sequence from the largest down
 Z = 1.0  # the safety margin: one standard error (budget.error_bound)
+LADDER_STEP = 0.03  # allocations tested on the check set differ in size by at least this fraction
 CACHE_VERSION = 5  # 4: records keep outliers (--outliers, default auto); 5: a check set apart
 
 
@@ -134,9 +144,10 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     ones before it; the sensitivity curves are still measured one weight at a time.
 
     ``check`` (a fraction of the calibration samples, drawn first) is a final check set the search never sees;
-    the output is fit on the other samples and written only if it meets the budget on the check set too. For
-    top-1 and accuracy budgets both the search and the check require the budget at a confidence bound (``Z``
-    standard errors, budget.error_bound), so a budget met here holds on unseen data of the same kind.
+    the output is fit on the other samples and written only if it meets the budget on the check set too, at a
+    confidence bound for top-1 and accuracy budgets (``Z`` standard errors, budget.error_bound; the allocations
+    that passed the search are tested there from the largest down, stopping at the first miss), so a budget
+    met here holds on unseen data of the same kind.
 
     ``progress=callback`` receives the progress of the long steps (onnxcomp/progress.py); ``fidelity_options`` hold the fidelity options of ``compress`` (fidelity, min_cosine, fidelity_data, input_shapes, input_ranges) for the output."""
     from onnxcomp.core.outliers import parse_option
@@ -218,15 +229,16 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
                     output = run_batched(session, hold)[0]
                     measured = budget_math.error(goal.metric, reference, output, labels)
                     bound = budget_math.error_bound(goal.metric, reference, output, labels, Z)
-                tried[key] = (bound, report.output_bytes)
+                tried[key] = (measured, bound, report.output_bytes)
                 history.append({"allowed": allowed, "predicted": predicted, "measured": measured, "bound": bound,
                                 "bytes": report.output_bytes})
                 log.info("allocation within %.4g: predicted %s %.4g, measured %s %.4g, %d bytes", allowed, metric, predicted,
                          goal.metric, measured, report.output_bytes)
-            measured, size = tried[key]
-            if goal.met(measured):
-                passed_at = allowed if passed_at is None else max(passed_at, allowed)
+            measured, bound, size = tried[key]
+            if goal.met(measured):  # a candidate for the check set, which decides (below)
                 passing[key] = (settings, size, predicted, measured)
+            if goal.met(bound):  # the search itself steers by the bound: it keeps finding allocations the check can confirm
+                passed_at = allowed if passed_at is None else max(passed_at, allowed)
             else:
                 failed_at = allowed if failed_at is None else min(failed_at, allowed)
         if passed_at is not None and failed_at is not None:
@@ -238,12 +250,21 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
             allowed = failed_at * (0.25 if smooth else max(0.2, min(0.9, goal.max_error / max(last, 1e-12))))
         else:  # everything passed so far: there may be room for a smaller model
             allowed = passed_at * (4 if smooth else 2)
-    # The check set, never seen by the search, decides: the smallest passing allocation whose output (fit on the
-    # search's samples) also meets the budget there, with the same margin, is written.
-    checks = []
-    for settings, _, predicted, measured in sorted(passing.values(), key=lambda entry: entry[1])[:CHECKS]:
-        staging = tempfile.mkdtemp(prefix=".onnxcomp-", dir=os.path.dirname(os.path.abspath(output_path)))
-        try:
+    # The check set, never seen by the search, decides, as a fixed-sequence test (each allocation is tested
+    # only if every larger one passed, so testing several costs no extra margin): the passing allocations from
+    # the largest down, each fit on the search's samples, until one misses the budget at its confidence bound
+    # there; the smallest that passed is written.
+    from onnxcomp.runtime import InferenceSession
+    expected = run_batched(_session(model), checking)[0] if checked else None
+    ladder = []
+    for entry in sorted(passing.values(), key=lambda entry: -entry[1]):  # near-duplicates would only risk a stop
+        if not ladder or entry[1] < ladder[-1][1] * (1 - LADDER_STEP):
+            ladder.append(entry)
+    ladder = ladder if len(ladder) <= CHECKS else [ladder[round(i * (len(ladder) - 1) / (CHECKS - 1))] for i in range(CHECKS)]
+    checks, best = [], None
+    try:
+        for settings, _, predicted, measured in ladder if checked else ladder[-1:]:
+            staging = tempfile.mkdtemp(prefix=".onnxcomp-", dir=os.path.dirname(os.path.abspath(output_path)))
             staged = os.path.join(staging, os.path.basename(output_path))
             report = compress(input_path, staged, calib=searched, prune=prune, score=score, reconstruct=reconstruct,
                               outliers=outliers, ridge=ridge, init=init, seed=seed, min_elements=min_elements, settings=settings,
@@ -251,27 +272,32 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
                               **{**fidelity_options, "fidelity_data": fidelity_options.get("fidelity_data") or
                                  (checking if checked else None)})
             if checked:
-                from onnxcomp.runtime import InferenceSession
-                expected = run_batched(_session(model), checking)[0]
                 output = run_batched(InferenceSession(staged), checking)[0]
                 on_check = budget_math.error(goal.metric, expected, output, check_labels)
                 check_bound = budget_math.error_bound(goal.metric, expected, output, check_labels, Z)
                 checks.append({"bytes": report.output_bytes, "measured": on_check, "bound": check_bound})
                 if not goal.met(check_bound):
-                    log.info("allocation of %d bytes misses the budget on the check set (%s %.4g, bound %.4g)",
-                             report.output_bytes, goal.metric, on_check, check_bound)
-                    continue
+                    log.info("allocation of %d bytes misses the budget on the check set (%s %.4g, bound %.4g): "
+                             "the sequence stops", report.output_bytes, goal.metric, on_check, check_bound)
+                    shutil.rmtree(staging, ignore_errors=True)
+                    break
+            if best is not None:
+                shutil.rmtree(best[0], ignore_errors=True)
+            best = (staging, staged, report, settings, predicted, measured, checks[-1] if checks else None)
+        if best is not None:
+            staging, staged, report, settings, predicted, measured, confirmed = best
             report.sidecar_path = model_io.install_staged(staged, output_path)
             report.output_path = output_path
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        report.budget = {"metric": goal.metric, "value": goal.value, "allocation_metric": metric,
-                         "predicted_error": predicted, "measured_error": measured,
-                         "holdout_samples": held, "check_samples": checked, "z": Z,
-                         "check_error": checks[-1]["measured"] if checks else None,
-                         "check_bound": checks[-1]["bound"] if checks else None,
-                         "checks": checks, "settings": settings, "rounds": history, "cache": cache_file}
-        return report
+            report.budget = {"metric": goal.metric, "value": goal.value, "allocation_metric": metric,
+                             "predicted_error": predicted, "measured_error": measured,
+                             "holdout_samples": held, "check_samples": checked, "z": Z,
+                             "check_error": confirmed["measured"] if confirmed else None,
+                             "check_bound": confirmed["bound"] if confirmed else None,
+                             "checks": checks, "settings": settings, "rounds": history, "cache": cache_file}
+            return report
+    finally:
+        if best is not None:
+            shutil.rmtree(best[0], ignore_errors=True)
     floor = sum(min(c[3] for c in cands) for cands in curves.values())
     why = (f"{len(checks)} allocation(s) that met it on the {held} held-back samples missed it on the {checked} check samples"
            if checks else f"even the most accurate candidates predict an error of {floor:.4g} (allowed {goal.max_error:.4g}) "
