@@ -8,7 +8,8 @@ options and measured on real data against tolerances declared in bench/zoo/ befo
 
 `run` compresses each model by calling the installed `onnxcomp` CLI in a subprocess (options after `--`;
 `{calib}` in them becomes the model's calibration file, built from samples disjoint from the evaluation
-samples), evaluates original, compressed output (through `onnxcomp.InferenceSession`) and onnxruntime's
+samples; `{budget}` the model's declared tolerance as a `--budget`, see budget_for), evaluates original,
+compressed output (through `onnxcomp.InferenceSession`) and onnxruntime's
 `quantize_dynamic` int8 model (the anchor) in fresh subprocesses, and writes one table per run name into
 docs/benchmarks.md (section `zoo-NAME`). A failure on one model (crash, timeout, unloadable output) is a row
 saying so. `speed` times original vs compressed output of run NAME (section `zoo-speed-NAME`).
@@ -187,9 +188,28 @@ def run_dir(name: str) -> Path:
     return zoo.cache_root() / "runs" / name
 
 
+def budget_for(model: zoo.ZooModel) -> str:
+    """The `--budget` that states the model's declared tolerance (bench/zoo/, declared before results) in a metric
+    onnxcomp measures on the first output: `top1=T` for a top-1 agreement check, `cosine=T` for a min-cosine
+    check. Checks no budget metric measures (detection F1, CTC character agreement, VAD decisions) get a
+    stand-in: the first output's min cosine 0.99 (the fidelity warning level), or its relative L2 error 0.02
+    when that output holds one value per sample (a cosine of one value only sees its sign)."""
+    import onnx
+
+    terms = {"top-1 agreement": "top1", "min cosine": "cosine"}
+    for check in model.checks:
+        if check.name in terms:
+            return f"{terms[check.name]}={check.threshold:g}"
+    output = onnx.load(str(model.onnx_path), load_external_data=False).graph.output[0]
+    per_sample = [d.dim_value for d in output.type.tensor_type.shape.dim[1:]]
+    return "rel_l2=0.02" if per_sample and all(d == 1 for d in per_sample) else "cosine=0.99"
+
+
 def compress(model: zoo.ZooModel, options: list[str], out: Path, timeout: float) -> dict:
     calib = str(model.folder / "calib.npz")
     options = [o.replace("{calib}", calib) for o in options]
+    if any("{budget}" in o for o in options):
+        options = [o.replace("{budget}", budget_for(model)) for o in options]
     report_path = out.with_suffix(".report.json")
     for stale in (out, out.with_suffix(".onnxcomp"), report_path):
         stale.unlink(missing_ok=True)
