@@ -196,7 +196,7 @@ def run_batched(session: ort.InferenceSession, feeds: dict[str, np.ndarray], bat
     the declared shape says otherwise), computed in batches the model accepts (accepted_batch) and concatenated
     on each output's sample axis; ``extra`` feeds and scalar feeds are passed whole to every run. Outputs without a batch
     axis (scalars) come from the first run."""
-    axes = sample_axes(session.get_inputs())
+    axes = sample_axes([i for i in session.get_inputs() if i.name in feeds])  # extra feeds (weights) hold no samples
     batched = {k: v for k, v in feeds.items() if np.ndim(v) and axes.get(k, 0) is not None}  # scalars go whole to each run
     whole = {**{k: v for k, v in feeds.items() if k not in batched}, **(extra or {})}
     count = count_samples(batched, axes) if batched else 1
@@ -245,7 +245,7 @@ def collect(model: onnx.ModelProto, layers: dict[str, LayerInput], data: dict[st
     reference = _probe_session(original, wanted) if original is not None else None
     names = [o.name for o in session.get_outputs()]
     input_names = [i.name for i in session.get_inputs()]
-    axes = sample_axes(session.get_inputs())
+    axes = sample_axes([i for i in session.get_inputs() if i.name in data])
     total = count_samples({n: data[n] for n in input_names}, axes)
     batch = accepted_batch(session, batch, total, set(data))
     stats: dict[str, LayerStatistics] = {}

@@ -233,8 +233,8 @@ def compare_runs(original_path: str, compressed_path: str, feeds: list[dict[str,
     scores = class_score_outputs(onnx.load(original_path, load_external_data=False))
     per_output: dict[str, dict] = {name: {"cos": [], "agree": [], "class_scores": name in scores} for name in names}
     samples = 0
-    axes = sample_axes(reference.get_inputs())
     for feed in feeds:
+        axes = sample_axes([i for i in reference.get_inputs() if i.name in feed])
         try:
             count = count_samples(feed, axes) if any(np.ndim(v) and axes.get(k, 0) is not None for k, v in feed.items()) else None
             # In batches the model accepts (a fixed batch dimension gets runs of that size).
