@@ -186,3 +186,15 @@ def test_sequential_mode_end_to_end(tmp_path, rng):
     assert onnxcomp.InferenceSession(tmp_path / "out.onnx").run(None, {"x": x})[0].shape == (3, 5)
     with pytest.raises(CalibrationError, match="--sequential needs calibration data"):
         onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out2.onnx", sequential=True)
+
+
+def test_sample_axis_of_declared_shapes():
+    """Samples sit on the first axis unless it is fixed to more than 1 and a later one is dynamic (a recurrent
+    state); an input exported with a fixed batch of 1 and a dynamic width keeps them first; scalars go whole."""
+    from onnxcomp.passes.calibration import sample_axes, sample_axis
+    assert sample_axis([2, None, 128]) == 1 and sample_axis([2, "batch", 128]) == 1
+    assert sample_axis([1, 1, 64, None]) == 0 and sample_axis(["n", 576]) == 0 and sample_axis([1, 3, 416, 416]) == 0
+    assert sample_axis([]) is None
+    # fully fixed inputs beside dynamic ones are fed whole; all fixed with different first dims: all whole
+    assert sample_axes([("x", [None, 4], None), ("e", [2, 0], None)]) == {"x": 0, "e": None}
+    assert sample_axes([("acc", [1, 16], None), ("rows", [5, 1, 32], None)]) == {"acc": None, "rows": None}

@@ -122,12 +122,17 @@ def input_rows(x: np.ndarray, spec: LayerInput) -> np.ndarray:
 
 def sample_axis(shape) -> int | None:
     """The axis of an input (or output) with declared ``shape`` (ints for fixed dims, 0 included; names, None or
-    negative ints for dynamic ones) that counts samples: its first dynamic dimension (a recurrent state
-    [layers, batch, hidden] has it second), else 0 (a model with a fixed batch); None for a scalar, which is
-    fed whole to every run."""
+    negative ints for dynamic ones) that counts samples: the first, unless it is fixed to a size other than 1
+    and a later one is dynamic (a recurrent state [layers, batch, hidden] has its samples second; an image
+    [1, 1, 64, width] exported with a fixed batch of 1 has them first); None for a scalar, which is fed whole
+    to every run."""
     if shape is None or len(shape) == 0:
         return None
-    return next((axis for axis, d in enumerate(shape) if not (isinstance(d, int) and d >= 0)), 0)
+    def fixed(d) -> bool:
+        return isinstance(d, int) and d >= 0
+    if not fixed(shape[0]) or shape[0] == 1:
+        return 0
+    return next((axis for axis, d in enumerate(shape) if not fixed(d)), 0)
 
 
 def sample_axes(values) -> dict[str, int | None]:

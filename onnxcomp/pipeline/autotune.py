@@ -61,6 +61,7 @@ SPARSITIES = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97)
 BITS = (2, 3, 4, 5, 6, 8)
 ROUNDS = 6
 ROUNDS_SMOOTH = 12  # a geometric search over a stand-in metric needs a few more end-to-end trials
+ROUNDS_MEASURED = 3  # counted budgets: trials steered by the measured error after those steered by the bound
 CHECK = 0.25  # share of the calibration samples kept apart as the final check set
 CHECKS = 8  # passing allocations tried on the check set, in a fixed sequence from the largest down
 Z = 1.0  # the safety margin: one standard error (budget.error_bound)
@@ -211,45 +212,60 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     passing: dict[tuple, tuple] = {}
     history = []
     tried: dict[tuple, tuple[float, int]] = {}
-    for _ in range(ROUNDS_SMOOTH if smooth else ROUNDS):
-        choice = budget_math.allocate({n: [(c[2], c[3]) for c in cands] for n, cands in curves.items()}, allowed)
-        if choice is None:
-            failed_at = allowed
-        else:
-            settings = {n: _setting(curves[n][i]) for n, i in choice.items()}
-            predicted = sum(curves[n][i][3] for n, i in choice.items())
-            key = tuple(sorted(choice.items()))
-            if key not in tried:
-                with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(output_path))) as folder:
-                    trial = os.path.join(folder, "trial.onnx")
-                    report = compress(input_path, trial, calib=fit, prune=prune, score=score, reconstruct=reconstruct,
-                                      ridge=ridge, init=init, seed=seed, min_elements=min_elements, settings=settings,
-                                      rounding=rounding, sequential=sequential, outliers=outliers, fidelity=False)
-                    session = ort.InferenceSession(trial, quiet_session_options(custom_ops=True), providers=["CPUExecutionProvider"])
-                    output = run_batched(session, hold)[0]
-                    measured = budget_math.error(goal.metric, reference, output, labels)
-                    bound = budget_math.error_bound(goal.metric, reference, output, labels, Z)
-                tried[key] = (measured, bound, report.output_bytes)
-                history.append({"allowed": allowed, "predicted": predicted, "measured": measured, "bound": bound,
-                                "bytes": report.output_bytes})
-                log.info("allocation within %.4g: predicted %s %.4g, measured %s %.4g, %d bytes", allowed, metric, predicted,
-                         goal.metric, measured, report.output_bytes)
-            measured, bound, size = tried[key]
-            if goal.met(measured):  # a candidate for the check set, which decides (below)
-                passing[key] = (settings, size, predicted, measured)
-            if goal.met(bound):  # the search itself steers by the bound: it keeps finding allocations the check can confirm
-                passed_at = allowed if passed_at is None else max(passed_at, allowed)
-            else:
-                failed_at = allowed if failed_at is None else min(failed_at, allowed)
-        if passed_at is not None and failed_at is not None:
-            if failed_at <= passed_at * 1.02:
+    # Two phases for budgets counted in samples: first the search steers by the confidence bound, so it finds
+    # allocations the check can confirm; then a few more trials steer by the measured error, between the
+    # largest allowed error that met the budget so measured and the smallest that missed it, so the check also
+    # gets candidates smaller than the bound dared (it decides, stopping at the first miss).
+    counted = goal.metric in ("top1", "accuracy")
+    for phase, rounds in (("bound", ROUNDS_SMOOTH if smooth else ROUNDS), ("measured", ROUNDS_MEASURED if counted else 0)):
+        if phase == "measured":
+            passed_at = max((h["allowed"] for h in history if goal.met(h["measured"])), default=None)
+            failed_at = min((h["allowed"] for h in history if not goal.met(h["measured"])
+                             and h["allowed"] > (passed_at or 0)), default=None)
+            if passed_at is None or failed_at is None:
                 break
             allowed = (passed_at * failed_at) ** 0.5 if smooth else (passed_at + failed_at) / 2
-        elif failed_at is not None:  # nothing passed yet: shrink by how far the real model missed
-            last = history[-1]["measured"] if history else goal.max_error * 2
-            allowed = failed_at * (0.25 if smooth else max(0.2, min(0.9, goal.max_error / max(last, 1e-12))))
-        else:  # everything passed so far: there may be room for a smaller model
-            allowed = passed_at * (4 if smooth else 2)
+        for _ in range(rounds):
+            if phase == "measured" and failed_at <= passed_at * 1.02:
+                break
+            choice = budget_math.allocate({n: [(c[2], c[3]) for c in cands] for n, cands in curves.items()}, allowed)
+            if choice is None:
+                failed_at = allowed
+            else:
+                settings = {n: _setting(curves[n][i]) for n, i in choice.items()}
+                predicted = sum(curves[n][i][3] for n, i in choice.items())
+                key = tuple(sorted(choice.items()))
+                if key not in tried:
+                    with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(output_path))) as folder:
+                        trial = os.path.join(folder, "trial.onnx")
+                        report = compress(input_path, trial, calib=fit, prune=prune, score=score, reconstruct=reconstruct,
+                                          ridge=ridge, init=init, seed=seed, min_elements=min_elements, settings=settings,
+                                          rounding=rounding, sequential=sequential, outliers=outliers, fidelity=False)
+                        session = ort.InferenceSession(trial, quiet_session_options(custom_ops=True), providers=["CPUExecutionProvider"])
+                        output = run_batched(session, hold)[0]
+                        measured = budget_math.error(goal.metric, reference, output, labels)
+                        bound = budget_math.error_bound(goal.metric, reference, output, labels, Z)
+                    tried[key] = (measured, bound, report.output_bytes)
+                    history.append({"allowed": allowed, "predicted": predicted, "measured": measured, "bound": bound,
+                                    "bytes": report.output_bytes, "steered_by": phase})
+                    log.info("allocation within %.4g: predicted %s %.4g, measured %s %.4g, %d bytes", allowed, metric, predicted,
+                             goal.metric, measured, report.output_bytes)
+                measured, bound, size = tried[key]
+                if goal.met(measured):  # a candidate for the check set, which decides (below)
+                    passing[key] = (settings, size, predicted, measured)
+                if goal.met(bound if phase == "bound" else measured):
+                    passed_at = allowed if passed_at is None else max(passed_at, allowed)
+                else:
+                    failed_at = allowed if failed_at is None else min(failed_at, allowed)
+            if passed_at is not None and failed_at is not None:
+                if failed_at <= passed_at * 1.02:
+                    break
+                allowed = (passed_at * failed_at) ** 0.5 if smooth else (passed_at + failed_at) / 2
+            elif failed_at is not None:  # nothing passed yet: shrink by how far the real model missed
+                last = history[-1]["measured"] if history else goal.max_error * 2
+                allowed = failed_at * (0.25 if smooth else max(0.2, min(0.9, goal.max_error / max(last, 1e-12))))
+            else:  # everything passed so far: there may be room for a smaller model
+                allowed = passed_at * (4 if smooth else 2)
     # The check set, never seen by the search, decides, as a fixed-sequence test (each allocation is tested
     # only if every larger one passed, so testing several costs no extra margin): the passing allocations from
     # the largest down, each fit on the search's samples, until one misses the budget at its confidence bound
