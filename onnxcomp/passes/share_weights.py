@@ -115,7 +115,8 @@ class ShareWeightsPass(GraphPass):
         original = to_rows(target.original, layout)
         if self.rounding == "obs":
             keep = None if target.keep is None else to_rows(target.keep.reshape(target.shape), layout)
-            rounded = obs.round_to_codebook(to_rows(target.values, layout), keep, target.codebook, statistics.gram, exact=exact)
+            rounded = obs.round_to_codebook(to_rows(target.values, layout), keep, target.codebook, statistics.gram, exact=exact,
+                                            factor=obs.cached_inverse_factor(statistics))
             rows, compensated = rounded if exact is not None else (rounded, None)
             if compensated is not None:  # outliers store their compensated values, as a reader gets them back
                 compensated = from_rows(compensated, layout, target.shape).ravel()[target.outlier_positions]
