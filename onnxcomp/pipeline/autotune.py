@@ -55,7 +55,7 @@ ROUNDS_SMOOTH = 12  # a geometric search over a stand-in metric needs a few more
 CHECK = 0.25  # share of the calibration samples kept apart as the final check set
 CHECKS = 3  # passing allocations tried on the check set, smallest first
 Z = 1.0  # the safety margin: one standard error (budget.error_bound)
-CACHE_VERSION = 5  # 4: records keep outliers (--outliers, default auto); 5: a check set apart
+CACHE_VERSION = 6  # 4: records keep outliers (--outliers, default auto); 5: a check set apart; 6: predicted errors
 
 
 def holdout_split(count: int, held: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -279,9 +279,73 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
                         "give more calibration samples, or use a smoother metric (kl, cosine, rel_l2)")
 
 
+# Per-layer trials on cached layer inputs: a trial's layer output error on the fit samples,
+# eps = sum_i ||X (v_i - w_i)||^2 / sum_i ||X w_i||^2 from the layer's Gram matrix (or, for a weight no calibrated
+# layer multiplies, the relative squared weight error), predicts the model's error as alpha * eps^p (p = 1 for cosine
+# and kl, both second order in a small output change; p = 1/2 for rel_l2, first order). alpha is fit per weight on
+# trials measured end to end (anchors). A trial is measured in onnxruntime rather than predicted while the weight has
+# fewer than ANCHORS anchors, when its anchors' ratios m / eps^p spread by more than SPREAD (the proxy is not exact
+# enough for this weight: every trial is measured), when eps lies more than EXTRAPOLATE times outside the anchors'
+# range, and for the first setting of each sparsity (a spot check that becomes an anchor).
+ANCHORS = 3
+SPREAD = 2.5
+EXTRAPOLATE = 4.0
+NOISE = 1e-6  # model errors below this are float32 rounding noise, not a usable anchor
+
+
+class _Proxy:
+    """Decides, for one weight, which trials run the model and predicts the others (see the comment above)."""
+
+    def __init__(self, target, metric: str):
+        from onnxcomp.passes.calibration import to_rows
+        self.power = 0.5 if metric == "rel_l2" else 1.0
+        statistics = target.statistics
+        self.gram = statistics.gram if statistics is not None and statistics.cross is None else None
+        if self.gram is not None:
+            self.layout = target.layer_input.layout
+            self.rows = lambda values: to_rows(values, self.layout).astype(np.float64)
+            original = self.rows(target.original)
+            self.original = original
+            self.energy = float(((original @ self.gram) * original).sum())
+        else:
+            self.original = np.asarray(target.original, dtype=np.float64)
+            self.energy = float((self.original ** 2).sum())
+        self.anchors: list[tuple[float, float]] = []  # (eps, measured error)
+        self.runs = 0
+
+    def layer_error(self, values: np.ndarray) -> float:
+        """eps: the relative squared error of the layer's output on the fit samples (of the weight without a Gram)."""
+        if self.energy <= 0:
+            return 0.0
+        if self.gram is not None:
+            from onnxcomp.core.reconstruction import row_errors
+            return float(row_errors(self.rows(values), self.original, self.gram).sum()) / self.energy
+        return float(((np.asarray(values, dtype=np.float64) - self.original) ** 2).sum()) / self.energy
+
+    def _ratios(self) -> list[float]:
+        return [m / e ** self.power for e, m in self.anchors if e > 0 and m > NOISE]
+
+    def predict(self, eps: float, first_of_sparsity: bool) -> float | None:
+        """The predicted model error, or None when this trial must be measured."""
+        ratios = self._ratios()
+        if first_of_sparsity or len(ratios) < ANCHORS or max(ratios) > SPREAD * min(ratios):
+            return None
+        used = [e for e, m in self.anchors if e > 0 and m > NOISE]
+        if not min(used) / EXTRAPOLATE <= eps <= max(used) * EXTRAPOLATE:
+            return None
+        alpha = float(np.exp(np.mean(np.log(ratios))))
+        return alpha * eps ** self.power
+
+    def measured(self, eps: float, error: float) -> None:
+        self.anchors.append((eps, error))
+        self.runs += 1
+
+
 def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, options, min_elements, cached=None, save=None):
     """Each selected weight's curve [(sparsity, bits, record bytes, error)], the dense candidate last. Curves in
-    ``cached`` are reused; ``save(curves)`` is called after each newly measured weight."""
+    ``cached`` are reused; ``save(curves)`` is called after each newly measured weight. Errors are measured in
+    onnxruntime or predicted from the layer's own output error (``_Proxy``)."""
+    import time
     graph = gs.import_onnx(model)
     state = CompressionState(graph)
     SelectWeightsPass(min_elements=min_elements)(state)
@@ -296,34 +360,63 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
         # normalization scale) is tried unpruned only.
         return sparsities if options["prune"] != "activation" or target.statistics is not None else [0.0]
     settings = len(sparsities) * len(bits)
+    trials = sum(len(tried_sparsities(t)) * len(bits) for t in todo)
     log.info("sensitivity analysis: %d weights x %d settings to measure, %d cached", len(todo), settings, len(curves))
-    advance = progress.counter("sensitivity analysis", sum(len(tried_sparsities(t)) * len(bits) for t in todo))
-    for target in todo:
+    advance = progress.counter("sensitivity analysis", trials)
+    started, work_done = time.monotonic(), 0.0
+    work_total = sum(_trial_work(t) * len(tried_sparsities(t)) * len(bits) for t in todo)
+    for number, target in enumerate(todo):
         # A float32/float16 main-graph weight is fed as an input; others (bfloat16, in a subgraph) substituted in a copy.
         feedable = target.name in main and target.dtype in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
         session = _session(_weight_as_input(model, target.name)) if feedable else None
+        if target.statistics is not None:
+            target.statistics.factor_cache = {}  # every trial of this weight rounds against the same Gram matrix
+        proxy = _Proxy(target, metric)
         points = []
         for sparsity in tried_sparsities(target):
             with progress.silenced():
                 pruned = _pruned(target, sparsity, options)
-            for b in bits:
+            for position, b in enumerate(bits):
                 with progress.silenced():
                     trial = _shared(pruned, b, options)
                 values = trial.decoded()
-                if feedable:
-                    feed = values.astype(np.float16 if target.dtype == onnx.TensorProto.FLOAT16 else np.float32)
-                    output = run_batched(session, hold, extra={target.name: feed})[0]
-                else:
-                    output = run_batched(_session(model_io.substituted(model, {target.name: values})), hold)[0]
-                points.append((sparsity, b, len(trial.record), budget_math.error(metric, reference, output, labels)))
+                eps = proxy.layer_error(values)
+                error = proxy.predict(eps, position == 0)
+                if error is None:
+                    if feedable:
+                        feed = values.astype(np.float16 if target.dtype == onnx.TensorProto.FLOAT16 else np.float32)
+                        output = run_batched(session, hold, extra={target.name: feed})[0]
+                    else:
+                        output = run_batched(_session(model_io.substituted(model, {target.name: values})), hold)[0]
+                    error = budget_math.error(metric, reference, output, labels)
+                    proxy.measured(eps, error)
+                points.append((sparsity, b, len(trial.record), error))
                 advance()
+            work_done += _trial_work(target) * len(bits)
+            if number == 0 and sparsity == tried_sparsities(target)[0] and work_done < work_total:
+                log.info("sensitivity analysis: about %s for %d trials (timed on the first %d)",
+                         _duration((time.monotonic() - started) / work_done * work_total), trials, len(bits))
         points.append((None, None, target.dense_bytes, 0.0))  # leaving the weight dense is a candidate too
         curves[target.name] = points
         target.statistics = target.layer_input = None  # this weight's Gram matrix is no longer needed
-        log.info("sensitivity of %s measured at %d settings", target.name, len(points))
+        left = (time.monotonic() - started) / work_done * (work_total - work_done) if work_done else 0.0
+        log.info("sensitivity of %s: %d settings, %d measured in onnxruntime, %d predicted from its layer error; "
+                 "about %s left", target.name, len(points) - 1, proxy.runs, len(points) - 1 - proxy.runs, _duration(left))
         if save is not None:
             save(curves)
     return {t.name: curves[t.name] for t in state.targets}
+
+
+def _trial_work(target) -> float:
+    """A trial's relative cost: k-means and coding over the elements, plus, with a Gram matrix, the compensated
+    rounding and refits, O(outputs * inputs^2) (measured on MiniLM: an element costs as much in k-means and coding
+    as 100 inputs of Gram work)."""
+    features = target.statistics.features if target.statistics is not None and target.statistics.gram is not None else 0
+    return float(target.size) * (1.0 + features / 100.0)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
 def _load_cache(path: str):
