@@ -26,6 +26,8 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Iterable
 
 import numpy as np
@@ -40,7 +42,7 @@ from onnxcomp.passes.prune_weights import needs_gram
 
 from onnxcomp.core import budget as budget_math
 from onnxcomp.passes import model_io
-from onnxcomp import progress
+from onnxcomp import parallel, progress
 from onnxcomp.core import sidecar
 from onnxcomp.errors import CalibrationError, OnnxcompError
 from onnxcomp.pipeline.evaluate import LABELS, check_eval_data, load_calibration
@@ -74,9 +76,11 @@ def budget_split(count: int, held: int, checked: int, seed: int = 0) -> tuple[np
     return rest[fit], rest[hold], check
 
 
-def _session(model: onnx.ModelProto) -> ort.InferenceSession:
+def _session(model: onnx.ModelProto, threads: int = 0) -> ort.InferenceSession:
+    """A plain onnxruntime session on ``model`` (``threads``: intra-op threads, 0 = onnxruntime's default)."""
     options = quiet_session_options()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.intra_op_num_threads = threads
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
@@ -293,6 +297,10 @@ EXTRAPOLATE = 4.0
 NOISE = 1e-6  # model errors below this are float32 rounding noise, not a usable anchor
 
 
+class _Stopped(Exception):
+    """A weight's trials were abandoned because the run was interrupted."""
+
+
 class _Proxy:
     """Decides, for one weight, which trials run the model and predicts the others (see the comment above)."""
 
@@ -345,7 +353,6 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
     """Each selected weight's curve [(sparsity, bits, record bytes, error)], the dense candidate last. Curves in
     ``cached`` are reused; ``save(curves)`` is called after each newly measured weight. Errors are measured in
     onnxruntime or predicted from the layer's own output error (``_Proxy``)."""
-    import time
     graph = gs.import_onnx(model)
     state = CompressionState(graph)
     SelectWeightsPass(min_elements=min_elements)(state)
@@ -363,12 +370,17 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
     trials = sum(len(tried_sparsities(t)) * len(bits) for t in todo)
     log.info("sensitivity analysis: %d weights x %d settings to measure, %d cached", len(todo), settings, len(curves))
     advance = progress.counter("sensitivity analysis", trials)
-    started, work_done = time.monotonic(), 0.0
-    work_total = sum(_trial_work(t) * len(tried_sparsities(t)) * len(bits) for t in todo)
-    for number, target in enumerate(todo):
+    started, work_total = time.monotonic(), sum(_trial_work(t) * len(tried_sparsities(t)) * len(bits) for t in todo)
+    work_done = [0.0]
+    lock, stop = threading.Lock(), threading.Event()  # stop: the run was interrupted, threads end at their next trial
+    workers = min(parallel.default_workers(), max(1, len(todo)))
+
+    def measure(target):
+        """One weight's curve and how many of its trials ran in onnxruntime (weights run on parallel threads)."""
         # A float32/float16 main-graph weight is fed as an input; others (bfloat16, in a subgraph) substituted in a copy.
         feedable = target.name in main and target.dtype in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
-        session = _session(_weight_as_input(model, target.name)) if feedable else None
+        threads = 1 if workers > 1 else 0  # one onnxruntime thread per weight when the weights share the cores
+        session = _session(_weight_as_input(model, target.name), threads) if feedable else None
         if target.statistics is not None:
             target.statistics.factor_cache = {}  # every trial of this weight rounds against the same Gram matrix
         proxy = _Proxy(target, metric)
@@ -377,6 +389,8 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
             with progress.silenced():
                 pruned = _pruned(target, sparsity, options)
             for position, b in enumerate(bits):
+                if stop.is_set():
+                    raise _Stopped
                 with progress.silenced():
                     trial = _shared(pruned, b, options)
                 values = trial.decoded()
@@ -387,23 +401,35 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
                         feed = values.astype(np.float16 if target.dtype == onnx.TensorProto.FLOAT16 else np.float32)
                         output = run_batched(session, hold, extra={target.name: feed})[0]
                     else:
-                        output = run_batched(_session(model_io.substituted(model, {target.name: values})), hold)[0]
+                        output = run_batched(_session(model_io.substituted(model, {target.name: values}), threads), hold)[0]
                     error = budget_math.error(metric, reference, output, labels)
                     proxy.measured(eps, error)
                 points.append((sparsity, b, len(trial.record), error))
-                advance()
-            work_done += _trial_work(target) * len(bits)
-            if number == 0 and sparsity == tried_sparsities(target)[0] and work_done < work_total:
-                log.info("sensitivity analysis: about %s for %d trials (timed on the first %d)",
-                         _duration((time.monotonic() - started) / work_done * work_total), trials, len(bits))
+                with lock:
+                    advance()
+            with lock:
+                first = work_done[0] == 0.0
+                work_done[0] += _trial_work(target) * len(bits)
+                if first and work_done[0] < work_total:
+                    log.info("sensitivity analysis: about %s for %d trials (timed on the first %d)",
+                             _duration((time.monotonic() - started) / work_done[0] * work_total / workers), trials, len(bits))
         points.append((None, None, target.dense_bytes, 0.0))  # leaving the weight dense is a candidate too
-        curves[target.name] = points
         target.statistics = target.layer_input = None  # this weight's Gram matrix is no longer needed
-        left = (time.monotonic() - started) / work_done * (work_total - work_done) if work_done else 0.0
-        log.info("sensitivity of %s: %d settings, %d measured in onnxruntime, %d predicted from its layer error; "
-                 "about %s left", target.name, len(points) - 1, proxy.runs, len(points) - 1 - proxy.runs, _duration(left))
-        if save is not None:
-            save(curves)
+        return points, proxy.runs
+
+    try:
+        for target, (points, runs) in zip(todo, parallel.ordered_map(measure, todo, workers)):
+            curves[target.name] = points
+            with lock:
+                done = work_done[0]
+            left = (time.monotonic() - started) / done * (work_total - done) if done else 0.0
+            log.info("sensitivity of %s: %d settings, %d measured in onnxruntime, %d predicted from its layer error; "
+                     "about %s left", target.name, len(points) - 1, runs, len(points) - 1 - runs, _duration(left))
+            if save is not None:
+                save(curves)
+    except BaseException:
+        stop.set()  # an interrupt (Ctrl-C) or an error: the other weight's thread stops too, the saved curves stay
+        raise
     return {t.name: curves[t.name] for t in state.targets}
 
 
