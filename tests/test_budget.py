@@ -227,3 +227,36 @@ def test_activation_budget_with_biases_selected(tmp_path, rng):
     assert {"b1", "b2"} <= set(report.budget["settings"])
     assert all(s.get("skip") or s["sparsity"] == 0.0 for name, s in report.budget["settings"].items() if name.startswith("b"))
     assert report.budget["measured_error"] <= 0.05
+
+
+def test_trials_are_predicted_from_the_layer_error_only_where_the_proxy_holds():
+    """_Proxy: measured while it has fewer than ANCHORS anchors, for the first setting of a sparsity, outside the
+    anchors' range, and whenever the anchors' ratios spread; else alpha * eps (cosine) or alpha * sqrt(eps) (rel_l2)."""
+    from types import SimpleNamespace
+    from onnxcomp.pipeline.autotune import ANCHORS, EXTRAPOLATE, SPREAD, _Proxy
+    target = SimpleNamespace(statistics=None, original=np.ones((4, 4), np.float32))
+    proxy = _Proxy(target, "cosine")
+    assert proxy.layer_error(np.ones((4, 4))) == 0.0 and proxy.layer_error(np.zeros((4, 4))) == 1.0
+    for eps in (0.01, 0.02, 0.04)[:ANCHORS]:
+        assert proxy.predict(eps, False) is None
+        proxy.measured(eps, 0.5 * eps)
+    assert proxy.predict(0.03, False) == pytest.approx(0.015)
+    assert proxy.predict(0.03, True) is None  # the spot check of a new sparsity
+    assert proxy.predict(0.04 * EXTRAPOLATE * 1.1, False) is None
+    proxy.measured(0.05, 0.5 * 0.05 * SPREAD * 1.1)  # the proxy stops holding: everything is measured
+    assert proxy.predict(0.03, False) is None
+    root = _Proxy(target, "rel_l2")
+    for eps in (0.01, 0.02, 0.04):
+        root.measured(eps, 2 * eps ** 0.5)
+    assert root.predict(0.03, False) == pytest.approx(2 * 0.03 ** 0.5)
+
+
+def test_messages_reach_line_progress_whole():
+    import io
+    from onnxcomp import progress
+    from onnxcomp.front.terminal import LineProgress
+    assert progress.messages()("nothing installed") is None  # no callback: dropped
+    stream = io.StringIO()
+    with progress.reporting(LineProgress(stream)):
+        progress.messages()("sensitivity analysis: about 3 min")
+    assert stream.getvalue() == "sensitivity analysis: about 3 min\n"

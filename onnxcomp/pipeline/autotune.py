@@ -190,7 +190,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     cache_file = os.path.join(cache_dir, f"sensitivity-{key.hexdigest()[:32]}.json")
     cached = _load_cache(cache_file) or {}
     if cached:
-        log.info("%d sensitivity curves from the cache %s", len(cached), cache_file)
+        progress.messages()(f"{len(cached)} sensitivity curves from the cache {cache_file}")
     # each weight's curve is cached as soon as it is measured, so an interrupted run resumes where it stopped
     curves = _measure(model, fit, hold, reference, labels, metric, sparsities, bits, options, min_elements,
                       cached, lambda done: _save_cache(cache_file, done))
@@ -368,10 +368,12 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
         return sparsities if options["prune"] != "activation" or target.statistics is not None else [0.0]
     settings = len(sparsities) * len(bits)
     trials = sum(len(tried_sparsities(t)) * len(bits) for t in todo)
-    log.info("sensitivity analysis: %d weights x %d settings to measure, %d cached", len(todo), settings, len(curves))
+    if todo:
+        progress.messages()(f"sensitivity analysis: {len(todo)} weights x {settings} settings to measure, {len(curves)} cached")
     advance = progress.counter("sensitivity analysis", trials)
     started, work_total = time.monotonic(), sum(_trial_work(t) * len(tried_sparsities(t)) * len(bits) for t in todo)
     work_done = [0.0]
+    say = progress.messages()  # time estimates and per-weight lines on the command line's stderr
     lock, stop = threading.Lock(), threading.Event()  # stop: the run was interrupted, threads end at their next trial
     workers = min(parallel.default_workers(), max(1, len(todo)))
 
@@ -411,8 +413,8 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
                 first = work_done[0] == 0.0
                 work_done[0] += _trial_work(target) * len(bits)
                 if first and work_done[0] < work_total:
-                    log.info("sensitivity analysis: about %s for %d trials (timed on the first %d)",
-                             _duration((time.monotonic() - started) / work_done[0] * work_total / workers), trials, len(bits))
+                    say(f"sensitivity analysis: about {_duration((time.monotonic() - started) / work_done[0] * work_total / workers)} "
+                        f"for {trials} trials on {workers} thread(s) (timed on the first {len(bits)})")
         points.append((None, None, target.dense_bytes, 0.0))  # leaving the weight dense is a candidate too
         target.statistics = target.layer_input = None  # this weight's Gram matrix is no longer needed
         return points, proxy.runs
@@ -423,8 +425,8 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
             with lock:
                 done = work_done[0]
             left = (time.monotonic() - started) / done * (work_total - done) if done else 0.0
-            log.info("sensitivity of %s: %d settings, %d measured in onnxruntime, %d predicted from its layer error; "
-                     "about %s left", target.name, len(points) - 1, runs, len(points) - 1 - runs, _duration(left))
+            say(f"sensitivity of {target.name}: {len(points) - 1} settings, {runs} measured in onnxruntime, "
+                f"{len(points) - 1 - runs} predicted from its layer error; about {_duration(left)} left")
             if save is not None:
                 save(curves)
     except BaseException:
