@@ -410,10 +410,11 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
                 with lock:
                     advance()
             with lock:
-                first = work_done[0] == 0.0
                 work_done[0] += _trial_work(target) * len(bits)
-                if first and work_done[0] < work_total:
-                    say(f"sensitivity analysis: about {_duration((time.monotonic() - started) / work_done[0] * work_total / workers)} "
+                if target is todo[0] and sparsity == tried_sparsities(target)[0] and len(todo) > 1:
+                    # this thread's rate on its first trials, the other threads going as fast
+                    rate = (time.monotonic() - started) / (_trial_work(target) * len(bits))
+                    say(f"sensitivity analysis: about {_duration(rate * work_total / workers)} "
                         f"for {trials} trials on {workers} thread(s) (timed on the first {len(bits)})")
         points.append((None, None, target.dense_bytes, 0.0))  # leaving the weight dense is a candidate too
         target.statistics = target.layer_input = None  # this weight's Gram matrix is no longer needed
@@ -437,10 +438,11 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
 
 def _trial_work(target) -> float:
     """A trial's relative cost: k-means and coding over the elements, plus, with a Gram matrix, the compensated
-    rounding and refits, O(outputs * inputs^2) (measured on MiniLM: an element costs as much in k-means and coding
-    as 100 inputs of Gram work)."""
+    rounding and refits, O(outputs * inputs^2), plus a fixed cost (passes, a share of the onnxruntime runs). Measured
+    on MiniLM: an element costs as much in k-means and coding as 100 inputs of Gram work, the fixed cost as 500,000
+    elements."""
     features = target.statistics.features if target.statistics is not None and target.statistics.gram is not None else 0
-    return float(target.size) * (1.0 + features / 100.0)
+    return float(target.size) * (1.0 + features / 100.0) + 5e5
 
 
 def _duration(seconds: float) -> str:
