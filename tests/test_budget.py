@@ -260,3 +260,31 @@ def test_messages_reach_line_progress_whole():
     with progress.reporting(LineProgress(stream)):
         progress.messages()("sensitivity analysis: about 3 min")
     assert stream.getvalue() == "sensitivity analysis: about 3 min\n"
+
+
+def test_large_weights_are_tried_on_a_row_sample(tmp_path, rng, monkeypatch):
+    """With a small SAMPLE_ELEMENTS both weights of the MLP are tried on output-channel samples (the Gram matrix's
+    inputs kept whole); the result still meets the budget on the check set, and is the same on a second run."""
+    from onnxcomp.pipeline import autotune
+    model, data = budget_mlp(tmp_path, rng)
+    monkeypatch.setattr(autotune, "SAMPLE_ELEMENTS", 64)
+    sampled = []
+    real = autotune._row_sample
+
+    def row_sample(target, seed):
+        sample = real(target, seed)
+        if sample is not None:
+            axis = 1 if target.layer_input.layout == "kn" else 0
+            assert sample.shape[1 - axis] == target.shape[1 - axis] and sample.shape[axis] < target.shape[axis]
+            sampled.append(target.name)
+        return sample
+
+    monkeypatch.setattr(autotune, "_row_sample", row_sample)
+    kwargs = dict(budget="cosine=0.95", calib=str(data), sparsities=(0.0, 0.5, 0.8), bits=(2, 3, 4, 8), min_elements=16)
+    report = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), cache_dir=str(tmp_path / "a"), **kwargs)
+    assert set(sampled) == {"w1", "w2"}
+    (tmp_path / "again").mkdir()
+    again = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "again" / "out.onnx"), cache_dir=str(tmp_path / "b"),
+                               **kwargs)
+    assert (tmp_path / "out.onnx").read_bytes() == (tmp_path / "again" / "out.onnx").read_bytes()
+    assert report.budget["settings"] == again.budget["settings"] and report.budget["check_bound"] <= 0.05

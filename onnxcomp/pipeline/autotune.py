@@ -371,7 +371,7 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
     if todo:
         progress.messages()(f"sensitivity analysis: {len(todo)} weights x {settings} settings to measure, {len(curves)} cached")
     advance = progress.counter("sensitivity analysis", trials)
-    started, work_total = time.monotonic(), sum(_trial_work(t) * len(tried_sparsities(t)) * len(bits) for t in todo)
+    started, work_total = time.monotonic(), sum(_block_work(t, len(bits)) * len(tried_sparsities(t)) for t in todo)
     work_done = [0.0]
     say = progress.messages()  # time estimates and per-weight lines on the command line's stderr
     lock, stop = threading.Lock(), threading.Event()  # stop: the run was interrupted, threads end at their next trial
@@ -386,34 +386,45 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
         if target.statistics is not None:
             target.statistics.factor_cache = {}  # every trial of this weight rounds against the same Gram matrix
         proxy = _Proxy(target, metric)
+        sample = _row_sample(target, options["seed"])
+        sample_error = _Proxy(sample, metric).layer_error if sample is not None else None
         points = []
         for sparsity in tried_sparsities(target):
-            with progress.silenced():
-                pruned = _pruned(target, sparsity, options)
+            pruned = sampled = None
             for position, b in enumerate(bits):
                 if stop.is_set():
                     raise _Stopped
-                with progress.silenced():
-                    trial = _shared(pruned, b, options)
-                values = trial.decoded()
-                eps = proxy.layer_error(values)
-                error = proxy.predict(eps, position == 0)
+                error = size = None
+                if sample is not None and position > 0:  # a trial on the row sample: predicted if the proxy holds
+                    with progress.silenced():
+                        sampled = sampled or _pruned(sample, sparsity, options)
+                        trial = _shared(sampled, b, options)
+                    error = proxy.predict(sample_error(trial.decoded()), False)
+                    size = _scaled_bytes(trial, target.size / sample.size)
                 if error is None:
-                    if feedable:
-                        feed = values.astype(np.float16 if target.dtype == onnx.TensorProto.FLOAT16 else np.float32)
-                        output = run_batched(session, hold, extra={target.name: feed})[0]
-                    else:
-                        output = run_batched(_session(model_io.substituted(model, {target.name: values}), threads), hold)[0]
-                    error = budget_math.error(metric, reference, output, labels)
-                    proxy.measured(eps, error)
-                points.append((sparsity, b, len(trial.record), error))
+                    with progress.silenced():
+                        pruned = pruned or _pruned(target, sparsity, options)
+                        trial = _shared(pruned, b, options)
+                    values = trial.decoded()
+                    eps = proxy.layer_error(values)
+                    error = proxy.predict(eps, position == 0)
+                    size = len(trial.record)
+                    if error is None:
+                        if feedable:
+                            feed = values.astype(np.float16 if target.dtype == onnx.TensorProto.FLOAT16 else np.float32)
+                            output = run_batched(session, hold, extra={target.name: feed})[0]
+                        else:
+                            output = run_batched(_session(model_io.substituted(model, {target.name: values}), threads), hold)[0]
+                        error = budget_math.error(metric, reference, output, labels)
+                        proxy.measured(eps, error)
+                points.append((sparsity, b, size, error))
                 with lock:
                     advance()
             with lock:
-                work_done[0] += _trial_work(target) * len(bits)
+                work_done[0] += _block_work(target, len(bits))
                 if target is todo[0] and sparsity == tried_sparsities(target)[0] and len(todo) > 1:
                     # this thread's rate on its first trials, the other threads going as fast
-                    rate = (time.monotonic() - started) / (_trial_work(target) * len(bits))
+                    rate = (time.monotonic() - started) / _block_work(target, len(bits))
                     say(f"sensitivity analysis: about {_duration(rate * work_total / workers)} "
                         f"for {trials} trials on {workers} thread(s) (timed on the first {len(bits)})")
         points.append((None, None, target.dense_bytes, 0.0))  # leaving the weight dense is a candidate too
@@ -436,13 +447,52 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
     return {t.name: curves[t.name] for t in state.targets}
 
 
-def _trial_work(target) -> float:
-    """A trial's relative cost: k-means and coding over the elements, plus, with a Gram matrix, the compensated
-    rounding and refits, O(outputs * inputs^2), plus a fixed cost (passes, a share of the onnxruntime runs). Measured
-    on MiniLM: an element costs as much in k-means and coding as 100 inputs of Gram work, the fixed cost as 500,000
-    elements."""
+SAMPLE_ELEMENTS = 1 << 18  # a weight with at least twice as many elements is tried on a row sample of this size
+
+
+def _row_sample(target, seed: int):
+    """A copy of ``target`` keeping a seeded random subset of its output channels (share_weights.output_axis),
+    about SAMPLE_ELEMENTS elements, or None for a weight too small to gain. Its inputs (and Gram matrix) are the
+    layer's own, so its trials' layer error estimates the whole weight's without bias, at a fraction of the cost."""
+    from onnxcomp.passes.share_weights import output_axis
+    elements = _row_sample_size(target)
+    if elements is None:
+        return None
+    axis = output_axis(target)
+    channels = target.shape[axis]
+    kept = elements // (target.size // channels)
+    chosen = np.sort(np.random.default_rng(seed).choice(channels, kept, replace=False))
+    values = np.take(target.original, chosen, axis=axis)
+    return dataclasses.replace(target, constant=gs.Constant(target.name, values), keep=None, codebook=None, indices=None,
+                               refit=None, record=None, sparsity_override=None, bits_override=None)
+
+
+def _row_sample_size(target) -> int | None:
+    """Elements of ``_row_sample(target)``, None when the weight is tried whole."""
+    from onnxcomp.passes.share_weights import output_axis
+    if len(target.shape) < 2 or target.size < 2 * SAMPLE_ELEMENTS:
+        return None
+    per_channel = target.size // target.shape[output_axis(target)]
+    kept = max(1, SAMPLE_ELEMENTS // per_channel)
+    return None if 2 * kept > target.shape[output_axis(target)] else kept * per_channel
+
+
+def _scaled_bytes(trial, factor: float) -> int:
+    """A sample trial's record bytes scaled to the whole weight (the codebook counted once)."""
+    codebook = int(np.asarray(trial.codebook).size) * (2 if trial.dtype != onnx.TensorProto.FLOAT else 4)
+    return int(round(max(len(trial.record) - codebook, 0) * factor)) + codebook
+
+
+def _block_work(target, settings: int) -> float:
+    """The relative cost of one sparsity's ``settings`` trials: k-means and coding over the elements, plus, with a
+    Gram matrix, the compensated rounding and refits, O(outputs * inputs^2), plus a fixed cost per trial (passes, a
+    share of the onnxruntime runs); the first on the whole weight, the others on its row sample when it has one.
+    Measured on MiniLM: an element costs as much in k-means and coding as 100 inputs of Gram work, the fixed cost as
+    500,000 elements."""
     features = target.statistics.features if target.statistics is not None and target.statistics.gram is not None else 0
-    return float(target.size) * (1.0 + features / 100.0) + 5e5
+    per_element = 1.0 + features / 100.0
+    sampled = target.size if _row_sample_size(target) is None else _row_sample_size(target)
+    return target.size * per_element + (settings - 1) * sampled * per_element + settings * 5e5
 
 
 def _duration(seconds: float) -> str:
