@@ -388,7 +388,7 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
         proxy = _Proxy(target, metric)
         sample = _row_sample(target, options["seed"])
         sample_error = _Proxy(sample, metric).layer_error if sample is not None else None
-        points = []
+        points, spent = [], 0.0  # spent: the cost (_trial_cost) of the trials run so far
         for sparsity in tried_sparsities(target):
             pruned = sampled = None
             for position, b in enumerate(bits):
@@ -401,6 +401,7 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
                         trial = _shared(sampled, b, options)
                     error = proxy.predict(sample_error(trial.decoded()), False)
                     size = _scaled_bytes(trial, target.size / sample.size)
+                    spent += _trial_cost(target, True)
                 if error is None:
                     with progress.silenced():
                         pruned = pruned or _pruned(target, sparsity, options)
@@ -409,6 +410,7 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
                     eps = proxy.layer_error(values)
                     error = proxy.predict(eps, position == 0)
                     size = len(trial.record)
+                    spent += _trial_cost(target, False)
                     if error is None:
                         if feedable:
                             feed = values.astype(np.float16 if target.dtype == onnx.TensorProto.FLOAT16 else np.float32)
@@ -423,8 +425,9 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
             with lock:
                 work_done[0] += _block_work(target, len(bits))
                 if target is todo[0] and sparsity == tried_sparsities(target)[0] and len(todo) > 1:
-                    # this thread's rate on its first trials, the other threads going as fast
-                    rate = (time.monotonic() - started) / _block_work(target, len(bits))
+                    # this thread's rate on its first trials (all whole while the proxy has no anchors), the other
+                    # threads going as fast
+                    rate = (time.monotonic() - started) / spent
                     say(f"sensitivity analysis: about {_duration(rate * work_total / workers)} "
                         f"for {trials} trials on {workers} thread(s) (timed on the first {len(bits)})")
         points.append((None, None, target.dense_bytes, 0.0))  # leaving the weight dense is a candidate too
@@ -483,16 +486,19 @@ def _scaled_bytes(trial, factor: float) -> int:
     return int(round(max(len(trial.record) - codebook, 0) * factor)) + codebook
 
 
-def _block_work(target, settings: int) -> float:
-    """The relative cost of one sparsity's ``settings`` trials: k-means and coding over the elements, plus, with a
-    Gram matrix, the compensated rounding and refits, O(outputs * inputs^2), plus a fixed cost per trial (passes, a
-    share of the onnxruntime runs); the first on the whole weight, the others on its row sample when it has one.
-    Measured on MiniLM: an element costs as much in k-means and coding as 100 inputs of Gram work, the fixed cost as
-    500,000 elements."""
+def _trial_cost(target, sampled: bool) -> float:
+    """The relative cost of one trial: k-means and coding over the elements, plus, with a Gram matrix, the
+    compensated rounding and refits, O(outputs * inputs^2), plus a fixed cost (passes, a share of the onnxruntime
+    runs); on the weight's row sample when ``sampled``. Measured on MiniLM: an element costs as much in k-means and
+    coding as 100 inputs of Gram work, the fixed cost as 500,000 elements."""
     features = target.statistics.features if target.statistics is not None and target.statistics.gram is not None else 0
-    per_element = 1.0 + features / 100.0
-    sampled = target.size if _row_sample_size(target) is None else _row_sample_size(target)
-    return target.size * per_element + (settings - 1) * sampled * per_element + settings * 5e5
+    elements = (_row_sample_size(target) or target.size) if sampled else target.size
+    return elements * (1.0 + features / 100.0) + 5e5
+
+
+def _block_work(target, settings: int) -> float:
+    """The expected cost of one sparsity's ``settings`` trials: the first whole, the others on the row sample."""
+    return _trial_cost(target, False) + (settings - 1) * _trial_cost(target, True)
 
 
 def _duration(seconds: float) -> str:
