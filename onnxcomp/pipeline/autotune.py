@@ -290,8 +290,9 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
 # trials measured end to end (anchors). A trial is measured in onnxruntime rather than predicted while the weight has
 # fewer than ANCHORS anchors, when its anchors' ratios m / eps^p spread by more than SPREAD (the proxy is not exact
 # enough for this weight: every trial is measured), when eps lies more than EXTRAPOLATE times outside the anchors'
-# range, and for the first setting of each sparsity (a spot check that becomes an anchor).
+# range, and for the first setting of every SPOT_CHECK-th sparsity (a spot check that becomes an anchor).
 ANCHORS = 3
+SPOT_CHECK = 4
 SPREAD = 2.5
 EXTRAPOLATE = 4.0
 NOISE = 1e-6  # model errors below this are float32 rounding noise, not a usable anchor
@@ -333,10 +334,10 @@ class _Proxy:
     def _ratios(self) -> list[float]:
         return [m / e ** self.power for e, m in self.anchors if e > 0 and m > NOISE]
 
-    def predict(self, eps: float, first_of_sparsity: bool) -> float | None:
+    def predict(self, eps: float, spot_check: bool) -> float | None:
         """The predicted model error, or None when this trial must be measured."""
         ratios = self._ratios()
-        if first_of_sparsity or len(ratios) < ANCHORS or max(ratios) > SPREAD * min(ratios):
+        if spot_check or len(ratios) < ANCHORS or max(ratios) > SPREAD * min(ratios):
             return None
         used = [e for e, m in self.anchors if e > 0 and m > NOISE]
         if not min(used) / EXTRAPOLATE <= eps <= max(used) * EXTRAPOLATE:
@@ -389,13 +390,14 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
         sample = _row_sample(target, options["seed"])
         sample_error = _Proxy(sample, metric).layer_error if sample is not None else None
         points, spent = [], 0.0  # spent: the cost (_trial_cost) of the trials run so far
-        for sparsity in tried_sparsities(target):
+        for step, sparsity in enumerate(tried_sparsities(target)):
             pruned = sampled = None
+            spot_check = step % SPOT_CHECK == 0
             for position, b in enumerate(bits):
                 if stop.is_set():
                     raise _Stopped
                 error = size = None
-                if sample is not None and position > 0:  # a trial on the row sample: predicted if the proxy holds
+                if sample is not None and not (spot_check and position == 0):  # on the row sample: predicted if the proxy holds
                     with progress.silenced():
                         sampled = sampled or _pruned(sample, sparsity, options)
                         trial = _shared(sampled, b, options)
@@ -408,7 +410,7 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
                         trial = _shared(pruned, b, options)
                     values = trial.decoded()
                     eps = proxy.layer_error(values)
-                    error = proxy.predict(eps, position == 0)
+                    error = proxy.predict(eps, spot_check and position == 0)
                     size = len(trial.record)
                     spent += _trial_cost(target, False)
                     if error is None:
@@ -497,8 +499,8 @@ def _trial_cost(target, sampled: bool) -> float:
 
 
 def _block_work(target, settings: int) -> float:
-    """The expected cost of one sparsity's ``settings`` trials: the first whole, the others on the row sample."""
-    return _trial_cost(target, False) + (settings - 1) * _trial_cost(target, True)
+    """The expected cost of one sparsity's ``settings`` trials: on the row sample but for a spot check now and then."""
+    return _trial_cost(target, False) / SPOT_CHECK + (settings - 1 / SPOT_CHECK) * _trial_cost(target, True)
 
 
 def _duration(seconds: float) -> str:
