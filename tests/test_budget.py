@@ -171,12 +171,17 @@ def test_an_interrupted_sensitivity_analysis_resumes_from_its_cache(tmp_path, rn
     real_shared = autotune._shared
 
     def shared(pruned, bits, options):
-        measured.append(pruned.name)
         if interrupt and pruned.name == "w2":
             raise KeyboardInterrupt  # stopped while measuring the second weight
         return real_shared(pruned, bits, options)
 
+    class Proxy(autotune._Proxy):  # one per weight whose sensitivity is measured
+        def __init__(self, target, metric):
+            measured.append(target.name)
+            super().__init__(target, metric)
+
     monkeypatch.setattr(autotune, "_shared", shared)
+    monkeypatch.setattr(autotune, "_Proxy", Proxy)
     interrupt = True
     with pytest.raises(KeyboardInterrupt):
         compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), **kwargs)
@@ -288,3 +293,22 @@ def test_large_weights_are_tried_on_a_row_sample(tmp_path, rng, monkeypatch):
                                **kwargs)
     assert (tmp_path / "out.onnx").read_bytes() == (tmp_path / "again" / "out.onnx").read_bytes()
     assert report.budget["settings"] == again.budget["settings"] and report.budget["check_bound"] <= 0.05
+
+
+def test_trial_models_compute_what_the_compressed_model_computes(tmp_path, rng):
+    """The search's trial models (decoded weights in place, no file written) give the compressed model's outputs
+    (to float rounding) and its size to within the format's framing."""
+    from onnxcomp.pipeline.autotune import _TrialModels
+    from onnxcomp.passes import model_io
+    model, data = budget_mlp(tmp_path, rng)
+    x = {"x": np.load(data)["x"]}
+    settings = {"w1": {"sparsity": 0.5, "bits": 3}, "w2": {"sparsity": 0.0, "bits": 4}}
+    options = dict(prune="magnitude", score="wanda", reconstruct=True, ridge=1e-2, init="quantile", seed=0,
+                   rounding="obs", outliers="auto")
+    trials = _TrialModels(model, x, options, 16, model_io.model_bytes(str(tmp_path / "in.onnx")))
+    output, size = trials.run(settings, x)
+    report = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx", calib=x, min_elements=16, settings=settings,
+                               fidelity=False)
+    want = onnxcomp.InferenceSession(tmp_path / "out.onnx").run(None, x)[0]
+    np.testing.assert_allclose(output, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    assert abs(size - report.output_bytes) < 1024  # records counted; nodes, sidecar header and names not

@@ -97,12 +97,13 @@ def _weight_as_input(model: onnx.ModelProto, names: str | Iterable[str]) -> onnx
     return probe
 
 
-def _pruned(target: WeightTarget, sparsity: float, options: dict) -> WeightTarget:
-    """``target`` pruned (and reconstructed) alone at ``sparsity`` with the pipeline's own passes."""
+def _pruned(target: WeightTarget, sparsity: float, options: dict, as_compress: bool = False) -> WeightTarget:
+    """``target`` pruned (and reconstructed) alone at ``sparsity`` with the pipeline's own passes; sparsity 0 skips
+    pruning unless ``as_compress`` (then the pruning pass runs as ``compress`` runs it, keeping a mask)."""
     trial = dataclasses.replace(target, keep=None, codebook=None, indices=None, refit=None, record=None,
                                 sparsity_override=sparsity, bits_override=None)
     state = CompressionState(None, [trial])
-    PruneWeightsPass(method=options["prune"] if sparsity > 0 else "none", score=options["score"])(state)
+    PruneWeightsPass(method=options["prune"] if sparsity > 0 or as_compress else "none", score=options["score"])(state)
     if options["reconstruct"] and trial.keep is not None:
         ReconstructWeightsPass(ridge=options["ridge"])(state)
     return trial
@@ -203,6 +204,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     passing: dict[tuple, tuple] = {}
     history = []
     tried: dict[tuple, tuple[float, int]] = {}
+    trials = None
     for _ in range(ROUNDS_SMOOTH if smooth else ROUNDS):
         choice = budget_math.allocate({n: [(c[2], c[3]) for c in cands] for n, cands in curves.items()}, allowed)
         if choice is None:
@@ -212,20 +214,24 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
             predicted = sum(curves[n][i][3] for n, i in choice.items())
             key = tuple(sorted(choice.items()))
             if key not in tried:
-                with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(output_path))) as folder:
-                    trial = os.path.join(folder, "trial.onnx")
-                    report = compress(input_path, trial, calib=fit, prune=prune, score=score, reconstruct=reconstruct,
-                                      ridge=ridge, init=init, seed=seed, min_elements=min_elements, settings=settings,
-                                      rounding=rounding, sequential=sequential, outliers=outliers, fidelity=False)
-                    session = ort.InferenceSession(trial, quiet_session_options(custom_ops=True), providers=["CPUExecutionProvider"])
-                    output = run_batched(session, hold)[0]
-                    measured = budget_math.error(goal.metric, reference, output, labels)
-                    bound = budget_math.error_bound(goal.metric, reference, output, labels, Z)
-                tried[key] = (bound, report.output_bytes)
+                if not sequential:  # each weight compressed once per setting over all rounds, the model run in onnxruntime
+                    trials = trials or _TrialModels(model, fit, options, min_elements, model_io.model_bytes(input_path))
+                    output, output_bytes = trials.run(settings, hold)
+                else:
+                    with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(output_path))) as folder:
+                        trial = os.path.join(folder, "trial.onnx")
+                        report = compress(input_path, trial, calib=fit, prune=prune, score=score, reconstruct=reconstruct,
+                                          ridge=ridge, init=init, seed=seed, min_elements=min_elements, settings=settings,
+                                          rounding=rounding, sequential=sequential, outliers=outliers, fidelity=False)
+                        session = ort.InferenceSession(trial, quiet_session_options(custom_ops=True), providers=["CPUExecutionProvider"])
+                        output, output_bytes = run_batched(session, hold)[0], report.output_bytes
+                measured = budget_math.error(goal.metric, reference, output, labels)
+                bound = budget_math.error_bound(goal.metric, reference, output, labels, Z)
+                tried[key] = (bound, output_bytes)
                 history.append({"allowed": allowed, "predicted": predicted, "measured": measured, "bound": bound,
-                                "bytes": report.output_bytes})
-                log.info("allocation within %.4g: predicted %s %.4g, measured %s %.4g, %d bytes", allowed, metric, predicted,
-                         goal.metric, measured, report.output_bytes)
+                                "bytes": output_bytes})
+                progress.messages()(f"allocation within {allowed:.4g}: predicted {metric} {predicted:.4g}, measured "
+                                    f"{goal.metric} {measured:.4g}, {output_bytes} bytes")
             measured, size = tried[key]
             if goal.met(measured):
                 passed_at = allowed if passed_at is None else max(passed_at, allowed)
@@ -296,6 +302,46 @@ SPOT_CHECK = 4
 SPREAD = 4.0  # predictions within a factor 2 of every anchor: attention query/key weights spread ~3.5x on MiniLM
 EXTRAPOLATE = 4.0
 NOISE = 1e-6  # model errors below this are float32 rounding noise, not a usable anchor
+
+
+class _TrialModels:
+    """The search's trial models without writing them: each weight compressed by the pipeline's own passes
+    (_pruned, _shared; as ``compress`` does outside sequential mode) once per setting over all rounds, kept as its
+    codebook and indices, and the model run in onnxruntime with the decoded weights in place (the values the
+    custom ops decode). Bytes: the input's, each compressed weight's dense bytes replaced by its record's."""
+
+    def __init__(self, model, fit, options, min_elements: int, input_bytes: int):
+        self.model, self.options, self.input_bytes = model, options, input_bytes
+        state = CompressionState(gs.import_onnx(model))
+        SelectWeightsPass(min_elements=min_elements)(state)
+        if options["prune"] == "activation" or options["reconstruct"]:  # one more calibration pass for all rounds
+            CalibrateWeightsPass(data=fit, keep_gram=options["reconstruct"] or needs_gram(options["prune"], options["score"]))(state)
+        self.targets = {t.name: t for t in state.targets}
+        self.compressed: dict[tuple, tuple] = {}  # (weight, sparsity, bits) -> (codebook, indices, outliers, bytes)
+
+    def _values(self, name: str, sparsity: float, bits: int) -> tuple[np.ndarray, int]:
+        target = self.targets[name]
+        key = (name, sparsity, bits)
+        if key not in self.compressed:
+            with progress.silenced():
+                trial = _shared(_pruned(target, sparsity, self.options, as_compress=True), bits, self.options)
+            narrow = np.uint8 if len(trial.codebook) <= 256 else np.uint16
+            self.compressed[key] = (trial.codebook, trial.indices.astype(narrow), trial.outlier_positions,
+                                    trial.outlier_values, len(trial.record))
+        codebook, indices, positions, values, size = self.compressed[key]
+        decoded = codebook[indices].astype(np.float32)
+        decoded[positions] = values
+        return decoded.reshape(target.shape), size
+
+    def run(self, settings: dict, feeds: dict) -> tuple[np.ndarray, int]:
+        """(the first output on ``feeds``, the estimated output bytes) of the allocation ``settings``."""
+        values, size = {}, self.input_bytes
+        for name, setting in progress.track(list(settings.items()), "trial model"):
+            if setting.get("skip"):
+                continue
+            values[name], record = self._values(name, setting["sparsity"], setting["bits"])
+            size += record - self.targets[name].dense_bytes
+        return run_batched(_session(model_io.substituted(self.model, values)), feeds)[0], size
 
 
 class _Stopped(Exception):
