@@ -127,7 +127,7 @@ def main() -> None:
     if args.record:
         sys.path.insert(0, str(ROOT / "bench"))
         from report import update_section
-        body = ("`python bench/budget_speed.py --resume 120`: `compress --budget` on the zoo's MiniLM-L3 (sentence "
+        body = ("`compress --budget` on the zoo's MiniLM-L3 (sentence "
                 "embedding output) with its 128 calibration sentences, min/mean cosine on the 128 evaluation sentences "
                 "the search never saw.\n\n| Model, budget, data | Wall time | CPU time | Peak RSS | Ratio | Min cosine (eval) | "
                 "Mean cosine | Load average (1 min, at the end) |\n|---|---|---|---|---|---|---|---|\n" + row + ("\n\n" + resumed if resumed else ""))
