@@ -102,12 +102,13 @@ def main() -> None:
 
         (folder / "cold").mkdir()
         cold = run(command(folder / "cold" / "out.onnx", "cache-cold"))
+        print(cold["stderr"])
         if cold["returncode"]:
-            raise SystemExit(f"the budget run failed:\n{cold['stderr'][-4000:]}")
+            raise SystemExit(f"the budget run failed after {cold['seconds'] / 60:.1f} min wall, {cold['cpu'] / 60:.1f} min CPU, "
+                             f"peak RSS {cold['peak_rss'] / 2**30:.2f} GiB")
         worst, mean = cosines(model, folder / "cold" / "out.onnx")
         size = sum(p.stat().st_size for p in (folder / "cold").iterdir())
-        ratio = sum(p.stat().st_size for p in [model]) / size
-        print(cold["stderr"])
+        ratio = model.stat().st_size / size
         print(cold["stdout"])
         load = os.getloadavg()[0]
         row = (f"| minilm-l3 (17.2 M parameters), {args.budget}, 128 calibration sentences | {cold['seconds'] / 60:.1f} min "
