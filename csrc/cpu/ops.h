@@ -14,7 +14,15 @@ namespace onnxcomp {
 
 struct CodebookDecodeKernel : RecordKernel {
   CodebookDecodeKernel();
+  // With attribute decode_once = 1 and a constant record, decodes it now into the working copy each run copies
+  // out (docs/ops.md); else keeps the decoded record and decodes it in every run.
+  OrtStatus* Init(const OrtKernelInfo* info);
   OrtStatus* ComputeV2(OrtKernelContext* context) noexcept;
+
+ private:
+  std::vector<int64_t> dims_;  // of the working copy
+  std::vector<float> decoded_;  // the decoded tensor (decode_once), else empty
+  bool decoded_once_ = false;
 };
 
 struct CodebookDecodeOp : Ort::CustomOpBase<CodebookDecodeOp, CodebookDecodeKernel, true> {
@@ -70,12 +78,18 @@ struct CodebookMatMulKernel : RecordKernel {
   OrtStatus* ComputeV2(OrtKernelContext* context) noexcept;
 
  private:
-  // Y = X @ W (+ bias) with W unpacked into a buffer of this run and onnxruntime's MatMul.
-  OrtStatus* RunDense(OrtKernelContext* context, const PackedMatrix& w, const Ort::ConstValue& x, const float* bias,
+  // Y = X @ W (+ bias) with onnxruntime's MatMul: on the decode-once working copy, or on W unpacked into a buffer
+  // of this run (then `w` also supplies the outlier corrections).
+  OrtStatus* RunDense(OrtKernelContext* context, const PackedMatrix* w, const Ort::ConstValue& x, const float* bias,
                       float* y, int64_t m);
 
   Isa isa_ = Isa::kScalar;
   MatMulKernel kernel_ = nullptr;
+  // decode_once = 1: W [K, N] decoded once into a dense float working copy, multiplied by onnxruntime's MatMul
+  // in every run (no packed form kept).
+  std::vector<float> dense_weight_;
+  Ort::Value dense_weight_value_{nullptr};
+  int64_t dense_k_ = 0, dense_n_ = 0;
   std::unique_ptr<const PackedMatrix> constant_matrix_;
   int64_t dense_rows_ = 0;  // 0: the fused kernel always
   Ort::Op dense_matmul_{nullptr};
@@ -127,8 +141,11 @@ struct ConvAttributes {
   std::string auto_pad = "NOTSET";
   std::vector<int64_t> dilations, kernel_shape, pads, strides;  // empty: not given (ONNX defaults)
   int64_t group = 1;
-  std::string activation;  // empty: none; else Relu, Tanh, Sigmoid, LeakyRelu, Clip or HardSigmoid
+  std::string activation;  // empty: none; else Relu, Tanh, Sigmoid, LeakyRelu, Clip, HardSigmoid or HardSwish
   std::vector<float> activation_params;
+  // X / Y in onnxruntime's NCHWc layout of this CPU instead of NCHW (PackWeightsPass sets them on a tensor between
+  // two CodebookConv nodes); no-ops where the library runs no NCHWc convolution (the layouts then coincide).
+  int64_t nchwc_input = 0, nchwc_output = 0;
 };
 
 // How a CodebookConv kernel runs its convolution (docs/ops.md, "CodebookConv: the rule").
