@@ -82,7 +82,7 @@ SHAPES = [  # (M, K, N): odd sizes, K and N not multiples of 8/16/64, a partial 
 ]
 
 
-@pytest.mark.parametrize("bits", [3, 4, 5, 8, 10])
+@pytest.mark.parametrize("bits", [3, 4, 5, 6, 8, 10])  # 5, 6: AVX2 permute lookups of 17..64 entries
 @pytest.mark.parametrize("m,k,n", SHAPES)
 def test_codebook_matmul_every_isa_against_numpy(m, k, n, bits):
     rng = np.random.default_rng(1000 * m + 10 * k + n + bits)
@@ -112,7 +112,7 @@ def test_codebook_matmul_threads_and_batch_dims(isa, monkeypatch):
     codebook, indices = random_layer(rng, k, n, 4)
     bias = rng.standard_normal(n).astype(np.float32)
     model = matmul_model(encode_record(codebook, indices, (k, n), 4), k, n, True, bias, batch_shape=("A", "B"))
-    for shape in [(1, 1), (2, 9), (3, 50)]:
+    for shape in [(1, 1), (2, 9), (3, 50), (7, 61)]:  # 427 rows: three row tasks of 144
         x = rng.standard_normal((*shape, k)).astype(np.float32)
         one = run_with_isa(model, {"x": x}, isa, threads=1)
         two = run_with_isa(model, {"x": x}, isa, threads=2)

@@ -16,8 +16,13 @@ std::string MatMulRecord(const DecodedRecord& record) {
 
 // Panels per parallel task: two, so a batch-1 task can run the four-group GEMV tile.
 constexpr int64_t kPanelsPerTask = 2;
-// Rows per parallel task at larger batches (a multiple of the 6-row AVX-512 tile).
+// Rows per parallel task at larger batches (multiples of the 6-row tiles): at most kRowsPerTask where there are
+// few column-panel tasks to spread over threads, else at most kRowsPerWideTask, the rows split evenly over the
+// row tasks. Each task decodes its columns once for all its rows (AVX2 row tiles), so fewer, larger row tasks
+// decode less: 49 rows as one task instead of 48 + 1 (which decoded every column twice).
 constexpr int64_t kRowsPerTask = 48;
+constexpr int64_t kRowsPerWideTask = 192;
+constexpr int64_t kWidePanelTasks = 4;
 // Below this many multiply-adds a single thread is faster than dispatching work.
 constexpr double kParallelWork = double(1 << 18);
 
@@ -25,7 +30,7 @@ struct ParallelTask {
   const MatMulProblem* problem;
   const PackedMatrix* matrix;
   MatMulKernel kernel;
-  int64_t panels, panel_tasks;
+  int64_t panels, panel_tasks, rows_per_task;
 };
 
 void RunTask(void* data, size_t task) {
@@ -33,7 +38,7 @@ void RunTask(void* data, size_t task) {
   const MatMulProblem& p = *t.problem;
   const int64_t row_task = static_cast<int64_t>(task) / t.panel_tasks;
   const int64_t panel_task = static_cast<int64_t>(task) % t.panel_tasks;
-  const int64_t m0 = row_task * kRowsPerTask, m1 = std::min(p.m, m0 + kRowsPerTask);
+  const int64_t m0 = row_task * t.rows_per_task, m1 = std::min(p.m, m0 + t.rows_per_task);
   const int64_t p0 = panel_task * kPanelsPerTask, p1 = std::min(t.panels, p0 + kPanelsPerTask);
   t.kernel(p, p0, p1, m0, m1);
   if (!t.matrix->correction_start.empty()) {
@@ -287,8 +292,11 @@ OrtStatus* CodebookMatMulKernel::ComputeV2(OrtKernelContext* raw_context) noexce
                           packed::panel_row_bytes(slot), packed::group_bytes(slot)};
     const int64_t panels = static_cast<int64_t>(packed::panel_count(static_cast<uint64_t>(n)));
     const int64_t panel_tasks = (panels + kPanelsPerTask - 1) / kPanelsPerTask;
-    const int64_t tasks = (m + kRowsPerTask - 1) / kRowsPerTask * panel_tasks;
-    ParallelTask task{&problem, w, kernel_, panels, panel_tasks};
+    const int64_t row_limit = panel_tasks >= kWidePanelTasks ? kRowsPerWideTask : kRowsPerTask;
+    const int64_t row_tasks = (m + row_limit - 1) / row_limit;
+    const int64_t rows_per_task = ((m + row_tasks - 1) / row_tasks + 5) / 6 * 6;
+    const int64_t tasks = (m + rows_per_task - 1) / rows_per_task * panel_tasks;
+    ParallelTask task{&problem, w, kernel_, panels, panel_tasks, rows_per_task};
     // ORT's intra-op thread pool (session option intra_op_num_threads) runs the tasks.
     if (tasks > 1 && double(m) * double(k) * double(n) >= kParallelWork) {
       context.ParallelFor(RunTask, static_cast<size_t>(tasks), 0, &task);
