@@ -21,7 +21,7 @@ transB=1, Transpose -> MatMul).
 
 Decode-once working forms (``decode_once=1`` on CodebookDecode and CodebookMatMul, docs/ops.md): those kernels then
 keep the weight decoded as float32 from session creation (CodebookDecode copies it out in each run instead of
-decoding it; CodebookMatMul multiplies it with onnxruntime's MatMul from 128 rows, keeping its packed form too). The rule, per model: the working copies may
+decoding it; CodebookMatMul multiplies it with onnxruntime's MatMul). The rule, per model: the working copies may
 spend at most ``DECODE_ONCE_SHARE`` (half) of the bytes compression saved, ``(dense bytes - record bytes)`` summed
 over the packed weights, so the compressed session keeps less persistent weight memory than the dense one
 (records + working copies <= (dense + records) / 2 < dense). CodebookConv always keeps one working copy per node
