@@ -17,9 +17,7 @@ from onnxcomp.passes.pack_weights import DECODE_ONCE_SHARE, assign_decode_once
 
 
 def fake_target(elements: int, record_bytes: int):
-    """A 5-bit weight (32 entries: CodebookMatMul's packed form takes one byte per element)."""
-    return SimpleNamespace(size=elements, dense_bytes=4 * elements, record=b"\0" * record_bytes,
-                           codebook=np.zeros(32, np.float32))
+    return SimpleNamespace(size=elements, dense_bytes=4 * elements, record=b"\0" * record_bytes)
 
 
 def node(op: str) -> gs.Node:
@@ -35,10 +33,9 @@ def test_rule_spends_half_the_saving_conv_first_then_decode_then_matmul_smallest
                (node("CodebookMatMul"), small), (node("CodebookDecode"), decode)]
     line = assign_decode_once(targets, emitted)
     granted = {id(t) for n, t in emitted if n.attrs.get("decode_once") == 1}
-    # conv 4000 bytes, then decode 12000, then the smallest matmul 2000 + 500 (its packed indices, kept beside the
-    # copy); the next (8000 + 2000) would pass 25375.
+    # conv 4000 bytes, then decode 12000, then the smallest matmul 2000; the next (8000) would pass 25375.
     assert granted == {id(decode), id(small)}
-    assert "1 CodebookDecode, 1 CodebookMatMul; 18500 bytes" in line
+    assert "1 CodebookDecode, 1 CodebookMatMul; 18000 bytes" in line
     assert "decode_once" not in emitted[2][0].attrs  # CodebookConv has no such attribute
 
 

@@ -23,9 +23,6 @@ constexpr int64_t kPanelsPerTask = 2;
 constexpr int64_t kRowsPerTask = 48;
 constexpr int64_t kRowsPerWideTask = 192;
 constexpr int64_t kWidePanelTasks = 4;
-// Rows from which a decode-once working copy is multiplied with onnxruntime's MatMul rather than the fused kernel
-// (measured, bench/matmul_rows.py: MLAS on a weight it did not prepack loses below ~100 rows, ties or wins at 256).
-constexpr int64_t kDecodedOnceRows = 128;
 // Below this many multiply-adds a single thread is faster than dispatching work.
 constexpr double kParallelWork = double(1 << 18);
 
@@ -237,8 +234,7 @@ OrtStatus* CodebookMatMulKernel::Init(const OrtKernelInfo* info) {
       Ort::MemoryInfo memory = Ort::MemoryInfo::CreateCpu(OrtDeviceAllocator, OrtMemTypeDefault);
       const int64_t dims[] = {dense_k_, dense_n_};
       dense_weight_value_ = Ort::Value::CreateTensor<float>(memory, dense_weight_.data(), dense_weight_.size(), dims, 2);
-      // The packed form stays too: below kDecodedOnceRows rows the fused kernel is faster than MLAS, which packs
-      // a weight it did not prepack in every call (bench/matmul_rows.py, docs/benchmarks.md).
+      return nullptr;
     }
     if (record) {
       auto matrix = std::make_unique<PackedMatrix>();
@@ -254,14 +250,15 @@ OrtStatus* CodebookMatMulKernel::ComputeV2(OrtKernelContext* raw_context) noexce
     Ort::KernelContext context(raw_context);
     PackedMatrix scratch;
     const PackedMatrix* w = constant_matrix_.get();
-    if (!w) {  // the record is not a constant: decode and pack it in this run
+    const bool decoded_once = dense_weight_value_ != nullptr;
+    if (!w && !decoded_once) {  // the record is not a constant: decode and pack it in this run
       DecodedRecord decoded;
       const DecodedRecord* record;
       if (OrtStatus* status = GetRecord(context, decoded, &record)) return status;
       PackMatrix(*record, &scratch);
       w = &scratch;
     }
-    const int64_t k = w->k, n = w->n;
+    const int64_t k = decoded_once ? dense_k_ : w->k, n = decoded_once ? dense_n_ : w->n;
 
     Ort::ConstValue x = context.GetInput(0);
     std::vector<int64_t> shape = x.GetTensorTypeAndShapeInfo().GetShape();
@@ -286,7 +283,7 @@ OrtStatus* CodebookMatMulKernel::ComputeV2(OrtKernelContext* raw_context) noexce
     float* y = context.GetOutput(0, shape).GetTensorMutableData<float>();
     if (m == 0 || n == 0) return nullptr;
 
-    if (dense_weight_value_ && m >= kDecodedOnceRows) return RunDense(raw_context, nullptr, x, bias, y, m);
+    if (decoded_once) return RunDense(raw_context, nullptr, x, bias, y, m);
     if (dense_rows_ > 0 && m >= dense_rows_) return RunDense(raw_context, w, x, bias, y, m);
 
     const uint32_t slot = w->slot_bits;

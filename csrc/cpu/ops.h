@@ -85,8 +85,8 @@ struct CodebookMatMulKernel : RecordKernel {
 
   Isa isa_ = Isa::kScalar;
   MatMulKernel kernel_ = nullptr;
-  // decode_once = 1: W [K, N] also decoded once into a dense float working copy, multiplied by onnxruntime's
-  // MatMul from kDecodedOnceRows rows (the packed form serves fewer rows).
+  // decode_once = 1: W [K, N] decoded once into a dense float working copy, multiplied by onnxruntime's MatMul
+  // in every run (no packed form kept).
   std::vector<float> dense_weight_;
   Ort::Value dense_weight_value_{nullptr};
   int64_t dense_k_ = 0, dense_n_ = 0;

@@ -249,18 +249,14 @@ def assign_decode_once(targets: list[WeightTarget], emitted: list[tuple[gs.Node,
     docstring's rule grants (a float32 working copy of 4 bytes per element each); returns a log line."""
     saved = sum(t.dense_bytes - len(t.record) for t in targets)
     budget = DECODE_ONCE_SHARE * saved
-    # CodebookMatMul keeps its packed indices next to the copy (4, 8 or 16 bits per element by codebook size).
-    slot = {id(t): 4 if len(t.codebook) <= 16 else 8 if len(t.codebook) <= 256 else 16 for t in targets}
     copy = {id(t): 4 * t.size for t in targets}
-    packed = {id(t): copy[id(t)] + (slot[id(t)] * t.size + 7) // 8 for t in targets}
     spent = sum(copy[id(t)] for node, t in emitted if node.op == "CodebookConv")
     granted = {"CodebookDecode": 0, "CodebookMatMul": 0}
     for op in granted:
-        cost = packed if op == "CodebookMatMul" else copy
-        for node, target in sorted((e for e in emitted if e[0].op == op), key=lambda e: cost[id(e[1])]):
-            if spent + cost[id(target)] <= budget:
+        for node, target in sorted((e for e in emitted if e[0].op == op), key=lambda e: copy[id(e[1])]):
+            if spent + copy[id(target)] <= budget:
                 node.attrs["decode_once"] = 1
-                spent += cost[id(target)]
+                spent += copy[id(target)]
                 granted[op] += 1
     return (f"decode-once working copies: {granted['CodebookDecode']} CodebookDecode, {granted['CodebookMatMul']} "
             f"CodebookMatMul; {spent} bytes with CodebookConv's, budget {budget:.0f} ({DECODE_ONCE_SHARE} of {saved} "
