@@ -46,7 +46,7 @@ from .names import UniqueNames, all_graphs, common_graph, parents
 from .select_weights import fusable_gemm
 
 RECORD_SUFFIX = ".onnxcomp_record"
-# A weight of at most this many elements that no reader fuses stays dense (see _small_and_decoded).
+# A 1-D weight of at most this many elements that no reader fuses stays dense (see _small_and_decoded).
 SMALL_DECODED_ELEMENTS = 4096
 # Share of the bytes compression saves that decode-once working copies (and CodebookConv's) may spend.
 DECODE_ONCE_SHARE = 0.5
@@ -78,7 +78,7 @@ class PackWeightsPass(GraphPass):
         for target in progress.track(targets, "packing records"):
             self.encode(target)
             if self._small_and_decoded(target):
-                reason = (f"its {target.size} elements (at most {SMALL_DECODED_ELEMENTS}) would be read only through "
+                reason = (f"a vector of {target.size} elements (at most {SMALL_DECODED_ELEMENTS}) would be read only through "
                           "CodebookDecode, which costs every run and hides the constant from onnxruntime's optimiser")
                 log.info("left %s dense: %s", target.name, reason)
                 state.targets.remove(target)
@@ -164,16 +164,26 @@ class PackWeightsPass(GraphPass):
         return "decode"
 
     def _small_and_decoded(self, target: WeightTarget) -> bool:
-        """True for a weight of at most SMALL_DECODED_ELEMENTS elements that every reader would read through
-        CodebookDecode (a bias added after a MatMul, a convolution's bias, an LSTM's small matrices): its record
-        saves at most 16 KiB, while the decode node runs in every run and hides a constant from onnxruntime's graph
+        """True for a 1-D weight of at most SMALL_DECODED_ELEMENTS elements that every reader would read through
+        CodebookDecode and that is a bias: added by an Add to a MatMul's or Gemm's output, or a Conv's bias input
+        (other small vectors, such as a Gemm's C, stay compressed): its record saves at most 16 KiB, while the decode node runs in every run and hides a constant from onnxruntime's graph
         optimiser (no constant folding of what follows it, no bias fusions such as BiasGelu, no NCHWc path for a
         CodebookConv whose bias it would feed)."""
-        if target.size > SMALL_DECODED_ELEMENTS:
+        if len(target.shape) != 1 or target.size > SMALL_DECODED_ELEMENTS or not target.uses:
             return False
         routes = target.routes or [None] * len(target.uses)
-        return all(self._reader(target, node, slot, route) == "decode"
-                   for (node, slot), route in zip(target.uses, routes))
+        if any(self._reader(target, node, slot, route) != "decode" for (node, slot), route in zip(target.uses, routes)):
+            return False
+
+        def bias_use(node: gs.Node, slot: int) -> bool:  # a Conv's bias, or an Add after a MatMul or Gemm
+            if node.op in ("Conv", "CodebookConv"):  # (the Conv may have been rewritten already)
+                return slot == 2
+            if node.op != "Add" or node.domain or len(node.inputs) != 2:
+                return False
+            other = node.inputs[1 - slot]
+            return len(other.inputs) == 1 and other.inputs[0].op in ("MatMul", "Gemm", "CodebookMatMul")
+
+        return all(bias_use(node, slot) for node, slot in target.uses)
 
     @staticmethod
     def _decode_node(graph: gs.Graph, target: WeightTarget, record: gs.Constant, names: UniqueNames) -> gs.Variable:
