@@ -15,13 +15,7 @@ OrtStatus* CodebookDecodeKernel::Init(const OrtKernelInfo* info) {
   return GuardStatus(this, [&]() -> OrtStatus* {
     int64_t decode_once = 0;
     OptionalAttribute(Ort::ConstKernelInfo(info), "decode_once", &decode_once);
-    if (decode_once != 1) return nullptr;
-    std::unique_ptr<const DecodedRecord> record = TakeConstant();
-    if (!record) return nullptr;  // not a constant: decoded in every run
-    dims_ = record->dims;
-    decoded_.resize(static_cast<size_t>(record->num_elements));
-    record->decode_range(0, static_cast<uint64_t>(record->num_elements), decoded_.data());
-    decoded_once_ = true;
+    decode_once_ = decode_once == 1;  // applies to a constant record only (GetRecord tells in the run)
     return nullptr;
   });
 }
@@ -29,16 +23,20 @@ OrtStatus* CodebookDecodeKernel::Init(const OrtKernelInfo* info) {
 OrtStatus* CodebookDecodeKernel::ComputeV2(OrtKernelContext* raw_context) noexcept {
   return GuardStatus(this, [&]() -> OrtStatus* {
     Ort::KernelContext context(raw_context);
-    if (decoded_once_) {
-      float* out = context.GetOutput(0, dims_).GetTensorMutableData<float>();
-      if (!decoded_.empty()) memcpy(out, decoded_.data(), decoded_.size() * sizeof(float));
-      return nullptr;
-    }
     DecodedRecord scratch;
     const DecodedRecord* record;
     if (OrtStatus* status = GetRecord(context, scratch, &record)) return status;
     float* out = context.GetOutput(0, record->dims).GetTensorMutableData<float>();
-    record->decode_range(0, static_cast<uint64_t>(record->num_elements), out);
+    const size_t count = static_cast<size_t>(record->num_elements);
+    if (decode_once_ && record != &scratch) {  // a constant record: decode it once, copy it out in every run
+      std::call_once(once_, [&] {
+        decoded_.resize(count);
+        record->decode_range(0, count, decoded_.data());
+      });
+      if (count) memcpy(out, decoded_.data(), count * sizeof(float));
+      return nullptr;
+    }
+    record->decode_range(0, count, out);
     return nullptr;
   });
 }

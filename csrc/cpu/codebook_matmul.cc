@@ -226,14 +226,12 @@ OrtStatus* CodebookMatMulKernel::Init(const OrtKernelInfo* info) {
     }
     std::unique_ptr<const DecodedRecord> record = TakeConstant();
     if (record && decode_once == 1 && dense_matmul_) {
-      // The decode-once working form: W exactly as decoded (outliers included), multiplied by onnxruntime's MatMul.
+      // The decode-once working form: W exactly as decoded (outliers included), multiplied by onnxruntime's MatMul;
+      // decoded by the first run (EnsureDense), so a session that is only created holds the record alone.
       dense_k_ = record->dims[0];
       dense_n_ = record->dims[1];
-      dense_weight_.resize(static_cast<size_t>(record->num_elements));
-      record->decode_range(0, static_cast<uint64_t>(record->num_elements), dense_weight_.data());
-      Ort::MemoryInfo memory = Ort::MemoryInfo::CreateCpu(OrtDeviceAllocator, OrtMemTypeDefault);
-      const int64_t dims[] = {dense_k_, dense_n_};
-      dense_weight_value_ = Ort::Value::CreateTensor<float>(memory, dense_weight_.data(), dense_weight_.size(), dims, 2);
+      once_record_ = std::move(record);
+      decode_once_ = true;
       return nullptr;
     }
     if (record) {
@@ -250,7 +248,18 @@ OrtStatus* CodebookMatMulKernel::ComputeV2(OrtKernelContext* raw_context) noexce
     Ort::KernelContext context(raw_context);
     PackedMatrix scratch;
     const PackedMatrix* w = constant_matrix_.get();
-    const bool decoded_once = dense_weight_value_ != nullptr;
+    const bool decoded_once = decode_once_;
+    if (decoded_once) {
+      std::call_once(once_, [&] {
+        dense_weight_.resize(static_cast<size_t>(once_record_->num_elements));
+        once_record_->decode_range(0, static_cast<uint64_t>(once_record_->num_elements), dense_weight_.data());
+        Ort::MemoryInfo memory = Ort::MemoryInfo::CreateCpu(OrtDeviceAllocator, OrtMemTypeDefault);
+        const int64_t dims[] = {dense_k_, dense_n_};
+        dense_weight_value_ =
+            Ort::Value::CreateTensor<float>(memory, dense_weight_.data(), dense_weight_.size(), dims, 2);
+        once_record_.reset();
+      });
+    }
     if (!w && !decoded_once) {  // the record is not a constant: decode and pack it in this run
       DecodedRecord decoded;
       const DecodedRecord* record;

@@ -5,6 +5,7 @@
 #include "cpu/matmul_kernels.h"
 #include "cpu/record_kernel.h"
 
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -14,15 +15,15 @@ namespace onnxcomp {
 
 struct CodebookDecodeKernel : RecordKernel {
   CodebookDecodeKernel();
-  // With attribute decode_once = 1 and a constant record, decodes it now into the working copy each run copies
-  // out (docs/ops.md); else keeps the decoded record and decodes it in every run.
+  // With attribute decode_once = 1 and a constant record, the first run decodes it into the working copy that
+  // every run copies out (docs/ops.md); else each run decodes the record.
   OrtStatus* Init(const OrtKernelInfo* info);
   OrtStatus* ComputeV2(OrtKernelContext* context) noexcept;
 
  private:
-  std::vector<int64_t> dims_;  // of the working copy
-  std::vector<float> decoded_;  // the decoded tensor (decode_once), else empty
-  bool decoded_once_ = false;
+  bool decode_once_ = false;
+  std::once_flag once_;
+  std::vector<float> decoded_;  // the working copy, filled by the first run (decode_once)
 };
 
 struct CodebookDecodeOp : Ort::CustomOpBase<CodebookDecodeOp, CodebookDecodeKernel, true> {
@@ -87,6 +88,10 @@ struct CodebookMatMulKernel : RecordKernel {
   MatMulKernel kernel_ = nullptr;
   // decode_once = 1: W [K, N] decoded once into a dense float working copy, multiplied by onnxruntime's MatMul
   // in every run (no packed form kept).
+  // Filled by the first run (so a session that never runs holds only the record), under once_.
+  bool decode_once_ = false;
+  std::unique_ptr<const DecodedRecord> once_record_;  // released once decoded
+  std::once_flag once_;
   std::vector<float> dense_weight_;
   Ort::Value dense_weight_value_{nullptr};
   int64_t dense_k_ = 0, dense_n_ = 0;
