@@ -10,7 +10,7 @@ thread (robust to other jobs on a shared machine), of wall time with more. Comma
 
 ``--bits`` sets the codebook (2**bits entries: 4 bits take the AVX2 permute of 16 entries, 5 and 6 bits the
 permute-and-blend tree of 32 and 64, more a gather). A fourth column times CodebookMatMul with ``decode_once=1``
-(W decoded once at session creation, onnxruntime's MatMul in every run: docs/ops.md).
+(W decoded once, by the first run, then onnxruntime's MatMul in every run: docs/ops.md).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ The record is stored transposed ([K, N] = W^T) when every reader fuses and each 
 transB=1, Transpose -> MatMul).
 
 Decode-once working forms (``decode_once=1`` on CodebookDecode and CodebookMatMul, docs/ops.md): those kernels then
-keep the weight decoded as float32 from session creation (CodebookDecode copies it out in each run instead of
+keep the weight decoded as float32 from their first run (CodebookDecode copies it out in each run instead of
 decoding it; CodebookMatMul multiplies it with onnxruntime's MatMul). The rule, per model: the working copies may
 spend at most ``DECODE_ONCE_SHARE`` (half) of the bytes compression saved, ``(dense bytes - record bytes)`` summed
 over the packed weights, so the compressed session keeps less persistent weight memory than the dense one
