@@ -10,7 +10,7 @@ again. Each choice is kept in ``choices`` (weight name -> onnxcomp.core.allocati
 
 from __future__ import annotations
 
-from onnxcomp import progress
+from onnxcomp import parallel, progress
 from onnxcomp.core import allocation
 from onnxcomp.core import outliers as outlier_math
 
@@ -33,11 +33,17 @@ class AllocateWeightsPass(GraphPass):
 
     def run(self, state: CompressionState) -> PassResult:
         targets = [t for t in state.targets if t.bits_override is None and t.sparsity_override is None]
-        for target in progress.track(targets, "per-layer allocation"):
-            if target.name not in self.cache:
-                self.cache[target.name] = allocation.Allocator(
+
+        def measure(target):  # on a worker thread: weights are independent (each read once, sampled, fit)
+            allocator = self.cache.get(target.name)
+            if allocator is None:
+                allocator = allocation.Allocator(
                     target.original, sparsities=self.sparsities.get(target.kind, (0.0,)), outliers=self.outliers, seed=self.seed)
-            choice = self.cache[target.name].choose(self.scales.get(target.name, 1.0), 4.0 * target.size)
+            return allocator, allocator.choose(self.scales.get(target.name, 1.0), 4.0 * target.size)
+
+        measured = parallel.ordered_map(measure, targets)
+        for target, (allocator, choice) in progress.track(zip(targets, measured), "per-layer allocation", total=len(targets)):
+            self.cache[target.name] = allocator
             if choice is None:
                 state.targets.remove(target)
                 state.skipped.append((target.name, "no codebook keeps its predicted error under the threshold "
