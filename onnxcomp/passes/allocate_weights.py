@@ -15,6 +15,7 @@ from onnxcomp.core import allocation
 from onnxcomp.core import outliers as outlier_math
 
 from .base import CompressionState, GraphPass, PassResult, log
+from .select_weights import drop_non_finite, non_finite_reason
 
 
 class AllocateWeightsPass(GraphPass):
@@ -37,12 +38,23 @@ class AllocateWeightsPass(GraphPass):
         def measure(target):  # on a worker thread: weights are independent (each read once, sampled, fit)
             allocator = self.cache.get(target.name)
             if allocator is None:
+                values = target.original
+                if not target.checked:  # a streamed weight: this is its first read
+                    reason = non_finite_reason(values)
+                    if reason:
+                        return None, None, reason
+                    target.checked = True
                 allocator = allocation.Allocator(
-                    target.original, sparsities=self.sparsities.get(target.kind, (0.0,)), outliers=self.outliers, seed=self.seed)
-            return allocator, allocator.choose(self.scales.get(target.name, 1.0), 4.0 * target.size)
+                    values, sparsities=self.sparsities.get(target.kind, (0.0,)), outliers=self.outliers, seed=self.seed)
+                del values
+            return allocator, allocator.choose(self.scales.get(target.name, 1.0), 4.0 * target.size), None
 
         measured = parallel.ordered_map(measure, targets)
-        for target, (allocator, choice) in progress.track(zip(targets, measured), "per-layer allocation", total=len(targets)):
+        for target, (allocator, choice, non_finite) in progress.track(zip(targets, measured), "per-layer allocation",
+                                                                      total=len(targets)):
+            if non_finite:
+                drop_non_finite(state, target, non_finite)
+                continue
             self.cache[target.name] = allocator
             if choice is None:
                 state.targets.remove(target)

@@ -22,6 +22,7 @@ from onnxcomp.errors import CalibrationError, InvalidOptionError
 from onnxcomp.core.recipes import LayerRule, rule_value
 
 from .base import CompressionState, GraphPass, PassResult, WeightTarget, log
+from .select_weights import drop_non_finite, non_finite_reason
 
 METHODS = ("none", "magnitude", "activation")
 SCORES = ("wanda", "tfidf", "obs")
@@ -129,6 +130,14 @@ class PruneWeightsPass(GraphPass):
             pruned = sum(t.size - int(t.keep.sum()) for t in targets)
             return PassResult(pruned > 0, f"pruned {pruned} weights in {len(targets)} tensors")
         scores = {t.name: self.scores(t) for t in targets}  # global: every layer's scores are ranked together
+        for target in [t for t in targets if not t.checked]:  # streamed, first read: NaN/Inf must not enter the ranking
+            reason = non_finite_reason(scores[target.name])  # (a magnitude is finite exactly when its weight is)
+            if reason:
+                drop_non_finite(state, target, reason)
+                targets.remove(target)
+                del scores[target.name]
+            else:
+                target.checked = True
         if self.threshold == "sensitivity":
             sigma = float(np.std(np.concatenate([s.ravel() for s in scores.values()])))
             masks = {name: s >= self.sensitivity * sigma for name, s in scores.items()}
