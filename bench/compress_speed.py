@@ -144,7 +144,7 @@ codebook = module("onnxcomp.core.codebook", "onnxcomp.codebook")
 sidecar = module("onnxcomp.core.sidecar", "onnxcomp.sidecar")
 compression = module("onnxcomp.pipeline.compression", "onnxcomp.pipeline")
 outliers = module("onnxcomp.core.outliers")
-allocate = module("onnxcomp.passes.allocate_weights")
+allocation = module("onnxcomp.core.allocation")
 fidelity = module("onnxcomp.pipeline.fidelity")
 
 totals = defaultdict(float)
@@ -175,8 +175,9 @@ def status(key):
 
 timed(model_io, "load_model", "load")
 timed(select.SelectWeightsPass, "run", "select")
-if allocate is not None:
-    timed(allocate.AllocateWeightsPass, "run", "allocate")
+if allocation is not None:  # on the worker threads: its sampling, candidate fits and choice
+    timed(allocation.Allocator, "__init__", "allocate")
+    timed(allocation.Allocator, "choose", "allocate")
 timed(prune.PruneWeightsPass, "layer_mask", "prune")
 if outliers is not None:
     timed(outliers, "share", "outlier choice")

@@ -1,9 +1,10 @@
-// onnxcomp._native: the compressor's hot loops (1-D k-means, nearest-centroid assignment, Huffman and gap
-// coding), compiled. A CPython extension module built by the same CMake as the custom-op library but
-// separate from it: no onnxruntime type appears here.
+// onnxcomp._native: the compressor's hot loops (1-D k-means, nearest-centroid assignment, magnitude masks, the
+// outlier search's largest magnitudes and per-channel errors, Huffman and gap coding), compiled. A CPython
+// extension module built by the same CMake as the custom-op library but separate from it: no onnxruntime type
+// appears here.
 //
 // Every function reproduces, bit for bit, a straightforward numpy reference kept in the Python package
-// (onnxcomp/codebook.py, onnxcomp/huffman.py, onnxcomp/sidecar.py); tests/test_native.py compares the
+// (onnxcomp/core/codebook.py, pruning.py, outliers.py, huffman.py, sidecar.py); tests/test_native.py compares the
 // two on random inputs. Floating-point steps are done in the same order and precision as the reference:
 // prefix sums are sequential float64 additions (what numpy.cumsum does), midpoints are float64.
 // Every function releases the GIL while it works, so a Python thread pool over weights uses all cores.

@@ -19,7 +19,10 @@ channel's relative output error under inputs of those energies), and B(f) the es
 as cheaply as one more index bit would at its ideal rate (half the error for (b+1)/b times the bytes).
 Ties go to the smaller fraction; the search stops at the first fraction that scores worse than the one
 before. Each fraction above 0 starts its Lloyd iterations from the previous fraction's codebook (a warm
-start: only the top clusters move), which keeps the search to about twice the cost of one fit. A mean error (relative L2 over the whole
+start: only the top clusters move), which keeps the search to about twice the cost of one fit. The kept values
+are sorted once per tensor: the outliers being the largest magnitudes, each fraction's codebook is fit to a run of
+that sorted array, and D and the index counts are measured without materialising the decoded weight (``share``;
+``share_reference`` is the straightforward version, byte-identical, tests/test_native.py). A mean error (relative L2 over the whole
 tensor) would miss what matters here: one large weight kept 40 % off can ruin the channel it dominates
 while the tensor's relative L2 error stays at 3 % (docs/guide.md, "Outliers").
 """
