@@ -393,19 +393,35 @@ py::array_t<int64_t> largest_magnitudes(FloatArray values, py::object keep_objec
 // channels x inputs elements, element (c, j) at c * inputs + j, or with ``transposed`` at j * channels + c
 // (a MatMul B). q = codebook[indices[i]], except at the sorted flat ``positions``, where it is the matching
 // ``stored`` value; without indices q = 0 (E_c is then the channel's energy).
-// e[c] += (q[c] - r[c])^2 (times w when weighted), vectorised across channels (each e[c] still adds in input order).
-ONNXCOMP_MULTIVERSION void add_squares(const double* q, const float* r, size_t channels, double w, bool weighted, double* e) {
-  if (weighted) {
-    for (size_t c = 0; c < channels; ++c) {
-      const double d = q[c] - static_cast<double>(r[c]);
+// e[c] += (q_c - r[c])^2 (times w when weighted) for q_c = book[idx[c]] (0 without idx), vectorised across
+// channels (each e[c] still adds its terms in input order).
+template <typename Index>
+inline __attribute__((always_inline)) void add_squares_into(const Index* idx, const float* book, const float* r, size_t count,
+                                                            double w, bool weighted, double* e) {
+  if (!idx) {
+    for (size_t c = 0; c < count; ++c) {
+      const double d = 0.0 - static_cast<double>(r[c]);
+      e[c] += weighted ? d * d * w : d * d;
+    }
+  } else if (weighted) {
+    for (size_t c = 0; c < count; ++c) {
+      const double d = static_cast<double>(book[idx[c]]) - static_cast<double>(r[c]);
       e[c] += d * d * w;
     }
   } else {
-    for (size_t c = 0; c < channels; ++c) {
-      const double d = q[c] - static_cast<double>(r[c]);
+    for (size_t c = 0; c < count; ++c) {
+      const double d = static_cast<double>(book[idx[c]]) - static_cast<double>(r[c]);
       e[c] += d * d;
     }
   }
+}
+
+ONNXCOMP_MULTIVERSION void add_squares(const uint8_t* idx, const float* book, const float* r, size_t count, double w, bool weighted, double* e) {
+  add_squares_into(idx, book, r, count, w, weighted, e);
+}
+
+ONNXCOMP_MULTIVERSION void add_squares(const uint16_t* idx, const float* book, const float* r, size_t count, double w, bool weighted, double* e) {
+  add_squares_into(idx, book, r, count, w, weighted, e);
 }
 
 template <typename Index>
@@ -423,24 +439,27 @@ void accumulate_errors(const float* r, const Index* idx, const float* book, size
     }
     return static_cast<double>(book[k]);
   };
-  if (transposed) {  // one stored row (input j) at a time: decoded into a buffer, then added to every channel
-    std::vector<double> q(channels);
+  if (transposed) {  // one stored row (input j) at a time, added to every channel; split at the outliers in it
     for (size_t j = 0; j < inputs; ++j) {
       const size_t row = j * channels;
-      if (idx) {
-        for (size_t c = 0; c < channels; ++c) {
-          const size_t k = idx[row + c];
-          if (k >= book_size) {
-            bad = true;
-            return;
-          }
-          q[c] = static_cast<double>(book[k]);
+      const double w = u ? u[j] : 1.0;
+      size_t c = 0;
+      while (c < channels) {
+        const size_t stop = p < outliers && static_cast<size_t>(pos[p]) < row + channels ? static_cast<size_t>(pos[p]) - row : channels;
+        if (idx) {
+          for (size_t i = c; i < stop; ++i)
+            if (idx[row + i] >= book_size) bad = true;
+          if (bad) return;
+          add_squares(idx + row + c, book, r + row + c, stop - c, w, u != nullptr, e + c);
+        } else {
+          add_squares(static_cast<const Index*>(nullptr), book, r + row + c, stop - c, w, u != nullptr, e + c);
         }
-      } else {
-        std::fill(q.begin(), q.end(), 0.0);
+        if (stop < channels) {  // the outlier's stored value
+          const double d = static_cast<double>(stored[p++]) - static_cast<double>(r[row + stop]);
+          e[stop] += u ? d * d * w : d * d;
+        }
+        c = stop + 1;
       }
-      for (; p < outliers && static_cast<size_t>(pos[p]) < row + channels; ++p) q[static_cast<size_t>(pos[p]) - row] = static_cast<double>(stored[p]);
-      add_squares(q.data(), r + row, channels, u ? u[j] : 1.0, u != nullptr, e);
     }
   } else {
     for (size_t c = 0; c < channels; ++c) {

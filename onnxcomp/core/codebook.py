@@ -120,15 +120,27 @@ def sort_values(values: np.ndarray, overwrite_input: bool = False) -> np.ndarray
     ordered = np.ascontiguousarray(values, dtype=np.float32).ravel()
     ordered = ordered if overwrite_input else ordered.copy()
     keys = ordered.view(np.uint32)
-    flip = keys.view(np.int32) >> 31  # -1 for a set sign bit, else 0
-    flip |= np.int32(-(1 << 31))
-    keys ^= flip.view(np.uint32)
+    _flip_keys(keys, inverse=False)
     keys.sort()
-    np.invert(keys, out=flip.view(np.uint32))
-    flip >>= 31
-    flip |= np.int32(-(1 << 31))
-    keys ^= flip.view(np.uint32)
+    _flip_keys(keys, inverse=True)
     return ordered
+
+
+def _flip_keys(keys: np.ndarray, inverse: bool, block: int = 1 << 20) -> None:
+    """In place, block by block (a small temporary): float bits -> order-preserving keys (``inverse`` False), or
+    back. A key's mask is all ones for a negative value (sign bit set; its key has the top bit clear), else the
+    sign bit alone."""
+    signed = keys.view(np.int32)
+    flip = np.empty(min(block, len(keys)), dtype=np.int32)
+    for start in range(0, len(keys), block):
+        part, mask = signed[start:start + block], flip[:min(block, len(keys) - start)]
+        if inverse:
+            np.invert(part, out=mask)
+            mask >>= 31
+        else:
+            np.right_shift(part, 31, out=mask)  # -1 for a set sign bit, else 0
+        mask |= np.int32(-(1 << 31))
+        part ^= mask
 
 
 def fit_sorted(ordered: np.ndarray, size: int, start: np.ndarray | None = None, sample=None, seed: int = 0,
@@ -138,13 +150,16 @@ def fit_sorted(ordered: np.ndarray, size: int, start: np.ndarray | None = None, 
     (clipped to the values' range), from _linear_start on ``sample`` (a _linear_sample), or from the quantiles."""
     if len(ordered) == 0:
         return np.zeros(0, dtype=np.float32)
-    # the distinct values, as np.unique finds them (it sorts the same way, then drops repeats)
-    first = np.empty(len(ordered), dtype=bool)
-    first[0] = True
-    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
-    if np.count_nonzero(first) <= size:
-        return ordered[first]
-    del first
+    # The distinct values, as np.unique finds them (it sorts the same way, then drops repeats), when there are at
+    # most ``size``; evenly spaced picks with more distinct values than that already show there are more.
+    picks = ordered[np.linspace(0, len(ordered) - 1, min(len(ordered), 4 * size + 1)).astype(np.int64)]
+    if np.count_nonzero(picks[1:] != picks[:-1]) + 1 <= size:
+        first = np.empty(len(ordered), dtype=bool)
+        first[0] = True
+        np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+        if np.count_nonzero(first) <= size:
+            return ordered[first]
+        del first
     if start is not None and len(start) > 0:
         start = np.clip(np.asarray(start, dtype=np.float64)[:size], float(ordered[0]), float(ordered[-1]))
     elif sample is not None:
