@@ -129,16 +129,20 @@ def main() -> None:
         start = time.perf_counter()
         size = make_model(source, args.layers, args.rows, args.cols)
         generated = time.perf_counter() - start
+        load_before = os.getloadavg()[0]
         runs = sorted((measure(source, Path(folder) / "out.onnx", args.source, **options_for(args.layers, args.dense))
                        for _ in range(args.repeat)), key=lambda r: r["seconds"])
         result = runs[len(runs) // 2]
         for run in runs:
             print(f"run: {run['seconds']:.1f} s wall, {run['cpu_seconds']:.1f} s CPU, peak RSS {run['peak_rss'] / 1e9:.2f} GB", flush=True)
         files = sorted(p.name + f" ({p.stat().st_size / 1e6:.0f} MB)" for p in Path(folder).glob("out.onnx*"))
+    load = (load_before, os.getloadavg()[0])
+    params = (args.layers - args.dense) * args.rows * args.cols  # compressed parameters
     gb = 1e9
     row = (f"| {args.layers} x {args.rows}x{args.cols} float32, {args.dense} left dense | {size / gb:.2f} GB | "
            f"{result['output_bytes'] / gb:.3f} GB | {result['rss_before'] / gb:.2f} GB | {result['peak_rss'] / gb:.2f} GB | "
-           f"{result['seconds']:.0f} s | {result['cpu_seconds']:.0f} s |")
+           f"{result['seconds']:.0f} s | {result['cpu_seconds']:.0f} s | {params / result['seconds'] / 1e6:.1f} M/s | "
+           f"{params / result['cpu_seconds'] / 1e6:.1f} M/s |")
     print(f"generated {size / gb:.2f} GB in {generated:.0f} s; output files: {', '.join(files)}")
     print(row)
     if args.record:
@@ -146,8 +150,12 @@ def main() -> None:
         body = ("Compressing a generated transformer-like chain of MatMul weights stored as external data "
                 "(`prune none`, `bits 4`), in a fresh process: weights are read one tensor at a time and each record "
                 "is encoded as soon as its weight is shared. Peak RSS is the process's VmHWM (Python, numpy, onnx "
-                "and the compressor included); the RSS before compressing is after the imports.\n\n"
-                "| Model | Input | Output | RSS before | Peak RSS | Wall time | CPU time |\n|---|---|---|---|---|---|---|\n" + row)
+                "and the compressor included); the RSS before compressing is after the imports. CPU time is user + "
+                f"system of the compressing process; the 1-minute load average was {load[0]:.1f} before and "
+                f"{load[1]:.1f} after the runs (wall times on a shared machine stretch with it). "
+                f"{args.repeat} run(s), median reported.\n\n"
+                "| Model | Input | Output | RSS before | Peak RSS | Wall time | CPU time | Parameters per second (wall) | "
+                "per CPU second |\n|---|---|---|---|---|---|---|---|---|\n" + row)
         update_section(f"scale{'-dense' if args.dense else ''}", body)
 
 

@@ -101,6 +101,8 @@ class PruneWeightsPass(GraphPass):
         if self.threshold == "percentile" and (self.score_for(t.name) == "magnitude" or t.statistics is None):
             if self.score_for(t.name) != "magnitude":
                 log.info("%s: no activation statistics, scored by magnitude", t.name)
+            if self.sparsity_for(t) == 0:  # nothing pruned: the mask is known without reading the weight
+                return np.ones(t.shape, dtype=bool)
             return pruning.magnitude_keep_mask(t.values, self.sparsity_for(t))
         scores = self.scores(t)
         if self.threshold == "sensitivity":
@@ -121,11 +123,6 @@ class PruneWeightsPass(GraphPass):
         targets = [t for t in state.targets if t.keep is None and t.codebook is None]
         if self.method == "none" or not targets:
             return PassResult(False, "no pruning")
-        if self.scope == "layer" and self.threshold == "percentile":
-            # Nothing to prune: no mask (an all-True one would also cost the codebook its pruned-zero entry)
-            targets = [t for t in targets if self.sparsity_for(t) > 0]
-            if not targets:
-                return PassResult(False, "no pruning")
         if self.scope == "layer":  # one weight's scores per thread: memory stays bounded by the largest weights
             # Magnitude masks of different weights are independent and run on every core; activation-aware
             # ones (BLAS, Gram matrices) one at a time.
