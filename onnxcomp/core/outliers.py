@@ -275,10 +275,10 @@ def _record_estimate(counts: np.ndarray, n: int, codebook_size: int, positions: 
     return int(np.ceil(n * entropy / 8)) + 4 * codebook_size + encoded_bytes(positions, values)
 
 
-def _search(fractions, option, kept: int, bits: int, measure) -> SharedWeight:
+def _search(fractions, option, kept: int, bits: int, pruned: bool, measure) -> SharedWeight:
     """The rule of the module docstring over ``fractions``; ``measure(count, start)`` fits the codebook with the
     ``count`` largest kept weights as outliers (warm ``start`` or None) and returns (codebook, indices, positions,
-    stored values, D, B)."""
+    stored values, D, B); ``pruned``: the codebook leads with the pruned 0.0 (not part of the next warm start)."""
     exponent = np.log(2.0) / np.log1p(1.0 / bits)
     best, previous_score, start = None, None, None
     tried_counts = set()
@@ -288,7 +288,7 @@ def _search(fractions, option, kept: int, bits: int, measure) -> SharedWeight:
             continue
         tried_counts.add(count)
         codebook, indices, positions, kept_values, damage, size = measure(count, start)
-        start = codebook[1:] if measure.pruned else codebook
+        start = codebook[1:] if pruned else codebook
         score = exponent * np.log(max(size, 1)) + (np.log(damage) if damage > 0 else -np.inf)
         candidate = SharedWeight(codebook, indices, positions, kept_values, fraction, damage, size, float(score))
         if best is None or score < best.score:
@@ -331,8 +331,7 @@ def share_reference(values: np.ndarray, keep: np.ndarray | None, bits: int, *, o
         decoded[positions] = kept_values
         damage = channel_damage(reference_rows, to_rows(decoded.reshape(values.shape)), importance)
         return codebook, indices, positions, kept_values, damage, estimated_bytes(codebook, indices, positions, kept_values)
-    measure.pruned = keep is not None
-    return _search(fractions, option, len(candidates), bits, measure)
+    return _search(fractions, option, len(candidates), bits, keep is not None, measure)
 
 
 def _row_layout(reference: np.ndarray, rows: np.ndarray):
@@ -406,5 +405,4 @@ def share(values: np.ndarray, keep: np.ndarray | None, bits: int, *, option: str
                 counts = np.concatenate([[pruned], counts])
         return codebook, indices, positions, kept_values, damage, _record_estimate(counts, len(flat), len(codebook),
                                                                                    positions, kept_values)
-    measure.pruned = keep is not None
-    return _search(fractions, option, kept, bits, measure)
+    return _search(fractions, option, kept, bits, keep is not None, measure)
