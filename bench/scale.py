@@ -6,8 +6,11 @@ resident set (VmHWM from /proc/self/status), its resident set just before compre
 The default model is 24 weights of 4096x8192 float32 (3.2 GB); options keep the run quick (no pruning,
 4-bit codebooks; the k-means fit already uses a bounded sample). ``--dense N`` leaves the last N weights
 uncompressed (a layer rule), so the output passes 2 GB and its dense weights stream into OUT.data.
+``--calib N`` compresses with N calibration samples (seeded normal inputs; activation statistics, Gram matrices,
+compensated rounding and refits), ``--calib-prune`` with activation pruning as well.
 Usage:
-    python bench/scale.py [--layers 24] [--rows 4096] [--cols 8192] [--dense 0] [--repeat 1] [--source CHECKOUT] [--record]
+    python bench/scale.py [--layers 24] [--rows 4096] [--cols 8192] [--dense 0] [--calib N] [--repeat 1] [--source CHECKOUT]
+        [--record]
 """
 
 from __future__ import annotations
@@ -120,6 +123,7 @@ def main() -> None:
     parser.add_argument("--cols", type=int, default=8192)
     parser.add_argument("--dense", type=int, default=0, help="leave the last N weights uncompressed")
     parser.add_argument("--folder", default=None, help="where to write the models (default: a temporary folder)")
+    parser.add_argument("--calib", type=int, default=0, help="compress with N seeded calibration samples")
     parser.add_argument("--record", action="store_true", help="write the result into docs/benchmarks.md")
     parser.add_argument("--repeat", type=int, default=1, help="compressions of the generated model; the median run is reported")
     parser.add_argument("--source", default=None, help="import onnxcomp's Python code from this checkout instead (before/after)")
@@ -129,9 +133,14 @@ def main() -> None:
         start = time.perf_counter()
         size = make_model(source, args.layers, args.rows, args.cols)
         generated = time.perf_counter() - start
+        options = options_for(args.layers, args.dense)
+        if args.calib:
+            calib = Path(folder) / "calib.npz"
+            np.savez(calib, x=np.random.default_rng(1).standard_normal((args.calib, args.rows), dtype=np.float32))
+            options["calib"] = str(calib)
         load_before = os.getloadavg()[0]
-        runs = sorted((measure(source, Path(folder) / "out.onnx", args.source, **options_for(args.layers, args.dense))
-                       for _ in range(args.repeat)), key=lambda r: r["seconds"])
+        runs = sorted((measure(source, Path(folder) / "out.onnx", args.source, **options) for _ in range(args.repeat)),
+                      key=lambda r: r["seconds"])
         result = runs[len(runs) // 2]
         for run in runs:
             print(f"run: {run['seconds']:.1f} s wall, {run['cpu_seconds']:.1f} s CPU, peak RSS {run['peak_rss'] / 1e9:.2f} GB", flush=True)
@@ -139,7 +148,8 @@ def main() -> None:
     load = (load_before, os.getloadavg()[0])
     params = (args.layers - args.dense) * args.rows * args.cols  # compressed parameters
     gb = 1e9
-    row = (f"| {args.layers} x {args.rows}x{args.cols} float32, {args.dense} left dense | {size / gb:.2f} GB | "
+    calibrated = f", --calib {args.calib} samples" if args.calib else ""
+    row = (f"| {args.layers} x {args.rows}x{args.cols} float32, {args.dense} left dense{calibrated} | {size / gb:.2f} GB | "
            f"{result['output_bytes'] / gb:.3f} GB | {result['rss_before'] / gb:.2f} GB | {result['peak_rss'] / gb:.2f} GB | "
            f"{result['seconds']:.0f} s | {result['cpu_seconds']:.0f} s | {params / result['seconds'] / 1e6:.1f} M/s | "
            f"{params / result['cpu_seconds'] / 1e6:.1f} M/s |")
@@ -156,7 +166,7 @@ def main() -> None:
                 f"{args.repeat} run(s), median reported.\n\n"
                 "| Model | Input | Output | RSS before | Peak RSS | Wall time | CPU time | Parameters per second (wall) | "
                 "per CPU second |\n|---|---|---|---|---|---|---|---|---|\n" + row)
-        update_section(f"scale{'-dense' if args.dense else ''}", body)
+        update_section(f"scale{'-dense' if args.dense else ''}{'-calib' if args.calib else ''}", body)
 
 
 if __name__ == "__main__":
