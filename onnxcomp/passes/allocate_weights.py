@@ -10,11 +10,12 @@ again. Each choice is kept in ``choices`` (weight name -> onnxcomp.core.allocati
 
 from __future__ import annotations
 
-from onnxcomp import progress
+from onnxcomp import parallel, progress
 from onnxcomp.core import allocation
 from onnxcomp.core import outliers as outlier_math
 
 from .base import CompressionState, GraphPass, PassResult, log
+from .select_weights import drop_non_finite, non_finite_reason
 
 
 class AllocateWeightsPass(GraphPass):
@@ -33,11 +34,28 @@ class AllocateWeightsPass(GraphPass):
 
     def run(self, state: CompressionState) -> PassResult:
         targets = [t for t in state.targets if t.bits_override is None and t.sparsity_override is None]
-        for target in progress.track(targets, "per-layer allocation"):
-            if target.name not in self.cache:
-                self.cache[target.name] = allocation.Allocator(
-                    target.original, sparsities=self.sparsities.get(target.kind, (0.0,)), outliers=self.outliers, seed=self.seed)
-            choice = self.cache[target.name].choose(self.scales.get(target.name, 1.0), 4.0 * target.size)
+
+        def measure(target):  # on a worker thread: weights are independent (each read once, sampled, fit)
+            allocator = self.cache.get(target.name)
+            if allocator is None:
+                values = target.original
+                if not target.checked:  # a streamed weight: this is its first read
+                    reason = non_finite_reason(values)
+                    if reason:
+                        return None, None, reason
+                    target.checked = True
+                allocator = allocation.Allocator(
+                    values, sparsities=self.sparsities.get(target.kind, (0.0,)), outliers=self.outliers, seed=self.seed)
+                del values
+            return allocator, allocator.choose(self.scales.get(target.name, 1.0), 4.0 * target.size), None
+
+        measured = parallel.ordered_map(measure, targets)
+        for target, (allocator, choice, non_finite) in progress.track(zip(targets, measured), "per-layer allocation",
+                                                                      total=len(targets)):
+            if non_finite:
+                drop_non_finite(state, target, non_finite)
+                continue
+            self.cache[target.name] = allocator
             if choice is None:
                 state.targets.remove(target)
                 state.skipped.append((target.name, "no codebook keeps its predicted error under the threshold "
