@@ -153,3 +153,59 @@ def test_fallback_copy_leaves_no_sidecar_beside_it(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx", "out.onnx"]
     x = rng.standard_normal((4, 128)).astype(np.float32)
     np.testing.assert_array_equal(run_plain(onnx.load(tmp_path / "out.onnx"), {"x": x})[0], run_plain(model, {"x": x})[0])
+
+
+def _brute_force(choices, gains, achieved):
+    """The fewest summed bytes over every combination whose sum (g e2)^2 is at most ``achieved``."""
+    import itertools
+    names = sorted(choices)
+    best = np.inf
+    for combo in itertools.product(*(choices[n] for n in names)):
+        error = sum((gains[n] * c.relative_l2) ** 2 for n, c in zip(names, combo))
+        if error <= achieved * (1 + 1e-12):
+            best = min(best, sum(c.bytes for c in combo))
+    return best
+
+
+@pytest.mark.parametrize("budget", [0.02, 0.05, 0.1])
+def test_budget_allocation_is_optimal_for_the_error_it_meets(rng, budget):
+    """solve_budget meets the budget, and (Everett's theorem for the Lagrangian) no combination of candidates with
+    at most the same summed error costs fewer bytes: checked by brute force over real candidates of four
+    synthetic tensors of different sizes, tails and gains."""
+    weights = {"big": rng.standard_normal(60_000), "small": rng.standard_normal(2_000),
+               "tail": rng.standard_t(3, 20_000), "flat": rng.uniform(-1, 1, 8_000)}
+    gains = {"big": 0.5, "small": 3.0, "tail": 1.0, "flat": 1.5}
+    choices = {}
+    for name, w in weights.items():
+        allocator = allocation.Allocator(w.astype(np.float32), outliers=(0.0, 0.01))
+        choices[name] = allocation.options(allocator, 4.0 * w.size)
+        assert choices[name][0].dense and all(c.max_relative <= allocation.MAX_LIMIT for c in choices[name])
+    chosen = allocation.solve_budget(choices, gains, budget)
+    achieved = sum((gains[n] * c.relative_l2) ** 2 for n, c in chosen.items())
+    assert achieved <= budget ** 2
+    assert sum(c.bytes for c in chosen.values()) <= _brute_force(choices, gains, achieved) * (1 + 1e-9)
+
+
+def test_budget_spends_bits_where_they_are_cheap(rng):
+    """Two weights of the same distribution and gain, 100x apart in size: the optimum gives the small one at least
+    as many bits (its bits cost 100x fewer bytes per unit of error removed); a weight with a 10x larger gain gets
+    more bits than an equal one."""
+    w = rng.standard_normal(200_000).astype(np.float32)
+    big, small = allocation.Allocator(w), allocation.Allocator(w[:2_000])
+    choices = {"big": allocation.options(big, 4.0 * w.size), "small": allocation.options(small, 8_000.0)}
+    chosen = allocation.solve_budget(choices, {"big": 1.0, "small": 1.0}, 0.05)
+    assert chosen["small"].dense or chosen["small"].bits >= chosen["big"].bits
+    assert chosen["big"].bits < 8  # the budget is spent where it buys the most
+    same = allocation.Allocator(rng.standard_normal(200_000).astype(np.float32))
+    choices = {"a": allocation.options(big, 4.0 * w.size), "b": allocation.options(same, 4.0 * w.size)}
+    chosen = allocation.solve_budget(choices, {"a": 10.0, "b": 1.0}, 0.2)
+    assert chosen["a"].bits > chosen["b"].bits
+
+
+def test_budget_larger_than_any_error_takes_the_smallest_records(rng):
+    w = rng.standard_normal(20_000).astype(np.float32)
+    found = allocation.options(allocation.Allocator(w), 4.0 * w.size)
+    chosen = allocation.solve_budget({"w": found}, {"w": 1.0}, 10.0)
+    assert chosen["w"].bytes == min(c.bytes for c in found)
+    unreachable = allocation.solve_budget({"w": found}, {"w": 1.0}, 0.0)  # only the dense weight meets it
+    assert unreachable["w"].dense
