@@ -47,7 +47,8 @@ FORMATS = ("custom-op", "portable")  # records in a sidecar read by the custom o
 ALLOCATIONS = ("fixed", "proxy")
 BACKOFF_ROUNDS = 3  # re-compressions with a tighter model budget when the measured fidelity misses WARN_COSINE
 BACKOFF_FACTOR = 0.5  # each round multiplies the model's error budget by this
-BUDGET = 0.15  # model-level budget R on sqrt(sum (g_i e2_i)^2), gains relative to their median (1 when unmeasured)
+BUDGET = 0.15  # model-level budget R on sqrt(sum (g_i e2_i)^2), gains relative to their median
+BUDGET_UNMEASURED = 0.075  # R when fidelity cannot be measured (every gain 1, no back-off): one back-off round's worth
 ATTRIBUTION_SAMPLES = 2  # samples of the first feed each weight's effect is measured on (one model run per weight)
 GAIN_RANGE = (0.25, 4.0)  # measured gains relative to their median, clipped to this range
 
@@ -324,13 +325,16 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
             extra = {"allocation_limits": limits, "allocation_cache": cache} if allocation == "proxy" else {}
             report = _compress_once(input_path, staged, calib, allocation=allocation, **extra, **options)
             result = None
-            if measure:
+            budget_round = allocation == "proxy" and report.layers and gains is None
+            if measure and not budget_round:  # round 0 of the proxy is only the start of the budget allocation
                 result = (fidelity_check.Fidelity("", unavailable=unavailable) if unavailable else
                           fidelity_check.compare_runs(input_path, staged, feeds, source))
             if allocation != "proxy" or not report.layers:
                 break
             if gains is None:  # round 0: measure each weight's effect, then allocate the model's budget
-                gains = _gains(input_path, staged, feeds if result is not None and not result.unavailable else [], cache, report)
+                gains = _gains(input_path, staged, feeds if measure and not unavailable else [], cache, report)
+                budget = BUDGET if gains is not None else BUDGET_UNMEASURED
+                gains = gains or {name: 1.0 for name in cache}
             elif result is None or not result.below or round_ == BACKOFF_ROUNDS + 1:
                 break
             else:
@@ -372,15 +376,15 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _gains(input_path: str, staged: str, feeds: list[dict], cache: dict, report: Report) -> dict[str, float]:
+def _gains(input_path: str, staged: str, feeds: list[dict], cache: dict, report: Report) -> dict[str, float] | None:
     """Per weight (the allocator's ``cache`` keys): the measured gain g = r / e2 of its effect on the output r
     (fidelity.attribute, on ATTRIBUTION_SAMPLES samples of the first feed) over its predicted relative L2 error e2,
     divided by the median gain and clipped to GAIN_RANGE (the median stands for weights not compressed in this
     round). Relative, because on synthesised inputs only the ratios between weights mean something: a classifier's
     outputs on random images are small and uncertain, and their absolute error says little about real inputs.
-    Without feeds (or when the model cannot be run on them) every gain is 1."""
+    None without feeds or when the model cannot be run on them."""
     if not feeds:
-        return {name: 1.0 for name in cache}
+        return None
     from onnxcomp.pipeline.fidelity import attribute
     count = next((len(v) for v in feeds[0].values() if np.ndim(v)), 0)
     feed = {k: (v[:ATTRIBUTION_SAMPLES] if np.ndim(v) and len(v) == count else v) for k, v in feeds[0].items()}
@@ -388,7 +392,7 @@ def _gains(input_path: str, staged: str, feeds: list[dict], cache: dict, report:
         errors = attribute(input_path, staged, feed)
     except Exception as error:  # onnxruntime's own errors (a feed the model takes only whole): no measured gains
         log.info("per-weight effect not measured (%s): every gain taken as 1", str(error).strip().splitlines()[0])
-        return {name: 1.0 for name in cache}
+        return None
     compressed = {layer.name for layer in report.layers}
     measured = {}
     for name, allocator in cache.items():
