@@ -49,6 +49,7 @@ BACKOFF_ROUNDS = 3  # re-compressions with a tighter model budget when the measu
 BACKOFF_FACTOR = 0.5  # each round multiplies the model's error budget by this
 BUDGET = 0.15  # model-level budget R on sqrt(sum (g_i e2_i)^2), gains relative to their median
 BUDGET_UNMEASURED = 0.075  # R when fidelity cannot be measured (every gain 1, no back-off): one back-off round's worth
+ATTRIBUTION_BYTES = 1 << 30  # larger inputs: no per-weight measurement (every gain 1; the back-off still applies)
 ATTRIBUTION_SAMPLES = 2  # samples of the first feed each weight's effect is measured on (one model run per weight)
 GAIN_RANGE = (0.25, 4.0)  # measured gains relative to their median, clipped to this range
 
@@ -279,8 +280,9 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
     to a temporary folder beside ``output_path`` and moved into place only when complete and accepted.
     ``fidelity`` measures the output against the input (onnxcomp/pipeline/fidelity.py; on ``fidelity_data``,
     else the calibration data, else inputs synthesised with ``input_shapes``/``input_ranges`` overrides) into
-    ``Report.fidelity``. With the proxy allocation, a min cosine below 0.99 re-compresses with tighter
-    thresholds on the layers that damage the output most (at most BACKOFF_ROUNDS times); if it still misses,
+    ``Report.fidelity``. With the proxy allocation, a first round with per-weight limits gives each weight's
+    measured gain (``_gains``), then the model-level budget (BUDGET, onnxcomp.core.allocation.solve_budget) sets
+    every weight's limit; a min cosine below 0.99 halves the budget (at most BACKOFF_ROUNDS times); if it still misses,
     or the output would not be smaller than the input, the input is copied instead (``Report.fallback`` says
     why). Explicit settings are written as asked (a warning is the caller's to print). ``min_cosine`` makes the check a gate: below it (or when it cannot be
     measured) FidelityError is raised and nothing is written.
@@ -382,9 +384,12 @@ def _gains(input_path: str, staged: str, feeds: list[dict], cache: dict, report:
     divided by the median gain and clipped to GAIN_RANGE (the median stands for weights not compressed in this
     round). Relative, because on synthesised inputs only the ratios between weights mean something: a classifier's
     outputs on random images are small and uncertain, and their absolute error says little about real inputs.
-    None without feeds or when the model cannot be run on them."""
+    None without feeds or when the model cannot be run on them. Models above ATTRIBUTION_BYTES get gains of 1
+    (the measurement holds copies of the whole model in memory, and protobuf serialises at most 2 GiB)."""
     if not feeds:
         return None
+    if model_io.model_bytes(input_path) > ATTRIBUTION_BYTES:
+        return {name: 1.0 for name in cache}
     from onnxcomp.pipeline.fidelity import attribute
     count = next((len(v) for v in feeds[0].values() if np.ndim(v)), 0)
     feed = {k: (v[:ATTRIBUTION_SAMPLES] if np.ndim(v) and len(v) == count else v) for k, v in feeds[0].items()}
