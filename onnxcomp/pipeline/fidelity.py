@@ -278,13 +278,16 @@ def _rows(array: np.ndarray, samples_in_feed: int | None) -> np.ndarray:
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise cosine similarity of two [rows, n] arrays; two zero rows count as 1, one zero row as 0."""
+    """Row-wise cosine similarity of two [rows, n] arrays; two zero rows count as 1, one zero row as 0, a row
+    whose original (``a``) holds NaN or Inf is NaN (it says nothing about the compression; callers drop it), a
+    non-finite row of ``b`` alone is 0."""
     dot = (a * b).sum(1)
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     both_zero = (np.abs(a).sum(1) == 0) & (np.abs(b).sum(1) == 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         value = np.where(norms > 0, dot / np.where(norms > 0, norms, 1), 0.0)
-    return np.where(both_zero, 1.0, value)
+    value = np.where(both_zero, 1.0, value)
+    return np.where(np.isfinite(a).all(1), value, np.nan)
 
 
 def _sessions(original_path: str, compressed_path: str) -> tuple[ort.InferenceSession, ort.InferenceSession, dict[str, str]]:
