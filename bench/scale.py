@@ -6,8 +6,10 @@ resident set (VmHWM from /proc/self/status), its resident set just before compre
 The default model is 24 weights of 4096x8192 float32 (3.2 GB); options keep the run quick (no pruning,
 4-bit codebooks; the k-means fit already uses a bounded sample). ``--dense N`` leaves the last N weights
 uncompressed (a layer rule), so the output passes 2 GB and its dense weights stream into OUT.data.
+``--calib N`` compresses with N calibration samples (seeded normal inputs; activation statistics, Gram matrices,
+compensated rounding and refits), ``--calib-prune`` with activation pruning as well.
 Usage:
-    python bench/scale.py [--layers 24] [--rows 4096] [--cols 8192] [--dense 0] [--record]
+    python bench/scale.py [--layers 24] [--rows 4096] [--cols 8192] [--dense 0] [--calib N] [--record]
 """
 
 from __future__ import annotations
@@ -114,6 +116,7 @@ def main() -> None:
     parser.add_argument("--cols", type=int, default=8192)
     parser.add_argument("--dense", type=int, default=0, help="leave the last N weights uncompressed")
     parser.add_argument("--folder", default=None, help="where to write the models (default: a temporary folder)")
+    parser.add_argument("--calib", type=int, default=0, help="compress with N seeded calibration samples")
     parser.add_argument("--record", action="store_true", help="write the result into docs/benchmarks.md")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.folder) as folder:
@@ -121,10 +124,16 @@ def main() -> None:
         start = time.perf_counter()
         size = make_model(source, args.layers, args.rows, args.cols)
         generated = time.perf_counter() - start
-        result = measure(source, Path(folder) / "out.onnx", **options_for(args.layers, args.dense))
+        options = options_for(args.layers, args.dense)
+        if args.calib:
+            calib = Path(folder) / "calib.npz"
+            np.savez(calib, x=np.random.default_rng(1).standard_normal((args.calib, args.rows), dtype=np.float32))
+            options["calib"] = str(calib)
+        result = measure(source, Path(folder) / "out.onnx", **options)
         files = sorted(p.name + f" ({p.stat().st_size / 1e6:.0f} MB)" for p in Path(folder).glob("out.onnx*"))
     gb = 1e9
-    row = (f"| {args.layers} x {args.rows}x{args.cols} float32, {args.dense} left dense | {size / gb:.2f} GB | "
+    calibrated = f", --calib {args.calib} samples" if args.calib else ""
+    row = (f"| {args.layers} x {args.rows}x{args.cols} float32, {args.dense} left dense{calibrated} | {size / gb:.2f} GB | "
            f"{result['output_bytes'] / gb:.3f} GB | {result['rss_before'] / gb:.2f} GB | {result['peak_rss'] / gb:.2f} GB | "
            f"{result['seconds']:.0f} s |")
     print(f"generated {size / gb:.2f} GB in {generated:.0f} s; output files: {', '.join(files)}")
@@ -136,7 +145,7 @@ def main() -> None:
                 "is encoded as soon as its weight is shared. Peak RSS is the process's VmHWM (Python, numpy, onnx "
                 "and the compressor included); the RSS before compressing is after the imports.\n\n"
                 "| Model | Input | Output | RSS before | Peak RSS | Wall time |\n|---|---|---|---|---|---|\n" + row)
-        update_section(f"scale{'-dense' if args.dense else ''}", body)
+        update_section(f"scale{'-dense' if args.dense else ''}{'-calib' if args.calib else ''}", body)
 
 
 if __name__ == "__main__":

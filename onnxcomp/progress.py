@@ -77,6 +77,14 @@ def counter(label: str, total: int) -> Callable[[], None]:
     return advance
 
 
+def messages() -> Callable[[str], None]:
+    """A function that sends one-line messages (a time estimate, a step's outcome) to the callback installed now,
+    if it shows messages (has a ``note(message)`` method, as the command line's do); usable from other threads."""
+    callback = _current.get()
+    note = getattr(callback, "note", None)
+    return note if callable(note) else (lambda message: None)
+
+
 @contextlib.contextmanager
 def silenced():
     """No progress inside (inner steps of a loop that reports its own progress)."""

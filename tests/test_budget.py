@@ -161,6 +161,8 @@ def test_budget_is_checked_on_samples_the_search_never_saw(tmp_path, rng):
 
 
 def test_an_interrupted_sensitivity_analysis_resumes_from_its_cache(tmp_path, rng, monkeypatch):
+    """Interrupted while measuring the second weight, a rerun measures only that one and writes the same bytes as
+    a run that was never interrupted (and as one with a cold cache)."""
     from onnxcomp.pipeline import autotune
     budget_mlp(tmp_path, rng)
     kwargs = dict(budget="cosine=0.95", calib=str(tmp_path / "calib.npz"), sparsities=(0.0, 0.5), bits=(2, 4),
@@ -169,21 +171,35 @@ def test_an_interrupted_sensitivity_analysis_resumes_from_its_cache(tmp_path, rn
     real_shared = autotune._shared
 
     def shared(pruned, bits, options):
-        measured.append(pruned.name)
-        if len(set(measured)) == 2 and interrupt:
+        if interrupt and pruned.name == "w2":
             raise KeyboardInterrupt  # stopped while measuring the second weight
         return real_shared(pruned, bits, options)
 
+    class Proxy(autotune._Proxy):  # one per weight whose sensitivity is measured
+        def __init__(self, target, metric):
+            measured.append(target.name)
+            super().__init__(target, metric)
+
     monkeypatch.setattr(autotune, "_shared", shared)
+    monkeypatch.setattr(autotune, "_Proxy", Proxy)
     interrupt = True
     with pytest.raises(KeyboardInterrupt):
         compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), **kwargs)
-    first = measured[0]
     assert not (tmp_path / "out.onnx").exists()
     interrupt, measured[:] = False, []
     report = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), **kwargs)
-    assert first not in measured and set(measured) == {"w1", "w2"} - {first}  # only the unfinished weight again
+    assert set(measured) == {"w2"}  # only the unfinished weight again
     assert set(report.budget["settings"]) == {"w1", "w2"}
+    (tmp_path / "cold").mkdir(), (tmp_path / "warm").mkdir()  # same file names: the output records its sidecar's name
+    cold = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "cold" / "out.onnx"),
+                              **dict(kwargs, cache_dir=str(tmp_path / "cold-cache")))
+    warm = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "warm" / "out.onnx"), **kwargs)  # all cached
+    output = (tmp_path / "out.onnx").read_bytes()
+    sidecar = (tmp_path / "out.onnxcomp").read_bytes()
+    for folder in ("cold", "warm"):
+        assert (tmp_path / folder / "out.onnx").read_bytes() == output
+        assert (tmp_path / folder / "out.onnxcomp").read_bytes() == sidecar
+    assert cold.budget["settings"] == warm.budget["settings"] == report.budget["settings"]
 
 
 def test_line_progress_writes_whole_lines_with_the_time_left():
@@ -216,3 +232,83 @@ def test_activation_budget_with_biases_selected(tmp_path, rng):
     assert {"b1", "b2"} <= set(report.budget["settings"])
     assert all(s.get("skip") or s["sparsity"] == 0.0 for name, s in report.budget["settings"].items() if name.startswith("b"))
     assert report.budget["measured_error"] <= 0.05
+
+
+def test_trials_are_predicted_from_the_layer_error_only_where_the_proxy_holds():
+    """_Proxy: measured while it has fewer than ANCHORS anchors, for the first setting of a sparsity, outside the
+    anchors' range, and whenever the anchors' ratios spread; else alpha * eps (cosine) or alpha * sqrt(eps) (rel_l2)."""
+    from types import SimpleNamespace
+    from onnxcomp.pipeline.autotune import ANCHORS, EXTRAPOLATE, SPREAD, _Proxy
+    target = SimpleNamespace(statistics=None, original=np.ones((4, 4), np.float32))
+    proxy = _Proxy(target, "cosine")
+    assert proxy.layer_error(np.ones((4, 4))) == 0.0 and proxy.layer_error(np.zeros((4, 4))) == 1.0
+    for eps in (0.01, 0.02, 0.04)[:ANCHORS]:
+        assert proxy.predict(eps, False) is None
+        proxy.measured(eps, 0.5 * eps)
+    assert proxy.predict(0.03, False) == pytest.approx(0.015)
+    assert proxy.predict(0.03, True) is None  # the spot check of a new sparsity
+    assert proxy.predict(0.04 * EXTRAPOLATE * 1.1, False) is None
+    proxy.measured(0.05, 0.5 * 0.05 * SPREAD * 1.1)  # the proxy stops holding: everything is measured
+    assert proxy.predict(0.03, False) is None
+    root = _Proxy(target, "rel_l2")
+    for eps in (0.01, 0.02, 0.04):
+        root.measured(eps, 2 * eps ** 0.5)
+    assert root.predict(0.03, False) == pytest.approx(2 * 0.03 ** 0.5)
+
+
+def test_messages_reach_line_progress_whole():
+    import io
+    from onnxcomp import progress
+    from onnxcomp.front.terminal import LineProgress
+    assert progress.messages()("nothing installed") is None  # no callback: dropped
+    stream = io.StringIO()
+    with progress.reporting(LineProgress(stream)):
+        progress.messages()("sensitivity analysis: about 3 min")
+    assert stream.getvalue() == "sensitivity analysis: about 3 min\n"
+
+
+def test_large_weights_are_tried_on_a_row_sample(tmp_path, rng, monkeypatch):
+    """With a small SAMPLE_ELEMENTS both weights of the MLP are tried on output-channel samples (the Gram matrix's
+    inputs kept whole); the result still meets the budget on the check set, and is the same on a second run."""
+    from onnxcomp.pipeline import autotune
+    model, data = budget_mlp(tmp_path, rng)
+    monkeypatch.setattr(autotune, "SAMPLE_ELEMENTS", 64)
+    sampled = []
+    real = autotune._row_sample
+
+    def row_sample(target, seed):
+        sample = real(target, seed)
+        if sample is not None:
+            axis = 1 if target.layer_input.layout == "kn" else 0
+            assert sample.shape[1 - axis] == target.shape[1 - axis] and sample.shape[axis] < target.shape[axis]
+            sampled.append(target.name)
+        return sample
+
+    monkeypatch.setattr(autotune, "_row_sample", row_sample)
+    kwargs = dict(budget="cosine=0.95", calib=str(data), sparsities=(0.0, 0.5, 0.8), bits=(2, 3, 4, 8), min_elements=16)
+    report = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), cache_dir=str(tmp_path / "a"), **kwargs)
+    assert set(sampled) == {"w1", "w2"}
+    (tmp_path / "again").mkdir()
+    again = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "again" / "out.onnx"), cache_dir=str(tmp_path / "b"),
+                               **kwargs)
+    assert (tmp_path / "out.onnx").read_bytes() == (tmp_path / "again" / "out.onnx").read_bytes()
+    assert report.budget["settings"] == again.budget["settings"] and report.budget["check_bound"] <= 0.05
+
+
+def test_trial_models_compute_what_the_compressed_model_computes(tmp_path, rng):
+    """The search's trial models (decoded weights in place, no file written) give the compressed model's outputs
+    (to float rounding) and its size to within the format's framing."""
+    from onnxcomp.pipeline.autotune import _TrialModels
+    from onnxcomp.passes import model_io
+    model, data = budget_mlp(tmp_path, rng)
+    x = {"x": np.load(data)["x"]}
+    settings = {"w1": {"sparsity": 0.5, "bits": 3}, "w2": {"sparsity": 0.0, "bits": 4}}
+    options = dict(prune="magnitude", score="wanda", reconstruct=True, ridge=1e-2, init="quantile", seed=0,
+                   rounding="obs", outliers="auto")
+    trials = _TrialModels(model, x, options, 16, model_io.model_bytes(str(tmp_path / "in.onnx")))
+    output, size = trials.run(settings, x)
+    report = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx", calib=x, min_elements=16, settings=settings,
+                               fidelity=False)
+    want = onnxcomp.InferenceSession(tmp_path / "out.onnx").run(None, x)[0]
+    np.testing.assert_allclose(output, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    assert abs(size - report.output_bytes) < 1024  # records counted; nodes, sidecar header and names not

@@ -109,6 +109,40 @@ def test_reconstruction_never_increases_the_layer_error(rng):
     assert error(refined) <= error(codebook)
 
 
+def _normal_equations_row_by_row(original, indices, k, gram, cross=None, exact=None, exact_values=None):
+    """The straightforward assembly normal_equations replaced: each row's G restricted to its shared inputs,
+    columns and rows summed per codebook entry."""
+    normal, rhs = np.zeros((k, k)), np.zeros(k)
+    gw = original.astype(np.float64) @ (gram if cross is None else cross).T
+    for i in range(len(original)):
+        idx, block, target = indices[i], gram, gw[i]
+        if exact is not None and exact[i].any():
+            shared, fixed = np.flatnonzero(~exact[i]), np.flatnonzero(exact[i])
+            idx, block = idx[shared], gram[np.ix_(shared, shared)]
+            target = gw[i][shared] - gram[np.ix_(shared, fixed)] @ exact_values[i, fixed].astype(np.float64)
+        onehot = np.eye(k)[idx]  # [inputs, k]
+        normal += onehot.T @ block @ onehot
+        rhs += onehot.T @ target
+    return normal, rhs
+
+
+@pytest.mark.parametrize("with_outliers", [False, True])
+@pytest.mark.parametrize("sequential", [False, True])
+def test_normal_equations_match_the_row_by_row_assembly(rng, with_outliers, sequential):
+    x = rng.standard_normal((300, 20)) @ rng.standard_normal((20, 40))
+    gram = x.T @ x
+    cross = (x + 0.1 * rng.standard_normal(x.shape)).T @ x if sequential else None
+    w = rng.standard_normal((37, 40))  # more rows than one chunk (ROW_CHUNK)
+    k = 9
+    indices = rng.integers(0, k - 1, size=w.shape)  # the last entry unused: its equations stay zero
+    exact = rng.random(w.shape) < 0.05 if with_outliers else None
+    values = rng.standard_normal(w.shape).astype(np.float32) if with_outliers else None
+    fast = reconstruction.normal_equations(w, indices, k, gram, cross, exact, values)
+    slow = _normal_equations_row_by_row(w, indices, k, gram, cross, exact, values)
+    for got, want in zip(fast, slow):  # float64 sums in another order: equal to rounding
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-9 * np.abs(want).max())
+
+
 def test_activation_pruning_end_to_end_runs_in_onnxruntime(tmp_path, rng):
     model = two_layer_model(rng)
     onnx.save(model, tmp_path / "in.onnx")

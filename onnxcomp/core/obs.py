@@ -52,6 +52,17 @@ def _inverse_factor(gram: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarr
     raise np.linalg.LinAlgError("the calibration Gram matrix could not be inverted")
 
 
+def cached_inverse_factor(statistics, damp: float = 0.01) -> tuple[np.ndarray, np.ndarray] | None:
+    """``_inverse_factor`` of a layer's Gram matrix, kept on its statistics when they allow it
+    (``statistics.factor_cache`` is a dict: the budget search rounds one layer many times); None otherwise."""
+    cache = getattr(statistics, "factor_cache", None)
+    if cache is None or statistics.gram is None:
+        return None
+    if damp not in cache:
+        cache[damp] = _inverse_factor(statistics.gram, damp)
+    return cache[damp]
+
+
 def saliency(rows: np.ndarray, gram: np.ndarray, damp: float = 0.01) -> np.ndarray:
     """Classical OBS saliency ``w_ij^2 / [H^-1]_jj`` (the error of removing one weight alone, the others
     compensating); dead inputs score 0."""
@@ -63,11 +74,12 @@ def saliency(rows: np.ndarray, gram: np.ndarray, damp: float = 0.01) -> np.ndarr
 
 @threadpool_limits.wrap(limits=1, user_api="blas")
 def prune(rows: np.ndarray, gram: np.ndarray, sparsity: float, damp: float = 0.01,
-          block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
-    """OBS pruning of ``rows`` [outputs, inputs]: returns (keep mask, compensated float32 rows)."""
+          block: int = BLOCK, factor: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """OBS pruning of ``rows`` [outputs, inputs]: returns (keep mask, compensated float32 rows). ``factor`` is
+    ``_inverse_factor(gram, damp)`` when the caller has it already."""
     w = np.array(rows, dtype=np.float64)
     m, n = w.shape
-    u, dead = _inverse_factor(gram, damp)
+    u, dead = factor if factor is not None else _inverse_factor(gram, damp)
     w[:, dead] = 0.0
     keep = np.ones((m, n), dtype=bool)
     for start in range(0, n, block):
@@ -95,18 +107,20 @@ def prune(rows: np.ndarray, gram: np.ndarray, sparsity: float, damp: float = 0.0
 
 @threadpool_limits.wrap(limits=1, user_api="blas")
 def round_to_codebook(rows: np.ndarray, keep: np.ndarray | None, codebook: np.ndarray, gram: np.ndarray,
-                      damp: float = 0.01, block: int = BLOCK, exact: np.ndarray | None = None):
+                      damp: float = 0.01, block: int = BLOCK, exact: np.ndarray | None = None,
+                      factor: tuple[np.ndarray, np.ndarray] | None = None):
     """Indices [outputs, inputs] into the sorted ``codebook`` with OBS compensation of the rounding error.
 
     With ``keep``, index 0 is the pruned entry (exactly 0.0): pruned weights take it, kept ones take the
     nearest of the others. Without, every weight takes the nearest entry.
     ``exact`` [outputs, inputs] marks outliers stored exactly: they keep their compensated value (no rounding
     error to push on), and the result is ``(indices, values)`` with ``values`` float32 [outputs, inputs]
-    holding each outlier's compensated value where ``exact`` is set (0 elsewhere).
+    holding each outlier's compensated value where ``exact`` is set (0 elsewhere). ``factor`` is
+    ``_inverse_factor(gram, damp)`` when the caller has it already.
     """
     w = np.array(rows, dtype=np.float64)
     m, n = w.shape
-    u, _ = _inverse_factor(gram, damp)
+    u, _ = factor if factor is not None else _inverse_factor(gram, damp)
     c = np.asarray(codebook, dtype=np.float64)
     first = 0 if keep is None else 1
     order = np.argsort(c[first:], kind="stable")  # a least-squares refit may have left the entries unsorted

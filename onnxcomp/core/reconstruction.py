@@ -17,6 +17,7 @@ row ``v`` is ``E(v) = (v - w)^T G (v - w) = ||X v - X w||^2``.
 from __future__ import annotations
 
 import numpy as np
+from scipy import linalg, sparse
 from threadpoolctl import threadpool_limits
 
 
@@ -46,16 +47,58 @@ def refit_rows(original: np.ndarray, keep: np.ndarray, gram: np.ndarray, ridge: 
     refit = np.where(keep, original if start is None else start, 0.0)
     base = row_errors(refit, original, gram, cross, gram_original)
     target = (gram if cross is None else cross) @ original.T  # [inputs, outputs]: G w_i (or X_c^T X_o w_i)
+    candidates = refit.copy()
+    solved = np.zeros(len(original), dtype=bool)
     for i in range(len(original)):
         support = np.flatnonzero(keep[i])
         if len(support) == 0 or len(support) == keep.shape[1]:
             continue
-        system = gram[np.ix_(support, support)] + lam * np.eye(len(support))
-        candidate = np.zeros(original.shape[1])
-        candidate[support] = np.linalg.solve(system, target[support, i])
-        if row_errors(candidate[None, :], original[i:i + 1], gram, cross, gram_original)[0] < base[i]:
-            refit[i] = candidate
+        system = gram[np.ix_(support, support)]
+        system[np.diag_indices_from(system)] += lam  # G_SS + lambda I: symmetric positive definite
+        row = np.zeros(original.shape[1])
+        row[support] = linalg.solve(system, target[support, i], assume_a="pos", overwrite_a=True, check_finite=False)
+        candidates[i], solved[i] = row, True
+    better = solved & (row_errors(candidates, original, gram, cross, gram_original) < base)
+    refit[better] = candidates[better]
     return refit.astype(np.float32)
+
+
+ROW_CHUNK = 16  # rows whose one-hot index matrices are multiplied by the Gram matrix at once
+
+
+def normal_equations(original: np.ndarray, indices: np.ndarray, k: int, gram: np.ndarray,
+                     cross: np.ndarray | None = None, exact: np.ndarray | None = None,
+                     exact_values: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(sum_i M_i^T G M_i, sum_i M_i^T (G w_i - G_:O v_O))``: float64 [k, k] and [k] for rows ``original`` and
+    ``indices`` [outputs, inputs] into a codebook of ``k`` entries; outliers (``exact``) belong to no entry.
+
+    Each row's one-hot matrix M_i [inputs, k] is sparse (one 1 per input), so ``M_i^T G`` is a sum of rows of G
+    (inputs^2 additions, not inputs^2 * k multiplications): a chunk of rows is one sparse-times-dense product,
+    and ``(M_i^T G) M_i`` a bincount. Outliers go to an extra group k that is dropped at the end, which equals
+    removing their rows and columns from G. Cost O(outputs * inputs^2) additions, memory O(ROW_CHUNK * k * inputs)."""
+    rows, inputs = indices.shape
+    groups = k + 1 if exact is not None else k
+    idx = np.asarray(indices, dtype=np.int64)
+    gw = np.asarray(original, dtype=np.float64) @ (gram if cross is None else cross).T  # rows of (G w_i)^T
+    if exact is not None:
+        idx = np.where(exact, k, idx)
+        fixed = np.where(exact, np.asarray(exact_values, dtype=np.float64), 0.0)
+        gw = gw - fixed @ gram  # G is symmetric: (G_:O v_O)^T
+    rhs = np.bincount(idx.ravel(), weights=gw.ravel(), minlength=groups)
+    normal = np.zeros(groups * groups)
+    gram = np.ascontiguousarray(gram, dtype=np.float64)
+    for start in range(0, rows, ROW_CHUNK):
+        chunk = idx[start:start + ROW_CHUNK]
+        count = len(chunk)
+        # one-hot rows (row i, group a) x inputs: entry 1 where input p of row i takes group a
+        picks = (np.arange(count)[:, None] * groups + chunk).ravel()
+        onehot = sparse.csr_matrix((np.ones(count * inputs), (picks, np.tile(np.arange(inputs), count))),
+                                   shape=(count * groups, inputs))
+        partial = np.asarray(onehot @ gram).reshape(count, groups, inputs)  # M_i^T G per row
+        cell = np.arange(groups)[None, :, None] * groups + chunk[:, None, :]  # (a, idx_i(q)) -> a * groups + b
+        normal += np.bincount(cell.ravel(), weights=partial.ravel(), minlength=groups * groups)
+    normal = normal.reshape(groups, groups)
+    return normal[:k, :k], rhs[:k]
 
 
 @threadpool_limits.wrap(limits=1, user_api="blas")
@@ -72,23 +115,7 @@ def refit_codebook(original: np.ndarray, indices: np.ndarray, codebook: np.ndarr
     free = np.arange(first, k)
     if len(free) == 0 or k > MAX_REFIT_CODEBOOK:
         return codebook
-    normal = np.zeros((k, k))
-    rhs = np.zeros(k)
-    gw = original @ (gram if cross is None else cross).T  # rows of (G w_i)^T, or (X_c^T X_o w_i)^T
-    for i in range(len(original)):
-        # M_i^T G M_i sums G over (group a, group b) blocks: sort columns by index, then reduce each group.
-        idx, block, target = indices[i], gram, gw[i]
-        if exact is not None and exact[i].any():
-            shared, fixed = np.flatnonzero(~exact[i]), np.flatnonzero(exact[i])
-            idx, block = idx[shared], gram[np.ix_(shared, shared)]
-            target = gw[i][shared] - gram[np.ix_(shared, fixed)] @ exact_values[i, fixed].astype(np.float64)
-        order = np.argsort(idx, kind="stable")
-        counts = np.bincount(idx, minlength=k)
-        present = np.flatnonzero(counts)
-        starts = np.concatenate([[0], np.cumsum(counts)])[present]
-        grouped = np.add.reduceat(block[np.ix_(order, order)], starts, axis=1)
-        normal[np.ix_(present, present)] += np.add.reduceat(grouped, starts, axis=0)
-        rhs += np.bincount(idx, weights=target, minlength=k)
+    normal, rhs = normal_equations(original, indices, k, gram, cross, exact, exact_values)
     sub = normal[np.ix_(free, free)]
     sub += ridge * (np.trace(sub) / len(free) + 1e-12) * np.eye(len(free))
     candidate = codebook.astype(np.float64).copy()

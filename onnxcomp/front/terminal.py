@@ -60,6 +60,10 @@ class ProgressBars:
             self.running = True
         self.bars.update(task, completed=done, total=total)
 
+    def note(self, message: str) -> None:
+        """A one-line message above the bars (onnxcomp.progress.messages)."""
+        self.console.print(message, markup=False, highlight=False, soft_wrap=True)
+
     def log(self, record: logging.LogRecord, handler: logging.Handler) -> bool:
         """Print a log record above the bars (a logging filter: returns False so the handler does not write it)."""
         self.console.print(handler.format(record), markup=False, highlight=False, soft_wrap=True)
@@ -96,6 +100,10 @@ class LineProgress:
             del self.started[label]
         elif now - self.written_at >= self.interval:
             self._write(f"{label}: {done}/{total}, about {_duration(elapsed / done * (total - done))} left")
+
+    def note(self, message: str) -> None:
+        """A one-line message (onnxcomp.progress.messages), written whole."""
+        self._write(message)
 
     def _write(self, line: str) -> None:
         self.written_at = time.monotonic()

@@ -50,6 +50,7 @@ class LayerStatistics:
     keep_gram: bool = True
     cross: np.ndarray | None = None  # sequential mode: X_c^T X_o (inputs after upstream compression vs original)
     gram_original: np.ndarray | None = None  # sequential mode: X_o^T X_o
+    factor_cache: dict | None = None  # a dict keeps the OBS inverse factor of gram (obs.cached_inverse_factor); None: never kept
 
     def __post_init__(self):
         k = self.features

@@ -112,7 +112,8 @@ class PruneWeightsPass(GraphPass):
     def obs_mask(self, t: WeightTarget) -> np.ndarray:
         """OBS pruning (onnxcomp/obs.py): the mask, and the compensated weights as the target's refit."""
         layout = t.layer_input.layout
-        keep, rows = obs.prune(to_rows(t.values, layout), t.statistics.gram, self.sparsity_for(t))
+        keep, rows = obs.prune(to_rows(t.values, layout), t.statistics.gram, self.sparsity_for(t),
+                                       factor=obs.cached_inverse_factor(t.statistics))
         t.refit = from_rows(rows, layout, t.shape)
         return from_rows(keep, layout, t.shape)
 

@@ -115,7 +115,8 @@ class ShareWeightsPass(GraphPass):
         original = to_rows(target.original, layout)
         if self.rounding == "obs":
             keep = None if target.keep is None else to_rows(target.keep.reshape(target.shape), layout)
-            rounded = obs.round_to_codebook(to_rows(target.values, layout), keep, target.codebook, statistics.gram, exact=exact)
+            rounded = obs.round_to_codebook(to_rows(target.values, layout), keep, target.codebook, statistics.gram, exact=exact,
+                                            factor=obs.cached_inverse_factor(statistics))
             rows, compensated = rounded if exact is not None else (rounded, None)
             if compensated is not None:  # outliers store their compensated values, as a reader gets them back
                 compensated = from_rows(compensated, layout, target.shape).ravel()[target.outlier_positions]
@@ -149,18 +150,25 @@ class ShareWeightsPass(GraphPass):
         return to_rows(dense.reshape(target.shape), layout)
 
 
+def output_axis(target) -> int:
+    """The weight's output-channel axis: from the calibration layout when known (MatMul/Gemm [K, N]: 1), else from
+    the first consumer (MatMul/Gemm B: the last axis, or 0 with transB; ConvTranspose: 1; Conv, Gather, the rest: 0)."""
+    if target.layer_input is not None:
+        return 1 if target.layer_input.layout == "kn" else 0
+    node, slot = target.uses[0]
+    if len(target.shape) >= 2 and slot == 1:
+        if node.op == "MatMul" or (node.op == "Gemm" and not node.attrs.get("transB", 0)):
+            return len(target.shape) - 1
+        if node.op == "ConvTranspose":
+            return 1
+    return 0
+
+
 def output_rows(target):
     """A function mapping arrays of the weight's shape to [output channels, inputs] (for the outlier choice):
-    the calibration layout when known, else from the first consumer (MatMul/Gemm B: columns, or rows with
-    transB; ConvTranspose: axis 1; Conv, Gather and the rest: axis 0)."""
+    the calibration layout when known, else the output axis first (output_axis)."""
     if target.layer_input is not None:
         layout = target.layer_input.layout
         return lambda array: to_rows(array, layout)
-    node, slot = target.uses[0]
-    axis = 0
-    if len(target.shape) >= 2 and slot == 1:
-        if node.op == "MatMul" or (node.op == "Gemm" and not node.attrs.get("transB", 0)):
-            axis = len(target.shape) - 1
-        elif node.op == "ConvTranspose":
-            axis = 1
+    axis = output_axis(target)
     return lambda array: np.moveaxis(array, axis, 0).reshape(array.shape[axis], -1) if array.ndim else array.reshape(1, 1)
