@@ -16,7 +16,9 @@ threads the stage times can add up to more than the total): load (reading and ch
 (choosing weights, reading each once to check it is finite), prune (reading each weight again, magnitude masks),
 outlier choice (onnxcomp.core.outliers.share: the per-tensor outlier search, its k-means and assign calls
 included), k-means (fitting codebooks), assign (nearest-centroid indices), encode (Huffman/gap coding and
-record packing), rewrite (graph rewrite and export), write (sidecar and model files).
+record packing), rewrite (graph rewrite and export), write (sidecar and model files), allocate (the data-free
+per-layer allocation's candidate fits), load check (the output opened in onnxruntime) and fidelity (synthesised
+inputs, both models run in onnxruntime). A fidelity back-off re-runs the compression: "rounds" counts them.
 Usage:
     nice -n 10 python bench/compress_speed.py [--models mlp25m,vgg16,minilm] [--repeat 3] [--record]
         [--source OTHER_CHECKOUT --section NAME]
@@ -142,6 +144,8 @@ codebook = module("onnxcomp.core.codebook", "onnxcomp.codebook")
 sidecar = module("onnxcomp.core.sidecar", "onnxcomp.sidecar")
 compression = module("onnxcomp.pipeline.compression", "onnxcomp.pipeline")
 outliers = module("onnxcomp.core.outliers")
+allocation = module("onnxcomp.core.allocation")
+fidelity = module("onnxcomp.pipeline.fidelity")
 
 totals = defaultdict(float)
 cpu = defaultdict(float)
@@ -171,6 +175,9 @@ def status(key):
 
 timed(model_io, "load_model", "load")
 timed(select.SelectWeightsPass, "run", "select")
+if allocation is not None:  # on the worker threads: its sampling, candidate fits and choice
+    timed(allocation.Allocator, "__init__", "allocate")
+    timed(allocation.Allocator, "choose", "allocate")
 timed(prune.PruneWeightsPass, "layer_mask", "prune")
 if outliers is not None:
     timed(outliers, "share", "outlier choice")
@@ -180,6 +187,11 @@ timed(sidecar, "encode_record", "encode")
 timed(pack.PackWeightsPass, "run", "rewrite (pack pass)")
 timed(compression.gs, "export_onnx", "rewrite (export)")
 timed(model_io, "write_compressed", "write")
+if hasattr(compression, "check_output_loads"):
+    timed(compression, "check_output_loads", "load check")
+if fidelity is not None:
+    timed(fidelity, "prepare", "fidelity")
+    timed(fidelity, "compare_runs", "fidelity")
 start, times = time.perf_counter(), os.times()
 report = onnxcomp.compress(args["input"], args["output"])
 seconds = time.perf_counter() - start
@@ -187,7 +199,7 @@ after = os.times()
 cpu_seconds = (after.user - times.user) + (after.system - times.system)
 params = sum(layer.params for layer in report.layers)
 print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "params": params, "peak_rss": status("VmHWM"),
-                  "ratio": report.ratio, "stages": dict(totals), "stage_cpu": dict(cpu)}))
+                  "ratio": report.ratio, "rounds": 1 + len(getattr(report, "backoff", None) or []), "stages": dict(totals), "stage_cpu": dict(cpu)}))
 """
 
 
@@ -238,8 +250,8 @@ def main() -> None:
         update_section(args.section, body)
 
 
-STAGES = ["load", "select", "prune", "outlier choice", "k-means", "assign", "encode", "rewrite (pack pass)",
-          "rewrite (export)", "write"]
+STAGES = ["load", "select", "allocate", "prune", "outlier choice", "k-means", "assign", "encode", "rewrite (pack pass)",
+          "rewrite (export)", "write", "load check", "fidelity"]
 
 if __name__ == "__main__":
     main()

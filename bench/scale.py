@@ -9,7 +9,8 @@ uncompressed (a layer rule), so the output passes 2 GB and its dense weights str
 ``--calib N`` compresses with N calibration samples (seeded normal inputs; activation statistics, Gram matrices,
 compensated rounding and refits), ``--calib-prune`` with activation pruning as well.
 Usage:
-    python bench/scale.py [--layers 24] [--rows 4096] [--cols 8192] [--dense 0] [--calib N] [--record]
+    python bench/scale.py [--layers 24] [--rows 4096] [--cols 8192] [--dense 0] [--calib N] [--repeat 1] [--source CHECKOUT]
+        [--record]
 """
 
 from __future__ import annotations
@@ -73,7 +74,11 @@ def make_model(path: str | os.PathLike, layers: int = 24, rows: int = 4096, cols
 
 
 CHILD = r"""
-import json, sys, time
+import json, os, sys, time
+args = json.loads(sys.argv[1])
+if args["source"]:  # another checkout's Python code (the compiled parts come from the installed package)
+    sys.path.insert(0, args["source"])
+    sys.meta_path[:] = [f for f in sys.meta_path if not type(f).__module__.startswith("_editable")]
 import onnxcomp
 import onnxcomp.pipeline.compression, onnxcomp.core.codebook, onnxcomp.core.sidecar  # imported before the baseline
 
@@ -82,19 +87,21 @@ def status(key):
         if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
 
-args = json.loads(sys.argv[1])
 before = status("VmRSS")
-start = time.perf_counter()
+start, times = time.perf_counter(), os.times()
 report = onnxcomp.compress(args["input"], args["output"], **args["options"])
 seconds = time.perf_counter() - start
-print(json.dumps({"rss_before": before, "peak_rss": status("VmHWM"), "seconds": seconds,
+after = os.times()
+cpu = (after.user - times.user) + (after.system - times.system)
+print(json.dumps({"rss_before": before, "peak_rss": status("VmHWM"), "seconds": seconds, "cpu_seconds": cpu,
                   "output_bytes": report.output_bytes, "input_bytes": report.input_bytes, "layers": len(report.layers)}))
 """
 
 
-def measure(input_path, output_path, **options) -> dict:
-    """Compress in a fresh Python process; returns its peak RSS, RSS before compressing, and the wall time."""
-    arguments = json.dumps({"input": str(input_path), "output": str(output_path), "options": options})
+def measure(input_path, output_path, source: str | None = None, **options) -> dict:
+    """Compress in a fresh Python process (with the Python code of checkout ``source`` if given); returns its peak
+    RSS, RSS before compressing, the wall time and the CPU time (user + system)."""
+    arguments = json.dumps({"input": str(input_path), "output": str(output_path), "options": options, "source": source})
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run([sys.executable, "-c", CHILD, arguments], capture_output=True, text=True, env=env, check=False)
     if result.returncode:
@@ -118,6 +125,8 @@ def main() -> None:
     parser.add_argument("--folder", default=None, help="where to write the models (default: a temporary folder)")
     parser.add_argument("--calib", type=int, default=0, help="compress with N seeded calibration samples")
     parser.add_argument("--record", action="store_true", help="write the result into docs/benchmarks.md")
+    parser.add_argument("--repeat", type=int, default=1, help="compressions of the generated model; the median run is reported")
+    parser.add_argument("--source", default=None, help="import onnxcomp's Python code from this checkout instead (before/after)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.folder) as folder:
         source = Path(folder) / "scale.onnx"
@@ -129,13 +138,21 @@ def main() -> None:
             calib = Path(folder) / "calib.npz"
             np.savez(calib, x=np.random.default_rng(1).standard_normal((args.calib, args.rows), dtype=np.float32))
             options["calib"] = str(calib)
-        result = measure(source, Path(folder) / "out.onnx", **options)
+        load_before = os.getloadavg()[0]
+        runs = sorted((measure(source, Path(folder) / "out.onnx", args.source, **options) for _ in range(args.repeat)),
+                      key=lambda r: r["seconds"])
+        result = runs[len(runs) // 2]
+        for run in runs:
+            print(f"run: {run['seconds']:.1f} s wall, {run['cpu_seconds']:.1f} s CPU, peak RSS {run['peak_rss'] / 1e9:.2f} GB", flush=True)
         files = sorted(p.name + f" ({p.stat().st_size / 1e6:.0f} MB)" for p in Path(folder).glob("out.onnx*"))
+    load = (load_before, os.getloadavg()[0])
+    params = (args.layers - args.dense) * args.rows * args.cols  # compressed parameters
     gb = 1e9
     calibrated = f", --calib {args.calib} samples" if args.calib else ""
     row = (f"| {args.layers} x {args.rows}x{args.cols} float32, {args.dense} left dense{calibrated} | {size / gb:.2f} GB | "
            f"{result['output_bytes'] / gb:.3f} GB | {result['rss_before'] / gb:.2f} GB | {result['peak_rss'] / gb:.2f} GB | "
-           f"{result['seconds']:.0f} s |")
+           f"{result['seconds']:.0f} s | {result['cpu_seconds']:.0f} s | {params / result['seconds'] / 1e6:.1f} M/s | "
+           f"{params / result['cpu_seconds'] / 1e6:.1f} M/s |")
     print(f"generated {size / gb:.2f} GB in {generated:.0f} s; output files: {', '.join(files)}")
     print(row)
     if args.record:
@@ -143,8 +160,12 @@ def main() -> None:
         body = ("Compressing a generated transformer-like chain of MatMul weights stored as external data "
                 "(`prune none`, `bits 4`), in a fresh process: weights are read one tensor at a time and each record "
                 "is encoded as soon as its weight is shared. Peak RSS is the process's VmHWM (Python, numpy, onnx "
-                "and the compressor included); the RSS before compressing is after the imports.\n\n"
-                "| Model | Input | Output | RSS before | Peak RSS | Wall time |\n|---|---|---|---|---|---|\n" + row)
+                "and the compressor included); the RSS before compressing is after the imports. CPU time is user + "
+                f"system of the compressing process; the 1-minute load average was {load[0]:.1f} before and "
+                f"{load[1]:.1f} after the runs (wall times on a shared machine stretch with it). "
+                f"{args.repeat} run(s), median reported.\n\n"
+                "| Model | Input | Output | RSS before | Peak RSS | Wall time | CPU time | Parameters per second (wall) | "
+                "per CPU second |\n|---|---|---|---|---|---|---|---|---|\n" + row)
         update_section(f"scale{'-dense' if args.dense else ''}{'-calib' if args.calib else ''}", body)
 
 

@@ -335,6 +335,25 @@ def test_23_non_finite_weight_is_left_dense(tmp_path, rng, bad, caplog):
     assert not np.isfinite(got[0]).all() and np.isfinite(got[1]).all()
 
 
+@pytest.mark.parametrize("options", [[], ["--bits", "4"], ["--bits", "4", "--sparsity", "0.5", "--scope", "global"]])
+def test_23_streamed_non_finite_weight_is_left_dense(tmp_path, rng, options, caplog):
+    """A weight in external data is checked by the first pass that reads it (the allocation, the global pruning
+    or the sharing), with the same warning, and the rest is compressed."""
+    w = rng.standard_normal((64, 32)).astype(np.float32)
+    w[3, 5] = np.nan
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("MatMul", ["x", "v"], ["z"])],
+                       [float_input("x", ["n", 64])], [float_input("y", ["n", 32]), float_input("z", ["n", 32])],
+                       [numpy_helper.from_array(w, "w"), weight(rng, "v", (64, 32))])
+    source = tmp_path / "in.onnx"
+    onnx.save(model, source, save_as_external_data=True, all_tensors_to_one_file=True, location="in.onnx.data", size_threshold=0)
+    result = cli("compress", source, tmp_path / "out.onnx", "--min-elements", "16", *options)
+    assert result.exit_code == 0, result.stderr
+    assert "left dense: w: holds 1 NaN/Inf value" in result.stdout
+    assert any(r.levelname == "WARNING" and "holds 1 NaN/Inf value" in r.getMessage() for r in caplog.records)
+    got = run_compressed(tmp_path / "out.onnx", x_feed(rng))
+    assert not np.isfinite(got[0]).all() and np.isfinite(got[1]).all()
+
+
 def test_24_zero_size_and_scalar_tensors(tmp_path, rng):
     empty = numpy_helper.from_array(np.zeros((0, 32), np.float32), "empty")
     scale = numpy_helper.from_array(np.array(0.5, np.float32), "scale")

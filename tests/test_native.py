@@ -188,13 +188,12 @@ def test_largest_first_matches_the_stable_argsort(rng, count):
         assert np.array_equal(outliers.largest_first(flat, candidates, count), expected)
 
 
-def test_damage_with_a_fixed_reference_equals_the_direct_formula(rng):
+def test_channel_damage_is_the_direct_formula(rng):
     from onnxcomp.core import outliers
     reference = rng.standard_normal((40, 30)).astype(np.float32)
     reference[3] *= 1e-3  # a dead channel
     importance = rng.exponential(size=30)
     for weights in (None, importance):
-        damage = outliers.damage_against(reference, weights)
         for _ in range(3):
             decoded = reference + rng.standard_normal(reference.shape).astype(np.float32) * 0.01
             error = (decoded.astype(np.float64) - reference) ** 2
@@ -203,4 +202,86 @@ def test_damage_with_a_fixed_reference_equals_the_direct_formula(rng):
                 error, energy = error * weights[None, :], energy * weights[None, :]
             norms = energy.sum(axis=1)
             live = (norms >= outliers.LIVE_CHANNEL ** 2 * np.median(norms)) & (norms > 0)
-            assert damage(decoded) == float(np.sqrt((error.sum(axis=1)[live] / norms[live]).max()))
+            expected = float(np.sqrt((error.sum(axis=1)[live] / norms[live]).max()))
+            assert outliers.channel_damage(reference, decoded, weights) == pytest.approx(expected, rel=1e-12)
+
+
+def test_sort_values_orders_negative_zeros_first(rng):
+    values = np.concatenate([rng.standard_normal(500), np.zeros(50), -np.zeros(70)]).astype(np.float32)
+    rng.shuffle(values)
+    ordered = codebook.sort_values(values)
+    assert np.array_equal(ordered, np.sort(values))
+    zeros = ordered[ordered == 0]
+    assert np.signbit(zeros[:70]).all() and not np.signbit(zeros[70:]).any()
+    assert np.array_equal(np.sort(ordered.view(np.uint32)), np.sort(values.view(np.uint32)))  # the same bit patterns
+
+
+@pytest.mark.parametrize("count", [0, 1, 7, 150, 2999, 5000])
+def test_largest_magnitudes_match_the_stable_argsort(rng, count):
+    from onnxcomp.core import outliers
+    flat = (np.round(rng.standard_normal(3000) * 3) / 3).astype(np.float32)  # many ties in magnitude, +-
+    flat[:40] = -0.0
+    for keep in (None, rng.random(len(flat)) < 0.5):
+        candidates = np.arange(len(flat)) if keep is None else np.flatnonzero(keep)
+        expected = outliers.largest_first(flat, candidates, count)
+        got = native.largest_magnitudes(flat, keep, count)
+        assert got.dtype == np.int64 and np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_channel_errors_match_the_sequential_sums(rng, transposed):
+    from onnxcomp.core import outliers
+    channels, inputs = 37, 53
+    reference = rng.standard_normal(channels * inputs).astype(np.float32)
+    book = np.sort(rng.standard_normal(200)).astype(np.float32)
+    positions = np.unique(rng.integers(0, len(reference), 60))
+    stored = rng.standard_normal(len(positions)).astype(np.float32)
+    for dtype, k in ((np.uint8, 200), (np.uint16, 200)):
+        indices = rng.integers(0, k, len(reference)).astype(dtype)
+        for importance in (None, rng.exponential(size=inputs)):
+            for idx, pos, val in ((indices, positions, stored), (None, positions[:0], stored[:0]), (indices, positions[:0], stored[:0])):
+                decoded = None
+                if idx is not None:
+                    decoded = book[idx]
+                    decoded[pos] = val
+                as_rows = (lambda a: a.reshape(inputs, channels).T) if transposed else (lambda a: a.reshape(channels, inputs))
+                expected = outliers.channel_errors_reference(as_rows(reference), None if decoded is None else as_rows(decoded), importance)
+                got = native.channel_errors(reference, idx, book, pos, val, channels, inputs, transposed, importance)
+                assert got.tobytes() == expected.tobytes()
+    with pytest.raises(ValueError):
+        native.channel_errors(reference, np.full(len(reference), 250, np.uint8), book, positions[:0], stored[:0],
+                              channels, inputs, transposed, None)
+
+
+def _shared_equal(a, b):
+    for field in ("codebook", "indices", "positions", "values"):
+        x, y = getattr(a, field), getattr(b, field)
+        assert x.dtype == y.dtype and x.tobytes() == y.tobytes(), field
+    for field in ("fraction", "damage", "estimated_bytes", "score"):
+        assert getattr(a, field) == getattr(b, field), field
+
+
+def _weights(rng):
+    yield (rng.standard_t(3, (96, 80)) * 0.05).astype(np.float32)
+    yield (rng.standard_normal((24, 4, 3, 3)) * 0.1).astype(np.float32)
+    ties = (np.round(rng.standard_normal((60, 50)) * 8) / 8).astype(np.float32)  # tied magnitudes, +-0
+    ties[rng.random(ties.shape) < 0.05] = -0.0
+    yield ties
+    yield np.zeros((16, 16), np.float32)
+    yield np.array([[1.0, -2.0, 3.0, 1.0]] * 3, np.float32)  # fewer distinct values than entries
+
+
+@pytest.mark.parametrize("option", ["auto", 0.0, 0.01, 0.5])
+def test_outlier_search_matches_its_reference(rng, option):
+    from onnxcomp.core import outliers
+    transposed = lambda a: np.moveaxis(a, a.ndim - 1, 0).reshape(a.shape[-1], -1)  # a MatMul B: columns are channels
+    copied = lambda a: np.ascontiguousarray(a.reshape(a.shape[0], -1)[::-1])  # a layout the compiled sum does not walk
+    for w in _weights(rng):
+        for keep in (None, rng.random(w.shape) < 0.6):
+            for bits, init, rows, weighted in ((2, "quantile", None, True), (4, "quantile", transposed, True),
+                                               (5, "linear", copied, False), (8, "quantile", transposed, False)):
+                width = rows(w).shape[1] if rows else int(np.prod(w.shape[1:]))
+                kwargs = dict(option=option, init=init, rows=rows, importance=rng.exponential(size=width) if weighted else None)
+                _shared_equal(outliers.share(w, keep, bits, **kwargs), outliers.share_reference(w, keep, bits, **kwargs))
+
+

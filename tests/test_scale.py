@@ -94,3 +94,19 @@ def test_streamed_output_is_byte_identical_to_the_in_memory_one(tmp_path, monkey
     a, b = onnx.load(tmp_path / "a.onnx"), onnx.load(tmp_path / "b.onnx")
     assert [onnx.numpy_helper.to_array(t).tobytes() for t in a.graph.initializer if t.name.startswith("layer")] == \
         [onnx.numpy_helper.to_array(t).tobytes() for t in b.graph.initializer if t.name.startswith("layer")]
+
+
+def test_each_streamed_weight_is_read_once_with_fixed_settings(tmp_path, monkeypatch):
+    """Selection does not read a streamed weight just to check it is finite: the first pass that reads it checks it
+    (sharing, with fixed settings and no pruning; the data-free allocation, by default, then sharing)."""
+    from onnxcomp.passes import base
+    layers = 4
+    scale.make_model(tmp_path / "in.onnx", layers, 64, 128)
+    reads = []
+    load = base.ExternalValues.load
+    monkeypatch.setattr(base.ExternalValues, "load", lambda self: reads.append(self.tensor.name) or load(self))
+    onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx", **scale.options_for(layers, 0))
+    assert sorted(reads) == sorted(scale.weight_name(i) for i in range(layers))
+    reads.clear()
+    onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out2.onnx", fidelity=False)
+    assert sorted(reads) == sorted(2 * [scale.weight_name(i) for i in range(layers)])

@@ -1,9 +1,10 @@
-// onnxcomp._native: the compressor's hot loops (1-D k-means, nearest-centroid assignment, Huffman and gap
-// coding), compiled. A CPython extension module built by the same CMake as the custom-op library but
-// separate from it: no onnxruntime type appears here.
+// onnxcomp._native: the compressor's hot loops (1-D k-means, nearest-centroid assignment, magnitude masks, the
+// outlier search's largest magnitudes and per-channel errors, Huffman and gap coding), compiled. A CPython
+// extension module built by the same CMake as the custom-op library but separate from it: no onnxruntime type
+// appears here.
 //
 // Every function reproduces, bit for bit, a straightforward numpy reference kept in the Python package
-// (onnxcomp/codebook.py, onnxcomp/huffman.py, onnxcomp/sidecar.py); tests/test_native.py compares the
+// (onnxcomp/core/codebook.py, pruning.py, outliers.py, huffman.py, sidecar.py); tests/test_native.py compares the
 // two on random inputs. Floating-point steps are done in the same order and precision as the reference:
 // prefix sums are sequential float64 additions (what numpy.cumsum does), midpoints are float64.
 // Every function releases the GIL while it works, so a Python thread pool over weights uses all cores.
@@ -316,6 +317,210 @@ py::array_t<bool> magnitude_keep_mask(FloatArray values, size_t pruned) {
   return out;
 }
 
+// The ``count`` positions of largest |w| among the kept values (all values without ``keep``), ordered by
+// decreasing magnitude, ties by increasing position: what onnxcomp.core.outliers.largest_first (a stable argsort
+// of -|w| over the kept positions) gives. As in magnitude_keep_mask, the magnitude order is the order of the
+// bit patterns with the sign cleared (finite values), so the count-th largest is found by a two-level radix
+// select; only the chosen positions are sorted.
+py::array_t<int64_t> largest_magnitudes(FloatArray values, py::object keep_object, size_t count) {
+  const size_t n = static_cast<size_t>(values.size());
+  BoolArray keep_array;
+  const bool masked = !keep_object.is_none();
+  if (masked) {
+    keep_array = keep_object.cast<BoolArray>();
+    if (static_cast<size_t>(keep_array.size()) != n) throw std::invalid_argument("keep and values differ in length");
+  }
+  const float* v = values.data();
+  const bool* keep = masked ? keep_array.data() : nullptr;
+  std::vector<std::pair<uint32_t, int64_t>> chosen;
+  {
+    py::gil_scoped_release release;
+    auto key = [v](size_t i) {
+      uint32_t bits;
+      std::memcpy(&bits, v + i, sizeof bits);
+      return bits & 0x7FFFFFFFu;
+    };
+    size_t kept = masked ? static_cast<size_t>(std::count(keep, keep + n, true)) : n;
+    count = std::min(count, kept);
+    if (count > 0) {
+      std::vector<size_t> high(1u << 15, 0), low(1u << 16, 0);
+      {  // four interleaved histograms: repeated increments of one bin do not wait on each other
+        std::vector<size_t> part(4u << 15, 0);
+        size_t i = 0;
+        if (!keep) {
+          for (; i + 4 <= n; i += 4)
+            for (size_t l = 0; l < 4; ++l) ++part[l << 15 | key(i + l) >> 16];
+        }
+        for (; i < n; ++i)
+          if (!keep || keep[i]) ++high[key(i) >> 16];
+        for (size_t b = 0; b < high.size(); ++b)
+          for (size_t l = 0; l < 4; ++l) high[b] += part[l << 15 | b];
+      }
+      size_t above = 0, bin = high.size() - 1;  // values in bins above ``bin``
+      while (above + high[bin] < count) above += high[bin--];
+      for (size_t i = 0; i < n; ++i) {
+        if (keep && !keep[i]) continue;
+        const uint32_t k = key(i);
+        if ((k >> 16) == bin) ++low[k & 0xFFFFu];
+      }
+      size_t part = low.size() - 1;
+      while (above + low[part] < count) above += low[part--];
+      const uint32_t threshold = static_cast<uint32_t>(bin << 16 | part);
+      size_t ties = count - above;  // values equal to the threshold to take, first ones first
+      chosen.reserve(count);
+      for (size_t i = 0; i < n; ++i) {
+        if (keep && !keep[i]) continue;
+        const uint32_t k = key(i);
+        if (k > threshold || (k == threshold && ties > 0)) {
+          if (k == threshold) --ties;
+          chosen.emplace_back(k, static_cast<int64_t>(i));
+        }
+      }
+      std::sort(chosen.begin(), chosen.end(), [](const std::pair<uint32_t, int64_t>& a, const std::pair<uint32_t, int64_t>& b) {
+        return a.first != b.first ? a.first > b.first : a.second < b.second;
+      });
+    }
+  }
+  py::array_t<int64_t> out(static_cast<py::ssize_t>(chosen.size()));
+  int64_t* o = out.mutable_data();
+  for (size_t i = 0; i < chosen.size(); ++i) o[i] = chosen[i].second;
+  return out;
+}
+
+// Per output channel c, the (optionally weighted) squared error of a decoded weight against its reference,
+// E_c = sum_j u_j (q_cj - r_cj)^2 in float64, added in increasing input order j (the order of
+// numpy.cumsum along the row: onnxcomp.core.outliers.channel_errors_reference). The weight is flat float32 of
+// channels x inputs elements, element (c, j) at c * inputs + j, or with ``transposed`` at j * channels + c
+// (a MatMul B). q = codebook[indices[i]], except at the sorted flat ``positions``, where it is the matching
+// ``stored`` value; without indices q = 0 (E_c is then the channel's energy).
+// e[c] += (q_c - r[c])^2 (times w when weighted) for q_c = book[idx[c]] (0 without idx), vectorised across
+// channels (each e[c] still adds its terms in input order).
+template <typename Index>
+inline __attribute__((always_inline)) void add_squares_into(const Index* idx, const float* book, const float* r, size_t count,
+                                                            double w, bool weighted, double* e) {
+  if (!idx) {
+    for (size_t c = 0; c < count; ++c) {
+      const double d = 0.0 - static_cast<double>(r[c]);
+      e[c] += weighted ? d * d * w : d * d;
+    }
+  } else if (weighted) {
+    for (size_t c = 0; c < count; ++c) {
+      const double d = static_cast<double>(book[idx[c]]) - static_cast<double>(r[c]);
+      e[c] += d * d * w;
+    }
+  } else {
+    for (size_t c = 0; c < count; ++c) {
+      const double d = static_cast<double>(book[idx[c]]) - static_cast<double>(r[c]);
+      e[c] += d * d;
+    }
+  }
+}
+
+ONNXCOMP_MULTIVERSION void add_squares(const uint8_t* idx, const float* book, const float* r, size_t count, double w, bool weighted, double* e) {
+  add_squares_into(idx, book, r, count, w, weighted, e);
+}
+
+ONNXCOMP_MULTIVERSION void add_squares(const uint16_t* idx, const float* book, const float* r, size_t count, double w, bool weighted, double* e) {
+  add_squares_into(idx, book, r, count, w, weighted, e);
+}
+
+template <typename Index>
+void accumulate_errors(const float* r, const Index* idx, const float* book, size_t book_size, const int64_t* pos,
+                       const float* stored, size_t outliers, size_t channels, size_t inputs, bool transposed,
+                       const double* u, double* e, bool& bad) {
+  size_t p = 0;
+  auto decoded = [&](size_t i) -> double {
+    if (p < outliers && static_cast<size_t>(pos[p]) == i) return static_cast<double>(stored[p++]);
+    if (!idx) return 0.0;
+    const size_t k = idx[i];
+    if (k >= book_size) {
+      bad = true;
+      return 0.0;
+    }
+    return static_cast<double>(book[k]);
+  };
+  if (transposed) {  // one stored row (input j) at a time, added to every channel; split at the outliers in it
+    for (size_t j = 0; j < inputs; ++j) {
+      const size_t row = j * channels;
+      const double w = u ? u[j] : 1.0;
+      size_t c = 0;
+      while (c < channels) {
+        const size_t stop = p < outliers && static_cast<size_t>(pos[p]) < row + channels ? static_cast<size_t>(pos[p]) - row : channels;
+        if (idx) {
+          for (size_t i = c; i < stop; ++i)
+            if (idx[row + i] >= book_size) bad = true;
+          if (bad) return;
+          add_squares(idx + row + c, book, r + row + c, stop - c, w, u != nullptr, e + c);
+        } else {
+          add_squares(static_cast<const Index*>(nullptr), book, r + row + c, stop - c, w, u != nullptr, e + c);
+        }
+        if (stop < channels) {  // the outlier's stored value
+          const double d = static_cast<double>(stored[p++]) - static_cast<double>(r[row + stop]);
+          e[stop] += u ? d * d * w : d * d;
+        }
+        c = stop + 1;
+      }
+    }
+  } else {
+    for (size_t c = 0; c < channels; ++c) {
+      double sum = 0.0;
+      const size_t row = c * inputs;
+      for (size_t j = 0; j < inputs; ++j) {
+        const double d = decoded(row + j) - static_cast<double>(r[row + j]);
+        sum += u ? d * d * u[j] : d * d;
+      }
+      e[c] = sum;
+    }
+  }
+}
+
+py::array_t<double> channel_errors(FloatArray reference, py::object indices_object, FloatArray codebook,
+                                   py::array_t<int64_t, py::array::c_style | py::array::forcecast> positions,
+                                   FloatArray stored, size_t channels, size_t inputs, bool transposed,
+                                   py::object importance_object) {
+  const size_t n = static_cast<size_t>(reference.size());
+  if (channels * inputs != n) throw std::invalid_argument("channels x inputs differs from the reference's size");
+  const size_t outliers = static_cast<size_t>(positions.size());
+  if (static_cast<size_t>(stored.size()) != outliers) throw std::invalid_argument("positions and stored values differ in length");
+  const int64_t* pos = positions.data();
+  for (size_t p = 0; p < outliers; ++p)
+    if (pos[p] < 0 || static_cast<size_t>(pos[p]) >= n || (p && pos[p] <= pos[p - 1]))
+      throw std::invalid_argument("outlier positions must be increasing and below N");
+  py::array_t<double, py::array::c_style | py::array::forcecast> importance;
+  if (!importance_object.is_none()) {
+    importance = importance_object.cast<py::array_t<double, py::array::c_style | py::array::forcecast>>();
+    if (static_cast<size_t>(importance.size()) != inputs) throw std::invalid_argument("importance needs one entry per input");
+  }
+  const double* u = importance_object.is_none() ? nullptr : importance.data();
+  py::array indices;
+  int width = 0;
+  if (!indices_object.is_none()) {
+    indices = py::array::ensure(indices_object, py::array::c_style);
+    if (!indices || static_cast<size_t>(indices.size()) != n) throw std::invalid_argument("indices must have one entry per value");
+    if (indices.dtype().is(py::dtype::of<uint8_t>())) width = 1;
+    else if (indices.dtype().is(py::dtype::of<uint16_t>())) width = 2;
+    else throw std::invalid_argument("indices must be uint8 or uint16");
+  }
+  py::array_t<double> out(static_cast<py::ssize_t>(channels));
+  double* e = out.mutable_data();
+  std::fill(e, e + channels, 0.0);
+  const float* r = reference.data();
+  const float* book = codebook.data();
+  const size_t book_size = static_cast<size_t>(codebook.size());
+  const float* s = stored.data();
+  const void* data = width ? indices.data() : nullptr;
+  bool bad = false;
+  {
+    py::gil_scoped_release release;
+    if (width == 2)
+      accumulate_errors(r, static_cast<const uint16_t*>(data), book, book_size, pos, s, outliers, channels, inputs, transposed, u, e, bad);
+    else
+      accumulate_errors(r, static_cast<const uint8_t*>(data), book, book_size, pos, s, outliers, channels, inputs, transposed, u, e, bad);
+  }
+  if (bad) throw std::invalid_argument("index outside the codebook");
+  return out;
+}
+
 // Reads a 1-D array of non-negative integer symbols (uint8, uint16, int32 or int64) as uint64.
 struct Symbols {
   py::array array;
@@ -349,6 +554,28 @@ struct Symbols {
   }
 };
 
+// counts[min(s, size)] += 1 for every uint8 or uint16 symbol s, in four interleaved histograms (a run of one
+// symbol then does not wait on its own increments), summed at the end.
+void count_small(const void* data, size_t n, int width, size_t size, std::vector<int64_t>& counts) {
+  const size_t range = width == 1 ? size_t{1} << 8 : size_t{1} << 16;
+  std::vector<int64_t> part(4 * range, 0);
+  auto run = [&](auto* s) {
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+      ++part[s[i]];
+      ++part[range + s[i + 1]];
+      ++part[2 * range + s[i + 2]];
+      ++part[3 * range + s[i + 3]];
+    }
+    for (; i < n; ++i) ++part[s[i]];
+  };
+  if (width == 1) run(static_cast<const uint8_t*>(data)); else run(static_cast<const uint16_t*>(data));
+  for (size_t v = 0; v < range; ++v) {
+    const int64_t total = part[v] + part[range + v] + part[2 * range + v] + part[3 * range + v];
+    counts[v < size ? v : size] += total;
+  }
+}
+
 // One pass over an index stream: numpy.bincount(symbols, minlength=size) (a symbol >= size raises
 // ValueError) and, with gap_limit > 0, the gaps (zeros skipped) before each non-zero symbol: a histogram of
 // those below gap_limit and the list of the others, from which any gap alphabet's symbol counts follow.
@@ -359,7 +586,9 @@ py::tuple statistics(py::array symbols_array, size_t size, size_t gap_limit) {
   std::vector<int64_t> large;
   {
     py::gil_scoped_release release;
-    if (gap_limit == 0) {
+    if (gap_limit == 0 && (symbols.width == 1 || symbols.width == 2) && !symbols.is_signed) {
+      count_small(symbols.array.data(), symbols.n, symbols.width, size, counts);
+    } else if (gap_limit == 0) {
       symbols.each([&](size_t, uint64_t s) { ++counts[s < size ? s : size]; });
     } else {
       uint64_t previous = ~uint64_t{0};  // position of the last non-zero symbol, -1 before the first
@@ -522,6 +751,12 @@ PYBIND11_MODULE(_native, m) {
         "bool keep mask: 0 for pruned values, 1 + centroid index for kept ones.");
   m.def("magnitude_keep_mask", &magnitude_keep_mask, py::arg("values"), py::arg("pruned"),
         "Bool mask keeping all but the `pruned` float32 values of smallest magnitude (ties pruned in position order).");
+  m.def("largest_magnitudes", &largest_magnitudes, py::arg("values"), py::arg("keep"), py::arg("count"),
+        "int64 positions of the `count` kept float32 values of largest magnitude, largest first (ties: earlier first).");
+  m.def("channel_errors", &channel_errors, py::arg("reference"), py::arg("indices"), py::arg("codebook"), py::arg("positions"),
+        py::arg("stored"), py::arg("channels"), py::arg("inputs"), py::arg("transposed"), py::arg("importance"),
+        "float64 [channels]: per output channel, the importance-weighted squared error of the decoded weight "
+        "(codebook[indices], outliers at positions) against reference, summed in input order.");
   m.def("statistics", &statistics, py::arg("symbols"), py::arg("size"), py::arg("gap_limit"),
         "(numpy.bincount(symbols, minlength=size), counts of the zero runs before each non-zero symbol that are "
         "below gap_limit, int64 array of the longer runs), in one pass; gap_limit 0 skips the gaps.");

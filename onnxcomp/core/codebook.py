@@ -52,6 +52,18 @@ def assign(values: np.ndarray, centroids: np.ndarray, keep: np.ndarray | None = 
     return _native.assign(np.ascontiguousarray(values).ravel(), np.ascontiguousarray(centroids, dtype=np.float32), keep)
 
 
+def thresholds(centroids: np.ndarray) -> np.ndarray:
+    """float32 [K-1]: each float64 midpoint of adjacent (ascending) centroids rounded down to a float32 t; a float32
+    x exceeds the midpoint exactly when it exceeds t (no float lies in (t, midpoint]), so x's nearest centroid
+    (ties to the lower one) is the number of thresholds below x, as in assign."""
+    c = np.asarray(centroids, dtype=np.float64)
+    midpoints = (c[:-1] + c[1:]) / 2
+    t = midpoints.astype(np.float32)
+    high = t.astype(np.float64) > midpoints
+    t[high] = np.nextafter(t[high], np.float32(-np.inf))
+    return t
+
+
 def assign_reference(values: np.ndarray, centroids: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
     """numpy reference of ``assign``: searchsorted on the float64 midpoints."""
     c = np.asarray(centroids, dtype=np.float64)
@@ -91,20 +103,64 @@ def fit_codebook(values: np.ndarray, size: int, init: str = "quantile", seed: in
     sample = _linear_sample(values, seed, weights) if init == "linear" and not warm else None  # before any in-place sort
     sorted_weights = None
     if weights is None:
-        ordered = values if overwrite_input else values.copy()
-        ordered.sort()  # as np.sort does
+        ordered = sort_values(values, overwrite_input)
     else:
         order = np.argsort(values, kind="stable")
         ordered, sorted_weights = values[order], weights[order]
         del order
-    # the distinct values, as np.unique finds them (it sorts the same way, then drops repeats)
-    first = np.empty(len(ordered), dtype=bool)
-    first[0] = True
-    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
-    if np.count_nonzero(first) <= size:
-        return ordered[first]
-    del first
-    if warm:
+    return fit_sorted(ordered, size, start, sample, seed, sorted_weights)
+
+
+def sort_values(values: np.ndarray, overwrite_input: bool = False) -> np.ndarray:
+    """float32 ``values`` in ascending order, -0.0 before +0.0: a total order, so the sorted array is a function of
+    the multiset of bit patterns and any run of it is the sorted array of the values in the run. (numpy's float
+    sort leaves equal-comparing zeros in any order, and its vectorised kernels may even swap their sign bits.)
+    The bit patterns are mapped to unsigned keys that order as the values do (negatives: all bits flipped;
+    others: the sign bit set), sorted as integers and mapped back. Sorts in place with ``overwrite_input``."""
+    ordered = np.ascontiguousarray(values, dtype=np.float32).ravel()
+    ordered = ordered if overwrite_input else ordered.copy()
+    keys = ordered.view(np.uint32)
+    _flip_keys(keys, inverse=False)
+    keys.sort()
+    _flip_keys(keys, inverse=True)
+    return ordered
+
+
+def _flip_keys(keys: np.ndarray, inverse: bool, block: int = 1 << 20) -> None:
+    """In place, block by block (a small temporary): float bits -> order-preserving keys (``inverse`` False), or
+    back. A key's mask is all ones for a negative value (sign bit set; its key has the top bit clear), else the
+    sign bit alone."""
+    signed = keys.view(np.int32)
+    flip = np.empty(min(block, len(keys)), dtype=np.int32)
+    for start in range(0, len(keys), block):
+        part, mask = signed[start:start + block], flip[:min(block, len(keys) - start)]
+        if inverse:
+            np.invert(part, out=mask)
+            mask >>= 31
+        else:
+            np.right_shift(part, 31, out=mask)  # -1 for a set sign bit, else 0
+        mask |= np.int32(-(1 << 31))
+        part ^= mask
+
+
+def fit_sorted(ordered: np.ndarray, size: int, start: np.ndarray | None = None, sample=None, seed: int = 0,
+               sorted_weights: np.ndarray | None = None) -> np.ndarray:
+    """fit_codebook on values already sorted (float32 [n], ascending as sort_values orders them; ``sorted_weights``
+    in the same order): the distinct values if there are at most ``size``, else Lloyd iterations from ``start``
+    (clipped to the values' range), from _linear_start on ``sample`` (a _linear_sample), or from the quantiles."""
+    if len(ordered) == 0:
+        return np.zeros(0, dtype=np.float32)
+    # The distinct values, as np.unique finds them (it sorts the same way, then drops repeats), when there are at
+    # most ``size``; evenly spaced picks with more distinct values than that already show there are more.
+    picks = ordered[np.linspace(0, len(ordered) - 1, min(len(ordered), 4 * size + 1)).astype(np.int64)]
+    if np.count_nonzero(picks[1:] != picks[:-1]) + 1 <= size:
+        first = np.empty(len(ordered), dtype=bool)
+        first[0] = True
+        np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+        if np.count_nonzero(first) <= size:
+            return ordered[first]
+        del first
+    if start is not None and len(start) > 0:
         start = np.clip(np.asarray(start, dtype=np.float64)[:size], float(ordered[0]), float(ordered[-1]))
     elif sample is not None:
         start = _linear_start(*sample, size, seed)
@@ -190,29 +246,42 @@ def refine_reference(ordered: np.ndarray, centroids: np.ndarray, weights: np.nda
 
 
 def quantize(weight: np.ndarray, keep: np.ndarray | None, bits: int, init: str = "quantile", seed: int = 0,
-             exclude: np.ndarray | None = None, start: np.ndarray | None = None, weights: np.ndarray | None = None):
+             exclude: np.ndarray | None = None, start: np.ndarray | None = None, weights: np.ndarray | None = None,
+             ordered: np.ndarray | None = None):
     """Codebook and indices for ``weight``; pruned entries (``keep`` False) map to index 0 = exactly 0.0.
 
     ``exclude`` (bool, weight's shape) marks values left out of the centroid fit (outliers stored exactly
     beside the codebook); they still get the index of their nearest centroid. ``start``: see fit_codebook.
-    ``weights``: optional k-means importance per element (fit_codebook). Returns ``(codebook float32 [K],
-    indices uint8/uint16 [N] row-major)`` with K <= 2^bits.
+    ``weights``: optional k-means importance per element (fit_codebook). ``ordered``: the values the codebook is
+    fit to (kept and not excluded), already in sort_values order, when the caller has them (the outlier search
+    sorts once for all its fits); the result is the same. Returns ``(codebook float32 [K], indices uint8/uint16
+    [N] row-major)`` with K <= 2^bits.
     """
     flat = np.ascontiguousarray(weight, dtype=np.float32).ravel()
     fit = None if exclude is None else ~np.asarray(exclude, dtype=bool).ravel()
     if weights is not None:
         weights = np.asarray(weights, dtype=np.float32).ravel()
-    if keep is None:
+    if keep is not None:
+        keep = np.ascontiguousarray(keep, dtype=bool).ravel()
+    size = (1 << bits) - (0 if keep is None else 1)
+    if ordered is not None and weights is None:
+        sample = None
+        if init == "linear" and (start is None or len(start) == 0):
+            chosen = keep if fit is None else fit if keep is None else keep & fit
+            sample = _linear_sample(flat if chosen is None else flat[chosen], seed, None)
+        centroids = fit_sorted(ordered, size, start, sample, seed)
+    elif keep is None:
         chosen_weights = None if weights is None else weights if fit is None else weights[fit]
-        centroids = fit_codebook(flat if fit is None else flat[fit], 1 << bits, init, seed, start, chosen_weights,
+        centroids = fit_codebook(flat if fit is None else flat[fit], size, init, seed, start, chosen_weights,
                                  overwrite_input=fit is not None)  # a masked selection is a fresh copy
+    else:
+        chosen = keep if fit is None else keep & fit
+        centroids = fit_codebook(flat[chosen], size, init, seed, start, None if weights is None else weights[chosen],
+                                 overwrite_input=True)  # the selection is a fresh copy
+    if keep is None:
         if len(centroids) == 0:  # every value excluded: any one entry serves
             centroids = np.zeros(1, dtype=np.float32)
         return centroids, assign(flat, centroids)
-    keep = np.ascontiguousarray(keep, dtype=bool).ravel()
-    chosen = keep if fit is None else keep & fit
-    centroids = fit_codebook(flat[chosen], (1 << bits) - 1, init, seed, start, None if weights is None else weights[chosen],
-                             overwrite_input=True)  # the selection is a fresh copy
     codebook = np.concatenate([np.zeros(1, dtype=np.float32), centroids])
     if len(centroids):
         return codebook, assign(flat, centroids, keep)

@@ -19,7 +19,10 @@ channel's relative output error under inputs of those energies), and B(f) the es
 as cheaply as one more index bit would at its ideal rate (half the error for (b+1)/b times the bytes).
 Ties go to the smaller fraction; the search stops at the first fraction that scores worse than the one
 before. Each fraction above 0 starts its Lloyd iterations from the previous fraction's codebook (a warm
-start: only the top clusters move), which keeps the search to about twice the cost of one fit. A mean error (relative L2 over the whole
+start: only the top clusters move), which keeps the search to about twice the cost of one fit. The kept values
+are sorted once per tensor: the outliers being the largest magnitudes, each fraction's codebook is fit to a run of
+that sorted array, and D and the index counts are measured without materialising the decoded weight (``share``;
+``share_reference`` is the straightforward version, byte-identical, tests/test_native.py). A mean error (relative L2 over the whole
 tensor) would miss what matters here: one large weight kept 40 % off can ruin the channel it dominates
 while the tensor's relative L2 error stays at 3 % (docs/guide.md, "Outliers").
 """
@@ -32,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnxcomp.core import codebook as codebook_math
+from onnxcomp.core.native import native as _native
 from onnxcomp.errors import CorruptSidecarError, InvalidOptionError
 
 FLOAT16 = 0
@@ -200,48 +204,46 @@ class SharedWeight:
     score: float = 0.0  # a log B + log D (lower is better)
 
 
+def channel_errors_reference(reference_rows: np.ndarray, decoded_rows: np.ndarray | None,
+                             importance: np.ndarray | None = None) -> np.ndarray:
+    """float64 [channels]: ``sum_j u_j (q_cj - r_cj)^2`` per row c of ``reference_rows`` [channels, inputs] (float32),
+    added in increasing j (numpy.cumsum's order), with q = ``decoded_rows`` (0 when None: the channel energies)
+    and u = ``importance`` [inputs] (1 when None). The straightforward version of _native.channel_errors."""
+    reference = np.asarray(reference_rows, dtype=np.float32)
+    difference = (np.zeros(reference.shape) if decoded_rows is None else np.asarray(decoded_rows, dtype=np.float64)) - reference
+    terms = difference ** 2
+    if importance is not None:
+        terms = terms * np.asarray(importance, dtype=np.float64)[None, :]
+    return np.cumsum(terms, axis=1)[:, -1] if terms.shape[1] else np.zeros(terms.shape[0])
+
+
+def live_channels(norms: np.ndarray) -> np.ndarray:
+    """Channels whose energy is positive and at least LIVE_CHANNEL^2 times the median (a dead channel does not
+    decide the damage)."""
+    if not len(norms):
+        return np.zeros(0, dtype=bool)
+    return (norms >= LIVE_CHANNEL ** 2 * np.median(norms)) & (norms > 0)
+
+
+def worst_channel(errors: np.ndarray, norms: np.ndarray, live: np.ndarray) -> float:
+    """D = ``max_c sqrt(errors_c / norms_c)`` over the live channels (0 when none is live)."""
+    return float(np.sqrt((errors[live] / norms[live]).max())) if live.any() else 0.0
+
+
 def channel_damage(reference_rows: np.ndarray, decoded_rows: np.ndarray, importance: np.ndarray | None = None) -> float:
     """``max_c ||r_c - q_c|| / ||r_c||`` over the rows c (output channels) of norm at least LIVE_CHANNEL times the
-    median row norm; with ``importance`` [inputs], squared entries are weighted by it. 0 for an all-zero tensor."""
-    return damage_against(reference_rows, importance)(decoded_rows)
-
-
-DAMAGE_BLOCK_ELEMENTS = 1 << 18  # rows are measured in blocks of about this many elements (bounded float64 temporaries)
-
-
-def damage_against(reference_rows: np.ndarray, importance: np.ndarray | None = None):
-    """``channel_damage`` with the reference fixed: its channel norms and live channels are computed once, for
-    the several candidate decodings of one tensor. Squares are summed in float64 over blocks of rows, so the
-    working memory stays a small multiple of one block whatever the tensor's size."""
-    reference = np.asarray(reference_rows, dtype=np.float32)
-    weights = None
-    if importance is not None and len(importance) == reference.shape[1]:
-        weights = np.asarray(importance, dtype=np.float64)[None, :]
-    step = max(1, DAMAGE_BLOCK_ELEMENTS // max(reference.shape[1], 1))
-    blocks = [slice(start, start + step) for start in range(0, reference.shape[0], step)]
-
-    def row_sums(rows: np.ndarray) -> np.ndarray:
-        squares = rows ** 2
-        return (squares * weights if weights is not None else squares).sum(axis=1)
-
-    norms = np.concatenate([row_sums(reference[block].astype(np.float64)) for block in blocks]) if blocks else np.zeros(0)
-    live = norms >= LIVE_CHANNEL ** 2 * np.median(norms) if len(norms) else np.zeros(0, dtype=bool)
-    live &= norms > 0
-
-    def damage(decoded_rows: np.ndarray) -> float:
-        if not live.any():
-            return 0.0
-        decoded = np.asarray(decoded_rows)
-        error = np.concatenate([row_sums(decoded[block].astype(np.float64) - reference[block]) for block in blocks])
-        return float(np.sqrt((error[live] / norms[live]).max()))
-    return damage
+    median row norm; with ``importance`` [inputs], squared entries are weighted by it. 0 for an all-zero tensor.
+    Sums as channel_errors_reference adds them."""
+    usable = importance if importance is not None and len(importance) == np.shape(reference_rows)[1] else None
+    norms = channel_errors_reference(reference_rows, None, usable)
+    return worst_channel(channel_errors_reference(reference_rows, decoded_rows, usable), norms, live_channels(norms))
 
 
 def largest_first(flat: np.ndarray, candidates: np.ndarray, count: int) -> np.ndarray:
     """The first ``count`` of ``candidates`` (increasing positions) ordered by decreasing |flat| (ties: earlier
     first), i.e. ``candidates[np.argsort(-np.abs(flat[candidates]), kind="stable")][:count]``, without sorting
     them all: the count-th largest magnitude is found by partition, the ones above it and the first ties taken,
-    and only those sorted."""
+    and only those sorted. (The reference of _native.largest_magnitudes.)"""
     count = min(int(count), len(candidates))
     if count <= 0:
         return np.zeros(0, dtype=np.int64)
@@ -257,15 +259,93 @@ def largest_first(flat: np.ndarray, candidates: np.ndarray, count: int) -> np.nd
 
 
 def estimated_bytes(codebook: np.ndarray, indices: np.ndarray, positions: np.ndarray, values: np.ndarray) -> int:
-    """Record bytes estimate: the indices at their entropy (outliers' own indices left out), the float32 codebook
-    and the outlier section."""
+    """Record bytes estimate: the indices at their entropy (outliers' own indices left out, but counted in the
+    total), the float32 codebook and the outlier section."""
     others = np.ones(len(indices), dtype=bool)
     others[positions] = False
-    counts = np.bincount(indices[others], minlength=len(codebook)).astype(np.float64)
+    counts = np.bincount(indices[others], minlength=len(codebook))
+    return _record_estimate(counts, len(indices), len(codebook), positions, values)
+
+
+def _record_estimate(counts: np.ndarray, n: int, codebook_size: int, positions: np.ndarray, values: np.ndarray) -> int:
+    counts = np.asarray(counts, dtype=np.float64)
     total = counts.sum()
     p = counts[counts > 0] / max(total, 1.0)
     entropy = float(-(p * np.log2(p)).sum()) if total else 0.0
-    return int(np.ceil(len(indices) * entropy / 8)) + 4 * len(codebook) + encoded_bytes(positions, values)
+    return int(np.ceil(n * entropy / 8)) + 4 * codebook_size + encoded_bytes(positions, values)
+
+
+def _search(fractions, option, kept: int, bits: int, pruned: bool, measure) -> SharedWeight:
+    """The rule of the module docstring over ``fractions``; ``measure(count, start)`` fits the codebook with the
+    ``count`` largest kept weights as outliers (warm ``start`` or None) and returns (codebook, indices, positions,
+    stored values, D, B); ``pruned``: the codebook leads with the pruned 0.0 (not part of the next warm start)."""
+    exponent = np.log(2.0) / np.log1p(1.0 / bits)
+    best, previous_score, start = None, None, None
+    tried_counts = set()
+    for fraction in fractions:
+        count = int(round(fraction * kept))
+        if (fraction > 0 and count == 0 and option == AUTO) or count in tried_counts:
+            continue
+        tried_counts.add(count)
+        codebook, indices, positions, kept_values, damage, size = measure(count, start)
+        start = codebook[1:] if pruned else codebook
+        score = exponent * np.log(max(size, 1)) + (np.log(damage) if damage > 0 else -np.inf)
+        candidate = SharedWeight(codebook, indices, positions, kept_values, fraction, damage, size, float(score))
+        if best is None or score < best.score:
+            best = candidate
+        elif previous_score is not None and score > previous_score:
+            break
+        previous_score = score
+    return best
+
+
+def _prepare(values, keep, option, rows):
+    values = np.asarray(values, dtype=np.float32)
+    flat = values.ravel()
+    to_rows = rows or (lambda array: array.reshape(array.shape[0] if array.ndim else 1, -1))
+    keep = None if keep is None else np.ascontiguousarray(keep, dtype=bool).ravel()
+    reference = flat if keep is None else np.where(keep, flat, np.float32(0))
+    fractions = AUTO_FRACTIONS if option == AUTO else (float(option),)
+    return values, flat, to_rows, keep, reference, fractions
+
+
+def share_reference(values: np.ndarray, keep: np.ndarray | None, bits: int, *, option: str | float = AUTO,
+                    init: str = "quantile", seed: int = 0, rows=None, importance: np.ndarray | None = None) -> SharedWeight:
+    """The straightforward version of ``share`` (same arguments, same result byte for byte, tests/test_native.py):
+    each fraction's codebook fit on its own masked copy of the values (codebook.quantize), the decoded weight
+    materialised, D from channel_errors_reference and the index counts from a bincount."""
+    values, flat, to_rows, keep, reference, fractions = _prepare(values, keep, option, rows)
+    reference_rows = to_rows(reference.reshape(values.shape))
+    candidates = np.arange(len(flat)) if keep is None else np.flatnonzero(keep)
+    order = largest_first(flat, candidates, max(int(round(f * len(candidates))) for f in fractions))
+
+    def measure(count, start):
+        positions = np.sort(order[:count])
+        exclude = None
+        if count:
+            exclude = np.zeros(len(flat), dtype=bool)
+            exclude[positions] = True
+        codebook, indices = codebook_math.quantize(values, keep, bits, init, seed, exclude, start)
+        kept_values = stored_values(flat[positions])
+        decoded = codebook[indices]
+        decoded[positions] = kept_values
+        damage = channel_damage(reference_rows, to_rows(decoded.reshape(values.shape)), importance)
+        return codebook, indices, positions, kept_values, damage, estimated_bytes(codebook, indices, positions, kept_values)
+    return _search(fractions, option, len(candidates), bits, keep is not None, measure)
+
+
+def _row_layout(reference: np.ndarray, rows: np.ndarray):
+    """(channels, inputs, transposed) when ``rows`` is a view of the flat ``reference`` with channel c's input j at
+    c * inputs + j (transposed False) or j * channels + c (True); None for any other layout."""
+    if rows.ndim != 2 or rows.size != reference.size or rows.dtype != np.float32 or not np.shares_memory(rows, reference):
+        return None
+    if rows.__array_interface__["data"][0] != reference.__array_interface__["data"][0]:
+        return None
+    if rows.flags.c_contiguous:
+        return rows.shape[0], rows.shape[1], False
+    if rows.T.flags.c_contiguous:
+        return rows.shape[0], rows.shape[1], True
+    return None
 
 
 def share(values: np.ndarray, keep: np.ndarray | None, bits: int, *, option: str | float = AUTO, init: str = "quantile",
@@ -275,41 +355,54 @@ def share(values: np.ndarray, keep: np.ndarray | None, bits: int, *, option: str
     ``keep`` is the pruning mask (pruned weights are never outliers); ``option`` "auto" or a fraction of the
     kept weights; ``rows`` maps an array of the weight's shape to [output channels, inputs] (default: first axis
     as the output channel); ``importance`` [inputs] weights the inputs in the damage proxy.
+
+    The kept values are sorted once: the outliers are the largest magnitudes, so the values each fraction's
+    codebook is fit to are a run of that sorted array (the first m and last L - m values removed, m the number
+    of negative outliers). D is summed by _native.channel_errors straight from the indices. Same result byte
+    for byte as ``share_reference`` (tests/test_native.py).
     """
-    values = np.asarray(values, dtype=np.float32)
-    flat = values.ravel()
-    to_rows = rows or (lambda array: array.reshape(array.shape[0] if array.ndim else 1, -1))
-    reference = flat if keep is None else np.where(np.asarray(keep, dtype=bool).ravel(), flat, np.float32(0))
-    reference_rows = to_rows(reference.reshape(values.shape))
-    candidates = np.arange(len(flat)) if keep is None else np.flatnonzero(np.asarray(keep, dtype=bool).ravel())
-    fractions = AUTO_FRACTIONS if option == AUTO else (float(option),)
-    order = largest_first(flat, candidates, max(int(round(f * len(candidates))) for f in fractions))
-    damage_of = damage_against(reference_rows, importance)
-    exponent = np.log(2.0) / np.log1p(1.0 / bits)
-    best, previous_score, start = None, None, None
-    tried_counts = set()
-    for fraction in fractions:
-        count = int(round(fraction * len(candidates)))
-        if (fraction > 0 and count == 0 and option == AUTO) or count in tried_counts:
-            continue
-        tried_counts.add(count)
-        positions = np.sort(order[:count])
+    if _native is None:
+        return share_reference(values, keep, bits, option=option, init=init, seed=seed, rows=rows, importance=importance)
+    values, flat, to_rows, keep, reference, fractions = _prepare(values, keep, option, rows)
+    layout = _row_layout(reference, to_rows(reference.reshape(values.shape)))
+    if layout is None:  # a layout the compiled sum does not walk: the reference does it all
+        return share_reference(values, keep, bits, option=option, init=init, seed=seed, rows=rows, importance=importance)
+    channels, inputs, transposed = layout
+    usable = None
+    if importance is not None and len(importance) == inputs:
+        usable = np.ascontiguousarray(importance, dtype=np.float64)
+    kept = len(flat) if keep is None else int(np.count_nonzero(keep))
+    order = _native.largest_magnitudes(flat, keep, max(int(round(f * kept)) for f in fractions))
+    ordered = codebook_math.sort_values(flat if keep is None else flat[keep], overwrite_input=keep is not None)
+    no_outliers = np.zeros(0, np.int64), np.zeros(0, np.float32)
+    norms = _native.channel_errors(reference, None, np.zeros(1, np.float32), *no_outliers, channels, inputs, transposed, usable)
+    live = live_channels(norms)
+    pruned = len(flat) - kept
+
+    def measure(count, start):
+        chosen = order[:count]
+        positions = np.sort(chosen)
+        negative = int(np.count_nonzero(np.signbit(flat[chosen])))
+        fit = ordered[negative:kept - (count - negative)]  # the kept values without the outliers, sorted
         exclude = None
-        if count:
+        if count and init == "linear" and start is None:  # the linear start samples the fit values in tensor order
             exclude = np.zeros(len(flat), dtype=bool)
             exclude[positions] = True
-        codebook, indices = codebook_math.quantize(values, keep, bits, init, seed, exclude, start)
-        start = codebook if keep is None else codebook[1:]
+        codebook, indices = codebook_math.quantize(values, keep, bits, init, seed, exclude, start, ordered=fit)
         kept_values = stored_values(flat[positions])
-        decoded = codebook[indices]
-        decoded[positions] = kept_values
-        damage = damage_of(to_rows(decoded.reshape(values.shape)))
-        size = estimated_bytes(codebook, indices, positions, kept_values)
-        score = exponent * np.log(max(size, 1)) + (np.log(damage) if damage > 0 else -np.inf)
-        candidate = SharedWeight(codebook, indices, positions, kept_values, fraction, damage, size, float(score))
-        if best is None or score < best.score:
-            best = candidate
-        elif previous_score is not None and score > previous_score:
-            break
-        previous_score = score
-    return best
+        damage = 0.0
+        if live.any():
+            errors = _native.channel_errors(reference, indices, codebook, positions, kept_values, channels, inputs,
+                                            transposed, usable)
+            damage = worst_channel(errors, norms, live)
+        centroids = codebook if keep is None else codebook[1:]
+        if len(fit) == 0:
+            counts = np.array([len(flat) - count])
+        else:  # values up to each float threshold (codebook.assign's) take that centroid or a lower one
+            upper = np.searchsorted(fit, codebook_math.thresholds(centroids), side="right")
+            counts = np.diff(np.concatenate([[0], upper, [len(fit)]]))
+            if keep is not None:
+                counts = np.concatenate([[pruned], counts])
+        return codebook, indices, positions, kept_values, damage, _record_estimate(counts, len(flat), len(codebook),
+                                                                                   positions, kept_values)
+    return _search(fractions, option, kept, bits, keep is not None, measure)

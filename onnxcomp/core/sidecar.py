@@ -198,19 +198,22 @@ def encode_record(codebook: np.ndarray, indices: np.ndarray, dims: tuple[int, ..
     steps_type = coding_steps or (NumpyCoding if _native is None else NativeCoding)
     positions = np.zeros(0, np.int64) if outlier_positions is None else np.asarray(outlier_positions, np.int64)
     section = b""
+    sparse_coding = bool(codebook[0].view(np.uint32) == 0 and n)  # index 0 is the pruned, exact 0.0
     dense_indices = sparse_indices = indices
     if len(positions):
         section = outliers.encode_section(positions, outlier_values, n)
-        others = np.ones(n, dtype=bool)
-        others[positions] = False
-        dense_indices, sparse_indices = indices.copy(), indices.copy()
-        dense_indices[positions] = int(np.argmax(np.bincount(indices[others], minlength=k))) if others.any() else 0
-        sparse_indices[positions] = 0
+        # the most frequent index among the others (positions are unique: all counts minus the outliers' own)
+        others = steps_type(indices).counts(k, False) - np.bincount(indices[positions], minlength=k)
+        dense_indices = indices.copy()
+        dense_indices[positions] = int(np.argmax(others)) if len(positions) < n else 0
+        sparse_indices = dense_indices  # only dense coding is tried without a pruned zero
+        if sparse_coding:
+            sparse_indices = indices.copy()
+            sparse_indices[positions] = 0
     version = RECORD_VERSION_OUTLIERS if len(positions) else RECORD_VERSION
     header = _FIXED.pack(RECORD_MAGIC, version, FLOAT32, len(dims), bits, 0, 0, k, n)
     header += struct.pack(f"<{len(dims)}Q", *dims) + codebook.tobytes()
 
-    sparse_coding = bool(codebook[0].view(np.uint32) == 0 and n)  # index 0 is the pruned, exact 0.0
     sparse_steps = steps_type(sparse_indices)
     value_counts = sparse_steps.counts(k, sparse_coding)  # the gap histogram comes in the same pass
     dense_steps = sparse_steps if dense_indices is sparse_indices else steps_type(dense_indices)

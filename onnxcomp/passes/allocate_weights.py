@@ -12,11 +12,12 @@ again. ``limits`` (weight name -> relative L2 limit) replace L2_LIMIT per weight
 
 from __future__ import annotations
 
-from onnxcomp import progress
+from onnxcomp import parallel, progress
 from onnxcomp.core import allocation
 from onnxcomp.core import outliers as outlier_math
 
 from .base import CompressionState, GraphPass, PassResult, log
+from .select_weights import drop_non_finite, non_finite_reason
 
 
 class AllocateWeightsPass(GraphPass):
@@ -37,14 +38,32 @@ class AllocateWeightsPass(GraphPass):
 
     def run(self, state: CompressionState) -> PassResult:
         targets = [t for t in state.targets if t.bits_override is None and t.sparsity_override is None]
-        for target in progress.track(targets, "per-layer allocation"):
-            if target.name not in self.cache:
-                self.cache[target.name] = allocation.Allocator(
-                    target.original, sparsities=self.sparsities.get(target.kind, (0.0,)), outliers=self.outliers, seed=self.seed)
+
+        def measure(target):  # on a worker thread: weights are independent (each read once, sampled, fit)
+            allocator = self.cache.get(target.name)
+            if allocator is None:
+                values = target.original
+                if not target.checked:  # a streamed weight: this is its first read
+                    reason = non_finite_reason(values)
+                    if reason:
+                        return None, None, reason
+                    target.checked = True
+                allocator = allocation.Allocator(
+                    values, sparsities=self.sparsities.get(target.kind, (0.0,)), outliers=self.outliers, seed=self.seed)
+                del values
             limit = self.limits.get(target.name, allocation.L2_LIMIT)
-            choice = (self.cache[target.name].choose(self.scales.get(target.name, 1.0), 4.0 * target.size, l2_limit=limit)
+            choice = (allocator.choose(self.scales.get(target.name, 1.0), 4.0 * target.size, l2_limit=limit)
                       if limit > 0 else None)
-            if choice is None and limit <= 0:
+            return allocator, choice, None
+
+        measured = parallel.ordered_map(measure, targets)
+        for target, (allocator, choice, non_finite) in progress.track(zip(targets, measured), "per-layer allocation",
+                                                                      total=len(targets)):
+            if non_finite:
+                drop_non_finite(state, target, non_finite)
+                continue
+            self.cache[target.name] = allocator
+            if choice is None and self.limits.get(target.name, allocation.L2_LIMIT) <= 0:
                 state.targets.remove(target)
                 state.skipped.append((target.name, "kept dense by the model's error budget (its measured effect on the "
                                                    "output makes bits there cheaper than anywhere else)"))

@@ -62,12 +62,13 @@ def onnx_type(tensor: gs.Tensor) -> int | None:
         return None
 
 
-def as_float32(values: np.ndarray, element_type: int) -> np.ndarray:
-    """float32 copy of an array holding ``element_type`` values (bfloat16 arrives as its raw 16-bit words)."""
+def as_float32(values: np.ndarray, element_type: int, copy: bool = True) -> np.ndarray:
+    """float32 copy of an array holding ``element_type`` values (bfloat16 arrives as its raw 16-bit words); with
+    ``copy=False`` a float32 array the caller owns is returned as it is."""
     values = np.asarray(values)
     if element_type == onnx.TensorProto.BFLOAT16 and values.dtype.kind in "ui":
         return (values.astype(np.uint32) << 16).view(np.float32)
-    return values.astype(np.float32)
+    return values.astype(np.float32, copy=copy)
 
 
 def to_element_type(values: np.ndarray, element_type: int) -> np.ndarray:
@@ -85,8 +86,10 @@ def to_element_type(values: np.ndarray, element_type: int) -> np.ndarray:
 
 
 def float_values(constant: gs.Constant) -> np.ndarray:
-    """A float constant's values as float32 (float16 and bfloat16 widened exactly), not cached."""
-    return as_float32(read_values(constant), onnx_type(constant))
+    """A float constant's values as float32 (float16 and bfloat16 widened exactly), not cached: a fresh array the
+    caller may modify (a lazy constant's read is already one, so float32 data is not copied again)."""
+    fresh = isinstance(constant._values, LazyValues)
+    return as_float32(read_values(constant), onnx_type(constant), copy=not fresh)
 
 
 DOMAIN = "ai.onnxcomp"
@@ -124,6 +127,9 @@ class WeightTarget:
     # their float32 values as a reader gets them back.
     outlier_positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     outlier_values: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    # False while its values are not yet checked for NaN/Inf: a weight streamed from external data is checked by
+    # the first pass that reads it (select_weights.non_finite_reason), so it is not read just for the check.
+    checked: bool = True
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -22,6 +22,7 @@ from onnxcomp.errors import CalibrationError, InvalidOptionError
 from onnxcomp.core.recipes import LayerRule, rule_value
 
 from .base import CompressionState, GraphPass, PassResult, WeightTarget, log
+from .select_weights import drop_non_finite, non_finite_reason
 
 METHODS = ("none", "magnitude", "activation")
 SCORES = ("wanda", "tfidf", "obs")
@@ -100,6 +101,8 @@ class PruneWeightsPass(GraphPass):
         if self.threshold == "percentile" and (self.score_for(t.name) == "magnitude" or t.statistics is None):
             if self.score_for(t.name) != "magnitude":
                 log.info("%s: no activation statistics, scored by magnitude", t.name)
+            if self.sparsity_for(t) == 0:  # nothing pruned: the mask is known without reading the weight
+                return np.ones(t.shape, dtype=bool)
             return pruning.magnitude_keep_mask(t.values, self.sparsity_for(t))
         scores = self.scores(t)
         if self.threshold == "sensitivity":
@@ -130,6 +133,14 @@ class PruneWeightsPass(GraphPass):
             pruned = sum(t.size - int(t.keep.sum()) for t in targets)
             return PassResult(pruned > 0, f"pruned {pruned} weights in {len(targets)} tensors")
         scores = {t.name: self.scores(t) for t in targets}  # global: every layer's scores are ranked together
+        for target in [t for t in targets if not t.checked]:  # streamed, first read: NaN/Inf must not enter the ranking
+            reason = non_finite_reason(scores[target.name])  # (a magnitude is finite exactly when its weight is)
+            if reason:
+                drop_non_finite(state, target, reason)
+                targets.remove(target)
+                del scores[target.name]
+            else:
+                target.checked = True
         if self.threshold == "sensitivity":
             sigma = float(np.std(np.concatenate([s.ravel() for s in scores.values()])))
             masks = {name: s >= self.sensitivity * sigma for name, s in scores.items()}

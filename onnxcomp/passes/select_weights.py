@@ -27,8 +27,25 @@ import onnx_graphsurgeon as gs
 
 from onnxcomp.core.recipes import LayerRule, rule_value
 
-from .base import FLOAT_TYPES, CompressionState, GraphPass, PassResult, WeightTarget, float_values, log, onnx_type
+from .base import FLOAT_TYPES, CompressionState, ExternalValues, GraphPass, PassResult, WeightTarget, float_values, log, onnx_type
 from .names import all_graphs
+
+
+def non_finite_reason(values: np.ndarray) -> str | None:
+    """Why a weight holding NaN or Inf stays dense (None when every value is finite)."""
+    non_finite = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+    if not non_finite:
+        return None
+    return (f"holds {non_finite} NaN/Inf value{'s' if non_finite > 1 else ''}, which cannot be clustered; fix the "
+            "model if they are not intended")
+
+
+def drop_non_finite(state: CompressionState, target: WeightTarget, reason: str) -> None:
+    """Leave a weight found to hold NaN/Inf (``reason`` from non_finite_reason) dense: out of the targets, skipped."""
+    log.warning("left %s dense: %s", target.name, reason)
+    state.targets.remove(target)
+    state.skipped.append((target.name, reason))
+
 
 __all__ = ["SelectWeightsPass", "all_graphs", "final_consumers", "weight_kind", "CHAIN_OPS"]
 
@@ -170,13 +187,12 @@ class SelectWeightsPass(GraphPass):
             if not reason.startswith("-"):
                 self._skip(state, tensor, reason, log.info)
             return
-        values = float_values(tensor)  # read once here, not kept: the passes read it again when they need it
-        non_finite = int(np.size(values) - np.isfinite(values).sum())
-        del values
-        if non_finite:
-            self._skip(state, tensor, f"holds {non_finite} NaN/Inf value{'s' if non_finite > 1 else ''}, which cannot be "
-                                      "clustered; fix the model if they are not intended", log.warning)
-            return
+        streamed = isinstance(tensor._values, ExternalValues)  # checked by the first pass that reads it
+        if not streamed:
+            reason = non_finite_reason(float_values(tensor))  # read here, not kept: the passes read it when they need it
+            if reason:
+                self._skip(state, tensor, reason, log.warning)
+                return
         consumers = final_consumers(tensor)
         kind = weight_kind(consumers)
         log.debug("%s %s %s: compressed as %s (read by %s)", tensor.name, list(tensor.shape),
@@ -184,7 +200,7 @@ class SelectWeightsPass(GraphPass):
                   kind, describe(consumers))
         rank, is_float = len(tensor.shape), element_type == onnx.TensorProto.FLOAT
         routes = [fused_route(node, slot, rank, is_float, outputs) for node, slot in uses]
-        state.targets.append(WeightTarget(tensor.name, tensor, kind, uses, dtype=element_type, routes=routes))
+        state.targets.append(WeightTarget(tensor.name, tensor, kind, uses, dtype=element_type, routes=routes, checked=not streamed))
 
     @staticmethod
     def _skip(state: CompressionState, tensor: gs.Constant, reason: str, logger) -> None:

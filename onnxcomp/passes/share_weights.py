@@ -32,6 +32,7 @@ from onnxcomp.errors import InvalidOptionError
 from onnxcomp.core.recipes import LayerRule, rule_value
 
 from .base import CompressionState, GraphPass, PassResult, log, to_element_type
+from .select_weights import drop_non_finite, non_finite_reason
 
 
 ROUNDINGS = ("obs", "nearest")
@@ -77,12 +78,18 @@ class ShareWeightsPass(GraphPass):
         if no_outliers and targets:
             log.info("no outliers: the model's opset %d has no ScatterElements/CumSum (needs %d) for the portable format",
                      opset, self.outliers_opset)
-        def share(target) -> None:
+        def share(target) -> str | None:
+            values = target.values
+            if not target.checked:  # a streamed weight no earlier pass read: its one read is here
+                reason = non_finite_reason(values)
+                if reason:
+                    return reason
+                target.checked = True
             target.bits = self.bits_for(target)
             layout = target.layer_input.layout if target.layer_input is not None else None
             statistics = target.statistics
             shared = outlier_math.share(
-                target.values, target.keep, target.bits, option=0.0 if no_outliers else self.outliers_for(target),
+                values, target.keep, target.bits, option=0.0 if no_outliers else self.outliers_for(target),
                 init=self.init, seed=self.seed,
                 rows=output_rows(target), importance=None if statistics is None else statistics.sum_squares)
             target.codebook, target.indices = shared.codebook, shared.indices
@@ -93,15 +100,19 @@ class ShareWeightsPass(GraphPass):
             # its type, so every path (decode + Cast, a fused kernel after Cast, the portable lookup) computes the same.
             target.codebook = to_element_type(target.codebook, target.dtype)
             target.outlier_values = to_element_type(target.outlier_values, target.dtype)
+            del values
             if self.encode is not None:
                 self.encode(target)
+            return None
 
         # Weights are independent: without calibration each is shared (and encoded) on its own thread, results
         # taken in order, so the output is the same as one thread's. The calibrated path stays on one thread
         # (its refits already use BLAS threads, and hold a layer's Gram matrix each).
         workers = 1 if self.refit_codebook else None
-        for _ in progress.track(parallel.ordered_map(share, targets, workers), "k-means codebooks", total=len(targets)):
-            pass
+        shared = parallel.ordered_map(share, targets, workers)
+        for target, non_finite in progress.track(zip(targets, shared), "k-means codebooks", total=len(targets)):
+            if non_finite:
+                drop_non_finite(state, target, non_finite)
         return PassResult(bool(targets), f"shared {len(targets)} tensors")
 
     def _refit(self, target, layout: str, statistics) -> None:

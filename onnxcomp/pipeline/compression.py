@@ -325,7 +325,7 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
         budget = BUDGET
         for round_ in range(BACKOFF_ROUNDS + 2):
             extra = {"allocation_limits": limits, "allocation_cache": cache} if allocation == "proxy" else {}
-            report = _compress_once(input_path, staged, calib, allocation=allocation, **extra, **options)
+            report = _compress_once(input_path, staged, calib, loaded=graph_only, allocation=allocation, **extra, **options)
             result = None
             budget_round = allocation == "proxy" and report.layers and gains is None
             if measure and not budget_round:  # round 0 of the proxy is only the start of the budget allocation
@@ -438,11 +438,18 @@ def _remove_companions(staged: str) -> None:
             os.remove(leftover)
 
 
-def _compress_once(input_path: str, output_path: str, calib: dict | None, **options) -> Report:
-    """One compression of ``input_path`` written to ``output_path`` (a staging path) and its report."""
+def _compress_once(input_path: str, output_path: str, calib: dict | None, loaded: onnx.ModelProto | None = None,
+                   **options) -> Report:
+    """One compression of ``input_path`` written to ``output_path`` (a staging path) and its report. ``loaded``: the
+    input as model_io.load_model(input_path, external_data=False) gave it (read and checked once per compress;
+    the passes work on a copy)."""
     # Without calibration no pass runs the model, so its external data is read one weight at a time.
     stream = calib is None
-    model = model_io.load_model(input_path, external_data=not stream)
+    if stream and loaded is not None:
+        model = onnx.ModelProto()
+        model.CopyFrom(loaded)
+    else:
+        model = model_io.load_model(input_path, external_data=not stream)
     if calib is not None:
         options["calib"] = calib
     source_folder = os.path.dirname(os.path.abspath(input_path))
