@@ -6,7 +6,11 @@ kernel only (ONNXCOMP_GEMM_ROWS=0) and CodebookMatMul decoding W for the run and
 (ONNXCOMP_GEMM_ROWS=1). Prints medians (ms) and the ratios to dense: of the process CPU time per run with one
 thread (robust to other jobs on a shared machine), of wall time with more. Command in docs/benchmarks.md.
 
-    python bench/matmul_rows.py [--threads 1] [--repeats 15]
+    python bench/matmul_rows.py [--threads 1] [--repeats 15] [--bits 4] [--shapes 1024x8210,...] [--rows 1,22,...]
+
+``--bits`` sets the codebook (2**bits entries: 4 bits take the AVX2 permute of 16 entries, 5 and 6 bits the
+permute-and-blend tree of 32 and 64, more a gather). A fourth column times CodebookMatMul with ``decode_once=1``
+(W decoded once, by the first run, then onnxruntime's MatMul in every run: docs/ops.md).
 """
 
 from __future__ import annotations
@@ -26,14 +30,15 @@ SHAPES = [(257, 64), (512, 214), (384, 1536), (1536, 384), (768, 768)]
 ROWS = [1, 8, 16, 32, 64, 128, 512, 2048]
 
 
-def model(k: int, n: int, fused: bool, rng: np.random.Generator) -> bytes:
-    codebook = np.sort(rng.standard_normal(16)).astype(np.float32)
-    indices = rng.integers(0, 16, (k, n))
+def model(k: int, n: int, fused: bool, rng: np.random.Generator, bits: int = 4, decode_once: bool = False) -> bytes:
+    codebook = np.sort(rng.standard_normal(1 << bits)).astype(np.float32)
+    indices = rng.integers(0, 1 << bits, (k, n))
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", k])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", n])
     if fused:
-        record = numpy_helper.from_array(np.frombuffer(encode_record(codebook, indices, (k, n), 4), np.uint8), "r")
-        node = helper.make_node("CodebookMatMul", ["x", "r"], ["y"], domain=onnxcomp.runtime.DOMAIN)
+        record = numpy_helper.from_array(np.frombuffer(encode_record(codebook, indices, (k, n), bits), np.uint8), "r")
+        node = helper.make_node("CodebookMatMul", ["x", "r"], ["y"], domain=onnxcomp.runtime.DOMAIN,
+                                **({"decode_once": 1} if decode_once else {}))
         graph = helper.make_graph([node], "m", [x], [y], [record])
     else:
         graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "m", [x], [y],
@@ -61,17 +66,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="intra_op_num_threads (0: onnxruntime's default)")
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--bits", type=int, default=4, help="index bits of the codebook (2**bits entries)")
+    parser.add_argument("--shapes", help="K x N weights, e.g. 1024x8210,384x1536 (default: the built-in list)")
+    parser.add_argument("--rows", help="row counts M, e.g. 1,22,49 (default: the built-in list)")
     args = parser.parse_args()
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")] if args.shapes else SHAPES
+    rows = [int(v) for v in args.rows.split(",")] if args.rows else ROWS
     rng = np.random.default_rng(0)
     clock = time.process_time if args.threads == 1 else time.perf_counter
     print(f"threads={args.threads} repeats={args.repeats}; medians of {'CPU' if args.threads == 1 else 'wall'} time in ms; "
           "ratio = time / dense MatMul")
-    print(f"{'K x N':>11} {'M':>5} {'dense':>9} {'fused':>9} {'gemm':>9} {'fused/dense':>11} {'gemm/dense':>10}")
-    for k, n in SHAPES:
-        sessions = {"dense": session(model(k, n, False, np.random.default_rng(k)), args.threads, None),
-                    "fused": session(model(k, n, True, np.random.default_rng(k)), args.threads, "0"),
-                    "gemm": session(model(k, n, True, np.random.default_rng(k)), args.threads, "1")}
-        for m in ROWS:
+    print(f"bits={args.bits}")
+    print(f"{'K x N':>11} {'M':>5} {'dense':>9} {'fused':>9} {'gemm':>9} {'once':>9} {'fused/dense':>11} "
+          f"{'gemm/dense':>10} {'once/dense':>10}")
+    for k, n in shapes:
+        make = lambda fused, once=False: model(k, n, fused, np.random.default_rng(k), args.bits, once)  # noqa: E731
+        sessions = {"dense": session(make(False), args.threads, None), "fused": session(make(True), args.threads, "0"),
+                    "gemm": session(make(True), args.threads, "1"), "once": session(make(True, True), args.threads, None)}
+        for m in rows:
             x = rng.standard_normal((m, k)).astype(np.float32)
             times = {name: [] for name in sessions}
             for s in sessions.values():
@@ -82,8 +94,8 @@ def main() -> None:
                     s.run(None, {"x": x})
                     times[name].append(clock() - start)
             med = {name: 1e3 * float(np.median(t)) for name, t in times.items()}
-            print(f"{k:>5} x {n:<5} {m:>5} {med['dense']:9.3f} {med['fused']:9.3f} {med['gemm']:9.3f} "
-                  f"{med['fused'] / med['dense']:11.2f} {med['gemm'] / med['dense']:10.2f}")
+            print(f"{k:>5} x {n:<5} {m:>5} {med['dense']:9.3f} {med['fused']:9.3f} {med['gemm']:9.3f} {med['once']:9.3f} "
+                  f"{med['fused'] / med['dense']:11.2f} {med['gemm'] / med['dense']:10.2f} {med['once'] / med['dense']:10.2f}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ options and measured on real data against tolerances declared in bench/zoo/ befo
 
     python bench/zoo.py prepare [--models a,b] [--force]
     python bench/zoo.py run --name defaults [--models a,b] [--timeout S] [--no-write] -- [onnxcomp compress options]
-    python bench/zoo.py speed --name defaults [--models a,b] [--repeats N] [--no-write]
+    python bench/zoo.py speed --name defaults [--models a,b] [--repeats N] [--threads T] [--no-write]
     python bench/zoo.py list
 
 `run` compresses each model by calling the installed `onnxcomp` CLI in a subprocess (options after `--`;
@@ -368,15 +368,20 @@ def cmd_run(args, options: list[str]) -> None:
 
 # ------------------------------------------------------------------------------------------------------ speed
 
-def speed_child(name: str, original: str, compressed: str, repeats: int, out: str) -> None:
+def speed_child(name: str, original: str, compressed: str, repeats: int, out: str, threads: int = 0) -> None:
     import onnxruntime
 
     import onnxcomp
 
+    def options():
+        opts = onnxruntime.SessionOptions()
+        opts.intra_op_num_threads = threads  # 0: onnxruntime's default
+        return opts
+
     model = zoo.BY_NAME[name]
     data = load_data(model)
-    make = {"original": lambda: onnxruntime.InferenceSession(original, providers=["CPUExecutionProvider"]),
-            "compressed": lambda: onnxcomp.InferenceSession(compressed)}
+    make = {"original": lambda: onnxruntime.InferenceSession(original, options(), providers=["CPUExecutionProvider"]),
+            "compressed": lambda: onnxcomp.InferenceSession(compressed, options())}
     creation = {k: [] for k in make}
     for _ in range(3):
         for kind, factory in make.items():
@@ -396,12 +401,15 @@ def speed_child(name: str, original: str, compressed: str, repeats: int, out: st
         # at least `repeats` runs, more (up to 200) for fast models: about 2 s of runs per model and batch
         count = int(min(200, max(repeats, 2.0 / max(max(t[0] for t in times.values()), 1e-6))))
         times = {k: [] for k in sessions}
+        cpu = {k: [] for k in sessions}
         for _ in range(count):
             for kind, session in sessions.items():
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 session.run(None, feeds)
                 times[kind].append(time.perf_counter() - start)
+                cpu[kind].append(time.process_time() - start_cpu)
         result["latency"][batch] = {k: float(np.median(v)) for k, v in times.items()}
+        result.setdefault("cpu", {})[batch] = {k: float(np.median(v)) for k, v in cpu.items()}
     Path(out).write_text(json.dumps(result))
 
 
@@ -440,7 +448,8 @@ def cmd_speed(args) -> None:
         print(f"{model.name}: timing ...", flush=True)
         try:
             subprocess.run([sys.executable, __file__, "_speed", model.name, str(model.onnx_path), str(compressed),
-                            str(args.repeats), str(out)], check=True, capture_output=True, text=True, timeout=args.timeout)
+                            str(args.repeats), str(out), str(args.threads)], check=True, capture_output=True, text=True,
+                           timeout=args.timeout)
             speed = json.loads(out.read_text())
             feed_file = folder / f"{model.name}.feed1.npz"
             np.savez(feed_file, **model.feeds(load_data(model), 1))
@@ -453,7 +462,9 @@ def cmd_speed(args) -> None:
         except subprocess.TimeoutExpired:
             lines.append(f"| {model.name} | - | timed out | | | | | | | |")
             continue
-        lat = {int(k): v for k, v in speed["latency"].items()}
+        # One onnxruntime thread: the ratios are of process CPU time (the run's own work, robust to other jobs on a
+        # shared machine); otherwise of wall time.
+        lat = {int(k): v for k, v in speed["cpu" if args.threads == 1 else "latency"].items()}
         natural = max(lat)
         r1 = lat[1]["compressed"] / lat[1]["original"]
         rn = lat[natural]["compressed"] / lat[natural]["original"]
@@ -469,7 +480,10 @@ def cmd_speed(args) -> None:
     rows_file = folder / "rows.json"
     commit = json.loads(rows_file.read_text()).get("commit", "unknown") if rows_file.exists() else "unknown"
     text = (f"### Real-model zoo speed: run `{args.name}`\n\n{datetime.date.today().isoformat()}, outputs of run "
-            f"`{args.name}` (onnxcomp commit {commit}), onnxruntime {ort_version()}, default onnxruntime threads. Latency: median of "
+            f"`{args.name}` (onnxcomp commit {commit}), onnxruntime {ort_version()}, "
+            + ("one onnxruntime thread (intra_op_num_threads 1); times are process CPU time per run. "
+               if args.threads == 1 else f"onnxruntime threads {args.threads or 'default'}; times are wall time. ")
+            + f"Latency: median of "
             f"at least {args.repeats} runs (up to 200, about 2 s per model and batch) after one warm-up, original and compressed alternating in one process, at batch 1 "
             "and at the batch the model's own package runs (the whole evaluation set for magika). Session creation: "
             "median of 3, alternating. Peak RSS: VmHWM of a fresh process that creates the session and runs batch 1, "
@@ -499,7 +513,7 @@ def main() -> None:
         elif command == "_int8":
             make_int8(zoo.BY_NAME[rest[0]])
         elif command == "_speed":
-            speed_child(rest[0], rest[1], rest[2], int(rest[3]), rest[4])
+            speed_child(rest[0], rest[1], rest[2], int(rest[3]), rest[4], int(rest[5]))
         elif command == "_rss":
             rss_child(*rest)
         return
@@ -521,6 +535,8 @@ def main() -> None:
     s.add_argument("--name", required=True)
     s.add_argument("--models")
     s.add_argument("--repeats", type=int, default=10)
+    s.add_argument("--threads", type=int, default=0,
+                   help="onnxruntime intra-op threads (0: its default); 1 reports process CPU time, robust to load")
     s.add_argument("--timeout", type=float, default=1800)
     s.add_argument("--no-write", action="store_true")
     sub.add_parser("list", help="the models, packages, data and tolerances")

@@ -11,6 +11,8 @@ differently, so across the two paths results agree to that bound, not bit for bi
 
 from __future__ import annotations
 
+import platform
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -41,7 +43,8 @@ CASES = [
     ((1, 4, 5, 6, 7), (6, 2, 3, 3, 3), dict(group=2, strides=[1, 2, 1])),
     ((2, 3, 4, 5, 6), (5, 3, 1, 2, 2), dict(pads=[0, 1, 1, 0, 0, 1], dilations=[1, 1, 2])),
 ]
-ACTIVATIONS = {"Relu": [], "Clip": [0.0, 6.0], "HardSigmoid": [0.2, 0.5], "LeakyRelu": [0.1], "Sigmoid": [], "Tanh": []}
+ACTIVATIONS = {"Relu": [], "Clip": [0.0, 6.0], "HardSigmoid": [0.2, 0.5], "LeakyRelu": [0.1], "Sigmoid": [], "Tanh": [],
+               "HardSwish": []}
 
 
 def random_weight(rng, shape, bits):
@@ -245,8 +248,8 @@ def test_codebook_conv_errors_name_the_node():
 # ---- the pass: Conv (+ BatchNormalization + activation) -> CodebookConv ----------------------------------------
 
 def mobile_block(rng) -> onnx.ModelProto:
-    """Conv -> BatchNormalization -> Clip(0, 6), depthwise Conv (bias) -> Relu, 1x1 Conv -> HardSigmoid, and a Conv
-    whose output is also a graph output (nothing fused after it)."""
+    """Conv -> BatchNormalization -> Clip(0, 6), depthwise Conv (bias) -> Relu, 1x1 Conv -> HardSigmoid, a Conv
+    whose output is also a graph output (nothing fused after it) and a 1x1 Conv -> HardSwish."""
     nodes = [
         helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], strides=[2, 2], name="conv1"),
         helper.make_node("BatchNormalization", ["c1", "gamma", "beta", "mean", "var"], ["n1"], epsilon=1e-3),
@@ -256,15 +259,18 @@ def mobile_block(rng) -> onnx.ModelProto:
         helper.make_node("Conv", ["a2", "w3"], ["c3"], name="conv3"),
         helper.make_node("HardSigmoid", ["c3"], ["y"], alpha=0.25, beta=0.4),
         helper.make_node("Conv", ["a2", "w4"], ["side"], auto_pad="SAME_UPPER", name="conv4"),
+        helper.make_node("Conv", ["a2", "w5"], ["c5"], name="conv5"),
+        helper.make_node("HardSwish", ["c5"], ["swish"]),
     ]
     inits = [weight(rng, "w1", (16, 3, 3, 3), 0.3), numpy_helper.from_array((rng.random(16) + 0.5).astype(np.float32), "gamma"),
              weight(rng, "beta", (16,)), weight(rng, "mean", (16,), 0.1),
              numpy_helper.from_array((rng.random(16) + 0.2).astype(np.float32), "var"),
              numpy_helper.from_array(np.float32(0.0), "lo"), numpy_helper.from_array(np.float32(6.0), "hi"),
              weight(rng, "w2", (16, 1, 3, 3), 0.5), weight(rng, "b2", (16,)), weight(rng, "w3", (24, 16, 1, 1), 0.3),
-             weight(rng, "w4", (8, 16, 3, 3), 0.2)]
+             weight(rng, "w4", (8, 16, 3, 3), 0.2), weight(rng, "w5", (16, 16, 1, 1), 0.3)]
     return make_model(nodes, [float_input("x", ["n", 3, 16, 16])],
-                      [float_input("y", ["n", 24, 8, 8]), float_input("side", ["n", 8, 8, 8])], inits)
+                      [float_input("y", ["n", 24, 8, 8]), float_input("side", ["n", 8, 8, 8]),
+                       float_input("swish", ["n", 16, 8, 8])], inits)
 
 
 def test_pass_fuses_batch_norm_and_activations_into_codebook_conv(tmp_path):
@@ -277,8 +283,8 @@ def test_pass_fuses_batch_norm_and_activations_into_codebook_conv(tmp_path):
     onnxcomp.compress(source, out, bits=5, min_elements=100)
     compressed = onnx.load(out, load_external_data=False)
     ops = [(n.domain, n.op_type) for n in compressed.graph.node]
-    assert ops.count((onnxcomp.DOMAIN, "CodebookConv")) == 4
-    assert not {"BatchNormalization", "Clip", "Relu", "HardSigmoid", "Conv"} & {op for _, op in ops}
+    assert ops.count((onnxcomp.DOMAIN, "CodebookConv")) == 5
+    assert not {"BatchNormalization", "Clip", "Relu", "HardSigmoid", "HardSwish", "Conv"} & {op for _, op in ops}
     by_name = {n.name: n for n in compressed.graph.node}
     attrs = {name: {a.name: helper.get_attribute_value(a) for a in by_name[name].attribute} for name in by_name}
     assert attrs["conv1"]["activation"] == b"Clip" and attrs["conv1"]["activation_params"] == [0.0, 6.0]
@@ -286,14 +292,23 @@ def test_pass_fuses_batch_norm_and_activations_into_codebook_conv(tmp_path):
     assert attrs["conv2"]["activation"] == b"Relu" and attrs["conv2"]["group"] == 16
     assert attrs["conv3"]["activation"] == b"HardSigmoid" and attrs["conv3"]["activation_params"] == pytest.approx([0.25, 0.4])
     assert "activation" not in attrs["conv4"] and attrs["conv4"]["auto_pad"] == b"SAME_UPPER"
+    assert attrs["conv5"]["activation"] == b"HardSwish" and "activation_params" not in attrs["conv5"]
+    # NCHWc layout kept between CodebookConv nodes: conv1 -> conv2 (16 channels) and conv2 -> conv3/4/5; conv3's
+    # 24 output channels are no multiple of 16 and conv4/conv5 write graph outputs.
+    layout = {name: (a.get("nchwc_input", 0), a.get("nchwc_output", 0)) for name, a in attrs.items() if name.startswith("conv")}
+    assert layout == {"conv1": (0, 1), "conv2": (1, 1), "conv3": (1, 0), "conv4": (1, 0), "conv5": (1, 0)}
 
     x = rng.standard_normal((2, 3, 16, 16)).astype(np.float32)
     got = run_compressed(out, {"x": x})
+    # Without NCHWc kernels (ONNXCOMP_CONV=ort) the layout attributes are no-ops: the same function, NCHW throughout.
+    plain_path = session_with_env(onnx.load(out), {"ONNXCOMP_CONV": "ort"}).run(None, {"x": x})
+    for g, p in zip(got, plain_path):
+        np.testing.assert_allclose(g, p, rtol=1e-5, atol=1e-5 * float(np.abs(p).max()))
     # Decompressed: standard ops only, and the same function (BatchNormalization stays folded into the weight).
     onnxcomp.decompress(out, dense)
     plain = onnx.load(dense)
     assert all(n.domain in ("", "ai.onnx") for n in plain.graph.node)
-    assert {n.op_type for n in plain.graph.node} == {"Conv", "Clip", "Relu", "HardSigmoid"}
+    assert {n.op_type for n in plain.graph.node} == {"Conv", "Clip", "Relu", "HardSigmoid", "HardSwish"}
     for g, d in zip(got, run_plain(plain, {"x": x})):
         np.testing.assert_allclose(g, d, rtol=1e-5, atol=1e-5 * float(np.abs(d).max()))
     # Against the original: 5-bit codebooks (about 3 % relative error per weight) through three layers.
@@ -303,8 +318,21 @@ def test_pass_fuses_batch_norm_and_activations_into_codebook_conv(tmp_path):
     kinds = {w.name: (w.op, w.kind) for w in onnxcomp.inspect(out).weights}
     assert kinds["w1"] == ("CodebookConv", "conv") and kinds["w3"] == ("CodebookConv", "conv")
     result = onnxcomp.verify(source, out, samples=4, per_layer=True)
-    assert {layer.name for layer in result.layers} == {"w1", "w2", "w3", "w4"}
+    assert {layer.name for layer in result.layers} == {"w1", "w2", "w3", "w4", "w5"}
     assert result.min_cosine > 0.99
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="NCHWc convolutions run on x86-64 only")
+def test_nchwc_layout_attributes_on_a_layer_that_cannot_take_them_fail_session_creation():
+    """A record-level guard: nchwc_input on a layer whose channels miss the blocks is refused with a clear error
+    (the pass never emits it), where this CPU runs NCHWc convolutions."""
+    x_shape, w_shape, attrs = CASES[7]  # 7 input channels, 9 output channels
+    rng = np.random.default_rng(2)
+    codebook, indices, _ = random_weight(rng, w_shape, 4)
+    model = codebook_conv_model(encode_record(codebook, indices, w_shape, 4), dict(attrs, nchwc_input=1))
+    session_output(model, rng.standard_normal(x_shape).astype(np.float32), {"ONNXCOMP_CONV": "ort"})  # no-op there
+    with pytest.raises(Exception, match=r"nchwc_input/nchwc_output set on a layer that cannot run"):
+        session_output(model, rng.standard_normal(x_shape).astype(np.float32))
 
 
 def test_pass_leaves_a_shared_batch_norm_input_alone(tmp_path):

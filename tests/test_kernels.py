@@ -82,7 +82,7 @@ SHAPES = [  # (M, K, N): odd sizes, K and N not multiples of 8/16/64, a partial 
 ]
 
 
-@pytest.mark.parametrize("bits", [3, 4, 5, 8, 10])
+@pytest.mark.parametrize("bits", [3, 4, 5, 6, 8, 10])  # 5, 6: AVX2 permute lookups of 17..64 entries
 @pytest.mark.parametrize("m,k,n", SHAPES)
 def test_codebook_matmul_every_isa_against_numpy(m, k, n, bits):
     rng = np.random.default_rng(1000 * m + 10 * k + n + bits)
@@ -112,7 +112,7 @@ def test_codebook_matmul_threads_and_batch_dims(isa, monkeypatch):
     codebook, indices = random_layer(rng, k, n, 4)
     bias = rng.standard_normal(n).astype(np.float32)
     model = matmul_model(encode_record(codebook, indices, (k, n), 4), k, n, True, bias, batch_shape=("A", "B"))
-    for shape in [(1, 1), (2, 9), (3, 50)]:
+    for shape in [(1, 1), (2, 9), (3, 50), (7, 61)]:  # 427 rows: three row tasks of 144
         x = rng.standard_normal((*shape, k)).astype(np.float32)
         one = run_with_isa(model, {"x": x}, isa, threads=1)
         two = run_with_isa(model, {"x": x}, isa, threads=2)
@@ -288,3 +288,76 @@ def test_decode_and_gather_outliers_exact(bits, fraction):
     np.testing.assert_array_equal(w, reference)
     np.testing.assert_array_equal(g, reference[rows])
     assert not np.array_equal(w, codebook[indices])
+
+
+# ---- Decode-once working forms (attribute decode_once = 1) --------------------------------------------------
+
+def ort_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """onnxruntime's own MatMul of x by w, both inputs of the graph (so not prepacked: what the kernel invokes)."""
+    import onnxruntime as ort
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "dense",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape)),
+                               helper.make_tensor_value_info("w", TensorProto.FLOAT, list(w.shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x, "w": w})[0]
+
+
+@pytest.mark.parametrize("m,k,n,bits,fraction", [(1, 7, 13, 3, 0.0), (1, 100, 129, 5, 0.01), (13, 17, 67, 4, 0.02),
+                                                  (49, 384, 96, 6, 0.005), (600, 33, 65, 8, 0.0)])
+def test_codebook_matmul_decode_once(m, k, n, bits, fraction):
+    """decode_once = 1: W decoded once (outliers included) and multiplied by onnxruntime's MatMul in every run: the
+    same bits as onnxruntime's MatMul on the numpy decoder's dense W, plus the bias, under every instruction-set cap."""
+    rng = np.random.default_rng(m + k + n + bits)
+    codebook, indices = random_layer(rng, k, n, bits)
+    positions, values = with_outliers(rng, (k, n), fraction) if fraction else (None, None)
+    record = encode_record(codebook, indices, (k, n), bits, positions, values)
+    bias = rng.standard_normal(n).astype(np.float32) if n % 2 else None
+    model = matmul_model(record, k, n, bias is not None, bias)
+    model.graph.node[0].attribute.append(helper.make_attribute("decode_once", 1))
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    dense = decode_record(record).to_dense().astype(np.float32)
+    want = ort_matmul(x, dense)
+    if bias is not None:
+        want = want + bias  # the kernel adds the bias after the product, in float32, as here
+    outputs = [run_with_isa(model, {"x": x}, isa) for isa in ISAS if isa_available(isa)]
+    for y in outputs:
+        np.testing.assert_array_equal(y, want)
+    check_against_reference(outputs[0], x, dense, bias)
+    session = session_with_env(model, None)
+    for _ in range(2):  # the working copy is not consumed by a run
+        np.testing.assert_array_equal(session.run(None, {"x": x})[0], want)
+
+
+@pytest.mark.parametrize("bits,fraction", [(1, 0.0), (4, 0.05), (9, 0.01)])
+def test_codebook_decode_decode_once(bits, fraction):
+    """decode_once = 1: CodebookDecode copies out a tensor decoded at session creation, bit-identical to the numpy
+    decoder, in every run; a record that is a graph input (not constant) is decoded in each run instead."""
+    import onnxruntime as ort
+    rng = np.random.default_rng(40 + bits)
+    shape = (2, 37, 11)
+    size = min(1 << bits, 3000)
+    codebook = rng.standard_normal(size).astype(np.float32)
+    indices = rng.integers(0, size, shape)
+    positions, values = with_outliers(rng, shape, fraction) if fraction else (None, None)
+    data = encode_record(codebook, indices, shape, bits, positions, values)
+    reference = decode_record(data).to_dense()
+    node = helper.make_node("CodebookDecode", ["r"], ["w"], domain=onnxcomp.runtime.DOMAIN, decode_once=1)
+    initializer = numpy_helper.from_array(np.frombuffer(data, np.uint8), "r")
+    for as_input in (False, True):
+        inputs = [helper.make_tensor_value_info("r", TensorProto.UINT8, [len(data)])] if as_input else []
+        graph = helper.make_graph([node], "decode", inputs, [helper.make_tensor_value_info("w", TensorProto.FLOAT, None)],
+                                  [initializer])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(onnxcomp.runtime.DOMAIN, 1)])
+        model.ir_version = 8
+        session = ort.InferenceSession(model.SerializeToString(), onnxcomp.runtime.session_options(),
+                                       providers=["CPUExecutionProvider"])
+        feeds = {"r": np.frombuffer(data, np.uint8)} if as_input else {}
+        for _ in range(2):
+            w = session.run(None, feeds)[0]
+            np.testing.assert_array_equal(w, reference)
+            w[...] = 0.0  # a caller writing into its result never reaches the working copy

@@ -26,7 +26,7 @@ std::string ConvRecord(const DecodedRecord& record) {
 
 bool IsKnownActivation(const std::string& name) {
   return name == "Relu" || name == "Tanh" || name == "Sigmoid" || name == "LeakyRelu" || name == "Clip" ||
-         name == "HardSigmoid";
+         name == "HardSigmoid" || name == "HardSwish";
 }
 
 // The channel block of onnxruntime's NCHWc kernels on this CPU (MLAS: 16 with AVX-512F, else 8 on x86-64), or
@@ -79,14 +79,6 @@ void DenseWeight(const DecodedRecord& record, const std::vector<float>& scale, s
   }
 }
 
-// Reads an optional attribute; absent leaves `value` as it is.
-template <typename T>
-void OptionalAttribute(const Ort::ConstKernelInfo& info, const char* name, T* value) {
-  try {
-    *value = info.GetAttribute<T>(name);
-  } catch (const Ort::Exception&) {
-  }
-}
 template <typename T>
 void OptionalAttributes(const Ort::ConstKernelInfo& info, const char* name, std::vector<T>* value) {
   try {
@@ -133,12 +125,14 @@ OrtStatus* CodebookConvKernel::ReadAttributes(const Ort::ConstKernelInfo& info) 
   OptionalAttributes(info, "pads", &a.pads);
   OptionalAttributes(info, "strides", &a.strides);
   OptionalAttributes(info, "activation_params", &a.activation_params);
+  OptionalAttribute(info, "nchwc_input", &a.nchwc_input);
+  OptionalAttribute(info, "nchwc_output", &a.nchwc_output);
   if (a.auto_pad != "NOTSET" && a.auto_pad != "VALID" && a.auto_pad != "SAME_UPPER" && a.auto_pad != "SAME_LOWER") {
     return Error("auto_pad '" + a.auto_pad + "' is not NOTSET, VALID, SAME_UPPER or SAME_LOWER");
   }
   if (a.group < 1) return Error("group must be >= 1, got " + std::to_string(a.group));
   if (!a.activation.empty() && !IsKnownActivation(a.activation)) {
-    return Error("activation '" + a.activation + "' is not Relu, Tanh, Sigmoid, LeakyRelu, Clip or HardSigmoid");
+    return Error("activation '" + a.activation + "' is not Relu, Tanh, Sigmoid, LeakyRelu, Clip, HardSigmoid or HardSwish");
   }
   return nullptr;
 }
@@ -257,7 +251,11 @@ OrtStatus* CodebookConvKernel::Init(const OrtKernelInfo* info) {
     Ort::ConstKernelInfo kernel_info(info);
     if (OrtStatus* status = ReadAttributes(kernel_info)) return status;
     std::unique_ptr<const DecodedRecord> record = TakeConstant();
+    const bool blocked_edges = attributes_.nchwc_input == 1 || attributes_.nchwc_output == 1;
     if (!record) {
+      if (blocked_edges && NchwcBlockSize() > 1) {
+        return Error("nchwc_input and nchwc_output need a constant record input");
+      }
       // The record is not a constant: every run decodes it and runs onnxruntime's Conv (kOrt) on the result.
       if (kernel_info.GetInputCount() > 3 && !kernel_info.GetInputName(3).empty()) {
         return Error("the scale input needs a constant record input");
@@ -302,6 +300,16 @@ OrtStatus* CodebookConvKernel::Init(const OrtKernelInfo* info) {
         blocked_input = false;
       } else if (i_count % block != 0) {
         nchwc = false;
+      }
+    }
+    if (blocked_edges && block > 1) {
+      // The pass marks only layers that take the NCHWc path under every block size (channel counts multiples
+      // of 16); anything else cannot read or write the blocked layout.
+      const bool input_ok = attributes_.nchwc_input != 1 || (nchwc && (blocked_input || a.group > 1));
+      if (!nchwc || !input_ok || (attributes_.nchwc_output == 1 && o_count % block != 0)) {
+        return Error("nchwc_input/nchwc_output set on a layer that cannot run onnxruntime's NCHWc convolution "
+                     "with blocked input and output (weight dims " + ShapeToString(weight_dims_) + ", group " +
+                     std::to_string(a.group) + ", channel block " + std::to_string(block) + ")");
       }
     }
     if (nchwc) {
@@ -392,7 +400,7 @@ OrtStatus* CodebookConvKernel::ComputeV2(OrtKernelContext* raw_context) noexcept
     OrtAllocator* allocator = context.GetAllocator(*memory.GetConst());
     Ort::Value blocked_x{nullptr};
     const OrtValue* conv_input = x;
-    if (reorder_input_) {
+    if (reorder_input_ && attributes_.nchwc_input != 1) {
       std::vector<int64_t> shape = x_shape;
       shape[1] = RoundUp(shape[1], block_);
       blocked_x = Ort::Value::CreateTensor<float>(allocator, shape.data(), shape.size());
@@ -400,6 +408,12 @@ OrtStatus* CodebookConvKernel::ComputeV2(OrtKernelContext* raw_context) noexcept
       OrtValue* out[] = {blocked_x};
       reorder_input_op_.Invoke(raw_context, in, 1, out, 1);
       conv_input = blocked_x;
+    }
+    if (attributes_.nchwc_output == 1) {  // Y is blocked already (O is a multiple of the block)
+      const OrtValue* inputs[] = {conv_input, weight, bias};
+      OrtValue* outputs[] = {y};
+      conv_op_.Invoke(raw_context, inputs, static_cast<size_t>(conv_inputs_), outputs, 1);
+      return nullptr;
     }
     std::vector<int64_t> blocked_y_shape = y_shape;
     blocked_y_shape[1] = RoundUp(y_shape[1], block_);

@@ -16,8 +16,13 @@ std::string MatMulRecord(const DecodedRecord& record) {
 
 // Panels per parallel task: two, so a batch-1 task can run the four-group GEMV tile.
 constexpr int64_t kPanelsPerTask = 2;
-// Rows per parallel task at larger batches (a multiple of the 6-row AVX-512 tile).
+// Rows per parallel task at larger batches (multiples of the 6-row tiles): at most kRowsPerTask where there are
+// few column-panel tasks to spread over threads, else at most kRowsPerWideTask, the rows split evenly over the
+// row tasks. Each task decodes its columns once for all its rows (AVX2 row tiles), so fewer, larger row tasks
+// decode less: 49 rows as one task instead of 48 + 1 (which decoded every column twice).
 constexpr int64_t kRowsPerTask = 48;
+constexpr int64_t kRowsPerWideTask = 192;
+constexpr int64_t kWidePanelTasks = 4;
 // Below this many multiply-adds a single thread is faster than dispatching work.
 constexpr double kParallelWork = double(1 << 18);
 
@@ -25,7 +30,7 @@ struct ParallelTask {
   const MatMulProblem* problem;
   const PackedMatrix* matrix;
   MatMulKernel kernel;
-  int64_t panels, panel_tasks;
+  int64_t panels, panel_tasks, rows_per_task;
 };
 
 void RunTask(void* data, size_t task) {
@@ -33,7 +38,7 @@ void RunTask(void* data, size_t task) {
   const MatMulProblem& p = *t.problem;
   const int64_t row_task = static_cast<int64_t>(task) / t.panel_tasks;
   const int64_t panel_task = static_cast<int64_t>(task) % t.panel_tasks;
-  const int64_t m0 = row_task * kRowsPerTask, m1 = std::min(p.m, m0 + kRowsPerTask);
+  const int64_t m0 = row_task * t.rows_per_task, m1 = std::min(p.m, m0 + t.rows_per_task);
   const int64_t p0 = panel_task * kPanelsPerTask, p1 = std::min(t.panels, p0 + kPanelsPerTask);
   t.kernel(p, p0, p1, m0, m1);
   if (!t.matrix->correction_start.empty()) {
@@ -208,7 +213,9 @@ OrtStatus* CodebookMatMulKernel::Init(const OrtKernelInfo* info) {
     isa_ = SelectIsa();
     kernel_ = MatMulKernelFor(isa_);
     dense_rows_ = DenseGemmRows();
-    if (dense_rows_ > 0) {
+    int64_t decode_once = 0;
+    OptionalAttribute(Ort::ConstKernelInfo(info), "decode_once", &decode_once);
+    if (dense_rows_ > 0 || decode_once == 1) {
       const char* type_names[] = {"T"};
       const ONNXTensorElementDataType type_values[] = {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
       try {
@@ -218,6 +225,15 @@ OrtStatus* CodebookMatMulKernel::Init(const OrtKernelInfo* info) {
       }
     }
     std::unique_ptr<const DecodedRecord> record = TakeConstant();
+    if (record && decode_once == 1 && dense_matmul_) {
+      // The decode-once working form: W exactly as decoded (outliers included), multiplied by onnxruntime's MatMul;
+      // decoded by the first run (EnsureDense), so a session that is only created holds the record alone.
+      dense_k_ = record->dims[0];
+      dense_n_ = record->dims[1];
+      once_record_ = std::move(record);
+      decode_once_ = true;
+      return nullptr;
+    }
     if (record) {
       auto matrix = std::make_unique<PackedMatrix>();
       PackMatrix(*record, matrix.get());
@@ -232,15 +248,26 @@ OrtStatus* CodebookMatMulKernel::ComputeV2(OrtKernelContext* raw_context) noexce
     Ort::KernelContext context(raw_context);
     PackedMatrix scratch;
     const PackedMatrix* w = constant_matrix_.get();
-    std::vector<int64_t> record_dims;
-    if (!w) {  // the record is not a constant: decode and pack it in this run
+    const bool decoded_once = decode_once_;
+    if (decoded_once) {
+      std::call_once(once_, [&] {
+        dense_weight_.resize(static_cast<size_t>(once_record_->num_elements));
+        once_record_->decode_range(0, static_cast<uint64_t>(once_record_->num_elements), dense_weight_.data());
+        Ort::MemoryInfo memory = Ort::MemoryInfo::CreateCpu(OrtDeviceAllocator, OrtMemTypeDefault);
+        const int64_t dims[] = {dense_k_, dense_n_};
+        dense_weight_value_ =
+            Ort::Value::CreateTensor<float>(memory, dense_weight_.data(), dense_weight_.size(), dims, 2);
+        once_record_.reset();
+      });
+    }
+    if (!w && !decoded_once) {  // the record is not a constant: decode and pack it in this run
       DecodedRecord decoded;
       const DecodedRecord* record;
       if (OrtStatus* status = GetRecord(context, decoded, &record)) return status;
       PackMatrix(*record, &scratch);
       w = &scratch;
     }
-    const int64_t k = w->k, n = w->n;
+    const int64_t k = decoded_once ? dense_k_ : w->k, n = decoded_once ? dense_n_ : w->n;
 
     Ort::ConstValue x = context.GetInput(0);
     std::vector<int64_t> shape = x.GetTensorTypeAndShapeInfo().GetShape();
@@ -265,7 +292,8 @@ OrtStatus* CodebookMatMulKernel::ComputeV2(OrtKernelContext* raw_context) noexce
     float* y = context.GetOutput(0, shape).GetTensorMutableData<float>();
     if (m == 0 || n == 0) return nullptr;
 
-    if (dense_rows_ > 0 && m >= dense_rows_) return RunDense(raw_context, *w, x, bias, y, m);
+    if (decoded_once) return RunDense(raw_context, nullptr, x, bias, y, m);
+    if (dense_rows_ > 0 && m >= dense_rows_) return RunDense(raw_context, w, x, bias, y, m);
 
     const uint32_t slot = w->slot_bits;
     MatMulProblem problem{x.GetTensorData<float>(), m, k, n, w->panels.data(), slot, w->codebook_size,
@@ -273,8 +301,11 @@ OrtStatus* CodebookMatMulKernel::ComputeV2(OrtKernelContext* raw_context) noexce
                           packed::panel_row_bytes(slot), packed::group_bytes(slot)};
     const int64_t panels = static_cast<int64_t>(packed::panel_count(static_cast<uint64_t>(n)));
     const int64_t panel_tasks = (panels + kPanelsPerTask - 1) / kPanelsPerTask;
-    const int64_t tasks = (m + kRowsPerTask - 1) / kRowsPerTask * panel_tasks;
-    ParallelTask task{&problem, w, kernel_, panels, panel_tasks};
+    const int64_t row_limit = panel_tasks >= kWidePanelTasks ? kRowsPerWideTask : kRowsPerTask;
+    const int64_t row_tasks = (m + row_limit - 1) / row_limit;
+    const int64_t rows_per_task = ((m + row_tasks - 1) / row_tasks + 5) / 6 * 6;
+    const int64_t tasks = (m + rows_per_task - 1) / rows_per_task * panel_tasks;
+    ParallelTask task{&problem, w, kernel_, panels, panel_tasks, rows_per_task};
     // ORT's intra-op thread pool (session option intra_op_num_threads) runs the tasks.
     if (tasks > 1 && double(m) * double(k) * double(n) >= kParallelWork) {
       context.ParallelFor(RunTask, static_cast<size_t>(tasks), 0, &task);
@@ -285,35 +316,42 @@ OrtStatus* CodebookMatMulKernel::ComputeV2(OrtKernelContext* raw_context) noexce
   });
 }
 
-OrtStatus* CodebookMatMulKernel::RunDense(OrtKernelContext* raw_context, const PackedMatrix& w,
+OrtStatus* CodebookMatMulKernel::RunDense(OrtKernelContext* raw_context, const PackedMatrix* w,
                                           const Ort::ConstValue& x, const float* bias, float* y, int64_t m) {
   Ort::KernelContext context(raw_context);
   Ort::MemoryInfo memory = Ort::MemoryInfo::CreateCpu(OrtDeviceAllocator, OrtMemTypeDefault);
-  OrtAllocator* allocator = context.GetAllocator(*memory.GetConst());
-  const int64_t dims[] = {w.k, w.n};
-  Ort::Value weight = Ort::Value::CreateTensor<float>(allocator, dims, 2);
-  UnpackTask unpack{&w, weight.GetTensorMutableData<float>()};
-  const size_t panels = packed::panel_count(static_cast<uint64_t>(w.n));
-  if (panels > 1 && double(w.k) * double(w.n) >= kParallelWork) {
-    context.ParallelFor(RunUnpackTask, panels, 0, &unpack);
-  } else {
-    UnpackMatrix(w, unpack.out);
+  Ort::Value run_weight{nullptr};
+  const OrtValue* weight = dense_weight_value_;
+  const int64_t n = w ? w->n : dense_n_;
+  if (w) {  // unpack the panels for this run
+    OrtAllocator* allocator = context.GetAllocator(*memory.GetConst());
+    const int64_t dims[] = {w->k, w->n};
+    run_weight = Ort::Value::CreateTensor<float>(allocator, dims, 2);
+    UnpackTask unpack{w, run_weight.GetTensorMutableData<float>()};
+    const size_t panels = packed::panel_count(static_cast<uint64_t>(w->n));
+    if (panels > 1 && double(w->k) * double(w->n) >= kParallelWork) {
+      context.ParallelFor(RunUnpackTask, panels, 0, &unpack);
+    } else {
+      UnpackMatrix(*w, unpack.out);
+    }
+    weight = run_weight;
   }
   std::vector<int64_t> y_shape = x.GetTensorTypeAndShapeInfo().GetShape();
-  y_shape.back() = w.n;
-  Ort::Value y_view = Ort::Value::CreateTensor<float>(memory, y, static_cast<size_t>(m * w.n),
+  y_shape.back() = n;
+  Ort::Value y_view = Ort::Value::CreateTensor<float>(memory, y, static_cast<size_t>(m * n),
                                                      y_shape.data(), y_shape.size());
   const OrtValue* inputs[] = {x, weight};
   OrtValue* outputs[] = {y_view};
   dense_matmul_.Invoke(raw_context, inputs, 2, outputs, 1);
   if (bias) {
     for (int64_t r = 0; r < m; ++r) {
-      float* row = y + r * w.n;
-      for (int64_t c = 0; c < w.n; ++c) row[c] += bias[c];
+      float* row = y + r * n;
+      for (int64_t c = 0; c < n; ++c) row[c] += bias[c];
     }
   }
-  // The outliers, as after the fused kernel: the panels hold the codebook values only.
-  if (!w.correction_start.empty()) ApplyCorrections(w, x.GetTensorData<float>(), y, 0, m, 0, w.n);
+  // The outliers, as after the fused kernel: the panels hold the codebook values only (the decode-once working
+  // copy already holds them).
+  if (w && !w->correction_start.empty()) ApplyCorrections(*w, x.GetTensorData<float>(), y, 0, m, 0, w->n);
   return nullptr;
 }
 

@@ -1,8 +1,8 @@
 // CodebookMatMul with AVX2 + FMA (compiled with -mavx2 -mfma; called only when the CPU has both).
 //
 // Same scheme as matmul_avx512.cc with 8-lane registers: vpermps looks up 8 entries, so up to 8-entry
-// codebooks (3-bit) take one permute and 16-entry ones take two plus a blend on bit 3 of the index;
-// wider indices gather from the table in L1. 16 registers allow 8 accumulators per tile.
+// codebooks (3-bit) take one permute and 16-entry ones take two plus a blend on bit 3 of the index; byte indices
+// into up to 64 entries take 4 or 8 permutes and a tree of blends; wider indices gather from the table in L1. 16 registers allow 8 accumulators per tile.
 #include <immintrin.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +41,35 @@ struct Nibble16 {
     return _mm256_blendv_ps(_mm256_permutevar8x32_ps(low, index), _mm256_permutevar8x32_ps(high, index), pick);
   }
   void decode(const uint8_t* group, __m256* w) const { DecodeNibbles(*this, group, w); }
+};
+
+// Byte indices into a codebook of up to 8 * kTables entries (32 or 64) held in registers: one vpermps per 8-entry
+// table, then a tree of blends on index bits 3, 4 (and 5). Only data moves, so the values equal the gather's bit
+// for bit; on this machine it is several times faster than vgatherdps.
+template <int kTables>
+struct BytePermute {
+  __m256 table[kTables];
+  BytePermute(const float* codebook, uint32_t size) {  // entries from `size` on are never looked up: zeros
+    float padded[8 * kTables] = {};
+    memcpy(padded, codebook, sizeof(float) * (size < 8 * kTables ? size : 8 * kTables));
+    for (int t = 0; t < kTables; ++t) table[t] = _mm256_loadu_ps(padded + 8 * t);
+  }
+  __m256 operator()(__m256i index) const {
+    __m256 level[kTables];
+    for (int t = 0; t < kTables; ++t) level[t] = _mm256_permutevar8x32_ps(table[t], index);
+    int count = kTables;
+    for (int bit = 3; count > 1; ++bit, count /= 2) {
+      const __m256 pick = _mm256_castsi256_ps(_mm256_slli_epi32(index, 31 - bit));  // index bit -> sign bit
+      for (int t = 0; t < count / 2; ++t) level[t] = _mm256_blendv_ps(level[2 * t], level[2 * t + 1], pick);
+    }
+    return level[0];
+  }
+  void decode(const uint8_t* group, __m256* w) const {
+    for (int i = 0; i < 4; ++i) {
+      const __m256i lanes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(group + 8 * i)));
+      w[i] = (*this)(lanes);
+    }
+  }
 };
 
 struct ByteGather {
@@ -203,6 +232,10 @@ void MatMulAvx2(const MatMulProblem& p, int64_t panel_begin, int64_t panel_end, 
   } else if (p.slot_bits == 4) {
     Run(Nibble16{_mm256_loadu_ps(p.table), _mm256_loadu_ps(p.table + 8)}, p, panel_begin, panel_end, row_begin,
         row_end);
+  } else if (p.slot_bits == 8 && p.codebook_size <= 32) {
+    Run(BytePermute<4>(p.table, p.codebook_size), p, panel_begin, panel_end, row_begin, row_end);
+  } else if (p.slot_bits == 8 && p.codebook_size <= 64) {
+    Run(BytePermute<8>(p.table, p.codebook_size), p, panel_begin, panel_end, row_begin, row_end);
   } else if (p.slot_bits == 8) {
     Run(ByteGather{p.table}, p, panel_begin, panel_end, row_begin, row_end);
   } else {

@@ -5,6 +5,7 @@
 #include "cpu/matmul_kernels.h"
 #include "cpu/record_kernel.h"
 
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -14,7 +15,15 @@ namespace onnxcomp {
 
 struct CodebookDecodeKernel : RecordKernel {
   CodebookDecodeKernel();
+  // With attribute decode_once = 1 and a constant record, the first run decodes it into the working copy that
+  // every run copies out (docs/ops.md); else each run decodes the record.
+  OrtStatus* Init(const OrtKernelInfo* info);
   OrtStatus* ComputeV2(OrtKernelContext* context) noexcept;
+
+ private:
+  bool decode_once_ = false;
+  std::once_flag once_;
+  std::vector<float> decoded_;  // the working copy, filled by the first run (decode_once)
 };
 
 struct CodebookDecodeOp : Ort::CustomOpBase<CodebookDecodeOp, CodebookDecodeKernel, true> {
@@ -70,12 +79,22 @@ struct CodebookMatMulKernel : RecordKernel {
   OrtStatus* ComputeV2(OrtKernelContext* context) noexcept;
 
  private:
-  // Y = X @ W (+ bias) with W unpacked into a buffer of this run and onnxruntime's MatMul.
-  OrtStatus* RunDense(OrtKernelContext* context, const PackedMatrix& w, const Ort::ConstValue& x, const float* bias,
+  // Y = X @ W (+ bias) with onnxruntime's MatMul: on the decode-once working copy, or on W unpacked into a buffer
+  // of this run (then `w` also supplies the outlier corrections).
+  OrtStatus* RunDense(OrtKernelContext* context, const PackedMatrix* w, const Ort::ConstValue& x, const float* bias,
                       float* y, int64_t m);
 
   Isa isa_ = Isa::kScalar;
   MatMulKernel kernel_ = nullptr;
+  // decode_once = 1: W [K, N] decoded once into a dense float working copy, multiplied by onnxruntime's MatMul
+  // in every run (no packed form kept).
+  // Filled by the first run (so a session that never runs holds only the record), under once_.
+  bool decode_once_ = false;
+  std::unique_ptr<const DecodedRecord> once_record_;  // released once decoded
+  std::once_flag once_;
+  std::vector<float> dense_weight_;
+  Ort::Value dense_weight_value_{nullptr};
+  int64_t dense_k_ = 0, dense_n_ = 0;
   std::unique_ptr<const PackedMatrix> constant_matrix_;
   int64_t dense_rows_ = 0;  // 0: the fused kernel always
   Ort::Op dense_matmul_{nullptr};
@@ -127,8 +146,11 @@ struct ConvAttributes {
   std::string auto_pad = "NOTSET";
   std::vector<int64_t> dilations, kernel_shape, pads, strides;  // empty: not given (ONNX defaults)
   int64_t group = 1;
-  std::string activation;  // empty: none; else Relu, Tanh, Sigmoid, LeakyRelu, Clip or HardSigmoid
+  std::string activation;  // empty: none; else Relu, Tanh, Sigmoid, LeakyRelu, Clip, HardSigmoid or HardSwish
   std::vector<float> activation_params;
+  // X / Y in onnxruntime's NCHWc layout of this CPU instead of NCHW (PackWeightsPass sets them on a tensor between
+  // two CodebookConv nodes); no-ops where the library runs no NCHWc convolution (the layouts then coincide).
+  int64_t nchwc_input = 0, nchwc_output = 0;
 };
 
 // How a CodebookConv kernel runs its convolution (docs/ops.md, "CodebookConv: the rule").

@@ -78,6 +78,15 @@ OrtStatus* CreateRecordKernel(const OrtKernelInfo* info, void** op_kernel) noexc
 
 std::string ShapeToString(const std::vector<int64_t>& shape);
 
+// Reads an optional attribute; absent leaves `value` as it is.
+template <typename T>
+void OptionalAttribute(const Ort::ConstKernelInfo& info, const char* name, T* value) {
+  try {
+    *value = info.GetAttribute<T>(name);
+  } catch (const Ort::Exception&) {
+  }
+}
+
 }  // namespace onnxcomp
 
 #endif  // ONNXCOMP_CPU_RECORD_KERNEL_H_

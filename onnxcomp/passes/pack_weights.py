@@ -10,14 +10,23 @@ Rewrites (ops in domain ``ai.onnxcomp``, see docs/ops.md), for every node readin
 - Conv with the float32 weight in slot 1 -> CodebookConv(X, record[, bias[, scale]]) with Conv's attributes; a
   BatchNormalization that alone reads the Conv's output is folded in (scale = gamma / sqrt(var + eps),
   bias = (B - mean) * scale + beta, the same folding onnxruntime applies to a dense Conv), then an activation that
-  alone reads the result (Relu, Tanh, Sigmoid, LeakyRelu, Clip with constant bounds, HardSigmoid) becomes the
+  alone reads the result (Relu, Tanh, Sigmoid, LeakyRelu, Clip with constant bounds, HardSigmoid, HardSwish) becomes the
   node's ``activation`` attribute, as in onnxruntime's FusedConv;
 - any other reader (ConvTranspose, LSTM, Einsum, a Slice, a float16 weight's consumers, ...) -> the output of ONE
   CodebookDecode(record) node per weight (plus a Transpose if stored transposed, plus a Cast back to the
   weight's float16/bfloat16 type), placed in the innermost graph enclosing all those readers (the main graph, an
   If branch, a Loop or Scan body), so a weight read by several subgraphs is decoded and stored once.
 The record is stored transposed ([K, N] = W^T) when every reader fuses and each multiplies by W^T (Gemm with
-transB=1, Transpose -> MatMul). Every generated name is unique in the model (passes/names.py). The record bytes
+transB=1, Transpose -> MatMul).
+
+Decode-once working forms (``decode_once=1`` on CodebookDecode and CodebookMatMul, docs/ops.md): those kernels then
+keep the weight decoded as float32 from their first run (CodebookDecode copies it out in each run instead of
+decoding it; CodebookMatMul multiplies it with onnxruntime's MatMul). The rule, per model: the working copies may
+spend at most ``DECODE_ONCE_SHARE`` (half) of the bytes compression saved, ``(dense bytes - record bytes)`` summed
+over the packed weights, so the compressed session keeps less persistent weight memory than the dense one
+(records + working copies <= (dense + records) / 2 < dense). CodebookConv always keeps one working copy per node
+(its design), and those count first; then CodebookDecode nodes (decoded in every run otherwise: a copy is always
+cheaper), then CodebookMatMul nodes, each group smallest first, while the total fits. Every generated name is unique in the model (passes/names.py). The record bytes
 become a uint8 constant; the writer later moves it into the sidecar as external data.
 Storage: a record costs its header and tables plus the Huffman-coded indices, against 4 (float32) or 2
 (float16, bfloat16) bytes per weight.
@@ -37,6 +46,10 @@ from .names import UniqueNames, all_graphs, common_graph, parents
 from .select_weights import fusable_gemm
 
 RECORD_SUFFIX = ".onnxcomp_record"
+# A 1-D weight of at most this many elements that no reader fuses stays dense (see _small_and_decoded).
+SMALL_DECODED_ELEMENTS = 4096
+# Share of the bytes compression saves that decode-once working copies (and CodebookConv's) may spend.
+DECODE_ONCE_SHARE = 0.5
 
 
 def _attr(node: gs.Node, name: str, default):
@@ -60,12 +73,24 @@ class PackWeightsPass(GraphPass):
         owners = {id(node): graph for graph in all_graphs(state.graph) for node in graph.nodes}
         names, parent = UniqueNames(state.graph), parents(state.graph)
         traces = []  # logged after the loop: a log line must not land inside a progress bar
+        self._emitted: list[tuple[gs.Node, WeightTarget]] = []  # (custom node, its weight)
+        packed = []
         for target in progress.track(targets, "packing records"):
             self.encode(target)
-            if not drop_if_not_smaller(state, target, len(target.record)):
+            if self._small_and_decoded(target):
+                reason = (f"a vector of {target.size} elements (at most {SMALL_DECODED_ELEMENTS}) would be read only through "
+                          "CodebookDecode, which costs every run and hides the constant from onnxruntime's optimiser")
+                log.info("left %s dense: %s", target.name, reason)
+                state.targets.remove(target)
+                state.skipped.append((target.name, reason))
+            elif not drop_if_not_smaller(state, target, len(target.record)):
                 traces.append(self._pack(state.graph, target, owners, parent, names))
+                packed.append(target)
         for trace in traces:
             log.debug("%s", trace)
+        if packed:
+            log.debug("%s", assign_decode_once(packed, self._emitted))
+            log.debug("%s", mark_blocked_edges(state.graph, self._emitted))
         if targets:
             state.graph.cleanup().toposort()
         return PassResult(bool(targets), f"packed {len(targets)} tensors")
@@ -102,14 +127,15 @@ class PackWeightsPass(GraphPass):
         decoded = []  # (node, slot) reading the dense tensor
         routes = target.routes or [None] * len(target.uses)
         for (node, slot), route in zip(target.uses, routes):
-            if self.fuse and route is not None and all(flipped == target.transposed for _, flipped in route):
+            kind = self._reader(target, node, slot, route)
+            if kind == "matmul":
                 for consumer, _ in route:
                     self._to_matmul(owners.get(id(consumer), root), consumer, record, names)
-            elif self.fuse and node.op == "Conv" and not node.domain and slot == 1 and len(target.shape) >= 3 \
-                    and not target.transposed and target.dtype == onnx.TensorProto.FLOAT:
+                    self._emitted.append((consumer, target))
+            elif kind == "conv":
                 _to_conv(owners.get(id(node), root), node, record, int(target.shape[0]), names)
-            elif self.fuse and node.op == "Gather" and not node.domain and slot == 0 and _attr(node, "axis", 0) == 0 \
-                    and target.dtype == onnx.TensorProto.FLOAT:
+                self._emitted.append((node, target))
+            elif kind == "gather":
                 node.op, node.domain, node.attrs = "CodebookGather", DOMAIN, {}
                 node.inputs = [record, node.inputs[1]]
             else:
@@ -117,11 +143,47 @@ class PackWeightsPass(GraphPass):
         if decoded:
             graph = common_graph([owners.get(id(node), root) for node, _ in decoded], parent, root)
             dense = self._decode_node(graph, target, record, names)
+            self._emitted.append((dense_producer(dense), target))
             for node, slot in decoded:
                 node.inputs[slot] = dense
         return (f"{target.name}: record {target.record_name}{' (stored transposed)' if target.transposed else ''}; "
                 f"{len(target.uses) - len(decoded)} of {len(target.uses)} readers fused, {len(decoded)} read it decoded "
                 f"({', '.join(sorted({node.op for node, _ in decoded})) or '-'})")
+
+    def _reader(self, target: WeightTarget, node: gs.Node, slot: int, route) -> str:
+        """How a reader of ``target`` (``node`` reading input ``slot``, its MatMul route or None) takes the record:
+        "matmul", "conv", "gather" (fused custom ops) or "decode" (the dense tensor from CodebookDecode)."""
+        if self.fuse and route is not None and all(flipped == target.transposed for _, flipped in route):
+            return "matmul"
+        if self.fuse and node.op == "Conv" and not node.domain and slot == 1 and len(target.shape) >= 3 \
+                and not target.transposed and target.dtype == onnx.TensorProto.FLOAT:
+            return "conv"
+        if self.fuse and node.op == "Gather" and not node.domain and slot == 0 and _attr(node, "axis", 0) == 0 \
+                and target.dtype == onnx.TensorProto.FLOAT:
+            return "gather"
+        return "decode"
+
+    def _small_and_decoded(self, target: WeightTarget) -> bool:
+        """True for a 1-D weight of at most SMALL_DECODED_ELEMENTS elements that every reader would read through
+        CodebookDecode and that is a bias: added by an Add to a MatMul's or Gemm's output, or a Conv's bias input
+        (other small vectors, such as a Gemm's C, stay compressed): its record saves at most 16 KiB, while the decode node runs in every run and hides a constant from onnxruntime's graph
+        optimiser (no constant folding of what follows it, no bias fusions such as BiasGelu, no NCHWc path for a
+        CodebookConv whose bias it would feed)."""
+        if len(target.shape) != 1 or target.size > SMALL_DECODED_ELEMENTS or not target.uses:
+            return False
+        routes = target.routes or [None] * len(target.uses)
+        if any(self._reader(target, node, slot, route) != "decode" for (node, slot), route in zip(target.uses, routes)):
+            return False
+
+        def bias_use(node: gs.Node, slot: int) -> bool:  # a Conv's bias, or an Add after a MatMul or Gemm
+            if node.op in ("Conv", "CodebookConv"):  # (the Conv may have been rewritten already)
+                return slot == 2
+            if node.op != "Add" or node.domain or len(node.inputs) != 2:
+                return False
+            other = node.inputs[1 - slot]
+            return len(other.inputs) == 1 and other.inputs[0].op in ("MatMul", "Gemm", "CodebookMatMul")
+
+        return all(bias_use(node, slot) for node, slot in target.uses)
 
     @staticmethod
     def _decode_node(graph: gs.Graph, target: WeightTarget, record: gs.Constant, names: UniqueNames) -> gs.Variable:
@@ -184,6 +246,90 @@ class PackWeightsPass(GraphPass):
         graph.nodes.extend(tail)
 
 
+def dense_producer(tensor: gs.Variable) -> gs.Node:
+    """The CodebookDecode node at the start of the decode chain that produces ``tensor``."""
+    node = tensor.inputs[0]
+    while node.op != "CodebookDecode":
+        node = node.inputs[0].inputs[0]
+    return node
+
+
+def assign_decode_once(targets: list[WeightTarget], emitted: list[tuple[gs.Node, WeightTarget]]) -> str:
+    """Sets ``decode_once=1`` on the CodebookDecode and CodebookMatMul nodes of ``emitted`` that the module
+    docstring's rule grants (a float32 working copy of 4 bytes per element each); returns a log line."""
+    saved = sum(t.dense_bytes - len(t.record) for t in targets)
+    budget = DECODE_ONCE_SHARE * saved
+    copy = {id(t): 4 * t.size for t in targets}
+    spent = sum(copy[id(t)] for node, t in emitted if node.op == "CodebookConv")
+    granted = {"CodebookDecode": 0, "CodebookMatMul": 0}
+    for op in granted:
+        for node, target in sorted((e for e in emitted if e[0].op == op), key=lambda e: copy[id(e[1])]):
+            if spent + copy[id(target)] <= budget:
+                node.attrs["decode_once"] = 1
+                spent += copy[id(target)]
+                granted[op] += 1
+    return (f"decode-once working copies: {granted['CodebookDecode']} CodebookDecode, {granted['CodebookMatMul']} "
+            f"CodebookMatMul; {spent} bytes with CodebookConv's, budget {budget:.0f} ({DECODE_ONCE_SHARE} of {saved} "
+            "bytes saved)")
+
+
+NCHWC_BLOCK = 16  # the largest channel block of onnxruntime's NCHWc kernels (AVX-512F; 8 with AVX2)
+
+
+def _nchwc_layer(node: gs.Node, target: WeightTarget) -> tuple[bool, bool]:
+    """(can write Y blocked, can read X blocked) for a CodebookConv node: whether the kernel takes the NCHWc path with
+    a blocked input and a block-aligned output under every channel block (8 and 16), as docs/ops.md's rule says."""
+    shape = target.shape
+    if len(shape) != 4:
+        return False, False
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    if bias is not None and bias.name and not isinstance(bias, gs.Constant):
+        return False, False
+    out_channels, per_group, group = int(shape[0]), int(shape[1]), int(node.attrs.get("group", 1))
+    if group == 1:
+        reads = per_group % NCHWC_BLOCK == 0
+        runs = reads or per_group < 8  # fewer input channels than any block: NCHW input, blocked weight
+    elif per_group == 1 and out_channels == group:  # depthwise
+        reads = runs = out_channels % NCHWC_BLOCK == 0
+    else:
+        reads = runs = out_channels % NCHWC_BLOCK == 0 and per_group % NCHWC_BLOCK == 0 and \
+            (out_channels // group) % NCHWC_BLOCK == 0
+    return runs and out_channels % NCHWC_BLOCK == 0, reads
+
+
+def mark_blocked_edges(root: gs.Graph, emitted: list[tuple[gs.Node, WeightTarget]]) -> str:
+    """Keeps activations in onnxruntime's NCHWc layout between CodebookConv nodes: a tensor written by a CodebookConv
+    and read only by CodebookConv nodes (as X), all of which run the NCHWc path (``_nchwc_layer``), and no graph
+    output, gets ``nchwc_output=1`` on its writer and ``nchwc_input=1`` on its readers, so neither reorders it (as
+    onnxruntime's own NCHWc transformer keeps a dense model's convolutions chained). Its declared shape is dropped
+    (it holds the channels blocked). Returns a log line."""
+    layers = {id(node): _nchwc_layer(node, target) for node, target in emitted if node.op == "CodebookConv"}
+    readers: dict[str, int] = {}
+    outputs = set()
+    for graph in all_graphs(root):
+        outputs.update(t.name for t in graph.outputs)
+        for node in graph.nodes:
+            for tensor in node.inputs:
+                readers[tensor.name] = readers.get(tensor.name, 0) + 1
+    edges = []
+    for node, _ in emitted:
+        if node.op != "CodebookConv" or not layers[id(node)][0]:
+            continue
+        y = node.outputs[0]
+        consumers = list(y.outputs)
+        if y.name in outputs or not consumers or readers.get(y.name, 0) != len(consumers) or any(
+                c.op != "CodebookConv" or c.inputs[0] is not y or not layers.get(id(c), (False, False))[1] or
+                sum(t is y for t in c.inputs) != 1 for c in consumers):
+            continue
+        edges.append((node, consumers, y))
+    for node, consumers, y in edges:
+        node.attrs["nchwc_output"] = 1
+        for consumer in consumers:
+            consumer.attrs["nchwc_input"] = 1
+        y.shape = None
+    return f"NCHWc layout kept on {len(edges)} tensors between CodebookConv nodes"
+
+
 CONV_ATTRIBUTES = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
 
 
@@ -220,7 +366,7 @@ def _fold_batch_norm(node: gs.Node, out_channels: int) -> tuple[np.ndarray, np.n
 
 def _activation(node: gs.Node) -> tuple[str, list[float]] | None:
     """(activation, activation_params) of FusedConv for an activation node, or None when it does not qualify."""
-    if node.op in ("Relu", "Tanh", "Sigmoid"):
+    if node.op in ("Relu", "Tanh", "Sigmoid", "HardSwish"):
         return node.op, []
     if node.op == "LeakyRelu":
         return "LeakyRelu", [float(_attr(node, "alpha", 0.01))]
@@ -257,7 +403,7 @@ def _to_conv(graph: gs.Graph, node: gs.Node, record: gs.Constant, out_channels: 
                            (bias_values.astype(np.float32) * scale_values + shift).astype(np.float32))
         output = norm.outputs[0]
         norm.inputs, norm.outputs = [], []
-    activation = _sole_consumer(graph, output, ("Relu", "Tanh", "Sigmoid", "LeakyRelu", "HardSigmoid", "Clip"))
+    activation = _sole_consumer(graph, output, ("Relu", "Tanh", "Sigmoid", "LeakyRelu", "HardSigmoid", "HardSwish", "Clip"))
     fused = _activation(activation) if activation is not None else None
     if fused is not None:
         attrs["activation"] = fused[0]

@@ -153,6 +153,8 @@ def _conv_nodes(node: onnx.NodeProto, weight_name: str, weight, graph: onnx.Grap
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     activation = attrs.pop("activation", None)
     params = list(attrs.pop("activation_params", []))
+    for layout in ("nchwc_input", "nchwc_output"):  # the dense Conv reads and writes NCHW
+        attrs.pop(layout, None)
     if isinstance(activation, bytes):
         activation = activation.decode()
     inputs = list(node.input) + [""] * (4 - len(node.input))
@@ -166,7 +168,7 @@ def _conv_nodes(node: onnx.NodeProto, weight_name: str, weight, graph: onnx.Grap
     y = node.output[0]
     conv_out = y + ".conv" if activation else y
     nodes = [helper.make_node("Conv", [x, weight_name] + ([bias] if bias else []), [conv_out], node.name, **attrs)]
-    if activation in ("Relu", "Tanh", "Sigmoid"):
+    if activation in ("Relu", "Tanh", "Sigmoid", "HardSwish"):
         nodes.append(helper.make_node(activation, [conv_out], [y], node.name + ".activation"))
     elif activation == "LeakyRelu":
         nodes.append(helper.make_node("LeakyRelu", [conv_out], [y], node.name + ".activation", alpha=params[0]))
