@@ -146,3 +146,45 @@ def test_top1_only_for_class_scores(tmp_path, rng):
     by_output = {o["name"]: o for o in report.fidelity["outputs"]}
     assert by_output["embedding"]["top1_agreement"] is None
     assert by_output["scores"]["top1_agreement"] is not None
+
+
+def test_saturated_sigmoid_is_compared_on_its_logits(tmp_path, rng):
+    """A sigmoid map that is exactly 0 on every synthesised input (logits near -200) gives no cosine of its own:
+    the check compares the Sigmoid's input (found through a Reshape), equal to an independent measurement."""
+    w = (rng.standard_normal((64, 48)) * 0.1).astype(np.float32)
+    shift = numpy_helper.from_array(np.full(48, -200.0, np.float32), "shift")
+    shape = numpy_helper.from_array(np.array([-1, 6, 8], np.int64), "shape")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "shift"], ["logits"]),
+             helper.make_node("Sigmoid", ["logits"], ["p"]), helper.make_node("Reshape", ["p", "shape"], ["y"])]
+    model = make_model(nodes, [float_input("x", ["n", 64])], [float_input("y", ["n", 6, 8])],
+                       [numpy_helper.from_array(w, "w"), shift, shape])
+    onnx.save(model, tmp_path / "in.onnx")
+    assert fidelity.logit_taps(model) == {"y": "logits"}
+    report = package.compress(tmp_path / "in.onnx", tmp_path / "out.onnx", bits=4)
+    out = report.fidelity["outputs"][0]
+    assert out["compared"] == "logits"
+    feeds = fidelity.synthesise(model, seed=0)
+    from conftest import run_plain
+    from onnxcomp.pipeline.compression import decoded_weights
+    y, = run_plain(model, feeds[0])
+    assert not np.any(y)  # saturated: the output itself says nothing
+    x = feeds[0]["x"].astype(np.float64)
+    a, b = x @ w - 200.0, x @ decoded_weights(str(tmp_path / "out.onnxcomp"))["w"] - 200.0
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert 0.99 < out["min_cosine"] < 1.0
+    assert out["min_cosine"] == pytest.approx(cos.min(), abs=1e-6)
+
+
+def test_image_inputs_are_smooth_images_in_range():
+    """An input shaped like an image batch gets images whose neighbouring pixels correlate (iid noise: 0), in the
+    declared [0, 1) range, NCHW or NHWC, the same for the same seed."""
+    for dims, layout in (([4, 3, 64, 48], "NCHW"), ([4, 64, 48, 3], "NHWC")):
+        assert fidelity.image_layout(dims) == layout
+        images = fidelity.smooth_images(np.random.default_rng(1), dims, layout, 0.0, 1.0)
+        again = fidelity.smooth_images(np.random.default_rng(1), dims, layout, 0.0, 1.0)
+        np.testing.assert_array_equal(images, again)
+        assert images.shape == tuple(dims) and images.min() >= 0.0 and images.max() < 1.0
+        nchw = images if layout == "NCHW" else images.transpose(0, 3, 1, 2)
+        left, right = nchw[..., :-1].ravel(), nchw[..., 1:].ravel()
+        assert np.corrcoef(left, right)[0, 1] > 0.8
+    assert fidelity.image_layout([4, 64]) is None and fidelity.image_layout([4, 8, 64, 64]) is None

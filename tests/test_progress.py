@@ -82,19 +82,20 @@ def test_python_api_reports_the_long_steps(tmp_path):
     small = tmp_path / "small.onnx"
     onnxcomp.compress(BUNDLED, small, calib=str(BUNDLED_EVAL), calib_samples=300, calib_batch=64, progress=record)
     steps = record.steps()
-    assert steps["calibration batches"] == (6, 5, 5)  # 0 of 5, then one update per batch
-    assert steps["k-means codebooks"] == (3, 2, 2) and steps["packing records"] == (3, 2, 2)
+    # Two compression rounds (per-weight limits, then the model-level budget): each step reports twice.
+    assert steps["calibration batches"] == (12, 5, 5)  # 0 of 5, then one update per batch
+    assert steps["k-means codebooks"] == (6, 2, 2) and steps["packing records"] == (6, 2, 2)
     assert steps["reconstruction"][1:] == (2, 2)
     record = Recorder()
     onnxcomp.verify(BUNDLED, small, samples=8, per_layer=True, progress=record)
     assert record.steps() == {"per-layer verification": (3, 2, 2)}
     record = Recorder()
     onnxcomp.compress(BUNDLED, tmp_path / "portable.onnx", format="portable", progress=record)
-    assert record.steps()["packing lookups"] == (3, 2, 2)
+    assert record.steps()["packing lookups"] == (6, 2, 2)
     record = Recorder()
     onnxcomp.compress(BUNDLED, tmp_path / "seq.onnx", calib=str(BUNDLED_EVAL), calib_samples=100, sequential=True, progress=record)
-    assert record.steps() == {"per-layer allocation": (3, 2, 2), "sequential layers": (3, 2, 2),
-                              "packing records": (3, 2, 2)}  # inner steps silenced
+    assert record.steps() == {"per-layer allocation": (6, 2, 2), "sequential layers": (6, 2, 2),
+                              "packing records": (6, 2, 2)}  # inner steps silenced
 
 
 def test_budget_reports_the_sensitivity_analysis(tmp_path, rng):

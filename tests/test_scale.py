@@ -109,4 +109,5 @@ def test_each_streamed_weight_is_read_once_with_fixed_settings(tmp_path, monkeyp
     assert sorted(reads) == sorted(scale.weight_name(i) for i in range(layers))
     reads.clear()
     onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out2.onnx", fidelity=False)
-    assert sorted(reads) == sorted(2 * [scale.weight_name(i) for i in range(layers)])
+    # Round 0 reads each for the allocation and for sharing; the budget round shares again (the allocation is cached).
+    assert sorted(reads) == sorted(3 * [scale.weight_name(i) for i in range(layers)])

@@ -22,6 +22,22 @@ their ``EXTREMES`` largest |w| (the extremes decide einf).
 
 L2_LIMIT and MAX_LIMIT were set once on the real-model zoo (docs/benchmarks.md, section zoo): the largest
 values that kept every zoo model within its tolerance at the defaults.
+
+**Model-level error budget** (``solve_budget``): per-weight limits ignore depth (50 weights each at e2 = 0.05 add
+up to far more output error than 3) and size (a 1,728-value first conv and a 2.4 M-value conv get the same
+limit, although bits on the first cost nothing). Each weight i compressed alone changes the output by a relative
+L2 error r_i ~ g_i e2_i, with a gain g_i measured by running the model (onnxcomp/pipeline/fidelity.py,
+``attribute``; onnxcomp/pipeline/compression.py takes it relative to the median gain, 1 when the model cannot be
+run), and the errors of several weights add in quadrature (measured on the zoo: VGG-16 0.285 all together
+against sqrt(sum r_i^2) = 0.274 on real images; docs/benchmarks.md, section quality-defaults). So the budget
+allocation is
+
+    minimise  sum_i bytes_i(c_i)   subject to   sum_i (g_i e2_i(c_i))^2 <= R^2,   einf_i(c_i) <= MAX_LIMIT
+
+over each weight's candidates c_i (dense included), solved by the Lagrangian relaxation (each weight minimises
+bytes_i + lambda (g_i e2_i)^2 on its own; lambda found by bisection, Everett's theorem: the solution is optimal
+for the budget it meets). The worst-case limit stays per weight: synthesised inputs need not reach the few
+large weights that decide it.
 """
 
 from __future__ import annotations
@@ -39,6 +55,7 @@ BITS = (2, 3, 4, 5, 6, 7, 8)
 SPARSITIES = (0.0,)
 OUTLIERS = (0.0, 0.002, 0.01)
 OUTLIER_BYTES = 3.5  # a float16 value and about 12 bits of Rice-coded position gap at 0.1-1 % outliers
+E2_CAP = 0.15  # no weight's relative L2 error above this, whatever its measured gain (the gain is an estimate)
 SAMPLE = 1 << 18
 EXTREMES = 256
 
@@ -51,6 +68,10 @@ class Candidate:
     relative_l2: float  # e2
     max_relative: float  # einf
     bytes: float  # estimated record bytes for the whole tensor
+
+    @property
+    def dense(self) -> bool:
+        return self.bits == 0
 
     def proxy(self, l2_limit: float = L2_LIMIT, max_limit: float = MAX_LIMIT) -> float:
         return max(self.relative_l2 / l2_limit, self.max_relative / max_limit)
@@ -165,6 +186,64 @@ class Allocator:
                         found.append(candidate)
                         break
         return choose(found, scale, dense_bytes, l2_limit, max_limit)
+
+
+def dense_candidate(size: int) -> Candidate:
+    """The weight left as float32: no error, 4 bytes per value (``bits`` 0 marks it)."""
+    return Candidate(0.0, 0, 0.0, 0.0, 0.0, 4.0 * size)
+
+
+def options(allocator: Allocator, dense_bytes: float, max_limit: float = MAX_LIMIT, cap: float = E2_CAP) -> list[Candidate]:
+    """Every candidate of one weight for ``solve_budget``: each sparsity (whose pruning alone stays under ``cap``),
+    outlier fraction and bit width with worst-case error <= ``max_limit``, relative L2 <= ``cap`` and a record
+    smaller than ``dense_bytes``, plus the dense weight itself."""
+    found = [dense_candidate(allocator.n_total)]
+    for sparsity in allocator.sparsities:
+        if allocator.pruned_error(sparsity) > cap:
+            continue
+        for fraction in allocator.outliers:
+            for bits in allocator.bits:
+                c = allocator.measure(sparsity, bits, fraction)
+                if c is not None and c.max_relative <= max_limit and c.relative_l2 <= cap and c.bytes < dense_bytes:
+                    found.append(c)
+    return found
+
+
+def solve_budget(choices: dict[str, list[Candidate]], gains: dict[str, float], budget: float,
+                 iterations: int = 100) -> dict[str, Candidate]:
+    """Per weight name, the candidate minimising the summed bytes subject to sum (gain * e2)^2 <= budget^2
+    (module docstring). Lagrangian relaxation: for a multiplier lam each weight takes argmin bytes + lam (g e2)^2;
+    lam is bisected (geometrically) to the smallest value meeting the budget. When even the least-error choices
+    exceed it, those are returned. Ties go to fewer bytes, then to the earlier candidate (deterministic)."""
+
+    def pick(lam: float) -> tuple[dict[str, Candidate], float]:
+        chosen, total = {}, 0.0
+        for name, found in choices.items():
+            g2 = gains.get(name, 1.0) ** 2
+            best = min(found, key=lambda c: (c.bytes + lam * g2 * c.relative_l2 ** 2, c.bytes))
+            chosen[name] = best
+            total += g2 * best.relative_l2 ** 2
+        return chosen, total
+
+    limit = budget * budget
+    chosen, total = pick(0.0)
+    if total <= limit:
+        return chosen
+    low, high = 1.0, 1.0
+    while pick(high)[1] > limit and high < 1e30:
+        high *= 16.0
+    if pick(high)[1] > limit:
+        return {name: min(found, key=lambda c: (c.relative_l2, c.bytes)) for name, found in choices.items()}
+    low = high / 16.0 if high > 1.0 else 0.0
+    for _ in range(iterations):
+        middle = math.sqrt(low * high) if low > 0 else high / 1e6
+        if pick(middle)[1] <= limit:
+            high = middle
+        else:
+            low = middle
+        if low > 0 and high / low < 1.0 + 1e-6:
+            break
+    return pick(high)[0]
 
 
 def candidates(weight: np.ndarray, *, bits=BITS, sparsities=SPARSITIES, outliers=OUTLIERS, seed: int = 0) -> list[Candidate]:

@@ -5,7 +5,9 @@ measures candidates' relative L2 and worst-case error on the weight itself and s
 fraction) of the smallest candidate whose proxy stays under the layer's ``scales`` entry (default 1);
 a weight with no such candidate (or none smaller than float32) is left dense and listed as skipped. ``cache`` (a dict kept by the caller)
 holds the candidates per weight name, so a re-run with other scales (the fidelity back-off) does not measure
-again. Each choice is kept in ``choices`` (weight name -> onnxcomp.core.allocation.Candidate).
+again. ``limits`` (weight name -> relative L2 limit) replace L2_LIMIT per weight: the model-level budget
+(onnxcomp.core.allocation.solve_budget) sets them, a limit of 0 keeping the weight dense. Each choice is kept in
+``choices`` (weight name -> onnxcomp.core.allocation.Candidate).
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from .select_weights import drop_non_finite, non_finite_reason
 
 
 class AllocateWeightsPass(GraphPass):
-    def __init__(self, *, scales: dict[str, float] | None = None, cache: dict | None = None, seed: int = 0,
+    def __init__(self, *, scales: dict[str, float] | None = None, limits: dict[str, float] | None = None,
+                 cache: dict | None = None, seed: int = 0,
                  sparsities: dict[str, tuple] | None = None, outliers: str | float = "auto") -> None:
         self.scales = dict(scales or {})
+        self.limits = dict(limits or {})
         self.cache = cache if cache is not None else {}
         self.seed = seed
         # Without data, magnitude pruning is allowed where the proxy accepts it; embeddings stay dense-valued.
@@ -47,7 +51,10 @@ class AllocateWeightsPass(GraphPass):
                 allocator = allocation.Allocator(
                     values, sparsities=self.sparsities.get(target.kind, (0.0,)), outliers=self.outliers, seed=self.seed)
                 del values
-            return allocator, allocator.choose(self.scales.get(target.name, 1.0), 4.0 * target.size), None
+            limit = self.limits.get(target.name, allocation.L2_LIMIT)
+            choice = (allocator.choose(self.scales.get(target.name, 1.0), 4.0 * target.size, l2_limit=limit)
+                      if limit > 0 else None)
+            return allocator, choice, None
 
         measured = parallel.ordered_map(measure, targets)
         for target, (allocator, choice, non_finite) in progress.track(zip(targets, measured), "per-layer allocation",
@@ -56,6 +63,11 @@ class AllocateWeightsPass(GraphPass):
                 drop_non_finite(state, target, non_finite)
                 continue
             self.cache[target.name] = allocator
+            if choice is None and self.limits.get(target.name, allocation.L2_LIMIT) <= 0:
+                state.targets.remove(target)
+                state.skipped.append((target.name, "kept dense by the model's error budget (its measured effect on the "
+                                                   "output makes bits there cheaper than anywhere else)"))
+                continue
             if choice is None:
                 state.targets.remove(target)
                 state.skipped.append((target.name, "no codebook keeps its predicted error under the threshold "

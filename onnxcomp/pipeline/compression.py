@@ -45,9 +45,13 @@ DEFAULT_BITS = {"conv": 5, "fc": 3, "embedding": 6, "other": 6}
 DEFAULT_SPARSITY = {"conv": 0.0, "fc": 0.5, "embedding": 0.0, "other": 0.0}
 FORMATS = ("custom-op", "portable")  # records in a sidecar read by the custom ops, or standard ops only
 ALLOCATIONS = ("fixed", "proxy")
-BACKOFF_ROUNDS = 3  # re-compressions with tightened thresholds when the measured fidelity misses WARN_COSINE
-BACKOFF_FACTOR = 0.25  # each round multiplies the proxy threshold of the most damaging layers by this
-BACKOFF_SHARE = 0.6  # the most damaging layers: worst first until they carry this share of the summed error
+BACKOFF_ROUNDS = 3  # re-compressions with a tighter model budget when the measured fidelity misses WARN_COSINE
+BACKOFF_FACTOR = 0.5  # each round multiplies the model's error budget by this
+BUDGET = 0.15  # model-level budget R on sqrt(sum (g_i e2_i)^2), gains relative to their median
+BUDGET_UNMEASURED = 0.05  # R when fidelity cannot be measured (every gain 1, no back-off): a third of BUDGET
+ATTRIBUTION_BYTES = 1 << 30  # larger inputs: no per-weight measurement (every gain 1; the back-off still applies)
+ATTRIBUTION_SAMPLES = 2  # samples of the first feed each weight's effect is measured on (one model run per weight)
+GAIN_RANGE = (0.25, 4.0)  # measured gains relative to their median, clipped to this range
 
 
 @dataclass
@@ -82,7 +86,7 @@ class Report:
     budget: dict | None = None  # with --budget: the goal, predicted and measured error, chosen settings
     fidelity: dict | None = None  # onnxcomp.pipeline.fidelity.Fidelity.to_dict() of the written output
     allocation: str = "fixed"  # "proxy": per-layer bits and sparsity chosen without data
-    backoff: list[dict] = field(default_factory=list)  # each fidelity back-off round: min cosine, layers tightened
+    backoff: list[dict] = field(default_factory=list)  # each fidelity back-off round: min cosine, bytes, the model error budget it had
     fallback: str | None = None  # why the output is a copy of the input, when it is
     float_params: int = 0  # elements of every float constant of the input (all graphs, any size)
 
@@ -119,7 +123,8 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
                    activation_threshold: float = 0.0, reconstruct: bool | None = None, ridge: float = 1e-2,
                    format: str = "custom-op", layers=(), settings: dict | None = None, sequential: bool = False,
                    rounding: str = "obs", outliers: str | float = "auto", allocation: str = "fixed",
-                   allocation_scales: dict | None = None, allocation_cache: dict | None = None) -> Pipeline:
+                   allocation_scales: dict | None = None, allocation_limits: dict | None = None,
+                   allocation_cache: dict | None = None) -> Pipeline:
     """The pass list for the given options (``None`` means the defaults; ``calib`` is a dict of input arrays).
 
     ``format`` "custom-op" writes records for the onnxcomp ops; "portable" writes standard ONNX ops only.
@@ -133,6 +138,7 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
     weight's kept values (0: none) stored exactly beside the codebook.
     ``allocation`` "fixed" takes bits and sparsity per kind; "proxy" picks them per weight without data
     (AllocateWeightsPass, onnxcomp/core/allocation.py; ``allocation_scales`` tighten its threshold per weight,
+    ``allocation_limits`` set its relative L2 limit per weight (the model-level budget; 0 keeps a weight dense),
     ``allocation_cache`` keeps its measurements between runs).
     """
     if format not in FORMATS:
@@ -158,7 +164,7 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
         raise InvalidOptionError(f"unknown allocation {allocation!r}: use one of {', '.join(ALLOCATIONS)}")
     passes = [SelectWeightsPass(min_elements=min_elements, rules=rules)]
     if allocation == "proxy":
-        passes.append(AllocateWeightsPass(scales=allocation_scales, cache=allocation_cache, seed=seed, outliers=outliers))
+        passes.append(AllocateWeightsPass(scales=allocation_scales, limits=allocation_limits, cache=allocation_cache, seed=seed, outliers=outliers))
     if settings:
         passes.append(ApplySettingsPass(settings=settings))
     if sequential and calib is None:
@@ -274,8 +280,9 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
     to a temporary folder beside ``output_path`` and moved into place only when complete and accepted.
     ``fidelity`` measures the output against the input (onnxcomp/pipeline/fidelity.py; on ``fidelity_data``,
     else the calibration data, else inputs synthesised with ``input_shapes``/``input_ranges`` overrides) into
-    ``Report.fidelity``. With the proxy allocation, a min cosine below 0.99 re-compresses with tighter
-    thresholds on the layers that damage the output most (at most BACKOFF_ROUNDS times); if it still misses,
+    ``Report.fidelity``. With the proxy allocation, a first round with per-weight limits gives each weight's
+    measured gain (``_gains``), then the model-level budget (BUDGET, onnxcomp.core.allocation.solve_budget) sets
+    every weight's limit; a min cosine below 0.99 halves the budget (at most BACKOFF_ROUNDS times); if it still misses,
     or the output would not be smaller than the input, the input is copied instead (``Report.fallback`` says
     why). Explicit settings are written as asked (a warning is the caller's to print). ``min_cosine`` makes the check a gate: below it (or when it cannot be
     measured) FidelityError is raised and nothing is written.
@@ -311,25 +318,33 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
     staging = tempfile.mkdtemp(prefix=".onnxcomp-", dir=folder)
     try:
         staged = os.path.join(staging, os.path.basename(output_path))
-        scales: dict[str, float] = {}
         cache: dict = {}
+        limits: dict[str, float] | None = None  # None: per-weight proxy limits (round 0)
         history: list[dict] = []
-        for round_ in range(BACKOFF_ROUNDS + 1):
-            extra = {"allocation_scales": scales, "allocation_cache": cache} if allocation == "proxy" else {}
+        gains: dict[str, float] | None = None
+        budget = BUDGET
+        for round_ in range(BACKOFF_ROUNDS + 2):
+            extra = {"allocation_limits": limits, "allocation_cache": cache} if allocation == "proxy" else {}
             report = _compress_once(input_path, staged, calib, loaded=graph_only, allocation=allocation, **extra, **options)
             result = None
-            if measure:
+            budget_round = allocation == "proxy" and report.layers and gains is None
+            if measure and not budget_round:  # round 0 of the proxy is only the start of the budget allocation
                 result = (fidelity_check.Fidelity("", unavailable=unavailable) if unavailable else
                           fidelity_check.compare_runs(input_path, staged, feeds, source))
-            if (allocation != "proxy" or result is None or not result.below or not report.layers
-                    or round_ == BACKOFF_ROUNDS):
+            if allocation != "proxy" or not report.layers:
                 break
-            worst = _most_damaging(input_path, staged, feeds)
-            for name in worst:
-                scales[name] = scales.get(name, 1.0) * BACKOFF_FACTOR
-            history.append({"min_cosine": result.min_cosine, "bytes": report.output_bytes, "tightened": worst})
-            log.info("fidelity min cosine %.4f below %.2f: tightening %s", result.min_cosine, fidelity_check.WARN_COSINE,
-                     ", ".join(worst))
+            if gains is None:  # round 0: measure each weight's effect, then allocate the model's budget
+                gains = _gains(input_path, staged, feeds if measure and not unavailable else [], cache, report)
+                budget = BUDGET if gains is not None else BUDGET_UNMEASURED
+                gains = gains or {name: 1.0 for name in cache}
+            elif result is None or not result.below or round_ == BACKOFF_ROUNDS + 1:
+                break
+            else:
+                history.append({"min_cosine": result.min_cosine, "bytes": report.output_bytes, "budget": budget})
+                log.info("fidelity min cosine %.4f below %.2f: budget %.4f -> %.4f", result.min_cosine,
+                         fidelity_check.WARN_COSINE, budget, budget * BACKOFF_FACTOR)
+                budget *= BACKOFF_FACTOR
+            limits = _budget_limits(cache, gains, budget, report)
         report.allocation, report.backoff = allocation, history
         fallback = None
         if allocation == "proxy" and report.layers and report.output_bytes >= report.input_bytes:
@@ -363,22 +378,48 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _most_damaging(input_path: str, staged: str, feeds: list[dict]) -> list[str]:
-    """The compressed weights that, each alone, do most damage to the first output on the first feed: worst first
-    until they carry BACKOFF_SHARE of the summed relative L2 error (at least one)."""
-    from onnxcomp.pipeline.verification import attribute_layers
-    from onnxcomp.pipeline.fidelity import _session
-    feed = feeds[0]
-    expected = np.asarray(_session(input_path).run(None, feed)[0])
-    layers = attribute_layers(input_path, staged, feed, 1, 1 << 40, "synthesised", expected)
-    total = sum(layer.relative_l2_error for layer in layers)
-    chosen, carried = [], 0.0
-    for layer in layers:
-        chosen.append(layer.name)
-        carried += layer.relative_l2_error
-        if carried >= BACKOFF_SHARE * total:
-            break
-    return chosen
+def _gains(input_path: str, staged: str, feeds: list[dict], cache: dict, report: Report) -> dict[str, float] | None:
+    """Per weight (the allocator's ``cache`` keys): the measured gain g = r / e2 of its effect on the output r
+    (fidelity.attribute, on ATTRIBUTION_SAMPLES samples of the first feed) over its predicted relative L2 error e2,
+    divided by the median gain and clipped to GAIN_RANGE (the median stands for weights not compressed in this
+    round). Relative, because on synthesised inputs only the ratios between weights mean something: a classifier's
+    outputs on random images are small and uncertain, and their absolute error says little about real inputs.
+    None without feeds or when the model cannot be run on them. Models above ATTRIBUTION_BYTES get gains of 1
+    (the measurement holds copies of the whole model in memory, and protobuf serialises at most 2 GiB)."""
+    if not feeds:
+        return None
+    if model_io.model_bytes(input_path) > ATTRIBUTION_BYTES:
+        return {name: 1.0 for name in cache}
+    from onnxcomp.pipeline.fidelity import attribute
+    count = next((len(v) for v in feeds[0].values() if np.ndim(v)), 0)
+    feed = {k: (v[:ATTRIBUTION_SAMPLES] if np.ndim(v) and len(v) == count else v) for k, v in feeds[0].items()}
+    try:
+        errors = attribute(input_path, staged, feed)
+    except Exception as error:  # onnxruntime's own errors (a feed the model takes only whole): no measured gains
+        log.info("per-weight effect not measured (%s): every gain taken as 1", str(error).strip().splitlines()[0])
+        return None
+    compressed = {layer.name for layer in report.layers}
+    measured = {}
+    for name, allocator in cache.items():
+        chosen = allocator.choose(1.0, 4.0 * allocator.n_total)  # round 0's choice (measurements are cached)
+        if name in errors and name in compressed and chosen is not None and chosen.relative_l2 > 0:
+            measured[name] = errors[name] / chosen.relative_l2
+    median = float(np.median(list(measured.values()))) if measured else 1.0
+    log.info("measured gains (output error / weight error): median %.3g, %s", median,
+             ", ".join(f"{n} {g:.3g}" for n, g in sorted(measured.items(), key=lambda x: -x[1])[:8]))
+    if not median > 0:
+        return {name: 1.0 for name in cache}
+    low, high = GAIN_RANGE
+    return {name: float(np.clip(measured.get(name, median) / median, low, high)) for name in cache}
+
+
+def _budget_limits(cache: dict, gains: dict[str, float], budget: float, report: Report) -> dict[str, float]:
+    """Per weight, the relative L2 limit of its candidate in the model-level budget allocation
+    (onnxcomp.core.allocation.solve_budget); 0 for a weight best left dense."""
+    from onnxcomp.core import allocation as allocation_math
+    choices = {name: allocation_math.options(allocator, 4.0 * allocator.n_total) for name, allocator in sorted(cache.items())}
+    chosen = allocation_math.solve_budget(choices, gains, budget)
+    return {name: 0.0 if c.dense else c.relative_l2 * (1 + 1e-9) for name, c in chosen.items()}
 
 
 def _copy_input(input_path: str, staged: str) -> Report:
