@@ -285,3 +285,43 @@ def test_outlier_search_matches_its_reference(rng, option):
                 _shared_equal(outliers.share(w, keep, bits, **kwargs), outliers.share_reference(w, keep, bits, **kwargs))
 
 
+
+
+def _assert_same_record(fast, reference):
+    assert fast.dims == reference.dims and fast.bits == reference.bits and fast.coding == reference.coding
+    assert fast.codebook.dtype == np.float32 and np.array_equal(fast.codebook.view(np.uint32), reference.codebook.view(np.uint32))
+    assert np.array_equal(fast.indices.astype(np.int64), reference.indices)
+    assert np.array_equal(fast.outlier_positions, reference.outlier_positions)
+    assert np.array_equal(fast.outlier_values.view(np.uint32), reference.outlier_values.view(np.uint32))
+    assert fast.outlier_bytes == reference.outlier_bytes
+    assert np.array_equal(fast.to_dense().view(np.uint32), reference.to_dense().view(np.uint32))
+
+
+def test_compiled_record_decoder_matches_the_numpy_reference(rng):
+    """sidecar.decode_record_fast (the custom-op library's decoder, compiled into _native) against the numpy
+    reference decoder: dense and sparse codings, 1-16 bits, with and without outliers (fp16 and fp32 values)."""
+    for indices, k in _index_streams(rng):
+        bits = max(1, int(np.ceil(np.log2(max(k, 2)))))
+        for zero_first in (True, False):
+            book = np.sort(rng.standard_normal(k)).astype(np.float32)
+            if zero_first:
+                book[0] = 0.0
+            dims = (len(indices),) if len(indices) % 4 else (4, len(indices) // 4)
+            record = sidecar.encode_record(book, indices, dims, bits)
+            _assert_same_record(sidecar.decode_record_fast(record), sidecar.decode_record(record))
+            positions = np.unique(rng.integers(0, len(indices), max(1, len(indices) // 200)))
+            for values in (rng.standard_normal(len(positions)).astype(np.float32),
+                           rng.standard_normal(len(positions)).astype(np.float16).astype(np.float32)):
+                record = sidecar.encode_record(book, indices, dims, bits, positions, values)
+                _assert_same_record(sidecar.decode_record_fast(record), sidecar.decode_record(record))
+
+
+def test_compiled_record_decoder_rejects_corrupt_bytes(rng):
+    indices = rng.integers(0, 16, 5_000)
+    record = bytearray(sidecar.encode_record(np.linspace(-1, 1, 16).astype(np.float32), indices, (5_000,), 4))
+    for cut in (0, 10, len(record) // 2, len(record) - 1):
+        with pytest.raises(sidecar.CorruptSidecarError):
+            sidecar.decode_record_fast(bytes(record[:cut]))
+    record[len(record) // 2] ^= 0x5A  # checksum no longer matches
+    with pytest.raises(sidecar.CorruptSidecarError):
+        sidecar.decode_record_fast(bytes(record))

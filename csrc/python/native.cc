@@ -22,6 +22,8 @@
 #include <string>
 #include <vector>
 
+#include "decode.h"
+
 namespace py = pybind11;
 
 // The value-by-value loops are compiled twice on x86-64 (AVX2 and baseline) and picked at load time; they
@@ -739,9 +741,47 @@ py::tuple encode_sparse(py::array symbols_array, int gap_bits, U32Array gap_code
   return py::make_tuple(py::bytes(payload), bits);
 }
 
+// Decodes one weight record with the bounds-checked decoder the custom-op library uses (csrc/decode.h), for the
+// compressor's own reads of records it wrote (fidelity attribution, inspect, verify). Returns
+// (dims, codebook float32 [K], indices uint8/uint16 [N], bits, coding, outlier positions int64 [L],
+// outlier values float32 [L], offset where the payload ends); raises ValueError with the decoder's message on a corrupt record.
+py::tuple decode_record_native(py::bytes record) {
+  const std::string data = record;
+  const auto* bytes = reinterpret_cast<const uint8_t*>(data.data());
+  onnxcomp::RecordInfo info;
+  onnxcomp::DecodeStatus status = onnxcomp::parse_record(bytes, data.size(), &info);
+  if (!status.ok()) throw py::value_error(status.message);
+  py::array_t<float> codebook(static_cast<py::ssize_t>(info.codebook_size));
+  const bool wide = onnxcomp::record::index_width(info.index_bits) == 2;
+  py::array indices = wide ? py::array(py::array_t<uint16_t>(static_cast<py::ssize_t>(info.num_elements)))
+                           : py::array(py::array_t<uint8_t>(static_cast<py::ssize_t>(info.num_elements)));
+  std::vector<uint32_t> workspace((onnxcomp::decode_workspace_bytes(info) + 3) / 4 + 1);
+  {
+    py::gil_scoped_release release;
+    status = onnxcomp::decode_record(bytes, info, codebook.mutable_data(), indices.mutable_data(), workspace.data(),
+                                     workspace.size() * 4);
+  }
+  if (!status.ok()) throw py::value_error(status.message);
+  py::array_t<int64_t> positions(static_cast<py::ssize_t>(info.outlier_count));
+  py::array_t<float> values(static_cast<py::ssize_t>(info.outlier_count));
+  if (info.outlier_count) {
+    std::vector<uint64_t> wide_positions(info.outlier_count);
+    status = onnxcomp::decode_outliers(bytes, info, wide_positions.data(), values.mutable_data());
+    if (!status.ok()) throw py::value_error(status.message);
+    int64_t* out = positions.mutable_data();
+    for (uint64_t j = 0; j < info.outlier_count; ++j) out[j] = static_cast<int64_t>(wide_positions[j]);
+  }
+  py::tuple dims(info.rank);
+  for (uint32_t i = 0; i < info.rank; ++i) dims[i] = py::int_(info.dims[i]);
+  const uint64_t payload_end = info.payload_offset + onnxcomp::stream_bytes(info.payload_bits);
+  return py::make_tuple(dims, codebook, indices, info.index_bits, info.coding, positions, values, payload_end);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
+  m.def("decode_record", &decode_record_native, py::arg("record"),
+        "Decode one weight record (csrc/decode.h); ValueError on a corrupt record.");
   m.doc() = "onnxcomp's compiled compression loops (k-means, assignment, Huffman/gap coding); see csrc/python/native.cc";
   m.def("lloyd_1d", &lloyd_1d, py::arg("sorted_values"), py::arg("weights"), py::arg("centroids"), py::arg("max_iterations"),
         "Lloyd iterations of 1-D k-means on ascending float32 values (optional float32 weights in the same order) "

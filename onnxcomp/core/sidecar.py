@@ -323,6 +323,26 @@ def decode_record(data: bytes) -> Record:
     return record
 
 
+def decode_record_fast(data: bytes) -> Record:
+    """``decode_record`` through the compiled, bounds-checked decoder of the custom-op library (csrc/decode.h,
+    exposed as ``onnxcomp._native.decode_record``): the same Record, with indices as uint8 (bits <= 8) or uint16
+    instead of int64. The compressor's own reads of records (fidelity attribution, inspect, verify) use it; the
+    numpy ``decode_record`` stays the reference (tests/test_native.py compares them). Raises
+    ``CorruptSidecarError`` on a record the decoder rejects."""
+    from onnxcomp.core.native import native as module
+    if module is None or not hasattr(module, "decode_record"):
+        return decode_record(data)
+    data = bytes(data)
+    try:
+        dims, codebook, indices, bits, coding, positions, values, payload_end = module.decode_record(data)
+    except ValueError as error:
+        raise CorruptSidecarError(f"corrupt record: {error}") from None
+    record = Record(tuple(int(d) for d in dims), codebook, indices, int(bits), int(coding), positions, values)
+    if _FIXED.unpack_from(data)[1] == RECORD_VERSION_OUTLIERS:
+        record.outlier_bytes = len(data) - 4 - int(payload_end)
+    return record
+
+
 def _decode_sparse(payload, payload_bits, gap_bits, gap_lengths, value_lengths, n, nonzero_count) -> np.ndarray:
     reader = huffman.BitReader(payload, payload_bits)
     gap_symbol, gap_length = reader.table(gap_lengths, "gap table")

@@ -168,7 +168,7 @@ def stored_weights(model: onnx.ModelProto, model_path: str) -> dict[str, StoredW
                 entry = entries.get(offset)
                 if entry is None:
                     raise CorruptSidecarError(f"{path}: no directory entry for record {tensor_name!r} at offset {offset}")
-                record = sidecar.decode_record(data[entry.offset:entry.offset + entry.length])
+                record = sidecar.decode_record_fast(data[entry.offset:entry.offset + entry.length])
                 found[tensor_name] = StoredWeight(entry.name, "record", record.codebook, record.indices.reshape(record.dims),
                                                   record.bits, entry.length, entry.transposed, tensor_name,
                                                   record.outlier_positions, record.outlier_values, record.outlier_bytes)
