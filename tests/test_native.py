@@ -91,18 +91,25 @@ def _index_streams(rng):
     yield skew, 40
 
 
+def _record_layouts(rng, indices, k):
+    """(codebook, bits, dims) for an index stream over K entries: a sorted codebook with and without a leading 0.0
+    (the sparse coding needs it), dims 1-D or 2-D."""
+    bits = max(1, int(np.ceil(np.log2(max(k, 2)))))
+    dims = (len(indices),) if len(indices) % 4 else (4, len(indices) // 4)
+    for zero_first in (True, False):
+        book = np.sort(rng.standard_normal(k)).astype(np.float32)
+        if zero_first:
+            book[0] = 0.0
+        yield book, bits, dims
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int64])
 def test_records_match_the_numpy_coder_byte_for_byte(rng, dtype):
     for indices, k in _index_streams(rng):
         if np.iinfo(dtype).max < k - 1:
             continue
         indices = indices.astype(dtype)
-        bits = max(1, int(np.ceil(np.log2(max(k, 2)))))
-        for zero_first in (True, False):
-            book = np.sort(rng.standard_normal(k)).astype(np.float32)
-            if zero_first:
-                book[0] = 0.0
-            dims = (len(indices),) if len(indices) % 4 else (4, len(indices) // 4)
+        for book, bits, dims in _record_layouts(rng, indices, k):
             expected = sidecar.encode_record(book, indices, dims, bits, coding_steps=sidecar.NumpyCoding)
             assert sidecar.encode_record(book, indices, dims, bits, coding_steps=sidecar.NativeCoding) == expected
             decoded = sidecar.decode_record(expected)
@@ -301,12 +308,7 @@ def test_compiled_record_decoder_matches_the_numpy_reference(rng):
     """sidecar.decode_record_fast (the custom-op library's decoder, compiled into _native) against the numpy
     reference decoder: dense and sparse codings, 1-16 bits, with and without outliers (fp16 and fp32 values)."""
     for indices, k in _index_streams(rng):
-        bits = max(1, int(np.ceil(np.log2(max(k, 2)))))
-        for zero_first in (True, False):
-            book = np.sort(rng.standard_normal(k)).astype(np.float32)
-            if zero_first:
-                book[0] = 0.0
-            dims = (len(indices),) if len(indices) % 4 else (4, len(indices) // 4)
+        for book, bits, dims in _record_layouts(rng, indices, k):
             record = sidecar.encode_record(book, indices, dims, bits)
             _assert_same_record(sidecar.decode_record_fast(record), sidecar.decode_record(record))
             positions = np.unique(rng.integers(0, len(indices), max(1, len(indices) // 200)))
