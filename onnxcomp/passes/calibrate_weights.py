@@ -5,16 +5,27 @@ transA=0, 2-D Conv with group 1), runs the still-uncompressed graph in onnxrunti
 extra outputs, and stores per-layer statistics (see onnxcomp/calibration.py). Only uses in the main graph
 count: a tensor inside an If/Loop/Scan body cannot be made a graph output. Targets with no such use keep
 no statistics, and activation-aware steps fall back to magnitude for them, with a log line saying why.
+
+With ``steps`` (the per-layer passes: pruning with scope "layer", reconstruction, sharing), each group of
+targets is compressed as soon as its statistics are complete (calibration.collect_segments: after the segment of
+the graph that produces its input) and its statistics dropped, so a model streamed from external data holds one
+segment's weights or one group's statistics at a time; the targets without statistics go last. Each target's
+result is the same as with the passes run after the calibration (they are per-weight).
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
-from onnxcomp.passes.calibration import LayerInput, collect
+from onnxcomp import progress
+from onnxcomp.passes.calibration import SEGMENT_BYTES, LayerInput, collect_segments
 
-from .base import CompressionState, GraphPass, PassResult, WeightTarget, log
+from .base import CompressionState, ExternalValues, GraphPass, PassResult, WeightTarget, log
+from .names import all_graphs
 
 
 def layer_input(target: WeightTarget, main_nodes: set[int] | None = None) -> LayerInput | None:
@@ -33,9 +44,27 @@ def layer_input(target: WeightTarget, main_nodes: set[int] | None = None) -> Lay
     return None
 
 
+def external_initializers(graph: gs.Graph) -> tuple[dict, dict[str, int]]:
+    """Readers and byte sizes, by name, of the constants whose values stay in external data files (a streamed model)."""
+    readers, sizes = {}, {}
+    for subgraph in all_graphs(graph):
+        for tensor in subgraph.tensors().values():
+            values = getattr(tensor, "_values", None)
+            if isinstance(tensor, gs.Constant) and isinstance(values, ExternalValues):
+                readers[tensor.name] = values.load
+                count = int(np.prod(values.shape, dtype=np.int64))
+                sizes[tensor.name] = values.length if values.length is not None else \
+                    count * onnx.helper.tensor_dtype_to_np_dtype(values.tensor.data_type).itemsize
+    return readers, sizes
+
+
 class CalibrateWeightsPass(GraphPass):
-    def __init__(self, *, data: dict[str, np.ndarray], batch: int = 64, threshold: float = 0.0, keep_gram: bool = True) -> None:
+    def __init__(self, *, data: dict[str, np.ndarray], batch: int = 64, threshold: float = 0.0, keep_gram: bool = True,
+                 steps: list[GraphPass] | None = None) -> None:
         self.data, self.batch, self.threshold, self.keep_gram = data, batch, threshold, keep_gram
+        self.steps = list(steps or [])
+        self.quiet = False
+
 
     def run(self, state: CompressionState) -> PassResult:
         layers = {}
@@ -48,11 +77,39 @@ class CalibrateWeightsPass(GraphPass):
                 log.info("%s: no MatMul/Gemm/Conv(group 1) use whose input can be observed; magnitude scores apply", target.name)
             else:
                 layers[target.name] = target.layer_input
+        for step in self.steps:  # the steps run on groups of targets: their preconditions hold for the whole state
+            step.check(state)
         if not layers:
+            self._compress(state, list(state.targets))
             return PassResult(False, "no layer to calibrate")
         model = gs.export_onnx(state.graph.copy())
-        stats = collect(model, layers, self.data, batch=self.batch, threshold=self.threshold, keep_gram=self.keep_gram)
-        for target in state.targets:
-            if target.name in stats:
+        readers, sizes = external_initializers(state.graph)
+        self.quiet = sum(sizes.values()) > SEGMENT_BYTES  # several groups: one progress bar, the segments'
+        pending = list(state.targets)
+        count = 0
+        for stats in collect_segments(model, layers, self.data, batch=self.batch, threshold=self.threshold,
+                                      keep_gram=self.keep_gram, externals=readers, external_bytes=sizes):
+            group = [t for t in pending if t.name in stats]
+            for target in group:
                 target.statistics = stats[target.name]
-        return PassResult(False, f"calibrated {len(stats)} layers on {len(next(iter(self.data.values())))} samples")
+            count += len(group)
+            if self.steps and group:
+                pending = [t for t in pending if t.name not in stats]
+                self._compress(state, group)
+                for target in group:
+                    target.statistics = None  # its Gram matrix is no longer needed
+        self._compress(state, pending)
+        return PassResult(False, f"calibrated {count} layers on {len(next(iter(self.data.values())))} samples")
+
+    def _compress(self, state: CompressionState, group: list[WeightTarget]) -> None:
+        """Run the steps on ``group`` alone; targets they leave dense leave ``state`` too."""
+        if not group or not self.steps:
+            return
+        part = CompressionState(state.graph, list(group), graph_inputs=state.graph_inputs)
+        with progress.silenced() if self.quiet else contextlib.nullcontext():
+            for step in self.steps:
+                step.run(part)
+        for target in group:
+            if target not in part.targets:
+                state.targets.remove(target)
+        state.skipped.extend(part.skipped)

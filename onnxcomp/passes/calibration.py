@@ -7,7 +7,16 @@ batch by batch, so memory is bounded by the statistics, never by the activations
 - ``sum_squares[j] = sum_rows x_j^2``  (Wanda's ||X_j||_2 is its square root)
 - ``sum_abs[j] = sum_rows |x_j|``, ``fire_rows[j] = #rows with x_j > threshold``
 - ``fire_samples[j] = #samples in which x_j exceeds the threshold at least once``
-- ``gram = X^T X`` (for least-squares reconstruction), kept when the layer has at most ``GRAM_LIMIT`` inputs.
+- ``gram = X^T X`` (for least-squares reconstruction), kept when the layer has at most ``GRAM_LIMIT`` inputs:
+  float64 up to ``GRAM_FLOAT64_FEATURES`` inputs (at most 32 MiB), float32 above (the inputs^2 matrix is then as
+  large as a weight of that many inputs and outputs; float32 accumulation changes the rounded weights of such
+  layers, not their quality: docs/benchmarks.md, calibration memory).
+
+Weights whose layers read the same tensor the same way (the query, key and value projections of one input) share
+one statistics object. A model whose weights are stored as external data is run in segments of consecutive nodes
+holding at most ``SEGMENT_BYTES`` of those weights (``collect_segments``): each segment's session holds only its
+own weights, the tensors later segments read are carried between them per batch, and a layer's statistics are
+complete after the segment that produces its input, so the caller can compress it and drop them before the next.
 """
 
 from __future__ import annotations
@@ -23,6 +32,8 @@ from onnxcomp.errors import CalibrationError
 from onnxcomp.runtime import quiet_session_options
 
 GRAM_LIMIT = 8192
+GRAM_FLOAT64_FEATURES = 2048  # more inputs: float32 Gram matrices (memory: inputs^2 * 4 bytes)
+SEGMENT_BYTES = 256 << 20  # external-data weight bytes one calibration session holds at most (one weight may exceed it)
 
 
 @dataclass
@@ -57,10 +68,11 @@ class LayerStatistics:
         self.sum_squares, self.sum_abs = np.zeros(k), np.zeros(k)
         self.fire_rows, self.fire_samples = np.zeros(k), np.zeros(k)
         if self.keep_gram and k <= GRAM_LIMIT:
-            self.gram = np.zeros((k, k))
+            self.gram = np.zeros((k, k), dtype=gram_dtype(k))
 
     def add(self, rows: np.ndarray, samples: int, threshold: float) -> None:
         """Accumulate ``rows`` [samples * rows_per_sample, K]."""
+        single = rows.astype(np.float32, copy=False) if self.gram is not None and self.gram.dtype == np.float32 else None
         rows = rows.astype(np.float64, copy=False)
         fires = rows > threshold
         self.rows += len(rows)
@@ -69,14 +81,17 @@ class LayerStatistics:
         self.sum_abs += np.abs(rows).sum(axis=0)
         self.fire_rows += fires.sum(axis=0)
         self.fire_samples += fires.reshape(samples, -1, rows.shape[1]).any(axis=1).sum(axis=0)
-        if self.gram is not None:
+        if single is not None:
+            self.gram += single.T @ single
+        elif self.gram is not None:
             self.gram += rows.T @ rows
 
     def add_original(self, rows: np.ndarray, original: np.ndarray) -> None:
         """Sequential mode: accumulate the cross terms with the original model's rows for the same samples."""
         if self.gram is None:
             return
-        rows, original = rows.astype(np.float64, copy=False), original.astype(np.float64, copy=False)
+        dtype = self.gram.dtype
+        rows, original = rows.astype(dtype, copy=False), original.astype(dtype, copy=False)
         if self.cross is None:
             self.cross = np.zeros_like(self.gram)
             self.gram_original = np.zeros_like(self.gram)
@@ -86,6 +101,11 @@ class LayerStatistics:
     @property
     def norms(self) -> np.ndarray:
         return np.sqrt(self.sum_squares)
+
+
+def gram_dtype(features: int) -> type:
+    """float64 for at most GRAM_FLOAT64_FEATURES inputs, float32 above."""
+    return np.float64 if features <= GRAM_FLOAT64_FEATURES else np.float32
 
 
 def to_rows(weight: np.ndarray, layout: str) -> np.ndarray:
@@ -220,7 +240,44 @@ def run_batched(session: ort.InferenceSession, feeds: dict[str, np.ndarray], bat
             if np.ndim(runs[0][i]) else np.asarray(runs[0][i]) for i in range(len(runs[0]))]
 
 
-def _probe_session(model: onnx.ModelProto, wanted: list[str]) -> ort.InferenceSession:
+def _session(model: onnx.ModelProto, externals: dict | None = None) -> ort.InferenceSession:
+    """A session on ``model`` (optimizations off: every tensor stays observable). ``externals`` maps the names of
+    initializers stored as external data to functions reading their values (numpy arrays): those of the main graph
+    are handed to onnxruntime as they are (SessionOptions.add_external_initializers), those inside subgraphs are
+    written into the model's copy; both live only as long as the session."""
+    options = quiet_session_options()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor observable
+    held = []
+    if externals:
+        from onnxcomp.passes.model_io import graphs_of
+        names, values = [], []
+        for depth, graph in enumerate(graphs_of(model.graph)):
+            for tensor in graph.initializer:
+                if tensor.data_location != onnx.TensorProto.EXTERNAL or tensor.name not in externals:
+                    continue
+                array = np.ascontiguousarray(externals[tensor.name]())
+                native = tensor.data_type != onnx.TensorProto.BFLOAT16 and \
+                    array.dtype == onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+                if depth == 0 and native:
+                    names.append(tensor.name)
+                    values.append(ort.OrtValue.ortvalue_from_numpy(array))
+                    held.append(array)
+                else:  # a subgraph's (or a type numpy does not hold): its bytes go into the model
+                    del tensor.external_data[:]
+                    tensor.data_location = onnx.TensorProto.DEFAULT
+                    tensor.raw_data = array.tobytes()
+        if names:
+            options.add_external_initializers(names, values)
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own exception types
+        raise CalibrationError(f"onnxruntime cannot run the model for calibration: {error}") from error
+    session._onnxcomp_held = held  # the arrays onnxruntime reads the external initializers from
+    return session
+
+
+def _probe_session(model: onnx.ModelProto, wanted: list[str], externals: dict | None = None) -> ort.InferenceSession:
     graph_inputs = {i.name for i in model.graph.input}
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -230,47 +287,229 @@ def _probe_session(model: onnx.ModelProto, wanted: list[str]) -> ort.InferenceSe
             probe.graph.output.append(onnx.ValueInfoProto(name=name))
     if not probe.graph.output:  # every layer reads a graph input: still need one output to run
         probe.graph.output.append(model.graph.output[0])
-    options = quiet_session_options()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor observable
-    try:
-        return ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except Exception as error:  # onnxruntime raises its own exception types
-        raise CalibrationError(f"onnxruntime cannot run the model for calibration: {error}") from error
+    return _session(probe, externals)
+
+
+@dataclass
+class Segment:
+    """Consecutive nodes of the main graph run by one session (collect_segments)."""
+
+    nodes: list[int]  # node positions in the graph
+    carried: list[str]  # tensors earlier segments produce that these nodes read
+    outputs: list[str]  # tensors these nodes produce that later segments read or a layer observes
+    initializers: list[str]
+    external_bytes: int = 0
+
+
+def references(node: onnx.NodeProto) -> set[str]:
+    """Names ``node`` reads, its subgraphs' reads from the outer scope included (a superset: subgraph-local names too)."""
+    names = set(node.input)
+    for attribute in node.attribute:
+        graphs = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)
+        for graph in graphs:
+            for inner in graph.node:
+                names |= references(inner)
+    names.discard("")
+    return names
+
+
+def plan_segments(model: onnx.ModelProto, wanted: set[str], external_bytes: dict[str, int],
+                  limit: int = SEGMENT_BYTES) -> list[Segment]:
+    """Split the main graph's nodes (in their topological order) into segments whose external-data initializers
+    (``external_bytes``: bytes by name) sum to at most ``limit`` each (a node alone may exceed it)."""
+    graph = model.graph
+    reads = [references(node) for node in graph.node]
+    groups, current, held, size = [], [], set(), 0
+    for position, names in enumerate(reads):
+        new = {n for n in names if n in external_bytes and n not in held}
+        extra = sum(external_bytes[n] for n in new)
+        if current and size + extra > limit:
+            groups.append((current, size))
+            current, held, size = [], set(), 0
+            new = {n for n in names if n in external_bytes}
+            extra = sum(external_bytes[n] for n in new)
+        current.append(position)
+        held |= new
+        size += extra
+    if current or not groups:
+        groups.append((current, size))
+    producer = {out: g for g, (positions, _) in enumerate(groups) for p in positions for out in graph.node[p].output if out}
+    last_read = {}
+    for g, (positions, _) in enumerate(groups):
+        for p in positions:
+            for name in reads[p]:
+                last_read[name] = g
+    initializers = {t.name for t in graph.initializer}
+    segments = []
+    for g, (positions, size) in enumerate(groups):
+        read = set().union(*(reads[p] for p in positions)) if positions else set()
+        made = [out for p in positions for out in graph.node[p].output if out]
+        segments.append(Segment(
+            positions, sorted(n for n in read if producer.get(n, g) < g),
+            [out for out in made if last_read.get(out, -1) > g or out in wanted],
+            sorted(n for n in read if n in initializers and n not in producer), size))
+    return segments
+
+
+def _segment_model(model: onnx.ModelProto, segment: Segment, carried: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """The segment's nodes as a model: the graph inputs they read, the carried tensors (typed from ``carried``,
+    shapes left open) and their initializers in, ``segment.outputs`` out."""
+    graph = model.graph
+    part = onnx.ModelProto(ir_version=model.ir_version)
+    part.opset_import.extend(model.opset_import)
+    part.functions.extend(model.functions)
+    read = set().union(*(references(graph.node[p]) for p in segment.nodes)) if segment.nodes else set()
+    part.graph.name = graph.name
+    part.graph.node.extend(graph.node[p] for p in segment.nodes)
+    wanted_initializers = set(segment.initializers)
+    part.graph.initializer.extend(t for t in graph.initializer if t.name in wanted_initializers)
+    part.graph.input.extend(i for i in graph.input if i.name in read and i.name not in wanted_initializers)
+    for name in segment.carried:
+        value = np.asarray(carried[name])
+        part.graph.input.append(onnx.helper.make_tensor_value_info(name, onnx.helper.np_dtype_to_tensor_dtype(value.dtype), None))
+    outputs = segment.outputs or [graph.node[segment.nodes[-1]].output[0]]
+    part.graph.output.extend(onnx.ValueInfoProto(name=name) for name in outputs)
+    return part
+
+
+@dataclass
+class _Declared:  # what accepted_batch and sample_axes read from a session input
+    name: str
+    shape: list
+
+
+def _declared_inputs(model: onnx.ModelProto) -> list[_Declared]:
+    initializers = {t.name for t in model.graph.initializer}
+    declared = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor = value.type.tensor_type
+        shape = None if not tensor.HasField("shape") else [
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim]
+        declared.append(_Declared(value.name, shape))
+    return declared
+
+
+def _observe(stats: dict, layers: dict[str, LayerInput], values: dict, samples: int, threshold: float, keep_gram: bool,
+             shared: dict, original_values: dict | None = None) -> None:
+    """Accumulate the statistics of ``layers`` from this batch's ``values`` (layers reading the same tensor the
+    same way share one LayerStatistics, filled once)."""
+    done = set()
+    for layer, spec in layers.items():
+        key = (spec.tensor, spec.layout == "conv", spec.kernel, spec.strides, spec.pads, spec.dilations)
+        if original_values is None and layer not in stats and key in shared:
+            stats[layer] = shared[key]
+        if original_values is None and key in done:
+            continue
+        x = values[spec.tensor]
+        if spec.layout != "conv" and x.ndim >= 2 and x.shape[0] != samples:
+            raise CalibrationError(f"the input of {layer} does not keep the batch axis first; activation-aware pruning cannot use it")
+        rows = input_rows(np.asarray(x), spec)
+        if layer not in stats:
+            stats[layer] = LayerStatistics(rows.shape[1], keep_gram=keep_gram)
+            if original_values is None:
+                shared[key] = stats[layer]
+        stats[layer].add(rows, samples, threshold)
+        done.add(key)
+        if original_values is not None:
+            stats[layer].add_original(rows, input_rows(np.asarray(original_values[spec.tensor]), spec))
+
+
+def collect_segments(model: onnx.ModelProto, layers: dict[str, LayerInput], data: dict[str, np.ndarray], *,
+                     batch: int = 64, threshold: float = 0.0, keep_gram: bool = True, externals: dict | None = None,
+                     external_bytes: dict[str, int] | None = None, limit: int = SEGMENT_BYTES):
+    """Run ``model`` on ``data`` and yield, after each segment (plan_segments; one for a model whose external
+    data, ``external_bytes`` by initializer name, fits ``limit``), the statistics of the layers whose inputs that
+    segment produced (dict layer -> LayerStatistics). ``externals`` reads the external initializers (see _session);
+    a segment's session and weights are released before its statistics are yielded."""
+    wanted = sorted({spec.tensor for spec in layers.values()})
+    external_bytes = external_bytes or {}
+    shared: dict = {}
+    if sum(external_bytes.values()) <= limit:  # one session for the whole model
+        session = _probe_session(model, wanted, externals)
+        names = [o.name for o in session.get_outputs()]
+        input_names = [i.name for i in session.get_inputs()]
+        axes = sample_axes([i for i in session.get_inputs() if i.name in data])
+        total = count_samples({n: data[n] for n in input_names}, axes)
+        size = accepted_batch(session, batch, total, set(data))
+        stats: dict[str, LayerStatistics] = {}
+        for start in progress.track(range(0, total, size), "calibration batches"):
+            feeds = take_samples({n: data[n] for n in input_names}, slice(start, start + size), axes)
+            values = dict(zip(names, session.run(None, feeds)))
+            values.update(feeds)
+            _observe(stats, layers, values, count_samples(feeds, axes), threshold, keep_gram, shared)
+        del session
+        yield stats
+        return
+    declared = [d for d in _declared_inputs(model) if d.name in data]
+    axes = sample_axes(declared)
+    inputs = {d.name: data[d.name] for d in declared}
+    total = count_samples(inputs, axes)
+    size = accepted_batch(_DeclaredSession(declared), batch, total, set(data))
+    starts = list(range(0, total, size))
+    feeds = [take_samples(inputs, slice(start, start + size), axes) for start in starts]
+    samples = [count_samples(f, axes) for f in feeds]
+    carried: list[dict[str, np.ndarray]] = [{} for _ in starts]
+    segments = plan_segments(model, set(wanted), external_bytes, limit)
+    graph_inputs = set(inputs)
+    later = [set().union(*(set(s.carried) for s in segments[i + 1:])) for i in range(len(segments))]
+    for index, segment in enumerate(progress.track(segments, "calibration segments")):
+        observed = {layer: spec for layer, spec in layers.items()
+                    if spec.tensor in segment.outputs or (index == 0 and spec.tensor in graph_inputs)}
+        stats = {}
+        if segment.nodes:
+            session = _session(_segment_model(model, segment, carried[0]), externals)
+            names = [o.name for o in session.get_outputs()]
+            reads = {i.name for i in session.get_inputs()}
+            for b in range(len(starts)):
+                run_feeds = {n: v for n, v in {**feeds[b], **carried[b]}.items() if n in reads}
+                values = dict(zip(names, session.run(None, run_feeds)))
+                values.update(feeds[b])
+                if observed:
+                    _observe(stats, observed, values, samples[b], threshold, keep_gram, shared)
+                carried[b] = {n: v for n, v in {**carried[b], **values}.items() if n in later[index] and n not in graph_inputs}
+            del session
+        yield stats
+
+
+class _DeclaredSession:  # the part of an InferenceSession accepted_batch reads
+    def __init__(self, declared):
+        self.declared = declared
+
+    def get_inputs(self):
+        return self.declared
 
 
 def collect(model: onnx.ModelProto, layers: dict[str, LayerInput], data: dict[str, np.ndarray], *,
             batch: int = 64, threshold: float = 0.0, keep_gram: bool = True,
-            original: onnx.ModelProto | None = None) -> dict[str, LayerStatistics]:
+            original: onnx.ModelProto | None = None, externals: dict | None = None,
+            external_bytes: dict[str, int] | None = None) -> dict[str, LayerStatistics]:
     """Run ``model`` on ``data`` (arrays keyed by input name) and gather each layer's input statistics.
 
     With ``original`` (sequential mode: ``model`` holds already-compressed upstream weights), the same
-    layers' inputs in the original model are captured too, for the cross terms of the reconstruction."""
+    layers' inputs in the original model are captured too, for the cross terms of the reconstruction.
+    ``externals``/``external_bytes``: see collect_segments (not with ``original``)."""
+    if original is None:
+        stats: dict[str, LayerStatistics] = {}
+        for part in collect_segments(model, layers, data, batch=batch, threshold=threshold, keep_gram=keep_gram,
+                                     externals=externals, external_bytes=external_bytes):
+            stats.update(part)
+        return stats
     wanted = sorted({spec.tensor for spec in layers.values()})
     session = _probe_session(model, wanted)
-    reference = _probe_session(original, wanted) if original is not None else None
+    reference = _probe_session(original, wanted)
     names = [o.name for o in session.get_outputs()]
     input_names = [i.name for i in session.get_inputs()]
     axes = sample_axes([i for i in session.get_inputs() if i.name in data])
     total = count_samples({n: data[n] for n in input_names}, axes)
     batch = accepted_batch(session, batch, total, set(data))
-    stats: dict[str, LayerStatistics] = {}
+    stats = {}
     for start in progress.track(range(0, total, batch), "calibration batches"):
         feeds = take_samples({n: data[n] for n in input_names}, slice(start, start + batch), axes)
         values = dict(zip(names, session.run(None, feeds)))
         values.update(feeds)
-        if reference is not None:
-            original_values = dict(zip([o.name for o in reference.get_outputs()], reference.run(None, feeds)))
-            original_values.update(feeds)
-        samples = count_samples(feeds, axes)
-        for layer, spec in layers.items():
-            x = values[spec.tensor]
-            if spec.layout != "conv" and x.ndim >= 2 and x.shape[0] != samples:
-                raise CalibrationError(f"the input of {layer} does not keep the batch axis first; activation-aware pruning cannot use it")
-            rows = input_rows(np.asarray(x), spec)
-            if layer not in stats:
-                stats[layer] = LayerStatistics(rows.shape[1], keep_gram=keep_gram)
-            stats[layer].add(rows, samples, threshold)
-            if reference is not None:
-                stats[layer].add_original(rows, input_rows(np.asarray(original_values[spec.tensor]), spec))
+        original_values = dict(zip([o.name for o in reference.get_outputs()], reference.run(None, feeds)))
+        original_values.update(feeds)
+        _observe(stats, layers, values, count_samples(feeds, axes), threshold, True, {}, original_values)
     return stats

@@ -59,7 +59,8 @@ class PruneWeightsPass(GraphPass):
     def check(self, state: CompressionState) -> None:
         # Only weights that will lose elements need activations: an unpruned one (a bias in a sequential run) does not.
         pruned = [t for t in state.targets if self.sparsity_for(t) > 0]
-        if self.method == "activation" and pruned and not any(t.statistics is not None for t in pruned):
+        # (statistics, or an observable input whose statistics CalibrateWeightsPass gathers as the steps go)
+        if self.method == "activation" and pruned and not any(t.statistics is not None or t.layer_input is not None for t in pruned):
             raise CalibrationError("activation-aware pruning needs calibration data: pass --calib DATA.npz")
 
     def sparsity_for(self, target: WeightTarget) -> float:

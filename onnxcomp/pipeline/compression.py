@@ -180,9 +180,13 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
     if sequential:
         passes.append(CompressSequentiallyPass(data=calib, steps=steps, batch=calib_batch, threshold=activation_threshold))
     else:
-        if calib is not None:
-            passes.append(CalibrateWeightsPass(data=calib, batch=calib_batch, threshold=activation_threshold, keep_gram=reconstruct or needs_gram(prune, score, rules)))
-        passes.extend(steps)
+        keep_gram = reconstruct or needs_gram(prune, score, rules)
+        if calib is not None and scope == "layer":  # each layer compressed as soon as its statistics are complete
+            passes.append(CalibrateWeightsPass(data=calib, batch=calib_batch, threshold=activation_threshold, keep_gram=keep_gram, steps=steps))
+        else:  # global pruning ranks every layer's scores together
+            if calib is not None:
+                passes.append(CalibrateWeightsPass(data=calib, batch=calib_batch, threshold=activation_threshold, keep_gram=keep_gram))
+            passes.extend(steps)
     passes.append(PackPortableWeightsPass() if format == "portable" else PackWeightsPass())
     return Pipeline(passes)
 
@@ -443,8 +447,9 @@ def _compress_once(input_path: str, output_path: str, calib: dict | None, loaded
     """One compression of ``input_path`` written to ``output_path`` (a staging path) and its report. ``loaded``: the
     input as model_io.load_model(input_path, external_data=False) gave it (read and checked once per compress;
     the passes work on a copy)."""
-    # Without calibration no pass runs the model, so its external data is read one weight at a time.
-    stream = calib is None
+    # External data is read one weight at a time (calibration runs the model in segments of weights); only the
+    # sequential mode, which rewrites the model layer by layer, loads it whole.
+    stream = calib is None or not options.get("sequential")
     if stream and loaded is not None:
         model = onnx.ModelProto()
         model.CopyFrom(loaded)
