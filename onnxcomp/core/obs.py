@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from onnxcomp.core.codebook import assign
+from onnxcomp.core.codebook import assign, index_dtype
 
 BLOCK = 128
 
@@ -41,7 +41,10 @@ def _damped(gram: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _inverse_factor(gram: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray]:
-    """(upper Cholesky factor of the damped H^-1, mask of dead inputs)."""
+    """(upper Cholesky factor of the damped H^-1, mask of dead inputs). A float32 ``gram`` takes the in-place
+    float32 route (inverse_factor_in_place)."""
+    if gram.dtype == np.float32:
+        return inverse_factor_in_place(gram=gram, damp=damp)
     h, dead = _damped(gram, damp)
     for attempt in range(6):  # raise the damping if the inverse is not numerically positive definite
         try:
@@ -52,15 +55,62 @@ def _inverse_factor(gram: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarr
     raise np.linalg.LinAlgError("the calibration Gram matrix could not be inverted")
 
 
+def inverse_factor_in_place(gram: np.ndarray | None = None, activations: np.ndarray | None = None,
+                            damp: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """The upper Cholesky factor U of the damped H^-1 (H^-1 = U^T U) and the dead-input mask, like _inverse_factor,
+    from ``gram`` G [K, K] or from the rows ``activations`` X [N, K] (G = X^T X), in the dtype given (float32 here),
+    with one K x K array in all: with P the order-reversing permutation, P H P = L L^T (Cholesky) gives
+    H^-1 = (P L^-T P)(P L^-1 P), and P L^-1 P is upper triangular with a positive diagonal, hence U. The
+    permuted damped H is formed in a fresh array, factored and inverted in place (LAPACK potrf, trtri); U is
+    returned as a reversed view of it."""
+    from scipy.linalg import lapack
+    source = gram if gram is not None else activations
+    k = source.shape[1]
+    scale = None
+    for attempt in range(7):  # raise the damping if H is not numerically positive definite
+        if gram is not None:
+            h = np.ascontiguousarray(gram[::-1, ::-1])  # P G P (symmetric: its transpose is the same matrix)
+        else:
+            reversed_rows = np.ascontiguousarray(activations[:, ::-1])
+            h = reversed_rows.T @ reversed_rows
+        diagonal = np.diag_indices(k)
+        dead = h[diagonal] <= 0
+        h[diagonal[0][dead], diagonal[1][dead]] = 1.0
+        if scale is None:
+            live = h[diagonal][~dead]
+            scale = float(live.astype(np.float64).mean()) if len(live) else 1.0
+            extra = damp * scale
+        h[diagonal] += h.dtype.type(extra)
+        factor, info = lapack.get_lapack_funcs("potrf", (h,))(h.T, lower=1, clean=1, overwrite_a=1)
+        if info == 0:
+            inverse, info = lapack.get_lapack_funcs("trtri", (factor,))(factor, lower=1, overwrite_c=1)
+            if info == 0 and np.all(np.isfinite(np.diagonal(inverse))):
+                return inverse[::-1, ::-1], dead[::-1].copy()
+        del h, factor
+        extra += 10.0 ** (attempt - 3) * scale
+    raise np.linalg.LinAlgError("the calibration Gram matrix could not be inverted")
+
+
 def cached_inverse_factor(statistics, damp: float = 0.01) -> tuple[np.ndarray, np.ndarray] | None:
     """``_inverse_factor`` of a layer's Gram matrix, kept on its statistics when they allow it
     (``statistics.factor_cache`` is a dict: the budget search rounds one layer many times); None otherwise."""
     cache = getattr(statistics, "factor_cache", None)
-    if cache is None or statistics.gram is None:
+    if cache is None or (statistics.dense_gram is None and statistics.activations is None):
         return None
     if damp not in cache:
-        cache[damp] = _inverse_factor(statistics.gram, damp)
+        cache[damp] = layer_factor(statistics, damp)
     return cache[damp]
+
+
+def layer_factor(statistics, damp: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """``_inverse_factor`` of a layer's statistics (calibration.LayerStatistics): from its rows when it keeps
+    them, else from its Gram matrix; the cached one when the statistics keep it."""
+    cache = getattr(statistics, "factor_cache", None)
+    if cache is not None and damp in cache:
+        return cache[damp]
+    if statistics.activations is not None:
+        return inverse_factor_in_place(activations=statistics.activations, damp=damp)
+    return _inverse_factor(statistics.dense_gram, damp)
 
 
 def saliency(rows: np.ndarray, gram: np.ndarray, damp: float = 0.01) -> np.ndarray:
@@ -105,8 +155,11 @@ def prune(rows: np.ndarray, gram: np.ndarray, sparsity: float, damp: float = 0.0
     return keep, w.astype(np.float32)
 
 
+ROW_CHUNK_ELEMENTS = 1 << 22  # rows are rounded in chunks of at most this many weights (a layer this small: one chunk)
+
+
 @threadpool_limits.wrap(limits=1, user_api="blas")
-def round_to_codebook(rows: np.ndarray, keep: np.ndarray | None, codebook: np.ndarray, gram: np.ndarray,
+def round_to_codebook(rows: np.ndarray, keep: np.ndarray | None, codebook: np.ndarray, gram: np.ndarray | None,
                       damp: float = 0.01, block: int = BLOCK, exact: np.ndarray | None = None,
                       factor: tuple[np.ndarray, np.ndarray] | None = None):
     """Indices [outputs, inputs] into the sorted ``codebook`` with OBS compensation of the rounding error.
@@ -116,33 +169,42 @@ def round_to_codebook(rows: np.ndarray, keep: np.ndarray | None, codebook: np.nd
     ``exact`` [outputs, inputs] marks outliers stored exactly: they keep their compensated value (no rounding
     error to push on), and the result is ``(indices, values)`` with ``values`` float32 [outputs, inputs]
     holding each outlier's compensated value where ``exact`` is set (0 elsewhere). ``factor`` is
-    ``_inverse_factor(gram, damp)`` when the caller has it already.
+    ``_inverse_factor(gram, damp)`` when the caller has it already (``gram`` is then not read).
+    Rows are independent (each is compensated within itself): they are processed ROW_CHUNK_ELEMENTS weights at
+    a time, in float64, or in float32 when the factor is float32 (layers above calibration.GRAM_FLOAT64_FEATURES
+    inputs). Indices are uint8 or uint16 (codebook.index_dtype).
     """
-    w = np.array(rows, dtype=np.float64)
-    m, n = w.shape
+    m, n = rows.shape
     u, _ = factor if factor is not None else _inverse_factor(gram, damp)
+    dtype = np.float32 if u.dtype == np.float32 else np.float64
     c = np.asarray(codebook, dtype=np.float64)
     first = 0 if keep is None else 1
     order = np.argsort(c[first:], kind="stable")  # a least-squares refit may have left the entries unsorted
     choices = c[first:][order]
-    indices = np.zeros((m, n), dtype=np.int64)
+    c = c.astype(dtype, copy=False)
+    indices = np.zeros((m, n), dtype=index_dtype(len(c)))
+    values = None if exact is None else np.zeros((m, n), dtype=np.float32)
     if len(choices) == 0:
-        return indices if exact is None else (indices, np.where(exact, w, 0.0).astype(np.float32))
-    for start in range(0, n, block):
-        stop = min(start + block, n)
-        w1, u1 = w[:, start:stop], u[start:stop, start:stop]
-        errors = np.zeros_like(w1)
-        for j in range(stop - start):
-            col = w1[:, j]
-            idx = order[assign(col, choices)] + first
-            if keep is not None:
-                idx = np.where(keep[:, start + j], idx, 0)
-            q = c[idx] if exact is None else np.where(exact[:, start + j], col, c[idx])
-            e = (col - q) / u1[j, j]
-            w1[:, j:] -= np.outer(e, u1[j, j:])
-            errors[:, j] = e
-            indices[:, start + j] = idx
-        w[:, stop:] -= errors @ u[start:stop, stop:]
-    if exact is not None:
-        return indices, np.where(exact, w, 0.0).astype(np.float32)
-    return indices
+        return indices if exact is None else (indices, np.where(exact, rows, 0.0).astype(np.float32))
+    chunk = max(1, ROW_CHUNK_ELEMENTS // max(n, 1))
+    for top in range(0, m, chunk):
+        bottom = min(top + chunk, m)
+        w = np.array(rows[top:bottom], dtype=dtype)
+        for start in range(0, n, block):
+            stop = min(start + block, n)
+            w1, u1 = w[:, start:stop], u[start:stop, start:stop]
+            errors = np.zeros_like(w1)
+            for j in range(stop - start):
+                col = w1[:, j]
+                idx = order[assign(col, choices)] + first
+                if keep is not None:
+                    idx = np.where(keep[top:bottom, start + j], idx, 0)
+                q = c[idx] if exact is None else np.where(exact[top:bottom, start + j], col, c[idx])
+                e = (col - q) / u1[j, j]
+                w1[:, j:] -= np.outer(e, u1[j, j:])
+                errors[:, j] = e
+                indices[top:bottom, start + j] = idx
+            w[:, stop:] -= errors @ u[start:stop, stop:]
+        if exact is not None:
+            values[top:bottom] = np.where(exact[top:bottom], w, 0.0)
+    return indices if exact is None else (indices, values)

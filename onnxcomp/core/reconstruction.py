@@ -24,10 +24,27 @@ from threadpoolctl import threadpool_limits
 MAX_REFIT_CODEBOOK = 64  # larger codebooks lose little to k-means, and the normal equations cost O(rows * in^2)
 
 
-def row_errors(rows: np.ndarray, original: np.ndarray, gram: np.ndarray, cross: np.ndarray | None = None,
-               gram_original: np.ndarray | None = None) -> np.ndarray:
+ROW_CHUNK_ELEMENTS = 1 << 22  # row blocks of at most this many weights for the low-rank forms and the large layers
+
+
+def row_chunks(rows: int, inputs: int):
+    """Slices of consecutive rows holding at most ROW_CHUNK_ELEMENTS weights (one slice for a small layer)."""
+    step = max(1, ROW_CHUNK_ELEMENTS // max(inputs, 1))
+    return [slice(top, min(top + step, rows)) for top in range(0, rows, step)]
+
+
+def row_errors(rows: np.ndarray, original: np.ndarray, gram: np.ndarray | None, cross: np.ndarray | None = None,
+               gram_original: np.ndarray | None = None, activations: np.ndarray | None = None) -> np.ndarray:
     """Per-row ``||X v - X w||^2``; with ``cross`` = X_c^T X_o and ``gram_original`` = X_o^T X_o (sequential
-    mode, where the layer's inputs X_c differ from the original X_o), ``||X_c v - X_o w||^2``."""
+    mode, where the layer's inputs X_c differ from the original X_o), ``||X_c v - X_o w||^2``. With
+    ``activations`` X [N, inputs] (calibration.LayerStatistics keeps them instead of G = X^T X when N is small)
+    the same computed as ``||(v - w) X^T||^2``, in row blocks (``gram`` is not read)."""
+    if activations is not None:
+        errors = np.empty(len(rows))
+        for part in row_chunks(*rows.shape):
+            projected = (np.asarray(rows[part], dtype=np.float32) - np.asarray(original[part], dtype=np.float32)) @ activations.T
+            errors[part] = np.einsum("rn,rn->r", projected, projected, dtype=np.float64)
+        return errors
     if cross is None:
         diff = rows - original
         return ((diff @ gram) * diff).sum(axis=1)
@@ -101,21 +118,49 @@ def normal_equations(original: np.ndarray, indices: np.ndarray, k: int, gram: np
     return normal[:k, :k], rhs[:k]
 
 
+def normal_equations_low_rank(original: np.ndarray, indices: np.ndarray, k: int, activations: np.ndarray,
+                              exact: np.ndarray | None = None, exact_values: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``normal_equations`` for G = X^T X given as the rows ``activations`` X [N, inputs]: with Z_i = X M_i [N, k]
+    (Z_i[:, a] sums the columns of X whose inputs take entry a in row i), the normal matrix is sum_i Z_i^T Z_i and
+    the right-hand side sum_i Z_i^T X (w_i - v_O). Cost O(outputs * inputs * N), memory O(row block * k * N)."""
+    rows, inputs = indices.shape
+    groups = k + 1 if exact is not None else k
+    normal, rhs = np.zeros((groups, groups)), np.zeros(groups)
+    xt = np.ascontiguousarray(activations.T)  # [inputs, N]
+    for part in row_chunks(rows, inputs):
+        idx = np.asarray(indices[part], dtype=np.int64)
+        target = np.asarray(original[part], dtype=np.float32)
+        if exact is not None:
+            idx = np.where(exact[part], k, idx)
+            target = target - np.where(exact[part], np.asarray(exact_values[part], dtype=np.float32), 0.0).astype(np.float32)
+        count = len(idx)
+        picks = (np.arange(count)[:, None] * groups + idx).ravel()
+        onehot = sparse.csr_matrix((np.ones(count * inputs, dtype=np.float32), (picks, np.tile(np.arange(inputs), count))),
+                                   shape=(count * groups, inputs))
+        z = np.asarray(onehot @ xt, dtype=np.float64).reshape(count, groups, -1)  # Z_i^T per row
+        normal += np.einsum("rgn,rhn->gh", z, z)
+        rhs += np.einsum("rgn,rn->g", z, (target @ xt).astype(np.float64))
+    return normal[:k, :k], rhs[:k]
+
+
 @threadpool_limits.wrap(limits=1, user_api="blas")
-def refit_codebook(original: np.ndarray, indices: np.ndarray, codebook: np.ndarray, gram: np.ndarray,
+def refit_codebook(original: np.ndarray, indices: np.ndarray, codebook: np.ndarray, gram: np.ndarray | None,
                    pruned_zero: bool, ridge: float = 1e-6, cross: np.ndarray | None = None,
                    gram_original: np.ndarray | None = None, exact: np.ndarray | None = None,
-                   exact_values: np.ndarray | None = None) -> np.ndarray:
+                   exact_values: np.ndarray | None = None, activations: np.ndarray | None = None) -> np.ndarray:
     """Least-squares shared values for fixed ``indices`` [outputs, inputs]; returns the new codebook.
     ``exact`` [outputs, inputs] marks outliers whose value is ``exact_values`` at the same place, whatever the
-    codebook."""
-    original = original.astype(np.float64)
+    codebook. With ``activations`` X (G = X^T X, see row_errors) the low-rank forms are used and ``gram`` is not read."""
     k = len(codebook)
     first = 1 if pruned_zero else 0
     free = np.arange(first, k)
     if len(free) == 0 or k > MAX_REFIT_CODEBOOK:
         return codebook
-    normal, rhs = normal_equations(original, indices, k, gram, cross, exact, exact_values)
+    if activations is not None:
+        normal, rhs = normal_equations_low_rank(original, indices, k, activations, exact, exact_values)
+    else:
+        original = original.astype(np.float64)
+        normal, rhs = normal_equations(original, indices, k, gram, cross, exact, exact_values)
     sub = normal[np.ix_(free, free)]
     sub += ridge * (np.trace(sub) / len(free) + 1e-12) * np.eye(len(free))
     candidate = codebook.astype(np.float64).copy()
@@ -125,10 +170,18 @@ def refit_codebook(original: np.ndarray, indices: np.ndarray, codebook: np.ndarr
         return codebook
     candidate = candidate.astype(np.float32)
 
-    def rows(values: np.ndarray) -> np.ndarray:
-        decoded = values[indices]
-        return decoded if exact is None else np.where(exact, exact_values, decoded)
+    def total(values: np.ndarray) -> float:
+        if activations is None:
+            decoded = values[indices]
+            decoded = decoded if exact is None else np.where(exact, exact_values, decoded)
+            return row_errors(decoded, original, gram, cross, gram_original).sum()
+        result = 0.0
+        for part in row_chunks(*indices.shape):
+            decoded = values[indices[part]]
+            decoded = decoded if exact is None else np.where(exact[part], exact_values[part], decoded)
+            result += row_errors(decoded, original[part], None, activations=activations).sum()
+        return result
 
-    before = row_errors(rows(codebook), original, gram, cross, gram_original).sum()
-    after = row_errors(rows(candidate), original, gram, cross, gram_original).sum()
+    before = total(codebook)
+    after = total(candidate)
     return candidate if after < before else codebook

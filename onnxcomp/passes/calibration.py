@@ -33,6 +33,7 @@ from onnxcomp.runtime import quiet_session_options
 
 GRAM_LIMIT = 8192
 GRAM_FLOAT64_FEATURES = 2048  # more inputs: float32 Gram matrices (memory: inputs^2 * 4 bytes)
+LOW_RANK_RATIO = 4  # float32 layers keep their input rows while there are at most features / 4 of them
 SEGMENT_BYTES = 256 << 20  # external-data weight bytes one calibration session holds at most (one weight may exceed it)
 
 
@@ -57,22 +58,42 @@ class LayerStatistics:
     sum_abs: np.ndarray = None
     fire_rows: np.ndarray = None
     fire_samples: np.ndarray = None
-    gram: np.ndarray | None = None
     keep_gram: bool = True
     cross: np.ndarray | None = None  # sequential mode: X_c^T X_o (inputs after upstream compression vs original)
     gram_original: np.ndarray | None = None  # sequential mode: X_o^T X_o
     factor_cache: dict | None = None  # a dict keeps the OBS inverse factor of gram (obs.cached_inverse_factor); None: never kept
+    dense_gram: np.ndarray | None = None  # X^T X, [features, features]
+    # float32 layers seen on at most features / LOW_RANK_RATIO rows keep those rows X [rows, features] instead of
+    # X^T X (a quarter of its size or less); ``gram`` is then computed when asked for, and the compensated rounding
+    # and codebook refit work from X (onnxcomp/core/obs.py, reconstruction.py).
+    activations: np.ndarray | None = None
 
     def __post_init__(self):
         k = self.features
         self.sum_squares, self.sum_abs = np.zeros(k), np.zeros(k)
         self.fire_rows, self.fire_samples = np.zeros(k), np.zeros(k)
         if self.keep_gram and k <= GRAM_LIMIT:
-            self.gram = np.zeros((k, k), dtype=gram_dtype(k))
+            if gram_dtype(k) == np.float32:
+                self.activations = np.zeros((0, k), dtype=np.float32)
+            else:
+                self.dense_gram = np.zeros((k, k))
+
+    @property
+    def gram(self) -> np.ndarray | None:
+        """X^T X [features, features] (float64, or float32 above GRAM_FLOAT64_FEATURES inputs), None without one.
+        Kept as rows X, it is computed on each access."""
+        if self.dense_gram is None and self.activations is not None:
+            return self.activations.T @ self.activations
+        return self.dense_gram
+
+    @gram.setter
+    def gram(self, value: np.ndarray | None) -> None:
+        self.dense_gram, self.activations = value, None
 
     def add(self, rows: np.ndarray, samples: int, threshold: float) -> None:
         """Accumulate ``rows`` [samples * rows_per_sample, K]."""
-        single = rows.astype(np.float32, copy=False) if self.gram is not None and self.gram.dtype == np.float32 else None
+        single = rows.astype(np.float32, copy=False) if self.activations is not None or (
+            self.dense_gram is not None and self.dense_gram.dtype == np.float32) else None
         rows = rows.astype(np.float64, copy=False)
         fires = rows > threshold
         self.rows += len(rows)
@@ -81,20 +102,26 @@ class LayerStatistics:
         self.sum_abs += np.abs(rows).sum(axis=0)
         self.fire_rows += fires.sum(axis=0)
         self.fire_samples += fires.reshape(samples, -1, rows.shape[1]).any(axis=1).sum(axis=0)
-        if single is not None:
-            self.gram += single.T @ single
-        elif self.gram is not None:
-            self.gram += rows.T @ rows
+        if self.activations is not None:
+            self.activations = np.concatenate([self.activations, single])
+            if len(self.activations) * LOW_RANK_RATIO > self.features:  # X^T X is now the smaller form
+                self.gram = self.gram
+        elif single is not None:
+            self.dense_gram += single.T @ single
+        elif self.dense_gram is not None:
+            self.dense_gram += rows.T @ rows
 
     def add_original(self, rows: np.ndarray, original: np.ndarray) -> None:
         """Sequential mode: accumulate the cross terms with the original model's rows for the same samples."""
-        if self.gram is None:
+        if self.dense_gram is None and self.activations is None:
             return
-        dtype = self.gram.dtype
+        if self.activations is not None:  # the cross terms need the dense form
+            self.gram = self.gram
+        dtype = self.dense_gram.dtype
         rows, original = rows.astype(dtype, copy=False), original.astype(dtype, copy=False)
         if self.cross is None:
-            self.cross = np.zeros_like(self.gram)
-            self.gram_original = np.zeros_like(self.gram)
+            self.cross = np.zeros_like(self.dense_gram)
+            self.gram_original = np.zeros_like(self.dense_gram)
         self.cross += rows.T @ original
         self.gram_original += original.T @ original
 
@@ -314,7 +341,7 @@ def references(node: onnx.NodeProto) -> set[str]:
 
 
 def plan_segments(model: onnx.ModelProto, wanted: set[str], external_bytes: dict[str, int],
-                  limit: int = SEGMENT_BYTES) -> list[Segment]:
+                  limit: int) -> list[Segment]:
     """Split the main graph's nodes (in their topological order) into segments whose external-data initializers
     (``external_bytes``: bytes by name) sum to at most ``limit`` each (a node alone may exceed it)."""
     graph = model.graph
@@ -418,13 +445,14 @@ def _observe(stats: dict, layers: dict[str, LayerInput], values: dict, samples: 
 
 def collect_segments(model: onnx.ModelProto, layers: dict[str, LayerInput], data: dict[str, np.ndarray], *,
                      batch: int = 64, threshold: float = 0.0, keep_gram: bool = True, externals: dict | None = None,
-                     external_bytes: dict[str, int] | None = None, limit: int = SEGMENT_BYTES):
+                     external_bytes: dict[str, int] | None = None, limit: int | None = None):
     """Run ``model`` on ``data`` and yield, after each segment (plan_segments; one for a model whose external
     data, ``external_bytes`` by initializer name, fits ``limit``), the statistics of the layers whose inputs that
     segment produced (dict layer -> LayerStatistics). ``externals`` reads the external initializers (see _session);
     a segment's session and weights are released before its statistics are yielded."""
     wanted = sorted({spec.tensor for spec in layers.values()})
     external_bytes = external_bytes or {}
+    limit = SEGMENT_BYTES if limit is None else limit
     shared: dict = {}
     if sum(external_bytes.values()) <= limit:  # one session for the whole model
         session = _probe_session(model, wanted, externals)

@@ -94,8 +94,8 @@ class ShareWeightsPass(GraphPass):
                 rows=output_rows(target), importance=None if statistics is None else statistics.sum_squares)
             target.codebook, target.indices = shared.codebook, shared.indices
             target.outlier_positions, target.outlier_values = shared.positions, shared.values
-            if self.refit_codebook and statistics is not None and statistics.gram is not None:
-                self._refit(target, layout, statistics)
+            if self.refit_codebook and statistics is not None and (statistics.dense_gram is not None or statistics.activations is not None):
+                self._refit(target, layout, statistics, values)
             # A float16/bfloat16 weight is decoded to float32 and cast back: its codebook and outliers hold values of
             # its type, so every path (decode + Cast, a fused kernel after Cast, the portable lookup) computes the same.
             target.codebook = to_element_type(target.codebook, target.dtype)
@@ -115,19 +115,26 @@ class ShareWeightsPass(GraphPass):
                 drop_non_finite(state, target, non_finite)
         return PassResult(bool(targets), f"shared {len(targets)} tensors")
 
-    def _refit(self, target, layout: str, statistics) -> None:
-        """Compensated rounding (kept where it lowers the layer's error), then the least-squares codebook refit."""
+    def _refit(self, target, layout: str, statistics, values: np.ndarray) -> None:
+        """Compensated rounding (kept where it lowers the layer's error), then the least-squares codebook refit.
+        ``values`` are the target's values (the weight as read, or its refit) in its own shape."""
         exact = None
         if len(target.outlier_positions):
             mask = np.zeros(target.size, dtype=bool)
             mask[target.outlier_positions] = True
             exact = to_rows(mask.reshape(target.shape), layout)
         exact_values = self._outlier_rows(target, layout)
-        original = to_rows(target.original, layout)
+        original = to_rows(values if target.refit is None else target.original, layout)  # one read of the weight
+        low_rank = statistics.activations  # X [N, inputs] kept instead of G = X^T X (calibration.LayerStatistics)
+        gram = None if low_rank is not None else statistics.gram
+
+        def errors_of(decoded: np.ndarray) -> float:
+            return reconstruction.row_errors(decoded, original, gram, statistics.cross, statistics.gram_original, low_rank).sum()
         if self.rounding == "obs":
             keep = None if target.keep is None else to_rows(target.keep.reshape(target.shape), layout)
-            rounded = obs.round_to_codebook(to_rows(target.values, layout), keep, target.codebook, statistics.gram, exact=exact,
-                                            factor=obs.cached_inverse_factor(statistics))
+            factor = obs.layer_factor(statistics)
+            rounded = obs.round_to_codebook(to_rows(values, layout), keep, target.codebook, None, exact=exact, factor=factor)
+            del factor  # the inputs^2 factor is not needed past the rounding (unless the statistics cache it)
             rows, compensated = rounded if exact is not None else (rounded, None)
             if compensated is not None:  # outliers store their compensated values, as a reader gets them back
                 compensated = from_rows(compensated, layout, target.shape).ravel()[target.outlier_positions]
@@ -135,21 +142,23 @@ class ShareWeightsPass(GraphPass):
             nearest = to_rows(target.indices.reshape(target.shape), layout)
             candidates = [(rows, compensated), (nearest, target.outlier_values)]
             errors = []
-            for indices, values in candidates:
+            for indices, kept in candidates:
                 decoded = target.codebook[indices]
                 if exact is not None:
-                    decoded = np.where(exact, self._outlier_rows(target, layout, values), decoded)
-                errors.append(reconstruction.row_errors(decoded, original, statistics.gram, statistics.cross,
-                                                        statistics.gram_original).sum())
+                    decoded = np.where(exact, self._outlier_rows(target, layout, kept), decoded)
+                errors.append(errors_of(decoded))
+                del decoded
             if errors[0] < errors[1]:  # compensated rounding is kept only where it lowers the layer's error
                 target.indices = from_rows(rows, layout, target.shape).ravel()
                 if compensated is not None:
                     target.outlier_values = compensated
                     exact_values = self._outlier_rows(target, layout)
+            del rows, nearest
         indices = to_rows(target.indices.reshape(target.shape), layout)
         target.codebook = reconstruction.refit_codebook(
-            original, indices, target.codebook, statistics.gram, target.keep is not None,
-            cross=statistics.cross, gram_original=statistics.gram_original, exact=exact, exact_values=exact_values)
+            original, indices, target.codebook, gram, target.keep is not None,
+            cross=statistics.cross, gram_original=statistics.gram_original, exact=exact, exact_values=exact_values,
+            activations=low_rank)
 
     @staticmethod
     def _outlier_rows(target, layout: str, values=None):
