@@ -232,3 +232,58 @@ def test_sample_axis_of_declared_shapes():
     # fully fixed inputs beside dynamic ones are fed whole; all fixed with different first dims: all whole
     assert sample_axes([("x", [None, 4], None), ("e", [2, 0], None)]) == {"x": 0, "e": None}
     assert sample_axes([("acc", [1, 16], None), ("rows", [5, 1, 32], None)]) == {"acc": None, "rows": None}
+
+
+def test_large_layers_seen_on_few_rows_keep_the_rows_until_the_gram_matrix_is_smaller(rng, monkeypatch):
+    monkeypatch.setattr(calibration, "GRAM_FLOAT64_FEATURES", 8)
+    stats = calibration.LayerStatistics(40)
+    first = rng.standard_normal((5, 40)).astype(np.float32)
+    stats.add(first, 5, 0.0)
+    assert stats.dense_gram is None and stats.activations.shape == (5, 40)
+    np.testing.assert_allclose(stats.gram, first.T.astype(np.float64) @ first, rtol=1e-5, atol=1e-5)
+    second = rng.standard_normal((6, 40)).astype(np.float32)
+    stats.add(second, 6, 0.0)  # 11 rows > 40 / LOW_RANK_RATIO: X^T X is now smaller than X
+    assert stats.activations is None and stats.dense_gram.dtype == np.float32
+    both = np.concatenate([first, second]).astype(np.float64)
+    np.testing.assert_allclose(stats.gram, both.T @ both, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(stats.sum_squares, (both ** 2).sum(axis=0), rtol=1e-12)
+    small = calibration.LayerStatistics(8)  # at most GRAM_FLOAT64_FEATURES inputs: float64 Gram matrix as before
+    assert small.activations is None and small.dense_gram.dtype == np.float64
+
+
+def test_the_in_place_factor_is_the_cholesky_factor_of_the_damped_inverse(rng):
+    from onnxcomp.core import obs
+    x = rng.standard_normal((30, 60))
+    x[:, 7] = 0.0  # a dead input
+    gram = x.T @ x
+    expected, dead = obs._inverse_factor(gram, 0.01)
+    for kwargs in ({"gram": gram}, {"activations": x}):
+        u, mask = obs.inverse_factor_in_place(damp=0.01, **kwargs)
+        np.testing.assert_allclose(u, expected, rtol=1e-9, atol=1e-9 * np.abs(expected).max())
+        assert np.array_equal(mask, dead)
+    single, mask = obs.inverse_factor_in_place(activations=x.astype(np.float32), damp=0.01)
+    assert single.dtype == np.float32 and np.array_equal(mask, dead)
+    np.testing.assert_allclose(single, expected, atol=1e-4 * np.abs(expected).max())
+
+
+def test_low_rank_forms_match_the_gram_forms(rng, monkeypatch):
+    from onnxcomp.core import obs
+    x = rng.standard_normal((6, 48)).astype(np.float32)
+    gram = x.T.astype(np.float64) @ x
+    w = rng.standard_normal((20, 48)).astype(np.float32)
+    indices = rng.integers(0, 8, w.shape)
+    exact = rng.random(w.shape) < 0.05
+    values = np.where(exact, rng.standard_normal(w.shape), 0.0).astype(np.float32)
+    dense = reconstruction.normal_equations(w, indices, 8, gram, None, exact, values)
+    low = reconstruction.normal_equations_low_rank(w, indices, 8, x, exact, values)
+    for a, b in zip(dense, low):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * np.abs(a).max())
+    v = w + 0.1 * rng.standard_normal(w.shape).astype(np.float32)
+    np.testing.assert_allclose(reconstruction.row_errors(v, w, None, activations=x), reconstruction.row_errors(v, w, gram), rtol=1e-4)
+    book = np.sort(rng.standard_normal(8)).astype(np.float32)
+    np.testing.assert_allclose(reconstruction.refit_codebook(w, indices, book, None, False, activations=x),
+                               reconstruction.refit_codebook(w, indices, book, gram, False), rtol=1e-3, atol=1e-4)
+    # rounding in row blocks gives the same indices as one block (rows are compensated independently)
+    whole = obs.round_to_codebook(w, None, book, gram)
+    monkeypatch.setattr(obs, "ROW_CHUNK_ELEMENTS", 48 * 3)
+    assert np.array_equal(obs.round_to_codebook(w, None, book, gram), whole)

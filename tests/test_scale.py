@@ -111,3 +111,49 @@ def test_each_streamed_weight_is_read_once_with_fixed_settings(tmp_path, monkeyp
     onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out2.onnx", fidelity=False)
     # Round 0 reads each for the allocation and for sharing; the budget round shares again (the allocation is cached).
     assert sorted(reads) == sorted(3 * [scale.weight_name(i) for i in range(layers)])
+
+
+def test_calibrated_compression_streams_external_data_in_segments(tmp_path, monkeypatch):
+    """With --calib, an external-data model is still read one weight at a time: the calibration runs the graph in
+    segments holding a bounded share of the weights (lowered here so that 24 weights make 12 segments), each
+    layer is compressed as soon as its statistics are complete, and the result is byte-identical to one session
+    over the whole model. Python's traced allocations stay well below the model's size (loading it whole, as
+    before, took more than its size). The layers take the large-layer path (float32, rows kept instead of the Gram
+    matrix: the float64 limit is lowered too)."""
+    import tracemalloc
+
+    from onnxcomp.passes import base, calibration
+    monkeypatch.setattr(calibration, "GRAM_FLOAT64_FEATURES", 256)
+    layers, rows, cols = 24, 512, 1024  # 50 MB in 2.1 MB weights
+    size = scale.make_model(tmp_path / "in.onnx", layers, rows, cols)
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(1).standard_normal((8, rows), dtype=np.float32))
+    options = {**scale.options_for(layers, 0), "calib": str(tmp_path / "calib.npz"), "calib_batch": 3}
+    reads = {}
+    load = base.ExternalValues.load
+
+    def counted(self):
+        reads[self.tensor.name] = reads.get(self.tensor.name, 0) + 1
+        return load(self)
+    monkeypatch.setattr(base.ExternalValues, "load", counted)
+    outputs = {}
+    for name, limit in (("whole", None), ("segments", 2 * rows * cols * 4)):
+        if limit:
+            monkeypatch.setattr(calibration, "SEGMENT_BYTES", limit)
+        (tmp_path / name).mkdir()
+        reads.clear()
+        tracemalloc.start()
+        report = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / name / "out.onnx", **options)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert len(report.layers) == layers
+        # each weight is read twice: for its segment's session and when it is compressed
+        assert reads == {scale.weight_name(i): 2 for i in range(layers)}, reads
+        outputs[name] = [(tmp_path / name / f).read_bytes() for f in ("out.onnx", "out.onnxcomp")]
+        if limit:
+            assert peak < 0.5 * size, f"traced peak {peak / 1e6:.1f} MB compressing a {size / 1e6:.1f} MB model"
+    assert outputs["segments"] == outputs["whole"]
+    x = np.random.default_rng(3).standard_normal((2, rows)).astype(np.float32)
+    decoded = decoded_weights(str(tmp_path / "segments" / "out.onnxcomp"))
+    expected = chain([decoded[scale.weight_name(i)].astype(np.float64) for i in range(layers)], x.astype(np.float64))
+    got = InferenceSession(tmp_path / "segments" / "out.onnx").run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())

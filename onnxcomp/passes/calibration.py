@@ -405,19 +405,6 @@ class _Declared:  # what accepted_batch and sample_axes read from a session inpu
     shape: list
 
 
-def _declared_inputs(model: onnx.ModelProto) -> list[_Declared]:
-    initializers = {t.name for t in model.graph.initializer}
-    declared = []
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        tensor = value.type.tensor_type
-        shape = None if not tensor.HasField("shape") else [
-            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim]
-        declared.append(_Declared(value.name, shape))
-    return declared
-
-
 def _observe(stats: dict, layers: dict[str, LayerInput], values: dict, samples: int, threshold: float, keep_gram: bool,
              shared: dict, original_values: dict | None = None) -> None:
     """Accumulate the statistics of ``layers`` from this batch's ``values`` (layers reading the same tensor the
@@ -470,7 +457,8 @@ def collect_segments(model: onnx.ModelProto, layers: dict[str, LayerInput], data
         del session
         yield stats
         return
-    declared = [d for d in _declared_inputs(model) if d.name in data]
+    from onnxcomp.pipeline.evaluate import model_specs
+    declared = [_Declared(name, shape) for name, shape, _ in model_specs(model) if name in data]
     axes = sample_axes(declared)
     inputs = {d.name: data[d.name] for d in declared}
     total = count_samples(inputs, axes)
