@@ -126,6 +126,7 @@ class Allocator:
         self.largest = float(self.magnitude[-1]) if len(self.v) else 0.0
         self.bits, self.sparsities, self.outliers, self.seed = tuple(bits), tuple(sparsities), tuple(outliers), seed
         self.measured: dict[tuple, Candidate | None] = {}
+        self._last_kept = None
 
     def _blocks(self, sparsity: float, fraction: float):
         """(lo, hi): the pruned block of the sorted sample; (a, b): the clustered range's ends (outliers outside)."""
@@ -175,6 +176,19 @@ class Allocator:
             in_range &= (values < pruned[0]) | (values > pruned[1])
         return codebook.sort_values(values[in_range].astype(np.float32))
 
+    def _kept(self, lo: int, hi: int, a: int, b: int):
+        """(kept, prefix sums of kept and of kept^2, fit values) of the blocks ``_blocks`` gives: kept is the sorted
+        sample without the pruned block and the outliers. The bit widths of one (sparsity, outlier fraction) share
+        them, and are measured one after the other, so the last blocks' arrays are kept for the next call."""
+        if self._last_kept is None or self._last_kept[0] != (lo, hi, a, b):
+            v = self.v
+            kept = np.concatenate([v[a:lo], v[hi:b]])
+            k1 = np.concatenate([[0.0], np.cumsum(kept)])
+            k2 = np.concatenate([[0.0], np.cumsum(kept * kept)])
+            fitted = self.fit_values(kept[0], kept[-1], (v[lo], v[hi - 1]) if hi > lo else None)
+            self._last_kept = ((lo, hi, a, b), kept, k1, k2, fitted)
+        return self._last_kept[1:]
+
     def pruned_error(self, sparsity: float) -> float:
         """The relative L2 error of pruning alone: a lower bound for every candidate at this sparsity."""
         lo, hi, _, _ = self._blocks(sparsity, 0.0)
@@ -193,17 +207,14 @@ class Allocator:
         scale = self.n_total / len(v)
         lo, hi, a, b = self._blocks(sparsity, fraction)
         pruned = hi > lo
-        kept = np.concatenate([v[a:lo], v[hi:b]])  # sorted: the pruned block and the outliers removed
         size = (1 << bits) - (1 if pruned else 0)
-        if len(kept) == 0 or size < 1:
+        if b - a - (hi - lo) <= 0 or size < 1:
             return None
+        kept, k1, k2, fitted = self._kept(lo, hi, a, b)
         # Lloyd iterations from the quantile starts, without the pipeline's k-means on a sample first: a few
         # times faster, and the same fixed-point iteration (the proxy need not match the final codebook exactly).
         start = kept[np.minimum(((np.arange(size) + 0.5) / size * len(kept)).astype(np.int64), len(kept) - 1)]
-        fitted = self.fit_values(kept[0], kept[-1], (v[lo], v[hi - 1]) if pruned else None)
         centroids = codebook.fit_sorted(fitted, size, np.unique(start)).astype(np.float64)
-        k1 = np.concatenate([[0.0], np.cumsum(kept)])
-        k2 = np.concatenate([[0.0], np.cumsum(kept * kept)])
         bounds = np.concatenate([[0], np.searchsorted(kept, (centroids[:-1] + centroids[1:]) / 2, side="right"), [len(kept)]])
         counts = np.diff(bounds).astype(np.float64)
         sums1, sums2 = k1[bounds[1:]] - k1[bounds[:-1]], k2[bounds[1:]] - k2[bounds[:-1]]
@@ -235,6 +246,7 @@ class Allocator:
                     if candidate is not None and candidate.proxy(l2_limit, max_limit) <= scale:
                         found.append(candidate)
                         break
+        self._last_kept = None  # the allocator stays cached between rounds: without its working arrays
         return choose(found, scale, dense_bytes, l2_limit, max_limit)
 
 
@@ -256,6 +268,7 @@ def options(allocator: Allocator, dense_bytes: float, max_limit: float = MAX_LIM
                 c = allocator.measure(sparsity, bits, fraction)
                 if c is not None and c.max_relative <= max_limit and c.relative_l2 <= cap and c.bytes < dense_bytes:
                     found.append(c)
+    allocator._last_kept = None
     return found
 
 
