@@ -325,7 +325,10 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
         budget = BUDGET
         for round_ in range(BACKOFF_ROUNDS + 2):
             extra = {"allocation_limits": limits, "allocation_cache": cache} if allocation == "proxy" else {}
-            report = _compress_once(input_path, staged, calib, loaded=graph_only, allocation=allocation, **extra, **options)
+            # The proxy's first round is only measured (its output is loaded in onnxruntime only if it is final).
+            checked = not (allocation == "proxy" and gains is None)
+            report = _compress_once(input_path, staged, calib, loaded=graph_only, allocation=allocation, check=checked,
+                                    **extra, **options)
             result = None
             budget_round = allocation == "proxy" and report.layers and gains is None
             if measure and not budget_round:  # round 0 of the proxy is only the start of the budget allocation
@@ -345,6 +348,8 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
                          fidelity_check.WARN_COSINE, budget, budget * BACKOFF_FACTOR)
                 budget *= BACKOFF_FACTOR
             limits = _budget_limits(cache, gains, budget, report)
+        if not checked:
+            check_output_loads(input_path, staged, report.sidecar_path)
         report.allocation, report.backoff = allocation, history
         fallback = None
         if allocation == "proxy" and report.layers and report.output_bytes >= report.input_bytes:
@@ -445,10 +450,11 @@ def _remove_companions(staged: str) -> None:
 
 
 def _compress_once(input_path: str, output_path: str, calib: dict | None, loaded: onnx.ModelProto | None = None,
-                   **options) -> Report:
+                   check: bool = True, **options) -> Report:
     """One compression of ``input_path`` written to ``output_path`` (a staging path) and its report. ``loaded``: the
     input as model_io.load_model(input_path, external_data=False) gave it (read and checked once per compress;
-    the passes work on a copy)."""
+    the passes work on a copy). ``check``: open the output in onnxruntime (check_output_loads); the caller does it
+    later when not."""
     # Without calibration no pass runs the model, so its external data is read one weight at a time.
     stream = calib is None
     if stream and loaded is not None:
@@ -463,7 +469,8 @@ def _compress_once(input_path: str, output_path: str, calib: dict | None, loaded
     records = [(t.name, t.record_name, t.record, t.transposed) for t in state.targets if t.record is not None]
     _remove_companions(output_path)
     sidecar_file = model_io.write_compressed(compressed, records, output_path, source_folder=source_folder)
-    check_output_loads(input_path, output_path, sidecar_file)
+    if check:
+        check_output_loads(input_path, output_path, sidecar_file)
     output_bytes = model_io.model_bytes(output_path)  # the model, its sidecar and any dense data file
     report = Report(input_path, output_path, sidecar_file, model_io.model_bytes(input_path, loaded), output_bytes, skipped=state.skipped,
                     float_params=state.float_params)
