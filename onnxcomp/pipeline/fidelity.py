@@ -38,6 +38,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from onnxcomp import parallel
 from onnxcomp.passes.calibration import count_samples, run_batched, sample_axes, take_samples
 
 from onnxcomp.errors import CalibrationError, InvalidOptionError
@@ -335,8 +336,9 @@ def compare_runs(original_path: str, compressed_path: str, feeds: list[dict[str,
         try:
             count = count_samples(feed, axes) if any(np.ndim(v) and axes.get(k, 0) is not None for k, v in feed.items()) else None
             # In batches the model accepts (a fixed batch dimension gets runs of that size).
-            expected = dict(zip(session_names, run_batched(reference, feed, batch=count or 1)))
-            actual = dict(zip(session_names, run_batched(candidate, feed, batch=count or 1)))
+            # Both models at once, one per core (single-threaded sessions).
+            runs = parallel.ordered_map(lambda session: run_batched(session, feed, batch=count or 1), [reference, candidate])
+            expected, actual = (dict(zip(session_names, outputs)) for outputs in runs)
         except Exception as error:  # onnxruntime's own error types on feeds the model does not take
             return Fidelity(inputs, unavailable=f"running the models on the {inputs} inputs failed "
                             f"({str(error).strip().splitlines()[0]}); give real inputs with --fidelity-data FILE.npz")
@@ -440,7 +442,8 @@ def attribute(original_path: str, compressed_path: str, feed: dict[str, np.ndarr
               original: onnx.ModelProto | None = None) -> dict[str, float]:
     """Per compressed weight: the relative L2 error (``_relative_error``) of the compared tensors (each output, or
     its logits: module docstring) when only that weight takes its decoded value in the original model, on
-    ``feed``. One run of the model per weight; weights inside subgraphs are substituted in a copy. ``original``:
+    ``feed``. One run of the model per weight (weights on the cores in parallel, parallel.ordered_map); weights
+    inside subgraphs are substituted in a copy. ``original``:
     the original as ``model_io.load_model(original_path, external_data=False)`` gave it, when the caller has it
     (used as it is unless its data is external; never modified)."""
     from onnx import numpy_helper
@@ -480,12 +483,14 @@ def attribute(original_path: str, compressed_path: str, feed: dict[str, np.ndarr
     batch = int(first.shape[0]) if first is not None and first.ndim else 1
     probe = session(_weight_as_input(model, originals)) if originals else None
     expected = run_batched(probe, feed, batch, extra=originals) if probe else run_batched(session(model), feed, batch)
-    errors = {}
-    for name in sorted(weights):
+
+    def error(name: str) -> float:  # on a worker thread: onnxruntime runs one session from several threads
         decoded = weights[name].dense()
         if name in originals:
             actual = run_batched(probe, feed, batch, extra={**originals, name: decoded.astype(originals[name].dtype)})
         else:
             actual = run_batched(session(model_io.substituted(model, {name: decoded})), feed, batch)
-        errors[name] = _relative_error(expected, actual)
-    return errors
+        return _relative_error(expected, actual)
+
+    names = sorted(weights)
+    return dict(zip(names, parallel.ordered_map(error, names)))
