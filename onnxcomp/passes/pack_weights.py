@@ -138,6 +138,9 @@ class PackWeightsPass(GraphPass):
             elif kind == "gather":
                 node.op, node.domain, node.attrs = "CodebookGather", DOMAIN, {}
                 node.inputs = [record, node.inputs[1]]
+            elif kind == "lstm":
+                _to_lstm(node, slot, record)
+                self._emitted.append((node, target))
             else:
                 decoded.append((node, slot))
         if decoded:
@@ -161,6 +164,9 @@ class PackWeightsPass(GraphPass):
         if self.fuse and node.op == "Gather" and not node.domain and slot == 0 and _attr(node, "axis", 0) == 0 \
                 and target.dtype == onnx.TensorProto.FLOAT:
             return "gather"
+        if self.fuse and slot in (1, 2, 3) and target.dtype == onnx.TensorProto.FLOAT and not target.transposed \
+                and lstm_fusable(node):
+            return "lstm"
         return "decode"
 
     def _small_and_decoded(self, target: WeightTarget) -> bool:
@@ -260,7 +266,7 @@ def assign_decode_once(targets: list[WeightTarget], emitted: list[tuple[gs.Node,
     saved = sum(t.dense_bytes - len(t.record) for t in targets)
     budget = DECODE_ONCE_SHARE * saved
     copy = {id(t): 4 * t.size for t in targets}
-    spent = sum(copy[id(t)] for node, t in emitted if node.op == "CodebookConv")
+    spent = sum(copy[id(t)] for node, t in emitted if node.op in ("CodebookConv", "CodebookLSTM"))
     granted = {"CodebookDecode": 0, "CodebookMatMul": 0}
     for op in granted:
         for node, target in sorted((e for e in emitted if e[0].op == op), key=lambda e: copy[id(e[1])]):
@@ -416,6 +422,28 @@ def _to_conv(graph: gs.Graph, node: gs.Node, record: gs.Constant, out_channels: 
     if scale is not None:
         inputs.append(scale)
     node.op, node.domain, node.attrs, node.inputs, node.outputs = "CodebookConv", DOMAIN, attrs, inputs, [output]
+
+
+def lstm_fusable(node: gs.Node) -> bool:
+    """An LSTM (or a CodebookLSTM already rewritten for another of its weights) that CodebookLSTM can run: the
+    default activations (Sigmoid, Tanh, Tanh per direction, stated or not), no activation_alpha/beta, layout 0."""
+    if (node.op, node.domain or "") not in (("LSTM", ""), ("CodebookLSTM", DOMAIN)):
+        return False
+    if "activation_alpha" in node.attrs or "activation_beta" in node.attrs or _attr(node, "layout", 0) != 0:
+        return False  # (onnxruntime's CPU LSTM refuses layout 1 anyway)
+    directions = 2 if _attr(node, "direction", "forward") in ("bidirectional", b"bidirectional") else 1
+    activations = node.attrs.get("activations")
+    return activations is None or [a.decode() if isinstance(a, bytes) else a for a in activations] == \
+        ["Sigmoid", "Tanh", "Tanh"] * directions
+
+
+def _to_lstm(node: gs.Node, slot: int, record: gs.Constant) -> None:
+    """LSTM -> CodebookLSTM (same inputs and attributes, default activations implied) reading ``record`` in ``slot``
+    (1: W, 2: R, 3: B)."""
+    if node.op == "LSTM":
+        node.op, node.domain = "CodebookLSTM", DOMAIN
+        node.attrs.pop("activations", None)
+    node.inputs[slot] = record
 
 
 def record_out_features(record: gs.Constant) -> int:
