@@ -12,7 +12,9 @@ Rewrites (ops in domain ``ai.onnxcomp``, see docs/ops.md), for every node readin
   bias = (B - mean) * scale + beta, the same folding onnxruntime applies to a dense Conv), then an activation that
   alone reads the result (Relu, Tanh, Sigmoid, LeakyRelu, Clip with constant bounds, HardSigmoid, HardSwish) becomes the
   node's ``activation`` attribute, as in onnxruntime's FusedConv;
-- any other reader (ConvTranspose, LSTM, Einsum, a Slice, a float16 weight's consumers, ...) -> the output of ONE
+- LSTM (default activations, layout 0) reading the float32 weight as W, R or B -> CodebookLSTM with the record
+  in that input (its other weights stay as they are, records or float32: lstm_fusable);
+- any other reader (ConvTranspose, GRU, RNN, Einsum, a Slice, a float16 weight's consumers, ...) -> the output of ONE
   CodebookDecode(record) node per weight (plus a Transpose if stored transposed, plus a Cast back to the
   weight's float16/bfloat16 type), placed in the innermost graph enclosing all those readers (the main graph, an
   If branch, a Loop or Scan body), so a weight read by several subgraphs is decoded and stored once.
@@ -24,8 +26,8 @@ keep the weight decoded as float32 from their first run (CodebookDecode copies i
 decoding it; CodebookMatMul multiplies it with onnxruntime's MatMul). The rule, per model: the working copies may
 spend at most ``DECODE_ONCE_SHARE`` (half) of the bytes compression saved, ``(dense bytes - record bytes)`` summed
 over the packed weights, so the compressed session keeps less persistent weight memory than the dense one
-(records + working copies <= (dense + records) / 2 < dense). CodebookConv always keeps one working copy per node
-(its design), and those count first; then CodebookDecode nodes (decoded in every run otherwise: a copy is always
+(records + working copies <= (dense + records) / 2 < dense). CodebookConv and CodebookLSTM always keep one working
+copy per node and weight (their design), and those count first; then CodebookDecode nodes (decoded in every run otherwise: a copy is always
 cheaper), then CodebookMatMul nodes, each group smallest first, while the total fits. Every generated name is unique in the model (passes/names.py). The record bytes
 become a uint8 constant; the writer later moves it into the sidecar as external data.
 Storage: a record costs its header and tables plus the Huffman-coded indices, against 4 (float32) or 2
