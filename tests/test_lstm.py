@@ -263,3 +263,23 @@ def test_apply_op_follows_onnx_semantics():
     np.testing.assert_array_equal(apply_op(node("Reshape"), [data, np.array([0, -1])]), data.reshape(2, 12))
     np.testing.assert_array_equal(apply_op(node("Transpose"), [data]), data.T)
     np.testing.assert_array_equal(apply_op(node("Concat", axis=-1), [data, data]), np.concatenate([data, data], -1))
+
+
+def test_verify_per_layer_leaves_out_folded_weights(tmp_path):
+    """verify --per-layer puts each weight alone into the original model: a folded weight is not in it, so it has no
+    row (and is no reason to refuse the model); the unfolded weights of a second LSTM keep theirs."""
+    rng = np.random.default_rng(8)
+    nested = _torch_style_lstm(rng)
+    branch = next(a.g for a in nested.graph.node[0].attribute if a.name == "then_branch")
+    nodes = list(branch.node) + [helper.make_node("LSTM", ["x", "w2", "r2"], ["", "h2"], hidden_size=16),
+                                 helper.make_node("Add", ["then_out", "h2"], ["z"])]
+    inits = list(nested.graph.initializer) + list(branch.initializer) + [
+        weight(rng, "w2", (1, 64, 12), 0.3), weight(rng, "r2", (1, 64, 16), 0.3)]
+    model = make_model(nodes, [float_input("x", ["s", 2, 12])], [float_input("z", [1, 2, 16])], inits)
+    onnx.save(model, tmp_path / "in.onnx")
+    onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx", bits=4, min_elements=100)
+    assert any(n.op_type == "CodebookLSTM" for n in onnx.load(tmp_path / "out.onnx", load_external_data=False).graph.node)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=rng.standard_normal((8, 2, 12)).astype(np.float32))
+    result = onnxcomp.verify(tmp_path / "in.onnx", tmp_path / "out.onnx", calib=str(calib), samples=8, per_layer=True)
+    assert {layer.name for layer in result.layers} == {"w2", "r2"}

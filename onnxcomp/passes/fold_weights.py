@@ -17,6 +17,7 @@ Concat, Unsqueeze and Squeeze (axes as attribute or input), Reshape (with allowz
 from __future__ import annotations
 
 import hashlib
+import re
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -27,6 +28,7 @@ from .names import UniqueNames, all_graphs
 RECURRENT_WEIGHT_SLOTS = {"LSTM": (1, 2, 3), "GRU": (1, 2, 3), "RNN": (1, 2, 3)}
 FOLDED_OPS = ("Identity", "Slice", "Concat", "Unsqueeze", "Squeeze", "Reshape", "Transpose")
 FOLD_DEPTH = 16  # longest chain folded (a guard against pathological graphs)
+FOLDED_NAME = re.compile(r"\.folded(\.\d+)?$")  # the suffix of a folded constant's name (UniqueNames may number it)
 
 
 def _axes(node: gs.Node, values: list, rank: int) -> list[int] | None:
