@@ -93,6 +93,32 @@ def graphs_of(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
                     yield from graphs_of(subgraph)
 
 
+def hoist_shared_initializers(graph: onnx.GraphProto) -> int:
+    """Store once, in the main graph, every initializer that several graphs of the model hold under one name
+    (onnx-graphsurgeon exports a constant read by nodes of two subgraphs, say both branches of an If, into each of
+    them; an ONNX name is one value, and every subgraph may read the main graph's). Returns how many moved."""
+    graphs = list(graphs_of(graph))
+    holders: dict[str, list[onnx.GraphProto]] = {}
+    for each in graphs:
+        for tensor in each.initializer:
+            holders.setdefault(tensor.name, []).append(each)
+    shared = {name for name, where in holders.items() if len(where) > 1}
+    if not shared:
+        return 0
+    in_main = {t.name for t in graph.initializer}
+    for each in graphs[1:]:
+        kept = []
+        for tensor in each.initializer:
+            if tensor.name not in shared:
+                kept.append(tensor)
+            elif tensor.name not in in_main:
+                graph.initializer.append(tensor)
+                in_main.add(tensor.name)
+        del each.initializer[:]
+        each.initializer.extend(kept)
+    return len(shared)
+
+
 def constants_to_initializers(graph: onnx.GraphProto) -> int:
     """Move float tensors (float32, float16, bfloat16, float64) held by Constant nodes into initializers (in every subgraph too), so passes see one
     kind of weight."""

@@ -25,6 +25,7 @@ from onnxcomp.passes import (AllocateWeightsPass, CalibrateWeightsPass, Compress
                     PruneWeightsPass, ReconstructWeightsPass, SelectWeightsPass, ShareWeightsPass)
 from onnxcomp.passes.pack_portable import CODEBOOK_SUFFIX, SCATTER_OPSET, portable_bytes
 from onnxcomp.passes.apply_settings import ApplySettingsPass
+from onnxcomp.passes.fold_weights import FoldRecurrentWeightsPass
 from onnxcomp.passes.compress_sequentially import CompressSequentiallyPass
 from onnxcomp.passes.base import DOMAIN, DOMAIN_VERSION
 from onnxcomp.passes.base import FLOAT_TYPES, onnx_type
@@ -162,7 +163,7 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
         bits = {**DEFAULT_BITS, **(bits or {})}
     if allocation not in ALLOCATIONS:
         raise InvalidOptionError(f"unknown allocation {allocation!r}: use one of {', '.join(ALLOCATIONS)}")
-    passes = [SelectWeightsPass(min_elements=min_elements, rules=rules)]
+    passes = [FoldRecurrentWeightsPass(), SelectWeightsPass(min_elements=min_elements, rules=rules)]
     if allocation == "proxy":
         passes.append(AllocateWeightsPass(scales=allocation_scales, limits=allocation_limits, cache=allocation_cache, seed=seed, outliers=outliers))
     if settings:
@@ -218,6 +219,7 @@ def compress_model(model: onnx.ModelProto, *, base_dir: str | None = None, **opt
     if not state.targets:
         return model, state
     exported = gs.export_onnx(graph)
+    model_io.hoist_shared_initializers(exported.graph)
     # graphsurgeon drops initializers from the graph inputs; callers may still override them, so keep them listed.
     exported.graph.input.extend(overridable)
     exported.ir_version = model.ir_version
