@@ -126,6 +126,8 @@ def normal_equations_low_rank(original: np.ndarray, indices: np.ndarray, k: int,
     """``normal_equations`` for G = X^T X given as the rows ``activations`` X [N, inputs]: with Z_i = X M_i [N, k]
     (Z_i[:, a] sums the columns of X whose inputs take entry a in row i), the normal matrix is sum_i Z_i^T Z_i and
     the right-hand side sum_i Z_i^T X (w_i - v_O). Cost O(outputs * inputs * N), memory O(row block * k * N)."""
+    from scipy import sparse
+
     rows, inputs = indices.shape
     groups = k + 1 if exact is not None else k
     normal, rhs = np.zeros((groups, groups)), np.zeros(groups)
