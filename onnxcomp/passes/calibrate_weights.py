@@ -107,8 +107,9 @@ class CalibrateWeightsPass(GraphPass):
             return
         part = CompressionState(state.graph, list(group), graph_inputs=state.graph_inputs)
         with progress.silenced() if self.quiet else contextlib.nullcontext():
-            for step in self.steps:
-                step.run(part)
+            for step in self.steps:  # run, not called: the checks ran on the whole state
+                result = step.run(part)
+                log.debug("%s: modified=%s %s", type(step).__name__, result.modified, result.message)
         for target in group:
             if target not in part.targets:
                 state.targets.remove(target)
