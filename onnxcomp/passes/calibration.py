@@ -249,13 +249,24 @@ def run_batched(session: ort.InferenceSession, feeds: dict[str, np.ndarray], bat
     the declared shape says otherwise), computed in batches the model accepts (accepted_batch) and concatenated
     on each output's sample axis; ``extra`` feeds and scalar feeds are passed whole to every run. Outputs without a batch
     axis (scalars) come from the first run."""
-    axes = sample_axes([i for i in session.get_inputs() if i.name in feeds])  # extra feeds (weights) hold no samples
+    runs = [session.run(outputs, {**part, **(extra or {})}) for part in feed_batches(session, feeds, batch)]
+    return join_batches(session, runs, outputs)
+
+
+def feed_batches(session: ort.InferenceSession, feeds: dict[str, np.ndarray], batch: int = 256) -> list[dict[str, np.ndarray]]:
+    """The feeds of ``run_batched``'s runs, in order: ``feeds`` cut into batches the model accepts on each input's
+    sample axis, scalar feeds whole in each."""
+    axes = sample_axes([i for i in session.get_inputs() if i.name in feeds])
     batched = {k: v for k, v in feeds.items() if np.ndim(v) and axes.get(k, 0) is not None}  # scalars go whole to each run
-    whole = {**{k: v for k, v in feeds.items() if k not in batched}, **(extra or {})}
+    whole = {k: v for k, v in feeds.items() if k not in batched}
     count = count_samples(batched, axes) if batched else 1
     batch = accepted_batch(session, batch, count, set(batched))
-    runs = [session.run(outputs, {**take_samples(batched, slice(start, start + batch), axes), **whole})
-            for start in range(0, count, batch)]
+    return [{**take_samples(batched, slice(start, start + batch), axes), **whole} for start in range(0, count, batch)]
+
+
+def join_batches(session: ort.InferenceSession, runs: list[list], outputs: list[str] | None = None) -> list[np.ndarray]:
+    """The outputs of ``runs`` (one ``session.run(outputs, ...)`` result per batch of ``feed_batches``) joined on
+    each output's sample axis; outputs without one (scalars) from the first run."""
     declared = {o.name: o.shape for o in session.get_outputs()}
     names = outputs or list(declared)
 
@@ -304,7 +315,40 @@ def _session(model: onnx.ModelProto, externals: dict | None = None) -> ort.Infer
     return session
 
 
+def names_read(node: onnx.NodeProto) -> set[str]:
+    """The values ``node`` reads: its inputs and every name its subgraphs (If, Loop, Scan bodies) read, which
+    includes the outer-scope values they capture."""
+    names = set(node.input)
+    for attribute in node.attribute:
+        for graph in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
+            for inner in graph.node:
+                names |= names_read(inner)
+    return names
+
+
+def needed_nodes(graph: onnx.GraphProto, outputs: list[str]) -> list[onnx.NodeProto]:
+    """The nodes of ``graph`` (in their order) that ``outputs`` depend on. onnxruntime runs every node of a
+    graph whatever the requested outputs, so a probe for an early layer's input would compute the whole model."""
+    producer = {name: i for i, node in enumerate(graph.node) for name in node.output if name}
+    keep, todo = set(), [producer[name] for name in outputs if name in producer]
+    while todo:
+        index = todo.pop()
+        if index in keep:
+            continue
+        keep.add(index)
+        todo += [producer[name] for name in names_read(graph.node[index]) if name in producer]
+    return [node for i, node in enumerate(graph.node) if i in keep]
+
+
 def _probe_session(model: onnx.ModelProto, wanted: list[str], externals: dict | None = None) -> ort.InferenceSession:
+    """A session computing the values ``wanted`` (and no node they do not depend on), unoptimised; ``externals``:
+    see _session."""
+    return _session(probe_model(model, wanted), externals)
+
+
+def probe_model(model: onnx.ModelProto, wanted: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose outputs are the values ``wanted`` (its first output if they are all graph
+    inputs), without the nodes and initializers those do not need."""
     graph_inputs = {i.name for i in model.graph.input}
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -314,7 +358,15 @@ def _probe_session(model: onnx.ModelProto, wanted: list[str], externals: dict | 
             probe.graph.output.append(onnx.ValueInfoProto(name=name))
     if not probe.graph.output:  # every layer reads a graph input: still need one output to run
         probe.graph.output.append(model.graph.output[0])
-    return _session(probe, externals)
+    kept = needed_nodes(probe.graph, [o.name for o in probe.graph.output])
+    if len(kept) < len(probe.graph.node):
+        del probe.graph.node[:]
+        probe.graph.node.extend(kept)
+        used = set().union(*(names_read(node) for node in kept)) if kept else set()
+        initializers = [t for t in probe.graph.initializer if t.name in used or t.name in graph_inputs]
+        del probe.graph.initializer[:]
+        probe.graph.initializer.extend(initializers)
+    return probe
 
 
 @dataclass
@@ -328,24 +380,12 @@ class Segment:
     external_bytes: int = 0
 
 
-def references(node: onnx.NodeProto) -> set[str]:
-    """Names ``node`` reads, its subgraphs' reads from the outer scope included (a superset: subgraph-local names too)."""
-    names = set(node.input)
-    for attribute in node.attribute:
-        graphs = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)
-        for graph in graphs:
-            for inner in graph.node:
-                names |= references(inner)
-    names.discard("")
-    return names
-
-
 def plan_segments(model: onnx.ModelProto, wanted: set[str], external_bytes: dict[str, int],
                   limit: int) -> list[Segment]:
     """Split the main graph's nodes (in their topological order) into segments whose external-data initializers
     (``external_bytes``: bytes by name) sum to at most ``limit`` each (a node alone may exceed it)."""
     graph = model.graph
-    reads = [references(node) for node in graph.node]
+    reads = [names_read(node) - {''} for node in graph.node]
     groups, current, held, size = [], [], set(), 0
     for position, names in enumerate(reads):
         new = {n for n in names if n in external_bytes and n not in held}
@@ -385,7 +425,7 @@ def _segment_model(model: onnx.ModelProto, segment: Segment, carried: dict[str, 
     part = onnx.ModelProto(ir_version=model.ir_version)
     part.opset_import.extend(model.opset_import)
     part.functions.extend(model.functions)
-    read = set().union(*(references(graph.node[p]) for p in segment.nodes)) if segment.nodes else set()
+    read = set().union(*(names_read(graph.node[p]) for p in segment.nodes)) if segment.nodes else set()
     part.graph.name = graph.name
     part.graph.node.extend(graph.node[p] for p in segment.nodes)
     wanted_initializers = set(segment.initializers)
