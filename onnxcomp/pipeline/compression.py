@@ -215,7 +215,8 @@ def compress_model(model: onnx.ModelProto, *, base_dir: str | None = None, **opt
     pipeline = build_pipeline(**options)
     if base_dir is not None:
         model_io.attach_external_values(graph, base_dir)
-    share = next((p for p in pipeline.passes if isinstance(p, ShareWeightsPass)), None)
+    steps = [q for p in pipeline.passes for q in (p.steps if isinstance(p, CalibrateWeightsPass) else [p])]
+    share = next((p for p in steps if isinstance(p, ShareWeightsPass)), None)  # calibrated: inside the calibration
     pack = next((p for p in pipeline.passes if isinstance(p, PackWeightsPass)), None)
     if share is not None and pack is not None:  # each record is encoded as its weight is shared (on its thread)
         share.encode = functools.partial(pack.encode, release=base_dir is not None)
