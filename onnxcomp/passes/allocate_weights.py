@@ -52,8 +52,10 @@ class AllocateWeightsPass(GraphPass):
                     values, sparsities=self.sparsities.get(target.kind, (0.0,)), outliers=self.outliers, seed=self.seed)
                 del values
             limit = self.limits.get(target.name, allocation.L2_LIMIT)
-            choice = (allocator.choose(self.scales.get(target.name, 1.0), 4.0 * target.size, l2_limit=limit)
-                      if limit > 0 else None)
+            # A limit from the model's budget (found over the k-means candidates) may be met by a uniform codebook
+            # with fewer bytes; the per-weight proxy (round 0, whose choices the measured gains refer to) takes k-means.
+            choice = (allocator.choose(self.scales.get(target.name, 1.0), 4.0 * target.size, l2_limit=limit,
+                                       uniform=target.name in self.limits) if limit > 0 else None)
             return allocator, choice, None
 
         measured = parallel.ordered_map(measure, targets)
@@ -75,7 +77,9 @@ class AllocateWeightsPass(GraphPass):
                 continue
             target.sparsity_override, target.bits_override = choice.sparsity, choice.bits
             target.outliers_override = choice.outliers
+            target.levels_override = choice.levels
             self.choices[target.name] = choice
-            log.info("%s: %d bits, sparsity %.2f, outliers %.3f (relative L2 %.4f, worst-case %.4f)", target.name,
-                     choice.bits, choice.sparsity, choice.outliers, choice.relative_l2, choice.max_relative)
+            log.info("%s: %d bits%s, sparsity %.2f, outliers %.3f (relative L2 %.4f, worst-case %.4f)", target.name,
+                     choice.bits, f" (uniform, {choice.levels} values)" if choice.levels else "", choice.sparsity,
+                     choice.outliers, choice.relative_l2, choice.max_relative)
         return PassResult(False, f"allocated {len(targets)} weights")

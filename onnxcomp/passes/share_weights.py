@@ -90,7 +90,7 @@ class ShareWeightsPass(GraphPass):
             statistics = target.statistics
             shared = outlier_math.share(
                 values, target.keep, target.bits, option=0.0 if no_outliers else self.outliers_for(target),
-                init=self.init, seed=self.seed,
+                init=self.init, seed=self.seed, levels=target.levels_override,
                 rows=output_rows(target), importance=None if statistics is None else statistics.sum_squares)
             target.codebook, target.indices = shared.codebook, shared.indices
             target.outlier_positions, target.outlier_values = shared.positions, shared.values
