@@ -52,15 +52,18 @@ class AllocateWeightsPass(GraphPass):
                     values, sparsities=self.sparsities.get(target.kind, (0.0,)), outliers=self.outliers, seed=self.seed)
                 del values
             limit = self.limits.get(target.name, allocation.L2_LIMIT)
+            if limit <= 0:
+                return allocator, (None, None), None
             # A limit from the model's budget (found over the k-means candidates) may be met by a uniform codebook
             # with fewer bytes; the per-weight proxy (round 0, whose choices the measured gains refer to) takes k-means.
-            choice = (allocator.choose(self.scales.get(target.name, 1.0), 4.0 * target.size, l2_limit=limit,
-                                       uniform=target.name in self.limits) if limit > 0 else None)
-            return allocator, choice, None
+            scale = self.scales.get(target.name, 1.0)
+            kmeans = allocator.choose(scale, 4.0 * target.size, l2_limit=limit, uniform=False)
+            choice = allocator.choose(scale, 4.0 * target.size, l2_limit=limit) if target.name in self.limits else kmeans
+            return allocator, (choice, kmeans), None
 
         measured = parallel.ordered_map(measure, targets)
-        for target, (allocator, choice, non_finite) in progress.track(zip(targets, measured), "per-layer allocation",
-                                                                      total=len(targets)):
+        for target, (allocator, (choice, kmeans), non_finite) in progress.track(zip(targets, measured), "per-layer allocation",
+                                                                                 total=len(targets)):
             if non_finite:
                 drop_non_finite(state, target, non_finite)
                 continue
@@ -78,6 +81,8 @@ class AllocateWeightsPass(GraphPass):
             target.sparsity_override, target.bits_override = choice.sparsity, choice.bits
             target.outliers_override = choice.outliers
             target.levels_override = choice.levels
+            # ShareWeightsPass keeps a uniform codebook only if its worst channel is no worse than k-means' would be
+            target.alternative = (kmeans.bits, kmeans.outliers) if choice.levels and kmeans is not None else None
             self.choices[target.name] = choice
             log.info("%s: %d bits%s, sparsity %.2f, outliers %.3f (relative L2 %.4f, worst-case %.4f)", target.name,
                      choice.bits, f" (uniform, {choice.levels} values)" if choice.levels else "", choice.sparsity,

@@ -5,9 +5,14 @@ below --min-elements) costs 4 bytes per value. Stored as IEEE binary16 and widen
 (to float32, opset 6 and later), it costs 2, and the graph computes with the same float32 type as before:
 onnxruntime folds the Cast of a constant when it creates the session, so inference reads the same float32 tensor.
 
-A weight is halved only when binary16 keeps **every** value within a relative error of 2^-11 (the rounding
-bound for binary16 normal numbers, onnxcomp.core.outliers.value_format): none overflows, none falls to a
-subnormal or to zero from a non-zero value. Its relative L2 error is then at most 2^-11 (about 5e-4), a tenth of
+A tensor is halved only when binary16 holds it closely. A weight read in a weight slot (Conv, ConvTranspose and
+the recurrent ops' weights, MatMul/Gemm operands, a Gather table: onnxcomp.pipeline.inspection.WEIGHT_SLOTS)
+must keep every value within 2^-11 of the largest magnitude of its channel: of its slice along axis 0 and of its
+slice along axis 1, whichever is smaller (output and input channels of a Conv or MatMul weight; none overflows;
+values far below their channel's largest may become binary16 subnormals or 0, as they add nothing next to it:
+trained convolutions hold values 1e-11 beside 0.1, while a whole channel of small values keeps its precision). Any other float tensor (biases, normalisation scales and statistics: each value counts on
+its own) must keep every value within a relative error of 2^-11 of itself (onnxcomp.core.outliers.value_format:
+no subnormal, no value rounded to 0). Either way the relative L2 error is at most 2^-11 (about 5e-4), a tenth of
 the smallest error the allocation gives any codebook. Tensors below HALF_MIN_ELEMENTS values are left alone: the
 Cast node would cost about what they save, and small float constants are often scales, sizes or thresholds whose
 exact value matters (Resize scales, Clip bounds). Initializers stored as external data (a streamed model), listed
@@ -22,12 +27,45 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxcomp.core.outliers import FLOAT16, value_format
+from onnxcomp.core.outliers import FLOAT16, FLOAT16_RELATIVE_ERROR, value_format
 
 from .model_io import graphs_of
 
 HALF_MIN_ELEMENTS = 64
 SUFFIX = "__float16"
+
+
+def holds(values: np.ndarray, weight: bool) -> bool:
+    """Whether binary16 holds ``values`` (float32) closely enough (module docstring); ``weight``: read in a
+    weight slot (each error measured against the largest magnitude of its row along axis 0 and along axis 1,
+    whichever is smaller: output and input channels of a Conv or MatMul weight)."""
+    if not weight:
+        return value_format(values) == FLOAT16
+    with np.errstate(over="ignore"):
+        half = values.astype(np.float16)
+    if not np.isfinite(half).all():
+        return False
+    magnitude = np.abs(values.astype(np.float64))
+    scale = magnitude
+    if values.ndim >= 1:
+        scale = np.broadcast_to(magnitude.max(axis=tuple(range(1, values.ndim)), keepdims=True), values.shape)
+    if values.ndim >= 2:
+        others = (0, *range(2, values.ndim))
+        scale = np.minimum(scale, magnitude.max(axis=others, keepdims=True))
+    error = np.abs(half.astype(np.float64) - values.astype(np.float64))
+    return bool((error <= FLOAT16_RELATIVE_ERROR * scale).all())
+
+
+def _weight_inputs(graphs) -> set[str]:
+    """Names read only in weight slots (inspection.WEIGHT_SLOTS of default-domain ops), nowhere else."""
+    from onnxcomp.pipeline.inspection import WEIGHT_SLOTS
+    slot, elsewhere = set(), set()
+    for graph in graphs:
+        for node in graph.node:
+            slots = WEIGHT_SLOTS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ()
+            for i, name in enumerate(node.input):
+                (slot if slots is None or i in slots else elsewhere).add(name)
+    return slot - elsewhere
 
 
 def _opset(model: onnx.ModelProto) -> int:
@@ -46,6 +84,7 @@ def halve_dense_weights(model: onnx.ModelProto) -> list[tuple[str, int]]:
              [*(t.name for t in g.initializer), *(v.name for v in g.input), *(v.name for v in g.output),
               *(o for n in g.node for o in n.output), *(n.name for n in g.node)]}
     custom = {name for g in graphs for n in g.node if n.domain not in ("", "ai.onnx") for name in n.input}
+    weights = _weight_inputs(graphs)
     halved = []
     for graph in graphs:
         listed = {value.name for value in graph.input}
@@ -58,7 +97,7 @@ def halve_dense_weights(model: onnx.ModelProto) -> list[tuple[str, int]]:
             if size < HALF_MIN_ELEMENTS:
                 continue
             values = numpy_helper.to_array(tensor)
-            if value_format(values) != FLOAT16:
+            if not holds(values, tensor.name in weights):
                 continue
             name, fresh = tensor.name, tensor.name + SUFFIX
             while fresh in taken:
