@@ -1,6 +1,7 @@
 """``onnxcomp decompress``: a compressed model back to a plain dense ONNX model in standard ops.
 
-Each record is decoded with the numpy reference decoder (onnxcomp/core/sidecar.py) into a float32 initializer
+Each record is decoded by the compiled, bounds-checked decoder (``sidecar.decode_record_fast``; the numpy reference
+decoder when the compiled module is missing) into a float32 initializer
 carrying the original weight's name and orientation, and the custom ops become their standard equivalents:
 CodebookMatMul(X, record[, bias]) -> MatMul(X, W) (+ Add bias), or Gemm(X, W, bias, transB=1) when the
 directory says the record holds W transposed (records for CodebookMatMul are always [K, N]);
@@ -8,7 +9,7 @@ CodebookGather(record, indices) -> Gather(W, indices); CodebookDecode(record) ->
 CodebookConv(X, record[, bias[, scale]]) -> Conv(X, W * scale, bias) with its attributes, then the fused activation
 as its own node (a folded BatchNormalization stays folded: W * scale is a new initializer).
 Portable lookups Gather(codebook, Cast(indices)), with their outliers scattered on when present, become the
-initializer they compute; record outliers are applied by the reference decoder. Every graph is rewritten, If
+initializer they compute; record outliers are applied as the record is decoded. Every graph is rewritten, If
 branches and Loop/Scan bodies included; decoded weights live in the main graph. The values equal the
 compressed model's weights exactly; outputs agree up to fp32 summation order.
 """
