@@ -46,7 +46,7 @@ class AllocateWeightsPass(GraphPass):
                 if not target.checked:  # a streamed weight: this is its first read
                     reason = non_finite_reason(values)
                     if reason:
-                        return None, None, reason
+                        return None, (None, None), reason
                     target.checked = True
                 allocator = allocation.Allocator(
                     values, sparsities=self.sparsities.get(target.kind, (0.0,)), outliers=self.outliers, seed=self.seed)
