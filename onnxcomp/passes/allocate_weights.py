@@ -59,6 +59,8 @@ class AllocateWeightsPass(GraphPass):
             scale = self.scales.get(target.name, 1.0)
             kmeans = allocator.choose(scale, 4.0 * target.size, l2_limit=limit, uniform=False)
             choice = allocator.choose(scale, 4.0 * target.size, l2_limit=limit) if target.name in self.limits else kmeans
+            if choice is not None and choice.levels and kmeans is not None and kmeans.sparsity > 0:
+                choice = kmeans  # uniform codebooks are unpruned: ShareWeightsPass could not fall back to a pruned k-means
             return allocator, (choice, kmeans), None
 
         measured = parallel.ordered_map(measure, targets)
