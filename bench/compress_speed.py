@@ -10,15 +10,20 @@ stages by wrapping the functions that do them:
   Q, K, V, O 384x384 and FFN 384x1536 / 1536x384 MatMuls, residual Adds; attention itself is left out since
   it holds no weight): the shapes of the real one, which is what compression time depends on.
 
-CPU time (user + system of the whole process, and per stage the thread's CPU time) is reported beside the wall
-time since it depends less on what else the machine runs. Stages (summed over every call and thread, so with
-threads the stage times can add up to more than the total): load (reading and checking the model), select
-(choosing weights, reading each once to check it is finite), prune (reading each weight again, magnitude masks),
-outlier choice (onnxcomp.core.outliers.share: the per-tensor outlier search, its k-means and assign calls
-included), k-means (fitting codebooks), assign (nearest-centroid indices), encode (Huffman/gap coding and
-record packing), rewrite (graph rewrite and export), write (sidecar and model files), allocate (the data-free
-per-layer allocation's candidate fits), load check (the output opened in onnxruntime) and fidelity (synthesised
-inputs, both models run in onnxruntime). A fidelity back-off re-runs the compression: "rounds" counts them.
+CPU time (user + system of the whole process) is reported beside the wall time since it depends less on what
+else the machine runs. The time is split into the steps of ``compress`` on its main thread, which add up to the
+total (each step's CPU time is the process's, so it includes the worker threads the step runs): load (reading and
+checking the model), select (choosing weights), allocate (the data-free per-layer allocation: sampling each
+weight, fitting candidates), prune (magnitude masks), share + encode (codebooks, outlier choice, assignment, and
+each record's Huffman/gap coding on the same worker thread), pack (the graph rewrite), export, write (sidecar and
+model files), load check (the output opened in onnxruntime), gains (the per-weight measurement: each compressed
+weight alone in the model, run in onnxruntime), budget (every candidate of every weight for the model-level
+budget, and its solution), fidelity (inputs synthesised, both models run) and other (the rest: lazy imports,
+model copies, size accounting). The default allocation compresses twice (the first round measures, the second
+is written; a fidelity back-off adds rounds): "rounds" counts them, and every step sums over the rounds.
+Details inside those steps, each call's thread CPU summed over threads: candidate fits (the allocator's
+codebook fits and error sums), outlier choice (onnxcomp.core.outliers.share, its k-means and assign calls
+included), k-means, assign, encode.
 Usage:
     nice -n 10 python bench/compress_speed.py [--models mlp25m,vgg16,minilm] [--repeat 3] [--record]
         [--source OTHER_CHECKOUT --section NAME]
@@ -121,6 +126,7 @@ MODELS = {"mlp25m": mlp25m, "vgg16": vgg16, "minilm": minilm}
 CHILD = r"""
 import json, os, sys, threading, time
 args = json.loads(sys.argv[1])
+PARTS = args["parts"]
 if args["source"]:  # another checkout's Python code (the compiled parts come from the installed package)
     sys.path.insert(0, args["source"])
     sys.meta_path[:] = [f for f in sys.meta_path if not type(f).__module__.startswith("_editable")]
@@ -149,23 +155,38 @@ fidelity = module("onnxcomp.pipeline.fidelity")
 
 totals = defaultdict(float)
 cpu = defaultdict(float)
+calls = defaultdict(int)
 lock = threading.Lock()
 depth = threading.local()
+main_thread = threading.main_thread()
 
-def timed(owner, attribute, stage):
+def timed(owner, attribute, stage, part=False):
+    # Time calls of owner.attribute as the stage. A part is a step of the main thread: its CPU time is the whole
+    # process's (its worker threads included) and a part called inside another part counts in the outer one, so
+    # the parts and "other" add up to the total. Other stages (details) sum each call's thread CPU time, over
+    # every thread, and overlap the parts.
     function = getattr(owner, attribute)
+    if function is None:
+        return
     def wrapper(*args, **kwargs):
-        outer = not getattr(depth, stage, False)  # time only the outermost call of a stage
-        setattr(depth, stage, True)
-        start, start_cpu = time.perf_counter(), time.thread_time()
+        if part:
+            outer = threading.current_thread() is main_thread and not getattr(depth, "part", False)
+            key = "part"
+        else:
+            key = stage
+            outer = not getattr(depth, stage, False)  # time only the outermost call of a stage
+        if not outer:
+            return function(*args, **kwargs)
+        setattr(depth, key, True)
+        start, start_cpu = time.perf_counter(), (time.process_time() if part else time.thread_time())
         try:
             return function(*args, **kwargs)
         finally:
-            if outer:
-                setattr(depth, stage, False)
-                with lock:
-                    totals[stage] += time.perf_counter() - start
-                    cpu[stage] += time.thread_time() - start_cpu
+            setattr(depth, key, False)
+            with lock:
+                totals[stage] += time.perf_counter() - start
+                cpu[stage] += (time.process_time() if part else time.thread_time()) - start_cpu
+                calls[stage] += 1
     setattr(owner, attribute, wrapper)
 
 def status(key):
@@ -173,38 +194,51 @@ def status(key):
         if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
 
-timed(model_io, "load_model", "load")
-timed(select.SelectWeightsPass, "run", "select")
-if allocation is not None:  # on the worker threads: its sampling, candidate fits and choice
-    timed(allocation.Allocator, "__init__", "allocate")
-    timed(allocation.Allocator, "choose", "allocate")
-timed(prune.PruneWeightsPass, "layer_mask", "prune")
+allocate_pass = module("onnxcomp.passes.allocate_weights")
+share_pass = module("onnxcomp.passes.share_weights", "passes.share_weights")
+timed(model_io, "load_model", "load", part=True)
+timed(select.SelectWeightsPass, "run", "select", part=True)
+if allocate_pass is not None:
+    timed(allocate_pass.AllocateWeightsPass, "run", "allocate", part=True)
+timed(prune.PruneWeightsPass, "run", "prune", part=True)
+timed(share_pass.ShareWeightsPass, "run", "share + encode", part=True)
+timed(pack.PackWeightsPass, "run", "pack", part=True)
+timed(compression.gs, "export_onnx", "export", part=True)
+timed(model_io, "write_compressed", "write", part=True)
+if hasattr(compression, "check_output_loads"):
+    timed(compression, "check_output_loads", "load check", part=True)
+if hasattr(compression, "_gains"):
+    timed(compression, "_gains", "gains", part=True)
+if hasattr(compression, "_budget_limits"):
+    timed(compression, "_budget_limits", "budget", part=True)
+if fidelity is not None:
+    timed(fidelity, "prepare", "fidelity", part=True)
+    timed(fidelity, "compare_runs", "fidelity", part=True)
+timed(compression, "_compress_once", "rounds")
+if allocation is not None:  # on the worker threads: the candidates' codebook fits and errors
+    timed(allocation.Allocator, "_measure", "candidate fits")
 if outliers is not None:
     timed(outliers, "share", "outlier choice")
 timed(codebook, "fit_codebook", "k-means")
+timed(codebook, "fit_sorted", "k-means")
 timed(codebook, "assign", "assign")
 timed(sidecar, "encode_record", "encode")
-timed(pack.PackWeightsPass, "run", "rewrite (pack pass)")
-timed(compression.gs, "export_onnx", "rewrite (export)")
-timed(model_io, "write_compressed", "write")
-if hasattr(compression, "check_output_loads"):
-    timed(compression, "check_output_loads", "load check")
-if fidelity is not None:
-    timed(fidelity, "prepare", "fidelity")
-    timed(fidelity, "compare_runs", "fidelity")
 start, times = time.perf_counter(), os.times()
 report = onnxcomp.compress(args["input"], args["output"])
 seconds = time.perf_counter() - start
 after = os.times()
 cpu_seconds = (after.user - times.user) + (after.system - times.system)
 params = sum(layer.params for layer in report.layers)
+parts = [stage for stage in PARTS if stage in totals]
+totals["other"] = seconds - sum(totals[stage] for stage in parts)
+cpu["other"] = cpu_seconds - sum(cpu[stage] for stage in parts)
 print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "params": params, "peak_rss": status("VmHWM"),
-                  "ratio": report.ratio, "rounds": 1 + len(getattr(report, "backoff", None) or []), "stages": dict(totals), "stage_cpu": dict(cpu)}))
+                  "ratio": report.ratio, "rounds": calls["rounds"], "stages": dict(totals), "stage_cpu": dict(cpu)}))
 """
 
 
 def measure(input_path, output_path, source: str | None = None) -> dict:
-    arguments = json.dumps({"input": str(input_path), "output": str(output_path), "source": source})
+    arguments = json.dumps({"input": str(input_path), "output": str(output_path), "source": source, "parts": PARTS})
     result = subprocess.run([sys.executable, "-c", CHILD, arguments], capture_output=True, text=True, check=False)
     if result.returncode:
         raise RuntimeError(f"compression failed:\n{result.stderr[-4000:]}")
@@ -234,13 +268,16 @@ def main() -> None:
                         f"{statistics.median(r['seconds'] for r in runs):.2f} s | {rate:.1f} M/s | {run['cpu_seconds']:.2f} s | "
                         f"{run['params'] / run['cpu_seconds'] / 1e6:.1f} M/s | {run['peak_rss'] / 2**20:.0f} MiB |")
             stages, stage_cpu = run["stages"], run["stage_cpu"]
-            stage_rows.append(f"| {name} | " + " | ".join(f"{stages.get(s, 0.0):.2f} / {stage_cpu.get(s, 0.0):.2f}" for s in STAGES) + " |")
+            stage_rows.append(f"| {name} | {run['rounds']} | " + " | ".join(
+                f"{stages.get(s, 0.0):.2f} / {stage_cpu.get(s, 0.0):.2f}" for s in COLUMNS) + " |")
             print(rows[-1], flush=True)
             print(stage_rows[-1], flush=True)
     table = ("| Model | Compressed parameters | Ratio | Wall time (median) | Rate (wall) | CPU time | Rate per CPU second | Peak RSS |\n"
              "|---|---|---|---|---|---|---|---|\n"
-             + "\n".join(rows) + "\n\nSeconds per stage in the median run, wall / CPU (each summed over calls and threads):\n\n"
-             "| Model | " + " | ".join(STAGES) + " |\n|---|" + "---|" * len(STAGES) + "\n" + "\n".join(stage_rows))
+             + "\n".join(rows) + "\n\nSeconds per stage in the median run, wall / CPU. The steps up to \"other\" add up to "
+             "the total (a step's CPU time includes its worker threads; \"other\" is the rest: imports, model copies, size "
+             "accounting); the last columns are details inside them, summed over calls and threads:\n\n"
+             "| Model | rounds | " + " | ".join(COLUMNS) + " |\n|---|---|" + "---|" * len(COLUMNS) + "\n" + "\n".join(stage_rows))
     print(table)
     if args.record:
         sys.path.insert(0, str(ROOT / "bench"))
@@ -250,8 +287,10 @@ def main() -> None:
         update_section(args.section, body)
 
 
-STAGES = ["load", "select", "allocate", "prune", "outlier choice", "k-means", "assign", "encode", "rewrite (pack pass)",
-          "rewrite (export)", "write", "load check", "fidelity"]
+PARTS = ["load", "select", "allocate", "prune", "share + encode", "pack", "export", "write", "load check", "gains", "budget",
+         "fidelity"]
+DETAILS = ["candidate fits", "outlier choice", "k-means", "assign", "encode"]
+COLUMNS = PARTS + ["other"] + DETAILS
 
 if __name__ == "__main__":
     main()

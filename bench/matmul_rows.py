@@ -8,7 +8,8 @@ thread (robust to other jobs on a shared machine), of wall time with more. Comma
 
     python bench/matmul_rows.py [--threads 1] [--repeats 15] [--bits 4] [--shapes 1024x8210,...] [--rows 1,22,...]
 
-``--bits`` sets the codebook (2**bits entries: 4 bits take the AVX2 permute of 16 entries, 5 and 6 bits the
+``--outliers F`` stores a fraction F of the weights as exact outliers (record version 2), so the fused kernel's
+sparse per-column corrections are timed too. ``--bits`` sets the codebook (2**bits entries: 4 bits take the AVX2 permute of 16 entries, 5 and 6 bits the
 permute-and-blend tree of 32 and 64, more a gather). A fourth column times CodebookMatMul with ``decode_once=1``
 (W decoded once, by the first run, then onnxruntime's MatMul in every run: docs/ops.md).
 """
@@ -30,19 +31,25 @@ SHAPES = [(257, 64), (512, 214), (384, 1536), (1536, 384), (768, 768)]
 ROWS = [1, 8, 16, 32, 64, 128, 512, 2048]
 
 
-def model(k: int, n: int, fused: bool, rng: np.random.Generator, bits: int = 4, decode_once: bool = False) -> bytes:
+def model(k: int, n: int, fused: bool, rng: np.random.Generator, bits: int = 4, decode_once: bool = False,
+          outliers: float = 0.0) -> bytes:
     codebook = np.sort(rng.standard_normal(1 << bits)).astype(np.float32)
     indices = rng.integers(0, 1 << bits, (k, n))
+    positions = np.sort(rng.choice(k * n, int(outliers * k * n), replace=False)).astype(np.int64)
+    values = (4 * rng.standard_normal(len(positions))).astype(np.float32)
+    dense = codebook[indices]
+    dense.reshape(-1)[positions] = values
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", k])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", n])
     if fused:
-        record = numpy_helper.from_array(np.frombuffer(encode_record(codebook, indices, (k, n), bits), np.uint8), "r")
+        data = encode_record(codebook, indices, (k, n), bits, positions, values)
+        record = numpy_helper.from_array(np.frombuffer(data, np.uint8), "r")
         node = helper.make_node("CodebookMatMul", ["x", "r"], ["y"], domain=onnxcomp.runtime.DOMAIN,
                                 **({"decode_once": 1} if decode_once else {}))
         graph = helper.make_graph([node], "m", [x], [y], [record])
     else:
         graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "m", [x], [y],
-                                  [numpy_helper.from_array(codebook[indices], "w")])
+                                  [numpy_helper.from_array(dense, "w")])
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid(onnxcomp.runtime.DOMAIN, 1)]
     return helper.make_model(graph, opset_imports=opsets, ir_version=8).SerializeToString()
 
@@ -69,6 +76,8 @@ def main() -> None:
     parser.add_argument("--bits", type=int, default=4, help="index bits of the codebook (2**bits entries)")
     parser.add_argument("--shapes", help="K x N weights, e.g. 1024x8210,384x1536 (default: the built-in list)")
     parser.add_argument("--rows", help="row counts M, e.g. 1,22,49 (default: the built-in list)")
+    parser.add_argument("--outliers", type=float, default=0.0,
+                        help="fraction of weights stored as exact outliers beside the codebook (default 0)")
     args = parser.parse_args()
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")] if args.shapes else SHAPES
     rows = [int(v) for v in args.rows.split(",")] if args.rows else ROWS
@@ -76,11 +85,12 @@ def main() -> None:
     clock = time.process_time if args.threads == 1 else time.perf_counter
     print(f"threads={args.threads} repeats={args.repeats}; medians of {'CPU' if args.threads == 1 else 'wall'} time in ms; "
           "ratio = time / dense MatMul")
-    print(f"bits={args.bits}")
+    print(f"bits={args.bits} outliers={args.outliers}")
     print(f"{'K x N':>11} {'M':>5} {'dense':>9} {'fused':>9} {'gemm':>9} {'once':>9} {'fused/dense':>11} "
           f"{'gemm/dense':>10} {'once/dense':>10}")
     for k, n in shapes:
-        make = lambda fused, once=False: model(k, n, fused, np.random.default_rng(k), args.bits, once)  # noqa: E731
+        make = lambda fused, once=False: model(k, n, fused, np.random.default_rng(k), args.bits, once,  # noqa: E731
+                                               args.outliers)
         sessions = {"dense": session(make(False), args.threads, None), "fused": session(make(True), args.threads, "0"),
                     "gemm": session(make(True), args.threads, "1"), "once": session(make(True, True), args.threads, None)}
         for m in rows:

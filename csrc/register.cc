@@ -18,6 +18,7 @@ Ort::CustomOpDomain& Domain() {
   static CodebookMatMulOp matmul_op;
   static CodebookGatherOp gather_op;
   static CodebookConvOp conv_op;
+  static CodebookLstmOp lstm_op;
 #if defined(ONNXCOMP_WITH_CUDA)
   // CUDA variants next to the CPU ones: a CPU-only runtime still finds the CPU kernels.
   static CudaCodebookDecodeOp cuda_decode_op;
@@ -25,7 +26,7 @@ Ort::CustomOpDomain& Domain() {
   static CudaCodebookGatherOp cuda_gather_op;
 #endif
   static OrtCustomOp* const kOps[] = {  // the registration table
-      &decode_op, &matmul_op, &gather_op, &conv_op,
+      &decode_op, &matmul_op, &gather_op, &conv_op, &lstm_op,
 #if defined(ONNXCOMP_WITH_CUDA)
       &cuda_decode_op, &cuda_matmul_op, &cuda_gather_op,
 #endif

@@ -80,18 +80,70 @@ void PackPanels(const DecodedRecord& record, uint64_t k, uint64_t n, uint8_t* pa
 
 }  // namespace
 
-void ApplyCorrections(const PackedMatrix& w, const float* x, float* y, int64_t row_begin, int64_t row_end,
-                      int64_t column_begin, int64_t column_end) {
+namespace {
+
+// The corrections of rows [row_begin, row_end) and columns [column_begin, column_end), four columns at a time so
+// their chains of fused multiply-adds interleave (each column's chain is sequential in k). Inlined into the two
+// entry points below: one compiled for hardware FMA, one portable.
+__attribute__((always_inline)) inline void CorrectionsBody(const PackedMatrix& w, const float* x, float* y,
+                                                           int64_t row_begin, int64_t row_end, int64_t column_begin,
+                                                           int64_t column_end) {
   const int64_t* start = w.correction_start.data();
   const int64_t* rows = w.correction_row.data();
   const float* delta = w.correction_delta.data();
   for (int64_t m = row_begin; m < row_end; ++m) {
     const float* xm = x + m * w.k;
     float* ym = y + m * w.n;
-    for (int64_t c = column_begin; c < column_end; ++c) {
-      for (int64_t j = start[c]; j < start[c + 1]; ++j) ym[c] = std::fma(xm[rows[j]], delta[j], ym[c]);
+    int64_t c = column_begin;
+    for (; c + 4 <= column_end; c += 4) {
+      float acc[4] = {ym[c], ym[c + 1], ym[c + 2], ym[c + 3]};
+      int64_t j[4] = {start[c], start[c + 1], start[c + 2], start[c + 3]};
+      const int64_t end[4] = {start[c + 1], start[c + 2], start[c + 3], start[c + 4]};
+      while (j[0] < end[0] && j[1] < end[1] && j[2] < end[2] && j[3] < end[3]) {
+        for (int q = 0; q < 4; ++q) {
+          acc[q] = std::fma(xm[rows[j[q]]], delta[j[q]], acc[q]);
+          ++j[q];
+        }
+      }
+      for (int q = 0; q < 4; ++q) {
+        for (; j[q] < end[q]; ++j[q]) acc[q] = std::fma(xm[rows[j[q]]], delta[j[q]], acc[q]);
+        ym[c + q] = acc[q];
+      }
+    }
+    for (; c < column_end; ++c) {
+      float acc = ym[c];
+      for (int64_t q = start[c]; q < start[c + 1]; ++q) acc = std::fma(xm[rows[q]], delta[q], acc);
+      ym[c] = acc;
     }
   }
+}
+
+#if defined(__x86_64__)
+// std::fma without the FMA instruction set is a call into libm per correction (4-5x slower on a 1 %-outlier
+// weight); with it, one vfmadd. Both round once, so the results are the same bits.
+__attribute__((target("fma"))) void CorrectionsFma(const PackedMatrix& w, const float* x, float* y, int64_t row_begin,
+                                                   int64_t row_end, int64_t column_begin, int64_t column_end) {
+  CorrectionsBody(w, x, y, row_begin, row_end, column_begin, column_end);
+}
+
+bool CpuHasFma() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("fma");
+}
+#endif
+
+}  // namespace
+
+void ApplyCorrections(const PackedMatrix& w, const float* x, float* y, int64_t row_begin, int64_t row_end,
+                      int64_t column_begin, int64_t column_end) {
+#if defined(__x86_64__)
+  static const bool has_fma = CpuHasFma();
+  if (has_fma) {
+    CorrectionsFma(w, x, y, row_begin, row_end, column_begin, column_end);
+    return;
+  }
+#endif
+  CorrectionsBody(w, x, y, row_begin, row_end, column_begin, column_end);
 }
 
 namespace {

@@ -206,6 +206,62 @@ struct CodebookConvOp : Ort::CustomOpBase<CodebookConvOp, CodebookConvKernel, tr
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
 };
 
+// ---- CodebookLSTM: ONNX LSTM with W, R (and B) from records ------------------------------------------------
+
+// One of LSTM's weight inputs (W, R or B): a record decoded once into a dense working copy, or a float tensor
+// passed through as it is.
+struct LstmWeight {
+  bool present = false;
+  bool record = false;         // a uint8 record (else float32)
+  bool constant = false;       // a constant initializer (then a record is decoded into `working` at creation)
+  std::vector<float> working;  // the decoded values (record and constant)
+  std::vector<int64_t> dims;
+  Ort::Value value{nullptr};   // wraps `working`
+};
+
+struct CodebookLstmKernel : RecordKernel {
+  CodebookLstmKernel();
+  // Reads the attributes, decodes each constant record input into its working copy and creates onnxruntime's
+  // LSTM that every run invokes.
+  OrtStatus* Init(const OrtKernelInfo* info);
+  OrtStatus* ComputeV2(OrtKernelContext* context) noexcept;
+
+ private:
+  // Checks a weight's dims against [directions, rows, ...]: W [D, 4H, input], R [D, 4H, H], B [D, 8H].
+  OrtStatus* CheckDims(size_t input, const std::vector<int64_t>& dims) const;
+  // Decodes a record (the constant one, or this run's input) into `weight`'s working copy and wraps it.
+  OrtStatus* Decode(size_t input, const Ort::ConstValue& value, LstmWeight* weight) const;
+
+  int64_t hidden_size_ = 0;
+  int64_t directions_ = 1;
+  int64_t layout_ = 0;
+  LstmWeight weights_[3];            // W, R, B (inputs 1, 2, 3)
+  bool output_present_[3] = {false, false, false};
+  size_t input_count_ = 3;           // inputs given to onnxruntime's LSTM (trailing absent ones dropped)
+  Ort::Op lstm_op_{nullptr};
+};
+
+struct CodebookLstmOp : Ort::CustomOpBase<CodebookLstmOp, CodebookLstmKernel, true> {
+  static constexpr const char* kName = "CodebookLSTM";
+  OrtStatus* CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
+    return CreateRecordKernel<CodebookLstmKernel>(info, kernel);
+  }
+  const char* GetName() const { return kName; }
+  // X, W, R, B, sequence_lens, initial_h, initial_c, P (ONNX LSTM's inputs); W, R and B may be a uint8 record or
+  // float32 (UNDEFINED lets onnxruntime accept either; the kernel checks which).
+  size_t GetInputTypeCount() const { return 8; }
+  ONNXTensorElementDataType GetInputType(size_t index) const {
+    if (index >= 1 && index <= 3) return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+    return index == 4 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
+    return index >= 3 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+  }
+  size_t GetOutputTypeCount() const { return 3; }  // Y, Y_h, Y_c
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t) const { return INPUT_OUTPUT_OPTIONAL; }
+};
+
 }  // namespace onnxcomp
 
 #endif  // ONNXCOMP_CPU_OPS_H_

@@ -29,6 +29,7 @@ OrtStatus* RecordKernel::Init(const OrtKernelInfo* info) {
   return GuardStatus(this, [&]() -> OrtStatus* {
     Ort::ConstKernelInfo kernel_info(info);
     node_name_ = kernel_info.GetNodeName();
+    if (record_input_ == kNoRecordInput) return nullptr;
     int is_constant = 0;
     Ort::ConstValue value = kernel_info.GetTensorConstantInput(record_input_, &is_constant);
     if (!is_constant || value == nullptr) return nullptr;  // decoded in every run instead

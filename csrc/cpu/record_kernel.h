@@ -19,6 +19,8 @@ using RecordCheck = std::string (*)(const DecodedRecord&);
 
 class RecordKernel {
  public:
+  // record_input = kNoRecordInput: the kernel has several weight inputs and decodes them itself (DecodeInput).
+  static constexpr size_t kNoRecordInput = static_cast<size_t>(-1);
   RecordKernel(const char* op_name, size_t record_input, RecordCheck check)
       : op_name_(op_name), record_input_(record_input), check_(check) {}
 
@@ -37,8 +39,10 @@ class RecordKernel {
   // working form instead; GetRecord must not be called afterwards.
   std::unique_ptr<const DecodedRecord> TakeConstant() { return std::move(constant_); }
 
- private:
+  // Validates and decodes a record input (1-D uint8) into `out`, then applies the kernel's check.
   OrtStatus* DecodeInput(const Ort::ConstValue& value, DecodedRecord& out) const;
+
+ private:
 
   const char* op_name_;
   size_t record_input_;

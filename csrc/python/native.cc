@@ -42,19 +42,30 @@ using U32Array = py::array_t<uint32_t, py::array::c_style | py::array::forcecast
 using BoolArray = py::array_t<bool, py::array::c_style | py::array::forcecast>;
 
 // Prefix sums P[i] = v[0] + ... + v[i-1] (P[0] = 0, P[1] = v[0] exactly, then sequential float64 adds, as
-// numpy.concatenate([[0.0], numpy.cumsum(v)]) computes them) without storing all n + 1 of them: P is kept
-// at every kStride-th position and the few additions past a checkpoint are redone on demand, giving the
-// same float64 value as the full sequential sum. Memory: n / kStride doubles.
+// numpy.concatenate([[0.0], numpy.cumsum(v)]) computes them). Up to kFullPrefix values every P[i] is stored
+// (8 bytes a value; a Lloyd iteration then reads each sum at once); beyond, only every kStride-th, and the few
+// additions past a checkpoint are redone on demand, giving the same float64 value as the full sequential sum
+// (memory n / kStride doubles).
 class CheckpointedPrefix {
  public:
   static constexpr size_t kStride = 64;
+  static constexpr size_t kFullPrefix = size_t{1} << 20;
 
   // term(i) gives the i-th summand in float64.
   template <typename Term>
   void build(size_t n, Term term) {
     n_ = n;
-    checkpoints_.assign(n / kStride + 1, 0.0);
+    stride_ = n <= kFullPrefix ? 1 : kStride;
+    checkpoints_.assign(n / stride_ + 1, 0.0);
     double sum = 0.0;
+    if (stride_ == 1) {
+      for (size_t i = 0; i < n; ++i) {
+        checkpoints_[i] = sum;
+        sum = i == 0 ? term(0) : sum + term(i);
+      }
+      checkpoints_[n] = sum;
+      return;
+    }
     for (size_t i = 0; i < n; ++i) {
       if (i % kStride == 0) checkpoints_[i / kStride] = sum;
       sum = i == 0 ? term(0) : sum + term(i);
@@ -64,8 +75,8 @@ class CheckpointedPrefix {
 
   template <typename Term>
   double at(size_t i, Term term) const {
-    size_t block = i / kStride;
-    size_t k = block * kStride;
+    size_t block = i / stride_;
+    size_t k = block * stride_;
     double sum = checkpoints_[block];
     if (k == 0 && i > 0) {
       sum = term(0);
@@ -75,8 +86,19 @@ class CheckpointedPrefix {
     return sum;
   }
 
+  // P[i] from a known P[j] = sum_j (j <= i): the same sequential additions at() would redo past a checkpoint,
+  // when j lies in i's block past its first position (so at() would add exactly terms j .. i-1 after P[j]).
+  template <typename Term>
+  double from(size_t j, double sum_j, size_t i, Term term) const {
+    if (j == 0 || j > i || j / stride_ != i / stride_) return at(i, term);
+    double sum = sum_j;
+    for (size_t k = j; k < i; ++k) sum += term(k);
+    return sum;
+  }
+
  private:
   size_t n_ = 0;
+  size_t stride_ = kStride;
   std::vector<double> checkpoints_;
 };
 
@@ -146,34 +168,62 @@ py::array_t<float> lloyd_1d(FloatArray sorted_values, py::object weights_object,
     } else {
       sums.build(n, value_term);
     }
+    // Near the fixed point most centroids stay put from one iteration to the next: a midpoint between two
+    // unchanged centroids is unchanged, so its bound is the previous iteration's (no search), and a prefix sum
+    // at an unchanged bound is the previous one (no re-summing past a checkpoint). Same values as recomputing
+    // them, so the same centroids as the straightforward loop (codebook.refine_reference), only faster; a bound
+    // that moved a little up within its checkpoint block extends the previous sum by the values it passed.
     std::vector<size_t> bounds, previous;
-    std::vector<float> updated;
+    std::vector<double> sum_at, previous_sum_at, mass_at, previous_mass_at;
+    std::vector<float> updated, used;  // used: the centroids the previous iteration started from
     for (int iteration = 0; iteration < max_iterations && !centroids.empty(); ++iteration) {
       const size_t k = centroids.size();
+      const bool comparable = used.size() == k && previous.size() == k + 1;
       bounds.assign(k + 1, 0);
       bounds[k] = n;
       for (size_t j = 0; j + 1 < k; ++j) {
+        if (comparable && centroids[j] == used[j] && centroids[j + 1] == used[j + 1]) {
+          bounds[j + 1] = previous[j + 1];
+          continue;
+        }
         const double midpoint = (static_cast<double>(centroids[j]) + static_cast<double>(centroids[j + 1])) / 2;
         // values up to and including the midpoint go to centroid j (ties to the lower one, as assign does)
         const size_t hint = j + 1 < previous.size() ? previous[j + 1] : n * (j + 1) / k;
         bounds[j + 1] = upper_bound_from(v, n, midpoint, hint);
+      }
+      sum_at.assign(k + 1, 0.0);
+      mass_at.assign(weighted ? k + 1 : 0, 0.0);
+      for (size_t i = 0; i <= k; ++i) {
+        if (!comparable) {
+          sum_at[i] = weighted ? sums.at(bounds[i], moment_term) : sums.at(bounds[i], value_term);
+          if (weighted) mass_at[i] = weight_sums.at(bounds[i], weight_term);
+        } else if (weighted) {
+          sum_at[i] = sums.from(previous[i], previous_sum_at[i], bounds[i], moment_term);
+          mass_at[i] = weight_sums.from(previous[i], previous_mass_at[i], bounds[i], weight_term);
+        } else {
+          sum_at[i] = sums.from(previous[i], previous_sum_at[i], bounds[i], value_term);
+        }
       }
       updated.clear();
       for (size_t j = 0; j < k; ++j) {
         const size_t lo = bounds[j], hi = bounds[j + 1];
         if (hi <= lo) continue;
         if (weighted) {
-          const double mass = weight_sums.at(hi, weight_term) - weight_sums.at(lo, weight_term);
+          const double mass = mass_at[j + 1] - mass_at[j];
           if (!(mass > 0)) continue;
-          updated.push_back(static_cast<float>((sums.at(hi, moment_term) - sums.at(lo, moment_term)) / mass));
+          updated.push_back(static_cast<float>((sum_at[j + 1] - sum_at[j]) / mass));
         } else {
-          const double total = sums.at(hi, value_term) - sums.at(lo, value_term);
-          updated.push_back(static_cast<float>(total / static_cast<double>(hi - lo)));
+          updated.push_back(static_cast<float>((sum_at[j + 1] - sum_at[j]) / static_cast<double>(hi - lo)));
         }
       }
-      updated = sorted_distinct(std::move(updated));
+      // The means of consecutive runs of sorted values are already in order (unweighted); sorting is then a check.
+      if (!std::is_sorted(updated.begin(), updated.end())) std::sort(updated.begin(), updated.end());
+      updated.erase(std::unique(updated.begin(), updated.end()), updated.end());
       previous.swap(bounds);
+      previous_sum_at.swap(sum_at);
+      previous_mass_at.swap(mass_at);
       if (updated == centroids) break;
+      used.swap(centroids);
       centroids.swap(updated);
     }
   }

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnxcomp.core import codebook, huffman
+from onnxcomp.core.native import native as _native
 
 L2_LIMIT = 0.05
 MAX_LIMIT = 0.25
@@ -84,6 +85,29 @@ class Candidate:
 
 
 def _sample(weight: np.ndarray, seed: int) -> np.ndarray:
+    """float64 [<= SAMPLE]: the values at a seeded uniform choice of positions and at the EXTREMES largest |w|,
+    in tensor order (the whole tensor when it has at most SAMPLE values). The same values as ``_sample_reference``
+    (tests/test_allocation.py), faster: the largest magnitudes by the compiled radix select
+    (_native.largest_magnitudes; no |w| copy, no argpartition of the whole tensor) and the union of positions by
+    sorting the SAMPLE chosen ones, not by np.union1d's hashing. When the EXTREMES-th largest |w| is tied, the
+    earliest tied positions are taken (the reference's argpartition leaves that choice to numpy)."""
+    flat = np.asarray(weight, dtype=np.float32).ravel()
+    if flat.size <= SAMPLE:
+        return flat.astype(np.float64)
+    if _native is None:
+        return _sample_reference(weight, seed)
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(flat.size, SAMPLE - EXTREMES, replace=False)
+    positions = np.concatenate([chosen, _native.largest_magnitudes(np.ascontiguousarray(flat), None, EXTREMES)])
+    positions.sort()
+    distinct = np.empty(len(positions), dtype=bool)
+    distinct[0] = True
+    np.not_equal(positions[1:], positions[:-1], out=distinct[1:])
+    return flat[positions[distinct]].astype(np.float64)
+
+
+def _sample_reference(weight: np.ndarray, seed: int) -> np.ndarray:
+    """The straightforward ``_sample``: |w| partitioned for the largest, positions joined by np.union1d."""
     flat = np.asarray(weight, dtype=np.float32).ravel()
     if flat.size <= SAMPLE:
         return flat.astype(np.float64)
@@ -110,6 +134,7 @@ class Allocator:
         self.bits, self.sparsities, self.outliers, self.seed = tuple(bits), tuple(sparsities), tuple(outliers), seed
         self.max_levels = max_levels
         self.measured: dict[tuple, Candidate | None] = {}
+        self._last_kept = None
 
     def _blocks(self, sparsity: float, fraction: float):
         """(lo, hi): the pruned block of the sorted sample; (a, b): the clustered range's ends (outliers outside)."""
@@ -129,6 +154,48 @@ class Allocator:
         else:
             a, b = 0, n
         return lo, hi, a, b
+
+    def fit_values(self, low: float, high: float, pruned: tuple[float, float] | None) -> np.ndarray:
+        """float32, in codebook.sort_values order: the sampled values in [low, high] outside the closed range
+        ``pruned`` (None: nothing pruned), which the candidate's codebook is fit to. They are runs of the sorted
+        sample found by binary search (no mask over the sample, no sort): the same array as
+        ``fit_values_reference`` (tests/test_allocation.py); sort_values puts -0.0 before +0.0, which numpy's
+        float sort of the sample leaves in any order, so the run of zeros is rewritten in that order."""
+        v = self.v
+        first, last = int(np.searchsorted(v, low, side="left")), int(np.searchsorted(v, high, side="right"))
+        if pruned is None:
+            fitted = v[first:last].astype(np.float32)
+        else:
+            cut_low = min(max(int(np.searchsorted(v, pruned[0], side="left")), first), last)
+            cut_high = max(min(int(np.searchsorted(v, pruned[1], side="right")), last), cut_low)
+            fitted = np.concatenate([v[first:cut_low], v[cut_high:last]]).astype(np.float32)
+        zero_low, zero_high = np.searchsorted(fitted, np.float32(0), side="left"), np.searchsorted(fitted, np.float32(0), side="right")
+        if zero_high > zero_low:
+            zeros = fitted[zero_low:zero_high]
+            negative = int(np.count_nonzero(np.signbit(zeros)))
+            zeros[:negative], zeros[negative:] = np.float32(-0.0), np.float32(0.0)
+        return fitted
+
+    def fit_values_reference(self, low: float, high: float, pruned: tuple[float, float] | None) -> np.ndarray:
+        """The straightforward ``fit_values``: a mask over the sample in tensor order, then codebook.sort_values."""
+        values = self.values
+        in_range = (values >= low) & (values <= high)
+        if pruned is not None:
+            in_range &= (values < pruned[0]) | (values > pruned[1])
+        return codebook.sort_values(values[in_range].astype(np.float32))
+
+    def _kept(self, lo: int, hi: int, a: int, b: int):
+        """(kept, prefix sums of kept and of kept^2, fit values) of the blocks ``_blocks`` gives: kept is the sorted
+        sample without the pruned block and the outliers. The bit widths of one (sparsity, outlier fraction) share
+        them, and are measured one after the other, so the last blocks' arrays are kept for the next call."""
+        if self._last_kept is None or self._last_kept[0] != (lo, hi, a, b):
+            v = self.v
+            kept = np.concatenate([v[a:lo], v[hi:b]])
+            k1 = np.concatenate([[0.0], np.cumsum(kept)])
+            k2 = np.concatenate([[0.0], np.cumsum(kept * kept)])
+            fitted = self.fit_values(kept[0], kept[-1], (v[lo], v[hi - 1]) if hi > lo else None)
+            self._last_kept = ((lo, hi, a, b), kept, k1, k2, fitted)
+        return self._last_kept[1:]
 
     def pruned_error(self, sparsity: float) -> float:
         """The relative L2 error of pruning alone: a lower bound for every candidate at this sparsity."""
@@ -151,30 +218,24 @@ class Allocator:
         return self.measured[key]
 
     def _measure(self, sparsity: float, bits: int, fraction: float, levels: int = 0) -> Candidate | None:
-        v, values = self.v, self.values
+        v = self.v
         if len(v) == 0 or self.energy == 0:
             return Candidate(sparsity, bits, fraction, 0.0, 0.0, 64 + self.n_total / 8, levels)
         scale = self.n_total / len(v)
         lo, hi, a, b = self._blocks(sparsity, fraction)
         pruned = hi > lo
-        kept = np.concatenate([v[a:lo], v[hi:b]])  # sorted: the pruned block and the outliers removed
         size = (1 << bits) - (1 if pruned else 0)
-        if len(kept) == 0 or size < 1:
+        if b - a - (hi - lo) <= 0 or size < 1:
             return None
+        kept, k1, k2, fitted = self._kept(lo, hi, a, b)
         if levels:  # one Lloyd step from the grid, as the pipeline fits it (on the sample's sorted values)
-            centroids = codebook.refine(kept.astype(np.float32), codebook.uniform_start(kept[0], kept[-1], levels),
+            centroids = codebook.refine(fitted, codebook.uniform_start(fitted[0], fitted[-1], levels),
                                         iterations=1).astype(np.float64)
         else:
-            low, high = kept[0], kept[-1]
-            in_range = (values >= low) & (values <= high)
-            if pruned:
-                in_range &= (values < v[lo]) | (values > v[hi - 1])
             # Lloyd iterations from the quantile starts, without the pipeline's k-means on a sample first: a few
             # times faster, and the same fixed-point iteration (the proxy need not match the final codebook exactly).
             start = kept[np.minimum(((np.arange(size) + 0.5) / size * len(kept)).astype(np.int64), len(kept) - 1)]
-            centroids = codebook.fit_codebook(values[in_range], size, "quantile", self.seed, start=np.unique(start)).astype(np.float64)
-        k1 = np.concatenate([[0.0], np.cumsum(kept)])
-        k2 = np.concatenate([[0.0], np.cumsum(kept * kept)])
+            centroids = codebook.fit_sorted(fitted, size, np.unique(start)).astype(np.float64)
         bounds = np.concatenate([[0], np.searchsorted(kept, (centroids[:-1] + centroids[1:]) / 2, side="right"), [len(kept)]])
         counts = np.diff(bounds).astype(np.float64)
         sums1, sums2 = k1[bounds[1:]] - k1[bounds[:-1]], k2[bounds[1:]] - k2[bounds[:-1]]
@@ -217,6 +278,7 @@ class Allocator:
                     middle = (low + high) // 2
                     low, high = (low, middle) if passes(middle) else (middle, high)
                 found.append(self.measure_uniform(high, fraction))
+        self._last_kept = None  # the allocator stays cached between rounds: without its working arrays
         return choose(found, scale, dense_bytes, l2_limit, max_limit)
 
 
@@ -238,6 +300,7 @@ def options(allocator: Allocator, dense_bytes: float, max_limit: float = MAX_LIM
                 c = allocator.measure(sparsity, bits, fraction)
                 if c is not None and c.max_relative <= max_limit and c.relative_l2 <= cap and c.bytes < dense_bytes:
                     found.append(c)
+    allocator._last_kept = None
     return found
 
 

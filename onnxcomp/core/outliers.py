@@ -304,7 +304,8 @@ def _prepare(values, keep, option, rows):
     flat = values.ravel()
     to_rows = rows or (lambda array: array.reshape(array.shape[0] if array.ndim else 1, -1))
     keep = None if keep is None else np.ascontiguousarray(keep, dtype=bool).ravel()
-    reference = flat if keep is None else np.where(keep, flat, np.float32(0))
+    # A mask that keeps everything (sparsity 0 still has one) changes no value: no masked copy then.
+    reference = flat if keep is None or keep.all() else np.where(keep, flat, np.float32(0))
     fractions = AUTO_FRACTIONS if option == AUTO else (float(option),)
     return values, flat, to_rows, keep, reference, fractions
 
@@ -376,8 +377,9 @@ def share(values: np.ndarray, keep: np.ndarray | None, bits: int, *, option: str
     if importance is not None and len(importance) == inputs:
         usable = np.ascontiguousarray(importance, dtype=np.float64)
     kept = len(flat) if keep is None else int(np.count_nonzero(keep))
-    order = _native.largest_magnitudes(flat, keep, max(int(round(f * kept)) for f in fractions))
-    ordered = codebook_math.sort_values(flat if keep is None else flat[keep], overwrite_input=keep is not None)
+    pruning = None if kept == len(flat) else keep  # an all-True mask selects every value: the same without it
+    order = _native.largest_magnitudes(flat, pruning, max(int(round(f * kept)) for f in fractions))
+    ordered = codebook_math.sort_values(flat if pruning is None else flat[pruning], overwrite_input=pruning is not None)
     no_outliers = np.zeros(0, np.int64), np.zeros(0, np.float32)
     norms = _native.channel_errors(reference, None, np.zeros(1, np.float32), *no_outliers, channels, inputs, transposed, usable)
     live = live_channels(norms)

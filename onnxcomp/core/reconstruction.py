@@ -17,7 +17,6 @@ row ``v`` is ``E(v) = (v - w)^T G (v - w) = ||X v - X w||^2``.
 from __future__ import annotations
 
 import numpy as np
-from scipy import linalg, sparse
 from threadpoolctl import threadpool_limits
 
 
@@ -42,6 +41,8 @@ def refit_rows(original: np.ndarray, keep: np.ndarray, gram: np.ndarray, ridge: 
     """Refit the kept weights of every row of ``original`` [outputs, inputs]; pruned ones stay 0.
     With ``cross``/``gram_original`` (sequential mode) the target is the original layer on original inputs.
     ``start`` (default: the original with pruned weights zeroed) is what a row keeps when the refit is no better."""
+    from scipy import linalg  # imported here: compressing without calibration data never needs scipy (0.4 s)
+
     original = original.astype(np.float64)
     lam = ridge * float(np.mean(np.diag(gram))) + 1e-12
     refit = np.where(keep, original if start is None else start, 0.0)
@@ -76,6 +77,8 @@ def normal_equations(original: np.ndarray, indices: np.ndarray, k: int, gram: np
     (inputs^2 additions, not inputs^2 * k multiplications): a chunk of rows is one sparse-times-dense product,
     and ``(M_i^T G) M_i`` a bincount. Outliers go to an extra group k that is dropped at the end, which equals
     removing their rows and columns from G. Cost O(outputs * inputs^2) additions, memory O(ROW_CHUNK * k * inputs)."""
+    from scipy import sparse
+
     rows, inputs = indices.shape
     groups = k + 1 if exact is not None else k
     idx = np.asarray(indices, dtype=np.int64)

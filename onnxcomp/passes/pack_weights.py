@@ -12,7 +12,9 @@ Rewrites (ops in domain ``ai.onnxcomp``, see docs/ops.md), for every node readin
   bias = (B - mean) * scale + beta, the same folding onnxruntime applies to a dense Conv), then an activation that
   alone reads the result (Relu, Tanh, Sigmoid, LeakyRelu, Clip with constant bounds, HardSigmoid, HardSwish) becomes the
   node's ``activation`` attribute, as in onnxruntime's FusedConv;
-- any other reader (ConvTranspose, LSTM, Einsum, a Slice, a float16 weight's consumers, ...) -> the output of ONE
+- LSTM (default activations, layout 0) reading the float32 weight as W, R or B -> CodebookLSTM with the record
+  in that input (its other weights stay as they are, records or float32: lstm_fusable);
+- any other reader (ConvTranspose, GRU, RNN, Einsum, a Slice, a float16 weight's consumers, ...) -> the output of ONE
   CodebookDecode(record) node per weight (plus a Transpose if stored transposed, plus a Cast back to the
   weight's float16/bfloat16 type), placed in the innermost graph enclosing all those readers (the main graph, an
   If branch, a Loop or Scan body), so a weight read by several subgraphs is decoded and stored once.
@@ -24,8 +26,8 @@ keep the weight decoded as float32 from their first run (CodebookDecode copies i
 decoding it; CodebookMatMul multiplies it with onnxruntime's MatMul). The rule, per model: the working copies may
 spend at most ``DECODE_ONCE_SHARE`` (half) of the bytes compression saved, ``(dense bytes - record bytes)`` summed
 over the packed weights, so the compressed session keeps less persistent weight memory than the dense one
-(records + working copies <= (dense + records) / 2 < dense). CodebookConv always keeps one working copy per node
-(its design), and those count first; then CodebookDecode nodes (decoded in every run otherwise: a copy is always
+(records + working copies <= (dense + records) / 2 < dense). CodebookConv and CodebookLSTM always keep one working
+copy per node and weight (their design), and those count first; then CodebookDecode nodes (decoded in every run otherwise: a copy is always
 cheaper), then CodebookMatMul nodes, each group smallest first, while the total fits. Every generated name is unique in the model (passes/names.py). The record bytes
 become a uint8 constant; the writer later moves it into the sidecar as external data.
 Storage: a record costs its header and tables plus the Huffman-coded indices, against 4 (float32) or 2
@@ -138,6 +140,9 @@ class PackWeightsPass(GraphPass):
             elif kind == "gather":
                 node.op, node.domain, node.attrs = "CodebookGather", DOMAIN, {}
                 node.inputs = [record, node.inputs[1]]
+            elif kind == "lstm":
+                _to_lstm(node, slot, record)
+                self._emitted.append((node, target))
             else:
                 decoded.append((node, slot))
         if decoded:
@@ -161,6 +166,9 @@ class PackWeightsPass(GraphPass):
         if self.fuse and node.op == "Gather" and not node.domain and slot == 0 and _attr(node, "axis", 0) == 0 \
                 and target.dtype == onnx.TensorProto.FLOAT:
             return "gather"
+        if self.fuse and slot in (1, 2, 3) and target.dtype == onnx.TensorProto.FLOAT and not target.transposed \
+                and lstm_fusable(node):
+            return "lstm"
         return "decode"
 
     def _small_and_decoded(self, target: WeightTarget) -> bool:
@@ -260,7 +268,7 @@ def assign_decode_once(targets: list[WeightTarget], emitted: list[tuple[gs.Node,
     saved = sum(t.dense_bytes - len(t.record) for t in targets)
     budget = DECODE_ONCE_SHARE * saved
     copy = {id(t): 4 * t.size for t in targets}
-    spent = sum(copy[id(t)] for node, t in emitted if node.op == "CodebookConv")
+    spent = sum(copy[id(t)] for node, t in emitted if node.op in ("CodebookConv", "CodebookLSTM"))
     granted = {"CodebookDecode": 0, "CodebookMatMul": 0}
     for op in granted:
         for node, target in sorted((e for e in emitted if e[0].op == op), key=lambda e: copy[id(e[1])]):
@@ -416,6 +424,28 @@ def _to_conv(graph: gs.Graph, node: gs.Node, record: gs.Constant, out_channels: 
     if scale is not None:
         inputs.append(scale)
     node.op, node.domain, node.attrs, node.inputs, node.outputs = "CodebookConv", DOMAIN, attrs, inputs, [output]
+
+
+def lstm_fusable(node: gs.Node) -> bool:
+    """An LSTM (or a CodebookLSTM already rewritten for another of its weights) that CodebookLSTM can run: the
+    default activations (Sigmoid, Tanh, Tanh per direction, stated or not), no activation_alpha/beta, layout 0."""
+    if (node.op, node.domain or "") not in (("LSTM", ""), ("CodebookLSTM", DOMAIN)):
+        return False
+    if "activation_alpha" in node.attrs or "activation_beta" in node.attrs or _attr(node, "layout", 0) != 0:
+        return False  # (onnxruntime's CPU LSTM refuses layout 1 anyway)
+    directions = 2 if _attr(node, "direction", "forward") in ("bidirectional", b"bidirectional") else 1
+    activations = node.attrs.get("activations")
+    return activations is None or [a.decode() if isinstance(a, bytes) else a for a in activations] == \
+        ["Sigmoid", "Tanh", "Tanh"] * directions
+
+
+def _to_lstm(node: gs.Node, slot: int, record: gs.Constant) -> None:
+    """LSTM -> CodebookLSTM (same inputs and attributes, default activations implied) reading ``record`` in ``slot``
+    (1: W, 2: R, 3: B)."""
+    if node.op == "LSTM":
+        node.op, node.domain = "CodebookLSTM", DOMAIN
+        node.attrs.pop("activations", None)
+    node.inputs[slot] = record
 
 
 def record_out_features(record: gs.Constant) -> int:

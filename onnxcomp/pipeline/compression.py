@@ -25,6 +25,7 @@ from onnxcomp.passes import (AllocateWeightsPass, CalibrateWeightsPass, Compress
                     PruneWeightsPass, ReconstructWeightsPass, SelectWeightsPass, ShareWeightsPass)
 from onnxcomp.passes.pack_portable import CODEBOOK_SUFFIX, SCATTER_OPSET, portable_bytes
 from onnxcomp.passes.apply_settings import ApplySettingsPass
+from onnxcomp.passes.fold_weights import FoldRecurrentWeightsPass
 from onnxcomp.passes.compress_sequentially import CompressSequentiallyPass
 from onnxcomp.passes.base import DOMAIN, DOMAIN_VERSION
 from onnxcomp.passes.base import FLOAT_TYPES, onnx_type
@@ -163,7 +164,7 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
         bits = {**DEFAULT_BITS, **(bits or {})}
     if allocation not in ALLOCATIONS:
         raise InvalidOptionError(f"unknown allocation {allocation!r}: use one of {', '.join(ALLOCATIONS)}")
-    passes = [SelectWeightsPass(min_elements=min_elements, rules=rules)]
+    passes = [FoldRecurrentWeightsPass(), SelectWeightsPass(min_elements=min_elements, rules=rules)]
     if allocation == "proxy":
         passes.append(AllocateWeightsPass(scales=allocation_scales, limits=allocation_limits, cache=allocation_cache, seed=seed, outliers=outliers))
     if settings:
@@ -219,6 +220,7 @@ def compress_model(model: onnx.ModelProto, *, base_dir: str | None = None, **opt
     if not state.targets:
         return model, state
     exported = gs.export_onnx(graph)
+    model_io.hoist_shared_initializers(exported.graph)
     # graphsurgeon drops initializers from the graph inputs; callers may still override them, so keep them listed.
     exported.graph.input.extend(overridable)
     exported.ir_version = model.ir_version
@@ -326,16 +328,19 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
         budget = BUDGET
         for round_ in range(BACKOFF_ROUNDS + 2):
             extra = {"allocation_limits": limits, "allocation_cache": cache} if allocation == "proxy" else {}
-            report = _compress_once(input_path, staged, calib, loaded=graph_only, allocation=allocation, **extra, **options)
+            # The proxy's first round is only measured (its output is loaded in onnxruntime only if it is final).
+            checked = not (allocation == "proxy" and gains is None)
+            report = _compress_once(input_path, staged, calib, loaded=graph_only, allocation=allocation, check=checked,
+                                    **extra, **options)
             result = None
             budget_round = allocation == "proxy" and report.layers and gains is None
             if measure and not budget_round:  # round 0 of the proxy is only the start of the budget allocation
                 result = (fidelity_check.Fidelity("", unavailable=unavailable) if unavailable else
-                          fidelity_check.compare_runs(input_path, staged, feeds, source))
+                          fidelity_check.compare_runs(input_path, staged, feeds, source, graph_only))
             if allocation != "proxy" or not report.layers:
                 break
             if gains is None:  # round 0: measure each weight's effect, then allocate the model's budget
-                gains = _gains(input_path, staged, feeds if measure and not unavailable else [], cache, report)
+                gains = _gains(input_path, staged, feeds if measure and not unavailable else [], cache, report, graph_only)
                 budget = BUDGET if gains is not None else BUDGET_UNMEASURED
                 gains = gains or {name: 1.0 for name in cache}
             elif result is None or not result.below or round_ == BACKOFF_ROUNDS + 1:
@@ -346,6 +351,8 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
                          fidelity_check.WARN_COSINE, budget, budget * BACKOFF_FACTOR)
                 budget *= BACKOFF_FACTOR
             limits = _budget_limits(cache, gains, budget, report)
+        if not checked:
+            check_output_loads(input_path, staged, report.sidecar_path)
         report.allocation, report.backoff = allocation, history
         fallback = None
         if allocation == "proxy" and report.layers and report.output_bytes >= report.input_bytes:
@@ -360,7 +367,7 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
             report.float_params = float_params  # nothing of them is compressed: coverage 0
             report.allocation, report.backoff, report.fallback = allocation, history, fallback
             result = fidelity_check.Fidelity(source or "", unavailable=unavailable) if unavailable else (
-                fidelity_check.compare_runs(input_path, staged, feeds, source) if measure else None)
+                fidelity_check.compare_runs(input_path, staged, feeds, source, graph_only) if measure else None)
         report.fidelity = None if result is None else result.to_dict()
         if min_cosine is not None:
             if result.unavailable:
@@ -379,23 +386,25 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _gains(input_path: str, staged: str, feeds: list[dict], cache: dict, report: Report) -> dict[str, float] | None:
+def _gains(input_path: str, staged: str, feeds: list[dict], cache: dict, report: Report,
+           loaded: onnx.ModelProto | None = None) -> dict[str, float] | None:
     """Per weight (the allocator's ``cache`` keys): the measured gain g = r / e2 of its effect on the output r
     (fidelity.attribute, on ATTRIBUTION_SAMPLES samples of the first feed) over its predicted relative L2 error e2,
     divided by the median gain and clipped to GAIN_RANGE (the median stands for weights not compressed in this
     round). Relative, because on synthesised inputs only the ratios between weights mean something: a classifier's
     outputs on random images are small and uncertain, and their absolute error says little about real inputs.
     None without feeds or when the model cannot be run on them. Models above ATTRIBUTION_BYTES get gains of 1
-    (the measurement holds copies of the whole model in memory, and protobuf serialises at most 2 GiB)."""
+    (the measurement holds copies of the whole model in memory, and protobuf serialises at most 2 GiB). ``loaded``:
+    the input as model_io.load_model(input_path, external_data=False) gave it (not parsed again)."""
     if not feeds:
         return None
-    if model_io.model_bytes(input_path) > ATTRIBUTION_BYTES:
+    if model_io.model_bytes(input_path, loaded) > ATTRIBUTION_BYTES:
         return {name: 1.0 for name in cache}
     from onnxcomp.pipeline.fidelity import attribute
     count = next((len(v) for v in feeds[0].values() if np.ndim(v)), 0)
     feed = {k: (v[:ATTRIBUTION_SAMPLES] if np.ndim(v) and len(v) == count else v) for k, v in feeds[0].items()}
     try:
-        errors = attribute(input_path, staged, feed)
+        errors = attribute(input_path, staged, feed, loaded)
     except Exception as error:  # onnxruntime's own errors (a feed the model takes only whole): no measured gains
         log.info("per-weight effect not measured (%s): every gain taken as 1", str(error).strip().splitlines()[0])
         return None
@@ -417,8 +426,12 @@ def _gains(input_path: str, staged: str, feeds: list[dict], cache: dict, report:
 def _budget_limits(cache: dict, gains: dict[str, float], budget: float, report: Report) -> dict[str, float]:
     """Per weight, the relative L2 limit of its candidate in the model-level budget allocation
     (onnxcomp.core.allocation.solve_budget); 0 for a weight best left dense."""
+    from onnxcomp import parallel
     from onnxcomp.core import allocation as allocation_math
-    choices = {name: allocation_math.options(allocator, 4.0 * allocator.n_total) for name, allocator in sorted(cache.items())}
+    # Each weight's candidates are fit on the cores (weights are independent; each allocator on one thread).
+    names = sorted(cache)
+    found = parallel.ordered_map(lambda name: allocation_math.options(cache[name], 4.0 * cache[name].n_total), names)
+    choices = dict(zip(names, found))
     chosen = allocation_math.solve_budget(choices, gains, budget)
     return {name: 0.0 if c.dense else c.relative_l2 * (1 + 1e-9) for name, c in chosen.items()}
 
@@ -440,10 +453,11 @@ def _remove_companions(staged: str) -> None:
 
 
 def _compress_once(input_path: str, output_path: str, calib: dict | None, loaded: onnx.ModelProto | None = None,
-                   **options) -> Report:
+                   check: bool = True, **options) -> Report:
     """One compression of ``input_path`` written to ``output_path`` (a staging path) and its report. ``loaded``: the
     input as model_io.load_model(input_path, external_data=False) gave it (read and checked once per compress;
-    the passes work on a copy)."""
+    the passes work on a copy). ``check``: open the output in onnxruntime (check_output_loads); the caller does it
+    later when not."""
     # Without calibration no pass runs the model, so its external data is read one weight at a time.
     stream = calib is None
     if stream and loaded is not None:
@@ -462,9 +476,10 @@ def _compress_once(input_path: str, output_path: str, calib: dict | None, loaded
         halved = halve_dense_weights(compressed)
     _remove_companions(output_path)
     sidecar_file = model_io.write_compressed(compressed, records, output_path, source_folder=source_folder)
-    check_output_loads(input_path, output_path, sidecar_file)
+    if check:
+        check_output_loads(input_path, output_path, sidecar_file)
     output_bytes = model_io.model_bytes(output_path)  # the model, its sidecar and any dense data file
-    report = Report(input_path, output_path, sidecar_file, model_io.model_bytes(input_path), output_bytes, skipped=state.skipped,
+    report = Report(input_path, output_path, sidecar_file, model_io.model_bytes(input_path, loaded), output_bytes, skipped=state.skipped,
                     float_params=state.float_params, float16=halved)
     for t in state.targets:
         report.layers.append(LayerReport(t.name, t.kind, list(t.shape), t.size, round(t.sparsity, 6), len(t.codebook),

@@ -7,7 +7,8 @@ CodebookMatMul(X, record[, bias]) -> MatMul(X, W) (+ Add bias), or Gemm(X, W, bi
 directory says the record holds W transposed (records for CodebookMatMul are always [K, N]);
 CodebookGather(record, indices) -> Gather(W, indices); CodebookDecode(record) -> the initializer itself;
 CodebookConv(X, record[, bias[, scale]]) -> Conv(X, W * scale, bias) with its attributes, then the fused activation
-as its own node (a folded BatchNormalization stays folded: W * scale is a new initializer).
+as its own node (a folded BatchNormalization stays folded: W * scale is a new initializer);
+CodebookLSTM -> LSTM with each record input (W, R, B) replaced by its initializer.
 Portable lookups Gather(codebook, Cast(indices)), with their outliers scattered on when present, become the
 initializer they compute; record outliers are applied as the record is decoded. Every graph is rewritten, If
 branches and Loop/Scan bodies included; decoded weights live in the main graph. The values equal the
@@ -63,6 +64,13 @@ def decompress_model(model: onnx.ModelProto, model_path: str) -> onnx.ModelProto
     for graph in reversed(graphs):
         nodes = []
         for node in graph.node:
+            if node.domain == DOMAIN and node.op_type == "CodebookLSTM":  # W, R, B: each a record or float32
+                for slot in range(1, min(4, len(node.input))):
+                    if node.input[slot] in weights:
+                        node.input[slot] = initializer_for(weights[node.input[slot]])
+                node.op_type, node.domain = "LSTM", ""
+                nodes.append(node)
+                continue
             weight = weights.get(node.input[1] if node.op_type in ("CodebookMatMul", "CodebookConv") else node.input[0]) if node.input else None
             if node.domain == DOMAIN:
                 if weight is None:

@@ -38,6 +38,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from onnxcomp import parallel
 from onnxcomp.passes.calibration import count_samples, run_batched, sample_axes, take_samples
 
 from onnxcomp.errors import CalibrationError, InvalidOptionError
@@ -253,23 +254,30 @@ def logit_taps(model: onnx.ModelProto) -> dict[str, str]:
     return taps
 
 
-def _session(path: str, extra_outputs=()) -> ort.InferenceSession:
+def _session(path: str, extra_outputs=(), model: onnx.ModelProto | None = None) -> ort.InferenceSession:
     """A single-threaded CPU session; the custom-op library is registered when the model uses onnxcomp ops (an
     already compressed input, or the output). ``extra_outputs`` (tensor names) are added as graph outputs after the
-    model's own (in a copy held in memory; external data still read from the model's folder)."""
+    model's own (in a copy held in memory; external data still read from the model's folder). ``model``: the file's
+    graph as already parsed (``onnx.load(path, load_external_data=False)``), so it is not parsed again; it is
+    left as it was."""
     from onnxcomp.runtime import DOMAIN, session_options
-    model = onnx.load(path, load_external_data=False)
+    model = model if model is not None else onnx.load(path, load_external_data=False)
     custom = any(o.domain == DOMAIN for o in model.opset_import)
     options = session_options() if custom else ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not extra_outputs:
         return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    listed = {o.name for o in model.graph.output}
-    model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in extra_outputs if name not in listed)
+    listed = len(model.graph.output)
+    present = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in extra_outputs if name not in present)
+    try:
+        serialized = model.SerializeToString()
+    finally:
+        del model.graph.output[listed:]  # the caller's model (or this function's own copy) as it was
     options.add_session_config_entry("session.model_external_initializers_file_folder_path",
                                      os.path.dirname(os.path.abspath(path)))
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
 
 
 def _rows(array: np.ndarray, samples_in_feed: int | None) -> np.ndarray:
@@ -293,29 +301,34 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(a).all(1), value, np.nan)
 
 
-def _sessions(original_path: str, compressed_path: str) -> tuple[ort.InferenceSession, ort.InferenceSession, dict[str, str]]:
+def _sessions(original_path: str, compressed_path: str,
+              original: onnx.ModelProto) -> tuple[ort.InferenceSession, ort.InferenceSession, dict[str, str]]:
     """Sessions of both models with the logits of ``logit_taps`` as extra outputs (without them when the output
-    does not keep the tapped tensor's name), and the taps used."""
-    taps = logit_taps(onnx.load(original_path, load_external_data=False))
+    does not keep the tapped tensor's name), and the taps used. ``original``: the original's graph, parsed."""
+    taps = logit_taps(original)
     extra = list(dict.fromkeys(taps.values()))
-    reference = _session(original_path, extra)
+    reference = _session(original_path, extra, original)
     try:
         candidate = _session(compressed_path, extra)
     except Exception:  # onnxruntime's own errors: a tapped tensor the output does not have
-        taps, reference, candidate = {}, _session(original_path), _session(compressed_path)
+        taps, reference, candidate = {}, _session(original_path, model=original), _session(compressed_path)
     return reference, candidate, taps
 
 
-def compare_runs(original_path: str, compressed_path: str, feeds: list[dict[str, np.ndarray]], inputs: str) -> Fidelity:
-    """Run both models on ``feeds`` and compare every float output (module docstring)."""
+def compare_runs(original_path: str, compressed_path: str, feeds: list[dict[str, np.ndarray]], inputs: str,
+                 original: onnx.ModelProto | None = None) -> Fidelity:
+    """Run both models on ``feeds`` and compare every float output (module docstring). ``original``: the original
+    model as ``onnx.load(original_path, load_external_data=False)`` gives it, when the caller has it (it is parsed
+    once then, not once per use; it is not modified)."""
+    original = original if original is not None else onnx.load(original_path, load_external_data=False)
     try:
-        reference, candidate, taps = _sessions(original_path, compressed_path)
+        reference, candidate, taps = _sessions(original_path, compressed_path, original)
     except Exception as error:  # onnxruntime's own error types: the input itself does not load there
         return Fidelity(inputs, unavailable=f"onnxruntime cannot load the input model ({str(error).strip().splitlines()[0]})")
     session_names = [o.name for o in reference.get_outputs()]
-    names = [o.name for o in onnx.load(original_path, load_external_data=False).graph.output]
+    names = [o.name for o in original.graph.output]
     from onnxcomp.pipeline.verification import class_score_outputs  # verify's rule: top-1 only for class scores
-    scores = class_score_outputs(onnx.load(original_path, load_external_data=False))
+    scores = class_score_outputs(original)
     per_output: dict[str, dict] = {name: {"cos": [], "agree": [], "class_scores": name in scores} for name in names}
     samples = 0
     for feed in feeds:
@@ -323,8 +336,9 @@ def compare_runs(original_path: str, compressed_path: str, feeds: list[dict[str,
         try:
             count = count_samples(feed, axes) if any(np.ndim(v) and axes.get(k, 0) is not None for k, v in feed.items()) else None
             # In batches the model accepts (a fixed batch dimension gets runs of that size).
-            expected = dict(zip(session_names, run_batched(reference, feed, batch=count or 1)))
-            actual = dict(zip(session_names, run_batched(candidate, feed, batch=count or 1)))
+            # Both models at once, one per core (single-threaded sessions).
+            runs = parallel.ordered_map(lambda session: run_batched(session, feed, batch=count or 1), [reference, candidate])
+            expected, actual = (dict(zip(session_names, outputs)) for outputs in runs)
         except Exception as error:  # onnxruntime's own error types on feeds the model does not take
             return Fidelity(inputs, unavailable=f"running the models on the {inputs} inputs failed "
                             f"({str(error).strip().splitlines()[0]}); give real inputs with --fidelity-data FILE.npz")
@@ -424,16 +438,27 @@ def _relative_error(expected: list[np.ndarray], actual: list[np.ndarray]) -> flo
     return worst
 
 
-def attribute(original_path: str, compressed_path: str, feed: dict[str, np.ndarray]) -> dict[str, float]:
+def attribute(original_path: str, compressed_path: str, feed: dict[str, np.ndarray],
+              original: onnx.ModelProto | None = None) -> dict[str, float]:
     """Per compressed weight: the relative L2 error (``_relative_error``) of the compared tensors (each output, or
     its logits: module docstring) when only that weight takes its decoded value in the original model, on
-    ``feed``. One run of the model per weight; weights inside subgraphs are substituted in a copy."""
+    ``feed``. One run of the model per weight (weights on the cores in parallel, parallel.ordered_map); weights
+    inside subgraphs are substituted in a copy. ``original``:
+    the original as ``model_io.load_model(original_path, external_data=False)`` gave it, when the caller has it
+    (used as it is unless its data is external; never modified)."""
     from onnx import numpy_helper
     from onnxcomp.passes import model_io
     from onnxcomp.pipeline.autotune import _weight_as_input
     from onnxcomp.pipeline.inspection import stored_weights
     stored = stored_weights(model_io.load_model(compressed_path, external_data=False), compressed_path)
-    model = model_io.load_model(original_path)
+    graphs = [] if original is None else list(model_io.graphs_of(original.graph))
+    if original is None or any(t.data_location == onnx.TensorProto.EXTERNAL for g in graphs for t in g.initializer):
+        model = model_io.load_model(original_path)
+    elif any(n.op_type == "Constant" for g in graphs for n in g.node):  # moved into initializers below: a copy
+        model = onnx.ModelProto()
+        model.CopyFrom(original)
+    else:
+        model = original
     model_io.constants_to_initializers(model.graph)
     taps = logit_taps(model)
     compared = [taps.get(o.name, o.name) for o in model.graph.output]
@@ -458,12 +483,14 @@ def attribute(original_path: str, compressed_path: str, feed: dict[str, np.ndarr
     batch = int(first.shape[0]) if first is not None and first.ndim else 1
     probe = session(_weight_as_input(model, originals)) if originals else None
     expected = run_batched(probe, feed, batch, extra=originals) if probe else run_batched(session(model), feed, batch)
-    errors = {}
-    for name in sorted(weights):
+
+    def error(name: str) -> float:  # on a worker thread: onnxruntime runs one session from several threads
         decoded = weights[name].dense()
         if name in originals:
             actual = run_batched(probe, feed, batch, extra={**originals, name: decoded.astype(originals[name].dtype)})
         else:
             actual = run_batched(session(model_io.substituted(model, {name: decoded})), feed, batch)
-        errors[name] = _relative_error(expected, actual)
-    return errors
+        return _relative_error(expected, actual)
+
+    names = sorted(weights)
+    return dict(zip(names, parallel.ordered_map(error, names)))

@@ -29,14 +29,14 @@ from onnxcomp.passes.select_weights import CHAIN_OPS, FC_OPS
 from onnxcomp.errors import CorruptSidecarError, UnsupportedModelError
 
 DOMAIN = "ai.onnxcomp"
-KIND_OF_OP = {"Conv": "conv", "ConvTranspose": "conv", "CodebookConv": "conv", "Gather": "embedding",
+KIND_OF_OP = {"Conv": "conv", "ConvTranspose": "conv", "CodebookConv": "conv", "CodebookLSTM": "fc", "Gather": "embedding",
               "CodebookGather": "embedding", "CodebookMatMul": "fc", **{op: "fc" for op in FC_OPS}}
 DENSE_BITS = {onnx.TensorProto.FLOAT: 32, onnx.TensorProto.FLOAT16: 16, onnx.TensorProto.BFLOAT16: 16}
 DENSE_LISTED = 1024  # dense float tensors read in no weight slot are listed from this many elements
 # Inputs that hold a layer's weights (None: every input); a dense float tensor read there is always listed.
 WEIGHT_SLOTS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (0, 1), "MatMul": (0, 1), "Gather": (0,), "LSTM": (1, 2),
                 "GRU": (1, 2), "RNN": (1, 2), "Einsum": None, "CodebookMatMul": (1,), "CodebookGather": (0,),
-                "CodebookConv": (1,)}
+                "CodebookConv": (1,), "CodebookLSTM": (1, 2)}
 PORTABLE_CODEBOOK = ".codebook"
 PORTABLE_INDICES = ".indices"
 PORTABLE_CODEBOOK_NAME = re.compile(r"\.codebook(\.\d+)?$")  # passes/names.py may number a generated name

@@ -30,6 +30,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from onnxcomp.passes import model_io
+from onnxcomp.passes.fold_weights import FOLDED_NAME
 from onnxcomp import progress
 from onnxcomp.errors import CalibrationError, UnsupportedModelError
 from onnxcomp.passes.calibration import run_batched
@@ -225,6 +226,10 @@ def attribute_layers(original_path: str, compressed_path: str, inputs: dict[str,
     model = model_io.load_model(original_path)
     model_io.constants_to_initializers(model.graph)  # as compress does, so weights held by Constant nodes are found
     everywhere = {t.name: t for graph in model_io.graphs_of(model.graph) for t in graph.initializer}
+    # A recurrent weight folded from a constant chain (passes/fold_weights.py) is no tensor of the original model:
+    # it cannot be put into it alone, so it has no row.
+    stored = {name: weight for name, weight in stored.items()
+              if name in everywhere or not FOLDED_NAME.search(name)}
     for name, weight in stored.items():
         tensor = everywhere.get(name)
         if tensor is None:
