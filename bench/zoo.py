@@ -23,10 +23,12 @@ import datetime
 import json
 import pickle
 import re
+import resource
 import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 import zlib
@@ -66,10 +68,18 @@ def prepare(model: zoo.ZooModel, force: bool) -> None:
             if path.name != "model.onnx":
                 path.unlink() if path.is_file() else shutil.rmtree(path)
     path = model.fetch()
-    if not (model.folder / "eval.npz").exists() or not (model.folder / "calib.npz").exists():
+    missing = [name for name in ("eval.npz", "calib.npz") if not (model.folder / name).exists()]
+    if missing:
+        # Built whole in a scratch folder, then only the missing files are moved in: deleting calib.npz rebuilds
+        # the calibration data (the same seeded generator, so identical evaluation data) and leaves eval.npz and
+        # the cached evaluations alone.
         start = time.perf_counter()
-        model.prepare(path, model.folder, np.random.default_rng(seed_of(model.name)))
-        print(f"{model.name}: data prepared in {time.perf_counter() - start:.1f} s", flush=True)
+        with tempfile.TemporaryDirectory(dir=model.folder) as scratch:
+            model.prepare(path, Path(scratch), np.random.default_rng(seed_of(model.name)))
+            for made in Path(scratch).iterdir():
+                if not (model.folder / made.name).exists():
+                    made.replace(model.folder / made.name)
+        print(f"{model.name}: {' and '.join(missing)} prepared in {time.perf_counter() - start:.1f} s", flush=True)
     if not (model.folder / "int8.onnx").exists() and not (model.folder / "int8.failed").exists():
         result = subprocess.run([sys.executable, __file__, "_int8", model.name], capture_output=True, text=True)
         if result.returncode:
@@ -197,9 +207,12 @@ def budget_for(model: zoo.ZooModel) -> str:
     onnxcomp measures on the first output: `top1=T` for a top-1 agreement check, `cosine=T` for a min-cosine
     check. Checks no budget metric measures (detection F1, CTC character agreement, VAD decisions) get a
     stand-in: the first output's min cosine 0.99 (the fidelity warning level), or its relative L2 error 0.02
-    when that output holds one value per sample (a cosine of one value only sees its sign)."""
+    when that output holds one value per sample (a cosine of one value only sees its sign). A model that declares
+    its own `budget` (one whose data cannot give the samples its checks' metric needs: magika) gets that."""
     import onnx
 
+    if model.budget:  # declared with the model, with the reason (bench/zoo/)
+        return model.budget
     terms = {"top-1 agreement": "top1", "min cosine": "cosine"}
     for check in model.checks:
         if check.name in terms:
@@ -218,19 +231,22 @@ def compress(model: zoo.ZooModel, options: list[str], out: Path, timeout: float)
     for stale in (out, out.with_suffix(".onnxcomp"), report_path):
         stale.unlink(missing_ok=True)
     command = [onnxcomp_cli(), "compress", str(model.onnx_path), str(out), *options, "--report", str(report_path)]
-    start = time.perf_counter()
+    start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"compress timed out after {timeout:.0f} s", "seconds": timeout}
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime  # the compress process's CPU time
     (out.parent / f"{model.name}.log").write_text(result.stdout + "\n--- stderr\n" + result.stderr)
     if result.returncode:
-        return {"error": f"compress exit {result.returncode}: {last_line(result.stderr or result.stdout)}", "seconds": seconds}
+        return {"error": f"compress exit {result.returncode}: {last_line(result.stderr or result.stdout)}", "seconds": seconds,
+                "cpu_seconds": cpu}
     report = json.loads(report_path.read_text()) if report_path.exists() else None
     sidecar = out.with_suffix(".onnxcomp")
     stored = out.stat().st_size + (sidecar.stat().st_size if sidecar.exists() else 0)
-    return {"seconds": seconds, "report": report, "bytes": stored}
+    return {"seconds": seconds, "cpu_seconds": cpu, "report": report, "bytes": stored}
 
 
 def model_row(model: zoo.ZooModel, options: list[str], folder: Path, timeout: float) -> dict:
@@ -242,10 +258,15 @@ def model_row(model: zoo.ZooModel, options: list[str], folder: Path, timeout: fl
     out = folder / f"{model.name}.onnx"
     compressed = compress(model, options, out, timeout)
     row["compress_seconds"] = compressed["seconds"]
+    row["compress_cpu_seconds"] = compressed.get("cpu_seconds")
     if "error" in compressed:
         return {**row, "error": compressed["error"]}
     row["ratio"] = row["original_bytes"] / compressed["bytes"]
     row["coverage"] = coverage(model, compressed["report"])
+    found = (compressed["report"] or {}).get("budget")
+    if found:  # --budget: what the search measured and what its check set confirmed
+        row["budget"] = {k: found.get(k) for k in ("metric", "value", "measured_error", "holdout_samples",
+                                                    "check_samples", "check_error", "check_bound", "checks")}
     result = evaluate(model, out, "compressed", folder / f"{model.name}.pkl", timeout)
     if "error" in result:
         return {**row, "error": result["error"]}
@@ -300,7 +321,7 @@ def fmt_coverage(row: dict) -> str:
 
 
 def table(rows: list[dict], int8: dict[str, dict], options: list[str], commit: str) -> str:
-    lines = ["| model | float params | ratio | task before -> after | fidelity | verdict | compress s | coverage "
+    lines = ["| model | float params | ratio | task before -> after | fidelity | verdict | compress s (CPU s) | coverage "
              "| int8 ratio | int8 task | int8 fidelity | int8 verdict |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
@@ -315,7 +336,8 @@ def table(rows: list[dict], int8: dict[str, dict], options: list[str], commit: s
             fmt_task(row) if ok else "-",
             fmt_fidelity(model, row) if ok else "-",
             fmt_verdict(row),
-            f"{row['compress_seconds']:.1f}" if "compress_seconds" in row else "-",
+            (f"{row['compress_seconds']:.1f}" + (f" ({row['compress_cpu_seconds']:.0f})" if row.get("compress_cpu_seconds") else ""))
+            if "compress_seconds" in row else "-",
             fmt_coverage(row),
             f"{anchor['ratio']:.2f}x" if anchor_ok else "-",
             fmt_task(anchor) if anchor_ok else "-",
@@ -348,10 +370,23 @@ def ort_version() -> str:
     return onnxruntime.__version__
 
 
+def fmt_budget(found: dict) -> str:
+    """The budget search's result in words: its budget, held-back error, and what the check set confirmed."""
+    text = (f"budget {found['metric']}={found['value']:g}: {found['metric']} {found['measured_error']:.4g} on "
+            f"{found['holdout_samples']} held-back samples")
+    if found.get("check_samples"):
+        text += (f", {found['check_error']:.4g} (bound {found['check_bound']:.4g}) on {found['check_samples']} check "
+                 f"samples, {len(found.get('checks') or [])} allocation(s) tested there")
+    return text
+
+
 def details(rows: list[dict]) -> str:
-    """One line per model: skipped tensors and their reasons (from the report), errors in full."""
+    """One line per model: the budget search's result, skipped tensors and their reasons (from the report),
+    errors in full."""
     out = []
     for row in rows:
+        if row.get("budget"):
+            out.append(f"- {row['model']}: {fmt_budget(row['budget'])}")
         if "error" in row:
             out.append(f"- {row['model']}: {row['error']}")
         elif row.get("coverage", {}).get("skipped"):
@@ -387,7 +422,7 @@ def cmd_run(args, options: list[str]) -> None:
     text = f"### Real-model zoo: run `{args.name}`\n\n{body}\n" + (f"\n{more}\n" if more else "")
     print(text)
     if not args.no_write:
-        update_section(f"zoo-{args.name}", text)
+        update_section(args.section or f"zoo-{args.name}", text)
 
 
 # ------------------------------------------------------------------------------------------------------ speed
@@ -555,6 +590,7 @@ def main() -> None:
     r.add_argument("--models")
     r.add_argument("--timeout", type=float, default=1200, help="seconds per model for compress and for evaluation")
     r.add_argument("--no-write", action="store_true")
+    r.add_argument("--section", help="the docs/benchmarks.md section to write (default zoo-NAME), e.g. zoo-calibrated")
     s = sub.add_parser("speed", help="time original vs the compressed outputs of run NAME")
     s.add_argument("--name", required=True)
     s.add_argument("--models")

@@ -41,6 +41,43 @@ def test_allocation_finds_the_known_optimum():
             assert sum(curves[n][i][0] for n, i in got.items()) == expected[0]
 
 
+def allocate_with_lists(curves, max_error, max_states, resolution):
+    """The allocation's dynamic program as lists of (error, bytes, picks) tuples: what budget.allocate computes
+    with arrays and back-pointers, kept here to show both pick the same candidates."""
+    import math
+    states = [(0.0, 0, ())]
+    for name in curves:
+        combined = [(err + e, size + b, picks + (i,)) for err, size, picks in states
+                    for i, (b, e) in enumerate(curves[name]) if err + max(e, 0.0) <= max_error + 1e-12]
+        if not combined:
+            return None
+        if len(combined) > max_states:
+            unit = max(max_error, 1e-12) / resolution
+            combined = [(math.ceil(err / unit - 1e-9) * unit, size, picks) for err, size, picks in combined]
+        combined.sort(key=lambda state: (state[0], state[1]))
+        states = []
+        for state in combined:
+            if not states or state[1] < states[-1][1]:
+                states.append(state)
+    best = min(states, key=lambda state: state[1])
+    return dict(zip(curves, best[2]))
+
+
+@pytest.mark.parametrize("max_states", [200_000, 40])
+def test_allocation_with_arrays_picks_what_the_list_version_picks(monkeypatch, max_states):
+    from onnxcomp.core import budget
+    monkeypatch.setattr(budget, "MAX_STATES", max_states)
+    rng = np.random.default_rng(11)
+    for _ in range(60):
+        layers = int(rng.integers(1, 7))
+        # ties in bytes and in error (coarse values), a dense candidate of error 0 per layer, as the curves have
+        curves = {f"w{i}": [(int(rng.integers(1, 50)) * 8, float(rng.integers(0, 12)) / 1000) for _ in range(int(rng.integers(1, 9)))]
+                  + [(4000, 0.0)] for i in range(layers)}
+        limit = float(rng.uniform(0, 0.02))
+        assert allocate(curves, limit) == allocate_with_lists(curves, limit, max_states, budget.RESOLUTION)
+    assert allocate({}, 0.1) == {}
+
+
 def test_allocation_prefers_compressing_the_insensitive_layer():
     curves = {"big_robust": [(1000, 0.0), (100, 0.001)], "small_sensitive": [(100, 0.0), (10, 0.05)]}
     assert allocate(curves, 0.01) == {"big_robust": 1, "small_sensitive": 0}
@@ -379,3 +416,26 @@ def test_trial_models_compute_what_the_compressed_model_computes(tmp_path, rng):
     want = onnxcomp.InferenceSession(tmp_path / "out.onnx").run(None, x)[0]
     np.testing.assert_allclose(output, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
     assert abs(size - report.output_bytes) < 1024  # records counted; nodes, sidecar header and names not
+
+
+def test_trials_run_only_the_nodes_downstream_of_the_weight(tmp_path, rng):
+    """A sensitivity trial of w2 runs the suffix (Gemm w2) fed with the Relu output computed once: the same output
+    as the whole model with the trial weight in place; a weight the first output does not depend on gets None."""
+    from onnxcomp.pipeline.autotune import _Downstream, _session, _weight_as_input
+    from onnxcomp.passes.calibration import run_batched
+    model, data = budget_mlp(tmp_path, rng)
+    x = {"x": np.load(data)["x"]}
+    reference = run_batched(_session(model), x)[0]
+    w2 = onnx.numpy_helper.to_array(model.graph.initializer[1])
+    whole = _session(_weight_as_input(model, "w2"))
+    suffix = _Downstream(model, "w2", w2, x, reference, whole, 1)
+    assert {i.name for i in suffix.session.get_inputs()} == {"r", "w2"}
+    trial = (w2 * (1 + 0.1 * rng.standard_normal(w2.shape))).astype(np.float32)
+    np.testing.assert_array_equal(suffix.run(trial), run_batched(whole, x, extra={"w2": trial})[0])
+    # a second output branch that w2 does not feed: the first output does not depend on the extra weight
+    extra = helper.make_node("MatMul", ["x", "w3"], ["z"])
+    model.graph.node.append(extra)
+    model.graph.initializer.append(weight(rng, "w3", (32, 4), 0.3))
+    model.graph.output.append(float_input("z", ["n", 4]))
+    w3 = onnx.numpy_helper.to_array(model.graph.initializer[2])
+    assert _Downstream(model, "w3", w3, x, reference, _session(_weight_as_input(model, "w3")), 1).run(w3) is None

@@ -232,3 +232,27 @@ def test_sample_axis_of_declared_shapes():
     # fully fixed inputs beside dynamic ones are fed whole; all fixed with different first dims: all whole
     assert sample_axes([("x", [None, 4], None), ("e", [2, 0], None)]) == {"x": 0, "e": None}
     assert sample_axes([("acc", [1, 16], None), ("rows", [5, 1, 32], None)]) == {"acc": None, "rows": None}
+
+
+def test_probe_computes_only_what_the_wanted_values_need(rng):
+    # Three branches off x: the probe for h keeps only h's producer; the If node (its branch reads the outer value
+    # h) is needed for z only, and brings h's producer with it although no regular input names h.
+    then = helper.make_graph([helper.make_node("Relu", ["h"], ["t"])], "then", [], [float_input("t", ["n", 20])])
+    other = helper.make_graph([helper.make_node("Neg", ["h"], ["e"])], "else", [], [float_input("e", ["n", 20])])
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("MatMul", ["x", "w2"], ["g"]),
+             helper.make_node("Relu", ["g"], ["y"]),
+             helper.make_node("If", ["c"], ["z"], then_branch=then, else_branch=other)]
+    model = make_model(nodes, [float_input("x", ["n", 12]), helper.make_tensor_value_info("c", onnx.TensorProto.BOOL, [])],
+                       [float_input("y", ["n", 7]), float_input("z", ["n", 20])],
+                       [weight(rng, "w1", (12, 20)), weight(rng, "w2", (12, 7))])
+    assert [n.output[0] for n in calibration.needed_nodes(model.graph, ["h"])] == ["h"]
+    assert [n.output[0] for n in calibration.needed_nodes(model.graph, ["z"])] == ["h", "z"]
+    assert [n.output[0] for n in calibration.needed_nodes(model.graph, ["y"])] == ["g", "y"]
+    x = rng.standard_normal((5, 12)).astype(np.float32)
+    session = calibration._probe_session(model, ["h"])
+    assert len(onnx.load_from_string(model.SerializeToString()).graph.node) == 4  # the model itself is untouched
+    w1 = onnx.numpy_helper.to_array(model.graph.initializer[0])
+    (h,) = session.run(None, {"x": x, "c": np.array(True)} if "c" in {i.name for i in session.get_inputs()} else {"x": x})
+    np.testing.assert_allclose(h, x @ w1, rtol=1e-5)
+    stats = calibration.collect(model, {"w1": calibration.LayerInput("x", "kn")}, {"x": x, "c": np.array(True)})
+    np.testing.assert_allclose(stats["w1"].gram, x.astype(np.float64).T @ x, rtol=1e-4, atol=1e-4)

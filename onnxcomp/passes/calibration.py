@@ -202,13 +202,24 @@ def run_batched(session: ort.InferenceSession, feeds: dict[str, np.ndarray], bat
     the declared shape says otherwise), computed in batches the model accepts (accepted_batch) and concatenated
     on each output's sample axis; ``extra`` feeds and scalar feeds are passed whole to every run. Outputs without a batch
     axis (scalars) come from the first run."""
-    axes = sample_axes([i for i in session.get_inputs() if i.name in feeds])  # extra feeds (weights) hold no samples
+    runs = [session.run(outputs, {**part, **(extra or {})}) for part in feed_batches(session, feeds, batch)]
+    return join_batches(session, runs, outputs)
+
+
+def feed_batches(session: ort.InferenceSession, feeds: dict[str, np.ndarray], batch: int = 256) -> list[dict[str, np.ndarray]]:
+    """The feeds of ``run_batched``'s runs, in order: ``feeds`` cut into batches the model accepts on each input's
+    sample axis, scalar feeds whole in each."""
+    axes = sample_axes([i for i in session.get_inputs() if i.name in feeds])
     batched = {k: v for k, v in feeds.items() if np.ndim(v) and axes.get(k, 0) is not None}  # scalars go whole to each run
-    whole = {**{k: v for k, v in feeds.items() if k not in batched}, **(extra or {})}
+    whole = {k: v for k, v in feeds.items() if k not in batched}
     count = count_samples(batched, axes) if batched else 1
     batch = accepted_batch(session, batch, count, set(batched))
-    runs = [session.run(outputs, {**take_samples(batched, slice(start, start + batch), axes), **whole})
-            for start in range(0, count, batch)]
+    return [{**take_samples(batched, slice(start, start + batch), axes), **whole} for start in range(0, count, batch)]
+
+
+def join_batches(session: ort.InferenceSession, runs: list[list], outputs: list[str] | None = None) -> list[np.ndarray]:
+    """The outputs of ``runs`` (one ``session.run(outputs, ...)`` result per batch of ``feed_batches``) joined on
+    each output's sample axis; outputs without one (scalars) from the first run."""
     declared = {o.name: o.shape for o in session.get_outputs()}
     names = outputs or list(declared)
 
@@ -220,7 +231,45 @@ def run_batched(session: ort.InferenceSession, feeds: dict[str, np.ndarray], bat
             if np.ndim(runs[0][i]) else np.asarray(runs[0][i]) for i in range(len(runs[0]))]
 
 
+def names_read(node: onnx.NodeProto) -> set[str]:
+    """The values ``node`` reads: its inputs and every name its subgraphs (If, Loop, Scan bodies) read, which
+    includes the outer-scope values they capture."""
+    names = set(node.input)
+    for attribute in node.attribute:
+        for graph in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
+            for inner in graph.node:
+                names |= names_read(inner)
+    return names
+
+
+def needed_nodes(graph: onnx.GraphProto, outputs: list[str]) -> list[onnx.NodeProto]:
+    """The nodes of ``graph`` (in their order) that ``outputs`` depend on. onnxruntime runs every node of a
+    graph whatever the requested outputs, so a probe for an early layer's input would compute the whole model."""
+    producer = {name: i for i, node in enumerate(graph.node) for name in node.output if name}
+    keep, todo = set(), [producer[name] for name in outputs if name in producer]
+    while todo:
+        index = todo.pop()
+        if index in keep:
+            continue
+        keep.add(index)
+        todo += [producer[name] for name in names_read(graph.node[index]) if name in producer]
+    return [node for i, node in enumerate(graph.node) if i in keep]
+
+
 def _probe_session(model: onnx.ModelProto, wanted: list[str]) -> ort.InferenceSession:
+    """A session computing the values ``wanted`` (and no node they do not depend on), unoptimised."""
+    options = quiet_session_options()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor observable
+    try:
+        return ort.InferenceSession(probe_model(model, wanted).SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own exception types
+        raise CalibrationError(f"onnxruntime cannot run the model for calibration: {error}") from error
+
+
+def probe_model(model: onnx.ModelProto, wanted: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose outputs are the values ``wanted`` (its first output if they are all graph
+    inputs), without the nodes and initializers those do not need."""
     graph_inputs = {i.name for i in model.graph.input}
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -230,13 +279,15 @@ def _probe_session(model: onnx.ModelProto, wanted: list[str]) -> ort.InferenceSe
             probe.graph.output.append(onnx.ValueInfoProto(name=name))
     if not probe.graph.output:  # every layer reads a graph input: still need one output to run
         probe.graph.output.append(model.graph.output[0])
-    options = quiet_session_options()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor observable
-    try:
-        return ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except Exception as error:  # onnxruntime raises its own exception types
-        raise CalibrationError(f"onnxruntime cannot run the model for calibration: {error}") from error
+    kept = needed_nodes(probe.graph, [o.name for o in probe.graph.output])
+    if len(kept) < len(probe.graph.node):
+        del probe.graph.node[:]
+        probe.graph.node.extend(kept)
+        used = set().union(*(names_read(node) for node in kept)) if kept else set()
+        initializers = [t for t in probe.graph.initializer if t.name in used or t.name in graph_inputs]
+        del probe.graph.initializer[:]
+        probe.graph.initializer.extend(initializers)
+    return probe
 
 
 def collect(model: onnx.ModelProto, layers: dict[str, LayerInput], data: dict[str, np.ndarray], *,

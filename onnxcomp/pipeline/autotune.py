@@ -146,8 +146,10 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
                        **fidelity_options):
     """Compress ``input_path`` to the smallest allocation found that meets ``budget`` (e.g. "top1=0.99").
 
-    ``sequential`` compresses each trial (and the output) layer by layer, each layer fit to the compressed
-    ones before it; the sensitivity curves are still measured one weight at a time.
+    ``sequential`` compresses the allocations tested on the check set (and so the output) layer by layer, each
+    layer fit to the compressed ones before it; the sensitivity curves and the search's trials are still
+    compressed one weight at a time (the trials' errors then tend to overstate the sequential model's, so the
+    search steers on the safe side, and the check set measures what is written).
 
     ``check`` (a fraction of the calibration samples, drawn first) is a final check set the search never sees;
     the output is fit on the other samples and written only if it meets the budget on the check set too, at a
@@ -242,17 +244,11 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
                 predicted = sum(curves[n][i][3] for n, i in choice.items())
                 key = tuple(sorted(choice.items()))
                 if key not in tried:
-                    if not sequential:  # each weight compressed once per setting over all rounds, the model run in onnxruntime
-                        trials = trials or _TrialModels(model, fit, options, min_elements, model_io.model_bytes(input_path))
-                        output, output_bytes = trials.run(settings, hold)
-                    else:
-                        with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(output_path))) as folder:
-                            trial = os.path.join(folder, "trial.onnx")
-                            report = compress(input_path, trial, calib=fit, prune=prune, score=score, reconstruct=reconstruct,
-                                              ridge=ridge, init=init, seed=seed, min_elements=min_elements, settings=settings,
-                                              rounding=rounding, sequential=sequential, outliers=outliers, fidelity=False)
-                            session = ort.InferenceSession(trial, quiet_session_options(custom_ops=True), providers=["CPUExecutionProvider"])
-                            output, output_bytes = run_batched(session, hold)[0], report.output_bytes
+                    # each weight compressed once per setting over all rounds, the model run in onnxruntime; in
+                    # sequential mode too (a whole sequential compress per round cost 15-30 s on a 0.5 MB CNN): the
+                    # allocations the check set tests, and the output, are compressed sequentially
+                    trials = trials or _TrialModels(model, fit, options, min_elements, model_io.model_bytes(input_path))
+                    output, output_bytes = trials.run(settings, hold)
                     measured = budget_math.error(goal.metric, reference, output, labels)
                     bound = budget_math.error_bound(goal.metric, reference, output, labels, Z)
                     tried[key] = (measured, bound, output_bytes)
@@ -387,6 +383,86 @@ class _TrialModels:
         return run_batched(_session(model_io.substituted(self.model, values)), feeds)[0], size
 
 
+class _Downstream:
+    """A weight's trials run from the values its downstream part reads from upstream, computed once.
+
+    The nodes that depend on main-graph weight ``name`` (the weight fed as an input) form the suffix; the values
+    they read from the other nodes (the boundary) do not change from trial to trial, so a probe computes them once
+    per batch of ``feeds`` and each trial runs the suffix alone: the same operations on the same values as the
+    whole model (onnxruntime runs every node of a graph whatever output is asked, so the whole model recomputes the
+    upstream part on every trial; for a weight halfway down a CNN that is half the work). ``run`` returns None when
+    the model's first output does not depend on the weight, or when the suffix does not reproduce the whole
+    model's output ``reference`` with the weight unchanged (then the caller runs the whole model, ``whole``: the
+    model with the weight as an input, whose batches of ``feeds`` the suffix runs too)."""
+
+    def __init__(self, model: onnx.ModelProto, name: str, weight: np.ndarray, feeds: dict, reference: np.ndarray,
+                 whole: ort.InferenceSession, threads: int):
+        from onnxcomp.passes.calibration import feed_batches, names_read, probe_model
+        graph = model.graph
+        tainted, downstream, upstream = {name}, [], set()
+        for node in graph.node:  # graph order is topological
+            if names_read(node) & tainted:
+                downstream.append(node)
+                tainted.update(o for o in node.output if o)
+            else:
+                upstream.update(o for o in node.output if o)
+        self.session = None
+        output = graph.output[0]
+        if output.name not in tainted:
+            return
+        read = set().union(*(names_read(node) for node in downstream))
+        boundary = sorted(read & upstream)
+        graph_inputs = {i.name for i in graph.input if i.name != name}
+        parts = feed_batches(whole, feeds)
+        probe = _session(probe_model(model, boundary), threads) if boundary else None  # requested values survive optimisation
+        self.parts = []
+        for part in parts:
+            values = dict(zip(boundary, probe.run(boundary, {k: v for k, v in part.items()
+                                                              if k in {i.name for i in probe.get_inputs()}}))) if probe else {}
+            values.update({k: v for k, v in part.items() if k in read})
+            self.parts.append(values)
+        suffix = onnx.ModelProto()
+        suffix.CopyFrom(model)
+        del suffix.graph.node[:]
+        suffix.graph.node.extend(downstream)
+        kept = [t for t in suffix.graph.initializer if t.name in read and t.name != name]
+        del suffix.graph.initializer[:]
+        suffix.graph.initializer.extend(kept)
+        declared = [i for i in suffix.graph.input if i.name in read and i.name in graph_inputs]
+        del suffix.graph.input[:]
+        suffix.graph.input.extend(declared)
+        tensor = next(t for t in graph.initializer if t.name == name)
+        suffix.graph.input.append(onnx.helper.make_tensor_value_info(name, tensor.data_type, list(tensor.dims)))
+        first = self.parts[0]
+        for value in boundary:
+            array = np.asarray(first[value])
+            suffix.graph.input.append(onnx.helper.make_tensor_value_info(
+                value, onnx.helper.np_dtype_to_tensor_dtype(array.dtype), [f"{value}_{k}" for k in range(array.ndim)]))
+        infos = [v for v in suffix.graph.value_info if v.name not in set(boundary)]
+        del suffix.graph.value_info[:]
+        suffix.graph.value_info.extend(infos)
+        del suffix.graph.output[:]
+        suffix.graph.output.append(output)
+        self.weight_name = name
+        try:
+            self.session = _session(suffix, threads)
+            unchanged = self.run(weight)
+        except Exception:  # onnxruntime refuses the cut graph: the whole model it is
+            self.session = None
+            return
+        scale = float(np.abs(reference).max()) if reference.size else 0.0
+        if unchanged.shape != reference.shape or not np.allclose(unchanged, reference, rtol=1e-4, atol=1e-5 * (scale or 1.0)):
+            self.session = None
+
+    def run(self, weight: np.ndarray) -> np.ndarray | None:
+        """The model's first output with ``weight`` in place, on every batch of the feeds; None if not available."""
+        if self.session is None:
+            return None
+        from onnxcomp.passes.calibration import join_batches
+        return join_batches(self.session, [self.session.run(None, {**values, self.weight_name: weight})
+                                           for values in self.parts])[0]
+
+
 class _Stopped(Exception):
     """A weight's trials were abandoned because the run was interrupted."""
 
@@ -476,6 +552,7 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
         if target.statistics is not None:
             target.statistics.factor_cache = {}  # every trial of this weight rounds against the same Gram matrix
         proxy = _Proxy(target, metric)
+        suffix = None  # the model downstream of the weight (_Downstream), built when a trial first runs the model
         sample = _row_sample(target, options["seed"])
         sample_error = _Proxy(sample, metric).layer_error if sample is not None else None
         points, spent = [], 0.0  # spent: the cost (_trial_cost) of the trials run so far
@@ -505,7 +582,12 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
                     if error is None:
                         if feedable:
                             feed = values.astype(np.float16 if target.dtype == onnx.TensorProto.FLOAT16 else np.float32)
-                            output = run_batched(session, hold, extra={target.name: feed})[0]
+                            if suffix is None:  # on the first trial that runs the model
+                                suffix = _Downstream(model, target.name, target.original.astype(feed.dtype), hold, reference,
+                                                     session, threads)
+                            output = suffix.run(feed)
+                            if output is None:
+                                output = run_batched(session, hold, extra={target.name: feed})[0]
                         else:
                             output = run_batched(_session(model_io.substituted(model, {target.name: values}), threads), hold)[0]
                         error = budget_math.error(metric, reference, output, labels)
