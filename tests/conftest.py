@@ -57,12 +57,17 @@ def run_compressed(path, feeds):
     return onnxcomp.InferenceSession(str(path)).run(None, feeds)
 
 
-def reference_model(original: onnx.ModelProto, sidecar_file: str) -> onnx.ModelProto:
-    """The original graph with each compressed weight replaced by the numpy decoder's output."""
+def reference_model(original: onnx.ModelProto, sidecar_file: str, float16=()) -> onnx.ModelProto:
+    """The original graph with each compressed weight replaced by the numpy decoder's output, and each weight the
+    output stores as float16 (``float16``: the report's (name, elements) list) rounded through binary16."""
     decoded = decoded_weights(sidecar_file)
     model = onnx.ModelProto()
     model.CopyFrom(original)
+    halved = {name for name, _ in float16}
     for tensor in model.graph.initializer:
+        if tensor.name in halved:
+            rounded = numpy_helper.to_array(tensor).astype(np.float16).astype(np.float32)
+            tensor.CopyFrom(numpy_helper.from_array(rounded, tensor.name))
         if tensor.name in decoded:
             tensor.CopyFrom(numpy_helper.from_array(decoded.pop(tensor.name), tensor.name))
     for node in list(model.graph.node):  # weights that were Constant nodes

@@ -16,8 +16,15 @@ from onnxcomp.core import allocation, codebook
 import onnxcomp
 
 
-def measured(w, sparsity, bits, fraction):
-    """e2 and einf of the candidate computed directly: mask, outliers, Lloyd from quantile starts, nearest centroid."""
+def measured(w, sparsity, bits, fraction, levels=0):
+    """e2 and einf of the candidate computed directly: mask, outliers, Lloyd from quantile starts, nearest centroid
+    (``levels``: the pipeline's uniform codebook of that many values)."""
+    if levels:
+        from onnxcomp.core import outliers
+        shared = outliers.share(w, np.ones(w.size, bool), bits, option=fraction, levels=levels)
+        decoded = shared.codebook[shared.indices]
+        decoded[shared.positions] = w[shared.positions]  # the proxy takes outliers as exact
+        return np.linalg.norm(w - decoded) / np.linalg.norm(w), np.abs(w - decoded).max() / np.abs(w).max()
     order = np.sort(np.abs(w))
     pruned = int(round(sparsity * w.size))
     keep = np.ones(w.size, bool) if not pruned else np.abs(w) > order[pruned - 1]
@@ -39,8 +46,10 @@ def test_error_measures_match_a_direct_computation(rng, tail):
     """The prefix-sum errors equal those of the decoded tensor, with pruning and outliers."""
     w = rng.standard_normal(40_000).astype(np.float32)
     w[:8] *= tail
-    for c in allocation.candidates(w, bits=(3, 5), sparsities=(0.0, 0.5), outliers=(0.0, 0.01)):
-        e2, einf = measured(w, c.sparsity, c.bits, c.outliers)
+    found = allocation.candidates(w, bits=(3, 5), sparsities=(0.0, 0.5), outliers=(0.0, 0.01))
+    assert any(c.levels for c in found) and any(not c.levels for c in found)
+    for c in found:
+        e2, einf = measured(w, c.sparsity, c.bits, c.outliers, c.levels)
         assert c.relative_l2 == pytest.approx(e2, rel=1e-3, abs=1e-6)
         assert c.max_relative == pytest.approx(einf, rel=1e-3, abs=1e-6)
 
@@ -49,15 +58,15 @@ def test_errors_are_close_to_the_pipelines_codebook(rng):
     """The proxy's codebook skips the pipeline's first k-means on a sample; on a plain tensor the errors agree."""
     w = rng.standard_normal(40_000).astype(np.float32)
     for c in allocation.candidates(w, bits=(3, 5), outliers=(0.0,)):
-        table, indices = codebook.quantize(w, None, c.bits)
+        table, indices = codebook.quantize(w, None, c.bits, levels=c.levels)
         assert c.relative_l2 == pytest.approx(np.linalg.norm(w - table[indices]) / np.linalg.norm(w), rel=0.1)
 
 
 def test_size_estimate_is_close_to_the_record(rng):
     from onnxcomp.core import sidecar
     w = rng.standard_normal((200, 100)).astype(np.float32)
-    for c in allocation.candidates(w, bits=(3, 6)):
-        table, indices = codebook.quantize(w, None, c.bits)
+    for c in allocation.candidates(w, bits=(3, 6), outliers=(0.0,)):
+        table, indices = codebook.quantize(w, None, c.bits, levels=c.levels)
         record = sidecar.encode_record(table, indices, w.shape, c.bits)
         assert c.bytes == pytest.approx(len(record), rel=0.1)
 
@@ -67,20 +76,24 @@ def test_picks_the_fewest_bits_that_represent_the_levels_exactly(rng):
     for b in (2, 4, 6):
         levels = np.linspace(-1, 1, 1 << b).astype(np.float32)
         w = rng.choice(levels, 50_000)
-        choice = allocation.Allocator(w).choose(scale=0.01, dense_bytes=4 * w.size)  # only (nearly) exact qualifies
+        choice = allocation.Allocator(w).choose(scale=0.01, dense_bytes=4 * w.size, uniform=False)  # only (nearly) exact qualifies
         assert (choice.bits, choice.sparsity, choice.outliers) == (b, 0.0, 0.0)
         assert choice.relative_l2 < 1e-6 and choice.max_relative < 1e-6
 
 
 def test_picks_the_smallest_acceptable_among_all_candidates(rng):
-    """The lazy walk equals a brute force over the whole grid: no acceptable candidate is smaller than the choice."""
+    """The lazy walk equals a brute force over the whole grid: no acceptable candidate is smaller than the choice
+    (uniform codebooks of every count from 2 to MAX_LEVELS included)."""
     w = rng.laplace(size=30_000).astype(np.float32)
-    options = allocation.candidates(w, sparsities=(0.0, 0.3, 0.5))
+    options = allocation.candidates(w, sparsities=(0.0, 0.3, 0.5), levels=range(2, allocation.MAX_LEVELS + 1))
+    kmeans = [c for c in options if not c.levels]
     for scale in (1.0, 0.5, 0.25):
         acceptable = [c for c in options if c.proxy() <= scale]
         brute = min(acceptable, key=lambda c: c.bytes, default=None)
         assert allocation.choose(options, scale) == brute
         assert allocation.Allocator(w, sparsities=(0.0, 0.3, 0.5)).choose(scale) == brute
+        brute = min([c for c in kmeans if c.proxy() <= scale], key=lambda c: c.bytes, default=None)
+        assert allocation.Allocator(w, sparsities=(0.0, 0.3, 0.5)).choose(scale, uniform=False) == brute
     assert allocation.choose(options, 1e-6) is None  # nothing that close: the weight stays dense
 
 
@@ -90,7 +103,7 @@ def test_worst_case_error_rejects_what_mean_error_accepts(rng):
     rejects it and keeps the large weights exact instead."""
     w = rng.standard_normal(40_000).astype(np.float32)
     w[:3] = [9.0, 12.0, -10.5]
-    options = allocation.candidates(w, outliers=(0.0, 0.002))
+    options = allocation.candidates(w, outliers=(0.0, 0.002), levels=())  # k-means: a uniform grid keeps the max
     mean_only = allocation.choose(options, l2_limit=0.12, max_limit=np.inf)
     assert (mean_only.bits, mean_only.outliers) == (4, 0.0) and mean_only.max_relative > 0.7
     both = allocation.choose(options, l2_limit=0.12, max_limit=0.25)
@@ -213,3 +226,19 @@ def test_budget_larger_than_any_error_takes_the_smallest_records(rng):
     assert chosen["w"].bytes == min(c.bytes for c in found)
     unreachable = allocation.solve_budget({"w": found}, {"w": 1.0}, 0.0)  # only the dense weight meets it
     assert unreachable["w"].dense
+
+
+def test_uniform_codebook_needs_fewer_bytes_at_equal_error(rng):
+    """On a Laplacian tensor (as conv weights are), the uniform codebook with entropy-coded indices reaches each
+    k-means codebook's relative L2 error with fewer bytes (about 0.2-0.5 bit per weight here: entropy-coded
+    scalar quantisation beats the fixed-rate optimum) and a far smaller worst-case error; ``choose`` takes it."""
+    w = rng.laplace(size=100_000).astype(np.float32)
+    allocator = allocation.Allocator(w, outliers=(0.0,))
+    for bits in (4, 5, 6):
+        kmeans = allocator.measure(0.0, bits, 0.0)
+        uniform = allocator.choose(l2_limit=kmeans.relative_l2, max_limit=1.0)
+        assert uniform.levels and uniform.relative_l2 <= kmeans.relative_l2
+        assert uniform.bytes < kmeans.bytes - 0.15 * w.size / 8
+        assert uniform.max_relative < kmeans.max_relative / 4
+        table, indices = codebook.quantize(w, np.ones(w.size, bool), uniform.bits, levels=uniform.levels)
+        assert np.linalg.norm(w - table[indices]) / np.linalg.norm(w) == pytest.approx(uniform.relative_l2, rel=1e-3)

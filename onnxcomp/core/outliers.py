@@ -311,7 +311,8 @@ def _prepare(values, keep, option, rows):
 
 
 def share_reference(values: np.ndarray, keep: np.ndarray | None, bits: int, *, option: str | float = AUTO,
-                    init: str = "quantile", seed: int = 0, rows=None, importance: np.ndarray | None = None) -> SharedWeight:
+                    init: str = "quantile", seed: int = 0, rows=None, importance: np.ndarray | None = None,
+                    levels: int = 0) -> SharedWeight:
     """The straightforward version of ``share`` (same arguments, same result byte for byte, tests/test_native.py):
     each fraction's codebook fit on its own masked copy of the values (codebook.quantize), the decoded weight
     materialised, D from channel_errors_reference and the index counts from a bincount."""
@@ -326,7 +327,7 @@ def share_reference(values: np.ndarray, keep: np.ndarray | None, bits: int, *, o
         if count:
             exclude = np.zeros(len(flat), dtype=bool)
             exclude[positions] = True
-        codebook, indices = codebook_math.quantize(values, keep, bits, init, seed, exclude, start)
+        codebook, indices = codebook_math.quantize(values, keep, bits, init, seed, exclude, start, levels=levels)
         kept_values = stored_values(flat[positions])
         decoded = codebook[indices]
         decoded[positions] = kept_values
@@ -350,12 +351,13 @@ def _row_layout(reference: np.ndarray, rows: np.ndarray):
 
 
 def share(values: np.ndarray, keep: np.ndarray | None, bits: int, *, option: str | float = AUTO, init: str = "quantile",
-          seed: int = 0, rows=None, importance: np.ndarray | None = None) -> SharedWeight:
+          seed: int = 0, rows=None, importance: np.ndarray | None = None, levels: int = 0) -> SharedWeight:
     """Codebook, indices and outliers for ``values`` (see the module docstring for the rule).
 
     ``keep`` is the pruning mask (pruned weights are never outliers); ``option`` "auto" or a fraction of the
     kept weights; ``rows`` maps an array of the weight's shape to [output channels, inputs] (default: first axis
-    as the output channel); ``importance`` [inputs] weights the inputs in the damage proxy.
+    as the output channel); ``importance`` [inputs] weights the inputs in the damage proxy; ``levels`` > 0: a
+    uniform codebook of that many values (codebook.fit_sorted) instead of k-means.
 
     The kept values are sorted once: the outliers are the largest magnitudes, so the values each fraction's
     codebook is fit to are a run of that sorted array (the first m and last L - m values removed, m the number
@@ -363,11 +365,13 @@ def share(values: np.ndarray, keep: np.ndarray | None, bits: int, *, option: str
     for byte as ``share_reference`` (tests/test_native.py).
     """
     if _native is None:
-        return share_reference(values, keep, bits, option=option, init=init, seed=seed, rows=rows, importance=importance)
+        return share_reference(values, keep, bits, option=option, init=init, seed=seed, rows=rows, importance=importance,
+                               levels=levels)
     values, flat, to_rows, keep, reference, fractions = _prepare(values, keep, option, rows)
     layout = _row_layout(reference, to_rows(reference.reshape(values.shape)))
     if layout is None:  # a layout the compiled sum does not walk: the reference does it all
-        return share_reference(values, keep, bits, option=option, init=init, seed=seed, rows=rows, importance=importance)
+        return share_reference(values, keep, bits, option=option, init=init, seed=seed, rows=rows, importance=importance,
+                               levels=levels)
     channels, inputs, transposed = layout
     usable = None
     if importance is not None and len(importance) == inputs:
@@ -390,7 +394,7 @@ def share(values: np.ndarray, keep: np.ndarray | None, bits: int, *, option: str
         if count and init == "linear" and start is None:  # the linear start samples the fit values in tensor order
             exclude = np.zeros(len(flat), dtype=bool)
             exclude[positions] = True
-        codebook, indices = codebook_math.quantize(values, keep, bits, init, seed, exclude, start, ordered=fit)
+        codebook, indices = codebook_math.quantize(values, keep, bits, init, seed, exclude, start, ordered=fit, levels=levels)
         kept_values = stored_values(flat[positions])
         damage = 0.0
         if live.any():

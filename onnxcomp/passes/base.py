@@ -117,6 +117,9 @@ class WeightTarget:
     sparsity_override: float | None = None  # per-weight settings (budget allocation, recipes) beat per-kind ones
     bits_override: int | None = None
     outliers_override: float | None = None  # outlier fraction chosen per weight (AllocateWeightsPass)
+    levels_override: int = 0  # > 0: a uniform codebook of this many values instead of k-means (AllocateWeightsPass)
+    # With levels_override: (bits, outlier fraction) of the k-means codebook the uniform one must beat (ShareWeightsPass)
+    alternative: tuple[int, float] | None = None
     packed: bool = False  # consumers rewritten to the record (PackWeightsPass)
     dtype: int = onnx.TensorProto.FLOAT  # the constant's ONNX element type (FLOAT, FLOAT16 or BFLOAT16)
     record_name: str | None = None  # the record initializer's name (unique in the model), once packed

@@ -88,10 +88,13 @@ class ShareWeightsPass(GraphPass):
             target.bits = self.bits_for(target)
             layout = target.layer_input.layout if target.layer_input is not None else None
             statistics = target.statistics
+            importance = None if statistics is None else statistics.sum_squares
             shared = outlier_math.share(
                 values, target.keep, target.bits, option=0.0 if no_outliers else self.outliers_for(target),
-                init=self.init, seed=self.seed,
-                rows=output_rows(target), importance=None if statistics is None else statistics.sum_squares)
+                init=self.init, seed=self.seed, levels=target.levels_override,
+                rows=output_rows(target), importance=importance)
+            if target.levels_override and target.alternative is not None:
+                shared = self._uniform_or_kmeans(target, values, shared, 0.0 if no_outliers else None, importance)
             target.codebook, target.indices = shared.codebook, shared.indices
             target.outlier_positions, target.outlier_values = shared.positions, shared.values
             if self.refit_codebook and statistics is not None and (statistics.dense_gram is not None or statistics.activations is not None):
@@ -114,6 +117,22 @@ class ShareWeightsPass(GraphPass):
             if non_finite:
                 drop_non_finite(state, target, non_finite)
         return PassResult(bool(targets), f"shared {len(targets)} tensors")
+
+    def _uniform_or_kmeans(self, target, values, uniform, outliers: float | None, importance):
+        """A uniform codebook spreads the same absolute error over every value: a weight whose output channels
+        differ in scale (a folded normalisation) may keep its relative L2 error and still lose a small channel.
+        It is kept only when its worst channel's relative error (outliers.share's damage D) is no larger than
+        that of the k-means codebook it replaces (``target.alternative``), and its record smaller; else the
+        k-means codebook is used."""
+        bits, fraction = target.alternative
+        kmeans = outlier_math.share(values, target.keep, bits, option=fraction if outliers is None else outliers,
+                                    init=self.init, seed=self.seed, rows=output_rows(target), importance=importance)
+        if uniform.damage <= kmeans.damage and uniform.estimated_bytes < kmeans.estimated_bytes:
+            return uniform
+        log.info("%s: k-means codebook kept (worst channel %.4f, %d bytes) over the uniform one (%.4f, %d bytes)",
+                 target.name, kmeans.damage, kmeans.estimated_bytes, uniform.damage, uniform.estimated_bytes)
+        target.bits, target.levels_override = bits, 0
+        return kmeans
 
     def _refit(self, target, layout: str, statistics, values: np.ndarray) -> None:
         """Compensated rounding (kept where it lowers the layer's error), then the least-squares codebook refit.

@@ -90,6 +90,7 @@ class Report:
     backoff: list[dict] = field(default_factory=list)  # each fidelity back-off round: min cosine, bytes, the model error budget it had
     fallback: str | None = None  # why the output is a copy of the input, when it is
     float_params: int = 0  # elements of every float constant of the input (all graphs, any size)
+    float16: list[tuple[str, int]] = field(default_factory=list)  # (name, elements) of dense weights stored as float16
 
     @property
     def ratio(self) -> float:
@@ -415,7 +416,7 @@ def _gains(input_path: str, staged: str, feeds: list[dict], cache: dict, report:
     compressed = {layer.name for layer in report.layers}
     measured = {}
     for name, allocator in cache.items():
-        chosen = allocator.choose(1.0, 4.0 * allocator.n_total)  # round 0's choice (measurements are cached)
+        chosen = allocator.choose(1.0, 4.0 * allocator.n_total, uniform=False)  # round 0's choice (measurements are cached)
         if name in errors and name in compressed and chosen is not None and chosen.relative_l2 > 0:
             measured[name] = errors[name] / chosen.relative_l2
     median = float(np.median(list(measured.values()))) if measured else 1.0
@@ -475,13 +476,17 @@ def _compress_once(input_path: str, output_path: str, calib: dict | None, loaded
     source_folder = os.path.dirname(os.path.abspath(input_path))
     compressed, state = compress_model(model, base_dir=source_folder if stream else None, **options)
     records = [(t.name, t.record_name, t.record, t.transposed) for t in state.targets if t.record is not None]
+    halved = []
+    if options.get("allocation") == "proxy" and records:  # the data-free default: weights left dense as float16
+        from onnxcomp.passes.half_dense import halve_dense_weights
+        halved = halve_dense_weights(compressed)
     _remove_companions(output_path)
     sidecar_file = model_io.write_compressed(compressed, records, output_path, source_folder=source_folder)
     if check:
         check_output_loads(input_path, output_path, sidecar_file)
     output_bytes = model_io.model_bytes(output_path)  # the model, its sidecar and any dense data file
     report = Report(input_path, output_path, sidecar_file, model_io.model_bytes(input_path, loaded), output_bytes, skipped=state.skipped,
-                    float_params=state.float_params)
+                    float_params=state.float_params, float16=halved)
     for t in state.targets:
         report.layers.append(LayerReport(t.name, t.kind, list(t.shape), t.size, round(t.sparsity, 6), len(t.codebook),
                                          t.bits, t.dense_bytes, len(t.record) if t.record is not None else portable_bytes(t, state.graph.opset or 0),

@@ -1,0 +1,87 @@
+"""Dense weights the default leaves as float16 + Cast (onnxcomp/passes/half_dense.py): which tensors qualify, the
+rewritten model runs in the stock onnxruntime with the same outputs to binary16 precision, and only the data-free
+default does it."""
+
+import json
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from conftest import float_input, make_model, run_compressed, run_plain
+from onnxcomp.passes.half_dense import HALF_MIN_ELEMENTS, halve_dense_weights, holds
+
+import onnxcomp
+
+
+def _model(rng):
+    w = (rng.standard_normal((64, 32)) * 0.1).astype(np.float32)
+    w[:, 5] *= 1e-6  # one output channel far below the others: its values are binary16 subnormals
+    tiny = rng.standard_normal((64, 32)).astype(np.float32) * 0.1
+    tiny[0, 0] = 1e-11  # one negligible value beside 0.1: within 2^-11 of its channels' largest
+    shift = np.full(100, 1e-9, np.float32)  # an added constant (not a weight slot): each value must stay exact
+    shift[:50] = rng.standard_normal(50)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("MatMul", ["x", "tiny"], ["t"]),
+             helper.make_node("Add", ["h", "t"], ["s"]), helper.make_node("MatMul", ["s", "v"], ["u"]),
+             helper.make_node("Add", ["u", "shift"], ["y"])]
+    v = (rng.standard_normal((32, 100)) * 0.1).astype(np.float32)
+    inits = [numpy_helper.from_array(a, n) for a, n in ((w, "w"), (tiny, "tiny"), (v, "v"), (shift, "shift"))]
+    return make_model(nodes, [float_input("x", ["n", 64])], [float_input("y", ["n", 100])], inits)
+
+
+def test_only_tensors_binary16_holds_are_halved(rng):
+    model = _model(rng)
+    original = onnx.ModelProto()
+    original.CopyFrom(model)
+    halved = halve_dense_weights(model)
+    assert sorted(name for name, _ in halved) == ["tiny", "v"]
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    assert types["tiny__float16"] == types["v__float16"] == onnx.TensorProto.FLOAT16
+    assert types["w"] == types["shift"] == onnx.TensorProto.FLOAT
+    casts = [n for n in model.graph.node if n.op_type == "Cast"]
+    assert sorted(n.output[0] for n in casts) == ["tiny", "v"]
+    onnx.checker.check_model(model, full_check=True)
+    x = rng.standard_normal((16, 64)).astype(np.float32)
+    expected, = run_plain(original, {"x": x})
+    actual, = run_plain(model, {"x": x})
+    assert np.linalg.norm(actual - expected) / np.linalg.norm(expected) < 2.0 ** -10  # two products, each within 2^-11
+
+
+def test_rules_for_weights_and_other_tensors():
+    w = np.ones((4, 8, 3, 3), np.float32)
+    assert holds(w, weight=True) and holds(w, weight=False)
+    w[1] *= 1e-6  # a whole output channel of binary16 subnormals
+    assert not holds(w, weight=True)
+    w = np.ones((4, 8), np.float32)
+    w[:, 3] *= 1e-6  # a whole input channel (axis 1)
+    assert not holds(w, weight=True)
+    w = np.ones((4, 8), np.float32)
+    w[0, 0] = 1e-11
+    assert holds(w, weight=True) and not holds(w, weight=False)
+    assert not holds(np.array([7e4] * 4, np.float32), weight=True)  # overflows binary16
+    assert holds(np.zeros((4, 4), np.float32), weight=True)
+
+
+def test_default_compress_halves_dense_weights_and_fixed_settings_do_not(tmp_path, rng):
+    """`compress IN OUT` stores a weight below --min-elements as float16 (listed in the report) and the output
+    matches the original to the compression's tolerance; with explicit bits every dense weight stays float32."""
+    big = (rng.standard_normal((128, 96)) * 0.1).astype(np.float32)
+    small = (rng.standard_normal((96, 8)) * 0.1).astype(np.float32)  # 768 values: below --min-elements 1024
+    nodes = [helper.make_node("MatMul", ["x", "big"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "small"], ["y"])]
+    model = make_model(nodes, [float_input("x", ["n", 128])], [float_input("y", ["n", 8])],
+                       [numpy_helper.from_array(big, "big"), numpy_helper.from_array(small, "small")])
+    onnx.save(model, tmp_path / "in.onnx")
+    report = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx")
+    assert report.float16 == [("small", small.size)] and small.size >= HALF_MIN_ELEMENTS
+    assert json.loads(json.dumps(report.to_dict()))["float16"] == [["small", small.size]]
+    stored = {t.name: t for t in onnx.load(tmp_path / "out.onnx").graph.initializer}
+    assert stored["small__float16"].data_type == onnx.TensorProto.FLOAT16
+    x = rng.standard_normal((64, 128)).astype(np.float32)
+    expected, = run_plain(model, {"x": x})
+    actual, = run_compressed(tmp_path / "out.onnx", {"x": x})
+    assert np.linalg.norm(actual - expected) / np.linalg.norm(expected) < 0.15  # compression.BUDGET
+    fixed = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "fixed.onnx", bits=5)
+    assert fixed.float16 == []
+    stored = {t.name: t for t in onnx.load(tmp_path / "fixed.onnx").graph.initializer}
+    assert stored["small"].data_type == onnx.TensorProto.FLOAT
