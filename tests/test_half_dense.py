@@ -9,7 +9,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from conftest import float_input, make_model, run_compressed, run_plain
-from onnxcomp.passes.half_dense import HALF_MIN_ELEMENTS, halve_dense_weights, holds
+from onnxcomp.passes.half_dense import HALF_MIN_ELEMENTS, ROUNDING_DEPTH, halve_dense_weights, holds
 
 import onnxcomp
 
@@ -60,6 +60,29 @@ def test_rules_for_weights_and_other_tensors():
     assert holds(w, weight=True) and not holds(w, weight=False)
     assert not holds(np.array([7e4] * 4, np.float32), weight=True)  # overflows binary16
     assert holds(np.zeros((4, 4), np.float32), weight=True)
+
+
+def test_scales_that_reach_a_rounding_op_stay_float32(rng):
+    """A requantisation scale (x / s, then Round or a Cast to int8) keeps its float32 values: any error changes
+    which integer a value rounds to. A bias added after a MatMul whose result is then rounded is past a weight op
+    and is halved; so is a scale whose path to the rounding op is longer than ROUNDING_DEPTH."""
+    n = 96
+    values = lambda: (rng.uniform(0.5, 2.0, n)).astype(np.float32)
+    deep = [helper.make_node("Relu", [f"d{i}"], [f"d{i + 1}"]) for i in range(ROUNDING_DEPTH + 1)]
+    nodes = [helper.make_node("Div", ["x", "scale"], ["q"]), helper.make_node("Round", ["q"], ["r"]),
+             helper.make_node("Mul", ["x", "to_int"], ["m"]), helper.make_node("Relu", ["m"], ["m2"]),
+             helper.make_node("Cast", ["m2"], ["i"], to=onnx.TensorProto.INT8),
+             helper.make_node("Cast", ["i"], ["f"], to=onnx.TensorProto.FLOAT),
+             helper.make_node("Add", ["x", "bias"], ["b"]), helper.make_node("MatMul", ["b", "w"], ["h"]),
+             helper.make_node("Floor", ["h"], ["fl"]),
+             helper.make_node("Mul", ["x", "far"], ["d0"]), *deep, helper.make_node("Round", [f"d{len(deep)}"], ["dr"]),
+             helper.make_node("Sum", ["r", "f", "fl", "dr"], ["y"])]
+    inits = [numpy_helper.from_array(a, k) for a, k in ((values(), "scale"), (values(), "to_int"), (values(), "bias"),
+                                                        (values(), "far"),
+                                                        (np.eye(n, dtype=np.float32), "w"))]
+    model = make_model(nodes, [float_input("x", ["n", n])], [float_input("y", ["n", n])], inits)
+    names = sorted(name for name, _ in halve_dense_weights(model))
+    assert names == ["bias", "far", "w"]
 
 
 def test_default_compress_halves_dense_weights_and_fixed_settings_do_not(tmp_path, rng):
