@@ -172,6 +172,25 @@ def test_fallback_copy_leaves_no_sidecar_beside_it(tmp_path, monkeypatch):
     np.testing.assert_array_equal(run_plain(onnx.load(tmp_path / "out.onnx"), {"x": x})[0], run_plain(model, {"x": x})[0])
 
 
+def test_defaults_copy_a_model_compression_would_barely_shrink(tmp_path):
+    """An (already quantised) model whose float weights are under 2 % of its bytes is copied at the defaults, with
+    the reason in the report; fixed settings still compress it as asked."""
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((32, 64)).astype(np.float32)  # 8 KB of float32 beside 512 KB of uint8
+    table = rng.integers(0, 255, (4096, 128), dtype=np.uint8)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Gather", ["table", "ids"], ["g"])]
+    model = make_model(nodes, [float_input("x", ["n", 32]), helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, ["n"])],
+                       [float_input("y", ["n", 64]), helper.make_tensor_value_info("g", onnx.TensorProto.UINT8, ["n", 128])],
+                       [onnx.numpy_helper.from_array(w, "w"), onnx.numpy_helper.from_array(table, "table")])
+    onnx.save(model, tmp_path / "in.onnx")
+    report = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx")
+    assert report.fallback and "would save only" in report.fallback and "copy of the input" in report.fallback
+    assert report.sidecar_path is None and not (tmp_path / "out.onnxcomp").exists()
+    assert (tmp_path / "out.onnx").read_bytes() == (tmp_path / "in.onnx").read_bytes()
+    fixed = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "fixed.onnx", bits=4)
+    assert fixed.fallback is None and fixed.layers and (tmp_path / "fixed.onnxcomp").exists()
+
+
 def _brute_force(choices, gains, achieved):
     """The fewest summed bytes over every combination whose sum (g e2)^2 is at most ``achieved``."""
     import itertools

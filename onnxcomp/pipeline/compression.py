@@ -49,6 +49,7 @@ ALLOCATIONS = ("fixed", "proxy")
 BACKOFF_ROUNDS = 3  # re-compressions with a tighter model budget when the measured fidelity misses WARN_COSINE
 BACKOFF_FACTOR = 0.5  # each round multiplies the model's error budget by this
 BUDGET = 0.15  # model-level budget R on sqrt(sum (g_i e2_i)^2), gains relative to their median
+MIN_SAVING = 0.02  # the defaults write a copy when compression would save less than this share of the input's bytes
 BUDGET_UNMEASURED = 0.05  # R when fidelity cannot be measured (every gain 1, no back-off): a third of BUDGET
 ATTRIBUTION_BYTES = 1 << 30  # larger inputs: no per-weight measurement (every gain 1; the back-off still applies)
 ATTRIBUTION_SAMPLES = 2  # samples of the first feed each weight's effect is measured on (one model run per weight)
@@ -291,8 +292,8 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
     ``Report.fidelity``. With the proxy allocation, a first round with per-weight limits gives each weight's
     measured gain (``_gains``), then the model-level budget (BUDGET, onnxcomp.core.allocation.solve_budget) sets
     every weight's limit; a min cosine below 0.99 halves the budget (at most BACKOFF_ROUNDS times); if it still misses,
-    or the output would not be smaller than the input, the input is copied instead (``Report.fallback`` says
-    why). Explicit settings are written as asked (a warning is the caller's to print). ``min_cosine`` makes the check a gate: below it (or when it cannot be
+    or the output would not be smaller than the input, or would save less than MIN_SAVING (2 %) of its bytes, the
+    input is copied instead (``Report.fallback`` says why). Explicit settings are written as asked (a warning is the caller's to print). ``min_cosine`` makes the check a gate: below it (or when it cannot be
     measured) FidelityError is raised and nothing is written.
     """
     from onnxcomp.pipeline import fidelity as fidelity_check
@@ -362,6 +363,12 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
         fallback = None
         if allocation == "proxy" and report.layers and report.output_bytes >= report.input_bytes:
             fallback = (f"compression would not shrink the model ({report.output_bytes:,} >= {report.input_bytes:,} bytes): "
+                        "the output is a copy of the input")
+        elif allocation == "proxy" and report.layers and report.output_bytes > report.input_bytes * (1 - MIN_SAVING):
+            # e.g. an already quantised model with a few float tensors: custom ops, a sidecar and their (small)
+            # error for almost nothing
+            fallback = (f"compression would save only {1 - report.output_bytes / report.input_bytes:.1%} of the model "
+                        f"({report.output_bytes:,} of {report.input_bytes:,} bytes; less than {MIN_SAVING:.0%}): "
                         "the output is a copy of the input")
         elif allocation == "proxy" and result is not None and result.below and report.layers:
             fallback = (f"min cosine {result.min_cosine:.4f} stayed below {fidelity_check.WARN_COSINE} after "
