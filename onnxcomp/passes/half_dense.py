@@ -96,26 +96,21 @@ def _feeding_rounding(graphs, names: set[str]) -> set[str]:
         for node in graph.node:
             for name in node.input:
                 readers.setdefault(name, []).append(node)
-    found = set()
-    for start in names:
+
+    def reaches(start: str) -> bool:
         frontier, seen = [start], {start}
         for _ in range(ROUNDING_DEPTH):
             following = []
-            for name in frontier:
-                for node in readers.get(name, ()):
-                    if _rounds(node):
-                        found.add(start)
-                        break
-                    if node.op_type in WEIGHT_SLOTS and node.domain in ("", "ai.onnx"):
-                        continue
+            for node in (n for name in frontier for n in readers.get(name, ())):
+                if _rounds(node):
+                    return True
+                if node.op_type not in WEIGHT_SLOTS or node.domain not in ("", "ai.onnx"):
                     following.extend(o for o in node.output if o and o not in seen)
                     seen.update(node.output)
-                if start in found:
-                    break
-            if start in found or not following:
-                break
             frontier = following
-    return found
+        return False
+
+    return {name for name in names if reaches(name)}
 
 
 def _opset(model: onnx.ModelProto) -> int:
@@ -135,7 +130,8 @@ def halve_dense_weights(model: onnx.ModelProto) -> list[tuple[str, int]]:
               *(o for n in g.node for o in n.output), *(n.name for n in g.node)]}
     custom = {name for g in graphs for n in g.node if n.domain not in ("", "ai.onnx") for name in n.input}
     weights = _weight_inputs(graphs)
-    others = {t.name for g in graphs for t in g.initializer if t.name not in weights}
+    others = {t.name for g in graphs for t in g.initializer if t.name not in weights
+              and t.data_type == onnx.TensorProto.FLOAT and np.prod(t.dims, dtype=np.int64) >= HALF_MIN_ELEMENTS}
     scales = _feeding_rounding(graphs, others)
     halved = []
     for graph in graphs:
