@@ -191,8 +191,10 @@ def coverage(model: zoo.ZooModel, report: dict | None) -> dict:
     # a recurrent weight folded from a chain on initializer W is compressed as "W.folded" (passes/fold_weights.py)
     covered = set(done) | {FOLDED_NAME.sub("", name) for name in done}
     dense = sorted(((n, c) for n, c in tensors.items() if n not in covered and c >= 1024), key=lambda x: -x[1])
+    halved = {name for name, _ in (report or {}).get("float16", [])}  # left dense, stored as float16 + Cast
     return {"total": total, "compressed": compressed, "share": compressed / total if total else 0.0,
             "dense_large": dense[:4], "dense_large_count": len(dense),
+            "dense_large_float16": [n for n, _ in dense if n in halved],
             "skipped": (report or {}).get("skipped", [])}
 
 
@@ -314,9 +316,12 @@ def fmt_coverage(row: dict) -> str:
     cov = row["coverage"]
     text = f"{100 * cov['share']:.1f} %"
     if cov["dense_large"]:
-        names = ", ".join(f"`{n}` ({c:,})" for n, c in cov["dense_large"][:3])
+        halved = set(cov.get("dense_large_float16", []))
+        names = ", ".join(f"`{n}` ({c:,}{', float16' if n in halved else ''})" for n, c in cov["dense_large"][:3])
         more = cov["dense_large_count"] - min(3, len(cov["dense_large"]))
         text += f"; dense: {names}" + (f" +{more} more" if more > 0 else "")
+        if halved:
+            text += f" ({len(halved)} of {cov['dense_large_count']} as float16)"
     return text
 
 
@@ -353,7 +358,7 @@ def table(rows: list[dict], int8: dict[str, dict], options: list[str], commit: s
               f"{datetime.date.today().isoformat()}, onnxcomp commit {commit}, onnxruntime {ort_version()}. "
               "ratio = original file / (output model + sidecar); coverage = share of float parameters (initializers "
               "and Constant values, subgraphs included) in compressed records, with the largest tensors "
-              "(>= 1,024 elements) left dense. Tolerances: bench/zoo/ (declared before results).\n\n")
+              "(>= 1,024 elements) left dense (those the defaults store as float16 + Cast marked float16). Tolerances: bench/zoo/ (declared before results).\n\n")
     return header + "\n".join(lines) + summary
 
 
