@@ -257,6 +257,68 @@ void PackMatrix(const DecodedRecord& record, PackedMatrix* out) {
   }
 }
 
+namespace {
+
+// The decode-once working form: the record's exact values (outliers included) in DenseProblem's panel layout,
+// decoded one row of W at a time (so the first run holds one extra row, not a second copy of W).
+void DecodeDensePanels(const DecodedRecord& record, std::vector<float>* storage, const float** panels) {
+  const int64_t k = record.dims[0], n = record.dims[1];
+  const int64_t panel_count = (n + kDensePanelColumns - 1) / kDensePanelColumns;
+  constexpr size_t kAlignFloats = 8;  // 32 bytes: the AVX2 kernel loads aligned vectors
+  storage->assign(static_cast<size_t>(panel_count * k * kDensePanelColumns) + kAlignFloats, 0.0f);
+  float* base = storage->data();
+  while (reinterpret_cast<uintptr_t>(base) % (kAlignFloats * sizeof(float)) != 0) ++base;
+  std::vector<float> row(static_cast<size_t>(n));
+  for (int64_t kk = 0; kk < k; ++kk) {
+    record.decode_range(static_cast<uint64_t>(kk * n), static_cast<uint64_t>(n), row.data());
+    for (int64_t panel = 0; panel < panel_count; ++panel) {
+      const int64_t n0 = panel * kDensePanelColumns;
+      const int64_t width = std::min(kDensePanelColumns, n - n0);
+      std::copy(row.data() + n0, row.data() + n0 + width, base + (panel * k + kk) * kDensePanelColumns);
+    }
+  }
+  *panels = base;
+}
+
+// Parallel tasks of the dense-panel GEMM: a block of rows (about kDenseRowBytes of X, so it stays in L2 while
+// the task's panels stream past it) times a block of kDensePanelsPerTask panels.
+constexpr int64_t kDenseRowBytes = 192 * 1024;
+constexpr int64_t kDensePanelsPerTask = 8;
+
+struct DenseTask {
+  const DenseProblem* problem;
+  DenseKernel kernel;
+  int64_t panels, panel_tasks, rows_per_task;
+};
+
+void RunDenseTask(void* data, size_t task) {
+  const DenseTask& t = *static_cast<const DenseTask*>(data);
+  const int64_t row_task = static_cast<int64_t>(task) / t.panel_tasks;
+  const int64_t panel_task = static_cast<int64_t>(task) % t.panel_tasks;
+  const int64_t m0 = row_task * t.rows_per_task, m1 = std::min(t.problem->m, m0 + t.rows_per_task);
+  const int64_t p0 = panel_task * kDensePanelsPerTask, p1 = std::min(t.panels, p0 + kDensePanelsPerTask);
+  t.kernel(*t.problem, p0, p1, m0, m1);
+}
+
+}  // namespace
+
+void CodebookMatMulKernel::RunDensePanels(OrtKernelContext* raw_context, const float* x, const float* bias, float* y,
+                                          int64_t m) {
+  const DenseProblem problem{x, m, dense_k_, dense_n_, dense_panels_, bias, y};
+  const int64_t panels = (dense_n_ + kDensePanelColumns - 1) / kDensePanelColumns;
+  const int64_t panel_tasks = (panels + kDensePanelsPerTask - 1) / kDensePanelsPerTask;
+  // Rows per task: a multiple of the 6-row tiles, at least one tile.
+  const int64_t rows_per_task = std::max<int64_t>(6, kDenseRowBytes / (4 * std::max<int64_t>(dense_k_, 1)) / 6 * 6);
+  const int64_t row_tasks = (m + rows_per_task - 1) / rows_per_task;
+  const int64_t tasks = row_tasks * panel_tasks;
+  DenseTask task{&problem, dense_kernel_, panels, panel_tasks, rows_per_task};
+  if (tasks > 1 && double(m) * double(dense_k_) * double(dense_n_) >= kParallelWork) {
+    Ort::KernelContext(raw_context).ParallelFor(RunDenseTask, static_cast<size_t>(tasks), 0, &task);
+  } else {
+    for (int64_t t = 0; t < tasks; ++t) RunDenseTask(&task, static_cast<size_t>(t));
+  }
+}
+
 CodebookMatMulKernel::CodebookMatMulKernel() : RecordKernel(CodebookMatMulOp::kName, 1, MatMulRecord) {}
 
 OrtStatus* CodebookMatMulKernel::Init(const OrtKernelInfo* info) {
@@ -264,10 +326,11 @@ OrtStatus* CodebookMatMulKernel::Init(const OrtKernelInfo* info) {
   return GuardStatus(this, [&]() -> OrtStatus* {
     isa_ = SelectIsa();
     kernel_ = MatMulKernelFor(isa_);
+    dense_kernel_ = DenseKernelFor(isa_);
     dense_rows_ = DenseGemmRows();
     int64_t decode_once = 0;
     OptionalAttribute(Ort::ConstKernelInfo(info), "decode_once", &decode_once);
-    if (dense_rows_ > 0 || decode_once == 1) {
+    if (dense_rows_ > 0) {
       const char* type_names[] = {"T"};
       const ONNXTensorElementDataType type_values[] = {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
       try {
@@ -277,9 +340,9 @@ OrtStatus* CodebookMatMulKernel::Init(const OrtKernelInfo* info) {
       }
     }
     std::unique_ptr<const DecodedRecord> record = TakeConstant();
-    if (record && decode_once == 1 && dense_matmul_) {
-      // The decode-once working form: W exactly as decoded (outliers included), multiplied by onnxruntime's MatMul;
-      // decoded by the first run (EnsureDense), so a session that is only created holds the record alone.
+    if (record && decode_once == 1) {
+      // The decode-once working form: W exactly as decoded (outliers included) in dense panels; decoded by the
+      // first run, so a session that is only created holds the record alone.
       dense_k_ = record->dims[0];
       dense_n_ = record->dims[1];
       once_record_ = std::move(record);
@@ -303,12 +366,7 @@ OrtStatus* CodebookMatMulKernel::ComputeV2(OrtKernelContext* raw_context) noexce
     const bool decoded_once = decode_once_;
     if (decoded_once) {
       std::call_once(once_, [&] {
-        dense_weight_.resize(static_cast<size_t>(once_record_->num_elements));
-        once_record_->decode_range(0, static_cast<uint64_t>(once_record_->num_elements), dense_weight_.data());
-        Ort::MemoryInfo memory = Ort::MemoryInfo::CreateCpu(OrtDeviceAllocator, OrtMemTypeDefault);
-        const int64_t dims[] = {dense_k_, dense_n_};
-        dense_weight_value_ =
-            Ort::Value::CreateTensor<float>(memory, dense_weight_.data(), dense_weight_.size(), dims, 2);
+        DecodeDensePanels(*once_record_, &dense_storage_, &dense_panels_);
         once_record_.reset();
       });
     }
@@ -344,7 +402,10 @@ OrtStatus* CodebookMatMulKernel::ComputeV2(OrtKernelContext* raw_context) noexce
     float* y = context.GetOutput(0, shape).GetTensorMutableData<float>();
     if (m == 0 || n == 0) return nullptr;
 
-    if (decoded_once) return RunDense(raw_context, nullptr, x, bias, y, m);
+    if (decoded_once) {
+      RunDensePanels(raw_context, x.GetTensorData<float>(), bias, y, m);
+      return nullptr;
+    }
     if (dense_rows_ > 0 && m >= dense_rows_) return RunDense(raw_context, w, x, bias, y, m);
 
     const uint32_t slot = w->slot_bits;
@@ -372,10 +433,9 @@ OrtStatus* CodebookMatMulKernel::RunDense(OrtKernelContext* raw_context, const P
                                           const Ort::ConstValue& x, const float* bias, float* y, int64_t m) {
   Ort::KernelContext context(raw_context);
   Ort::MemoryInfo memory = Ort::MemoryInfo::CreateCpu(OrtDeviceAllocator, OrtMemTypeDefault);
+  const int64_t n = w->n;
   Ort::Value run_weight{nullptr};
-  const OrtValue* weight = dense_weight_value_;
-  const int64_t n = w ? w->n : dense_n_;
-  if (w) {  // unpack the panels for this run
+  {  // unpack the panels for this run
     OrtAllocator* allocator = context.GetAllocator(*memory.GetConst());
     const int64_t dims[] = {w->k, w->n};
     run_weight = Ort::Value::CreateTensor<float>(allocator, dims, 2);
@@ -386,13 +446,12 @@ OrtStatus* CodebookMatMulKernel::RunDense(OrtKernelContext* raw_context, const P
     } else {
       UnpackMatrix(*w, unpack.out);
     }
-    weight = run_weight;
   }
   std::vector<int64_t> y_shape = x.GetTensorTypeAndShapeInfo().GetShape();
   y_shape.back() = n;
   Ort::Value y_view = Ort::Value::CreateTensor<float>(memory, y, static_cast<size_t>(m * n),
                                                      y_shape.data(), y_shape.size());
-  const OrtValue* inputs[] = {x, weight};
+  const OrtValue* inputs[] = {x, run_weight};
   OrtValue* outputs[] = {y_view};
   dense_matmul_.Invoke(raw_context, inputs, 2, outputs, 1);
   if (bias) {
@@ -401,9 +460,8 @@ OrtStatus* CodebookMatMulKernel::RunDense(OrtKernelContext* raw_context, const P
       for (int64_t c = 0; c < n; ++c) row[c] += bias[c];
     }
   }
-  // The outliers, as after the fused kernel: the panels hold the codebook values only (the decode-once working
-  // copy already holds them).
-  if (w && !w->correction_start.empty()) ApplyCorrections(*w, x.GetTensorData<float>(), y, 0, m, 0, w->n);
+  // The outliers, as after the fused kernel: the panels hold the codebook values only.
+  if (!w->correction_start.empty()) ApplyCorrections(*w, x.GetTensorData<float>(), y, 0, m, 0, w->n);
   return nullptr;
 }
 

@@ -224,7 +224,74 @@ void Run(const Decoder& d, const MatMulProblem& p, int64_t panel_begin, int64_t 
   }
 }
 
+// Dense panels (DenseProblem): an MR x 16 tile of Y, 2 * MR accumulators held over the whole K, W read as two
+// vectors per k and X broadcast per row. MR = 6 keeps 12 accumulators, 2 weights and a broadcast in the 16 registers.
+constexpr int kDenseRows = 6;
+
+template <int MR>
+void DenseTile(const DenseProblem& p, const float* w, const char* next, int64_t m0, int64_t n0) {
+  __m256 acc[MR][2];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  const float* x = p.x + m0 * p.k;
+  for (int64_t kk = 0; kk < p.k; ++kk) {
+    const __m256 w0 = _mm256_load_ps(w + kk * 16);
+    const __m256 w1 = _mm256_load_ps(w + kk * 16 + 8);
+    _mm_prefetch(next + kk * 64, _MM_HINT_T0);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m256 xv = _mm256_broadcast_ss(x + r * p.k + kk);
+      acc[r][0] = _mm256_fmadd_ps(xv, w0, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(xv, w1, acc[r][1]);
+    }
+  }
+  const int64_t width = p.n - n0 < 16 ? p.n - n0 : 16;
+  if (width == 16) {
+    __m256 b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps();
+    if (p.bias) {
+      b0 = _mm256_loadu_ps(p.bias + n0);
+      b1 = _mm256_loadu_ps(p.bias + n0 + 8);
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      float* y = p.y + (m0 + r) * p.n + n0;
+      // acc + 0.0f would turn -0.0 into +0.0: add only a real bias, as the scalar kernel does.
+      _mm256_storeu_ps(y, p.bias ? _mm256_add_ps(acc[r][0], b0) : acc[r][0]);
+      _mm256_storeu_ps(y + 8, p.bias ? _mm256_add_ps(acc[r][1], b1) : acc[r][1]);
+    }
+    return;
+  }
+  alignas(32) float out[16];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+    _mm256_store_ps(out, acc[r][0]);
+    _mm256_store_ps(out + 8, acc[r][1]);
+    float* y = p.y + (m0 + r) * p.n + n0;
+    for (int64_t c = 0; c < width; ++c) y[c] = p.bias ? out[c] + p.bias[n0 + c] : out[c];
+  }
+}
+
 }  // namespace
+
+void DenseAvx2(const DenseProblem& p, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end) {
+  for (int64_t panel = panel_begin; panel < panel_end; ++panel) {
+    const float* w = p.panels + panel * p.k * 16;
+    // While this panel's tiles run, each prefetches the next panel (one cache line per k; a weight used by one
+    // run streams from memory, and the loads of a 6-row tile alone cannot hide that).
+    const char* next = reinterpret_cast<const char*>(panel + 1 < panel_end ? w + p.k * 16 : w);
+    const int64_t n0 = panel * 16;
+    int64_t m = row_begin;
+    for (; m + kDenseRows <= row_end; m += kDenseRows) DenseTile<kDenseRows>(p, w, next, m, n0);
+    switch (row_end - m) {
+      case 5: DenseTile<5>(p, w, next, m, n0); break;
+      case 4: DenseTile<4>(p, w, next, m, n0); break;
+      case 3: DenseTile<3>(p, w, next, m, n0); break;
+      case 2: DenseTile<2>(p, w, next, m, n0); break;
+      case 1: DenseTile<1>(p, w, next, m, n0); break;
+      default: break;
+    }
+  }
+}
 
 void MatMulAvx2(const MatMulProblem& p, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end) {
   if (p.slot_bits == 4 && p.codebook_size <= 8) {

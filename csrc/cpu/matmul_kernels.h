@@ -49,6 +49,33 @@ void MatMulNeon(const MatMulProblem&, int64_t panel_begin, int64_t panel_end, in
 // the bias and cutting the last group at p.n. Shared by the SIMD kernels, compiled without ISA flags.
 void StoreTile(const MatMulProblem& p, const float* out, int64_t m0, int rows, int64_t g0, int ng);
 
+// Y[M, N] = X[M, K] @ W[K, N] (+ bias) with W dense float32 in column panels: CodebookMatMul's decode-once
+// working form. Panel p holds columns [kDensePanelColumns * p, kDensePanelColumns * (p + 1)) of W, its K rows one
+// after the other (kDensePanelColumns floats each, columns past N zero), panels one after the other.
+constexpr int64_t kDensePanelColumns = 16;
+
+struct DenseProblem {
+  const float* x;  // [m, k] row-major
+  int64_t m, k, n;
+  const float* panels;  // ceil(n / kDensePanelColumns) panels of k * kDensePanelColumns floats, 32-byte aligned
+  const float* bias;    // [n] or null
+  float* y;             // [m, n] row-major
+};
+
+// Computes rows [row_begin, row_end) of Y for the columns of panels [panel_begin, panel_end). Every kernel computes
+// each output as fma(x[k], w[k], acc) over k = 0..K-1 in order from 0.0, then adds the bias (the contract of
+// MatMulKernel): all instruction sets give bit-identical results, whatever the split into tasks.
+using DenseKernel = void (*)(const DenseProblem&, int64_t panel_begin, int64_t panel_end, int64_t row_begin,
+                             int64_t row_end);
+
+void DenseScalar(const DenseProblem&, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end);
+#if defined(ONNXCOMP_HAVE_AVX2_KERNELS)
+void DenseAvx2(const DenseProblem&, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end);
+#endif
+#if defined(ONNXCOMP_HAVE_NEON_KERNELS)
+void DenseNeon(const DenseProblem&, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end);
+#endif
+
 enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kNeon = 3 };
 
 // The best instruction set this CPU and this build support, lowered by the environment variable
@@ -58,6 +85,8 @@ enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kNeon = 3 };
 Isa SelectIsa();
 const char* IsaName(Isa isa);
 MatMulKernel MatMulKernelFor(Isa isa);
+// The dense-panel kernel of an instruction set (AVX-512 runs the AVX2 one: same results, by the contract above).
+DenseKernel DenseKernelFor(Isa isa);
 
 }  // namespace onnxcomp
 

@@ -79,21 +79,24 @@ struct CodebookMatMulKernel : RecordKernel {
   OrtStatus* ComputeV2(OrtKernelContext* context) noexcept;
 
  private:
-  // Y = X @ W (+ bias) with onnxruntime's MatMul: on the decode-once working copy, or on W unpacked into a buffer
-  // of this run (then `w` also supplies the outlier corrections).
+  // Y = X @ W (+ bias) with onnxruntime's MatMul on W unpacked into a buffer of this run (`w` also supplies the
+  // outlier corrections).
   OrtStatus* RunDense(OrtKernelContext* context, const PackedMatrix* w, const Ort::ConstValue& x, const float* bias,
                       float* y, int64_t m);
+  // Y = X @ W (+ bias) with dense_kernel_ on the decode-once working form, on onnxruntime's thread pool.
+  void RunDensePanels(OrtKernelContext* context, const float* x, const float* bias, float* y, int64_t m);
 
   Isa isa_ = Isa::kScalar;
   MatMulKernel kernel_ = nullptr;
-  // decode_once = 1: W [K, N] decoded once into a dense float working copy, multiplied by onnxruntime's MatMul
-  // in every run (no packed form kept).
+  DenseKernel dense_kernel_ = nullptr;
+  // decode_once = 1: W [K, N] decoded once into dense float panels (DenseProblem's layout, the exact values with
+  // the outliers), multiplied by dense_kernel_ in every run (no packed form kept).
   // Filled by the first run (so a session that never runs holds only the record), under once_.
   bool decode_once_ = false;
   std::unique_ptr<const DecodedRecord> once_record_;  // released once decoded
   std::once_flag once_;
-  std::vector<float> dense_weight_;
-  Ort::Value dense_weight_value_{nullptr};
+  std::vector<float> dense_storage_;  // the panels, from the first 32-byte aligned float on
+  const float* dense_panels_ = nullptr;
   int64_t dense_k_ = 0, dense_n_ = 0;
   std::unique_ptr<const PackedMatrix> constant_matrix_;
   int64_t dense_rows_ = 0;  // 0: the fused kernel always
