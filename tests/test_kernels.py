@@ -124,28 +124,30 @@ def test_codebook_matmul_threads_and_batch_dims(isa, monkeypatch):
         np.testing.assert_array_equal(single.reshape(-1), one.reshape(-1, n)[0])
 
 
-@pytest.mark.parametrize("m,k,n,bits", [(64, 130, 97, 4), (150, 300, 1000, 4), (600, 33, 65, 8), (97, 64, 129, 10)])
-def test_codebook_matmul_large_batch_uses_a_gemm_on_the_decoded_weight(m, k, n, bits, monkeypatch):
-    """From ONNXCOMP_GEMM_ROWS rows (default 512) W is decoded for the run and multiplied by onnxruntime's MatMul:
-    within the same summation bound and the same under every instruction-set cap. (Like onnxruntime's own MatMul,
-    its bits may depend on the thread count: MLAS splits the work by threads.)"""
+@pytest.mark.parametrize("m,k,n,bits,fraction", [(64, 130, 97, 4, 0.0), (150, 300, 1000, 4, 0.01), (600, 33, 65, 8, 0.0),
+                                                  (97, 64, 129, 10, 0.02), (513, 1, 70, 3, 0.0)])
+def test_codebook_matmul_large_batch_uses_a_gemm_on_the_decoded_weight(m, k, n, bits, fraction, monkeypatch):
+    """From ONNXCOMP_GEMM_ROWS rows (default 512) W is decoded for the run into dense panels and multiplied by the
+    dense-panel kernel, then the outlier corrections are added: the fused kernel's bits (the same chain of fused
+    multiply-adds over the same values), under every instruction-set cap and thread count."""
     rng = np.random.default_rng(m + k + n)
     if m < 512:
         monkeypatch.setenv("ONNXCOMP_GEMM_ROWS", "64")
     codebook, indices = random_layer(rng, k, n, bits, sparse=bits == 8)
+    positions, values = with_outliers(rng, (k, n), fraction) if fraction else (None, None)
+    record = encode_record(codebook, indices, (k, n), bits, positions, values)
     bias = rng.standard_normal(n).astype(np.float32)
-    model = matmul_model(encode_record(codebook, indices, (k, n), bits), k, n, True, bias, batch_shape=("A", "B"))
+    model = matmul_model(record, k, n, True, bias, batch_shape=("A", "B"))
     x = rng.standard_normal((m // 2 if m % 2 == 0 else 1, 2 if m % 2 == 0 else m, k)).astype(np.float32)
     outputs = [run_with_isa(model, {"x": x}, isa) for isa in ISAS if isa_available(isa)]
-    check_against_reference(outputs[0], x, codebook[indices], bias)
-    check_against_reference(run_with_isa(model, {"x": x}, "scalar", threads=2), x, codebook[indices], bias)
+    outputs.append(run_with_isa(model, {"x": x}, "scalar", threads=2))
+    check_against_reference(outputs[0], x, decode_record(record).to_dense().astype(np.float32), bias)
     for y in outputs[1:]:
         np.testing.assert_array_equal(y, outputs[0])
     monkeypatch.setenv("ONNXCOMP_GEMM_ROWS", "0")
-    fused = run_with_isa(model, {"x": x}, "scalar")
-    check_against_reference(fused, x, codebook[indices], bias)
+    np.testing.assert_array_equal(run_with_isa(model, {"x": x}, "scalar"), outputs[0])
     monkeypatch.setenv("ONNXCOMP_GEMM_ROWS", str(m + 1))  # one row short of the threshold: the fused kernel again
-    np.testing.assert_array_equal(run_with_isa(model, {"x": x}, "scalar"), fused)
+    np.testing.assert_array_equal(run_with_isa(model, {"x": x}, "scalar"), outputs[0])
 
 
 def test_force_scalar_env_matches_isa_scalar():
