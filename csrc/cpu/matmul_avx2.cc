@@ -136,94 +136,6 @@ void TileAndStore(const Decoder& decoder, const MatMulProblem& p, int64_t m0, in
   StoreTile(p, out, m0, MR, g0, NG);
 }
 
-// Rows from which a task decodes each 32-column group once into a buffer (all K rows) and sweeps 6-row tiles over
-// it, instead of decoding inside every 2-row tile: the lookups are then shared by all the task's rows.
-constexpr int64_t kDecodeOnceRows = 6;
-
-// out[MR][32] = X[MR rows] @ W[:, one group], W decoded in `w` ([k][32] floats). Two 16-column halves, each with
-// MR x 2 accumulators held over the whole K: every output is the same in-order chain of FMAs from 0.0 as in Tile.
-template <int MR>
-void DecodedTile(const float* w, const float* x, int64_t ldx, int64_t k, float* out) {
-#pragma GCC unroll 2
-  for (int half = 0; half < 2; ++half) {
-    __m256 acc[MR][2];
-#pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-    const float* column = w + 16 * half;
-    for (int64_t kk = 0; kk < k; ++kk) {
-      const __m256 w0 = _mm256_load_ps(column + kk * kGroupColumns);
-      const __m256 w1 = _mm256_load_ps(column + kk * kGroupColumns + 8);
-#pragma GCC unroll 8
-      for (int r = 0; r < MR; ++r) {
-        const __m256 xv = _mm256_broadcast_ss(x + r * ldx + kk);
-        acc[r][0] = _mm256_fmadd_ps(xv, w0, acc[r][0]);
-        acc[r][1] = _mm256_fmadd_ps(xv, w1, acc[r][1]);
-      }
-    }
-#pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) {
-      _mm256_storeu_ps(out + r * kGroupColumns + 16 * half, acc[r][0]);
-      _mm256_storeu_ps(out + r * kGroupColumns + 16 * half + 8, acc[r][1]);
-    }
-  }
-}
-
-template <class Decoder>
-bool RunDecodedOnce(const Decoder& d, const MatMulProblem& p, int64_t panel_begin, int64_t panel_end,
-                    int64_t row_begin, int64_t row_end) {
-  // malloc, not std::vector: this unit must not instantiate std:: templates (see cpu/matmul_kernels.h).
-  float* w = static_cast<float*>(aligned_alloc(32, static_cast<size_t>(p.k) * kGroupColumns * sizeof(float) + 32));
-  if (!w) return false;
-  alignas(32) float out[6 * kGroupColumns];
-  for (int64_t g = panel_begin * 2; g < panel_end * 2; ++g) {
-    if (g * kGroupColumns >= p.n) break;  // a padding group of the last panel
-    const uint8_t* group = p.panels + (g / 2) * p.panel_bytes + (g % 2) * p.group_bytes;
-    for (int64_t kk = 0; kk < p.k; ++kk) {
-      __m256 v[kVectors];
-      d.decode(group + kk * p.row_bytes, v);
-      for (int i = 0; i < kVectors; ++i) _mm256_store_ps(w + kk * kGroupColumns + 8 * i, v[i]);
-    }
-    int64_t m = row_begin;
-    for (; m + 6 <= row_end; m += 6) {
-      DecodedTile<6>(w, p.x + m * p.k, p.k, p.k, out);
-      StoreTile(p, out, m, 6, g, 1);
-    }
-    const int rest = static_cast<int>(row_end - m);
-    switch (rest) {
-      case 5: DecodedTile<5>(w, p.x + m * p.k, p.k, p.k, out); break;
-      case 4: DecodedTile<4>(w, p.x + m * p.k, p.k, p.k, out); break;
-      case 3: DecodedTile<3>(w, p.x + m * p.k, p.k, p.k, out); break;
-      case 2: DecodedTile<2>(w, p.x + m * p.k, p.k, p.k, out); break;
-      case 1: DecodedTile<1>(w, p.x + m * p.k, p.k, p.k, out); break;
-      default: break;
-    }
-    if (rest) StoreTile(p, out, m, rest, g, 1);
-  }
-  free(w);
-  return true;
-}
-
-template <class Decoder>
-void Run(const Decoder& d, const MatMulProblem& p, int64_t panel_begin, int64_t panel_end, int64_t row_begin,
-         int64_t row_end) {
-  if (row_end - row_begin >= kDecodeOnceRows && RunDecodedOnce(d, p, panel_begin, panel_end, row_begin, row_end)) {
-    return;
-  }
-  alignas(32) float out[2 * 2 * kGroupColumns];
-  const int64_t g_end = panel_end * 2;
-  for (int64_t g = panel_begin * 2; g < g_end; g += 2) {
-    if (row_end - row_begin == 1) {
-      TileAndStore<1, 2>(d, p, row_begin, g, out);
-      continue;
-    }
-    for (int64_t h = g; h < g + 2; ++h) {
-      int64_t m = row_begin;
-      for (; m + 2 <= row_end; m += 2) TileAndStore<2, 1>(d, p, m, h, out);
-      if (m < row_end) TileAndStore<1, 1>(d, p, m, h, out);
-    }
-  }
-}
-
 // Dense panels (DenseProblem): an MR x 16 tile of Y, 2 * MR accumulators held over the whole K, W read as two
 // vectors per k and X broadcast per row. MR = 6 keeps 12 accumulators, 2 weights and a broadcast in the 16 registers.
 constexpr int kDenseRows = 6;
@@ -268,6 +180,73 @@ void DenseTile(const DenseProblem& p, const float* w, const char* next, int64_t 
     _mm256_store_ps(out + 8, acc[r][1]);
     float* y = p.y + (m0 + r) * p.n + n0;
     for (int64_t c = 0; c < width; ++c) y[c] = p.bias ? out[c] + p.bias[n0 + c] : out[c];
+  }
+}
+
+// Rows from which a task decodes each 32-column group once into a buffer (all K rows) and sweeps 6-row tiles over
+// it, instead of decoding inside every 2-row tile: the lookups are then shared by all the task's rows.
+constexpr int64_t kDecodeOnceRows = 6;
+
+template <class Decoder>
+bool RunDecodedOnce(const Decoder& d, const MatMulProblem& p, int64_t panel_begin, int64_t panel_end,
+                    int64_t row_begin, int64_t row_end) {
+  // The group decoded into two dense panels of 16 columns (DenseProblem's layout), so the dense-panel tiles run
+  // on it: each output the same in-order chain of FMAs from 0.0, then the bias, as in Tile.
+  // malloc, not std::vector: this unit must not instantiate std:: templates (see cpu/matmul_kernels.h).
+  float* w = static_cast<float*>(aligned_alloc(32, static_cast<size_t>(p.k) * kGroupColumns * sizeof(float) + 32));
+  if (!w) return false;
+  const DenseProblem dense{p.x, p.m, p.k, p.n, w, p.bias, p.y};
+  float* second = w + p.k * 16;
+  for (int64_t g = panel_begin * 2; g < panel_end * 2; ++g) {
+    if (g * kGroupColumns >= p.n) break;  // a padding group of the last panel
+    const uint8_t* group = p.panels + (g / 2) * p.panel_bytes + (g % 2) * p.group_bytes;
+    for (int64_t kk = 0; kk < p.k; ++kk) {
+      __m256 v[kVectors];
+      d.decode(group + kk * p.row_bytes, v);
+      _mm256_store_ps(w + kk * 16, v[0]);
+      _mm256_store_ps(w + kk * 16 + 8, v[1]);
+      _mm256_store_ps(second + kk * 16, v[2]);
+      _mm256_store_ps(second + kk * 16 + 8, v[3]);
+    }
+    const int64_t halves = g * kGroupColumns + 16 < p.n ? 2 : 1;
+    for (int64_t half = 0; half < halves; ++half) {
+      const float* panel = w + half * p.k * 16;
+      const char* next = reinterpret_cast<const char*>(second);
+      const int64_t n0 = g * kGroupColumns + half * 16;
+      int64_t m = row_begin;
+      for (; m + kDenseRows <= row_end; m += kDenseRows) DenseTile<kDenseRows>(dense, panel, next, m, n0);
+      switch (row_end - m) {
+        case 5: DenseTile<5>(dense, panel, next, m, n0); break;
+        case 4: DenseTile<4>(dense, panel, next, m, n0); break;
+        case 3: DenseTile<3>(dense, panel, next, m, n0); break;
+        case 2: DenseTile<2>(dense, panel, next, m, n0); break;
+        case 1: DenseTile<1>(dense, panel, next, m, n0); break;
+        default: break;
+      }
+    }
+  }
+  free(w);
+  return true;
+}
+
+template <class Decoder>
+void Run(const Decoder& d, const MatMulProblem& p, int64_t panel_begin, int64_t panel_end, int64_t row_begin,
+         int64_t row_end) {
+  if (row_end - row_begin >= kDecodeOnceRows && RunDecodedOnce(d, p, panel_begin, panel_end, row_begin, row_end)) {
+    return;
+  }
+  alignas(32) float out[2 * 2 * kGroupColumns];
+  const int64_t g_end = panel_end * 2;
+  for (int64_t g = panel_begin * 2; g < g_end; g += 2) {
+    if (row_end - row_begin == 1) {
+      TileAndStore<1, 2>(d, p, row_begin, g, out);
+      continue;
+    }
+    for (int64_t h = g; h < g + 2; ++h) {
+      int64_t m = row_begin;
+      for (; m + 2 <= row_end; m += 2) TileAndStore<2, 1>(d, p, m, h, out);
+      if (m < row_end) TileAndStore<1, 1>(d, p, m, h, out);
+    }
   }
 }
 
