@@ -217,11 +217,18 @@ void UnpackPanelRange(const PackedMatrix& w, int64_t panel_begin, int64_t panel_
 struct UnpackTask {
   const PackedMatrix* w;
   float* out;
+  UnpackKernel simd;  // null: UnpackPanelRange
+  const MatMulProblem* problem;  // W's layout, for `simd`
 };
 
 void RunUnpackTask(void* data, size_t panel) {
   const UnpackTask& t = *static_cast<const UnpackTask*>(data);
-  UnpackPanelRange(*t.w, static_cast<int64_t>(panel), static_cast<int64_t>(panel) + 1, t.out);
+  const int64_t begin = static_cast<int64_t>(panel);
+  if (t.simd) {
+    t.simd(*t.problem, begin, begin + 1, t.out);
+  } else {
+    UnpackPanelRange(*t.w, begin, begin + 1, t.out);
+  }
 }
 
 }  // namespace
@@ -328,6 +335,7 @@ OrtStatus* CodebookMatMulKernel::Init(const OrtKernelInfo* info) {
     isa_ = SelectIsa();
     kernel_ = MatMulKernelFor(isa_);
     dense_kernel_ = DenseKernelFor(isa_);
+    unpack_kernel_ = UnpackKernelFor(isa_);
     dense_rows_ = DenseGemmRows();
     int64_t decode_once = 0;
     OptionalAttribute(Ort::ConstKernelInfo(info), "decode_once", &decode_once);
@@ -434,12 +442,15 @@ void CodebookMatMulKernel::RunDense(OrtKernelContext* raw_context, const PackedM
   Ort::Value buffer = Ort::Value::CreateTensor<float>(allocator, dims, 1);
   float* panels = buffer.GetTensorMutableData<float>();
   while (reinterpret_cast<uintptr_t>(panels) % 32 != 0) ++panels;
-  UnpackTask unpack{&w, panels};
+  const MatMulProblem layout{x, m, w.k, w.n, w.panels.data(), w.slot_bits, w.codebook_size, w.table.data(), nullptr,
+                             y, packed::panel_bytes(static_cast<uint64_t>(w.k), w.slot_bits),
+                             packed::panel_row_bytes(w.slot_bits), packed::group_bytes(w.slot_bits)};
+  UnpackTask unpack{&w, panels, unpack_kernel_, &layout};
   const size_t packed_panels = packed::panel_count(static_cast<uint64_t>(w.n));
   if (packed_panels > 1 && double(w.k) * double(w.n) >= kParallelWork) {
     context.ParallelFor(RunUnpackTask, packed_panels, 0, &unpack);
   } else {
-    UnpackPanelRange(w, 0, static_cast<int64_t>(packed_panels), panels);
+    for (size_t panel = 0; panel < packed_panels; ++panel) RunUnpackTask(&unpack, panel);
   }
   RunDensePanels(raw_context, panels, w.k, w.n, x, bias, y, m);
   // The outliers, as after the fused kernel (the panels hold the codebook values only): the same bits as it.

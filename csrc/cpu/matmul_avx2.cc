@@ -272,21 +272,50 @@ void DenseAvx2(const DenseProblem& p, int64_t panel_begin, int64_t panel_end, in
   }
 }
 
-void MatMulAvx2(const MatMulProblem& p, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end) {
+namespace {
+
+// Calls f(decoder) with the decoder of p's slot width and codebook size.
+template <class F>
+void WithDecoder(const MatMulProblem& p, const F& f) {
   if (p.slot_bits == 4 && p.codebook_size <= 8) {
-    Run(Nibble8{_mm256_loadu_ps(p.table)}, p, panel_begin, panel_end, row_begin, row_end);
+    f(Nibble8{_mm256_loadu_ps(p.table)});
   } else if (p.slot_bits == 4) {
-    Run(Nibble16{_mm256_loadu_ps(p.table), _mm256_loadu_ps(p.table + 8)}, p, panel_begin, panel_end, row_begin,
-        row_end);
+    f(Nibble16{_mm256_loadu_ps(p.table), _mm256_loadu_ps(p.table + 8)});
   } else if (p.slot_bits == 8 && p.codebook_size <= 32) {
-    Run(BytePermute<4>(p.table, p.codebook_size), p, panel_begin, panel_end, row_begin, row_end);
+    f(BytePermute<4>(p.table, p.codebook_size));
   } else if (p.slot_bits == 8 && p.codebook_size <= 64) {
-    Run(BytePermute<8>(p.table, p.codebook_size), p, panel_begin, panel_end, row_begin, row_end);
+    f(BytePermute<8>(p.table, p.codebook_size));
   } else if (p.slot_bits == 8) {
-    Run(ByteGather{p.table}, p, panel_begin, panel_end, row_begin, row_end);
+    f(ByteGather{p.table});
   } else {
-    Run(WordGather{p.table}, p, panel_begin, panel_end, row_begin, row_end);
+    f(WordGather{p.table});
   }
+}
+
+}  // namespace
+
+void MatMulAvx2(const MatMulProblem& p, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end) {
+  WithDecoder(p, [&](const auto& d) { Run(d, p, panel_begin, panel_end, row_begin, row_end); });
+}
+
+void UnpackAvx2(const MatMulProblem& p, int64_t panel_begin, int64_t panel_end, float* out) {
+  WithDecoder(p, [&](const auto& d) {
+    for (int64_t g = panel_begin * 2; g < panel_end * 2 && g * kGroupColumns < p.n; ++g) {
+      const uint8_t* group = p.panels + (g / 2) * p.panel_bytes + (g % 2) * p.group_bytes;
+      float* first = out + 2 * g * p.k * 16;
+      float* second = g * kGroupColumns + 16 < p.n ? first + p.k * 16 : nullptr;  // past N: no such dense panel
+      for (int64_t kk = 0; kk < p.k; ++kk) {
+        __m256 v[kVectors];
+        d.decode(group + kk * p.row_bytes, v);
+        _mm256_storeu_ps(first + kk * 16, v[0]);
+        _mm256_storeu_ps(first + kk * 16 + 8, v[1]);
+        if (second) {
+          _mm256_storeu_ps(second + kk * 16, v[2]);
+          _mm256_storeu_ps(second + kk * 16 + 8, v[3]);
+        }
+      }
+    }
+  });
 }
 
 }  // namespace onnxcomp

@@ -76,6 +76,14 @@ void DenseAvx2(const DenseProblem&, int64_t panel_begin, int64_t panel_end, int6
 void DenseNeon(const DenseProblem&, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end);
 #endif
 
+// Writes the weights of packed panels [panel_begin, panel_end) of p (codebook values, no outliers) into `out` in
+// DenseProblem's panel layout (dense panels 4 * panel_begin onwards, those below ceil(p.n / kDensePanelColumns));
+// columns past N hold unspecified finite values. Only data moves: the values are the lookups' bits.
+using UnpackKernel = void (*)(const MatMulProblem&, int64_t panel_begin, int64_t panel_end, float* out);
+#if defined(ONNXCOMP_HAVE_AVX2_KERNELS)
+void UnpackAvx2(const MatMulProblem&, int64_t panel_begin, int64_t panel_end, float* out);
+#endif
+
 enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kNeon = 3 };
 
 // The best instruction set this CPU and this build support, lowered by the environment variable
@@ -87,6 +95,8 @@ const char* IsaName(Isa isa);
 MatMulKernel MatMulKernelFor(Isa isa);
 // The dense-panel kernel of an instruction set (AVX-512 runs the AVX2 one: same results, by the contract above).
 DenseKernel DenseKernelFor(Isa isa);
+// The SIMD unpacking of an instruction set, or null (the caller's portable loop then serves).
+UnpackKernel UnpackKernelFor(Isa isa);
 
 }  // namespace onnxcomp
 

@@ -166,4 +166,12 @@ DenseKernel DenseKernelFor(Isa isa) {
   }
 }
 
+UnpackKernel UnpackKernelFor(Isa isa) {
+#if defined(ONNXCOMP_HAVE_AVX2_KERNELS)
+  if (isa == Isa::kAvx2 || isa == Isa::kAvx512) return UnpackAvx2;
+#endif
+  (void)isa;
+  return nullptr;
+}
+
 }  // namespace onnxcomp

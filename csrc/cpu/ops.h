@@ -87,6 +87,7 @@ struct CodebookMatMulKernel : RecordKernel {
   Isa isa_ = Isa::kScalar;
   MatMulKernel kernel_ = nullptr;
   DenseKernel dense_kernel_ = nullptr;
+  UnpackKernel unpack_kernel_ = nullptr;  // null: the portable unpacking
   // decode_once = 1: W [K, N] decoded once into dense float panels (DenseProblem's layout, the exact values with
   // the outliers), multiplied by dense_kernel_ in every run (no packed form kept).
   // Filled by the first run (so a session that never runs holds only the record), under once_.

@@ -66,6 +66,27 @@ static void check_case(Isa isa, const Case& c, std::mt19937& rng) {
                   c.bias ? bias.data() : nullptr, want.data(), packed::panel_bytes(c.k, slot),
                   packed::panel_row_bytes(slot), packed::group_bytes(slot)};
   run_tasks(MatMulScalar, p, 0, 0);
+  if (UnpackKernel unpack = UnpackKernelFor(isa)) {  // W into dense panels: every column below N is its lookup
+    const int64_t dense_panels = (c.n + kDensePanelColumns - 1) / kDensePanelColumns;
+    std::vector<float> dense(static_cast<size_t>(dense_panels * c.k * kDensePanelColumns) + 1, NAN);
+    const int64_t packed_panels = static_cast<int64_t>(packed::panel_count(static_cast<uint64_t>(c.n)));
+    for (int64_t panel = 0; panel < packed_panels; ++panel) unpack(p, panel, panel + 1, dense.data());
+    ++g_checks;
+    bool same = isnan(dense.back());
+    for (int64_t r = 0; r < c.k && same; ++r) {
+      for (int64_t j = 0; j < c.n && same; ++j) {
+        const float want_w = table[packed::panel_load(panels.data(), c.k, slot, r, j)];
+        const float got_w = dense[static_cast<size_t>(((j / kDensePanelColumns) * c.k + r) * kDensePanelColumns +
+                                                      j % kDensePanelColumns)];
+        same = memcmp(&want_w, &got_w, 4) == 0;
+      }
+    }
+    if (!same) {
+      ++g_failures;
+      fprintf(stderr, "%s unpack k=%lld n=%lld bits=%u size=%u: dense panels differ from the lookups\n", IsaName(isa),
+              (long long)c.k, (long long)c.n, c.bits, c.codebook_size);
+    }
+  }
   // The op's split (2 panels, 48 rows), single tasks, and odd splits (1 panel x 1 row, 3 panels x 5 rows).
   const int64_t splits[][2] = {{0, 0}, {2, 48}, {1, 1}, {3, 5}};
   for (const auto& split : splits) {
