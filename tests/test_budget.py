@@ -163,7 +163,8 @@ def test_settings_can_leave_a_weight_dense(tmp_path, rng):
 
 
 def test_error_bounds_add_a_margin_for_counted_metrics():
-    """Wilson upper bound of the disagreement rate; paired standard error for the accuracy change."""
+    """Wilson upper bound of the disagreement rate; for the accuracy change the larger of the paired standard error
+    and the Wilson bound of the hurt rate minus the helped rate."""
     from onnxcomp.core.budget import error_bound
     n = 250
     reference = np.zeros((n, 3))
@@ -174,10 +175,17 @@ def test_error_bounds_add_a_margin_for_counted_metrics():
     assert error("top1", reference, output) == pytest.approx(0.004)
     assert 0.0100 < error_bound("top1", reference, output) < 0.0106
     labels = np.zeros(n, dtype=int)
+    assert error_bound("accuracy", reference, reference, labels) == pytest.approx(1 / (n + 1))  # no flip: a margin
     labels[1] = 2  # the original is wrong on sample 1 and the compressed model right, the reverse on sample 0
     output[1] = [0, 0, 1]
     assert error("accuracy", reference, output, labels) == 0.0
-    assert error_bound("accuracy", reference, output, labels) == pytest.approx(np.sqrt(2) / n)
+    # paired standard error sqrt(2)/n = 0.0057 < Wilson bound of 1 hurt in 250 (0.0104) minus 1 helped (0.004)
+    assert error_bound("accuracy", reference, output, labels) == pytest.approx(0.010423 - 1 / n, abs=1e-5)
+    out2, lab2 = reference.copy(), np.zeros(n, dtype=int)  # 30 hurt, 30 helped: the paired standard error is larger
+    out2[:30] = [0, 1, 0]
+    lab2[30:60] = 1
+    out2[30:60] = [0, 1, 0]
+    assert error_bound("accuracy", reference, out2, lab2) == pytest.approx(np.sqrt(60) / n)
     assert error_bound("kl", reference, output) == error("kl", reference, output)
 
 

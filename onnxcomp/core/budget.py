@@ -102,22 +102,28 @@ def error_bound(metric: str, reference: np.ndarray, output: np.ndarray, labels: 
     (p + z^2/2n + z sqrt(p(1 - p)/n + z^2/4n^2)) / (1 + z^2/n); it stays above 0 when k = 0, unlike the normal
     approximation. accuracy: the paired difference of two accuracies on the same n samples, with b samples the
     compressed model gets wrong that the original got right and c the reverse, has the standard error
-    sqrt(b + c - (b - c)^2/n) / n (the variance behind McNemar's test); the bound is (b - c)/n + z times it."""
+    sqrt(b + c - (b - c)^2/n) / n (the variance behind McNemar's test); the bound is (b - c)/n + z times it, or
+    the Wilson upper bound of the hurt rate b/n minus c/n when that is larger, which keeps a margin from the sample
+    count when no prediction changed (b = c = 0 gives about 1/(n + 1) at z = 1, as top1 does)."""
     if metric not in ("top1", "accuracy"):
         return error(metric, reference, output, labels)
     ref = reference.reshape(len(reference), -1).argmax(1)
     out = output.reshape(len(output), -1).argmax(1)
     n = len(ref)
     if metric == "top1":
-        p = float(np.mean(ref != out))
-        z2 = z * z
-        return (p + z2 / (2 * n) + z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))) / (1 + z2 / n)
+        return _wilson_upper(float(np.mean(ref != out)), n, z)
     if labels is None:
         raise InvalidOptionError("an accuracy budget needs labels: add an array 'labels' to the calibration data")
     hurt = int(np.sum((ref == labels) & (out != labels)))
     helped = int(np.sum((ref != labels) & (out == labels)))
     spread = math.sqrt(max(hurt + helped - (hurt - helped) ** 2 / n, 0.0)) / n
-    return (hurt - helped) / n + z * spread
+    return max((hurt - helped) / n + z * spread, _wilson_upper(hurt / n, n, z) - helped / n)
+
+
+def _wilson_upper(p: float, n: int, z: float) -> float:
+    """The Wilson score upper bound of a rate p measured on n samples, z standard errors (Wilson 1927)."""
+    z2 = z * z
+    return (p + z2 / (2 * n) + z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))) / (1 + z2 / n)
 
 
 def allocate(curves: dict[str, list[tuple[int, float]]], max_error: float) -> dict[str, int] | None:
