@@ -416,3 +416,29 @@ def test_pass_keeps_nchwc_layout_through_layout_agnostic_ops_and_folds_a_bias_ad
     np.testing.assert_allclose(got, plain_path, rtol=1e-5, atol=1e-5 * float(np.abs(plain_path).max()))
     original = run_plain(model, {"x": x})[0]
     assert np.linalg.norm(got - original) <= 0.1 * float(np.linalg.norm(original))  # 6-bit codebooks, five layers
+
+
+@pytest.mark.parametrize("shape,folds", [((1, 8, 1, 1), True), ((8, 1, 1), True), ((), True), ((1,), True),
+                                         ((8,), False), ((1, 8, 8, 8), False), ((2, 8, 1, 1), False)])
+def test_pass_folds_an_add_into_the_bias_only_when_it_varies_along_the_channels(tmp_path, shape, folds):
+    """Conv (8 output channels, 8x8 output) -> Add(constant of ``shape``): folded into CodebookConv's bias when the
+    constant broadcasts along the channel axis alone ([8] aligns with the width axis, [1, 8, 8, 8] varies over
+    space, [2, 8, 1, 1] widens the batch: those stay Add nodes); outputs match onnxruntime's Conv + Add either way."""
+    rng = np.random.default_rng(41)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Add", ["k", "c"], ["y"])]
+    k = rng.standard_normal(shape).astype(np.float32)
+    inits = [weight(rng, "w", (8, 8, 3, 3), 0.3), weight(rng, "b", (8,)), numpy_helper.from_array(k, "k")]
+    out_shape = list(np.broadcast_shapes((1, 8, 8, 8), shape))
+    model = make_model(nodes, [float_input("x", [1, 8, 8, 8])], [float_input("y", out_shape)], inits)
+    source, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(model, source)
+    onnxcomp.compress(source, out, bits=6, min_elements=576)  # the weight, not the constant
+    ops = [n.op_type for n in onnx.load(out, load_external_data=False).graph.node]
+    assert ops == (["CodebookConv"] if folds else ["CodebookConv", "Add"])
+    x = rng.standard_normal((1, 8, 8, 8)).astype(np.float32)
+    got = run_compressed(out, {"x": x})[0]
+    dense = tmp_path / "dense.onnx"
+    onnxcomp.decompress(out, dense)
+    want = run_plain(onnx.load(dense), {"x": x})[0]
+    assert got.shape == want.shape == tuple(out_shape)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
