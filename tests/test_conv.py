@@ -442,3 +442,30 @@ def test_pass_folds_an_add_into_the_bias_only_when_it_varies_along_the_channels(
     want = run_plain(onnx.load(dense), {"x": x})[0]
     assert got.shape == want.shape == tuple(out_shape)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+
+
+def test_pass_marks_tensors_of_24_channels_blocked_only_under_blocks_of_8(tmp_path):
+    """24 channels are whole blocks of 8 (AVX2) but not of 16 (AVX-512F): the pass marks such a region with 2, which
+    the kernels read as blocked where the CPU's block is 8 and as NCHW where it is 16, both ends alike. Outputs
+    equal the NCHW-throughout run (ONNXCOMP_CONV=ort) to fp32 rounding on this CPU."""
+    rng = np.random.default_rng(43)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+             helper.make_node("Sigmoid", ["c1"], ["s1"]), helper.make_node("Mul", ["c1", "s1"], ["a1"]),
+             helper.make_node("Conv", ["a1", "w2"], ["c2"], name="conv2"), helper.make_node("Relu", ["c2"], ["a2"]),
+             helper.make_node("Conv", ["a2", "w3"], ["y"], name="conv3")]
+    inits = [weight(rng, "w1", (24, 8, 3, 3), 0.3), weight(rng, "w2", (32, 24, 1, 1), 0.3),
+             weight(rng, "w3", (16, 32, 1, 1), 0.3)]
+    model = make_model(nodes, [float_input("x", ["n", 8, 10, 10])], [float_input("y", ["n", 16, 10, 10])], inits)
+    source, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(model, source)
+    onnxcomp.compress(source, out, bits=6, min_elements=100)
+    compressed = onnx.load(out, load_external_data=False)
+    attrs = {n.name: {a.name: helper.get_attribute_value(a) for a in n.attribute} for n in compressed.graph.node}
+    layout = {name: (attrs[name].get("nchwc_input", 0), attrs[name].get("nchwc_output", 0))
+              for name in ("conv1", "conv2", "conv3")}
+    # conv2 reads 24 channels: no NCHWc path under blocks of 16, so its output is marked for blocks of 8 too.
+    assert layout == {"conv1": (0, 2), "conv2": (2, 2), "conv3": (2, 0)}
+    x = rng.standard_normal((2, 8, 10, 10)).astype(np.float32)
+    got = run_compressed(out, {"x": x})[0]
+    plain_path = session_with_env(onnx.load(out), {"ONNXCOMP_CONV": "ort"}).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, plain_path, rtol=1e-5, atol=1e-5 * float(np.abs(plain_path).max()))

@@ -282,12 +282,12 @@ def assign_decode_once(targets: list[WeightTarget], emitted: list[tuple[gs.Node,
             "bytes saved)")
 
 
-NCHWC_BLOCK = 16  # the largest channel block of onnxruntime's NCHWc kernels (AVX-512F; 8 with AVX2)
+NCHWC_BLOCKS = (16, 8)  # the channel blocks of onnxruntime's NCHWc kernels (16 with AVX-512F, 8 with AVX2)
 
 
-def _nchwc_layer(node: gs.Node, target: WeightTarget) -> tuple[bool, bool]:
-    """(can write Y blocked, can read X blocked) for a CodebookConv node: whether the kernel takes the NCHWc path with
-    a blocked input and a block-aligned output under every channel block (8 and 16), as docs/ops.md's rule says."""
+def _nchwc_layer(node: gs.Node, target: WeightTarget, block: int) -> tuple[bool, bool]:
+    """(can write Y blocked, can read X blocked) for a CodebookConv node under a channel ``block``: whether the kernel
+    takes the NCHWc path with a blocked input and a block-aligned output there, as docs/ops.md's rule says."""
     shape = target.shape
     if len(shape) != 4:
         return False, False
@@ -296,18 +296,17 @@ def _nchwc_layer(node: gs.Node, target: WeightTarget) -> tuple[bool, bool]:
         return False, False
     out_channels, per_group, group = int(shape[0]), int(shape[1]), int(node.attrs.get("group", 1))
     if group == 1:
-        reads = per_group % NCHWC_BLOCK == 0
-        runs = reads or per_group < 8  # fewer input channels than any block: NCHW input, blocked weight
+        reads = per_group % block == 0
+        runs = reads or per_group < min(NCHWC_BLOCKS)  # fewer input channels than any block: NCHW input
     elif per_group == 1 and out_channels == group:  # depthwise
-        reads = runs = out_channels % NCHWC_BLOCK == 0
+        reads = runs = out_channels % block == 0
     else:
-        reads = runs = out_channels % NCHWC_BLOCK == 0 and per_group % NCHWC_BLOCK == 0 and \
-            (out_channels // group) % NCHWC_BLOCK == 0
-    return runs and out_channels % NCHWC_BLOCK == 0, reads
+        reads = runs = out_channels % block == 0 and per_group % block == 0 and (out_channels // group) % block == 0
+    return runs and out_channels % block == 0, reads
 
 
 # Ops that compute the same function on onnxruntime's NCHWc layout as on NCHW when every tensor they touch holds a
-# multiple of NCHWC_BLOCK channels (the blocked tensor then has the NCHW tensor's shape, its elements permuted within
+# whole number of channel blocks (the blocked tensor then has the NCHW tensor's shape, its elements permuted within
 # each image): elementwise ops whose tensor inputs all have one shape (other inputs scalar constants), Concat and
 # Split along the channel axis (each piece is a whole number of channel blocks).
 BLOCKED_UNARY = ("Relu", "Sigmoid", "Tanh", "LeakyRelu", "HardSigmoid", "HardSwish", "Elu", "Softplus", "Neg", "Abs",
@@ -414,15 +413,35 @@ class SpatialKeys:
 
 def mark_blocked_edges(root: gs.Graph, emitted: list[tuple[gs.Node, WeightTarget]]) -> str:
     """Keeps activations in onnxruntime's NCHWc layout between CodebookConv nodes, as onnxruntime's own NCHWc
-    transformer keeps a dense model's convolutions and the elementwise ops between them blocked. A region is a set
-    of tensors, each written by a CodebookConv that can write Y blocked (``_nchwc_layer``) or by a layout-agnostic
-    node (``_blocked_channels``: elementwise ops such as x * Sigmoid(x) or a residual Add of equal shapes, Concat or
-    Split along the channels), read only by CodebookConv nodes as X that can read it blocked or by such nodes, no
-    graph output, with a multiple of NCHWC_BLOCK channels; an agnostic node is inside only when all its tensor
-    inputs and outputs are (the largest such set, found by removing violators until none is left). Writers of a
-    region tensor get ``nchwc_output=1``, its CodebookConv readers ``nchwc_input=1``; its declared shape is dropped
-    (it holds the channels blocked). Returns a log line."""
-    layers = {id(node): _nchwc_layer(node, target) for node, target in emitted if node.op == "CodebookConv"}
+    transformer keeps a dense model's convolutions and the elementwise ops between them blocked: finds the blocked
+    region (``_blocked_region``) under a channel block of 16 and under one of 8. A tensor of the first (a subset of
+    the second) gets ``nchwc_output=1`` on its CodebookConv writer and ``nchwc_input=1`` on its CodebookConv
+    readers (blocked on every CPU with NCHWc kernels), one only of the second gets 2 (blocked where the block is 8,
+    NCHW where it is 16: both ends and every node between decide alike from the CPU's block); its declared shape is
+    dropped (it holds the channels blocked). Returns a log line."""
+    wide = _blocked_region(root, emitted, max(NCHWC_BLOCKS))
+    narrow = _blocked_region(root, emitted, min(NCHWC_BLOCKS))
+    narrow.update(wide)  # every layer and tensor that qualifies at 16 qualifies at 8; kept explicit
+    for name, t in narrow.items():
+        value = 1 if name in wide else 2
+        if t.inputs[0].op == "CodebookConv":
+            t.inputs[0].attrs["nchwc_output"] = value
+        for consumer in t.outputs:
+            if consumer.op == "CodebookConv":
+                consumer.attrs["nchwc_input"] = value
+        t.shape = None
+    return (f"NCHWc layout kept on {len(wide)} tensors between CodebookConv nodes under every channel block, "
+            f"{len(narrow) - len(wide)} more under blocks of 8")
+
+
+def _blocked_region(root: gs.Graph, emitted: list[tuple[gs.Node, WeightTarget]], block: int) -> dict[str, gs.Variable]:
+    """The tensors (by name) that can stay in onnxruntime's NCHWc layout under a channel ``block``: each written by a
+    CodebookConv that can write Y blocked (``_nchwc_layer``) or by a layout-agnostic node (``_blocked_channels``:
+    elementwise ops such as x * Sigmoid(x) or a residual Add of equal shapes, Concat or Split along the channels),
+    read only by CodebookConv nodes as X that can read it blocked or by such nodes, no graph output, with a multiple
+    of ``block`` channels; an agnostic node is inside only when all its tensor inputs and outputs are (the largest
+    such set, found by removing violators until none is left)."""
+    layers = {id(node): _nchwc_layer(node, target, block) for node, target in emitted if node.op == "CodebookConv"}
     out_channels = {id(node): int(target.shape[0]) for node, target in emitted if node.op == "CodebookConv"}
     spatial_key = SpatialKeys({id(node): tuple(int(d) for d in target.shape[2:])
                                for node, target in emitted if node.op == "CodebookConv"})
@@ -449,7 +468,7 @@ def mark_blocked_edges(root: gs.Graph, emitted: list[tuple[gs.Node, WeightTarget
     for graph in all_graphs(root):
         for node in graph.nodes:
             for t in node.outputs:
-                if t.name in channels and channels[t.name] % NCHWC_BLOCK == 0 and t.name not in outputs and \
+                if t.name in channels and channels[t.name] % block == 0 and t.name not in outputs and \
                         readers.get(t.name, 0) == len(t.outputs):
                     tensors[t.name] = t
     inside = set(id(n) for n in agnostic)
@@ -478,15 +497,7 @@ def mark_blocked_edges(root: gs.Graph, emitted: list[tuple[gs.Node, WeightTarget
                     not all(reads_blocked(c, t) for c in t.outputs):
                 del tensors[name]
                 changed = True
-    for t in tensors.values():
-        if t.inputs[0].op == "CodebookConv":
-            t.inputs[0].attrs["nchwc_output"] = 1
-        for consumer in t.outputs:
-            if consumer.op == "CodebookConv":
-                consumer.attrs["nchwc_input"] = 1
-        t.shape = None
-    return (f"NCHWc layout kept on {len(tensors)} tensors between CodebookConv nodes "
-            f"({len(inside)} layout-agnostic nodes inside)")
+    return tensors
 
 
 CONV_ATTRIBUTES = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
