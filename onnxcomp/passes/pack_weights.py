@@ -12,7 +12,8 @@ Rewrites (ops in domain ``ai.onnxcomp``, see docs/ops.md), for every node readin
   bias = (B - mean) * scale + beta, the same folding onnxruntime applies to a dense Conv), then an Add of a constant
   that varies along the channel axis only (into the bias, as onnxruntime's ConvAddFusion), then an activation that
   alone reads the result (Relu, Tanh, Sigmoid, LeakyRelu, Clip with constant bounds, HardSigmoid, HardSwish) becomes the
-  node's ``activation`` attribute, as in onnxruntime's FusedConv;
+  node's ``activation`` attribute, as in onnxruntime's FusedConv (each found through Identity nodes); tensors between
+  CodebookConv nodes stay in onnxruntime's NCHWc layout where ``mark_blocked_edges`` proves it safe;
 - LSTM (default activations, layout 0) reading the float32 weight as W, R or B -> CodebookLSTM with the record
   in that input (its other weights stay as they are, records or float32: lstm_fusable);
 - any other reader (ConvTranspose, GRU, RNN, Einsum, a Slice, a float16 weight's consumers, ...) -> the output of ONE
