@@ -189,6 +189,31 @@ def test_error_bounds_add_a_margin_for_counted_metrics():
     assert error_bound("kl", reference, output) == error("kl", reference, output)
 
 
+def test_cosine_bound_keeps_a_margin_from_the_sample_count():
+    """A min-cosine budget is judged on the worst sample: the bound raises the worst per-sample error by one standard
+    deviation of the largest of n fresh samples (Hill's tail estimate over the round(sqrt(n)) largest errors),
+    which covers a fresh set of the same size about 84 % of the time (one standard error), the measured worst only
+    about half of the time."""
+    from onnxcomp.core.budget import _tail_bound, error_bound
+    rng = np.random.default_rng(0)
+    reference = rng.standard_normal((32, 16))
+    output = reference + 0.05 * rng.standard_normal((32, 16)) * rng.lognormal(0, 0.5, (32, 1))
+    errors = 1 - (reference * output).sum(1) / np.linalg.norm(reference, axis=1) / np.linalg.norm(output, axis=1)
+    top = np.sort(errors)[::-1]
+    gamma = np.mean(np.log(top[:6] / top[6]))  # k = round(sqrt(32)) = 6
+    want = top[0] * np.exp(gamma * np.sqrt(np.pi ** 2 / 6 + np.log(32 / 6) ** 2 / 6))
+    assert error_bound("cosine", reference, output) == pytest.approx(want)
+    assert error_bound("cosine", reference, output) > error("cosine", reference, output) == pytest.approx(top[0])
+    assert error_bound("cosine", reference, reference.copy()) <= 1e-12  # nothing changed: no margin
+    assert error_bound("cosine", reference[:2], output[:2]) == np.inf  # no tail to estimate on 2 samples
+    covered = {0.0: 0, 1.0: 0}
+    for _ in range(2000):  # per-sample errors log-normal, as a weight change spreads over varied inputs
+        seen, fresh = rng.lognormal(-5, 0.5, 32), rng.lognormal(-5, 0.5, 32)
+        for z in covered:
+            covered[z] += fresh.max() <= _tail_bound(seen, z)
+    assert 0.45 < covered[0.0] / 2000 < 0.55 and 0.78 < covered[1.0] / 2000 < 0.9
+
+
 def test_budget_is_checked_on_samples_the_search_never_saw(tmp_path, rng):
     """A top-1 budget: the written model meets it at its confidence bound on the check set, measured here."""
     model, data = budget_mlp(tmp_path, rng)

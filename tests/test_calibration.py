@@ -222,6 +222,23 @@ def test_sequential_mode_end_to_end(tmp_path, rng):
         onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out2.onnx", sequential=True)
 
 
+def test_sequential_activation_pruning_of_a_layer_whose_input_cannot_be_observed(tmp_path, rng):
+    """A grouped conv has no observable layer input: in sequential mode it is compressed by itself and pruned by
+    magnitude, as in one pass, instead of failing the "needs calibration data" check meant for a missing --calib."""
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["h"], group=2), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Flatten", ["r"], ["f"]), helper.make_node("Gemm", ["f", "w2"], ["y"], transB=1)]
+    model = make_model(nodes, [float_input("x", ["n", 4, 8, 8])], [float_input("y", ["n", 5])],
+                       [weight(rng, "w1", (8, 2, 3, 3)), weight(rng, "w2", (5, 288))])
+    onnx.save(model, tmp_path / "in.onnx")
+    data = tmp_path / "calib.npz"
+    np.savez(data, x=rng.standard_normal((32, 4, 8, 8)).astype(np.float32))
+    report = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx", prune="activation", calib=str(data),
+                               sparsity=0.5, bits=4, min_elements=16, sequential=True)
+    assert sorted((layer.name, round(layer.sparsity, 2)) for layer in report.layers) == [("w1", 0.5), ("w2", 0.5)]
+    x = rng.standard_normal((3, 4, 8, 8)).astype(np.float32)
+    assert onnxcomp.InferenceSession(tmp_path / "out.onnx").run(None, {"x": x})[0].shape == (3, 5)
+
+
 def test_sample_axis_of_declared_shapes():
     """Samples sit on the first axis unless it is fixed to more than 1 and a later one is dynamic (a recurrent
     state); an input exported with a fixed batch of 1 and a dynamic width keeps them first; scalars go whole."""
