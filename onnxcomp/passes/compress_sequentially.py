@@ -35,13 +35,9 @@ class CompressSequentiallyPass(GraphPass):
         compressed = onnx.ModelProto()
         compressed.CopyFrom(original)
         initializers = {t.name: t for t in compressed.graph.initializer}
+        main_nodes = {id(node) for node in state.graph.nodes}  # a tensor inside an If/Loop/Scan body is no graph output
         for target in targets:
-            target.layer_input = layer_input(target)
-        # The steps' preconditions hold for the whole model, not for each layer alone: a layer whose input cannot be
-        # observed (a grouped conv, a recurrent weight) prunes by magnitude as it would in one pass, and must not
-        # fail activation-aware pruning's "needs calibration data" check when it happens to be run by itself.
-        for step in self.steps:
-            step.check(CompressionState(state.graph, targets))
+            target.layer_input = layer_input(target, main_nodes)
         for target in progress.track(targets, "sequential layers"):
             with progress.silenced():  # one bar for the layers, not one per layer's steps
                 if target.layer_input is not None:
@@ -50,7 +46,7 @@ class CompressSequentiallyPass(GraphPass):
                     target.statistics = stats[target.name]
                 single = CompressionState(state.graph, [target])
                 for step in self.steps:
-                    step.run(single)
+                    step(single)
             if target.name in initializers:
                 initializers[target.name].CopyFrom(numpy_helper.from_array(target.decoded(), target.name))
         return PassResult(False, f"compressed {len(targets)} layers in graph order")
