@@ -10,7 +10,7 @@ from onnx import helper
 import onnxcomp
 from onnxcomp.pipeline.autotune import budget_split, compress_to_budget, holdout_split
 from onnxcomp.core.budget import allocate, allocation_metric, error, parse_budget
-from onnxcomp.errors import InvalidOptionError
+from onnxcomp.errors import InvalidOptionError, OnnxcompError
 
 from conftest import budget_mlp, float_input, make_model, weight
 
@@ -500,3 +500,20 @@ def test_trials_run_only_the_nodes_downstream_of_the_weight(tmp_path, rng):
     model.graph.output.append(float_input("z", ["n", 4]))
     w3 = onnx.numpy_helper.to_array(model.graph.initializer[2])
     assert _Downstream(model, "w3", w3, x, reference, _session(_weight_as_input(model, "w3")), 1).run(w3) is None
+
+
+def test_a_failing_check_compress_leaves_no_staging_folder(tmp_path, rng, monkeypatch):
+    """An error while an allocation is compressed for the check set (the silero-vad run hit one) removes that
+    allocation's staging folder: nothing partial stays beside the output."""
+    _, data = budget_mlp(tmp_path, rng)
+    from onnxcomp.pipeline import compression
+
+    def broken(*args, **kwargs):
+        raise OnnxcompError("broken on purpose")
+    monkeypatch.setattr(compression, "compress", broken)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(OnnxcompError, match="broken on purpose"):
+        compress_to_budget(str(tmp_path / "in.onnx"), str(out / "m.onnx"), budget="cosine=0.9", calib=str(data),
+                           sparsities=(0.0, 0.5), bits=(4, 8), min_elements=16, cache_dir=str(tmp_path / "cache"))
+    assert list(out.iterdir()) == []

@@ -28,6 +28,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -77,6 +78,16 @@ def holdout_split(count: int, held: int, seed: int = 0) -> tuple[np.ndarray, np.
     calibration files are often sorted (by class, by source)."""
     order = np.random.default_rng(seed).permutation(count)
     return np.sort(order[held:]), np.sort(order[:held])
+
+
+@contextlib.contextmanager
+def _removed_on_error(folder: str):
+    """Remove ``folder`` (a staging folder) if the block raises, then re-raise: no partial output stays behind."""
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def budget_split(count: int, held: int, checked: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -295,13 +306,14 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
         for settings, _, predicted, measured in ladder if checked else ladder[-1:]:
             staging = tempfile.mkdtemp(prefix=".onnxcomp-", dir=os.path.dirname(os.path.abspath(output_path)))
             staged = os.path.join(staging, os.path.basename(output_path))
-            report = compress(input_path, staged, calib=searched, prune=prune, score=score, reconstruct=reconstruct,
-                              outliers=outliers, ridge=ridge, init=init, seed=seed, min_elements=min_elements, settings=settings,
-                              eval_data=eval_data, rounding=rounding, sequential=sequential,
-                              **{**fidelity_options, "fidelity_data": fidelity_options.get("fidelity_data") or
-                                 (checking if checked else None)})
+            with _removed_on_error(staging):
+                report = compress(input_path, staged, calib=searched, prune=prune, score=score, reconstruct=reconstruct,
+                                  outliers=outliers, ridge=ridge, init=init, seed=seed, min_elements=min_elements, settings=settings,
+                                  eval_data=eval_data, rounding=rounding, sequential=sequential,
+                                  **{**fidelity_options, "fidelity_data": fidelity_options.get("fidelity_data") or
+                                     (checking if checked else None)})
+                output = run_batched(InferenceSession(staged), checking)[0] if checked else None
             if checked:
-                output = run_batched(InferenceSession(staged), checking)[0]
                 on_check = budget_math.error(goal.metric, expected, output, check_labels)
                 check_bound = budget_math.error_bound(goal.metric, expected, output, check_labels, Z)
                 checks.append({"bytes": report.output_bytes, "measured": on_check, "bound": check_bound})
