@@ -239,6 +239,21 @@ def test_sequential_activation_pruning_of_a_layer_whose_input_cannot_be_observed
     assert onnxcomp.InferenceSession(tmp_path / "out.onnx").run(None, {"x": x})[0].shape == (3, 5)
 
 
+def test_statistics_of_a_time_first_layer_input(rng):
+    """A layer reading [time, batch, features] (a recurrent model's classifier): the sample axis is moved first,
+    so per-sample counts hold and the Gram matrix is that of all rows (it used to be refused)."""
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0, 2]), helper.make_node("MatMul", ["t", "w"], ["y"])]
+    model = make_model(nodes, [float_input("x", ["n", 5, 12])], [float_input("y", [5, "n", 20])], [weight(rng, "w", (12, 20))])
+    x = np.abs(rng.standard_normal((8, 5, 12))).astype(np.float32)
+    x[:, :, 3] = 0
+    x[2, :, 3] = 1  # feature 3 fires in one sample only, on 5 rows
+    stats = calibration.collect(model, {"w": calibration.LayerInput("t", "kn")}, {"x": x}, batch=8, threshold=0.5)["w"]
+    rows = x.reshape(-1, 12).astype(np.float64)
+    assert stats.samples == 8 and stats.rows == 40
+    np.testing.assert_allclose(stats.gram, rows.T @ rows, rtol=1e-4, atol=1e-4)
+    assert stats.fire_samples[3] == 1 and stats.fire_rows[3] == 5
+
+
 def test_sample_axis_of_declared_shapes():
     """Samples sit on the first axis unless it is fixed to more than 1 and a later one is dynamic (a recurrent
     state); an input exported with a fixed batch of 1 and a dynamic width keeps them first; scalars go whole."""
