@@ -143,10 +143,15 @@ def test_budget_end_to_end_on_a_tiny_model(tmp_path, rng):
     want = run_plain(model, {"x": held})[0]
     got = onnxcomp.InferenceSession(tmp_path / "out.onnx").run(None, {"x": held})[0]
     assert error("cosine", want, got) <= 0.05
-    # The curves were cached: a second run with another budget reuses them and may pick a larger model.
+    # The curves were cached, per value of a budget in its own metric (its value caps them, autotune.CAP): a
+    # run with the same budget reuses them and writes the same records; another cosine budget measures its own.
     assert len(list((tmp_path / "cache").iterdir())) == 1
+    again = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "again.onnx"), **kwargs)
+    assert again.budget["cache"] == report.budget["cache"]
+    assert again.budget["settings"] == report.budget["settings"]  # (the model names its own sidecar file)
+    assert (tmp_path / "again.onnxcomp").read_bytes() == (tmp_path / "out.onnxcomp").read_bytes()
     strict = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "strict.onnx"), **dict(kwargs, budget="cosine=0.98"))
-    assert strict.budget["cache"] == report.budget["cache"]
+    assert strict.budget["cache"] != report.budget["cache"]
     assert strict.output_bytes >= report.output_bytes
 
 

@@ -7,7 +7,8 @@
    graph input, so one onnxruntime session serves all candidates of a weight). One calibration pass gives
    every layer's statistics. Results are cached in a JSON file keyed by the model, the data and the options,
    written after each weight: an interrupted run resumes with the next weight, and a second run with another
-   budget skips this step.
+   top-1 or accuracy budget (or the same budget) skips this step; a cosine, rel_l2 or kl budget's value caps
+   its curves (``CAP``), so it is part of the key.
    Top-1 and accuracy budgets move in steps of one sample, too coarse to rank candidates: their curves
    measure a smooth stand-in instead (the KL divergence of the softmax outputs for class scores, else the
    relative L2 error; budget.allocation_metric).
