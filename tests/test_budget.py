@@ -275,7 +275,7 @@ def test_an_interrupted_sensitivity_analysis_resumes_from_its_cache(tmp_path, rn
     a run that was never interrupted (and as one with a cold cache)."""
     from onnxcomp.pipeline import autotune
     budget_mlp(tmp_path, rng)
-    kwargs = dict(budget="cosine=0.95", calib=str(tmp_path / "calib.npz"), sparsities=(0.0, 0.5), bits=(2, 4),
+    kwargs = dict(budget="cosine=0.95", calib=str(tmp_path / "calib.npz"), sparsities=(0.0, 0.5), bits=(2, 4, 8),
                   min_elements=16, cache_dir=str(tmp_path / "cache"))
     measured = []
     real_shared = autotune._shared
