@@ -366,7 +366,8 @@ def test_calibration_with_a_state_batched_on_its_second_axis_and_a_scalar(tmp_pa
     report = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "plain.onnx", calib=str(tmp_path / "calib.npz"),
                                prune="activation", min_elements=16)
     assert report.fidelity["min_cosine"] is not None and report.fidelity["inputs"] == "calibration"
-    report = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), budget="cosine=0.95",
+    # cosine 0.9: on 20 check samples the worst-sample margin (budget.error_bound) is about 1.7x the measured worst
+    report = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), budget="cosine=0.9",
                                 calib=str(tmp_path / "calib.npz"), sparsities=(0.0, 0.5), bits=(4, 8), min_elements=16,
                                 cache_dir=str(tmp_path / "cache"))
     check = budget_split(count, 20, 20)[2]
