@@ -317,9 +317,13 @@ def test_22_integer_convolution_weights_are_left_alone(tmp_path, rng):
     expect_skip(tmp_path, model, feeds, "left dense: k_q", "already quantized", compressed=False)
 
 
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_23_non_finite_weight_is_left_dense(tmp_path, rng, bad, caplog):
-    """A NaN or Inf cannot be clustered; the tensor stays dense (the model computes what it did) with a warning."""
+@pytest.mark.parametrize("bad,options", [(np.nan, []), (np.inf, []), (-np.inf, []), (np.nan, ["--bits", "4", "--sparsity", "0.5"]),
+                                         (np.inf, ["--bits", "4", "--sparsity", "0.5", "--scope", "global"]),
+                                         (np.nan, ["--calib", "random"])])
+def test_23_non_finite_weight_is_left_dense(tmp_path, rng, bad, options, caplog):
+    """A NaN or Inf cannot be clustered; the tensor stays dense (the model computes what it did) with a warning.
+    Without calibration the first pass that reads the weight checks it (the allocation, the global pruning or the
+    sharing); with it, the selection does (calibration runs the model on the weights first)."""
     w = rng.standard_normal((64, 32)).astype(np.float32)
     w[3, 5] = bad
     model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("MatMul", ["x", "v"], ["z"])],
@@ -327,7 +331,7 @@ def test_23_non_finite_weight_is_left_dense(tmp_path, rng, bad, caplog):
                        [numpy_helper.from_array(w, "w"), weight(rng, "v", (64, 32))])
     source = tmp_path / "in.onnx"
     onnx.save(model, source)
-    result = cli("compress", source, tmp_path / "out.onnx", "--min-elements", "16")
+    result = cli("compress", source, tmp_path / "out.onnx", "--min-elements", "16", *options)
     assert result.exit_code == 0, result.stderr
     assert "left dense: w: holds 1 NaN/Inf value" in result.stdout
     assert any(r.levelname == "WARNING" and "holds 1 NaN/Inf value" in r.getMessage() for r in caplog.records)

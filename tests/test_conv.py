@@ -351,3 +351,121 @@ def test_pass_leaves_a_shared_batch_norm_input_alone(tmp_path):
     x = rng.standard_normal((1, 8, 6, 6)).astype(np.float32)
     want = run_plain(model, {"x": x})[0]
     assert np.abs(run_compressed(tmp_path / "out.onnx", {"x": x})[0] - want).max() <= 0.05 * float(np.abs(want).max())
+
+
+def csp_block(rng) -> onnx.ModelProto:
+    """A YOLO-style block: Conv -> x * Sigmoid(x) (SiLU) -> Split along the channels -> Conv -> SiLU -> residual Add
+    with the Split's piece -> Concat -> Conv -> HardSwish written out as Add/Clip/Div/Mul -> Conv, plus a
+    squeeze-excitation branch (GlobalAveragePool -> Conv -> Sigmoid -> Mul broadcasting [N, C, 1, 1]) whose
+    operands must stay NCHW (an Identity between its Conv and Sigmoid, as some exporters write). The bias of the
+    Split's Conv is an Add of a float16 constant reshaped to [1, C, 1, 1]."""
+    def silu(x, y):
+        return [helper.make_node("Sigmoid", [x], [y + ".s"]), helper.make_node("Mul", [x, y + ".s"], [y])]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"), *silu("c1", "a1"),
+             helper.make_node("Split", ["a1", "halves"], ["p1", "p2"], axis=1),
+             helper.make_node("Conv", ["p2", "w2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+             helper.make_node("Cast", ["b2h"], ["b2f"], to=TensorProto.FLOAT),
+             helper.make_node("Reshape", ["b2f", "bshape"], ["b2r"]),
+             helper.make_node("Add", ["c2", "b2r"], ["c2b"]), *silu("c2b", "a2"),
+             helper.make_node("Add", ["p2", "a2"], ["r2"]),
+             helper.make_node("Concat", ["p1", "r2", "p2"], ["cat"], axis=1),
+             helper.make_node("Conv", ["cat", "w3"], ["c3"], name="conv3"),
+             helper.make_node("Add", ["c3", "three"], ["h1"]), helper.make_node("Clip", ["h1", "lo", "hi"], ["h2"]),
+             helper.make_node("Div", ["h2", "six"], ["h3"]), helper.make_node("Mul", ["c3", "h3"], ["a3"]),
+             helper.make_node("Conv", ["a3", "w4"], ["c4"], name="conv4"),
+             helper.make_node("GlobalAveragePool", ["c4"], ["g"]),
+             helper.make_node("Conv", ["g", "w5"], ["c5"], name="conv5"), helper.make_node("Identity", ["c5"], ["c5i"]),
+             helper.make_node("Sigmoid", ["c5i"], ["s5"]),
+             helper.make_node("Mul", ["c4", "s5"], ["y"])]
+    inits = [weight(rng, "w1", (32, 3, 3, 3), 0.3), weight(rng, "w2", (16, 16, 3, 3), 0.1),
+             numpy_helper.from_array(rng.standard_normal(16).astype(np.float16), "b2h"),
+             numpy_helper.from_array(np.array([1, -1, 1, 1], np.int64), "bshape"),
+             numpy_helper.from_array(np.array([16, 16], np.int64), "halves"), weight(rng, "w3", (32, 48, 1, 1), 0.2),
+             numpy_helper.from_array(np.float32(3.0), "three"), numpy_helper.from_array(np.float32(0.0), "lo"),
+             numpy_helper.from_array(np.float32(6.0), "hi"), numpy_helper.from_array(np.float32(6.0), "six"),
+             weight(rng, "w4", (32, 32, 3, 3), 0.1), weight(rng, "w5", (32, 32, 1, 1), 0.2)]
+    return make_model(nodes, [float_input("x", ["n", 3, 10, 12])], [float_input("y", ["n", 32, 8, 10])], inits)
+
+
+def test_pass_keeps_nchwc_layout_through_layout_agnostic_ops_and_folds_a_bias_add(tmp_path):
+    """SiLU, Split/Concat along the channels, a residual Add and a decomposed HardSwish between CodebookConv nodes
+    keep the blocked layout (no reorders); the squeeze-excitation Mul broadcasting [N, C, 1, 1] and the pooled
+    tensor stay NCHW. The per-channel Add after conv2 folds into its bias, and the Sigmoid after it is no activation
+    onnxruntime's FusedConv fuses for SiLU (x * Sigmoid(x)), so it stays a node; conv5's Sigmoid after an Identity
+    fuses. Outputs equal the NCHW-throughout
+    run (ONNXCOMP_CONV=ort) to fp32 rounding, and the original to the codebook error."""
+    rng = np.random.default_rng(31)
+    model = csp_block(rng)
+    source, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(model, source)
+    onnxcomp.compress(source, out, bits=6, min_elements=100)
+    compressed = onnx.load(out, load_external_data=False)
+    by_name = {n.name: n for n in compressed.graph.node}
+    attrs = {name: {a.name: helper.get_attribute_value(a) for a in by_name[name].attribute} for name in by_name}
+    layout = {name: (attrs[name].get("nchwc_input", 0), attrs[name].get("nchwc_output", 0))
+              for name in ("conv1", "conv2", "conv3", "conv4", "conv5")}
+    assert layout == {"conv1": (0, 1), "conv2": (1, 1), "conv3": (1, 1), "conv4": (1, 0), "conv5": (0, 0)}
+    assert len(by_name["conv2"].input) == 3 and by_name["conv2"].op_type == "CodebookConv"
+    assert not {"Cast", "Reshape", "Identity"} & {n.op_type for n in compressed.graph.node}  # the bias Add folded
+    assert attrs["conv5"]["activation"] == b"Sigmoid"  # fused through the Identity
+    assert sum(n.op_type == "Add" for n in compressed.graph.node) == 2  # the residual Add and HardSwish's x + 3
+
+    x = rng.standard_normal((2, 3, 10, 12)).astype(np.float32)
+    got = run_compressed(out, {"x": x})[0]
+    plain_path = session_with_env(onnx.load(out), {"ONNXCOMP_CONV": "ort"}).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, plain_path, rtol=1e-5, atol=1e-5 * float(np.abs(plain_path).max()))
+    original = run_plain(model, {"x": x})[0]
+    assert np.linalg.norm(got - original) <= 0.1 * float(np.linalg.norm(original))  # 6-bit codebooks, five layers
+
+
+@pytest.mark.parametrize("shape,folds", [((1, 8, 1, 1), True), ((8, 1, 1), True), ((), True), ((1,), True),
+                                         ((8,), False), ((1, 8, 8, 8), False), ((2, 8, 1, 1), False)])
+def test_pass_folds_an_add_into_the_bias_only_when_it_varies_along_the_channels(tmp_path, shape, folds):
+    """Conv (8 output channels, 8x8 output) -> Add(constant of ``shape``): folded into CodebookConv's bias when the
+    constant broadcasts along the channel axis alone ([8] aligns with the width axis, [1, 8, 8, 8] varies over
+    space, [2, 8, 1, 1] widens the batch: those stay Add nodes); outputs match onnxruntime's Conv + Add either way."""
+    rng = np.random.default_rng(41)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Add", ["k", "c"], ["y"])]
+    k = rng.standard_normal(shape).astype(np.float32)
+    inits = [weight(rng, "w", (8, 8, 3, 3), 0.3), weight(rng, "b", (8,)), numpy_helper.from_array(k, "k")]
+    out_shape = list(np.broadcast_shapes((1, 8, 8, 8), shape))
+    model = make_model(nodes, [float_input("x", [1, 8, 8, 8])], [float_input("y", out_shape)], inits)
+    source, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(model, source)
+    onnxcomp.compress(source, out, bits=6, min_elements=576)  # the weight, not the constant
+    ops = [n.op_type for n in onnx.load(out, load_external_data=False).graph.node]
+    assert ops == (["CodebookConv"] if folds else ["CodebookConv", "Add"])
+    x = rng.standard_normal((1, 8, 8, 8)).astype(np.float32)
+    got = run_compressed(out, {"x": x})[0]
+    dense = tmp_path / "dense.onnx"
+    onnxcomp.decompress(out, dense)
+    want = run_plain(onnx.load(dense), {"x": x})[0]
+    assert got.shape == want.shape == tuple(out_shape)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+
+
+def test_pass_marks_tensors_of_24_channels_blocked_only_under_blocks_of_8(tmp_path):
+    """24 channels are whole blocks of 8 (AVX2) but not of 16 (AVX-512F): the pass marks such a region with 2, which
+    the kernels read as blocked where the CPU's block is 8 and as NCHW where it is 16, both ends alike. Outputs
+    equal the NCHW-throughout run (ONNXCOMP_CONV=ort) to fp32 rounding on this CPU."""
+    rng = np.random.default_rng(43)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+             helper.make_node("Sigmoid", ["c1"], ["s1"]), helper.make_node("Mul", ["c1", "s1"], ["a1"]),
+             helper.make_node("Conv", ["a1", "w2"], ["c2"], name="conv2"), helper.make_node("Relu", ["c2"], ["a2"]),
+             helper.make_node("Conv", ["a2", "w3"], ["y"], name="conv3")]
+    inits = [weight(rng, "w1", (24, 8, 3, 3), 0.3), weight(rng, "w2", (32, 24, 1, 1), 0.3),
+             weight(rng, "w3", (16, 32, 1, 1), 0.3)]
+    model = make_model(nodes, [float_input("x", ["n", 8, 10, 10])], [float_input("y", ["n", 16, 10, 10])], inits)
+    source, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(model, source)
+    onnxcomp.compress(source, out, bits=6, min_elements=100)
+    compressed = onnx.load(out, load_external_data=False)
+    attrs = {n.name: {a.name: helper.get_attribute_value(a) for a in n.attribute} for n in compressed.graph.node}
+    layout = {name: (attrs[name].get("nchwc_input", 0), attrs[name].get("nchwc_output", 0))
+              for name in ("conv1", "conv2", "conv3")}
+    # conv2 reads 24 channels: no NCHWc path under blocks of 16, so its output is marked for blocks of 8 too.
+    assert layout == {"conv1": (0, 2), "conv2": (2, 2), "conv3": (2, 0)}
+    x = rng.standard_normal((2, 8, 10, 10)).astype(np.float32)
+    got = run_compressed(out, {"x": x})[0]
+    plain_path = session_with_env(onnx.load(out), {"ONNXCOMP_CONV": "ort"}).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, plain_path, rtol=1e-5, atol=1e-5 * float(np.abs(plain_path).max()))

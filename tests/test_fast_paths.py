@@ -117,3 +117,29 @@ def test_measurements_from_the_parsed_model_match_a_fresh_read(tmp_path, rng, si
     assert errors == fidelity.attribute(path, out, feed) and set(errors) == {"w1", "w2"} and min(errors.values()) > 0
     assert model_io.model_bytes(path, loaded) == model_io.model_bytes(path)
     assert loaded.SerializeToString() == before
+
+
+def test_share_with_prepared_values_matches_a_fresh_share(rng):
+    """outliers.share reusing a ``prepared`` dict (the sorted kept values, channel norms and largest-magnitude
+    positions of an earlier share of the same weight, as ShareWeightsPass's uniform and k-means codebooks do)
+    gives the bytes of a share that computes everything itself; in either call order, for a smaller and a larger
+    outlier count than the first call's."""
+    from onnxcomp.core import outliers
+    transposed = lambda a: np.moveaxis(a, a.ndim - 1, 0).reshape(a.shape[-1], -1)
+    w = (rng.standard_t(3, (120, 90)) * 0.05).astype(np.float32)
+    w[rng.random(w.shape) < 0.03] = -0.0
+    importance = rng.exponential(size=120)
+    calls = [dict(bits=4, option=0.0, levels=11), dict(bits=5, option=0.02), dict(bits=3, option="auto"),
+             dict(bits=6, option=0.001, levels=40)]
+    for keep in (None, np.ones(w.shape, bool), rng.random(w.shape) < 0.7):
+        for order in (calls, calls[::-1]):
+            prepared = {}
+            for call in order:
+                kwargs = dict(option=call["option"], levels=call.get("levels", 0), rows=transposed, importance=importance)
+                reused = outliers.share(w, keep, call["bits"], prepared=prepared, **kwargs)
+                fresh = outliers.share(w, keep, call["bits"], **kwargs)
+                for field in ("codebook", "indices", "positions", "values"):
+                    assert getattr(reused, field).tobytes() == getattr(fresh, field).tobytes(), field
+                for field in ("fraction", "damage", "estimated_bytes", "score"):
+                    assert getattr(reused, field) == getattr(fresh, field), field
+            assert set(prepared) == {"kept", "order", "ordered", "norms"}

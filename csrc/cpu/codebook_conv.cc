@@ -131,6 +131,15 @@ OrtStatus* CodebookConvKernel::ReadAttributes(const Ort::ConstKernelInfo& info) 
     return Error("auto_pad '" + a.auto_pad + "' is not NOTSET, VALID, SAME_UPPER or SAME_LOWER");
   }
   if (a.group < 1) return Error("group must be >= 1, got " + std::to_string(a.group));
+  if (a.nchwc_input < 0 || a.nchwc_input > 2 || a.nchwc_output < 0 || a.nchwc_output > 2) {
+    return Error("nchwc_input and nchwc_output must be 0, 1 or 2, got " + std::to_string(a.nchwc_input) + " and " +
+                 std::to_string(a.nchwc_output));
+  }
+  // The layout on this CPU: 1 = blocked under every channel block, 2 = blocked only under blocks of 8 (docs/ops.md).
+  const int64_t block = NchwcBlockSize();
+  auto blocked = [block](int64_t value) -> int64_t { return block > 1 && (value == 1 || (value == 2 && block == 8)); };
+  a.nchwc_input = blocked(a.nchwc_input);
+  a.nchwc_output = blocked(a.nchwc_output);
   if (!a.activation.empty() && !IsKnownActivation(a.activation)) {
     return Error("activation '" + a.activation + "' is not Relu, Tanh, Sigmoid, LeakyRelu, Clip, HardSigmoid or HardSwish");
   }
@@ -253,7 +262,7 @@ OrtStatus* CodebookConvKernel::Init(const OrtKernelInfo* info) {
     std::unique_ptr<const DecodedRecord> record = TakeConstant();
     const bool blocked_edges = attributes_.nchwc_input == 1 || attributes_.nchwc_output == 1;
     if (!record) {
-      if (blocked_edges && NchwcBlockSize() > 1) {
+      if (blocked_edges) {
         return Error("nchwc_input and nchwc_output need a constant record input");
       }
       // The record is not a constant: every run decodes it and runs onnxruntime's Conv (kOrt) on the result.
@@ -302,9 +311,9 @@ OrtStatus* CodebookConvKernel::Init(const OrtKernelInfo* info) {
         nchwc = false;
       }
     }
-    if (blocked_edges && block > 1) {
-      // The pass marks only layers that take the NCHWc path under every block size (channel counts multiples
-      // of 16); anything else cannot read or write the blocked layout.
+    if (blocked_edges) {
+      // The pass marks only layers that take the NCHWc path under the block sizes it marks them for (channel
+      // counts multiples of 16, or of 8 for value 2); anything else cannot read or write the blocked layout.
       const bool input_ok = attributes_.nchwc_input != 1 || (nchwc && (blocked_input || a.group > 1));
       if (!nchwc || !input_ok || (attributes_.nchwc_output == 1 && o_count % block != 0)) {
         return Error("nchwc_input/nchwc_output set on a layer that cannot run onnxruntime's NCHWc convolution "

@@ -351,7 +351,8 @@ def _row_layout(reference: np.ndarray, rows: np.ndarray):
 
 
 def share(values: np.ndarray, keep: np.ndarray | None, bits: int, *, option: str | float = AUTO, init: str = "quantile",
-          seed: int = 0, rows=None, importance: np.ndarray | None = None, levels: int = 0) -> SharedWeight:
+          seed: int = 0, rows=None, importance: np.ndarray | None = None, levels: int = 0,
+          prepared: dict | None = None) -> SharedWeight:
     """Codebook, indices and outliers for ``values`` (see the module docstring for the rule).
 
     ``keep`` is the pruning mask (pruned weights are never outliers); ``option`` "auto" or a fraction of the
@@ -363,6 +364,11 @@ def share(values: np.ndarray, keep: np.ndarray | None, bits: int, *, option: str
     codebook is fit to are a run of that sorted array (the first m and last L - m values removed, m the number
     of negative outliers). D is summed by _native.channel_errors straight from the indices. Same result byte
     for byte as ``share_reference`` (tests/test_native.py).
+
+    ``prepared``: a dict shared by calls on the same ``values``, ``keep``, ``rows`` and ``importance`` (any bits,
+    option or levels): the first call stores there what depends on those alone (the sorted kept values, the
+    channel norms, the largest-magnitude positions), later calls reuse it instead of sorting again. The arrays
+    stored are never written to; the result is the same byte for byte (tests/test_fast_paths.py).
     """
     if _native is None:
         return share_reference(values, keep, bits, option=option, init=init, seed=seed, rows=rows, importance=importance,
@@ -378,10 +384,21 @@ def share(values: np.ndarray, keep: np.ndarray | None, bits: int, *, option: str
         usable = np.ascontiguousarray(importance, dtype=np.float64)
     kept = len(flat) if keep is None else int(np.count_nonzero(keep))
     pruning = None if kept == len(flat) else keep  # an all-True mask selects every value: the same without it
-    order = _native.largest_magnitudes(flat, pruning, max(int(round(f * kept)) for f in fractions))
-    ordered = codebook_math.sort_values(flat if pruning is None else flat[pruning], overwrite_input=pruning is not None)
+    prepared = {} if prepared is None or prepared.get("kept", kept) != kept else prepared
+    prepared["kept"] = kept
+    largest = max(int(round(f * kept)) for f in fractions)
+    order = prepared.get("order")
+    if order is None or len(order) < largest:  # positions by decreasing magnitude, ties by position: a total
+        order = prepared["order"] = _native.largest_magnitudes(flat, pruning, largest)  # order, so any prefix serves
+    ordered = prepared.get("ordered")
+    if ordered is None:
+        ordered = prepared["ordered"] = codebook_math.sort_values(flat if pruning is None else flat[pruning],
+                                                                  overwrite_input=pruning is not None)
     no_outliers = np.zeros(0, np.int64), np.zeros(0, np.float32)
-    norms = _native.channel_errors(reference, None, np.zeros(1, np.float32), *no_outliers, channels, inputs, transposed, usable)
+    norms = prepared.get("norms")
+    if norms is None:
+        norms = prepared["norms"] = _native.channel_errors(reference, None, np.zeros(1, np.float32), *no_outliers,
+                                                           channels, inputs, transposed, usable)
     live = live_channels(norms)
     pruned = len(flat) - kept
 

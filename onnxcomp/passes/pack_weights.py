@@ -9,9 +9,11 @@ Rewrites (ops in domain ``ai.onnxcomp``, see docs/ops.md), for every node readin
 - Gather (axis 0) of a float32 table -> CodebookGather(record, indices);
 - Conv with the float32 weight in slot 1 -> CodebookConv(X, record[, bias[, scale]]) with Conv's attributes; a
   BatchNormalization that alone reads the Conv's output is folded in (scale = gamma / sqrt(var + eps),
-  bias = (B - mean) * scale + beta, the same folding onnxruntime applies to a dense Conv), then an activation that
+  bias = (B - mean) * scale + beta, the same folding onnxruntime applies to a dense Conv), then an Add of a constant
+  that varies along the channel axis only (into the bias, as onnxruntime's ConvAddFusion), then an activation that
   alone reads the result (Relu, Tanh, Sigmoid, LeakyRelu, Clip with constant bounds, HardSigmoid, HardSwish) becomes the
-  node's ``activation`` attribute, as in onnxruntime's FusedConv;
+  node's ``activation`` attribute, as in onnxruntime's FusedConv (each found through Identity nodes); tensors between
+  CodebookConv nodes stay in onnxruntime's NCHWc layout where ``mark_blocked_edges`` proves it safe;
 - LSTM (default activations, layout 0) reading the float32 weight as W, R or B -> CodebookLSTM with the record
   in that input (its other weights stay as they are, records or float32: lstm_fusable);
 - any other reader (ConvTranspose, GRU, RNN, Einsum, a Slice, a float16 weight's consumers, ...) -> the output of ONE
@@ -135,7 +137,7 @@ class PackWeightsPass(GraphPass):
                     self._to_matmul(owners.get(id(consumer), root), consumer, record, names)
                     self._emitted.append((consumer, target))
             elif kind == "conv":
-                _to_conv(owners.get(id(node), root), node, record, int(target.shape[0]), names)
+                _to_conv(owners.get(id(node), root), node, record, tuple(int(d) for d in target.shape), names)
                 self._emitted.append((node, target))
             elif kind == "gather":
                 node.op, node.domain, node.attrs = "CodebookGather", DOMAIN, {}
@@ -281,12 +283,12 @@ def assign_decode_once(targets: list[WeightTarget], emitted: list[tuple[gs.Node,
             "bytes saved)")
 
 
-NCHWC_BLOCK = 16  # the largest channel block of onnxruntime's NCHWc kernels (AVX-512F; 8 with AVX2)
+NCHWC_BLOCKS = (16, 8)  # the channel blocks of onnxruntime's NCHWc kernels (16 with AVX-512F, 8 with AVX2)
 
 
-def _nchwc_layer(node: gs.Node, target: WeightTarget) -> tuple[bool, bool]:
-    """(can write Y blocked, can read X blocked) for a CodebookConv node: whether the kernel takes the NCHWc path with
-    a blocked input and a block-aligned output under every channel block (8 and 16), as docs/ops.md's rule says."""
+def _nchwc_layer(node: gs.Node, target: WeightTarget, block: int) -> tuple[bool, bool]:
+    """(can write Y blocked, can read X blocked) for a CodebookConv node under a channel ``block``: whether the kernel
+    takes the NCHWc path with a blocked input and a block-aligned output there, as docs/ops.md's rule says."""
     shape = target.shape
     if len(shape) != 4:
         return False, False
@@ -295,23 +297,155 @@ def _nchwc_layer(node: gs.Node, target: WeightTarget) -> tuple[bool, bool]:
         return False, False
     out_channels, per_group, group = int(shape[0]), int(shape[1]), int(node.attrs.get("group", 1))
     if group == 1:
-        reads = per_group % NCHWC_BLOCK == 0
-        runs = reads or per_group < 8  # fewer input channels than any block: NCHW input, blocked weight
+        reads = per_group % block == 0
+        runs = reads or per_group < min(NCHWC_BLOCKS)  # fewer input channels than any block: NCHW input
     elif per_group == 1 and out_channels == group:  # depthwise
-        reads = runs = out_channels % NCHWC_BLOCK == 0
+        reads = runs = out_channels % block == 0
     else:
-        reads = runs = out_channels % NCHWC_BLOCK == 0 and per_group % NCHWC_BLOCK == 0 and \
-            (out_channels // group) % NCHWC_BLOCK == 0
-    return runs and out_channels % NCHWC_BLOCK == 0, reads
+        reads = runs = out_channels % block == 0 and per_group % block == 0 and (out_channels // group) % block == 0
+    return runs and out_channels % block == 0, reads
+
+
+# Ops that compute the same function on onnxruntime's NCHWc layout as on NCHW when every tensor they touch holds a
+# whole number of channel blocks (the blocked tensor then has the NCHW tensor's shape, its elements permuted within
+# each image): elementwise ops whose tensor inputs all have one shape (other inputs scalar constants), Concat and
+# Split along the channel axis (each piece is a whole number of channel blocks).
+BLOCKED_UNARY = ("Relu", "Sigmoid", "Tanh", "LeakyRelu", "HardSigmoid", "HardSwish", "Elu", "Softplus", "Neg", "Abs",
+                 "Exp", "Erf", "Identity", "Clip")
+BLOCKED_BINARY = ("Add", "Sub", "Mul", "Div", "Max", "Min")
+
+
+def _split_sizes(node: gs.Node, channels: int) -> list[int] | None:
+    """Channel counts of a Split's outputs, or None when they are not known from constants."""
+    count = len(node.outputs)
+    if "split" in node.attrs:
+        sizes = [int(v) for v in node.attrs["split"]]
+    elif len(node.inputs) > 1 and node.inputs[1].name:
+        value = _constant_array(node.inputs[1])
+        if value is None:
+            return None
+        sizes = [int(v) for v in value.reshape(-1)]
+    elif "num_outputs" in node.attrs or count > 0:
+        piece = -(-channels // count)  # opset 18 num_outputs: the last piece may be smaller
+        sizes = [piece] * (count - 1) + [channels - piece * (count - 1)]
+    else:
+        return None
+    return sizes if len(sizes) == count and sum(sizes) == channels else None
+
+
+def _blocked_channels(node: gs.Node, channels: dict[str, int]) -> list[int] | None:
+    """Channel counts of a layout-agnostic node's outputs given its tensor inputs' (``channels``), or None when the
+    node cannot run on blocked tensors: a ``BLOCKED_UNARY`` / ``BLOCKED_BINARY`` op whose other inputs are scalar
+    constants and whose tensor inputs have equal channel counts, or Concat / Split on axis 1 of a rank-4 tensor."""
+    tensors = [t for t in node.inputs if t.name and _constant_array(t) is None]
+    constants = [t for t in node.inputs if t.name and all(t is not u for u in tensors)]
+    if node.domain or not tensors or any(t.name not in channels for t in tensors):
+        return None
+    counts = [channels[t.name] for t in tensors]
+    if node.op in BLOCKED_UNARY + BLOCKED_BINARY:
+        if len(node.outputs) != 1 or len(set(counts)) != 1 or any(_constant_array(t).size != 1 for t in constants) or \
+                (node.op in BLOCKED_UNARY and len(tensors) != 1) or (node.op == "Clip" and node.inputs[0] is not tensors[0]):
+            return None
+        return counts[:1]
+    axis = int(_attr(node, "axis", 0))
+    if node.op == "Concat" and axis in (1, -3) and not constants:
+        return [sum(counts)]
+    if node.op == "Split" and axis in (1, -3) and len(tensors) == 1 and node.inputs[0] is tensors[0]:
+        return _split_sizes(node, counts[0])
+    return None
+
+
+def _keeps_spatial(node: gs.Node, kernel: tuple[int, ...] | None) -> bool:
+    """Whether a Conv (or CodebookConv) with ``kernel`` (spatial kernel dims, None: unknown) writes the spatial
+    dims it reads: stride 1 on every axis, and SAME padding or pads adding up to dilation * (kernel - 1)."""
+    if kernel is None:
+        return False
+    spatial = len(kernel)
+    strides = [int(v) for v in _attr(node, "strides", [1] * spatial)]
+    dilations = [int(v) for v in _attr(node, "dilations", [1] * spatial)]
+    pads = [int(v) for v in _attr(node, "pads", [0] * 2 * spatial)]
+    auto_pad = _attr(node, "auto_pad", "NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if any(s != 1 for s in strides) or len(dilations) != spatial or len(pads) != 2 * spatial:
+        return False
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        return True
+    return auto_pad in ("NOTSET", "") and all(
+        pads[i] + pads[i + spatial] == dilations[i] * (kernel[i] - 1) for i in range(spatial))
+
+
+class SpatialKeys:
+    """A key per tensor such that two tensors with equal keys (and equal channel counts) surely have one shape:
+    N and the spatial dims pass unchanged through elementwise ops of one shape (others scalar constants), Concat and
+    Split along the channels, and convolutions that keep the spatial dims (``_keeps_spatial``); anything else starts
+    a new key (the tensor itself)."""
+
+    def __init__(self, kernels: dict[int, tuple[int, ...]]) -> None:
+        self.kernels = kernels  # id(CodebookConv node) -> spatial kernel dims
+        self.memo: dict[int, int] = {}
+
+    def __call__(self, t: gs.Variable) -> int:
+        key = self.memo.get(id(t))
+        if key is None:
+            key = self.memo[id(t)] = self._key(t)
+        return key
+
+    def _key(self, t: gs.Variable) -> int:
+        if len(t.inputs) != 1 or t.inputs[0].domain not in (None, "", DOMAIN):
+            return id(t)
+        node = t.inputs[0]
+        tensors = [u for u in node.inputs if u.name and _constant_array(u) is None]
+        if node.op in ("Conv", "CodebookConv") and tensors and node.inputs[0] is tensors[0]:
+            kernel = self.kernels.get(id(node)) if node.op == "CodebookConv" else None
+            if node.op == "Conv":
+                shape = node.inputs[1].shape if len(node.inputs) > 1 else None
+                kernel = tuple(_attr(node, "kernel_shape", ())) or (tuple(shape[2:]) if shape and all(
+                    isinstance(d, int) for d in shape[2:]) else None)
+            return self(tensors[0]) if _keeps_spatial(node, kernel) else id(t)
+        if node.op in BLOCKED_UNARY + BLOCKED_BINARY and tensors and len(node.outputs) == 1 and all(
+                _constant_array(u).size == 1 for u in node.inputs if u.name and all(u is not v for v in tensors)):
+            keys = {self(u) for u in tensors}
+            return keys.pop() if len(keys) == 1 else id(t)
+        if node.op in ("Concat", "Split") and int(_attr(node, "axis", 0)) in (1, -3) and tensors:
+            keys = {self(u) for u in tensors}
+            return keys.pop() if len(keys) == 1 else id(t)
+        return id(t)
 
 
 def mark_blocked_edges(root: gs.Graph, emitted: list[tuple[gs.Node, WeightTarget]]) -> str:
-    """Keeps activations in onnxruntime's NCHWc layout between CodebookConv nodes: a tensor written by a CodebookConv
-    and read only by CodebookConv nodes (as X), all of which run the NCHWc path (``_nchwc_layer``), and no graph
-    output, gets ``nchwc_output=1`` on its writer and ``nchwc_input=1`` on its readers, so neither reorders it (as
-    onnxruntime's own NCHWc transformer keeps a dense model's convolutions chained). Its declared shape is dropped
-    (it holds the channels blocked). Returns a log line."""
-    layers = {id(node): _nchwc_layer(node, target) for node, target in emitted if node.op == "CodebookConv"}
+    """Keeps activations in onnxruntime's NCHWc layout between CodebookConv nodes, as onnxruntime's own NCHWc
+    transformer keeps a dense model's convolutions and the elementwise ops between them blocked: finds the blocked
+    region (``_blocked_region``) under a channel block of 16 and under one of 8. A tensor of the first (a subset of
+    the second) gets ``nchwc_output=1`` on its CodebookConv writer and ``nchwc_input=1`` on its CodebookConv
+    readers (blocked on every CPU with NCHWc kernels), one only of the second gets 2 (blocked where the block is 8,
+    NCHW where it is 16: both ends and every node between decide alike from the CPU's block); its declared shape is
+    dropped (it holds the channels blocked). Returns a log line."""
+    wide = _blocked_region(root, emitted, max(NCHWC_BLOCKS))
+    narrow = _blocked_region(root, emitted, min(NCHWC_BLOCKS))
+    narrow.update(wide)  # every layer and tensor that qualifies at 16 qualifies at 8; kept explicit
+    for name, t in narrow.items():
+        value = 1 if name in wide else 2
+        if t.inputs[0].op == "CodebookConv":
+            t.inputs[0].attrs["nchwc_output"] = value
+        for consumer in t.outputs:
+            if consumer.op == "CodebookConv":
+                consumer.attrs["nchwc_input"] = value
+        t.shape = None
+    return (f"NCHWc layout kept on {len(wide)} tensors between CodebookConv nodes under every channel block, "
+            f"{len(narrow) - len(wide)} more under blocks of 8")
+
+
+def _blocked_region(root: gs.Graph, emitted: list[tuple[gs.Node, WeightTarget]], block: int) -> dict[str, gs.Variable]:
+    """The tensors (by name) that can stay in onnxruntime's NCHWc layout under a channel ``block``: each written by a
+    CodebookConv that can write Y blocked (``_nchwc_layer``) or by a layout-agnostic node (``_blocked_channels``:
+    elementwise ops such as x * Sigmoid(x) or a residual Add of equal shapes, Concat or Split along the channels),
+    read only by CodebookConv nodes as X that can read it blocked or by such nodes, no graph output, with a multiple
+    of ``block`` channels; an agnostic node is inside only when all its tensor inputs and outputs are (the largest
+    such set, found by removing violators until none is left)."""
+    layers = {id(node): _nchwc_layer(node, target, block) for node, target in emitted if node.op == "CodebookConv"}
+    out_channels = {id(node): int(target.shape[0]) for node, target in emitted if node.op == "CodebookConv"}
+    spatial_key = SpatialKeys({id(node): tuple(int(d) for d in target.shape[2:])
+                               for node, target in emitted if node.op == "CodebookConv"})
     readers: dict[str, int] = {}
     outputs = set()
     for graph in all_graphs(root):
@@ -319,23 +453,52 @@ def mark_blocked_edges(root: gs.Graph, emitted: list[tuple[gs.Node, WeightTarget
         for node in graph.nodes:
             for tensor in node.inputs:
                 readers[tensor.name] = readers.get(tensor.name, 0) + 1
-    edges = []
-    for node, _ in emitted:
-        if node.op != "CodebookConv" or not layers[id(node)][0]:
-            continue
-        y = node.outputs[0]
-        consumers = list(y.outputs)
-        if y.name in outputs or not consumers or readers.get(y.name, 0) != len(consumers) or any(
-                c.op != "CodebookConv" or c.inputs[0] is not y or not layers.get(id(c), (False, False))[1] or
-                sum(t is y for t in c.inputs) != 1 for c in consumers):
-            continue
-        edges.append((node, consumers, y))
-    for node, consumers, y in edges:
-        node.attrs["nchwc_output"] = 1
-        for consumer in consumers:
-            consumer.attrs["nchwc_input"] = 1
-        y.shape = None
-    return f"NCHWc layout kept on {len(edges)} tensors between CodebookConv nodes"
+    # Channel counts, forward from the CodebookConv writers through layout-agnostic nodes, graph by graph in order.
+    channels: dict[str, int] = {}
+    agnostic: list[gs.Node] = []
+    for graph in all_graphs(root):
+        for node in graph.nodes:
+            if layers.get(id(node), (False, False))[0]:
+                channels[node.outputs[0].name] = out_channels[id(node)]
+            elif node.op != "CodebookConv":
+                counts = _blocked_channels(node, channels)
+                if counts is not None:
+                    agnostic.append(node)
+                    channels.update((t.name, c) for t, c in zip(node.outputs, counts))
+    tensors = {}
+    for graph in all_graphs(root):
+        for node in graph.nodes:
+            for t in node.outputs:
+                if t.name in channels and channels[t.name] % block == 0 and t.name not in outputs and \
+                        readers.get(t.name, 0) == len(t.outputs):
+                    tensors[t.name] = t
+    inside = set(id(n) for n in agnostic)
+
+    def reads_blocked(consumer: gs.Node, t: gs.Variable) -> bool:
+        if consumer.op == "CodebookConv" and consumer.domain == DOMAIN:
+            return consumer.inputs[0] is t and sum(u is t for u in consumer.inputs) == 1 and \
+                layers.get(id(consumer), (False, False))[1]
+        return id(consumer) in inside
+
+    changed = True
+    while changed:
+        changed = False
+        for node in agnostic:
+            if id(node) not in inside:
+                continue
+            data = [t for t in node.inputs if t.name in channels and _constant_array(t) is None]
+            ok = all(t.name in tensors for t in data + list(node.outputs)) and \
+                (node.op not in BLOCKED_BINARY or len({spatial_key(t) for t in data}) == 1)
+            if not ok:
+                inside.discard(id(node))
+                changed = True
+        for name, t in list(tensors.items()):
+            producer = t.inputs[0]
+            if (producer.op != "CodebookConv" and id(producer) not in inside) or \
+                    not all(reads_blocked(c, t) for c in t.outputs):
+                del tensors[name]
+                changed = True
+    return tensors
 
 
 CONV_ATTRIBUTES = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
@@ -352,12 +515,60 @@ def _constant_array(tensor) -> np.ndarray | None:
     return None
 
 
-def _sole_consumer(graph: gs.Graph, tensor: gs.Variable, ops: tuple[str, ...]) -> gs.Node | None:
-    """The one node reading ``tensor`` when it is one of ``ops`` in the default domain and the tensor is no graph output."""
-    if len(tensor.outputs) != 1 or any(tensor is out for out in graph.outputs):
+def _folded_constant(tensor, depth: int = 4) -> np.ndarray | None:
+    """The values of a constant, or of a Reshape, Unsqueeze, Cast (to float32) or Identity of one (the small
+    subgraphs exporters write for a broadcast bias, which onnxruntime's constant folding evaluates), else None."""
+    value = _constant_array(tensor)
+    if value is not None or depth == 0 or not isinstance(tensor, gs.Variable) or len(tensor.inputs) != 1:
+        return value
+    node = tensor.inputs[0]
+    if node.domain or not node.inputs or len(node.outputs) != 1:
         return None
-    node = tensor.outputs[0]
-    return node if node.op in ops and not node.domain and len(node.outputs) >= 1 else None
+    data = _folded_constant(node.inputs[0], depth - 1)
+    if data is None:
+        return None
+    if node.op == "Identity":
+        return data
+    if node.op == "Cast":
+        return data.astype(np.float32) if int(_attr(node, "to", 0)) == onnx.TensorProto.FLOAT else None
+    if node.op == "Reshape" and len(node.inputs) == 2 and not int(_attr(node, "allowzero", 0)):
+        shape = _constant_array(node.inputs[1])
+        if shape is None:
+            return None
+        dims = [data.shape[i] if d == 0 and i < data.ndim else int(d) for i, d in enumerate(shape.reshape(-1))]
+        try:
+            return data.reshape(dims)
+        except ValueError:
+            return None
+    if node.op == "Unsqueeze":
+        axes = node.attrs.get("axes")
+        if axes is None and len(node.inputs) == 2:
+            found = _constant_array(node.inputs[1])
+            axes = None if found is None else found.reshape(-1).tolist()
+        if axes is None:
+            return None
+        rank = data.ndim + len(axes)
+        shape, rest = [], iter(data.shape)
+        wanted = {int(a) % rank for a in axes}
+        for i in range(rank):
+            shape.append(1 if i in wanted else next(rest, None))
+        return data.reshape(shape) if None not in shape and len(wanted) == len(axes) else None
+    return None
+
+
+def _sole_consumer(graph: gs.Graph, tensor: gs.Variable, ops: tuple[str, ...]) -> tuple[gs.Node, gs.Variable] | None:
+    """(node, the tensor it reads) for the one node of ``ops`` (default domain) that alone reads ``tensor``, directly
+    or through a chain of Identity nodes (removed by onnxruntime before its fusions), none of whose tensors is a
+    graph output; else None. Identity nodes left without a reader are removed by the pass's cleanup."""
+    for _ in range(8):
+        if len(tensor.outputs) != 1 or any(tensor is out for out in graph.outputs):
+            return None
+        node = tensor.outputs[0]
+        if node.op == "Identity" and not node.domain and len(node.outputs) == 1:
+            tensor = node.outputs[0]
+            continue
+        return (node, tensor) if node.op in ops and not node.domain and len(node.outputs) >= 1 else None
+    return None
 
 
 def _fold_batch_norm(node: gs.Node, out_channels: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -370,6 +581,23 @@ def _fold_batch_norm(node: gs.Node, out_channels: int) -> tuple[np.ndarray, np.n
     epsilon = np.float32(_attr(node, "epsilon", 1e-5))
     scale = (gamma.astype(np.float32) / np.sqrt(var.astype(np.float32) + epsilon)).astype(np.float32)
     return scale, (beta.astype(np.float32) - mean.astype(np.float32) * scale).astype(np.float32)
+
+
+def _channel_constant(add: gs.Node, conv_output: gs.Variable, out_channels: int, rank: int) -> np.ndarray | None:
+    """The per-output-channel float32 values [O] that ``add`` (an Add reading ``conv_output``, of rank ``rank``)
+    adds when its other input is a constant that broadcasts along the channel axis only (shape [1, O, 1, 1],
+    [O, 1, 1], a scalar, ...): the Add then folds into the convolution's bias, as onnxruntime's ConvAddFusion
+    folds it for a dense Conv. None when it does not qualify."""
+    if len(add.inputs) != 2 or sum(t is conv_output for t in add.inputs) != 1:
+        return None
+    other = add.inputs[1] if add.inputs[0] is conv_output else add.inputs[0]
+    value = _folded_constant(other)
+    if value is None or value.dtype != np.float32 or value.ndim > rank:
+        return None
+    shape = (1,) * (rank - value.ndim) + value.shape  # right-aligned against [N, O, D1, ...]
+    if any(d != 1 for i, d in enumerate(shape) if i != 1) or shape[1] not in (1, out_channels):
+        return None
+    return np.broadcast_to(value.reshape(-1), (out_channels,)).astype(np.float32)
 
 
 def _activation(node: gs.Node) -> tuple[str, list[float]] | None:
@@ -393,15 +621,18 @@ def _activation(node: gs.Node) -> tuple[str, list[float]] | None:
     return None
 
 
-def _to_conv(graph: gs.Graph, node: gs.Node, record: gs.Constant, out_channels: int, names: UniqueNames) -> None:
-    """Turn Conv(X, W[, B]) into CodebookConv(X, record[, bias[, scale]]), folding a following BatchNormalization and
-    then an activation into it (see the module docstring)."""
+def _to_conv(graph: gs.Graph, node: gs.Node, record: gs.Constant, weight_shape: tuple[int, ...],
+             names: UniqueNames) -> None:
+    """Turn Conv(X, W[, B]) into CodebookConv(X, record[, bias[, scale]]) for W of ``weight_shape``, folding a
+    following BatchNormalization, then an Add of a per-channel constant, then an activation into it (see the module
+    docstring)."""
+    out_channels = weight_shape[0]
     attrs = {k: v for k, v in node.attrs.items() if k in CONV_ATTRIBUTES}
     inputs = [node.inputs[0], record]
     bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
     output = node.outputs[0]
     scale = None
-    norm = _sole_consumer(graph, output, ("BatchNormalization",))
+    norm, _ = _sole_consumer(graph, output, ("BatchNormalization",)) or (None, None)
     folded = _fold_batch_norm(norm, out_channels) if norm is not None else None
     bias_values = _constant_array(bias) if bias is not None else np.zeros(out_channels, np.float32)
     if folded is not None and bias_values is not None and bias_values.shape == (out_channels,):
@@ -411,7 +642,16 @@ def _to_conv(graph: gs.Graph, node: gs.Node, record: gs.Constant, out_channels: 
                            (bias_values.astype(np.float32) * scale_values + shift).astype(np.float32))
         output = norm.outputs[0]
         norm.inputs, norm.outputs = [], []
-    activation = _sole_consumer(graph, output, ("Relu", "Tanh", "Sigmoid", "LeakyRelu", "HardSigmoid", "HardSwish", "Clip"))
+    add, read = _sole_consumer(graph, output, ("Add",)) or (None, None)
+    shift = _channel_constant(add, read, out_channels, len(weight_shape)) if add is not None else None
+    if shift is not None:
+        base = _constant_array(bias) if bias is not None else np.zeros(out_channels, np.float32)
+        if base is not None and base.shape == (out_channels,):
+            bias = gs.Constant(names(node.name + ".bias"), (base.astype(np.float32) + shift).astype(np.float32))
+            output = add.outputs[0]
+            add.inputs, add.outputs = [], []
+    activation, _ = _sole_consumer(graph, output, ("Relu", "Tanh", "Sigmoid", "LeakyRelu", "HardSigmoid", "HardSwish",
+                                                   "Clip")) or (None, None)
     fused = _activation(activation) if activation is not None else None
     if fused is not None:
         attrs["activation"] = fused[0]

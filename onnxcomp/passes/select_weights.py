@@ -154,8 +154,14 @@ def fused_route(node: gs.Node, slot: int, rank: int, is_float: bool, outputs: se
 
 
 class SelectWeightsPass(GraphPass):
-    def __init__(self, *, min_elements: int = 1024, rules: tuple[LayerRule, ...] = ()) -> None:
-        self.min_elements, self.rules = min_elements, tuple(rules)
+    """Chooses the weights to compress. ``check_finite``: read each weight held in the model here to leave one with
+    NaN/Inf dense; False defers the check to the first pass that reads the weight anyway (the allocation, the
+    global pruning or the sharing, each checks a target not yet ``checked``), as for weights streamed from
+    external data: one read of every weight fewer. The pipeline defers it when no calibration runs (calibration
+    runs the model on the weights before any of those passes)."""
+
+    def __init__(self, *, min_elements: int = 1024, rules: tuple[LayerRule, ...] = (), check_finite: bool = True) -> None:
+        self.min_elements, self.rules, self.check_finite = min_elements, tuple(rules), check_finite
 
     def run(self, state: CompressionState) -> PassResult:
         chosen = {t.name for t in state.targets}
@@ -187,8 +193,9 @@ class SelectWeightsPass(GraphPass):
             if not reason.startswith("-"):
                 self._skip(state, tensor, reason, log.info)
             return
-        streamed = isinstance(tensor._values, ExternalValues)  # checked by the first pass that reads it
-        if not streamed:
+        # checked by the first pass that reads it: a streamed weight, or any without calibration (check_finite False)
+        deferred = isinstance(tensor._values, ExternalValues) or not self.check_finite
+        if not deferred:
             reason = non_finite_reason(float_values(tensor))  # read here, not kept: the passes read it when they need it
             if reason:
                 self._skip(state, tensor, reason, log.warning)
@@ -200,7 +207,7 @@ class SelectWeightsPass(GraphPass):
                   kind, describe(consumers))
         rank, is_float = len(tensor.shape), element_type == onnx.TensorProto.FLOAT
         routes = [fused_route(node, slot, rank, is_float, outputs) for node, slot in uses]
-        state.targets.append(WeightTarget(tensor.name, tensor, kind, uses, dtype=element_type, routes=routes, checked=not streamed))
+        state.targets.append(WeightTarget(tensor.name, tensor, kind, uses, dtype=element_type, routes=routes, checked=not deferred))
 
     @staticmethod
     def _skip(state: CompressionState, tensor: gs.Constant, reason: str, logger) -> None:

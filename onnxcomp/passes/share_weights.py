@@ -89,12 +89,15 @@ class ShareWeightsPass(GraphPass):
             layout = target.layer_input.layout if target.layer_input is not None else None
             statistics = target.statistics
             importance = None if statistics is None else statistics.sum_squares
+            prepared = {}  # the sorted kept values and channel norms, computed once for both codebooks below
             shared = outlier_math.share(
                 values, target.keep, target.bits, option=0.0 if no_outliers else self.outliers_for(target),
                 init=self.init, seed=self.seed, levels=target.levels_override,
-                rows=output_rows(target), importance=importance)
+                rows=output_rows(target), importance=importance, prepared=prepared)
             if target.levels_override and target.alternative is not None:
-                shared = self._uniform_or_kmeans(target, values, shared, 0.0 if no_outliers else None, importance)
+                shared = self._uniform_or_kmeans(target, values, shared, 0.0 if no_outliers else None, importance,
+                                                 prepared)
+            del prepared
             target.codebook, target.indices = shared.codebook, shared.indices
             target.outlier_positions, target.outlier_values = shared.positions, shared.values
             if self.refit_codebook and statistics is not None and (statistics.dense_gram is not None or statistics.activations is not None):
@@ -118,15 +121,16 @@ class ShareWeightsPass(GraphPass):
                 drop_non_finite(state, target, non_finite)
         return PassResult(bool(targets), f"shared {len(targets)} tensors")
 
-    def _uniform_or_kmeans(self, target, values, uniform, outliers: float | None, importance):
+    def _uniform_or_kmeans(self, target, values, uniform, outliers: float | None, importance, prepared: dict | None = None):
         """A uniform codebook spreads the same absolute error over every value: a weight whose output channels
         differ in scale (a folded normalisation) may keep its relative L2 error and still lose a small channel.
         It is kept only when its worst channel's relative error (outliers.share's damage D) is no larger than
         that of the k-means codebook it replaces (``target.alternative``), and its record smaller; else the
-        k-means codebook is used."""
+        k-means codebook is used. ``prepared``: the uniform share's (outliers.share), reused for the same values."""
         bits, fraction = target.alternative
         kmeans = outlier_math.share(values, target.keep, bits, option=fraction if outliers is None else outliers,
-                                    init=self.init, seed=self.seed, rows=output_rows(target), importance=importance)
+                                    init=self.init, seed=self.seed, rows=output_rows(target), importance=importance,
+                                    prepared=prepared)
         if uniform.damage <= kmeans.damage and uniform.estimated_bytes < kmeans.estimated_bytes:
             return uniform
         log.info("%s: k-means codebook kept (worst channel %.4f, %d bytes) over the uniform one (%.4f, %d bytes)",

@@ -165,7 +165,7 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
         bits = {**DEFAULT_BITS, **(bits or {})}
     if allocation not in ALLOCATIONS:
         raise InvalidOptionError(f"unknown allocation {allocation!r}: use one of {', '.join(ALLOCATIONS)}")
-    passes = [FoldRecurrentWeightsPass(), SelectWeightsPass(min_elements=min_elements, rules=rules)]
+    passes = [FoldRecurrentWeightsPass(), SelectWeightsPass(min_elements=min_elements, rules=rules, check_finite=calib is not None)]
     if allocation == "proxy":
         passes.append(AllocateWeightsPass(scales=allocation_scales, limits=allocation_limits, cache=allocation_cache, seed=seed, outliers=outliers))
     if settings:

@@ -1,0 +1,60 @@
+"""Two compressed outputs of one zoo model against each other and the original: CPU time per run, alternating.
+
+``bench/zoo.py speed`` times each run's output against the original in its own process, so two runs' ratios
+differ by the machine's load drift between them (on a shared machine, several per cent). This script creates the
+original and the outputs of zoo runs A and B in one process and runs them in turn (original, A, B, original, ...)
+on the model's evaluation inputs at the given batch, so B / A compares the two outputs under the same load.
+Prints the median process CPU time per run of each, A / original, B / original and B / A.
+
+    python bench/speed_ab.py --runs defaults,conv-4 --models ppocr-cls,yolov8n-nudenet [--batch 1] [--repeats 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+import onnxruntime as ort
+
+import onnxcomp
+from profile_ops import zoo_feeds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", required=True, help="two zoo run names, A,B")
+    parser.add_argument("--models", required=True, help="comma-separated zoo model names")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=60, help="timed runs of each session (after one warm-up)")
+    parser.add_argument("--threads", type=int, default=1, help="intra_op_num_threads")
+    args = parser.parse_args()
+    runs = args.runs.split(",")
+    if len(runs) != 2:
+        parser.error("--runs takes two run names")
+    print(f"| model | batch | original ms | {runs[0]} / original | {runs[1]} / original | {runs[1]} / {runs[0]} |")
+    print("|---|---|---|---|---|---|")
+    for name in args.models.split(","):
+        original, feeds = zoo_feeds(name, args.batch)
+        paths = [original] + [os.path.expanduser(f"~/.cache/onnxcomp-zoo/runs/{run}/{name}.onnx") for run in runs]
+        sessions = []
+        for path in paths:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = args.threads
+            sessions.append(ort.InferenceSession(path, onnxcomp.runtime.session_options(options),
+                                                 providers=["CPUExecutionProvider"]))
+        for session in sessions:
+            session.run(None, feeds)  # warm-up
+        cpu = [[] for _ in sessions]
+        for _ in range(args.repeats):
+            for times, session in zip(cpu, sessions):
+                start = time.process_time()
+                session.run(None, feeds)
+                times.append(time.process_time() - start)
+        o, a, b = (float(np.median(t)) for t in cpu)
+        print(f"| {name} | {args.batch} | {o * 1e3:.2f} | {a / o:.3f} | {b / o:.3f} | {b / a:.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
