@@ -1,9 +1,9 @@
-"""Where CodebookMatMul should switch from its fused kernel to a GEMM on the weight decoded for the run.
+"""Where CodebookMatMul should switch from its fused kernel to the dense-panel GEMM on the weight decoded for the run.
 
 For each weight shape [K, N] (4-bit codebook, random indices) and each row count M, times three sessions on the
 same X in one process, alternating: the dense MatMul (onnxruntime, constant weight), CodebookMatMul with the fused
-kernel only (ONNXCOMP_GEMM_ROWS=0) and CodebookMatMul decoding W for the run and invoking onnxruntime's MatMul
-(ONNXCOMP_GEMM_ROWS=1). Prints medians (ms) and the ratios to dense: of the process CPU time per run with one
+kernel only (ONNXCOMP_GEMM_ROWS=0) and CodebookMatMul decoding W for the run into dense panels and running its
+dense-panel kernel (ONNXCOMP_GEMM_ROWS=1). Prints medians (ms) and the ratios to dense: of the process CPU time per run with one
 thread (robust to other jobs on a shared machine), of wall time with more. Command in docs/benchmarks.md.
 
     python bench/matmul_rows.py [--threads 1] [--repeats 15] [--bits 4] [--shapes 1024x8210,...] [--rows 1,22,...]
@@ -11,7 +11,7 @@ thread (robust to other jobs on a shared machine), of wall time with more. Comma
 ``--outliers F`` stores a fraction F of the weights as exact outliers (record version 2), so the fused kernel's
 sparse per-column corrections are timed too. ``--bits`` sets the codebook (2**bits entries: 4 bits take the AVX2 permute of 16 entries, 5 and 6 bits the
 permute-and-blend tree of 32 and 64, more a gather). A fourth column times CodebookMatMul with ``decode_once=1``
-(W decoded once, by the first run, then onnxruntime's MatMul in every run: docs/ops.md).
+(W decoded once, by the first run, into dense panels, then the dense-panel kernel in every run: docs/ops.md).
 """
 
 from __future__ import annotations

@@ -124,28 +124,30 @@ def test_codebook_matmul_threads_and_batch_dims(isa, monkeypatch):
         np.testing.assert_array_equal(single.reshape(-1), one.reshape(-1, n)[0])
 
 
-@pytest.mark.parametrize("m,k,n,bits", [(64, 130, 97, 4), (150, 300, 1000, 4), (600, 33, 65, 8), (97, 64, 129, 10)])
-def test_codebook_matmul_large_batch_uses_a_gemm_on_the_decoded_weight(m, k, n, bits, monkeypatch):
-    """From ONNXCOMP_GEMM_ROWS rows (default 512) W is decoded for the run and multiplied by onnxruntime's MatMul:
-    within the same summation bound and the same under every instruction-set cap. (Like onnxruntime's own MatMul,
-    its bits may depend on the thread count: MLAS splits the work by threads.)"""
+@pytest.mark.parametrize("m,k,n,bits,fraction", [(64, 130, 97, 4, 0.0), (150, 300, 1000, 4, 0.01), (600, 33, 65, 8, 0.0),
+                                                  (97, 64, 129, 10, 0.02), (513, 1, 70, 3, 0.0)])
+def test_codebook_matmul_large_batch_uses_a_gemm_on_the_decoded_weight(m, k, n, bits, fraction, monkeypatch):
+    """From ONNXCOMP_GEMM_ROWS rows (default 512) W is decoded for the run into dense panels and multiplied by the
+    dense-panel kernel, then the outlier corrections are added: the fused kernel's bits (the same chain of fused
+    multiply-adds over the same values), under every instruction-set cap and thread count."""
     rng = np.random.default_rng(m + k + n)
     if m < 512:
         monkeypatch.setenv("ONNXCOMP_GEMM_ROWS", "64")
     codebook, indices = random_layer(rng, k, n, bits, sparse=bits == 8)
+    positions, values = with_outliers(rng, (k, n), fraction) if fraction else (None, None)
+    record = encode_record(codebook, indices, (k, n), bits, positions, values)
     bias = rng.standard_normal(n).astype(np.float32)
-    model = matmul_model(encode_record(codebook, indices, (k, n), bits), k, n, True, bias, batch_shape=("A", "B"))
+    model = matmul_model(record, k, n, True, bias, batch_shape=("A", "B"))
     x = rng.standard_normal((m // 2 if m % 2 == 0 else 1, 2 if m % 2 == 0 else m, k)).astype(np.float32)
     outputs = [run_with_isa(model, {"x": x}, isa) for isa in ISAS if isa_available(isa)]
-    check_against_reference(outputs[0], x, codebook[indices], bias)
-    check_against_reference(run_with_isa(model, {"x": x}, "scalar", threads=2), x, codebook[indices], bias)
+    outputs.append(run_with_isa(model, {"x": x}, "scalar", threads=2))
+    check_against_reference(outputs[0], x, decode_record(record).to_dense().astype(np.float32), bias)
     for y in outputs[1:]:
         np.testing.assert_array_equal(y, outputs[0])
     monkeypatch.setenv("ONNXCOMP_GEMM_ROWS", "0")
-    fused = run_with_isa(model, {"x": x}, "scalar")
-    check_against_reference(fused, x, codebook[indices], bias)
+    np.testing.assert_array_equal(run_with_isa(model, {"x": x}, "scalar"), outputs[0])
     monkeypatch.setenv("ONNXCOMP_GEMM_ROWS", str(m + 1))  # one row short of the threshold: the fused kernel again
-    np.testing.assert_array_equal(run_with_isa(model, {"x": x}, "scalar"), fused)
+    np.testing.assert_array_equal(run_with_isa(model, {"x": x}, "scalar"), outputs[0])
 
 
 def test_force_scalar_env_matches_isa_scalar():
@@ -292,45 +294,35 @@ def test_decode_and_gather_outliers_exact(bits, fraction):
 
 # ---- Decode-once working forms (attribute decode_once = 1) --------------------------------------------------
 
-def ort_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """onnxruntime's own MatMul of x by w, both inputs of the graph (so not prepacked: what the kernel invokes)."""
-    import onnxruntime as ort
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "dense",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape)),
-                               helper.make_tensor_value_info("w", TensorProto.FLOAT, list(w.shape))],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, {"x": x, "w": w})[0]
-
-
 @pytest.mark.parametrize("m,k,n,bits,fraction", [(1, 7, 13, 3, 0.0), (1, 100, 129, 5, 0.01), (13, 17, 67, 4, 0.02),
-                                                  (49, 384, 96, 6, 0.005), (600, 33, 65, 8, 0.0)])
+                                                  (49, 384, 96, 6, 0.005), (600, 33, 65, 8, 0.0), (5, 1, 16, 2, 0.0),
+                                                  (7, 64, 17, 4, 0.0), (31, 130, 250, 4, 0.01), (97, 300, 33, 7, 0.0)])
 def test_codebook_matmul_decode_once(m, k, n, bits, fraction):
-    """decode_once = 1: W decoded once (outliers included) and multiplied by onnxruntime's MatMul in every run: the
-    same bits as onnxruntime's MatMul on the numpy decoder's dense W, plus the bias, under every instruction-set cap."""
+    """decode_once = 1: W decoded once (outliers included) into dense panels and multiplied by the dense-panel kernel
+    in every run: bit-identical under every instruction-set cap, within the fp32 summation bound of the float64
+    product, and, without outliers, bit-identical to the fused kernel (the same in-order chain of fused
+    multiply-adds over the same weights, then the bias)."""
     rng = np.random.default_rng(m + k + n + bits)
     codebook, indices = random_layer(rng, k, n, bits)
     positions, values = with_outliers(rng, (k, n), fraction) if fraction else (None, None)
     record = encode_record(codebook, indices, (k, n), bits, positions, values)
     bias = rng.standard_normal(n).astype(np.float32) if n % 2 else None
+    fused = matmul_model(record, k, n, bias is not None, bias)
     model = matmul_model(record, k, n, bias is not None, bias)
     model.graph.node[0].attribute.append(helper.make_attribute("decode_once", 1))
     x = rng.standard_normal((m, k)).astype(np.float32)
     dense = decode_record(record).to_dense().astype(np.float32)
-    want = ort_matmul(x, dense)
-    if bias is not None:
-        want = want + bias  # the kernel adds the bias after the product, in float32, as here
     outputs = [run_with_isa(model, {"x": x}, isa) for isa in ISAS if isa_available(isa)]
-    for y in outputs:
-        np.testing.assert_array_equal(y, want)
+    for y in outputs[1:]:
+        np.testing.assert_array_equal(y, outputs[0])
     check_against_reference(outputs[0], x, dense, bias)
+    if not fraction:
+        np.testing.assert_array_equal(outputs[0], run_with_isa(fused, {"x": x}, "scalar"))
     session = session_with_env(model, None)
     for _ in range(2):  # the working copy is not consumed by a run
-        np.testing.assert_array_equal(session.run(None, {"x": x})[0], want)
+        np.testing.assert_array_equal(session.run(None, {"x": x})[0], outputs[0])
+    two = session_with_env(model, None, threads=2)  # the row and panel tasks on two threads: the same bits
+    np.testing.assert_array_equal(two.run(None, {"x": x})[0], outputs[0])
 
 
 @pytest.mark.parametrize("bits,fraction", [(1, 0.0), (4, 0.05), (9, 0.01)])

@@ -13,11 +13,13 @@ from conftest import float_input, make_model, run_compressed, run_plain, weight
 from onnx import helper
 
 import onnxcomp
-from onnxcomp.passes.pack_weights import DECODE_ONCE_SHARE, assign_decode_once
+from onnxcomp.passes.pack_weights import DECODE_ONCE_SHARE, assign_decode_once, working_copy_bytes
 
 
-def fake_target(elements: int, record_bytes: int):
-    return SimpleNamespace(size=elements, dense_bytes=4 * elements, record=b"\0" * record_bytes)
+def fake_target(elements: int, record_bytes: int, shape: tuple[int, int] | None = None, transposed: bool = False):
+    """A packed weight of `elements` floats, by default one row of a [1, elements] matrix."""
+    return SimpleNamespace(size=elements, dense_bytes=4 * elements, record=b"\0" * record_bytes, transposed=transposed,
+                           constant=SimpleNamespace(shape=shape or (1, elements)))
 
 
 def node(op: str) -> gs.Node:
@@ -33,10 +35,20 @@ def test_rule_spends_half_the_saving_conv_first_then_decode_then_matmul_smallest
                (node("CodebookMatMul"), small), (node("CodebookDecode"), decode)]
     line = assign_decode_once(targets, emitted)
     granted = {id(t) for n, t in emitted if n.attrs.get("decode_once") == 1}
-    # conv 4000 bytes, then decode 12000, then the smallest matmul 2000; the next (8000) would pass 25375.
+    # conv 4000 bytes, then decode 12000, then the smallest matmul 2048 (its 500 columns padded to 512 in the
+    # dense panels); the next (8000) would pass 25375.
     assert granted == {id(decode), id(small)}
-    assert "1 CodebookDecode, 1 CodebookMatMul; 18000 bytes" in line
+    assert "1 CodebookDecode, 1 CodebookMatMul; 18048 bytes" in line
     assert "decode_once" not in emitted[2][0].attrs  # CodebookConv has no such attribute
+
+
+def test_matmul_working_copy_counts_the_padded_panels():
+    """CodebookMatMul keeps [K, N] in dense panels of 16 columns: N rounds up to a multiple of 16 (the record is
+    [K, N] = W^T of a transposed [N, K] constant)."""
+    assert working_copy_bytes(node("CodebookMatMul"), fake_target(1024 * 8210, 1, (1024, 8210))) == 4 * 1024 * 8224
+    assert working_copy_bytes(node("CodebookMatMul"), fake_target(8210 * 1024, 1, (8210, 1024), True)) == 4 * 1024 * 8224
+    assert working_copy_bytes(node("CodebookMatMul"), fake_target(384 * 1536, 1, (384, 1536))) == 4 * 384 * 1536
+    assert working_copy_bytes(node("CodebookDecode"), fake_target(33, 1, (3, 11))) == 4 * 33
 
 
 def test_rule_grants_nothing_when_convolutions_take_the_budget():

@@ -170,23 +170,27 @@ void PackCorrections(const DecodedRecord& record, PackedMatrix* w) {
 
 namespace {
 
-// Panels [panel_begin, panel_end) of W into row-major `out` [K, N]; one loop per slot width, like PackPanels.
+// Packed panels [panel_begin, panel_end) of W (codebook values, no outliers) into `out` in DenseProblem's panel
+// layout; one loop per slot width, like PackPanels. Dense columns past N are written as zeros.
 template <uint32_t kSlot>
 void UnpackPanels(const PackedMatrix& w, int64_t panel_begin, int64_t panel_end, float* out) {
+  static_assert(packed::kPanelColumns % kDensePanelColumns == 0, "a packed panel holds whole dense panels");
   packed::SlotPosition position[packed::kPanelColumns];
   for (uint32_t c = 0; c < packed::kPanelColumns; ++c) position[c] = packed::panel_slot(kSlot, c);
   const uint64_t k = static_cast<uint64_t>(w.k);
   const uint64_t panel_stride = packed::panel_bytes(k, kSlot);
   const uint32_t row_bytes = packed::panel_row_bytes(kSlot);
   const float* table = w.table.data();
+  const int64_t dense_columns = (w.n + kDensePanelColumns - 1) / kDensePanelColumns * kDensePanelColumns;
   for (int64_t panel = panel_begin; panel < panel_end; ++panel) {
     const int64_t n0 = panel * packed::kPanelColumns;
     const uint32_t width = static_cast<uint32_t>(std::min<int64_t>(packed::kPanelColumns, w.n - n0));
+    const uint32_t padded = static_cast<uint32_t>(std::min<int64_t>(packed::kPanelColumns, dense_columns - n0));
     const uint8_t* data = w.panels.data() + static_cast<uint64_t>(panel) * panel_stride;
+    float* target = out + n0 * w.k;  // dense panel n0 / 16 onwards
     for (uint64_t kk = 0; kk < k; ++kk) {
       const uint8_t* row = data + kk * row_bytes;
-      float* target = out + kk * static_cast<uint64_t>(w.n) + n0;
-      for (uint32_t c = 0; c < width; ++c) {
+      for (uint32_t c = 0; c < padded; ++c) {
         uint32_t index;
         if (kSlot == 4) {
           index = (row[position[c].byte] >> position[c].shift) & 0xFu;
@@ -195,7 +199,8 @@ void UnpackPanels(const PackedMatrix& w, int64_t panel_begin, int64_t panel_end,
         } else {
           index = uint32_t{row[2 * c]} | (uint32_t{row[2 * c + 1]} << 8);
         }
-        target[c] = packed::lookup(table, index);
+        const uint64_t at = (c / kDensePanelColumns * k + kk) * kDensePanelColumns + c % kDensePanelColumns;
+        target[at] = c < width ? packed::lookup(table, index) : 0.0f;
       }
     }
   }
@@ -212,22 +217,25 @@ void UnpackPanelRange(const PackedMatrix& w, int64_t panel_begin, int64_t panel_
 struct UnpackTask {
   const PackedMatrix* w;
   float* out;
+  UnpackKernel simd;  // null: UnpackPanelRange
+  const MatMulProblem* problem;  // W's layout, for `simd`
 };
 
 void RunUnpackTask(void* data, size_t panel) {
   const UnpackTask& t = *static_cast<const UnpackTask*>(data);
-  UnpackPanelRange(*t.w, static_cast<int64_t>(panel), static_cast<int64_t>(panel) + 1, t.out);
+  const int64_t begin = static_cast<int64_t>(panel);
+  if (t.simd) {
+    t.simd(*t.problem, begin, begin + 1, t.out);
+  } else {
+    UnpackPanelRange(*t.w, begin, begin + 1, t.out);
+  }
 }
 
 }  // namespace
 
-void UnpackMatrix(const PackedMatrix& w, float* out) {
-  UnpackPanelRange(w, 0, static_cast<int64_t>(packed::panel_count(static_cast<uint64_t>(w.n))), out);
-}
-
 int64_t DenseGemmRows() {
   // Measured crossover (docs/benchmarks.md, bench/matmul_rows.py): with the fused kernels' decode-once row tiles,
-  // the GEMM on a weight decoded for the run only wins from several hundred rows, and on narrow weights.
+  // the dense-panel GEMM on a weight decoded for the run only wins from several hundred rows.
   constexpr int64_t kDefaultRows = 512;
   const char* text = getenv("ONNXCOMP_GEMM_ROWS");
   if (!text || !*text) return kDefaultRows;
@@ -257,6 +265,68 @@ void PackMatrix(const DecodedRecord& record, PackedMatrix* out) {
   }
 }
 
+namespace {
+
+// The decode-once working form: the record's exact values (outliers included) in DenseProblem's panel layout,
+// decoded one row of W at a time (so the first run holds one extra row, not a second copy of W).
+void DecodeDensePanels(const DecodedRecord& record, std::vector<float>* storage, const float** panels) {
+  const int64_t k = record.dims[0], n = record.dims[1];
+  const int64_t panel_count = (n + kDensePanelColumns - 1) / kDensePanelColumns;
+  constexpr size_t kAlignFloats = 8;  // 32 bytes: the AVX2 kernel loads aligned vectors
+  storage->assign(static_cast<size_t>(panel_count * k * kDensePanelColumns) + kAlignFloats, 0.0f);
+  float* base = storage->data();
+  while (reinterpret_cast<uintptr_t>(base) % (kAlignFloats * sizeof(float)) != 0) ++base;
+  std::vector<float> row(static_cast<size_t>(n));
+  for (int64_t kk = 0; kk < k; ++kk) {
+    record.decode_range(static_cast<uint64_t>(kk * n), static_cast<uint64_t>(n), row.data());
+    for (int64_t panel = 0; panel < panel_count; ++panel) {
+      const int64_t n0 = panel * kDensePanelColumns;
+      const int64_t width = std::min(kDensePanelColumns, n - n0);
+      std::copy(row.data() + n0, row.data() + n0 + width, base + (panel * k + kk) * kDensePanelColumns);
+    }
+  }
+  *panels = base;
+}
+
+// Parallel tasks of the dense-panel GEMM: a block of rows (about kDenseRowBytes of X, so it stays in L2 while
+// the task's panels stream past it) times a block of kDensePanelsPerTask panels.
+constexpr int64_t kDenseRowBytes = 192 * 1024;
+constexpr int64_t kDensePanelsPerTask = 8;
+
+struct DenseTask {
+  const DenseProblem* problem;
+  DenseKernel kernel;
+  int64_t panels, panel_tasks, rows_per_task;
+};
+
+void RunDenseTask(void* data, size_t task) {
+  const DenseTask& t = *static_cast<const DenseTask*>(data);
+  const int64_t row_task = static_cast<int64_t>(task) / t.panel_tasks;
+  const int64_t panel_task = static_cast<int64_t>(task) % t.panel_tasks;
+  const int64_t m0 = row_task * t.rows_per_task, m1 = std::min(t.problem->m, m0 + t.rows_per_task);
+  const int64_t p0 = panel_task * kDensePanelsPerTask, p1 = std::min(t.panels, p0 + kDensePanelsPerTask);
+  t.kernel(*t.problem, p0, p1, m0, m1);
+}
+
+}  // namespace
+
+void CodebookMatMulKernel::RunDensePanels(OrtKernelContext* raw_context, const float* w, int64_t k, int64_t n,
+                                          const float* x, const float* bias, float* y, int64_t m) {
+  const DenseProblem problem{x, m, k, n, w, bias, y};
+  const int64_t panels = (n + kDensePanelColumns - 1) / kDensePanelColumns;
+  const int64_t panel_tasks = (panels + kDensePanelsPerTask - 1) / kDensePanelsPerTask;
+  // Rows per task: a multiple of the 6-row tiles, at least one tile.
+  const int64_t rows_per_task = std::max<int64_t>(6, kDenseRowBytes / (4 * std::max<int64_t>(k, 1)) / 6 * 6);
+  const int64_t row_tasks = (m + rows_per_task - 1) / rows_per_task;
+  const int64_t tasks = row_tasks * panel_tasks;
+  DenseTask task{&problem, dense_kernel_, panels, panel_tasks, rows_per_task};
+  if (tasks > 1 && double(m) * double(k) * double(n) >= kParallelWork) {
+    Ort::KernelContext(raw_context).ParallelFor(RunDenseTask, static_cast<size_t>(tasks), 0, &task);
+  } else {
+    for (int64_t t = 0; t < tasks; ++t) RunDenseTask(&task, static_cast<size_t>(t));
+  }
+}
+
 CodebookMatMulKernel::CodebookMatMulKernel() : RecordKernel(CodebookMatMulOp::kName, 1, MatMulRecord) {}
 
 OrtStatus* CodebookMatMulKernel::Init(const OrtKernelInfo* info) {
@@ -264,22 +334,15 @@ OrtStatus* CodebookMatMulKernel::Init(const OrtKernelInfo* info) {
   return GuardStatus(this, [&]() -> OrtStatus* {
     isa_ = SelectIsa();
     kernel_ = MatMulKernelFor(isa_);
+    dense_kernel_ = DenseKernelFor(isa_);
+    unpack_kernel_ = UnpackKernelFor(isa_);
     dense_rows_ = DenseGemmRows();
     int64_t decode_once = 0;
     OptionalAttribute(Ort::ConstKernelInfo(info), "decode_once", &decode_once);
-    if (dense_rows_ > 0 || decode_once == 1) {
-      const char* type_names[] = {"T"};
-      const ONNXTensorElementDataType type_values[] = {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
-      try {
-        dense_matmul_ = Ort::Op::Create(info, "MatMul", "", 13, type_names, type_values, 1, nullptr, 0, 2, 1);
-      } catch (const Ort::Exception&) {
-        dense_rows_ = 0;  // this onnxruntime cannot invoke its MatMul: the fused kernel serves every batch
-      }
-    }
     std::unique_ptr<const DecodedRecord> record = TakeConstant();
-    if (record && decode_once == 1 && dense_matmul_) {
-      // The decode-once working form: W exactly as decoded (outliers included), multiplied by onnxruntime's MatMul;
-      // decoded by the first run (EnsureDense), so a session that is only created holds the record alone.
+    if (record && decode_once == 1) {
+      // The decode-once working form: W exactly as decoded (outliers included) in dense panels; decoded by the
+      // first run, so a session that is only created holds the record alone.
       dense_k_ = record->dims[0];
       dense_n_ = record->dims[1];
       once_record_ = std::move(record);
@@ -303,12 +366,7 @@ OrtStatus* CodebookMatMulKernel::ComputeV2(OrtKernelContext* raw_context) noexce
     const bool decoded_once = decode_once_;
     if (decoded_once) {
       std::call_once(once_, [&] {
-        dense_weight_.resize(static_cast<size_t>(once_record_->num_elements));
-        once_record_->decode_range(0, static_cast<uint64_t>(once_record_->num_elements), dense_weight_.data());
-        Ort::MemoryInfo memory = Ort::MemoryInfo::CreateCpu(OrtDeviceAllocator, OrtMemTypeDefault);
-        const int64_t dims[] = {dense_k_, dense_n_};
-        dense_weight_value_ =
-            Ort::Value::CreateTensor<float>(memory, dense_weight_.data(), dense_weight_.size(), dims, 2);
+        DecodeDensePanels(*once_record_, &dense_storage_, &dense_panels_);
         once_record_.reset();
       });
     }
@@ -344,8 +402,14 @@ OrtStatus* CodebookMatMulKernel::ComputeV2(OrtKernelContext* raw_context) noexce
     float* y = context.GetOutput(0, shape).GetTensorMutableData<float>();
     if (m == 0 || n == 0) return nullptr;
 
-    if (decoded_once) return RunDense(raw_context, nullptr, x, bias, y, m);
-    if (dense_rows_ > 0 && m >= dense_rows_) return RunDense(raw_context, w, x, bias, y, m);
+    if (decoded_once) {
+      RunDensePanels(raw_context, dense_panels_, dense_k_, dense_n_, x.GetTensorData<float>(), bias, y, m);
+      return nullptr;
+    }
+    if (dense_rows_ > 0 && m >= dense_rows_) {
+      RunDense(raw_context, *w, x.GetTensorData<float>(), bias, y, m);
+      return nullptr;
+    }
 
     const uint32_t slot = w->slot_bits;
     MatMulProblem problem{x.GetTensorData<float>(), m, k, n, w->panels.data(), slot, w->codebook_size,
@@ -368,43 +432,29 @@ OrtStatus* CodebookMatMulKernel::ComputeV2(OrtKernelContext* raw_context) noexce
   });
 }
 
-OrtStatus* CodebookMatMulKernel::RunDense(OrtKernelContext* raw_context, const PackedMatrix* w,
-                                          const Ort::ConstValue& x, const float* bias, float* y, int64_t m) {
+void CodebookMatMulKernel::RunDense(OrtKernelContext* raw_context, const PackedMatrix& w, const float* x,
+                                    const float* bias, float* y, int64_t m) {
   Ort::KernelContext context(raw_context);
   Ort::MemoryInfo memory = Ort::MemoryInfo::CreateCpu(OrtDeviceAllocator, OrtMemTypeDefault);
-  Ort::Value run_weight{nullptr};
-  const OrtValue* weight = dense_weight_value_;
-  const int64_t n = w ? w->n : dense_n_;
-  if (w) {  // unpack the panels for this run
-    OrtAllocator* allocator = context.GetAllocator(*memory.GetConst());
-    const int64_t dims[] = {w->k, w->n};
-    run_weight = Ort::Value::CreateTensor<float>(allocator, dims, 2);
-    UnpackTask unpack{w, run_weight.GetTensorMutableData<float>()};
-    const size_t panels = packed::panel_count(static_cast<uint64_t>(w->n));
-    if (panels > 1 && double(w->k) * double(w->n) >= kParallelWork) {
-      context.ParallelFor(RunUnpackTask, panels, 0, &unpack);
-    } else {
-      UnpackMatrix(*w, unpack.out);
-    }
-    weight = run_weight;
+  OrtAllocator* allocator = context.GetAllocator(*memory.GetConst());
+  const int64_t dense_floats = (w.n + kDensePanelColumns - 1) / kDensePanelColumns * kDensePanelColumns * w.k;
+  const int64_t dims[] = {dense_floats + 8};  // + 8: room to start at a 32-byte boundary
+  Ort::Value buffer = Ort::Value::CreateTensor<float>(allocator, dims, 1);
+  float* panels = buffer.GetTensorMutableData<float>();
+  while (reinterpret_cast<uintptr_t>(panels) % 32 != 0) ++panels;
+  const MatMulProblem layout{x, m, w.k, w.n, w.panels.data(), w.slot_bits, w.codebook_size, w.table.data(), nullptr,
+                             y, packed::panel_bytes(static_cast<uint64_t>(w.k), w.slot_bits),
+                             packed::panel_row_bytes(w.slot_bits), packed::group_bytes(w.slot_bits)};
+  UnpackTask unpack{&w, panels, unpack_kernel_, &layout};
+  const size_t packed_panels = packed::panel_count(static_cast<uint64_t>(w.n));
+  if (packed_panels > 1 && double(w.k) * double(w.n) >= kParallelWork) {
+    context.ParallelFor(RunUnpackTask, packed_panels, 0, &unpack);
+  } else {
+    for (size_t panel = 0; panel < packed_panels; ++panel) RunUnpackTask(&unpack, panel);
   }
-  std::vector<int64_t> y_shape = x.GetTensorTypeAndShapeInfo().GetShape();
-  y_shape.back() = n;
-  Ort::Value y_view = Ort::Value::CreateTensor<float>(memory, y, static_cast<size_t>(m * n),
-                                                     y_shape.data(), y_shape.size());
-  const OrtValue* inputs[] = {x, weight};
-  OrtValue* outputs[] = {y_view};
-  dense_matmul_.Invoke(raw_context, inputs, 2, outputs, 1);
-  if (bias) {
-    for (int64_t r = 0; r < m; ++r) {
-      float* row = y + r * n;
-      for (int64_t c = 0; c < n; ++c) row[c] += bias[c];
-    }
-  }
-  // The outliers, as after the fused kernel: the panels hold the codebook values only (the decode-once working
-  // copy already holds them).
-  if (w && !w->correction_start.empty()) ApplyCorrections(*w, x.GetTensorData<float>(), y, 0, m, 0, w->n);
-  return nullptr;
+  RunDensePanels(raw_context, panels, w.k, w.n, x, bias, y, m);
+  // The outliers, as after the fused kernel (the panels hold the codebook values only): the same bits as it.
+  if (!w.correction_start.empty()) ApplyCorrections(w, x, y, 0, m, 0, w.n);
 }
 
 }  // namespace onnxcomp

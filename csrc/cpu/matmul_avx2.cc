@@ -136,68 +136,109 @@ void TileAndStore(const Decoder& decoder, const MatMulProblem& p, int64_t m0, in
   StoreTile(p, out, m0, MR, g0, NG);
 }
 
+// Dense panels (DenseProblem): an MR x 16 tile of Y, 2 * MR accumulators held over the whole K, W read as two
+// vectors per k and X broadcast per row. MR = 6 keeps 12 accumulators, 2 weights and a broadcast in the 16 registers.
+constexpr int kDenseRows = 6;
+
+template <int MR>
+void DenseTile(const DenseProblem& p, const float* w, const char* next, int64_t m0, int64_t n0) {
+  __m256 acc[MR][2];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  const float* x = p.x + m0 * p.k;
+  for (int64_t kk = 0; kk < p.k; ++kk) {
+    const __m256 w0 = _mm256_load_ps(w + kk * 16);
+    const __m256 w1 = _mm256_load_ps(w + kk * 16 + 8);
+    _mm_prefetch(next + kk * 64, _MM_HINT_T0);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m256 xv = _mm256_broadcast_ss(x + r * p.k + kk);
+      acc[r][0] = _mm256_fmadd_ps(xv, w0, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(xv, w1, acc[r][1]);
+    }
+  }
+  const int64_t width = p.n - n0 < 16 ? p.n - n0 : 16;
+  if (width == 16) {
+    __m256 b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps();
+    if (p.bias) {
+      b0 = _mm256_loadu_ps(p.bias + n0);
+      b1 = _mm256_loadu_ps(p.bias + n0 + 8);
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      float* y = p.y + (m0 + r) * p.n + n0;
+      // acc + 0.0f would turn -0.0 into +0.0: add only a real bias, as the scalar kernel does.
+      _mm256_storeu_ps(y, p.bias ? _mm256_add_ps(acc[r][0], b0) : acc[r][0]);
+      _mm256_storeu_ps(y + 8, p.bias ? _mm256_add_ps(acc[r][1], b1) : acc[r][1]);
+    }
+    return;
+  }
+  alignas(32) float out[16];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+    _mm256_store_ps(out, acc[r][0]);
+    _mm256_store_ps(out + 8, acc[r][1]);
+    float* y = p.y + (m0 + r) * p.n + n0;
+    for (int64_t c = 0; c < width; ++c) y[c] = p.bias ? out[c] + p.bias[n0 + c] : out[c];
+  }
+}
+
+// Rows [row_begin, row_end) of one dense panel as ceil(rows / 6) tiles of balanced heights: 49 rows as 4 tiles of 6
+// and 5 of 5, not 8 of 6 and a 1-row tile (which is bound by its weight loads, not its multiply-adds). The tiling
+// does not change any output's chain.
+void DenseRows(const DenseProblem& p, const float* w, const char* next, int64_t row_begin, int64_t row_end,
+               int64_t n0) {
+  const int64_t rows = row_end - row_begin;
+  if (rows <= 0) return;
+  const int64_t tiles = (rows + kDenseRows - 1) / kDenseRows;
+  const int64_t base = rows / tiles, extra = rows % tiles;
+  int64_t m = row_begin;
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t height = base + (t < extra ? 1 : 0);
+    switch (height) {
+      case 6: DenseTile<6>(p, w, next, m, n0); break;
+      case 5: DenseTile<5>(p, w, next, m, n0); break;
+      case 4: DenseTile<4>(p, w, next, m, n0); break;
+      case 3: DenseTile<3>(p, w, next, m, n0); break;
+      case 2: DenseTile<2>(p, w, next, m, n0); break;
+      default: DenseTile<1>(p, w, next, m, n0); break;
+    }
+    m += height;
+  }
+}
+
 // Rows from which a task decodes each 32-column group once into a buffer (all K rows) and sweeps 6-row tiles over
 // it, instead of decoding inside every 2-row tile: the lookups are then shared by all the task's rows.
 constexpr int64_t kDecodeOnceRows = 6;
 
-// out[MR][32] = X[MR rows] @ W[:, one group], W decoded in `w` ([k][32] floats). Two 16-column halves, each with
-// MR x 2 accumulators held over the whole K: every output is the same in-order chain of FMAs from 0.0 as in Tile.
-template <int MR>
-void DecodedTile(const float* w, const float* x, int64_t ldx, int64_t k, float* out) {
-#pragma GCC unroll 2
-  for (int half = 0; half < 2; ++half) {
-    __m256 acc[MR][2];
-#pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-    const float* column = w + 16 * half;
-    for (int64_t kk = 0; kk < k; ++kk) {
-      const __m256 w0 = _mm256_load_ps(column + kk * kGroupColumns);
-      const __m256 w1 = _mm256_load_ps(column + kk * kGroupColumns + 8);
-#pragma GCC unroll 8
-      for (int r = 0; r < MR; ++r) {
-        const __m256 xv = _mm256_broadcast_ss(x + r * ldx + kk);
-        acc[r][0] = _mm256_fmadd_ps(xv, w0, acc[r][0]);
-        acc[r][1] = _mm256_fmadd_ps(xv, w1, acc[r][1]);
-      }
-    }
-#pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) {
-      _mm256_storeu_ps(out + r * kGroupColumns + 16 * half, acc[r][0]);
-      _mm256_storeu_ps(out + r * kGroupColumns + 16 * half + 8, acc[r][1]);
-    }
-  }
-}
-
 template <class Decoder>
 bool RunDecodedOnce(const Decoder& d, const MatMulProblem& p, int64_t panel_begin, int64_t panel_end,
                     int64_t row_begin, int64_t row_end) {
+  // The group decoded into two dense panels of 16 columns (DenseProblem's layout), so the dense-panel tiles run
+  // on it: each output the same in-order chain of FMAs from 0.0, then the bias, as in Tile.
   // malloc, not std::vector: this unit must not instantiate std:: templates (see cpu/matmul_kernels.h).
   float* w = static_cast<float*>(aligned_alloc(32, static_cast<size_t>(p.k) * kGroupColumns * sizeof(float) + 32));
   if (!w) return false;
-  alignas(32) float out[6 * kGroupColumns];
+  const DenseProblem dense{p.x, p.m, p.k, p.n, w, p.bias, p.y};
+  float* second = w + p.k * 16;
   for (int64_t g = panel_begin * 2; g < panel_end * 2; ++g) {
     if (g * kGroupColumns >= p.n) break;  // a padding group of the last panel
     const uint8_t* group = p.panels + (g / 2) * p.panel_bytes + (g % 2) * p.group_bytes;
     for (int64_t kk = 0; kk < p.k; ++kk) {
       __m256 v[kVectors];
       d.decode(group + kk * p.row_bytes, v);
-      for (int i = 0; i < kVectors; ++i) _mm256_store_ps(w + kk * kGroupColumns + 8 * i, v[i]);
+      _mm256_store_ps(w + kk * 16, v[0]);
+      _mm256_store_ps(w + kk * 16 + 8, v[1]);
+      _mm256_store_ps(second + kk * 16, v[2]);
+      _mm256_store_ps(second + kk * 16 + 8, v[3]);
     }
-    int64_t m = row_begin;
-    for (; m + 6 <= row_end; m += 6) {
-      DecodedTile<6>(w, p.x + m * p.k, p.k, p.k, out);
-      StoreTile(p, out, m, 6, g, 1);
+    const int64_t halves = g * kGroupColumns + 16 < p.n ? 2 : 1;
+    for (int64_t half = 0; half < halves; ++half) {
+      const float* panel = w + half * p.k * 16;
+      const char* next = reinterpret_cast<const char*>(second);
+      const int64_t n0 = g * kGroupColumns + half * 16;
+      DenseRows(dense, panel, next, row_begin, row_end, n0);
     }
-    const int rest = static_cast<int>(row_end - m);
-    switch (rest) {
-      case 5: DecodedTile<5>(w, p.x + m * p.k, p.k, p.k, out); break;
-      case 4: DecodedTile<4>(w, p.x + m * p.k, p.k, p.k, out); break;
-      case 3: DecodedTile<3>(w, p.x + m * p.k, p.k, p.k, out); break;
-      case 2: DecodedTile<2>(w, p.x + m * p.k, p.k, p.k, out); break;
-      case 1: DecodedTile<1>(w, p.x + m * p.k, p.k, p.k, out); break;
-      default: break;
-    }
-    if (rest) StoreTile(p, out, m, rest, g, 1);
   }
   free(w);
   return true;
@@ -226,21 +267,61 @@ void Run(const Decoder& d, const MatMulProblem& p, int64_t panel_begin, int64_t 
 
 }  // namespace
 
-void MatMulAvx2(const MatMulProblem& p, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end) {
-  if (p.slot_bits == 4 && p.codebook_size <= 8) {
-    Run(Nibble8{_mm256_loadu_ps(p.table)}, p, panel_begin, panel_end, row_begin, row_end);
-  } else if (p.slot_bits == 4) {
-    Run(Nibble16{_mm256_loadu_ps(p.table), _mm256_loadu_ps(p.table + 8)}, p, panel_begin, panel_end, row_begin,
-        row_end);
-  } else if (p.slot_bits == 8 && p.codebook_size <= 32) {
-    Run(BytePermute<4>(p.table, p.codebook_size), p, panel_begin, panel_end, row_begin, row_end);
-  } else if (p.slot_bits == 8 && p.codebook_size <= 64) {
-    Run(BytePermute<8>(p.table, p.codebook_size), p, panel_begin, panel_end, row_begin, row_end);
-  } else if (p.slot_bits == 8) {
-    Run(ByteGather{p.table}, p, panel_begin, panel_end, row_begin, row_end);
-  } else {
-    Run(WordGather{p.table}, p, panel_begin, panel_end, row_begin, row_end);
+void DenseAvx2(const DenseProblem& p, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end) {
+  for (int64_t panel = panel_begin; panel < panel_end; ++panel) {
+    const float* w = p.panels + panel * p.k * 16;
+    // While this panel's tiles run, each prefetches the next panel (one cache line per k; a weight used by one
+    // run streams from memory, and the loads of a 6-row tile alone cannot hide that).
+    const char* next = reinterpret_cast<const char*>(panel + 1 < panel_end ? w + p.k * 16 : w);
+    const int64_t n0 = panel * 16;
+    DenseRows(p, w, next, row_begin, row_end, n0);
   }
+}
+
+namespace {
+
+// Calls f(decoder) with the decoder of p's slot width and codebook size.
+template <class F>
+void WithDecoder(const MatMulProblem& p, const F& f) {
+  if (p.slot_bits == 4 && p.codebook_size <= 8) {
+    f(Nibble8{_mm256_loadu_ps(p.table)});
+  } else if (p.slot_bits == 4) {
+    f(Nibble16{_mm256_loadu_ps(p.table), _mm256_loadu_ps(p.table + 8)});
+  } else if (p.slot_bits == 8 && p.codebook_size <= 32) {
+    f(BytePermute<4>(p.table, p.codebook_size));
+  } else if (p.slot_bits == 8 && p.codebook_size <= 64) {
+    f(BytePermute<8>(p.table, p.codebook_size));
+  } else if (p.slot_bits == 8) {
+    f(ByteGather{p.table});
+  } else {
+    f(WordGather{p.table});
+  }
+}
+
+}  // namespace
+
+void MatMulAvx2(const MatMulProblem& p, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end) {
+  WithDecoder(p, [&](const auto& d) { Run(d, p, panel_begin, panel_end, row_begin, row_end); });
+}
+
+void UnpackAvx2(const MatMulProblem& p, int64_t panel_begin, int64_t panel_end, float* out) {
+  WithDecoder(p, [&](const auto& d) {
+    for (int64_t g = panel_begin * 2; g < panel_end * 2 && g * kGroupColumns < p.n; ++g) {
+      const uint8_t* group = p.panels + (g / 2) * p.panel_bytes + (g % 2) * p.group_bytes;
+      float* first = out + 2 * g * p.k * 16;
+      float* second = g * kGroupColumns + 16 < p.n ? first + p.k * 16 : nullptr;  // past N: no such dense panel
+      for (int64_t kk = 0; kk < p.k; ++kk) {
+        __m256 v[kVectors];
+        d.decode(group + kk * p.row_bytes, v);
+        _mm256_storeu_ps(first + kk * 16, v[0]);
+        _mm256_storeu_ps(first + kk * 16 + 8, v[1]);
+        if (second) {
+          _mm256_storeu_ps(second + kk * 16, v[2]);
+          _mm256_storeu_ps(second + kk * 16 + 8, v[3]);
+        }
+      }
+    }
+  });
 }
 
 }  // namespace onnxcomp

@@ -49,6 +49,41 @@ void MatMulNeon(const MatMulProblem&, int64_t panel_begin, int64_t panel_end, in
 // the bias and cutting the last group at p.n. Shared by the SIMD kernels, compiled without ISA flags.
 void StoreTile(const MatMulProblem& p, const float* out, int64_t m0, int rows, int64_t g0, int ng);
 
+// Y[M, N] = X[M, K] @ W[K, N] (+ bias) with W dense float32 in column panels: CodebookMatMul's decode-once
+// working form. Panel p holds columns [kDensePanelColumns * p, kDensePanelColumns * (p + 1)) of W, its K rows one
+// after the other (kDensePanelColumns floats each, columns past N zero), panels one after the other.
+constexpr int64_t kDensePanelColumns = 16;
+
+struct DenseProblem {
+  const float* x;  // [m, k] row-major
+  int64_t m, k, n;
+  const float* panels;  // ceil(n / kDensePanelColumns) panels of k * kDensePanelColumns floats, 32-byte aligned
+  const float* bias;    // [n] or null
+  float* y;             // [m, n] row-major
+};
+
+// Computes rows [row_begin, row_end) of Y for the columns of panels [panel_begin, panel_end). Every kernel computes
+// each output as fma(x[k], w[k], acc) over k = 0..K-1 in order from 0.0, then adds the bias (the contract of
+// MatMulKernel): all instruction sets give bit-identical results, whatever the split into tasks.
+using DenseKernel = void (*)(const DenseProblem&, int64_t panel_begin, int64_t panel_end, int64_t row_begin,
+                             int64_t row_end);
+
+void DenseScalar(const DenseProblem&, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end);
+#if defined(ONNXCOMP_HAVE_AVX2_KERNELS)
+void DenseAvx2(const DenseProblem&, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end);
+#endif
+#if defined(ONNXCOMP_HAVE_NEON_KERNELS)
+void DenseNeon(const DenseProblem&, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end);
+#endif
+
+// Writes the weights of packed panels [panel_begin, panel_end) of p (codebook values, no outliers) into `out` in
+// DenseProblem's panel layout (dense panels 4 * panel_begin onwards, those below ceil(p.n / kDensePanelColumns));
+// columns past N hold unspecified finite values. Only data moves: the values are the lookups' bits.
+using UnpackKernel = void (*)(const MatMulProblem&, int64_t panel_begin, int64_t panel_end, float* out);
+#if defined(ONNXCOMP_HAVE_AVX2_KERNELS)
+void UnpackAvx2(const MatMulProblem&, int64_t panel_begin, int64_t panel_end, float* out);
+#endif
+
 enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kNeon = 3 };
 
 // The best instruction set this CPU and this build support, lowered by the environment variable
@@ -58,6 +93,10 @@ enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kNeon = 3 };
 Isa SelectIsa();
 const char* IsaName(Isa isa);
 MatMulKernel MatMulKernelFor(Isa isa);
+// The dense-panel kernel of an instruction set (AVX-512 runs the AVX2 one: same results, by the contract above).
+DenseKernel DenseKernelFor(Isa isa);
+// The SIMD unpacking of an instruction set, or null (the caller's portable loop then serves).
+UnpackKernel UnpackKernelFor(Isa isa);
 
 }  // namespace onnxcomp
 

@@ -171,7 +171,52 @@ void Run(const Decoder& d, const MatMulProblem& p, int64_t panel_begin, int64_t 
   }
 }
 
+// Dense panels (DenseProblem): an MR x 16 tile of Y, 4 * MR accumulators held over the whole K (24 of the 32
+// registers at MR = 6), each output the same in-order chain of fused multiply-adds from 0.0 as in DenseScalar.
+constexpr int kDenseRows = 6;
+
+template <int MR>
+void DenseTile(const DenseProblem& p, const float* w, int64_t m0, int64_t n0) {
+  float32x4_t acc[MR][4];
+  for (int r = 0; r < MR; ++r) {
+    for (int j = 0; j < 4; ++j) acc[r][j] = vdupq_n_f32(0.0f);
+  }
+  const float* x = p.x + m0 * p.k;
+  for (int64_t kk = 0; kk < p.k; ++kk) {
+    float32x4_t wv[4];
+    for (int j = 0; j < 4; ++j) wv[j] = vld1q_f32(w + kk * 16 + 4 * j);
+    for (int r = 0; r < MR; ++r) {
+      const float32x4_t xv = vdupq_n_f32(x[r * p.k + kk]);
+      for (int j = 0; j < 4; ++j) acc[r][j] = vfmaq_f32(acc[r][j], xv, wv[j]);
+    }
+  }
+  const int64_t width = p.n - n0 < 16 ? p.n - n0 : 16;
+  float out[16];
+  for (int r = 0; r < MR; ++r) {
+    for (int j = 0; j < 4; ++j) vst1q_f32(out + 4 * j, acc[r][j]);
+    float* y = p.y + (m0 + r) * p.n + n0;
+    for (int64_t c = 0; c < width; ++c) y[c] = p.bias ? out[c] + p.bias[n0 + c] : out[c];
+  }
+}
+
 }  // namespace
+
+void DenseNeon(const DenseProblem& p, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end) {
+  for (int64_t panel = panel_begin; panel < panel_end; ++panel) {
+    const float* w = p.panels + panel * p.k * 16;
+    const int64_t n0 = panel * 16;
+    int64_t m = row_begin;
+    for (; m + kDenseRows <= row_end; m += kDenseRows) DenseTile<kDenseRows>(p, w, m, n0);
+    switch (row_end - m) {
+      case 5: DenseTile<5>(p, w, m, n0); break;
+      case 4: DenseTile<4>(p, w, m, n0); break;
+      case 3: DenseTile<3>(p, w, m, n0); break;
+      case 2: DenseTile<2>(p, w, m, n0); break;
+      case 1: DenseTile<1>(p, w, m, n0); break;
+      default: break;
+    }
+  }
+}
 
 void MatMulNeon(const MatMulProblem& p, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end) {
   if (p.slot_bits == 16) return Run(WordGather{p.table}, p, panel_begin, panel_end, row_begin, row_end);

@@ -83,6 +83,23 @@ void MatMulScalar(const MatMulProblem& p, int64_t panel_begin, int64_t panel_end
   }
 }
 
+void DenseScalar(const DenseProblem& p, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end) {
+  for (int64_t panel = panel_begin; panel < panel_end; ++panel) {
+    const float* w = p.panels + panel * p.k * kDensePanelColumns;
+    const int64_t n0 = panel * kDensePanelColumns;
+    const int64_t width = p.n - n0 < kDensePanelColumns ? p.n - n0 : kDensePanelColumns;
+    for (int64_t m = row_begin; m < row_end; ++m) {
+      const float* x = p.x + m * p.k;
+      float acc[kDensePanelColumns] = {};
+      for (int64_t kk = 0; kk < p.k; ++kk) {
+        for (int64_t c = 0; c < kDensePanelColumns; ++c) acc[c] = fmaf(x[kk], w[kk * kDensePanelColumns + c], acc[c]);
+      }
+      float* y = p.y + m * p.n + n0;
+      for (int64_t c = 0; c < width; ++c) y[c] = p.bias ? acc[c] + p.bias[n0 + c] : acc[c];
+    }
+  }
+}
+
 const char* IsaName(Isa isa) {
   switch (isa) {
     case Isa::kAvx512: return "avx512";
@@ -134,6 +151,27 @@ MatMulKernel MatMulKernelFor(Isa isa) {
 #endif
     default: return MatMulScalar;
   }
+}
+
+DenseKernel DenseKernelFor(Isa isa) {
+  switch (isa) {
+#if defined(ONNXCOMP_HAVE_AVX2_KERNELS)
+    case Isa::kAvx512:
+    case Isa::kAvx2: return DenseAvx2;
+#endif
+#if defined(ONNXCOMP_HAVE_NEON_KERNELS)
+    case Isa::kNeon: return DenseNeon;
+#endif
+    default: return DenseScalar;
+  }
+}
+
+UnpackKernel UnpackKernelFor(Isa isa) {
+#if defined(ONNXCOMP_HAVE_AVX2_KERNELS)
+  if (isa == Isa::kAvx2 || isa == Isa::kAvx512) return UnpackAvx2;
+#endif
+  (void)isa;
+  return nullptr;
 }
 
 }  // namespace onnxcomp

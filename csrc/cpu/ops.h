@@ -59,11 +59,8 @@ struct PackedMatrix {
 // (shared by the CPU and CUDA kernels).
 void PackMatrix(const DecodedRecord& record, PackedMatrix* out);
 
-// Writes W [K, N] row-major from its panels (the dense form the large-batch path multiplies by).
-void UnpackMatrix(const PackedMatrix& w, float* out);
-
-// Rows of X from which CodebookMatMul decodes W for the run and multiplies with onnxruntime's MatMul (MLAS GEMM)
-// instead of the fused kernel (docs/ops.md); ONNXCOMP_GEMM_ROWS overrides it (0: never), read at kernel creation.
+// Rows of X from which CodebookMatMul decodes W for the run into dense panels and multiplies with the dense-panel
+// kernel instead of the fused kernel (docs/ops.md); ONNXCOMP_GEMM_ROWS overrides it (0: never), read at kernel creation.
 int64_t DenseGemmRows();
 
 // Adds the outlier corrections to Y rows [row_begin, row_end), columns [column_begin, column_end), after the
@@ -79,25 +76,29 @@ struct CodebookMatMulKernel : RecordKernel {
   OrtStatus* ComputeV2(OrtKernelContext* context) noexcept;
 
  private:
-  // Y = X @ W (+ bias) with onnxruntime's MatMul: on the decode-once working copy, or on W unpacked into a buffer
-  // of this run (then `w` also supplies the outlier corrections).
-  OrtStatus* RunDense(OrtKernelContext* context, const PackedMatrix* w, const Ort::ConstValue& x, const float* bias,
-                      float* y, int64_t m);
+  // Y = X @ W (+ bias), W unpacked into dense panels for this run, then its outlier corrections: the fused
+  // kernel's bits (same chain of fused multiply-adds over the same values, then the bias, then the corrections).
+  void RunDense(OrtKernelContext* context, const PackedMatrix& w, const float* x, const float* bias, float* y,
+                int64_t m);
+  // Y = X @ W (+ bias) with dense_kernel_ on W [K, N] in dense panels, on onnxruntime's thread pool.
+  void RunDensePanels(OrtKernelContext* context, const float* w, int64_t k, int64_t n, const float* x,
+                      const float* bias, float* y, int64_t m);
 
   Isa isa_ = Isa::kScalar;
   MatMulKernel kernel_ = nullptr;
-  // decode_once = 1: W [K, N] decoded once into a dense float working copy, multiplied by onnxruntime's MatMul
-  // in every run (no packed form kept).
+  DenseKernel dense_kernel_ = nullptr;
+  UnpackKernel unpack_kernel_ = nullptr;  // null: the portable unpacking
+  // decode_once = 1: W [K, N] decoded once into dense float panels (DenseProblem's layout, the exact values with
+  // the outliers), multiplied by dense_kernel_ in every run (no packed form kept).
   // Filled by the first run (so a session that never runs holds only the record), under once_.
   bool decode_once_ = false;
   std::unique_ptr<const DecodedRecord> once_record_;  // released once decoded
   std::once_flag once_;
-  std::vector<float> dense_weight_;
-  Ort::Value dense_weight_value_{nullptr};
+  std::vector<float> dense_storage_;  // the panels, from the first 32-byte aligned float on
+  const float* dense_panels_ = nullptr;
   int64_t dense_k_ = 0, dense_n_ = 0;
   std::unique_ptr<const PackedMatrix> constant_matrix_;
   int64_t dense_rows_ = 0;  // 0: the fused kernel always
-  Ort::Op dense_matmul_{nullptr};
 };
 
 struct CodebookMatMulOp : Ort::CustomOpBase<CodebookMatMulOp, CodebookMatMulKernel, true> {

@@ -4,8 +4,10 @@
 // 2..9, codebooks of every table path (<= 16, 32, 64 entries and larger, sizes not powers of two), with and
 // without bias, and with the work split into tasks as the op does. Built for aarch64 (run under qemu-user)
 // it checks the NEON kernel; built natively on x86-64 the AVX2 and AVX-512 kernels this CPU runs.
-// Plain C++, no ORT.
+// The dense-panel kernels (DenseKernel, the decode-once working form) are checked the same way against
+// DenseScalar, on large and odd row counts too. Plain C++, no ORT.
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,6 +66,27 @@ static void check_case(Isa isa, const Case& c, std::mt19937& rng) {
                   c.bias ? bias.data() : nullptr, want.data(), packed::panel_bytes(c.k, slot),
                   packed::panel_row_bytes(slot), packed::group_bytes(slot)};
   run_tasks(MatMulScalar, p, 0, 0);
+  if (UnpackKernel unpack = UnpackKernelFor(isa)) {  // W into dense panels: every column below N is its lookup
+    const int64_t dense_panels = (c.n + kDensePanelColumns - 1) / kDensePanelColumns;
+    std::vector<float> dense(static_cast<size_t>(dense_panels * c.k * kDensePanelColumns) + 1, NAN);
+    const int64_t packed_panels = static_cast<int64_t>(packed::panel_count(static_cast<uint64_t>(c.n)));
+    for (int64_t panel = 0; panel < packed_panels; ++panel) unpack(p, panel, panel + 1, dense.data());
+    ++g_checks;
+    bool same = isnan(dense.back());
+    for (int64_t r = 0; r < c.k && same; ++r) {
+      for (int64_t j = 0; j < c.n && same; ++j) {
+        const float want_w = table[packed::panel_load(panels.data(), c.k, slot, r, j)];
+        const float got_w = dense[static_cast<size_t>(((j / kDensePanelColumns) * c.k + r) * kDensePanelColumns +
+                                                      j % kDensePanelColumns)];
+        same = memcmp(&want_w, &got_w, 4) == 0;
+      }
+    }
+    if (!same) {
+      ++g_failures;
+      fprintf(stderr, "%s unpack k=%lld n=%lld bits=%u size=%u: dense panels differ from the lookups\n", IsaName(isa),
+              (long long)c.k, (long long)c.n, c.bits, c.codebook_size);
+    }
+  }
   // The op's split (2 panels, 48 rows), single tasks, and odd splits (1 panel x 1 row, 3 panels x 5 rows).
   const int64_t splits[][2] = {{0, 0}, {2, 48}, {1, 1}, {3, 5}};
   for (const auto& split : splits) {
@@ -86,6 +109,59 @@ static void check_case(Isa isa, const Case& c, std::mt19937& rng) {
       if (!tail_untouched) fprintf(stderr, "%s: wrote past the output\n", IsaName(isa));
     }
   }
+}
+
+// The dense-panel kernel of `isa` against DenseScalar on one shape, whole and split into tasks.
+static void check_dense_case(Isa isa, int64_t m, int64_t k, int64_t n, bool with_bias, std::mt19937& rng) {
+  std::normal_distribution<float> normal;
+  const int64_t panels = (n + kDensePanelColumns - 1) / kDensePanelColumns;
+  std::vector<float> storage(static_cast<size_t>(panels * k * kDensePanelColumns) + 8, 0.0f);
+  float* w = storage.data();
+  while (reinterpret_cast<uintptr_t>(w) % 32 != 0) ++w;
+  for (int64_t p = 0; p < panels; ++p)
+    for (int64_t r = 0; r < k; ++r)
+      for (int64_t c = 0; c < kDensePanelColumns && p * kDensePanelColumns + c < n; ++c)
+        w[(p * k + r) * kDensePanelColumns + c] = (rng() % 7 == 0) ? -0.0f : normal(rng);
+  std::vector<float> x(static_cast<size_t>(m * k)), bias(static_cast<size_t>(n));
+  for (auto& v : x) v = normal(rng);
+  if (!x.empty()) x[0] = 1.0f - 0x1p-24f;
+  for (auto& v : bias) v = normal(rng);
+  std::vector<float> want(static_cast<size_t>(m * n) + 1, NAN), got(static_cast<size_t>(m * n) + 1, NAN);
+  DenseProblem p{x.data(), m, k, n, w, with_bias ? bias.data() : nullptr, want.data()};
+  DenseScalar(p, 0, panels, 0, m);
+  const int64_t splits[][2] = {{0, 0}, {8, 126}, {1, 1}, {3, 5}};  // panels x rows per task (0: all)
+  for (const auto& split : splits) {
+    std::fill(got.begin(), got.end(), NAN);
+    p.y = got.data();
+    const int64_t panel_step = split[0] ? split[0] : panels, row_step = split[1] ? split[1] : m;
+    for (int64_t m0 = 0; m0 < m; m0 += row_step)
+      for (int64_t p0 = 0; p0 < panels; p0 += panel_step)
+        DenseKernelFor(isa)(p, p0, std::min(panels, p0 + panel_step), m0, std::min(m, m0 + row_step));
+    ++g_checks;
+    if (memcmp(got.data(), want.data(), sizeof(float) * static_cast<size_t>(m * n)) != 0 || !isnan(got[m * n])) {
+      ++g_failures;
+      fprintf(stderr, "%s dense m=%lld k=%lld n=%lld bias=%d split=%lldx%lld differs from DenseScalar\n",
+              IsaName(isa), (long long)m, (long long)k, (long long)n, with_bias, (long long)split[0],
+              (long long)split[1]);
+    }
+  }
+}
+
+static void check_dense(Isa isa, std::mt19937& rng) {
+  const long checks_before = g_checks;
+  const int failures_before = g_failures;
+  const int64_t shapes[][3] = {{1, 1, 1}, {1, 7, 13}, {5, 1, 16}, {6, 33, 17}, {7, 64, 31}, {13, 17, 67},
+                               {49, 96, 48}, {200, 37, 70}, {601, 9, 33}};
+  int count = 0;
+  for (const auto& s : shapes) {
+    check_dense_case(isa, s[0], s[1], s[2], true, rng);
+    check_dense_case(isa, s[0], s[1], s[2], false, rng);
+    count += 2;
+  }
+  std::uniform_int_distribution<int> rows(1, 300), depth(1, 200), width(1, 150), coin(0, 1);
+  for (int i = 0; i < 30; ++i, ++count) check_dense_case(isa, rows(rng), depth(rng), width(rng), coin(rng) == 1, rng);
+  printf("%s dense panels against scalar: %d shapes, %ld checks, %d failures\n", IsaName(isa), count,
+         g_checks - checks_before, g_failures - failures_before);
 }
 
 static int check_isa(Isa isa) {
@@ -115,6 +191,7 @@ static int check_isa(Isa isa) {
     cases.push_back({batches[batch(rng)], 2 * odd_k(rng) + 1, n, bits, size, coin(rng) == 1});
   }
   for (const Case& c : cases) check_case(isa, c, rng);
+  check_dense(isa, rng);
   printf("%s against scalar: %zu shapes, %ld checks, %d failures\n", IsaName(isa), cases.size(),
          g_checks - checks_before, g_failures - failures_before);
   return 1;

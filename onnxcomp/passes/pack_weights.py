@@ -25,7 +25,8 @@ transB=1, Transpose -> MatMul).
 
 Decode-once working forms (``decode_once=1`` on CodebookDecode and CodebookMatMul, docs/ops.md): those kernels then
 keep the weight decoded as float32 from their first run (CodebookDecode copies it out in each run instead of
-decoding it; CodebookMatMul multiplies it with onnxruntime's MatMul). The rule, per model: the working copies may
+decoding it; CodebookMatMul keeps it in dense panels of 16 columns, N padded, and multiplies with its dense-panel
+kernel). The rule, per model: the working copies may
 spend at most ``DECODE_ONCE_SHARE`` (half) of the bytes compression saved, ``(dense bytes - record bytes)`` summed
 over the packed weights, so the compressed session keeps less persistent weight memory than the dense one
 (records + working copies <= (dense + records) / 2 < dense). CodebookConv and CodebookLSTM always keep one working
@@ -264,19 +265,33 @@ def dense_producer(tensor: gs.Variable) -> gs.Node:
     return node
 
 
+# Columns per panel of CodebookMatMul's decode-once working form (kDensePanelColumns in csrc/cpu/matmul_kernels.h):
+# its copy holds N rounded up to a multiple of this.
+DENSE_PANEL_COLUMNS = 16
+
+
+def working_copy_bytes(node: gs.Node, target: WeightTarget) -> int:
+    """Bytes of the float32 working copy ``node`` keeps of ``target``: 4 per element, and for CodebookMatMul's dense
+    panels ([K, N] with N padded to DENSE_PANEL_COLUMNS) 4 per padded element."""
+    if node.op != "CodebookMatMul":
+        return 4 * target.size
+    rows, columns = target.constant.shape
+    k, n = (columns, rows) if target.transposed else (rows, columns)
+    return 4 * k * (-(-n // DENSE_PANEL_COLUMNS) * DENSE_PANEL_COLUMNS)
+
+
 def assign_decode_once(targets: list[WeightTarget], emitted: list[tuple[gs.Node, WeightTarget]]) -> str:
     """Sets ``decode_once=1`` on the CodebookDecode and CodebookMatMul nodes of ``emitted`` that the module
-    docstring's rule grants (a float32 working copy of 4 bytes per element each); returns a log line."""
+    docstring's rule grants (working_copy_bytes each); returns a log line."""
     saved = sum(t.dense_bytes - len(t.record) for t in targets)
     budget = DECODE_ONCE_SHARE * saved
-    copy = {id(t): 4 * t.size for t in targets}
-    spent = sum(copy[id(t)] for node, t in emitted if node.op in ("CodebookConv", "CodebookLSTM"))
+    spent = sum(working_copy_bytes(node, t) for node, t in emitted if node.op in ("CodebookConv", "CodebookLSTM"))
     granted = {"CodebookDecode": 0, "CodebookMatMul": 0}
     for op in granted:
-        for node, target in sorted((e for e in emitted if e[0].op == op), key=lambda e: copy[id(e[1])]):
-            if spent + copy[id(target)] <= budget:
+        for node, target in sorted((e for e in emitted if e[0].op == op), key=lambda e: working_copy_bytes(*e)):
+            if spent + working_copy_bytes(node, target) <= budget:
                 node.attrs["decode_once"] = 1
-                spent += copy[id(target)]
+                spent += working_copy_bytes(node, target)
                 granted[op] += 1
     return (f"decode-once working copies: {granted['CodebookDecode']} CodebookDecode, {granted['CodebookMatMul']} "
             f"CodebookMatMul; {spent} bytes with CodebookConv's, budget {budget:.0f} ({DECODE_ONCE_SHARE} of {saved} "
