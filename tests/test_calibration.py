@@ -222,6 +222,38 @@ def test_sequential_mode_end_to_end(tmp_path, rng):
         onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out2.onnx", sequential=True)
 
 
+def test_sequential_activation_pruning_of_a_layer_whose_input_cannot_be_observed(tmp_path, rng):
+    """A grouped conv has no observable layer input: in sequential mode it is compressed by itself and pruned by
+    magnitude, as in one pass, instead of failing the "needs calibration data" check meant for a missing --calib."""
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["h"], group=2), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Flatten", ["r"], ["f"]), helper.make_node("Gemm", ["f", "w2"], ["y"], transB=1)]
+    model = make_model(nodes, [float_input("x", ["n", 4, 8, 8])], [float_input("y", ["n", 5])],
+                       [weight(rng, "w1", (8, 2, 3, 3)), weight(rng, "w2", (5, 288))])
+    onnx.save(model, tmp_path / "in.onnx")
+    data = tmp_path / "calib.npz"
+    np.savez(data, x=rng.standard_normal((32, 4, 8, 8)).astype(np.float32))
+    report = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx", prune="activation", calib=str(data),
+                               sparsity=0.5, bits=4, min_elements=16, sequential=True)
+    assert sorted((layer.name, round(layer.sparsity, 2)) for layer in report.layers) == [("w1", 0.5), ("w2", 0.5)]
+    x = rng.standard_normal((3, 4, 8, 8)).astype(np.float32)
+    assert onnxcomp.InferenceSession(tmp_path / "out.onnx").run(None, {"x": x})[0].shape == (3, 5)
+
+
+def test_statistics_of_a_time_first_layer_input(rng):
+    """A layer reading [time, batch, features] (a recurrent model's classifier): the sample axis is moved first,
+    so per-sample counts hold and the Gram matrix is that of all rows (it used to be refused)."""
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0, 2]), helper.make_node("MatMul", ["t", "w"], ["y"])]
+    model = make_model(nodes, [float_input("x", ["n", 5, 12])], [float_input("y", [5, "n", 20])], [weight(rng, "w", (12, 20))])
+    x = np.abs(rng.standard_normal((8, 5, 12))).astype(np.float32)
+    x[:, :, 3] = 0
+    x[2, :, 3] = 1  # feature 3 fires in one sample only, on 5 rows
+    stats = calibration.collect(model, {"w": calibration.LayerInput("t", "kn")}, {"x": x}, batch=8, threshold=0.5)["w"]
+    rows = x.reshape(-1, 12).astype(np.float64)
+    assert stats.samples == 8 and stats.rows == 40
+    np.testing.assert_allclose(stats.gram, rows.T @ rows, rtol=1e-4, atol=1e-4)
+    assert stats.fire_samples[3] == 1 and stats.fire_rows[3] == 5
+
+
 def test_sample_axis_of_declared_shapes():
     """Samples sit on the first axis unless it is fixed to more than 1 and a later one is dynamic (a recurrent
     state); an input exported with a fixed batch of 1 and a dynamic width keeps them first; scalars go whole."""

@@ -283,3 +283,15 @@ def test_verify_per_layer_leaves_out_folded_weights(tmp_path):
     np.savez(calib, x=rng.standard_normal((8, 2, 12)).astype(np.float32))
     result = onnxcomp.verify(tmp_path / "in.onnx", tmp_path / "out.onnx", calib=str(calib), samples=8, per_layer=True)
     assert {layer.name for layer in result.layers} == {"w2", "r2"}
+
+
+def test_budget_settings_reach_the_folded_weights(tmp_path):
+    """A budget allocation names the weights of the model as given; compress folds the recurrent chains first, and
+    the folded constant takes its source's setting (it used to get the data-free allocation instead)."""
+    rng = np.random.default_rng(22)
+    onnx.save(_torch_style_lstm(rng), tmp_path / "in.onnx")
+    settings = {"w_ih": {"sparsity": 0.0, "bits": 2}, "w_hh": {"sparsity": 0.3, "bits": 5}, "b": {"skip": True}}
+    report = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx", min_elements=100, settings=settings)
+    got = {layer.name: (round(layer.sparsity, 1), layer.bits) for layer in report.layers}
+    assert got == {"w_ih.folded": (0.0, 2), "w_hh.folded": (0.3, 5)}
+    assert ("b.folded", "left dense by the budget allocation") in report.skipped

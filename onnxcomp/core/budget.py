@@ -82,8 +82,7 @@ def error(metric: str, reference: np.ndarray, output: np.ndarray, labels: np.nda
         log_p, log_q = _log_softmax(ref), _log_softmax(out)
         return float(np.mean((np.exp(log_p) * (log_p - log_q)).sum(1)))
     if metric == "cosine":
-        cos = (ref * out).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1) + 1e-30)
-        return float(1.0 - cos.min())
+        return float(_cosine_errors(ref, out).max())
     if metric == "top1":
         return float(1.0 - np.mean(ref.argmax(1) == out.argmax(1)))
     if metric == "rel_l2":
@@ -96,17 +95,25 @@ def error(metric: str, reference: np.ndarray, output: np.ndarray, labels: np.nda
 def error_bound(metric: str, reference: np.ndarray, output: np.ndarray, labels: np.ndarray | None = None,
                 z: float = 1.0) -> float:
     """The error at a confidence bound ``z`` standard errors above the measured one, for the metrics measured by
-    counting samples; the measured error for the others (``kl``, ``cosine``, ``rel_l2``).
+    counting samples, and for the others from the spread of their per-sample terms.
 
     top1: the Wilson score upper bound of the disagreement rate p = k / n (Wilson 1927),
     (p + z^2/2n + z sqrt(p(1 - p)/n + z^2/4n^2)) / (1 + z^2/n); it stays above 0 when k = 0, unlike the normal
-    approximation. accuracy: the paired difference of two accuracies on the same n samples, with b samples the
+    approximation. cosine: the largest per-sample error 1 - cos on n samples, raised by z standard deviations of
+    the largest of n fresh samples (``_tail_bound``), since a min-cosine budget is judged on the worst sample of
+    data the search never saw. accuracy: the paired difference of two accuracies on the same n samples, with b samples the
     compressed model gets wrong that the original got right and c the reverse, has the standard error
     sqrt(b + c - (b - c)^2/n) / n (the variance behind McNemar's test); the bound is (b - c)/n + z times it, or
     the Wilson upper bound of the hurt rate b/n minus c/n when that is larger, which keeps a margin from the sample
-    count when no prediction changed (b = c = 0 gives about 1/(n + 1) at z = 1, as top1 does)."""
-    if metric not in ("top1", "accuracy"):
-        return error(metric, reference, output, labels)
+    count when no prediction changed (b = c = 0 gives about 1/(n + 1) at z = 1, as top1 does). kl: the mean of
+    the per-sample divergences plus z standard errors of that mean. rel_l2: R^2 = sum a_i / sum b_i (a_i the
+    squared error of sample i, b_i its squared reference norm) is a ratio estimator, whose standard error is
+    sqrt(n / (n - 1) sum (a_i - R^2 b_i)^2) / sum b_i (Cochran 1977, ratio estimation, first order); the bound is
+    sqrt(R^2 + z times it). Fewer than 2 samples give no spread: the bound is then infinite unless the error is 0."""
+    if metric == "cosine":
+        return _tail_bound(_cosine_errors(reference, output), z)
+    if metric in ("kl", "rel_l2"):
+        return _mean_bound(metric, reference, output, z)
     ref = reference.reshape(len(reference), -1).argmax(1)
     out = output.reshape(len(output), -1).argmax(1)
     n = len(ref)
@@ -118,6 +125,61 @@ def error_bound(metric: str, reference: np.ndarray, output: np.ndarray, labels: 
     helped = int(np.sum((ref != labels) & (out == labels)))
     spread = math.sqrt(max(hurt + helped - (hurt - helped) ** 2 / n, 0.0)) / n
     return max((hurt - helped) / n + z * spread, _wilson_upper(hurt / n, n, z) - helped / n)
+
+
+def _mean_bound(metric: str, reference: np.ndarray, output: np.ndarray, z: float) -> float:
+    """``error_bound`` for kl and rel_l2: the measured error plus z standard errors from the per-sample terms."""
+    ref = reference.reshape(len(reference), -1).astype(np.float64)
+    out = output.reshape(len(output), -1).astype(np.float64)
+    n = len(ref)
+    if metric == "kl":
+        log_p, log_q = _log_softmax(ref), _log_softmax(out)
+        terms = (np.exp(log_p) * (log_p - log_q)).sum(1)
+        value = float(np.mean(terms))
+        if value <= 0:
+            return value
+        return value + z * float(np.std(terms, ddof=1)) / math.sqrt(n) if n > 1 else math.inf
+    a, b = ((out - ref) ** 2).sum(1), (ref ** 2).sum(1)
+    total = float(b.sum()) + 1e-300
+    squared = float(a.sum()) / total
+    if squared <= 0:
+        return 0.0
+    if n < 2:
+        return math.inf
+    spread = math.sqrt(n / (n - 1) * float(np.sum((a - squared * b) ** 2))) / total
+    return math.sqrt(squared + z * spread)
+
+
+def _cosine_errors(reference: np.ndarray, output: np.ndarray) -> np.ndarray:
+    """1 - cos per sample (first axis), float64 [samples]."""
+    ref = reference.reshape(len(reference), -1).astype(np.float64)
+    out = output.reshape(len(output), -1).astype(np.float64)
+    return 1.0 - (ref * out).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1) + 1e-30)
+
+
+def _tail_bound(errors: np.ndarray, z: float) -> float:
+    """An upper bound of the largest per-sample error on n fresh samples, from n measured ``errors`` (>= 0).
+
+    The errors' upper tail is taken as Pareto-like, i.e. exponential in log e (this suits 1 - cos: a weight change
+    scales every sample's error by about the same factor, so the spread of log e is the data's, not the
+    compression level's). With the k = round(sqrt(n)) largest errors above the threshold e_(k+1), the tail scale
+    is Hill's estimator gamma = mean_j log(e_(j) / e_(k+1)) (Hill 1975), with variance gamma^2 / k (Hall 1982). The
+    largest log error of n samples is then log e_(k+1) + gamma (log(n / k) + G), G a standard Gumbel variable of
+    variance pi^2 / 6 (Gnedenko 1943), so its standard deviation is s = gamma sqrt(pi^2 / 6 + log(n / k)^2 / k):
+    the fresh maximum's own spread plus the uncertainty of gamma. The bound is e_max exp(z s). The sample count
+    sets the margin through k and log(n / k); fewer than 3 samples leave no tail to estimate, and the bound is
+    then infinite (nothing can be confirmed on them)."""
+    n = len(errors)
+    e_max = float(np.max(errors)) if n else math.inf
+    if e_max <= 0:
+        return max(e_max, 0.0)
+    if n < 3:
+        return math.inf
+    k = min(n - 1, max(2, int(round(math.sqrt(n)))))
+    top = np.sort(np.maximum(errors, 1e-300))[::-1][:k + 1]
+    gamma = float(np.mean(np.log(top[:k] / top[k])))
+    exponent = z * gamma * math.sqrt(math.pi ** 2 / 6 + math.log(n / k) ** 2 / k)
+    return e_max * math.exp(exponent) if exponent < 700 else math.inf
 
 
 def _wilson_upper(p: float, n: int, z: float) -> float:

@@ -1,11 +1,13 @@
 """ApplySettingsPass: per-weight sparsity and bit width, or ``skip`` (leave dense), by weight name (from a
-budget allocation)."""
+budget allocation). A recurrent weight that FoldRecurrentWeightsPass folded (``NAME.folded``) takes the setting of
+the initializer it was folded from (``NAME``): the budget measures the model as given, compress folds it first."""
 
 from __future__ import annotations
 
 from onnxcomp.errors import InvalidOptionError
 
 from .base import CompressionState, GraphPass, PassResult
+from .fold_weights import FOLDED_NAME
 
 
 class ApplySettingsPass(GraphPass):
@@ -19,7 +21,7 @@ class ApplySettingsPass(GraphPass):
     def run(self, state: CompressionState) -> PassResult:
         applied = 0
         for target in list(state.targets):
-            values = self.settings.get(target.name)
+            values = self.settings.get(target.name, self.settings.get(FOLDED_NAME.sub("", target.name)))
             if values and values.get("skip"):
                 state.targets.remove(target)
                 state.skipped.append((target.name, "left dense by the budget allocation"))

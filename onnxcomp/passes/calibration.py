@@ -456,10 +456,8 @@ def _observe(stats: dict, layers: dict[str, LayerInput], values: dict, samples: 
             stats[layer] = shared[key]
         if original_values is None and key in done:
             continue
-        x = values[spec.tensor]
-        if spec.layout != "conv" and x.ndim >= 2 and x.shape[0] != samples:
-            raise CalibrationError(f"the input of {layer} does not keep the batch axis first; activation-aware pruning cannot use it")
-        rows = input_rows(np.asarray(x), spec)
+        x = _samples_first(np.asarray(values[spec.tensor]), spec, samples, layer)
+        rows = input_rows(x, spec)
         if layer not in stats:
             stats[layer] = LayerStatistics(rows.shape[1], keep_gram=keep_gram)
             if original_values is None:
@@ -467,7 +465,21 @@ def _observe(stats: dict, layers: dict[str, LayerInput], values: dict, samples: 
         stats[layer].add(rows, samples, threshold)
         done.add(key)
         if original_values is not None:
-            stats[layer].add_original(rows, input_rows(np.asarray(original_values[spec.tensor]), spec))
+            original = _samples_first(np.asarray(original_values[spec.tensor]), spec, samples, layer)
+            stats[layer].add_original(rows, input_rows(original, spec))
+
+
+def _samples_first(x: np.ndarray, spec: LayerInput, samples: int, layer: str) -> np.ndarray:
+    """A MatMul/Gemm input with its sample axis first. A layer may read a tensor whose samples sit on another axis
+    than the first (a recurrent model's [time, batch, features] sequence before its classifier): that axis is moved
+    first (the rows, and so the Gram matrix, stay the same; per-sample counts need it first). The first axis that
+    is not the features' and holds ``samples`` entries is taken."""
+    if spec.layout == "conv" or x.ndim < 2 or x.shape[0] == samples:
+        return x
+    axis = next((a for a in range(x.ndim - 1) if x.shape[a] == samples), None)
+    if axis is None:
+        raise CalibrationError(f"the input of {layer} has no axis of {samples} samples; activation-aware pruning cannot use it")
+    return np.moveaxis(x, axis, 0)
 
 
 def collect_segments(model: onnx.ModelProto, layers: dict[str, LayerInput], data: dict[str, np.ndarray], *,

@@ -35,8 +35,10 @@ class CompressSequentiallyPass(GraphPass):
         compressed = onnx.ModelProto()
         compressed.CopyFrom(original)
         initializers = {t.name: t for t in compressed.graph.initializer}
+        main_nodes = {id(node) for node in state.graph.nodes}  # a tensor inside an If/Loop/Scan body is no graph output
+        for target in targets:
+            target.layer_input = layer_input(target, main_nodes)
         for target in progress.track(targets, "sequential layers"):
-            target.layer_input = layer_input(target)
             with progress.silenced():  # one bar for the layers, not one per layer's steps
                 if target.layer_input is not None:
                     stats = collect(compressed, {target.name: target.layer_input}, self.data, batch=self.batch,

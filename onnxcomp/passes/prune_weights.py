@@ -18,7 +18,7 @@ import numpy as np
 from onnxcomp import parallel
 from onnxcomp.core import obs, pruning
 from onnxcomp.passes.calibration import GRAM_LIMIT, from_rows, to_rows
-from onnxcomp.errors import CalibrationError, InvalidOptionError
+from onnxcomp.errors import InvalidOptionError
 from onnxcomp.core.recipes import LayerRule, rule_value
 
 from .base import CompressionState, GraphPass, PassResult, WeightTarget, log
@@ -55,13 +55,6 @@ class PruneWeightsPass(GraphPass):
         self.rules = tuple(rules)
         self.method, self.score, self.sparsity, self.scope = method, score, sparsity, scope
         self.threshold, self.sensitivity, self.tfidf = threshold, sensitivity, tfidf
-
-    def check(self, state: CompressionState) -> None:
-        # Only weights that will lose elements need activations: an unpruned one (a bias in a sequential run) does not.
-        pruned = [t for t in state.targets if self.sparsity_for(t) > 0]
-        # (statistics, or an observable input whose statistics CalibrateWeightsPass gathers as the steps go)
-        if self.method == "activation" and pruned and not any(t.statistics is not None or t.layer_input is not None for t in pruned):
-            raise CalibrationError("activation-aware pruning needs calibration data: pass --calib DATA.npz")
 
     def sparsity_for(self, target: WeightTarget) -> float:
         """The fraction pruned: a per-weight override, a layer rule matching the name, else the kind's value."""

@@ -7,7 +7,8 @@
    graph input, so one onnxruntime session serves all candidates of a weight). One calibration pass gives
    every layer's statistics. Results are cached in a JSON file keyed by the model, the data and the options,
    written after each weight: an interrupted run resumes with the next weight, and a second run with another
-   budget skips this step.
+   top-1 or accuracy budget (or the same budget) skips this step; a cosine, rel_l2 or kl budget's value caps
+   its curves (``CAP``), so it is part of the key.
    Top-1 and accuracy budgets move in steps of one sample, too coarse to rank candidates: their curves
    measure a smooth stand-in instead (the KL divergence of the softmax outputs for class scores, else the
    relative L2 error; budget.allocation_metric).
@@ -28,6 +29,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -68,7 +70,8 @@ CHECK = 0.25  # share of the calibration samples kept apart as the final check s
 CHECKS = 8  # passing allocations tried on the check set, in a fixed sequence from the largest down
 Z = 1.0  # the safety margin: one standard error (budget.error_bound)
 LADDER_STEP = 0.03  # allocations tested on the check set differ in size by at least this fraction
-CACHE_VERSION = 6  # 4: records keep outliers (--outliers, default auto); 5: a check set apart; 6: predicted errors
+CACHE_VERSION = 7  # 4: records keep outliers (--outliers, default auto); 5: a check set apart; 6: predicted errors; 7: capped
+CAP = 4.0  # sensitivity: past a (sparsity, bits) whose error exceeds CAP x the budget, higher sparsities at those bits are not tried
 
 
 def holdout_split(count: int, held: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -76,6 +79,16 @@ def holdout_split(count: int, held: int, seed: int = 0) -> tuple[np.ndarray, np.
     calibration files are often sorted (by class, by source)."""
     order = np.random.default_rng(seed).permutation(count)
     return np.sort(order[held:]), np.sort(order[:held])
+
+
+@contextlib.contextmanager
+def _removed_on_error(folder: str):
+    """Remove ``folder`` (a staging folder) if the block raises, then re-raise: no partial output stays behind."""
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def budget_split(count: int, held: int, checked: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -197,8 +210,14 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
 
     options = dict(prune=prune, score=score, reconstruct=reconstruct, ridge=ridge, init=init, seed=seed, rounding=rounding,
                    outliers=outliers)
+    # A budget measured in its own metric bounds what any one weight may cost: no allocation the search tries puts
+    # more than CAP times the whole budget on one weight (the allowed error grows from the budget by steps of 2,
+    # and only while the summed predictions overstate the measured error), so the sensitivity analysis stops
+    # raising a weight's sparsity at a given bit width once its error passes that (errors grow with sparsity).
+    # A stand-in metric (top1 and accuracy budgets) has no such scale: its curves are not capped.
+    cap = CAP * goal.max_error if metric == goal.metric and goal.max_error > 0 else None
     key = hashlib.sha256(json.dumps([CACHE_VERSION, options, min_elements, list(sparsities), list(bits), metric, holdout,
-                                     check, count], sort_keys=True).encode())
+                                     check, count, cap], sort_keys=True).encode())
     key.update(model.SerializeToString(deterministic=True))
     for name in sorted(data):
         key.update(np.ascontiguousarray(data[name]).tobytes())
@@ -209,7 +228,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
         progress.messages()(f"{len(cached)} sensitivity curves from the cache {cache_file}")
     # each weight's curve is cached as soon as it is measured, so an interrupted run resumes where it stopped
     curves = _measure(model, fit, hold, reference, labels, metric, sparsities, bits, options, min_elements,
-                      cached, lambda done: _save_cache(cache_file, done))
+                      cached, lambda done: _save_cache(cache_file, done), cap)
 
     # Search the allowed (predicted) error: errors rarely add up exactly, so shrink it when the real model
     # misses the budget and grow it when the real model leaves room, bisecting between the two (geometrically
@@ -288,13 +307,14 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
         for settings, _, predicted, measured in ladder if checked else ladder[-1:]:
             staging = tempfile.mkdtemp(prefix=".onnxcomp-", dir=os.path.dirname(os.path.abspath(output_path)))
             staged = os.path.join(staging, os.path.basename(output_path))
-            report = compress(input_path, staged, calib=searched, prune=prune, score=score, reconstruct=reconstruct,
-                              outliers=outliers, ridge=ridge, init=init, seed=seed, min_elements=min_elements, settings=settings,
-                              eval_data=eval_data, rounding=rounding, sequential=sequential,
-                              **{**fidelity_options, "fidelity_data": fidelity_options.get("fidelity_data") or
-                                 (checking if checked else None)})
+            with _removed_on_error(staging):
+                report = compress(input_path, staged, calib=searched, prune=prune, score=score, reconstruct=reconstruct,
+                                  outliers=outliers, ridge=ridge, init=init, seed=seed, min_elements=min_elements, settings=settings,
+                                  eval_data=eval_data, rounding=rounding, sequential=sequential,
+                                  **{**fidelity_options, "fidelity_data": fidelity_options.get("fidelity_data") or
+                                     (checking if checked else None)})
+                output = run_batched(InferenceSession(staged), checking)[0] if checked else None
             if checked:
-                output = run_batched(InferenceSession(staged), checking)[0]
                 on_check = budget_math.error(goal.metric, expected, output, check_labels)
                 check_bound = budget_math.error_bound(goal.metric, expected, output, check_labels, Z)
                 checks.append({"bytes": report.output_bytes, "measured": on_check, "bound": check_bound})
@@ -515,10 +535,13 @@ class _Proxy:
         self.runs += 1
 
 
-def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, options, min_elements, cached=None, save=None):
+def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, options, min_elements, cached=None, save=None,
+             cap=None):
     """Each selected weight's curve [(sparsity, bits, record bytes, error)], the dense candidate last. Curves in
     ``cached`` are reused; ``save(curves)`` is called after each newly measured weight. Errors are measured in
-    onnxruntime or predicted from the layer's own output error (``_Proxy``)."""
+    onnxruntime or predicted from the layer's own output error (``_Proxy``). With ``cap``, once a bit width's
+    error exceeds it, that bit width is not tried at the higher sparsities of the weight (the progress counts
+    them as done)."""
     graph = gs.import_onnx(model)
     state = CompressionState(graph)
     SelectWeightsPass(min_elements=min_elements)(state)
@@ -556,12 +579,17 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
         sample = _row_sample(target, options["seed"])
         sample_error = _Proxy(sample, metric).layer_error if sample is not None else None
         points, spent = [], 0.0  # spent: the cost (_trial_cost) of the trials run so far
+        capped = set()  # bit widths whose error passed ``cap`` at a lower sparsity
         for step, sparsity in enumerate(tried_sparsities(target)):
             pruned = sampled = None
             spot_check = step % SPOT_CHECK == 0
             for position, b in enumerate(bits):
                 if stop.is_set():
                     raise _Stopped
+                if b in capped:
+                    with lock:
+                        advance()
+                    continue
                 error = size = None
                 if sample is not None and not (spot_check and position == 0):  # on the row sample: predicted if the proxy holds
                     with progress.silenced():
@@ -593,6 +621,8 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
                         error = budget_math.error(metric, reference, output, labels)
                         proxy.measured(eps, error)
                 points.append((sparsity, b, size, error))
+                if cap is not None and error > cap:
+                    capped.add(b)
                 with lock:
                     advance()
             with lock:
