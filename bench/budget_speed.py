@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 
 ROOT = Path(__file__).resolve().parents[1]
-ZOO = Path(os.environ.get("ONNXCOMP_ZOO", Path.home() / ".cache" / "onnxcomp-zoo")) / "models" / "minilm-l3"
+ZOO = Path(os.environ.get("ONNXCOMP_ZOO_CACHE", Path.home() / ".cache" / "onnxcomp-zoo")).expanduser() / "models" / "minilm-l3"
 EMBEDDING = "461"
 
 
