@@ -19,7 +19,7 @@ from onnxcomp.passes import CalibrateWeightsPass, CompressionState, SelectWeight
 from onnxcomp.pipeline import autotune
 from onnxcomp.pipeline.evaluate import load_calibration
 
-ZOO = Path(os.environ.get("ONNXCOMP_ZOO", Path.home() / ".cache" / "onnxcomp-zoo")) / "models" / "minilm-l3"
+ZOO = Path(os.environ.get("ONNXCOMP_ZOO_CACHE", Path.home() / ".cache" / "onnxcomp-zoo")).expanduser() / "models" / "minilm-l3"
 
 
 def main() -> None:
