@@ -20,6 +20,7 @@ import hashlib
 import re
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from .base import CompressionState, GraphPass, PassResult, log, read_values
@@ -86,6 +87,8 @@ def apply_op(node: gs.Node, values: list) -> np.ndarray:
     if op == "Transpose":
         perm = node.attrs.get("perm")
         return np.transpose(data, None if perm is None else [int(p) for p in perm])
+    if op == "Cast" and int(node.attrs.get("to", 0)) == onnx.TensorProto.FLOAT:  # not among FOLDED_OPS: callers opt in
+        return data.astype(np.float32)
     raise ValueError(f"{op} is not folded")
 
 
@@ -100,9 +103,11 @@ def _constant_node_value(node: gs.Node) -> np.ndarray | None:
     return None
 
 
-def fold_value(tensor: gs.Tensor, overridable: set[str], depth: int = FOLD_DEPTH) -> np.ndarray | None:
-    """The value of ``tensor`` when it is a constant or a chain of FOLDED_OPS ending in constants; else None.
-    A constant named in ``overridable`` (an initializer that is also a graph input) is not a constant here."""
+def fold_value(tensor: gs.Tensor, overridable: set[str], depth: int = FOLD_DEPTH,
+               ops: tuple[str, ...] = FOLDED_OPS) -> np.ndarray | None:
+    """The value of ``tensor`` when it is a constant or a chain of ``ops`` (FOLDED_OPS, or a subset of them plus
+    Cast to float32) ending in constants; else None. A constant named in ``overridable`` (an initializer that is
+    also a graph input) is not a constant here."""
     if isinstance(tensor, gs.Constant):
         return None if tensor.name in overridable else np.asarray(read_values(tensor))
     if depth == 0 or len(tensor.inputs) != 1:
@@ -110,14 +115,14 @@ def fold_value(tensor: gs.Tensor, overridable: set[str], depth: int = FOLD_DEPTH
     node = tensor.inputs[0]
     if node.op == "Constant" and not node.domain:  # shape and index constants stay Constant nodes
         return _constant_node_value(node)
-    if node.op not in FOLDED_OPS or node.domain or len(node.outputs) != 1:
+    if node.op not in ops or node.domain or len(node.outputs) != 1:
         return None
     values = []
     for source in node.inputs:
         if not source.name:  # an absent optional input
             values.append(None)
             continue
-        value = fold_value(source, overridable, depth - 1)
+        value = fold_value(source, overridable, depth - 1, ops)
         if value is None:
             return None
         values.append(value)

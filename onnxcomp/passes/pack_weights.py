@@ -47,6 +47,7 @@ from onnxcomp import progress
 from onnxcomp.core import sidecar
 
 from .base import DOMAIN, CompressionState, GraphPass, PassResult, WeightTarget, drop_if_not_smaller, log, read_values
+from .fold_weights import fold_value
 from .names import UniqueNames, all_graphs, common_graph, parents
 from .select_weights import fusable_gemm
 
@@ -530,45 +531,8 @@ def _constant_array(tensor) -> np.ndarray | None:
     return None
 
 
-def _folded_constant(tensor, depth: int = 4) -> np.ndarray | None:
-    """The values of a constant, or of a Reshape, Unsqueeze, Cast (to float32) or Identity of one (the small
-    subgraphs exporters write for a broadcast bias, which onnxruntime's constant folding evaluates), else None."""
-    value = _constant_array(tensor)
-    if value is not None or depth == 0 or not isinstance(tensor, gs.Variable) or len(tensor.inputs) != 1:
-        return value
-    node = tensor.inputs[0]
-    if node.domain or not node.inputs or len(node.outputs) != 1:
-        return None
-    data = _folded_constant(node.inputs[0], depth - 1)
-    if data is None:
-        return None
-    if node.op == "Identity":
-        return data
-    if node.op == "Cast":
-        return data.astype(np.float32) if int(_attr(node, "to", 0)) == onnx.TensorProto.FLOAT else None
-    if node.op == "Reshape" and len(node.inputs) == 2 and not int(_attr(node, "allowzero", 0)):
-        shape = _constant_array(node.inputs[1])
-        if shape is None:
-            return None
-        dims = [data.shape[i] if d == 0 and i < data.ndim else int(d) for i, d in enumerate(shape.reshape(-1))]
-        try:
-            return data.reshape(dims)
-        except ValueError:
-            return None
-    if node.op == "Unsqueeze":
-        axes = node.attrs.get("axes")
-        if axes is None and len(node.inputs) == 2:
-            found = _constant_array(node.inputs[1])
-            axes = None if found is None else found.reshape(-1).tolist()
-        if axes is None:
-            return None
-        rank = data.ndim + len(axes)
-        shape, rest = [], iter(data.shape)
-        wanted = {int(a) % rank for a in axes}
-        for i in range(rank):
-            shape.append(1 if i in wanted else next(rest, None))
-        return data.reshape(shape) if None not in shape and len(wanted) == len(axes) else None
-    return None
+# The small subgraphs exporters write for a broadcast bias, which onnxruntime's constant folding evaluates.
+BIAS_CHAIN_OPS = ("Identity", "Reshape", "Unsqueeze", "Cast")
 
 
 def _sole_consumer(graph: gs.Graph, tensor: gs.Variable, ops: tuple[str, ...]) -> tuple[gs.Node, gs.Variable] | None:
@@ -606,7 +570,7 @@ def _channel_constant(add: gs.Node, conv_output: gs.Variable, out_channels: int,
     if len(add.inputs) != 2 or sum(t is conv_output for t in add.inputs) != 1:
         return None
     other = add.inputs[1] if add.inputs[0] is conv_output else add.inputs[0]
-    value = _folded_constant(other)
+    value = fold_value(other, set(), depth=4, ops=BIAS_CHAIN_OPS)  # a constant, or a Reshape/Unsqueeze/Cast of one
     if value is None or value.dtype != np.float32 or value.ndim > rank:
         return None
     shape = (1,) * (rank - value.ndim) + value.shape  # right-aligned against [N, O, D1, ...]
