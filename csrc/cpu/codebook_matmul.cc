@@ -170,6 +170,17 @@ void PackCorrections(const DecodedRecord& record, PackedMatrix* w) {
 
 namespace {
 
+// Dense panels of W with n columns (DenseProblem's layout): ceil(n / kDensePanelColumns).
+int64_t DensePanelCount(int64_t n) { return (n + kDensePanelColumns - 1) / kDensePanelColumns; }
+
+// Extra floats a buffer for dense panels carries so that they can start at a 32-byte boundary (the AVX2 kernel
+// loads aligned vectors), and that boundary within it.
+constexpr int64_t kAlignFloats = 8;
+float* AlignedPanels(float* buffer) {
+  while (reinterpret_cast<uintptr_t>(buffer) % (kAlignFloats * sizeof(float)) != 0) ++buffer;
+  return buffer;
+}
+
 // Packed panels [panel_begin, panel_end) of W (codebook values, no outliers) into `out` in DenseProblem's panel
 // layout; one loop per slot width, like PackPanels. Dense columns past N are written as zeros.
 template <uint32_t kSlot>
@@ -181,7 +192,7 @@ void UnpackPanels(const PackedMatrix& w, int64_t panel_begin, int64_t panel_end,
   const uint64_t panel_stride = packed::panel_bytes(k, kSlot);
   const uint32_t row_bytes = packed::panel_row_bytes(kSlot);
   const float* table = w.table.data();
-  const int64_t dense_columns = (w.n + kDensePanelColumns - 1) / kDensePanelColumns * kDensePanelColumns;
+  const int64_t dense_columns = DensePanelCount(w.n) * kDensePanelColumns;
   for (int64_t panel = panel_begin; panel < panel_end; ++panel) {
     const int64_t n0 = panel * packed::kPanelColumns;
     const uint32_t width = static_cast<uint32_t>(std::min<int64_t>(packed::kPanelColumns, w.n - n0));
@@ -271,11 +282,9 @@ namespace {
 // decoded one row of W at a time (so the first run holds one extra row, not a second copy of W).
 void DecodeDensePanels(const DecodedRecord& record, std::vector<float>* storage, const float** panels) {
   const int64_t k = record.dims[0], n = record.dims[1];
-  const int64_t panel_count = (n + kDensePanelColumns - 1) / kDensePanelColumns;
-  constexpr size_t kAlignFloats = 8;  // 32 bytes: the AVX2 kernel loads aligned vectors
-  storage->assign(static_cast<size_t>(panel_count * k * kDensePanelColumns) + kAlignFloats, 0.0f);
-  float* base = storage->data();
-  while (reinterpret_cast<uintptr_t>(base) % (kAlignFloats * sizeof(float)) != 0) ++base;
+  const int64_t panel_count = DensePanelCount(n);
+  storage->assign(static_cast<size_t>(panel_count * k * kDensePanelColumns + kAlignFloats), 0.0f);
+  float* base = AlignedPanels(storage->data());
   std::vector<float> row(static_cast<size_t>(n));
   for (int64_t kk = 0; kk < k; ++kk) {
     record.decode_range(static_cast<uint64_t>(kk * n), static_cast<uint64_t>(n), row.data());
@@ -313,7 +322,7 @@ void RunDenseTask(void* data, size_t task) {
 void CodebookMatMulKernel::RunDensePanels(OrtKernelContext* raw_context, const float* w, int64_t k, int64_t n,
                                           const float* x, const float* bias, float* y, int64_t m) {
   const DenseProblem problem{x, m, k, n, w, bias, y};
-  const int64_t panels = (n + kDensePanelColumns - 1) / kDensePanelColumns;
+  const int64_t panels = DensePanelCount(n);
   const int64_t panel_tasks = (panels + kDensePanelsPerTask - 1) / kDensePanelsPerTask;
   // Rows per task: a multiple of the 6-row tiles, at least one tile.
   const int64_t rows_per_task = std::max<int64_t>(6, kDenseRowBytes / (4 * std::max<int64_t>(k, 1)) / 6 * 6);
@@ -437,11 +446,9 @@ void CodebookMatMulKernel::RunDense(OrtKernelContext* raw_context, const PackedM
   Ort::KernelContext context(raw_context);
   Ort::MemoryInfo memory = Ort::MemoryInfo::CreateCpu(OrtDeviceAllocator, OrtMemTypeDefault);
   OrtAllocator* allocator = context.GetAllocator(*memory.GetConst());
-  const int64_t dense_floats = (w.n + kDensePanelColumns - 1) / kDensePanelColumns * kDensePanelColumns * w.k;
-  const int64_t dims[] = {dense_floats + 8};  // + 8: room to start at a 32-byte boundary
+  const int64_t dims[] = {DensePanelCount(w.n) * kDensePanelColumns * w.k + kAlignFloats};
   Ort::Value buffer = Ort::Value::CreateTensor<float>(allocator, dims, 1);
-  float* panels = buffer.GetTensorMutableData<float>();
-  while (reinterpret_cast<uintptr_t>(panels) % 32 != 0) ++panels;
+  float* panels = AlignedPanels(buffer.GetTensorMutableData<float>());
   const MatMulProblem layout{x, m, w.k, w.n, w.panels.data(), w.slot_bits, w.codebook_size, w.table.data(), nullptr,
                              y, packed::panel_bytes(static_cast<uint64_t>(w.k), w.slot_bits),
                              packed::panel_row_bytes(w.slot_bits), packed::group_bytes(w.slot_bits)};
