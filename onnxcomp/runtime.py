@@ -71,6 +71,101 @@ def quiet_session_options(custom_ops: bool = False) -> ort.SessionOptions:
 
 
 def InferenceSession(path, sess_options: ort.SessionOptions | None = None, **kwargs) -> ort.InferenceSession:  # noqa: N802 - mirrors onnxruntime's name
-    """An ``onnxruntime.InferenceSession`` able to run onnxcomp-compressed models."""
+    """An ``onnxruntime.InferenceSession`` able to run onnxcomp-compressed models.
+
+    ``path``: a model file (str or path-like) or the serialised model (bytes). The custom-op library is
+    registered only when the model declares the ``ai.onnxcomp`` domain (an output onnxcomp left unchanged, or any
+    plain model, then pays neither the library's pages nor its registration); when the declaration cannot be
+    read, it is registered."""
     kwargs.setdefault("providers", ["CPUExecutionProvider"])
-    return ort.InferenceSession(os.fspath(path), session_options(sess_options), **kwargs)
+    model = path if isinstance(path, (bytes, bytearray)) else os.fspath(path)
+    domains = declared_domains(model)
+    if domains is not None and DOMAIN not in domains:
+        return ort.InferenceSession(model, sess_options or ort.SessionOptions(), **kwargs)
+    return ort.InferenceSession(model, session_options(sess_options), **kwargs)
+
+
+def _varint(read) -> int | None:
+    """One protobuf base-128 varint from ``read(1)``; None at the end of the input or past 10 bytes."""
+    value = 0
+    for shift in range(0, 70, 7):
+        byte = read(1)
+        if not byte:
+            return None
+        value |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return value
+    return None
+
+
+def declared_domains(model: str | bytes) -> set[str] | None:
+    """The operator-set domains a serialised ``ModelProto`` imports (``opset_import``, field 8; "" is the
+    default ONNX domain), read from the top-level protobuf fields alone, skipping the graph's bytes (protobuf
+    wire format: https://protobuf.dev/programming-guides/encoding/). ``model``: a file path or the bytes.
+    Returns None when the bytes are not a well-formed message at the top level or the file cannot be read."""
+    import io
+    try:
+        stream = io.BytesIO(model) if isinstance(model, (bytes, bytearray)) else open(model, "rb")
+    except OSError:
+        return None
+    domains: set[str] = set()
+    size = stream.seek(0, io.SEEK_END)
+    stream.seek(0)
+    with stream:
+        while True:
+            if not stream.read(1):
+                return domains
+            stream.seek(-1, io.SEEK_CUR)
+            key = _varint(stream.read)
+            if key is None:
+                return None
+            field, wire = key >> 3, key & 7
+            if wire == 0:
+                if _varint(stream.read) is None:
+                    return None
+            elif wire == 1 or wire == 5:
+                if stream.seek(8 if wire == 1 else 4, io.SEEK_CUR) > size:
+                    return None
+            elif wire == 2:
+                length = _varint(stream.read)
+                if length is None:
+                    return None
+                if field != 8:
+                    if stream.seek(length, io.SEEK_CUR) > size:
+                        return None
+                    continue
+                body = stream.read(length)
+                if len(body) != length:
+                    return None
+                domain = _opset_domain(body)
+                if domain is None:
+                    return None
+                domains.add(domain)
+            else:
+                return None
+
+
+def _opset_domain(body: bytes) -> str | None:
+    """The ``domain`` (field 1) of a serialised ``OperatorSetIdProto``; "" when absent, None when malformed."""
+    import io
+    stream, domain = io.BytesIO(body), ""
+    while stream.tell() < len(body):
+        key = _varint(stream.read)
+        if key is None:
+            return None
+        if key & 7 == 0:
+            if _varint(stream.read) is None:
+                return None
+        elif key & 7 == 2:
+            length = _varint(stream.read)
+            value = stream.read(length) if length is not None else b""
+            if length is None or len(value) != length:
+                return None
+            if key >> 3 == 1:
+                try:
+                    domain = value.decode("utf-8")
+                except UnicodeDecodeError:
+                    return None
+        else:
+            return None
+    return domain

@@ -95,6 +95,25 @@ def test_decompress_runs_without_the_library(mixed_model, tmp_path, rng):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())  # fp32 summation order
 
 
+def test_inference_session_registers_the_library_only_when_declared(mixed_model, tmp_path, rng, monkeypatch):
+    out, dense = tmp_path / "small.onnx", tmp_path / "dense.onnx"
+    onnxcomp.compress(mixed_model, out, sparsity=0.5, bits=4, min_elements=100)
+    onnxcomp.decompress(out, dense)
+    for path in (out, dense, mixed_model):  # the top-level walk agrees with protobuf's full parse
+        expected = {o.domain for o in onnx.load(path, load_external_data=False).opset_import}
+        assert onnxcomp.runtime.declared_domains(str(path)) == expected
+        assert onnxcomp.runtime.declared_domains(path.read_bytes()) == expected
+    assert onnxcomp.DOMAIN in onnxcomp.runtime.declared_domains(str(out))
+    truncated = out.read_bytes()[:-3]
+    assert onnxcomp.runtime.declared_domains(truncated) is None
+    # With the library made unfindable, a plain model still opens (nothing registered), a compressed one cannot.
+    monkeypatch.setenv("ONNXCOMP_LIBRARY", str(tmp_path / "missing.so"))
+    feeds = mixed_feeds(rng)
+    np.testing.assert_array_equal(onnxcomp.InferenceSession(dense).run(None, feeds)[0], run_plain(dense, feeds)[0])
+    with pytest.raises(onnxcomp.OnnxcompError, match="ONNXCOMP_LIBRARY"):
+        onnxcomp.InferenceSession(out)
+
+
 def test_decompress_cli(tmp_path):
     small, dense = tmp_path / "small.onnx", tmp_path / "dense.onnx"
     onnxcomp.compress(BUNDLED, small)
