@@ -1,5 +1,9 @@
 #include <stdlib.h>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 
@@ -23,6 +27,8 @@ constexpr int64_t kPanelsPerTask = 2;
 constexpr int64_t kRowsPerTask = 48;
 constexpr int64_t kRowsPerWideTask = 192;
 constexpr int64_t kWidePanelTasks = 4;
+// At most this many floats of X are transposed once per run for the outlier corrections of all tasks (16 MiB).
+constexpr int64_t kSharedTransposeFloats = int64_t{1} << 22;
 // Below this many multiply-adds a single thread is faster than dispatching work.
 constexpr double kParallelWork = double(1 << 18);
 
@@ -31,6 +37,7 @@ struct ParallelTask {
   const PackedMatrix* matrix;
   MatMulKernel kernel;
   int64_t panels, panel_tasks, rows_per_task;
+  const TransposedRows* xt;  // X transposed for the corrections, or null
 };
 
 void RunTask(void* data, size_t task) {
@@ -43,7 +50,7 @@ void RunTask(void* data, size_t task) {
   t.kernel(p, p0, p1, m0, m1);
   if (!t.matrix->correction_start.empty()) {
     ApplyCorrections(*t.matrix, p.x, p.y, m0, m1, p0 * packed::kPanelColumns,
-                     std::min<int64_t>(p.n, p1 * packed::kPanelColumns));
+                     std::min<int64_t>(p.n, p1 * packed::kPanelColumns), t.xt);
   }
 }
 
@@ -83,7 +90,7 @@ void PackPanels(const DecodedRecord& record, uint64_t k, uint64_t n, uint8_t* pa
 namespace {
 
 // The corrections of rows [row_begin, row_end) and columns [column_begin, column_end), four columns at a time so
-// their chains of fused multiply-adds interleave (each column's chain is sequential in k). Inlined into the two
+// their chains of fused multiply-adds interleave (each column's chain is sequential in k). Inlined into the
 // entry points below: one compiled for hardware FMA, one portable.
 __attribute__((always_inline)) inline void CorrectionsBody(const PackedMatrix& w, const float* x, float* y,
                                                            int64_t row_begin, int64_t row_end, int64_t column_begin,
@@ -118,27 +125,152 @@ __attribute__((always_inline)) inline void CorrectionsBody(const PackedMatrix& w
   }
 }
 
+// The same corrections with rows as vector lanes: for each column, kCorrectionLanes rows at a time hold their
+// y[m, c] in one accumulator array, and each correction (k, delta) is one fused multiply-add over the lanes, reading
+// x[m .. m + lanes, k] contiguously from X transposed. Every y[m, c] gets the same fma chain, in the same order,
+// as in CorrectionsBody (fma(x, delta, acc), correctly rounded), so the bits are the same; only independent
+// chains run side by side. `xt` holds X transposed for rows [xt_row0, ...): xt[k * stride + (m - xt_row0)], zeros
+// past the last row, at least kCorrectionLanes - 1 of them.
+__attribute__((always_inline)) inline void CorrectionsLanesBody(const PackedMatrix& w, const float* xt, int64_t stride,
+                                                                int64_t xt_row0, float* y, int64_t row_begin,
+                                                                int64_t row_end, int64_t column_begin,
+                                                                int64_t column_end) {
+  const int64_t* start = w.correction_start.data();
+  const int64_t* rows = w.correction_row.data();
+  const float* delta = w.correction_delta.data();
+  for (int64_t m0 = row_begin; m0 < row_end; m0 += kCorrectionLanes) {
+    const int64_t count = std::min(kCorrectionLanes, row_end - m0);
+    const float* base = xt + (m0 - xt_row0);
+    for (int64_t c = column_begin; c < column_end; ++c) {
+      const int64_t begin = start[c], end = start[c + 1];
+      if (begin == end) continue;
+      float acc[kCorrectionLanes] = {};
+      for (int64_t i = 0; i < count; ++i) acc[i] = y[(m0 + i) * w.n + c];
+      for (int64_t q = begin; q < end; ++q) {
+        const float d = delta[q];
+        const float* xr = base + rows[q] * stride;
+        for (int64_t i = 0; i < kCorrectionLanes; ++i) acc[i] = std::fma(xr[i], d, acc[i]);
+      }
+      for (int64_t i = 0; i < count; ++i) y[(m0 + i) * w.n + c] = acc[i];
+    }
+  }
+}
+
 #if defined(__x86_64__)
 // std::fma without the FMA instruction set is a call into libm per correction (4-5x slower on a 1 %-outlier
-// weight); with it, one vfmadd. Both round once, so the results are the same bits.
+// weight); with it, one vfmadd (and the lanes version one vector vfmadd per 8 rows). All round once, so the
+// results are the same bits.
 __attribute__((target("fma"))) void CorrectionsFma(const PackedMatrix& w, const float* x, float* y, int64_t row_begin,
                                                    int64_t row_end, int64_t column_begin, int64_t column_end) {
   CorrectionsBody(w, x, y, row_begin, row_end, column_begin, column_end);
 }
 
+// CorrectionsLanesBody with the lanes as four 8-float vectors (left to itself the compiler interchanges the loops
+// and runs each lane's chain serially).
+__attribute__((target("avx,fma"))) void CorrectionsLanesFma(const PackedMatrix& w, const float* xt, int64_t stride,
+                                                            int64_t xt_row0, float* y, int64_t row_begin,
+                                                            int64_t row_end, int64_t column_begin,
+                                                            int64_t column_end) {
+  static_assert(kCorrectionLanes == 32, "four vectors of 8 lanes");
+  const int64_t* start = w.correction_start.data();
+  const int64_t* rows = w.correction_row.data();
+  const float* delta = w.correction_delta.data();
+  for (int64_t m0 = row_begin; m0 < row_end; m0 += kCorrectionLanes) {
+    const int64_t count = std::min(kCorrectionLanes, row_end - m0);
+    const int64_t vectors = (count + 7) / 8;
+    const float* base = xt + (m0 - xt_row0);
+    for (int64_t c = column_begin; c < column_end; ++c) {
+      const int64_t begin = start[c], end = start[c + 1];
+      if (begin == end) continue;
+      alignas(32) float lanes[kCorrectionLanes];
+      for (int v = 0; v < 4; ++v) _mm256_store_ps(lanes + 8 * v, _mm256_setzero_ps());
+      for (int64_t i = 0; i < count; ++i) lanes[i] = y[(m0 + i) * w.n + c];
+      __m256 a0 = _mm256_load_ps(lanes), a1 = _mm256_load_ps(lanes + 8);
+      __m256 a2 = _mm256_load_ps(lanes + 16), a3 = _mm256_load_ps(lanes + 24);
+      if (vectors <= 2) {
+        for (int64_t q = begin; q < end; ++q) {
+          const __m256 d = _mm256_broadcast_ss(delta + q);
+          const float* xr = base + rows[q] * stride;
+          a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xr), d, a0);
+          a1 = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 8), d, a1);
+        }
+      } else {
+        for (int64_t q = begin; q < end; ++q) {
+          const __m256 d = _mm256_broadcast_ss(delta + q);
+          const float* xr = base + rows[q] * stride;
+          a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xr), d, a0);
+          a1 = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 8), d, a1);
+          a2 = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 16), d, a2);
+          a3 = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 24), d, a3);
+        }
+      }
+      _mm256_store_ps(lanes, a0);
+      _mm256_store_ps(lanes + 8, a1);
+      _mm256_store_ps(lanes + 16, a2);
+      _mm256_store_ps(lanes + 24, a3);
+      for (int64_t i = 0; i < count; ++i) y[(m0 + i) * w.n + c] = lanes[i];
+    }
+  }
+}
+
 bool CpuHasFma() {
   __builtin_cpu_init();
-  return __builtin_cpu_supports("fma");
+  return __builtin_cpu_supports("fma") && __builtin_cpu_supports("avx");
 }
 #endif
 
-}  // namespace
-
-void ApplyCorrections(const PackedMatrix& w, const float* x, float* y, int64_t row_begin, int64_t row_end,
-                      int64_t column_begin, int64_t column_end) {
+// Whether this CPU runs the lanes version (hardware FMA: otherwise each lane would be a libm call).
+bool LanesCorrections() {
 #if defined(__x86_64__)
   static const bool has_fma = CpuHasFma();
-  if (has_fma) {
+  return has_fma;
+#elif defined(__aarch64__)
+  return true;
+#else
+  return false;
+#endif
+}
+
+void CorrectionsLanes(const PackedMatrix& w, const float* xt, int64_t stride, int64_t xt_row0, float* y,
+                      int64_t row_begin, int64_t row_end, int64_t column_begin, int64_t column_end) {
+#if defined(__x86_64__)
+  CorrectionsLanesFma(w, xt, stride, xt_row0, y, row_begin, row_end, column_begin, column_end);
+#else
+  CorrectionsLanesBody(w, xt, stride, xt_row0, y, row_begin, row_end, column_begin, column_end);
+#endif
+}
+
+}  // namespace
+
+void TransposeForCorrections(const float* x, int64_t k, int64_t row_begin, int64_t row_end, TransposedRows* out) {
+  const int64_t rows = row_end - row_begin;
+  out->row0 = row_begin;
+  out->stride = (rows + kCorrectionLanes - 1) / 8 * 8 + 8;  // room for a full set of lanes from any row
+  out->data.assign(static_cast<size_t>(k * out->stride), 0.0f);
+  for (int64_t m = 0; m < rows; ++m) {
+    const float* xm = x + (row_begin + m) * k;
+    for (int64_t kk = 0; kk < k; ++kk) out->data[static_cast<size_t>(kk * out->stride + m)] = xm[kk];
+  }
+}
+
+void ApplyCorrections(const PackedMatrix& w, const float* x, float* y, int64_t row_begin, int64_t row_end,
+                      int64_t column_begin, int64_t column_end, const TransposedRows* xt) {
+  if (row_end - row_begin >= 2 && LanesCorrections()) {
+    if (xt && xt->row0 <= row_begin && !xt->data.empty()) {
+      CorrectionsLanes(w, xt->data.data(), xt->stride, xt->row0, y, row_begin, row_end, column_begin, column_end);
+      return;
+    }
+    // X transposed here, kCorrectionLanes rows at a time.
+    TransposedRows block;
+    for (int64_t m0 = row_begin; m0 < row_end; m0 += kCorrectionLanes) {
+      const int64_t m1 = std::min(row_end, m0 + kCorrectionLanes);
+      TransposeForCorrections(x, w.k, m0, m1, &block);
+      CorrectionsLanes(w, block.data.data(), block.stride, block.row0, y, m0, m1, column_begin, column_end);
+    }
+    return;
+  }
+#if defined(__x86_64__)
+  if (LanesCorrections()) {
     CorrectionsFma(w, x, y, row_begin, row_end, column_begin, column_end);
     return;
   }
@@ -430,7 +562,11 @@ OrtStatus* CodebookMatMulKernel::ComputeV2(OrtKernelContext* raw_context) noexce
     const int64_t row_tasks = (m + row_limit - 1) / row_limit;
     const int64_t rows_per_task = ((m + row_tasks - 1) / row_tasks + 5) / 6 * 6;
     const int64_t tasks = (m + rows_per_task - 1) / rows_per_task * panel_tasks;
-    ParallelTask task{&problem, w, kernel_, panels, panel_tasks, rows_per_task};
+    // Several tasks share rows: X transposed once for all their corrections (bounded: a task's own blocks else).
+    TransposedRows xt;
+    const bool shared_xt = !w->correction_start.empty() && m >= 2 && panel_tasks > 1 && m * k <= kSharedTransposeFloats;
+    if (shared_xt) TransposeForCorrections(x.GetTensorData<float>(), k, 0, m, &xt);
+    ParallelTask task{&problem, w, kernel_, panels, panel_tasks, rows_per_task, shared_xt ? &xt : nullptr};
     // ORT's intra-op thread pool (session option intra_op_num_threads) runs the tasks.
     if (tasks > 1 && double(m) * double(k) * double(n) >= kParallelWork) {
       context.ParallelFor(RunTask, static_cast<size_t>(tasks), 0, &task);

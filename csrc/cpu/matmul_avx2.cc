@@ -72,6 +72,50 @@ struct BytePermute {
   }
 };
 
+// Byte indices into up to 32 entries as byte planes: byte b of every entry in two 16-byte tables (entries 0..15 and
+// 16..31), looked up 32 indices at a time with vpshufb and picked by index bit 4, then the four planes interleaved
+// back into floats. Only bytes move, so the values equal BytePermute's bit for bit, in about half the instructions
+// per value (no vpermps, whose lookups are 8 at a time).
+struct BytePlanes {
+  __m256i low[4], high[4];  // plane b of entries 0..15 / 16..31, repeated in both 128-bit lanes
+  BytePlanes(const float* codebook, uint32_t size) {  // entries from `size` on are never looked up: zeros
+    float padded[32] = {};
+    memcpy(padded, codebook, sizeof(float) * (size < 32 ? size : 32));
+    alignas(16) uint8_t planes[4][32];
+    for (int e = 0; e < 32; ++e) {
+      uint32_t bits;
+      memcpy(&bits, padded + e, sizeof bits);
+      for (int b = 0; b < 4; ++b) planes[b][e] = static_cast<uint8_t>(bits >> (8 * b));
+    }
+    for (int b = 0; b < 4; ++b) {
+      low[b] = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(planes[b])));
+      high[b] = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(planes[b] + 16)));
+    }
+  }
+  void decode(const uint8_t* group, __m256* w) const {
+    const __m256i index = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(group));  // columns 0..15 | 16..31
+    const __m256i pick = _mm256_slli_epi16(index, 3);  // index bit 4 -> bit 7 of its byte
+    __m256i plane[4];
+    for (int b = 0; b < 4; ++b) {
+      plane[b] = _mm256_blendv_epi8(_mm256_shuffle_epi8(low[b], index), _mm256_shuffle_epi8(high[b], index), pick);
+    }
+    // Bytes 0, 1 and 2, 3 of each value as 16-bit halves, then the halves as 32-bit values; the unpacks work
+    // within 128-bit lanes, hence the lane swaps at the end.
+    const __m256i low01 = _mm256_unpacklo_epi8(plane[0], plane[1]);   // columns 0..7 | 16..23
+    const __m256i high01 = _mm256_unpackhi_epi8(plane[0], plane[1]);  // columns 8..15 | 24..31
+    const __m256i low23 = _mm256_unpacklo_epi8(plane[2], plane[3]);
+    const __m256i high23 = _mm256_unpackhi_epi8(plane[2], plane[3]);
+    const __m256i v0 = _mm256_unpacklo_epi16(low01, low23);    // columns 0..3 | 16..19
+    const __m256i v1 = _mm256_unpackhi_epi16(low01, low23);    // columns 4..7 | 20..23
+    const __m256i v2 = _mm256_unpacklo_epi16(high01, high23);  // columns 8..11 | 24..27
+    const __m256i v3 = _mm256_unpackhi_epi16(high01, high23);  // columns 12..15 | 28..31
+    w[0] = _mm256_castsi256_ps(_mm256_permute2x128_si256(v0, v1, 0x20));
+    w[1] = _mm256_castsi256_ps(_mm256_permute2x128_si256(v2, v3, 0x20));
+    w[2] = _mm256_castsi256_ps(_mm256_permute2x128_si256(v0, v1, 0x31));
+    w[3] = _mm256_castsi256_ps(_mm256_permute2x128_si256(v2, v3, 0x31));
+  }
+};
+
 struct ByteGather {
   const float* table;
   void decode(const uint8_t* group, __m256* w) const {
@@ -288,7 +332,7 @@ void WithDecoder(const MatMulProblem& p, const F& f) {
   } else if (p.slot_bits == 4) {
     f(Nibble16{_mm256_loadu_ps(p.table), _mm256_loadu_ps(p.table + 8)});
   } else if (p.slot_bits == 8 && p.codebook_size <= 32) {
-    f(BytePermute<4>(p.table, p.codebook_size));
+    f(BytePlanes(p.table, p.codebook_size));
   } else if (p.slot_bits == 8 && p.codebook_size <= 64) {
     f(BytePermute<8>(p.table, p.codebook_size));
   } else if (p.slot_bits == 8) {
