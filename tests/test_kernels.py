@@ -82,7 +82,7 @@ SHAPES = [  # (M, K, N): odd sizes, K and N not multiples of 8/16/64, a partial 
 ]
 
 
-@pytest.mark.parametrize("bits", [3, 4, 5, 6, 8, 10])  # 5, 6: AVX2 permute lookups of 17..64 entries
+@pytest.mark.parametrize("bits", [3, 4, 5, 6, 7, 8, 10])  # 4-7: AVX2 byte-plane lookups of up to 128 entries
 @pytest.mark.parametrize("m,k,n", SHAPES)
 def test_codebook_matmul_every_isa_against_numpy(m, k, n, bits):
     rng = np.random.default_rng(1000 * m + 10 * k + n + bits)
