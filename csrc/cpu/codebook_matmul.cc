@@ -136,7 +136,7 @@ __attribute__((always_inline)) inline void CorrectionsLanesBody(const PackedMatr
                                                                 int64_t row_end, int64_t column_begin,
                                                                 int64_t column_end) {
   const int64_t* start = w.correction_start.data();
-  const int64_t* rows = w.correction_row.data();
+  const int32_t* slots = w.correction_slot.data();
   const float* delta = w.correction_delta.data();
   for (int64_t m0 = row_begin; m0 < row_end; m0 += kCorrectionLanes) {
     const int64_t count = std::min(kCorrectionLanes, row_end - m0);
@@ -148,7 +148,7 @@ __attribute__((always_inline)) inline void CorrectionsLanesBody(const PackedMatr
       for (int64_t i = 0; i < count; ++i) acc[i] = y[(m0 + i) * w.n + c];
       for (int64_t q = begin; q < end; ++q) {
         const float d = delta[q];
-        const float* xr = base + rows[q] * stride;
+        const float* xr = base + slots[q] * stride;
         for (int64_t i = 0; i < kCorrectionLanes; ++i) acc[i] = std::fma(xr[i], d, acc[i]);
       }
       for (int64_t i = 0; i < count; ++i) y[(m0 + i) * w.n + c] = acc[i];
@@ -173,7 +173,7 @@ __attribute__((target("avx,fma"))) void CorrectionsLanesFma(const PackedMatrix& 
                                                             int64_t column_end) {
   static_assert(kCorrectionLanes == 32, "four vectors of 8 lanes");
   const int64_t* start = w.correction_start.data();
-  const int64_t* rows = w.correction_row.data();
+  const int32_t* slots = w.correction_slot.data();
   const float* delta = w.correction_delta.data();
   for (int64_t m0 = row_begin; m0 < row_end; m0 += kCorrectionLanes) {
     const int64_t count = std::min(kCorrectionLanes, row_end - m0);
@@ -190,14 +190,14 @@ __attribute__((target("avx,fma"))) void CorrectionsLanesFma(const PackedMatrix& 
       if (vectors <= 2) {
         for (int64_t q = begin; q < end; ++q) {
           const __m256 d = _mm256_broadcast_ss(delta + q);
-          const float* xr = base + rows[q] * stride;
+          const float* xr = base + slots[q] * stride;
           a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xr), d, a0);
           a1 = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 8), d, a1);
         }
       } else {
         for (int64_t q = begin; q < end; ++q) {
           const __m256 d = _mm256_broadcast_ss(delta + q);
-          const float* xr = base + rows[q] * stride;
+          const float* xr = base + slots[q] * stride;
           a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xr), d, a0);
           a1 = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 8), d, a1);
           a2 = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 16), d, a2);
@@ -242,14 +242,18 @@ void CorrectionsLanes(const PackedMatrix& w, const float* xt, int64_t stride, in
 
 }  // namespace
 
-void TransposeForCorrections(const float* x, int64_t k, int64_t row_begin, int64_t row_end, TransposedRows* out) {
+void TransposeForCorrections(const PackedMatrix& w, const float* x, int64_t row_begin, int64_t row_end,
+                             TransposedRows* out) {
   const int64_t rows = row_end - row_begin;
+  const int64_t used = static_cast<int64_t>(w.correction_used_rows.size());
   out->row0 = row_begin;
   out->stride = (rows + kCorrectionLanes - 1) / 8 * 8 + 8;  // room for a full set of lanes from any row
-  out->data.assign(static_cast<size_t>(k * out->stride), 0.0f);
+  out->data.assign(static_cast<size_t>(used * out->stride), 0.0f);
   for (int64_t m = 0; m < rows; ++m) {
-    const float* xm = x + (row_begin + m) * k;
-    for (int64_t kk = 0; kk < k; ++kk) out->data[static_cast<size_t>(kk * out->stride + m)] = xm[kk];
+    const float* xm = x + (row_begin + m) * w.k;
+    for (int64_t slot = 0; slot < used; ++slot) {
+      out->data[static_cast<size_t>(slot * out->stride + m)] = xm[w.correction_used_rows[static_cast<size_t>(slot)]];
+    }
   }
 }
 
@@ -264,7 +268,7 @@ void ApplyCorrections(const PackedMatrix& w, const float* x, float* y, int64_t r
     TransposedRows block;
     for (int64_t m0 = row_begin; m0 < row_end; m0 += kCorrectionLanes) {
       const int64_t m1 = std::min(row_end, m0 + kCorrectionLanes);
-      TransposeForCorrections(x, w.k, m0, m1, &block);
+      TransposeForCorrections(w, x, m0, m1, &block);
       CorrectionsLanes(w, block.data.data(), block.stride, block.row0, y, m0, m1, column_begin, column_end);
     }
     return;
@@ -295,6 +299,20 @@ void PackCorrections(const DecodedRecord& record, PackedMatrix* w) {
     const int64_t at = next[position % n]++;
     w->correction_row[at] = static_cast<int64_t>(position / n);
     w->correction_delta[at] = record.outlier_values[j] - record.codebook[record.index(static_cast<int64_t>(position))];
+  }
+  // The rows in use and each correction's slot among them (record positions are increasing, so their rows are too).
+  w->correction_used_rows.clear();
+  std::vector<int32_t> slot_of_row(static_cast<size_t>(w->k), -1);
+  for (uint64_t position : record.outlier_positions) {
+    const int64_t row = static_cast<int64_t>(position / n);
+    if (slot_of_row[static_cast<size_t>(row)] < 0) {
+      slot_of_row[static_cast<size_t>(row)] = static_cast<int32_t>(w->correction_used_rows.size());
+      w->correction_used_rows.push_back(row);
+    }
+  }
+  w->correction_slot.resize(count);
+  for (size_t at = 0; at < count; ++at) {
+    w->correction_slot[at] = slot_of_row[static_cast<size_t>(w->correction_row[at])];
   }
 }
 
@@ -564,8 +582,9 @@ OrtStatus* CodebookMatMulKernel::ComputeV2(OrtKernelContext* raw_context) noexce
     const int64_t tasks = (m + rows_per_task - 1) / rows_per_task * panel_tasks;
     // Several tasks share rows: X transposed once for all their corrections (bounded: a task's own blocks else).
     TransposedRows xt;
-    const bool shared_xt = !w->correction_start.empty() && m >= 2 && panel_tasks > 1 && m * k <= kSharedTransposeFloats;
-    if (shared_xt) TransposeForCorrections(x.GetTensorData<float>(), k, 0, m, &xt);
+    const int64_t used_rows = static_cast<int64_t>(w->correction_used_rows.size());
+    const bool shared_xt = used_rows > 0 && m >= 2 && panel_tasks > 1 && m * used_rows <= kSharedTransposeFloats;
+    if (shared_xt) TransposeForCorrections(*w, x.GetTensorData<float>(), 0, m, &xt);
     ParallelTask task{&problem, w, kernel_, panels, panel_tasks, rows_per_task, shared_xt ? &xt : nullptr};
     // ORT's intra-op thread pool (session option intra_op_num_threads) runs the tasks.
     if (tasks > 1 && double(m) * double(k) * double(n) >= kParallelWork) {

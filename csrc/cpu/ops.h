@@ -53,6 +53,10 @@ struct PackedMatrix {
   std::vector<int64_t> correction_start;  // n + 1 offsets
   std::vector<int64_t> correction_row;
   std::vector<float> correction_delta;
+  // The rows k that hold any outlier, increasing, and each correction's position in that list: the rows of X^T
+  // the vector-lane corrections read (ApplyCorrections).
+  std::vector<int64_t> correction_used_rows;
+  std::vector<int32_t> correction_slot;
 };
 
 // Repacks the linear indices of a decoded [K, N] record into panels and its outliers into per-column corrections
@@ -66,13 +70,15 @@ int64_t DenseGemmRows();
 // Rows of Y the outlier corrections run side by side (as vector lanes) where the CPU has hardware FMA.
 constexpr int64_t kCorrectionLanes = 32;
 
-// X [M, K] rows [row0, row0 + rows) transposed for the corrections: data[k * stride + (m - row0)] = x[m, k], zeros
-// past the last row (stride >= rows + kCorrectionLanes - 1, so every set of lanes reads inside `data`).
+// The columns of X [M, K] the corrections of w read (w.correction_used_rows), rows [row0, row0 + rows) of X, transposed:
+// data[slot * stride + (m - row0)] = x[m, w.correction_used_rows[slot]], zeros past the last row (stride >= rows +
+// kCorrectionLanes - 1, so every set of lanes reads inside `data`).
 struct TransposedRows {
   std::vector<float> data;
   int64_t stride = 0, row0 = 0;
 };
-void TransposeForCorrections(const float* x, int64_t k, int64_t row_begin, int64_t row_end, TransposedRows* out);
+void TransposeForCorrections(const PackedMatrix& w, const float* x, int64_t row_begin, int64_t row_end,
+                             TransposedRows* out);
 
 // Adds the outlier corrections to Y rows [row_begin, row_end), columns [column_begin, column_end), after the
 // panel kernel (and its bias): y[m, c] = fma(x[m, k], delta, y[m, c]) for each correction of column c in order
