@@ -182,11 +182,24 @@ __attribute__((target("avx,fma"))) void CorrectionsLanesFma(const PackedMatrix& 
     for (int64_t c = column_begin; c < column_end; ++c) {
       const int64_t begin = start[c], end = start[c + 1];
       if (begin == end) continue;
+      // y[m0 .. m0 + count, c] into the lanes: whole vectors built from their 8 values in registers (stored to
+      // memory one by one and reloaded as a vector, they would stall the load on store forwarding), the last
+      // partial one through memory.
+      const float* yc = y + m0 * w.n + c;
+      const int64_t n = w.n;
+      __m256 lane[4];
+      for (int v = 0; v < 4; ++v) {
+        const float* yv = yc + 8 * v * n;
+        if (8 * (v + 1) <= count) {
+          lane[v] = _mm256_set_ps(yv[7 * n], yv[6 * n], yv[5 * n], yv[4 * n], yv[3 * n], yv[2 * n], yv[n], yv[0]);
+        } else {
+          alignas(32) float tail[8] = {};
+          for (int64_t i = 0; i < count - 8 * v; ++i) tail[i] = yv[i * n];
+          lane[v] = _mm256_load_ps(tail);
+        }
+      }
+      __m256 a0 = lane[0], a1 = lane[1], a2 = lane[2], a3 = lane[3];
       alignas(32) float lanes[kCorrectionLanes];
-      for (int v = 0; v < 4; ++v) _mm256_store_ps(lanes + 8 * v, _mm256_setzero_ps());
-      for (int64_t i = 0; i < count; ++i) lanes[i] = y[(m0 + i) * w.n + c];
-      __m256 a0 = _mm256_load_ps(lanes), a1 = _mm256_load_ps(lanes + 8);
-      __m256 a2 = _mm256_load_ps(lanes + 16), a3 = _mm256_load_ps(lanes + 24);
       if (vectors <= 2) {
         for (int64_t q = begin; q < end; ++q) {
           const __m256 d = _mm256_broadcast_ss(delta + q);
