@@ -125,37 +125,6 @@ __attribute__((always_inline)) inline void CorrectionsBody(const PackedMatrix& w
   }
 }
 
-// The same corrections with rows as vector lanes: for each column, kCorrectionLanes rows at a time hold their
-// y[m, c] in one accumulator array, and each correction (k, delta) is one fused multiply-add over the lanes, reading
-// x[m .. m + lanes, k] contiguously from X transposed. Every y[m, c] gets the same fma chain, in the same order,
-// as in CorrectionsBody (fma(x, delta, acc), correctly rounded), so the bits are the same; only independent
-// chains run side by side. `xt` holds X transposed for rows [xt_row0, ...): xt[k * stride + (m - xt_row0)], zeros
-// past the last row, at least kCorrectionLanes - 1 of them.
-__attribute__((always_inline)) inline void CorrectionsLanesBody(const PackedMatrix& w, const float* xt, int64_t stride,
-                                                                int64_t xt_row0, float* y, int64_t row_begin,
-                                                                int64_t row_end, int64_t column_begin,
-                                                                int64_t column_end) {
-  const int64_t* start = w.correction_start.data();
-  const int32_t* slots = w.correction_slot.data();
-  const float* delta = w.correction_delta.data();
-  for (int64_t m0 = row_begin; m0 < row_end; m0 += kCorrectionLanes) {
-    const int64_t count = std::min(kCorrectionLanes, row_end - m0);
-    const float* base = xt + (m0 - xt_row0);
-    for (int64_t c = column_begin; c < column_end; ++c) {
-      const int64_t begin = start[c], end = start[c + 1];
-      if (begin == end) continue;
-      float acc[kCorrectionLanes] = {};
-      for (int64_t i = 0; i < count; ++i) acc[i] = y[(m0 + i) * w.n + c];
-      for (int64_t q = begin; q < end; ++q) {
-        const float d = delta[q];
-        const float* xr = base + slots[q] * stride;
-        for (int64_t i = 0; i < kCorrectionLanes; ++i) acc[i] = std::fma(xr[i], d, acc[i]);
-      }
-      for (int64_t i = 0; i < count; ++i) y[(m0 + i) * w.n + c] = acc[i];
-    }
-  }
-}
-
 #if defined(__x86_64__)
 // std::fma without the FMA instruction set is a call into libm per correction (4-5x slower on a 1 %-outlier
 // weight); with it, one vfmadd (and the lanes version one vector vfmadd per 8 rows). All round once, so the
@@ -165,8 +134,13 @@ __attribute__((target("fma"))) void CorrectionsFma(const PackedMatrix& w, const 
   CorrectionsBody(w, x, y, row_begin, row_end, column_begin, column_end);
 }
 
-// CorrectionsLanesBody with the lanes as four 8-float vectors (left to itself the compiler interchanges the loops
-// and runs each lane's chain serially).
+// The same corrections with rows as vector lanes: for each column, up to kCorrectionLanes rows at a time hold their
+// y[m, c] in four 8-float vectors, and each correction (k, delta) is one fused multiply-add per vector, reading
+// x[m .. m + 32, k] contiguously from X transposed. Every y[m, c] gets the same fma chain, in the same order, as in
+// CorrectionsBody (fma(x, delta, acc), correctly rounded), so the bits are the same; only independent chains run
+// side by side. `xt` holds the columns of X in w.correction_used_rows, transposed, for rows [xt_row0, ...):
+// xt[slot * stride + (m - xt_row0)], zeros past the last row (at least kCorrectionLanes - 1 of them). Written with
+// intrinsics: as a plain loop over the lanes the compiler interchanged the loops and ran each lane's chain serially.
 __attribute__((target("avx,fma"))) void CorrectionsLanesFma(const PackedMatrix& w, const float* xt, int64_t stride,
                                                             int64_t xt_row0, float* y, int64_t row_begin,
                                                             int64_t row_end, int64_t column_begin,
@@ -232,24 +206,13 @@ bool CpuHasFma() {
 }
 #endif
 
-// Whether this CPU runs the lanes version (hardware FMA: otherwise each lane would be a libm call).
+// Whether this CPU runs the lanes version (x86-64 with FMA; elsewhere the per-row chains, unmeasured there).
 bool LanesCorrections() {
 #if defined(__x86_64__)
   static const bool has_fma = CpuHasFma();
   return has_fma;
-#elif defined(__aarch64__)
-  return true;
 #else
   return false;
-#endif
-}
-
-void CorrectionsLanes(const PackedMatrix& w, const float* xt, int64_t stride, int64_t xt_row0, float* y,
-                      int64_t row_begin, int64_t row_end, int64_t column_begin, int64_t column_end) {
-#if defined(__x86_64__)
-  CorrectionsLanesFma(w, xt, stride, xt_row0, y, row_begin, row_end, column_begin, column_end);
-#else
-  CorrectionsLanesBody(w, xt, stride, xt_row0, y, row_begin, row_end, column_begin, column_end);
 #endif
 }
 
@@ -272,9 +235,10 @@ void TransposeForCorrections(const PackedMatrix& w, const float* x, int64_t row_
 
 void ApplyCorrections(const PackedMatrix& w, const float* x, float* y, int64_t row_begin, int64_t row_end,
                       int64_t column_begin, int64_t column_end, const TransposedRows* xt) {
+#if defined(__x86_64__)
   if (row_end - row_begin >= 2 && LanesCorrections()) {
     if (xt && xt->row0 <= row_begin && !xt->data.empty()) {
-      CorrectionsLanes(w, xt->data.data(), xt->stride, xt->row0, y, row_begin, row_end, column_begin, column_end);
+      CorrectionsLanesFma(w, xt->data.data(), xt->stride, xt->row0, y, row_begin, row_end, column_begin, column_end);
       return;
     }
     // X transposed here, kCorrectionLanes rows at a time.
@@ -282,15 +246,16 @@ void ApplyCorrections(const PackedMatrix& w, const float* x, float* y, int64_t r
     for (int64_t m0 = row_begin; m0 < row_end; m0 += kCorrectionLanes) {
       const int64_t m1 = std::min(row_end, m0 + kCorrectionLanes);
       TransposeForCorrections(w, x, m0, m1, &block);
-      CorrectionsLanes(w, block.data.data(), block.stride, block.row0, y, m0, m1, column_begin, column_end);
+      CorrectionsLanesFma(w, block.data.data(), block.stride, block.row0, y, m0, m1, column_begin, column_end);
     }
     return;
   }
-#if defined(__x86_64__)
   if (LanesCorrections()) {
     CorrectionsFma(w, x, y, row_begin, row_end, column_begin, column_end);
     return;
   }
+#else
+  (void)xt;
 #endif
   CorrectionsBody(w, x, y, row_begin, row_end, column_begin, column_end);
 }
@@ -596,7 +561,8 @@ OrtStatus* CodebookMatMulKernel::ComputeV2(OrtKernelContext* raw_context) noexce
     // Several tasks share rows: X transposed once for all their corrections (bounded: a task's own blocks else).
     TransposedRows xt;
     const int64_t used_rows = static_cast<int64_t>(w->correction_used_rows.size());
-    const bool shared_xt = used_rows > 0 && m >= 2 && panel_tasks > 1 && m * used_rows <= kSharedTransposeFloats;
+    const bool shared_xt =
+        LanesCorrections() && used_rows > 0 && m >= 2 && panel_tasks > 1 && m * used_rows <= kSharedTransposeFloats;
     if (shared_xt) TransposeForCorrections(*w, x.GetTensorData<float>(), 0, m, &xt);
     ParallelTask task{&problem, w, kernel_, panels, panel_tasks, rows_per_task, shared_xt ? &xt : nullptr};
     // ORT's intra-op thread pool (session option intra_op_num_threads) runs the tasks.

@@ -1,8 +1,10 @@
 // CodebookMatMul with AVX2 + FMA (compiled with -mavx2 -mfma; called only when the CPU has both).
 //
-// Same scheme as matmul_avx512.cc with 8-lane registers: vpermps looks up 8 entries, so up to 8-entry
-// codebooks (3-bit) take one permute and 16-entry ones take two plus a blend on bit 3 of the index; byte indices
-// into up to 64 entries take 4 or 8 permutes and a tree of blends; wider indices gather from the table in L1. 16 registers allow 8 accumulators per tile.
+// Same scheme as matmul_avx512.cc with 8-lane registers. The lookups: 4-bit slots and byte indices into up to 128
+// entries as byte planes (vpshufb, 32 indices at a time); wider indices gather from the table in L1. The vpermps
+// lookups (up to 8-entry codebooks one permute, 16-entry ones two plus a blend on bit 3 of the index, byte indices
+// into up to 64 entries 4 or 8 permutes and a tree of blends) remain for ONNXCOMP_LOOKUP=permute. 16 registers
+// allow 8 accumulators per tile.
 #include <immintrin.h>
 #include <stdlib.h>
 #include <string.h>

@@ -67,10 +67,10 @@ void PackMatrix(const DecodedRecord& record, PackedMatrix* out);
 // kernel instead of the fused kernel (docs/ops.md); ONNXCOMP_GEMM_ROWS overrides it (0: never), read at kernel creation.
 int64_t DenseGemmRows();
 
-// Rows of Y the outlier corrections run side by side (as vector lanes) where the CPU has hardware FMA.
+// Rows of Y the outlier corrections run side by side (as vector lanes) on x86-64 with FMA.
 constexpr int64_t kCorrectionLanes = 32;
 
-// The columns of X [M, K] the corrections of w read (w.correction_used_rows), rows [row0, row0 + rows) of X, transposed:
+// The columns of X [M, K] the corrections of w read (w.correction_used_rows), rows [row0, row0 + rows), transposed:
 // data[slot * stride + (m - row0)] = x[m, w.correction_used_rows[slot]], zeros past the last row (stride >= rows +
 // kCorrectionLanes - 1, so every set of lanes reads inside `data`).
 struct TransposedRows {
