@@ -14,12 +14,14 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "decode.h"
@@ -101,6 +103,26 @@ class CheckpointedPrefix {
   size_t stride_ = kStride;
   std::vector<double> checkpoints_;
 };
+
+// Runs body(begin, end) on ``threads`` contiguous parts of [0, n) at once (the calling thread takes the first),
+// fewer when a part would hold under ``min_part`` items. Each caller's parts write disjoint outputs and each
+// output is computed as one thread alone would, so the result does not depend on ``threads``.
+template <typename Body>
+void split_range(size_t n, size_t threads, size_t min_part, Body body) {
+  const size_t parts = std::max<size_t>(1, std::min(threads, n / std::max<size_t>(min_part, 1)));
+  if (parts <= 1) {
+    body(size_t{0}, n);
+    return;
+  }
+  std::vector<std::thread> helpers;
+  helpers.reserve(parts - 1);
+  for (size_t part = 1; part < parts; ++part)
+    helpers.emplace_back([&body, n, parts, part] { body(n * part / parts, n * (part + 1) / parts); });
+  body(size_t{0}, n / parts);
+  for (auto& helper : helpers) helper.join();
+}
+
+constexpr size_t kMinThreadPart = size_t{1} << 18;  // values a helper thread takes at least (assign, channel errors)
 
 std::vector<float> sorted_distinct(std::vector<float> values) {
   std::sort(values.begin(), values.end());
@@ -295,7 +317,7 @@ ONNXCOMP_MULTIVERSION void assign_u16(const float* values, size_t n, const bool*
   assign_into(values, n, keep, t, out);
 }
 
-py::array assign(FloatArray values, FloatArray centroids, py::object keep_object) {
+py::array assign(FloatArray values, FloatArray centroids, py::object keep_object, size_t threads) {
   const size_t n = static_cast<size_t>(values.size());
   const size_t k = static_cast<size_t>(centroids.size());
   if (k == 0) throw std::invalid_argument("assign needs at least one centroid");
@@ -310,19 +332,24 @@ py::array assign(FloatArray values, FloatArray centroids, py::object keep_object
   for (size_t j = 0; j + 1 < k; ++j)
     midpoints[j] = round_down_to_float((static_cast<double>(c[j]) + static_cast<double>(c[j + 1])) / 2);
   const bool* keep = masked ? keep_array.data() : nullptr;
+  const float* v = values.data();
   const size_t largest = k - 1 + (masked ? 1 : 0);
   if (largest <= 0xFF) {
     py::array_t<uint8_t> out(static_cast<py::ssize_t>(n));
     uint8_t* o = out.mutable_data();
     py::gil_scoped_release release;
-    assign_u8(values.data(), n, keep, midpoints, o);
+    split_range(n, threads, kMinThreadPart, [&](size_t begin, size_t end) {
+      assign_u8(v + begin, end - begin, keep ? keep + begin : nullptr, midpoints, o + begin);
+    });
     return std::move(out);
   }
   if (largest > 0xFFFF) throw std::invalid_argument("more than 65536 centroids");
   py::array_t<uint16_t> out(static_cast<py::ssize_t>(n));
   uint16_t* o = out.mutable_data();
   py::gil_scoped_release release;
-  assign_u16(values.data(), n, keep, midpoints, o);
+  split_range(n, threads, kMinThreadPart, [&](size_t begin, size_t end) {
+    assign_u16(v + begin, end - begin, keep ? keep + begin : nullptr, midpoints, o + begin);
+  });
   return std::move(out);
 }
 
@@ -476,11 +503,16 @@ ONNXCOMP_MULTIVERSION void add_squares(const uint16_t* idx, const float* book, c
   add_squares_into(idx, book, r, count, w, weighted, e);
 }
 
+// Channels [c_begin, c_end) only (each channel's sum is the same whichever range computes it).
 template <typename Index>
 void accumulate_errors(const float* r, const Index* idx, const float* book, size_t book_size, const int64_t* pos,
                        const float* stored, size_t outliers, size_t channels, size_t inputs, bool transposed,
-                       const double* u, double* e, bool& bad) {
-  size_t p = 0;
+                       const double* u, double* e, bool& bad, size_t c_begin, size_t c_end) {
+  // the first outlier at or after flat position i (positions are increasing)
+  auto first_outlier = [&](size_t from, size_t i) {
+    return static_cast<size_t>(std::lower_bound(pos + from, pos + outliers, static_cast<int64_t>(i)) - pos);
+  };
+  size_t p = transposed ? 0 : first_outlier(0, c_begin * inputs);
   auto decoded = [&](size_t i) -> double {
     if (p < outliers && static_cast<size_t>(pos[p]) == i) return static_cast<double>(stored[p++]);
     if (!idx) return 0.0;
@@ -495,9 +527,10 @@ void accumulate_errors(const float* r, const Index* idx, const float* book, size
     for (size_t j = 0; j < inputs; ++j) {
       const size_t row = j * channels;
       const double w = u ? u[j] : 1.0;
-      size_t c = 0;
-      while (c < channels) {
-        const size_t stop = p < outliers && static_cast<size_t>(pos[p]) < row + channels ? static_cast<size_t>(pos[p]) - row : channels;
+      p = first_outlier(p, row + c_begin);
+      size_t c = c_begin;
+      while (c < c_end) {
+        const size_t stop = p < outliers && static_cast<size_t>(pos[p]) < row + c_end ? static_cast<size_t>(pos[p]) - row : c_end;
         if (idx) {
           for (size_t i = c; i < stop; ++i)
             if (idx[row + i] >= book_size) bad = true;
@@ -506,7 +539,7 @@ void accumulate_errors(const float* r, const Index* idx, const float* book, size
         } else {
           add_squares(static_cast<const Index*>(nullptr), book, r + row + c, stop - c, w, u != nullptr, e + c);
         }
-        if (stop < channels) {  // the outlier's stored value
+        if (stop < c_end) {  // the outlier's stored value
           const double d = static_cast<double>(stored[p++]) - static_cast<double>(r[row + stop]);
           e[stop] += u ? d * d * w : d * d;
         }
@@ -514,7 +547,7 @@ void accumulate_errors(const float* r, const Index* idx, const float* book, size
       }
     }
   } else {
-    for (size_t c = 0; c < channels; ++c) {
+    for (size_t c = c_begin; c < c_end; ++c) {
       double sum = 0.0;
       const size_t row = c * inputs;
       for (size_t j = 0; j < inputs; ++j) {
@@ -529,7 +562,7 @@ void accumulate_errors(const float* r, const Index* idx, const float* book, size
 py::array_t<double> channel_errors(FloatArray reference, py::object indices_object, FloatArray codebook,
                                    py::array_t<int64_t, py::array::c_style | py::array::forcecast> positions,
                                    FloatArray stored, size_t channels, size_t inputs, bool transposed,
-                                   py::object importance_object) {
+                                   py::object importance_object, size_t threads) {
   const size_t n = static_cast<size_t>(reference.size());
   if (channels * inputs != n) throw std::invalid_argument("channels x inputs differs from the reference's size");
   const size_t outliers = static_cast<size_t>(positions.size());
@@ -561,15 +594,22 @@ py::array_t<double> channel_errors(FloatArray reference, py::object indices_obje
   const size_t book_size = static_cast<size_t>(codebook.size());
   const float* s = stored.data();
   const void* data = width ? indices.data() : nullptr;
-  bool bad = false;
+  std::atomic<bool> bad_any{false};
   {
     py::gil_scoped_release release;
-    if (width == 2)
-      accumulate_errors(r, static_cast<const uint16_t*>(data), book, book_size, pos, s, outliers, channels, inputs, transposed, u, e, bad);
-    else
-      accumulate_errors(r, static_cast<const uint8_t*>(data), book, book_size, pos, s, outliers, channels, inputs, transposed, u, e, bad);
+    const size_t parts = std::max<size_t>(1, std::min(threads, n / kMinThreadPart));
+    split_range(channels, parts, 1, [&](size_t c_begin, size_t c_end) {
+      bool bad = false;
+      if (width == 2)
+        accumulate_errors(r, static_cast<const uint16_t*>(data), book, book_size, pos, s, outliers, channels, inputs, transposed, u, e, bad,
+                          c_begin, c_end);
+      else
+        accumulate_errors(r, static_cast<const uint8_t*>(data), book, book_size, pos, s, outliers, channels, inputs, transposed, u, e, bad,
+                          c_begin, c_end);
+      if (bad) bad_any = true;
+    });
   }
-  if (bad) throw std::invalid_argument("index outside the codebook");
+  if (bad_any) throw std::invalid_argument("index outside the codebook");
   return out;
 }
 
@@ -836,17 +876,20 @@ PYBIND11_MODULE(_native, m) {
   m.def("lloyd_1d", &lloyd_1d, py::arg("sorted_values"), py::arg("weights"), py::arg("centroids"), py::arg("max_iterations"),
         "Lloyd iterations of 1-D k-means on ascending float32 values (optional float32 weights in the same order) "
         "from float32 centroids, to a fixed point; returns the sorted distinct non-empty centroids (float32).");
-  m.def("assign", &assign, py::arg("values"), py::arg("centroids"), py::arg("keep") = py::none(),
+  m.def("assign", &assign, py::arg("values"), py::arg("centroids"), py::arg("keep") = py::none(), py::arg("threads") = 1,
         "Nearest-centroid index (uint8 or uint16) for each float32 value; ties to the lower centroid. With a "
-        "bool keep mask: 0 for pruned values, 1 + centroid index for kept ones.");
+        "bool keep mask: 0 for pruned values, 1 + centroid index for kept ones. `threads` splits the values "
+        "across that many threads (same result).");
   m.def("magnitude_keep_mask", &magnitude_keep_mask, py::arg("values"), py::arg("pruned"),
         "Bool mask keeping all but the `pruned` float32 values of smallest magnitude (ties pruned in position order).");
   m.def("largest_magnitudes", &largest_magnitudes, py::arg("values"), py::arg("keep"), py::arg("count"),
         "int64 positions of the `count` kept float32 values of largest magnitude, largest first (ties: earlier first).");
   m.def("channel_errors", &channel_errors, py::arg("reference"), py::arg("indices"), py::arg("codebook"), py::arg("positions"),
         py::arg("stored"), py::arg("channels"), py::arg("inputs"), py::arg("transposed"), py::arg("importance"),
+        py::arg("threads") = 1,
         "float64 [channels]: per output channel, the importance-weighted squared error of the decoded weight "
-        "(codebook[indices], outliers at positions) against reference, summed in input order.");
+        "(codebook[indices], outliers at positions) against reference, summed in input order. `threads` splits the "
+        "channels across that many threads (same result).");
   m.def("statistics", &statistics, py::arg("symbols"), py::arg("size"), py::arg("gap_limit"),
         "(numpy.bincount(symbols, minlength=size), counts of the zero runs before each non-zero symbol that are "
         "below gap_limit, int64 array of the longer runs), in one pass; gap_limit 0 skips the gaps.");

@@ -22,11 +22,13 @@ import threading
 
 import numpy as np
 
+from onnxcomp import parallel
 from onnxcomp.core.native import native as _native
 
 INITS = ("quantile", "linear")
 REFINE_ITERATIONS = 2000
 SAMPLE_SIZE = 20_000  # values the "linear" start is fitted on
+PARALLEL_SORT = 1 << 21  # values from which sort_values splits its sort across the cores
 # scikit-learn's KMeans sets process-wide BLAS thread limits while it fits; fits from several threads at once
 # could restore them in the wrong order, so they take turns.
 _SKLEARN_LOCK = threading.Lock()
@@ -47,9 +49,11 @@ def assign(values: np.ndarray, centroids: np.ndarray, keep: np.ndarray | None = 
     """
     values = np.asarray(values)
     keep = None if keep is None else np.ascontiguousarray(keep, dtype=bool).ravel()
+    # A large tensor is split across the cores (parallel.default_workers()); the indices are the same.
     if _native is None or values.dtype != np.float32:
         return assign_reference(values, centroids, keep)
-    return _native.assign(np.ascontiguousarray(values).ravel(), np.ascontiguousarray(centroids, dtype=np.float32), keep)
+    return _native.assign(np.ascontiguousarray(values).ravel(), np.ascontiguousarray(centroids, dtype=np.float32), keep,
+                          threads=parallel.default_workers())
 
 
 def thresholds(centroids: np.ndarray) -> np.ndarray:
@@ -121,9 +125,23 @@ def sort_values(values: np.ndarray, overwrite_input: bool = False) -> np.ndarray
     ordered = ordered if overwrite_input else ordered.copy()
     keys = ordered.view(np.uint32)
     _flip_keys(keys, inverse=False)
-    keys.sort()
+    _sort_keys(keys, parallel.default_workers() if len(keys) >= PARALLEL_SORT else 1)
     _flip_keys(keys, inverse=True)
     return ordered
+
+
+def _sort_keys(keys: np.ndarray, workers: int) -> None:
+    """Sort unsigned integer ``keys`` in place, on up to ``workers`` threads: ``numpy.partition`` splits them into
+    ``workers`` runs at evenly spaced ranks (every key of a run <= every key of the next), then each run is sorted
+    on its own thread (numpy's sort releases the GIL). Integers sort to one and the same array however they are
+    split, so the result is byte-identical to ``keys.sort()`` (tests/test_fast_paths.py compares them)."""
+    runs = min(max(int(workers), 1), max(len(keys) // (PARALLEL_SORT // 2), 1))
+    if runs <= 1:
+        keys.sort()
+        return
+    bounds = [len(keys) * i // runs for i in range(runs + 1)]
+    keys.partition(bounds[1:-1])
+    list(parallel.ordered_map(lambda run: keys[bounds[run]:bounds[run + 1]].sort(), range(runs), runs))
 
 
 def _flip_keys(keys: np.ndarray, inverse: bool, block: int = 1 << 20) -> None:

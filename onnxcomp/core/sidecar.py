@@ -193,31 +193,45 @@ def encode_record(codebook: np.ndarray, indices: np.ndarray, dims: tuple[int, ..
         raise ValueError(f"codebook of {k} entries does not fit {bits} index bits")
     if len(indices) != n or len(dims) > MAX_RANK:
         raise ValueError("indices do not match the tensor dims")
-    if n and (int(indices.min()) < 0 or int(indices.max()) >= k):
+    if n and ((indices.dtype.kind == "i" and int(indices.min()) < 0) or int(indices.max()) >= k):
         raise ValueError("index outside the codebook")
     steps_type = coding_steps or (NumpyCoding if _native is None else NativeCoding)
     positions = np.zeros(0, np.int64) if outlier_positions is None else np.asarray(outlier_positions, np.int64)
     section = b""
     sparse_coding = bool(codebook[0].view(np.uint32) == 0 and n)  # index 0 is the pruned, exact 0.0
+    # One counting pass over the indices, whichever coding and outliers there are: with outliers, the counts of
+    # the indices as each coding writes them (an outlier's index replaced) follow from the counts of one of them.
     dense_indices = sparse_indices = indices
+    value_counts = dense_counts = None
     if len(positions):
         section = outliers.encode_section(positions, outlier_values, n)
-        # the most frequent index among the others (positions are unique: all counts minus the outliers' own)
-        others = steps_type(indices).counts(k, False) - np.bincount(indices[positions], minlength=k)
-        dense_indices = indices.copy()
-        dense_indices[positions] = int(np.argmax(others)) if len(positions) < n else 0
-        sparse_indices = dense_indices  # only dense coding is tried without a pruned zero
-        if sparse_coding:
+        if sparse_coding:  # the outliers' indices become the pruned 0 for gap coding
             sparse_indices = indices.copy()
             sparse_indices[positions] = 0
+            sparse_steps = steps_type(sparse_indices)
+            value_counts = sparse_steps.counts(k, True)  # the gap histogram comes in the same pass
+            others = value_counts.copy()
+            others[0] -= len(positions)
+        else:  # all counts minus the outliers' own (positions are unique)
+            others = steps_type(indices).counts(k, False) - np.bincount(indices[positions], minlength=k)
+        # dense coding: the most frequent index among the others
+        fill = int(np.argmax(others)) if len(positions) < n else 0
+        dense_indices = indices.copy()
+        dense_indices[positions] = fill
+        dense_counts = others.copy()
+        dense_counts[fill] += len(positions)
+        if not sparse_coding:  # only dense coding is tried without a pruned zero
+            sparse_indices, value_counts = dense_indices, dense_counts
     version = RECORD_VERSION_OUTLIERS if len(positions) else RECORD_VERSION
     header = _FIXED.pack(RECORD_MAGIC, version, FLOAT32, len(dims), bits, 0, 0, k, n)
     header += struct.pack(f"<{len(dims)}Q", *dims) + codebook.tobytes()
 
-    sparse_steps = steps_type(sparse_indices)
-    value_counts = sparse_steps.counts(k, sparse_coding)  # the gap histogram comes in the same pass
+    if value_counts is None or not sparse_coding:
+        sparse_steps = steps_type(sparse_indices)
+    if value_counts is None:
+        value_counts = sparse_steps.counts(k, sparse_coding)  # the gap histogram comes in the same pass
+        dense_counts = value_counts
     dense_steps = sparse_steps if dense_indices is sparse_indices else steps_type(dense_indices)
-    dense_counts = value_counts if dense_steps is sparse_steps else dense_steps.counts(k, False)
     dense_lengths = huffman.code_lengths(dense_counts)
     dense_bits = int((dense_counts * dense_lengths).sum())
     best = (dense_bits + 8 * k, CODING_DENSE, 0)

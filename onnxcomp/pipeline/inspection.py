@@ -79,7 +79,9 @@ class StoredWeight:
 
     def dense(self) -> np.ndarray:
         """The decoded weight in its original orientation."""
-        values = sidecar.apply_outliers(self.codebook[self.indices], self.outlier_positions, self.outlier_values)
+        # codebook.take makes the one fresh array; the outliers are written into it (apply_outliers would copy it)
+        values = np.asarray(self.codebook, dtype=np.float32).take(self.indices)
+        values.reshape(-1)[np.asarray(self.outlier_positions, dtype=np.int64)] = self.outlier_values
         return np.ascontiguousarray(values.T) if self.transposed else values
 
 
