@@ -289,3 +289,30 @@ def test_record_with_outliers_counted_once_matches_counting_twice(rng, pruned):
             expected = codebook[indices]
             expected[positions] = outliers.stored_values(values)
             np.testing.assert_array_equal(record.to_dense().ravel(), expected)
+
+
+@pytest.mark.parametrize("size", [49, 200, 4000])
+def test_assign_by_bucket_table_matches_comparing_every_threshold(rng, size):
+    """_native.assign's bucket table (large inputs, >= 48 thresholds) gives the indices of the threshold comparisons,
+    bit for bit, on values at and next to every threshold, signed zeros, subnormals, the largest floats and
+    infinities (NaN too, which both paths send to index 0), with and without a keep mask; on finite values both
+    equal the numpy reference."""
+    from onnxcomp.core import codebook
+    from onnxcomp.core.native import native
+    if native is None:
+        pytest.skip("onnxcomp._native is not built")
+    centroids = np.unique(np.concatenate([(rng.standard_t(2, size) * 0.05), [0.0, -1e-40, 1e-40]]).astype(np.float32))
+    thresholds = codebook.thresholds(centroids)
+    near = np.concatenate([thresholds, np.nextafter(thresholds, np.float32(np.inf)), np.nextafter(thresholds, np.float32(-np.inf))])
+    special = np.array([0.0, -0.0, 1e-45, -1e-45, 1e-39, -1e-39, 3.4e38, -3.4e38], np.float32)
+    values = np.concatenate([near, special, (rng.standard_normal(1 << 17) * 0.05).astype(np.float32)])
+    rng.shuffle(values)
+    keep = rng.random(len(values)) > 0.25
+    for mask in (None, keep):
+        table = native.assign(values, centroids, mask, threads=1, use_table=True)
+        np.testing.assert_array_equal(table, native.assign(values, centroids, mask, threads=1, use_table=False))
+        np.testing.assert_array_equal(table, codebook.assign_reference(values, centroids, mask))
+        np.testing.assert_array_equal(native.assign(values, centroids, mask, threads=3), table)
+    odd = np.concatenate([values, np.array([np.inf, -np.inf, np.nan, -np.nan], np.float32)])
+    np.testing.assert_array_equal(native.assign(odd, centroids, None, use_table=True),
+                                  native.assign(odd, centroids, None, use_table=False))

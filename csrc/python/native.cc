@@ -309,6 +309,64 @@ inline __attribute__((always_inline)) void assign_into(const float* values, size
   }
 }
 
+// Assignment through a bucket table: the top 16 bits of a float's order-preserving key (sign set for
+// non-negatives, all bits flipped for negatives) name one of 65536 buckets, a run of floats in increasing
+// order. For x in a bucket of finite floats, the count of thresholds below x (what assign_into computes) lies
+// between the counts at the bucket's first and last float, lo and hi, since that count grows with x: thresholds
+// [0, lo) are below every x of the bucket and thresholds from hi on below none. Most buckets hold no threshold
+// (lo == hi: one table read per value); the others compare x with thresholds [lo, hi) only. Buckets that hold
+// an infinity or NaN bit patterns compare x with every threshold. Same counts as assign_into for every input.
+constexpr size_t kTableMinValues = size_t{1} << 16;  // below this the table's construction costs more than it saves
+constexpr size_t kTableMinThresholds = 48;  // measured: fewer thresholds compare faster one by one (bench in docs/benchmarks.md)
+
+inline uint32_t order_key(uint32_t bits) { return bits ^ (static_cast<uint32_t>(static_cast<int32_t>(bits) >> 31) | 0x80000000u); }
+
+inline float key_value(uint32_t key) {
+  const uint32_t bits = key ^ ((key >> 31) ? 0x80000000u : 0xFFFFFFFFu);
+  float value;
+  std::memcpy(&value, &bits, sizeof value);
+  return value;
+}
+
+// entry b: lo | hi << 16 (thresholds.size() <= 65535)
+std::vector<uint32_t> bucket_table(const std::vector<float>& t) {
+  std::vector<uint32_t> table(size_t{1} << 16);
+  const uint32_t m = static_cast<uint32_t>(t.size());
+  auto below = [&t](float x) { return static_cast<uint32_t>(std::lower_bound(t.begin(), t.end(), x) - t.begin()); };
+  for (uint32_t b = 0; b < (1u << 16); ++b) {
+    const bool finite = b > 0x007Fu && b < 0xFF80u;  // keys of -inf, +inf and NaNs lie in the others
+    const uint32_t lo = finite ? below(key_value(b << 16)) : 0;
+    const uint32_t hi = finite ? below(key_value((b << 16) | 0xFFFFu)) : m;
+    table[b] = lo | (hi << 16);
+  }
+  return table;
+}
+
+template <typename Index>
+inline __attribute__((always_inline)) void assign_by_table(const float* values, size_t n, const bool* keep, const float* t,
+                                                           const uint32_t* table, Index* out) {
+  for (size_t i = 0; i < n; ++i) {
+    const float x = values[i];
+    uint32_t bits;
+    std::memcpy(&bits, &x, sizeof bits);
+    const uint32_t entry = table[order_key(bits) >> 16];
+    const uint32_t lo = entry & 0xFFFFu, hi = entry >> 16;
+    uint32_t count = lo;
+    for (uint32_t j = lo; j < hi; ++j) count += t[j] < x ? 1u : 0u;
+    out[i] = keep ? (keep[i] ? static_cast<Index>(count + 1) : Index{0}) : static_cast<Index>(count);
+  }
+}
+
+ONNXCOMP_MULTIVERSION void assign_table_u8(const float* values, size_t n, const bool* keep, const float* t, const uint32_t* table,
+                                           uint8_t* out) {
+  assign_by_table(values, n, keep, t, table, out);
+}
+
+ONNXCOMP_MULTIVERSION void assign_table_u16(const float* values, size_t n, const bool* keep, const float* t, const uint32_t* table,
+                                            uint16_t* out) {
+  assign_by_table(values, n, keep, t, table, out);
+}
+
 ONNXCOMP_MULTIVERSION void assign_u8(const float* values, size_t n, const bool* keep, const std::vector<float>& t, uint8_t* out) {
   assign_into(values, n, keep, t, out);
 }
@@ -317,7 +375,7 @@ ONNXCOMP_MULTIVERSION void assign_u16(const float* values, size_t n, const bool*
   assign_into(values, n, keep, t, out);
 }
 
-py::array assign(FloatArray values, FloatArray centroids, py::object keep_object, size_t threads) {
+py::array assign(FloatArray values, FloatArray centroids, py::object keep_object, size_t threads, bool use_table) {
   const size_t n = static_cast<size_t>(values.size());
   const size_t k = static_cast<size_t>(centroids.size());
   if (k == 0) throw std::invalid_argument("assign needs at least one centroid");
@@ -334,22 +392,29 @@ py::array assign(FloatArray values, FloatArray centroids, py::object keep_object
   const bool* keep = masked ? keep_array.data() : nullptr;
   const float* v = values.data();
   const size_t largest = k - 1 + (masked ? 1 : 0);
+  if (largest > 0xFFFF) throw std::invalid_argument("more than 65536 centroids");
+  const bool by_table = use_table && n >= kTableMinValues && midpoints.size() >= kTableMinThresholds;
+  auto run = [&](auto* o) {
+    py::gil_scoped_release release;
+    const std::vector<uint32_t> table = by_table ? bucket_table(midpoints) : std::vector<uint32_t>();
+    split_range(n, threads, kMinThreadPart, [&](size_t begin, size_t end) {
+      const bool* kp = keep ? keep + begin : nullptr;
+      if (by_table) {
+        if constexpr (sizeof(*o) == 1) assign_table_u8(v + begin, end - begin, kp, midpoints.data(), table.data(), o + begin);
+        else assign_table_u16(v + begin, end - begin, kp, midpoints.data(), table.data(), o + begin);
+      } else {
+        if constexpr (sizeof(*o) == 1) assign_u8(v + begin, end - begin, kp, midpoints, o + begin);
+        else assign_u16(v + begin, end - begin, kp, midpoints, o + begin);
+      }
+    });
+  };
   if (largest <= 0xFF) {
     py::array_t<uint8_t> out(static_cast<py::ssize_t>(n));
-    uint8_t* o = out.mutable_data();
-    py::gil_scoped_release release;
-    split_range(n, threads, kMinThreadPart, [&](size_t begin, size_t end) {
-      assign_u8(v + begin, end - begin, keep ? keep + begin : nullptr, midpoints, o + begin);
-    });
+    run(out.mutable_data());
     return std::move(out);
   }
-  if (largest > 0xFFFF) throw std::invalid_argument("more than 65536 centroids");
   py::array_t<uint16_t> out(static_cast<py::ssize_t>(n));
-  uint16_t* o = out.mutable_data();
-  py::gil_scoped_release release;
-  split_range(n, threads, kMinThreadPart, [&](size_t begin, size_t end) {
-    assign_u16(v + begin, end - begin, keep ? keep + begin : nullptr, midpoints, o + begin);
-  });
+  run(out.mutable_data());
   return std::move(out);
 }
 
@@ -877,9 +942,11 @@ PYBIND11_MODULE(_native, m) {
         "Lloyd iterations of 1-D k-means on ascending float32 values (optional float32 weights in the same order) "
         "from float32 centroids, to a fixed point; returns the sorted distinct non-empty centroids (float32).");
   m.def("assign", &assign, py::arg("values"), py::arg("centroids"), py::arg("keep") = py::none(), py::arg("threads") = 1,
+        py::arg("use_table") = true,
         "Nearest-centroid index (uint8 or uint16) for each float32 value; ties to the lower centroid. With a "
         "bool keep mask: 0 for pruned values, 1 + centroid index for kept ones. `threads` splits the values "
-        "across that many threads (same result).");
+        "across that many threads; `use_table` looks large inputs up in a bucket table of the float keys instead of "
+        "comparing with every threshold (same result either way).");
   m.def("magnitude_keep_mask", &magnitude_keep_mask, py::arg("values"), py::arg("pruned"),
         "Bool mask keeping all but the `pruned` float32 values of smallest magnitude (ties pruned in position order).");
   m.def("largest_magnitudes", &largest_magnitudes, py::arg("values"), py::arg("keep"), py::arg("count"),
