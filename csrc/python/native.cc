@@ -21,6 +21,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -116,8 +117,14 @@ void split_range(size_t n, size_t threads, size_t min_part, Body body) {
   }
   std::vector<std::thread> helpers;
   helpers.reserve(parts - 1);
-  for (size_t part = 1; part < parts; ++part)
-    helpers.emplace_back([&body, n, parts, part] { body(n * part / parts, n * (part + 1) / parts); });
+  for (size_t part = 1; part < parts; ++part) {
+    auto run_part = [&body, n, parts, part] { body(n * part / parts, n * (part + 1) / parts); };
+    try {
+      helpers.emplace_back(run_part);
+    } catch (const std::system_error&) {  // no thread to be had: this one does the part
+      run_part();
+    }
+  }
   body(size_t{0}, n / parts);
   for (auto& helper : helpers) helper.join();
 }
