@@ -18,6 +18,7 @@ from onnxcomp.core import outliers as outlier_math
 
 from .base import CompressionState, GraphPass, PassResult, log
 from .select_weights import drop_non_finite, non_finite_reason
+from .share_weights import scale_axis
 
 
 class AllocateWeightsPass(GraphPass):
@@ -46,14 +47,15 @@ class AllocateWeightsPass(GraphPass):
                 if not target.checked:  # a streamed weight: this is its first read
                     reason = non_finite_reason(values)
                     if reason:
-                        return None, (None, None), reason
+                        return None, (None, None, None), reason
                     target.checked = True
                 allocator = allocation.Allocator(
-                    values, sparsities=self.sparsities.get(target.kind, (0.0,)), outliers=self.outliers, seed=self.seed)
+                    values, sparsities=self.sparsities.get(target.kind, (0.0,)), outliers=self.outliers, seed=self.seed,
+                    channel_axis=scale_axis(target))
                 del values
             limit = self.limits.get(target.name, allocation.L2_LIMIT)
             if limit <= 0:
-                return allocator, (None, None), None
+                return allocator, (None, None, None), None
             # A limit from the model's budget (found over the k-means candidates) may be met by a uniform codebook
             # with fewer bytes; the per-weight proxy (round 0, whose choices the measured gains refer to) takes k-means.
             scale = self.scales.get(target.name, 1.0)
@@ -61,10 +63,13 @@ class AllocateWeightsPass(GraphPass):
             choice = allocator.choose(scale, 4.0 * target.size, l2_limit=limit) if target.name in self.limits else kmeans
             if choice is not None and choice.levels and kmeans is not None and kmeans.sparsity > 0:
                 choice = kmeans  # uniform codebooks are unpruned: ShareWeightsPass could not fall back to a pruned k-means
-            return allocator, (choice, kmeans), None
+            scaled = None  # a channel-scaled grid ShareWeightsPass tries too when the unscaled one loses a channel
+            if choice is not None and choice.levels and not choice.scaled and kmeans is not None:
+                scaled = allocator.choose(scale, kmeans.bytes, l2_limit=limit, families=("scaled",))
+            return allocator, (choice, kmeans, scaled), None
 
         measured = parallel.ordered_map(measure, targets)
-        for target, (allocator, (choice, kmeans), non_finite) in progress.track(zip(targets, measured), "per-layer allocation",
+        for target, (allocator, (choice, kmeans, scaled), non_finite) in progress.track(zip(targets, measured), "per-layer allocation",
                                                                                  total=len(targets)):
             if non_finite:
                 drop_non_finite(state, target, non_finite)
@@ -83,10 +88,13 @@ class AllocateWeightsPass(GraphPass):
             target.sparsity_override, target.bits_override = choice.sparsity, choice.bits
             target.outliers_override = choice.outliers
             target.levels_override = choice.levels
+            target.scaled_override = choice.scaled
+            target.scaled_alternative = (scaled.levels, scaled.outliers) if scaled is not None else None
             # ShareWeightsPass keeps a uniform codebook only if its worst channel is no worse than k-means' would be
             target.alternative = (kmeans.bits, kmeans.outliers) if choice.levels and kmeans is not None else None
             self.choices[target.name] = choice
             log.info("%s: %d bits%s, sparsity %.2f, outliers %.3f (relative L2 %.4f, worst-case %.4f)", target.name,
-                     choice.bits, f" (uniform, {choice.levels} values)" if choice.levels else "", choice.sparsity,
+                     choice.bits, f" ({'channel-scaled ' if choice.scaled else ''}uniform, {choice.levels} values)"
+                     if choice.levels else "", choice.sparsity,
                      choice.outliers, choice.relative_l2, choice.max_relative)
         return PassResult(False, f"allocated {len(targets)} weights")

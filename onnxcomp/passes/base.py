@@ -120,6 +120,12 @@ class WeightTarget:
     levels_override: int = 0  # > 0: a uniform codebook of this many values instead of k-means (AllocateWeightsPass)
     # With levels_override: (bits, outlier fraction) of the k-means codebook the uniform one must beat (ShareWeightsPass)
     alternative: tuple[int, float] | None = None
+    scaled_override: bool = False  # with levels_override: the grid of the values normalised per channel (AllocateWeightsPass)
+    # With an unscaled levels_override: (levels, outlier fraction) of a channel-scaled grid ShareWeightsPass also tries
+    scaled_alternative: tuple[int, float] | None = None
+    # Channel scales of the shared values (record versions 3, 4): float32 [shape[scale_axis]] or None (ShareWeightsPass)
+    scales: np.ndarray | None = None
+    scale_axis: int = 0
     packed: bool = False  # consumers rewritten to the record (PackWeightsPass)
     dtype: int = onnx.TensorProto.FLOAT  # the constant's ONNX element type (FLOAT, FLOAT16 or BFLOAT16)
     record_name: str | None = None  # the record initializer's name (unique in the model), once packed
