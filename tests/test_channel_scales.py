@@ -216,3 +216,71 @@ def test_writer_refuses_scales_it_cannot_store():
     assert sidecar.scale_format(np.array([0.5, 2.0], np.float32)) == sidecar.SCALE_FLOAT16
     assert sidecar.scale_format(np.array([0.1], np.float32)) == sidecar.SCALE_FLOAT32
     assert sidecar.scale_format(np.array([2.0 ** -20], np.float32)) == sidecar.SCALE_FLOAT32  # binary16 subnormal
+
+
+# ---- the writer: allocation and the default pipeline -----------------------------------------------------------
+
+def conv_stack(rng, spread: float):
+    """Three 3x3 convolutions (64 output channels) whose output channels' sizes span ``spread`` (1: all alike)."""
+    import onnx
+    nodes, inits, x, channels = [], [], "x", 16
+    for i in range(3):
+        w = rng.standard_normal((64, channels, 3, 3)).astype(np.float32) * np.float32(0.1)
+        w *= np.exp(rng.uniform(0, np.log(spread), 64)).astype(np.float32).reshape(-1, 1, 1, 1) if spread > 1 else 1
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes += [helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
+        x, channels = f"r{i}", 64
+    graph = helper.make_graph(nodes, "convs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 16, 16])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, 64, 16, 16])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_allocator_measures_scaled_candidates_on_the_weight_itself():
+    """The channel-scaled candidate's e2 and einf equal those of the codebook it describes, decoded as a reader does."""
+    from onnxcomp.core import allocation, codebook
+    rng = np.random.default_rng(11)
+    w = (rng.standard_normal((32, 8, 3, 3)) * np.exp(rng.uniform(0, np.log(100), 32)).reshape(-1, 1, 1, 1)).astype(np.float32)
+    allocator = allocation.Allocator(w, channel_axis=0)
+    candidate = allocator.measure_scaled(40)
+    scales = codebook.channel_scales(w, 0)
+    u = codebook.normalise(w, scales, 0).ravel()
+    fitted = np.sort(u)
+    centroids = codebook.refine(fitted, codebook.uniform_start(fitted[0], fitted[-1], 40), iterations=1)
+    decoded = centroids[codebook.assign(u, centroids)].reshape(w.shape) * scales.reshape(-1, 1, 1, 1)
+    error = w.astype(np.float64) - decoded
+    assert candidate.scaled and candidate.levels == 40
+    assert candidate.relative_l2 == pytest.approx(np.linalg.norm(error) / np.linalg.norm(w), rel=1e-4)
+    assert candidate.max_relative == pytest.approx(np.abs(error).max() / np.abs(w).max(), rel=1e-4)
+    assert allocation.Allocator(w).measure_scaled(40) is None  # no channel axis: no scaled candidates
+
+
+@pytest.mark.parametrize("spread,scaled", [(100.0, True), (1.0, False)])
+def test_defaults_pick_scaled_grids_only_where_channels_differ(tmp_path, spread, scaled):
+    """Output channels spanning 100x: the default allocation writes channel-scaled records (version 3 or 4), the
+    output runs in onnxruntime and equals the original graph with the numpy decoder's weights; channels alike: no
+    scaled record. The same input gives the same bytes."""
+    import onnx
+    import onnxruntime as ort
+    from conftest import reference_model, run_compressed
+    model = conv_stack(np.random.default_rng(5), spread)
+    onnx.save(model, tmp_path / "in.onnx")
+    report = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx")
+    data = open(report.sidecar_path, "rb").read()
+    versions = [struct.unpack_from("<H", data, e.offset + 4)[0] for e in sidecar.read_directory(report.sidecar_path)]
+    assert any(v >= 3 for v in versions) == scaled, versions
+    x = np.random.default_rng(6).standard_normal((1, 16, 16, 16)).astype(np.float32)
+    got = run_compressed(tmp_path / "out.onnx", {"x": x})[0]
+    reference = reference_model(model, report.sidecar_path, report.float16)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    expected = ort.InferenceSession(reference.SerializeToString(), options).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * float(np.abs(expected).max()))
+    again = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "again.onnx")
+    assert open(again.sidecar_path, "rb").read() == data
+    if scaled:  # the portable form multiplies the same scales in a standard Mul: the same weights
+        onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "portable.onnx", format="portable")
+        portable = ort.InferenceSession(str(tmp_path / "portable.onnx"), options).run(None, {"x": x})[0]
+        np.testing.assert_array_equal(portable, expected)

@@ -45,8 +45,9 @@ is fit to the normalised values, and a reader multiplies each codebook value bac
 weight whose output channels differ in size (a folded normalisation) then spends its levels where each channel
 has values instead of spreading one absolute step over all. The candidate is measured like the uniform one, with
 e2 and einf taken on the weight itself (the error of a value is its channel's scale times its normalised error),
-and costs its scale section (10 + 2 C bytes) on top. It is one more candidate beside k-means and the unscaled
-grid: the smallest acceptable one wins, as for the others.
+and costs its scale section (10 + 2 C bytes) on top. ``choose(families=("scaled",))`` gives the smallest
+acceptable one; AllocateWeightsPass hands it to ShareWeightsPass beside its choice when it is smaller than the
+k-means candidate, and ShareWeightsPass keeps it only when it passes the channel checks against k-means.
 """
 
 from __future__ import annotations
@@ -305,10 +306,10 @@ class Allocator:
 
     def choose(self, scale: float = 1.0, dense_bytes: float = math.inf, l2_limit: float = L2_LIMIT,
                max_limit: float = MAX_LIMIT, uniform: bool = True,
-               families: tuple[str, ...] = ("kmeans", "uniform", "scaled")) -> Candidate | None:
+               families: tuple[str, ...] = ("kmeans", "uniform")) -> Candidate | None:
         """The smallest acceptable candidate (as module ``choose`` over the whole grid), or None. ``uniform``
-        False leaves the uniform codebooks out (k-means only); ``families`` limits the search to some of k-means,
-        the unscaled uniform codebooks and the channel-scaled ones."""
+        False leaves the uniform codebooks out (k-means only); ``families`` names the candidates searched: "kmeans",
+        "uniform" (unscaled uniform codebooks) and "scaled" (channel-scaled ones, with ``channel_axis``)."""
         found = []
         for sparsity in self.sparsities if "kmeans" in families else ():
             if self.pruned_error(sparsity) > scale * l2_limit:

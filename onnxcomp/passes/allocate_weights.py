@@ -24,11 +24,12 @@ from .share_weights import scale_axis
 class AllocateWeightsPass(GraphPass):
     def __init__(self, *, scales: dict[str, float] | None = None, limits: dict[str, float] | None = None,
                  cache: dict | None = None, seed: int = 0,
-                 sparsities: dict[str, tuple] | None = None, outliers: str | float = "auto") -> None:
+                 sparsities: dict[str, tuple] | None = None, outliers: str | float = "auto", scaled: bool = True) -> None:
         self.scales = dict(scales or {})
         self.limits = dict(limits or {})
         self.cache = cache if cache is not None else {}
         self.seed = seed
+        self.scaled = scaled  # channel-scaled alternatives for Conv filters (a back-off round turns them off)
         # Without data, magnitude pruning is allowed where the proxy accepts it; embeddings stay dense-valued.
         self.sparsities = sparsities or {"fc": (0.0, 0.3, 0.5), "conv": (0.0, 0.3), "embedding": (0.0,)}
         # (a sparsity whose pruning alone exceeds the relative L2 limit is never fit, so these cost little)
@@ -60,11 +61,15 @@ class AllocateWeightsPass(GraphPass):
             # with fewer bytes; the per-weight proxy (round 0, whose choices the measured gains refer to) takes k-means.
             scale = self.scales.get(target.name, 1.0)
             kmeans = allocator.choose(scale, 4.0 * target.size, l2_limit=limit, uniform=False)
-            choice = allocator.choose(scale, 4.0 * target.size, l2_limit=limit) if target.name in self.limits else kmeans
+            choice = kmeans
+            if target.name in self.limits:
+                choice = allocator.choose(scale, 4.0 * target.size, l2_limit=limit, families=("kmeans", "uniform"))
             if choice is not None and choice.levels and kmeans is not None and kmeans.sparsity > 0:
                 choice = kmeans  # uniform codebooks are unpruned: ShareWeightsPass could not fall back to a pruned k-means
-            scaled = None  # a channel-scaled grid ShareWeightsPass tries too when the unscaled one loses a channel
-            if choice is not None and choice.levels and not choice.scaled and kmeans is not None:
+            # A channel-scaled grid smaller than the k-means codebook: ShareWeightsPass tries it beside the choice
+            # (it must pass the same channel checks against k-means, so k-means stays the fallback).
+            scaled = None
+            if self.scaled and target.name in self.limits and kmeans is not None and kmeans.sparsity == 0:
                 scaled = allocator.choose(scale, kmeans.bytes, l2_limit=limit, families=("scaled",))
             return allocator, (choice, kmeans, scaled), None
 
@@ -88,13 +93,13 @@ class AllocateWeightsPass(GraphPass):
             target.sparsity_override, target.bits_override = choice.sparsity, choice.bits
             target.outliers_override = choice.outliers
             target.levels_override = choice.levels
-            target.scaled_override = choice.scaled
             target.scaled_alternative = (scaled.levels, scaled.outliers) if scaled is not None else None
-            # ShareWeightsPass keeps a uniform codebook only if its worst channel is no worse than k-means' would be
-            target.alternative = (kmeans.bits, kmeans.outliers) if choice.levels and kmeans is not None else None
+            # ShareWeightsPass keeps a uniform codebook (or the scaled alternative) only if its worst channel is no
+            # worse than k-means' would be
+            target.alternative = ((kmeans.bits, kmeans.outliers) if (choice.levels or scaled is not None)
+                                  and kmeans is not None else None)
             self.choices[target.name] = choice
             log.info("%s: %d bits%s, sparsity %.2f, outliers %.3f (relative L2 %.4f, worst-case %.4f)", target.name,
-                     choice.bits, f" ({'channel-scaled ' if choice.scaled else ''}uniform, {choice.levels} values)"
-                     if choice.levels else "", choice.sparsity,
+                     choice.bits, f" (uniform, {choice.levels} values)" if choice.levels else "", choice.sparsity,
                      choice.outliers, choice.relative_l2, choice.max_relative)
         return PassResult(False, f"allocated {len(targets)} weights")

@@ -120,8 +120,8 @@ class WeightTarget:
     levels_override: int = 0  # > 0: a uniform codebook of this many values instead of k-means (AllocateWeightsPass)
     # With levels_override: (bits, outlier fraction) of the k-means codebook the uniform one must beat (ShareWeightsPass)
     alternative: tuple[int, float] | None = None
-    scaled_override: bool = False  # with levels_override: the grid of the values normalised per channel (AllocateWeightsPass)
-    # With an unscaled levels_override: (levels, outlier fraction) of a channel-scaled grid ShareWeightsPass also tries
+    # (levels, outlier fraction) of a channel-scaled uniform codebook ShareWeightsPass tries beside the choice
+    # (AllocateWeightsPass; with ``alternative`` set)
     scaled_alternative: tuple[int, float] | None = None
     # Channel scales of the shared values (record versions 3, 4): float32 [shape[scale_axis]] or None (ShareWeightsPass)
     scales: np.ndarray | None = None

@@ -10,9 +10,10 @@ error compensated in the inputs not yet rounded (onnxcomp/obs.py), instead of ea
 given, is called on each target as soon as it is shared (the custom-op pipeline encodes its record there and
 drops the indices), so only one weight's arrays are alive at a time.
 
-A weight the allocation gave a channel-scaled uniform codebook (``scaled_override``, onnxcomp/core/allocation.py)
-is divided by its per-output-channel scales (codebook.channel_scales) and its normalised values are shared;
-the record stores the scales (record versions 3 and 4) and its outliers keep the weight's own values, unscaled.
+A Conv filter the allocation gave a channel-scaled alternative (``scaled_alternative``, onnxcomp/core/allocation.py)
+is also divided by its per-output-channel scales (codebook.channel_scales) and its normalised values shared; that
+codebook is kept when it passes the channel checks against k-means and is the smallest (_uniform_or_kmeans). The
+record then stores the scales (record versions 3 and 4); its outliers keep the weight's own values, unscaled.
 
 ``outliers`` ("auto", the default, or a fraction of the kept weights; rules may set it per layer) keeps the
 largest weights exact beside the codebook (onnxcomp/core/outliers.py: the rule that picks the fraction per
@@ -98,24 +99,22 @@ class ShareWeightsPass(GraphPass):
             # the calibrated refit fits one codebook to the layer's outputs: no channel scales there
             axis = None if self.refit_codebook and statistics is not None else scale_axis(target)
             option = 0.0 if no_outliers else self.outliers_for(target)
-            scaled = bool(target.scaled_override and target.levels_override and axis is not None)
-            if scaled:
-                shared, scales = self._share_scaled(target, values, target.bits, option, target.levels_override, axis,
-                                                    importance)
-            else:
-                shared, scales = outlier_math.share(
-                    values, target.keep, target.bits, option=option, init=self.init, seed=self.seed,
-                    levels=target.levels_override, rows=output_rows(target), importance=importance,
-                    prepared=prepared), None
-            if target.levels_override and target.alternative is not None:
-                choices = [(shared, scales, target.bits, target.levels_override)]
-                if not scaled and axis is not None and target.scaled_alternative is not None:
-                    levels, fraction = target.scaled_alternative
+            shared, scales = outlier_math.share(
+                values, target.keep, target.bits, option=option, init=self.init, seed=self.seed,
+                levels=target.levels_override, rows=output_rows(target), importance=importance,
+                prepared=prepared), None
+            scaled = target.scaled_alternative if axis is not None and target.alternative is not None else None
+            if target.alternative is not None and (target.levels_override or scaled is not None):
+                # k-means is the choice itself (levels 0) or the fallback: the candidates are measured against it
+                choices = [(shared, scales, target.bits, target.levels_override)] if target.levels_override else []
+                if scaled is not None:
+                    levels, fraction = scaled
                     bits = int(np.ceil(np.log2(levels + 1)))
                     choices.append((*self._share_scaled(target, values, bits, 0.0 if no_outliers else fraction, levels,
                                                         axis, importance), bits, levels))
                 shared, scales = self._uniform_or_kmeans(target, values, choices, 0.0 if no_outliers else None,
-                                                         importance, prepared)
+                                                         importance, prepared,
+                                                         kmeans=None if target.levels_override else shared)
             del prepared
             target.scales, target.scale_axis = (scales, axis) if scales is not None else (None, 0)
             target.codebook, target.indices = shared.codebook, shared.indices
@@ -154,19 +153,29 @@ class ShareWeightsPass(GraphPass):
         shared.estimated_bytes += 10 + 2 * len(scales)
         return shared, scales
 
-    def _uniform_or_kmeans(self, target, values, choices, outliers: float | None, importance, prepared: dict | None = None):
+    def _uniform_or_kmeans(self, target, values, choices, outliers: float | None, importance, prepared: dict | None = None,
+                           kmeans=None):
         """A uniform codebook spreads the same absolute error over every value: a weight whose output channels
         differ in scale (a folded normalisation) may keep its relative L2 error and still lose a small channel.
         Each of ``choices`` ((shared, scales, bits, levels): the allocated uniform codebook, and a channel-scaled
         one) is eligible only when its worst channel's relative error (outliers.share's damage D) is no larger than
         that of the k-means codebook it replaces (``target.alternative``), and its record smaller; the smallest
         eligible one is kept (the first on ties), else the k-means codebook is used. Returns (shared, scales).
-        ``prepared``: the unscaled uniform share's (outliers.share), reused for the same values."""
+        ``prepared``: the unscaled uniform share's (outliers.share), reused for the same values; ``kmeans``: the
+        k-means share when already made (the allocation's choice itself)."""
         bits, fraction = target.alternative
-        kmeans = outlier_math.share(values, target.keep, bits, option=fraction if outliers is None else outliers,
-                                    init=self.init, seed=self.seed, rows=output_rows(target), importance=importance,
-                                    prepared=prepared)
+        if kmeans is None:
+            kmeans = outlier_math.share(values, target.keep, bits, option=fraction if outliers is None else outliers,
+                                        init=self.init, seed=self.seed, rows=output_rows(target),
+                                        importance=importance, prepared=prepared)
         eligible = [c for c in choices if c[0].damage <= kmeans.damage and c[0].estimated_bytes < kmeans.estimated_bytes]
+        if any(c[1] is not None for c in eligible):
+            # A channel-scaled grid evens out the output channels' errors, not the input channels': one whose input
+            # channels' norms span decades loses its small ones (ppocr-rec, docs/benchmarks.md: min cosine 0.67 on
+            # synthesised inputs, where k-means keeps the many small weights nearly exact). It is eligible only
+            # when the RMS of its input channels' relative errors is no larger than k-means'.
+            limit = input_channel_error(values, kmeans, None)
+            eligible = [c for c in eligible if c[1] is None or input_channel_error(values, c[0], c[1]) <= limit]
         if eligible:
             shared, scales, target.bits, target.levels_override = min(eligible, key=lambda c: c[0].estimated_bytes)
             return shared, scales
@@ -243,6 +252,23 @@ def output_axis(target) -> int:
         if node.op == "ConvTranspose":
             return 1
     return 0
+
+
+def input_channel_error(values: np.ndarray, shared, scales: np.ndarray | None) -> float:
+    """The RMS over input channels (axis 1 of a Conv filter [O, I/g, k...]) of each one's relative L2 error
+    ||w - w'|| / ||w|| (channels of norm 0 left out), w' the decoded ``shared`` weight (scaled along axis 0 by
+    ``scales`` when given, outliers applied)."""
+    decoded = shared.codebook.astype(np.float32)[shared.indices].reshape(values.shape)
+    if scales is not None:
+        decoded = decoded * scales.reshape((-1,) + (1,) * (values.ndim - 1))
+    decoded.reshape(-1)[shared.positions] = shared.values
+    error = np.moveaxis(np.asarray(values, np.float64) - decoded, 1, 0).reshape(values.shape[1], -1)
+    norms = np.linalg.norm(np.moveaxis(np.asarray(values, np.float64), 1, 0).reshape(values.shape[1], -1), axis=1)
+    live = norms > 0
+    if not live.any():
+        return 0.0
+    relative = np.linalg.norm(error, axis=1)[live] / norms[live]
+    return float(np.sqrt(np.mean(relative * relative)))
 
 
 def scale_axis(target) -> int | None:
