@@ -220,22 +220,26 @@ def test_writer_refuses_scales_it_cannot_store():
 
 # ---- the writer: allocation and the default pipeline -----------------------------------------------------------
 
-def conv_stack(rng, spread: float):
-    """Three 3x3 convolutions (64 output channels) whose output channels' sizes span ``spread`` (1: all alike)."""
-    import onnx
-    nodes, inits, x, channels = [], [], "x", 16
-    for i in range(3):
-        w = rng.standard_normal((64, channels, 3, 3)).astype(np.float32) * np.float32(0.1)
-        w *= np.exp(rng.uniform(0, np.log(spread), 64)).astype(np.float32).reshape(-1, 1, 1, 1) if spread > 1 else 1
-        inits.append(numpy_helper.from_array(w, f"w{i}"))
-        nodes += [helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1]),
-                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
-        x, channels = f"r{i}", 64
-    graph = helper.make_graph(nodes, "convs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 16, 16])],
-                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, 64, 16, 16])], inits)
+def grouped_conv(w: np.ndarray, group: int):
+    """One Conv with filter ``w`` [O, I/group, 3, 3] on an 8x8 input."""
+    node = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1], group=group)
+    graph = helper.make_graph(
+        [node], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, w.shape[1] * group, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, w.shape[0], 8, 8])], [numpy_helper.from_array(w, "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
+
+
+def spread_filter(spread: float) -> np.ndarray:
+    """A seeded [128, 8, 3, 3] normal filter whose output channels are multiplied by sizes log-uniform over
+    ``spread``; ``spread`` 1: every channel rescaled to RMS 1 instead (all alike)."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((128, 8, 3, 3)).astype(np.float32)
+    if spread == 1:
+        return w / np.sqrt((w.astype(np.float64) ** 2).mean(axis=(1, 2, 3))).astype(np.float32).reshape(-1, 1, 1, 1)
+    sizes = np.exp(rng.uniform(0, np.log(spread), 128)).astype(np.float32) if spread > 1 else np.ones(128, np.float32)
+    return w * sizes.reshape(-1, 1, 1, 1)
 
 
 def test_allocator_measures_scaled_candidates_on_the_weight_itself():
@@ -257,30 +261,55 @@ def test_allocator_measures_scaled_candidates_on_the_weight_itself():
     assert allocation.Allocator(w).measure_scaled(40) is None  # no channel axis: no scaled candidates
 
 
-@pytest.mark.parametrize("spread,scaled", [(100.0, True), (1.0, False)])
-def test_defaults_pick_scaled_grids_only_where_channels_differ(tmp_path, spread, scaled):
-    """Output channels spanning 100x: the default allocation writes channel-scaled records (version 3 or 4), the
-    output runs in onnxruntime and equals the original graph with the numpy decoder's weights; channels alike: no
-    scaled record. The same input gives the same bytes."""
+def test_allocation_picks_scaled_grids_only_where_channels_differ():
+    """At a relative L2 limit of 0.02 (as the model budget sets one), a filter whose output channels span 100x
+    gets a channel-scaled codebook (the unscaled grid loses small channels against k-means, and k-means costs more),
+    and its record is smaller than without scaled candidates; a filter whose channels have equal RMS (where a
+    scaled grid is the unscaled one plus its scale bytes) gets none at limits 0.01-0.04."""
+    from onnxcomp.pipeline.compression import compress_model
+
+    def allocate(w, limit, scaled=True):
+        _, state = compress_model(grouped_conv(w, 16), allocation="proxy", allocation_limits={"w": limit},
+                                  allocation_cache={}, allocation_scaled=scaled)
+        return state.targets[0]
+    wide = allocate(spread_filter(100.0), 0.02)
+    assert wide.scales is not None and wide.scale_axis == 0 and struct.unpack_from("<H", wide.record, 4)[0] >= 3
+    assert len(wide.record) < len(allocate(spread_filter(100.0), 0.02, scaled=False).record)
+    for limit in (0.01, 0.02, 0.04):
+        assert allocate(spread_filter(1.0), limit).scales is None
+
+
+def test_scaled_output_runs_and_matches_the_reference(tmp_path):
+    """A compressed model with a channel-scaled record runs in onnxruntime as the original graph with the numpy
+    decoder's weights; the portable form (a standard Mul by the scales) computes the same weights; the same input
+    gives the same bytes."""
     import onnx
     import onnxruntime as ort
     from conftest import reference_model, run_compressed
-    model = conv_stack(np.random.default_rng(5), spread)
+    from onnxcomp.pipeline.compression import _compress_once, compress_model
+    model = grouped_conv(spread_filter(100.0), 16)
     onnx.save(model, tmp_path / "in.onnx")
-    report = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx")
-    data = open(report.sidecar_path, "rb").read()
-    versions = [struct.unpack_from("<H", data, e.offset + 4)[0] for e in sidecar.read_directory(report.sidecar_path)]
-    assert any(v >= 3 for v in versions) == scaled, versions
-    x = np.random.default_rng(6).standard_normal((1, 16, 16, 16)).astype(np.float32)
-    got = run_compressed(tmp_path / "out.onnx", {"x": x})[0]
-    reference = reference_model(model, report.sidecar_path, report.float16)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    expected = ort.InferenceSession(reference.SerializeToString(), options).run(None, {"x": x})[0]
+    options = dict(allocation="proxy", allocation_limits={"w": 0.02}, allocation_cache={})
+    outputs = {}
+    for fmt in ("custom-op", "portable"):
+        _compress_once(str(tmp_path / "in.onnx"), str(tmp_path / f"{fmt}.onnx"), None, format=fmt, **options)
+        outputs[fmt] = tmp_path / f"{fmt}.onnx"
+    assert any(n.op_type == "Mul" for n in onnx.load(outputs["portable"]).graph.node)
+    sidecar_file = str(tmp_path / "custom-op.onnxcomp")
+    x = np.random.default_rng(6).standard_normal((1, 128, 8, 8)).astype(np.float32)
+    got = run_compressed(outputs["custom-op"], {"x": x})[0]
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    expected = ort.InferenceSession(reference_model(model, sidecar_file).SerializeToString(), plain).run(None, {"x": x})[0]
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * float(np.abs(expected).max()))
-    again = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "again.onnx")
-    assert open(again.sidecar_path, "rb").read() == data
-    if scaled:  # the portable form multiplies the same scales in a standard Mul: the same weights
-        onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "portable.onnx", format="portable")
-        portable = ort.InferenceSession(str(tmp_path / "portable.onnx"), options).run(None, {"x": x})[0]
-        np.testing.assert_array_equal(portable, expected)
+    portable = ort.InferenceSession(str(outputs["portable"]), plain).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(portable, expected)
+    for fmt, path in outputs.items():  # inspect counts the scale bytes, decompress applies the scales
+        inspected = {w.name: w for w in onnxcomp.inspect(path).weights}["w"]
+        assert inspected.stored_bytes > 128 * 2
+        onnxcomp.decompress(path, tmp_path / f"{fmt}-dense.onnx")
+        dense = ort.InferenceSession(str(tmp_path / f"{fmt}-dense.onnx"), plain).run(None, {"x": x})[0]
+        np.testing.assert_array_equal(dense, expected, err_msg=fmt)
+    again, _ = compress_model(onnx.load_model_from_string(model.SerializeToString()), **options)
+    first, _ = compress_model(onnx.load_model_from_string(model.SerializeToString()), **options)
+    assert again.SerializeToString() == first.SerializeToString()

@@ -12,6 +12,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
+from onnxcomp.core import sidecar
+
 log = logging.getLogger("onnxcomp")
 
 
@@ -174,6 +176,8 @@ class WeightTarget:
         """The weight as the compressed model computes it, in the original orientation (float32 values; for a
         float16 or bfloat16 weight the codebook and outliers hold values of that type)."""
         decoded = self.codebook[self.indices].astype(np.float32)
+        if self.scales is not None:
+            decoded = sidecar.apply_scales(decoded, self.shape, self.scale_axis, self.scales)
         decoded[self.outlier_positions] = self.outlier_values
         return decoded.reshape(self.shape)
 

@@ -169,13 +169,6 @@ class ShareWeightsPass(GraphPass):
                                         init=self.init, seed=self.seed, rows=output_rows(target),
                                         importance=importance, prepared=prepared)
         eligible = [c for c in choices if c[0].damage <= kmeans.damage and c[0].estimated_bytes < kmeans.estimated_bytes]
-        if any(c[1] is not None for c in eligible):
-            # A channel-scaled grid evens out the output channels' errors, not the input channels': one whose input
-            # channels' norms span decades loses its small ones (ppocr-rec, docs/benchmarks.md: min cosine 0.67 on
-            # synthesised inputs, where k-means keeps the many small weights nearly exact). It is eligible only
-            # when the RMS of its input channels' relative errors is no larger than k-means'.
-            limit = input_channel_error(values, kmeans, None)
-            eligible = [c for c in eligible if c[1] is None or input_channel_error(values, c[0], c[1]) <= limit]
         if eligible:
             shared, scales, target.bits, target.levels_override = min(eligible, key=lambda c: c[0].estimated_bytes)
             return shared, scales
@@ -252,23 +245,6 @@ def output_axis(target) -> int:
         if node.op == "ConvTranspose":
             return 1
     return 0
-
-
-def input_channel_error(values: np.ndarray, shared, scales: np.ndarray | None) -> float:
-    """The RMS over input channels (axis 1 of a Conv filter [O, I/g, k...]) of each one's relative L2 error
-    ||w - w'|| / ||w|| (channels of norm 0 left out), w' the decoded ``shared`` weight (scaled along axis 0 by
-    ``scales`` when given, outliers applied)."""
-    decoded = shared.codebook.astype(np.float32)[shared.indices].reshape(values.shape)
-    if scales is not None:
-        decoded = decoded * scales.reshape((-1,) + (1,) * (values.ndim - 1))
-    decoded.reshape(-1)[shared.positions] = shared.values
-    error = np.moveaxis(np.asarray(values, np.float64) - decoded, 1, 0).reshape(values.shape[1], -1)
-    norms = np.linalg.norm(np.moveaxis(np.asarray(values, np.float64), 1, 0).reshape(values.shape[1], -1), axis=1)
-    live = norms > 0
-    if not live.any():
-        return 0.0
-    relative = np.linalg.norm(error, axis=1)[live] / norms[live]
-    return float(np.sqrt(np.mean(relative * relative)))
 
 
 def scale_axis(target) -> int | None:
