@@ -1,7 +1,9 @@
 """PackPortableWeightsPass: express each shared weight in standard ONNX ops, for runtimes without custom ops.
 
-A weight W with codebook c (K float32 values) and indices i becomes ``W = Gather(c, i', axis=0)`` (then its
-outliers scattered on, then ``Cast`` to float16 / bfloat16 for a weight of that type), the last output keeping W's name so every consumer is
+A weight W with codebook c (K float32 values) and indices i becomes ``W = Gather(c, i', axis=0)`` (then, for a
+channel-scaled codebook, ``Mul`` by its scales shaped [1, .., C, .., 1]: the same binary32 product as a record's
+reader; then its outliers scattered on, then ``Cast`` to float16 / bfloat16 for a weight of that type), the last
+output keeping W's name so every consumer is
 unchanged. The lookup sits in the innermost graph enclosing all of W's readers (the main graph, an If branch,
 a Loop or Scan body); the names it adds are unique in the model (passes/names.py). The indices are stored with p bits each,
 p the smallest of 1, 2, 4, 8, 16 that holds K - 1:
