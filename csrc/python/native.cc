@@ -906,7 +906,8 @@ py::tuple encode_sparse(py::array symbols_array, int gap_bits, U32Array gap_code
 // Decodes one weight record with the bounds-checked decoder the custom-op library uses (csrc/decode.h), for the
 // compressor's own reads of records it wrote (fidelity attribution, inspect, verify). Returns
 // (dims, codebook float32 [K], indices uint8/uint16 [N], bits, coding, outlier positions int64 [L],
-// outlier values float32 [L], offset where the payload ends); raises ValueError with the decoder's message on a corrupt record.
+// outlier values float32 [L], offset where the outlier section starts (after the payload and the scale section),
+// scale axis, scales float32 [C] (empty without a scale section)); raises ValueError with the decoder's message on a corrupt record.
 py::tuple decode_record_native(py::bytes record) {
   const std::string data = record;
   const auto* bytes = reinterpret_cast<const uint8_t*>(data.data());
@@ -935,8 +936,14 @@ py::tuple decode_record_native(py::bytes record) {
   }
   py::tuple dims(info.rank);
   for (uint32_t i = 0; i < info.rank; ++i) dims[i] = py::int_(info.dims[i]);
-  const uint64_t payload_end = info.payload_offset + onnxcomp::stream_bytes(info.payload_bits);
-  return py::make_tuple(dims, codebook, indices, info.index_bits, info.coding, positions, values, payload_end);
+  py::array_t<float> scales(static_cast<py::ssize_t>(info.scale_count));
+  if (info.scale_count) onnxcomp::decode_scales(bytes, info, scales.mutable_data());
+  uint64_t sections_end = info.payload_offset + onnxcomp::stream_bytes(info.payload_bits);
+  if (info.scale_count) {
+    sections_end = info.scales_offset + info.scale_count * (info.scale_format == onnxcomp::record::kScaleFloat16 ? 2 : 4);
+  }
+  return py::make_tuple(dims, codebook, indices, info.index_bits, info.coding, positions, values, sections_end,
+                        info.scale_axis, scales);
 }
 
 }  // namespace

@@ -161,6 +161,33 @@ def _flip_keys(keys: np.ndarray, inverse: bool, block: int = 1 << 20) -> None:
         part ^= mask
 
 
+def channel_scales(weight: np.ndarray, axis: int) -> np.ndarray:
+    """float32 [weight.shape[axis]]: each channel's RMS along ``axis`` (a per-output-channel scale: the values
+    divided by it share one codebook of normalised values, record versions 3 and 4 in docs/format.md), rounded to
+    the nearest binary16 value when that is a normal binary16 number (so the record stores 2 bytes per channel
+    exactly). An all-zero channel takes the smallest other channel's scale (its normalised values are 0, so it
+    decodes to that small scale times the codebook value nearest 0), or 1.0 when every channel is 0. RMS rather
+    than max |w|: at the same errors it needed 5 % fewer index bits on the zoo's convolutions
+    (bench/channel_codebooks.py, docs/benchmarks.md)."""
+    moved = np.moveaxis(np.asarray(weight, dtype=np.float32), axis, 0)
+    rows = moved.reshape(moved.shape[0], -1).astype(np.float64)
+    rms = np.sqrt((rows * rows).mean(axis=1)) if rows.shape[1] else np.zeros(rows.shape[0])
+    rms = rms.astype(np.float32).astype(np.float64)  # a channel of subnormal-sized values may round to 0 here
+    smallest = float(rms[rms > 0].min()) if (rms > 0).any() else 1.0
+    scales = np.where(rms > 0, rms, smallest).astype(np.float32)
+    with np.errstate(over="ignore"):
+        half = scales.astype(np.float16).astype(np.float32)
+    normal = np.isfinite(half) & (half >= np.float32(2.0 ** -14))
+    return np.where(normal, half, scales).astype(np.float32)
+
+
+def normalise(weight: np.ndarray, scales: np.ndarray, axis: int) -> np.ndarray:
+    """float32, ``weight``'s shape: each value divided by its channel's scale along ``axis``."""
+    shape = [1] * np.ndim(weight)
+    shape[axis] = len(scales)
+    return (np.asarray(weight, dtype=np.float32) / np.asarray(scales, dtype=np.float32).reshape(shape)).astype(np.float32)
+
+
 def uniform_start(low: float, high: float, levels: int) -> np.ndarray:
     """float32 [<= levels]: ``levels`` evenly spaced points from ``low`` to ``high`` (both included; distinct)."""
     return np.unique(np.linspace(float(low), float(high), max(int(levels), 1)).astype(np.float32))
