@@ -52,6 +52,7 @@ from onnxcomp.passes.calibration import count_samples, run_batched, sample_axes,
 from onnxcomp.passes.prune_weights import needs_gram
 
 from onnxcomp.core import budget as budget_math
+from onnxcomp.core.reconstruction import CG_ITERATIONS
 from onnxcomp.passes import model_io
 from onnxcomp import parallel, progress
 from onnxcomp.core import sidecar
@@ -70,7 +71,8 @@ CHECK = 0.25  # share of the calibration samples kept apart as the final check s
 CHECKS = 8  # passing allocations tried on the check set, in a fixed sequence from the largest down
 Z = 1.0  # the safety margin: one standard error (budget.error_bound)
 LADDER_STEP = 0.03  # allocations tested on the check set differ in size by at least this fraction
-CACHE_VERSION = 7  # 4: records keep outliers (--outliers, default auto); 5: a check set apart; 6: predicted errors; 7: capped
+CACHE_VERSION = 8  # 4: records keep outliers (--outliers, default auto); 5: a check set apart; 6: predicted errors; 7: capped;
+# 8: the trials' ridge refits by conjugate gradients
 CAP = 4.0  # sensitivity: past a (sparsity, bits) whose error exceeds CAP x the budget, higher sparsities at those bits are not tried
 
 
@@ -121,15 +123,18 @@ def _weight_as_input(model: onnx.ModelProto, names: str | Iterable[str]) -> onnx
     return probe
 
 
-def _pruned(target: WeightTarget, sparsity: float, options: dict, as_compress: bool = False) -> WeightTarget:
+def _pruned(target: WeightTarget, sparsity: float, options: dict, as_compress: bool = False,
+            iterations: int = 0) -> WeightTarget:
     """``target`` pruned (and reconstructed) alone at ``sparsity`` with the pipeline's own passes; sparsity 0 skips
-    pruning unless ``as_compress`` (then the pruning pass runs as ``compress`` runs it, keeping a mask)."""
+    pruning unless ``as_compress`` (then the pruning pass runs as ``compress`` runs it, keeping a mask).
+    ``iterations`` > 0: the costly ridge refits solved by at most that many conjugate-gradient steps
+    (reconstruction.refit_rows; the sensitivity trials' estimate), not exactly."""
     trial = dataclasses.replace(target, keep=None, codebook=None, indices=None, refit=None, record=None,
                                 sparsity_override=sparsity, bits_override=None)
     state = CompressionState(None, [trial])
     PruneWeightsPass(method=options["prune"] if sparsity > 0 or as_compress else "none", score=options["score"])(state)
     if options["reconstruct"] and trial.keep is not None:
-        ReconstructWeightsPass(ridge=options["ridge"])(state)
+        ReconstructWeightsPass(ridge=options["ridge"], iterations=iterations)(state)
     return trial
 
 
@@ -593,14 +598,14 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
                 error = size = None
                 if sample is not None and not (spot_check and position == 0):  # on the row sample: predicted if the proxy holds
                     with progress.silenced():
-                        sampled = sampled or _pruned(sample, sparsity, options)
+                        sampled = sampled or _pruned(sample, sparsity, options, iterations=CG_ITERATIONS)
                         trial = _shared(sampled, b, options)
                     error = proxy.predict(sample_error(trial.decoded()), False)
                     size = _scaled_bytes(trial, target.size / sample.size)
                     spent += _trial_cost(target, True)
                 if error is None:
                     with progress.silenced():
-                        pruned = pruned or _pruned(target, sparsity, options)
+                        pruned = pruned or _pruned(target, sparsity, options, iterations=CG_ITERATIONS)
                         trial = _shared(pruned, b, options)
                     values = trial.decoded()
                     eps = proxy.layer_error(values)
