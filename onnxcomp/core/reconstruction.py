@@ -59,7 +59,6 @@ CG_TOLERANCE = 1e-4  # ... stopping once every row's residual is below this frac
 CG_EXACT_COST = 0.3
 
 
-@threadpool_limits.wrap(limits=1, user_api="blas")  # many small solves: BLAS threads only add overhead here
 def refit_rows(original: np.ndarray, keep: np.ndarray, gram: np.ndarray, ridge: float = 1e-2,
                cross: np.ndarray | None = None, gram_original: np.ndarray | None = None,
                start: np.ndarray | None = None, iterations: int = 0, tolerance: float = CG_TOLERANCE) -> np.ndarray:
@@ -76,8 +75,15 @@ def refit_rows(original: np.ndarray, keep: np.ndarray, gram: np.ndarray, ridge: 
     instead of one s^3 / 3 factorisation per row, at most ``iterations`` steps, stopping once every row's
     residual norm is below ``tolerance`` times its right-hand side's. The other rows are solved exactly, as
     with ``iterations`` 0. Float32 [outputs, inputs]."""
-    from scipy.linalg import lapack  # imported here: compressing without calibration data never needs scipy (0.4 s)
+    # imported here: compressing without calibration data never needs scipy (0.4 s); and before the BLAS limit below,
+    # which threadpoolctl applies to the libraries loaded when it starts (scipy's OpenBLAS is loaded by this import:
+    # limited after it, the first call's solves ran on 2 OpenBLAS threads, 15 s instead of 0.4 s on a loaded machine)
+    from scipy.linalg import lapack
+    with threadpool_limits(limits=1, user_api="blas"):  # many small solves: BLAS threads only add overhead here
+        return _refit_rows(lapack, original, keep, gram, ridge, cross, gram_original, start, iterations, tolerance)
 
+
+def _refit_rows(lapack, original, keep, gram, ridge, cross, gram_original, start, iterations, tolerance) -> np.ndarray:
     original = original.astype(np.float64)
     lam = ridge * float(np.mean(np.diag(gram))) + 1e-12
     refit = np.where(keep, original if start is None else start, 0.0)

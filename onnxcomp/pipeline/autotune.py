@@ -642,16 +642,23 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
         target.statistics = target.layer_input = None  # this weight's Gram matrix is no longer needed
         return points, proxy.runs
 
+    # threadpoolctl's limits are process-wide: each numeric step's own one-thread limit, entered and left on two
+    # threads at once, restored two BLAS threads under the other thread's solves (two-thread OpenBLAS factorisations
+    # of small matrices ran 10-40x slower on loaded cores). One limit for the whole analysis instead, set after
+    # scipy's LAPACK is loaded (threadpoolctl limits only the libraries already loaded).
+    import scipy.linalg  # noqa: F401
+    from threadpoolctl import threadpool_limits
     try:
-        for target, (points, runs) in zip(todo, parallel.ordered_map(measure, todo, workers)):
-            curves[target.name] = points
-            with lock:
-                done = work_done[0]
-            left = (time.monotonic() - started) / done * (work_total - done) if done else 0.0
-            say(f"sensitivity of {target.name}: {len(points) - 1} settings, {runs} measured in onnxruntime, "
-                f"{len(points) - 1 - runs} predicted from its layer error; about {_duration(left)} left")
-            if save is not None:
-                save(curves)
+        with threadpool_limits(limits=1, user_api="blas") if workers > 1 else contextlib.nullcontext():
+            for target, (points, runs) in zip(todo, parallel.ordered_map(measure, todo, workers)):
+                curves[target.name] = points
+                with lock:
+                    done = work_done[0]
+                left = (time.monotonic() - started) / done * (work_total - done) if done else 0.0
+                say(f"sensitivity of {target.name}: {len(points) - 1} settings, {runs} measured in onnxruntime, "
+                    f"{len(points) - 1 - runs} predicted from its layer error; about {_duration(left)} left")
+                if save is not None:
+                    save(curves)
     except BaseException:
         stop.set()  # an interrupt (Ctrl-C) or an error: the other weight's thread stops too, the saved curves stay
         raise
