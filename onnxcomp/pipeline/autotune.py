@@ -124,6 +124,31 @@ def _weight_as_input(model: onnx.ModelProto, names: str | Iterable[str]) -> onnx
     return probe
 
 
+def _weight_output_first(model: onnx.ModelProto) -> None:
+    """The budget measures the model's first output; when that output depends on no weight (an Identity of an
+    input, as the zoo's MiniLM-L3 export lists first, whose error is 0 whatever is compressed), move the first
+    output that does to the front of ``model``'s outputs (in place; this copy is only measured, the output is
+    compressed from the file as given) and say so. A node with a subgraph counts as reading weights (its
+    bodies may hold their own)."""
+    from onnxcomp.passes.calibration import names_read
+    graph = model.graph
+    tainted = {t.name for t in graph.initializer}
+    for node in graph.node:  # graph order is topological
+        has_body = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+        if has_body or names_read(node) & tainted:
+            tainted.update(o for o in node.output if o)
+    outputs = list(graph.output)
+    if not outputs or outputs[0].name in tainted:
+        return
+    moved = next((o for o in outputs if o.name in tainted), None)
+    if moved is None:
+        return
+    del graph.output[:]
+    graph.output.extend([moved] + [o for o in outputs if o is not moved])
+    progress.messages()(f"the first output {outputs[0].name!r} depends on no weight: the budget measures output "
+                        f"{moved.name!r}, the first that does")
+
+
 def _pruned(target: WeightTarget, sparsity: float, options: dict, as_compress: bool = False,
             iterations: int = 0) -> WeightTarget:
     """``target`` pruned (and reconstructed) alone at ``sparsity`` with the pipeline's own passes; sparsity 0 skips
@@ -193,6 +218,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     if eval_data:
         check_eval_data(eval_data, model)
     model_io.constants_to_initializers(model.graph)
+    _weight_output_first(model)
     data = load_calibration(calib, model, calib_samples, seed, keep_labels=goal.metric == "accuracy")
     all_labels = data.pop(LABELS, None)
     if goal.metric == "accuracy" and all_labels is None:
