@@ -8,6 +8,8 @@
 //   s = decode_record(data, info, codebook, indices, workspace, workspace_bytes);
 //   version 2 only (info.outlier_count > 0): positions: outlier_count u64, values: outlier_count floats;
 //   s = decode_outliers(data, info, positions, values);   // the decoded tensor takes values[j] at positions[j]
+//   versions 3, 4 only (info.scale_count > 0): scales: scale_count floats;
+//   decode_scales(data, info, scales);   // element i: packed::scaled(codebook[index i], scales[packed::scale_channel(i, ...)])
 #ifndef ONNXCOMP_DECODE_H_
 #define ONNXCOMP_DECODE_H_
 
@@ -15,6 +17,7 @@
 #include <string.h>
 
 #include "huffman.h"
+#include "packed_layout.h"
 #include "record_format.h"
 
 namespace onnxcomp {
@@ -104,6 +107,13 @@ struct RecordInfo {
   uint64_t positions_offset;
   uint64_t positions_bits;
   uint64_t outlier_values_offset;
+  // Scale section (versions 3, 4; scale_count = 0 otherwise): element i belongs to channel
+  // (i / scale_stride) % scale_count of axis scale_axis, scale_stride = the product of the dims after it.
+  uint32_t scale_axis;
+  uint32_t scale_format;  // record::kScaleFloat16 or kScaleFloat32
+  uint64_t scale_count;   // C = dims[scale_axis]
+  uint64_t scale_stride;
+  uint64_t scales_offset;
 };
 
 // A bounds-checked forward cursor over [0, end): every field is taken through it.
@@ -185,6 +195,58 @@ ONNXCOMP_HD DecodeStatus parse_outlier_section(const uint8_t* data, Cursor& curs
   return decode_ok();
 }
 
+ONNXCOMP_HD float scale_value_at(const uint8_t* data, const RecordInfo& info, uint64_t c) {
+  const uint8_t* value = data + info.scales_offset + c * (info.scale_format == record::kScaleFloat16 ? 2u : 4u);
+  return info.scale_format == record::kScaleFloat16 ? half_bits_to_float(load_u16(value)) : bits_to_float(load_u32(value));
+}
+
+// Scale section (versions 3, 4): axis, value format, count C = dims[axis], then C finite positive values whose
+// largest, times the largest |codebook| value, stays finite in binary32 (so no decoded value overflows).
+ONNXCOMP_HD DecodeStatus parse_scale_section(const uint8_t* data, Cursor& cursor, float largest_codebook,
+                                             RecordInfo* out) {
+  using namespace record;
+  RecordInfo& info = *out;
+  uint64_t offset;
+  if (!cursor.take(kScaleHeaderSize, &offset)) {
+    return decode_fail(DecodeError::kTruncated, "record truncated in scale header");
+  }
+  info.scale_axis = data[offset];
+  info.scale_format = data[offset + 1];
+  info.scale_count = load_u64(data + offset + 2);
+  if (info.scale_axis >= info.rank) return decode_fail(DecodeError::kBadScales, "scale axis not below rank");
+  if (info.scale_format != kScaleFloat16 && info.scale_format != kScaleFloat32) {
+    return decode_fail(DecodeError::kBadScales, "scale value format not 0 (float16) or 1 (float32)");
+  }
+  if (info.scale_count != info.dims[info.scale_axis] || info.scale_count == 0) {
+    return decode_fail(DecodeError::kBadScales, "scale count C differs from dims[axis] (or is 0)");
+  }
+  info.scale_stride = 1;
+  for (uint32_t i = info.scale_axis + 1; i < info.rank; ++i) info.scale_stride *= info.dims[i];
+  if (info.scale_stride == 0) info.scale_stride = 1;  // an empty tensor: no element reads a scale
+  const uint32_t value_size = info.scale_format == kScaleFloat16 ? 2u : 4u;
+  if (info.scale_count > (cursor.end - cursor.position) / value_size ||
+      !cursor.take(info.scale_count * value_size, &info.scales_offset)) {
+    return decode_fail(DecodeError::kTruncated, "record truncated in scale values");
+  }
+  float largest = 0.0f;
+  for (uint64_t c = 0; c < info.scale_count; ++c) {
+    const uint8_t* value = data + info.scales_offset + c * value_size;
+    if (value_size == 2 ? !half_is_finite_bits(load_u16(value)) : !float_is_finite_bits(load_u32(value))) {
+      return decode_fail(DecodeError::kBadScales, "scale value not finite");
+    }
+    const float scale = scale_value_at(data, info, c);
+    if (!(scale > 0.0f)) return decode_fail(DecodeError::kBadScales, "scale value not above 0");
+    if (scale > largest) largest = scale;
+  }
+  const float product = packed::scaled(largest_codebook, largest);
+  uint32_t product_bits;
+  memcpy(&product_bits, &product, sizeof product_bits);
+  if (!float_is_finite_bits(product_bits)) {
+    return decode_fail(DecodeError::kBadScales, "largest scale times largest |codebook| value not finite");
+  }
+  return decode_ok();
+}
+
 // Validates everything that can be checked without decoding the payload: sizes against `size`,
 // header fields, the CRC (before anything else is trusted beyond the magic), dims, codebook values,
 // sparse parameters and the stream's padding bits.
@@ -202,8 +264,8 @@ ONNXCOMP_HD DecodeStatus parse_record(const uint8_t* data, uint64_t size, Record
     return decode_fail(DecodeError::kBadCrc, "record CRC-32 mismatch (corrupt or truncated record)");
   }
   const uint16_t version = load_u16(data + kOffsetVersion);
-  if (version != kVersion && version != kVersionOutliers) {
-    return decode_fail(DecodeError::kBadHeader, "unsupported record version (expected 1 or 2)");
+  if (version < kVersion || version > kMaxVersion) {
+    return decode_fail(DecodeError::kBadHeader, "unsupported record version (expected 1 to 4)");
   }
   if (data[kOffsetValueType] != kValueTypeFloat32) {
     return decode_fail(DecodeError::kBadHeader, "unsupported value type (expected 1, float32)");
@@ -254,10 +316,12 @@ ONNXCOMP_HD DecodeStatus parse_record(const uint8_t* data, uint64_t size, Record
   if (!cursor.take(uint64_t{kCodebookEntrySize} * info.codebook_size, &info.codebook_offset)) {
     return decode_fail(DecodeError::kTruncated, "record truncated in codebook");
   }
+  float largest_codebook = 0.0f;
   for (uint32_t i = 0; i < info.codebook_size; ++i) {
-    if (!float_is_finite_bits(load_u32(data + info.codebook_offset + uint64_t{kCodebookEntrySize} * i))) {
-      return decode_fail(DecodeError::kBadCodebook, "codebook value not finite");
-    }
+    const uint32_t bits = load_u32(data + info.codebook_offset + uint64_t{kCodebookEntrySize} * i);
+    if (!float_is_finite_bits(bits)) return decode_fail(DecodeError::kBadCodebook, "codebook value not finite");
+    const float magnitude = bits_to_float(bits & 0x7FFFFFFFu);
+    if (magnitude > largest_codebook) largest_codebook = magnitude;
   }
 
   info.gap_bits = 0;
@@ -302,7 +366,13 @@ ONNXCOMP_HD DecodeStatus parse_record(const uint8_t* data, uint64_t size, Record
   info.outlier_format = 0;
   info.rice_bits = 0;
   info.positions_offset = info.positions_bits = info.outlier_values_offset = 0;
-  if (version == kVersionOutliers) {
+  info.scale_axis = info.scale_format = 0;
+  info.scale_count = info.scale_stride = info.scales_offset = 0;
+  if (version_has_scales(version)) {
+    DecodeStatus s = parse_scale_section(data, cursor, largest_codebook, &info);
+    if (!s.ok()) return s;
+  }
+  if (version_has_outliers(version)) {
     DecodeStatus s = parse_outlier_section(data, cursor, &info);
     if (!s.ok()) return s;
   }
@@ -446,6 +516,11 @@ ONNXCOMP_HD DecodeStatus decode_outliers(const uint8_t* data, const RecordInfo& 
     values[j] = value_size == 2 ? half_bits_to_float(load_u16(value)) : bits_to_float(load_u32(value));
   }
   return decode_ok();
+}
+
+// The C scales of a record parse_record accepted (info.scale_count > 0), as binary32.
+ONNXCOMP_HD void decode_scales(const uint8_t* data, const RecordInfo& info, float* scales) {
+  for (uint64_t c = 0; c < info.scale_count; ++c) scales[c] = scale_value_at(data, info, c);
 }
 
 // Decodes a record parse_record accepted: K floats into `codebook`, N indices in working form

@@ -43,6 +43,7 @@ enum class DecodeError : uint8_t {
   kBadValueIndex,      // sparse value index 0 or >= K
   kGapPassesN,
   kBadOutliers,        // outlier section: count, value format, Rice bits, positions or values out of range
+  kBadScales,          // scale section: axis, value format, count or values out of range
   kBadArgument,        // caller error: workspace too small or misaligned
 };
 

@@ -115,8 +115,17 @@ ONNXCOMP_HD void panel_store(uint8_t* panels, uint64_t rows, uint32_t slot, uint
   }
 }
 
-// The weight value: one codebook lookup (the only decode math a kernel does per element).
+// The weight value: one codebook lookup (the only decode math a kernel does per element of an unscaled record).
 ONNXCOMP_HD float lookup(const float* codebook, uint32_t index) { return codebook[index]; }
+
+// Channel-scaled records (versions 3, 4; docs/format.md): element `position` (row-major) belongs to channel
+// (position / stride) % count of the scale axis, stride = the product of the dims after it, and decodes to
+// the codebook value times that channel's scale in one binary32 multiply (round to nearest; no FMA contraction
+// can apply: the product is stored). Every reader (CPU decode_range, CUDA kernels, the numpy reference) does this.
+ONNXCOMP_HD uint64_t scale_channel(uint64_t position, uint64_t stride, uint64_t count) {
+  return (position / stride) % count;
+}
+ONNXCOMP_HD float scaled(float codebook_value, float scale) { return codebook_value * scale; }
 
 }  // namespace packed
 }  // namespace onnxcomp

@@ -1,4 +1,4 @@
-// The weight-record layout of docs/format.md (record versions 1 and 2), pinned in one place.
+// The weight-record layout of docs/format.md (record versions 1 to 4), pinned in one place.
 // Shared by host and device code: constants only, no ORT types, no STL.
 #ifndef ONNXCOMP_RECORD_FORMAT_H_
 #define ONNXCOMP_RECORD_FORMAT_H_
@@ -18,8 +18,15 @@ inline constexpr uint8_t kMagic[4] = {'O', 'C', 'W', 'R'};
 inline constexpr uint32_t kMagicLE = 0x5257434Fu;  // kMagic read as a little-endian u32 (device-friendly)
 // Version 1: codebook + coded indices. Version 2: the same followed by an outlier section (exact values at
 // listed positions). Writers use version 1 whenever a record has no outliers, so older readers keep reading it.
+// Version 3: version 1 followed by a channel-scale section; version 4: version 3 followed by an outlier section.
+// So (version - 1) bit 0 = outlier section, bit 1 = scale section; writers use the lowest version that fits.
 inline constexpr uint16_t kVersion = 1;
 inline constexpr uint16_t kVersionOutliers = 2;
+inline constexpr uint16_t kVersionScales = 3;
+inline constexpr uint16_t kVersionScalesOutliers = 4;
+inline constexpr uint16_t kMaxVersion = 4;
+inline constexpr bool version_has_outliers(uint32_t version) { return ((version - 1) & 1u) != 0; }
+inline constexpr bool version_has_scales(uint32_t version) { return ((version - 1) & 2u) != 0; }
 inline constexpr uint8_t kValueTypeFloat32 = 1;  // ONNX TensorProto.FLOAT
 inline constexpr uint8_t kCodingDense = 0;
 inline constexpr uint8_t kCodingSparse = 1;
@@ -35,6 +42,10 @@ inline constexpr uint64_t kMaxElements = uint64_t{1} << 40;  // N must be strict
 inline constexpr uint8_t kOutlierFloat16 = 0;  // IEEE-754 binary16, little-endian
 inline constexpr uint8_t kOutlierFloat32 = 1;  // IEEE-754 binary32, little-endian
 inline constexpr uint32_t kMaxRiceBits = 39;    // gaps are below N < 2^40
+// Scale section (versions 3, 4): axis, value format (as the outlier values), channel count C = dims[axis].
+inline constexpr uint8_t kScaleFloat16 = 0;
+inline constexpr uint8_t kScaleFloat32 = 1;
+inline constexpr uint32_t kScaleHeaderSize = 1 + 1 + 8;  // axis, value format, count C
 
 // Fixed header: byte offsets of each field.
 inline constexpr uint32_t kOffsetMagic = 0;
@@ -72,6 +83,10 @@ static_assert(kMaxIndexBits <= 16, "indices are held in at most two bytes");
 static_assert(kMaxGapBits <= 16, "gap symbols are held in at most two bytes");
 static_assert(outlier_value_size(kOutlierFloat16) == 2 && outlier_value_size(kOutlierFloat32) == 4, "outlier values");
 static_assert((uint64_t{1} << (kMaxRiceBits + 1)) >= kMaxElements, "a Rice parameter can cover any gap below N");
+static_assert(version_has_outliers(kVersionOutliers) && !version_has_scales(kVersionOutliers) &&
+                  version_has_scales(kVersionScales) && !version_has_outliers(kVersionScales) &&
+                  version_has_scales(kVersionScalesOutliers) && version_has_outliers(kVersionScalesOutliers) &&
+                  !version_has_scales(kVersion) && !version_has_outliers(kVersion), "version bits");
 static_assert(kMaxRank * kDimSize + kFixedHeaderSize < 256, "header fits in a small buffer");
 
 // Working form of the indices: one byte each up to 8 index bits, two bytes otherwise.

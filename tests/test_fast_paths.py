@@ -143,3 +143,176 @@ def test_share_with_prepared_values_matches_a_fresh_share(rng):
                 for field in ("fraction", "damage", "estimated_bytes", "score"):
                     assert getattr(reused, field) == getattr(fresh, field), field
             assert set(prepared) == {"kept", "order", "ordered", "norms"}
+
+
+# ---- Work on one large weight split across threads (round 7) --------------------------------------------------
+
+def test_partitioned_sort_matches_one_sort(rng, monkeypatch):
+    """sort_values on several threads (keys partitioned into runs, each sorted alone) gives numpy's one sort of the
+    keys, byte for byte, with signed zeros, ties and a length that does not split evenly."""
+    from onnxcomp.core import codebook
+    values = rng.standard_normal(100_003).astype(np.float32)
+    values[::5] = 0.0
+    values[::7] = -0.0
+    values[::11] = 0.5
+    keys = values.view(np.uint32).copy()
+    codebook._flip_keys(keys, inverse=False)
+    reference = np.sort(keys)
+    monkeypatch.setattr(codebook, "PARALLEL_SORT", 1 << 12)
+    for workers in (1, 2, 3, 8):
+        split = keys.copy()
+        codebook._sort_keys(split, workers)
+        np.testing.assert_array_equal(split, reference)
+        monkeypatch.setenv("ONNXCOMP_THREADS", str(workers))
+        ordered = codebook.sort_values(values)
+        np.testing.assert_array_equal(ordered.view(np.uint32), reference ^ np.where(reference >> 31, np.uint32(1 << 31),
+                                                                                         np.uint32(0xFFFFFFFF)))
+
+
+def test_threaded_assign_and_channel_errors_match_one_thread(rng):
+    """_native.assign and _native.channel_errors on 2-4 threads give the one-thread result bit for bit (assignment
+    split by position, channel sums by channel; outliers on both sides of every split, both layouts), and the
+    one-thread result is the numpy reference's."""
+    from onnxcomp.core import codebook, outliers
+    from onnxcomp.core.native import native
+    if native is None:
+        pytest.skip("onnxcomp._native is not built")
+    channels, inputs = 769, 1001  # above two parts of 2^18 values, parts that do not divide evenly
+    n = channels * inputs
+    values = (rng.standard_t(3, n) * 0.05).astype(np.float32)
+    keep = rng.random(n) > 0.3
+    centroids = np.unique(np.quantile(values, np.linspace(0.01, 0.99, 15)).astype(np.float32))
+    positions = np.unique(rng.integers(0, n, 3000))
+    stored = values[positions] * np.float32(1.01)
+    importance = rng.random(inputs) + 0.5
+    for mask in (None, keep):
+        one = native.assign(values, centroids, mask, threads=1)
+        np.testing.assert_array_equal(one, codebook.assign_reference(values, centroids, mask))
+        book = np.concatenate([[0.0], centroids]).astype(np.float32) if mask is not None else centroids
+        for threads in (2, 3, 4):
+            np.testing.assert_array_equal(native.assign(values, centroids, mask, threads=threads), one)
+        for transposed in (False, True):
+            for weights in (None, importance):
+                single = native.channel_errors(values, one, book, positions, stored, channels, inputs, transposed, weights, 1)
+                rows = values.reshape(inputs, channels).T if transposed else values.reshape(channels, inputs)
+                decoded = book[one]
+                decoded[positions] = stored
+                decoded_rows = decoded.reshape(inputs, channels).T if transposed else decoded.reshape(channels, inputs)
+                reference = outliers.channel_errors_reference(rows, decoded_rows, weights)
+                np.testing.assert_array_equal(single.view(np.int64), reference.view(np.int64))
+                for threads in (2, 3, 4):
+                    split = native.channel_errors(values, one, book, positions, stored, channels, inputs, transposed,
+                                                  weights, threads)
+                    np.testing.assert_array_equal(split.view(np.int64), single.view(np.int64))
+    bad = one.copy()
+    bad[n - 5] = len(book)
+    with pytest.raises(ValueError, match="outside the codebook"):
+        native.channel_errors(values, bad, book, positions, stored, channels, inputs, True, None, 3)
+
+
+def _encode_record_counting_twice(codebook, indices, dims, bits, positions, values, coding_steps):
+    """encode_record as it was before round 7 (the straightforward version): with outliers, the indices are
+    counted once to find the dense fill index, then each coding's copy of them is counted again."""
+    import struct
+    import zlib
+    from onnxcomp.core import huffman, sidecar
+    from onnxcomp.core import outliers as outlier_math
+    codebook = np.ascontiguousarray(codebook, dtype="<f4")
+    indices = np.asarray(indices).ravel()
+    k, n = len(codebook), int(np.prod(dims))
+    positions = np.asarray(positions, np.int64)
+    sparse_coding = bool(codebook[0].view(np.uint32) == 0 and n)
+    section = outlier_math.encode_section(positions, values, n)
+    others = coding_steps(indices).counts(k, False) - np.bincount(indices[positions], minlength=k)
+    dense_indices = indices.copy()
+    dense_indices[positions] = int(np.argmax(others)) if len(positions) < n else 0
+    sparse_indices = dense_indices
+    if sparse_coding:
+        sparse_indices = indices.copy()
+        sparse_indices[positions] = 0
+    header = sidecar._FIXED.pack(sidecar.RECORD_MAGIC, sidecar.RECORD_VERSION_OUTLIERS, sidecar.FLOAT32, len(dims), bits,
+                                 0, 0, k, n) + struct.pack(f"<{len(dims)}Q", *dims) + codebook.tobytes()
+    sparse_steps = coding_steps(sparse_indices)
+    value_counts = sparse_steps.counts(k, sparse_coding)
+    dense_steps = sparse_steps if dense_indices is sparse_indices else coding_steps(dense_indices)
+    dense_counts = value_counts if dense_steps is sparse_steps else dense_steps.counts(k, False)
+    dense_lengths = huffman.code_lengths(dense_counts)
+    best = (int((dense_counts * dense_lengths).sum()) + 8 * k, sidecar.CODING_DENSE, 0)
+    sparse_counts = value_counts.copy()
+    sparse_counts[0] = 0
+    if sparse_coding:
+        max_gap = sparse_steps.max_gap()
+        value_bits = int((sparse_counts * huffman.code_lengths(sparse_counts)).sum()) + 8 * k
+        for gap_bits in range(1, sidecar.MAX_GAP_BITS + 1):
+            if gap_bits > 1 and (1 << (gap_bits - 1)) > max(max_gap, 1):
+                break
+            counts = sparse_steps.gap_counts(gap_bits)
+            cost = int((counts * huffman.code_lengths(counts)).sum()) + 8 * (1 << gap_bits) + value_bits
+            if cost < best[0]:
+                best = (cost, sidecar.CODING_SPARSE, gap_bits)
+    _, coding, gap_bits = best
+    if coding == sidecar.CODING_DENSE:
+        payload, payload_bits = dense_steps.dense_payload(dense_lengths)
+        body = dense_lengths.tobytes()
+    else:
+        gap_lengths = huffman.code_lengths(sparse_steps.gap_counts(gap_bits))
+        value_lengths = huffman.code_lengths(sparse_counts)
+        payload, payload_bits = sparse_steps.sparse_payload(gap_bits, gap_lengths, value_lengths)
+        body = struct.pack("<BQ", gap_bits, n - int(value_counts[0])) + gap_lengths.tobytes() + value_lengths.tobytes()
+    record = bytearray(header)
+    record[9] = coding
+    record += body + struct.pack("<Q", payload_bits) + payload + section
+    record += struct.pack("<I", zlib.crc32(record))
+    return bytes(record)
+
+
+@pytest.mark.parametrize("pruned", [0.0, 0.4, 0.95])
+def test_record_with_outliers_counted_once_matches_counting_twice(rng, pruned):
+    """encode_record counts the indices of a record with outliers once (the other coding's counts follow from it):
+    the same bytes as counting each coding's indices, for dense and gap coding, both coding steps, outliers on
+    pruned and unpruned positions, and every element an outlier."""
+    from onnxcomp.core import outliers, sidecar
+    n, bits = 20_000, 4
+    codebook = np.concatenate([[0.0], np.linspace(-1, 1, 15)]).astype(np.float32)
+    if not pruned:
+        codebook[0] = 0.125  # no pruned zero: dense coding only
+    indices = rng.integers(1, 16, n).astype(np.uint8)
+    indices[rng.random(n) < pruned] = 0
+    steps = [sidecar.NumpyCoding] + ([sidecar.NativeCoding] if sidecar._native is not None else [])
+    for count in (1, 37, 900, n):
+        positions = np.sort(rng.choice(n, count, replace=False))
+        values = rng.standard_normal(count).astype(np.float32) * 4
+        for coding_steps in steps:
+            fast = sidecar.encode_record(codebook, indices, (100, 200), bits, positions, values, coding_steps=coding_steps)
+            assert fast == _encode_record_counting_twice(codebook, indices, (100, 200), bits, positions, values, coding_steps)
+            record = sidecar.decode_record(fast)
+            expected = codebook[indices]
+            expected[positions] = outliers.stored_values(values)
+            np.testing.assert_array_equal(record.to_dense().ravel(), expected)
+
+
+@pytest.mark.parametrize("size", [49, 200, 4000])
+def test_assign_by_bucket_table_matches_comparing_every_threshold(rng, size):
+    """_native.assign's bucket table (large inputs, >= 48 thresholds) gives the indices of the threshold comparisons,
+    bit for bit, on values at and next to every threshold, signed zeros, subnormals, the largest floats and
+    infinities (NaN too, which both paths send to index 0), with and without a keep mask; on finite values both
+    equal the numpy reference."""
+    from onnxcomp.core import codebook
+    from onnxcomp.core.native import native
+    if native is None:
+        pytest.skip("onnxcomp._native is not built")
+    centroids = np.unique(np.concatenate([(rng.standard_t(2, size) * 0.05), [0.0, -1e-40, 1e-40]]).astype(np.float32))
+    thresholds = codebook.thresholds(centroids)
+    near = np.concatenate([thresholds, np.nextafter(thresholds, np.float32(np.inf)), np.nextafter(thresholds, np.float32(-np.inf))])
+    special = np.array([0.0, -0.0, 1e-45, -1e-45, 1e-39, -1e-39, 3.4e38, -3.4e38], np.float32)
+    values = np.concatenate([near, special, (rng.standard_normal(1 << 17) * 0.05).astype(np.float32)])
+    rng.shuffle(values)
+    keep = rng.random(len(values)) > 0.25
+    for mask in (None, keep):
+        table = native.assign(values, centroids, mask, threads=1, use_table=True)
+        np.testing.assert_array_equal(table, native.assign(values, centroids, mask, threads=1, use_table=False))
+        np.testing.assert_array_equal(table, codebook.assign_reference(values, centroids, mask))
+        np.testing.assert_array_equal(native.assign(values, centroids, mask, threads=3), table)
+    odd = np.concatenate([values, np.array([np.inf, -np.inf, np.nan, -np.nan], np.float32)])
+    np.testing.assert_array_equal(native.assign(odd, centroids, None, use_table=True),
+                                  native.assign(odd, centroids, None, use_table=False))

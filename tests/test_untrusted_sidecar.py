@@ -118,7 +118,7 @@ def test_wrong_record_version_with_a_valid_checksum(compressed, tmp_path):
     offset, length = int(entry["offset"]), int(entry["length"])
     data = bytearray(sidecar_path.read_bytes())
     record = bytearray(data[offset:offset + length])
-    record[4:6] = struct.pack("<H", 3)
+    record[4:6] = struct.pack("<H", 5)
     record[-4:] = struct.pack("<I", zlib.crc32(bytes(record[:-4])))
     data[offset:offset + length] = record
     sidecar_path.write_bytes(bytes(data))

@@ -162,7 +162,7 @@ void PackCorrections(const DecodedRecord& record, PackedMatrix* w) {
     const uint64_t position = record.outlier_positions[j];
     const int64_t at = next[position % n]++;
     w->correction_row[at] = static_cast<int64_t>(position / n);
-    w->correction_delta[at] = record.outlier_values[j] - record.codebook[record.index(static_cast<int64_t>(position))];
+    w->correction_delta[at] = record.outlier_values[j] - record.coded_value(position);
   }
 }
 
@@ -349,9 +349,10 @@ OrtStatus* CodebookMatMulKernel::Init(const OrtKernelInfo* info) {
     int64_t decode_once = 0;
     OptionalAttribute(Ort::ConstKernelInfo(info), "decode_once", &decode_once);
     std::unique_ptr<const DecodedRecord> record = TakeConstant();
-    if (record && decode_once == 1) {
+    if (record && (decode_once == 1 || record->scaled())) {
       // The decode-once working form: W exactly as decoded (outliers included) in dense panels; decoded by the
-      // first run, so a session that is only created holds the record alone.
+      // first run, so a session that is only created holds the record alone. A channel-scaled record always
+      // takes it (the fused lookup has one table per matrix; the onnxcomp writer scales Conv weights only).
       dense_k_ = record->dims[0];
       dense_n_ = record->dims[1];
       once_record_ = std::move(record);
@@ -379,14 +380,22 @@ OrtStatus* CodebookMatMulKernel::ComputeV2(OrtKernelContext* raw_context) noexce
         once_record_.reset();
       });
     }
+    DecodedRecord decoded;
+    std::vector<float> run_storage;      // a non-constant channel-scaled record's dense panels, for this run
+    const float* run_panels = nullptr;
     if (!w && !decoded_once) {  // the record is not a constant: decode and pack it in this run
-      DecodedRecord decoded;
       const DecodedRecord* record;
       if (OrtStatus* status = GetRecord(context, decoded, &record)) return status;
-      PackMatrix(*record, &scratch);
-      w = &scratch;
+      if (record->scaled()) {
+        DecodeDensePanels(*record, &run_storage, &run_panels);
+      } else {
+        PackMatrix(*record, &scratch);
+        w = &scratch;
+      }
     }
-    const int64_t k = decoded_once ? dense_k_ : w->k, n = decoded_once ? dense_n_ : w->n;
+    const bool dense_run = decoded_once || run_panels;
+    const int64_t k = decoded_once ? dense_k_ : run_panels ? decoded.dims[0] : w->k;
+    const int64_t n = decoded_once ? dense_n_ : run_panels ? decoded.dims[1] : w->n;
 
     Ort::ConstValue x = context.GetInput(0);
     std::vector<int64_t> shape = x.GetTensorTypeAndShapeInfo().GetShape();
@@ -411,8 +420,8 @@ OrtStatus* CodebookMatMulKernel::ComputeV2(OrtKernelContext* raw_context) noexce
     float* y = context.GetOutput(0, shape).GetTensorMutableData<float>();
     if (m == 0 || n == 0) return nullptr;
 
-    if (decoded_once) {
-      RunDensePanels(raw_context, dense_panels_, dense_k_, dense_n_, x.GetTensorData<float>(), bias, y, m);
+    if (dense_run) {
+      RunDensePanels(raw_context, decoded_once ? dense_panels_ : run_panels, k, n, x.GetTensorData<float>(), bias, y, m);
       return nullptr;
     }
     if (dense_rows_ > 0 && m >= dense_rows_) {

@@ -34,6 +34,17 @@ void DecodedRecord::decode_range(uint64_t first, uint64_t count, float* out) con
     default:
       for (uint64_t i = 0; i < count; ++i) out[i] = packed::lookup(table, packed::linear_load(data, 16, first + i));
   }
+  if (!scales.empty()) {  // one run of elements per channel: packed::scaled, as every reader
+    const uint64_t channels = scales.size();
+    uint64_t i = 0;
+    while (i < count) {
+      const uint64_t position = first + i;
+      const uint64_t run = std::min<uint64_t>(count - i, scale_stride - position % scale_stride);
+      const float scale = scales[static_cast<size_t>(packed::scale_channel(position, scale_stride, channels))];
+      for (uint64_t j = i; j < i + run; ++j) out[j] = packed::scaled(out[j], scale);
+      i += run;
+    }
+  }
   auto begin = std::lower_bound(outlier_positions.begin(), outlier_positions.end(), first);
   for (auto it = begin; it != outlier_positions.end() && *it < first + count; ++it) {
     out[*it - first] = outlier_values[static_cast<size_t>(it - outlier_positions.begin())];
@@ -65,6 +76,10 @@ DecodeStatus decode_record_bytes(const uint8_t* data, size_t size, DecodedRecord
     } else {
       pack_linear(wide.data(), info.num_elements, r.slot_bits, r.indices.data());
     }
+    r.scales.assign(info.scale_count, 0.0f);
+    r.scale_axis = info.scale_axis;
+    r.scale_stride = info.scale_count ? info.scale_stride : 1;
+    if (info.scale_count) decode_scales(data, info, r.scales.data());
     r.outlier_positions.assign(info.outlier_count, 0);
     r.outlier_values.assign(info.outlier_count, 0.0f);
     if (info.outlier_count) return decode_outliers(data, info, r.outlier_positions.data(), r.outlier_values.data());

@@ -25,11 +25,24 @@ struct DecodedRecord {
   // Outliers (record version 2): element outlier_positions[j] is outlier_values[j], whatever its index says.
   std::vector<uint64_t> outlier_positions;  // strictly increasing, below N
   std::vector<float> outlier_values;
+  // Channel scales (record versions 3, 4; empty otherwise): element i's codebook value is multiplied by
+  // scales[(i / scale_stride) % scales.size()] (packed::scale_channel, packed::scaled); outliers are not scaled.
+  std::vector<float> scales;
+  uint32_t scale_axis = 0;
+  uint64_t scale_stride = 1;
+
+  bool scaled() const { return !scales.empty(); }
 
   uint32_t index(int64_t i) const { return packed::linear_load(indices.data(), slot_bits, static_cast<uint64_t>(i)); }
 
+  // Element i's coded value (before outliers): its codebook value, times its channel's scale when scaled.
+  float coded_value(uint64_t i) const {
+    const float value = packed::lookup(codebook.data(), index(static_cast<int64_t>(i)));
+    return scales.empty() ? value : packed::scaled(value, scales[packed::scale_channel(i, scale_stride, scales.size())]);
+  }
+
   // Writes elements [first, first + count) of the decoded tensor (row-major) to `out`: the codebook value of
-  // each index, then the outliers inside the range. The one function every kernel uses for dense values
+  // each index (times its channel's scale in a scaled record), then the outliers inside the range. The one function every kernel uses for dense values
   // (CodebookDecode, CodebookConv's working form). Requires first + count <= N.
   void decode_range(uint64_t first, uint64_t count, float* out) const;
 };

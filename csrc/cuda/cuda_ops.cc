@@ -37,6 +37,11 @@ OrtStatus* CudaRecordKernel::InitRecord(const OrtKernelInfo* info, std::unique_p
   if (int error = table_.Upload(r.codebook.data(), r.codebook.size() * sizeof(float))) {
     return CudaError(error, "uploading the codebook");
   }
+  if (r.scaled()) {
+    if (int error = scales_.UploadVector(r.scales)) return CudaError(error, "uploading the channel scales");
+    scale_stride_ = r.scale_stride;
+    scale_count_ = r.scales.size();
+  }
   return nullptr;
 }
 
@@ -66,7 +71,7 @@ OrtStatus* CudaCodebookDecodeKernel::ComputeV2(OrtKernelContext* raw_context) no
     Ort::KernelContext context(raw_context);
     float* out = context.GetOutput(0, dims_).GetTensorMutableData<float>();
     int error = onnxcomp_cuda_codebook_decode(context.GetGPUComputeStream(), indices_.get<uint8_t>(), slot_,
-                                              table_.get<float>(), count_, outlier_positions_.get<uint64_t>(),
+                                              table_.get<float>(), scales(), count_, outlier_positions_.get<uint64_t>(),
                                               outlier_values_.get<float>(), outlier_count_, out);
     return error ? CudaError(error, "CodebookDecode launch") : nullptr;
   });
@@ -121,7 +126,7 @@ OrtStatus* CudaCodebookMatMulKernel::ComputeV2(OrtKernelContext* raw_context) no
     shape.back() = n_;
     float* y = context.GetOutput(0, shape).GetTensorMutableData<float>();
     int error = onnxcomp_cuda_codebook_matmul(context.GetGPUComputeStream(), x.GetTensorData<float>(), m, k_, n_,
-                                              panels_.get<uint8_t>(), slot_, table_.get<float>(), bias,
+                                              panels_.get<uint8_t>(), slot_, table_.get<float>(), scales(), bias,
                                               correction_start_.get<int64_t>(), correction_row_.get<int64_t>(),
                                               correction_delta_.get<float>(), y);
     return error ? CudaError(error, "CodebookMatMul launch") : nullptr;
@@ -190,7 +195,7 @@ OrtStatus* CudaCodebookGatherKernel::ComputeV2(OrtKernelContext* raw_context) no
     }
     float* out = context.GetOutput(0, shape).GetTensorMutableData<float>();
     int error = onnxcomp_cuda_codebook_gather(context.GetGPUComputeStream(), indices_.get<uint8_t>(), slot_,
-                                              table_.get<float>(), checked.data(), count, row_size,
+                                              table_.get<float>(), scales(), checked.data(), count, row_size,
                                               outlier_row_start_.get<int64_t>(), outlier_positions_.get<uint64_t>(),
                                               outlier_values_.get<float>(), out);
     return error ? CudaError(error, "CodebookGather launch") : nullptr;

@@ -5,6 +5,7 @@
 #define ONNXCOMP_CUDA_CUDA_OPS_H_
 
 #include "cpu/ops.h"
+#include "cuda/kernels.h"
 
 namespace onnxcomp {
 
@@ -38,7 +39,11 @@ class CudaRecordKernel : public RecordKernel {
  protected:
   // The record decoded at creation; fails when the record input is not a constant initializer.
   OrtStatus* InitRecord(const OrtKernelInfo* info, std::unique_ptr<const DecodedRecord>* record);
+  // The record's channel scales on the device (values null for an unscaled record).
+  OnnxcompScales scales() const { return {scales_.get<float>(), scale_stride_, scale_count_}; }
   DeviceBuffer table_;
+  DeviceBuffer scales_;
+  uint64_t scale_stride_ = 1, scale_count_ = 0;
 };
 
 struct CudaCodebookDecodeKernel : CudaRecordKernel {

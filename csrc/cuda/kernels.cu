@@ -14,11 +14,18 @@ constexpr int kThreads = 256;
 constexpr int kMatMulColumns = 64;  // threads along N per block
 constexpr int kMatMulRows = 4;      // threads along M per block
 
+// Element `position`'s weight value: the codebook lookup, times its channel's scale in a scaled record.
+__device__ float Weight(const float* __restrict__ table, uint32_t index, const OnnxcompScales& scales, uint64_t position) {
+  const float value = packed::lookup(table, index);
+  if (!scales.values) return value;
+  return packed::scaled(value, scales.values[packed::scale_channel(position, scales.stride, scales.count)]);
+}
+
 // One thread per output element; the threads of a warp read neighbouring columns of one panel row.
 // Sums in order over k with fmaf, as the CPU kernels do.
 __global__ void CodebookMatMulKernel(const float* __restrict__ x, int64_t m, int64_t k, int64_t n,
                                      const uint8_t* __restrict__ panels, uint32_t slot, const float* __restrict__ table,
-                                     const float* __restrict__ bias, const int64_t* __restrict__ correction_start,
+                                     OnnxcompScales scales, const float* __restrict__ bias, const int64_t* __restrict__ correction_start,
                                      const int64_t* __restrict__ correction_row,
                                      const float* __restrict__ correction_delta, float* __restrict__ y) {
   const int64_t column = int64_t{blockIdx.x} * kMatMulColumns + threadIdx.x;
@@ -28,7 +35,7 @@ __global__ void CodebookMatMulKernel(const float* __restrict__ x, int64_t m, int
   float acc = 0.0f;
   for (int64_t kk = 0; kk < k; ++kk) {
     const uint32_t index = packed::panel_load(panels, static_cast<uint64_t>(k), slot, kk, column);
-    acc = fmaf(xr[kk], packed::lookup(table, index), acc);
+    acc = fmaf(xr[kk], Weight(table, index, scales, static_cast<uint64_t>(kk * n + column)), acc);
   }
   float out = bias ? acc + bias[column] : acc;
   if (correction_start) {  // outliers, after the bias, in order of k: as the CPU kernels do
@@ -40,9 +47,10 @@ __global__ void CodebookMatMulKernel(const float* __restrict__ x, int64_t m, int
 }
 
 __global__ void CodebookDecodeKernel(const uint8_t* __restrict__ indices, uint32_t slot, const float* __restrict__ table,
-                                     int64_t count, float* __restrict__ out) {
+                                     OnnxcompScales scales, int64_t count, float* __restrict__ out) {
   for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < count; i += int64_t{gridDim.x} * blockDim.x) {
-    out[i] = packed::lookup(table, packed::linear_load(indices, slot, static_cast<uint64_t>(i)));
+    const uint64_t element = static_cast<uint64_t>(i);
+    out[i] = Weight(table, packed::linear_load(indices, slot, element), scales, element);
   }
 }
 
@@ -54,7 +62,7 @@ __global__ void ScatterOutliersKernel(const uint64_t* __restrict__ positions, co
 }
 
 __global__ void CodebookGatherKernel(const uint8_t* __restrict__ indices, uint32_t slot, const float* __restrict__ table,
-                                     const int64_t* __restrict__ rows, int64_t count, int64_t row_size,
+                                     OnnxcompScales scales, const int64_t* __restrict__ rows, int64_t count, int64_t row_size,
                                      const int64_t* __restrict__ outlier_row_start,
                                      const uint64_t* __restrict__ outlier_positions,
                                      const float* __restrict__ outlier_values, float* __restrict__ out) {
@@ -62,7 +70,7 @@ __global__ void CodebookGatherKernel(const uint8_t* __restrict__ indices, uint32
   for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t position = i / row_size, column = i % row_size;
     const uint64_t element = static_cast<uint64_t>(rows[position] * row_size + column);
-    float value = packed::lookup(table, packed::linear_load(indices, slot, element));
+    float value = Weight(table, packed::linear_load(indices, slot, element), scales, element);
     if (outlier_row_start) {  // binary search among this row's outliers
       int64_t low = outlier_row_start[rows[position]], high = outlier_row_start[rows[position] + 1];
       while (low < high) {
@@ -96,7 +104,7 @@ int onnxcomp_cuda_copy_to_device(void* device, const void* host, uint64_t bytes)
 }
 
 int onnxcomp_cuda_codebook_matmul(void* stream, const float* x, int64_t m, int64_t k, int64_t n, const uint8_t* panels,
-                                  uint32_t slot_bits, const float* table, const float* bias,
+                                  uint32_t slot_bits, const float* table, OnnxcompScales scales, const float* bias,
                                   const int64_t* correction_start, const int64_t* correction_row,
                                   const float* correction_delta, float* y) {
   if (m == 0 || n == 0) return cudaSuccess;
@@ -106,17 +114,17 @@ int onnxcomp_cuda_codebook_matmul(void* stream, const float* x, int64_t m, int64
                   static_cast<unsigned int>(row_blocks));
   const dim3 block(kMatMulColumns, kMatMulRows);
   CodebookMatMulKernel<<<grid, block, 0, static_cast<cudaStream_t>(stream)>>>(x, m, k, n, panels, slot_bits, table,
-                                                                               bias, correction_start, correction_row,
+                                                                               scales, bias, correction_start, correction_row,
                                                                                correction_delta, y);
   return cudaGetLastError();
 }
 
 int onnxcomp_cuda_codebook_decode(void* stream, const uint8_t* indices, uint32_t slot_bits, const float* table,
-                                  int64_t count, const uint64_t* outlier_positions, const float* outlier_values,
+                                  OnnxcompScales scales, int64_t count, const uint64_t* outlier_positions, const float* outlier_values,
                                   int64_t outlier_count, float* out) {
   if (count == 0) return cudaSuccess;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  CodebookDecodeKernel<<<GridFor(count), kThreads, 0, s>>>(indices, slot_bits, table, count, out);
+  CodebookDecodeKernel<<<GridFor(count), kThreads, 0, s>>>(indices, slot_bits, table, scales, count, out);
   if (outlier_count > 0) {  // same stream: runs after the lookup
     ScatterOutliersKernel<<<GridFor(outlier_count), kThreads, 0, s>>>(outlier_positions, outlier_values,
                                                                       outlier_count, out);
@@ -125,7 +133,7 @@ int onnxcomp_cuda_codebook_decode(void* stream, const uint8_t* indices, uint32_t
 }
 
 int onnxcomp_cuda_codebook_gather(void* stream, const uint8_t* indices, uint32_t slot_bits, const float* table,
-                                  const int64_t* host_rows, int64_t count, int64_t row_size,
+                                  OnnxcompScales scales, const int64_t* host_rows, int64_t count, int64_t row_size,
                                   const int64_t* outlier_row_start, const uint64_t* outlier_positions,
                                   const float* outlier_values, float* out) {
   if (count == 0 || row_size == 0) return cudaSuccess;
@@ -137,7 +145,7 @@ int onnxcomp_cuda_codebook_gather(void* stream, const uint8_t* indices, uint32_t
   // From pageable memory: returns once the rows are staged, so the caller may free them afterwards.
   error = cudaMemcpyAsync(rows, host_rows, bytes, cudaMemcpyHostToDevice, s);
   if (error == cudaSuccess) {
-    CodebookGatherKernel<<<GridFor(count * row_size), kThreads, 0, s>>>(indices, slot_bits, table, rows, count,
+    CodebookGatherKernel<<<GridFor(count * row_size), kThreads, 0, s>>>(indices, slot_bits, table, scales, rows, count,
                                                                           row_size, outlier_row_start,
                                                                           outlier_positions, outlier_values, out);
     error = cudaGetLastError();

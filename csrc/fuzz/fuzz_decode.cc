@@ -30,6 +30,20 @@ void DecodeOnce(const uint8_t* data, size_t size) {
       if (index >= info.codebook_size) __builtin_trap();  // every index must address the codebook
     }
   }
+  if (status.ok() && info.scale_count) {  // finite, positive, and no decoded value overflows
+    std::unique_ptr<float[]> scales(new float[info.scale_count]);
+    decode_scales(data, info, scales.get());
+    if (info.scale_count != info.dims[info.scale_axis] || info.scale_stride == 0) __builtin_trap();
+    float largest = 0.0f;
+    for (uint64_t c = 0; c < info.scale_count; ++c) {
+      if (!(scales[c] > 0.0f) || !(scales[c] - scales[c] == 0.0f)) __builtin_trap();
+      if (scales[c] > largest) largest = scales[c];
+    }
+    for (uint32_t i = 0; i < info.codebook_size; ++i) {  // the largest product of each entry stays finite
+      const float value = packed::scaled(codebook[i], largest);
+      if (!(value - value == 0.0f)) __builtin_trap();
+    }
+  }
   if (status.ok() && info.outlier_count) {
     std::unique_ptr<uint64_t[]> positions(new uint64_t[info.outlier_count]);
     std::unique_ptr<float[]> values(new float[info.outlier_count]);

@@ -25,9 +25,10 @@ from onnxcomp.core import sidecar  # noqa: E402
 def synthetic(rng: np.random.Generator) -> dict[str, bytes]:
     seeds = {}
 
-    def add(name, codebook, indices, dims, bits, positions=None, values=None):
+    def add(name, codebook, indices, dims, bits, positions=None, values=None, scales=None, axis=0):
         seeds[name] = sidecar.encode_record(np.asarray(codebook, np.float32), np.asarray(indices), tuple(dims), bits,
-                                            positions, None if values is None else np.asarray(values, np.float32))
+                                            positions, None if values is None else np.asarray(values, np.float32),
+                                            scales=scales, scale_axis=axis)
 
     add("scalar", [1.5], [0], (), 1)
     add("zero_size", [0.0], [], (0, 4), 1)
@@ -56,6 +57,14 @@ def synthetic(rng: np.random.Generator) -> dict[str, bytes]:
     add("outliers_sparse", np.concatenate([[0.0], rng.standard_normal(7)]), sparse, (40, 100), 3,
         np.sort(rng.choice(4000, 20, replace=False)), rng.standard_normal(20) * 30)
     add("outliers_long_gaps", [0.0, 1.0], np.zeros(100_000, np.int64), (100_000,), 1, [5, 70_000, 99_999], [1.0, 2.0, 3.0])
+    # Channel-scale sections (record versions 3, 4): float16 and float32 scales, axes 0 and 1, sparse coding.
+    add("scales_f16_axis0", rng.standard_normal(8), rng.integers(0, 8, 6 * 3 * 3), (6, 1, 3, 3), 3,
+        scales=np.float16(2.0) ** np.arange(-3, 3).astype(np.float32))
+    add("scales_f32_axis1", rng.standard_normal(16), rng.integers(0, 16, 20 * 7), (20, 7), 4,
+        scales=rng.uniform(0.01, 3.0, 7).astype(np.float32), axis=1)
+    add("scales_sparse_outliers", np.concatenate([[0.0], rng.standard_normal(7)]), sparse, (40, 100), 3,
+        np.sort(rng.choice(4000, 20, replace=False)), rng.standard_normal(20) * 30,
+        scales=rng.uniform(0.5, 2.0, 40).astype(np.float32))
     return seeds
 
 

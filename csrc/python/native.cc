@@ -14,12 +14,15 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <system_error>
+#include <thread>
 #include <vector>
 
 #include "decode.h"
@@ -101,6 +104,32 @@ class CheckpointedPrefix {
   size_t stride_ = kStride;
   std::vector<double> checkpoints_;
 };
+
+// Runs body(begin, end) on ``threads`` contiguous parts of [0, n) at once (the calling thread takes the first),
+// fewer when a part would hold under ``min_part`` items. Each caller's parts write disjoint outputs and each
+// output is computed as one thread alone would, so the result does not depend on ``threads``.
+template <typename Body>
+void split_range(size_t n, size_t threads, size_t min_part, Body body) {
+  const size_t parts = std::max<size_t>(1, std::min(threads, n / std::max<size_t>(min_part, 1)));
+  if (parts <= 1) {
+    body(size_t{0}, n);
+    return;
+  }
+  std::vector<std::thread> helpers;
+  helpers.reserve(parts - 1);
+  for (size_t part = 1; part < parts; ++part) {
+    auto run_part = [&body, n, parts, part] { body(n * part / parts, n * (part + 1) / parts); };
+    try {
+      helpers.emplace_back(run_part);
+    } catch (const std::system_error&) {  // no thread to be had: this one does the part
+      run_part();
+    }
+  }
+  body(size_t{0}, n / parts);
+  for (auto& helper : helpers) helper.join();
+}
+
+constexpr size_t kMinThreadPart = size_t{1} << 18;  // values a helper thread takes at least (assign, channel errors)
 
 std::vector<float> sorted_distinct(std::vector<float> values) {
   std::sort(values.begin(), values.end());
@@ -287,6 +316,64 @@ inline __attribute__((always_inline)) void assign_into(const float* values, size
   }
 }
 
+// Assignment through a bucket table: the top 16 bits of a float's order-preserving key (sign set for
+// non-negatives, all bits flipped for negatives) name one of 65536 buckets, a run of floats in increasing
+// order. For x in a bucket of finite floats, the count of thresholds below x (what assign_into computes) lies
+// between the counts at the bucket's first and last float, lo and hi, since that count grows with x: thresholds
+// [0, lo) are below every x of the bucket and thresholds from hi on below none. Most buckets hold no threshold
+// (lo == hi: one table read per value); the others compare x with thresholds [lo, hi) only. Buckets that hold
+// an infinity or NaN bit patterns compare x with every threshold. Same counts as assign_into for every input.
+constexpr size_t kTableMinValues = size_t{1} << 16;  // below this the table's construction costs more than it saves
+constexpr size_t kTableMinThresholds = 48;  // measured: fewer thresholds compare faster one by one (bench in docs/benchmarks.md)
+
+inline uint32_t order_key(uint32_t bits) { return bits ^ (static_cast<uint32_t>(static_cast<int32_t>(bits) >> 31) | 0x80000000u); }
+
+inline float key_value(uint32_t key) {
+  const uint32_t bits = key ^ ((key >> 31) ? 0x80000000u : 0xFFFFFFFFu);
+  float value;
+  std::memcpy(&value, &bits, sizeof value);
+  return value;
+}
+
+// entry b: lo | hi << 16 (thresholds.size() <= 65535)
+std::vector<uint32_t> bucket_table(const std::vector<float>& t) {
+  std::vector<uint32_t> table(size_t{1} << 16);
+  const uint32_t m = static_cast<uint32_t>(t.size());
+  auto below = [&t](float x) { return static_cast<uint32_t>(std::lower_bound(t.begin(), t.end(), x) - t.begin()); };
+  for (uint32_t b = 0; b < (1u << 16); ++b) {
+    const bool finite = b > 0x007Fu && b < 0xFF80u;  // keys of -inf, +inf and NaNs lie in the others
+    const uint32_t lo = finite ? below(key_value(b << 16)) : 0;
+    const uint32_t hi = finite ? below(key_value((b << 16) | 0xFFFFu)) : m;
+    table[b] = lo | (hi << 16);
+  }
+  return table;
+}
+
+template <typename Index>
+inline __attribute__((always_inline)) void assign_by_table(const float* values, size_t n, const bool* keep, const float* t,
+                                                           const uint32_t* table, Index* out) {
+  for (size_t i = 0; i < n; ++i) {
+    const float x = values[i];
+    uint32_t bits;
+    std::memcpy(&bits, &x, sizeof bits);
+    const uint32_t entry = table[order_key(bits) >> 16];
+    const uint32_t lo = entry & 0xFFFFu, hi = entry >> 16;
+    uint32_t count = lo;
+    for (uint32_t j = lo; j < hi; ++j) count += t[j] < x ? 1u : 0u;
+    out[i] = keep ? (keep[i] ? static_cast<Index>(count + 1) : Index{0}) : static_cast<Index>(count);
+  }
+}
+
+ONNXCOMP_MULTIVERSION void assign_table_u8(const float* values, size_t n, const bool* keep, const float* t, const uint32_t* table,
+                                           uint8_t* out) {
+  assign_by_table(values, n, keep, t, table, out);
+}
+
+ONNXCOMP_MULTIVERSION void assign_table_u16(const float* values, size_t n, const bool* keep, const float* t, const uint32_t* table,
+                                            uint16_t* out) {
+  assign_by_table(values, n, keep, t, table, out);
+}
+
 ONNXCOMP_MULTIVERSION void assign_u8(const float* values, size_t n, const bool* keep, const std::vector<float>& t, uint8_t* out) {
   assign_into(values, n, keep, t, out);
 }
@@ -295,7 +382,7 @@ ONNXCOMP_MULTIVERSION void assign_u16(const float* values, size_t n, const bool*
   assign_into(values, n, keep, t, out);
 }
 
-py::array assign(FloatArray values, FloatArray centroids, py::object keep_object) {
+py::array assign(FloatArray values, FloatArray centroids, py::object keep_object, size_t threads, bool use_table) {
   const size_t n = static_cast<size_t>(values.size());
   const size_t k = static_cast<size_t>(centroids.size());
   if (k == 0) throw std::invalid_argument("assign needs at least one centroid");
@@ -310,19 +397,31 @@ py::array assign(FloatArray values, FloatArray centroids, py::object keep_object
   for (size_t j = 0; j + 1 < k; ++j)
     midpoints[j] = round_down_to_float((static_cast<double>(c[j]) + static_cast<double>(c[j + 1])) / 2);
   const bool* keep = masked ? keep_array.data() : nullptr;
+  const float* v = values.data();
   const size_t largest = k - 1 + (masked ? 1 : 0);
+  if (largest > 0xFFFF) throw std::invalid_argument("more than 65536 centroids");
+  const bool by_table = use_table && n >= kTableMinValues && midpoints.size() >= kTableMinThresholds;
+  auto run = [&](auto* o) {
+    py::gil_scoped_release release;
+    const std::vector<uint32_t> table = by_table ? bucket_table(midpoints) : std::vector<uint32_t>();
+    split_range(n, threads, kMinThreadPart, [&](size_t begin, size_t end) {
+      const bool* kp = keep ? keep + begin : nullptr;
+      if (by_table) {
+        if constexpr (sizeof(*o) == 1) assign_table_u8(v + begin, end - begin, kp, midpoints.data(), table.data(), o + begin);
+        else assign_table_u16(v + begin, end - begin, kp, midpoints.data(), table.data(), o + begin);
+      } else {
+        if constexpr (sizeof(*o) == 1) assign_u8(v + begin, end - begin, kp, midpoints, o + begin);
+        else assign_u16(v + begin, end - begin, kp, midpoints, o + begin);
+      }
+    });
+  };
   if (largest <= 0xFF) {
     py::array_t<uint8_t> out(static_cast<py::ssize_t>(n));
-    uint8_t* o = out.mutable_data();
-    py::gil_scoped_release release;
-    assign_u8(values.data(), n, keep, midpoints, o);
+    run(out.mutable_data());
     return std::move(out);
   }
-  if (largest > 0xFFFF) throw std::invalid_argument("more than 65536 centroids");
   py::array_t<uint16_t> out(static_cast<py::ssize_t>(n));
-  uint16_t* o = out.mutable_data();
-  py::gil_scoped_release release;
-  assign_u16(values.data(), n, keep, midpoints, o);
+  run(out.mutable_data());
   return std::move(out);
 }
 
@@ -476,11 +575,16 @@ ONNXCOMP_MULTIVERSION void add_squares(const uint16_t* idx, const float* book, c
   add_squares_into(idx, book, r, count, w, weighted, e);
 }
 
+// Channels [c_begin, c_end) only (each channel's sum is the same whichever range computes it).
 template <typename Index>
 void accumulate_errors(const float* r, const Index* idx, const float* book, size_t book_size, const int64_t* pos,
                        const float* stored, size_t outliers, size_t channels, size_t inputs, bool transposed,
-                       const double* u, double* e, bool& bad) {
-  size_t p = 0;
+                       const double* u, double* e, bool& bad, size_t c_begin, size_t c_end) {
+  // the first outlier at or after flat position i (positions are increasing)
+  auto first_outlier = [&](size_t from, size_t i) {
+    return static_cast<size_t>(std::lower_bound(pos + from, pos + outliers, static_cast<int64_t>(i)) - pos);
+  };
+  size_t p = transposed ? 0 : first_outlier(0, c_begin * inputs);
   auto decoded = [&](size_t i) -> double {
     if (p < outliers && static_cast<size_t>(pos[p]) == i) return static_cast<double>(stored[p++]);
     if (!idx) return 0.0;
@@ -495,9 +599,10 @@ void accumulate_errors(const float* r, const Index* idx, const float* book, size
     for (size_t j = 0; j < inputs; ++j) {
       const size_t row = j * channels;
       const double w = u ? u[j] : 1.0;
-      size_t c = 0;
-      while (c < channels) {
-        const size_t stop = p < outliers && static_cast<size_t>(pos[p]) < row + channels ? static_cast<size_t>(pos[p]) - row : channels;
+      p = first_outlier(p, row + c_begin);
+      size_t c = c_begin;
+      while (c < c_end) {
+        const size_t stop = p < outliers && static_cast<size_t>(pos[p]) < row + c_end ? static_cast<size_t>(pos[p]) - row : c_end;
         if (idx) {
           for (size_t i = c; i < stop; ++i)
             if (idx[row + i] >= book_size) bad = true;
@@ -506,7 +611,7 @@ void accumulate_errors(const float* r, const Index* idx, const float* book, size
         } else {
           add_squares(static_cast<const Index*>(nullptr), book, r + row + c, stop - c, w, u != nullptr, e + c);
         }
-        if (stop < channels) {  // the outlier's stored value
+        if (stop < c_end) {  // the outlier's stored value
           const double d = static_cast<double>(stored[p++]) - static_cast<double>(r[row + stop]);
           e[stop] += u ? d * d * w : d * d;
         }
@@ -514,7 +619,7 @@ void accumulate_errors(const float* r, const Index* idx, const float* book, size
       }
     }
   } else {
-    for (size_t c = 0; c < channels; ++c) {
+    for (size_t c = c_begin; c < c_end; ++c) {
       double sum = 0.0;
       const size_t row = c * inputs;
       for (size_t j = 0; j < inputs; ++j) {
@@ -529,7 +634,7 @@ void accumulate_errors(const float* r, const Index* idx, const float* book, size
 py::array_t<double> channel_errors(FloatArray reference, py::object indices_object, FloatArray codebook,
                                    py::array_t<int64_t, py::array::c_style | py::array::forcecast> positions,
                                    FloatArray stored, size_t channels, size_t inputs, bool transposed,
-                                   py::object importance_object) {
+                                   py::object importance_object, size_t threads) {
   const size_t n = static_cast<size_t>(reference.size());
   if (channels * inputs != n) throw std::invalid_argument("channels x inputs differs from the reference's size");
   const size_t outliers = static_cast<size_t>(positions.size());
@@ -561,15 +666,22 @@ py::array_t<double> channel_errors(FloatArray reference, py::object indices_obje
   const size_t book_size = static_cast<size_t>(codebook.size());
   const float* s = stored.data();
   const void* data = width ? indices.data() : nullptr;
-  bool bad = false;
+  std::atomic<bool> bad_any{false};
   {
     py::gil_scoped_release release;
-    if (width == 2)
-      accumulate_errors(r, static_cast<const uint16_t*>(data), book, book_size, pos, s, outliers, channels, inputs, transposed, u, e, bad);
-    else
-      accumulate_errors(r, static_cast<const uint8_t*>(data), book, book_size, pos, s, outliers, channels, inputs, transposed, u, e, bad);
+    const size_t parts = std::max<size_t>(1, std::min(threads, n / kMinThreadPart));
+    split_range(channels, parts, 1, [&](size_t c_begin, size_t c_end) {
+      bool bad = false;
+      if (width == 2)
+        accumulate_errors(r, static_cast<const uint16_t*>(data), book, book_size, pos, s, outliers, channels, inputs, transposed, u, e, bad,
+                          c_begin, c_end);
+      else
+        accumulate_errors(r, static_cast<const uint8_t*>(data), book, book_size, pos, s, outliers, channels, inputs, transposed, u, e, bad,
+                          c_begin, c_end);
+      if (bad) bad_any = true;
+    });
   }
-  if (bad) throw std::invalid_argument("index outside the codebook");
+  if (bad_any) throw std::invalid_argument("index outside the codebook");
   return out;
 }
 
@@ -794,7 +906,8 @@ py::tuple encode_sparse(py::array symbols_array, int gap_bits, U32Array gap_code
 // Decodes one weight record with the bounds-checked decoder the custom-op library uses (csrc/decode.h), for the
 // compressor's own reads of records it wrote (fidelity attribution, inspect, verify). Returns
 // (dims, codebook float32 [K], indices uint8/uint16 [N], bits, coding, outlier positions int64 [L],
-// outlier values float32 [L], offset where the payload ends); raises ValueError with the decoder's message on a corrupt record.
+// outlier values float32 [L], offset where the outlier section starts (after the payload and the scale section),
+// scale axis, scales float32 [C] (empty without a scale section)); raises ValueError with the decoder's message on a corrupt record.
 py::tuple decode_record_native(py::bytes record) {
   const std::string data = record;
   const auto* bytes = reinterpret_cast<const uint8_t*>(data.data());
@@ -823,8 +936,14 @@ py::tuple decode_record_native(py::bytes record) {
   }
   py::tuple dims(info.rank);
   for (uint32_t i = 0; i < info.rank; ++i) dims[i] = py::int_(info.dims[i]);
-  const uint64_t payload_end = info.payload_offset + onnxcomp::stream_bytes(info.payload_bits);
-  return py::make_tuple(dims, codebook, indices, info.index_bits, info.coding, positions, values, payload_end);
+  py::array_t<float> scales(static_cast<py::ssize_t>(info.scale_count));
+  if (info.scale_count) onnxcomp::decode_scales(bytes, info, scales.mutable_data());
+  uint64_t sections_end = info.payload_offset + onnxcomp::stream_bytes(info.payload_bits);
+  if (info.scale_count) {
+    sections_end = info.scales_offset + info.scale_count * (info.scale_format == onnxcomp::record::kScaleFloat16 ? 2 : 4);
+  }
+  return py::make_tuple(dims, codebook, indices, info.index_bits, info.coding, positions, values, sections_end,
+                        info.scale_axis, scales);
 }
 
 }  // namespace
@@ -836,17 +955,22 @@ PYBIND11_MODULE(_native, m) {
   m.def("lloyd_1d", &lloyd_1d, py::arg("sorted_values"), py::arg("weights"), py::arg("centroids"), py::arg("max_iterations"),
         "Lloyd iterations of 1-D k-means on ascending float32 values (optional float32 weights in the same order) "
         "from float32 centroids, to a fixed point; returns the sorted distinct non-empty centroids (float32).");
-  m.def("assign", &assign, py::arg("values"), py::arg("centroids"), py::arg("keep") = py::none(),
+  m.def("assign", &assign, py::arg("values"), py::arg("centroids"), py::arg("keep") = py::none(), py::arg("threads") = 1,
+        py::arg("use_table") = true,
         "Nearest-centroid index (uint8 or uint16) for each float32 value; ties to the lower centroid. With a "
-        "bool keep mask: 0 for pruned values, 1 + centroid index for kept ones.");
+        "bool keep mask: 0 for pruned values, 1 + centroid index for kept ones. `threads` splits the values "
+        "across that many threads; `use_table` looks large inputs up in a bucket table of the float keys instead of "
+        "comparing with every threshold (same result either way).");
   m.def("magnitude_keep_mask", &magnitude_keep_mask, py::arg("values"), py::arg("pruned"),
         "Bool mask keeping all but the `pruned` float32 values of smallest magnitude (ties pruned in position order).");
   m.def("largest_magnitudes", &largest_magnitudes, py::arg("values"), py::arg("keep"), py::arg("count"),
         "int64 positions of the `count` kept float32 values of largest magnitude, largest first (ties: earlier first).");
   m.def("channel_errors", &channel_errors, py::arg("reference"), py::arg("indices"), py::arg("codebook"), py::arg("positions"),
         py::arg("stored"), py::arg("channels"), py::arg("inputs"), py::arg("transposed"), py::arg("importance"),
+        py::arg("threads") = 1,
         "float64 [channels]: per output channel, the importance-weighted squared error of the decoded weight "
-        "(codebook[indices], outliers at positions) against reference, summed in input order.");
+        "(codebook[indices], outliers at positions) against reference, summed in input order. `threads` splits the "
+        "channels across that many threads (same result).");
   m.def("statistics", &statistics, py::arg("symbols"), py::arg("size"), py::arg("gap_limit"),
         "(numpy.bincount(symbols, minlength=size), counts of the zero runs before each non-zero symbol that are "
         "below gap_limit, int64 array of the longer runs), in one pass; gap_limit 0 skips the gaps.");

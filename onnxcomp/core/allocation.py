@@ -38,6 +38,16 @@ over each weight's candidates c_i (dense included), solved by the Lagrangian rel
 bytes_i + lambda (g_i e2_i)^2 on its own; lambda found by bisection, Everett's theorem: the solution is optimal
 for the budget it meets). The worst-case limit stays per weight: synthesised inputs need not reach the few
 large weights that decide it.
+
+**Channel-scaled uniform codebooks** (``channel_axis``; record versions 3 and 4, docs/format.md): each channel of
+the axis (a convolution's output channels) is divided by its RMS (codebook.channel_scales), one uniform codebook
+is fit to the normalised values, and a reader multiplies each codebook value back by its channel's scale. A
+weight whose output channels differ in size (a folded normalisation) then spends its levels where each channel
+has values instead of spreading one absolute step over all. The candidate is measured like the uniform one, with
+e2 and einf taken on the weight itself (the error of a value is its channel's scale times its normalised error),
+and costs its scale section (10 + 2 C bytes) on top. ``choose(families=("scaled",))`` gives the smallest
+acceptable one; AllocateWeightsPass hands it to ShareWeightsPass beside its choice when it is smaller than the
+k-means candidate, and ShareWeightsPass keeps it only when it passes the channel checks against k-means.
 """
 
 from __future__ import annotations
@@ -75,6 +85,7 @@ class Candidate:
     max_relative: float  # einf
     bytes: float  # estimated record bytes for the whole tensor
     levels: int = 0  # > 0: a uniform codebook of this many values instead of k-means with 2^bits - 1
+    scaled: bool = False  # with levels: the uniform codebook of the values normalised per channel (channel_axis)
 
     @property
     def dense(self) -> bool:
@@ -123,7 +134,7 @@ class Allocator:
     codebook fits, not the whole grid; measurements are kept for later calls with tighter scales."""
 
     def __init__(self, weight: np.ndarray, *, bits=BITS, sparsities=SPARSITIES, outliers=OUTLIERS, seed: int = 0,
-                 max_levels: int = MAX_LEVELS) -> None:
+                 max_levels: int = MAX_LEVELS, channel_axis: int | None = None) -> None:
         self.n_total = int(np.size(weight))
         self.values = _sample(weight, seed)  # in tensor order: the codebook is fit on the values as the pipeline sees them
         self.v = np.sort(self.values)
@@ -135,6 +146,11 @@ class Allocator:
         self.max_levels = max_levels
         self.measured: dict[tuple, Candidate | None] = {}
         self._last_kept = None
+        self.scaled = None  # (normalised, scales, original) samples, float64, for channel-scaled candidates
+        shape = np.shape(weight)
+        if channel_axis is not None and len(shape) >= 2 and shape[channel_axis] >= 2 and self.energy > 0:
+            self.scaled = _scaled_sample(weight, channel_axis, seed)
+            self.scale_bytes = 10 + 2 * int(shape[channel_axis])
 
     def _blocks(self, sparsity: float, fraction: float):
         """(lo, hi): the pruned block of the sorted sample; (a, b): the clustered range's ends (outliers outside)."""
@@ -217,6 +233,40 @@ class Allocator:
             self.measured[key] = self._measure(0.0, int(math.ceil(math.log2(levels + 1))), fraction, levels)
         return self.measured[key]
 
+    def measure_scaled(self, levels: int, fraction: float = 0.0) -> Candidate | None:
+        """The uniform codebook of ``levels`` values fit to the values normalised per channel (as measure_uniform,
+        on the normalised values: outliers are the largest normalised magnitudes, one Lloyd step from the grid),
+        errors measured on the weight itself; bytes include the scale section. None without ``channel_axis``."""
+        key = ("scaled", levels, fraction)
+        if key not in self.measured:
+            self.measured[key] = None if self.scaled is None else self._measure_scaled(levels, fraction)
+        return self.measured[key]
+
+    def _measure_scaled(self, levels: int, fraction: float) -> Candidate | None:
+        u, s, w = self.scaled
+        n = len(u)
+        count = int(round(fraction * n)) if fraction > 0 else 0
+        kept = np.ones(n, dtype=bool)
+        if count:
+            kept[np.argsort(-np.abs(u), kind="stable")[:count]] = False
+        if not kept.any():
+            return None
+        fitted = np.sort(u[kept].astype(np.float32))
+        centroids = codebook.refine(fitted, codebook.uniform_start(fitted[0], fitted[-1], levels),
+                                    iterations=1).astype(np.float64)
+        index = np.searchsorted((centroids[:-1] + centroids[1:]) / 2, u[kept], side="right")
+        error = w[kept] - centroids[index] * s[kept]
+        energy = float(np.dot(w, w))
+        largest = float(np.abs(w).max())
+        counts = np.bincount(index, minlength=len(centroids)).astype(np.float64)
+        scale = self.n_total / n
+        lengths = huffman.code_lengths(np.round(counts * scale).astype(np.int64))
+        size_bytes = (float((counts * scale * lengths).sum()) / 8 + 4 * (len(centroids) + 1)
+                      + OUTLIER_BYTES * count * scale + 64 + self.scale_bytes)
+        bits = int(math.ceil(math.log2(levels + 1)))
+        return Candidate(0.0, bits, fraction, math.sqrt(float(np.dot(error, error)) / energy),
+                         float(np.abs(error).max(initial=0.0)) / largest, size_bytes, levels, scaled=True)
+
     def _measure(self, sparsity: float, bits: int, fraction: float, levels: int = 0) -> Candidate | None:
         v = self.v
         if len(v) == 0 or self.energy == 0:
@@ -255,11 +305,13 @@ class Allocator:
                          worst / self.largest if self.largest else 0.0, size_bytes, levels)
 
     def choose(self, scale: float = 1.0, dense_bytes: float = math.inf, l2_limit: float = L2_LIMIT,
-               max_limit: float = MAX_LIMIT, uniform: bool = True) -> Candidate | None:
+               max_limit: float = MAX_LIMIT, uniform: bool = True,
+               families: tuple[str, ...] = ("kmeans", "uniform")) -> Candidate | None:
         """The smallest acceptable candidate (as module ``choose`` over the whole grid), or None. ``uniform``
-        False leaves the uniform codebooks out (k-means only)."""
+        False leaves the uniform codebooks out (k-means only); ``families`` names the candidates searched: "kmeans",
+        "uniform" (unscaled uniform codebooks) and "scaled" (channel-scaled ones, with ``channel_axis``)."""
         found = []
-        for sparsity in self.sparsities:
+        for sparsity in self.sparsities if "kmeans" in families else ():
             if self.pruned_error(sparsity) > scale * l2_limit:
                 continue  # pruning alone already costs more than allowed
             for fraction in self.outliers:
@@ -268,18 +320,42 @@ class Allocator:
                     if candidate is not None and candidate.proxy(l2_limit, max_limit) <= scale:
                         found.append(candidate)
                         break
-        for fraction in self.outliers if uniform and self.max_levels >= 2 else ():
-            def passes(levels):  # the fewest values that pass, by bisection (errors fall as the count grows)
-                candidate = self.measure_uniform(levels, fraction)
-                return candidate is not None and candidate.proxy(l2_limit, max_limit) <= scale
-            low, high = 1, self.max_levels
-            if passes(high):
-                while high - low > 1:
-                    middle = (low + high) // 2
-                    low, high = (low, middle) if passes(middle) else (middle, high)
-                found.append(self.measure_uniform(high, fraction))
+        grids = [f for name, f in (("uniform", self.measure_uniform), ("scaled", self.measure_scaled))
+                 if name in families and (name != "scaled" or self.scaled is not None)]
+        for family in grids if uniform and self.max_levels >= 2 else ():
+            for fraction in self.outliers:
+                def passes(levels):  # the fewest values that pass, by bisection (errors fall as the count grows)
+                    candidate = family(levels, fraction)
+                    return candidate is not None and candidate.proxy(l2_limit, max_limit) <= scale
+                low, high = 1, self.max_levels
+                if passes(high):
+                    while high - low > 1:
+                        middle = (low + high) // 2
+                        low, high = (low, middle) if passes(middle) else (middle, high)
+                    found.append(family(high, fraction))
         self._last_kept = None  # the allocator stays cached between rounds: without its working arrays
         return choose(found, scale, dense_bytes, l2_limit, max_limit)
+
+
+def _scaled_sample(weight: np.ndarray, axis: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """float64 (normalised values, their channels' scales, the values) at every position (at most SAMPLE values),
+    else at a seeded uniform choice of positions plus the EXTREMES largest |w| and largest normalised |w|."""
+    flat = np.asarray(weight, dtype=np.float32)
+    scales = codebook.channel_scales(flat, axis)
+    normalised = codebook.normalise(flat, scales, axis).ravel()
+    stride = int(np.prod(flat.shape[axis + 1:], dtype=np.int64)) or 1
+    flat = flat.ravel()
+    if flat.size > SAMPLE:
+        rng = np.random.default_rng(seed)
+        chosen = rng.choice(flat.size, SAMPLE - 2 * EXTREMES, replace=False)
+        largest = np.argpartition(np.abs(flat), flat.size - EXTREMES)[-EXTREMES:]
+        largest_normalised = np.argpartition(np.abs(normalised), flat.size - EXTREMES)[-EXTREMES:]
+        positions = np.unique(np.concatenate([chosen, largest, largest_normalised]))
+    else:
+        positions = np.arange(flat.size)
+    channel = (positions // stride) % len(scales)
+    return (normalised[positions].astype(np.float64), scales[channel].astype(np.float64),
+            flat[positions].astype(np.float64))
 
 
 def dense_candidate(size: int) -> Candidate:

@@ -22,11 +22,13 @@ import threading
 
 import numpy as np
 
+from onnxcomp import parallel
 from onnxcomp.core.native import native as _native
 
 INITS = ("quantile", "linear")
 REFINE_ITERATIONS = 2000
 SAMPLE_SIZE = 20_000  # values the "linear" start is fitted on
+PARALLEL_SORT = 1 << 21  # values from which sort_values splits its sort across the cores
 # scikit-learn's KMeans sets process-wide BLAS thread limits while it fits; fits from several threads at once
 # could restore them in the wrong order, so they take turns.
 _SKLEARN_LOCK = threading.Lock()
@@ -47,9 +49,11 @@ def assign(values: np.ndarray, centroids: np.ndarray, keep: np.ndarray | None = 
     """
     values = np.asarray(values)
     keep = None if keep is None else np.ascontiguousarray(keep, dtype=bool).ravel()
+    # A large tensor is split across the cores (parallel.default_workers()); the indices are the same.
     if _native is None or values.dtype != np.float32:
         return assign_reference(values, centroids, keep)
-    return _native.assign(np.ascontiguousarray(values).ravel(), np.ascontiguousarray(centroids, dtype=np.float32), keep)
+    return _native.assign(np.ascontiguousarray(values).ravel(), np.ascontiguousarray(centroids, dtype=np.float32), keep,
+                          threads=parallel.default_workers())
 
 
 def thresholds(centroids: np.ndarray) -> np.ndarray:
@@ -121,9 +125,23 @@ def sort_values(values: np.ndarray, overwrite_input: bool = False) -> np.ndarray
     ordered = ordered if overwrite_input else ordered.copy()
     keys = ordered.view(np.uint32)
     _flip_keys(keys, inverse=False)
-    keys.sort()
+    _sort_keys(keys, parallel.default_workers() if len(keys) >= PARALLEL_SORT else 1)
     _flip_keys(keys, inverse=True)
     return ordered
+
+
+def _sort_keys(keys: np.ndarray, workers: int) -> None:
+    """Sort unsigned integer ``keys`` in place, on up to ``workers`` threads: ``numpy.partition`` splits them into
+    ``workers`` runs at evenly spaced ranks (every key of a run <= every key of the next), then each run is sorted
+    on its own thread (numpy's sort releases the GIL). Integers sort to one and the same array however they are
+    split, so the result is byte-identical to ``keys.sort()`` (tests/test_fast_paths.py compares them)."""
+    runs = min(max(int(workers), 1), max(len(keys) // (PARALLEL_SORT // 2), 1))
+    if runs <= 1:
+        keys.sort()
+        return
+    bounds = [len(keys) * i // runs for i in range(runs + 1)]
+    keys.partition(bounds[1:-1])
+    list(parallel.ordered_map(lambda run: keys[bounds[run]:bounds[run + 1]].sort(), range(runs), runs))
 
 
 def _flip_keys(keys: np.ndarray, inverse: bool, block: int = 1 << 20) -> None:
@@ -141,6 +159,33 @@ def _flip_keys(keys: np.ndarray, inverse: bool, block: int = 1 << 20) -> None:
             np.right_shift(part, 31, out=mask)  # -1 for a set sign bit, else 0
         mask |= np.int32(-(1 << 31))
         part ^= mask
+
+
+def channel_scales(weight: np.ndarray, axis: int) -> np.ndarray:
+    """float32 [weight.shape[axis]]: each channel's RMS along ``axis`` (a per-output-channel scale: the values
+    divided by it share one codebook of normalised values, record versions 3 and 4 in docs/format.md), rounded to
+    the nearest binary16 value when that is a normal binary16 number (so the record stores 2 bytes per channel
+    exactly). An all-zero channel takes the smallest other channel's scale (its normalised values are 0, so it
+    decodes to that small scale times the codebook value nearest 0), or 1.0 when every channel is 0. RMS rather
+    than max |w|: at the same errors it needed 5 % fewer index bits on the zoo's convolutions
+    (bench/channel_codebooks.py, docs/benchmarks.md)."""
+    moved = np.moveaxis(np.asarray(weight, dtype=np.float32), axis, 0)
+    rows = moved.reshape(moved.shape[0], -1).astype(np.float64)
+    rms = np.sqrt((rows * rows).mean(axis=1)) if rows.shape[1] else np.zeros(rows.shape[0])
+    rms = rms.astype(np.float32).astype(np.float64)  # a channel of subnormal-sized values may round to 0 here
+    smallest = float(rms[rms > 0].min()) if (rms > 0).any() else 1.0
+    scales = np.where(rms > 0, rms, smallest).astype(np.float32)
+    with np.errstate(over="ignore"):
+        half = scales.astype(np.float16).astype(np.float32)
+    normal = np.isfinite(half) & (half >= np.float32(2.0 ** -14))
+    return np.where(normal, half, scales).astype(np.float32)
+
+
+def normalise(weight: np.ndarray, scales: np.ndarray, axis: int) -> np.ndarray:
+    """float32, ``weight``'s shape: each value divided by its channel's scale along ``axis``."""
+    shape = [1] * np.ndim(weight)
+    shape[axis] = len(scales)
+    return (np.asarray(weight, dtype=np.float32) / np.asarray(scales, dtype=np.float32).reshape(shape)).astype(np.float32)
 
 
 def uniform_start(low: float, high: float, levels: int) -> np.ndarray:

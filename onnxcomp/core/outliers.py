@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from onnxcomp import parallel
 from onnxcomp.core import codebook as codebook_math
 from onnxcomp.core.native import native as _native
 from onnxcomp.errors import CorruptSidecarError, InvalidOptionError
@@ -395,10 +396,11 @@ def share(values: np.ndarray, keep: np.ndarray | None, bits: int, *, option: str
         ordered = prepared["ordered"] = codebook_math.sort_values(flat if pruning is None else flat[pruning],
                                                                   overwrite_input=pruning is not None)
     no_outliers = np.zeros(0, np.int64), np.zeros(0, np.float32)
+    threads = parallel.default_workers()  # a large weight's channel sums split across the cores (same sums)
     norms = prepared.get("norms")
     if norms is None:
         norms = prepared["norms"] = _native.channel_errors(reference, None, np.zeros(1, np.float32), *no_outliers,
-                                                           channels, inputs, transposed, usable)
+                                                           channels, inputs, transposed, usable, threads)
     live = live_channels(norms)
     pruned = len(flat) - kept
 
@@ -416,7 +418,7 @@ def share(values: np.ndarray, keep: np.ndarray | None, bits: int, *, option: str
         damage = 0.0
         if live.any():
             errors = _native.channel_errors(reference, indices, codebook, positions, kept_values, channels, inputs,
-                                            transposed, usable)
+                                            transposed, usable, threads)
             damage = worst_channel(errors, norms, live)
         centroids = codebook if keep is None else codebook[1:]
         if len(fit) == 0:

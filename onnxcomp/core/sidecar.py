@@ -6,7 +6,9 @@ elements plus the non-zero indices: a layer with sparsity s then costs about
 ``(1 - s) * (H(gap) + H(value))`` bits per element instead of ``H(index) >= 1`` bit, which is what lets
 highly sparse layers escape Huffman's one-bit floor. The encoder tries both codings and every gap
 alphabet size and keeps the smallest record. A record may also list outliers, exact values at given positions
-that replace the codebook value there (record version 2, onnxcomp/core/outliers.py).
+that replace the codebook value there (record version 2, onnxcomp/core/outliers.py), and a positive scale per
+channel of one axis that multiplies the codebook value of every element of that channel (record versions 3 and 4,
+with and without outliers): one shared codebook of normalised values serves channels of different sizes.
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ from onnxcomp.errors import CorruptSidecarError
 RECORD_MAGIC = b"OCWR"
 RECORD_VERSION = 1
 RECORD_VERSION_OUTLIERS = 2  # version 1 plus an outlier section
+RECORD_VERSION_SCALES = 3  # version 1 plus a channel-scale section
+RECORD_VERSION_SCALES_OUTLIERS = 4  # version 3 plus an outlier section
+SCALE_FLOAT16 = 0
+SCALE_FLOAT32 = 1
+_SCALE_HEADER = struct.Struct("<BBQ")  # axis, value format, count C
 FILE_MAGIC = b"ONXCSIDE"
 FILE_VERSION = 1
 FLOAT32 = 1  # onnx.TensorProto.FLOAT
@@ -51,9 +58,77 @@ class Record:
     outlier_positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # int64 [L], increasing
     outlier_values: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # float32 [L]
     outlier_bytes: int = 0  # length of the outlier section
+    scales: np.ndarray | None = None  # float32 [dims[scale_axis]], positive; None: an unscaled record
+    scale_axis: int = 0
 
     def to_dense(self) -> np.ndarray:
-        return apply_outliers(self.codebook[self.indices], self.outlier_positions, self.outlier_values).reshape(self.dims)
+        values = self.codebook[self.indices]
+        if self.scales is not None:
+            values = apply_scales(values, self.dims, self.scale_axis, self.scales)
+        return apply_outliers(values, self.outlier_positions, self.outlier_values).reshape(self.dims)
+
+
+def channel_of(dims: tuple[int, ...], axis: int) -> np.ndarray:
+    """int64 [N]: the channel along ``axis`` of each element in row-major order, (i // stride) % dims[axis] with
+    stride the product of the dims after ``axis`` (docs/format.md, scale section)."""
+    n = int(np.prod(dims, dtype=np.int64)) if dims else 1
+    stride = int(np.prod(dims[axis + 1:], dtype=np.int64)) or 1
+    return (np.arange(n, dtype=np.int64) // stride) % max(int(dims[axis]), 1)
+
+
+def apply_scales(values: np.ndarray, dims: tuple[int, ...], axis: int, scales: np.ndarray) -> np.ndarray:
+    """float32 [N]: ``values`` (float32, row-major, N elements) times the scale of each element's channel, one
+    binary32 multiply each (the decoded value of a scaled record: float32(codebook[index] * scale[channel]))."""
+    flat = np.asarray(values, dtype=np.float32).reshape(-1)
+    shape = [1] * len(dims)
+    shape[axis] = int(dims[axis])
+    product = flat.reshape(dims) * np.asarray(scales, dtype=np.float32).reshape(shape)
+    return product.astype(np.float32).reshape(-1)
+
+
+def scale_format(scales: np.ndarray) -> int:
+    """SCALE_FLOAT16 when every scale is a positive normal binary16 value exactly, else SCALE_FLOAT32."""
+    scales = np.asarray(scales, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        half = scales.astype(np.float16)
+    exact = np.isfinite(half).all() and (half.astype(np.float32) == scales).all()
+    return SCALE_FLOAT16 if exact and (scales >= np.float32(2.0 ** -14)).all() else SCALE_FLOAT32
+
+
+def encode_scale_section(scales: np.ndarray, axis: int, dims: tuple[int, ...]) -> bytes:
+    """The scale section: ``axis`` (< rank), the value format (``scale_format``) and dims[axis] finite positive
+    float32 ``scales``. Raises ValueError on a scale vector the format cannot hold."""
+    scales = np.asarray(scales, dtype=np.float32).ravel()
+    if not 0 <= axis < len(dims) or len(scales) != dims[axis] or len(scales) == 0:
+        raise ValueError("scales: one per channel of an axis below the rank")
+    if not (np.isfinite(scales).all() and (scales > 0).all()):
+        raise ValueError("scales must be finite and above 0")
+    fmt = scale_format(scales)
+    stored = scales.astype("<f2" if fmt == SCALE_FLOAT16 else "<f4")
+    return _SCALE_HEADER.pack(axis, fmt, len(scales)) + stored.tobytes()
+
+
+def decode_scale_section(take, dims: tuple[int, ...], codebook: np.ndarray) -> tuple[int, np.ndarray]:
+    """Read and validate a scale section through ``take(size, what) -> bytes``; returns (axis, scales float32).
+    Raises CorruptSidecarError naming the broken rule."""
+    axis, fmt, count = _SCALE_HEADER.unpack(take(_SCALE_HEADER.size, "scale header"))
+    if axis >= len(dims):
+        raise CorruptSidecarError("scale axis not below rank")
+    if fmt not in (SCALE_FLOAT16, SCALE_FLOAT32):
+        raise CorruptSidecarError("scale value format not 0 (float16) or 1 (float32)")
+    if count != dims[axis] or count == 0:
+        raise CorruptSidecarError("scale count C differs from dims[axis] (or is 0)")
+    size = 2 if fmt == SCALE_FLOAT16 else 4
+    scales = np.frombuffer(take(count * size, "scale values"), dtype="<f2" if size == 2 else "<f4").astype(np.float32)
+    if not np.isfinite(scales).all():
+        raise CorruptSidecarError("scale value not finite")
+    if not (scales > 0).all():
+        raise CorruptSidecarError("scale value not above 0")
+    with np.errstate(over="ignore"):
+        product = np.float32(np.abs(codebook).max()) * np.float32(scales.max())
+    if not np.isfinite(product):
+        raise CorruptSidecarError("largest scale times largest |codebook| value not finite")
+    return int(axis), scales
 
 
 def apply_outliers(values: np.ndarray, positions: np.ndarray, outlier_values: np.ndarray) -> np.ndarray:
@@ -173,13 +248,17 @@ def _gap_symbols(gaps: np.ndarray, gap_bits: int) -> tuple[np.ndarray, np.ndarra
 
 def encode_record(codebook: np.ndarray, indices: np.ndarray, dims: tuple[int, ...], bits: int,
                   outlier_positions: np.ndarray | None = None, outlier_values: np.ndarray | None = None,
-                  coding_steps: type[NumpyCoding] | None = None) -> bytes:
+                  coding_steps: type[NumpyCoding] | None = None, scales: np.ndarray | None = None,
+                  scale_axis: int = 0) -> bytes:
     """Encode one tensor; picks the smaller of dense and sparse (gap) coding.
 
     ``indices``: integers in [0, K), any shape with prod(dims) elements, row-major. With outliers (strictly
     increasing positions below N, finite float32 values), the record is version 2 and the indices at the
     outlier positions are replaced by the cheapest one for the chosen coding (0 in sparse coding, the most
-    frequent index in dense), since the reader never looks them up. Without, version 1. ``coding_steps`` picks
+    frequent index in dense), since the reader never looks them up. Without, version 1. With ``scales`` (float32
+    [dims[scale_axis]], finite, > 0; binary16 when each is a normal binary16 value), the record is version 3 (4 with
+    outliers): element i decodes to float32(codebook[index] * scales[channel of i along scale_axis]), outliers
+    exact and unscaled. ``coding_steps`` picks
     the implementation of the counting and bit-writing steps: NativeCoding (the default when the compiled
     module is built) or NumpyCoding (the reference); both give the same bytes.
     """
@@ -193,31 +272,51 @@ def encode_record(codebook: np.ndarray, indices: np.ndarray, dims: tuple[int, ..
         raise ValueError(f"codebook of {k} entries does not fit {bits} index bits")
     if len(indices) != n or len(dims) > MAX_RANK:
         raise ValueError("indices do not match the tensor dims")
-    if n and (int(indices.min()) < 0 or int(indices.max()) >= k):
+    if n and ((indices.dtype.kind == "i" and int(indices.min()) < 0) or int(indices.max()) >= k):
         raise ValueError("index outside the codebook")
     steps_type = coding_steps or (NumpyCoding if _native is None else NativeCoding)
     positions = np.zeros(0, np.int64) if outlier_positions is None else np.asarray(outlier_positions, np.int64)
     section = b""
     sparse_coding = bool(codebook[0].view(np.uint32) == 0 and n)  # index 0 is the pruned, exact 0.0
+    # One counting pass over the indices, whichever coding and outliers there are: with outliers, the counts of
+    # the indices as each coding writes them (an outlier's index replaced) follow from the counts of one of them.
     dense_indices = sparse_indices = indices
+    value_counts = dense_counts = None
     if len(positions):
         section = outliers.encode_section(positions, outlier_values, n)
-        # the most frequent index among the others (positions are unique: all counts minus the outliers' own)
-        others = steps_type(indices).counts(k, False) - np.bincount(indices[positions], minlength=k)
-        dense_indices = indices.copy()
-        dense_indices[positions] = int(np.argmax(others)) if len(positions) < n else 0
-        sparse_indices = dense_indices  # only dense coding is tried without a pruned zero
-        if sparse_coding:
+        if sparse_coding:  # the outliers' indices become the pruned 0 for gap coding
             sparse_indices = indices.copy()
             sparse_indices[positions] = 0
-    version = RECORD_VERSION_OUTLIERS if len(positions) else RECORD_VERSION
+            sparse_steps = steps_type(sparse_indices)
+            value_counts = sparse_steps.counts(k, True)  # the gap histogram comes in the same pass
+            others = value_counts.copy()
+            others[0] -= len(positions)
+        else:  # all counts minus the outliers' own (positions are unique)
+            others = steps_type(indices).counts(k, False) - np.bincount(indices[positions], minlength=k)
+        # dense coding: the most frequent index among the others
+        fill = int(np.argmax(others)) if len(positions) < n else 0
+        dense_indices = indices.copy()
+        dense_indices[positions] = fill
+        dense_counts = others.copy()
+        dense_counts[fill] += len(positions)
+        if not sparse_coding:  # only dense coding is tried without a pruned zero
+            sparse_indices, value_counts = dense_indices, dense_counts
+    scale_section = b"" if scales is None else encode_scale_section(scales, scale_axis, tuple(dims))
+    if scales is not None:
+        with np.errstate(over="ignore"):
+            product = np.float32(np.abs(codebook).max()) * np.float32(np.max(scales))
+        if not np.isfinite(product):
+            raise ValueError("scales times the codebook overflow float32")
+    version = (RECORD_VERSION_OUTLIERS if len(positions) else RECORD_VERSION) + (2 if scales is not None else 0)
     header = _FIXED.pack(RECORD_MAGIC, version, FLOAT32, len(dims), bits, 0, 0, k, n)
     header += struct.pack(f"<{len(dims)}Q", *dims) + codebook.tobytes()
 
-    sparse_steps = steps_type(sparse_indices)
-    value_counts = sparse_steps.counts(k, sparse_coding)  # the gap histogram comes in the same pass
+    if value_counts is None or not sparse_coding:
+        sparse_steps = steps_type(sparse_indices)
+    if value_counts is None:
+        value_counts = sparse_steps.counts(k, sparse_coding)  # the gap histogram comes in the same pass
+        dense_counts = value_counts
     dense_steps = sparse_steps if dense_indices is sparse_indices else steps_type(dense_indices)
-    dense_counts = value_counts if dense_steps is sparse_steps else dense_steps.counts(k, False)
     dense_lengths = huffman.code_lengths(dense_counts)
     dense_bits = int((dense_counts * dense_lengths).sum())
     best = (dense_bits + 8 * k, CODING_DENSE, 0)
@@ -246,7 +345,7 @@ def encode_record(codebook: np.ndarray, indices: np.ndarray, dims: tuple[int, ..
         body = struct.pack("<BQ", gap_bits, nonzero_count) + gap_lengths.tobytes() + value_lengths.tobytes()
     record = bytearray(header)
     record[9] = coding
-    record += body + struct.pack("<Q", payload_bits) + payload + section
+    record += body + struct.pack("<Q", payload_bits) + payload + scale_section + section
     record += struct.pack("<I", zlib.crc32(record))
     return bytes(record)
 
@@ -283,8 +382,8 @@ def decode_record(data: bytes) -> Record:
     magic, version, value_type, rank, bits, coding, reserved, k, n = _FIXED.unpack(cursor.take(_FIXED.size, "header"))
     if magic != RECORD_MAGIC:
         raise CorruptSidecarError("not an onnxcomp weight record (bad magic)")
-    if version not in (RECORD_VERSION, RECORD_VERSION_OUTLIERS):
-        raise CorruptSidecarError(f"record version {version} is not supported (expected 1 or 2)")
+    if not RECORD_VERSION <= version <= RECORD_VERSION_SCALES_OUTLIERS:
+        raise CorruptSidecarError(f"record version {version} is not supported (expected 1 to 4)")
     if value_type != FLOAT32 or rank > MAX_RANK or not 1 <= bits <= 16 or coding > 1 or reserved:
         raise CorruptSidecarError("record header has a field out of range")
     if not 1 <= k <= 1 << bits or n >= MAX_ELEMENTS:
@@ -314,7 +413,9 @@ def decode_record(data: bytes) -> Record:
         payload, payload_bits = _take_payload(cursor)
         indices = _decode_sparse(payload, payload_bits, gap_bits, gap_lengths, value_lengths, n, nonzero_count)
     record = Record(tuple(dims), codebook, indices, bits, coding)
-    if version == RECORD_VERSION_OUTLIERS:
+    if version >= RECORD_VERSION_SCALES:
+        record.scale_axis, record.scales = decode_scale_section(cursor.take, record.dims, codebook)
+    if version in (RECORD_VERSION_OUTLIERS, RECORD_VERSION_SCALES_OUTLIERS):
         start = cursor.offset
         record.outlier_positions, record.outlier_values = outliers.decode_section(cursor.take, n)
         record.outlier_bytes = cursor.offset - start
@@ -334,12 +435,15 @@ def decode_record_fast(data: bytes) -> Record:
         return decode_record(data)
     data = bytes(data)
     try:
-        dims, codebook, indices, bits, coding, positions, values, payload_end = module.decode_record(data)
+        (dims, codebook, indices, bits, coding, positions, values, sections_end, scale_axis,
+         scales) = module.decode_record(data)
     except ValueError as error:
         raise CorruptSidecarError(f"corrupt record: {error}") from None
     record = Record(tuple(int(d) for d in dims), codebook, indices, int(bits), int(coding), positions, values)
-    if _FIXED.unpack_from(data)[1] == RECORD_VERSION_OUTLIERS:
-        record.outlier_bytes = len(data) - 4 - int(payload_end)
+    if len(scales):
+        record.scales, record.scale_axis = scales, int(scale_axis)
+    if _FIXED.unpack_from(data)[1] in (RECORD_VERSION_OUTLIERS, RECORD_VERSION_SCALES_OUTLIERS):
+        record.outlier_bytes = len(data) - 4 - int(sections_end)
     return record
 
 

@@ -18,16 +18,18 @@ from onnxcomp.core import outliers as outlier_math
 
 from .base import CompressionState, GraphPass, PassResult, log
 from .select_weights import drop_non_finite, non_finite_reason
+from .share_weights import scale_axis
 
 
 class AllocateWeightsPass(GraphPass):
     def __init__(self, *, scales: dict[str, float] | None = None, limits: dict[str, float] | None = None,
                  cache: dict | None = None, seed: int = 0,
-                 sparsities: dict[str, tuple] | None = None, outliers: str | float = "auto") -> None:
+                 sparsities: dict[str, tuple] | None = None, outliers: str | float = "auto", scaled: bool = True) -> None:
         self.scales = dict(scales or {})
         self.limits = dict(limits or {})
         self.cache = cache if cache is not None else {}
         self.seed = seed
+        self.scaled = scaled  # channel-scaled alternatives for Conv filters (a back-off round turns them off)
         # Without data, magnitude pruning is allowed where the proxy accepts it; embeddings stay dense-valued.
         self.sparsities = sparsities or {"fc": (0.0, 0.3, 0.5), "conv": (0.0, 0.3), "embedding": (0.0,)}
         # (a sparsity whose pruning alone exceeds the relative L2 limit is never fit, so these cost little)
@@ -46,25 +48,33 @@ class AllocateWeightsPass(GraphPass):
                 if not target.checked:  # a streamed weight: this is its first read
                     reason = non_finite_reason(values)
                     if reason:
-                        return None, (None, None), reason
+                        return None, (None, None, None), reason
                     target.checked = True
                 allocator = allocation.Allocator(
-                    values, sparsities=self.sparsities.get(target.kind, (0.0,)), outliers=self.outliers, seed=self.seed)
+                    values, sparsities=self.sparsities.get(target.kind, (0.0,)), outliers=self.outliers, seed=self.seed,
+                    channel_axis=scale_axis(target))
                 del values
             limit = self.limits.get(target.name, allocation.L2_LIMIT)
             if limit <= 0:
-                return allocator, (None, None), None
+                return allocator, (None, None, None), None
             # A limit from the model's budget (found over the k-means candidates) may be met by a uniform codebook
             # with fewer bytes; the per-weight proxy (round 0, whose choices the measured gains refer to) takes k-means.
             scale = self.scales.get(target.name, 1.0)
             kmeans = allocator.choose(scale, 4.0 * target.size, l2_limit=limit, uniform=False)
-            choice = allocator.choose(scale, 4.0 * target.size, l2_limit=limit) if target.name in self.limits else kmeans
+            choice = kmeans
+            if target.name in self.limits:
+                choice = allocator.choose(scale, 4.0 * target.size, l2_limit=limit, families=("kmeans", "uniform"))
             if choice is not None and choice.levels and kmeans is not None and kmeans.sparsity > 0:
                 choice = kmeans  # uniform codebooks are unpruned: ShareWeightsPass could not fall back to a pruned k-means
-            return allocator, (choice, kmeans), None
+            # A channel-scaled grid smaller than the k-means codebook: ShareWeightsPass tries it beside the choice
+            # (it must pass the same channel checks against k-means, so k-means stays the fallback).
+            scaled = None
+            if self.scaled and target.name in self.limits and kmeans is not None and kmeans.sparsity == 0:
+                scaled = allocator.choose(scale, kmeans.bytes, l2_limit=limit, families=("scaled",))
+            return allocator, (choice, kmeans, scaled), None
 
         measured = parallel.ordered_map(measure, targets)
-        for target, (allocator, (choice, kmeans), non_finite) in progress.track(zip(targets, measured), "per-layer allocation",
+        for target, (allocator, (choice, kmeans, scaled), non_finite) in progress.track(zip(targets, measured), "per-layer allocation",
                                                                                  total=len(targets)):
             if non_finite:
                 drop_non_finite(state, target, non_finite)
@@ -83,8 +93,11 @@ class AllocateWeightsPass(GraphPass):
             target.sparsity_override, target.bits_override = choice.sparsity, choice.bits
             target.outliers_override = choice.outliers
             target.levels_override = choice.levels
-            # ShareWeightsPass keeps a uniform codebook only if its worst channel is no worse than k-means' would be
-            target.alternative = (kmeans.bits, kmeans.outliers) if choice.levels and kmeans is not None else None
+            target.scaled_alternative = (scaled.levels, scaled.outliers) if scaled is not None else None
+            # ShareWeightsPass keeps a uniform codebook (or the scaled alternative) only if its worst channel is no
+            # worse than k-means' would be
+            target.alternative = ((kmeans.bits, kmeans.outliers) if (choice.levels or scaled is not None)
+                                  and kmeans is not None else None)
             self.choices[target.name] = choice
             log.info("%s: %d bits%s, sparsity %.2f, outliers %.3f (relative L2 %.4f, worst-case %.4f)", target.name,
                      choice.bits, f" (uniform, {choice.levels} values)" if choice.levels else "", choice.sparsity,

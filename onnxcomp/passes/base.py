@@ -12,6 +12,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
+from onnxcomp.core import sidecar
+
 log = logging.getLogger("onnxcomp")
 
 
@@ -120,6 +122,12 @@ class WeightTarget:
     levels_override: int = 0  # > 0: a uniform codebook of this many values instead of k-means (AllocateWeightsPass)
     # With levels_override: (bits, outlier fraction) of the k-means codebook the uniform one must beat (ShareWeightsPass)
     alternative: tuple[int, float] | None = None
+    # (levels, outlier fraction) of a channel-scaled uniform codebook ShareWeightsPass tries beside the choice
+    # (AllocateWeightsPass; with ``alternative`` set)
+    scaled_alternative: tuple[int, float] | None = None
+    # Channel scales of the shared values (record versions 3, 4): float32 [shape[scale_axis]] or None (ShareWeightsPass)
+    scales: np.ndarray | None = None
+    scale_axis: int = 0
     packed: bool = False  # consumers rewritten to the record (PackWeightsPass)
     dtype: int = onnx.TensorProto.FLOAT  # the constant's ONNX element type (FLOAT, FLOAT16 or BFLOAT16)
     record_name: str | None = None  # the record initializer's name (unique in the model), once packed
@@ -168,6 +176,8 @@ class WeightTarget:
         """The weight as the compressed model computes it, in the original orientation (float32 values; for a
         float16 or bfloat16 weight the codebook and outliers hold values of that type)."""
         decoded = self.codebook[self.indices].astype(np.float32)
+        if self.scales is not None:
+            decoded = sidecar.apply_scales(decoded, self.shape, self.scale_axis, self.scales)
         decoded[self.outlier_positions] = self.outlier_values
         return decoded.reshape(self.shape)
 

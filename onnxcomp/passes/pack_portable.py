@@ -1,7 +1,9 @@
 """PackPortableWeightsPass: express each shared weight in standard ONNX ops, for runtimes without custom ops.
 
-A weight W with codebook c (K float32 values) and indices i becomes ``W = Gather(c, i', axis=0)`` (then its
-outliers scattered on, then ``Cast`` to float16 / bfloat16 for a weight of that type), the last output keeping W's name so every consumer is
+A weight W with codebook c (K float32 values) and indices i becomes ``W = Gather(c, i', axis=0)`` (then, for a
+channel-scaled codebook, ``Mul`` by its scales shaped [1, .., C, .., 1]: the same binary32 product as a record's
+reader; then its outliers scattered on, then ``Cast`` to float16 / bfloat16 for a weight of that type), the last
+output keeping W's name so every consumer is
 unchanged. The lookup sits in the innermost graph enclosing all of W's readers (the main graph, an If branch,
 a Loop or Scan body); the names it adds are unique in the model (passes/names.py). The indices are stored with p bits each,
 p the smallest of 1, 2, 4, 8, 16 that holds K - 1:
@@ -71,6 +73,7 @@ def portable_bytes(target: WeightTarget, opset: int = SLICE_INPUTS_OPSET) -> int
         bits = max(bits, 8)
     gaps, values = outlier_arrays(target.outlier_positions, target.outlier_values)
     extra = gaps.nbytes + values.nbytes if len(gaps) else 0
+    extra += 0 if target.scales is None else 4 * len(target.scales)
     return -(-target.size * bits // 8) + 4 * len(target.codebook) + extra
 
 
@@ -110,7 +113,15 @@ class PackPortableWeightsPass(GraphPass):
             else target.dtype
         dense = gs.Variable(name, dtype=final_dtype, shape=list(target.shape))
         current = dense if not steps_after else gs.Variable(names(name + ".lookup_float"), dtype=np.float32, shape=list(target.shape))
-        nodes.append(gs.Node("Gather", names(name + ".lookup"), attrs={"axis": 0}, inputs=[codebook, wide], outputs=[current]))
+        if target.scales is not None:  # channel scales (docs/format.md, versions 3 and 4): the same binary32 product
+            shape = [1] * len(target.shape)
+            shape[target.scale_axis] = len(target.scales)
+            scales = gs.Constant(names(name + ".scales"), np.asarray(target.scales, np.float32).reshape(shape))
+            unscaled = gs.Variable(names(name + ".lookup_normalised"), dtype=np.float32, shape=list(target.shape))
+            nodes.append(gs.Node("Gather", names(name + ".lookup"), attrs={"axis": 0}, inputs=[codebook, wide], outputs=[unscaled]))
+            nodes.append(gs.Node("Mul", names(name + ".scale"), inputs=[unscaled, scales], outputs=[current]))
+        else:
+            nodes.append(gs.Node("Gather", names(name + ".lookup"), attrs={"axis": 0}, inputs=[codebook, wide], outputs=[current]))
         if len(target.outlier_positions):
             scattered = dense if target.dtype == TensorProto.FLOAT else \
                 gs.Variable(names(name + ".with_outliers"), dtype=np.float32, shape=list(target.shape))

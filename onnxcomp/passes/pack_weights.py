@@ -118,7 +118,9 @@ class PackWeightsPass(GraphPass):
             order = np.argsort(transposed)
             positions, values = transposed[order], values[order]
         bits = max(1, int(np.ceil(np.log2(max(len(target.codebook), 2)))))
-        target.record = sidecar.encode_record(target.codebook, indices, dims, bits, positions, values)
+        axis = target.scale_axis if not target.transposed else len(dims) - 1 - target.scale_axis
+        target.record = sidecar.encode_record(target.codebook, indices, dims, bits, positions, values,
+                                              scales=target.scales, scale_axis=axis)
         del indices
         if release:
             target.release()

@@ -10,6 +10,11 @@ error compensated in the inputs not yet rounded (onnxcomp/obs.py), instead of ea
 given, is called on each target as soon as it is shared (the custom-op pipeline encodes its record there and
 drops the indices), so only one weight's arrays are alive at a time.
 
+A Conv filter the allocation gave a channel-scaled alternative (``scaled_alternative``, onnxcomp/core/allocation.py)
+is also divided by its per-output-channel scales (codebook.channel_scales) and its normalised values shared; that
+codebook is kept when it passes the channel checks against k-means and is the smallest (_uniform_or_kmeans). The
+record then stores the scales (record versions 3 and 4); its outliers keep the weight's own values, unscaled.
+
 ``outliers`` ("auto", the default, or a fraction of the kept weights; rules may set it per layer) keeps the
 largest weights exact beside the codebook (onnxcomp/core/outliers.py: the rule that picks the fraction per
 tensor). Compensated rounding and the codebook refit treat them as fixed: an outlier stores its compensated
@@ -21,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+import onnx
 
 from onnxcomp.core import codebook as codebook_math
 from onnxcomp.core import obs
@@ -90,14 +96,27 @@ class ShareWeightsPass(GraphPass):
             statistics = target.statistics
             importance = None if statistics is None else statistics.sum_squares
             prepared = {}  # the sorted kept values and channel norms, computed once for both codebooks below
-            shared = outlier_math.share(
-                values, target.keep, target.bits, option=0.0 if no_outliers else self.outliers_for(target),
-                init=self.init, seed=self.seed, levels=target.levels_override,
-                rows=output_rows(target), importance=importance, prepared=prepared)
-            if target.levels_override and target.alternative is not None:
-                shared = self._uniform_or_kmeans(target, values, shared, 0.0 if no_outliers else None, importance,
-                                                 prepared)
+            # the calibrated refit fits one codebook to the layer's outputs: no channel scales there
+            axis = None if self.refit_codebook and statistics is not None else scale_axis(target)
+            option = 0.0 if no_outliers else self.outliers_for(target)
+            shared, scales = outlier_math.share(
+                values, target.keep, target.bits, option=option, init=self.init, seed=self.seed,
+                levels=target.levels_override, rows=output_rows(target), importance=importance,
+                prepared=prepared), None
+            scaled = target.scaled_alternative if axis is not None and target.alternative is not None else None
+            if target.alternative is not None and (target.levels_override or scaled is not None):
+                # k-means is the choice itself (levels 0) or the fallback: the candidates are measured against it
+                choices = [(shared, scales, target.bits, target.levels_override)] if target.levels_override else []
+                if scaled is not None:
+                    levels, fraction = scaled
+                    bits = int(np.ceil(np.log2(levels + 1)))
+                    choices.append((*self._share_scaled(target, values, bits, 0.0 if no_outliers else fraction, levels,
+                                                        axis, importance), bits, levels))
+                shared, scales = self._uniform_or_kmeans(target, values, choices, 0.0 if no_outliers else None,
+                                                         importance, prepared,
+                                                         kmeans=None if target.levels_override else shared)
             del prepared
+            target.scales, target.scale_axis = (scales, axis) if scales is not None else (None, 0)
             target.codebook, target.indices = shared.codebook, shared.indices
             target.outlier_positions, target.outlier_values = shared.positions, shared.values
             if self.refit_codebook and statistics is not None and (statistics.dense_gram is not None or statistics.activations is not None):
@@ -121,22 +140,43 @@ class ShareWeightsPass(GraphPass):
                 drop_non_finite(state, target, non_finite)
         return PassResult(bool(targets), f"shared {len(targets)} tensors")
 
-    def _uniform_or_kmeans(self, target, values, uniform, outliers: float | None, importance, prepared: dict | None = None):
+    def _share_scaled(self, target, values, bits: int, option, levels: int, axis: int, importance):
+        """(shared, scales): the uniform codebook of ``levels`` values fit to ``values`` divided by their channel
+        scales along ``axis`` (codebook.channel_scales); the outliers keep the weight's own values (a reader does
+        not scale them) and the estimated bytes include the scale section. The worst channel's relative error
+        (damage) is the same as on the weight itself: each output channel is divided by one number."""
+        scales = codebook_math.channel_scales(values, axis)
+        shared = outlier_math.share(codebook_math.normalise(values, scales, axis), target.keep, bits, option=option,
+                                    init=self.init, seed=self.seed, levels=levels, rows=output_rows(target),
+                                    importance=importance)
+        shared.values = outlier_math.stored_values(np.asarray(values, np.float32).reshape(-1)[shared.positions])
+        shared.estimated_bytes += 10 + 2 * len(scales)
+        return shared, scales
+
+    def _uniform_or_kmeans(self, target, values, choices, outliers: float | None, importance, prepared: dict | None = None,
+                           kmeans=None):
         """A uniform codebook spreads the same absolute error over every value: a weight whose output channels
         differ in scale (a folded normalisation) may keep its relative L2 error and still lose a small channel.
-        It is kept only when its worst channel's relative error (outliers.share's damage D) is no larger than
-        that of the k-means codebook it replaces (``target.alternative``), and its record smaller; else the
-        k-means codebook is used. ``prepared``: the uniform share's (outliers.share), reused for the same values."""
+        Each of ``choices`` ((shared, scales, bits, levels): the allocated uniform codebook, and a channel-scaled
+        one) is eligible only when its worst channel's relative error (outliers.share's damage D) is no larger than
+        that of the k-means codebook it replaces (``target.alternative``), and its record smaller; the smallest
+        eligible one is kept (the first on ties), else the k-means codebook is used. Returns (shared, scales).
+        ``prepared``: the unscaled uniform share's (outliers.share), reused for the same values; ``kmeans``: the
+        k-means share when already made (the allocation's choice itself)."""
         bits, fraction = target.alternative
-        kmeans = outlier_math.share(values, target.keep, bits, option=fraction if outliers is None else outliers,
-                                    init=self.init, seed=self.seed, rows=output_rows(target), importance=importance,
-                                    prepared=prepared)
-        if uniform.damage <= kmeans.damage and uniform.estimated_bytes < kmeans.estimated_bytes:
-            return uniform
-        log.info("%s: k-means codebook kept (worst channel %.4f, %d bytes) over the uniform one (%.4f, %d bytes)",
-                 target.name, kmeans.damage, kmeans.estimated_bytes, uniform.damage, uniform.estimated_bytes)
+        if kmeans is None:
+            kmeans = outlier_math.share(values, target.keep, bits, option=fraction if outliers is None else outliers,
+                                        init=self.init, seed=self.seed, rows=output_rows(target),
+                                        importance=importance, prepared=prepared)
+        eligible = [c for c in choices if c[0].damage <= kmeans.damage and c[0].estimated_bytes < kmeans.estimated_bytes]
+        if eligible:
+            shared, scales, target.bits, target.levels_override = min(eligible, key=lambda c: c[0].estimated_bytes)
+            return shared, scales
+        log.info("%s: k-means codebook kept (worst channel %.4f, %d bytes) over the uniform one%s (%s)",
+                 target.name, kmeans.damage, kmeans.estimated_bytes, "s" if len(choices) > 1 else "",
+                 ", ".join(f"{c[0].damage:.4f}, {c[0].estimated_bytes} bytes" for c in choices))
         target.bits, target.levels_override = bits, 0
-        return kmeans
+        return kmeans, None
 
     def _refit(self, target, layout: str, statistics, values: np.ndarray) -> None:
         """Compensated rounding (kept where it lowers the layer's error), then the least-squares codebook refit.
@@ -204,6 +244,18 @@ def output_axis(target) -> int:
             return len(target.shape) - 1
         if node.op == "ConvTranspose":
             return 1
+    return 0
+
+
+def scale_axis(target) -> int | None:
+    """The axis a channel-scaled codebook may scale along (record versions 3, 4), or None: the output channels
+    (axis 0) of a float32 weight of rank >= 3 read only as a Conv filter. Other weights keep unscaled records (the
+    fused CodebookMatMul kernels have one table per matrix; a scaled [K, N] record is read exactly, but through the
+    decode-once dense panels)."""
+    if target.dtype != onnx.TensorProto.FLOAT or len(target.shape) < 3 or target.shape[0] < 2:
+        return None
+    if not target.uses or any(node.op != "Conv" or slot != 1 for node, slot in target.uses):
+        return None
     return 0
 
 

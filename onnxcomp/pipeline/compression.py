@@ -127,7 +127,7 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
                    format: str = "custom-op", layers=(), settings: dict | None = None, sequential: bool = False,
                    rounding: str = "obs", outliers: str | float = "auto", allocation: str = "fixed",
                    allocation_scales: dict | None = None, allocation_limits: dict | None = None,
-                   allocation_cache: dict | None = None) -> Pipeline:
+                   allocation_cache: dict | None = None, allocation_scaled: bool = True) -> Pipeline:
     """The pass list for the given options (``None`` means the defaults; ``calib`` is a dict of input arrays).
 
     ``format`` "custom-op" writes records for the onnxcomp ops; "portable" writes standard ONNX ops only.
@@ -140,7 +140,8 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
     ``outliers`` is "auto" (a fraction per weight by measured error, onnxcomp/core/outliers.py) or a fraction of each
     weight's kept values (0: none) stored exactly beside the codebook.
     ``allocation`` "fixed" takes bits and sparsity per kind; "proxy" picks them per weight without data
-    (AllocateWeightsPass, onnxcomp/core/allocation.py; ``allocation_scales`` tighten its threshold per weight,
+    (AllocateWeightsPass, onnxcomp/core/allocation.py; ``allocation_scaled`` False leaves out its channel-scaled
+    alternatives; ``allocation_scales`` tighten its threshold per weight,
     ``allocation_limits`` set its relative L2 limit per weight (the model-level budget; 0 keeps a weight dense),
     ``allocation_cache`` keeps its measurements between runs).
     """
@@ -167,7 +168,8 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
         raise InvalidOptionError(f"unknown allocation {allocation!r}: use one of {', '.join(ALLOCATIONS)}")
     passes = [FoldRecurrentWeightsPass(), SelectWeightsPass(min_elements=min_elements, rules=rules, check_finite=calib is not None)]
     if allocation == "proxy":
-        passes.append(AllocateWeightsPass(scales=allocation_scales, limits=allocation_limits, cache=allocation_cache, seed=seed, outliers=outliers))
+        passes.append(AllocateWeightsPass(scales=allocation_scales, limits=allocation_limits, cache=allocation_cache, seed=seed,
+                                          outliers=outliers, scaled=allocation_scaled))
     if settings:
         passes.append(ApplySettingsPass(settings=settings))
     if sequential and calib is None:
@@ -333,7 +335,11 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
         gains: dict[str, float] | None = None
         budget = BUDGET
         for round_ in range(BACKOFF_ROUNDS + 2):
-            extra = {"allocation_limits": limits, "allocation_cache": cache} if allocation == "proxy" else {}
+            # Channel-scaled codebooks are tried at the model's budget only: a back-off round (the measured fidelity
+            # missed) writes the unscaled candidates, so one scaled weight the checks let through cannot hold the
+            # back-off in place (ppocr-rec: docs/benchmarks.md, channel-scaled codebooks).
+            extra = ({"allocation_limits": limits, "allocation_cache": cache, "allocation_scaled": not history}
+                     if allocation == "proxy" else {})
             # The proxy's first round is only measured (its output is loaded in onnxruntime only if it is final).
             checked = not (allocation == "proxy" and gains is None)
             report = _compress_once(input_path, staged, calib, loaded=graph_only, allocation=allocation, check=checked,

@@ -487,7 +487,7 @@ def attribute(original_path: str, compressed_path: str, feed: dict[str, np.ndarr
     def error(name: str) -> float:  # on a worker thread: onnxruntime runs one session from several threads
         decoded = weights[name].dense()
         if name in originals:
-            actual = run_batched(probe, feed, batch, extra={**originals, name: decoded.astype(originals[name].dtype)})
+            actual = run_batched(probe, feed, batch, extra={**originals, name: decoded.astype(originals[name].dtype, copy=False)})
         else:
             actual = run_batched(session(model_io.substituted(model, {name: decoded})), feed, batch)
         return _relative_error(expected, actual)

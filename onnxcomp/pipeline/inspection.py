@@ -59,6 +59,8 @@ class StoredWeight:
     outlier_positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # flat, stored dims
     outlier_values: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     outlier_bytes: int = 0
+    scales: np.ndarray | None = None  # channel scales along scale_axis of the stored dims (record versions 3, 4)
+    scale_axis: int = 0
 
     @property
     def stored_dims(self) -> tuple[int, ...]:
@@ -79,7 +81,11 @@ class StoredWeight:
 
     def dense(self) -> np.ndarray:
         """The decoded weight in its original orientation."""
-        values = sidecar.apply_outliers(self.codebook[self.indices], self.outlier_positions, self.outlier_values)
+        # codebook.take and apply_scales make fresh arrays; the outliers are written into the last one in place
+        values = np.asarray(self.codebook, dtype=np.float32).take(self.indices)
+        if self.scales is not None:
+            values = sidecar.apply_scales(values, self.stored_dims, self.scale_axis, self.scales).reshape(self.stored_dims)
+        values.reshape(-1)[np.asarray(self.outlier_positions, dtype=np.int64)] = self.outlier_values
         return np.ascontiguousarray(values.T) if self.transposed else values
 
 
@@ -171,7 +177,8 @@ def stored_weights(model: onnx.ModelProto, model_path: str) -> dict[str, StoredW
                 record = sidecar.decode_record_fast(data[entry.offset:entry.offset + entry.length])
                 found[tensor_name] = StoredWeight(entry.name, "record", record.codebook, record.indices.reshape(record.dims),
                                                   record.bits, entry.length, entry.transposed, tensor_name,
-                                                  record.outlier_positions, record.outlier_values, record.outlier_bytes)
+                                                  record.outlier_positions, record.outlier_values, record.outlier_bytes,
+                                                  record.scales, record.scale_axis)
     producers = {out: n for g in graphs for n in g.node for out in n.output}
     readers: dict[str, list] = {}
     for g in graphs:
@@ -194,9 +201,30 @@ def stored_weights(model: onnx.ModelProto, model_path: str) -> dict[str, StoredW
         bits = max(1, round(8 * index_bytes / max(indices.size, 1)))
         weight = StoredWeight(PORTABLE_CODEBOOK_NAME.sub("", codebook.name), "portable", values, indices,
                               bits, values.nbytes + index_bytes, False, node.output[0])
+        _portable_scales(weight, initializers, readers)
         final = _portable_outliers(model, weight, producers, initializers, readers)
-        found[final or node.output[0]] = weight
+        found[final or weight.tensor] = weight
     return found
+
+
+def _portable_scales(weight: StoredWeight, initializers: dict, readers: dict) -> None:
+    """Reads the channel scales a portable lookup is multiplied by (passes/pack_portable.py: Mul of the Gather's
+    output by a constant of shape [1, .., C, .., 1]) into ``weight``, and moves ``weight.tensor`` past the Mul."""
+    found = readers.get(weight.tensor, [])
+    if len(found) != 1 or found[0][0].op_type != "Mul" or found[0][1] != 0 or len(found[0][0].input) != 2:
+        return
+    constant = initializers.get(found[0][0].input[1])
+    if constant is None:
+        return
+    scales = numpy_helper.to_array(constant).astype(np.float32)
+    if scales.ndim != weight.indices.ndim or sum(d != 1 for d in scales.shape) > 1:
+        return
+    axis = int(np.argmax(scales.shape)) if scales.size > 1 else 0
+    if scales.shape[axis] != weight.indices.shape[axis]:
+        return
+    weight.scales, weight.scale_axis = scales.ravel(), axis
+    weight.stored_bytes += scales.nbytes
+    weight.tensor = found[0][0].output[0]
 
 
 def _portable_outliers(model, weight: StoredWeight, producers: dict, initializers: dict, readers: dict) -> str | None:
