@@ -365,7 +365,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
                                   eval_data=eval_data, rounding=rounding, sequential=sequential,
                                   **{**fidelity_options, "fidelity_data": fidelity_options.get("fidelity_data") or
                                      (checking if checked else None)})
-                output = run_batched(InferenceSession(staged), checking)[0] if checked else None
+                output = run_batched(InferenceSession(staged), checking, outputs=[model.graph.output[0].name])[0] if checked else None
             if checked:
                 on_check = budget_math.error(goal.metric, expected, output, check_labels)
                 check_bound = budget_math.error_bound(goal.metric, expected, output, check_labels, Z)
