@@ -7,6 +7,10 @@ on the model's evaluation inputs at the given batch, so B / A compares the two o
 Prints the median process CPU time per run of each, A / original, B / original and B / A.
 
     python bench/speed_ab.py --runs defaults,conv-4 --models ppocr-cls,yolov8n-nudenet [--batch 1] [--repeats 60]
+
+A change to the custom-op library alone leaves the outputs as they are: ``--libraries A.so,B.so`` registers library
+A for run A's session and library B for run B's (an empty name: the installed one), so the same run twice
+(``--runs defaults,defaults``) compares two libraries in one process.
 """
 
 from __future__ import annotations
@@ -29,21 +33,30 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=60, help="timed runs of each session (after one warm-up)")
     parser.add_argument("--threads", type=int, default=1, help="intra_op_num_threads")
+    parser.add_argument("--libraries", help="two custom-op library paths, A,B, for the sessions of runs A and B "
+                                            "(empty: the installed library)")
     args = parser.parse_args()
     runs = args.runs.split(",")
     if len(runs) != 2:
         parser.error("--runs takes two run names")
+    libraries = args.libraries.split(",") if args.libraries else ["", ""]
+    if len(libraries) != 2:
+        parser.error("--libraries takes two paths (either may be empty)")
+    libraries = [os.path.abspath(path) if path else onnxcomp.runtime.library_path() for path in libraries]
+    for path in libraries:
+        if not os.path.isfile(path):
+            parser.error(f"no library at {path}")
     print(f"| model | batch | original ms | {runs[0]} / original | {runs[1]} / original | {runs[1]} / {runs[0]} |")
     print("|---|---|---|---|---|---|")
     for name in args.models.split(","):
         original, feeds = zoo_feeds(name, args.batch)
         paths = [original] + [os.path.expanduser(f"~/.cache/onnxcomp-zoo/runs/{run}/{name}.onnx") for run in runs]
         sessions = []
-        for path in paths:
+        for path, library in zip(paths, [libraries[0]] + libraries):
             options = ort.SessionOptions()
             options.intra_op_num_threads = args.threads
-            sessions.append(ort.InferenceSession(path, onnxcomp.runtime.session_options(options),
-                                                 providers=["CPUExecutionProvider"]))
+            options.register_custom_ops_library(library)
+            sessions.append(ort.InferenceSession(path, options, providers=["CPUExecutionProvider"]))
         for session in sessions:
             session.run(None, feeds)  # warm-up
         cpu = [[] for _ in sessions]

@@ -82,7 +82,7 @@ SHAPES = [  # (M, K, N): odd sizes, K and N not multiples of 8/16/64, a partial 
 ]
 
 
-@pytest.mark.parametrize("bits", [3, 4, 5, 6, 8, 10])  # 5, 6: AVX2 permute lookups of 17..64 entries
+@pytest.mark.parametrize("bits", [3, 4, 5, 6, 7, 8, 10])  # 4-7: AVX2 byte-plane lookups of up to 128 entries
 @pytest.mark.parametrize("m,k,n", SHAPES)
 def test_codebook_matmul_every_isa_against_numpy(m, k, n, bits):
     rng = np.random.default_rng(1000 * m + 10 * k + n + bits)
@@ -256,6 +256,29 @@ def test_codebook_matmul_outliers_threads(isa):
     check_with_corrections(one, x, record, bias)
     single = run_with_isa(model, {"x": x[:1, :1]}, isa)
     np.testing.assert_array_equal(single.reshape(-1), one.reshape(-1, n)[0])
+
+
+@pytest.mark.parametrize("m,k,n,fraction,gemm_rows", [(70, 50, 40, 0.05, None), (45, 300, 700, 0.01, None),
+                                                      (37, 64, 90, 0.3, "0"), (600, 33, 65, 0.02, None)])
+def test_codebook_matmul_outlier_lanes_equal_rows_alone(m, k, n, fraction, gemm_rows, monkeypatch):
+    """From 2 rows the corrections run with rows as vector lanes (X transposed: per task in blocks of 32 rows, or once
+    for all tasks when several share rows): each output must keep the bits of its row computed alone (one row: the
+    per-row chains), across lane blocks, tasks, threads and the large-batch path."""
+    if gemm_rows is not None:
+        monkeypatch.setenv("ONNXCOMP_GEMM_ROWS", gemm_rows)
+    rng = np.random.default_rng(m + k + n)
+    codebook, indices = random_layer(rng, k, n, 5)
+    positions, values = with_outliers(rng, (k, n), fraction)
+    record = encode_record(codebook, indices, (k, n), 5, positions, values)
+    bias = rng.standard_normal(n).astype(np.float32)
+    model = matmul_model(record, k, n, True, bias)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    batch = session_with_env(model, None, threads=1).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(batch, session_with_env(model, None, threads=2).run(None, {"x": x})[0])
+    check_with_corrections(batch, x, record, bias)
+    alone = session_with_env(model, None, threads=1)
+    for row in sorted({0, 1, 31, 32, 33, m - 1} & set(range(m))):
+        np.testing.assert_array_equal(alone.run(None, {"x": x[row:row + 1]})[0][0], batch[row])
 
 
 def test_codebook_matmul_outliers_large_batch(monkeypatch):

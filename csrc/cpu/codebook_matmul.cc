@@ -1,5 +1,9 @@
 #include <stdlib.h>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 
@@ -23,6 +27,8 @@ constexpr int64_t kPanelsPerTask = 2;
 constexpr int64_t kRowsPerTask = 48;
 constexpr int64_t kRowsPerWideTask = 192;
 constexpr int64_t kWidePanelTasks = 4;
+// At most this many floats of X are transposed once per run for the outlier corrections of all tasks (16 MiB).
+constexpr int64_t kSharedTransposeFloats = int64_t{1} << 22;
 // Below this many multiply-adds a single thread is faster than dispatching work.
 constexpr double kParallelWork = double(1 << 18);
 
@@ -31,6 +37,7 @@ struct ParallelTask {
   const PackedMatrix* matrix;
   MatMulKernel kernel;
   int64_t panels, panel_tasks, rows_per_task;
+  const TransposedRows* xt;  // X transposed for the corrections, or null
 };
 
 void RunTask(void* data, size_t task) {
@@ -43,7 +50,7 @@ void RunTask(void* data, size_t task) {
   t.kernel(p, p0, p1, m0, m1);
   if (!t.matrix->correction_start.empty()) {
     ApplyCorrections(*t.matrix, p.x, p.y, m0, m1, p0 * packed::kPanelColumns,
-                     std::min<int64_t>(p.n, p1 * packed::kPanelColumns));
+                     std::min<int64_t>(p.n, p1 * packed::kPanelColumns), t.xt);
   }
 }
 
@@ -83,7 +90,7 @@ void PackPanels(const DecodedRecord& record, uint64_t k, uint64_t n, uint8_t* pa
 namespace {
 
 // The corrections of rows [row_begin, row_end) and columns [column_begin, column_end), four columns at a time so
-// their chains of fused multiply-adds interleave (each column's chain is sequential in k). Inlined into the two
+// their chains of fused multiply-adds interleave (each column's chain is sequential in k). Inlined into the
 // entry points below: one compiled for hardware FMA, one portable.
 __attribute__((always_inline)) inline void CorrectionsBody(const PackedMatrix& w, const float* x, float* y,
                                                            int64_t row_begin, int64_t row_end, int64_t column_begin,
@@ -120,28 +127,135 @@ __attribute__((always_inline)) inline void CorrectionsBody(const PackedMatrix& w
 
 #if defined(__x86_64__)
 // std::fma without the FMA instruction set is a call into libm per correction (4-5x slower on a 1 %-outlier
-// weight); with it, one vfmadd. Both round once, so the results are the same bits.
+// weight); with it, one vfmadd (and the lanes version one vector vfmadd per 8 rows). All round once, so the
+// results are the same bits.
 __attribute__((target("fma"))) void CorrectionsFma(const PackedMatrix& w, const float* x, float* y, int64_t row_begin,
                                                    int64_t row_end, int64_t column_begin, int64_t column_end) {
   CorrectionsBody(w, x, y, row_begin, row_end, column_begin, column_end);
 }
 
+// The same corrections with rows as vector lanes: for each column, up to kCorrectionLanes rows at a time hold their
+// y[m, c] in four 8-float vectors, and each correction (k, delta) is one fused multiply-add per vector, reading
+// x[m .. m + 32, k] contiguously from X transposed. Every y[m, c] gets the same fma chain, in the same order, as in
+// CorrectionsBody (fma(x, delta, acc), correctly rounded), so the bits are the same; only independent chains run
+// side by side. `xt` holds the columns of X in w.correction_used_rows, transposed, for rows [xt_row0, ...):
+// xt[slot * stride + (m - xt_row0)], zeros past the last row (at least kCorrectionLanes - 1 of them). Written with
+// intrinsics: as a plain loop over the lanes the compiler interchanged the loops and ran each lane's chain serially.
+__attribute__((target("avx,fma"))) void CorrectionsLanesFma(const PackedMatrix& w, const float* xt, int64_t stride,
+                                                            int64_t xt_row0, float* y, int64_t row_begin,
+                                                            int64_t row_end, int64_t column_begin,
+                                                            int64_t column_end) {
+  static_assert(kCorrectionLanes == 32, "four vectors of 8 lanes");
+  const int64_t* start = w.correction_start.data();
+  const int32_t* slots = w.correction_slot.data();
+  const float* delta = w.correction_delta.data();
+  for (int64_t m0 = row_begin; m0 < row_end; m0 += kCorrectionLanes) {
+    const int64_t count = std::min(kCorrectionLanes, row_end - m0);
+    const int64_t vectors = (count + 7) / 8;
+    const float* base = xt + (m0 - xt_row0);
+    for (int64_t c = column_begin; c < column_end; ++c) {
+      const int64_t begin = start[c], end = start[c + 1];
+      if (begin == end) continue;
+      // y[m0 .. m0 + count, c] into the lanes: whole vectors built from their 8 values in registers (stored to
+      // memory one by one and reloaded as a vector, they would stall the load on store forwarding), the last
+      // partial one through memory.
+      const float* yc = y + m0 * w.n + c;
+      const int64_t n = w.n;
+      __m256 lane[4];
+      for (int v = 0; v < 4; ++v) {
+        const float* yv = yc + 8 * v * n;
+        if (8 * (v + 1) <= count) {
+          lane[v] = _mm256_set_ps(yv[7 * n], yv[6 * n], yv[5 * n], yv[4 * n], yv[3 * n], yv[2 * n], yv[n], yv[0]);
+        } else {
+          alignas(32) float tail[8] = {};
+          for (int64_t i = 0; i < count - 8 * v; ++i) tail[i] = yv[i * n];
+          lane[v] = _mm256_load_ps(tail);
+        }
+      }
+      __m256 a0 = lane[0], a1 = lane[1], a2 = lane[2], a3 = lane[3];
+      alignas(32) float lanes[kCorrectionLanes];
+      if (vectors <= 2) {
+        for (int64_t q = begin; q < end; ++q) {
+          const __m256 d = _mm256_broadcast_ss(delta + q);
+          const float* xr = base + slots[q] * stride;
+          a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xr), d, a0);
+          a1 = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 8), d, a1);
+        }
+      } else {
+        for (int64_t q = begin; q < end; ++q) {
+          const __m256 d = _mm256_broadcast_ss(delta + q);
+          const float* xr = base + slots[q] * stride;
+          a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xr), d, a0);
+          a1 = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 8), d, a1);
+          a2 = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 16), d, a2);
+          a3 = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 24), d, a3);
+        }
+      }
+      _mm256_store_ps(lanes, a0);
+      _mm256_store_ps(lanes + 8, a1);
+      _mm256_store_ps(lanes + 16, a2);
+      _mm256_store_ps(lanes + 24, a3);
+      for (int64_t i = 0; i < count; ++i) y[(m0 + i) * w.n + c] = lanes[i];
+    }
+  }
+}
+
 bool CpuHasFma() {
   __builtin_cpu_init();
-  return __builtin_cpu_supports("fma");
+  return __builtin_cpu_supports("fma") && __builtin_cpu_supports("avx");
 }
 #endif
 
-}  // namespace
-
-void ApplyCorrections(const PackedMatrix& w, const float* x, float* y, int64_t row_begin, int64_t row_end,
-                      int64_t column_begin, int64_t column_end) {
+// Whether this CPU runs the lanes version (x86-64 with FMA; elsewhere the per-row chains, unmeasured there).
+bool LanesCorrections() {
 #if defined(__x86_64__)
   static const bool has_fma = CpuHasFma();
-  if (has_fma) {
+  return has_fma;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+void TransposeForCorrections(const PackedMatrix& w, const float* x, int64_t row_begin, int64_t row_end,
+                             TransposedRows* out) {
+  const int64_t rows = row_end - row_begin;
+  const int64_t used = static_cast<int64_t>(w.correction_used_rows.size());
+  out->row0 = row_begin;
+  out->stride = (rows + kCorrectionLanes - 1) / 8 * 8 + 8;  // room for a full set of lanes from any row
+  out->data.assign(static_cast<size_t>(used * out->stride), 0.0f);
+  for (int64_t m = 0; m < rows; ++m) {
+    const float* xm = x + (row_begin + m) * w.k;
+    for (int64_t slot = 0; slot < used; ++slot) {
+      out->data[static_cast<size_t>(slot * out->stride + m)] = xm[w.correction_used_rows[static_cast<size_t>(slot)]];
+    }
+  }
+}
+
+void ApplyCorrections(const PackedMatrix& w, const float* x, float* y, int64_t row_begin, int64_t row_end,
+                      int64_t column_begin, int64_t column_end, const TransposedRows* xt) {
+#if defined(__x86_64__)
+  if (row_end - row_begin >= 2 && LanesCorrections()) {
+    if (xt && xt->row0 <= row_begin && !xt->data.empty()) {
+      CorrectionsLanesFma(w, xt->data.data(), xt->stride, xt->row0, y, row_begin, row_end, column_begin, column_end);
+      return;
+    }
+    // X transposed here, kCorrectionLanes rows at a time.
+    TransposedRows block;
+    for (int64_t m0 = row_begin; m0 < row_end; m0 += kCorrectionLanes) {
+      const int64_t m1 = std::min(row_end, m0 + kCorrectionLanes);
+      TransposeForCorrections(w, x, m0, m1, &block);
+      CorrectionsLanesFma(w, block.data.data(), block.stride, block.row0, y, m0, m1, column_begin, column_end);
+    }
+    return;
+  }
+  if (LanesCorrections()) {
     CorrectionsFma(w, x, y, row_begin, row_end, column_begin, column_end);
     return;
   }
+#else
+  (void)xt;
 #endif
   CorrectionsBody(w, x, y, row_begin, row_end, column_begin, column_end);
 }
@@ -163,6 +277,20 @@ void PackCorrections(const DecodedRecord& record, PackedMatrix* w) {
     const int64_t at = next[position % n]++;
     w->correction_row[at] = static_cast<int64_t>(position / n);
     w->correction_delta[at] = record.outlier_values[j] - record.coded_value(position);
+  }
+  // The rows in use and each correction's slot among them (record positions are increasing, so their rows are too).
+  w->correction_used_rows.clear();
+  std::vector<int32_t> slot_of_row(static_cast<size_t>(w->k), -1);
+  for (uint64_t position : record.outlier_positions) {
+    const int64_t row = static_cast<int64_t>(position / n);
+    if (slot_of_row[static_cast<size_t>(row)] < 0) {
+      slot_of_row[static_cast<size_t>(row)] = static_cast<int32_t>(w->correction_used_rows.size());
+      w->correction_used_rows.push_back(row);
+    }
+  }
+  w->correction_slot.resize(count);
+  for (size_t at = 0; at < count; ++at) {
+    w->correction_slot[at] = slot_of_row[static_cast<size_t>(w->correction_row[at])];
   }
 }
 
@@ -439,7 +567,13 @@ OrtStatus* CodebookMatMulKernel::ComputeV2(OrtKernelContext* raw_context) noexce
     const int64_t row_tasks = (m + row_limit - 1) / row_limit;
     const int64_t rows_per_task = ((m + row_tasks - 1) / row_tasks + 5) / 6 * 6;
     const int64_t tasks = (m + rows_per_task - 1) / rows_per_task * panel_tasks;
-    ParallelTask task{&problem, w, kernel_, panels, panel_tasks, rows_per_task};
+    // Several tasks share rows: X transposed once for all their corrections (bounded: a task's own blocks else).
+    TransposedRows xt;
+    const int64_t used_rows = static_cast<int64_t>(w->correction_used_rows.size());
+    const bool shared_xt =
+        LanesCorrections() && used_rows > 0 && m >= 2 && panel_tasks > 1 && m * used_rows <= kSharedTransposeFloats;
+    if (shared_xt) TransposeForCorrections(*w, x.GetTensorData<float>(), 0, m, &xt);
+    ParallelTask task{&problem, w, kernel_, panels, panel_tasks, rows_per_task, shared_xt ? &xt : nullptr};
     // ORT's intra-op thread pool (session option intra_op_num_threads) runs the tasks.
     if (tasks > 1 && double(m) * double(k) * double(n) >= kParallelWork) {
       context.ParallelFor(RunTask, static_cast<size_t>(tasks), 0, &task);

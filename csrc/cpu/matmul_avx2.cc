@@ -1,8 +1,10 @@
 // CodebookMatMul with AVX2 + FMA (compiled with -mavx2 -mfma; called only when the CPU has both).
 //
-// Same scheme as matmul_avx512.cc with 8-lane registers: vpermps looks up 8 entries, so up to 8-entry
-// codebooks (3-bit) take one permute and 16-entry ones take two plus a blend on bit 3 of the index; byte indices
-// into up to 64 entries take 4 or 8 permutes and a tree of blends; wider indices gather from the table in L1. 16 registers allow 8 accumulators per tile.
+// Same scheme as matmul_avx512.cc with 8-lane registers. The lookups: 4-bit slots and byte indices into up to 128
+// entries as byte planes (vpshufb, 32 indices at a time); wider indices gather from the table in L1. The vpermps
+// lookups (up to 8-entry codebooks one permute, 16-entry ones two plus a blend on bit 3 of the index, byte indices
+// into up to 64 entries 4 or 8 permutes and a tree of blends) remain for ONNXCOMP_LOOKUP=permute. 16 registers
+// allow 8 accumulators per tile.
 #include <immintrin.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,6 +71,67 @@ struct BytePermute {
       const __m256i lanes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(group + 8 * i)));
       w[i] = (*this)(lanes);
     }
+  }
+};
+
+// Indices into up to 16 * kTables entries (kTables = 1, 2, 4 or 8) as byte planes: byte b of every entry in 16-byte
+// tables of 16 entries, looked up 32 indices at a time with vpshufb and picked by a tree of byte blends on index
+// bits 4, 5 and 6, then the four planes interleaved back into floats. Only bytes move, so the values equal the
+// permute and gather lookups' bit for bit, in fewer instructions per value (vpermps looks up 8 at a time, and
+// vgatherdps is slow on AMD cores). Byte slots, or 4-bit slots (kNibbles) spread into bytes first.
+template <int kTables, bool kNibbles>
+struct BytePlanes {
+  __m256i plane_table[4][kTables];  // plane b of entries 16t..16t + 15, repeated in both 128-bit lanes
+  BytePlanes(const float* codebook, uint32_t size) {  // entries from `size` on are never looked up: zeros
+    float padded[16 * kTables] = {};
+    memcpy(padded, codebook, sizeof(float) * (size < 16 * kTables ? size : 16 * kTables));
+    alignas(16) uint8_t planes[4][16 * kTables];
+    for (int e = 0; e < 16 * kTables; ++e) {
+      uint32_t bits;
+      memcpy(&bits, padded + e, sizeof bits);
+      for (int b = 0; b < 4; ++b) planes[b][e] = static_cast<uint8_t>(bits >> (8 * b));
+    }
+    for (int b = 0; b < 4; ++b) {
+      for (int t = 0; t < kTables; ++t) {
+        plane_table[b][t] =
+            _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(planes[b] + 16 * t)));
+      }
+    }
+  }
+  void decode(const uint8_t* group, __m256* w) const {
+    __m256i index;  // bytes: columns 0..15 | 16..31
+    if (kNibbles) {  // byte j holds column j (low nibble) and column j + 16 (high nibble)
+      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(group));
+      const __m128i nibble = _mm_set1_epi8(0x0F);
+      index = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(bytes, 4), nibble), _mm_and_si128(bytes, nibble));
+    } else {
+      index = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(group));
+    }
+    __m256i plane[4];
+    for (int b = 0; b < 4; ++b) {
+      __m256i level[kTables];
+      for (int t = 0; t < kTables; ++t) level[t] = _mm256_shuffle_epi8(plane_table[b][t], index);
+      int count = kTables;
+      for (int bit = 4; count > 1; ++bit, count /= 2) {
+        const __m256i pick = _mm256_slli_epi16(index, 7 - bit);  // index bit -> bit 7 of its byte
+        for (int t = 0; t < count / 2; ++t) level[t] = _mm256_blendv_epi8(level[2 * t], level[2 * t + 1], pick);
+      }
+      plane[b] = level[0];
+    }
+    // Bytes 0, 1 and 2, 3 of each value as 16-bit halves, then the halves as 32-bit values; the unpacks work
+    // within 128-bit lanes, hence the lane swaps at the end.
+    const __m256i low01 = _mm256_unpacklo_epi8(plane[0], plane[1]);   // columns 0..7 | 16..23
+    const __m256i high01 = _mm256_unpackhi_epi8(plane[0], plane[1]);  // columns 8..15 | 24..31
+    const __m256i low23 = _mm256_unpacklo_epi8(plane[2], plane[3]);
+    const __m256i high23 = _mm256_unpackhi_epi8(plane[2], plane[3]);
+    const __m256i v0 = _mm256_unpacklo_epi16(low01, low23);    // columns 0..3 | 16..19
+    const __m256i v1 = _mm256_unpackhi_epi16(low01, low23);    // columns 4..7 | 20..23
+    const __m256i v2 = _mm256_unpacklo_epi16(high01, high23);  // columns 8..11 | 24..27
+    const __m256i v3 = _mm256_unpackhi_epi16(high01, high23);  // columns 12..15 | 28..31
+    w[0] = _mm256_castsi256_ps(_mm256_permute2x128_si256(v0, v1, 0x20));
+    w[1] = _mm256_castsi256_ps(_mm256_permute2x128_si256(v2, v3, 0x20));
+    w[2] = _mm256_castsi256_ps(_mm256_permute2x128_si256(v0, v1, 0x31));
+    w[3] = _mm256_castsi256_ps(_mm256_permute2x128_si256(v2, v3, 0x31));
   }
 };
 
@@ -283,14 +346,29 @@ namespace {
 // Calls f(decoder) with the decoder of p's slot width and codebook size.
 template <class F>
 void WithDecoder(const MatMulProblem& p, const F& f) {
-  if (p.slot_bits == 4 && p.codebook_size <= 8) {
+  // ONNXCOMP_LOOKUP=permute: the vpermps lookups and the gather from 65 entries (for timing the two; read once).
+  static const bool planes = [] {
+    const char* lookup = getenv("ONNXCOMP_LOOKUP");
+    return !(lookup && strcmp(lookup, "permute") == 0);
+  }();
+  if (p.slot_bits == 4 && p.codebook_size <= 8 && !planes) {
     f(Nibble8{_mm256_loadu_ps(p.table)});
-  } else if (p.slot_bits == 4) {
+  } else if (p.slot_bits == 4 && !planes) {
     f(Nibble16{_mm256_loadu_ps(p.table), _mm256_loadu_ps(p.table + 8)});
-  } else if (p.slot_bits == 8 && p.codebook_size <= 32) {
+  } else if (p.slot_bits == 4) {
+    f(BytePlanes<1, true>(p.table, p.codebook_size));
+  } else if (p.slot_bits == 8 && p.codebook_size <= 32 && !planes) {
     f(BytePermute<4>(p.table, p.codebook_size));
-  } else if (p.slot_bits == 8 && p.codebook_size <= 64) {
+  } else if (p.slot_bits == 8 && p.codebook_size <= 64 && !planes) {
     f(BytePermute<8>(p.table, p.codebook_size));
+  } else if (p.slot_bits == 8 && p.codebook_size <= 16) {
+    f(BytePlanes<1, false>(p.table, p.codebook_size));
+  } else if (p.slot_bits == 8 && p.codebook_size <= 32) {
+    f(BytePlanes<2, false>(p.table, p.codebook_size));
+  } else if (p.slot_bits == 8 && p.codebook_size <= 64) {
+    f(BytePlanes<4, false>(p.table, p.codebook_size));
+  } else if (p.slot_bits == 8 && p.codebook_size <= 128 && planes) {
+    f(BytePlanes<8, false>(p.table, p.codebook_size));
   } else if (p.slot_bits == 8) {
     f(ByteGather{p.table});
   } else {

@@ -53,6 +53,10 @@ struct PackedMatrix {
   std::vector<int64_t> correction_start;  // n + 1 offsets
   std::vector<int64_t> correction_row;
   std::vector<float> correction_delta;
+  // The rows k that hold any outlier, increasing, and each correction's position in that list: the rows of X^T
+  // the vector-lane corrections read (ApplyCorrections).
+  std::vector<int64_t> correction_used_rows;
+  std::vector<int32_t> correction_slot;
 };
 
 // Repacks the linear indices of a decoded [K, N] record into panels and its outliers into per-column corrections
@@ -63,11 +67,26 @@ void PackMatrix(const DecodedRecord& record, PackedMatrix* out);
 // kernel instead of the fused kernel (docs/ops.md); ONNXCOMP_GEMM_ROWS overrides it (0: never), read at kernel creation.
 int64_t DenseGemmRows();
 
+// Rows of Y the outlier corrections run side by side (as vector lanes) on x86-64 with FMA.
+constexpr int64_t kCorrectionLanes = 32;
+
+// The columns of X [M, K] the corrections of w read (w.correction_used_rows), rows [row0, row0 + rows), transposed:
+// data[slot * stride + (m - row0)] = x[m, w.correction_used_rows[slot]], zeros past the last row (stride >= rows +
+// kCorrectionLanes - 1, so every set of lanes reads inside `data`).
+struct TransposedRows {
+  std::vector<float> data;
+  int64_t stride = 0, row0 = 0;
+};
+void TransposeForCorrections(const PackedMatrix& w, const float* x, int64_t row_begin, int64_t row_end,
+                             TransposedRows* out);
+
 // Adds the outlier corrections to Y rows [row_begin, row_end), columns [column_begin, column_end), after the
 // panel kernel (and its bias): y[m, c] = fma(x[m, k], delta, y[m, c]) for each correction of column c in order
-// of k. The same code follows every instruction set's kernel, so their outputs stay bit-identical.
+// of k. The same chains follow every instruction set's kernel, so their outputs stay bit-identical. With 2+ rows
+// and hardware FMA the rows run as vector lanes, on `xt` (X transposed, covering the rows) when given, else on
+// X transposed here in blocks of kCorrectionLanes rows.
 void ApplyCorrections(const PackedMatrix& w, const float* x, float* y, int64_t row_begin, int64_t row_end,
-                      int64_t column_begin, int64_t column_end);
+                      int64_t column_begin, int64_t column_end, const TransposedRows* xt = nullptr);
 
 struct CodebookMatMulKernel : RecordKernel {
   CodebookMatMulKernel();
