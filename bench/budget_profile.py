@@ -43,7 +43,7 @@ def main() -> None:
     print(f"{target.name} {target.shape}")
     profile = cProfile.Profile()
     profile.enable()
-    pruned = autotune._pruned(target, args.sparsity, options)
+    pruned = autotune._pruned(target, args.sparsity, options, iterations=autotune.CG_ITERATIONS)
     for bits in args.bits:
         autotune._shared(pruned, bits, options)
     profile.disable()

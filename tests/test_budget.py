@@ -523,3 +523,33 @@ def test_a_failing_check_compress_leaves_no_staging_folder(tmp_path, rng, monkey
         compress_to_budget(str(tmp_path / "in.onnx"), str(out / "m.onnx"), budget="cosine=0.9", calib=str(data),
                            sparsities=(0.0, 0.5), bits=(4, 8), min_elements=16, cache_dir=str(tmp_path / "cache"))
     assert list(out.iterdir()) == []
+
+
+def test_budget_measures_the_first_output_that_depends_on_a_weight(rng):
+    """An export that lists an Identity of an input first (the zoo's MiniLM-L3) would give every allocation an
+    error of 0: the budget measures the first output that depends on a weight instead; a model whose first
+    output does depend on one keeps its order."""
+    from onnxcomp.pipeline.autotune import _weight_output_first
+    nodes = [helper.make_node("Identity", ["x"], ["echo"]), helper.make_node("MatMul", ["x", "w"], ["y"]),
+             helper.make_node("Relu", ["y"], ["z"])]
+    outputs = [float_input("echo", [None, 8]), float_input("z", [None, 4]), float_input("y", [None, 4])]
+    model = make_model(nodes, [float_input("x", [None, 8])], outputs, [weight(rng, "w", (8, 4))])
+    _weight_output_first(model)
+    assert [o.name for o in model.graph.output] == ["z", "echo", "y"]
+    _weight_output_first(model)
+    assert [o.name for o in model.graph.output] == ["z", "echo", "y"]
+
+
+def test_budget_run_on_a_model_whose_first_output_is_an_identity_of_its_input(tmp_path, rng):
+    """End to end: the search and the check set both measure the weight-dependent output (the check used to
+    read the written model's first output, the Identity, and failed on the shapes)."""
+    nodes = [helper.make_node("Identity", ["x"], ["echo"]), helper.make_node("Gemm", ["x", "w1"], ["h"], transB=1),
+             helper.make_node("Relu", ["h"], ["r"]), helper.make_node("Gemm", ["r", "w2"], ["y"], transB=1)]
+    model = make_model(nodes, [float_input("x", ["n", 32])], [float_input("echo", ["n", 32]), float_input("y", ["n", 8])],
+                       [weight(rng, "w1", (48, 32), 0.3), weight(rng, "w2", (8, 48), 0.3)])
+    onnx.save(model, tmp_path / "in.onnx")
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((80, 32)).astype(np.float32))
+    report = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), budget="cosine=0.95",
+                                calib=str(tmp_path / "calib.npz"), cache_dir=str(tmp_path / "cache"), min_elements=16,
+                                sparsities=(0.0, 0.5, 0.8), bits=(2, 4, 8))
+    assert 0 < report.budget["check_error"] <= report.budget["check_bound"] <= 0.05

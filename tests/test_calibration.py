@@ -109,6 +109,54 @@ def test_reconstruction_never_increases_the_layer_error(rng):
     assert error(refined) <= error(codebook)
 
 
+def _refit_rows_by_scipy_solve(original, keep, gram, ridge):
+    """The straightforward refit refit_rows replaced: scipy.linalg.solve(assume_a="pos") per row, the same
+    keep-only-if-better rule."""
+    from scipy import linalg
+    original = original.astype(np.float64)
+    lam = ridge * float(np.mean(np.diag(gram))) + 1e-12
+    refit = np.where(keep, original, 0.0)
+    candidates = refit.copy()
+    for i in range(len(original)):
+        support = np.flatnonzero(keep[i])
+        if 0 < len(support) < keep.shape[1]:
+            system = gram[np.ix_(support, support)]
+            system[np.diag_indices_from(system)] += lam  # in the Gram matrix's dtype, as refit_rows adds it
+            candidates[i] = 0.0
+            candidates[i, support] = linalg.solve(system, (gram @ original.T)[support, i], assume_a="pos")
+    better = reconstruction.row_errors(candidates, original, gram) < reconstruction.row_errors(refit, original, gram)
+    refit[better] = candidates[better]
+    return refit.astype(np.float32)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_ridge_refit_by_posv_is_bit_identical_to_scipy_solve(rng, dtype):
+    x = rng.standard_normal((300, 16)) @ rng.standard_normal((16, 40))
+    x[:, 5] = 0.0  # a dead input
+    gram = (x.T @ x).astype(dtype)
+    w = rng.standard_normal((12, 40)).astype(np.float32)
+    keep = pruning.row_keep_mask(np.abs(w), 0.5)
+    keep[0] = True  # a row with nothing pruned keeps its values
+    assert np.array_equal(reconstruction.refit_rows(w, keep, gram, 1e-2), _refit_rows_by_scipy_solve(w, keep, gram, 1e-2))
+
+
+def test_ridge_refit_by_conjugate_gradients_is_close_to_the_exact_one(rng):
+    x = rng.standard_normal((2000, 60)) @ rng.standard_normal((60, 256))  # correlated, as in real layers
+    gram = x.T @ x
+    w = rng.standard_normal((24, 256))
+    for sparsity in (0.2, 0.5, 0.9):
+        keep = pruning.row_keep_mask(np.abs(w), sparsity)
+        exact = reconstruction.refit_rows(w, keep, gram, 1e-2)
+        approximate = reconstruction.refit_rows(w, keep, gram, 1e-2, iterations=reconstruction.CG_ITERATIONS)
+        assert np.array_equal(approximate == 0, ~keep)
+        errors = [reconstruction.row_errors(v.astype(np.float64), w, gram).sum() for v in (exact, approximate)]
+        pruned = reconstruction.row_errors(np.where(keep, w, 0.0), w, gram).sum()
+        assert errors[1] <= pruned and abs(errors[1] / errors[0] - 1) < 0.02, (sparsity, errors)
+        rows = np.count_nonzero(keep, axis=1) ** 3 / 3 > reconstruction.CG_EXACT_COST * 2 * reconstruction.CG_ITERATIONS * 256 ** 2
+        assert np.array_equal(exact[~rows], approximate[~rows])  # the cheap rows are solved exactly
+        assert rows.any() == (sparsity == 0.2)
+
+
 def _normal_equations_row_by_row(original, indices, k, gram, cross=None, exact=None, exact_values=None):
     """The straightforward assembly normal_equations replaced: each row's G restricted to its shared inputs,
     columns and rows summed per codebook entry."""

@@ -1,5 +1,7 @@
 """ReconstructWeightsPass: refit each pruned layer's surviving weights by ridge least squares so that its
-output on the calibration data stays close to the dense layer's (math in onnxcomp/reconstruction.py)."""
+output on the calibration data stays close to the dense layer's (math in onnxcomp/reconstruction.py).
+``iterations`` > 0 solves the costly ridge systems approximately by that many conjugate-gradient steps at most
+(reconstruction.refit_rows: the budget's sensitivity trials); the default, 0, solves them all exactly."""
 
 from __future__ import annotations
 
@@ -11,8 +13,9 @@ from .base import CompressionState, GraphPass, PassResult, log
 
 
 class ReconstructWeightsPass(GraphPass):
-    def __init__(self, *, ridge: float = 1e-2) -> None:
+    def __init__(self, *, ridge: float = 1e-2, iterations: int = 0) -> None:
         self.ridge = ridge
+        self.iterations = iterations
 
     def run(self, state: CompressionState) -> PassResult:
         done = 0
