@@ -214,8 +214,7 @@ def _encode_record_counting_twice(codebook, indices, dims, bits, positions, valu
     """encode_record as it was before round 7 (the straightforward version): with outliers, the indices are
     counted once to find the dense fill index, then each coding's copy of them is counted again."""
     import struct
-    import zlib
-    from onnxcomp.core import huffman, sidecar
+    from onnxcomp.core import sidecar
     from onnxcomp.core import outliers as outlier_math
     codebook = np.ascontiguousarray(codebook, dtype="<f4")
     indices = np.asarray(indices).ravel()
@@ -236,34 +235,9 @@ def _encode_record_counting_twice(codebook, indices, dims, bits, positions, valu
     value_counts = sparse_steps.counts(k, sparse_coding)
     dense_steps = sparse_steps if dense_indices is sparse_indices else coding_steps(dense_indices)
     dense_counts = value_counts if dense_steps is sparse_steps else dense_steps.counts(k, False)
-    dense_lengths = huffman.code_lengths(dense_counts)
-    best = (int((dense_counts * dense_lengths).sum()) + 8 * k, sidecar.CODING_DENSE, 0)
-    sparse_counts = value_counts.copy()
-    sparse_counts[0] = 0
-    if sparse_coding:
-        max_gap = sparse_steps.max_gap()
-        value_bits = int((sparse_counts * huffman.code_lengths(sparse_counts)).sum()) + 8 * k
-        for gap_bits in range(1, sidecar.MAX_GAP_BITS + 1):
-            if gap_bits > 1 and (1 << (gap_bits - 1)) > max(max_gap, 1):
-                break
-            counts = sparse_steps.gap_counts(gap_bits)
-            cost = int((counts * huffman.code_lengths(counts)).sum()) + 8 * (1 << gap_bits) + value_bits
-            if cost < best[0]:
-                best = (cost, sidecar.CODING_SPARSE, gap_bits)
-    _, coding, gap_bits = best
-    if coding == sidecar.CODING_DENSE:
-        payload, payload_bits = dense_steps.dense_payload(dense_lengths)
-        body = dense_lengths.tobytes()
-    else:
-        gap_lengths = huffman.code_lengths(sparse_steps.gap_counts(gap_bits))
-        value_lengths = huffman.code_lengths(sparse_counts)
-        payload, payload_bits = sparse_steps.sparse_payload(gap_bits, gap_lengths, value_lengths)
-        body = struct.pack("<BQ", gap_bits, n - int(value_counts[0])) + gap_lengths.tobytes() + value_lengths.tobytes()
-    record = bytearray(header)
-    record[9] = coding
-    record += body + struct.pack("<Q", payload_bits) + payload + section
-    record += struct.pack("<I", zlib.crc32(record))
-    return bytes(record)
+    # What follows the counts (the coding choice and the bytes) is one function, unchanged by round 7.
+    return sidecar._assemble_record(header, n, k, sparse_coding, sparse_steps, dense_steps, value_counts, dense_counts,
+                                    section)
 
 
 @pytest.mark.parametrize("pruned", [0.0, 0.4, 0.95])

@@ -317,6 +317,15 @@ def encode_record(codebook: np.ndarray, indices: np.ndarray, dims: tuple[int, ..
         value_counts = sparse_steps.counts(k, sparse_coding)  # the gap histogram comes in the same pass
         dense_counts = value_counts
     dense_steps = sparse_steps if dense_indices is sparse_indices else steps_type(dense_indices)
+    return _assemble_record(header, n, k, sparse_coding, sparse_steps, dense_steps, value_counts, dense_counts,
+                            scale_section + section)
+
+
+def _assemble_record(header: bytes, n: int, k: int, sparse_coding: bool, sparse_steps, dense_steps,
+                     value_counts: np.ndarray, dense_counts: np.ndarray, sections: bytes) -> bytes:
+    """The record from its header (fixed fields, dims, codebook), the two codings' coding steps and index counts
+    (``value_counts``: as gap coding writes them, index 0 the pruned zeros; ``dense_counts``: as dense coding
+    writes them) and the optional sections that follow the payload: the smaller coding, the payload, the CRC."""
     dense_lengths = huffman.code_lengths(dense_counts)
     dense_bits = int((dense_counts * dense_lengths).sum())
     best = (dense_bits + 8 * k, CODING_DENSE, 0)
@@ -345,7 +354,7 @@ def encode_record(codebook: np.ndarray, indices: np.ndarray, dims: tuple[int, ..
         body = struct.pack("<BQ", gap_bits, nonzero_count) + gap_lengths.tobytes() + value_lengths.tobytes()
     record = bytearray(header)
     record[9] = coding
-    record += body + struct.pack("<Q", payload_bits) + payload + scale_section + section
+    record += body + struct.pack("<Q", payload_bits) + payload + sections
     record += struct.pack("<I", zlib.crc32(record))
     return bytes(record)
 
