@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 
 import onnxruntime as ort
@@ -85,87 +86,65 @@ def InferenceSession(path, sess_options: ort.SessionOptions | None = None, **kwa
     return ort.InferenceSession(model, session_options(sess_options), **kwargs)
 
 
-def _varint(read) -> int | None:
-    """One protobuf base-128 varint from ``read(1)``; None at the end of the input or past 10 bytes."""
+class _Malformed(Exception):
+    """The bytes are not a well-formed protobuf message."""
+
+
+def _varint(read) -> int:
+    """One protobuf base-128 varint from ``read(1)``; ``_Malformed`` at the end of the input or past 10 bytes."""
     value = 0
     for shift in range(0, 70, 7):
         byte = read(1)
         if not byte:
-            return None
+            raise _Malformed
         value |= (byte[0] & 0x7F) << shift
         if byte[0] < 0x80:
             return value
-    return None
+    raise _Malformed
+
+
+def _fields(stream, size: int, wanted: set[int]):
+    """(field number, bytes) of each length-delimited field in ``wanted`` of the message in ``stream`` (``size``
+    bytes); every other field is skipped without being read (protobuf wire format:
+    https://protobuf.dev/programming-guides/encoding/). ``_Malformed`` when the bytes break the format."""
+    while stream.tell() < size:
+        key = _varint(stream.read)
+        field, wire, skip = key >> 3, key & 7, 0
+        if wire == 0:
+            _varint(stream.read)
+        elif wire in (1, 5):
+            skip = 8 if wire == 1 else 4
+        elif wire == 2:
+            skip = _varint(stream.read)
+            if field in wanted:
+                body = stream.read(skip)
+                if len(body) != skip:
+                    raise _Malformed
+                yield field, body
+                continue
+        else:
+            raise _Malformed
+        if stream.seek(skip, io.SEEK_CUR) > size:
+            raise _Malformed
 
 
 def declared_domains(model: str | bytes) -> set[str] | None:
-    """The operator-set domains a serialised ``ModelProto`` imports (``opset_import``, field 8; "" is the
-    default ONNX domain), read from the top-level protobuf fields alone, skipping the graph's bytes (protobuf
-    wire format: https://protobuf.dev/programming-guides/encoding/). ``model``: a file path or the bytes.
-    Returns None when the bytes are not a well-formed message at the top level or the file cannot be read."""
-    import io
+    """The operator-set domains a serialised ``ModelProto`` imports (``opset_import``, field 8, each an
+    ``OperatorSetIdProto`` whose field 1 is the domain; "" is the default ONNX domain), read from the top-level
+    fields alone, the graph's bytes skipped. ``model``: a file path or the bytes. Returns None when the bytes are
+    not a well-formed message at the top level or the file cannot be read."""
     try:
         stream = io.BytesIO(model) if isinstance(model, (bytes, bytearray)) else open(model, "rb")
     except OSError:
         return None
-    domains: set[str] = set()
-    size = stream.seek(0, io.SEEK_END)
-    stream.seek(0)
     with stream:
-        while True:
-            if not stream.read(1):
-                return domains
-            stream.seek(-1, io.SEEK_CUR)
-            key = _varint(stream.read)
-            if key is None:
-                return None
-            field, wire = key >> 3, key & 7
-            if wire == 0:
-                if _varint(stream.read) is None:
-                    return None
-            elif wire == 1 or wire == 5:
-                if stream.seek(8 if wire == 1 else 4, io.SEEK_CUR) > size:
-                    return None
-            elif wire == 2:
-                length = _varint(stream.read)
-                if length is None:
-                    return None
-                if field != 8:
-                    if stream.seek(length, io.SEEK_CUR) > size:
-                        return None
-                    continue
-                body = stream.read(length)
-                if len(body) != length:
-                    return None
-                domain = _opset_domain(body)
-                if domain is None:
-                    return None
-                domains.add(domain)
-            else:
-                return None
-
-
-def _opset_domain(body: bytes) -> str | None:
-    """The ``domain`` (field 1) of a serialised ``OperatorSetIdProto``; "" when absent, None when malformed."""
-    import io
-    stream, domain = io.BytesIO(body), ""
-    while stream.tell() < len(body):
-        key = _varint(stream.read)
-        if key is None:
+        size = stream.seek(0, io.SEEK_END)
+        stream.seek(0)
+        try:
+            domains = set()
+            for _, opset in _fields(stream, size, {8}):
+                names = [value.decode("utf-8") for _, value in _fields(io.BytesIO(opset), len(opset), {1})]
+                domains.add(names[-1] if names else "")
+            return domains
+        except (_Malformed, UnicodeDecodeError):
             return None
-        if key & 7 == 0:
-            if _varint(stream.read) is None:
-                return None
-        elif key & 7 == 2:
-            length = _varint(stream.read)
-            value = stream.read(length) if length is not None else b""
-            if length is None or len(value) != length:
-                return None
-            if key >> 3 == 1:
-                try:
-                    domain = value.decode("utf-8")
-                except UnicodeDecodeError:
-                    return None
-        else:
-            return None
-    return domain
