@@ -290,3 +290,34 @@ def test_assign_by_bucket_table_matches_comparing_every_threshold(rng, size):
     odd = np.concatenate([values, np.array([np.inf, -np.inf, np.nan, -np.nan], np.float32)])
     np.testing.assert_array_equal(native.assign(odd, centroids, None, use_table=True),
                                   native.assign(odd, centroids, None, use_table=False))
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "heavy", "levels"])
+def test_scaled_candidates_match_the_reference(rng, kind):
+    """Channel-scaled candidates from the once-sorted sample equal the per-call argsort and sort, for every outlier
+    fraction and several grid sizes, with tied magnitudes and signed zeros (levels) and up to every value an outlier."""
+    w = tensors(rng)[kind]
+    w = w[:len(w) // 64 * 64].reshape(64, -1, 1, 1)  # 64 output channels of different scales
+    w = w * np.exp(np.linspace(0, np.log(50), 64)).astype(np.float32).reshape(-1, 1, 1, 1)
+    allocator = allocation.Allocator(w, channel_axis=0)
+    reference = allocation.Allocator(w, channel_axis=0)
+    for fraction in (*allocation.OUTLIERS, 0.3, 0.999, 1.0):
+        for levels in (1, 2, 7, 40, 255):
+            fast = allocator._measure_scaled(levels, fraction)
+            assert fast == reference._measure_scaled_reference(levels, fraction), (fraction, levels)
+
+
+def test_scaled_sample_matches_np_unique(rng):
+    """The scaled sample's positions joined by a sort equal np.union1d/np.unique's (the straightforward union)."""
+    w = (rng.standard_normal((512, 96, 3, 3)) * np.exp(rng.uniform(0, 3, 512)).reshape(-1, 1, 1, 1)).astype(np.float32)
+    u, s, values = allocation._scaled_sample(w, 0, 5)
+    scales = allocation.codebook.channel_scales(w, 0)
+    normalised = allocation.codebook.normalise(w, scales, 0).ravel()
+    flat = w.ravel()
+    chosen = np.random.default_rng(5).choice(flat.size, allocation.SAMPLE - 2 * allocation.EXTREMES, replace=False)
+    largest = np.argpartition(np.abs(flat), flat.size - allocation.EXTREMES)[-allocation.EXTREMES:]
+    largest_normalised = np.argpartition(np.abs(normalised), flat.size - allocation.EXTREMES)[-allocation.EXTREMES:]
+    positions = np.unique(np.concatenate([chosen, largest, largest_normalised]))
+    np.testing.assert_array_equal(values.view(np.int64), flat[positions].astype(np.float64).view(np.int64))
+    np.testing.assert_array_equal(u.view(np.int64), normalised[positions].astype(np.float64).view(np.int64))
+    np.testing.assert_array_equal(s, scales[positions // (96 * 9)].astype(np.float64))

@@ -147,6 +147,7 @@ class Allocator:
         self.measured: dict[tuple, Candidate | None] = {}
         self._last_kept = None
         self.scaled = None  # (normalised, scales, original) samples, float64, for channel-scaled candidates
+        self._scaled_prepared_arrays = None
         shape = np.shape(weight)
         if channel_axis is not None and len(shape) >= 2 and shape[channel_axis] >= 2 and self.energy > 0:
             self.scaled = _scaled_sample(weight, channel_axis, seed)
@@ -242,7 +243,74 @@ class Allocator:
             self.measured[key] = None if self.scaled is None else self._measure_scaled(levels, fraction)
         return self.measured[key]
 
+    def _scaled_prepared(self):
+        """(order, ordered, energy, largest, by_value, ascending) of the scaled sample, computed once per allocator
+        (the bisection over levels and fractions measures a dozen or more candidates on the same sample): the sample
+        positions by decreasing normalised magnitude (ties by position), the normalised values as float32 in
+        ascending order, sum w^2 and max |w| (float64), the positions by ascending normalised value and those
+        values (float64)."""
+        if self._scaled_prepared_arrays is None:
+            u, _, w = self.scaled
+            by_value = np.argsort(u, kind="stable")
+            self._scaled_prepared_arrays = (np.argsort(-np.abs(u), kind="stable"), np.sort(u.astype(np.float32)),
+                                            float(np.dot(w, w)), float(np.abs(w).max()), by_value, u[by_value])
+        return self._scaled_prepared_arrays
+
     def _measure_scaled(self, levels: int, fraction: float) -> Candidate | None:
+        """``measure_scaled``'s candidate; the same numbers as ``_measure_scaled_reference`` (tests/test_fast_paths.py)
+        without its per-call argsort and sort: the outliers are the largest normalised magnitudes, so as a multiset
+        the negative ones are the smallest values and the others the largest, and the values the codebook is fit to
+        are a run of the sample sorted once."""
+        u, s, w = self.scaled
+        n = len(u)
+        count = int(round(fraction * n)) if fraction > 0 else 0
+        order, ordered, energy, largest, by_value, ascending = self._scaled_prepared()
+        if count >= n or (count and u[order[count - 1]] == 0):  # zeros among the outliers: their sign decides the run
+            return self._measure_scaled_reference(levels, fraction)
+        kept = None
+        negative = 0
+        if count:
+            kept = np.ones(n, dtype=bool)
+            kept[order[:count]] = False
+            negative = int(np.count_nonzero(u[order[:count]] < 0))
+        fitted = ordered[negative:n - (count - negative)]
+        return self._scaled_candidate(levels, fraction, count, fitted, kept, energy, largest, (by_value, ascending))
+
+    def _scaled_candidate(self, levels: int, fraction: float, count: int, fitted: np.ndarray, kept: np.ndarray | None,
+                          energy: float, largest: float, sorted_sample=None) -> Candidate:
+        """The channel-scaled candidate of the sorted float32 ``fitted`` values (its codebook's fit values) and the
+        sample positions ``kept`` (None: all): one Lloyd step from the uniform grid, errors on the weight itself.
+        ``sorted_sample`` (positions by ascending normalised value, those values): each value's centroid index
+        is read off runs of the sorted sample (one binary search per midpoint, then a scatter) instead of a
+        binary search per value; the same indices."""
+        u, s, w = self.scaled
+        centroids = codebook.refine(fitted, codebook.uniform_start(fitted[0], fitted[-1], levels),
+                                    iterations=1).astype(np.float64)
+        middles = (centroids[:-1] + centroids[1:]) / 2
+        if sorted_sample is None:
+            index = np.searchsorted(middles, u if kept is None else u[kept], side="right")
+        else:  # a value takes index j when exactly j midpoints are <= it: runs of the ascending values
+            by_value, ascending = sorted_sample
+            runs = np.diff(np.concatenate([[0], np.searchsorted(ascending, middles, side="left"), [len(ascending)]]))
+            index = np.empty(len(u), dtype=np.intp)
+            index[by_value] = np.repeat(np.arange(len(centroids), dtype=np.intp), runs)
+            if kept is not None:
+                index = index[kept]
+        if kept is not None:
+            s, w = s[kept], w[kept]
+        error = w - centroids[index] * s
+        counts = np.bincount(index, minlength=len(centroids)).astype(np.float64)
+        scale = self.n_total / len(self.scaled[0])
+        lengths = huffman.code_lengths(np.round(counts * scale).astype(np.int64))
+        size_bytes = (float((counts * scale * lengths).sum()) / 8 + 4 * (len(centroids) + 1)
+                      + OUTLIER_BYTES * count * scale + 64 + self.scale_bytes)
+        bits = int(math.ceil(math.log2(levels + 1)))
+        return Candidate(0.0, bits, fraction, math.sqrt(float(np.dot(error, error)) / energy),
+                         float(np.abs(error).max(initial=0.0)) / largest, size_bytes, levels, scaled=True)
+
+    def _measure_scaled_reference(self, levels: int, fraction: float) -> Candidate | None:
+        """The straightforward ``_measure_scaled``: the outliers by an argsort of the normalised magnitudes and the
+        kept values sorted, on every call."""
         u, s, w = self.scaled
         n = len(u)
         count = int(round(fraction * n)) if fraction > 0 else 0
@@ -252,20 +320,7 @@ class Allocator:
         if not kept.any():
             return None
         fitted = np.sort(u[kept].astype(np.float32))
-        centroids = codebook.refine(fitted, codebook.uniform_start(fitted[0], fitted[-1], levels),
-                                    iterations=1).astype(np.float64)
-        index = np.searchsorted((centroids[:-1] + centroids[1:]) / 2, u[kept], side="right")
-        error = w[kept] - centroids[index] * s[kept]
-        energy = float(np.dot(w, w))
-        largest = float(np.abs(w).max())
-        counts = np.bincount(index, minlength=len(centroids)).astype(np.float64)
-        scale = self.n_total / n
-        lengths = huffman.code_lengths(np.round(counts * scale).astype(np.int64))
-        size_bytes = (float((counts * scale * lengths).sum()) / 8 + 4 * (len(centroids) + 1)
-                      + OUTLIER_BYTES * count * scale + 64 + self.scale_bytes)
-        bits = int(math.ceil(math.log2(levels + 1)))
-        return Candidate(0.0, bits, fraction, math.sqrt(float(np.dot(error, error)) / energy),
-                         float(np.abs(error).max(initial=0.0)) / largest, size_bytes, levels, scaled=True)
+        return self._scaled_candidate(levels, fraction, count, fitted, kept, float(np.dot(w, w)), float(np.abs(w).max()))
 
     def _measure(self, sparsity: float, bits: int, fraction: float, levels: int = 0) -> Candidate | None:
         v = self.v
@@ -350,7 +405,12 @@ def _scaled_sample(weight: np.ndarray, axis: int, seed: int) -> tuple[np.ndarray
         chosen = rng.choice(flat.size, SAMPLE - 2 * EXTREMES, replace=False)
         largest = np.argpartition(np.abs(flat), flat.size - EXTREMES)[-EXTREMES:]
         largest_normalised = np.argpartition(np.abs(normalised), flat.size - EXTREMES)[-EXTREMES:]
-        positions = np.unique(np.concatenate([chosen, largest, largest_normalised]))
+        positions = np.concatenate([chosen, largest, largest_normalised])
+        positions.sort()  # their distinct values, as np.unique gives them (without its hashing: numpy 2.4)
+        distinct = np.empty(len(positions), dtype=bool)
+        distinct[0] = True
+        np.not_equal(positions[1:], positions[:-1], out=distinct[1:])
+        positions = positions[distinct]
     else:
         positions = np.arange(flat.size)
     channel = (positions // stride) % len(scales)
