@@ -322,3 +322,31 @@ def test_compiled_record_decoder_rejects_corrupt_bytes(rng):
     record[len(record) // 2] ^= 0x5A  # checksum no longer matches
     with pytest.raises(sidecar.CorruptSidecarError):
         sidecar.decode_record_fast(bytes(record))
+
+
+def _gap_statistics_reference(symbols: np.ndarray, size: int, gap_limit: int):
+    """numpy: the counts, and the gaps (zeros skipped) before each non-zero symbol split at gap_limit."""
+    nonzero = np.flatnonzero(symbols)
+    gaps = np.diff(np.concatenate([[-1], nonzero])) - 1
+    histogram = np.bincount(gaps[gaps < gap_limit], minlength=gap_limit)[:gap_limit]
+    return np.bincount(symbols.astype(np.int64), minlength=size), histogram, gaps[gaps >= gap_limit]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_gap_statistics_from_zero_runs_match_the_symbol_loop(rng, dtype):
+    """uint8/uint16 gap statistics (counted, then the zero runs scanned) equal the per-symbol loop (the int64
+    path) and numpy: no zeros, sparse zeros (outliers), half zeros, leading/trailing runs, runs at and beyond the
+    gap limit, all zeros, empty."""
+    size, limit = 40, 16
+    streams = [rng.integers(1, size, 10_000), rng.integers(0, size, 10_000) * (rng.random(10_000) < 0.5),
+               np.where(rng.random(10_000) < 0.003, 0, rng.integers(1, size, 10_000)),
+               np.concatenate([np.zeros(20), rng.integers(0, 3, 500), np.zeros(16), [5], np.zeros(15), [7], np.zeros(40)]),
+               np.zeros(100), np.zeros(0), np.array([0, 0, 3]), np.array([3, 0])]
+    for stream in streams:
+        symbols = np.asarray(stream).astype(dtype)
+        fast = native.statistics(symbols, size, limit)
+        loop = native.statistics(symbols.astype(np.int64), size, limit)
+        reference = _gap_statistics_reference(symbols, size, limit)
+        for a, b, c in zip(fast, loop, reference):
+            np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(a, c)

@@ -17,8 +17,8 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
-#include <limits>
 #include <cstring>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <system_error>
@@ -740,6 +740,43 @@ void count_small(const void* data, size_t n, int width, size_t size, std::vector
   }
 }
 
+// The gap histogram of ``statistics`` from the zero runs alone (for uint8/uint16 symbols, ``zeros`` of them 0):
+// each maximal run of zeros followed by a non-zero symbol is that symbol's gap (its length); every other non-zero
+// symbol has gap 0; trailing zeros count nowhere. The same histogram and list (in stream order) as the
+// per-symbol loop of ``statistics`` (tests/test_native.py compares them), with memchr finding the zeros of
+// uint8 symbols, so a stream with few zeros costs little more than its count.
+void zero_runs(const void* data, size_t n, int width, int64_t zeros, size_t gap_limit, std::vector<int64_t>& gaps,
+               std::vector<int64_t>& large) {
+  int64_t runs = 0;
+  auto scan = [&](auto* s, auto next_zero) {
+    size_t i = 0;
+    while (i < n) {
+      const size_t start = next_zero(s, i);
+      if (start >= n) break;
+      size_t end = start;
+      while (end < n && s[end] == 0) ++end;
+      if (end >= n) break;  // trailing zeros: no symbol follows
+      const size_t gap = end - start;
+      if (gap >= gap_limit) large.push_back(static_cast<int64_t>(gap)); else ++gaps[gap];
+      ++runs;
+      i = end + 1;
+    }
+  };
+  if (zeros > 0 && width == 1) {
+    scan(static_cast<const uint8_t*>(data), [n](const uint8_t* s, size_t i) {
+      const void* found = std::memchr(s + i, 0, n - i);
+      return found ? static_cast<size_t>(static_cast<const uint8_t*>(found) - s) : n;
+    });
+  } else if (zeros > 0) {
+    scan(static_cast<const uint16_t*>(data), [n](const uint16_t* s, size_t i) {
+      while (i < n && s[i] != 0) ++i;
+      return i;
+    });
+  }
+  const int64_t nonzero = static_cast<int64_t>(n) - zeros;
+  gaps[0] += nonzero - runs;  // the non-zero symbols right after another (or first in the stream)
+}
+
 // One pass over an index stream: numpy.bincount(symbols, minlength=size) (a symbol >= size raises
 // ValueError) and, with gap_limit > 0, the gaps (zeros skipped) before each non-zero symbol: a histogram of
 // those below gap_limit and the list of the others, from which any gap alphabet's symbol counts follow.
@@ -750,8 +787,9 @@ py::tuple statistics(py::array symbols_array, size_t size, size_t gap_limit) {
   std::vector<int64_t> large;
   {
     py::gil_scoped_release release;
-    if (gap_limit == 0 && (symbols.width == 1 || symbols.width == 2) && !symbols.is_signed) {
+    if ((symbols.width == 1 || symbols.width == 2) && !symbols.is_signed) {
       count_small(symbols.array.data(), symbols.n, symbols.width, size, counts);
+      if (gap_limit) zero_runs(symbols.array.data(), symbols.n, symbols.width, counts[0], gap_limit, gaps, large);
     } else if (gap_limit == 0) {
       symbols.each([&](size_t, uint64_t s) { ++counts[s < size ? s : size]; });
     } else {
