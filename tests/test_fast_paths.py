@@ -321,3 +321,26 @@ def test_scaled_sample_matches_np_unique(rng):
     np.testing.assert_array_equal(values.view(np.int64), flat[positions].astype(np.float64).view(np.int64))
     np.testing.assert_array_equal(u.view(np.int64), normalised[positions].astype(np.float64).view(np.int64))
     np.testing.assert_array_equal(s, scales[positions // (96 * 9)].astype(np.float64))
+
+
+def test_read_values_views_the_protobuf_bytes(rng):
+    """An in-memory float32/float16 initializer is read as a read-only view of its bytes: the same values (bit for
+    bit) as graphsurgeon's own read (two copies); other types (bfloat16, int64) still read through graphsurgeon."""
+    import onnx_graphsurgeon as gs
+    from onnxcomp.passes.base import float_values, read_values
+    arrays = {"f32": rng.standard_normal((37, 5)).astype(np.float32), "f16": rng.standard_normal(11).astype(np.float16),
+              "i64": np.arange(6, dtype=np.int64).reshape(2, 3)}
+    bf16 = onnx.helper.make_tensor("bf16", onnx.TensorProto.BFLOAT16, [3], [1.5, -2.0, 0.25])
+    tensors = [onnx.numpy_helper.from_array(a, n) for n, a in arrays.items()] + [bf16]
+    graph = helper.make_graph([helper.make_node("Identity", [t.name], [t.name + "_out"]) for t in tensors], "g", [],
+                              [helper.make_tensor_value_info(t.name + "_out", t.data_type, list(t.dims)) for t in tensors],
+                              tensors)
+    imported = gs.import_onnx(helper.make_model(graph))
+    constants = {name: t for name, t in imported.tensors().items() if isinstance(t, gs.Constant)}
+    for name, expected in arrays.items():
+        got = read_values(constants[name])
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        np.testing.assert_array_equal(got.view(np.uint8), expected.view(np.uint8))
+        assert got.flags.writeable == (name == "i64")
+    np.testing.assert_array_equal(float_values(constants["bf16"]), np.array([1.5, -2.0, 0.25], np.float32))
+    assert float_values(constants["f16"]).flags.writeable  # widened: a fresh float32 array

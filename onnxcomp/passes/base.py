@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field
 
 import os
+import sys
 
 import numpy as np
 import onnx
@@ -44,9 +45,30 @@ class ExternalValues(LazyValues):
 
 def read_values(constant: gs.Constant) -> np.ndarray:
     """A constant's values without caching them in the graph (a lazy constant reads its data again next time),
-    so that a weight's float copy lives only as long as the pass using it."""
+    so that a weight's float copy lives only as long as the pass using it. Read-only for a float32 or float16
+    initializer held in the model (a view of one copy of its protobuf bytes; graphsurgeon's own read copies them
+    once more into a writable array): callers that modify values copy them first."""
     values = constant._values
+    if isinstance(values, LazyValues) and not isinstance(values, ExternalValues):
+        return _raw_view(values.tensor) if _viewable(values.tensor) else values.load()
     return values.load() if isinstance(values, LazyValues) else values
+
+
+_VIEWABLE = {onnx.TensorProto.FLOAT: np.dtype("<f4"), onnx.TensorProto.FLOAT16: np.dtype("<f2")}
+
+
+def _viewable(tensor: onnx.TensorProto) -> bool:
+    """Whether ``_raw_view`` reads ``tensor``: float32/float16 little-endian bytes of the right length in raw_data."""
+    dtype = _VIEWABLE.get(tensor.data_type)
+    return (dtype is not None and sys.byteorder == "little" and tensor.HasField("raw_data")
+            and tensor.data_location != onnx.TensorProto.EXTERNAL)
+
+
+def _raw_view(tensor: onnx.TensorProto) -> np.ndarray:
+    """``tensor``'s values as numpy_helper.to_array gives them, read-only, over the one bytes copy that reading
+    the protobuf field makes (tests/test_fast_paths.py compares them)."""
+    dtype = _VIEWABLE[tensor.data_type]
+    return np.frombuffer(tensor.raw_data, dtype=dtype).reshape(tuple(tensor.dims))
 
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 
@@ -88,8 +110,9 @@ def to_element_type(values: np.ndarray, element_type: int) -> np.ndarray:
 
 
 def float_values(constant: gs.Constant) -> np.ndarray:
-    """A float constant's values as float32 (float16 and bfloat16 widened exactly), not cached: a fresh array the
-    caller may modify (a lazy constant's read is already one, so float32 data is not copied again)."""
+    """A float constant's values as float32 (float16 and bfloat16 widened exactly), not cached. Never modified in
+    place by callers: a float32 initializer read from the model is a read-only view of its bytes (read_values);
+    a lazy constant's read is not copied again."""
     fresh = isinstance(constant._values, LazyValues)
     return as_float32(read_values(constant), onnx_type(constant), copy=not fresh)
 
