@@ -7,6 +7,7 @@ bounds memory to that many weights' working sets.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -43,3 +44,25 @@ def ordered_map(function: Callable[[T], R], items: Iterable[T], workers: int | N
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's malloc_trim, or None (another C library, or none found)."""
+    try:
+        import ctypes
+        function = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    function.argtypes, function.restype = [ctypes.c_size_t], ctypes.c_int
+    return function
+
+
+def release_free_memory() -> None:
+    """Give the heap memory freed so far back to the operating system (glibc's malloc_trim(0); nothing on other C
+    libraries). Worker threads free per-weight arrays into their own malloc arenas, which keep them resident
+    (glibc serves arrays below its mmap threshold from the heap, and that threshold rises to 32 MiB once a larger
+    array is freed): without this, a compression round's freed arrays stay under the next step's peak RSS."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

@@ -344,3 +344,28 @@ def test_read_values_views_the_protobuf_bytes(rng):
         assert got.flags.writeable == (name == "i64")
     np.testing.assert_array_equal(float_values(constants["bf16"]), np.array([1.5, -2.0, 0.25], np.float32))
     assert float_values(constants["f16"]).flags.writeable  # widened: a fresh float32 array
+
+
+def test_release_free_memory_returns_thread_arenas():
+    """glibc's malloc_trim is found on glibc systems, and arrays freed on a worker thread (its own malloc arena,
+    below the mmap threshold) stop counting in the resident set once released."""
+    import platform
+    import threading
+    from onnxcomp import parallel
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("malloc_trim is glibc's")
+    assert parallel._malloc_trim() is not None
+
+    def resident() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def churn():  # 64 arrays of 1 MiB (under the mmap threshold): heap memory of this thread's arena
+        arrays = [np.ones(1 << 18, np.float32) for _ in range(64)]
+        del arrays
+    thread = threading.Thread(target=churn)
+    thread.start()
+    thread.join()
+    before = resident()
+    parallel.release_free_memory()
+    assert resident() <= before

@@ -426,6 +426,9 @@ def _gains(input_path: str, staged: str, feeds: list[dict], cache: dict, report:
     except Exception as error:  # onnxruntime's own errors (a feed the model takes only whole): no measured gains
         log.info("per-weight effect not measured (%s): every gain taken as 1", str(error).strip().splitlines()[0])
         return None
+    finally:
+        from onnxcomp import parallel
+        parallel.release_free_memory()  # the decoded weights and model copies of the runs
     compressed = {layer.name for layer in report.layers}
     measured = {}
     for name, allocator in cache.items():
@@ -504,6 +507,8 @@ def _compress_once(input_path: str, output_path: str, calib: dict | None, loaded
         report.layers.append(LayerReport(t.name, t.kind, list(t.shape), t.size, round(t.sparsity, 6), len(t.codebook),
                                          t.bits, t.dense_bytes, len(t.record) if t.record is not None else portable_bytes(t, state.graph.opset or 0),
                                          len(t.outlier_positions)))
+    from onnxcomp import parallel
+    parallel.release_free_memory()  # the round's per-weight arrays, freed on the worker threads
     return report
 
 

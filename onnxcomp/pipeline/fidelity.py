@@ -477,6 +477,7 @@ def attribute(original_path: str, compressed_path: str, feed: dict[str, np.ndarr
         options.intra_op_num_threads = 1
         options.log_severity_level = 3
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.enable_cpu_mem_arena = False  # its peak (weights packed per run, on each thread) is not kept past the run
         return ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
     first = next(iter(feed.values()), None)
