@@ -22,24 +22,32 @@ def run_reference(model: onnx.ModelProto, feeds: dict) -> list:
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(None, feeds)
 
 
-def record(rng, shape, bits=4, outliers=0):
-    """(record bytes as a uint8 array, the values it decodes to by the numpy reference decoder)."""
+def record(rng, shape, bits=4, outliers=0, scale_axis=None):
+    """(record bytes as a uint8 array, the values it decodes to by the numpy reference decoder). ``scale_axis``:
+    a channel-scaled record (version 3/4) with binary16 scales spanning 100x along that axis."""
     codebook = np.sort(rng.standard_normal(2 ** bits).astype(np.float32)) * np.float32(0.3)
     indices = rng.integers(0, 2 ** bits, size=shape)
     positions = np.sort(rng.choice(indices.size, outliers, replace=False)).astype(np.int64)
     values = rng.standard_normal(outliers).astype(np.float32)
-    data = sidecar.encode_record(codebook, indices, shape, bits, positions, values)
+    scales = None
+    if scale_axis is not None:
+        scales = np.exp(rng.uniform(np.log(0.05), np.log(5.0), shape[scale_axis])).astype(np.float16).astype(np.float32)
+    data = sidecar.encode_record(codebook, indices, shape, bits, positions, values, scales=scales,
+                                 scale_axis=0 if scale_axis is None else scale_axis)
+    assert sidecar.decode_record(data).scales is not None or scale_axis is None
     return np.frombuffer(data, np.uint8), sidecar.decode_record(data).to_dense()
 
 
 def lstm_case(rng, *, directions=1, hidden=8, inputs=5, seq=4, batch=3, bias=True, seq_lens=False, initial=False,
-              outputs=("Y", "Y_h", "Y_c"), layout=0, clip=None, dense_bias=False):
-    """(CodebookLSTM model, reference LSTM model taking W, R, B as graph inputs, feeds of both)."""
+              outputs=("Y", "Y_h", "Y_c"), layout=0, clip=None, dense_bias=False, scaled=False):
+    """(CodebookLSTM model, reference LSTM model taking W, R, B as graph inputs, feeds of both). ``scaled``: W, R
+    and B are channel-scaled records (W along its gate rows, R along its input columns, B along its only axis
+    but one)."""
     direction = {1: "forward", 2: "bidirectional", -1: "reverse"}[directions]
     d = abs(directions)
-    w_record, w = record(rng, (d, 4 * hidden, inputs), outliers=3)
-    r_record, r = record(rng, (d, 4 * hidden, hidden))
-    b_record, b = record(rng, (d, 8 * hidden))
+    w_record, w = record(rng, (d, 4 * hidden, inputs), outliers=3, scale_axis=1 if scaled else None)
+    r_record, r = record(rng, (d, 4 * hidden, hidden), scale_axis=2 if scaled else None)
+    b_record, b = record(rng, (d, 8 * hidden), outliers=2 if scaled else 0, scale_axis=1 if scaled else None)
     x_shape = [seq, batch, inputs] if layout == 0 else [batch, seq, inputs]
     feeds = {"X": rng.standard_normal(x_shape).astype(np.float32)}
     graph_inputs = [float_input("X", x_shape)]
@@ -99,6 +107,8 @@ CASES = [
     {"outputs": ("Y", "Y_c")},
     {"clip": 0.5, "directions": 2},
     {"dense_bias": True, "seq_lens": True},
+    {"scaled": True},
+    {"scaled": True, "directions": 2, "initial": True},
 ]
 
 
