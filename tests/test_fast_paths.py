@@ -369,3 +369,16 @@ def test_release_free_memory_returns_thread_arenas():
     before = resident()
     parallel.release_free_memory()
     assert resident() <= before
+
+
+def test_read_values_of_a_short_tensor_still_fails_loudly():
+    """raw_data shorter than the dims say: no view; graphsurgeon's read raises as before."""
+    import onnx_graphsurgeon as gs
+    from onnxcomp.passes.base import read_values
+    tensor = onnx.numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    tensor.raw_data = tensor.raw_data[:-4]
+    graph = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "g", [],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4, 4])], [tensor])
+    constant = gs.import_onnx(helper.make_model(graph)).tensors()["w"]
+    with pytest.raises(ValueError):
+        read_values(constant)

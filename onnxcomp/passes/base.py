@@ -50,25 +50,27 @@ def read_values(constant: gs.Constant) -> np.ndarray:
     once more into a writable array): callers that modify values copy them first."""
     values = constant._values
     if isinstance(values, LazyValues) and not isinstance(values, ExternalValues):
-        return _raw_view(values.tensor) if _viewable(values.tensor) else values.load()
+        view = _raw_view(values.tensor)
+        return view if view is not None else values.load()
     return values.load() if isinstance(values, LazyValues) else values
 
 
 _VIEWABLE = {onnx.TensorProto.FLOAT: np.dtype("<f4"), onnx.TensorProto.FLOAT16: np.dtype("<f2")}
 
 
-def _viewable(tensor: onnx.TensorProto) -> bool:
-    """Whether ``_raw_view`` reads ``tensor``: float32/float16 little-endian bytes of the right length in raw_data."""
-    dtype = _VIEWABLE.get(tensor.data_type)
-    return (dtype is not None and sys.byteorder == "little" and tensor.HasField("raw_data")
-            and tensor.data_location != onnx.TensorProto.EXTERNAL)
-
-
-def _raw_view(tensor: onnx.TensorProto) -> np.ndarray:
+def _raw_view(tensor: onnx.TensorProto) -> np.ndarray | None:
     """``tensor``'s values as numpy_helper.to_array gives them, read-only, over the one bytes copy that reading
-    the protobuf field makes (tests/test_fast_paths.py compares them)."""
-    dtype = _VIEWABLE[tensor.data_type]
-    return np.frombuffer(tensor.raw_data, dtype=dtype).reshape(tuple(tensor.dims))
+    the protobuf field makes (tests/test_fast_paths.py compares them); None unless they are float32/float16
+    little-endian raw_data in the model whose length matches the dims (graphsurgeon's read then gives the error)."""
+    dtype = _VIEWABLE.get(tensor.data_type)
+    if (dtype is None or sys.byteorder != "little" or not tensor.HasField("raw_data")
+            or tensor.data_location == onnx.TensorProto.EXTERNAL):
+        return None
+    raw = tensor.raw_data
+    dims = tuple(tensor.dims)
+    if len(raw) != dtype.itemsize * int(np.prod(dims, dtype=np.int64)):
+        return None
+    return np.frombuffer(raw, dtype=dtype).reshape(dims)
 
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 
