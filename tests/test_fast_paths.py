@@ -382,3 +382,17 @@ def test_read_values_of_a_short_tensor_still_fails_loudly():
     constant = gs.import_onnx(helper.make_model(graph)).tensors()["w"]
     with pytest.raises(ValueError):
         read_values(constant)
+
+
+@pytest.mark.parametrize("shape,axis", [((64, 3, 3, 3), 0), ((512, 256, 3, 3), 0), ((300, 7000), 0), ((7, 1, 1, 1), 0),
+                                        ((96, 40, 5, 5), 1), ((3, 2_000_001), 0), ((5, 0, 3), 0)])
+def test_channel_rms_in_blocks_matches_the_whole_array(rng, shape, axis):
+    """Channel RMS over blocks of channels equals the float64 copy of the whole weight, bit for bit (rows longer
+    than a block, one row per block, a moved axis, empty channels), with channels of very different scales."""
+    from onnxcomp.core import codebook
+    w = rng.standard_normal(shape).astype(np.float32)
+    if w.size:
+        w *= np.exp(rng.uniform(-20, 20, shape[axis])).astype(np.float32).reshape([-1 if i == axis else 1 for i in range(len(shape))])
+    fast, reference = codebook._channel_rms(w, axis), codebook._channel_rms_reference(w, axis)
+    np.testing.assert_array_equal(fast.view(np.int64), reference.view(np.int64))
+    np.testing.assert_array_equal(codebook._channel_rms(w, axis, block=1000).view(np.int64), reference.view(np.int64))

@@ -169,16 +169,38 @@ def channel_scales(weight: np.ndarray, axis: int) -> np.ndarray:
     decodes to that small scale times the codebook value nearest 0), or 1.0 when every channel is 0. RMS rather
     than max |w|: at the same errors it needed 5 % fewer index bits on the zoo's convolutions
     (bench/channel_codebooks.py, docs/benchmarks.md)."""
-    moved = np.moveaxis(np.asarray(weight, dtype=np.float32), axis, 0)
-    rows = moved.reshape(moved.shape[0], -1).astype(np.float64)
-    rms = np.sqrt((rows * rows).mean(axis=1)) if rows.shape[1] else np.zeros(rows.shape[0])
-    rms = rms.astype(np.float32).astype(np.float64)  # a channel of subnormal-sized values may round to 0 here
+    rms = _channel_rms(weight, axis).astype(np.float32).astype(np.float64)  # a subnormal-sized channel may round to 0
     smallest = float(rms[rms > 0].min()) if (rms > 0).any() else 1.0
     scales = np.where(rms > 0, rms, smallest).astype(np.float32)
     with np.errstate(over="ignore"):
         half = scales.astype(np.float16).astype(np.float32)
     normal = np.isfinite(half) & (half >= np.float32(2.0 ** -14))
     return np.where(normal, half, scales).astype(np.float32)
+
+
+def _channel_rms(weight: np.ndarray, axis: int, block: int = 1 << 20) -> np.ndarray:
+    """float64 [weight.shape[axis]]: sqrt(mean(w^2)) of each channel along ``axis``, the squares and their mean in
+    float64, computed on blocks of about ``block`` values (whole channels) instead of a float64 copy of the whole
+    weight; each channel's sum is the same reduction as on the whole array (``_channel_rms_reference``, compared
+    bit for bit in tests/test_fast_paths.py)."""
+    moved = np.moveaxis(np.asarray(weight, dtype=np.float32), axis, 0)
+    rows = moved.reshape(moved.shape[0], -1)
+    if not rows.shape[1]:
+        return np.zeros(rows.shape[0])
+    rms = np.empty(rows.shape[0])
+    step = max(1, block // rows.shape[1])
+    for start in range(0, rows.shape[0], step):
+        part = rows[start:start + step].astype(np.float64)
+        part *= part
+        rms[start:start + step] = np.sqrt(part.mean(axis=1))
+    return rms
+
+
+def _channel_rms_reference(weight: np.ndarray, axis: int) -> np.ndarray:
+    """The straightforward ``_channel_rms``: the whole weight as float64, squared, averaged per channel."""
+    moved = np.moveaxis(np.asarray(weight, dtype=np.float32), axis, 0)
+    rows = moved.reshape(moved.shape[0], -1).astype(np.float64)
+    return np.sqrt((rows * rows).mean(axis=1)) if rows.shape[1] else np.zeros(rows.shape[0])
 
 
 def normalise(weight: np.ndarray, scales: np.ndarray, axis: int) -> np.ndarray:
