@@ -173,10 +173,11 @@ def test_fallback_copy_leaves_no_sidecar_beside_it(tmp_path, monkeypatch):
 
 
 def test_backoff_search_keeps_the_smallest_passing_output(tmp_path, monkeypatch):
-    """After a back-off round passes, REFINE_ROUNDS rounds at geometric midpoints between the passing and the
-    failing budget run, and the smallest output that passed is installed (whichever round wrote it), byte for
-    byte the same on a second run. The measurement is replaced by one that fails every output no larger than
-    the first measured round's (the model's budget), so larger budgets than the halved one can pass."""
+    """On real fidelity inputs, after a back-off round passes, REFINE_ROUNDS rounds at geometric midpoints between
+    the passing and the failing budget run, and the smallest output that passed is installed (whichever round
+    wrote it), byte for byte the same on a second run; on synthesised inputs the first passing round ends the
+    back-off (no search). The measurement is replaced by one that fails every output no larger than the first
+    measured round's (the model's budget), so larger budgets than the halved one can pass."""
     from onnxcomp.passes import model_io
     from onnxcomp.pipeline import compression, fidelity
     rng = np.random.default_rng(11)
@@ -188,19 +189,24 @@ def test_backoff_search_keeps_the_smallest_passing_output(tmp_path, monkeypatch)
     model = make_model(nodes, [float_input("x", ["n", 256])], [float_input("y", ["n", 32])],
                        [onnx.numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)])
     onnx.save(model, tmp_path / "in.onnx")
-    real = fidelity.compare_runs
+    measure = fidelity.compare_runs
     measured = []
 
     def by_size(original, compressed, feeds, inputs, *args):
-        result = real(original, compressed, feeds, inputs, *args)
+        result = measure(original, compressed, feeds, inputs, *args)
         size = model_io.model_bytes(compressed)
         measured.append(size)
         result.min_cosine = 0.999 if size > measured[0] else 0.5
         return result
     monkeypatch.setattr(fidelity, "compare_runs", by_size)
-    report = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx")
-    budgets = [round_["budget"] for round_ in report.backoff]
+    synthesised = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx")
     first = compression.BUDGET
+    assert [(r["budget"], r["passed"]) for r in synthesised.backoff] == [(first, False), (first / 2, True)]
+    assert synthesised.output_bytes == synthesised.backoff[1]["bytes"] and synthesised.fidelity["inputs"] == "synthesised"
+    real = {"x": rng.standard_normal((16, 256)).astype(np.float32)}
+    measured.clear()
+    report = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx", fidelity_data=real)
+    budgets = [round_["budget"] for round_ in report.backoff]
     assert budgets[:3] == pytest.approx([first, first / 2, first / np.sqrt(2)])
     assert len(budgets) == 2 + compression.REFINE_ROUNDS
     assert [r["passed"] for r in report.backoff][:2] == [False, True]
@@ -212,7 +218,7 @@ def test_backoff_search_keeps_the_smallest_passing_output(tmp_path, monkeypatch)
     assert run_compressed(tmp_path / "out.onnx", {"x": x})[0].shape == (8, 32)
     first_bytes = [(tmp_path / name).read_bytes() for name in ("out.onnx", "out.onnxcomp")]
     measured.clear()
-    onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "again.onnx")
+    onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "again.onnx", fidelity_data=real)
     assert [(tmp_path / name).read_bytes() for name in ("again.onnx", "again.onnxcomp")][1] == first_bytes[1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again.onnx", "again.onnxcomp", "in.onnx", "out.onnx", "out.onnxcomp"]
 

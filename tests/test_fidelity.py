@@ -124,35 +124,6 @@ def test_token_ids_are_drawn_over_the_embedding_rows(rng):
     assert (feeds[0]["attention_mask"] == 1).all() and feeds[0]["attention_mask"].shape == (4, 7)
 
 
-def test_one_hot_encoded_ids_are_drawn_over_the_depth(tmp_path, rng):
-    """An integer input compared into a one-hot encoding (Equal with the constant list 0..D-1, as jax exports
-    one_hot: Magika's bytes; or a OneHot of constant depth) is drawn over 0..D-1, so the model's fidelity is
-    measured; a constant that is not 0..D-1 in order gives no guess."""
-    classes = numpy_helper.from_array(np.arange(20, dtype=np.int32).reshape(1, 1, 20), "classes")
-    table = numpy_helper.from_array(rng.standard_normal((20, 8)).astype(np.float32), "table")
-    shape = numpy_helper.from_array(np.array([-1, 12, 1], np.int64), "shape")
-    nodes = [helper.make_node("Reshape", ["bytes", "shape"], ["b3"]), helper.make_node("Equal", ["b3", "classes"], ["hot"]),
-             helper.make_node("Cast", ["hot"], ["f"], to=TensorProto.FLOAT), helper.make_node("MatMul", ["f", "table"], ["y"])]
-    model = make_model(nodes, [helper.make_tensor_value_info("bytes", TensorProto.INT32, ["batch", 12])],
-                       [float_input("y", ["batch", 12, 8])], [classes, table, shape])
-    feeds = fidelity.synthesise(model, samples=64, seed=0)
-    values = feeds[0]["bytes"]
-    assert values.shape == (64, 12) and values.min() == 0 and values.max() == 19
-    path = tmp_path / "onehot.onnx"
-    onnx.save(model, path)
-    assert fidelity.measure(str(path), str(path)).min_cosine == pytest.approx(1.0)
-    depth = numpy_helper.from_array(np.array([7], np.int64), "depth")
-    onehot = make_model([helper.make_node("OneHot", ["ids", "depth", "values"], ["y"], axis=-1)],
-                        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch"])], [float_input("y", ["batch", 7])],
-                        [depth, numpy_helper.from_array(np.array([0, 1], np.float32), "values")])
-    ids = fidelity.synthesise(onehot, samples=64, seed=0)[0]["ids"]
-    assert ids.min() == 0 and ids.max() == 6
-    shuffled = numpy_helper.from_array(np.array([[[1, 0] + list(range(2, 20))]], np.int32), "classes")
-    model.graph.initializer[0].CopyFrom(shuffled)
-    with pytest.raises(fidelity.InputsUnavailable, match="bytes"):
-        fidelity.synthesise(model, samples=4, seed=0)
-
-
 def test_stored_original_outputs_are_read_not_recomputed(tmp_path, mlp):
     """compare_runs with a ``reference`` dict stores the original's outputs on the first call and reads them on
     later calls (compress's back-off rounds): the same result as without it, and a changed stored output

@@ -19,8 +19,7 @@ rank 4 with 1, 3 or 4 channels first or last and both other dimensions >= ``IMAG
 with edges instead of iid noise: ``smooth_images``; inputs named like a recurrent state,
 ``state``/``h0``/``c0``/``hidden``/``past``/``cache``, are zeros, a model's initial state); integer inputs that index
 an embedding table (they reach a Gather's index slot through shape-preserving ops) are uniform over the table's
-rows, those one-hot encoded over 0..D-1 (an Equal with the constant list 0, 1, .., D-1, or a OneHot of constant
-depth D, through shape-preserving ops: Magika's byte input) uniform over 0..D-1, integer masks (``mask`` in the name) are ones, token type / segment ids zeros. Any other integer or boolean
+rows, integer masks (``mask`` in the name) are ones, token type / segment ids zeros. Any other integer or boolean
 input (a sample rate, a flag, a count) has no value that can be guessed safely: the measurement is then
 ``unavailable`` with the input named and how to supply it (``--input-range NAME=LO,HI`` or real inputs).
 ``--input-shape NAME=D0,D1,..`` fixes an input's shape, ``--input-range NAME=LO,HI`` its value range (integers
@@ -56,10 +55,6 @@ FINAL_ACTIVATIONS = {"Sigmoid"}
 SHAPE_ONLY = {"Reshape", "Transpose", "Identity", "Squeeze", "Unsqueeze", "Flatten", "Cast"}
 IMAGE_MIN = 16
 SHAPE_PRESERVING = {"Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity", "Expand", "Transpose"}
-INTEGER_TYPES = {onnx.TensorProto.INT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT8, onnx.TensorProto.INT8,
-                 onnx.TensorProto.UINT16, onnx.TensorProto.INT16}
-INDEX_TYPES = INTEGER_TYPES | {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE}  # a OneHot depth may be a float
-MAX_ONE_HOT = 1 << 20  # larger constants are not read as one-hot class lists
 
 
 class InputsUnavailable(Exception):
@@ -117,34 +112,9 @@ def parse_overrides(shapes=(), ranges=()) -> tuple[dict, dict]:
     return parsed_shapes, parsed_ranges
 
 
-def _one_hot_depth(node: onnx.NodeProto, tensor: str, constants: dict[str, np.ndarray]) -> int | None:
-    """D when ``node`` one-hot encodes ``tensor`` over 0..D-1: an ``Equal`` of it with a constant integer tensor
-    whose values, in order, are 0, 1, .., D-1 (the comparison jax and TensorFlow exports write for one_hot), or
-    a ``OneHot`` whose constant depth is D; else None."""
-    if node.op_type == "Equal" and len(node.input) == 2 and tensor in node.input:
-        other = constants.get(node.input[1] if node.input[0] == tensor else node.input[0])
-        if other is not None and other.dtype.kind in "iu" and other.size >= 2 and \
-                np.array_equal(other.ravel(), np.arange(other.size)):
-            return int(other.size)
-    if node.op_type == "OneHot" and len(node.input) >= 2 and node.input[0] == tensor:
-        depth = constants.get(node.input[1])
-        if depth is not None and depth.size == 1 and depth.dtype.kind in "iuf" and float(depth.ravel()[0]) >= 2:
-            return int(depth.ravel()[0])
-    return None
-
-
 def _gather_rows(model: onnx.ModelProto) -> dict[str, int]:
-    """For each graph input: the rows of the embedding table it indexes (through shape-preserving ops), or the
-    depth of the one-hot encoding it is compared into (``_one_hot_depth``), if any."""
-    from onnx import numpy_helper
+    """For each graph input: the rows of the embedding table it indexes (through shape-preserving ops), if any."""
     tables = {t.name: t.dims[0] for t in model.graph.initializer if len(t.dims) >= 1}
-    # Integer constants of at most MAX_ONE_HOT values (a class list) and single values (a depth), read in memory.
-    tensors = [(t.name, t) for t in model.graph.initializer] + [
-        (n.output[0], a.t) for n in model.graph.node if n.op_type == "Constant" and n.output for a in n.attribute
-        if a.name == "value"]
-    constants = {name: numpy_helper.to_array(t) for name, t in tensors
-                 if t.data_location != onnx.TensorProto.EXTERNAL and t.data_type in INDEX_TYPES
-                 and (int(np.prod(t.dims)) == 1 or (t.data_type in INTEGER_TYPES and int(np.prod(t.dims)) <= MAX_ONE_HOT))}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         for name in node.input:
@@ -156,11 +126,8 @@ def _gather_rows(model: onnx.ModelProto) -> dict[str, int]:
             tensor = frontier.pop()
             seen.add(tensor)
             for node in consumers.get(tensor, []):
-                depth = _one_hot_depth(node, tensor, constants)
                 if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == tensor and node.input[0] in tables:
                     found[value.name] = int(tables[node.input[0]])
-                elif depth is not None:
-                    found[value.name] = depth
                 elif node.op_type in SHAPE_PRESERVING and node.input[0] == tensor:
                     frontier.extend(o for o in node.output if o not in seen)
     return found
