@@ -9,7 +9,8 @@ tensor the same element type and rank, and the same value for every dimension th
 ``dim_param``, may differ: it only names an unknown size, and onnxruntime makes up its own); entries inference
 does not reproduce (a custom op's outputs: onnx knows no schema for them, so they and what depends on them are kept,
 as are shapes inference cannot work out, a Reshape to a computed shape) stay. Only the main graph's entries are
-considered; subgraphs keep theirs. A model inference rejects keeps all of them.
+considered; subgraphs keep theirs. A model inference rejects keeps all of them. Inference runs on a copy of the
+graph without the data of tensors above SMALL elements (``_probe``), so a large model is not copied whole.
 
 In the entries kept, a symbolic dim that no graph input or output names is renamed ``_s0``, ``_s1``, .. (the
 first name no dim of the model uses), the same name for the same symbol: onnxruntime reads a ``dim_param`` as an
@@ -26,6 +27,34 @@ import onnx
 log = logging.getLogger("onnxcomp")
 
 STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
+SMALL = 1024  # initializers of at most this many elements stay in the probe with their values (shape constants)
+
+
+def _probe(model: onnx.ModelProto, value_info: list[onnx.ValueInfoProto]) -> onnx.ModelProto:
+    """A copy of ``model``'s main graph for shape inference without its large tensors' data: initializers above
+    SMALL elements (or stored externally) become graph inputs of their type and shape (inference needs only
+    those; the values it reads, Reshape's shape and the like, are small), so a large model is not copied whole."""
+    graph = model.graph
+    probe = onnx.ModelProto(ir_version=model.ir_version)
+    probe.opset_import.extend(model.opset_import)
+    probe.functions.extend(model.functions)
+    copy = probe.graph
+    copy.name = graph.name
+    copy.node.extend(graph.node)
+    copy.input.extend(graph.input)
+    copy.output.extend(graph.output)
+    copy.value_info.extend(value_info)
+    copy.sparse_initializer.extend(graph.sparse_initializer)
+    inputs = {v.name for v in graph.input}
+    for tensor in graph.initializer:
+        elements = 1
+        for d in tensor.dims:
+            elements *= d
+        if elements <= SMALL and tensor.data_location != onnx.TensorProto.EXTERNAL:
+            copy.initializer.append(tensor)
+        elif tensor.name not in inputs:
+            copy.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+    return probe
 
 
 def _reproduced(stored: onnx.TypeProto, inferred: onnx.TypeProto | None) -> bool:
@@ -75,12 +104,8 @@ def drop_inferable_value_info(model: onnx.ModelProto) -> int:
         return 0
     producers = {o: n for n in graph.node for o in n.output}
     custom = [v for v in graph.value_info if v.name in producers and producers[v.name].domain not in STANDARD_DOMAINS]
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    del probe.graph.value_info[:]
-    probe.graph.value_info.extend(custom)
     try:
-        inferred = onnx.shape_inference.infer_shapes(probe)
+        inferred = onnx.shape_inference.infer_shapes(_probe(model, custom))
     except Exception as error:  # onnx's own error types on a graph it cannot check: keep every entry
         log.debug("value_info kept: shape inference failed (%s)", str(error).strip().splitlines()[0])
         return 0

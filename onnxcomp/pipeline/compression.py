@@ -302,7 +302,7 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
     every weight's limit; a min cosine below 0.99 halves the budget (at most BACKOFF_ROUNDS times) until a round
     passes; on real fidelity inputs (``fidelity_data`` or ``calib``, not synthesised ones) REFINE_ROUNDS rounds at
     the geometric midpoint of the largest passing and smallest failing budgets follow, and the smallest output
-    that passed is kept (``Report.backoff`` lists the rounds after the first); if it still misses,
+    that passed is kept (``Report.backoff``: every measured round once the first missed); if it still misses,
     or the output would not be smaller than the input, or would save less than MIN_SAVING (2 %) of its bytes, the
     input is copied instead (``Report.fallback`` says why). Explicit settings are written as asked (a warning is the caller's to print). ``min_cosine`` makes the check a gate: below it (or when it cannot be
     measured) FidelityError is raised and nothing is written.
