@@ -172,6 +172,57 @@ def test_fallback_copy_leaves_no_sidecar_beside_it(tmp_path, monkeypatch):
     np.testing.assert_array_equal(run_plain(onnx.load(tmp_path / "out.onnx"), {"x": x})[0], run_plain(model, {"x": x})[0])
 
 
+def test_backoff_search_keeps_the_smallest_passing_output(tmp_path, monkeypatch):
+    """On real fidelity inputs, after a back-off round passes, REFINE_ROUNDS rounds at geometric midpoints between
+    the passing and the failing budget run, and the smallest output that passed is installed (whichever round
+    wrote it), byte for byte the same on a second run; on synthesised inputs the first passing round ends the
+    back-off (no search). The measurement is replaced by one that fails every output no larger than the first
+    measured round's (the model's budget), so larger budgets than the halved one can pass."""
+    from onnxcomp.passes import model_io
+    from onnxcomp.pipeline import compression, fidelity
+    rng = np.random.default_rng(11)
+    weights = [rng.standard_normal((256, 256)).astype(np.float32), rng.standard_normal((256, 128)).astype(np.float32),
+               rng.standard_normal((128, 32)).astype(np.float32)]
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h0"]), helper.make_node("Relu", ["h0"], ["r0"]),
+             helper.make_node("MatMul", ["r0", "w1"], ["h1"]), helper.make_node("Relu", ["h1"], ["r1"]),
+             helper.make_node("MatMul", ["r1", "w2"], ["y"])]
+    model = make_model(nodes, [float_input("x", ["n", 256])], [float_input("y", ["n", 32])],
+                       [onnx.numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)])
+    onnx.save(model, tmp_path / "in.onnx")
+    measure = fidelity.compare_runs
+    measured = []
+
+    def by_size(original, compressed, feeds, inputs, *args):
+        result = measure(original, compressed, feeds, inputs, *args)
+        size = model_io.model_bytes(compressed)
+        measured.append(size)
+        result.min_cosine = 0.999 if size > measured[0] else 0.5
+        return result
+    monkeypatch.setattr(fidelity, "compare_runs", by_size)
+    synthesised = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx")
+    first = compression.BUDGET
+    assert [(r["budget"], r["passed"]) for r in synthesised.backoff] == [(first, False), (first / 2, True)]
+    assert synthesised.output_bytes == synthesised.backoff[1]["bytes"] and synthesised.fidelity["inputs"] == "synthesised"
+    real = {"x": rng.standard_normal((16, 256)).astype(np.float32)}
+    measured.clear()
+    report = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx", fidelity_data=real)
+    budgets = [round_["budget"] for round_ in report.backoff]
+    assert budgets[:3] == pytest.approx([first, first / 2, first / np.sqrt(2)])
+    assert len(budgets) == 2 + compression.REFINE_ROUNDS
+    assert [r["passed"] for r in report.backoff][:2] == [False, True]
+    passed = [r["bytes"] for r in report.backoff if r["passed"]]
+    assert report.fallback is None and report.output_bytes == min(passed) == model_io.model_bytes(tmp_path / "out.onnx")
+    assert min(passed) < report.backoff[1]["bytes"]  # the search found a smaller passing output than the halving's
+    assert report.fidelity["min_cosine"] == 0.999
+    x = rng.standard_normal((8, 256)).astype(np.float32)
+    assert run_compressed(tmp_path / "out.onnx", {"x": x})[0].shape == (8, 32)
+    first_bytes = [(tmp_path / name).read_bytes() for name in ("out.onnx", "out.onnxcomp")]
+    measured.clear()
+    onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "again.onnx", fidelity_data=real)
+    assert [(tmp_path / name).read_bytes() for name in ("again.onnx", "again.onnxcomp")][1] == first_bytes[1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again.onnx", "again.onnxcomp", "in.onnx", "out.onnx", "out.onnxcomp"]
+
+
 def test_defaults_copy_a_model_compression_would_barely_shrink(tmp_path):
     """An (already quantised) model whose float weights are under 2 % of its bytes is copied at the defaults, with
     the reason in the report; fixed settings still compress it as asked."""

@@ -202,3 +202,38 @@ def test_input_is_never_modified(tmp_path, rng):
     onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx", **OPTIONS)
     assert (tmp_path / "in.onnx").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx", "out.onnx", "out.onnxcomp"]
+
+
+def test_value_info_onnxruntime_infers_is_left_out(tmp_path, rng):
+    """value_info of standard ops whose shapes inference reproduces is dropped from the output; a custom op's
+    outputs and a shape inference cannot reproduce (a Reshape to a computed shape) are kept, with their private
+    symbolic dims renamed consistently and the graph inputs' and outputs' names untouched; outputs are the same
+    as those of the output with every entry kept, and two runs write the same bytes."""
+    from onnxcomp.passes.value_info import drop_inferable_value_info
+    long = "floor(floor(height/2 - 1/2)/2) + 1"
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Sigmoid", ["c"], ["s"]),
+             helper.make_node("Mul", ["c", "s"], ["m"]), helper.make_node("Shape", ["m"], ["shape"]),
+             helper.make_node("Reshape", ["m", "shape"], ["r"]), helper.make_node("Relu", ["r"], ["y"])]
+    infos = [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["batch", 16, long, "width"])
+             for name in ("c", "s", "m", "r")]
+    model = make_model(nodes, [float_input("x", ["batch", 8, "height", "width"])],
+                       [float_input("y", ["batch", 16, "height", "width"])], [weight(rng, "w", (16, 8, 3, 3))])
+    model.graph.value_info.extend(infos)
+    onnx.save(model, tmp_path / "in.onnx")
+    onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx", bits=6, sparsity=0.0)
+    out = onnx.load(tmp_path / "out.onnx", load_external_data=False)
+    kept = {v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim] for v in out.graph.value_info}
+    assert set(kept) == {"c", "r"}  # c: the CodebookConv's output; r: a Reshape to a computed shape
+    assert kept["c"] == kept["r"] == ["batch", 16, "_s0", "width"]
+    assert [d.dim_param or d.dim_value for d in out.graph.input[0].type.tensor_type.shape.dim] == ["batch", 8, "height", "width"]
+    full = onnx.load(tmp_path / "out.onnx", load_external_data=False)
+    del full.graph.value_info[:]
+    full.graph.value_info.extend(v for v in infos if v.name != "x")
+    onnx.save(full, tmp_path / "full.onnx")
+    x = rng.standard_normal((2, 8, 12, 10)).astype(np.float32)
+    np.testing.assert_array_equal(run_compressed(tmp_path / "out.onnx", {"x": x})[0],
+                                  run_compressed(tmp_path / "full.onnx", {"x": x})[0])
+    onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "again.onnx", bits=6, sparsity=0.0)
+    again = onnx.load(tmp_path / "again.onnx", load_external_data=False)
+    assert again.graph.value_info == out.graph.value_info
+    assert drop_inferable_value_info(again) == 0  # nothing left to drop

@@ -124,6 +124,26 @@ def test_token_ids_are_drawn_over_the_embedding_rows(rng):
     assert (feeds[0]["attention_mask"] == 1).all() and feeds[0]["attention_mask"].shape == (4, 7)
 
 
+def test_stored_original_outputs_are_read_not_recomputed(tmp_path, mlp):
+    """compare_runs with a ``reference`` dict stores the original's outputs on the first call and reads them on
+    later calls (compress's back-off rounds): the same result as without it, and a changed stored output
+    changes the measurement (so the original was not run again)."""
+    out = tmp_path / "out.onnx"
+    package.compress(mlp, out)
+    feeds, source, _ = fidelity.prepare(str(mlp))
+    plain = fidelity.compare_runs(str(mlp), str(out), feeds, source)
+    reference = {}
+    first = fidelity.compare_runs(str(mlp), str(out), feeds, source, reference=reference)
+    again = fidelity.compare_runs(str(mlp), str(out), feeds, source, reference=reference)
+    assert first.to_dict() == plain.to_dict() == again.to_dict()
+    (stored,) = reference.values()
+    assert len(stored) == len(feeds)
+    for outputs in stored:
+        outputs["y"] = -outputs["y"]
+    flipped = fidelity.compare_runs(str(mlp), str(out), feeds, source, reference=reference)
+    assert flipped.mean_cosine == pytest.approx(-plain.mean_cosine) and flipped.min_cosine < 0
+
+
 def test_bad_override_is_a_one_line_error(tmp_path, mlp):
     result = onnxcomp("compress", mlp, tmp_path / "out.onnx", "--input-shape", "x=1,a")
     assert result.returncode == 1 and "--input-shape" in result.stderr and "Traceback" not in result.stderr

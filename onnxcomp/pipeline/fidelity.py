@@ -301,45 +301,66 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(a).all(1), value, np.nan)
 
 
-def _sessions(original_path: str, compressed_path: str,
-              original: onnx.ModelProto) -> tuple[ort.InferenceSession, ort.InferenceSession, dict[str, str]]:
+def _sessions(original_path: str, compressed_path: str, original: onnx.ModelProto,
+              cached: bool = False) -> tuple[ort.InferenceSession | None, ort.InferenceSession, dict[str, str]]:
     """Sessions of both models with the logits of ``logit_taps`` as extra outputs (without them when the output
-    does not keep the tapped tensor's name), and the taps used. ``original``: the original's graph, parsed."""
+    does not keep the tapped tensor's name), and the taps used. ``original``: the original's graph, parsed.
+    ``cached``: the original's outputs are known already (``compare_runs``' ``reference``): no session of it
+    unless the output lacks a tapped tensor (then None for the original's session)."""
     taps = logit_taps(original)
     extra = list(dict.fromkeys(taps.values()))
-    reference = _session(original_path, extra, original)
+    reference = None if cached else _session(original_path, extra, original)
     try:
         candidate = _session(compressed_path, extra)
     except Exception:  # onnxruntime's own errors: a tapped tensor the output does not have
-        taps, reference, candidate = {}, _session(original_path, model=original), _session(compressed_path)
+        taps, candidate = {}, _session(compressed_path)
+        reference = None if cached else _session(original_path, model=original)
     return reference, candidate, taps
 
 
 def compare_runs(original_path: str, compressed_path: str, feeds: list[dict[str, np.ndarray]], inputs: str,
-                 original: onnx.ModelProto | None = None) -> Fidelity:
+                 original: onnx.ModelProto | None = None, reference: dict | None = None) -> Fidelity:
     """Run both models on ``feeds`` and compare every float output (module docstring). ``original``: the original
     model as ``onnx.load(original_path, load_external_data=False)`` gives it, when the caller has it (it is parsed
-    once then, not once per use; it is not modified)."""
+    once then, not once per use; it is not modified). ``reference``: a dict the caller keeps across calls on the
+    same original and ``feeds`` (compress's back-off rounds): the original's outputs per feed are stored there
+    the first time and read from it afterwards, so the original runs once (its outputs are deterministic: the
+    same single-threaded session on the same inputs)."""
     original = original if original is not None else onnx.load(original_path, load_external_data=False)
+    stored = reference if reference is not None else {}
+    taps = logit_taps(original)
+
+    def known(taps: dict[str, str]) -> bool:  # the original's outputs with these taps are stored, for every feed
+        return len(stored.get(tuple(dict.fromkeys(taps.values())), ())) == len(feeds)
     try:
-        reference, candidate, taps = _sessions(original_path, compressed_path, original)
+        session, candidate, taps = _sessions(original_path, compressed_path, original, cached=known(taps))
+        if session is None and not known(taps):  # stored with taps the output lacks: the original again, untapped
+            session = _session(original_path, model=original)
     except Exception as error:  # onnxruntime's own error types: the input itself does not load there
         return Fidelity(inputs, unavailable=f"onnxruntime cannot load the input model ({str(error).strip().splitlines()[0]})")
-    session_names = [o.name for o in reference.get_outputs()]
+    key = tuple(dict.fromkeys(taps.values()))
+    if session is not None:
+        stored[key] = []  # filled feed by feed below
     names = [o.name for o in original.graph.output]
     from onnxcomp.pipeline.verification import class_score_outputs  # verify's rule: top-1 only for class scores
     scores = class_score_outputs(original)
     per_output: dict[str, dict] = {name: {"cos": [], "agree": [], "class_scores": name in scores} for name in names}
     samples = 0
-    for feed in feeds:
-        axes = sample_axes([i for i in reference.get_inputs() if i.name in feed])
+    for index, feed in enumerate(feeds):
+        axes = sample_axes([i for i in candidate.get_inputs() if i.name in feed])
         try:
             count = count_samples(feed, axes) if any(np.ndim(v) and axes.get(k, 0) is not None for k, v in feed.items()) else None
             # In batches the model accepts (a fixed batch dimension gets runs of that size).
-            # Both models at once, one per core (single-threaded sessions).
-            runs = parallel.ordered_map(lambda session: run_batched(session, feed, batch=count or 1), [reference, candidate])
-            expected, actual = (dict(zip(session_names, outputs)) for outputs in runs)
+            # Both models at once, one per core (single-threaded sessions); the original only when not stored.
+            runners = [candidate] if session is None else [session, candidate]
+            runs = list(parallel.ordered_map(lambda s: dict(zip([o.name for o in s.get_outputs()],
+                                                                run_batched(s, feed, batch=count or 1))), runners))
+            if session is not None:
+                stored[key].append(runs[0])
+            expected, actual = stored[key][index], runs[-1]
         except Exception as error:  # onnxruntime's own error types on feeds the model does not take
+            if session is not None:
+                stored.pop(key, None)  # nothing half-stored
             return Fidelity(inputs, unavailable=f"running the models on the {inputs} inputs failed "
                             f"({str(error).strip().splitlines()[0]}); give real inputs with --fidelity-data FILE.npz")
         samples += count or 1
