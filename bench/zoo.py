@@ -229,6 +229,8 @@ def compress(model: zoo.ZooModel, options: list[str], out: Path, timeout: float)
     options = [o.replace("{calib}", calib) for o in options]
     if any("{budget}" in o for o in options):
         options = [o.replace("{budget}", budget_for(model)) for o in options]
+        if model.budget_output:  # the output the checks read (declared with the model)
+            options += ["--budget-output", model.budget_output]
     report_path = out.with_suffix(".report.json")
     for stale in (out, out.with_suffix(".onnxcomp"), report_path):
         stale.unlink(missing_ok=True)
