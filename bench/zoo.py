@@ -229,6 +229,8 @@ def compress(model: zoo.ZooModel, options: list[str], out: Path, timeout: float)
     options = [o.replace("{calib}", calib) for o in options]
     if any("{budget}" in o for o in options):
         options = [o.replace("{budget}", budget_for(model)) for o in options]
+        if model.budget_output:  # the output the checks read (declared with the model)
+            options += ["--budget-output", model.budget_output]
     report_path = out.with_suffix(".report.json")
     for stale in (out, out.with_suffix(".onnxcomp"), report_path):
         stale.unlink(missing_ok=True)
@@ -430,6 +432,44 @@ def cmd_run(args, options: list[str]) -> None:
         update_section(args.section or f"zoo-{args.name}", text)
 
 
+def cmd_merge(args) -> None:
+    """One table from the rows of several `run`s made with the same onnxcomp options (one model at a time, say),
+    each row as that run measured it: the header names each run, its commit and the date its rows were written.
+    Refuses runs whose options differ, and a model measured by two of the runs (which one counts is a choice the
+    table would hide)."""
+    runs = [name for name in args.runs.split(",") if name]
+    loaded = []
+    for name in runs:
+        path = run_dir(name) / "rows.json"
+        if not path.exists():
+            sys.exit(f"error: run {name!r} has no rows ({path}): run it first")
+        loaded.append((name, json.loads(path.read_text()), datetime.date.fromtimestamp(path.stat().st_mtime).isoformat()))
+    options = loaded[0][1]["options"]
+    for name, found, _ in loaded[1:]:
+        if found["options"] != options:
+            sys.exit(f"error: run {name!r} used options {shlex.join(found['options'])}, run {loaded[0][0]!r} "
+                     f"{shlex.join(options)}: a merged table needs the same options")
+    rows, int8, seen = [], {}, {}
+    for name, found, _ in loaded:
+        for row in found["rows"]:
+            if row["model"] in seen:
+                sys.exit(f"error: {row['model']} is in runs {seen[row['model']]!r} and {name!r}: keep one")
+            seen[row["model"]] = name
+            rows.append(row)
+        int8.update(found["int8"])
+    order = {m.name: i for i, m in enumerate(zoo.MODELS)}
+    rows.sort(key=lambda row: order.get(row["model"], len(order)))
+    body = table(rows, int8, options, ", ".join(sorted({found["commit"] for _, found, _ in loaded})))
+    sources = "; ".join(f"`{name}` ({', '.join(r['model'] for r in found['rows'])}; commit {found['commit']}, {date})"
+                        for name, found, date in loaded)
+    more = details(rows)
+    text = (f"### Real-model zoo: runs merged into one table\n\nRows from runs {sources}, each as that run measured "
+            f"it (the date below is the merge's).\n\n{body}\n" + (f"\n{more}\n" if more else ""))
+    print(text)
+    if not args.no_write:
+        update_section(args.section, text)
+
+
 # ------------------------------------------------------------------------------------------------------ speed
 
 def speed_child(name: str, original: str, compressed: str, repeats: int, out: str, threads: int = 0) -> None:
@@ -596,6 +636,10 @@ def main() -> None:
     r.add_argument("--timeout", type=float, default=1200, help="seconds per model for compress and for evaluation")
     r.add_argument("--no-write", action="store_true")
     r.add_argument("--section", help="the docs/benchmarks.md section to write (default zoo-NAME), e.g. zoo-calibrated")
+    g = sub.add_parser("merge", help="one table from several runs made with the same options (e.g. one model each)")
+    g.add_argument("--runs", required=True, help="run names, comma-separated")
+    g.add_argument("--section", required=True, help="the docs/benchmarks.md section to write, e.g. zoo-calibrated")
+    g.add_argument("--no-write", action="store_true")
     s = sub.add_parser("speed", help="time original vs the compressed outputs of run NAME")
     s.add_argument("--name", required=True)
     s.add_argument("--models")
@@ -615,6 +659,8 @@ def main() -> None:
                 print(f"{model.name}: prepare failed: {type(error).__name__}: {error}", flush=True)
     elif args.command == "run":
         cmd_run(args, options)
+    elif args.command == "merge":
+        cmd_merge(args)
     elif args.command == "speed":
         cmd_speed(args)
     else:

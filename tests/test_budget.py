@@ -4,6 +4,7 @@ import itertools
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 from onnx import helper
 
@@ -538,6 +539,48 @@ def test_budget_measures_the_first_output_that_depends_on_a_weight(rng):
     assert [o.name for o in model.graph.output] == ["z", "echo", "y"]
     _weight_output_first(model)
     assert [o.name for o in model.graph.output] == ["z", "echo", "y"]
+
+
+def test_budget_output_names_the_output_measured(rng):
+    """--budget-output puts the named output first (the zoo's MiniLM-L3 lists its token embeddings before the
+    pooled sentence embedding its users read); a name that is no output, or an output no weight feeds, is refused."""
+    from onnxcomp.pipeline.autotune import _weight_output_first
+    nodes = [helper.make_node("Identity", ["x"], ["echo"]), helper.make_node("MatMul", ["x", "w"], ["y"]),
+             helper.make_node("ReduceMean", ["y"], ["pooled"], axes=[1], keepdims=0)]
+    outputs = [float_input("echo", [None, 8]), float_input("y", [None, 4]), float_input("pooled", [None])]
+    model = make_model(nodes, [float_input("x", [None, 8])], outputs, [weight(rng, "w", (8, 4))])
+    _weight_output_first(model, "pooled")
+    assert [o.name for o in model.graph.output] == ["pooled", "echo", "y"]
+    with pytest.raises(OnnxcompError, match="'nothing' is not an output of the model"):
+        _weight_output_first(model, "nothing")
+    with pytest.raises(OnnxcompError, match="'echo' depends on no weight"):
+        _weight_output_first(model, "echo")
+
+
+def test_budget_measured_on_the_named_output_holds_there(tmp_path, rng):
+    """End to end: a budget on the second output (a mean over the rows of the first, which averages the weight's
+    error across rows) is confirmed on the check set in that output, the report names it, and the written model
+    keeps its outputs in the given order."""
+    from onnxcomp.runtime import InferenceSession
+    nodes = [helper.make_node("Gemm", ["x", "w1"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "w2"], ["y"], transB=1),
+             helper.make_node("ReduceMean", ["y"], ["pooled"], axes=[1], keepdims=1)]
+    model = make_model(nodes, [float_input("x", ["n", 32])], [float_input("y", ["n", 8]), float_input("pooled", ["n", 1])],
+                       [weight(rng, "w1", (48, 32), 0.3), weight(rng, "w2", (8, 48), 0.3)])
+    onnx.save(model, tmp_path / "in.onnx")
+    x = rng.standard_normal((80, 32)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    report = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), budget="rel_l2=0.05",
+                                calib=str(tmp_path / "calib.npz"), cache_dir=str(tmp_path / "cache"), min_elements=16,
+                                sparsities=(0.0, 0.5, 0.8), bits=(2, 4, 8), budget_output="pooled")
+    assert report.budget["output"] == "pooled"
+    assert 0 < report.budget["check_error"] <= report.budget["check_bound"] <= 0.05
+    session = InferenceSession(str(tmp_path / "out.onnx"))
+    assert [o.name for o in session.get_outputs()] == ["y", "pooled"]
+    # the pooled output holds the budget on all 80 samples (the check set's 20 among them) within a factor 2
+    expected = onnxruntime.InferenceSession(str(tmp_path / "in.onnx")).run(["pooled"], {"x": x})[0]
+    got = session.run(["pooled"], {"x": x})[0]
+    assert np.linalg.norm(got - expected) / np.linalg.norm(expected) <= 0.1
 
 
 def test_budget_run_on_a_model_whose_first_output_is_an_identity_of_its_input(tmp_path, rng):

@@ -157,6 +157,11 @@ def test_eval_data_is_checked_before_any_work(tmp_path):
     assert not (tmp_path / "small.onnx").exists()
 
 
+
+def test_budget_output_without_a_budget_is_refused(tmp_path):
+    one_line_error(run("compress", BUNDLED, tmp_path / "small.onnx", "--budget-output", "logits"), 1, "give --budget too")
+    assert not (tmp_path / "small.onnx").exists()
+
 # 5. Help texts ----------------------------------------------------------------------------------------------
 
 def test_compress_help_fits_80_columns_with_the_common_options_first():

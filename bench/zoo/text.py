@@ -79,4 +79,8 @@ MINILM = ZooModel(
     data="128 sentences (8-40 words) from GPL-3/Apache-2.0/MPL-2.0, <= 64 tokens, batches of 32; calib: 128 from LGPL-2.1/Artistic/GFDL-1.3/CC0-1.0 at 64 tokens",
     prepare=_prepare, infer=_infer, fidelity=_fidelity, checks=[Fidelity("min cosine", 0.99)],
     feeds=lambda data, batch: {"input_ids": data["ids0"][:batch], "attention_mask": data["mask0"][:batch]},
-    eval_batch=32)
+    eval_batch=32,
+    # The export's own sentence embedding (a Div of the masked token sum by the token count: the mean pooling _infer
+    # computes, within 2.4e-7), listed after the token embeddings, which the budget would measure by default
+    # (with every padding position in them, and before the pooling that the checks see).
+    budget_output="461")

@@ -176,6 +176,7 @@ def compress(
     holdout: float = typer.Option(0.25, min=0.01, max=0.99, help="With --budget: fraction of calibration samples held back to measure quality while searching."),
     check: float = typer.Option(0.25, min=0.0, max=0.98, help="With --budget: fraction of calibration samples kept apart as a final check set the search never sees (0: none)."),
     cache_dir: Optional[Path] = typer.Option(None, help="With --budget: where sensitivity curves are cached (default ~/.cache/onnxcomp)."),
+    budget_output: Optional[str] = typer.Option(None, help="With --budget: the output the budget measures, the one your application reads (default: the first output that depends on a weight)."),
     tfidf_power: float = typer.Option(1.0, help="tfidf: power p on |w|."),
     tfidf_smoothing: float = typer.Option(1.0, min=0.0, help="tfidf: smoothing added to firing counts."),
     tfidf_constant: float = typer.Option(1.0, help="tfidf: constant added to the IDF."),
@@ -227,6 +228,8 @@ def compress(
         shapes, ranges = parse_overrides(input_shape, input_range)
         fidelity_options = dict(fidelity=fidelity, min_cosine=min_cosine, fidelity_data=str(fidelity_data) if fidelity_data else None,
                      input_shapes=shapes, input_ranges=ranges)
+        if budget_output is not None and not budget:
+            raise OnnxcompError("--budget-output names the output a --budget measures: give --budget too")
         if budget:
             from onnxcomp.pipeline.autotune import compress_to_budget
             result = compress_to_budget(str(input_path), str(output_path), budget=budget, calib=calib, calib_samples=calib_samples,
@@ -234,7 +237,8 @@ def compress(
                                         score=values["score"], reconstruct=reconstruct is not False, ridge=ridge, rounding=values["rounding"],
                                         sequential=sequential, outliers=outliers,
                                         init=values["init"], seed=seed, min_elements=min_elements,
-                                        eval_data=str(eval_data) if eval_data else None, progress=_progress(quiet, lines=True),
+                                        eval_data=str(eval_data) if eval_data else None, budget_output=budget_output,
+                                        progress=_progress(quiet, lines=True),
                                         **fidelity_options)
         else:
             result = run(str(input_path), str(output_path), recipe=recipe, config=str(config) if config else None,
@@ -260,7 +264,7 @@ COMPRESS_PANELS = {
     "Weight sharing (k-means codebooks)": ("fc_bits", "conv_bits", "embedding_bits", "init", "outliers", "seed"),
     "Calibration and refit (with --calib)": ("calib_samples", "calib_batch", "reconstruct", "sequential", "ridge",
                                              "rounding"),
-    "Quality budget (with --budget)": ("check", "holdout", "cache_dir"),
+    "Quality budget (with --budget)": ("check", "holdout", "cache_dir", "budget_output"),
     "Reports and recipe files": ("report", "html", "config"),
     "Fidelity check (after compressing)": ("min_cosine", "fidelity", "fidelity_data", "input_shape", "input_range"),
 }

@@ -124,12 +124,17 @@ def _weight_as_input(model: onnx.ModelProto, names: str | Iterable[str]) -> onnx
     return probe
 
 
-def _weight_output_first(model: onnx.ModelProto) -> None:
-    """The budget measures the model's first output; when that output depends on no weight (an Identity of an
-    input, as the zoo's MiniLM-L3 export lists first, whose error is 0 whatever is compressed), move the first
-    output that does to the front of ``model``'s outputs (in place; this copy is only measured, the output is
-    compressed from the file as given) and say so. A node with a subgraph counts as reading weights (its
-    bodies may hold their own)."""
+def _weight_output_first(model: onnx.ModelProto, name: str | None = None) -> None:
+    """Put the output the budget measures first among ``model``'s outputs (in place; this copy is only measured, the
+    output is compressed from the file as given). ``name``: that output (``--budget-output``, the one the
+    application reads, e.g. a pooled sentence embedding listed after the token embeddings); it must depend on a
+    weight. Without ``name`` the budget measures the first output, or when that one depends on no weight (an
+    Identity of an input, as the zoo's MiniLM-L3 export lists first, whose error is 0 whatever is compressed) the
+    first output that does, and says so. A node with a subgraph counts as reading weights (its bodies may hold
+    their own).
+
+    Raises OnnxcompError when ``name`` is not an output of the model or depends on no weight (every allocation
+    would measure an error of 0)."""
     from onnxcomp.passes.calibration import names_read
     graph = model.graph
     tainted = {t.name for t in graph.initializer}
@@ -138,15 +143,24 @@ def _weight_output_first(model: onnx.ModelProto) -> None:
         if has_body or names_read(node) & tainted:
             tainted.update(o for o in node.output if o)
     outputs = list(graph.output)
-    if not outputs or outputs[0].name in tainted:
-        return
-    moved = next((o for o in outputs if o.name in tainted), None)
-    if moved is None:
-        return
+    if name is not None:
+        moved = next((o for o in outputs if o.name == name), None)
+        if moved is None:
+            raise OnnxcompError(f"--budget-output {name!r} is not an output of the model (its outputs: "
+                                f"{', '.join(repr(o.name) for o in outputs)})")
+        if name not in tainted:
+            raise OnnxcompError(f"--budget-output {name!r} depends on no weight: every allocation would measure an "
+                                "error of 0; name the output your application reads")
+    else:
+        if not outputs or outputs[0].name in tainted:
+            return
+        moved = next((o for o in outputs if o.name in tainted), None)
+        if moved is None:
+            return
+        progress.messages()(f"the first output {outputs[0].name!r} depends on no weight: the budget measures output "
+                            f"{moved.name!r}, the first that does")
     del graph.output[:]
     graph.output.extend([moved] + [o for o in outputs if o is not moved])
-    progress.messages()(f"the first output {outputs[0].name!r} depends on no weight: the budget measures output "
-                        f"{moved.name!r}, the first that does")
 
 
 def _pruned(target: WeightTarget, sparsity: float, options: dict, as_compress: bool = False,
@@ -187,7 +201,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
                        prune: str = "magnitude", score: str = "wanda", reconstruct: bool = True, ridge: float = 1e-2,
                        rounding: str = "obs", sequential: bool = False, outliers: str | float = "auto",
                        init: str = "quantile", seed: int = 0, min_elements: int = 1024, eval_data: str | None = None,
-                       **fidelity_options):
+                       budget_output: str | None = None, **fidelity_options):
     """Compress ``input_path`` to the smallest allocation found that meets ``budget`` (e.g. "top1=0.99").
 
     ``sequential`` compresses the allocations tested on the check set (and so the output) layer by layer, each
@@ -200,6 +214,9 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     confidence bound for top-1 and accuracy budgets (``Z`` standard errors, budget.error_bound; the allocations
     that passed the search are tested there from the largest down, stopping at the first miss), so a budget
     met here holds on unseen data of the same kind.
+
+    ``budget_output`` names the output the budget measures (default: the first output that depends on a weight,
+    _weight_output_first); the written model keeps its outputs as given.
 
     ``progress=callback`` receives the progress of the long steps (onnxcomp/progress.py); ``fidelity_options`` hold the fidelity options of ``compress`` (fidelity, min_cosine, fidelity_data, input_shapes, input_ranges) for the output."""
     from onnxcomp.core.outliers import parse_option
@@ -218,7 +235,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     if eval_data:
         check_eval_data(eval_data, model)
     model_io.constants_to_initializers(model.graph)
-    _weight_output_first(model)
+    _weight_output_first(model, budget_output)
     data = load_calibration(calib, model, calib_samples, seed, keep_labels=goal.metric == "accuracy")
     all_labels = data.pop(LABELS, None)
     if goal.metric == "accuracy" and all_labels is None:
@@ -383,6 +400,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
             report.sidecar_path = model_io.install_staged(staged, output_path)
             report.output_path = output_path
             report.budget = {"metric": goal.metric, "value": goal.value, "allocation_metric": metric,
+                             "output": model.graph.output[0].name,
                              "predicted_error": predicted, "measured_error": measured,
                              "holdout_samples": held, "check_samples": checked, "z": Z,
                              "check_error": confirmed["measured"] if confirmed else None,
