@@ -41,4 +41,62 @@ OrtStatus* CodebookDecodeKernel::ComputeV2(OrtKernelContext* raw_context) noexce
   });
 }
 
+template <>
+const char* const CodebookDecodeIntegerOp<uint8_t>::kName = "CodebookDecodeUInt8";
+template <>
+const char* const CodebookDecodeIntegerOp<int8_t>::kName = "CodebookDecodeInt8";
+template <>
+const uint32_t CodebookDecodeIntegerOp<uint8_t>::kValueType = record::kValueTypeUInt8;
+template <>
+const uint32_t CodebookDecodeIntegerOp<int8_t>::kValueType = record::kValueTypeInt8;
+
+namespace {
+// Writes the record's N exact integers to `out` (parse_record checked every codebook value is an integer of T's
+// range, so each conversion is exact).
+template <typename T>
+void DecodeIntegers(const DecodedRecord& record, T* out) {
+  std::vector<T> table(record.codebook_size);
+  for (uint32_t i = 0; i < record.codebook_size; ++i) table[i] = static_cast<T>(static_cast<int32_t>(record.codebook[i]));
+  const int64_t count = record.num_elements;
+  for (int64_t i = 0; i < count; ++i) out[i] = table[record.index(i)];
+}
+}  // namespace
+
+template <typename T>
+CodebookDecodeIntegerKernel<T>::CodebookDecodeIntegerKernel()
+    : RecordKernel(CodebookDecodeIntegerOp<T>::kName, 0, AnyRecord, CodebookDecodeIntegerOp<T>::kValueType) {}
+
+template <typename T>
+OrtStatus* CodebookDecodeIntegerKernel<T>::Init(const OrtKernelInfo* info) {
+  if (OrtStatus* status = RecordKernel::Init(info)) return status;
+  return GuardStatus(this, [&]() -> OrtStatus* {
+    std::unique_ptr<const DecodedRecord> record = TakeConstant();
+    if (!record) return nullptr;  // not a constant: decoded in every run
+    dims_ = record->dims;
+    decoded_.resize(static_cast<size_t>(record->num_elements));
+    DecodeIntegers(*record, decoded_.data());
+    constant_ = true;
+    return nullptr;
+  });
+}
+
+template <typename T>
+OrtStatus* CodebookDecodeIntegerKernel<T>::ComputeV2(OrtKernelContext* raw_context) noexcept {
+  return GuardStatus(this, [&]() -> OrtStatus* {
+    Ort::KernelContext context(raw_context);
+    if (constant_) {
+      T* out = context.GetOutput(0, dims_).GetTensorMutableData<T>();
+      if (!decoded_.empty()) memcpy(out, decoded_.data(), decoded_.size() * sizeof(T));
+      return nullptr;
+    }
+    DecodedRecord scratch;
+    if (OrtStatus* status = DecodeInput(context.GetInput(0), scratch)) return status;
+    DecodeIntegers(scratch, context.GetOutput(0, scratch.dims).GetTensorMutableData<T>());
+    return nullptr;
+  });
+}
+
+template struct CodebookDecodeIntegerKernel<uint8_t>;
+template struct CodebookDecodeIntegerKernel<int8_t>;
+
 }  // namespace onnxcomp

@@ -38,6 +38,39 @@ struct CodebookDecodeOp : Ort::CustomOpBase<CodebookDecodeOp, CodebookDecodeKern
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
 };
 
+// ---- CodebookDecodeUInt8 / CodebookDecodeInt8: integer record -> uint8 / int8 tensor -------------------------
+
+// Decodes an integer record (value type 2 or 3, docs/format.md) to its exact integers. A constant record is decoded
+// once, at kernel creation, into a working copy in the integer type (as many bytes as the original initializer),
+// which every run copies out; the decoded indices are not kept. A non-constant record is decoded in every run.
+template <typename T>
+struct CodebookDecodeIntegerKernel : RecordKernel {
+  CodebookDecodeIntegerKernel();
+  OrtStatus* Init(const OrtKernelInfo* info);
+  OrtStatus* ComputeV2(OrtKernelContext* context) noexcept;
+
+ private:
+  std::vector<int64_t> dims_;
+  std::vector<T> decoded_;  // the working copy of a constant record
+  bool constant_ = false;
+};
+
+template <typename T>
+struct CodebookDecodeIntegerOp : Ort::CustomOpBase<CodebookDecodeIntegerOp<T>, CodebookDecodeIntegerKernel<T>, true> {
+  static const char* const kName;
+  static const uint32_t kValueType;  // record::kValueTypeUInt8 or kValueTypeInt8
+  OrtStatus* CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
+    return CreateRecordKernel<CodebookDecodeIntegerKernel<T>>(info, kernel);
+  }
+  const char* GetName() const { return kName; }
+  size_t GetInputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8; }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return Ort::TypeToTensorType<T>::type; }
+};
+using CodebookDecodeUInt8Op = CodebookDecodeIntegerOp<uint8_t>;
+using CodebookDecodeInt8Op = CodebookDecodeIntegerOp<int8_t>;
+
 // ---- CodebookMatMul: Y = X @ W (+ bias), W [K, N] from the record ------------------------------------------
 
 // W [K, N] in the panel layout of packed_layout.h: what CodebookMatMul keeps (no dense copy of W).
