@@ -87,6 +87,12 @@ class Format(str, Enum):
     portable = "portable"
 
 
+class IntegerWeights(str, Enum):
+    speed = "speed"
+    all = "all"
+    off = "off"
+
+
 class Init(str, Enum):
     quantile = "quantile"
     linear = "linear"
@@ -149,7 +155,7 @@ def _bits_option(value: Optional[int], kind: str) -> None:
 
 PIPELINE_OPTIONS = ("prune", "score", "sparsity", "threshold", "sensitivity", "scope", "init", "min_elements", "seed",
                     "calib_batch", "activation_threshold", "reconstruct", "ridge", "format", "sequential", "rounding",
-                    "outliers")
+                    "outliers", "integer_weights")
 
 
 @app.command()
@@ -189,6 +195,7 @@ def compress(
     config: Optional[Path] = typer.Option(None, help="A recipe file (TOML): options and per-layer rules by name pattern (docs/guide.md)."),
     format: Format = typer.Option(Format.custom_op, "--format", help="custom-op: Huffman-coded sidecar + onnxcomp ops, the smallest; portable: standard ONNX ops only, no sidecar, no library, larger (7.5x against 13.4x on LeNet-300-100, docs/guide.md)."),
     min_elements: int = typer.Option(1024, min=1, help="Leave weights with fewer elements dense."),
+    integer_weights: IntegerWeights = typer.Option(IntegerWeights.speed, help="int8/uint8 weights of already-quantized ops (quantize_dynamic models), coded losslessly: speed = ConvInteger weights (run time unchanged); all = also MatMulInteger and DynamicQuantizeLSTM weights (smaller, slower: onnxruntime then packs them every run); off = none (docs/guide.md)."),
     seed: int = typer.Option(0, help="Seed for every random choice (k-means sampling)."),
     eval_data: Optional[Path] = typer.Option(None, "--eval", help=".npz with model inputs and 'labels': print top-1 accuracy before and after."),
     report: Optional[Path] = typer.Option(None, help="Write the per-layer report as JSON here (schema: docs/report.md)."),
@@ -257,7 +264,8 @@ def compress(
 COMPRESS_PANELS = {
     "Pruning": ("prune", "score", "threshold", "sensitivity", "scope", "min_elements", "activation_threshold",
                 "tfidf_power", "tfidf_smoothing", "tfidf_constant", "tfidf_exponent"),
-    "Weight sharing (k-means codebooks)": ("fc_bits", "conv_bits", "embedding_bits", "init", "outliers", "seed"),
+    "Weight sharing (k-means codebooks)": ("fc_bits", "conv_bits", "embedding_bits", "init", "outliers", "seed",
+                                           "integer_weights"),
     "Calibration and refit (with --calib)": ("calib_samples", "calib_batch", "reconstruct", "sequential", "ridge",
                                              "rounding"),
     "Quality budget (with --budget)": ("check", "holdout", "cache_dir"),

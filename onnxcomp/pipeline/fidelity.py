@@ -465,7 +465,8 @@ def attribute(original_path: str, compressed_path: str, feed: dict[str, np.ndarr
     compared = list(dict.fromkeys(compared))
     everywhere = {t.name: t for graph in model_io.graphs_of(model.graph) for t in graph.initializer}
     main = {t.name for t in model.graph.initializer if t.data_type != onnx.TensorProto.BFLOAT16}
-    weights = {w.name: w for w in stored.values() if w.name in everywhere}
+    # integer records are lossless (IntegerWeightsPass): their effect is 0 without a run
+    weights = {w.name: w for w in stored.values() if w.name in everywhere and w.value_type == sidecar.FLOAT32}
     originals = {name: numpy_helper.to_array(everywhere[name]) for name in weights if name in main}
 
     def session(proto: onnx.ModelProto) -> ort.InferenceSession:
