@@ -51,8 +51,14 @@ DECODE_OPS = {onnx.TensorProto.UINT8: ("CodebookDecodeUInt8", sidecar.UINT8),
 
 def integer_record(values: np.ndarray, value_type: int) -> tuple[bytes, np.ndarray, int]:
     """The lossless record of an int8 / uint8 tensor ``values`` (any shape): codebook = its distinct values
-    (sorted, as float32), one index per element, bits = ceil(log2 K) (at least 1). Returns (record, codebook, bits)."""
+    (as float32, sorted, except that 0 comes first when present: sparse coding needs it at index 0), one index per element, bits = ceil(log2 K) (at least 1). Returns (record, codebook, bits)."""
     codebook, indices = np.unique(np.asarray(values).ravel(), return_inverse=True)
+    if not len(codebook):  # an empty tensor: a codebook needs one entry
+        codebook = np.zeros(1, dtype=np.asarray(values).dtype)
+    zero = int(np.searchsorted(codebook, 0))
+    if zero and zero < len(codebook) and codebook[zero] == 0:  # 0 first, so the encoder may try sparse (gap) coding
+        order = np.concatenate([[zero], np.arange(zero), np.arange(zero + 1, len(codebook))])
+        codebook, indices = codebook[order], np.argsort(order)[indices]
     bits = max(1, int(np.ceil(np.log2(max(len(codebook), 2)))))
     record = sidecar.encode_record(codebook.astype(np.float32), indices, tuple(int(d) for d in values.shape), bits,
                                    value_type=value_type)

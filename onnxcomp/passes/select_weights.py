@@ -194,7 +194,8 @@ class SelectWeightsPass(GraphPass):
         if element_type not in FLOAT_TYPES:
             size = int(np.prod(tensor.shape, dtype=np.int64))
             if quantized and size >= self.min_elements:
-                self._skip(state, tensor, f"already quantized (feeds {quantized[0]}); onnxcomp compresses float weights only", log.info)
+                # IntegerWeightsPass decides about it (and states its own reason)
+                self._skip(state, tensor, f"already quantized (feeds {quantized[0]})", log.debug)
             elif element_type == onnx.TensorProto.DOUBLE and size >= self.min_elements:
                 self._skip(state, tensor, "dtype float64 (float32, float16 and bfloat16 weights are compressed)", log.info)
             return
