@@ -21,6 +21,8 @@ Ort::CustomOpDomain& Domain() {
   static CodebookLstmOp lstm_op;
   static CodebookDecodeUInt8Op decode_uint8_op;
   static CodebookDecodeInt8Op decode_int8_op;
+  static CodebookGatherUInt8Op gather_uint8_op;
+  static CodebookGatherInt8Op gather_int8_op;
 #if defined(ONNXCOMP_WITH_CUDA)
   // CUDA variants next to the CPU ones: a CPU-only runtime still finds the CPU kernels.
   static CudaCodebookDecodeOp cuda_decode_op;
@@ -29,6 +31,7 @@ Ort::CustomOpDomain& Domain() {
 #endif
   static OrtCustomOp* const kOps[] = {  // the registration table
       &decode_op, &matmul_op, &gather_op, &conv_op, &lstm_op, &decode_uint8_op, &decode_int8_op,
+      &gather_uint8_op, &gather_int8_op,
 #if defined(ONNXCOMP_WITH_CUDA)
       &cuda_decode_op, &cuda_matmul_op, &cuda_gather_op,
 #endif

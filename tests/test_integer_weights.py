@@ -176,14 +176,13 @@ def _outputs(path, feeds, custom: bool):
     return [session.run(None, feed) for feed in feeds]
 
 
-@pytest.mark.parametrize("policy,ops", [("speed", {"ConvInteger"}), ("all", {"ConvInteger", "MatMulInteger", "DynamicQuantizeLSTM"})])
+@pytest.mark.parametrize("policy,ops", [("conv", {"ConvInteger"}), ("all", {"ConvInteger", "MatMulInteger", "DynamicQuantizeLSTM"})])
 def test_quantize_dynamic_model_runs_bit_identical(quantized, tmp_path, policy, ops):
     folder, feeds = quantized
     source = folder / "int8.onnx"
     before = source.read_bytes()
     out = tmp_path / "small.onnx"
-    options = {} if policy == "speed" else {"integer_weights": policy}
-    report = compress(str(source), str(out), **options)
+    report = compress(str(source), str(out), integer_weights=policy)
     assert source.read_bytes() == before  # the input is never modified
     assert report.fallback is None and report.output_bytes < report.input_bytes
     layers = {layer.name for layer in report.layers}
@@ -224,8 +223,60 @@ def test_quantized_compress_is_deterministic(quantized, tmp_path):
     assert outputs[0] == outputs[1]
 
 
-def test_integer_weights_off_leaves_the_model_alone(quantized, tmp_path):
-    folder, _ = quantized
-    report = compress(str(folder / "int8.onnx"), str(tmp_path / "m.onnx"), integer_weights="off")
-    assert not report.layers and report.fallback is None or not report.layers
-    assert any("integer-weights off" in reason for _, reason in report.skipped)
+def test_default_leaves_weights_whose_ops_slow_down(quantized, tmp_path):
+    folder, feeds = quantized
+    report = compress(str(folder / "int8.onnx"), str(tmp_path / "m.onnx"))
+    assert not report.layers and report.sidecar_path is None  # nothing to compress: the input as it is
+    assert any("--integer-weights conv or all" in reason for _, reason in report.skipped)
+    for e, a in zip(_outputs(folder / "int8.onnx", feeds, False), _outputs(tmp_path / "m.onnx", feeds, False)):
+        for x, y in zip(e, a):
+            assert np.array_equal(x, y)
+
+
+def test_gather_ops_copy_rows_and_check_indices():
+    rng = np.random.default_rng(5)
+    for dtype, value_type, _ in TYPES:
+        info = np.iinfo(dtype)
+        table = rng.integers(info.min, info.max + 1, (50, 3, 4)).astype(dtype)
+        record, _, _ = integer_record(table, value_type)
+        op = "CodebookGatherInt8" if dtype == np.int8 else "CodebookGatherUInt8"
+        elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+        for index_type in (TensorProto.INT64, TensorProto.INT32):
+            node = helper.make_node(op, ["record", "ids"], ["y"], domain=onnxcomp.DOMAIN)
+            graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("ids", index_type, None)],
+                                      [helper.make_tensor_value_info("y", elem, None)],
+                                      [numpy_helper.from_array(np.frombuffer(record, np.uint8), "record")])
+            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(onnxcomp.DOMAIN, 1)])
+            session = onnxcomp.InferenceSession(model.SerializeToString())
+            ids = np.array([[0, 49, -1], [7, -50, 7]], helper.tensor_dtype_to_np_dtype(index_type))
+            out = session.run(None, {"ids": ids})[0]
+            assert out.dtype == dtype and np.array_equal(out, table[ids])
+            with pytest.raises(Exception, match="index 50 at position 1 outside"):
+                session.run(None, {"ids": np.array([3, 50], ids.dtype)})
+
+
+def test_quantized_embedding_is_coded_by_default(tmp_path):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    rng = np.random.default_rng(11)
+    table = (rng.laplace(size=(600, 48)) * 0.05).astype(np.float32)
+    fc = (rng.laplace(size=(48, 16)) * 0.1).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"]), helper.make_node("MatMul", ["e", "fc"], ["y"])]
+    model = make_model(nodes, [helper.make_tensor_value_info("ids", TensorProto.INT64, [2, 5])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, 16])],
+                       [numpy_helper.from_array(table, "table"), numpy_helper.from_array(fc, "fc")])
+    onnx.save(model, tmp_path / "float.onnx")
+    quantize_dynamic(str(tmp_path / "float.onnx"), str(tmp_path / "int8.onnx"), op_types_to_quantize=["Gather", "MatMul"],
+                     weight_type=QuantType.QUInt8)
+    assert "Gather" in {n.op_type for n in onnx.load(tmp_path / "int8.onnx").graph.node}
+    report = compress(str(tmp_path / "int8.onnx"), str(tmp_path / "small.onnx"))
+    assert [layer.kind for layer in report.layers] == ["integer"] and report.fallback is None
+    ops = {n.op_type for n in onnx.load(tmp_path / "small.onnx", load_external_data=False).graph.node}
+    assert "CodebookGatherUInt8" in ops and "Gather" not in ops and "MatMulInteger" in ops
+    feeds = [{"ids": rng.integers(-600, 600, (2, 5)).astype(np.int64)} for _ in range(3)]
+    for e, a in zip(_outputs(tmp_path / "int8.onnx", feeds, False), _outputs(tmp_path / "small.onnx", feeds, True)):
+        assert np.array_equal(e[0], a[0])
+    restored = decompress_model(model_io.load_model(str(tmp_path / "small.onnx"), external_data=False),
+                                str(tmp_path / "small.onnx"))
+    onnx.save(restored, tmp_path / "restored.onnx")
+    for e, a in zip(_outputs(tmp_path / "int8.onnx", feeds, False), _outputs(tmp_path / "restored.onnx", feeds, False)):
+        assert np.array_equal(e[0], a[0])

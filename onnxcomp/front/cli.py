@@ -88,9 +88,10 @@ class Format(str, Enum):
 
 
 class IntegerWeights(str, Enum):
-    speed = "speed"
-    all = "all"
     off = "off"
+    gather = "gather"
+    conv = "conv"
+    all = "all"
 
 
 class Init(str, Enum):
@@ -195,7 +196,7 @@ def compress(
     config: Optional[Path] = typer.Option(None, help="A recipe file (TOML): options and per-layer rules by name pattern (docs/guide.md)."),
     format: Format = typer.Option(Format.custom_op, "--format", help="custom-op: Huffman-coded sidecar + onnxcomp ops, the smallest; portable: standard ONNX ops only, no sidecar, no library, larger (7.5x against 13.4x on LeNet-300-100, docs/guide.md)."),
     min_elements: int = typer.Option(1024, min=1, help="Leave weights with fewer elements dense."),
-    integer_weights: IntegerWeights = typer.Option(IntegerWeights.speed, help="int8/uint8 weights of already-quantized ops (quantize_dynamic models), coded losslessly: speed = ConvInteger weights (run time unchanged); all = also MatMulInteger and DynamicQuantizeLSTM weights (smaller, slower: onnxruntime then packs them every run); off = none (docs/guide.md)."),
+    integer_weights: IntegerWeights = typer.Option(IntegerWeights.gather, help="int8/uint8 weights of already-quantized models (quantize_dynamic) coded losslessly, outputs bit-identical: gather = Gather tables (embeddings; run time unchanged); conv = also ConvInteger weights; all = also MatMulInteger and DynamicQuantizeLSTM weights (conv and all: smaller files, slower runs, since onnxruntime no longer sees those weights as constants; docs/guide.md); off = none."),
     seed: int = typer.Option(0, help="Seed for every random choice (k-means sampling)."),
     eval_data: Optional[Path] = typer.Option(None, "--eval", help=".npz with model inputs and 'labels': print top-1 accuracy before and after."),
     report: Optional[Path] = typer.Option(None, help="Write the per-layer report as JSON here (schema: docs/report.md)."),

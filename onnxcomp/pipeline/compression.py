@@ -130,7 +130,7 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
                    rounding: str = "obs", outliers: str | float = "auto", allocation: str = "fixed",
                    allocation_scales: dict | None = None, allocation_limits: dict | None = None,
                    allocation_cache: dict | None = None, allocation_scaled: bool = True,
-                   integer_weights: str = "speed") -> Pipeline:
+                   integer_weights: str = "gather") -> Pipeline:
     """The pass list for the given options (``None`` means the defaults; ``calib`` is a dict of input arrays).
 
     ``format`` "custom-op" writes records for the onnxcomp ops; "portable" writes standard ONNX ops only.
@@ -147,7 +147,7 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
     alternatives; ``allocation_scales`` tighten its threshold per weight,
     ``allocation_limits`` set its relative L2 limit per weight (the model-level budget; 0 keeps a weight dense),
     ``allocation_cache`` keeps its measurements between runs).
-    ``integer_weights`` ("speed", "all", "off") picks the int8 / uint8 weights of already-quantized ops that are coded
+    ``integer_weights`` ("off", "gather", "conv", "all") picks the int8 / uint8 weights of already-quantized ops that are coded
     losslessly (onnxcomp/passes/integer_weights.py; the custom-op format only).
     """
     if format not in FORMATS:
@@ -499,7 +499,9 @@ def _compress_once(input_path: str, output_path: str, calib: dict | None, loaded
     compressed, state = compress_model(model, base_dir=source_folder if stream else None, **options)
     records = [(t.name, t.record_name, t.record, t.transposed) for t in state.targets if t.record is not None]
     halved = []
-    if options.get("allocation") == "proxy" and records:  # the data-free default: weights left dense as float16
+    # the data-free default: weights left dense as float16 (not when only integer weights were coded losslessly: the
+    # output of an already-quantized model then computes exactly what the input did)
+    if options.get("allocation") == "proxy" and any(t.record is not None and t.kind != "integer" for t in state.targets):
         from onnxcomp.passes.half_dense import halve_dense_weights
         halved = halve_dense_weights(compressed)
     _remove_companions(output_path)

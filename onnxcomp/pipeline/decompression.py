@@ -9,7 +9,8 @@ CodebookGather(record, indices) -> Gather(W, indices); CodebookDecode(record) ->
 CodebookConv(X, record[, bias[, scale]]) -> Conv(X, W * scale, bias) with its attributes, then the fused activation
 as its own node (a folded BatchNormalization stays folded: W * scale is a new initializer);
 CodebookLSTM -> LSTM with each record input (W, R, B) replaced by its initializer; CodebookDecodeUInt8 /
-CodebookDecodeInt8 (integer records) -> the exact uint8 / int8 initializer the quantized op read.
+CodebookDecodeInt8 (integer records) -> the exact uint8 / int8 initializer the quantized op read, CodebookGatherUInt8 /
+CodebookGatherInt8 -> Gather on it.
 Portable lookups Gather(codebook, Cast(indices)), with their outliers scattered on when present, become the
 initializer they compute; record outliers are applied as the record is decoded. Every graph is rewritten, If
 branches and Loop/Scan bodies included; decoded weights live in the main graph. The values equal the
@@ -125,7 +126,7 @@ def _standard_nodes(node, weight, name: str, renamed: dict, model_path: str, con
         return [helper.make_node("MatMul", [x, name], [y], node.name)]
     if node.op_type == "CodebookConv":
         return _conv_nodes(node, name, weight, *conv)
-    if node.op_type == "CodebookGather":
+    if node.op_type in ("CodebookGather", "CodebookGatherUInt8", "CodebookGatherInt8"):
         return [helper.make_node("Gather", [name, node.input[1]], [node.output[0]], node.name, axis=0)]
     if node.op_type in DECODE_OPS:
         if weight.transposed:  # the node yields the stored orientation
