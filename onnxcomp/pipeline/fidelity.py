@@ -449,6 +449,7 @@ def attribute(original_path: str, compressed_path: str, feed: dict[str, np.ndarr
     from onnx import numpy_helper
     from onnxcomp.passes import model_io
     from onnxcomp.pipeline.autotune import _weight_as_input
+    from onnxcomp.core import sidecar
     from onnxcomp.pipeline.inspection import stored_weights
     stored = stored_weights(model_io.load_model(compressed_path, external_data=False), compressed_path)
     graphs = [] if original is None else list(model_io.graphs_of(original.graph))
