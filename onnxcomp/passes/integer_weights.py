@@ -128,7 +128,8 @@ class IntegerWeightsPass(GraphPass):
     def _consider(self, state, tensor, outputs, owners, parent, names) -> int:
         uses = uses_of(tensor)
         reason = self._reason(state, tensor, uses, id(tensor) in outputs)
-        state.skipped[:] = [(n, r) for n, r in state.skipped if n != tensor.name]  # SelectWeightsPass's generic reason
+        if reason != "":  # this pass decides about it: its reason replaces SelectWeightsPass's generic one
+            state.skipped[:] = [(n, r) for n, r in state.skipped if n != tensor.name]
         if reason:
             log.info("left %s as it is: %s", tensor.name, reason)
             state.skipped.append((tensor.name, reason))
