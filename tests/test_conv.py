@@ -273,15 +273,21 @@ def mobile_block(rng) -> onnx.ModelProto:
                        float_input("swish", ["n", 16, 8, 8])], inits)
 
 
-def test_pass_fuses_batch_norm_and_activations_into_codebook_conv(tmp_path):
+@pytest.mark.parametrize("min_elements", [100, 200])
+def test_pass_fuses_batch_norm_and_activations_into_codebook_conv(tmp_path, min_elements):
+    """With --min-elements 200 the depthwise weight w2 (144 values) stays dense: its Conv, between CodebookConv
+    nodes, becomes a CodebookConv reading that weight (join_dense_convs), with the same folding and layout."""
     rng = np.random.default_rng(21)
     model = mobile_block(rng)
     source, out, dense = tmp_path / "in.onnx", tmp_path / "out.onnx", tmp_path / "dense.onnx"
     onnx.save(model, source)
     # 5 bits: at 8 bits the 144-weight depthwise record (a 256-entry codebook) would not be smaller than the weight,
     # and such weights stay dense.
-    onnxcomp.compress(source, out, bits=5, min_elements=100)
+    onnxcomp.compress(source, out, bits=5, min_elements=min_elements)
     compressed = onnx.load(out, load_external_data=False)
+    joined = min_elements > 144
+    w2 = next(t for t in compressed.graph.initializer if t.name == "w2") if joined else None
+    assert joined == (w2 is not None) and (w2 is None or w2.data_type == TensorProto.FLOAT)
     ops = [(n.domain, n.op_type) for n in compressed.graph.node]
     assert ops.count((onnxcomp.DOMAIN, "CodebookConv")) == 5
     assert not {"BatchNormalization", "Clip", "Relu", "HardSigmoid", "HardSwish", "Conv"} & {op for _, op in ops}
@@ -315,10 +321,11 @@ def test_pass_fuses_batch_norm_and_activations_into_codebook_conv(tmp_path):
     for g, o in zip(got, run_plain(model, {"x": x})):
         assert np.linalg.norm(g - o) <= 0.1 * float(np.linalg.norm(o))
     # inspect and verify see the convolution weights.
-    kinds = {w.name: (w.op, w.kind) for w in onnxcomp.inspect(out).weights}
-    assert kinds["w1"] == ("CodebookConv", "conv") and kinds["w3"] == ("CodebookConv", "conv")
+    kinds = {w.name: (w.op, w.kind, w.storage) for w in onnxcomp.inspect(out).weights}
+    assert kinds["w1"] == ("CodebookConv", "conv", "record") and kinds["w3"] == ("CodebookConv", "conv", "record")
+    assert kinds["w2"] == ("CodebookConv", "conv", "dense" if joined else "record")
     result = onnxcomp.verify(source, out, samples=4, per_layer=True)
-    assert {layer.name for layer in result.layers} == {"w1", "w2", "w3", "w4", "w5"}
+    assert {layer.name for layer in result.layers} == {"w1", "w3", "w4", "w5"} | (set() if joined else {"w2"})
     assert result.min_cosine > 0.99
 
 
@@ -469,3 +476,76 @@ def test_pass_marks_tensors_of_24_channels_blocked_only_under_blocks_of_8(tmp_pa
     got = run_compressed(out, {"x": x})[0]
     plain_path = session_with_env(onnx.load(out), {"ONNXCOMP_CONV": "ort"}).run(None, {"x": x})[0]
     np.testing.assert_allclose(got, plain_path, rtol=1e-5, atol=1e-5 * float(np.abs(plain_path).max()))
+
+
+# ---- CodebookConv with a dense weight (join_dense_convs: dense Convs inside a blocked region) ------------------
+
+def dense_conv_model(w: np.ndarray, attrs: dict, bias=None, scale=None, activation=None) -> onnx.ModelProto:
+    """codebook_conv_model with the dense weight ``w`` (float32 or float16) in place of a record."""
+    model = codebook_conv_model(b"", attrs, bias, scale, activation)
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(w, "record"))
+    return model
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_codebook_conv_with_a_dense_weight_is_the_record_path_bit_for_bit(case, dtype):
+    """A float32 / float16 W gives the bits of a record holding the same values (the working weight is the same),
+    on both paths, and matches onnxruntime's Conv on the widened weight within the summation bound."""
+    x_shape, w_shape, attrs = CASES[case]
+    rng = np.random.default_rng(200 + case)
+    w = (rng.standard_normal(w_shape) * 0.3).astype(dtype)
+    wide = w.astype(np.float32)
+    codebook, inverse = np.unique(wide, return_inverse=True)
+    bits = max(1, int(np.ceil(np.log2(max(len(codebook), 2)))))
+    record = encode_record(codebook.astype(np.float32), inverse.reshape(w_shape), w_shape, bits)
+    bias = rng.standard_normal(w_shape[0]).astype(np.float32) if case % 2 else None
+    scale = (rng.random(w_shape[0]) + 0.5).astype(np.float32) if case % 3 == 1 else None
+    activation = "HardSwish" if case % 4 == 2 else None
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    for env in (None, {"ONNXCOMP_CONV": "ort"}):
+        y = session_output(dense_conv_model(w, attrs, bias, scale, activation), x, env)
+        np.testing.assert_array_equal(y, session_output(codebook_conv_model(record, attrs, bias, scale, activation), x, env))
+    effective = wide if scale is None else (wide * scale.reshape((-1,) + (1,) * (wide.ndim - 1))).astype(np.float32)
+    np.testing.assert_allclose(y, ort_conv(x, effective, bias, attrs, activation), rtol=0,
+                               atol=float(summation_bound(x, effective, bias, attrs).max()))
+
+
+def test_codebook_conv_float16_weight_widens_every_value_exactly():
+    """Subnormal, largest and non-finite binary16 values widen as onnxruntime's Cast widens them."""
+    w = np.array([6.0e-8, -3.0e-5, 65504.0, -0.0, 1.0, np.inf, -np.inf, 0.5], np.float16).reshape(8, 1, 1, 1)
+    x = np.ones((1, 1, 2, 2), np.float32)
+    y = session_output(dense_conv_model(w, {}), x)
+    np.testing.assert_array_equal(y[0, :, 0, 0], w.astype(np.float32).ravel())
+
+
+def test_codebook_conv_dense_weight_errors():
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((8, 4, 3, 3))
+    with pytest.raises(Exception, match=r"the weight input must be a uint8 record or a float32 or float16 tensor"):
+        session_output(dense_conv_model(w.astype(np.float64), {}), np.zeros((1, 4, 6, 6), np.float32))
+    with pytest.raises(Exception, match=r"the weight must have rank >= 3"):
+        session_output(dense_conv_model(w.reshape(8, 36).astype(np.float32), {}), np.zeros((1, 4, 6, 6), np.float32))
+    node = helper.make_node("CodebookConv", ["x", "w"], ["y"], domain=onnxcomp.DOMAIN)
+    graph = helper.make_graph([node], "g", [float_input("x", None), float_input("w", None)], [float_input("y", None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(onnxcomp.DOMAIN, 1)],
+                              ir_version=8)
+    with pytest.raises(Exception, match=r"a float32 or float16 weight input must be a constant initializer"):
+        ort.InferenceSession(model.SerializeToString(), onnxcomp.runtime.session_options(), providers=["CPUExecutionProvider"])
+
+
+def test_pass_leaves_a_dense_conv_outside_every_codebook_conv_region_alone(tmp_path):
+    """Two dense Convs of their own region (their weights below --min-elements), beside a compressed one: they
+    stay Conv (join_dense_convs joins only regions holding a CodebookConv)."""
+    rng = np.random.default_rng(22)
+    nodes = [helper.make_node("Conv", ["x", "wa"], ["a"], pads=[1, 1, 1, 1], name="big"),
+             helper.make_node("GlobalAveragePool", ["a"], ["p"]),
+             helper.make_node("Conv", ["x", "wb"], ["b"], name="small1"),
+             helper.make_node("Conv", ["b", "wc"], ["c"], name="small2")]
+    inits = [weight(rng, "wa", (16, 8, 3, 3), 0.3), weight(rng, "wb", (8, 8, 1, 1), 0.3), weight(rng, "wc", (8, 8, 1, 1), 0.3)]
+    separate = make_model(nodes, [float_input("x", [1, 8, 6, 6])], [float_input("p", [1, 16, 1, 1]),
+                                                                   float_input("c", [1, 8, 6, 6])], inits)
+    onnx.save(separate, tmp_path / "sep.onnx")
+    onnxcomp.compress(tmp_path / "sep.onnx", tmp_path / "sep_out.onnx", bits=5, min_elements=100)
+    ops = {n.name: n.op_type for n in onnx.load(tmp_path / "sep_out.onnx", load_external_data=False).graph.node}
+    assert ops["big"] == "CodebookConv" and ops["small1"] == ops["small2"] == "Conv"

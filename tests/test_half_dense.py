@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from conftest import float_input, make_model, run_compressed, run_plain
+from conftest import float_input, make_model, run_compressed, run_plain, session_with_env
 from onnxcomp.passes.half_dense import HALF_MIN_ELEMENTS, ROUNDING_DEPTH, halve_dense_weights, holds
 
 import onnxcomp
@@ -108,3 +108,29 @@ def test_default_compress_halves_dense_weights_and_fixed_settings_do_not(tmp_pat
     assert fixed.float16 == []
     stored = {t.name: t for t in onnx.load(tmp_path / "fixed.onnx").graph.initializer}
     assert stored["small"].data_type == onnx.TensorProto.FLOAT
+
+
+def test_a_dense_codebook_conv_weight_becomes_float16_in_place(rng):
+    """A float32 weight read only as CodebookConv's W (PackWeightsPass.join_dense_convs) becomes float16 under its
+    own name, without a Cast (CodebookConv widens it), by the weight-slot rule; one also read by a standard Conv
+    keeps float32 (a custom op reads it); the session runs and matches the float32 model to binary16 precision."""
+    w = (rng.standard_normal((16, 8, 3, 3)) * 0.1).astype(np.float32)
+    w[3, 2, 0, 0] = 1e-11  # negligible beside its channels' largest: the weight-slot rule (not the per-value one)
+    shared = (rng.standard_normal((16, 16, 1, 1)) * 0.1).astype(np.float32)
+    nodes = [helper.make_node("CodebookConv", ["x", "w"], ["a"], domain=onnxcomp.DOMAIN, pads=[1, 1, 1, 1]),
+             helper.make_node("CodebookConv", ["a", "shared"], ["b"], domain=onnxcomp.DOMAIN),
+             helper.make_node("Conv", ["a", "shared"], ["c"]), helper.make_node("Add", ["b", "c"], ["y"])]
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(shared, "shared")]
+    graph = helper.make_graph(nodes, "g", [float_input("x", [2, 8, 6, 6])], [float_input("y", [2, 16, 6, 6])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(onnxcomp.DOMAIN, 1)],
+                              ir_version=8)
+    original = onnx.ModelProto()
+    original.CopyFrom(model)
+    assert [name for name, _ in halve_dense_weights(model)] == ["w"]
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    assert types == {"w": onnx.TensorProto.FLOAT16, "shared": onnx.TensorProto.FLOAT}
+    assert not [n for n in model.graph.node if n.op_type == "Cast"]
+    x = rng.standard_normal((2, 8, 6, 6)).astype(np.float32)
+    expected = session_with_env(original).run(None, {"x": x})[0]
+    actual = session_with_env(model).run(None, {"x": x})[0]
+    assert np.linalg.norm(actual - expected) / np.linalg.norm(expected) < 2.0 ** -10

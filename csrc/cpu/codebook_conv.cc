@@ -1,5 +1,5 @@
-// CodebookConv: the record is decoded once, at kernel creation, into a working weight (one dense copy of the
-// layer, per-output-channel scale folded in), and the convolution itself runs in onnxruntime's own kernels,
+// CodebookConv: the record (or a dense float32 / float16 weight) is read once, at kernel creation, into a working
+// weight (one dense float copy of the layer, per-output-channel scale folded in), and the convolution itself runs in onnxruntime's own kernels,
 // invoked through the C API (CreateOp/InvokeOp): its blocked-layout NCHWc convolution where the layer qualifies,
 // else its Conv (or FusedConv when an activation is fused). The rule is documented in docs/ops.md.
 #include <math.h>
@@ -67,16 +67,28 @@ void ReorderFilter(const float* w, int64_t o_count, int64_t i_count, int64_t ker
   }
 }
 
+// Multiplies each output channel's values (rows of `weight`, [O, ...] row-major) by scale[o]; empty: none.
+void ScaleChannels(const std::vector<float>& scale, int64_t o_count, std::vector<float>* weight) {
+  if (scale.empty() || o_count == 0) return;
+  const int64_t per_channel = static_cast<int64_t>(weight->size()) / o_count;
+  for (int64_t o = 0; o < o_count; ++o) {
+    float* row = weight->data() + o * per_channel;
+    for (int64_t j = 0; j < per_channel; ++j) row[j] *= scale[static_cast<size_t>(o)];
+  }
+}
+
 // Dense working weight: record values times scale[o] (scale may be empty).
 void DenseWeight(const DecodedRecord& record, const std::vector<float>& scale, std::vector<float>* out) {
   out->resize(static_cast<size_t>(record.num_elements));
   record.decode_range(0, static_cast<uint64_t>(record.num_elements), out->data());
-  if (scale.empty() || record.dims[0] == 0) return;
-  const int64_t per_channel = record.num_elements / record.dims[0];
-  for (int64_t o = 0; o < record.dims[0]; ++o) {
-    float* row = out->data() + o * per_channel;
-    for (int64_t j = 0; j < per_channel; ++j) row[j] *= scale[static_cast<size_t>(o)];
-  }
+  if (record.dims[0] != 0) ScaleChannels(scale, record.dims[0], out);
+}
+
+// IEEE-754 binary16 -> binary32, exact for every value, infinities and NaNs included (a dense weight is the
+// model's own tensor: it is widened as it is, as onnxruntime's Cast would).
+float HalfToFloat(uint16_t h) {
+  if (((h >> 10) & 0x1Fu) != 0x1Fu) return half_bits_to_float(h);
+  return bits_to_float((uint32_t{h & 0x8000u} << 16) | 0x7F800000u | (uint32_t{h & 0x3FFu} << 13));
 }
 
 template <typename T>
@@ -114,6 +126,30 @@ OrtStatus* ReadChannelVector(const RecordKernel& kernel, const Ort::ConstKernelI
 }  // namespace
 
 CodebookConvKernel::CodebookConvKernel() : RecordKernel(CodebookConvOp::kName, 1, ConvRecord) {}
+
+OrtStatus* CodebookConvKernel::ReadDenseWeight(const Ort::ConstKernelInfo& info, ONNXTensorElementDataType type,
+                                               std::vector<float>* dense) {
+  int is_constant = 0;
+  Ort::ConstValue value = info.GetTensorConstantInput(1, &is_constant);
+  if (!is_constant || value == nullptr) {
+    return Error("a float32 or float16 weight input must be a constant initializer (else use Conv)");
+  }
+  auto shape_info = value.GetTensorTypeAndShapeInfo();
+  weight_dims_ = shape_info.GetShape();
+  if (weight_dims_.size() < 3) {
+    return Error("the weight must have rank >= 3 (dims [O, I/group, k...]), got dims " + ShapeToString(weight_dims_));
+  }
+  const size_t count = shape_info.GetElementCount();
+  dense->resize(count);
+  if (type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
+    const float* data = value.GetTensorData<float>();
+    std::copy(data, data + count, dense->data());
+  } else {
+    const uint16_t* data = reinterpret_cast<const uint16_t*>(value.GetTensorRawData());
+    for (size_t i = 0; i < count; ++i) (*dense)[i] = HalfToFloat(data[i]);
+  }
+  return nullptr;
+}
 
 OrtStatus* CodebookConvKernel::ReadAttributes(const Ort::ConstKernelInfo& info) {
   ConvAttributes& a = attributes_;
@@ -255,13 +291,30 @@ OrtStatus* CodebookConvKernel::CreateOps(const OrtKernelInfo* info) {
 }
 
 OrtStatus* CodebookConvKernel::Init(const OrtKernelInfo* info) {
+  ONNXTensorElementDataType weight_type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
+  try {
+    weight_type = Ort::ConstKernelInfo(info).GetInputTypeInfo(1).GetTensorTypeAndShapeInfo().GetElementType();
+  } catch (const Ort::Exception&) {
+  }
+  const bool dense_weight = weight_type != ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
+  if (dense_weight) NoRecordInput();
   if (OrtStatus* status = RecordKernel::Init(info)) return status;
   return GuardStatus(this, [&]() -> OrtStatus* {
     Ort::ConstKernelInfo kernel_info(info);
     if (OrtStatus* status = ReadAttributes(kernel_info)) return status;
-    std::unique_ptr<const DecodedRecord> record = TakeConstant();
+    if (dense_weight && weight_type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT &&
+        weight_type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16) {
+      return Error("the weight input must be a uint8 record or a float32 or float16 tensor");
+    }
+    std::vector<float> dense;
+    std::unique_ptr<const DecodedRecord> record;
+    if (dense_weight) {
+      if (OrtStatus* status = ReadDenseWeight(kernel_info, weight_type, &dense)) return status;
+    } else {
+      record = TakeConstant();
+    }
     const bool blocked_edges = attributes_.nchwc_input == 1 || attributes_.nchwc_output == 1;
-    if (!record) {
+    if (!record && !dense_weight) {
       if (blocked_edges) {
         return Error("nchwc_input and nchwc_output need a constant record input");
       }
@@ -274,7 +327,7 @@ OrtStatus* CodebookConvKernel::Init(const OrtKernelInfo* info) {
       path_ = ConvPath::kOrt;
       return CreateOps(info);
     }
-    weight_dims_ = record->dims;
+    if (record) weight_dims_ = record->dims;
     if (OrtStatus* status = CheckWeight(weight_dims_)) return status;
     const int64_t o_count = weight_dims_[0], i_count = weight_dims_[1];
     const ConvAttributes& a = attributes_;
@@ -287,9 +340,12 @@ OrtStatus* CodebookConvKernel::Init(const OrtKernelInfo* info) {
     bias_is_constant_ = !bias.present || bias.constant;
     conv_inputs_ = bias.present ? 3 : 2;
 
-    std::vector<float> dense;
-    DenseWeight(*record, scale_, &dense);
-    record.reset();  // the working weight replaces the decoded indices
+    if (record) {
+      DenseWeight(*record, scale_, &dense);
+      record.reset();  // the working weight replaces the decoded indices
+    } else {
+      ScaleChannels(scale_, o_count, &dense);
+    }
 
     // The rule: the NCHWc path when onnxruntime's graph optimiser would use it for the same dense Conv
     // (2-D, channel counts fitting its blocks, constant bias), else onnxruntime's Conv/FusedConv.

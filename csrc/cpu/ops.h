@@ -199,7 +199,7 @@ struct CodebookGatherOp : Ort::CustomOpBase<CodebookGatherOp, CodebookGatherKern
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
 };
 
-// ---- CodebookConv: Conv(X, W * scale, B) (+ activation), W [O, I/group, k...] from the record ---------------
+// ---- CodebookConv: Conv(X, W * scale, B) (+ activation), W [O, I/group, k...] from a record or dense --------
 
 // The convolution's attributes (ONNX Conv, plus FusedConv's activation), read once at kernel creation.
 struct ConvAttributes {
@@ -231,6 +231,9 @@ struct CodebookConvKernel : RecordKernel {
   OrtStatus* CreateOps(const OrtKernelInfo* info);
   // Checks the attributes against the weight dims [O, I/group, k...].
   OrtStatus* CheckWeight(const std::vector<int64_t>& weight_dims) const;
+  // A constant float32 / float16 weight input (no record) widened into `dense`, its dims into weight_dims_.
+  OrtStatus* ReadDenseWeight(const Ort::ConstKernelInfo& info, ONNXTensorElementDataType type,
+                             std::vector<float>* dense);
   // Y's shape for input shape `x` (ONNX Conv shape rules), or an error.
   OrtStatus* OutputShape(const std::vector<int64_t>& weight_dims, const std::vector<int64_t>& x,
                          std::vector<int64_t>* y) const;
@@ -239,7 +242,7 @@ struct CodebookConvKernel : RecordKernel {
   ConvPath path_ = ConvPath::kOrt;
   int64_t block_ = 1;              // NCHWc block size (channels per block) on the kNchwc path
   bool reorder_input_ = false;     // kNchwc: X is reordered to NCHWc first (else read as NCHW)
-  std::vector<int64_t> weight_dims_;  // the record's dims [O, I/group, k...]
+  std::vector<int64_t> weight_dims_;  // the weight's dims [O, I/group, k...]
   std::vector<float> weight_;      // working weight: dense (kOrt) or NCHWc-reordered and padded (kNchwc)
   std::vector<float> bias_;        // effective bias (padded on kNchwc), empty when none
   std::vector<float> scale_;       // per-output-channel scale (empty: none); folded into weight_ when constant
@@ -255,9 +258,11 @@ struct CodebookConvOp : Ort::CustomOpBase<CodebookConvOp, CodebookConvKernel, tr
     return CreateRecordKernel<CodebookConvKernel>(info, kernel);
   }
   const char* GetName() const { return kName; }
-  size_t GetInputTypeCount() const { return 4; }  // X, record, bias, scale
+  // X, W, bias, scale; W is a uint8 record or a constant float32 / float16 weight [O, I/group, k...] (UNDEFINED
+  // lets onnxruntime accept any of them; the kernel checks which).
+  size_t GetInputTypeCount() const { return 4; }
   ONNXTensorElementDataType GetInputType(size_t index) const {
-    return index == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+    return index == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
   }
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
     return index >= 2 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;

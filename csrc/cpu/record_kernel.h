@@ -44,6 +44,10 @@ class RecordKernel {
   // Validates and decodes a record input (1-D uint8) into `out`, then applies the kernel's check.
   OrtStatus* DecodeInput(const Ort::ConstValue& value, DecodedRecord& out) const;
 
+  // Before Init: this node's weight input is not a record (CodebookConv with a dense float weight), so Init
+  // decodes nothing and GetRecord/TakeConstant must not be used.
+  void NoRecordInput() { record_input_ = kNoRecordInput; }
+
  private:
 
   const char* op_name_;

@@ -18,7 +18,9 @@ Cast node would cost about what they save, and small float constants are often s
 exact value matters (Resize scales, Clip bounds). Initializers stored as external data (a streamed model), listed
 among the graph inputs (a caller may override them), read by a custom op (onnxcomp's kernels take their
 constant inputs as initializers) or in a model whose default-domain opset is below 6 (Cast-1
-takes the type as a string) are left alone. So is any tensor not read in a weight slot whose values reach a
+takes the type as a string) are left alone; the exception is a dense Conv weight that PackWeightsPass gave to a
+CodebookConv (join_dense_convs): read only as CodebookConv's W, it becomes float16 under its own name, without a
+Cast, by the weight-slot rule (CodebookConv takes a float16 W and widens it exactly). So is any tensor not read in a weight slot whose values reach a
 rounding op (Round, Floor, Ceil, QuantizeLinear, DynamicQuantizeLinear, a Cast to an integer type, the integer and
 QLinear ops) through at most ROUNDING_DEPTH nodes that are not weight ops: a requantisation scale (x / s, then
 Round) changes which integer a value rounds to for any error at all (measured: halving the 12 such Div scales of
@@ -33,6 +35,7 @@ from onnx import numpy_helper
 
 from onnxcomp.core.outliers import FLOAT16, FLOAT16_RELATIVE_ERROR, value_format
 
+from .base import DOMAIN
 from .model_io import graphs_of
 
 HALF_MIN_ELEMENTS = 64
@@ -121,16 +124,29 @@ def halve_dense_weights(model: onnx.ModelProto) -> list[tuple[str, int]]:
     """Rewrite ``model`` in place: each float32 initializer of at least HALF_MIN_ELEMENTS values that binary16
     holds within 2^-11 relative (module docstring) becomes a float16 initializer ``NAME__float16`` (a fresh
     name) and a ``Cast(to=FLOAT)`` node, first in its graph, whose output takes the original name, so every
-    consumer (subgraphs included) reads it unchanged. Returns (name, elements) of each halved weight."""
+    consumer (subgraphs included) reads it unchanged; a dense weight read only by CodebookConv nodes (as W) becomes
+    float16 under its own name instead, without a Cast (held to the weight-slot rule). Returns (name, elements) of
+    each halved weight."""
     if _opset(model) < 6:
         return []
     graphs = list(graphs_of(model.graph))
     taken = {name for g in graphs for name in
              [*(t.name for t in g.initializer), *(v.name for v in g.input), *(v.name for v in g.output),
               *(o for n in g.node for o in n.output), *(n.name for n in g.node)]}
-    custom = {name for g in graphs for n in g.node if n.domain not in ("", "ai.onnx") for name in n.input}
+    # Read by a custom op: left alone, except a dense CodebookConv weight (its slot 1 only), which is stored as
+    # float16 in place (same name, no Cast): CodebookConv widens it when it builds its working weight.
+    custom, conv_weights, elsewhere = set(), set(), set()
+    for g in graphs:
+        for n in g.node:
+            for slot, name in enumerate(n.input):
+                if n.domain == DOMAIN and n.op_type == "CodebookConv" and slot == 1:
+                    conv_weights.add(name)
+                else:
+                    (custom if n.domain not in ("", "ai.onnx") else elsewhere).add(name)
+    in_place = conv_weights - custom - elsewhere
+    custom |= conv_weights - in_place
     weights = _weight_inputs(graphs)
-    others = {t.name for g in graphs for t in g.initializer if t.name not in weights
+    others = {t.name for g in graphs for t in g.initializer if t.name not in weights and t.name not in in_place
               and t.data_type == onnx.TensorProto.FLOAT and np.prod(t.dims, dtype=np.int64) >= HALF_MIN_ELEMENTS}
     scales = _feeding_rounding(graphs, others)
     halved = []
@@ -138,14 +154,19 @@ def halve_dense_weights(model: onnx.ModelProto) -> list[tuple[str, int]]:
         listed = {value.name for value in graph.input}
         casts = []
         for tensor in graph.initializer:
-            if (tensor.data_type != onnx.TensorProto.FLOAT or tensor.name in listed or tensor.name in custom
+            if (tensor.data_type != onnx.TensorProto.FLOAT or tensor.name in listed
+                    or tensor.name in custom
                     or tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.name in scales):
                 continue
             size = int(np.prod(tensor.dims, dtype=np.int64)) if len(tensor.dims) else 1
             if size < HALF_MIN_ELEMENTS:
                 continue
             values = numpy_helper.to_array(tensor)
-            if not holds(values, tensor.name in weights):
+            if not holds(values, tensor.name in weights or tensor.name in in_place):
+                continue
+            if tensor.name in in_place:
+                tensor.CopyFrom(numpy_helper.from_array(values.astype(np.float16), tensor.name))
+                halved.append((tensor.name, size))
                 continue
             name, fresh = tensor.name, tensor.name + SUFFIX
             while fresh in taken:

@@ -96,7 +96,8 @@ class PackWeightsPass(GraphPass):
             log.debug("%s", trace)
         if packed:
             log.debug("%s", assign_decode_once(packed, self._emitted))
-            log.debug("%s", mark_blocked_edges(state.graph, self._emitted))
+            joined = join_dense_convs(state.graph, self._emitted, names) if self.fuse else []
+            log.debug("%s", mark_blocked_edges(state.graph, self._emitted + joined))
         if targets:
             state.graph.cleanup().toposort()
         return PassResult(bool(targets), f"packed {len(targets)} tensors")
@@ -520,6 +521,74 @@ def _blocked_region(root: gs.Graph, emitted: list[tuple[gs.Node, WeightTarget]],
 
 
 CONV_ATTRIBUTES = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
+# Ops that may sit between two convolutions of one blocked region (``join_dense_convs``'s components).
+REGION_OPS = BLOCKED_UNARY + BLOCKED_BINARY + ("Concat", "Split", "BatchNormalization")
+
+
+class DenseConvWeight:
+    """The weight of a Conv that ``join_dense_convs`` turned into a CodebookConv with its dense weight: what
+    ``mark_blocked_edges`` reads of a WeightTarget (its shape)."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = shape
+
+
+def _dense_conv_weight(node: gs.Node) -> DenseConvWeight | None:
+    """The weight of a 2-D Conv (default domain) that CodebookConv can run with its dense weight, or None: a float32
+    constant [O, I/group, kh, kw], a constant bias or none, and channel counts that take onnxruntime's NCHWc
+    convolution under some channel block (``_nchwc_layer``; elsewhere joining would gain nothing)."""
+    if node.op != "Conv" or node.domain or len(node.inputs) < 2 or len(node.outputs) != 1:
+        return None
+    w = node.inputs[1]
+    if not isinstance(w, gs.Constant) or w.dtype != np.float32 or len(w.shape) != 4:
+        return None
+    weight = DenseConvWeight(tuple(int(d) for d in w.shape))
+    if not any(any(_nchwc_layer(node, weight, block)) for block in NCHWC_BLOCKS):
+        return None
+    return weight
+
+
+def join_dense_convs(root: gs.Graph, emitted: list[tuple[gs.Node, WeightTarget]],
+                     names: UniqueNames) -> list[tuple[gs.Node, DenseConvWeight]]:
+    """Turns the dense 2-D Conv nodes (the weights the allocation left dense) that share a region with a CodebookConv
+    into CodebookConv nodes reading their dense weight (docs/ops.md), folding BatchNormalization, a bias Add and the
+    activation as ``_to_conv`` does for a record, so ``mark_blocked_edges`` can keep the tensors between them and the
+    CodebookConv nodes in onnxruntime's NCHWc layout. Without this, each dense Conv between two CodebookConv nodes
+    costs a reorder out of the blocked layout and one back in on each side (onnxruntime's NCHWc transformer cannot
+    see through the custom op). A region: convolutions connected through the ops of REGION_OPS (default domain),
+    as union-find components over the tensors they exchange; a Conv is joined only when its component holds a
+    CodebookConv. The weight and its values are unchanged (the writer later stores it as float16 where half_dense's
+    rule allows, which CodebookConv reads as it is). Returns the joined (node, weight) pairs."""
+    parent: dict[int, int] = {}
+
+    def find(key: int) -> int:
+        while parent.setdefault(key, key) != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    codebook = {id(node) for node, _ in emitted if node.op == "CodebookConv"}
+    candidates: list[tuple[gs.Graph, gs.Node, DenseConvWeight]] = []
+    members = set(codebook)  # the nodes a region may hold
+    for graph in all_graphs(root):
+        for node in graph.nodes:
+            weight = _dense_conv_weight(node) if node.op == "Conv" else None
+            if weight is not None:
+                candidates.append((graph, node, weight))
+            elif id(node) not in codebook and (node.domain or node.op not in REGION_OPS):
+                continue
+            members.add(id(node))
+            for tensor in node.inputs:
+                producer = tensor.inputs[0] if isinstance(tensor, gs.Variable) and len(tensor.inputs) == 1 else None
+                if producer is not None and id(producer) in members:
+                    parent[find(id(node))] = find(id(producer))
+    regions = {find(key) for key in codebook}
+    joined = []
+    for graph, node, weight in candidates:
+        if find(id(node)) in regions:
+            _to_conv(graph, node, node.inputs[1], weight.shape, names)
+            joined.append((node, weight))
+    return joined
 
 
 def _constant_array(tensor) -> np.ndarray | None:
@@ -604,7 +673,8 @@ def _activation(node: gs.Node) -> tuple[str, list[float]] | None:
 
 def _to_conv(graph: gs.Graph, node: gs.Node, record: gs.Constant, weight_shape: tuple[int, ...],
              names: UniqueNames) -> None:
-    """Turn Conv(X, W[, B]) into CodebookConv(X, record[, bias[, scale]]) for W of ``weight_shape``, folding a
+    """Turn Conv(X, W[, B]) into CodebookConv(X, record[, bias[, scale]]) for W of ``weight_shape`` (``record``:
+    its record, or W itself for ``join_dense_convs``), folding a
     following BatchNormalization, then an Add of a per-channel constant, then an activation into it (see the module
     docstring)."""
     out_channels = weight_shape[0]

@@ -7,7 +7,8 @@ CodebookMatMul(X, record[, bias]) -> MatMul(X, W) (+ Add bias), or Gemm(X, W, bi
 directory says the record holds W transposed (records for CodebookMatMul are always [K, N]);
 CodebookGather(record, indices) -> Gather(W, indices); CodebookDecode(record) -> the initializer itself;
 CodebookConv(X, record[, bias[, scale]]) -> Conv(X, W * scale, bias) with its attributes, then the fused activation
-as its own node (a folded BatchNormalization stays folded: W * scale is a new initializer);
+as its own node (a folded BatchNormalization stays folded: W * scale is a new initializer); a CodebookConv reading a
+dense float32 / float16 W instead of a record gets the same, W widened to float32;
 CodebookLSTM -> LSTM with each record input (W, R, B) replaced by its initializer; CodebookDecodeUInt8 /
 CodebookDecodeInt8 (integer records) -> the exact uint8 / int8 initializer the quantized op read, CodebookGatherUInt8 /
 CodebookGatherInt8 -> Gather on it.
@@ -74,6 +75,8 @@ def decompress_model(model: onnx.ModelProto, model_path: str) -> onnx.ModelProto
                 nodes.append(node)
                 continue
             weight = weights.get(node.input[1] if node.op_type in ("CodebookMatMul", "CodebookConv") else node.input[0]) if node.input else None
+            if weight is None and node.domain == DOMAIN and node.op_type == "CodebookConv" and len(node.input) > 1:
+                weight = _DenseConvWeight.find(graphs, node.input[1])
             if node.domain == DOMAIN:
                 if weight is None:
                     raise UnsupportedModelError(f"{model_path}: node {node.name!r} ({node.op_type}) has no readable record")
@@ -134,6 +137,27 @@ def _standard_nodes(node, weight, name: str, renamed: dict, model_path: str, con
         renamed[node.output[0]] = name
         return []
     raise UnsupportedModelError(f"{model_path}: unknown onnxcomp op {node.op_type!r}; upgrade onnxcomp")
+
+
+class _DenseConvWeight:
+    """A CodebookConv's dense W (float32 or float16 initializer, docs/ops.md), as much of a StoredWeight as
+    decompression reads: ``name``, ``tensor`` and ``dense()`` (float32)."""
+
+    def __init__(self, tensor: onnx.TensorProto) -> None:
+        self.name = self.tensor = tensor.name
+        self.values = numpy_helper.to_array(tensor)
+        self.transposed = False
+
+    def dense(self) -> np.ndarray:
+        return self.values.astype(np.float32)
+
+    @staticmethod
+    def find(graphs: list, name: str) -> "_DenseConvWeight | None":
+        for graph in graphs:
+            for tensor in graph.initializer:
+                if tensor.name == name and tensor.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
+                    return _DenseConvWeight(tensor)
+        return None
 
 
 def _fold_casts(graphs: list, dense: dict) -> None:

@@ -166,7 +166,8 @@ def stored_weights(model: onnx.ModelProto, model_path: str) -> dict[str, StoredW
     graphs = list(model_io.graphs_of(model.graph))
     initializers = {t.name: t for g in graphs for t in g.initializer}
     custom_reads = {name for g in graphs for n in g.node if n.domain == DOMAIN for name in n.input}
-    records = {t.name: t for t in initializers.values() if t.data_location == onnx.TensorProto.EXTERNAL and t.name in custom_reads}
+    records = {t.name: t for t in initializers.values() if t.data_location == onnx.TensorProto.EXTERNAL
+               and t.name in custom_reads and t.data_type == onnx.TensorProto.UINT8}  # (CodebookConv: dense W too)
     if records:
         folder = os.path.dirname(os.path.abspath(model_path))
         by_file: dict[str, list] = {}
