@@ -85,6 +85,7 @@ ONNXCOMP_HD uint32_t crc32(const uint8_t* p, uint64_t n) {
 
 // Everything parse_record learned: field values and the byte offsets of the variable-size sections.
 struct RecordInfo {
+  uint32_t value_type;  // record::kValueTypeFloat32, kValueTypeUInt8 or kValueTypeInt8
   uint32_t rank;
   uint32_t index_bits;
   uint32_t coding;
@@ -267,8 +268,13 @@ ONNXCOMP_HD DecodeStatus parse_record(const uint8_t* data, uint64_t size, Record
   if (version < kVersion || version > kMaxVersion) {
     return decode_fail(DecodeError::kBadHeader, "unsupported record version (expected 1 to 4)");
   }
-  if (data[kOffsetValueType] != kValueTypeFloat32) {
-    return decode_fail(DecodeError::kBadHeader, "unsupported value type (expected 1, float32)");
+  info.value_type = data[kOffsetValueType];
+  if (info.value_type != kValueTypeFloat32 && info.value_type != kValueTypeUInt8 && info.value_type != kValueTypeInt8) {
+    return decode_fail(DecodeError::kBadHeader, "unsupported value type (expected 1 float32, 2 uint8 or 3 int8)");
+  }
+  const bool integer = info.value_type != kValueTypeFloat32;
+  if (integer && version != kVersion) {
+    return decode_fail(DecodeError::kBadHeader, "an integer record (value type 2 or 3) must be version 1");
   }
   info.rank = data[kOffsetRank];
   if (info.rank > kMaxRank) return decode_fail(DecodeError::kBadHeader, "rank above 8");
@@ -322,6 +328,14 @@ ONNXCOMP_HD DecodeStatus parse_record(const uint8_t* data, uint64_t size, Record
     if (!float_is_finite_bits(bits)) return decode_fail(DecodeError::kBadCodebook, "codebook value not finite");
     const float magnitude = bits_to_float(bits & 0x7FFFFFFFu);
     if (magnitude > largest_codebook) largest_codebook = magnitude;
+    if (integer) {  // an integer of the type's range, so the conversion to it is exact and defined
+      const float value = bits_to_float(bits);
+      const float low = info.value_type == kValueTypeInt8 ? -128.0f : 0.0f;
+      const float high = info.value_type == kValueTypeInt8 ? 127.0f : 255.0f;
+      if (!(value >= low && value <= high) || value != static_cast<float>(static_cast<int32_t>(value))) {
+        return decode_fail(DecodeError::kBadCodebook, "integer record codebook value not an integer of its type's range");
+      }
+    }
   }
 
   info.gap_bits = 0;

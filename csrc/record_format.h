@@ -28,6 +28,10 @@ inline constexpr uint16_t kMaxVersion = 4;
 inline constexpr bool version_has_outliers(uint32_t version) { return ((version - 1) & 1u) != 0; }
 inline constexpr bool version_has_scales(uint32_t version) { return ((version - 1) & 2u) != 0; }
 inline constexpr uint8_t kValueTypeFloat32 = 1;  // ONNX TensorProto.FLOAT
+// Integer records (lossless coding of 8-bit integer weights): the codebook's float32 values are integers of the
+// type's range, the decoded tensor has that type; version 1 only (no scales, no outliers).
+inline constexpr uint8_t kValueTypeUInt8 = 2;  // ONNX TensorProto.UINT8: codebook values in [0, 255]
+inline constexpr uint8_t kValueTypeInt8 = 3;   // ONNX TensorProto.INT8: codebook values in [-128, 127]
 inline constexpr uint8_t kCodingDense = 0;
 inline constexpr uint8_t kCodingSparse = 1;
 

@@ -19,6 +19,10 @@ Ort::CustomOpDomain& Domain() {
   static CodebookGatherOp gather_op;
   static CodebookConvOp conv_op;
   static CodebookLstmOp lstm_op;
+  static CodebookDecodeUInt8Op decode_uint8_op;
+  static CodebookDecodeInt8Op decode_int8_op;
+  static CodebookGatherUInt8Op gather_uint8_op;
+  static CodebookGatherInt8Op gather_int8_op;
 #if defined(ONNXCOMP_WITH_CUDA)
   // CUDA variants next to the CPU ones: a CPU-only runtime still finds the CPU kernels.
   static CudaCodebookDecodeOp cuda_decode_op;
@@ -26,7 +30,8 @@ Ort::CustomOpDomain& Domain() {
   static CudaCodebookGatherOp cuda_gather_op;
 #endif
   static OrtCustomOp* const kOps[] = {  // the registration table
-      &decode_op, &matmul_op, &gather_op, &conv_op, &lstm_op,
+      &decode_op, &matmul_op, &gather_op, &conv_op, &lstm_op, &decode_uint8_op, &decode_int8_op,
+      &gather_uint8_op, &gather_int8_op,
 #if defined(ONNXCOMP_WITH_CUDA)
       &cuda_decode_op, &cuda_matmul_op, &cuda_gather_op,
 #endif

@@ -58,6 +58,7 @@ DecodeStatus decode_record_bytes(const uint8_t* data, size_t size, DecodedRecord
   try {
     DecodedRecord& r = *out;
     r.dims.assign(info.dims, info.dims + info.rank);
+    r.value_type = info.value_type;
     r.num_elements = static_cast<int64_t>(info.num_elements);
     r.index_bits = info.index_bits;
     r.slot_bits = packed::slot_bits(info.index_bits);

@@ -16,6 +16,7 @@ namespace onnxcomp {
 
 struct DecodedRecord {
   std::vector<int64_t> dims;
+  uint32_t value_type = record::kValueTypeFloat32;  // the decoded tensor's type (integer records: exact integers)
   int64_t num_elements = 0;
   uint32_t index_bits = 0;
   uint32_t slot_bits = 0;       // packed::slot_bits(index_bits)

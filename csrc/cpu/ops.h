@@ -6,6 +6,7 @@
 #include "cpu/record_kernel.h"
 
 #include <mutex>
+#include <type_traits>
 #include <string>
 #include <vector>
 
@@ -37,6 +38,45 @@ struct CodebookDecodeOp : Ort::CustomOpBase<CodebookDecodeOp, CodebookDecodeKern
   size_t GetOutputTypeCount() const { return 1; }
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
 };
+
+// ---- CodebookDecodeUInt8 / Int8: integer record -> uint8 / int8 tensor; CodebookGatherUInt8 / Int8: its rows -----
+
+// Decodes an integer record (value type 2 or 3, docs/format.md) to its exact integers. A constant record is decoded
+// once, at kernel creation, into a working copy in the integer type (as many bytes as the original initializer),
+// which every run copies out (kGather: the rows the indices ask for, ONNX Gather on axis 0); the decoded indices are
+// not kept. A non-constant record is decoded in every run.
+template <typename T, bool kGather>
+struct CodebookDecodeIntegerKernel : RecordKernel {
+  CodebookDecodeIntegerKernel();
+  OrtStatus* Init(const OrtKernelInfo* info);
+  OrtStatus* ComputeV2(OrtKernelContext* context) noexcept;
+
+ private:
+  std::vector<int64_t> dims_;
+  std::vector<T> decoded_;  // the working copy of a constant record
+  bool constant_ = false;
+};
+
+template <typename T, bool kGather>
+struct CodebookDecodeIntegerOp
+    : Ort::CustomOpBase<CodebookDecodeIntegerOp<T, kGather>, CodebookDecodeIntegerKernel<T, kGather>, true> {
+  static const char* const kName;
+  static constexpr uint32_t kValueType = std::is_signed<T>::value ? record::kValueTypeInt8 : record::kValueTypeUInt8;
+  OrtStatus* CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
+    return CreateRecordKernel<CodebookDecodeIntegerKernel<T, kGather>>(info, kernel);
+  }
+  const char* GetName() const { return kName; }
+  size_t GetInputTypeCount() const { return kGather ? 2 : 1; }  // record[, indices (int32 or int64)]
+  ONNXTensorElementDataType GetInputType(size_t index) const {
+    return index == 0 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return Ort::TypeToTensorType<T>::type; }
+};
+using CodebookDecodeUInt8Op = CodebookDecodeIntegerOp<uint8_t, false>;
+using CodebookDecodeInt8Op = CodebookDecodeIntegerOp<int8_t, false>;
+using CodebookGatherUInt8Op = CodebookDecodeIntegerOp<uint8_t, true>;
+using CodebookGatherInt8Op = CodebookDecodeIntegerOp<int8_t, true>;
 
 // ---- CodebookMatMul: Y = X @ W (+ bias), W [K, N] from the record ------------------------------------------
 

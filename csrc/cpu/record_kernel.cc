@@ -20,6 +20,11 @@ OrtStatus* RecordKernel::DecodeInput(const Ort::ConstValue& value, DecodedRecord
   }
   DecodeStatus status = decode_record_bytes(value.GetTensorData<uint8_t>(), info.GetElementCount(), &out);
   if (!status.ok()) return Error(std::string("corrupt weight record: ") + status.message);
+  if (out.value_type != value_type_) {
+    return Error("the record has value type " + std::to_string(out.value_type) + ", this op reads value type " +
+                 std::to_string(value_type_) + " records (1 float32: CodebookDecode and the fused ops; 2 uint8: "
+                 "CodebookDecodeUInt8; 3 int8: CodebookDecodeInt8)");
+  }
   std::string problem = check_(out);
   if (!problem.empty()) return Error(problem);
   return nullptr;

@@ -21,8 +21,10 @@ class RecordKernel {
  public:
   // record_input = kNoRecordInput: the kernel has several weight inputs and decodes them itself (DecodeInput).
   static constexpr size_t kNoRecordInput = static_cast<size_t>(-1);
-  RecordKernel(const char* op_name, size_t record_input, RecordCheck check)
-      : op_name_(op_name), record_input_(record_input), check_(check) {}
+  // value_type: the record value type the op reads (record::kValueType*); a record of another type is refused.
+  RecordKernel(const char* op_name, size_t record_input, RecordCheck check,
+               uint32_t value_type = record::kValueTypeFloat32)
+      : op_name_(op_name), record_input_(record_input), check_(check), value_type_(value_type) {}
 
   // Reads the node name and, when the record input is a constant initializer, decodes and checks it now,
   // so a corrupt record fails session creation.
@@ -51,6 +53,7 @@ class RecordKernel {
   const char* op_name_;
   size_t record_input_;
   RecordCheck check_;
+  uint32_t value_type_;
   std::string node_name_;
   std::unique_ptr<const DecodedRecord> constant_;
 };

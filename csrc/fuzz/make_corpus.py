@@ -4,7 +4,7 @@ Usage: python csrc/fuzz/make_corpus.py OUT_DIR
 
 Seeds cover both codings, every rank from 0 to 4, zero-size tensors, a lone symbol, 1- to 16-bit indices,
 gap escapes, outlier sections (binary16 and binary32 values, Rice parameters from 0 up, every element an
-outlier), and the records of the bundled LeNet-5 compressed as the CLI does. Deterministic (seeded).
+outlier), channel scales, integer records (uint8, int8), and the records of the bundled LeNet-5 compressed as the CLI does. Deterministic (seeded).
 """
 
 from __future__ import annotations
@@ -65,6 +65,15 @@ def synthetic(rng: np.random.Generator) -> dict[str, bytes]:
     add("scales_sparse_outliers", np.concatenate([[0.0], rng.standard_normal(7)]), sparse, (40, 100), 3,
         np.sort(rng.choice(4000, 20, replace=False)), rng.standard_normal(20) * 30,
         scales=rng.uniform(0.5, 2.0, 40).astype(np.float32))
+    # Integer records (value types 2 uint8 and 3 int8): full range, a narrow bell, mostly zeros (sparse coding).
+    from onnxcomp.passes.integer_weights import integer_record
+    for dtype, value_type in ((np.uint8, sidecar.UINT8), (np.int8, sidecar.INT8)):
+        info = np.iinfo(dtype)
+        bell = np.clip(np.rint(rng.standard_normal((16, 24)) * 5), info.min, info.max).astype(dtype)
+        sparse = np.where(rng.random((30, 30)) < 0.9, 0, rng.integers(info.min, info.max + 1, (30, 30))).astype(dtype)
+        for label, values in (("full", rng.integers(info.min, info.max + 1, (9, 3, 3)).astype(dtype)), ("bell", bell),
+                              ("sparse", sparse)):
+            seeds[f"integer_{np.dtype(dtype).name}_{label}"] = integer_record(values, value_type)[0]
     return seeds
 
 

@@ -35,6 +35,11 @@ _SCALE_HEADER = struct.Struct("<BBQ")  # axis, value format, count C
 FILE_MAGIC = b"ONXCSIDE"
 FILE_VERSION = 1
 FLOAT32 = 1  # onnx.TensorProto.FLOAT
+UINT8 = 2  # onnx.TensorProto.UINT8: integer codebook values in [0, 255], decoded to uint8
+INT8 = 3  # onnx.TensorProto.INT8: integer codebook values in [-128, 127], decoded to int8
+# The value types a record may declare: the decoded tensor's numpy dtype and, for integer types, the codebook's range.
+VALUE_TYPES = {FLOAT32: np.dtype(np.float32), UINT8: np.dtype(np.uint8), INT8: np.dtype(np.int8)}
+INTEGER_RANGES = {UINT8: (0, 255), INT8: (-128, 127)}
 CODING_DENSE = 0
 CODING_SPARSE = 1
 MAX_RANK = 8
@@ -60,9 +65,13 @@ class Record:
     outlier_bytes: int = 0  # length of the outlier section
     scales: np.ndarray | None = None  # float32 [dims[scale_axis]], positive; None: an unscaled record
     scale_axis: int = 0
+    value_type: int = FLOAT32  # FLOAT32, UINT8 or INT8 (an integer record has no scales and no outliers)
 
     def to_dense(self) -> np.ndarray:
+        """The decoded tensor in the record's dims: float32, or uint8 / int8 for an integer record (exact)."""
         values = self.codebook[self.indices]
+        if self.value_type != FLOAT32:
+            return values.astype(VALUE_TYPES[self.value_type]).reshape(self.dims)
         if self.scales is not None:
             values = apply_scales(values, self.dims, self.scale_axis, self.scales)
         return apply_outliers(values, self.outlier_positions, self.outlier_values).reshape(self.dims)
@@ -249,7 +258,7 @@ def _gap_symbols(gaps: np.ndarray, gap_bits: int) -> tuple[np.ndarray, np.ndarra
 def encode_record(codebook: np.ndarray, indices: np.ndarray, dims: tuple[int, ...], bits: int,
                   outlier_positions: np.ndarray | None = None, outlier_values: np.ndarray | None = None,
                   coding_steps: type[NumpyCoding] | None = None, scales: np.ndarray | None = None,
-                  scale_axis: int = 0) -> bytes:
+                  scale_axis: int = 0, value_type: int = FLOAT32) -> bytes:
     """Encode one tensor; picks the smaller of dense and sparse (gap) coding.
 
     ``indices``: integers in [0, K), any shape with prod(dims) elements, row-major. With outliers (strictly
@@ -258,7 +267,9 @@ def encode_record(codebook: np.ndarray, indices: np.ndarray, dims: tuple[int, ..
     frequent index in dense), since the reader never looks them up. Without, version 1. With ``scales`` (float32
     [dims[scale_axis]], finite, > 0; binary16 when each is a normal binary16 value), the record is version 3 (4 with
     outliers): element i decodes to float32(codebook[index] * scales[channel of i along scale_axis]), outliers
-    exact and unscaled. ``coding_steps`` picks
+    exact and unscaled. ``value_type`` UINT8 or INT8 makes an integer record (lossless coding of an 8-bit integer
+    tensor): every codebook value must be an integer of that type's range, and it takes no outliers or scales
+    (ValueError otherwise). ``coding_steps`` picks
     the implementation of the counting and bit-writing steps: NativeCoding (the default when the compiled
     module is built) or NumpyCoding (the reference); both give the same bytes.
     """
@@ -274,6 +285,16 @@ def encode_record(codebook: np.ndarray, indices: np.ndarray, dims: tuple[int, ..
         raise ValueError("indices do not match the tensor dims")
     if n and ((indices.dtype.kind == "i" and int(indices.min()) < 0) or int(indices.max()) >= k):
         raise ValueError("index outside the codebook")
+    if value_type not in VALUE_TYPES:
+        raise ValueError(f"value type {value_type} is not one of {sorted(VALUE_TYPES)}")
+    if value_type != FLOAT32:
+        low, high = INTEGER_RANGES[value_type]
+        if not (np.isfinite(codebook).all() and (codebook == np.round(codebook)).all()
+                and codebook.min() >= low and codebook.max() <= high):
+            raise ValueError(f"an integer record's codebook holds integers in [{low}, {high}] only")
+        if (outlier_positions is not None and len(outlier_positions)) or scales is not None:
+            raise ValueError("an integer record has no outliers and no scales")
+        codebook = codebook + np.float32(0.0)  # -0.0 -> +0.0: the integer 0 is the pruned entry of sparse coding
     steps_type = coding_steps or (NumpyCoding if _native is None else NativeCoding)
     positions = np.zeros(0, np.int64) if outlier_positions is None else np.asarray(outlier_positions, np.int64)
     section = b""
@@ -308,7 +329,7 @@ def encode_record(codebook: np.ndarray, indices: np.ndarray, dims: tuple[int, ..
         if not np.isfinite(product):
             raise ValueError("scales times the codebook overflow float32")
     version = (RECORD_VERSION_OUTLIERS if len(positions) else RECORD_VERSION) + (2 if scales is not None else 0)
-    header = _FIXED.pack(RECORD_MAGIC, version, FLOAT32, len(dims), bits, 0, 0, k, n)
+    header = _FIXED.pack(RECORD_MAGIC, version, value_type, len(dims), bits, 0, 0, k, n)
     header += struct.pack(f"<{len(dims)}Q", *dims) + codebook.tobytes()
 
     if value_counts is None or not sparse_coding:
@@ -393,8 +414,10 @@ def decode_record(data: bytes) -> Record:
         raise CorruptSidecarError("not an onnxcomp weight record (bad magic)")
     if not RECORD_VERSION <= version <= RECORD_VERSION_SCALES_OUTLIERS:
         raise CorruptSidecarError(f"record version {version} is not supported (expected 1 to 4)")
-    if value_type != FLOAT32 or rank > MAX_RANK or not 1 <= bits <= 16 or coding > 1 or reserved:
+    if value_type not in VALUE_TYPES or rank > MAX_RANK or not 1 <= bits <= 16 or coding > 1 or reserved:
         raise CorruptSidecarError("record header has a field out of range")
+    if value_type != FLOAT32 and version != RECORD_VERSION:
+        raise CorruptSidecarError("an integer record (value type 2 or 3) must be version 1 (no scales, no outliers)")
     if not 1 <= k <= 1 << bits or n >= MAX_ELEMENTS:
         raise CorruptSidecarError("record codebook size or element count out of range")
     dims = struct.unpack(f"<{rank}Q", cursor.take(8 * rank, "dims"))
@@ -403,6 +426,7 @@ def decode_record(data: bytes) -> Record:
     codebook = np.frombuffer(cursor.take(4 * k, "codebook"), dtype="<f4").astype(np.float32)
     if not np.isfinite(codebook).all():
         raise CorruptSidecarError("record codebook holds a value that is not finite")
+    check_integer_codebook(codebook, value_type)
     if coding == CODING_DENSE:
         lengths = np.frombuffer(cursor.take(k, "code table"), dtype=np.uint8)
         payload, payload_bits = _take_payload(cursor)
@@ -421,7 +445,7 @@ def decode_record(data: bytes) -> Record:
             raise CorruptSidecarError("sparse record codes the pruned value 0")
         payload, payload_bits = _take_payload(cursor)
         indices = _decode_sparse(payload, payload_bits, gap_bits, gap_lengths, value_lengths, n, nonzero_count)
-    record = Record(tuple(dims), codebook, indices, bits, coding)
+    record = Record(tuple(dims), codebook, indices, bits, coding, value_type=value_type)
     if version >= RECORD_VERSION_SCALES:
         record.scale_axis, record.scales = decode_scale_section(cursor.take, record.dims, codebook)
     if version in (RECORD_VERSION_OUTLIERS, RECORD_VERSION_SCALES_OUTLIERS):
@@ -431,6 +455,16 @@ def decode_record(data: bytes) -> Record:
     if cursor.offset != len(cursor.data):
         raise CorruptSidecarError("record has trailing bytes")
     return record
+
+
+def check_integer_codebook(codebook: np.ndarray, value_type: int) -> None:
+    """Raise CorruptSidecarError unless every value of an integer record's (float32) codebook is an integer in its
+    type's range (no-op for FLOAT32)."""
+    if value_type == FLOAT32:
+        return
+    low, high = INTEGER_RANGES[value_type]
+    if not ((codebook == np.floor(codebook)).all() and (codebook >= low).all() and (codebook <= high).all()):
+        raise CorruptSidecarError(f"integer record codebook holds a value that is not an integer in [{low}, {high}]")
 
 
 def decode_record_fast(data: bytes) -> Record:
@@ -448,7 +482,8 @@ def decode_record_fast(data: bytes) -> Record:
          scales) = module.decode_record(data)
     except ValueError as error:
         raise CorruptSidecarError(f"corrupt record: {error}") from None
-    record = Record(tuple(int(d) for d in dims), codebook, indices, int(bits), int(coding), positions, values)
+    record = Record(tuple(int(d) for d in dims), codebook, indices, int(bits), int(coding), positions, values,
+                    value_type=_FIXED.unpack_from(data)[2])
     if len(scales):
         record.scales, record.scale_axis = scales, int(scale_axis)
     if _FIXED.unpack_from(data)[1] in (RECORD_VERSION_OUTLIERS, RECORD_VERSION_SCALES_OUTLIERS):

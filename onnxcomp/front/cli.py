@@ -87,6 +87,13 @@ class Format(str, Enum):
     portable = "portable"
 
 
+class IntegerWeights(str, Enum):
+    off = "off"
+    gather = "gather"
+    conv = "conv"
+    all = "all"
+
+
 class Init(str, Enum):
     quantile = "quantile"
     linear = "linear"
@@ -149,7 +156,7 @@ def _bits_option(value: Optional[int], kind: str) -> None:
 
 PIPELINE_OPTIONS = ("prune", "score", "sparsity", "threshold", "sensitivity", "scope", "init", "min_elements", "seed",
                     "calib_batch", "activation_threshold", "reconstruct", "ridge", "format", "sequential", "rounding",
-                    "outliers")
+                    "outliers", "integer_weights")
 
 
 @app.command()
@@ -190,6 +197,7 @@ def compress(
     config: Optional[Path] = typer.Option(None, help="A recipe file (TOML): options and per-layer rules by name pattern (docs/guide.md)."),
     format: Format = typer.Option(Format.custom_op, "--format", help="custom-op: Huffman-coded sidecar + onnxcomp ops, the smallest; portable: standard ONNX ops only, no sidecar, no library, larger (7.5x against 13.4x on LeNet-300-100, docs/guide.md)."),
     min_elements: int = typer.Option(1024, min=1, help="Leave weights with fewer elements dense."),
+    integer_weights: IntegerWeights = typer.Option(IntegerWeights.gather, help="int8/uint8 weights of already-quantized models (quantize_dynamic) coded losslessly, outputs bit-identical: gather = Gather tables (embeddings; run time unchanged); conv = also ConvInteger weights; all = also MatMulInteger and DynamicQuantizeLSTM weights (conv and all: smaller files, slower runs, since onnxruntime no longer sees those weights as constants; docs/guide.md); off = none."),
     seed: int = typer.Option(0, help="Seed for every random choice (k-means sampling)."),
     eval_data: Optional[Path] = typer.Option(None, "--eval", help=".npz with model inputs and 'labels': print top-1 accuracy before and after."),
     report: Optional[Path] = typer.Option(None, help="Write the per-layer report as JSON here (schema: docs/report.md)."),
@@ -261,7 +269,8 @@ def compress(
 COMPRESS_PANELS = {
     "Pruning": ("prune", "score", "threshold", "sensitivity", "scope", "min_elements", "activation_threshold",
                 "tfidf_power", "tfidf_smoothing", "tfidf_constant", "tfidf_exponent"),
-    "Weight sharing (k-means codebooks)": ("fc_bits", "conv_bits", "embedding_bits", "init", "outliers", "seed"),
+    "Weight sharing (k-means codebooks)": ("fc_bits", "conv_bits", "embedding_bits", "init", "outliers", "seed",
+                                           "integer_weights"),
     "Calibration and refit (with --calib)": ("calib_samples", "calib_batch", "reconstruct", "sequential", "ridge",
                                              "rounding"),
     "Quality budget (with --budget)": ("check", "holdout", "cache_dir", "budget_output"),

@@ -186,8 +186,10 @@ class WeightTarget:
 
     @property
     def dense_bytes(self) -> int:
-        """Bytes the weight takes uncompressed: 4 per element for float32, 2 for float16 and bfloat16."""
-        return self.size * (4 if self.dtype == onnx.TensorProto.FLOAT else 2)
+        """Bytes the weight takes uncompressed: 4 per element for float32, 2 for float16 and bfloat16, 1 for int8 and
+        uint8 (IntegerWeightsPass)."""
+        size = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.INT8: 1, onnx.TensorProto.UINT8: 1}.get(self.dtype, 2)
+        return self.size * size
 
     @property
     def sparsity(self) -> float:

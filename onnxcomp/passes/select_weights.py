@@ -16,7 +16,11 @@ input (callers may override it), a graph output, read by no node, matched by a `
 (onnxcomp.recipes.LayerRule), or holds NaN/Inf (which k-means cannot cluster: the output then computes
 exactly what the input did). Float tensors of other dtypes (float64) are reported as skipped, and integer
 weights of already-quantized ops (QLinearMatMul, ConvInteger, DequantizeLinear, ...) too; they are never
-touched. Each decision is logged at debug level (``--verbose``).
+touched here (IntegerWeightsPass codes some losslessly). In an already-quantized model (one with any of
+``QUANTIZED_OPS``) float tensors of kind ``other`` (biases, requantisation scales) are left exact too: a lossy bias
+of an integer matmul moves the logits the model was quantized around (measured on the zoo's ddddocr-ocr-old: its two
+float biases coded lossily cost 0.9 points of exact-match accuracy). Each decision is logged at debug level
+(``--verbose``).
 """
 
 from __future__ import annotations
@@ -62,6 +66,10 @@ FC_OPS = set(FC_SLOTS)
 QUANTIZED_SLOTS = {"QLinearMatMul": (0, 3), "QLinearConv": (0, 3), "MatMulInteger": (0, 1), "ConvInteger": (0, 1),
                    "DequantizeLinear": (0,)}
 KIND_ORDER = ("conv", "embedding", "fc", "other")
+# Ops computing on integer-quantized weights: a model holding one is already quantized, and its float tensors of kind
+# "other" (biases, requantisation scales) stay exact (see SelectWeightsPass).
+QUANTIZED_OPS = {"QLinearMatMul", "QLinearConv", "MatMulInteger", "ConvInteger", "DynamicQuantizeLSTM",
+                 "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention", "QGemm"}
 
 
 def uses_of(tensor: gs.Tensor) -> list[tuple[gs.Node, int]]:
@@ -162,10 +170,12 @@ class SelectWeightsPass(GraphPass):
 
     def __init__(self, *, min_elements: int = 1024, rules: tuple[LayerRule, ...] = (), check_finite: bool = True) -> None:
         self.min_elements, self.rules, self.check_finite = min_elements, tuple(rules), check_finite
+        self.quantized: str | None = None  # the first quantized op of the model (run)
 
     def run(self, state: CompressionState) -> PassResult:
         chosen = {t.name for t in state.targets}
         before = len(state.targets)
+        self.quantized = next((n.op for g in all_graphs(state.graph) for n in g.nodes if n.op in QUANTIZED_OPS), None)
         seen: set[int] = set()
         outputs = {id(t) for g in all_graphs(state.graph) for t in g.outputs}
         for graph in all_graphs(state.graph):
@@ -184,7 +194,8 @@ class SelectWeightsPass(GraphPass):
         if element_type not in FLOAT_TYPES:
             size = int(np.prod(tensor.shape, dtype=np.int64))
             if quantized and size >= self.min_elements:
-                self._skip(state, tensor, f"already quantized (feeds {quantized[0]}); onnxcomp compresses float weights only", log.info)
+                # IntegerWeightsPass decides about it (and states its own reason)
+                self._skip(state, tensor, f"already quantized (feeds {quantized[0]})", log.debug)
             elif element_type == onnx.TensorProto.DOUBLE and size >= self.min_elements:
                 self._skip(state, tensor, "dtype float64 (float32, float16 and bfloat16 weights are compressed)", log.info)
             return
@@ -202,6 +213,10 @@ class SelectWeightsPass(GraphPass):
                 return
         consumers = final_consumers(tensor)
         kind = weight_kind(consumers)
+        if kind == "other" and self.quantized:
+            self._skip(state, tensor, f"a bias or scale of an already-quantized model (it has {self.quantized}): kept exact, "
+                       "so the integer ops' outputs stay the original's", log.info)
+            return
         log.debug("%s %s %s: compressed as %s (read by %s)", tensor.name, list(tensor.shape),
                   onnx.helper.tensor_dtype_to_np_dtype(element_type) if element_type != onnx.TensorProto.BFLOAT16 else "bfloat16",
                   kind, describe(consumers))

@@ -27,6 +27,7 @@ from onnxcomp.passes import (AllocateWeightsPass, CalibrateWeightsPass, Compress
 from onnxcomp.passes.pack_portable import CODEBOOK_SUFFIX, SCATTER_OPSET, portable_bytes
 from onnxcomp.passes.apply_settings import ApplySettingsPass
 from onnxcomp.passes.fold_weights import FoldRecurrentWeightsPass
+from onnxcomp.passes.integer_weights import INTEGER_WEIGHTS, IntegerWeightsPass
 from onnxcomp.passes.compress_sequentially import CompressSequentiallyPass
 from onnxcomp.passes.base import DOMAIN, DOMAIN_VERSION
 from onnxcomp.passes.base import FLOAT_TYPES, onnx_type
@@ -105,7 +106,8 @@ class Report:
 
     @property
     def compressed_params(self) -> int:
-        return sum(layer.params for layer in self.layers)
+        """Elements of the compressed float weights (integer weights coded losslessly are not float parameters)."""
+        return sum(layer.params for layer in self.layers if layer.kind != "integer")
 
     @property
     def coverage(self) -> float:
@@ -133,7 +135,8 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
                    format: str = "custom-op", layers=(), settings: dict | None = None, sequential: bool = False,
                    rounding: str = "obs", outliers: str | float = "auto", allocation: str = "fixed",
                    allocation_scales: dict | None = None, allocation_limits: dict | None = None,
-                   allocation_cache: dict | None = None, allocation_scaled: bool = True) -> Pipeline:
+                   allocation_cache: dict | None = None, allocation_scaled: bool = True,
+                   integer_weights: str = "gather") -> Pipeline:
     """The pass list for the given options (``None`` means the defaults; ``calib`` is a dict of input arrays).
 
     ``format`` "custom-op" writes records for the onnxcomp ops; "portable" writes standard ONNX ops only.
@@ -150,6 +153,8 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
     alternatives; ``allocation_scales`` tighten its threshold per weight,
     ``allocation_limits`` set its relative L2 limit per weight (the model-level budget; 0 keeps a weight dense),
     ``allocation_cache`` keeps its measurements between runs).
+    ``integer_weights`` ("off", "gather", "conv", "all") picks the int8 / uint8 weights of already-quantized ops that are coded
+    losslessly (onnxcomp/passes/integer_weights.py; the custom-op format only).
     """
     if format not in FORMATS:
         raise InvalidOptionError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
@@ -199,6 +204,10 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
                 passes.append(CalibrateWeightsPass(data=calib, batch=calib_batch, threshold=activation_threshold, keep_gram=keep_gram))
             passes.extend(steps)
     passes.append(PackPortableWeightsPass() if format == "portable" else PackWeightsPass())
+    if integer_weights not in INTEGER_WEIGHTS:
+        raise InvalidOptionError(f"unknown integer-weights {integer_weights!r}: use one of {', '.join(INTEGER_WEIGHTS)}")
+    if format != "portable":  # standard ops cannot entropy-code: the portable format leaves integer weights as they are
+        passes.append(IntegerWeightsPass(policy=integer_weights, min_elements=min_elements, rules=rules))
     return Pipeline(passes)
 
 
@@ -529,7 +538,9 @@ def _compress_once(input_path: str, output_path: str, calib: dict | None, loaded
     compressed, state = compress_model(model, base_dir=source_folder if stream else None, **options)
     records = [(t.name, t.record_name, t.record, t.transposed) for t in state.targets if t.record is not None]
     halved = []
-    if options.get("allocation") == "proxy" and records:  # the data-free default: weights left dense as float16
+    # the data-free default: weights left dense as float16 (not when only integer weights were coded losslessly: the
+    # output of an already-quantized model then computes exactly what the input did)
+    if options.get("allocation") == "proxy" and any(t.record is not None and t.kind != "integer" for t in state.targets):
         from onnxcomp.passes.half_dense import halve_dense_weights
         halved = halve_dense_weights(compressed)
     from onnxcomp.passes.value_info import drop_inferable_value_info

@@ -9,7 +9,9 @@ CodebookGather(record, indices) -> Gather(W, indices); CodebookDecode(record) ->
 CodebookConv(X, record[, bias[, scale]]) -> Conv(X, W * scale, bias) with its attributes, then the fused activation
 as its own node (a folded BatchNormalization stays folded: W * scale is a new initializer); a CodebookConv reading a
 dense float32 / float16 W instead of a record gets the same, W widened to float32;
-CodebookLSTM -> LSTM with each record input (W, R, B) replaced by its initializer.
+CodebookLSTM -> LSTM with each record input (W, R, B) replaced by its initializer; CodebookDecodeUInt8 /
+CodebookDecodeInt8 (integer records) -> the exact uint8 / int8 initializer the quantized op read, CodebookGatherUInt8 /
+CodebookGatherInt8 -> Gather on it.
 Portable lookups Gather(codebook, Cast(indices)), with their outliers scattered on when present, become the
 initializer they compute; record outliers are applied as the record is decoded. Every graph is rewritten, If
 branches and Loop/Scan bodies included; decoded weights live in the main graph. The values equal the
@@ -26,7 +28,7 @@ from onnx import helper, numpy_helper
 
 from onnxcomp.passes import model_io
 from onnxcomp.errors import UnsupportedModelError
-from onnxcomp.pipeline.inspection import DOMAIN, stored_weights
+from onnxcomp.pipeline.inspection import DECODE_OPS, DOMAIN, stored_weights
 
 
 def decompress_model(model: onnx.ModelProto, model_path: str) -> onnx.ModelProto:
@@ -127,9 +129,9 @@ def _standard_nodes(node, weight, name: str, renamed: dict, model_path: str, con
         return [helper.make_node("MatMul", [x, name], [y], node.name)]
     if node.op_type == "CodebookConv":
         return _conv_nodes(node, name, weight, *conv)
-    if node.op_type == "CodebookGather":
+    if node.op_type in ("CodebookGather", "CodebookGatherUInt8", "CodebookGatherInt8"):
         return [helper.make_node("Gather", [name, node.input[1]], [node.output[0]], node.name, axis=0)]
-    if node.op_type == "CodebookDecode":
+    if node.op_type in DECODE_OPS:
         if weight.transposed:  # the node yields the stored orientation
             return [helper.make_node("Transpose", [name], [node.output[0]], node.name, perm=[1, 0])]
         renamed[node.output[0]] = name

@@ -470,6 +470,7 @@ def attribute(original_path: str, compressed_path: str, feed: dict[str, np.ndarr
     from onnx import numpy_helper
     from onnxcomp.passes import model_io
     from onnxcomp.pipeline.autotune import _weight_as_input
+    from onnxcomp.core import sidecar
     from onnxcomp.pipeline.inspection import stored_weights
     stored = stored_weights(model_io.load_model(compressed_path, external_data=False), compressed_path)
     graphs = [] if original is None else list(model_io.graphs_of(original.graph))
@@ -486,7 +487,8 @@ def attribute(original_path: str, compressed_path: str, feed: dict[str, np.ndarr
     compared = list(dict.fromkeys(compared))
     everywhere = {t.name: t for graph in model_io.graphs_of(model.graph) for t in graph.initializer}
     main = {t.name for t in model.graph.initializer if t.data_type != onnx.TensorProto.BFLOAT16}
-    weights = {w.name: w for w in stored.values() if w.name in everywhere}
+    # integer records are lossless (IntegerWeightsPass): their effect is 0 without a run
+    weights = {w.name: w for w in stored.values() if w.name in everywhere and w.value_type == sidecar.FLOAT32}
     originals = {name: numpy_helper.to_array(everywhere[name]) for name in weights if name in main}
 
     def session(proto: onnx.ModelProto) -> ort.InferenceSession:

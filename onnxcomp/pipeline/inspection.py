@@ -37,6 +37,8 @@ DENSE_LISTED = 1024  # dense float tensors read in no weight slot are listed fro
 WEIGHT_SLOTS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (0, 1), "MatMul": (0, 1), "Gather": (0,), "LSTM": (1, 2),
                 "GRU": (1, 2), "RNN": (1, 2), "Einsum": None, "CodebookMatMul": (1,), "CodebookGather": (0,),
                 "CodebookConv": (1,), "CodebookLSTM": (1, 2)}
+# The ops that hand a record's decoded tensor to standard ops: float32 (value type 1), uint8 (2) and int8 (3) records.
+DECODE_OPS = ("CodebookDecode", "CodebookDecodeUInt8", "CodebookDecodeInt8")
 PORTABLE_CODEBOOK = ".codebook"
 PORTABLE_INDICES = ".indices"
 PORTABLE_CODEBOOK_NAME = re.compile(r"\.codebook(\.\d+)?$")  # passes/names.py may number a generated name
@@ -61,6 +63,12 @@ class StoredWeight:
     outlier_bytes: int = 0
     scales: np.ndarray | None = None  # channel scales along scale_axis of the stored dims (record versions 3, 4)
     scale_axis: int = 0
+    value_type: int = sidecar.FLOAT32  # an integer record (UINT8, INT8) decodes to exact integers of that type
+
+    @property
+    def itemsize(self) -> int:
+        """Bytes per element of the decoded tensor: 4 (float32) or 1 (uint8, int8)."""
+        return sidecar.VALUE_TYPES[self.value_type].itemsize
 
     @property
     def stored_dims(self) -> tuple[int, ...]:
@@ -86,6 +94,8 @@ class StoredWeight:
         if self.scales is not None:
             values = sidecar.apply_scales(values, self.stored_dims, self.scale_axis, self.scales).reshape(self.stored_dims)
         values.reshape(-1)[np.asarray(self.outlier_positions, dtype=np.int64)] = self.outlier_values
+        if self.value_type != sidecar.FLOAT32:  # integer codebook values convert exactly (the readers checked them)
+            values = values.astype(sidecar.VALUE_TYPES[self.value_type])
         return np.ascontiguousarray(values.T) if self.transposed else values
 
 
@@ -179,7 +189,7 @@ def stored_weights(model: onnx.ModelProto, model_path: str) -> dict[str, StoredW
                 found[tensor_name] = StoredWeight(entry.name, "record", record.codebook, record.indices.reshape(record.dims),
                                                   record.bits, entry.length, entry.transposed, tensor_name,
                                                   record.outlier_positions, record.outlier_values, record.outlier_bytes,
-                                                  record.scales, record.scale_axis)
+                                                  record.scales, record.scale_axis, record.value_type)
     producers = {out: n for g in graphs for n in g.node for out in n.output}
     readers: dict[str, list] = {}
     for g in graphs:
@@ -307,7 +317,7 @@ def _describe_uses(name: str, uses: dict) -> tuple[str, str, bool]:
                 continue
             seen.add(id(node))
             chain = CHAIN_OPS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ()
-            if node.op_type == "CodebookDecode" or (node.op_type in CHAIN_OPS and (chain is None or slot in chain)) or (
+            if node.op_type in DECODE_OPS or (node.op_type in CHAIN_OPS and (chain is None or slot in chain)) or (
                     node.op_type == "Gather" and PORTABLE_CODEBOOK_NAME.search(node.input[0])) or (
                     node.op_type == "ScatterElements" and slot == 0):
                 queue.extend(node.output)
@@ -341,7 +351,7 @@ def inspect(model_path: str) -> Inspection:
         result.weights.append(WeightInfo(weight.name, op, kind, list(weight.shape), n, round(sparsity, 6), weight.bits,
                                          len(weight.codebook), weight.stored_bytes, 8 * weight.stored_bytes / max(n, 1),
                                          int(np.ceil(n * entropy / 8)) + 4 * len(weight.codebook), weight.storage,
-                                         len(weight.outlier_positions), weight.outlier_bytes, 4 * n))
+                                         len(weight.outlier_positions), weight.outlier_bytes, weight.itemsize * n))
     folder = os.path.dirname(os.path.abspath(model_path))
     listed = set()
     for tensor in (t for g in model_io.graphs_of(model.graph) for t in g.initializer):
