@@ -62,27 +62,12 @@ void DecodeIntegers(const DecodedRecord& record, T* out) {
 }
 
 std::string IntegerRecord(const DecodedRecord&) { return {}; }
-std::string GatherableIntegerRecord(const DecodedRecord& record) {
-  if (record.dims.empty()) return "the record must have rank >= 1 (dims [V, D...]), got a scalar";
-  return {};
-}
 
-// Copies rows `positions` of `table` ([rows, row_size]); returns the position of the first out-of-range index, or -1.
-template <typename T, typename Position>
-int64_t CopyRows(const Position* positions, int64_t count, const T* table, int64_t rows, int64_t row_size, T* out) {
-  for (int64_t i = 0; i < count; ++i) {
-    int64_t row = static_cast<int64_t>(positions[i]);
-    if (row < -rows || row >= rows) return i;
-    if (row < 0) row += rows;
-    if (row_size) memcpy(out + i * row_size, table + row * row_size, static_cast<size_t>(row_size) * sizeof(T));
-  }
-  return -1;
-}
 }  // namespace
 
 template <typename T, bool kGather>
 CodebookDecodeIntegerKernel<T, kGather>::CodebookDecodeIntegerKernel()
-    : RecordKernel(CodebookDecodeIntegerOp<T, kGather>::kName, 0, kGather ? GatherableIntegerRecord : IntegerRecord,
+    : RecordKernel(CodebookDecodeIntegerOp<T, kGather>::kName, 0, kGather ? GatherableRecord : IntegerRecord,
                    CodebookDecodeIntegerOp<T, kGather>::kValueType) {}
 
 template <typename T, bool kGather>
@@ -125,30 +110,9 @@ OrtStatus* CodebookDecodeIntegerKernel<T, kGather>::ComputeV2(OrtKernelContext* 
       if (count) memcpy(out, values, count * sizeof(T));
       return nullptr;
     }
-    Ort::ConstValue positions = context.GetInput(1);
-    auto positions_info = positions.GetTensorTypeAndShapeInfo();
-    const ONNXTensorElementDataType type = positions_info.GetElementType();
-    if (type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 && type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64) {
-      return Error("indices must be int32 or int64");
-    }
-    std::vector<int64_t> shape = positions_info.GetShape();
-    const int64_t n = static_cast<int64_t>(positions_info.GetElementCount());
-    const int64_t rows = dims[0];
-    int64_t row_size = 1;
-    for (size_t i = 1; i < dims.size(); ++i) {
-      row_size *= dims[i];
-      shape.push_back(dims[i]);
-    }
-    T* out = context.GetOutput(0, shape).template GetTensorMutableData<T>();
-    const bool narrow = type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
-    const int64_t bad = narrow ? CopyRows(positions.GetTensorData<int32_t>(), n, values, rows, row_size, out)
-                               : CopyRows(positions.GetTensorData<int64_t>(), n, values, rows, row_size, out);
-    if (bad >= 0) {
-      const int64_t value = narrow ? positions.GetTensorData<int32_t>()[bad] : positions.GetTensorData<int64_t>()[bad];
-      return Error("index " + std::to_string(value) + " at position " + std::to_string(bad) + " outside [" +
-                   std::to_string(-rows) + ", " + std::to_string(rows) + ")");
-    }
-    return nullptr;
+    return GatherAxis0<T>(*this, context, dims, [values](int64_t row, int64_t row_size, T* out) {
+      if (row_size) memcpy(out, values + row * row_size, static_cast<size_t>(row_size) * sizeof(T));
+    });
   });
 }
 

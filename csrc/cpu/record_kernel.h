@@ -58,6 +58,50 @@ class RecordKernel {
   std::unique_ptr<const DecodedRecord> constant_;
 };
 
+// Why a record cannot be a Gather table along axis 0 (empty string: it can): it needs rank >= 1.
+inline std::string GatherableRecord(const DecodedRecord& record) {
+  if (record.dims.empty()) return "the record must have rank >= 1 (dims [V, D...]), got a scalar";
+  return {};
+}
+
+// ONNX Gather along axis 0 of a table with dims `dims` ([V, D...]), shared by the float and integer gather
+// kernels: reads the indices (input 1, int32 or int64; a negative index counts from the end), allocates output 0
+// (the indices' shape + [D...], element type T) and calls copy_row(row, row_size, out) for each index, row in
+// [0, V), out the row_size values of T where that index's row goes. An index outside [-V, V) stops the copy
+// with an error naming it and its position.
+template <typename T, typename CopyRow>
+OrtStatus* GatherAxis0(const RecordKernel& kernel, Ort::KernelContext& context, const std::vector<int64_t>& dims,
+                       CopyRow&& copy_row) {
+  Ort::ConstValue positions = context.GetInput(1);
+  auto positions_info = positions.GetTensorTypeAndShapeInfo();
+  const ONNXTensorElementDataType type = positions_info.GetElementType();
+  if (type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 && type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64) {
+    return kernel.Error("indices must be int32 or int64");
+  }
+  std::vector<int64_t> shape = positions_info.GetShape();
+  const int64_t count = static_cast<int64_t>(positions_info.GetElementCount());
+  const int64_t rows = dims[0];
+  int64_t row_size = 1;
+  for (size_t i = 1; i < dims.size(); ++i) {
+    row_size *= dims[i];
+    shape.push_back(dims[i]);
+  }
+  T* out = context.GetOutput(0, shape).template GetTensorMutableData<T>();
+  const bool narrow = type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
+  const int32_t* narrow_positions = narrow ? positions.GetTensorData<int32_t>() : nullptr;
+  const int64_t* wide_positions = narrow ? nullptr : positions.GetTensorData<int64_t>();
+  for (int64_t i = 0; i < count; ++i) {
+    int64_t row = narrow ? static_cast<int64_t>(narrow_positions[i]) : wide_positions[i];
+    if (row < -rows || row >= rows) {
+      return kernel.Error("index " + std::to_string(row) + " at position " + std::to_string(i) + " outside [" +
+                          std::to_string(-rows) + ", " + std::to_string(rows) + ")");
+    }
+    if (row < 0) row += rows;
+    copy_row(row, row_size, out + i * row_size);
+  }
+  return nullptr;
+}
+
 // Runs `body` (returning OrtStatus*) and turns any exception into a status, so none crosses into ORT.
 template <typename Body>
 OrtStatus* GuardStatus(const RecordKernel* kernel, Body&& body) noexcept {
