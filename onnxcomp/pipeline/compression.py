@@ -33,9 +33,10 @@ from onnxcomp.passes.base import DOMAIN, DOMAIN_VERSION
 from onnxcomp.passes.base import FLOAT_TYPES, onnx_type
 from onnxcomp.passes.names import all_graphs, unique_node_names
 from onnxcomp.passes.prune_weights import needs_gram
+from onnxcomp.passes.value_info import drop_inferable_value_info
 
 from onnxcomp.passes import model_io
-from onnxcomp import progress
+from onnxcomp import parallel, progress
 from onnxcomp.core import recipes, sidecar
 from onnxcomp.errors import CalibrationError, FidelityError, InvalidOptionError, OutputError, UnsupportedModelError
 from onnxcomp.core.recipes import LayerRule
@@ -472,7 +473,6 @@ def _gains(input_path: str, staged: str, feeds: list[dict], cache: dict, report:
         log.info("per-weight effect not measured (%s): every gain taken as 1", str(error).strip().splitlines()[0])
         return None
     finally:
-        from onnxcomp import parallel
         parallel.release_free_memory()  # the decoded weights and model copies of the runs
     compressed = {layer.name for layer in report.layers}
     measured = {}
@@ -492,7 +492,6 @@ def _gains(input_path: str, staged: str, feeds: list[dict], cache: dict, report:
 def _budget_limits(cache: dict, gains: dict[str, float], budget: float, report: Report) -> dict[str, float]:
     """Per weight, the relative L2 limit of its candidate in the model-level budget allocation
     (onnxcomp.core.allocation.solve_budget); 0 for a weight best left dense."""
-    from onnxcomp import parallel
     from onnxcomp.core import allocation as allocation_math
     # Each weight's candidates are fit on the cores (weights are independent; each allocator on one thread).
     names = sorted(cache)
@@ -543,7 +542,6 @@ def _compress_once(input_path: str, output_path: str, calib: dict | None, loaded
     if options.get("allocation") == "proxy" and any(t.record is not None and t.kind != "integer" for t in state.targets):
         from onnxcomp.passes.half_dense import halve_dense_weights
         halved = halve_dense_weights(compressed)
-    from onnxcomp.passes.value_info import drop_inferable_value_info
     drop_inferable_value_info(compressed)  # what onnxruntime infers anyway (and shorter symbolic dim names)
     _remove_companions(output_path)
     sidecar_file = model_io.write_compressed(compressed, records, output_path, source_folder=source_folder)
@@ -556,7 +554,6 @@ def _compress_once(input_path: str, output_path: str, calib: dict | None, loaded
         report.layers.append(LayerReport(t.name, t.kind, list(t.shape), t.size, round(t.sparsity, 6), len(t.codebook),
                                          t.bits, t.dense_bytes, len(t.record) if t.record is not None else portable_bytes(t, state.graph.opset or 0),
                                          len(t.outlier_positions)))
-    from onnxcomp import parallel
     parallel.release_free_memory()  # the round's per-weight arrays, freed on the worker threads
     return report
 
