@@ -3,8 +3,7 @@
 Usage: python bench/ecsq_study.py RUN MODEL [MODEL ...]   (runs under ~/.cache/onnxcomp-zoo/runs; the
 originals under ~/.cache/onnxcomp-zoo/models/MODEL/model.onnx)
 
-For every unscaled float record of the run (channel-scaled records are counted apart), with the record's
-outliers kept exact in every variant, the smallest record (Huffman-coded indices + float32 codebook, as
+For every float record of the run, with the record's outliers kept exact in every variant, the smallest record (Huffman-coded indices + float32 codebook, as
 onnxcomp/core/allocation.py estimates it) whose relative L2 error is no larger than the record's own:
   - record: the run's record itself (its indices' Huffman code, its codebook);
   - k-means 2^b: Lloyd iterations to a fixed point from quantile starts, 2^b - 1 values (the allocation's sizes);
@@ -14,8 +13,14 @@ onnxcomp/core/allocation.py estimates it) whose relative L2 error is no larger t
     goes to the codebook entry minimising (w - c_j)^2 + lambda * l_j with l_j = -log2 p_j, then each c_j moves
     to its cell's mean and p_j to its share, until nothing moves; started from uniform grids of several counts,
     lambda bisected to meet the error.
-Also the worst-case error (einf) of each, relative to the record's. Prints one row per model and, with -v, per
-weight.
+Also the worst-case error (einf) of each, relative to the record's. Channel-scaled records (versions 3 and 4) are
+compared in their normalised values (the weight divided by its channel scales, outliers excluded), at the
+record's own error there. Prints one row per model and, with -v, per weight.
+
+With --channels, every candidate must also keep the worst live output channel's relative error (outliers.py's
+damage D, the check ShareWeightsPass holds a uniform codebook to against k-means) no larger than the record's:
+uniform grids of 4-255 values, and ECSQ from uniform (64, 128, 255 values) and k-means (63, 127, 255) starts over
+a sweep of lambda; unscaled records only (the scaled ones are uniform grids already held to that check).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxcomp.core import codebook, huffman, sidecar
+from onnxcomp.core import codebook, huffman, outliers, sidecar
 
 ZOO = os.path.expanduser("~/.cache/onnxcomp-zoo")
 MAX_VALUES = 255
@@ -197,29 +202,34 @@ def measure(run: str, model: str, verbose: bool):
         data = f.read()
     totals = dict.fromkeys(NAMES + ["best of k-means 2^b, uniform", "best of k-means 2^b, uniform, ECSQ"], 0.0)
     worst_ratio = {n: [] for n in NAMES[1:]}
-    scaled = 0
+    scaled = count = 0
     for entry in sidecar.read_directory(path):
         if entry.name not in weights:
             continue
         record = sidecar.decode_record(data[entry.offset:entry.offset + entry.length])
         if record.value_type != sidecar.FLOAT32:
             continue
-        if record.scales is not None:
-            scaled += len(record.indices)
-            continue
         w = weights[entry.name].astype(np.float64)
         if entry.transposed:
             w = w.T
-        w = w.reshape(-1)
         exact = np.zeros(w.size, bool)
         exact[record.outlier_positions] = True
-        dense = record.to_dense().astype(np.float64).reshape(-1)
+        if record.scales is not None:  # normalised values and the record's codebook values, outliers excluded
+            shape = [1] * w.ndim
+            shape[record.scale_axis] = -1
+            w = w / record.scales.astype(np.float64).reshape(shape)
+            dense = np.where(exact, w.reshape(-1), record.codebook[record.indices].astype(np.float64))
+            scaled += 1
+        else:
+            dense = record.to_dense().astype(np.float64).reshape(-1)
+        w = w.reshape(-1)
         target_sse = float(np.sum((w - dense) ** 2))
         kept = w[~exact]
         own_counts = np.bincount(record.indices[~exact])
         own_counts = own_counts[own_counts > 0]
         own = (float((own_counts * huffman.code_lengths(own_counts)).sum()) / 8 + 4 * len(record.codebook),
                float(np.abs(w - dense).max()))
+        count += 1
         rows = study_weight(kept, target_sse * (1 + 1e-9), float(np.mean(kept * kept)))
         rows["record"] = own
         k2, un, ec = rows["k-means 2^b"][0], rows["uniform"][0], rows["ECSQ"][0]
@@ -235,21 +245,106 @@ def measure(run: str, model: str, verbose: bool):
             e2 = math.sqrt(target_sse / float(np.sum(w * w)))
             print(f"  {entry.name} {w.size} e2 {e2:.4f} K {len(record.codebook)} "
                   + " ".join(f"{n}={rows[n][0] / 1e3:.1f}kB" for n in rows), flush=True)
-    return totals, worst_ratio, scaled
+    return totals, worst_ratio, (count, scaled)
+
+
+def output_rows(shape: tuple[int, ...], transposed: bool):
+    """[output channels, inputs] of an array of the record's ``shape``: axis 0 of a convolution [O, I, k...] and of a
+    transposed record (W^T [N, K]), axis 1 of a MatMul weight [K, N] (share_weights.output_axis)."""
+    axis = 1 if len(shape) == 2 and not transposed else 0
+    return lambda a: np.moveaxis(a.reshape(shape), axis, 0).reshape(shape[axis], -1)
+
+
+def measure_channels(run: str, model: str, verbose: bool) -> dict[str, float]:
+    """--channels: per unscaled record, the smallest bytes meeting both its relative L2 error and its damage."""
+    weights = load_weights(model)
+    path = os.path.join(ZOO, "runs", run, f"{model}.onnxcomp")
+    with open(path, "rb") as f:
+        data = f.read()
+    totals = dict.fromkeys(["record", "uniform", "ECSQ from uniform", "ECSQ from k-means", "best of record, uniform",
+                            "best of all"], 0.0)
+    for entry in sidecar.read_directory(path):
+        if entry.name not in weights:
+            continue
+        record = sidecar.decode_record(data[entry.offset:entry.offset + entry.length])
+        if record.value_type != sidecar.FLOAT32 or record.scales is not None:
+            continue
+        w = weights[entry.name].astype(np.float64)
+        w = w.T if entry.transposed else w
+        rows = output_rows(w.shape, entry.transposed)
+        flat = w.reshape(-1)
+        exact = np.zeros(flat.size, bool)
+        exact[record.outlier_positions] = True
+        decoded = record.to_dense().astype(np.float64).reshape(-1)
+        reference = rows(flat.astype(np.float32))
+        damage = outliers.channel_damage(reference, rows(decoded))
+        target = float(np.sum((flat - decoded) ** 2)) * (1 + 1e-9)
+        positions = np.flatnonzero(~exact)
+        kept = flat[positions]
+        order = np.argsort(kept, kind="stable")
+        values = Sorted(kept)
+        counts = np.bincount(record.indices[~exact])
+        counts = counts[counts > 0]
+        own = float((counts * huffman.code_lengths(counts)).sum()) / 8 + 4 * len(record.codebook)
+
+        def size_if_accepted(c, bounds):
+            sse, cell_counts, _ = values.score(c, bounds)
+            if sse > target:
+                return math.inf
+            trial = flat.copy()
+            sorted_values = np.empty(len(kept))
+            sorted_values[order] = np.repeat(c, np.diff(bounds))
+            trial[positions] = sorted_values
+            return coded_bytes(cell_counts) if outliers.channel_damage(reference, rows(trial)) <= damage else math.inf
+
+        def nearest(c):
+            c = np.asarray(c, np.float64)
+            return c, np.concatenate([[0], np.searchsorted(values.x, (c[:-1] + c[1:]) / 2, side="right"), [len(values.x)]])
+
+        f32 = values.x.astype(np.float32)
+        uniform = min(size_if_accepted(*nearest(codebook.fit_sorted(f32, n, levels=n))) for n in range(4, 256, 3))
+        variance = float(np.mean(kept * kept))
+        starts = {"ECSQ from uniform": [codebook.uniform_start(values.x[0], values.x[-1], n) for n in (64, 128, 255)],
+                  "ECSQ from k-means": [codebook.fit_sorted(f32, n) for n in (63, 127, 255)]}
+        row = {"record": own, "uniform": min(uniform, own)}
+        for name, found in starts.items():
+            best = math.inf
+            for start in found:
+                for lam in variance * np.geomspace(1e-5, 1e-1, 17):
+                    c, bounds = ecsq(values, start, lam)
+                    if len(c) <= MAX_VALUES:
+                        best = min(best, size_if_accepted(c, bounds))
+            row[name] = min(best, own)
+        row["best of record, uniform"] = row["uniform"]
+        row["best of all"] = min(row.values())
+        for name in totals:
+            totals[name] += row[name]
+        if verbose:
+            print(f"  {entry.name} {flat.size} damage {damage:.3f} " + " ".join(f"{n}={v / 1e3:.1f}kB" for n, v in row.items()),
+                  flush=True)
+    return totals
 
 
 def main(argv: list[str]) -> None:
     verbose = "-v" in argv
-    argv = [a for a in argv if a != "-v"]
+    channels = "--channels" in argv
+    argv = [a for a in argv if a not in ("-v", "--channels")]
     if len(argv) < 2:
         raise SystemExit(__doc__)
+    if channels:
+        print("| model | record | uniform | ECSQ from uniform | ECSQ from k-means | best of record, uniform | best of all |")
+        print("|---|---|---|---|---|---|---|")
+        for model in argv[1:]:
+            t = measure_channels(argv[0], model, verbose)
+            print(f"| {model} | " + " | ".join(f"{v / 1e3:,.1f}" for v in t.values()) + " |", flush=True)
+        return
     names = NAMES + ["best of k-means 2^b, uniform", "best of k-means 2^b, uniform, ECSQ"]
-    print("| model | " + " | ".join(names) + " | ECSQ / best of k-means, uniform | scaled records (values) |")
+    print("| model | " + " | ".join(names) + " | ECSQ / best of k-means, uniform | records (of them scaled) |")
     print("|---|" + "---|" * (len(names) + 2))
     for model in argv[1:]:
         totals, worst_ratio, scaled = measure(argv[0], model, verbose)
         gain = totals["best of k-means 2^b, uniform, ECSQ"] / totals["best of k-means 2^b, uniform"]
-        print(f"| {model} | " + " | ".join(f"{totals[n] / 1e3:,.1f}" for n in names) + f" | {gain:.3f} | {scaled:,} |")
+        print(f"| {model} | " + " | ".join(f"{totals[n] / 1e3:,.1f}" for n in names) + f" | {gain:.3f} | {scaled[0]} ({scaled[1]}) |")
         print("  worst-case error / record's (median): " + ", ".join(
             f"{n} {np.median(v):.2f}" for n, v in worst_ratio.items() if v), flush=True)
 
