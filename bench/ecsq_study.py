@@ -21,6 +21,10 @@ With --channels, every candidate must also keep the worst live output channel's 
 damage D, the check ShareWeightsPass holds a uniform codebook to against k-means) no larger than the record's:
 uniform grids of 4-255 values, and ECSQ from uniform (64, 128, 255 values) and k-means (63, 127, 255) starts over
 a sweep of lambda; unscaled records only (the scaled ones are uniform grids already held to that check).
+
+With --outlier-grid F,F,...: the allocation's own choice (allocation.Allocator.choose, the record's e2 as the
+limit, the einf limit as in the defaults) with main's outlier fractions (allocation.OUTLIERS) and with the given
+ones; k-means and uniform candidates (and channel-scaled ones for a scaled record); estimated bytes.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxcomp.core import codebook, huffman, outliers, sidecar
+from onnxcomp.core import allocation, codebook, huffman, outliers, sidecar
 
 ZOO = os.path.expanduser("~/.cache/onnxcomp-zoo")
 MAX_VALUES = 255
@@ -325,12 +329,54 @@ def measure_channels(run: str, model: str, verbose: bool) -> dict[str, float]:
     return totals
 
 
+def measure_outlier_grid(run: str, model: str, fractions: tuple[float, ...], verbose: bool) -> dict[str, float]:
+    """--outlier-grid: estimated bytes of the allocation's choice at each record's e2, with main's outlier fractions
+    and with ``fractions``."""
+    weights = load_weights(model)
+    path = os.path.join(ZOO, "runs", run, f"{model}.onnxcomp")
+    with open(path, "rb") as f:
+        data = f.read()
+    totals = {"main": 0.0, "grid": 0.0}
+    for entry in sidecar.read_directory(path):
+        if entry.name not in weights:
+            continue
+        record = sidecar.decode_record(data[entry.offset:entry.offset + entry.length])
+        if record.value_type != sidecar.FLOAT32:
+            continue
+        w = weights[entry.name].astype(np.float32)
+        oriented = (w.T if entry.transposed else w).astype(np.float64)
+        e2 = float(np.linalg.norm(oriented - record.to_dense()) / np.linalg.norm(oriented)) * (1 + 1e-6)
+        scaled = record.scales is not None
+        families = ("kmeans", "uniform", "scaled") if scaled else ("kmeans", "uniform")
+        row = {}
+        for name, grid in (("main", allocation.OUTLIERS), ("grid", fractions)):
+            found = allocation.Allocator(w, outliers=grid, channel_axis=0 if scaled else None).choose(
+                1.0, 4.0 * w.size, l2_limit=e2, families=families)
+            row[name] = found.bytes if found is not None else 4.0 * w.size
+            totals[name] += row[name]
+        if verbose:
+            print(f"  {entry.name} {w.size} e2 {e2:.4f} main {row['main'] / 1e3:.1f}kB grid {row['grid'] / 1e3:.1f}kB", flush=True)
+    return totals
+
+
 def main(argv: list[str]) -> None:
     verbose = "-v" in argv
     channels = "--channels" in argv
+    grid = None
+    if "--outlier-grid" in argv:
+        at = argv.index("--outlier-grid")
+        grid = tuple(float(f) for f in argv[at + 1].split(","))
+        argv = argv[:at] + argv[at + 2:]
     argv = [a for a in argv if a not in ("-v", "--channels")]
     if len(argv) < 2:
         raise SystemExit(__doc__)
+    if grid is not None:
+        print(f"| model | outlier fractions {allocation.OUTLIERS} | {grid} | change |")
+        print("|---|---|---|---|")
+        for model in argv[1:]:
+            t = measure_outlier_grid(argv[0], model, grid, verbose)
+            print(f"| {model} | {t['main'] / 1e3:,.1f} | {t['grid'] / 1e3:,.1f} | {t['grid'] / t['main'] - 1:+.2%} |", flush=True)
+        return
     if channels:
         print("| model | record | uniform | ECSQ from uniform | ECSQ from k-means | best of record, uniform | best of all |")
         print("|---|---|---|---|---|---|---|")

@@ -589,5 +589,9 @@ def test_pass_writes_only_the_conv_attributes_that_differ_from_the_defaults(tmp_
     assert kept == {"conv1": {"pads": [1, 1, 1, 1]}, "conv2": {"strides": [2, 2]},
                     "conv3": {"group": 8, "pads": [1, 1, 1, 1], "dilations": [1, 2]}}
     assert (tmp_path / "outTrue.onnxcomp").read_bytes() == (tmp_path / "outFalse.onnxcomp").read_bytes()
+    (tmp_path / "again").mkdir()  # deterministic: a second run writes the same bytes (same file name, other folder)
+    onnxcomp.compress(tmp_path / "inTrue.onnx", tmp_path / "again" / "outTrue.onnx", bits=5, min_elements=50)
+    for name in ("outTrue.onnx", "outTrue.onnxcomp"):
+        assert (tmp_path / "again" / name).read_bytes() == (tmp_path / name).read_bytes()
     for a, b in zip(*outputs):
         np.testing.assert_array_equal(a, b)
