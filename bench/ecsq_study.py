@@ -196,24 +196,28 @@ def load_weights(model: str) -> dict[str, np.ndarray]:
     return weights
 
 
-NAMES = ["record", "k-means 2^b", "k-means any K", "uniform", "ECSQ"]
-
-
-def measure(run: str, model: str, verbose: bool):
+def float_records(run: str, model: str):
+    """(directory entry, decoded record, original weight) of each float record of the run's ``model`` output."""
     weights = load_weights(model)
     path = os.path.join(ZOO, "runs", run, f"{model}.onnxcomp")
     with open(path, "rb") as f:
         data = f.read()
+    for entry in sidecar.read_directory(path):
+        if entry.name in weights:
+            record = sidecar.decode_record(data[entry.offset:entry.offset + entry.length])
+            if record.value_type == sidecar.FLOAT32:
+                yield entry, record, weights[entry.name]
+
+
+NAMES = ["record", "k-means 2^b", "k-means any K", "uniform", "ECSQ"]
+
+
+def measure(run: str, model: str, verbose: bool):
     totals = dict.fromkeys(NAMES + ["best of k-means 2^b, uniform", "best of k-means 2^b, uniform, ECSQ"], 0.0)
     worst_ratio = {n: [] for n in NAMES[1:]}
     scaled = count = 0
-    for entry in sidecar.read_directory(path):
-        if entry.name not in weights:
-            continue
-        record = sidecar.decode_record(data[entry.offset:entry.offset + entry.length])
-        if record.value_type != sidecar.FLOAT32:
-            continue
-        w = weights[entry.name].astype(np.float64)
+    for entry, record, original in float_records(run, model):
+        w = original.astype(np.float64)
         if entry.transposed:
             w = w.T
         exact = np.zeros(w.size, bool)
@@ -261,19 +265,12 @@ def output_rows(shape: tuple[int, ...], transposed: bool):
 
 def measure_channels(run: str, model: str, verbose: bool) -> dict[str, float]:
     """--channels: per unscaled record, the smallest bytes meeting both its relative L2 error and its damage."""
-    weights = load_weights(model)
-    path = os.path.join(ZOO, "runs", run, f"{model}.onnxcomp")
-    with open(path, "rb") as f:
-        data = f.read()
     totals = dict.fromkeys(["record", "uniform", "ECSQ from uniform", "ECSQ from k-means", "best of record, uniform",
                             "best of all"], 0.0)
-    for entry in sidecar.read_directory(path):
-        if entry.name not in weights:
+    for entry, record, original in float_records(run, model):
+        if record.scales is not None:
             continue
-        record = sidecar.decode_record(data[entry.offset:entry.offset + entry.length])
-        if record.value_type != sidecar.FLOAT32 or record.scales is not None:
-            continue
-        w = weights[entry.name].astype(np.float64)
+        w = original.astype(np.float64)
         w = w.T if entry.transposed else w
         rows = output_rows(w.shape, entry.transposed)
         flat = w.reshape(-1)
@@ -332,18 +329,9 @@ def measure_channels(run: str, model: str, verbose: bool) -> dict[str, float]:
 def measure_outlier_grid(run: str, model: str, fractions: tuple[float, ...], verbose: bool) -> dict[str, float]:
     """--outlier-grid: estimated bytes of the allocation's choice at each record's e2, with main's outlier fractions
     and with ``fractions``."""
-    weights = load_weights(model)
-    path = os.path.join(ZOO, "runs", run, f"{model}.onnxcomp")
-    with open(path, "rb") as f:
-        data = f.read()
     totals = {"main": 0.0, "grid": 0.0}
-    for entry in sidecar.read_directory(path):
-        if entry.name not in weights:
-            continue
-        record = sidecar.decode_record(data[entry.offset:entry.offset + entry.length])
-        if record.value_type != sidecar.FLOAT32:
-            continue
-        w = weights[entry.name].astype(np.float32)
+    for entry, record, original in float_records(run, model):
+        w = original.astype(np.float32)
         oriented = (w.T if entry.transposed else w).astype(np.float64)
         e2 = float(np.linalg.norm(oriented - record.to_dense()) / np.linalg.norm(oriented)) * (1 + 1e-6)
         scaled = record.scales is not None
