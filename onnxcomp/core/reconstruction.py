@@ -26,9 +26,14 @@ MAX_REFIT_CODEBOOK = 64  # larger codebooks lose little to k-means, and the norm
 ROW_CHUNK_ELEMENTS = 1 << 22  # row blocks of at most this many weights for the low-rank forms and the large layers
 
 
-def row_chunks(rows: int, inputs: int):
-    """Slices of consecutive rows holding at most ROW_CHUNK_ELEMENTS weights (one slice for a small layer)."""
-    step = max(1, ROW_CHUNK_ELEMENTS // max(inputs, 1))
+DENSE_CHUNK_ELEMENTS = 1 << 20  # row blocks of the Gram forms (float64 temporaries: 8 MiB each)
+
+
+def row_chunks(rows: int, inputs: int, elements: int = ROW_CHUNK_ELEMENTS, multiple: int = 1):
+    """Slices of consecutive rows holding at most ``elements`` weights (one slice for a small layer), each a
+    multiple of ``multiple`` rows long (but the last) when ``elements`` allows."""
+    step = max(1, elements // max(inputs, 1))
+    step = max(multiple, step // multiple * multiple)
     return [slice(top, min(top + step, rows)) for top in range(0, rows, step)]
 
 
@@ -37,18 +42,41 @@ def row_errors(rows: np.ndarray, original: np.ndarray, gram: np.ndarray | None, 
     """Per-row ``||X v - X w||^2``; with ``cross`` = X_c^T X_o and ``gram_original`` = X_o^T X_o (sequential
     mode, where the layer's inputs X_c differ from the original X_o), ``||X_c v - X_o w||^2``. With
     ``activations`` X [N, inputs] (calibration.LayerStatistics keeps them instead of G = X^T X when N is small)
-    the same computed as ``||(v - w) X^T||^2``, in row blocks (``gram`` is not read)."""
+    the same computed as ``||(v - w) X^T||^2``, in row blocks (``gram`` is not read). The Gram forms also go in
+    row blocks of DENSE_CHUNK_ELEMENTS weights (each row's error is computed alone, so the blocks give the same
+    values as one product over all rows; the temporaries are a block's, not the layer's)."""
+    errors = np.empty(len(rows))
     if activations is not None:
-        errors = np.empty(len(rows))
         for part in row_chunks(*rows.shape):
             projected = (np.asarray(rows[part], dtype=np.float32) - np.asarray(original[part], dtype=np.float32)) @ activations.T
             errors[part] = np.einsum("rn,rn->r", projected, projected, dtype=np.float64)
         return errors
-    if cross is None:
-        diff = rows - original
-        return ((diff @ gram) * diff).sum(axis=1)
-    return (((rows @ gram) * rows).sum(axis=1) - 2 * ((rows @ cross) * original).sum(axis=1)
-            + ((original @ gram_original) * original).sum(axis=1))
+    for part in row_chunks(*rows.shape, DENSE_CHUNK_ELEMENTS):
+        v, w = rows[part], original[part]
+        if cross is None:
+            diff = v - w
+            errors[part] = ((diff @ gram) * diff).sum(axis=1)
+        else:
+            errors[part] = (((v @ gram) * v).sum(axis=1) - 2 * ((v @ cross) * w).sum(axis=1)
+                            + ((w @ gram_original) * w).sum(axis=1))
+    return errors
+
+
+def decoded_errors(codebook: np.ndarray, indices: np.ndarray, original: np.ndarray, gram: np.ndarray | None,
+                   cross: np.ndarray | None = None, gram_original: np.ndarray | None = None,
+                   activations: np.ndarray | None = None, exact: np.ndarray | None = None,
+                   exact_values: np.ndarray | None = None, dtype=None) -> float:
+    """The layer's total ``row_errors`` of the rows ``codebook[indices]`` (outliers ``exact`` replaced by
+    ``exact_values``, all [outputs, inputs]) against ``original``, decoded one row block at a time instead of into
+    a whole [outputs, inputs] array; ``dtype`` converts each block of ``original`` (refit_codebook: float64)."""
+    errors = np.empty(len(indices))
+    for part in row_chunks(*indices.shape, DENSE_CHUNK_ELEMENTS):
+        decoded = codebook[indices[part]]
+        if exact is not None:
+            decoded = np.where(exact[part], exact_values[part], decoded)
+        errors[part] = row_errors(decoded, original[part] if dtype is None else np.asarray(original[part], dtype=dtype),
+                                  gram, cross, gram_original, activations)
+    return errors.sum()
 
 
 CG_ITERATIONS = 50  # refit_rows(iterations=...): the sensitivity trials' conjugate-gradient steps
@@ -160,27 +188,37 @@ def normal_equations(original: np.ndarray, indices: np.ndarray, k: int, gram: np
 
     rows, inputs = indices.shape
     groups = k + 1 if exact is not None else k
-    idx = np.asarray(indices, dtype=np.int64)
-    gw = np.asarray(original, dtype=np.float64) @ (gram if cross is None else cross).T  # rows of (G w_i)^T
-    if exact is not None:
-        idx = np.where(exact, k, idx)
-        fixed = np.where(exact, np.asarray(exact_values, dtype=np.float64), 0.0)
-        gw = gw - fixed @ gram  # G is symmetric: (G_:O v_O)^T
-    rhs = np.bincount(idx.ravel(), weights=gw.ravel(), minlength=groups)
+    weights = gram if cross is None else cross
+    rhs = np.zeros(groups)
     normal = np.zeros(groups * groups)
-    gram = np.ascontiguousarray(gram, dtype=np.float64)
-    for start in range(0, rows, ROW_CHUNK):
-        chunk = idx[start:start + ROW_CHUNK]
-        count = len(chunk)
-        # one-hot rows (row i, group a) x inputs: entry 1 where input p of row i takes group a
-        picks = (np.arange(count)[:, None] * groups + chunk).ravel()
-        onehot = sparse.csr_matrix((np.ones(count * inputs), (picks, np.tile(np.arange(inputs), count))),
-                                   shape=(count * groups, inputs))
-        partial = np.asarray(onehot @ gram).reshape(count, groups, inputs)  # M_i^T G per row
-        cell = np.arange(groups)[None, :, None] * groups + chunk[:, None, :]  # (a, idx_i(q)) -> a * groups + b
-        normal += np.bincount(cell.ravel(), weights=partial.ravel(), minlength=groups * groups)
+    dense = np.ascontiguousarray(gram, dtype=np.float64)
+    # row blocks of DENSE_CHUNK_ELEMENTS weights (a multiple of ROW_CHUNK rows): np.add.at adds each block's
+    # G w_i into the right-hand side in the same order as one bincount over all rows would
+    for part in row_chunks(rows, inputs, DENSE_CHUNK_ELEMENTS, ROW_CHUNK):
+        idx = np.asarray(indices[part], dtype=np.int64)
+        gw = np.asarray(original[part], dtype=np.float64) @ weights.T  # rows of (G w_i)^T
+        if exact is not None:
+            idx = np.where(exact[part], k, idx)
+            fixed = np.where(exact[part], np.asarray(exact_values[part], dtype=np.float64), 0.0)
+            gw = gw - fixed @ gram  # G is symmetric: (G_:O v_O)^T
+            del fixed
+        np.add.at(rhs, idx.ravel(), gw.ravel())
+        del gw
+        for start in range(0, len(idx), ROW_CHUNK):
+            chunk = idx[start:start + ROW_CHUNK]
+            count = len(chunk)
+            # one-hot rows (row i, group a) x inputs: entry 1 where input p of row i takes group a
+            picks = (np.arange(count)[:, None] * groups + chunk).ravel()
+            onehot = sparse.csr_matrix((np.ones(count * inputs), (picks, np.tile(np.arange(inputs), count))),
+                                       shape=(count * groups, inputs))
+            partial = np.asarray(onehot @ dense).reshape(count, groups, inputs)  # M_i^T G per row
+            cell = np.arange(groups)[None, :, None] * groups + chunk[:, None, :]  # (a, idx_i(q)) -> a * groups + b
+            normal += np.bincount(cell.ravel(), weights=partial.ravel(), minlength=groups * groups)
     normal = normal.reshape(groups, groups)
     return normal[:k, :k], rhs[:k]
+
+
+LOW_RANK_SPARSE_ROWS = 64  # rows whose one-hot matrices are built at once in normal_equations_low_rank
 
 
 def normal_equations_low_rank(original: np.ndarray, indices: np.ndarray, k: int, activations: np.ndarray,
@@ -201,10 +239,13 @@ def normal_equations_low_rank(original: np.ndarray, indices: np.ndarray, k: int,
             idx = np.where(exact[part], k, idx)
             target = target - np.where(exact[part], np.asarray(exact_values[part], dtype=np.float32), 0.0).astype(np.float32)
         count = len(idx)
-        picks = (np.arange(count)[:, None] * groups + idx).ravel()
-        onehot = sparse.csr_matrix((np.ones(count * inputs, dtype=np.float32), (picks, np.tile(np.arange(inputs), count))),
-                                   shape=(count * groups, inputs))
-        z = np.asarray(onehot @ xt, dtype=np.float64).reshape(count, groups, -1)  # Z_i^T per row
+        z = np.empty((count, groups, xt.shape[1]))  # Z_i^T per row
+        for top in range(0, count, LOW_RANK_SPARSE_ROWS):  # each row's Z_i alone: the one-hot matrix of a few rows
+            block = idx[top:top + LOW_RANK_SPARSE_ROWS]
+            picks = (np.arange(len(block))[:, None] * groups + block).ravel()
+            onehot = sparse.csr_matrix((np.ones(block.size, dtype=np.float32), (picks, np.tile(np.arange(inputs), len(block)))),
+                                       shape=(len(block) * groups, inputs))
+            z[top:top + len(block)] = np.asarray(onehot @ xt, dtype=np.float64).reshape(len(block), groups, -1)
         normal += np.einsum("rgn,rhn->gh", z, z)
         rhs += np.einsum("rgn,rn->g", z, (target @ xt).astype(np.float64))
     return normal[:k, :k], rhs[:k]
@@ -226,7 +267,6 @@ def refit_codebook(original: np.ndarray, indices: np.ndarray, codebook: np.ndarr
     if activations is not None:
         normal, rhs = normal_equations_low_rank(original, indices, k, activations, exact, exact_values)
     else:
-        original = original.astype(np.float64)
         normal, rhs = normal_equations(original, indices, k, gram, cross, exact, exact_values)
     sub = normal[np.ix_(free, free)]
     sub += ridge * (np.trace(sub) / len(free) + 1e-12) * np.eye(len(free))
@@ -237,11 +277,10 @@ def refit_codebook(original: np.ndarray, indices: np.ndarray, codebook: np.ndarr
         return codebook
     candidate = candidate.astype(np.float32)
 
-    def total(values: np.ndarray) -> float:
+    def total(values: np.ndarray) -> float:  # the Gram forms compare against the original in float64
         if activations is None:
-            decoded = values[indices]
-            decoded = decoded if exact is None else np.where(exact, exact_values, decoded)
-            return row_errors(decoded, original, gram, cross, gram_original).sum()
+            return decoded_errors(values, indices, original, gram, cross, gram_original, exact=exact,
+                                  exact_values=exact_values, dtype=np.float64)
         result = 0.0
         for part in row_chunks(*indices.shape):
             decoded = values[indices[part]]

@@ -186,37 +186,34 @@ class ShareWeightsPass(GraphPass):
             mask = np.zeros(target.size, dtype=bool)
             mask[target.outlier_positions] = True
             exact = to_rows(mask.reshape(target.shape), layout)
-        exact_values = self._outlier_rows(target, layout)
         original = to_rows(values if target.refit is None else target.original, layout)  # one read of the weight
         low_rank = statistics.activations  # X [N, inputs] kept instead of G = X^T X (calibration.LayerStatistics)
         gram = None if low_rank is not None else statistics.gram
-
-        def errors_of(decoded: np.ndarray) -> float:
-            return reconstruction.row_errors(decoded, original, gram, statistics.cross, statistics.gram_original, low_rank).sum()
         if self.rounding == "obs":
             keep = None if target.keep is None else to_rows(target.keep.reshape(target.shape), layout)
             factor = obs.layer_factor(statistics)
             rounded = obs.round_to_codebook(to_rows(values, layout), keep, target.codebook, None, exact=exact, factor=factor)
             del factor  # the inputs^2 factor is not needed past the rounding (unless the statistics cache it)
             rows, compensated = rounded if exact is not None else (rounded, None)
+            del rounded  # the dense compensated array goes once its outliers are gathered below
             if compensated is not None:  # outliers store their compensated values, as a reader gets them back
-                compensated = from_rows(compensated, layout, target.shape).ravel()[target.outlier_positions]
+                # gathered through a view in the weight's shape (no transposed copy of the whole array)
+                in_shape = compensated.T if layout == "kn" else compensated.reshape(target.shape)
+                compensated = in_shape[np.unravel_index(target.outlier_positions, target.shape)]
                 compensated = outlier_math.stored_values(compensated)
             nearest = to_rows(target.indices.reshape(target.shape), layout)
             candidates = [(rows, compensated), (nearest, target.outlier_values)]
             errors = []
-            for indices, kept in candidates:
-                decoded = target.codebook[indices]
-                if exact is not None:
-                    decoded = np.where(exact, self._outlier_rows(target, layout, kept), decoded)
-                errors.append(errors_of(decoded))
-                del decoded
+            for indices, kept in candidates:  # decoded a row block at a time (reconstruction.decoded_errors)
+                errors.append(reconstruction.decoded_errors(
+                    target.codebook, indices, original, gram, statistics.cross, statistics.gram_original, low_rank,
+                    exact, None if exact is None else self._outlier_rows(target, layout, kept)))
             if errors[0] < errors[1]:  # compensated rounding is kept only where it lowers the layer's error
                 target.indices = from_rows(rows, layout, target.shape).ravel()
                 if compensated is not None:
                     target.outlier_values = compensated
-                    exact_values = self._outlier_rows(target, layout)
             del rows, nearest
+        exact_values = self._outlier_rows(target, layout)  # the outliers as stored, after the rounding's choice
         indices = to_rows(target.indices.reshape(target.shape), layout)
         target.codebook = reconstruction.refit_codebook(
             original, indices, target.codebook, gram, target.keep is not None,
