@@ -49,7 +49,10 @@ def _inverse_factor(gram: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarr
     for attempt in range(6):  # raise the damping if the inverse is not numerically positive definite
         try:
             inverse = np.linalg.inv(h)
-            return np.linalg.cholesky((inverse + inverse.T) / 2).T, dead
+            symmetric = inverse + inverse.T
+            del inverse  # one K x K array fewer alive at the factorisation; the same values as (inverse + inverse.T) / 2
+            symmetric /= 2
+            return np.linalg.cholesky(symmetric).T, dead
         except np.linalg.LinAlgError:
             h[np.diag_indices_from(h)] += 10.0 ** (attempt - 3) * float(np.mean(np.diag(h)))
     raise np.linalg.LinAlgError("the calibration Gram matrix could not be inverted")

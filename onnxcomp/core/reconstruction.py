@@ -65,10 +65,12 @@ def row_errors(rows: np.ndarray, original: np.ndarray, gram: np.ndarray | None, 
 def decoded_errors(codebook: np.ndarray, indices: np.ndarray, original: np.ndarray, gram: np.ndarray | None,
                    cross: np.ndarray | None = None, gram_original: np.ndarray | None = None,
                    activations: np.ndarray | None = None, exact: np.ndarray | None = None,
-                   exact_values: np.ndarray | None = None, dtype=None) -> float:
-    """The layer's total ``row_errors`` of the rows ``codebook[indices]`` (outliers ``exact`` replaced by
-    ``exact_values``, all [outputs, inputs]) against ``original``, decoded one row block at a time instead of into
-    a whole [outputs, inputs] array; ``dtype`` converts each block of ``original`` (refit_codebook: float64)."""
+                   exact_values=None, dtype=None) -> np.ndarray:
+    """``row_errors`` of the rows ``codebook[indices]`` (outliers ``exact`` replaced by ``exact_values``, all
+    [outputs, inputs]; ``exact_values`` may be anything whose row slices are dense blocks, such as
+    share_weights.OutlierRows) against ``original``, decoded one row block at a time instead of into a whole
+    [outputs, inputs] array; ``dtype`` converts each block of ``original`` (refit_codebook: float64). Float64
+    [outputs]."""
     errors = np.empty(len(indices))
     for part in row_chunks(*indices.shape, DENSE_CHUNK_ELEMENTS):
         decoded = codebook[indices[part]]
@@ -76,7 +78,7 @@ def decoded_errors(codebook: np.ndarray, indices: np.ndarray, original: np.ndarr
             decoded = np.where(exact[part], exact_values[part], decoded)
         errors[part] = row_errors(decoded, original[part] if dtype is None else np.asarray(original[part], dtype=dtype),
                                   gram, cross, gram_original, activations)
-    return errors.sum()
+    return errors
 
 
 CG_ITERATIONS = 50  # refit_rows(iterations=...): the sensitivity trials' conjugate-gradient steps
@@ -232,22 +234,24 @@ def normal_equations_low_rank(original: np.ndarray, indices: np.ndarray, k: int,
     groups = k + 1 if exact is not None else k
     normal, rhs = np.zeros((groups, groups)), np.zeros(groups)
     xt = np.ascontiguousarray(activations.T)  # [inputs, N]
-    for part in row_chunks(rows, inputs):
-        idx = np.asarray(indices[part], dtype=np.int64)
-        target = np.asarray(original[part], dtype=np.float32)
-        if exact is not None:
-            idx = np.where(exact[part], k, idx)
-            target = target - np.where(exact[part], np.asarray(exact_values[part], dtype=np.float32), 0.0).astype(np.float32)
-        count = len(idx)
+    for part in row_chunks(rows, inputs):  # the sums below go chunk by chunk; their terms a few rows at a time
+        count = part.stop - part.start
         z = np.empty((count, groups, xt.shape[1]))  # Z_i^T per row
+        projected = np.empty((count, xt.shape[1]), dtype=np.float32)  # X^T (w_i - v_O) per row
         for top in range(0, count, LOW_RANK_SPARSE_ROWS):  # each row's Z_i alone: the one-hot matrix of a few rows
-            block = idx[top:top + LOW_RANK_SPARSE_ROWS]
+            rows_of = slice(part.start + top, min(part.start + top + LOW_RANK_SPARSE_ROWS, part.stop))
+            block = np.asarray(indices[rows_of], dtype=np.int64)
+            target = np.asarray(original[rows_of], dtype=np.float32)
+            if exact is not None:
+                block = np.where(exact[rows_of], k, block)
+                target = target - np.where(exact[rows_of], np.asarray(exact_values[rows_of], dtype=np.float32), 0.0).astype(np.float32)
+            projected[top:top + len(block)] = target @ xt
             picks = (np.arange(len(block))[:, None] * groups + block).ravel()
             onehot = sparse.csr_matrix((np.ones(block.size, dtype=np.float32), (picks, np.tile(np.arange(inputs), len(block)))),
                                        shape=(len(block) * groups, inputs))
             z[top:top + len(block)] = np.asarray(onehot @ xt, dtype=np.float64).reshape(len(block), groups, -1)
         normal += np.einsum("rgn,rhn->gh", z, z)
-        rhs += np.einsum("rgn,rn->g", z, (target @ xt).astype(np.float64))
+        rhs += np.einsum("rgn,rn->g", z, projected.astype(np.float64))
     return normal[:k, :k], rhs[:k]
 
 
@@ -280,12 +284,12 @@ def refit_codebook(original: np.ndarray, indices: np.ndarray, codebook: np.ndarr
     def total(values: np.ndarray) -> float:  # the Gram forms compare against the original in float64
         if activations is None:
             return decoded_errors(values, indices, original, gram, cross, gram_original, exact=exact,
-                                  exact_values=exact_values, dtype=np.float64)
+                                  exact_values=exact_values, dtype=np.float64).sum()
+        errors = decoded_errors(values, indices, original, None, activations=activations, exact=exact,
+                                exact_values=exact_values)
         result = 0.0
-        for part in row_chunks(*indices.shape):
-            decoded = values[indices[part]]
-            decoded = decoded if exact is None else np.where(exact[part], exact_values[part], decoded)
-            result += row_errors(decoded, original[part], None, activations=activations).sum()
+        for part in row_chunks(*indices.shape):  # summed chunk by chunk, as before the rows were decoded in blocks
+            result += errors[part].sum()
         return result
 
     before = total(codebook)

@@ -207,12 +207,12 @@ class ShareWeightsPass(GraphPass):
             for indices, kept in candidates:  # decoded a row block at a time (reconstruction.decoded_errors)
                 errors.append(reconstruction.decoded_errors(
                     target.codebook, indices, original, gram, statistics.cross, statistics.gram_original, low_rank,
-                    exact, None if exact is None else self._outlier_rows(target, layout, kept)))
+                    exact, None if exact is None else self._outlier_rows(target, layout, kept)).sum())
             if errors[0] < errors[1]:  # compensated rounding is kept only where it lowers the layer's error
                 target.indices = from_rows(rows, layout, target.shape).ravel()
                 if compensated is not None:
                     target.outlier_values = compensated
-            del rows, nearest
+            del rows, nearest, candidates
         exact_values = self._outlier_rows(target, layout)  # the outliers as stored, after the rounding's choice
         indices = to_rows(target.indices.reshape(target.shape), layout)
         target.codebook = reconstruction.refit_codebook(
@@ -222,12 +222,37 @@ class ShareWeightsPass(GraphPass):
 
     @staticmethod
     def _outlier_rows(target, layout: str, values=None):
-        """The outlier values placed in an [outputs, inputs] array (zeros elsewhere), or None without outliers."""
+        """The outlier values as OutlierRows in the [outputs, inputs] layout (sparse; a row block is made dense
+        when sliced), or None without outliers."""
         if not len(target.outlier_positions):
             return None
-        dense = np.zeros(target.size, dtype=np.float32)
-        dense[target.outlier_positions] = target.outlier_values if values is None else values
-        return to_rows(dense.reshape(target.shape), layout)
+        positions = np.asarray(target.outlier_positions, dtype=np.int64)
+        shape = to_rows(np.empty(target.shape, dtype=np.bool_), layout).shape
+        if layout == "kn":  # W [K, N] position k * N + n is row n, input k
+            inputs, outputs = target.shape
+            positions = (positions % outputs) * inputs + positions // outputs
+        return OutlierRows(positions, target.outlier_values if values is None else values, shape)
+
+
+class OutlierRows:
+    """Outlier values of an [outputs, inputs] array, zero elsewhere, kept as sorted flat positions and float32
+    values: ``rows[a:b]`` is the dense float32 [b - a, inputs] block (what a dense array's slice holds), made on
+    demand, so the calibrated refit holds the outliers' bytes instead of a whole float32 copy of the weight."""
+
+    def __init__(self, positions: np.ndarray, values: np.ndarray, shape: tuple[int, int]) -> None:
+        order = np.argsort(positions, kind="stable")
+        self.positions, self.shape = positions[order], shape
+        self.values = np.asarray(values, dtype=np.float32)[order]
+
+    def __getitem__(self, part: slice) -> np.ndarray:
+        start, stop, step = part.indices(self.shape[0])
+        if step != 1:
+            raise IndexError("OutlierRows takes slices of consecutive rows")
+        inputs = self.shape[1]
+        block = np.zeros((max(stop - start, 0), inputs), dtype=np.float32)
+        low, high = np.searchsorted(self.positions, [start * inputs, stop * inputs])
+        block.reshape(-1)[self.positions[low:high] - start * inputs] = self.values[low:high]
+        return block
 
 
 def output_axis(target) -> int:
