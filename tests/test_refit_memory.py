@@ -133,3 +133,21 @@ def test_outlier_rows_slices_are_the_dense_blocks():
         np.testing.assert_array_equal(block, values[part])
     with pytest.raises(IndexError):
         sparse_values[::2]
+
+
+@pytest.mark.parametrize("inputs", [96, 4100])  # float64 and float32 inverse factors
+def test_round_to_codebook_sparse_values_are_the_dense_ones(inputs):
+    from onnxcomp.core import obs
+    rng = np.random.default_rng(5)
+    rows = rng.standard_normal((40, inputs)).astype(np.float32)
+    x = rng.standard_normal((8, inputs)).astype(np.float32)
+    gram = x.T @ x if inputs > 2048 else (x.T @ x).astype(np.float64)
+    exact = rng.random(rows.shape) < 0.03
+    codebook = np.linspace(-2, 2, 16).astype(np.float32)
+    factor = obs.inverse_factor_in_place(gram=gram) if gram.dtype == np.float32 else obs._inverse_factor(gram, 0.01)
+    dense_indices, dense = obs.round_to_codebook(rows, None, codebook, None, exact=exact, factor=factor)
+    indices, values = obs.round_to_codebook(rows, None, codebook, None, exact=exact, factor=factor, dense_values=False)
+    np.testing.assert_array_equal(indices, dense_indices)
+    assert values.dtype == np.float32 and values.shape == (int(exact.sum()),)
+    np.testing.assert_array_equal(values, dense[exact])
+    assert np.any(values != rows[exact])  # compensated: the outliers moved with the earlier roundings

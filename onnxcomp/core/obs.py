@@ -170,14 +170,16 @@ ROW_CHUNK_ELEMENTS = 1 << 22  # rows are rounded in chunks of at most this many 
 @threadpool_limits.wrap(limits=1, user_api="blas")
 def round_to_codebook(rows: np.ndarray, keep: np.ndarray | None, codebook: np.ndarray, gram: np.ndarray | None,
                       damp: float = 0.01, block: int = BLOCK, exact: np.ndarray | None = None,
-                      factor: tuple[np.ndarray, np.ndarray] | None = None):
+                      factor: tuple[np.ndarray, np.ndarray] | None = None, dense_values: bool = True):
     """Indices [outputs, inputs] into the sorted ``codebook`` with OBS compensation of the rounding error.
 
     With ``keep``, index 0 is the pruned entry (exactly 0.0): pruned weights take it, kept ones take the
     nearest of the others. Without, every weight takes the nearest entry.
     ``exact`` [outputs, inputs] marks outliers stored exactly: they keep their compensated value (no rounding
     error to push on), and the result is ``(indices, values)`` with ``values`` float32 [outputs, inputs]
-    holding each outlier's compensated value where ``exact`` is set (0 elsewhere). ``factor`` is
+    holding each outlier's compensated value where ``exact`` is set (0 elsewhere); with ``dense_values`` False,
+    ``values`` is float32 [number of outliers] instead, the same values in the row-major order of ``exact``
+    (``np.flatnonzero(exact)``), without a dense array of the layer's size. ``factor`` is
     ``_inverse_factor(gram, damp)`` when the caller has it already (``gram`` is then not read).
     Rows are independent (each is compensated within itself): they are processed ROW_CHUNK_ELEMENTS weights at
     a time, in float64, or in float32 when the factor is float32 (layers above calibration.GRAM_FLOAT64_FEATURES
@@ -192,9 +194,13 @@ def round_to_codebook(rows: np.ndarray, keep: np.ndarray | None, codebook: np.nd
     choices = c[first:][order]
     c = c.astype(dtype, copy=False)
     indices = np.zeros((m, n), dtype=index_dtype(len(c)))
-    values = None if exact is None else np.zeros((m, n), dtype=np.float32)
+    values = None if exact is None else np.zeros((m, n) if dense_values else 0, dtype=np.float32)
     if len(choices) == 0:
-        return indices if exact is None else (indices, np.where(exact, rows, 0.0).astype(np.float32))
+        if exact is None:
+            return indices
+        return indices, (np.where(exact, rows, 0.0).astype(np.float32) if dense_values
+                         else np.asarray(rows, dtype=np.float32)[np.asarray(exact, dtype=bool)])
+    parts = []
     chunk = max(1, ROW_CHUNK_ELEMENTS // max(n, 1))
     for top in range(0, m, chunk):
         bottom = min(top + chunk, m)
@@ -214,6 +220,10 @@ def round_to_codebook(rows: np.ndarray, keep: np.ndarray | None, codebook: np.nd
                 errors[:, j] = e
                 indices[top:bottom, start + j] = idx
             w[:, stop:] -= errors @ u[start:stop, stop:]
-        if exact is not None:
+        if exact is not None and dense_values:
             values[top:bottom] = np.where(exact[top:bottom], w, 0.0)
+        elif exact is not None:
+            parts.append(w[np.asarray(exact[top:bottom], dtype=bool)].astype(np.float32))
+    if exact is not None and not dense_values:
+        values = np.concatenate(parts) if parts else values
     return indices if exact is None else (indices, values)

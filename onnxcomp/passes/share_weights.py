@@ -192,15 +192,16 @@ class ShareWeightsPass(GraphPass):
         if self.rounding == "obs":
             keep = None if target.keep is None else to_rows(target.keep.reshape(target.shape), layout)
             factor = obs.layer_factor(statistics)
-            rounded = obs.round_to_codebook(to_rows(values, layout), keep, target.codebook, None, exact=exact, factor=factor)
+            rounded = obs.round_to_codebook(to_rows(values, layout), keep, target.codebook, None, exact=exact, factor=factor,
+                                            dense_values=False)
             del factor  # the inputs^2 factor is not needed past the rounding (unless the statistics cache it)
             rows, compensated = rounded if exact is not None else (rounded, None)
-            del rounded  # the dense compensated array goes once its outliers are gathered below
+            del rounded
             if compensated is not None:  # outliers store their compensated values, as a reader gets them back
-                # gathered through a view in the weight's shape (no transposed copy of the whole array)
-                in_shape = compensated.T if layout == "kn" else compensated.reshape(target.shape)
-                compensated = in_shape[np.unravel_index(target.outlier_positions, target.shape)]
-                compensated = outlier_math.stored_values(compensated)
+                # the rounding gives them in the rows' order: put them in the order of target.outlier_positions
+                in_positions = np.empty_like(compensated)
+                in_positions[np.argsort(_row_positions(target, layout), kind="stable")] = compensated
+                compensated = outlier_math.stored_values(in_positions)
             nearest = to_rows(target.indices.reshape(target.shape), layout)
             candidates = [(rows, compensated), (nearest, target.outlier_values)]
             errors = []
@@ -226,12 +227,17 @@ class ShareWeightsPass(GraphPass):
         when sliced), or None without outliers."""
         if not len(target.outlier_positions):
             return None
-        positions = np.asarray(target.outlier_positions, dtype=np.int64)
         shape = to_rows(np.empty(target.shape, dtype=np.bool_), layout).shape
-        if layout == "kn":  # W [K, N] position k * N + n is row n, input k
-            inputs, outputs = target.shape
-            positions = (positions % outputs) * inputs + positions // outputs
-        return OutlierRows(positions, target.outlier_values if values is None else values, shape)
+        return OutlierRows(_row_positions(target, layout), target.outlier_values if values is None else values, shape)
+
+
+def _row_positions(target, layout: str) -> np.ndarray:
+    """The flat positions of the target's outliers in its [outputs, inputs] rows (calibration.to_rows), int64."""
+    positions = np.asarray(target.outlier_positions, dtype=np.int64)
+    if layout == "kn":  # W [K, N] position k * N + n is row n, input k
+        inputs, outputs = target.shape
+        positions = (positions % outputs) * inputs + positions // outputs
+    return positions
 
 
 class OutlierRows:
