@@ -435,6 +435,9 @@ EXTRAPOLATE = 4.0
 NOISE = 1e-6  # model errors below this are float32 rounding noise, not a usable anchor
 
 
+FACTOR_CACHE_BYTES = 256 << 20  # the search rounds keep every layer's inverse factor while all fit in this many bytes
+
+
 class _TrialModels:
     """The search's trial models without writing them: each weight compressed by the pipeline's own passes
     (_pruned, _shared; as ``compress`` does outside sequential mode) once per setting over all rounds, kept as its
@@ -449,6 +452,15 @@ class _TrialModels:
             CalibrateWeightsPass(data=fit, keep_gram=options["reconstruct"] or needs_gram(options["prune"], options["score"]))(state)
         self.targets = {t.name: t for t in state.targets}
         self.compressed: dict[tuple, tuple] = {}  # (weight, sparsity, bits) -> (codebook, indices, outliers, bytes)
+        # Each layer's OBS inverse factor is computed once for all rounds (it was recomputed for every new setting:
+        # 24 % of MiniLM-L3's rounds), while the factors fit in as many bytes as the statistics held here already
+        # take, at most FACTOR_CACHE_BYTES: the same values (obs.cached_inverse_factor runs the same computation).
+        held = [t.statistics for t in state.targets if t.statistics is not None]
+        factor_bytes = sum(s.dense_gram.nbytes if s.dense_gram is not None else 4 * s.activations.shape[1] ** 2
+                           for s in held if s.dense_gram is not None or s.activations is not None)
+        if factor_bytes <= FACTOR_CACHE_BYTES:
+            for statistics in held:
+                statistics.factor_cache = {}
 
     def _compress(self, key: tuple) -> tuple:
         """(codebook, indices, outlier positions, outlier values, record bytes) of weight ``key[0]`` at sparsity
