@@ -38,7 +38,7 @@ from onnxcomp.passes.calibration import from_rows, to_rows
 from onnxcomp.errors import InvalidOptionError
 from onnxcomp.core.recipes import LayerRule, rule_value
 
-from .base import CompressionState, GraphPass, PassResult, log, to_element_type
+from .base import CompressionState, ExternalValues, GraphPass, PassResult, log, to_element_type
 from .select_weights import drop_non_finite, non_finite_reason
 
 
@@ -138,11 +138,13 @@ class ShareWeightsPass(GraphPass):
         # error sums too, under one process-wide limit for the whole pass: threadpoolctl's limits are
         # process-wide, so per-step limits entered and left on two threads would restore two BLAS threads under
         # the other's solves), and only while no weight is larger than PARALLEL_REFIT_BYTES (two weights' inverse
-        # factors and normal equations in memory at once).
+        # factors and normal equations in memory at once) and none streams from external data (that path holds
+        # one weight at a time: tests/test_scale.py bounds its peak).
         calibrated = self.refit_codebook and any(t.statistics is not None for t in targets)
         workers = None
         if calibrated and (len(targets) < 2 or parallel.default_workers() < 2
-                           or max(t.size for t in targets) * 4 > PARALLEL_REFIT_BYTES):
+                           or max(t.size for t in targets) * 4 > PARALLEL_REFIT_BYTES
+                           or any(isinstance(getattr(t.constant, "_values", None), ExternalValues) for t in targets)):
             workers = 1
         limit = contextlib.nullcontext()
         if calibrated and workers is None:
