@@ -49,6 +49,7 @@ from onnxcomp.core import sidecar
 from .base import DOMAIN, CompressionState, GraphPass, PassResult, WeightTarget, drop_if_not_smaller, log, read_values
 from .fold_weights import fold_value
 from .names import UniqueNames, all_graphs, common_graph, parents
+from .pack_portable import SCATTER_OPSET, SLICE_INPUTS_OPSET, PackPortableWeightsPass, portable_bytes
 from .select_weights import fusable_gemm
 
 RECORD_SUFFIX = ".onnxcomp_record"
@@ -56,6 +57,8 @@ RECORD_SUFFIX = ".onnxcomp_record"
 SMALL_DECODED_ELEMENTS = 4096
 # Share of the bytes compression saves that decode-once working copies (and CodebookConv's) may spend.
 DECODE_ONCE_SHARE = 0.5
+# An LSTM's compressed weights become folded lookups when those take at most this many times their records' bytes.
+FOLD_GROWTH = 1.3
 
 
 def _attr(node: gs.Node, name: str, default):
@@ -81,7 +84,8 @@ class PackWeightsPass(GraphPass):
         traces = []  # logged after the loop: a log line must not land inside a progress bar
         self._emitted: list[tuple[gs.Node, WeightTarget]] = []  # (custom node, its weight)
         packed = []
-        for target in progress.track(targets, "packing records"):
+        folded = self._fold_recurrent(state, targets, owners, parent, names)
+        for target in progress.track([t for t in targets if not t.portable], "packing records"):
             self.encode(target)
             if self._small_and_decoded(target):
                 reason = (f"a vector of {target.size} elements (at most {SMALL_DECODED_ELEMENTS}) would be read only through "
@@ -95,7 +99,7 @@ class PackWeightsPass(GraphPass):
         for trace in traces:
             log.debug("%s", trace)
         if packed:
-            log.debug("%s", assign_decode_once(packed, self._emitted))
+            log.debug("%s", assign_decode_once(packed, self._emitted, folded))
             joined = join_dense_convs(state.graph, self._emitted, names) if self.fuse else []
             log.debug("%s", mark_blocked_edges(state.graph, self._emitted + joined))
         if targets:
@@ -161,6 +165,51 @@ class PackWeightsPass(GraphPass):
         return (f"{target.name}: record {target.record_name}{' (stored transposed)' if target.transposed else ''}; "
                 f"{len(target.uses) - len(decoded)} of {len(target.uses)} readers fused, {len(decoded)} read it decoded "
                 f"({', '.join(sorted({node.op for node, _ in decoded})) or '-'})")
+
+    def _fold_recurrent(self, state: CompressionState, targets: list[WeightTarget], owners: dict[int, gs.Graph],
+                        parent: dict[int, gs.Graph], names: UniqueNames) -> list[WeightTarget]:
+        """Express the compressed W, R and B of each LSTM as folded lookups (the module docstring's rule); returns
+        the weights so expressed."""
+        if not self.fuse:
+            return []
+        opset = state.graph.opset or 0
+        readers: dict[int, list[WeightTarget]] = {}  # id(LSTM node) -> its compressed weights
+        nodes: dict[int, gs.Node] = {}
+        lstm_only = set()
+        for target in targets:
+            if target.uses and all(self._reader(target, node, slot, None) == "lstm" for node, slot in target.uses):
+                lstm_only.add(id(target))
+            for node, slot in target.uses:
+                if node.op == "LSTM" and not node.domain:
+                    readers.setdefault(id(node), []).append(target)
+                    nodes[id(node)] = node
+        folded: list[WeightTarget] = []
+        for key, weights in readers.items():
+            weights = list({id(t): t for t in weights}.values())
+            if any(id(t) not in lstm_only or t.portable or t.scales is not None
+                   or (len(t.outlier_positions) and opset < SCATTER_OPSET) or opset < SLICE_INPUTS_OPSET for t in weights):
+                continue  # read elsewhere too, or an opset without Slice / ScatterElements: records
+            for target in weights:
+                self.encode(target)
+            lookup = sum(portable_bytes(t, opset, planes=True) for t in weights)
+            record = sum(len(t.record) for t in weights)
+            if lookup > FOLD_GROWTH * record:
+                log.info("kept the records of %s's weights: folded lookups would take %d bytes, more than %.2f x their "
+                         "%d bytes", nodes[key].name, lookup, FOLD_GROWTH, record)
+                continue
+            graph = common_graph([owners.get(id(node), state.graph) for t in weights for node, _ in t.uses], parent, state.graph)
+            for target in weights:
+                released = target.indices is None  # streaming: the record holds the indices
+                if released:
+                    target.indices = sidecar.decode_record_fast(target.record).indices
+                PackPortableWeightsPass()._pack(graph, target, names, opset, planes=True)
+                target.record, target.packed, target.folded = None, True, True
+                if released:
+                    target.indices = None
+                folded.append(target)
+            log.info("%s: W, R, B as folded lookups (%d bytes against %d as records), so onnxruntime prepacks them",
+                     nodes[key].name, lookup, record)
+        return folded
 
     def _reader(self, target: WeightTarget, node: gs.Node, slot: int, route) -> str:
         """How a reader of ``target`` (``node`` reading input ``slot``, its MatMul route or None) takes the record:
@@ -284,12 +333,16 @@ def working_copy_bytes(node: gs.Node, target: WeightTarget) -> int:
     return 4 * k * (-(-n // DENSE_PANEL_COLUMNS) * DENSE_PANEL_COLUMNS)
 
 
-def assign_decode_once(targets: list[WeightTarget], emitted: list[tuple[gs.Node, WeightTarget]]) -> str:
+def assign_decode_once(targets: list[WeightTarget], emitted: list[tuple[gs.Node, WeightTarget]],
+                       folded: list[WeightTarget] = ()) -> str:
     """Sets ``decode_once=1`` on the CodebookDecode and CodebookMatMul nodes of ``emitted`` that the module
-    docstring's rule grants (working_copy_bytes each); returns a log line."""
+    docstring's rule grants (working_copy_bytes each); ``folded`` weights (folded lookups: dense in the session,
+    4 bytes per element) count as spent, their savings as saved; returns a log line."""
     saved = sum(t.dense_bytes - len(t.record) for t in targets)
+    saved += sum(t.dense_bytes - portable_bytes(t, planes=True) for t in folded)
     budget = DECODE_ONCE_SHARE * saved
     spent = sum(working_copy_bytes(node, t) for node, t in emitted if node.op in ("CodebookConv", "CodebookLSTM"))
+    spent += sum(4 * t.size for t in folded)
     granted = {"CodebookDecode": 0, "CodebookMatMul": 0}
     for op in granted:
         for node, target in sorted((e for e in emitted if e[0].op == op), key=lambda e: working_copy_bytes(*e)):
