@@ -11,6 +11,9 @@ p the smallest of 1, 2, 4, 8, 16 that holds K - 1:
 - p < 8: q = 8 / p indices per byte, first index in the high bits, in a uint8 initializer P of
   ceil(N / q) bytes, unpacked by i' = Reshape(Slice(Reshape(Mod(Div(Reshape(Cast(P), [-1, 1]), d), 2^p)), 0, N)),
   d = [2^(p(q-1)), ..., 2^p, 1]. Slice takes its bounds as inputs from opset 10; older models get p = 8.
+PackWeightsPass's folded lookups (``planes``, LSTM weights in custom-op models) store 3-, 5-, 6- and 7-bit
+indices in planes of 4, 2 and 1 bits instead (plane_bits), each unpacked as above, then summed as
+``i' = sum_j plane_j * 2^s_j`` (Mul, Add), s_j the widths of the planes after plane j.
 Outliers (values kept exact beside the codebook, onnxcomp/core/outliers.py) are scattered onto the lookup:
 ``W = Reshape(ScatterElements(Reshape(lookup, [-1]), positions, values, axis=0), shape)`` with
 ``positions = CumSum(Cast(g, int64)) - 1`` from the stored gaps ``g_j = p_j - p_{j-1}`` (``p_{-1} = -1``;

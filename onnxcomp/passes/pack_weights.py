@@ -16,6 +16,11 @@ Rewrites (ops in domain ``ai.onnxcomp``, see docs/ops.md), for every node readin
   CodebookConv nodes stay in onnxruntime's NCHWc layout where ``mark_blocked_edges`` proves it safe;
 - LSTM (default activations, layout 0) reading the float32 weight as W, R or B -> CodebookLSTM with the record
   in that input (its other weights stay as they are, records or float32: lstm_fusable);
+  except that an LSTM's compressed W, R and B, when only LSTMs read them, become folded lookups
+  (_fold_recurrent) if those take at most FOLD_GROWTH times the records' bytes: PackPortableWeightsPass's
+  standard-op lookup with the indices in planes of 4, 2 and 1 bits (pack_portable.plane_bits), which onnxruntime
+  folds into constant initializers at session creation, so the LSTM stays onnxruntime's own and prepacks them (a
+  CodebookLSTM's working copies are packed again in every run: 1.12-1.15x the dense LSTM);
 - any other reader (ConvTranspose, GRU, RNN, Einsum, a Slice, a float16 weight's consumers, ...) -> the output of ONE
   CodebookDecode(record) node per weight (plus a Transpose if stored transposed, plus a Cast back to the
   weight's float16/bfloat16 type), placed in the innermost graph enclosing all those readers (the main graph, an
@@ -193,7 +198,7 @@ class PackWeightsPass(GraphPass):
                 self.encode(target)
             lookup = sum(portable_bytes(t, opset, planes=True) for t in weights)
             record = sum(len(t.record) for t in weights)
-            if lookup > FOLD_GROWTH * record:
+            if lookup > FOLD_GROWTH * record or lookup >= sum(t.dense_bytes for t in weights):
                 log.info("kept the records of %s's weights: folded lookups would take %d bytes, more than %.2f x their "
                          "%d bytes", nodes[key].name, lookup, FOLD_GROWTH, record)
                 continue
