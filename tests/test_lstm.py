@@ -326,6 +326,7 @@ def test_lstm_weights_become_folded_lookups_equal_to_their_records(tmp_path, mon
     model = _torch_style_lstm(rng, hidden=48, inputs=20)
     onnx.save(model, tmp_path / "in.onnx")
     options = dict(bits=bits, sparsity={"fc": 0.0}, min_elements=100, outliers=0.01)
+    monkeypatch.setattr(pack_weights, "FOLD_MIN_ELEMENTS", 0)
     monkeypatch.setattr(pack_weights, "FOLD_GROWTH", 100.0)
     report = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "lookup.onnx", **options)
     monkeypatch.setattr(pack_weights, "FOLD_GROWTH", 0.0)
@@ -349,9 +350,10 @@ def test_lstm_weights_become_folded_lookups_equal_to_their_records(tmp_path, mon
                                       run_plain(tmp_path / "record_dense.onnx", feeds)[0])
 
 
-def test_folded_lookups_are_kept_to_their_byte_bound(tmp_path):
+def test_folded_lookups_are_kept_to_their_byte_bound(tmp_path, monkeypatch):
     """At the default FOLD_GROWTH, weights 90 % pruned stay records (run lengths of zeros: far fewer bytes than a
     lookup's 5 bits per weight), read by CodebookLSTM."""
+    monkeypatch.setattr(pack_weights, "FOLD_MIN_ELEMENTS", 0)
     rng = np.random.default_rng(9)
     onnx.save(_torch_style_lstm(rng, hidden=24, inputs=20), tmp_path / "in.onnx")
     onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx", bits=5, sparsity={"fc": 0.9}, min_elements=100)
@@ -363,3 +365,13 @@ def test_folded_lookups_are_kept_to_their_byte_bound(tmp_path):
 def test_plane_bits_split_widths_into_planes_of_four_two_and_one():
     assert [plane_bits(k) for k in (2, 4, 8, 16, 32, 64, 128, 256, 300)] == \
         [(1,), (2,), (2, 1), (4,), (4, 1), (4, 2), (4, 2, 1), (8,), (16,)]
+
+
+def test_small_lstms_keep_their_records(tmp_path):
+    """Below FOLD_MIN_ELEMENTS (W, R and B together) an LSTM keeps records and CodebookLSTM, whatever the bytes."""
+    rng = np.random.default_rng(10)
+    onnx.save(_torch_style_lstm(rng, hidden=24, inputs=20), tmp_path / "in.onnx")
+    onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx", bits=4, sparsity={"fc": 0.0}, min_elements=100)
+    out = onnx.load(tmp_path / "out.onnx", load_external_data=False)
+    ops = [n.op_type for n in out.graph.node if n.op_type == "If" for a in n.attribute for n in a.g.node]
+    assert "CodebookLSTM" in ops and "LSTM" not in ops

@@ -17,7 +17,8 @@ Rewrites (ops in domain ``ai.onnxcomp``, see docs/ops.md), for every node readin
 - LSTM (default activations, layout 0) reading the float32 weight as W, R or B -> CodebookLSTM with the record
   in that input (its other weights stay as they are, records or float32: lstm_fusable);
   except that an LSTM's compressed W, R and B, when only LSTMs read them, become folded lookups
-  (_fold_recurrent) if those take at most FOLD_GROWTH times the records' bytes: PackPortableWeightsPass's
+  (_fold_recurrent) if those take at most FOLD_GROWTH times the records' bytes and hold at least
+  FOLD_MIN_ELEMENTS elements: PackPortableWeightsPass's
   standard-op lookup with the indices in planes of 4, 2 and 1 bits (pack_portable.plane_bits), which onnxruntime
   folds into constant initializers at session creation, so the LSTM stays onnxruntime's own and prepacks them (a
   CodebookLSTM's working copies are packed again in every run: 1.12-1.15x the dense LSTM);
@@ -62,8 +63,11 @@ RECORD_SUFFIX = ".onnxcomp_record"
 SMALL_DECODED_ELEMENTS = 4096
 # Share of the bytes compression saves that decode-once working copies (and CodebookConv's) may spend.
 DECODE_ONCE_SHARE = 0.5
-# An LSTM's compressed weights become folded lookups when those take at most this many times their records' bytes.
+# An LSTM's compressed weights become folded lookups when those take at most this many times their records' bytes
+# and hold at least FOLD_MIN_ELEMENTS elements together (below that, Silero VAD's 128-unit LSTMs: 0.97x the records'
+# run time, within the timing noise, for 9 % of the model's ratio; docs/benchmarks.md, branch speed5).
 FOLD_GROWTH = 1.3
+FOLD_MIN_ELEMENTS = 1 << 20
 
 
 def _attr(node: gs.Node, name: str, default):
@@ -194,6 +198,8 @@ class PackWeightsPass(GraphPass):
             if any(id(t) not in lstm_only or t.portable or t.scales is not None
                    or (len(t.outlier_positions) and opset < SCATTER_OPSET) or opset < SLICE_INPUTS_OPSET for t in weights):
                 continue  # read elsewhere too, or an opset without Slice / ScatterElements: records
+            if sum(t.size for t in weights) < FOLD_MIN_ELEMENTS:
+                continue
             for target in weights:
                 self.encode(target)
             lookup = sum(portable_bytes(t, opset, planes=True) for t in weights)
