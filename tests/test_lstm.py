@@ -13,9 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxcomp
 from onnxcomp.core import sidecar
-from onnxcomp.passes import pack_weights
 from onnxcomp.passes.fold_weights import apply_op
-from onnxcomp.passes.pack_portable import plane_bits
 
 
 def run_reference(model: onnx.ModelProto, feeds: dict) -> list:
@@ -209,8 +207,7 @@ def _torch_style_lstm(rng, hidden=16, inputs=12, opset=17):
                       [float_input("y", [1, 2, h])], inits, opset=opset)
 
 
-def test_exported_recurrent_weights_are_folded_and_read_by_codebook_lstm(tmp_path, monkeypatch):
-    monkeypatch.setattr(pack_weights, "FOLD_GROWTH", 0.0)  # records, not folded lookups (tested below)
+def test_exported_recurrent_weights_are_folded_and_read_by_codebook_lstm(tmp_path):
     rng = np.random.default_rng(21)
     model = _torch_style_lstm(rng)
     onnx.save(model, tmp_path / "in.onnx")
@@ -278,10 +275,9 @@ def test_apply_op_follows_onnx_semantics():
     np.testing.assert_array_equal(apply_op(node("Concat", axis=-1), [data, data]), np.concatenate([data, data], -1))
 
 
-def test_verify_per_layer_leaves_out_folded_weights(tmp_path, monkeypatch):
+def test_verify_per_layer_leaves_out_folded_weights(tmp_path):
     """verify --per-layer puts each weight alone into the original model: a folded weight is not in it, so it has no
     row (and is no reason to refuse the model); the unfolded weights of a second LSTM keep theirs."""
-    monkeypatch.setattr(pack_weights, "FOLD_GROWTH", 0.0)  # records, read by CodebookLSTM
     rng = np.random.default_rng(8)
     nested = _torch_style_lstm(rng)
     branch = next(a.g for a in nested.graph.node[0].attribute if a.name == "then_branch")
@@ -309,69 +305,3 @@ def test_budget_settings_reach_the_folded_weights(tmp_path):
     got = {layer.name: (round(layer.sparsity, 1), layer.bits) for layer in report.layers}
     assert got == {"w_ih.folded": (0.0, 2), "w_hh.folded": (0.3, 5)}
     assert ("b.folded", "left dense by the budget allocation") in report.skipped
-
-
-def _dense_weights(path) -> dict:
-    model = onnx.load(path)
-    graphs = [model.graph] + [a.g for n in model.graph.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH]
-    return {t.name.removesuffix(".dense"): numpy_helper.to_array(t) for g in graphs for t in g.initializer}
-
-
-@pytest.mark.parametrize("bits", [3, 4, 5, 7])
-def test_lstm_weights_become_folded_lookups_equal_to_their_records(tmp_path, monkeypatch, bits):
-    """Within FOLD_GROWTH, an LSTM's W, R and B become standard-op lookups (index planes, outliers scattered on)
-    that onnxruntime folds to constant initializers, so the node stays a plain LSTM; the weights they compute are
-    bit for bit those of the records the same compression writes without folding, and so are the outputs."""
-    rng = np.random.default_rng(40 + bits)
-    model = _torch_style_lstm(rng, hidden=48, inputs=20)
-    onnx.save(model, tmp_path / "in.onnx")
-    options = dict(bits=bits, sparsity={"fc": 0.0}, min_elements=100, outliers=0.01)
-    monkeypatch.setattr(pack_weights, "FOLD_MIN_ELEMENTS", 0)
-    monkeypatch.setattr(pack_weights, "FOLD_GROWTH", 100.0)
-    report = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "lookup.onnx", **options)
-    monkeypatch.setattr(pack_weights, "FOLD_GROWTH", 0.0)
-    records = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "record.onnx", **options)
-    assert {layer.name for layer in records.layers} == {layer.name for layer in report.layers}
-    out = onnx.load(tmp_path / "lookup.onnx", load_external_data=False)
-    branches = [a.g for n in out.graph.node if n.op_type == "If" for a in n.attribute]
-    ops = [n.op_type for g in branches for n in g.node] + [n.op_type for n in out.graph.node]
-    assert "LSTM" in ops and "CodebookLSTM" not in ops and not (tmp_path / "lookup.onnxcomp").exists()
-    planes = plane_bits(1 << bits)
-    assert ops.count("Gather") == 3 and ops.count("Div") == 3 * len(planes)
-    assert {layer.name for layer in report.layers} == {"w_ih.folded", "w_hh.folded", "b.folded"}
-    for name in ("lookup", "record"):
-        onnxcomp.decompress(tmp_path / f"{name}.onnx", tmp_path / f"{name}_dense.onnx")
-    got, want = _dense_weights(tmp_path / "lookup_dense.onnx"), _dense_weights(tmp_path / "record_dense.onnx")
-    for name in ("w_ih.folded", "w_hh.folded", "b.folded"):
-        np.testing.assert_array_equal(got[name], want[name])
-    for branch in (True, False):
-        feeds = {"x": rng.standard_normal((6, 2, 20)).astype(np.float32), "c": np.array(branch)}
-        np.testing.assert_array_equal(run_compressed(tmp_path / "lookup.onnx", feeds)[0],
-                                      run_plain(tmp_path / "record_dense.onnx", feeds)[0])
-
-
-def test_folded_lookups_are_kept_to_their_byte_bound(tmp_path, monkeypatch):
-    """At the default FOLD_GROWTH, weights 90 % pruned stay records (run lengths of zeros: far fewer bytes than a
-    lookup's 5 bits per weight), read by CodebookLSTM."""
-    monkeypatch.setattr(pack_weights, "FOLD_MIN_ELEMENTS", 0)
-    rng = np.random.default_rng(9)
-    onnx.save(_torch_style_lstm(rng, hidden=24, inputs=20), tmp_path / "in.onnx")
-    onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx", bits=5, sparsity={"fc": 0.9}, min_elements=100)
-    out = onnx.load(tmp_path / "out.onnx", load_external_data=False)
-    ops = [n.op_type for n in out.graph.node if n.op_type == "If" for a in n.attribute for n in a.g.node]
-    assert "CodebookLSTM" in ops and "LSTM" not in ops
-
-
-def test_plane_bits_split_widths_into_planes_of_four_two_and_one():
-    assert [plane_bits(k) for k in (2, 4, 8, 16, 32, 64, 128, 256, 300)] == \
-        [(1,), (2,), (2, 1), (4,), (4, 1), (4, 2), (4, 2, 1), (8,), (16,)]
-
-
-def test_small_lstms_keep_their_records(tmp_path):
-    """Below FOLD_MIN_ELEMENTS (W, R and B together) an LSTM keeps records and CodebookLSTM, whatever the bytes."""
-    rng = np.random.default_rng(10)
-    onnx.save(_torch_style_lstm(rng, hidden=24, inputs=20), tmp_path / "in.onnx")
-    onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx", bits=4, sparsity={"fc": 0.0}, min_elements=100)
-    out = onnx.load(tmp_path / "out.onnx", load_external_data=False)
-    ops = [n.op_type for n in out.graph.node if n.op_type == "If" for a in n.attribute for n in a.g.node]
-    assert "CodebookLSTM" in ops and "LSTM" not in ops

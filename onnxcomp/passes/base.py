@@ -138,7 +138,6 @@ class WeightTarget:
     record: bytes | None = None
     transposed: bool = False
     portable: bool = False  # expressed as a standard-op codebook lookup instead of a record
-    folded: bool = False  # a portable lookup in index planes inside a custom-op model (PackWeightsPass._fold_recurrent)
     layer_input: object | None = None  # onnxcomp.calibration.LayerInput, when activations can be observed
     statistics: object | None = None  # onnxcomp.calibration.LayerStatistics
     refit: np.ndarray | None = None  # reconstructed weights, replacing the original values for sharing

@@ -11,9 +11,6 @@ p the smallest of 1, 2, 4, 8, 16 that holds K - 1:
 - p < 8: q = 8 / p indices per byte, first index in the high bits, in a uint8 initializer P of
   ceil(N / q) bytes, unpacked by i' = Reshape(Slice(Reshape(Mod(Div(Reshape(Cast(P), [-1, 1]), d), 2^p)), 0, N)),
   d = [2^(p(q-1)), ..., 2^p, 1]. Slice takes its bounds as inputs from opset 10; older models get p = 8.
-PackWeightsPass's folded lookups (``planes``, LSTM weights in custom-op models) store 3-, 5-, 6- and 7-bit
-indices in planes of 4, 2 and 1 bits instead (plane_bits), each unpacked as above, then summed as
-``i' = sum_j plane_j * 2^s_j`` (Mul, Add), s_j the widths of the planes after plane j.
 Outliers (values kept exact beside the codebook, onnxcomp/core/outliers.py) are scattered onto the lookup:
 ``W = Reshape(ScatterElements(Reshape(lookup, [-1]), positions, values, axis=0), shape)`` with
 ``positions = CumSum(Cast(g, int64)) - 1`` from the stored gaps ``g_j = p_j - p_{j-1}`` (``p_{-1} = -1``;
@@ -50,17 +47,6 @@ def packing_bits(codebook_size: int) -> int:
     return next(p for p in (1, 2, 4, 8, 16) if codebook_size <= 1 << p)
 
 
-def plane_bits(codebook_size: int) -> tuple[int, ...]:
-    """Bit widths of the index planes of a folded lookup (PackWeightsPass's working form for recurrent weights):
-    b = ceil(log2 K) bits per index split into planes of 4, 2 and 1 bits, most significant first (b = 5: (4, 1);
-    b = 6: (4, 2); b = 7: (4, 2, 1); b = 3: (2, 1)); widths 1, 2, 4, 8 and 16 keep their one plane of
-    packing_bits."""
-    need = max(1, int(np.ceil(np.log2(max(codebook_size, 2)))))
-    if need in (1, 2, 4) or need >= 8:
-        return (packing_bits(codebook_size),)
-    return tuple(width for width in (4, 2, 1) if need & width)
-
-
 def pack_indices(indices: np.ndarray, bits: int) -> np.ndarray:
     """uint8 bytes holding 8 / bits indices each, the first in the high bits, zero padded at the end."""
     per_byte = 8 // bits
@@ -80,23 +66,15 @@ def outlier_arrays(positions: np.ndarray, values: np.ndarray) -> tuple[np.ndarra
     return gaps, np.asarray(values, dtype=np.float32 if wide else np.float16)
 
 
-def portable_bytes(target: WeightTarget, opset: int = SLICE_INPUTS_OPSET, planes: bool = False) -> int:
-    """Bytes the portable form stores for ``target``: packed indices, the float32 codebook and the outliers
-    (with ``planes``, the indices in plane_bits planes)."""
+def portable_bytes(target: WeightTarget, opset: int = SLICE_INPUTS_OPSET) -> int:
+    """Bytes the portable form stores for ``target``: packed indices, the float32 codebook and the outliers."""
     bits = packing_bits(len(target.codebook))
     if opset < SLICE_INPUTS_OPSET:
         bits = max(bits, 8)
-    elif planes:
-        widths = plane_bits(len(target.codebook))
-        return sum(-(-target.size * w // 8) for w in widths) + 4 * len(target.codebook) + _extra_bytes(target)
-    return -(-target.size * bits // 8) + 4 * len(target.codebook) + _extra_bytes(target)
-
-
-def _extra_bytes(target: WeightTarget) -> int:
-    """Bytes of the portable form's outliers and channel scales."""
     gaps, values = outlier_arrays(target.outlier_positions, target.outlier_values)
     extra = gaps.nbytes + values.nbytes if len(gaps) else 0
-    return extra + (0 if target.scales is None else 4 * len(target.scales))
+    extra += 0 if target.scales is None else 4 * len(target.scales)
+    return -(-target.size * bits // 8) + 4 * len(target.codebook) + extra
 
 
 class PackPortableWeightsPass(GraphPass):
@@ -113,17 +91,14 @@ class PackPortableWeightsPass(GraphPass):
             state.graph.cleanup().toposort()
         return PassResult(bool(targets), f"expressed {len(targets)} tensors as codebook lookups")
 
-    def _pack(self, graph: gs.Graph, target: WeightTarget, names: UniqueNames, opset: int, planes: bool = False) -> None:
+    def _pack(self, graph: gs.Graph, target: WeightTarget, names: UniqueNames, opset: int) -> None:
         nodes: list[gs.Node] = []
         codebook = gs.Constant(names(target.name + CODEBOOK_SUFFIX), np.asarray(target.codebook, dtype=np.float32))
         bits = packing_bits(len(target.codebook))
         if opset < SLICE_INPUTS_OPSET:
             bits = max(bits, 8)
         name = target.name
-        widths = plane_bits(len(target.codebook)) if planes and opset >= SLICE_INPUTS_OPSET else (bits,)
-        if len(widths) > 1:
-            wide = self._unpack_planes(nodes, names, name, target, widths)
-        elif bits >= 8:
+        if bits >= 8:
             stored = target.indices.reshape(target.shape).astype(np.uint8 if bits == 8 else np.uint16)
             indices = gs.Constant(names(name + INDICES_SUFFIX), stored)
             wide = gs.Variable(names(name + ".indices_int32"), dtype=np.int32, shape=list(target.shape))
@@ -186,31 +161,6 @@ class PackPortableWeightsPass(GraphPass):
         nodes.append(gs.Node("Reshape", names(f"{name}.outliers_reshape"),
                              inputs=[scattered, constant(".weight_shape", np.array(target.shape, np.int64))],
                              outputs=[dense]))
-
-    def _unpack_planes(self, nodes: list[gs.Node], names: UniqueNames, name: str, target: WeightTarget,
-                       widths: tuple[int, ...]) -> gs.Variable:
-        """int32 indices in the weight's shape from planes of ``widths`` bits (most significant first): plane j holds
-        ``(i >> s_j) & (2^w_j - 1)``, s_j the widths after it, packed as pack_indices does; the planes are unpacked
-        one by one and summed as ``sum_j plane_j * 2^s_j``."""
-        indices = np.asarray(target.indices, dtype=np.int64).ravel()
-        total: gs.Tensor | None = None
-        shift = sum(widths)
-        for plane, width in enumerate(widths):
-            shift -= width
-            part = ((indices >> shift) & ((1 << width) - 1)).astype(np.uint8)
-            packed = gs.Constant(names(f"{name}{INDICES_SUFFIX}{plane}"), pack_indices(part, width))
-            current: gs.Tensor = self._unpack(nodes, names, f"{name}.plane{plane}", packed, width, target)
-            if shift:
-                scaled = gs.Variable(names(f"{name}.plane{plane}_shifted"), dtype=np.int32)
-                nodes.append(gs.Node("Mul", scaled.name, inputs=[current, gs.Constant(
-                    names(f"{name}.plane{plane}_weight"), np.array(1 << shift, np.int32))], outputs=[scaled]))
-                current = scaled
-            if total is not None:
-                summed = gs.Variable(names(f"{name}.planes{plane}_sum"), dtype=np.int32)
-                nodes.append(gs.Node("Add", summed.name, inputs=[total, current], outputs=[summed]))
-                current = summed
-            total = current
-        return total
 
     @staticmethod
     def _unpack(nodes: list[gs.Node], names: UniqueNames, name: str, packed: gs.Constant, bits: int,

@@ -16,12 +16,6 @@ Rewrites (ops in domain ``ai.onnxcomp``, see docs/ops.md), for every node readin
   CodebookConv nodes stay in onnxruntime's NCHWc layout where ``mark_blocked_edges`` proves it safe;
 - LSTM (default activations, layout 0) reading the float32 weight as W, R or B -> CodebookLSTM with the record
   in that input (its other weights stay as they are, records or float32: lstm_fusable);
-  except that an LSTM's compressed W, R and B, when only LSTMs read them, become folded lookups
-  (_fold_recurrent) if those take at most FOLD_GROWTH times the records' bytes and hold at least
-  FOLD_MIN_ELEMENTS elements: PackPortableWeightsPass's
-  standard-op lookup with the indices in planes of 4, 2 and 1 bits (pack_portable.plane_bits), which onnxruntime
-  folds into constant initializers at session creation, so the LSTM stays onnxruntime's own and prepacks them (a
-  CodebookLSTM's working copies are packed again in every run: 1.12-1.15x the dense LSTM);
 - any other reader (ConvTranspose, GRU, RNN, Einsum, a Slice, a float16 weight's consumers, ...) -> the output of ONE
   CodebookDecode(record) node per weight (plus a Transpose if stored transposed, plus a Cast back to the
   weight's float16/bfloat16 type), placed in the innermost graph enclosing all those readers (the main graph, an
@@ -55,7 +49,6 @@ from onnxcomp.core import sidecar
 from .base import DOMAIN, CompressionState, GraphPass, PassResult, WeightTarget, drop_if_not_smaller, log, read_values
 from .fold_weights import fold_value
 from .names import UniqueNames, all_graphs, common_graph, parents
-from .pack_portable import SCATTER_OPSET, SLICE_INPUTS_OPSET, PackPortableWeightsPass, portable_bytes
 from .select_weights import fusable_gemm
 
 RECORD_SUFFIX = ".onnxcomp_record"
@@ -63,11 +56,6 @@ RECORD_SUFFIX = ".onnxcomp_record"
 SMALL_DECODED_ELEMENTS = 4096
 # Share of the bytes compression saves that decode-once working copies (and CodebookConv's) may spend.
 DECODE_ONCE_SHARE = 0.5
-# An LSTM's compressed weights become folded lookups when those take at most this many times their records' bytes
-# and hold at least FOLD_MIN_ELEMENTS elements together (below that, Silero VAD's 128-unit LSTMs: 0.97x the records'
-# run time, within the timing noise, for 9 % of the model's ratio; docs/benchmarks.md, branch speed5).
-FOLD_GROWTH = 1.3
-FOLD_MIN_ELEMENTS = 1 << 20
 
 
 def _attr(node: gs.Node, name: str, default):
@@ -93,8 +81,7 @@ class PackWeightsPass(GraphPass):
         traces = []  # logged after the loop: a log line must not land inside a progress bar
         self._emitted: list[tuple[gs.Node, WeightTarget]] = []  # (custom node, its weight)
         packed = []
-        folded = self._fold_recurrent(state, targets, owners, parent, names)
-        for target in progress.track([t for t in targets if not t.portable], "packing records"):
+        for target in progress.track(targets, "packing records"):
             self.encode(target)
             if self._small_and_decoded(target):
                 reason = (f"a vector of {target.size} elements (at most {SMALL_DECODED_ELEMENTS}) would be read only through "
@@ -108,7 +95,7 @@ class PackWeightsPass(GraphPass):
         for trace in traces:
             log.debug("%s", trace)
         if packed:
-            log.debug("%s", assign_decode_once(packed, self._emitted, folded))
+            log.debug("%s", assign_decode_once(packed, self._emitted))
             joined = join_dense_convs(state.graph, self._emitted, names) if self.fuse else []
             log.debug("%s", mark_blocked_edges(state.graph, self._emitted + joined))
         if targets:
@@ -174,53 +161,6 @@ class PackWeightsPass(GraphPass):
         return (f"{target.name}: record {target.record_name}{' (stored transposed)' if target.transposed else ''}; "
                 f"{len(target.uses) - len(decoded)} of {len(target.uses)} readers fused, {len(decoded)} read it decoded "
                 f"({', '.join(sorted({node.op for node, _ in decoded})) or '-'})")
-
-    def _fold_recurrent(self, state: CompressionState, targets: list[WeightTarget], owners: dict[int, gs.Graph],
-                        parent: dict[int, gs.Graph], names: UniqueNames) -> list[WeightTarget]:
-        """Express the compressed W, R and B of each LSTM as folded lookups (the module docstring's rule); returns
-        the weights so expressed."""
-        if not self.fuse:
-            return []
-        opset = state.graph.opset or 0
-        readers: dict[int, list[WeightTarget]] = {}  # id(LSTM node) -> its compressed weights
-        nodes: dict[int, gs.Node] = {}
-        lstm_only = set()
-        for target in targets:
-            if target.uses and all(self._reader(target, node, slot, None) == "lstm" for node, slot in target.uses):
-                lstm_only.add(id(target))
-            for node, slot in target.uses:
-                if node.op == "LSTM" and not node.domain:
-                    readers.setdefault(id(node), []).append(target)
-                    nodes[id(node)] = node
-        folded: list[WeightTarget] = []
-        for key, weights in readers.items():
-            weights = list({id(t): t for t in weights}.values())
-            if any(id(t) not in lstm_only or t.portable or t.scales is not None
-                   or (len(t.outlier_positions) and opset < SCATTER_OPSET) or opset < SLICE_INPUTS_OPSET for t in weights):
-                continue  # read elsewhere too, or an opset without Slice / ScatterElements: records
-            if sum(t.size for t in weights) < FOLD_MIN_ELEMENTS:
-                continue
-            for target in weights:
-                self.encode(target)
-            lookup = sum(portable_bytes(t, opset, planes=True) for t in weights)
-            record = sum(len(t.record) for t in weights)
-            if lookup > FOLD_GROWTH * record or lookup >= sum(t.dense_bytes for t in weights):
-                log.info("kept the records of %s's weights: folded lookups would take %d bytes, more than %.2f x their "
-                         "%d bytes", nodes[key].name, lookup, FOLD_GROWTH, record)
-                continue
-            graph = common_graph([owners.get(id(node), state.graph) for t in weights for node, _ in t.uses], parent, state.graph)
-            for target in weights:
-                released = target.indices is None  # streaming: the record holds the indices
-                if released:
-                    target.indices = sidecar.decode_record_fast(target.record).indices
-                PackPortableWeightsPass()._pack(graph, target, names, opset, planes=True)
-                target.record, target.packed, target.folded = None, True, True
-                if released:
-                    target.indices = None
-                folded.append(target)
-            log.info("%s: W, R, B as folded lookups (%d bytes against %d as records), so onnxruntime prepacks them",
-                     nodes[key].name, lookup, record)
-        return folded
 
     def _reader(self, target: WeightTarget, node: gs.Node, slot: int, route) -> str:
         """How a reader of ``target`` (``node`` reading input ``slot``, its MatMul route or None) takes the record:
@@ -344,16 +284,12 @@ def working_copy_bytes(node: gs.Node, target: WeightTarget) -> int:
     return 4 * k * (-(-n // DENSE_PANEL_COLUMNS) * DENSE_PANEL_COLUMNS)
 
 
-def assign_decode_once(targets: list[WeightTarget], emitted: list[tuple[gs.Node, WeightTarget]],
-                       folded: list[WeightTarget] = ()) -> str:
+def assign_decode_once(targets: list[WeightTarget], emitted: list[tuple[gs.Node, WeightTarget]]) -> str:
     """Sets ``decode_once=1`` on the CodebookDecode and CodebookMatMul nodes of ``emitted`` that the module
-    docstring's rule grants (working_copy_bytes each); ``folded`` weights (folded lookups: dense in the session,
-    4 bytes per element) count as spent, their savings as saved; returns a log line."""
+    docstring's rule grants (working_copy_bytes each); returns a log line."""
     saved = sum(t.dense_bytes - len(t.record) for t in targets)
-    saved += sum(t.dense_bytes - portable_bytes(t, planes=True) for t in folded)
     budget = DECODE_ONCE_SHARE * saved
     spent = sum(working_copy_bytes(node, t) for node, t in emitted if node.op in ("CodebookConv", "CodebookLSTM"))
-    spent += sum(4 * t.size for t in folded)
     granted = {"CodebookDecode": 0, "CodebookMatMul": 0}
     for op in granted:
         for node, target in sorted((e for e in emitted if e[0].op == op), key=lambda e: working_copy_bytes(*e)):
@@ -585,6 +521,27 @@ def _blocked_region(root: gs.Graph, emitted: list[tuple[gs.Node, WeightTarget]],
 
 
 CONV_ATTRIBUTES = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
+
+
+def explicit_conv_attributes(attrs: dict, weight_shape: tuple[int, ...]) -> dict:
+    """The Conv attributes of ``attrs`` that CodebookConv needs written: those of CONV_ATTRIBUTES whose value differs
+    from what ONNX Conv (and CodebookConv, docs/ops.md: the same defaults) takes when the attribute is absent:
+    ``auto_pad`` NOTSET, ``group`` 1, ``dilations`` and ``strides`` all 1, ``pads`` all 0, ``kernel_shape`` the weight's
+    spatial dims (``weight_shape`` [O, I/group, k1, ...]). Exporters write the defaults out (PyTorch writes all six
+    on every Conv): 5.1 kB of YOLOv8n's compressed model file (docs/benchmarks.md, branch ratio4)."""
+    spatial = len(weight_shape) - 2
+    implied = {"auto_pad": "NOTSET", "group": 1, "dilations": [1] * spatial, "strides": [1] * spatial,
+               "pads": [0] * (2 * spatial), "kernel_shape": [int(d) for d in weight_shape[2:]]}
+    explicit = {}
+    for name, value in attrs.items():
+        if name not in CONV_ATTRIBUTES:
+            continue
+        plain = value.decode() if isinstance(value, bytes) else value
+        if isinstance(plain, (list, tuple, np.ndarray)):
+            plain = [int(v) for v in plain]
+        if plain != implied[name]:
+            explicit[name] = value
+    return explicit
 # Ops that may sit between two convolutions of one blocked region (``join_dense_convs``'s components).
 REGION_OPS = BLOCKED_UNARY + BLOCKED_BINARY + ("Concat", "Split", "BatchNormalization")
 
@@ -742,7 +699,7 @@ def _to_conv(graph: gs.Graph, node: gs.Node, record: gs.Constant, weight_shape: 
     following BatchNormalization, then an Add of a per-channel constant, then an activation into it (see the module
     docstring)."""
     out_channels = weight_shape[0]
-    attrs = {k: v for k, v in node.attrs.items() if k in CONV_ATTRIBUTES}
+    attrs = explicit_conv_attributes(node.attrs, weight_shape)
     inputs = [node.inputs[0], record]
     bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
     output = node.outputs[0]

@@ -552,7 +552,7 @@ def _compress_once(input_path: str, output_path: str, calib: dict | None, loaded
                     float_params=state.float_params, float16=halved)
     for t in state.targets:
         report.layers.append(LayerReport(t.name, t.kind, list(t.shape), t.size, round(t.sparsity, 6), len(t.codebook),
-                                         t.bits, t.dense_bytes, len(t.record) if t.record is not None else portable_bytes(t, state.graph.opset or 0, planes=t.folded),
+                                         t.bits, t.dense_bytes, len(t.record) if t.record is not None else portable_bytes(t, state.graph.opset or 0),
                                          len(t.outlier_positions)))
     parallel.release_free_memory()  # the round's per-weight arrays, freed on the worker threads
     return report
