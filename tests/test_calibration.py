@@ -390,3 +390,74 @@ def test_probe_computes_only_what_the_wanted_values_need(rng):
     np.testing.assert_allclose(h, x @ w1, rtol=1e-5)
     stats = calibration.collect(model, {"w1": calibration.LayerInput("x", "kn")}, {"x": x, "c": np.array(True)})
     np.testing.assert_allclose(stats["w1"].gram, x.astype(np.float64).T @ x, rtol=1e-4, atol=1e-4)
+
+
+class _WholeModelProbes:
+    """The sequential statistics as the pass gathered them before branch seqcal: per layer, the compressed and the
+    original model probed from the graph inputs (calibration.collect with ``original``)."""
+
+    def __init__(self, original, compressed, data, batch, threshold):
+        self.original, self.compressed, self.data, self.batch, self.threshold = original, compressed, data, batch, threshold
+
+    def statistics(self, layer, spec):
+        return calibration.collect(self.compressed, {layer: spec}, self.data, batch=self.batch, threshold=self.threshold,
+                                   original=self.original)[layer]
+
+    def finished(self, weight):
+        pass
+
+
+def _sequential_outputs(monkeypatch, tmp_path, model, data, **options):
+    """The output bytes of a sequential compress with the pass's walk and with whole-model probes per layer."""
+    from onnxcomp.passes.compress_sequentially import CompressSequentiallyPass
+    from onnxcomp.pipeline import compression
+
+    class Probing(CompressSequentiallyPass):
+        def _frontier(self, original, compressed, targets, initializers):
+            return _WholeModelProbes(original, compressed, self.data, self.batch, self.threshold)
+
+    onnx.save(model, tmp_path / "in.onnx")
+    np.savez(tmp_path / "calib.npz", **data)
+    outputs = []
+    for name, cls in (("walk", CompressSequentiallyPass), ("probes", Probing)):
+        monkeypatch.setattr(compression, "CompressSequentiallyPass", cls)
+        (tmp_path / name).mkdir()
+        onnxcomp.compress(tmp_path / "in.onnx", tmp_path / name / "out.onnx", calib=str(tmp_path / "calib.npz"),
+                          sequential=True, **options)
+        outputs.append((tmp_path / name / "out.onnx").read_bytes() + (tmp_path / name / "out.onnxcomp").read_bytes())
+    return outputs
+
+
+def test_sequential_walk_gives_the_statistics_of_whole_model_probes(monkeypatch, tmp_path, rng):
+    """Branches, a skip connection, two convs reading one tensor, several batches (9 samples in batches of 4):
+    running each node once (per model) and keeping its outputs while later nodes read them compresses every
+    layer to the same bytes as probing the compressed and original models whole for each layer."""
+    conv = lambda x, w, y, **a: helper.make_node("Conv", [x, w], [y], pads=[1, 1, 1, 1], **a)  # noqa: E731
+    nodes = [conv("x", "w1", "a"), helper.make_node("Relu", ["a"], ["ar"]),
+             conv("ar", "w2", "b"), conv("ar", "w3", "c"), helper.make_node("Add", ["b", "c"], ["d"]),
+             helper.make_node("Relu", ["d"], ["dr"]), conv("dr", "w4", "e", strides=[2, 2]),
+             helper.make_node("Relu", ["e"], ["er"]), conv("er", "w5", "f"), helper.make_node("Resize", ["f", "", "scales"], ["fu"]),
+             helper.make_node("Add", ["fu", "ar"], ["g"]), helper.make_node("Flatten", ["g"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "w6"], ["y"], transB=1)]
+    scales = onnx.numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+    model = make_model(nodes, [float_input("x", ["n", 3, 8, 8])], [float_input("y", ["n", 5])],
+                       [weight(rng, "w1", (8, 3, 3, 3)), weight(rng, "w2", (8, 8, 3, 3)), weight(rng, "w3", (8, 8, 3, 3)),
+                        weight(rng, "w4", (8, 8, 3, 3)), weight(rng, "w5", (8, 8, 3, 3)), weight(rng, "w6", (5, 512)), scales])
+    walk, probes = _sequential_outputs(monkeypatch, tmp_path, model, {"x": rng.standard_normal((9, 3, 8, 8)).astype(np.float32)},
+                                       prune="activation", sparsity=0.5, bits=3, min_elements=16, calib_batch=4)
+    assert walk == probes
+
+
+def test_sequential_walk_reruns_nodes_that_read_a_weight_not_compressed_yet(monkeypatch, tmp_path, rng):
+    """``v`` is read by a Mul before the MatMul whose input is its observed input: the Mul's output, made with the
+    uncompressed ``v`` when ``v``'s statistics are gathered, must not be kept for later layers (which whole-model
+    probes compute with the compressed ``v``)."""
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Mul", ["r", "v"], ["m"]), helper.make_node("MatMul", ["m", "w2"], ["z"]),
+             helper.make_node("MatMul", ["z", "v"], ["u"]), helper.make_node("MatMul", ["u", "w3"], ["y"])]
+    model = make_model(nodes, [float_input("x", ["n", 12])], [float_input("y", ["n", 6])],
+                       [weight(rng, "w1", (12, 16)), weight(rng, "v", (1, 16)), weight(rng, "w2", (16, 1)),
+                        weight(rng, "w3", (16, 6))])
+    walk, probes = _sequential_outputs(monkeypatch, tmp_path, model, {"x": rng.standard_normal((40, 12)).astype(np.float32)},
+                                       prune="activation", sparsity=0.25, bits=3, min_elements=1, calib_batch=16)
+    assert walk == probes
