@@ -392,34 +392,16 @@ def test_probe_computes_only_what_the_wanted_values_need(rng):
     np.testing.assert_allclose(stats["w1"].gram, x.astype(np.float64).T @ x, rtol=1e-4, atol=1e-4)
 
 
-class _WholeModelProbes:
-    """The sequential statistics as the pass gathered them before branch seqcal: per layer, the compressed and the
-    original model probed from the graph inputs (calibration.collect with ``original``)."""
-
-    def __init__(self, original, compressed, data, batch, threshold):
-        self.original, self.compressed, self.data, self.batch, self.threshold = original, compressed, data, batch, threshold
-
-    def statistics(self, layer, spec):
-        return calibration.collect(self.compressed, {layer: spec}, self.data, batch=self.batch, threshold=self.threshold,
-                                   original=self.original)[layer]
-
-    def finished(self, weight):
-        pass
-
-
 def _sequential_outputs(monkeypatch, tmp_path, model, data, **options):
     """The output bytes of a sequential compress with the pass's walk and with whole-model probes per layer."""
+    import functools
     from onnxcomp.passes.compress_sequentially import CompressSequentiallyPass
     from onnxcomp.pipeline import compression
-
-    class Probing(CompressSequentiallyPass):
-        def _frontier(self, original, compressed, targets, initializers):
-            return _WholeModelProbes(original, compressed, self.data, self.batch, self.threshold)
 
     onnx.save(model, tmp_path / "in.onnx")
     np.savez(tmp_path / "calib.npz", **data)
     outputs = []
-    for name, cls in (("walk", CompressSequentiallyPass), ("probes", Probing)):
+    for name, cls in (("walk", CompressSequentiallyPass), ("probes", functools.partial(CompressSequentiallyPass, walk=False))):
         monkeypatch.setattr(compression, "CompressSequentiallyPass", cls)
         (tmp_path / name).mkdir()
         onnxcomp.compress(tmp_path / "in.onnx", tmp_path / name / "out.onnx", calib=str(tmp_path / "calib.npz"),

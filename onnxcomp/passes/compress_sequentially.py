@@ -34,8 +34,12 @@ from .calibrate_weights import layer_input
 
 
 class CompressSequentiallyPass(GraphPass):
-    def __init__(self, *, data: dict[str, np.ndarray], steps: list[GraphPass], batch: int = 64, threshold: float = 0.0) -> None:
-        self.data, self.steps, self.batch, self.threshold = data, list(steps), batch, threshold
+    """``walk=False`` gathers the statistics by probing both models whole for each layer (WholeModelProbes), as
+    before branch seqcal: the reference the tests and bench/sequential_speed.py compare the walk with."""
+
+    def __init__(self, *, data: dict[str, np.ndarray], steps: list[GraphPass], batch: int = 64, threshold: float = 0.0,
+                 walk: bool = True) -> None:
+        self.data, self.steps, self.batch, self.threshold, self.walk = data, list(steps), batch, threshold, walk
 
     def run(self, state: CompressionState) -> PassResult:
         targets = [t for t in state.targets if t.codebook is None]
@@ -63,9 +67,27 @@ class CompressSequentiallyPass(GraphPass):
             frontier.finished(target.name)
         return PassResult(False, f"compressed {len(targets)} layers in graph order")
 
-    def _frontier(self, original, compressed, targets, initializers) -> "_Frontier":
+    def _frontier(self, original, compressed, targets, initializers):
+        if not self.walk:
+            return WholeModelProbes(original, compressed, self.data, batch=self.batch, threshold=self.threshold)
         return _Frontier(original, compressed, self.data, [t.layer_input for t in targets],
                          {t.name for t in targets if t.name in initializers}, batch=self.batch, threshold=self.threshold)
+
+
+class WholeModelProbes:
+    """Each layer's sequential statistics from two probes (calibration.collect with ``original``): the compressed
+    model so far and the original, each run from the graph inputs to the layer's input."""
+
+    def __init__(self, original: onnx.ModelProto, compressed: onnx.ModelProto, data: dict[str, np.ndarray], *,
+                 batch: int, threshold: float) -> None:
+        self.original, self.compressed, self.data, self.batch, self.threshold = original, compressed, data, batch, threshold
+
+    def statistics(self, layer: str, spec: LayerInput) -> LayerStatistics:
+        return collect(self.compressed, {layer: spec}, self.data, batch=self.batch, threshold=self.threshold,
+                       original=self.original)[layer]
+
+    def finished(self, weight: str) -> None:
+        pass
 
 
 class _Frontier:
@@ -103,8 +125,8 @@ class _Frontier:
             self.waiting.pop(0)
         tensor = spec.tensor
         if tensor not in self.producer and tensor not in self.feeds[0]:  # an initializer or an odd input: probe whole
-            return collect(self.compressed, {layer: spec}, self.data, batch=self.batch, threshold=self.threshold,
-                           original=self.original)[layer]
+            return WholeModelProbes(self.original, self.compressed, self.data, batch=self.batch,
+                                    threshold=self.threshold).statistics(layer, spec)
         nodes = self._unrun_ancestors(tensor)
         final = self._final(nodes)
         later = self._read_later(set(final))
