@@ -443,3 +443,21 @@ def test_sequential_walk_reruns_nodes_that_read_a_weight_not_compressed_yet(monk
     walk, probes = _sequential_outputs(monkeypatch, tmp_path, model, {"x": rng.standard_normal((40, 12)).astype(np.float32)},
                                        prune="activation", sparsity=0.25, bits=3, min_elements=1, calib_batch=16)
     assert walk == probes
+
+
+def test_statistics_in_row_chunks_match_whole_batches(monkeypatch, rng):
+    """Above ROW_CHUNK_BYTES of float64 im2col rows a batch is observed a few samples at a time (bounded memory):
+    the same counts, and sums equal up to float64 summation order, also for the sequential cross terms."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])]
+    model = make_model(nodes, [float_input("x", ["n", 3, 8, 8])], [float_input("y", ["n", 4, 8, 8])], [weight(rng, "w", (4, 3, 3, 3))])
+    x = rng.standard_normal((10, 3, 8, 8)).astype(np.float32)
+    spec = {"w": calibration.LayerInput("x", "conv", (3, 3), (1, 1), (1, 1, 1, 1), (1, 1))}
+    whole = calibration.collect(model, spec, {"x": x}, batch=10, threshold=0.2, original=model)["w"]
+    monkeypatch.setattr(calibration, "ROW_CHUNK_BYTES", 3 * 64 * 27 * 8)  # 3 samples per chunk: 4 chunks
+    assert calibration._row_chunks(x, spec["w"], 10) == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    chunked = calibration.collect(model, spec, {"x": x}, batch=10, threshold=0.2, original=model)["w"]
+    assert (chunked.rows, chunked.samples) == (whole.rows, whole.samples) == (640, 10)
+    np.testing.assert_array_equal(chunked.fire_samples, whole.fire_samples)
+    np.testing.assert_array_equal(chunked.fire_rows, whole.fire_rows)
+    for name in ("sum_squares", "sum_abs", "gram", "cross", "gram_original"):
+        np.testing.assert_allclose(getattr(chunked, name), getattr(whole, name), rtol=1e-12, atol=1e-9)
