@@ -468,6 +468,8 @@ def _observe(stats: dict, layers: dict[str, LayerInput], values: dict, samples: 
                 stats[layer] = LayerStatistics(rows.shape[1], keep_gram=keep_gram)
                 if original_values is None:
                     shared[key] = stats[layer]
+            if original is not None:  # add and add_original both read the rows as float64: convert them once
+                rows = rows.astype(np.float64, copy=False)
             stats[layer].add(rows, samples if whole else stop - start, threshold)
             if original is not None:
                 stats[layer].add_original(rows, input_rows(original if whole else original[start:stop], spec))
