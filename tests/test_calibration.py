@@ -461,3 +461,21 @@ def test_statistics_in_row_chunks_match_whole_batches(monkeypatch, rng):
     np.testing.assert_array_equal(chunked.fire_rows, whole.fire_rows)
     for name in ("sum_squares", "sum_abs", "gram", "cross", "gram_original"):
         np.testing.assert_allclose(getattr(chunked, name), getattr(whole, name), rtol=1e-12, atol=1e-9)
+
+
+def test_statistics_of_a_flattened_layer_input_fed_one_sample_at_a_time(rng):
+    """A model with a fixed batch of 1 whose classifier reads its rows flattened to [time, features] (ddddocr-ocr's
+    135): each run is one sample, so the rows are all that sample's; with batches of more samples the same input
+    is refused (the rows could not be told apart)."""
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["t"]), helper.make_node("MatMul", ["t", "w"], ["y"])]
+    shape = onnx.numpy_helper.from_array(np.array([-1, 12], np.int64), "shape")
+    one = make_model(nodes, [float_input("x", [1, 5, 12])], [float_input("y", [5, 20])], [weight(rng, "w", (12, 20)), shape])
+    x = np.abs(rng.standard_normal((3, 5, 12))).astype(np.float32)
+    stats = calibration.collect(one, {"w": calibration.LayerInput("t", "kn")}, {"x": x}, batch=8, threshold=0.5)["w"]
+    rows = x.reshape(-1, 12).astype(np.float64)
+    assert stats.samples == 3 and stats.rows == 15
+    np.testing.assert_array_equal(stats.fire_samples, (x > 0.5).any(axis=1).sum(axis=0))
+    np.testing.assert_allclose(stats.gram, rows.T @ rows, rtol=1e-12)
+    many = make_model(nodes, [float_input("x", ["n", 5, 12])], [float_input("y", ["m", 20])], [weight(rng, "w", (12, 20)), shape])
+    with pytest.raises(CalibrationError, match="has no axis of 3 samples"):
+        calibration.collect(many, {"w": calibration.LayerInput("t", "kn")}, {"x": x}, batch=8, threshold=0.5)

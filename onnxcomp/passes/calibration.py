@@ -491,10 +491,13 @@ def _samples_first(x: np.ndarray, spec: LayerInput, samples: int, layer: str) ->
     """A MatMul/Gemm input with its sample axis first. A layer may read a tensor whose samples sit on another axis
     than the first (a recurrent model's [time, batch, features] sequence before its classifier): that axis is moved
     first (the rows, and so the Gram matrix, stay the same; per-sample counts need it first). The first axis that
-    is not the features' and holds ``samples`` entries is taken."""
+    is not the features' and holds ``samples`` entries is taken; a batch of one sample without such an axis (its
+    rows flattened to [rows, features]) gets a leading one."""
     if spec.layout == "conv" or x.ndim < 2 or x.shape[0] == samples:
         return x
     axis = next((a for a in range(x.ndim - 1) if x.shape[a] == samples), None)
+    if axis is None and samples == 1:  # one sample (a model fed one at a time) whose rows were flattened: all its own
+        return x[None]
     if axis is None:
         raise CalibrationError(f"the input of {layer} has no axis of {samples} samples; activation-aware pruning cannot use it")
     return np.moveaxis(x, axis, 0)
