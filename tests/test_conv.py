@@ -549,3 +549,49 @@ def test_pass_leaves_a_dense_conv_outside_every_codebook_conv_region_alone(tmp_p
     onnxcomp.compress(tmp_path / "sep.onnx", tmp_path / "sep_out.onnx", bits=5, min_elements=100)
     ops = {n.name: n.op_type for n in onnx.load(tmp_path / "sep_out.onnx", load_external_data=False).graph.node}
     assert ops["big"] == "CodebookConv" and ops["small1"] == ops["small2"] == "Conv"
+
+
+def test_pass_writes_only_the_conv_attributes_that_differ_from_the_defaults(tmp_path):
+    """PyTorch writes all six Conv attributes on every Conv; CodebookConv takes ONNX Conv's defaults (docs/ops.md),
+    so the pass writes only those that differ (explicit_conv_attributes). A model spelling every default out and
+    the same model without them compress to the same nodes and sidecar, and run to bit-identical outputs."""
+    rng = np.random.default_rng(23)
+    spelled = dict(auto_pad="NOTSET", dilations=[1, 1], group=1, kernel_shape=[3, 3])
+    layers = [  # (name, input, weight shape, the attributes beyond the defaults, the defaults written out)
+        ("conv1", "x", (16, 8, 3, 3), dict(pads=[1, 1, 1, 1]), dict(spelled, strides=[1, 1])),
+        ("conv2", "a1", (16, 16, 3, 3), dict(strides=[2, 2]), dict(spelled, pads=[0, 0, 0, 0])),
+        ("conv3", "a2", (8, 1, 3, 3), dict(group=8, pads=[1, 1, 1, 1], dilations=[1, 2], kernel_shape=[3, 3]),
+         dict(auto_pad="NOTSET", strides=[1, 1])),
+    ]
+    inits = [weight(rng, "w1", (16, 8, 3, 3), 0.3), weight(rng, "w2", (16, 16, 3, 3), 0.2), weight(rng, "w3", (8, 1, 3, 3), 0.5)]
+
+    def model(spell: bool) -> onnx.ModelProto:
+        nodes = [helper.make_node("Conv", [source, f"w{i + 1}"], [f"c{i + 1}"], name=name, **needed, **(defaults if spell else {}))
+                 for i, (name, source, _, needed, defaults) in enumerate(layers)]
+        nodes.insert(1, helper.make_node("Relu", ["c1"], ["a1"]))
+        nodes.insert(3, helper.make_node("Slice", ["c2", "starts", "ends", "axes"], ["a2"]))
+        extra = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in (("starts", [0]), ("ends", [8]), ("axes", [1]))]
+        return make_model(nodes, [float_input("x", [1, 8, 12, 12])], [float_input("c3", [1, 8, 5, 3])], inits + extra)
+
+    outputs, written = [], []
+    for spell in (True, False):
+        source, out = tmp_path / f"in{spell}.onnx", tmp_path / f"out{spell}.onnx"
+        onnx.save(model(spell), source)
+        onnxcomp.compress(source, out, bits=5, min_elements=50)
+        compressed = onnx.load(out, load_external_data=False)
+        nodes = [n for n in compressed.graph.node if n.op_type == "CodebookConv"]
+        assert len(nodes) == 3
+        written.append({n.name: {a.name: helper.get_attribute_value(a) for a in n.attribute} for n in nodes})
+        outputs.append(run_compressed(out, {"x": np.random.default_rng(5).standard_normal((1, 8, 12, 12)).astype(np.float32)}))
+    assert written[0] == written[1]
+    kept = {name: {k: v for k, v in attrs.items() if not k.startswith("nchwc") and k != "activation"}
+            for name, attrs in written[0].items()}
+    assert kept == {"conv1": {"pads": [1, 1, 1, 1]}, "conv2": {"strides": [2, 2]},
+                    "conv3": {"group": 8, "pads": [1, 1, 1, 1], "dilations": [1, 2]}}
+    assert (tmp_path / "outTrue.onnxcomp").read_bytes() == (tmp_path / "outFalse.onnxcomp").read_bytes()
+    (tmp_path / "again").mkdir()  # deterministic: a second run writes the same bytes (same file name, other folder)
+    onnxcomp.compress(tmp_path / "inTrue.onnx", tmp_path / "again" / "outTrue.onnx", bits=5, min_elements=50)
+    for name in ("outTrue.onnx", "outTrue.onnxcomp"):
+        assert (tmp_path / "again" / name).read_bytes() == (tmp_path / name).read_bytes()
+    for a, b in zip(*outputs):
+        np.testing.assert_array_equal(a, b)

@@ -521,6 +521,27 @@ def _blocked_region(root: gs.Graph, emitted: list[tuple[gs.Node, WeightTarget]],
 
 
 CONV_ATTRIBUTES = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
+
+
+def explicit_conv_attributes(attrs: dict, weight_shape: tuple[int, ...]) -> dict:
+    """The Conv attributes of ``attrs`` that CodebookConv needs written: those of CONV_ATTRIBUTES whose value differs
+    from what ONNX Conv (and CodebookConv, docs/ops.md: the same defaults) takes when the attribute is absent:
+    ``auto_pad`` NOTSET, ``group`` 1, ``dilations`` and ``strides`` all 1, ``pads`` all 0, ``kernel_shape`` the weight's
+    spatial dims (``weight_shape`` [O, I/group, k1, ...]). Exporters write the defaults out (PyTorch writes all six
+    on every Conv): 5.1 kB of YOLOv8n's compressed model file (docs/benchmarks.md, branch ratio4)."""
+    spatial = len(weight_shape) - 2
+    implied = {"auto_pad": "NOTSET", "group": 1, "dilations": [1] * spatial, "strides": [1] * spatial,
+               "pads": [0] * (2 * spatial), "kernel_shape": [int(d) for d in weight_shape[2:]]}
+    explicit = {}
+    for name, value in attrs.items():
+        if name not in CONV_ATTRIBUTES:
+            continue
+        plain = value.decode() if isinstance(value, bytes) else value
+        if isinstance(plain, (list, tuple, np.ndarray)):
+            plain = [int(v) for v in plain]
+        if plain != implied[name]:
+            explicit[name] = value
+    return explicit
 # Ops that may sit between two convolutions of one blocked region (``join_dense_convs``'s components).
 REGION_OPS = BLOCKED_UNARY + BLOCKED_BINARY + ("Concat", "Split", "BatchNormalization")
 
@@ -678,7 +699,7 @@ def _to_conv(graph: gs.Graph, node: gs.Node, record: gs.Constant, weight_shape: 
     following BatchNormalization, then an Add of a per-channel constant, then an activation into it (see the module
     docstring)."""
     out_channels = weight_shape[0]
-    attrs = {k: v for k, v in node.attrs.items() if k in CONV_ATTRIBUTES}
+    attrs = explicit_conv_attributes(node.attrs, weight_shape)
     inputs = [node.inputs[0], record]
     bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
     output = node.outputs[0]
