@@ -46,13 +46,57 @@ def embedding_model(folder: Path) -> Path:
     return path
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc), None when it cannot be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _runnable_threads(pid: int) -> int | None:
+    """How many threads of process ``pid`` are running or waiting for a core now (state R in /proc), None when
+    it cannot be read."""
+    try:
+        count = 0
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                state = Path(f"/proc/{pid}/task/{task}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            count += state == "R"
+        return count
+    except OSError:
+        return None
+
+
 def run(arguments: list[str], stop_after: float | None = None) -> dict:
     """Run the onnxcomp command line: wall time, CPU seconds of the child (user + system), peak RSS of the
-    children so far (ru_maxrss), whether it was interrupted (SIGINT after ``stop_after`` seconds)."""
+    children so far (ru_maxrss), whether it was interrupted (SIGINT after ``stop_after`` seconds), and each stderr
+    line with the wall and CPU seconds at which it arrived (``lines``: the phases are read from them)."""
+    import threading
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     child = subprocess.Popen([sys.executable, "-m", "onnxcomp.front.cli", *arguments], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
+    lines: list[tuple[float, float | None, str]] = []
+
+    def read_stderr() -> None:
+        for line in child.stderr:
+            lines.append((time.perf_counter() - start, _cpu_seconds(child.pid), line.rstrip("\n")))
+    samples: list[tuple[float, int]] = []  # (wall seconds, runnable threads) every SAMPLE_SECONDS
+
+    def sample_threads() -> None:
+        while child.poll() is None:
+            count = _runnable_threads(child.pid)
+            if count is not None:
+                samples.append((time.perf_counter() - start, count))
+            time.sleep(SAMPLE_SECONDS)
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    sampler = threading.Thread(target=sample_threads, daemon=True)
+    sampler.start()
     interrupted = False
     if stop_after is not None:
         try:
@@ -60,12 +104,50 @@ def run(arguments: list[str], stop_after: float | None = None) -> dict:
         except subprocess.TimeoutExpired:
             child.send_signal(signal.SIGINT)
             interrupted = True
-    stdout, stderr = child.communicate()
+    stdout = child.stdout.read()
+    child.wait()
+    reader.join()
+    sampler.join()
     seconds = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {"seconds": seconds, "cpu": cpu, "peak_rss": after.ru_maxrss * 1024, "returncode": child.returncode,
-            "interrupted": interrupted, "stderr": stderr, "stdout": stdout}
+            "interrupted": interrupted, "stderr": "\n".join(line for _, _, line in lines), "stdout": stdout,
+            "lines": lines, "samples": samples}
+
+
+SAMPLE_SECONDS = 0.2
+
+
+def phases(result: dict) -> list[tuple[str, float, float, float | None]]:
+    """(phase, wall seconds, CPU seconds, share of the phase's thread samples with at most one runnable thread) of
+    a budget run, from the times its stderr lines arrived: setup (loading,
+    calibration statistics) until the sensitivity analysis starts, the sensitivity analysis until the first search
+    round's line, the search rounds until the last one's (the safe rung included), then the check set (its
+    compresses and checks) and writing until the process ended. CPU / wall is how many cores a phase got on this
+    machine (less than it could use when other processes load the cores); the share of samples (every
+    SAMPLE_SECONDS, /proc) in which at most one of the process's threads was running or runnable is the share of the
+    phase that one core alone would do as fast, whatever the load. With the phase's CPU time spread over its
+    samples alike, 2 idle cores would take about CPU x (share + (1 - share) / 2) (between CPU / 2 and CPU)."""
+    lines = result["lines"]
+    marks = [0.0, None, None, None, result["seconds"]]
+    cpus = [0.0, None, None, None, result["cpu"]]
+    for wall, cpu, line in lines:
+        if marks[1] is None and line.startswith("sensitivity analysis"):
+            marks[1], cpus[1] = wall, cpu
+        if line.startswith("allocation within"):
+            if marks[2] is None:
+                marks[2], cpus[2] = wall, cpu
+            marks[3], cpus[3] = wall, cpu
+    if None in marks or None in cpus:
+        return []
+    names = ["setup", "sensitivity analysis", "search rounds", "check set and writing"]
+    result_phases = []
+    for i, name in enumerate(names):
+        counts = [count for wall, count in result.get("samples", []) if marks[i] <= wall < marks[i + 1]]
+        serial = sum(count <= 1 for count in counts) / len(counts) if counts else None
+        result_phases.append((name, marks[i + 1] - marks[i], cpus[i + 1] - cpus[i], serial))
+    return result_phases
 
 
 def cosines(original: Path, compressed: Path) -> tuple[float, float]:
@@ -115,6 +197,15 @@ def main() -> None:
                f"| {cold['cpu'] / 60:.1f} min | {cold['peak_rss'] / 2**30:.2f} GiB | {ratio:.2f}x | {worst:.4f} | {mean:.4f} | "
                f"{load:.1f} |")
         print(row)
+        measured_phases = phases(cold)
+        if measured_phases and all(serial is not None for *_, serial in measured_phases):
+            idle = sum(cpu * (serial + (1 - serial) / 2) for _, _, cpu, serial in measured_phases)
+            print(f"all phases: {cold['seconds'] / 60:.2f} min wall, {cold['cpu'] / 60:.2f} min CPU, about {idle / 60:.2f} min "
+                  "on 2 idle cores (each phase's CPU x (serial share + (1 - serial share) / 2))")
+        for name, wall, cpu, serial in measured_phases:
+            print(f"phase {name}: {wall / 60:.2f} min wall, {cpu / 60:.2f} min CPU, {cpu / wall if wall else 0:.2f} cores "
+                  f"busy, at most one thread runnable in {'-' if serial is None else f'{serial:.0%}'} of its samples"
+                  + ("" if serial is None else f", about {cpu * (serial + (1 - serial) / 2) / 60:.2f} min on 2 idle cores"))
         resumed = None
         if args.resume is not None:
             (folder / "warm").mkdir()

@@ -46,6 +46,37 @@ def ordered_map(function: Callable[[T], R], items: Iterable[T], workers: int | N
             yield pending.popleft().result()
 
 
+def completed_map(function: Callable[[T], R], items: Iterable[T], workers: int | None = None) -> Iterator[tuple[T, R]]:
+    """Yield ``(item, function(item))`` for every item in the order they finish, computing up to ``workers`` at
+    once and starting the next item as soon as any one finishes (ordered_map waits for the oldest, so a long item
+    idles the other workers; here results are not held back). Give the items costliest first for the shortest
+    total time (longest-processing-time-first scheduling). When ``function`` raises on an item, no further item
+    starts, the items still running finish and their results are yielded (a caller that saves each result keeps
+    them), then the first exception is raised."""
+    items = list(items)
+    workers = default_workers() if workers is None else workers
+    if workers <= 1 or len(items) <= 1:
+        for item in items:
+            yield item, function(item)
+        return
+    from concurrent.futures import FIRST_COMPLETED, wait
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="onnxcomp") as pool:
+        waiting, running, failure = deque(enumerate(items)), {}, None
+        while running or (waiting and failure is None):
+            while waiting and failure is None and len(running) < workers:
+                position, item = waiting.popleft()
+                running[pool.submit(function, item)] = position, item
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in sorted(done, key=lambda f: running[f][0]):  # those done at once in the items' order
+                _, item = running.pop(future)
+                if future.exception() is not None:
+                    failure = failure or future.exception()
+                else:
+                    yield item, future.result()
+        if failure is not None:
+            raise failure
+
+
 @functools.lru_cache(maxsize=1)
 def _malloc_trim():
     """glibc's malloc_trim, or None (another C library, or none found)."""

@@ -596,3 +596,56 @@ def test_budget_run_on_a_model_whose_first_output_is_an_identity_of_its_input(tm
                                 calib=str(tmp_path / "calib.npz"), cache_dir=str(tmp_path / "cache"), min_elements=16,
                                 sparsities=(0.0, 0.5, 0.8), bits=(2, 4, 8))
     assert 0 < report.budget["check_error"] <= report.budget["check_bound"] <= 0.05
+
+
+def test_trial_models_compressed_in_parallel_equal_one_thread(tmp_path, rng, monkeypatch):
+    """The search rounds compress an allocation's weights on parallel threads (_TrialModels.prepare): the same
+    codebooks, indices and outliers as compressing each on the calling thread (_values alone, the reference)."""
+    from onnxcomp.pipeline.autotune import _TrialModels
+    from onnxcomp.passes import model_io
+    model, data = budget_mlp(tmp_path, rng)
+    x = {"x": np.load(data)["x"]}
+    settings = {"w1": {"sparsity": 0.5, "bits": 3}, "w2": {"sparsity": 0.3, "bits": 4}}
+    options = dict(prune="activation", score="wanda", reconstruct=True, ridge=1e-2, init="quantile", seed=0,
+                   rounding="obs", outliers="auto")
+    monkeypatch.setenv("ONNXCOMP_THREADS", "2")
+    both = _TrialModels(model, x, options, 16, model_io.model_bytes(str(tmp_path / "in.onnx")))
+    both.prepare(settings)
+    alone = _TrialModels(model, x, options, 16, model_io.model_bytes(str(tmp_path / "in.onnx")))
+    for name, setting in settings.items():
+        want, want_size = alone._values(name, setting["sparsity"], setting["bits"])
+        got, got_size = both._values(name, setting["sparsity"], setting["bits"])
+        assert got_size == want_size
+        np.testing.assert_array_equal(got, want)
+
+
+def test_saturated_bit_widths_are_not_tried(tmp_path, rng):
+    """At a sparsity above 0, once one more bit leaves more than SATURATION of the error (the pruning error
+    dominates), the higher bit widths are not in the curve; at sparsity 0, and before saturation, every width is."""
+    from onnxcomp.pipeline import autotune
+    budget_mlp(tmp_path, rng)
+    bits = (2, 3, 4, 5, 6, 8)
+    report = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), budget="cosine=0.95",
+                                calib=str(tmp_path / "calib.npz"), sparsities=(0.0, 0.5, 0.8), bits=bits,
+                                min_elements=16, cache_dir=str(tmp_path / "cache"))
+    import json
+    with open(report.budget["cache"]) as f:
+        curves = json.load(f)
+    skipped = 0
+    for points in curves.values():
+        points = [p for p in points if p[0] is not None]
+        for sparsity in sorted({p[0] for p in points}):
+            tried = [p for p in points if p[0] == sparsity]
+            errors, widths = [p[3] for p in tried], [p[1] for p in tried]
+            if sparsity == 0:
+                assert widths == list(bits)  # nothing is capped or saturated at the first sparsity
+                continue
+            # widths capped at a lower sparsity (error past CAP x the budget) are left out at the bottom
+            assert widths == [b for b in bits if b >= widths[0]][:len(widths)]
+            saturated = next((i for i in range(1, len(errors)) if errors[i] > autotune.SATURATION * errors[i - 1]), None)
+            if saturated is None:
+                assert widths[-1] == bits[-1]
+            else:
+                assert widths[-1] == widths[saturated]
+                skipped += bits.index(bits[-1]) - bits.index(widths[-1])
+    assert skipped > 0  # this model's pruned curves do saturate

@@ -396,3 +396,55 @@ def test_channel_rms_in_blocks_matches_the_whole_array(rng, shape, axis):
     fast, reference = codebook._channel_rms(w, axis), codebook._channel_rms_reference(w, axis)
     np.testing.assert_array_equal(fast.view(np.int64), reference.view(np.int64))
     np.testing.assert_array_equal(codebook._channel_rms(w, axis, block=1000).view(np.int64), reference.view(np.int64))
+
+
+def test_completed_map_yields_every_result_as_it_finishes_and_drains_on_an_error():
+    """parallel.completed_map: every item's result once, whatever the finishing order; a failing item stops new
+    items from starting, the running ones are still yielded, then its exception is raised."""
+    import threading
+    import time
+    from onnxcomp import parallel
+    started = []
+    lock = threading.Lock()
+
+    def work(x):
+        with lock:
+            started.append(x)
+        time.sleep(x / 200)
+        if x == 3:
+            raise ValueError("three")
+        return 2 * x
+
+    got = list(parallel.completed_map(work, [40, 1, 1, 2, 1], 2))
+    assert sorted(got) == sorted((x, 2 * x) for x in [40, 1, 1, 2, 1])
+    assert got[-1] == (40, 80)  # the long one started first and finished last, the short ones beside it
+    started.clear()
+    yielded = []
+    with pytest.raises(ValueError, match="three"):
+        for pair in parallel.completed_map(work, [40, 3, 1, 1], 2):
+            yielded.append(pair)
+    assert yielded == [(40, 80)] and started == [40, 3]  # the running one finished and was yielded; nothing new started
+    assert list(parallel.completed_map(work, [2, 1], 1)) == [(2, 4), (1, 2)]  # one worker: in order
+
+
+def test_calibrated_sharing_on_parallel_threads_writes_what_one_thread_writes(tmp_path, monkeypatch):
+    """ShareWeightsPass with calibration refits shares weights on parallel threads (one BLAS thread each): the
+    same output bytes as the one-thread path (PARALLEL_REFIT_BYTES 0, the reference), pruned and not."""
+    import onnxcomp
+    from conftest import budget_mlp
+    from onnxcomp.passes import share_weights
+    _, data = budget_mlp(tmp_path, np.random.default_rng(7))
+    x = {"x": np.load(data)["x"]}
+    monkeypatch.setenv("ONNXCOMP_THREADS", "2")
+    default = share_weights.PARALLEL_REFIT_BYTES
+    assert default >= 48 * 32 * 4  # the parallel path is the one measured first
+    for prune in ("none", "activation"):
+        written = []
+        for limit in (default, 0):
+            monkeypatch.setattr(share_weights, "PARALLEL_REFIT_BYTES", limit)
+            folder = tmp_path / f"{prune}-{limit}"
+            folder.mkdir()
+            onnxcomp.compress(tmp_path / "in.onnx", folder / "out.onnx", calib=x, prune=prune, min_elements=16,
+                              fidelity=False)
+            written.append(((folder / "out.onnx").read_bytes(), (folder / "out.onnxcomp").read_bytes()))
+        assert written[0] == written[1]

@@ -23,6 +23,7 @@ value and no codebook entry is fit to it.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 
 import numpy as np
@@ -37,11 +38,12 @@ from onnxcomp.passes.calibration import from_rows, to_rows
 from onnxcomp.errors import InvalidOptionError
 from onnxcomp.core.recipes import LayerRule, rule_value
 
-from .base import CompressionState, GraphPass, PassResult, log, to_element_type
+from .base import CompressionState, ExternalValues, GraphPass, PassResult, log, to_element_type
 from .select_weights import drop_non_finite, non_finite_reason
 
 
 ROUNDINGS = ("obs", "nearest")
+PARALLEL_REFIT_BYTES = 64 << 20  # calibrated refits run on parallel threads while every weight's fp32 bytes are at most this
 
 
 class ShareWeightsPass(GraphPass):
@@ -130,14 +132,30 @@ class ShareWeightsPass(GraphPass):
                 self.encode(target)
             return None
 
-        # Weights are independent: without calibration each is shared (and encoded) on its own thread, results
-        # taken in order, so the output is the same as one thread's. The calibrated path stays on one thread
-        # (its refits already use BLAS threads, and hold a layer's Gram matrix each).
-        workers = 1 if self.refit_codebook else None
-        shared = parallel.ordered_map(share, targets, workers)
-        for target, non_finite in progress.track(zip(targets, shared), "k-means codebooks", total=len(targets)):
-            if non_finite:
-                drop_non_finite(state, target, non_finite)
+        # Weights are independent: each is shared (and encoded) on its own thread, results taken in order, so the
+        # output is the same as one thread's. With calibration refits, every numeric step of a weight runs on one
+        # BLAS thread (compensated rounding and the codebook refit already did; the layer's inverse factor and
+        # error sums too, under one process-wide limit for the whole pass: threadpoolctl's limits are
+        # process-wide, so per-step limits entered and left on two threads would restore two BLAS threads under
+        # the other's solves), and only while no weight is larger than PARALLEL_REFIT_BYTES (two weights' inverse
+        # factors and normal equations in memory at once) and none streams from external data (that path holds
+        # one weight at a time: tests/test_scale.py bounds its peak).
+        calibrated = self.refit_codebook and any(t.statistics is not None for t in targets)
+        workers = None
+        if calibrated and (len(targets) < 2 or parallel.default_workers() < 2
+                           or max(t.size for t in targets) * 4 > PARALLEL_REFIT_BYTES
+                           or any(isinstance(getattr(t.constant, "_values", None), ExternalValues) for t in targets)):
+            workers = 1
+        limit = contextlib.nullcontext()
+        if calibrated and workers is None:
+            import scipy.linalg  # noqa: F401  (threadpoolctl limits only the libraries already loaded)
+            from threadpoolctl import threadpool_limits
+            limit = threadpool_limits(limits=1, user_api="blas")
+        with limit:
+            shared = parallel.ordered_map(share, targets, workers)
+            for target, non_finite in progress.track(zip(targets, shared), "k-means codebooks", total=len(targets)):
+                if non_finite:
+                    drop_non_finite(state, target, non_finite)
         return PassResult(bool(targets), f"shared {len(targets)} tensors")
 
     def _share_scaled(self, target, values, bits: int, option, levels: int, axis: int, importance):

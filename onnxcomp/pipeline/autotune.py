@@ -71,10 +71,12 @@ CHECK = 0.25  # share of the calibration samples kept apart as the final check s
 CHECKS = 8  # passing allocations tried on the check set, in a fixed sequence from the largest down
 Z = 1.0  # the safety margin: one standard error (budget.error_bound)
 LADDER_STEP = 0.03  # allocations tested on the check set differ in size by at least this fraction
-CACHE_VERSION = 8  # 4: records keep outliers (--outliers, default auto); 5: a check set apart; 6: predicted errors; 7: capped;
-# 8: the trials' ridge refits by conjugate gradients, row samples of 64K elements
+CACHE_VERSION = 9  # 4: records keep outliers (--outliers, default auto); 5: a check set apart; 6: predicted errors; 7: capped;
+# 8: the trials' ridge refits by conjugate gradients, row samples of 64K elements; 9: saturated bit widths not tried
 SAFE_RUNG = 0.5  # the check set's first rung: the allocation within this fraction of the error the search settled on
 CAP = 4.0  # sensitivity: past a (sparsity, bits) whose error exceeds CAP x the budget, higher sparsities at those bits are not tried
+SATURATION = 0.7  # sensitivity: at a sparsity above 0, once one more bit leaves more than this fraction of the error, the
+# higher bit widths at that sparsity are not tried (the pruning error dominates: _measure)
 
 
 def holdout_split(count: int, held: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -433,6 +435,9 @@ EXTRAPOLATE = 4.0
 NOISE = 1e-6  # model errors below this are float32 rounding noise, not a usable anchor
 
 
+FACTOR_CACHE_BYTES = 256 << 20  # the search rounds keep every layer's inverse factor while all fit in this many bytes
+
+
 class _TrialModels:
     """The search's trial models without writing them: each weight compressed by the pipeline's own passes
     (_pruned, _shared; as ``compress`` does outside sequential mode) once per setting over all rounds, kept as its
@@ -447,16 +452,42 @@ class _TrialModels:
             CalibrateWeightsPass(data=fit, keep_gram=options["reconstruct"] or needs_gram(options["prune"], options["score"]))(state)
         self.targets = {t.name: t for t in state.targets}
         self.compressed: dict[tuple, tuple] = {}  # (weight, sparsity, bits) -> (codebook, indices, outliers, bytes)
+        # Each layer's OBS inverse factor is computed once for all rounds (it was recomputed for every new setting:
+        # 24 % of MiniLM-L3's rounds), while the factors fit in as many bytes as the statistics held here already
+        # take, at most FACTOR_CACHE_BYTES: the same values (obs.cached_inverse_factor runs the same computation).
+        held = [t.statistics for t in state.targets if t.statistics is not None]
+        factor_bytes = sum(s.dense_gram.nbytes if s.dense_gram is not None else 4 * s.activations.shape[1] ** 2
+                           for s in held if s.dense_gram is not None or s.activations is not None)
+        if factor_bytes <= FACTOR_CACHE_BYTES:
+            for statistics in held:
+                statistics.factor_cache = {}
+
+    def _compress(self, key: tuple) -> tuple:
+        """(codebook, indices, outlier positions, outlier values, record bytes) of weight ``key[0]`` at sparsity
+        ``key[1]`` and ``key[2]`` bits."""
+        name, sparsity, bits = key
+        with progress.silenced():
+            trial = _shared(_pruned(self.targets[name], sparsity, self.options, as_compress=True), bits, self.options)
+        narrow = np.uint8 if len(trial.codebook) <= 256 else np.uint16
+        return trial.codebook, trial.indices.astype(narrow), trial.outlier_positions, trial.outlier_values, len(trial.record)
+
+    def prepare(self, settings: dict) -> None:
+        """Compress the weights of ``settings`` not compressed in an earlier round, on parallel threads (each weight
+        alone, its own numerics on one BLAS thread as in the sensitivity analysis; the same values as one thread),
+        the largest first."""
+        keys = sorted({(n, s["sparsity"], s["bits"]) for n, s in settings.items() if not s.get("skip")} - set(self.compressed),
+                      key=lambda key: -self.targets[key[0]].size)
+        workers = min(parallel.default_workers(), max(1, len(keys)))
+        from threadpoolctl import threadpool_limits
+        with threadpool_limits(limits=1, user_api="blas") if workers > 1 else contextlib.nullcontext():
+            for key, compressed in parallel.completed_map(self._compress, keys, workers):
+                self.compressed[key] = compressed
 
     def _values(self, name: str, sparsity: float, bits: int) -> tuple[np.ndarray, int]:
         target = self.targets[name]
         key = (name, sparsity, bits)
         if key not in self.compressed:
-            with progress.silenced():
-                trial = _shared(_pruned(target, sparsity, self.options, as_compress=True), bits, self.options)
-            narrow = np.uint8 if len(trial.codebook) <= 256 else np.uint16
-            self.compressed[key] = (trial.codebook, trial.indices.astype(narrow), trial.outlier_positions,
-                                    trial.outlier_values, len(trial.record))
+            self.compressed[key] = self._compress(key)
         codebook, indices, positions, values, size = self.compressed[key]
         decoded = codebook[indices].astype(np.float32)
         decoded[positions] = values
@@ -465,6 +496,7 @@ class _TrialModels:
     def run(self, settings: dict, feeds: dict) -> tuple[np.ndarray, int]:
         """(the first output on ``feeds``, the estimated output bytes) of the allocation ``settings``."""
         values, size = {}, self.input_bytes
+        self.prepare(settings)
         for name, setting in progress.track(list(settings.items()), "trial model"):
             if setting.get("skip"):
                 continue
@@ -611,7 +643,19 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
     ``cached`` are reused; ``save(curves)`` is called after each newly measured weight. Errors are measured in
     onnxruntime or predicted from the layer's own output error (``_Proxy``). With ``cap``, once a bit width's
     error exceeds it, that bit width is not tried at the higher sparsities of the weight (the progress counts
-    them as done)."""
+    them as done).
+
+    Saturated bit widths are not tried either: at a sparsity above 0, once a bit width's error is more than
+    SATURATION x the next lower width's, the higher widths at that sparsity are skipped. The error of a pruned
+    weight is its pruning error P plus a rounding error R(b) that falls about 4x per bit; e(b) >= 0.7 e(b - 1)
+    then gives R(b) <= 0.17 P, so each further bit would lower the error by at most 15 % for 15-30 % more bytes,
+    while a lower sparsity reaches it with fewer. On two cached MiniLM-L3 cosine curve sets (902 and 1038
+    trials) this skips 40 % of the trials and leaves the allocation at every allowed error from 0.0025 to 0.03
+    unchanged (docs/benchmarks.md, branch toolspeed4).
+
+    Weights run on ``parallel.default_workers()`` threads, the costliest first (_block_work), each thread taking
+    the next weight as soon as it finishes one (a fixed pairing left a core idle behind a large weight); each
+    curve is saved as soon as it is done, and the curves are returned in the model's weight order."""
     graph = gs.import_onnx(model)
     state = CompressionState(graph)
     SelectWeightsPass(min_elements=min_elements)(state)
@@ -653,10 +697,11 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
         for step, sparsity in enumerate(tried_sparsities(target)):
             pruned = sampled = None
             spot_check = step % SPOT_CHECK == 0
+            saturated, previous = False, None  # saturated: the higher bit widths at this sparsity are not tried
             for position, b in enumerate(bits):
                 if stop.is_set():
                     raise _Stopped
-                if b in capped:
+                if b in capped or saturated:
                     with lock:
                         advance()
                     continue
@@ -693,11 +738,13 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
                 points.append((sparsity, b, size, error))
                 if cap is not None and error > cap:
                     capped.add(b)
+                saturated = sparsity > 0 and previous is not None and error > SATURATION * previous
+                previous = error
                 with lock:
                     advance()
             with lock:
                 work_done[0] += _block_work(target, len(bits))
-                if target is todo[0] and sparsity == tried_sparsities(target)[0] and len(todo) > 1:
+                if target is costliest[0] and sparsity == tried_sparsities(target)[0] and len(todo) > 1:
                     # this thread's rate on its first trials (all whole while the proxy has no anchors), the other
                     # threads going as fast
                     rate = (time.monotonic() - started) / spent
@@ -714,8 +761,9 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
     import scipy.linalg  # noqa: F401
     from threadpoolctl import threadpool_limits
     try:
+        costliest = sorted(todo, key=lambda t: -_block_work(t, len(bits)) * len(tried_sparsities(t)))  # stable: ties in order
         with threadpool_limits(limits=1, user_api="blas") if workers > 1 else contextlib.nullcontext():
-            for target, (points, runs) in zip(todo, parallel.ordered_map(measure, todo, workers)):
+            for target, (points, runs) in parallel.completed_map(measure, costliest, workers):
                 curves[target.name] = points
                 with lock:
                     done = work_done[0]
