@@ -390,3 +390,92 @@ def test_probe_computes_only_what_the_wanted_values_need(rng):
     np.testing.assert_allclose(h, x @ w1, rtol=1e-5)
     stats = calibration.collect(model, {"w1": calibration.LayerInput("x", "kn")}, {"x": x, "c": np.array(True)})
     np.testing.assert_allclose(stats["w1"].gram, x.astype(np.float64).T @ x, rtol=1e-4, atol=1e-4)
+
+
+def _sequential_outputs(monkeypatch, tmp_path, model, data, **options):
+    """The output bytes of a sequential compress with the pass's walk and with whole-model probes per layer."""
+    import functools
+    from onnxcomp.passes.compress_sequentially import CompressSequentiallyPass
+    from onnxcomp.pipeline import compression
+
+    onnx.save(model, tmp_path / "in.onnx")
+    np.savez(tmp_path / "calib.npz", **data)
+    outputs = []
+    for name, cls in (("walk", CompressSequentiallyPass), ("probes", functools.partial(CompressSequentiallyPass, walk=False))):
+        monkeypatch.setattr(compression, "CompressSequentiallyPass", cls)
+        (tmp_path / name).mkdir()
+        onnxcomp.compress(tmp_path / "in.onnx", tmp_path / name / "out.onnx", calib=str(tmp_path / "calib.npz"),
+                          sequential=True, **options)
+        outputs.append((tmp_path / name / "out.onnx").read_bytes() + (tmp_path / name / "out.onnxcomp").read_bytes())
+    return outputs
+
+
+def test_sequential_walk_gives_the_statistics_of_whole_model_probes(monkeypatch, tmp_path, rng):
+    """Branches, a skip connection, two convs reading one tensor, several batches (9 samples in batches of 4):
+    running each node once (per model) and keeping its outputs while later nodes read them compresses every
+    layer to the same bytes as probing the compressed and original models whole for each layer."""
+    conv = lambda x, w, y, **a: helper.make_node("Conv", [x, w], [y], pads=[1, 1, 1, 1], **a)  # noqa: E731
+    nodes = [conv("x", "w1", "a"), helper.make_node("Relu", ["a"], ["ar"]),
+             conv("ar", "w2", "b"), conv("ar", "w3", "c"), helper.make_node("Add", ["b", "c"], ["d"]),
+             helper.make_node("Relu", ["d"], ["dr"]), conv("dr", "w4", "e", strides=[2, 2]),
+             helper.make_node("Relu", ["e"], ["er"]), conv("er", "w5", "f"), helper.make_node("Resize", ["f", "", "scales"], ["fu"]),
+             helper.make_node("Add", ["fu", "ar"], ["g"]), helper.make_node("Flatten", ["g"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "w6"], ["y"], transB=1)]
+    scales = onnx.numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+    model = make_model(nodes, [float_input("x", ["n", 3, 8, 8])], [float_input("y", ["n", 5])],
+                       [weight(rng, "w1", (8, 3, 3, 3)), weight(rng, "w2", (8, 8, 3, 3)), weight(rng, "w3", (8, 8, 3, 3)),
+                        weight(rng, "w4", (8, 8, 3, 3)), weight(rng, "w5", (8, 8, 3, 3)), weight(rng, "w6", (5, 512)), scales])
+    walk, probes = _sequential_outputs(monkeypatch, tmp_path, model, {"x": rng.standard_normal((9, 3, 8, 8)).astype(np.float32)},
+                                       prune="activation", sparsity=0.5, bits=3, min_elements=16, calib_batch=4)
+    assert walk == probes
+
+
+def test_sequential_walk_reruns_nodes_that_read_a_weight_not_compressed_yet(monkeypatch, tmp_path, rng):
+    """``v`` is read by a Mul before the MatMul whose input is its observed input: the Mul's output, made with the
+    uncompressed ``v`` when ``v``'s statistics are gathered, must not be kept for later layers (which whole-model
+    probes compute with the compressed ``v``)."""
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Mul", ["r", "v"], ["m"]), helper.make_node("MatMul", ["m", "w2"], ["z"]),
+             helper.make_node("MatMul", ["z", "v"], ["u"]), helper.make_node("MatMul", ["u", "w3"], ["y"])]
+    model = make_model(nodes, [float_input("x", ["n", 12])], [float_input("y", ["n", 6])],
+                       [weight(rng, "w1", (12, 16)), weight(rng, "v", (1, 16)), weight(rng, "w2", (16, 1)),
+                        weight(rng, "w3", (16, 6))])
+    walk, probes = _sequential_outputs(monkeypatch, tmp_path, model, {"x": rng.standard_normal((40, 12)).astype(np.float32)},
+                                       prune="activation", sparsity=0.25, bits=3, min_elements=1, calib_batch=16)
+    assert walk == probes
+
+
+def test_statistics_in_row_chunks_match_whole_batches(monkeypatch, rng):
+    """Above ROW_CHUNK_BYTES of float64 im2col rows a batch is observed a few samples at a time (bounded memory):
+    the same counts, and sums equal up to float64 summation order, also for the sequential cross terms."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])]
+    model = make_model(nodes, [float_input("x", ["n", 3, 8, 8])], [float_input("y", ["n", 4, 8, 8])], [weight(rng, "w", (4, 3, 3, 3))])
+    x = rng.standard_normal((10, 3, 8, 8)).astype(np.float32)
+    spec = {"w": calibration.LayerInput("x", "conv", (3, 3), (1, 1), (1, 1, 1, 1), (1, 1))}
+    whole = calibration.collect(model, spec, {"x": x}, batch=10, threshold=0.2, original=model)["w"]
+    monkeypatch.setattr(calibration, "ROW_CHUNK_BYTES", 3 * 64 * 27 * 8)  # 3 samples per chunk: 4 chunks
+    assert calibration._row_chunks(x, spec["w"], 10) == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    chunked = calibration.collect(model, spec, {"x": x}, batch=10, threshold=0.2, original=model)["w"]
+    assert (chunked.rows, chunked.samples) == (whole.rows, whole.samples) == (640, 10)
+    np.testing.assert_array_equal(chunked.fire_samples, whole.fire_samples)
+    np.testing.assert_array_equal(chunked.fire_rows, whole.fire_rows)
+    for name in ("sum_squares", "sum_abs", "gram", "cross", "gram_original"):
+        np.testing.assert_allclose(getattr(chunked, name), getattr(whole, name), rtol=1e-12, atol=1e-9)
+
+
+def test_statistics_of_a_flattened_layer_input_fed_one_sample_at_a_time(rng):
+    """A model with a fixed batch of 1 whose classifier reads its rows flattened to [time, features] (ddddocr-ocr's
+    135): each run is one sample, so the rows are all that sample's; with batches of more samples the same input
+    is refused (the rows could not be told apart)."""
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["t"]), helper.make_node("MatMul", ["t", "w"], ["y"])]
+    shape = onnx.numpy_helper.from_array(np.array([-1, 12], np.int64), "shape")
+    one = make_model(nodes, [float_input("x", [1, 5, 12])], [float_input("y", [5, 20])], [weight(rng, "w", (12, 20)), shape])
+    x = np.abs(rng.standard_normal((3, 5, 12))).astype(np.float32)
+    stats = calibration.collect(one, {"w": calibration.LayerInput("t", "kn")}, {"x": x}, batch=8, threshold=0.5)["w"]
+    rows = x.reshape(-1, 12).astype(np.float64)
+    assert stats.samples == 3 and stats.rows == 15
+    np.testing.assert_array_equal(stats.fire_samples, (x > 0.5).any(axis=1).sum(axis=0))
+    np.testing.assert_allclose(stats.gram, rows.T @ rows, rtol=1e-12)
+    many = make_model(nodes, [float_input("x", ["n", 5, 12])], [float_input("y", ["m", 20])], [weight(rng, "w", (12, 20)), shape])
+    with pytest.raises(CalibrationError, match="has no axis of 3 samples"):
+        calibration.collect(many, {"w": calibration.LayerInput("t", "kn")}, {"x": x}, batch=8, threshold=0.5)

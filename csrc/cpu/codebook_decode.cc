@@ -77,8 +77,24 @@ OrtStatus* CodebookDecodeIntegerKernel<T, kGather>::Init(const OrtKernelInfo* in
     std::unique_ptr<const DecodedRecord> record = TakeConstant();
     if (!record) return nullptr;  // not a constant: decoded in every run
     dims_ = record->dims;
-    decoded_.resize(static_cast<size_t>(record->num_elements));
-    DecodeIntegers(*record, decoded_.data());
+    const size_t count = static_cast<size_t>(record->num_elements);
+    if (record->slot_bits == 8 && record->indices.size() >= count) {
+      // One byte per index and per value: look the values up in place and keep that buffer as the working copy,
+      // so session creation never holds the indices and the values side by side (peak memory).
+      // The record was allocated non-const by RecordKernel::Init and is owned here alone.
+      std::vector<uint8_t>& bytes = const_cast<DecodedRecord&>(*record).indices;
+      uint8_t table[256] = {};
+      for (uint32_t i = 0; i < record->codebook_size && i < 256; ++i) {
+        const T value = static_cast<T>(static_cast<int32_t>(record->codebook[i]));
+        memcpy(&table[i], &value, 1);
+      }
+      for (size_t i = 0; i < count; ++i) bytes[i] = table[bytes[i]];
+      bytes.resize(count);
+      decoded_ = std::move(bytes);
+    } else {
+      decoded_.resize(count);
+      DecodeIntegers(*record, reinterpret_cast<T*>(decoded_.data()));
+    }
     constant_ = true;
     return nullptr;
   });
@@ -90,7 +106,7 @@ OrtStatus* CodebookDecodeIntegerKernel<T, kGather>::ComputeV2(OrtKernelContext* 
     Ort::KernelContext context(raw_context);
     std::vector<T> per_run;  // a non-constant record's integers, decoded for this run
     std::vector<int64_t> dims = dims_;
-    const T* values = decoded_.data();
+    const T* values = reinterpret_cast<const T*>(decoded_.data());
     size_t count = decoded_.size();
     if (!constant_) {
       DecodedRecord scratch;

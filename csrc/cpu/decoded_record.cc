@@ -71,11 +71,18 @@ DecodeStatus decode_record_bytes(const uint8_t* data, size_t size, DecodedRecord
     std::vector<uint32_t> workspace((workspace_bytes + 3) / 4);
     status = decode_record(data, info, r.codebook.data(), wide.data(), workspace.data(), workspace.size() * 4);
     if (!status.ok()) return status;
-    r.indices.assign(packed::linear_bytes(info.num_elements, r.slot_bits), 0);
-    if (width == 2) {
-      pack_linear(reinterpret_cast<const uint16_t*>(wide.data()), info.num_elements, r.slot_bits, r.indices.data());
+    if (width == 1 && r.slot_bits == 8) {
+      // One byte per decoded index is already the linear layout of 8-bit slots: keep that buffer, so the decode
+      // never holds two N-byte buffers (peak memory at session creation).
+      wide.resize(packed::linear_bytes(info.num_elements, r.slot_bits));
+      r.indices = std::move(wide);
     } else {
-      pack_linear(wide.data(), info.num_elements, r.slot_bits, r.indices.data());
+      r.indices.assign(packed::linear_bytes(info.num_elements, r.slot_bits), 0);
+      if (width == 2) {
+        pack_linear(reinterpret_cast<const uint16_t*>(wide.data()), info.num_elements, r.slot_bits, r.indices.data());
+      } else {
+        pack_linear(wide.data(), info.num_elements, r.slot_bits, r.indices.data());
+      }
     }
     r.scales.assign(info.scale_count, 0.0f);
     r.scale_axis = info.scale_axis;

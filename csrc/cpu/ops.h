@@ -53,7 +53,9 @@ struct CodebookDecodeIntegerKernel : RecordKernel {
 
  private:
   std::vector<int64_t> dims_;
-  std::vector<T> decoded_;  // the working copy of a constant record
+  // The working copy of a constant record: its integers as bytes (T is int8_t or uint8_t, read through T*).
+  static_assert(sizeof(T) == 1, "integer records hold 8-bit integers");
+  std::vector<uint8_t> decoded_;
   bool constant_ = false;
 };
 

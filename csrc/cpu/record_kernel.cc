@@ -1,6 +1,28 @@
 #include "cpu/record_kernel.h"
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#ifndef MADV_PAGEOUT
+#define MADV_PAGEOUT 21  // Linux 5.4 (older C libraries lack the name)
+#endif
+#endif
+
 namespace onnxcomp {
+
+void ReleaseRecordPages(const uint8_t* data, size_t size) {
+#if defined(__linux__)
+  const long page_size = sysconf(_SC_PAGESIZE);
+  if (page_size <= 0 || data == nullptr) return;
+  const uintptr_t page = static_cast<uintptr_t>(page_size);
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + page - 1) / page * page;
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + size) / page * page;
+  if (end > begin) (void)madvise(reinterpret_cast<void*>(begin), end - begin, MADV_PAGEOUT);  // a hint: errors ignored
+#else
+  (void)data;
+  (void)size;
+#endif
+}
 
 std::string ShapeToString(const std::vector<int64_t>& shape) {
   std::string text = "[";
@@ -41,6 +63,7 @@ OrtStatus* RecordKernel::Init(const OrtKernelInfo* info) {
     auto decoded = std::make_unique<DecodedRecord>();
     if (OrtStatus* status = DecodeInput(value, *decoded)) return status;
     constant_ = std::move(decoded);
+    ReleaseRecordPages(value.GetTensorData<uint8_t>(), value.GetTensorTypeAndShapeInfo().GetElementCount());
     return nullptr;
   });
 }

@@ -14,6 +14,12 @@
 
 namespace onnxcomp {
 
+// Asks the OS to reclaim the whole memory pages inside a constant record once it is decoded (Linux: madvise
+// MADV_PAGEOUT, a hint that never changes the contents; errors, such as kernels before 5.4, are ignored; elsewhere
+// nothing). onnxruntime maps the sidecar, so those pages are clean file pages that a later read faults in again;
+// they then no longer count in the session's resident memory beside the working copy decoded from them.
+void ReleaseRecordPages(const uint8_t* data, size_t size);
+
 // Returns why a decoded record cannot serve this op (empty string: it can).
 using RecordCheck = std::string (*)(const DecodedRecord&);
 

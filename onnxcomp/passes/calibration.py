@@ -34,6 +34,7 @@ from onnxcomp.runtime import quiet_session_options
 GRAM_LIMIT = 8192
 GRAM_FLOAT64_FEATURES = 2048  # more inputs: float32 Gram matrices (memory: inputs^2 * 4 bytes)
 LOW_RANK_RATIO = 4  # float32 layers keep their input rows while there are at most features / 4 of them
+ROW_CHUNK_BYTES = 256 << 20  # float64 input rows one statistics update takes at most (whole samples; one may exceed it)
 SEGMENT_BYTES = 256 << 20  # external-data weight bytes one calibration session holds at most (one weight may exceed it)
 
 
@@ -457,26 +458,46 @@ def _observe(stats: dict, layers: dict[str, LayerInput], values: dict, samples: 
         if original_values is None and key in done:
             continue
         x = _samples_first(np.asarray(values[spec.tensor]), spec, samples, layer)
-        rows = input_rows(x, spec)
-        if layer not in stats:
-            stats[layer] = LayerStatistics(rows.shape[1], keep_gram=keep_gram)
-            if original_values is None:
-                shared[key] = stats[layer]
-        stats[layer].add(rows, samples, threshold)
+        original = None if original_values is None else \
+            _samples_first(np.asarray(original_values[spec.tensor]), spec, samples, layer)
+        chunks = _row_chunks(x, spec, samples)
+        for start, stop in chunks:
+            whole = len(chunks) == 1
+            rows = input_rows(x if whole else x[start:stop], spec)
+            if layer not in stats:
+                stats[layer] = LayerStatistics(rows.shape[1], keep_gram=keep_gram)
+                if original_values is None:
+                    shared[key] = stats[layer]
+            if original is not None:  # add and add_original both read the rows as float64: convert them once
+                rows = rows.astype(np.float64, copy=False)
+            stats[layer].add(rows, samples if whole else stop - start, threshold)
+            if original is not None:
+                stats[layer].add_original(rows, input_rows(original if whole else original[start:stop], spec))
         done.add(key)
-        if original_values is not None:
-            original = _samples_first(np.asarray(original_values[spec.tensor]), spec, samples, layer)
-            stats[layer].add_original(rows, input_rows(original, spec))
+
+
+def _row_chunks(x: np.ndarray, spec: LayerInput, samples: int) -> list[tuple[int, int]]:
+    """Sample ranges of ``x`` (samples first) whose input rows take at most ROW_CHUNK_BYTES as float64 (at least
+    one sample each): a convolution's im2col rows are its input times the kernel's area over the stride's, and the
+    statistics hold a few float64 copies of them at once (8 GB and more for 24 pages of 480x640 before)."""
+    if x.ndim < 2 or samples <= 1 or x.shape[0] != samples:
+        return [(0, samples)]
+    per_sample = input_rows(x[:1], spec).size * 8
+    step = max(1, ROW_CHUNK_BYTES // max(per_sample, 1))
+    return [(start, min(start + step, samples)) for start in range(0, samples, step)]
 
 
 def _samples_first(x: np.ndarray, spec: LayerInput, samples: int, layer: str) -> np.ndarray:
     """A MatMul/Gemm input with its sample axis first. A layer may read a tensor whose samples sit on another axis
     than the first (a recurrent model's [time, batch, features] sequence before its classifier): that axis is moved
     first (the rows, and so the Gram matrix, stay the same; per-sample counts need it first). The first axis that
-    is not the features' and holds ``samples`` entries is taken."""
+    is not the features' and holds ``samples`` entries is taken; a batch of one sample without such an axis (its
+    rows flattened to [rows, features]) gets a leading one."""
     if spec.layout == "conv" or x.ndim < 2 or x.shape[0] == samples:
         return x
     axis = next((a for a in range(x.ndim - 1) if x.shape[a] == samples), None)
+    if axis is None and samples == 1:  # one sample (a model fed one at a time) whose rows were flattened: all its own
+        return x[None]
     if axis is None:
         raise CalibrationError(f"the input of {layer} has no axis of {samples} samples; activation-aware pruning cannot use it")
     return np.moveaxis(x, axis, 0)

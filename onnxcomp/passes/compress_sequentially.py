@@ -4,7 +4,17 @@ layer is fit to inputs that already carry the upstream layers' compression error
 For layer l with inputs X_c (upstream layers compressed) and X_o (original model), the reconstruction then
 minimises ``||X_c v - X_o w||^2`` (onnxcomp/reconstruction.py, cross terms X_c^T X_o and X_o^T X_o): each
 layer also absorbs part of the error introduced before it. The other passes do the per-layer work; this pass
-only orders it and re-collects statistics (two onnxruntime sessions per layer over the calibration data).
+only orders it and gathers each layer's statistics.
+
+The statistics come from one walk through the main graph in its (topological) order (``_Frontier``): for each
+layer, only the nodes its input needs that have not run yet are run, over all calibration batches, once with the
+weights compressed so far and once with the original weights; their outputs that later nodes or layers read are
+kept (per batch, for both models) until the last node or layer reading them has run, then dropped. A node runs
+for good only when every weight it reads is final (compressed, or not compressed at all): the values it yields
+are then the ones the whole compressed model computes. A node that reads a weight not compressed yet (a layer
+whose observed input comes after its own first use) is run for that one layer and again later. Each node so runs
+about twice in all, not twice per layer (docs/benchmarks.md, the seqcal section); the statistics are the ones
+whole-model probes give (same nodes, same kernels, same batches: tests/test_calibration.py compares them).
 """
 
 from __future__ import annotations
@@ -15,38 +25,187 @@ import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
 from onnxcomp import progress
-from onnxcomp.passes.calibration import collect
+from onnxcomp.passes.calibration import (LayerInput, LayerStatistics, Segment, _Declared, _DeclaredSession, _observe,
+                                         _segment_model, _session, accepted_batch, collect, count_samples, names_read,
+                                         sample_axes, take_samples)
 
 from .base import CompressionState, GraphPass, PassResult
 from .calibrate_weights import layer_input
 
 
 class CompressSequentiallyPass(GraphPass):
-    def __init__(self, *, data: dict[str, np.ndarray], steps: list[GraphPass], batch: int = 64, threshold: float = 0.0) -> None:
-        self.data, self.steps, self.batch, self.threshold = data, list(steps), batch, threshold
+    """``walk=False`` gathers the statistics by probing both models whole for each layer (WholeModelProbes), as
+    before branch seqcal: the reference the tests and bench/sequential_speed.py compare the walk with."""
+
+    def __init__(self, *, data: dict[str, np.ndarray], steps: list[GraphPass], batch: int = 64, threshold: float = 0.0,
+                 walk: bool = True) -> None:
+        self.data, self.steps, self.batch, self.threshold, self.walk = data, list(steps), batch, threshold, walk
 
     def run(self, state: CompressionState) -> PassResult:
         targets = [t for t in state.targets if t.codebook is None]
         if not targets:
             return PassResult(False, "nothing to compress")
         original = gs.export_onnx(state.graph.copy())
-        position = {node.name: i for i, node in enumerate(original.graph.node)}
-        targets.sort(key=lambda t: min(position.get(node.name, 0) for node, _ in t.uses))
+        position = {id(node): i for i, node in enumerate(state.graph.nodes)}  # the exported graph's order
+        targets.sort(key=lambda t: min(position.get(id(node), 0) for node, _ in t.uses))
         compressed = onnx.ModelProto()
         compressed.CopyFrom(original)
         initializers = {t.name: t for t in compressed.graph.initializer}
         main_nodes = {id(node) for node in state.graph.nodes}  # a tensor inside an If/Loop/Scan body is no graph output
         for target in targets:
             target.layer_input = layer_input(target, main_nodes)
+        frontier = self._frontier(original, compressed, targets, initializers)
         for target in progress.track(targets, "sequential layers"):
             with progress.silenced():  # one bar for the layers, not one per layer's steps
                 if target.layer_input is not None:
-                    stats = collect(compressed, {target.name: target.layer_input}, self.data, batch=self.batch,
-                                    threshold=self.threshold, original=original)
-                    target.statistics = stats[target.name]
+                    target.statistics = frontier.statistics(target.name, target.layer_input)
                 single = CompressionState(state.graph, [target])
                 for step in self.steps:
                     step(single)
             if target.name in initializers:
                 initializers[target.name].CopyFrom(numpy_helper.from_array(target.decoded(), target.name))
+            frontier.finished(target.name)
         return PassResult(False, f"compressed {len(targets)} layers in graph order")
+
+    def _frontier(self, original, compressed, targets, initializers):
+        if not self.walk:
+            return WholeModelProbes(original, compressed, self.data, batch=self.batch, threshold=self.threshold)
+        return _Frontier(original, compressed, self.data, [t.layer_input for t in targets],
+                         {t.name for t in targets if t.name in initializers}, batch=self.batch, threshold=self.threshold)
+
+
+class WholeModelProbes:
+    """Each layer's sequential statistics from two probes (calibration.collect with ``original``): the compressed
+    model so far and the original, each run from the graph inputs to the layer's input."""
+
+    def __init__(self, original: onnx.ModelProto, compressed: onnx.ModelProto, data: dict[str, np.ndarray], *,
+                 batch: int, threshold: float) -> None:
+        self.original, self.compressed, self.data, self.batch, self.threshold = original, compressed, data, batch, threshold
+
+    def statistics(self, layer: str, spec: LayerInput) -> LayerStatistics:
+        return collect(self.compressed, {layer: spec}, self.data, batch=self.batch, threshold=self.threshold,
+                       original=self.original)[layer]
+
+    def finished(self, weight: str) -> None:
+        pass
+
+
+class _Frontier:
+    """The walk through the main graph that gives each layer's sequential statistics (module docstring).
+
+    ``compressed`` is the model whose initializers the caller overwrites as layers are compressed; ``pending`` are
+    the initializers that will still change (they leave it through ``finished``); ``inputs`` are the layers' inputs
+    in the order they will be asked for (None for a layer without one)."""
+
+    def __init__(self, original: onnx.ModelProto, compressed: onnx.ModelProto, data: dict[str, np.ndarray],
+                 inputs: list[LayerInput | None], pending: set[str], *, batch: int, threshold: float) -> None:
+        from onnxcomp.pipeline.evaluate import model_specs
+        self.original, self.compressed, self.data = original, compressed, data
+        self.batch, self.threshold = batch, threshold
+        self.pending = set(pending)
+        graph = original.graph
+        self.reads = [names_read(node) - {""} for node in graph.node]
+        self.producer = {name: i for i, node in enumerate(graph.node) for name in node.output if name}
+        self.initializer_names = {t.name for t in graph.initializer}
+        self.waiting = [spec.tensor for spec in inputs if spec is not None]  # layer inputs still to be asked for, in order
+        self.unrun = set(range(len(graph.node)))
+        declared = [_Declared(name, shape) for name, shape, _ in model_specs(original) if name in data]
+        self.axes = sample_axes(declared)
+        feeds = {d.name: data[d.name] for d in declared}
+        total = count_samples(feeds, self.axes)
+        size = accepted_batch(_DeclaredSession(declared), batch, total, set(data))
+        self.feeds = [take_samples(feeds, slice(start, start + size), self.axes) for start in range(0, total, size)]
+        self.samples = [count_samples(f, self.axes) for f in self.feeds]
+        self.kept: list[dict[str, np.ndarray]] = [{} for _ in self.feeds]  # outputs of nodes run for good, compressed model
+        self.kept_original: list[dict[str, np.ndarray]] = [{} for _ in self.feeds]
+
+    def statistics(self, layer: str, spec: LayerInput) -> LayerStatistics:
+        """The statistics of ``layer`` (input ``spec``) with the cross terms against the original model's inputs."""
+        if self.waiting and self.waiting[0] == spec.tensor:
+            self.waiting.pop(0)
+        tensor = spec.tensor
+        if tensor not in self.producer and tensor not in self.feeds[0]:  # an initializer or an odd input: probe whole
+            return WholeModelProbes(self.original, self.compressed, self.data, batch=self.batch,
+                                    threshold=self.threshold).statistics(layer, spec)
+        nodes = self._unrun_ancestors(tensor)
+        final = self._final(nodes)
+        later = self._read_later(set(final))
+        outputs = [tensor] if tensor in self.producer and self.producer[tensor] in nodes else []
+        outputs += [out for i in final for out in self.original.graph.node[i].output
+                    if out and out in later and out not in outputs]
+        values, values_original = self._run(nodes, outputs)
+        stats: dict[str, LayerStatistics] = {}
+        for b, feeds in enumerate(self.feeds):
+            seen = {**feeds, **self.kept[b], **values[b]}
+            seen_original = {**feeds, **self.kept_original[b], **values_original[b]}
+            _observe(stats, {layer: spec}, seen, count_samples(feeds, self.axes), self.threshold, True, {}, seen_original)
+        self.unrun -= set(final)
+        for b in range(len(self.feeds)):
+            for out in outputs:
+                if out in later and self.producer[out] in final:
+                    self.kept[b][out], self.kept_original[b][out] = values[b][out], values_original[b][out]
+        self._drop()
+        return stats[layer]
+
+    def finished(self, weight: str) -> None:
+        """``weight`` has its final value in the compressed model."""
+        self.pending.discard(weight)
+
+    def _unrun_ancestors(self, tensor: str) -> list[int]:
+        """The nodes not run for good that ``tensor`` depends on, in graph order."""
+        keep, todo = set(), [self.producer[tensor]] if tensor in self.producer else []
+        while todo:
+            index = todo.pop()
+            if index in keep or index not in self.unrun:
+                continue
+            keep.add(index)
+            todo += [self.producer[name] for name in self.reads[index] if name in self.producer]
+        return sorted(keep)
+
+    def _final(self, nodes: list[int]) -> list[int]:
+        """Those of ``nodes`` (in graph order) that read no weight still to change, directly or through a node
+        among ``nodes`` that does: their outputs are the compressed model's for good."""
+        provisional: set[str] = set()
+        final = []
+        for i in nodes:
+            if self.reads[i] & self.pending or self.reads[i] & provisional:
+                provisional.update(out for out in self.original.graph.node[i].output if out)
+            else:
+                final.append(i)
+        return final
+
+    def _read_later(self, running: set[int]) -> set[str]:
+        """The values a node that stays unrun after ``running``, or a layer still to come, reads."""
+        names = set(self.waiting)
+        for i in self.unrun - running:
+            names |= self.reads[i]
+        return names
+
+    def _run(self, nodes: list[int], outputs: list[str]) -> tuple[list[dict], list[dict]]:
+        """``outputs`` of ``nodes`` on every batch, in the compressed and in the original model."""
+        if not nodes:
+            return [{} for _ in self.feeds], [{} for _ in self.feeds]
+        graph = self.original.graph
+        read = set().union(*(self.reads[i] for i in nodes))
+        made = {out for i in nodes for out in graph.node[i].output if out}
+        carried = sorted(n for n in read if n in self.producer and n not in made)
+        segment = Segment(nodes, carried, outputs, sorted(n for n in read if n in self.initializer_names and n not in made))
+        results = []
+        for model, kept in ((self.compressed, self.kept), (self.original, self.kept_original)):
+            session = _session(_segment_model(model, segment, kept[0]))
+            wanted = {i.name for i in session.get_inputs()}
+            names = [o.name for o in session.get_outputs()]
+            runs = []
+            for b, feeds in enumerate(self.feeds):
+                run_feeds = {n: v for n, v in {**feeds, **kept[b]}.items() if n in wanted}
+                runs.append(dict(zip(names, session.run(None, run_feeds))))
+            del session
+            results.append(runs)
+        return results[0], results[1]
+
+    def _drop(self) -> None:
+        """Forget the kept values nothing still to run or observe reads."""
+        needed = self._read_later(set())
+        for kept in (*self.kept, *self.kept_original):
+            for name in [n for n in kept if n not in needed]:
+                del kept[name]
