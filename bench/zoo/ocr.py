@@ -145,7 +145,7 @@ def _characters(model: Path) -> list[str]:
 def _rec_prepare(model: Path, folder: Path, rng: np.random.Generator) -> None:
     texts = _text_lines(EVAL_LICENSES, rng, 120, (1, 4))
     x = _stack([_norm_line(_render_line(t, rng), 48, 320) for t in texts])
-    calib = _stack([_norm_line(_render_line(t, rng), 48, 320) for t in _text_lines(CALIB_LICENSES, rng, 64, (1, 4))])
+    calib = _stack([_norm_line(_render_line(t, rng), 48, 320) for t in _text_lines(CALIB_LICENSES, rng, COUNTED_CALIB, (1, 4))])
     np.savez_compressed(folder / "eval.npz", x=x, texts=np.asarray(texts), characters=np.asarray(_characters(model)))
     np.savez_compressed(folder / "calib.npz", x=calib)
 
@@ -168,7 +168,7 @@ def _rec_infer(session, data: dict) -> dict:
 RECOGNISER = ZooModel(
     name="ppocr-rec", package=RAPIDOCR, member="rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
     summary="PP-OCRv4 text recogniser (SVTR-LCNet, CTC over 6,625 characters; weights in Constant nodes)",
-    data="120 rendered lines (1-4 words of GPL-3/Apache-2.0/MPL-2.0, DejaVu fonts, 26-40 px) at 3x48x320; calib: 64 lines from other licenses",
+    data=f"120 rendered lines (1-4 words of GPL-3/Apache-2.0/MPL-2.0, DejaVu fonts, 26-40 px) at 3x48x320; calib: {COUNTED_CALIB} lines from other licenses",
     prepare=_rec_prepare, infer=_rec_infer,
     task=lambda pred, data: 100 * char_accuracy(pred["pred"], list(data["texts"])), task_name="char accuracy %",
     fidelity=lambda a, b, data: {"char agreement": char_accuracy(b["pred"], a["pred"])},
