@@ -11,7 +11,7 @@ import functools
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -59,7 +59,6 @@ def completed_map(function: Callable[[T], R], items: Iterable[T], workers: int |
         for item in items:
             yield item, function(item)
         return
-    from concurrent.futures import FIRST_COMPLETED, wait
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="onnxcomp") as pool:
         waiting, running, failure = deque(enumerate(items)), {}, None
         while running or (waiting and failure is None):

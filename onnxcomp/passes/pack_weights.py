@@ -542,6 +542,8 @@ def explicit_conv_attributes(attrs: dict, weight_shape: tuple[int, ...]) -> dict
         if plain != implied[name]:
             explicit[name] = value
     return explicit
+
+
 # Ops that may sit between two convolutions of one blocked region (``join_dense_convs``'s components).
 REGION_OPS = BLOCKED_UNARY + BLOCKED_BINARY + ("Concat", "Split", "BatchNormalization")
 
