@@ -23,6 +23,11 @@ Ort::CustomOpDomain& Domain() {
   static CodebookDecodeInt8Op decode_int8_op;
   static CodebookGatherUInt8Op gather_uint8_op;
   static CodebookGatherInt8Op gather_int8_op;
+  static BlockedMaxPoolOp max_pool_op;
+  static BlockedAveragePoolOp average_pool_op;
+  static BlockedGlobalMaxPoolOp global_max_pool_op;
+  static BlockedGlobalAveragePoolOp global_average_pool_op;
+  static BlockedResizeOp resize_op;
 #if defined(ONNXCOMP_WITH_CUDA)
   // CUDA variants next to the CPU ones: a CPU-only runtime still finds the CPU kernels.
   static CudaCodebookDecodeOp cuda_decode_op;
@@ -31,7 +36,8 @@ Ort::CustomOpDomain& Domain() {
 #endif
   static OrtCustomOp* const kOps[] = {  // the registration table
       &decode_op, &matmul_op, &gather_op, &conv_op, &lstm_op, &decode_uint8_op, &decode_int8_op,
-      &gather_uint8_op, &gather_int8_op,
+      &gather_uint8_op, &gather_int8_op, &max_pool_op, &average_pool_op, &global_max_pool_op,
+      &global_average_pool_op, &resize_op,
 #if defined(ONNXCOMP_WITH_CUDA)
       &cuda_decode_op, &cuda_matmul_op, &cuda_gather_op,
 #endif

@@ -12,6 +12,21 @@
 
 namespace onnxcomp {
 
+// The channel block of onnxruntime's NCHWc kernels on this CPU (MLAS: 16 with AVX-512F, else 8 on x86-64), or
+// 1 where this library does not use them (other CPUs, or ONNXCOMP_CONV=ort).
+int64_t NchwcBlockSize() {
+  const char* mode = getenv("ONNXCOMP_CONV");
+  if (mode && strcmp(mode, "ort") == 0) return 1;
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") ? 16 : 8;
+#else
+  return 1;
+#endif
+}
+
+int64_t RoundUp(int64_t value, int64_t block) { return (value + block - 1) / block * block; }
+
 namespace {
 
 constexpr const char kNchwcDomain[] = "com.microsoft.nchwc";
@@ -29,20 +44,6 @@ bool IsKnownActivation(const std::string& name) {
          name == "HardSigmoid" || name == "HardSwish";
 }
 
-// The channel block of onnxruntime's NCHWc kernels on this CPU (MLAS: 16 with AVX-512F, else 8 on x86-64), or
-// 1 where this library does not use them (other CPUs, or ONNXCOMP_CONV=ort).
-int64_t NchwcBlockSize() {
-  const char* mode = getenv("ONNXCOMP_CONV");
-  if (mode && strcmp(mode, "ort") == 0) return 1;
-#if defined(__x86_64__)
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") ? 16 : 8;
-#else
-  return 1;
-#endif
-}
-
-int64_t RoundUp(int64_t value, int64_t block) { return (value + block - 1) / block * block; }
 
 // OIHW -> the NCHWc filter layouts of onnxruntime's blocked convolution, output channels padded with zeros to a
 // multiple of `block`: with `blocked_input`, [O/B][I/B][k][bi][bo] (OIHWBiBo; I a multiple of B), else

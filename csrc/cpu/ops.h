@@ -201,6 +201,12 @@ struct CodebookGatherOp : Ort::CustomOpBase<CodebookGatherOp, CodebookGatherKern
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
 };
 
+// The channel block of onnxruntime's NCHWc kernels on this CPU (MLAS: 16 with AVX-512F, else 8 on x86-64), or 1
+// where this library does not use them (other CPUs, or ONNXCOMP_CONV=ort).
+int64_t NchwcBlockSize();
+// `value` rounded up to a multiple of `block`.
+int64_t RoundUp(int64_t value, int64_t block);
+
 // ---- CodebookConv: Conv(X, W * scale, B) (+ activation), W [O, I/group, k...] from a record or dense --------
 
 // The convolution's attributes (ONNX Conv, plus FusedConv's activation), read once at kernel creation.
@@ -272,6 +278,65 @@ struct CodebookConvOp : Ort::CustomOpBase<CodebookConvOp, CodebookConvKernel, tr
   size_t GetOutputTypeCount() const { return 1; }
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
 };
+
+// ---- MaxPool, AveragePool, GlobalMaxPool, GlobalAveragePool, Resize of domain ai.onnxcomp --------------------
+
+// The ONNX op of the same name (2-D, float32; Resize: nearest, asymmetric, floor, integer scales) whose input and
+// output may be in onnxruntime's NCHWc layout (attributes nchwc_input / nchwc_output, as CodebookConv's), so a pool
+// or an upsampling between CodebookConv nodes stays inside the blocked region (docs/ops.md).
+enum class SpatialKind { kMaxPool, kAveragePool, kGlobalMaxPool, kGlobalAveragePool, kResize };
+
+struct BlockedSpatialKernel : RecordKernel {
+  explicit BlockedSpatialKernel(SpatialKind kind);
+  OrtStatus* Init(const OrtKernelInfo* info);
+  OrtStatus* ComputeV2(OrtKernelContext* context) noexcept;
+
+ private:
+  // Y's shape for X's shape (ONNX pooling / Resize shape rules), or an error.
+  OrtStatus* OutputShape(const std::vector<int64_t>& x, std::vector<int64_t>* y) const;
+  // Nearest upsampling by the integer scales, within one layout (B channels interleaved: 1 for NCHW).
+  void Upsample(const float* x, const std::vector<int64_t>& x_shape, int64_t b, float* y) const;
+  // NCHWc (blocks of block_ channels; C a multiple of it) -> NCHW, the values copied.
+  void ReorderOutput(const float* x, const std::vector<int64_t>& shape, float* y) const;
+
+  SpatialKind kind_;
+  std::string auto_pad_ = "NOTSET";
+  int64_t ceil_mode_ = 0, count_include_pad_ = 0;
+  std::vector<int64_t> dilations_, kernel_shape_, pads_, strides_;
+  std::vector<int64_t> scales_;           // kResize: the integer scales of the four dims
+  int64_t nchwc_input_ = 0, nchwc_output_ = 0;  // resolved for this CPU: 1 = blocked
+  int64_t block_ = 1;                      // NCHWc block of this CPU, 1 when no NCHWc kernel is used
+  Ort::Op standard_op_{nullptr}, blocked_op_{nullptr}, reorder_input_op_{nullptr};
+};
+
+template <SpatialKind kKind>
+struct BlockedSpatialKernelOf : BlockedSpatialKernel {
+  BlockedSpatialKernelOf() : BlockedSpatialKernel(kKind) {}
+};
+
+template <SpatialKind kKind>
+struct BlockedSpatialOp : Ort::CustomOpBase<BlockedSpatialOp<kKind>, BlockedSpatialKernelOf<kKind>, true> {
+  static const char* const kName;
+  OrtStatus* CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
+    return CreateRecordKernel<BlockedSpatialKernelOf<kKind>>(info, kernel);
+  }
+  const char* GetName() const { return kName; }
+  // Resize: X, roi, scales, sizes (roi ignored: asymmetric; scales a constant; no sizes); the pools: X.
+  size_t GetInputTypeCount() const { return kKind == SpatialKind::kResize ? 4 : 1; }
+  ONNXTensorElementDataType GetInputType(size_t index) const {
+    return index == 3 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
+    return index >= 1 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+  }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+};
+using BlockedMaxPoolOp = BlockedSpatialOp<SpatialKind::kMaxPool>;
+using BlockedAveragePoolOp = BlockedSpatialOp<SpatialKind::kAveragePool>;
+using BlockedGlobalMaxPoolOp = BlockedSpatialOp<SpatialKind::kGlobalMaxPool>;
+using BlockedGlobalAveragePoolOp = BlockedSpatialOp<SpatialKind::kGlobalAveragePool>;
+using BlockedResizeOp = BlockedSpatialOp<SpatialKind::kResize>;
 
 // ---- CodebookLSTM: ONNX LSTM with W, R (and B) from records ------------------------------------------------
 

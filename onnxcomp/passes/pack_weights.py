@@ -332,6 +332,42 @@ def _nchwc_layer(node: gs.Node, target: WeightTarget, block: int) -> tuple[bool,
 BLOCKED_UNARY = ("Relu", "Sigmoid", "Tanh", "LeakyRelu", "HardSigmoid", "HardSwish", "Elu", "Softplus", "Neg", "Abs",
                  "Exp", "Erf", "Identity", "Clip")
 BLOCKED_BINARY = ("Add", "Sub", "Mul", "Div", "Max", "Min")
+# Ops the library also runs on blocked tensors (docs/ops.md): inside a blocked region they become the ai.onnxcomp op
+# of the same name, with nchwc_input and nchwc_output set, as onnxruntime's NCHWc transformer converts them for a
+# dense model (it cannot look through CodebookConv).
+BLOCKED_SPATIAL = ("MaxPool", "AveragePool", "GlobalMaxPool", "GlobalAveragePool", "Resize")
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def blocked_spatial(node: gs.Node) -> bool:
+    """Whether a default-domain node of ``BLOCKED_SPATIAL`` has a form the library's blocked op runs: a 2-D MaxPool
+    or AveragePool with explicit pads (auto_pad NOTSET) and no Indices output (storage_order 0), a global pool, or a
+    Resize with mode nearest, coordinate_transformation_mode asymmetric, nearest_mode floor and constant integer
+    scales [1, 1, sh, sw] (no sizes); the forms onnxruntime's NCHWc transformer converts."""
+    if node.domain or node.op not in BLOCKED_SPATIAL or len(node.outputs) != 1 or not node.inputs:
+        return False
+    if node.op in ("GlobalMaxPool", "GlobalAveragePool"):
+        return True
+    if node.op == "Resize":
+        if _text(_attr(node, "mode", "nearest")) != "nearest" or \
+                _text(_attr(node, "coordinate_transformation_mode", "half_pixel")) != "asymmetric" or \
+                _text(_attr(node, "nearest_mode", "round_prefer_floor")) != "floor":
+            return False
+        if len(node.inputs) not in (3, 4) or (len(node.inputs) == 4 and node.inputs[3].name) or \
+                (node.inputs[1].name and _constant_array(node.inputs[1]) is None):
+            return False
+        scales = _constant_array(node.inputs[2]) if node.inputs[2].name else None
+        if scales is None or scales.dtype != np.float32 or scales.shape != (4,):
+            return False
+        return bool(np.all(scales >= 1) and np.all(scales == np.floor(scales)) and np.all(scales[:2] == 1) and
+                    np.all(scales <= 65536))
+    kernel = list(_attr(node, "kernel_shape", []))
+    return _text(_attr(node, "auto_pad", "NOTSET")) == "NOTSET" and len(kernel) == 2 and \
+        int(_attr(node, "storage_order", 0)) == 0 and len(list(_attr(node, "pads", [0] * 4))) == 4 and \
+        len(list(_attr(node, "strides", [1, 1]))) == 2 and len(list(_attr(node, "dilations", [1, 1]))) == 2
 
 
 def _split_sizes(node: gs.Node, channels: int) -> list[int] | None:
@@ -355,12 +391,15 @@ def _split_sizes(node: gs.Node, channels: int) -> list[int] | None:
 def _blocked_channels(node: gs.Node, channels: dict[str, int]) -> list[int] | None:
     """Channel counts of a layout-agnostic node's outputs given its tensor inputs' (``channels``), or None when the
     node cannot run on blocked tensors: a ``BLOCKED_UNARY`` / ``BLOCKED_BINARY`` op whose other inputs are scalar
-    constants and whose tensor inputs have equal channel counts, or Concat / Split on axis 1 of a rank-4 tensor."""
+    constants and whose tensor inputs have equal channel counts, Concat / Split on axis 1 of a rank-4 tensor, or a
+    pool or Resize the library runs blocked (``blocked_spatial``; it keeps the channels)."""
     tensors = [t for t in node.inputs if t.name and _constant_array(t) is None]
     constants = [t for t in node.inputs if t.name and all(t is not u for u in tensors)]
     if node.domain or not tensors or any(t.name not in channels for t in tensors):
         return None
     counts = [channels[t.name] for t in tensors]
+    if blocked_spatial(node):
+        return counts[:1] if len(tensors) == 1 and node.inputs[0] is tensors[0] else None
     if node.op in BLOCKED_UNARY + BLOCKED_BINARY:
         if len(node.outputs) != 1 or len(set(counts)) != 1 or any(_constant_array(t).size != 1 for t in constants) or \
                 (node.op in BLOCKED_UNARY and len(tensors) != 1) or (node.op == "Clip" and node.inputs[0] is not tensors[0]):
@@ -438,7 +477,8 @@ def mark_blocked_edges(root: gs.Graph, emitted: list[tuple[gs.Node, WeightTarget
     the second) gets ``nchwc_output=1`` on its CodebookConv writer and ``nchwc_input=1`` on its CodebookConv
     readers (blocked on every CPU with NCHWc kernels), one only of the second gets 2 (blocked where the block is 8,
     NCHW where it is 16: both ends and every node between decide alike from the CPU's block); its declared shape is
-    dropped (it holds the channels blocked). Returns a log line."""
+    dropped (it holds the channels blocked). A pool or Resize inside a region (``blocked_spatial``) becomes the
+    ai.onnxcomp op of its name with ``nchwc_input`` = ``nchwc_output`` = its tensors' value. Returns a log line."""
     wide = _blocked_region(root, emitted, max(NCHWC_BLOCKS))
     narrow = _blocked_region(root, emitted, min(NCHWC_BLOCKS))
     narrow.update(wide)  # every layer and tensor that qualifies at 16 qualifies at 8; kept explicit
@@ -446,6 +486,9 @@ def mark_blocked_edges(root: gs.Graph, emitted: list[tuple[gs.Node, WeightTarget
         value = 1 if name in wide else 2
         if t.inputs[0].op == "CodebookConv":
             t.inputs[0].attrs["nchwc_output"] = value
+        elif blocked_spatial(t.inputs[0]):  # inside the region: its input is blocked alike
+            t.inputs[0].domain = DOMAIN
+            t.inputs[0].attrs["nchwc_input"] = t.inputs[0].attrs["nchwc_output"] = value
         for consumer in t.outputs:
             if consumer.op == "CodebookConv":
                 consumer.attrs["nchwc_input"] = value

@@ -11,7 +11,8 @@ as its own node (a folded BatchNormalization stays folded: W * scale is a new in
 dense float32 / float16 W instead of a record gets the same, W widened to float32;
 CodebookLSTM -> LSTM with each record input (W, R, B) replaced by its initializer; CodebookDecodeUInt8 /
 CodebookDecodeInt8 (integer records) -> the exact uint8 / int8 initializer the quantized op read, CodebookGatherUInt8 /
-CodebookGatherInt8 -> Gather on it.
+CodebookGatherInt8 -> Gather on it; MaxPool, AveragePool, GlobalMaxPool, GlobalAveragePool and Resize of domain
+ai.onnxcomp -> the ONNX op of the same name and attributes (without nchwc_input / nchwc_output).
 Portable lookups Gather(codebook, Cast(indices)), with their outliers scattered on when present, become the
 initializer they compute; record outliers are applied as the record is decoded. Every graph is rewritten, If
 branches and Loop/Scan bodies included; decoded weights live in the main graph. The values equal the
@@ -27,6 +28,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxcomp.passes import model_io
+from onnxcomp.passes.pack_weights import BLOCKED_SPATIAL
 from onnxcomp.errors import UnsupportedModelError
 from onnxcomp.pipeline.inspection import DECODE_OPS, DOMAIN, stored_weights
 
@@ -67,6 +69,13 @@ def decompress_model(model: onnx.ModelProto, model_path: str) -> onnx.ModelProto
     for graph in reversed(graphs):
         nodes = []
         for node in graph.node:
+            if node.domain == DOMAIN and node.op_type in BLOCKED_SPATIAL:  # the ONNX op itself, on NCHW tensors
+                kept = [a for a in node.attribute if a.name not in ("nchwc_input", "nchwc_output")]
+                del node.attribute[:]
+                node.attribute.extend(kept)
+                node.domain = ""
+                nodes.append(node)
+                continue
             if node.domain == DOMAIN and node.op_type == "CodebookLSTM":  # W, R, B: each a record or float32
                 for slot in range(1, min(4, len(node.input))):
                     if node.input[slot] in weights:
