@@ -99,10 +99,34 @@ def test_blocked_spatial_ops_refuse_forms_they_do_not_run(op, attrs, scales, mes
         session_with_env(model)
 
 
-def test_pool_window_larger_than_the_input_is_a_run_error():
-    session = session_with_env(spatial_model("MaxPool", dict(kernel_shape=[5, 5]), "ai.onnxcomp"))
-    with pytest.raises(Exception, match="larger than the padded input"):
-        session.run(None, {"x": np.zeros((1, 8, 3, 3), np.float32)})
+@pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
+@pytest.mark.parametrize("ceil_mode", [0, 1])
+def test_pool_output_sizes_follow_onnxruntime_for_windows_near_and_beyond_the_input(op, ceil_mode):
+    """Output sizes (and values) equal onnxruntime's ONNX op for inputs of 1-7 rows against windows of 1-5 rows,
+    strides 1-3 and pads below the window: its division truncates toward zero (a window one row larger than the
+    padded input still gives one output row), ceil_mode's last window starts inside the input; where onnxruntime
+    refuses the shape (negative size), so does the op, in a run."""
+    block = cpu_block()
+    for height in range(1, 8):
+        x = np.random.default_rng(height).standard_normal((1, 16, height, 4)).astype(np.float32)
+        for kernel in (1, 2, 3, 5):
+            for stride in (1, 2, 3):
+                for pad in range(min(kernel, 3)):
+                    attrs = dict(kernel_shape=[kernel, 1], strides=[stride, 1], pads=[pad, 0, pad, 0],
+                                 ceil_mode=ceil_mode)
+                    try:
+                        want = run_plain(spatial_model(op, attrs, ""), {"x": x})[0]
+                    except Exception:
+                        want = None
+                    session = session_with_env(spatial_model(op, dict(attrs, nchwc_input=1, nchwc_output=1),
+                                                             "ai.onnxcomp"))
+                    if want is None:
+                        with pytest.raises(Exception, match="larger than the padded input"):
+                            session.run(None, {"x": to_blocked(x, block)})
+                        continue
+                    got = from_blocked(session.run(None, {"x": to_blocked(x, block)})[0], block)
+                    assert got.shape == want.shape, (height, kernel, stride, pad)
+                    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
 def spp_model(rng) -> onnx.ModelProto:

@@ -26,7 +26,8 @@ from onnxcomp.core.sidecar import decode_record, encode_record
 EPS32 = 2.0 ** -24
 
 # (X shape, W shape, Conv attributes): groups, depthwise, 1x1, strides, dilations, explicit and auto pads,
-# 1-D/2-D/3-D, batch 1 and more, odd channel counts, channel counts that fit and miss the NCHWc blocks.
+# 1-D/2-D/3-D, batch 1 and more, odd channel counts, channel counts that fit and miss the NCHWc blocks (and input
+# channels a multiple of 4, not of the block: padded).
 CASES = [
     ((1, 16, 12, 12), (32, 16, 3, 3), dict(pads=[1, 1, 1, 1])),
     ((2, 3, 13, 11), (16, 3, 3, 3), dict(strides=[2, 2], pads=[1, 0, 1, 2])),
@@ -35,6 +36,8 @@ CASES = [
     ((2, 24, 7, 9), (24, 1, 3, 3), dict(group=24, auto_pad="SAME_LOWER")),
     ((1, 16, 8, 8), (24, 16, 1, 1), {}),
     ((2, 13, 8, 5), (21, 13, 1, 1), dict(strides=[2, 1])),
+    ((2, 12, 9, 7), (24, 12, 3, 3), dict(pads=[1, 1, 1, 1])),  # 12 and 20 input channels: X padded to the block
+    ((1, 20, 6, 6), (16, 20, 1, 1), {}),
     ((1, 7, 8, 8), (9, 7, 3, 3), dict(dilations=[2, 2], pads=[2, 1, 0, 3])),
     ((1, 32, 8, 8), (32, 8, 3, 3), dict(group=4, auto_pad="VALID")),
     ((2, 15, 11, 6), (10, 3, 2, 3), dict(group=5, dilations=[1, 2], strides=[3, 1])),

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "cpu/ops.h"
 
@@ -181,11 +182,18 @@ OrtStatus* BlockedSpatialKernel::OutputShape(const std::vector<int64_t>& x, std:
     const int64_t stride = strides_.empty() ? 1 : strides_[i];
     const int64_t dilation = dilations_.empty() ? 1 : dilations_[i];
     const int64_t pad_begin = pads_.empty() ? 0 : pads_[i], pad_end = pads_.empty() ? 0 : pads_[i + 2];
-    const int64_t span = x[i + 2] + pad_begin + pad_end - ((kernel_shape_[i] - 1) * dilation + 1);
-    if (span < 0) return Error("the pooling window is larger than the padded input " + ShapeToString(x));
-    int64_t out = (ceil_mode_ ? (span + stride - 1) / stride : span / stride) + 1;
-    // ceil_mode: the last window must start inside the input or its leading padding (ONNX, onnxruntime).
-    if (ceil_mode_ && (out - 1) * stride >= x[i + 2] + pad_begin) --out;
+    // onnxruntime's rule (PoolAttributes): the division truncates toward zero, so a window a little larger than
+    // the padded input still gives one output; ceil_mode rounds up, but the last window must start inside the
+    // input or its leading padding.
+    const int64_t span = x[i + 2] + pad_begin + pad_end - dilation * (kernel_shape_[i] - 1) - 1;
+    int64_t out;
+    if (ceil_mode_) {
+      out = static_cast<int64_t>(std::ceil(static_cast<double>(span) / static_cast<double>(stride))) + 1;
+      if ((out - 1) * stride >= x[i + 2] + pad_begin) --out;
+    } else {
+      out = span / stride + 1;
+    }
+    if (out < 0) return Error("the pooling window is larger than the padded input " + ShapeToString(x));
     (*y)[i + 2] = out;
   }
   return nullptr;

@@ -31,6 +31,9 @@ namespace {
 
 constexpr const char kNchwcDomain[] = "com.microsoft.nchwc";
 constexpr const char kMicrosoftDomain[] = "com.microsoft";
+// A Conv (group 1) with at least a block of input channels, not a multiple of the block but of this, still takes
+// the NCHWc path: ReorderInput pads X's channels with zeros to the block (as onnxruntime does for such a dense Conv).
+constexpr int64_t kNchwcChannelAlignment = 4;
 
 std::string ConvRecord(const DecodedRecord& record) {
   if (record.dims.size() < 3) {
@@ -46,15 +49,17 @@ bool IsKnownActivation(const std::string& name) {
 
 
 // OIHW -> the NCHWc filter layouts of onnxruntime's blocked convolution, output channels padded with zeros to a
-// multiple of `block`: with `blocked_input`, [O/B][I/B][k][bi][bo] (OIHWBiBo; I a multiple of B), else
-// [O/B][I][k][bo] (OIHWBo: depthwise, or an NCHW input with fewer than B channels).
+// multiple of `block`: with `blocked_input`, [O/B][I/B][k][bi][bo] (OIHWBiBo; input channels padded with zeros to a
+// multiple of B too), else [O/B][I][k][bo] (OIHWBo: depthwise, or an NCHW input with fewer than B channels).
 void ReorderFilter(const float* w, int64_t o_count, int64_t i_count, int64_t kernel, int64_t block,
                    bool blocked_input, float* out) {
   const int64_t o_blocks = RoundUp(o_count, block) / block;
   const int64_t i_stride = i_count * kernel;
-  auto source = [&](int64_t o, int64_t i, int64_t k) { return o < o_count ? w[o * i_stride + i * kernel + k] : 0.0f; };
+  auto source = [&](int64_t o, int64_t i, int64_t k) {
+    return o < o_count && i < i_count ? w[o * i_stride + i * kernel + k] : 0.0f;
+  };
   if (blocked_input) {
-    const int64_t i_blocks = i_count / block;
+    const int64_t i_blocks = RoundUp(i_count, block) / block;
     for (int64_t ob = 0; ob < o_blocks; ++ob)
       for (int64_t ib = 0; ib < i_blocks; ++ib)
         for (int64_t k = 0; k < kernel; ++k)
@@ -364,14 +369,15 @@ OrtStatus* CodebookConvKernel::Init(const OrtKernelInfo* info) {
     } else if (nchwc) {
       if (i_count < block) {
         blocked_input = false;
-      } else if (i_count % block != 0) {
-        nchwc = false;
+      } else if (i_count % block != 0 && i_count % kNchwcChannelAlignment != 0) {
+        nchwc = false;  // else ReorderInput pads X's channels with zeros to the block, the filter alike
       }
     }
     if (blocked_edges) {
       // The pass marks only layers that take the NCHWc path under the block sizes it marks them for (channel
       // counts multiples of 16, or of 8 for value 2); anything else cannot read or write the blocked layout.
-      const bool input_ok = attributes_.nchwc_input != 1 || (nchwc && (blocked_input || a.group > 1));
+      const bool input_ok = attributes_.nchwc_input != 1 ||
+                            (nchwc && (a.group > 1 || (blocked_input && i_count % block == 0)));
       if (!nchwc || !input_ok || (attributes_.nchwc_output == 1 && o_count % block != 0)) {
         return Error("nchwc_input/nchwc_output set on a layer that cannot run onnxruntime's NCHWc convolution "
                      "with blocked input and output (weight dims " + ShapeToString(weight_dims_) + ", group " +
@@ -384,7 +390,8 @@ OrtStatus* CodebookConvKernel::Init(const OrtKernelInfo* info) {
       block_ = block;
       reorder_input_ = blocked_input || a.group > 1;
       const int64_t o_padded = RoundUp(o_count, block);
-      weight_.assign(static_cast<size_t>(o_padded * i_count * kernel), 0.0f);
+      i_padded_ = a.group == 1 && blocked_input ? RoundUp(i_count, block) : i_count;
+      weight_.assign(static_cast<size_t>(o_padded * i_padded_ * kernel), 0.0f);
       ReorderFilter(dense.data(), o_count, i_count, kernel, block, blocked_input, weight_.data());
       if (bias.present) {
         bias_ = bias.values;
@@ -405,7 +412,10 @@ OrtStatus* CodebookConvKernel::Init(const OrtKernelInfo* info) {
     }
     std::vector<float>().swap(dense);
     std::vector<int64_t> stored_dims = weight_dims_;
-    if (path_ == ConvPath::kNchwc) stored_dims[0] = RoundUp(o_count, block_);
+    if (path_ == ConvPath::kNchwc) {
+      stored_dims[0] = RoundUp(o_count, block_);
+      stored_dims[1] = i_padded_;
+    }
     Ort::MemoryInfo memory = Ort::MemoryInfo::CreateCpu(OrtDeviceAllocator, OrtMemTypeDefault);
     weight_value_ = Ort::Value::CreateTensor<float>(memory, weight_.data(), weight_.size(), stored_dims.data(),
                                                     stored_dims.size());

@@ -317,7 +317,8 @@ def _nchwc_layer(node: gs.Node, target: WeightTarget, block: int) -> tuple[bool,
     out_channels, per_group, group = int(shape[0]), int(shape[1]), int(node.attrs.get("group", 1))
     if group == 1:
         reads = per_group % block == 0
-        runs = reads or per_group < min(NCHWC_BLOCKS)  # fewer input channels than any block: NCHW input
+        # fewer input channels than any block: NCHW input; a multiple of 4: X padded to the block (docs/ops.md)
+        runs = reads or per_group < min(NCHWC_BLOCKS) or per_group % 4 == 0
     elif per_group == 1 and out_channels == group:  # depthwise
         reads = runs = out_channels % block == 0
     else:
