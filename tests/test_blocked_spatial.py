@@ -8,6 +8,7 @@ order (fp32 rounding: a few ulps of the mean, checked at rtol 1e-6 and atol 1e-6
 
 from __future__ import annotations
 
+import os
 import platform
 
 import numpy as np
@@ -20,8 +21,9 @@ import onnxcomp
 
 
 def cpu_block() -> int:
-    """onnxruntime's NCHWc channel block on this CPU as the library uses it (1: no NCHWc path)."""
-    if platform.machine() not in ("x86_64", "AMD64"):
+    """onnxruntime's NCHWc channel block on this CPU as the library uses it (1: no NCHWc path, as under
+    ONNXCOMP_CONV=ort)."""
+    if platform.machine() not in ("x86_64", "AMD64") or os.environ.get("ONNXCOMP_CONV") == "ort":
         return 1
     with open("/proc/cpuinfo") as f:
         return 16 if " avx512f" in f.read() else 8

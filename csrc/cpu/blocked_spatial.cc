@@ -69,6 +69,9 @@ OrtStatus* BlockedSpatialKernel::Init(const OrtKernelInfo* info) {
       return Error("nchwc_input and nchwc_output must be 0, 1 or 2, got " + std::to_string(nchwc_input_) + " and " +
                    std::to_string(nchwc_output_));
     }
+    if (kind_ == SpatialKind::kResize && nchwc_input_ != nchwc_output_) {
+      return Error("nchwc_input and nchwc_output must agree for Resize");
+    }
     const int64_t block = NchwcBlockSize();
     auto blocked = [block](int64_t value) -> int64_t { return block > 1 && (value == 1 || (value == 2 && block == 8)); };
     nchwc_input_ = blocked(nchwc_input_);
@@ -100,7 +103,6 @@ OrtStatus* BlockedSpatialKernel::Init(const OrtKernelInfo* info) {
         }
         scales_.push_back(static_cast<int64_t>(s));
       }
-      if (nchwc_input_ != nchwc_output_) return Error("nchwc_input and nchwc_output must agree for Resize");
       block_ = nchwc_input_ ? block : 1;
       return nullptr;
     }
