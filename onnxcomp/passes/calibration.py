@@ -12,6 +12,16 @@ batch by batch, so memory is bounded by the statistics, never by the activations
   large as a weight of that many inputs and outputs; float32 accumulation changes the rounded weights of such
   layers, not their quality: docs/benchmarks.md, calibration memory).
 
+Row sampling: a sample with more than ``ROW_SAMPLE_POSITIONS`` rows (a convolution's output pixels, a sequence's
+positions) contributes the rows of ``m = ROW_SAMPLE_POSITIONS`` of its ``P`` positions, drawn uniformly without
+replacement and independently per sample (seeded by the layer's input tensor and the sample's index: the same
+positions for the same data), each row weighted ``P / m``. Every sum above (and the row count) is then a
+Horvitz-Thompson estimate of the sum over all rows: unbiased, with the variance of simple random sampling without
+replacement (Cochran 1977, ch. 2: var = P^2 (1 - m/P) S^2 / m per sample, S^2 the positions' variance of the
+summed term). ``fire_samples`` counts a feature in a sample when one of its sampled rows fires (a lower bound).
+The compressed and the original model's rows (sequential mode) use the same positions. Measured effect:
+docs/benchmarks.md, section calzoo4.
+
 Weights whose layers read the same tensor the same way (the query, key and value projections of one input) share
 one statistics object. A model whose weights are stored as external data is run in segments of consecutive nodes
 holding at most ``SEGMENT_BYTES`` of those weights (``collect_segments``): each segment's session holds only its
@@ -34,6 +44,8 @@ from onnxcomp.runtime import quiet_session_options
 GRAM_LIMIT = 8192
 GRAM_FLOAT64_FEATURES = 2048  # more inputs: float32 Gram matrices (memory: inputs^2 * 4 bytes)
 LOW_RANK_RATIO = 4  # float32 layers keep their input rows while there are at most features / 4 of them
+ROW_SAMPLE_POSITIONS = 4096  # rows one sample gives a layer's statistics at most; above, positions are sampled
+ROW_SAMPLE_SEED = 20261201
 ROW_CHUNK_BYTES = 256 << 20  # float64 input rows one statistics update takes at most (whole samples; one may exceed it)
 SEGMENT_BYTES = 256 << 20  # external-data weight bytes one calibration session holds at most (one weight may exceed it)
 
@@ -91,29 +103,32 @@ class LayerStatistics:
     def gram(self, value: np.ndarray | None) -> None:
         self.dense_gram, self.activations = value, None
 
-    def add(self, rows: np.ndarray, samples: int, threshold: float) -> None:
-        """Accumulate ``rows`` [samples * rows_per_sample, K]."""
+    def add(self, rows: np.ndarray, samples: int, threshold: float, weight: float = 1.0) -> None:
+        """Accumulate ``rows`` [samples * rows_per_sample, K], each standing for ``weight`` rows (row sampling:
+        P / m; module docstring)."""
         single = rows.astype(np.float32, copy=False) if self.activations is not None or (
             self.dense_gram is not None and self.dense_gram.dtype == np.float32) else None
         rows = rows.astype(np.float64, copy=False)
         fires = rows > threshold
-        self.rows += len(rows)
+        self.rows += round(len(rows) * weight)
         self.samples += samples
-        self.sum_squares += np.einsum("rk,rk->k", rows, rows)
-        self.sum_abs += np.abs(rows).sum(axis=0)
-        self.fire_rows += fires.sum(axis=0)
+        self.sum_squares += weight * np.einsum("rk,rk->k", rows, rows)
+        self.sum_abs += weight * np.abs(rows).sum(axis=0)
+        self.fire_rows += weight * fires.sum(axis=0)
         self.fire_samples += fires.reshape(samples, -1, rows.shape[1]).any(axis=1).sum(axis=0)
         if self.activations is not None:
-            self.activations = np.concatenate([self.activations, single])
+            self.activations = np.concatenate([self.activations, single if weight == 1.0 else
+                                               single * np.float32(np.sqrt(weight))])
             if len(self.activations) * LOW_RANK_RATIO > self.features:  # X^T X is now the smaller form
                 self.gram = self.gram
         elif single is not None:
-            self.dense_gram += single.T @ single
+            self.dense_gram += _weighted(single.T @ single, weight)
         elif self.dense_gram is not None:
-            self.dense_gram += rows.T @ rows
+            self.dense_gram += _weighted(rows.T @ rows, weight)
 
-    def add_original(self, rows: np.ndarray, original: np.ndarray) -> None:
-        """Sequential mode: accumulate the cross terms with the original model's rows for the same samples."""
+    def add_original(self, rows: np.ndarray, original: np.ndarray, weight: float = 1.0) -> None:
+        """Sequential mode: accumulate the cross terms with the original model's rows for the same samples (and
+        positions), each standing for ``weight`` rows."""
         if self.dense_gram is None and self.activations is None:
             return
         if self.activations is not None:  # the cross terms need the dense form
@@ -123,12 +138,18 @@ class LayerStatistics:
         if self.cross is None:
             self.cross = np.zeros_like(self.dense_gram)
             self.gram_original = np.zeros_like(self.dense_gram)
-        self.cross += rows.T @ original
-        self.gram_original += original.T @ original
+        self.cross += _weighted(rows.T @ original, weight)
+        self.gram_original += _weighted(original.T @ original, weight)
 
     @property
     def norms(self) -> np.ndarray:
         return np.sqrt(self.sum_squares)
+
+
+def _weighted(product: np.ndarray, weight: float) -> np.ndarray:
+    if weight != 1.0:
+        product *= product.dtype.type(weight)
+    return product
 
 
 def gram_dtype(features: int) -> type:
@@ -151,22 +172,59 @@ def from_rows(rows: np.ndarray, layout: str, shape: tuple[int, ...]) -> np.ndarr
     return np.ascontiguousarray(rows.reshape(shape))
 
 
-def im2col(x: np.ndarray, spec: LayerInput) -> np.ndarray:
-    """Patches of a 2-D convolution input [B, C, H, W] as rows [B * OH * OW, C * kh * kw]."""
+def _windows(x: np.ndarray, spec: LayerInput) -> np.ndarray:
+    """A view [B, C, OH, OW, kh, kw] of the patches of a 2-D convolution input [B, C, H, W] (the padded copy)."""
     kh, kw = spec.kernel
     sh, sw = spec.strides
     dh, dw = spec.dilations
     top, left, bottom, right = spec.pads
     padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
     windows = np.lib.stride_tricks.sliding_window_view(padded, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
-    windows = windows[:, :, ::sh, ::sw, ::dh, ::dw]  # [B, C, OH, OW, kh, kw]
-    return windows.transpose(0, 2, 3, 1, 4, 5).reshape(-1, x.shape[1] * kh * kw)
+    return windows[:, :, ::sh, ::sw, ::dh, ::dw]
 
 
-def input_rows(x: np.ndarray, spec: LayerInput) -> np.ndarray:
+def im2col(x: np.ndarray, spec: LayerInput, positions: np.ndarray | None = None) -> np.ndarray:
+    """Patches of a 2-D convolution input [B, C, H, W] as rows [B * OH * OW, C * kh * kw]; with ``positions``
+    [B, m] (flat output-pixel indices per sample), only those: rows [B * m, C * kh * kw], sample by sample."""
+    windows = _windows(x, spec)
+    features = x.shape[1] * spec.kernel[0] * spec.kernel[1]
+    if positions is None:
+        return windows.transpose(0, 2, 3, 1, 4, 5).reshape(-1, features)
+    ow = windows.shape[3]
+    picked = windows[np.arange(len(x))[:, None], :, positions // ow, positions % ow]  # [B, m, C, kh, kw]
+    return picked.reshape(-1, features)
+
+
+def positions_per_sample(x: np.ndarray, spec: LayerInput) -> int:
+    """Rows one sample of ``x`` (samples first) gives: a convolution's output pixels, else the positions between
+    the sample axis and the features."""
     if spec.layout == "conv":
-        return im2col(x, spec)
-    return x.reshape(-1, x.shape[-1])
+        windows = _windows(x[:1, :1], spec)
+        return windows.shape[2] * windows.shape[3]
+    return int(np.prod(x.shape[1:-1], dtype=np.int64)) if x.ndim > 2 else 1
+
+
+def sampled_positions(total: int, samples: int, tensor: str, first: int) -> np.ndarray | None:
+    """Row sampling (module docstring): for ``samples`` samples of ``total`` positions each, the sorted flat
+    positions [samples, ROW_SAMPLE_POSITIONS] each keeps, drawn without replacement by a generator seeded with
+    (ROW_SAMPLE_SEED, crc32 of ``tensor``, the sample's index ``first + i``); None when ``total`` fits."""
+    if total <= ROW_SAMPLE_POSITIONS:
+        return None
+    import zlib
+    key = zlib.crc32(tensor.encode())
+    return np.stack([np.sort(np.random.default_rng((ROW_SAMPLE_SEED, key, first + i)).choice(
+        total, ROW_SAMPLE_POSITIONS, replace=False)) for i in range(samples)])
+
+
+def input_rows(x: np.ndarray, spec: LayerInput, positions: np.ndarray | None = None) -> np.ndarray:
+    """The layer's input rows [rows, features] of ``x`` (samples first when ``positions`` [samples, m] selects
+    rows sample by sample)."""
+    if spec.layout == "conv":
+        return im2col(x, spec, positions)
+    if positions is None:
+        return x.reshape(-1, x.shape[-1])
+    flat = x.reshape(len(x), -1, x.shape[-1])
+    return flat[np.arange(len(x))[:, None], positions].reshape(-1, x.shape[-1])
 
 
 def sample_axis(shape) -> int | None:
@@ -460,19 +518,25 @@ def _observe(stats: dict, layers: dict[str, LayerInput], values: dict, samples: 
         x = _samples_first(np.asarray(values[spec.tensor]), spec, samples, layer)
         original = None if original_values is None else \
             _samples_first(np.asarray(original_values[spec.tensor]), spec, samples, layer)
+        per_sample = positions_per_sample(x, spec) if x.ndim >= 2 and x.shape[0] == samples else 0
+        sampled = per_sample > ROW_SAMPLE_POSITIONS
+        weight = per_sample / ROW_SAMPLE_POSITIONS if sampled else 1.0
         chunks = _row_chunks(x, spec, samples)
         for start, stop in chunks:
             whole = len(chunks) == 1
-            rows = input_rows(x if whole else x[start:stop], spec)
+            first = stats[layer].samples if layer in stats else 0  # the sample's index: the seed of its positions
+            positions = sampled_positions(per_sample, stop - start, spec.tensor, first) if sampled else None
+            rows = input_rows(x if whole else x[start:stop], spec, positions)
             if layer not in stats:
                 stats[layer] = LayerStatistics(rows.shape[1], keep_gram=keep_gram)
                 if original_values is None:
                     shared[key] = stats[layer]
             if original is not None:  # add and add_original both read the rows as float64: convert them once
                 rows = rows.astype(np.float64, copy=False)
-            stats[layer].add(rows, samples if whole else stop - start, threshold)
+            stats[layer].add(rows, samples if whole else stop - start, threshold, weight)
             if original is not None:
-                stats[layer].add_original(rows, input_rows(original if whole else original[start:stop], spec))
+                stats[layer].add_original(rows, input_rows(original if whole else original[start:stop], spec, positions),
+                                          weight)
         done.add(key)
 
 
@@ -482,7 +546,8 @@ def _row_chunks(x: np.ndarray, spec: LayerInput, samples: int) -> list[tuple[int
     statistics hold a few float64 copies of them at once (8 GB and more for 24 pages of 480x640 before)."""
     if x.ndim < 2 or samples <= 1 or x.shape[0] != samples:
         return [(0, samples)]
-    per_sample = input_rows(x[:1], spec).size * 8
+    features = x.shape[1] * spec.kernel[0] * spec.kernel[1] if spec.layout == "conv" else x.shape[-1]
+    per_sample = min(positions_per_sample(x, spec), ROW_SAMPLE_POSITIONS) * features * 8  # rows kept, sampled or not
     step = max(1, ROW_CHUNK_BYTES // max(per_sample, 1))
     return [(start, min(start + step, samples)) for start in range(0, samples, step)]
 
