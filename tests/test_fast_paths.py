@@ -448,3 +448,91 @@ def test_calibrated_sharing_on_parallel_threads_writes_what_one_thread_writes(tm
                               fidelity=False)
             written.append(((folder / "out.onnx").read_bytes(), (folder / "out.onnxcomp").read_bytes()))
         assert written[0] == written[1]
+
+
+# ---- Scheduling of compress (round 8: toolspeed5) -------------------------------------------------------------
+
+def test_weight_as_input_without_copying_the_weights_matches_the_copy(tmp_path, rng):
+    """autotune._weight_as_input builds the probe without copying the initializers it moves: the same bytes as the
+    straightforward whole-model copy, for one name, several (with a bias), a name also listed as an input, none."""
+    from onnxcomp.pipeline import autotune
+    model = onnx.load(mlp(rng, str(tmp_path), True, False))
+    model.doc_string, model.producer_name = "probe", "test"
+    model.metadata_props.add(key="k", value="v")
+    model.graph.input.append(helper.make_tensor_value_info("b1", onnx.TensorProto.FLOAT, [32]))
+    names = [t.name for t in model.graph.initializer]
+    before = model.SerializeToString()
+    for wanted in ("w1", names, ["w2", "b1"], []):
+        fast = autotune._weight_as_input(model, wanted)
+        assert fast.SerializeToString() == autotune._weight_as_input_reference(model, wanted).SerializeToString()
+    assert model.SerializeToString() == before
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int64])
+def test_stored_weight_dense_by_indexing_matches_take(rng, dtype):
+    """StoredWeight.dense looks the indices up by indexing (np.take casts uint8 indices ten times slower): the
+    values of codebook.take(indices), outliers written over them, in the original orientation."""
+    from onnxcomp.pipeline.inspection import StoredWeight
+    codebook = rng.standard_normal(200).astype(np.float32)
+    indices = rng.integers(0, 200, (30, 50)).astype(dtype)
+    positions, values = np.array([3, 70, 1499]), np.array([9.0, -9.0, 4.5], np.float32)
+    for transposed in (False, True):
+        weight = StoredWeight("w", "record", codebook, indices, 8, 0, transposed, "w", positions, values)
+        expected = codebook.take(indices)
+        expected.reshape(-1)[positions] = values
+        expected = expected.T if transposed else expected
+        assert weight.dense().tobytes() == np.ascontiguousarray(expected).tobytes() and weight.dense().shape == expected.shape
+
+
+@pytest.mark.parametrize("sigmoid", [False, True])
+def test_original_outputs_stored_ahead_give_the_fidelity_of_a_fresh_run(tmp_path, rng, sigmoid, monkeypatch):
+    """compress runs the original on the fidelity feeds on a thread of its own (fidelity.store_reference) while
+    its first round compresses: the same report and files as when compare_runs runs the original itself; and
+    compare_runs reading a stored reference gives what it computes fresh, also when the stored batches differ
+    from those the output's inputs take (then it runs the original again)."""
+    import onnxcomp
+    path = mlp(rng, str(tmp_path), sigmoid, False)
+    results = []
+    for ahead in (True, False):
+        if not ahead:
+            monkeypatch.setattr(fidelity, "store_reference", lambda *args: None)
+        (tmp_path / str(ahead)).mkdir()
+        out = tmp_path / str(ahead) / "out.onnx"
+        data = onnxcomp.compress(path, out, min_elements=1).to_dict()
+        results.append((data["fidelity"], data["backoff"], data["ratio"], out.read_bytes(),
+                        (tmp_path / str(ahead) / "out.onnxcomp").read_bytes()))
+    assert results[0] == results[1] and results[0][0]["min_cosine"] < 1.0
+    monkeypatch.undo()
+    loaded = model_io.load_model(path, external_data=False)
+    feeds, source, _ = fidelity.prepare(path, model=loaded)
+    out = str(tmp_path / "True" / "out.onnx")
+    fresh = fidelity.compare_runs(path, out, feeds, source, loaded).to_dict()
+    stored: dict = {}
+    fidelity.store_reference(path, feeds, loaded, stored)
+    key = tuple(fidelity.logit_taps(loaded).values())
+    assert len(stored[key]) == len(feeds) and bool(key) == sigmoid
+    assert fidelity.compare_runs(path, out, feeds, source, loaded, stored).to_dict() == fresh
+    stored[fidelity._COUNTS + key] = [7] * len(feeds)  # batches the output would not run: the original runs again
+    stored[key] = [{name: np.zeros_like(v) for name, v in run.items()} for run in stored[key]]
+    assert fidelity.compare_runs(path, out, feeds, source, loaded, stored).to_dict() == fresh
+
+
+def test_an_output_that_does_not_load_is_refused_when_the_fidelity_check_meets_it(tmp_path, rng, monkeypatch):
+    """The load check of a round whose fidelity is measured is that check's own session of the output; when that
+    fails (here: a sidecar cut short after writing, which the custom ops refuse), check_output_loads still runs,
+    raises OutputError and nothing is written."""
+    import onnxcomp
+    from onnxcomp.errors import OutputError
+    from onnxcomp.pipeline import compression
+    path = mlp(rng, str(tmp_path), False, False)
+    write = model_io.write_compressed
+
+    def cut_short(*args, **kwargs):
+        sidecar_file = write(*args, **kwargs)
+        with open(sidecar_file, "r+b") as f:
+            f.truncate(os.path.getsize(sidecar_file) // 2)
+        return sidecar_file
+    monkeypatch.setattr(model_io, "write_compressed", cut_short)
+    with pytest.raises(OutputError):
+        compression.compress(path, tmp_path / "out.onnx", min_elements=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx"]

@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -344,11 +345,21 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
         feeds, source, unavailable = fidelity_check.prepare(
             input_path, data=fidelity_data, calib=calib, shapes=input_shapes, ranges=input_ranges,
             seed=options.get("seed", 0), model=graph_only)
+    reference: dict = {}  # the original's outputs on the fidelity feeds (fidelity.compare_runs' store)
+    ahead = None  # the thread that computes them while the first round compresses (independent work)
+    if measure and feeds and not unavailable and model_io.model_bytes(input_path, graph_only) <= ATTRIBUTION_BYTES:
+        ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxcomp-reference")
+        stored = ahead.submit(fidelity_check.store_reference, input_path, feeds, graph_only, reference)
+
+    def compare(staged: str):  # fidelity of ``staged`` once the original's outputs are stored (or failed to be)
+        if ahead is not None:
+            stored.result()
+        return fidelity_check.compare_runs(input_path, staged, feeds, source, graph_only, reference)
     folder = os.path.dirname(os.path.abspath(output_path))
     staging = tempfile.mkdtemp(prefix=".onnxcomp-", dir=folder)
     try:
         cache: dict = {}
-        reference: dict = {}  # the original's outputs on the fidelity feeds, stored by the first round's check
+        opened: set[str] = set()  # staged outputs known to load in onnxruntime
         limits: dict[str, float] | None = None  # None: per-weight proxy limits (round 0)
         history: list[dict] = []
         gains: dict[str, float] | None = None
@@ -367,15 +378,20 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
             # back-off in place (ppocr-rec: docs/benchmarks.md, channel-scaled codebooks).
             extra = ({"allocation_limits": limits, "allocation_cache": cache, "allocation_scaled": not history}
                      if allocation == "proxy" else {})
-            # The proxy's first round is only measured (its output is loaded in onnxruntime only if it is final).
-            checked = not (allocation == "proxy" and gains is None)
+            # The proxy's first round is only measured (its output is loaded in onnxruntime only if it is final); a
+            # round whose fidelity is measured is loaded by that check (and the load check run only if it fails).
+            checked = not (allocation == "proxy" and gains is None) and not (measure and not unavailable)
             report = _compress_once(input_path, staged, calib, loaded=graph_only, allocation=allocation, check=checked,
                                     **extra, **options)
+            if checked:
+                opened.add(staged)
             result = None
             budget_round = allocation == "proxy" and report.layers and gains is None
             if measure and not budget_round:  # round 0 of the proxy is only the start of the budget allocation
-                result = (fidelity_check.Fidelity("", unavailable=unavailable) if unavailable else
-                          fidelity_check.compare_runs(input_path, staged, feeds, source, graph_only, reference))
+                result = fidelity_check.Fidelity("", unavailable=unavailable) if unavailable else compare(staged)
+                if result.unavailable:  # the output's session may have failed to open: the load check says
+                    check_output_loads(input_path, staged, report.sidecar_path)
+                opened.add(staged)
             if allocation != "proxy" or not report.layers:
                 break
             if gains is None:  # round 0: measure each weight's effect, then allocate the model's budget
@@ -409,7 +425,7 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
             limits = _budget_limits(cache, gains, budget, report)
         if best is not None:  # the smallest output that passed (the search's last round may have failed)
             report, result, staged = best
-        if not checked:
+        if staged not in opened:
             check_output_loads(input_path, staged, report.sidecar_path)
         report.allocation, report.backoff = allocation, history
         fallback = None
@@ -431,7 +447,7 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
             report.float_params = float_params  # nothing of them is compressed: coverage 0
             report.allocation, report.backoff, report.fallback = allocation, history, fallback
             result = fidelity_check.Fidelity(source or "", unavailable=unavailable) if unavailable else (
-                fidelity_check.compare_runs(input_path, staged, feeds, source, graph_only, reference) if measure else None)
+                compare(staged) if measure else None)
         report.fidelity = None if result is None else result.to_dict()
         if min_cosine is not None:
             if result.unavailable:
@@ -447,6 +463,8 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
         report.output_path = output_path
         return report
     finally:
+        if ahead is not None:
+            ahead.shutdown(wait=True)  # (its result is not needed on an error: only its thread's end)
         shutil.rmtree(staging, ignore_errors=True)
 
 
