@@ -536,3 +536,37 @@ def test_an_output_that_does_not_load_is_refused_when_the_fidelity_check_meets_i
     with pytest.raises(OutputError):
         compression.compress(path, tmp_path / "out.onnx", min_elements=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx"]
+
+
+def test_sorted_weights_kept_between_rounds_write_the_same_bytes(tmp_path, rng, monkeypatch):
+    """compress keeps each weight's sorted values between its rounds (ShareWeightsPass's cache, inputs up to
+    SHARE_CACHE_BYTES): the same files as sorting again in every round (the cache off); the cache serves a weight
+    only while its values and pruning mask are the ones it was made from."""
+    import onnxcomp
+    from onnxcomp.passes import share_weights
+    from onnxcomp.pipeline import compression
+    path = mlp(rng, str(tmp_path), True, False)
+    written = []
+    for limit in (compression.SHARE_CACHE_BYTES, 0):
+        monkeypatch.setattr(compression, "SHARE_CACHE_BYTES", limit)
+        folder = tmp_path / str(limit)
+        folder.mkdir()
+        report = onnxcomp.compress(path, folder / "out.onnx", min_elements=1)
+        written.append(((folder / "out.onnx").read_bytes(), (folder / "out.onnxcomp").read_bytes(), report.backoff))
+    assert written[0] == written[1] and len(written[0][2]) >= 2  # back-off rounds: three compressions share the cache
+
+    class Target:  # what _prepared reads of a WeightTarget
+        name, refit = "w", None
+        keep = None
+    cache: dict = {}
+    share = share_weights.ShareWeightsPass(cache=cache)
+    w = rng.standard_normal((40, 30)).astype(np.float32)
+    first = share._prepared(Target, w, None)
+    assert share._prepared(Target, w.copy(), None) is first  # equal values (another array): served
+    Target.keep = np.abs(w) > 0.5
+    masked = share._prepared(Target, w, None)
+    assert masked is not first and share._prepared(Target, w, None) is masked
+    changed = w.copy()
+    changed[3, 4] += 1
+    assert share._prepared(Target, changed, None) is not masked
+    assert share._prepared(Target, w, np.ones(30)) == {} and share_weights.ShareWeightsPass()._prepared(Target, w, None) == {}

@@ -24,6 +24,7 @@ value and no codebook entry is fit to it.
 from __future__ import annotations
 
 import contextlib
+import zlib
 from collections.abc import Mapping
 
 import numpy as np
@@ -49,7 +50,7 @@ PARALLEL_REFIT_BYTES = 64 << 20  # calibrated refits run on parallel threads whi
 class ShareWeightsPass(GraphPass):
     def __init__(self, *, bits: int | Mapping[str, int] = 5, init: str = "quantile", seed: int = 0,
                  refit_codebook: bool = False, rounding: str = "obs", rules: tuple[LayerRule, ...] = (), encode=None,
-                 outliers: str | float = outlier_math.AUTO, outliers_opset: int = 0) -> None:
+                 outliers: str | float = outlier_math.AUTO, outliers_opset: int = 0, cache: dict | None = None) -> None:
         for value in bits.values() if isinstance(bits, Mapping) else [bits]:
             if not isinstance(value, int) or not 1 <= value <= 16:
                 raise InvalidOptionError(f"bits {value} is out of range: give an integer from 1 to 16")
@@ -63,6 +64,7 @@ class ShareWeightsPass(GraphPass):
         self.outliers_opset = outliers_opset  # the portable format scatters outliers with opset-11 ops
         self.rules = tuple(rules)
         self.encode = encode
+        self.cache = cache
 
     def bits_for(self, target) -> int:
         """Index bits: a per-weight override (budget allocation), a layer rule matching the name, else the kind's."""
@@ -97,7 +99,7 @@ class ShareWeightsPass(GraphPass):
             layout = target.layer_input.layout if target.layer_input is not None else None
             statistics = target.statistics
             importance = None if statistics is None else statistics.sum_squares
-            prepared = {}  # the sorted kept values and channel norms, computed once for both codebooks below
+            prepared = self._prepared(target, values, importance)  # the sorted kept values, channel norms (see below)
             # the calibrated refit fits one codebook to the layer's outputs: no channel scales there
             axis = None if self.refit_codebook and statistics is not None else scale_axis(target)
             option = 0.0 if no_outliers else self.outliers_for(target)
@@ -157,6 +159,26 @@ class ShareWeightsPass(GraphPass):
                 if non_finite:
                     drop_non_finite(state, target, non_finite)
         return PassResult(bool(targets), f"shared {len(targets)} tensors")
+
+    def _prepared(self, target, values, importance) -> dict:
+        """The ``prepared`` dict of outliers.share for this weight (its sorted kept values, channel norms and
+        largest-magnitude positions, computed once for every codebook tried on it). With ``cache`` (compress's
+        rounds on the same input, no calibration) it is kept between passes under the weight's name while the
+        weight's values and pruning mask are the same (same shape, dtype and CRC-32 of their bytes), so a later
+        round does not sort the weight again; the arrays in it are never written to, so the result is the same
+        byte for byte (tests/test_fast_paths.py). Not with importance (calibration statistics) or a refit weight."""
+        if self.cache is None or importance is not None or target.refit is not None:
+            return {}
+        values = np.ascontiguousarray(values)
+        keep = None if target.keep is None else np.ascontiguousarray(target.keep, dtype=bool)
+        key = (values.shape, values.dtype.str, zlib.crc32(memoryview(values).cast("B")),
+               None if keep is None else zlib.crc32(memoryview(keep).cast("B")))
+        entry = self.cache.get(target.name)
+        if entry is not None and entry[0] == key:
+            return entry[1]
+        prepared = {}
+        self.cache[target.name] = (key, prepared)
+        return prepared
 
     def _share_scaled(self, target, values, bits: int, option, levels: int, axis: int, importance):
         """(shared, scales): the uniform codebook of ``levels`` values fit to ``values`` divided by their channel

@@ -63,6 +63,9 @@ BUDGET_UNMEASURED = 0.05  # R when fidelity cannot be measured (every gain 1, no
 ATTRIBUTION_BYTES = 1 << 30  # larger inputs: no per-weight measurement (every gain 1; the back-off still applies)
 ATTRIBUTION_SAMPLES = 2  # samples of the first feed each weight's effect is measured on (one model run per weight)
 GAIN_RANGE = (0.25, 4.0)  # measured gains relative to their median, clipped to this range
+# Inputs up to this size keep each weight's sorted values between compress's rounds (about the weights' float32
+# bytes more memory; a later round then does not sort them again): ShareWeightsPass's cache.
+SHARE_CACHE_BYTES = 256 << 20
 
 
 @dataclass
@@ -138,7 +141,7 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
                    rounding: str = "obs", outliers: str | float = "auto", allocation: str = "fixed",
                    allocation_scales: dict | None = None, allocation_limits: dict | None = None,
                    allocation_cache: dict | None = None, allocation_scaled: bool = True,
-                   integer_weights: str = "gather") -> Pipeline:
+                   integer_weights: str = "gather", share_cache: dict | None = None) -> Pipeline:
     """The pass list for the given options (``None`` means the defaults; ``calib`` is a dict of input arrays).
 
     ``format`` "custom-op" writes records for the onnxcomp ops; "portable" writes standard ONNX ops only.
@@ -156,7 +159,8 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
     ``allocation_limits`` set its relative L2 limit per weight (the model-level budget; 0 keeps a weight dense),
     ``allocation_cache`` keeps its measurements between runs).
     ``integer_weights`` ("off", "gather", "conv", "all") picks the int8 / uint8 weights of already-quantized ops that are coded
-    losslessly (onnxcomp/passes/integer_weights.py; the custom-op format only).
+    losslessly (onnxcomp/passes/integer_weights.py; the custom-op format only). ``share_cache`` keeps each weight's
+    sorted values between runs on the same input (ShareWeightsPass; compress's rounds without calibration).
     """
     if format not in FORMATS:
         raise InvalidOptionError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
@@ -194,7 +198,8 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
     if reconstruct:
         steps.append(ReconstructWeightsPass(ridge=ridge))
     steps.append(ShareWeightsPass(bits=bits, init=init, seed=seed, refit_codebook=reconstruct, rounding=rounding, rules=rules,
-                                  outliers=outliers, outliers_opset=SCATTER_OPSET if format == "portable" else 0))
+                                  outliers=outliers, outliers_opset=SCATTER_OPSET if format == "portable" else 0,
+                                  cache=share_cache if calib is None else None))
     if sequential:
         passes.append(CompressSequentiallyPass(data=calib, steps=steps, batch=calib_batch, threshold=activation_threshold))
     else:
@@ -359,6 +364,7 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
     staging = tempfile.mkdtemp(prefix=".onnxcomp-", dir=folder)
     try:
         cache: dict = {}
+        share_cache = {} if calib is None and model_io.model_bytes(input_path, graph_only) <= SHARE_CACHE_BYTES else None
         opened: set[str] = set()  # staged outputs known to load in onnxruntime
         limits: dict[str, float] | None = None  # None: per-weight proxy limits (round 0)
         history: list[dict] = []
@@ -376,8 +382,8 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
             # Channel-scaled codebooks are tried at the model's budget only: a back-off round (the measured fidelity
             # missed) writes the unscaled candidates, so one scaled weight the checks let through cannot hold the
             # back-off in place (ppocr-rec: docs/benchmarks.md, channel-scaled codebooks).
-            extra = ({"allocation_limits": limits, "allocation_cache": cache, "allocation_scaled": not history}
-                     if allocation == "proxy" else {})
+            extra = ({"allocation_limits": limits, "allocation_cache": cache, "allocation_scaled": not history,
+                      "share_cache": share_cache} if allocation == "proxy" else {})
             # The proxy's first round is only measured (its output is loaded in onnxruntime only if it is final); a
             # round whose fidelity is measured is loaded by that check (and the load check run only if it fails).
             checked = not (allocation == "proxy" and gains is None) and not (measure and not unavailable)
@@ -423,6 +429,7 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
                              budget, math.sqrt(passing * failing))
                     budget = math.sqrt(passing * failing)
             limits = _budget_limits(cache, gains, budget, report)
+        share_cache = None  # (the rounds are over: its sorted weights are not needed)
         if best is not None:  # the smallest output that passed (the search's last round may have failed)
             report, result, staged = best
         if staged not in opened:
