@@ -487,21 +487,26 @@ def test_stored_weight_dense_by_indexing_matches_take(rng, dtype):
 @pytest.mark.parametrize("sigmoid", [False, True])
 def test_original_outputs_stored_ahead_give_the_fidelity_of_a_fresh_run(tmp_path, rng, sigmoid, monkeypatch):
     """compress runs the original on the fidelity feeds on a thread of its own (fidelity.store_reference) while
-    its first round compresses: the same report and files as when compare_runs runs the original itself; and
+    its first round compresses, and fits every weight's candidates while the gains are measured: the same report
+    and files as when each runs in order (compression.AHEAD False) and as when compare_runs runs the original
+    itself; and
     compare_runs reading a stored reference gives what it computes fresh, also when the stored batches differ
     from those the output's inputs take (then it runs the original again)."""
     import onnxcomp
     path = mlp(rng, str(tmp_path), sigmoid, False)
+    from onnxcomp.pipeline import compression
     results = []
-    for ahead in (True, False):
-        if not ahead:
+    for ahead in (True, False, None):  # threaded; in order (compression.AHEAD False); not stored ahead at all
+        if ahead is False:
+            monkeypatch.setattr(compression, "AHEAD", False)
+        if ahead is None:
             monkeypatch.setattr(fidelity, "store_reference", lambda *args: None)
         (tmp_path / str(ahead)).mkdir()
         out = tmp_path / str(ahead) / "out.onnx"
         data = onnxcomp.compress(path, out, min_elements=1).to_dict()
         results.append((data["fidelity"], data["backoff"], data["ratio"], out.read_bytes(),
                         (tmp_path / str(ahead) / "out.onnxcomp").read_bytes()))
-    assert results[0] == results[1] and results[0][0]["min_cosine"] < 1.0
+    assert results[0] == results[1] == results[2] and results[0][0]["min_cosine"] < 1.0
     monkeypatch.undo()
     loaded = model_io.load_model(path, external_data=False)
     feeds, source, _ = fidelity.prepare(path, model=loaded)
