@@ -575,3 +575,36 @@ def test_sorted_weights_kept_between_rounds_write_the_same_bytes(tmp_path, rng, 
     changed[3, 4] += 1
     assert share._prepared(Target, changed, None) is not masked
     assert share._prepared(Target, w, np.ones(30)) == {} and share_weights.ShareWeightsPass()._prepared(Target, w, None) == {}
+
+
+def test_alternative_codebooks_shared_at_once_write_what_one_after_another_writes(tmp_path, rng, monkeypatch):
+    """ShareWeightsPass shares a weight's alternative codebooks (the allocation's uniform choice, a channel-scaled
+    grid for a Conv filter, the k-means fallback they are measured against) on the cores at once when the weight
+    has PARALLEL_CODEBOOKS values: the same files as one after another."""
+    import onnxcomp
+    from onnxcomp.passes import share_weights
+    scales = np.exp(0.3 * rng.standard_normal(64)).astype(np.float32)[:, None, None, None]  # channels of unequal scale
+    conv = (rng.standard_normal((64, 16, 3, 3)) * scales / 12).astype(np.float32)
+    fc = (rng.standard_normal((512, 64)) / 22).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "c"], ["h"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Tile", ["f", "reps"], ["t"]), helper.make_node("MatMul", ["t", "w"], ["y"])]
+    inits = [onnx.numpy_helper.from_array(conv, "c"), onnx.numpy_helper.from_array(fc, "w"),
+             onnx.numpy_helper.from_array(np.array([1, 8], np.int64), "reps")]
+    model = make_model(nodes, [float_input("x", ["n", 16, 8, 8])], [float_input("y", ["n", 64])], inits)
+    path = str(tmp_path / "in.onnx")
+    onnx.save(model, path)
+    monkeypatch.setenv("ONNXCOMP_THREADS", "2")
+    calls = []
+    for method in ("_kmeans", "_share_scaled"):  # counted: each alternative is a job of its own
+        function = getattr(share_weights.ShareWeightsPass, method)
+        monkeypatch.setattr(share_weights.ShareWeightsPass, method,
+                            lambda self, *a, function=function, method=method: calls.append(method) or function(self, *a))
+    written = []
+    for limit in (0, 1 << 62):
+        monkeypatch.setattr(share_weights, "PARALLEL_CODEBOOKS", limit)
+        folder = tmp_path / str(limit)
+        folder.mkdir()
+        onnxcomp.compress(path, folder / "out.onnx", min_elements=1)
+        written.append(((folder / "out.onnx").read_bytes(), (folder / "out.onnxcomp").read_bytes()))
+    assert written[0] == written[1] and set(calls) == {"_kmeans", "_share_scaled"}

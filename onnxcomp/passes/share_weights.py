@@ -44,6 +44,7 @@ from .select_weights import drop_non_finite, non_finite_reason
 
 
 ROUNDINGS = ("obs", "nearest")
+PARALLEL_CODEBOOKS = 1 << 20  # weights from this many values share their alternative codebooks on the cores at once
 PARALLEL_REFIT_BYTES = 64 << 20  # calibrated refits run on parallel threads while every weight's fp32 bytes are at most this
 
 
@@ -103,22 +104,33 @@ class ShareWeightsPass(GraphPass):
             # the calibrated refit fits one codebook to the layer's outputs: no channel scales there
             axis = None if self.refit_codebook and statistics is not None else scale_axis(target)
             option = 0.0 if no_outliers else self.outliers_for(target)
-            shared, scales = outlier_math.share(
-                values, target.keep, target.bits, option=option, init=self.init, seed=self.seed,
-                levels=target.levels_override, rows=output_rows(target), importance=importance,
-                prepared=prepared), None
             scaled = target.scaled_alternative if axis is not None and target.alternative is not None else None
-            if target.alternative is not None and (target.levels_override or scaled is not None):
-                # k-means is the choice itself (levels 0) or the fallback: the candidates are measured against it
+            compared = target.alternative is not None and (target.levels_override or scaled is not None)
+            # The codebooks tried on this weight are independent (the prepared arrays are only read once made):
+            # on a large weight they run on the cores at once, results taken in the same order (same bytes).
+            jobs = [lambda: outlier_math.share(values, target.keep, target.bits, option=option, init=self.init, seed=self.seed,
+                                               levels=target.levels_override, rows=output_rows(target),
+                                               importance=importance, prepared=prepared)]
+            if compared and scaled is not None:
+                levels, fraction = scaled
+                bits = int(np.ceil(np.log2(levels + 1)))
+                jobs.append(lambda: self._share_scaled(target, values, bits, 0.0 if no_outliers else fraction, levels, axis,
+                                                       importance))
+            if compared and target.levels_override:  # k-means is the fallback the others are measured against
+                jobs.append(lambda: self._kmeans(target, values, 0.0 if no_outliers else None, importance, prepared))
+            done = []
+            if len(jobs) > 1 and target.size >= PARALLEL_CODEBOOKS:
+                if "ordered" not in prepared:  # the first one sorts the weight for the others (an earlier round's cache)
+                    done.append(jobs[0]())
+                done += parallel.ordered_map(lambda job: job(), jobs[len(done):])
+            else:
+                done = [job() for job in jobs]
+            shared, scales = done[0], None
+            if compared:
                 choices = [(shared, scales, target.bits, target.levels_override)] if target.levels_override else []
                 if scaled is not None:
-                    levels, fraction = scaled
-                    bits = int(np.ceil(np.log2(levels + 1)))
-                    choices.append((*self._share_scaled(target, values, bits, 0.0 if no_outliers else fraction, levels,
-                                                        axis, importance), bits, levels))
-                shared, scales = self._uniform_or_kmeans(target, values, choices, 0.0 if no_outliers else None,
-                                                         importance, prepared,
-                                                         kmeans=None if target.levels_override else shared)
+                    choices.append((*done[1], bits, levels))
+                shared, scales = self._uniform_or_kmeans(target, choices, done[-1] if target.levels_override else shared)
             del prepared
             target.scales, target.scale_axis = (scales, axis) if scales is not None else (None, 0)
             target.codebook, target.indices = shared.codebook, shared.indices
@@ -193,21 +205,23 @@ class ShareWeightsPass(GraphPass):
         shared.estimated_bytes += 10 + 2 * len(scales)
         return shared, scales
 
-    def _uniform_or_kmeans(self, target, values, choices, outliers: float | None, importance, prepared: dict | None = None,
-                           kmeans=None):
+    def _kmeans(self, target, values, outliers: float | None, importance, prepared: dict | None = None):
+        """The k-means share of ``target.alternative`` (bits, outlier fraction; ``outliers`` overrides the fraction)
+        that _uniform_or_kmeans measures the other codebooks against."""
+        bits, fraction = target.alternative
+        return outlier_math.share(values, target.keep, bits, option=fraction if outliers is None else outliers,
+                                  init=self.init, seed=self.seed, rows=output_rows(target), importance=importance,
+                                  prepared=prepared)
+
+    def _uniform_or_kmeans(self, target, choices, kmeans):
         """A uniform codebook spreads the same absolute error over every value: a weight whose output channels
         differ in scale (a folded normalisation) may keep its relative L2 error and still lose a small channel.
         Each of ``choices`` ((shared, scales, bits, levels): the allocated uniform codebook, and a channel-scaled
         one) is eligible only when its worst channel's relative error (outliers.share's damage D) is no larger than
-        that of the k-means codebook it replaces (``target.alternative``), and its record smaller; the smallest
-        eligible one is kept (the first on ties), else the k-means codebook is used. Returns (shared, scales).
-        ``prepared``: the unscaled uniform share's (outliers.share), reused for the same values; ``kmeans``: the
-        k-means share when already made (the allocation's choice itself)."""
-        bits, fraction = target.alternative
-        if kmeans is None:
-            kmeans = outlier_math.share(values, target.keep, bits, option=fraction if outliers is None else outliers,
-                                        init=self.init, seed=self.seed, rows=output_rows(target),
-                                        importance=importance, prepared=prepared)
+        that of the k-means codebook it replaces (``target.alternative``; ``kmeans``, its share: _kmeans, or the
+        allocation's choice itself), and its record smaller; the smallest eligible one is kept (the first on ties),
+        else the k-means codebook is used. Returns (shared, scales)."""
+        bits, _ = target.alternative
         eligible = [c for c in choices if c[0].damage <= kmeans.damage and c[0].estimated_bytes < kmeans.estimated_bytes]
         if eligible:
             shared, scales, target.bits, target.levels_override = min(eligible, key=lambda c: c[0].estimated_bytes)
