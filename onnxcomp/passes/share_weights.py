@@ -119,7 +119,8 @@ class ShareWeightsPass(GraphPass):
             if compared and target.levels_override:  # k-means is the fallback the others are measured against
                 jobs.append(lambda: self._kmeans(target, values, 0.0 if no_outliers else None, importance, prepared))
             done = []
-            if len(jobs) > 1 and target.size >= PARALLEL_CODEBOOKS:
+            # (not with calibration statistics: one codebook at a time bounds the per-weight working memory there)
+            if len(jobs) > 1 and target.size >= PARALLEL_CODEBOOKS and statistics is None:
                 if "ordered" not in prepared:  # the first one sorts the weight for the others (an earlier round's cache)
                     done.append(jobs[0]())
                 done += parallel.ordered_map(lambda job: job(), jobs[len(done):])

@@ -358,7 +358,9 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
     background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="onnxcomp-ahead") if AHEAD else _Inline()
     reference: dict = {}  # the original's outputs on the fidelity feeds (fidelity.compare_runs' store)
     stored = None
-    if measure and feeds and not unavailable and model_io.model_bytes(input_path, graph_only) <= ATTRIBUTION_BYTES:
+    # (not beside a calibration pass, which holds sessions of its own: the defaults' path only)
+    if (measure and feeds and not unavailable and calib is None
+            and model_io.model_bytes(input_path, graph_only) <= ATTRIBUTION_BYTES):
         stored = background.submit(fidelity_check.store_reference, input_path, feeds, graph_only, reference)
 
     def compare(staged: str):  # fidelity of ``staged`` once the original's outputs are stored (or failed to be)
