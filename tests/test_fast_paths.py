@@ -448,3 +448,163 @@ def test_calibrated_sharing_on_parallel_threads_writes_what_one_thread_writes(tm
                               fidelity=False)
             written.append(((folder / "out.onnx").read_bytes(), (folder / "out.onnxcomp").read_bytes()))
         assert written[0] == written[1]
+
+
+# ---- Scheduling of compress (round 8: toolspeed5) -------------------------------------------------------------
+
+def test_weight_as_input_without_copying_the_weights_matches_the_copy(tmp_path, rng):
+    """autotune._weight_as_input builds the probe without copying the initializers it moves: the same bytes as the
+    straightforward whole-model copy, for one name, several (with a bias), a name also listed as an input, none."""
+    from onnxcomp.pipeline import autotune
+    model = onnx.load(mlp(rng, str(tmp_path), True, False))
+    model.doc_string, model.producer_name = "probe", "test"
+    model.metadata_props.add(key="k", value="v")
+    model.graph.input.append(helper.make_tensor_value_info("b1", onnx.TensorProto.FLOAT, [32]))
+    names = [t.name for t in model.graph.initializer]
+    before = model.SerializeToString()
+    for wanted in ("w1", names, ["w2", "b1"], []):
+        fast = autotune._weight_as_input(model, wanted)
+        assert fast.SerializeToString() == autotune._weight_as_input_reference(model, wanted).SerializeToString()
+    assert model.SerializeToString() == before
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int64])
+def test_stored_weight_dense_by_indexing_matches_take(rng, dtype):
+    """StoredWeight.dense looks the indices up by indexing (np.take casts uint8 indices ten times slower): the
+    values of codebook.take(indices), outliers written over them, in the original orientation."""
+    from onnxcomp.pipeline.inspection import StoredWeight
+    codebook = rng.standard_normal(200).astype(np.float32)
+    indices = rng.integers(0, 200, (30, 50)).astype(dtype)
+    positions, values = np.array([3, 70, 1499]), np.array([9.0, -9.0, 4.5], np.float32)
+    for transposed in (False, True):
+        weight = StoredWeight("w", "record", codebook, indices, 8, 0, transposed, "w", positions, values)
+        expected = codebook.take(indices)
+        expected.reshape(-1)[positions] = values
+        expected = expected.T if transposed else expected
+        assert weight.dense().tobytes() == np.ascontiguousarray(expected).tobytes() and weight.dense().shape == expected.shape
+
+
+@pytest.mark.parametrize("sigmoid", [False, True])
+def test_original_outputs_stored_ahead_give_the_fidelity_of_a_fresh_run(tmp_path, rng, sigmoid, monkeypatch):
+    """compress runs the original on the fidelity feeds on a thread of its own (fidelity.store_reference) while
+    its first round compresses, and fits every weight's candidates while the gains are measured: the same report
+    and files as when each runs in order (compression.AHEAD False) and as when compare_runs runs the original
+    itself; and
+    compare_runs reading a stored reference gives what it computes fresh, also when the stored batches differ
+    from those the output's inputs take (then it runs the original again)."""
+    import onnxcomp
+    path = mlp(rng, str(tmp_path), sigmoid, False)
+    from onnxcomp.pipeline import compression
+    results = []
+    for ahead in (True, False, None):  # threaded; in order (compression.AHEAD False); not stored ahead at all
+        if ahead is False:
+            monkeypatch.setattr(compression, "AHEAD", False)
+        if ahead is None:
+            monkeypatch.setattr(fidelity, "store_reference", lambda *args: None)
+        (tmp_path / str(ahead)).mkdir()
+        out = tmp_path / str(ahead) / "out.onnx"
+        data = onnxcomp.compress(path, out, min_elements=1).to_dict()
+        results.append((data["fidelity"], data["backoff"], data["ratio"], out.read_bytes(),
+                        (tmp_path / str(ahead) / "out.onnxcomp").read_bytes()))
+    assert results[0] == results[1] == results[2] and results[0][0]["min_cosine"] < 1.0
+    monkeypatch.undo()
+    loaded = model_io.load_model(path, external_data=False)
+    feeds, source, _ = fidelity.prepare(path, model=loaded)
+    out = str(tmp_path / "True" / "out.onnx")
+    fresh = fidelity.compare_runs(path, out, feeds, source, loaded).to_dict()
+    stored: dict = {}
+    fidelity.store_reference(path, feeds, loaded, stored)
+    key = tuple(fidelity.logit_taps(loaded).values())
+    assert len(stored[key]) == len(feeds) and bool(key) == sigmoid
+    assert fidelity.compare_runs(path, out, feeds, source, loaded, stored).to_dict() == fresh
+    stored[fidelity._COUNTS + key] = [7] * len(feeds)  # batches the output would not run: the original runs again
+    stored[key] = [{name: np.zeros_like(v) for name, v in run.items()} for run in stored[key]]
+    assert fidelity.compare_runs(path, out, feeds, source, loaded, stored).to_dict() == fresh
+
+
+def test_an_output_that_does_not_load_is_refused_when_the_fidelity_check_meets_it(tmp_path, rng, monkeypatch):
+    """The load check of a round whose fidelity is measured is that check's own session of the output; when that
+    fails (here: a sidecar cut short after writing, which the custom ops refuse), check_output_loads still runs,
+    raises OutputError and nothing is written."""
+    import onnxcomp
+    from onnxcomp.errors import OutputError
+    from onnxcomp.pipeline import compression
+    path = mlp(rng, str(tmp_path), False, False)
+    write = model_io.write_compressed
+
+    def cut_short(*args, **kwargs):
+        sidecar_file = write(*args, **kwargs)
+        with open(sidecar_file, "r+b") as f:
+            f.truncate(os.path.getsize(sidecar_file) // 2)
+        return sidecar_file
+    monkeypatch.setattr(model_io, "write_compressed", cut_short)
+    with pytest.raises(OutputError):
+        compression.compress(path, tmp_path / "out.onnx", min_elements=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx"]
+
+
+def test_sorted_weights_kept_between_rounds_write_the_same_bytes(tmp_path, rng, monkeypatch):
+    """compress keeps each weight's sorted values between its rounds (ShareWeightsPass's cache, inputs up to
+    SHARE_CACHE_BYTES): the same files as sorting again in every round (the cache off); the cache serves a weight
+    only while its values and pruning mask are the ones it was made from."""
+    import onnxcomp
+    from onnxcomp.passes import share_weights
+    from onnxcomp.pipeline import compression
+    path = mlp(rng, str(tmp_path), True, False)
+    written = []
+    for limit in (compression.SHARE_CACHE_BYTES, 0):
+        monkeypatch.setattr(compression, "SHARE_CACHE_BYTES", limit)
+        folder = tmp_path / str(limit)
+        folder.mkdir()
+        report = onnxcomp.compress(path, folder / "out.onnx", min_elements=1)
+        written.append(((folder / "out.onnx").read_bytes(), (folder / "out.onnxcomp").read_bytes(), report.backoff))
+    assert written[0] == written[1] and len(written[0][2]) >= 2  # back-off rounds: three compressions share the cache
+
+    class Target:  # what _prepared reads of a WeightTarget
+        name, refit = "w", None
+        keep = None
+    cache: dict = {}
+    share = share_weights.ShareWeightsPass(cache=cache)
+    w = rng.standard_normal((40, 30)).astype(np.float32)
+    first = share._prepared(Target, w, None)
+    assert share._prepared(Target, w.copy(), None) is first  # equal values (another array): served
+    Target.keep = np.abs(w) > 0.5
+    masked = share._prepared(Target, w, None)
+    assert masked is not first and share._prepared(Target, w, None) is masked
+    changed = w.copy()
+    changed[3, 4] += 1
+    assert share._prepared(Target, changed, None) is not masked
+    assert share._prepared(Target, w, np.ones(30)) == {} and share_weights.ShareWeightsPass()._prepared(Target, w, None) == {}
+
+
+def test_alternative_codebooks_shared_at_once_write_what_one_after_another_writes(tmp_path, rng, monkeypatch):
+    """ShareWeightsPass shares a weight's alternative codebooks (the allocation's uniform choice, a channel-scaled
+    grid for a Conv filter, the k-means fallback they are measured against) on the cores at once when the weight
+    has PARALLEL_CODEBOOKS values: the same files as one after another."""
+    import onnxcomp
+    from onnxcomp.passes import share_weights
+    scales = np.exp(0.3 * rng.standard_normal(64)).astype(np.float32)[:, None, None, None]  # channels of unequal scale
+    conv = (rng.standard_normal((64, 16, 3, 3)) * scales / 12).astype(np.float32)
+    fc = (rng.standard_normal((512, 64)) / 22).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "c"], ["h"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Tile", ["f", "reps"], ["t"]), helper.make_node("MatMul", ["t", "w"], ["y"])]
+    inits = [onnx.numpy_helper.from_array(conv, "c"), onnx.numpy_helper.from_array(fc, "w"),
+             onnx.numpy_helper.from_array(np.array([1, 8], np.int64), "reps")]
+    model = make_model(nodes, [float_input("x", ["n", 16, 8, 8])], [float_input("y", ["n", 64])], inits)
+    path = str(tmp_path / "in.onnx")
+    onnx.save(model, path)
+    monkeypatch.setenv("ONNXCOMP_THREADS", "2")
+    calls = []
+    for method in ("_kmeans", "_share_scaled"):  # counted: each alternative is a job of its own
+        function = getattr(share_weights.ShareWeightsPass, method)
+        monkeypatch.setattr(share_weights.ShareWeightsPass, method,
+                            lambda self, *a, function=function, method=method: calls.append(method) or function(self, *a))
+    written = []
+    for limit in (0, 1 << 62):
+        monkeypatch.setattr(share_weights, "PARALLEL_CODEBOOKS", limit)
+        folder = tmp_path / str(limit)
+        folder.mkdir()
+        onnxcomp.compress(path, folder / "out.onnx", min_elements=1)
+        written.append(((folder / "out.onnx").read_bytes(), (folder / "out.onnxcomp").read_bytes()))
+    assert written[0] == written[1] and set(calls) == {"_kmeans", "_share_scaled"}

@@ -24,6 +24,7 @@ value and no codebook entry is fit to it.
 from __future__ import annotations
 
 import contextlib
+import zlib
 from collections.abc import Mapping
 
 import numpy as np
@@ -43,13 +44,14 @@ from .select_weights import drop_non_finite, non_finite_reason
 
 
 ROUNDINGS = ("obs", "nearest")
+PARALLEL_CODEBOOKS = 1 << 20  # weights from this many values share their alternative codebooks on the cores at once
 PARALLEL_REFIT_BYTES = 64 << 20  # calibrated refits run on parallel threads while every weight's fp32 bytes are at most this
 
 
 class ShareWeightsPass(GraphPass):
     def __init__(self, *, bits: int | Mapping[str, int] = 5, init: str = "quantile", seed: int = 0,
                  refit_codebook: bool = False, rounding: str = "obs", rules: tuple[LayerRule, ...] = (), encode=None,
-                 outliers: str | float = outlier_math.AUTO, outliers_opset: int = 0) -> None:
+                 outliers: str | float = outlier_math.AUTO, outliers_opset: int = 0, cache: dict | None = None) -> None:
         for value in bits.values() if isinstance(bits, Mapping) else [bits]:
             if not isinstance(value, int) or not 1 <= value <= 16:
                 raise InvalidOptionError(f"bits {value} is out of range: give an integer from 1 to 16")
@@ -63,6 +65,7 @@ class ShareWeightsPass(GraphPass):
         self.outliers_opset = outliers_opset  # the portable format scatters outliers with opset-11 ops
         self.rules = tuple(rules)
         self.encode = encode
+        self.cache = cache
 
     def bits_for(self, target) -> int:
         """Index bits: a per-weight override (budget allocation), a layer rule matching the name, else the kind's."""
@@ -97,26 +100,38 @@ class ShareWeightsPass(GraphPass):
             layout = target.layer_input.layout if target.layer_input is not None else None
             statistics = target.statistics
             importance = None if statistics is None else statistics.sum_squares
-            prepared = {}  # the sorted kept values and channel norms, computed once for both codebooks below
+            prepared = self._prepared(target, values, importance)  # the sorted kept values, channel norms (see below)
             # the calibrated refit fits one codebook to the layer's outputs: no channel scales there
             axis = None if self.refit_codebook and statistics is not None else scale_axis(target)
             option = 0.0 if no_outliers else self.outliers_for(target)
-            shared, scales = outlier_math.share(
-                values, target.keep, target.bits, option=option, init=self.init, seed=self.seed,
-                levels=target.levels_override, rows=output_rows(target), importance=importance,
-                prepared=prepared), None
             scaled = target.scaled_alternative if axis is not None and target.alternative is not None else None
-            if target.alternative is not None and (target.levels_override or scaled is not None):
-                # k-means is the choice itself (levels 0) or the fallback: the candidates are measured against it
+            compared = target.alternative is not None and (target.levels_override or scaled is not None)
+            # The codebooks tried on this weight are independent (the prepared arrays are only read once made):
+            # on a large weight they run on the cores at once, results taken in the same order (same bytes).
+            jobs = [lambda: outlier_math.share(values, target.keep, target.bits, option=option, init=self.init, seed=self.seed,
+                                               levels=target.levels_override, rows=output_rows(target),
+                                               importance=importance, prepared=prepared)]
+            if compared and scaled is not None:
+                levels, fraction = scaled
+                bits = int(np.ceil(np.log2(levels + 1)))
+                jobs.append(lambda: self._share_scaled(target, values, bits, 0.0 if no_outliers else fraction, levels, axis,
+                                                       importance))
+            if compared and target.levels_override:  # k-means is the fallback the others are measured against
+                jobs.append(lambda: self._kmeans(target, values, 0.0 if no_outliers else None, importance, prepared))
+            done = []
+            # (not with calibration statistics: one codebook at a time bounds the per-weight working memory there)
+            if len(jobs) > 1 and target.size >= PARALLEL_CODEBOOKS and statistics is None:
+                if "ordered" not in prepared:  # the first one sorts the weight for the others (an earlier round's cache)
+                    done.append(jobs[0]())
+                done += parallel.ordered_map(lambda job: job(), jobs[len(done):])
+            else:
+                done = [job() for job in jobs]
+            shared, scales = done[0], None
+            if compared:
                 choices = [(shared, scales, target.bits, target.levels_override)] if target.levels_override else []
                 if scaled is not None:
-                    levels, fraction = scaled
-                    bits = int(np.ceil(np.log2(levels + 1)))
-                    choices.append((*self._share_scaled(target, values, bits, 0.0 if no_outliers else fraction, levels,
-                                                        axis, importance), bits, levels))
-                shared, scales = self._uniform_or_kmeans(target, values, choices, 0.0 if no_outliers else None,
-                                                         importance, prepared,
-                                                         kmeans=None if target.levels_override else shared)
+                    choices.append((*done[1], bits, levels))
+                shared, scales = self._uniform_or_kmeans(target, choices, done[-1] if target.levels_override else shared)
             del prepared
             target.scales, target.scale_axis = (scales, axis) if scales is not None else (None, 0)
             target.codebook, target.indices = shared.codebook, shared.indices
@@ -158,6 +173,26 @@ class ShareWeightsPass(GraphPass):
                     drop_non_finite(state, target, non_finite)
         return PassResult(bool(targets), f"shared {len(targets)} tensors")
 
+    def _prepared(self, target, values, importance) -> dict:
+        """The ``prepared`` dict of outliers.share for this weight (its sorted kept values, channel norms and
+        largest-magnitude positions, computed once for every codebook tried on it). With ``cache`` (compress's
+        rounds on the same input, no calibration) it is kept between passes under the weight's name while the
+        weight's values and pruning mask are the same (same shape, dtype and CRC-32 of their bytes), so a later
+        round does not sort the weight again; the arrays in it are never written to, so the result is the same
+        byte for byte (tests/test_fast_paths.py). Not with importance (calibration statistics) or a refit weight."""
+        if self.cache is None or importance is not None or target.refit is not None:
+            return {}
+        values = np.ascontiguousarray(values)
+        keep = None if target.keep is None else np.ascontiguousarray(target.keep, dtype=bool)
+        key = (values.shape, values.dtype.str, zlib.crc32(memoryview(values).cast("B")),
+               None if keep is None else zlib.crc32(memoryview(keep).cast("B")))
+        entry = self.cache.get(target.name)
+        if entry is not None and entry[0] == key:
+            return entry[1]
+        prepared = {}
+        self.cache[target.name] = (key, prepared)
+        return prepared
+
     def _share_scaled(self, target, values, bits: int, option, levels: int, axis: int, importance):
         """(shared, scales): the uniform codebook of ``levels`` values fit to ``values`` divided by their channel
         scales along ``axis`` (codebook.channel_scales); the outliers keep the weight's own values (a reader does
@@ -171,21 +206,23 @@ class ShareWeightsPass(GraphPass):
         shared.estimated_bytes += 10 + 2 * len(scales)
         return shared, scales
 
-    def _uniform_or_kmeans(self, target, values, choices, outliers: float | None, importance, prepared: dict | None = None,
-                           kmeans=None):
+    def _kmeans(self, target, values, outliers: float | None, importance, prepared: dict | None = None):
+        """The k-means share of ``target.alternative`` (bits, outlier fraction; ``outliers`` overrides the fraction)
+        that _uniform_or_kmeans measures the other codebooks against."""
+        bits, fraction = target.alternative
+        return outlier_math.share(values, target.keep, bits, option=fraction if outliers is None else outliers,
+                                  init=self.init, seed=self.seed, rows=output_rows(target), importance=importance,
+                                  prepared=prepared)
+
+    def _uniform_or_kmeans(self, target, choices, kmeans):
         """A uniform codebook spreads the same absolute error over every value: a weight whose output channels
         differ in scale (a folded normalisation) may keep its relative L2 error and still lose a small channel.
         Each of ``choices`` ((shared, scales, bits, levels): the allocated uniform codebook, and a channel-scaled
         one) is eligible only when its worst channel's relative error (outliers.share's damage D) is no larger than
-        that of the k-means codebook it replaces (``target.alternative``), and its record smaller; the smallest
-        eligible one is kept (the first on ties), else the k-means codebook is used. Returns (shared, scales).
-        ``prepared``: the unscaled uniform share's (outliers.share), reused for the same values; ``kmeans``: the
-        k-means share when already made (the allocation's choice itself)."""
-        bits, fraction = target.alternative
-        if kmeans is None:
-            kmeans = outlier_math.share(values, target.keep, bits, option=fraction if outliers is None else outliers,
-                                        init=self.init, seed=self.seed, rows=output_rows(target),
-                                        importance=importance, prepared=prepared)
+        that of the k-means codebook it replaces (``target.alternative``; ``kmeans``, its share: _kmeans, or the
+        allocation's choice itself), and its record smaller; the smallest eligible one is kept (the first on ties),
+        else the k-means codebook is used. Returns (shared, scales)."""
+        bits, _ = target.alternative
         eligible = [c for c in choices if c[0].damage <= kmeans.damage and c[0].estimated_bytes < kmeans.estimated_bytes]
         if eligible:
             shared, scales, target.bits, target.levels_override = min(eligible, key=lambda c: c[0].estimated_bytes)

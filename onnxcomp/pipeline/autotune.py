@@ -114,11 +114,42 @@ def _session(model: onnx.ModelProto, threads: int = 0) -> ort.InferenceSession:
 
 
 def _weight_as_input(model: onnx.ModelProto, names: str | Iterable[str]) -> onnx.ModelProto:
-    """A copy of ``model`` whose main-graph initializers ``names`` (one name or several) are graph inputs."""
+    """A copy of ``model`` whose main-graph initializers ``names`` (one name or several) are graph inputs.
+    The moved initializers are never copied (a whole-model copy would copy the largest weights only to drop
+    them): the same proto as ``_weight_as_input_reference`` makes, field for field (tests/test_fast_paths.py)."""
+    wanted = {names} if isinstance(names, str) else set(names)
+    probe = onnx.ModelProto()
+    _copy_fields(model, probe, skip="graph")
+    _copy_fields(model.graph, probe.graph, skip="initializer")
+    probe.graph.initializer.extend(t for t in model.graph.initializer if t.name not in wanted)
+    listed = {value.name for value in probe.graph.input}  # initializers some models also list as inputs
+    for tensor in model.graph.initializer:
+        if tensor.name in wanted and tensor.name not in listed:
+            probe.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+    return probe
+
+
+def _copy_fields(source, target, skip: str) -> None:
+    """Every set field of the protobuf message ``source`` but ``skip`` copied into the empty ``target`` (same type;
+    fields unknown to this onnx's schema at that level are not copied: onnxruntime, the probes' only reader, ignores
+    them too)."""
+    for descriptor, value in source.ListFields():
+        if descriptor.name == skip:
+            continue
+        if descriptor.is_repeated:
+            getattr(target, descriptor.name).extend(value)
+        elif descriptor.message_type is not None:
+            getattr(target, descriptor.name).CopyFrom(value)
+        else:
+            setattr(target, descriptor.name, value)
+
+
+def _weight_as_input_reference(model: onnx.ModelProto, names: str | Iterable[str]) -> onnx.ModelProto:
+    """The straightforward ``_weight_as_input``: the whole model copied, then the initializers removed."""
     wanted = {names} if isinstance(names, str) else set(names)
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
-    listed = {value.name for value in probe.graph.input}  # initializers some models also list as inputs
+    listed = {value.name for value in probe.graph.input}
     for tensor in [t for t in probe.graph.initializer if t.name in wanted]:
         if tensor.name not in listed:
             probe.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))

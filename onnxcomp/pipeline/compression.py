@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -62,6 +63,10 @@ BUDGET_UNMEASURED = 0.05  # R when fidelity cannot be measured (every gain 1, no
 ATTRIBUTION_BYTES = 1 << 30  # larger inputs: no per-weight measurement (every gain 1; the back-off still applies)
 ATTRIBUTION_SAMPLES = 2  # samples of the first feed each weight's effect is measured on (one model run per weight)
 GAIN_RANGE = (0.25, 4.0)  # measured gains relative to their median, clipped to this range
+# Inputs up to this size keep each weight's sorted values between compress's rounds (about the weights' float32
+# bytes more memory; a later round then does not sort them again): ShareWeightsPass's cache.
+SHARE_CACHE_BYTES = 256 << 20
+AHEAD = True  # independent steps of compress on threads of their own (False: each where it was submitted, in order)
 
 
 @dataclass
@@ -137,7 +142,7 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
                    rounding: str = "obs", outliers: str | float = "auto", allocation: str = "fixed",
                    allocation_scales: dict | None = None, allocation_limits: dict | None = None,
                    allocation_cache: dict | None = None, allocation_scaled: bool = True,
-                   integer_weights: str = "gather") -> Pipeline:
+                   integer_weights: str = "gather", share_cache: dict | None = None) -> Pipeline:
     """The pass list for the given options (``None`` means the defaults; ``calib`` is a dict of input arrays).
 
     ``format`` "custom-op" writes records for the onnxcomp ops; "portable" writes standard ONNX ops only.
@@ -155,7 +160,8 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
     ``allocation_limits`` set its relative L2 limit per weight (the model-level budget; 0 keeps a weight dense),
     ``allocation_cache`` keeps its measurements between runs).
     ``integer_weights`` ("off", "gather", "conv", "all") picks the int8 / uint8 weights of already-quantized ops that are coded
-    losslessly (onnxcomp/passes/integer_weights.py; the custom-op format only).
+    losslessly (onnxcomp/passes/integer_weights.py; the custom-op format only). ``share_cache`` keeps each weight's
+    sorted values between runs on the same input (ShareWeightsPass; compress's rounds without calibration).
     """
     if format not in FORMATS:
         raise InvalidOptionError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
@@ -193,7 +199,8 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
     if reconstruct:
         steps.append(ReconstructWeightsPass(ridge=ridge))
     steps.append(ShareWeightsPass(bits=bits, init=init, seed=seed, refit_codebook=reconstruct, rounding=rounding, rules=rules,
-                                  outliers=outliers, outliers_opset=SCATTER_OPSET if format == "portable" else 0))
+                                  outliers=outliers, outliers_opset=SCATTER_OPSET if format == "portable" else 0,
+                                  cache=share_cache if calib is None else None))
     if sequential:
         passes.append(CompressSequentiallyPass(data=calib, steps=steps, batch=calib_batch, threshold=activation_threshold))
     else:
@@ -346,9 +353,25 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
             seed=options.get("seed", 0), model=graph_only)
     folder = os.path.dirname(os.path.abspath(output_path))
     staging = tempfile.mkdtemp(prefix=".onnxcomp-", dir=folder)
+    # Work that does not depend on the step before it runs on threads of its own meanwhile (below: the original's
+    # fidelity outputs during the first round, every weight's candidates during the gain measurement).
+    background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="onnxcomp-ahead") if AHEAD else _Inline()
+    reference: dict = {}  # the original's outputs on the fidelity feeds (fidelity.compare_runs' store)
+    stored = None
+    # (not beside a calibration pass, which holds sessions of its own: the defaults' path only)
+    if (measure and feeds and not unavailable and calib is None
+            and model_io.model_bytes(input_path, graph_only) <= ATTRIBUTION_BYTES):
+        stored = background.submit(fidelity_check.store_reference, input_path, feeds, graph_only, reference)
+
+    def compare(staged: str):  # fidelity of ``staged`` once the original's outputs are stored (or failed to be)
+        if stored is not None:
+            stored.result()
+        return fidelity_check.compare_runs(input_path, staged, feeds, source, graph_only, reference)
+
     try:
         cache: dict = {}
-        reference: dict = {}  # the original's outputs on the fidelity feeds, stored by the first round's check
+        share_cache = {} if calib is None and model_io.model_bytes(input_path, graph_only) <= SHARE_CACHE_BYTES else None
+        opened: set[str] = set()  # staged outputs known to load in onnxruntime
         limits: dict[str, float] | None = None  # None: per-weight proxy limits (round 0)
         history: list[dict] = []
         gains: dict[str, float] | None = None
@@ -365,21 +388,31 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
             # Channel-scaled codebooks are tried at the model's budget only: a back-off round (the measured fidelity
             # missed) writes the unscaled candidates, so one scaled weight the checks let through cannot hold the
             # back-off in place (ppocr-rec: docs/benchmarks.md, channel-scaled codebooks).
-            extra = ({"allocation_limits": limits, "allocation_cache": cache, "allocation_scaled": not history}
-                     if allocation == "proxy" else {})
-            # The proxy's first round is only measured (its output is loaded in onnxruntime only if it is final).
-            checked = not (allocation == "proxy" and gains is None)
+            extra = ({"allocation_limits": limits, "allocation_cache": cache, "allocation_scaled": not history,
+                      "share_cache": share_cache} if allocation == "proxy" else {})
+            # The proxy's first round is only measured (its output is loaded in onnxruntime only if it is final); a
+            # round whose fidelity is measured is loaded by that check (and the load check run only if it fails).
+            checked = not (allocation == "proxy" and gains is None) and not (measure and not unavailable)
             report = _compress_once(input_path, staged, calib, loaded=graph_only, allocation=allocation, check=checked,
                                     **extra, **options)
+            if checked:
+                opened.add(staged)
             result = None
             budget_round = allocation == "proxy" and report.layers and gains is None
             if measure and not budget_round:  # round 0 of the proxy is only the start of the budget allocation
-                result = (fidelity_check.Fidelity("", unavailable=unavailable) if unavailable else
-                          fidelity_check.compare_runs(input_path, staged, feeds, source, graph_only, reference))
+                result = fidelity_check.Fidelity("", unavailable=unavailable) if unavailable else compare(staged)
+                if result.unavailable:  # the output's session may have failed to open: the load check says
+                    check_output_loads(input_path, staged, report.sidecar_path)
+                opened.add(staged)
             if allocation != "proxy" or not report.layers:
                 break
             if gains is None:  # round 0: measure each weight's effect, then allocate the model's budget
-                gains = _gains(input_path, staged, feeds if measure and not unavailable else [], cache, report, graph_only)
+                # round 0's choices, then every weight's candidates fit on threads of their own while the gains are
+                # measured (the candidates do not depend on them; the allocators are not touched meanwhile)
+                chosen = _round0_choices(cache)
+                candidates = background.submit(_candidates, cache)
+                gains = _gains(input_path, staged, feeds if measure and not unavailable else [], cache, report, graph_only,
+                               chosen)
                 budget = BUDGET if gains is not None else BUDGET_UNMEASURED
                 gains = gains or {name: 1.0 for name in cache}
             elif result is None or (not result.below and not history):  # passed at the model's budget (or unmeasured)
@@ -406,10 +439,11 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
                     log.info("back-off search: min cosine %.4f at budget %.4f: budget -> %.4f", result.min_cosine,
                              budget, math.sqrt(passing * failing))
                     budget = math.sqrt(passing * failing)
-            limits = _budget_limits(cache, gains, budget, report)
+            limits = _budget_limits(cache, gains, budget, report, candidates.result())
+        share_cache = None  # (the rounds are over: its sorted weights are not needed)
         if best is not None:  # the smallest output that passed (the search's last round may have failed)
             report, result, staged = best
-        if not checked:
+        if staged not in opened:
             check_output_loads(input_path, staged, report.sidecar_path)
         report.allocation, report.backoff = allocation, history
         fallback = None
@@ -431,7 +465,7 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
             report.float_params = float_params  # nothing of them is compressed: coverage 0
             report.allocation, report.backoff, report.fallback = allocation, history, fallback
             result = fidelity_check.Fidelity(source or "", unavailable=unavailable) if unavailable else (
-                fidelity_check.compare_runs(input_path, staged, feeds, source, graph_only, reference) if measure else None)
+                compare(staged) if measure else None)
         report.fidelity = None if result is None else result.to_dict()
         if min_cosine is not None:
             if result.unavailable:
@@ -447,11 +481,12 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
         report.output_path = output_path
         return report
     finally:
+        background.shutdown(wait=True)  # (on an error its results are not needed: only its threads' end)
         shutil.rmtree(staging, ignore_errors=True)
 
 
 def _gains(input_path: str, staged: str, feeds: list[dict], cache: dict, report: Report,
-           loaded: onnx.ModelProto | None = None) -> dict[str, float] | None:
+           loaded: onnx.ModelProto | None = None, chosen: dict | None = None) -> dict[str, float] | None:
     """Per weight (the allocator's ``cache`` keys): the measured gain g = r / e2 of its effect on the output r
     (fidelity.attribute, on ATTRIBUTION_SAMPLES samples of the first feed) over its predicted relative L2 error e2,
     divided by the median gain and clipped to GAIN_RANGE (the median stands for weights not compressed in this
@@ -459,7 +494,8 @@ def _gains(input_path: str, staged: str, feeds: list[dict], cache: dict, report:
     outputs on random images are small and uncertain, and their absolute error says little about real inputs.
     None without feeds or when the model cannot be run on them. Models above ATTRIBUTION_BYTES get gains of 1
     (the measurement holds copies of the whole model in memory, and protobuf serialises at most 2 GiB). ``loaded``:
-    the input as model_io.load_model(input_path, external_data=False) gave it (not parsed again)."""
+    the input as model_io.load_model(input_path, external_data=False) gave it (not parsed again); ``chosen``: round
+    0's choices (_round0_choices), when already taken."""
     if not feeds:
         return None
     if model_io.model_bytes(input_path, loaded) > ATTRIBUTION_BYTES:
@@ -476,10 +512,9 @@ def _gains(input_path: str, staged: str, feeds: list[dict], cache: dict, report:
         parallel.release_free_memory()  # the decoded weights and model copies of the runs
     compressed = {layer.name for layer in report.layers}
     measured = {}
-    for name, allocator in cache.items():
-        chosen = allocator.choose(1.0, 4.0 * allocator.n_total, uniform=False)  # round 0's choice (measurements are cached)
-        if name in errors and name in compressed and chosen is not None and chosen.relative_l2 > 0:
-            measured[name] = errors[name] / chosen.relative_l2
+    for name, choice in (chosen if chosen is not None else _round0_choices(cache)).items():
+        if name in errors and name in compressed and choice is not None and choice.relative_l2 > 0:
+            measured[name] = errors[name] / choice.relative_l2
     median = float(np.median(list(measured.values()))) if measured else 1.0
     log.info("measured gains (output error / weight error): median %.3g, %s", median,
              ", ".join(f"{n} {g:.3g}" for n, g in sorted(measured.items(), key=lambda x: -x[1])[:8]))
@@ -489,14 +524,45 @@ def _gains(input_path: str, staged: str, feeds: list[dict], cache: dict, report:
     return {name: float(np.clip(measured.get(name, median) / median, low, high)) for name in cache}
 
 
-def _budget_limits(cache: dict, gains: dict[str, float], budget: float, report: Report) -> dict[str, float]:
-    """Per weight, the relative L2 limit of its candidate in the model-level budget allocation
-    (onnxcomp.core.allocation.solve_budget); 0 for a weight best left dense."""
+class _Inline:
+    """The executor of AHEAD False: each job runs when submitted, on the caller's thread (the straightforward
+    order, which tests compare with the threaded one)."""
+
+    def submit(self, function, *args) -> Future:
+        future = Future()
+        try:
+            future.set_result(function(*args))
+        except Exception as error:  # kept for result(), as a thread pool keeps it
+            future.set_exception(error)
+        return future
+
+    def shutdown(self, wait: bool = True) -> None:
+        pass
+
+
+def _round0_choices(cache: dict) -> dict:
+    """Per weight (the allocator ``cache``'s keys), round 0's choice: the per-weight proxy's (its measurements are
+    cached), or None."""
+    return {name: allocator.choose(1.0, 4.0 * allocator.n_total, uniform=False) for name, allocator in cache.items()}
+
+
+def _candidates(cache: dict) -> dict[str, list]:
+    """Per weight, every candidate of the model-level budget allocation (onnxcomp.core.allocation.options), fit on
+    the cores (weights are independent; each allocator on one thread). They do not depend on the gains or the
+    budget (the allocators cache their measurements: later calls only collect them)."""
     from onnxcomp.core import allocation as allocation_math
-    # Each weight's candidates are fit on the cores (weights are independent; each allocator on one thread).
     names = sorted(cache)
     found = parallel.ordered_map(lambda name: allocation_math.options(cache[name], 4.0 * cache[name].n_total), names)
-    choices = dict(zip(names, found))
+    return dict(zip(names, found))
+
+
+def _budget_limits(cache: dict, gains: dict[str, float], budget: float, report: Report,
+                   choices: dict[str, list] | None = None) -> dict[str, float]:
+    """Per weight, the relative L2 limit of its candidate in the model-level budget allocation
+    (onnxcomp.core.allocation.solve_budget); 0 for a weight best left dense. ``choices``: _candidates(cache), when
+    already fit."""
+    from onnxcomp.core import allocation as allocation_math
+    choices = choices if choices is not None else _candidates(cache)
     chosen = allocation_math.solve_budget(choices, gains, budget)
     return {name: 0.0 if c.dense else c.relative_l2 * (1 + 1e-9) for name, c in chosen.items()}
 

@@ -334,13 +334,16 @@ def compare_runs(original_path: str, compressed_path: str, feeds: list[dict[str,
         return len(stored.get(tuple(dict.fromkeys(taps.values())), ())) == len(feeds)
     try:
         session, candidate, taps = _sessions(original_path, compressed_path, original, cached=known(taps))
-        if session is None and not known(taps):  # stored with taps the output lacks: the original again, untapped
-            session = _session(original_path, model=original)
+        key = tuple(dict.fromkeys(taps.values()))
+        if session is None and _COUNTS + key in stored and not _same_counts(stored[_COUNTS + key], candidate, feeds):
+            stored.pop(key)  # stored by store_reference in batches the output's inputs would not take: run again
+        if session is None and not known(taps):  # stored with taps the output lacks (the original again, untapped)
+            session = _session(original_path, key, original)  # or in other batches
     except Exception as error:  # onnxruntime's own error types: the input itself does not load there
         return Fidelity(inputs, unavailable=f"onnxruntime cannot load the input model ({str(error).strip().splitlines()[0]})")
-    key = tuple(dict.fromkeys(taps.values()))
     if session is not None:
         stored[key] = []  # filled feed by feed below
+        stored.pop(_COUNTS + key, None)  # in the batches below
     names = [o.name for o in original.graph.output]
     from onnxcomp.pipeline.verification import class_score_outputs  # verify's rule: top-1 only for class scores
     scores = class_score_outputs(original)
@@ -401,6 +404,53 @@ def compare_runs(original_path: str, compressed_path: str, feeds: list[dict[str,
     result.min_cosine, result.mean_cosine = float(joined.min()), float(joined.mean())
     result.top1_agreement = float(np.concatenate(all_agree).mean()) if all_agree else None
     return result
+
+
+_COUNTS = ("sample counts",)  # key prefix in compare_runs' ``reference`` of the counts store_reference ran with
+
+
+def _feed_counts(session: ort.InferenceSession, feeds: list[dict[str, np.ndarray]]) -> list[int | None]:
+    """Per feed, the sample count compare_runs runs it with on ``session`` (None: the feed holds no samples)."""
+    counts = []
+    for feed in feeds:
+        axes = sample_axes([i for i in session.get_inputs() if i.name in feed])
+        counts.append(count_samples(feed, axes) if any(np.ndim(v) and axes.get(k, 0) is not None for k, v in feed.items())
+                      else None)
+    return counts
+
+
+def _same_counts(counts: list[int | None], session: ort.InferenceSession, feeds: list[dict[str, np.ndarray]]) -> bool:
+    try:
+        return _feed_counts(session, feeds) == counts
+    except CalibrationError:  # inputs that disagree: compare_runs says so when it runs them
+        return False
+
+
+def store_reference(original_path: str, feeds: list[dict[str, np.ndarray]], original: onnx.ModelProto,
+                    reference: dict) -> None:
+    """The original's outputs on ``feeds`` (with the logit taps as extra outputs), stored in ``reference`` as
+    compare_runs stores them, so that compare_runs with the same ``reference`` does not run the original: compress
+    calls this on a thread of its own while its first round compresses (the two are independent). The outputs are
+    the same numbers compare_runs would compute (the same single-threaded session, feeds and batches; compare_runs
+    runs the original again if the output's inputs would batch a feed differently). ``original`` is only read (a
+    copy takes the extra outputs). Any failure stores nothing: compare_runs then runs the original itself and
+    reports the problem."""
+    key = tuple(dict.fromkeys(logit_taps(original).values()))
+    try:
+        private = None
+        if key:  # _session adds the taps to the model it is given for a moment: never to the caller's
+            private = onnx.ModelProto()
+            private.CopyFrom(original)
+        session = _session(original_path, key, private)
+        del private
+        counts = _feed_counts(session, feeds)
+        names = [o.name for o in session.get_outputs()]
+        runs = [dict(zip(names, run_batched(session, feed, batch=count or 1))) for feed, count in zip(feeds, counts)]
+    except Exception as error:  # onnxruntime's own error types: compare_runs meets them again and says so
+        log.debug("the original's outputs not stored ahead (%s)", error)
+        return
+    reference[_COUNTS + key] = counts
+    reference[key] = runs
 
 
 def prepare(original_path: str, *, data: str | dict | None = None, calib: dict | None = None, shapes: dict | None = None,
@@ -472,6 +522,7 @@ def attribute(original_path: str, compressed_path: str, feed: dict[str, np.ndarr
     from onnxcomp.pipeline.autotune import _weight_as_input
     from onnxcomp.core import sidecar
     from onnxcomp.pipeline.inspection import stored_weights
+    from onnxcomp.passes.base import _raw_view
     stored = stored_weights(model_io.load_model(compressed_path, external_data=False), compressed_path)
     graphs = [] if original is None else list(model_io.graphs_of(original.graph))
     if original is None or any(t.data_location == onnx.TensorProto.EXTERNAL for g in graphs for t in g.initializer):
@@ -489,7 +540,9 @@ def attribute(original_path: str, compressed_path: str, feed: dict[str, np.ndarr
     main = {t.name for t in model.graph.initializer if t.data_type != onnx.TensorProto.BFLOAT16}
     # integer records are lossless (IntegerWeightsPass): their effect is 0 without a run
     weights = {w.name: w for w in stored.values() if w.name in everywhere and w.value_type == sidecar.FLOAT32}
-    originals = {name: numpy_helper.to_array(everywhere[name]) for name in weights if name in main}
+    # read-only views over the protos' bytes where they are float raw data (numpy_helper.to_array copies them again)
+    originals = {name: _raw_view(everywhere[name]) for name in weights if name in main}
+    originals = {name: numpy_helper.to_array(everywhere[name]) if view is None else view for name, view in originals.items()}
 
     def session(proto: onnx.ModelProto) -> ort.InferenceSession:
         probe = onnx.ModelProto()
