@@ -189,6 +189,7 @@ def test_backoff_search_keeps_the_smallest_passing_output(tmp_path, monkeypatch)
     model = make_model(nodes, [float_input("x", ["n", 256])], [float_input("y", ["n", 32])],
                        [onnx.numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)])
     onnx.save(model, tmp_path / "in.onnx")
+    monkeypatch.setattr(compression, "TARGETED_ROUNDS", 0)  # the budget search alone (targeted rounds: below)
     measure = fidelity.compare_runs
     measured = []
 
@@ -221,6 +222,82 @@ def test_backoff_search_keeps_the_smallest_passing_output(tmp_path, monkeypatch)
     onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "again.onnx", fidelity_data=real)
     assert [(tmp_path / name).read_bytes() for name in ("again.onnx", "again.onnxcomp")][1] == first_bytes[1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again.onnx", "again.onnxcomp", "in.onnx", "out.onnx", "out.onnxcomp"]
+
+
+def _three_matmuls(rng):
+    weights = [rng.standard_normal((256, 256)).astype(np.float32), rng.standard_normal((256, 128)).astype(np.float32),
+               rng.standard_normal((128, 32)).astype(np.float32)]
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h0"]), helper.make_node("Relu", ["h0"], ["r0"]),
+             helper.make_node("MatMul", ["r0", "w1"], ["h1"]), helper.make_node("Relu", ["h1"], ["r1"]),
+             helper.make_node("MatMul", ["r1", "w2"], ["y"])]
+    return weights, make_model(nodes, [float_input("x", ["n", 256])], [float_input("y", ["n", 32])],
+                               [onnx.numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)])
+
+
+def test_targeted_backoff_tightens_the_weight_carrying_the_error(tmp_path, monkeypatch):
+    """When the round at the model's budget misses the check, the next round halves the limit of the weight whose
+    measured output error (alone, at its allocated error) is the largest and keeps every other weight's limit; the
+    output is byte for byte the same on a second run. The gains are replaced so that w1 looks 4x less harmful
+    than the others (it gets the largest error); the first measured round is reported as failing, the later ones as
+    passing (the random weights' real cosine is beside the point here)."""
+    from onnxcomp.pipeline import compression, fidelity
+    rng = np.random.default_rng(12)
+    weights, model = _three_matmuls(rng)
+    onnx.save(model, tmp_path / "in.onnx")
+    monkeypatch.setattr(compression, "_gains", lambda *args: {"w0": 1.0, "w1": 0.25, "w2": 1.0})
+    measure, runs = fidelity.compare_runs, []
+
+    def first_fails(original, compressed, feeds, inputs, *args):
+        result = measure(original, compressed, feeds, inputs, *args)
+        runs.append(result.min_cosine)
+        result.min_cosine = 0.5 if len(runs) == 1 else 0.999
+        return result
+    monkeypatch.setattr(fidelity, "compare_runs", first_fails)
+    once, limits = compression._compress_once, []
+
+    def recorded(*args, **kwargs):
+        limits.append(dict(kwargs.get("allocation_limits") or {}))
+        return once(*args, **kwargs)
+    monkeypatch.setattr(compression, "_compress_once", recorded)
+    report = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx")
+    assert [(r["budget"], r["passed"], r["tightened"]) for r in report.backoff] == [
+        (compression.BUDGET, False, []), (compression.BUDGET, True, ["w1"])]
+    assert len(limits) == 3  # round 0 (per-weight limits), the model's budget, the targeted round
+    assert limits[1]["w1"] > limits[1]["w0"]  # the gains gave w1 the largest error
+    assert limits[2] == {**limits[1], "w1": limits[1]["w1"] * compression.BACKOFF_FACTOR}
+    assert report.fallback is None and report.output_bytes == report.backoff[1]["bytes"] > report.backoff[0]["bytes"]
+    decoded = compression.decoded_weights(str(tmp_path / "out.onnxcomp"))
+    assert np.linalg.norm(decoded["w1"] - weights[1]) / np.linalg.norm(weights[1]) <= limits[2]["w1"]
+    x = rng.standard_normal((8, 256)).astype(np.float32)
+    assert run_compressed(tmp_path / "out.onnx", {"x": x})[0].shape == (8, 32)
+    runs.clear()
+    (tmp_path / "again").mkdir()
+    onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "again" / "out.onnx")
+    for name in ("out.onnx", "out.onnxcomp"):
+        assert (tmp_path / "again" / name).read_bytes() == (tmp_path / name).read_bytes()
+
+
+def test_targeted_backoff_falls_back_to_halving_every_budget(tmp_path, monkeypatch):
+    """When the targeted rounds miss too, the back-off halves the model's budget as before (every weight)."""
+    from onnxcomp.pipeline import compression, fidelity
+    rng = np.random.default_rng(13)
+    _, model = _three_matmuls(rng)
+    onnx.save(model, tmp_path / "in.onnx")
+    measure, runs = fidelity.compare_runs, []
+
+    def late_pass(original, compressed, feeds, inputs, *args):  # only a round after the targeted ones passes
+        result = measure(original, compressed, feeds, inputs, *args)
+        runs.append(result.min_cosine)
+        if len(runs) <= 1 + compression.TARGETED_ROUNDS:
+            result.min_cosine = 0.5
+        return result
+    monkeypatch.setattr(fidelity, "compare_runs", late_pass)
+    report = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx")
+    rounds = [(r["budget"], r["passed"], bool(r["tightened"])) for r in report.backoff]
+    first = compression.BUDGET
+    assert rounds == [(first, False, False)] + [(first, False, True)] * compression.TARGETED_ROUNDS + [
+        (first * compression.BACKOFF_FACTOR, True, False)]
+    assert report.fallback is None and report.output_bytes == report.backoff[-1]["bytes"]
 
 
 def test_defaults_copy_a_model_compression_would_barely_shrink(tmp_path):

@@ -323,8 +323,10 @@ def _print_summary(result) -> None:
         delta = 100 * (result.accuracy_after - result.accuracy_before)
         typer.echo(f"top-1 accuracy: {100 * result.accuracy_before:.2f}% before, {100 * result.accuracy_after:.2f}% after ({delta:+.2f} points)")
     for round_ in result.backoff:
-        typer.echo(f"back-off: min cosine {round_['min_cosine']:.4f} at model error budget {round_['budget']:.4f} "
-                   f"({'passed' if round_.get('passed') else 'missed'}), {round_['bytes']:,} bytes")
+        tightened = round_.get("tightened") or []
+        typer.echo(f"back-off: min cosine {round_['min_cosine']:.4f} at model error budget {round_['budget']:.4f}"
+                   + (f" with the limits of {', '.join(tightened)} halved" if tightened else "")
+                   + f" ({'passed' if round_.get('passed') else 'missed'}), {round_['bytes']:,} bytes")
     if result.fallback:
         typer.echo(f"fallback: {result.fallback}")
     _print_fidelity(result.fidelity)

@@ -57,6 +57,14 @@ BACKOFF_FACTOR = 0.5  # each round multiplies the model's error budget by this
 # synthesised inputs: there a finer search finds outputs that pass the check and lose on real data (vgg16-tumor:
 # budget 0.089 passed at min cosine 0.998 but moved a real crop's top class; docs/benchmarks.md, branch ratio3).
 REFINE_ROUNDS = 2
+# Before any halving: rounds that tighten only the weights carrying the output error. On the round that missed,
+# each weight's output error alone at its allocated error is measured (fidelity.attribute, as for the gains); the
+# weights with the largest errors, whose squares reach TARGETED_SHARE of the sum of squares, get their limits
+# multiplied by BACKOFF_FACTOR, every other weight keeps its limit (vgg16-tumor: the round at BUDGET misses at min
+# cosine 0.985, two weights whose gains were clipped at GAIN_RANGE's low end carry 77 % of the error; tightening
+# them passes at 9.5 MB where halving every weight's budget gave 11.7 MB: docs/benchmarks.md, branch ratio5).
+TARGETED_ROUNDS = 2
+TARGETED_SHARE = 0.5
 BUDGET = 0.15  # model-level budget R on sqrt(sum (g_i e2_i)^2), gains relative to their median
 MIN_SAVING = 0.02  # the defaults write a copy when compression would save less than this share of the input's bytes
 BUDGET_UNMEASURED = 0.05  # R when fidelity cannot be measured (every gain 1, no back-off): a third of BUDGET
@@ -316,8 +324,10 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
     else the calibration data, else inputs synthesised with ``input_shapes``/``input_ranges`` overrides) into
     ``Report.fidelity``. With the proxy allocation, a first round with per-weight limits gives each weight's
     measured gain (``_gains``), then the model-level budget (BUDGET, onnxcomp.core.allocation.solve_budget) sets
-    every weight's limit; a min cosine below 0.99 halves the budget (at most BACKOFF_ROUNDS times) until a round
-    passes; on real fidelity inputs (``fidelity_data`` or ``calib``, not synthesised ones) REFINE_ROUNDS rounds at
+    every weight's limit; when that round's min cosine is below 0.99, up to TARGETED_ROUNDS rounds halve the limits
+    of only the weights carrying the output error (``_error_carriers``: each weight's measured error alone at its
+    allocated error) and keep the first that passes; if none does, the budget of every weight is halved (at most
+    BACKOFF_ROUNDS times) until a round passes; on real fidelity inputs (``fidelity_data`` or ``calib``, not synthesised ones) REFINE_ROUNDS rounds at
     the geometric midpoint of the largest passing and smallest failing budgets follow, and the smallest output
     that passed is kept (``Report.backoff``: every measured round once the first missed); if it still misses,
     or the output would not be smaller than the input, or would save less than MIN_SAVING (2 %) of its bytes, the
@@ -379,16 +389,20 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
         passing = failing = None  # the largest budget measured to pass, the smallest measured to fail
         best = None  # (report, result, staged) of the smallest output that passed in the back-off search
         staged = None
-        for round_ in range(BACKOFF_ROUNDS + REFINE_ROUNDS + 2):
+        tightened: list[str] | None = None  # the weights the coming round tightens (a targeted round), else None
+        targeted = 0  # targeted rounds run
+        scaled = True  # channel-scaled candidates allowed (until the budget is halved)
+        for round_ in range(BACKOFF_ROUNDS + REFINE_ROUNDS + TARGETED_ROUNDS + 2):
             if staged is not None and (best is None or staged != best[2]):
                 shutil.rmtree(os.path.dirname(staged))  # the previous round's output, not kept
             # Each round writes into its own folder: the back-off search keeps the smallest passing output.
             os.mkdir(os.path.join(staging, str(round_)))
             staged = os.path.join(staging, str(round_), os.path.basename(output_path))
-            # Channel-scaled codebooks are tried at the model's budget only: a back-off round (the measured fidelity
-            # missed) writes the unscaled candidates, so one scaled weight the checks let through cannot hold the
-            # back-off in place (ppocr-rec: docs/benchmarks.md, channel-scaled codebooks).
-            extra = ({"allocation_limits": limits, "allocation_cache": cache, "allocation_scaled": not history,
+            # Channel-scaled codebooks are tried at the model's budget only (and in the targeted rounds, which measure
+            # every weight's error as written): a round at a halved budget writes the unscaled candidates, so one
+            # scaled weight the checks let through cannot hold the back-off in place (ppocr-rec: docs/benchmarks.md,
+            # channel-scaled codebooks).
+            extra = ({"allocation_limits": limits, "allocation_cache": cache, "allocation_scaled": scaled,
                       "share_cache": share_cache} if allocation == "proxy" else {})
             # The proxy's first round is only measured (its output is loaded in onnxruntime only if it is final); a
             # round whose fidelity is measured is loaded by that check (and the load check run only if it fails).
@@ -419,22 +433,38 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
                 break
             else:
                 history.append({"min_cosine": result.min_cosine, "bytes": report.output_bytes, "budget": budget,
-                                "passed": not result.below})
-                if result.below:
+                                "passed": not result.below, "tightened": tightened or []})
+                this_round, tightened = tightened, None
+                if this_round is not None and not result.below:  # a targeted round passed: its output is kept
+                    best = (report, result, staged)
+                    break
+                if this_round is None and result.below:
                     failing = budget
-                else:
+                elif this_round is None:
                     passing = budget
                     if best is None or report.output_bytes < best[0].output_bytes:
                         best = (report, result, staged)
+                if result.below and targeted < TARGETED_ROUNDS and (this_round is not None or len(history) == 1):
+                    carriers = _error_carriers(input_path, staged, feeds, limits, graph_only)
+                    if carriers:  # tighten only these; every other weight keeps its limit
+                        targeted += 1
+                        log.info("fidelity min cosine %.4f below %.2f: limits of %s x %g", result.min_cosine,
+                                 fidelity_check.WARN_COSINE, ", ".join(carriers), BACKOFF_FACTOR)
+                        limits = {name: limit * BACKOFF_FACTOR if name in carriers else limit for name, limit in limits.items()}
+                        tightened = carriers
+                        continue
+                # the budget back-off (after the targeted rounds missed: from the model's budget, every weight)
+                scaled = False
+                rounds = [h for h in history if not h["tightened"]]
                 if passing is None:  # still failing: halve the budget, BACKOFF_ROUNDS times at most
-                    if len(history) > BACKOFF_ROUNDS:
+                    if len(rounds) > BACKOFF_ROUNDS:
                         break
                     log.info("fidelity min cosine %.4f below %.2f: budget %.4f -> %.4f", result.min_cosine,
                              fidelity_check.WARN_COSINE, budget, budget * BACKOFF_FACTOR)
                     budget *= BACKOFF_FACTOR
                 else:  # search between the passing and the failing budget (geometric midpoints), REFINE_ROUNDS times
-                    first = next(i for i, h in enumerate(history) if h["passed"])
-                    if len(history) - 1 - first >= (0 if source == "synthesised" else REFINE_ROUNDS):
+                    first = next(i for i, h in enumerate(rounds) if h["passed"])
+                    if len(rounds) - 1 - first >= (0 if source == "synthesised" else REFINE_ROUNDS):
                         break
                     log.info("back-off search: min cosine %.4f at budget %.4f: budget -> %.4f", result.min_cosine,
                              budget, math.sqrt(passing * failing))
@@ -500,16 +530,9 @@ def _gains(input_path: str, staged: str, feeds: list[dict], cache: dict, report:
         return None
     if model_io.model_bytes(input_path, loaded) > ATTRIBUTION_BYTES:
         return {name: 1.0 for name in cache}
-    from onnxcomp.pipeline.fidelity import attribute
-    count = next((len(v) for v in feeds[0].values() if np.ndim(v)), 0)
-    feed = {k: (v[:ATTRIBUTION_SAMPLES] if np.ndim(v) and len(v) == count else v) for k, v in feeds[0].items()}
-    try:
-        errors = attribute(input_path, staged, feed, loaded)
-    except Exception as error:  # onnxruntime's own errors (a feed the model takes only whole): no measured gains
-        log.info("per-weight effect not measured (%s): every gain taken as 1", str(error).strip().splitlines()[0])
+    errors = _attribution(input_path, staged, feeds, loaded)
+    if errors is None:
         return None
-    finally:
-        parallel.release_free_memory()  # the decoded weights and model copies of the runs
     compressed = {layer.name for layer in report.layers}
     measured = {}
     for name, choice in (chosen if chosen is not None else _round0_choices(cache)).items():
@@ -522,6 +545,47 @@ def _gains(input_path: str, staged: str, feeds: list[dict], cache: dict, report:
         return {name: 1.0 for name in cache}
     low, high = GAIN_RANGE
     return {name: float(np.clip(measured.get(name, median) / median, low, high)) for name in cache}
+
+
+def _attribution(input_path: str, staged: str, feeds: list[dict], loaded: onnx.ModelProto | None) -> dict[str, float] | None:
+    """fidelity.attribute of the output at ``staged`` on ATTRIBUTION_SAMPLES samples of the first feed (weight name ->
+    relative output error with that weight alone decoded); None when onnxruntime cannot run the model on them."""
+    from onnxcomp.pipeline.fidelity import attribute
+    count = next((len(v) for v in feeds[0].values() if np.ndim(v)), 0)
+    feed = {k: (v[:ATTRIBUTION_SAMPLES] if np.ndim(v) and len(v) == count else v) for k, v in feeds[0].items()}
+    try:
+        return attribute(input_path, staged, feed, loaded)
+    except Exception as error:  # onnxruntime's own errors (a feed the model takes only whole)
+        log.info("per-weight effect not measured (%s)", str(error).strip().splitlines()[0])
+        return None
+    finally:
+        parallel.release_free_memory()  # the decoded weights and model copies of the runs
+
+
+def _error_carriers(input_path: str, staged: str, feeds: list[dict], limits: dict[str, float],
+                    loaded: onnx.ModelProto | None = None) -> list[str]:
+    """The weights of the output at ``staged`` that carry its error: each weight's relative output error alone at its
+    allocated error (fidelity.attribute on ATTRIBUTION_SAMPLES samples of the first feed, as ``_gains``), and of the
+    weights compressed under a limit (``limits`` > 0) the smallest set of the largest errors whose squares reach
+    TARGETED_SHARE of their sum (ties by name). Errors add as independent terms in the budget's model
+    (sqrt(sum (g e2)^2)), so these weights hold at least that share of the predicted output error. Empty without
+    feeds, when the model cannot be run on them, or when no weight has an error."""
+    if not feeds or model_io.model_bytes(input_path, loaded) > ATTRIBUTION_BYTES:
+        return []
+    errors = _attribution(input_path, staged, feeds, loaded)
+    if errors is None:  # the back-off halves every weight's budget instead
+        return []
+    ranked = sorted(((e, n) for n, e in errors.items() if limits.get(n, 0.0) > 0 and e > 0 and math.isfinite(e)),
+                    key=lambda item: (-item[0], item[1]))
+    total = sum(e * e for e, _ in ranked)
+    carriers, held = [], 0.0
+    for e, name in ranked:
+        if held >= TARGETED_SHARE * total:
+            break
+        carriers.append(name)
+        held += e * e
+    log.info("output error alone per weight: %s", ", ".join(f"{n} {e:.3g}" for e, n in ranked[:8]))
+    return carriers
 
 
 class _Inline:
