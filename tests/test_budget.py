@@ -649,3 +649,66 @@ def test_saturated_bit_widths_are_not_tried(tmp_path, rng):
                 assert widths[-1] == widths[saturated]
                 skipped += bits.index(bits[-1]) - bits.index(widths[-1])
     assert skipped > 0  # this model's pruned curves do saturate
+
+
+def test_weights_no_codebook_can_hold_are_left_dense_as_float16(tmp_path, rng):
+    """A budget no 2-bit codebook meets: both weights stay dense, stored as float16 (half the bytes, a Cast back to
+    float32), not as float32; the float16 candidates' error is measured on a trial model and the output still meets
+    the budget on the check samples, measured here in onnxruntime."""
+    model, data = budget_mlp(tmp_path, rng)
+    report = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), budget="cosine=0.9999",
+                                calib=str(data), sparsities=(0.0,), bits=(2,), min_elements=16,
+                                cache_dir=str(tmp_path / "cache"))
+    b = report.budget
+    assert b["settings"] == {"w1": {"skip": True, "float16": True}, "w2": {"skip": True, "float16": True}}
+    assert 0 <= b["float16_error"] < 1e-4
+    assert sorted(name for name, _ in report.float16) == ["w1", "w2"]
+    written = onnx.load(tmp_path / "out.onnx")
+    assert {t.name: t.data_type for t in written.graph.initializer} == {
+        "w1__float16": onnx.TensorProto.FLOAT16, "w2__float16": onnx.TensorProto.FLOAT16}
+    assert report.output_bytes < report.input_bytes * 0.6
+    x = np.load(data)["x"][budget_split(80, 20, 20)[2]]
+    from conftest import run_plain
+    got = onnxcomp.InferenceSession(tmp_path / "out.onnx").run(None, {"x": x})[0]
+    assert error("cosine", run_plain(model, {"x": x})[0], got) <= 1e-4
+
+
+def test_float16_candidates_share_the_measured_error_by_size():
+    from onnxcomp.pipeline.autotune import HALF_BITS, _setting, _with_float16
+    curves = {"a": [(0.0, 4, 300, 0.02), (None, None, 4000, 0.0)], "b": [(0.0, 4, 100, 0.01), (None, None, 1000, 0.0)],
+              "c": [(0.0, 4, 50, 0.001), (None, None, 800, 0.0)]}
+    extended = _with_float16(curves, {"a", "b"}, 0.005)
+    assert extended["a"][-1] == (None, HALF_BITS, 2000, pytest.approx(0.004))
+    assert extended["b"][-1] == (None, HALF_BITS, 500, pytest.approx(0.001))
+    assert extended["c"] == curves["c"]
+    assert _setting(extended["a"][-1]) == {"skip": True, "float16": True}
+    assert _setting(extended["a"][-2]) == {"skip": True}
+    # a budget the 4-bit codebooks of a and b miss: float16, not float32, for both
+    chosen = allocate({n: [(p[2], p[3]) for p in ps] for n, ps in extended.items()}, 0.006)
+    assert chosen == {"a": 2, "b": 2, "c": 0}
+
+
+def test_check_set_tests_rungs_between_the_safe_rung_and_the_searched_allocation(tmp_path, rng):
+    """After the search, RUNGS trials at geometric steps of the allowed error from the largest that passed down to
+    SAFE_RUNG x it: the check set tests them (and the search's own) from the largest down, so it can stop between the
+    two instead of writing the safe rung when the searched allocation misses. Same input, same bytes twice."""
+    from onnxcomp.pipeline.autotune import RUNGS, SAFE_RUNG
+    model, data = budget_mlp(tmp_path, rng)
+    kwargs = dict(budget="cosine=0.97", calib=str(data), sparsities=(0.0, 0.3, 0.5, 0.7, 0.8), bits=(2, 3, 4, 5, 6, 8),
+                  min_elements=16, cache_dir=str(tmp_path / "cache"))
+    report = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), **kwargs)
+    rounds = report.budget["rounds"]
+    searched = [r for r in rounds if r["steered_by"] == "bound"]
+    passed_at = max(r["allowed"] for r in searched if r["bound"] <= 0.03 + 1e-12)
+    rungs = [r["allowed"] for r in rounds if r["steered_by"] in ("rung", "safe rung")]
+    want = [passed_at * SAFE_RUNG ** (k / RUNGS) for k in range(1, RUNGS + 1)]
+    # each rung at one of those steps (a rung whose allocation an earlier round already tried is not listed again)
+    assert rungs and all(any(a == pytest.approx(w) for w in want) for a in rungs)
+    checks = report.budget["checks"]
+    sizes = [c["bytes"] for c in checks]
+    assert sizes == sorted(sizes, reverse=True)
+    passed = [c for c in checks if c["bound"] <= 0.03 + 1e-12]
+    assert checks[:len(passed)] == passed and report.output_bytes == passed[-1]["bytes"]
+    again = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "again.onnx"), **kwargs)
+    assert [(c["measured"], c["bound"]) for c in again.budget["checks"]] == [(c["measured"], c["bound"]) for c in checks]
+    assert (tmp_path / "again.onnxcomp").read_bytes() == (tmp_path / "out.onnxcomp").read_bytes()
