@@ -75,10 +75,44 @@ CACHE_VERSION = 9  # 4: records keep outliers (--outliers, default auto); 5: a c
 # 8: the trials' ridge refits by conjugate gradients, row samples of 64K elements; 9: saturated bit widths not tried
 SAFE_RUNG = 0.5  # the check set's first rung: the allocation within this fraction of the error the search settled on
 RUNGS = 4  # rungs between the safe rung and the search's allocation, at geometric steps of the allowed error
+DATA_FREE = True  # the data-free default output is a check-set candidate (_data_free)
 HALF_BITS = 16  # a curve candidate (None, HALF_BITS, ...): the weight left dense, stored as float16
 CAP = 4.0  # sensitivity: past a (sparsity, bits) whose error exceeds CAP x the budget, higher sparsities at those bits are not tried
 SATURATION = 0.7  # sensitivity: at a sparsity above 0, once one more bit leaves more than this fraction of the error, the
 # higher bit widths at that sparsity are not tried (the pruning error dominates: _measure)
+
+
+def _data_free(input_path: str, output_path: str, model, hold: dict, reference: np.ndarray, labels, goal, seed: int,
+               min_elements: int, eval_data, fidelity_options: dict):
+    """The data-free default output (``compress`` without calibration; its back-off measured on ``hold``, the
+    held-back samples) as a check-set candidate (settings, bytes, predicted None, measured error, (staging folder,
+    staged path, report)), or None when it does not meet the budget at its confidence bound on ``hold``, is a copy of
+    the input, or cannot be written (then it is only not a candidate: the search's own allocations stand)."""
+    from onnxcomp.pipeline.compression import compress
+    from onnxcomp.runtime import InferenceSession
+    staging = tempfile.mkdtemp(prefix=".onnxcomp-", dir=os.path.dirname(os.path.abspath(output_path)))
+    staged = os.path.join(staging, os.path.basename(output_path))
+    with _removed_on_error(staging):
+        try:
+            with progress.silenced():
+                report = compress(input_path, staged, seed=seed, min_elements=min_elements, eval_data=eval_data,
+                                  **{**fidelity_options, "fidelity_data": hold})
+        except OnnxcompError as error:
+            log.info("the data-free allocation is not a candidate: %s", error)
+            report = None
+        if report is None or report.fallback or not report.layers:
+            shutil.rmtree(staging, ignore_errors=True)
+            return None
+        output = run_batched(InferenceSession(staged), hold, outputs=[model.graph.output[0].name])[0]
+    measured = budget_math.error(goal.metric, reference, output, labels)
+    bound = budget_math.error_bound(goal.metric, reference, output, labels, Z)
+    progress.messages()(f"data-free allocation: measured {goal.metric} {measured:.4g} (bound {bound:.4g}), "
+                        f"{report.output_bytes} bytes")
+    if not goal.met(bound):
+        shutil.rmtree(staging, ignore_errors=True)
+        return None
+    settings = {layer.name: {"sparsity": layer.sparsity, "bits": layer.bits} for layer in report.layers}
+    return settings, report.output_bytes, None, measured, bound, (staging, staged, report)
 
 
 def holdout_split(count: int, held: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -360,7 +394,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
                                 f"{goal.metric} {measured:.4g}, {output_bytes} bytes")
         measured, bound, size = tried[key]
         if goal.met(measured):  # a candidate for the check set, which decides (below)
-            passing[key] = (settings, size, predicted, measured)
+            passing[key] = (settings, size, predicted, measured, bound)
         return measured, bound
 
     for phase, rounds in (("bound", ROUNDS_SMOOTH if smooth else ROUNDS), ("measured", ROUNDS_MEASURED if counted else 0)):
@@ -411,22 +445,44 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     # there; the smallest that passed is written.
     from onnxcomp.runtime import InferenceSession
     expected = run_batched(_session(model), checking)[0] if checked else None
+    # The data-free allocation (compress's default; its back-off measured on the held-back samples, never the check
+    # set) is a candidate too, when it meets the budget at its confidence bound on the held-back samples and is smaller
+    # than the largest candidate (which the check set then still tests first): the written model is never larger
+    # than the data-free one when that one would pass the same sequence.
+    free = _data_free(input_path, output_path, model, hold, reference, labels, goal, seed, min_elements, eval_data,
+                      fidelity_options) if DATA_FREE and passing else None
+    if free is not None and free[1] < max(entry[1] for entry in passing.values()):
+        passing[("data-free",)] = free
+    elif free is not None:
+        shutil.rmtree(free[5][0], ignore_errors=True)
+        free = None
     ladder = []
     for entry in sorted(passing.values(), key=lambda entry: -entry[1]):  # near-duplicates would only risk a stop
         if not ladder or entry[1] < ladder[-1][1] * (1 - LADDER_STEP):
             ladder.append(entry)
     ladder = ladder if len(ladder) <= CHECKS else [ladder[round(i * (len(ladder) - 1) / (CHECKS - 1))] for i in range(CHECKS)]
-    checks, best = [], None
+    if free is not None and all(entry is not free for entry in ladder):  # kept whatever the spacing: it is the floor the search must beat
+        ladder.append(free)
+    # The order of the sequence: the most confident first (the smallest confidence bound on the held-back samples,
+    # then the larger). Fixed before the check set is read, it keeps the single test's error rate for every
+    # allocation accepted before the first miss, so the smallest of those is written, wherever it came in the order.
+    ladder = sorted(ladder, key=lambda entry: (entry[4], -entry[1])) if checked else [min(ladder, key=lambda e: e[1])]
+    checks, accepted = [], []  # accepted: (staging, staged, report, settings, predicted, measured, check)
     try:
-        for settings, _, predicted, measured in ladder if checked else ladder[-1:]:
-            staging = tempfile.mkdtemp(prefix=".onnxcomp-", dir=os.path.dirname(os.path.abspath(output_path)))
-            staged = os.path.join(staging, os.path.basename(output_path))
+        for entry in ladder:
+            settings, _, predicted, measured = entry[:4]
+            if len(entry) > 5:  # the data-free output, written already
+                staging, staged, report = entry[5]
+            else:
+                staging = tempfile.mkdtemp(prefix=".onnxcomp-", dir=os.path.dirname(os.path.abspath(output_path)))
+                staged = os.path.join(staging, os.path.basename(output_path))
             with _removed_on_error(staging):
-                report = compress(input_path, staged, calib=searched, prune=prune, score=score, reconstruct=reconstruct,
-                                  outliers=outliers, ridge=ridge, init=init, seed=seed, min_elements=min_elements, settings=settings,
-                                  eval_data=eval_data, rounding=rounding, sequential=sequential,
-                                  **{**fidelity_options, "fidelity_data": fidelity_options.get("fidelity_data") or
-                                     (checking if checked else None)})
+                if len(entry) <= 5:
+                    report = compress(input_path, staged, calib=searched, prune=prune, score=score, reconstruct=reconstruct,
+                                      outliers=outliers, ridge=ridge, init=init, seed=seed, min_elements=min_elements, settings=settings,
+                                      eval_data=eval_data, rounding=rounding, sequential=sequential,
+                                      **{**fidelity_options, "fidelity_data": fidelity_options.get("fidelity_data") or
+                                         (checking if checked else None)})
                 output = run_batched(InferenceSession(staged), checking, outputs=[model.graph.output[0].name])[0] if checked else None
             if checked:
                 on_check = budget_math.error(goal.metric, expected, output, check_labels)
@@ -436,11 +492,14 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
                     log.info("allocation of %d bytes misses the budget on the check set (%s %.4g, bound %.4g): "
                              "the sequence stops", report.output_bytes, goal.metric, on_check, check_bound)
                     shutil.rmtree(staging, ignore_errors=True)
+                    if free is not None and entry is free:
+                        free = None
                     break
-            if best is not None:
-                shutil.rmtree(best[0], ignore_errors=True)
-            best = (staging, staged, report, settings, predicted, measured, checks[-1] if checks else None)
-        if best is not None:
+            accepted.append((staging, staged, report, settings, predicted, measured, checks[-1] if checks else None))
+            if free is not None and entry is free:
+                free = None  # its folder is in accepted now
+        if accepted:
+            best = min(accepted, key=lambda a: a[2].output_bytes)  # the first of equal sizes
             staging, staged, report, settings, predicted, measured, confirmed = best
             report.sidecar_path = model_io.install_staged(staged, output_path)
             report.output_path = output_path
@@ -450,11 +509,14 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
                              "holdout_samples": held, "check_samples": checked, "z": Z, "float16_error": half_error,
                              "check_error": confirmed["measured"] if confirmed else None,
                              "check_bound": confirmed["bound"] if confirmed else None,
-                             "checks": checks, "settings": settings, "rounds": history, "cache": cache_file}
+                             "checks": checks, "settings": settings, "rounds": history, "cache": cache_file,
+                             "data_free": predicted is None}
             return report
     finally:
-        if best is not None:
-            shutil.rmtree(best[0], ignore_errors=True)
+        for entry in accepted:
+            shutil.rmtree(entry[0], ignore_errors=True)
+        if free is not None:
+            shutil.rmtree(free[5][0], ignore_errors=True)
     floor = sum(min(c[3] for c in cands) for cands in curves.values())
     why = (f"{len(checks)} allocation(s) that met it on the {held} held-back samples missed it on the {checked} check samples"
            if checks else f"even the most accurate candidates predict an error of {floor:.4g} (allowed {goal.max_error:.4g}) "
