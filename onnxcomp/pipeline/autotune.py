@@ -17,14 +17,19 @@
    (predicted) error is then searched: shrunk on a miss, grown when there is room, bisected between the two
    (at most ``ROUNDS`` trials, ``ROUNDS_SMOOTH`` with a stand-in metric). The search steers by the confidence
    bound on the held-back samples (below), so it keeps finding allocations the check can confirm; every trial
-   whose measured error meets the budget there is a candidate for the check.
+   whose measured error meets the budget there is a candidate for the check. With a budget in the curves' own
+   metric, RUNGS trials at geometric steps from the largest allowed error that passed down to SAFE_RUNG x it
+   give the check set rungs between a safe allocation and the search's own. A weight left dense is a float16
+   candidate too where half_dense allows it (one trial model measures their error together).
 4. Check: a share of the samples (``check``, drawn first) that neither fit nor steer anything confirms the
-   result. The passing allocations are tested there from the largest down, each at its confidence bound
-   (``Z`` standard errors: the Wilson bound of the disagreement rate for top-1, the paired flip-count bound
-   for accuracy; budget.error_bound), and the sequence stops at the first miss. Testing in a fixed order,
-   each allocation only when every larger one passed, keeps the chance of writing an allocation that misses
-   the budget at that of a single test (the fixed-sequence principle of multiple testing, Maurer, Hothorn and
-   Lehmacher 1995), so the margin is paid once, however many allocations are tried.
+   result. The passing allocations (and the data-free default output, _data_free, when it meets the budget at
+   its bound on the held-back samples) are tested there, the most confident on the held-back samples first,
+   each at its confidence bound (``Z`` standard errors: the Wilson bound of the disagreement rate for top-1,
+   the paired flip-count bound for accuracy; budget.error_bound), and the sequence stops at the first miss.
+   Testing in an order fixed before the check set is read, each allocation only when every one before it
+   passed, keeps the chance of accepting any allocation that misses the budget at that of a single test (the
+   fixed-sequence principle of multiple testing, Maurer, Hothorn and Lehmacher 1995), so the margin is paid
+   once, however many allocations are tried, and the smallest accepted is written.
 """
 
 from __future__ import annotations
@@ -274,9 +279,10 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
 
     ``check`` (a fraction of the calibration samples, drawn first) is a final check set the search never sees;
     the output is fit on the other samples and written only if it meets the budget on the check set too, at a
-    confidence bound for top-1 and accuracy budgets (``Z`` standard errors, budget.error_bound; the allocations
-    that passed the search are tested there from the largest down, stopping at the first miss), so a budget
-    met here holds on unseen data of the same kind.
+    confidence bound (``Z`` standard errors, budget.error_bound; the allocations that passed the search, and
+    the data-free default output when it passed on the held-back samples, are tested there in a fixed order, the
+    most confident first, stopping at the first miss; the smallest accepted is written), so a budget met here
+    holds on unseen data of the same kind.
 
     ``budget_output`` names the output the budget measures (default: the first output that depends on a weight,
     _weight_output_first); the written model keeps its outputs as given.
