@@ -90,8 +90,8 @@ SATURATION = 0.7  # sensitivity: at a sparsity above 0, once one more bit leaves
 def _data_free(input_path: str, output_path: str, model, hold: dict, reference: np.ndarray, labels, goal, seed: int,
                min_elements: int, eval_data, fidelity_options: dict):
     """The data-free default output (``compress`` without calibration; its back-off measured on ``hold``, the
-    held-back samples) as a check-set candidate (settings, bytes, predicted None, measured error, (staging folder,
-    staged path, report)), or None when it does not meet the budget at its confidence bound on ``hold``, is a copy of
+    held-back samples) as a check-set candidate (settings, bytes, predicted None, measured error, its bound,
+    (staging folder, staged path, report)), or None when it does not meet the budget at its confidence bound on ``hold``, is a copy of
     the input, or cannot be written (then it is only not a candidate: the search's own allocations stand)."""
     from onnxcomp.pipeline.compression import compress
     from onnxcomp.runtime import InferenceSession
@@ -436,8 +436,8 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     # confidence bound, and the search's allocations sit just inside the bound on the held-back samples, so the most
     # accurate of them can miss on the check set and leave nothing to write (MiniLM-L3, cosine=0.99: 5 allocations
     # measured 0.0083-0.0089 on 32 held-back sentences, the largest missed on the 32 check sentences). The
-    # allocation within SAFE_RUNG x the largest allowed error that passed is tried too; being larger, it is tested
-    # first, and the fixed sequence continues down from it as before.
+    # allocation within SAFE_RUNG x the largest allowed error that passed is tried too; its bound on the held-back
+    # samples being the smallest, it is usually tested first.
     # Between it and the search's allocation, RUNGS - 1 more rungs at geometric steps: the check set tests them in
     # turn, so it stops at the first that misses rather than at the search's allocation (the held-back samples chose
     # it, so it sits at their edge: in every calibrated zoo run of session 9 it missed on the check set and the safe
@@ -446,9 +446,9 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
         for rung in range(RUNGS - 1, -1, -1):
             try_allowed(passed_at * SAFE_RUNG ** ((RUNGS - rung) / RUNGS), "safe rung" if rung == 0 else "rung")
     # The check set, never seen by the search, decides, as a fixed-sequence test (each allocation is tested
-    # only if every larger one passed, so testing several costs no extra margin): the passing allocations from
-    # the largest down, each fit on the search's samples, until one misses the budget at its confidence bound
-    # there; the smallest that passed is written.
+    # only if every one before it passed, so testing several costs no extra margin): the passing allocations,
+    # each fit on the search's samples, until one misses the budget at its confidence bound there; the smallest
+    # that passed is written.
     from onnxcomp.runtime import InferenceSession
     expected = run_batched(_session(model), checking)[0] if checked else None
     # The data-free allocation (compress's default; its back-off measured on the held-back samples, never the check
