@@ -674,18 +674,20 @@ def test_weights_no_codebook_can_hold_are_left_dense_as_float16(tmp_path, rng):
     assert error("cosine", run_plain(model, {"x": x})[0], got) <= 1e-4
 
 
-def test_float16_candidates_share_the_measured_error_by_size():
+def test_float16_candidates_share_the_measured_error_by_sensitivity():
     from onnxcomp.pipeline.autotune import HALF_BITS, _setting, _with_float16
     curves = {"a": [(0.0, 4, 300, 0.02), (None, None, 4000, 0.0)], "b": [(0.0, 4, 100, 0.01), (None, None, 1000, 0.0)],
               "c": [(0.0, 4, 50, 0.001), (None, None, 800, 0.0)]}
-    extended = _with_float16(curves, {"a", "b"}, 0.005)
+    extended = _with_float16(curves, {"a", "b"}, 0.006)  # shared as the 4-bit errors: a 2/3, b 1/3
     assert extended["a"][-1] == (None, HALF_BITS, 2000, pytest.approx(0.004))
-    assert extended["b"][-1] == (None, HALF_BITS, 500, pytest.approx(0.001))
+    assert extended["b"][-1] == (None, HALF_BITS, 500, pytest.approx(0.002))
+    by_size = _with_float16({n: [p for p in ps if p[0] is None] for n, ps in curves.items()}, {"a", "b"}, 0.005)
+    assert by_size["a"][-1][3] == pytest.approx(0.004) and by_size["b"][-1][3] == pytest.approx(0.001)
     assert extended["c"] == curves["c"]
     assert _setting(extended["a"][-1]) == {"skip": True, "float16": True}
     assert _setting(extended["a"][-2]) == {"skip": True}
     # a budget the 4-bit codebooks of a and b miss: float16, not float32, for both
-    chosen = allocate({n: [(p[2], p[3]) for p in ps] for n, ps in extended.items()}, 0.006)
+    chosen = allocate({n: [(p[2], p[3]) for p in ps] for n, ps in extended.items()}, 0.0075)
     assert chosen == {"a": 2, "b": 2, "c": 0}
 
 

@@ -254,12 +254,13 @@ def _halvable(model: onnx.ModelProto, names: Iterable[str]) -> set[str]:
 def _with_float16(curves: dict, halvable: set[str], error: float) -> dict:
     """``curves`` with a float16 candidate (None, HALF_BITS, half the dense bytes, its error) for each weight of
     ``halvable``. ``error`` is the measured error of the model with all of them float16 at once, shared out in
-    proportion to the weights' sizes, so the allocation's sum over all of them predicts it exactly; the weights'
-    own curves are not re-measured (binary16 keeps every value within 2^-11 of its channel's largest, a tenth of
-    the smallest error of any codebook: half_dense)."""
-    sizes = {n: curves[n][-1][2] for n in halvable}
-    total = sum(sizes.values()) or 1
-    return {n: points + [(None, HALF_BITS, points[-1][2] // 2, max(error, 0.0) * sizes[n] / total)] if n in halvable
+    proportion to each weight's most accurate unpruned codebook's error (its sensitivity: binary16's relative
+    rounding error, 2^-11, is about the same fraction of any weight's 8-bit codebook error), or to the weights'
+    sizes when none has an error above 0, so the allocation's sum over all of them predicts it exactly."""
+    finest = {n: min((p[3] for p in curves[n] if p[0] == 0.0), default=0.0) for n in halvable}
+    shares = finest if sum(finest.values()) > 0 else {n: float(curves[n][-1][2]) for n in halvable}
+    total = sum(shares.values()) or 1.0
+    return {n: points + [(None, HALF_BITS, points[-1][2] // 2, max(error, 0.0) * shares[n] / total)] if n in halvable
             else points for n, points in curves.items()}
 
 
