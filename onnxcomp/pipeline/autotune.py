@@ -19,7 +19,8 @@
    bound on the held-back samples (below), so it keeps finding allocations the check can confirm; every trial
    whose measured error meets the budget there is a candidate for the check. With a budget in the curves' own
    metric, RUNGS trials at geometric steps from the largest allowed error that passed down to SAFE_RUNG x it
-   give the check set rungs between a safe allocation and the search's own. A weight left dense is a float16
+   give the check set rungs between a safe allocation and the search's own, after PROBES trials above the
+   search's allocation (the bound is not monotone in the allowed error). A weight left dense is a float16
    candidate too where half_dense allows it (one trial model measures their error together).
 4. Check: a share of the samples (``check``, drawn first) that neither fit nor steer anything confirms the
    result. The passing allocations (and the data-free default output, _data_free, when it meets the budget at
@@ -79,6 +80,7 @@ LADDER_STEP = 0.03  # allocations tested on the check set differ in size by at l
 CACHE_VERSION = 9  # 4: records keep outliers (--outliers, default auto); 5: a check set apart; 6: predicted errors; 7: capped;
 # 8: the trials' ridge refits by conjugate gradients, row samples of 64K elements; 9: saturated bit widths not tried
 SAFE_RUNG = 0.5  # the check set's first rung: the allocation within this fraction of the error the search settled on
+PROBES = (1.5, 2.0)  # after the search, trials at these multiples of the largest allowed error that passed its bound
 RUNGS = 4  # rungs between the safe rung and the search's allocation, at geometric steps of the allowed error
 DATA_FREE = True  # the data-free default output is a check-set candidate (_data_free)
 HALF_BITS = 16  # a curve candidate (None, HALF_BITS, ...): the weight left dense, stored as float16
@@ -433,6 +435,17 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
                 allowed = failed_at * (0.25 if smooth else max(0.2, min(0.9, goal.max_error / max(last, 1e-12))))
             else:  # everything passed so far: there may be room for a smaller model
                 allowed = passed_at * (4 if smooth else 2)
+    # Probes above: the bound is not monotone in the allowed error (the allocation changes many layers at once, and
+    # the held-back samples' worst one moves), so one miss can stop the bisection far below what other allocations
+    # meet (silero-vad-op15: the allocation within 0.02 missed its bound, those within 0.03-0.0375 met it in an
+    # earlier run). With a budget in the curves' own metric, PROBES more trials at multiples of the largest allowed
+    # error that passed; the largest that meets its bound becomes the search's allocation.
+    if not smooth and passed_at is not None:
+        base = passed_at
+        for factor in PROBES:
+            probed = try_allowed(base * factor, "probe")
+            if probed is not None and goal.met(probed[1]):
+                passed_at = max(passed_at, base * factor)
     # A safe first rung for the check set, with a budget in the curves' own metric: the check set judges at its own
     # confidence bound, and the search's allocations sit just inside the bound on the held-back samples, so the most
     # accurate of them can miss on the check set and leave nothing to write (MiniLM-L3, cosine=0.99: 5 allocations
