@@ -262,7 +262,7 @@ def test_budget_is_checked_on_samples_the_search_never_saw(tmp_path, rng):
     assert error("top1", want, got) == pytest.approx(b["check_error"])
     from onnxcomp.core.budget import error_bound
     assert error_bound("top1", want, got) <= 0.1
-    # A fixed sequence (the most confident on the held-back samples first): every one but the last tested passed,
+    # A fixed sequence (those that met the bound on the held-back samples first): every one but the last tested passed,
     # and the smallest that passed is the one written.
     passed = [c for c in b["checks"] if c["bound"] <= 0.1 + 1e-12]
     assert b["checks"][:len(passed)] == passed and len(b["checks"]) - len(passed) <= 1
