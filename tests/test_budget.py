@@ -702,9 +702,10 @@ def test_check_set_tests_rungs_between_the_safe_rung_and_the_searched_allocation
     report = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), **kwargs)
     rounds = report.budget["rounds"]
     searched = [r for r in rounds if r["steered_by"] == "bound"]
-    passed_at = max(r["allowed"] for r in searched if r["bound"] <= 0.03 + 1e-12)
+    base = max(r["allowed"] for r in searched if r["bound"] <= 0.03 + 1e-12)
+    passed_at = max([base] + [r["allowed"] for r in rounds if r["steered_by"] == "probe" and r["bound"] <= 0.03 + 1e-12])
     rungs = [r["allowed"] for r in rounds if r["steered_by"] in ("rung", "safe rung")]
-    want = [passed_at * SAFE_RUNG ** (k / RUNGS) for k in range(1, RUNGS + 1)]
+    want = [passed_at * (SAFE_RUNG * base / passed_at) ** (k / RUNGS) for k in range(1, RUNGS + 1)]
     # each rung at one of those steps (a rung whose allocation an earlier round already tried is not listed again)
     assert rungs and all(any(a == pytest.approx(w) for w in want) for a in rungs)
     checks = report.budget["checks"]

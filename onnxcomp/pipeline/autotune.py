@@ -18,8 +18,8 @@
    (at most ``ROUNDS`` trials, ``ROUNDS_SMOOTH`` with a stand-in metric). The search steers by the confidence
    bound on the held-back samples (below), so it keeps finding allocations the check can confirm; every trial
    whose measured error meets the budget there is a candidate for the check. With a budget in the curves' own
-   metric, RUNGS trials at geometric steps from the largest allowed error that passed down to SAFE_RUNG x it
-   give the check set rungs between a safe allocation and the search's own, after PROBES trials above the
+   metric, RUNGS trials at geometric steps from the largest allowed error that passed down to SAFE_RUNG x the
+   bisection's own give the check set rungs between a safe allocation and the search's own, after PROBES trials above the
    search's allocation (the bound is not monotone in the allowed error). A weight left dense is a float16
    candidate too where half_dense allows it (one trial model measures their error together).
 4. Check: a share of the samples (``check``, drawn first) that neither fit nor steer anything confirms the
@@ -440,8 +440,8 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     # meet (silero-vad-op15: the allocation within 0.02 missed its bound, those within 0.03-0.0375 met it in an
     # earlier run). With a budget in the curves' own metric, PROBES more trials at multiples of the largest allowed
     # error that passed; the largest that meets its bound becomes the search's allocation.
+    base = passed_at  # the bisection's own: the safe rung stays at SAFE_RUNG x it whatever the probes find
     if not smooth and passed_at is not None:
-        base = passed_at
         for factor in PROBES:
             probed = try_allowed(base * factor, "probe")
             if probed is not None and goal.met(probed[1]):
@@ -452,13 +452,14 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     # measured 0.0083-0.0089 on 32 held-back sentences, the largest missed on the 32 check sentences). The
     # allocation within SAFE_RUNG x the largest allowed error that passed is tried too; its bound on the held-back
     # samples being the smallest, it is usually tested first.
-    # Between it and the search's allocation, RUNGS - 1 more rungs at geometric steps: the check set tests them in
+    # Between it and the search's allocation (after the probes), RUNGS - 1 more rungs at geometric steps: the check set tests them in
     # turn, so it stops at the first that misses rather than at the search's allocation (the held-back samples chose
     # it, so it sits at their edge: in every calibrated zoo run of session 9 it missed on the check set and the safe
     # rung, at half its error, was written).
     if not smooth and passed_at is not None:
+        safe = base * SAFE_RUNG
         for rung in range(RUNGS - 1, -1, -1):
-            try_allowed(passed_at * SAFE_RUNG ** ((RUNGS - rung) / RUNGS), "safe rung" if rung == 0 else "rung")
+            try_allowed(passed_at * (safe / passed_at) ** ((RUNGS - rung) / RUNGS), "safe rung" if rung == 0 else "rung")
     # The check set, never seen by the search, decides, as a fixed-sequence test (each allocation is tested
     # only if every one before it passed, so testing several costs no extra margin): the passing allocations,
     # each fit on the search's samples, until one misses the budget at its confidence bound there; the smallest
