@@ -312,12 +312,14 @@ def _print_summary(result) -> None:
                f"({result.output_path} + {result.sidecar_path or 'no sidecar'}): {result.ratio:.1f}x smaller")
     if result.budget:
         b = result.budget
-        typer.echo(f"budget {b['metric']}={b['value']}: predicted error {b['predicted_error']:.4g}, measured {b['measured_error']:.4g} "
+        typer.echo(f"budget {b['metric']}={b['value']}: "
+                   + ("the data-free default output" if b.get("data_free") else f"predicted error {b['predicted_error']:.4g}")
+                   + f", measured {b['measured_error']:.4g} "
                    f"on {b['holdout_samples']} held-back samples"
                    + (f", {b['check_error']:.4g} (bound {b['check_bound']:.4g}) on {b['check_samples']} check samples"
                       if b.get("check_error") is not None else ""))
         for name, setting in b["settings"].items():
-            typer.echo(f"  {name}: " + ("left dense" if setting.get("skip") else
+            typer.echo(f"  {name}: " + (("left dense as float16" if setting.get("float16") else "left dense") if setting.get("skip") else
                                         f"sparsity {setting['sparsity']:.2f}, {setting['bits']} bits"))
     if result.accuracy_before is not None:
         delta = 100 * (result.accuracy_after - result.accuracy_before)

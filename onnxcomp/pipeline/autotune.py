@@ -17,14 +17,20 @@
    (predicted) error is then searched: shrunk on a miss, grown when there is room, bisected between the two
    (at most ``ROUNDS`` trials, ``ROUNDS_SMOOTH`` with a stand-in metric). The search steers by the confidence
    bound on the held-back samples (below), so it keeps finding allocations the check can confirm; every trial
-   whose measured error meets the budget there is a candidate for the check.
+   whose measured error meets the budget there is a candidate for the check. With a budget in the curves' own
+   metric, RUNGS trials at geometric steps from the largest allowed error that passed down to SAFE_RUNG x the
+   bisection's own give the check set rungs between a safe allocation and the search's own, after PROBES trials above the
+   search's allocation (the bound is not monotone in the allowed error). A weight left dense is a float16
+   candidate too where half_dense allows it (one trial model measures their error together).
 4. Check: a share of the samples (``check``, drawn first) that neither fit nor steer anything confirms the
-   result. The passing allocations are tested there from the largest down, each at its confidence bound
-   (``Z`` standard errors: the Wilson bound of the disagreement rate for top-1, the paired flip-count bound
-   for accuracy; budget.error_bound), and the sequence stops at the first miss. Testing in a fixed order,
-   each allocation only when every larger one passed, keeps the chance of writing an allocation that misses
-   the budget at that of a single test (the fixed-sequence principle of multiple testing, Maurer, Hothorn and
-   Lehmacher 1995), so the margin is paid once, however many allocations are tried.
+   result. The passing allocations (and the data-free default output, _data_free, when it meets the budget at
+   its bound on the held-back samples and is smaller than the largest) are tested there, from the largest down,
+   first those that met the budget at their bound on the held-back samples, then the others, each at its confidence bound (``Z`` standard errors: the Wilson bound of the disagreement rate for top-1,
+   the paired flip-count bound for accuracy; budget.error_bound), and the sequence stops at the first miss.
+   Testing in an order fixed before the check set is read, each allocation only when every one before it
+   passed, keeps the chance of accepting any allocation that misses the budget at that of a single test (the
+   fixed-sequence principle of multiple testing, Maurer, Hothorn and Lehmacher 1995), so the margin is paid
+   once, however many allocations are tried, and the smallest accepted is written.
 """
 
 from __future__ import annotations
@@ -74,9 +80,46 @@ LADDER_STEP = 0.03  # allocations tested on the check set differ in size by at l
 CACHE_VERSION = 9  # 4: records keep outliers (--outliers, default auto); 5: a check set apart; 6: predicted errors; 7: capped;
 # 8: the trials' ridge refits by conjugate gradients, row samples of 64K elements; 9: saturated bit widths not tried
 SAFE_RUNG = 0.5  # the check set's first rung: the allocation within this fraction of the error the search settled on
+PROBES = (1.5, 2.0)  # after the search, trials at these multiples of the largest allowed error that passed its bound
+RUNGS = 4  # rungs between the safe rung and the search's allocation, at geometric steps of the allowed error
+DATA_FREE = True  # the data-free default output is a check-set candidate (_data_free)
+HALF_BITS = 16  # a curve candidate (None, HALF_BITS, ...): the weight left dense, stored as float16
 CAP = 4.0  # sensitivity: past a (sparsity, bits) whose error exceeds CAP x the budget, higher sparsities at those bits are not tried
 SATURATION = 0.7  # sensitivity: at a sparsity above 0, once one more bit leaves more than this fraction of the error, the
 # higher bit widths at that sparsity are not tried (the pruning error dominates: _measure)
+
+
+def _data_free(input_path: str, output_path: str, model, hold: dict, reference: np.ndarray, labels, goal, seed: int,
+               min_elements: int, eval_data, fidelity_options: dict):
+    """The data-free default output (``compress`` without calibration; its back-off measured on ``hold``, the
+    held-back samples) as a check-set candidate (settings, bytes, predicted None, measured error, its bound,
+    (staging folder, staged path, report)), or None when it does not meet the budget at its confidence bound on ``hold``, is a copy of
+    the input, or cannot be written (then it is only not a candidate: the search's own allocations stand)."""
+    from onnxcomp.pipeline.compression import compress
+    from onnxcomp.runtime import InferenceSession
+    staging = tempfile.mkdtemp(prefix=".onnxcomp-", dir=os.path.dirname(os.path.abspath(output_path)))
+    staged = os.path.join(staging, os.path.basename(output_path))
+    with _removed_on_error(staging):
+        try:
+            with progress.silenced():
+                report = compress(input_path, staged, seed=seed, min_elements=min_elements, eval_data=eval_data,
+                                  **{**fidelity_options, "fidelity_data": hold})
+        except OnnxcompError as error:
+            log.info("the data-free allocation is not a candidate: %s", error)
+            report = None
+        if report is None or report.fallback or not report.layers:
+            shutil.rmtree(staging, ignore_errors=True)
+            return None
+        output = run_batched(InferenceSession(staged), hold, outputs=[model.graph.output[0].name])[0]
+    measured = budget_math.error(goal.metric, reference, output, labels)
+    bound = budget_math.error_bound(goal.metric, reference, output, labels, Z)
+    progress.messages()(f"data-free allocation: measured {goal.metric} {measured:.4g} (bound {bound:.4g}), "
+                        f"{report.output_bytes} bytes")
+    if not goal.met(bound):
+        shutil.rmtree(staging, ignore_errors=True)
+        return None
+    settings = {layer.name: {"sparsity": layer.sparsity, "bits": layer.bits} for layer in report.layers}
+    return settings, report.output_bytes, None, measured, bound, (staging, staged, report)
 
 
 def holdout_split(count: int, held: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -224,8 +267,34 @@ def _shared(pruned: WeightTarget, bits: int, options: dict) -> WeightTarget:
 
 
 def _setting(candidate) -> dict:
+    """A curve's candidate (sparsity, bits, bytes, error) as a compress setting: sparsity None is the weight left
+    dense, as float32 or (bits HALF_BITS) as float16."""
     sparsity, bits = candidate[0], candidate[1]
-    return {"skip": True} if sparsity is None else {"sparsity": sparsity, "bits": bits}
+    if sparsity is None:
+        return {"skip": True, "float16": True} if bits == HALF_BITS else {"skip": True}
+    return {"sparsity": sparsity, "bits": bits}
+
+
+def _halvable(model: onnx.ModelProto, names: Iterable[str]) -> set[str]:
+    """Those of ``names`` (weights) that the writer stores as float16 when left dense: half_dense's own rules run on a
+    copy of ``model``."""
+    from onnxcomp.passes.half_dense import halve_dense_weights
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return {name for name, _ in halve_dense_weights(copy, set(names))}
+
+
+def _with_float16(curves: dict, halvable: set[str], error: float) -> dict:
+    """``curves`` with a float16 candidate (None, HALF_BITS, half the dense bytes, its error) for each weight of
+    ``halvable``. ``error`` is the measured error of the model with all of them float16 at once, shared out in
+    proportion to each weight's most accurate unpruned codebook's error (its sensitivity: binary16's relative
+    rounding error, 2^-11, is about the same fraction of any weight's 8-bit codebook error), or to the weights'
+    sizes when none has an error above 0, so the allocation's sum over all of them predicts it exactly."""
+    finest = {n: min((p[3] for p in curves[n] if p[0] == 0.0), default=0.0) for n in halvable}
+    shares = finest if sum(finest.values()) > 0 else {n: float(curves[n][-1][2]) for n in halvable}
+    total = sum(shares.values()) or 1.0
+    return {n: points + [(None, HALF_BITS, points[-1][2] // 2, max(error, 0.0) * shares[n] / total)] if n in halvable
+            else points for n, points in curves.items()}
 
 
 @progress.with_progress
@@ -244,9 +313,10 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
 
     ``check`` (a fraction of the calibration samples, drawn first) is a final check set the search never sees;
     the output is fit on the other samples and written only if it meets the budget on the check set too, at a
-    confidence bound for top-1 and accuracy budgets (``Z`` standard errors, budget.error_bound; the allocations
-    that passed the search are tested there from the largest down, stopping at the first miss), so a budget
-    met here holds on unseen data of the same kind.
+    confidence bound (``Z`` standard errors, budget.error_bound; the allocations that passed the search, and
+    the data-free default output when it passed on the held-back samples, are tested there in a fixed order, from
+    the largest down, those that met the bound on the held-back samples first, stopping at the first miss; the
+    smallest accepted is written), so a budget met here holds on unseen data of the same kind.
 
     ``budget_output`` names the output the budget measures (default: the first output that depends on a weight,
     _weight_output_first); the written model keeps its outputs as given.
@@ -311,6 +381,18 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     # each weight's curve is cached as soon as it is measured, so an interrupted run resumes where it stopped
     curves = _measure(model, fit, hold, reference, labels, metric, sparsities, bits, options, min_elements,
                       cached, lambda done: _save_cache(cache_file, done), cap)
+    trials = None
+    # A weight left dense costs half as much as float16 (ppocr-rec: 24 weights left dense as float32 were 3.9 of the
+    # 5.2 MB written at 2.11x). One trial model with every weight float16 that half_dense allows measures what they
+    # cost together; each gets a float16 candidate with its share of that error (_with_float16).
+    halvable = _halvable(model, curves)
+    half_error = None
+    if halvable:
+        trials = _TrialModels(model, fit, options, min_elements, model_io.model_bytes(input_path))
+        halved, _ = trials.run({n: {"skip": True, "float16": True} for n in halvable}, hold)
+        half_error = budget_math.error(metric, reference, halved, labels)
+        progress.messages()(f"{len(halvable)} weights stored as float16 when left dense: {metric} {half_error:.4g} all at once")
+        curves = _with_float16(curves, halvable, half_error)
 
     # Search the allowed (predicted) error: errors rarely add up exactly, so shrink it when the real model
     # misses the budget and grow it when the real model leaves room, bisecting between the two (geometrically
@@ -325,7 +407,6 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     # largest allowed error that met the budget so measured and the smallest that missed it, so the check also
     # gets candidates smaller than the bound dared (it decides, stopping at the first miss).
     counted = goal.metric in ("top1", "accuracy")
-    trials = None
 
     def try_allowed(allowed: float, phase: str) -> tuple[float, float] | None:
         """The allocation within ``allowed`` (predicted), run as a trial model on the held-back samples once:
@@ -353,7 +434,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
                                 f"{goal.metric} {measured:.4g}, {output_bytes} bytes")
         measured, bound, size = tried[key]
         if goal.met(measured):  # a candidate for the check set, which decides (below)
-            passing[key] = (settings, size, predicted, measured)
+            passing[key] = (settings, size, predicted, measured, bound)
         return measured, bound
 
     for phase, rounds in (("bound", ROUNDS_SMOOTH if smooth else ROUNDS), ("measured", ROUNDS_MEASURED if counted else 0)):
@@ -385,36 +466,79 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
                 allowed = failed_at * (0.25 if smooth else max(0.2, min(0.9, goal.max_error / max(last, 1e-12))))
             else:  # everything passed so far: there may be room for a smaller model
                 allowed = passed_at * (4 if smooth else 2)
+    # Probes above: the bound is not monotone in the allowed error (the allocation changes many layers at once, and
+    # the held-back samples' worst one moves), so one miss can stop the bisection far below what other allocations
+    # meet (silero-vad-op15: the allocation within 0.02 missed its bound, those within 0.03-0.0375 met it in an
+    # earlier run). With a budget in the curves' own metric, PROBES more trials at multiples of the largest allowed
+    # error that passed; the largest that meets its bound becomes the search's allocation.
+    base = passed_at  # the bisection's own: the safe rung stays at SAFE_RUNG x it whatever the probes find
+    if not smooth and passed_at is not None:
+        for factor in PROBES:
+            probed = try_allowed(base * factor, "probe")
+            if probed is not None and goal.met(probed[1]):
+                passed_at = max(passed_at, base * factor)
     # A safe first rung for the check set, with a budget in the curves' own metric: the check set judges at its own
     # confidence bound, and the search's allocations sit just inside the bound on the held-back samples, so the most
     # accurate of them can miss on the check set and leave nothing to write (MiniLM-L3, cosine=0.99: 5 allocations
     # measured 0.0083-0.0089 on 32 held-back sentences, the largest missed on the 32 check sentences). The
-    # allocation within SAFE_RUNG x the largest allowed error that passed is tried too; being larger, it is tested
-    # first, and the fixed sequence continues down from it as before.
+    # allocation within SAFE_RUNG x the largest allowed error that passed is tried too; its bound on the held-back
+    # samples being the smallest, it is usually tested first.
+    # Between it and the search's allocation (after the probes), RUNGS - 1 more rungs at geometric steps: the check set tests them in
+    # turn, so it stops at the first that misses rather than at the search's allocation (the held-back samples chose
+    # it, so it sits at their edge: in every calibrated zoo run of session 9 it missed on the check set and the safe
+    # rung, at half its error, was written).
     if not smooth and passed_at is not None:
-        try_allowed(passed_at * SAFE_RUNG, "safe rung")
+        safe = base * SAFE_RUNG
+        for rung in range(RUNGS - 1, -1, -1):
+            try_allowed(passed_at * (safe / passed_at) ** ((RUNGS - rung) / RUNGS), "safe rung" if rung == 0 else "rung")
     # The check set, never seen by the search, decides, as a fixed-sequence test (each allocation is tested
-    # only if every larger one passed, so testing several costs no extra margin): the passing allocations from
-    # the largest down, each fit on the search's samples, until one misses the budget at its confidence bound
-    # there; the smallest that passed is written.
+    # only if every one before it passed, so testing several costs no extra margin): the passing allocations,
+    # each fit on the search's samples, until one misses the budget at its confidence bound there; the smallest
+    # that passed is written.
     from onnxcomp.runtime import InferenceSession
     expected = run_batched(_session(model), checking)[0] if checked else None
+    # The data-free allocation (compress's default; its back-off measured on the held-back samples, never the check
+    # set) is a candidate too, when it meets the budget at its confidence bound on the held-back samples and is smaller
+    # than the largest candidate (which the check set then still tests first): the written model is never larger
+    # than the data-free one when that one would pass the same sequence.
+    free = _data_free(input_path, output_path, model, hold, reference, labels, goal, seed, min_elements, eval_data,
+                      fidelity_options) if DATA_FREE and passing else None
+    if free is not None and free[1] < max(entry[1] for entry in passing.values()):
+        passing[("data-free",)] = free
+    elif free is not None:
+        shutil.rmtree(free[5][0], ignore_errors=True)
+        free = None
     ladder = []
     for entry in sorted(passing.values(), key=lambda entry: -entry[1]):  # near-duplicates would only risk a stop
         if not ladder or entry[1] < ladder[-1][1] * (1 - LADDER_STEP):
             ladder.append(entry)
     ladder = ladder if len(ladder) <= CHECKS else [ladder[round(i * (len(ladder) - 1) / (CHECKS - 1))] for i in range(CHECKS)]
-    checks, best = [], None
+    if free is not None and all(entry is not free for entry in ladder):  # kept whatever the spacing: it is the floor the search must beat
+        ladder.append(free)
+    # The order of the sequence: first the allocations that met the budget at their bound on the held-back samples,
+    # then those that met it only as measured there (long shots: one of them missing on the check set stopped the
+    # sequence before the data-free output, on the tiny MLP of tests/test_budget.py at cosine=0.95), each group from
+    # the largest down. Ordered by the bound itself, the allocation the search picked for just meeting it there (a
+    # lucky draw as often as not) came first and, missing on the check set, stopped the sequence before the safer
+    # ones (the same MLP at cosine=0.98 then wrote nothing; the largest first writes 2546 bytes).
+    ladder = sorted(ladder, key=lambda entry: (not goal.met(entry[4]), -entry[1]))
+    ladder = ladder if checked else [min(ladder, key=lambda entry: entry[1])]
+    checks, accepted = [], []  # accepted: (staging, staged, report, settings, predicted, measured, check)
     try:
-        for settings, _, predicted, measured in ladder if checked else ladder[-1:]:
-            staging = tempfile.mkdtemp(prefix=".onnxcomp-", dir=os.path.dirname(os.path.abspath(output_path)))
-            staged = os.path.join(staging, os.path.basename(output_path))
+        for entry in ladder:
+            settings, _, predicted, measured = entry[:4]
+            if len(entry) > 5:  # the data-free output, written already
+                staging, staged, report = entry[5]
+            else:
+                staging = tempfile.mkdtemp(prefix=".onnxcomp-", dir=os.path.dirname(os.path.abspath(output_path)))
+                staged = os.path.join(staging, os.path.basename(output_path))
             with _removed_on_error(staging):
-                report = compress(input_path, staged, calib=searched, prune=prune, score=score, reconstruct=reconstruct,
-                                  outliers=outliers, ridge=ridge, init=init, seed=seed, min_elements=min_elements, settings=settings,
-                                  eval_data=eval_data, rounding=rounding, sequential=sequential,
-                                  **{**fidelity_options, "fidelity_data": fidelity_options.get("fidelity_data") or
-                                     (checking if checked else None)})
+                if len(entry) <= 5:
+                    report = compress(input_path, staged, calib=searched, prune=prune, score=score, reconstruct=reconstruct,
+                                      outliers=outliers, ridge=ridge, init=init, seed=seed, min_elements=min_elements, settings=settings,
+                                      eval_data=eval_data, rounding=rounding, sequential=sequential,
+                                      **{**fidelity_options, "fidelity_data": fidelity_options.get("fidelity_data") or
+                                         (checking if checked else None)})
                 output = run_batched(InferenceSession(staged), checking, outputs=[model.graph.output[0].name])[0] if checked else None
             if checked:
                 on_check = budget_math.error(goal.metric, expected, output, check_labels)
@@ -424,25 +548,31 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
                     log.info("allocation of %d bytes misses the budget on the check set (%s %.4g, bound %.4g): "
                              "the sequence stops", report.output_bytes, goal.metric, on_check, check_bound)
                     shutil.rmtree(staging, ignore_errors=True)
+                    if free is not None and entry is free:
+                        free = None
                     break
-            if best is not None:
-                shutil.rmtree(best[0], ignore_errors=True)
-            best = (staging, staged, report, settings, predicted, measured, checks[-1] if checks else None)
-        if best is not None:
+            accepted.append((staging, staged, report, settings, predicted, measured, checks[-1] if checks else None))
+            if free is not None and entry is free:
+                free = None  # its folder is in accepted now
+        if accepted:
+            best = min(accepted, key=lambda a: a[2].output_bytes)  # the last (trial bytes only estimate the written)
             staging, staged, report, settings, predicted, measured, confirmed = best
             report.sidecar_path = model_io.install_staged(staged, output_path)
             report.output_path = output_path
             report.budget = {"metric": goal.metric, "value": goal.value, "allocation_metric": metric,
                              "output": model.graph.output[0].name,
                              "predicted_error": predicted, "measured_error": measured,
-                             "holdout_samples": held, "check_samples": checked, "z": Z,
+                             "holdout_samples": held, "check_samples": checked, "z": Z, "float16_error": half_error,
                              "check_error": confirmed["measured"] if confirmed else None,
                              "check_bound": confirmed["bound"] if confirmed else None,
-                             "checks": checks, "settings": settings, "rounds": history, "cache": cache_file}
+                             "checks": checks, "settings": settings, "rounds": history, "cache": cache_file,
+                             "data_free": predicted is None}
             return report
     finally:
-        if best is not None:
-            shutil.rmtree(best[0], ignore_errors=True)
+        for entry in accepted:
+            shutil.rmtree(entry[0], ignore_errors=True)
+        if free is not None:
+            shutil.rmtree(free[5][0], ignore_errors=True)
     floor = sum(min(c[3] for c in cands) for cands in curves.values())
     why = (f"{len(checks)} allocation(s) that met it on the {held} held-back samples missed it on the {checked} check samples"
            if checks else f"even the most accurate candidates predict an error of {floor:.4g} (allowed {goal.max_error:.4g}) "
@@ -530,6 +660,10 @@ class _TrialModels:
         self.prepare(settings)
         for name, setting in progress.track(list(settings.items()), "trial model"):
             if setting.get("skip"):
+                if setting.get("float16"):  # the values half_dense writes: binary16, widened by a Cast
+                    target = self.targets[name]
+                    values[name] = target.original.astype(np.float16).astype(np.float32)
+                    size -= target.dense_bytes // 2
                 continue
             values[name], record = self._values(name, setting["sparsity"], setting["bits"])
             size += record - self.targets[name].dense_bytes

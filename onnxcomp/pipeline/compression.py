@@ -158,7 +158,8 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
     are per-layer rules (onnxcomp.recipes.LayerRule or dicts of its fields).
 
     With calibration data, reconstruction (refitting kept weights, then the shared values) is on unless
-    ``reconstruct=False``. ``settings`` maps weight names to ``{"sparsity": s, "bits": b}`` overrides. ``sequential`` compresses layer
+    ``reconstruct=False``. ``settings`` maps weight names to ``{"sparsity": s, "bits": b}`` overrides, or ``{"skip": True}`` (left dense;
+    ``"float16": True`` too stores it as binary16 when half_dense's rules allow). ``sequential`` compresses layer
     by layer in graph order, each fit to the already-compressed upstream layers (needs calibration data).
     ``outliers`` is "auto" (a fraction per weight by measured error, onnxcomp/core/outliers.py) or a fraction of each
     weight's kept values (0: none) stored exactly beside the codebook.
@@ -672,6 +673,9 @@ def _compress_once(input_path: str, output_path: str, calib: dict | None, loaded
     if options.get("allocation") == "proxy" and any(t.record is not None and t.kind != "integer" for t in state.targets):
         from onnxcomp.passes.half_dense import halve_dense_weights
         halved = halve_dense_weights(compressed)
+    elif any(s.get("float16") for s in (options.get("settings") or {}).values()):  # a budget allocation's choice
+        from onnxcomp.passes.half_dense import halve_dense_weights
+        halved = halve_dense_weights(compressed, {n for n, s in options["settings"].items() if s.get("float16")})
     drop_inferable_value_info(compressed)  # what onnxruntime infers anyway (and shorter symbolic dim names)
     _remove_companions(output_path)
     sidecar_file = model_io.write_compressed(compressed, records, output_path, source_folder=source_folder)
