@@ -733,3 +733,26 @@ def test_data_free_output_is_a_candidate_the_search_must_beat(tmp_path, rng):
         assert report.output_bytes <= free.output_bytes
     assert report.budget["data_free"] == (report.output_bytes == free.output_bytes)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".onnxcomp-")] == []
+
+
+def test_a_check_set_miss_names_the_closest_allocation_and_writes_nothing(tmp_path, rng, monkeypatch):
+    """When every allocation misses on the check set (its bound forced past any budget there, the search's own
+    bounds untouched), the run fails with one message that says by how much the closest missed, and leaves no
+    output."""
+    import sys
+    from onnxcomp.core import budget as budget_math
+    _, data = budget_mlp(tmp_path, rng)
+    bound = budget_math.error_bound
+
+    def missing_on_the_check_set(metric, reference, output, labels, z):
+        if sys._getframe(1).f_locals.get("expected") is reference:  # compress_to_budget's check-set call
+            return 0.5
+        return bound(metric, reference, output, labels, z)
+    monkeypatch.setattr(budget_math, "error_bound", missing_on_the_check_set)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(OnnxcompError, match=r"missed it on the \d+ check samples \(closest: cosine [0-9.e-]+ measured, "
+                                            r"0\.5 with its margin, 0\.1 allowed\)"):
+        compress_to_budget(str(tmp_path / "in.onnx"), str(out / "m.onnx"), budget="cosine=0.9", calib=str(data),
+                           sparsities=(0.0, 0.5), bits=(4, 8), min_elements=16, cache_dir=str(tmp_path / "cache"))
+    assert list(out.iterdir()) == []

@@ -575,7 +575,10 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
         if free is not None:
             shutil.rmtree(free[5][0], ignore_errors=True)
     floor = sum(min(c[3] for c in cands) for cands in curves.values())
-    why = (f"{len(checks)} allocation(s) that met it on the {held} held-back samples missed it on the {checked} check samples"
+    closest = min(checks, key=lambda c: c["bound"]) if checks else None
+    why = (f"{len(checks)} allocation(s) that met it on the {held} held-back samples missed it on the {checked} check samples "
+           f"(closest: {goal.metric} {closest['measured']:.4g} measured, {closest['bound']:.4g} with its margin, "
+           f"{goal.max_error:.4g} allowed)"
            if checks else f"even the most accurate candidates predict an error of {floor:.4g} (allowed {goal.max_error:.4g}) "
                           f"and {len(history)} compressed trials missed it")
     raise OnnxcompError(f"no allocation meets the budget {budget} with its safety margin: {why}; loosen the budget, "
