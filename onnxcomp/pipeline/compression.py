@@ -668,14 +668,14 @@ def _compress_once(input_path: str, output_path: str, calib: dict | None, loaded
     compressed, state = compress_model(model, base_dir=source_folder if stream else None, **options)
     records = [(t.name, t.record_name, t.record, t.transposed) for t in state.targets if t.record is not None]
     halved = []
-    # the data-free default: weights left dense as float16 (not when only integer weights were coded losslessly: the
-    # output of an already-quantized model then computes exactly what the input did)
-    if options.get("allocation") == "proxy" and any(t.record is not None and t.kind != "integer" for t in state.targets):
+    # Weights left dense as float16: every one half_dense's rules allow with the data-free default (not when only
+    # integer weights were coded losslessly: the output of an already-quantized model then computes exactly what
+    # the input did), else those a budget allocation's settings mark float16.
+    chosen = {n for n, s in (options.get("settings") or {}).items() if s.get("float16")}
+    proxy = options.get("allocation") == "proxy" and any(t.record is not None and t.kind != "integer" for t in state.targets)
+    if proxy or chosen:
         from onnxcomp.passes.half_dense import halve_dense_weights
-        halved = halve_dense_weights(compressed)
-    elif any(s.get("float16") for s in (options.get("settings") or {}).values()):  # a budget allocation's choice
-        from onnxcomp.passes.half_dense import halve_dense_weights
-        halved = halve_dense_weights(compressed, {n for n, s in options["settings"].items() if s.get("float16")})
+        halved = halve_dense_weights(compressed, None if proxy else chosen)
     drop_inferable_value_info(compressed)  # what onnxruntime infers anyway (and shorter symbolic dim names)
     _remove_companions(output_path)
     sidecar_file = model_io.write_compressed(compressed, records, output_path, source_folder=source_folder)
