@@ -28,6 +28,12 @@ def weight(rng, name, shape, scale=1.0):
     return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
 
 
+def nodes_by_name(model: onnx.ModelProto) -> tuple[dict, dict]:
+    """(name -> node, name -> {attribute name: value}) of the model's top-level graph."""
+    by_name = {n.name: n for n in model.graph.node}
+    return by_name, {name: {a.name: helper.get_attribute_value(a) for a in n.attribute} for name, n in by_name.items()}
+
+
 def run_plain(model_or_path, feeds):
     source = model_or_path.SerializeToString() if isinstance(model_or_path, onnx.ModelProto) else str(model_or_path)
     return ort.InferenceSession(source, providers=["CPUExecutionProvider"]).run(None, feeds)

@@ -14,7 +14,7 @@ import platform
 import numpy as np
 import onnx
 import pytest
-from conftest import float_input, make_model, run_plain, session_with_env, weight
+from conftest import float_input, make_model, nodes_by_name, run_plain, session_with_env, weight
 from onnx import helper, numpy_helper
 
 import onnxcomp
@@ -160,8 +160,7 @@ def test_pass_keeps_pools_and_resize_inside_the_blocked_region(tmp_path):
     onnx.save(model, source)
     onnxcomp.compress(source, out, bits=6, min_elements=100)
     compressed = onnx.load(out, load_external_data=False)
-    by_name = {n.name: n for n in compressed.graph.node}
-    attrs = {name: {a.name: helper.get_attribute_value(a) for a in n.attribute} for name, n in by_name.items()}
+    by_name, attrs = nodes_by_name(compressed)
     for name in ("pool1", "pool2", "up"):
         assert by_name[name].domain == "ai.onnxcomp"
         assert (attrs[name]["nchwc_input"], attrs[name]["nchwc_output"]) == (1, 1)

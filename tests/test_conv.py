@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import float_input, make_model, run_compressed, run_plain, session_with_env, weight
+from conftest import float_input, make_model, nodes_by_name, run_compressed, run_plain, session_with_env, weight
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxcomp
@@ -294,8 +294,7 @@ def test_pass_fuses_batch_norm_and_activations_into_codebook_conv(tmp_path, min_
     ops = [(n.domain, n.op_type) for n in compressed.graph.node]
     assert ops.count((onnxcomp.DOMAIN, "CodebookConv")) == 5
     assert not {"BatchNormalization", "Clip", "Relu", "HardSigmoid", "HardSwish", "Conv"} & {op for _, op in ops}
-    by_name = {n.name: n for n in compressed.graph.node}
-    attrs = {name: {a.name: helper.get_attribute_value(a) for a in by_name[name].attribute} for name in by_name}
+    by_name, attrs = nodes_by_name(compressed)
     assert attrs["conv1"]["activation"] == b"Clip" and attrs["conv1"]["activation_params"] == [0.0, 6.0]
     assert len(by_name["conv1"].input) == 4  # X, record, folded bias, BatchNormalization's scale
     assert attrs["conv2"]["activation"] == b"Relu" and attrs["conv2"]["group"] == 16
@@ -410,8 +409,7 @@ def test_pass_keeps_nchwc_layout_through_layout_agnostic_ops_and_folds_a_bias_ad
     onnx.save(model, source)
     onnxcomp.compress(source, out, bits=6, min_elements=100)
     compressed = onnx.load(out, load_external_data=False)
-    by_name = {n.name: n for n in compressed.graph.node}
-    attrs = {name: {a.name: helper.get_attribute_value(a) for a in by_name[name].attribute} for name in by_name}
+    by_name, attrs = nodes_by_name(compressed)
     layout = {name: (attrs[name].get("nchwc_input", 0), attrs[name].get("nchwc_output", 0))
               for name in ("conv1", "conv2", "conv3", "conv4", "conv5")}
     assert layout == {"conv1": (0, 1), "conv2": (1, 1), "conv3": (1, 1), "conv4": (1, 0), "conv5": (0, 0)}
