@@ -101,7 +101,7 @@ def _sample(weight: np.ndarray, seed: int) -> np.ndarray:
     (tests/test_allocation.py), faster: the largest magnitudes by the compiled radix select
     (_native.largest_magnitudes; no |w| copy, no argpartition of the whole tensor) and the union of positions by
     sorting the SAMPLE chosen ones, not by np.union1d's hashing. When the EXTREMES-th largest |w| is tied, the
-    earliest tied positions are taken (the reference's argpartition leaves that choice to numpy)."""
+    earliest tied positions are taken, as in the reference."""
     flat = np.asarray(weight, dtype=np.float32).ravel()
     if flat.size <= SAMPLE:
         return flat.astype(np.float64)
@@ -118,13 +118,15 @@ def _sample(weight: np.ndarray, seed: int) -> np.ndarray:
 
 
 def _sample_reference(weight: np.ndarray, seed: int) -> np.ndarray:
-    """The straightforward ``_sample``: |w| partitioned for the largest, positions joined by np.union1d."""
+    """The straightforward ``_sample``: |w| sorted for the largest (a stable sort, so a tie at the EXTREMES-th takes
+    the earliest positions: np.argpartition's choice among ties depends on numpy's build and the CPU, e.g. its
+    AVX-512 sorting network), positions joined by np.union1d."""
     flat = np.asarray(weight, dtype=np.float32).ravel()
     if flat.size <= SAMPLE:
         return flat.astype(np.float64)
     rng = np.random.default_rng(seed)
     chosen = rng.choice(flat.size, SAMPLE - EXTREMES, replace=False)
-    extremes = np.argpartition(np.abs(flat), flat.size - EXTREMES)[-EXTREMES:]
+    extremes = np.argsort(-np.abs(flat), kind="stable")[:EXTREMES]
     return flat[np.union1d(chosen, extremes)].astype(np.float64)
 
 
