@@ -251,6 +251,7 @@ struct CodebookConvKernel : RecordKernel {
   int64_t block_ = 1;              // NCHWc block size (channels per block) on the kNchwc path
   bool reorder_input_ = false;     // kNchwc: X is reordered to NCHWc first (else read as NCHW)
   int64_t i_padded_ = 0;           // kNchwc: the working weight's input channels per group (padded to the block)
+  int64_t nchwc_group_ = 1;        // kNchwc: the blocked Conv's group (a depthwise layer's O padded to the block)
   std::vector<int64_t> weight_dims_;  // the weight's dims [O, I/group, k...]
   std::vector<float> weight_;      // working weight: dense (kOrt) or NCHWc-reordered and padded (kNchwc)
   std::vector<float> bias_;        // effective bias (padded on kNchwc), empty when none
