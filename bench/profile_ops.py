@@ -12,6 +12,12 @@ With ``--zoo NAME --run RUN [--batch B]`` it profiles a real-model zoo model (be
 own evaluation inputs at batch B (default 1), and prints both tables:
 
     python bench/profile_ops.py --zoo pplcnet-orientation --run defaults --runs 20 --threads 1
+
+With ``--nodes N`` (and ``--zoo``) the two sessions run alternately in one process instead, so both see the same
+load, and it prints their median process CPU time per run, each operator type's sum of per-node medians, and the N
+slowest nodes of each (node names are the original's where the compressed node kept them):
+
+    python bench/profile_ops.py --zoo magika --run defaults --runs 200 --threads 1 --nodes 20
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import collections
 import json
 import os
 import tempfile
+import time
 
 import numpy as np
 import onnxruntime as ort
@@ -49,12 +56,17 @@ def main() -> None:
     parser.add_argument("--zoo", help="a zoo model's name: profile its original and its output of --run")
     parser.add_argument("--run", help="the zoo run whose output to profile (with --zoo)")
     parser.add_argument("--batch", type=int, default=1, help="batch of the zoo model's evaluation inputs")
+    parser.add_argument("--nodes", type=int, default=0,
+                        help="with --zoo: alternate the two sessions and list this many slowest nodes of each")
     args = parser.parse_args()
     if args.zoo:
         if not args.run:
             parser.error("--zoo needs --run")
         original, feeds = zoo_feeds(args.zoo, args.batch)
         compressed = os.path.expanduser(f"~/.cache/onnxcomp-zoo/runs/{args.run}/{args.zoo}.onnx")
+        if args.nodes:
+            profile_nodes([original, compressed], feeds, args.runs, args.threads, args.nodes)
+            return
         for path in (original, compressed):
             profile(path, feeds, args.runs, args.threads)
         return
@@ -64,6 +76,61 @@ def main() -> None:
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, shape).astype(np.int32) if args.dtype == "int32" else rng.random(shape, dtype=np.float32)
     profile(args.model, x, args.runs, args.threads)
+
+
+def _session(path: str, threads: int, prefix: str) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.enable_profiling = True
+    options.profile_file_prefix = prefix
+    return ort.InferenceSession(path, onnxcomp.runtime.session_options(options), providers=["CPUExecutionProvider"])
+
+
+def _node_times(session: ort.InferenceSession) -> dict[str, tuple[str, float]]:
+    """{node name: (operator type, median kernel microseconds over the profiled runs after the first)}."""
+    with open(session.end_profiling()) as f:
+        events = json.load(f)
+    times: dict[str, list[float]] = collections.defaultdict(list)
+    ops: dict[str, str] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            name = event["name"][: -len("_kernel_time")]
+            times[name].append(event["dur"])
+            ops[name] = event["args"]["op_name"]
+    return {name: (ops[name], float(np.median(t[1:] if len(t) > 1 else t))) for name, t in times.items()}
+
+
+def profile_nodes(paths: list[str], feeds: dict, runs: int, threads: int, top: int) -> None:
+    """Runs the sessions of ``paths`` in turn ``runs`` times (after a warm-up) with profiling on; prints each one's
+    median process CPU time per run, per operator type the sum of its nodes' median kernel times, and the ``top``
+    slowest nodes. Profiling adds a fixed cost per node to both, so the sums exceed the CPU times."""
+    with tempfile.TemporaryDirectory() as folder:
+        sessions = [_session(path, threads, os.path.join(folder, f"profile{i}")) for i, path in enumerate(paths)]
+        for session in sessions:
+            session.run(None, feeds)
+        cpu: list[list[float]] = [[] for _ in sessions]
+        for _ in range(runs):
+            for times, session in zip(cpu, sessions):
+                start = time.process_time()
+                session.run(None, feeds)
+                times.append(time.process_time() - start)
+        tables = [_node_times(session) for session in sessions]
+    for path, times, table in zip(paths, cpu, tables):
+        by_op: dict[str, float] = collections.defaultdict(float)
+        count: collections.Counter = collections.Counter()
+        for op, micros in table.values():
+            by_op[op] += micros
+            count[op] += 1
+        print(f"{path}: CPU {np.median(times) * 1e3:.3f} ms per run (median of {runs}, {threads} thread(s)), "
+              f"sum of node medians {sum(by_op.values()) / 1e3:.3f} ms")
+        print("| operator | ms per run (sum of node medians) | nodes |")
+        print("|---|---|---|")
+        for op, micros in sorted(by_op.items(), key=lambda item: -item[1]):
+            print(f"| {op} | {micros / 1e3:.3f} | {count[op]} |")
+        print("| node | operator | us per run (median) |")
+        print("|---|---|---|")
+        for name, (op, micros) in sorted(table.items(), key=lambda item: -item[1][1])[:top]:
+            print(f"| {name} | {op} | {micros:.1f} |")
 
 
 def profile(path: str, x, runs: int, threads: int) -> None:

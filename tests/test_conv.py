@@ -170,6 +170,31 @@ def test_codebook_conv_against_numpy_and_onnxruntime(case, path):
     np.testing.assert_allclose(y, ort_conv(x, w_effective, bias, attrs), rtol=0, atol=float(bound.max()))
 
 
+@pytest.mark.parametrize("channels", [8, 24, 40, 200])
+def test_depthwise_channels_off_the_block_equal_onnxruntimes_padded_nchwc_conv(channels):
+    """A depthwise layer whose channels are not a multiple of the NCHWc block (8 and 24 under blocks of 16) runs the
+    blocked convolution with its channels, filter and group padded to the block, as onnxruntime's NCHWc transformer
+    runs the same dense Conv: bit for bit the dense model's output (graph optimisations on), and within the
+    summation bound of numpy's."""
+    rng = np.random.default_rng(channels)
+    attrs = dict(group=channels, pads=[2, 2, 2, 2], strides=[2, 1])
+    w_shape = (channels, 1, 5, 5)
+    codebook, indices, w = random_weight(rng, w_shape, 6)
+    bias = rng.standard_normal(channels).astype(np.float32)
+    x = rng.standard_normal((2, channels, 11, 9)).astype(np.float32)
+    y = session_output(codebook_conv_model(encode_record(codebook, indices, w_shape, 6), attrs, bias, None, "Relu"), x)
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w", "b"], ["c"], **attrs), helper.make_node("Relu", ["c"], ["y"])],
+                              "dense", [float_input("x", None)], [float_input("y", None)],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(bias, "b")])
+    dense = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    want = ort.InferenceSession(dense.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(y, want)
+    reference = np.maximum(numpy_conv(x, w, bias, attrs), 0)
+    assert (np.abs(y.astype(np.float64) - reference) <= summation_bound(x, w, bias, attrs)).all()
+
+
 @pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
 @pytest.mark.parametrize("case", [0, 2, 6, 10])
 def test_codebook_conv_fused_activation(case, activation):

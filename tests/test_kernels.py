@@ -82,7 +82,9 @@ SHAPES = [  # (M, K, N): odd sizes, K and N not multiples of 8/16/64, a partial 
 ]
 
 
-@pytest.mark.parametrize("bits", [3, 4, 5, 6, 7, 8, 10])  # 4-7: AVX2 byte-plane lookups of up to 128 entries
+# 4-7: AVX2 byte-plane lookups of up to 128 entries; 6-8: AVX-512 vpermi2ps pairs and blends (2, 4, 8 pairs); M >= 6:
+# both decode each group once per task (row tiles) and run the dense-panel tiles
+@pytest.mark.parametrize("bits", [3, 4, 5, 6, 7, 8, 10])
 @pytest.mark.parametrize("m,k,n", SHAPES)
 def test_codebook_matmul_every_isa_against_numpy(m, k, n, bits):
     rng = np.random.default_rng(1000 * m + 10 * k + n + bits)

@@ -124,12 +124,41 @@ def test_codebook_lstm_equals_onnxruntime_lstm_on_the_decoded_weights(case):
         np.testing.assert_array_equal(g, w)
 
 
+def _prepacked_reference(reference: onnx.ModelProto, feeds_reference: dict) -> onnx.ModelProto:
+    """``reference`` with W, R and B as initializers holding the decoded values (onnxruntime prepacks W and R)."""
+    prepacked = onnx.ModelProto()
+    prepacked.CopyFrom(reference)
+    weights = [i for i in prepacked.graph.input if i.name in ("W", "R", "B")]
+    for info in weights:
+        prepacked.graph.input.remove(info)
+        prepacked.graph.initializer.append(numpy_helper.from_array(feeds_reference[info.name], info.name))
+    return prepacked
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "default")
+def test_large_lstm_runs_onnxruntimes_lstm_on_prepacked_working_copies(case):
+    """Above ONNXCOMP_LSTM_PREPACK_WEIGHTS (1 here: every LSTM) CodebookLSTM runs a one-node session whose
+    initializers are the working copies: bit for bit onnxruntime's LSTM with the decoded weights as initializers,
+    which it prepacks, in every run and for every optional input and output."""
+    compressed, reference, feeds, feeds_reference = lstm_case(np.random.default_rng(len(str(case))), **case)
+    session = session_with_env(compressed, {"ONNXCOMP_LSTM_PREPACK_WEIGHTS": "1"})
+    want = run_reference(_prepacked_reference(reference, feeds_reference),
+                         {k: v for k, v in feeds_reference.items() if k not in ("W", "R", "B")})
+    for _ in range(2):
+        got = session.run(None, feeds)
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            assert g.shape == w.shape
+            np.testing.assert_array_equal(g, w)
+
+
 def test_record_given_as_a_graph_input_is_decoded_in_every_run():
     compressed, reference, feeds, feeds_reference = lstm_case(np.random.default_rng(7), directions=2)
     w_record = next(t for t in compressed.graph.initializer if t.name == "W")
     compressed.graph.input.append(helper.make_tensor_value_info("W", TensorProto.UINT8, ["bytes"]))
     want = run_reference(reference, feeds_reference)
-    session = session_with_env(compressed)
+    # (a record that is not a constant keeps the per-run path even where the prepacked session would apply)
+    session = session_with_env(compressed, {"ONNXCOMP_LSTM_PREPACK_WEIGHTS": "1"})
     for _ in range(2):
         for g, w in zip(session.run(None, feeds), want):
             np.testing.assert_array_equal(g, w)

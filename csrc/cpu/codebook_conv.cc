@@ -244,7 +244,7 @@ OrtStatus* CodebookConvKernel::CreateOps(const OrtKernelInfo* info) {
   const ConvAttributes& a = attributes_;
   std::vector<Ort::OpAttr> attrs;
   attrs.emplace_back("auto_pad", a.auto_pad.c_str(), static_cast<int>(a.auto_pad.size()), OrtOpAttrType::ORT_OP_ATTR_STRING);
-  attrs.emplace_back("group", &a.group, 1, OrtOpAttrType::ORT_OP_ATTR_INT);
+  attrs.emplace_back("group", path_ == ConvPath::kNchwc ? &nchwc_group_ : &a.group, 1, OrtOpAttrType::ORT_OP_ATTR_INT);
   const std::pair<const char*, const std::vector<int64_t>*> lists[] = {
       {"dilations", &a.dilations}, {"kernel_shape", &a.kernel_shape}, {"pads", &a.pads}, {"strides", &a.strides}};
   for (const auto& [name, values] : lists) {
@@ -358,14 +358,15 @@ OrtStatus* CodebookConvKernel::Init(const OrtKernelInfo* info) {
     const int64_t block = NchwcBlockSize();
     bool nchwc = block > 1 && spatial == 2 && bias_is_constant_;
     bool blocked_input = true;
-    if (nchwc && a.group > 1) {
-      if (o_count % block != 0) {
-        nchwc = false;
-      } else if (i_count == 1 && o_count == a.group) {
-        blocked_input = false;  // depthwise
-      } else if (i_count % block != 0 || (o_count / a.group) % block != 0) {
-        nchwc = false;
-      }
+    const bool depthwise = a.group > 1 && i_count == 1 && o_count == a.group;
+    if (nchwc && depthwise) {
+      // Depthwise: channels off the block (a multiple of 4, as ReorderInput pads X) are padded to it, the filter
+      // and the group alike, as onnxruntime's NCHWc transformer pads such a dense Conv (ppocr-cls's 24- to
+      // 200-channel layers under blocks of 16); the padded channels read zeros and are dropped by ReorderOutput.
+      blocked_input = false;
+      if (o_count % block != 0 && (o_count % kNchwcChannelAlignment != 0 || a.nchwc_input == 1)) nchwc = false;
+    } else if (nchwc && a.group > 1) {
+      if (o_count % block != 0 || i_count % block != 0 || (o_count / a.group) % block != 0) nchwc = false;
     } else if (nchwc) {
       if (i_count < block) {
         blocked_input = false;
@@ -391,6 +392,7 @@ OrtStatus* CodebookConvKernel::Init(const OrtKernelInfo* info) {
       reorder_input_ = blocked_input || a.group > 1;
       const int64_t o_padded = RoundUp(o_count, block);
       i_padded_ = a.group == 1 && blocked_input ? RoundUp(i_count, block) : i_count;
+      nchwc_group_ = depthwise ? o_padded : a.group;
       weight_.assign(static_cast<size_t>(o_padded * i_padded_ * kernel), 0.0f);
       ReorderFilter(dense.data(), o_count, i_count, kernel, block, blocked_input, weight_.data());
       if (bias.present) {

@@ -4,6 +4,9 @@
 // C API (CreateOp/InvokeOp), so its outputs are exactly onnxruntime's LSTM on the decoded weights. What it
 // replaces: a CodebookDecode per weight feeding a standard LSTM, which copied the weights out in every run and
 // kept the constant-folding of any Slice/Concat chain in between from happening (docs/ops.md).
+// A large LSTM (PrepackedWeightsThreshold) instead runs in a one-node onnxruntime session created with the working
+// copies as its initializers, so that onnxruntime prepacks W and R once, as it does for a dense model's LSTM.
+#include <stdlib.h>
 #include <string.h>
 
 #include "cpu/ops.h"
@@ -28,6 +31,87 @@ bool HasAttribute(const Ort::ConstKernelInfo& info, const char* name) {
     return message.find("No attribute") == std::string::npos && message.find("not found") == std::string::npos;
   }
 }
+
+
+// ---- A minimal ONNX ModelProto writer (protobuf wire format), for the one-node inner session ----------------
+// Field numbers from onnx/onnx.proto (ModelProto, GraphProto, NodeProto, AttributeProto, ValueInfoProto,
+// TypeProto, SparseTensorProto, TensorProto, OperatorSetIdProto).
+
+void PutVarint(std::string* out, uint64_t value) {
+  while (value >= 0x80) {
+    out->push_back(static_cast<char>((value & 0x7F) | 0x80));
+    value >>= 7;
+  }
+  out->push_back(static_cast<char>(value));
+}
+
+void PutVarintField(std::string* out, uint32_t field, uint64_t value) {
+  PutVarint(out, uint64_t{field} << 3);  // wire type 0
+  PutVarint(out, value);
+}
+
+void PutBytesField(std::string* out, uint32_t field, const std::string& bytes) {
+  PutVarint(out, (uint64_t{field} << 3) | 2);  // wire type 2: length-delimited
+  PutVarint(out, bytes.size());
+  out->append(bytes);
+}
+
+void PutFloatField(std::string* out, uint32_t field, float value) {
+  PutVarint(out, (uint64_t{field} << 3) | 5);  // wire type 5: 32-bit
+  char bytes[4];
+  memcpy(bytes, &value, 4);
+  out->append(bytes, 4);
+}
+
+// ValueInfoProto {name, type {tensor_type {elem_type}}} (no shape: onnxruntime infers it).
+std::string TensorValueInfo(const std::string& name, int32_t elem_type) {
+  std::string tensor, type, info;
+  PutVarintField(&tensor, 1, static_cast<uint64_t>(elem_type));
+  PutBytesField(&type, 1, tensor);
+  PutBytesField(&info, 1, name);
+  PutBytesField(&info, 2, type);
+  return info;
+}
+
+// SparseTensorProto with no values: a placeholder of the initializer's name and dims, which the session's
+// AddInitializer replaces (a dense placeholder would have to hold every value; an external-data one must exist
+// on disk).
+std::string EmptySparseInitializer(const std::string& name, const std::vector<int64_t>& dims) {
+  std::string values, indices, sparse;
+  PutVarintField(&values, 1, 0);                                        // dims [0]
+  PutVarintField(&values, 2, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);      // data_type
+  PutBytesField(&values, 8, name);                                      // name
+  PutVarintField(&indices, 1, 0);
+  PutVarintField(&indices, 2, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64);
+  PutBytesField(&indices, 8, name + ".indices");
+  PutBytesField(&sparse, 1, values);
+  PutBytesField(&sparse, 2, indices);
+  for (int64_t d : dims) PutVarintField(&sparse, 3, static_cast<uint64_t>(d));
+  return sparse;
+}
+
+std::string IntAttribute(const char* name, int64_t value) {
+  std::string a;
+  PutBytesField(&a, 1, name);
+  PutVarintField(&a, 3, static_cast<uint64_t>(value));
+  PutVarintField(&a, 20, 2);  // AttributeProto.INT
+  return a;
+}
+
+// Weights (W and R elements together) from which an LSTM runs in the inner session: ONNXCOMP_LSTM_PREPACK_WEIGHTS
+// (read at kernel creation; 0 = always), else 2^18. Below it the inner session's Run costs more than prepacking
+// saves (docs/benchmarks.md, branch speed7).
+int64_t PrepackedWeightsThreshold() {
+  constexpr int64_t kDefault = int64_t{1} << 18;
+  const char* text = getenv("ONNXCOMP_LSTM_PREPACK_WEIGHTS");
+  if (!text || !*text) return kDefault;
+  char* end = nullptr;
+  const long long value = strtoll(text, &end, 10);
+  return (end && *end == 0 && value >= 0) ? static_cast<int64_t>(value) : kDefault;
+}
+
+constexpr const char* kInnerInputNames[] = {"X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c", "P"};
+constexpr const char* kInnerOutputNames[] = {"Y", "Y_h", "Y_c"};
 
 }  // namespace
 
@@ -92,7 +176,8 @@ OrtStatus* CodebookLstmKernel::Init(const OrtKernelInfo* info) {
     const size_t inputs = kernel_info.GetInputCount();
     input_count_ = 3;
     for (size_t i = 3; i < inputs && i < 8; ++i) {
-      if (!kernel_info.GetInputName(i).empty()) input_count_ = i + 1;
+      optional_present_[i] = !kernel_info.GetInputName(i).empty();
+      if (optional_present_[i]) input_count_ = i + 1;
     }
     for (size_t i = 1; i <= 3; ++i) {
       LstmWeight& weight = weights_[i - 1];
@@ -109,6 +194,8 @@ OrtStatus* CodebookLstmKernel::Init(const OrtKernelInfo* info) {
       weight.constant = is_constant && value != nullptr;
       if (weight.record && weight.constant) {
         if (OrtStatus* status = Decode(i, value, &weight)) return status;
+      } else if (weight.constant) {
+        weight.constant_value = value;
       }
     }
     for (size_t i = 0; i < 3; ++i) {
@@ -130,8 +217,98 @@ OrtStatus* CodebookLstmKernel::Init(const OrtKernelInfo* info) {
     } catch (const Ort::Exception& e) {
       return Error(std::string("this onnxruntime cannot run its own LSTM for the node (CreateOp failed: ") + e.what() + ")");
     }
+    CreateInnerSession(direction, input_forget, has_clip, clip);
     return nullptr;
   });
+}
+
+void CodebookLstmKernel::CreateInnerSession(const std::string& direction, int64_t input_forget, bool has_clip,
+                                            float clip) {
+  const LstmWeight& w = weights_[0];
+  const LstmWeight& r = weights_[1];
+  const LstmWeight& b = weights_[2];
+  if (!w.constant || !r.constant || (b.present && !b.constant)) return;
+  auto dims_of = [](const LstmWeight& weight) {
+    return weight.record ? weight.dims : Ort::ConstValue(weight.constant_value).GetTensorTypeAndShapeInfo().GetShape();
+  };
+  auto elements = [](const std::vector<int64_t>& dims) {
+    int64_t n = 1;
+    for (int64_t d : dims) n *= d;
+    return n;
+  };
+  if (elements(dims_of(w)) + elements(dims_of(r)) < PrepackedWeightsThreshold()) return;
+
+  // The one-node model: LSTM with this node's attributes; X and the node's optional run-time inputs as graph
+  // inputs; W, R (and B) as initializers that AddInitializer supplies.
+  std::string node;
+  for (size_t i = 0; i < input_count_; ++i) {
+    const bool present = i <= 3 ? (i == 0 || weights_[i - 1].present) : optional_present_[i];
+    PutBytesField(&node, 1, present ? kInnerInputNames[i] : "");
+  }
+  for (const char* name : kInnerOutputNames) PutBytesField(&node, 2, name);
+  PutBytesField(&node, 3, "lstm");
+  PutBytesField(&node, 4, "LSTM");
+  PutBytesField(&node, 5, IntAttribute("hidden_size", hidden_size_));
+  PutBytesField(&node, 5, IntAttribute("input_forget", input_forget));
+  PutBytesField(&node, 5, IntAttribute("layout", layout_));
+  {
+    std::string a;
+    PutBytesField(&a, 1, "direction");
+    PutBytesField(&a, 4, direction);
+    PutVarintField(&a, 20, 3);  // AttributeProto.STRING
+    PutBytesField(&node, 5, a);
+  }
+  if (has_clip) {
+    std::string a;
+    PutBytesField(&a, 1, "clip");
+    PutFloatField(&a, 2, clip);
+    PutVarintField(&a, 20, 1);  // AttributeProto.FLOAT
+    PutBytesField(&node, 5, a);
+  }
+  std::string graph;
+  PutBytesField(&graph, 1, node);
+  PutBytesField(&graph, 2, "codebook_lstm");
+  inner_inputs_.assign(1, 0);
+  PutBytesField(&graph, 11, TensorValueInfo("X", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT));
+  for (size_t i = 4; i < input_count_; ++i) {
+    if (!optional_present_[i]) continue;
+    inner_inputs_.push_back(i);
+    PutBytesField(&graph, 11, TensorValueInfo(kInnerInputNames[i], i == 4 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32
+                                                                            : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT));
+  }
+  for (size_t i = 0; i < 3; ++i) {
+    if (output_present_[i]) PutBytesField(&graph, 12, TensorValueInfo(kInnerOutputNames[i], ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT));
+  }
+  for (size_t i = 0; i < 3; ++i) {
+    if (weights_[i].present) PutBytesField(&graph, 15, EmptySparseInitializer(kInnerInputNames[i + 1], dims_of(weights_[i])));
+  }
+  std::string opset, model;
+  PutBytesField(&opset, 1, "");
+  PutVarintField(&opset, 2, 14);
+  PutVarintField(&model, 1, 8);  // ir_version
+  PutBytesField(&model, 7, graph);
+  PutBytesField(&model, 8, opset);
+
+  try {
+    Ort::SessionOptions options;
+    options.SetIntraOpNumThreads(1);  // the outer session's count is not visible to a kernel (docs/ops.md)
+    options.SetInterOpNumThreads(1);
+    options.SetExecutionMode(ORT_SEQUENTIAL);
+    options.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_BASIC);
+    options.SetLogSeverityLevel(3);
+    options.AddConfigEntry("session.intra_op.allow_spinning", "0");
+    for (size_t i = 0; i < 3; ++i) {
+      const LstmWeight& weight = weights_[i];
+      if (!weight.present) continue;
+      options.AddInitializer(kInnerInputNames[i + 1], weight.record ? static_cast<const OrtValue*>(weight.value)
+                                                                    : weight.constant_value);
+    }
+    inner_env_ = Ort::Env(ORT_LOGGING_LEVEL_ERROR, "onnxcomp");
+    inner_session_ = Ort::Session(inner_env_, model.data(), model.size(), options);
+  } catch (const Ort::Exception&) {
+    // This onnxruntime cannot build the session: every run invokes its LSTM on the working copies instead.
+    inner_session_ = Ort::Session(nullptr);
+  }
 }
 
 OrtStatus* CodebookLstmKernel::ComputeV2(OrtKernelContext* raw_context) noexcept {
@@ -179,6 +356,26 @@ OrtStatus* CodebookLstmKernel::ComputeV2(OrtKernelContext* raw_context) noexcept
       }
     }
     if (batch == 0) return nullptr;
+    if (inner_session_) {
+      const char* input_names[8];
+      const OrtValue* input_values[8];
+      size_t input_count = 0;
+      for (size_t i : inner_inputs_) {
+        input_names[input_count] = kInnerInputNames[i];
+        input_values[input_count++] = inputs[i];
+      }
+      const char* output_names[3];
+      OrtValue* output_values[3];
+      size_t output_count = 0;
+      for (size_t i = 0; i < 3; ++i) {
+        if (!output_present_[i]) continue;
+        output_names[output_count] = kInnerOutputNames[i];
+        output_values[output_count++] = outputs[i];
+      }
+      Ort::ThrowOnError(Ort::GetApi().Run(inner_session_, nullptr, input_names, input_values, input_count, output_names,
+                                          output_count, output_values));
+      return nullptr;
+    }
     lstm_op_.Invoke(raw_context, inputs, input_count_, outputs, 3);
     return nullptr;
   });

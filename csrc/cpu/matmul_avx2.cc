@@ -378,6 +378,11 @@ void WithDecoder(const MatMulProblem& p, const F& f) {
 
 }  // namespace
 
+void DenseAvx2Panel(const DenseProblem& p, const float* panel, const void* next, int64_t n0, int64_t row_begin,
+                    int64_t row_end) {
+  DenseRows(p, panel, static_cast<const char*>(next), row_begin, row_end, n0);
+}
+
 void MatMulAvx2(const MatMulProblem& p, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end) {
   WithDecoder(p, [&](const auto& d) { Run(d, p, panel_begin, panel_end, row_begin, row_end); });
 }

@@ -2,10 +2,12 @@
 //
 // The weights are never written out: each step of k widens one panel row of packed indices to 32-bit
 // lanes and looks the codebook up in registers. 4-bit: the 16-entry table sits in one register and
-// vpermps takes the low 4 bits of each lane as the entry; 5-bit: vpermi2ps over two registers; wider
+// vpermps takes the low 4 bits of each lane as the entry; byte indices into up to 32 entries: vpermi2ps over two
+// registers; up to 256 entries: one vpermi2ps per 32 entries and a tree of masked blends (BytePairs); 16-bit
 // indices: a gather from the table in L1. Each looked-up vector is reused for MR rows of X (outer
 // product, accumulators in registers, no horizontal sums), so the lookup cost is shared at batch > 1.
 #include <immintrin.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cpu/matmul_kernels.h"
@@ -16,7 +18,10 @@ namespace {
 constexpr int kGroupColumns = 32;  // packed::kGroupColumns, restated: this unit includes no inline code
 constexpr int kVectors = 2;        // zmm vectors per group
 
+// kDecodeOnce: whether a task of 6 or more rows decodes each group once for all its rows (RunDecodedOnce) rather
+// than inside every 6-row tile: worth it where a lookup costs more than the one vpermps / vpermi2ps per vector.
 struct Nibble16 {
+  static constexpr bool kDecodeOnce = false;
   __m512 table;
   void decode(const uint8_t* group, __m512* w) const {
     const __m512i lanes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(group)));
@@ -26,6 +31,7 @@ struct Nibble16 {
 };
 
 struct Byte32 {
+  static constexpr bool kDecodeOnce = false;
   __m512 low, high;  // table entries 0..15 and 16..31
   void decode(const uint8_t* group, __m512* w) const {
     for (int i = 0; i < 2; ++i) {
@@ -35,7 +41,38 @@ struct Byte32 {
   }
 };
 
+// Byte indices into up to 32 * kPairs entries (kPairs = 2, 4 or 8) held in registers: one vpermi2ps per 32-entry
+// pair of tables (index bits 0..4), then a tree of masked blends on index bits 5, 6 and 7. Only data moves, so the
+// values equal the gather's bit for bit; vgatherdps is slow on AMD cores (Zen 4: magika's 64-entry 512 x 214 product
+// at one row 4.4x the dense MatMul with it, docs/benchmarks.md branch speed7).
+template <int kPairs>
+struct BytePairs {
+  static constexpr bool kDecodeOnce = true;
+  __m512 table[2 * kPairs];
+  BytePairs(const float* codebook, uint32_t size) {  // entries from `size` on are never looked up: zeros
+    float padded[32 * kPairs] = {};
+    memcpy(padded, codebook, sizeof(float) * (size < 32 * kPairs ? size : 32 * kPairs));
+    for (int t = 0; t < 2 * kPairs; ++t) table[t] = _mm512_loadu_ps(padded + 16 * t);
+  }
+  __m512 lookup(__m512i index) const {
+    __m512 level[kPairs];
+    for (int t = 0; t < kPairs; ++t) level[t] = _mm512_permutex2var_ps(table[2 * t], index, table[2 * t + 1]);
+    int count = kPairs;
+    for (int bit = 5; count > 1; ++bit, count /= 2) {
+      const __mmask16 pick = _mm512_test_epi32_mask(index, _mm512_set1_epi32(1 << bit));
+      for (int t = 0; t < count / 2; ++t) level[t] = _mm512_mask_blend_ps(pick, level[2 * t], level[2 * t + 1]);
+    }
+    return level[0];
+  }
+  void decode(const uint8_t* group, __m512* w) const {
+    for (int i = 0; i < 2; ++i) {
+      w[i] = lookup(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(group + 16 * i))));
+    }
+  }
+};
+
 struct ByteGather {
+  static constexpr bool kDecodeOnce = true;
   const float* table;
   void decode(const uint8_t* group, __m512* w) const {
     for (int i = 0; i < 2; ++i) {
@@ -46,6 +83,7 @@ struct ByteGather {
 };
 
 struct WordGather {
+  static constexpr bool kDecodeOnce = true;
   const float* table;
   void decode(const uint8_t* group, __m512* w) const {
     for (int i = 0; i < 2; ++i) {
@@ -102,9 +140,49 @@ void TileAndStore(const Decoder& decoder, const MatMulProblem& p, int64_t m0, in
   StoreTile(p, out, m0, MR, g0, NG);
 }
 
+#if defined(ONNXCOMP_HAVE_AVX2_KERNELS)
+// Rows from which a task decodes each 32-column group once (all K rows) into two dense panels of 16 columns and runs
+// the dense-panel tiles (DenseAvx2Panel) on them, as the AVX2 kernel does: the lookups are then shared by all the
+// task's rows. Each output is the same in-order chain of FMAs from 0.0, then the bias: the same bits as Tile.
+constexpr int64_t kDecodeOnceRows = 6;
+
+template <class Decoder>
+bool RunDecodedOnce(const Decoder& d, const MatMulProblem& p, int64_t panel_begin, int64_t panel_end,
+                    int64_t row_begin, int64_t row_end) {
+  // malloc, not std::vector: this unit must not instantiate std:: templates (see cpu/matmul_kernels.h).
+  const size_t bytes = (static_cast<size_t>(p.k) * kGroupColumns * sizeof(float) + 63) / 64 * 64;
+  float* w = static_cast<float*>(aligned_alloc(64, bytes == 0 ? 64 : bytes));
+  if (!w) return false;
+  const DenseProblem dense{p.x, p.m, p.k, p.n, w, p.bias, p.y};
+  float* second = w + p.k * 16;
+  for (int64_t g = panel_begin * 2; g < panel_end * 2; ++g) {
+    if (g * kGroupColumns >= p.n) break;  // a padding group of the last panel
+    const uint8_t* group = p.panels + (g / 2) * p.panel_bytes + (g % 2) * p.group_bytes;
+    for (int64_t kk = 0; kk < p.k; ++kk) {
+      __m512 v[kVectors];
+      d.decode(group + kk * p.row_bytes, v);
+      _mm512_store_ps(w + kk * 16, v[0]);
+      _mm512_store_ps(second + kk * 16, v[1]);
+    }
+    const int64_t halves = g * kGroupColumns + 16 < p.n ? 2 : 1;
+    for (int64_t half = 0; half < halves; ++half) {
+      DenseAvx2Panel(dense, w + half * p.k * 16, second, g * kGroupColumns + half * 16, row_begin, row_end);
+    }
+  }
+  free(w);
+  return true;
+}
+#endif
+
 template <class Decoder>
 void Run(const Decoder& d, const MatMulProblem& p, int64_t panel_begin, int64_t panel_end, int64_t row_begin,
          int64_t row_end) {
+#if defined(ONNXCOMP_HAVE_AVX2_KERNELS)
+  if (Decoder::kDecodeOnce && row_end - row_begin >= kDecodeOnceRows &&
+      RunDecodedOnce(d, p, panel_begin, panel_end, row_begin, row_end)) {
+    return;
+  }
+#endif
   alignas(64) float out[6 * 2 * kGroupColumns];
   const int64_t g_end = panel_end * 2;
   for (int64_t g = panel_begin * 2; g < g_end;) {
@@ -128,6 +206,15 @@ void Run(const Decoder& d, const MatMulProblem& p, int64_t panel_begin, int64_t 
   }
 }
 
+// ONNXCOMP_LOOKUP=gather512 (read once): byte indices into more than 128 entries take the gather, for timing.
+bool GatherAbove128() {
+  static const bool gather = [] {
+    const char* lookup = getenv("ONNXCOMP_LOOKUP");
+    return lookup && strcmp(lookup, "gather512") == 0;
+  }();
+  return gather;
+}
+
 }  // namespace
 
 void MatMulAvx512(const MatMulProblem& p, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end) {
@@ -136,6 +223,12 @@ void MatMulAvx512(const MatMulProblem& p, int64_t panel_begin, int64_t panel_end
   } else if (p.slot_bits == 8 && p.codebook_size <= 32) {
     Run(Byte32{_mm512_loadu_ps(p.table), _mm512_loadu_ps(p.table + 16)}, p, panel_begin, panel_end, row_begin,
         row_end);
+  } else if (p.slot_bits == 8 && p.codebook_size <= 64) {
+    Run(BytePairs<2>(p.table, p.codebook_size), p, panel_begin, panel_end, row_begin, row_end);
+  } else if (p.slot_bits == 8 && p.codebook_size <= 128) {
+    Run(BytePairs<4>(p.table, p.codebook_size), p, panel_begin, panel_end, row_begin, row_end);
+  } else if (p.slot_bits == 8 && !GatherAbove128()) {
+    Run(BytePairs<8>(p.table, p.codebook_size), p, panel_begin, panel_end, row_begin, row_end);
   } else if (p.slot_bits == 8) {
     Run(ByteGather{p.table}, p, panel_begin, panel_end, row_begin, row_end);
   } else {

@@ -71,6 +71,11 @@ using DenseKernel = void (*)(const DenseProblem&, int64_t panel_begin, int64_t p
 void DenseScalar(const DenseProblem&, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end);
 #if defined(ONNXCOMP_HAVE_AVX2_KERNELS)
 void DenseAvx2(const DenseProblem&, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end);
+// DenseAvx2's tiles on one panel given apart from p.panels: rows [row_begin, row_end) of Y's 16 columns from n0, W's
+// panel at `panel` (k * 16 floats, 32-byte aligned); `next` is prefetched, one cache line per k, while it runs. The
+// AVX-512 fused kernel's row tiles decode a group of W into two such panels.
+void DenseAvx2Panel(const DenseProblem& p, const float* panel, const void* next, int64_t n0, int64_t row_begin,
+                    int64_t row_end);
 #endif
 #if defined(ONNXCOMP_HAVE_NEON_KERNELS)
 void DenseNeon(const DenseProblem&, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end);

@@ -251,6 +251,7 @@ struct CodebookConvKernel : RecordKernel {
   int64_t block_ = 1;              // NCHWc block size (channels per block) on the kNchwc path
   bool reorder_input_ = false;     // kNchwc: X is reordered to NCHWc first (else read as NCHW)
   int64_t i_padded_ = 0;           // kNchwc: the working weight's input channels per group (padded to the block)
+  int64_t nchwc_group_ = 1;        // kNchwc: the blocked Conv's group (a depthwise layer's O padded to the block)
   std::vector<int64_t> weight_dims_;  // the weight's dims [O, I/group, k...]
   std::vector<float> weight_;      // working weight: dense (kOrt) or NCHWc-reordered and padded (kNchwc)
   std::vector<float> bias_;        // effective bias (padded on kNchwc), empty when none
@@ -350,6 +351,7 @@ struct LstmWeight {
   std::vector<float> working;  // the decoded values (record and constant)
   std::vector<int64_t> dims;
   Ort::Value value{nullptr};   // wraps `working`
+  const OrtValue* constant_value = nullptr;  // a constant float32 input (not a record): the session's own value
 };
 
 struct CodebookLstmKernel : RecordKernel {
@@ -364,6 +366,10 @@ struct CodebookLstmKernel : RecordKernel {
   OrtStatus* CheckDims(size_t input, const std::vector<int64_t>& dims) const;
   // Decodes a record (the constant one, or this run's input) into `weight`'s working copy and wraps it.
   OrtStatus* Decode(size_t input, const Ort::ConstValue& value, LstmWeight* weight) const;
+  // For an LSTM with constant W, R (and B) of at least PrepackedWeightsThreshold() weights: a one-node onnxruntime
+  // session whose initializers are the working copies (AddInitializer), so that onnxruntime prepacks them once.
+  // Leaves inner_session_ empty where it does not apply or cannot be created.
+  void CreateInnerSession(const std::string& direction, int64_t input_forget, bool has_clip, float clip);
 
   int64_t hidden_size_ = 0;
   int64_t directions_ = 1;
@@ -371,7 +377,11 @@ struct CodebookLstmKernel : RecordKernel {
   LstmWeight weights_[3];            // W, R, B (inputs 1, 2, 3)
   bool output_present_[3] = {false, false, false};
   size_t input_count_ = 3;           // inputs given to onnxruntime's LSTM (trailing absent ones dropped)
+  bool optional_present_[8] = {};    // inputs 4..7 (sequence_lens, initial_h, initial_c, P) given to the node
   Ort::Op lstm_op_{nullptr};
+  Ort::Env inner_env_{nullptr};
+  Ort::Session inner_session_{nullptr};
+  std::vector<size_t> inner_inputs_;  // the node inputs the inner session takes: 0 (X) and the present optional ones
 };
 
 struct CodebookLstmOp : Ort::CustomOpBase<CodebookLstmOp, CodebookLstmKernel, true> {
