@@ -11,6 +11,7 @@ from onnx import helper
 
 from conftest import float_input, make_model
 from onnxcomp.core import allocation
+from onnxcomp.core.native import native
 from onnxcomp.passes import model_io
 from onnxcomp.pipeline import fidelity
 
@@ -164,9 +165,38 @@ def test_partitioned_sort_matches_one_sort(rng, monkeypatch):
         codebook._sort_keys(split, workers)
         np.testing.assert_array_equal(split, reference)
         monkeypatch.setenv("ONNXCOMP_THREADS", str(workers))
-        ordered = codebook.sort_values(values)
+        ordered = codebook.sort_values_reference(values)
         np.testing.assert_array_equal(ordered.view(np.uint32), reference ^ np.where(reference >> 31, np.uint32(1 << 31),
                                                                                          np.uint32(0xFFFFFFFF)))
+
+
+@pytest.mark.skipif(native is None, reason="the compiled module onnxcomp._native is not built")
+@pytest.mark.parametrize("size", [0, 1, 2, 1000, (1 << 20) - 1, 3 * (1 << 20) + 5])
+def test_radix_sort_matches_the_reference(rng, size):
+    """sort_values' compiled radix sort gives the reference's bytes on 1-4 threads, the input sorted in place with
+    overwrite_input: signed zeros, infinities, NaN bit patterns, ties, a digit every key shares (all of the
+    values within one 2^16-key run), and lengths that do not split evenly across threads."""
+    from onnxcomp.core import codebook
+    values = rng.standard_normal(size).astype(np.float32)
+    values[::5] = 0.0
+    values[::7] = -0.0
+    values[::11] = 0.5
+    values[::13] = np.float32(np.inf) * (-1) ** np.arange(len(values[::13]))
+    values.view(np.uint32)[::17] = rng.integers(0x7F800001, 0x80000000, len(values[::17]), dtype=np.uint32)  # NaNs
+    narrow = (np.float32(1) + np.arange(size, dtype=np.float32)[::-1] % 60000 * np.float32(2 ** -23)).astype(np.float32)
+    for case in (values, narrow):
+        expected = codebook.sort_values_reference(case).view(np.uint32)
+        for workers in (1, 2, 3, 4):
+            native.sort_floats(sorted_ := case.copy(), workers)
+            np.testing.assert_array_equal(sorted_.view(np.uint32), expected)
+        np.testing.assert_array_equal(codebook.sort_values(case).view(np.uint32), expected)
+        in_place = case.copy()
+        codebook.sort_values(in_place, overwrite_input=True)
+        np.testing.assert_array_equal(in_place.view(np.uint32), expected)
+    with pytest.raises(ValueError, match="in place"):
+        native.sort_floats(np.zeros(4, np.float64), 1)
+    with pytest.raises(ValueError, match="in place"):
+        native.sort_floats(np.zeros(8, np.float32)[::2], 1)
 
 
 def test_threaded_assign_and_channel_errors_match_one_thread(rng):

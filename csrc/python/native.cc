@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <system_error>
@@ -538,6 +539,87 @@ py::array_t<int64_t> largest_magnitudes(FloatArray values, py::object keep_objec
   return out;
 }
 
+// Sorts float32 ``values`` in place in the total order of onnxcomp.core.codebook.sort_values: each bit pattern
+// mapped to its order key (order_key: negatives all bits flipped, others the sign bit set), the keys sorted as
+// unsigned integers, mapped back. A least-significant-digit radix sort of the keys in two passes of 16-bit
+// digits (a digit every key shares is skipped) with one scratch array of the same size; the key mapping is done
+// while the first digits are counted, the mapping back in the last scatter. Sorted unsigned integers are one
+// and the same array however they were sorted, so the result is byte for byte that of the reference (numpy's
+// sort of the keys; tests/test_fast_paths.py). ``threads`` split each pass: every part counts its digits, the
+// parts' runs of each digit are laid out in part order and each part scatters its keys in order (stable), so the
+// result does not depend on the thread count either.
+constexpr unsigned kRadixBits = 16;
+constexpr size_t kMinSortPart = size_t{1} << 20;  // keys a helper thread of sort_floats takes at least
+
+inline uint32_t key_bits(uint32_t key) { return key ^ ((key >> 31) ? 0x80000000u : 0xFFFFFFFFu); }  // order_key's inverse
+
+void sort_floats(py::array values, size_t threads) {
+  // in place: no converted copy of another dtype or layout, which would be sorted and dropped
+  if (values.ndim() != 1 || !values.dtype().is(py::dtype::of<float>()) || !(values.flags() & py::array::c_style) ||
+      !values.writeable())
+    throw std::invalid_argument("sort_floats sorts a writable contiguous 1-D float32 array in place");
+  const size_t n = static_cast<size_t>(values.size());
+  if (n < 2) return;
+  uint32_t* data = static_cast<uint32_t*>(values.mutable_data());
+  py::gil_scoped_release release;
+  const size_t parts = std::max<size_t>(1, std::min(threads, n / kMinSortPart));
+  constexpr size_t buckets = size_t{1} << kRadixBits;
+  constexpr uint32_t mask = static_cast<uint32_t>(buckets - 1);
+  auto part_begin = [n, parts](size_t part) { return n * part / parts; };
+  auto each_part = [parts](auto body) {  // body(part) for every part, the parts at once
+    split_range(parts, parts, 1, [&body](size_t first, size_t last) {
+      for (size_t part = first; part < last; ++part) body(part);
+    });
+  };
+  std::vector<size_t> offsets(parts * buckets);  // part p's count of digit d, then where its run starts
+  each_part([&](size_t part) {  // the keys, in place, and their low digits counted
+    size_t* count = offsets.data() + part * buckets;
+    for (size_t i = part_begin(part); i < part_begin(part + 1); ++i) {
+      data[i] = order_key(data[i]);
+      ++count[data[i] & mask];
+    }
+  });
+  std::unique_ptr<uint32_t[]> scratch(new uint32_t[n]);  // (not zeroed: every element is written before it is read)
+  uint32_t* source = data;
+  uint32_t* target = scratch.get();
+  bool mapped_back = false;
+  for (unsigned shift = 0; shift < 32; shift += kRadixBits) {
+    if (shift) {
+      std::fill(offsets.begin(), offsets.end(), 0);
+      each_part([&](size_t part) {
+        size_t* count = offsets.data() + part * buckets;
+        for (size_t i = part_begin(part); i < part_begin(part + 1); ++i) ++count[(source[i] >> shift) & mask];
+      });
+    }
+    size_t start = 0;
+    bool constant = false;
+    for (size_t digit = 0; digit < buckets; ++digit) {
+      for (size_t part = 0; part < parts; ++part) {
+        const size_t count = offsets[part * buckets + digit];
+        constant = constant || count == n;
+        offsets[part * buckets + digit] = start;
+        start += count;
+      }
+    }
+    if (constant) continue;  // every key has this digit: already in order
+    const bool last = shift + kRadixBits >= 32 && target == data;  // the final scatter maps the keys back
+    each_part([&](size_t part) {
+      size_t* next = offsets.data() + part * buckets;
+      for (size_t i = part_begin(part); i < part_begin(part + 1); ++i) {
+        const uint32_t key = source[i];
+        target[next[(key >> shift) & mask]++] = last ? key_bits(key) : key;
+      }
+    });
+    mapped_back = last;
+    std::swap(source, target);
+  }
+  if (!mapped_back) {  // the sorted keys are in ``source``: back to float bits, into ``values``
+    split_range(n, parts, 1, [source, data](size_t begin, size_t end) {
+      for (size_t i = begin; i < end; ++i) data[i] = key_bits(source[i]);
+    });
+  }
+}
+
 // Per output channel c, the (optionally weighted) squared error of a decoded weight against its reference,
 // E_c = sum_j u_j (q_cj - r_cj)^2 in float64, added in increasing input order j (the order of
 // numpy.cumsum along the row: onnxcomp.core.outliers.channel_errors_reference). The weight is flat float32 of
@@ -999,6 +1081,9 @@ PYBIND11_MODULE(_native, m) {
         "bool keep mask: 0 for pruned values, 1 + centroid index for kept ones. `threads` splits the values "
         "across that many threads; `use_table` looks large inputs up in a bucket table of the float keys instead of "
         "comparing with every threshold (same result either way).");
+  m.def("sort_floats", &sort_floats, py::arg("values"), py::arg("threads") = 1,
+        "Sort a 1-D float32 array in place, -0.0 before +0.0 (the total order of the bit patterns' order keys), by "
+        "a radix sort on up to `threads` threads; the same bytes as numpy's sort of the keys.");
   m.def("magnitude_keep_mask", &magnitude_keep_mask, py::arg("values"), py::arg("pruned"),
         "Bool mask keeping all but the `pruned` float32 values of smallest magnitude (ties pruned in position order).");
   m.def("largest_magnitudes", &largest_magnitudes, py::arg("values"), py::arg("keep"), py::arg("count"),
