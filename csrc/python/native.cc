@@ -779,22 +779,27 @@ struct Symbols {
     const char kind = array.dtype().kind();
     if (kind != 'u' && kind != 'i') throw std::invalid_argument("symbols must be integers");
     width = static_cast<int>(array.itemsize());
+    if (width != 1 && width != 2 && width != 4 && width != 8) throw std::invalid_argument("unsupported symbol width");
     is_signed = kind == 'i';
     n = static_cast<size_t>(array.size());
   }
 
   template <typename F>
-  void each(F f) const {
+  void each(F f) const { each_in(0, n, f); }
+
+  // f(i, symbol i) for i in [begin, end), in order
+  template <typename F>
+  void each_in(size_t begin, size_t end, F f) const {
     const void* data = array.data();
     switch (width * (is_signed ? -1 : 1)) {
-      case 1: for (size_t i = 0; i < n; ++i) f(i, static_cast<const uint8_t*>(data)[i]); break;
-      case 2: for (size_t i = 0; i < n; ++i) f(i, static_cast<const uint16_t*>(data)[i]); break;
-      case 4: for (size_t i = 0; i < n; ++i) f(i, static_cast<const uint32_t*>(data)[i]); break;
-      case 8: for (size_t i = 0; i < n; ++i) f(i, static_cast<const uint64_t*>(data)[i]); break;
-      case -1: for (size_t i = 0; i < n; ++i) f(i, static_cast<uint64_t>(static_cast<const int8_t*>(data)[i])); break;
-      case -2: for (size_t i = 0; i < n; ++i) f(i, static_cast<uint64_t>(static_cast<const int16_t*>(data)[i])); break;
-      case -4: for (size_t i = 0; i < n; ++i) f(i, static_cast<uint64_t>(static_cast<const int32_t*>(data)[i])); break;
-      case -8: for (size_t i = 0; i < n; ++i) f(i, static_cast<uint64_t>(static_cast<const int64_t*>(data)[i])); break;
+      case 1: for (size_t i = begin; i < end; ++i) f(i, static_cast<const uint8_t*>(data)[i]); break;
+      case 2: for (size_t i = begin; i < end; ++i) f(i, static_cast<const uint16_t*>(data)[i]); break;
+      case 4: for (size_t i = begin; i < end; ++i) f(i, static_cast<const uint32_t*>(data)[i]); break;
+      case 8: for (size_t i = begin; i < end; ++i) f(i, static_cast<const uint64_t*>(data)[i]); break;
+      case -1: for (size_t i = begin; i < end; ++i) f(i, static_cast<uint64_t>(static_cast<const int8_t*>(data)[i])); break;
+      case -2: for (size_t i = begin; i < end; ++i) f(i, static_cast<uint64_t>(static_cast<const int16_t*>(data)[i])); break;
+      case -4: for (size_t i = begin; i < end; ++i) f(i, static_cast<uint64_t>(static_cast<const int32_t*>(data)[i])); break;
+      case -8: for (size_t i = begin; i < end; ++i) f(i, static_cast<uint64_t>(static_cast<const int64_t*>(data)[i])); break;
       default: throw std::invalid_argument("unsupported symbol width");
     }
   }
@@ -957,8 +962,30 @@ struct CodeTable {
   }
 };
 
-// Canonical-Huffman coding of every symbol in order (as onnxcomp.huffman.encode): (payload, bits).
-py::tuple encode_dense(py::array symbols_array, U32Array codes, U8Array lengths) {
+// Appends the first ``bits`` bits of the MSB-first stream ``part`` to the MSB-first stream ``out`` of ``out_bits``
+// bits (its unused low bits 0): the bytes of one writer's output over the concatenated symbols.
+void append_bits(std::string& out, uint64_t out_bits, const std::string& part, uint64_t bits) {
+  const unsigned shift = static_cast<unsigned>(out_bits % 8);
+  out.resize(static_cast<size_t>((out_bits + bits + 7) / 8), '\0');
+  const size_t bytes = static_cast<size_t>((bits + 7) / 8);
+  char* o = &out[static_cast<size_t>(out_bits / 8)];
+  if (shift == 0) {
+    std::memcpy(o, part.data(), bytes);
+    return;
+  }
+  for (size_t i = 0; i < bytes; ++i) {
+    const unsigned byte = static_cast<unsigned char>(part[i]);
+    o[i] = static_cast<char>(static_cast<unsigned char>(o[i]) | (byte >> shift));
+    if (i + 1 < static_cast<size_t>(out.size() - out_bits / 8)) o[i + 1] = static_cast<char>((byte << (8 - shift)) & 0xFF);
+  }
+}
+
+constexpr size_t kMinEncodePart = size_t{1} << 21;  // symbols a helper thread of encode_dense codes at least
+
+// Canonical-Huffman coding of every symbol in order (as onnxcomp.huffman.encode): (payload, bits). With
+// ``threads`` > 1 a long stream is cut into that many runs, each coded by its own writer, and the runs' bits
+// appended in order: the same bits, so the same bytes, as one writer's.
+py::tuple encode_dense(py::array symbols_array, U32Array codes, U8Array lengths, size_t threads) {
   Symbols symbols(symbols_array);
   CodeTable table(codes, lengths);
   const uint32_t* c = table.codes.data();
@@ -968,12 +995,29 @@ py::tuple encode_dense(py::array symbols_array, U32Array codes, U8Array lengths)
   uint64_t bits = 0;
   {
     py::gil_scoped_release release;
-    BitWriter writer(symbols.n * 2);
-    symbols.each([&](size_t, uint64_t s) {
-      if (s < table.size) writer.put(c[s], l[s]); else bad = true;
+    const size_t parts = std::max<size_t>(1, std::min(threads, symbols.n / kMinEncodePart));
+    std::vector<std::string> streams(parts);
+    std::vector<uint64_t> stream_bits(parts, 0);
+    std::vector<char> part_bad(parts, 0);
+    split_range(parts, parts, 1, [&](size_t first, size_t last) {
+      for (size_t part = first; part < last; ++part) {
+        const size_t begin = symbols.n * part / parts, end = symbols.n * (part + 1) / parts;
+        BitWriter writer((end - begin) * 2);
+        symbols.each_in(begin, end, [&](size_t, uint64_t s) {
+          if (s < table.size) writer.put(c[s], l[s]); else part_bad[part] = 1;
+        });
+        stream_bits[part] = writer.bits();
+        streams[part] = writer.finish();
+      }
     });
-    bits = writer.bits();
-    payload = writer.finish();
+    payload = std::move(streams[0]);
+    bits = stream_bits[0];
+    bad = part_bad[0] != 0;
+    for (size_t part = 1; part < parts; ++part) {
+      append_bits(payload, bits, streams[part], stream_bits[part]);
+      bits += stream_bits[part];
+      bad = bad || part_bad[part] != 0;
+    }
   }
   if (bad) throw std::invalid_argument("symbol outside the code table");
   return py::make_tuple(py::bytes(payload), bits);
@@ -1021,6 +1065,57 @@ py::tuple encode_sparse(py::array symbols_array, int gap_bits, U32Array gap_code
   }
   if (bad) throw std::invalid_argument("symbol outside the code table");
   return py::make_tuple(py::bytes(payload), bits);
+}
+
+// The transpose of a decoded [rows, cols] weight: out[c, r] = codebook[indices[r, c]], float32 [cols, rows], as
+// numpy.ascontiguousarray(codebook[indices].T) gives it (onnxcomp.pipeline.inspection.StoredWeight.dense), in
+// 64 x 64 tiles (the float32 transpose of a whole matrix misses the cache on every write) and on up to ``threads``
+// threads, each a band of output rows. An index outside the codebook raises ValueError.
+template <typename Index>
+bool gather_transposed(const float* book, size_t k, const Index* idx, size_t rows, size_t cols, float* out, size_t threads) {
+  constexpr size_t kTile = 64;
+  std::atomic<bool> bad{false};
+  split_range(cols, threads, kTile * 4, [&](size_t c_begin, size_t c_end) {
+    bool part_bad = false;
+    for (size_t r0 = 0; r0 < rows; r0 += kTile) {
+      const size_t r1 = std::min(rows, r0 + kTile);
+      for (size_t c0 = c_begin; c0 < c_end; c0 += kTile) {
+        const size_t c1 = std::min(c_end, c0 + kTile);
+        for (size_t r = r0; r < r1; ++r) {
+          const Index* row = idx + r * cols;
+          for (size_t c = c0; c < c1; ++c) {
+            const size_t j = row[c];
+            part_bad |= j >= k;
+            out[c * rows + r] = book[j < k ? j : 0];
+          }
+        }
+      }
+    }
+    if (part_bad) bad = true;
+  });
+  return !bad;
+}
+
+py::array_t<float> decode_transposed(FloatArray codebook, py::array indices_array, size_t threads) {
+  py::array indices = py::array::ensure(indices_array, py::array::c_style);
+  if (!indices || indices.ndim() != 2) throw std::invalid_argument("decode_transposed takes 2-D indices");
+  const char kind = indices.dtype().kind();
+  const size_t width = static_cast<size_t>(indices.itemsize());
+  if (kind != 'u' || (width != 1 && width != 2)) throw std::invalid_argument("decode_transposed takes uint8 or uint16 indices");
+  const size_t k = static_cast<size_t>(codebook.size());
+  if (k == 0) throw std::invalid_argument("decode_transposed needs a codebook");
+  const size_t rows = static_cast<size_t>(indices.shape(0)), cols = static_cast<size_t>(indices.shape(1));
+  py::array_t<float> out({static_cast<py::ssize_t>(cols), static_cast<py::ssize_t>(rows)});
+  float* o = out.mutable_data();
+  const float* book = codebook.data();
+  bool ok;
+  {
+    py::gil_scoped_release release;
+    ok = width == 1 ? gather_transposed(book, k, static_cast<const uint8_t*>(indices.data()), rows, cols, o, threads)
+                    : gather_transposed(book, k, static_cast<const uint16_t*>(indices.data()), rows, cols, o, threads);
+  }
+  if (!ok) throw std::invalid_argument("index outside the codebook");
+  return out;
 }
 
 // Decodes one weight record with the bounds-checked decoder the custom-op library uses (csrc/decode.h), for the
@@ -1097,8 +1192,12 @@ PYBIND11_MODULE(_native, m) {
   m.def("statistics", &statistics, py::arg("symbols"), py::arg("size"), py::arg("gap_limit"),
         "(numpy.bincount(symbols, minlength=size), counts of the zero runs before each non-zero symbol that are "
         "below gap_limit, int64 array of the longer runs), in one pass; gap_limit 0 skips the gaps.");
-  m.def("encode_dense", &encode_dense, py::arg("symbols"), py::arg("codes"), py::arg("lengths"),
-        "MSB-first Huffman coding of symbols with the given codes; returns (payload bytes, bit length).");
+  m.def("encode_dense", &encode_dense, py::arg("symbols"), py::arg("codes"), py::arg("lengths"), py::arg("threads") = 1,
+        "MSB-first Huffman coding of symbols with the given codes; returns (payload bytes, bit length). `threads` "
+        "codes runs of a long stream at once (the same bytes).");
+  m.def("decode_transposed", &decode_transposed, py::arg("codebook"), py::arg("indices"), py::arg("threads") = 1,
+        "float32 [cols, rows]: codebook[indices].T of 2-D uint8/uint16 indices [rows, cols], C-contiguous, in tiles on "
+        "up to `threads` threads; ValueError for an index outside the codebook.");
   m.def("encode_sparse", &encode_sparse, py::arg("symbols"), py::arg("gap_bits"), py::arg("gap_codes"), py::arg("gap_lengths"),
         py::arg("value_codes"), py::arg("value_lengths"),
         "Gap coding of the non-zero symbols (escape codes, gap remainder, value) MSB first; returns (payload, bit length).");

@@ -25,6 +25,7 @@ from onnx import numpy_helper
 from onnxcomp import parallel
 from onnxcomp.passes import model_io
 from onnxcomp.core import sidecar
+from onnxcomp.core.native import native as _native
 from onnxcomp.passes.model_io import model_bytes
 from onnxcomp.passes.select_weights import CHAIN_OPS, FC_OPS
 from onnxcomp.errors import CorruptSidecarError, UnsupportedModelError
@@ -90,6 +91,20 @@ class StoredWeight:
 
     def dense(self) -> np.ndarray:
         """The decoded weight in its original orientation."""
+        if (self.transposed and _native is not None and self.scales is None and self.value_type == sidecar.FLOAT32
+                and self.indices.ndim == 2 and self.indices.dtype in (np.uint8, np.uint16)):
+            # decoded straight into the original orientation (a tiled gather on the cores, not a float32 transpose);
+            # an outlier at stored position r * cols + c lands at c * rows + r: the same array (tests/test_fast_paths.py)
+            values = _native.decode_transposed(np.asarray(self.codebook, dtype=np.float32), self.indices,
+                                               parallel.default_workers())
+            rows, cols = self.indices.shape
+            positions = np.asarray(self.outlier_positions, dtype=np.int64)
+            values.reshape(-1)[(positions % cols) * rows + positions // cols] = self.outlier_values
+            return values
+        return self.dense_reference()
+
+    def dense_reference(self) -> np.ndarray:
+        """The straightforward ``dense``: decoded in the stored orientation, then transposed."""
         # codebook.take and apply_scales make fresh arrays; the outliers are written into the last one in place
         values = np.asarray(self.codebook, dtype=np.float32)[self.indices]  # indexing, not take: take casts small integer indices slowly (10x)
         if self.scales is not None:
