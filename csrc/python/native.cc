@@ -962,6 +962,46 @@ struct CodeTable {
   }
 };
 
+// Depth of each leaf in the Huffman tree over ``weights`` (n >= 1), as onnxcomp.core.huffman._huffman_depths
+// builds it: leaves are nodes 0..n-1, each merge pops the two smallest (weight, node) pairs (ties by node
+// number, so the pops are the same whatever heap holds them) and makes node n, n+1, ... of their summed weight.
+py::array_t<int64_t> huffman_depths(py::array_t<int64_t, py::array::c_style | py::array::forcecast> weights_array) {
+  const size_t n = static_cast<size_t>(weights_array.size());
+  if (n == 0) throw std::invalid_argument("huffman_depths needs at least one weight");
+  const int64_t* weights = weights_array.data();
+  py::array_t<int64_t> out(static_cast<py::ssize_t>(n));
+  int64_t* depth_out = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    using Item = std::pair<int64_t, int64_t>;  // (weight, node)
+    std::vector<Item> heap;
+    heap.reserve(n);
+    for (size_t i = 0; i < n; ++i) heap.emplace_back(weights[i], static_cast<int64_t>(i));
+    auto later = [](const Item& a, const Item& b) { return a > b; };  // a min-heap of (weight, node)
+    std::make_heap(heap.begin(), heap.end(), later);
+    std::vector<int64_t> parent(2 * n - 1, 0);
+    int64_t next_node = static_cast<int64_t>(n);
+    while (heap.size() > 1) {
+      std::pop_heap(heap.begin(), heap.end(), later);
+      const Item a = heap.back();
+      heap.pop_back();
+      std::pop_heap(heap.begin(), heap.end(), later);
+      const Item b = heap.back();
+      heap.pop_back();
+      parent[static_cast<size_t>(a.second)] = next_node;
+      parent[static_cast<size_t>(b.second)] = next_node;
+      heap.emplace_back(a.first + b.first, next_node);
+      std::push_heap(heap.begin(), heap.end(), later);
+      ++next_node;
+    }
+    std::vector<int64_t> depth(2 * n - 1, 0);
+    for (int64_t node = next_node - 2; node >= 0; --node)  // parents have larger numbers than their children
+      depth[static_cast<size_t>(node)] = depth[static_cast<size_t>(parent[static_cast<size_t>(node)])] + 1;
+    std::copy(depth.begin(), depth.begin() + static_cast<std::ptrdiff_t>(n), depth_out);
+  }
+  return out;
+}
+
 // Appends the first ``bits`` bits of the MSB-first stream ``part`` to the MSB-first stream ``out`` of ``out_bits``
 // bits (its unused low bits 0): the bytes of one writer's output over the concatenated symbols.
 void append_bits(std::string& out, uint64_t out_bits, const std::string& part, uint64_t bits) {
@@ -1198,6 +1238,9 @@ PYBIND11_MODULE(_native, m) {
   m.def("decode_transposed", &decode_transposed, py::arg("codebook"), py::arg("indices"), py::arg("threads") = 1,
         "float32 [cols, rows]: codebook[indices].T of 2-D uint8/uint16 indices [rows, cols], C-contiguous, in tiles on "
         "up to `threads` threads; ValueError for an index outside the codebook.");
+  m.def("huffman_depths", &huffman_depths, py::arg("weights"),
+        "int64 depth of each leaf of the Huffman tree over int64 weights, ties broken by node number (as "
+        "onnxcomp.core.huffman._huffman_depths_reference).");
   m.def("encode_sparse", &encode_sparse, py::arg("symbols"), py::arg("gap_bits"), py::arg("gap_codes"), py::arg("gap_lengths"),
         py::arg("value_codes"), py::arg("value_lengths"),
         "Gap coding of the non-zero symbols (escape codes, gap remainder, value) MSB first; returns (payload, bit length).");
