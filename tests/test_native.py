@@ -249,6 +249,20 @@ def test_largest_magnitudes_match_the_stable_argsort(rng, count):
         assert got.dtype == np.int64 and np.array_equal(got, expected)
 
 
+@pytest.mark.parametrize("count", [1, 5000, 300_000])
+def test_largest_magnitudes_on_threads_match_one_thread(rng, count):
+    """Split into runs on 2-4 threads, the counts and the ties at the threshold (taken run by run, in position
+    order) give the stable argsort's positions: few magnitude levels, so the ties span every run."""
+    from onnxcomp.core import outliers
+    flat = (np.round(rng.standard_normal(3 * (1 << 18) + 7) * 2) / 2).astype(np.float32)
+    flat[::97] = -0.0
+    for keep in (None, rng.random(len(flat)) < 0.7):
+        candidates = np.arange(len(flat)) if keep is None else np.flatnonzero(keep)
+        expected = outliers.largest_first(flat, candidates, count)
+        for threads in (1, 2, 3, 4):
+            assert np.array_equal(native.largest_magnitudes(flat, keep, count, threads), expected)
+
+
 @pytest.mark.parametrize("transposed", [False, True])
 def test_channel_errors_match_the_sequential_sums(rng, transposed):
     from onnxcomp.core import outliers

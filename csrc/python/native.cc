@@ -473,8 +473,10 @@ py::array_t<bool> magnitude_keep_mask(FloatArray values, size_t pruned) {
 // decreasing magnitude, ties by increasing position: what onnxcomp.core.outliers.largest_first (a stable argsort
 // of -|w| over the kept positions) gives. As in magnitude_keep_mask, the magnitude order is the order of the
 // bit patterns with the sign cleared (finite values), so the count-th largest is found by a two-level radix
-// select; only the chosen positions are sorted.
-py::array_t<int64_t> largest_magnitudes(FloatArray values, py::object keep_object, size_t count) {
+// select; only the chosen positions are sorted. ``threads`` split each pass over the values into runs: the
+// runs' histograms are summed, the ties at the threshold are taken from the runs in position order, and the
+// chosen positions sorted whole, so the result does not depend on the thread count.
+py::array_t<int64_t> largest_magnitudes(FloatArray values, py::object keep_object, size_t count, size_t threads) {
   const size_t n = static_cast<size_t>(values.size());
   BoolArray keep_array;
   const bool masked = !keep_object.is_none();
@@ -492,42 +494,72 @@ py::array_t<int64_t> largest_magnitudes(FloatArray values, py::object keep_objec
       std::memcpy(&bits, v + i, sizeof bits);
       return bits & 0x7FFFFFFFu;
     };
+    const size_t parts = std::max<size_t>(1, std::min(threads, n / kMinThreadPart));
+    auto part_begin = [n, parts](size_t part) { return n * part / parts; };
+    auto each_part = [parts](auto body) {  // body(part) for every run of the values, the runs at once
+      split_range(parts, parts, 1, [&body](size_t first, size_t last) {
+        for (size_t part = first; part < last; ++part) body(part);
+      });
+    };
     size_t kept = masked ? static_cast<size_t>(std::count(keep, keep + n, true)) : n;
     count = std::min(count, kept);
     if (count > 0) {
-      std::vector<size_t> high(1u << 15, 0), low(1u << 16, 0);
-      {  // four interleaved histograms: repeated increments of one bin do not wait on each other
-        std::vector<size_t> part(4u << 15, 0);
-        size_t i = 0;
+      constexpr size_t kHigh = size_t{1} << 15, kLow = size_t{1} << 16;
+      std::vector<size_t> high_parts(parts * kHigh, 0), low_parts(parts * kLow, 0);
+      each_part([&](size_t part) {  // four interleaved histograms: repeated increments of one bin do not wait on each other
+        size_t* high = high_parts.data() + part * kHigh;
+        std::vector<size_t> lanes(4 * kHigh, 0);
+        size_t i = part_begin(part);
+        const size_t end = part_begin(part + 1);
         if (!keep) {
-          for (; i + 4 <= n; i += 4)
-            for (size_t l = 0; l < 4; ++l) ++part[l << 15 | key(i + l) >> 16];
+          for (; i + 4 <= end; i += 4)
+            for (size_t l = 0; l < 4; ++l) ++lanes[l * kHigh + (key(i + l) >> 16)];
         }
-        for (; i < n; ++i)
+        for (; i < end; ++i)
           if (!keep || keep[i]) ++high[key(i) >> 16];
-        for (size_t b = 0; b < high.size(); ++b)
-          for (size_t l = 0; l < 4; ++l) high[b] += part[l << 15 | b];
-      }
-      size_t above = 0, bin = high.size() - 1;  // values in bins above ``bin``
+        for (size_t b = 0; b < kHigh; ++b)
+          for (size_t l = 0; l < 4; ++l) high[b] += lanes[l * kHigh + b];
+      });
+      std::vector<size_t> high(kHigh, 0);
+      for (size_t part = 0; part < parts; ++part)
+        for (size_t b = 0; b < kHigh; ++b) high[b] += high_parts[part * kHigh + b];
+      size_t above = 0, bin = kHigh - 1;  // values in bins above ``bin``
       while (above + high[bin] < count) above += high[bin--];
-      for (size_t i = 0; i < n; ++i) {
-        if (keep && !keep[i]) continue;
-        const uint32_t k = key(i);
-        if ((k >> 16) == bin) ++low[k & 0xFFFFu];
-      }
-      size_t part = low.size() - 1;
-      while (above + low[part] < count) above += low[part--];
-      const uint32_t threshold = static_cast<uint32_t>(bin << 16 | part);
-      size_t ties = count - above;  // values equal to the threshold to take, first ones first
-      chosen.reserve(count);
-      for (size_t i = 0; i < n; ++i) {
-        if (keep && !keep[i]) continue;
-        const uint32_t k = key(i);
-        if (k > threshold || (k == threshold && ties > 0)) {
-          if (k == threshold) --ties;
-          chosen.emplace_back(k, static_cast<int64_t>(i));
+      each_part([&](size_t part) {
+        size_t* low = low_parts.data() + part * kLow;
+        for (size_t i = part_begin(part); i < part_begin(part + 1); ++i) {
+          if (keep && !keep[i]) continue;
+          const uint32_t k = key(i);
+          if ((k >> 16) == bin) ++low[k & 0xFFFFu];
         }
+      });
+      std::vector<size_t> low(kLow, 0);
+      for (size_t part = 0; part < parts; ++part)
+        for (size_t b = 0; b < kLow; ++b) low[b] += low_parts[part * kLow + b];
+      size_t slot = kLow - 1;
+      while (above + low[slot] < count) above += low[slot--];
+      const uint32_t threshold = static_cast<uint32_t>(bin << 16 | slot);
+      size_t ties = count - above;  // values equal to the threshold to take, first ones first: run by run
+      std::vector<size_t> part_ties(parts, 0);
+      for (size_t part = 0; part < parts; ++part) {
+        part_ties[part] = std::min(ties, low_parts[part * kLow + slot]);
+        ties -= part_ties[part];
       }
+      std::vector<std::vector<std::pair<uint32_t, int64_t>>> found(parts);
+      each_part([&](size_t part) {
+        size_t take = part_ties[part];
+        auto& out = found[part];
+        for (size_t i = part_begin(part); i < part_begin(part + 1); ++i) {
+          if (keep && !keep[i]) continue;
+          const uint32_t k = key(i);
+          if (k > threshold || (k == threshold && take > 0)) {
+            if (k == threshold) --take;
+            out.emplace_back(k, static_cast<int64_t>(i));
+          }
+        }
+      });
+      chosen.reserve(count);
+      for (auto& part : found) chosen.insert(chosen.end(), part.begin(), part.end());
       std::sort(chosen.begin(), chosen.end(), [](const std::pair<uint32_t, int64_t>& a, const std::pair<uint32_t, int64_t>& b) {
         return a.first != b.first ? a.first > b.first : a.second < b.second;
       });
@@ -1222,7 +1254,9 @@ PYBIND11_MODULE(_native, m) {
   m.def("magnitude_keep_mask", &magnitude_keep_mask, py::arg("values"), py::arg("pruned"),
         "Bool mask keeping all but the `pruned` float32 values of smallest magnitude (ties pruned in position order).");
   m.def("largest_magnitudes", &largest_magnitudes, py::arg("values"), py::arg("keep"), py::arg("count"),
-        "int64 positions of the `count` kept float32 values of largest magnitude, largest first (ties: earlier first).");
+        py::arg("threads") = 1,
+        "int64 positions of the `count` kept float32 values of largest magnitude, largest first (ties: earlier first); "
+        "`threads` split the passes over the values (same result).");
   m.def("channel_errors", &channel_errors, py::arg("reference"), py::arg("indices"), py::arg("codebook"), py::arg("positions"),
         py::arg("stored"), py::arg("channels"), py::arg("inputs"), py::arg("transposed"), py::arg("importance"),
         py::arg("threads") = 1,

@@ -390,7 +390,8 @@ def share(values: np.ndarray, keep: np.ndarray | None, bits: int, *, option: str
     largest = max(int(round(f * kept)) for f in fractions)
     order = prepared.get("order")
     if order is None or len(order) < largest:  # positions by decreasing magnitude, ties by position: a total
-        order = prepared["order"] = _native.largest_magnitudes(flat, pruning, largest)  # order, so any prefix serves
+        order = prepared["order"] = _native.largest_magnitudes(flat, pruning, largest,  # order, so any prefix serves
+                                                                parallel.default_workers())
     ordered = prepared.get("ordered")
     if ordered is None:
         ordered = prepared["ordered"] = codebook_math.sort_values(flat if pruning is None else flat[pruning],
