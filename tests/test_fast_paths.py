@@ -662,3 +662,33 @@ def test_transposed_decode_matches_the_reference(rng, dtype, monkeypatch):
             np.testing.assert_array_equal(fast.view(np.uint32), expected.view(np.uint32))
     with pytest.raises(ValueError, match="outside"):
         native.decode_transposed(np.zeros(4, np.float32), np.full((3, 5), 4, dtype), 2)
+
+
+def test_float16_checks_in_float32_match_the_float64_reference(rng):
+    """half_dense.holds and outliers.value_format decide in float32 exactly what their float64 references decide:
+    binary16-subnormal and float32-subnormal values, values that round to 0, ties at exactly 2^-11 of the scale,
+    values near the binary16 maximum, and tensors of every rank; both answers occur."""
+    from onnxcomp.core import outliers
+    from onnxcomp.passes import half_dense
+    tie = np.float32(1 + 2 ** -11)  # rounds to 1.0: an error of exactly 2^-11 of 1.0, a little less of itself
+    special = np.array([tie, -tie, 2 ** -25, 3 * 2 ** -26, 1e-40, -1e-42, 6e-8, 65504, 65519, -65510, 0.0, -0.0,
+                        1.0009765, 2 ** -14, 2 ** -14 * 1.0004], np.float32)
+    cases = [special, special[:1], np.float32(0.5), np.float32(1e-39)]
+    for scale in (1e-9, 1e-6, 1e-3, 1.0, 3e3):
+        values = (rng.standard_normal((24, 10, 3)) * scale).astype(np.float32)
+        cases += [values, values[0], values.reshape(-1, 6)]
+        exact = values.astype(np.float16).astype(np.float32)  # every value binary16: holds at any rank
+        exact.reshape(-1)[::7] *= np.float32(1 + 2 ** -12)  # some within 2^-11 of themselves
+        cases += [exact, exact[:, 0]]
+        nudged = exact.copy()
+        nudged.reshape(-1)[5] = np.float32(nudged.reshape(-1)[5] * (1 + 2 ** -10))  # one value 2^-10 off
+        cases.append(nudged)
+    answers = set()
+    for values in cases:
+        values = np.asarray(values, np.float32)
+        assert outliers.value_format(values) == outliers.value_format_reference(values)
+        for weight in (False, True):
+            answer = half_dense.holds(values, weight)
+            assert answer == half_dense.holds_reference(values, weight), (values.shape, weight)
+            answers.add(answer)
+    assert answers == {True, False}
