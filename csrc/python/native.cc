@@ -1,11 +1,12 @@
-// onnxcomp._native: the compressor's hot loops (1-D k-means, nearest-centroid assignment, magnitude masks, the
-// outlier search's largest magnitudes and per-channel errors, Huffman and gap coding), compiled. A CPython
+// onnxcomp._native: the compressor's hot loops (1-D k-means, nearest-centroid assignment, the radix sort of a
+// weight's values, magnitude masks, the outlier search's largest magnitudes and per-channel errors, Huffman tree
+// depths, Huffman and gap coding, the transposed decode of a record), compiled. A CPython
 // extension module built by the same CMake as the custom-op library but separate from it: no onnxruntime type
 // appears here.
 //
 // Every function reproduces, bit for bit, a straightforward numpy reference kept in the Python package
-// (onnxcomp/core/codebook.py, pruning.py, outliers.py, huffman.py, sidecar.py); tests/test_native.py compares the
-// two on random inputs. Floating-point steps are done in the same order and precision as the reference:
+// (onnxcomp/core/codebook.py, pruning.py, outliers.py, huffman.py, sidecar.py, pipeline/inspection.py);
+// tests/test_native.py and tests/test_fast_paths.py compare the two on random and edge-case inputs. Floating-point steps are done in the same order and precision as the reference:
 // prefix sums are sequential float64 additions (what numpy.cumsum does), midpoints are float64.
 // Every function releases the GIL while it works, so a Python thread pool over weights uses all cores.
 
