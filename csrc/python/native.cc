@@ -627,12 +627,13 @@ void sort_floats(py::array values, size_t threads) {
     size_t start = 0;
     bool constant = false;
     for (size_t digit = 0; digit < buckets; ++digit) {
+      const size_t before = start;
       for (size_t part = 0; part < parts; ++part) {
         const size_t count = offsets[part * buckets + digit];
-        constant = constant || count == n;
         offsets[part * buckets + digit] = start;
         start += count;
       }
+      constant = constant || start - before == n;
     }
     if (constant) continue;  // every key has this digit: already in order
     const bool last = shift + kRadixBits >= 32 && target == data;  // the final scatter maps the keys back
