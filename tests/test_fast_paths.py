@@ -642,26 +642,29 @@ def test_alternative_codebooks_shared_at_once_write_what_one_after_another_write
 
 @pytest.mark.skipif(native is None, reason="the compiled module onnxcomp._native is not built")
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
-def test_transposed_decode_matches_the_reference(rng, dtype, monkeypatch):
-    """StoredWeight.dense of a transposed record (a MatMul weight stored as [N, K]) decoded straight into [K, N]
-    with its outliers gives the reference's array (decoded as stored, outliers set, transposed), on 1-3 threads,
-    for shapes that are not multiples of the tile; an index outside the codebook is refused."""
+def test_compiled_decode_matches_the_reference(rng, dtype, monkeypatch):
+    """StoredWeight.dense gathered on the cores gives the reference's array on 1-3 threads, outliers included: a
+    record as stored (any rank), and a transposed one (a Gemm B stored as [K, N]) decoded straight into [N, K], for
+    shapes that are not multiples of the tile; an index outside the codebook is refused."""
     from onnxcomp.pipeline.inspection import StoredWeight
     k = 300 if dtype == np.uint16 else 31
-    for rows, cols in ((1, 1), (70, 130), (513, 257)):
+    for shape, transposed in (((1, 1), True), ((70, 130), True), ((513, 257), True), ((700, 1200), False),
+                              ((5, 3, 2, 7), False), ((1_000_003,), False)):
         book = rng.standard_normal(k).astype(np.float32)
-        indices = rng.integers(0, k, (rows, cols)).astype(dtype)
-        positions = np.unique(rng.integers(0, rows * cols, max(1, rows * cols // 50)))
+        indices = rng.integers(0, k, shape).astype(dtype)
+        size = indices.size
+        positions = np.unique(rng.integers(0, size, max(1, size // 50)))
         values = rng.standard_normal(len(positions)).astype(np.float32)
-        weight = StoredWeight("w", "record", book, indices, 8 if k < 256 else 16, 0, True, "w", positions, values)
+        weight = StoredWeight("w", "record", book, indices, 8 if k < 256 else 16, 0, transposed, "w", positions, values)
         expected = weight.dense_reference()
         for threads in ("1", "2", "3"):
             monkeypatch.setenv("ONNXCOMP_THREADS", threads)
             fast = weight.dense()
-            assert fast.flags.c_contiguous and fast.shape == (cols, rows)
+            assert fast.flags.c_contiguous and fast.shape == expected.shape
             np.testing.assert_array_equal(fast.view(np.uint32), expected.view(np.uint32))
-    with pytest.raises(ValueError, match="outside"):
-        native.decode_transposed(np.zeros(4, np.float32), np.full((3, 5), 4, dtype), 2)
+    for transpose in (False, True):
+        with pytest.raises(ValueError, match="outside"):
+            native.decode_indices(np.zeros(4, np.float32), np.full((3, 5), 4, dtype), transpose, 2)
 
 
 def test_float16_checks_in_float32_match_the_float64_reference(rng):

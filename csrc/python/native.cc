@@ -1,6 +1,6 @@
 // onnxcomp._native: the compressor's hot loops (1-D k-means, nearest-centroid assignment, the radix sort of a
 // weight's values, magnitude masks, the outlier search's largest magnitudes and per-channel errors, Huffman tree
-// depths, Huffman and gap coding, the transposed decode of a record), compiled. A CPython
+// depths, Huffman and gap coding, the decode of a record's indices), compiled. A CPython
 // extension module built by the same CMake as the custom-op library but separate from it: no onnxruntime type
 // appears here.
 //
@@ -1141,14 +1141,29 @@ py::tuple encode_sparse(py::array symbols_array, int gap_bits, U32Array gap_code
   return py::make_tuple(py::bytes(payload), bits);
 }
 
-// The transpose of a decoded [rows, cols] weight: out[c, r] = codebook[indices[r, c]], float32 [cols, rows], as
-// numpy.ascontiguousarray(codebook[indices].T) gives it (onnxcomp.pipeline.inspection.StoredWeight.dense), in
-// 64 x 64 tiles (the float32 transpose of a whole matrix misses the cache on every write) and on up to ``threads``
-// threads, each a band of output rows. An index outside the codebook raises ValueError.
+// A decoded weight: out = codebook[indices] (float32, the indices' shape), or with ``transpose`` the transpose of
+// a decoded [rows, cols] weight, out[c, r] = codebook[indices[r, c]] (float32 [cols, rows]), as
+// numpy.ascontiguousarray(codebook[indices].T) gives it (onnxcomp.pipeline.inspection.StoredWeight.dense). On up to
+// ``threads`` threads (runs of positions; for the transpose, bands of output rows in 64 x 64 tiles, since the
+// float32 transpose of a whole matrix misses the cache on every write). An index outside the codebook raises
+// ValueError.
 template <typename Index>
-bool gather_transposed(const float* book, size_t k, const Index* idx, size_t rows, size_t cols, float* out, size_t threads) {
+bool gather_codebook(const float* book, size_t k, const Index* idx, size_t rows, size_t cols, bool transpose, float* out,
+                     size_t threads) {
   constexpr size_t kTile = 64;
   std::atomic<bool> bad{false};
+  if (!transpose) {
+    split_range(rows * cols, threads, kMinThreadPart, [&](size_t begin, size_t end) {
+      bool part_bad = false;
+      for (size_t i = begin; i < end; ++i) {
+        const size_t j = idx[i];
+        part_bad |= j >= k;
+        out[i] = book[j < k ? j : 0];
+      }
+      if (part_bad) bad = true;
+    });
+    return !bad;
+  }
   split_range(cols, threads, kTile * 4, [&](size_t c_begin, size_t c_end) {
     bool part_bad = false;
     for (size_t r0 = 0; r0 < rows; r0 += kTile) {
@@ -1170,23 +1185,29 @@ bool gather_transposed(const float* book, size_t k, const Index* idx, size_t row
   return !bad;
 }
 
-py::array_t<float> decode_transposed(FloatArray codebook, py::array indices_array, size_t threads) {
+py::array_t<float> decode_indices(FloatArray codebook, py::array indices_array, bool transpose, size_t threads) {
   py::array indices = py::array::ensure(indices_array, py::array::c_style);
-  if (!indices || indices.ndim() != 2) throw std::invalid_argument("decode_transposed takes 2-D indices");
+  if (!indices || (transpose && indices.ndim() != 2)) throw std::invalid_argument("decode_indices transposes 2-D indices only");
   const char kind = indices.dtype().kind();
   const size_t width = static_cast<size_t>(indices.itemsize());
-  if (kind != 'u' || (width != 1 && width != 2)) throw std::invalid_argument("decode_transposed takes uint8 or uint16 indices");
+  if (kind != 'u' || (width != 1 && width != 2)) throw std::invalid_argument("decode_indices takes uint8 or uint16 indices");
   const size_t k = static_cast<size_t>(codebook.size());
-  if (k == 0) throw std::invalid_argument("decode_transposed needs a codebook");
-  const size_t rows = static_cast<size_t>(indices.shape(0)), cols = static_cast<size_t>(indices.shape(1));
-  py::array_t<float> out({static_cast<py::ssize_t>(cols), static_cast<py::ssize_t>(rows)});
+  if (k == 0) throw std::invalid_argument("decode_indices needs a codebook");
+  std::vector<py::ssize_t> shape(indices.shape(), indices.shape() + indices.ndim());
+  size_t rows = 1, cols = static_cast<size_t>(indices.size());
+  if (transpose) {
+    rows = static_cast<size_t>(shape[0]);
+    cols = static_cast<size_t>(shape[1]);
+    std::swap(shape[0], shape[1]);
+  }
+  py::array_t<float> out(shape);
   float* o = out.mutable_data();
   const float* book = codebook.data();
   bool ok;
   {
     py::gil_scoped_release release;
-    ok = width == 1 ? gather_transposed(book, k, static_cast<const uint8_t*>(indices.data()), rows, cols, o, threads)
-                    : gather_transposed(book, k, static_cast<const uint16_t*>(indices.data()), rows, cols, o, threads);
+    ok = width == 1 ? gather_codebook(book, k, static_cast<const uint8_t*>(indices.data()), rows, cols, transpose, o, threads)
+                    : gather_codebook(book, k, static_cast<const uint16_t*>(indices.data()), rows, cols, transpose, o, threads);
   }
   if (!ok) throw std::invalid_argument("index outside the codebook");
   return out;
@@ -1271,9 +1292,10 @@ PYBIND11_MODULE(_native, m) {
   m.def("encode_dense", &encode_dense, py::arg("symbols"), py::arg("codes"), py::arg("lengths"), py::arg("threads") = 1,
         "MSB-first Huffman coding of symbols with the given codes; returns (payload bytes, bit length). `threads` "
         "codes runs of a long stream at once (the same bytes).");
-  m.def("decode_transposed", &decode_transposed, py::arg("codebook"), py::arg("indices"), py::arg("threads") = 1,
-        "float32 [cols, rows]: codebook[indices].T of 2-D uint8/uint16 indices [rows, cols], C-contiguous, in tiles on "
-        "up to `threads` threads; ValueError for an index outside the codebook.");
+  m.def("decode_indices", &decode_indices, py::arg("codebook"), py::arg("indices"), py::arg("transpose") = false,
+        py::arg("threads") = 1,
+        "float32 codebook[indices] of uint8/uint16 indices (any shape), or with `transpose` codebook[indices].T of 2-D "
+        "ones, C-contiguous, on up to `threads` threads; ValueError for an index outside the codebook.");
   m.def("huffman_depths", &huffman_depths, py::arg("weights"),
         "int64 depth of each leaf of the Huffman tree over int64 weights, ties broken by node number (as "
         "onnxcomp.core.huffman._huffman_depths_reference).");

@@ -91,15 +91,18 @@ class StoredWeight:
 
     def dense(self) -> np.ndarray:
         """The decoded weight in its original orientation."""
-        if (self.transposed and _native is not None and self.scales is None and self.value_type == sidecar.FLOAT32
-                and self.indices.ndim == 2 and self.indices.dtype in (np.uint8, np.uint16)):
-            # decoded straight into the original orientation (a tiled gather on the cores, not a float32 transpose);
-            # an outlier at stored position r * cols + c lands at c * rows + r: the same array (tests/test_fast_paths.py)
-            values = _native.decode_transposed(np.asarray(self.codebook, dtype=np.float32), self.indices,
-                                               parallel.default_workers())
-            rows, cols = self.indices.shape
+        if (_native is not None and self.scales is None and self.value_type == sidecar.FLOAT32
+                and self.indices.dtype in (np.uint8, np.uint16) and (not self.transposed or self.indices.ndim == 2)):
+            # gathered on the cores, a transposed record straight into the original orientation (tiles, not a
+            # float32 transpose: an outlier at stored position r * cols + c lands at c * rows + r); the same array
+            # as dense_reference (tests/test_fast_paths.py)
+            values = _native.decode_indices(np.asarray(self.codebook, dtype=np.float32), self.indices, self.transposed,
+                                            parallel.default_workers())
             positions = np.asarray(self.outlier_positions, dtype=np.int64)
-            values.reshape(-1)[(positions % cols) * rows + positions // cols] = self.outlier_values
+            if self.transposed:
+                rows, cols = self.indices.shape
+                positions = (positions % cols) * rows + positions // cols
+            values.reshape(-1)[positions] = self.outlier_values
             return values
         return self.dense_reference()
 
