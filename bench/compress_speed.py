@@ -26,7 +26,7 @@ codebook fits and error sums), outlier choice (onnxcomp.core.outliers.share, its
 included), k-means, assign, encode.
 Usage:
     nice -n 10 python bench/compress_speed.py [--models mlp25m,vgg16,minilm] [--repeat 3] [--record]
-        [--source OTHER_CHECKOUT --section NAME]
+        [--source OTHER_CHECKOUT --section NAME] [--against OTHER_CHECKOUT/.venv/bin/python]
 """
 
 from __future__ import annotations
@@ -237,9 +237,9 @@ print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "params": para
 """
 
 
-def measure(input_path, output_path, source: str | None = None) -> dict:
+def measure(input_path, output_path, source: str | None = None, python: str | None = None) -> dict:
     arguments = json.dumps({"input": str(input_path), "output": str(output_path), "source": source, "parts": PARTS})
-    result = subprocess.run([sys.executable, "-c", CHILD, arguments], capture_output=True, text=True, check=False)
+    result = subprocess.run([python or sys.executable, "-c", CHILD, arguments], capture_output=True, text=True, check=False)
     if result.returncode:
         raise RuntimeError(f"compression failed:\n{result.stderr[-4000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -254,24 +254,33 @@ def main() -> None:
     parser.add_argument("--section", default="compress-speed", help="section name in docs/benchmarks.md")
     parser.add_argument("--source", default=None, help="import onnxcomp's Python code from this checkout instead "
                         "(e.g. an older commit's `git archive`, for before/after figures)")
+    parser.add_argument("--against", default=None, metavar="PYTHON",
+                        help="also time this interpreter's install (another checkout's venv python, its compiled "
+                        "module too), alternating with this one run by run on the same input: before/after figures "
+                        "taken in the same period")
     args = parser.parse_args()
     rows, stage_rows = [], []
     with tempfile.TemporaryDirectory(dir=args.folder) as folder:
         for name in args.models.split(","):
             source = Path(folder) / f"{name}.onnx"
             onnx.save(MODELS[name](), str(source))
-            runs = sorted((measure(source, Path(folder) / f"{name}.out.onnx", args.source) for _ in range(args.repeat)),
-                          key=lambda r: r["seconds"])
-            run = runs[len(runs) // 2]
-            rate = run["params"] / run["seconds"] / 1e6
-            rows.append(f"| {name} | {run['params'] / 1e6:.1f} M | {run['ratio']:.1f}x | "
-                        f"{statistics.median(r['seconds'] for r in runs):.2f} s | {rate:.1f} M/s | {run['cpu_seconds']:.2f} s | "
-                        f"{run['params'] / run['cpu_seconds'] / 1e6:.1f} M/s | {run['peak_rss'] / 2**20:.0f} MiB |")
-            stages, stage_cpu = run["stages"], run["stage_cpu"]
-            stage_rows.append(f"| {name} | {run['rounds']} | " + " | ".join(
-                f"{stages.get(s, 0.0):.2f} / {stage_cpu.get(s, 0.0):.2f}" for s in COLUMNS) + " |")
-            print(rows[-1], flush=True)
-            print(stage_rows[-1], flush=True)
+            sides = [("", None)] + ([(" (against)", args.against)] if args.against else [])
+            timed = {label: [] for label, _ in sides}
+            for _ in range(args.repeat):  # with --against, the two installs alternate run by run
+                for label, python in sides:
+                    timed[label].append(measure(source, Path(folder) / f"{name}.out.onnx", args.source, python))
+            for label, _ in sides:
+                runs = sorted(timed[label], key=lambda r: r["seconds"])
+                run = runs[len(runs) // 2]
+                rate = run["params"] / run["seconds"] / 1e6
+                rows.append(f"| {name}{label} | {run['params'] / 1e6:.1f} M | {run['ratio']:.1f}x | "
+                            f"{statistics.median(r['seconds'] for r in runs):.2f} s | {rate:.1f} M/s | {run['cpu_seconds']:.2f} s | "
+                            f"{run['params'] / run['cpu_seconds'] / 1e6:.1f} M/s | {run['peak_rss'] / 2**20:.0f} MiB |")
+                stages, stage_cpu = run["stages"], run["stage_cpu"]
+                stage_rows.append(f"| {name}{label} | {run['rounds']} | " + " | ".join(
+                    f"{stages.get(s, 0.0):.2f} / {stage_cpu.get(s, 0.0):.2f}" for s in COLUMNS) + " |")
+                print(rows[-1], flush=True)
+                print(stage_rows[-1], flush=True)
     table = ("| Model | Compressed parameters | Ratio | Wall time (median) | Rate (wall) | CPU time | Rate per CPU second | Peak RSS |\n"
              "|---|---|---|---|---|---|---|---|\n"
              + "\n".join(rows) + "\n\nSeconds per stage in the median run, wall / CPU. The steps up to \"other\" add up to "

@@ -11,6 +11,7 @@ from onnx import helper
 
 from conftest import float_input, make_model
 from onnxcomp.core import allocation
+from onnxcomp.core.native import native
 from onnxcomp.passes import model_io
 from onnxcomp.pipeline import fidelity
 
@@ -162,9 +163,38 @@ def test_partitioned_sort_matches_one_sort(rng, monkeypatch):
         codebook._sort_keys(split, workers)
         np.testing.assert_array_equal(split, reference)
         monkeypatch.setenv("ONNXCOMP_THREADS", str(workers))
-        ordered = codebook.sort_values(values)
+        ordered = codebook.sort_values_reference(values)
         np.testing.assert_array_equal(ordered.view(np.uint32), reference ^ np.where(reference >> 31, np.uint32(1 << 31),
                                                                                          np.uint32(0xFFFFFFFF)))
+
+
+@pytest.mark.skipif(native is None, reason="the compiled module onnxcomp._native is not built")
+@pytest.mark.parametrize("size", [0, 1, 2, 1000, (1 << 20) - 1, 3 * (1 << 20) + 5])
+def test_radix_sort_matches_the_reference(rng, size):
+    """sort_values' compiled radix sort gives the reference's bytes on 1-4 threads, the input sorted in place with
+    overwrite_input: signed zeros, infinities, NaN bit patterns, ties, a digit every key shares (all of the
+    values within one 2^16-key run), and lengths that do not split evenly across threads."""
+    from onnxcomp.core import codebook
+    values = rng.standard_normal(size).astype(np.float32)
+    values[::5] = 0.0
+    values[::7] = -0.0
+    values[::11] = 0.5
+    values[::13] = np.float32(np.inf) * (-1) ** np.arange(len(values[::13]))
+    values.view(np.uint32)[::17] = rng.integers(0x7F800001, 0x80000000, len(values[::17]), dtype=np.uint32)  # NaNs
+    narrow = (np.float32(1) + np.arange(size, dtype=np.float32)[::-1] % 60000 * np.float32(2 ** -23)).astype(np.float32)
+    for case in (values, narrow):
+        expected = codebook.sort_values_reference(case).view(np.uint32)
+        for workers in (1, 2, 3, 4):
+            native.sort_floats(sorted_ := case.copy(), workers)
+            np.testing.assert_array_equal(sorted_.view(np.uint32), expected)
+        np.testing.assert_array_equal(codebook.sort_values(case).view(np.uint32), expected)
+        in_place = case.copy()
+        codebook.sort_values(in_place, overwrite_input=True)
+        np.testing.assert_array_equal(in_place.view(np.uint32), expected)
+    with pytest.raises(ValueError, match="in place"):
+        native.sort_floats(np.zeros(4, np.float64), 1)
+    with pytest.raises(ValueError, match="in place"):
+        native.sort_floats(np.zeros(8, np.float32)[::2], 1)
 
 
 def test_threaded_assign_and_channel_errors_match_one_thread(rng):
@@ -606,3 +636,60 @@ def test_alternative_codebooks_shared_at_once_write_what_one_after_another_write
         onnxcomp.compress(path, folder / "out.onnx", min_elements=1)
         written.append(((folder / "out.onnx").read_bytes(), (folder / "out.onnxcomp").read_bytes()))
     assert written[0] == written[1] and set(calls) == {"_kmeans", "_share_scaled"}
+
+
+@pytest.mark.skipif(native is None, reason="the compiled module onnxcomp._native is not built")
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_compiled_decode_matches_the_reference(rng, dtype, monkeypatch):
+    """StoredWeight.dense gathered on the cores gives the reference's array on 1-3 threads, outliers included: a
+    record as stored (any rank), and a transposed one (a Gemm B stored as [K, N]) decoded straight into [N, K], for
+    shapes that are not multiples of the tile; an index outside the codebook is refused."""
+    from onnxcomp.pipeline.inspection import StoredWeight
+    k = 300 if dtype == np.uint16 else 31
+    for shape, transposed in (((1, 1), True), ((70, 130), True), ((513, 257), True), ((700, 1200), False),
+                              ((5, 3, 2, 7), False), ((1_000_003,), False)):
+        book = rng.standard_normal(k).astype(np.float32)
+        indices = rng.integers(0, k, shape).astype(dtype)
+        size = indices.size
+        positions = np.unique(rng.integers(0, size, max(1, size // 50)))
+        values = rng.standard_normal(len(positions)).astype(np.float32)
+        weight = StoredWeight("w", "record", book, indices, 8 if k < 256 else 16, 0, transposed, "w", positions, values)
+        expected = weight.dense_reference()
+        for threads in ("1", "2", "3"):
+            monkeypatch.setenv("ONNXCOMP_THREADS", threads)
+            fast = weight.dense()
+            assert fast.flags.c_contiguous and fast.shape == expected.shape
+            np.testing.assert_array_equal(fast.view(np.uint32), expected.view(np.uint32))
+    for transpose in (False, True):
+        with pytest.raises(ValueError, match="outside"):
+            native.decode_indices(np.zeros(4, np.float32), np.full((3, 5), 4, dtype), transpose, 2)
+
+
+def test_float16_checks_in_float32_match_the_float64_reference(rng):
+    """half_dense.holds and outliers.value_format decide in float32 exactly what their float64 references decide:
+    binary16-subnormal and float32-subnormal values, values that round to 0, ties at exactly 2^-11 of the scale,
+    values near the binary16 maximum, and tensors of every rank; both answers occur."""
+    from onnxcomp.core import outliers
+    from onnxcomp.passes import half_dense
+    tie = np.float32(1 + 2 ** -11)  # rounds to 1.0: an error of exactly 2^-11 of 1.0, a little less of itself
+    special = np.array([tie, -tie, 2 ** -25, 3 * 2 ** -26, 1e-40, -1e-42, 6e-8, 65504, 65519, -65510, 0.0, -0.0,
+                        1.0009765, 2 ** -14, 2 ** -14 * 1.0004], np.float32)
+    cases = [special, special[:1], np.float32(0.5), np.float32(1e-39)]
+    for scale in (1e-9, 1e-6, 1e-3, 1.0, 3e3):
+        values = (rng.standard_normal((24, 10, 3)) * scale).astype(np.float32)
+        cases += [values, values[0], values.reshape(-1, 6)]
+        exact = values.astype(np.float16).astype(np.float32)  # every value binary16: holds at any rank
+        exact.reshape(-1)[::7] *= np.float32(1 + 2 ** -12)  # some within 2^-11 of themselves
+        cases += [exact, exact[:, 0]]
+        nudged = exact.copy()
+        nudged.reshape(-1)[5] = np.float32(nudged.reshape(-1)[5] * (1 + 2 ** -10))  # one value 2^-10 off
+        cases.append(nudged)
+    answers = set()
+    for values in cases:
+        values = np.asarray(values, np.float32)
+        assert outliers.value_format(values) == outliers.value_format_reference(values)
+        for weight in (False, True):
+            answer = half_dense.holds(values, weight)
+            assert answer == half_dense.holds_reference(values, weight), (values.shape, weight)
+            answers.add(answer)
+    assert answers == {True, False}

@@ -4,6 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onnxcomp.core import huffman
+from onnxcomp.core.native import native
 from onnxcomp.errors import CorruptSidecarError
 
 
@@ -77,3 +78,16 @@ def test_truncated_stream_is_rejected():
         huffman.decode(payload, bits - 1, lengths, len(symbols))
     with pytest.raises(CorruptSidecarError):
         huffman.decode(payload, bits, lengths, len(symbols) - 1)  # bits left over
+
+
+@pytest.mark.skipif(native is None, reason="the compiled module onnxcomp._native is not built")
+def test_compiled_tree_depths_match_the_heapq_reference():
+    """_native.huffman_depths makes the reference's merges (ties by node number): the same depths on tied,
+    skewed, single and 2^16-symbol weights."""
+    rng = np.random.default_rng(5)
+    cases = [np.array([7]), np.array([3, 3]), np.ones(1000, np.int64), 2 ** np.arange(40, dtype=np.int64),
+             rng.integers(1, 5, 300), rng.integers(1, 10 ** 9, 65536), np.array([1, 1, 2, 2, 4, 4, 8, 8])]
+    for weights in cases:
+        np.testing.assert_array_equal(native.huffman_depths(weights), huffman._huffman_depths_reference(weights))
+    with pytest.raises(ValueError):
+        native.huffman_depths(np.zeros(0, np.int64))

@@ -115,6 +115,25 @@ def test_records_match_the_numpy_coder_byte_for_byte(rng, dtype):
             assert sidecar.encode_record(book, indices, dims, bits, positions, values, coding_steps=sidecar.NativeCoding) == expected
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int64])
+def test_dense_coding_in_runs_matches_one_writer(rng, dtype):
+    """encode_dense on 2-4 threads (runs coded apart, their bits joined at any bit offset) gives the numpy coder's
+    bytes and bit length, and a symbol outside the code table is refused from any run."""
+    from onnxcomp.core import huffman
+    n = 2 * (1 << 21) + 12_345  # the runs start at bit offsets that are not whole bytes
+    for k in (2, 7, 200):
+        indices = np.minimum(rng.geometric(0.3, n) - 1, k - 1).astype(dtype)
+        lengths = huffman.code_lengths(np.bincount(indices, minlength=k))
+        codes = huffman.canonical_codes(lengths)
+        expected = huffman.encode(indices, lengths)  # the numpy writer
+        for threads in (1, 2, 3, 4):
+            assert native.encode_dense(indices, codes, lengths, threads) == expected
+    bad = np.zeros(n, np.uint8)
+    bad[-1] = 9
+    with pytest.raises(ValueError, match="outside"):
+        native.encode_dense(bad, huffman.canonical_codes(np.array([1, 1], np.uint8)), np.array([1, 1], np.uint8), 3)
+
+
 def test_records_reject_indices_outside_the_codebook():
     with pytest.raises(ValueError, match="outside"):
         sidecar.encode_record(np.zeros(4, np.float32), np.array([0, 4], np.uint8), (2,), 2, coding_steps=sidecar.NativeCoding)
@@ -228,6 +247,20 @@ def test_largest_magnitudes_match_the_stable_argsort(rng, count):
         expected = outliers.largest_first(flat, candidates, count)
         got = native.largest_magnitudes(flat, keep, count)
         assert got.dtype == np.int64 and np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("count", [1, 5000, 300_000])
+def test_largest_magnitudes_on_threads_match_one_thread(rng, count):
+    """Split into runs on 2-4 threads, the counts and the ties at the threshold (taken run by run, in position
+    order) give the stable argsort's positions: few magnitude levels, so the ties span every run."""
+    from onnxcomp.core import outliers
+    flat = (np.round(rng.standard_normal(3 * (1 << 18) + 7) * 2) / 2).astype(np.float32)
+    flat[::97] = -0.0
+    for keep in (None, rng.random(len(flat)) < 0.7):
+        candidates = np.arange(len(flat)) if keep is None else np.flatnonzero(keep)
+        expected = outliers.largest_first(flat, candidates, count)
+        for threads in (1, 2, 3, 4):
+            assert np.array_equal(native.largest_magnitudes(flat, keep, count, threads), expected)
 
 
 @pytest.mark.parametrize("transposed", [False, True])

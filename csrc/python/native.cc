@@ -1,11 +1,12 @@
-// onnxcomp._native: the compressor's hot loops (1-D k-means, nearest-centroid assignment, magnitude masks, the
-// outlier search's largest magnitudes and per-channel errors, Huffman and gap coding), compiled. A CPython
+// onnxcomp._native: the compressor's hot loops (1-D k-means, nearest-centroid assignment, the radix sort of a
+// weight's values, magnitude masks, the outlier search's largest magnitudes and per-channel errors, Huffman tree
+// depths, Huffman and gap coding, the decode of a record's indices), compiled. A CPython
 // extension module built by the same CMake as the custom-op library but separate from it: no onnxruntime type
 // appears here.
 //
 // Every function reproduces, bit for bit, a straightforward numpy reference kept in the Python package
-// (onnxcomp/core/codebook.py, pruning.py, outliers.py, huffman.py, sidecar.py); tests/test_native.py compares the
-// two on random inputs. Floating-point steps are done in the same order and precision as the reference:
+// (onnxcomp/core/codebook.py, pruning.py, outliers.py, huffman.py, sidecar.py, pipeline/inspection.py);
+// tests/test_native.py and tests/test_fast_paths.py compare the two on random and edge-case inputs. Floating-point steps are done in the same order and precision as the reference:
 // prefix sums are sequential float64 additions (what numpy.cumsum does), midpoints are float64.
 // Every function releases the GIL while it works, so a Python thread pool over weights uses all cores.
 
@@ -19,6 +20,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <system_error>
@@ -472,8 +474,10 @@ py::array_t<bool> magnitude_keep_mask(FloatArray values, size_t pruned) {
 // decreasing magnitude, ties by increasing position: what onnxcomp.core.outliers.largest_first (a stable argsort
 // of -|w| over the kept positions) gives. As in magnitude_keep_mask, the magnitude order is the order of the
 // bit patterns with the sign cleared (finite values), so the count-th largest is found by a two-level radix
-// select; only the chosen positions are sorted.
-py::array_t<int64_t> largest_magnitudes(FloatArray values, py::object keep_object, size_t count) {
+// select; only the chosen positions are sorted. ``threads`` split each pass over the values into runs: the
+// runs' histograms are summed, the ties at the threshold are taken from the runs in position order, and the
+// chosen positions sorted whole, so the result does not depend on the thread count.
+py::array_t<int64_t> largest_magnitudes(FloatArray values, py::object keep_object, size_t count, size_t threads) {
   const size_t n = static_cast<size_t>(values.size());
   BoolArray keep_array;
   const bool masked = !keep_object.is_none();
@@ -491,42 +495,72 @@ py::array_t<int64_t> largest_magnitudes(FloatArray values, py::object keep_objec
       std::memcpy(&bits, v + i, sizeof bits);
       return bits & 0x7FFFFFFFu;
     };
+    const size_t parts = std::max<size_t>(1, std::min(threads, n / kMinThreadPart));
+    auto part_begin = [n, parts](size_t part) { return n * part / parts; };
+    auto each_part = [parts](auto body) {  // body(part) for every run of the values, the runs at once
+      split_range(parts, parts, 1, [&body](size_t first, size_t last) {
+        for (size_t part = first; part < last; ++part) body(part);
+      });
+    };
     size_t kept = masked ? static_cast<size_t>(std::count(keep, keep + n, true)) : n;
     count = std::min(count, kept);
     if (count > 0) {
-      std::vector<size_t> high(1u << 15, 0), low(1u << 16, 0);
-      {  // four interleaved histograms: repeated increments of one bin do not wait on each other
-        std::vector<size_t> part(4u << 15, 0);
-        size_t i = 0;
+      constexpr size_t kHigh = size_t{1} << 15, kLow = size_t{1} << 16;
+      std::vector<size_t> high_parts(parts * kHigh, 0), low_parts(parts * kLow, 0);
+      each_part([&](size_t part) {  // four interleaved histograms: repeated increments of one bin do not wait on each other
+        size_t* high = high_parts.data() + part * kHigh;
+        std::vector<size_t> lanes(4 * kHigh, 0);
+        size_t i = part_begin(part);
+        const size_t end = part_begin(part + 1);
         if (!keep) {
-          for (; i + 4 <= n; i += 4)
-            for (size_t l = 0; l < 4; ++l) ++part[l << 15 | key(i + l) >> 16];
+          for (; i + 4 <= end; i += 4)
+            for (size_t l = 0; l < 4; ++l) ++lanes[l * kHigh + (key(i + l) >> 16)];
         }
-        for (; i < n; ++i)
+        for (; i < end; ++i)
           if (!keep || keep[i]) ++high[key(i) >> 16];
-        for (size_t b = 0; b < high.size(); ++b)
-          for (size_t l = 0; l < 4; ++l) high[b] += part[l << 15 | b];
-      }
-      size_t above = 0, bin = high.size() - 1;  // values in bins above ``bin``
+        for (size_t b = 0; b < kHigh; ++b)
+          for (size_t l = 0; l < 4; ++l) high[b] += lanes[l * kHigh + b];
+      });
+      std::vector<size_t> high(kHigh, 0);
+      for (size_t part = 0; part < parts; ++part)
+        for (size_t b = 0; b < kHigh; ++b) high[b] += high_parts[part * kHigh + b];
+      size_t above = 0, bin = kHigh - 1;  // values in bins above ``bin``
       while (above + high[bin] < count) above += high[bin--];
-      for (size_t i = 0; i < n; ++i) {
-        if (keep && !keep[i]) continue;
-        const uint32_t k = key(i);
-        if ((k >> 16) == bin) ++low[k & 0xFFFFu];
-      }
-      size_t part = low.size() - 1;
-      while (above + low[part] < count) above += low[part--];
-      const uint32_t threshold = static_cast<uint32_t>(bin << 16 | part);
-      size_t ties = count - above;  // values equal to the threshold to take, first ones first
-      chosen.reserve(count);
-      for (size_t i = 0; i < n; ++i) {
-        if (keep && !keep[i]) continue;
-        const uint32_t k = key(i);
-        if (k > threshold || (k == threshold && ties > 0)) {
-          if (k == threshold) --ties;
-          chosen.emplace_back(k, static_cast<int64_t>(i));
+      each_part([&](size_t part) {
+        size_t* low = low_parts.data() + part * kLow;
+        for (size_t i = part_begin(part); i < part_begin(part + 1); ++i) {
+          if (keep && !keep[i]) continue;
+          const uint32_t k = key(i);
+          if ((k >> 16) == bin) ++low[k & 0xFFFFu];
         }
+      });
+      std::vector<size_t> low(kLow, 0);
+      for (size_t part = 0; part < parts; ++part)
+        for (size_t b = 0; b < kLow; ++b) low[b] += low_parts[part * kLow + b];
+      size_t slot = kLow - 1;
+      while (above + low[slot] < count) above += low[slot--];
+      const uint32_t threshold = static_cast<uint32_t>(bin << 16 | slot);
+      size_t ties = count - above;  // values equal to the threshold to take, first ones first: run by run
+      std::vector<size_t> part_ties(parts, 0);
+      for (size_t part = 0; part < parts; ++part) {
+        part_ties[part] = std::min(ties, low_parts[part * kLow + slot]);
+        ties -= part_ties[part];
       }
+      std::vector<std::vector<std::pair<uint32_t, int64_t>>> found(parts);
+      each_part([&](size_t part) {
+        size_t take = part_ties[part];
+        auto& out = found[part];
+        for (size_t i = part_begin(part); i < part_begin(part + 1); ++i) {
+          if (keep && !keep[i]) continue;
+          const uint32_t k = key(i);
+          if (k > threshold || (k == threshold && take > 0)) {
+            if (k == threshold) --take;
+            out.emplace_back(k, static_cast<int64_t>(i));
+          }
+        }
+      });
+      chosen.reserve(count);
+      for (auto& part : found) chosen.insert(chosen.end(), part.begin(), part.end());
       std::sort(chosen.begin(), chosen.end(), [](const std::pair<uint32_t, int64_t>& a, const std::pair<uint32_t, int64_t>& b) {
         return a.first != b.first ? a.first > b.first : a.second < b.second;
       });
@@ -536,6 +570,88 @@ py::array_t<int64_t> largest_magnitudes(FloatArray values, py::object keep_objec
   int64_t* o = out.mutable_data();
   for (size_t i = 0; i < chosen.size(); ++i) o[i] = chosen[i].second;
   return out;
+}
+
+// Sorts float32 ``values`` in place in the total order of onnxcomp.core.codebook.sort_values: each bit pattern
+// mapped to its order key (order_key: negatives all bits flipped, others the sign bit set), the keys sorted as
+// unsigned integers, mapped back. A least-significant-digit radix sort of the keys in two passes of 16-bit
+// digits (a digit every key shares is skipped) with one scratch array of the same size; the key mapping is done
+// while the first digits are counted, the mapping back in the last scatter. Sorted unsigned integers are one
+// and the same array however they were sorted, so the result is byte for byte that of the reference (numpy's
+// sort of the keys; tests/test_fast_paths.py). ``threads`` split each pass: every part counts its digits, the
+// parts' runs of each digit are laid out in part order and each part scatters its keys in order (stable), so the
+// result does not depend on the thread count either.
+constexpr unsigned kRadixBits = 16;
+constexpr size_t kMinSortPart = size_t{1} << 20;  // keys a helper thread of sort_floats takes at least
+
+inline uint32_t key_bits(uint32_t key) { return key ^ ((key >> 31) ? 0x80000000u : 0xFFFFFFFFu); }  // order_key's inverse
+
+void sort_floats(py::array values, size_t threads) {
+  // in place: no converted copy of another dtype or layout, which would be sorted and dropped
+  if (values.ndim() != 1 || !values.dtype().is(py::dtype::of<float>()) || !(values.flags() & py::array::c_style) ||
+      !values.writeable())
+    throw std::invalid_argument("sort_floats sorts a writable contiguous 1-D float32 array in place");
+  const size_t n = static_cast<size_t>(values.size());
+  if (n < 2) return;
+  uint32_t* data = static_cast<uint32_t*>(values.mutable_data());
+  py::gil_scoped_release release;
+  const size_t parts = std::max<size_t>(1, std::min(threads, n / kMinSortPart));
+  constexpr size_t buckets = size_t{1} << kRadixBits;
+  constexpr uint32_t mask = static_cast<uint32_t>(buckets - 1);
+  auto part_begin = [n, parts](size_t part) { return n * part / parts; };
+  auto each_part = [parts](auto body) {  // body(part) for every part, the parts at once
+    split_range(parts, parts, 1, [&body](size_t first, size_t last) {
+      for (size_t part = first; part < last; ++part) body(part);
+    });
+  };
+  std::vector<size_t> offsets(parts * buckets);  // part p's count of digit d, then where its run starts
+  each_part([&](size_t part) {  // the keys, in place, and their low digits counted
+    size_t* count = offsets.data() + part * buckets;
+    for (size_t i = part_begin(part); i < part_begin(part + 1); ++i) {
+      data[i] = order_key(data[i]);
+      ++count[data[i] & mask];
+    }
+  });
+  std::unique_ptr<uint32_t[]> scratch(new uint32_t[n]);  // (not zeroed: every element is written before it is read)
+  uint32_t* source = data;
+  uint32_t* target = scratch.get();
+  bool mapped_back = false;
+  for (unsigned shift = 0; shift < 32; shift += kRadixBits) {
+    if (shift) {
+      std::fill(offsets.begin(), offsets.end(), 0);
+      each_part([&](size_t part) {
+        size_t* count = offsets.data() + part * buckets;
+        for (size_t i = part_begin(part); i < part_begin(part + 1); ++i) ++count[(source[i] >> shift) & mask];
+      });
+    }
+    size_t start = 0;
+    bool constant = false;
+    for (size_t digit = 0; digit < buckets; ++digit) {
+      const size_t before = start;
+      for (size_t part = 0; part < parts; ++part) {
+        const size_t count = offsets[part * buckets + digit];
+        offsets[part * buckets + digit] = start;
+        start += count;
+      }
+      constant = constant || start - before == n;
+    }
+    if (constant) continue;  // every key has this digit: already in order
+    const bool last = shift + kRadixBits >= 32 && target == data;  // the final scatter maps the keys back
+    each_part([&](size_t part) {
+      size_t* next = offsets.data() + part * buckets;
+      for (size_t i = part_begin(part); i < part_begin(part + 1); ++i) {
+        const uint32_t key = source[i];
+        target[next[(key >> shift) & mask]++] = last ? key_bits(key) : key;
+      }
+    });
+    mapped_back = last;
+    std::swap(source, target);
+  }
+  if (!mapped_back) {  // the sorted keys are in ``source``: back to float bits, into ``values``
+    split_range(n, parts, 1, [source, data](size_t begin, size_t end) {
+      for (size_t i = begin; i < end; ++i) data[i] = key_bits(source[i]);
+    });
+  }
 }
 
 // Per output channel c, the (optionally weighted) squared error of a decoded weight against its reference,
@@ -697,22 +813,27 @@ struct Symbols {
     const char kind = array.dtype().kind();
     if (kind != 'u' && kind != 'i') throw std::invalid_argument("symbols must be integers");
     width = static_cast<int>(array.itemsize());
+    if (width != 1 && width != 2 && width != 4 && width != 8) throw std::invalid_argument("unsupported symbol width");
     is_signed = kind == 'i';
     n = static_cast<size_t>(array.size());
   }
 
   template <typename F>
-  void each(F f) const {
+  void each(F f) const { each_in(0, n, f); }
+
+  // f(i, symbol i) for i in [begin, end), in order
+  template <typename F>
+  void each_in(size_t begin, size_t end, F f) const {
     const void* data = array.data();
     switch (width * (is_signed ? -1 : 1)) {
-      case 1: for (size_t i = 0; i < n; ++i) f(i, static_cast<const uint8_t*>(data)[i]); break;
-      case 2: for (size_t i = 0; i < n; ++i) f(i, static_cast<const uint16_t*>(data)[i]); break;
-      case 4: for (size_t i = 0; i < n; ++i) f(i, static_cast<const uint32_t*>(data)[i]); break;
-      case 8: for (size_t i = 0; i < n; ++i) f(i, static_cast<const uint64_t*>(data)[i]); break;
-      case -1: for (size_t i = 0; i < n; ++i) f(i, static_cast<uint64_t>(static_cast<const int8_t*>(data)[i])); break;
-      case -2: for (size_t i = 0; i < n; ++i) f(i, static_cast<uint64_t>(static_cast<const int16_t*>(data)[i])); break;
-      case -4: for (size_t i = 0; i < n; ++i) f(i, static_cast<uint64_t>(static_cast<const int32_t*>(data)[i])); break;
-      case -8: for (size_t i = 0; i < n; ++i) f(i, static_cast<uint64_t>(static_cast<const int64_t*>(data)[i])); break;
+      case 1: for (size_t i = begin; i < end; ++i) f(i, static_cast<const uint8_t*>(data)[i]); break;
+      case 2: for (size_t i = begin; i < end; ++i) f(i, static_cast<const uint16_t*>(data)[i]); break;
+      case 4: for (size_t i = begin; i < end; ++i) f(i, static_cast<const uint32_t*>(data)[i]); break;
+      case 8: for (size_t i = begin; i < end; ++i) f(i, static_cast<const uint64_t*>(data)[i]); break;
+      case -1: for (size_t i = begin; i < end; ++i) f(i, static_cast<uint64_t>(static_cast<const int8_t*>(data)[i])); break;
+      case -2: for (size_t i = begin; i < end; ++i) f(i, static_cast<uint64_t>(static_cast<const int16_t*>(data)[i])); break;
+      case -4: for (size_t i = begin; i < end; ++i) f(i, static_cast<uint64_t>(static_cast<const int32_t*>(data)[i])); break;
+      case -8: for (size_t i = begin; i < end; ++i) f(i, static_cast<uint64_t>(static_cast<const int64_t*>(data)[i])); break;
       default: throw std::invalid_argument("unsupported symbol width");
     }
   }
@@ -875,8 +996,70 @@ struct CodeTable {
   }
 };
 
-// Canonical-Huffman coding of every symbol in order (as onnxcomp.huffman.encode): (payload, bits).
-py::tuple encode_dense(py::array symbols_array, U32Array codes, U8Array lengths) {
+// Depth of each leaf in the Huffman tree over ``weights`` (n >= 1), as onnxcomp.core.huffman._huffman_depths
+// builds it: leaves are nodes 0..n-1, each merge pops the two smallest (weight, node) pairs (ties by node
+// number, so the pops are the same whatever heap holds them) and makes node n, n+1, ... of their summed weight.
+py::array_t<int64_t> huffman_depths(py::array_t<int64_t, py::array::c_style | py::array::forcecast> weights_array) {
+  const size_t n = static_cast<size_t>(weights_array.size());
+  if (n == 0) throw std::invalid_argument("huffman_depths needs at least one weight");
+  const int64_t* weights = weights_array.data();
+  py::array_t<int64_t> out(static_cast<py::ssize_t>(n));
+  int64_t* depth_out = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    using Item = std::pair<int64_t, int64_t>;  // (weight, node)
+    std::vector<Item> heap;
+    heap.reserve(n);
+    for (size_t i = 0; i < n; ++i) heap.emplace_back(weights[i], static_cast<int64_t>(i));
+    auto later = [](const Item& a, const Item& b) { return a > b; };  // a min-heap of (weight, node)
+    std::make_heap(heap.begin(), heap.end(), later);
+    std::vector<int64_t> parent(2 * n - 1, 0);
+    int64_t next_node = static_cast<int64_t>(n);
+    while (heap.size() > 1) {
+      std::pop_heap(heap.begin(), heap.end(), later);
+      const Item a = heap.back();
+      heap.pop_back();
+      std::pop_heap(heap.begin(), heap.end(), later);
+      const Item b = heap.back();
+      heap.pop_back();
+      parent[static_cast<size_t>(a.second)] = next_node;
+      parent[static_cast<size_t>(b.second)] = next_node;
+      heap.emplace_back(a.first + b.first, next_node);
+      std::push_heap(heap.begin(), heap.end(), later);
+      ++next_node;
+    }
+    std::vector<int64_t> depth(2 * n - 1, 0);
+    for (int64_t node = next_node - 2; node >= 0; --node)  // parents have larger numbers than their children
+      depth[static_cast<size_t>(node)] = depth[static_cast<size_t>(parent[static_cast<size_t>(node)])] + 1;
+    std::copy(depth.begin(), depth.begin() + static_cast<std::ptrdiff_t>(n), depth_out);
+  }
+  return out;
+}
+
+// Appends the first ``bits`` bits of the MSB-first stream ``part`` to the MSB-first stream ``out`` of ``out_bits``
+// bits (its unused low bits 0): the bytes of one writer's output over the concatenated symbols.
+void append_bits(std::string& out, uint64_t out_bits, const std::string& part, uint64_t bits) {
+  const unsigned shift = static_cast<unsigned>(out_bits % 8);
+  out.resize(static_cast<size_t>((out_bits + bits + 7) / 8), '\0');
+  const size_t bytes = static_cast<size_t>((bits + 7) / 8);
+  char* o = &out[static_cast<size_t>(out_bits / 8)];
+  if (shift == 0) {
+    std::memcpy(o, part.data(), bytes);
+    return;
+  }
+  for (size_t i = 0; i < bytes; ++i) {
+    const unsigned byte = static_cast<unsigned char>(part[i]);
+    o[i] = static_cast<char>(static_cast<unsigned char>(o[i]) | (byte >> shift));
+    if (i + 1 < static_cast<size_t>(out.size() - out_bits / 8)) o[i + 1] = static_cast<char>((byte << (8 - shift)) & 0xFF);
+  }
+}
+
+constexpr size_t kMinEncodePart = size_t{1} << 21;  // symbols a helper thread of encode_dense codes at least
+
+// Canonical-Huffman coding of every symbol in order (as onnxcomp.huffman.encode): (payload, bits). With
+// ``threads`` > 1 a long stream is cut into that many runs, each coded by its own writer, and the runs' bits
+// appended in order: the same bits, so the same bytes, as one writer's.
+py::tuple encode_dense(py::array symbols_array, U32Array codes, U8Array lengths, size_t threads) {
   Symbols symbols(symbols_array);
   CodeTable table(codes, lengths);
   const uint32_t* c = table.codes.data();
@@ -886,12 +1069,29 @@ py::tuple encode_dense(py::array symbols_array, U32Array codes, U8Array lengths)
   uint64_t bits = 0;
   {
     py::gil_scoped_release release;
-    BitWriter writer(symbols.n * 2);
-    symbols.each([&](size_t, uint64_t s) {
-      if (s < table.size) writer.put(c[s], l[s]); else bad = true;
+    const size_t parts = std::max<size_t>(1, std::min(threads, symbols.n / kMinEncodePart));
+    std::vector<std::string> streams(parts);
+    std::vector<uint64_t> stream_bits(parts, 0);
+    std::vector<char> part_bad(parts, 0);
+    split_range(parts, parts, 1, [&](size_t first, size_t last) {
+      for (size_t part = first; part < last; ++part) {
+        const size_t begin = symbols.n * part / parts, end = symbols.n * (part + 1) / parts;
+        BitWriter writer((end - begin) * 2);
+        symbols.each_in(begin, end, [&](size_t, uint64_t s) {
+          if (s < table.size) writer.put(c[s], l[s]); else part_bad[part] = 1;
+        });
+        stream_bits[part] = writer.bits();
+        streams[part] = writer.finish();
+      }
     });
-    bits = writer.bits();
-    payload = writer.finish();
+    payload = std::move(streams[0]);
+    bits = stream_bits[0];
+    bad = part_bad[0] != 0;
+    for (size_t part = 1; part < parts; ++part) {
+      append_bits(payload, bits, streams[part], stream_bits[part]);
+      bits += stream_bits[part];
+      bad = bad || part_bad[part] != 0;
+    }
   }
   if (bad) throw std::invalid_argument("symbol outside the code table");
   return py::make_tuple(py::bytes(payload), bits);
@@ -939,6 +1139,78 @@ py::tuple encode_sparse(py::array symbols_array, int gap_bits, U32Array gap_code
   }
   if (bad) throw std::invalid_argument("symbol outside the code table");
   return py::make_tuple(py::bytes(payload), bits);
+}
+
+// A decoded weight: out = codebook[indices] (float32, the indices' shape), or with ``transpose`` the transpose of
+// a decoded [rows, cols] weight, out[c, r] = codebook[indices[r, c]] (float32 [cols, rows]), as
+// numpy.ascontiguousarray(codebook[indices].T) gives it (onnxcomp.pipeline.inspection.StoredWeight.dense). On up to
+// ``threads`` threads (runs of positions; for the transpose, bands of output rows in 64 x 64 tiles, since the
+// float32 transpose of a whole matrix misses the cache on every write). An index outside the codebook raises
+// ValueError.
+template <typename Index>
+bool gather_codebook(const float* book, size_t k, const Index* idx, size_t rows, size_t cols, bool transpose, float* out,
+                     size_t threads) {
+  constexpr size_t kTile = 64;
+  std::atomic<bool> bad{false};
+  if (!transpose) {
+    split_range(rows * cols, threads, kMinThreadPart, [&](size_t begin, size_t end) {
+      bool part_bad = false;
+      for (size_t i = begin; i < end; ++i) {
+        const size_t j = idx[i];
+        part_bad |= j >= k;
+        out[i] = book[j < k ? j : 0];
+      }
+      if (part_bad) bad = true;
+    });
+    return !bad;
+  }
+  split_range(cols, threads, kTile * 4, [&](size_t c_begin, size_t c_end) {
+    bool part_bad = false;
+    for (size_t r0 = 0; r0 < rows; r0 += kTile) {
+      const size_t r1 = std::min(rows, r0 + kTile);
+      for (size_t c0 = c_begin; c0 < c_end; c0 += kTile) {
+        const size_t c1 = std::min(c_end, c0 + kTile);
+        for (size_t r = r0; r < r1; ++r) {
+          const Index* row = idx + r * cols;
+          for (size_t c = c0; c < c1; ++c) {
+            const size_t j = row[c];
+            part_bad |= j >= k;
+            out[c * rows + r] = book[j < k ? j : 0];
+          }
+        }
+      }
+    }
+    if (part_bad) bad = true;
+  });
+  return !bad;
+}
+
+py::array_t<float> decode_indices(FloatArray codebook, py::array indices_array, bool transpose, size_t threads) {
+  py::array indices = py::array::ensure(indices_array, py::array::c_style);
+  if (!indices || (transpose && indices.ndim() != 2)) throw std::invalid_argument("decode_indices transposes 2-D indices only");
+  const char kind = indices.dtype().kind();
+  const size_t width = static_cast<size_t>(indices.itemsize());
+  if (kind != 'u' || (width != 1 && width != 2)) throw std::invalid_argument("decode_indices takes uint8 or uint16 indices");
+  const size_t k = static_cast<size_t>(codebook.size());
+  if (k == 0) throw std::invalid_argument("decode_indices needs a codebook");
+  std::vector<py::ssize_t> shape(indices.shape(), indices.shape() + indices.ndim());
+  size_t rows = 1, cols = static_cast<size_t>(indices.size());
+  if (transpose) {
+    rows = static_cast<size_t>(shape[0]);
+    cols = static_cast<size_t>(shape[1]);
+    std::swap(shape[0], shape[1]);
+  }
+  py::array_t<float> out(shape);
+  float* o = out.mutable_data();
+  const float* book = codebook.data();
+  bool ok;
+  {
+    py::gil_scoped_release release;
+    ok = width == 1 ? gather_codebook(book, k, static_cast<const uint8_t*>(indices.data()), rows, cols, transpose, o, threads)
+                    : gather_codebook(book, k, static_cast<const uint16_t*>(indices.data()), rows, cols, transpose, o, threads);
+  }
+  if (!ok) throw std::invalid_argument("index outside the codebook");
+  return out;
 }
 
 // Decodes one weight record with the bounds-checked decoder the custom-op library uses (csrc/decode.h), for the
@@ -999,10 +1271,15 @@ PYBIND11_MODULE(_native, m) {
         "bool keep mask: 0 for pruned values, 1 + centroid index for kept ones. `threads` splits the values "
         "across that many threads; `use_table` looks large inputs up in a bucket table of the float keys instead of "
         "comparing with every threshold (same result either way).");
+  m.def("sort_floats", &sort_floats, py::arg("values"), py::arg("threads") = 1,
+        "Sort a 1-D float32 array in place, -0.0 before +0.0 (the total order of the bit patterns' order keys), by "
+        "a radix sort on up to `threads` threads; the same bytes as numpy's sort of the keys.");
   m.def("magnitude_keep_mask", &magnitude_keep_mask, py::arg("values"), py::arg("pruned"),
         "Bool mask keeping all but the `pruned` float32 values of smallest magnitude (ties pruned in position order).");
   m.def("largest_magnitudes", &largest_magnitudes, py::arg("values"), py::arg("keep"), py::arg("count"),
-        "int64 positions of the `count` kept float32 values of largest magnitude, largest first (ties: earlier first).");
+        py::arg("threads") = 1,
+        "int64 positions of the `count` kept float32 values of largest magnitude, largest first (ties: earlier first); "
+        "`threads` split the passes over the values (same result).");
   m.def("channel_errors", &channel_errors, py::arg("reference"), py::arg("indices"), py::arg("codebook"), py::arg("positions"),
         py::arg("stored"), py::arg("channels"), py::arg("inputs"), py::arg("transposed"), py::arg("importance"),
         py::arg("threads") = 1,
@@ -1012,8 +1289,16 @@ PYBIND11_MODULE(_native, m) {
   m.def("statistics", &statistics, py::arg("symbols"), py::arg("size"), py::arg("gap_limit"),
         "(numpy.bincount(symbols, minlength=size), counts of the zero runs before each non-zero symbol that are "
         "below gap_limit, int64 array of the longer runs), in one pass; gap_limit 0 skips the gaps.");
-  m.def("encode_dense", &encode_dense, py::arg("symbols"), py::arg("codes"), py::arg("lengths"),
-        "MSB-first Huffman coding of symbols with the given codes; returns (payload bytes, bit length).");
+  m.def("encode_dense", &encode_dense, py::arg("symbols"), py::arg("codes"), py::arg("lengths"), py::arg("threads") = 1,
+        "MSB-first Huffman coding of symbols with the given codes; returns (payload bytes, bit length). `threads` "
+        "codes runs of a long stream at once (the same bytes).");
+  m.def("decode_indices", &decode_indices, py::arg("codebook"), py::arg("indices"), py::arg("transpose") = false,
+        py::arg("threads") = 1,
+        "float32 codebook[indices] of uint8/uint16 indices (any shape), or with `transpose` codebook[indices].T of 2-D "
+        "ones, C-contiguous, on up to `threads` threads; ValueError for an index outside the codebook.");
+  m.def("huffman_depths", &huffman_depths, py::arg("weights"),
+        "int64 depth of each leaf of the Huffman tree over int64 weights, ties broken by node number (as "
+        "onnxcomp.core.huffman._huffman_depths_reference).");
   m.def("encode_sparse", &encode_sparse, py::arg("symbols"), py::arg("gap_bits"), py::arg("gap_codes"), py::arg("gap_lengths"),
         py::arg("value_codes"), py::arg("value_lengths"),
         "Gap coding of the non-zero symbols (escape codes, gap remainder, value) MSB first; returns (payload, bit length).");

@@ -57,6 +57,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from onnxcomp import parallel
 from onnxcomp.core import codebook, huffman
 from onnxcomp.core.native import native as _native
 
@@ -109,7 +110,8 @@ def _sample(weight: np.ndarray, seed: int) -> np.ndarray:
         return _sample_reference(weight, seed)
     rng = np.random.default_rng(seed)
     chosen = rng.choice(flat.size, SAMPLE - EXTREMES, replace=False)
-    positions = np.concatenate([chosen, _native.largest_magnitudes(np.ascontiguousarray(flat), None, EXTREMES)])
+    extremes = _native.largest_magnitudes(np.ascontiguousarray(flat), None, EXTREMES, parallel.default_workers())
+    positions = np.concatenate([chosen, extremes])
     positions.sort()
     distinct = np.empty(len(positions), dtype=bool)
     distinct[0] = True

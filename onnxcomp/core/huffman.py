@@ -13,6 +13,7 @@ import heapq
 
 import numpy as np
 
+from onnxcomp.core.native import native as _native
 from onnxcomp.errors import CorruptSidecarError
 
 MAX_CODE_LENGTH = 24
@@ -41,7 +42,15 @@ def code_lengths(counts: np.ndarray, max_length: int = MAX_CODE_LENGTH) -> np.nd
 
 
 def _huffman_depths(weights: np.ndarray) -> np.ndarray:
-    """Depth of each leaf in a Huffman tree over ``weights`` (deterministic tie-breaking by insertion order)."""
+    """Depth of each leaf in a Huffman tree over ``weights`` (deterministic tie-breaking by insertion order):
+    compiled (_native.huffman_depths, the same merges), or ``_huffman_depths_reference`` without the module."""
+    if _native is None:
+        return _huffman_depths_reference(weights)
+    return _native.huffman_depths(np.asarray(weights, dtype=np.int64))
+
+
+def _huffman_depths_reference(weights: np.ndarray) -> np.ndarray:
+    """The straightforward ``_huffman_depths``: Python's heapq over (weight, node) pairs."""
     n = len(weights)
     parent = np.zeros(2 * n - 1, dtype=np.int64)
     heap = [(int(w), i) for i, w in enumerate(weights)]

@@ -1,9 +1,10 @@
 """The compiled module ``onnxcomp._native`` (csrc/python/native.cc), or None where it is not built.
 
-It holds the compressor's loops over every weight (k-means refinement, nearest-centroid assignment, magnitude
-masks, the outlier search's largest magnitudes and per-channel errors, Huffman and gap coding), each
-byte-identical to a numpy reference kept beside its caller (onnxcomp/core/codebook.py, pruning.py, outliers.py,
-sidecar.py); without it those references run, much slower.
+It holds the compressor's loops over every weight (k-means refinement, nearest-centroid assignment, the sort of a
+weight's values, magnitude masks, the outlier search's largest magnitudes and per-channel errors, Huffman tree
+depths, Huffman and gap coding, the decode of a record's indices), each byte-identical to a numpy reference kept
+beside its caller (onnxcomp/core/codebook.py, pruning.py, outliers.py, huffman.py, sidecar.py,
+onnxcomp/pipeline/inspection.py); without it those references run, much slower.
 """
 
 from __future__ import annotations

@@ -57,8 +57,33 @@ def value_format(values: np.ndarray) -> int:
         half = values.astype(np.float16)
     if not np.isfinite(half).all():
         return FLOAT32
+    return FLOAT16 if half_rounding_within(values, half, np.abs(values)) else FLOAT32
+
+
+def value_format_reference(values: np.ndarray) -> int:
+    """The straightforward ``value_format``: the rounding errors and their bounds in float64."""
+    values = np.asarray(values, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        half = values.astype(np.float16)
+    if not np.isfinite(half).all():
+        return FLOAT32
     error = np.abs(half.astype(np.float64) - values.astype(np.float64))
     return FLOAT16 if (error <= FLOAT16_RELATIVE_ERROR * np.abs(values.astype(np.float64))).all() else FLOAT32
+
+
+def half_rounding_within(values: np.ndarray, half: np.ndarray, scale: np.ndarray) -> bool:
+    """Whether ``|half - values| <= 2^-11 scale`` for every element (float32 ``values``, their finite binary16
+    roundings ``half``, float32 ``scale`` broadcasting to them), decided exactly in float32, without float64
+    copies of the tensor: the difference of a float32 and its binary16 rounding is exact in float32 (same sign and
+    within a factor 2, Sterbenz's lemma; for a binary16-subnormal result both are multiples of the value's ulp and
+    differ by at most 2^-25, or the rounding is 0), and ``|d| * 2^11 <= scale`` is ``|d| <= 2^-11 scale`` exactly
+    (a power-of-two product of a float32 below 2^5 neither rounds nor overflows, whereas 2^-11 scale could round
+    as a float32 subnormal). The same answer as comparing in float64 (tests/test_fast_paths.py)."""
+    error = half.astype(np.float32)
+    error -= values
+    np.abs(error, out=error)
+    error *= np.float32(1.0 / FLOAT16_RELATIVE_ERROR)
+    return bool((error <= scale).all())
 
 
 def stored_values(values: np.ndarray) -> np.ndarray:
@@ -390,7 +415,8 @@ def share(values: np.ndarray, keep: np.ndarray | None, bits: int, *, option: str
     largest = max(int(round(f * kept)) for f in fractions)
     order = prepared.get("order")
     if order is None or len(order) < largest:  # positions by decreasing magnitude, ties by position: a total
-        order = prepared["order"] = _native.largest_magnitudes(flat, pruning, largest)  # order, so any prefix serves
+        order = prepared["order"] = _native.largest_magnitudes(flat, pruning, largest,  # order, so any prefix serves
+                                                                parallel.default_workers())
     ordered = prepared.get("ordered")
     if ordered is None:
         ordered = prepared["ordered"] = codebook_math.sort_values(flat if pruning is None else flat[pruning],

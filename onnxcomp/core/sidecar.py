@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from onnxcomp import parallel
 from onnxcomp.core import huffman, outliers
 from onnxcomp.core.native import native as _native
 from onnxcomp.errors import CorruptSidecarError
@@ -235,7 +236,8 @@ class NativeCoding(NumpyCoding):
         return counts
 
     def dense_payload(self, lengths: np.ndarray) -> tuple[bytes, int]:
-        return _native.encode_dense(self.indices, huffman.canonical_codes(lengths), lengths)
+        # a long stream is coded in runs on the cores, then joined bit by bit: the same bytes (tests/test_native.py)
+        return _native.encode_dense(self.indices, huffman.canonical_codes(lengths), lengths, parallel.default_workers())
 
     def sparse_payload(self, gap_bits, gap_lengths, value_lengths) -> tuple[bytes, int]:
         return _native.encode_sparse(self.indices, gap_bits, huffman.canonical_codes(gap_lengths), gap_lengths,

@@ -33,7 +33,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxcomp.core.outliers import FLOAT16, FLOAT16_RELATIVE_ERROR, value_format
+from onnxcomp.core.outliers import (FLOAT16, FLOAT16_RELATIVE_ERROR, half_rounding_within, value_format,
+                                    value_format_reference)
 
 from .base import DOMAIN
 from .fold_weights import FOLDED_NAME
@@ -55,6 +56,26 @@ def holds(values: np.ndarray, weight: bool) -> bool:
     whichever is smaller: output and input channels of a Conv or MatMul weight)."""
     if not weight:
         return value_format(values) == FLOAT16
+    values = np.asarray(values, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        half = values.astype(np.float16)
+    if not np.isfinite(half).all():
+        return False
+    # float32 throughout, decided exactly (outliers.half_rounding_within): no float64 copy of the weight
+    magnitude = np.abs(values)
+    scale = magnitude
+    if values.ndim >= 1:
+        scale = magnitude.max(axis=tuple(range(1, values.ndim)), keepdims=True)
+    if values.ndim >= 2:
+        scale = np.minimum(scale, magnitude.max(axis=(0, *range(2, values.ndim)), keepdims=True))
+    del magnitude
+    return half_rounding_within(values, half, scale)
+
+
+def holds_reference(values: np.ndarray, weight: bool) -> bool:
+    """The straightforward ``holds``: errors and bounds in float64 copies of the tensor."""
+    if not weight:
+        return value_format_reference(values) == FLOAT16
     with np.errstate(over="ignore"):
         half = values.astype(np.float16)
     if not np.isfinite(half).all():

@@ -25,6 +25,7 @@ from onnx import numpy_helper
 from onnxcomp import parallel
 from onnxcomp.passes import model_io
 from onnxcomp.core import sidecar
+from onnxcomp.core.native import native as _native
 from onnxcomp.passes.model_io import model_bytes
 from onnxcomp.passes.select_weights import CHAIN_OPS, FC_OPS
 from onnxcomp.errors import CorruptSidecarError, UnsupportedModelError
@@ -90,6 +91,23 @@ class StoredWeight:
 
     def dense(self) -> np.ndarray:
         """The decoded weight in its original orientation."""
+        if (_native is not None and self.scales is None and self.value_type == sidecar.FLOAT32
+                and self.indices.dtype in (np.uint8, np.uint16) and (not self.transposed or self.indices.ndim == 2)):
+            # gathered on the cores, a transposed record straight into the original orientation (tiles, not a
+            # float32 transpose: an outlier at stored position r * cols + c lands at c * rows + r); the same array
+            # as dense_reference (tests/test_fast_paths.py)
+            values = _native.decode_indices(np.asarray(self.codebook, dtype=np.float32), self.indices, self.transposed,
+                                            parallel.default_workers())
+            positions = np.asarray(self.outlier_positions, dtype=np.int64)
+            if self.transposed:
+                rows, cols = self.indices.shape
+                positions = (positions % cols) * rows + positions // cols
+            values.reshape(-1)[positions] = self.outlier_values
+            return values
+        return self.dense_reference()
+
+    def dense_reference(self) -> np.ndarray:
+        """The straightforward ``dense``: decoded in the stored orientation, then transposed."""
         # codebook.take and apply_scales make fresh arrays; the outliers are written into the last one in place
         values = np.asarray(self.codebook, dtype=np.float32)[self.indices]  # indexing, not take: take casts small integer indices slowly (10x)
         if self.scales is not None:
