@@ -608,3 +608,64 @@ def test_alternative_codebooks_shared_at_once_write_what_one_after_another_write
         onnxcomp.compress(path, folder / "out.onnx", min_elements=1)
         written.append(((folder / "out.onnx").read_bytes(), (folder / "out.onnxcomp").read_bytes()))
     assert written[0] == written[1] and set(calls) == {"_kmeans", "_share_scaled"}
+
+
+def test_targeted_round_reuses_unchanged_weights_with_the_bytes_of_a_full_redo(tmp_path, monkeypatch):
+    """compress's targeted round halves one weight's limit; ShareWeightsPass gives every other weight (values, mask
+    and settings unchanged) its last finished record instead of sharing it again: the same files as sharing every
+    weight again (share_weights.REUSE False), and only the tightened weight is shared in that round."""
+    import onnxcomp
+    from onnxcomp.passes import share_weights
+    from onnxcomp.pipeline import compression
+    from test_allocation import _three_matmuls
+    _, model = _three_matmuls(np.random.default_rng(12))
+    onnx.save(model, tmp_path / "in.onnx")
+    monkeypatch.setattr(compression, "_gains", lambda *args: {"w0": 1.0, "w1": 0.25, "w2": 1.0})  # w1 carries the error
+    measure = fidelity.compare_runs
+
+    def first_fails(*args):  # the round at the model's budget misses (within reach of a targeted round)
+        result = measure(*args)
+        result.min_cosine = 0.985 if not written else 0.999
+        written.append(result)
+        return result
+    monkeypatch.setattr(fidelity, "compare_runs", first_fails)
+    reuse, reused = share_weights.ShareWeightsPass._reuse, []
+
+    def recorded(self, target, key, settings):
+        found = reuse(self, target, key, settings)
+        reused.append((target.name, found))
+        return found
+    monkeypatch.setattr(share_weights.ShareWeightsPass, "_reuse", recorded)
+    files = []
+    for on in (True, False):
+        monkeypatch.setattr(share_weights, "REUSE", on)
+        written, folder = [], tmp_path / str(on)
+        folder.mkdir()
+        reused.clear()
+        report = onnxcomp.compress(tmp_path / "in.onnx", folder / "out.onnx")
+        assert [r["tightened"] for r in report.backoff] == [[], ["w1"]]
+        files.append(((folder / "out.onnx").read_bytes(), (folder / "out.onnxcomp").read_bytes()))
+        if on:  # rounds: 0 (per-weight limits), the model's budget, the targeted round
+            assert sorted(reused[-3:]) == [("w0", True), ("w1", False), ("w2", True)]
+        else:
+            assert not any(found for _, found in reused)
+    assert files[0] == files[1]
+
+
+def test_attribution_cache_gives_the_errors_of_fresh_runs(tmp_path, rng, monkeypatch):
+    """fidelity.attribute with a cache kept between calls (compress's rounds): the same errors as without one, and a
+    second call on the same output runs no weight again (its errors are found under each weight's decoded value)."""
+    import onnxcomp
+    path = mlp(rng, str(tmp_path))
+    out = str(tmp_path / "out.onnx")
+    onnxcomp.compress(path, out, bits=4, min_elements=1)
+    loaded = model_io.load_model(path, external_data=False)
+    feeds, _, _ = fidelity.prepare(path, model=loaded)
+    feed = {k: v[:2] for k, v in feeds[0].items()}
+    cache: dict = {}
+    first = fidelity.attribute(path, out, feed, loaded, cache=cache)
+    assert first == fidelity.attribute(path, out, feed, loaded) and min(first.values()) > 0
+    relative, runs = fidelity._relative_error, []
+    monkeypatch.setattr(fidelity, "_relative_error", lambda *args: runs.append(1) or relative(*args))
+    assert fidelity.attribute(path, out, feed, loaded, cache=cache) == first and not runs
+    assert fidelity.attribute(path, out, feed, loaded) == first and len(runs) == 2

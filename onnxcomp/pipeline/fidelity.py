@@ -511,7 +511,7 @@ def _relative_error(expected: list[np.ndarray], actual: list[np.ndarray]) -> flo
 
 
 def attribute(original_path: str, compressed_path: str, feed: dict[str, np.ndarray],
-              original: onnx.ModelProto | None = None, cache: dict | None = None, cones: bool = True) -> dict[str, float]:
+              original: onnx.ModelProto | None = None, cache: dict | None = None, cones: bool = False) -> dict[str, float]:
     """Per compressed weight: the relative L2 error (``_relative_error``) of the compared tensors (each output, or
     its logits: module docstring) when only that weight takes its decoded value in the original model, on
     ``feed``. One run per weight (weights on the cores in parallel, parallel.ordered_map); weights
