@@ -669,3 +669,34 @@ def test_attribution_cache_gives_the_errors_of_fresh_runs(tmp_path, rng, monkeyp
     monkeypatch.setattr(fidelity, "_relative_error", lambda *args: runs.append(1) or relative(*args))
     assert fidelity.attribute(path, out, feed, loaded, cache=cache) == first and not runs
     assert fidelity.attribute(path, out, feed, loaded) == first and len(runs) == 2
+
+
+def test_attribution_cones_give_the_errors_of_whole_model_runs(tmp_path, rng, monkeypatch):
+    """fidelity.attribute's cones (each weight's run computes only the nodes its value reaches, fed the rest from
+    one run of the original) give the errors of whole-model runs bit for bit, on a model with a residual branch and
+    a weight that reaches only a side output; a cone whose check on the original values fails runs the whole model."""
+    import onnxcomp
+    w = [(rng.standard_normal(shape) / 8).astype(np.float32) for shape in [(64, 96), (96, 96), (96, 96), (96, 10), (96, 5)]]
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h0"]), helper.make_node("Relu", ["h0"], ["r0"]),
+             helper.make_node("MatMul", ["r0", "w1"], ["h1"]), helper.make_node("Relu", ["h1"], ["r1"]),
+             helper.make_node("MatMul", ["r1", "w2"], ["h2"]), helper.make_node("Add", ["h2", "r0"], ["s"]),
+             helper.make_node("MatMul", ["s", "w3"], ["y"]), helper.make_node("MatMul", ["r1", "w4"], ["z"])]
+    model = make_model(nodes, [float_input("x", ["n", 64])], [float_input("y", ["n", 10]), float_input("z", ["n", 5])],
+                       [onnx.numpy_helper.from_array(v, f"w{i}") for i, v in enumerate(w)])
+    path, out = str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx")
+    onnx.save(model, path)
+    onnxcomp.compress(path, out, bits=3, min_elements=1)
+    loaded = model_io.load_model(path, external_data=False)
+    feed = {"x": rng.random((2, 64), dtype=np.float32)}
+    monkeypatch.setattr(fidelity, "CONE_MIN_SECONDS", 0.0)  # (the model is tiny: cones only where runs are slow)
+    whole = fidelity.attribute(path, out, feed, loaded, cones=False)
+    cache: dict = {}
+    assert fidelity.attribute(path, out, feed, loaded, cache=cache) == whole and min(whole.values()) > 0
+    (known,) = [v for k, v in cache.items() if k != "model"]
+    cones = known["cones"]
+    assert all(cone.checked for cone in cones.values() if cone.model is not None)
+    assert len(cones["w4"].model.graph.node) == 1 and cones["w4"].boundary == ["r1"]  # only the side output
+    assert cones["w3"].outputs == ["y"]
+    monkeypatch.setattr(fidelity._Cone, "run", lambda self, known, originals, name, value, probe: {
+        o: np.zeros((2, 1), np.float32) for o in self.outputs})  # a cone that computes otherwise: fails its check
+    assert fidelity.attribute(path, out, feed, loaded, cache={}) == whole

@@ -573,7 +573,7 @@ def _attribution(input_path: str, staged: str, feeds: list[dict], loaded: onnx.M
     count = next((len(v) for v in feeds[0].values() if np.ndim(v)), 0)
     feed = {k: (v[:ATTRIBUTION_SAMPLES] if np.ndim(v) and len(v) == count else v) for k, v in feeds[0].items()}
     try:
-        return attribute(input_path, staged, feed, loaded, cache=cache)
+        return attribute(input_path, staged, feed, loaded, cache=cache, cones=True)
     except Exception as error:  # onnxruntime's own errors (a feed the model takes only whole)
         log.info("per-weight effect not measured (%s)", str(error).strip().splitlines()[0])
         return None
