@@ -27,6 +27,8 @@ included), k-means, assign, encode.
 Usage:
     nice -n 10 python bench/compress_speed.py [--models mlp25m,vgg16,minilm] [--repeat 3] [--record]
         [--source OTHER_CHECKOUT --section NAME] [--against OTHER_CHECKOUT/.venv/bin/python]
+    nice -n 10 python bench/compress_speed.py --input vgg16-tumor=PATH.onnx --sources MAIN_CHECKOUT,installed --keep DIR
+        (a model file; two checkouts' code alternating, one run of each per repeat; outputs kept for cmp)
 """
 
 from __future__ import annotations
@@ -156,6 +158,7 @@ fidelity = module("onnxcomp.pipeline.fidelity")
 totals = defaultdict(float)
 cpu = defaultdict(float)
 calls = defaultdict(int)
+sequence = []  # (step, wall seconds, CPU seconds) of the main thread's steps in the order they ran
 lock = threading.Lock()
 depth = threading.local()
 main_thread = threading.main_thread()
@@ -184,6 +187,8 @@ def timed(owner, attribute, stage, part=False):
         finally:
             setattr(depth, key, False)
             with lock:
+                if part:
+                    sequence.append((stage, round(time.perf_counter() - start, 2), round(time.process_time() - start_cpu, 2)))
                 totals[stage] += time.perf_counter() - start
                 cpu[stage] += (time.process_time() if part else time.thread_time()) - start_cpu
                 calls[stage] += 1
@@ -209,6 +214,8 @@ if hasattr(compression, "check_output_loads"):
     timed(compression, "check_output_loads", "load check", part=True)
 if hasattr(compression, "_gains"):
     timed(compression, "_gains", "gains", part=True)
+if hasattr(compression, "_error_carriers"):
+    timed(compression, "_error_carriers", "error carriers", part=True)
 if hasattr(compression, "_budget_limits"):
     timed(compression, "_budget_limits", "budget", part=True)
 if fidelity is not None:
@@ -223,6 +230,8 @@ timed(codebook, "fit_codebook", "k-means")
 timed(codebook, "fit_sorted", "k-means")
 timed(codebook, "assign", "assign")
 timed(sidecar, "encode_record", "encode")
+if fidelity is not None and hasattr(fidelity, "attribute"):
+    timed(fidelity, "attribute", "attribution runs")
 start, times = time.perf_counter(), os.times()
 report = onnxcomp.compress(args["input"], args["output"])
 seconds = time.perf_counter() - start
@@ -233,7 +242,9 @@ parts = [stage for stage in PARTS if stage in totals]
 totals["other"] = seconds - sum(totals[stage] for stage in parts)
 cpu["other"] = cpu_seconds - sum(cpu[stage] for stage in parts)
 print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "params": params, "peak_rss": status("VmHWM"),
-                  "ratio": report.ratio, "rounds": calls["rounds"], "stages": dict(totals), "stage_cpu": dict(cpu)}))
+                  "ratio": report.ratio, "rounds": calls["rounds"], "output_bytes": report.output_bytes,
+                  "backoff": [(round(h["budget"], 4), round(h["min_cosine"], 4), h["passed"], len(h.get("tightened", [])))
+                              for h in report.backoff], "stages": dict(totals), "sequence": sequence, "stage_cpu": dict(cpu)}))
 """
 
 
@@ -248,40 +259,61 @@ def measure(input_path, output_path, source: str | None = None, python: str | No
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--input", action="append", default=[], metavar="NAME=PATH",
+                        help="compress this model file (e.g. a zoo model) instead of --models; repeatable")
     parser.add_argument("--repeat", type=int, default=3, help="runs per model; the median run is reported")
     parser.add_argument("--folder", default=None, help="where to write the models (default: a temporary folder)")
+    parser.add_argument("--keep", default=None, help="write the outputs here and keep them (NAME.LABEL.K.onnx and sidecar), "
+                        "e.g. to compare two checkouts' bytes with cmp")
     parser.add_argument("--record", action="store_true", help="write the result into docs/benchmarks.md")
     parser.add_argument("--section", default="compress-speed", help="section name in docs/benchmarks.md")
     parser.add_argument("--source", default=None, help="import onnxcomp's Python code from this checkout instead "
                         "(e.g. an older commit's `git archive`, for before/after figures)")
+    parser.add_argument("--sources", default=None, help="comma-separated checkouts run alternately, one run of each per "
+                        "repeat (A/B in one period; `installed` = the installed code); overrides --source")
     parser.add_argument("--against", default=None, metavar="PYTHON",
                         help="also time this interpreter's install (another checkout's venv python, its compiled "
-                        "module too), alternating with this one run by run on the same input: before/after figures "
-                        "taken in the same period")
+                        "module too), alternating with the others run by run on the same input")
     args = parser.parse_args()
+    sources = [None if s == "installed" else s for s in args.sources.split(",")] if args.sources else [args.source]
+    labels = [Path(s).name if s else "installed" for s in sources]
+    pythons = [None] * len(sources)
+    if args.against:
+        sources, labels, pythons = sources + [None], labels + ["against"], pythons + [args.against]
+    inputs = dict(item.split("=", 1) for item in args.input)
+    names = list(inputs) if inputs else args.models.split(",")
     rows, stage_rows = [], []
     with tempfile.TemporaryDirectory(dir=args.folder) as folder:
-        for name in args.models.split(","):
-            source = Path(folder) / f"{name}.onnx"
-            onnx.save(MODELS[name](), str(source))
-            sides = [("", None)] + ([(" (against)", args.against)] if args.against else [])
-            timed = {label: [] for label, _ in sides}
-            for _ in range(args.repeat):  # with --against, the two installs alternate run by run
-                for label, python in sides:
-                    timed[label].append(measure(source, Path(folder) / f"{name}.out.onnx", args.source, python))
-            for label, _ in sides:
-                runs = sorted(timed[label], key=lambda r: r["seconds"])
+        outputs = Path(args.keep or folder)
+        outputs.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            source = Path(inputs[name]) if name in inputs else Path(folder) / f"{name}.onnx"
+            if name not in inputs:
+                onnx.save(MODELS[name](), str(source))
+            found = {label: [] for label in labels}
+            for k in range(args.repeat):
+                for checkout, label, python in zip(sources, labels, pythons):
+                    run = measure(source, outputs / f"{name}.{label}.{k}.onnx", checkout, python)
+                    print(f"{name} {label} run {k}: {run['seconds']:.2f} s wall, {run['cpu_seconds']:.2f} s CPU, "
+                          f"{run['output_bytes']:,} bytes, back-off {run['backoff']}\n  steps (wall, CPU s): "
+                          + ", ".join(f"{step} {wall:.2f}/{cpu:.2f}" for step, wall, cpu in run["sequence"]
+                                      if wall >= 0.05), flush=True)
+                    found[label].append(run)
+            for label in labels:
+                runs = sorted(found[label], key=lambda r: r["seconds"])
                 run = runs[len(runs) // 2]
                 rate = run["params"] / run["seconds"] / 1e6
-                rows.append(f"| {name}{label} | {run['params'] / 1e6:.1f} M | {run['ratio']:.1f}x | "
-                            f"{statistics.median(r['seconds'] for r in runs):.2f} s | {rate:.1f} M/s | {run['cpu_seconds']:.2f} s | "
+                title = name if len(labels) == 1 else f"{name} ({label})"
+                rows.append(f"| {title} | {run['params'] / 1e6:.1f} M | {run['ratio']:.2f}x | "
+                            f"{statistics.median(r['seconds'] for r in runs):.2f} s | {rate:.1f} M/s | "
+                            f"{statistics.median(r['cpu_seconds'] for r in runs):.2f} s | "
                             f"{run['params'] / run['cpu_seconds'] / 1e6:.1f} M/s | {run['peak_rss'] / 2**20:.0f} MiB |")
                 stages, stage_cpu = run["stages"], run["stage_cpu"]
-                stage_rows.append(f"| {name}{label} | {run['rounds']} | " + " | ".join(
+                stage_rows.append(f"| {title} | {run['rounds']} | " + " | ".join(
                     f"{stages.get(s, 0.0):.2f} / {stage_cpu.get(s, 0.0):.2f}" for s in COLUMNS) + " |")
                 print(rows[-1], flush=True)
                 print(stage_rows[-1], flush=True)
-    table = ("| Model | Compressed parameters | Ratio | Wall time (median) | Rate (wall) | CPU time | Rate per CPU second | Peak RSS |\n"
+    table = ("| Model | Compressed parameters | Ratio | Wall time (median) | Rate (wall) | CPU time (median) | Rate per CPU second | Peak RSS |\n"
              "|---|---|---|---|---|---|---|---|\n"
              + "\n".join(rows) + "\n\nSeconds per stage in the median run, wall / CPU. The steps up to \"other\" add up to "
              "the total (a step's CPU time includes its worker threads; \"other\" is the rest: imports, model copies, size "
@@ -297,8 +329,8 @@ def main() -> None:
 
 
 PARTS = ["load", "select", "allocate", "prune", "share + encode", "pack", "export", "write", "load check", "gains", "budget",
-         "fidelity"]
-DETAILS = ["candidate fits", "outlier choice", "k-means", "assign", "encode"]
+         "error carriers", "fidelity"]
+DETAILS = ["candidate fits", "outlier choice", "k-means", "assign", "encode", "attribution runs"]
 COLUMNS = PARTS + ["other"] + DETAILS
 
 if __name__ == "__main__":

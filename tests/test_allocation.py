@@ -250,7 +250,7 @@ def test_targeted_backoff_tightens_the_weight_carrying_the_error(tmp_path, monke
     def first_fails(original, compressed, feeds, inputs, *args):
         result = measure(original, compressed, feeds, inputs, *args)
         runs.append(result.min_cosine)
-        result.min_cosine = 0.5 if len(runs) == 1 else 0.999
+        result.min_cosine = 0.985 if len(runs) == 1 else 0.999  # (a miss within reach of targeted rounds)
         return result
     monkeypatch.setattr(fidelity, "compare_runs", first_fails)
     once, limits = compression._compress_once, []
@@ -289,7 +289,7 @@ def test_targeted_backoff_falls_back_to_halving_every_budget(tmp_path, monkeypat
         result = measure(original, compressed, feeds, inputs, *args)
         runs.append(result.min_cosine)
         if len(runs) <= 1 + compression.TARGETED_ROUNDS:
-            result.min_cosine = 0.5
+            result.min_cosine = 0.985  # (within reach of TARGETED_REACH)
         return result
     monkeypatch.setattr(fidelity, "compare_runs", late_pass)
     report = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx")
@@ -389,3 +389,34 @@ def test_uniform_codebook_needs_fewer_bytes_at_equal_error(rng):
         assert uniform.max_relative < kmeans.max_relative / 4
         table, indices = codebook.quantize(w, np.ones(w.size, bool), uniform.bits, levels=uniform.levels)
         assert np.linalg.norm(w - table[indices]) / np.linalg.norm(w) == pytest.approx(uniform.relative_l2, rel=1e-3)
+
+
+def test_targeted_rounds_skipped_when_the_miss_is_out_of_their_reach(tmp_path, monkeypatch):
+    """A first miss further below the check than TARGETED_ROUNDS rounds can recover (1 - min cosine above
+    (1 - 0.99) * TARGETED_REACH ** TARGETED_ROUNDS) goes straight to halving every weight's budget: no per-weight
+    measurement, no targeted round, and the output of the back-off without targeted rounds, byte for byte."""
+    from onnxcomp.pipeline import compression, fidelity
+    _, model = _three_matmuls(np.random.default_rng(13))
+    onnx.save(model, tmp_path / "in.onnx")
+    measure, runs = fidelity.compare_runs, []
+
+    def far_miss(*args):
+        result = measure(*args)
+        runs.append(result)
+        result.min_cosine = 0.5 if len(runs) == 1 else 0.999
+        return result
+    monkeypatch.setattr(fidelity, "compare_runs", far_miss)
+    files = []
+    for targeted in (compression.TARGETED_ROUNDS, 0):
+        monkeypatch.setattr(compression, "TARGETED_ROUNDS", targeted)
+        if targeted:
+            monkeypatch.setattr(compression, "_error_carriers", lambda *args: pytest.fail("measured the carriers"))
+        runs.clear()
+        folder = tmp_path / str(targeted)
+        folder.mkdir()
+        report = onnxcomp.compress(tmp_path / "in.onnx", folder / "out.onnx")
+        assert [(r["budget"], r["passed"], r["tightened"]) for r in report.backoff] == [
+            (compression.BUDGET, False, []), (compression.BUDGET * compression.BACKOFF_FACTOR, True, [])]
+        files.append(((folder / "out.onnx").read_bytes(), (folder / "out.onnxcomp").read_bytes()))
+    assert files[0] == files[1]
+    assert 1 - 0.5 > (1 - fidelity.WARN_COSINE) * compression.TARGETED_REACH ** compression.TARGETED_ROUNDS

@@ -693,3 +693,94 @@ def test_float16_checks_in_float32_match_the_float64_reference(rng):
             assert answer == half_dense.holds_reference(values, weight), (values.shape, weight)
             answers.add(answer)
     assert answers == {True, False}
+
+def test_targeted_round_reuses_unchanged_weights_with_the_bytes_of_a_full_redo(tmp_path, monkeypatch):
+    """compress's targeted round halves one weight's limit; ShareWeightsPass gives every other weight (values, mask
+    and settings unchanged) its last finished record instead of sharing it again: the same files as sharing every
+    weight again (share_weights.REUSE False), and only the tightened weight is shared in that round."""
+    import onnxcomp
+    from onnxcomp.passes import share_weights
+    from onnxcomp.pipeline import compression
+    from test_allocation import _three_matmuls
+    _, model = _three_matmuls(np.random.default_rng(12))
+    onnx.save(model, tmp_path / "in.onnx")
+    monkeypatch.setattr(compression, "_gains", lambda *args: {"w0": 1.0, "w1": 0.25, "w2": 1.0})  # w1 carries the error
+    measure = fidelity.compare_runs
+
+    def first_fails(*args):  # the round at the model's budget misses (within reach of a targeted round)
+        result = measure(*args)
+        result.min_cosine = 0.985 if not written else 0.999
+        written.append(result)
+        return result
+    monkeypatch.setattr(fidelity, "compare_runs", first_fails)
+    reuse, reused = share_weights.ShareWeightsPass._reuse, []
+
+    def recorded(self, target, key, settings):
+        found = reuse(self, target, key, settings)
+        reused.append((target.name, found))
+        return found
+    monkeypatch.setattr(share_weights.ShareWeightsPass, "_reuse", recorded)
+    files = []
+    for on in (True, False):
+        monkeypatch.setattr(share_weights, "REUSE", on)
+        written, folder = [], tmp_path / str(on)
+        folder.mkdir()
+        reused.clear()
+        report = onnxcomp.compress(tmp_path / "in.onnx", folder / "out.onnx")
+        assert [r["tightened"] for r in report.backoff] == [[], ["w1"]]
+        files.append(((folder / "out.onnx").read_bytes(), (folder / "out.onnxcomp").read_bytes()))
+        if on:  # rounds: 0 (per-weight limits), the model's budget, the targeted round
+            assert sorted(reused[-3:]) == [("w0", True), ("w1", False), ("w2", True)]
+        else:
+            assert not any(found for _, found in reused)
+    assert files[0] == files[1]
+
+
+def test_attribution_cache_gives_the_errors_of_fresh_runs(tmp_path, rng, monkeypatch):
+    """fidelity.attribute with a cache kept between calls (compress's rounds): the same errors as without one, and a
+    second call on the same output runs no weight again (its errors are found under each weight's decoded value)."""
+    import onnxcomp
+    path = mlp(rng, str(tmp_path))
+    out = str(tmp_path / "out.onnx")
+    onnxcomp.compress(path, out, bits=4, min_elements=1)
+    loaded = model_io.load_model(path, external_data=False)
+    feeds, _, _ = fidelity.prepare(path, model=loaded)
+    feed = {k: v[:2] for k, v in feeds[0].items()}
+    cache: dict = {}
+    first = fidelity.attribute(path, out, feed, loaded, cache=cache)
+    assert first == fidelity.attribute(path, out, feed, loaded) and min(first.values()) > 0
+    relative, runs = fidelity._relative_error, []
+    monkeypatch.setattr(fidelity, "_relative_error", lambda *args: runs.append(1) or relative(*args))
+    assert fidelity.attribute(path, out, feed, loaded, cache=cache) == first and not runs
+    assert fidelity.attribute(path, out, feed, loaded) == first and len(runs) == 2
+
+
+def test_attribution_cones_give_the_errors_of_whole_model_runs(tmp_path, rng, monkeypatch):
+    """fidelity.attribute's cones (each weight's run computes only the nodes its value reaches, fed the rest from
+    one run of the original) give the errors of whole-model runs bit for bit, on a model with a residual branch and
+    a weight that reaches only a side output; a cone whose check on the original values fails runs the whole model."""
+    import onnxcomp
+    w = [(rng.standard_normal(shape) / 8).astype(np.float32) for shape in [(64, 96), (96, 96), (96, 96), (96, 10), (96, 5)]]
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h0"]), helper.make_node("Relu", ["h0"], ["r0"]),
+             helper.make_node("MatMul", ["r0", "w1"], ["h1"]), helper.make_node("Relu", ["h1"], ["r1"]),
+             helper.make_node("MatMul", ["r1", "w2"], ["h2"]), helper.make_node("Add", ["h2", "r0"], ["s"]),
+             helper.make_node("MatMul", ["s", "w3"], ["y"]), helper.make_node("MatMul", ["r1", "w4"], ["z"])]
+    model = make_model(nodes, [float_input("x", ["n", 64])], [float_input("y", ["n", 10]), float_input("z", ["n", 5])],
+                       [onnx.numpy_helper.from_array(v, f"w{i}") for i, v in enumerate(w)])
+    path, out = str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx")
+    onnx.save(model, path)
+    onnxcomp.compress(path, out, bits=3, min_elements=1)
+    loaded = model_io.load_model(path, external_data=False)
+    feed = {"x": rng.random((2, 64), dtype=np.float32)}
+    monkeypatch.setattr(fidelity, "CONE_MIN_SECONDS", 0.0)  # (the model is tiny: cones only where runs are slow)
+    whole = fidelity.attribute(path, out, feed, loaded, cones=False)
+    cache: dict = {}
+    assert fidelity.attribute(path, out, feed, loaded, cache=cache) == whole and min(whole.values()) > 0
+    (known,) = [v for k, v in cache.items() if k != "model"]
+    cones = known["cones"]
+    assert all(cone.checked for cone in cones.values() if cone.model is not None)
+    assert len(cones["w4"].model.graph.node) == 1 and cones["w4"].boundary == ["r1"]  # only the side output
+    assert cones["w3"].outputs == ["y"]
+    monkeypatch.setattr(fidelity._Cone, "run", lambda self, known, originals, name, value, probe: {
+        o: np.zeros((2, 1), np.float32) for o in self.outputs})  # a cone that computes otherwise: fails its check
+    assert fidelity.attribute(path, out, feed, loaded, cache={}) == whole

@@ -45,7 +45,9 @@ from .select_weights import drop_non_finite, non_finite_reason
 
 ROUNDINGS = ("obs", "nearest")
 PARALLEL_CODEBOOKS = 1 << 20  # weights from this many values share their alternative codebooks on the cores at once
-PARALLEL_REFIT_BYTES = 64 << 20  # calibrated refits run on parallel threads while every weight's fp32 bytes are at most this
+PARALLEL_REFIT_BYTES = 64 << 20
+FINISHED = "finished"  # cache keys (FINISHED, weight name): a weight's last finished result (_keep, _reuse)
+REUSE = True  # with a cache: a weight whose values, mask and settings are unchanged takes its last result (False: shared again)  # calibrated refits run on parallel threads while every weight's fp32 bytes are at most this
 
 
 class ShareWeightsPass(GraphPass):
@@ -66,6 +68,7 @@ class ShareWeightsPass(GraphPass):
         self.rules = tuple(rules)
         self.encode = encode
         self.cache = cache
+        self.reuse = REUSE
 
     def bits_for(self, target) -> int:
         """Index bits: a per-weight override (budget allocation), a layer rule matching the name, else the kind's."""
@@ -106,6 +109,11 @@ class ShareWeightsPass(GraphPass):
             option = 0.0 if no_outliers else self.outliers_for(target)
             scaled = target.scaled_alternative if axis is not None and target.alternative is not None else None
             compared = target.alternative is not None and (target.levels_override or scaled is not None)
+            # everything the result below depends on besides the values and mask (which _prepared's key holds)
+            settings = (target.bits, option, self.init, self.seed, target.levels_override, target.alternative, scaled,
+                        axis, target.dtype, self.encode is not None)
+            if statistics is None and self._reuse(target, self._entry_key(target, prepared), settings):
+                return None
             # The codebooks tried on this weight are independent (the prepared arrays are only read once made):
             # on a large weight they run on the cores at once, results taken in the same order (same bytes).
             jobs = [lambda: outlier_math.share(values, target.keep, target.bits, option=option, init=self.init, seed=self.seed,
@@ -132,6 +140,7 @@ class ShareWeightsPass(GraphPass):
                 if scaled is not None:
                     choices.append((*done[1], bits, levels))
                 shared, scales = self._uniform_or_kmeans(target, choices, done[-1] if target.levels_override else shared)
+            key = self._entry_key(target, prepared) if statistics is None else None
             del prepared
             target.scales, target.scale_axis = (scales, axis) if scales is not None else (None, 0)
             target.codebook, target.indices = shared.codebook, shared.indices
@@ -145,6 +154,7 @@ class ShareWeightsPass(GraphPass):
             del values
             if self.encode is not None:
                 self.encode(target)
+            self._keep(target, key, settings)
             return None
 
         # Weights are independent: each is shared (and encoded) on its own thread, results taken in order, so the
@@ -192,6 +202,45 @@ class ShareWeightsPass(GraphPass):
         prepared = {}
         self.cache[target.name] = (key, prepared)
         return prepared
+
+    def _entry_key(self, target, prepared: dict):
+        """The cache's key of ``target``'s values and pruning mask when ``prepared`` is the cache's entry for them
+        (_prepared), else None: only then do they identify the weight's result."""
+        entry = self.cache.get(target.name) if self.cache is not None and self.reuse else None
+        return entry[0] if entry is not None and entry[1] is prepared else None
+
+    def _reuse(self, target, key, settings: tuple) -> bool:
+        """Give ``target`` the finished result (codebook, indices, outliers, scales, bits, record) an earlier pass with
+        this ``cache`` computed for it, when its values and pruning mask (``key``, _entry_key) and every setting the
+        result depends on (``settings``) are the same: sharing is deterministic, so it would compute the same again
+        (tests/test_fast_paths.py compares the bytes). compress's targeted back-off rounds change a few weights'
+        limits and keep the rest. Returns whether it did."""
+        finished = self.cache.get((FINISHED, target.name)) if key is not None else None
+        if finished is None or finished[0] != key or finished[1] != settings:
+            return False
+        kept = finished[2]
+        target.bits, target.levels_override = kept["bits"], kept["levels"]
+        target.scales = None if kept["scales"] is None else kept["scales"].copy()
+        target.scale_axis = kept["scale_axis"]
+        target.codebook = kept["codebook"].copy()
+        target.indices = None if kept["indices"] is None else kept["indices"].astype(np.int64)  # (None: released)
+        target.outlier_positions, target.outlier_values = kept["positions"].copy(), kept["values"].copy()
+        if kept["record"] is not None:
+            target.record, target.transposed = kept["record"], kept["transposed"]
+        return True
+
+    def _keep(self, target, key, settings: tuple) -> None:
+        """Keep ``target``'s finished result for _reuse under its weight's name (one result per weight, the latest;
+        the indices in the narrowest unsigned type that holds them), when ``key`` is not None (_entry_key)."""
+        if key is None:
+            return
+        narrow = np.uint8 if len(target.codebook) <= 1 << 8 else np.uint16 if len(target.codebook) <= 1 << 16 else np.int64
+        self.cache[(FINISHED, target.name)] = (key, settings, {
+            "bits": target.bits, "levels": target.levels_override, "scales": target.scales,
+            "scale_axis": target.scale_axis, "codebook": target.codebook,
+            "indices": None if target.indices is None else target.indices.astype(narrow),
+            "positions": target.outlier_positions, "values": target.outlier_values, "record": target.record,
+            "transposed": target.transposed})
 
     def _share_scaled(self, target, values, bits: int, option, levels: int, axis: int, importance):
         """(shared, scales): the uniform codebook of ``levels`` values fit to ``values`` divided by their channel

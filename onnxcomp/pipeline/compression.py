@@ -65,6 +65,13 @@ REFINE_ROUNDS = 2
 # them passes at 9.5 MB where halving every weight's budget gave 11.7 MB: docs/benchmarks.md, branch ratio5).
 TARGETED_ROUNDS = 2
 TARGETED_SHARE = 0.5
+# A targeted round runs only while the miss is within reach of the check: 1 - min cosine <= (1 - WARN_COSINE) *
+# TARGETED_REACH ** (targeted rounds left). Halving the limits of weights that hold at least TARGETED_SHARE of the
+# squared error lowers the predicted squared output error to at least a quarter (every weight halved), and 1 - cosine
+# is about r^2 / 2 for a relative error r, so a round divides 1 - min cosine by about 4 at best; 5 leaves slack.
+# ppocr-rec misses at 0.646 (1 - cos 0.354 > 0.01 * 25): its two targeted rounds reached 0.654 and 0.911 and the
+# halving wrote the output anyway (docs/benchmarks.md, branch backoff6); vgg16-tumor's 0.985 is within reach.
+TARGETED_REACH = 5.0
 BUDGET = 0.15  # model-level budget R on sqrt(sum (g_i e2_i)^2), gains relative to their median
 MIN_SAVING = 0.02  # the defaults write a copy when compression would save less than this share of the input's bytes
 BUDGET_UNMEASURED = 0.05  # R when fidelity cannot be measured (every gain 1, no back-off): a third of BUDGET
@@ -382,6 +389,8 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
     try:
         cache: dict = {}
         share_cache = {} if calib is None and model_io.model_bytes(input_path, graph_only) <= SHARE_CACHE_BYTES else None
+        # the per-weight measurements' (fidelity.attribute) outputs of the original and errors by decoded value
+        measured = {} if model_io.model_bytes(input_path, graph_only) <= SHARE_CACHE_BYTES else None
         opened: set[str] = set()  # staged outputs known to load in onnxruntime
         limits: dict[str, float] | None = None  # None: per-weight proxy limits (round 0)
         history: list[dict] = []
@@ -427,7 +436,7 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
                 chosen = _round0_choices(cache)
                 candidates = background.submit(_candidates, cache)
                 gains = _gains(input_path, staged, feeds if measure and not unavailable else [], cache, report, graph_only,
-                               chosen)
+                               chosen, measured)
                 budget = BUDGET if gains is not None else BUDGET_UNMEASURED
                 gains = gains or {name: 1.0 for name in cache}
             elif result is None or (not result.below and not history):  # passed at the model's budget (or unmeasured)
@@ -445,8 +454,10 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
                     passing = budget
                     if best is None or report.output_bytes < best[0].output_bytes:
                         best = (report, result, staged)
-                if result.below and targeted < TARGETED_ROUNDS and (this_round is not None or len(history) == 1):
-                    carriers = _error_carriers(input_path, staged, feeds, limits, graph_only)
+                reach = (1 - fidelity_check.WARN_COSINE) * TARGETED_REACH ** (TARGETED_ROUNDS - targeted)
+                if (result.below and targeted < TARGETED_ROUNDS and (this_round is not None or len(history) == 1)
+                        and 1 - result.min_cosine <= reach):
+                    carriers = _error_carriers(input_path, staged, feeds, limits, graph_only, measured)
                     if carriers:  # tighten only these; every other weight keeps its limit
                         targeted += 1
                         log.info("fidelity min cosine %.4f below %.2f: limits of %s x %g", result.min_cosine,
@@ -454,6 +465,9 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
                         limits = {name: limit * BACKOFF_FACTOR if name in carriers else limit for name, limit in limits.items()}
                         tightened = carriers
                         continue
+                if result.below and targeted < TARGETED_ROUNDS and 1 - result.min_cosine > reach:
+                    log.info("fidelity min cosine %.4f: too far below %.2f for %d targeted round(s): the budget back-off",
+                             result.min_cosine, fidelity_check.WARN_COSINE, TARGETED_ROUNDS - targeted)
                 # the budget back-off (after the targeted rounds missed: from the model's budget, every weight)
                 scaled = False
                 rounds = [h for h in history if not h["tightened"]]
@@ -471,7 +485,7 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
                              budget, math.sqrt(passing * failing))
                     budget = math.sqrt(passing * failing)
             limits = _budget_limits(cache, gains, budget, report, candidates.result())
-        share_cache = None  # (the rounds are over: its sorted weights are not needed)
+        share_cache = measured = None  # (the rounds are over: its sorted weights and sessions are not needed)
         if best is not None:  # the smallest output that passed (the search's last round may have failed)
             report, result, staged = best
         if staged not in opened:
@@ -517,7 +531,8 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
 
 
 def _gains(input_path: str, staged: str, feeds: list[dict], cache: dict, report: Report,
-           loaded: onnx.ModelProto | None = None, chosen: dict | None = None) -> dict[str, float] | None:
+           loaded: onnx.ModelProto | None = None, chosen: dict | None = None,
+           measured_cache: dict | None = None) -> dict[str, float] | None:
     """Per weight (the allocator's ``cache`` keys): the measured gain g = r / e2 of its effect on the output r
     (fidelity.attribute, on ATTRIBUTION_SAMPLES samples of the first feed) over its predicted relative L2 error e2,
     divided by the median gain and clipped to GAIN_RANGE (the median stands for weights not compressed in this
@@ -526,12 +541,12 @@ def _gains(input_path: str, staged: str, feeds: list[dict], cache: dict, report:
     None without feeds or when the model cannot be run on them. Models above ATTRIBUTION_BYTES get gains of 1
     (the measurement holds copies of the whole model in memory, and protobuf serialises at most 2 GiB). ``loaded``:
     the input as model_io.load_model(input_path, external_data=False) gave it (not parsed again); ``chosen``: round
-    0's choices (_round0_choices), when already taken."""
+    0's choices (_round0_choices), when already taken; ``measured_cache``: _attribution's."""
     if not feeds:
         return None
     if model_io.model_bytes(input_path, loaded) > ATTRIBUTION_BYTES:
         return {name: 1.0 for name in cache}
-    errors = _attribution(input_path, staged, feeds, loaded)
+    errors = _attribution(input_path, staged, feeds, loaded, measured_cache)
     if errors is None:
         return None
     compressed = {layer.name for layer in report.layers}
@@ -548,14 +563,17 @@ def _gains(input_path: str, staged: str, feeds: list[dict], cache: dict, report:
     return {name: float(np.clip(measured.get(name, median) / median, low, high)) for name in cache}
 
 
-def _attribution(input_path: str, staged: str, feeds: list[dict], loaded: onnx.ModelProto | None) -> dict[str, float] | None:
+def _attribution(input_path: str, staged: str, feeds: list[dict], loaded: onnx.ModelProto | None,
+                 cache: dict | None = None) -> dict[str, float] | None:
     """fidelity.attribute of the output at ``staged`` on ATTRIBUTION_SAMPLES samples of the first feed (weight name ->
-    relative output error with that weight alone decoded); None when onnxruntime cannot run the model on them."""
+    relative output error with that weight alone decoded); None when onnxruntime cannot run the model on them.
+    ``cache``: attribute's, kept by compress between its rounds (the original's outputs, and each weight's error
+    under its decoded value, are not computed again)."""
     from onnxcomp.pipeline.fidelity import attribute
     count = next((len(v) for v in feeds[0].values() if np.ndim(v)), 0)
     feed = {k: (v[:ATTRIBUTION_SAMPLES] if np.ndim(v) and len(v) == count else v) for k, v in feeds[0].items()}
     try:
-        return attribute(input_path, staged, feed, loaded)
+        return attribute(input_path, staged, feed, loaded, cache=cache, cones=True)
     except Exception as error:  # onnxruntime's own errors (a feed the model takes only whole)
         log.info("per-weight effect not measured (%s)", str(error).strip().splitlines()[0])
         return None
@@ -564,16 +582,16 @@ def _attribution(input_path: str, staged: str, feeds: list[dict], loaded: onnx.M
 
 
 def _error_carriers(input_path: str, staged: str, feeds: list[dict], limits: dict[str, float],
-                    loaded: onnx.ModelProto | None = None) -> list[str]:
+                    loaded: onnx.ModelProto | None = None, measured_cache: dict | None = None) -> list[str]:
     """The weights of the output at ``staged`` that carry its error: each weight's relative output error alone at its
     allocated error (fidelity.attribute on ATTRIBUTION_SAMPLES samples of the first feed, as ``_gains``), and of the
     weights compressed under a limit (``limits`` > 0) the smallest set of the largest errors whose squares reach
     TARGETED_SHARE of their sum (ties by name). Errors add as independent terms in the budget's model
     (sqrt(sum (g e2)^2)), so these weights hold at least that share of the predicted output error. Empty without
-    feeds, when the model cannot be run on them, or when no weight has an error."""
+    feeds, when the model cannot be run on them, or when no weight has an error. ``measured_cache``: _attribution's."""
     if not feeds or model_io.model_bytes(input_path, loaded) > ATTRIBUTION_BYTES:
         return []
-    errors = _attribution(input_path, staged, feeds, loaded)
+    errors = _attribution(input_path, staged, feeds, loaded, measured_cache)
     if errors is None:  # the back-off halves every weight's budget instead
         return []
     ranked = sorted(((e, n) for n, e in errors.items() if limits.get(n, 0.0) > 0 and e > 0 and math.isfinite(e)),

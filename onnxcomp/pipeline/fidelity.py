@@ -32,6 +32,8 @@ import logging
 import math
 import os
 import re
+import time
+import zlib
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -49,6 +51,7 @@ SAMPLES = 16  # samples compared (real or synthesised)
 BATCH = 16
 DYNAMIC_DIM = 32  # a dynamic dimension other than the first
 WARN_COSINE = 0.99
+CONE_MIN_SECONDS = 0.25  # attribute's cones only where the original's run on the feed takes this much CPU time
 STATE_NAMES = re.compile(r"(state|hidden|^h0$|^c0$|^h$|^c$|past|cache)", re.IGNORECASE)
 ZERO_ID_NAMES = re.compile(r"(token_type|segment)", re.IGNORECASE)
 FINAL_ACTIVATIONS = {"Sigmoid"}
@@ -510,29 +513,49 @@ def _relative_error(expected: list[np.ndarray], actual: list[np.ndarray]) -> flo
 
 
 def attribute(original_path: str, compressed_path: str, feed: dict[str, np.ndarray],
-              original: onnx.ModelProto | None = None) -> dict[str, float]:
+              original: onnx.ModelProto | None = None, cache: dict | None = None, cones: bool = True) -> dict[str, float]:
     """Per compressed weight: the relative L2 error (``_relative_error``) of the compared tensors (each output, or
     its logits: module docstring) when only that weight takes its decoded value in the original model, on
-    ``feed``. One run of the model per weight (weights on the cores in parallel, parallel.ordered_map); weights
+    ``feed``. One run per weight (weights on the cores in parallel, parallel.ordered_map); weights
     inside subgraphs are substituted in a copy. ``original``:
     the original as ``model_io.load_model(original_path, external_data=False)`` gave it, when the caller has it
-    (used as it is unless its data is external; never modified)."""
+    (used as it is unless its data is external; never modified).
+
+    ``cones`` (the default): a main-graph weight's run computes only the nodes its value reaches (``_Cone``), fed
+    the values the rest of the graph gives them, which one more run of the original computes (every such value an
+    extra output); the other compared tensors are the original's. A cone is used only after it gave the whole
+    model's outputs bit for bit on the original values (onnxruntime may fuse or re-lay out nodes across the cone's
+    edge otherwise: ppocr-rec, 12 of 27 weights fail the check and run whole), so the errors are those of
+    whole-model runs; and only where the original's run takes CONE_MIN_SECONDS of CPU time (below, the sessions
+    and checks cost more than they save). vgg16-tumor: 13.0 -> 8.6 CPU seconds per call (docs/benchmarks.md,
+    branch backoff6). False: whole-model runs, the straightforward version tests/test_fast_paths.py compares with.
+    ``cache``: a dict the caller keeps between calls with the same original and ``feed`` (compress's rounds): the
+    original's outputs, boundary values, cones and sessions per set of weights measured, and each weight's error
+    under the crc-32 of its decoded value, are kept there and not computed again (the same numbers: onnxruntime
+    runs each session alike)."""
     from onnx import numpy_helper
     from onnxcomp.passes import model_io
+    from onnxcomp.passes.calibration import feed_batches
     from onnxcomp.pipeline.autotune import _weight_as_input
     from onnxcomp.core import sidecar
     from onnxcomp.pipeline.inspection import stored_weights
     from onnxcomp.passes.base import _raw_view
     stored = stored_weights(model_io.load_model(compressed_path, external_data=False), compressed_path)
     graphs = [] if original is None else list(model_io.graphs_of(original.graph))
-    if original is None or any(t.data_location == onnx.TensorProto.EXTERNAL for g in graphs for t in g.initializer):
+    kept = cache.get("model") if cache is not None else None
+    if kept is not None:
+        model = kept
+    elif original is None or any(t.data_location == onnx.TensorProto.EXTERNAL for g in graphs for t in g.initializer):
         model = model_io.load_model(original_path)
     elif any(n.op_type == "Constant" for g in graphs for n in g.node):  # moved into initializers below: a copy
         model = onnx.ModelProto()
         model.CopyFrom(original)
     else:
         model = original
-    model_io.constants_to_initializers(model.graph)
+    if kept is None:
+        model_io.constants_to_initializers(model.graph)
+        if cache is not None:
+            cache["model"] = model
     taps = logit_taps(model)
     compared = [taps.get(o.name, o.name) for o in model.graph.output]
     compared = list(dict.fromkeys(compared))
@@ -543,12 +566,14 @@ def attribute(original_path: str, compressed_path: str, feed: dict[str, np.ndarr
     # read-only views over the protos' bytes where they are float raw data (numpy_helper.to_array copies them again)
     originals = {name: _raw_view(everywhere[name]) for name in weights if name in main}
     originals = {name: numpy_helper.to_array(everywhere[name]) if view is None else view for name, view in originals.items()}
+    # what a probe is made of: which weights are its inputs (the rest stay initializers, which onnxruntime may fold)
+    known = cache.setdefault(("probe", tuple(sorted(originals))), {}) if cache is not None else {}
 
-    def session(proto: onnx.ModelProto) -> ort.InferenceSession:
+    def session(proto: onnx.ModelProto, outputs=None) -> ort.InferenceSession:
         probe = onnx.ModelProto()
         probe.CopyFrom(proto)
         del probe.graph.output[:]
-        probe.graph.output.extend(onnx.ValueInfoProto(name=name) for name in compared)
+        probe.graph.output.extend(onnx.ValueInfoProto(name=name) for name in outputs or compared)
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         options.log_severity_level = 3
@@ -558,16 +583,130 @@ def attribute(original_path: str, compressed_path: str, feed: dict[str, np.ndarr
 
     first = next(iter(feed.values()), None)
     batch = int(first.shape[0]) if first is not None and first.ndim else 1
-    probe = session(_weight_as_input(model, originals)) if originals else None
-    expected = run_batched(probe, feed, batch, extra=originals) if probe else run_batched(session(model), feed, batch)
+    if "expected" not in known:
+        known["weights"] = _weight_as_input(model, originals) if originals else None
+        known["probe"] = session(known["weights"]) if originals else None
+        probe = known["probe"]
+        started = time.thread_time()
+        known["expected"] = (run_batched(probe, feed, batch, extra=originals) if probe
+                             else run_batched(session(model), feed, batch))
+        # (a cheap model's runs cost less than the cones' sessions, checks and extra run: whole-model runs there)
+        if cones and probe is not None and time.thread_time() - started >= CONE_MIN_SECONDS:
+            known["cones"] = _Cone.build(known["weights"], sorted(originals), compared)
+            extra_outputs = sorted({b for cone in known["cones"].values() for b in cone.boundary})
+            parts = feed_batches(probe, feed, batch)
+            known["parts"] = parts
+            if extra_outputs:
+                exposed = session(known["weights"], extra_outputs)
+                known["boundary"] = [dict(zip(extra_outputs, exposed.run(extra_outputs, {**part, **originals})))
+                                     for part in parts]
+            else:
+                known["boundary"] = [{} for _ in parts]
+            for cone in known["cones"].values():
+                cone.declare(known["boundary"][0])
+    probe, expected = known["probe"], known["expected"]
+    cone_of = known.get("cones", {})
+    errors = known.setdefault("errors", {})
 
     def error(name: str) -> float:  # on a worker thread: onnxruntime runs one session from several threads
         decoded = weights[name].dense()
         if name in originals:
-            actual = run_batched(probe, feed, batch, extra={**originals, name: decoded.astype(originals[name].dtype, copy=False)})
+            decoded = decoded.astype(originals[name].dtype, copy=False)
+        key = (name, decoded.dtype.str, zlib.crc32(memoryview(np.ascontiguousarray(decoded)).cast("B")))
+        if key in errors:
+            return errors[key]
+        cone = cone_of.get(name)
+        if cone is not None and cone.model is not None and cone.checked is None:
+            # the check: the cone on the original values must give the whole model's outputs bit for bit (onnxruntime
+            # may fuse or re-lay out nodes across the cone's edge differently: ppocr-rec, 12 of 27 weights)
+            cone.session = session(cone.model, cone.outputs)
+            same = cone.run(known, originals, name, originals[name], probe)
+            cone.checked = all(np.array_equal(same[c], e) and same[c].dtype == e.dtype
+                               for c, e in zip(compared, expected) if c in same)
+            if not cone.checked:
+                cone.session = None
+        if cone is not None and cone.model is not None and cone.checked:
+            changed = cone.run(known, originals, name, decoded, probe)
+            actual = [changed.get(c, e) for c, e in zip(compared, expected)]
+        elif name in originals:
+            actual = run_batched(probe, feed, batch, extra={**originals, name: decoded})
         else:
             actual = run_batched(session(model_io.substituted(model, {name: decoded})), feed, batch)
-        return _relative_error(expected, actual)
+        errors[key] = _relative_error(expected, actual)
+        return errors[key]
 
     names = sorted(weights)
     return dict(zip(names, parallel.ordered_map(error, names)))
+
+
+class _Cone:
+    """The part of a probe (a model whose weights ``names`` are graph inputs) that one weight's value reaches: the
+    main-graph nodes that read it or, transitively, what such a node computes (a node with a subgraph counts as
+    reading every name its bodies read), kept in graph order. ``model`` holds those nodes, reading as graph inputs
+    the model's inputs and weights they use and the ``boundary`` values other nodes compute; its ``outputs`` are the
+    compared tensors it computes. None when it would compute (nearly) everything: the whole probe runs instead.
+    The nodes, their attributes and their initializers are the probe's, so onnxruntime runs the same kernels on the
+    same values."""
+
+    def __init__(self, model, inputs, boundary, outputs) -> None:
+        self.model, self.inputs, self.boundary, self.outputs = model, inputs, boundary, outputs
+        self.session = None  # opened on first use (on the worker thread that measures the weight)
+        self.checked = None  # whether it gives the whole probe's outputs on the original values (None: not run yet)
+
+    def run(self, known: dict, originals: dict, name: str, value: np.ndarray, probe) -> dict[str, np.ndarray]:
+        """The cone's outputs (name -> array, joined over the feed's batches as the probe declares them) with weight
+        ``name`` at ``value``, the other weights at ``originals`` and the boundary values of the original's run."""
+        from onnxcomp.passes.calibration import join_batches
+        runs = [self.session.run(self.outputs, {**{k: v for k, v in part.items() if k in self.inputs},
+                                                **{k: v for k, v in originals.items() if k in self.inputs},
+                                                name: value, **{b: values[b] for b in self.boundary}})
+                for part, values in zip(known["parts"], known["boundary"])]
+        return dict(zip(self.outputs, join_batches(probe, runs, self.outputs)))
+
+    @classmethod
+    def build(cls, probe: onnx.ModelProto, names: list[str], compared: list[str]) -> dict[str, "_Cone"]:
+        from onnxcomp.passes.calibration import names_read
+        from onnxcomp.pipeline.autotune import _copy_fields
+        graph = probe.graph
+        reads = [names_read(node) for node in graph.node]
+        produced = {o for node in graph.node for o in node.output if o}
+        initializers = {t.name: t for t in graph.initializer}
+        declared = {v.name: v for v in graph.input}
+        cones = {}
+        for name in names:
+            tainted, nodes = {name}, []
+            for index, node in enumerate(graph.node):  # graph order is topological
+                if reads[index] & tainted:
+                    nodes.append(index)
+                    tainted.update(o for o in node.output if o)
+            outputs = [c for c in compared if c in tainted and c != name]
+            if not nodes or not outputs or len(nodes) * 10 > len(graph.node) * 9:
+                cones[name] = cls(None, set(), [], [])
+                continue
+            inner = {o for i in nodes for o in graph.node[i].output if o}
+            read = set().union(*(reads[i] for i in nodes))
+            boundary = sorted(n for n in read - inner if n in produced)
+            inputs = sorted(n for n in read - inner if n in declared)
+            part = onnx.ModelProto()
+            _copy_fields(probe, part, skip="graph")  # opsets, functions, metadata: the probe's
+            part.graph.name = graph.name
+            part.graph.node.extend(graph.node[i] for i in nodes)
+            part.graph.initializer.extend(initializers[n] for n in sorted(read - inner) if n in initializers)
+            part.graph.input.extend(declared[n] for n in inputs)
+            # (a boundary value's type comes from the run that computes it: declared here as a tensor of any shape)
+            part.graph.output.extend(onnx.ValueInfoProto(name=o) for o in outputs)
+            cones[name] = cls(part, set(inputs), boundary, outputs)
+        return cones
+
+    def declare(self, values: dict) -> None:
+        """Declare the boundary values as graph inputs with the element types the original's run gave them (any
+        shape); a value that is not a tensor (a sequence) leaves the whole probe to run instead."""
+        if self.model is None:
+            return
+        for name in self.boundary:
+            value = values.get(name)
+            if not isinstance(value, np.ndarray) or value.dtype.kind not in "fiub":
+                self.model = None
+                return
+            self.model.graph.input.append(onnx.helper.make_tensor_value_info(
+                name, onnx.helper.np_dtype_to_tensor_dtype(value.dtype), None))
