@@ -10,7 +10,7 @@ from onnx import helper
 
 import onnxcomp
 from onnxcomp.pipeline.autotune import budget_split, compress_to_budget, holdout_split
-from onnxcomp.core.budget import allocate, allocation_metric, error, parse_budget
+from onnxcomp.core.budget import allocate, allocation_metric, error, nested_path, parse_budget
 from onnxcomp.errors import InvalidOptionError, OnnxcompError
 
 from conftest import budget_mlp, float_input, make_model, weight
@@ -83,6 +83,35 @@ def test_allocation_prefers_compressing_the_insensitive_layer():
     curves = {"big_robust": [(1000, 0.0), (100, 0.001)], "small_sensitive": [(100, 0.0), (10, 0.05)]}
     assert allocate(curves, 0.01) == {"big_robust": 1, "small_sensitive": 0}
     assert allocate({"a": [(10, 0.5)]}, 0.1) is None
+
+
+def test_nested_path_switches_a_few_more_weights_per_rung(rng):
+    """The rungs between two allocations of random curves: each holds the switches of the one before it (a weight
+    once switched to the end's candidate stays switched), the predicted error never falls after the switches that
+    add none, rung k stays within k / steps of the way, and the start and end are not repeated. Same list twice."""
+    curves = {}
+    for i in range(30):
+        errors = np.sort(rng.uniform(0, 0.01, 4)) * rng.choice([1, 10]) * [0, 1, 1, 1]  # the first: dense, exact
+        curves[f"w{i:02d}"] = [(int(b), float(e)) for b, e in zip(np.sort(rng.integers(10, 1000, 4))[::-1], errors)]
+    start, end = allocate(curves, 0.02), allocate(curves, 0.08)
+    predicted = lambda choice: sum(curves[n][i][1] for n, i in choice.items())
+    path = nested_path(curves, start, end, 4)
+    assert 1 <= len(path) <= 3 and path == nested_path(curves, start, end, 4)
+    switched = [{n for n in choice if choice[n] != start[n]} for choice in [start, *path, end]]
+    assert all(a < b for a, b in zip(switched, switched[1:]))  # strictly nested, start and end excluded
+    assert all(choice[n] in (start[n], end[n]) for choice in path for n in choice)
+    way = predicted(end) - predicted(start)
+    assert way > 0
+    for choice in path:  # each within its fraction of the way (k unknown after duplicates: the largest fraction)
+        assert predicted(choice) <= predicted(start) + 3 / 4 * way + 1e-12
+    costly = [predicted(choice) for choice in path]
+    assert costly == sorted(costly)
+    # the greedy order: of two weights that add error, the one saving more bytes per error is switched first
+    first = [n for n in switched[1] if curves[n][end[n]][1] > curves[n][start[n]][1]]
+    later = [n for n in switched[-1] - switched[1] if curves[n][end[n]][1] > curves[n][start[n]][1]]
+    ratio = lambda n: (curves[n][start[n]][0] - curves[n][end[n]][0]) / (curves[n][end[n]][1] - curves[n][start[n]][1])
+    assert not first or not later or min(map(ratio, first)) >= max(map(ratio, later))
+    assert nested_path(curves, start, start, 4) == []
 
 
 def test_budget_parsing_and_metrics():
@@ -692,10 +721,11 @@ def test_float16_candidates_share_the_measured_error_by_sensitivity():
 
 
 def test_check_set_tests_rungs_between_the_safe_rung_and_the_searched_allocation(tmp_path, rng):
-    """After the search, RUNGS trials at geometric steps of the allowed error from the largest that passed down to
-    SAFE_RUNG x it: the check set tests them (and the search's own) from the largest down, so it can stop between the
+    """After the search, the safe rung (the allocation within SAFE_RUNG x the bisection's largest allowed error that
+    met its bound) and rungs on a nested path from it to the search's allocation (budget.nested_path), whose
+    predicted errors grow rung by rung: the check set tests them from the largest down, so it can stop between the
     two instead of writing the safe rung when the searched allocation misses. Same input, same bytes twice."""
-    from onnxcomp.pipeline.autotune import RUNGS, SAFE_RUNG
+    from onnxcomp.pipeline.autotune import SAFE_RUNG
     model, data = budget_mlp(tmp_path, rng)
     kwargs = dict(budget="cosine=0.97", calib=str(data), sparsities=(0.0, 0.3, 0.5, 0.7, 0.8), bits=(2, 3, 4, 5, 6, 8),
                   min_elements=16, cache_dir=str(tmp_path / "cache"))
@@ -704,10 +734,12 @@ def test_check_set_tests_rungs_between_the_safe_rung_and_the_searched_allocation
     searched = [r for r in rounds if r["steered_by"] == "bound"]
     base = max(r["allowed"] for r in searched if r["bound"] <= 0.03 + 1e-12)
     passed_at = max([base] + [r["allowed"] for r in rounds if r["steered_by"] == "probe" and r["bound"] <= 0.03 + 1e-12])
-    rungs = [r["allowed"] for r in rounds if r["steered_by"] in ("rung", "safe rung")]
-    want = [passed_at * (SAFE_RUNG * base / passed_at) ** (k / RUNGS) for k in range(1, RUNGS + 1)]
-    # each rung at one of those steps (a rung whose allocation an earlier round already tried is not listed again)
-    assert rungs and all(any(a == pytest.approx(w) for w in want) for a in rungs)
+    safe = [r for r in rounds if r["steered_by"] == "safe rung"]
+    assert not safe or safe[0]["allowed"] == pytest.approx(SAFE_RUNG * base)
+    rungs = [r for r in rounds if r["steered_by"] == "rung"]  # a rung an earlier round already tried is not listed again
+    assert all(r["allowed"] <= passed_at + 1e-12 for r in rungs)
+    between = [r["predicted"] for r in rungs if r["allowed"] < passed_at]  # the path's own, not the search's allocation
+    assert between == sorted(between)
     checks = report.budget["checks"]
     passed = [c for c in checks if c["bound"] <= 0.03 + 1e-12]
     assert checks[:len(passed)] == passed and report.output_bytes == min(c["bytes"] for c in passed)

@@ -225,3 +225,36 @@ def allocate(curves: dict[str, list[tuple[int, float]]], max_error: float) -> di
         picks.append(int(pick[state]))
         state = int(parent[state])
     return dict(zip(curves, reversed(picks)))
+
+
+def nested_path(curves: dict[str, list[tuple[int, float]]], start: dict[str, int], end: dict[str, int],
+                steps: int) -> list[dict[str, int]]:
+    """Up to ``steps - 1`` allocations between ``start`` and ``end`` (each weight -> index of its candidate in
+    ``curves``, (bytes, error) per candidate as for ``allocate``), each ``start`` with a prefix of one fixed order
+    of the differing weights switched to ``end``'s candidate, so every allocation holds the switches of the one
+    before it (nested). The order: first the switches that add no predicted error (least bytes first: those that
+    buy error back with bytes come before those that save both), then the others by bytes saved per error added,
+    largest first (the greedy order of a fractional knapsack, Dantzig 1957); ties by weight name. Allocation k
+    (1 <= k < steps) is the longest prefix whose summed predicted error stays within a fraction k / steps of the
+    way from ``start``'s to ``end``'s (k / steps of the switches, by count, when that way adds no error);
+    duplicates, ``start`` and ``end`` themselves are left out. Deterministic: same input, same list."""
+    moves = []
+    for name in sorted(n for n in start if start[n] != end[n]):
+        (bytes_from, error_from), (bytes_to, error_to) = curves[name][start[name]], curves[name][end[name]]
+        moves.append((name, bytes_from - bytes_to, error_to - error_from))  # (weight, bytes saved, error added)
+    free = sorted((m for m in moves if m[2] <= 0), key=lambda m: (m[1], m[0]))
+    costly = sorted((m for m in moves if m[2] > 0), key=lambda m: (-m[1] / m[2], m[0]))
+    order = free + costly
+    added = np.cumsum([m[2] for m in order]) if order else np.zeros(0)
+    total = float(added[-1]) if order else 0.0
+    path, taken = [], set()
+    for k in range(1, steps):
+        if total > 0:
+            target = k / steps * total * (1 + 1e-12)  # the sums fall through the free switches, then rise
+            length = max((i + 1 for i in range(len(order)) if added[i] <= target), default=0)
+        else:
+            length = (k * len(order)) // steps
+        if 0 < length < len(order) and length not in taken:
+            taken.add(length)
+            path.append({**start, **{m[0]: end[m[0]] for m in order[:length]}})
+    return path
