@@ -176,8 +176,8 @@ def _tail_bound(errors: np.ndarray, z: float) -> float:
     error of n samples is log e_(k+1) + gamma (log(n / k) + G), G a standard Gumbel variable of variance pi^2 / 6
     (Gnedenko 1943), so its standard deviation is s = gamma sqrt(pi^2 / 6 + log(n / k)^2 / (k ln^2 2)): the fresh
     maximum's own spread plus the uncertainty of gamma. The bound is min(2, e_max exp(z s)). On log-normal errors
-    (sd 0.5, 32 samples) it lies above the worst of 32 fresh samples about 86 % of the time at z = 1, at about 1.6x
-    the worst measured (Hill's mean: 82 %, 1.5x); on mixtures where 3-30 % of the samples err 1,000x more, its
+    (sd 0.5, 32 samples) it lies above the worst of 32 fresh samples about 87 % of the time at z = 1, at about 1.6x
+    the worst measured (Hill's mean: 83 %, 1.5x); on mixtures where 3-30 % of the samples err 1,000x more, its
     median bound is 1.9-7.5x the worst measured where Hill's reached 176x (bench/tail_bound.py, docs/benchmarks.md). The
     sample count sets the margin through k and log(n / k); fewer than 3 samples leave no tail to estimate, and
     the bound is then 2 (nothing can be confirmed on them)."""
