@@ -443,6 +443,14 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
         return measured, bound
 
     for phase, rounds in (("bound", ROUNDS_SMOOTH if smooth else ROUNDS), ("measured", ROUNDS_MEASURED if counted else 0)):
+        if phase == "measured" and not rounds:
+            # no trials steered by the measured error (a budget in the curves' own metric): the probes and rungs hang
+            # from the largest allowed error that met the bound, or, when none did, from the largest that met the
+            # budget as measured (before, always the latter: silero-vad's rungs led to an allocation whose bound
+            # on the held-back samples, 0.0248, missed 0.02)
+            if passed_at is None:
+                passed_at = max((h["allowed"] for h in history if goal.met(h["measured"])), default=None)
+            break
         if phase == "measured":
             passed_at = max((h["allowed"] for h in history if goal.met(h["measured"])), default=None)
             failed_at = min((h["allowed"] for h in history if not goal.met(h["measured"])
