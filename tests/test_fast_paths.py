@@ -784,3 +784,37 @@ def test_attribution_cones_give_the_errors_of_whole_model_runs(tmp_path, rng, mo
     monkeypatch.setattr(fidelity._Cone, "run", lambda self, known, originals, name, value, probe: {
         o: np.zeros((2, 1), np.float32) for o in self.outputs})  # a cone that computes otherwise: fails its check
     assert fidelity.attribute(path, out, feed, loaded, cache={}) == whole
+
+
+
+def test_weights_shared_largest_first_write_what_one_thread_writes(tmp_path, monkeypatch):
+    """ShareWeightsPass takes the weights largest first on the cores (each starts when a worker is free): in a graph
+    whose weights grow along it, the last is taken first, and the files are byte-identical to those of one thread
+    (the model file differs only in the sidecar's name)."""
+    import onnxcomp
+    from onnxcomp.passes import share_weights
+    rng = np.random.default_rng(5)
+    weights = [rng.standard_normal(shape).astype(np.float32) for shape in ((32, 128), (128, 256), (256, 256))]
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h0"]), helper.make_node("Relu", ["h0"], ["r0"]),
+             helper.make_node("MatMul", ["r0", "w1"], ["h1"]), helper.make_node("Relu", ["h1"], ["r1"]),
+             helper.make_node("MatMul", ["r1", "w2"], ["y"])]
+    model = make_model(nodes, [float_input("x", ["n", 32])], [float_input("y", ["n", 256])],
+                       [onnx.numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)])
+    onnx.save(model, tmp_path / "in.onnx")
+    order, real = [], share_weights.parallel.completed_map
+
+    def recording(function, items, workers=None):
+        items = list(items)
+        order.append(items)
+        return real(function, items, workers)
+
+    monkeypatch.setattr(share_weights.parallel, "completed_map", recording)
+    written = []
+    for threads in ("1", "2"):
+        monkeypatch.setenv("ONNXCOMP_THREADS", threads)
+        out = tmp_path / f"out{threads}.onnx"
+        onnxcomp.compress(str(tmp_path / "in.onnx"), str(out))
+        written.append((out.read_bytes().replace(f"out{threads}".encode(), b"out"),
+                        (tmp_path / f"out{threads}.onnxcomp").read_bytes()))
+    assert written[0] == written[1]
+    assert order and all(items == [2, 1, 0] for items in order)

@@ -176,11 +176,16 @@ class ShareWeightsPass(GraphPass):
             import scipy.linalg  # noqa: F401  (threadpoolctl limits only the libraries already loaded)
             from threadpoolctl import threadpool_limits
             limit = threadpool_limits(limits=1, user_api="blas")
+        # Largest first, each started as soon as a worker is free (longest-processing-time-first: a long weight no
+        # longer waits for the one before it to be taken, nor keeps the next from starting); the results are taken
+        # in the targets' order, so nothing written depends on which finished first.
+        by_size = sorted(range(len(targets)), key=lambda i: -targets[i].size)
         with limit:
-            shared = parallel.ordered_map(share, targets, workers)
-            for target, non_finite in progress.track(zip(targets, shared), "k-means codebooks", total=len(targets)):
-                if non_finite:
-                    drop_non_finite(state, target, non_finite)
+            finished = dict(progress.track(parallel.completed_map(lambda i: share(targets[i]), by_size, workers),
+                                           "k-means codebooks", total=len(targets)))
+        for i, target in enumerate(targets):
+            if finished[i]:
+                drop_non_finite(state, target, finished[i])
         return PassResult(bool(targets), f"shared {len(targets)} tensors")
 
     def _prepared(self, target, values, importance) -> dict:
