@@ -181,13 +181,7 @@ def test_backoff_search_keeps_the_smallest_passing_output(tmp_path, monkeypatch)
     from onnxcomp.passes import model_io
     from onnxcomp.pipeline import compression, fidelity
     rng = np.random.default_rng(11)
-    weights = [rng.standard_normal((256, 256)).astype(np.float32), rng.standard_normal((256, 128)).astype(np.float32),
-               rng.standard_normal((128, 32)).astype(np.float32)]
-    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h0"]), helper.make_node("Relu", ["h0"], ["r0"]),
-             helper.make_node("MatMul", ["r0", "w1"], ["h1"]), helper.make_node("Relu", ["h1"], ["r1"]),
-             helper.make_node("MatMul", ["r1", "w2"], ["y"])]
-    model = make_model(nodes, [float_input("x", ["n", 256])], [float_input("y", ["n", 32])],
-                       [onnx.numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)])
+    _, model = _three_matmuls(rng)
     onnx.save(model, tmp_path / "in.onnx")
     monkeypatch.setattr(compression, "TARGETED_ROUNDS", 0)  # the budget search alone (targeted rounds: below)
     measure = fidelity.compare_runs
@@ -224,13 +218,14 @@ def test_backoff_search_keeps_the_smallest_passing_output(tmp_path, monkeypatch)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again.onnx", "again.onnxcomp", "in.onnx", "out.onnx", "out.onnxcomp"]
 
 
-def _three_matmuls(rng):
-    weights = [rng.standard_normal((256, 256)).astype(np.float32), rng.standard_normal((256, 128)).astype(np.float32),
-               rng.standard_normal((128, 32)).astype(np.float32)]
+def _three_matmuls(rng, shapes=((256, 256), (256, 128), (128, 32))):
+    """(weights, model): x -> MatMul w0 -> Relu -> MatMul w1 -> Relu -> MatMul w2 -> y, the weights standard normal
+    float32 of the given [inputs, outputs] shapes, drawn from ``rng`` in that order."""
+    weights = [rng.standard_normal(shape).astype(np.float32) for shape in shapes]
     nodes = [helper.make_node("MatMul", ["x", "w0"], ["h0"]), helper.make_node("Relu", ["h0"], ["r0"]),
              helper.make_node("MatMul", ["r0", "w1"], ["h1"]), helper.make_node("Relu", ["h1"], ["r1"]),
              helper.make_node("MatMul", ["r1", "w2"], ["y"])]
-    return weights, make_model(nodes, [float_input("x", ["n", 256])], [float_input("y", ["n", 32])],
+    return weights, make_model(nodes, [float_input("x", ["n", shapes[0][0]])], [float_input("y", ["n", shapes[-1][1]])],
                                [onnx.numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)])
 
 

@@ -793,13 +793,8 @@ def test_weights_shared_largest_first_write_what_one_thread_writes(tmp_path, mon
     (the model file differs only in the sidecar's name)."""
     import onnxcomp
     from onnxcomp.passes import share_weights
-    rng = np.random.default_rng(5)
-    weights = [rng.standard_normal(shape).astype(np.float32) for shape in ((32, 128), (128, 256), (256, 256))]
-    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h0"]), helper.make_node("Relu", ["h0"], ["r0"]),
-             helper.make_node("MatMul", ["r0", "w1"], ["h1"]), helper.make_node("Relu", ["h1"], ["r1"]),
-             helper.make_node("MatMul", ["r1", "w2"], ["y"])]
-    model = make_model(nodes, [float_input("x", ["n", 32])], [float_input("y", ["n", 256])],
-                       [onnx.numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)])
+    from test_allocation import _three_matmuls
+    _, model = _three_matmuls(np.random.default_rng(5), ((32, 128), (128, 256), (256, 256)))
     onnx.save(model, tmp_path / "in.onnx")
     order, real = [], share_weights.parallel.completed_map
 
