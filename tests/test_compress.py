@@ -237,3 +237,64 @@ def test_value_info_onnxruntime_infers_is_left_out(tmp_path, rng):
     again = onnx.load(tmp_path / "again.onnx", load_external_data=False)
     assert again.graph.value_info == out.graph.value_info
     assert drop_inferable_value_info(again) == 0  # nothing left to drop
+
+
+def test_custom_op_outputs_get_the_originals_shapes(tmp_path, rng):
+    """The output of a packed node is declared with the type and shape shape inference gives the dense model's
+    tensor of that name, so onnxruntime's optimiser sees past the custom op (here: the two Slices of the
+    CodebookConv's output become one Split, as in the dense model); the tensor between two CodebookConv nodes that
+    stays in the NCHWc layout gets no declaration; outputs equal those of the output without the declarations."""
+    import onnxruntime as ort
+    from onnxcomp.runtime import session_options
+
+    def const(name, values):
+        return numpy_helper.from_array(np.array(values, dtype=np.int64), name)
+
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Slice", ["c2", "s0", "s8", "axis"], ["a"]),
+             helper.make_node("Slice", ["c2", "s8", "s16", "axis"], ["b"]),
+             helper.make_node("Relu", ["a"], ["ya"]), helper.make_node("Sigmoid", ["b"], ["yb"])]
+    inits = [weight(rng, "w1", (16, 8, 3, 3)), weight(rng, "w2", (16, 16, 3, 3)),
+             const("s0", [0]), const("s8", [8]), const("s16", [16]), const("axis", [1])]
+    model = make_model(nodes, [float_input("x", ["batch", 8, 12, 10])],
+                       [float_input("ya", ["batch", 8, 12, 10]), float_input("yb", ["batch", 8, 12, 10])], inits)
+    onnx.save(model, tmp_path / "in.onnx")
+    onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx", bits=6, sparsity=0.0)
+    out = onnx.load(tmp_path / "out.onnx", load_external_data=False)
+    assert [(n.op_type, [a.i for a in n.attribute if a.name == "nchwc_output"]) for n in out.graph.node][:2] == \
+        [("CodebookConv", [1]), ("CodebookConv", [])]  # r1 stays blocked
+    declared = {v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim] for v in out.graph.value_info}
+    assert declared == {"c2": ["batch", 16, 12, 10]}
+
+    def optimized_ops(path):
+        options = session_options()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+        options.log_severity_level = 3
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return sorted(n.op_type for n in onnx.load(tmp_path / "optimized.onnx", load_external_data=False).graph.node)
+
+    assert optimized_ops(tmp_path / "out.onnx").count("Split") == 1
+    bare = onnx.load(tmp_path / "out.onnx", load_external_data=False)
+    del bare.graph.value_info[:]
+    onnx.save(bare, tmp_path / "bare.onnx")
+    assert optimized_ops(tmp_path / "bare.onnx").count("Slice") == 2  # what the declaration changes
+    x = rng.standard_normal((2, 8, 12, 10)).astype(np.float32)
+    for got, want in zip(run_compressed(tmp_path / "out.onnx", {"x": x}), run_compressed(tmp_path / "bare.onnx", {"x": x})):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_only_shapes_a_node_uses_are_declared():
+    """_shapes_used: a custom op's output is worth declaring when a node that uses shapes (here Shape, and an Add
+    of a bias vector) is reachable from it through elementwise ops with scalar constants; not when only such ops,
+    a pool and onnxcomp's ops read it."""
+    from onnxcomp.passes.value_info import _shapes_used
+    custom = lambda x, y: helper.make_node("CodebookConv", [x, "r"], [y], domain=onnxcomp.DOMAIN)  # noqa: E731
+    nodes = [custom("x", "a"), helper.make_node("Relu", ["a"], ["a1"]), helper.make_node("GlobalAveragePool", ["a1"], ["a2"]),
+             custom("a2", "b"), helper.make_node("Add", ["b", "bias"], ["b1"]),
+             custom("b1", "c"), helper.make_node("Mul", ["c", "two"], ["c1"]), helper.make_node("Clip", ["c1"], ["c2"]),
+             helper.make_node("Shape", ["c2"], ["s"])]
+    inits = [numpy_helper.from_array(np.ones(4, np.float32), "bias"), numpy_helper.from_array(np.float32(2), "two")]
+    graph = helper.make_graph(nodes, "g", [float_input("x", None)], [helper.make_tensor_value_info("s", onnx.TensorProto.INT64, None)], inits)
+    assert _shapes_used(helper.make_model(graph)) == {"b", "c"}

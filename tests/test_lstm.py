@@ -114,14 +114,78 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "default")
 def test_codebook_lstm_equals_onnxruntime_lstm_on_the_decoded_weights(case):
-    """Bit for bit: CodebookLSTM invokes onnxruntime's LSTM on the exact decoded weights."""
+    """Bit for bit: without the direct path (ONNXCOMP_LSTM_DIRECT=0) CodebookLSTM invokes onnxruntime's LSTM on
+    the exact decoded weights."""
     compressed, reference, feeds, feeds_reference = lstm_case(np.random.default_rng(len(str(case))), **case)
-    got = session_with_env(compressed).run(None, feeds)
+    got = session_with_env(compressed, {"ONNXCOMP_LSTM_DIRECT": "0"}).run(None, feeds)
     want = run_reference(reference, feeds_reference)
     assert len(got) == len(want)
     for g, w in zip(got, want):
         assert g.shape == w.shape
         np.testing.assert_array_equal(g, w)
+
+
+def numpy_lstm(x, w, r, b, h0, c0, direction):
+    """ONNX LSTM (layout 0, default activations, no clip, no peepholes) in float64: Y [seq, D, batch, H], Y_h and
+    Y_c [D, batch, H]; gates in the order i, o, f, c (the ONNX operator's definition)."""
+    seq, batch, _ = x.shape
+    d_count, rows, _ = w.shape
+    hidden = rows // 4
+    b = np.zeros((d_count, 8 * hidden)) if b is None else b
+    y = np.zeros((seq, d_count, batch, hidden))
+    y_h, y_c = np.zeros((d_count, batch, hidden)), np.zeros((d_count, batch, hidden))
+    sigmoid = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    for d in range(d_count):
+        h = np.zeros((batch, hidden)) if h0 is None else h0[d].astype(np.float64)
+        c = np.zeros((batch, hidden)) if c0 is None else c0[d].astype(np.float64)
+        steps = range(seq - 1, -1, -1) if direction == "reverse" or d == 1 else range(seq)
+        for t in steps:
+            g = x[t] @ w[d].T.astype(np.float64) + h @ r[d].T.astype(np.float64) + b[d, :4 * hidden] + b[d, 4 * hidden:]
+            i, o, f, cell = (g[:, k * hidden:(k + 1) * hidden] for k in range(4))
+            c = sigmoid(f) * c + sigmoid(i) * np.tanh(cell)
+            h = sigmoid(o) * np.tanh(c)
+            y[t, d] = h
+        y_h[d], y_c[d] = h, c
+    return y, y_h, y_c
+
+
+DIRECT = [c for c in CASES if not c.get("seq_lens") and c.get("clip") is None]
+
+
+@pytest.mark.parametrize("case", DIRECT, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "default")
+def test_small_lstm_direct_path_follows_the_onnx_equations(case):
+    """A small LSTM with constant records, no sequence_lens, peepholes or clip runs the direct path: within fp32
+    rounding of the ONNX equations in float64 and of onnxruntime's LSTM on the decoded weights, and the same bits
+    under every instruction-set cap (the gate products are fma chains in one order)."""
+    compressed, reference, feeds, feeds_reference = lstm_case(np.random.default_rng(len(str(case))), **case)
+    direction = next(a.s.decode() for a in compressed.graph.node[0].attribute if a.name == "direction")
+    want = numpy_lstm(feeds["X"].astype(np.float64), feeds_reference["W"], feeds_reference["R"],
+                      feeds_reference.get("B"), feeds.get("h0"), feeds.get("c0"), direction)
+    names = [o.name for o in compressed.graph.output]
+    want = [want[("Y", "Y_h", "Y_c").index(n)] for n in names]
+    got = {isa: session_with_env(compressed, {"ONNXCOMP_ISA": isa}).run(None, feeds) for isa in ("scalar", "avx2", "avx512")}
+    for g, w in zip(got["avx512"], want):
+        assert g.shape == w.shape
+        np.testing.assert_allclose(g, w, rtol=0, atol=2e-6)
+    for isa in ("scalar", "avx2"):
+        for g, w in zip(got[isa], got["avx512"]):
+            np.testing.assert_array_equal(g, w)
+    for g, w in zip(got["avx512"], run_reference(reference, feeds_reference)):
+        np.testing.assert_allclose(g, w, rtol=0, atol=2e-6)
+
+
+def test_direct_path_is_taken_where_it_applies():
+    """The direct path's bits differ from onnxruntime's LSTM (its sums run in another order) on these inputs, so the
+    comparison tells the paths apart: the default case takes it, a case with sequence_lens or clip does not."""
+    def bits_equal(case, env):
+        compressed, reference, feeds, feeds_reference = lstm_case(np.random.default_rng(3), **case)
+        got = session_with_env(compressed, env).run(None, feeds)
+        return all(np.array_equal(g, w) for g, w in zip(got, run_reference(reference, feeds_reference)))
+
+    assert not bits_equal({"hidden": 32, "inputs": 40}, {})
+    assert bits_equal({"hidden": 32, "inputs": 40}, {"ONNXCOMP_LSTM_DIRECT": "0"})
+    assert bits_equal({"hidden": 32, "inputs": 40, "seq_lens": True}, {})
+    assert bits_equal({"hidden": 32, "inputs": 40, "clip": 0.5}, {})
 
 
 def _prepacked_reference(reference: onnx.ModelProto, feeds_reference: dict) -> onnx.ModelProto:

@@ -6,10 +6,15 @@
 // kept the constant-folding of any Slice/Concat chain in between from happening (docs/ops.md).
 // A large LSTM (PrepackedWeightsThreshold) instead runs in a one-node onnxruntime session created with the working
 // copies as its initializers, so that onnxruntime prepacks W and R once, as it does for a dense model's LSTM.
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cpu/ops.h"
+
+#if defined(ONNXCOMP_HAVE_AVX2_KERNELS) || defined(ONNXCOMP_HAVE_AVX512_KERNELS)
+#include <immintrin.h>
+#endif
 
 namespace onnxcomp {
 
@@ -108,6 +113,86 @@ int64_t PrepackedWeightsThreshold() {
   char* end = nullptr;
   const long long value = strtoll(text, &end, 10);
   return (end && *end == 0 && value >= 0) ? static_cast<int64_t>(value) : kDefault;
+}
+
+// ---- The direct path (small LSTMs) ------------------------------------------------------------------------
+// y[n] = bias[n] + sum over k of z[k] * w[k * columns + n] for n < columns (a multiple of 16): each sum an fma
+// chain over k = 0..K-1 in order from 0.0, the bias added after it (the contract of the MatMul kernels,
+// matmul_kernels.h), so every instruction set gives the same bits.
+using GatesKernel = void (*)(const float* z, int64_t k, const float* w, int64_t columns, const float* bias, float* y);
+
+void LstmGatesScalar(const float* z, int64_t k, const float* w, int64_t columns, const float* bias, float* y) {
+  for (int64_t n = 0; n < columns; ++n) y[n] = 0.0f;
+  for (int64_t i = 0; i < k; ++i) {
+    const float zi = z[i];
+    const float* row = w + i * columns;
+    for (int64_t n = 0; n < columns; ++n) y[n] = fmaf(zi, row[n], y[n]);
+  }
+  for (int64_t n = 0; n < columns; ++n) y[n] += bias[n];
+}
+
+#if defined(ONNXCOMP_HAVE_AVX2_KERNELS)
+// Tiles of kTiles registers of 8 columns, the whole of k per tile (independent chains hide the fma latency).
+template <int kTiles>
+__attribute__((target("avx2,fma"))) void LstmGatesAvx2Tile(const float* z, int64_t k, const float* w, int64_t columns,
+                                                          const float* bias, float* y) {
+  __m256 acc[kTiles];
+  for (int j = 0; j < kTiles; ++j) acc[j] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < k; ++i) {
+    const __m256 zi = _mm256_broadcast_ss(z + i);
+    const float* row = w + i * columns;
+    for (int j = 0; j < kTiles; ++j) acc[j] = _mm256_fmadd_ps(zi, _mm256_loadu_ps(row + 8 * j), acc[j]);
+  }
+  for (int j = 0; j < kTiles; ++j) _mm256_storeu_ps(y + 8 * j, _mm256_add_ps(acc[j], _mm256_loadu_ps(bias + 8 * j)));
+}
+
+__attribute__((target("avx2,fma"))) void LstmGatesAvx2(const float* z, int64_t k, const float* w, int64_t columns,
+                                                      const float* bias, float* y) {
+  int64_t n = 0;
+  for (; n + 64 <= columns; n += 64) LstmGatesAvx2Tile<8>(z, k, w + n, columns, bias + n, y + n);
+  for (; n < columns; n += 16) LstmGatesAvx2Tile<2>(z, k, w + n, columns, bias + n, y + n);
+}
+#endif
+
+#if defined(ONNXCOMP_HAVE_AVX512_KERNELS)
+template <int kTiles>
+__attribute__((target("avx512f"))) void LstmGatesAvx512Tile(const float* z, int64_t k, const float* w, int64_t columns,
+                                                            const float* bias, float* y) {
+  __m512 acc[kTiles];
+  for (int j = 0; j < kTiles; ++j) acc[j] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < k; ++i) {
+    const __m512 zi = _mm512_set1_ps(z[i]);
+    const float* row = w + i * columns;
+    for (int j = 0; j < kTiles; ++j) acc[j] = _mm512_fmadd_ps(zi, _mm512_loadu_ps(row + 16 * j), acc[j]);
+  }
+  for (int j = 0; j < kTiles; ++j) _mm512_storeu_ps(y + 16 * j, _mm512_add_ps(acc[j], _mm512_loadu_ps(bias + 16 * j)));
+}
+
+__attribute__((target("avx512f"))) void LstmGatesAvx512(const float* z, int64_t k, const float* w, int64_t columns,
+                                                       const float* bias, float* y) {
+  int64_t n = 0;
+  for (; n + 128 <= columns; n += 128) LstmGatesAvx512Tile<8>(z, k, w + n, columns, bias + n, y + n);
+  for (; n < columns; n += 16) LstmGatesAvx512Tile<1>(z, k, w + n, columns, bias + n, y + n);
+}
+#endif
+
+GatesKernel GatesKernelFor(Isa isa) {
+#if defined(ONNXCOMP_HAVE_AVX512_KERNELS)
+  if (isa == Isa::kAvx512) return LstmGatesAvx512;
+#endif
+#if defined(ONNXCOMP_HAVE_AVX2_KERNELS)
+  if (isa == Isa::kAvx2 || isa == Isa::kAvx512) return LstmGatesAvx2;
+#endif
+  (void)isa;
+  return LstmGatesScalar;
+}
+
+float Sigmoid(float v) { return 1.0f / (1.0f + expf(-v)); }
+
+// ONNXCOMP_LSTM_DIRECT=0 keeps every LSTM on onnxruntime's kernel (read at kernel creation; for A/B timing).
+bool DirectPathAllowed() {
+  const char* text = getenv("ONNXCOMP_LSTM_DIRECT");
+  return !(text && strcmp(text, "0") == 0);
 }
 
 constexpr const char* kInnerInputNames[] = {"X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c", "P"};
@@ -218,6 +303,8 @@ OrtStatus* CodebookLstmKernel::Init(const OrtKernelInfo* info) {
       return Error(std::string("this onnxruntime cannot run its own LSTM for the node (CreateOp failed: ") + e.what() + ")");
     }
     CreateInnerSession(direction, input_forget, has_clip, clip);
+    reverse_ = direction == "reverse";
+    PrepareDirect(has_clip, input_forget);
     return nullptr;
   });
 }
@@ -311,6 +398,105 @@ void CodebookLstmKernel::CreateInnerSession(const std::string& direction, int64_
   }
 }
 
+void CodebookLstmKernel::PrepareDirect(bool has_clip, int64_t input_forget) {
+  LstmWeight& w = weights_[0];
+  LstmWeight& r = weights_[1];
+  const LstmWeight& b = weights_[2];
+  if (!w.record || !w.constant || !r.record || !r.constant || (b.present && !b.constant)) return;
+  if (has_clip || input_forget != 0 || optional_present_[4] || optional_present_[7] || inner_session_ ||
+      !DirectPathAllowed()) {
+    return;
+  }
+  const int64_t hidden = hidden_size_;
+  const int64_t input = w.dims[2];
+  const int64_t gates = 4 * hidden;
+  const int64_t rows = input + hidden;
+  gate_columns_ = (gates + 15) / 16 * 16;
+  input_size_ = input;
+  direct_weights_.assign(static_cast<size_t>(directions_ * rows * gate_columns_), 0.0f);
+  direct_bias_.assign(static_cast<size_t>(directions_ * gate_columns_), 0.0f);
+  const float* bias = nullptr;
+  if (b.present) bias = b.record ? b.working.data() : Ort::ConstValue(b.constant_value).GetTensorData<float>();
+  for (int64_t d = 0; d < directions_; ++d) {
+    float* out = direct_weights_.data() + d * rows * gate_columns_;
+    for (int64_t n = 0; n < gates; ++n) {
+      const float* w_row = w.working.data() + (d * gates + n) * input;
+      const float* r_row = r.working.data() + (d * gates + n) * hidden;
+      for (int64_t k = 0; k < input; ++k) out[k * gate_columns_ + n] = w_row[k];
+      for (int64_t k = 0; k < hidden; ++k) out[(input + k) * gate_columns_ + n] = r_row[k];
+      if (bias) direct_bias_[d * gate_columns_ + n] = bias[d * 2 * gates + n] + bias[d * 2 * gates + gates + n];
+    }
+  }
+  // The transposed copy replaces W's and R's working copies (the same bytes but for the padding).
+  for (LstmWeight* weight : {&w, &r}) {
+    weight->value = Ort::Value(nullptr);
+    std::vector<float>().swap(weight->working);
+  }
+  isa_ = SelectIsa();
+  direct_ = true;
+}
+
+OrtStatus* CodebookLstmKernel::RunDirect(Ort::KernelContext& context, const std::vector<int64_t>& x_shape,
+                                         float* const outputs[3]) const {
+  const int64_t seq = x_shape[0];
+  const int64_t batch = x_shape[1];
+  const int64_t hidden = hidden_size_;
+  if (x_shape[2] != input_size_) {
+    return Error("X has shape " + ShapeToString(x_shape) + ", expected [seq, batch, " + std::to_string(input_size_) + "]");
+  }
+  const float* initial[2] = {nullptr, nullptr};  // initial_h, initial_c: [directions, batch, hidden]
+  for (size_t i = 5; i <= 6; ++i) {
+    if (!optional_present_[i]) continue;
+    Ort::ConstValue value = context.GetInput(i);
+    if (!value) continue;
+    const std::vector<int64_t> shape = value.GetTensorTypeAndShapeInfo().GetShape();
+    if (shape != std::vector<int64_t>{directions_, batch, hidden}) {
+      return Error(std::string(i == 5 ? "initial_h" : "initial_c") + " has shape " + ShapeToString(shape) +
+                   ", expected [" + std::to_string(directions_) + ", " + std::to_string(batch) + ", " +
+                   std::to_string(hidden) + "]");
+    }
+    initial[i - 5] = value.GetTensorData<float>();
+  }
+  const float* x = context.GetInput(0).GetTensorData<float>();
+  const GatesKernel gates_kernel = GatesKernelFor(isa_);
+  const int64_t rows = input_size_ + hidden;
+  std::vector<float> z(static_cast<size_t>(rows)), g(static_cast<size_t>(gate_columns_)), c(static_cast<size_t>(hidden));
+  float* h = z.data() + input_size_;  // h_{t-1} is the second part of the product's row [x_t, h_{t-1}]
+  for (int64_t d = 0; d < directions_; ++d) {
+    const bool reverse = reverse_ || d == 1;
+    const float* weights = direct_weights_.data() + d * rows * gate_columns_;
+    const float* bias = direct_bias_.data() + d * gate_columns_;
+    for (int64_t b = 0; b < batch; ++b) {
+      const int64_t state = (d * batch + b) * hidden;
+      for (int64_t j = 0; j < hidden; ++j) {
+        h[j] = initial[0] ? initial[0][state + j] : 0.0f;
+        c[j] = initial[1] ? initial[1][state + j] : 0.0f;
+      }
+      for (int64_t step = 0; step < seq; ++step) {
+        const int64_t t = reverse ? seq - 1 - step : step;
+        memcpy(z.data(), x + (t * batch + b) * input_size_, static_cast<size_t>(input_size_) * sizeof(float));
+        gates_kernel(z.data(), rows, weights, gate_columns_, bias, g.data());
+        // ONNX LSTM, gates in the order i, o, f, c: c_t = f * c_{t-1} + i * tanh(g_c), h_t = o * tanh(c_t).
+        for (int64_t j = 0; j < hidden; ++j) {
+          const float in = Sigmoid(g[j]);
+          const float out = Sigmoid(g[hidden + j]);
+          const float forget = Sigmoid(g[2 * hidden + j]);
+          const float cell = tanhf(g[3 * hidden + j]);
+          const float kept = forget * c[j];
+          const float added = in * cell;
+          c[j] = kept + added;
+          h[j] = out * tanhf(c[j]);
+        }
+        if (outputs[0]) memcpy(outputs[0] + ((t * directions_ + d) * batch + b) * hidden, h,
+                                static_cast<size_t>(hidden) * sizeof(float));
+      }
+      if (outputs[1]) memcpy(outputs[1] + state, h, static_cast<size_t>(hidden) * sizeof(float));
+      if (outputs[2]) memcpy(outputs[2] + state, c.data(), static_cast<size_t>(hidden) * sizeof(float));
+    }
+  }
+  return nullptr;
+}
+
 OrtStatus* CodebookLstmKernel::ComputeV2(OrtKernelContext* raw_context) noexcept {
   return GuardStatus(this, [&]() -> OrtStatus* {
     Ort::KernelContext context(raw_context);
@@ -320,6 +506,16 @@ OrtStatus* CodebookLstmKernel::ComputeV2(OrtKernelContext* raw_context) noexcept
     const int64_t seq = layout_ == 0 ? x_shape[0] : x_shape[1];
     const int64_t batch = layout_ == 0 ? x_shape[1] : x_shape[0];
 
+    if (direct_) {
+      const std::vector<int64_t> shapes[3] = {{seq, directions_, batch, hidden_size_},
+                                              {directions_, batch, hidden_size_},
+                                              {directions_, batch, hidden_size_}};
+      float* outputs[3] = {nullptr, nullptr, nullptr};
+      for (size_t i = 0; i < 3; ++i) {
+        if (output_present_[i]) outputs[i] = context.GetOutput(i, shapes[i]).GetTensorMutableData<float>();
+      }
+      return RunDirect(context, x_shape, outputs);
+    }
     const OrtValue* inputs[8] = {x, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
     LstmWeight run_weights[3];  // records that are not constants, decoded in this run
     for (size_t i = 1; i <= 3; ++i) {

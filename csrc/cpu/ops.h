@@ -370,6 +370,13 @@ struct CodebookLstmKernel : RecordKernel {
   // session whose initializers are the working copies (AddInitializer), so that onnxruntime prepacks them once.
   // Leaves inner_session_ empty where it does not apply or cannot be created.
   void CreateInnerSession(const std::string& direction, int64_t input_forget, bool has_clip, float clip);
+  // For a small LSTM (below PrepackedWeightsThreshold()) with constant W, R (records) and B, no sequence_lens, no
+  // peepholes, no clip and input_forget 0: builds the direct path's weights (below) and sets direct_.
+  void PrepareDirect(bool has_clip, int64_t input_forget);
+  // One run on the direct path: the ONNX LSTM equations step by step, the gates of each step one product of
+  // [x_t, h_{t-1}] with the transposed [W; R] (LstmGates), then the bias.
+  // outputs: Y, Y_h, Y_c (null: absent).
+  OrtStatus* RunDirect(Ort::KernelContext& context, const std::vector<int64_t>& x_shape, float* const outputs[3]) const;
 
   int64_t hidden_size_ = 0;
   int64_t directions_ = 1;
@@ -382,6 +389,15 @@ struct CodebookLstmKernel : RecordKernel {
   Ort::Env inner_env_{nullptr};
   Ort::Session inner_session_{nullptr};
   std::vector<size_t> inner_inputs_;  // the node inputs the inner session takes: 0 (X) and the present optional ones
+  // The direct path (PrepareDirect): per direction, [W; R] transposed into input + hidden rows of gate_columns_
+  // floats (the 4 * hidden gate columns, zero-padded to a multiple of 16), and B's two halves summed.
+  bool direct_ = false;
+  bool reverse_ = false;  // direction "reverse" (bidirectional: the second direction is)
+  Isa isa_ = Isa::kScalar;
+  int64_t input_size_ = 0;
+  int64_t gate_columns_ = 0;
+  std::vector<float> direct_weights_;  // [directions][input + hidden][gate_columns_]
+  std::vector<float> direct_bias_;     // [directions][gate_columns_]
 };
 
 struct CodebookLstmOp : Ort::CustomOpBase<CodebookLstmOp, CodebookLstmKernel, true> {

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import onnx
 
 log = logging.getLogger("onnxcomp")
@@ -118,3 +119,103 @@ def drop_inferable_value_info(model: onnx.ModelProto) -> int:
     graph.value_info.extend(kept)
     _shorten_symbols(graph)
     return before - sum(v.ByteSize() for v in graph.value_info)
+
+
+def declare_custom_outputs(original: onnx.ModelProto, compressed: onnx.ModelProto) -> int:
+    """Give the outputs of ``compressed``'s onnxcomp nodes the type and shape ONNX shape inference finds for the
+    tensors of the same name in ``original`` (in place; every graph, subgraphs included); returns how many entries
+    it added.
+
+    onnxruntime cannot infer a custom op's output shape (the op's schema has no inference function, and a record's
+    dims are not visible to one), so without a value_info entry every shape downstream of a CodebookConv,
+    CodebookMatMul, CodebookGather or CodebookLSTM is unknown to its graph optimiser, which then leaves undone what
+    it does for the dense model: constant-folding a Shape -> Slice -> Concat chain into a Reshape's shape and
+    fusing MatMul + Add into Gemm (ppocr-cls), fusing the Slices of one tensor into a Split (silero-vad's STFT;
+    docs/benchmarks.md, branch speed8). A packed node writes the tensor its dense node (or the last node it folds:
+    BatchNormalization, the bias Add, the activation) wrote, under the same name and with the same shape, so the
+    original's inferred type is the output's. Only tensors whose shape reaches a node that uses it are declared
+    (``_shapes_used``; each entry costs ~40 bytes of the model). Left out: tensors the original has no inferred
+    type for, names
+    two of its graphs type differently, graph outputs (typed already), tensors that already have an entry, and
+    tensors in onnxruntime's NCHWc layout (``nchwc_output`` 1 or 2: a blocked region's tensors keep no declared
+    shape, docs/ops.md). Shape inference runs on ``_probe(original)`` (no large tensor data); a model it rejects
+    gets no entries. Deterministic: entries follow node order."""
+    from onnxcomp.passes.model_io import graphs_of
+    from onnxcomp.runtime import DOMAIN
+    try:
+        inferred = onnx.shape_inference.infer_shapes(_probe(original, []))
+    except Exception as error:  # onnx's own error types on a graph it cannot check: declare nothing
+        log.debug("custom-op outputs left undeclared: shape inference failed (%s)", str(error).strip().splitlines()[0])
+        return 0
+    types: dict[str, onnx.TypeProto | None] = {}
+    for graph in graphs_of(inferred.graph):
+        for value in graph.value_info:
+            if value.type.WhichOneof("value") != "tensor_type" or not value.type.tensor_type.HasField("shape"):
+                continue
+            known = types.get(value.name, value.type)
+            types[value.name] = value.type if known == value.type else None  # typed twice, differently: ambiguous
+    wanted = _shapes_used(compressed)
+    added = 0
+    for graph in graphs_of(compressed.graph):
+        declared = {v.name for v in [*graph.value_info, *graph.input, *graph.output]}
+        for node in graph.node:
+            if node.domain != DOMAIN or any(a.name == "nchwc_output" and a.i != 0 for a in node.attribute):
+                continue
+            for name in node.output:
+                if name and name in wanted and name not in declared and types.get(name) is not None:
+                    graph.value_info.append(onnx.helper.make_value_info(name, types[name]))
+                    declared.add(name)
+                    added += 1
+    return added
+
+
+# Standard ops whose optimisation in onnxruntime needs no shapes (the NCHWc transformer converts them from their
+# weights and attributes, elementwise chains with scalar constants fuse without shapes): a shape reaching only these
+# (and onnxcomp's ops) is not worth declaring. Elementwise ops with a tensor constant (a bias: BiasGelu and
+# SkipLayerNormalization fusions check its dims) and every other op count as using shapes.
+SHAPE_FREE_UNARY = ("Relu", "Sigmoid", "Tanh", "LeakyRelu", "HardSigmoid", "HardSwish", "Elu", "Softplus", "Neg",
+                    "Abs", "Exp", "Erf", "Identity", "Clip", "Conv", "MaxPool", "AveragePool", "GlobalAveragePool",
+                    "GlobalMaxPool", "BatchNormalization")
+SHAPE_FREE_BINARY = ("Add", "Sub", "Mul", "Div", "Max", "Min")
+
+
+def _shapes_used(model: onnx.ModelProto) -> set[str]:
+    """Names of the tensors from which a standard node that uses shapes is reachable through standard nodes that
+    do not (SHAPE_FREE_UNARY, SHAPE_FREE_BINARY with scalar constants); onnxcomp's nodes end a path (they infer
+    nothing). Every graph of ``model``; a subgraph's nodes may read the outer graphs' tensors."""
+    from onnxcomp.passes.model_io import graphs_of
+    graphs = list(graphs_of(model.graph))
+    tensors = {t.name for g in graphs for t in g.initializer if int(np.prod(t.dims)) > 1}  # constants, not scalars
+    tensors.update(n.output[0] for g in graphs for n in g.node if n.op_type == "Constant" and n.output and not all(
+        int(np.prod(a.t.dims)) <= 1 for a in n.attribute if a.type == onnx.AttributeProto.TENSOR))
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for graph in graphs:
+        for node in graph.node:
+            for name in node.input:
+                readers.setdefault(name, []).append(node)
+    memo: dict[str, bool] = {}
+
+    def used(name: str) -> bool:  # iterative depth-first search: graphs may be deep
+        if name in memo:
+            return memo[name]
+        seen, stack, found = {name}, [name], False
+        while stack and not found:
+            for node in readers.get(stack.pop(), []):
+                if node.domain not in STANDARD_DOMAINS:
+                    continue
+                free = node.op_type in SHAPE_FREE_UNARY or (node.op_type in SHAPE_FREE_BINARY and
+                                                             not any(i in tensors for i in node.input))
+                if not free:
+                    found = True
+                    break
+                for output in node.output:
+                    if output and output not in seen:
+                        if memo.get(output):
+                            found = True
+                            break
+                        seen.add(output)
+                        stack.append(output)
+        memo[name] = found
+        return found
+
+    return {o for g in graphs for n in g.node if n.domain not in STANDARD_DOMAINS for o in n.output if o and used(o)}

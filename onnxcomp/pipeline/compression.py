@@ -34,7 +34,7 @@ from onnxcomp.passes.base import DOMAIN, DOMAIN_VERSION
 from onnxcomp.passes.base import FLOAT_TYPES, onnx_type
 from onnxcomp.passes.names import all_graphs, unique_node_names
 from onnxcomp.passes.prune_weights import needs_gram
-from onnxcomp.passes.value_info import drop_inferable_value_info
+from onnxcomp.passes.value_info import declare_custom_outputs, drop_inferable_value_info
 
 from onnxcomp.passes import model_io
 from onnxcomp import parallel, progress
@@ -279,6 +279,7 @@ def compress_model(model: onnx.ModelProto, *, base_dir: str | None = None, **opt
         setattr(exported, key, getattr(model, key))
     exported.metadata_props.extend(model.metadata_props)
     exported.functions.extend(model.functions)
+    declare_custom_outputs(model, exported)  # shapes onnxruntime's optimiser needs past the custom ops
     return exported, state
 
 
