@@ -189,6 +189,13 @@ GatesKernel GatesKernelFor(Isa isa) {
 
 float Sigmoid(float v) { return 1.0f / (1.0f + expf(-v)); }
 
+// tanh from expf (libm's tanhf goes through expm1f, 3x the time here): (1 - e) / (1 + e) with e = exp(-2|v|), the
+// sign of v. Within 1.2e-7 of tanh in absolute terms (the rounding of 1 - e near v = 0).
+float Tanh(float v) {
+  const float e = expf(-2.0f * fabsf(v));
+  return copysignf((1.0f - e) / (1.0f + e), v);
+}
+
 // ONNXCOMP_LSTM_DIRECT=0 keeps every LSTM on onnxruntime's kernel (read at kernel creation; for A/B timing).
 bool DirectPathAllowed() {
   const char* text = getenv("ONNXCOMP_LSTM_DIRECT");
@@ -481,11 +488,11 @@ OrtStatus* CodebookLstmKernel::RunDirect(Ort::KernelContext& context, const std:
           const float in = Sigmoid(g[j]);
           const float out = Sigmoid(g[hidden + j]);
           const float forget = Sigmoid(g[2 * hidden + j]);
-          const float cell = tanhf(g[3 * hidden + j]);
+          const float cell = Tanh(g[3 * hidden + j]);
           const float kept = forget * c[j];
           const float added = in * cell;
           c[j] = kept + added;
-          h[j] = out * tanhf(c[j]);
+          h[j] = out * Tanh(c[j]);
         }
         if (outputs[0]) memcpy(outputs[0] + ((t * directions_ + d) * batch + b) * hidden, h,
                                 static_cast<size_t>(hidden) * sizeof(float));
