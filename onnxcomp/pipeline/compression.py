@@ -211,7 +211,7 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
     allocate = None
     if allocation == "proxy":
         allocate = AllocateWeightsPass(scales=allocation_scales, limits=allocation_limits, cache=allocation_cache, seed=seed,
-                                          outliers=outliers, scaled=allocation_scaled)
+                                       outliers=outliers, scaled=allocation_scaled)
         passes.append(allocate)
     if settings:
         passes.append(ApplySettingsPass(settings=settings))
