@@ -856,27 +856,3 @@ def test_weights_allocated_and_shared_in_one_chain_write_what_the_passes_write(t
     fused = {tuple(p) for p in passes if "AllocateShareWeightsPass" in p}
     plain = {tuple(p) for p in passes if "AllocateWeightsPass" in p}
     assert fused and plain and all("ShareWeightsPass" not in p for p in fused)
-
-
-@pytest.mark.parametrize("fidelity_data", [None, "missing.npz"])
-def test_the_checker_beside_the_original_run_refuses_what_it_refused_first(tmp_path, monkeypatch, fidelity_data):
-    """compress runs onnx.checker on its input once the original's fidelity run has started on a thread of its own
-    (compression.CHECK_BESIDE): an input the checker refuses (an initializer whose raw_data is shorter than its
-    shape) gets the checker's error as when it ran first, also when a step before it fails on its own (fidelity
-    data that does not exist), and nothing is written."""
-    import onnxcomp
-    from onnxcomp.errors import UnsupportedModelError
-    from onnxcomp.pipeline import compression
-    from test_allocation import _three_matmuls
-    _, model = _three_matmuls(np.random.default_rng(6), ((32, 128), (128, 256), (256, 256)))
-    model.graph.initializer[1].raw_data = model.graph.initializer[1].raw_data[:-8]
-    onnx.save(model, tmp_path / "in.onnx")
-    errors = []
-    for beside in (True, False):
-        monkeypatch.setattr(compression, "CHECK_BESIDE", beside)
-        with pytest.raises(UnsupportedModelError) as raised:
-            onnxcomp.compress(str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"),
-                              fidelity_data=None if fidelity_data is None else str(tmp_path / fidelity_data))
-        errors.append(str(raised.value))
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx"]
-    assert errors[0] == errors[1] and "raw_data size" in errors[0] and "not a valid ONNX model" in errors[0]

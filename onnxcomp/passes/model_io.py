@@ -20,10 +20,8 @@ FLOAT_CONSTANTS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.Tensor
 LARGE_MODEL_BYTES = 2**31 - 2**26
 
 
-def load_model(path: str, external_data: bool = True, check: bool = True) -> onnx.ModelProto:
-    """Load an ONNX model with its external data (unless told not to); errors say what is wrong with the file.
-    ``check`` False leaves out onnx.checker (``check_model``), which the caller must then run before it trusts the
-    model (compress runs it beside the original's first onnxruntime run: the checker holds the GIL)."""
+def load_model(path: str, external_data: bool = True) -> onnx.ModelProto:
+    """Load an ONNX model with its external data (unless told not to); errors say what is wrong with the file."""
     if os.path.isdir(path):
         raise UnsupportedModelError(f"{path} is a folder; give the path of an .onnx model file")
     if not os.path.isfile(path):
@@ -57,24 +55,17 @@ def load_model(path: str, external_data: bool = True, check: bool = True) -> onn
     except (OSError, onnx.checker.ValidationError, ValueError) as error:
         raise UnsupportedModelError(f"{path}: its external data ({', '.join(locations)}) cannot be read ({error}); "
                                     "keep the complete data files beside the model") from error
-    if check:
+    try:
         # A proto over 2 GB cannot be checked in memory; the checker then reads the file itself.
         # Without its external data in memory, the checker must read the file to resolve data locations.
         # Without external data at all the file holds the very proto just parsed: the checker reads it (in C++)
         # rather than have Python serialise the whole model again for it (0.6 s on a 100 MB model).
-        check_model(path, model if external_data and locations and model.ByteSize() < onnx.checker.MAXIMUM_PROTOBUF
-                    else None)
-    return model
-
-
-def check_model(path: str, model: onnx.ModelProto | None = None) -> None:
-    """onnx.checker on ``model`` (in memory), or on the file at ``path`` when None (what load_model(path,
-    check=False) left out): UnsupportedModelError with the checker's first line when it fails."""
-    try:
-        onnx.checker.check_model(path if model is None else model)
+        in_memory = external_data and bool(locations) and model.ByteSize() < onnx.checker.MAXIMUM_PROTOBUF
+        onnx.checker.check_model(model if in_memory else path)
     except onnx.checker.ValidationError as error:
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise UnsupportedModelError(f"{path} is not a valid ONNX model ({first_line}); fix or re-export it") from error
+    return model
 
 
 def external_data_path(folder: str, location: str) -> str:

@@ -86,9 +86,6 @@ AHEAD = True  # independent steps of compress on threads of their own (False: ea
 # The defaults' allocation, pruning and sharing as one chain per weight on the cores (AllocateShareWeightsPass;
 # False: the three passes one after the other, each over every weight). The same bytes either way.
 PIPELINED = True
-# onnx.checker on the input while the original runs for the fidelity check on a thread of its own (False: in
-# load_model, before anything else). The same outputs and errors either way.
-CHECK_BESIDE = True
 
 
 @dataclass
@@ -367,28 +364,20 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
         raise InvalidOptionError(f"min-cosine {min_cosine} must be in [-1, 1]")
     build_pipeline(calib={} if calib else None, allocation=allocation, **options)  # validate options before any work
     model_io.check_output_path(input_path, output_path)
-    # also the clear errors for a bad input; onnx.checker runs below, once the original's fidelity run has started
-    # on a thread of its own (the checker holds the GIL, onnxruntime does not): an error raised before then is
-    # the checker's when the checker fails
-    graph_only = model_io.load_model(input_path, external_data=False, check=not CHECK_BESIDE)
-    try:
-        refuse_compressed(graph_only, input_path)
-        if eval_data:
-            from onnxcomp.pipeline.evaluate import check_eval_data
-            check_eval_data(eval_data, graph_only)
-        if isinstance(calib, str):
-            from onnxcomp.pipeline.evaluate import load_calibration
-            calib = load_calibration(calib, graph_only, calib_samples, seed=options.get("seed", 0))
-        measure = fidelity or min_cosine is not None
-        feeds, source, unavailable = ([], "", None)
-        if measure:
-            feeds, source, unavailable = fidelity_check.prepare(
-                input_path, data=fidelity_data, calib=calib, shapes=input_shapes, ranges=input_ranges,
-                seed=options.get("seed", 0), model=graph_only)
-    except Exception:
-        if CHECK_BESIDE:
-            model_io.check_model(input_path)
-        raise
+    graph_only = model_io.load_model(input_path, external_data=False)  # also the clear errors for a bad input
+    refuse_compressed(graph_only, input_path)
+    if eval_data:
+        from onnxcomp.pipeline.evaluate import check_eval_data
+        check_eval_data(eval_data, graph_only)
+    if isinstance(calib, str):
+        from onnxcomp.pipeline.evaluate import load_calibration
+        calib = load_calibration(calib, graph_only, calib_samples, seed=options.get("seed", 0))
+    measure = fidelity or min_cosine is not None
+    feeds, source, unavailable = ([], "", None)
+    if measure:
+        feeds, source, unavailable = fidelity_check.prepare(
+            input_path, data=fidelity_data, calib=calib, shapes=input_shapes, ranges=input_ranges,
+            seed=options.get("seed", 0), model=graph_only)
     folder = os.path.dirname(os.path.abspath(output_path))
     staging = tempfile.mkdtemp(prefix=".onnxcomp-", dir=folder)
     # Work that does not depend on the step before it runs on threads of its own meanwhile (below: the original's
@@ -407,8 +396,6 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
         return fidelity_check.compare_runs(input_path, staged, feeds, source, graph_only, reference)
 
     try:
-        if CHECK_BESIDE:
-            model_io.check_model(input_path)
         cache: dict = {}
         share_cache = {} if calib is None and model_io.model_bytes(input_path, graph_only) <= SHARE_CACHE_BYTES else None
         # the per-weight measurements' (fidelity.attribute) outputs of the original and errors by decoded value
