@@ -35,7 +35,7 @@ class AllocateShareWeightsPass(GraphPass):
     def run(self, state: CompressionState) -> PassResult:
         targets = list(state.targets)
         allocated = {id(t) for t in self.allocate.targets(state)}
-        share = self.share.sharer(state)
+        share = self.share.sharer(state, bool(targets))
         prune = self.prune.method != "none"
 
         def chain(i: int):  # one weight's allocation, mask and codebook, on a worker thread
