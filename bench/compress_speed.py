@@ -15,7 +15,8 @@ else the machine runs. The time is split into the steps of ``compress`` on its m
 total (each step's CPU time is the process's, so it includes the worker threads the step runs): load (reading and
 checking the model), select (choosing weights), allocate (the data-free per-layer allocation: sampling each
 weight, fitting candidates), prune (magnitude masks), share + encode (codebooks, outlier choice, assignment, and
-each record's Huffman/gap coding on the same worker thread), pack (the graph rewrite), export, write (sidecar and
+each record's Huffman/gap coding on the same worker thread), allocate to encode (the three before it as one chain
+per weight on the cores: the defaults' path since AllocateShareWeightsPass; the details below still split it), pack (the graph rewrite), export, write (sidecar and
 model files), load check (the output opened in onnxruntime), gains (the per-weight measurement: each compressed
 weight alone in the model, run in onnxruntime), budget (every candidate of every weight for the model-level
 budget, and its solution), fidelity (inputs synthesised, both models run) and other (the rest: lazy imports,
@@ -207,6 +208,9 @@ if allocate_pass is not None:
     timed(allocate_pass.AllocateWeightsPass, "run", "allocate", part=True)
 timed(prune.PruneWeightsPass, "run", "prune", part=True)
 timed(share_pass.ShareWeightsPass, "run", "share + encode", part=True)
+fused_pass = module("onnxcomp.passes.allocate_share")
+if fused_pass is not None:  # allocate, prune and share + encode as one chain per weight (the defaults' path)
+    timed(fused_pass.AllocateShareWeightsPass, "run", "allocate to encode", part=True)
 timed(pack.PackWeightsPass, "run", "pack", part=True)
 timed(compression.gs, "export_onnx", "export", part=True)
 timed(model_io, "write_compressed", "write", part=True)
@@ -328,7 +332,7 @@ def main() -> None:
         update_section(args.section, body)
 
 
-PARTS = ["load", "select", "allocate", "prune", "share + encode", "pack", "export", "write", "load check", "gains", "budget",
+PARTS = ["load", "select", "allocate", "prune", "share + encode", "allocate to encode", "pack", "export", "write", "load check", "gains", "budget",
          "error carriers", "fidelity"]
 DETAILS = ["candidate fits", "outlier choice", "k-means", "assign", "encode", "attribution runs"]
 COLUMNS = PARTS + ["other"] + DETAILS

@@ -813,3 +813,46 @@ def test_weights_shared_largest_first_write_what_one_thread_writes(tmp_path, mon
                         (tmp_path / f"out{threads}.onnxcomp").read_bytes()))
     assert written[0] == written[1]
     assert order and all(items == [2, 1, 0] for items in order)
+
+
+@pytest.mark.parametrize("case", ["defaults", "not finite", "portable"])
+def test_weights_allocated_and_shared_in_one_chain_write_what_the_passes_write(tmp_path, monkeypatch, case):
+    """The defaults' allocation, pruning and sharing run as one chain per weight (AllocateShareWeightsPass,
+    compression.PIPELINED): report and files byte-identical to the three passes run one after the other, on one
+    thread and on two; also when a weight's values are not finite (the allocation drops it, listed as skipped) and
+    in the portable format."""
+    import onnxcomp
+    from onnxcomp.pipeline import compression
+    from test_allocation import _three_matmuls
+    _, model = _three_matmuls(np.random.default_rng(6), ((32, 128), (128, 256), (256, 256)))
+    if case == "not finite":
+        w1 = onnx.numpy_helper.to_array(model.graph.initializer[1]).copy()
+        w1[3, 5] = np.nan
+        model.graph.initializer[1].CopyFrom(onnx.numpy_helper.from_array(w1, "w1"))
+    onnx.save(model, tmp_path / "in.onnx")
+    options = {"format": "portable"} if case == "portable" else {}
+    written, passes = [], []
+    real = compression.build_pipeline
+
+    def recording(**kwargs):
+        pipeline = real(**kwargs)
+        passes.append([type(p).__name__ for p in pipeline.passes])
+        return pipeline
+
+    monkeypatch.setattr(compression, "build_pipeline", recording)
+    for pipelined in (True, False):
+        monkeypatch.setattr(compression, "PIPELINED", pipelined)
+        for threads in ("1", "2"):
+            monkeypatch.setenv("ONNXCOMP_THREADS", threads)
+            folder = tmp_path / f"{pipelined}{threads}"
+            folder.mkdir()
+            report = onnxcomp.compress(str(tmp_path / "in.onnx"), str(folder / "out.onnx"), **options).to_dict()
+            for key in ("input_path", "output_path", "sidecar_path"):
+                report.pop(key)
+            files = sorted(folder.iterdir())
+            written.append((report, [p.name for p in files], [p.read_bytes() for p in files]))
+    assert all(entry == written[0] for entry in written[1:])
+    assert written[0][0]["layers"] and (case != "not finite" or any(name == "w1" for name, _ in written[0][0]["skipped"]))
+    fused = {tuple(p) for p in passes if "AllocateShareWeightsPass" in p}
+    plain = {tuple(p) for p in passes if "AllocateWeightsPass" in p}
+    assert fused and plain and all("ShareWeightsPass" not in p for p in fused)

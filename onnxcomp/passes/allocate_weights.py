@@ -38,68 +38,89 @@ class AllocateWeightsPass(GraphPass):
         option = outlier_math.parse_option(outliers)
         self.outliers = allocation.OUTLIERS if option == outlier_math.AUTO else (float(option),)
 
+    def targets(self, state: CompressionState) -> list:
+        """The weights this pass allocates: those without per-weight settings already."""
+        return [t for t in state.targets if t.bits_override is None and t.sparsity_override is None]
+
     def run(self, state: CompressionState) -> PassResult:
-        targets = [t for t in state.targets if t.bits_override is None and t.sparsity_override is None]
-
-        def measure(target):  # on a worker thread: weights are independent (each read once, sampled, fit)
-            allocator = self.cache.get(target.name)
-            if allocator is None:
-                values = target.original
-                if not target.checked:  # a streamed weight: this is its first read
-                    reason = non_finite_reason(values)
-                    if reason:
-                        return None, (None, None, None), reason
-                    target.checked = True
-                allocator = allocation.Allocator(
-                    values, sparsities=self.sparsities.get(target.kind, (0.0,)), outliers=self.outliers, seed=self.seed,
-                    channel_axis=scale_axis(target))
-                del values
-            limit = self.limits.get(target.name, allocation.L2_LIMIT)
-            if limit <= 0:
-                return allocator, (None, None, None), None
-            # A limit from the model's budget (found over the k-means candidates) may be met by a uniform codebook
-            # with fewer bytes; the per-weight proxy (round 0, whose choices the measured gains refer to) takes k-means.
-            scale = self.scales.get(target.name, 1.0)
-            kmeans = allocator.choose(scale, 4.0 * target.size, l2_limit=limit, uniform=False)
-            choice = kmeans
-            if target.name in self.limits:
-                choice = allocator.choose(scale, 4.0 * target.size, l2_limit=limit, families=("kmeans", "uniform"))
-            if choice is not None and choice.levels and kmeans is not None and kmeans.sparsity > 0:
-                choice = kmeans  # uniform codebooks are unpruned: ShareWeightsPass could not fall back to a pruned k-means
-            # A channel-scaled grid smaller than the k-means codebook: ShareWeightsPass tries it beside the choice
-            # (it must pass the same channel checks against k-means, so k-means stays the fallback).
-            scaled = None
-            if self.scaled and target.name in self.limits and kmeans is not None and kmeans.sparsity == 0:
-                scaled = allocator.choose(scale, kmeans.bytes, l2_limit=limit, families=("scaled",))
-            return allocator, (choice, kmeans, scaled), None
-
-        measured = parallel.ordered_map(measure, targets)
-        for target, (allocator, (choice, kmeans, scaled), non_finite) in progress.track(zip(targets, measured), "per-layer allocation",
-                                                                                 total=len(targets)):
-            if non_finite:
-                drop_non_finite(state, target, non_finite)
-                continue
-            self.cache[target.name] = allocator
-            if choice is None and self.limits.get(target.name, allocation.L2_LIMIT) <= 0:
-                state.targets.remove(target)
-                state.skipped.append((target.name, "kept dense by the model's error budget (its measured effect on the "
-                                                   "output makes bits there cheaper than anywhere else)"))
-                continue
-            if choice is None:
-                state.targets.remove(target)
-                state.skipped.append((target.name, "no codebook keeps its predicted error under the threshold "
-                                                   "(worst-case or relative L2): left dense to keep the output safe"))
-                continue
-            target.sparsity_override, target.bits_override = choice.sparsity, choice.bits
-            target.outliers_override = choice.outliers
-            target.levels_override = choice.levels
-            target.scaled_alternative = (scaled.levels, scaled.outliers) if scaled is not None else None
-            # ShareWeightsPass keeps a uniform codebook (or the scaled alternative) only if its worst channel is no
-            # worse than k-means' would be
-            target.alternative = ((kmeans.bits, kmeans.outliers) if (choice.levels or scaled is not None)
-                                  and kmeans is not None else None)
-            self.choices[target.name] = choice
-            log.info("%s: %d bits%s, sparsity %.2f, outliers %.3f (relative L2 %.4f, worst-case %.4f)", target.name,
-                     choice.bits, f" (uniform, {choice.levels} values)" if choice.levels else "", choice.sparsity,
-                     choice.outliers, choice.relative_l2, choice.max_relative)
+        targets = self.targets(state)
+        measured = parallel.ordered_map(self.measure, targets)
+        for target, result in progress.track(zip(targets, measured), "per-layer allocation", total=len(targets)):
+            self.configure(target, result)
+            self.record(state, target, result)
         return PassResult(False, f"allocated {len(targets)} weights")
+
+    def measure(self, target) -> tuple:
+        """(allocator, (choice, k-means choice, scaled alternative), reason its values are not finite or None) of one
+        weight. Touches nothing shared but reads of ``cache`` (runs on a worker thread: weights are independent,
+        each read once, sampled, fit)."""
+        allocator = self.cache.get(target.name)
+        if allocator is None:
+            values = target.original
+            if not target.checked:  # a streamed weight: this is its first read
+                reason = non_finite_reason(values)
+                if reason:
+                    return None, (None, None, None), reason
+                target.checked = True
+            allocator = allocation.Allocator(
+                values, sparsities=self.sparsities.get(target.kind, (0.0,)), outliers=self.outliers, seed=self.seed,
+                channel_axis=scale_axis(target))
+            del values
+        limit = self.limits.get(target.name, allocation.L2_LIMIT)
+        if limit <= 0:
+            return allocator, (None, None, None), None
+        # A limit from the model's budget (found over the k-means candidates) may be met by a uniform codebook
+        # with fewer bytes; the per-weight proxy (round 0, whose choices the measured gains refer to) takes k-means.
+        scale = self.scales.get(target.name, 1.0)
+        kmeans = allocator.choose(scale, 4.0 * target.size, l2_limit=limit, uniform=False)
+        choice = kmeans
+        if target.name in self.limits:
+            choice = allocator.choose(scale, 4.0 * target.size, l2_limit=limit, families=("kmeans", "uniform"))
+        if choice is not None and choice.levels and kmeans is not None and kmeans.sparsity > 0:
+            choice = kmeans  # uniform codebooks are unpruned: ShareWeightsPass could not fall back to a pruned k-means
+        # A channel-scaled grid smaller than the k-means codebook: ShareWeightsPass tries it beside the choice
+        # (it must pass the same channel checks against k-means, so k-means stays the fallback).
+        scaled = None
+        if self.scaled and target.name in self.limits and kmeans is not None and kmeans.sparsity == 0:
+            scaled = allocator.choose(scale, kmeans.bytes, l2_limit=limit, families=("scaled",))
+        return allocator, (choice, kmeans, scaled), None
+
+    @staticmethod
+    def configure(target, result: tuple) -> bool:
+        """Set ``target``'s settings from its ``measure`` result (only the target's own fields: safe on a worker
+        thread); False when the weight is not to be compressed (``record`` then drops or skips it)."""
+        _, (choice, kmeans, scaled), non_finite = result
+        if non_finite or choice is None:
+            return False
+        target.sparsity_override, target.bits_override = choice.sparsity, choice.bits
+        target.outliers_override = choice.outliers
+        target.levels_override = choice.levels
+        target.scaled_alternative = (scaled.levels, scaled.outliers) if scaled is not None else None
+        # ShareWeightsPass keeps a uniform codebook (or the scaled alternative) only if its worst channel is no
+        # worse than k-means' would be
+        target.alternative = ((kmeans.bits, kmeans.outliers) if (choice.levels or scaled is not None)
+                              and kmeans is not None else None)
+        return True
+
+    def record(self, state: CompressionState, target, result: tuple) -> None:
+        """What ``measure`` found for ``target`` kept in the pass and the state, on the caller's thread in the
+        targets' order (the allocator cached, the weight dropped or listed as skipped, the choice kept and logged)."""
+        allocator, (choice, _, _), non_finite = result
+        if non_finite:
+            drop_non_finite(state, target, non_finite)
+            return
+        self.cache[target.name] = allocator
+        if choice is None and self.limits.get(target.name, allocation.L2_LIMIT) <= 0:
+            state.targets.remove(target)
+            state.skipped.append((target.name, "kept dense by the model's error budget (its measured effect on the "
+                                               "output makes bits there cheaper than anywhere else)"))
+            return
+        if choice is None:
+            state.targets.remove(target)
+            state.skipped.append((target.name, "no codebook keeps its predicted error under the threshold "
+                                               "(worst-case or relative L2): left dense to keep the output safe"))
+            return
+        self.choices[target.name] = choice
+        log.info("%s: %d bits%s, sparsity %.2f, outliers %.3f (relative L2 %.4f, worst-case %.4f)", target.name,
+                 choice.bits, f" (uniform, {choice.levels} values)" if choice.levels else "", choice.sparsity,
+                 choice.outliers, choice.relative_l2, choice.max_relative)

@@ -85,13 +85,16 @@ class ShareWeightsPass(GraphPass):
         value = rule_value(self.rules, target.name, "outliers")
         return self.outliers if value is None else outlier_math.parse_option(value)
 
-    def run(self, state: CompressionState) -> PassResult:
-        targets = [t for t in state.targets if t.codebook is None]
+    def sharer(self, state: CompressionState, log_opset: bool = True):
+        """The function that shares one target (its codebook, indices, outliers; its record through ``encode``) on
+        the calling thread and returns the reason its values are not finite, or None: weights are independent, so
+        it runs on worker threads (run; AllocateShareWeightsPass)."""
         opset = (state.graph.opset or 0) if state.graph is not None else self.outliers_opset
         no_outliers = opset < self.outliers_opset
-        if no_outliers and targets:
+        if no_outliers and log_opset:
             log.info("no outliers: the model's opset %d has no ScatterElements/CumSum (needs %d) for the portable format",
                      opset, self.outliers_opset)
+
         def share(target) -> str | None:
             values = target.values
             if not target.checked:  # a streamed weight no earlier pass read: its one read is here
@@ -157,6 +160,11 @@ class ShareWeightsPass(GraphPass):
             self._keep(target, key, settings)
             return None
 
+        return share
+
+    def run(self, state: CompressionState) -> PassResult:
+        targets = [t for t in state.targets if t.codebook is None]
+        share = self.sharer(state, bool(targets))
         # Weights are independent: each is shared (and encoded) on its own thread, results taken in order, so the
         # output is the same as one thread's. With calibration refits, every numeric step of a weight runs on one
         # BLAS thread (compensated rounding and the codebook refit already did; the layer's inverse factor and

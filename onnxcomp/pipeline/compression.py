@@ -26,6 +26,7 @@ import onnx_graphsurgeon as gs
 from onnxcomp.passes import (AllocateWeightsPass, CalibrateWeightsPass, CompressionState, PackPortableWeightsPass, PackWeightsPass, Pipeline,
                     PruneWeightsPass, ReconstructWeightsPass, SelectWeightsPass, ShareWeightsPass)
 from onnxcomp.passes.pack_portable import CODEBOOK_SUFFIX, SCATTER_OPSET, portable_bytes
+from onnxcomp.passes.allocate_share import AllocateShareWeightsPass
 from onnxcomp.passes.apply_settings import ApplySettingsPass
 from onnxcomp.passes.fold_weights import FoldRecurrentWeightsPass
 from onnxcomp.passes.integer_weights import INTEGER_WEIGHTS, IntegerWeightsPass
@@ -82,6 +83,9 @@ GAIN_RANGE = (0.25, 4.0)  # measured gains relative to their median, clipped to 
 # bytes more memory; a later round then does not sort them again): ShareWeightsPass's cache.
 SHARE_CACHE_BYTES = 256 << 20
 AHEAD = True  # independent steps of compress on threads of their own (False: each where it was submitted, in order)
+# The defaults' allocation, pruning and sharing as one chain per weight on the cores (AllocateShareWeightsPass;
+# False: the three passes one after the other, each over every weight). The same bytes either way.
+PIPELINED = True
 
 
 @dataclass
@@ -201,9 +205,11 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
     if allocation not in ALLOCATIONS:
         raise InvalidOptionError(f"unknown allocation {allocation!r}: use one of {', '.join(ALLOCATIONS)}")
     passes = [FoldRecurrentWeightsPass(), SelectWeightsPass(min_elements=min_elements, rules=rules, check_finite=calib is not None)]
+    allocate = None
     if allocation == "proxy":
-        passes.append(AllocateWeightsPass(scales=allocation_scales, limits=allocation_limits, cache=allocation_cache, seed=seed,
-                                          outliers=outliers, scaled=allocation_scaled))
+        allocate = AllocateWeightsPass(scales=allocation_scales, limits=allocation_limits, cache=allocation_cache, seed=seed,
+                                       outliers=outliers, scaled=allocation_scaled)
+        passes.append(allocate)
     if settings:
         passes.append(ApplySettingsPass(settings=settings))
     if sequential and calib is None:
@@ -219,6 +225,9 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
                                   cache=share_cache if calib is None else None))
     if sequential:
         passes.append(CompressSequentiallyPass(data=calib, steps=steps, batch=calib_batch, threshold=activation_threshold))
+    elif PIPELINED and allocate is not None and not settings and calib is None and scope == "layer":
+        passes.remove(allocate)  # each weight allocated, pruned and shared in one go (on the same passes)
+        passes.append(AllocateShareWeightsPass(allocate, *steps))
     else:
         keep_gram = reconstruct or needs_gram(prune, score, rules)
         if calib is not None and scope == "layer":  # each layer compressed as soon as its statistics are complete
@@ -258,7 +267,7 @@ def compress_model(model: onnx.ModelProto, *, base_dir: str | None = None, **opt
     pipeline = build_pipeline(**options)
     if base_dir is not None:
         model_io.attach_external_values(graph, base_dir)
-    steps = [q for p in pipeline.passes for q in (p.steps if isinstance(p, CalibrateWeightsPass) else [p])]
+    steps = [q for p in pipeline.passes for q in (p.steps if isinstance(p, (CalibrateWeightsPass, AllocateShareWeightsPass)) else [p])]
     share = next((p for p in steps if isinstance(p, ShareWeightsPass)), None)  # calibrated: inside the calibration
     pack = next((p for p in pipeline.passes if isinstance(p, PackWeightsPass)), None)
     if share is not None and pack is not None:  # each record is encoded as its weight is shared (on its thread)

@@ -1,0 +1,61 @@
+"""AllocateShareWeightsPass: the data-free allocation, magnitude pruning and sharing of each weight in one chain.
+
+The defaults' path runs AllocateWeightsPass, PruneWeightsPass (by layer) and ShareWeightsPass one after the other,
+each over every weight on the cores. Each of those steps is independent per weight, and the allocation costs about
+the same for every weight (a 2^18-value sample), so with three weights on two cores a core idles for a third of the
+allocation, and the largest weight's sharing cannot start before the last weight is allocated. Here each weight
+goes through the three steps on one worker thread (largest first, each started as soon as a worker is free:
+parallel.completed_map), so the next weight's allocation fills the time a core would idle. What touches the state
+(the allocator cache, weights dropped or left dense, the choices and their log lines, weights with values that are
+not finite) is applied afterwards on the caller's thread in the targets' order, as the three passes apply it: the
+output is byte-identical to theirs (tests/test_fast_paths.py compares both on one and two threads).
+
+Used only where the three passes would run each weight on its own (no calibration data, pruning by layer):
+onnxcomp/pipeline/compression.py (build_pipeline, PIPELINED).
+"""
+
+from __future__ import annotations
+
+from onnxcomp import parallel, progress
+
+from .allocate_weights import AllocateWeightsPass
+from .base import CompressionState, GraphPass, PassResult
+from .prune_weights import PruneWeightsPass
+from .select_weights import drop_non_finite
+from .share_weights import ShareWeightsPass
+
+
+class AllocateShareWeightsPass(GraphPass):
+    def __init__(self, allocate: AllocateWeightsPass, prune: PruneWeightsPass, share: ShareWeightsPass) -> None:
+        if prune.scope != "layer":
+            raise ValueError("AllocateShareWeightsPass prunes each weight on its own: it needs scope 'layer'")
+        self.allocate, self.prune, self.share = allocate, prune, share
+        self.steps = [allocate, prune, share]
+
+    def run(self, state: CompressionState) -> PassResult:
+        targets = list(state.targets)
+        allocated = {id(t) for t in self.allocate.targets(state)}
+        share = self.share.sharer(state, bool(targets))
+        prune = self.prune.method != "none"
+
+        def chain(i: int):  # one weight's allocation, mask and codebook, on a worker thread
+            target, measured = targets[i], None
+            if id(target) in allocated:
+                measured = self.allocate.measure(target)
+                if not self.allocate.configure(target, measured):
+                    return measured, None  # dropped or left dense: record() says which
+            if target.codebook is not None:
+                return measured, None
+            if prune and target.keep is None:
+                target.keep = self.prune.layer_mask(target)
+            return measured, share(target)
+
+        by_size = sorted(range(len(targets)), key=lambda i: -targets[i].size)
+        finished = dict(progress.track(parallel.completed_map(chain, by_size), "k-means codebooks", total=len(targets)))
+        for i, target in enumerate(targets):  # the allocation's bookkeeping, in order (its skips come first)
+            if id(target) in allocated:
+                self.allocate.record(state, target, finished[i][0])
+        for i, target in enumerate(targets):
+            if finished[i][1]:
+                drop_non_finite(state, target, finished[i][1])
+        return PassResult(bool(targets), f"allocated, pruned and shared {len(targets)} tensors")
