@@ -817,3 +817,37 @@ def test_a_check_set_miss_names_the_closest_allocation_and_writes_nothing(tmp_pa
         compress_to_budget(str(tmp_path / "in.onnx"), str(out / "m.onnx"), budget="cosine=0.9", calib=str(data),
                            sparsities=(0.0, 0.5), bits=(4, 8), min_elements=16, cache_dir=str(tmp_path / "cache"))
     assert list(out.iterdir()) == []
+
+
+def test_trial_models_take_the_sensitivity_analysis_calibration(tmp_path, rng):
+    """The trial models take the statistics the sensitivity analysis's calibration pass gathered (_measure's
+    ``keep``) instead of a second pass on the same samples: the same codebooks, indices, outliers and bytes, bit for
+    bit, as trial models that calibrate themselves; every weight's statistics are handed over once, without the
+    inverse factors the curves cached."""
+    from onnxcomp.pipeline.autotune import _TrialModels, _measure, _session
+    from onnxcomp.passes import model_io
+    from onnxcomp.passes.calibration import run_batched
+    model, data = budget_mlp(tmp_path, rng)
+    x = {"x": np.load(data)["x"]}
+    fit, hold = {"x": x["x"][:60]}, {"x": x["x"][60:]}
+    options = dict(prune="activation", score="wanda", reconstruct=True, ridge=1e-2, init="quantile", seed=0,
+                   rounding="obs", outliers="auto")
+    reference = run_batched(_session(model), hold)[0]
+    kept = {}
+    _measure(model, fit, hold, reference, None, "cosine", (0.0, 0.5), (3, 4), options, 16, keep=kept)
+    assert set(kept) == {"w1", "w2"} and all(s.dense_gram is not None or s.activations is not None for _, s in kept.values())
+    assert all(s.factor_cache is None for _, s in kept.values())
+    given = _TrialModels(model, fit, options, 16, model_io.model_bytes(str(tmp_path / "in.onnx")), kept)
+    assert kept == {}  # handed over, not copied
+    fresh = _TrialModels(model, fit, options, 16, model_io.model_bytes(str(tmp_path / "in.onnx")))
+    for name in ("w1", "w2"):
+        np.testing.assert_array_equal(given.targets[name].statistics.gram, fresh.targets[name].statistics.gram)
+    for settings in ({"w1": {"sparsity": 0.5, "bits": 3}, "w2": {"sparsity": 0.0, "bits": 4}},
+                     {"w1": {"sparsity": 0.3, "bits": 2}, "w2": {"skip": True}}):
+        got, got_size = given.run(settings, hold)
+        want, want_size = fresh.run(settings, hold)
+        assert got_size == want_size
+        np.testing.assert_array_equal(got, want)
+        for key in given.compressed:
+            for a, b in zip(given.compressed[key], fresh.compressed[key]):
+                np.testing.assert_array_equal(a, b)

@@ -410,10 +410,9 @@ def _sequential_outputs(monkeypatch, tmp_path, model, data, **options):
     return outputs
 
 
-def test_sequential_walk_gives_the_statistics_of_whole_model_probes(monkeypatch, tmp_path, rng):
-    """Branches, a skip connection, two convs reading one tensor, several batches (9 samples in batches of 4):
-    running each node once (per model) and keeping its outputs while later nodes read them compresses every
-    layer to the same bytes as probing the compressed and original models whole for each layer."""
+def _branching_convs(rng):
+    """Convs with branches, two convs reading one tensor, a strided conv, a Resize and a skip connection, then a Gemm:
+    weights w1-w6."""
     conv = lambda x, w, y, **a: helper.make_node("Conv", [x, w], [y], pads=[1, 1, 1, 1], **a)  # noqa: E731
     nodes = [conv("x", "w1", "a"), helper.make_node("Relu", ["a"], ["ar"]),
              conv("ar", "w2", "b"), conv("ar", "w3", "c"), helper.make_node("Add", ["b", "c"], ["d"]),
@@ -422,9 +421,16 @@ def test_sequential_walk_gives_the_statistics_of_whole_model_probes(monkeypatch,
              helper.make_node("Add", ["fu", "ar"], ["g"]), helper.make_node("Flatten", ["g"], ["flat"]),
              helper.make_node("Gemm", ["flat", "w6"], ["y"], transB=1)]
     scales = onnx.numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
-    model = make_model(nodes, [float_input("x", ["n", 3, 8, 8])], [float_input("y", ["n", 5])],
+    return make_model(nodes, [float_input("x", ["n", 3, 8, 8])], [float_input("y", ["n", 5])],
                        [weight(rng, "w1", (8, 3, 3, 3)), weight(rng, "w2", (8, 8, 3, 3)), weight(rng, "w3", (8, 8, 3, 3)),
                         weight(rng, "w4", (8, 8, 3, 3)), weight(rng, "w5", (8, 8, 3, 3)), weight(rng, "w6", (5, 512)), scales])
+
+
+def test_sequential_walk_gives_the_statistics_of_whole_model_probes(monkeypatch, tmp_path, rng):
+    """Branches, a skip connection, two convs reading one tensor, several batches (9 samples in batches of 4):
+    running each node once (per model) and keeping its outputs while later nodes read them compresses every
+    layer to the same bytes as probing the compressed and original models whole for each layer."""
+    model = _branching_convs(rng)
     walk, probes = _sequential_outputs(monkeypatch, tmp_path, model, {"x": rng.standard_normal((9, 3, 8, 8)).astype(np.float32)},
                                        prune="activation", sparsity=0.5, bits=3, min_elements=16, calib_batch=4)
     assert walk == probes
@@ -564,3 +570,31 @@ def test_row_sampling_bounds_the_statistics_memory(monkeypatch, rng):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert stats.rows == 4 * 65536 and peak < 40e6, peak
+
+
+def test_sequential_statistics_reused_between_runs_give_the_same_bytes(tmp_path, rng):
+    """The budget's check set compresses allocations that differ in a few weights' settings one after another with
+    one ``sequential_reuse`` dict: each run's output is the same bytes as a run without it, the layers whose walk
+    and upstream settings did not change take their statistics from the last run, the others their X_o^T X_o when
+    their walk did not change; a weight left dense changes the walk after it."""
+    model = _branching_convs(rng)
+    onnx.save(model, tmp_path / "in.onnx")
+    calib = {"x": rng.standard_normal((9, 3, 8, 8)).astype(np.float32)}
+    base = {name: {"sparsity": 0.5, "bits": 3} for name in ("w1", "w2", "w3", "w4", "w5", "w6")}
+    runs = [(base, (0, 0)),
+            ({**base, "w5": {"sparsity": 0.3, "bits": 4}}, (5, 1)),  # w1-w5 as before; w6 after the change: X_o^T X_o
+            ({**base, "w1": {"sparsity": 0.3, "bits": 4}}, (1, 5)),  # w1's statistics depend on no weight
+            # w3 left dense: w1 and w2 (its walk reads no w3) as before; w4 on, another walk
+            ({**base, "w1": {"sparsity": 0.3, "bits": 4}, "w3": {"skip": True}}, (2, 0)),
+            ({**base, "w1": {"sparsity": 0.3, "bits": 4}, "w3": {"skip": True}}, (5, 0))]  # the same again: all of it
+    reuse: dict = {}
+    for index, (settings, reused) in enumerate(runs):
+        outputs = []
+        for name, kept in (("reuse", reuse), ("fresh", None)):
+            folder = tmp_path / f"{name}{index}"
+            folder.mkdir()
+            onnxcomp.compress(tmp_path / "in.onnx", folder / "out.onnx", calib=calib, prune="activation", min_elements=16,
+                              calib_batch=4, sequential=True, settings=settings, sequential_reuse=kept, fidelity=False)
+            outputs.append((folder / "out.onnx").read_bytes() + (folder / "out.onnxcomp").read_bytes())
+        assert outputs[0] == outputs[1]
+        assert reuse["reused"] == reused

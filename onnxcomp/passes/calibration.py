@@ -126,9 +126,10 @@ class LayerStatistics:
         elif self.dense_gram is not None:
             self.dense_gram += _weighted(rows.T @ rows, weight)
 
-    def add_original(self, rows: np.ndarray, original: np.ndarray, weight: float = 1.0) -> None:
+    def add_original(self, rows: np.ndarray, original: np.ndarray, weight: float = 1.0, with_gram: bool = True) -> None:
         """Sequential mode: accumulate the cross terms with the original model's rows for the same samples (and
-        positions), each standing for ``weight`` rows."""
+        positions), each standing for ``weight`` rows. ``with_gram`` False leaves out X_o^T X_o (``gram_original``
+        stays None: the caller has it from an earlier walk with the same rows)."""
         if self.dense_gram is None and self.activations is None:
             return
         if self.activations is not None:  # the cross terms need the dense form
@@ -137,9 +138,10 @@ class LayerStatistics:
         rows, original = rows.astype(dtype, copy=False), original.astype(dtype, copy=False)
         if self.cross is None:
             self.cross = np.zeros_like(self.dense_gram)
-            self.gram_original = np.zeros_like(self.dense_gram)
+            self.gram_original = np.zeros_like(self.dense_gram) if with_gram else None
         self.cross += _weighted(rows.T @ original, weight)
-        self.gram_original += _weighted(original.T @ original, weight)
+        if with_gram:
+            self.gram_original += _weighted(original.T @ original, weight)
 
     @property
     def norms(self) -> np.ndarray:
@@ -505,9 +507,10 @@ class _Declared:  # what accepted_batch and sample_axes read from a session inpu
 
 
 def _observe(stats: dict, layers: dict[str, LayerInput], values: dict, samples: int, threshold: float, keep_gram: bool,
-             shared: dict, original_values: dict | None = None) -> None:
+             shared: dict, original_values: dict | None = None, original_gram: bool = True) -> None:
     """Accumulate the statistics of ``layers`` from this batch's ``values`` (layers reading the same tensor the
-    same way share one LayerStatistics, filled once)."""
+    same way share one LayerStatistics, filled once). ``original_gram`` False: with ``original_values``, the
+    cross terms only (LayerStatistics.add_original's ``with_gram``)."""
     done = set()
     for layer, spec in layers.items():
         key = (spec.tensor, spec.layout == "conv", spec.kernel, spec.strides, spec.pads, spec.dilations)
@@ -536,7 +539,7 @@ def _observe(stats: dict, layers: dict[str, LayerInput], values: dict, samples: 
             stats[layer].add(rows, samples if whole else stop - start, threshold, weight)
             if original is not None:
                 stats[layer].add_original(rows, input_rows(original if whole else original[start:stop], spec, positions),
-                                          weight)
+                                          weight, original_gram)
         done.add(key)
 
 

@@ -15,6 +15,15 @@ are then the ones the whole compressed model computes. A node that reads a weigh
 whose observed input comes after its own first use) is run for that one layer and again later. Each node so runs
 about twice in all, not twice per layer (docs/benchmarks.md, the seqcal section); the statistics are the ones
 whole-model probes give (same nodes, same kernels, same batches: tests/test_calibration.py compares them).
+
+With ``reuse`` (a dict the caller keeps between runs on the same model, data and options, e.g. the budget's check
+set testing allocations that differ in a few weights' settings), a layer's statistics are taken from the last run
+when the walk up to its input ran the same segments (nodes and outputs asked: what onnxruntime computes) and every
+layer compressed before it had the same settings (so the same values: each layer's result depends only on its
+statistics and settings), and its X_o^T X_o (the original model's rows) when the walk alone was the same. The walk
+still runs every node as without ``reuse``, so the layers after the first changed one see the values a run without
+it computes: the outputs are the same bytes (tests/test_calibration.py). ``reuse["reused"]`` counts, after a run,
+the layers whose statistics, and those whose X_o^T X_o only, came from the last run.
 """
 
 from __future__ import annotations
@@ -38,8 +47,9 @@ class CompressSequentiallyPass(GraphPass):
     before branch seqcal: the reference the tests and bench/sequential_speed.py compare the walk with."""
 
     def __init__(self, *, data: dict[str, np.ndarray], steps: list[GraphPass], batch: int = 64, threshold: float = 0.0,
-                 walk: bool = True) -> None:
+                 walk: bool = True, reuse: dict | None = None) -> None:
         self.data, self.steps, self.batch, self.threshold, self.walk = data, list(steps), batch, threshold, walk
+        self.reuse = reuse if walk else None
 
     def run(self, state: CompressionState) -> PassResult:
         targets = [t for t in state.targets if t.codebook is None]
@@ -55,17 +65,45 @@ class CompressSequentiallyPass(GraphPass):
         for target in targets:
             target.layer_input = layer_input(target, main_nodes)
         frontier = self._frontier(original, compressed, targets, initializers)
+        reuse = self.reuse
+        if reuse is not None:  # the last run's entries (looked up) and this run's (kept for the next)
+            reuse.update(last=reuse.get("next", {}), original=reuse.get("next_original", {}), next={}, next_original={})
+        prefix: list[tuple] = []  # the settings of the layers compressed so far, in order
         for target in progress.track(targets, "sequential layers"):
             with progress.silenced():  # one bar for the layers, not one per layer's steps
                 if target.layer_input is not None:
-                    target.statistics = frontier.statistics(target.name, target.layer_input)
+                    target.statistics = self._statistics(frontier, reuse, tuple(prefix), target)
                 single = CompressionState(state.graph, [target])
                 for step in self.steps:
                     step(single)
             if target.name in initializers:
                 initializers[target.name].CopyFrom(numpy_helper.from_array(target.decoded(), target.name))
             frontier.finished(target.name)
+            prefix.append(_settings_of(target))
+        if reuse is not None:
+            reuse.update(last={}, original={}, reused=(frontier.reused, frontier.reused_original))
         return PassResult(False, f"compressed {len(targets)} layers in graph order")
+
+    def _statistics(self, frontier, reuse: dict | None, prefix: tuple, target):
+        """The layer's statistics: from the last run when its walk so far and the layers compressed before it were
+        the same, else observed (with X_o^T X_o from the last run when its walk so far was the same)."""
+        if reuse is None:
+            return frontier.statistics(target.name, target.layer_input)
+        found = {}
+
+        def lookup(walk: tuple):
+            found["walk"] = walk
+            known = reuse["last"].get((target.name, walk, prefix))
+            if known is None:  # no later layer can match either (its key extends this one's): forget the last run's
+                reuse["last"] = {}
+            return known, reuse["original"].get((target.name, walk))
+
+        statistics = frontier.statistics(target.name, target.layer_input, lookup=lookup)
+        if "walk" in found:
+            reuse["next"][(target.name, found["walk"], prefix)] = statistics
+            if statistics is not None and statistics.gram_original is not None:
+                reuse["next_original"][(target.name, found["walk"])] = statistics.gram_original
+        return statistics
 
     def _frontier(self, original, compressed, targets, initializers):
         if not self.walk:
@@ -118,9 +156,16 @@ class _Frontier:
         self.samples = [count_samples(f, self.axes) for f in self.feeds]
         self.kept: list[dict[str, np.ndarray]] = [{} for _ in self.feeds]  # outputs of nodes run for good, compressed model
         self.kept_original: list[dict[str, np.ndarray]] = [{} for _ in self.feeds]
+        self.walk: list[tuple] = []  # (nodes, outputs) of every segment run so far, in order
+        self.reused = self.reused_original = 0  # layers whose statistics / X_o^T X_o a lookup gave
 
-    def statistics(self, layer: str, spec: LayerInput) -> LayerStatistics:
-        """The statistics of ``layer`` (input ``spec``) with the cross terms against the original model's inputs."""
+    def statistics(self, layer: str, spec: LayerInput, lookup=None) -> LayerStatistics:
+        """The statistics of ``layer`` (input ``spec``) with the cross terms against the original model's inputs.
+
+        ``lookup(walk)`` (optional) is called once the layer's nodes have run, with ``walk``, every segment the walk
+        has run so far (nodes and outputs asked, in order; what its values depend on besides the weights), and
+        returns (the layer's statistics, or None, its X_o^T X_o, or None) as an earlier walk left them: known
+        statistics are returned as they are, a known X_o^T X_o is taken instead of summed."""
         if self.waiting and self.waiting[0] == spec.tensor:
             self.waiting.pop(0)
         tensor = spec.tensor
@@ -134,11 +179,18 @@ class _Frontier:
         outputs += [out for i in final for out in self.original.graph.node[i].output
                     if out and out in later and out not in outputs]
         values, values_original = self._run(nodes, outputs)
-        stats: dict[str, LayerStatistics] = {}
-        for b, feeds in enumerate(self.feeds):
+        self.walk.append((tuple(nodes), tuple(outputs)))
+        known, gram_original = lookup(tuple(self.walk)) if lookup is not None else (None, None)
+        self.reused += known is not None
+        self.reused_original += known is None and gram_original is not None
+        stats: dict[str, LayerStatistics] = {} if known is None else {layer: known}
+        for b, feeds in enumerate(self.feeds if known is None else ()):
             seen = {**feeds, **self.kept[b], **values[b]}
             seen_original = {**feeds, **self.kept_original[b], **values_original[b]}
-            _observe(stats, {layer: spec}, seen, count_samples(feeds, self.axes), self.threshold, True, {}, seen_original)
+            _observe(stats, {layer: spec}, seen, count_samples(feeds, self.axes), self.threshold, True, {}, seen_original,
+                     original_gram=gram_original is None)
+        if known is None and gram_original is not None and stats[layer].cross is not None:
+            stats[layer].gram_original = gram_original
         self.unrun -= set(final)
         for b in range(len(self.feeds)):
             for out in outputs:
@@ -209,3 +261,10 @@ class _Frontier:
         for kept in (*self.kept, *self.kept_original):
             for name in [n for n in kept if n not in needed]:
                 del kept[name]
+
+
+def _settings_of(target) -> tuple:
+    """What a layer's compressed values depend on besides its statistics and the pass's options: its name and its
+    per-weight settings."""
+    return (target.name, target.sparsity_override, target.bits_override, target.outliers_override,
+            target.levels_override, target.alternative, target.scaled_alternative)

@@ -381,16 +381,20 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     if cached:
         progress.messages()(f"{len(cached)} sensitivity curves from the cache {cache_file}")
     # each weight's curve is cached as soon as it is measured, so an interrupted run resumes where it stopped
+    calibrated: dict = {}  # the curves' calibration pass, handed to the trial models (the same statistics: one pass)
     curves = _measure(model, fit, hold, reference, labels, metric, sparsities, bits, options, min_elements,
-                      cached, lambda done: _save_cache(cache_file, done), cap)
+                      cached, lambda done: _save_cache(cache_file, done), cap, calibrated)
     trials = None
+
+    def trial_models() -> _TrialModels:
+        return _TrialModels(model, fit, options, min_elements, model_io.model_bytes(input_path), calibrated or None)
     # A weight left dense costs half as much as float16 (ppocr-rec: 24 weights left dense as float32 were 3.9 of the
     # 5.2 MB written at 2.11x). One trial model with every weight float16 that half_dense allows measures what they
     # cost together; each gets a float16 candidate with its share of that error (_with_float16).
     halvable = _halvable(model, curves)
     half_error = None
     if halvable:
-        trials = _TrialModels(model, fit, options, min_elements, model_io.model_bytes(input_path))
+        trials = trial_models()
         halved, _ = trials.run({n: {"skip": True, "float16": True} for n in halvable}, hold)
         half_error = budget_math.error(metric, reference, halved, labels)
         progress.messages()(f"{len(halvable)} weights stored as float16 when left dense: {metric} {half_error:.4g} all at once")
@@ -428,7 +432,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
             # each weight compressed once per setting over all rounds, the model run in onnxruntime; in
             # sequential mode too (a whole sequential compress per round cost 15-30 s on a 0.5 MB CNN): the
             # allocations the check set tests, and the output, are compressed sequentially
-            trials = trials or _TrialModels(model, fit, options, min_elements, model_io.model_bytes(input_path))
+            trials = trials or trial_models()
             output, output_bytes = trials.run(settings, hold)
             measured = budget_math.error(goal.metric, reference, output, labels)
             bound = budget_math.error_bound(goal.metric, reference, output, labels, Z)
@@ -557,6 +561,9 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     ladder = sorted(ladder, key=lambda entry: (not goal.met(entry[4]), -entry[1]))
     ladder = ladder if checked else [min(ladder, key=lambda entry: entry[1])]
     checks, accepted = [], []  # accepted: (staging, staged, report, settings, predicted, measured, check)
+    # the layers' sequential statistics kept from one allocation to the next: a layer whose upstream layers are
+    # compressed alike is not observed again (CompressSequentiallyPass; the same bytes written)
+    reuse: dict | None = {} if sequential else None
     try:
         for entry in ladder:
             settings, _, predicted, measured = entry[:4]
@@ -569,7 +576,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
                 if len(entry) <= 5:
                     report = compress(input_path, staged, calib=searched, prune=prune, score=score, reconstruct=reconstruct,
                                       outliers=outliers, ridge=ridge, init=init, seed=seed, min_elements=min_elements, settings=settings,
-                                      eval_data=eval_data, rounding=rounding, sequential=sequential,
+                                      eval_data=eval_data, rounding=rounding, sequential=sequential, sequential_reuse=reuse,
                                       **{**fidelity_options, "fidelity_data": fidelity_options.get("fidelity_data") or
                                          (checking if checked else None)})
                 output = run_batched(InferenceSession(staged), checking, outputs=[model.graph.output[0].name])[0] if checked else None
@@ -641,11 +648,14 @@ class _TrialModels:
     codebook and indices, and the model run in onnxruntime with the decoded weights in place (the values the
     custom ops decode). Bytes: the input's, each compressed weight's dense bytes replaced by its record's."""
 
-    def __init__(self, model, fit, options, min_elements: int, input_bytes: int):
+    def __init__(self, model, fit, options, min_elements: int, input_bytes: int, calibrated: dict | None = None):
         self.model, self.options, self.input_bytes = model, options, input_bytes
         state = CompressionState(gs.import_onnx(model))
         SelectWeightsPass(min_elements=min_elements)(state)
-        if options["prune"] == "activation" or options["reconstruct"]:  # one more calibration pass for all rounds
+        if calibrated is not None:  # the sensitivity analysis's pass on the same fit samples (_measure's ``keep``)
+            for target in state.targets:
+                target.layer_input, target.statistics = calibrated.pop(target.name, (None, None))
+        elif options["prune"] == "activation" or options["reconstruct"]:  # one calibration pass for all rounds
             CalibrateWeightsPass(data=fit, keep_gram=options["reconstruct"] or needs_gram(options["prune"], options["score"]))(state)
         self.targets = {t.name: t for t in state.targets}
         self.compressed: dict[tuple, tuple] = {}  # (weight, sparsity, bits) -> (codebook, indices, outliers, bytes)
@@ -839,7 +849,7 @@ class _Proxy:
 
 
 def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, options, min_elements, cached=None, save=None,
-             cap=None):
+             cap=None, keep: dict | None = None):
     """Each selected weight's curve [(sparsity, bits, record bytes, error)], the dense candidate last. Curves in
     ``cached`` are reused; ``save(curves)`` is called after each newly measured weight. Errors are measured in
     onnxruntime or predicted from the layer's own output error (``_Proxy``). With ``cap``, once a bit width's
@@ -856,15 +866,24 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
 
     Weights run on ``parallel.default_workers()`` threads, the costliest first (_block_work), each thread taking
     the next weight as soon as it finishes one (a fixed pairing left a core idle behind a large weight); each
-    curve is saved as soon as it is done, and the curves are returned in the model's weight order."""
+    curve is saved as soon as it is done, and the curves are returned in the model's weight order.
+
+    ``keep`` (a dict), when this call runs the calibration pass, is filled with every selected weight's (layer input,
+    statistics), name -> pair, for _TrialModels: the same pass on the same samples, which no trial changes (each
+    weight's cached inverse factor is dropped when its curve is done). A search with every curve cached calibrates
+    for its trial models instead."""
     graph = gs.import_onnx(model)
     state = CompressionState(graph)
     SelectWeightsPass(min_elements=min_elements)(state)
     cached = cached or {}
     curves = {t.name: cached[t.name] for t in state.targets if t.name in cached}
     todo = [t for t in state.targets if t.name not in curves]
-    if todo and (options["prune"] == "activation" or options["reconstruct"]):  # one pass: every layer's statistics
+    calibrating = bool(todo) and (options["prune"] == "activation" or options["reconstruct"])
+    if calibrating:  # one pass: every layer's statistics
         CalibrateWeightsPass(data=fit, keep_gram=options["reconstruct"] or needs_gram(options["prune"], options["score"]))(state)
+    handed = calibrating and keep is not None
+    if handed:
+        keep.update((t.name, (t.layer_input, t.statistics)) for t in state.targets)
     main = {t.name for t in model.graph.initializer}
     def tried_sparsities(target):
         # Activation-aware pruning needs the layer's inputs: a weight no calibrated layer multiplies (a bias, a
@@ -952,7 +971,9 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
                     say(f"sensitivity analysis: about {_duration(rate * work_total / workers)} "
                         f"for {trials} trials on {workers} thread(s) (timed on the first {len(bits)})")
         points.append((None, None, target.dense_bytes, 0.0))  # leaving the weight dense is a candidate too
-        target.statistics = target.layer_input = None  # this weight's Gram matrix is no longer needed
+        if handed and target.statistics is not None:  # kept for the trial models, without this weight's inverse factor
+            target.statistics.factor_cache = None
+        target.statistics = target.layer_input = None  # this weight's Gram matrix is no longer needed here
         return points, proxy.runs
 
     # threadpoolctl's limits are process-wide: each numeric step's own one-thread limit, entered and left on two

@@ -161,7 +161,8 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
                    rounding: str = "obs", outliers: str | float = "auto", allocation: str = "fixed",
                    allocation_scales: dict | None = None, allocation_limits: dict | None = None,
                    allocation_cache: dict | None = None, allocation_scaled: bool = True,
-                   integer_weights: str = "gather", share_cache: dict | None = None) -> Pipeline:
+                   integer_weights: str = "gather", share_cache: dict | None = None,
+                   sequential_reuse: dict | None = None) -> Pipeline:
     """The pass list for the given options (``None`` means the defaults; ``calib`` is a dict of input arrays).
 
     ``format`` "custom-op" writes records for the onnxcomp ops; "portable" writes standard ONNX ops only.
@@ -182,6 +183,8 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
     ``integer_weights`` ("off", "gather", "conv", "all") picks the int8 / uint8 weights of already-quantized ops that are coded
     losslessly (onnxcomp/passes/integer_weights.py; the custom-op format only). ``share_cache`` keeps each weight's
     sorted values between runs on the same input (ShareWeightsPass; compress's rounds without calibration).
+    ``sequential_reuse`` keeps the sequential layers' statistics between runs on the same input, calibration data and
+    options that differ only in per-weight settings (CompressSequentiallyPass; the budget's check set).
     """
     if format not in FORMATS:
         raise InvalidOptionError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
@@ -224,7 +227,8 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
                                   outliers=outliers, outliers_opset=SCATTER_OPSET if format == "portable" else 0,
                                   cache=share_cache if calib is None else None))
     if sequential:
-        passes.append(CompressSequentiallyPass(data=calib, steps=steps, batch=calib_batch, threshold=activation_threshold))
+        passes.append(CompressSequentiallyPass(data=calib, steps=steps, batch=calib_batch, threshold=activation_threshold,
+                                               reuse=sequential_reuse))
     elif PIPELINED and allocate is not None and not settings and calib is None and scope == "layer":
         passes.remove(allocate)  # each weight allocated, pruned and shared in one go (on the same passes)
         passes.append(AllocateShareWeightsPass(allocate, *steps))
