@@ -287,6 +287,7 @@ def main() -> None:
     inputs = dict(item.split("=", 1) for item in args.input)
     names = list(inputs) if inputs else args.models.split(",")
     rows, stage_rows = [], []
+    Path(args.folder).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.folder) as folder:
         outputs = Path(args.keep or folder)
         outputs.mkdir(parents=True, exist_ok=True)
