@@ -103,3 +103,33 @@ def test_no_partial_output_when_writing_fails(small_model, tmp_path):
         expect_error(onnxcomp("compress", small_model, folder / "out.onnx"), "not writable")
     finally:
         os.chmod(folder, 0o700)
+
+
+def test_sigterm_leaves_no_staging_folder_and_no_output(tmp_path, rng):
+    """A pipeline's timeout sends SIGTERM: onnxcomp exits 143 with one line, and the staging folder it writes beside
+    the output (``.onnxcomp-*``) is removed as on an error; no output file appears."""
+    import signal
+    import time
+    weights = [weight(rng, f"w{i}", (1024, 1024)) for i in range(6)]  # 6.3 M parameters: about a second of work
+    nodes = [helper.make_node("MatMul", ["x" if i == 0 else f"h{i}", f"w{i}"], [f"h{i + 1}" if i < 5 else "y"])
+             for i in range(6)]
+    model = make_model(nodes, [float_input("x", ["n", 1024])], [float_input("y", ["n", 1024])], weights)
+    source = tmp_path / "model.onnx"
+    onnx.save(model, source)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    import onnxcomp as package
+    home = str(Path(package.__file__).resolve().parents[1])
+    code = f"import sys; sys.path.insert(0, {home!r}); from onnxcomp.front.cli import run; run()"
+    process = subprocess.Popen([sys.executable, "-c", code, "compress", str(source), str(folder / "small.onnx")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT.parent)
+    deadline = time.monotonic() + 60
+    while not list(folder.glob(".onnxcomp-*")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    if process.poll() is not None:
+        pytest.skip("compress finished before its staging folder was seen")
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert "stopped by SIGTERM" in stderr and "Traceback" not in stderr
+    assert list(folder.iterdir()) == []

@@ -6,7 +6,9 @@ import contextlib
 import inspect
 import json
 import logging
+import signal
 import sys
+import threading
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -479,8 +481,21 @@ def _print_layers(result) -> None:
                f"all compressed together: {whole.relative_l2_error:.4g}")
 
 
+class Terminated(SystemExit):
+    """SIGTERM (a pipeline's timeout, ``kill``, a container stopping): exit 143 (128 + the signal's number, the
+    shell's convention) after the same unwinding as an error, so staging folders and temporary files are removed
+    and nothing is left beside the output."""
+
+
+def _terminate(signum, frame) -> None:
+    print("onnxcomp: stopped by SIGTERM (staging files removed; no partial output)", file=sys.stderr)
+    raise Terminated(128 + signum)
+
+
 def run() -> None:
-    """Console entry point: usage errors exit 2, user errors 1."""
+    """Console entry point: usage errors exit 2, user errors 1, SIGTERM 143 (``Terminated``)."""
+    if threading.current_thread() is threading.main_thread():  # Python's default SIGTERM skips every finally block
+        signal.signal(signal.SIGTERM, _terminate)
     app(prog_name="onnxcomp")
 
 

@@ -383,8 +383,6 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
         feeds, source, unavailable = fidelity_check.prepare(
             input_path, data=fidelity_data, calib=calib, shapes=input_shapes, ranges=input_ranges,
             seed=options.get("seed", 0), model=graph_only)
-    folder = os.path.dirname(os.path.abspath(output_path))
-    staging = tempfile.mkdtemp(prefix=".onnxcomp-", dir=folder)
     # Work that does not depend on the step before it runs on threads of its own meanwhile (below: the original's
     # fidelity outputs during the first round, every weight's candidates during the gain measurement).
     background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="onnxcomp-ahead") if AHEAD else _Inline()
@@ -400,6 +398,9 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
             stored.result()
         return fidelity_check.compare_runs(input_path, staged, feeds, source, graph_only, reference)
 
+    # created right before the block whose finally removes it: an error or SIGTERM (front/cli.py) in between would
+    # leave it beside the output
+    staging = tempfile.mkdtemp(prefix=".onnxcomp-", dir=os.path.dirname(os.path.abspath(output_path)))
     try:
         cache: dict = {}
         share_cache = {} if calib is None and model_io.model_bytes(input_path, graph_only) <= SHARE_CACHE_BYTES else None
