@@ -224,6 +224,9 @@ def budget_for(model: zoo.ZooModel) -> str:
     return "rel_l2=0.02" if per_sample and all(d == 1 for d in per_sample) else "cosine=0.99"
 
 
+STOP_SECONDS = 120  # after a timeout's SIGTERM, how long compress may take to clean up before SIGKILL
+
+
 def compress(model: zoo.ZooModel, options: list[str], out: Path, timeout: float) -> dict:
     calib = str(model.folder / "calib.npz")
     options = [o.replace("{calib}", calib) for o in options]
@@ -236,10 +239,18 @@ def compress(model: zoo.ZooModel, options: list[str], out: Path, timeout: float)
         stale.unlink(missing_ok=True)
     command = [onnxcomp_cli(), "compress", str(model.onnx_path), str(out), *options, "--report", str(report_path)]
     start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        process.terminate()  # SIGTERM: onnxcomp removes its staging folder (docs/robustness.md); SIGKILL would not
+        try:
+            process.communicate(timeout=STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
         return {"error": f"compress timed out after {timeout:.0f} s", "seconds": timeout}
+    result = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
     seconds = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime  # the compress process's CPU time
