@@ -18,12 +18,17 @@ BUNDLED = ROOT / "models" / "lenet300_fashion.onnx"
 BUNDLED_EVAL = ROOT / "models" / "fashion_eval.npz"
 
 
-def onnxcomp(*args):
-    """Run the CLI in a subprocess that imports the same onnxcomp as these tests (installed or checkout)."""
+def cli_command(*args) -> list[str]:
+    """The command line running the CLI in a subprocess that imports the same onnxcomp as these tests (installed or
+    checkout)."""
     import onnxcomp as package
     home = str(Path(package.__file__).resolve().parents[1])
     code = f"import sys; sys.path.insert(0, {home!r}); from onnxcomp.front.cli import run; run()"
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, cwd=ROOT.parent)
+    return [sys.executable, "-c", code, *map(str, args)]
+
+
+def onnxcomp(*args):
+    return subprocess.run(cli_command(*args), capture_output=True, text=True, cwd=ROOT.parent)
 
 
 @pytest.fixture
@@ -118,11 +123,8 @@ def test_sigterm_leaves_no_staging_folder_and_no_output(tmp_path, rng):
     onnx.save(model, source)
     folder = tmp_path / "out"
     folder.mkdir()
-    import onnxcomp as package
-    home = str(Path(package.__file__).resolve().parents[1])
-    code = f"import sys; sys.path.insert(0, {home!r}); from onnxcomp.front.cli import run; run()"
-    process = subprocess.Popen([sys.executable, "-c", code, "compress", str(source), str(folder / "small.onnx")],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT.parent)
+    process = subprocess.Popen(cli_command("compress", source, folder / "small.onnx"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, cwd=ROOT.parent)
     deadline = time.monotonic() + 60
     while not list(folder.glob(".onnxcomp-*")) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)

@@ -481,19 +481,16 @@ def _print_layers(result) -> None:
                f"all compressed together: {whole.relative_l2_error:.4g}")
 
 
-class Terminated(SystemExit):
-    """SIGTERM (a pipeline's timeout, ``kill``, a container stopping): exit 143 (128 + the signal's number, the
-    shell's convention) after the same unwinding as an error, so staging folders and temporary files are removed
-    and nothing is left beside the output."""
-
-
 def _terminate(signum, frame) -> None:
+    """SIGTERM (a pipeline's timeout, ``kill``, a container stopping): exit 143 (128 + the signal's number, the
+    shell's convention) through the same unwinding as an error, so staging folders and temporary files are removed
+    and nothing is left beside the output."""
     print("onnxcomp: stopped by SIGTERM (staging files removed; no partial output)", file=sys.stderr)
-    raise Terminated(128 + signum)
+    raise SystemExit(128 + signum)
 
 
 def run() -> None:
-    """Console entry point: usage errors exit 2, user errors 1, SIGTERM 143 (``Terminated``)."""
+    """Console entry point: usage errors exit 2, user errors 1, SIGTERM 143 (``_terminate``)."""
     if threading.current_thread() is threading.main_thread():  # Python's default SIGTERM skips every finally block
         signal.signal(signal.SIGTERM, _terminate)
     app(prog_name="onnxcomp")
