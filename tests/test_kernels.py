@@ -350,6 +350,37 @@ def test_codebook_matmul_decode_once(m, k, n, bits, fraction):
     np.testing.assert_array_equal(two.run(None, {"x": x})[0], outputs[0])
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_dense_panel_paths_random_shapes_every_isa(seed, monkeypatch):
+    """The dense-panel kernels (AVX-512: 12-row x 32-column tiles; AVX2: 6 x 16; scalar) on random shapes, rows 1..600
+    (tile heights 1..12 and their balanced splits), odd K, N not a multiple of 16 (a masked last panel, an odd last
+    panel alone), outliers present, through all three paths that run them: the decode-once copy, the per-run decode
+    from ONNXCOMP_GEMM_ROWS rows, and the row tiles of byte indices (6 or more rows). Every instruction set gives the
+    scalar kernel's bits, within the summation bound of the float64 product."""
+    rng = np.random.default_rng(4200 + seed)
+    m = int(rng.integers(1, 601)) if seed else 600
+    k = 2 * int(rng.integers(0, 200)) + 1
+    n = int(rng.integers(1, 300))
+    if n % 16 == 0:
+        n += 1
+    bits = [4, 6, 8][seed % 3]
+    codebook, indices = random_layer(rng, k, n, bits)
+    positions, values = with_outliers(rng, (k, n), 0.01)
+    record = encode_record(codebook, indices, (k, n), bits, positions, values)
+    bias = rng.standard_normal(n).astype(np.float32) if seed % 2 else None
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    once = matmul_model(record, k, n, bias is not None, bias)
+    once.graph.node[0].attribute.append(helper.make_attribute("decode_once", 1))
+    fused = matmul_model(record, k, n, bias is not None, bias)
+    for model, gemm_rows in [(once, None), (fused, "1"), (fused, "0")]:
+        if gemm_rows is not None:
+            monkeypatch.setenv("ONNXCOMP_GEMM_ROWS", gemm_rows)
+        outputs = {isa: run_with_isa(model, {"x": x}, isa) for isa in ISAS if isa_available(isa)}
+        check_with_corrections(outputs["scalar"], x, record, bias)
+        for isa, y in outputs.items():
+            np.testing.assert_array_equal(y, outputs["scalar"], err_msg=f"{isa} differs from scalar ({gemm_rows})")
+
+
 @pytest.mark.parametrize("bits,fraction", [(1, 0.0), (4, 0.05), (9, 0.01)])
 def test_codebook_decode_decode_once(bits, fraction):
     """decode_once = 1: CodebookDecode copies out a tensor decoded at session creation, bit-identical to the numpy

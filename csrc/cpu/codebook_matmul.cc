@@ -301,9 +301,10 @@ namespace {
 // Dense panels of W with n columns (DenseProblem's layout): ceil(n / kDensePanelColumns).
 int64_t DensePanelCount(int64_t n) { return (n + kDensePanelColumns - 1) / kDensePanelColumns; }
 
-// Extra floats a buffer for dense panels carries so that they can start at a 32-byte boundary (the AVX2 kernel
-// loads aligned vectors), and that boundary within it.
-constexpr int64_t kAlignFloats = 8;
+// Extra floats a buffer for dense panels carries so that they can start at a 64-byte boundary (the AVX2 kernel
+// loads aligned vectors; the AVX-512 kernel's 64-byte rows then never straddle two cache lines), and that boundary
+// within it.
+constexpr int64_t kAlignFloats = 16;
 float* AlignedPanels(float* buffer) {
   while (reinterpret_cast<uintptr_t>(buffer) % (kAlignFloats * sizeof(float)) != 0) ++buffer;
   return buffer;

@@ -246,28 +246,31 @@ void DenseTile(const DenseProblem& p, const float* w, const char* next, int64_t 
   }
 }
 
-// Rows [row_begin, row_end) of one dense panel as ceil(rows / 6) tiles of balanced heights: 49 rows as 4 tiles of 6
-// and 5 of 5, not 8 of 6 and a 1-row tile (which is bound by its weight loads, not its multiply-adds). The tiling
-// does not change any output's chain.
+// Rows [row_begin, row_end) of one dense panel as ceil(rows / 6) tiles of balanced heights (ForBalancedTiles). The
+// tiling does not change any output's chain.
+struct DenseRowsContext {
+  const DenseProblem* p;
+  const float* w;
+  const char* next;
+  int64_t n0;
+};
+
+void DenseRowTile(void* context, int64_t m, int64_t height) {
+  const DenseRowsContext& c = *static_cast<const DenseRowsContext*>(context);
+  switch (height) {
+    case 6: return DenseTile<6>(*c.p, c.w, c.next, m, c.n0);
+    case 5: return DenseTile<5>(*c.p, c.w, c.next, m, c.n0);
+    case 4: return DenseTile<4>(*c.p, c.w, c.next, m, c.n0);
+    case 3: return DenseTile<3>(*c.p, c.w, c.next, m, c.n0);
+    case 2: return DenseTile<2>(*c.p, c.w, c.next, m, c.n0);
+    default: return DenseTile<1>(*c.p, c.w, c.next, m, c.n0);
+  }
+}
+
 void DenseRows(const DenseProblem& p, const float* w, const char* next, int64_t row_begin, int64_t row_end,
                int64_t n0) {
-  const int64_t rows = row_end - row_begin;
-  if (rows <= 0) return;
-  const int64_t tiles = (rows + kDenseRows - 1) / kDenseRows;
-  const int64_t base = rows / tiles, extra = rows % tiles;
-  int64_t m = row_begin;
-  for (int64_t t = 0; t < tiles; ++t) {
-    const int64_t height = base + (t < extra ? 1 : 0);
-    switch (height) {
-      case 6: DenseTile<6>(p, w, next, m, n0); break;
-      case 5: DenseTile<5>(p, w, next, m, n0); break;
-      case 4: DenseTile<4>(p, w, next, m, n0); break;
-      case 3: DenseTile<3>(p, w, next, m, n0); break;
-      case 2: DenseTile<2>(p, w, next, m, n0); break;
-      default: DenseTile<1>(p, w, next, m, n0); break;
-    }
-    m += height;
-  }
+  DenseRowsContext context{&p, w, next, n0};
+  ForBalancedTiles(row_begin, row_end, kDenseRows, DenseRowTile, &context);
 }
 
 // Rows from which a task decodes each 32-column group once into a buffer (all K rows) and sweeps 6-row tiles over
@@ -377,11 +380,6 @@ void WithDecoder(const MatMulProblem& p, const F& f) {
 }
 
 }  // namespace
-
-void DenseAvx2Panel(const DenseProblem& p, const float* panel, const void* next, int64_t n0, int64_t row_begin,
-                    int64_t row_end) {
-  DenseRows(p, panel, static_cast<const char*>(next), row_begin, row_end, n0);
-}
 
 void MatMulAvx2(const MatMulProblem& p, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end) {
   WithDecoder(p, [&](const auto& d) { Run(d, p, panel_begin, panel_end, row_begin, row_end); });

@@ -140,9 +140,113 @@ void TileAndStore(const Decoder& decoder, const MatMulProblem& p, int64_t m0, in
   StoreTile(p, out, m0, MR, g0, NG);
 }
 
-#if defined(ONNXCOMP_HAVE_AVX2_KERNELS)
+// Dense panels (DenseProblem) with 32 registers: an MR x 32 tile of Y (two panels, one zmm per row each) held over
+// the whole K, 2 * MR accumulators, two weight vectors and a broadcast of X per k. MR = 12: 24 accumulators, 27 of
+// the 32 registers. While a pair's tiles run, each prefetches the next pair (one cache line of each panel per k),
+// as the AVX2 kernel does. Zen 4 issues a 512-bit FMA at half the 256-bit rate, so the gain over the AVX2 6 x 16
+// tile is in loads and instructions per multiply-add, not in peak FMA (docs/benchmarks.md, branch speed9: tiles of
+// 14 x 32, 8 x 48 and 6 x 64, and K blocks of 128 or 256 with the partial sums kept in Y, measured no faster).
+// Each output is the in-order chain fma(x[k], w[k], acc) over k = 0..K-1 from 0.0, then the bias: the bits of every
+// other kernel (matmul_kernels.h).
+constexpr int kDenseRows = 12;
+
+// Rows [m0, m0 + MR) of Y's columns n0 .. n0 + 16 * NP (clipped to N); panel j's row kk at panel[j] + 16 * kk.
+template <int MR, int NP>
+void DenseTile(const DenseProblem& p, const float* const* panel, const char* next, int64_t m0, int64_t n0) {
+  __m512 acc[MR][NP];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 2
+    for (int j = 0; j < NP; ++j) acc[r][j] = _mm512_setzero_ps();
+  }
+  const float* x = p.x + m0 * p.k;
+  const float* w[NP];
+#pragma GCC unroll 2
+  for (int j = 0; j < NP; ++j) w[j] = panel[j];
+  for (int64_t kk = 0; kk < p.k; ++kk) {
+    __m512 wv[NP];
+#pragma GCC unroll 2
+    for (int j = 0; j < NP; ++j) wv[j] = _mm512_loadu_ps(w[j] + kk * 16);  // 64-byte aligned from the op
+#pragma GCC unroll 2
+    for (int j = 0; j < NP; ++j) _mm_prefetch(next + j * p.k * 64 + kk * 64, _MM_HINT_T0);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const __m512 xv = _mm512_set1_ps(x[r * p.k + kk]);
+#pragma GCC unroll 2
+      for (int j = 0; j < NP; ++j) acc[r][j] = _mm512_fmadd_ps(xv, wv[j], acc[r][j]);
+    }
+  }
+  __mmask16 mask[NP];
+  __m512 bias[NP];
+#pragma GCC unroll 2
+  for (int j = 0; j < NP; ++j) {
+    const int64_t width = p.n - (n0 + 16 * j);
+    mask[j] = width >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << width) - 1u);
+    bias[j] = p.bias ? _mm512_maskz_loadu_ps(mask[j], p.bias + n0 + 16 * j) : _mm512_setzero_ps();
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+    float* y = p.y + (m0 + r) * p.n + n0;
+#pragma GCC unroll 2
+    for (int j = 0; j < NP; ++j) {
+      // acc + 0.0f would turn -0.0 into +0.0: add only a real bias, as the scalar kernel does.
+      _mm512_mask_storeu_ps(y + 16 * j, mask[j], p.bias ? _mm512_add_ps(acc[r][j], bias[j]) : acc[r][j]);
+    }
+  }
+}
+
+// Rows [row_begin, row_end) as ceil(rows / 12) tiles of balanced heights (ForBalancedTiles: 25 rows as 9 + 8 + 8,
+// not 12 + 12 + 1). The tiling does not change any output's chain.
+struct DenseRowsContext {
+  const DenseProblem* p;
+  const float* const* panel;
+  const char* next;
+  int64_t n0;
+};
+
+template <int NP>
+void DenseRowTile(void* context, int64_t m, int64_t height) {
+  const DenseRowsContext& c = *static_cast<const DenseRowsContext*>(context);
+  switch (height) {
+    case 12: return DenseTile<12, NP>(*c.p, c.panel, c.next, m, c.n0);
+    case 11: return DenseTile<11, NP>(*c.p, c.panel, c.next, m, c.n0);
+    case 10: return DenseTile<10, NP>(*c.p, c.panel, c.next, m, c.n0);
+    case 9: return DenseTile<9, NP>(*c.p, c.panel, c.next, m, c.n0);
+    case 8: return DenseTile<8, NP>(*c.p, c.panel, c.next, m, c.n0);
+    case 7: return DenseTile<7, NP>(*c.p, c.panel, c.next, m, c.n0);
+    case 6: return DenseTile<6, NP>(*c.p, c.panel, c.next, m, c.n0);
+    case 5: return DenseTile<5, NP>(*c.p, c.panel, c.next, m, c.n0);
+    case 4: return DenseTile<4, NP>(*c.p, c.panel, c.next, m, c.n0);
+    case 3: return DenseTile<3, NP>(*c.p, c.panel, c.next, m, c.n0);
+    case 2: return DenseTile<2, NP>(*c.p, c.panel, c.next, m, c.n0);
+    default: return DenseTile<1, NP>(*c.p, c.panel, c.next, m, c.n0);
+  }
+}
+
+template <int NP>
+void DenseRows(const DenseProblem& p, const float* const* panel, const char* next, int64_t row_begin,
+               int64_t row_end, int64_t n0) {
+  DenseRowsContext context{&p, panel, next, n0};
+  ForBalancedTiles(row_begin, row_end, kDenseRows, DenseRowTile<NP>, &context);
+}
+
+// Rows [row_begin, row_end) of Y's columns from n0 for `count` dense panels, panel i at panels + i * K * 16 (columns
+// n0 + 16 i ..): pairs of panels, an odd last one alone. `next`: what the last pair's tiles prefetch (2 panels).
+void DenseBlock(const DenseProblem& p, const float* panels, int64_t count, const float* next, int64_t n0,
+                int64_t row_begin, int64_t row_end) {
+  for (int64_t i = 0; i < count; i += 2) {
+    const float* pair[2] = {panels + i * p.k * 16, panels + (i + 1) * p.k * 16};
+    const char* ahead = reinterpret_cast<const char*>(i + 2 < count ? panels + (i + 2) * p.k * 16 : next);
+    if (count - i >= 2) {
+      DenseRows<2>(p, pair, ahead, row_begin, row_end, n0 + 16 * i);
+    } else {
+      DenseRows<1>(p, pair, ahead, row_begin, row_end, n0 + 16 * i);
+    }
+  }
+}
+
 // Rows from which a task decodes each 32-column group once (all K rows) into two dense panels of 16 columns and runs
-// the dense-panel tiles (DenseAvx2Panel) on them, as the AVX2 kernel does: the lookups are then shared by all the
+// the dense-panel tiles (DenseBlock) on them, as the AVX2 kernel does: the lookups are then shared by all the
 // task's rows. Each output is the same in-order chain of FMAs from 0.0, then the bias: the same bits as Tile.
 constexpr int64_t kDecodeOnceRows = 6;
 
@@ -164,25 +268,19 @@ bool RunDecodedOnce(const Decoder& d, const MatMulProblem& p, int64_t panel_begi
       _mm512_store_ps(w + kk * 16, v[0]);
       _mm512_store_ps(second + kk * 16, v[1]);
     }
-    const int64_t halves = g * kGroupColumns + 16 < p.n ? 2 : 1;
-    for (int64_t half = 0; half < halves; ++half) {
-      DenseAvx2Panel(dense, w + half * p.k * 16, second, g * kGroupColumns + half * 16, row_begin, row_end);
-    }
+    DenseBlock(dense, w, g * kGroupColumns + 16 < p.n ? 2 : 1, w, g * kGroupColumns, row_begin, row_end);
   }
   free(w);
   return true;
 }
-#endif
 
 template <class Decoder>
 void Run(const Decoder& d, const MatMulProblem& p, int64_t panel_begin, int64_t panel_end, int64_t row_begin,
          int64_t row_end) {
-#if defined(ONNXCOMP_HAVE_AVX2_KERNELS)
   if (Decoder::kDecodeOnce && row_end - row_begin >= kDecodeOnceRows &&
       RunDecodedOnce(d, p, panel_begin, panel_end, row_begin, row_end)) {
     return;
   }
-#endif
   alignas(64) float out[6 * 2 * kGroupColumns];
   const int64_t g_end = panel_end * 2;
   for (int64_t g = panel_begin * 2; g < g_end;) {
@@ -216,6 +314,13 @@ bool GatherAbove128() {
 }
 
 }  // namespace
+
+void DenseAvx512(const DenseProblem& p, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end) {
+  if (panel_end > panel_begin) {
+    const float* panels = p.panels + panel_begin * p.k * 16;
+    DenseBlock(p, panels, panel_end - panel_begin, panels, panel_begin * 16, row_begin, row_end);
+  }
+}
 
 void MatMulAvx512(const MatMulProblem& p, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end) {
   if (p.slot_bits == 4) {

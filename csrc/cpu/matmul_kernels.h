@@ -49,6 +49,12 @@ void MatMulNeon(const MatMulProblem&, int64_t panel_begin, int64_t panel_end, in
 // the bias and cutting the last group at p.n. Shared by the SIMD kernels, compiled without ISA flags.
 void StoreTile(const MatMulProblem& p, const float* out, int64_t m0, int rows, int64_t g0, int ng);
 
+// Calls tile(context, m, height) for rows [row_begin, row_end) cut into ceil(rows / max_height) row tiles of balanced
+// heights, in order (49 rows at most 6 high: 4 of 6 and 5 of 5, not 8 of 6 and a 1-row tile, which is bound by its
+// weight loads, not its multiply-adds). Shared by the SIMD dense-panel kernels, compiled without ISA flags.
+void ForBalancedTiles(int64_t row_begin, int64_t row_end, int64_t max_height,
+                      void (*tile)(void* context, int64_t m, int64_t height), void* context);
+
 // Y[M, N] = X[M, K] @ W[K, N] (+ bias) with W dense float32 in column panels: CodebookMatMul's decode-once
 // working form. Panel p holds columns [kDensePanelColumns * p, kDensePanelColumns * (p + 1)) of W, its K rows one
 // after the other (kDensePanelColumns floats each, columns past N zero), panels one after the other.
@@ -58,6 +64,7 @@ struct DenseProblem {
   const float* x;  // [m, k] row-major
   int64_t m, k, n;
   const float* panels;  // ceil(n / kDensePanelColumns) panels of k * kDensePanelColumns floats, 32-byte aligned
+                        // (64 from the op)
   const float* bias;    // [n] or null
   float* y;             // [m, n] row-major
 };
@@ -71,11 +78,10 @@ using DenseKernel = void (*)(const DenseProblem&, int64_t panel_begin, int64_t p
 void DenseScalar(const DenseProblem&, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end);
 #if defined(ONNXCOMP_HAVE_AVX2_KERNELS)
 void DenseAvx2(const DenseProblem&, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end);
-// DenseAvx2's tiles on one panel given apart from p.panels: rows [row_begin, row_end) of Y's 16 columns from n0, W's
-// panel at `panel` (k * 16 floats, 32-byte aligned); `next` is prefetched, one cache line per k, while it runs. The
-// AVX-512 fused kernel's row tiles decode a group of W into two such panels.
-void DenseAvx2Panel(const DenseProblem& p, const float* panel, const void* next, int64_t n0, int64_t row_begin,
-                    int64_t row_end);
+#endif
+#if defined(ONNXCOMP_HAVE_AVX512_KERNELS)
+// 12-row x 32-column tiles over K blocks of at most 128 (matmul_avx512.cc).
+void DenseAvx512(const DenseProblem&, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end);
 #endif
 #if defined(ONNXCOMP_HAVE_NEON_KERNELS)
 void DenseNeon(const DenseProblem&, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end);
@@ -98,7 +104,7 @@ enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kNeon = 3 };
 Isa SelectIsa();
 const char* IsaName(Isa isa);
 MatMulKernel MatMulKernelFor(Isa isa);
-// The dense-panel kernel of an instruction set (AVX-512 runs the AVX2 one: same results, by the contract above).
+// The dense-panel kernel of an instruction set (same results for all, by the contract above).
 DenseKernel DenseKernelFor(Isa isa);
 // The SIMD unpacking of an instruction set, or null (the caller's portable loop then serves).
 UnpackKernel UnpackKernelFor(Isa isa);

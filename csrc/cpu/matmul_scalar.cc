@@ -75,6 +75,20 @@ void StoreTile(const MatMulProblem& p, const float* out, int64_t m0, int rows, i
   }
 }
 
+void ForBalancedTiles(int64_t row_begin, int64_t row_end, int64_t max_height,
+                      void (*tile)(void* context, int64_t m, int64_t height), void* context) {
+  const int64_t rows = row_end - row_begin;
+  if (rows <= 0) return;
+  const int64_t tiles = (rows + max_height - 1) / max_height;
+  const int64_t base = rows / tiles, extra = rows % tiles;
+  int64_t m = row_begin;
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t height = base + (t < extra ? 1 : 0);
+    tile(context, m, height);
+    m += height;
+  }
+}
+
 void MatMulScalar(const MatMulProblem& p, int64_t panel_begin, int64_t panel_end, int64_t row_begin, int64_t row_end) {
   switch (p.slot_bits) {
     case 4: return Run<4>(p, panel_begin, panel_end, row_begin, row_end);
@@ -155,8 +169,10 @@ MatMulKernel MatMulKernelFor(Isa isa) {
 
 DenseKernel DenseKernelFor(Isa isa) {
   switch (isa) {
+#if defined(ONNXCOMP_HAVE_AVX512_KERNELS)
+    case Isa::kAvx512: return DenseAvx512;
+#endif
 #if defined(ONNXCOMP_HAVE_AVX2_KERNELS)
-    case Isa::kAvx512:
     case Isa::kAvx2: return DenseAvx2;
 #endif
 #if defined(ONNXCOMP_HAVE_NEON_KERNELS)

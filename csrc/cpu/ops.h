@@ -155,7 +155,7 @@ struct CodebookMatMulKernel : RecordKernel {
   bool decode_once_ = false;
   std::unique_ptr<const DecodedRecord> once_record_;  // released once decoded
   std::once_flag once_;
-  std::vector<float> dense_storage_;  // the panels, from the first 32-byte aligned float on
+  std::vector<float> dense_storage_;  // the panels, from the first 64-byte aligned float on
   const float* dense_panels_ = nullptr;
   int64_t dense_k_ = 0, dense_n_ = 0;
   std::unique_ptr<const PackedMatrix> constant_matrix_;

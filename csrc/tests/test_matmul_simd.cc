@@ -151,7 +151,8 @@ static void check_dense(Isa isa, std::mt19937& rng) {
   const long checks_before = g_checks;
   const int failures_before = g_failures;
   const int64_t shapes[][3] = {{1, 1, 1}, {1, 7, 13}, {5, 1, 16}, {6, 33, 17}, {7, 64, 31}, {13, 17, 67},
-                               {49, 96, 48}, {200, 37, 70}, {601, 9, 33}};
+                               {49, 96, 48}, {200, 37, 70}, {601, 9, 33},
+                               {12, 5, 32}, {25, 129, 47}, {600, 77, 33}, {13, 3, 80}};
   int count = 0;
   for (const auto& s : shapes) {
     check_dense_case(isa, s[0], s[1], s[2], true, rng);
