@@ -519,6 +519,8 @@ def test_pass_folds_a_scalar_affine_and_a_written_out_hard_swish(tmp_path, form)
     conv = next(n for n in compressed.graph.node if n.op_type == "CodebookConv")
     attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
     assert len(conv.input) == 4  # X, record, bias (BatchNormalization's shift, times 1.7, plus -0.3), scale
+    scale = numpy_helper.to_array(next(t for t in compressed.graph.initializer if t.name == conv.input[3]))
+    assert scale.shape == (8,)  # BatchNormalization's, times 1.7
     if form in ("third_reader", "clip_5"):
         assert "activation" not in attrs and sorted(ops) == sorted(["CodebookConv", "Add", "Clip", "Mul", "Div"] +
                                                                    (["Relu"] if form == "third_reader" else []))
@@ -531,6 +533,36 @@ def test_pass_folds_a_scalar_affine_and_a_written_out_hard_swish(tmp_path, form)
         np.testing.assert_allclose(g, d, rtol=1e-5, atol=1e-5 * float(np.abs(d).max()))
     for g, o in zip(got, run_plain(model, {"x": x})):
         assert np.linalg.norm(g - o) <= 0.05 * float(np.linalg.norm(o))  # 6-bit codebook
+
+
+def test_pass_folds_a_scalar_mul_without_batch_norm_into_a_one_element_scale(tmp_path):
+    """Conv(X, W, B) -> Mul(scalar) -> Relu: the factor becomes a scale of shape [1] (4 bytes, not 4 per channel),
+    which the kernel repeats over the channels, and B times it the bias; decompress multiplies W by it. Outputs
+    match the decompressed model to fp32 rounding on both convolution paths."""
+    rng = np.random.default_rng(53)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Mul", ["c", "f"], ["m"]), helper.make_node("Relu", ["m"], ["y"])]
+    inits = [weight(rng, "w", (16, 16, 3, 3), 0.3), weight(rng, "b", (16,)),
+             numpy_helper.from_array(np.array([[[[-0.7]]]], np.float32), "f")]
+    model = make_model(nodes, [float_input("x", [1, 16, 8, 8])], [float_input("y", [1, 16, 8, 8])], inits)
+    source, out, dense = tmp_path / "in.onnx", tmp_path / "out.onnx", tmp_path / "dense.onnx"
+    onnx.save(model, source)
+    onnxcomp.compress(source, out, bits=6, min_elements=1000)
+    compressed = onnx.load(out, load_external_data=False)
+    assert [n.op_type for n in compressed.graph.node] == ["CodebookConv"]
+    conv = compressed.graph.node[0]
+    arrays = {t.name: numpy_helper.to_array(t) for t in compressed.graph.initializer
+              if t.data_location != TensorProto.EXTERNAL}
+    np.testing.assert_array_equal(arrays[conv.input[3]], np.array([-0.7], np.float32))
+    np.testing.assert_array_equal(arrays[conv.input[2]], (numpy_helper.to_array(inits[1]) * np.float32(-0.7)))
+    x = rng.standard_normal((1, 16, 8, 8)).astype(np.float32)
+    onnxcomp.decompress(out, dense)
+    want = run_plain(onnx.load(dense), {"x": x})[0]
+    for env in ({}, {"ONNXCOMP_CONV": "ort"}):
+        got = session_with_env(onnx.load(out), env).run(None, {"x": x})[0]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+    original = run_plain(model, {"x": x})[0]
+    assert np.linalg.norm(got - original) <= 0.05 * float(np.linalg.norm(original))
 
 
 def test_pass_marks_tensors_of_24_channels_blocked_only_under_blocks_of_8(tmp_path):

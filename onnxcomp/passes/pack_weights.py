@@ -825,8 +825,9 @@ def _to_conv(graph: gs.Graph, node: gs.Node, record: gs.Constant, weight_shape: 
         # (PaddleOCR's learnable affine blocks: a scalar Mul and Add after BatchNormalization).
         if scale is not None:  # this function's own, from the BatchNormalization
             scale.values = (scale.values * factor).astype(np.float32)
-        else:
-            scale = gs.Constant(names(node.name + ".scale"), factor.astype(np.float32))
+        else:  # one number when the factor is (a scalar Mul: 4 bytes, where [O] would grow small models)
+            same = bool(np.all(factor == factor[0])) if factor.size else False
+            scale = gs.Constant(names(node.name + ".scale"), (factor[:1] if same else factor).astype(np.float32))
         if bias is not None:
             bias = gs.Constant(names(node.name + ".bias"), (base.astype(np.float32) * factor).astype(np.float32))
         output = mul.outputs[0]
