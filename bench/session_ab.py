@@ -6,6 +6,11 @@ wall time of each creation and B / A, and checks that both give byte-identical o
 inputs (every output, every batch of ``--batch`` samples; a difference exits with status 1).
 
     python bench/session_ab.py --runs defaults,ratio3-vi --models yolov8n-nudenet,ddddocr-det [--repeats 20]
+
+A change to the custom-op library alone: ``--libraries A.so,B.so`` registers library A for run A's sessions and
+library B for run B's (an empty name: the installed one), so ``--runs s12-defaults,s12-defaults`` times two
+libraries' kernel creation on the same output. ``--cpu`` times process CPU time instead of wall time (on a
+shared machine, the queue for a core is not the code's).
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ from profile_ops import zoo_feeds
 RUNS = os.path.expanduser("~/.cache/onnxcomp-zoo/runs")
 
 
-def session(path: str) -> ort.InferenceSession:
-    options = onnxcomp.session_options()
+def session(path: str, library: str = "") -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(library or onnxcomp.runtime.library_path())
     options.intra_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
@@ -38,22 +44,29 @@ def main() -> None:
     parser.add_argument("--models", required=True, help="comma-separated zoo model names")
     parser.add_argument("--repeats", type=int, default=20, help="session creations of each output")
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--libraries", help="two custom-op library paths, A,B, for the sessions of runs A and B "
+                                            "(empty: the installed library)")
+    parser.add_argument("--cpu", action="store_true", help="process CPU time instead of wall time")
     args = parser.parse_args()
     runs = args.runs.split(",")
     if len(runs) != 2:
         parser.error("--runs takes two names, A,B")
+    libraries = [os.path.abspath(p) if p else "" for p in (args.libraries or ",").split(",")]
+    if len(libraries) != 2:
+        parser.error("--libraries takes two paths (either may be empty)")
+    clock = time.process_time if args.cpu else time.perf_counter
     different = False
     print("| model | create A ms | create B ms | B / A | outputs |\n|---|---|---|---|---|")
     for name in args.models.split(","):
         paths = [os.path.join(RUNS, run, name + ".onnx") for run in runs]
         times: list[list[float]] = [[], []]
         for _ in range(args.repeats):
-            for i, path in enumerate(paths):
-                start = time.perf_counter()
-                session(path)
-                times[i].append(time.perf_counter() - start)
+            for i, (path, library) in enumerate(zip(paths, libraries)):
+                start = clock()
+                session(path, library)
+                times[i].append(clock() - start)
         _, feeds = zoo_feeds(name, args.batch)
-        sessions = [session(path) for path in paths]
+        sessions = [session(path, library) for path, library in zip(paths, libraries)]
         same = True
         for feed in feeds if isinstance(feeds, list) else [feeds]:
             a, b = (s.run(None, feed) for s in sessions)

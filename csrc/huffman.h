@@ -225,6 +225,30 @@ ONNXCOMP_HD uint32_t huffman_decode_window(const HuffmanDecoder& d, uint32_t bit
   return 0;
 }
 
+// Pair table: for alphabets of at most 256 symbols, one lookup of the next kPairBits stream bits yields the code
+// that starts there and, when it fits in those bits too, the code after it. Entry: first symbol | second symbol
+// << 8 | bits taken << 16 | 1 << 24 when it holds two codes; 0 when the first code is longer than kPairBits (or
+// no code: the single-code path then decides). 2^11 entries: 8 KiB, in L1 beside the single-code table.
+inline constexpr uint32_t kPairBits = 11;
+inline constexpr uint32_t kPairSymbols = 256;
+inline constexpr uint64_t kPairTableBytes = (uint64_t{1} << kPairBits) * sizeof(uint32_t);
+
+ONNXCOMP_HD void huffman_build_pairs(const HuffmanDecoder& d, uint32_t* pairs) {
+  for (uint32_t prefix = 0; prefix < (1u << kPairBits); ++prefix) {
+    const uint32_t window = prefix << (32 - kPairBits);  // the bits after the prefix read as 0: codes within it only
+    uint32_t first, second;
+    const uint32_t length = huffman_decode_window(d, window, &first);
+    if (length == 0 || length > kPairBits) {
+      pairs[prefix] = 0;
+      continue;
+    }
+    const uint32_t next = huffman_decode_window(d, window << length, &second);
+    pairs[prefix] = next != 0 && length + next <= kPairBits
+                        ? first | (second << 8) | ((length + next) << 16) | (1u << 24)
+                        : first | (length << 16);
+  }
+}
+
 // Decodes one symbol at any position (bounds-checked against the stream length).
 ONNXCOMP_HD DecodeStatus huffman_decode_one(const HuffmanDecoder& d, BitReader& reader, uint32_t* symbol) {
   uint32_t window = reader.fast_ok() ? reader.peek32_fast() : reader.peek32_safe();

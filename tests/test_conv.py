@@ -422,9 +422,9 @@ def csp_block(rng) -> onnx.ModelProto:
 
 
 def test_pass_keeps_nchwc_layout_through_layout_agnostic_ops_and_folds_a_bias_add(tmp_path):
-    """SiLU, Split/Concat along the channels, a residual Add and a decomposed HardSwish between CodebookConv nodes
-    keep the blocked layout (no reorders); the squeeze-excitation Mul broadcasting [N, C, 1, 1] and the pooled
-    tensor stay NCHW. The per-channel Add after conv2 folds into its bias, and the Sigmoid after it is no activation
+    """SiLU, Split/Concat along the channels and a residual Add between CodebookConv nodes keep the blocked layout
+    (no reorders); the squeeze-excitation Mul broadcasting [N, C, 1, 1] and the pooled tensor stay NCHW. The
+    decomposed HardSwish after conv3 becomes its activation. The per-channel Add after conv2 folds into its bias, and the Sigmoid after it is no activation
     onnxruntime's FusedConv fuses for SiLU (x * Sigmoid(x)), so it stays a node; conv5's Sigmoid after an Identity
     fuses. Outputs equal the NCHW-throughout
     run (ONNXCOMP_CONV=ort) to fp32 rounding, and the original to the codebook error."""
@@ -441,7 +441,10 @@ def test_pass_keeps_nchwc_layout_through_layout_agnostic_ops_and_folds_a_bias_ad
     assert len(by_name["conv2"].input) == 3 and by_name["conv2"].op_type == "CodebookConv"
     assert not {"Cast", "Reshape", "Identity"} & {n.op_type for n in compressed.graph.node}  # the bias Add folded
     assert attrs["conv5"]["activation"] == b"Sigmoid"  # fused through the Identity
-    assert sum(n.op_type == "Add" for n in compressed.graph.node) == 2  # the residual Add and HardSwish's x + 3
+    # The written-out HardSwish after conv3 folds into its activation: the residual Add is the one Add left.
+    assert attrs["conv3"]["activation"] == b"HardSwish" and "activation_params" not in attrs["conv3"]
+    assert sum(n.op_type == "Add" for n in compressed.graph.node) == 1
+    assert not {"Clip", "Div"} & {n.op_type for n in compressed.graph.node}
 
     x = rng.standard_normal((2, 3, 10, 12)).astype(np.float32)
     got = run_compressed(out, {"x": x})[0]
@@ -475,6 +478,91 @@ def test_pass_folds_an_add_into_the_bias_only_when_it_varies_along_the_channels(
     want = run_plain(onnx.load(dense), {"x": x})[0]
     assert got.shape == want.shape == tuple(out_shape)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+
+
+@pytest.mark.parametrize("form", ["div_after", "div_before", "mul_sixth", "third_reader", "clip_5"])
+def test_pass_folds_a_scalar_affine_and_a_written_out_hard_swish(tmp_path, form):
+    """Conv -> BatchNormalization -> Mul(scalar) -> Add(scalar) -> HardSwish written out as x * Clip(x + 3, 0, 6) / 6
+    (PaddleOCR's learnable affine block and MobileNetV3 activation): the Mul folds into scale and bias, the Add into
+    the bias, the four HardSwish nodes into ``activation`` (the division by 6 after the product, before it, or a Mul
+    by 1/6). Not when x has a third reader or the Clip's bound is not 6. Outputs match the original's function on
+    the decoded weight (decompress) to fp32 rounding, and onnxruntime's Conv with the original graph to the
+    codebook error."""
+    rng = np.random.default_rng(47)
+    sixth = [helper.make_node("Div", ["h2", "six"], ["h3"])] if form != "mul_sixth" else \
+        [helper.make_node("Mul", ["sixth", "h2"], ["h3"])]
+    if form == "div_before":
+        swish = [helper.make_node("Div", ["h2", "six"], ["h3"]), helper.make_node("Mul", ["a", "h3"], ["y"])]
+    else:
+        swish = [helper.make_node("Mul", ["h2", "a"], ["h4"]), *[helper.make_node(n.op_type, [("h4" if i == "h2" else i) for i in n.input], ["y"]) for n in sixth]]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], ["n"]),
+             helper.make_node("Mul", ["n", "lab_w"], ["s"]), helper.make_node("Add", ["lab_b", "s"], ["a"]),
+             helper.make_node("Add", ["a", "three"], ["h1"]), helper.make_node("Clip", ["h1", "lo", "hi"], ["h2"]),
+             *swish]
+    outputs = [float_input("y", [1, 8, 8, 8])]
+    if form == "third_reader":
+        nodes.append(helper.make_node("Relu", ["a"], ["side"]))
+        outputs.append(float_input("side", [1, 8, 8, 8]))
+    inits = [weight(rng, "w", (8, 8, 3, 3), 0.3)] + [
+        numpy_helper.from_array((rng.random(8) + 0.5).astype(np.float32), name) for name in "gbmv"] + [
+        numpy_helper.from_array(np.array([1.7], np.float32), "lab_w"), numpy_helper.from_array(np.float32(-0.3), "lab_b"),
+        numpy_helper.from_array(np.float32(3.0), "three"), numpy_helper.from_array(np.float32(0.0), "lo"),
+        numpy_helper.from_array(np.float32(5.0 if form == "clip_5" else 6.0), "hi"),
+        numpy_helper.from_array(np.float32(6.0), "six"), numpy_helper.from_array(np.float32(1.0 / 6.0), "sixth")]
+    model = make_model(nodes, [float_input("x", [1, 8, 8, 8])], outputs, inits)
+    source, out, dense = tmp_path / "in.onnx", tmp_path / "out.onnx", tmp_path / "dense.onnx"
+    onnx.save(model, source)
+    onnxcomp.compress(source, out, bits=6, min_elements=576)
+    compressed = onnx.load(out, load_external_data=False)
+    ops = [n.op_type for n in compressed.graph.node]
+    conv = next(n for n in compressed.graph.node if n.op_type == "CodebookConv")
+    attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+    assert len(conv.input) == 4  # X, record, bias (BatchNormalization's shift, times 1.7, plus -0.3), scale
+    scale = numpy_helper.to_array(next(t for t in compressed.graph.initializer if t.name == conv.input[3]))
+    assert scale.shape == (8,)  # BatchNormalization's, times 1.7
+    if form in ("third_reader", "clip_5"):
+        assert "activation" not in attrs and sorted(ops) == sorted(["CodebookConv", "Add", "Clip", "Mul", "Div"] +
+                                                                   (["Relu"] if form == "third_reader" else []))
+    else:
+        assert attrs["activation"] == b"HardSwish" and ops == ["CodebookConv"]
+    x = rng.standard_normal((1, 8, 8, 8)).astype(np.float32)
+    got = run_compressed(out, {"x": x})
+    onnxcomp.decompress(out, dense)
+    for g, d in zip(got, run_plain(onnx.load(dense), {"x": x})):
+        np.testing.assert_allclose(g, d, rtol=1e-5, atol=1e-5 * float(np.abs(d).max()))
+    for g, o in zip(got, run_plain(model, {"x": x})):
+        assert np.linalg.norm(g - o) <= 0.05 * float(np.linalg.norm(o))  # 6-bit codebook
+
+
+def test_pass_folds_a_scalar_mul_without_batch_norm_into_a_one_element_scale(tmp_path):
+    """Conv(X, W, B) -> Mul(scalar) -> Relu: the factor becomes a scale of shape [1] (4 bytes, not 4 per channel),
+    which the kernel repeats over the channels, and B times it the bias; decompress multiplies W by it. Outputs
+    match the decompressed model to fp32 rounding on both convolution paths."""
+    rng = np.random.default_rng(53)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Mul", ["c", "f"], ["m"]), helper.make_node("Relu", ["m"], ["y"])]
+    inits = [weight(rng, "w", (16, 16, 3, 3), 0.3), weight(rng, "b", (16,)),
+             numpy_helper.from_array(np.array([[[[-0.7]]]], np.float32), "f")]
+    model = make_model(nodes, [float_input("x", [1, 16, 8, 8])], [float_input("y", [1, 16, 8, 8])], inits)
+    source, out, dense = tmp_path / "in.onnx", tmp_path / "out.onnx", tmp_path / "dense.onnx"
+    onnx.save(model, source)
+    onnxcomp.compress(source, out, bits=6, min_elements=1000)
+    compressed = onnx.load(out, load_external_data=False)
+    assert [n.op_type for n in compressed.graph.node] == ["CodebookConv"]
+    conv = compressed.graph.node[0]
+    arrays = {t.name: numpy_helper.to_array(t) for t in compressed.graph.initializer
+              if t.data_location != TensorProto.EXTERNAL}
+    np.testing.assert_array_equal(arrays[conv.input[3]], np.array([-0.7], np.float32))
+    np.testing.assert_array_equal(arrays[conv.input[2]], (numpy_helper.to_array(inits[1]) * np.float32(-0.7)))
+    x = rng.standard_normal((1, 16, 8, 8)).astype(np.float32)
+    onnxcomp.decompress(out, dense)
+    want = run_plain(onnx.load(dense), {"x": x})[0]
+    for env in ({}, {"ONNXCOMP_CONV": "ort"}):
+        got = session_with_env(onnx.load(out), env).run(None, {"x": x})[0]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+    original = run_plain(model, {"x": x})[0]
+    assert np.linalg.norm(got - original) <= 0.05 * float(np.linalg.norm(original))
 
 
 def test_pass_marks_tensors_of_24_channels_blocked_only_under_blocks_of_8(tmp_path):

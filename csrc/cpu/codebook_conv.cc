@@ -55,21 +55,29 @@ void ReorderFilter(const float* w, int64_t o_count, int64_t i_count, int64_t ker
                    bool blocked_input, float* out) {
   const int64_t o_blocks = RoundUp(o_count, block) / block;
   const int64_t i_stride = i_count * kernel;
-  auto source = [&](int64_t o, int64_t i, int64_t k) {
-    return o < o_count && i < i_count ? w[o * i_stride + i * kernel + k] : 0.0f;
+  // One row of `block` output channels at input channel i and kernel position k: a strided copy of the valid
+  // channels, zeros after them (no test per element: session creation reorders every filter of the model).
+  auto row = [&](int64_t ob, int64_t i, int64_t k) {
+    const int64_t o_valid = std::min(block, o_count - ob * block);
+    if (i >= i_count) {
+      std::fill(out, out + block, 0.0f);
+    } else {
+      const float* source = w + ob * block * i_stride + i * kernel + k;
+      for (int64_t bo = 0; bo < o_valid; ++bo) out[bo] = source[bo * i_stride];
+      std::fill(out + o_valid, out + block, 0.0f);
+    }
+    out += block;
   };
   if (blocked_input) {
     const int64_t i_blocks = RoundUp(i_count, block) / block;
     for (int64_t ob = 0; ob < o_blocks; ++ob)
       for (int64_t ib = 0; ib < i_blocks; ++ib)
         for (int64_t k = 0; k < kernel; ++k)
-          for (int64_t bi = 0; bi < block; ++bi)
-            for (int64_t bo = 0; bo < block; ++bo) *out++ = source(ob * block + bo, ib * block + bi, k);
+          for (int64_t bi = 0; bi < block; ++bi) row(ob, ib * block + bi, k);
   } else {
     for (int64_t ob = 0; ob < o_blocks; ++ob)
       for (int64_t i = 0; i < i_count; ++i)
-        for (int64_t k = 0; k < kernel; ++k)
-          for (int64_t bo = 0; bo < block; ++bo) *out++ = source(ob * block + bo, i, k);
+        for (int64_t k = 0; k < kernel; ++k) row(ob, i, k);
   }
 }
 
@@ -111,8 +119,10 @@ struct ChannelVector {
   std::vector<float> values;
 };
 
+// With `broadcast`, a constant of shape [1] is also accepted and repeated `count` times (a scale that is one
+// number for every channel, as a folded scalar Mul writes it).
 OrtStatus* ReadChannelVector(const RecordKernel& kernel, const Ort::ConstKernelInfo& info, size_t index,
-                             const char* what, int64_t count, ChannelVector* out) {
+                             const char* what, int64_t count, ChannelVector* out, bool broadcast = false) {
   if (info.GetInputCount() <= index || info.GetInputName(index).empty()) return nullptr;
   out->present = true;
   int is_constant = 0;
@@ -120,11 +130,15 @@ OrtStatus* ReadChannelVector(const RecordKernel& kernel, const Ort::ConstKernelI
   if (!is_constant || value == nullptr) return nullptr;
   out->constant = true;
   auto shape = value.GetTensorTypeAndShapeInfo().GetShape();
+  const float* data = value.GetTensorData<float>();
+  if (broadcast && shape == std::vector<int64_t>{1}) {
+    out->values.assign(static_cast<size_t>(count), data[0]);
+    return nullptr;
+  }
   if (shape != std::vector<int64_t>{count}) {
     return kernel.Error(std::string(what) + " shape " + ShapeToString(shape) + " is not [O] = [" +
-                        std::to_string(count) + "]");
+                        std::to_string(count) + "]" + (broadcast ? " or [1]" : ""));
   }
-  const float* data = value.GetTensorData<float>();
   out->values.assign(data, data + count);
   return nullptr;
 }
@@ -340,7 +354,7 @@ OrtStatus* CodebookConvKernel::Init(const OrtKernelInfo* info) {
     const size_t spatial = weight_dims_.size() - 2;
     ChannelVector bias, scale;
     if (OrtStatus* status = ReadChannelVector(*this, kernel_info, 2, "bias", o_count, &bias)) return status;
-    if (OrtStatus* status = ReadChannelVector(*this, kernel_info, 3, "scale", o_count, &scale)) return status;
+    if (OrtStatus* status = ReadChannelVector(*this, kernel_info, 3, "scale", o_count, &scale, true)) return status;
     if (scale.present && !scale.constant) return Error("the scale input must be a constant initializer");
     scale_ = scale.values;
     bias_is_constant_ = !bias.present || bias.constant;

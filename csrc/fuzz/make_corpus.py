@@ -3,8 +3,9 @@
 Usage: python csrc/fuzz/make_corpus.py OUT_DIR
 
 Seeds cover both codings, every rank from 0 to 4, zero-size tensors, a lone symbol, 1- to 16-bit indices,
-gap escapes, outlier sections (binary16 and binary32 values, Rice parameters from 0 up, every element an
-outlier), channel scales, integer records (uint8, int8), and the records of the bundled LeNet-5 compressed as the CLI does. Deterministic (seeded).
+dense records decoded through the pair table, gap escapes, outlier sections (binary16 and binary32 values, Rice
+parameters from 0 up, every element an outlier), channel scales, integer records (uint8, int8), and the records of
+the bundled LeNet-5 compressed as the CLI does. Deterministic (seeded).
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ def synthetic(rng: np.random.Generator) -> dict[str, bytes]:
         indices = rng.integers(1, k, int(np.prod(dims))) if k > 1 else np.zeros(int(np.prod(dims)), np.int64)
         indices[rng.random(indices.shape) < 0.85] = 0
         add(f"sparse_{bits}bit", codebook, indices, dims, bits)
+    # Dense records of at least 4,096 one-byte indices decode through the pair table (two codes per lookup):
+    # skewed indices, so short codes pair and a few long ones take the single-code path.
+    for bits in (4, 8):
+        k = 1 << bits
+        skewed = np.minimum(rng.geometric(0.35, 64 * 80) - 1, k - 1)
+        add(f"dense_pairs_{bits}bit", rng.standard_normal(k), skewed, (64, 80), bits)
     escapes = np.zeros(5000, np.int64)
     escapes[[3, 1200, 4999]] = [1, 2, 3]
     add("sparse_escapes", [0, 1, 2, 3], escapes, (5000,), 2)

@@ -227,6 +227,61 @@ static void test_max_code_length() {
   CHECK(fails_with(serialize(s), DecodeError::kBadHuffmanTable));
 }
 
+// A dense record of `indices` coded with the given code lengths (a complete prefix code over the codebook).
+static RecordSpec dense_with_lengths(const Bytes& lengths, const std::vector<uint32_t>& indices, uint8_t bits) {
+  RecordSpec s;
+  s.index_bits = bits;
+  s.codebook = make_codebook(uint32_t(lengths.size()), false);
+  s.value_lengths = lengths;
+  std::vector<uint32_t> codes = canonical_codes(lengths);
+  BitWriter w;
+  for (uint32_t i : indices) w.write(codes[i], lengths[i]);
+  s.payload = w.bytes;
+  s.payload_bits = w.bits;
+  s.dims = {indices.size()};
+  s.num_elements = indices.size();
+  return s;
+}
+
+// Records of at least kPairMinElements one-byte indices decode two codes per lookup where both fit in kPairBits
+// bits: the same indices as one code at a time, codes longer than the pair table included, odd and even counts,
+// and the same errors at the end of the stream.
+static void test_pair_decoding() {
+  std::mt19937 rng(77);
+  // Lengths 1..24, 24: short codes pair, codes above 11 bits take the single-code path.
+  Bytes long_tail(25);
+  for (int i = 0; i < 24; ++i) long_tail[i] = uint8_t(i + 1);
+  long_tail[24] = 24;
+  // 2 symbols of 1 bit (up to 11 codes fit the table, two are taken), and 256 symbols of 8 bits (never two).
+  const Bytes halves(2, 1), bytes(256, 8);
+  const Bytes* tables[] = {&long_tail, &halves, &bytes};
+  for (const Bytes* lengths : tables) {
+    const uint32_t k = uint32_t(lengths->size());
+    for (size_t n : {kPairMinElements, kPairMinElements + 1, size_t(9001)}) {
+      std::vector<uint32_t> indices(n);
+      // Geometric-like draws so the short codes dominate, as k-means indices do; every symbol appears somewhere.
+      for (size_t i = 0; i < n; ++i) indices[i] = i < k ? uint32_t(i) : std::min<uint32_t>(k - 1, uint32_t(__builtin_ctz(uint32_t(rng()) | (1u << 30))));
+      RecordSpec s = dense_with_lengths(*lengths, indices, k > 32 ? 8 : (k > 2 ? 5 : 1));
+      CHECK(decodes_to(serialize(s), s.codebook, indices));
+      // The payload ends before the last code.
+      RecordSpec short_stream = dense_with_lengths(*lengths, std::vector<uint32_t>(indices.begin(), indices.end() - 1), s.index_bits);
+      short_stream.num_elements = n;
+      short_stream.dims = {n};
+      CHECK(fails_with(serialize(short_stream), DecodeError::kStreamEndsEarly));
+      RecordSpec long_stream = s;  // one more code than N
+      long_stream.num_elements -= 1;
+      long_stream.dims = {n - 1};
+      CHECK(fails_with(serialize(long_stream), DecodeError::kStreamHasBitsLeft));
+    }
+  }
+  // One symbol (code "0"): a 1 bit in the middle of the payload is no code.
+  std::vector<uint32_t> zeros(6000, 0);
+  RecordSpec one = dense_with_lengths(Bytes{1}, zeros, 1);
+  CHECK(decodes_to(serialize(one), one.codebook, zeros));
+  one.payload[300] = 0x10;
+  CHECK(fails_with(serialize(one), DecodeError::kNoCode));
+}
+
 static RecordSpec small_dense() {
   return dense_spec(make_codebook(4, false), {0, 1, 2, 3, 0, 0, 1, 1, 3, 0}, {2, 5}, 2);
 }
@@ -238,7 +293,7 @@ static void test_header_fields() {
   bad[0] = 'X';
   CHECK(fails_with(bad, DecodeError::kBadHeader));  // magic is checked before the CRC
   RecordSpec s = small_dense();
-  s.version = 3;
+  s.version = 5;  // versions 1 to 4 exist (3 and 4 since the channel scales)
   CHECK(fails_with(serialize(s), DecodeError::kBadHeader));
   s = small_dense();
   s.value_type = 10;
@@ -598,6 +653,7 @@ int main() {
   test_edge_shapes();
   test_wide_indices();
   test_max_code_length();
+  test_pair_decoding();
   test_header_fields();
   test_lengths_and_payload();
   test_huffman_tables();

@@ -10,9 +10,11 @@ Rewrites (ops in domain ``ai.onnxcomp``, see docs/ops.md), for every node readin
 - Conv with the float32 weight in slot 1 -> CodebookConv(X, record[, bias[, scale]]) with Conv's attributes; a
   BatchNormalization that alone reads the Conv's output is folded in (scale = gamma / sqrt(var + eps),
   bias = (B - mean) * scale + beta, the same folding onnxruntime applies to a dense Conv), then an Add of a constant
-  that varies along the channel axis only (into the bias, as onnxruntime's ConvAddFusion), then an activation that
-  alone reads the result (Relu, Tanh, Sigmoid, LeakyRelu, Clip with constant bounds, HardSigmoid, HardSwish) becomes the
-  node's ``activation`` attribute, as in onnxruntime's FusedConv (each found through Identity nodes); tensors between
+  that varies along the channel axis only (into the bias, as onnxruntime's ConvAddFusion; before it a Mul by such a
+  constant, into scale and bias, as its ConvMulFusion), then an activation that alone reads the result (Relu, Tanh,
+  Sigmoid, LeakyRelu, Clip with constant bounds, HardSigmoid, HardSwish, or HardSwish written out as
+  ``x * Clip(x + 3, 0, 6) / 6``) becomes the node's ``activation`` attribute, as in onnxruntime's FusedConv (each
+  found through Identity nodes); tensors between
   CodebookConv nodes stay in onnxruntime's NCHWc layout where ``mark_blocked_edges`` proves it safe;
 - LSTM (default activations, layout 0) reading the float32 weight as W, R or B -> CodebookLSTM with the record
   in that input (its other weights stay as they are, records or float32: lstm_fusable);
@@ -738,12 +740,67 @@ def _activation(node: gs.Node) -> tuple[str, list[float]] | None:
     return None
 
 
+def _scalar_constant(tensor, value: float) -> bool:
+    """Whether ``tensor`` is a float32 constant of one element equal to ``value``."""
+    array = _constant_array(tensor)
+    return array is not None and array.dtype == np.float32 and array.size == 1 and float(array.reshape(())) == value
+
+
+def _scaled_by_one_sixth(node: gs.Node, tensor: gs.Variable) -> bool:
+    """Whether ``node`` computes ``tensor / 6`` (a Div by the constant 6, or a Mul by float32(1/6))."""
+    if len(node.inputs) != 2 or sum(t is tensor for t in node.inputs) != 1:
+        return False
+    other = node.inputs[1] if node.inputs[0] is tensor else node.inputs[0]
+    if node.op == "Div":
+        return node.inputs[0] is tensor and _scalar_constant(other, 6.0)
+    return node.op == "Mul" and _scalar_constant(other, float(np.float32(1.0 / 6.0)))
+
+
+def _decomposed_hard_swish(graph: gs.Graph, x: gs.Variable) -> tuple[list[gs.Node], gs.Variable] | None:
+    """(nodes, output) of HardSwish(x) written out as ``x * Clip(x + 3, 0, 6) / 6`` (the division by 6, or a Mul by
+    1/6, before or after the product with x; as PaddleOCR's MobileNetV3 exports it), when its two first nodes alone
+    read ``x`` and each later tensor has one reader and is no graph output; else None. HardSwish(x) = x * max(0,
+    min(1, x / 6 + 1 / 2)) (ONNX), the same function up to fp32 rounding, so it folds into CodebookConv's
+    ``activation`` as onnxruntime's FusedConv HardSwish, which onnxruntime's own fusions do not do for the
+    written-out form (the dense model runs the four nodes)."""
+    readers = list(x.outputs)
+    if len(readers) != 2 or any(x is out for out in graph.outputs) or any(n.domain for n in readers):
+        return None
+    add = next((n for n in readers if n.op == "Add"), None)
+    product = next((n for n in readers if n.op == "Mul"), None)
+    if add is None or product is None or len(add.inputs) != 2 or len(product.inputs) != 2:
+        return None
+    if sum(t is x for t in add.inputs) != 1 or not _scalar_constant(add.inputs[1] if add.inputs[0] is x else add.inputs[0], 3.0):
+        return None
+    clip, clip_input = _sole_consumer(graph, add.outputs[0], ("Clip",)) or (None, None)
+    if clip is None or clip.inputs[0] is not clip_input or _activation(clip) != ("Clip", [0.0, 6.0]):
+        return None
+    step, step_input = _sole_consumer(graph, clip.outputs[0], ("Mul", "Div")) or (None, None)
+    if step is None:
+        return None
+    if step is product:  # (x * Clip(x + 3)) / 6
+        last, last_input = _sole_consumer(graph, product.outputs[0], ("Mul", "Div")) or (None, None)
+        if last is None or not _scaled_by_one_sixth(last, last_input):
+            return None
+        nodes = [add, clip, product, last]
+    else:  # x * (Clip(x + 3) / 6)
+        if not _scaled_by_one_sixth(step, step_input):
+            return None
+        last, last_input = _sole_consumer(graph, step.outputs[0], ("Mul",)) or (None, None)
+        if last is not product:
+            return None
+        nodes = [add, clip, step, product]
+    if sum(t is x for t in product.inputs) != 1 or len(last.outputs) != 1:
+        return None
+    return nodes, last.outputs[0]
+
+
 def _to_conv(graph: gs.Graph, node: gs.Node, record: gs.Constant, weight_shape: tuple[int, ...],
              names: UniqueNames) -> None:
     """Turn Conv(X, W[, B]) into CodebookConv(X, record[, bias[, scale]]) for W of ``weight_shape`` (``record``:
     its record, or W itself for ``join_dense_convs``), folding a
-    following BatchNormalization, then an Add of a per-channel constant, then an activation into it (see the module
-    docstring)."""
+    following BatchNormalization, then a Mul and an Add of a per-channel constant, then an activation into it (see
+    the module docstring)."""
     out_channels = weight_shape[0]
     attrs = explicit_conv_attributes(node.attrs, weight_shape)
     inputs = [node.inputs[0], record]
@@ -760,6 +817,21 @@ def _to_conv(graph: gs.Graph, node: gs.Node, record: gs.Constant, weight_shape: 
                            (bias_values.astype(np.float32) * scale_values + shift).astype(np.float32))
         output = norm.outputs[0]
         norm.inputs, norm.outputs = [], []
+    mul, read = _sole_consumer(graph, output, ("Mul",)) or (None, None)
+    factor = _channel_constant(mul, read, out_channels, len(weight_shape)) if mul is not None else None
+    base = _constant_array(bias) if bias is not None else np.zeros(out_channels, np.float32)
+    if factor is not None and base is not None and base.shape == (out_channels,):
+        # y * f = Conv(X, W * (scale * f), bias * f), as onnxruntime's ConvMulFusion folds it for a dense Conv
+        # (PaddleOCR's learnable affine blocks: a scalar Mul and Add after BatchNormalization).
+        if scale is not None:  # this function's own, from the BatchNormalization
+            scale.values = (scale.values * factor).astype(np.float32)
+        else:  # one number when the factor is (a scalar Mul: 4 bytes, where [O] would grow small models)
+            same = bool(np.all(factor == factor[0])) if factor.size else False
+            scale = gs.Constant(names(node.name + ".scale"), (factor[:1] if same else factor).astype(np.float32))
+        if bias is not None:
+            bias = gs.Constant(names(node.name + ".bias"), (base.astype(np.float32) * factor).astype(np.float32))
+        output = mul.outputs[0]
+        mul.inputs, mul.outputs = [], []
     add, read = _sole_consumer(graph, output, ("Add",)) or (None, None)
     shift = _channel_constant(add, read, out_channels, len(weight_shape)) if add is not None else None
     if shift is not None:
@@ -777,6 +849,12 @@ def _to_conv(graph: gs.Graph, node: gs.Node, record: gs.Constant, weight_shape: 
             attrs["activation_params"] = fused[1]
         output = activation.outputs[0]
         activation.inputs, activation.outputs = [], []
+    hard_swish = _decomposed_hard_swish(graph, output) if fused is None else None
+    if hard_swish is not None:
+        attrs["activation"] = "HardSwish"
+        for written_out in hard_swish[0]:
+            written_out.inputs, written_out.outputs = [], []
+        output = hard_swish[1]
     if bias is not None or scale is not None:
         inputs.append(bias if bias is not None else gs.Variable.empty())
     if scale is not None:
