@@ -72,7 +72,21 @@ def per_image(reference: np.ndarray, output: np.ndarray, decode) -> dict:
     out_boxes = [decode(o) for o in output]
     f1 = np.array([detection_f1([p], [r]) for p, r in zip(out_boxes, ref_boxes)])
     return {"cos_err": 1 - cos, "sq_err": ((a - b) ** 2).sum(1), "sq_ref": (a ** 2).sum(1), "f1": f1,
-            "pooled_f1": detection_f1(out_boxes, ref_boxes), "boxes": sum(len(r) for r in ref_boxes)}
+            "pooled_f1": detection_f1(out_boxes, ref_boxes)}
+
+
+CHECK = (8, 32)  # check-set sizes: a quarter of 32 and of 128 calibration images
+SUBSETS = 200
+
+
+def check_bounds(reference: np.ndarray, output: np.ndarray, n: int) -> list[float]:
+    """The budget's rel_l2 bound (onnxcomp.core.budget.error_bound, one standard error) on SUBSETS seeded random
+    subsets of n images: what a check set of n images would report for this output."""
+    from onnxcomp.core.budget import error_bound
+
+    rng = np.random.default_rng(n)
+    picks = [rng.choice(len(reference), size=min(n, len(reference)), replace=False) for _ in range(SUBSETS)]
+    return [error_bound("rel_l2", reference[i], output[i]) for i in picks]
 
 
 def main() -> None:
@@ -86,22 +100,39 @@ def main() -> None:
     decode = _decode(args.model)
     reference = _run(model.onnx_path, images, compressed=False)
     rows, pooled = [], {"cos_err": [], "f1": []}
-    print(f"{args.model}: {len(images)} calibration images ({len(images) - args.extra} of calib.npz, {args.extra} extra)")
-    print("| output | ratio | F1 vs original (pooled) | images with changed boxes | min cosine | pooled rel L2 |")
-    print("|---|---|---|---|---|---|")
+    boxes = sum(len(decode(o)) for o in reference)
+    print(f"{args.model}: {len(images)} calibration images ({len(images) - args.extra} of calib.npz, {args.extra} extra), "
+          f"{boxes} boxes of the original")
+    print("| output | ratio | F1 vs original (pooled) | images with changed boxes | min cosine | pooled rel L2 "
+          f"| rel_l2 bound on {CHECK[0]} / {CHECK[1]} check images (median, 90th pct of {SUBSETS} subsets) |")
+    print("|---|---|---|---|---|---|---|")
     original_bytes = model.onnx_path.stat().st_size
     for out in map(Path, args.outputs):
-        measured = per_image(reference, _run(out, images, compressed=True), decode)
+        output = _run(out, images, compressed=True)
+        measured = per_image(reference, output, decode)
         size = out.stat().st_size + (out.with_suffix(".onnxcomp").stat().st_size if out.with_suffix(".onnxcomp").exists() else 0)
         rel_l2 = float(np.sqrt(measured["sq_err"].sum() / measured["sq_ref"].sum()))
         row = {"output": str(out), "ratio": original_bytes / size, "pooled_f1": measured["pooled_f1"],
                "changed": int((measured["f1"] < 1).sum()), "min_cos": float(1 - measured["cos_err"].max()),
-               "rel_l2": rel_l2, "cos_err": measured["cos_err"].tolist(), "f1": measured["f1"].tolist()}
+               "rel_l2": rel_l2, "cos_err": measured["cos_err"].tolist(), "f1": measured["f1"].tolist(),
+               "bounds": {n: check_bounds(reference, output, n) for n in CHECK}}
         rows.append(row)
         pooled["cos_err"] += row["cos_err"]
         pooled["f1"] += row["f1"]
         print(f"| {out.parent.name}/{out.name} | {row['ratio']:.2f}x | {row['pooled_f1']:.3f} | {row['changed']} of {len(images)} "
-              f"| {row['min_cos']:.5f} | {rel_l2:.5f} |", flush=True)
+              f"| {row['min_cos']:.5f} | {rel_l2:.5f} | "
+              + " / ".join(f"{np.median(row['bounds'][n]):.4f}, {np.percentile(row['bounds'][n], 90):.4f}" for n in CHECK)
+              + " |", flush=True)
+    order = sorted(rows, key=lambda r: r["rel_l2"])
+    slope = max((1 - r["pooled_f1"]) / r["rel_l2"] for r in rows if r["rel_l2"] > 0)
+    ratios = ", ".join(f"{(1 - r['pooled_f1']) / r['rel_l2']:.2f}" for r in order)
+    print(f"\n(1 - F1) / rel_l2, by rel_l2: {ratios}; at the steepest, F1 >= 0.95 needs rel_l2 <= {0.05 / slope:.4f}")
+    first_fail = next((i for i, r in enumerate(order) if r["pooled_f1"] < 0.95), 0)
+    if first_fail:  # the outputs on either side of F1 0.95, in rel_l2 order
+        lo, hi = order[first_fail - 1], order[first_fail]
+        cross = lo["rel_l2"] + (lo["pooled_f1"] - 0.95) / (lo["pooled_f1"] - hi["pooled_f1"]) * (hi["rel_l2"] - lo["rel_l2"])
+        print(f"F1 crosses 0.95 between rel_l2 {lo['rel_l2']:.4f} (F1 {lo['pooled_f1']:.3f}) and {hi['rel_l2']:.4f} "
+              f"(F1 {hi['pooled_f1']:.3f}): at {cross:.4f} by linear interpolation")
     err, f1 = np.array(pooled["cos_err"]), np.array(pooled["f1"])
     print("\nAll outputs' images together: per-image F1 vs the original by the image's cosine error")
     print("| cosine error below | images | images with changed boxes | worst image F1 | their mean F1 |")
