@@ -11,7 +11,8 @@ images whose boxes changed) and then, over all outputs' images together, the wor
 cosine error lies below each threshold: the stand-in budget is the cosine whose images all kept their boxes.
 
 Usage:
-    python bench/detector_budget.py ddddocr-det OUT1.onnx [OUT2.onnx ...] [--extra 64] [--json FILE]
+    python bench/detector_budget.py ddddocr-det OUT1.onnx [OUT2.onnx ...] [--extra 64] [--json FILE] [--on-evaluation]
+(`--on-evaluation`: the same figures on the evaluation images, to check a budget afterwards, never to choose it.)
 (`ONNXCOMP_ZOO_CACHE` as for bench/zoo.py; the outputs are onnxcomp compress outputs of that model.)
 """
 
@@ -31,12 +32,12 @@ import zoo  # noqa: E402
 from zoo.common import detection_f1  # noqa: E402
 
 # How each detector's calibration-like images are drawn and its raw output decoded (bench/zoo/vision.py).
-def _images(name: str, extra: int) -> np.ndarray:
+def _images(name: str, extra: int, evaluation: bool = False) -> np.ndarray:
     from zoo import vision
 
     model = zoo.BY_NAME[name]
-    with np.load(model.folder / "calib.npz") as data:
-        images = data["images"]
+    with np.load(model.folder / ("eval.npz" if evaluation else "calib.npz")) as data:
+        images = data["x" if evaluation else "images"]
     if extra:
         rng = np.random.default_rng(zlib.crc32(f"{name}-budget-study".encode()))  # not the model's seed
         if name == "ddddocr-det":
@@ -95,13 +96,20 @@ def main() -> None:
     parser.add_argument("outputs", nargs="+")
     parser.add_argument("--extra", type=int, default=64, help="more calibration-like images (another seed)")
     parser.add_argument("--json", help="write the per-image figures here")
+    parser.add_argument("--on-evaluation", action="store_true",
+                        help="measure on the evaluation images instead (eval.npz; --extra ignored): to check a budget "
+                             "chosen on calibration images afterwards, never to choose one")
     args = parser.parse_args()
-    model, images = _images(args.model, args.extra)
+    if args.on_evaluation:
+        args.extra = 0
+    model, images = _images(args.model, args.extra, args.on_evaluation)
     decode = _decode(args.model)
     reference = _run(model.onnx_path, images, compressed=False)
     rows, pooled = [], {"cos_err": [], "f1": []}
     boxes = sum(len(decode(o)) for o in reference)
-    print(f"{args.model}: {len(images)} calibration images ({len(images) - args.extra} of calib.npz, {args.extra} extra), "
+    kind = "EVALUATION images (eval.npz)" if args.on_evaluation else \
+        f"calibration images ({len(images) - args.extra} of calib.npz, {args.extra} extra)"
+    print(f"{args.model}: {len(images)} {kind}, "
           f"{boxes} boxes of the original")
     print("| output | ratio | F1 vs original (pooled) | images with changed boxes | min cosine | pooled rel L2 "
           f"| rel_l2 bound on {CHECK[0]} / {CHECK[1]} check images (median, 90th pct of {SUBSETS} subsets) |")
