@@ -210,7 +210,8 @@ def budget_for(model: zoo.ZooModel) -> str:
     check. Checks no budget metric measures (detection F1, CTC character agreement, VAD decisions) get a
     stand-in: the first output's min cosine 0.99 (the fidelity warning level), or its relative L2 error 0.02
     when that output holds one value per sample (a cosine of one value only sees its sign). A model that declares
-    its own `budget` (one whose data cannot give the samples its checks' metric needs: magika) gets that."""
+    its own `budget` gets that: the two detectors (a relative L2 error derived on their calibration images; min
+    cosine did not imply their detection F1, bench/zoo/README.md)."""
     import onnx
 
     if model.budget:  # declared with the model, with the reason (bench/zoo/)
