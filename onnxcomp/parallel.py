@@ -7,6 +7,7 @@ bounds memory to that many weights' working sets.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from collections import deque
@@ -29,6 +30,32 @@ def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
+@contextlib.contextmanager
+def _pool(workers: int) -> Iterator[ThreadPoolExecutor]:
+    """A thread pool that, when its block ends normally, waits for its work; when it ends by an exception (an
+    error, SIGTERM's SystemExit, Ctrl-C, a consumer that stops reading) it cancels the items not started and
+    returns at once, so the caller's cleanup (staging folders) runs now rather than after every running item (a
+    whole weight's sensitivity curve) finishes. The items still running are abandoned: front/cli.py's entry point
+    ends the process without waiting for them (``abandoned_work``)."""
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=THREAD_PREFIX)
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+THREAD_PREFIX = "onnxcomp"
+
+
+def abandoned_work() -> bool:
+    """True when a worker thread of this module's pools is still running (its pool was left by an exception)."""
+    import threading
+    return any(t.name.startswith(THREAD_PREFIX) and t.is_alive() for t in threading.enumerate()
+               if t is not threading.current_thread())
+
+
 def ordered_map(function: Callable[[T], R], items: Iterable[T], workers: int | None = None) -> Iterator[R]:
     """Yield ``function(item)`` for every item, in the items' order, computing up to ``workers`` at once."""
     items = list(items)
@@ -36,7 +63,7 @@ def ordered_map(function: Callable[[T], R], items: Iterable[T], workers: int | N
     if workers <= 1 or len(items) <= 1:
         yield from map(function, items)
         return
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="onnxcomp") as pool:
+    with _pool(workers) as pool:
         pending = deque()
         for item in items:
             pending.append(pool.submit(function, item))
@@ -59,7 +86,7 @@ def completed_map(function: Callable[[T], R], items: Iterable[T], workers: int |
         for item in items:
             yield item, function(item)
         return
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="onnxcomp") as pool:
+    with _pool(workers) as pool:
         waiting, running, failure = deque(enumerate(items)), {}, None
         while running or (waiting and failure is None):
             while waiting and failure is None and len(running) < workers:

@@ -455,6 +455,35 @@ def test_completed_map_yields_every_result_as_it_finishes_and_drains_on_an_error
     assert list(parallel.completed_map(work, [2, 1], 1)) == [(2, 4), (1, 2)]  # one worker: in order
 
 
+def test_a_stopped_consumer_does_not_wait_for_running_items():
+    """SIGTERM or Ctrl-C raise in the consumer of completed_map / ordered_map: the pool cancels what has not
+    started and returns at once, so the caller's cleanup runs before the running items (minutes of sensitivity
+    trials) end; abandoned_work() then tells the CLI not to wait for them at exit."""
+    import threading
+    from onnxcomp import parallel
+    for mapper in (parallel.completed_map, parallel.ordered_map):
+        release, started, ended = threading.Event(), [], []
+
+        def work(x):
+            started.append(x)
+            if x == 0:
+                return x
+            release.wait(60)
+            ended.append(x)
+            return x
+
+        with pytest.raises(KeyboardInterrupt):
+            for _ in mapper(work, [0, 1, 2, 3, 4], 2):
+                raise KeyboardInterrupt
+        assert not ended  # returned while item 1 (and maybe 2) still ran: nobody waited for them
+        assert parallel.abandoned_work()
+        assert 3 not in started and 4 not in started  # never submitted, or cancelled before they started
+        release.set()
+        for thread in [t for t in threading.enumerate() if t.name.startswith(parallel.THREAD_PREFIX)]:
+            thread.join(60)
+        assert not parallel.abandoned_work()
+
+
 def test_calibrated_sharing_on_parallel_threads_writes_what_one_thread_writes(tmp_path, monkeypatch):
     """ShareWeightsPass with calibration refits shares weights on parallel threads (one BLAS thread each): the
     same output bytes as the one-thread path (PARALLEL_REFIT_BYTES 0, the reference), pruned and not."""

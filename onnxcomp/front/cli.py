@@ -6,6 +6,7 @@ import contextlib
 import inspect
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -493,7 +494,15 @@ def run() -> None:
     """Console entry point: usage errors exit 2, user errors 1, SIGTERM 143 (``_terminate``)."""
     if threading.current_thread() is threading.main_thread():  # Python's default SIGTERM skips every finally block
         signal.signal(signal.SIGTERM, _terminate)
-    app(prog_name="onnxcomp")
+    try:
+        app(prog_name="onnxcomp")
+    except SystemExit as stop:
+        from onnxcomp.parallel import abandoned_work
+        if abandoned_work():  # stopped (SIGTERM, Ctrl-C, an error) while workers ran: their results are not needed,
+            sys.stdout.flush()  # and waiting for them (interpreter exit joins every pool's threads) could take minutes
+            sys.stderr.flush()
+            os._exit(stop.code if isinstance(stop.code, int) else 1)
+        raise
 
 
 if __name__ == "__main__":

@@ -539,9 +539,12 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
             report.accuracy_after = accuracy(staged, eval_data, compressed=report.sidecar_path is not None)
         report.sidecar_path = model_io.install_staged(staged, output_path)
         report.output_path = output_path
+        background.shutdown(wait=True)
         return report
+    except BaseException:  # an error, SIGTERM, Ctrl-C: its results are not needed; clean up now, not after it
+        background.shutdown(wait=False, cancel_futures=True)
+        raise
     finally:
-        background.shutdown(wait=True)  # (on an error its results are not needed: only its threads' end)
         shutil.rmtree(staging, ignore_errors=True)
 
 
@@ -634,7 +637,7 @@ class _Inline:
             future.set_exception(error)
         return future
 
-    def shutdown(self, wait: bool = True) -> None:
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
         pass
 
 
