@@ -53,17 +53,18 @@ using BoolArray = py::array_t<bool, py::array::c_style | py::array::forcecast>;
 // (memory n / kStride doubles).
 class CheckpointedPrefix {
  public:
-  static constexpr size_t kStride = 64;
+  static constexpr unsigned kStrideShift = 6;  // a checkpoint every 64 values (shifts, not divisions: a Lloyd
+  static constexpr size_t kStride = size_t{1} << kStrideShift;  // iteration reads k + 1 sums)
   static constexpr size_t kFullPrefix = size_t{1} << 20;
 
   // term(i) gives the i-th summand in float64.
   template <typename Term>
   void build(size_t n, Term term) {
     n_ = n;
-    stride_ = n <= kFullPrefix ? 1 : kStride;
-    checkpoints_.assign(n / stride_ + 1, 0.0);
+    shift_ = n <= kFullPrefix ? 0 : kStrideShift;
+    checkpoints_.assign((n >> shift_) + 1, 0.0);
     double sum = 0.0;
-    if (stride_ == 1) {
+    if (shift_ == 0) {
       for (size_t i = 0; i < n; ++i) {
         checkpoints_[i] = sum;
         sum = i == 0 ? term(0) : sum + term(i);
@@ -80,8 +81,9 @@ class CheckpointedPrefix {
 
   template <typename Term>
   double at(size_t i, Term term) const {
-    size_t block = i / stride_;
-    size_t k = block * stride_;
+    if (shift_ == 0) return checkpoints_[i];  // every P[i] stored
+    size_t block = i >> shift_;
+    size_t k = block << shift_;
     double sum = checkpoints_[block];
     if (k == 0 && i > 0) {
       sum = term(0);
@@ -95,7 +97,7 @@ class CheckpointedPrefix {
   // when j lies in i's block past its first position (so at() would add exactly terms j .. i-1 after P[j]).
   template <typename Term>
   double from(size_t j, double sum_j, size_t i, Term term) const {
-    if (j == 0 || j > i || j / stride_ != i / stride_) return at(i, term);
+    if (shift_ == 0 || j == 0 || j > i || (j >> shift_) != (i >> shift_)) return at(i, term);
     double sum = sum_j;
     for (size_t k = j; k < i; ++k) sum += term(k);
     return sum;
@@ -103,7 +105,7 @@ class CheckpointedPrefix {
 
  private:
   size_t n_ = 0;
-  size_t stride_ = kStride;
+  unsigned shift_ = kStrideShift;
   std::vector<double> checkpoints_;
 };
 
@@ -477,7 +479,20 @@ py::array_t<bool> magnitude_keep_mask(FloatArray values, size_t pruned) {
 // select; only the chosen positions are sorted. ``threads`` split each pass over the values into runs: the
 // runs' histograms are summed, the ties at the threshold are taken from the runs in position order, and the
 // chosen positions sorted whole, so the result does not depend on the thread count.
-py::array_t<int64_t> largest_magnitudes(FloatArray values, py::object keep_object, size_t count, size_t threads) {
+//
+// First (``candidate_limit`` permitting) a shorter way to the same positions: one histogram of the keys' top 12 bits
+// (4,096 bins of 1/16 octave: small enough to stay in the L1 cache), which finds the bin holding the count-th
+// largest key, then one pass that collects every kept value in that bin or above with its position, and those few
+// ordered by (magnitude descending, position ascending) with nth_element and a sort. Two passes over the values
+// instead of three, and no 2^15-bin histogram. When the bins from there up hold more than ``candidate_limit``
+// values (ties or a narrow spread: a constant tensor puts every value in one bin) the two-level select below runs
+// instead. Both give the top ``count`` of the same total order, so the same array (tests/test_native.py forces
+// each path).
+constexpr unsigned kTopShift = 19;  // a 31-bit magnitude key's top 12 bits: sign cleared, 8 exponent, 4 mantissa
+constexpr size_t kTopBins = size_t{1} << (31 - kTopShift);
+
+py::array_t<int64_t> largest_magnitudes(FloatArray values, py::object keep_object, size_t count, size_t threads,
+                                        int64_t candidate_limit) {
   const size_t n = static_cast<size_t>(values.size());
   BoolArray keep_array;
   const bool masked = !keep_object.is_none();
@@ -504,7 +519,51 @@ py::array_t<int64_t> largest_magnitudes(FloatArray values, py::object keep_objec
     };
     size_t kept = masked ? static_cast<size_t>(std::count(keep, keep + n, true)) : n;
     count = std::min(count, kept);
-    if (count > 0) {
+    const size_t limit = candidate_limit < 0 ? std::max<size_t>(4 * count, size_t{1} << 16) : static_cast<size_t>(candidate_limit);
+    bool selected = false;
+    if (count > 0 && limit >= count) {
+      std::vector<size_t> top_parts(parts * kTopBins, 0);
+      each_part([&](size_t part) {
+        size_t* top = top_parts.data() + part * kTopBins;
+        const size_t end = part_begin(part + 1);
+        if (keep) {
+          for (size_t i = part_begin(part); i < end; ++i) top[key(i) >> kTopShift] += keep[i];
+        } else {
+          for (size_t i = part_begin(part); i < end; ++i) ++top[key(i) >> kTopShift];
+        }
+      });
+      std::vector<size_t> top(kTopBins, 0);
+      for (size_t part = 0; part < parts; ++part)
+        for (size_t b = 0; b < kTopBins; ++b) top[b] += top_parts[part * kTopBins + b];
+      size_t above = 0, bin = kTopBins - 1;  // values in bins above ``bin``
+      while (above + top[bin] < count) above += top[bin--];
+      if (above + top[bin] <= limit) {
+        std::vector<size_t> part_start(parts + 1, 0);  // where each part's candidates go, in part (position) order
+        for (size_t part = 0; part < parts; ++part) {
+          size_t found = 0;
+          for (size_t b = bin; b < kTopBins; ++b) found += top_parts[part * kTopBins + b];
+          part_start[part + 1] = part_start[part] + found;
+        }
+        chosen.resize(part_start[parts]);
+        const uint32_t lowest = static_cast<uint32_t>(bin) << kTopShift;
+        each_part([&](size_t part) {
+          auto* out = chosen.data() + part_start[part];
+          const size_t end = part_begin(part + 1);
+          for (size_t i = part_begin(part); i < end; ++i) {
+            const uint32_t k = key(i);
+            if (k >= lowest && (!keep || keep[i])) *out++ = {k, static_cast<int64_t>(i)};
+          }
+        });
+        auto first = [](const std::pair<uint32_t, int64_t>& a, const std::pair<uint32_t, int64_t>& b) {
+          return a.first != b.first ? a.first > b.first : a.second < b.second;
+        };
+        if (chosen.size() > count) std::nth_element(chosen.begin(), chosen.begin() + count, chosen.end(), first);
+        chosen.resize(count);
+        std::sort(chosen.begin(), chosen.end(), first);
+        selected = true;
+      }
+    }
+    if (count > 0 && !selected) {
       constexpr size_t kHigh = size_t{1} << 15, kLow = size_t{1} << 16;
       std::vector<size_t> high_parts(parts * kHigh, 0), low_parts(parts * kLow, 0);
       each_part([&](size_t part) {  // four interleaved histograms: repeated increments of one bin do not wait on each other
@@ -1277,9 +1336,10 @@ PYBIND11_MODULE(_native, m) {
   m.def("magnitude_keep_mask", &magnitude_keep_mask, py::arg("values"), py::arg("pruned"),
         "Bool mask keeping all but the `pruned` float32 values of smallest magnitude (ties pruned in position order).");
   m.def("largest_magnitudes", &largest_magnitudes, py::arg("values"), py::arg("keep"), py::arg("count"),
-        py::arg("threads") = 1,
+        py::arg("threads") = 1, py::arg("candidate_limit") = -1,
         "int64 positions of the `count` kept float32 values of largest magnitude, largest first (ties: earlier first); "
-        "`threads` split the passes over the values (same result).");
+        "`threads` split the passes over the values (same result); `candidate_limit`: how many values the one-histogram "
+        "path may collect (-1: its default; 0: always the two-level select), the same result either way.");
   m.def("channel_errors", &channel_errors, py::arg("reference"), py::arg("indices"), py::arg("codebook"), py::arg("positions"),
         py::arg("stored"), py::arg("channels"), py::arg("inputs"), py::arg("transposed"), py::arg("importance"),
         py::arg("threads") = 1,
