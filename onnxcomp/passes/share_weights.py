@@ -95,8 +95,8 @@ class ShareWeightsPass(GraphPass):
             log.info("no outliers: the model's opset %d has no ScatterElements/CumSum (needs %d) for the portable format",
                      opset, self.outliers_opset)
 
-        def share(target) -> str | None:
-            values = target.values
+        def share(target, values=None) -> str | None:  # values: target.values when the caller has read them
+            values = target.values if values is None else values
             if not target.checked:  # a streamed weight no earlier pass read: its one read is here
                 reason = non_finite_reason(values)
                 if reason:
