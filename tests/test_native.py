@@ -417,3 +417,22 @@ def test_gap_statistics_from_zero_runs_match_the_symbol_loop(rng, dtype):
         for a, b, c in zip(fast, loop, reference):
             np.testing.assert_array_equal(a, b)
             np.testing.assert_array_equal(a, c)
+
+
+def test_digest_tells_arrays_apart_by_their_bytes(rng):
+    """The in-process cache keys (core.native.digest): equal bytes give equal digests whatever the array object; one
+    changed bit, a shorter array, another length of zeros, or the same bytes one byte later give another; and the
+    zlib fallback keys the same way."""
+    from onnxcomp.core import native as native_module
+    values = rng.standard_normal(100_003).astype(np.float32)
+    assert native.digest(values) == native.digest(values.copy()) == native_module.digest(values.copy())
+    changed = values.copy()
+    changed.view(np.uint32)[77_777] ^= 1
+    assert native.digest(changed) != native.digest(values)
+    assert native.digest(values[:-1]) != native.digest(values)
+    assert len({native.digest(np.zeros(n, np.uint8)) for n in range(70)}) == 70
+    raw = values.view(np.uint8)
+    assert native.digest(raw[1:-3]) != native.digest(raw[:-4])
+    assert native_module.digest(values[::2]) == native.digest(np.ascontiguousarray(values[::2]))
+    with pytest.raises(ValueError):
+        native.digest(values[::2])

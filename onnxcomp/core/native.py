@@ -41,3 +41,15 @@ except ImportError:  # a source tree without the built module: use the installed
 if native is None:  # pragma: no cover - nothing built anywhere
     logging.getLogger("onnxcomp").warning("onnxcomp._native is not built: k-means and Huffman coding run in numpy, "
                                           "much slower (reinstall onnxcomp with pip to build it)")
+
+
+def digest(array) -> int:
+    """A key for the bytes of ``array`` (any dtype; made C-contiguous) within this process, for in-process caches
+    (never stored): the compiled 64-bit digest (``_native.digest``), or zlib.crc32 without the module."""
+    import numpy as np
+
+    array = np.ascontiguousarray(array)
+    if native is None or not hasattr(native, "digest"):
+        import zlib
+        return zlib.crc32(memoryview(array).cast("B"))
+    return native.digest(array)
