@@ -1,6 +1,7 @@
 // onnxcomp._native: the compressor's hot loops (1-D k-means, nearest-centroid assignment, the radix sort of a
 // weight's values, magnitude masks, the outlier search's largest magnitudes and per-channel errors, Huffman tree
-// depths, Huffman and gap coding, the decode of a record's indices), compiled. A CPython
+// depths, Huffman and gap coding, the decode of a record's indices; and a digest of an array's bytes for the
+// compressor's in-process cache keys), compiled. A CPython
 // extension module built by the same CMake as the custom-op library but separate from it: no onnxruntime type
 // appears here.
 //

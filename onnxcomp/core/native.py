@@ -4,7 +4,8 @@ It holds the compressor's loops over every weight (k-means refinement, nearest-c
 weight's values, magnitude masks, the outlier search's largest magnitudes and per-channel errors, Huffman tree
 depths, Huffman and gap coding, the decode of a record's indices), each byte-identical to a numpy reference kept
 beside its caller (onnxcomp/core/codebook.py, pruning.py, outliers.py, huffman.py, sidecar.py,
-onnxcomp/pipeline/inspection.py); without it those references run, much slower.
+onnxcomp/pipeline/inspection.py); without it those references run, much slower. ``digest`` keys the in-process
+caches by an array's bytes (the compiled 64-bit digest, or zlib.crc32 without the module).
 """
 
 from __future__ import annotations
