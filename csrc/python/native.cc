@@ -520,7 +520,9 @@ py::array_t<int64_t> largest_magnitudes(FloatArray values, py::object keep_objec
     };
     size_t kept = masked ? static_cast<size_t>(std::count(keep, keep + n, true)) : n;
     count = std::min(count, kept);
-    const size_t limit = candidate_limit < 0 ? std::max<size_t>(4 * count, size_t{1} << 16) : static_cast<size_t>(candidate_limit);
+    // (the default bounds the candidates' memory to 1.5x the chosen pairs the two-level select holds, plus 1 MB)
+    const size_t limit = candidate_limit < 0 ? count + std::max<size_t>(count / 2, size_t{1} << 16)
+                                             : static_cast<size_t>(candidate_limit);
     bool selected = false;
     if (count > 0 && limit >= count) {
       std::vector<size_t> top_parts(parts * kTopBins, 0);
