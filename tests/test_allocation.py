@@ -415,3 +415,13 @@ def test_targeted_rounds_skipped_when_the_miss_is_out_of_their_reach(tmp_path, m
         files.append(((folder / "out.onnx").read_bytes(), (folder / "out.onnxcomp").read_bytes()))
     assert files[0] == files[1]
     assert 1 - 0.5 > (1 - fidelity.WARN_COSINE) * compression.TARGETED_REACH ** compression.TARGETED_ROUNDS
+
+
+def test_sorted_magnitudes_of_the_sample_are_numpys_sort(rng):
+    """Allocator.magnitude (|v| of the sorted sample by a stable merge of its two runs) is np.sort(np.abs(v)) byte
+    for byte: signed zeros, ties and a sample of only one sign."""
+    for weight in ((rng.standard_normal(5000) / 64).astype(np.float32),
+                   np.concatenate([np.zeros(30), -np.zeros(40), np.round(rng.standard_normal(2000) * 3) / 3]).astype(np.float32),
+                   np.abs(rng.standard_normal(999)).astype(np.float32), -np.abs(rng.standard_normal(999)).astype(np.float32)):
+        allocator = allocation.Allocator(weight)
+        assert allocator.magnitude.tobytes() == np.sort(np.abs(allocator.v)).tobytes()

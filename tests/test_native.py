@@ -42,6 +42,18 @@ def test_lloyd_matches_the_numpy_reference(rng, k):
         assert native.lloyd_1d(ordered, weights, start, codebook.REFINE_ITERATIONS).tobytes() == expected.tobytes()
 
 
+@pytest.mark.parametrize("k", [7, 32])
+def test_lloyd_on_checkpointed_prefix_sums_matches_the_numpy_reference(rng, k):
+    """Above 2^20 values lloyd_1d stores every 64th prefix sum and adds the rest on demand (a block found by shifts):
+    the same sums, so the same centroids as the reference."""
+    ordered = np.sort((rng.standard_normal((1 << 20) + 4097) / 64).astype(np.float32))
+    start = np.unique(np.quantile(ordered, (np.arange(k) + 0.5) / k).astype(np.float32))
+    assert native.lloyd_1d(ordered, None, start, codebook.REFINE_ITERATIONS).tobytes() == codebook.refine_reference(ordered, start).tobytes()
+    weights = rng.exponential(size=len(ordered)).astype(np.float32)
+    assert (native.lloyd_1d(ordered, weights, start, codebook.REFINE_ITERATIONS).tobytes()
+            == codebook.refine_reference(ordered, start, weights).tobytes())
+
+
 def _reference_iterations(ordered, start, iterations):
     return codebook.refine_reference(ordered, start, iterations=iterations)
 
@@ -249,6 +261,28 @@ def test_largest_magnitudes_match_the_stable_argsort(rng, count):
         assert got.dtype == np.int64 and np.array_equal(got, expected)
 
 
+@pytest.mark.parametrize("count", [1, 256, 5000, 40_000])
+def test_largest_magnitudes_by_one_histogram_match_the_two_level_select(rng, count):
+    """The one-histogram path (the count-th largest key's 1/16-octave bin, then the values from that bin up sorted)
+    and the two-level radix select give the stable argsort's positions: forced each way with ``candidate_limit``
+    (0: the select; the default; no limit), on Gaussian values, values with many ties across bins and a constant
+    tensor (every value in one bin: the default limit falls back), with and without a mask, on 1-3 threads."""
+    from onnxcomp.core import outliers
+    n = 3 * (1 << 18) + 11
+    cases = [(rng.standard_normal(n) / 64).astype(np.float32),
+             (np.round(rng.standard_normal(n) * 2) / 2).astype(np.float32),
+             np.full(n, -0.25, np.float32)]
+    cases[0][::1001] = -0.0
+    for flat in cases:
+        for keep in (None, rng.random(n) < 0.6):
+            candidates = np.arange(n) if keep is None else np.flatnonzero(keep)
+            expected = outliers.largest_first(flat, candidates, count)
+            for limit in (0, -1, n):
+                for threads in (1, 3):
+                    got = native.largest_magnitudes(flat, keep, count, threads, limit)
+                    assert got.dtype == np.int64 and np.array_equal(got, expected)
+
+
 @pytest.mark.parametrize("count", [1, 5000, 300_000])
 def test_largest_magnitudes_on_threads_match_one_thread(rng, count):
     """Split into runs on 2-4 threads, the counts and the ties at the threshold (taken run by run, in position
@@ -383,3 +417,22 @@ def test_gap_statistics_from_zero_runs_match_the_symbol_loop(rng, dtype):
         for a, b, c in zip(fast, loop, reference):
             np.testing.assert_array_equal(a, b)
             np.testing.assert_array_equal(a, c)
+
+
+def test_digest_tells_arrays_apart_by_their_bytes(rng):
+    """The in-process cache keys (core.native.digest): equal bytes give equal digests whatever the array object; one
+    changed bit, a shorter array, another length of zeros, or the same bytes one byte later give another; and the
+    zlib fallback keys the same way."""
+    from onnxcomp.core import native as native_module
+    values = rng.standard_normal(100_003).astype(np.float32)
+    assert native.digest(values) == native.digest(values.copy()) == native_module.digest(values.copy())
+    changed = values.copy()
+    changed.view(np.uint32)[77_777] ^= 1
+    assert native.digest(changed) != native.digest(values)
+    assert native.digest(values[:-1]) != native.digest(values)
+    assert len({native.digest(np.zeros(n, np.uint8)) for n in range(70)}) == 70
+    raw = values.view(np.uint8)
+    assert native.digest(raw[1:-3]) != native.digest(raw[:-4])
+    assert native_module.digest(values[::2]) == native.digest(np.ascontiguousarray(values[::2]))
+    with pytest.raises(ValueError):
+        native.digest(values[::2])

@@ -4,7 +4,8 @@ It holds the compressor's loops over every weight (k-means refinement, nearest-c
 weight's values, magnitude masks, the outlier search's largest magnitudes and per-channel errors, Huffman tree
 depths, Huffman and gap coding, the decode of a record's indices), each byte-identical to a numpy reference kept
 beside its caller (onnxcomp/core/codebook.py, pruning.py, outliers.py, huffman.py, sidecar.py,
-onnxcomp/pipeline/inspection.py); without it those references run, much slower.
+onnxcomp/pipeline/inspection.py); without it those references run, much slower. ``digest`` keys the in-process
+caches by an array's bytes (the compiled 64-bit digest, or zlib.crc32 without the module).
 """
 
 from __future__ import annotations
@@ -41,3 +42,15 @@ except ImportError:  # a source tree without the built module: use the installed
 if native is None:  # pragma: no cover - nothing built anywhere
     logging.getLogger("onnxcomp").warning("onnxcomp._native is not built: k-means and Huffman coding run in numpy, "
                                           "much slower (reinstall onnxcomp with pip to build it)")
+
+
+def digest(array) -> int:
+    """A key for the bytes of ``array`` (any dtype; made C-contiguous) within this process, for in-process caches
+    (never stored): the compiled 64-bit digest (``_native.digest``), or zlib.crc32 without the module."""
+    import numpy as np
+
+    array = np.ascontiguousarray(array)
+    if native is None or not hasattr(native, "digest"):
+        import zlib
+        return zlib.crc32(memoryview(array).cast("B"))
+    return native.digest(array)

@@ -50,13 +50,13 @@ class AllocateWeightsPass(GraphPass):
             self.record(state, target, result)
         return PassResult(False, f"allocated {len(targets)} weights")
 
-    def measure(self, target) -> tuple:
+    def measure(self, target, values=None) -> tuple:
         """(allocator, (choice, k-means choice, scaled alternative), reason its values are not finite or None) of one
         weight. Touches nothing shared but reads of ``cache`` (runs on a worker thread: weights are independent,
-        each read once, sampled, fit)."""
+        each read once, sampled, fit). ``values``: ``target.original`` when the caller has read it already."""
         allocator = self.cache.get(target.name)
         if allocator is None:
-            values = target.original
+            values = target.original if values is None else values
             if not target.checked:  # a streamed weight: this is its first read
                 reason = non_finite_reason(values)
                 if reason:

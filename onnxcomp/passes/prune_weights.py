@@ -88,7 +88,9 @@ class PruneWeightsPass(GraphPass):
             scores = pruning.tfidf_score(rows, target.statistics, self.tfidf)
         return from_rows(scores, layout, target.shape)
 
-    def layer_mask(self, t: WeightTarget) -> np.ndarray:
+    def layer_mask(self, t: WeightTarget, values: np.ndarray | None = None) -> np.ndarray:
+        """The pruning mask of one weight on its own (scope "layer"); ``values``: ``t.values`` when the caller has
+        read them already."""
         if (self.score_for(t.name) == "obs" and self.threshold == "percentile" and t.statistics is not None
                 and t.statistics.gram is not None):
             return self.obs_mask(t)
@@ -97,7 +99,7 @@ class PruneWeightsPass(GraphPass):
                 log.info("%s: no activation statistics, scored by magnitude", t.name)
             if self.sparsity_for(t) == 0:  # nothing pruned: the mask is known without reading the weight
                 return np.ones(t.shape, dtype=bool)
-            return pruning.magnitude_keep_mask(t.values, self.sparsity_for(t))
+            return pruning.magnitude_keep_mask(t.values if values is None else values, self.sparsity_for(t))
         scores = self.scores(t)
         if self.threshold == "sensitivity":
             return pruning.sensitivity_keep_mask(scores, self.sensitivity)

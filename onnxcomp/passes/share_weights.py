@@ -24,13 +24,13 @@ value and no codebook entry is fit to it.
 from __future__ import annotations
 
 import contextlib
-import zlib
 from collections.abc import Mapping
 
 import numpy as np
 import onnx
 
 from onnxcomp.core import codebook as codebook_math
+from onnxcomp.core.native import digest
 from onnxcomp.core import obs
 from onnxcomp.core import outliers as outlier_math
 from onnxcomp import parallel, progress
@@ -95,8 +95,8 @@ class ShareWeightsPass(GraphPass):
             log.info("no outliers: the model's opset %d has no ScatterElements/CumSum (needs %d) for the portable format",
                      opset, self.outliers_opset)
 
-        def share(target) -> str | None:
-            values = target.values
+        def share(target, values=None) -> str | None:  # values: target.values when the caller has read them
+            values = target.values if values is None else values
             if not target.checked:  # a streamed weight no earlier pass read: its one read is here
                 reason = non_finite_reason(values)
                 if reason:
@@ -200,15 +200,14 @@ class ShareWeightsPass(GraphPass):
         """The ``prepared`` dict of outliers.share for this weight (its sorted kept values, channel norms and
         largest-magnitude positions, computed once for every codebook tried on it). With ``cache`` (compress's
         rounds on the same input, no calibration) it is kept between passes under the weight's name while the
-        weight's values and pruning mask are the same (same shape, dtype and CRC-32 of their bytes), so a later
-        round does not sort the weight again; the arrays in it are never written to, so the result is the same
+        weight's values and pruning mask are the same (same shape, dtype and core.native.digest of their bytes), so a
+        later round does not sort the weight again; the arrays in it are never written to, so the result is the same
         byte for byte (tests/test_fast_paths.py). Not with importance (calibration statistics) or a refit weight."""
         if self.cache is None or importance is not None or target.refit is not None:
             return {}
         values = np.ascontiguousarray(values)
         keep = None if target.keep is None else np.ascontiguousarray(target.keep, dtype=bool)
-        key = (values.shape, values.dtype.str, zlib.crc32(memoryview(values).cast("B")),
-               None if keep is None else zlib.crc32(memoryview(keep).cast("B")))
+        key = (values.shape, values.dtype.str, digest(values), None if keep is None else digest(keep))
         entry = self.cache.get(target.name)
         if entry is not None and entry[0] == key:
             return entry[1]

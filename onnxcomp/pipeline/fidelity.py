@@ -33,7 +33,6 @@ import math
 import os
 import re
 import time
-import zlib
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -41,6 +40,7 @@ import onnx
 import onnxruntime as ort
 
 from onnxcomp import parallel
+from onnxcomp.core.native import digest
 from onnxcomp.passes.calibration import count_samples, run_batched, sample_axes, take_samples
 
 from onnxcomp.errors import CalibrationError, InvalidOptionError
@@ -531,8 +531,8 @@ def attribute(original_path: str, compressed_path: str, feed: dict[str, np.ndarr
     branch backoff6). False: whole-model runs, the straightforward version tests/test_fast_paths.py compares with.
     ``cache``: a dict the caller keeps between calls with the same original and ``feed`` (compress's rounds): the
     original's outputs, boundary values, cones and sessions per set of weights measured, and each weight's error
-    under the crc-32 of its decoded value, are kept there and not computed again (the same numbers: onnxruntime
-    runs each session alike)."""
+    under the digest of its decoded value (core.native.digest), are kept there and not computed again (the same
+    numbers: onnxruntime runs each session alike)."""
     from onnx import numpy_helper
     from onnxcomp.passes import model_io
     from onnxcomp.passes.calibration import feed_batches
@@ -612,7 +612,7 @@ def attribute(original_path: str, compressed_path: str, feed: dict[str, np.ndarr
         decoded = weights[name].dense()
         if name in originals:
             decoded = decoded.astype(originals[name].dtype, copy=False)
-        key = (name, decoded.dtype.str, zlib.crc32(memoryview(np.ascontiguousarray(decoded)).cast("B")))
+        key = (name, decoded.dtype.str, digest(decoded))
         if key in errors:
             return errors[key]
         cone = cone_of.get(name)
