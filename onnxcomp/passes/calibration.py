@@ -31,8 +31,9 @@ complete after the segment that produces its input, so the caller can compress i
 Batches in bounded memory: onnxruntime holds every value a probe asks for (all the layers' inputs of a batch at
 once) besides its own intermediates, so a batch costs about the bytes its run produces. ``bounded_batch`` runs one
 sample with every node output asked (``activation_bytes``: their bytes plus the feeds', an upper bound of what
-the run holds) and takes ``min(requested, ACTIVATION_BYTES // (that x models run per batch))`` samples, at least
-one; a model whose inputs fix the batch keeps it. The statistics, the sequential walk (compress_sequentially),
+the run holds) and takes ``min(requested, ACTIVATION_BYTES // (that x models run at once))`` samples, at least
+one; a model whose inputs fix the batch keeps it. The sequential walk runs two models on one segment of nodes at a
+time (its values a part of the whole run's), and counts one whole run. The statistics, the sequential walk (compress_sequentially),
 the budget search's runs (pipeline/autotune.py) and the fidelity runs on more than fidelity.SAMPLES samples use
 it. When the requested batch fits, nothing changes; when it does not, the same samples are summed in more batches,
 which changes the float sums' order (the statistics in their last bits, so possibly the output's bytes), never
@@ -58,7 +59,7 @@ ROW_SAMPLE_POSITIONS = 4096  # rows one sample gives a layer's statistics at mos
 ROW_SAMPLE_SEED = 20261201
 ROW_CHUNK_BYTES = 256 << 20  # float64 input rows one statistics update takes at most (whole samples; one may exceed it)
 SEGMENT_BYTES = 256 << 20  # external-data weight bytes one calibration session holds at most (one weight may exceed it)
-ACTIVATION_BYTES = 1 << 30  # the values one batch's run produces (every node output summed) at most: bounded_batch
+ACTIVATION_BYTES = 2 << 30  # the values one batch's run produces (every node output summed) at most: bounded_batch
 
 
 @dataclass
@@ -723,8 +724,7 @@ def collect(model: onnx.ModelProto, layers: dict[str, LayerInput], data: dict[st
     input_names = [i.name for i in session.get_inputs()]
     axes = sample_axes([i for i in session.get_inputs() if i.name in data])
     total = count_samples({n: data[n] for n in input_names}, axes)
-    batch = bounded_batch(probe, {n: data[n] for n in input_names}, axes, accepted_batch(session, batch, total, set(data)),
-                          runs=2)  # two models' runs per batch
+    batch = bounded_batch(probe, {n: data[n] for n in input_names}, axes, accepted_batch(session, batch, total, set(data)))
     stats = {}
     for start in progress.track(range(0, total, batch), "calibration batches"):
         feeds = take_samples({n: data[n] for n in input_names}, slice(start, start + batch), axes)

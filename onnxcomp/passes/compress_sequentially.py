@@ -133,6 +133,10 @@ class WholeModelProbes:
     def __init__(self, original: onnx.ModelProto, compressed: onnx.ModelProto, data: dict[str, np.ndarray], *,
                  batch: int, threshold: float) -> None:
         self.original, self.compressed, self.data, self.batch, self.threshold = original, compressed, data, batch, threshold
+        from onnxcomp.pipeline.evaluate import model_specs
+        specs = model_specs(original)
+        feeds = {name: data[name] for name, _, _ in specs if name in data}
+        self.batch = bounded_batch(original, feeds, sample_axes(specs), batch)  # the walk's batches (_Frontier)
 
     def statistics(self, layer: str, spec: LayerInput) -> LayerStatistics:
         return collect(self.compressed, {layer: spec}, self.data, batch=self.batch, threshold=self.threshold,
@@ -170,8 +174,9 @@ class _Frontier:
         feeds = {d.name: data[d.name] for d in declared}
         total = count_samples(feeds, self.axes)
         size = accepted_batch(_DeclaredSession(declared), batch, total, set(data))
-        # fewer samples when one batch's values would be too many (two models run per batch: half the bytes each)
-        size = bounded_batch(original, feeds, self.axes, size, runs=2)
+        # fewer samples when one batch's values would be too many (calibration.bounded_batch); each session runs one
+        # segment of the walk, the two models' values together those of two segments, counted as one whole run
+        size = bounded_batch(original, feeds, self.axes, size)
         self.feeds = [take_samples(feeds, slice(start, start + size), self.axes) for start in range(0, total, size)]
         self.samples = [count_samples(f, self.axes) for f in self.feeds]
         # outputs of nodes run for good, per batch, in the compressed and in the original model
