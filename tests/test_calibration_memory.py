@@ -86,7 +86,18 @@ def test_frontier_store_gives_back_the_same_bytes_from_disk_and_removes_its_fold
     assert not os.path.exists(folder)
 
 
-def _sequential(tmp_path, name, model, data, frontier_bytes, **options):
+def _branching_convs_saved(monkeypatch, tmp_path, rng):
+    """test_calibration's branching convs as in.onnx, 9 calibration samples as calib.npz, temporary folders in a
+    folder of the test's (returned)."""
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spill))
+    onnx.save(_branching_convs(rng), tmp_path / "in.onnx")
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((9, 3, 8, 8)).astype(np.float32))
+    return spill
+
+
+def _sequential(tmp_path, name, frontier_bytes, **options):
     compression_pass = functools.partial(CompressSequentiallyPass, frontier_bytes=frontier_bytes)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(compression, "CompressSequentiallyPass", compression_pass)
@@ -100,12 +111,7 @@ def test_sequential_walk_with_its_frontier_on_disk_writes_the_same_bytes(monkeyp
     """Branches, a skip connection and several batches (9 samples in batches of 4): the frontier kept on disk
     (limit 0: every batch) or half on disk gives the bytes of the walk that keeps it in memory; the folder is
     gone afterwards."""
-    spill = tmp_path / "spill"
-    spill.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(spill))
-    model = _branching_convs(rng)
-    onnx.save(model, tmp_path / "in.onnx")
-    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((9, 3, 8, 8)).astype(np.float32))
+    spill = _branching_convs_saved(monkeypatch, tmp_path, rng)
     options = dict(prune="activation", sparsity=0.5, bits=3, min_elements=16, calib_batch=4)
     spilled = []
     real_put = FrontierStore.put
@@ -115,14 +121,14 @@ def test_sequential_walk_with_its_frontier_on_disk_writes_the_same_bytes(monkeyp
         if values:  # an empty frontier takes no bytes: memory
             spilled.append(b in store.on_disk)
     monkeypatch.setattr(FrontierStore, "put", put)
-    in_memory = _sequential(tmp_path, "memory", model, {}, compress_sequentially.FRONTIER_BYTES, **options)
+    in_memory = _sequential(tmp_path, "memory", compress_sequentially.FRONTIER_BYTES, **options)
     assert not any(spilled)
     spilled.clear()
-    on_disk = _sequential(tmp_path, "disk", model, {}, 0, **options)
+    on_disk = _sequential(tmp_path, "disk", 0, **options)
     assert all(spilled) and len(spilled) > 0
     spilled.clear()
     one_batch = 2 * 8 * 64 * 4 * 4  # about one batch's frontier ([4, 8, 8, 8] float32, a tensor or two): some spill
-    part = _sequential(tmp_path, "part", model, {}, 2 * one_batch, **options)
+    part = _sequential(tmp_path, "part", 2 * one_batch, **options)
     assert any(spilled) and not all(spilled)
     assert on_disk == in_memory and part == in_memory
     assert os.listdir(spill) == []
@@ -130,12 +136,7 @@ def test_sequential_walk_with_its_frontier_on_disk_writes_the_same_bytes(monkeyp
 
 def test_the_frontier_folder_is_removed_when_the_pass_is_interrupted(monkeypatch, tmp_path, rng):
     """SystemExit (what the CLI makes of SIGTERM) in the middle of the layers: no folder left behind."""
-    spill = tmp_path / "spill"
-    spill.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(spill))
-    model = _branching_convs(rng)
-    onnx.save(model, tmp_path / "in.onnx")
-    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((9, 3, 8, 8)).astype(np.float32))
+    spill = _branching_convs_saved(monkeypatch, tmp_path, rng)
     seen = []
     real = compress_sequentially._settings_of
 
@@ -146,7 +147,7 @@ def test_the_frontier_folder_is_removed_when_the_pass_is_interrupted(monkeypatch
         return real(target)
     monkeypatch.setattr(compress_sequentially, "_settings_of", interrupted)
     with pytest.raises(SystemExit):
-        _sequential(tmp_path, "stopped", model, {}, 0, prune="activation", sparsity=0.5, bits=3, min_elements=16,
+        _sequential(tmp_path, "stopped", 0, prune="activation", sparsity=0.5, bits=3, min_elements=16,
                     calib_batch=4)
     assert seen[-1]  # the frontier was on disk when it stopped
     assert os.listdir(spill) == []
