@@ -11,7 +11,8 @@ from onnx import helper
 
 import onnxcomp
 from onnxcomp.passes import calibration, compress_sequentially
-from onnxcomp.passes.compress_sequentially import CompressSequentiallyPass, FrontierStore
+from onnxcomp.passes.calibration import BatchStore
+from onnxcomp.passes.compress_sequentially import CompressSequentiallyPass
 from onnxcomp.pipeline import compression
 
 from conftest import float_input, make_model, weight
@@ -68,9 +69,9 @@ def test_collect_in_bounded_batches_gives_the_statistics_of_whole_batches(monkey
     np.testing.assert_allclose(bounded.sum_squares, whole.sum_squares, rtol=1e-12)
 
 
-def test_frontier_store_gives_back_the_same_bytes_from_disk_and_removes_its_folder(monkeypatch, tmp_path, rng):
+def test_batch_store_gives_back_the_same_bytes_from_disk_and_removes_its_folder(monkeypatch, tmp_path, rng):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    store = FrontierStore(3, limit=50)  # batch 0 first takes 28 bytes (memory), the others 96 each
+    store = BatchStore(3, limit=50)  # batch 0 first takes 28 bytes (memory), the others 96 each
     values = [{"a": rng.standard_normal((2, 5)).astype(np.float32), "b/c:0": np.arange(7, dtype=np.int64)} for _ in range(3)]
     for b, v in enumerate(values):
         store.put(b, {k: a[:1] for k, a in v.items()} if b == 0 else v)  # batch 0 small: memory; 1, 2: over the limit
@@ -114,13 +115,13 @@ def test_sequential_walk_with_its_frontier_on_disk_writes_the_same_bytes(monkeyp
     spill = _branching_convs_saved(monkeypatch, tmp_path, rng)
     options = dict(prune="activation", sparsity=0.5, bits=3, min_elements=16, calib_batch=4)
     spilled = []
-    real_put = FrontierStore.put
+    real_put = BatchStore.put
 
     def put(store, b, values):
         real_put(store, b, values)
         if values:  # an empty frontier takes no bytes: memory
             spilled.append(b in store.on_disk)
-    monkeypatch.setattr(FrontierStore, "put", put)
+    monkeypatch.setattr(BatchStore, "put", put)
     in_memory = _sequential(tmp_path, "memory", compress_sequentially.FRONTIER_BYTES, **options)
     assert not any(spilled)
     spilled.clear()
@@ -150,4 +151,27 @@ def test_the_frontier_folder_is_removed_when_the_pass_is_interrupted(monkeypatch
         _sequential(tmp_path, "stopped", 0, prune="activation", sparsity=0.5, bits=3, min_elements=16,
                     calib_batch=4)
     assert seen[-1]  # the frontier was on disk when it stopped
+    assert os.listdir(spill) == []
+
+
+def test_budget_trials_with_their_boundary_values_on_disk_give_the_same_output(monkeypatch, tmp_path, rng):
+    """A weight's downstream runs (autotune._Downstream) in batches of 16 with every batch's boundary values on disk
+    (DOWNSTREAM_BYTES 0) give the whole model's output bit for bit, and close() removes the folder."""
+    from onnxcomp.pipeline import autotune
+    from test_budget import budget_mlp
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spill))
+    monkeypatch.setattr(autotune, "DOWNSTREAM_BYTES", 0)
+    model, data = budget_mlp(tmp_path, rng)
+    x = {"x": np.load(data)["x"]}
+    reference = calibration.run_batched(autotune._session(model), x)[0]
+    w2 = onnx.numpy_helper.to_array(model.graph.initializer[1])
+    whole = autotune._session(autotune._weight_as_input(model, "w2"))
+    suffix = autotune._Downstream(model, "w2", w2, x, reference, whole, 1, batch=16)
+    assert suffix.session is not None and suffix.parts.batches == -(-len(x["x"]) // 16) > 1
+    assert sorted(suffix.parts.on_disk) == list(range(suffix.parts.batches))
+    trial = (w2 * (1 + 0.1 * rng.standard_normal(w2.shape))).astype(np.float32)
+    np.testing.assert_array_equal(suffix.run(trial), calibration.run_batched(whole, x, extra={"w2": trial})[0])
+    suffix.close()
     assert os.listdir(spill) == []

@@ -42,6 +42,10 @@ which samples or rows are used. Models run on external data in segments (below) 
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -291,6 +295,69 @@ def take_samples(arrays: dict[str, np.ndarray], rows, axes: dict[str, int | None
         else:
             out[name] = np.take(array, rows, axis=axis)
     return out
+
+
+class BatchStore:
+    """Values kept per batch (name -> array), for ``batches`` batches (the sequential walk's frontier, a budget
+    trial's boundary values): in memory while they take at most ``limit`` bytes in all, each further batch's
+    written to a temporary folder (``tempfile``'s, so TMPDIR; one ``.npy`` file per value, numpy's own format: the
+    same bytes come back) and read back when that batch is asked for. The folder is removed by ``close`` (callers
+    call it in a ``finally``: also on an error or SIGTERM, which the CLI turns into SystemExit) or, failing that,
+    when the store is garbage-collected or the interpreter exits (weakref.finalize)."""
+
+    def __init__(self, batches: int, limit: int) -> None:
+        self.limit, self.batches = limit, batches
+        self.memory: dict[int, dict[str, np.ndarray]] = {b: {} for b in range(batches)}
+        self.on_disk: dict[int, dict[str, tuple]] = {}  # batch -> name -> (file, dtype, shape)
+        self.folder: str | None = None
+        self.held = 0  # bytes in memory
+        self.spilled = 0  # batches written to disk so far (for tests and logs)
+        self._finalizer = None
+
+    def get(self, b: int) -> dict[str, np.ndarray]:
+        if b in self.memory:
+            return dict(self.memory[b])
+        return {name: np.load(path) for name, (path, _, _) in self.on_disk[b].items()}
+
+    def types(self) -> dict[str, np.ndarray]:
+        """Empty arrays of the dtypes of the first batch's values (_segment_model types its inputs from them)."""
+        if 0 in self.memory:
+            return {name: value[:0] for name, value in self.memory[0].items()}
+        return {name: np.empty((0,) + tuple(shape[1:]), dtype) for name, (_, dtype, shape) in self.on_disk.get(0, {}).items()}
+
+    def put(self, b: int, values: dict[str, np.ndarray]) -> None:
+        """``values`` become batch ``b``'s (replacing what it held)."""
+        self._forget(b)
+        size = sum(np.asarray(v).nbytes for v in values.values())
+        if self.held + size <= self.limit:
+            self.memory[b] = dict(values)
+            self.held += size
+            return
+        if self.folder is None:
+            self.folder = tempfile.mkdtemp(prefix="onnxcomp-frontier-")
+            self._finalizer = weakref.finalize(self, _remove_folder, self.folder)
+        files = {}
+        for index, (name, value) in enumerate(values.items()):
+            path = os.path.join(self.folder, f"{b}-{self.spilled}-{index}.npy")
+            value = np.asarray(value)
+            np.save(path, value, allow_pickle=False)
+            files[name] = (path, value.dtype, value.shape)
+        self.on_disk[b] = files
+        self.spilled += 1
+
+    def _forget(self, b: int) -> None:
+        if b in self.memory:
+            self.held -= sum(np.asarray(v).nbytes for v in self.memory.pop(b).values())
+        for path, _, _ in self.on_disk.pop(b, {}).values():
+            os.remove(path)
+
+    def close(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer()
+
+
+def _remove_folder(folder: str) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _fixed_batches(session, names=None) -> set[int]:

@@ -14,7 +14,7 @@ for good only when every weight it reads is final (compressed, or not compressed
 are then the ones the whole compressed model computes. The walk goes batch by batch: for each batch it runs the
 layer's nodes in both models, observes the layer's input and updates that batch's frontier (the kept values), so
 one batch's new values are alive at a time; the frontiers of all batches are kept in memory up to
-``FRONTIER_BYTES`` (both models together), each further batch's in a temporary folder (``FrontierStore``: numpy's
+``FRONTIER_BYTES`` (both models together), each further batch's in a temporary folder (``BatchStore``: numpy's
 ``.npy`` files, read back as the same bytes; removed when the pass ends, on an error or SIGTERM too). The output is
 the same bytes wherever the frontier is kept (tests/test_calibration_memory.py). A node that reads a weight not compressed yet (a layer
 whose observed input comes after its own first use) is run for that one layer and again later. Each node so runs
@@ -33,15 +33,13 @@ the layers whose statistics, and those whose X_o^T X_o only, came from the last 
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
 from onnxcomp import progress
-from onnxcomp.passes.calibration import (LayerInput, LayerStatistics, Segment, _Declared, _DeclaredSession, _observe,
+from onnxcomp.passes.calibration import (BatchStore, LayerInput, LayerStatistics, Segment, _Declared, _DeclaredSession, _observe,
                                          _segment_model, _session, accepted_batch, bounded_batch, collect, count_samples,
                                          names_read, sample_axes, take_samples)
 
@@ -180,8 +178,8 @@ class _Frontier:
         self.feeds = [take_samples(feeds, slice(start, start + size), self.axes) for start in range(0, total, size)]
         self.samples = [count_samples(f, self.axes) for f in self.feeds]
         # outputs of nodes run for good, per batch, in the compressed and in the original model
-        self.kept = FrontierStore(len(self.feeds), frontier_bytes // 2)
-        self.kept_original = FrontierStore(len(self.feeds), frontier_bytes // 2)
+        self.kept = BatchStore(len(self.feeds), frontier_bytes // 2)
+        self.kept_original = BatchStore(len(self.feeds), frontier_bytes // 2)
         self.walk: list[tuple] = []  # (nodes, outputs) of every segment run so far, in order
         self.reused = self.reused_original = 0  # layers whose statistics / X_o^T X_o a lookup gave
 
@@ -287,74 +285,9 @@ class _Frontier:
         del sessions
 
     def close(self) -> None:
-        """Remove the frontier's files on disk (FrontierStore.close)."""
+        """Remove the frontier's files on disk (BatchStore.close)."""
         self.kept.close()
         self.kept_original.close()
-
-
-class FrontierStore:
-    """The values one walk keeps per calibration batch (name -> array), for ``batches`` batches: in memory while
-    they take at most ``limit`` bytes in all, each further batch's written to a temporary folder (one ``.npy`` file
-    per value, numpy's own format: the same bytes come back) and read back when that batch is asked for. The
-    folder is removed by ``close`` (the pass calls it in a ``finally``: also on an error or SIGTERM, which the CLI
-    turns into SystemExit) or, failing that, when the store is garbage-collected."""
-
-    def __init__(self, batches: int, limit: int) -> None:
-        self.limit = limit
-        self.memory: dict[int, dict[str, np.ndarray]] = {b: {} for b in range(batches)}
-        self.on_disk: dict[int, dict[str, tuple]] = {}  # batch -> name -> (file, dtype, shape)
-        self.folder: str | None = None
-        self.held = 0  # bytes in memory
-        self.spilled = 0  # batches written to disk so far (for tests and logs)
-        self._finalizer = None
-
-    def get(self, b: int) -> dict[str, np.ndarray]:
-        if b in self.memory:
-            return dict(self.memory[b])
-        return {name: np.load(path) for name, (path, _, _) in self.on_disk[b].items()}
-
-    def types(self) -> dict[str, np.ndarray]:
-        """Empty arrays of the dtypes of the first batch's values (_segment_model types its inputs from them)."""
-        if 0 in self.memory:
-            return {name: value[:0] for name, value in self.memory[0].items()}
-        return {name: np.empty(0, dtype) for name, (_, dtype, _) in self.on_disk.get(0, {}).items()}
-
-    def put(self, b: int, values: dict[str, np.ndarray]) -> None:
-        """``values`` become batch ``b``'s (replacing what it held)."""
-        self._forget(b)
-        size = sum(np.asarray(v).nbytes for v in values.values())
-        if self.held + size <= self.limit:
-            self.memory[b] = dict(values)
-            self.held += size
-            return
-        if self.folder is None:
-            import tempfile
-            import weakref
-            self.folder = tempfile.mkdtemp(prefix="onnxcomp-frontier-")
-            self._finalizer = weakref.finalize(self, shutil_rmtree, self.folder)
-        files = {}
-        for index, (name, value) in enumerate(values.items()):
-            path = os.path.join(self.folder, f"{b}-{self.spilled}-{index}.npy")
-            value = np.asarray(value)
-            np.save(path, value, allow_pickle=False)
-            files[name] = (path, value.dtype, value.shape)
-        self.on_disk[b] = files
-        self.spilled += 1
-
-    def _forget(self, b: int) -> None:
-        if b in self.memory:
-            self.held -= sum(np.asarray(v).nbytes for v in self.memory.pop(b).values())
-        for path, _, _ in self.on_disk.pop(b, {}).values():
-            os.remove(path)
-
-    def close(self) -> None:
-        if self._finalizer is not None:
-            self._finalizer()
-
-
-def shutil_rmtree(folder: str) -> None:
-    import shutil
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _settings_of(target) -> tuple:

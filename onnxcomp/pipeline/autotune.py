@@ -55,9 +55,10 @@ import onnxruntime as ort
 
 from onnxcomp.passes import CalibrateWeightsPass, CompressionState, PruneWeightsPass, ReconstructWeightsPass, SelectWeightsPass, ShareWeightsPass
 from onnxcomp.passes.base import WeightTarget
-from onnxcomp.passes.calibration import bounded_batch, count_samples, run_batched, sample_axes, take_samples
+from onnxcomp.passes.calibration import BatchStore, bounded_batch, count_samples, run_batched, sample_axes, take_samples
 
 RUN_BATCH = 256  # samples one run of the model takes at most (run_batched's default), fewer by bounded_batch
+DOWNSTREAM_BYTES = 512 << 20  # a weight's boundary values (_Downstream) kept in memory at most, per thread; the rest on disk
 from onnxcomp.passes.prune_weights import needs_gram
 
 from onnxcomp.core import budget as budget_math
@@ -755,12 +756,15 @@ class _Downstream:
         graph_inputs = {i.name for i in graph.input if i.name != name}
         parts = feed_batches(whole, feeds, batch)
         probe = _session(probe_model(model, boundary), threads) if boundary else None  # requested values survive optimisation
-        self.parts = []
-        for part in parts:
+        # the boundary values of every batch: in memory up to DOWNSTREAM_BYTES, the further batches' on disk
+        self.parts = BatchStore(len(parts), DOWNSTREAM_BYTES)
+        for b, part in enumerate(parts):
             values = dict(zip(boundary, probe.run(boundary, {k: v for k, v in part.items()
                                                               if k in {i.name for i in probe.get_inputs()}}))) if probe else {}
             values.update({k: v for k, v in part.items() if k in read})
-            self.parts.append(values)
+            self.parts.put(b, values)
+            del values
+        types = self.parts.types()
         suffix = onnx.ModelProto()
         suffix.CopyFrom(model)
         del suffix.graph.node[:]
@@ -773,9 +777,8 @@ class _Downstream:
         suffix.graph.input.extend(declared)
         tensor = next(t for t in graph.initializer if t.name == name)
         suffix.graph.input.append(onnx.helper.make_tensor_value_info(name, tensor.data_type, list(tensor.dims)))
-        first = self.parts[0]
         for value in boundary:
-            array = np.asarray(first[value])
+            array = types[value]
             suffix.graph.input.append(onnx.helper.make_tensor_value_info(
                 value, onnx.helper.np_dtype_to_tensor_dtype(array.dtype), [f"{value}_{k}" for k in range(array.ndim)]))
         infos = [v for v in suffix.graph.value_info if v.name not in set(boundary)]
@@ -799,8 +802,13 @@ class _Downstream:
         if self.session is None:
             return None
         from onnxcomp.passes.calibration import join_batches
-        return join_batches(self.session, [self.session.run(None, {**values, self.weight_name: weight})
-                                           for values in self.parts])[0]
+        return join_batches(self.session, [self.session.run(None, {**self.parts.get(b), self.weight_name: weight})
+                                           for b in range(self.parts.batches)])[0]
+
+    def close(self) -> None:
+        """Remove the boundary values kept on disk (also done when the object is collected or at exit)."""
+        if hasattr(self, "parts"):
+            self.parts.close()
 
 
 class _Stopped(Exception):
@@ -978,6 +986,8 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
                     rate = (time.monotonic() - started) / spent
                     say(f"sensitivity analysis: about {_duration(rate * work_total / workers)} "
                         f"for {trials} trials on {workers} thread(s) (timed on the first {len(bits)})")
+        if suffix is not None:
+            suffix.close()
         points.append((None, None, target.dense_bytes, 0.0))  # leaving the weight dense is a candidate too
         if handed and target.statistics is not None:  # kept for the trial models, without this weight's inverse factor
             target.statistics.factor_cache = None
