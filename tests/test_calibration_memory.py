@@ -71,18 +71,21 @@ def test_collect_in_bounded_batches_gives_the_statistics_of_whole_batches(monkey
 
 def test_batch_store_gives_back_the_same_bytes_from_disk_and_removes_its_folder(monkeypatch, tmp_path, rng):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    store = BatchStore(3, limit=50)  # batch 0 first takes 28 bytes (memory), the others 96 each
-    values = [{"a": rng.standard_normal((2, 5)).astype(np.float32), "b/c:0": np.arange(7, dtype=np.int64)} for _ in range(3)]
+    store = BatchStore(3, limit=50)  # batch 0 first takes 29 bytes (memory), the others 97 each
+    values = [{"a": rng.standard_normal((2, 5)).astype(np.float32), "b/c:0": np.arange(7, dtype=np.int64),
+               "flag": np.array(True)} for _ in range(3)]
     for b, v in enumerate(values):
-        store.put(b, {k: a[:1] for k, a in v.items()} if b == 0 else v)  # batch 0 small: memory; 1, 2: over the limit
+        store.put(b, {k: a[:1] if a.ndim else a for k, a in v.items()} if b == 0 else v)  # batch 0: memory; 1, 2: disk
+    assert store.types()["a"].shape == (0, 5) and store.types()["flag"].shape == () and 0 in store.memory
     store.put(0, values[0])  # replaced: now over the limit too
     assert store.held == 0 and sorted(store.on_disk) == [0, 1, 2]
     folder = store.folder
-    assert len(os.listdir(folder)) == 6  # the replaced batch's files are gone
+    assert len(os.listdir(folder)) == 9  # the replaced batch's files are gone
     for b, v in enumerate(values):
         got = store.get(b)
         assert got.keys() == v.keys() and all(got[k].dtype == v[k].dtype and got[k].tobytes() == v[k].tobytes() for k in v)
-    assert store.types()["a"].dtype == np.float32
+    assert store.types()["a"].dtype == np.float32 and store.types()["a"].shape == (0, 5)
+    assert store.types()["flag"].dtype == bool and store.types()["flag"].shape == ()
     store.close()
     assert not os.path.exists(folder)
 

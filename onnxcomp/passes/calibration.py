@@ -320,10 +320,14 @@ class BatchStore:
         return {name: np.load(path) for name, (path, _, _) in self.on_disk[b].items()}
 
     def types(self) -> dict[str, np.ndarray]:
-        """Empty arrays of the dtypes of the first batch's values (_segment_model types its inputs from them)."""
+        """Arrays with the dtypes and ranks of the first batch's values, holding nothing (scalars: one zero), for
+        the callers that type a model's inputs from them."""
         if 0 in self.memory:
-            return {name: value[:0] for name, value in self.memory[0].items()}
-        return {name: np.empty((0,) + tuple(shape[1:]), dtype) for name, (_, dtype, shape) in self.on_disk.get(0, {}).items()}
+            shapes = {name: (np.asarray(value).dtype, np.shape(value)) for name, value in self.memory[0].items()}
+        else:
+            shapes = {name: (dtype, shape) for name, (_, dtype, shape) in self.on_disk.get(0, {}).items()}
+        return {name: np.zeros((), dtype) if not shape else np.empty((0,) + tuple(shape[1:]), dtype)
+                for name, (dtype, shape) in shapes.items()}
 
     def put(self, b: int, values: dict[str, np.ndarray]) -> None:
         """``values`` become batch ``b``'s (replacing what it held)."""
