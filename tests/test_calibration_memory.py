@@ -178,3 +178,24 @@ def test_budget_trials_with_their_boundary_values_on_disk_give_the_same_output(m
     np.testing.assert_array_equal(suffix.run(trial), calibration.run_batched(whole, x, extra={"w2": trial})[0])
     suffix.close()
     assert os.listdir(spill) == []
+
+
+def test_fidelity_on_many_samples_runs_in_bounded_batches(monkeypatch, tmp_path, rng):
+    """40 samples (more than fidelity.SAMPLES) with a bound of 12 samples' values per model: both models run in
+    batches of at most 12, and the figures are those of one whole batch (the same outputs per sample)."""
+    from onnxcomp.pipeline import fidelity
+    onnx.save(_conv_relu(rng), tmp_path / "in.onnx")
+    onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx", min_elements=16, bits=3, fidelity=False)
+    feeds = [{"x": rng.standard_normal((40, 3, 8, 8)).astype(np.float32)}]
+    whole = fidelity.compare_runs(str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), feeds, "calibration").to_dict()
+    sizes = []
+    real = fidelity.run_batched
+
+    def recorded(session, feed, batch=256, *args, **kwargs):
+        sizes.append(batch)
+        return real(session, feed, batch, *args, **kwargs)
+    monkeypatch.setattr(fidelity, "run_batched", recorded)
+    monkeypatch.setattr(calibration, "ACTIVATION_BYTES", 2 * 12 * (3 * 64 * 4 + 2 * 8 * 64 * 4))  # two models
+    bounded = fidelity.compare_runs(str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), feeds, "calibration").to_dict()
+    assert sizes == [12, 12]
+    assert bounded == whole
