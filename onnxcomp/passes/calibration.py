@@ -42,6 +42,7 @@ which samples or rows are used. Models run on external data in segments (below) 
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -428,7 +429,10 @@ def bounded_batch(model: onnx.ModelProto, data: dict[str, np.ndarray], axes: dic
     one = activation_bytes(model, take_samples(data, slice(0, 1), axes), externals)
     if one is None or one * wanted <= limit:
         return wanted
-    return max(1, limit // max(one, 1))
+    size = max(1, limit // max(one, 1))
+    logging.getLogger("onnxcomp").info("batches of %d samples instead of %d: one sample's run produces %.1f MiB of values "
+                                       "(at most %.0f MiB a batch)", size, wanted, one / 2**20, limit / 2**20)
+    return size
 
 
 def _declared_shapes(model: onnx.ModelProto) -> list[tuple[str, list]]:

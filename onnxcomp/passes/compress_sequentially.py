@@ -45,7 +45,7 @@ from onnxcomp.passes.calibration import (BatchStore, LayerInput, LayerStatistics
 
 FRONTIER_BYTES = 1 << 30  # frontier values (both models, all batches) one walk keeps in memory at most; the rest on disk
 
-from .base import CompressionState, GraphPass, PassResult
+from .base import CompressionState, GraphPass, PassResult, log
 from .calibrate_weights import layer_input
 
 
@@ -286,6 +286,10 @@ class _Frontier:
 
     def close(self) -> None:
         """Remove the frontier's files on disk (BatchStore.close)."""
+        if self.kept.spilled or self.kept_original.spilled:
+            log.info("sequential walk: %d batches of %d samples at most; frontier values written to disk %d times "
+                     "(above %d bytes in memory)", len(self.feeds), max(self.samples), self.kept.spilled + self.kept_original.spilled,
+                     2 * self.kept.limit)
         self.kept.close()
         self.kept_original.close()
 
