@@ -186,8 +186,9 @@ class _Frontier:
     def statistics(self, layer: str, spec: LayerInput, lookup=None) -> LayerStatistics:
         """The statistics of ``layer`` (input ``spec``) with the cross terms against the original model's inputs.
 
-        ``lookup(walk)`` (optional) is called once the layer's nodes have run, with ``walk``, every segment the walk
-        has run so far (nodes and outputs asked, in order; what its values depend on besides the weights), and
+        ``lookup(walk)`` (optional) is called before the layer's nodes run, with ``walk``, every segment the walk
+        has run so far and this one (nodes and outputs asked, in order; what its values depend on besides the
+        weights), and
         returns (the layer's statistics, or None, its X_o^T X_o, or None) as an earlier walk left them: known
         statistics are returned as they are, a known X_o^T X_o is taken instead of summed."""
         if self.waiting and self.waiting[0] == spec.tensor:
@@ -209,16 +210,15 @@ class _Frontier:
         self.reused_original += known is None and gram_original is not None
         stats: dict[str, LayerStatistics] = {} if known is None else {layer: known}
         kept_outputs = [out for out in outputs if out in later and self.producer[out] in final]
-        needed = self._read_later(set(final)) | set(kept_outputs)
         for b, feeds, values, values_original in self._run(nodes, outputs):
             kept, kept_original = self.kept.get(b), self.kept_original.get(b)
             if known is None:
                 _observe(stats, {layer: spec}, {**feeds, **kept, **values}, count_samples(feeds, self.axes), self.threshold,
                          True, {}, {**feeds, **kept_original, **values_original}, original_gram=gram_original is None)
             # what later nodes and layers read: this batch's frontier, stored (in memory or on disk) until then
-            self.kept.put(b, {n: v for n, v in {**kept, **{out: values[out] for out in kept_outputs}}.items() if n in needed})
+            self.kept.put(b, {n: v for n, v in {**kept, **{out: values[out] for out in kept_outputs}}.items() if n in later})
             self.kept_original.put(b, {n: v for n, v in {**kept_original, **{out: values_original[out] for out in kept_outputs}}.items()
-                                       if n in needed})
+                                       if n in later})
             del kept, kept_original, values, values_original
         if known is None and gram_original is not None and stats[layer].cross is not None:
             stats[layer].gram_original = gram_original
