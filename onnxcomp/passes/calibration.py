@@ -37,7 +37,8 @@ time (its values a part of the whole run's), and counts one whole run. The stati
 the budget search's runs (pipeline/autotune.py) and the fidelity runs on more than fidelity.SAMPLES samples use
 it. When the requested batch fits, nothing changes; when it does not, the same samples are summed in more batches,
 which changes the float sums' order (the statistics in their last bits, so possibly the output's bytes), never
-which samples or rows are used. Models run on external data in segments (below) keep the requested batch.
+which samples or rows are used. Models whose weights are external data keep the requested batch (measuring
+would read every such weight once more; they are run in segments, below, when large).
 """
 
 from __future__ import annotations
@@ -394,7 +395,7 @@ def accepted_batch(session: ort.InferenceSession, wanted: int, count: int | None
     return size
 
 
-def activation_bytes(model: onnx.ModelProto, feeds: dict[str, np.ndarray], externals: dict | None = None) -> int | None:
+def activation_bytes(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> int | None:
     """The bytes of every value the main graph's nodes produce on ``feeds`` (one run, optimisations off), plus the
     feeds': an upper bound of what onnxruntime holds for that run (its arena reuses a buffer once nothing reads
     it; onnxcomp's probes ask for many values, which it keeps). None when the model does not run so (a node output
@@ -406,7 +407,7 @@ def activation_bytes(model: onnx.ModelProto, feeds: dict[str, np.ndarray], exter
     del probe.graph.output[:]
     probe.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names)
     try:
-        session = _session(probe, externals)
+        session = _session(probe)
         reads = {i.name for i in session.get_inputs()}
         values = session.run(None, {n: v for n, v in feeds.items() if n in reads})
         return int(sum(np.asarray(v).nbytes for v in values) + sum(np.asarray(v).nbytes for v in feeds.values()))
@@ -415,7 +416,7 @@ def activation_bytes(model: onnx.ModelProto, feeds: dict[str, np.ndarray], exter
 
 
 def bounded_batch(model: onnx.ModelProto, data: dict[str, np.ndarray], axes: dict[str, int | None], wanted: int,
-                  *, runs: int = 1, limit: int | None = None, externals: dict | None = None) -> int:
+                  *, runs: int = 1, limit: int | None = None) -> int:
     """``wanted``, or fewer samples (at least one) when ``wanted`` samples of ``data`` (samples on ``axes``) would
     make ``model`` produce more than ``limit`` bytes (default ACTIVATION_BYTES) / ``runs`` (the models the caller
     runs per batch, each with its own values) of values in one run: the bytes of one sample's run
@@ -426,7 +427,7 @@ def bounded_batch(model: onnx.ModelProto, data: dict[str, np.ndarray], axes: dic
     if wanted <= 1 or _fixed_batches(_DeclaredSession([_Declared(name, shape) for name, shape in _declared_shapes(model)
                                                           if name in data])):
         return wanted
-    one = activation_bytes(model, take_samples(data, slice(0, 1), axes), externals)
+    one = activation_bytes(model, take_samples(data, slice(0, 1), axes))
     if one is None or one * wanted <= limit:
         return wanted
     size = max(1, limit // max(one, 1))
@@ -725,8 +726,9 @@ def collect_segments(model: onnx.ModelProto, layers: dict[str, LayerInput], data
         input_names = [i.name for i in session.get_inputs()]
         axes = sample_axes([i for i in session.get_inputs() if i.name in data])
         total = count_samples({n: data[n] for n in input_names}, axes)
-        size = bounded_batch(probe, {n: data[n] for n in input_names}, axes, accepted_batch(session, batch, total, set(data)),
-                             externals=externals)
+        size = accepted_batch(session, batch, total, set(data))
+        if not externals:  # measuring would read every external weight once more: those models keep the batch
+            size = bounded_batch(probe, {n: data[n] for n in input_names}, axes, size)
         stats: dict[str, LayerStatistics] = {}
         for start in progress.track(range(0, total, size), "calibration batches"):
             feeds = take_samples({n: data[n] for n in input_names}, slice(start, start + size), axes)
