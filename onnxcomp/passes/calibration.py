@@ -27,10 +27,27 @@ one statistics object. A model whose weights are stored as external data is run 
 holding at most ``SEGMENT_BYTES`` of those weights (``collect_segments``): each segment's session holds only its
 own weights, the tensors later segments read are carried between them per batch, and a layer's statistics are
 complete after the segment that produces its input, so the caller can compress it and drop them before the next.
+
+Batches in bounded memory: onnxruntime holds every value a probe asks for (all the layers' inputs of a batch at
+once) besides its own intermediates, so a batch costs about the bytes its run produces. ``bounded_batch`` runs one
+sample with every node output asked (``activation_bytes``: their bytes plus the feeds', an upper bound of what
+the run holds) and takes ``min(requested, ACTIVATION_BYTES // (that x models run at once))`` samples, at least
+one; a model whose inputs fix the batch keeps it. The sequential walk runs two models on one segment of nodes at a
+time (its values a part of the whole run's), and counts one whole run. The statistics, the sequential walk (compress_sequentially),
+the budget search's runs (pipeline/autotune.py) and the fidelity runs on more than fidelity.SAMPLES samples use
+it. When the requested batch fits, nothing changes; when it does not, the same samples are summed in more batches,
+which changes the float sums' order (the statistics in their last bits, so possibly the output's bytes), never
+which samples or rows are used. Models whose weights are external data keep the requested batch (measuring
+would read every such weight once more; they are run in segments, below, when large).
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
+import tempfile
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +65,7 @@ ROW_SAMPLE_POSITIONS = 4096  # rows one sample gives a layer's statistics at mos
 ROW_SAMPLE_SEED = 20261201
 ROW_CHUNK_BYTES = 256 << 20  # float64 input rows one statistics update takes at most (whole samples; one may exceed it)
 SEGMENT_BYTES = 256 << 20  # external-data weight bytes one calibration session holds at most (one weight may exceed it)
+ACTIVATION_BYTES = 2 << 30  # the values one batch's run produces (every node output summed) at most: bounded_batch
 
 
 @dataclass
@@ -281,10 +299,75 @@ def take_samples(arrays: dict[str, np.ndarray], rows, axes: dict[str, int | None
     return out
 
 
-def accepted_batch(session: ort.InferenceSession, wanted: int, count: int | None = None, names=None) -> int:
-    """The batch size to feed ``session``: ``wanted``, unless an input (of ``names``, default all) fixes every
-    dimension (``sample_axis`` is then 0), in which case its first. With ``count`` (the samples to feed), a count the fixed size does not divide
-    is refused with a CalibrationError naming the sizes."""
+class BatchStore:
+    """Values kept per batch (name -> array), for ``batches`` batches (the sequential walk's frontier, a budget
+    trial's boundary values): in memory while they take at most ``limit`` bytes in all, each further batch's
+    written to a temporary folder (``tempfile``'s, so TMPDIR; one ``.npy`` file per value, numpy's own format: the
+    same bytes come back) and read back when that batch is asked for. The folder is removed by ``close`` (callers
+    call it in a ``finally``: also on an error or SIGTERM, which the CLI turns into SystemExit) or, failing that,
+    when the store is garbage-collected or the interpreter exits (weakref.finalize)."""
+
+    def __init__(self, batches: int, limit: int) -> None:
+        self.limit, self.batches = limit, batches
+        self.memory: dict[int, dict[str, np.ndarray]] = {b: {} for b in range(batches)}
+        self.on_disk: dict[int, dict[str, tuple]] = {}  # batch -> name -> (file, dtype, shape)
+        self.folder: str | None = None
+        self.held = 0  # bytes in memory
+        self.spilled = 0  # batches written to disk so far (for tests and logs)
+        self._finalizer = None
+
+    def get(self, b: int) -> dict[str, np.ndarray]:
+        if b in self.memory:
+            return dict(self.memory[b])
+        return {name: np.load(path) for name, (path, _, _) in self.on_disk[b].items()}
+
+    def types(self) -> dict[str, np.ndarray]:
+        """Arrays with the dtypes and ranks of the first batch's values, holding nothing (scalars: one zero), for
+        the callers that type a model's inputs from them."""
+        if 0 in self.memory:
+            shapes = {name: (np.asarray(value).dtype, np.shape(value)) for name, value in self.memory[0].items()}
+        else:
+            shapes = {name: (dtype, shape) for name, (_, dtype, shape) in self.on_disk.get(0, {}).items()}
+        return {name: np.zeros((), dtype) if not shape else np.empty((0,) + tuple(shape[1:]), dtype)
+                for name, (dtype, shape) in shapes.items()}
+
+    def put(self, b: int, values: dict[str, np.ndarray]) -> None:
+        """``values`` become batch ``b``'s (replacing what it held)."""
+        self._forget(b)
+        size = sum(np.asarray(v).nbytes for v in values.values())
+        if self.held + size <= self.limit:
+            self.memory[b] = dict(values)
+            self.held += size
+            return
+        if self.folder is None:
+            self.folder = tempfile.mkdtemp(prefix="onnxcomp-frontier-")
+            self._finalizer = weakref.finalize(self, _remove_folder, self.folder)
+        files = {}
+        for index, (name, value) in enumerate(values.items()):
+            path = os.path.join(self.folder, f"{b}-{self.spilled}-{index}.npy")
+            value = np.asarray(value)
+            np.save(path, value, allow_pickle=False)
+            files[name] = (path, value.dtype, value.shape)
+        self.on_disk[b] = files
+        self.spilled += 1
+
+    def _forget(self, b: int) -> None:
+        if b in self.memory:
+            self.held -= sum(np.asarray(v).nbytes for v in self.memory.pop(b).values())
+        for path, _, _ in self.on_disk.pop(b, {}).values():
+            os.remove(path)
+
+    def close(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer()
+
+
+def _remove_folder(folder: str) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _fixed_batches(session, names=None) -> set[int]:
+    """The batch sizes the inputs of ``session`` (of ``names``, default all) fix (every dimension fixed)."""
     fixed = set()
     for value in session.get_inputs():
         if names is not None and value.name not in names:
@@ -293,6 +376,14 @@ def accepted_batch(session: ort.InferenceSession, wanted: int, count: int | None
         size = value.shape[axis] if axis is not None else None
         if isinstance(size, int) and size > 0:
             fixed.add(size)
+    return fixed
+
+
+def accepted_batch(session: ort.InferenceSession, wanted: int, count: int | None = None, names=None) -> int:
+    """The batch size to feed ``session``: ``wanted``, unless an input (of ``names``, default all) fixes every
+    dimension (``sample_axis`` is then 0), in which case its first. With ``count`` (the samples to feed), a count the fixed size does not divide
+    is refused with a CalibrationError naming the sizes."""
+    fixed = _fixed_batches(session, names)
     if not fixed:
         return wanted
     if len(fixed) > 1:
@@ -302,6 +393,52 @@ def accepted_batch(session: ort.InferenceSession, wanted: int, count: int | None
         raise CalibrationError(f"the model takes batches of exactly {size} samples; {count} samples do not divide into them: "
                                f"give a multiple of {size}")
     return size
+
+
+def activation_bytes(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> int | None:
+    """The bytes of every value the main graph's nodes produce on ``feeds`` (one run, optimisations off), plus the
+    feeds': an upper bound of what onnxruntime holds for that run (its arena reuses a buffer once nothing reads
+    it; onnxcomp's probes ask for many values, which it keeps). None when the model does not run so (a node output
+    that is no tensor, e.g. a sequence): the caller then keeps its batch."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    graph_inputs = {i.name for i in model.graph.input}
+    names = list(dict.fromkeys(out for node in model.graph.node for out in node.output if out and out not in graph_inputs))
+    del probe.graph.output[:]
+    probe.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names)
+    try:
+        session = _session(probe)
+        reads = {i.name for i in session.get_inputs()}
+        values = session.run(None, {n: v for n, v in feeds.items() if n in reads})
+        return int(sum(np.asarray(v).nbytes for v in values) + sum(np.asarray(v).nbytes for v in feeds.values()))
+    except Exception:  # onnxruntime's own error types, or outputs numpy cannot hold: no bound
+        return None
+
+
+def bounded_batch(model: onnx.ModelProto, data: dict[str, np.ndarray], axes: dict[str, int | None], wanted: int,
+                  *, runs: int = 1, limit: int | None = None) -> int:
+    """``wanted``, or fewer samples (at least one) when ``wanted`` samples of ``data`` (samples on ``axes``) would
+    make ``model`` produce more than ``limit`` bytes (default ACTIVATION_BYTES) / ``runs`` (the models the caller
+    runs per batch, each with its own values) of values in one run: the bytes of one sample's run
+    (``activation_bytes`` on the first sample) times the samples. For a model whose batch the caller left free
+    (accepted_batch); a model whose inputs fix the batch keeps it. A smaller batch changes the order in which
+    float sums over the samples are taken (the statistics, in their last bits), never which samples are used."""
+    limit = (ACTIVATION_BYTES if limit is None else limit) // runs
+    if wanted <= 1 or _fixed_batches(_DeclaredSession([_Declared(name, shape) for name, shape in _declared_shapes(model)
+                                                          if name in data])):
+        return wanted
+    one = activation_bytes(model, take_samples(data, slice(0, 1), axes))
+    if one is None or one * wanted <= limit:
+        return wanted
+    size = max(1, limit // max(one, 1))
+    logging.getLogger("onnxcomp").info("batches of %d samples instead of %d: one sample's run produces %.1f MiB of values "
+                                       "(at most %.0f MiB a batch)", size, wanted, one / 2**20, limit / 2**20)
+    return size
+
+
+def _declared_shapes(model: onnx.ModelProto) -> list[tuple[str, list]]:
+    from onnxcomp.pipeline.evaluate import model_specs
+    return [(name, shape) for name, shape, _ in model_specs(model)]
 
 
 def run_batched(session: ort.InferenceSession, feeds: dict[str, np.ndarray], batch: int = 256,
@@ -583,12 +720,15 @@ def collect_segments(model: onnx.ModelProto, layers: dict[str, LayerInput], data
     limit = SEGMENT_BYTES if limit is None else limit
     shared: dict = {}
     if sum(external_bytes.values()) <= limit:  # one session for the whole model
-        session = _probe_session(model, wanted, externals)
+        probe = probe_model(model, wanted)
+        session = _session(probe, externals)
         names = [o.name for o in session.get_outputs()]
         input_names = [i.name for i in session.get_inputs()]
         axes = sample_axes([i for i in session.get_inputs() if i.name in data])
         total = count_samples({n: data[n] for n in input_names}, axes)
         size = accepted_batch(session, batch, total, set(data))
+        if not externals:  # measuring would read every external weight once more: those models keep the batch
+            size = bounded_batch(probe, {n: data[n] for n in input_names}, axes, size)
         stats: dict[str, LayerStatistics] = {}
         for start in progress.track(range(0, total, size), "calibration batches"):
             feeds = take_samples({n: data[n] for n in input_names}, slice(start, start + size), axes)
@@ -654,13 +794,14 @@ def collect(model: onnx.ModelProto, layers: dict[str, LayerInput], data: dict[st
             stats.update(part)
         return stats
     wanted = sorted({spec.tensor for spec in layers.values()})
-    session = _probe_session(model, wanted)
+    probe = probe_model(model, wanted)
+    session = _session(probe)
     reference = _probe_session(original, wanted)
     names = [o.name for o in session.get_outputs()]
     input_names = [i.name for i in session.get_inputs()]
     axes = sample_axes([i for i in session.get_inputs() if i.name in data])
     total = count_samples({n: data[n] for n in input_names}, axes)
-    batch = accepted_batch(session, batch, total, set(data))
+    batch = bounded_batch(probe, {n: data[n] for n in input_names}, axes, accepted_batch(session, batch, total, set(data)))
     stats = {}
     for start in progress.track(range(0, total, batch), "calibration batches"):
         feeds = take_samples({n: data[n] for n in input_names}, slice(start, start + batch), axes)

@@ -11,7 +11,12 @@ layer, only the nodes its input needs that have not run yet are run, over all ca
 weights compressed so far and once with the original weights; their outputs that later nodes or layers read are
 kept (per batch, for both models) until the last node or layer reading them has run, then dropped. A node runs
 for good only when every weight it reads is final (compressed, or not compressed at all): the values it yields
-are then the ones the whole compressed model computes. A node that reads a weight not compressed yet (a layer
+are then the ones the whole compressed model computes. The walk goes batch by batch: for each batch it runs the
+layer's nodes in both models, observes the layer's input and updates that batch's frontier (the kept values), so
+one batch's new values are alive at a time; the frontiers of all batches are kept in memory up to
+``FRONTIER_BYTES`` (both models together), each further batch's in a temporary folder (``BatchStore``: numpy's
+``.npy`` files, read back as the same bytes; removed when the pass ends, on an error or SIGTERM too). The output is
+the same bytes wherever the frontier is kept (tests/test_calibration_memory.py). A node that reads a weight not compressed yet (a layer
 whose observed input comes after its own first use) is run for that one layer and again later. Each node so runs
 about twice in all, not twice per layer (docs/benchmarks.md, the seqcal section); the statistics are the ones
 whole-model probes give (same nodes, same kernels, same batches: tests/test_calibration.py compares them).
@@ -34,11 +39,13 @@ import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
 from onnxcomp import progress
-from onnxcomp.passes.calibration import (LayerInput, LayerStatistics, Segment, _Declared, _DeclaredSession, _observe,
-                                         _segment_model, _session, accepted_batch, collect, count_samples, names_read,
-                                         sample_axes, take_samples)
+from onnxcomp.passes.calibration import (BatchStore, LayerInput, LayerStatistics, Segment, _Declared, _DeclaredSession, _observe,
+                                         _segment_model, _session, accepted_batch, bounded_batch, collect, count_samples,
+                                         names_read, sample_axes, take_samples)
 
-from .base import CompressionState, GraphPass, PassResult
+FRONTIER_BYTES = 1 << 30  # frontier values (both models, all batches) one walk keeps in memory at most; the rest on disk
+
+from .base import CompressionState, GraphPass, PassResult, log
 from .calibrate_weights import layer_input
 
 
@@ -47,8 +54,9 @@ class CompressSequentiallyPass(GraphPass):
     before branch seqcal: the reference the tests and bench/sequential_speed.py compare the walk with."""
 
     def __init__(self, *, data: dict[str, np.ndarray], steps: list[GraphPass], batch: int = 64, threshold: float = 0.0,
-                 walk: bool = True, reuse: dict | None = None) -> None:
+                 walk: bool = True, reuse: dict | None = None, frontier_bytes: int = FRONTIER_BYTES) -> None:
         self.data, self.steps, self.batch, self.threshold, self.walk = data, list(steps), batch, threshold, walk
+        self.frontier_bytes = frontier_bytes
         self.reuse = reuse if walk else None
 
     def run(self, state: CompressionState) -> PassResult:
@@ -69,17 +77,20 @@ class CompressSequentiallyPass(GraphPass):
         if reuse is not None:  # the last run's entries (looked up) and this run's (kept for the next)
             reuse.update(last=reuse.get("next", {}), original=reuse.get("next_original", {}), next={}, next_original={})
         prefix: list[tuple] = []  # the settings of the layers compressed so far, in order
-        for target in progress.track(targets, "sequential layers"):
-            with progress.silenced():  # one bar for the layers, not one per layer's steps
-                if target.layer_input is not None:
-                    target.statistics = self._statistics(frontier, reuse, tuple(prefix), target)
-                single = CompressionState(state.graph, [target])
-                for step in self.steps:
-                    step(single)
-            if target.name in initializers:
-                initializers[target.name].CopyFrom(numpy_helper.from_array(target.decoded(), target.name))
-            frontier.finished(target.name)
-            prefix.append(_settings_of(target))
+        try:
+            for target in progress.track(targets, "sequential layers"):
+                with progress.silenced():  # one bar for the layers, not one per layer's steps
+                    if target.layer_input is not None:
+                        target.statistics = self._statistics(frontier, reuse, tuple(prefix), target)
+                    single = CompressionState(state.graph, [target])
+                    for step in self.steps:
+                        step(single)
+                if target.name in initializers:
+                    initializers[target.name].CopyFrom(numpy_helper.from_array(target.decoded(), target.name))
+                frontier.finished(target.name)
+                prefix.append(_settings_of(target))
+        finally:
+            frontier.close()
         if reuse is not None:
             reuse.update(last={}, original={}, reused=(frontier.reused, frontier.reused_original))
         return PassResult(False, f"compressed {len(targets)} layers in graph order")
@@ -109,7 +120,8 @@ class CompressSequentiallyPass(GraphPass):
         if not self.walk:
             return WholeModelProbes(original, compressed, self.data, batch=self.batch, threshold=self.threshold)
         return _Frontier(original, compressed, self.data, [t.layer_input for t in targets],
-                         {t.name for t in targets if t.name in initializers}, batch=self.batch, threshold=self.threshold)
+                         {t.name for t in targets if t.name in initializers}, batch=self.batch, threshold=self.threshold,
+                         frontier_bytes=self.frontier_bytes)
 
 
 class WholeModelProbes:
@@ -119,12 +131,19 @@ class WholeModelProbes:
     def __init__(self, original: onnx.ModelProto, compressed: onnx.ModelProto, data: dict[str, np.ndarray], *,
                  batch: int, threshold: float) -> None:
         self.original, self.compressed, self.data, self.batch, self.threshold = original, compressed, data, batch, threshold
+        from onnxcomp.pipeline.evaluate import model_specs
+        specs = model_specs(original)
+        feeds = {name: data[name] for name, _, _ in specs if name in data}
+        self.batch = bounded_batch(original, feeds, sample_axes(specs), batch)  # the walk's batches (_Frontier)
 
     def statistics(self, layer: str, spec: LayerInput) -> LayerStatistics:
         return collect(self.compressed, {layer: spec}, self.data, batch=self.batch, threshold=self.threshold,
                        original=self.original)[layer]
 
     def finished(self, weight: str) -> None:
+        pass
+
+    def close(self) -> None:
         pass
 
 
@@ -136,7 +155,8 @@ class _Frontier:
     in the order they will be asked for (None for a layer without one)."""
 
     def __init__(self, original: onnx.ModelProto, compressed: onnx.ModelProto, data: dict[str, np.ndarray],
-                 inputs: list[LayerInput | None], pending: set[str], *, batch: int, threshold: float) -> None:
+                 inputs: list[LayerInput | None], pending: set[str], *, batch: int, threshold: float,
+                 frontier_bytes: int = FRONTIER_BYTES) -> None:
         from onnxcomp.pipeline.evaluate import model_specs
         self.original, self.compressed, self.data = original, compressed, data
         self.batch, self.threshold = batch, threshold
@@ -152,18 +172,23 @@ class _Frontier:
         feeds = {d.name: data[d.name] for d in declared}
         total = count_samples(feeds, self.axes)
         size = accepted_batch(_DeclaredSession(declared), batch, total, set(data))
+        # fewer samples when one batch's values would be too many (calibration.bounded_batch); each session runs one
+        # segment of the walk, the two models' values together those of two segments, counted as one whole run
+        size = bounded_batch(original, feeds, self.axes, size)
         self.feeds = [take_samples(feeds, slice(start, start + size), self.axes) for start in range(0, total, size)]
         self.samples = [count_samples(f, self.axes) for f in self.feeds]
-        self.kept: list[dict[str, np.ndarray]] = [{} for _ in self.feeds]  # outputs of nodes run for good, compressed model
-        self.kept_original: list[dict[str, np.ndarray]] = [{} for _ in self.feeds]
+        # outputs of nodes run for good, per batch, in the compressed and in the original model
+        self.kept = BatchStore(len(self.feeds), frontier_bytes // 2)
+        self.kept_original = BatchStore(len(self.feeds), frontier_bytes // 2)
         self.walk: list[tuple] = []  # (nodes, outputs) of every segment run so far, in order
         self.reused = self.reused_original = 0  # layers whose statistics / X_o^T X_o a lookup gave
 
     def statistics(self, layer: str, spec: LayerInput, lookup=None) -> LayerStatistics:
         """The statistics of ``layer`` (input ``spec``) with the cross terms against the original model's inputs.
 
-        ``lookup(walk)`` (optional) is called once the layer's nodes have run, with ``walk``, every segment the walk
-        has run so far (nodes and outputs asked, in order; what its values depend on besides the weights), and
+        ``lookup(walk)`` (optional) is called before the layer's nodes run, with ``walk``, every segment the walk
+        has run so far and this one (nodes and outputs asked, in order; what its values depend on besides the
+        weights), and
         returns (the layer's statistics, or None, its X_o^T X_o, or None) as an earlier walk left them: known
         statistics are returned as they are, a known X_o^T X_o is taken instead of summed."""
         if self.waiting and self.waiting[0] == spec.tensor:
@@ -178,25 +203,26 @@ class _Frontier:
         outputs = [tensor] if tensor in self.producer and self.producer[tensor] in nodes else []
         outputs += [out for i in final for out in self.original.graph.node[i].output
                     if out and out in later and out not in outputs]
-        values, values_original = self._run(nodes, outputs)
-        self.walk.append((tuple(nodes), tuple(outputs)))
-        known, gram_original = lookup(tuple(self.walk)) if lookup is not None else (None, None)
+        walk = (*self.walk, (tuple(nodes), tuple(outputs)))
+        known, gram_original = lookup(walk) if lookup is not None else (None, None)
+        self.walk.append(walk[-1])
         self.reused += known is not None
         self.reused_original += known is None and gram_original is not None
         stats: dict[str, LayerStatistics] = {} if known is None else {layer: known}
-        for b, feeds in enumerate(self.feeds if known is None else ()):
-            seen = {**feeds, **self.kept[b], **values[b]}
-            seen_original = {**feeds, **self.kept_original[b], **values_original[b]}
-            _observe(stats, {layer: spec}, seen, count_samples(feeds, self.axes), self.threshold, True, {}, seen_original,
-                     original_gram=gram_original is None)
+        kept_outputs = [out for out in outputs if out in later and self.producer[out] in final]
+        for b, feeds, values, values_original in self._run(nodes, outputs):
+            kept, kept_original = self.kept.get(b), self.kept_original.get(b)
+            if known is None:
+                _observe(stats, {layer: spec}, {**feeds, **kept, **values}, count_samples(feeds, self.axes), self.threshold,
+                         True, {}, {**feeds, **kept_original, **values_original}, original_gram=gram_original is None)
+            # what later nodes and layers read: this batch's frontier, stored (in memory or on disk) until then
+            self.kept.put(b, {n: v for n, v in {**kept, **{out: values[out] for out in kept_outputs}}.items() if n in later})
+            self.kept_original.put(b, {n: v for n, v in {**kept_original, **{out: values_original[out] for out in kept_outputs}}.items()
+                                       if n in later})
+            del kept, kept_original, values, values_original
         if known is None and gram_original is not None and stats[layer].cross is not None:
             stats[layer].gram_original = gram_original
         self.unrun -= set(final)
-        for b in range(len(self.feeds)):
-            for out in outputs:
-                if out in later and self.producer[out] in final:
-                    self.kept[b][out], self.kept_original[b][out] = values[b][out], values_original[b][out]
-        self._drop()
         return stats[layer]
 
     def finished(self, weight: str) -> None:
@@ -233,34 +259,39 @@ class _Frontier:
             names |= self.reads[i]
         return names
 
-    def _run(self, nodes: list[int], outputs: list[str]) -> tuple[list[dict], list[dict]]:
-        """``outputs`` of ``nodes`` on every batch, in the compressed and in the original model."""
+    def _run(self, nodes: list[int], outputs: list[str]):
+        """Yield, batch by batch, (batch index, its feeds, ``outputs`` of ``nodes`` in the compressed model, the same
+        in the original model): one batch's values at a time."""
         if not nodes:
-            return [{} for _ in self.feeds], [{} for _ in self.feeds]
+            for b, feeds in enumerate(self.feeds):
+                yield b, feeds, {}, {}
+            return
         graph = self.original.graph
         read = set().union(*(self.reads[i] for i in nodes))
         made = {out for i in nodes for out in graph.node[i].output if out}
         carried = sorted(n for n in read if n in self.producer and n not in made)
         segment = Segment(nodes, carried, outputs, sorted(n for n in read if n in self.initializer_names and n not in made))
-        results = []
-        for model, kept in ((self.compressed, self.kept), (self.original, self.kept_original)):
-            session = _session(_segment_model(model, segment, kept[0]))
-            wanted = {i.name for i in session.get_inputs()}
-            names = [o.name for o in session.get_outputs()]
+        types = self.kept.types()  # the carried values' dtypes (the same in both models)
+        sessions = [_session(_segment_model(model, segment, types)) for model in (self.compressed, self.original)]
+        wanted = [{i.name for i in session.get_inputs()} for session in sessions]
+        names = [[o.name for o in session.get_outputs()] for session in sessions]
+        for b, feeds in enumerate(self.feeds):
             runs = []
-            for b, feeds in enumerate(self.feeds):
-                run_feeds = {n: v for n, v in {**feeds, **kept[b]}.items() if n in wanted}
-                runs.append(dict(zip(names, session.run(None, run_feeds))))
-            del session
-            results.append(runs)
-        return results[0], results[1]
+            for session, reads, outs, kept in zip(sessions, wanted, names, (self.kept, self.kept_original)):
+                run_feeds = {n: v for n, v in {**feeds, **kept.get(b)}.items() if n in reads}
+                runs.append(dict(zip(outs, session.run(None, run_feeds))))
+                del run_feeds
+            yield b, feeds, runs[0], runs[1]
+        del sessions
 
-    def _drop(self) -> None:
-        """Forget the kept values nothing still to run or observe reads."""
-        needed = self._read_later(set())
-        for kept in (*self.kept, *self.kept_original):
-            for name in [n for n in kept if n not in needed]:
-                del kept[name]
+    def close(self) -> None:
+        """Remove the frontier's files on disk (BatchStore.close)."""
+        if self.kept.spilled or self.kept_original.spilled:
+            log.info("sequential walk: %d batches of %d samples at most; frontier values written to disk %d times "
+                     "(above %d bytes in memory)", len(self.feeds), max(self.samples), self.kept.spilled + self.kept_original.spilled,
+                     2 * self.kept.limit)
+        self.kept.close()
+        self.kept_original.close()
 
 
 def _settings_of(target) -> tuple:

@@ -55,7 +55,10 @@ import onnxruntime as ort
 
 from onnxcomp.passes import CalibrateWeightsPass, CompressionState, PruneWeightsPass, ReconstructWeightsPass, SelectWeightsPass, ShareWeightsPass
 from onnxcomp.passes.base import WeightTarget
-from onnxcomp.passes.calibration import count_samples, run_batched, sample_axes, take_samples
+from onnxcomp.passes.calibration import BatchStore, bounded_batch, count_samples, run_batched, sample_axes, take_samples
+
+RUN_BATCH = 256  # samples one run of the model takes at most (run_batched's default), fewer by bounded_batch
+DOWNSTREAM_BYTES = 512 << 20  # a weight's boundary values (_Downstream) kept in memory at most, per thread; the rest on disk
 from onnxcomp.passes.prune_weights import needs_gram
 
 from onnxcomp.core import budget as budget_math
@@ -92,7 +95,7 @@ SATURATION = 0.7  # sensitivity: at a sparsity above 0, once one more bit leaves
 
 
 def _data_free(input_path: str, output_path: str, model, hold: dict, reference: np.ndarray, labels, goal, seed: int,
-               min_elements: int, eval_data, fidelity_options: dict):
+               min_elements: int, eval_data, fidelity_options: dict, run_size: int = RUN_BATCH):
     """The data-free default output (``compress`` without calibration; its back-off measured on ``hold``, the
     held-back samples) as a check-set candidate (settings, bytes, predicted None, measured error, its bound,
     (staging folder, staged path, report)), or None when it does not meet the budget at its confidence bound on ``hold``, is a copy of
@@ -112,7 +115,7 @@ def _data_free(input_path: str, output_path: str, model, hold: dict, reference: 
         if report is None or report.fallback or not report.layers:
             shutil.rmtree(staging, ignore_errors=True)
             return None
-        output = run_batched(InferenceSession(staged), hold, outputs=[model.graph.output[0].name])[0]
+        output = run_batched(InferenceSession(staged), hold, run_size, outputs=[model.graph.output[0].name])[0]
     measured = budget_math.error(goal.metric, reference, output, labels)
     bound = budget_math.error_bound(goal.metric, reference, output, labels, Z)
     progress.messages()(f"data-free allocation: measured {goal.metric} {measured:.4g} (bound {bound:.4g}), "
@@ -359,7 +362,9 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     checking = take_samples(data, check_rows, axes)
     labels = None if all_labels is None else all_labels[hold_rows]
     check_labels = None if all_labels is None else all_labels[check_rows]
-    reference = run_batched(_session(model), hold)[0]
+    # one run's samples: fewer than RUN_BATCH when their values would take more than calibration.ACTIVATION_BYTES
+    run_size = bounded_batch(model, searched, axes, RUN_BATCH)
+    reference = run_batched(_session(model), hold, run_size)[0]
     metric = budget_math.allocation_metric(goal.metric, reference)
 
     options = dict(prune=prune, score=score, reconstruct=reconstruct, ridge=ridge, init=init, seed=seed, rounding=rounding,
@@ -383,11 +388,12 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     # each weight's curve is cached as soon as it is measured, so an interrupted run resumes where it stopped
     calibrated: dict = {}  # the curves' calibration pass, handed to the trial models (the same statistics: one pass)
     curves = _measure(model, fit, hold, reference, labels, metric, sparsities, bits, options, min_elements,
-                      cached, lambda done: _save_cache(cache_file, done), cap, calibrated)
+                      cached, lambda done: _save_cache(cache_file, done), cap, calibrated, run_size)
     trials = None
 
     def trial_models() -> _TrialModels:
-        return _TrialModels(model, fit, options, min_elements, model_io.model_bytes(input_path), calibrated or None)
+        return _TrialModels(model, fit, options, min_elements, model_io.model_bytes(input_path), calibrated or None,
+                            run_size)
     # A weight left dense costs half as much as float16 (ppocr-rec: 24 weights left dense as float32 were 3.9 of the
     # 5.2 MB written at 2.11x). One trial model with every weight float16 that half_dense allows measures what they
     # cost together; each gets a float16 candidate with its share of that error (_with_float16).
@@ -528,13 +534,13 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     # each fit on the search's samples, until one misses the budget at its confidence bound there; the smallest
     # that passed is written.
     from onnxcomp.runtime import InferenceSession
-    expected = run_batched(_session(model), checking)[0] if checked else None
+    expected = run_batched(_session(model), checking, run_size)[0] if checked else None
     # The data-free allocation (compress's default; its back-off measured on the held-back samples, never the check
     # set) is a candidate too, when it meets the budget at its confidence bound on the held-back samples and is smaller
     # than the largest candidate (which the check set then still tests first): the written model is never larger
     # than the data-free one when that one would pass the same sequence.
     free = _data_free(input_path, output_path, model, hold, reference, labels, goal, seed, min_elements, eval_data,
-                      fidelity_options) if DATA_FREE and passing else None
+                      fidelity_options, run_size) if DATA_FREE and passing else None
     if free is not None and free[1] < max(entry[1] for entry in passing.values()):
         passing[("data-free",)] = free
     elif free is not None:
@@ -579,7 +585,8 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
                                       eval_data=eval_data, rounding=rounding, sequential=sequential, sequential_reuse=reuse,
                                       **{**fidelity_options, "fidelity_data": fidelity_options.get("fidelity_data") or
                                          (checking if checked else None)})
-                output = run_batched(InferenceSession(staged), checking, outputs=[model.graph.output[0].name])[0] if checked else None
+                output = run_batched(InferenceSession(staged), checking, run_size,
+                                     outputs=[model.graph.output[0].name])[0] if checked else None
             if checked:
                 on_check = budget_math.error(goal.metric, expected, output, check_labels)
                 check_bound = budget_math.error_bound(goal.metric, expected, output, check_labels, Z)
@@ -648,8 +655,9 @@ class _TrialModels:
     codebook and indices, and the model run in onnxruntime with the decoded weights in place (the values the
     custom ops decode). Bytes: the input's, each compressed weight's dense bytes replaced by its record's."""
 
-    def __init__(self, model, fit, options, min_elements: int, input_bytes: int, calibrated: dict | None = None):
-        self.model, self.options, self.input_bytes = model, options, input_bytes
+    def __init__(self, model, fit, options, min_elements: int, input_bytes: int, calibrated: dict | None = None,
+                 run_size: int = RUN_BATCH):
+        self.model, self.options, self.input_bytes, self.run_size = model, options, input_bytes, run_size
         state = CompressionState(gs.import_onnx(model))
         SelectWeightsPass(min_elements=min_elements)(state)
         if calibrated is not None:  # the sensitivity analysis's pass on the same fit samples (_measure's ``keep``)
@@ -713,7 +721,7 @@ class _TrialModels:
                 continue
             values[name], record = self._values(name, setting["sparsity"], setting["bits"])
             size += record - self.targets[name].dense_bytes
-        return run_batched(_session(model_io.substituted(self.model, values)), feeds)[0], size
+        return run_batched(_session(model_io.substituted(self.model, values)), feeds, self.run_size)[0], size
 
 
 class _Downstream:
@@ -729,7 +737,7 @@ class _Downstream:
     model with the weight as an input, whose batches of ``feeds`` the suffix runs too)."""
 
     def __init__(self, model: onnx.ModelProto, name: str, weight: np.ndarray, feeds: dict, reference: np.ndarray,
-                 whole: ort.InferenceSession, threads: int):
+                 whole: ort.InferenceSession, threads: int, batch: int = RUN_BATCH):
         from onnxcomp.passes.calibration import feed_batches, names_read, probe_model
         graph = model.graph
         tainted, downstream, upstream = {name}, [], set()
@@ -746,14 +754,17 @@ class _Downstream:
         read = set().union(*(names_read(node) for node in downstream))
         boundary = sorted(read & upstream)
         graph_inputs = {i.name for i in graph.input if i.name != name}
-        parts = feed_batches(whole, feeds)
+        parts = feed_batches(whole, feeds, batch)
         probe = _session(probe_model(model, boundary), threads) if boundary else None  # requested values survive optimisation
-        self.parts = []
-        for part in parts:
+        # the boundary values of every batch: in memory up to DOWNSTREAM_BYTES, the further batches' on disk
+        self.parts = BatchStore(len(parts), DOWNSTREAM_BYTES)
+        for b, part in enumerate(parts):
             values = dict(zip(boundary, probe.run(boundary, {k: v for k, v in part.items()
                                                               if k in {i.name for i in probe.get_inputs()}}))) if probe else {}
             values.update({k: v for k, v in part.items() if k in read})
-            self.parts.append(values)
+            self.parts.put(b, values)
+            del values
+        types = self.parts.types()
         suffix = onnx.ModelProto()
         suffix.CopyFrom(model)
         del suffix.graph.node[:]
@@ -766,9 +777,8 @@ class _Downstream:
         suffix.graph.input.extend(declared)
         tensor = next(t for t in graph.initializer if t.name == name)
         suffix.graph.input.append(onnx.helper.make_tensor_value_info(name, tensor.data_type, list(tensor.dims)))
-        first = self.parts[0]
         for value in boundary:
-            array = np.asarray(first[value])
+            array = types[value]
             suffix.graph.input.append(onnx.helper.make_tensor_value_info(
                 value, onnx.helper.np_dtype_to_tensor_dtype(array.dtype), [f"{value}_{k}" for k in range(array.ndim)]))
         infos = [v for v in suffix.graph.value_info if v.name not in set(boundary)]
@@ -792,8 +802,13 @@ class _Downstream:
         if self.session is None:
             return None
         from onnxcomp.passes.calibration import join_batches
-        return join_batches(self.session, [self.session.run(None, {**values, self.weight_name: weight})
-                                           for values in self.parts])[0]
+        return join_batches(self.session, [self.session.run(None, {**self.parts.get(b), self.weight_name: weight})
+                                           for b in range(self.parts.batches)])[0]
+
+    def close(self) -> None:
+        """Remove the boundary values kept on disk (also done when the object is collected or at exit)."""
+        if hasattr(self, "parts"):
+            self.parts.close()
 
 
 class _Stopped(Exception):
@@ -849,7 +864,7 @@ class _Proxy:
 
 
 def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, options, min_elements, cached=None, save=None,
-             cap=None, keep: dict | None = None):
+             cap=None, keep: dict | None = None, run_size: int = RUN_BATCH):
     """Each selected weight's curve [(sparsity, bits, record bytes, error)], the dense candidate last. Curves in
     ``cached`` are reused; ``save(curves)`` is called after each newly measured weight. Errors are measured in
     onnxruntime or predicted from the layer's own output error (``_Proxy``). With ``cap``, once a bit width's
@@ -947,12 +962,13 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
                             feed = values.astype(np.float16 if target.dtype == onnx.TensorProto.FLOAT16 else np.float32)
                             if suffix is None:  # on the first trial that runs the model
                                 suffix = _Downstream(model, target.name, target.original.astype(feed.dtype), hold, reference,
-                                                     session, threads)
+                                                     session, threads, run_size)
                             output = suffix.run(feed)
                             if output is None:
-                                output = run_batched(session, hold, extra={target.name: feed})[0]
+                                output = run_batched(session, hold, run_size, extra={target.name: feed})[0]
                         else:
-                            output = run_batched(_session(model_io.substituted(model, {target.name: values}), threads), hold)[0]
+                            output = run_batched(_session(model_io.substituted(model, {target.name: values}), threads), hold,
+                                                 run_size)[0]
                         error = budget_math.error(metric, reference, output, labels)
                         proxy.measured(eps, error)
                 points.append((sparsity, b, size, error))
@@ -970,6 +986,8 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
                     rate = (time.monotonic() - started) / spent
                     say(f"sensitivity analysis: about {_duration(rate * work_total / workers)} "
                         f"for {trials} trials on {workers} thread(s) (timed on the first {len(bits)})")
+        if suffix is not None:
+            suffix.close()
         points.append((None, None, target.dense_bytes, 0.0))  # leaving the weight dense is a candidate too
         if handed and target.statistics is not None:  # kept for the trial models, without this weight's inverse factor
             target.statistics.factor_cache = None

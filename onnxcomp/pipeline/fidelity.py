@@ -41,7 +41,7 @@ import onnxruntime as ort
 
 from onnxcomp import parallel
 from onnxcomp.core.native import digest
-from onnxcomp.passes.calibration import count_samples, run_batched, sample_axes, take_samples
+from onnxcomp.passes.calibration import bounded_batch, count_samples, run_batched, sample_axes, take_samples
 
 from onnxcomp.errors import CalibrationError, InvalidOptionError
 
@@ -359,8 +359,9 @@ def compare_runs(original_path: str, compressed_path: str, feeds: list[dict[str,
             # In batches the model accepts (a fixed batch dimension gets runs of that size).
             # Both models at once, one per core (single-threaded sessions); the original only when not stored.
             runners = [candidate] if session is None else [session, candidate]
+            size = _run_size(original, feed, count)
             runs = list(parallel.ordered_map(lambda s: dict(zip([o.name for o in s.get_outputs()],
-                                                                run_batched(s, feed, batch=count or 1))), runners))
+                                                                run_batched(s, feed, batch=size))), runners))
             if session is not None:
                 stored[key].append(runs[0])
             expected, actual = stored[key][index], runs[-1]
@@ -412,6 +413,16 @@ def compare_runs(original_path: str, compressed_path: str, feeds: list[dict[str,
 _COUNTS = ("sample counts",)  # key prefix in compare_runs' ``reference`` of the counts store_reference ran with
 
 
+def _run_size(original: onnx.ModelProto, feed: dict[str, np.ndarray], count: int | None) -> int:
+    """The samples of ``feed`` (``count`` in all) one run takes: all of them up to SAMPLES (the synthesised inputs'
+    count: those runs are as before), above that fewer when one run's values would take more than half of
+    calibration.ACTIVATION_BYTES (both models run at once; bounded_batch, measured on the original)."""
+    if not count or count <= SAMPLES:
+        return count or 1
+    from onnxcomp.pipeline.evaluate import model_specs
+    return bounded_batch(original, feed, sample_axes(model_specs(original)), count, runs=2)
+
+
 def _feed_counts(session: ort.InferenceSession, feeds: list[dict[str, np.ndarray]]) -> list[int | None]:
     """Per feed, the sample count compare_runs runs it with on ``session`` (None: the feed holds no samples)."""
     counts = []
@@ -448,7 +459,8 @@ def store_reference(original_path: str, feeds: list[dict[str, np.ndarray]], orig
         del private
         counts = _feed_counts(session, feeds)
         names = [o.name for o in session.get_outputs()]
-        runs = [dict(zip(names, run_batched(session, feed, batch=count or 1))) for feed, count in zip(feeds, counts)]
+        runs = [dict(zip(names, run_batched(session, feed, batch=_run_size(original, feed, count))))
+                for feed, count in zip(feeds, counts)]
     except Exception as error:  # onnxruntime's own error types: compare_runs meets them again and says so
         log.debug("the original's outputs not stored ahead (%s)", error)
         return
