@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -398,10 +397,11 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
             stored.result()
         return fidelity_check.compare_runs(input_path, staged, feeds, source, graph_only, reference)
 
-    # created right before the block whose finally removes it: an error or SIGTERM (front/cli.py) in between would
-    # leave it beside the output
-    staging = tempfile.mkdtemp(prefix=".onnxcomp-", dir=os.path.dirname(os.path.abspath(output_path)))
+    # named before and created inside the block whose finally removes it: SIGTERM (front/cli.py) can arrive between
+    # any two Python steps, and tempfile.mkdtemp has several after its mkdir
+    staging = _staging_name(os.path.dirname(os.path.abspath(output_path)))
     try:
+        os.mkdir(staging, 0o700)
         cache: dict = {}
         share_cache = {} if calib is None and model_io.model_bytes(input_path, graph_only) <= SHARE_CACHE_BYTES else None
         # the per-weight measurements' (fidelity.attribute) outputs of the original and errors by decoded value
@@ -545,7 +545,27 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
         background.shutdown(wait=False, cancel_futures=True)
         raise
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        _remove_folder(staging)
+
+
+def _staging_name(folder: str) -> str:
+    """A path in ``folder`` for compress's staging folder (``.onnxcomp-`` and 16 random hex digits), not yet taken."""
+    import secrets
+    while True:
+        path = os.path.join(folder, f".onnxcomp-{secrets.token_hex(8)}")
+        if not os.path.lexists(path):
+            return path
+
+
+def _remove_folder(path: str, attempts: int = 100) -> None:
+    """Remove ``path`` (a folder, or nothing there). Retried while it is still there: on SIGTERM or an error, worker
+    threads left running (parallel._pool) may add a file while shutil.rmtree empties it (its rmdir then fails)."""
+    import time
+    for _ in range(attempts):
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.lexists(path):
+            return
+        time.sleep(0.01)
 
 
 def _gains(input_path: str, staged: str, feeds: list[dict], cache: dict, report: Report,
