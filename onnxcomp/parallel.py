@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -30,6 +31,9 @@ def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
+THREAD_PREFIX = "onnxcomp"  # the name of every worker thread of this module's pools starts with it
+
+
 @contextlib.contextmanager
 def _pool(workers: int) -> Iterator[ThreadPoolExecutor]:
     """A thread pool that, when its block ends normally, waits for its work; when it ends by an exception (an
@@ -46,12 +50,8 @@ def _pool(workers: int) -> Iterator[ThreadPoolExecutor]:
     pool.shutdown(wait=True)
 
 
-THREAD_PREFIX = "onnxcomp"
-
-
 def abandoned_work() -> bool:
     """True when a worker thread of this module's pools is still running (its pool was left by an exception)."""
-    import threading
     return any(t.name.startswith(THREAD_PREFIX) and t.is_alive() for t in threading.enumerate()
                if t is not threading.current_thread())
 

@@ -518,6 +518,21 @@ py::array_t<int64_t> largest_magnitudes(FloatArray values, py::object keep_objec
         for (size_t part = first; part < last; ++part) body(part);
       });
     };
+    // out[key >> shift] += 1 for every kept value in [begin, end), in four interleaved 32-bit histograms (repeated
+    // increments of one bin do not wait on each other) added to ``out`` every 2^30 values
+    auto count_bins = [&key, keep](size_t* out, size_t bins, unsigned shift, size_t begin, size_t end) {
+      std::vector<uint32_t> lanes(4 * bins);
+      for (size_t chunk = begin; chunk < end; chunk += size_t{1} << 30) {
+        const size_t stop = std::min(end, chunk + (size_t{1} << 30));
+        std::fill(lanes.begin(), lanes.end(), 0u);
+        size_t i = chunk;
+        for (; i + 4 <= stop; i += 4)
+          for (size_t l = 0; l < 4; ++l) lanes[l * bins + (key(i + l) >> shift)] += keep ? keep[i + l] : 1u;
+        for (; i < stop; ++i) lanes[key(i) >> shift] += keep ? keep[i] : 1u;
+        for (size_t b = 0; b < bins; ++b)
+          for (size_t l = 0; l < 4; ++l) out[b] += lanes[l * bins + b];
+      }
+    };
     size_t kept = masked ? static_cast<size_t>(std::count(keep, keep + n, true)) : n;
     count = std::min(count, kept);
     // (the default bounds the candidates' memory to 1.5x the chosen pairs the two-level select holds, plus 1 MB)
@@ -526,19 +541,8 @@ py::array_t<int64_t> largest_magnitudes(FloatArray values, py::object keep_objec
     bool selected = false;
     if (count > 0 && limit >= count) {
       std::vector<size_t> top_parts(parts * kTopBins, 0);
-      each_part([&](size_t part) {  // four interleaved 32-bit histograms (as above), summed every 2^30 values
-        size_t* top = top_parts.data() + part * kTopBins;
-        std::vector<uint32_t> lanes(4 * kTopBins);
-        for (size_t chunk = part_begin(part); chunk < part_begin(part + 1); chunk += size_t{1} << 30) {
-          const size_t end = std::min(part_begin(part + 1), chunk + (size_t{1} << 30));
-          std::fill(lanes.begin(), lanes.end(), 0u);
-          size_t i = chunk;
-          for (; i + 4 <= end; i += 4)
-            for (size_t l = 0; l < 4; ++l) lanes[l * kTopBins + (key(i + l) >> kTopShift)] += keep ? keep[i + l] : 1u;
-          for (; i < end; ++i) lanes[key(i) >> kTopShift] += keep ? keep[i] : 1u;
-          for (size_t b = 0; b < kTopBins; ++b)
-            for (size_t l = 0; l < 4; ++l) top[b] += lanes[l * kTopBins + b];
-        }
+      each_part([&](size_t part) {
+        count_bins(top_parts.data() + part * kTopBins, kTopBins, kTopShift, part_begin(part), part_begin(part + 1));
       });
       std::vector<size_t> top(kTopBins, 0);
       for (size_t part = 0; part < parts; ++part)
@@ -574,19 +578,8 @@ py::array_t<int64_t> largest_magnitudes(FloatArray values, py::object keep_objec
     if (count > 0 && !selected) {
       constexpr size_t kHigh = size_t{1} << 15, kLow = size_t{1} << 16;
       std::vector<size_t> high_parts(parts * kHigh, 0), low_parts(parts * kLow, 0);
-      each_part([&](size_t part) {  // four interleaved histograms: repeated increments of one bin do not wait on each other
-        size_t* high = high_parts.data() + part * kHigh;
-        std::vector<size_t> lanes(4 * kHigh, 0);
-        size_t i = part_begin(part);
-        const size_t end = part_begin(part + 1);
-        if (!keep) {
-          for (; i + 4 <= end; i += 4)
-            for (size_t l = 0; l < 4; ++l) ++lanes[l * kHigh + (key(i + l) >> 16)];
-        }
-        for (; i < end; ++i)
-          if (!keep || keep[i]) ++high[key(i) >> 16];
-        for (size_t b = 0; b < kHigh; ++b)
-          for (size_t l = 0; l < 4; ++l) high[b] += lanes[l * kHigh + b];
+      each_part([&](size_t part) {
+        count_bins(high_parts.data() + part * kHigh, kHigh, 16, part_begin(part), part_begin(part + 1));
       });
       std::vector<size_t> high(kHigh, 0);
       for (size_t part = 0; part < parts; ++part)
