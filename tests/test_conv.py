@@ -11,6 +11,7 @@ differently, so across the two paths results agree to that bound, not bit for bi
 
 from __future__ import annotations
 
+import os
 import platform
 
 import numpy as np
@@ -710,3 +711,31 @@ def test_pass_writes_only_the_conv_attributes_that_differ_from_the_defaults(tmp_
         assert (tmp_path / "again" / name).read_bytes() == (tmp_path / name).read_bytes()
     for a, b in zip(*outputs):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="reads the resident set from /proc/self/statm")
+def test_released_sessions_release_their_memory():
+    """A layer with an NCHW output runs the blocked convolution into a scratch tensor from the run's allocator, which
+    the kernel context hands out as a new wrapper holding the session's allocator (onnxruntime_c_api.h: the caller
+    releases it). Left unreleased, every run leaked one and every released session's arena stayed resident: 30
+    sessions of this 2 MiB layer kept about 48 MiB before the fix, under 1 MiB after."""
+    rng = np.random.default_rng(5)
+    codebook, indices, _ = random_weight(rng, (32, 32, 3, 3), 4)
+    model = codebook_conv_model(encode_record(codebook, indices.ravel(), (32, 32, 3, 3), 4),
+                                dict(pads=[1, 1, 1, 1])).SerializeToString()
+    x = rng.standard_normal((1, 32, 64, 64)).astype(np.float32)
+
+    def resident() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def one_session(runs: int) -> None:
+        session = ort.InferenceSession(model, onnxcomp.runtime.session_options(), providers=["CPUExecutionProvider"])
+        for _ in range(runs):
+            session.run(None, {"x": x})
+
+    one_session(3)
+    before = resident()
+    for _ in range(30):
+        one_session(3)
+    assert resident() - before < 16 << 20

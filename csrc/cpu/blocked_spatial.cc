@@ -257,12 +257,11 @@ OrtStatus* BlockedSpatialKernel::ComputeV2(OrtKernelContext* raw_context) noexce
       standard_op_.Invoke(raw_context, in, 1, out, 1);
       return nullptr;
     }
-    Ort::MemoryInfo memory = Ort::MemoryInfo::CreateCpu(OrtDeviceAllocator, OrtMemTypeDefault);
-    OrtAllocator* allocator = context.GetAllocator(*memory.GetConst());
+    RunAllocator allocator(context);
     Ort::Value blocked_x{nullptr};
     const OrtValue* pool_input = x;
     if (!nchwc_input_) {
-      blocked_x = Ort::Value::CreateTensor<float>(allocator, x_shape.data(), x_shape.size());
+      blocked_x = Ort::Value::CreateTensor<float>(allocator.get(), x_shape.data(), x_shape.size());
       const OrtValue* in[] = {x};
       OrtValue* out[] = {blocked_x};
       reorder_input_op_.Invoke(raw_context, in, 1, out, 1);
@@ -274,7 +273,7 @@ OrtStatus* BlockedSpatialKernel::ComputeV2(OrtKernelContext* raw_context) noexce
       blocked_op_.Invoke(raw_context, in, 1, out, 1);
       return nullptr;
     }
-    Ort::Value blocked_y = Ort::Value::CreateTensor<float>(allocator, y_shape.data(), y_shape.size());
+    Ort::Value blocked_y = Ort::Value::CreateTensor<float>(allocator.get(), y_shape.data(), y_shape.size());
     {
       const OrtValue* in[] = {pool_input};
       OrtValue* out[] = {blocked_y};

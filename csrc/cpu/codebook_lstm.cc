@@ -546,15 +546,14 @@ OrtStatus* CodebookLstmKernel::ComputeV2(OrtKernelContext* raw_context) noexcept
                      : std::vector<int64_t>{batch, directions_, hidden_size_},
         layout_ == 0 ? std::vector<int64_t>{directions_, batch, hidden_size_}
                      : std::vector<int64_t>{batch, directions_, hidden_size_}};
-    Ort::MemoryInfo memory = Ort::MemoryInfo::CreateCpu(OrtDeviceAllocator, OrtMemTypeDefault);
-    OrtAllocator* allocator = context.GetAllocator(*memory.GetConst());
+    RunAllocator allocator(context);
     Ort::Value scratch[3] = {Ort::Value(nullptr), Ort::Value(nullptr), Ort::Value(nullptr)};
     OrtValue* outputs[3] = {nullptr, nullptr, nullptr};
     for (size_t i = 0; i < 3; ++i) {
       if (output_present_[i]) {
         outputs[i] = context.GetOutput(i, shapes[i]);
       } else {  // onnxruntime's LSTM is given all three outputs; the node's absent ones go to scratch
-        scratch[i] = Ort::Value::CreateTensor<float>(allocator, shapes[i].data(), shapes[i].size());
+        scratch[i] = Ort::Value::CreateTensor<float>(allocator.get(), shapes[i].data(), shapes[i].size());
         outputs[i] = scratch[i];
       }
     }

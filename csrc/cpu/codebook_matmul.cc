@@ -588,10 +588,9 @@ OrtStatus* CodebookMatMulKernel::ComputeV2(OrtKernelContext* raw_context) noexce
 void CodebookMatMulKernel::RunDense(OrtKernelContext* raw_context, const PackedMatrix& w, const float* x,
                                     const float* bias, float* y, int64_t m) {
   Ort::KernelContext context(raw_context);
-  Ort::MemoryInfo memory = Ort::MemoryInfo::CreateCpu(OrtDeviceAllocator, OrtMemTypeDefault);
-  OrtAllocator* allocator = context.GetAllocator(*memory.GetConst());
+  RunAllocator allocator(context);
   const int64_t dims[] = {DensePanelCount(w.n) * kDensePanelColumns * w.k + kAlignFloats};
-  Ort::Value buffer = Ort::Value::CreateTensor<float>(allocator, dims, 1);
+  Ort::Value buffer = Ort::Value::CreateTensor<float>(allocator.get(), dims, 1);
   float* panels = AlignedPanels(buffer.GetTensorMutableData<float>());
   const MatMulProblem layout{x, m, w.k, w.n, w.panels.data(), w.slot_bits, w.codebook_size, w.table.data(), nullptr,
                              y, packed::panel_bytes(static_cast<uint64_t>(w.k), w.slot_bits),

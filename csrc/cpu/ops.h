@@ -253,7 +253,9 @@ struct CodebookConvKernel : RecordKernel {
   int64_t i_padded_ = 0;           // kNchwc: the working weight's input channels per group (padded to the block)
   int64_t nchwc_group_ = 1;        // kNchwc: the blocked Conv's group (a depthwise layer's O padded to the block)
   std::vector<int64_t> weight_dims_;  // the weight's dims [O, I/group, k...]
-  std::vector<float> weight_;      // working weight: dense (kOrt) or NCHWc-reordered and padded (kNchwc)
+  std::vector<float> weight_;      // storage of the working weight (kNchwc: kWeightAlignFloats more, for alignment)
+  float* weight_data_ = nullptr;   // working weight: dense (kOrt) or NCHWc-reordered and padded, 64-byte aligned (kNchwc)
+  size_t weight_count_ = 0;        // its floats
   std::vector<float> bias_;        // effective bias (padded on kNchwc), empty when none
   std::vector<float> scale_;       // per-output-channel scale (empty: none); folded into weight_ when constant
   bool bias_is_constant_ = true;

@@ -108,6 +108,28 @@ OrtStatus* GatherAxis0(const RecordKernel& kernel, Ort::KernelContext& context, 
   return nullptr;
 }
 
+// The CPU allocator of a run's kernel context, for scratch tensors of that run. KernelContext_GetAllocator hands
+// out a new wrapper that the caller must release (ReleaseAllocator, onnxruntime_c_api.h); the wrapper holds a
+// reference to the session's allocator, so one left unreleased per run leaks a few hundred bytes each run and keeps
+// the session's whole arena alive after the session is released. Declare it before the tensors it allocates: they
+// free their buffers through it when they are destroyed.
+class RunAllocator {
+ public:
+  explicit RunAllocator(Ort::KernelContext& context) {
+    Ort::MemoryInfo memory = Ort::MemoryInfo::CreateCpu(OrtDeviceAllocator, OrtMemTypeDefault);
+    allocator_ = context.GetAllocator(*memory.GetConst());
+  }
+  ~RunAllocator() {
+    if (allocator_) Ort::GetApi().ReleaseAllocator(allocator_);
+  }
+  RunAllocator(const RunAllocator&) = delete;
+  RunAllocator& operator=(const RunAllocator&) = delete;
+  OrtAllocator* get() const { return allocator_; }
+
+ private:
+  OrtAllocator* allocator_ = nullptr;
+};
+
 // Runs `body` (returning OrtStatus*) and turns any exception into a status, so none crosses into ORT.
 template <typename Body>
 OrtStatus* GuardStatus(const RecordKernel* kernel, Body&& body) noexcept {
