@@ -18,7 +18,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import float_input, make_model, nodes_by_name, run_compressed, run_plain, session_with_env, weight
+from conftest import (float_input, make_model, nodes_by_name, reference_model, run_compressed, run_plain, session_with_env,
+                      weight)
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxcomp
@@ -739,3 +740,46 @@ def test_released_sessions_release_their_memory():
     for _ in range(30):
         one_session(3)
     assert resident() - before < 16 << 20
+
+
+@pytest.mark.parametrize("form", ["mul_add", "add_mul", "mul", "add", "padded_reader", "graph_output"])
+def test_pass_folds_a_scalar_affine_of_x_into_convolutions_that_read_no_padding(tmp_path, form):
+    """Conv -> HardSwish -> Mul(scalar a) -> Add(scalar b) -> t, t read by a 1x1 Conv with a bias and a grouped 1x1
+    Conv without one (PaddleOCR's learnable affine block before pointwise convolutions): ``Conv(h * a + b, W) + c =
+    Conv(h, W * a) + c + b * sum(W[o])``, so both readers take a scale and a bias and the Mul and Add go (also an Add
+    before the Mul, or either alone). Not when a reader pads (it would read b at the border where the affine is
+    absent) or t is a graph output. Outputs equal the original graph on the decoded weights to fp32 rounding."""
+    rng = np.random.default_rng(61)
+    if form == "add_mul":
+        affine = [helper.make_node("Add", ["h", "b_"], ["s"]), helper.make_node("Mul", ["a_", "s"], ["t"])]
+    elif form in ("mul", "add"):
+        affine = [helper.make_node(form.capitalize(), ["h", {"mul": "a_", "add": "b_"}[form]], ["t"])]
+    else:
+        affine = [helper.make_node("Mul", ["h", "a_"], ["s"]), helper.make_node("Add", ["b_", "s"], ["t"])]
+    kernel, pads = ((3, 3), [1, 1, 1, 1]) if form == "padded_reader" else ((1, 1), [0, 0, 0, 0])
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1], name="conv1"),
+             helper.make_node("HardSwish", ["c"], ["h"]), *affine,
+             helper.make_node("Conv", ["t", "w2", "bias2"], ["y2"], name="conv2"),
+             helper.make_node("Conv", ["t", "w3"], ["y3"], group=2, pads=pads, name="conv3")]
+    outputs = [float_input("y2", [1, 16, 8, 8]), float_input("y3", [1, 16, 8, 8])]
+    if form == "graph_output":
+        outputs.append(float_input("t", [1, 16, 8, 8]))
+    inits = [weight(rng, "w1", (16, 8, 3, 3), 0.3), weight(rng, "w2", (16, 16, 1, 1), 0.3), weight(rng, "bias2", (16,)),
+             weight(rng, "w3", (16, 8) + kernel, 0.3), numpy_helper.from_array(np.float32(1.7), "a_"),
+             numpy_helper.from_array(np.array([-0.4], np.float32), "b_")]
+    model = make_model(nodes, [float_input("x", [1, 8, 8, 8])], outputs, inits)
+    source, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(model, source)
+    report = onnxcomp.compress(source, out, bits=6, min_elements=100)
+    compressed = onnx.load(out, load_external_data=False)
+    ops = sorted(n.op_type for n in compressed.graph.node)
+    folds = form not in ("padded_reader", "graph_output")
+    assert ops == sorted(["CodebookConv"] * 3 + ([] if folds else [n.op_type for n in affine]))
+    by_name, attrs = nodes_by_name(compressed)
+    if folds:
+        assert all(by_name[name].input[0] == "h" for name in ("conv2", "conv3"))
+    x = rng.standard_normal((1, 8, 8, 8)).astype(np.float32)
+    got = run_compressed(out, {"x": x})
+    want = run_plain(reference_model(model, str(tmp_path / "out.onnxcomp"), report.float16), {"x": x})
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=2e-5 * float(np.abs(w).max()))

@@ -14,7 +14,8 @@ Rewrites (ops in domain ``ai.onnxcomp``, see docs/ops.md), for every node readin
   constant, into scale and bias, as its ConvMulFusion), then an activation that alone reads the result (Relu, Tanh,
   Sigmoid, LeakyRelu, Clip with constant bounds, HardSigmoid, HardSwish, or HardSwish written out as
   ``x * Clip(x + 3, 0, 6) / 6``) becomes the node's ``activation`` attribute, as in onnxruntime's FusedConv (each
-  found through Identity nodes); tensors between
+  found through Identity nodes); a scalar affine ``h * a + b`` of X read only by convolutions without padding folds
+  into their scale and bias (``fold_input_affines``); tensors between
   CodebookConv nodes stay in onnxruntime's NCHWc layout where ``mark_blocked_edges`` proves it safe;
 - LSTM (default activations, layout 0) reading the float32 weight as W, R or B -> CodebookLSTM with the record
   in that input (its other weights stay as they are, records or float32: lstm_fusable);
@@ -99,6 +100,7 @@ class PackWeightsPass(GraphPass):
         if packed:
             log.debug("%s", assign_decode_once(packed, self._emitted))
             joined = join_dense_convs(state.graph, self._emitted, names) if self.fuse else []
+            log.debug("%s", fold_input_affines(state.graph, self._emitted + joined, names))
             log.debug("%s", mark_blocked_edges(state.graph, self._emitted + joined))
         if targets:
             state.graph.cleanup().toposort()
@@ -658,6 +660,115 @@ def join_dense_convs(root: gs.Graph, emitted: list[tuple[gs.Node, WeightTarget]]
             _to_conv(graph, node, node.inputs[1], weight.shape, names)
             joined.append((node, weight))
     return joined
+
+
+def _scalar_operand(node: gs.Node) -> tuple[gs.Variable, float] | None:
+    """(tensor input, value) of a Mul or Add (default domain) of one tensor and a float32 constant of one element."""
+    if node.domain or node.op not in ("Mul", "Add") or len(node.inputs) != 2 or len(node.outputs) != 1:
+        return None
+    for tensor, other in ((node.inputs[0], node.inputs[1]), (node.inputs[1], node.inputs[0])):
+        value = _constant_array(other)
+        if (isinstance(tensor, gs.Variable) and _constant_array(tensor) is None and value is not None
+                and value.dtype == np.float32 and value.size == 1):
+            return tensor, float(value.reshape(()))
+    return None
+
+
+def _unpadded_conv(node: gs.Node) -> bool:
+    """Whether ``node`` is a CodebookConv that reads no padding (auto_pad NOTSET or VALID, every pad 0) with a
+    constant bias or none and a constant scale or none: the convolutions a scalar affine of X folds into exactly."""
+    if node.op != "CodebookConv" or node.domain != DOMAIN:
+        return False
+    if _text(node.attrs.get("auto_pad", "NOTSET")) not in ("NOTSET", "VALID") or any(node.attrs.get("pads", [])):
+        return False
+    return all(not t.name or _constant_array(t) is not None for t in node.inputs[2:4])
+
+
+def _conv_weight_values(node: gs.Node) -> np.ndarray | None:
+    """CodebookConv's weight W as float32 ([O, I/group, k...]): its record decoded, or its dense weight."""
+    weight = node.inputs[1]
+    if not isinstance(weight, gs.Constant):
+        return None
+    values = np.asarray(read_values(weight))
+    if values.dtype == np.uint8:
+        return sidecar.decode_record_fast(values.tobytes()).to_dense().astype(np.float32)
+    return values.astype(np.float32)
+
+
+def _affine_chain(t: gs.Variable, outputs: set[int]) -> tuple[gs.Variable, float, float] | None:
+    """(h, a, b) with ``t = h * a + b`` computed by a Mul and an Add of float32 scalar constants (either alone, in
+    either order: ``(h + v) * m = h * m + v * m``), the tensor between them read by the second alone and not a graph
+    output; else None."""
+    def step(tensor: gs.Variable):
+        producer = tensor.inputs[0] if len(tensor.inputs) == 1 else None
+        operand = _scalar_operand(producer) if producer is not None else None
+        return (producer.op, operand[0], operand[1]) if operand is not None else None
+
+    first = step(t)
+    if first is None:
+        return None
+    op, h, value = first
+    a, b = (value, 0.0) if op == "Mul" else (1.0, value)
+    second = step(h) if len(h.outputs) == 1 and id(h) not in outputs else None
+    if second is not None and second[0] != op:
+        inner, h, value = second
+        if inner == "Mul":  # (h * m) + b
+            a = value
+        else:  # (h + v) * a
+            b = value * a
+    if not (np.isfinite(a) and np.isfinite(b)):
+        return None
+    return h, a, b
+
+
+def fold_input_affines(root: gs.Graph, emitted: list[tuple[gs.Node, object]], names: UniqueNames) -> str:
+    """Folds ``t = h * a + b`` (a Mul and an Add of float32 scalar constants, either alone; PaddleOCR's learnable
+    affine block after an activation) into the CodebookConv nodes that read t, when every reader of t is one that
+    reads no padding (``_unpadded_conv``: 1x1 convolutions, and VALID ones): with X = h * a + b and zero padding
+    absent, ``Conv(X, W * s) + c = Conv(h, W * (s * a)) + (c + b * sum(W[o] * s[o]))`` exactly in real arithmetic
+    (each output sums W over its whole window, every position of which reads X), so the reader's scale becomes
+    ``s * a`` and its bias ``c + b * s[o] * sum(W[o])`` (the sum over the decoded weight in float64, rounded once
+    to float32). A convolution that pads reads zeros at the border where the affine would give b, so those keep
+    the nodes (the dense model runs them too: onnxruntime folds a Mul or Add into the Conv before it, not after
+    an activation). Returns the line --verbose logs."""
+    readers = [node for node, _ in emitted if node.op == "CodebookConv"]
+    inputs = {}
+    for node in readers:
+        inputs.setdefault(id(node.inputs[0]), node.inputs[0])
+    outputs = {id(t) for graph in all_graphs(root) for t in graph.outputs}
+    folded = 0
+    for t in inputs.values():
+        if not isinstance(t, gs.Variable) or len(t.inputs) != 1 or id(t) in outputs or not t.outputs:
+            continue
+        if not all(_unpadded_conv(r) and r.inputs[0] is t and all(x is not t for x in r.inputs[1:]) for r in t.outputs):
+            continue
+        affine = _affine_chain(t, outputs)
+        if affine is None:
+            continue
+        h, a, b = affine
+        weights = [_conv_weight_values(reader) for reader in t.outputs]
+        if any(w is None for w in weights):
+            continue
+        for reader, w in zip(list(t.outputs), weights):
+            o = w.shape[0]
+            scale = _constant_array(reader.inputs[3]) if len(reader.inputs) > 3 and reader.inputs[3].name else None
+            s = np.ones(o, np.float32) if scale is None else np.broadcast_to(scale.astype(np.float32), (o,))
+            bias = _constant_array(reader.inputs[2]) if len(reader.inputs) > 2 and reader.inputs[2].name else None
+            c = np.zeros(o, np.float32) if bias is None else bias.astype(np.float32)
+            sums = (w.reshape(o, -1).astype(np.float64) * s.astype(np.float64)[:, None]).sum(axis=1)
+            new_bias = (c.astype(np.float64) + b * sums).astype(np.float32)
+            new_scale = (np.float32(a) * (np.float32(1.0) if scale is None else scale.astype(np.float32))).astype(np.float32)
+            inputs_now = list(reader.inputs) + [gs.Variable.empty()] * (4 - len(reader.inputs))
+            inputs_now[0] = h
+            if b != 0.0:
+                inputs_now[2] = gs.Constant(names((reader.name or "conv") + ".bias"), new_bias)
+            if a != 1.0:
+                inputs_now[3] = gs.Constant(names((reader.name or "conv") + ".scale"), new_scale.reshape(-1))
+            while len(inputs_now) > 2 and not inputs_now[-1].name:
+                inputs_now.pop()
+            reader.inputs = inputs_now
+            folded += 1
+    return f"folded a scalar affine of X into {folded} CodebookConv nodes that read no padding"
 
 
 def _constant_array(tensor) -> np.ndarray | None:
