@@ -728,9 +728,10 @@ def fold_input_affines(root: gs.Graph, emitted: list[tuple[gs.Node, object]], na
     absent, ``Conv(X, W * s) + c = Conv(h, W * (s * a)) + (c + b * sum(W[o] * s[o]))`` exactly in real arithmetic
     (each output sums W over its whole window, every position of which reads X), so the reader's scale becomes
     ``s * a`` and its bias ``c + b * s[o] * sum(W[o])`` (the sum over the decoded weight in float64, rounded once
-    to float32). A convolution that pads reads zeros at the border where the affine would give b, so those keep
-    the nodes (the dense model runs them too: onnxruntime folds a Mul or Add into the Conv before it, not after
-    an activation). Returns the line --verbose logs."""
+    to float32; for a joined dense weight that the writer later stores as float16, over its float32 values, which
+    differ from the stored ones by that rounding, as Conv(h, W) itself does). A convolution that pads reads zeros at
+    the border where the affine would give b, so those keep the nodes (the dense model runs them too: onnxruntime
+    folds a Mul or Add into the Conv before it, not after an activation). Returns the line --verbose logs."""
     readers = [node for node, _ in emitted if node.op == "CodebookConv"]
     inputs = {}
     for node in readers:
