@@ -565,10 +565,22 @@ __attribute__((target("avx2,fma"))) int64_t SparseRowsAvx2(const DenseProblem& p
         a0 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(wr), a0);
         a1 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(wr + 8), a1);
       }
+      const int64_t n0 = panel * kDensePanelColumns;
+      const __m256 zeros = _mm256_or_ps(_mm256_cmp_ps(a0, zero, _CMP_EQ_OQ), _mm256_cmp_ps(a1, zero, _CMP_EQ_OQ));
+      if (n0 + kDensePanelColumns <= p.n && _mm256_movemask_ps(zeros) == 0) {  // a whole panel, no zero: stored here
+        float* ym = p.y + m * p.n + n0;
+        if (p.bias) {
+          a0 = _mm256_add_ps(a0, _mm256_loadu_ps(p.bias + n0));
+          a1 = _mm256_add_ps(a1, _mm256_loadu_ps(p.bias + n0 + 8));
+        }
+        _mm256_storeu_ps(ym, a0);
+        _mm256_storeu_ps(ym + 8, a1);
+        continue;
+      }
       alignas(32) float acc[kDensePanelColumns];
       _mm256_store_ps(acc, a0);
       _mm256_store_ps(acc + 8, a1);
-      StoreSparse(p, xm, w, panel * kDensePanelColumns, acc, p.y + m * p.n);
+      StoreSparse(p, xm, w, n0, acc, p.y + m * p.n);
     }
   }
   return p.m;
