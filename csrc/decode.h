@@ -452,24 +452,28 @@ ONNXCOMP_HD DecodeStatus decode_dense(const HuffmanDecoder& table, BitReader rea
   return decode_ok();
 }
 
-// Dense coding of at most 256 symbols (one-byte indices), two codes per lookup where they fit in kPairBits bits
-// (huffman_build_pairs), the rest through decode_dense: the same indices and the same errors, in about 0.7x the
-// time on k-means indices of 6-8 bits (one serial table lookup per one or two codes).
+// Dense coding of at most 256 symbols (one-byte indices), up to three codes per lookup where they fit in kPairBits
+// bits (huffman_build_pairs), the rest through decode_dense: the same indices and the same errors (one serial table
+// lookup per one to three codes). A word is reloaded once fewer than kPairBits valid bits remain, or before a code
+// longer than the table when fewer than the longest code's bits remain.
 ONNXCOMP_HD DecodeStatus decode_dense_pairs(const HuffmanDecoder& table, const uint32_t* pairs, BitReader reader,
                                             uint64_t n, uint8_t* indices) {
   uint64_t i = 0;
-  while (i + 1 < n && reader.fast_ok()) {
+  while (i + kPairMaxCodes <= n && reader.fast_ok()) {
     uint64_t word = reader.peek64_fast();
     uint32_t used = 0;
     do {
       const uint32_t entry = pairs[word >> (64 - kPairBits)];
       uint32_t length;
       if (ONNXCOMP_LIKELY(entry != 0)) {
-        indices[i] = static_cast<uint8_t>(entry);
-        indices[i + 1] = static_cast<uint8_t>(entry >> 8);  // overwritten next when the entry holds one code
-        length = (entry >> 16) & 0xFF;
-        i += 1 + (entry >> 24);
+        // All three bytes are written; those past the entry's count are overwritten by the next codes.
+        indices[i] = static_cast<uint8_t>(entry >> 8);
+        indices[i + 1] = static_cast<uint8_t>(entry >> 16);
+        indices[i + 2] = static_cast<uint8_t>(entry >> 24);
+        length = entry & 63;  // a shift count of 0..63 (x86-64 shifts mask theirs to that: no instruction)
+        i += (entry >> 6) & 3;
       } else {
+        if (used > kWordRefillAt) break;  // a code of up to 24 bits may not be whole in this word: reload first
         uint32_t symbol;
         length = huffman_decode_window(table, static_cast<uint32_t>(word >> 32), &symbol);
         if (ONNXCOMP_UNLIKELY(length == 0)) {
@@ -479,7 +483,7 @@ ONNXCOMP_HD DecodeStatus decode_dense_pairs(const HuffmanDecoder& table, const u
       }
       word <<= length;
       used += length;
-    } while (used <= kWordRefillAt && i + 1 < n);
+    } while (used <= kWordValidBits - kPairBits && i + kPairMaxCodes <= n);
     reader.position += used;
   }
   return decode_dense(table, reader, n - i, indices + i);

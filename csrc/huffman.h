@@ -225,27 +225,33 @@ ONNXCOMP_HD uint32_t huffman_decode_window(const HuffmanDecoder& d, uint32_t bit
   return 0;
 }
 
-// Pair table: for alphabets of at most 256 symbols, one lookup of the next kPairBits stream bits yields the code
-// that starts there and, when it fits in those bits too, the code after it. Entry: first symbol | second symbol
-// << 8 | bits taken << 16 | 1 << 24 when it holds two codes; 0 when the first code is longer than kPairBits (or
-// no code: the single-code path then decides). 2^11 entries: 8 KiB, in L1 beside the single-code table.
+// Multi-code table: for alphabets of at most 256 symbols, one lookup of the next kPairBits stream bits yields the
+// code that starts there and up to two codes after it, as many as fit whole in those bits. Entry: bits taken (bits
+// 0-5, so a 64-bit shift by the entry takes them without a mask) | codes in it (1 to 3) << 6 | first symbol << 8 |
+// second << 16 | third << 24; 0 when the first code is longer than kPairBits (or no code: the single-code path then
+// decides). Symbols past the entry's count are 0. 2^11 entries: 8 KiB, in L1 beside the single-code table.
 inline constexpr uint32_t kPairBits = 11;
 inline constexpr uint32_t kPairSymbols = 256;
+inline constexpr uint32_t kPairMaxCodes = 3;
 inline constexpr uint64_t kPairTableBytes = (uint64_t{1} << kPairBits) * sizeof(uint32_t);
 
+// Built from the single-code table alone (a code longer than its lookup bits never fits in kPairBits bits), so each
+// entry costs at most kPairMaxCodes table reads.
 ONNXCOMP_HD void huffman_build_pairs(const HuffmanDecoder& d, uint32_t* pairs) {
+  static_assert(kPairBits <= kLookupBits, "a code that fits the pair bits is in the single-code table");
+  const uint32_t shift = 32 - d.lookup_bits;
   for (uint32_t prefix = 0; prefix < (1u << kPairBits); ++prefix) {
     const uint32_t window = prefix << (32 - kPairBits);  // the bits after the prefix read as 0: codes within it only
-    uint32_t first, second;
-    const uint32_t length = huffman_decode_window(d, window, &first);
-    if (length == 0 || length > kPairBits) {
-      pairs[prefix] = 0;
-      continue;
+    uint32_t entry = 0, taken = 0, codes = 0;
+    while (codes < kPairMaxCodes) {
+      const uint32_t code = d.lookup[(window << taken) >> shift];  // symbol << 8 | length, or 0
+      const uint32_t length = code & kLookupLengthMask;
+      if (length == 0 || taken + length > kPairBits) break;
+      entry |= (code >> 8) << (8 * (codes + 1));
+      taken += length;
+      ++codes;
     }
-    const uint32_t next = huffman_decode_window(d, window << length, &second);
-    pairs[prefix] = next != 0 && length + next <= kPairBits
-                        ? first | (second << 8) | ((length + next) << 16) | (1u << 24)
-                        : first | (length << 16);
+    pairs[prefix] = codes ? entry | taken | (codes << 6) : 0;
   }
 }
 

@@ -63,9 +63,10 @@ def matmul_model(record: bytes, k: int, n: int, with_bias: bool, bias=None, batc
     return model
 
 
-def run_with_isa(model: onnx.ModelProto, feeds: dict, isa: str, threads: int = 1):
-    """Runs the model in a session created while ONNXCOMP_ISA caps the instruction set (read at kernel creation)."""
-    return session_with_env(model, {"ONNXCOMP_ISA": isa}, threads).run(None, feeds)[0]
+def run_with_isa(model: onnx.ModelProto, feeds: dict, isa: str, threads: int = 1, env_extra: dict | None = None):
+    """Runs the model in a session created while ONNXCOMP_ISA caps the instruction set (read at kernel creation),
+    with the variables `env_extra` set as well."""
+    return session_with_env(model, {"ONNXCOMP_ISA": isa, **(env_extra or {})}, threads).run(None, feeds)[0]
 
 
 def check_against_reference(y, x, weight, bias):
@@ -379,6 +380,69 @@ def test_dense_panel_paths_random_shapes_every_isa(seed, monkeypatch):
         check_with_corrections(outputs["scalar"], x, record, bias)
         for isa, y in outputs.items():
             np.testing.assert_array_equal(y, outputs["scalar"], err_msg=f"{isa} differs from scalar ({gemm_rows})")
+
+
+def sparse_rows_input(rng, m, k, dense_from=None):
+    """Rows of X with few nonzeros: one-hot rows of 1.0, rows of k // 16 and k // 16 + 1 random values (the limit and
+    one past it), a row of zeros, -0.0 and NaN / inf entries, pairs that cancel; from row `dense_from` on, random
+    dense rows."""
+    x = np.zeros((m, k), np.float32)
+    limit = max(1, k // 16)
+    for row in range(m):
+        kind = row % 7
+        if kind == 0:
+            x[row, rng.integers(0, k)] = 1.0
+        elif kind in (1, 2):
+            count = limit if kind == 1 else min(k, limit + 1)
+            x[row, rng.choice(k, count, replace=False)] = rng.standard_normal(count)
+        elif kind == 3:
+            x[row, rng.integers(0, k)] = -0.0
+        elif kind == 4 and k > 1:
+            a, b = rng.choice(k, 2, replace=False)
+            x[row, [a, b]] = [np.nan, 1.0] if row % 2 else [np.inf, -2.5]
+        elif kind == 5:
+            x[row, rng.integers(0, k)] = rng.standard_normal()
+    if dense_from is not None:
+        x[dense_from:] = rng.standard_normal((m - dense_from, k))
+    return x
+
+
+def bits_of(y):
+    return np.ascontiguousarray(y).view(np.uint32)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_sparse_rows_equal_the_dense_kernel_bit_for_bit(seed, monkeypatch):
+    """Rows of X with at most K / 16 nonzeros (one-hot rows: an embedding exported as a MatMul) are computed from
+    their nonzeros on the dense panels (decode-once copy and per-run decode), up to the first denser row: the same
+    bits as the dense-panel kernel on every row (ONNXCOMP_SPARSE_ROWS=0), signed zeros, NaN and inf included, under
+    every instruction set, with and without bias and outliers."""
+    rng = np.random.default_rng(5100 + seed)
+    m = int(rng.integers(20, 300))
+    k = [257, 16, 40, 100, 640, 1][seed]
+    n = [64, 17, 5, 130, 40, 200][seed]
+    bits = [8, 4, 2, 6, 8, 5][seed]
+    codebook, indices = random_layer(rng, k, n, bits, sparse=seed % 2 == 1)
+    if seed == 2:  # products that underflow to a signed zero: the zero outputs are recomputed with the full chain
+        codebook = np.array([-1e-30, 2.0, 0.0, 1e-30], np.float32)[: len(codebook)]
+    positions, values = with_outliers(rng, (k, n), 0.01) if seed % 3 == 0 else (None, None)
+    record = encode_record(codebook, indices, (k, n), bits, positions, values)
+    bias = rng.standard_normal(n).astype(np.float32) if seed in (0, 3, 4) else None  # seed 2: zeros stay zeros
+    x = sparse_rows_input(rng, m, k, dense_from=m // 2 if seed in (1, 4) else None)
+    if seed == 2:
+        x[x != 0] = np.where(np.isfinite(x[x != 0]), 1e-30, x[x != 0])
+    once = matmul_model(record, k, n, bias is not None, bias)
+    once.graph.node[0].attribute.append(helper.make_attribute("decode_once", 1))
+    fused = matmul_model(record, k, n, bias is not None, bias)
+    monkeypatch.setenv("ONNXCOMP_GEMM_ROWS", "1")
+    for model in (once, fused):
+        dense = run_with_isa(model, {"x": x}, "scalar", env_extra={"ONNXCOMP_SPARSE_ROWS": "0"})
+        for isa in ISAS:
+            if isa_available(isa):
+                y = run_with_isa(model, {"x": x}, isa)
+                np.testing.assert_array_equal(bits_of(y), bits_of(dense), err_msg=f"{isa}: sparse rows differ")
+        finite = np.isfinite(x).all(axis=1)
+        check_with_corrections(dense[finite], x[finite], record, bias)
 
 
 @pytest.mark.parametrize("bits,fraction", [(1, 0.0), (4, 0.05), (9, 0.01)])

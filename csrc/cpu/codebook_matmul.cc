@@ -384,6 +384,14 @@ int64_t DenseGemmRows() {
   return (end && *end == 0 && rows >= 0) ? static_cast<int64_t>(rows) : kDefaultRows;
 }
 
+namespace {
+// ONNXCOMP_SPARSE_ROWS=0 (read at kernel creation) turns the sparse-row path off, for timing and tests.
+bool SparseRowsEnabled() {
+  const char* text = getenv("ONNXCOMP_SPARSE_ROWS");
+  return !(text && text[0] == '0' && text[1] == 0);
+}
+}  // namespace
+
 // Columns past N keep index 0.
 void PackMatrix(const DecodedRecord& record, PackedMatrix* out) {
   PackedMatrix& w = *out;
@@ -448,8 +456,160 @@ void RunDenseTask(void* data, size_t task) {
 
 }  // namespace
 
+namespace {
+
+// ---- Sparse rows of X (one-hot inputs and the like) on dense panels ----------------------------------------------
+//
+// A row of X with few nonzeros (an embedding lookup exported as a one-hot row times a MatMul) needs only those rows
+// of W. Each output is computed as the chain of fused multiply-adds over the row's nonzero k, in increasing k, from
+// 0.0, then the bias. That equals the dense kernels' chain over every k bit for bit whenever W's values are finite
+// (the decoder rejects a record with a codebook, outlier or scaled value that is not) and the result is not zero: a skipped term fma(0, w, acc) adds a zero, which leaves any nonzero acc unchanged, and
+// while acc is zero the next nonzero term's product rounds the same whatever the sign of that zero. Only the sign
+// of a zero result can differ, so an output that comes out zero is recomputed with the full chain over K.
+
+// At most this many nonzeros make a row sparse: one in 16 of K (at least one), where the dense kernel does 16
+// times the multiply-adds.
+int64_t SparseRowLimit(int64_t k) { return std::max<int64_t>(1, k / 16); }
+
+// The nonzero positions of row x [k] into `at` (NaN counts as nonzero), or -1 once there are more than `limit`.
+__attribute__((always_inline)) inline int64_t NonzerosScalar(const float* x, int64_t k, int64_t limit, int32_t* at) {
+  int64_t count = 0;
+  for (int64_t kk = 0; kk < k; ++kk) {
+    if (x[kk] != 0.0f) {
+      if (count == limit) return -1;
+      at[count++] = static_cast<int32_t>(kk);
+    }
+  }
+  return count;
+}
+
+// One output, the full chain over K (dense panel column `c` of `w`, the panel's K rows of kDensePanelColumns).
+__attribute__((always_inline)) inline float FullChain(const float* x, const float* w, int64_t k, int64_t c) {
+  float acc = 0.0f;
+  for (int64_t kk = 0; kk < k; ++kk) acc = std::fma(x[kk], w[kk * kDensePanelColumns + c], acc);
+  return acc;
+}
+
+// Writes a panel's outputs for one row from their sparse chains `acc`, zeros recomputed, bias added.
+__attribute__((always_inline)) inline void StoreSparse(const DenseProblem& p, const float* xm, const float* w,
+                                                       int64_t n0, const float* acc, float* ym) {
+  const int64_t width = std::min(kDensePanelColumns, p.n - n0);
+  for (int64_t c = 0; c < width; ++c) {
+    const float value = acc[c] == 0.0f ? FullChain(xm, w, p.k, c) : acc[c];
+    ym[n0 + c] = p.bias ? value + p.bias[n0 + c] : value;
+  }
+}
+
+// Rows from `row_begin` on while they are sparse; returns the first row not computed (p.m when all were).
+__attribute__((always_inline)) inline int64_t SparseRowsBody(const DenseProblem& p, int64_t row_begin,
+                                                              int32_t* at) {
+  const int64_t limit = SparseRowLimit(p.k);
+  const int64_t panels = DensePanelCount(p.n);
+  for (int64_t m = row_begin; m < p.m; ++m) {
+    const float* xm = p.x + m * p.k;
+    const int64_t count = NonzerosScalar(xm, p.k, limit, at);
+    if (count < 0) return m;
+    for (int64_t panel = 0; panel < panels; ++panel) {
+      const float* w = p.panels + panel * p.k * kDensePanelColumns;
+      float acc[kDensePanelColumns] = {};
+      for (int64_t j = 0; j < count; ++j) {
+        const float xv = xm[at[j]];
+        const float* wr = w + int64_t{at[j]} * kDensePanelColumns;
+        for (int64_t c = 0; c < kDensePanelColumns; ++c) acc[c] = std::fma(xv, wr[c], acc[c]);
+      }
+      StoreSparse(p, xm, w, panel * kDensePanelColumns, acc, p.y + m * p.n);
+    }
+  }
+  return p.m;
+}
+
+#if defined(__x86_64__)
+// The same with AVX2 + FMA: the nonzeros found 8 at a time (vcmpps + movemask), each panel's 16 outputs as two
+// vectors of fused multiply-adds (each lane the same correctly rounded chain as the portable loop).
+__attribute__((target("avx2,fma"))) int64_t SparseRowsAvx2(const DenseProblem& p, int64_t row_begin, int32_t* at) {
+  static_assert(kDensePanelColumns == 16, "two vectors of 8 per panel");
+  const int64_t limit = SparseRowLimit(p.k);
+  const int64_t panels = DensePanelCount(p.n);
+  const __m256 zero = _mm256_setzero_ps();
+  for (int64_t m = row_begin; m < p.m; ++m) {
+    const float* xm = p.x + m * p.k;
+    int64_t count = 0;
+    int64_t kk = 0;
+    for (; kk + 8 <= p.k && count >= 0; kk += 8) {
+      unsigned mask = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(xm + kk), zero, _CMP_NEQ_UQ)));
+      while (mask) {
+        if (count == limit) {
+          count = -1;
+          break;
+        }
+        at[count++] = static_cast<int32_t>(kk + __builtin_ctz(mask));
+        mask &= mask - 1;
+      }
+    }
+    if (count >= 0 && kk < p.k) {
+      const int64_t tail = NonzerosScalar(xm + kk, p.k - kk, limit - count, at + count);
+      if (tail < 0) {
+        count = -1;
+      } else {
+        for (int64_t j = count; j < count + tail; ++j) at[j] += static_cast<int32_t>(kk);
+        count += tail;
+      }
+    }
+    if (count < 0) return m;
+    for (int64_t panel = 0; panel < panels; ++panel) {
+      const float* w = p.panels + panel * p.k * kDensePanelColumns;
+      __m256 a0 = zero, a1 = zero;
+      for (int64_t j = 0; j < count; ++j) {
+        const __m256 xv = _mm256_broadcast_ss(xm + at[j]);
+        const float* wr = w + int64_t{at[j]} * kDensePanelColumns;
+        a0 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(wr), a0);
+        a1 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(wr + 8), a1);
+      }
+      const int64_t n0 = panel * kDensePanelColumns;
+      const __m256 zeros = _mm256_or_ps(_mm256_cmp_ps(a0, zero, _CMP_EQ_OQ), _mm256_cmp_ps(a1, zero, _CMP_EQ_OQ));
+      if (n0 + kDensePanelColumns <= p.n && _mm256_movemask_ps(zeros) == 0) {  // a whole panel, no zero: stored here
+        float* ym = p.y + m * p.n + n0;
+        if (p.bias) {
+          a0 = _mm256_add_ps(a0, _mm256_loadu_ps(p.bias + n0));
+          a1 = _mm256_add_ps(a1, _mm256_loadu_ps(p.bias + n0 + 8));
+        }
+        _mm256_storeu_ps(ym, a0);
+        _mm256_storeu_ps(ym + 8, a1);
+        continue;
+      }
+      alignas(32) float acc[kDensePanelColumns];
+      _mm256_store_ps(acc, a0);
+      _mm256_store_ps(acc + 8, a1);
+      StoreSparse(p, xm, w, n0, acc, p.y + m * p.n);
+    }
+  }
+  return p.m;
+}
+#endif
+
+// Computes the leading sparse rows of p, returns the first row left for the dense kernel. The AVX2 form runs where the kernel's instruction set is AVX2 or AVX-512; the results
+// are the same bits either way.
+int64_t SparseRows(const DenseProblem& p, Isa isa) {
+  std::vector<int32_t> at(static_cast<size_t>(SparseRowLimit(p.k)) + 1);
+#if defined(__x86_64__)
+  if (isa == Isa::kAvx2 || isa == Isa::kAvx512) return SparseRowsAvx2(p, 0, at.data());
+#else
+  (void)isa;
+#endif
+  return SparseRowsBody(p, 0, at.data());
+}
+
+}  // namespace
+
 void CodebookMatMulKernel::RunDensePanels(OrtKernelContext* raw_context, const float* w, int64_t k, int64_t n,
                                           const float* x, const float* bias, float* y, int64_t m) {
+  if (sparse_rows_) {  // leading sparse rows computed from their nonzeros; the dense kernel takes the rest
+    const int64_t first = SparseRows(DenseProblem{x, m, k, n, w, bias, y}, isa_);
+    if (first == m) return;
+    x += first * k;
+    y += first * n;
+    m -= first;
+  }
   const DenseProblem problem{x, m, k, n, w, bias, y};
   const int64_t panels = DensePanelCount(n);
   const int64_t panel_tasks = (panels + kDensePanelsPerTask - 1) / kDensePanelsPerTask;
@@ -475,6 +635,7 @@ OrtStatus* CodebookMatMulKernel::Init(const OrtKernelInfo* info) {
     dense_kernel_ = DenseKernelFor(isa_);
     unpack_kernel_ = UnpackKernelFor(isa_);
     dense_rows_ = DenseGemmRows();
+    sparse_rows_ = SparseRowsEnabled();
     int64_t decode_once = 0;
     OptionalAttribute(Ort::ConstKernelInfo(info), "decode_once", &decode_once);
     std::unique_ptr<const DecodedRecord> record = TakeConstant();

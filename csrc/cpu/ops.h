@@ -142,6 +142,8 @@ struct CodebookMatMulKernel : RecordKernel {
   void RunDense(OrtKernelContext* context, const PackedMatrix& w, const float* x, const float* bias, float* y,
                 int64_t m);
   // Y = X @ W (+ bias) with dense_kernel_ on W [K, N] in dense panels, on onnxruntime's thread pool.
+  // Leading rows of X with at most K / 16 nonzeros are computed from those alone (the same bits,
+  // codebook_matmul.cc), up to the first denser row, unless ONNXCOMP_SPARSE_ROWS=0.
   void RunDensePanels(OrtKernelContext* context, const float* w, int64_t k, int64_t n, const float* x,
                       const float* bias, float* y, int64_t m);
 
@@ -160,6 +162,7 @@ struct CodebookMatMulKernel : RecordKernel {
   int64_t dense_k_ = 0, dense_n_ = 0;
   std::unique_ptr<const PackedMatrix> constant_matrix_;
   int64_t dense_rows_ = 0;  // 0: the fused kernel always
+  bool sparse_rows_ = true;  // ONNXCOMP_SPARSE_ROWS=0 at creation: the dense-panel kernel on every row
 };
 
 struct CodebookMatMulOp : Ort::CustomOpBase<CodebookMatMulOp, CodebookMatMulKernel, true> {

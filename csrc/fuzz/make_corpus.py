@@ -43,7 +43,7 @@ def synthetic(rng: np.random.Generator) -> dict[str, bytes]:
         indices = rng.integers(1, k, int(np.prod(dims))) if k > 1 else np.zeros(int(np.prod(dims)), np.int64)
         indices[rng.random(indices.shape) < 0.85] = 0
         add(f"sparse_{bits}bit", codebook, indices, dims, bits)
-    # Dense records of at least 4,096 one-byte indices decode through the pair table (two codes per lookup):
+    # Dense records of at least 4,096 one-byte indices decode through the pair table (up to three codes per lookup):
     # skewed indices, so short codes pair and a few long ones take the single-code path.
     for bits in (4, 8):
         k = 1 << bits

@@ -243,21 +243,23 @@ static RecordSpec dense_with_lengths(const Bytes& lengths, const std::vector<uin
   return s;
 }
 
-// Records of at least kPairMinElements one-byte indices decode two codes per lookup where both fit in kPairBits
-// bits: the same indices as one code at a time, codes longer than the pair table included, odd and even counts,
-// and the same errors at the end of the stream.
+// Records of at least kPairMinElements one-byte indices decode up to three codes per lookup where they fit in
+// kPairBits bits: the same indices as one code at a time, codes longer than the table (and than the bits left in a
+// word: reloaded first) included, counts of each remainder modulo three, and the same errors at the end of the
+// stream.
 static void test_pair_decoding() {
   std::mt19937 rng(77);
   // Lengths 1..24, 24: short codes pair, codes above 11 bits take the single-code path.
   Bytes long_tail(25);
   for (int i = 0; i < 24; ++i) long_tail[i] = uint8_t(i + 1);
   long_tail[24] = 24;
-  // 2 symbols of 1 bit (up to 11 codes fit the table, two are taken), and 256 symbols of 8 bits (never two).
-  const Bytes halves(2, 1), bytes(256, 8);
-  const Bytes* tables[] = {&long_tail, &halves, &bytes};
+  // 2 symbols of 1 bit (up to 11 codes fit the table, three are taken), 8 of 3 bits (always three), 16 of 4 bits
+  // (always two), and 256 symbols of 8 bits (always one).
+  const Bytes halves(2, 1), threes(8, 3), fours(16, 4), bytes(256, 8);
+  const Bytes* tables[] = {&long_tail, &halves, &threes, &fours, &bytes};
   for (const Bytes* lengths : tables) {
     const uint32_t k = uint32_t(lengths->size());
-    for (size_t n : {kPairMinElements, kPairMinElements + 1, size_t(9001)}) {
+    for (size_t n : {kPairMinElements, kPairMinElements + 1, kPairMinElements + 2, size_t(9001)}) {
       std::vector<uint32_t> indices(n);
       // Geometric-like draws so the short codes dominate, as k-means indices do; every symbol appears somewhere.
       for (size_t i = 0; i < n; ++i) indices[i] = i < k ? uint32_t(i) : std::min<uint32_t>(k - 1, uint32_t(__builtin_ctz(uint32_t(rng()) | (1u << 30))));
