@@ -13,8 +13,11 @@ are the shortest C identifiers (``a`` .. ``Z``, ``_``, then two characters, ...)
 graph order (each node's subgraphs before its outputs), skipping every name the model already uses anywhere, so
 a model gets the same names every time. Kept as they are: the main graph's inputs and outputs (what a caller
 feeds and reads), every initializer and sparse initializer (the sidecar records, the dense weights ``inspect``
-lists, the portable format's codebook names), empty names (an omitted optional input), and everything inside
-model-local functions (their names are local to the function). A model with ``training_info`` is left alone.
+lists, the portable format's codebook names), the outputs of a node that reads only initializers (a weight's
+decoded or widened value: CodebookDecode, the Cast of a float16 weight, which carries the weight's name), names the
+caller lists (compress: the logits its fidelity check reads, pipeline/fidelity.py ``logit_taps``), empty names (an
+omitted optional input), and everything inside model-local functions (their names are local to the function). A
+model with ``training_info`` is left alone.
 """
 
 from __future__ import annotations
@@ -70,15 +73,16 @@ def _used_names(graphs: list[onnx.GraphProto]) -> set[str]:
     return used
 
 
-def shorten_names(model: onnx.ModelProto) -> int:
-    """Rename ``model``'s nodes and intermediate tensors in place (module docstring); returns the bytes saved in
-    the serialized model (0 when it was left alone)."""
+def shorten_names(model: onnx.ModelProto, keep=()) -> int:
+    """Rename ``model``'s nodes and intermediate tensors in place (module docstring); ``keep``: more tensor names
+    left as they are (tensors a caller reads by name from the written model, such as the fidelity check's logits).
+    Returns the bytes saved in the serialized model (0 when it was left alone)."""
     if len(model.training_info):
         return 0
     before = model.ByteSize()
     main = model.graph
     graphs = _all_graphs(main)
-    kept = {v.name for v in [*main.input, *main.output]}
+    kept = {v.name for v in [*main.input, *main.output]} | set(keep)
     for graph in graphs:
         kept.update(t.name for t in graph.initializer)
         kept.update(t.values.name for t in graph.sparse_initializer)

@@ -724,6 +724,9 @@ def _compress_once(input_path: str, output_path: str, calib: dict | None, loaded
     if calib is not None:
         options["calib"] = calib
     source_folder = os.path.dirname(os.path.abspath(input_path))
+    # the tensors the fidelity check reads from the output besides its outputs keep their names
+    from onnxcomp.pipeline.fidelity import logit_taps
+    tapped = set(logit_taps(loaded if loaded is not None else model).values())
     compressed, state = compress_model(model, base_dir=source_folder if stream else None, **options)
     records = [(t.name, t.record_name, t.record, t.transposed) for t in state.targets if t.record is not None]
     halved = []
@@ -737,7 +740,7 @@ def _compress_once(input_path: str, output_path: str, calib: dict | None, loaded
         halved = halve_dense_weights(compressed, None if proxy else chosen)
     drop_inferable_value_info(compressed)  # what onnxruntime infers anyway (and shorter symbolic dim names)
     if not keep_names:
-        shorten_names(compressed)
+        shorten_names(compressed, keep=tapped)
     _remove_companions(output_path)
     sidecar_file = model_io.write_compressed(compressed, records, output_path, source_folder=source_folder)
     if check:
