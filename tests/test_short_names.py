@@ -44,15 +44,15 @@ def names(model: onnx.ModelProto) -> tuple[list[str], set[str]]:
 def test_names_shorten_and_the_outputs_stay_bit_identical(rng):
     """Nodes and intermediate tensors (an If branch's reads of the outer scope included) get short unique names that
     avoid the names the model keeps; the graph's inputs and outputs and the initializers keep theirs; onnxruntime
-    computes the same bits; the same model gets the same names every time, and shortening again changes nothing."""
+    computes the same bits; the same model gets the same names every time."""
     model = if_model(rng)
     x = rng.standard_normal((2, 8)).astype(np.float32)
     before = [run_plain(model, {"x": x, "flag": np.array(flag)})[0] for flag in (True, False)]
     short = onnx.ModelProto()
     short.CopyFrom(model)
-    saved = shorten_names(short)
+    assert shorten_names(short) == 5 + 4  # 3 nodes and 1 in each branch; MatMul:0, If:0 and the branches' outputs
     onnx.checker.check_model(short, full_check=True)
-    assert saved == model.ByteSize() - short.ByteSize() > 5 * len(LONG)
+    assert model.ByteSize() - short.ByteSize() > 5 * len(LONG)
     nodes, tensors = names(short)
     assert len(set(nodes)) == len(nodes) and all(len(n) == 1 for n in nodes) and {"a", "b"}.isdisjoint(nodes)
     assert tensors == {"x", "flag", "y", "a", LONG + "kernel"} | {t for t in tensors if len(t) == 1 and t not in "ab"}
@@ -67,7 +67,6 @@ def test_names_shorten_and_the_outputs_stay_bit_identical(rng):
     again.CopyFrom(model)
     shorten_names(again)
     assert again.SerializeToString() == short.SerializeToString()
-    assert shorten_names(again) == 0
 
 
 def test_compress_writes_short_names_unless_asked_to_keep_them(tmp_path):
