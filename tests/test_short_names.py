@@ -99,3 +99,18 @@ def test_compress_writes_short_names_unless_asked_to_keep_them(tmp_path):
     assert {"conv2.weight", "fc1.weight", "fc2.weight"} <= set(decompressed[0])
     # a dense weight widened by a Cast keeps its name as the Cast's output (what its readers read)
     assert "conv1.weight" in {o for n in a.graph.node if n.op_type == "Cast" for o in n.output}
+
+
+def test_keep_names_on_the_command_line(tmp_path):
+    """``onnxcomp compress --keep-names`` writes the input's node names; without it they are short."""
+    from test_cli import onnxcomp as cli
+    source = os.path.join(MODELS, "lenet300_fashion.onnx")
+    original = {n.name for n in onnx.load(source).graph.node}
+    for flag, out in (("--keep-names", tmp_path / "kept.onnx"), (None, tmp_path / "short.onnx")):
+        result = cli("compress", source, out, "--no-fidelity", "-q", *([flag] if flag else []))
+        assert result.returncode == 0, result.stderr
+        written = {n.name for n in onnx.load(out, load_external_data=False).graph.node}
+        if flag:  # the input's names, and the float16 Cast's made-up one
+            assert original < written and all(n.endswith("_cast") for n in written - original)
+        else:
+            assert written.isdisjoint(original) and all(len(n) == 1 for n in written)
