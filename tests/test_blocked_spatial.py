@@ -158,7 +158,7 @@ def test_pass_keeps_pools_and_resize_inside_the_blocked_region(tmp_path):
     model = spp_model(rng)
     source, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
     onnx.save(model, source)
-    onnxcomp.compress(source, out, bits=6, min_elements=100)
+    onnxcomp.compress(source, out, bits=6, min_elements=100, keep_names=True)
     compressed = onnx.load(out, load_external_data=False)
     by_name, attrs = nodes_by_name(compressed)
     for name in ("pool1", "pool2", "up"):

@@ -220,7 +220,7 @@ def test_value_info_onnxruntime_infers_is_left_out(tmp_path, rng):
                        [float_input("y", ["batch", 16, "height", "width"])], [weight(rng, "w", (16, 8, 3, 3))])
     model.graph.value_info.extend(infos)
     onnx.save(model, tmp_path / "in.onnx")
-    onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx", bits=6, sparsity=0.0)
+    onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx", bits=6, sparsity=0.0, keep_names=True)
     out = onnx.load(tmp_path / "out.onnx", load_external_data=False)
     kept = {v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim] for v in out.graph.value_info}
     assert set(kept) == {"c", "r"}  # c: the CodebookConv's output; r: a Reshape to a computed shape
@@ -233,7 +233,7 @@ def test_value_info_onnxruntime_infers_is_left_out(tmp_path, rng):
     x = rng.standard_normal((2, 8, 12, 10)).astype(np.float32)
     np.testing.assert_array_equal(run_compressed(tmp_path / "out.onnx", {"x": x})[0],
                                   run_compressed(tmp_path / "full.onnx", {"x": x})[0])
-    onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "again.onnx", bits=6, sparsity=0.0)
+    onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "again.onnx", bits=6, sparsity=0.0, keep_names=True)
     again = onnx.load(tmp_path / "again.onnx", load_external_data=False)
     assert again.graph.value_info == out.graph.value_info
     assert drop_inferable_value_info(again) == 0  # nothing left to drop
@@ -260,7 +260,7 @@ def test_custom_op_outputs_get_the_originals_shapes(tmp_path, rng):
     model = make_model(nodes, [float_input("x", ["batch", 8, 12, 10])],
                        [float_input("ya", ["batch", 8, 12, 10]), float_input("yb", ["batch", 8, 12, 10])], inits)
     onnx.save(model, tmp_path / "in.onnx")
-    onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx", bits=6, sparsity=0.0)
+    onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx", bits=6, sparsity=0.0, keep_names=True)
     out = onnx.load(tmp_path / "out.onnx", load_external_data=False)
     assert [(n.op_type, [a.i for a in n.attribute if a.name == "nchwc_output"]) for n in out.graph.node][:2] == \
         [("CodebookConv", [1]), ("CodebookConv", [])]  # r1 stays blocked

@@ -313,7 +313,7 @@ def test_pass_fuses_batch_norm_and_activations_into_codebook_conv(tmp_path, min_
     onnx.save(model, source)
     # 5 bits: at 8 bits the 144-weight depthwise record (a 256-entry codebook) would not be smaller than the weight,
     # and such weights stay dense.
-    onnxcomp.compress(source, out, bits=5, min_elements=min_elements)
+    onnxcomp.compress(source, out, bits=5, min_elements=min_elements, keep_names=True)
     compressed = onnx.load(out, load_external_data=False)
     joined = min_elements > 144
     w2 = next(t for t in compressed.graph.initializer if t.name == "w2") if joined else None
@@ -434,7 +434,7 @@ def test_pass_keeps_nchwc_layout_through_layout_agnostic_ops_and_folds_a_bias_ad
     model = csp_block(rng)
     source, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
     onnx.save(model, source)
-    onnxcomp.compress(source, out, bits=6, min_elements=100)
+    onnxcomp.compress(source, out, bits=6, min_elements=100, keep_names=True)
     compressed = onnx.load(out, load_external_data=False)
     by_name, attrs = nodes_by_name(compressed)
     layout = {name: (attrs[name].get("nchwc_input", 0), attrs[name].get("nchwc_output", 0))
@@ -581,7 +581,7 @@ def test_pass_marks_tensors_of_24_channels_blocked_only_under_blocks_of_8(tmp_pa
     model = make_model(nodes, [float_input("x", ["n", 8, 10, 10])], [float_input("y", ["n", 16, 10, 10])], inits)
     source, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
     onnx.save(model, source)
-    onnxcomp.compress(source, out, bits=6, min_elements=100)
+    onnxcomp.compress(source, out, bits=6, min_elements=100, keep_names=True)
     compressed = onnx.load(out, load_external_data=False)
     attrs = {n.name: {a.name: helper.get_attribute_value(a) for a in n.attribute} for n in compressed.graph.node}
     layout = {name: (attrs[name].get("nchwc_input", 0), attrs[name].get("nchwc_output", 0))
@@ -663,7 +663,7 @@ def test_pass_leaves_a_dense_conv_outside_every_codebook_conv_region_alone(tmp_p
     separate = make_model(nodes, [float_input("x", [1, 8, 6, 6])], [float_input("p", [1, 16, 1, 1]),
                                                                    float_input("c", [1, 8, 6, 6])], inits)
     onnx.save(separate, tmp_path / "sep.onnx")
-    onnxcomp.compress(tmp_path / "sep.onnx", tmp_path / "sep_out.onnx", bits=5, min_elements=100)
+    onnxcomp.compress(tmp_path / "sep.onnx", tmp_path / "sep_out.onnx", bits=5, min_elements=100, keep_names=True)
     ops = {n.name: n.op_type for n in onnx.load(tmp_path / "sep_out.onnx", load_external_data=False).graph.node}
     assert ops["big"] == "CodebookConv" and ops["small1"] == ops["small2"] == "Conv"
 
@@ -694,7 +694,7 @@ def test_pass_writes_only_the_conv_attributes_that_differ_from_the_defaults(tmp_
     for spell in (True, False):
         source, out = tmp_path / f"in{spell}.onnx", tmp_path / f"out{spell}.onnx"
         onnx.save(model(spell), source)
-        onnxcomp.compress(source, out, bits=5, min_elements=50)
+        onnxcomp.compress(source, out, bits=5, min_elements=50, keep_names=True)
         compressed = onnx.load(out, load_external_data=False)
         nodes = [n for n in compressed.graph.node if n.op_type == "CodebookConv"]
         assert len(nodes) == 3
@@ -707,7 +707,7 @@ def test_pass_writes_only_the_conv_attributes_that_differ_from_the_defaults(tmp_
                     "conv3": {"group": 8, "pads": [1, 1, 1, 1], "dilations": [1, 2]}}
     assert (tmp_path / "outTrue.onnxcomp").read_bytes() == (tmp_path / "outFalse.onnxcomp").read_bytes()
     (tmp_path / "again").mkdir()  # deterministic: a second run writes the same bytes (same file name, other folder)
-    onnxcomp.compress(tmp_path / "inTrue.onnx", tmp_path / "again" / "outTrue.onnx", bits=5, min_elements=50)
+    onnxcomp.compress(tmp_path / "inTrue.onnx", tmp_path / "again" / "outTrue.onnx", bits=5, min_elements=50, keep_names=True)
     for name in ("outTrue.onnx", "outTrue.onnxcomp"):
         assert (tmp_path / "again" / name).read_bytes() == (tmp_path / name).read_bytes()
     for a, b in zip(*outputs):

@@ -184,7 +184,8 @@ def test_portable_outliers_equal_the_custom_op_weights(mixed_model, tmp_path, rn
     model = onnx.load(portable)
     onnx.checker.check_model(model, full_check=True)
     assert all(n.domain in ("", "ai.onnx") for n in model.graph.node)
-    assert {n.name for n in model.graph.node if n.op_type == "ScatterElements"} == {f"{w}.outliers" for w in MIXED_NAMES}
+    # one ScatterElements per weight puts its outliers on its lookup, whose codebook keeps the weight's name
+    assert len([n for n in model.graph.node if n.op_type == "ScatterElements"]) == len(MIXED_NAMES)
     assert [layer.outliers for layer in report.layers] == [layer.outliers for layer in custom_report.layers]
     # The same weights: the lookup with outliers scattered on equals the numpy decoding of the records.
     stored = {w.name: w.dense() for w in onnxcomp.pipeline.inspection.stored_weights(model, str(portable)).values()}

@@ -210,6 +210,7 @@ def compress(
     input_shape: Optional[list[str]] = typer.Option(None, help="Shape of a synthesised input, NAME=D0,D1,... (repeatable), e.g. image=1,3,224,224."),
     input_range: Optional[list[str]] = typer.Option(None, help="Value range of a synthesised input, NAME=LO,HI (repeatable; integers inclusive), e.g. sr=16000,16000."),
     fidelity: bool = typer.Option(True, "--fidelity/--no-fidelity", help="Measure the output against the input after compressing (docs/guide.md)."),
+    keep_names: bool = typer.Option(False, "--keep-names", help="Keep the input's node and intermediate tensor names (default: short ones, the same computation in fewer bytes; docs/guide.md)."),
     quiet: bool = QUIET, verbose: bool = VERBOSE, debug: bool = DEBUG,
 ) -> None:
     """Compress IN into OUT plus a sidecar file (the options most runs need first; docs/guide.md).
@@ -249,12 +250,12 @@ def compress(
                                         sequential=sequential, outliers=outliers,
                                         init=values["init"], seed=seed, min_elements=min_elements,
                                         eval_data=str(eval_data) if eval_data else None, budget_output=budget_output,
-                                        progress=_progress(quiet, lines=True),
+                                        progress=_progress(quiet, lines=True), keep_names=keep_names,
                                         **fidelity_options)
         else:
             result = run(str(input_path), str(output_path), recipe=recipe, config=str(config) if config else None,
                          calib=calib, calib_samples=calib_samples, eval_data=str(eval_data) if eval_data else None,
-                         progress=_progress(quiet), **fidelity_options, **options)
+                         progress=_progress(quiet), keep_names=keep_names, **fidelity_options, **options)
         if report:
             try:
                 report.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
@@ -277,7 +278,7 @@ COMPRESS_PANELS = {
     "Calibration and refit (with --calib)": ("calib_samples", "calib_batch", "reconstruct", "sequential", "ridge",
                                              "rounding"),
     "Quality budget (with --budget)": ("check", "holdout", "cache_dir", "budget_output"),
-    "Reports and recipe files": ("report", "html", "config"),
+    "Reports and recipe files": ("report", "html", "config", "keep_names"),
     "Fidelity check (after compressing)": ("min_cosine", "fidelity", "fidelity_data", "input_shape", "input_range"),
 }
 

@@ -308,7 +308,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
                        prune: str = "magnitude", score: str = "wanda", reconstruct: bool = True, ridge: float = 1e-2,
                        rounding: str = "obs", sequential: bool = False, outliers: str | float = "auto",
                        init: str = "quantile", seed: int = 0, min_elements: int = 1024, eval_data: str | None = None,
-                       budget_output: str | None = None, **fidelity_options):
+                       budget_output: str | None = None, keep_names: bool = False, **fidelity_options):
     """Compress ``input_path`` to the smallest allocation found that meets ``budget`` (e.g. "top1=0.99").
 
     ``sequential`` compresses the allocations tested on the check set (and so the output) layer by layer, each
@@ -326,7 +326,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     ``budget_output`` names the output the budget measures (default: the first output that depends on a weight,
     _weight_output_first); the written model keeps its outputs as given.
 
-    ``progress=callback`` receives the progress of the long steps (onnxcomp/progress.py); ``fidelity_options`` hold the fidelity options of ``compress`` (fidelity, min_cosine, fidelity_data, input_shapes, input_ranges) for the output."""
+    ``progress=callback`` receives the progress of the long steps (onnxcomp/progress.py); ``fidelity_options`` hold the fidelity options of ``compress`` (fidelity, min_cosine, fidelity_data, input_shapes, input_ranges) for the output; ``keep_names`` is compress's (every output written keeps the input's node and tensor names)."""
     from onnxcomp.core.outliers import parse_option
     from onnxcomp.pipeline.compression import compress, refuse_compressed
     goal = budget_math.parse_budget(budget)
@@ -540,7 +540,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     # than the largest candidate (which the check set then still tests first): the written model is never larger
     # than the data-free one when that one would pass the same sequence.
     free = _data_free(input_path, output_path, model, hold, reference, labels, goal, seed, min_elements, eval_data,
-                      fidelity_options, run_size) if DATA_FREE and passing else None
+                      {**fidelity_options, "keep_names": keep_names}, run_size) if DATA_FREE and passing else None
     if free is not None and free[1] < max(entry[1] for entry in passing.values()):
         passing[("data-free",)] = free
     elif free is not None:
@@ -582,7 +582,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
                 if len(entry) <= 5:
                     report = compress(input_path, staged, calib=searched, prune=prune, score=score, reconstruct=reconstruct,
                                       outliers=outliers, ridge=ridge, init=init, seed=seed, min_elements=min_elements, settings=settings,
-                                      eval_data=eval_data, rounding=rounding, sequential=sequential, sequential_reuse=reuse,
+                                      eval_data=eval_data, rounding=rounding, sequential=sequential, sequential_reuse=reuse, keep_names=keep_names,
                                       **{**fidelity_options, "fidelity_data": fidelity_options.get("fidelity_data") or
                                          (checking if checked else None)})
                 output = run_batched(InferenceSession(staged), checking, run_size,

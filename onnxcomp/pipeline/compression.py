@@ -34,6 +34,7 @@ from onnxcomp.passes.base import DOMAIN, DOMAIN_VERSION
 from onnxcomp.passes.base import FLOAT_TYPES, onnx_type
 from onnxcomp.passes.names import all_graphs, unique_node_names
 from onnxcomp.passes.prune_weights import needs_gram
+from onnxcomp.passes.short_names import shorten_names
 from onnxcomp.passes.value_info import declare_custom_outputs, drop_inferable_value_info
 
 from onnxcomp.passes import model_io
@@ -330,7 +331,7 @@ def _resolve(recipe, config, options, eval_data, calib, calib_samples):
 def compress(input_path: str, output_path: str, *, eval_data: str | None = None, calib: str | None = None,
              calib_samples: int | None = None, recipe=None, config=None, allocation: str = "auto",
              fidelity: bool = True, min_cosine: float | None = None, fidelity_data=None, input_shapes: dict | None = None,
-             input_ranges: dict | None = None, **options) -> Report:
+             input_ranges: dict | None = None, keep_names: bool = False, **options) -> Report:
     """Compress ``input_path`` into ``output_path`` plus its sidecar; the Python face of ``onnxcomp compress``.
 
     ``calib`` is a path (.npz, or a folder of them), "random", or a dict of input arrays; options are those
@@ -353,7 +354,8 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
     that passed is kept (``Report.backoff``: every measured round once the first missed); if it still misses,
     or the output would not be smaller than the input, or would save less than MIN_SAVING (2 %) of its bytes, the
     input is copied instead (``Report.fallback`` says why). Explicit settings are written as asked (a warning is the caller's to print). ``min_cosine`` makes the check a gate: below it (or when it cannot be
-    measured) FidelityError is raised and nothing is written.
+    measured) FidelityError is raised and nothing is written. The output's nodes and intermediate tensors get
+    short names (passes/short_names.py: the same computation, fewer bytes) unless ``keep_names``.
     """
     from onnxcomp.pipeline import fidelity as fidelity_check
     input_path, output_path = os.fspath(input_path), os.fspath(output_path)
@@ -433,7 +435,7 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
             # round whose fidelity is measured is loaded by that check (and the load check run only if it fails).
             checked = not (allocation == "proxy" and gains is None) and not (measure and not unavailable)
             report = _compress_once(input_path, staged, calib, loaded=graph_only, allocation=allocation, check=checked,
-                                    **extra, **options)
+                                    keep_names=keep_names, **extra, **options)
             if checked:
                 opened.add(staged)
             result = None
@@ -705,11 +707,12 @@ def _remove_companions(staged: str) -> None:
 
 
 def _compress_once(input_path: str, output_path: str, calib: dict | None, loaded: onnx.ModelProto | None = None,
-                   check: bool = True, **options) -> Report:
+                   check: bool = True, keep_names: bool = False, **options) -> Report:
     """One compression of ``input_path`` written to ``output_path`` (a staging path) and its report. ``loaded``: the
     input as model_io.load_model(input_path, external_data=False) gave it (read and checked once per compress;
     the passes work on a copy). ``check``: open the output in onnxruntime (check_output_loads); the caller does it
-    later when not."""
+    later when not. ``keep_names``: the nodes and intermediate tensors keep the input's names (else short ones,
+    passes/short_names.py)."""
     # External data is read one weight at a time (calibration runs the model in segments of weights); only the
     # sequential mode, which rewrites the model layer by layer, loads it whole.
     stream = calib is None or not options.get("sequential")
@@ -721,6 +724,9 @@ def _compress_once(input_path: str, output_path: str, calib: dict | None, loaded
     if calib is not None:
         options["calib"] = calib
     source_folder = os.path.dirname(os.path.abspath(input_path))
+    # the tensors the fidelity check reads from the output besides its outputs keep their names
+    from onnxcomp.pipeline.fidelity import logit_taps
+    tapped = set(logit_taps(loaded if loaded is not None else model).values())
     compressed, state = compress_model(model, base_dir=source_folder if stream else None, **options)
     records = [(t.name, t.record_name, t.record, t.transposed) for t in state.targets if t.record is not None]
     halved = []
@@ -733,6 +739,8 @@ def _compress_once(input_path: str, output_path: str, calib: dict | None, loaded
         from onnxcomp.passes.half_dense import halve_dense_weights
         halved = halve_dense_weights(compressed, None if proxy else chosen)
     drop_inferable_value_info(compressed)  # what onnxruntime infers anyway (and shorter symbolic dim names)
+    if not keep_names:
+        shorten_names(compressed, keep=tapped)
     _remove_companions(output_path)
     sidecar_file = model_io.write_compressed(compressed, records, output_path, source_folder=source_folder)
     if check:
