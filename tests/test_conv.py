@@ -770,7 +770,7 @@ def test_pass_folds_a_scalar_affine_of_x_into_convolutions_that_read_no_padding(
     model = make_model(nodes, [float_input("x", [1, 8, 8, 8])], outputs, inits)
     source, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
     onnx.save(model, source)
-    report = onnxcomp.compress(source, out, bits=6, min_elements=100)
+    report = onnxcomp.compress(source, out, bits=6, min_elements=100, keep_names=True)
     compressed = onnx.load(out, load_external_data=False)
     ops = sorted(n.op_type for n in compressed.graph.node)
     folds = form not in ("padded_reader", "graph_output")
