@@ -720,7 +720,7 @@ def _compress_once(input_path: str, output_path: str, calib: dict | None, loaded
                    check: bool = True, **options) -> Report:
     """One compression of ``input_path`` written to ``output_path`` (a staging path) and its report. ``loaded``: the
     input as model_io.load_model(input_path, external_data=False) gave it (read and checked once per compress;
-    the passes work on a copy). ``check``: open the output in onnxruntime (check_output_loads); the caller does it
+    the passes work on it as it is when only_read allows, else on a copy). ``check``: open the output in onnxruntime (check_output_loads); the caller does it
     later when not."""
     # External data is read one weight at a time (calibration runs the model in segments of weights); only the
     # sequential mode, which rewrites the model layer by layer, loads it whole.
