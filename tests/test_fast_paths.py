@@ -3,6 +3,7 @@ same bytes. Each fast path is compared with its reference on inputs built to hit
 zeros, pruned ranges, models read once or re-read)."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -885,3 +886,51 @@ def test_weights_allocated_and_shared_in_one_chain_write_what_the_passes_write(t
     fused = {tuple(p) for p in passes if "AllocateShareWeightsPass" in p}
     plain = {tuple(p) for p in passes if "AllocateWeightsPass" in p}
     assert fused and plain and all("ShareWeightsPass" not in p for p in fused)
+
+
+def test_views_kept_while_reads_are_kept_are_those_of_a_fresh_read(rng):
+    """Inside reads_kept, raw_view gives the view it made before for the same TensorProto object (the values of a
+    fresh _raw_view, read-only), none for tensors it cannot view; after the block every read is fresh again."""
+    from onnxcomp.passes import base
+    w = rng.standard_normal((33, 7)).astype(np.float32)
+    tensor, other = onnx.numpy_helper.from_array(w, "w"), onnx.numpy_helper.from_array(np.arange(4), "i")
+    with base.reads_kept():
+        first = base.raw_view(tensor)
+        assert base.raw_view(tensor) is first and not first.flags.writeable
+        np.testing.assert_array_equal(first.view(np.uint32), base._raw_view(tensor).view(np.uint32))
+        copy = onnx.TensorProto()
+        copy.CopyFrom(tensor)
+        assert base.raw_view(copy) is not first  # another object: read on its own
+        assert base.raw_view(other) is None
+        with base.reads_kept():  # nested blocks share one store until the last ends
+            assert base.raw_view(tensor) is first
+        assert base.raw_view(tensor) is first
+    assert base.raw_view(tensor) is not first and base._kept_views is None
+    np.testing.assert_array_equal(base.raw_view(tensor), w)
+
+
+@pytest.mark.parametrize("sigmoid,constant", [(True, False), (False, True)])
+def test_input_compressed_in_place_with_kept_reads_writes_what_copies_write(tmp_path, rng, monkeypatch, sigmoid, constant):
+    """compress gives its rounds the parsed input itself (compression.only_read) and keeps each weight's read
+    (base.reads_kept): the same files, report and back-off rounds as a copy of the input per round and a fresh read
+    each time (only_read False, the straightforward version); one round leaves the input it is given unchanged."""
+    import onnxcomp
+    from onnxcomp.pipeline import compression
+    path = mlp(rng, str(tmp_path), sigmoid, constant)
+    loaded = model_io.load_model(path, external_data=False)
+    assert compression.only_read(loaded) == (not constant) and not compression.only_read(loaded, "portable")
+    for model_path in [path, *sorted(str(p) for p in (Path(__file__).parents[1] / "models").glob("*.onnx"))]:
+        loaded = model_io.load_model(model_path, external_data=False)
+        before = loaded.SerializeToString()
+        compression._compress_once(model_path, str(tmp_path / "once.onnx"), None, loaded=loaded, allocation="proxy")
+        assert loaded.SerializeToString() == before, model_path
+    written = []
+    for in_place in (True, False):
+        if not in_place:
+            monkeypatch.setattr(compression, "only_read", lambda model, format="custom-op": False)
+        folder = tmp_path / str(in_place)
+        folder.mkdir()
+        report = onnxcomp.compress(path, folder / "out.onnx", min_elements=1)
+        written.append(((folder / "out.onnx").read_bytes(), (folder / "out.onnxcomp").read_bytes(), report.backoff,
+                        [(layer.name, layer.bytes_after) for layer in report.layers]))
+    assert written[0] == written[1]

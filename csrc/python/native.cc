@@ -1264,8 +1264,11 @@ ONNXCOMP_MULTIVERSION bool gather_run(const float* book, size_t k, const uint16_
 // a decoded [rows, cols] weight, out[c, r] = codebook[indices[r, c]] (float32 [cols, rows]), as
 // numpy.ascontiguousarray(codebook[indices].T) gives it (onnxcomp.pipeline.inspection.StoredWeight.dense). On up to
 // ``threads`` threads (runs of positions; for the transpose, bands of output rows in 64 x 64 tiles, since the
-// float32 transpose of a whole matrix misses the cache on every write). An index outside the codebook raises
-// ValueError.
+// float32 transpose of a whole matrix misses the cache on every write). Each tile is gathered in row order into a
+// buffer, then written out one output row (64 consecutive floats) at a time: writing it straight in column order
+// put the tile's 64 writes of each step ``rows`` floats apart, which for a power-of-two ``rows`` fall in the same
+// L1 sets and evicted each other (fc1 of mlp25m, 4096 x 4096: 87 ms against 21 ms untransposed, one thread; the
+// same values, only another order of writes). An index outside the codebook raises ValueError.
 template <typename Index>
 bool gather_codebook(const float* book, size_t k, const Index* idx, size_t rows, size_t cols, bool transpose, float* out,
                      size_t threads) {
@@ -1279,17 +1282,17 @@ bool gather_codebook(const float* book, size_t k, const Index* idx, size_t rows,
   }
   split_range(cols, threads, kTile * 4, [&](size_t c_begin, size_t c_end) {
     bool part_bad = false;
+    alignas(64) float tile[kTile][kTile];  // tile[r - r0][c - c0]
     for (size_t r0 = 0; r0 < rows; r0 += kTile) {
       const size_t r1 = std::min(rows, r0 + kTile);
       for (size_t c0 = c_begin; c0 < c_end; c0 += kTile) {
         const size_t c1 = std::min(c_end, c0 + kTile);
         for (size_t r = r0; r < r1; ++r) {
-          const Index* row = idx + r * cols;
-          for (size_t c = c0; c < c1; ++c) {
-            const size_t j = row[c];
-            part_bad |= j >= k;
-            out[c * rows + r] = book[j < k ? j : 0];
-          }
+          part_bad |= gather_run(book, k, idx + r * cols + c0, c1 - c0, tile[r - r0]);
+        }
+        for (size_t c = c0; c < c1; ++c) {
+          float* column = out + c * rows + r0;
+          for (size_t r = r0; r < r1; ++r) column[r - r0] = tile[r - r0][c - c0];
         }
       }
     }

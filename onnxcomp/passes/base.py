@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 from dataclasses import dataclass, field
 
 import os
@@ -47,15 +49,63 @@ def read_values(constant: gs.Constant) -> np.ndarray:
     """A constant's values without caching them in the graph (a lazy constant reads its data again next time),
     so that a weight's float copy lives only as long as the pass using it. Read-only for a float32 or float16
     initializer held in the model (a view of one copy of its protobuf bytes; graphsurgeon's own read copies them
-    once more into a writable array): callers that modify values copy them first."""
+    once more into a writable array): callers that modify values copy them first. Inside ``reads_kept`` that view
+    is kept and given again for the same TensorProto object (``raw_view``)."""
     values = constant._values
     if isinstance(values, LazyValues) and not isinstance(values, ExternalValues):
-        view = _raw_view(values.tensor)
+        view = raw_view(values.tensor)
         return view if view is not None else values.load()
     return values.load() if isinstance(values, LazyValues) else values
 
 
+# id(TensorProto) -> (that TensorProto, its read-only view) while a ``reads_kept`` block runs (None otherwise), and
+# how many such blocks run (threads of one process may compress at once).
+_kept_views: dict | None = None
+_kept_users = 0
+_kept_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def reads_kept():
+    """Inside this block ``raw_view`` keeps each view it makes and gives it again for the same TensorProto object
+    (identity: the entry holds the object, so its id is not reused), instead of copying the protobuf bytes once
+    more. Reading a 64 MB ``raw_data`` field costs 35-50 ms here, most of it the page faults of the fresh bytes
+    object (docs/benchmarks.md, branch toolspeed8), and compress's rounds and gain measurement read each weight of
+    the input it holds three times or more. For callers that do not change the ``raw_data`` of the tensors read
+    inside the block (compress: the input it loaded is only read, model copies get new objects); the views stay
+    alive until the last block ends, so about the float bytes of the weights read stay in memory that long."""
+    global _kept_views, _kept_users
+    with _kept_lock:
+        if _kept_users == 0:
+            _kept_views = {}
+        _kept_users += 1
+    try:
+        yield
+    finally:
+        with _kept_lock:
+            _kept_users -= 1
+            if _kept_users == 0:
+                _kept_views = None
+
+
 _VIEWABLE = {onnx.TensorProto.FLOAT: np.dtype("<f4"), onnx.TensorProto.FLOAT16: np.dtype("<f2")}
+
+
+def raw_view(tensor: onnx.TensorProto) -> np.ndarray | None:
+    """``_raw_view(tensor)``, or inside ``reads_kept`` the view made earlier for this very TensorProto object (the
+    same values: tests/test_fast_paths.py)."""
+    kept = _kept_views
+    if kept is None:
+        return _raw_view(tensor)
+    entry = kept.get(id(tensor))
+    if entry is not None and entry[0] is tensor:
+        return entry[1]
+    view = _raw_view(tensor)
+    if view is not None:
+        with _kept_lock:
+            if _kept_views is kept:
+                kept[id(tensor)] = (tensor, view)
+    return view
 
 
 def _raw_view(tensor: onnx.TensorProto) -> np.ndarray | None:

@@ -30,7 +30,7 @@ from onnxcomp.passes.apply_settings import ApplySettingsPass
 from onnxcomp.passes.fold_weights import FoldRecurrentWeightsPass
 from onnxcomp.passes.integer_weights import INTEGER_WEIGHTS, IntegerWeightsPass
 from onnxcomp.passes.compress_sequentially import CompressSequentiallyPass
-from onnxcomp.passes.base import DOMAIN, DOMAIN_VERSION
+from onnxcomp.passes.base import DOMAIN, DOMAIN_VERSION, reads_kept
 from onnxcomp.passes.base import FLOAT_TYPES, onnx_type
 from onnxcomp.passes.names import all_graphs, unique_node_names
 from onnxcomp.passes.prune_weights import needs_gram
@@ -261,6 +261,11 @@ def compress_model(model: onnx.ModelProto, *, base_dir: str | None = None, **opt
         graph = gs.import_onnx(model)
     except Exception as error:  # graphsurgeon raises many types on malformed graphs
         raise UnsupportedModelError(f"the graph cannot be read: {error}") from error
+    # graphsurgeon's graphs and functions hold the model's own opset lists, and its export appends the domains of
+    # new nodes to them: a list of the same entries keeps ``model`` as it was (compress gives it the parsed input)
+    for part in [graph, *graph.subgraphs(recursive=True), *graph.functions]:
+        if part.import_domains is not None:
+            part.import_domains = list(part.import_domains)
     unique_node_names(graph)
     initializers = {t.name for t in model.graph.initializer}
     overridable = [value for value in model.graph.input if value.name in initializers]
@@ -402,10 +407,15 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
     # named before and created inside the block whose finally removes it: SIGTERM (front/cli.py) can arrive between
     # any two Python steps, and tempfile.mkdtemp has several after its mkdir
     staging = _staging_name(os.path.dirname(os.path.abspath(output_path)))
+    reads = contextlib.ExitStack()
     try:
         os.mkdir(staging, 0o700)
         cache: dict = {}
         share_cache = {} if calib is None and model_io.model_bytes(input_path, graph_only) <= SHARE_CACHE_BYTES else None
+        if share_cache is not None and only_read(graph_only, options.get("format", "custom-op")):
+            # the rounds and gain runs read the weights of graph_only itself: each weight's bytes read once (about the
+            # weights' float32 bytes kept until the rounds end, as the share cache keeps their sorted values)
+            reads.enter_context(reads_kept())
         # the per-weight measurements' (fidelity.attribute) outputs of the original and errors by decoded value
         measured = {} if model_io.model_bytes(input_path, graph_only) <= SHARE_CACHE_BYTES else None
         opened: set[str] = set()  # staged outputs known to load in onnxruntime
@@ -503,6 +513,7 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
                     budget = math.sqrt(passing * failing)
             limits = _budget_limits(cache, gains, budget, report, candidates.result())
         share_cache = measured = None  # (the rounds are over: its sorted weights and sessions are not needed)
+        reads.close()
         if best is not None:  # the smallest output that passed (the search's last round may have failed)
             report, result, staged = best
         if staged not in opened:
@@ -547,6 +558,7 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
         background.shutdown(wait=False, cancel_futures=True)
         raise
     finally:
+        reads.close()
         _remove_folder(staging)
 
 
@@ -710,13 +722,15 @@ def _compress_once(input_path: str, output_path: str, calib: dict | None, loaded
                    check: bool = True, keep_names: bool = False, **options) -> Report:
     """One compression of ``input_path`` written to ``output_path`` (a staging path) and its report. ``loaded``: the
     input as model_io.load_model(input_path, external_data=False) gave it (read and checked once per compress;
-    the passes work on a copy). ``check``: open the output in onnxruntime (check_output_loads); the caller does it
-    later when not. ``keep_names``: the nodes and intermediate tensors keep the input's names (else short ones,
-    passes/short_names.py)."""
+    the passes work on it as it is when only_read allows, else on a copy). ``check``: open the output in onnxruntime
+    (check_output_loads); the caller does it later when not. ``keep_names``: the nodes and intermediate tensors keep
+    the input's names (else short ones, passes/short_names.py)."""
     # External data is read one weight at a time (calibration runs the model in segments of weights); only the
     # sequential mode, which rewrites the model layer by layer, loads it whole.
     stream = calib is None or not options.get("sequential")
-    if stream and loaded is not None:
+    if stream and loaded is not None and only_read(loaded, options.get("format", "custom-op")):  # no copy (0.06 s, 100 MB: mlp25m)
+        model = loaded
+    elif stream and loaded is not None:
         model = onnx.ModelProto()
         model.CopyFrom(loaded)
     else:
@@ -728,6 +742,9 @@ def _compress_once(input_path: str, output_path: str, calib: dict | None, loaded
     from onnxcomp.pipeline.fidelity import logit_taps
     tapped = set(logit_taps(loaded if loaded is not None else model).values())
     compressed, state = compress_model(model, base_dir=source_folder if stream else None, **options)
+    if compressed is loaded:  # nothing compressed: the model itself came back, and what follows writes into it
+        compressed = onnx.ModelProto()
+        compressed.CopyFrom(loaded)
     records = [(t.name, t.record_name, t.record, t.transposed) for t in state.targets if t.record is not None]
     halved = []
     # Weights left dense as float16: every one half_dense's rules allow with the data-free default (not when only
@@ -754,6 +771,18 @@ def _compress_once(input_path: str, output_path: str, calib: dict | None, loaded
                                          len(t.outlier_positions)))
     parallel.release_free_memory()  # the round's per-weight arrays, freed on the worker threads
     return report
+
+
+def only_read(model: onnx.ModelProto, format: str = "custom-op") -> bool:
+    """Whether compress_model leaves ``model`` as it was, so the caller's parsed input can be given to it without a
+    copy: the custom-op format (the portable one renames the constants it replaces, and graphsurgeon's export sets
+    a kept tensor's proto name to its graph name) and no Constant node in any graph (constants_to_initializers
+    would move them into initializers). Everything else only reads it: graphsurgeon's import reads the protos, its
+    export copies each tensor it keeps into the exported graph (and appends domains to lists compress_model gives
+    it), and the passes work on the graphsurgeon graph.
+    tests/test_fast_paths.py checks that the input is unchanged byte for byte and the output the same as from a copy."""
+    return format != "portable" and not any(node.op_type == "Constant" for graph in model_io.graphs_of(model.graph)
+                                            for node in graph.node)
 
 
 def _opens(path: str, custom: bool) -> str | None:

@@ -551,7 +551,7 @@ def attribute(original_path: str, compressed_path: str, feed: dict[str, np.ndarr
     from onnxcomp.pipeline.autotune import _weight_as_input
     from onnxcomp.core import sidecar
     from onnxcomp.pipeline.inspection import stored_weights
-    from onnxcomp.passes.base import _raw_view
+    from onnxcomp.passes.base import raw_view
     stored = stored_weights(model_io.load_model(compressed_path, external_data=False), compressed_path)
     graphs = [] if original is None else list(model_io.graphs_of(original.graph))
     kept = cache.get("model") if cache is not None else None
@@ -576,7 +576,7 @@ def attribute(original_path: str, compressed_path: str, feed: dict[str, np.ndarr
     # integer records are lossless (IntegerWeightsPass): their effect is 0 without a run
     weights = {w.name: w for w in stored.values() if w.name in everywhere and w.value_type == sidecar.FLOAT32}
     # read-only views over the protos' bytes where they are float raw data (numpy_helper.to_array copies them again)
-    originals = {name: _raw_view(everywhere[name]) for name in weights if name in main}
+    originals = {name: raw_view(everywhere[name]) for name in weights if name in main}
     originals = {name: numpy_helper.to_array(everywhere[name]) if view is None else view for name, view in originals.items()}
     # what a probe is made of: which weights are its inputs (the rest stay initializers, which onnxruntime may fold)
     known = cache.setdefault(("probe", tuple(sorted(originals))), {}) if cache is not None else {}
