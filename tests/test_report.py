@@ -11,7 +11,7 @@ from test_cli import BUNDLED, BUNDLED_EVAL, onnxcomp as cli
 
 REPORT_KEYS = {"input_path", "output_path", "sidecar_path", "input_bytes", "output_bytes", "layers", "skipped",
                "accuracy_before", "accuracy_after", "ratio", "budget", "fidelity", "allocation", "backoff", "fallback",
-               "float_params", "compressed_params", "coverage", "float16"}
+               "float_params", "compressed_params", "coverage", "float16", "names"}
 LAYER_KEYS = {"name", "kind", "shape", "params", "sparsity", "codebook_size", "bits", "bytes_before", "bytes_after", "ratio",
               "outliers"}
 

@@ -50,7 +50,10 @@ def test_names_shorten_and_the_outputs_stay_bit_identical(rng):
     before = [run_plain(model, {"x": x, "flag": np.array(flag)})[0] for flag in (True, False)]
     short = onnx.ModelProto()
     short.CopyFrom(model)
-    assert shorten_names(short) == 5 + 4  # 3 nodes and 1 in each branch; MatMul:0, If:0 and the branches' outputs
+    renamed = shorten_names(short)
+    assert len(renamed) == 5 + 4  # 3 nodes and 1 in each branch; MatMul:0, If:0 and the branches' outputs
+    first, was = short.graph.node[0], model.graph.node[0]
+    assert renamed[first.name] == was.name and renamed[first.output[0]] == was.output[0]  # the map traces names back
     onnx.checker.check_model(short, full_check=True)
     assert model.ByteSize() - short.ByteSize() > 5 * len(LONG)
     nodes, tensors = names(short)
@@ -75,14 +78,17 @@ def test_compress_writes_short_names_unless_asked_to_keep_them(tmp_path):
     decompress gives the same weights under the same names from either."""
     source = os.path.join(MODELS, "lenet5_fashion.onnx")
     short, kept = tmp_path / "short.onnx", tmp_path / "kept.onnx"
-    onnxcomp.compress(source, short, fidelity=False)
-    onnxcomp.compress(source, kept, fidelity=False, keep_names=True)
+    report = onnxcomp.compress(source, short, fidelity=False)
+    kept_report = onnxcomp.compress(source, kept, fidelity=False, keep_names=True)
+    assert kept_report.names == {}
     assert filecmp.cmp(sidecar.sidecar_path(str(short)), sidecar.sidecar_path(str(kept)), shallow=False)
     original = onnx.load(source)
     a, b = onnx.load(short, load_external_data=False), onnx.load(kept, load_external_data=False)
     assert os.path.getsize(short) < os.path.getsize(kept)
     assert [n.name for n in b.graph.node] != [n.name for n in a.graph.node]
     assert all(len(n.name) <= 2 for n in a.graph.node)
+    # the report traces every short name back to the --keep-names output's (same passes, same order)
+    assert [report.names[n.name] for n in a.graph.node] == [n.name for n in b.graph.node]
     for field in ("input", "output"):
         assert [v.name for v in getattr(a.graph, field)] == [v.name for v in getattr(b.graph, field)] \
             == [v.name for v in getattr(original.graph, field)]

@@ -124,6 +124,7 @@ class Report:
     fallback: str | None = None  # why the output is a copy of the input, when it is
     float_params: int = 0  # elements of every float constant of the input (all graphs, any size)
     float16: list[tuple[str, int]] = field(default_factory=list)  # (name, elements) of dense weights stored as float16
+    names: dict[str, str] = field(default_factory=dict)  # short name -> input's name of each node and tensor renamed (passes/short_names.py; empty with keep_names)
 
     @property
     def ratio(self) -> float:
@@ -756,15 +757,14 @@ def _compress_once(input_path: str, output_path: str, calib: dict | None, loaded
         from onnxcomp.passes.half_dense import halve_dense_weights
         halved = halve_dense_weights(compressed, None if proxy else chosen)
     drop_inferable_value_info(compressed)  # what onnxruntime infers anyway (and shorter symbolic dim names)
-    if not keep_names:
-        shorten_names(compressed, keep=tapped)
+    renamed = {} if keep_names else shorten_names(compressed, keep=tapped)
     _remove_companions(output_path)
     sidecar_file = model_io.write_compressed(compressed, records, output_path, source_folder=source_folder)
     if check:
         check_output_loads(input_path, output_path, sidecar_file)
     output_bytes = model_io.model_bytes(output_path)  # the model, its sidecar and any dense data file
     report = Report(input_path, output_path, sidecar_file, model_io.model_bytes(input_path, loaded), output_bytes, skipped=state.skipped,
-                    float_params=state.float_params, float16=halved)
+                    float_params=state.float_params, float16=halved, names=renamed)
     for t in state.targets:
         report.layers.append(LayerReport(t.name, t.kind, list(t.shape), t.size, round(t.sparsity, 6), len(t.codebook),
                                          t.bits, t.dense_bytes, len(t.record) if t.record is not None else portable_bytes(t, state.graph.opset or 0),
