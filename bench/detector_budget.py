@@ -13,8 +13,8 @@ cosine error lies below each threshold: the stand-in budget is the cosine whose 
 Since branch calzoo8 it also measures the pooled relative L2 error of slices of the raw output (`--budget-output`,
 onnxcomp's syntax: `output[..., 4:5]`, ddddocr-det's objectness; `output0[:, 4:]`, YOLOv8's class scores), and for
 ddddocr-det the task metric's change on the extra captchas, whose character boxes are known (box F1 at IoU 0.5 in
-points, the zoo's declared "within 1 point"): for each metric, where the first output that breaks a declared
-tolerance (F1 vs original < 0.95, or a task drop above 1 point) lies, interpolated from the output before it.
+points, the zoo's declared "within 1 point"): for each metric, where the first output that breaks each declared
+tolerance (F1 vs original < 0.95; a task drop above 1 point) lies, interpolated from the output before it.
 
 Usage:
     python bench/detector_budget.py ddddocr-det OUT1.onnx [OUT2.onnx ...] [--extra 64] [--json FILE] [--on-evaluation]
@@ -95,24 +95,18 @@ def pooled_rel_l2(reference: np.ndarray, output: np.ndarray) -> float:
     return float(np.sqrt(((a - b) ** 2).sum() / (a ** 2).sum()))
 
 
-def crossing(rows: list[dict], key: str) -> tuple[float, str] | None:
-    """Where, in ``key`` order (a pooled error of each output), the first output that breaks a declared tolerance
-    (F1 vs original < 0.95, or a task drop above 1 point where measured) lies, interpolated linearly from the output
-    before it in the quantity it breaks; with what broke. None when every output keeps both or the first breaks."""
+def crossing(rows: list[dict], key: str, tolerance: str) -> float | None:
+    """Where, in ``key`` order (a pooled error of each output), the first output that breaks ``tolerance`` ("f1": F1
+    vs original below 0.95; "task": a task drop above 1 point) lies, interpolated linearly in that quantity from the
+    output before it. None when no output breaks it, or the first one does (nothing to interpolate from)."""
     order = sorted(rows, key=lambda r: r[key])
-    broken = lambda r: r["pooled_f1"] < 0.95 or r.get("task_change", 0) < -1  # noqa: E731
-    first = next((i for i, r in enumerate(order) if broken(r)), None)
+    value, limit = ("pooled_f1", 0.95) if tolerance == "f1" else ("task_change", -1.0)
+    first = next((i for i, r in enumerate(order) if r[value] < limit), None)
     if not first:
         return None
     lo, hi = order[first - 1], order[first]
-    found = []
-    if hi["pooled_f1"] < 0.95:
-        found.append((lo[key] + (lo["pooled_f1"] - 0.95) / (lo["pooled_f1"] - hi["pooled_f1"]) * (hi[key] - lo[key]),
-                      "F1 vs original 0.95"))
-    if hi.get("task_change", 0) < -1:
-        before = min(lo["task_change"], 0)
-        found.append((lo[key] + (before + 1) / (before - hi["task_change"]) * (hi[key] - lo[key]), "task drop 1 point"))
-    return min(found)
+    start = lo[value] if tolerance == "f1" else min(lo[value], 0.0)
+    return lo[key] + (start - limit) / (start - hi[value]) * (hi[key] - lo[key])
 
 
 CHECK = (8, 32)  # check-set sizes: a quarter of 32 and of 128 calibration images
@@ -211,9 +205,10 @@ def main() -> None:
         for key, label in [("rel_l2", "pooled rel L2")] + [(m, f"rel L2 of {m}") for m in measures]:
             for row in rows:
                 row[key] = row["slices"][key] if key in row["slices"] else row[key]
-            found = crossing(rows, key)
-            print(f"{label}: " + (f"the first output breaking a tolerance lies at {found[0]:.4f} ({found[1]}); "
-                                  f"half: {found[0] / 2:.4f}" if found else "no crossing among these outputs"))
+            for tolerance, what in [("f1", "F1 vs original crosses 0.95")] + [("task", "task drop passes 1 point")] * bool(task):
+                found = crossing(rows, key, tolerance)
+                print(f"{label}: {what} " + (f"at {found:.4f} (half: {found / 2:.4f})" if found is not None else
+                                             "nowhere between two of these outputs (none, or already the first)"))
     err, f1 = np.array(pooled["cos_err"]), np.array(pooled["f1"])
     print("\nAll outputs' images together: per-image F1 vs the original by the image's cosine error")
     print("| cosine error below | images | images with changed boxes | worst image F1 | their mean F1 |")
