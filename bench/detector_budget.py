@@ -10,8 +10,15 @@ the zoo's decoding). It prints one row per output (pooled F1 vs the original, mi
 images whose boxes changed) and then, over all outputs' images together, the worst per-image F1 among images whose
 cosine error lies below each threshold: the stand-in budget is the cosine whose images all kept their boxes.
 
+Since branch calzoo8 it also measures the pooled relative L2 error of slices of the raw output (`--budget-output`,
+onnxcomp's syntax: `output[..., 4:5]`, ddddocr-det's objectness; `output0[:, 4:]`, YOLOv8's class scores), and for
+ddddocr-det the task metric's change on the extra captchas, whose character boxes are known (box F1 at IoU 0.5 in
+points, the zoo's declared "within 1 point"): for each metric, where the first output that breaks each declared
+tolerance (F1 vs original < 0.95; a task drop above 1 point) lies, interpolated from the output before it.
+
 Usage:
     python bench/detector_budget.py ddddocr-det OUT1.onnx [OUT2.onnx ...] [--extra 64] [--json FILE] [--on-evaluation]
+        [--budget-output 'output[..., 4:5]' ...]
 (`--on-evaluation`: the same figures on the evaluation images, to check a budget afterwards, never to choose it.)
 (`ONNXCOMP_ZOO_CACHE` as for bench/zoo.py; the outputs are onnxcomp compress outputs of that model.)
 """
@@ -31,21 +38,27 @@ sys.path.insert(0, str(HERE))
 import zoo  # noqa: E402
 from zoo.common import detection_f1  # noqa: E402
 
+from onnxcomp.pipeline import budget_output as output_slice  # noqa: E402
+
 # How each detector's calibration-like images are drawn and its raw output decoded (bench/zoo/vision.py).
-def _images(name: str, extra: int, evaluation: bool = False) -> np.ndarray:
+def _images(name: str, extra: int, evaluation: bool = False) -> tuple:
+    """(the model, its images [n, 3, H, W] float32, the extra images' known boxes or None): calib.npz (eval.npz
+    with ``evaluation``) followed by ``extra`` images drawn from the calibration photographs with another seed."""
     from zoo import vision
 
     model = zoo.BY_NAME[name]
     with np.load(model.folder / ("eval.npz" if evaluation else "calib.npz")) as data:
         images = data["x" if evaluation else "images"]
+    boxes = None
     if extra:
         rng = np.random.default_rng(zlib.crc32(f"{name}-budget-study".encode()))  # not the model's seed
         if name == "ddddocr-det":
-            more = np.stack([vision._click_captcha(rng, vision.CALIB_IMAGES)[0] for _ in range(extra)])
+            drawn = [vision._click_captcha(rng, vision.CALIB_IMAGES) for _ in range(extra)]
+            more, boxes = np.stack([d[0] for d in drawn]), [d[1] for d in drawn]
         else:
             more = (vision._crops(vision.CALIB_IMAGES, rng, extra, (320, 320)).astype(np.float32) / 255).transpose(0, 3, 1, 2)
         images = np.concatenate([images, more.astype(np.float32)])
-    return model, images
+    return model, images, boxes
 
 
 def _decode(name: str):
@@ -76,6 +89,26 @@ def per_image(reference: np.ndarray, output: np.ndarray, decode) -> dict:
             "pooled_f1": detection_f1(out_boxes, ref_boxes)}
 
 
+def pooled_rel_l2(reference: np.ndarray, output: np.ndarray) -> float:
+    """sqrt(sum of squared errors / sum of squared reference values) over all images (onnxcomp's rel_l2)."""
+    a, b = reference.astype(np.float64), output.astype(np.float64)
+    return float(np.sqrt(((a - b) ** 2).sum() / (a ** 2).sum()))
+
+
+def crossing(rows: list[dict], key: str, tolerance: str) -> float | None:
+    """Where, in ``key`` order (a pooled error of each output), the first output that breaks ``tolerance`` ("f1": F1
+    vs original below 0.95; "task": a task drop above 1 point) lies, interpolated linearly in that quantity from the
+    output before it. None when no output breaks it, or the first one does (nothing to interpolate from)."""
+    order = sorted(rows, key=lambda r: r[key])
+    value, limit = ("pooled_f1", 0.95) if tolerance == "f1" else ("task_change", -1.0)
+    first = next((i for i, r in enumerate(order) if r[value] < limit), None)
+    if not first:
+        return None
+    lo, hi = order[first - 1], order[first]
+    start = lo[value] if tolerance == "f1" else min(lo[value], 0.0)
+    return lo[key] + (start - limit) / (start - hi[value]) * (hi[key] - lo[key])
+
+
 CHECK = (8, 32)  # check-set sizes: a quarter of 32 and of 128 calibration images
 SUBSETS = 200
 
@@ -96,13 +129,22 @@ def main() -> None:
     parser.add_argument("outputs", nargs="+")
     parser.add_argument("--extra", type=int, default=64, help="more calibration-like images (another seed)")
     parser.add_argument("--json", help="write the per-image figures here")
+    parser.add_argument("--budget-output", action="append", default=[], metavar="NAME[SLICE]",
+                        help="also the pooled relative L2 error of this slice of the raw output (onnxcomp's "
+                             "--budget-output syntax; repeatable)")
+    parser.add_argument("--balanced", action="append", default=[], metavar="'PART + PART'",
+                        help="also the balanced relative L2 error of these parts (onnxcomp's --budget-output given "
+                             "once per part): the RMS of the parts' own pooled relative L2 errors; repeatable")
     parser.add_argument("--on-evaluation", action="store_true",
                         help="measure on the evaluation images instead (eval.npz; --extra ignored): to check a budget "
                              "chosen on calibration images afterwards, never to choose one")
     args = parser.parse_args()
     if args.on_evaluation:
         args.extra = 0
-    model, images = _images(args.model, args.extra, args.on_evaluation)
+    model, images, known = _images(args.model, args.extra, args.on_evaluation)
+    output_name = "output" if args.model == "ddddocr-det" else "output0"
+    slices = [output_slice.parse(text, [output_name]) for text in args.budget_output]
+    balanced = {text: [output_slice.parse(part.strip(), [output_name]) for part in text.split(" + ")] for text in args.balanced}
     decode = _decode(args.model)
     reference = _run(model.onnx_path, images, compressed=False)
     rows, pooled = [], {"cos_err": [], "f1": []}
@@ -115,6 +157,9 @@ def main() -> None:
           f"| rel_l2 bound on {CHECK[0]} / {CHECK[1]} check images (median, 90th pct of {SUBSETS} subsets) |")
     print("|---|---|---|---|---|---|---|")
     original_bytes = model.onnx_path.stat().st_size
+    ref_boxes = [decode(o) for o in reference]
+    if known is not None:  # the extra captchas (the last len(known) images) have known character boxes
+        task_original = 100 * detection_f1(ref_boxes[-len(known):], known)
     for out in map(Path, args.outputs):
         output = _run(out, images, compressed=True)
         measured = per_image(reference, output, decode)
@@ -123,7 +168,13 @@ def main() -> None:
         row = {"output": str(out), "ratio": original_bytes / size, "pooled_f1": measured["pooled_f1"],
                "changed": int((measured["f1"] < 1).sum()), "min_cos": float(1 - measured["cos_err"].max()),
                "rel_l2": rel_l2, "cos_err": measured["cos_err"].tolist(), "f1": measured["f1"].tolist(),
-               "bounds": {n: check_bounds(reference, output, n) for n in CHECK}}
+               "bounds": {n: check_bounds(reference, output, n) for n in CHECK},
+               "slices": {c.text: pooled_rel_l2(c.take(reference), c.take(output)) for c in slices}}
+        for text, parts in balanced.items():  # onnxcomp's balanced join: sqrt(mean_k rel_k^2) (budget_output.py)
+            row["slices"][text] = float(np.sqrt(np.mean([pooled_rel_l2(c.take(reference), c.take(output)) ** 2
+                                                         for c in parts])))
+        if known is not None:
+            row["task_change"] = 100 * detection_f1([decode(o) for o in output[-len(known):]], known) - task_original
         rows.append(row)
         pooled["cos_err"] += row["cos_err"]
         pooled["f1"] += row["f1"]
@@ -141,6 +192,23 @@ def main() -> None:
         cross = lo["rel_l2"] + (lo["pooled_f1"] - 0.95) / (lo["pooled_f1"] - hi["pooled_f1"]) * (hi["rel_l2"] - lo["rel_l2"])
         print(f"F1 crosses 0.95 between rel_l2 {lo['rel_l2']:.4f} (F1 {lo['pooled_f1']:.3f}) and {hi['rel_l2']:.4f} "
               f"(F1 {hi['pooled_f1']:.3f}): at {cross:.4f} by linear interpolation")
+    measures = [c.text for c in slices] + list(balanced)
+    if measures or known is not None:
+        task = f"task change on the {len(known)} extra captchas (box F1 {task_original:.1f} %), points" if known else None
+        print("\n| output | F1 vs original | " + (f"{task} | " if task else "") + "pooled rel L2 | "
+              + " | ".join(f"rel L2 of {m}" for m in measures) + " |")
+        print("|---" * (3 + bool(task) + len(measures)) + "|")
+        for row in rows:
+            print(f"| {Path(row['output']).parent.name}/{Path(row['output']).name} | {row['pooled_f1']:.3f} | "
+                  + (f"{row['task_change']:+.2f} | " if task else "") + f"{row['rel_l2']:.4f} | "
+                  + " | ".join(f"{row['slices'][m]:.4f}" for m in measures) + " |")
+        for key, label in [("rel_l2", "pooled rel L2")] + [(m, f"rel L2 of {m}") for m in measures]:
+            for row in rows:
+                row[key] = row["slices"][key] if key in row["slices"] else row[key]
+            for tolerance, what in [("f1", "F1 vs original crosses 0.95")] + [("task", "task drop passes 1 point")] * bool(task):
+                found = crossing(rows, key, tolerance)
+                print(f"{label}: {what} " + (f"at {found:.4f} (half: {found / 2:.4f})" if found is not None else
+                                             "nowhere between two of these outputs (none, or already the first)"))
     err, f1 = np.array(pooled["cos_err"]), np.array(pooled["f1"])
     print("\nAll outputs' images together: per-image F1 vs the original by the image's cosine error")
     print("| cosine error below | images | images with changed boxes | worst image F1 | their mean F1 |")

@@ -233,8 +233,9 @@ def compress(model: zoo.ZooModel, options: list[str], out: Path, timeout: float)
     options = [o.replace("{calib}", calib) for o in options]
     if any("{budget}" in o for o in options):
         options = [o.replace("{budget}", budget_for(model)) for o in options]
-        if model.budget_output:  # the output the checks read (declared with the model)
-            options += ["--budget-output", model.budget_output]
+        parts = (model.budget_output,) if isinstance(model.budget_output, str) else model.budget_output
+        for part in filter(None, parts):  # the output the checks read (declared with the model), or its parts
+            options += ["--budget-output", part]
     report_path = out.with_suffix(".report.json")
     for stale in (out, out.with_suffix(".onnxcomp"), report_path):
         stale.unlink(missing_ok=True)
@@ -281,7 +282,7 @@ def model_row(model: zoo.ZooModel, options: list[str], folder: Path, timeout: fl
     row["coverage"] = coverage(model, compressed["report"])
     found = (compressed["report"] or {}).get("budget")
     if found:  # --budget: what the search measured and what its check set confirmed
-        row["budget"] = {k: found.get(k) for k in ("metric", "value", "measured_error", "holdout_samples",
+        row["budget"] = {k: found.get(k) for k in ("metric", "value", "output", "measured_error", "holdout_samples",
                                                     "check_samples", "check_error", "check_bound", "checks")}
     result = evaluate(model, out, "compressed", folder / f"{model.name}.pkl", timeout)
     if "error" in result:
@@ -391,8 +392,8 @@ def ort_version() -> str:
 
 def fmt_budget(found: dict) -> str:
     """The budget search's result in words: its budget, held-back error, and what the check set confirmed."""
-    text = (f"budget {found['metric']}={found['value']:g}: {found['metric']} {found['measured_error']:.4g} on "
-            f"{found['holdout_samples']} held-back samples")
+    text = (f"budget {found['metric']}={found['value']:g}" + (f" on `{found['output']}`" if found.get("output") else "")
+            + f": {found['metric']} {found['measured_error']:.4g} on {found['holdout_samples']} held-back samples")
     if found.get("check_samples"):
         text += (f", {found['check_error']:.4g} (bound {found['check_bound']:.4g}) on {found['check_samples']} check "
                  f"samples, {len(found.get('checks') or [])} allocation(s) tested there")

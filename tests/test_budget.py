@@ -851,3 +851,129 @@ def test_trial_models_take_the_sensitivity_analysis_calibration(tmp_path, rng):
         for key in given.compressed:
             for a, b in zip(given.compressed[key], fresh.compressed[key]):
                 np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("text, axis, start, stop, step, index", [
+    ("y[..., 4:6]", -1, 4, 6, 1, np.s_[..., 4:6]), ("y[:, 4:]", 1, 4, None, 1, np.s_[:, 4:]),
+    ("y[:, :, -2:]", 2, -2, None, 1, np.s_[:, :, -2:]), ("y[..., 1:5:2, :]", -2, 1, 5, 2, np.s_[..., 1:5:2, :]),
+    ("y[..., -1]", -1, -1, None, 1, np.s_[..., -1:]), ("y[:, 3]", 1, 3, 4, 1, np.s_[:, 3:4]),
+    ("y[ : , 2 : 4 ]", 1, 2, 4, 1, np.s_[:, 2:4])])
+def test_budget_output_slice_is_parsed_as_numpy_reads_it(text, axis, start, stop, step, index):
+    """An integer keeps its axis (i:i+1); items after '...' count from the last axis."""
+    from onnxcomp.pipeline.budget_output import parse
+    chosen = parse(text, ["y", "z"])
+    assert (chosen.name, chosen.axis, chosen.start, chosen.stop, chosen.step) == ("y", axis, start, stop, step)
+    array = np.arange(2 * 5 * 6).reshape(2, 5, 6)
+    assert np.array_equal(chosen.take(array), array[index])
+
+
+@pytest.mark.parametrize("text, words", [
+    ("nothing[..., 4:6]", "is not an output of the model"), ("y[..., a:b]", "is not a slice"),
+    ("y[..., 4:6, ...]", "'...' may appear once"), ("y[:, 1:2, 3:4]", "slice one axis only"),
+    ("y[0:4, ...]", "axis 0 holds the calibration samples"), ("y[:, ::-1]", "the step must be 1 or more"),
+    ("y[:, :]", "selects the whole output"), ("y[:, 1:2:3:4]", "is not a slice"), ("y[, 1:2]", "an empty item")])
+def test_budget_output_bad_slices_are_refused_in_one_line(text, words):
+    from onnxcomp.pipeline.budget_output import parse
+    with pytest.raises(OnnxcompError, match=words) as raised:
+        parse(text, ["y", "z"])
+    assert "\n" not in str(raised.value)
+
+
+def test_budget_output_whole_name_wins_over_a_slice():
+    from onnxcomp.pipeline.budget_output import parse
+    assert not parse("y[0]", ["y", "y[0]"]).sliced
+
+
+def _detector_like(rng, tmp_path):
+    """A model whose output y [n, 6, 10] holds 4 rows of large 'box coordinates' (from w1) and 2 rows of small
+    'scores' (sigmoid, from w2) per anchor, as a YOLOv8 export lays them out; and 80 calibration samples."""
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["boxes_flat"]), helper.make_node("Reshape", ["boxes_flat", "box_shape"], ["boxes"]),
+             helper.make_node("MatMul", ["x", "w2"], ["logits_flat"]), helper.make_node("Reshape", ["logits_flat", "score_shape"], ["logits"]),
+             helper.make_node("Sigmoid", ["logits"], ["scores"]), helper.make_node("Concat", ["boxes", "scores"], ["y"], axis=1)]
+    shapes = [onnx.numpy_helper.from_array(np.array([-1, 4, 10], np.int64), "box_shape"),
+              onnx.numpy_helper.from_array(np.array([-1, 2, 10], np.int64), "score_shape")]
+    model = make_model(nodes, [float_input("x", ["n", 32])], [float_input("y", ["n", 6, 10])],
+                       [weight(rng, "w1", (32, 40), 30.0), weight(rng, "w2", (32, 20), 0.3)] + shapes)
+    onnx.save(model, tmp_path / "in.onnx")
+    x = rng.standard_normal((80, 32)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    return model, x
+
+
+@pytest.mark.parametrize("text", ["y[:, 4:]", "y[..., 4:6, :]", "y[:, -2:]", "y[..., 1:9:3]", "y[:, 5]", "y[..., -1]"])
+def test_budget_output_slice_node_computes_what_take_computes(tmp_path, rng, text):
+    """The measured model's Slice node and the numpy slice applied to a written model's output agree exactly."""
+    from onnxcomp.pipeline.autotune import _weight_output_first
+    model, x = _detector_like(rng, tmp_path)
+    chosen = _weight_output_first(model, text)
+    assert [o.name for o in model.graph.output] == [text, "y"]
+    full, sliced = onnxruntime.InferenceSession(model.SerializeToString()).run(["y", text], {"x": x})
+    assert sliced.size and np.array_equal(sliced, chosen.combine([full]))
+
+
+def test_budget_output_parts_are_joined_balanced(tmp_path, rng):
+    """Several parts: the measured model's first output is the parts flattened, each divided by its RMS on the
+    samples balance() is given, and concatenated; the numpy combine() of a written model's output computes the same,
+    and its pooled relative L2 error is the RMS of the parts' own."""
+    from onnxcomp.pipeline import budget_output as output_slice
+    from onnxcomp.pipeline.autotune import _weight_output_first
+    model, x = _detector_like(rng, tmp_path)
+    measured = _weight_output_first(model, ["y[:, :4]", "y[:, 4:]"])
+    session = onnxruntime.InferenceSession(model.SerializeToString())
+    flats = session.run([o.name for o in model.graph.output[:2]], {"x": x})
+    output_slice.balance(model, measured, flats)
+    assert [o.name for o in model.graph.output] == ["y[:, :4] + y[:, 4:]", "y"]
+    joined, full = onnxruntime.InferenceSession(model.SerializeToString()).run(None, {"x": x})
+    assert joined.dtype == np.float64 and joined.shape == (80, 60)
+    assert np.array_equal(joined, measured.combine([full]))
+    assert np.mean((joined[:, :40] ** 2).sum(1)) == pytest.approx(1.0) and np.mean((joined[:, 40:] ** 2).sum(1)) == pytest.approx(1.0)
+    noisy = full * (1 + 0.01 * rng.standard_normal(full.shape)).astype(np.float32)
+    parts = [np.linalg.norm(noisy[:, s] - full[:, s].astype(np.float64)) / np.linalg.norm(full[:, s].astype(np.float64))
+             for s in (np.s_[:4], np.s_[4:])]
+    assert error("rel_l2", joined, measured.combine([noisy])) == pytest.approx(np.sqrt(np.mean(np.square(parts))), rel=1e-9)
+    with pytest.raises(OnnxcompError, match="several --budget-output parts .* not top1"):
+        compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), budget="top1=0.99",
+                           calib=str(tmp_path / "calib.npz"), budget_output=["y[:, :4]", "y[:, 4:]"])
+
+
+def test_budget_output_slice_past_the_rank_or_of_nothing_is_refused(tmp_path, rng):
+    from onnxcomp.pipeline.autotune import _weight_output_first
+    model, _ = _detector_like(rng, tmp_path)
+    with pytest.raises(OnnxcompError, match="axis -4 is outside output 'y' of rank 3"):
+        _weight_output_first(model, "y[..., 1:2, :, :, :]")
+    with pytest.raises(OnnxcompError, match="axis 0 holds the calibration samples"):
+        _weight_output_first(model, "y[..., 1:2, :, :]")
+    with pytest.raises(OnnxcompError, match="selects nothing from axis 1 of length 6"):
+        _weight_output_first(model, "y[:, 6:]")
+
+
+def test_budget_on_a_slice_holds_on_that_slice(tmp_path, rng):
+    """End to end on a detector-like output (boxes from w1 only, scores from w2 only): a rel_l2 budget on the score
+    rows (y[:, 4:]) is confirmed on the check set in those rows, the report names the slice, and the written model
+    keeps its outputs (no Slice node). The same budget on the whole output, dominated by the large 'box' rows,
+    leaves the scores far more error; on the scores alone it leaves the boxes unguarded (w1 compressed as far as
+    the candidates go); on both parts, balanced, each part stays within sqrt(2) x the budget."""
+    from onnxcomp.runtime import InferenceSession
+    _detector_like(rng, tmp_path)
+    options = dict(budget="rel_l2=0.02", calib=str(tmp_path / "calib.npz"), cache_dir=str(tmp_path / "cache"),
+                   min_elements=16, sparsities=(0.0, 0.5, 0.8), bits=(2, 3, 4, 8))
+    report = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "sliced.onnx"), budget_output="y[:, 4:]", **options)
+    assert report.budget["output"] == "y[:, 4:]"
+    assert 0 < report.budget["check_error"] <= report.budget["check_bound"] <= 0.02
+    written = onnx.load(str(tmp_path / "sliced.onnx"))
+    assert [o.name for o in written.graph.output] == ["y"] and all(n.op_type != "Slice" for n in written.graph.node)
+    compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "whole.onnx"), **options)
+    both = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "both.onnx"),
+                              budget_output=["y[:, :4]", "y[:, 4:]"], **options)
+    assert both.budget["output"] == "y[:, :4] + y[:, 4:]" and both.budget["check_bound"] <= 0.02
+    x = np.load(tmp_path / "calib.npz")["x"]
+    expected = onnxruntime.InferenceSession(str(tmp_path / "in.onnx")).run(["y"], {"x": x})[0]
+
+    def errors(name):  # (boxes, scores) relative L2 errors on all 80 samples
+        got = InferenceSession(str(tmp_path / name)).run(["y"], {"x": x})[0]
+        return [np.linalg.norm(got[:, s] - expected[:, s]) / np.linalg.norm(expected[:, s]) for s in (np.s_[:4], np.s_[4:])]
+    sliced, whole, balanced = errors("sliced.onnx"), errors("whole.onnx"), errors("both.onnx")
+    assert sliced[1] <= 0.04  # the budget within a factor 2 on all 80 samples
+    assert whole[1] > 2 * sliced[1]
+    assert sliced[0] > 0.1  # the boxes, which the scores' budget does not see
+    assert max(balanced) <= 2 * np.sqrt(2) * 0.02

@@ -294,3 +294,11 @@ def test_tables_fit_80_columns_and_keep_every_number(tmp_path):
                        if not line.startswith((str(small), "no --calib", "the layers"))]
         assert max(len(line) for line in table_lines) <= 80, output.stdout
         assert "\x1b" not in output.stdout and not any(line != line.rstrip() for line in table_lines)
+
+
+def test_budget_output_bad_slice_is_refused_in_one_line(tmp_path):
+    data = tmp_path / "calib.npz"
+    np.savez(data, input=np.zeros((8, 784), np.float32))
+    one_line_error(run("compress", BUNDLED, tmp_path / "small.onnx", "--calib", data, "--budget", "cosine=0.99",
+                       "--budget-output", "logits[..., 4:x]"), 1, "'4:x' is not a slice")
+    assert not (tmp_path / "small.onnx").exists()

@@ -248,7 +248,8 @@ class ZooModel:
     feeds(data, batch) -> dict input -> array: one run's inputs at that batch size (for speed).
     budget: the `--budget` that `{budget}` becomes, when not derived from the checks (bench/zoo.py budget_for).
     budget_output: the output the checks read, passed as `--budget-output` with `{budget}`, when it is not the first
-    output that depends on a weight (onnxcomp's default).
+    output that depends on a weight (onnxcomp's default); a slice of one (`output0[:, 4:]`), or a tuple of parts,
+    each passed as its own `--budget-output` (measured balanced: onnxcomp's guide).
     """
     name: str
     package: str  # requirement on the registry, name==version
@@ -266,7 +267,7 @@ class ZooModel:
     task_points: float = 1.0  # allowed drop of the task metric, in points
     notes: str = ""
     budget: str = ""  # the `--budget` for `{budget}` when the declared checks' own metric cannot be confirmed (why: notes)
-    budget_output: str = ""  # the output `{budget}` is measured on (`--budget-output`) when the checks read another than the first weight-dependent one
+    budget_output: str | tuple[str, ...] = ""  # the output, slice or parts `{budget}` is measured on (`--budget-output`) when not the first weight-dependent output
     extra: dict = field(default_factory=dict)
 
     @property

@@ -12,7 +12,7 @@ import sys
 import threading
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 import typer.core
@@ -186,7 +186,7 @@ def compress(
     holdout: float = typer.Option(0.25, min=0.01, max=0.99, help="With --budget: fraction of calibration samples held back to measure quality while searching."),
     check: float = typer.Option(0.25, min=0.0, max=0.98, help="With --budget: fraction of calibration samples kept apart as a final check set the search never sees (0: none)."),
     cache_dir: Optional[Path] = typer.Option(None, help="With --budget: where sensitivity curves are cached (default ~/.cache/onnxcomp)."),
-    budget_output: Optional[str] = typer.Option(None, help="With --budget: the output the budget measures, the one your application reads (default: the first output that depends on a weight)."),
+    budget_output: Optional[List[str]] = typer.Option(None, help="With --budget: the output the budget measures, the one your application reads (default: the first output that depends on a weight), or a numpy-style slice of it on one axis, e.g. 'output[..., 4:6]'; given more than once (rel_l2, cosine), the parts balanced, each scaled by 1/its RMS: a detector's boxes and scores."),
     tfidf_power: float = typer.Option(1.0, help="tfidf: power p on |w|."),
     tfidf_smoothing: float = typer.Option(1.0, min=0.0, help="tfidf: smoothing added to firing counts."),
     tfidf_constant: float = typer.Option(1.0, help="tfidf: constant added to the IDF."),
@@ -240,7 +240,7 @@ def compress(
         shapes, ranges = parse_overrides(input_shape, input_range)
         fidelity_options = dict(fidelity=fidelity, min_cosine=min_cosine, fidelity_data=str(fidelity_data) if fidelity_data else None,
                      input_shapes=shapes, input_ranges=ranges)
-        if budget_output is not None and not budget:
+        if budget_output and not budget:
             raise OnnxcompError("--budget-output names the output a --budget measures: give --budget too")
         if budget:
             from onnxcomp.pipeline.autotune import compress_to_budget
@@ -249,7 +249,7 @@ def compress(
                                         score=values["score"], reconstruct=reconstruct is not False, ridge=ridge, rounding=values["rounding"],
                                         sequential=sequential, outliers=outliers,
                                         init=values["init"], seed=seed, min_elements=min_elements,
-                                        eval_data=str(eval_data) if eval_data else None, budget_output=budget_output,
+                                        eval_data=str(eval_data) if eval_data else None, budget_output=list(budget_output) if budget_output else None,
                                         progress=_progress(quiet, lines=True), keep_names=keep_names,
                                         **fidelity_options)
         else:

@@ -67,6 +67,8 @@ from onnxcomp.passes import model_io
 from onnxcomp import parallel, progress
 from onnxcomp.core import sidecar
 from onnxcomp.errors import CalibrationError, OnnxcompError
+from onnxcomp.pipeline import budget_output as output_slice
+from onnxcomp.pipeline.budget_output import BudgetOutput, Measured
 from onnxcomp.pipeline.evaluate import LABELS, check_eval_data, load_calibration, model_specs
 from onnxcomp.runtime import quiet_session_options
 
@@ -94,7 +96,7 @@ SATURATION = 0.7  # sensitivity: at a sparsity above 0, once one more bit leaves
 # higher bit widths at that sparsity are not tried (the pruning error dominates: _measure)
 
 
-def _data_free(input_path: str, output_path: str, model, hold: dict, reference: np.ndarray, labels, goal, seed: int,
+def _data_free(input_path: str, output_path: str, budget_on: Measured, hold: dict, reference: np.ndarray, labels, goal, seed: int,
                min_elements: int, eval_data, fidelity_options: dict, run_size: int = RUN_BATCH):
     """The data-free default output (``compress`` without calibration; its back-off measured on ``hold``, the
     held-back samples) as a check-set candidate (settings, bytes, predicted None, measured error, its bound,
@@ -115,7 +117,7 @@ def _data_free(input_path: str, output_path: str, model, hold: dict, reference: 
         if report is None or report.fallback or not report.layers:
             shutil.rmtree(staging, ignore_errors=True)
             return None
-        output = run_batched(InferenceSession(staged), hold, run_size, outputs=[model.graph.output[0].name])[0]
+        output = budget_on.combine(run_batched(InferenceSession(staged), hold, run_size, outputs=budget_on.names))
     measured = budget_math.error(goal.metric, reference, output, labels)
     bound = budget_math.error_bound(goal.metric, reference, output, labels, Z)
     progress.messages()(f"data-free allocation: measured {goal.metric} {measured:.4g} (bound {bound:.4g}), "
@@ -205,17 +207,22 @@ def _weight_as_input_reference(model: onnx.ModelProto, names: str | Iterable[str
     return probe
 
 
-def _weight_output_first(model: onnx.ModelProto, name: str | None = None) -> None:
+def _weight_output_first(model: onnx.ModelProto, name: str | list[str] | None = None) -> Measured:
     """Put the output the budget measures first among ``model``'s outputs (in place; this copy is only measured, the
-    output is compressed from the file as given). ``name``: that output (``--budget-output``, the one the
-    application reads, e.g. a pooled sentence embedding listed after the token embeddings); it must depend on a
-    weight. Without ``name`` the budget measures the first output, or when that one depends on no weight (an
-    Identity of an input, as the zoo's MiniLM-L3 export lists first, whose error is 0 whatever is compressed) the
-    first output that does, and says so. A node with a subgraph counts as reading weights (its bodies may hold
-    their own).
+    output is compressed from the file as given) and return what it measures. ``name``: that output
+    (``--budget-output``, the one the application reads, e.g. a pooled sentence embedding listed after the token
+    embeddings), or a slice of it on one axis, ``NAME[SLICE]`` (e.g. a detector's scores, ``output[..., 4:6]``;
+    onnxcomp/pipeline/budget_output.py), which a ``Slice`` node appended to ``model`` computes as its new first
+    output; or a list of several such parts, whose flattened float64 copies are listed first until
+    ``budget_output.balance`` joins them (compress_to_budget, once the held-back samples give their scales). Each
+    must depend on a weight. Without ``name`` the budget measures the first output, or when that one depends on no
+    weight (an Identity of an input, as the zoo's MiniLM-L3 export lists first, whose error is 0 whatever is
+    compressed) the first output that does, and says so. A node with a subgraph counts as reading weights (its
+    bodies may hold their own). A written model is run on the returned ``Measured``'s ``names`` and measured
+    through its ``combine``.
 
-    Raises OnnxcompError when ``name`` is not an output of the model or depends on no weight (every allocation
-    would measure an error of 0)."""
+    Raises OnnxcompError when a name is not an output of the model, its slice is malformed (budget_output.parse,
+    add_slice), or it depends on no weight (every allocation would measure an error of 0)."""
     from onnxcomp.passes.calibration import names_read
     graph = model.graph
     tainted = {t.name for t in graph.initializer}
@@ -225,23 +232,30 @@ def _weight_output_first(model: onnx.ModelProto, name: str | None = None) -> Non
             tainted.update(o for o in node.output if o)
     outputs = list(graph.output)
     if name is not None:
-        moved = next((o for o in outputs if o.name == name), None)
-        if moved is None:
-            raise OnnxcompError(f"--budget-output {name!r} is not an output of the model (its outputs: "
-                                f"{', '.join(repr(o.name) for o in outputs)})")
-        if name not in tainted:
-            raise OnnxcompError(f"--budget-output {name!r} depends on no weight: every allocation would measure an "
-                                "error of 0; name the output your application reads")
+        texts = [name] if isinstance(name, str) else list(name)
+        measured = Measured([output_slice.parse(text, [o.name for o in outputs]) for text in texts])
+        for part in measured.parts:
+            if part.name not in tainted:
+                raise OnnxcompError(f"--budget-output {part.text!r} depends on no weight: every allocation would "
+                                    "measure an error of 0; name the output your application reads")
+        if len(measured.parts) > 1:
+            output_slice.add_parts(model, measured)
+            return measured
+        chosen = measured.parts[0]
+        moved = output_slice.add_slice(model, chosen) if chosen.sliced else \
+            next(o for o in outputs if o.name == chosen.name)
     else:
-        if not outputs or outputs[0].name in tainted:
-            return
+        if outputs[0].name in tainted:
+            return Measured([BudgetOutput(outputs[0].name, outputs[0].name)])
         moved = next((o for o in outputs if o.name in tainted), None)
         if moved is None:
-            return
+            return Measured([BudgetOutput(outputs[0].name, outputs[0].name)])
         progress.messages()(f"the first output {outputs[0].name!r} depends on no weight: the budget measures output "
                             f"{moved.name!r}, the first that does")
+        measured = Measured([BudgetOutput(moved.name, moved.name)])
     del graph.output[:]
     graph.output.extend([moved] + [o for o in outputs if o is not moved])
+    return measured
 
 
 def _pruned(target: WeightTarget, sparsity: float, options: dict, as_compress: bool = False,
@@ -308,7 +322,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
                        prune: str = "magnitude", score: str = "wanda", reconstruct: bool = True, ridge: float = 1e-2,
                        rounding: str = "obs", sequential: bool = False, outliers: str | float = "auto",
                        init: str = "quantile", seed: int = 0, min_elements: int = 1024, eval_data: str | None = None,
-                       budget_output: str | None = None, keep_names: bool = False, **fidelity_options):
+                       budget_output: str | list[str] | None = None, keep_names: bool = False, **fidelity_options):
     """Compress ``input_path`` to the smallest allocation found that meets ``budget`` (e.g. "top1=0.99").
 
     ``sequential`` compresses the allocations tested on the check set (and so the output) layer by layer, each
@@ -324,7 +338,9 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     smallest accepted is written), so a budget met here holds on unseen data of the same kind.
 
     ``budget_output`` names the output the budget measures (default: the first output that depends on a weight,
-    _weight_output_first); the written model keeps its outputs as given.
+    _weight_output_first), a slice of one (``NAME[SLICE]``), or several such parts, measured balanced (each scaled by
+    1 / its RMS on the held-back samples; rel_l2 and cosine budgets only; onnxcomp/pipeline/budget_output.py); the
+    written model keeps its outputs as given.
 
     ``progress=callback`` receives the progress of the long steps (onnxcomp/progress.py); ``fidelity_options`` hold the fidelity options of ``compress`` (fidelity, min_cosine, fidelity_data, input_shapes, input_ranges) for the output; ``keep_names`` is compress's (every output written keeps the input's node and tensor names)."""
     from onnxcomp.core.outliers import parse_option
@@ -343,7 +359,10 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     if eval_data:
         check_eval_data(eval_data, model)
     model_io.constants_to_initializers(model.graph)
-    _weight_output_first(model, budget_output)
+    budget_on = _weight_output_first(model, budget_output)
+    if len(budget_on.parts) > 1 and goal.metric not in ("rel_l2", "cosine"):
+        raise OnnxcompError(f"several --budget-output parts ({budget_on.text}) are measured together by a rel_l2 or "
+                            f"cosine budget, not {goal.metric}")
     data = load_calibration(calib, model, calib_samples, seed, keep_labels=goal.metric == "accuracy")
     all_labels = data.pop(LABELS, None)
     if goal.metric == "accuracy" and all_labels is None:
@@ -364,6 +383,9 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     check_labels = None if all_labels is None else all_labels[check_rows]
     # one run's samples: fewer than RUN_BATCH when their values would take more than calibration.ACTIVATION_BYTES
     run_size = bounded_batch(model, searched, axes, RUN_BATCH)
+    if len(budget_on.parts) > 1:  # each part scaled by 1 / its RMS on the held-back samples, then joined
+        flats = run_batched(_session(model), hold, run_size, outputs=[o.name for o in model.graph.output[:len(budget_on.parts)]])
+        output_slice.balance(model, budget_on, flats)
     reference = run_batched(_session(model), hold, run_size)[0]
     metric = budget_math.allocation_metric(goal.metric, reference)
 
@@ -539,7 +561,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     # set) is a candidate too, when it meets the budget at its confidence bound on the held-back samples and is smaller
     # than the largest candidate (which the check set then still tests first): the written model is never larger
     # than the data-free one when that one would pass the same sequence.
-    free = _data_free(input_path, output_path, model, hold, reference, labels, goal, seed, min_elements, eval_data,
+    free = _data_free(input_path, output_path, budget_on, hold, reference, labels, goal, seed, min_elements, eval_data,
                       {**fidelity_options, "keep_names": keep_names}, run_size) if DATA_FREE and passing else None
     if free is not None and free[1] < max(entry[1] for entry in passing.values()):
         passing[("data-free",)] = free
@@ -585,8 +607,8 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
                                       eval_data=eval_data, rounding=rounding, sequential=sequential, sequential_reuse=reuse, keep_names=keep_names,
                                       **{**fidelity_options, "fidelity_data": fidelity_options.get("fidelity_data") or
                                          (checking if checked else None)})
-                output = run_batched(InferenceSession(staged), checking, run_size,
-                                     outputs=[model.graph.output[0].name])[0] if checked else None
+                output = budget_on.combine(run_batched(InferenceSession(staged), checking, run_size,
+                                                       outputs=budget_on.names)) if checked else None
             if checked:
                 on_check = budget_math.error(goal.metric, expected, output, check_labels)
                 check_bound = budget_math.error_bound(goal.metric, expected, output, check_labels, Z)
