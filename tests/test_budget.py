@@ -926,6 +926,7 @@ def test_budget_output_parts_are_joined_balanced(tmp_path, rng):
     joined, full = onnxruntime.InferenceSession(model.SerializeToString()).run(None, {"x": x})
     assert joined.dtype == np.float64 and joined.shape == (80, 60)
     assert np.array_equal(joined, measured.combine([full]))
+    assert np.array_equal(joined, measured.join(flats))  # the search's reference, taken from the flats without a run
     assert np.mean((joined[:, :40] ** 2).sum(1)) == pytest.approx(1.0) and np.mean((joined[:, 40:] ** 2).sum(1)) == pytest.approx(1.0)
     noisy = full * (1 + 0.01 * rng.standard_normal(full.shape)).astype(np.float32)
     parts = [np.linalg.norm(noisy[:, s] - full[:, s].astype(np.float64)) / np.linalg.norm(full[:, s].astype(np.float64))

@@ -386,7 +386,9 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     if len(budget_on.parts) > 1:  # each part scaled by 1 / its RMS on the held-back samples, then joined
         flats = run_batched(_session(model), hold, run_size, outputs=[o.name for o in model.graph.output[:len(budget_on.parts)]])
         output_slice.balance(model, budget_on, flats)
-    reference = run_batched(_session(model), hold, run_size)[0]
+        reference = budget_on.join(flats)  # what the joined model computes on the same samples: no second run
+    else:
+        reference = run_batched(_session(model), hold, run_size)[0]
     metric = budget_math.allocation_metric(goal.metric, reference)
 
     options = dict(prune=prune, score=score, reconstruct=reconstruct, ridge=ridge, init=init, seed=seed, rounding=rounding,

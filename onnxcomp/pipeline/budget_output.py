@@ -180,7 +180,12 @@ class Measured:
         by_name = dict(zip(self.names, arrays))
         if len(self.parts) == 1:
             return self.parts[0].take(by_name[self.parts[0].name])
-        flats = [part.take(by_name[part.name]).reshape(len(arrays[0]), -1).astype(np.float64) for part in self.parts]
+        return self.join([part.take(by_name[part.name]).reshape(len(arrays[0]), -1).astype(np.float64)
+                          for part in self.parts])
+
+    def join(self, flats: list[np.ndarray]) -> np.ndarray:
+        """The balanced concatenation of the flattened float64 parts ``flats`` ([n, m_k] each), as the measured
+        model's Mul and Concat nodes compute it (balance: the same float64 products)."""
         return np.concatenate([flat * scale for flat, scale in zip(flats, self.scales)], axis=1)
 
 
