@@ -186,7 +186,18 @@ struct CodebookMatMulOp : Ort::CustomOpBase<CodebookMatMulOp, CodebookMatMulKern
 
 struct CodebookGatherKernel : RecordKernel {
   CodebookGatherKernel();
+  // Reads the attribute `one_hot` (0, 1 or 2: OutsideRows; docs/ops.md).
+  OrtStatus* Init(const OrtKernelInfo* info);
   OrtStatus* ComputeV2(OrtKernelContext* context) noexcept;
+
+  // one_hot != 0 with a constant record of at most this many elements: the first run decodes the whole table once
+  // (each value + 0.0f) into a working copy that every run copies rows out of.
+  static constexpr int64_t kOneHotTableElements = int64_t{1} << 20;
+
+ private:
+  OutsideRows outside_ = OutsideRows::kError;
+  std::once_flag once_;
+  std::vector<float> table_;  // the working copy (one_hot != 0, small constant record), filled by the first run
 };
 
 struct CodebookGatherOp : Ort::CustomOpBase<CodebookGatherOp, CodebookGatherKernel, true> {
