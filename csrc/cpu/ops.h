@@ -276,6 +276,13 @@ struct CodebookConvKernel : RecordKernel {
   Ort::Value weight_value_{nullptr}, bias_value_{nullptr};
   Ort::Op conv_op_{nullptr}, reorder_input_op_{nullptr}, reorder_output_op_{nullptr};
   int conv_inputs_ = 2;
+  // The direct path (docs/ops.md, CodebookConv): a 1-D convolution with group 1, explicit pads, no activation or
+  // Relu and a constant weight and bias, on the kOrt path, computes runs of at most kDirectPositions output
+  // positions (batch times length) itself with dot_kernel_, reading the kOrt working weight.
+  static constexpr int64_t kDirectPositions = 16;
+  OrtStatus* ComputeDirect(const float* x, const std::vector<int64_t>& x_shape, const std::vector<int64_t>& y_shape,
+                           float* y) const;
+  DotKernel dot_kernel_ = nullptr;  // null: no direct path for this node
 };
 
 struct CodebookConvOp : Ort::CustomOpBase<CodebookConvOp, CodebookConvKernel, true> {
