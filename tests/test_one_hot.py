@@ -101,13 +101,17 @@ def test_equal_chain_becomes_a_lookup_with_the_dense_models_bits(tmp_path, rng, 
         assert not bits(got[0, :4]).any()
 
 
-def test_one_hot_op_becomes_a_lookup_with_the_dense_models_bits(tmp_path, rng):
+def one_hot_op_model(rng):
     inits = [numpy_helper.from_array(np.array(K, np.int64), "depth"),
              numpy_helper.from_array(np.array([0.0, 1.0], np.float32), "values"),
              numpy_helper.from_array(rng.standard_normal((K, N)).astype(np.float32), "w")]
     nodes = [helper.make_node("OneHot", ["ids", "depth", "values"], ["x"], axis=-1),
              helper.make_node("MatMul", ["x", "w"], ["y"])]
-    model = make_model(nodes, [ids_input(TensorProto.INT64)], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", L, N])], inits)
+    return make_model(nodes, [ids_input(TensorProto.INT64)], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", L, N])], inits)
+
+
+def test_one_hot_op_becomes_a_lookup_with_the_dense_models_bits(tmp_path, rng):
+    model = one_hot_op_model(rng)
     out, report = compress(tmp_path, model)
     assert ops_of(out) == [("ai.onnxcomp", "CodebookGather")]
     assert helper.get_attribute_value(gather_node(out).attribute[0]) == 2
@@ -208,12 +212,14 @@ def test_gather_without_one_hot_still_rejects_outside_indices(rng):
         lookup_and_product(record, 0, np.array([5], np.int64), "scalar")
 
 
-def test_decompress_restores_a_one_hot_product(tmp_path, rng):
-    model = equal_chain(rng)
+@pytest.mark.parametrize("form", ["Equal", "OneHot"])
+def test_decompress_restores_a_one_hot_product(tmp_path, rng, form):
+    model = equal_chain(rng) if form == "Equal" else one_hot_op_model(rng)
     out, report = compress(tmp_path, model)
     dense = tmp_path / "dense.onnx"
     onnxcomp.decompress(out, dense)
     onnx.checker.check_model(str(dense), full_check=True)
     assert not any(n.domain for n in onnx.load(str(dense)).graph.node)
-    feed = feeds(rng)
+    assert any(n.op_type == form for n in onnx.load(str(dense)).graph.node)
+    feed = feeds(rng, TensorProto.INT32 if form == "Equal" else TensorProto.INT64)
     np.testing.assert_array_equal(bits(run_plain(str(dense), feed)[0]), bits(run_compressed(out, feed)[0]))
