@@ -783,3 +783,49 @@ def test_pass_folds_a_scalar_affine_of_x_into_convolutions_that_read_no_padding(
     want = run_plain(reference_model(model, str(tmp_path / "out.onnxcomp"), report.float16), {"x": x})
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=2e-5 * float(np.abs(w).max()))
+
+
+# Short 1-D convolutions, group 1 (CodebookConv's direct path, docs/ops.md): batch x output length <= 16 positions.
+SHORT_1D = [
+    ((1, 1, 640), (258, 1, 256), dict(strides=[128])),  # Silero's STFT: 4 positions
+    ((1, 129, 4), (128, 129, 3), dict(pads=[1, 1])),
+    ((1, 128, 4), (64, 128, 3), dict(pads=[1, 1], strides=[2])),
+    ((2, 7, 5), (9, 7, 3), dict(pads=[2, 1], dilations=[2])),
+    ((3, 17, 6), (5, 17, 2), dict(auto_pad="VALID", strides=[2])),
+    ((1, 33, 16), (20, 33, 1), {}),  # 16 positions: the limit
+]
+
+
+@pytest.mark.parametrize("activation", [None, "Relu"])
+@pytest.mark.parametrize("case", range(len(SHORT_1D)))
+def test_short_1d_convolutions_direct_against_numpy_and_onnxruntime(case, activation):
+    x_shape, w_shape, attrs = SHORT_1D[case]
+    rng = np.random.default_rng(300 + case)
+    codebook, indices, w = random_weight(rng, w_shape, 5)
+    bias = rng.standard_normal(w_shape[0]).astype(np.float32) if case % 2 == 0 else None
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    model = codebook_conv_model(encode_record(codebook, indices, w_shape, 5), attrs, bias, None, activation)
+    y = session_output(model, x)
+    off = session_output(model, x, {"ONNXCOMP_CONV_DIRECT": "0"})  # onnxruntime's Conv on the same weight
+    reference = numpy_conv(x, w, bias, attrs)
+    if activation:
+        reference = np.maximum(reference, 0.0)
+    bound = summation_bound(x, w, bias, attrs)
+    assert y.shape == reference.shape
+    assert (np.abs(y.astype(np.float64) - reference) <= bound).all()
+    np.testing.assert_allclose(y, off, rtol=0, atol=float(bound.max()))
+    if case < 3:  # hundreds of terms per output summed in another order: some bits differ, so the direct path ran
+        assert not np.array_equal(y, off)
+    outputs = [session_output(model, x, {"ONNXCOMP_ISA": isa}) for isa in ("scalar", "avx2", "avx512")]
+    for other in outputs:
+        np.testing.assert_array_equal(other.view(np.uint32), y.view(np.uint32))
+
+
+def test_1d_convolutions_past_16_positions_run_onnxruntimes_conv():
+    rng = np.random.default_rng(9)
+    codebook, indices, _ = random_weight(rng, (20, 33, 1), 5)
+    model = codebook_conv_model(encode_record(codebook, indices, (20, 33, 1), 5), {}, rng.standard_normal(20).astype(np.float32))
+    for x_shape in [(1, 33, 17), (2, 33, 9)]:
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        np.testing.assert_array_equal(session_output(model, x).view(np.uint32),
+                                      session_output(model, x, {"ONNXCOMP_CONV_DIRECT": "0"}).view(np.uint32))

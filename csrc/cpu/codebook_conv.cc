@@ -440,6 +440,11 @@ OrtStatus* CodebookConvKernel::Init(const OrtKernelInfo* info) {
       weight_count_ = weight_.size();
       if (bias.constant) bias_ = bias.values;
       if (OrtStatus* status = CreateOps(info)) return status;
+      const char* direct = getenv("ONNXCOMP_CONV_DIRECT");  // "0": never (read at kernel creation)
+      if (spatial == 1 && a.group == 1 && bias_is_constant_ && (a.auto_pad == "NOTSET" || a.auto_pad == "VALID") &&
+          (a.activation.empty() || a.activation == "Relu") && !(direct && strcmp(direct, "0") == 0)) {
+        dot_kernel_ = DotKernelFor(SelectIsa());
+      }
     }
     std::vector<float>().swap(dense);
     std::vector<int64_t> stored_dims = weight_dims_;
@@ -456,6 +461,43 @@ OrtStatus* CodebookConvKernel::Init(const OrtKernelInfo* info) {
     }
     return nullptr;
   });
+}
+
+OrtStatus* CodebookConvKernel::ComputeDirect(const float* x, const std::vector<int64_t>& x_shape,
+                                             const std::vector<int64_t>& y_shape, float* y) const {
+  const ConvAttributes& a = attributes_;
+  const int64_t channels = x_shape[1], length = x_shape[2], outputs = y_shape[1], positions = y_shape[2];
+  const int64_t kernel = weight_dims_[2], taps = channels * kernel;
+  const int64_t dilation = a.dilations.empty() ? 1 : a.dilations[0];
+  const int64_t stride = a.strides.empty() ? 1 : a.strides[0];
+  const int64_t pad = a.auto_pad == "VALID" || a.pads.empty() ? 0 : a.pads[0];
+  const int64_t stride_cols = RoundUp(taps, 16);
+  // cols[t][c * kernel + k] = X[n, c, t * stride + k * dilation - pad] (0 in the padding): the row of W[o] it meets
+  std::vector<float> cols(static_cast<size_t>(positions * stride_cols), 0.0f);
+  for (int64_t n = 0; n < y_shape[0]; ++n) {
+    const float* xn = x + n * channels * length;
+    for (int64_t t = 0; t < positions; ++t) {
+      float* col = cols.data() + t * stride_cols;
+      for (int64_t c = 0; c < channels; ++c) {
+        for (int64_t k = 0; k < kernel; ++k) {
+          const int64_t at = t * stride + k * dilation - pad;
+          col[c * kernel + k] = at >= 0 && at < length ? xn[c * length + at] : 0.0f;
+        }
+      }
+    }
+    float* yn = y + n * outputs * positions;
+    dot_kernel_(DotProblem{weight_data_, outputs, taps, cols.data(), positions, stride_cols, yn, positions});
+    const bool relu = a.activation == "Relu";
+    for (int64_t o = 0; o < outputs; ++o) {
+      const float b = bias_.empty() ? 0.0f : bias_[static_cast<size_t>(o)];
+      for (int64_t t = 0; t < positions; ++t) {
+        float v = yn[o * positions + t];
+        if (!bias_.empty()) v += b;
+        yn[o * positions + t] = relu && v < 0.0f ? 0.0f : v;
+      }
+    }
+  }
+  return nullptr;
 }
 
 OrtStatus* CodebookConvKernel::ComputeV2(OrtKernelContext* raw_context) noexcept {
@@ -497,6 +539,9 @@ OrtStatus* CodebookConvKernel::ComputeV2(OrtKernelContext* raw_context) noexcept
     const OrtValue* bias = bias_value_;
     if (!bias_is_constant_) bias = context.GetInput(2);
 
+    if (dot_kernel_ && y_shape[0] * y_shape[2] <= kDirectPositions) {
+      return ComputeDirect(x.GetTensorData<float>(), x_shape, y_shape, y.GetTensorMutableData<float>());
+    }
     if (path_ == ConvPath::kOrt) {
       const OrtValue* inputs[] = {x, weight, bias};
       OrtValue* outputs[] = {y};

@@ -405,4 +405,57 @@ void UnpackAvx2(const MatMulProblem& p, int64_t panel_begin, int64_t panel_end, 
   });
 }
 
+namespace {
+// Lanes l (of lo) and l + 8 (hi), then l + 4, l + 2, l + 1 added (DotProblem's order).
+float Reduce16(__m256 lo, __m256 hi) {
+  const __m256 s8 = _mm256_add_ps(lo, hi);
+  const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+}
+
+template <int kCount>
+void DotRow(const DotProblem& p, const float* w, int64_t t0, __m256i mask_lo, __m256i mask_hi, int64_t full,
+            bool tail, float* out) {
+  __m256 lo[kCount], hi[kCount];
+  for (int i = 0; i < kCount; ++i) lo[i] = hi[i] = _mm256_setzero_ps();
+  const float* cols = p.cols + t0 * p.col_stride;
+  for (int64_t j = 0; j < full; j += 16) {
+    const __m256 w0 = _mm256_loadu_ps(w + j), w1 = _mm256_loadu_ps(w + j + 8);
+    for (int i = 0; i < kCount; ++i) {
+      lo[i] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(cols + i * p.col_stride + j), lo[i]);
+      hi[i] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(cols + i * p.col_stride + j + 8), hi[i]);
+    }
+  }
+  if (tail) {  // lanes past length load zeros: fma(0, 0, acc) leaves acc as it is
+    const __m256 w0 = _mm256_maskload_ps(w + full, mask_lo), w1 = _mm256_maskload_ps(w + full + 8, mask_hi);
+    for (int i = 0; i < kCount; ++i) {
+      lo[i] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(cols + i * p.col_stride + full), lo[i]);
+      hi[i] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(cols + i * p.col_stride + full + 8), hi[i]);
+    }
+  }
+  for (int i = 0; i < kCount; ++i) out[t0 + i] = Reduce16(lo[i], hi[i]);
+}
+}  // namespace
+
+void DotsAvx2(const DotProblem& p) {
+  const int64_t full = p.length / 16 * 16;
+  const int rest = static_cast<int>(p.length - full);
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i mask_lo = _mm256_cmpgt_epi32(_mm256_set1_epi32(rest), lanes);
+  const __m256i mask_hi = _mm256_cmpgt_epi32(_mm256_set1_epi32(rest - 8), lanes);
+  for (int64_t o = 0; o < p.rows; ++o) {
+    const float* w = p.w + o * p.length;
+    float* out = p.out + o * p.out_stride;
+    int64_t t = 0;
+    for (; t + 4 <= p.count; t += 4) DotRow<4>(p, w, t, mask_lo, mask_hi, full, rest > 0, out);
+    switch (p.count - t) {
+      case 3: DotRow<3>(p, w, t, mask_lo, mask_hi, full, rest > 0, out); break;
+      case 2: DotRow<2>(p, w, t, mask_lo, mask_hi, full, rest > 0, out); break;
+      case 1: DotRow<1>(p, w, t, mask_lo, mask_hi, full, rest > 0, out); break;
+      default: break;
+    }
+  }
+}
+
 }  // namespace onnxcomp

@@ -341,4 +341,48 @@ void MatMulAvx512(const MatMulProblem& p, int64_t panel_begin, int64_t panel_end
   }
 }
 
+namespace {
+// Lanes l and l + 8, then l + 4, l + 2, l + 1 added (DotProblem's order).
+float Reduce16(__m512 v) {
+  const __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+  const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+}
+
+// kCount positions of one row: the row's weights loaded once per 16 for all of them.
+template <int kCount>
+void DotRow(const DotProblem& p, const float* w, int64_t t0, __mmask16 tail, int64_t full, float* out) {
+  __m512 acc[kCount];
+  for (int i = 0; i < kCount; ++i) acc[i] = _mm512_setzero_ps();
+  const float* cols = p.cols + t0 * p.col_stride;
+  for (int64_t j = 0; j < full; j += 16) {
+    const __m512 wv = _mm512_loadu_ps(w + j);
+    for (int i = 0; i < kCount; ++i) acc[i] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(cols + i * p.col_stride + j), acc[i]);
+  }
+  if (tail) {  // lanes past length load zeros: fma(0, 0, acc) leaves acc (never -0.0: a chain from +0.0) as it is
+    const __m512 wv = _mm512_maskz_loadu_ps(tail, w + full);
+    for (int i = 0; i < kCount; ++i) acc[i] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(cols + i * p.col_stride + full), acc[i]);
+  }
+  for (int i = 0; i < kCount; ++i) out[t0 + i] = Reduce16(acc[i]);
+}
+}  // namespace
+
+void DotsAvx512(const DotProblem& p) {
+  const int64_t full = p.length / 16 * 16;
+  const __mmask16 tail = static_cast<__mmask16>((1u << (p.length - full)) - 1u);
+  for (int64_t o = 0; o < p.rows; ++o) {
+    const float* w = p.w + o * p.length;
+    float* out = p.out + o * p.out_stride;
+    int64_t t = 0;
+    for (; t + 4 <= p.count; t += 4) DotRow<4>(p, w, t, tail, full, out);
+    switch (p.count - t) {
+      case 3: DotRow<3>(p, w, t, tail, full, out); break;
+      case 2: DotRow<2>(p, w, t, tail, full, out); break;
+      case 1: DotRow<1>(p, w, t, tail, full, out); break;
+      default: break;
+    }
+  }
+}
+
 }  // namespace onnxcomp

@@ -95,6 +95,29 @@ using UnpackKernel = void (*)(const MatMulProblem&, int64_t panel_begin, int64_t
 void UnpackAvx2(const MatMulProblem&, int64_t panel_begin, int64_t panel_end, float* out);
 #endif
 
+// out[o * out_stride + t] = the dot product of w[o * length .. + length) and cols[t * col_stride .. + length), for o in
+// [0, rows) and t in [0, count): CodebookConv's direct path for short 1-D convolutions (codebook_conv.cc, docs/ops.md).
+// Every kernel sums in one order: 16 lanes, lane l the fused multiply-add chain from 0.0 over j = l, l + 16, l + 32,
+// ... below length, in increasing j; then lanes l and l + 8 added (l < 8), then l and l + 4, l and l + 2, and the
+// last two: all instruction sets give bit-identical results. cols holds col_stride >= length rounded up to 16
+// floats per position, zeros past length.
+struct DotProblem {
+  const float* w;
+  int64_t rows, length;
+  const float* cols;
+  int64_t count, col_stride;
+  float* out;
+  int64_t out_stride;
+};
+using DotKernel = void (*)(const DotProblem&);
+void DotsScalar(const DotProblem&);
+#if defined(ONNXCOMP_HAVE_AVX2_KERNELS)
+void DotsAvx2(const DotProblem&);
+#endif
+#if defined(ONNXCOMP_HAVE_AVX512_KERNELS)
+void DotsAvx512(const DotProblem&);
+#endif
+
 enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kNeon = 3 };
 
 // The best instruction set this CPU and this build support, lowered by the environment variable
@@ -108,6 +131,8 @@ MatMulKernel MatMulKernelFor(Isa isa);
 DenseKernel DenseKernelFor(Isa isa);
 // The SIMD unpacking of an instruction set, or null (the caller's portable loop then serves).
 UnpackKernel UnpackKernelFor(Isa isa);
+// The dot-product kernel of an instruction set (NEON: the scalar one; same results for all).
+DotKernel DotKernelFor(Isa isa);
 
 }  // namespace onnxcomp
 

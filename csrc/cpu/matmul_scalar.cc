@@ -182,6 +182,33 @@ DenseKernel DenseKernelFor(Isa isa) {
   }
 }
 
+void DotsScalar(const DotProblem& p) {
+  for (int64_t o = 0; o < p.rows; ++o) {
+    const float* w = p.w + o * p.length;
+    for (int64_t t = 0; t < p.count; ++t) {
+      const float* c = p.cols + t * p.col_stride;
+      float lane[16] = {};
+      for (int64_t j = 0; j < p.length; ++j) lane[j & 15] = fmaf(w[j], c[j], lane[j & 15]);
+      for (int width = 8; width >= 1; width /= 2) {
+        for (int l = 0; l < width; ++l) lane[l] = lane[l] + lane[l + width];
+      }
+      p.out[o * p.out_stride + t] = lane[0];
+    }
+  }
+}
+
+DotKernel DotKernelFor(Isa isa) {
+  switch (isa) {
+#if defined(ONNXCOMP_HAVE_AVX512_KERNELS)
+    case Isa::kAvx512: return DotsAvx512;
+#endif
+#if defined(ONNXCOMP_HAVE_AVX2_KERNELS)
+    case Isa::kAvx2: return DotsAvx2;
+#endif
+    default: return DotsScalar;
+  }
+}
+
 UnpackKernel UnpackKernelFor(Isa isa) {
 #if defined(ONNXCOMP_HAVE_AVX2_KERNELS)
   if (isa == Isa::kAvx2 || isa == Isa::kAvx512) return UnpackAvx2;

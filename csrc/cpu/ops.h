@@ -186,7 +186,18 @@ struct CodebookMatMulOp : Ort::CustomOpBase<CodebookMatMulOp, CodebookMatMulKern
 
 struct CodebookGatherKernel : RecordKernel {
   CodebookGatherKernel();
+  // Reads the attribute `one_hot` (0, 1 or 2: OutsideRows; docs/ops.md).
+  OrtStatus* Init(const OrtKernelInfo* info);
   OrtStatus* ComputeV2(OrtKernelContext* context) noexcept;
+
+  // one_hot != 0 with a constant record of at most this many elements: the first run decodes the whole table once
+  // (each value + 0.0f) into a working copy that every run copies rows out of.
+  static constexpr int64_t kOneHotTableElements = int64_t{1} << 20;
+
+ private:
+  OutsideRows outside_ = OutsideRows::kError;
+  std::once_flag once_;
+  std::vector<float> table_;  // the working copy (one_hot != 0, small constant record), filled by the first run
 };
 
 struct CodebookGatherOp : Ort::CustomOpBase<CodebookGatherOp, CodebookGatherKernel, true> {
@@ -265,6 +276,13 @@ struct CodebookConvKernel : RecordKernel {
   Ort::Value weight_value_{nullptr}, bias_value_{nullptr};
   Ort::Op conv_op_{nullptr}, reorder_input_op_{nullptr}, reorder_output_op_{nullptr};
   int conv_inputs_ = 2;
+  // The direct path (docs/ops.md, CodebookConv): a 1-D convolution with group 1, explicit pads, no activation or
+  // Relu and a constant weight and bias, on the kOrt path, computes runs of at most kDirectPositions output
+  // positions (batch times length) itself with dot_kernel_, reading the kOrt working weight.
+  static constexpr int64_t kDirectPositions = 16;
+  OrtStatus* ComputeDirect(const float* x, const std::vector<int64_t>& x_shape, const std::vector<int64_t>& y_shape,
+                           float* y) const;
+  DotKernel dot_kernel_ = nullptr;  // null: no direct path for this node
 };
 
 struct CodebookConvOp : Ort::CustomOpBase<CodebookConvOp, CodebookConvKernel, true> {

@@ -5,6 +5,7 @@
 
 #include <onnxruntime_cxx_api.h>
 
+#include <algorithm>
 #include <exception>
 #include <memory>
 #include <string>
@@ -70,14 +71,24 @@ inline std::string GatherableRecord(const DecodedRecord& record) {
   return {};
 }
 
+// What a row lookup does with an index outside the table (CodebookGather's attribute `one_hot`, docs/ops.md).
+enum class OutsideRows : int64_t {
+  kError = 0,     // ONNX Gather: a negative index counts from the end; one outside [-V, V) is an error
+  kZeroEqual = 1,  // the product of a one-hot row Cast(Equal(index, arange(V))) with the table: an index outside
+                   // [0, V) (negative ones included) gives a row of zeros
+  kZeroOneHot = 2,  // the product of ONNX OneHot(index, V) with the table: a negative index counts from the end; one
+                    // outside [-V, V) gives a row of zeros
+};
+
 // ONNX Gather along axis 0 of a table with dims `dims` ([V, D...]), shared by the float and integer gather
 // kernels: reads the indices (input 1, int32 or int64; a negative index counts from the end), allocates output 0
 // (the indices' shape + [D...], element type T) and calls copy_row(row, row_size, out) for each index, row in
 // [0, V), out the row_size values of T where that index's row goes. An index outside [-V, V) stops the copy
-// with an error naming it and its position.
+// with an error naming it and its position; with `outside` kZeroEqual or kZeroOneHot, it (and under kZeroEqual a
+// negative index) gets row_size zeros T{} instead.
 template <typename T, typename CopyRow>
 OrtStatus* GatherAxis0(const RecordKernel& kernel, Ort::KernelContext& context, const std::vector<int64_t>& dims,
-                       CopyRow&& copy_row) {
+                       CopyRow&& copy_row, OutsideRows outside = OutsideRows::kError) {
   Ort::ConstValue positions = context.GetInput(1);
   auto positions_info = positions.GetTensorTypeAndShapeInfo();
   const ONNXTensorElementDataType type = positions_info.GetElementType();
@@ -98,6 +109,11 @@ OrtStatus* GatherAxis0(const RecordKernel& kernel, Ort::KernelContext& context, 
   const int64_t* wide_positions = narrow ? nullptr : positions.GetTensorData<int64_t>();
   for (int64_t i = 0; i < count; ++i) {
     int64_t row = narrow ? static_cast<int64_t>(narrow_positions[i]) : wide_positions[i];
+    if (outside != OutsideRows::kError &&
+        (row >= rows || row < (outside == OutsideRows::kZeroEqual ? int64_t{0} : -rows))) {
+      std::fill(out + i * row_size, out + (i + 1) * row_size, T{});
+      continue;
+    }
     if (row < -rows || row >= rows) {
       return kernel.Error("index " + std::to_string(row) + " at position " + std::to_string(i) + " outside [" +
                           std::to_string(-rows) + ", " + std::to_string(rows) + ")");

@@ -143,6 +143,10 @@ OrtStatus* CudaCodebookGatherKernel::Init(const OrtKernelInfo* info) {
     if (OrtStatus* status = InitRecord(info, &record)) return status;
     dims_ = record->dims;
     slot_ = record->slot_bits;
+    int64_t one_hot = 0;
+    OptionalAttribute(Ort::ConstKernelInfo(info), "one_hot", &one_hot);
+    if (one_hot < 0 || one_hot > 2) return Error("attribute one_hot must be 0, 1 or 2, got " + std::to_string(one_hot));
+    outside_ = static_cast<OutsideRows>(one_hot);
     if (int error = indices_.Upload(record->indices.data(), record->indices.size())) {
       return CudaError(error, "uploading the indices");
     }
@@ -187,6 +191,11 @@ OrtStatus* CudaCodebookGatherKernel::ComputeV2(OrtKernelContext* raw_context) no
     for (int64_t i = 0; i < count; ++i) {
       int64_t row = type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 ? positions.GetTensorData<int32_t>()[i]
                                                                 : positions.GetTensorData<int64_t>()[i];
+      if (outside_ != OutsideRows::kError &&
+          (row >= rows || row < (outside_ == OutsideRows::kZeroEqual ? int64_t{0} : -rows))) {
+        checked[static_cast<size_t>(i)] = -1;  // a row of zeros
+        continue;
+      }
       if (row < -rows || row >= rows) {
         return Error("index " + std::to_string(row) + " at position " + std::to_string(i) + " outside [" +
                      std::to_string(-rows) + ", " + std::to_string(rows) + ")");
@@ -197,7 +206,7 @@ OrtStatus* CudaCodebookGatherKernel::ComputeV2(OrtKernelContext* raw_context) no
     int error = onnxcomp_cuda_codebook_gather(context.GetGPUComputeStream(), indices_.get<uint8_t>(), slot_,
                                               table_.get<float>(), scales(), checked.data(), count, row_size,
                                               outlier_row_start_.get<int64_t>(), outlier_positions_.get<uint64_t>(),
-                                              outlier_values_.get<float>(), out);
+                                              outlier_values_.get<float>(), outside_ != OutsideRows::kError, out);
     return error ? CudaError(error, "CodebookGather launch") : nullptr;
   });
 }

@@ -74,6 +74,7 @@ struct CudaCodebookGatherKernel : CudaRecordKernel {
   OrtStatus* ComputeV2(OrtKernelContext* context) noexcept;
   std::vector<int64_t> dims_;
   uint32_t slot_ = 0;
+  OutsideRows outside_ = OutsideRows::kError;  // attribute one_hot
   DeviceBuffer indices_;
   DeviceBuffer outlier_row_start_, outlier_positions_, outlier_values_;  // null without outliers
 };

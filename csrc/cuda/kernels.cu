@@ -65,10 +65,15 @@ __global__ void CodebookGatherKernel(const uint8_t* __restrict__ indices, uint32
                                      OnnxcompScales scales, const int64_t* __restrict__ rows, int64_t count, int64_t row_size,
                                      const int64_t* __restrict__ outlier_row_start,
                                      const uint64_t* __restrict__ outlier_positions,
-                                     const float* __restrict__ outlier_values, float* __restrict__ out) {
+                                     const float* __restrict__ outlier_values, int plus_zero,
+                                     float* __restrict__ out) {
   const int64_t total = count * row_size;
   for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t position = i / row_size, column = i % row_size;
+    if (rows[position] < 0) {  // a one-hot lookup's index outside the table: a row of zeros
+      out[i] = 0.0f;
+      continue;
+    }
     const uint64_t element = static_cast<uint64_t>(rows[position] * row_size + column);
     float value = Weight(table, packed::linear_load(indices, slot, element), scales, element);
     if (outlier_row_start) {  // binary search among this row's outliers
@@ -79,7 +84,7 @@ __global__ void CodebookGatherKernel(const uint8_t* __restrict__ indices, uint32
       }
       if (low < outlier_row_start[rows[position] + 1] && outlier_positions[low] == element) value = outlier_values[low];
     }
-    out[i] = value;
+    out[i] = plus_zero ? value + 0.0f : value;
   }
 }
 
@@ -135,7 +140,7 @@ int onnxcomp_cuda_codebook_decode(void* stream, const uint8_t* indices, uint32_t
 int onnxcomp_cuda_codebook_gather(void* stream, const uint8_t* indices, uint32_t slot_bits, const float* table,
                                   OnnxcompScales scales, const int64_t* host_rows, int64_t count, int64_t row_size,
                                   const int64_t* outlier_row_start, const uint64_t* outlier_positions,
-                                  const float* outlier_values, float* out) {
+                                  const float* outlier_values, int plus_zero, float* out) {
   if (count == 0 || row_size == 0) return cudaSuccess;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   int64_t* rows = nullptr;
@@ -147,7 +152,8 @@ int onnxcomp_cuda_codebook_gather(void* stream, const uint8_t* indices, uint32_t
   if (error == cudaSuccess) {
     CodebookGatherKernel<<<GridFor(count * row_size), kThreads, 0, s>>>(indices, slot_bits, table, scales, rows, count,
                                                                           row_size, outlier_row_start,
-                                                                          outlier_positions, outlier_values, out);
+                                                                          outlier_positions, outlier_values, plus_zero,
+                                                                          out);
     error = cudaGetLastError();
   }
   const cudaError_t freed = cudaFreeAsync(rows, s);

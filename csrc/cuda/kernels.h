@@ -36,13 +36,14 @@ int onnxcomp_cuda_codebook_decode(void* stream, const uint8_t* indices, uint32_t
                                   OnnxcompScales scales, int64_t count, const uint64_t* outlier_positions, const float* outlier_values,
                                   int64_t outlier_count, float* out);
 
-// out[i, :] = W[rows[i], :]; `host_rows` (host memory, already checked and made non-negative) is copied in.
-// Outliers of row r are entries outlier_row_start[r] .. outlier_row_start[r + 1] - 1 of the sorted positions
-// (outlier_row_start null when the record has none).
+// out[i, :] = W[rows[i], :]; `host_rows` (host memory, already checked: each in [0, V), or -1 for a row of zeros)
+// is copied in. Outliers of row r are entries outlier_row_start[r] .. outlier_row_start[r + 1] - 1 of the sorted
+// positions (outlier_row_start null when the record has none). `plus_zero` non-zero: each value read gets + 0.0f
+// (-0.0 reads +0.0: a one-hot row's product, CodebookGather's one_hot attribute).
 int onnxcomp_cuda_codebook_gather(void* stream, const uint8_t* indices, uint32_t slot_bits, const float* table,
                                   OnnxcompScales scales, const int64_t* host_rows, int64_t count, int64_t row_size,
                                   const int64_t* outlier_row_start, const uint64_t* outlier_positions,
-                                  const float* outlier_values, float* out);
+                                  const float* outlier_values, int plus_zero, float* out);
 }
 
 #endif  // ONNXCOMP_CUDA_KERNELS_H_

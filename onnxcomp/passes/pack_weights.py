@@ -23,6 +23,8 @@ Rewrites (ops in domain ``ai.onnxcomp``, see docs/ops.md), for every node readin
   CodebookDecode(record) node per weight (plus a Transpose if stored transposed, plus a Cast back to the
   weight's float16/bfloat16 type), placed in the innermost graph enclosing all those readers (the main graph, an
   If branch, a Loop or Scan body), so a weight read by several subgraphs is decoded and stored once.
+A CodebookMatMul whose X is a one-hot tensor (``Cast(Equal(ids, arange(K)))`` or ``OneHot``) then becomes a row
+lookup, CodebookGather with attribute ``one_hot`` (passes/one_hot.py), before decode-once copies are assigned.
 The record is stored transposed ([K, N] = W^T) when every reader fuses and each multiplies by W^T (Gemm with
 transB=1, Transpose -> MatMul).
 
@@ -98,6 +100,9 @@ class PackWeightsPass(GraphPass):
         for trace in traces:
             log.debug("%s", trace)
         if packed:
+            from .one_hot import one_hot_lookups  # it reads this module's helpers
+
+            log.debug("%s", one_hot_lookups(state.graph, self._emitted, names))
             log.debug("%s", assign_decode_once(packed, self._emitted))
             joined = join_dense_convs(state.graph, self._emitted, names) if self.fuse else []
             log.debug("%s", fold_input_affines(state.graph, self._emitted + joined, names))

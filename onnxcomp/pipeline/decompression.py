@@ -5,7 +5,8 @@ decoder when the compiled module is missing) into a float32 initializer
 carrying the original weight's name and orientation, and the custom ops become their standard equivalents:
 CodebookMatMul(X, record[, bias]) -> MatMul(X, W) (+ Add bias), or Gemm(X, W, bias, transB=1) when the
 directory says the record holds W transposed (records for CodebookMatMul are always [K, N]);
-CodebookGather(record, indices) -> Gather(W, indices); CodebookDecode(record) -> the initializer itself;
+CodebookGather(record, indices) -> Gather(W, indices) (with ``one_hot``: the one-hot product it replaced, OneHot or
+Cast(Equal(ids, arange)) times W); CodebookDecode(record) -> the initializer itself;
 CodebookConv(X, record[, bias[, scale]]) -> Conv(X, W * scale, bias) with its attributes, then the fused activation
 as its own node (a folded BatchNormalization stays folded: W * scale is a new initializer); a CodebookConv reading a
 dense float32 / float16 W instead of a record gets the same, W widened to float32;
@@ -138,6 +139,9 @@ def _standard_nodes(node, weight, name: str, renamed: dict, model_path: str, con
         return [helper.make_node("MatMul", [x, name], [y], node.name)]
     if node.op_type == "CodebookConv":
         return _conv_nodes(node, name, weight, *conv)
+    one_hot = next((a.i for a in node.attribute if a.name == "one_hot"), 0)
+    if node.op_type == "CodebookGather" and one_hot:
+        return _one_hot_nodes(node, name, weight, one_hot, *conv[2:])
     if node.op_type in ("CodebookGather", "CodebookGatherUInt8", "CodebookGatherInt8"):
         return [helper.make_node("Gather", [name, node.input[1]], [node.output[0]], node.name, axis=0)]
     if node.op_type in DECODE_OPS:
@@ -146,6 +150,37 @@ def _standard_nodes(node, weight, name: str, renamed: dict, model_path: str, con
         renamed[node.output[0]] = name
         return []
     raise UnsupportedModelError(f"{model_path}: unknown onnxcomp op {node.op_type!r}; upgrade onnxcomp")
+
+
+def _one_hot_nodes(node: onnx.NodeProto, weight_name: str, weight, mode: int, opset: int,
+                   taken: set[str]) -> list[onnx.NodeProto]:
+    """The one-hot product a CodebookGather with ``one_hot`` (docs/ops.md) stands for, in standard ops: mode 1
+    ``MatMul(Cast(Equal(Unsqueeze(Cast(ids, int64), -1), arange(V)), float), W)``, mode 2
+    ``MatMul(OneHot(ids, V, [0, 1], axis=-1), W)``: the same values (a one-hot row's product is the row)."""
+    ids, y = node.input[1], node.output[0]
+    rows = int(weight.dense().shape[0])
+
+    def constant(base: str, values: np.ndarray) -> tuple[str, onnx.NodeProto]:
+        name = _unused_name(taken, f"{y}.{base}")
+        return name, helper.make_node("Constant", [], [name], name, value=numpy_helper.from_array(values, name))
+
+    one_hot = _unused_name(taken, f"{y}.one_hot")
+    if mode == 2:
+        depth, depth_node = constant("depth", np.array(rows, np.int64))
+        values, values_node = constant("values", np.array([0.0, 1.0], np.float32))
+        nodes = [depth_node, values_node, helper.make_node("OneHot", [ids, depth, values], [one_hot], one_hot, axis=-1)]
+    else:
+        wide, column, equal = (_unused_name(taken, f"{y}.{part}") for part in ("ids64", "column", "equal"))
+        arange, arange_node = constant("arange", np.arange(rows, dtype=np.int64))
+        nodes = [arange_node, helper.make_node("Cast", [ids], [wide], wide, to=onnx.TensorProto.INT64)]
+        if opset >= 13:
+            axes, axes_node = constant("axes", np.array([-1], np.int64))
+            nodes += [axes_node, helper.make_node("Unsqueeze", [wide, axes], [column], column)]
+        else:
+            nodes.append(helper.make_node("Unsqueeze", [wide], [column], column, axes=[-1]))
+        nodes += [helper.make_node("Equal", [column, arange], [equal], equal),
+                  helper.make_node("Cast", [equal], [one_hot], one_hot, to=onnx.TensorProto.FLOAT)]
+    return nodes + [helper.make_node("MatMul", [one_hot, weight_name], [y], node.name)]
 
 
 class _DenseConvWeight:
