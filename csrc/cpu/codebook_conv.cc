@@ -42,6 +42,7 @@ constexpr const char kNchwcDomain[] = "com.microsoft.nchwc";
 // from which it is F(4x4) (bench/winograd_layers.py, docs/benchmarks.md).
 constexpr int kWinogradByRule = 1;
 constexpr int64_t kWinogradLargeTiles = 64;
+constexpr double kWinogradLargeU = double(8 << 20);
 // Multiply-adds from which a Winograd layer splits its work over onnxruntime's thread pool.
 constexpr double kConvParallelWork = double(1 << 18);
 constexpr const char kMicrosoftDomain[] = "com.microsoft";
@@ -663,10 +664,13 @@ void CodebookConvKernel::RunWinograd(OrtKernelContext* raw_context, const OrtVal
   const std::vector<int64_t> ys = y.GetTensorTypeAndShapeInfo().GetShape();
   const int64_t o = weight_dims_[0], c = weight_dims_[1];
   // F(4x4) from kWinogradLargeTiles tiles of 4x4 outputs per run, else F(2x2): U is transformed in every run, and
-  // F(4x4)'s costs 36 / 16 of F(2x2)'s, which its fewer products repay only over enough tiles.
+  // F(4x4)'s costs 36 / 16 of F(2x2)'s, which its fewer products repay only over enough tiles; but also where
+  // F(2x2)'s U exceeds kWinogradLargeU bytes: both then stream U from L3 or memory, F(2x2) in more passes (more
+  // blocks of tiles) than F(4x4) (vgg16's 512-channel layers at 15 x 15: 16 tiles).
   int m = winograd_.m;
   if (m == kWinogradByRule) {
-    m = xs[0] * ((ys[2] + 3) / 4) * ((ys[3] + 3) / 4) >= kWinogradLargeTiles ? 4 : 2;
+    const bool many_tiles = xs[0] * ((ys[2] + 3) / 4) * ((ys[3] + 3) / 4) >= kWinogradLargeTiles;
+    m = many_tiles || 16.0 * 4.0 * double(c) * double(o) > kWinogradLargeU ? 4 : 2;
   }
   const int64_t alpha = m + 2;
   const bool valid = attributes_.auto_pad == "VALID" || attributes_.pads.empty();
