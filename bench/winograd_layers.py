@@ -18,20 +18,9 @@ import time
 
 import numpy as np
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
 
 import onnxcomp
 from winograd_proto import conv_model, distinct_layers
-
-
-def codebook_model(layer: dict, n: int) -> bytes:
-    node = helper.make_node("CodebookConv", ["x", "w", "b"], ["y"], domain=onnxcomp.DOMAIN, pads=layer["pads"])
-    graph = helper.make_graph([node], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                            [n, layer["c"], layer["h"], layer["w"]])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              [numpy_helper.from_array(layer["weight"], "w"), numpy_helper.from_array(layer["bias"], "b")])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(onnxcomp.DOMAIN, 1)],
-                             ir_version=8).SerializeToString()
 
 
 def main() -> None:
@@ -62,7 +51,7 @@ def main() -> None:
             options.register_custom_ops_library(library)
             os.environ["ONNXCOMP_WINOGRAD"] = name[2:]
             try:
-                sessions.append(ort.InferenceSession(codebook_model(layer, n), options,
+                sessions.append(ort.InferenceSession(conv_model(layer, n, codebook=True), options,
                                                      providers=["CPUExecutionProvider"]))
             finally:
                 del os.environ["ONNXCOMP_WINOGRAD"]
@@ -81,7 +70,7 @@ def main() -> None:
         print(f"| {model} | {layer['c']} -> {layer['o']} | {layer['h']} x {layer['w']} | {base:.2f} | "
               f"{med['W=0'] / base:.2f} | {med['W=2'] / base:.2f} | {med['W=4'] / base:.2f} |", flush=True)
     print("sums (ms): " + ", ".join(f"{name} {sums[name]:.1f}" for name in names) +
-          "; W=2 / original %.2f, W=4 / original %.2f" % (sums["W=2"] / sums["original"], sums["W=4"] / sums["original"]))
+          f"; W=2 / original {sums['W=2'] / sums['original']:.2f}, W=4 / original {sums['W=4'] / sums['original']:.2f}")
 
 
 if __name__ == "__main__":

@@ -100,13 +100,18 @@ def distinct_layers(models: str, unique: bool):
             yield layer
 
 
-def conv_model(layer: dict, n: int) -> bytes:
-    c, o, h, w = layer["c"], layer["o"], layer["h"], layer["w"]
-    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=layer["pads"], kernel_shape=[3, 3])
-    graph = helper.make_graph([node], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, c, h, w])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              [numpy_helper.from_array(layer["weight"], "w"), numpy_helper.from_array(layer["bias"], "b")])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+def conv_model(layer: dict, n: int, codebook: bool = False) -> bytes:
+    """One Conv node on the layer's weight and bias, X [n, C, H, W]; with codebook, a CodebookConv node instead
+    (the float32 weight as W, domain ai.onnxcomp)."""
+    domain = {"domain": "ai.onnxcomp"} if codebook else {}
+    node = helper.make_node("CodebookConv" if codebook else "Conv", ["x", "w", "b"], ["y"], pads=layer["pads"],
+                            **domain)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, layer["c"], layer["h"], layer["w"]])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    inits = [numpy_helper.from_array(layer["weight"], "w"), numpy_helper.from_array(layer["bias"], "b")]
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid("ai.onnxcomp", 1)] if codebook else [])
+    graph = helper.make_graph([node], "conv", [x], [y], inits)
+    return helper.make_model(graph, opset_imports=opsets, ir_version=8).SerializeToString()
 
 
 def reference(x: np.ndarray, layer: dict) -> np.ndarray:

@@ -601,6 +601,7 @@ struct WinogradBlocksTask {
 float* WinogradScratch(int64_t floats) {
   thread_local std::vector<float> scratch;
   if (scratch.size() < static_cast<size_t>(floats) + kWeightAlignFloats) {
+    std::vector<float>().swap(scratch);  // the old buffer first: never both at once
     scratch.assign(static_cast<size_t>(floats) + kWeightAlignFloats, 0.0f);
   }
   return AlignedWeight(scratch.data());
@@ -698,7 +699,10 @@ void CodebookConvKernel::RunWinograd(OrtKernelContext* raw_context, const OrtVal
   // would fault its pages in again in every run).
   thread_local std::vector<float> u_buffer;
   const size_t u_floats = static_cast<size_t>(alpha * alpha * o * c) + kWeightAlignFloats;
-  if (u_buffer.size() < u_floats) u_buffer.assign(u_floats, 0.0f);
+  if (u_buffer.size() < u_floats) {
+    std::vector<float>().swap(u_buffer);  // the old buffer first: never both at once
+    u_buffer.assign(u_floats, 0.0f);
+  }
   float* u_data = AlignedWeight(u_buffer.data());
   p.u = u_data;
   const double work = double(alpha * alpha) * double(p.tiles()) * double(c) * double(o);
