@@ -6,7 +6,9 @@ reference only by fp32 rounding in each output's sum of C/group * prod(kernel) p
 bound gamma_n * (|X| conv |W|), n the number of products) plus the bias add and, for fused activations, one more
 rounding; the tests allow twice that bound. onnxruntime's blocked (NCHWc) and plain kernels order the sum
 differently, so across the two paths results agree to that bound, not bit for bit. The instruction-set cap
-(ONNXCOMP_ISA) does not change CodebookConv: its outputs are bit-identical under every cap.
+(ONNXCOMP_ISA) does not change CodebookConv: its outputs are bit-identical under every cap. On an AVX-512 CPU the
+3x3 stride-1 case with 16-channel multiples (CASES[0]) takes the library's Winograd path (docs/ops.md; its bound
+and tests in tests/test_winograd.py); its error stays within this bound too (0.13 of it with F(4x4) forced).
 """
 
 from __future__ import annotations

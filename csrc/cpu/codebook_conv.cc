@@ -38,6 +38,13 @@ float* AlignedWeight(float* buffer) {
 }
 
 constexpr const char kNchwcDomain[] = "com.microsoft.nchwc";
+// WinogradPlan::m when F(2x2) or F(4x4) is chosen in each run (RunWinograd), and the tiles of 4x4 outputs per run
+// from which it is F(4x4) (bench/winograd_layers.py, docs/benchmarks.md).
+constexpr int kWinogradByRule = 1;
+constexpr int64_t kWinogradLargeTiles = 64;
+constexpr double kWinogradLargeU = double(8 << 20);
+// Multiply-adds from which a Winograd layer splits its work over onnxruntime's thread pool.
+constexpr double kConvParallelWork = double(1 << 18);
 constexpr const char kMicrosoftDomain[] = "com.microsoft";
 // A Conv (group 1) with at least a block of input channels, not a multiple of the block but of this, still takes
 // the NCHWc path: ReorderInput pads X's channels with zeros to the block (as onnxruntime does for such a dense Conv).
@@ -421,7 +428,9 @@ OrtStatus* CodebookConvKernel::Init(const OrtKernelInfo* info) {
       weight_count_ = static_cast<size_t>(o_padded * i_padded_ * kernel);
       weight_.assign(weight_count_ + kWeightAlignFloats, 0.0f);
       weight_data_ = AlignedWeight(weight_.data());
-      ReorderFilter(dense.data(), o_count, i_count, kernel, block, blocked_input, weight_data_);
+      if (blocked_input && a.group == 1) PlanWinograd(o_count, i_count);
+      // Winograd keeps the filter as OIHWBo ([O/16][C][3][3][16]), which its per-run transform reads.
+      ReorderFilter(dense.data(), o_count, i_count, kernel, block, blocked_input && winograd_.m == 0, weight_data_);
       if (bias.present) {
         bias_ = bias.values;
         bias_.resize(static_cast<size_t>(o_padded), 0.0f);
@@ -429,6 +438,7 @@ OrtStatus* CodebookConvKernel::Init(const OrtKernelInfo* info) {
       if (OrtStatus* status = CreateOps(info)) return status;
       if (!conv_op_ || !reorder_output_op_ || (reorder_input_ && !reorder_input_op_)) {
         path_ = ConvPath::kOrt;  // no NCHWc kernels in this onnxruntime
+        winograd_ = WinogradPlan();
         conv_op_ = Ort::Op(nullptr);
         reorder_input_op_ = Ort::Op(nullptr);
         reorder_output_op_ = Ort::Op(nullptr);
@@ -548,6 +558,7 @@ OrtStatus* CodebookConvKernel::ComputeV2(OrtKernelContext* raw_context) noexcept
       conv_op_.Invoke(raw_context, inputs, static_cast<size_t>(conv_inputs_), outputs, 1);
       return nullptr;
     }
+    (void)weight;
     const bool reorder_input = reorder_input_ && attributes_.nchwc_input != 1;
     std::optional<RunAllocator> allocator;  // only when a scratch tensor is needed
     if (reorder_input || attributes_.nchwc_output != 1) allocator.emplace(context);
@@ -563,25 +574,198 @@ OrtStatus* CodebookConvKernel::ComputeV2(OrtKernelContext* raw_context) noexcept
       conv_input = blocked_x;
     }
     if (attributes_.nchwc_output == 1) {  // Y is blocked already (O is a multiple of the block)
-      const OrtValue* inputs[] = {conv_input, weight, bias};
-      OrtValue* outputs[] = {y};
-      conv_op_.Invoke(raw_context, inputs, static_cast<size_t>(conv_inputs_), outputs, 1);
+      BlockedConv(raw_context, conv_input, bias, y);
       return nullptr;
     }
     std::vector<int64_t> blocked_y_shape = y_shape;
     blocked_y_shape[1] = RoundUp(y_shape[1], block_);
     Ort::Value blocked_y =
         Ort::Value::CreateTensor<float>(allocator->get(), blocked_y_shape.data(), blocked_y_shape.size());
-    {
-      const OrtValue* inputs[] = {conv_input, weight, bias};
-      OrtValue* outputs[] = {blocked_y};
-      conv_op_.Invoke(raw_context, inputs, static_cast<size_t>(conv_inputs_), outputs, 1);
-    }
+    BlockedConv(raw_context, conv_input, bias, blocked_y);
     const OrtValue* in[] = {blocked_y};
     OrtValue* out[] = {y};
     reorder_output_op_.Invoke(raw_context, in, 1, out, 1);
     return nullptr;
   });
+}
+
+void CodebookConvKernel::BlockedConv(OrtKernelContext* context, const OrtValue* x, const OrtValue* bias,
+                                     OrtValue* y) {
+  if (winograd_.m != 0) return RunWinograd(context, x, y);
+  const OrtValue* inputs[] = {x, weight_value_, bias};
+  OrtValue* outputs[] = {y};
+  conv_op_.Invoke(context, inputs, static_cast<size_t>(conv_inputs_), outputs, 1);
+}
+
+namespace {
+
+// The Winograd layers (docs/ops.md, "How it runs"): ONNXCOMP_WINOGRAD=0 turns them off, =2 or =4 forces F(2x2) or
+// F(4x4) on every layer that qualifies; ONNXCOMP_WINOGRAD_TILES=T sets the tiles per block (for timing).
+int WinogradSetting() {
+  const char* value = getenv("ONNXCOMP_WINOGRAD");
+  if (!value || !*value) return -1;
+  if (strcmp(value, "0") == 0) return 0;
+  if (strcmp(value, "2") == 0) return 2;
+  if (strcmp(value, "4") == 0) return 4;
+  return -1;
+}
+
+// Tiles per block: 12 (one register tile of rows) while U = alpha^2 * C * O floats fits in 8 MiB, then 12 more per
+// 8 MiB, so that each pass over U (which streams from L3 or memory) serves enough tiles.
+int64_t WinogradTilesSetting() {
+  const char* value = getenv("ONNXCOMP_WINOGRAD_TILES");
+  const long tiles = value ? strtol(value, nullptr, 10) : 0;
+  return tiles >= 1 && tiles <= 4096 ? tiles : 0;
+}
+
+int64_t WinogradBlockTiles(int m, int64_t c, int64_t o, int64_t setting) {
+  if (setting > 0) return setting;
+  const double u_bytes = 4.0 * (m + 2) * (m + 2) * double(c) * double(o);
+  return 12 * std::max<int64_t>(1, static_cast<int64_t>(ceil(u_bytes / double(8 << 20))));
+}
+
+struct WinogradWeightsTask {
+  const WinogradPlan* plan;
+  int m;
+  const float* filter;
+  int64_t c, o;
+  float* u;
+};
+
+void RunWinogradWeights(void* data, size_t ob) {
+  const WinogradWeightsTask& t = *static_cast<const WinogradWeightsTask*>(data);
+  t.plan->weights(t.m, t.filter, t.c, t.o, static_cast<int64_t>(ob), static_cast<int64_t>(ob) + 1, t.u);
+}
+
+struct WinogradBlocksTask {
+  const WinogradPlan* plan;
+  const WinogradProblem* problem;
+};
+
+// Each pool thread keeps its block scratch (V and M of one block) between runs: at most a few MiB per thread.
+float* WinogradScratch(int64_t floats) {
+  thread_local std::vector<float> scratch;
+  if (scratch.size() < static_cast<size_t>(floats) + kWeightAlignFloats) {
+    std::vector<float>().swap(scratch);  // the old buffer first: never both at once
+    scratch.assign(static_cast<size_t>(floats) + kWeightAlignFloats, 0.0f);
+  }
+  return AlignedWeight(scratch.data());
+}
+
+void RunWinogradBlock(void* data, size_t block) {
+  const WinogradBlocksTask& t = *static_cast<const WinogradBlocksTask*>(data);
+  t.plan->block(*t.problem, static_cast<int64_t>(block), WinogradScratch(t.problem->scratch_floats()));
+}
+
+}  // namespace
+
+void CodebookConvKernel::PlanWinograd(int64_t o_count, int64_t i_count) {
+  const ConvAttributes& a = attributes_;
+  const int setting = WinogradSetting();
+  if (setting == 0 || block_ != kWinogradBlock || weight_dims_.size() != 4 || weight_dims_[2] != 3 ||
+      weight_dims_[3] != 3 || a.group != 1 || i_count % kWinogradBlock != 0 || o_count % kWinogradBlock != 0 ||
+      (a.auto_pad != "NOTSET" && a.auto_pad != "VALID")) {
+    return;
+  }
+  for (int64_t s : a.strides) {
+    if (s != 1) return;
+  }
+  for (int64_t d : a.dilations) {
+    if (d != 1) return;
+  }
+  WinogradPlan plan;
+  if (a.activation == "Relu") {
+    plan.activation = WinogradActivation::kRelu;
+  } else if (a.activation == "LeakyRelu" && a.activation_params.size() == 1) {
+    plan.activation = WinogradActivation::kLeakyRelu;
+    plan.alpha = a.activation_params[0];
+  } else if (a.activation == "Clip" && a.activation_params.size() == 2) {
+    plan.activation = WinogradActivation::kClip;
+    plan.alpha = a.activation_params[0];
+    plan.beta = a.activation_params[1];
+  } else if (!a.activation.empty()) {
+    return;  // the others stay with onnxruntime's fused activations
+  }
+  plan.m = setting > 0 ? setting : kWinogradByRule;
+  plan.block_tiles = WinogradTilesSetting();
+#if defined(ONNXCOMP_HAVE_AVX512_KERNELS)
+  if (SelectIsa() == Isa::kAvx512) {
+    plan.block = WinogradBlockAvx512;
+    plan.weights = WinogradWeightsAvx512;
+  }
+#endif
+  if (!plan.block) {
+    plan.block = WinogradBlockScalar;
+    plan.weights = WinogradWeightsScalar;
+  }
+  winograd_ = plan;
+}
+
+void CodebookConvKernel::RunWinograd(OrtKernelContext* raw_context, const OrtValue* x_value,
+                                     OrtValue* y_value) {
+  Ort::KernelContext context(raw_context);
+  Ort::ConstValue x(x_value);
+  Ort::UnownedValue y(y_value);
+  const std::vector<int64_t> xs = x.GetTensorTypeAndShapeInfo().GetShape();
+  const std::vector<int64_t> ys = y.GetTensorTypeAndShapeInfo().GetShape();
+  const int64_t o = weight_dims_[0], c = weight_dims_[1];
+  // F(4x4) from kWinogradLargeTiles tiles of 4x4 outputs per run, else F(2x2): U is transformed in every run, and
+  // F(4x4)'s costs 36 / 16 of F(2x2)'s, which its fewer products repay only over enough tiles; but also where
+  // F(2x2)'s U exceeds kWinogradLargeU bytes: both then stream U from L3 or memory, F(2x2) in more passes (more
+  // blocks of tiles) than F(4x4) (vgg16's 512-channel layers at 15 x 15: 16 tiles).
+  int m = winograd_.m;
+  if (m == kWinogradByRule) {
+    const bool many_tiles = xs[0] * ((ys[2] + 3) / 4) * ((ys[3] + 3) / 4) >= kWinogradLargeTiles;
+    m = many_tiles || 16.0 * 4.0 * double(c) * double(o) > kWinogradLargeU ? 4 : 2;
+  }
+  const int64_t alpha = m + 2;
+  const bool valid = attributes_.auto_pad == "VALID" || attributes_.pads.empty();
+  WinogradProblem p{};
+  p.m = m;
+  p.x = x.GetTensorData<float>();
+  p.n = xs[0];
+  p.c = c;
+  p.h = xs[2];
+  p.w = xs[3];
+  p.o = o;
+  p.pad_top = valid ? 0 : attributes_.pads[0];
+  p.pad_left = valid ? 0 : attributes_.pads[1];
+  p.out_h = ys[2];
+  p.out_w = ys[3];
+  p.bias = bias_.empty() ? nullptr : bias_.data();
+  p.activation = winograd_.activation;
+  p.activation_alpha = winograd_.alpha;
+  p.activation_beta = winograd_.beta;
+  p.y = y.GetTensorMutableData<float>();
+  p.block_tiles = WinogradBlockTiles(m, c, o, winograd_.block_tiles);
+
+  // U, transformed from the filter in this run (alpha^2 / 9 of the filter's floats) into the calling thread's
+  // buffer, which keeps the largest U of the session's layers between runs (a fresh allocation of megabytes
+  // would fault its pages in again in every run).
+  thread_local std::vector<float> u_buffer;
+  const size_t u_floats = static_cast<size_t>(alpha * alpha * o * c) + kWeightAlignFloats;
+  if (u_buffer.size() < u_floats) {
+    std::vector<float>().swap(u_buffer);  // the old buffer first: never both at once
+    u_buffer.assign(u_floats, 0.0f);
+  }
+  float* u_data = AlignedWeight(u_buffer.data());
+  p.u = u_data;
+  const double work = double(alpha * alpha) * double(p.tiles()) * double(c) * double(o);
+  const bool parallel = work >= kConvParallelWork;
+  WinogradWeightsTask weights{&winograd_, m, weight_data_, c, o, u_data};
+  const int64_t o_blocks = o / kWinogradBlock;
+  if (parallel && o_blocks > 1) {
+    context.ParallelFor(RunWinogradWeights, static_cast<size_t>(o_blocks), 0, &weights);
+  } else {
+    for (int64_t ob = 0; ob < o_blocks; ++ob) RunWinogradWeights(&weights, static_cast<size_t>(ob));
+  }
+  WinogradBlocksTask blocks{&winograd_, &p};
+  const int64_t count = p.blocks();
+  if (parallel && count > 1) {
+    context.ParallelFor(RunWinogradBlock, static_cast<size_t>(count), 0, &blocks);
+  } else {
+    for (int64_t b = 0; b < count; ++b) RunWinogradBlock(&blocks, static_cast<size_t>(b));
+  }
 }
 
 }  // namespace onnxcomp

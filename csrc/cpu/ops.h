@@ -4,6 +4,7 @@
 
 #include "cpu/matmul_kernels.h"
 #include "cpu/record_kernel.h"
+#include "cpu/winograd.h"
 
 #include <mutex>
 #include <type_traits>
@@ -241,6 +242,18 @@ enum class ConvPath {
   kOrt,    // onnxruntime's Conv / FusedConv on the dense working weight
 };
 
+// The Winograd variant of the kNchwc path (cpu/winograd.h), chosen per layer at kernel creation (docs/ops.md,
+// "How it runs"): m = 0 off (onnxruntime's blocked Conv), 2 or 4 F(m x m, 3 x 3) always (ONNXCOMP_WINOGRAD), 1 the
+// rule's choice between the two in each run.
+struct WinogradPlan {
+  int m = 0;
+  int64_t block_tiles = 0;  // tiles per block; 0: the rule's (ONNXCOMP_WINOGRAD_TILES sets it, for timing)
+  WinogradBlockKernel block = nullptr;
+  WinogradWeightsKernel weights = nullptr;
+  WinogradActivation activation = WinogradActivation::kNone;
+  float alpha = 0.0f, beta = 0.0f;
+};
+
 struct CodebookConvKernel : RecordKernel {
   CodebookConvKernel();
   // Decodes the record (RecordKernel::Init) into the working weight, folds the scale and bias in, picks the
@@ -259,6 +272,11 @@ struct CodebookConvKernel : RecordKernel {
   // Y's shape for input shape `x` (ONNX Conv shape rules), or an error.
   OrtStatus* OutputShape(const std::vector<int64_t>& weight_dims, const std::vector<int64_t>& x,
                          std::vector<int64_t>* y) const;
+  // Picks the Winograd plan for a kNchwc layer with blocked input (leaves winograd_.m = 0 where the rule says no).
+  void PlanWinograd(int64_t o_count, int64_t i_count);
+  // The blocked convolution of the kNchwc path, X blocked [N, C, H, W] into blocked Y: onnxruntime's or Winograd.
+  void BlockedConv(OrtKernelContext* context, const OrtValue* x, const OrtValue* bias, OrtValue* y);
+  void RunWinograd(OrtKernelContext* context, const OrtValue* x, OrtValue* y);
 
   ConvAttributes attributes_;
   ConvPath path_ = ConvPath::kOrt;
@@ -283,6 +301,7 @@ struct CodebookConvKernel : RecordKernel {
   OrtStatus* ComputeDirect(const float* x, const std::vector<int64_t>& x_shape, const std::vector<int64_t>& y_shape,
                            float* y) const;
   DotKernel dot_kernel_ = nullptr;  // null: no direct path for this node
+  WinogradPlan winograd_;
 };
 
 struct CodebookConvOp : Ort::CustomOpBase<CodebookConvOp, CodebookConvKernel, true> {
