@@ -25,6 +25,11 @@ from .select_weights import drop_non_finite
 from .share_weights import ShareWeightsPass
 
 
+# Each weight's freed arrays returned to the system as soon as its chain ends (glibc keeps them in the worker
+# thread's arena otherwise, under the peak of the weights that follow; docs/benchmarks.md, branch names8).
+TRIM_EACH = True
+
+
 class AllocateShareWeightsPass(GraphPass):
     def __init__(self, allocate: AllocateWeightsPass, prune: PruneWeightsPass, share: ShareWeightsPass) -> None:
         if prune.scope != "layer":
@@ -54,7 +59,11 @@ class AllocateShareWeightsPass(GraphPass):
                 values = target.original
             if prune and target.keep is None:
                 target.keep = self.prune.layer_mask(target, values)
-            return measured, share(target, values)
+            shared = share(target, values)
+            del values
+            if TRIM_EACH:  # this weight's freed arrays, back to the system before the next weight's are allocated
+                parallel.release_free_memory()
+            return measured, shared
 
         by_size = sorted(range(len(targets)), key=lambda i: -targets[i].size)
         finished = dict(progress.track(parallel.completed_map(chain, by_size), "k-means codebooks", total=len(targets)))
