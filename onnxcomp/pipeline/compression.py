@@ -125,7 +125,7 @@ class Report:
     fallback: str | None = None  # why the output is a copy of the input, when it is
     float_params: int = 0  # elements of every float constant of the input (all graphs, any size)
     float16: list[tuple[str, int]] = field(default_factory=list)  # (name, elements) of dense weights stored as float16
-    names: dict[str, str] = field(default_factory=dict)  # short name -> input's name of each node and tensor renamed (passes/short_names.py; empty with keep_names)
+    names: dict[str, str] = field(default_factory=dict)  # short name -> the name it replaced, each node, tensor and made-up initializer renamed (passes/short_names.py; empty with keep_names)
 
     @property
     def ratio(self) -> float:
@@ -361,8 +361,11 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
     that passed is kept (``Report.backoff``: every measured round once the first missed); if it still misses,
     or the output would not be smaller than the input, or would save less than MIN_SAVING (2 %) of its bytes, the
     input is copied instead (``Report.fallback`` says why). Explicit settings are written as asked (a warning is the caller's to print). ``min_cosine`` makes the check a gate: below it (or when it cannot be
-    measured) FidelityError is raised and nothing is written. The output's nodes and intermediate tensors get
-    short names (passes/short_names.py: the same computation, fewer bytes) unless ``keep_names``.
+    measured) FidelityError is raised and nothing is written. The output's nodes and intermediate tensors, and the
+    initializers the passes made up, get short names (passes/short_names.py: the same computation, fewer bytes)
+    unless ``keep_names``. When no weight qualifies (nothing compressed, none stored as float16), whatever the
+    options, the output is a copy of the input (byte for byte when it holds its data inline; ``Report.fallback``
+    begins NOTHING_TO_COMPRESS and says why, ``Report.skipped`` lists each weight's reason).
     """
     from onnxcomp.pipeline import fidelity as fidelity_check
     input_path, output_path = os.fspath(input_path), os.fspath(output_path)
