@@ -25,9 +25,12 @@ from .select_weights import drop_non_finite
 from .share_weights import ShareWeightsPass
 
 
-# Each weight's freed arrays returned to the system as soon as its chain ends (glibc keeps them in the worker
-# thread's arena otherwise, under the peak of the weights that follow; docs/benchmarks.md, branch names8).
+# A weight's freed arrays returned to the system as soon as its chain ends, for weights of at least TRIM_ELEMENTS
+# values (glibc keeps arrays below its mmap threshold, which rises to 32 MiB, in the worker thread's arena, under
+# the peak of the weights that follow; the next weight's arrays then fault in fresh pages, so small weights, whose
+# arrays matter little, are not trimmed: docs/benchmarks.md, branch names8).
 TRIM_EACH = True
+TRIM_ELEMENTS = 1 << 20
 
 
 class AllocateShareWeightsPass(GraphPass):
@@ -61,7 +64,7 @@ class AllocateShareWeightsPass(GraphPass):
                 target.keep = self.prune.layer_mask(target, values)
             shared = share(target, values)
             del values
-            if TRIM_EACH:  # this weight's freed arrays, back to the system before the next weight's are allocated
+            if TRIM_EACH and target.size >= TRIM_ELEMENTS:  # its freed arrays, back before the next weight's are made
                 parallel.release_free_memory()
             return measured, shared
 
