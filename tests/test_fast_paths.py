@@ -934,3 +934,27 @@ def test_input_compressed_in_place_with_kept_reads_writes_what_copies_write(tmp_
         written.append(((folder / "out.onnx").read_bytes(), (folder / "out.onnxcomp").read_bytes(), report.backoff,
                         [(layer.name, layer.bytes_after) for layer in report.layers]))
     assert written[0] == written[1]
+
+
+def test_each_weight_trimmed_as_its_chain_ends_writes_the_same_bytes(tmp_path, rng, monkeypatch):
+    """AllocateShareWeightsPass returns each weight's freed arrays to the system when its chain ends (TRIM_EACH: one
+    malloc_trim per weight of at least TRIM_ELEMENTS values and round): the same files as without it."""
+    import onnxcomp
+    from onnxcomp import parallel
+    from onnxcomp.passes import allocate_share
+    path = mlp(rng, str(tmp_path), False, False)
+    monkeypatch.setattr(allocate_share, "TRIM_ELEMENTS", 64 * 96)  # w1 trimmed, w2 (960 values) not
+    calls = []
+    real = parallel.release_free_memory
+    monkeypatch.setattr(parallel, "release_free_memory", lambda: (calls.append(1), real()))
+    written = []
+    for trim in (True, False):
+        monkeypatch.setattr(allocate_share, "TRIM_EACH", trim)
+        folder = tmp_path / str(trim)
+        folder.mkdir()
+        calls.clear()
+        report = onnxcomp.compress(path, folder / "out.onnx", min_elements=1)
+        written.append(((folder / "out.onnx").read_bytes(), (folder / "out.onnxcomp").read_bytes(), len(calls)))
+    assert written[0][:2] == written[1][:2]
+    rounds = 1 + len(report.backoff)  # round 0, then each measured round (this model backs off)
+    assert len(report.layers) == 2 and written[0][2] - written[1][2] == rounds == 3  # w1's, once a round

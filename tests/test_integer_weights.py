@@ -228,6 +228,10 @@ def test_default_leaves_weights_whose_ops_slow_down(quantized, tmp_path):
     report = compress(str(folder / "int8.onnx"), str(tmp_path / "m.onnx"))
     assert not report.layers and report.sidecar_path is None  # nothing to compress: the input as it is
     assert any("--integer-weights conv or all" in reason for _, reason in report.skipped)
+    # byte for byte (no names shortened, no value_info dropped), and the report says so and why
+    assert (tmp_path / "m.onnx").read_bytes() == (folder / "int8.onnx").read_bytes()
+    assert report.fallback.startswith("nothing to compress: none of the") and "copy of the input" in report.fallback
+    assert report.names == {} and report.output_bytes == report.input_bytes and report.fidelity["min_cosine"] > 1 - 1e-9
     for e, a in zip(_outputs(folder / "int8.onnx", feeds, False), _outputs(tmp_path / "m.onnx", feeds, False)):
         for x, y in zip(e, a):
             assert np.array_equal(x, y)

@@ -92,15 +92,27 @@ def test_compress_writes_short_names_unless_asked_to_keep_them(tmp_path):
     for field in ("input", "output"):
         assert [v.name for v in getattr(a.graph, field)] == [v.name for v in getattr(b.graph, field)] \
             == [v.name for v in getattr(original.graph, field)]
-    assert [t.name for t in a.graph.initializer] == [t.name for t in b.graph.initializer]
+    # the initializers the writer made up (records, float16 copies) get short names the report traces back; the
+    # input's own keep theirs
+    given = {t.name for t in original.graph.initializer}
+    assert [report.names.get(t.name, t.name) for t in a.graph.initializer] == [t.name for t in b.graph.initializer]
+    made_up = [t for t in a.graph.initializer if t.name not in given]
+    assert made_up and all(len(t.name) <= 2 and t.name in report.names for t in made_up)
+    assert {report.names[t.name] for t in made_up} == {t.name for t in b.graph.initializer if t.name not in given}
+    records = [t for t in a.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert len(records) == 3 and all(report.names[t.name].endswith(".onnxcomp_record") for t in records)
+    # inspect names every weight, compressed or dense float16, as it does from the --keep-names output
+    listed = [(w.name, w.storage, w.bits, w.stored_bytes) for w in onnxcomp.inspect(short).weights]
+    assert listed == [(w.name, w.storage, w.bits, w.stored_bytes) for w in onnxcomp.inspect(kept).weights]
+    assert ("conv1.weight", "dense", 16) in {w[:3] for w in listed}
     x = np.random.default_rng(0).random((4, *[d.dim_value for d in original.graph.input[0].type.tensor_type.shape.dim[1:]])).astype(np.float32)
     feed = {original.graph.input[0].name: x}
     np.testing.assert_array_equal(run_compressed(short, feed)[0], run_compressed(kept, feed)[0])
     decompressed = []
-    for path in (short, kept):
+    for path, trace in ((short, report.names), (kept, {})):
         onnxcomp.decompress(path, tmp_path / "dense.onnx")
-        dense = onnx.load(tmp_path / "dense.onnx")
-        decompressed.append(sorted(t.name for t in dense.graph.initializer))
+        dense = onnx.load(tmp_path / "dense.onnx")  # (a float16 weight stays float16 under its stored name, Cast kept)
+        decompressed.append(sorted(trace.get(t.name, t.name) for t in dense.graph.initializer))
     assert decompressed[0] == decompressed[1]
     assert {"conv2.weight", "fc1.weight", "fc2.weight"} <= set(decompressed[0])
     # a dense weight widened by a Cast keeps its name as the Cast's output (what its readers read)

@@ -75,11 +75,12 @@ def test_compressed_model_with_decode_once_nodes_runs_like_its_decompressed_form
              weight(rng, "w3", (4, 64, 5, 5), 0.3)]
     model = make_model(nodes, [float_input("x", ["n", 64])], [float_input("z", ["n", 64, 11, 11])], inits)
     onnx.save(model, tmp_path / "in.onnx")
-    onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx", bits=4, min_elements=100)
+    report = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx", bits=4, min_elements=100)
     compressed = onnx.load(tmp_path / "out.onnx", load_external_data=False)
     custom = [n for n in compressed.graph.node if n.domain == onnxcomp.DOMAIN]
     assert sorted(n.op_type for n in custom) == ["CodebookDecode", "CodebookMatMul", "CodebookMatMul"]
-    once = {n.input[0 if n.op_type == "CodebookDecode" else 1].split(".")[0]: {a.name: helper.get_attribute_value(a)
+    record = {short: name.split(".")[0] for short, name in report.names.items()}  # short record name -> its weight
+    once = {record[n.input[0 if n.op_type == "CodebookDecode" else 1]]: {a.name: helper.get_attribute_value(a)
             for a in n.attribute}.get("decode_once") for n in custom}
     assert once == {"w1": None, "w2": 1, "w3": 1}
     assert "hb" in {i.name for i in compressed.graph.initializer}

@@ -299,11 +299,16 @@ SUMMARY_COLUMNS = (("weight", "left"), ("kind", "left"), ("shape", "left"), ("sp
 
 
 def _print_summary(result) -> None:
-    if result.fallback:
+    from onnxcomp.pipeline.compression import NOTHING_TO_COMPRESS
+    nothing = bool(result.fallback) and result.fallback.startswith(NOTHING_TO_COMPRESS)
+    if nothing:  # said first, plainly; the tensors' reasons follow
+        typer.echo(f"{NOTHING_TO_COMPRESS} in {result.input_path}: {result.fallback[len(NOTHING_TO_COMPRESS) + 2:]} "
+                   f"({result.output_path})")
+    elif result.fallback:
         pass  # the fallback line below says why the output is a copy
     elif not result.layers:
-        typer.echo(f"nothing to compress in {result.input_path}: no float weight qualifies; {result.output_path} "
-                   "holds the same weights, uncompressed, and no sidecar")
+        typer.echo(f"nothing compressed in {result.input_path}; {result.output_path} holds the same weights, "
+                   "some stored as float16, and no sidecar")
     else:
         print_table(SUMMARY_COLUMNS, ([layer.name, layer.kind, "x".join(map(str, layer.shape)), f"{layer.sparsity:.1%}",
                                        str(layer.codebook_size), f"{layer.bytes_before:,}", f"{layer.bytes_after:,}",
@@ -333,7 +338,7 @@ def _print_summary(result) -> None:
         typer.echo(f"back-off: min cosine {round_['min_cosine']:.4f} at model error budget {round_['budget']:.4f}"
                    + (f" with the limits of {', '.join(tightened)} halved" if tightened else "")
                    + f" ({'passed' if round_.get('passed') else 'missed'}), {round_['bytes']:,} bytes")
-    if result.fallback:
+    if result.fallback and not nothing:
         typer.echo(f"fallback: {result.fallback}")
     _print_fidelity(result.fidelity)
 

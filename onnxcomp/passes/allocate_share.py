@@ -25,6 +25,14 @@ from .select_weights import drop_non_finite
 from .share_weights import ShareWeightsPass
 
 
+# A weight's freed arrays returned to the system as soon as its chain ends, for weights of at least TRIM_ELEMENTS
+# values (glibc keeps arrays below its mmap threshold, which rises to 32 MiB, in the worker thread's arena, under
+# the peak of the weights that follow; the next weight's arrays then fault in fresh pages, so small weights, whose
+# arrays matter little, are not trimmed: docs/benchmarks.md, branch names8).
+TRIM_EACH = True
+TRIM_ELEMENTS = 1 << 20
+
+
 class AllocateShareWeightsPass(GraphPass):
     def __init__(self, allocate: AllocateWeightsPass, prune: PruneWeightsPass, share: ShareWeightsPass) -> None:
         if prune.scope != "layer":
@@ -54,7 +62,11 @@ class AllocateShareWeightsPass(GraphPass):
                 values = target.original
             if prune and target.keep is None:
                 target.keep = self.prune.layer_mask(target, values)
-            return measured, share(target, values)
+            shared = share(target, values)
+            del values
+            if TRIM_EACH and target.size >= TRIM_ELEMENTS:  # its freed arrays, back before the next weight's are made
+                parallel.release_free_memory()
+            return measured, shared
 
         by_size = sorted(range(len(targets)), key=lambda i: -targets[i].size)
         finished = dict(progress.track(parallel.completed_map(chain, by_size), "k-means codebooks", total=len(targets)))

@@ -18,6 +18,14 @@ decoded or widened value: CodebookDecode, the Cast of a float16 weight, which ca
 caller lists (compress: the logits its fidelity check reads, pipeline/fidelity.py ``logit_taps``), empty names (an
 omitted optional input), and everything inside model-local functions (their names are local to the function). A
 model with ``training_info`` is left alone.
+
+With ``before`` (every tensor name of the model compress read), the initializers the writer made up get short
+names too: a weight's record (``W.onnxcomp_record``: tools find a record by its external-data offset in the sidecar
+directory, which names the weight), a float16 weight's stored tensor (``W__float16``: its Cast's output keeps the
+name ``W``, and ``inspect`` lists the weight under it), the bias and scale constants folds add (``Conv.0.bias``);
+and so do the outputs of onnxcomp's decode nodes (``W.decoded``: ``decompress`` and ``inspect`` follow the node,
+not the name). A weight folded from a constant chain (``W.folded``) keeps its name, as a weight's own name
+(``inspect`` lists it, reports and budget settings name it).
 """
 
 from __future__ import annotations
@@ -26,6 +34,9 @@ import itertools
 import string
 
 import onnx
+
+from .base import DOMAIN
+from .fold_weights import FOLDED_NAME
 
 FIRST = string.ascii_letters + "_"
 REST = FIRST + string.digits
@@ -73,32 +84,54 @@ def _used_names(graphs: list[onnx.GraphProto]) -> set[str]:
     return used
 
 
-def shorten_names(model: onnx.ModelProto, keep=()) -> int:
+def input_names(model: onnx.ModelProto) -> set[str]:
+    """Every tensor name of ``model``'s graphs (initializers, graph inputs and outputs, node inputs and outputs): what
+    ``shorten_names``' ``before`` takes, read from the model compress was given."""
+    names: set[str] = set()
+    for graph in _all_graphs(model.graph):
+        names.update(v.name for v in [*graph.input, *graph.output])
+        names.update(t.name for t in graph.initializer)
+        names.update(t.values.name for t in graph.sparse_initializer)
+        for node in graph.node:
+            names.update(node.input)
+            names.update(node.output)
+    return names
+
+
+def shorten_names(model: onnx.ModelProto, keep=(), before: set[str] | None = None) -> dict[str, str]:
     """Rename ``model``'s nodes and intermediate tensors in place (module docstring); ``keep``: more tensor names
-    left as they are (tensors a caller reads by name from the written model, such as the fidelity check's logits).
+    left as they are (tensors a caller reads by name from the written model, such as the fidelity check's logits);
+    ``before``: the tensor names of the model the writer read (``input_names``), so that the initializers it made up
+    get short names too (module docstring; None: every initializer keeps its name).
     Returns ``{new name: name before}`` for every node and tensor renamed (empty when the model was left alone; a
     node that had no name maps to ""): new names are unique across nodes and tensors, so one map serves both, and
     compress puts it in its report (``Report.names``) to trace a short name in a log or profile back. (Not the bytes
     saved: protobuf's ByteSize serializes the model, whose records are still inline here: 29 MB more peak memory on
     a 134 MB model.)"""
     if len(model.training_info):
-        return 0
+        return {}
     main = model.graph
     graphs = _all_graphs(main)
     kept = {v.name for v in [*main.input, *main.output]} | set(keep)
+    initializers = {t.name for graph in graphs for t in graph.initializer}
+    made_up = set() if before is None else {name for name in initializers
+                                              if name not in before and not FOLDED_NAME.search(name)} - kept
     for graph in graphs:
-        kept.update(t.name for t in graph.initializer)
+        kept.update(t.name for t in graph.initializer if t.name not in made_up)
         kept.update(t.values.name for t in graph.sparse_initializer)
-    weights = set(kept) - {v.name for v in main.input}
-    for graph in graphs:  # a weight's decoded or widened value (CodebookDecode, a Cast of a float16 initializer)
-        kept.update(name for node in graph.node if node.input and all(not i or i in weights for i in node.input)
-                    for name in node.output)
+    weights = initializers | {t.values.name for g in graphs for t in g.sparse_initializer}
+    for graph in graphs:  # a weight's widened value (the Cast of a float16 initializer), not onnxcomp's decoded values
+        kept.update(name for node in graph.node if node.domain != DOMAIN and node.input
+                    and all(not i or i in weights for i in node.input) for name in node.output)
     used = _used_names(graphs)
     fresh = (name for name in _identifiers() if name not in used)
     tensors: dict[str, str] = {}
     renamed: dict[str, str] = {}  # new name -> name before, nodes and tensors
 
     def assign(graph: onnx.GraphProto) -> None:
+        for tensor in graph.initializer:
+            if tensor.name in made_up and tensor.name not in tensors:
+                tensors[tensor.name] = next(fresh)
         if graph is not main:
             for value in [*graph.input, *graph.output]:
                 if value.name and value.name not in kept and value.name not in tensors:
@@ -121,6 +154,8 @@ def shorten_names(model: onnx.ModelProto, keep=()) -> int:
     for graph in graphs:
         for value in [*graph.input, *graph.output, *graph.value_info]:
             value.name = rename(value.name)
+        for tensor in graph.initializer:
+            tensor.name = rename(tensor.name)
         for node in graph.node:
             node.input[:] = [rename(n) for n in node.input]
             node.output[:] = [rename(n) for n in node.output]

@@ -34,7 +34,7 @@ from onnxcomp.passes.base import DOMAIN, DOMAIN_VERSION, reads_kept
 from onnxcomp.passes.base import FLOAT_TYPES, onnx_type
 from onnxcomp.passes.names import all_graphs, unique_node_names
 from onnxcomp.passes.prune_weights import needs_gram
-from onnxcomp.passes.short_names import shorten_names
+from onnxcomp.passes.short_names import input_names, shorten_names
 from onnxcomp.passes.value_info import declare_custom_outputs, drop_inferable_value_info
 
 from onnxcomp.passes import model_io
@@ -74,6 +74,7 @@ TARGETED_SHARE = 0.5
 # halving wrote the output anyway (docs/benchmarks.md, branch backoff6); vgg16-tumor's 0.985 is within reach.
 TARGETED_REACH = 5.0
 BUDGET = 0.15  # model-level budget R on sqrt(sum (g_i e2_i)^2), gains relative to their median
+NOTHING_TO_COMPRESS = "nothing to compress"  # how Report.fallback begins when no weight qualified
 MIN_SAVING = 0.02  # the defaults write a copy when compression would save less than this share of the input's bytes
 BUDGET_UNMEASURED = 0.05  # R when fidelity cannot be measured (every gain 1, no back-off): a third of BUDGET
 ATTRIBUTION_BYTES = 1 << 30  # larger inputs: no per-weight measurement (every gain 1; the back-off still applies)
@@ -124,7 +125,7 @@ class Report:
     fallback: str | None = None  # why the output is a copy of the input, when it is
     float_params: int = 0  # elements of every float constant of the input (all graphs, any size)
     float16: list[tuple[str, int]] = field(default_factory=list)  # (name, elements) of dense weights stored as float16
-    names: dict[str, str] = field(default_factory=dict)  # short name -> input's name of each node and tensor renamed (passes/short_names.py; empty with keep_names)
+    names: dict[str, str] = field(default_factory=dict)  # short name -> the name it replaced, each node, tensor and made-up initializer renamed (passes/short_names.py; empty with keep_names)
 
     @property
     def ratio(self) -> float:
@@ -360,8 +361,11 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
     that passed is kept (``Report.backoff``: every measured round once the first missed); if it still misses,
     or the output would not be smaller than the input, or would save less than MIN_SAVING (2 %) of its bytes, the
     input is copied instead (``Report.fallback`` says why). Explicit settings are written as asked (a warning is the caller's to print). ``min_cosine`` makes the check a gate: below it (or when it cannot be
-    measured) FidelityError is raised and nothing is written. The output's nodes and intermediate tensors get
-    short names (passes/short_names.py: the same computation, fewer bytes) unless ``keep_names``.
+    measured) FidelityError is raised and nothing is written. The output's nodes and intermediate tensors, and the
+    initializers the passes made up, get short names (passes/short_names.py: the same computation, fewer bytes)
+    unless ``keep_names``. When no weight qualifies (nothing compressed, none stored as float16), whatever the
+    options, the output is a copy of the input (byte for byte when it holds its data inline; ``Report.fallback``
+    begins NOTHING_TO_COMPRESS and says why, ``Report.skipped`` lists each weight's reason).
     """
     from onnxcomp.pipeline import fidelity as fidelity_check
     input_path, output_path = os.fspath(input_path), os.fspath(output_path)
@@ -521,7 +525,9 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
             check_output_loads(input_path, staged, report.sidecar_path)
         report.allocation, report.backoff = allocation, history
         fallback = None
-        if allocation == "proxy" and report.layers and report.output_bytes >= report.input_bytes:
+        if not report.layers and not report.float16:  # nothing compressed, nothing stored as float16
+            fallback = nothing_to_compress(report.skipped, options.get("min_elements", 1024))
+        elif allocation == "proxy" and report.layers and report.output_bytes >= report.input_bytes:
             fallback = (f"compression would not shrink the model ({report.output_bytes:,} >= {report.input_bytes:,} bytes): "
                         "the output is a copy of the input")
         elif allocation == "proxy" and report.layers and report.output_bytes > report.input_bytes * (1 - MIN_SAVING):
@@ -534,12 +540,15 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
             fallback = (f"min cosine {result.min_cosine:.4f} stayed below {fidelity_check.WARN_COSINE} after "
                         f"{len(history)} back-off rounds: the output is a copy of the input")
         if fallback:
-            float_params = report.float_params
+            float_params, skipped, nothing = report.float_params, report.skipped, not report.layers
             report = _copy_input(input_path, staged)
             report.float_params = float_params  # nothing of them is compressed: coverage 0
             report.allocation, report.backoff, report.fallback = allocation, history, fallback
-            result = fidelity_check.Fidelity(source or "", unavailable=unavailable) if unavailable else (
-                compare(staged) if measure else None)
+            if nothing:  # why each tensor was left as it is; the round's fidelity measured the same computation
+                report.skipped = skipped
+            else:
+                result = fidelity_check.Fidelity(source or "", unavailable=unavailable) if unavailable else (
+                    compare(staged) if measure else None)
         report.fidelity = None if result is None else result.to_dict()
         if min_cosine is not None:
             if result.unavailable:
@@ -703,11 +712,23 @@ def _budget_limits(cache: dict, gains: dict[str, float], budget: float, report: 
     return {name: 0.0 if c.dense else c.relative_l2 * (1 + 1e-9) for name, c in chosen.items()}
 
 
+def nothing_to_compress(skipped: list[tuple[str, str]], min_elements: int) -> str:
+    """``Report.fallback`` of a compress that compressed no weight (and stored none as float16): what it says, and why."""
+    why = (f"none of the {len(skipped)} weight{'s' if len(skipped) != 1 else ''} it considered qualifies (each is "
+           "listed with its reason)" if skipped else
+           f"the model has no float weight of at least {min_elements:,} elements")
+    return f"{NOTHING_TO_COMPRESS}: {why}; the output is a copy of the input"
+
+
 def _copy_input(input_path: str, staged: str) -> Report:
-    """The input model written unchanged at ``staged`` (its external data inlined or copied as write_compressed does)."""
+    """The input model at ``staged``: its bytes copied when it keeps every tensor inline; with external data, the
+    model written with them inlined or copied as write_compressed does (its data files' names are the input's)."""
     model = model_io.load_model(input_path, external_data=False)
     _remove_companions(staged)
-    model_io.write_compressed(model, [], staged, source_folder=os.path.dirname(os.path.abspath(input_path)))
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for g in model_io.graphs_of(model.graph) for t in g.initializer):
+        model_io.write_compressed(model, [], staged, source_folder=os.path.dirname(os.path.abspath(input_path)))
+    else:
+        shutil.copyfile(input_path, staged)
     return Report(input_path, staged, None, model_io.model_bytes(input_path), model_io.model_bytes(staged))
 
 
@@ -742,6 +763,10 @@ def _compress_once(input_path: str, output_path: str, calib: dict | None, loaded
     # the tensors the fidelity check reads from the output besides its outputs keep their names
     from onnxcomp.pipeline.fidelity import logit_taps
     tapped = set(logit_taps(loaded if loaded is not None else model).values())
+    # the names the input had: the initializers the writer makes up (records, float16 copies, folds' constants) get
+    # short ones too (the portable format's codebooks and indices keep theirs: inspect finds them by name)
+    before = None if keep_names or options.get("format", "custom-op") == "portable" else input_names(
+        loaded if loaded is not None else model)
     compressed, state = compress_model(model, base_dir=source_folder if stream else None, **options)
     if compressed is loaded:  # nothing compressed: the model itself came back, and what follows writes into it
         compressed = onnx.ModelProto()
@@ -757,7 +782,11 @@ def _compress_once(input_path: str, output_path: str, calib: dict | None, loaded
         from onnxcomp.passes.half_dense import halve_dense_weights
         halved = halve_dense_weights(compressed, None if proxy else chosen)
     drop_inferable_value_info(compressed)  # what onnxruntime infers anyway (and shorter symbolic dim names)
-    renamed = {} if keep_names else shorten_names(compressed, keep=tapped)
+    renamed = {} if keep_names else shorten_names(compressed, keep=tapped, before=before)
+    if renamed:  # the record initializers' new names
+        short = {old: new for new, old in renamed.items() if old}
+        records = [(weight, short.get(record_name, record_name), record, transposed)
+                   for weight, record_name, record, transposed in records]
     _remove_companions(output_path)
     sidecar_file = model_io.write_compressed(compressed, records, output_path, source_folder=source_folder)
     if check:

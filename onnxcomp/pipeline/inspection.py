@@ -352,6 +352,19 @@ def _describe_uses(name: str, uses: dict) -> tuple[str, str, bool]:
     return "+".join(ops), kind, weight_slot
 
 
+def _widened_name(tensor: onnx.TensorProto, uses: dict) -> str:
+    """The name a dense weight is listed under: a float16/bfloat16 initializer whose one reader is a Cast to float32
+    is listed under the Cast's output (the tensor the graph computes with; onnxcomp's float16 weights keep the
+    weight's own name there, passes/half_dense.py, while their stored tensor has a short name), else its own."""
+    readers = uses.get(tensor.name, [])
+    if tensor.data_type in (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16) and len(readers) == 1:
+        node = readers[0][0]
+        if node.op_type == "Cast" and node.domain in ("", "ai.onnx") and len(node.output) == 1 and any(
+                a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in node.attribute):
+            return node.output[0]
+    return tensor.name
+
+
 def inspect(model_path: str) -> Inspection:
     """Per-weight storage of an original, custom-op or portable model (see the module docstring)."""
     model_path = os.fspath(model_path)
@@ -384,6 +397,7 @@ def inspect(model_path: str) -> Inspection:
         if not weight_slot and size < DENSE_LISTED:
             continue
         listed.add(tensor.name)
+        name = _widened_name(tensor, uses)
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             onnx.external_data_helper.load_external_data_for_tensor(tensor, folder)
         values = numpy_helper.to_array(tensor)
@@ -391,7 +405,7 @@ def inspect(model_path: str) -> Inspection:
         distinct = np.unique(values)
         entropy = entropy_bits(values) if n else 0.0
         bits = DENSE_BITS[tensor.data_type]
-        result.weights.append(WeightInfo(tensor.name, op, kind, list(values.shape), n,
+        result.weights.append(WeightInfo(name, op, kind, list(values.shape), n,
                                          round(float((values == 0).mean()) if n else 0.0, 6), bits,
                                          len(distinct) if len(distinct) <= 1 << 16 else None, bits * n // 8, float(bits),
                                          min(bits * n // 8, int(np.ceil(n * entropy / 8)) + bits // 8 * len(distinct)), "dense",
