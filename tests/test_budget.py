@@ -796,6 +796,35 @@ def test_data_free_output_is_a_candidate_the_search_must_beat(tmp_path, rng):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".onnxcomp-")] == []
 
 
+def test_data_free_output_is_tested_by_written_size_not_after_overstated_trial_sizes(tmp_path, rng, monkeypatch):
+    """The allocations' sizes in the search are trial estimates, the data-free output's its written size. With the
+    trial sizes overstated (here 3x, so by them every allocation looks larger than the data-free output), the
+    data-free output is still tested before the first allocation written no larger than it, and an allocation
+    written no smaller than one accepted before it is not tested: the check set's sizes fall strictly (before, the
+    data-free output came last, so a smaller allocation's miss could leave it untested, and a larger allocation
+    tested after it could stop the sequence)."""
+    from onnxcomp.pipeline import autotune
+    real = autotune._TrialModels.run
+
+    def overstated(self, settings, feeds):
+        output, size = real(self, settings, feeds)
+        return output, size * 3
+    monkeypatch.setattr(autotune._TrialModels, "run", overstated)
+    model, data = budget_mlp(tmp_path, rng)
+    report = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), budget="cosine=0.95",
+                                calib=str(data), sparsities=(0.0, 0.5), bits=(2, 3, 4, 8), min_elements=16,
+                                cache_dir=str(tmp_path / "cache"))
+    x = np.load(data)["x"]
+    _, hold, _ = budget_split(80, 20, 20)
+    (tmp_path / "free").mkdir()
+    free = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "free" / "out.onnx", min_elements=16, fidelity_data={"x": x[hold]})
+    sizes = [c["bytes"] for c in report.budget["checks"]]
+    assert len(sizes) >= 2 and free.output_bytes in sizes, sizes  # it met its bound on the held-back samples here
+    assert sizes == sorted(set(sizes), reverse=True)  # each tested only if smaller than every one before it
+    assert report.output_bytes <= free.output_bytes
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".onnxcomp-")] == []
+
+
 def test_a_check_set_miss_names_the_closest_allocation_and_writes_nothing(tmp_path, rng, monkeypatch):
     """When every allocation misses on the check set (its bound forced past any budget there, the search's own
     bounds untouched), the run fails with one message that says by how much the closest missed, and leaves no
