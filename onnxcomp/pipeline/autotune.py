@@ -404,9 +404,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     # raising a weight's sparsity at a given bit width once its error passes that (errors grow with sparsity).
     # A stand-in metric (top1 and accuracy budgets) has no such scale: its curves are not capped.
     cap = CAP * goal.max_error if metric == goal.metric and goal.max_error > 0 else None
-    # a kl curve on probabilities (budget._log_distributions) is another curve than one on their softmax (before)
-    measured_as = metric + ("-probabilities" if metric == "kl" and budget_math.holds_probabilities(reference) else "")
-    key = hashlib.sha256(json.dumps([CACHE_VERSION, options, min_elements, list(sparsities), list(bits), measured_as, holdout,
+    key = hashlib.sha256(json.dumps([CACHE_VERSION, options, min_elements, list(sparsities), list(bits), metric, holdout,
                                      check, count, cap], sort_keys=True).encode())
     key.update(model.SerializeToString(deterministic=True))
     for name in sorted(data):
