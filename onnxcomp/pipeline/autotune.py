@@ -26,8 +26,10 @@
 4. Check: a share of the samples (``check``, drawn first) that neither fit nor steer anything confirms the
    result. The passing allocations (and the data-free default output, _data_free, when it meets the budget at
    its bound on the held-back samples and is smaller than the largest) are tested there, from the largest down,
-   first those that met the budget at their bound on the held-back samples, then the others, each at its confidence bound (``Z`` standard errors: the Wilson bound of the disagreement rate for top-1,
-   the paired flip-count bound for accuracy; budget.error_bound), and the sequence stops at the first miss.
+   first those that met the budget at their bound on the held-back samples, then the others (the data-free output
+   by its written size among the allocations' written sizes; one written no smaller than an accepted one is not
+   tested), each at its confidence bound (``Z`` standard errors: the Wilson bound of the disagreement rate for top-1,
+   the paired flip-count bound for accuracy, edits per character for ctc; budget.error_bound), and the sequence stops at the first miss.
    Testing in an order fixed before the check set is read, each allocation only when every one before it
    passed, keeps the chance of accepting any allocation that misses the budget at that of a single test (the
    fixed-sequence principle of multiple testing, Maurer, Hothorn and Lehmacher 1995), so the margin is paid
@@ -339,8 +341,8 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     the output is fit on the other samples and written only if it meets the budget on the check set too, at a
     confidence bound (``Z`` standard errors, budget.error_bound; the allocations that passed the search, and
     the data-free default output when it passed on the held-back samples, are tested there in a fixed order, from
-    the largest down, those that met the bound on the held-back samples first, stopping at the first miss; the
-    smallest accepted is written), so a budget met here holds on unseen data of the same kind.
+    the largest down by written size, those that met the bound on the held-back samples first, stopping at the first
+    miss; the smallest accepted is written), so a budget met here holds on unseen data of the same kind.
 
     ``budget_output`` names the output the budget measures (default: the first output that depends on a weight,
     _weight_output_first), a slice of one (``NAME[SLICE]``), or several such parts, measured balanced (each scaled by
