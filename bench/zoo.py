@@ -207,11 +207,11 @@ def run_dir(name: str) -> Path:
 def budget_for(model: zoo.ZooModel) -> str:
     """The `--budget` that states the model's declared tolerance (bench/zoo/, declared before results) in a metric
     onnxcomp measures on the first output: `top1=T` for a top-1 agreement check, `cosine=T` for a min-cosine
-    check. Checks no budget metric measures (detection F1, CTC character agreement, VAD decisions) get a
+    check. Checks no budget metric measures (detection F1, ddddocr-ocr's CTC character agreement, VAD decisions) get a
     stand-in: the first output's min cosine 0.99 (the fidelity warning level), or its relative L2 error 0.02
     when that output holds one value per sample (a cosine of one value only sees its sign). A model that declares
     its own `budget` gets that: the two detectors (a relative L2 error derived on their calibration images; min
-    cosine did not imply their detection F1, bench/zoo/README.md)."""
+    cosine did not imply their detection F1, bench/zoo/README.md), ppocr-rec (`ctc=0.99`, its char agreement check)."""
     import onnx
 
     if model.budget:  # declared with the model, with the reason (bench/zoo/)

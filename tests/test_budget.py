@@ -796,6 +796,35 @@ def test_data_free_output_is_a_candidate_the_search_must_beat(tmp_path, rng):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".onnxcomp-")] == []
 
 
+def test_data_free_output_is_tested_by_written_size_not_after_overstated_trial_sizes(tmp_path, rng, monkeypatch):
+    """The allocations' sizes in the search are trial estimates, the data-free output's its written size. With the
+    trial sizes overstated (here 3x, so by them every allocation looks larger than the data-free output), the
+    data-free output is still tested before the first allocation written no larger than it, and an allocation
+    written no smaller than one accepted before it is not tested: the check set's sizes fall strictly (before, the
+    data-free output came last, so a smaller allocation's miss could leave it untested, and a larger allocation
+    tested after it could stop the sequence)."""
+    from onnxcomp.pipeline import autotune
+    real = autotune._TrialModels.run
+
+    def overstated(self, settings, feeds):
+        output, size = real(self, settings, feeds)
+        return output, size * 3
+    monkeypatch.setattr(autotune._TrialModels, "run", overstated)
+    model, data = budget_mlp(tmp_path, rng)
+    report = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), budget="cosine=0.95",
+                                calib=str(data), sparsities=(0.0, 0.5), bits=(2, 3, 4, 8), min_elements=16,
+                                cache_dir=str(tmp_path / "cache"))
+    x = np.load(data)["x"]
+    _, hold, _ = budget_split(80, 20, 20)
+    (tmp_path / "free").mkdir()
+    free = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "free" / "out.onnx", min_elements=16, fidelity_data={"x": x[hold]})
+    sizes = [c["bytes"] for c in report.budget["checks"]]
+    assert len(sizes) >= 2 and free.output_bytes in sizes, sizes  # it met its bound on the held-back samples here
+    assert sizes == sorted(set(sizes), reverse=True)  # each tested only if smaller than every one before it
+    assert report.output_bytes <= free.output_bytes
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".onnxcomp-")] == []
+
+
 def test_a_check_set_miss_names_the_closest_allocation_and_writes_nothing(tmp_path, rng, monkeypatch):
     """When every allocation misses on the check set (its bound forced past any budget there, the search's own
     bounds untouched), the run fails with one message that says by how much the closest missed, and leaves no
@@ -978,3 +1007,71 @@ def test_budget_on_a_slice_holds_on_that_slice(tmp_path, rng):
     assert whole[1] > 2 * sliced[1]
     assert sliced[0] > 0.1  # the boxes, which the scores' budget does not see
     assert max(balanced) <= 2 * np.sqrt(2) * 0.02
+
+
+def _scores(rows, classes=4):
+    """One-hot-ish per-position scores [samples, positions, classes] whose argmax is ``rows``."""
+    rows = np.asarray(rows)
+    scores = np.full((*rows.shape, classes), 0.1, np.float32)
+    np.put_along_axis(scores, rows[..., None], 0.9, axis=-1)
+    return scores
+
+
+def test_ctc_metric_counts_edits_of_greedy_decodings():
+    """ctc: argmax per position, repeats merged, blank 0 dropped, then edits over the reference's characters."""
+    from onnxcomp.core.budget import ctc_decode, ctc_edits, edit_distance, error_bound
+    reference = _scores([[1, 1, 0, 2, 2, 3], [0, 2, 0, 2, 0, 0]])
+    output = _scores([[1, 0, 1, 2, 0, 3], [0, 2, 2, 2, 0, 0]])
+    assert [d.tolist() for d in ctc_decode(reference)] == [[1, 2, 3], [2, 2]]
+    assert [d.tolist() for d in ctc_decode(output)] == [[1, 1, 2, 3], [2]]
+    assert edit_distance(np.array([1, 2, 3]), np.array([3, 2, 1, 4])) == 3
+    edits, chars = ctc_edits(reference, output)
+    assert edits.tolist() == [1, 1] and chars.tolist() == [3, 2]
+    assert error("ctc", reference, output) == pytest.approx(2 / 5)
+    assert error("ctc", reference, reference) == 0.0
+    # no edit: the Wilson bound over the characters, about 1 / (characters + 1)
+    assert error_bound("ctc", reference, reference) == pytest.approx(1 / 6)
+    assert parse_budget("ctc=0.99").max_error == pytest.approx(0.01)
+    assert allocation_metric("ctc", reference) == "rel_l2"
+    with pytest.raises(InvalidOptionError, match="per-position class scores"):
+        allocation_metric("ctc", reference[:, 0])
+
+
+def test_ctc_bound_treats_one_sample_s_characters_as_a_cluster():
+    """Edits concentrated in one sample are not independent characters: the ratio estimator's standard error over
+    samples sets the bound (10 samples of 10 characters, one with 5 edits: 0.05 + 0.05), above the Wilson bound
+    over 100 characters (0.077)."""
+    from onnxcomp.core.budget import _ctc_bound, _wilson_upper
+    chars = np.full(10, 10)
+    clustered = np.array([5] + [0] * 9)
+    assert _ctc_bound(clustered, chars, 1.0) == pytest.approx(0.10)
+    assert _wilson_upper(0.05, 100, 1.0) < 0.08
+    spread = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0, 0])  # the same 5 edits over 5 samples: a smaller spread
+    assert _ctc_bound(spread, chars, 1.0) < _ctc_bound(clustered, chars, 1.0)
+    assert _ctc_bound(np.zeros(3, np.int64), np.zeros(3, np.int64), 1.0) == float("inf")  # nothing read: nothing confirmed
+
+
+def test_a_ctc_budget_holds_on_the_check_samples(tmp_path, rng):
+    """A per-position classifier (a CTC recogniser's shape, [samples, positions, classes]) compressed to ctc=0.97:
+    the check set's bound meets it, and the written model's character agreement with the original on the check
+    samples, decoded here, is what the report says."""
+    from onnxcomp.core.budget import ctc_edits
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["s"]), helper.make_node("Softmax", ["s"], ["y"], axis=-1)]
+    w1 = weight(rng, "w1", (16, 48), 0.5)
+    w2 = weight(rng, "w2", (48, 6), 0.5)
+    model = make_model(nodes, [float_input("x", ["n", 12, 16])], [float_input("y", ["n", 12, 6])], [w1, w2])
+    onnx.save(model, tmp_path / "in.onnx")
+    data = tmp_path / "calib.npz"
+    np.savez(data, x=rng.standard_normal((80, 12, 16)).astype(np.float32))
+    report = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), budget="ctc=0.97",
+                                calib=str(data), sparsities=(0.0, 0.5), bits=(2, 3, 4, 8), min_elements=16,
+                                cache_dir=str(tmp_path / "cache"))
+    b = report.budget
+    assert b["metric"] == "ctc" and b["allocation_metric"] == "rel_l2"
+    assert b["check_bound"] <= 0.03 and report.output_bytes < report.input_bytes
+    x = np.load(data)["x"][budget_split(80, 20, 20)[2]]
+    from conftest import run_plain
+    got = onnxcomp.InferenceSession(tmp_path / "out.onnx").run(None, {"x": x})[0]
+    edits, chars = ctc_edits(run_plain(model, {"x": x})[0], got)
+    assert edits.sum() / chars.sum() == pytest.approx(b["check_error"])

@@ -134,3 +134,34 @@ def test_a_dense_codebook_conv_weight_becomes_float16_in_place(rng):
     expected = session_with_env(original).run(None, {"x": x})[0]
     actual = session_with_env(model).run(None, {"x": x})[0]
     assert np.linalg.norm(actual - expected) / np.linalg.norm(expected) < 2.0 ** -10
+
+
+def test_budget_settings_halve_the_other_tensors_with_float16_others(tmp_path, rng):
+    """With per-weight settings (a budget allocation) and ``float16_others``, a tensor no setting names (here a weight
+    below --min-elements) is stored as float16 as the data-free default stores it, a weight its setting keeps dense
+    without float16 stays float32, and the compressed one becomes a record; without the option the other tensor stays
+    float32. The output matches the float32-others output to binary16 precision."""
+    big = (rng.standard_normal((128, 96)) * 0.1).astype(np.float32)
+    kept = (rng.standard_normal((96, 96)) * 0.1).astype(np.float32)
+    small = (rng.standard_normal((96, 8)) * 0.1).astype(np.float32)  # 768 values: below --min-elements 1024
+    nodes = [helper.make_node("MatMul", ["x", "big"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "kept"], ["k"]), helper.make_node("MatMul", ["k", "small"], ["y"])]
+    model = make_model(nodes, [float_input("x", ["n", 128])], [float_input("y", ["n", 8])],
+                       [numpy_helper.from_array(a, n) for a, n in ((big, "big"), (kept, "kept"), (small, "small"))])
+    onnx.save(model, tmp_path / "in.onnx")
+    settings = {"big": {"sparsity": 0.0, "bits": 6}, "kept": {"skip": True}}
+    halved = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "half.onnx", settings=settings, float16_others=True)
+    plain = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "plain.onnx", settings=settings)
+    assert halved.float16 == [("small", small.size)] and plain.float16 == []
+    types = {t.name: t.data_type for t in onnx.load(tmp_path / "half.onnx").graph.initializer}
+    assert types["small__float16"] == onnx.TensorProto.FLOAT16 and types["kept"] == onnx.TensorProto.FLOAT
+    assert "big" not in types and "small" not in types
+    assert {t.name: t.data_type for t in onnx.load(tmp_path / "plain.onnx").graph.initializer}["small"] == onnx.TensorProto.FLOAT
+    assert halved.output_bytes <= plain.output_bytes - small.size * 2 + 64  # 2 bytes a value saved, a Cast node added
+    x = rng.standard_normal((32, 128)).astype(np.float32)
+    got, = run_compressed(tmp_path / "half.onnx", {"x": x})
+    reference, = run_compressed(tmp_path / "plain.onnx", {"x": x})
+    assert np.linalg.norm(got - reference) / np.linalg.norm(reference) < 2 ** -10
+    again = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "again.onnx", settings={**settings, "small": {"skip": True}},
+                              float16_others=True)
+    assert again.float16 == []  # named by a setting that keeps it dense without float16: float32

@@ -180,6 +180,11 @@ RECOGNISER = ZooModel(
     task=lambda pred, data: 100 * char_accuracy(pred["pred"], list(data["texts"])), task_name="char accuracy %",
     fidelity=lambda a, b, data: {"char agreement": char_accuracy(b["pred"], a["pred"])},
     checks=[Fidelity("char agreement", 0.99)],
+    # the declared check itself: onnxcomp's ctc metric decodes the output [N, 40, 6625] as _ctc does (argmax per
+    # position, repeats merged, blank 0 dropped) and counts edits over the original's characters (char_accuracy);
+    # before branch cal10x the stand-in was the output's min cosine 0.99, which the defaults' output (char agreement
+    # 0.997) missed at 0.944
+    budget="ctc=0.99",
     feeds=lambda data, batch: {"x": data["x"][:batch]}, eval_batch=6)
 
 

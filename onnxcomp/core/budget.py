@@ -5,7 +5,7 @@ e_l(c), the quality loss when only that layer is compressed. Assuming errors add
 candidate per layer to minimise sum_l B_l(c_l) subject to sum_l e_l(c_l) <= budget: a multiple-choice
 knapsack, solved exactly by dynamic programming over Pareto frontiers. Metrics turn into additive errors as: cosine -> 1 - cos, top1 -> 1 - agreement,
 rel_l2 -> relative L2 error, accuracy -> drop in top-1 accuracy against labels, kl -> mean KL divergence of the
-softmax outputs.
+softmax outputs, ctc -> the character disagreement of greedy CTC decodings (edits over the reference's characters).
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ import numpy as np
 
 from onnxcomp.errors import InvalidOptionError
 
-METRICS = ("cosine", "top1", "rel_l2", "accuracy", "kl")
+METRICS = ("cosine", "top1", "rel_l2", "accuracy", "kl", "ctc")
+COUNTED = ("top1", "accuracy", "ctc")  # measured by counting samples or characters: the curves use a smooth stand-in
+CTC_BLANK = 0  # the class a CTC output emits between characters (PaddleOCR's and ddddocr's recognisers: class 0)
 RESOLUTION = 20000
 MAX_STATES = 200_000
 COSINE_ERROR_MAX = 2.0  # 1 - cos lies in [0, 2]
@@ -31,7 +33,7 @@ class Budget:
     @property
     def max_error(self) -> float:
         """The error the budget allows, in the additive units of ``error``."""
-        if self.metric in ("cosine", "top1"):
+        if self.metric in ("cosine", "top1", "ctc"):
             return 1.0 - self.value
         return self.value
 
@@ -42,8 +44,10 @@ class Budget:
 def parse_budget(text: str) -> Budget:
     """``cosine=0.99`` (min cosine), ``top1=0.99`` (min top-1 agreement), ``rel_l2=0.05`` (max relative L2
     error), ``accuracy=0.01`` (max top-1 accuracy drop against the data's labels, as a fraction; a negative value
-    is a change in points: ``accuracy=-1`` allows a drop of one point) or ``kl=0.05`` (max mean KL
-    divergence of the softmax outputs, in nats: smooth, for class scores)."""
+    is a change in points: ``accuracy=-1`` allows a drop of one point), ``kl=0.05`` (max mean KL
+    divergence of the softmax outputs, in nats: smooth, for class scores) or ``ctc=0.99`` (min character agreement
+    of the greedy CTC decodings of an output of per-position class scores [samples, positions, classes], blank
+    class 0, with the original's: 1 - total edit distance / total characters the original reads)."""
     name, _, value = text.partition("=")
     name = name.strip().lower().replace("-", "_")
     try:
@@ -52,7 +56,7 @@ def parse_budget(text: str) -> Budget:
         number = math.nan
     if name not in METRICS or not math.isfinite(number):
         raise InvalidOptionError(f"budget {text!r} is not understood: use one of {', '.join(m + '=VALUE' for m in METRICS)}")
-    if name in ("cosine", "top1") and not 0 < number <= 1:
+    if name in ("cosine", "top1", "ctc") and not 0 < number <= 1:
         raise InvalidOptionError(f"budget {text!r}: {name} must be in (0, 1]")
     if name == "accuracy" and number < 0:  # a change in points: accuracy=-1 allows a drop of one point
         number = -number / 100
@@ -62,9 +66,13 @@ def parse_budget(text: str) -> Budget:
 
 
 def allocation_metric(metric: str, reference: np.ndarray) -> str:
-    """The metric the sensitivity curves use for a budget in ``metric``: itself when it is smooth; for top-1 and
-    accuracy, which move in whole samples, ``kl`` (class scores [samples, classes]) or else ``rel_l2``."""
-    if metric not in ("top1", "accuracy"):
+    """The metric the sensitivity curves use for a budget in ``metric``: itself when it is smooth; for top-1,
+    accuracy and ctc, which move in whole samples or characters, ``kl`` (class scores [samples, classes]) or else
+    ``rel_l2``. Raises InvalidOptionError for a ctc budget on an output that is not [samples, positions, classes]."""
+    if metric == "ctc" and (reference.ndim != 3 or reference.shape[2] < 2):
+        raise InvalidOptionError(f"a ctc budget reads per-position class scores [samples, positions, classes]; the "
+                                 f"budget's output is {list(reference.shape)}")
+    if metric not in COUNTED:
         return metric
     return "kl" if reference.ndim == 2 and reference.shape[1] > 1 else "rel_l2"
 
@@ -86,6 +94,9 @@ def error(metric: str, reference: np.ndarray, output: np.ndarray, labels: np.nda
         return float(_cosine_errors(ref, out).max())
     if metric == "top1":
         return float(1.0 - np.mean(ref.argmax(1) == out.argmax(1)))
+    if metric == "ctc":
+        edits, chars = ctc_edits(reference, output)
+        return float(edits.sum() / max(1, chars.sum()))
     if metric == "rel_l2":
         return float(np.linalg.norm(out - ref) / (np.linalg.norm(ref) + 1e-30))
     if labels is None:
@@ -110,11 +121,18 @@ def error_bound(metric: str, reference: np.ndarray, output: np.ndarray, labels: 
     the per-sample divergences plus z standard errors of that mean. rel_l2: R^2 = sum a_i / sum b_i (a_i the
     squared error of sample i, b_i its squared reference norm) is a ratio estimator, whose standard error is
     sqrt(n / (n - 1) sum (a_i - R^2 b_i)^2) / sum b_i (Cochran 1977, ratio estimation, first order); the bound is
-    sqrt(R^2 + z times it). Fewer than 2 samples give no spread: the bound is then infinite unless the error is 0."""
+    sqrt(R^2 + z times it). ctc: the edits per reference character, R = sum e_i / sum c_i, also a ratio estimator
+    over samples (a sample's characters are not independent: one damaged line holds several edits), so R + z times
+    the same first-order standard error, sqrt(n / (n - 1) sum (e_i - R c_i)^2) / sum c_i, or the Wilson upper bound
+    of R over sum c_i characters when that is larger, which keeps a margin from the character count when no
+    character changed (about 1 / (sum c_i + 1)). Fewer than 2 samples give no spread: the bound is then infinite
+    unless the error is 0."""
     if metric == "cosine":
         return _tail_bound(_cosine_errors(reference, output), z)
     if metric in ("kl", "rel_l2"):
         return _mean_bound(metric, reference, output, z)
+    if metric == "ctc":
+        return _ctc_bound(*ctc_edits(reference, output), z)
     ref = reference.reshape(len(reference), -1).argmax(1)
     out = output.reshape(len(output), -1).argmax(1)
     n = len(ref)
@@ -126,6 +144,53 @@ def error_bound(metric: str, reference: np.ndarray, output: np.ndarray, labels: 
     helped = int(np.sum((ref != labels) & (out == labels)))
     spread = math.sqrt(max(hurt + helped - (hurt - helped) ** 2 / n, 0.0)) / n
     return max((hurt - helped) / n + z * spread, _wilson_upper(hurt / n, n, z) - helped / n)
+
+
+def ctc_decode(scores: np.ndarray) -> list[np.ndarray]:
+    """Greedy CTC decoding of per-position class scores [samples, positions, classes]: each sample's argmax per
+    position, repeats merged, the blank (CTC_BLANK) dropped; a list of int64 arrays of class indices."""
+    best = np.asarray(scores).argmax(-1)
+    decoded = []
+    for row in best.reshape(len(best), -1):
+        fresh = np.ones(len(row), dtype=bool)
+        fresh[1:] = row[1:] != row[:-1]
+        decoded.append(row[fresh & (row != CTC_BLANK)].astype(np.int64))
+    return decoded
+
+
+def edit_distance(a: np.ndarray, b: np.ndarray) -> int:
+    """Levenshtein distance of two sequences (insertions, deletions, substitutions cost 1), one row at a time."""
+    previous = np.arange(len(b) + 1)
+    for i, value in enumerate(a, 1):
+        current = np.empty_like(previous)
+        current[0] = i
+        substitute = previous[:-1] + (b != value)
+        for j in range(1, len(b) + 1):
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, substitute[j - 1])
+        previous = current
+    return int(previous[-1])
+
+
+def ctc_edits(reference: np.ndarray, output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample: the edit distance of ``output``'s greedy CTC decoding from ``reference``'s, and the number of
+    characters ``reference``'s decoding holds (int64 [samples] each; scores [samples, positions, classes])."""
+    ref, out = ctc_decode(reference), ctc_decode(output)
+    edits = np.asarray([edit_distance(r, o) if not np.array_equal(r, o) else 0 for r, o in zip(ref, out)], dtype=np.int64)
+    return edits, np.asarray([len(r) for r in ref], dtype=np.int64)
+
+
+def _ctc_bound(edits: np.ndarray, chars: np.ndarray, z: float) -> float:
+    """``error_bound`` for ctc from per-sample edits and reference characters (its docstring)."""
+    total, wrong = int(chars.sum()), int(edits.sum())
+    if total == 0:  # the original reads no character: nothing to confirm an agreement on
+        return math.inf
+    ratio = wrong / total
+    wilson = _wilson_upper(min(ratio, 1.0), total, z)
+    n = len(chars)
+    if n < 2:
+        return wilson if wrong == 0 else math.inf
+    spread = math.sqrt(n / (n - 1) * float(np.sum((edits - ratio * chars) ** 2))) / total
+    return max(ratio + z * spread, wilson)
 
 
 def _mean_bound(metric: str, reference: np.ndarray, output: np.ndarray, z: float) -> float:

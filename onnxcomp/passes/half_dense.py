@@ -142,14 +142,17 @@ def _opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def halve_dense_weights(model: onnx.ModelProto, names: set[str] | None = None) -> list[tuple[str, int]]:
+def halve_dense_weights(model: onnx.ModelProto, names: set[str] | None = None,
+                        exclude: set[str] | None = None) -> list[tuple[str, int]]:
     """Rewrite ``model`` in place: each float32 initializer of at least HALF_MIN_ELEMENTS values that binary16
     holds within 2^-11 relative (module docstring) becomes a float16 initializer ``NAME__float16`` (a fresh
     name) and a ``Cast(to=FLOAT)`` node, first in its graph, whose output takes the original name, so every
     consumer (subgraphs included) reads it unchanged; a dense weight read only by CodebookConv nodes (as W) becomes
     float16 under its own name instead, without a Cast (held to the weight-slot rule). ``names``: only these
     initializers are considered (a budget allocation's weights left dense as float16; a recurrent weight folded to
-    ``NAME.folded`` counts as ``NAME``), by the same rules; None: all. Returns (name, elements) of each halved weight."""
+    ``NAME.folded`` counts as ``NAME``), by the same rules; None: all. ``exclude``: initializers never halved (named
+    alike; a budget allocation's weights it keeps dense as float32), whatever ``names`` says. Returns (name,
+    elements) of each halved weight."""
     if _opset(model) < 6:
         return []
     graphs = list(graphs_of(model.graph))
@@ -178,6 +181,8 @@ def halve_dense_weights(model: onnx.ModelProto, names: set[str] | None = None) -
         casts = []
         for tensor in graph.initializer:
             if names is not None and tensor.name not in names and FOLDED_NAME.sub("", tensor.name) not in names:
+                continue
+            if exclude and (tensor.name in exclude or FOLDED_NAME.sub("", tensor.name) in exclude):
                 continue
             if (tensor.data_type != onnx.TensorProto.FLOAT or tensor.name in listed
                     or tensor.name in custom

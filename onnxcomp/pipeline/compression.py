@@ -338,7 +338,8 @@ def _resolve(recipe, config, options, eval_data, calib, calib_samples):
 def compress(input_path: str, output_path: str, *, eval_data: str | None = None, calib: str | None = None,
              calib_samples: int | None = None, recipe=None, config=None, allocation: str = "auto",
              fidelity: bool = True, min_cosine: float | None = None, fidelity_data=None, input_shapes: dict | None = None,
-             input_ranges: dict | None = None, keep_names: bool = False, **options) -> Report:
+             input_ranges: dict | None = None, keep_names: bool = False, float16_others: bool = False,
+             **options) -> Report:
     """Compress ``input_path`` into ``output_path`` plus its sidecar; the Python face of ``onnxcomp compress``.
 
     ``calib`` is a path (.npz, or a folder of them), "random", or a dict of input arrays; options are those
@@ -366,6 +367,10 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
     unless ``keep_names``. When no weight qualifies (nothing compressed, none stored as float16), whatever the
     options, the output is a copy of the input (byte for byte when it holds its data inline; ``Report.fallback``
     begins NOTHING_TO_COMPRESS and says why, ``Report.skipped`` lists each weight's reason).
+    ``float16_others`` (with ``settings``, the budget path's allocations): besides the weights whose setting says
+    ``float16``, every float tensor no setting names (biases, normalisation scales, weights below ``min_elements``)
+    is stored as float16 where half_dense's rules allow, as the data-free default stores them; a weight whose
+    setting keeps it dense without ``float16`` stays float32.
     """
     from onnxcomp.pipeline import fidelity as fidelity_check
     input_path, output_path = os.fspath(input_path), os.fspath(output_path)
@@ -450,7 +455,7 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
             # round whose fidelity is measured is loaded by that check (and the load check run only if it fails).
             checked = not (allocation == "proxy" and gains is None) and not (measure and not unavailable)
             report = _compress_once(input_path, staged, calib, loaded=graph_only, allocation=allocation, check=checked,
-                                    keep_names=keep_names, **extra, **options)
+                                    keep_names=keep_names, float16_others=float16_others, **extra, **options)
             if checked:
                 opened.add(staged)
             result = None
@@ -741,7 +746,7 @@ def _remove_companions(staged: str) -> None:
 
 
 def _compress_once(input_path: str, output_path: str, calib: dict | None, loaded: onnx.ModelProto | None = None,
-                   check: bool = True, keep_names: bool = False, **options) -> Report:
+                   check: bool = True, keep_names: bool = False, float16_others: bool = False, **options) -> Report:
     """One compression of ``input_path`` written to ``output_path`` (a staging path) and its report. ``loaded``: the
     input as model_io.load_model(input_path, external_data=False) gave it (read and checked once per compress;
     the passes work on it as it is when only_read allows, else on a copy). ``check``: open the output in onnxruntime
@@ -775,12 +780,16 @@ def _compress_once(input_path: str, output_path: str, calib: dict | None, loaded
     halved = []
     # Weights left dense as float16: every one half_dense's rules allow with the data-free default (not when only
     # integer weights were coded losslessly: the output of an already-quantized model then computes exactly what
-    # the input did), else those a budget allocation's settings mark float16.
-    chosen = {n for n, s in (options.get("settings") or {}).items() if s.get("float16")}
+    # the input did), else those a budget allocation's settings mark float16, and with ``float16_others`` every
+    # tensor its settings do not name (those a setting keeps dense as float32 stay so).
+    settings = options.get("settings") or {}
+    chosen = {n for n, s in settings.items() if s.get("float16")}
     proxy = options.get("allocation") == "proxy" and any(t.record is not None and t.kind != "integer" for t in state.targets)
-    if proxy or chosen:
+    others = float16_others and bool(settings)
+    if proxy or chosen or others:
         from onnxcomp.passes.half_dense import halve_dense_weights
-        halved = halve_dense_weights(compressed, None if proxy else chosen)
+        kept = {n for n, s in settings.items() if s.get("skip") and not s.get("float16")} if others else None
+        halved = halve_dense_weights(compressed, None if proxy or others else chosen, exclude=kept)
     drop_inferable_value_info(compressed)  # what onnxruntime infers anyway (and shorter symbolic dim names)
     renamed = {} if keep_names else shorten_names(compressed, keep=tapped, before=before)
     if renamed:  # the record initializers' new names
