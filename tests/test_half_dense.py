@@ -150,8 +150,9 @@ def test_budget_settings_halve_the_other_tensors_with_float16_others(tmp_path, r
                        [numpy_helper.from_array(a, n) for a, n in ((big, "big"), (kept, "kept"), (small, "small"))])
     onnx.save(model, tmp_path / "in.onnx")
     settings = {"big": {"sparsity": 0.0, "bits": 6}, "kept": {"skip": True}}
-    halved = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "half.onnx", settings=settings, float16_others=True)
-    plain = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "plain.onnx", settings=settings)
+    halved = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "half.onnx", settings=settings, float16_others=True,
+                                keep_names=True)  # the float16 copy is found by its name below
+    plain = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "plain.onnx", settings=settings, keep_names=True)
     assert halved.float16 == [("small", small.size)] and plain.float16 == []
     types = {t.name: t.data_type for t in onnx.load(tmp_path / "half.onnx").graph.initializer}
     assert types["small__float16"] == onnx.TensorProto.FLOAT16 and types["kept"] == onnx.TensorProto.FLOAT
