@@ -401,7 +401,8 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
         raise CalibrationError(f"{count} calibration samples are too few to hold some back and keep a check set: give at "
                                f"least {2 + (check > 0)}, or --check 0")
     fit_rows, hold_rows, check_rows = budget_split(count, held, checked, seed, groups)
-    if groups is not None:
+    if groups is not None:  # whole groups: the parts' sizes are what they took
+        held, checked = len(hold_rows), len(check_rows)
         progress.messages()(f"calibration groups ({len(np.unique(groups))}) kept whole: {len(fit_rows)} samples fit, "
                             f"{len(hold_rows)} held back, {len(check_rows)} in the check set")
     fit = take_samples(data, fit_rows, axes)
