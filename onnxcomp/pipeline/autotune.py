@@ -71,7 +71,7 @@ from onnxcomp.core import sidecar
 from onnxcomp.errors import CalibrationError, OnnxcompError
 from onnxcomp.pipeline import budget_output as output_slice
 from onnxcomp.pipeline.budget_output import BudgetOutput, Measured
-from onnxcomp.pipeline.evaluate import LABELS, check_eval_data, load_calibration, model_specs
+from onnxcomp.pipeline.evaluate import GROUPS, LABELS, check_eval_data, load_calibration, model_specs
 from onnxcomp.runtime import quiet_session_options
 
 log = logging.getLogger("onnxcomp")
@@ -153,13 +153,38 @@ def _removed_on_error(folder: str):
         raise
 
 
-def budget_split(count: int, held: int, checked: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def budget_split(count: int, held: int, checked: int, seed: int = 0,
+                 groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(fit rows, held-back rows, check rows), disjoint, each in file order: the check rows are drawn first
-    (seeded, ``seed + 1``), the other two split the rest as ``holdout_split``."""
-    order = np.random.default_rng(seed + 1).permutation(count)
-    check, rest = np.sort(order[:checked]), np.sort(order[checked:])
-    fit, hold = holdout_split(len(rest), held, seed)
-    return rest[fit], rest[hold], check
+    (seeded, ``seed + 1``), the other two split the rest as ``holdout_split``.
+
+    ``groups`` (one id per sample, [count], the calibration file's ``groups`` array) draws whole groups instead:
+    the check set takes groups in a seeded order (``seed + 1``) while they fit within ``checked`` samples (the
+    first always), the held-back samples likewise from the other groups (``seed``) within ``held``, and the fit
+    keeps the rest, so no group is split between the three and the check set measures sources the search never
+    saw. ``CalibrationError`` when fewer than three groups (two with ``checked`` 0) leave a part empty."""
+    if groups is None:
+        order = np.random.default_rng(seed + 1).permutation(count)
+        check, rest = np.sort(order[:checked]), np.sort(order[checked:])
+        fit, hold = holdout_split(len(rest), held, seed)
+        return rest[fit], rest[hold], check
+    ids, member = np.unique(groups, return_inverse=True)
+    sizes = np.bincount(member, minlength=len(ids))
+    left = np.arange(len(ids))
+    parts = []
+    for target, part_seed in ((checked, seed + 1), (held, seed)):
+        taken, total = [], 0
+        for group in left[np.random.default_rng(part_seed).permutation(len(left))] if target > 0 else []:
+            if not taken or total + sizes[group] <= target:
+                taken.append(group)
+                total += sizes[group]
+        left = np.setdiff1d(left, taken)
+        parts.append(np.flatnonzero(np.isin(member, taken)))
+    if not len(left):
+        raise CalibrationError(f"{len(ids)} calibration groups are too few to keep whole groups apart for the check set and "
+                               f"the held-back samples: give at least {2 + (checked > 0)} groups, or --check 0")
+    check, hold = parts
+    return np.flatnonzero(np.isin(member, left)), hold, check
 
 
 def _session(model: onnx.ModelProto, threads: int = 0) -> ort.InferenceSession:
@@ -370,8 +395,9 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     if len(budget_on.parts) > 1 and goal.metric not in ("rel_l2", "cosine"):
         raise OnnxcompError(f"several --budget-output parts ({budget_on.text}) are measured together by a rel_l2 or "
                             f"cosine budget, not {goal.metric}")
-    data = load_calibration(calib, model, calib_samples, seed, keep_labels=goal.metric == "accuracy")
+    data = load_calibration(calib, model, calib_samples, seed, keep_labels=goal.metric == "accuracy", keep_groups=True)
     all_labels = data.pop(LABELS, None)
+    groups = data.pop(GROUPS, None)
     if goal.metric == "accuracy" and all_labels is None:
         raise CalibrationError("an accuracy budget needs an array 'labels' in the calibration data")
     axes = sample_axes(model_specs(model))
@@ -381,7 +407,11 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     if check > 0 and checked < 1 or count - held - checked < 1:
         raise CalibrationError(f"{count} calibration samples are too few to hold some back and keep a check set: give at "
                                f"least {2 + (check > 0)}, or --check 0")
-    fit_rows, hold_rows, check_rows = budget_split(count, held, checked, seed)
+    fit_rows, hold_rows, check_rows = budget_split(count, held, checked, seed, groups)
+    if groups is not None:  # whole groups: the parts' sizes are what they took
+        held, checked = len(hold_rows), len(check_rows)
+        progress.messages()(f"calibration groups ({len(np.unique(groups))}) kept whole: {len(fit_rows)} samples fit, "
+                            f"{len(hold_rows)} held back, {len(check_rows)} in the check set")
     fit = take_samples(data, fit_rows, axes)
     hold = take_samples(data, hold_rows, axes)
     searched = take_samples(data, np.sort(np.concatenate([fit_rows, hold_rows])), axes)
@@ -411,6 +441,8 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     key.update(model.SerializeToString(deterministic=True))
     for name in sorted(data):
         key.update(np.ascontiguousarray(data[name]).tobytes())
+    if groups is not None:  # the groups decide the split, and so the curves
+        key.update(np.ascontiguousarray(np.concatenate([hold_rows, check_rows])).tobytes())
     cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "onnxcomp")
     cache_file = os.path.join(cache_dir, f"sensitivity-{key.hexdigest()[:32]}.json")
     cached = _load_cache(cache_file) or {}

@@ -21,6 +21,11 @@ from onnxcomp.passes.calibration import count_samples, sample_axes, sample_axis,
 from onnxcomp.runtime import DOMAIN, quiet_session_options
 
 LABELS = "labels"
+# Calibration samples that belong together (the captchas drawn on one photograph, the chunks of one clip): a budget's
+# held-back and check samples are drawn by whole groups (autotune.budget_split), so the check set measures samples
+# from sources the fit never saw. One id per sample, integers or strings; any other reader drops the array.
+GROUPS = "groups"
+NOT_INPUTS = (LABELS, GROUPS)  # arrays a data file may hold beside the model's inputs
 log = logging.getLogger("onnxcomp")
 
 
@@ -92,16 +97,31 @@ def load_data(path: str, specs: list[InputSpec] | ort.InferenceSession) -> dict[
         raise CalibrationError(f"{path}: inputs have different sample counts {sorted(counts)}")
     if LABELS in arrays:
         inputs[LABELS] = arrays[LABELS]
+    if GROUPS in arrays:
+        inputs[GROUPS] = _checked_groups(path, arrays[GROUPS], next(iter(counts), None))
     return inputs
 
 
+def _checked_groups(path: str, groups: np.ndarray, count: int | None) -> np.ndarray:
+    """The file's ``groups`` array if it gives one integer or string id per sample (``count`` samples), else one
+    ``CalibrationError`` line saying what is wrong."""
+    if count is None:
+        raise CalibrationError(f"{path}: 'groups' needs inputs with a sample axis to group")
+    if groups.ndim != 1 or len(groups) != count:
+        raise CalibrationError(f"{path}: 'groups' has shape {list(groups.shape)}: give one group id per sample, shape [{count}]")
+    if groups.dtype.kind not in "iuUS":
+        raise CalibrationError(f"{path}: 'groups' is {groups.dtype}: give integer or string group ids")
+    return groups
+
+
 def load_calibration(path: str, model: onnx.ModelProto, samples: int | None = None, seed: int = 0,
-                     keep_labels: bool = False) -> dict[str, np.ndarray]:
+                     keep_labels: bool = False, keep_groups: bool = False) -> dict[str, np.ndarray]:
     """Calibration inputs: from .npz file(s), or ``"random"`` draws from the declared shapes.
 
     ``samples`` keeps that many samples, drawn at random (seeded) and kept in file order: files are often
     sorted (by class, by source), so the first N would not be representative. ``keep_labels`` keeps the
-    file's ``labels`` array (subset alike) when there is one."""
+    file's ``labels`` array (subset alike) when there is one, ``keep_groups`` its ``groups`` array (one id per
+    sample; CalibrationError when it does not give one integer or string id per sample)."""
     specs = model_specs(model)
     if samples is not None and samples < 1:
         raise CalibrationError(f"calib-samples {samples} must be at least 1")
@@ -119,6 +139,8 @@ def load_calibration(path: str, model: onnx.ModelProto, samples: int | None = No
     data = load_data(path, specs)
     if not keep_labels:
         data.pop(LABELS, None)
+    if not keep_groups:
+        data.pop(GROUPS, None)
     axes = sample_axes(specs)
     count = count_samples(data, axes) if data else 0
     if samples is not None and samples < count:

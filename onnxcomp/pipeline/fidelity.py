@@ -474,17 +474,18 @@ def prepare(original_path: str, *, data: str | dict | None = None, calib: dict |
     """(feeds, what they are, why none) for the fidelity check: ``data`` (a .npz path or arrays), else ``calib``
     (calibration arrays), else inputs synthesised from the declared inputs. Inputs that cannot be synthesised
     give no feeds and the reason (never an exception)."""
-    from onnxcomp.pipeline.evaluate import LABELS, load_data, model_specs
+    from onnxcomp.pipeline.evaluate import NOT_INPUTS, load_data, model_specs
     model = model or onnx.load(original_path, load_external_data=False)
     axes = sample_axes(model_specs(model))
     if data is not None:
         if isinstance(data, (str, os.PathLike)):
             arrays = load_data(os.fspath(data), model_specs(model))
-            arrays.pop(LABELS, None)
+            for name in NOT_INPUTS:
+                arrays.pop(name, None)
             return batched_feeds(arrays, samples, axes=axes), os.path.basename(os.fspath(data)), None
         return batched_feeds(data, samples, axes=axes), "given", None
     if calib:
-        arrays = {k: v for k, v in calib.items() if k != LABELS}
+        arrays = {k: v for k, v in calib.items() if k not in NOT_INPUTS}
         return batched_feeds(arrays, samples, axes=axes), "calibration", None
     try:
         return synthesise(model, samples, seed, shapes, ranges), "synthesised", None

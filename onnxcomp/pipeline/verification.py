@@ -34,7 +34,7 @@ from onnxcomp.passes.fold_weights import FOLDED_NAME
 from onnxcomp import progress
 from onnxcomp.errors import CalibrationError, UnsupportedModelError
 from onnxcomp.passes.calibration import run_batched
-from onnxcomp.pipeline.evaluate import LABELS, load_data, open_session, session_specs
+from onnxcomp.pipeline.evaluate import NOT_INPUTS, load_data, open_session, session_specs
 from onnxcomp.pipeline.inspection import DOMAIN, stored_weights
 
 log = logging.getLogger("onnxcomp")
@@ -183,7 +183,8 @@ def verify(original_path: str, compressed_path: str, calib: str | None = None, *
         raise UnsupportedModelError(f"the models have different outputs: {names} and {[o.name for o in candidate.get_outputs()]}")
     if calib:
         inputs = load_data(os.fspath(calib), reference)
-        inputs.pop(LABELS, None)
+        for name in NOT_INPUTS:
+            inputs.pop(name, None)
         inputs = {k: v[:samples] for k, v in inputs.items()} if samples else inputs
         source = os.fspath(calib)
     else:
