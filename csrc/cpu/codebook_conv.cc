@@ -429,6 +429,7 @@ OrtStatus* CodebookConvKernel::Init(const OrtKernelInfo* info) {
       weight_.assign(weight_count_ + kWeightAlignFloats, 0.0f);
       weight_data_ = AlignedWeight(weight_.data());
       if (blocked_input && a.group == 1) PlanWinograd(o_count, i_count);
+      if (depthwise) PlanDepthwise();
       // Winograd keeps the filter as OIHWBo ([O/16][C][3][3][16]), which its per-run transform reads.
       ReorderFilter(dense.data(), o_count, i_count, kernel, block, blocked_input && winograd_.m == 0, weight_data_);
       if (bias.present) {
@@ -592,6 +593,7 @@ OrtStatus* CodebookConvKernel::ComputeV2(OrtKernelContext* raw_context) noexcept
 void CodebookConvKernel::BlockedConv(OrtKernelContext* context, const OrtValue* x, const OrtValue* bias,
                                      OrtValue* y) {
   if (winograd_.m != 0) return RunWinograd(context, x, y);
+  if (depthwise_ && RunDepthwise(context, x, y)) return;
   const OrtValue* inputs[] = {x, weight_value_, bias};
   OrtValue* outputs[] = {y};
   conv_op_.Invoke(context, inputs, static_cast<size_t>(conv_inputs_), outputs, 1);
@@ -766,6 +768,107 @@ void CodebookConvKernel::RunWinograd(OrtKernelContext* raw_context, const OrtVal
   } else {
     for (int64_t b = 0; b < count; ++b) RunWinogradBlock(&blocks, static_cast<size_t>(b));
   }
+}
+
+// Path 1b (docs/ops.md, "How it runs"): a depthwise layer of the NCHWc path with blocks of 16, explicit pads and
+// no activation or one the kernel applies runs the library's depthwise kernel (cpu/depthwise.h) on the same blocked
+// X and Y; ONNXCOMP_DEPTHWISE=0 (read at kernel creation) leaves it to onnxruntime's NCHWc Conv.
+void CodebookConvKernel::PlanDepthwise() {
+  const ConvAttributes& a = attributes_;
+  const char* setting = getenv("ONNXCOMP_DEPTHWISE");
+  if ((setting && strcmp(setting, "0") == 0) || block_ != kDepthwiseBlock || weight_dims_.size() != 4 ||
+      (a.auto_pad != "NOTSET" && a.auto_pad != "VALID")) {
+    return;
+  }
+  const std::vector<float>& params = a.activation_params;
+  if (a.activation.empty()) {
+    depthwise_activation_ = DepthwiseActivation::kNone;
+  } else if (a.activation == "Relu") {
+    depthwise_activation_ = DepthwiseActivation::kRelu;
+  } else if (a.activation == "LeakyRelu" && params.size() == 1) {
+    depthwise_activation_ = DepthwiseActivation::kLeakyRelu;
+  } else if (a.activation == "Clip" && params.size() == 2) {
+    depthwise_activation_ = DepthwiseActivation::kClip;
+  } else if (a.activation == "HardSigmoid" && params.size() == 2) {
+    depthwise_activation_ = DepthwiseActivation::kHardSigmoid;
+  } else if (a.activation == "HardSwish") {
+    depthwise_activation_ = DepthwiseActivation::kHardSwish;
+  } else {
+    return;  // Tanh, Sigmoid and forms without their parameters stay with onnxruntime's fused activations
+  }
+  depthwise_alpha_ = params.size() > 0 ? params[0] : 0.0f;
+  depthwise_beta_ = params.size() > 1 ? params[1] : 0.0f;
+#if defined(ONNXCOMP_HAVE_AVX512_KERNELS)
+  if (SelectIsa() == Isa::kAvx512) depthwise_ = DepthwiseAvx512;
+#endif
+  if (!depthwise_) depthwise_ = DepthwiseScalar;
+}
+
+namespace {
+
+// Interior output positions a row needs for the library's depthwise kernel (one group of its interior loop).
+constexpr int64_t kDepthwiseMinInterior = 8;
+
+struct DepthwiseTask {
+  DepthwiseKernel kernel;
+  const DepthwiseProblem* problem;
+};
+
+void RunDepthwiseTask(void* data, size_t task) {
+  const DepthwiseTask& t = *static_cast<const DepthwiseTask*>(data);
+  t.kernel(*t.problem, static_cast<int64_t>(task));
+}
+
+}  // namespace
+
+bool CodebookConvKernel::RunDepthwise(OrtKernelContext* raw_context, const OrtValue* x_value, OrtValue* y_value) {
+  Ort::KernelContext context(raw_context);
+  Ort::ConstValue x(x_value);
+  Ort::UnownedValue y(y_value);
+  const std::vector<int64_t> xs = x.GetTensorTypeAndShapeInfo().GetShape();
+  const std::vector<int64_t> ys = y.GetTensorTypeAndShapeInfo().GetShape();
+  const ConvAttributes& a = attributes_;
+  const bool valid = a.auto_pad == "VALID" || a.pads.empty();
+  DepthwiseProblem p{};
+  p.x = x.GetTensorData<float>();
+  p.n = xs[0];
+  p.blocks = xs[1] / kDepthwiseBlock;
+  p.h = xs[2];
+  p.w = xs[3];
+  p.kernel_h = weight_dims_[2];
+  p.kernel_w = weight_dims_[3];
+  p.stride_h = a.strides.empty() ? 1 : a.strides[0];
+  p.stride_w = a.strides.empty() ? 1 : a.strides[1];
+  p.dilation_h = a.dilations.empty() ? 1 : a.dilations[0];
+  p.dilation_w = a.dilations.empty() ? 1 : a.dilations[1];
+  p.pad_top = valid ? 0 : a.pads[0];
+  p.pad_left = valid ? 0 : a.pads[1];
+  p.out_h = ys[2];
+  p.out_w = ys[3];
+  // Only rows with a whole group of kDepthwiseMinInterior interior positions (all taps inside the row): on narrower
+  // rows (pplcnet's 5x5 layers at 7 x 7) the per-position edge chains measured slower than onnxruntime's kernel.
+  const int64_t first = (p.pad_left + p.stride_w - 1) / p.stride_w;
+  const int64_t last = p.w - 1 - (p.kernel_w - 1) * p.dilation_w + p.pad_left;
+  if (last < 0 || std::min(p.out_w, last / p.stride_w + 1) - first < kDepthwiseMinInterior) return false;
+  p.filter = weight_data_;
+  p.bias = bias_.empty() ? nullptr : bias_.data();
+  p.activation = depthwise_activation_;
+  p.alpha = depthwise_alpha_;
+  p.beta = depthwise_beta_;
+  p.y = y.GetTensorMutableData<float>();
+  // Tasks of about 2^14 multiply-adds' worth of rows (at least one row) once the layer is worth splitting.
+  const double row_work = double(p.out_w) * double(p.kernel_h * p.kernel_w) * double(kDepthwiseBlock);
+  const double work = row_work * double(p.out_h) * double(p.n * p.blocks);
+  const bool parallel = work >= kConvParallelWork;
+  p.rows_per_task = parallel ? std::max<int64_t>(1, static_cast<int64_t>(double(1 << 14) / row_work)) : p.out_h;
+  DepthwiseTask task{depthwise_, &p};
+  const int64_t count = p.tasks();
+  if (parallel && count > 1) {
+    context.ParallelFor(RunDepthwiseTask, static_cast<size_t>(count), 0, &task);
+  } else {
+    for (int64_t t = 0; t < count; ++t) RunDepthwiseTask(&task, static_cast<size_t>(t));
+  }
+  return true;
 }
 
 }  // namespace onnxcomp

@@ -4,6 +4,7 @@
 
 #include "cpu/matmul_kernels.h"
 #include "cpu/record_kernel.h"
+#include "cpu/depthwise.h"
 #include "cpu/winograd.h"
 
 #include <mutex>
@@ -277,6 +278,10 @@ struct CodebookConvKernel : RecordKernel {
   // The blocked convolution of the kNchwc path, X blocked [N, C, H, W] into blocked Y: onnxruntime's or Winograd.
   void BlockedConv(OrtKernelContext* context, const OrtValue* x, const OrtValue* bias, OrtValue* y);
   void RunWinograd(OrtKernelContext* context, const OrtValue* x, OrtValue* y);
+  // Picks the library's depthwise kernel for a kNchwc depthwise layer (leaves depthwise_ null where the rule says no).
+  void PlanDepthwise();
+  // false: X's rows are too narrow for it (the caller then invokes onnxruntime's kernel).
+  bool RunDepthwise(OrtKernelContext* context, const OrtValue* x, OrtValue* y);
 
   ConvAttributes attributes_;
   ConvPath path_ = ConvPath::kOrt;
@@ -302,6 +307,9 @@ struct CodebookConvKernel : RecordKernel {
                            float* y) const;
   DotKernel dot_kernel_ = nullptr;  // null: no direct path for this node
   WinogradPlan winograd_;
+  DepthwiseKernel depthwise_ = nullptr;  // path 1b: the library's depthwise kernel (null: onnxruntime's)
+  DepthwiseActivation depthwise_activation_ = DepthwiseActivation::kNone;
+  float depthwise_alpha_ = 0.0f, depthwise_beta_ = 0.0f;
 };
 
 struct CodebookConvOp : Ort::CustomOpBase<CodebookConvOp, CodebookConvKernel, true> {

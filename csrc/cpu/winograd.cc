@@ -1,6 +1,7 @@
-// The portable Winograd kernel (cpu/winograd.h): 16 scalar lanes per vector, each operation rounded as the
-// AVX-512 kernel's (fmaf for its fused multiply-adds), so the two give the same bits.
+// The portable Winograd and depthwise kernels (cpu/winograd.h, cpu/depthwise.h): 16 scalar lanes per vector,
+// each operation rounded as the AVX-512 kernel's (fmaf for its fused multiply-adds), so the two give the same bits.
 #include "cpu/winograd.h"
+#include "cpu/depthwise.h"
 
 #include <math.h>
 
@@ -83,6 +84,7 @@ struct Ops {
 };
 
 #include "cpu/winograd_impl.h"
+#include "cpu/depthwise_impl.h"
 
 }  // namespace
 
@@ -92,5 +94,7 @@ void WinogradWeightsScalar(int m, const float* filter, int64_t c, int64_t o, int
                            float* u) {
   RunWeights(m, filter, c, o, ob_begin, ob_end, u);
 }
+
+void DepthwiseScalar(const DepthwiseProblem& p, int64_t task) { RunDepthwise(p, task); }
 
 }  // namespace onnxcomp

@@ -1,9 +1,10 @@
-// The AVX-512F Winograd kernel (cpu/winograd.h): one __m512 per 16-channel vector; the element-wise products as
+// The AVX-512F Winograd and depthwise kernels (cpu/winograd.h, cpu/depthwise.h): one __m512 per 16-channel vector; the element-wise products as
 // GEMMs with a 12-row x 32-column register tile modelled on matmul_avx512.cc's dense-panel kernel (24 zmm
 // accumulators, two panels of 16 output channels, one broadcast per tile row and k).
 #include <immintrin.h>
 
 #include "cpu/winograd.h"
+#include "cpu/depthwise.h"
 
 namespace onnxcomp {
 namespace {
@@ -87,6 +88,7 @@ struct Ops {
 };
 
 #include "cpu/winograd_impl.h"
+#include "cpu/depthwise_impl.h"
 
 }  // namespace
 
@@ -96,5 +98,7 @@ void WinogradWeightsAvx512(int m, const float* filter, int64_t c, int64_t o, int
                            float* u) {
   RunWeights(m, filter, c, o, ob_begin, ob_end, u);
 }
+
+void DepthwiseAvx512(const DepthwiseProblem& p, int64_t task) { RunDepthwise(p, task); }
 
 }  // namespace onnxcomp

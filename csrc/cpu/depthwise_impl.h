@@ -1,0 +1,102 @@
+// The depthwise kernel (cpu/depthwise.h) written once over a 16-lane vector type: included inside an unnamed
+// namespace by cpu/winograd.cc (scalar lanes) and cpu/winograd_avx512.cc (one __m512) after their `struct Ops`
+// (cpu/winograd_impl.h lists its operations). Both units are built with -ffp-contract=off. No std:: templates here
+// (the AVX-512 unit must not instantiate them).
+
+inline int64_t MinIndex(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t MaxIndex(int64_t a, int64_t b) { return a > b ? a : b; }
+
+// The activation after the bias, each a fixed sequence of Ops (onnxruntime's definitions: HardSigmoid
+// max(0, min(1, alpha * v + beta)), HardSwish v * max(0, min(1, v / 6 + 0.5))).
+inline Ops::V Activate(const DepthwiseProblem& p, Ops::V v) {
+  using V = Ops::V;
+  switch (p.activation) {
+    case DepthwiseActivation::kRelu: return Ops::Max(v, Ops::Zero());
+    case DepthwiseActivation::kLeakyRelu: return Ops::NegativeTimes(v, Ops::Set1(p.alpha));
+    case DepthwiseActivation::kClip: return Ops::Min(Ops::Max(v, Ops::Set1(p.alpha)), Ops::Set1(p.beta));
+    case DepthwiseActivation::kHardSigmoid: {
+      const V t = Ops::Add(Ops::Mul(v, Ops::Set1(p.alpha)), Ops::Set1(p.beta));
+      return Ops::Min(Ops::Max(t, Ops::Zero()), Ops::Set1(1.0f));
+    }
+    case DepthwiseActivation::kHardSwish: {
+      const V t = Ops::Add(Ops::Mul(v, Ops::Set1(1.0f / 6.0f)), Ops::Set1(0.5f));
+      return Ops::Mul(v, Ops::Min(Ops::Max(t, Ops::Zero()), Ops::Set1(1.0f)));
+    }
+    default: return v;
+  }
+}
+
+// G adjacent output positions [ox, ox + G) of one row whose taps all lie inside the row (columns), over the
+// kernel rows [ky_begin, ky_end) that lie inside the image: the filter vector of each tap is loaded once for all G.
+template <int G>
+inline void InteriorGroup(const DepthwiseProblem& p, const float* image, const float* filter, int64_t iy0,
+                          int64_t ky_begin, int64_t ky_end, int64_t ox, float* out) {
+  using V = Ops::V;
+  V acc[G];
+#pragma GCC unroll 8
+  for (int j = 0; j < G; ++j) acc[j] = Ops::Zero();
+  const int64_t step = p.stride_w * 16;
+  for (int64_t ky = ky_begin; ky < ky_end; ++ky) {
+    const float* row = image + (iy0 + ky * p.dilation_h) * p.w * 16 + (ox * p.stride_w - p.pad_left) * 16;
+    const float* taps = filter + ky * p.kernel_w * 16;
+    for (int64_t kx = 0; kx < p.kernel_w; ++kx) {
+      const V wv = Ops::Load(taps + kx * 16);
+      const float* at = row + kx * p.dilation_w * 16;
+#pragma GCC unroll 8
+      for (int j = 0; j < G; ++j) acc[j] = Ops::Fma(Ops::Load(at + j * step), wv, acc[j]);
+    }
+  }
+  const V b = p.bias ? Ops::Load(p.bias) : Ops::Zero();
+#pragma GCC unroll 8
+  for (int j = 0; j < G; ++j) Ops::Store(out + j * 16, Activate(p, p.bias ? Ops::Add(acc[j], b) : acc[j]));
+}
+
+// One output position with some taps in the padding: the same chain over the in-bounds taps only (the kernel
+// columns [kx_begin, kx_end) whose input column lies inside the row).
+inline void EdgePosition(const DepthwiseProblem& p, const float* image, const float* filter, int64_t iy0,
+                         int64_t ky_begin, int64_t ky_end, int64_t ox, float* out) {
+  using V = Ops::V;
+  V acc = Ops::Zero();
+  const int64_t ix0 = ox * p.stride_w - p.pad_left;
+  int64_t kx_begin = 0, kx_end = p.kernel_w;
+  while (kx_begin < kx_end && ix0 + kx_begin * p.dilation_w < 0) ++kx_begin;
+  while (kx_end > kx_begin && ix0 + (kx_end - 1) * p.dilation_w >= p.w) --kx_end;
+  for (int64_t ky = ky_begin; ky < ky_end; ++ky) {
+    const float* row = image + (iy0 + ky * p.dilation_h) * p.w * 16 + ix0 * 16;
+    const float* taps = filter + ky * p.kernel_w * 16;
+    for (int64_t kx = kx_begin; kx < kx_end; ++kx) {
+      acc = Ops::Fma(Ops::Load(row + kx * p.dilation_w * 16), Ops::Load(taps + kx * 16), acc);
+    }
+  }
+  Ops::Store(out, Activate(p, p.bias ? Ops::Add(acc, Ops::Load(p.bias)) : acc));
+}
+
+void RunDepthwise(const DepthwiseProblem& p, int64_t task) {
+  const int64_t chunks = p.row_chunks();
+  const int64_t image_block = task / chunks, chunk = task % chunks;
+  const int64_t block = image_block % p.blocks;
+  const float* image = p.x + image_block * p.h * p.w * 16;
+  const float* filter = p.filter + block * p.kernel_h * p.kernel_w * 16;
+  DepthwiseProblem q = p;
+  q.bias = p.bias ? p.bias + block * 16 : nullptr;
+  float* y = p.y + image_block * p.out_h * p.out_w * 16;
+  // Interior columns: ox * stride - pad_left >= 0 and ox * stride - pad_left + (kernel_w - 1) * dilation < W.
+  const int64_t span = (p.kernel_w - 1) * p.dilation_w;
+  const int64_t lo = MinIndex(p.out_w, (p.pad_left + p.stride_w - 1) / p.stride_w);
+  const int64_t last = p.w - 1 - span + p.pad_left;  // largest ox * stride allowed
+  const int64_t hi = last < 0 ? lo : MaxIndex(lo, MinIndex(p.out_w, last / p.stride_w + 1));
+  const int64_t oy_end = MinIndex(p.out_h, (chunk + 1) * p.rows_per_task);
+  for (int64_t oy = chunk * p.rows_per_task; oy < oy_end; ++oy) {
+    const int64_t iy0 = oy * p.stride_h - p.pad_top;
+    int64_t ky_begin = 0, ky_end = p.kernel_h;
+    while (ky_begin < ky_end && iy0 + ky_begin * p.dilation_h < 0) ++ky_begin;
+    while (ky_end > ky_begin && iy0 + (ky_end - 1) * p.dilation_h >= p.h) --ky_end;
+    float* out = y + oy * p.out_w * 16;
+    int64_t ox = 0;
+    for (; ox < lo; ++ox) EdgePosition(q, image, filter, iy0, ky_begin, ky_end, ox, out + ox * 16);
+    for (; ox + 8 <= hi; ox += 8) InteriorGroup<8>(q, image, filter, iy0, ky_begin, ky_end, ox, out + ox * 16);
+    for (; ox + 4 <= hi; ox += 4) InteriorGroup<4>(q, image, filter, iy0, ky_begin, ky_end, ox, out + ox * 16);
+    for (; ox < hi; ++ox) InteriorGroup<1>(q, image, filter, iy0, ky_begin, ky_end, ox, out + ox * 16);
+    for (; ox < p.out_w; ++ox) EdgePosition(q, image, filter, iy0, ky_begin, ky_end, ox, out + ox * 16);
+  }
+}

@@ -1,0 +1,102 @@
+"""CodebookConv's depthwise path (path 1b: the library's NCHWc16 depthwise kernel, cpu/depthwise.h) against a numpy
+float64 convolution, across instruction-set caps and thread counts, and the rule that picks it.
+
+Tolerance: each output is one chain of fused multiply-adds over its k_h * k_w in-bounds taps, then + bias, then the
+activation, so |y - reference| <= (k_h * k_w + 2) * 2^-24 * M (the usual bound of a recursive sum, Higham,
+"Accuracy and Stability of Numerical Algorithms", 2002, section 4.2), M = sum of |x| |w| + |bias| of the output;
+the activations after it are 1-Lipschitz (HardSwish: at most 1.5 times the input's change on these magnitudes, so
+the test doubles the bound).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_conv import ACTIVATIONS, dense_conv_model, numpy_conv
+from test_winograd import activate as winograd_activate
+from test_winograd import run
+
+EPS32 = 2.0 ** -24
+
+
+def activate(y: np.ndarray, activation) -> np.ndarray:
+    params = ACTIVATIONS.get(activation)
+    if activation == "HardSigmoid":
+        return np.clip(params[0] * y + params[1], 0, 1)
+    if activation == "HardSwish":
+        return y * np.clip(y / 6 + 0.5, 0, 1)
+    return winograd_activate(y, activation)
+
+
+# (X shape, kernel, attributes): channels a multiple of 16 or (NCHW input) of 4, strides 1 and 2, dilation 2, 3x3,
+# 5x5 and 3x5 kernels, asymmetric and VALID pads, batch > 1, rows of 8 to 40 interior positions.
+SHAPES = [
+    ((1, 16, 12, 12), (3, 3), dict(pads=[1, 1, 1, 1])),
+    ((2, 32, 20, 17), (3, 3), dict(pads=[1, 1, 1, 1], strides=[2, 2])),
+    ((1, 48, 14, 14), (5, 5), dict(pads=[2, 2, 2, 2])),
+    ((3, 16, 15, 23), (3, 5), dict(pads=[0, 2, 1, 1])),
+    ((1, 32, 19, 19), (3, 3), dict(pads=[2, 2, 2, 2], dilations=[2, 2])),
+    ((2, 16, 13, 21), (3, 3), dict(auto_pad="VALID")),
+    ((1, 24, 16, 18), (3, 3), dict(pads=[1, 1, 1, 1])),
+    ((2, 64, 42, 42), (5, 5), dict(pads=[2, 2, 2, 2], strides=[2, 2])),
+]
+ACTS = [None, "Relu", "HardSwish", "LeakyRelu", "Clip", "HardSigmoid", "HardSwish", "Relu"]
+
+
+def case_inputs(case):
+    x_shape, kernel, attrs = SHAPES[case]
+    c = x_shape[1]
+    rng = np.random.default_rng(80 + case)
+    w = (rng.standard_normal((c, 1, *kernel)) * 0.3).astype(np.float32)
+    bias = rng.standard_normal(c).astype(np.float32) if case % 3 != 1 else None
+    x = (2 * rng.standard_normal(x_shape)).astype(np.float32)
+    return x, w, bias, {**attrs, "group": c}
+
+
+@pytest.mark.parametrize("case", range(len(SHAPES)))
+def test_depthwise_against_numpy_float64(case):
+    x, w, bias, attrs = case_inputs(case)
+    activation = ACTS[case]
+    model = dense_conv_model(w, attrs, bias, None, activation)
+    y = run(model, x)
+    reference = activate(numpy_conv(x, w, bias, attrs), activation)
+    assert y.shape == reference.shape
+    magnitude = numpy_conv(np.abs(x), np.abs(w), None if bias is None else np.abs(bias), attrs)
+    bound = 2 * (w[0].size + 2) * EPS32 * magnitude + 1e-30
+    assert (np.abs(y.astype(np.float64) - reference) <= bound).all()
+    # onnxruntime's NCHWc depthwise kernel (MLAS) computes the same chain (from 0.0, taps in order, padding skipped,
+    # then the bias and the activation): on these shapes its bits are the library kernel's.
+    np.testing.assert_array_equal(y, run(model, x, {"ONNXCOMP_DEPTHWISE": "0"}))
+
+
+@pytest.mark.parametrize("case", [1, 6, 7])
+def test_depthwise_is_the_same_under_every_isa_cap_and_thread_count(case):
+    """scalar, AVX2 (the portable kernel: no AVX2 depthwise kernel) and AVX-512, 1 and 2 threads (case 7 is split
+    over the pool)."""
+    x, w, bias, attrs = case_inputs(case)
+    model = dense_conv_model(w, attrs, bias, None, ACTS[case])
+    outputs = [run(model, x, {"ONNXCOMP_ISA": isa}) for isa in ("scalar", "avx2", "avx512")]
+    outputs.append(run(model, x, threads=2))
+    for y in outputs[1:]:
+        np.testing.assert_array_equal(y, outputs[0])
+
+
+# Depthwise layers the rule leaves to onnxruntime's NCHWc convolution: rows with fewer than 8 interior positions
+# (5x5 at 7 x 7), Sigmoid and Tanh, SAME pads.
+OTHERS = [
+    ((1, 32, 7, 7), (5, 5), dict(pads=[2, 2, 2, 2]), None),
+    ((1, 16, 12, 12), (3, 3), dict(pads=[1, 1, 1, 1]), "Sigmoid"),
+    ((1, 16, 12, 12), (3, 3), dict(pads=[1, 1, 1, 1]), "Tanh"),
+    ((1, 16, 12, 12), (3, 3), dict(auto_pad="SAME_UPPER"), None),
+]
+
+
+@pytest.mark.parametrize("case", range(len(OTHERS)))
+def test_depthwise_layers_outside_the_rule_keep_onnxruntimes_convolution(case):
+    x_shape, kernel, attrs, activation = OTHERS[case]
+    rng = np.random.default_rng(90 + case)
+    c = x_shape[1]
+    w = (rng.standard_normal((c, 1, *kernel)) * 0.3).astype(np.float32)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    model = dense_conv_model(w, {**attrs, "group": c}, None, None, activation)
+    np.testing.assert_array_equal(run(model, x), run(model, x, {"ONNXCOMP_DEPTHWISE": "0"}))
