@@ -53,10 +53,8 @@ def case_inputs(case):
     return x, w, bias, {**attrs, "group": c}
 
 
-@pytest.mark.parametrize("case", range(len(SHAPES)))
-def test_depthwise_against_numpy_float64(case):
-    x, w, bias, attrs = case_inputs(case)
-    activation = ACTS[case]
+def checked_against_numpy(x, w, bias, attrs, activation) -> tuple:
+    """(the CodebookConv model on dense w, its output), the output checked against the float64 bound above."""
     model = dense_conv_model(w, attrs, bias, None, activation)
     y = run(model, x)
     reference = activate(numpy_conv(x, w, bias, attrs), activation)
@@ -64,6 +62,21 @@ def test_depthwise_against_numpy_float64(case):
     magnitude = numpy_conv(np.abs(x), np.abs(w), None if bias is None else np.abs(bias), attrs)
     bound = 2 * (w[0].size + 2) * EPS32 * magnitude + 1e-30
     assert (np.abs(y.astype(np.float64) - reference) <= bound).all()
+    return model, y
+
+
+def assert_same_under_every_isa_cap_and_thread_count(model, x):
+    """scalar, AVX2 (the portable kernel: there is no AVX2 kernel for these paths) and AVX-512, 1 and 2 threads."""
+    outputs = [run(model, x, {"ONNXCOMP_ISA": isa}) for isa in ("scalar", "avx2", "avx512")]
+    outputs.append(run(model, x, threads=2))
+    for y in outputs[1:]:
+        np.testing.assert_array_equal(y, outputs[0])
+
+
+@pytest.mark.parametrize("case", range(len(SHAPES)))
+def test_depthwise_against_numpy_float64(case):
+    x, w, bias, attrs = case_inputs(case)
+    model, y = checked_against_numpy(x, w, bias, attrs, ACTS[case])
     # onnxruntime's NCHWc depthwise kernel (MLAS) computes the same chain (from 0.0, taps in order, padding skipped,
     # then the bias and the activation): on these shapes its bits are the library kernel's.
     np.testing.assert_array_equal(y, run(model, x, {"ONNXCOMP_DEPTHWISE": "0"}))
@@ -71,14 +84,9 @@ def test_depthwise_against_numpy_float64(case):
 
 @pytest.mark.parametrize("case", [1, 6, 7])
 def test_depthwise_is_the_same_under_every_isa_cap_and_thread_count(case):
-    """scalar, AVX2 (the portable kernel: no AVX2 depthwise kernel) and AVX-512, 1 and 2 threads (case 7 is split
-    over the pool)."""
+    """Case 7 is split over the pool."""
     x, w, bias, attrs = case_inputs(case)
-    model = dense_conv_model(w, attrs, bias, None, ACTS[case])
-    outputs = [run(model, x, {"ONNXCOMP_ISA": isa}) for isa in ("scalar", "avx2", "avx512")]
-    outputs.append(run(model, x, threads=2))
-    for y in outputs[1:]:
-        np.testing.assert_array_equal(y, outputs[0])
+    assert_same_under_every_isa_cap_and_thread_count(dense_conv_model(w, attrs, bias, None, ACTS[case]), x)
 
 
 # Depthwise layers the rule leaves to onnxruntime's NCHWc convolution: rows with fewer than 8 interior positions
@@ -100,3 +108,38 @@ def test_depthwise_layers_outside_the_rule_keep_onnxruntimes_convolution(case):
     x = rng.standard_normal(x_shape).astype(np.float32)
     model = dense_conv_model(w, {**attrs, "group": c}, None, None, activation)
     np.testing.assert_array_equal(run(model, x), run(model, x, {"ONNXCOMP_DEPTHWISE": "0"}))
+
+
+# Path 1c: group 1, fewer than 16 input channels read as NCHW (a first convolution on an image), O off and on the
+# block (padded to it), strides 1 and 2, asymmetric pads, dilation, batch > 1.
+NCHW_SHAPES = [
+    ((1, 3, 40, 40), (16, 3, 3, 3), dict(pads=[1, 1, 1, 1], strides=[2, 2])),
+    ((2, 1, 21, 30), (24, 1, 5, 5), dict(pads=[2, 1, 0, 2])),
+    ((1, 4, 25, 19), (32, 4, 3, 3), dict(pads=[2, 2, 2, 2], dilations=[2, 2])),
+    ((3, 8, 18, 18), (16, 8, 1, 1), {}),
+    ((1, 3, 33, 64), (48, 3, 7, 7), dict(pads=[3, 3, 3, 3], strides=[2, 2])),
+]
+NCHW_ACTS = ["HardSwish", None, "Relu", "Clip", "HardSigmoid"]
+
+
+def nchw_inputs(case):
+    x_shape, w_shape, attrs = NCHW_SHAPES[case]
+    rng = np.random.default_rng(120 + case)
+    w = (rng.standard_normal(w_shape) * 0.3).astype(np.float32)
+    bias = rng.standard_normal(w_shape[0]).astype(np.float32) if case != 1 else None
+    x = (2 * rng.standard_normal(x_shape)).astype(np.float32)
+    return x, w, bias, attrs
+
+
+@pytest.mark.parametrize("case", range(len(NCHW_SHAPES)))
+def test_nchw_input_path_against_numpy_float64_and_onnxruntime(case):
+    x, w, bias, attrs = nchw_inputs(case)
+    model, y = checked_against_numpy(x, w, bias, attrs, NCHW_ACTS[case])
+    # onnxruntime's NCHW-input kernel sums each channel's chain into the output the same way: the same bits.
+    np.testing.assert_array_equal(y, run(model, x, {"ONNXCOMP_NCHW_INPUT": "0"}))
+
+
+@pytest.mark.parametrize("case", [0, 4])
+def test_nchw_input_path_is_the_same_under_every_isa_cap_and_thread_count(case):
+    x, w, bias, attrs = nchw_inputs(case)
+    assert_same_under_every_isa_cap_and_thread_count(dense_conv_model(w, attrs, bias, None, NCHW_ACTS[case]), x)

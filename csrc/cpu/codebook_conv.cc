@@ -429,7 +429,7 @@ OrtStatus* CodebookConvKernel::Init(const OrtKernelInfo* info) {
       weight_.assign(weight_count_ + kWeightAlignFloats, 0.0f);
       weight_data_ = AlignedWeight(weight_.data());
       if (blocked_input && a.group == 1) PlanWinograd(o_count, i_count);
-      if (depthwise) PlanDepthwise();
+      if (depthwise || (a.group == 1 && !blocked_input)) PlanDepthwise(depthwise);
       // Winograd keeps the filter as OIHWBo ([O/16][C][3][3][16]), which its per-run transform reads.
       ReorderFilter(dense.data(), o_count, i_count, kernel, block, blocked_input && winograd_.m == 0, weight_data_);
       if (bias.present) {
@@ -770,12 +770,13 @@ void CodebookConvKernel::RunWinograd(OrtKernelContext* raw_context, const OrtVal
   }
 }
 
-// Path 1b (docs/ops.md, "How it runs"): a depthwise layer of the NCHWc path with blocks of 16, explicit pads and
-// no activation or one the kernel applies runs the library's depthwise kernel (cpu/depthwise.h) on the same blocked
-// X and Y; ONNXCOMP_DEPTHWISE=0 (read at kernel creation) leaves it to onnxruntime's NCHWc Conv.
-void CodebookConvKernel::PlanDepthwise() {
+// Paths 1b and 1c (docs/ops.md, "How it runs"): a depthwise layer of the NCHWc path (or, 1c, one with group 1 and
+// an NCHW input of fewer than 16 channels) with blocks of 16, explicit pads and no activation or one the kernels
+// apply runs the library's kernel (cpu/depthwise.h) on the same X and blocked Y; ONNXCOMP_DEPTHWISE=0 and
+// ONNXCOMP_NCHW_INPUT=0 (read at kernel creation) leave them to onnxruntime's NCHWc Conv.
+void CodebookConvKernel::PlanDepthwise(bool depthwise) {
   const ConvAttributes& a = attributes_;
-  const char* setting = getenv("ONNXCOMP_DEPTHWISE");
+  const char* setting = getenv(depthwise ? "ONNXCOMP_DEPTHWISE" : "ONNXCOMP_NCHW_INPUT");
   if ((setting && strcmp(setting, "0") == 0) || block_ != kDepthwiseBlock || weight_dims_.size() != 4 ||
       (a.auto_pad != "NOTSET" && a.auto_pad != "VALID")) {
     return;
@@ -798,10 +799,11 @@ void CodebookConvKernel::PlanDepthwise() {
   }
   depthwise_alpha_ = params.size() > 0 ? params[0] : 0.0f;
   depthwise_beta_ = params.size() > 1 ? params[1] : 0.0f;
+  nchw_input_ = !depthwise;
 #if defined(ONNXCOMP_HAVE_AVX512_KERNELS)
-  if (SelectIsa() == Isa::kAvx512) depthwise_ = DepthwiseAvx512;
+  if (SelectIsa() == Isa::kAvx512) depthwise_ = depthwise ? DepthwiseAvx512 : NchwInputAvx512;
 #endif
-  if (!depthwise_) depthwise_ = DepthwiseScalar;
+  if (!depthwise_) depthwise_ = depthwise ? DepthwiseScalar : NchwInputScalar;
 }
 
 namespace {
@@ -832,7 +834,8 @@ bool CodebookConvKernel::RunDepthwise(OrtKernelContext* raw_context, const OrtVa
   DepthwiseProblem p{};
   p.x = x.GetTensorData<float>();
   p.n = xs[0];
-  p.blocks = xs[1] / kDepthwiseBlock;
+  p.blocks = ys[1] / kDepthwiseBlock;
+  p.channels = nchw_input_ ? xs[1] : 0;
   p.h = xs[2];
   p.w = xs[3];
   p.kernel_h = weight_dims_[2];
@@ -857,7 +860,8 @@ bool CodebookConvKernel::RunDepthwise(OrtKernelContext* raw_context, const OrtVa
   p.beta = depthwise_beta_;
   p.y = y.GetTensorMutableData<float>();
   // Tasks of about 2^14 multiply-adds' worth of rows (at least one row) once the layer is worth splitting.
-  const double row_work = double(p.out_w) * double(p.kernel_h * p.kernel_w) * double(kDepthwiseBlock);
+  const double row_work =
+      double(p.out_w) * double(p.kernel_h * p.kernel_w * std::max<int64_t>(1, p.channels)) * double(kDepthwiseBlock);
   const double work = row_work * double(p.out_h) * double(p.n * p.blocks);
   const bool parallel = work >= kConvParallelWork;
   p.rows_per_task = parallel ? std::max<int64_t>(1, static_cast<int64_t>(double(1 << 14) / row_work)) : p.out_h;

@@ -1,9 +1,11 @@
-// Depthwise convolution on onnxruntime's NCHWc layout with blocks of 16 channels: CodebookConv's path 1b for
-// depthwise layers (group = C = O, one filter per channel; the rule: docs/ops.md, "How it runs").
+// Direct convolutions writing onnxruntime's NCHWc layout with blocks of 16 channels (the rule: docs/ops.md, "How it
+// runs"): CodebookConv's path 1b for depthwise layers (group = C = O, one filter per channel, blocked X), and path 1c
+// for layers with group 1 and fewer than 16 input channels read as NCHW (a network's first convolution on an image).
 //
-// Each output vector (16 channels of one position) is one fixed sequence: a chain of fused multiply-adds from 0.0
-// over the in-bounds taps in (kernel row, kernel column) order (taps in the padding are skipped), then + bias, then
-// the activation. The same sequence in the AVX-512 and the scalar kernels (both units built with
+// Each output vector (16 channels of one position) is one fixed sequence: per input channel a chain of fused
+// multiply-adds from 0.0 over its in-bounds taps in (kernel row, kernel column) order (taps in the padding are
+// skipped), the channels' chains added in order (chain_0, then chain_c + total; a depthwise output has one), then
+// + bias, then the activation (path 1c: each tap's input value broadcast to the 16 lanes). The same sequence in the AVX-512 and the scalar kernels (both units built with
 // -ffp-contract=off): **bit-identical** results under every ONNXCOMP_ISA cap and thread count. Interior positions
 // run 8 at a time with the tap's filter vector loaded once for all 8. Both units include cpu/depthwise_impl.h
 // inside an unnamed namespace (the same units as cpu/winograd_impl.h, sharing their vector operations).
@@ -20,11 +22,12 @@ constexpr int64_t kDepthwiseBlock = 16;  // channels per block of the layout (on
 enum class DepthwiseActivation { kNone = 0, kRelu, kLeakyRelu, kClip, kHardSigmoid, kHardSwish };
 
 struct DepthwiseProblem {
-  const float* x;                // [N][blocks][H][W][16]
+  const float* x;                // depthwise: [N][blocks][H][W][16]; NCHW input (channels > 0): [N][channels][H][W]
   int64_t n, blocks, h, w;       // blocks: the padded channel count / 16
   int64_t kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left;
   int64_t out_h, out_w;
-  const float* filter;           // [blocks][kernel_h][kernel_w][16] (onnxruntime's OIHWBo for depthwise)
+  int64_t channels;              // 0: depthwise; else the NCHW input's channels (< 16), path 1c
+  const float* filter;           // [blocks][max(channels, 1)][kernel_h][kernel_w][16] (onnxruntime's OIHWBo)
   const float* bias;             // [blocks * 16] or null
   DepthwiseActivation activation;
   float alpha, beta;             // LeakyRelu: alpha; Clip: min, max; HardSigmoid: alpha, beta
@@ -39,8 +42,10 @@ struct DepthwiseProblem {
 using DepthwiseKernel = void (*)(const DepthwiseProblem& p, int64_t task);
 
 void DepthwiseScalar(const DepthwiseProblem& p, int64_t task);
+void NchwInputScalar(const DepthwiseProblem& p, int64_t task);
 #if defined(ONNXCOMP_HAVE_AVX512_KERNELS)
 void DepthwiseAvx512(const DepthwiseProblem& p, int64_t task);
+void NchwInputAvx512(const DepthwiseProblem& p, int64_t task);
 #endif
 
 }  // namespace onnxcomp

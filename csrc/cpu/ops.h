@@ -278,8 +278,9 @@ struct CodebookConvKernel : RecordKernel {
   // The blocked convolution of the kNchwc path, X blocked [N, C, H, W] into blocked Y: onnxruntime's or Winograd.
   void BlockedConv(OrtKernelContext* context, const OrtValue* x, const OrtValue* bias, OrtValue* y);
   void RunWinograd(OrtKernelContext* context, const OrtValue* x, OrtValue* y);
-  // Picks the library's depthwise kernel for a kNchwc depthwise layer (leaves depthwise_ null where the rule says no).
-  void PlanDepthwise();
+  // Picks the library's depthwise kernel for a kNchwc depthwise layer, or (depthwise false) its NCHW-input kernel for
+  // a group-1 layer with fewer channels than the block (leaves depthwise_ null where the rule says no).
+  void PlanDepthwise(bool depthwise);
   // false: X's rows are too narrow for it (the caller then invokes onnxruntime's kernel).
   bool RunDepthwise(OrtKernelContext* context, const OrtValue* x, OrtValue* y);
 
@@ -307,7 +308,8 @@ struct CodebookConvKernel : RecordKernel {
                            float* y) const;
   DotKernel dot_kernel_ = nullptr;  // null: no direct path for this node
   WinogradPlan winograd_;
-  DepthwiseKernel depthwise_ = nullptr;  // path 1b: the library's depthwise kernel (null: onnxruntime's)
+  DepthwiseKernel depthwise_ = nullptr;  // paths 1b and 1c: the library's kernel (null: onnxruntime's)
+  bool nchw_input_ = false;               // path 1c: X is NCHW with fewer channels than the block
   DepthwiseActivation depthwise_activation_ = DepthwiseActivation::kNone;
   float depthwise_alpha_ = 0.0f, depthwise_beta_ = 0.0f;
 };

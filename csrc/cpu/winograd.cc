@@ -96,5 +96,6 @@ void WinogradWeightsScalar(int m, const float* filter, int64_t c, int64_t o, int
 }
 
 void DepthwiseScalar(const DepthwiseProblem& p, int64_t task) { RunDepthwise(p, task); }
+void NchwInputScalar(const DepthwiseProblem& p, int64_t task) { RunNchwInput(p, task); }
 
 }  // namespace onnxcomp

@@ -100,5 +100,6 @@ void WinogradWeightsAvx512(int m, const float* filter, int64_t c, int64_t o, int
 }
 
 void DepthwiseAvx512(const DepthwiseProblem& p, int64_t task) { RunDepthwise(p, task); }
+void NchwInputAvx512(const DepthwiseProblem& p, int64_t task) { RunNchwInput(p, task); }
 
 }  // namespace onnxcomp
