@@ -575,14 +575,14 @@ OrtStatus* CodebookConvKernel::ComputeV2(OrtKernelContext* raw_context) noexcept
       conv_input = blocked_x;
     }
     if (attributes_.nchwc_output == 1) {  // Y is blocked already (O is a multiple of the block)
-      BlockedConv(raw_context, conv_input, bias, y);
+      BlockedConv(raw_context, conv_input, bias, y, x_shape, y_shape);
       return nullptr;
     }
     std::vector<int64_t> blocked_y_shape = y_shape;
     blocked_y_shape[1] = RoundUp(y_shape[1], block_);
     Ort::Value blocked_y =
         Ort::Value::CreateTensor<float>(allocator->get(), blocked_y_shape.data(), blocked_y_shape.size());
-    BlockedConv(raw_context, conv_input, bias, blocked_y);
+    BlockedConv(raw_context, conv_input, bias, blocked_y, x_shape, y_shape);
     const OrtValue* in[] = {blocked_y};
     OrtValue* out[] = {y};
     reorder_output_op_.Invoke(raw_context, in, 1, out, 1);
@@ -591,9 +591,10 @@ OrtStatus* CodebookConvKernel::ComputeV2(OrtKernelContext* raw_context) noexcept
 }
 
 void CodebookConvKernel::BlockedConv(OrtKernelContext* context, const OrtValue* x, const OrtValue* bias,
-                                     OrtValue* y) {
+                                     OrtValue* y, const std::vector<int64_t>& x_shape,
+                                     const std::vector<int64_t>& y_shape) {
   if (winograd_.m != 0) return RunWinograd(context, x, y);
-  if (depthwise_ && RunDepthwise(context, x, y)) return;
+  if (depthwise_ && RunDepthwise(context, x, y, x_shape, y_shape)) return;
   const OrtValue* inputs[] = {x, weight_value_, bias};
   OrtValue* outputs[] = {y};
   conv_op_.Invoke(context, inputs, static_cast<size_t>(conv_inputs_), outputs, 1);
@@ -823,18 +824,17 @@ void RunDepthwiseTask(void* data, size_t task) {
 
 }  // namespace
 
-bool CodebookConvKernel::RunDepthwise(OrtKernelContext* raw_context, const OrtValue* x_value, OrtValue* y_value) {
+bool CodebookConvKernel::RunDepthwise(OrtKernelContext* raw_context, const OrtValue* x_value, OrtValue* y_value,
+                                      const std::vector<int64_t>& xs, const std::vector<int64_t>& ys) {
   Ort::KernelContext context(raw_context);
   Ort::ConstValue x(x_value);
   Ort::UnownedValue y(y_value);
-  const std::vector<int64_t> xs = x.GetTensorTypeAndShapeInfo().GetShape();
-  const std::vector<int64_t> ys = y.GetTensorTypeAndShapeInfo().GetShape();
   const ConvAttributes& a = attributes_;
   const bool valid = a.auto_pad == "VALID" || a.pads.empty();
   DepthwiseProblem p{};
   p.x = x.GetTensorData<float>();
   p.n = xs[0];
-  p.blocks = ys[1] / kDepthwiseBlock;
+  p.blocks = RoundUp(ys[1], kDepthwiseBlock) / kDepthwiseBlock;  // X and Y padded to the block
   p.channels = nchw_input_ ? xs[1] : 0;
   p.h = xs[2];
   p.w = xs[3];

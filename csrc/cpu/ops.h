@@ -276,13 +276,16 @@ struct CodebookConvKernel : RecordKernel {
   // Picks the Winograd plan for a kNchwc layer with blocked input (leaves winograd_.m = 0 where the rule says no).
   void PlanWinograd(int64_t o_count, int64_t i_count);
   // The blocked convolution of the kNchwc path, X blocked [N, C, H, W] into blocked Y: onnxruntime's or Winograd.
-  void BlockedConv(OrtKernelContext* context, const OrtValue* x, const OrtValue* bias, OrtValue* y);
+  // x_shape, y_shape: X's and Y's NCHW shapes (the blocked tensors hold their channels padded to the block).
+  void BlockedConv(OrtKernelContext* context, const OrtValue* x, const OrtValue* bias, OrtValue* y,
+                   const std::vector<int64_t>& x_shape, const std::vector<int64_t>& y_shape);
   void RunWinograd(OrtKernelContext* context, const OrtValue* x, OrtValue* y);
   // Picks the library's depthwise kernel for a kNchwc depthwise layer, or (depthwise false) its NCHW-input kernel for
   // a group-1 layer with fewer channels than the block (leaves depthwise_ null where the rule says no).
   void PlanDepthwise(bool depthwise);
   // false: X's rows are too narrow for it (the caller then invokes onnxruntime's kernel).
-  bool RunDepthwise(OrtKernelContext* context, const OrtValue* x, OrtValue* y);
+  bool RunDepthwise(OrtKernelContext* context, const OrtValue* x, OrtValue* y, const std::vector<int64_t>& x_shape,
+                    const std::vector<int64_t>& y_shape);
 
   ConvAttributes attributes_;
   ConvPath path_ = ConvPath::kOrt;
