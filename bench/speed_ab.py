@@ -4,7 +4,8 @@
 differ by the machine's load drift between them (on a shared machine, several per cent). This script creates the
 original and the outputs of zoo runs A and B in one process and runs them in turn (original, A, B, original, ...)
 on the model's evaluation inputs at the given batch, so B / A compares the two outputs under the same load.
-Prints the median process CPU time per run of each, A / original, B / original and B / A.
+Prints the median process CPU time per run of each, A / original, B / original and B / A, and whether A's and B's
+outputs on the evaluation inputs are bit for bit the same (else their largest absolute difference).
 
     python bench/speed_ab.py --runs defaults,conv-4 --models ppocr-cls,yolov8n-nudenet [--batch 1] [--repeats 60]
 
@@ -46,8 +47,9 @@ def main() -> None:
     for path in libraries:
         if not os.path.isfile(path):
             parser.error(f"no library at {path}")
-    print(f"| model | batch | original ms | {runs[0]} / original | {runs[1]} / original | {runs[1]} / {runs[0]} |")
-    print("|---|---|---|---|---|---|")
+    print(f"| model | batch | original ms | {runs[0]} / original | {runs[1]} / original | {runs[1]} / {runs[0]} | "
+          "A, B outputs |")
+    print("|---|---|---|---|---|---|---|")
     for name in args.models.split(","):
         original, feeds = zoo_feeds(name, args.batch)
         paths = [original] + [os.path.expanduser(f"~/.cache/onnxcomp-zoo/runs/{run}/{name}.onnx") for run in runs]
@@ -57,8 +59,11 @@ def main() -> None:
             options.intra_op_num_threads = args.threads
             options.register_custom_ops_library(library)
             sessions.append(ort.InferenceSession(path, options, providers=["CPUExecutionProvider"]))
-        for session in sessions:
-            session.run(None, feeds)  # warm-up
+        results = [session.run(None, feeds) for session in sessions]  # also the warm-up
+        same = all(np.array_equal(x, y) for x, y in zip(results[1], results[2]))
+        outputs = "identical" if same else "max diff %.3g" % max(
+            float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+            for x, y in zip(results[1], results[2]))
         cpu = [[] for _ in sessions]
         for _ in range(args.repeats):
             for times, session in zip(cpu, sessions):
@@ -66,7 +71,8 @@ def main() -> None:
                 session.run(None, feeds)
                 times.append(time.process_time() - start)
         o, a, b = (float(np.median(t)) for t in cpu)
-        print(f"| {name} | {args.batch} | {o * 1e3:.2f} | {a / o:.3f} | {b / o:.3f} | {b / a:.3f} |", flush=True)
+        print(f"| {name} | {args.batch} | {o * 1e3:.2f} | {a / o:.3f} | {b / o:.3f} | {b / a:.3f} | {outputs} |",
+              flush=True)
 
 
 if __name__ == "__main__":
