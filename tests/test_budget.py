@@ -64,6 +64,43 @@ def allocate_with_lists(curves, max_error, max_states, resolution):
     return dict(zip(curves, best[2]))
 
 
+def test_rel_l2_errors_add_as_squares_in_the_allocation():
+    """For rel_l2 (budget.QUADRATURE) the weights' errors add up as squares: two weights that each may cost 0.05
+    alone fit a 0.06 budget together at 0.05 and 0.03 (root sum of squares 0.0583), 70 bytes, where summed as they
+    are the best within 0.06 is 0.03 + 0.03 at 100 bytes; cosine keeps the plain sum."""
+    from onnxcomp.core.budget import additive, allocate, combined
+    curve = [(100, 0.0), (50, 0.03), (20, 0.05)]
+    summed = allocate({"a": curve, "b": curve}, 0.06)
+    assert sorted(summed.values()) == [1, 1]
+    squares = {n: [(b, additive("rel_l2", e)) for b, e in curve] for n in "ab"}
+    choice = allocate(squares, additive("rel_l2", 0.06))
+    assert sorted(choice.values()) == [1, 2]
+    assert combined("rel_l2", [curve[i][1] for i in choice.values()]) == pytest.approx(np.hypot(0.05, 0.03))
+    assert additive("cosine", 0.05) == 0.05 and combined("cosine", [0.05, 0.03]) == pytest.approx(0.08)
+    assert combined(None, [0.05, 0.03]) == pytest.approx(0.08)
+
+
+def test_two_weights_compressed_together_add_their_rel_l2_errors_as_squares(tmp_path, rng):
+    """What budget.QUADRATURE assumes, on the budget tests' MLP: each weight compressed alone (3 bits, half pruned)
+    and both together; the output's relative L2 error of both lies within 25 % of the root sum of the two errors'
+    squares and below 0.85x their sum."""
+    _, data = budget_mlp(tmp_path, rng)
+    x = {"x": np.load(data)["x"]}
+    reference = onnxruntime.InferenceSession(str(tmp_path / "in.onnx")).run(None, x)[0]
+    setting = {"sparsity": 0.5, "bits": 3}
+
+    def rel_l2(names) -> float:
+        out = tmp_path / ("-".join(names) + ".onnx")
+        onnxcomp.compress(tmp_path / "in.onnx", out, min_elements=16, settings={
+            n: setting if n in names else {"skip": True} for n in ("w1", "w2")})
+        return error("rel_l2", reference, onnxcomp.InferenceSession(str(out)).run(None, x)[0])
+    alone = [rel_l2(["w1"]), rel_l2(["w2"])]
+    both = rel_l2(["w1", "w2"])
+    assert min(alone) > 0.01
+    assert both == pytest.approx(np.hypot(*alone), rel=0.25), (alone, both)
+    assert both < 0.85 * sum(alone), (alone, both)
+
+
 @pytest.mark.parametrize("max_states", [200_000, 40])
 def test_allocation_with_arrays_picks_what_the_list_version_picks(monkeypatch, max_states):
     from onnxcomp.core import budget

@@ -265,6 +265,29 @@ def _wilson_upper(p: float, n: int, z: float) -> float:
     return (p + z2 / (2 * n) + z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))) / (1 + z2 / n)
 
 
+# Allocation metrics whose per-weight errors add up as squares. The relative L2 errors that weights compressed apart
+# cause in the output are close to uncorrelated, so the output's squared error is about the sum of theirs (a
+# perturbation's squared norm: the cross terms average out); summed as they are, they add as if every weight's error
+# pointed the same way (the triangle inequality's worst case). cosine (1 - cos) and kl are already second order in a
+# small output change and add as they are. Measured on the zoo's rel_l2 budgets (docs/benchmarks.md, cal11b): the
+# searches' trials measured 0.20-0.35x their summed predictions (ddddocr-det, 12 trials), 1.0-1.7x the root sum of
+# their squares.
+QUADRATURE = frozenset({"rel_l2"})
+
+
+def additive(metric: str | None, error: float) -> float:
+    """``error`` (one weight's predicted model error in ``metric``) in the units that add up over weights: its square
+    for the metrics in QUADRATURE, else itself."""
+    return error * error if metric in QUADRATURE else error
+
+
+def combined(metric: str | None, errors) -> float:
+    """The model's predicted error in ``metric`` from the weights' own ``errors``: the root of the sum of squares for
+    the metrics in QUADRATURE, else the sum."""
+    total = sum(additive(metric, float(e)) for e in errors)
+    return math.sqrt(total) if metric in QUADRATURE else total
+
+
 def allocate(curves: dict[str, list[tuple[int, float]]], max_error: float) -> dict[str, int] | None:
     """Index of the chosen (bytes, error) candidate per layer: least total bytes with summed error within
     ``max_error``; None if even the most accurate choice per layer exceeds it.
