@@ -6,6 +6,7 @@ candidate per layer to minimise sum_l B_l(c_l) subject to sum_l e_l(c_l) <= budg
 knapsack, solved exactly by dynamic programming over Pareto frontiers. Metrics turn into additive errors as: cosine -> 1 - cos, top1 -> 1 - agreement,
 rel_l2 -> relative L2 error, accuracy -> drop in top-1 accuracy against labels, kl -> mean KL divergence of the
 softmax outputs, ctc -> the character disagreement of greedy CTC decodings (edits over the reference's characters).
+For rel_l2 the errors add up as squares (QUADRATURE: the allocation is given e_l^2 and budget^2).
 """
 
 from __future__ import annotations
