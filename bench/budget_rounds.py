@@ -8,8 +8,8 @@ tested passed; the smaller trials missed on the held-back samples).
 
 With the run's sensitivity curves (the report's `budget.cache`, still in the cache folder) and an allocation metric
 whose errors add as squares (onnxcomp.core.budget.QUADRATURE: rel_l2), each trial's allocation is recomputed from
-the curves as the run allocated it, by the summed errors (budget.allocate on the errors as they are; the trials of
-runs before branch cal11b), and printed with its predicted error both summed and as the root sum of squares, next
+the curves as the run allocated it (by the summed errors before branch cal11b, by their squares since: a run whose
+checks record `held_back`), and printed with its predicted error both summed and as the root sum of squares, next
 to what the trial measured; and the allocation the curves give at the same root-sum-of-squares error, with its
 bytes (the curves' bytes: the compressed weights' records only).
 
@@ -66,8 +66,11 @@ def main(paths: list[str]) -> None:
         print("| allowed | summed prediction | root sum of squares | measured | curve bytes | curve bytes of the "
               "allocation at that root sum of squares |")
         print("|---|---|---|---|---|---|")
+        # a run since branch cal11b (its checks record the held-back error) allocated by the squares
+        squared = any("held_back" in c for c in checks)
         for r in rounds:
-            choice = budget_math.allocate(points, r["allowed"])
+            choice = (budget_math.allocate(squares, r["allowed"] ** 2) if squared
+                      else budget_math.allocate(points, r["allowed"]))
             if choice is None:
                 continue
             errors = [curves[n][i][3] for n, i in choice.items()]
