@@ -272,7 +272,7 @@ def _wilson_upper(p: float, n: int, z: float) -> float:
 # pointed the same way (the triangle inequality's worst case). cosine (1 - cos) and kl are already second order in a
 # small output change and add as they are. Measured on the zoo's rel_l2 budgets (docs/benchmarks.md, cal11b;
 # bench/budget_rounds.py): the trials of ddddocr-det's run s15-cal-det measured 0.20-0.36x their summed predictions
-# and 1.2-2.2x the root sum of their squares (12 trials), yolov8n-nudenet's (calzoo8) 0.20-0.27x and 1.0-1.5x (9).
+# and 1.2-2.2x the root sum of their squares (12 trials), yolov8n-nudenet's (calzoo8) 0.19-0.28x and 1.0-1.5x (9).
 QUADRATURE = frozenset({"rel_l2"})
 
 
