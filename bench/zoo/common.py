@@ -76,9 +76,6 @@ LICENSES = Path("/usr/share/common-licenses")
 # With k disagreements among n samples that bound is 1/(n + 1) for k = 0, so top1=0.99 can pass only with
 # n >= 99 and no disagreement (k = 1 needs n >= 261). 400 samples give 100 check and 100 held-back samples.
 COUNTED_CALIB = 400
-# ppocr-cls since branch cal11b: 1,200 lines, 300 check and 300 held back, so one changed line among them can pass
-# (Wilson bound 0.0087 at 1 of 300; 0.0259 at 1 of 100, where its calibrated run of branch cal10x stopped).
-COUNTED_CALIB_ONE = 1200
 
 
 def fonts() -> list[Path]:
