@@ -99,12 +99,15 @@ DATA_FREE = True  # the data-free default output is a check-set candidate (_data
 # s15-cal-det: the 2,296 kB trial measured 0.041 on the held-back captchas, its allocation 0.032 on the check set)
 # or higher (silero-vad-op15, cal10x: 0.0115 against 0.0187). The check set decides, tested last in the fixed
 # sequence: they cost no margin (an allocation is tested only if every one before it passed), only their compression
-# when the sequence reaches them.
+# when the sequence reaches them. Off by default (0): not yet measured on a zoo model where the sequence ends on a
+# pass (ddddocr-det's run did not finish in branch cal11b), and where every allocation before them is good they are
+# the first that can be bad, which the check set at one standard error lets through about one time in six (a long
+# shot did so on ppocr-cls with 300 check lines: 0 of 300 changed, 2 of 160 evaluation lines; docs/benchmarks.md).
 NEAR_MISS = 1.25
+NEAR_MISSES = 0
 # rel_l2 curves: the weights' errors add up as squares when allocating (budget.QUADRATURE; before branch cal11b as
 # they are, which overstated the trials' measured error 3-5x on the zoo's detectors)
 QUADRATURE = True
-NEAR_MISSES = 2
 # The tensors no curve covers (biases, normalisation scales, weights below --min-elements) are stored as float16 in the
 # allocations the check set tests, where half_dense's rules allow, as the data-free default stores them (before, they
 # stayed float32: 11.4 of the 323.9 kB of magika's output in branch calzoo6). Their error,
