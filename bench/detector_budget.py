@@ -13,11 +13,12 @@ cosine error lies below each threshold: the stand-in budget is the cosine whose 
 Since branch calzoo8 it also measures the pooled relative L2 error of slices of the raw output (`--budget-output`,
 onnxcomp's syntax: `output[..., 4:5]`, ddddocr-det's objectness; `output0[:, 4:]`, YOLOv8's class scores), and for
 ddddocr-det the task metric's change on the extra captchas, whose character boxes are known (box F1 at IoU 0.5 in
-points, the zoo's declared "within 1 point"): for each metric, where the first output that breaks each declared
+points, the zoo's declared "within 1 point"; since branch cal11b also ppocr-det's, line boxes on extra pages of the
+calibration licenses): for each metric, where the first output that breaks each declared
 tolerance (F1 vs original < 0.95; a task drop above 1 point) lies, interpolated from the output before it.
 
 Usage:
-    python bench/detector_budget.py ddddocr-det OUT1.onnx [OUT2.onnx ...] [--extra 64] [--json FILE] [--on-evaluation]
+    python bench/detector_budget.py {ddddocr-det,yolov8n-nudenet,ppocr-det} OUT1.onnx [OUT2.onnx ...] [--extra 64] [--json FILE] [--on-evaluation]
         [--budget-output 'output[..., 4:5]' ...]
 (`--on-evaluation`: the same figures on the evaluation images, to check a budget afterwards, never to choose it.)
 (`ONNXCOMP_ZOO_CACHE` as for bench/zoo.py; the outputs are onnxcomp compress outputs of that model.)
@@ -48,13 +49,18 @@ def _images(name: str, extra: int, evaluation: bool = False) -> tuple:
 
     model = zoo.BY_NAME[name]
     with np.load(model.folder / ("eval.npz" if evaluation else "calib.npz")) as data:
-        images = data["x" if evaluation else "images"]
+        images = data["x" if evaluation or "images" not in data else "images"]  # ppocr-det's calib.npz: x
     boxes = None
     if extra:
         rng = np.random.default_rng(zlib.crc32(f"{name}-budget-study".encode()))  # not the model's seed
         if name == "ddddocr-det":
             drawn = [vision._click_captcha(rng, vision.CALIB_IMAGES) for _ in range(extra)]
             more, boxes = np.stack([d[0] for d in drawn]), [d[1] for d in drawn]
+        elif name == "ppocr-det":  # pages of the calibration licenses, their line boxes known (bench/zoo/ocr.py)
+            from zoo import ocr
+
+            drawn = [ocr._page(rng, ocr.CALIB_LICENSES) for _ in range(extra)]
+            more, boxes = np.stack([ocr._det_norm(d[0]) for d in drawn]), [d[1] for d in drawn]
         else:
             more = (vision._crops(vision.CALIB_IMAGES, rng, extra, (320, 320)).astype(np.float32) / 255).transpose(0, 3, 1, 2)
         images = np.concatenate([images, more.astype(np.float32)])
@@ -62,8 +68,10 @@ def _images(name: str, extra: int, evaluation: bool = False) -> tuple:
 
 
 def _decode(name: str):
-    from zoo import vision
+    from zoo import ocr, vision
 
+    if name == "ppocr-det":  # a probability map [1, H, W] per page: DB's boxes (the zoo's decoding)
+        return lambda output: ocr._det_boxes(output[0])
     return vision._yolox_boxes if name == "ddddocr-det" else vision._yolo_boxes
 
 
@@ -109,6 +117,7 @@ def crossing(rows: list[dict], key: str, tolerance: str) -> float | None:
     return lo[key] + (start - limit) / (start - hi[value]) * (hi[key] - lo[key])
 
 
+OUTPUT_NAMES = {"ddddocr-det": "output", "yolov8n-nudenet": "output0", "ppocr-det": "sigmoid_0.tmp_0"}
 CHECK = (8, 32)  # check-set sizes: a quarter of 32 and of 128 calibration images
 SUBSETS = 200
 
@@ -125,7 +134,7 @@ def check_bounds(reference: np.ndarray, output: np.ndarray, n: int) -> list[floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", choices=["ddddocr-det", "yolov8n-nudenet"])
+    parser.add_argument("model", choices=list(OUTPUT_NAMES))
     parser.add_argument("outputs", nargs="+")
     parser.add_argument("--extra", type=int, default=64, help="more calibration-like images (another seed)")
     parser.add_argument("--json", help="write the per-image figures here")
@@ -142,7 +151,7 @@ def main() -> None:
     if args.on_evaluation:
         args.extra = 0
     model, images, known = _images(args.model, args.extra, args.on_evaluation)
-    output_name = "output" if args.model == "ddddocr-det" else "output0"
+    output_name = OUTPUT_NAMES[args.model]
     slices = [output_slice.parse(text, [output_name]) for text in args.budget_output]
     balanced = {text: [output_slice.parse(part.strip(), [output_name]) for part in text.split(" + ")] for text in args.balanced}
     decode = _decode(args.model)

@@ -6,6 +6,7 @@ candidate per layer to minimise sum_l B_l(c_l) subject to sum_l e_l(c_l) <= budg
 knapsack, solved exactly by dynamic programming over Pareto frontiers. Metrics turn into additive errors as: cosine -> 1 - cos, top1 -> 1 - agreement,
 rel_l2 -> relative L2 error, accuracy -> drop in top-1 accuracy against labels, kl -> mean KL divergence of the
 softmax outputs, ctc -> the character disagreement of greedy CTC decodings (edits over the reference's characters).
+For rel_l2 the errors add up as squares (QUADRATURE: the allocation is given e_l^2 and budget^2).
 """
 
 from __future__ import annotations
@@ -263,6 +264,29 @@ def _wilson_upper(p: float, n: int, z: float) -> float:
     """The Wilson score upper bound of a rate p measured on n samples, z standard errors (Wilson 1927)."""
     z2 = z * z
     return (p + z2 / (2 * n) + z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))) / (1 + z2 / n)
+
+
+# Allocation metrics whose per-weight errors add up as squares. The relative L2 errors that weights compressed apart
+# cause in the output are close to uncorrelated, so the output's squared error is about the sum of theirs (a
+# perturbation's squared norm: the cross terms average out); summed as they are, they add as if every weight's error
+# pointed the same way (the triangle inequality's worst case). cosine (1 - cos) and kl are already second order in a
+# small output change and add as they are. Measured on the zoo's rel_l2 budgets (docs/benchmarks.md, cal11b;
+# bench/budget_rounds.py): the trials of ddddocr-det's run s15-cal-det measured 0.20-0.36x their summed predictions
+# and 1.2-2.2x the root sum of their squares (12 trials), yolov8n-nudenet's (calzoo8) 0.19-0.28x and 1.0-1.5x (9).
+QUADRATURE = frozenset({"rel_l2"})
+
+
+def additive(metric: str | None, error: float) -> float:
+    """``error`` (one weight's predicted model error in ``metric``) in the units that add up over weights: its square
+    for the metrics in QUADRATURE, else itself."""
+    return error * error if metric in QUADRATURE else error
+
+
+def combined(metric: str | None, errors) -> float:
+    """The model's predicted error in ``metric`` from the weights' own ``errors``: the root of the sum of squares for
+    the metrics in QUADRATURE, else the sum."""
+    total = sum(additive(metric, float(e)) for e in errors)
+    return math.sqrt(total) if metric in QUADRATURE else total
 
 
 def allocate(curves: dict[str, list[tuple[int, float]]], max_error: float) -> dict[str, int] | None:
