@@ -17,7 +17,8 @@ the smallest error the allocation gives any codebook. Tensors below HALF_MIN_ELE
 Cast node would cost about what they save, and small float constants are often scales, sizes or thresholds whose
 exact value matters (Resize scales, Clip bounds). Initializers stored as external data (a streamed model), listed
 among the graph inputs (a caller may override them), read by a custom op (onnxcomp's kernels take their
-constant inputs as initializers) or in a model whose default-domain opset is below 6 (Cast-1
+constant inputs as initializers; not CodebookMatMul's bias, which it reads in every run, so it is halved as a bias
+read by an Add is) or in a model whose default-domain opset is below 6 (Cast-1
 takes the type as a string) are left alone; the exception is a dense Conv weight that PackWeightsPass gave to a
 CodebookConv (join_dense_convs): read only as CodebookConv's W, it becomes float16 under its own name, without a
 Cast, by the weight-slot rule (CodebookConv takes a float16 W and widens it exactly). So is any tensor not read in a weight slot whose values reach a
@@ -167,6 +168,8 @@ def halve_dense_weights(model: onnx.ModelProto, names: set[str] | None = None,
             for slot, name in enumerate(n.input):
                 if n.domain == DOMAIN and n.op_type == "CodebookConv" and slot == 1:
                     conv_weights.add(name)
+                elif n.domain == DOMAIN and n.op_type == "CodebookMatMul" and slot == 2:
+                    elsewhere.add(name)  # its bias, read in every run: a Cast's output serves as well
                 else:
                     (custom if n.domain not in ("", "ai.onnx") else elsewhere).add(name)
     in_place = conv_weights - custom - elsewhere
