@@ -3,7 +3,8 @@
 Rewrites (ops in domain ``ai.onnxcomp``, see docs/ops.md), for every node reading the weight:
 - MatMul with a 2-D float32 weight on the right -> CodebookMatMul(X, record); also when the weight reaches the
   MatMul through Transpose (perm [1, 0]), Cast to float32 or Identity (select_weights.fused_route), which then
-  become dead and are removed;
+  become dead and are removed; an Add of a constant [N] vector that alone reads the product becomes its bias input
+  (``fold_bias_adds``);
 - Gemm (transA=0) with a constant B -> CodebookMatMul(A, record[, bias]) and, only where needed, Mul by
   alpha and Add of beta*C;
 - Gather (axis 0) of a float32 table -> CodebookGather(record, indices);
