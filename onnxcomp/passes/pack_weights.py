@@ -104,7 +104,7 @@ class PackWeightsPass(GraphPass):
             from .one_hot import one_hot_lookups  # it reads this module's helpers
 
             log.debug("%s", one_hot_lookups(state.graph, self._emitted, names))
-            log.debug("%s", fold_bias_adds(state.graph, self._emitted, state.graph_inputs))
+            log.debug("%s", fold_bias_adds(state.graph, self._emitted, state.graph_inputs, state.folded_biases))
             log.debug("%s", assign_decode_once(packed, self._emitted))
             joined = join_dense_convs(state.graph, self._emitted, names) if self.fuse else []
             log.debug("%s", fold_input_affines(state.graph, self._emitted + joined, names))
@@ -1003,7 +1003,8 @@ def _to_lstm(node: gs.Node, slot: int, record: gs.Constant) -> None:
     node.inputs[slot] = record
 
 
-def fold_bias_adds(root: gs.Graph, emitted: list[tuple[gs.Node, object]], overridable: set[str]) -> str:
+def fold_bias_adds(root: gs.Graph, emitted: list[tuple[gs.Node, object]], overridable: set[str],
+                   folded_names: set[str]) -> str:
     """Folds into each CodebookMatMul of ``emitted`` that has no bias an Add that alone reads its output Y (directly
     or through Identity nodes; Y not a graph output) and adds a constant float32 vector of shape [N] (an
     initializer not named in ``overridable``, the model's graph inputs, or a Cast/Reshape/Unsqueeze/Identity chain of
@@ -1015,7 +1016,9 @@ def fold_bias_adds(root: gs.Graph, emitted: list[tuple[gs.Node, object]], overri
     Results: the same bits as MatMul then Add on the decode-once dense panels, the per-run dense panels of a record
     without outliers and the fused kernel without outliers; where the record has outliers and the node takes the
     fused kernel or the per-run panels, the outlier corrections now come after the bias instead of before it (as for
-    a Gemm's C folded into the bias), a different fp32 rounding of the same sum (docs/ops.md). Returns a log line."""
+    a Gemm's C folded into the bias), a different fp32 rounding of the same sum (docs/ops.md). Adds each folded
+    bias's name to ``folded_names`` (the writer's half_dense then halves it as it did the Add's input); returns a
+    log line."""
     owners = {id(node): graph for graph in all_graphs(root) for node in graph.nodes}
     folded = []
     for node, _ in emitted:
@@ -1037,6 +1040,7 @@ def fold_bias_adds(root: gs.Graph, emitted: list[tuple[gs.Node, object]], overri
         add.outputs.clear()  # the Add, and any Identity between, have no reader left: the pass's cleanup drops them
         node.inputs = [node.inputs[0], node.inputs[1], other]
         node.outputs = [output]
+        folded_names.add(other.name)
         folded.append(node.name or output.name)
     return f"bias Adds folded into CodebookMatMul: {len(folded)}" + (f" ({', '.join(folded)})" if folded else "")
 
