@@ -267,6 +267,9 @@ class CompressionState:
     # Initializers the model also lists as graph inputs (graphsurgeon drops them from graph.inputs).
     graph_inputs: set[str] = field(default_factory=set)
     float_params: int = 0  # elements of every float constant in the input, for the report's coverage
+    # Initializers that PackWeightsPass moved from a bias Add into CodebookMatMul's bias input (fold_bias_adds): the
+    # writer stores them as float16 where half_dense's rules allow, as it did while the Add read them.
+    folded_biases: set[str] = field(default_factory=set)
 
 
 def drop_if_not_smaller(state: CompressionState, target: WeightTarget, stored_bytes: int) -> bool:

@@ -17,7 +17,8 @@ the smallest error the allocation gives any codebook. Tensors below HALF_MIN_ELE
 Cast node would cost about what they save, and small float constants are often scales, sizes or thresholds whose
 exact value matters (Resize scales, Clip bounds). Initializers stored as external data (a streamed model), listed
 among the graph inputs (a caller may override them), read by a custom op (onnxcomp's kernels take their
-constant inputs as initializers) or in a model whose default-domain opset is below 6 (Cast-1
+constant inputs as initializers; except a CodebookMatMul bias named in ``biases``, one PackWeightsPass
+folded from an Add: CodebookMatMul reads its bias in every run, so it is halved as it was while the Add read it) or in a model whose default-domain opset is below 6 (Cast-1
 takes the type as a string) are left alone; the exception is a dense Conv weight that PackWeightsPass gave to a
 CodebookConv (join_dense_convs): read only as CodebookConv's W, it becomes float16 under its own name, without a
 Cast, by the weight-slot rule (CodebookConv takes a float16 W and widens it exactly). So is any tensor not read in a weight slot whose values reach a
@@ -143,7 +144,7 @@ def _opset(model: onnx.ModelProto) -> int:
 
 
 def halve_dense_weights(model: onnx.ModelProto, names: set[str] | None = None,
-                        exclude: set[str] | None = None) -> list[tuple[str, int]]:
+                        exclude: set[str] | None = None, biases: set[str] = frozenset()) -> list[tuple[str, int]]:
     """Rewrite ``model`` in place: each float32 initializer of at least HALF_MIN_ELEMENTS values that binary16
     holds within 2^-11 relative (module docstring) becomes a float16 initializer ``NAME__float16`` (a fresh
     name) and a ``Cast(to=FLOAT)`` node, first in its graph, whose output takes the original name, so every
@@ -151,8 +152,10 @@ def halve_dense_weights(model: onnx.ModelProto, names: set[str] | None = None,
     float16 under its own name instead, without a Cast (held to the weight-slot rule). ``names``: only these
     initializers are considered (a budget allocation's weights left dense as float16; a recurrent weight folded to
     ``NAME.folded`` counts as ``NAME``), by the same rules; None: all. ``exclude``: initializers never halved (named
-    alike; a budget allocation's weights it keeps dense as float32), whatever ``names`` says. Returns (name,
-    elements) of each halved weight."""
+    alike; a budget allocation's weights it keeps dense as float32), whatever ``names`` says. ``biases``: the
+    CodebookMatMul bias inputs PackWeightsPass folded from Adds (CompressionState.folded_biases), which are
+    considered as the Add's input was; other inputs of custom ops are left alone. Returns (name, elements) of each
+    halved weight."""
     if _opset(model) < 6:
         return []
     graphs = list(graphs_of(model.graph))
@@ -167,6 +170,8 @@ def halve_dense_weights(model: onnx.ModelProto, names: set[str] | None = None,
             for slot, name in enumerate(n.input):
                 if n.domain == DOMAIN and n.op_type == "CodebookConv" and slot == 1:
                     conv_weights.add(name)
+                elif n.domain == DOMAIN and n.op_type == "CodebookMatMul" and slot == 2 and name in biases:
+                    elsewhere.add(name)  # a bias folded from an Add, read in every run: a Cast's output serves
                 else:
                     (custom if n.domain not in ("", "ai.onnx") else elsewhere).add(name)
     in_place = conv_weights - custom - elsewhere

@@ -3,7 +3,8 @@
 Rewrites (ops in domain ``ai.onnxcomp``, see docs/ops.md), for every node reading the weight:
 - MatMul with a 2-D float32 weight on the right -> CodebookMatMul(X, record); also when the weight reaches the
   MatMul through Transpose (perm [1, 0]), Cast to float32 or Identity (select_weights.fused_route), which then
-  become dead and are removed;
+  become dead and are removed; an Add of a constant [N] vector that alone reads the product becomes its bias input
+  (``fold_bias_adds``);
 - Gemm (transA=0) with a constant B -> CodebookMatMul(A, record[, bias]) and, only where needed, Mul by
   alpha and Add of beta*C;
 - Gather (axis 0) of a float32 table -> CodebookGather(record, indices);
@@ -103,6 +104,7 @@ class PackWeightsPass(GraphPass):
             from .one_hot import one_hot_lookups  # it reads this module's helpers
 
             log.debug("%s", one_hot_lookups(state.graph, self._emitted, names))
+            log.debug("%s", fold_bias_adds(state.graph, self._emitted, state.graph_inputs, state.folded_biases))
             log.debug("%s", assign_decode_once(packed, self._emitted))
             joined = join_dense_convs(state.graph, self._emitted, names) if self.fuse else []
             log.debug("%s", fold_input_affines(state.graph, self._emitted + joined, names))
@@ -999,6 +1001,48 @@ def _to_lstm(node: gs.Node, slot: int, record: gs.Constant) -> None:
         node.op, node.domain = "CodebookLSTM", DOMAIN
         node.attrs.pop("activations", None)
     node.inputs[slot] = record
+
+
+def fold_bias_adds(root: gs.Graph, emitted: list[tuple[gs.Node, object]], overridable: set[str],
+                   folded_names: set[str]) -> str:
+    """Folds into each CodebookMatMul of ``emitted`` that has no bias an Add that alone reads its output Y (directly
+    or through Identity nodes; Y not a graph output) and adds a constant float32 vector of shape [N] (an
+    initializer not named in ``overridable``, the model's graph inputs, or a Cast/Reshape/Unsqueeze/Identity chain of
+    such, which onnxruntime folds when it creates the session): that vector becomes the node's ``bias`` input and the node writes the Add's
+    output. The kernel adds the bias as it stores each output (one float32 addition, the one the Add did), so a
+    pass over Y is saved. onnxruntime does not fuse MatMul + Add for the dense model when X has more than two
+    dimensions (its MatMulAddFusion makes a Gemm of 2-D products only): a transformer's projections keep a separate
+    bias Add there (minilm-l3: 15 of its 18 weight products, docs/benchmarks.md branch speed16).
+    Results: the same bits as MatMul then Add on the decode-once dense panels, the per-run dense panels of a record
+    without outliers and the fused kernel without outliers; where the record has outliers and the node takes the
+    fused kernel or the per-run panels, the outlier corrections now come after the bias instead of before it (as for
+    a Gemm's C folded into the bias), a different fp32 rounding of the same sum (docs/ops.md). Adds each folded
+    bias's name to ``folded_names`` (the writer's half_dense then halves it as it did the Add's input); returns a
+    log line."""
+    owners = {id(node): graph for graph in all_graphs(root) for node in graph.nodes}
+    folded = []
+    for node, _ in emitted:
+        if node.op != "CodebookMatMul" or node.domain != DOMAIN or (len(node.inputs) > 2 and node.inputs[2].name):
+            continue
+        graph = owners.get(id(node), root)
+        found = _sole_consumer(graph, node.outputs[0], ("Add",))
+        if found is None:
+            continue
+        add, y = found
+        if len(add.inputs) != 2 or len(add.outputs) != 1 or sum(t is y for t in add.inputs) != 1:
+            continue
+        other = add.inputs[1] if add.inputs[0] is y else add.inputs[0]
+        value = fold_value(other, overridable, depth=4, ops=BIAS_CHAIN_OPS)
+        n = record_out_features(node.inputs[1])
+        if value is None or value.dtype != np.float32 or value.shape != (n,):
+            continue
+        output = add.outputs[0]
+        add.outputs.clear()  # the Add, and any Identity between, have no reader left: the pass's cleanup drops them
+        node.inputs = [node.inputs[0], node.inputs[1], other]
+        node.outputs = [output]
+        folded_names.add(other.name)
+        folded.append(node.name or output.name)
+    return f"bias Adds folded into CodebookMatMul: {len(folded)}" + (f" ({', '.join(folded)})" if folded else "")
 
 
 def record_out_features(record: gs.Constant) -> int:

@@ -789,7 +789,8 @@ def _compress_once(input_path: str, output_path: str, calib: dict | None, loaded
     if proxy or chosen or others:
         from onnxcomp.passes.half_dense import halve_dense_weights
         kept = {n for n, s in settings.items() if s.get("skip") and not s.get("float16")} if others else None
-        halved = halve_dense_weights(compressed, None if proxy or others else chosen, exclude=kept)
+        halved = halve_dense_weights(compressed, None if proxy or others else chosen, exclude=kept,
+                                     biases=state.folded_biases)
     drop_inferable_value_info(compressed)  # what onnxruntime infers anyway (and shorter symbolic dim names)
     renamed = {} if keep_names else shorten_names(compressed, keep=tapped, before=before)
     if renamed:  # the record initializers' new names
