@@ -95,6 +95,28 @@ def test_decompress_runs_without_the_library(mixed_model, tmp_path, rng):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())  # fp32 summation order
 
 
+def test_decompress_keeps_a_transposed_weight_valid_for_3d_inputs(tmp_path, rng):
+    """A MatMul by Transpose(W) over a 3-D X is stored transposed like Gemm(transB=1), but Gemm takes 2-D X only:
+    decompress writes MatMul(X, Transpose(W)) there, and Gemm where X is 2-D."""
+    nodes = [helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]), helper.make_node("MatMul", ["x", "wt"], ["h"]),
+             helper.make_node("Add", ["h", "b"], ["y"]),
+             helper.make_node("Gemm", ["z", "v", "c"], ["u"], transB=1)]
+    model = make_model(nodes, [float_input("x", [2, "t", 64]), float_input("z", ["n", 64])],
+                       [float_input("y", [2, "t", 48]), float_input("u", ["n", 48])],
+                       [weight(rng, "w", (48, 64)), weight(rng, "b", (48,)), weight(rng, "v", (48, 64)),
+                        weight(rng, "c", (48,))])
+    source, out, dense = tmp_path / "in.onnx", tmp_path / "small.onnx", tmp_path / "dense.onnx"
+    onnx.save(model, source)
+    onnxcomp.compress(source, out, sparsity=0.5, bits=4, min_elements=100)
+    assert {n.op_type for n in onnx.load(out).graph.node} == {"CodebookMatMul"}
+    onnxcomp.decompress(out, dense)
+    ops = sorted(n.op_type for n in onnx.load(dense).graph.node)
+    assert ops == ["Add", "Gemm", "MatMul", "Transpose"]
+    feeds = {"x": rng.standard_normal((2, 5, 64)).astype(np.float32), "z": rng.standard_normal((3, 64)).astype(np.float32)}
+    for a, b in zip(run_plain(dense, feeds), run_compressed(out, feeds)):  # loads in stock onnxruntime
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
+
+
 def test_inference_session_registers_the_library_only_when_declared(mixed_model, tmp_path, rng, monkeypatch):
     out, dense = tmp_path / "small.onnx", tmp_path / "dense.onnx"
     onnxcomp.compress(mixed_model, out, sparsity=0.5, bits=4, min_elements=100)

@@ -3,8 +3,9 @@
 Each record is decoded by the compiled, bounds-checked decoder (``sidecar.decode_record_fast``; the numpy reference
 decoder when the compiled module is missing) into a float32 initializer
 carrying the original weight's name and orientation, and the custom ops become their standard equivalents:
-CodebookMatMul(X, record[, bias]) -> MatMul(X, W) (+ Add bias), or Gemm(X, W, bias, transB=1) when the
-directory says the record holds W transposed (records for CodebookMatMul are always [K, N]);
+CodebookMatMul(X, record[, bias]) -> MatMul(X, W) (+ Add bias); when the directory says the record holds W
+transposed (records for CodebookMatMul are always [K, N]), Gemm(X, W, bias, transB=1) where onnx shape inference
+finds X 2-D, else MatMul(X, Transpose(W)) (+ Add bias): Gemm takes 2-D X only;
 CodebookGather(record, indices) -> Gather(W, indices) (with ``one_hot``: the one-hot product it replaced, OneHot or
 Cast(Equal(ids, arange)) times W); CodebookDecode(record) -> the initializer itself;
 CodebookConv(X, record[, bias[, scale]]) -> Conv(X, W * scale, bias) with its attributes, then the fused activation
@@ -53,6 +54,7 @@ def decompress_model(model: onnx.ModelProto, model_path: str) -> onnx.ModelProto
     taken = {name for g in graphs for n in g.node for name in [*n.input, *n.output, n.name]}
     taken |= {t.name for g in graphs for t in [*g.initializer, *g.input, *g.output]}
     dense: dict[str, onnx.TensorProto] = {}  # tensor replaced (record or lookup output) -> its initializer
+    flipped: list[str] = []  # Transpose outputs of weights stored transposed, read by one MatMul each
 
     def initializer_for(weight) -> str:
         if weight.tensor not in dense:
@@ -91,7 +93,7 @@ def decompress_model(model: onnx.ModelProto, model_path: str) -> onnx.ModelProto
                 if weight is None:
                     raise UnsupportedModelError(f"{model_path}: node {node.name!r} ({node.op_type}) has no readable record")
                 nodes.extend(_standard_nodes(node, weight, initializer_for(weight), renamed, model_path,
-                                             conv=(graph, dense, opset, taken)))
+                                             conv=(graph, dense, opset, taken, flipped)))
             elif node.output and node.output[0] in weights and weights[node.output[0]].storage == "portable":
                 # the lookup (Gather), or with outliers the Reshape after their ScatterElements
                 renamed[node.output[0]] = initializer_for(weights[node.output[0]])
@@ -123,7 +125,43 @@ def decompress_model(model: onnx.ModelProto, model_path: str) -> onnx.ModelProto
     opsets = [o for o in model.opset_import if o.domain != DOMAIN]
     del model.opset_import[:]
     model.opset_import.extend(opsets)
+    _gemms_for_2d_inputs(model, set(flipped))
     return model
+
+
+def _gemms_for_2d_inputs(model: onnx.ModelProto, flipped: set[str]) -> None:
+    """Each ``MatMul(X, Transpose(W))`` (+ ``Add`` of the bias) written for a record stored transposed becomes
+    ``Gemm(X, W, bias, transB=1)`` where onnx shape inference finds X 2-D (Gemm takes 2-D X only; a MatMul over a
+    3-D X, as exporters write a Linear on a sequence, keeps the Transpose, which onnxruntime folds at load)."""
+    if not flipped:
+        return
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:  # noqa: BLE001 - no inferred shapes: every product keeps its Transpose, which is valid
+        return
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in [*inferred.graph.input, *inferred.graph.value_info]
+             if v.type.tensor_type.HasField("shape")}
+    for graph in model_io.graphs_of(model.graph):
+        readers: dict[str, list] = {}
+        for node in graph.node:
+            for name in node.input:
+                readers.setdefault(name, []).append(node)
+        drop = set()
+        for transpose in [n for n in graph.node if n.op_type == "Transpose" and n.output[0] in flipped]:
+            matmul = readers.get(transpose.output[0], [])
+            if len(matmul) != 1 or matmul[0].op_type != "MatMul" or ranks.get(matmul[0].input[0]) != 2:
+                continue
+            matmul = matmul[0]
+            add = readers.get(matmul.output[0], [])
+            add = add[0] if len(add) == 1 and add[0].op_type == "Add" and add[0].name == matmul.name + ".bias" else None
+            inputs = [matmul.input[0], transpose.input[0]] + ([add.input[1]] if add is not None else [])
+            gemm = helper.make_node("Gemm", inputs, [(add if add is not None else matmul).output[0]], matmul.name, transB=1)
+            matmul.CopyFrom(gemm)
+            drop |= {("Transpose", transpose.output[0])} | ({("Add", add.output[0])} if add is not None else set())
+        if drop:
+            kept = [n for n in graph.node if (n.op_type, n.output[0]) not in drop]
+            del graph.node[:]
+            graph.node.extend(kept)
 
 
 def _standard_nodes(node, weight, name: str, renamed: dict, model_path: str, conv: tuple) -> list:
@@ -131,17 +169,21 @@ def _standard_nodes(node, weight, name: str, renamed: dict, model_path: str, con
     ``conv`` = (graph, dense, opset, taken) for CodebookConv."""
     if node.op_type == "CodebookMatMul":
         x, bias, y = node.input[0], node.input[2] if len(node.input) > 2 and node.input[2] else None, node.output[0]
-        if weight.transposed:
-            return [helper.make_node("Gemm", [x, name] + ([bias] if bias else []), [y], node.name, transB=1)]
+        transpose = []
+        if weight.transposed:  # becomes Gemm(transB=1) where X turns out 2-D (_gemms_for_2d_inputs)
+            flipped = _unused_name(conv[3], name + ".T")
+            transpose = [helper.make_node("Transpose", [name], [flipped], node.name + ".T", perm=[1, 0])]
+            conv[4].append(flipped)
+            name = flipped
         if bias:
-            return [helper.make_node("MatMul", [x, name], [y + ".matmul"], node.name),
-                    helper.make_node("Add", [y + ".matmul", bias], [y], node.name + ".bias")]
-        return [helper.make_node("MatMul", [x, name], [y], node.name)]
+            return transpose + [helper.make_node("MatMul", [x, name], [y + ".matmul"], node.name),
+                                helper.make_node("Add", [y + ".matmul", bias], [y], node.name + ".bias")]
+        return transpose + [helper.make_node("MatMul", [x, name], [y], node.name)]
     if node.op_type == "CodebookConv":
-        return _conv_nodes(node, name, weight, *conv)
+        return _conv_nodes(node, name, weight, *conv[:4])
     one_hot = next((a.i for a in node.attribute if a.name == "one_hot"), 0)
     if node.op_type == "CodebookGather" and one_hot:
-        return _one_hot_nodes(node, name, weight, one_hot, *conv[2:])
+        return _one_hot_nodes(node, name, weight, one_hot, *conv[2:4])
     if node.op_type in ("CodebookGather", "CodebookGatherUInt8", "CodebookGatherInt8"):
         return [helper.make_node("Gather", [name, node.input[1]], [node.output[0]], node.name, axis=0)]
     if node.op_type in DECODE_OPS:
