@@ -65,7 +65,7 @@ from onnxcomp.passes.prune_weights import needs_gram
 
 from onnxcomp.core import budget as budget_math
 from onnxcomp.core.reconstruction import CG_ITERATIONS
-from onnxcomp.passes import model_io
+from onnxcomp.passes import model_io, share_weights
 from onnxcomp import parallel, progress
 from onnxcomp.core import sidecar
 from onnxcomp.errors import CalibrationError, OnnxcompError
@@ -309,7 +309,8 @@ def _shared(pruned: WeightTarget, bits: int, options: dict) -> WeightTarget:
     """A pruned target's codebook and record at ``bits``."""
     trial = dataclasses.replace(pruned, codebook=None, indices=None, record=None, bits_override=bits)
     ShareWeightsPass(bits=bits, init=options["init"], seed=options["seed"], refit_codebook=options["reconstruct"],
-                     rounding=options["rounding"], outliers=options.get("outliers", "auto"))(
+                     rounding=options["rounding"], outliers=options.get("outliers", "auto"),
+                     matched_uniform=options.get("matched_uniform", False))(
         CompressionState(None, [trial]))
     bits_needed = max(1, int(np.ceil(np.log2(max(len(trial.codebook), 2)))))
     trial.record = sidecar.encode_record(trial.codebook, trial.indices, trial.shape, bits_needed,
@@ -429,7 +430,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     metric = budget_math.allocation_metric(goal.metric, reference)
 
     options = dict(prune=prune, score=score, reconstruct=reconstruct, ridge=ridge, init=init, seed=seed, rounding=rounding,
-                   outliers=outliers)
+                   outliers=outliers, matched_uniform=share_weights.MATCHED_UNIFORM)  # (in the cache key: curves change)
     # A budget measured in its own metric bounds what any one weight may cost: no allocation the search tries puts
     # more than CAP times the whole budget on one weight (the allowed error grows from the budget by steps of 2,
     # and only while the summed predictions overstate the measured error), so the sensitivity analysis stops
