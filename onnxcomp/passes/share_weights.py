@@ -292,11 +292,13 @@ class ShareWeightsPass(GraphPass):
         The error is SharedWeight.error, the squared error summed with the inputs' energies as weights (with
         calibration statistics ``importance`` = diag(X^T X), so it is the diagonal part of the layer's output error
         ||X (W - Q)||^2; 1 without). For each outlier fraction of (0, the one k-means chose) the count is bisected
-        from 2 to min(MAX_LEVELS, 2^(bits + 1) - 1) (errors fall with the count, not strictly: bisection takes one
+        from 2 to min(MAX_LEVELS, 2^(bits + 2) - 1) (errors fall with the count, not strictly: bisection takes one
         count where the test turns, which matches by construction); the smaller record of the two is kept if it is at
-        least MATCHED_GAIN smaller than k-means's. The
-        worst channel's error is not held to k-means's: the budget's curves and trials measure each candidate's
-        effect on the model's output, which is what decides.
+        least MATCHED_GAIN smaller than k-means's. Matching also holds the worst channel's relative error (damage)
+        to k-means's, as _uniform_or_kmeans does: one absolute step over channels of different sizes (a folded
+        normalisation) keeps the summed error and loses a small channel. Without it silero-vad's re-parameterised
+        convolutions took uniform codebooks at 6 and 8 bits that were 19-35 % smaller and 2-3x worse on the model's
+        output (their sensitivity curves, docs/benchmarks.md, branch cal11a).
 
         Why: k-means (the fixed-rate optimum) evens out the cluster sizes, but the indices are entropy coded, and at
         a given mean squared error an entropy-coded uniform quantiser needs fewer bits (Gish and Pierce 1968: within
@@ -305,7 +307,7 @@ class ShareWeightsPass(GraphPass):
         are rare, so their indices cost little: a grid spanning every value usually needs no outliers. Sets
         target.bits to the index bits of the codebook kept."""
         pruned = target.keep is not None
-        top = min(MAX_LEVELS, (1 << (target.bits + 1)) - 1)
+        top = min(MAX_LEVELS, (1 << (target.bits + 2)) - 1)
         if len(kmeans.codebook) - pruned < 3 or top < 3:
             return kmeans
 
@@ -314,16 +316,19 @@ class ShareWeightsPass(GraphPass):
             return outlier_math.share(values, target.keep, bits, option=fraction, init=self.init, seed=self.seed,
                                       levels=levels, rows=output_rows(target), importance=importance, prepared=prepared)
 
+        def matches(shared) -> bool:
+            return shared.error <= kmeans.error and shared.damage <= kmeans.damage
+
         best = kmeans
         for fraction in sorted({0.0, float(kmeans.fraction)}):
             found = fit(top, fraction)
-            if found.error > kmeans.error:
+            if not matches(found):
                 continue
             low, high = 2, top  # high matches
             while low < high:
                 middle = (low + high) // 2
                 shared = fit(middle, fraction)
-                if shared.error <= kmeans.error:
+                if matches(shared):
                     high, found = middle, shared
                 else:
                     low = middle + 1
