@@ -111,3 +111,24 @@ def test_calibrated_compress_writes_smaller_records_at_the_same_settings(tmp_pat
         written[f"free-{matched}"] = (folder / "out.onnxcomp").read_bytes()
     assert written["free-True"] == written["free-False"]
     assert onnx.load(str(tmp_path / "in.onnx")) is not None
+
+
+def test_only_weights_with_layer_statistics_or_gather_tables_take_matched_codebooks(tmp_path):
+    """Under --calib at 4 bits: a Gather table (its row errors are its output error; matched on the summed error
+    alone) and a MatMul weight (calibration statistics) take uniform codebooks, a table added to the activations (kind "other": no statistics, its squared
+    error says nothing of the output's) keeps its k-means codebook of at most 16 values."""
+    from onnx import TensorProto, helper
+    from conftest import make_model, float_input
+    rng = np.random.default_rng(11)
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"]), helper.make_node("Add", ["e", "shift"], ["s"]),
+             helper.make_node("MatMul", ["s", "w"], ["y"])]
+    tensors = [onnx.numpy_helper.from_array((rng.standard_t(5, shape) * 0.05).astype(np.float32), name)
+               for name, shape in (("table", (400, 32)), ("shift", (8, 32)), ("w", (32, 48)))]
+    model = make_model(nodes, [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n", 8])],
+                       [float_input("y", ["n", 8, 48])], tensors)
+    onnx.save(model, tmp_path / "in.onnx")
+    np.savez(tmp_path / "calib.npz", ids=rng.integers(0, 400, (64, 8)).astype(np.int64))
+    report = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx", calib=str(tmp_path / "calib.npz"), bits=4,
+                               min_elements=1, fidelity=False)
+    sizes = {layer.name: layer.codebook_size for layer in report.layers}
+    assert sizes["table"] > 16 and sizes["w"] > 16 and sizes["shift"] <= 16

@@ -152,8 +152,8 @@ class ShareWeightsPass(GraphPass):
                 if scaled is not None:
                     choices.append((*done[1], bits, levels))
                 shared, scales = self._uniform_or_kmeans(target, choices, done[-1] if target.levels_override else shared)
-            elif self.matched_uniform and not target.levels_override:
-                shared = self._matched_uniform(target, values, shared, importance, prepared)
+            elif self.matched_uniform and not target.levels_override and (importance is not None or target.kind == "embedding"):
+                shared = self._matched_uniform(target, values, shared, importance, prepared, importance is not None)
             key = self._entry_key(target, prepared) if statistics is None else None
             del prepared
             target.scales, target.scale_axis = (scales, axis) if scales is not None else (None, 0)
@@ -286,7 +286,7 @@ class ShareWeightsPass(GraphPass):
                                   init=self.init, seed=self.seed, rows=output_rows(target), importance=importance,
                                   prepared=prepared)
 
-    def _matched_uniform(self, target, values, kmeans, importance, prepared: dict):
+    def _matched_uniform(self, target, values, kmeans, importance, prepared: dict, channels: bool = True):
         """The uniform codebook (codebook.fit_sorted with ``levels``) of the fewest values whose error matches
         ``kmeans`` (the k-means share at ``target.bits``), when its estimated record is smaller; else ``kmeans``.
         The error is SharedWeight.error, the squared error summed with the inputs' energies as weights (with
@@ -298,7 +298,19 @@ class ShareWeightsPass(GraphPass):
         to k-means's, as _uniform_or_kmeans does: one absolute step over channels of different sizes (a folded
         normalisation) keeps the summed error and loses a small channel. Without it silero-vad's re-parameterised
         convolutions took uniform codebooks at 6 and 8 bits that were 19-35 % smaller and 2-3x worse on the model's
-        output (their sensitivity curves, docs/benchmarks.md, branch cal11a).
+        output (their sensitivity curves, docs/benchmarks.md, branch cal11a). ``channels`` False drops that second
+        test: for a Gather table, whose "channels" (outliers.share's rows) are its rows, tokens, each a few hundred
+        values, the worst row's error is an extreme of hundreds of thousands of noisy ratios, and a row's error is
+        its token's output error whatever the codebook (on MiniLM-L3's word embedding the uniform codebook that
+        is about as accurate as 4-bit k-means (23 values, 0.1 % outliers) moved the worst calibration sentence's
+        cosine error from 0.00448 to 0.00396 in 2 % fewer bytes; branch cal11a).
+
+        Only for weights whose output error the summed error stands for: a layer with calibration statistics, or
+        a Gather table (its output is the rows it reads, so the row errors are the output error, every token
+        weighted alike since the calibration data sees few of them). Other weights (an LSTM's, those inside If
+        branches, which no statistics reach) keep k-means: on silero-vad their uniform codebooks matched k-means's
+        squared error and worst channel and still doubled a weight's effect on the output (its STFT basis at 4 bits),
+        and the budget's first allocation then missed on the check set (docs/benchmarks.md, branch cal11a).
 
         Why: k-means (the fixed-rate optimum) evens out the cluster sizes, but the indices are entropy coded, and at
         a given mean squared error an entropy-coded uniform quantiser needs fewer bits (Gish and Pierce 1968: within
@@ -317,7 +329,7 @@ class ShareWeightsPass(GraphPass):
                                       levels=levels, rows=output_rows(target), importance=importance, prepared=prepared)
 
         def matches(shared) -> bool:
-            return shared.error <= kmeans.error and shared.damage <= kmeans.damage
+            return shared.error <= kmeans.error and (not channels or shared.damage <= kmeans.damage)
 
         best = kmeans
         for fraction in sorted({0.0, float(kmeans.fraction)}):
