@@ -314,9 +314,9 @@ class ShareWeightsPass(GraphPass):
 
         Why: k-means (the fixed-rate optimum) evens out the cluster sizes, but the indices are entropy coded, and at
         a given mean squared error an entropy-coded uniform quantiser needs fewer bits (Gish and Pierce 1968: within
-        0.255 bit of the rate-distortion bound at high rate); on MiniLM-L3's and ddddocr-ocr's matrices 0.1-0.3
+        0.255 bit of the rate-distortion bound at high rate); on MiniLM-L3's and ddddocr-ocr's weights 0.1-0.3
         fewer bits of index entropy per weight at 3-6 bits (docs/benchmarks.md, branch cal11a). Its tail values
-        are rare, so their indices cost little: a grid spanning every value usually needs no outliers. Sets
+        are rare, so their long codes cost little. Sets
         target.bits to the index bits of the codebook kept."""
         pruned = target.keep is not None
         top = min(MAX_LEVELS, (1 << (target.bits + 2)) - 1)
