@@ -52,6 +52,7 @@ FINISHED = "finished"  # cache keys (FINISHED, weight name): a weight's last fin
 # that one's record is smaller (_matched_uniform). False: k-means only, as before branch cal11a.
 MATCHED_UNIFORM = True
 MAX_LEVELS = 255  # uniform codebooks tried up to this many values: one-byte indices, as k-means's at 8 bits
+MATCHED_DAMAGE = 1.0  # the uniform codebook's worst channel's error may be at most this times k-means's
 MATCHED_GAIN = 0.01  # a uniform codebook replaces k-means only when its estimated record is this fraction smaller (the
 # estimate is the indices' entropy; the written Huffman or gap code differs from it by about as much)
 REUSE = True  # with a cache: a weight whose values, mask and settings are unchanged takes its last result (False: shared again)  # calibrated refits run on parallel threads while every weight's fp32 bytes are at most this
@@ -329,7 +330,7 @@ class ShareWeightsPass(GraphPass):
                                       levels=levels, rows=output_rows(target), importance=importance, prepared=prepared)
 
         def matches(shared) -> bool:
-            return shared.error <= kmeans.error and (not channels or shared.damage <= kmeans.damage)
+            return shared.error <= kmeans.error and (not channels or shared.damage <= MATCHED_DAMAGE * kmeans.damage)
 
         best = kmeans
         for fraction in sorted({0.0, float(kmeans.fraction)}):
