@@ -154,7 +154,7 @@ class ShareWeightsPass(GraphPass):
                     choices.append((*done[1], bits, levels))
                 shared, scales = self._uniform_or_kmeans(target, choices, done[-1] if target.levels_override else shared)
             elif self.matched_uniform and not target.levels_override and (importance is not None or target.kind == "embedding"):
-                shared = self._matched_uniform(target, values, shared, importance, prepared, importance is not None)
+                shared = self._matched_uniform(target, values, shared, importance, prepared, target.kind == "conv")
             key = self._entry_key(target, prepared) if statistics is None else None
             del prepared
             target.scales, target.scale_axis = (scales, axis) if scales is not None else (None, 0)
@@ -299,12 +299,15 @@ class ShareWeightsPass(GraphPass):
         to k-means's, as _uniform_or_kmeans does: one absolute step over channels of different sizes (a folded
         normalisation) keeps the summed error and loses a small channel. Without it silero-vad's re-parameterised
         convolutions took uniform codebooks at 6 and 8 bits that were 19-35 % smaller and 2-3x worse on the model's
-        output (their sensitivity curves, docs/benchmarks.md, branch cal11a). ``channels`` False drops that second
-        test: for a Gather table, whose "channels" (outliers.share's rows) are its rows, tokens, each a few hundred
-        values, the worst row's error is an extreme of hundreds of thousands of noisy ratios, and a row's error is
-        its token's output error whatever the codebook (on MiniLM-L3's word embedding the uniform codebook that
-        is about as accurate as 4-bit k-means (23 values, 0.1 % outliers) moved the worst calibration sentence's
-        cosine error from 0.00448 to 0.00396 in 2 % fewer bytes; branch cal11a).
+        output (their sensitivity curves, docs/benchmarks.md, branch cal11a). ``channels`` (the sharer passes it for
+        Conv filters only, where folded normalisations live) keeps that second test; without it only the summed
+        error is matched. On MiniLM-L3's MatMuls the worst channel test rejected every uniform codebook at 4-6 bits,
+        and the ones it rejected had a lower output error ||X (W - Q)||^2 on calibration activations than k-means's
+        (full X, nearest and OBS rounding alike) in 1-3 % fewer bytes; a Gather table's "channels" are its rows
+        (tokens, a few hundred values each): its worst row is an extreme of tens of thousands of noisy ratios, and
+        on MiniLM-L3's word embedding the uniform codebook about as accurate as 4-bit k-means (23 values, 0.1 %
+        outliers) moved the worst calibration sentence's cosine error from 0.00448 to 0.00396 in 2 % fewer bytes
+        (docs/benchmarks.md, branch cal11a).
 
         Only for weights whose output error the summed error stands for: a layer with calibration statistics, or
         a Gather table (its output is the rows it reads, so the row errors are the output error, every token
