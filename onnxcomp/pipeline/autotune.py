@@ -312,7 +312,7 @@ def _shared(pruned: WeightTarget, bits: int, options: dict) -> WeightTarget:
     trial = dataclasses.replace(pruned, codebook=None, indices=None, record=None, bits_override=bits)
     ShareWeightsPass(bits=bits, init=options["init"], seed=options["seed"], refit_codebook=options["reconstruct"],
                      rounding=options["rounding"], outliers=options.get("outliers", "auto"),
-                     matched_uniform=options.get("matched_uniform", False))(
+                     matched_uniform=options.get("matched_uniform", share_weights.MATCHED_UNIFORM))(
         CompressionState(None, [trial]))
     bits_needed = max(1, int(np.ceil(np.log2(max(len(trial.codebook), 2)))))
     trial.record = sidecar.encode_record(trial.codebook, trial.indices, trial.shape, bits_needed,
