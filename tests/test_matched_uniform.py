@@ -113,7 +113,7 @@ def test_calibrated_compress_writes_smaller_records_at_the_same_settings(tmp_pat
     assert onnx.load(str(tmp_path / "in.onnx")) is not None
 
 
-def test_only_weights_with_layer_statistics_or_gather_tables_take_matched_codebooks(tmp_path):
+def test_only_weights_with_layer_statistics_or_gather_tables_take_matched_codebooks(tmp_path, monkeypatch):
     """Under --calib at 4 bits: a Gather table (its row errors are its output error; matched on the summed error
     alone) and a MatMul weight (calibration statistics) take uniform codebooks, a table added to the activations (kind "other": no statistics, its squared
     error says nothing of the output's) keeps its k-means codebook of at most 16 values."""
@@ -128,6 +128,7 @@ def test_only_weights_with_layer_statistics_or_gather_tables_take_matched_codebo
                        [float_input("y", ["n", 8, 48])], tensors)
     onnx.save(model, tmp_path / "in.onnx")
     np.savez(tmp_path / "calib.npz", ids=rng.integers(0, 400, (64, 8)).astype(np.int64))
+    monkeypatch.setattr(share_weights, "MATCHED_UNIFORM", True)
     report = onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "out.onnx", calib=str(tmp_path / "calib.npz"), bits=4,
                                min_elements=1, fidelity=False)
     sizes = {layer.name: layer.codebook_size for layer in report.layers}
