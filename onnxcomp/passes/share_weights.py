@@ -24,6 +24,7 @@ value and no codebook entry is fit to it.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Mapping
 
 import numpy as np
@@ -52,7 +53,7 @@ FINISHED = "finished"  # cache keys (FINISHED, weight name): a weight's last fin
 # error, when that one's record is smaller (_matched_uniform). Off by default (branch cal11a): it lowers a layer's
 # output error in 1-3 % fewer bytes on MiniLM-L3's weights, but no calibrated zoo run with it finished, and on the
 # tiny MLP of tests/test_budget.py two budget runs' first check-set allocation then missed (20 check samples).
-MATCHED_UNIFORM = False
+MATCHED_UNIFORM = os.environ.get("ONNXCOMP_MATCHED_UNIFORM", "") == "1"  # ONNXCOMP_MATCHED_UNIFORM=1 switches it on
 MAX_LEVELS = 255  # uniform codebooks tried up to this many values: one-byte indices, as k-means's at 8 bits
 MATCHED_DAMAGE = 1.0  # the uniform codebook's worst channel's error may be at most this times k-means's
 MATCHED_GAIN = 0.01  # a uniform codebook replaces k-means only when its estimated record is this fraction smaller (the
