@@ -228,6 +228,7 @@ class SharedWeight:
     damage: float  # D: worst live channel's relative error
     estimated_bytes: int  # B
     score: float = 0.0  # a log B + log D (lower is better)
+    error: float = 0.0  # sum over every channel c and input j of u_j (w_cj - q_cj)^2 (u: the importance, 1 without)
 
 
 def channel_errors_reference(reference_rows: np.ndarray, decoded_rows: np.ndarray | None,
@@ -313,10 +314,10 @@ def _search(fractions, option, kept: int, bits: int, pruned: bool, measure) -> S
         if (fraction > 0 and count == 0 and option == AUTO) or count in tried_counts:
             continue
         tried_counts.add(count)
-        codebook, indices, positions, kept_values, damage, size = measure(count, start)
+        codebook, indices, positions, kept_values, damage, size, error = measure(count, start)
         start = codebook[1:] if pruned else codebook
         score = exponent * np.log(max(size, 1)) + (np.log(damage) if damage > 0 else -np.inf)
-        candidate = SharedWeight(codebook, indices, positions, kept_values, fraction, damage, size, float(score))
+        candidate = SharedWeight(codebook, indices, positions, kept_values, fraction, damage, size, float(score), error)
         if best is None or score < best.score:
             best = candidate
         elif previous_score is not None and score > previous_score:
@@ -357,8 +358,14 @@ def share_reference(values: np.ndarray, keep: np.ndarray | None, bits: int, *, o
         kept_values = stored_values(flat[positions])
         decoded = codebook[indices]
         decoded[positions] = kept_values
-        damage = channel_damage(reference_rows, to_rows(decoded.reshape(values.shape)), importance)
-        return codebook, indices, positions, kept_values, damage, estimated_bytes(codebook, indices, positions, kept_values)
+        decoded_rows = to_rows(decoded.reshape(values.shape))
+        damage = channel_damage(reference_rows, decoded_rows, importance)
+        usable = importance if importance is not None and len(importance) == reference_rows.shape[1] else None
+        error = 0.0  # as share sums it: only when some channel is live
+        if live_channels(channel_errors_reference(reference_rows, None, usable)).any():
+            error = float(channel_errors_reference(reference_rows, decoded_rows, usable).sum())
+        return (codebook, indices, positions, kept_values, damage, estimated_bytes(codebook, indices, positions, kept_values),
+                error)
     return _search(fractions, option, len(candidates), bits, keep is not None, measure)
 
 
@@ -441,11 +448,11 @@ def share(values: np.ndarray, keep: np.ndarray | None, bits: int, *, option: str
             exclude[positions] = True
         codebook, indices = codebook_math.quantize(values, keep, bits, init, seed, exclude, start, ordered=fit, levels=levels)
         kept_values = stored_values(flat[positions])
-        damage = 0.0
+        damage, error = 0.0, 0.0
         if live.any():
             errors = _native.channel_errors(reference, indices, codebook, positions, kept_values, channels, inputs,
                                             transposed, usable, threads)
-            damage = worst_channel(errors, norms, live)
+            damage, error = worst_channel(errors, norms, live), float(errors.sum())
         centroids = codebook if keep is None else codebook[1:]
         if len(fit) == 0:
             counts = np.array([len(flat) - count])
@@ -454,6 +461,6 @@ def share(values: np.ndarray, keep: np.ndarray | None, bits: int, *, option: str
             counts = np.diff(np.concatenate([[0], upper, [len(fit)]]))
             if keep is not None:
                 counts = np.concatenate([[pruned], counts])
-        return codebook, indices, positions, kept_values, damage, _record_estimate(counts, len(flat), len(codebook),
-                                                                                   positions, kept_values)
+        return (codebook, indices, positions, kept_values, damage,
+                _record_estimate(counts, len(flat), len(codebook), positions, kept_values), error)
     return _search(fractions, option, kept, bits, keep is not None, measure)

@@ -24,6 +24,7 @@ value and no codebook entry is fit to it.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Mapping
 
 import numpy as np
@@ -47,13 +48,24 @@ ROUNDINGS = ("obs", "nearest")
 PARALLEL_CODEBOOKS = 1 << 20  # weights from this many values share their alternative codebooks on the cores at once
 PARALLEL_REFIT_BYTES = 64 << 20
 FINISHED = "finished"  # cache keys (FINISHED, weight name): a weight's last finished result (_keep, _reuse)
+# With calibration data (ShareWeightsPass(matched_uniform=True), set by compress and the budget's trials when --calib
+# is given and this is True): each k-means codebook is replaced by the uniform one of fewest values that matches its
+# error, when that one's record is smaller (_matched_uniform). Off by default (branch cal11a): it lowers a layer's
+# output error in 1-3 % fewer bytes on MiniLM-L3's weights, but no calibrated zoo run with it finished, and on the
+# tiny MLP of tests/test_budget.py two budget runs' first check-set allocation then missed (20 check samples).
+MATCHED_UNIFORM = os.environ.get("ONNXCOMP_MATCHED_UNIFORM", "") == "1"  # ONNXCOMP_MATCHED_UNIFORM=1 switches it on
+MAX_LEVELS = 255  # uniform codebooks tried up to this many values: one-byte indices, as k-means's at 8 bits
+MATCHED_DAMAGE = 1.0  # the uniform codebook's worst channel's error may be at most this times k-means's
+MATCHED_GAIN = 0.01  # a uniform codebook replaces k-means only when its estimated record is this fraction smaller (the
+# estimate is the indices' entropy; the written Huffman or gap code differs from it by about as much)
 REUSE = True  # with a cache: a weight whose values, mask and settings are unchanged takes its last result (False: shared again)  # calibrated refits run on parallel threads while every weight's fp32 bytes are at most this
 
 
 class ShareWeightsPass(GraphPass):
     def __init__(self, *, bits: int | Mapping[str, int] = 5, init: str = "quantile", seed: int = 0,
                  refit_codebook: bool = False, rounding: str = "obs", rules: tuple[LayerRule, ...] = (), encode=None,
-                 outliers: str | float = outlier_math.AUTO, outliers_opset: int = 0, cache: dict | None = None) -> None:
+                 outliers: str | float = outlier_math.AUTO, outliers_opset: int = 0, cache: dict | None = None,
+                 matched_uniform: bool = False) -> None:
         for value in bits.values() if isinstance(bits, Mapping) else [bits]:
             if not isinstance(value, int) or not 1 <= value <= 16:
                 raise InvalidOptionError(f"bits {value} is out of range: give an integer from 1 to 16")
@@ -69,6 +81,7 @@ class ShareWeightsPass(GraphPass):
         self.encode = encode
         self.cache = cache
         self.reuse = REUSE
+        self.matched_uniform = matched_uniform
 
     def bits_for(self, target) -> int:
         """Index bits: a per-weight override (budget allocation), a layer rule matching the name, else the kind's."""
@@ -114,7 +127,7 @@ class ShareWeightsPass(GraphPass):
             compared = target.alternative is not None and (target.levels_override or scaled is not None)
             # everything the result below depends on besides the values and mask (which _prepared's key holds)
             settings = (target.bits, option, self.init, self.seed, target.levels_override, target.alternative, scaled,
-                        axis, target.dtype, self.encode is not None)
+                        axis, target.dtype, self.encode is not None, self.matched_uniform)
             if statistics is None and self._reuse(target, self._entry_key(target, prepared), settings):
                 return None
             # The codebooks tried on this weight are independent (the prepared arrays are only read once made):
@@ -143,6 +156,8 @@ class ShareWeightsPass(GraphPass):
                 if scaled is not None:
                     choices.append((*done[1], bits, levels))
                 shared, scales = self._uniform_or_kmeans(target, choices, done[-1] if target.levels_override else shared)
+            elif self.matched_uniform and not target.levels_override and (importance is not None or target.kind == "embedding"):
+                shared = self._matched_uniform(target, values, shared, importance, prepared, target.kind == "conv")
             key = self._entry_key(target, prepared) if statistics is None else None
             del prepared
             target.scales, target.scale_axis = (scales, axis) if scales is not None else (None, 0)
@@ -274,6 +289,77 @@ class ShareWeightsPass(GraphPass):
         return outlier_math.share(values, target.keep, bits, option=fraction if outliers is None else outliers,
                                   init=self.init, seed=self.seed, rows=output_rows(target), importance=importance,
                                   prepared=prepared)
+
+    def _matched_uniform(self, target, values, kmeans, importance, prepared: dict, channels: bool = True):
+        """The uniform codebook (codebook.fit_sorted with ``levels``) of the fewest values whose error matches
+        ``kmeans`` (the k-means share at ``target.bits``), when its estimated record is smaller; else ``kmeans``.
+        The error is SharedWeight.error, the squared error summed with the inputs' energies as weights (with
+        calibration statistics ``importance`` = diag(X^T X), so it is the diagonal part of the layer's output error
+        ||X (W - Q)||^2; 1 without). For each outlier fraction of (0, the one k-means chose) the count is bisected
+        from 2 to min(MAX_LEVELS, 2^(bits + 2) - 1) (errors fall with the count, not strictly: bisection takes one
+        count where the test turns, which matches by construction); the smaller record of the two is kept if it is at
+        least MATCHED_GAIN smaller than k-means's. Matching also holds the worst channel's relative error (damage)
+        to k-means's, as _uniform_or_kmeans does: one absolute step over channels of different sizes (a folded
+        normalisation) keeps the summed error and loses a small channel. Without it silero-vad's re-parameterised
+        convolutions took uniform codebooks at 6 and 8 bits that were 19-35 % smaller and 2-3x worse on the model's
+        output (their sensitivity curves, docs/benchmarks.md, branch cal11a). ``channels`` (the sharer passes it for
+        Conv filters only, where folded normalisations live) keeps that second test; without it only the summed
+        error is matched. On MiniLM-L3's MatMuls the worst channel test rejected every uniform codebook at 4-6 bits,
+        and the ones it rejected had a lower output error ||X (W - Q)||^2 on calibration activations than k-means's
+        (full X, nearest and OBS rounding alike) in 1-3 % fewer bytes; a Gather table's "channels" are its rows
+        (tokens, a few hundred values each): its worst row is an extreme of tens of thousands of noisy ratios, and
+        on MiniLM-L3's word embedding the uniform codebook about as accurate as 4-bit k-means (23 values, 0.1 %
+        outliers) moved the worst calibration sentence's cosine error from 0.00448 to 0.00396 in 2 % fewer bytes
+        (docs/benchmarks.md, branch cal11a).
+
+        Only for weights whose output error the summed error stands for: a layer with calibration statistics, or
+        a Gather table (its output is the rows it reads, so the row errors are the output error, every token
+        weighted alike since the calibration data sees few of them). Other weights (an LSTM's, those inside If
+        branches, which no statistics reach) keep k-means: on silero-vad their uniform codebooks matched k-means's
+        squared error and worst channel and still doubled a weight's effect on the output (its STFT basis at 4 bits),
+        and the budget's first allocation then missed on the check set (docs/benchmarks.md, branch cal11a).
+
+        Why: k-means (the fixed-rate optimum) evens out the cluster sizes, but the indices are entropy coded, and at
+        a given mean squared error an entropy-coded uniform quantiser needs fewer bits (Gish and Pierce 1968: within
+        0.255 bit of the rate-distortion bound at high rate); on MiniLM-L3's and ddddocr-ocr's weights 0.1-0.3
+        fewer bits of index entropy per weight at 3-6 bits (docs/benchmarks.md, branch cal11a). Its tail values
+        are rare, so their long codes cost little. Sets
+        target.bits to the index bits of the codebook kept."""
+        pruned = target.keep is not None
+        top = min(MAX_LEVELS, (1 << (target.bits + 2)) - 1)
+        if len(kmeans.codebook) - pruned < 3 or top < 3:
+            return kmeans
+
+        def fit(levels: int, fraction: float):
+            bits = max(1, int(np.ceil(np.log2(levels + pruned))))
+            return outlier_math.share(values, target.keep, bits, option=fraction, init=self.init, seed=self.seed,
+                                      levels=levels, rows=output_rows(target), importance=importance, prepared=prepared)
+
+        def matches(shared) -> bool:
+            return shared.error <= kmeans.error and (not channels or shared.damage <= MATCHED_DAMAGE * kmeans.damage)
+
+        best = kmeans
+        for fraction in sorted({0.0, float(kmeans.fraction)}):
+            found = fit(top, fraction)
+            if not matches(found):
+                continue
+            low, high = 2, top  # high matches
+            while low < high:
+                middle = (low + high) // 2
+                shared = fit(middle, fraction)
+                if matches(shared):
+                    high, found = middle, shared
+                else:
+                    low = middle + 1
+            if found.estimated_bytes < best.estimated_bytes:
+                best = found
+        if best is kmeans or best.estimated_bytes > (1 - MATCHED_GAIN) * kmeans.estimated_bytes:
+            return kmeans
+        log.info("%s: uniform codebook of %d values, %d outliers (%d bytes) for k-means' %d (%d bytes) at the same error",
+                 target.name, len(best.codebook) - pruned, len(best.positions), best.estimated_bytes,
+                 len(kmeans.codebook) - pruned, kmeans.estimated_bytes)
+        target.bits = max(1, int(np.ceil(np.log2(len(best.codebook)))))
+        return best
 
     def _uniform_or_kmeans(self, target, choices, kmeans):
         """A uniform codebook spreads the same absolute error over every value: a weight whose output channels

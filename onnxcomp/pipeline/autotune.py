@@ -65,7 +65,7 @@ from onnxcomp.passes.prune_weights import needs_gram
 
 from onnxcomp.core import budget as budget_math
 from onnxcomp.core.reconstruction import CG_ITERATIONS
-from onnxcomp.passes import model_io
+from onnxcomp.passes import model_io, share_weights
 from onnxcomp import parallel, progress
 from onnxcomp.core import sidecar
 from onnxcomp.errors import CalibrationError, OnnxcompError
@@ -85,9 +85,11 @@ CHECK = 0.25  # share of the calibration samples kept apart as the final check s
 CHECKS = 8  # passing allocations tried on the check set, in a fixed sequence from the largest down
 Z = 1.0  # the safety margin: one standard error (budget.error_bound)
 LADDER_STEP = 0.03  # allocations tested on the check set differ in size by at least this fraction
-CACHE_VERSION = 10  # 4: records keep outliers (--outliers, default auto); 5: a check set apart; 6: predicted errors; 7: capped;
+CACHE_VERSION = 12  # 4: records keep outliers (--outliers, default auto); 5: a check set apart; 6: predicted errors; 7: capped;
 # 8: the trials' ridge refits by conjugate gradients, row samples of 64K elements; 9: saturated bit widths not tried;
-# 10: calibration statistics from sampled positions (calibration.ROW_SAMPLE_POSITIONS)
+# 10: calibration statistics from sampled positions (calibration.ROW_SAMPLE_POSITIONS); 12: uniform codebooks matched
+# to k-means (share_weights.MATCHED_UNIFORM, branch cal11a, whose earlier states wrote 11; its on/off state is in the
+# key's options too)
 SAFE_RUNG = 0.5  # the check set's first rung: the allocation within this fraction of the error the search settled on
 PROBES = (1.5, 2.0)  # after the search, trials at these multiples of the largest allowed error that passed its bound
 RUNGS = 4  # rungs between the safe rung and the search's allocation, at geometric steps of the allowed error
@@ -325,7 +327,8 @@ def _shared(pruned: WeightTarget, bits: int, options: dict) -> WeightTarget:
     """A pruned target's codebook and record at ``bits``."""
     trial = dataclasses.replace(pruned, codebook=None, indices=None, record=None, bits_override=bits)
     ShareWeightsPass(bits=bits, init=options["init"], seed=options["seed"], refit_codebook=options["reconstruct"],
-                     rounding=options["rounding"], outliers=options.get("outliers", "auto"))(
+                     rounding=options["rounding"], outliers=options.get("outliers", "auto"),
+                     matched_uniform=options.get("matched_uniform", share_weights.MATCHED_UNIFORM))(
         CompressionState(None, [trial]))
     bits_needed = max(1, int(np.ceil(np.log2(max(len(trial.codebook), 2)))))
     trial.record = sidecar.encode_record(trial.codebook, trial.indices, trial.shape, bits_needed,
@@ -445,7 +448,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     metric = budget_math.allocation_metric(goal.metric, reference)
 
     options = dict(prune=prune, score=score, reconstruct=reconstruct, ridge=ridge, init=init, seed=seed, rounding=rounding,
-                   outliers=outliers)
+                   outliers=outliers, matched_uniform=share_weights.MATCHED_UNIFORM)  # (in the cache key: curves change)
     # A budget measured in its own metric bounds what any one weight may cost: no allocation the search tries puts
     # more than CAP times the whole budget on one weight (the allowed error grows from the budget by steps of 2,
     # and only while the summed predictions overstate the measured error), so the sensitivity analysis stops

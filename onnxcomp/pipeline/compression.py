@@ -37,7 +37,7 @@ from onnxcomp.passes.prune_weights import needs_gram
 from onnxcomp.passes.short_names import input_names, shorten_names
 from onnxcomp.passes.value_info import declare_custom_outputs, drop_inferable_value_info
 
-from onnxcomp.passes import model_io
+from onnxcomp.passes import model_io, share_weights
 from onnxcomp import parallel, progress
 from onnxcomp.core import recipes, sidecar
 from onnxcomp.errors import CalibrationError, FidelityError, InvalidOptionError, OutputError, UnsupportedModelError
@@ -227,7 +227,8 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
         steps.append(ReconstructWeightsPass(ridge=ridge))
     steps.append(ShareWeightsPass(bits=bits, init=init, seed=seed, refit_codebook=reconstruct, rounding=rounding, rules=rules,
                                   outliers=outliers, outliers_opset=SCATTER_OPSET if format == "portable" else 0,
-                                  cache=share_cache if calib is None else None))
+                                  cache=share_cache if calib is None else None,
+                                  matched_uniform=calib is not None and share_weights.MATCHED_UNIFORM))
     if sequential:
         passes.append(CompressSequentiallyPass(data=calib, steps=steps, batch=calib_batch, threshold=activation_threshold,
                                                reuse=sequential_reuse))
