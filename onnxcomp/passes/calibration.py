@@ -33,8 +33,8 @@ take the same rows of both models. What it changes downstream: OBS/GPTQ rounding
 solve with X^T X (plus a damping relative to its diagonal), so they see the estimate; a common scale cancels in
 them, the sampling noise does not: K x 16 rows is more than the deepest layers of the zoo's convolution models had
 before it (VGG-16's 15 x 15 block-5 layers: 225 rows per image, 9.8 K over 200 images). The layer errors the
-budget's sensitivity curves predict read it too. A VGG-16 pass over 200 images of 240 x 240 took about 4.3e13
-multiply-adds in its Gram products before (docs/benchmarks.md, calvgg10).
+budget's sensitivity curves predict read it too. Measured cost and effect: docs/benchmarks.md, calvgg10
+(`bench/gram_rows.py`).
 
 Weights whose layers read the same tensor the same way (the query, key and value projections of one input) share
 one statistics object. A model whose weights are stored as external data is run in segments of consecutive nodes
