@@ -610,6 +610,24 @@ def test_capped_gram_is_an_unbiased_estimate_and_the_other_sums_keep_every_row(m
     np.testing.assert_array_equal(_conv_observe(x, CONV_3X3, threshold=1.0, original=x, total=8).gram, one.gram)
 
 
+def test_statistics_of_float32_rows_are_the_float64_formulas_bit_for_bit(rng):
+    """The sums are taken from float32 rows without a float64 copy of them: the same bits as the float64 formulas
+    (each value converted exactly before it is squared, compared or summed, rows summed in order), for a threshold
+    that float32 cannot hold (0.1) and values equal to float32(0.1)."""
+    rows = (rng.standard_normal((3 * 50, 7)) * 3).astype(np.float32)
+    rows[::5, 2] = np.float32(0.1)
+    stats = calibration.LayerStatistics(7)
+    stats.add(rows, 3, 0.1, weight=2.5)
+    exact = rows.astype(np.float64)
+    fires = exact > 0.1
+    np.testing.assert_array_equal(stats.sum_squares, 2.5 * np.einsum("rk,rk->k", exact, exact))
+    np.testing.assert_array_equal(stats.sum_abs, 2.5 * np.abs(exact).sum(axis=0))
+    np.testing.assert_array_equal(stats.fire_rows, 2.5 * fires.sum(axis=0))
+    np.testing.assert_array_equal(stats.fire_samples, fires.reshape(3, 50, 7).any(axis=1).sum(axis=0))
+    np.testing.assert_array_equal(stats.gram, 2.5 * (exact.T @ exact))
+    assert fires[::5, 2].all()  # float32(0.1) > 0.1 in float64: a float32 comparison would not count them
+
+
 def test_capped_gram_of_a_wide_layer_in_float32(monkeypatch, rng):
     """A layer above GRAM_FLOAT64_FEATURES inputs keeps float32 rows, then a float32 X^T X: the capped rows give
     the Gram of the chosen rows times their factor (within float32 rounding of the largest entry)."""

@@ -144,12 +144,13 @@ class LayerStatistics:
         those rows, each standing for ``weight * factor`` rows; the other sums take every row."""
         single = rows.astype(np.float32, copy=False) if self.activations is not None or (
             self.dense_gram is not None and self.dense_gram.dtype == np.float32) else None
-        rows = rows.astype(np.float64, copy=False)
-        fires = rows > threshold
+        # the sums in float64 without a float64 copy of every row: each value converted exactly before it is
+        # squared, compared or summed, in the same order, so the same bits as on float64 rows
+        fires = rows > np.float64(threshold)
         self.rows += round(len(rows) * weight)
         self.samples += samples
-        self.sum_squares += weight * np.einsum("rk,rk->k", rows, rows)
-        self.sum_abs += weight * np.abs(rows).sum(axis=0)
+        self.sum_squares += weight * np.einsum("rk,rk->k", rows, rows, dtype=np.float64)
+        self.sum_abs += weight * np.abs(rows).sum(axis=0, dtype=np.float64)
         self.fire_rows += weight * fires.sum(axis=0)
         self.fire_samples += fires.reshape(samples, -1, rows.shape[1]).any(axis=1).sum(axis=0)
         del fires
@@ -158,6 +159,8 @@ class LayerStatistics:
             weight *= factor
             rows = rows[index] if single is None else None
             single = None if single is None else single[index]
+        if single is None:
+            rows = rows.astype(np.float64, copy=False)
         if self.activations is not None:
             self.activations = np.concatenate([self.activations, single if weight == 1.0 else
                                                single * np.float32(np.sqrt(weight))])
@@ -731,7 +734,7 @@ def _observe(stats: dict, layers: dict[str, LayerInput], values: dict, samples: 
             count = samples if whole else stop - start
             subset = gram_subset(count, len(rows) // count, rows.shape[1], total, spec.tensor, first) \
                 if len(rows) % count == 0 else None
-            if original is not None:  # add and add_original both read the rows as float64: convert them once
+            if original is not None and subset is None:  # add and add_original both read them as float64: once
                 rows = rows.astype(np.float64, copy=False)
             stats[layer].add(rows, count, threshold, weight, subset)
             if original is not None:
