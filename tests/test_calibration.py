@@ -487,12 +487,26 @@ def test_statistics_of_a_flattened_layer_input_fed_one_sample_at_a_time(rng):
         calibration.collect(many, {"w": calibration.LayerInput("t", "kn")}, {"x": x}, batch=8, threshold=0.5)
 
 
-def _conv_observe(x, spec, threshold=0.0, original=None):
-    """One batch of ``x`` through _observe as the walk and collect do (the original's rows: ``original``)."""
+def _conv_observe(x, spec, threshold=0.0, original=None, total=None):
+    """One batch of ``x`` through _observe as the walk and collect do (the original's rows: ``original``; the
+    pass's samples: ``total``)."""
     stats = {}
     calibration._observe(stats, {"w": spec}, {"x": x}, len(x), threshold, True, {},
-                         None if original is None else {"x": original})
+                         None if original is None else {"x": original}, total=total)
     return stats["w"]
+
+
+def _relative(a, b):
+    return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+def _seeded(monkeypatch, observe, seeds=64):
+    """``observe()`` under ROW_SAMPLE_SEED 0 .. seeds - 1."""
+    estimates = []
+    for seed in range(seeds):
+        monkeypatch.setattr(calibration, "ROW_SAMPLE_SEED", seed)
+        estimates.append(observe())
+    return estimates
 
 
 CONV_3X3 = calibration.LayerInput("x", "conv", (3, 3), (1, 1), (1, 1, 1, 1), (1, 1))
@@ -535,14 +549,8 @@ def test_row_sampled_statistics_are_unbiased(monkeypatch, rng):
     exact = _conv_observe(x, CONV_3X3, threshold=1.0)
     monkeypatch.setattr(calibration, "ROW_SAMPLE_POSITIONS", 64)
     scale = np.sqrt(18 * (1 - 64 / 576) / (8 * 64))
-
-    def relative(a, b):
-        return np.linalg.norm(a - b) / np.linalg.norm(b)
-
-    estimates = []
-    for seed in range(64):
-        monkeypatch.setattr(calibration, "ROW_SAMPLE_SEED", seed)
-        estimates.append(_conv_observe(x, CONV_3X3, threshold=1.0, original=x))
+    relative = _relative
+    estimates = _seeded(monkeypatch, lambda: _conv_observe(x, CONV_3X3, threshold=1.0, original=x))
     one = estimates[0]
     assert (one.rows, one.samples) == (exact.rows, exact.samples) == (8 * 576, 8)
     assert relative(one.gram, exact.gram) < 2 * scale
@@ -555,6 +563,85 @@ def test_row_sampled_statistics_are_unbiased(monkeypatch, rng):
     monkeypatch.setattr(calibration, "ROW_SAMPLE_SEED", 0)
     again = _conv_observe(x, CONV_3X3, threshold=1.0, original=x)
     np.testing.assert_array_equal(again.gram, estimates[0].gram)  # deterministic: same data, same statistics
+
+
+def test_gram_rows_are_capped_per_feature_and_spread_over_samples(monkeypatch):
+    """A pass of N samples gives X^T X at most max(GRAM_ROWS_MIN, 16 K) rows, ceil(that / N) per sample, at least
+    one, never more than the sample has; no total (a caller that does not know it): every row."""
+    assert calibration.gram_positions(4608, 225, 200) == 225  # VGG-16's block 5: 45,000 rows <= 73,728
+    assert calibration.gram_positions(4608, 900, 200) == 369  # block 4: 73,728 / 200 rounded up
+    assert calibration.gram_positions(576, 4096, 200) == 328  # block 1: GRAM_ROWS_MIN / 200 rounded up
+    assert calibration.gram_positions(576, 4096, 10 ** 6) == 1 and calibration.gram_positions(576, 4096, None) == 4096
+    index, factor = calibration.gram_subset(3, 900, 4608, 200, "x", 7)
+    assert len(index) == 3 * 369 and factor == 900 / 369
+    per_sample = index.reshape(3, 369)
+    assert all(len(set(row)) == 369 for row in per_sample)
+    assert (per_sample // 900 == np.arange(3)[:, None]).all()  # each sample's rows from its own block
+    again, _ = calibration.gram_subset(2, 900, 4608, 200, "x", 8)  # seeded by the sample's index, not the chunk's
+    np.testing.assert_array_equal(again, index[369:] - 900)
+    assert calibration.gram_subset(3, 225, 4608, 200, "x", 0) is None
+
+
+def test_capped_gram_is_an_unbiased_estimate_and_the_other_sums_keep_every_row(monkeypatch, rng):
+    """With the Gram capped to g of the P = 576 rows of each of 8 samples (K = 18: GRAM_ROWS_MIN lowered so that g
+    = 64), X^T X is the Horvitz-Thompson estimate of the full one: relative Frobenius error of one estimate within
+    2x sqrt(K (1 - g/P) / (S g)) = 0.18 (the row-sampling test's formula), the mean of 64 seeds within 4x its
+    standard error; sum_squares, sum_abs and the fire counts are those of every row, bit for bit; the sequential
+    cross terms take the same rows (so they equal the Gram of the same input); and a cap above the rows leaves the
+    statistics the same bytes as no cap."""
+    x = (0.5 + rng.standard_normal((8, 2, 24, 24))).astype(np.float32)
+    exact = _conv_observe(x, CONV_3X3, threshold=1.0)
+    # 8 x 576 rows are below GRAM_ROWS_MIN: all taken
+    np.testing.assert_array_equal(_conv_observe(x, CONV_3X3, threshold=1.0, total=8).gram, exact.gram)
+    monkeypatch.setattr(calibration, "GRAM_ROWS_MIN", 8 * 64)
+    monkeypatch.setattr(calibration, "GRAM_ROWS_PER_FEATURE", 1)
+    assert calibration.gram_positions(18, 576, 8) == 64
+    scale = np.sqrt(18 * (1 - 64 / 576) / (8 * 64))
+    estimates = _seeded(monkeypatch, lambda: _conv_observe(x, CONV_3X3, threshold=1.0, original=x, total=8))
+    one = estimates[0]
+    assert _relative(one.gram, exact.gram) < 2 * scale and not np.allclose(one.gram, exact.gram, rtol=1e-3)
+    for name in ("sum_squares", "sum_abs", "fire_rows", "fire_samples"):
+        np.testing.assert_array_equal(getattr(one, name), getattr(exact, name))
+    assert (one.rows, one.samples) == (exact.rows, exact.samples)
+    np.testing.assert_allclose(one.cross, one.gram, rtol=1e-12)
+    np.testing.assert_allclose(one.gram_original, one.gram, rtol=1e-12)
+    assert _relative(np.mean([e.gram for e in estimates], axis=0), exact.gram) < 4 * scale / np.sqrt(64)
+    monkeypatch.setattr(calibration, "ROW_SAMPLE_SEED", 0)
+    np.testing.assert_array_equal(_conv_observe(x, CONV_3X3, threshold=1.0, original=x, total=8).gram, one.gram)
+
+
+def test_statistics_of_float32_rows_are_the_float64_formulas_bit_for_bit(rng):
+    """The sums are taken from float32 rows without a float64 copy of them: the same bits as the float64 formulas
+    (each value converted exactly before it is squared, compared or summed, rows summed in order), for a threshold
+    that float32 cannot hold (0.1) and values equal to float32(0.1)."""
+    rows = (rng.standard_normal((3 * 50, 7)) * 3).astype(np.float32)
+    rows[::5, 2] = np.float32(0.1)
+    stats = calibration.LayerStatistics(7)
+    stats.add(rows, 3, 0.1, weight=2.5)
+    exact = rows.astype(np.float64)
+    fires = exact > 0.1
+    np.testing.assert_array_equal(stats.sum_squares, 2.5 * np.einsum("rk,rk->k", exact, exact))
+    np.testing.assert_array_equal(stats.sum_abs, 2.5 * np.abs(exact).sum(axis=0))
+    np.testing.assert_array_equal(stats.fire_rows, 2.5 * fires.sum(axis=0))
+    np.testing.assert_array_equal(stats.fire_samples, fires.reshape(3, 50, 7).any(axis=1).sum(axis=0))
+    np.testing.assert_array_equal(stats.gram, 2.5 * (exact.T @ exact))
+    assert fires[::5, 2].all()  # float32(0.1) > 0.1 in float64: a float32 comparison would not count them
+
+
+def test_capped_gram_of_a_wide_layer_in_float32(monkeypatch, rng):
+    """A layer above GRAM_FLOAT64_FEATURES inputs keeps float32 rows, then a float32 X^T X: the capped rows give
+    the Gram of the chosen rows times their factor (within float32 rounding of the largest entry)."""
+    monkeypatch.setattr(calibration, "GRAM_FLOAT64_FEATURES", 8)
+    monkeypatch.setattr(calibration, "GRAM_ROWS_MIN", 4 * 10)
+    monkeypatch.setattr(calibration, "GRAM_ROWS_PER_FEATURE", 1)
+    x = rng.standard_normal((4, 2, 12, 12)).astype(np.float32)
+    gram = _conv_observe(x, CONV_3X3, total=4).gram
+    rows = calibration.im2col(x, CONV_3X3)
+    index, factor = calibration.gram_subset(4, 144, 18, 4, "x", 0)
+    chosen = rows[index]
+    assert gram.dtype == np.float32 and len(index) == 40
+    expected = chosen.astype(np.float64).T @ chosen * factor
+    np.testing.assert_allclose(gram, expected, atol=1e-5 * np.abs(expected).max())
 
 
 def test_row_sampling_bounds_the_statistics_memory(monkeypatch, rng):

@@ -22,6 +22,20 @@ summed term). ``fire_samples`` counts a feature in a sample when one of its samp
 The compressed and the original model's rows (sequential mode) use the same positions. Measured effect:
 docs/benchmarks.md, section calzoo4.
 
+Gram rows: X^T X costs K^2 per row where the other sums cost K, so it takes fewer rows. A pass over N samples
+gives a layer of K features at most ``R = max(GRAM_ROWS_MIN, GRAM_ROWS_PER_FEATURE * K)`` Gram rows: each sample's
+r rows (after row sampling) give ``g = min(r, max(1, ceil(R / N)))`` of them to X^T X, drawn uniformly without
+replacement per sample (seeded by the tensor and the sample's index, another stream than the positions'), each
+weighted ``r / g`` on top of its row-sampling weight. Uniform draws of g of r of uniform draws of m of P positions
+are uniform draws of g of P, so X^T X stays a Horvitz-Thompson estimate of the sum over all rows, unbiased, with
+the variance above for m = g; the other sums and counts keep every sampled row. The cross terms of sequential mode
+take the same rows of both models. What it changes downstream: OBS/GPTQ rounding and the least-squares refits
+solve with X^T X (plus a damping relative to its diagonal), so they see the estimate; a common scale cancels in
+them, the sampling noise does not: K x 16 rows is more than the deepest layers of the zoo's convolution models had
+before it (VGG-16's 15 x 15 block-5 layers: 225 rows per image, 9.8 K over 200 images). The layer errors the
+budget's sensitivity curves predict read it too. Measured cost and effect: docs/benchmarks.md, calvgg10
+(`bench/gram_rows.py`).
+
 Weights whose layers read the same tensor the same way (the query, key and value projections of one input) share
 one statistics object. A model whose weights are stored as external data is run in segments of consecutive nodes
 holding at most ``SEGMENT_BYTES`` of those weights (``collect_segments``): each segment's session holds only its
@@ -63,6 +77,8 @@ GRAM_FLOAT64_FEATURES = 2048  # more inputs: float32 Gram matrices (memory: inpu
 LOW_RANK_RATIO = 4  # float32 layers keep their input rows while there are at most features / 4 of them
 ROW_SAMPLE_POSITIONS = 4096  # rows one sample gives a layer's statistics at most; above, positions are sampled
 ROW_SAMPLE_SEED = 20261201
+GRAM_ROWS_PER_FEATURE = 16  # Gram rows a layer of K input features takes over a pass: at most max(GRAM_ROWS_MIN, 16 K)
+GRAM_ROWS_MIN = 65536
 ROW_CHUNK_BYTES = 256 << 20  # float64 input rows one statistics update takes at most (whole samples; one may exceed it)
 SEGMENT_BYTES = 256 << 20  # external-data weight bytes one calibration session holds at most (one weight may exceed it)
 ACTIVATION_BYTES = 2 << 30  # the values one batch's run produces (every node output summed) at most: bounded_batch
@@ -121,19 +137,30 @@ class LayerStatistics:
     def gram(self, value: np.ndarray | None) -> None:
         self.dense_gram, self.activations = value, None
 
-    def add(self, rows: np.ndarray, samples: int, threshold: float, weight: float = 1.0) -> None:
+    def add(self, rows: np.ndarray, samples: int, threshold: float, weight: float = 1.0,
+            gram_rows: tuple[np.ndarray, float] | None = None) -> None:
         """Accumulate ``rows`` [samples * rows_per_sample, K], each standing for ``weight`` rows (row sampling:
-        P / m; module docstring)."""
+        P / m; module docstring). ``gram_rows`` (indices into ``rows``, factor; ``gram_subset``): X^T X takes only
+        those rows, each standing for ``weight * factor`` rows; the other sums take every row."""
         single = rows.astype(np.float32, copy=False) if self.activations is not None or (
             self.dense_gram is not None and self.dense_gram.dtype == np.float32) else None
-        rows = rows.astype(np.float64, copy=False)
-        fires = rows > threshold
+        # the sums in float64 without a float64 copy of every row: each value converted exactly before it is
+        # squared, compared or summed, in the same order, so the same bits as on float64 rows
+        fires = rows > np.float64(threshold)
         self.rows += round(len(rows) * weight)
         self.samples += samples
-        self.sum_squares += weight * np.einsum("rk,rk->k", rows, rows)
-        self.sum_abs += weight * np.abs(rows).sum(axis=0)
+        self.sum_squares += weight * np.einsum("rk,rk->k", rows, rows, dtype=np.float64)
+        self.sum_abs += weight * np.abs(rows).sum(axis=0, dtype=np.float64)
         self.fire_rows += weight * fires.sum(axis=0)
         self.fire_samples += fires.reshape(samples, -1, rows.shape[1]).any(axis=1).sum(axis=0)
+        del fires
+        if gram_rows is not None:
+            index, factor = gram_rows
+            weight *= factor
+            rows = rows[index] if single is None else None
+            single = None if single is None else single[index]
+        if single is None:
+            rows = rows.astype(np.float64, copy=False)
         if self.activations is not None:
             self.activations = np.concatenate([self.activations, single if weight == 1.0 else
                                                single * np.float32(np.sqrt(weight))])
@@ -144,12 +171,17 @@ class LayerStatistics:
         elif self.dense_gram is not None:
             self.dense_gram += _weighted(rows.T @ rows, weight)
 
-    def add_original(self, rows: np.ndarray, original: np.ndarray, weight: float = 1.0, with_gram: bool = True) -> None:
+    def add_original(self, rows: np.ndarray, original: np.ndarray, weight: float = 1.0, with_gram: bool = True,
+                     gram_rows: tuple[np.ndarray, float] | None = None) -> None:
         """Sequential mode: accumulate the cross terms with the original model's rows for the same samples (and
         positions), each standing for ``weight`` rows. ``with_gram`` False leaves out X_o^T X_o (``gram_original``
-        stays None: the caller has it from an earlier walk with the same rows)."""
+        stays None: the caller has it from an earlier walk with the same rows). ``gram_rows``: as in ``add``
+        (the same rows of both models)."""
         if self.dense_gram is None and self.activations is None:
             return
+        if gram_rows is not None:
+            index, factor = gram_rows
+            rows, original, weight = rows[index], original[index], weight * factor
         if self.activations is not None:  # the cross terms need the dense form
             self.gram = self.gram
         dtype = self.dense_gram.dtype
@@ -234,6 +266,32 @@ def sampled_positions(total: int, samples: int, tensor: str, first: int) -> np.n
     key = zlib.crc32(tensor.encode())
     return np.stack([np.sort(np.random.default_rng((ROW_SAMPLE_SEED, key, first + i)).choice(
         total, ROW_SAMPLE_POSITIONS, replace=False)) for i in range(samples)])
+
+
+def gram_positions(features: int, per_sample: int, total: int | None) -> int:
+    """Rows of each sample X^T X takes (module docstring, Gram rows): ``per_sample`` (all) unless the pass's
+    ``total`` samples would give more than max(GRAM_ROWS_MIN, GRAM_ROWS_PER_FEATURE * features) rows, then
+    ceil(that / total), at least 1. ``total`` None: all."""
+    if total is None or total <= 0:
+        return per_sample
+    cap = max(GRAM_ROWS_MIN, GRAM_ROWS_PER_FEATURE * features)
+    return min(per_sample, max(1, -(-cap // total)))
+
+
+def gram_subset(samples: int, per_sample: int, features: int, total: int | None, tensor: str,
+                first: int) -> tuple[np.ndarray, float] | None:
+    """The rows X^T X takes of a chunk's rows [samples * per_sample, features] (sample by sample): indices into
+    them [samples * g] (g = gram_positions; each sample's g of its rows drawn uniformly without replacement by a
+    generator seeded with (ROW_SAMPLE_SEED, crc32 of ``tensor``, the sample's index ``first + i``, 1), sorted),
+    and the factor per_sample / g each such row stands for; None when every row is taken."""
+    g = gram_positions(features, per_sample, total)
+    if g >= per_sample:
+        return None
+    import zlib
+    key = zlib.crc32(tensor.encode())
+    index = np.concatenate([i * per_sample + np.sort(np.random.default_rng((ROW_SAMPLE_SEED, key, first + i, 1)).choice(
+        per_sample, g, replace=False)) for i in range(samples)])
+    return index, per_sample / g
 
 
 def input_rows(x: np.ndarray, spec: LayerInput, positions: np.ndarray | None = None) -> np.ndarray:
@@ -644,10 +702,12 @@ class _Declared:  # what accepted_batch and sample_axes read from a session inpu
 
 
 def _observe(stats: dict, layers: dict[str, LayerInput], values: dict, samples: int, threshold: float, keep_gram: bool,
-             shared: dict, original_values: dict | None = None, original_gram: bool = True) -> None:
+             shared: dict, original_values: dict | None = None, original_gram: bool = True,
+             total: int | None = None) -> None:
     """Accumulate the statistics of ``layers`` from this batch's ``values`` (layers reading the same tensor the
     same way share one LayerStatistics, filled once). ``original_gram`` False: with ``original_values``, the
-    cross terms only (LayerStatistics.add_original's ``with_gram``)."""
+    cross terms only (LayerStatistics.add_original's ``with_gram``). ``total``: the samples of the whole pass,
+    which caps the rows X^T X takes (gram_subset); None: every row."""
     done = set()
     for layer, spec in layers.items():
         key = (spec.tensor, spec.layout == "conv", spec.kernel, spec.strides, spec.pads, spec.dilations)
@@ -671,12 +731,15 @@ def _observe(stats: dict, layers: dict[str, LayerInput], values: dict, samples: 
                 stats[layer] = LayerStatistics(rows.shape[1], keep_gram=keep_gram)
                 if original_values is None:
                     shared[key] = stats[layer]
-            if original is not None:  # add and add_original both read the rows as float64: convert them once
+            count = samples if whole else stop - start
+            subset = gram_subset(count, len(rows) // count, rows.shape[1], total, spec.tensor, first) \
+                if len(rows) % count == 0 else None
+            if original is not None and subset is None:  # add and add_original both read them as float64: once
                 rows = rows.astype(np.float64, copy=False)
-            stats[layer].add(rows, samples if whole else stop - start, threshold, weight)
+            stats[layer].add(rows, count, threshold, weight, subset)
             if original is not None:
                 stats[layer].add_original(rows, input_rows(original if whole else original[start:stop], spec, positions),
-                                          weight, original_gram)
+                                          weight, original_gram, subset)
         done.add(key)
 
 
@@ -734,7 +797,7 @@ def collect_segments(model: onnx.ModelProto, layers: dict[str, LayerInput], data
             feeds = take_samples({n: data[n] for n in input_names}, slice(start, start + size), axes)
             values = dict(zip(names, session.run(None, feeds)))
             values.update(feeds)
-            _observe(stats, layers, values, count_samples(feeds, axes), threshold, keep_gram, shared)
+            _observe(stats, layers, values, count_samples(feeds, axes), threshold, keep_gram, shared, total=total)
         del session
         yield stats
         return
@@ -764,7 +827,7 @@ def collect_segments(model: onnx.ModelProto, layers: dict[str, LayerInput], data
                 values = dict(zip(names, session.run(None, run_feeds)))
                 values.update(feeds[b])
                 if observed:
-                    _observe(stats, observed, values, samples[b], threshold, keep_gram, shared)
+                    _observe(stats, observed, values, samples[b], threshold, keep_gram, shared, total=total)
                 carried[b] = {n: v for n, v in {**carried[b], **values}.items() if n in later[index] and n not in graph_inputs}
             del session
         yield stats
@@ -809,5 +872,5 @@ def collect(model: onnx.ModelProto, layers: dict[str, LayerInput], data: dict[st
         values.update(feeds)
         original_values = dict(zip([o.name for o in reference.get_outputs()], reference.run(None, feeds)))
         original_values.update(feeds)
-        _observe(stats, layers, values, count_samples(feeds, axes), threshold, True, {}, original_values)
+        _observe(stats, layers, values, count_samples(feeds, axes), threshold, True, {}, original_values, total=total)
     return stats

@@ -214,7 +214,8 @@ class _Frontier:
             kept, kept_original = self.kept.get(b), self.kept_original.get(b)
             if known is None:
                 _observe(stats, {layer: spec}, {**feeds, **kept, **values}, count_samples(feeds, self.axes), self.threshold,
-                         True, {}, {**feeds, **kept_original, **values_original}, original_gram=gram_original is None)
+                         True, {}, {**feeds, **kept_original, **values_original}, original_gram=gram_original is None,
+                         total=sum(self.samples))
             # what later nodes and layers read: this batch's frontier, stored (in memory or on disk) until then
             self.kept.put(b, {n: v for n, v in {**kept, **{out: values[out] for out in kept_outputs}}.items() if n in later})
             self.kept_original.put(b, {n: v for n, v in {**kept_original, **{out: values_original[out] for out in kept_outputs}}.items()
