@@ -850,9 +850,7 @@ bool CodebookConvKernel::RunDepthwise(OrtKernelContext* raw_context, const OrtVa
   p.out_w = ys[3];
   // Only rows with a whole group of kDepthwiseMinInterior interior positions (all taps inside the row): on narrower
   // rows (pplcnet's 5x5 layers at 7 x 7) the per-position edge chains measured slower than onnxruntime's kernel.
-  const int64_t first = (p.pad_left + p.stride_w - 1) / p.stride_w;
-  const int64_t last = p.w - 1 - (p.kernel_w - 1) * p.dilation_w + p.pad_left;
-  if (last < 0 || std::min(p.out_w, last / p.stride_w + 1) - first < kDepthwiseMinInterior) return false;
+  if (p.interior_end() - p.interior_begin() < kDepthwiseMinInterior) return false;
   p.filter = weight_data_;
   p.bias = bias_.empty() ? nullptr : bias_.data();
   p.activation = depthwise_activation_;

@@ -35,6 +35,17 @@ struct DepthwiseProblem {
   int64_t rows_per_task;         // output rows per task (of one image and channel block)
 
   int64_t row_chunks() const { return (out_h + rows_per_task - 1) / rows_per_task; }
+  // The interior output columns [interior_begin(), interior_end()): every tap inside the row, i.e.
+  // ox * stride_w - pad_left >= 0 and ox * stride_w - pad_left + (kernel_w - 1) * dilation_w < w.
+  int64_t interior_begin() const {
+    const int64_t first = (pad_left + stride_w - 1) / stride_w;
+    return first < out_w ? first : out_w;
+  }
+  int64_t interior_end() const {
+    const int64_t last = w - 1 - (kernel_w - 1) * dilation_w + pad_left;  // the largest ox * stride_w allowed
+    const int64_t begin = interior_begin(), end = last < 0 ? begin : last / stride_w + 1;
+    return end < begin ? begin : (end < out_w ? end : out_w);
+  }
   int64_t tasks() const { return n * blocks * row_chunks(); }
 };
 

@@ -4,7 +4,6 @@
 // (the AVX-512 unit must not instantiate them).
 
 inline int64_t MinIndex(int64_t a, int64_t b) { return a < b ? a : b; }
-inline int64_t MaxIndex(int64_t a, int64_t b) { return a > b ? a : b; }
 
 // The taps [begin, end) of a kernel axis (kernel taps, dilation) whose input index start + k * dilation lies in
 // [0, extent).
@@ -149,11 +148,7 @@ void RunRows(const DepthwiseProblem& p, int64_t task) {
   DepthwiseProblem q = p;
   q.bias = p.bias ? p.bias + block * 16 : nullptr;
   float* y = p.y + image_block * p.out_h * p.out_w * 16;
-  // Interior columns: ox * stride - pad_left >= 0 and ox * stride - pad_left + (kernel_w - 1) * dilation < W.
-  const int64_t span = (p.kernel_w - 1) * p.dilation_w;
-  const int64_t lo = MinIndex(p.out_w, (p.pad_left + p.stride_w - 1) / p.stride_w);
-  const int64_t last = p.w - 1 - span + p.pad_left;  // largest ox * stride allowed
-  const int64_t hi = last < 0 ? lo : MaxIndex(lo, MinIndex(p.out_w, last / p.stride_w + 1));
+  const int64_t lo = p.interior_begin(), hi = p.interior_end();
   const int64_t oy_end = MinIndex(p.out_h, (chunk + 1) * p.rows_per_task);
   for (int64_t oy = chunk * p.rows_per_task; oy < oy_end; ++oy) {
     const int64_t iy0 = oy * p.stride_h - p.pad_top;
