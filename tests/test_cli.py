@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -110,12 +111,12 @@ def test_no_partial_output_when_writing_fails(small_model, tmp_path):
         os.chmod(folder, 0o700)
 
 
-def test_sigterm_leaves_no_staging_folder_and_no_output(tmp_path, rng):
-    """A pipeline's timeout sends SIGTERM: onnxcomp exits 143 with one line, and the staging folder it writes beside
-    the output (``.onnxcomp-*``) is removed as on an error; no output file appears."""
-    import signal
+def _compress_started(tmp_path, rng, staged=lambda p: True):
+    """(process, output folder): compress of a 6.3 M-parameter model (about a second of work) started in a
+    subprocess, returned once an entry ``.onnxcomp-*`` for which ``staged`` holds is seen beside the output (the
+    test is skipped if compress finishes first)."""
     import time
-    weights = [weight(rng, f"w{i}", (1024, 1024)) for i in range(6)]  # 6.3 M parameters: about a second of work
+    weights = [weight(rng, f"w{i}", (1024, 1024)) for i in range(6)]
     nodes = [helper.make_node("MatMul", ["x" if i == 0 else f"h{i}", f"w{i}"], [f"h{i + 1}" if i < 5 else "y"])
              for i in range(6)]
     model = make_model(nodes, [float_input("x", ["n", 1024])], [float_input("y", ["n", 1024])], weights)
@@ -126,12 +127,56 @@ def test_sigterm_leaves_no_staging_folder_and_no_output(tmp_path, rng):
     process = subprocess.Popen(cli_command("compress", source, folder / "small.onnx"), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, cwd=ROOT.parent)
     deadline = time.monotonic() + 60
-    while not list(folder.glob(".onnxcomp-*")) and process.poll() is None and time.monotonic() < deadline:
+    while not [p for p in folder.glob(".onnxcomp-*") if staged(p)] and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     if process.poll() is not None:
         pytest.skip("compress finished before its staging folder was seen")
+    return process, folder
+
+
+def test_sigterm_leaves_no_staging_folder_and_no_output(tmp_path, rng):
+    """A pipeline's timeout sends SIGTERM: onnxcomp exits 143 with one line, and the staging folder it writes beside
+    the output (``.onnxcomp-*``) is removed as on an error; no output file appears."""
+    import signal
+    process, folder = _compress_started(tmp_path, rng)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 143, stderr
     assert "stopped by SIGTERM" in stderr and "Traceback" not in stderr
     assert list(folder.iterdir()) == []
+
+
+def test_sigkill_leftovers_are_removed_by_the_next_run(tmp_path, rng):
+    """SIGKILL cannot be caught: the killed run's staging folder and lock file stay. The next run writing into the
+    same folder removes them once the lock file is GRACE_SECONDS old (its lock is free: the owner is gone), and
+    leaves alone a live owner's temporaries, a previous output's file set aside (``.aside``) and foreign files."""
+    import signal
+    import time
+    from onnxcomp import staging
+    process, folder = _compress_started(tmp_path, rng, staged=lambda p: p.is_dir())
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    left = sorted(p.name for p in folder.iterdir())
+    locks = [name for name in left if name.endswith(".lock")]
+    assert len(locks) == 1 and any(name != locks[0] for name in left), left
+    token = locks[0][len(".onnxcomp-"):-len(".lock")]
+    aside = folder / f".onnxcomp-{token}-previous{staging.ASIDE}"
+    aside.write_bytes(b"the previous output's sidecar")
+    foreign = folder / ".onnxcomp-notours"
+    foreign.mkdir()
+    assert staging.remove_stale(str(folder)) == []  # the lock file is younger than GRACE_SECONDS
+    # a live owner (this process, holding its lock in the folder) whose lock file is just as old keeps its own
+    with staging.writing_into(str(folder)):
+        mine = staging.staging_folder(str(folder / "x.onnx"))
+        ours = [p for p in folder.glob(".onnxcomp-*.lock") if p.name != locks[0]]
+        assert len(ours) == 1
+        old = time.time() - 2 * staging.GRACE_SECONDS
+        for lock in (folder / locks[0], ours[0]):
+            os.utime(lock, (old, old))
+        removed = subprocess.run([sys.executable, "-c", "import sys; from onnxcomp import staging; "
+                                  "print(len(staging.remove_stale(sys.argv[1])))", str(folder)],
+                                 capture_output=True, text=True, cwd=ROOT.parent, check=True)
+        assert int(removed.stdout) == len(left) - 1  # the killed run's temporaries, not its lock file (not counted)
+        assert os.path.isdir(mine)
+        shutil.rmtree(mine)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([aside.name, foreign.name])

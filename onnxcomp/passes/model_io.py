@@ -5,12 +5,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import tempfile
 from collections.abc import Iterator
 
 import onnx
 from google.protobuf.message import DecodeError
 
+from onnxcomp import staging
 from onnxcomp.core import sidecar
 from onnxcomp.errors import CorruptSidecarError, OutputError, UnsupportedModelError
 
@@ -218,6 +218,7 @@ def external_location(tensor: onnx.TensorProto, folder: str) -> tuple[str, int, 
     return path, int(info.get("offset", 0) or 0), int(length) if length not in (None, "") else None
 
 
+@staging.writes_output
 def write_compressed(model: onnx.ModelProto, records: list, output_path: str, source_folder: str | None = None) -> str | None:
     """Write ``model`` and the sidecar of ``records`` ((initializer name, record name, bytes, transposed)).
 
@@ -280,7 +281,7 @@ def write_compressed(model: onnx.ModelProto, records: list, output_path: str, so
         for tmp, final in ((sidecar_tmp if records else None, sidecar_file), (data_tmp, data_file)):
             if tmp is not None:
                 if os.path.lexists(final):  # the previous output's file: kept aside until the new model is in place
-                    backup = _temporary(folder, [])
+                    backup = _temporary(folder, [], aside=True)
                     os.replace(final, backup)
                     backups.append((backup, final))
                 os.replace(tmp, final)
@@ -304,6 +305,7 @@ def write_compressed(model: onnx.ModelProto, records: list, output_path: str, so
     return sidecar_file if records else None
 
 
+@staging.writes_output
 def install_staged(staged_path: str, output_path: str) -> str | None:
     """Move a complete output written at ``staged_path`` (a temporary folder in the output's folder, same file
     name) to ``output_path``: its sidecar and data file first, the model last. A previous output's files are set
@@ -319,12 +321,12 @@ def install_staged(staged_path: str, output_path: str) -> str | None:
     installed: list[str] = []
     try:
         for final in stale:
-            backup = _temporary(folder, [])
+            backup = _temporary(folder, [], aside=True)
             os.replace(final, backup)
             backups.append((backup, final))
         for staged, final in moves:
             if os.path.lexists(final):
-                backup = _temporary(folder, [])
+                backup = _temporary(folder, [], aside=True)
                 os.replace(final, backup)
                 backups.append((backup, final))
             os.replace(staged, final)
@@ -410,12 +412,9 @@ def _write_model(model: onnx.ModelProto, path: str) -> None:
         f.write(model.SerializeToString())
 
 
-def _temporary(folder: str, temporaries: list[str]) -> str:
-    handle, path = tempfile.mkstemp(prefix=".onnxcomp-", suffix=".tmp", dir=folder)
-    os.close(handle)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)  # mkstemp's 0600 would surprise users sharing the output
+def _temporary(folder: str, temporaries: list[str], aside: bool = False) -> str:
+    """A new temporary file in ``folder`` (staging.temporary_file), appended to ``temporaries``."""
+    path = staging.temporary_file(folder, aside)
     temporaries.append(path)
     return path
 

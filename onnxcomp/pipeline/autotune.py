@@ -45,7 +45,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterable
@@ -67,6 +66,7 @@ from onnxcomp.core import budget as budget_math
 from onnxcomp.core.reconstruction import CG_ITERATIONS
 from onnxcomp.passes import model_io, share_weights
 from onnxcomp import parallel, progress
+from onnxcomp.staging import staging_folder, writes_output
 from onnxcomp.core import sidecar
 from onnxcomp.errors import CalibrationError, OnnxcompError
 from onnxcomp.pipeline import budget_output as output_slice
@@ -129,7 +129,7 @@ def _data_free(input_path: str, output_path: str, budget_on: Measured, hold: dic
     the input, or cannot be written (then it is only not a candidate: the search's own allocations stand)."""
     from onnxcomp.pipeline.compression import compress
     from onnxcomp.runtime import InferenceSession
-    staging = tempfile.mkdtemp(prefix=".onnxcomp-", dir=os.path.dirname(os.path.abspath(output_path)))
+    staging = staging_folder(output_path)
     staged = os.path.join(staging, os.path.basename(output_path))
     with _removed_on_error(staging):
         try:
@@ -368,6 +368,7 @@ def _with_float16(curves: dict, halvable: set[str], error: float) -> dict:
 
 
 @progress.with_progress
+@writes_output
 def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib: str, calib_samples: int | None = None,
                        holdout: float = 0.25, check: float = CHECK, sparsities=SPARSITIES, bits=BITS, cache_dir: str | None = None,
                        prune: str = "magnitude", score: str = "wanda", reconstruct: bool = True, ridge: float = 1e-2,
@@ -698,7 +699,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
         allocation compressed (each fit on the search's samples)."""
         if len(entry) > 5:  # the data-free output, written already
             return entry[5]
-        staging = tempfile.mkdtemp(prefix=".onnxcomp-", dir=os.path.dirname(os.path.abspath(output_path)))
+        staging = staging_folder(output_path)
         staged = os.path.join(staging, os.path.basename(output_path))
         with _removed_on_error(staging):
             report = compress(input_path, staged, calib=searched, prune=prune, score=score, reconstruct=reconstruct,

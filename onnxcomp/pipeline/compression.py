@@ -38,7 +38,7 @@ from onnxcomp.passes.short_names import input_names, shorten_names
 from onnxcomp.passes.value_info import declare_custom_outputs, drop_inferable_value_info
 
 from onnxcomp.passes import model_io, share_weights
-from onnxcomp import parallel, progress
+from onnxcomp import parallel, progress, staging
 from onnxcomp.core import recipes, sidecar
 from onnxcomp.errors import CalibrationError, FidelityError, InvalidOptionError, OutputError, UnsupportedModelError
 from onnxcomp.core.recipes import LayerRule
@@ -336,6 +336,7 @@ def _resolve(recipe, config, options, eval_data, calib, calib_samples):
 
 
 @progress.with_progress
+@staging.writes_output
 def compress(input_path: str, output_path: str, *, eval_data: str | None = None, calib: str | None = None,
              calib_samples: int | None = None, recipe=None, config=None, allocation: str = "auto",
              fidelity: bool = True, min_cosine: float | None = None, fidelity_data=None, input_shapes: dict | None = None,
@@ -579,10 +580,12 @@ def compress(input_path: str, output_path: str, *, eval_data: str | None = None,
 
 
 def _staging_name(folder: str) -> str:
-    """A path in ``folder`` for compress's staging folder (``.onnxcomp-`` and 16 random hex digits), not yet taken."""
+    """A path in ``folder`` for compress's staging folder (this process's ``staging.owned_prefix`` and 16 random hex
+    digits), not yet taken."""
     import secrets
+    prefix = staging.owned_prefix(folder)
     while True:
-        path = os.path.join(folder, f".onnxcomp-{secrets.token_hex(8)}")
+        path = os.path.join(folder, f"{prefix}{secrets.token_hex(8)}")
         if not os.path.lexists(path):
             return path
 

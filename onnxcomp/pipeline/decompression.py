@@ -29,6 +29,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxcomp.staging import writes_output
 from onnxcomp.passes import model_io
 from onnxcomp.passes.pack_weights import BLOCKED_SPATIAL
 from onnxcomp.errors import UnsupportedModelError
@@ -343,6 +344,7 @@ def _remove_dead(main) -> list:
         graph.node.extend(alive)
 
 
+@writes_output
 def decompress(compressed_path: str, output_path: str) -> str:
     """Write the dense equivalent of ``compressed_path`` to ``output_path``; returns ``output_path``."""
     compressed_path, output_path = os.fspath(compressed_path), os.fspath(output_path)
