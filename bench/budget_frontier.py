@@ -8,10 +8,11 @@ agreement. It peeks at the evaluation digits on purpose, to show what the budget
 the search itself never sees them.
 
 Usage:
-    PYTHONPATH=. python bench/budget_frontier.py MODEL GRID_JSON [OPTIONS_JSON]
+    PYTHONPATH=. python bench/budget_frontier.py MODEL GRID_JSON [OPTIONS_JSON [FIT_DIGITS]]
     e.g. bench/budget_frontier.py models/lenet5_mnist.onnx '{"fc1.weight": [[0.95, 4]], "conv2.weight": [[0.5, 4]]}' \
          '{"score": "obs"}'
-Weights the grid does not name are compressed at sparsity 0 with 6 bits.
+Weights the grid does not name are compressed at sparsity 0 with 6 bits. FIT_DIGITS (default 750) sets how many of
+the calibration digits, from the first, the compression is fitted on.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def main() -> None:
     model = sys.argv[1]
     grid = json.loads(sys.argv[2])
     options = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
+    fit = int(sys.argv[4]) if len(sys.argv) > 4 else 750
     calib = np.load(ROOT / "models" / "mnist_calib.npz")
     evaluation = np.load(ROOT / "models" / "mnist_eval.npz")
     name = ort.InferenceSession(model).get_inputs()[0].name
@@ -50,7 +52,7 @@ def main() -> None:
         for combination in itertools.product(*[grid[n] for n in names]):
             settings = {n: {"sparsity": s, "bits": b} for n, (s, b) in zip(names, combination)}
             settings.update({n: {"sparsity": 0.0, "bits": 6} for n in others})
-            report = compress(model, out, calib={name: calib["input"][:750]}, settings=settings, fidelity=False,
+            report = compress(model, out, calib={name: calib["input"][:fit]}, settings=settings, fidelity=False,
                               **{"prune": "activation", "sequential": True, "min_elements": 1, **options})
             output = onnxcomp.InferenceSession(out).run(None, {name: evaluation["input"]})[0].argmax(1)
             hurt = int(np.sum((reference == labels) & (output != labels)))
