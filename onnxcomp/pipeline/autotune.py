@@ -497,6 +497,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     calibrated: dict = {}  # the curves' calibration pass, handed to the trial models (the same statistics: one pass)
     curves = _measure(model, fit, hold, reference, labels, metric, sparsities, bits, options, min_elements,
                       cached, save, cap, calibrated, run_size, cached_between)
+    curves = {n: monotone(points) if any(len(p) > 4 for p in points) else points for n, points in curves.items()}
     trials = None
 
     def trial_models() -> _TrialModels:
@@ -1258,6 +1259,22 @@ def between_size(low: int, high: int) -> int:
     rounded to an integer of the form 3 x 2^n when the widths are adjacent (6, 12, 24, 48 between 2-3, 3-4, 4-5, 5-6
     bits: log2 K = b + 0.585), 2^((low + high) / 2) for widths two apart (128 between 6 and 8 bits)."""
     return 3 << (low - 1) if high == low + 1 else 1 << ((low + high) // 2)
+
+
+def monotone(points: list) -> list:
+    """One weight's curve with, at each sparsity, every candidate's error raised to the largest error of the candidates
+    of more bytes at that sparsity: a codebook of fewer entries is taken as no more accurate than one of more. The
+    errors are measurements on the held-back samples (or the proxy's predictions), and between two bit widths a size
+    in between can measure below both by chance (silero-vad's LSTM weight_ih: 24 entries 0.0041, 16 and 32 entries
+    0.0051 and 0.0050); the allocation, free to pick among twice as many candidates, picked such points, and its first
+    trial measured 1.9x its prediction (docs/benchmarks.md, calk11). Points are (sparsity, bits, bytes, error, ...)."""
+    raised = list(points)
+    for sparsity in {p[0] for p in points if p[0] is not None}:
+        largest = 0.0
+        for i in sorted((i for i, p in enumerate(points) if p[0] == sparsity), key=lambda i: (-points[i][2], i)):
+            largest = max(largest, points[i][3])
+            raised[i] = (*points[i][:3], largest, *points[i][4:])
+    return raised
 
 
 def in_between_weights(targets) -> set[str]:
