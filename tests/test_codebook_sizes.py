@@ -175,3 +175,17 @@ def test_budget_curves_hold_sizes_between_bit_widths_and_the_allocation_may_pick
     off = compress_to_budget(str(tmp_path / "in.onnx"), str(tmp_path / "c.onnx"), **{**options, "cache_dir": str(off_cache)})
     assert not list(off_cache.glob("sensitivity-between-*.json"))
     assert all("codebook_size" not in s for s in off.budget["settings"].values())
+
+
+def test_sizes_in_between_are_credited_no_better_than_the_line_between_their_neighbours():
+    points = [(0.0, 2, 100, 0.04), (0.0, 3, 150, 0.01), (0.0, 4, 200, 0.008),
+              (0.0, 3, 130, 0.005, 6),  # below both neighbours (noise): raised to the line between 4 and 8 entries
+              (0.0, 4, 180, 0.0085, 12),  # between 8 and 16 entries, above the line: kept as measured
+              (0.5, 3, 90, 0.02, 6),  # no 2^b points at its sparsity: left as measured
+              (None, None, 400, 0.0)]
+    bounded = autotune.no_better_than_between(points)
+    t = np.log2(6) - 2
+    assert bounded[3] == (0.0, 3, 130, pytest.approx(0.04 ** (1 - t) * 0.01 ** t), 6)
+    assert bounded[4] == points[4] and bounded[5] == points[5]
+    assert bounded[:3] == points[:3] and bounded[-1] == points[-1]  # the 2^b points as measured
+    assert autotune.no_better_than_between([(0.0, 2, 100, 0.0), (0.0, 3, 150, 0.0), (0.0, 3, 120, 0.0, 6)])[2][3] == 0.0
