@@ -120,7 +120,8 @@ def test_codebook_size_settings_are_checked(sized_model, tmp_path):
             onnxcomp.compress(sized_model, tmp_path / "out.onnx", settings={"w_gemm": bad}, min_elements=100)
 
 
-def test_between_sizes_and_the_weights_that_get_them():
+def test_between_sizes_and_the_weights_that_get_them(monkeypatch):
+    monkeypatch.setattr(autotune, "BETWEEN", True)
     assert [autotune.between_size(low, high) for low, high in zip(autotune.BITS, autotune.BITS[1:])] == [6, 12, 24, 48, 128]
 
     class Target:
@@ -135,6 +136,7 @@ def test_budget_curves_hold_sizes_between_bit_widths_and_the_allocation_may_pick
     curves get the sizes between each two bit widths they tried; a second run reads them from the cache (the 2^b
     points' file is the one a run without them writes) and writes the same bytes; the written records are what the
     chosen settings say."""
+    monkeypatch.setattr(autotune, "BETWEEN", True)  # (off by default: ONNXCOMP_BETWEEN_SIZES=1)
     _, data = budget_mlp(tmp_path, rng)
     cache = tmp_path / "cache"
     options = dict(budget="rel_l2=0.08", calib=str(data), cache_dir=str(cache), sparsities=(0.0, 0.5, 0.8), min_elements=16)
