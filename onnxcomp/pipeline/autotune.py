@@ -130,7 +130,7 @@ HALF_BITS = 16  # a curve candidate (None, HALF_BITS, ...): the weight left dens
 # its evaluation; docs/benchmarks.md, branch calk11).
 BETWEEN = os.environ.get("ONNXCOMP_BETWEEN_SIZES", "") == "1"
 BETWEEN_SHARE = 0.1
-BETWEEN_VERSION = 1  # the in-between points' cache: its rule (in_between_sizes) and what they are measured with
+BETWEEN_VERSION = 2  # the in-between points' cache: its rule (in_between_sizes) and what they are measured with (2: measured)
 CAP = 4.0  # sensitivity: past a (sparsity, bits) whose error exceeds CAP x the budget, higher sparsities at those bits are not tried
 SATURATION = 0.7  # sensitivity: at a sparsity above 0, once one more bit leaves more than this fraction of the error, the
 # higher bit widths at that sparsity are not tried (the pruning error dominates: _measure)
@@ -1126,8 +1126,10 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
         capped = set()  # bit widths whose error passed ``cap`` at a lower sparsity
         known = {(p[0], p[1]): p for p in cached.get(target.name, ()) if p[0] is not None}  # its cached 2^b points
         between = []  # its points at codebook sizes between two bit widths (in_between)
-        # The in-between trials predict with a proxy of their own, holding the 2^b trials' anchors and theirs: the 2^b
-        # points are then those of a run without them (the same anchors, so the same predictions and measurements)
+        # The in-between trials are measured end to end, never predicted (BETWEEN_VERSION 2: MiniLM-L3's word embedding
+        # at 12 entries was predicted on its row sample at 0.0105, on the line between 8 and 16 entries, and the trials
+        # that took it measured about twice their predictions). Their anchors go to a proxy of their own: the 2^b points
+        # are then those of a run without them (the same anchors, so the same predictions and measurements)
         between_proxy, between_anchors = copy.copy(proxy), []  # (a new proxy: no anchors, no runs yet)
         cpu = [0.0, 0.0]  # this thread's CPU seconds in the 2^b trials and in the in-between ones
         memo: dict = {}  # this sparsity's pruned weight and row sample, made on the first trial that needs them
@@ -1204,7 +1206,7 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
                         size_k = between_size(low, high)
                         wide = index_bits(size_k)
                         runs, clock = len(between_proxy.anchors), time.thread_time()
-                        size, error = trial(sparsity, wide, size_k, False, between_proxy)
+                        size, error = trial(sparsity, wide, size_k, True, between_proxy)  # measured, never predicted
                         cpu[1] += time.thread_time() - clock
                         between_anchors.extend(between_proxy.anchors[runs:])
                         between.append((sparsity, wide, size, error, size_k))
