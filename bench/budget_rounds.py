@@ -59,6 +59,10 @@ def main(paths: list[str]) -> None:
             print(f"what bound: {bound}")
         metric = b.get("allocation_metric")
         curves = _curves(b.get("cache"))
+        between = _curves(b.get("cache_between")) or {}  # codebook sizes between bit widths (branch calk11), as allocated
+        if curves is not None and between:
+            from onnxcomp.pipeline.autotune import no_better_than_between
+            curves = {n: no_better_than_between(c[:-1] + between[n] + c[-1:]) if n in between else c for n, c in curves.items()}
         if curves is None or metric not in budget_math.QUADRATURE:
             continue
         points = {n: [(c[2], c[3]) for c in cands] for n, cands in curves.items()}

@@ -371,10 +371,10 @@ def test_an_interrupted_sensitivity_analysis_resumes_from_its_cache(tmp_path, rn
     measured = []
     real_shared = autotune._shared
 
-    def shared(pruned, bits, options):
+    def shared(pruned, bits, options, codebook_size=0):
         if interrupt and pruned.name == "w2":
             raise KeyboardInterrupt  # stopped while measuring the second weight
-        return real_shared(pruned, bits, options)
+        return real_shared(pruned, bits, options, codebook_size)
 
     class Proxy(autotune._Proxy):  # one per weight whose sensitivity is measured
         def __init__(self, target, metric):
@@ -706,8 +706,8 @@ def test_trial_models_compressed_in_parallel_equal_one_thread(tmp_path, rng, mon
     both.prepare(settings)
     alone = _TrialModels(model, x, options, 16, model_io.model_bytes(str(tmp_path / "in.onnx")))
     for name, setting in settings.items():
-        want, want_size = alone._values(name, setting["sparsity"], setting["bits"])
-        got, got_size = both._values(name, setting["sparsity"], setting["bits"])
+        want, want_size = alone._values(name, setting)
+        got, got_size = both._values(name, setting)
         assert got_size == want_size
         np.testing.assert_array_equal(got, want)
 

@@ -43,6 +43,15 @@ def synthetic(rng: np.random.Generator) -> dict[str, bytes]:
         indices = rng.integers(1, k, int(np.prod(dims))) if k > 1 else np.zeros(int(np.prod(dims)), np.int64)
         indices[rng.random(indices.shape) < 0.85] = 0
         add(f"sparse_{bits}bit", codebook, indices, dims, bits)
+    # Codebook sizes between two powers of two (the calibrated search's in-between sizes), dense and sparse; 192 entries
+    # of one-byte indices in 64 x 80 elements reach the pair table too.
+    for bits, k, dims in ((2, 3, (7, 11)), (3, 6, (7, 11)), (4, 12, (9, 13)), (6, 48, (9, 13)), (8, 192, (64, 80))):
+        codebook = rng.standard_normal(k).astype(np.float32)
+        add(f"dense_{k}_of_{bits}bit", codebook, rng.integers(0, k, int(np.prod(dims))), dims, bits)
+        codebook[0] = 0.0
+        indices = rng.integers(1, k, int(np.prod(dims)))
+        indices[rng.random(indices.shape) < 0.7] = 0
+        add(f"sparse_{k}_of_{bits}bit", codebook, indices, dims, bits)
     # Dense records of at least 4,096 one-byte indices decode through the pair table (up to three codes per lookup):
     # skewed indices, so short codes pair and a few long ones take the single-code path.
     for bits in (4, 8):

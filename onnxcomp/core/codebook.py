@@ -343,7 +343,7 @@ def refine_reference(ordered: np.ndarray, centroids: np.ndarray, weights: np.nda
 
 def quantize(weight: np.ndarray, keep: np.ndarray | None, bits: int, init: str = "quantile", seed: int = 0,
              exclude: np.ndarray | None = None, start: np.ndarray | None = None, weights: np.ndarray | None = None,
-             ordered: np.ndarray | None = None, levels: int = 0):
+             ordered: np.ndarray | None = None, levels: int = 0, codebook_size: int = 0):
     """Codebook and indices for ``weight``; pruned entries (``keep`` False) map to index 0 = exactly 0.0.
 
     ``exclude`` (bool, weight's shape) marks values left out of the centroid fit (outliers stored exactly
@@ -351,8 +351,10 @@ def quantize(weight: np.ndarray, keep: np.ndarray | None, bits: int, init: str =
     ``weights``: optional k-means importance per element (fit_codebook). ``ordered``: the values the codebook is
     fit to (kept and not excluded), already in sort_values order, when the caller has them (the outlier search
     sorts once for all its fits); the result is the same. ``levels`` > 0: a uniform codebook of at most that many
-    values (fit_sorted) instead of k-means. Returns ``(codebook float32 [K], indices uint8/uint16
-    [N] row-major)`` with K <= 2^bits.
+    values (fit_sorted) instead of k-means. ``codebook_size`` > 0 (at most 2^bits): at most that many codebook entries K,
+    the pruned 0.0 included, instead of 2^bits (a codebook size between two bit widths; its indices, entropy coded,
+    cost about their entropy, not ``bits``). Returns ``(codebook float32 [K], indices uint8/uint16 [N] row-major)``
+    with K <= 2^bits.
     """
     flat = np.ascontiguousarray(weight, dtype=np.float32).ravel()
     fit = None if exclude is None else ~np.asarray(exclude, dtype=bool).ravel()
@@ -360,7 +362,9 @@ def quantize(weight: np.ndarray, keep: np.ndarray | None, bits: int, init: str =
         weights = np.asarray(weights, dtype=np.float32).ravel()
     if keep is not None:
         keep = np.ascontiguousarray(keep, dtype=bool).ravel()
-    size = (1 << bits) - (0 if keep is None else 1)
+    if codebook_size and not 1 + (keep is not None) <= codebook_size <= 1 << bits:
+        raise ValueError(f"codebook size {codebook_size} does not fit {bits} index bits")
+    size = (codebook_size or 1 << bits) - (0 if keep is None else 1)
     if levels > 0:  # importance ``weights`` do not move a uniform grid's points: its one Lloyd step is unweighted
         if ordered is None:
             chosen = keep if fit is None else fit if keep is None else keep & fit

@@ -15,7 +15,7 @@ error: for each fraction f, the damage proxy D(f) is the worst output channel's 
 so a dead channel does not decide; with calibration statistics the inputs are weighted by diag(X^T X), the
 channel's relative output error under inputs of those energies), and B(f) the estimated record bytes
 (entropy-coded indices + codebook + outlier section). The choice minimises ``a log B(f) + log D(f)`` with
-``a = log 2 / log(1 + 1/b)`` for b index bits: outliers are taken only while they lower the damage at least
+``a = log 2 / log(1 + 1/b)`` for b index bits (b = log2 K for a codebook of K entries between two bit widths): outliers are taken only while they lower the damage at least
 as cheaply as one more index bit would at its ideal rate (half the error for (b+1)/b times the bytes).
 Ties go to the smaller fraction; the search stops at the first fraction that scores worse than the one
 before. Each fraction above 0 starts its Lloyd iterations from the previous fraction's codebook (a warm
@@ -302,8 +302,9 @@ def _record_estimate(counts: np.ndarray, n: int, codebook_size: int, positions: 
     return int(np.ceil(n * entropy / 8)) + 4 * codebook_size + encoded_bytes(positions, values)
 
 
-def _search(fractions, option, kept: int, bits: int, pruned: bool, measure) -> SharedWeight:
-    """The rule of the module docstring over ``fractions``; ``measure(count, start)`` fits the codebook with the
+def _search(fractions, option, kept: int, bits: float, pruned: bool, measure) -> SharedWeight:
+    """The rule of the module docstring over ``fractions`` (``bits``: the rate b, log2 K with a codebook size K
+    between bit widths); ``measure(count, start)`` fits the codebook with the
     ``count`` largest kept weights as outliers (warm ``start`` or None) and returns (codebook, indices, positions,
     stored values, D, B); ``pruned``: the codebook leads with the pruned 0.0 (not part of the next warm start)."""
     exponent = np.log(2.0) / np.log1p(1.0 / bits)
@@ -339,7 +340,7 @@ def _prepare(values, keep, option, rows):
 
 def share_reference(values: np.ndarray, keep: np.ndarray | None, bits: int, *, option: str | float = AUTO,
                     init: str = "quantile", seed: int = 0, rows=None, importance: np.ndarray | None = None,
-                    levels: int = 0) -> SharedWeight:
+                    levels: int = 0, codebook_size: int = 0) -> SharedWeight:
     """The straightforward version of ``share`` (same arguments, same result byte for byte, tests/test_native.py):
     each fraction's codebook fit on its own masked copy of the values (codebook.quantize), the decoded weight
     materialised, D from channel_errors_reference and the index counts from a bincount."""
@@ -354,7 +355,8 @@ def share_reference(values: np.ndarray, keep: np.ndarray | None, bits: int, *, o
         if count:
             exclude = np.zeros(len(flat), dtype=bool)
             exclude[positions] = True
-        codebook, indices = codebook_math.quantize(values, keep, bits, init, seed, exclude, start, levels=levels)
+        codebook, indices = codebook_math.quantize(values, keep, bits, init, seed, exclude, start, levels=levels,
+                                                   codebook_size=codebook_size)
         kept_values = stored_values(flat[positions])
         decoded = codebook[indices]
         decoded[positions] = kept_values
@@ -366,7 +368,12 @@ def share_reference(values: np.ndarray, keep: np.ndarray | None, bits: int, *, o
             error = float(channel_errors_reference(reference_rows, decoded_rows, usable).sum())
         return (codebook, indices, positions, kept_values, damage, estimated_bytes(codebook, indices, positions, kept_values),
                 error)
-    return _search(fractions, option, len(candidates), bits, keep is not None, measure)
+    return _search(fractions, option, len(candidates), _rate(bits, codebook_size), keep is not None, measure)
+
+
+def _rate(bits: int, codebook_size: int) -> float:
+    """The index rate b of the outlier rule: ``bits``, or log2 of a ``codebook_size`` between bit widths."""
+    return float(np.log2(codebook_size)) if codebook_size else bits
 
 
 def _row_layout(reference: np.ndarray, rows: np.ndarray):
@@ -385,13 +392,14 @@ def _row_layout(reference: np.ndarray, rows: np.ndarray):
 
 def share(values: np.ndarray, keep: np.ndarray | None, bits: int, *, option: str | float = AUTO, init: str = "quantile",
           seed: int = 0, rows=None, importance: np.ndarray | None = None, levels: int = 0,
-          prepared: dict | None = None) -> SharedWeight:
+          prepared: dict | None = None, codebook_size: int = 0) -> SharedWeight:
     """Codebook, indices and outliers for ``values`` (see the module docstring for the rule).
 
     ``keep`` is the pruning mask (pruned weights are never outliers); ``option`` "auto" or a fraction of the
     kept weights; ``rows`` maps an array of the weight's shape to [output channels, inputs] (default: first axis
     as the output channel); ``importance`` [inputs] weights the inputs in the damage proxy; ``levels`` > 0: a
-    uniform codebook of that many values (codebook.fit_sorted) instead of k-means.
+    uniform codebook of that many values (codebook.fit_sorted) instead of k-means; ``codebook_size`` > 0: a codebook of
+    at most that many entries instead of 2^bits (codebook.quantize).
 
     The kept values are sorted once: the outliers are the largest magnitudes, so the values each fraction's
     codebook is fit to are a run of that sorted array (the first m and last L - m values removed, m the number
@@ -405,12 +413,12 @@ def share(values: np.ndarray, keep: np.ndarray | None, bits: int, *, option: str
     """
     if _native is None:
         return share_reference(values, keep, bits, option=option, init=init, seed=seed, rows=rows, importance=importance,
-                               levels=levels)
+                               levels=levels, codebook_size=codebook_size)
     values, flat, to_rows, keep, reference, fractions = _prepare(values, keep, option, rows)
     layout = _row_layout(reference, to_rows(reference.reshape(values.shape)))
     if layout is None:  # a layout the compiled sum does not walk: the reference does it all
         return share_reference(values, keep, bits, option=option, init=init, seed=seed, rows=rows, importance=importance,
-                               levels=levels)
+                               levels=levels, codebook_size=codebook_size)
     channels, inputs, transposed = layout
     usable = None
     if importance is not None and len(importance) == inputs:
@@ -446,7 +454,8 @@ def share(values: np.ndarray, keep: np.ndarray | None, bits: int, *, option: str
         if count and init == "linear" and start is None:  # the linear start samples the fit values in tensor order
             exclude = np.zeros(len(flat), dtype=bool)
             exclude[positions] = True
-        codebook, indices = codebook_math.quantize(values, keep, bits, init, seed, exclude, start, ordered=fit, levels=levels)
+        codebook, indices = codebook_math.quantize(values, keep, bits, init, seed, exclude, start, ordered=fit, levels=levels,
+                                                   codebook_size=codebook_size)
         kept_values = stored_values(flat[positions])
         damage, error = 0.0, 0.0
         if live.any():
@@ -463,4 +472,4 @@ def share(values: np.ndarray, keep: np.ndarray | None, bits: int, *, option: str
                 counts = np.concatenate([[pruned], counts])
         return (codebook, indices, positions, kept_values, damage,
                 _record_estimate(counts, len(flat), len(codebook), positions, kept_values), error)
-    return _search(fractions, option, kept, bits, keep is not None, measure)
+    return _search(fractions, option, kept, _rate(bits, codebook_size), keep is not None, measure)

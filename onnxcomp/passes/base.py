@@ -193,6 +193,9 @@ class WeightTarget:
     refit: np.ndarray | None = None  # reconstructed weights, replacing the original values for sharing
     sparsity_override: float | None = None  # per-weight settings (budget allocation, recipes) beat per-kind ones
     bits_override: int | None = None
+    # > 0: a k-means codebook of at most this many entries K (the pruned 0.0 included), 2^(bits - 1) < K <= 2^bits with
+    # bits_override = ceil(log2 K), instead of 2^bits: a rate between two bit widths (a budget allocation's setting)
+    codebook_size_override: int = 0
     outliers_override: float | None = None  # outlier fraction chosen per weight (AllocateWeightsPass)
     levels_override: int = 0  # > 0: a uniform codebook of this many values instead of k-means (AllocateWeightsPass)
     # With levels_override: (bits, outlier fraction) of the k-means codebook the uniform one must beat (ShareWeightsPass)

@@ -299,4 +299,4 @@ def _settings_of(target) -> tuple:
     """What a layer's compressed values depend on besides its statistics and the pass's options: its name and its
     per-weight settings."""
     return (target.name, target.sparsity_override, target.bits_override, target.outliers_override,
-            target.levels_override, target.alternative, target.scaled_alternative)
+            target.levels_override, target.alternative, target.scaled_alternative, target.codebook_size_override)

@@ -1,7 +1,8 @@
 """ShareWeightsPass: per-layer k-means codebooks (see onnxcomp/core/codebook.py for the math).
 
-Each target gets a codebook of at most 2^bits float32 values and one index per weight; pruned weights map to
-index 0, whose value is exactly 0.0. ``bits`` is an int or a mapping from weight kind ("conv", "fc",
+Each target gets a codebook of at most 2^bits float32 values (or of at most K, a per-weight codebook size between
+two bit widths, ``codebook_size_override``: a budget allocation's setting) and one index per weight; pruned weights
+map to index 0, whose value is exactly 0.0. ``bits`` is an int or a mapping from weight kind ("conv", "fc",
 "embedding") to an int in 1..16; ``rules`` (onnxcomp.recipes.LayerRule) set the bits of the weights whose
 names they match. With ``refit_codebook`` and calibration statistics, the shared values are
 then refit by least squares against the dense layer's outputs (onnxcomp/reconstruction.py); with
@@ -126,15 +127,16 @@ class ShareWeightsPass(GraphPass):
             scaled = target.scaled_alternative if axis is not None and target.alternative is not None else None
             compared = target.alternative is not None and (target.levels_override or scaled is not None)
             # everything the result below depends on besides the values and mask (which _prepared's key holds)
+            size = target.codebook_size_override
             settings = (target.bits, option, self.init, self.seed, target.levels_override, target.alternative, scaled,
-                        axis, target.dtype, self.encode is not None, self.matched_uniform)
+                        axis, target.dtype, self.encode is not None, self.matched_uniform, size)
             if statistics is None and self._reuse(target, self._entry_key(target, prepared), settings):
                 return None
             # The codebooks tried on this weight are independent (the prepared arrays are only read once made):
             # on a large weight they run on the cores at once, results taken in the same order (same bytes).
             jobs = [lambda: outlier_math.share(values, target.keep, target.bits, option=option, init=self.init, seed=self.seed,
                                                levels=target.levels_override, rows=output_rows(target),
-                                               importance=importance, prepared=prepared)]
+                                               importance=importance, prepared=prepared, codebook_size=size)]
             if compared and scaled is not None:
                 levels, fraction = scaled
                 bits = int(np.ceil(np.log2(levels + 1)))

@@ -39,6 +39,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import json
@@ -61,6 +62,7 @@ from onnxcomp.passes.calibration import BatchStore, bounded_batch, count_samples
 RUN_BATCH = 256  # samples one run of the model takes at most (run_batched's default), fewer by bounded_batch
 DOWNSTREAM_BYTES = 512 << 20  # a weight's boundary values (_Downstream) kept in memory at most, per thread; the rest on disk
 from onnxcomp.passes.prune_weights import needs_gram
+from onnxcomp.passes.apply_settings import index_bits
 
 from onnxcomp.core import budget as budget_math
 from onnxcomp.core.reconstruction import CG_ITERATIONS
@@ -116,6 +118,19 @@ QUADRATURE = True
 # at most 2^-11 relative per value, is not in the curves or the trials: the check set measures it with the rest.
 FLOAT16_OTHERS = True
 HALF_BITS = 16  # a curve candidate (None, HALF_BITS, ...): the weight left dense, stored as float16
+# Codebook sizes between two bit widths (in_between_sizes): a k-means codebook of K entries, 2^b < K < 2^(b + 1),
+# costs about the entropy of its entropy-coded indices, a rate between b and b + 1 bits, so the allocation need not
+# jump a whole bit on a weight that holds much of the model (MiniLM-L3's word embedding: 64 % of its calibrated
+# bytes, 1.46 MB between 3 and 4 bits). Measured on the weights holding at least BETWEEN_SHARE of the curves' dense
+# bytes (in_between_weights), at each sparsity between two bit widths both tried there. Off by default
+# (ONNXCOMP_BETWEEN_SIZES=1 turns them on): even with a point on the line between its neighbours (no_better_than_between)
+# for every weight, the allocation's bytes at the search's allowed errors fell by at most 1.1 % (minilm-l3), 3.7 %
+# (silero-vad), 4.5 % (ddddocr-ocr), 7.9 % (magika), and the written outputs moved both ways with the check set's
+# draw: silero-vad 9.46x -> 8.79x, minilm-l3 8.07x -> 8.07x / 7.34x, ddddocr-ocr 7.73x -> 8.39x, magika 10.60x ->
+# 12.31x with 2 of 64 evaluation files changed instead of 1 (both fail its evaluation; docs/benchmarks.md, calk11).
+BETWEEN = os.environ.get("ONNXCOMP_BETWEEN_SIZES", "") == "1"
+BETWEEN_SHARE = 0.1
+BETWEEN_VERSION = 2  # the in-between points' cache: its rule (in_between_sizes) and what they are measured with (2: measured)
 CAP = 4.0  # sensitivity: past a (sparsity, bits) whose error exceeds CAP x the budget, higher sparsities at those bits are not tried
 SATURATION = 0.7  # sensitivity: at a sparsity above 0, once one more bit leaves more than this fraction of the error, the
 # higher bit widths at that sparsity are not tried (the pruning error dominates: _measure)
@@ -323,9 +338,11 @@ def _pruned(target: WeightTarget, sparsity: float, options: dict, as_compress: b
     return trial
 
 
-def _shared(pruned: WeightTarget, bits: int, options: dict) -> WeightTarget:
-    """A pruned target's codebook and record at ``bits``."""
-    trial = dataclasses.replace(pruned, codebook=None, indices=None, record=None, bits_override=bits)
+def _shared(pruned: WeightTarget, bits: int, options: dict, codebook_size: int = 0) -> WeightTarget:
+    """A pruned target's codebook and record at ``bits`` (``codebook_size`` > 0: at most that many entries, a codebook
+    size between bit widths, ``bits`` its index bits)."""
+    trial = dataclasses.replace(pruned, codebook=None, indices=None, record=None, bits_override=bits,
+                                codebook_size_override=codebook_size)
     ShareWeightsPass(bits=bits, init=options["init"], seed=options["seed"], refit_codebook=options["reconstruct"],
                      rounding=options["rounding"], outliers=options.get("outliers", "auto"),
                      matched_uniform=options.get("matched_uniform", share_weights.MATCHED_UNIFORM))(
@@ -337,11 +354,14 @@ def _shared(pruned: WeightTarget, bits: int, options: dict) -> WeightTarget:
 
 
 def _setting(candidate) -> dict:
-    """A curve's candidate (sparsity, bits, bytes, error) as a compress setting: sparsity None is the weight left
-    dense, as float32 or (bits HALF_BITS) as float16."""
+    """A curve's candidate (sparsity, bits, bytes, error[, codebook size]) as a compress setting: sparsity None is the
+    weight left dense, as float32 or (bits HALF_BITS) as float16; a fifth entry K > 0 is a codebook of K entries
+    between two bit widths (``bits`` = its index bits, ceil(log2 K))."""
     sparsity, bits = candidate[0], candidate[1]
     if sparsity is None:
         return {"skip": True, "float16": True} if bits == HALF_BITS else {"skip": True}
+    if len(candidate) > 4 and candidate[4]:
+        return {"sparsity": sparsity, "bits": bits, "codebook_size": candidate[4]}
     return {"sparsity": sparsity, "bits": bits}
 
 
@@ -468,10 +488,21 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     cached = _load_cache(cache_file) or {}
     if cached:
         progress.messages()(f"{len(cached)} sensitivity curves from the cache {cache_file}")
+    # The in-between codebook sizes' points go to a file of their own, keyed by this one's key and their rule: the
+    # 2^b points' file stays what a run without them reads and writes (BETWEEN off, or main before branch calk11).
+    between_key = hashlib.sha256(json.dumps([key.hexdigest(), BETWEEN_VERSION, BETWEEN_SHARE]).encode()).hexdigest()
+    between_file = os.path.join(cache_dir, f"sensitivity-between-{between_key[:32]}.json")
+    cached_between = (_load_cache(between_file) or {}) if BETWEEN else {}
+
+    def save(done: dict, in_between: set) -> None:
+        _save_cache(cache_file, {n: [p for p in points if len(p) == 4] for n, points in done.items()})
+        if in_between:
+            _save_cache(between_file, {n: [p for p in done[n] if len(p) > 4] for n in done if n in in_between})
     # each weight's curve is cached as soon as it is measured, so an interrupted run resumes where it stopped
     calibrated: dict = {}  # the curves' calibration pass, handed to the trial models (the same statistics: one pass)
     curves = _measure(model, fit, hold, reference, labels, metric, sparsities, bits, options, min_elements,
-                      cached, lambda done: _save_cache(cache_file, done), cap, calibrated, run_size)
+                      cached, save, cap, calibrated, run_size, cached_between)
+    curves = {n: no_better_than_between(points) if any(len(p) > 4 for p in points) else points for n, points in curves.items()}
     trials = None
 
     def trial_models() -> _TrialModels:
@@ -765,6 +796,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
                              "check_error": confirmed["measured"] if confirmed else None,
                              "check_bound": confirmed["bound"] if confirmed else None,
                              "checks": checks, "settings": settings, "rounds": history, "cache": cache_file,
+                             "cache_between": between_file if BETWEEN else None,
                              "data_free": predicted is None}
             return report
     finally:
@@ -818,7 +850,7 @@ class _TrialModels:
         elif options["prune"] == "activation" or options["reconstruct"]:  # one calibration pass for all rounds
             CalibrateWeightsPass(data=fit, keep_gram=options["reconstruct"] or needs_gram(options["prune"], options["score"]))(state)
         self.targets = {t.name: t for t in state.targets}
-        self.compressed: dict[tuple, tuple] = {}  # (weight, sparsity, bits) -> (codebook, indices, outliers, bytes)
+        self.compressed: dict[tuple, tuple] = {}  # (weight, sparsity, bits, codebook size) -> (codebook, indices, outliers, bytes)
         # Each layer's OBS inverse factor is computed once for all rounds (it was recomputed for every new setting:
         # 24 % of MiniLM-L3's rounds), while the factors fit in as many bytes as the statistics held here already
         # take, at most FACTOR_CACHE_BYTES: the same values (obs.cached_inverse_factor runs the same computation).
@@ -831,10 +863,10 @@ class _TrialModels:
 
     def _compress(self, key: tuple) -> tuple:
         """(codebook, indices, outlier positions, outlier values, record bytes) of weight ``key[0]`` at sparsity
-        ``key[1]`` and ``key[2]`` bits."""
-        name, sparsity, bits = key
+        ``key[1]`` and ``key[2]`` bits (a codebook of at most ``key[3]`` entries when > 0)."""
+        name, sparsity, bits, size = key
         with progress.silenced():
-            trial = _shared(_pruned(self.targets[name], sparsity, self.options, as_compress=True), bits, self.options)
+            trial = _shared(_pruned(self.targets[name], sparsity, self.options, as_compress=True), bits, self.options, size)
         narrow = np.uint8 if len(trial.codebook) <= 256 else np.uint16
         return trial.codebook, trial.indices.astype(narrow), trial.outlier_positions, trial.outlier_values, len(trial.record)
 
@@ -842,7 +874,7 @@ class _TrialModels:
         """Compress the weights of ``settings`` not compressed in an earlier round, on parallel threads (each weight
         alone, its own numerics on one BLAS thread as in the sensitivity analysis; the same values as one thread),
         the largest first."""
-        keys = sorted({(n, s["sparsity"], s["bits"]) for n, s in settings.items() if not s.get("skip")} - set(self.compressed),
+        keys = sorted({_trial_key(n, s) for n, s in settings.items() if not s.get("skip")} - set(self.compressed),
                       key=lambda key: -self.targets[key[0]].size)
         workers = min(parallel.default_workers(), max(1, len(keys)))
         from threadpoolctl import threadpool_limits
@@ -850,9 +882,9 @@ class _TrialModels:
             for key, compressed in parallel.completed_map(self._compress, keys, workers):
                 self.compressed[key] = compressed
 
-    def _values(self, name: str, sparsity: float, bits: int) -> tuple[np.ndarray, int]:
+    def _values(self, name: str, setting: dict) -> tuple[np.ndarray, int]:
         target = self.targets[name]
-        key = (name, sparsity, bits)
+        key = _trial_key(name, setting)
         if key not in self.compressed:
             self.compressed[key] = self._compress(key)
         codebook, indices, positions, values, size = self.compressed[key]
@@ -871,9 +903,14 @@ class _TrialModels:
                     values[name] = target.original.astype(np.float16).astype(np.float32)
                     size -= target.dense_bytes // 2
                 continue
-            values[name], record = self._values(name, setting["sparsity"], setting["bits"])
+            values[name], record = self._values(name, setting)
             size += record - self.targets[name].dense_bytes
         return run_batched(_session(model_io.substituted(self.model, values)), feeds, self.run_size)[0], size
+
+
+def _trial_key(name: str, setting: dict) -> tuple:
+    """A trial model's key of one weight's compression: (weight, sparsity, bits, codebook size or 0)."""
+    return name, setting["sparsity"], setting["bits"], setting.get("codebook_size", 0)
 
 
 class _Downstream:
@@ -1016,9 +1053,13 @@ class _Proxy:
 
 
 def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, options, min_elements, cached=None, save=None,
-             cap=None, keep: dict | None = None, run_size: int = RUN_BATCH):
-    """Each selected weight's curve [(sparsity, bits, record bytes, error)], the dense candidate last. Curves in
-    ``cached`` are reused; ``save(curves)`` is called after each newly measured weight. Errors are measured in
+             cap=None, keep: dict | None = None, run_size: int = RUN_BATCH, cached_between: dict | None = None):
+    """Each selected weight's curve [(sparsity, bits, record bytes, error)], the dense candidate last, with, for the
+    weights that carry the most bytes (in_between_weights), points (sparsity, bits, record bytes, error, K) at codebook
+    sizes K between two bit widths (in_between_sizes) after the 2^b points. Curves in ``cached`` (their 2^b points and
+    the dense one) and ``cached_between`` (weight -> its in-between points, possibly none) are reused: a weight whose
+    2^b points are cached and in-between ones are not has those measured alone; ``save(curves, in_between)`` is called
+    after each newly measured weight (``in_between``: the weights given in-between sizes). Errors are measured in
     onnxruntime or predicted from the layer's own output error (``_Proxy``). With ``cap``, once a bit width's
     error exceeds it, that bit width is not tried at the higher sparsities of the weight (the progress counts
     them as done).
@@ -1042,8 +1083,10 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
     graph = gs.import_onnx(model)
     state = CompressionState(graph)
     SelectWeightsPass(min_elements=min_elements)(state)
-    cached = cached or {}
-    curves = {t.name: cached[t.name] for t in state.targets if t.name in cached}
+    cached, cached_between = cached or {}, cached_between or {}
+    in_between = in_between_weights(state.targets)
+    curves = {t.name: cached[t.name][:-1] + list(cached_between.get(t.name, ())) + cached[t.name][-1:]
+              for t in state.targets if t.name in cached and (t.name not in in_between or t.name in cached_between)}
     todo = [t for t in state.targets if t.name not in curves]
     calibrating = bool(todo) and (options["prune"] == "activation" or options["reconstruct"])
     if calibrating:  # one pass: every layer's statistics
@@ -1065,6 +1108,7 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
     work_done = [0.0]
     say = progress.messages()  # time estimates and per-weight lines on the command line's stderr
     lock, stop = threading.Lock(), threading.Event()  # stop: the run was interrupted, threads end at their next trial
+    trial_cpu = [0.0, 0.0]  # CPU seconds of the trials (their threads'): at 2^b codebooks, at sizes in between
     workers = min(parallel.default_workers(), max(1, len(todo)))
 
     def measure(target):
@@ -1081,8 +1125,56 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
         sample_error = _Proxy(sample, metric).layer_error if sample is not None else None
         points, spent = [], 0.0  # spent: the cost (_trial_cost) of the trials run so far
         capped = set()  # bit widths whose error passed ``cap`` at a lower sparsity
+        known = {(p[0], p[1]): p for p in cached.get(target.name, ()) if p[0] is not None}  # its cached 2^b points
+        between = []  # its points at codebook sizes between two bit widths (in_between)
+        # The in-between trials are measured end to end, never predicted (BETWEEN_VERSION 2: MiniLM-L3's word embedding
+        # at 12 entries was predicted on its row sample at 0.0105, on the line between 8 and 16 entries, and the trials
+        # that took it measured about twice their predictions). Their anchors go to a proxy of their own: the 2^b points
+        # are then those of a run without them (the same anchors, so the same predictions and measurements)
+        between_proxy, between_anchors = copy.copy(proxy), []  # (a new proxy: no anchors, no runs yet)
+        cpu = [0.0, 0.0]  # this thread's CPU seconds in the 2^b trials and in the in-between ones
+        memo: dict = {}  # this sparsity's pruned weight and row sample, made on the first trial that needs them
+
+        def trial(sparsity: float, b: int, size: int, spot: bool, proxy=proxy) -> tuple[int, float]:
+            """(record bytes, model error) of the weight at ``sparsity``, ``b`` bits (a codebook of at most ``size``
+            entries when > 0): on the row sample and predicted when ``proxy`` holds, else whole, measured in
+            onnxruntime when it cannot predict it (``spot``: a spot check, always measured)."""
+            nonlocal spent, suffix
+            error = bytes_ = None
+            if sample is not None and not spot:  # on the row sample: predicted if the proxy holds
+                with progress.silenced():
+                    memo["sampled"] = memo.get("sampled") or _pruned(sample, sparsity, options, iterations=CG_ITERATIONS)
+                    shared = _shared(memo["sampled"], b, options, size)
+                error = proxy.predict(sample_error(shared.decoded()), False)
+                bytes_ = _scaled_bytes(shared, target.size / sample.size)
+                spent += _trial_cost(target, True)
+            if error is None:
+                with progress.silenced():
+                    memo["pruned"] = memo.get("pruned") or _pruned(target, sparsity, options, iterations=CG_ITERATIONS)
+                    shared = _shared(memo["pruned"], b, options, size)
+                values = shared.decoded()
+                eps = proxy.layer_error(values)
+                error = proxy.predict(eps, spot)
+                bytes_ = len(shared.record)
+                spent += _trial_cost(target, False)
+                if error is None:
+                    if feedable:
+                        feed = values.astype(np.float16 if target.dtype == onnx.TensorProto.FLOAT16 else np.float32)
+                        if suffix is None:  # on the first trial that runs the model
+                            suffix = _Downstream(model, target.name, target.original.astype(feed.dtype), hold, reference,
+                                                 session, threads, run_size)
+                        output = suffix.run(feed)
+                        if output is None:
+                            output = run_batched(session, hold, run_size, extra={target.name: feed})[0]
+                    else:
+                        output = run_batched(_session(model_io.substituted(model, {target.name: values}), threads), hold,
+                                             run_size)[0]
+                    error = budget_math.error(metric, reference, output, labels)
+                    proxy.measured(eps, error)
+            return bytes_, error
+
         for step, sparsity in enumerate(tried_sparsities(target)):
-            pruned = sampled = None
+            memo.clear()
             spot_check = step % SPOT_CHECK == 0
             saturated, previous = False, None  # saturated: the higher bit widths at this sparsity are not tried
             for position, b in enumerate(bits):
@@ -1092,37 +1184,12 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
                     with lock:
                         advance()
                     continue
-                error = size = None
-                if sample is not None and not (spot_check and position == 0):  # on the row sample: predicted if the proxy holds
-                    with progress.silenced():
-                        sampled = sampled or _pruned(sample, sparsity, options, iterations=CG_ITERATIONS)
-                        trial = _shared(sampled, b, options)
-                    error = proxy.predict(sample_error(trial.decoded()), False)
-                    size = _scaled_bytes(trial, target.size / sample.size)
-                    spent += _trial_cost(target, True)
-                if error is None:
-                    with progress.silenced():
-                        pruned = pruned or _pruned(target, sparsity, options, iterations=CG_ITERATIONS)
-                        trial = _shared(pruned, b, options)
-                    values = trial.decoded()
-                    eps = proxy.layer_error(values)
-                    error = proxy.predict(eps, spot_check and position == 0)
-                    size = len(trial.record)
-                    spent += _trial_cost(target, False)
-                    if error is None:
-                        if feedable:
-                            feed = values.astype(np.float16 if target.dtype == onnx.TensorProto.FLOAT16 else np.float32)
-                            if suffix is None:  # on the first trial that runs the model
-                                suffix = _Downstream(model, target.name, target.original.astype(feed.dtype), hold, reference,
-                                                     session, threads, run_size)
-                            output = suffix.run(feed)
-                            if output is None:
-                                output = run_batched(session, hold, run_size, extra={target.name: feed})[0]
-                        else:
-                            output = run_batched(_session(model_io.substituted(model, {target.name: values}), threads), hold,
-                                                 run_size)[0]
-                        error = budget_math.error(metric, reference, output, labels)
-                        proxy.measured(eps, error)
+                if (sparsity, b) in known:  # measured by an earlier run (the cache holds the 2^b points alone)
+                    size, error = known[(sparsity, b)][2:4]
+                else:
+                    clock = time.thread_time()
+                    size, error = trial(sparsity, b, 0, spot_check and position == 0)
+                    cpu[0] += time.thread_time() - clock
                 points.append((sparsity, b, size, error))
                 if cap is not None and error > cap:
                     capped.add(b)
@@ -1130,9 +1197,23 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
                 previous = error
                 with lock:
                     advance()
+            if target.name in in_between:  # sizes between two bit widths this sparsity tried (in_between_sizes)
+                tried = {p[1] for p in points if p[0] == sparsity}
+                between_proxy.anchors = proxy.anchors + between_anchors
+                for low, high in zip(bits, bits[1:]):
+                    if low in tried and high in tried:
+                        if stop.is_set():
+                            raise _Stopped
+                        size_k = between_size(low, high)
+                        wide = index_bits(size_k)
+                        runs, clock = len(between_proxy.anchors), time.thread_time()
+                        size, error = trial(sparsity, wide, size_k, True, between_proxy)  # measured, never predicted
+                        cpu[1] += time.thread_time() - clock
+                        between_anchors.extend(between_proxy.anchors[runs:])
+                        between.append((sparsity, wide, size, error, size_k))
             with lock:
                 work_done[0] += _block_work(target, len(bits))
-                if target is costliest[0] and sparsity == tried_sparsities(target)[0] and len(todo) > 1:
+                if target is costliest[0] and sparsity == tried_sparsities(target)[0] and len(todo) > 1 and spent > 0:
                     # this thread's rate on its first trials (all whole while the proxy has no anchors), the other
                     # threads going as fast
                     rate = (time.monotonic() - started) / spent
@@ -1140,11 +1221,15 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
                         f"for {trials} trials on {workers} thread(s) (timed on the first {len(bits)})")
         if suffix is not None:
             suffix.close()
+        points.extend(between)  # after the 2^b points (a cache of those alone is main's format), before the dense one
         points.append((None, None, target.dense_bytes, 0.0))  # leaving the weight dense is a candidate too
         if handed and target.statistics is not None:  # kept for the trial models, without this weight's inverse factor
             target.statistics.factor_cache = None
         target.statistics = target.layer_input = None  # this weight's Gram matrix is no longer needed here
-        return points, proxy.runs
+        with lock:
+            trial_cpu[0] += cpu[0]
+            trial_cpu[1] += cpu[1]
+        return points, proxy.runs + between_proxy.runs
 
     # threadpoolctl's limits are process-wide: each numeric step's own one-thread limit, entered and left on two
     # threads at once, restored two BLAS threads under the other thread's solves (two-thread OpenBLAS factorisations
@@ -1163,15 +1248,62 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
                 say(f"sensitivity of {target.name}: {len(points) - 1} settings, {runs} measured in onnxruntime, "
                     f"{len(points) - 1 - runs} predicted from its layer error; about {_duration(left)} left")
                 if save is not None:
-                    save(curves)
+                    save(curves, in_between)
     except BaseException:
         stop.set()  # an interrupt (Ctrl-C) or an error: the other weight's thread stops too, the saved curves stay
         raise
+    if todo:
+        say(f"sensitivity analysis: {len(todo)} weights in {_duration(time.monotonic() - started)}; trials' CPU "
+            f"{trial_cpu[0]:.1f} s at 2^b codebooks, {trial_cpu[1]:.1f} s at sizes in between ({len(in_between)} weights)")
     return {t.name: curves[t.name] for t in state.targets}
 
 
 SAMPLE_ELEMENTS = 1 << 16  # a weight with at least twice as many elements is tried on a row sample of this size (MiniLM:
 # its 384 x 384 attention weights on 170 of 384 output channels, its FFN weights on 1/9 of theirs)
+
+
+def between_size(low: int, high: int) -> int:
+    """The codebook size K between bit widths ``low`` < ``high``: the one at the middle rate, 2^((low + high) / 2),
+    rounded to an integer of the form 3 x 2^n when the widths are adjacent (6, 12, 24, 48 between 2-3, 3-4, 4-5, 5-6
+    bits: log2 K = b + 0.585), 2^((low + high) / 2) for widths two apart (128 between 6 and 8 bits)."""
+    return 3 << (low - 1) if high == low + 1 else 1 << ((low + high) // 2)
+
+
+def no_better_than_between(points: list) -> list:
+    """One weight's curve with each point at a codebook size K between two bit widths (sparsity, bits, bytes, error, K)
+    given an error no lower than the straight line in (rate, log error) between the 2^b points on either side at its
+    sparsity, nor than the larger one's: error(K) >= max(e_hi, e_lo^(1 - t) e_hi^t), t = (log2 K - b_lo) / (b_hi - b_lo)
+    (at high rate the error falls by a constant factor per bit, about 4, so its log is linear in the rate; Gersho and
+    Gray 1992, ch. 6). The errors are measurements on the held-back samples (or the proxy's predictions), and a size
+    in between can measure below that line, or below both neighbours, by chance; the allocation, free to pick among
+    twice as many candidates, picks those: on silero-vad (64 held-back chunks) the LSTM's weight_hh measured 0.0094
+    with 6 entries, 0.0109 with 8 and 0.027 with 4, and the first trial that took such points measured 1.8x its
+    prediction (docs/benchmarks.md, calk11). The 2^b points are left as measured."""
+    bounded = list(points)
+    for i, p in enumerate(points):
+        if len(p) <= 4 or not p[4]:
+            continue
+        rate = float(np.log2(p[4]))
+        side = [q for q in points if q[0] == p[0] and len(q) <= 4 and q[1] is not None]
+        low = max((q for q in side if q[1] < rate), key=lambda q: q[1], default=None)
+        high = min((q for q in side if q[1] > rate), key=lambda q: q[1], default=None)
+        if low is None or high is None:
+            continue
+        t = (rate - low[1]) / (high[1] - low[1])
+        line = low[3] ** (1 - t) * high[3] ** t if low[3] > 0 and high[3] > 0 else 0.0
+        bounded[i] = (*p[:3], max(p[3], high[3], line), *p[4:])
+    return bounded
+
+
+def in_between_weights(targets) -> set[str]:
+    """The names of the weights of ``targets`` whose curves get codebook sizes between bit widths: each holding at
+    least BETWEEN_SHARE of their dense bytes (none when BETWEEN is off). A weight that holds a tenth of the model moves
+    the total by a few percent when it moves half a bit; the many small ones, each a fraction of a percent, are
+    left to their bit widths, so the curves' time grows by the large weights' share alone."""
+    if not BETWEEN:
+        return set()
+    total = sum(t.dense_bytes for t in targets)
+    return {t.name for t in targets if total and t.dense_bytes >= BETWEEN_SHARE * total}
 
 
 def _row_sample(target, seed: int):

@@ -172,7 +172,8 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
     are per-layer rules (onnxcomp.recipes.LayerRule or dicts of its fields).
 
     With calibration data, reconstruction (refitting kept weights, then the shared values) is on unless
-    ``reconstruct=False``. ``settings`` maps weight names to ``{"sparsity": s, "bits": b}`` overrides, or ``{"skip": True}`` (left dense;
+    ``reconstruct=False``. ``settings`` maps weight names to ``{"sparsity": s, "bits": b}`` overrides (``"codebook_size": K`` instead of
+    bits: a codebook of at most K entries, K between two powers of two allowed), or ``{"skip": True}`` (left dense;
     ``"float16": True`` too stores it as binary16 when half_dense's rules allow). ``sequential`` compresses layer
     by layer in graph order, each fit to the already-compressed upstream layers (needs calibration data).
     ``outliers`` is "auto" (a fraction per weight by measured error, onnxcomp/core/outliers.py) or a fraction of each
