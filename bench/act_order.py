@@ -43,7 +43,7 @@ def main(model_name: str, samples: int, bits: list[int], names: list[str]) -> No
     CalibrateWeightsPass(data={k: calib[k][:samples] for k in inputs}, keep_gram=True)(state)
     print("| weight | shape | bits | bytes, own order | eps, own order | bytes, act-order | eps, act-order | ratio |")
     print("|---|---|---|---|---|---|---|---|")
-    ratios = []
+    ratios, setting = [], obs.ACT_ORDER
     for target in state.targets:
         statistics = target.statistics
         if statistics is None or statistics.gram is None:
@@ -61,7 +61,7 @@ def main(model_name: str, samples: int, bits: list[int], names: list[str]) -> No
             ratios.append(row[3] / row[1])
             print(f"| {target.name} | {'x'.join(map(str, target.shape))} | {b} | {row[0]:,} | {row[1]:.5f} | {row[2]:,} | "
                   f"{row[3]:.5f} | {ratios[-1]:.2f} |", flush=True)
-    obs.ACT_ORDER = True
+    obs.ACT_ORDER = setting
     print(f"median eps ratio (act-order / own order) over {len(ratios)} rows: {np.median(ratios):.3f}; "
           f"range {min(ratios):.2f}-{max(ratios):.2f}")
 

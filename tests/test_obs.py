@@ -166,3 +166,12 @@ def test_the_ordered_layer_factor_is_the_factor_of_the_permuted_gram_in_every_fo
         np.testing.assert_allclose(single, expected, atol=1e-4 * np.abs(expected).max())
     stats.factor_cache = {}  # cached apart from the unordered factor (OBS pruning's)
     assert len(obs.layer_factor(stats)) == 2 and len(obs.layer_factor(stats, ordered=True)) == 3 and len(stats.factor_cache) == 2
+
+
+def test_act_order_is_off_by_default_and_unpruned_takes_only_weights_nothing_is_pruned_from(monkeypatch):
+    assert obs.ACT_ORDER is False and not obs.act_order_for(None)
+    monkeypatch.setattr(obs, "ACT_ORDER", "unpruned")
+    assert obs.act_order_for(None) and obs.act_order_for(np.ones((2, 3), bool))
+    assert not obs.act_order_for(np.array([[True, False, True]]))
+    monkeypatch.setattr(obs, "ACT_ORDER", True)
+    assert obs.act_order_for(np.array([[True, False, True]]))

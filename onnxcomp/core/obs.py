@@ -21,13 +21,16 @@ is pushed to the later columns in one matrix product.
   with ``ordered``): the inputs that carry the most energy are rounded first, while every other column can still
   compensate them, and the low-energy ones, whose error costs least, take the accumulated compensation last. On
   the zoo's YOLOv8n convolutions at 3-4 bits it lowered the layer error ``||X (W - Q)||^2`` by 15-52 % (median
-  about 25 %) at the same record size (docs/benchmarks.md, branch calcnn11). ``ACT_ORDER`` switches it for the
-  pipeline (share_weights: compensated rounding).
+  about 25 %) at the same record size, but not on pruned layers, and on held-back samples the gain mostly went
+  (docs/benchmarks.md, branch calcnn11). ``ACT_ORDER`` switches it for the pipeline (share_weights: compensated
+  rounding); off by default.
 
 Inputs that never fire (``H_jj = 0``) carry no signal: their weights are pruned first and get no update.
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -35,7 +38,18 @@ from threadpoolctl import threadpool_limits
 from onnxcomp.core.codebook import assign, index_dtype
 
 BLOCK = 128
-ACT_ORDER = True  # the pipeline rounds the columns by decreasing H_jj (rounding_order); False: in their own order
+# The pipeline's compensated rounding order: False (default) the inputs' own order; True every weight by decreasing
+# H_jj (rounding_order); "unpruned" only weights whose pruning mask keeps every value. Environment ONNXCOMP_ACT_ORDER
+# = 1 | unpruned. Off by default: on YOLOv8n's calibrated allocation near 8x it raised the held-back error (branch
+# calcnn11, docs/benchmarks.md).
+ACT_ORDER: bool | str = {"1": True, "unpruned": "unpruned"}.get(os.environ.get("ONNXCOMP_ACT_ORDER", ""), False)
+
+
+def act_order_for(keep: np.ndarray | None) -> bool:
+    """Whether a weight with pruning mask ``keep`` (None: nothing pruned) is rounded in act-order (ACT_ORDER)."""
+    if ACT_ORDER == "unpruned":
+        return keep is None or bool(np.all(keep))
+    return bool(ACT_ORDER)
 
 
 def rounding_order(gram_diagonal: np.ndarray) -> np.ndarray:

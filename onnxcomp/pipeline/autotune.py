@@ -91,7 +91,7 @@ CACHE_VERSION = 14  # 4: records keep outliers (--outliers, default auto); 5: a 
 # 10: calibration statistics from sampled positions (calibration.ROW_SAMPLE_POSITIONS); 11 and 12: branches calvgg10
 # and cal11a; 13: both: X^T X from at most max(65,536, 16 K) rows a pass (calibration.GRAM_ROWS_PER_FEATURE), uniform
 # codebooks matched to k-means (share_weights.MATCHED_UNIFORM; its on/off state is in the key's options too);
-# 14: compensated rounding in act-order (obs.ACT_ORDER, branch calcnn11; its on/off state is in the key too)
+# 14: compensated rounding in act-order switchable (obs.ACT_ORDER, off by default, branch calcnn11; in the key too)
 SAFE_RUNG = 0.5  # the check set's first rung: the allocation within this fraction of the error the search settled on
 PROBES = (1.5, 2.0)  # after the search, trials at these multiples of the largest allowed error that passed its bound
 RUNGS = 4  # rungs between the safe rung and the search's allocation, at geometric steps of the allowed error
