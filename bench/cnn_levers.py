@@ -13,6 +13,9 @@ never the evaluation data). Subcommands:
   decompose MODEL DENSE.onnx       per layer, on 16 fit samples: the relative error of its output in the compressed
                                    model (upstream errors included) and the share of its squared error that is the
                                    per-channel mean shift (what a bias correction removes)
+  recipe REPORT.json ALLOWED OUT.toml
+                                   the allocation a pre-cal11b run (errors summed) made at ALLOWED from its cached
+                                   curves (the report's budget.cache), as a recipe: one [[layer]] rule per weight
   layers MODEL SAMPLES [NAME,...]  per weight, compressed alone as the budget's trials compress it at 3 and 4 bits:
                                    the layer error eps = ||X (W - Q)||^2 / ||X W||^2, the same with the mean part
                                    n (mu^T (W - Q))^2 removed (after a bias correction), and for the weight divided
@@ -212,6 +215,22 @@ def layers(name, samples, names):
                   f"{es:.5f} | {cs:.5f} |", flush=True)
 
 
+def recipe(report_path, allowed, out):
+    import json
+
+    from onnxcomp.core import budget
+    report = json.load(open(report_path))
+    curves = {n: [tuple(p) for p in points] for n, points in json.load(open(report["budget"]["cache"])).items()}
+    choice = budget.allocate({n: [(c[2], c[3]) for c in points] for n, points in curves.items()}, allowed)
+    lines = [f'description = "the allocation at allowed {allowed} of {report_path}"', "[options]", "min-elements = 1024"]
+    for name, i in sorted(choice.items()):
+        sparsity, bits = curves[name][i][:2]
+        lines += ["[[layer]]", f'pattern = "{name}"'] + (["skip = true"] if sparsity is None else
+                                                          [f"sparsity = {sparsity}", f"bits = {bits}"])
+    open(out, "w").write("\n".join(lines) + "\n")
+    print(f"{len(choice)} weights, {sum(curves[n][i][2] for n, i in choice.items()):,} curve bytes -> {out}")
+
+
 if __name__ == "__main__":
     command, args = sys.argv[1], sys.argv[2:]
     if command == "split":
@@ -220,5 +239,7 @@ if __name__ == "__main__":
         error(args[0], args[1], command == "bias")
     elif command == "decompose":
         decompose(args[0], args[1])
+    elif command == "recipe":
+        recipe(args[0], float(args[1]), args[2])
     elif command == "layers":
         layers(args[0], int(args[1]), args[2].split(",") if len(args) > 2 else [])
