@@ -86,12 +86,12 @@ CHECK = 0.25  # share of the calibration samples kept apart as the final check s
 CHECKS = 8  # passing allocations tried on the check set, in a fixed sequence from the largest down
 Z = 1.0  # the safety margin: one standard error (budget.error_bound)
 LADDER_STEP = 0.03  # allocations tested on the check set differ in size by at least this fraction
-CACHE_VERSION = 14  # 4: records keep outliers (--outliers, default auto); 5: a check set apart; 6: predicted errors; 7: capped;
+CACHE_VERSION = 13  # 4: records keep outliers (--outliers, default auto); 5: a check set apart; 6: predicted errors; 7: capped;
 # 8: the trials' ridge refits by conjugate gradients, row samples of 64K elements; 9: saturated bit widths not tried;
 # 10: calibration statistics from sampled positions (calibration.ROW_SAMPLE_POSITIONS); 11 and 12: branches calvgg10
 # and cal11a; 13: both: X^T X from at most max(65,536, 16 K) rows a pass (calibration.GRAM_ROWS_PER_FEATURE), uniform
-# codebooks matched to k-means (share_weights.MATCHED_UNIFORM; its on/off state is in the key's options too);
-# 14: compensated rounding in act-order switchable (obs.ACT_ORDER, off by default, branch calcnn11; in the key too)
+# codebooks matched to k-means (share_weights.MATCHED_UNIFORM; its on/off state is in the key's options too). Act-order
+# rounding (obs.ACT_ORDER, branch calcnn11) enters the key only when on: off, the curves are those of before.
 SAFE_RUNG = 0.5  # the check set's first rung: the allocation within this fraction of the error the search settled on
 PROBES = (1.5, 2.0)  # after the search, trials at these multiples of the largest allowed error that passed its bound
 RUNGS = 4  # rungs between the safe rung and the search's allocation, at geometric steps of the allowed error
@@ -457,8 +457,9 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     # raising a weight's sparsity at a given bit width once its error passes that (errors grow with sparsity).
     # A stand-in metric (top1 and accuracy budgets) has no such scale: its curves are not capped.
     cap = CAP * goal.max_error if metric == goal.metric and goal.max_error > 0 else None
-    key = hashlib.sha256(json.dumps([CACHE_VERSION, obs.ACT_ORDER, options, min_elements, list(sparsities), list(bits), metric, holdout,
-                                     check, count, cap], sort_keys=True).encode())
+    key = hashlib.sha256(json.dumps([CACHE_VERSION, options, min_elements, list(sparsities), list(bits), metric, holdout,
+                                     check, count, cap] + ([f"act_order={obs.ACT_ORDER}"] if obs.ACT_ORDER else []),
+                                    sort_keys=True).encode())
     key.update(model.SerializeToString(deterministic=True))
     for name in sorted(data):
         key.update(np.ascontiguousarray(data[name]).tobytes())
