@@ -107,3 +107,71 @@ def test_sensitivity_threshold_ranks_the_one_shot_saliency(rng):
     PruneWeightsPass(method="activation", score="obs", threshold="sensitivity", sensitivity=0.5)(CompressionState(None, [target]))
     saliency = obs.saliency(w, gram)
     assert np.array_equal(target.keep, saliency >= 0.5 * saliency.std())
+
+
+def test_act_order_rounds_the_high_energy_inputs_first_and_lowers_the_layer_error(rng):
+    # inputs whose energies grow along the columns: in their own order the rounding fixes the weak inputs first
+    # and the strong ones last, with no column left to compensate them; act-order (obs.rounding_order) reverses it
+    x = rng.standard_normal((400, 48)) @ (np.eye(48) + 0.3 * rng.standard_normal((48, 48)))
+    x *= np.geomspace(0.05, 5.0, 48)
+    gram = x.T @ x
+    w = rng.standard_normal((16, 48))
+    book, _ = codebook.quantize(w, None, bits=3)
+    order = obs.rounding_order(np.diag(gram))
+    assert list(order[:3]) == list(np.argsort(-np.diag(gram))[:3])
+    error = lambda idx: reconstruction.row_errors(book[idx].astype(np.float64), w, gram).sum()  # noqa: E731
+    natural, ordered = obs.round_to_codebook(w, None, book, gram), obs.round_to_codebook(w, None, book, gram, order=order)
+    assert error(ordered) < 0.8 * error(natural)
+
+
+def test_rounding_in_an_order_is_rounding_the_permuted_columns(rng):
+    gram = correlated_gram(rng, n=24, samples=300)
+    gram[5, :] = gram[:, 5] = 0.0  # a dead input: last in the order
+    w = rng.standard_normal((6, 24))
+    keep = rng.random((6, 24)) > 0.3
+    exact = (rng.random((6, 24)) > 0.9) & keep
+    book, _ = codebook.quantize(w, keep, bits=3)
+    order = obs.rounding_order(np.diag(gram))
+    assert order[-1] == 5 and sorted(order) == list(range(24))
+    back = np.argsort(order)
+    factor = obs._inverse_factor(gram, 0.01, order)
+    indices, values = obs.round_to_codebook(w, keep, book, None, exact=exact, factor=factor, order=order)
+    permuted_indices, permuted_values = obs.round_to_codebook(w[:, order], keep[:, order], book, gram[np.ix_(order, order)],
+                                                              exact=exact[:, order])
+    assert np.array_equal(indices, permuted_indices[:, back]) and np.array_equal(values, permuted_values[:, back])
+    assert np.array_equal(indices == 0, ~keep)
+    # the outliers' sparse values come in the row-major order of ``exact``, as without an order
+    _, sparse = obs.round_to_codebook(w, keep, book, None, exact=exact, factor=factor, order=order, dense_values=False)
+    assert np.array_equal(sparse, values[exact])
+    # the identity order is no order
+    identity = np.arange(24)
+    assert np.array_equal(obs.round_to_codebook(w, keep, book, gram, order=identity), obs.round_to_codebook(w, keep, book, gram))
+
+
+def test_the_ordered_layer_factor_is_the_factor_of_the_permuted_gram_in_every_form(rng):
+    from onnxcomp.passes import calibration
+    x = rng.standard_normal((30, 60)) * np.geomspace(0.1, 10.0, 60)
+    x[:, 7] = 0.0  # a dead input
+    gram = x.T @ x
+    order = obs.rounding_order(np.diag(gram))
+    expected, dead = obs._inverse_factor(gram[np.ix_(order, order)], 0.01)
+    stats = calibration.LayerStatistics(60)
+    stats.gram = gram
+    u, mask, got = obs.layer_factor(stats, ordered=True)
+    assert np.array_equal(got, order) and np.array_equal(mask, dead) and mask[-1]
+    np.testing.assert_allclose(u, expected, rtol=1e-9, atol=1e-9 * np.abs(expected).max())
+    for kwargs in ({"gram": gram.astype(np.float32)}, {"activations": x.astype(np.float32)}):
+        single, mask = obs.inverse_factor_in_place(damp=0.01, order=order, **kwargs)
+        assert single.dtype == np.float32 and np.array_equal(mask, dead)
+        np.testing.assert_allclose(single, expected, atol=1e-4 * np.abs(expected).max())
+    stats.factor_cache = {}  # cached apart from the unordered factor (OBS pruning's)
+    assert len(obs.layer_factor(stats)) == 2 and len(obs.layer_factor(stats, ordered=True)) == 3 and len(stats.factor_cache) == 2
+
+
+def test_act_order_is_off_by_default_and_unpruned_takes_only_weights_nothing_is_pruned_from(monkeypatch):
+    assert obs.ACT_ORDER is False and not obs.act_order_for(None)
+    monkeypatch.setattr(obs, "ACT_ORDER", "unpruned")
+    assert obs.act_order_for(None) and obs.act_order_for(np.ones((2, 3), bool))
+    assert not obs.act_order_for(np.array([[True, False, True]]))
+    monkeypatch.setattr(obs, "ACT_ORDER", True)
+    assert obs.act_order_for(np.array([[True, False, True]]))

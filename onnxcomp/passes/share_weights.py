@@ -395,9 +395,10 @@ class ShareWeightsPass(GraphPass):
         gram = None if low_rank is not None else statistics.gram
         if self.rounding == "obs":
             keep = None if target.keep is None else to_rows(target.keep.reshape(target.shape), layout)
-            factor = obs.layer_factor(statistics)
+            ordered = obs.act_order_for(target.keep)
+            factor = obs.layer_factor(statistics, ordered=ordered)  # act-order: (U, dead, order)
             rounded = obs.round_to_codebook(to_rows(values, layout), keep, target.codebook, None, exact=exact, factor=factor,
-                                            dense_values=False)
+                                            dense_values=False, order=factor[2] if ordered else None)
             del factor  # the inputs^2 factor is not needed past the rounding (unless the statistics cache it)
             rows, compensated = rounded if exact is not None else (rounded, None)
             del rounded

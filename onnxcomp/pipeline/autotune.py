@@ -65,6 +65,7 @@ from onnxcomp.passes.prune_weights import needs_gram
 from onnxcomp.passes.apply_settings import index_bits
 
 from onnxcomp.core import budget as budget_math
+from onnxcomp.core import obs
 from onnxcomp.core.reconstruction import CG_ITERATIONS
 from onnxcomp.passes import model_io, share_weights
 from onnxcomp import parallel, progress
@@ -91,7 +92,8 @@ CACHE_VERSION = 13  # 4: records keep outliers (--outliers, default auto); 5: a 
 # 8: the trials' ridge refits by conjugate gradients, row samples of 64K elements; 9: saturated bit widths not tried;
 # 10: calibration statistics from sampled positions (calibration.ROW_SAMPLE_POSITIONS); 11 and 12: branches calvgg10
 # and cal11a; 13: both: X^T X from at most max(65,536, 16 K) rows a pass (calibration.GRAM_ROWS_PER_FEATURE), uniform
-# codebooks matched to k-means (share_weights.MATCHED_UNIFORM; its on/off state is in the key's options too)
+# codebooks matched to k-means (share_weights.MATCHED_UNIFORM; its on/off state is in the key's options too). Act-order
+# rounding (obs.ACT_ORDER, branch calcnn11) enters the key only when on: off, the curves are those of before.
 SAFE_RUNG = 0.5  # the check set's first rung: the allocation within this fraction of the error the search settled on
 PROBES = (1.5, 2.0)  # after the search, trials at these multiples of the largest allowed error that passed its bound
 RUNGS = 4  # rungs between the safe rung and the search's allocation, at geometric steps of the allowed error
@@ -477,7 +479,8 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     # A stand-in metric (top1 and accuracy budgets) has no such scale: its curves are not capped.
     cap = CAP * goal.max_error if metric == goal.metric and goal.max_error > 0 else None
     key = hashlib.sha256(json.dumps([CACHE_VERSION, options, min_elements, list(sparsities), list(bits), metric, holdout,
-                                     check, count, cap], sort_keys=True).encode())
+                                     check, count, cap] + ([f"act_order={obs.ACT_ORDER}"] if obs.ACT_ORDER else []),
+                                    sort_keys=True).encode())
     key.update(model.SerializeToString(deterministic=True))
     for name in sorted(data):
         key.update(np.ascontiguousarray(data[name]).tobytes())
