@@ -157,6 +157,28 @@ def test_ridge_refit_by_conjugate_gradients_is_close_to_the_exact_one(rng):
         assert rows.any() == (sparsity == 0.2)
 
 
+def test_the_reconstruction_pass_hands_its_iterations_to_the_refit(rng):
+    """ReconstructWeightsPass(iterations=N) (the budget's sensitivity trials, autotune._pruned) solves the lightly
+    pruned rows by conjugate gradients, as refit_rows(iterations=N) does; before branch calvgg11 it kept N and
+    solved every row exactly (vgg16-tumor: minutes per trial on its 4,608-input layers)."""
+    import onnx_graphsurgeon as gs
+    from onnxcomp.passes import CompressionState, ReconstructWeightsPass
+    from onnxcomp.passes.base import WeightTarget
+    x = rng.standard_normal((2000, 60)) @ rng.standard_normal((60, 256))
+    w = rng.standard_normal((24, 256)).astype(np.float32)  # layout "nk": [outputs, inputs], its own rows
+    keep = pruning.row_keep_mask(np.abs(w), 0.2)  # supports of 205: solved by CG at 50 iterations (test above)
+    stats = calibration.LayerStatistics(256)
+    stats.gram = x.T @ x
+    refits = {}
+    for iterations in (0, reconstruction.CG_ITERATIONS):
+        target = WeightTarget("w", gs.Constant("w", w), "fc", [], keep=keep, layer_input=calibration.LayerInput("x", "nk"),
+                              statistics=stats)
+        ReconstructWeightsPass(ridge=1e-2, iterations=iterations)(CompressionState(None, [target]))
+        refits[iterations] = target.refit
+        assert np.array_equal(target.refit, reconstruction.refit_rows(w, keep, stats.gram, 1e-2, start=w, iterations=iterations))
+    assert not np.array_equal(refits[0], refits[reconstruction.CG_ITERATIONS])
+
+
 def _normal_equations_row_by_row(original, indices, k, gram, cross=None, exact=None, exact_values=None):
     """The straightforward assembly normal_equations replaced: each row's G restricted to its shared inputs,
     columns and rows summed per codebook entry."""
