@@ -197,6 +197,24 @@ def _normal_equations_row_by_row(original, indices, k, gram, cross=None, exact=N
 
 
 @pytest.mark.parametrize("with_outliers", [False, True])
+def test_normal_equations_by_columns_give_the_bits_of_the_row_compressed_product(rng, with_outliers, monkeypatch):
+    """normal_equations builds each chunk's one-hot matrix compressed by columns (one pass over G per chunk); the
+    same sums in the same order as the row-compressed product it replaced (branch calvgg11), bit for bit: the
+    sensitivity curves cached before stay valid."""
+    from scipy import sparse
+    x = rng.standard_normal((400, 30)) @ rng.standard_normal((30, 96))
+    gram = (x.T @ x).astype(np.float32)  # float32, as above GRAM_FLOAT64_FEATURES inputs
+    w = rng.standard_normal((40, 96)).astype(np.float32)  # three chunks of ROW_CHUNK rows
+    indices = rng.integers(0, 6, size=w.shape).astype(np.uint8)
+    exact = rng.random(w.shape) < 0.05 if with_outliers else None
+    values = np.where(exact, rng.standard_normal(w.shape), 0.0).astype(np.float32) if with_outliers else None
+    by_columns = reconstruction.normal_equations(w, indices, 6, gram, exact=exact, exact_values=values)
+    monkeypatch.setattr(sparse, "csc_matrix", sparse.csr_matrix)
+    by_rows = reconstruction.normal_equations(w, indices, 6, gram, exact=exact, exact_values=values)
+    assert all(np.array_equal(a, b) for a, b in zip(by_columns, by_rows))
+
+
+@pytest.mark.parametrize("with_outliers", [False, True])
 @pytest.mark.parametrize("sequential", [False, True])
 def test_normal_equations_match_the_row_by_row_assembly(rng, with_outliers, sequential):
     x = rng.standard_normal((300, 20)) @ rng.standard_normal((20, 40))
