@@ -1,5 +1,6 @@
 """Trace autotune._measure (the sensitivity curves) on the zoo's vgg16-tumor, one worker, each step's process CPU seconds
-streamed (the trials' steps wrapped by timers; the calibration file's crops split by a seeded permutation).
+streamed (the trials' steps wrapped by timers; the calibration file's crops split by a seeded permutation), and each
+prediction of the proxy with the anchors it had (why a trial went to the whole weight).
 usage: ONNXCOMP_THREADS=1 python bench/curve_trace.py FIT HOLD WEIGHT_SUBSTR[,..] [--exact]  (--exact: every ridge refit solved exactly, as before the fix)"""
 import sys, time, os, functools
 import numpy as np, onnx
@@ -31,6 +32,22 @@ timed(autotune._Proxy, "layer_error")
 timed(autotune._Downstream, "run", "downstream run")
 timed(autotune._Downstream, "__init__", "downstream init")
 timed(reconstruction, "refit_rows")
+predict = autotune._Proxy.predict
+
+
+def traced_predict(self, eps, spot_check):
+    """_Proxy.predict, printing what it decided from: the trial's eps, the anchors' ratios and eps range."""
+    out = predict(self, eps, spot_check)
+    ratios = self._ratios()
+    used = [e for e, m in self.anchors if e > 0 and m > autotune.NOISE]
+    print(f"  predict eps {eps:.3e} spot {spot_check}: {'measure' if out is None else f'{out:.3e}'}; anchors "
+          f"{[(f'{e:.2e}', f'{m:.2e}') for e, m in self.anchors]}, ratio spread "
+          f"{max(ratios) / min(ratios) if ratios else float('nan'):.2f}, eps range "
+          f"{min(used) if used else float('nan'):.2e}-{max(used) if used else float('nan'):.2e}", flush=True)
+    return out
+
+
+autotune._Proxy.predict = traced_predict
 if "--exact" in sys.argv:  # the behaviour before the fix: every ridge system solved exactly
     autotune.CG_ITERATIONS = 0
 model = onnx.load(os.path.expanduser("~/.cache/onnxcomp-zoo/models/vgg16-tumor/model.onnx"))
