@@ -157,6 +157,28 @@ def test_ridge_refit_by_conjugate_gradients_is_close_to_the_exact_one(rng):
         assert rows.any() == (sparsity == 0.2)
 
 
+def test_the_reconstruction_pass_hands_its_iterations_to_the_refit(rng):
+    """ReconstructWeightsPass(iterations=N) (the budget's sensitivity trials, autotune._pruned) solves the lightly
+    pruned rows by conjugate gradients, as refit_rows(iterations=N) does; before branch calvgg11 it kept N and
+    solved every row exactly (vgg16-tumor: minutes per trial on its 4,608-input layers)."""
+    import onnx_graphsurgeon as gs
+    from onnxcomp.passes import CompressionState, ReconstructWeightsPass
+    from onnxcomp.passes.base import WeightTarget
+    x = rng.standard_normal((2000, 60)) @ rng.standard_normal((60, 256))
+    w = rng.standard_normal((24, 256)).astype(np.float32)  # layout "nk": [outputs, inputs], its own rows
+    keep = pruning.row_keep_mask(np.abs(w), 0.2)  # supports of 205: solved by CG at 50 iterations (test above)
+    stats = calibration.LayerStatistics(256)
+    stats.gram = x.T @ x
+    refits = {}
+    for iterations in (0, reconstruction.CG_ITERATIONS):
+        target = WeightTarget("w", gs.Constant("w", w), "fc", [], keep=keep, layer_input=calibration.LayerInput("x", "nk"),
+                              statistics=stats)
+        ReconstructWeightsPass(ridge=1e-2, iterations=iterations)(CompressionState(None, [target]))
+        refits[iterations] = target.refit
+        assert np.array_equal(target.refit, reconstruction.refit_rows(w, keep, stats.gram, 1e-2, start=w, iterations=iterations))
+    assert not np.array_equal(refits[0], refits[reconstruction.CG_ITERATIONS])
+
+
 def _normal_equations_row_by_row(original, indices, k, gram, cross=None, exact=None, exact_values=None):
     """The straightforward assembly normal_equations replaced: each row's G restricted to its shared inputs,
     columns and rows summed per codebook entry."""
@@ -172,6 +194,24 @@ def _normal_equations_row_by_row(original, indices, k, gram, cross=None, exact=N
         normal += onehot.T @ block @ onehot
         rhs += onehot.T @ target
     return normal, rhs
+
+
+@pytest.mark.parametrize("with_outliers", [False, True])
+def test_normal_equations_by_columns_give_the_bits_of_the_row_compressed_product(rng, with_outliers, monkeypatch):
+    """normal_equations builds each chunk's one-hot matrix compressed by columns (one pass over G per chunk); the
+    same sums in the same order as the row-compressed product it replaced (branch calvgg11), bit for bit: the
+    sensitivity curves cached before stay valid."""
+    from scipy import sparse
+    x = rng.standard_normal((400, 30)) @ rng.standard_normal((30, 96))
+    gram = (x.T @ x).astype(np.float32)  # float32, as above GRAM_FLOAT64_FEATURES inputs
+    w = rng.standard_normal((40, 96)).astype(np.float32)  # three chunks of ROW_CHUNK rows
+    indices = rng.integers(0, 6, size=w.shape).astype(np.uint8)
+    exact = rng.random(w.shape) < 0.05 if with_outliers else None
+    values = np.where(exact, rng.standard_normal(w.shape), 0.0).astype(np.float32) if with_outliers else None
+    by_columns = reconstruction.normal_equations(w, indices, 6, gram, exact=exact, exact_values=values)
+    monkeypatch.setattr(sparse, "csc_matrix", sparse.csr_matrix)
+    by_rows = reconstruction.normal_equations(w, indices, 6, gram, exact=exact, exact_values=values)
+    assert all(np.array_equal(a, b) for a, b in zip(by_columns, by_rows))
 
 
 @pytest.mark.parametrize("with_outliers", [False, True])

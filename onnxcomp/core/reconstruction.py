@@ -211,7 +211,12 @@ def normal_equations(original: np.ndarray, indices: np.ndarray, k: int, gram: np
             count = len(chunk)
             # one-hot rows (row i, group a) x inputs: entry 1 where input p of row i takes group a
             picks = (np.arange(count)[:, None] * groups + chunk).ravel()
-            onehot = sparse.csr_matrix((np.ones(count * inputs), (picks, np.tile(np.arange(inputs), count))),
+            # compressed by columns: the product walks the inputs p in order, reading row p of G once and adding it
+            # to each of the chunk's rows (p's entry in each); by rows, each (row, entry) pair read its inputs' rows
+            # of G again, ROW_CHUNK passes over a G that no cache holds (K = 4,608: 170 MB). Each output row gets the
+            # same rows of G added in the same order (p ascending) either way, so the same bits; 1.2-2.9x faster at
+            # K = 4,608, 2-6 bits (branch calvgg11, docs/benchmarks.md)
+            onehot = sparse.csc_matrix((np.ones(count * inputs), (picks, np.tile(np.arange(inputs), count))),
                                        shape=(count * groups, inputs))
             partial = np.asarray(onehot @ dense).reshape(count, groups, inputs)  # M_i^T G per row
             cell = np.arange(groups)[None, :, None] * groups + chunk[:, None, :]  # (a, idx_i(q)) -> a * groups + b

@@ -28,7 +28,8 @@ class ReconstructWeightsPass(GraphPass):
             layout = target.layer_input.layout
             rows = reconstruction.refit_rows(to_rows(target.original, layout), to_rows(target.keep, layout),
                                              target.statistics.gram, self.ridge, target.statistics.cross,
-                                             target.statistics.gram_original, to_rows(target.values, layout))
+                                             target.statistics.gram_original, to_rows(target.values, layout),
+                                             iterations=self.iterations)
             target.refit = from_rows(rows, layout, target.shape)
             done += 1
         return PassResult(False, f"reconstructed {done} layers")

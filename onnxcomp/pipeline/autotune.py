@@ -88,12 +88,13 @@ CHECK = 0.25  # share of the calibration samples kept apart as the final check s
 CHECKS = 8  # passing allocations tried on the check set, in a fixed sequence from the largest down
 Z = 1.0  # the safety margin: one standard error (budget.error_bound)
 LADDER_STEP = 0.03  # allocations tested on the check set differ in size by at least this fraction
-CACHE_VERSION = 13  # 4: records keep outliers (--outliers, default auto); 5: a check set apart; 6: predicted errors; 7: capped;
+CACHE_VERSION = 14  # 4: records keep outliers (--outliers, default auto); 5: a check set apart; 6: predicted errors; 7: capped;
 # 8: the trials' ridge refits by conjugate gradients, row samples of 64K elements; 9: saturated bit widths not tried;
 # 10: calibration statistics from sampled positions (calibration.ROW_SAMPLE_POSITIONS); 11 and 12: branches calvgg10
 # and cal11a; 13: both: X^T X from at most max(65,536, 16 K) rows a pass (calibration.GRAM_ROWS_PER_FEATURE), uniform
-# codebooks matched to k-means (share_weights.MATCHED_UNIFORM; its on/off state is in the key's options too). Act-order
-# rounding (obs.ACT_ORDER, branch calcnn11) enters the key only when on: off, the curves are those of before.
+# codebooks matched to k-means (share_weights.MATCHED_UNIFORM; its on/off state is in the key's options too); 14: the
+# trials' refits by conjugate gradients as version 8 meant (ReconstructWeightsPass had dropped its iterations: calvgg11).
+# Act-order rounding (obs.ACT_ORDER, branch calcnn11) enters the key only when on: off, the curves are those of before.
 SAFE_RUNG = 0.5  # the check set's first rung: the allocation within this fraction of the error the search settled on
 PROBES = (1.5, 2.0)  # after the search, trials at these multiples of the largest allowed error that passed its bound
 RUNGS = 4  # rungs between the safe rung and the search's allocation, at geometric steps of the allowed error
