@@ -1256,9 +1256,10 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
     except BaseException:
         stop.set()  # an interrupt (Ctrl-C) or an error: the other weight's thread stops too, the saved curves stay
         raise
-    if todo:
+    if todo:  # the in-between sizes' share only where they were measured (ONNXCOMP_BETWEEN_SIZES=1)
         say(f"sensitivity analysis: {len(todo)} weights in {_duration(time.monotonic() - started)}; trials' CPU "
-            f"{trial_cpu[0]:.1f} s at 2^b codebooks, {trial_cpu[1]:.1f} s at sizes in between ({len(in_between)} weights)")
+            f"{trial_cpu[0]:.1f} s" + (f" at 2^b codebooks, {trial_cpu[1]:.1f} s at sizes in between ({len(in_between)} "
+                                       "weights)" if in_between else ""))
     return {t.name: curves[t.name] for t in state.targets}
 
 
