@@ -67,8 +67,9 @@ class CompressSequentiallyPass(GraphPass):
         targets = [t for t in state.targets if t.codebook is None]
         if not targets:
             return PassResult(False, "nothing to compress")
-        if self.distill is None or self.distill.refusal(gs.export_onnx(state.graph.copy())) is not None:
-            self._walk(state, targets, self.steps, self.reuse)
+        original = gs.export_onnx(state.graph.copy())
+        if self.distill is None or self.distill.refusal(original) is not None:
+            self._walk(state, targets, self.steps, self.reuse, original)
             return PassResult(False, f"compressed {len(targets)} layers in graph order")
         # Distillation (DistillWeightsPass): every layer pruned and refit first (a walk without sharing, the pruned
         # float weights written for the next layers' inputs), then all of them fit to the original's outputs, then a
@@ -77,18 +78,19 @@ class CompressSequentiallyPass(GraphPass):
         # layer's (the distilled values), so it reuses nothing.
         sharing = [step for step in self.steps if isinstance(step, ShareWeightsPass)]
         pruning = [step for step in self.steps if not isinstance(step, ShareWeightsPass)]
-        self._walk(state, targets, pruning, None if self.reuse is None else self.reuse.setdefault("pruned", {}),
+        self._walk(state, targets, pruning, None if self.reuse is None else self.reuse.setdefault("pruned", {}), original,
                    final=False, label="sequential pruning")
         distilled = self.distill(state)
-        self._walk(state, targets, [s for s in pruning if not isinstance(s, PruneWeightsPass)] + sharing, None)
+        self._walk(state, targets, [s for s in pruning if not isinstance(s, PruneWeightsPass)] + sharing, None,
+                   gs.export_onnx(state.graph.copy()))
         return PassResult(False, f"compressed {len(targets)} layers in graph order ({distilled.message})")
 
     def _walk(self, state: CompressionState, targets: list, steps: list[GraphPass], reuse: dict | None,
-              final: bool = True, label: str = "sequential layers") -> None:
-        """Run ``steps`` on each target in graph order, each on its sequential statistics (the module docstring).
-        ``final``: the steps share the weights (the compressed model then holds the decoded ones), else they leave
-        them pruned and refit in float (the compressed model holds those)."""
-        original = gs.export_onnx(state.graph.copy())
+              original: onnx.ModelProto, final: bool = True, label: str = "sequential layers") -> None:
+        """Run ``steps`` on each target in graph order, each on its sequential statistics (the module docstring), the
+        cross terms against ``original`` (state.graph exported). ``final``: the steps share the weights (the
+        compressed model then holds the decoded ones), else they leave them pruned and refit in float (the compressed
+        model holds those)."""
         position = {id(node): i for i, node in enumerate(state.graph.nodes)}  # the exported graph's order
         targets.sort(key=lambda t: min(position.get(id(node), 0) for node, _ in t.uses))
         compressed = onnx.ModelProto()

@@ -177,7 +177,7 @@ class DistillWeightsPass(GraphPass):
         return reason
 
     def run(self, state: CompressionState) -> PassResult:
-        model = gs.export_onnx(state.graph.copy())
+        model = gs.export_onnx(state.graph.copy())  # its constants are still the original's (module docstring)
         if self.refusal(model) is not None:
             return PassResult(False, "not a fully connected chain")
         chain = recognise_chain(model)
