@@ -1152,3 +1152,26 @@ def test_a_ctc_budget_holds_on_the_check_samples(tmp_path, rng):
     got = onnxcomp.InferenceSession(tmp_path / "out.onnx").run(None, {"x": x})[0]
     edits, chars = ctc_edits(run_plain(model, {"x": x})[0], got)
     assert edits.sum() / chars.sum() == pytest.approx(b["check_error"])
+
+
+def test_distilled_rungs_are_tested_last_on_the_check_set(tmp_path, rng):
+    """With --sequential on a fully connected chain the check set's allocations are distilled, and allocations beyond
+    the search's own (DISTILLED_RUNGS x its largest allowed error that met the budget) follow every other entry of
+    the sequence, smaller than all of them, with no held-back measurement; without distillation there are none."""
+    from onnxcomp.pipeline import autotune
+    _, data = budget_mlp(tmp_path, rng)
+    np.savez(data, x=rng.standard_normal((400, 32)).astype(np.float32))  # a check set of 100: room for the rungs
+    run = lambda name, distill: compress_to_budget(
+        str(tmp_path / "in.onnx"), str(tmp_path / f"{name}.onnx"), budget="rel_l2=0.3", calib=str(data), prune="activation",
+        sequential=True, sparsities=(0.0, 0.5, 0.7, 0.9), bits=(2, 3, 4, 8), min_elements=16, cache_dir=str(tmp_path / "cache"),
+        distill=distill)
+    report = run("on", None)
+    checks = report.budget["checks"]
+    assert report.budget["distilled"] and autotune.DISTILLED_RUNGS
+    rungs = [i for i, c in enumerate(checks) if c["held_back"] is None]
+    assert rungs and rungs == list(range(rungs[0], len(checks))), checks  # reached, and last in the sequence
+    assert all(checks[i]["bytes"] < min(c["bytes"] for c in checks[:rungs[0]]) for i in rungs)
+    assert report.output_bytes == min(c["bytes"] for c in checks if c["bound"] <= 0.3)
+    without = run("off", False)
+    assert not without.budget["distilled"] and all(c["held_back"] is not None for c in without.budget["checks"])
+    assert without.budget["measured_error"] is not None

@@ -159,7 +159,7 @@ def _bits_option(value: Optional[int], kind: str) -> None:
 
 PIPELINE_OPTIONS = ("prune", "score", "sparsity", "threshold", "sensitivity", "scope", "init", "min_elements", "seed",
                     "calib_batch", "activation_threshold", "reconstruct", "ridge", "format", "sequential", "rounding",
-                    "outliers", "integer_weights")
+                    "outliers", "integer_weights", "distill")
 
 
 @app.command()
@@ -179,6 +179,7 @@ def compress(
     activation_threshold: float = typer.Option(0.0, help="An input 'fires' above this value (tfidf statistics)."),
     reconstruct: Optional[bool] = typer.Option(None, "--reconstruct/--no-reconstruct", help="Least-squares refit of kept weights and codebooks (default: on with --calib)."),
     sequential: bool = typer.Option(False, "--sequential", help="With --calib: compress layer by layer in graph order, each refit to the layers compressed before it."),
+    distill: Optional[bool] = typer.Option(None, "--distill/--no-distill", help="With --sequential: fit a fully connected chain's kept weights and biases to the original model's outputs on the calibration inputs between pruning and sharing (knowledge distillation; default: on with --sequential; other graphs are left as they are)."),
     ridge: float = typer.Option(1e-2, min=0.0, help="Ridge regularisation of the refit, relative to the mean input energy."),
     rounding: Rounding = typer.Option(Rounding.obs, help="With --calib: obs rounds weights to the codebook compensating each error in the weights not yet rounded; nearest rounds each alone."),
     outliers: str = typer.Option("auto", help="Weights kept exact beside each codebook: auto (a fraction per layer chosen by measured error, 0 allowed), or a fraction of each layer's kept weights, e.g. 0.005 (0: none)."),
@@ -247,7 +248,7 @@ def compress(
             result = compress_to_budget(str(input_path), str(output_path), budget=budget, calib=calib, calib_samples=calib_samples,
                                         holdout=holdout, check=check, cache_dir=str(cache_dir) if cache_dir else None, prune=values["prune"],
                                         score=values["score"], reconstruct=reconstruct is not False, ridge=ridge, rounding=values["rounding"],
-                                        sequential=sequential, outliers=outliers,
+                                        sequential=sequential, outliers=outliers, distill=distill,
                                         init=values["init"], seed=seed, min_elements=min_elements,
                                         eval_data=str(eval_data) if eval_data else None, budget_output=list(budget_output) if budget_output else None,
                                         progress=_progress(quiet, lines=True), keep_names=keep_names,
@@ -275,8 +276,8 @@ COMPRESS_PANELS = {
                 "tfidf_power", "tfidf_smoothing", "tfidf_constant", "tfidf_exponent"),
     "Weight sharing (k-means codebooks)": ("fc_bits", "conv_bits", "embedding_bits", "init", "outliers", "seed",
                                            "integer_weights"),
-    "Calibration and refit (with --calib)": ("calib_samples", "calib_batch", "reconstruct", "sequential", "ridge",
-                                             "rounding"),
+    "Calibration and refit (with --calib)": ("calib_samples", "calib_batch", "reconstruct", "sequential", "distill",
+                                             "ridge", "rounding"),
     "Quality budget (with --budget)": ("check", "holdout", "cache_dir", "budget_output"),
     "Reports and recipe files": ("report", "html", "config", "keep_names"),
     "Fidelity check (after compressing)": ("min_cosine", "fidelity", "fidelity_data", "input_shape", "input_range"),
@@ -323,8 +324,9 @@ def _print_summary(result) -> None:
         b = result.budget
         typer.echo(f"budget {b['metric']}={b['value']}: "
                    + ("the data-free default output" if b.get("data_free") else f"predicted error {b['predicted_error']:.4g}")
-                   + f", measured {b['measured_error']:.4g} "
-                   f"on {b['holdout_samples']} held-back samples"
+                   + (f", measured {b['measured_error']:.4g} on {b['holdout_samples']} held-back samples"
+                      if b.get("measured_error") is not None else
+                      f", a distilled rung not measured on the {b['holdout_samples']} held-back samples")
                    + (f", {b['check_error']:.4g} (bound {b['check_bound']:.4g}) on {b['check_samples']} check samples"
                       if b.get("check_error") is not None else ""))
         for name, setting in b["settings"].items():

@@ -47,6 +47,8 @@ FRONTIER_BYTES = 1 << 30  # frontier values (both models, all batches) one walk 
 
 from .base import CompressionState, GraphPass, PassResult, log
 from .calibrate_weights import layer_input
+from .prune_weights import PruneWeightsPass
+from .share_weights import ShareWeightsPass
 
 
 class CompressSequentiallyPass(GraphPass):
@@ -54,16 +56,41 @@ class CompressSequentiallyPass(GraphPass):
     before branch seqcal: the reference the tests and bench/sequential_speed.py compare the walk with."""
 
     def __init__(self, *, data: dict[str, np.ndarray], steps: list[GraphPass], batch: int = 64, threshold: float = 0.0,
-                 walk: bool = True, reuse: dict | None = None, frontier_bytes: int = FRONTIER_BYTES) -> None:
+                 walk: bool = True, reuse: dict | None = None, frontier_bytes: int = FRONTIER_BYTES,
+                 distill: GraphPass | None = None) -> None:
         self.data, self.steps, self.batch, self.threshold, self.walk = data, list(steps), batch, threshold, walk
         self.frontier_bytes = frontier_bytes
         self.reuse = reuse if walk else None
+        self.distill = distill
 
     def run(self, state: CompressionState) -> PassResult:
         targets = [t for t in state.targets if t.codebook is None]
         if not targets:
             return PassResult(False, "nothing to compress")
         original = gs.export_onnx(state.graph.copy())
+        if self.distill is None or self.distill.refusal(original) is not None:
+            self._walk(state, targets, self.steps, self.reuse, original)
+            return PassResult(False, f"compressed {len(targets)} layers in graph order")
+        # Distillation (DistillWeightsPass): every layer pruned and refit first (a walk without sharing, the pruned
+        # float weights written for the next layers' inputs), then all of them fit to the original's outputs, then a
+        # second walk shares each layer, fit to the distilled model's layer outputs. The statistics of the first walk
+        # depend on the settings of the layers before (reused as without distillation); those of the second on every
+        # layer's (the distilled values), so it reuses nothing.
+        sharing = [step for step in self.steps if isinstance(step, ShareWeightsPass)]
+        pruning = [step for step in self.steps if not isinstance(step, ShareWeightsPass)]
+        self._walk(state, targets, pruning, None if self.reuse is None else self.reuse.setdefault("pruned", {}), original,
+                   final=False, label="sequential pruning")
+        distilled = self.distill(state)
+        self._walk(state, targets, [s for s in pruning if not isinstance(s, PruneWeightsPass)] + sharing, None,
+                   gs.export_onnx(state.graph.copy()))
+        return PassResult(False, f"compressed {len(targets)} layers in graph order ({distilled.message})")
+
+    def _walk(self, state: CompressionState, targets: list, steps: list[GraphPass], reuse: dict | None,
+              original: onnx.ModelProto, final: bool = True, label: str = "sequential layers") -> None:
+        """Run ``steps`` on each target in graph order, each on its sequential statistics (the module docstring), the
+        cross terms against ``original`` (state.graph exported). ``final``: the steps share the weights (the
+        compressed model then holds the decoded ones), else they leave them pruned and refit in float (the compressed
+        model holds those)."""
         position = {id(node): i for i, node in enumerate(state.graph.nodes)}  # the exported graph's order
         targets.sort(key=lambda t: min(position.get(id(node), 0) for node, _ in t.uses))
         compressed = onnx.ModelProto()
@@ -73,27 +100,26 @@ class CompressSequentiallyPass(GraphPass):
         for target in targets:
             target.layer_input = layer_input(target, main_nodes)
         frontier = self._frontier(original, compressed, targets, initializers)
-        reuse = self.reuse
         if reuse is not None:  # the last run's entries (looked up) and this run's (kept for the next)
             reuse.update(last=reuse.get("next", {}), original=reuse.get("next_original", {}), next={}, next_original={})
         prefix: list[tuple] = []  # the settings of the layers compressed so far, in order
         try:
-            for target in progress.track(targets, "sequential layers"):
+            for target in progress.track(targets, label):
                 with progress.silenced():  # one bar for the layers, not one per layer's steps
                     if target.layer_input is not None:
                         target.statistics = self._statistics(frontier, reuse, tuple(prefix), target)
                     single = CompressionState(state.graph, [target])
-                    for step in self.steps:
+                    for step in steps:
                         step(single)
                 if target.name in initializers:
-                    initializers[target.name].CopyFrom(numpy_helper.from_array(target.decoded(), target.name))
+                    initializers[target.name].CopyFrom(numpy_helper.from_array(
+                        target.decoded() if final else _pruned_values(target), target.name))
                 frontier.finished(target.name)
                 prefix.append(_settings_of(target))
         finally:
             frontier.close()
         if reuse is not None:
             reuse.update(last={}, original={}, reused=(frontier.reused, frontier.reused_original))
-        return PassResult(False, f"compressed {len(targets)} layers in graph order")
 
     def _statistics(self, frontier, reuse: dict | None, prefix: tuple, target):
         """The layer's statistics: from the last run when its walk so far and the layers compressed before it were
@@ -293,6 +319,12 @@ class _Frontier:
                      2 * self.kept.limit)
         self.kept.close()
         self.kept_original.close()
+
+
+def _pruned_values(target) -> np.ndarray:
+    """A target's pruned (and refit) float32 values in its shape, 0 where pruned."""
+    values = np.asarray(target.values, dtype=np.float32).reshape(target.shape)
+    return values if target.keep is None else np.where(target.keep.reshape(target.shape), values, np.float32(0))
 
 
 def _settings_of(target) -> tuple:

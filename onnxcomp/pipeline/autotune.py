@@ -63,6 +63,7 @@ RUN_BATCH = 256  # samples one run of the model takes at most (run_batched's def
 DOWNSTREAM_BYTES = 512 << 20  # a weight's boundary values (_Downstream) kept in memory at most, per thread; the rest on disk
 from onnxcomp.passes.prune_weights import needs_gram
 from onnxcomp.passes.apply_settings import index_bits
+from onnxcomp.passes.distill_weights import recognise_chain
 
 from onnxcomp.core import budget as budget_math
 from onnxcomp.core import obs
@@ -112,6 +113,15 @@ DATA_FREE = True  # the data-free default output is a check-set candidate (_data
 # shot did so on ppocr-cls with 300 check lines: 0 of 300 changed, 2 of 160 evaluation lines; docs/benchmarks.md).
 NEAR_MISS = 1.25
 NEAR_MISSES = 0
+# Distilled rungs: when the check set's allocations are distilled (--sequential on a fully connected chain:
+# DistillWeightsPass), the trials, which compress each weight alone and are not distilled, overstate their error
+# (LeNet-300-100 at 35x: +0.7 points without distillation, +0.0-0.3 with it; docs/benchmarks.md, callenet11), so the
+# search never proposes what distillation can hold. After every other entry of the check set's sequence, the
+# allocations within these multiples of the largest allowed error that met the budget (smaller ones first skipped:
+# each at least LADDER_STEP smaller than the entry before it) are tested, largest first, each compressed and distilled
+# only when the sequence reaches it. The check set decides as for every entry (same bound, same margin; tested only
+# when every entry before passed, so the fixed-sequence principle holds).
+DISTILLED_RUNGS = (1.5, 2.0, 3.0, 4.0)
 # rel_l2 curves: the weights' errors add up as squares when allocating (budget.QUADRATURE; before branch cal11b as
 # they are, which overstated the trials' measured error 3-5x on the zoo's detectors)
 QUADRATURE = True
@@ -397,7 +407,8 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
                        prune: str = "magnitude", score: str = "wanda", reconstruct: bool = True, ridge: float = 1e-2,
                        rounding: str = "obs", sequential: bool = False, outliers: str | float = "auto",
                        init: str = "quantile", seed: int = 0, min_elements: int = 1024, eval_data: str | None = None,
-                       budget_output: str | list[str] | None = None, keep_names: bool = False, **fidelity_options):
+                       budget_output: str | list[str] | None = None, keep_names: bool = False, distill: bool | None = None,
+                       **fidelity_options):
     """Compress ``input_path`` to the smallest allocation found that meets ``budget`` (e.g. "top1=0.99").
 
     ``sequential`` compresses the allocations tested on the check set (and so the output) layer by layer, each
@@ -537,6 +548,8 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     # largest allowed error that met the budget so measured and the smallest that missed it, so the check also
     # gets candidates smaller than the bound dared (it decides, stopping at the first miss).
     counted = goal.metric in budget_math.COUNTED
+    # the check set's allocations are distilled (DistillWeightsPass: --sequential on a fully connected chain)
+    distilling = sequential and distill is not False and not isinstance(recognise_chain(model), str)
 
     def try_allowed(allowed: float, phase: str) -> tuple[float, float] | None:
         """The allocation within ``allowed`` (predicted), run as a trial model on the held-back samples once:
@@ -595,6 +608,32 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
             if size < (picked[-1][1] if picked else smallest) * (1 - LADDER_STEP):
                 picked.append(({n: _setting(curves[n][i]) for n, i in key}, size,
                                predicted_error(key), measured, bound))
+        return picked
+
+    def estimated_bytes(choice) -> int:
+        """An allocation's output bytes as a trial model estimates them (_TrialModels.run), from its curves alone: the
+        input's bytes with each weight's dense float32 bytes (its dense candidate's) replaced by its candidate's."""
+        size = model_io.model_bytes(input_path)
+        for n, i in choice.items():
+            dense = max(c[2] for c in curves[n] if c[0] is None and c[1] != HALF_BITS)
+            size += curves[n][i][2] - dense
+        return size
+
+    def distilled_rungs(smallest: int) -> list[tuple]:
+        """With distillation (DISTILLED_RUNGS above): the allocations within DISTILLED_RUNGS x the largest allowed error
+        that met the budget, each at least LADDER_STEP smaller than ``smallest`` and than the one before it, from the
+        largest down, with no held-back measurement (None): the check set's last entries."""
+        if passed_at is None:
+            return []
+        picked, points = [], additive_points()
+        for factor in DISTILLED_RUNGS:
+            choice = budget_math.allocate(points, adding(passed_at * factor))
+            if choice is None:
+                continue
+            size = estimated_bytes(choice)
+            if size < (picked[-1][1] if picked else smallest) * (1 - LADDER_STEP):
+                picked.append(({n: _setting(curves[n][i]) for n, i in sorted(choice.items())}, size,
+                               predicted_error(choice.items()), None, None))
         return picked
 
     for phase, rounds in (("bound", ROUNDS_SMOOTH if smooth else ROUNDS), ("measured", ROUNDS_MEASURED if counted else 0)):
@@ -714,6 +753,8 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
         ladder = [min(ladder, key=lambda entry: entry[1])]
     elif ladder:  # (empty when no trial met the budget as measured: then no near miss is tried, the run fails)
         ladder += near_misses(tried, min(entry[1] for entry in ladder))
+        if distilling:
+            ladder += distilled_rungs(min(entry[1] for entry in ladder))
     checks, accepted = [], []  # accepted: (staging, staged, report, settings, predicted, measured, check)
     # the layers' sequential statistics kept from one allocation to the next: a layer whose upstream layers are
     # compressed alike is not observed again (CompressSequentiallyPass; the same bytes written)
@@ -741,6 +782,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
                               outliers=outliers, ridge=ridge, init=init, seed=seed, min_elements=min_elements, settings=entry[0],
                               float16_others=FLOAT16_OTHERS,
                               eval_data=eval_data, rounding=rounding, sequential=sequential, sequential_reuse=reuse, keep_names=keep_names,
+                              distill=distill,
                               **{**fidelity_options, "fidelity_data": fidelity_options.get("fidelity_data") or
                                  (checking if checked else None)})
         return staging, staged, report
@@ -769,7 +811,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
         stopped = False
         for entry in (e for e in ladder if e is not free):
             staged_entry = stage(entry)
-            if free_left and (free[1] >= staged_entry[2].output_bytes or not goal.met(entry[4])):
+            if free_left and (free[1] >= staged_entry[2].output_bytes or entry[4] is None or not goal.met(entry[4])):
                 free_left, entry_free = False, free
                 free = None  # its folder is in accepted now, or removed
                 if not confirmed_on_check(entry_free, entry_free[5]):
@@ -801,7 +843,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
                              "check_bound": confirmed["bound"] if confirmed else None,
                              "checks": checks, "settings": settings, "rounds": history, "cache": cache_file,
                              "cache_between": between_file if BETWEEN else None,
-                             "data_free": predicted is None}
+                             "data_free": predicted is None, "distilled": distilling}
             return report
     finally:
         for entry in accepted:

@@ -30,6 +30,7 @@ from onnxcomp.passes.apply_settings import ApplySettingsPass
 from onnxcomp.passes.fold_weights import FoldRecurrentWeightsPass
 from onnxcomp.passes.integer_weights import INTEGER_WEIGHTS, IntegerWeightsPass
 from onnxcomp.passes.compress_sequentially import CompressSequentiallyPass
+from onnxcomp.passes.distill_weights import DistillWeightsPass
 from onnxcomp.passes.base import DOMAIN, DOMAIN_VERSION, reads_kept
 from onnxcomp.passes.base import FLOAT_TYPES, onnx_type
 from onnxcomp.passes.names import all_graphs, unique_node_names
@@ -164,7 +165,7 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
                    allocation_scales: dict | None = None, allocation_limits: dict | None = None,
                    allocation_cache: dict | None = None, allocation_scaled: bool = True,
                    integer_weights: str = "gather", share_cache: dict | None = None,
-                   sequential_reuse: dict | None = None) -> Pipeline:
+                   sequential_reuse: dict | None = None, distill: bool | None = None) -> Pipeline:
     """The pass list for the given options (``None`` means the defaults; ``calib`` is a dict of input arrays).
 
     ``format`` "custom-op" writes records for the onnxcomp ops; "portable" writes standard ONNX ops only.
@@ -188,6 +189,9 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
     sorted values between runs on the same input (ShareWeightsPass; compress's rounds without calibration).
     ``sequential_reuse`` keeps the sequential layers' statistics between runs on the same input, calibration data and
     options that differ only in per-weight settings (CompressSequentiallyPass; the budget's check set).
+    ``distill`` (default: on with ``sequential``, which it needs): a fully connected chain's pruned weights and biases
+    are fit to the original model's outputs on the calibration inputs between pruning and sharing
+    (DistillWeightsPass; other graphs are left to the walk as before, said once).
     """
     if format not in FORMATS:
         raise InvalidOptionError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
@@ -222,6 +226,9 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
         raise CalibrationError("--sequential needs calibration data: pass --calib DATA.npz")
     if sequential and scope == "global":
         raise InvalidOptionError("--sequential prunes layer by layer: it cannot take --scope global")
+    if distill and not sequential:
+        raise InvalidOptionError("--distill fits the pruned layers between the sequential mode's pruning and sharing: "
+                                 "give --sequential (and --calib)")
     steps = [PruneWeightsPass(method=prune, score=score, sparsity=sparsity, scope=scope, threshold=threshold,
                               sensitivity=sensitivity, tfidf=tfidf, rules=rules)]
     if reconstruct:
@@ -231,8 +238,9 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
                                   cache=share_cache if calib is None else None,
                                   matched_uniform=calib is not None and share_weights.MATCHED_UNIFORM))
     if sequential:
+        distiller = DistillWeightsPass(data=calib, seed=seed) if distill is not False else None
         passes.append(CompressSequentiallyPass(data=calib, steps=steps, batch=calib_batch, threshold=activation_threshold,
-                                               reuse=sequential_reuse))
+                                               reuse=sequential_reuse, distill=distiller))
     elif PIPELINED and allocate is not None and not settings and calib is None and scope == "layer":
         passes.remove(allocate)  # each weight allocated, pruned and shared in one go (on the same passes)
         passes.append(AllocateShareWeightsPass(allocate, *steps))
