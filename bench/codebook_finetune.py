@@ -35,7 +35,10 @@ What it does, for each compressed output (an `onnxcomp compress` result: OUT.onn
    before and after on the zoo's eval.npz through bench/zoo.py's own `evaluate` and `measure` (onnxcomp's runtime,
    the model's declared checks and tolerances).
 
-Prints one JSON line per compressed output and appends it to OUT/results.jsonl.
+Prints one JSON line per compressed output and appends it to OUT/results.jsonl. Two more commands need no torch:
+
+    python bench/codebook_finetune.py table OUT/results.jsonl          # the markdown table of docs/benchmarks.md
+    python bench/codebook_finetune.py backward-ops MODEL.onnx ...       # op types a backward pass would need
 """
 
 from __future__ import annotations
