@@ -290,7 +290,15 @@ def _conv_nodes(node: onnx.NodeProto, weight_name: str, weight, graph: onnx.Grap
     y = node.output[0]
     conv_out = y + ".conv" if activation else y
     nodes = [helper.make_node("Conv", [x, weight_name] + ([bias] if bias else []), [conv_out], node.name, **attrs)]
-    if activation in ("Relu", "Tanh", "Sigmoid", "HardSwish"):
+    if activation == "HardSwish" and opset < 14:
+        # HardSwish is an ONNX op from opset 14 (the models whose written-out x * Clip(x + 3, 0, 6) / 6 the pack fused
+        # are often older: PaddleOCR's are opset 11): x * HardSigmoid(x) with alpha 1/6, beta 1/2, the same function
+        # (ONNX's HardSwish definition), within fp32 rounding
+        gate = _unused_name(taken, f"{y}.hard_sigmoid")
+        nodes += [helper.make_node("HardSigmoid", [conv_out], [gate], node.name + ".activation",
+                                   alpha=1.0 / 6.0, beta=0.5),
+                  helper.make_node("Mul", [conv_out, gate], [y], node.name + ".activation_mul")]
+    elif activation in ("Relu", "Tanh", "Sigmoid", "HardSwish"):
         nodes.append(helper.make_node(activation, [conv_out], [y], node.name + ".activation"))
     elif activation == "LeakyRelu":
         nodes.append(helper.make_node("LeakyRelu", [conv_out], [y], node.name + ".activation", alpha=params[0]))
