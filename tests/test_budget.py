@@ -501,7 +501,8 @@ def test_counted_budgets_hold_on_separate_evaluation_data(tmp_path, rng, budget,
 
 def test_trials_are_predicted_from_the_layer_error_only_where_the_proxy_holds():
     """_Proxy: measured while it has fewer than ANCHORS anchors, for the first setting of a sparsity, outside the
-    anchors' range, and whenever the anchors' ratios spread; else alpha * eps (cosine) or alpha * sqrt(eps) (rel_l2)."""
+    anchors' range; else alpha * eps (cosine) or alpha * sqrt(eps) (rel_l2), alpha the anchors' mean ratio, or their
+    largest when they spread by more than SPREAD."""
     from types import SimpleNamespace
     from onnxcomp.pipeline.autotune import ANCHORS, EXTRAPOLATE, SPREAD, _Proxy
     target = SimpleNamespace(statistics=None, original=np.ones((4, 4), np.float32))
@@ -513,8 +514,9 @@ def test_trials_are_predicted_from_the_layer_error_only_where_the_proxy_holds():
     assert proxy.predict(0.03, False) == pytest.approx(0.015)
     assert proxy.predict(0.03, True) is None  # the spot check of a new sparsity
     assert proxy.predict(0.04 * EXTRAPOLATE * 1.1, False) is None
-    proxy.measured(0.05, 0.5 * 0.05 * SPREAD * 1.1)  # the proxy stops holding: everything is measured
-    assert proxy.predict(0.03, False) is None
+    proxy.measured(0.05, 0.5 * 0.05 * SPREAD * 1.1)  # the anchors spread: predicted from the largest ratio
+    assert proxy.predict(0.03, False) == pytest.approx(0.5 * SPREAD * 1.1 * 0.03)
+    assert proxy.predict(0.03, True) is None and proxy.predict(0.05 * EXTRAPOLATE * 1.1, False) is None
     root = _Proxy(target, "rel_l2")
     for eps in (0.01, 0.02, 0.04):
         root.measured(eps, 2 * eps ** 0.5)

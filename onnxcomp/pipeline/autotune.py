@@ -88,12 +88,13 @@ CHECK = 0.25  # share of the calibration samples kept apart as the final check s
 CHECKS = 8  # passing allocations tried on the check set, in a fixed sequence from the largest down
 Z = 1.0  # the safety margin: one standard error (budget.error_bound)
 LADDER_STEP = 0.03  # allocations tested on the check set differ in size by at least this fraction
-CACHE_VERSION = 14  # 4: records keep outliers (--outliers, default auto); 5: a check set apart; 6: predicted errors; 7: capped;
+CACHE_VERSION = 15  # 4: records keep outliers (--outliers, default auto); 5: a check set apart; 6: predicted errors; 7: capped;
 # 8: the trials' ridge refits by conjugate gradients, row samples of 64K elements; 9: saturated bit widths not tried;
 # 10: calibration statistics from sampled positions (calibration.ROW_SAMPLE_POSITIONS); 11 and 12: branches calvgg10
 # and cal11a; 13: both: X^T X from at most max(65,536, 16 K) rows a pass (calibration.GRAM_ROWS_PER_FEATURE), uniform
 # codebooks matched to k-means (share_weights.MATCHED_UNIFORM; its on/off state is in the key's options too); 14: the
-# trials' refits by conjugate gradients as version 8 meant (ReconstructWeightsPass had dropped its iterations: calvgg11).
+# trials' refits by conjugate gradients as version 8 meant (ReconstructWeightsPass had dropped its iterations: calvgg11);
+# 15: a weight whose anchors spread by more than SPREAD is predicted from their largest ratio, not measured (vgg12).
 # Act-order rounding (obs.ACT_ORDER, branch calcnn11) enters the key only when on: off, the curves are those of before.
 SAFE_RUNG = 0.5  # the check set's first rung: the allocation within this fraction of the error the search settled on
 PROBES = (1.5, 2.0)  # after the search, trials at these multiples of the largest allowed error that passed its bound
@@ -824,9 +825,12 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
 # layer multiplies, the relative squared weight error), predicts the model's error as alpha * eps^p (p = 1 for cosine
 # and kl, both second order in a small output change; p = 1/2 for rel_l2, first order). alpha is fit per weight on
 # trials measured end to end (anchors). A trial is measured in onnxruntime rather than predicted while the weight has
-# fewer than ANCHORS anchors, when its anchors' ratios m / eps^p spread by more than SPREAD (the proxy is not exact
-# enough for this weight: every trial is measured), when eps lies more than EXTRAPOLATE times outside the anchors'
-# range, and for the first setting of every SPOT_CHECK-th sparsity (a spot check that becomes an anchor).
+# fewer than ANCHORS anchors, when eps lies more than EXTRAPOLATE times outside the anchors' range, and for the first
+# setting of every SPOT_CHECK-th sparsity (a spot check that becomes an anchor). When the anchors' ratios m / eps^p
+# spread by more than SPREAD (the proxy is not exact enough for this weight), alpha is their largest ratio, not their
+# mean: the prediction errs on the safe side (at least every anchor's ratio-implied error); the check set confirms
+# what is written. Until cache version 14 such a weight had every trial measured: on vgg16-tumor's 4-class head the
+# anchors spread 6.5x and its ~1,100 whole-weight trials never finished (docs/benchmarks.md, vgg12).
 ANCHORS = 3
 SPOT_CHECK = 4
 SPREAD = 4.0  # predictions within a factor 2 of every anchor: attention query/key weights spread ~3.5x on MiniLM
@@ -1041,19 +1045,31 @@ class _Proxy:
         return [m / e ** self.power for e, m in self.anchors if e > 0 and m > NOISE]
 
     def predict(self, eps: float, spot_check: bool) -> float | None:
-        """The predicted model error, or None when this trial must be measured."""
+        """The predicted model error, or None when this trial must be measured: alpha * eps^p with alpha the
+        anchors' geometric mean ratio when they spread by at most SPREAD, else their largest ratio (the upper
+        envelope: at least every anchor's ratio-implied error, alpha_j * eps^p for each j)."""
         ratios = self._ratios()
-        if spot_check or len(ratios) < ANCHORS or max(ratios) > SPREAD * min(ratios):
+        if spot_check or len(ratios) < ANCHORS:
             return None
         used = [e for e, m in self.anchors if e > 0 and m > NOISE]
         if not min(used) / EXTRAPOLATE <= eps <= max(used) * EXTRAPOLATE:
             return None
+        if max(ratios) > SPREAD * min(ratios):
+            return max(ratios) * eps ** self.power
         alpha = float(np.exp(np.mean(np.log(ratios))))
         return alpha * eps ** self.power
 
     def measured(self, eps: float, error: float) -> None:
         self.anchors.append((eps, error))
         self.runs += 1
+
+    def describe(self) -> str:
+        """The anchors' count, ratio range and spread, for the log."""
+        ratios = self._ratios()
+        if not ratios:
+            return f"{len(self.anchors)} anchors"
+        return (f"{len(self.anchors)} anchors, ratios {min(ratios):.3g}-{max(ratios):.3g}, spread "
+                f"{max(ratios) / min(ratios):.2f}")
 
 
 def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, options, min_elements, cached=None, save=None,
@@ -1149,9 +1165,13 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
                 with progress.silenced():
                     memo["sampled"] = memo.get("sampled") or _pruned(sample, sparsity, options, iterations=CG_ITERATIONS)
                     shared = _shared(memo["sampled"], b, options, size)
-                error = proxy.predict(sample_error(shared.decoded()), False)
+                sampled_eps = sample_error(shared.decoded())
+                error = proxy.predict(sampled_eps, False)
                 bytes_ = _scaled_bytes(shared, target.size / sample.size)
                 spent += _trial_cost(target, True)
+                if error is not None:
+                    log.debug("%s at sparsity %g, %d bits: row sample eps %.4g, predicted %.4g (%s)", target.name,
+                              sparsity, b, sampled_eps, error, proxy.describe())
             if error is None:
                 with progress.silenced():
                     memo["pruned"] = memo.get("pruned") or _pruned(target, sparsity, options, iterations=CG_ITERATIONS)
@@ -1175,6 +1195,11 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
                                              run_size)[0]
                     error = budget_math.error(metric, reference, output, labels)
                     proxy.measured(eps, error)
+                    log.debug("%s at sparsity %g, %d bits: eps %.4g, measured %.4g (%s)", target.name, sparsity, b, eps,
+                              error, proxy.describe())
+                else:
+                    log.debug("%s at sparsity %g, %d bits: eps %.4g, predicted %.4g (%s)", target.name, sparsity, b,
+                              eps, error, proxy.describe())
             return bytes_, error
 
         for step, sparsity in enumerate(tried_sparsities(target)):
