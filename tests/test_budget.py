@@ -523,6 +523,67 @@ def test_trials_are_predicted_from_the_layer_error_only_where_the_proxy_holds():
     assert root.predict(0.03, False) == pytest.approx(2 * 0.03 ** 0.5)
 
 
+def test_a_weight_whose_anchors_spread_is_predicted_at_or_above_every_anchor():
+    """Anchors spread by more than SPREAD (vgg16-tumor's block4_conv2 in a trace: KL / eps of 0.24, 0.56 and 0.087
+    at 2, 3, 4 bits): every trial within EXTRAPOLATE of their range is predicted, at least each anchor's
+    ratio-implied error (the largest ratio's); below the spread, the mean ratio as before."""
+    from types import SimpleNamespace
+    from onnxcomp.pipeline.autotune import EXTRAPOLATE, SPREAD, _Proxy
+    target = SimpleNamespace(statistics=None, original=np.ones((4, 4), np.float32))
+    for metric, power in (("kl", 1.0), ("rel_l2", 0.5)):
+        proxy = _Proxy(target, metric)
+        anchors = [(1.44e-3, 0.24), (1.50e-4, 0.56), (3.15e-5, 0.087)]
+        for eps, ratio in anchors:
+            proxy.measured(eps, ratio * eps ** power)
+        assert max(r for _, r in anchors) > SPREAD * min(r for _, r in anchors)
+        for eps in np.geomspace(3.15e-5 / EXTRAPOLATE, 1.44e-3 * EXTRAPOLATE, 25):
+            predicted = proxy.predict(float(eps), False)
+            assert predicted is not None
+            assert all(predicted >= ratio * eps ** power * (1 - 1e-12) for _, ratio in anchors)
+            assert predicted == pytest.approx(0.56 * eps ** power)
+        assert proxy.predict(3.15e-5 / EXTRAPOLATE / 1.1, False) is None  # outside the range: still measured
+        assert proxy.predict(1e-4, True) is None  # spot checks: still measured
+    close = _Proxy(target, "kl")
+    for eps, ratio in [(1e-3, 0.3), (1e-4, 0.6), (1e-5, 0.45)]:  # a spread of 2: the geometric mean
+        close.measured(eps, ratio * eps)
+    assert close.predict(1e-4, False) == pytest.approx((0.3 * 0.6 * 0.45) ** (1 / 3) * 1e-4)
+
+
+def test_spread_anchors_no_longer_send_every_trial_to_onnxruntime(tmp_path, rng, monkeypatch):
+    """_measure on the budget MLP with every other measured error 8x the true one (anchors spread by 8 > SPREAD):
+    trials are still predicted, each at or above every anchor's ratio-implied error at the time (until cache
+    version 14 all of them were measured)."""
+    from onnxcomp.pipeline import autotune
+    from onnxcomp.passes.calibration import run_batched
+    model, data = budget_mlp(tmp_path, rng)
+    x = np.load(data)["x"]
+    fit, hold = {"x": x[:60]}, {"x": x[60:]}
+    options = dict(prune="activation", score="wanda", reconstruct=True, ridge=1e-2, init="quantile", seed=0,
+                   rounding="obs", outliers="auto")
+    reference = run_batched(autotune._session(model), hold)[0]
+    real, calls, predictions = autotune.budget_math.error, [0], []
+
+    def spread(metric, reference, output, labels=None):
+        calls[0] += 1
+        return real(metric, reference, output, labels) * (8.0 if calls[0] % 2 else 1.0)
+
+    class Proxy(autotune._Proxy):
+        def predict(self, eps, spot_check):
+            predicted = super().predict(eps, spot_check)
+            if predicted is not None:
+                predictions.append((predicted, [ratio * eps for ratio in self._ratios()]))
+            return predicted
+
+    monkeypatch.setattr(autotune.budget_math, "error", spread)
+    monkeypatch.setattr(autotune, "_Proxy", Proxy)
+    sparsities, bits = (0.0, 0.3, 0.5, 0.6), (2, 3, 4, 5, 6)
+    curves = autotune._measure(model, fit, hold, reference, None, "cosine", sparsities, bits, options, 16)
+    trials = sum(len(points) - 1 for points in curves.values())
+    assert calls[0] < trials and len(predictions) == trials - calls[0]
+    assert any(max(implied) > autotune.SPREAD * min(implied) for _, implied in predictions)
+    assert all(predicted >= max(implied) * (1 - 1e-12) for predicted, implied in predictions)
+
+
 def test_messages_reach_line_progress_whole():
     import io
     from onnxcomp import progress

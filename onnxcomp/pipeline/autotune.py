@@ -1015,11 +1015,16 @@ class _Stopped(Exception):
 class _Proxy:
     """Decides, for one weight, which trials run the model and predicts the others (see the comment above)."""
 
-    def __init__(self, target, metric: str):
+    def __init__(self, target, metric: str, gram: np.ndarray | None = None):
+        """``gram``: the layer's Gram matrix as float64 when the caller has it (a row sample's proxy: its weight's)."""
         from onnxcomp.passes.calibration import to_rows
         self.power = 0.5 if metric == "rel_l2" else 1.0
         statistics = target.statistics
-        self.gram = statistics.gram if statistics is not None and statistics.cross is None else None
+        self.gram = None
+        if statistics is not None and statistics.cross is None and statistics.gram is not None:
+            # float64 once: layer_error's float64 products cast a float32 G per row block otherwise (the same bits)
+            from onnxcomp.core.reconstruction import float64_operand
+            self.gram = gram if gram is not None else float64_operand(statistics.gram)
         if self.gram is not None:
             self.layout = target.layer_input.layout
             self.rows = lambda values: to_rows(values, self.layout).astype(np.float64)
@@ -1142,7 +1147,7 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
         proxy = _Proxy(target, metric)
         suffix = None  # the model downstream of the weight (_Downstream), built when a trial first runs the model
         sample = _row_sample(target, options["seed"])
-        sample_error = _Proxy(sample, metric).layer_error if sample is not None else None
+        sample_error = _Proxy(sample, metric, proxy.gram).layer_error if sample is not None else None
         points, spent = [], 0.0  # spent: the cost (_trial_cost) of the trials run so far
         capped = set()  # bit widths whose error passed ``cap`` at a lower sparsity
         known = {(p[0], p[1]): p for p in cached.get(target.name, ()) if p[0] is not None}  # its cached 2^b points
