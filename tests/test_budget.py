@@ -517,6 +517,7 @@ def test_trials_are_predicted_from_the_layer_error_only_where_the_proxy_holds():
     proxy.measured(0.05, 0.5 * 0.05 * SPREAD * 1.1)  # the anchors spread: predicted from the largest ratio
     assert proxy.predict(0.03, False) == pytest.approx(0.5 * SPREAD * 1.1 * 0.03)
     assert proxy.predict(0.03, True) is None and proxy.predict(0.05 * EXTRAPOLATE * 1.1, False) is None
+    assert proxy.predict(0.009, False) is None  # below the anchors while they spread
     root = _Proxy(target, "rel_l2")
     for eps in (0.01, 0.02, 0.04):
         root.measured(eps, 2 * eps ** 0.5)
@@ -525,8 +526,9 @@ def test_trials_are_predicted_from_the_layer_error_only_where_the_proxy_holds():
 
 def test_a_weight_whose_anchors_spread_is_predicted_at_or_above_every_anchor():
     """Anchors spread by more than SPREAD (vgg16-tumor's block4_conv2 in a trace: KL / eps of 0.24, 0.56 and 0.087
-    at 2, 3, 4 bits): every trial within EXTRAPOLATE of their range is predicted, at least each anchor's
-    ratio-implied error (the largest ratio's); below the spread, the mean ratio as before."""
+    at 2, 3, 4 bits): every trial from the lowest anchor's eps to EXTRAPOLATE x the highest is predicted, at least
+    each anchor's ratio-implied error (the largest ratio's); below the lowest, measured; anchors spread by less, the
+    mean ratio as before."""
     from types import SimpleNamespace
     from onnxcomp.pipeline.autotune import EXTRAPOLATE, SPREAD, _Proxy
     target = SimpleNamespace(statistics=None, original=np.ones((4, 4), np.float32))
@@ -536,13 +538,14 @@ def test_a_weight_whose_anchors_spread_is_predicted_at_or_above_every_anchor():
         for eps, ratio in anchors:
             proxy.measured(eps, ratio * eps ** power)
         assert max(r for _, r in anchors) > SPREAD * min(r for _, r in anchors)
-        for eps in np.geomspace(3.15e-5 / EXTRAPOLATE, 1.44e-3 * EXTRAPOLATE, 25):
+        for eps in np.geomspace(3.15e-5, 1.44e-3 * EXTRAPOLATE, 25):
             predicted = proxy.predict(float(eps), False)
             assert predicted is not None
             assert all(predicted >= ratio * eps ** power * (1 - 1e-12) for _, ratio in anchors)
             assert predicted == pytest.approx(0.56 * eps ** power)
-        assert proxy.predict(3.15e-5 / EXTRAPOLATE / 1.1, False) is None  # outside the range: still measured
-        assert proxy.predict(1e-4, True) is None  # spot checks: still measured
+        assert proxy.predict(3.15e-5 * 0.9, False) is None  # below the anchors: measured (a floor would be missed)
+        assert proxy.predict(1.44e-3 * EXTRAPOLATE * 1.1, False) is None  # beyond EXTRAPOLATE: measured
+        assert proxy.predict(1e-4, True) is None  # spot checks: measured
     close = _Proxy(target, "kl")
     for eps, ratio in [(1e-3, 0.3), (1e-4, 0.6), (1e-5, 0.45)]:  # a spread of 2: the geometric mean
         close.measured(eps, ratio * eps)

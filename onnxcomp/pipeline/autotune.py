@@ -828,9 +828,10 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
 # fewer than ANCHORS anchors, when eps lies more than EXTRAPOLATE times outside the anchors' range, and for the first
 # setting of every SPOT_CHECK-th sparsity (a spot check that becomes an anchor). When the anchors' ratios m / eps^p
 # spread by more than SPREAD (the proxy is not exact enough for this weight), alpha is their largest ratio, not their
-# mean: the prediction errs on the safe side (at least every anchor's ratio-implied error); the check set confirms
-# what is written. Until cache version 14 such a weight had every trial measured: on vgg16-tumor's 4-class head the
-# anchors spread 6.5x and its ~1,100 whole-weight trials never finished (docs/benchmarks.md, vgg12).
+# mean: the prediction errs on the safe side (at least every anchor's ratio-implied error), and a trial whose eps
+# lies below every anchor's is measured (where a floor would make even the largest ratio too low); the check set
+# confirms what is written. Until cache version 14 such a weight had every trial measured: on vgg16-tumor's 4-class
+# head the anchors spread 6.5x and its ~1,100 whole-weight trials never finished (docs/benchmarks.md, vgg12).
 ANCHORS = 3
 SPOT_CHECK = 4
 SPREAD = 4.0  # predictions within a factor 2 of every anchor: attention query/key weights spread ~3.5x on MiniLM
@@ -1052,7 +1053,9 @@ class _Proxy:
     def predict(self, eps: float, spot_check: bool) -> float | None:
         """The predicted model error, or None when this trial must be measured: alpha * eps^p with alpha the
         anchors' geometric mean ratio when they spread by at most SPREAD, else their largest ratio (the upper
-        envelope: at least every anchor's ratio-implied error, alpha_j * eps^p for each j)."""
+        envelope: at least every anchor's ratio-implied error, alpha_j * eps^p for each j) for an eps no lower than
+        the anchors' (below them a weight whose model error levels off, a floor the power law misses, measures
+        above every ratio: silero-vad's convolutions at 5-8 bits, docs/benchmarks.md, vgg12)."""
         ratios = self._ratios()
         if spot_check or len(ratios) < ANCHORS:
             return None
@@ -1060,7 +1063,7 @@ class _Proxy:
         if not min(used) / EXTRAPOLATE <= eps <= max(used) * EXTRAPOLATE:
             return None
         if max(ratios) > SPREAD * min(ratios):
-            return max(ratios) * eps ** self.power
+            return max(ratios) * eps ** self.power if eps >= min(used) else None
         alpha = float(np.exp(np.mean(np.log(ratios))))
         return alpha * eps ** self.power
 

@@ -1,0 +1,59 @@
+"""The upper-envelope predictions of a calibrated run (branch vgg12: a weight whose anchors spread by more than
+autotune.SPREAD is predicted from their largest ratio) against the errors measured at the same settings by a run of
+the code before (every trial of such a weight measured in onnxruntime), same model, options and seeds.
+
+The predicted trials are read from the new run's compress log (-v: the proxy's 'predicted' lines give the anchors'
+spread), the measured errors from the old run's sensitivity cache. While the new run's anchors spread by more than
+SPREAD the old run's, a superset, did too, so the old run measured those settings. The new run's measured settings
+are the same computation in both (checked: their errors must be equal).
+usage: python bench/envelope_check.py NEW_LOG NEW_CACHE.json OLD_CACHE.json [--allowed E]
+  (--allowed: also the figures over the settings whose measured error is at most E, e.g. the budget's error)"""
+import argparse
+import json
+import re
+
+import numpy as np
+
+LINE = re.compile(r"DEBUG: (\S+) at sparsity ([0-9.e-]+), (\d+) bits: (row sample )?eps ([0-9.e+-]+), "
+                  r"(predicted|measured) ([0-9.e+-]+) \((\d+) anchors(?:, ratios ([0-9.e+-]+)-([0-9.e+-]+), spread ([0-9.]+))?\)")
+parser = argparse.ArgumentParser()
+parser.add_argument("log")
+parser.add_argument("new")
+parser.add_argument("old")
+parser.add_argument("--allowed", type=float)
+parser.add_argument("--spread", type=float, default=4.0, help="autotune.SPREAD")
+args = parser.parse_args()
+new, old = json.load(open(args.new)), json.load(open(args.old))
+lookup = {(name, p[0], p[1]): p[3] for name, points in old.items() for p in points if p[0] is not None and len(p) <= 4}
+pairs, same, differ = [], 0, []
+for line in open(args.log):
+    match = LINE.search(line)
+    if not match:
+        continue
+    name, sparsity, bits, _, eps, kind, error, _, low, high, spread = match.groups()
+    key = (name, float(sparsity), int(bits))
+    if key not in lookup:
+        continue
+    truth = lookup[key]
+    if kind == "measured":
+        same += truth == float(error)
+        if truth != float(error):
+            differ.append((key, float(error), truth))
+    elif spread is not None and float(spread) > args.spread:
+        pairs.append((name, key[1], key[2], float(eps), float(error), truth))
+print(f"measured in both: {same} settings equal, {len(differ)} differ {differ[:3]}")
+print(f"upper-envelope predictions with a measured error to compare: {len(pairs)} on {len({p[0] for p in pairs})} weights")
+if pairs:
+    ratio = np.array([p[4] / p[5] if p[5] > 0 else np.inf for p in pairs])
+    def summary(chosen, label):
+        if not chosen.any():
+            print(f"  {label}: none")
+            return
+        r = ratio[chosen]
+        print(f"  {label}: {chosen.sum()} settings; predicted / measured min {r.min():.3g}, median {np.median(r):.3g}, "
+              f"max {r.max():.3g}; below 1 (under-predicted): {(r < 1).sum()}")
+    summary(np.ones(len(pairs), bool), "all")
+    if args.allowed is not None:
+        summary(np.array([p[5] <= args.allowed for p in pairs]), f"measured error <= {args.allowed:g}")
+    for p, r in sorted(zip(pairs, ratio), key=lambda x: x[1])[:12]:
+        print(f"    {p[0][-48:]:48s} sparsity {p[1]:<5g} {p[2]} bits: eps {p[3]:.3g}, predicted {p[4]:.3g}, measured {p[5]:.3g} ({r:.2f}x)")
