@@ -829,7 +829,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
 # setting of every SPOT_CHECK-th sparsity (a spot check that becomes an anchor). When the anchors' ratios m / eps^p
 # spread by more than SPREAD (the proxy is not exact enough for this weight), alpha is their largest ratio, not their
 # mean: the prediction errs on the safe side (at least every anchor's ratio-implied error), and a trial whose eps
-# lies below every anchor's is measured (where a floor would make even the largest ratio too low); the check set
+# lies below every anchor's is measured (the envelope is least exact there, and a floor would make it too low); the check set
 # confirms what is written. Until cache version 14 such a weight had every trial measured: on vgg16-tumor's 4-class
 # head the anchors spread 6.5x and its ~1,100 whole-weight trials never finished (docs/benchmarks.md, vgg12).
 ANCHORS = 3
@@ -1054,8 +1054,9 @@ class _Proxy:
         """The predicted model error, or None when this trial must be measured: alpha * eps^p with alpha the
         anchors' geometric mean ratio when they spread by at most SPREAD, else their largest ratio (the upper
         envelope: at least every anchor's ratio-implied error, alpha_j * eps^p for each j) for an eps no lower than
-        the anchors' (below them a weight whose model error levels off, a floor the power law misses, measures
-        above every ratio: silero-vad's convolutions at 5-8 bits, docs/benchmarks.md, vgg12)."""
+        the lowest anchor's: below it, the small errors the tight budgets pick, the envelope was 1.9-13x the
+        measured error on silero-vad's spread weights (a floor would make it too low; none seen there), and few
+        trials lie below (the higher bit widths of the first sparsity): docs/benchmarks.md, vgg12."""
         ratios = self._ratios()
         if spot_check or len(ratios) < ANCHORS:
             return None
