@@ -55,7 +55,9 @@ for line in open(args.log):
         if abs(truth - float(error)) > 5e-4 * abs(truth):
             differ.append((key, float(error), truth))
     elif spread is not None and float(spread) > args.spread:
-        pairs.append((name, key[1], key[2], float(eps), float(error), truth))
+        used = [e for e, m in history.get(name, []) if e > 0 and m > 1e-6]
+        zone = "within" if min(used) <= float(eps) <= max(used) else "above" if float(eps) > max(used) else "below"
+        pairs.append((name, key[1], key[2], float(eps), float(error), truth, zone))
 print(f"measured in both: {same} settings equal, {len(differ)} differ {differ[:3]}")
 print(f"upper-envelope predictions with a measured error to compare: {len(pairs)} on {len({p[0] for p in pairs})} weights")
 if pairs:
@@ -68,10 +70,13 @@ if pairs:
         print(f"  {label}: {chosen.sum()} settings; predicted / measured min {r.min():.3g}, median {np.median(r):.3g}, "
               f"max {r.max():.3g}; below 1 (under-predicted): {(r < 1).sum()}")
     summary(np.ones(len(pairs), bool), "all")
+    for zone in ("below", "within", "above"):
+        summary(np.array([p[6] == zone for p in pairs]), f"eps {zone} the anchors' range")
     if args.allowed is not None:
         summary(np.array([p[5] <= args.allowed for p in pairs]), f"measured error <= {args.allowed:g}")
     for p, r in sorted(zip(pairs, ratio), key=lambda x: x[1])[:12]:
-        print(f"    {p[0][-48:]:48s} sparsity {p[1]:<5g} {p[2]} bits: eps {p[3]:.3g}, predicted {p[4]:.3g}, measured {p[5]:.3g} ({r:.2f}x)")
+        print(f"    {p[0][-48:]:48s} sparsity {p[1]:<5g} {p[2]} bits: eps {p[3]:.3g} ({p[6]}), predicted {p[4]:.3g}, "
+              f"measured {p[5]:.3g} ({r:.2f}x)")
 print(f"out of sample: {len(held_out)} trials measured after 3 anchors; the largest earlier ratio's prediction / measured:")
 for zone in ("below", "within", "above, within 4x", "beyond 4x"):
     chosen = [h for h in held_out if h[6] == zone]

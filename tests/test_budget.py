@@ -514,23 +514,23 @@ def test_trials_are_predicted_from_the_layer_error_only_where_the_proxy_holds():
     assert proxy.predict(0.03, False) == pytest.approx(0.015)
     assert proxy.predict(0.03, True) is None  # the spot check of a new sparsity
     assert proxy.predict(0.04 * EXTRAPOLATE * 1.1, False) is None
-    proxy.measured(0.05, 0.5 * 0.05 * SPREAD * 1.1)  # the anchors spread: predicted from the largest ratio
-    assert proxy.predict(0.03, False) == pytest.approx(0.5 * SPREAD * 1.1 * 0.03)
-    assert proxy.predict(0.03, True) is None and proxy.predict(0.05 * EXTRAPOLATE * 1.1, False) is None
-    assert proxy.predict(0.009, False) is None  # below the anchors while they spread
+    proxy.measured(0.05, 0.5 * 0.05 * SPREAD * 1.1)  # the proxy stops holding: everything is measured (by default)
+    assert proxy.predict(0.03, False) is None
     root = _Proxy(target, "rel_l2")
     for eps in (0.01, 0.02, 0.04):
         root.measured(eps, 2 * eps ** 0.5)
     assert root.predict(0.03, False) == pytest.approx(2 * 0.03 ** 0.5)
 
 
-def test_a_weight_whose_anchors_spread_is_predicted_at_or_above_every_anchor():
+def test_a_weight_whose_anchors_spread_is_predicted_at_or_above_every_anchor(monkeypatch):
     """Anchors spread by more than SPREAD (vgg16-tumor's block4_conv2 in a trace: KL / eps of 0.24, 0.56 and 0.087
     at 2, 3, 4 bits): every trial from the lowest anchor's eps to EXTRAPOLATE x the highest is predicted, at least
     each anchor's ratio-implied error (the largest ratio's); below the lowest, measured; anchors spread by less, the
-    mean ratio as before."""
+    mean ratio as before. ENVELOPE on (ONNXCOMP_ENVELOPE=1); off, every trial of such a weight is measured."""
     from types import SimpleNamespace
+    from onnxcomp.pipeline import autotune
     from onnxcomp.pipeline.autotune import EXTRAPOLATE, SPREAD, _Proxy
+    monkeypatch.setattr(autotune, "ENVELOPE", True)
     target = SimpleNamespace(statistics=None, original=np.ones((4, 4), np.float32))
     for metric, power in (("kl", 1.0), ("rel_l2", 0.5)):
         proxy = _Proxy(target, metric)
@@ -554,8 +554,8 @@ def test_a_weight_whose_anchors_spread_is_predicted_at_or_above_every_anchor():
 
 def test_spread_anchors_no_longer_send_every_trial_to_onnxruntime(tmp_path, rng, monkeypatch):
     """_measure on the budget MLP with every other measured error 8x the true one (anchors spread by 8 > SPREAD):
-    trials are still predicted, each at or above every anchor's ratio-implied error at the time (until cache
-    version 14 all of them were measured)."""
+    with ENVELOPE, trials are still predicted, each at or above every anchor's ratio-implied error at the time;
+    without, every trial after the anchors spread is measured."""
     from onnxcomp.pipeline import autotune
     from onnxcomp.passes.calibration import run_batched
     model, data = budget_mlp(tmp_path, rng)
@@ -579,12 +579,18 @@ def test_spread_anchors_no_longer_send_every_trial_to_onnxruntime(tmp_path, rng,
 
     monkeypatch.setattr(autotune.budget_math, "error", spread)
     monkeypatch.setattr(autotune, "_Proxy", Proxy)
+    monkeypatch.setattr(autotune.parallel, "default_workers", lambda: 1)  # the 8x pattern in one order of trials
     sparsities, bits = (0.0, 0.3, 0.5, 0.6), (2, 3, 4, 5, 6)
+    monkeypatch.setattr(autotune, "ENVELOPE", True)
     curves = autotune._measure(model, fit, hold, reference, None, "cosine", sparsities, bits, options, 16)
     trials = sum(len(points) - 1 for points in curves.values())
     assert calls[0] < trials and len(predictions) == trials - calls[0]
     assert any(max(implied) > autotune.SPREAD * min(implied) for _, implied in predictions)
     assert all(predicted >= max(implied) * (1 - 1e-12) for predicted, implied in predictions)
+    monkeypatch.setattr(autotune, "ENVELOPE", False)
+    enveloped, calls[0], predictions[:] = calls[0], 0, []
+    autotune._measure(model, fit, hold, reference, None, "cosine", sparsities, bits, options, 16)
+    assert calls[0] > enveloped and all(max(implied) <= autotune.SPREAD * min(implied) for _, implied in predictions)
 
 
 def test_messages_reach_line_progress_whole():

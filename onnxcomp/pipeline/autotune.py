@@ -88,14 +88,14 @@ CHECK = 0.25  # share of the calibration samples kept apart as the final check s
 CHECKS = 8  # passing allocations tried on the check set, in a fixed sequence from the largest down
 Z = 1.0  # the safety margin: one standard error (budget.error_bound)
 LADDER_STEP = 0.03  # allocations tested on the check set differ in size by at least this fraction
-CACHE_VERSION = 15  # 4: records keep outliers (--outliers, default auto); 5: a check set apart; 6: predicted errors; 7: capped;
+CACHE_VERSION = 14  # 4: records keep outliers (--outliers, default auto); 5: a check set apart; 6: predicted errors; 7: capped;
 # 8: the trials' ridge refits by conjugate gradients, row samples of 64K elements; 9: saturated bit widths not tried;
 # 10: calibration statistics from sampled positions (calibration.ROW_SAMPLE_POSITIONS); 11 and 12: branches calvgg10
 # and cal11a; 13: both: X^T X from at most max(65,536, 16 K) rows a pass (calibration.GRAM_ROWS_PER_FEATURE), uniform
 # codebooks matched to k-means (share_weights.MATCHED_UNIFORM; its on/off state is in the key's options too); 14: the
-# trials' refits by conjugate gradients as version 8 meant (ReconstructWeightsPass had dropped its iterations: calvgg11);
-# 15: a weight whose anchors spread by more than SPREAD is predicted from their largest ratio, not measured (vgg12).
-# Act-order rounding (obs.ACT_ORDER, branch calcnn11) enters the key only when on: off, the curves are those of before.
+# trials' refits by conjugate gradients as version 8 meant (ReconstructWeightsPass had dropped its iterations: calvgg11).
+# Act-order rounding (obs.ACT_ORDER, branch calcnn11) and the proxy's upper envelope (ENVELOPE, branch vgg12) enter the
+# key only when on: off, the curves are those of before.
 SAFE_RUNG = 0.5  # the check set's first rung: the allocation within this fraction of the error the search settled on
 PROBES = (1.5, 2.0)  # after the search, trials at these multiples of the largest allowed error that passed its bound
 RUNGS = 4  # rungs between the safe rung and the search's allocation, at geometric steps of the allowed error
@@ -481,8 +481,8 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     # A stand-in metric (top1 and accuracy budgets) has no such scale: its curves are not capped.
     cap = CAP * goal.max_error if metric == goal.metric and goal.max_error > 0 else None
     key = hashlib.sha256(json.dumps([CACHE_VERSION, options, min_elements, list(sparsities), list(bits), metric, holdout,
-                                     check, count, cap] + ([f"act_order={obs.ACT_ORDER}"] if obs.ACT_ORDER else []),
-                                    sort_keys=True).encode())
+                                     check, count, cap] + ([f"act_order={obs.ACT_ORDER}"] if obs.ACT_ORDER else [])
+                                    + (["envelope"] if ENVELOPE else []), sort_keys=True).encode())
     key.update(model.SerializeToString(deterministic=True))
     for name in sorted(data):
         key.update(np.ascontiguousarray(data[name]).tobytes())
@@ -826,17 +826,20 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
 # and kl, both second order in a small output change; p = 1/2 for rel_l2, first order). alpha is fit per weight on
 # trials measured end to end (anchors). A trial is measured in onnxruntime rather than predicted while the weight has
 # fewer than ANCHORS anchors, when eps lies more than EXTRAPOLATE times outside the anchors' range, and for the first
-# setting of every SPOT_CHECK-th sparsity (a spot check that becomes an anchor). When the anchors' ratios m / eps^p
-# spread by more than SPREAD (the proxy is not exact enough for this weight), alpha is their largest ratio, not their
-# mean: the prediction errs on the safe side (at least every anchor's ratio-implied error), and a trial whose eps
-# lies below every anchor's is measured (the envelope is least exact there, and a floor would make it too low); the check set
-# confirms what is written. Until cache version 14 such a weight had every trial measured: on vgg16-tumor's 4-class
-# head the anchors spread 6.5x and its ~1,100 whole-weight trials never finished (docs/benchmarks.md, vgg12).
+# setting of every SPOT_CHECK-th sparsity (a spot check that becomes an anchor), and for every trial of a weight whose
+# anchors' ratios m / eps^p spread by more than SPREAD (the proxy is not exact enough for this weight).
+# ENVELOPE (environment ONNXCOMP_ENVELOPE=1; off by default): such a weight's trials are predicted from the anchors'
+# largest ratio instead (at least every anchor's ratio-implied error), those whose eps lies below every anchor's
+# measured. Meant for vgg16-tumor, whose anchors spread and whose ~1,100 whole-weight trials never finished; not
+# safe as a default: on ppocr-cls the measured error was up to 26x the envelope's prediction (pruned settings: the
+# same eps costs up to 400x more model error than at sparsity 0), and its output went from 6.23x within tolerance
+# to 5.71x outside it (docs/benchmarks.md, vgg12).
 ANCHORS = 3
 SPOT_CHECK = 4
 SPREAD = 4.0  # predictions within a factor 2 of every anchor: attention query/key weights spread ~3.5x on MiniLM
 EXTRAPOLATE = 4.0
 NOISE = 1e-6  # model errors below this are float32 rounding noise, not a usable anchor
+ENVELOPE = os.environ.get("ONNXCOMP_ENVELOPE", "") == "1"
 
 
 FACTOR_CACHE_BYTES = 256 << 20  # the search rounds keep every layer's inverse factor while all fit in this many bytes
@@ -1052,11 +1055,11 @@ class _Proxy:
 
     def predict(self, eps: float, spot_check: bool) -> float | None:
         """The predicted model error, or None when this trial must be measured: alpha * eps^p with alpha the
-        anchors' geometric mean ratio when they spread by at most SPREAD, else their largest ratio (the upper
-        envelope: at least every anchor's ratio-implied error, alpha_j * eps^p for each j) for an eps no lower than
-        the lowest anchor's: below it, the small errors the tight budgets pick, the envelope was 1.9-13x the
-        measured error on silero-vad's spread weights (a floor would make it too low; none seen there), and few
-        trials lie below (the higher bit widths of the first sparsity): docs/benchmarks.md, vgg12."""
+        anchors' geometric mean ratio when they spread by at most SPREAD; beyond that, with ENVELOPE, their largest
+        ratio (the upper envelope: at least every anchor's ratio-implied error, alpha_j * eps^p for each j) for an
+        eps no lower than the lowest anchor's: below it, the small errors the tight budgets pick, the envelope was
+        1.9-13x the measured error on silero-vad's spread weights, and few trials lie below (the higher bit widths
+        of the first sparsity): docs/benchmarks.md, vgg12."""
         ratios = self._ratios()
         if spot_check or len(ratios) < ANCHORS:
             return None
@@ -1064,7 +1067,7 @@ class _Proxy:
         if not min(used) / EXTRAPOLATE <= eps <= max(used) * EXTRAPOLATE:
             return None
         if max(ratios) > SPREAD * min(ratios):
-            return max(ratios) * eps ** self.power if eps >= min(used) else None
+            return max(ratios) * eps ** self.power if ENVELOPE and eps >= min(used) else None
         alpha = float(np.exp(np.mean(np.log(ratios))))
         return alpha * eps ** self.power
 
