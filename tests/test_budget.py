@@ -552,7 +552,7 @@ def test_a_weight_whose_anchors_spread_is_predicted_at_or_above_every_anchor(mon
     assert close.predict(1e-4, False) == pytest.approx((0.3 * 0.6 * 0.45) ** (1 / 3) * 1e-4)
 
 
-def test_spread_anchors_no_longer_send_every_trial_to_onnxruntime(tmp_path, rng, monkeypatch):
+def test_the_envelope_predicts_a_spread_weights_trials_only_when_on(tmp_path, rng, monkeypatch):
     """_measure on the budget MLP with every other measured error 8x the true one (anchors spread by 8 > SPREAD):
     with ENVELOPE, trials are still predicted, each at or above every anchor's ratio-implied error at the time;
     without, every trial after the anchors spread is measured."""
