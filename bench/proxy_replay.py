@@ -3,7 +3,7 @@ another run of the same options wrote to its sensitivity cache, under three prox
 measured; the upper envelope, ONNXCOMP_ENVELOPE; log-log interpolation between the anchors that bracket eps, measured
 outside them): how many trials each measures and how many it under-predicts. A trial the cache's run predicted
 itself counts as measured at its prediction (main's rule then matches it exactly), so only spread weights' settings
-are true measurements: the figures are indicative (branch vgg12).
+are true measurements, and the log gives eps to 4 digits (under-predicted: by more than 0.1 %): indicative (branch vgg12).
 usage: python bench/proxy_replay.py LOG 'CACHE_GLOB' POWER  (POWER: 1 for kl and cosine, 0.5 for rel_l2)"""
 import json, re, sys, glob
 import numpy as np
@@ -61,7 +61,7 @@ for label, rule in (("main", rule_main), ("envelope v2", rule_envelope), ("betwe
                 measured += 1; anchors.append((e, t))
             else:
                 predicted += 1
-                if p < t * (1 - 1e-6): under += 1; worst.append((p / t, n[-28:], s, b, t))
+                if p < t * (1 - 1e-3): under += 1; worst.append((p / t, n[-28:], s, b, t))
     worst.sort()
     print(f"{label:16s}: measured {measured}, predicted {predicted}, under-predicted {under}; worst " +
           "; ".join(f"{w[1]} s{w[2]:g} {w[3]}b {w[0]:.2f}x (m {w[4]:.2g})" for w in worst[:4]))
