@@ -242,22 +242,32 @@ def compress(model: zoo.ZooModel, options: list[str], out: Path, timeout: float)
         stale.unlink(missing_ok=True)
     command = [onnxcomp_cli(), "compress", str(model.onnx_path), str(out), *options, "--report", str(report_path)]
     start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.terminate()  # SIGTERM: onnxcomp removes its staging folder (docs/robustness.md); SIGKILL would not
+    # stdout and stderr go to files while compress runs (`tail -f` them to follow a long run; a timed-out run keeps
+    # its progress lines), joined into MODEL.log when it ends
+    streams = out.parent / f"{model.name}.stdout.live", out.parent / f"{model.name}.stderr.live"
+    with open(streams[0], "w") as stdout_file, open(streams[1], "w") as stderr_file:
+        process = subprocess.Popen(command, stdout=stdout_file, stderr=stderr_file, text=True)
         try:
-            process.communicate(timeout=STOP_SECONDS)
+            process.wait(timeout=timeout)
+            timed_out = False
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate()
+            process.terminate()  # SIGTERM: onnxcomp removes its staging folder (docs/robustness.md); SIGKILL would not
+            try:
+                process.wait(timeout=STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            timed_out = True
+    stdout, stderr = (path.read_text() for path in streams)
+    (out.parent / f"{model.name}.log").write_text(stdout + "\n--- stderr\n" + stderr)
+    for path in streams:
+        path.unlink()
+    if timed_out:
         return {"error": f"compress timed out after {timeout:.0f} s", "seconds": timeout}
     result = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
     seconds = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime  # the compress process's CPU time
-    (out.parent / f"{model.name}.log").write_text(result.stdout + "\n--- stderr\n" + result.stderr)
     if result.returncode:
         return {"error": f"compress exit {result.returncode}: {last_line(result.stderr or result.stdout)}", "seconds": seconds,
                 "cpu_seconds": cpu}

@@ -501,7 +501,8 @@ def test_counted_budgets_hold_on_separate_evaluation_data(tmp_path, rng, budget,
 
 def test_trials_are_predicted_from_the_layer_error_only_where_the_proxy_holds():
     """_Proxy: measured while it has fewer than ANCHORS anchors, for the first setting of a sparsity, outside the
-    anchors' range, and whenever the anchors' ratios spread; else alpha * eps (cosine) or alpha * sqrt(eps) (rel_l2)."""
+    anchors' range; else alpha * eps (cosine) or alpha * sqrt(eps) (rel_l2), alpha the anchors' mean ratio, or their
+    largest when they spread by more than SPREAD."""
     from types import SimpleNamespace
     from onnxcomp.pipeline.autotune import ANCHORS, EXTRAPOLATE, SPREAD, _Proxy
     target = SimpleNamespace(statistics=None, original=np.ones((4, 4), np.float32))
@@ -513,12 +514,83 @@ def test_trials_are_predicted_from_the_layer_error_only_where_the_proxy_holds():
     assert proxy.predict(0.03, False) == pytest.approx(0.015)
     assert proxy.predict(0.03, True) is None  # the spot check of a new sparsity
     assert proxy.predict(0.04 * EXTRAPOLATE * 1.1, False) is None
-    proxy.measured(0.05, 0.5 * 0.05 * SPREAD * 1.1)  # the proxy stops holding: everything is measured
+    proxy.measured(0.05, 0.5 * 0.05 * SPREAD * 1.1)  # the proxy stops holding: everything is measured (by default)
     assert proxy.predict(0.03, False) is None
     root = _Proxy(target, "rel_l2")
     for eps in (0.01, 0.02, 0.04):
         root.measured(eps, 2 * eps ** 0.5)
     assert root.predict(0.03, False) == pytest.approx(2 * 0.03 ** 0.5)
+
+
+def test_a_weight_whose_anchors_spread_is_predicted_at_or_above_every_anchor(monkeypatch):
+    """Anchors spread by more than SPREAD (vgg16-tumor's block4_conv2 in a trace: KL / eps of 0.24, 0.56 and 0.087
+    at 2, 3, 4 bits): every trial from the lowest anchor's eps to EXTRAPOLATE x the highest is predicted, at least
+    each anchor's ratio-implied error (the largest ratio's); below the lowest, measured; anchors spread by less, the
+    mean ratio as before. ENVELOPE on (ONNXCOMP_ENVELOPE=1); off, every trial of such a weight is measured."""
+    from types import SimpleNamespace
+    from onnxcomp.pipeline import autotune
+    from onnxcomp.pipeline.autotune import EXTRAPOLATE, SPREAD, _Proxy
+    monkeypatch.setattr(autotune, "ENVELOPE", True)
+    target = SimpleNamespace(statistics=None, original=np.ones((4, 4), np.float32))
+    for metric, power in (("kl", 1.0), ("rel_l2", 0.5)):
+        proxy = _Proxy(target, metric)
+        anchors = [(1.44e-3, 0.24), (1.50e-4, 0.56), (3.15e-5, 0.087)]
+        for eps, ratio in anchors:
+            proxy.measured(eps, ratio * eps ** power)
+        assert max(r for _, r in anchors) > SPREAD * min(r for _, r in anchors)
+        for eps in np.geomspace(3.15e-5, 1.44e-3 * EXTRAPOLATE, 25):
+            predicted = proxy.predict(float(eps), False)
+            assert predicted is not None
+            assert all(predicted >= ratio * eps ** power * (1 - 1e-12) for _, ratio in anchors)
+            assert predicted == pytest.approx(0.56 * eps ** power)
+        assert proxy.predict(3.15e-5 * 0.9, False) is None  # below the anchors: measured (a floor would be missed)
+        assert proxy.predict(1.44e-3 * EXTRAPOLATE * 1.1, False) is None  # beyond EXTRAPOLATE: measured
+        assert proxy.predict(1e-4, True) is None  # spot checks: measured
+    close = _Proxy(target, "kl")
+    for eps, ratio in [(1e-3, 0.3), (1e-4, 0.6), (1e-5, 0.45)]:  # a spread of 2: the geometric mean
+        close.measured(eps, ratio * eps)
+    assert close.predict(1e-4, False) == pytest.approx((0.3 * 0.6 * 0.45) ** (1 / 3) * 1e-4)
+
+
+def test_the_envelope_predicts_a_spread_weights_trials_only_when_on(tmp_path, rng, monkeypatch):
+    """_measure on the budget MLP with every other measured error 8x the true one (anchors spread by 8 > SPREAD):
+    with ENVELOPE, trials are still predicted, each at or above every anchor's ratio-implied error at the time;
+    without, every trial after the anchors spread is measured."""
+    from onnxcomp.pipeline import autotune
+    from onnxcomp.passes.calibration import run_batched
+    model, data = budget_mlp(tmp_path, rng)
+    x = np.load(data)["x"]
+    fit, hold = {"x": x[:60]}, {"x": x[60:]}
+    options = dict(prune="activation", score="wanda", reconstruct=True, ridge=1e-2, init="quantile", seed=0,
+                   rounding="obs", outliers="auto")
+    reference = run_batched(autotune._session(model), hold)[0]
+    real, calls, predictions = autotune.budget_math.error, [0], []
+
+    def spread(metric, reference, output, labels=None):
+        calls[0] += 1
+        return real(metric, reference, output, labels) * (8.0 if calls[0] % 2 else 1.0)
+
+    class Proxy(autotune._Proxy):
+        def predict(self, eps, spot_check):
+            predicted = super().predict(eps, spot_check)
+            if predicted is not None:
+                predictions.append((predicted, [ratio * eps for ratio in self._ratios()]))
+            return predicted
+
+    monkeypatch.setattr(autotune.budget_math, "error", spread)
+    monkeypatch.setattr(autotune, "_Proxy", Proxy)
+    monkeypatch.setattr(autotune.parallel, "default_workers", lambda: 1)  # the 8x pattern in one order of trials
+    sparsities, bits = (0.0, 0.3, 0.5, 0.6), (2, 3, 4, 5, 6)
+    monkeypatch.setattr(autotune, "ENVELOPE", True)
+    curves = autotune._measure(model, fit, hold, reference, None, "cosine", sparsities, bits, options, 16)
+    trials = sum(len(points) - 1 for points in curves.values())
+    assert calls[0] < trials and len(predictions) == trials - calls[0]
+    assert any(max(implied) > autotune.SPREAD * min(implied) for _, implied in predictions)
+    assert all(predicted >= max(implied) * (1 - 1e-12) for predicted, implied in predictions)
+    monkeypatch.setattr(autotune, "ENVELOPE", False)
+    enveloped, calls[0], predictions[:] = calls[0], 0, []
+    autotune._measure(model, fit, hold, reference, None, "cosine", sparsities, bits, options, 16)
+    assert calls[0] > enveloped and all(max(implied) <= autotune.SPREAD * min(implied) for _, implied in predictions)
 
 
 def test_messages_reach_line_progress_whole():

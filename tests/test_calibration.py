@@ -214,6 +214,54 @@ def test_normal_equations_by_columns_give_the_bits_of_the_row_compressed_product
     assert all(np.array_equal(a, b) for a, b in zip(by_columns, by_rows))
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_a_float64_gram_cast_once_gives_the_bits_of_the_per_block_casts(rng, monkeypatch, symmetric):
+    """refit_codebook and autotune._Proxy cast a float32 Gram matrix to float64 once (branch vgg12) where their
+    float64 products cast it per row block before: the same bits as the mixed products of before (written out here),
+    on row blocks of 1-16 rows too (a transposed view of the cast copy gives other bits on few rows), whether G is
+    symmetric bit for bit (the calibration's) or not."""
+    x = rng.standard_normal((400, 30)) @ rng.standard_normal((30, 96))
+    gram = (x.T @ x).astype(np.float32)
+    if not symmetric:
+        gram[3, 5] *= 1.0001
+    wide = reconstruction.float64_operand(gram)
+    w = rng.standard_normal((40, 96))
+    v = w + 0.01 * rng.standard_normal(w.shape)
+    for rows in (1, 5, 12, 40):
+        assert np.array_equal(w[:rows] @ gram, w[:rows] @ wide)
+        assert np.array_equal(w[:rows] @ gram.T, w[:rows] @ reconstruction.float64_operand(gram.T))
+    monkeypatch.setattr(reconstruction, "DENSE_CHUNK_ELEMENTS", 16 * 96)  # row blocks of 16, 16 and 8 rows
+    assert np.array_equal(reconstruction.row_errors(v, w, gram), reconstruction.row_errors(v, w, wide))
+    w32 = w.astype(np.float32)
+    codebook = np.quantile(w32, (np.arange(6) + 0.5) / 6).astype(np.float32)
+    indices = np.abs(w32[..., None] - codebook).argmin(-1)
+    exact = rng.random(w.shape) < 0.05
+    values = np.where(exact, rng.standard_normal(w.shape), 0.0).astype(np.float32)
+    for outliers in (None, exact):
+        kept = None if outliers is None else values
+        normal, rhs = reconstruction.normal_equations(w32, indices, 6, gram, exact=outliers, exact_values=kept)
+        before = np.zeros(7 if outliers is not None else 6)  # the right-hand side as before: mixed products per block
+        for part in reconstruction.row_chunks(*indices.shape, reconstruction.DENSE_CHUNK_ELEMENTS, reconstruction.ROW_CHUNK):
+            gw = np.asarray(w32[part], dtype=np.float64) @ gram.T
+            idx = indices[part]
+            if outliers is not None:
+                idx = np.where(outliers[part], 6, idx)
+                gw = gw - np.where(outliers[part], np.asarray(kept[part], dtype=np.float64), 0.0) @ gram
+            np.add.at(before, idx.ravel(), gw.ravel())
+        assert np.array_equal(rhs, before[:6])
+    casts = []
+    real = np.ascontiguousarray
+
+    def counted(array, dtype=None):
+        if dtype is not None and np.dtype(dtype) != array.dtype and array.shape == gram.shape:
+            casts.append(array.dtype)
+        return real(array, dtype=dtype)
+
+    monkeypatch.setattr(reconstruction.np, "ascontiguousarray", counted)
+    refit = reconstruction.refit_codebook(w32, indices, codebook, gram, False)
+    assert len(casts) == (1 if symmetric else 2) and not np.array_equal(refit, codebook)
+
+
 @pytest.mark.parametrize("with_outliers", [False, True])
 @pytest.mark.parametrize("sequential", [False, True])
 def test_normal_equations_match_the_row_by_row_assembly(rng, with_outliers, sequential):

@@ -176,33 +176,48 @@ def _conjugate_gradients(keep: np.ndarray, gram: np.ndarray, target: np.ndarray,
 ROW_CHUNK = 16  # rows whose one-hot index matrices are multiplied by the Gram matrix at once
 
 
+def float64_operand(matrix: np.ndarray) -> np.ndarray:
+    """``matrix`` (any float dtype, possibly a transposed view) as the right operand that numpy's product of a
+    float64 array by it multiplies with: the array itself when float64, else a C-contiguous float64 copy, the
+    operand numpy's mixed float64 @ float32 product casts it to (each time: 170 MB for a 4,608 x 4,608 Gram
+    matrix). Multiplying by this copy gives the mixed product's bits; multiplying by a transposed view of a cast
+    copy does not (a different BLAS call: other bits on products of 1-12 rows, numpy 2 / OpenBLAS)."""
+    if matrix.dtype == np.float64:
+        return matrix
+    return np.ascontiguousarray(matrix, dtype=np.float64)
+
+
 def normal_equations(original: np.ndarray, indices: np.ndarray, k: int, gram: np.ndarray,
                      cross: np.ndarray | None = None, exact: np.ndarray | None = None,
-                     exact_values: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     exact_values: np.ndarray | None = None, wide: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(sum_i M_i^T G M_i, sum_i M_i^T (G w_i - G_:O v_O))``: float64 [k, k] and [k] for rows ``original`` and
     ``indices`` [outputs, inputs] into a codebook of ``k`` entries; outliers (``exact``) belong to no entry.
 
     Each row's one-hot matrix M_i [inputs, k] is sparse (one 1 per input), so ``M_i^T G`` is a sum of rows of G
     (inputs^2 additions, not inputs^2 * k multiplications): a chunk of rows is one sparse-times-dense product,
     and ``(M_i^T G) M_i`` a bincount. Outliers go to an extra group k that is dropped at the end, which equals
-    removing their rows and columns from G. Cost O(outputs * inputs^2) additions, memory O(ROW_CHUNK * k * inputs)."""
+    removing their rows and columns from G. Cost O(outputs * inputs^2) additions, memory O(ROW_CHUNK * k * inputs).
+    ``wide``: ``float64_operand(gram)`` when the caller has it (refit_codebook), else cast here."""
     from scipy import sparse
 
     rows, inputs = indices.shape
     groups = k + 1 if exact is not None else k
-    weights = gram if cross is None else cross
     rhs = np.zeros(groups)
     normal = np.zeros(groups * groups)
-    dense = np.ascontiguousarray(gram, dtype=np.float64)
+    dense = wide if wide is not None and wide.flags.c_contiguous else np.ascontiguousarray(gram, dtype=np.float64)
+    # the float64 products below multiply by a float32 G's float64 copies cast once, not per row block (the same
+    # bits: float64_operand); G^T is G itself when G is symmetric bit for bit (the calibration's is)
+    weights = cross.T if cross is not None else gram.T if gram.dtype == np.float64 else (
+        dense if np.array_equal(gram, gram.T) else float64_operand(gram.T))
     # row blocks of DENSE_CHUNK_ELEMENTS weights (a multiple of ROW_CHUNK rows): np.add.at adds each block's
     # G w_i into the right-hand side in the same order as one bincount over all rows would
     for part in row_chunks(rows, inputs, DENSE_CHUNK_ELEMENTS, ROW_CHUNK):
         idx = np.asarray(indices[part], dtype=np.int64)
-        gw = np.asarray(original[part], dtype=np.float64) @ weights.T  # rows of (G w_i)^T
+        gw = np.asarray(original[part], dtype=np.float64) @ weights  # rows of (G w_i)^T
         if exact is not None:
             idx = np.where(exact[part], k, idx)
             fixed = np.where(exact[part], np.asarray(exact_values[part], dtype=np.float64), 0.0)
-            gw = gw - fixed @ gram  # G is symmetric: (G_:O v_O)^T
+            gw = gw - fixed @ dense  # G is symmetric: (G_:O v_O)^T
             del fixed
         np.add.at(rhs, idx.ravel(), gw.ravel())
         del gw
@@ -276,7 +291,12 @@ def refit_codebook(original: np.ndarray, indices: np.ndarray, codebook: np.ndarr
     if activations is not None:
         normal, rhs = normal_equations_low_rank(original, indices, k, activations, exact, exact_values)
     else:
-        normal, rhs = normal_equations(original, indices, k, gram, cross, exact, exact_values)
+        wide = None
+        if cross is None:  # G as float64 once for the normal equations and both totals' float64 products (the same
+            # bits as the casts each product made per row block: 7-10 casts of 170 MB a refit at 4,608 inputs)
+            wide = float64_operand(gram)
+        normal, rhs = normal_equations(original, indices, k, gram, cross, exact, exact_values, wide)
+        gram = gram if wide is None else wide
     sub = normal[np.ix_(free, free)]
     sub += ridge * (np.trace(sub) / len(free) + 1e-12) * np.eye(len(free))
     candidate = codebook.astype(np.float64).copy()
