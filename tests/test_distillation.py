@@ -111,6 +111,8 @@ def _compress(tmp_path, name, model, data, **options):
 
 
 def test_a_refused_graph_compresses_as_without_distillation_and_says_so_once(tmp_path, rng, caplog):
+    """On by default (``--sequential``), a refusal is an info line; asked for (``--distill``), one warning per process.
+    Either way the bytes are those of ``--no-distill``."""
     # a branch: the second layer's output is added to a side layer's
     model = make_model([helper.make_node("Gemm", ["x", "w0"], ["a"], transB=1, name="g0"),
                         helper.make_node("Relu", ["a"], ["h"], name="r0"),
@@ -122,12 +124,16 @@ def test_a_refused_graph_compresses_as_without_distillation_and_says_so_once(tmp
     data = {"x": rng.standard_normal((64, 4)).astype(np.float32)}
     distill_weights._SAID.clear()
     with caplog.at_level(logging.INFO, logger="onnxcomp"):
-        on, _ = _compress(tmp_path, "on", model, data)
-        on_again, _ = _compress(tmp_path, "on_again", model, data)
+        default, _ = _compress(tmp_path, "default", model, data)
+        said = [r for r in caplog.records if "distillation skipped" in r.getMessage()]
+        assert said and all(r.levelno == logging.INFO for r in said)
+        caplog.clear()
+        on, _ = _compress(tmp_path, "on", model, data, distill=True)
+        on_again, _ = _compress(tmp_path, "on_again", model, data, distill=True)
     off, _ = _compress(tmp_path, "off", model, data, distill=False)
     said = [r for r in caplog.records if r.levelno == logging.WARNING and "distillation skipped" in r.getMessage()]
     assert len(said) == 1 and "read by 2 nodes" in said[0].getMessage()
-    for path in (on, on_again):
+    for path in (default, on, on_again):
         assert path.read_bytes() == off.read_bytes()
         assert path.with_suffix(".onnxcomp").read_bytes() == off.with_suffix(".onnxcomp").read_bytes()
 

@@ -145,10 +145,10 @@ def recognise_chain(model: onnx.ModelProto) -> Chain | str:
     return Chain(inputs[0].name, end, layers)
 
 
-def say_once(reason: str) -> None:
+def say_once(reason: str, warn: bool = True) -> None:
     """Log ``reason`` as a warning the first time this process meets it (the budget's check set compresses many
-    candidates of one model), as info later."""
-    if reason in _SAID:
+    candidates of one model), as info later; always as info when not ``warn``."""
+    if not warn or reason in _SAID:
         log.info("%s", reason)
         return
     _SAID.add(reason)
@@ -157,12 +157,14 @@ def say_once(reason: str) -> None:
 
 class DistillWeightsPass(GraphPass):
     """Options: ``data`` (input name -> calibration arrays, samples on axis 0), ``holdout`` (share of the samples the
-    fit stops on), ``seed`` (the split), ``learning_rate``, ``max_steps``, ``patience`` (onnxcomp/core/distillation.py)."""
+    fit stops on), ``seed`` (the split), ``learning_rate``, ``max_steps``, ``patience`` (onnxcomp/core/distillation.py),
+    ``explicit``: the user asked for it (``--distill``), so a refusal is a warning; on by default with ``--sequential``
+    it is an info line (``-v``): most graphs are no fully connected chain, and nothing was asked of them."""
 
     def __init__(self, *, data: dict[str, np.ndarray], holdout: float = HOLDOUT, seed: int = 0,
                  learning_rate: float = distillation.LEARNING_RATE, max_steps: int = distillation.MAX_STEPS,
-                 patience: int = distillation.PATIENCE) -> None:
-        self.data, self.holdout, self.seed = data, holdout, seed
+                 patience: int = distillation.PATIENCE, explicit: bool = False) -> None:
+        self.data, self.holdout, self.seed, self.explicit = data, holdout, seed, explicit
         self.learning_rate, self.max_steps, self.patience = learning_rate, max_steps, patience
         self.result: distillation.FitResult | None = None  # the last run's fit
 
@@ -173,7 +175,7 @@ class DistillWeightsPass(GraphPass):
         if reason is None and (chain.input not in self.data or len(self.data[chain.input]) < MIN_SAMPLES):
             reason = f"fewer than {MIN_SAMPLES} calibration samples"
         if reason is not None:
-            say_once(f"distillation skipped: {reason}")
+            say_once(f"distillation skipped: {reason}", self.explicit)
         return reason
 
     def run(self, state: CompressionState) -> PassResult:
@@ -192,7 +194,7 @@ class DistillWeightsPass(GraphPass):
         mismatch = float(np.linalg.norm(reproduced - expected) / max(np.linalg.norm(expected), 1e-30))
         if mismatch > REPRODUCED:
             say_once(f"distillation skipped: the chain as recognised does not reproduce the model's output "
-                     f"(relative error {mismatch:.2g})")
+                     f"(relative error {mismatch:.2g})", self.explicit)
             return PassResult(False, "chain not reproduced")
         order = np.random.default_rng(self.seed).permutation(len(x))
         held = max(1, int(round(self.holdout * len(x))))

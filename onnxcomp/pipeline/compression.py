@@ -238,7 +238,7 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
                                   cache=share_cache if calib is None else None,
                                   matched_uniform=calib is not None and share_weights.MATCHED_UNIFORM))
     if sequential:
-        distiller = DistillWeightsPass(data=calib, seed=seed) if distill is not False else None
+        distiller = DistillWeightsPass(data=calib, seed=seed, explicit=bool(distill)) if distill is not False else None
         passes.append(CompressSequentiallyPass(data=calib, steps=steps, batch=calib_batch, threshold=activation_threshold,
                                                reuse=sequential_reuse, distill=distiller))
     elif PIPELINED and allocate is not None and not settings and calib is None and scope == "layer":
