@@ -191,7 +191,8 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
     options that differ only in per-weight settings (CompressSequentiallyPass; the budget's check set).
     ``distill`` (default: on with ``sequential``, which it needs): a fully connected chain's pruned weights and biases
     are fit to the original model's outputs on the calibration inputs between pruning and sharing
-    (DistillWeightsPass; other graphs are left to the walk as before, said once).
+    (DistillWeightsPass; other graphs are left to the walk as before: a warning, once, when ``distill`` is True, an
+    info line when it is only on by default).
     """
     if format not in FORMATS:
         raise InvalidOptionError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
