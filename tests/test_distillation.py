@@ -77,9 +77,17 @@ def test_fit_keeps_pruned_weights_at_zero_and_lowers_the_error_on_unseen_samples
     assert distillation.error(result.layers, x[600:], target[600:]) < 0.8 * unseen
 
 
-@pytest.mark.parametrize("variant", ["conv", "branch", "softmax", "shared"])
+@pytest.mark.parametrize("variant", ["conv", "branch", "softmax", "shared", "no_output", "cycle"])
 def test_graphs_that_are_not_a_chain_are_refused(rng, variant):
-    if variant == "conv":
+    """A reason, never an exception or a hang, also for malformed graphs (a node writing nothing, a cycle), which
+    onnx's checker would refuse: built here without it."""
+    if variant in ("no_output", "cycle"):
+        tail = ([helper.make_node("Relu", ["a"], [], name="r")] if variant == "no_output" else
+                [helper.make_node("Identity", ["a"], ["b"], name="i0"), helper.make_node("Identity", ["b"], ["a"], name="i1")])
+        graph = helper.make_graph([helper.make_node("Gemm", ["x", "w0"], ["a"], transB=1, name="g0"), *tail], "t",
+                                  [float_input("x", ["N", 4])], [float_input("y", ["N", 3])], [weight(rng, "w0", (3, 4))])
+        model = helper.make_model(graph)
+    elif variant == "conv":
         model = make_model([helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], [float_input("x", [1, 2, 5, 5])],
                            [float_input("y", [1, 3, 3, 3])], [weight(rng, "w", (3, 2, 3, 3))])
     elif variant == "branch":

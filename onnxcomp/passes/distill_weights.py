@@ -71,7 +71,7 @@ def recognise_chain(model: onnx.ModelProto) -> Chain | str:
             readers.setdefault(name, []).append(node)
     current, layers, pending = inputs[0].name, [], None  # pending: a MatMul whose bias Add may follow
     end = graph.output[0].name
-    while True:
+    for _ in range(len(graph.node) + 1):  # a chain visits each node once at most: more steps mean a cycle
         nodes = readers.get(current, [])
         if current == end and not nodes:
             break
@@ -119,9 +119,11 @@ def recognise_chain(model: onnx.ModelProto) -> Chain | str:
             return f"node {node.name or op} ({op}) is not part of a fully connected chain"
         if op not in ("Reshape",) and any(name not in initializers for name in others):
             return f"node {node.name or op} reads a value that is not a constant"
+        if not node.output or not node.output[0]:
+            return f"node {node.name or op} writes no value"
         current = node.output[0]
-        if current == end and not readers.get(current):
-            break
+    else:
+        return f"the graph has a cycle through {current}"
     if not layers:
         return "it has no fully connected layer"
     used = [name for layer in layers for name in (layer.weight, layer.bias) if name]
