@@ -552,18 +552,25 @@ def test_a_weight_whose_anchors_spread_is_predicted_at_or_above_every_anchor(mon
     assert close.predict(1e-4, False) == pytest.approx((0.3 * 0.6 * 0.45) ** (1 / 3) * 1e-4)
 
 
+def _curve_inputs(tmp_path, rng, fitted: int):
+    """The budget MLP, its first ``fitted`` calibration samples to fit, the rest held back with the model's outputs on
+    them, and the options of a calibrated run: _measure's arguments."""
+    from onnxcomp.pipeline import autotune
+    from onnxcomp.passes.calibration import run_batched
+    model, data = budget_mlp(tmp_path, rng)
+    x = np.load(data)["x"]
+    fit, hold = {"x": x[:fitted]}, {"x": x[fitted:]}
+    options = dict(prune="activation", score="wanda", reconstruct=True, ridge=1e-2, init="quantile", seed=0,
+                   rounding="obs", outliers="auto")
+    return model, fit, hold, run_batched(autotune._session(model), hold)[0], options
+
+
 def test_the_envelope_predicts_a_spread_weights_trials_only_when_on(tmp_path, rng, monkeypatch):
     """_measure on the budget MLP with every other measured error 8x the true one (anchors spread by 8 > SPREAD):
     with ENVELOPE, trials are still predicted, each at or above every anchor's ratio-implied error at the time;
     without, every trial after the anchors spread is measured."""
     from onnxcomp.pipeline import autotune
-    from onnxcomp.passes.calibration import run_batched
-    model, data = budget_mlp(tmp_path, rng)
-    x = np.load(data)["x"]
-    fit, hold = {"x": x[:60]}, {"x": x[60:]}
-    options = dict(prune="activation", score="wanda", reconstruct=True, ridge=1e-2, init="quantile", seed=0,
-                   rounding="obs", outliers="auto")
-    reference = run_batched(autotune._session(model), hold)[0]
+    model, fit, hold, reference, options = _curve_inputs(tmp_path, rng, 60)
     real, calls, predictions = autotune.budget_math.error, [0], []
 
     def spread(metric, reference, output, labels=None):
@@ -1302,13 +1309,7 @@ def test_a_spread_weights_trials_are_measured_on_the_subset(tmp_path, rng, monke
     on the subset alone, against the subset's reference rows. Where no anchors spread (SPREAD huge), the subset
     changes nothing: the same curves, every trial on all the samples."""
     from onnxcomp.pipeline import autotune
-    from onnxcomp.passes.calibration import run_batched
-    model, data = budget_mlp(tmp_path, rng)
-    x = np.load(data)["x"]
-    fit, hold = {"x": x[:40]}, {"x": x[40:]}
-    options = dict(prune="activation", score="wanda", reconstruct=True, ridge=1e-2, init="quantile", seed=0,
-                   rounding="obs", outliers="auto")
-    reference = run_batched(autotune._session(model), hold)[0]
+    model, fit, hold, reference, options = _curve_inputs(tmp_path, rng, 40)
     rows = np.array([1, 4, 5, 9, 13, 20, 22, 30, 31, 38])
     subset = ({"x": hold["x"][rows]}, reference[rows], None)
     real, calls = autotune.budget_math.error, []

@@ -11,7 +11,9 @@
    its curves (``CAP``), so it is part of the key.
    Top-1 and accuracy budgets move in steps of one sample, too coarse to rank candidates: their curves
    measure a smooth stand-in instead (the KL divergence of the softmax outputs for class scores, else the
-   relative L2 error; budget.allocation_metric).
+   relative L2 error; budget.allocation_metric). Most trials are predicted from the layer's own output error
+   (_Proxy); where a run on the held-back samples is costly, a weight whose predictions do not hold is measured on
+   a fixed subset of them (held_subset).
 3. Allocation (onnxcomp/budget.py) assumes errors add up; the chosen model is then compressed for real and
    measured end to end in onnxruntime with the custom ops, in the budget's own metric. The allowed
    (predicted) error is then searched: shrunk on a miss, grown when there is room, bisected between the two
