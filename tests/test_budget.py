@@ -1289,8 +1289,8 @@ def test_a_held_back_subset_only_where_a_run_on_them_is_costly(tmp_path, rng, mo
     assert autotune.held_subset(model, hold, reference, labels, {"x": 0}, 0) is None
     monkeypatch.setattr(autotune, "SUBSET_WORK", 1920 * 40 - 1)
     monkeypatch.setattr(autotune, "held_subset_size", lambda count: 12)
-    feeds, wanted, truth = autotune.held_subset(model, hold, reference, labels, {"x": 0}, 0)
-    assert len(truth) == 12 and np.all(np.diff(truth) > 0)
+    feeds, wanted, truth, rows = autotune.held_subset(model, hold, reference, labels, {"x": 0}, 0)
+    assert np.array_equal(rows, truth) and len(truth) == 12 and np.all(np.diff(truth) > 0)
     assert np.array_equal(feeds["x"], hold["x"][truth]) and np.array_equal(wanted, reference[truth])
     again = autotune.held_subset(model, hold, reference, labels, {"x": 0}, 0)
     assert np.array_equal(again[2], truth)
@@ -1311,7 +1311,7 @@ def test_a_spread_weights_trials_are_measured_on_the_subset(tmp_path, rng, monke
     from onnxcomp.pipeline import autotune
     model, fit, hold, reference, options = _curve_inputs(tmp_path, rng, 40)
     rows = np.array([1, 4, 5, 9, 13, 20, 22, 30, 31, 38])
-    subset = ({"x": hold["x"][rows]}, reference[rows], None)
+    subset = ({"x": hold["x"][rows]}, reference[rows], None, rows)
     real, calls = autotune.budget_math.error, []
 
     def spread(metric, wanted, output, labels=None):

@@ -1043,9 +1043,9 @@ def held_subset_size(count: int) -> int:
 
 
 def held_subset(model: onnx.ModelProto, hold: dict, reference: np.ndarray, labels, axes: dict,
-                seed: int) -> tuple[dict, np.ndarray, np.ndarray | None] | None:
-    """(feeds, reference outputs, labels or None) of held_subset_size of the held-back samples, drawn seeded
-    (``seed + 2``; in file order), on which _measure runs the trials of a weight whose anchors spread; None (every
+                seed: int) -> tuple[dict, np.ndarray, np.ndarray | None, np.ndarray] | None:
+    """(feeds, reference outputs, labels or None, their rows in ``hold``) of held_subset_size of the held-back
+    samples, drawn seeded (``seed + 2``; in file order), on which _measure runs the trials of a weight whose anchors spread; None (every
     sample, as before) when that is every sample, or when one run of the model on them costs at most SUBSET_WORK
     multiply-adds (multiply_adds on one sample, times the samples)."""
     count = len(reference)
@@ -1056,7 +1056,7 @@ def held_subset(model: onnx.ModelProto, hold: dict, reference: np.ndarray, label
     if multiply_adds(model, one) * count <= SUBSET_WORK:
         return None
     rows = np.sort(np.random.default_rng(seed + 2).choice(count, size, replace=False))
-    return take_samples(hold, rows, axes), reference[rows], None if labels is None else labels[rows]
+    return take_samples(hold, rows, axes), reference[rows], None if labels is None else labels[rows], rows
 
 
 class _Downstream:
@@ -1254,9 +1254,10 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
     weight's cached inverse factor is dropped when its curve is done). A search with every curve cached calibrates
     for its trial models instead.
 
-    ``subset`` (held_subset: feeds, reference, labels of some of the held-back samples), when given, measures
-    every trial of a weight whose anchors spread (``_Proxy.spread``) on those samples alone; the trials before,
-    and every trial of the other weights, on all of ``hold``."""
+    ``subset`` (held_subset: feeds, reference, labels and rows of some of the held-back samples), when given,
+    measures every trial of a weight whose anchors spread (``_Proxy.spread``) on those samples alone; the trials
+    before, and every trial of the other weights, on all of ``hold`` (the debug log gives their error on the
+    subset's rows too, from the same run: what a measurement on the subset would have said)."""
     graph = gs.import_onnx(model)
     state = CompressionState(graph)
     SelectWeightsPass(min_elements=min_elements)(state)
@@ -1341,7 +1342,7 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
                 spent += _trial_cost(target, False)
                 if error is None:
                     on_subset = subset is not None and proxy.spread()
-                    feeds, wanted, truth = subset if on_subset else (hold, reference, labels)
+                    feeds, wanted, truth = subset[:3] if on_subset else (hold, reference, labels)
                     if feedable:
                         feed = values.astype(np.float16 if target.dtype == onnx.TensorProto.FLOAT16 else np.float32)
                         if on_subset and "subset" not in suffixes:
@@ -1358,9 +1359,12 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
                                              run_size)[0]
                     error = budget_math.error(metric, wanted, output, truth)
                     proxy.measured(eps, error)
+                    where = f" on {len(wanted)} of {len(reference)} held-back samples" if on_subset else ""
+                    if subset is not None and not on_subset and log.isEnabledFor(logging.DEBUG):
+                        where = (f" ({budget_math.error(metric, subset[1], output[subset[3]], subset[2]):.4g} on the "
+                                 f"{len(subset[1])} of the subset)")
                     log.debug("%s at sparsity %g, %d bits: eps %.4g, measured %.4g%s (%s)", target.name, sparsity, b, eps,
-                              error, f" on {len(wanted)} of {len(reference)} held-back samples" if on_subset else "",
-                              proxy.describe())
+                              error, where, proxy.describe())
                 else:
                     log.debug("%s at sparsity %g, %d bits: eps %.4g, predicted %.4g (%s)", target.name, sparsity, b,
                               eps, error, proxy.describe())
