@@ -552,18 +552,25 @@ def test_a_weight_whose_anchors_spread_is_predicted_at_or_above_every_anchor(mon
     assert close.predict(1e-4, False) == pytest.approx((0.3 * 0.6 * 0.45) ** (1 / 3) * 1e-4)
 
 
+def _curve_inputs(tmp_path, rng, fitted: int):
+    """The budget MLP, its first ``fitted`` calibration samples to fit, the rest held back with the model's outputs on
+    them, and the options of a calibrated run: _measure's arguments."""
+    from onnxcomp.pipeline import autotune
+    from onnxcomp.passes.calibration import run_batched
+    model, data = budget_mlp(tmp_path, rng)
+    x = np.load(data)["x"]
+    fit, hold = {"x": x[:fitted]}, {"x": x[fitted:]}
+    options = dict(prune="activation", score="wanda", reconstruct=True, ridge=1e-2, init="quantile", seed=0,
+                   rounding="obs", outliers="auto")
+    return model, fit, hold, run_batched(autotune._session(model), hold)[0], options
+
+
 def test_the_envelope_predicts_a_spread_weights_trials_only_when_on(tmp_path, rng, monkeypatch):
     """_measure on the budget MLP with every other measured error 8x the true one (anchors spread by 8 > SPREAD):
     with ENVELOPE, trials are still predicted, each at or above every anchor's ratio-implied error at the time;
     without, every trial after the anchors spread is measured."""
     from onnxcomp.pipeline import autotune
-    from onnxcomp.passes.calibration import run_batched
-    model, data = budget_mlp(tmp_path, rng)
-    x = np.load(data)["x"]
-    fit, hold = {"x": x[:60]}, {"x": x[60:]}
-    options = dict(prune="activation", score="wanda", reconstruct=True, ridge=1e-2, init="quantile", seed=0,
-                   rounding="obs", outliers="auto")
-    reference = run_batched(autotune._session(model), hold)[0]
+    model, fit, hold, reference, options = _curve_inputs(tmp_path, rng, 60)
     real, calls, predictions = autotune.budget_math.error, [0], []
 
     def spread(metric, reference, output, labels=None):
@@ -1247,3 +1254,88 @@ def test_distilled_rungs_are_tested_last_on_the_check_set(tmp_path, rng):
     without = run("off", False)
     assert not without.budget["distilled"] and all(c["held_back"] is not None for c in without.budget["checks"])
     assert without.budget["measured_error"] is not None
+
+
+def test_multiply_adds_counts_convolutions_and_products():
+    """multiply_adds: a 3x3 Conv (4 outputs of 3 channels, pads 1) on an 8 x 8 image, a Gemm [256 -> 10] and a
+    MatMul [10 -> 6]: each output element times its dot product's length, from the sample's own shape."""
+    from onnxcomp.pipeline.autotune import multiply_adds
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Flatten", ["c"], ["f"]),
+             helper.make_node("Gemm", ["f", "g"], ["h"], transB=1), helper.make_node("MatMul", ["h", "m"], ["y"])]
+    model = make_model(nodes, [float_input("x", ["n", 3, "height", "width"])], [float_input("y", ["n", 6])],
+                       [weight(rng, "w", (4, 3, 3, 3), 0.3), weight(rng, "g", (10, 256), 0.3), weight(rng, "m", (10, 6), 0.3)])
+    one = {"x": np.zeros((1, 3, 8, 8), np.float32)}
+    assert multiply_adds(model, one) == 4 * 8 * 8 * 27 + 10 * 256 + 6 * 10
+    assert multiply_adds(model, {"x": np.zeros((2, 3, 8, 8), np.float32)}) == 2 * multiply_adds(model, one)
+
+
+def test_a_held_back_subset_only_where_a_run_on_them_is_costly(tmp_path, rng, monkeypatch):
+    """held_subset: None for the budget MLP (1,920 multiply-adds a sample, far below SUBSET_WORK) and when no more
+    than held_subset_size's are held back; else that many of them, seeded, in file order, with their reference
+    rows and labels, the same on every call. held_subset_size: 60 of 100 samples, the mean's relative standard
+    error then within SUBSET_ERROR at SAMPLE_SPREAD, not at one sample fewer."""
+    from onnxcomp.pipeline import autotune
+    def relative_error(n, count):
+        return autotune.SAMPLE_SPREAD * np.sqrt((count - n) / ((count - 1) * n))
+    assert autotune.held_subset_size(100) == 60
+    for count in (2, 10, 100, 1000):
+        n = autotune.held_subset_size(count)
+        assert relative_error(n, count) <= autotune.SUBSET_ERROR and (n == 1 or relative_error(n - 1, count) > autotune.SUBSET_ERROR)
+    model, data = budget_mlp(tmp_path, rng)
+    x = np.load(data)["x"]
+    hold, reference, labels = {"x": x[40:]}, x[40:, :8] * 2, np.arange(40)
+    assert autotune.multiply_adds(model, {"x": x[:1]}) == 48 * 32 + 8 * 48
+    assert autotune.held_subset(model, hold, reference, labels, {"x": 0}, 0) is None
+    monkeypatch.setattr(autotune, "SUBSET_WORK", 1920 * 40 - 1)
+    monkeypatch.setattr(autotune, "held_subset_size", lambda count: 12)
+    feeds, wanted, truth, rows = autotune.held_subset(model, hold, reference, labels, {"x": 0}, 0)
+    assert np.array_equal(rows, truth) and len(truth) == 12 and np.all(np.diff(truth) > 0)
+    assert np.array_equal(feeds["x"], hold["x"][truth]) and np.array_equal(wanted, reference[truth])
+    again = autotune.held_subset(model, hold, reference, labels, {"x": 0}, 0)
+    assert np.array_equal(again[2], truth)
+    assert not np.array_equal(autotune.held_subset(model, hold, reference, labels, {"x": 0}, 1)[2], truth)
+    assert autotune.held_subset(model, hold, reference, None, {"x": 0}, 0)[2] is None
+    monkeypatch.setattr(autotune, "held_subset_size", lambda count: count)
+    assert autotune.held_subset(model, hold, reference, labels, {"x": 0}, 0) is None
+    monkeypatch.setattr(autotune, "SUBSET_WORK", 1920 * 40)
+    monkeypatch.setattr(autotune, "held_subset_size", lambda count: 12)
+    assert autotune.held_subset(model, hold, reference, labels, {"x": 0}, 0) is None
+
+
+def test_a_spread_weights_trials_are_measured_on_the_subset(tmp_path, rng, monkeypatch):
+    """_measure with a subset of the held-back samples, on the budget MLP with every other measured error 8x (anchors
+    spread by 8 > SPREAD): each weight's trials until its anchors spread run on every held-back sample, every later one
+    on the subset alone, against the subset's reference rows. Where no anchors spread (SPREAD huge), the subset
+    changes nothing: the same curves, every trial on all the samples."""
+    from onnxcomp.pipeline import autotune
+    model, fit, hold, reference, options = _curve_inputs(tmp_path, rng, 40)
+    rows = np.array([1, 4, 5, 9, 13, 20, 22, 30, 31, 38])
+    subset = ({"x": hold["x"][rows]}, reference[rows], None, rows)
+    real, calls = autotune.budget_math.error, []
+
+    def spread(metric, wanted, output, labels=None):
+        calls.append(len(wanted))
+        if len(wanted) == len(rows):
+            assert np.array_equal(wanted, subset[1]) and len(output) == len(rows)
+        return real(metric, wanted, output, labels) * (8.0 if len(calls) % 2 else 1.0)
+
+    monkeypatch.setattr(autotune.budget_math, "error", spread)
+    monkeypatch.setattr(autotune.parallel, "default_workers", lambda: 1)  # one order of trials
+    sparsities, bits = (0.0, 0.3, 0.5, 0.6), (2, 3, 4, 5, 6)
+    whole = autotune._measure(model, fit, hold, reference, None, "cosine", sparsities, bits, options, 16)
+    on_all = list(calls)
+    calls[:] = []
+    sampled = autotune._measure(model, fit, hold, reference, None, "cosine", sparsities, bits, options, 16, subset=subset)
+    assert set(on_all) == {40}
+    first = calls.index(len(rows))
+    assert first >= autotune.ANCHORS and set(calls[:first]) == {40} and calls.count(len(rows)) > len(bits)
+    assert calls[:first] == on_all[:first] and sampled != whole
+    monkeypatch.setattr(autotune.budget_math, "error", lambda *args: (calls.append(len(args[1])), real(*args))[1])
+    monkeypatch.setattr(autotune, "SPREAD", 1e12)
+    calls[:] = []
+    plain = autotune._measure(model, fit, hold, reference, None, "cosine", sparsities, bits, options, 16)
+    calls_plain, calls[:] = list(calls), []
+    assert autotune._measure(model, fit, hold, reference, None, "cosine", sparsities, bits, options, 16,
+                             subset=subset) == plain
+    assert set(calls) == {40} and calls == calls_plain

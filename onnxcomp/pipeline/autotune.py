@@ -11,7 +11,9 @@
    its curves (``CAP``), so it is part of the key.
    Top-1 and accuracy budgets move in steps of one sample, too coarse to rank candidates: their curves
    measure a smooth stand-in instead (the KL divergence of the softmax outputs for class scores, else the
-   relative L2 error; budget.allocation_metric).
+   relative L2 error; budget.allocation_metric). Most trials are predicted from the layer's own output error
+   (_Proxy); where a run on the held-back samples is costly, a weight whose predictions do not hold is measured on
+   a fixed subset of them (held_subset).
 3. Allocation (onnxcomp/budget.py) assumes errors add up; the chosen model is then compressed for real and
    measured end to end in onnxruntime with the custom ops, in the budget's own metric. The allowed
    (predicted) error is then searched: shrunk on a miss, grown when there is room, bisected between the two
@@ -491,9 +493,13 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     # raising a weight's sparsity at a given bit width once its error passes that (errors grow with sparsity).
     # A stand-in metric (top1 and accuracy budgets) has no such scale: its curves are not capped.
     cap = CAP * goal.max_error if metric == goal.metric and goal.max_error > 0 else None
+    # the spread weights' trials on some held-back samples where a run on all of them is costly (held_subset)
+    subset = held_subset(model, hold, reference, labels, axes, seed)
     key = hashlib.sha256(json.dumps([CACHE_VERSION, options, min_elements, list(sparsities), list(bits), metric, holdout,
                                      check, count, cap] + ([f"act_order={obs.ACT_ORDER}"] if obs.ACT_ORDER else [])
-                                    + (["envelope"] if ENVELOPE else []), sort_keys=True).encode())
+                                    + (["envelope"] if ENVELOPE else [])
+                                    + ([f"held_subset={len(subset[1])}"] if subset is not None else []),
+                                    sort_keys=True).encode())
     key.update(model.SerializeToString(deterministic=True))
     for name in sorted(data):
         key.update(np.ascontiguousarray(data[name]).tobytes())
@@ -517,7 +523,7 @@ def compress_to_budget(input_path: str, output_path: str, *, budget: str, calib:
     # each weight's curve is cached as soon as it is measured, so an interrupted run resumes where it stopped
     calibrated: dict = {}  # the curves' calibration pass, handed to the trial models (the same statistics: one pass)
     curves = _measure(model, fit, hold, reference, labels, metric, sparsities, bits, options, min_elements,
-                      cached, save, cap, calibrated, run_size, cached_between)
+                      cached, save, cap, calibrated, run_size, cached_between, subset)
     curves = {n: no_better_than_between(points) if any(len(p) > 4 for p in points) else points for n, points in curves.items()}
     trials = None
 
@@ -882,6 +888,20 @@ SPREAD = 4.0  # predictions within a factor 2 of every anchor: attention query/k
 EXTRAPOLATE = 4.0
 NOISE = 1e-6  # model errors below this are float32 rounding noise, not a usable anchor
 ENVELOPE = os.environ.get("ONNXCOMP_ENVELOPE", "") == "1"
+# A weight whose anchors spread beyond SPREAD is never predicted again (a ratio range only widens as anchors come),
+# so each of its later trials runs the model. Where one run on the held-back samples costs more than
+# SUBSET_WORK multiply-adds (vgg16-tumor: 100 crops of 240 x 240, 1.8e12; every other zoo model 6.5e10 or less, or
+# too few held-back samples to gain), those trials are measured on a fixed seeded subset of the held-back samples
+# (held_subset_size) instead of all of them: a measurement still, not a prediction. The search's whole-allocation
+# trials, the check set and the anchors taken before the spread keep every sample.
+# The subset's size: its mean error within SUBSET_ERROR relative standard error for per-sample errors whose
+# coefficient of variation is SAMPLE_SPREAD, the largest measured on vgg16-tumor's 100 held-back crops (per-crop KL
+# with one conv weight k-means-quantised at 2 or 3 bits: 2.2-2.96; the 10 worst crops held 69-85 % of the sum), so
+# two standard errors stay within +-50 %, tighter than the factor 2 the proxy accepts of a prediction (SPREAD 4):
+# 60 of 100 (docs/benchmarks.md, vgg13).
+SUBSET_WORK = 1e11
+SAMPLE_SPREAD = 3.0
+SUBSET_ERROR = 0.25
 
 
 FACTOR_CACHE_BYTES = 256 << 20  # the search rounds keep every layer's inverse factor while all fit in this many bytes
@@ -965,6 +985,78 @@ class _TrialModels:
 def _trial_key(name: str, setting: dict) -> tuple:
     """A trial model's key of one weight's compression: (weight, sparsity, bits, codebook size or 0)."""
     return name, setting["sparsity"], setting["bits"], setting.get("codebook_size", 0)
+
+
+def multiply_adds(model: onnx.ModelProto, sample: dict) -> int:
+    """The multiply-adds of the model's Conv, ConvTranspose, MatMul and Gemm nodes (main graph) on one batch
+    ``sample`` (input name -> array): each node's output elements times the length of its dot products, from
+    onnx's shape inference with the inputs' dimensions set to the arrays' shapes. A node whose shapes are not
+    inferred counts 0 (the count is then a lower bound; a model onnx cannot infer at all counts 0)."""
+    graph = onnx.GraphProto()
+    graph.CopyFrom(model.graph)
+    for value in graph.input:
+        if value.name in sample and value.type.HasField("tensor_type"):
+            shape = np.shape(sample[value.name])
+            value.type.tensor_type.ClearField("shape")
+            for size in shape:
+                value.type.tensor_type.shape.dim.add().dim_value = int(size)
+    copy_ = onnx.helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(copy_).graph
+    except Exception:  # an unknown domain's op or a malformed shape: no count
+        return 0
+    shapes = {}
+    for value in list(inferred.input) + list(inferred.value_info) + list(inferred.output):
+        dims = value.type.tensor_type.shape.dim if value.type.HasField("tensor_type") else []
+        if dims and all(d.HasField("dim_value") for d in dims):
+            shapes[value.name] = [d.dim_value for d in dims]
+    shapes.update((t.name, list(t.dims)) for t in inferred.initializer)
+    total = 0
+    for node in inferred.node:
+        if node.op_type not in ("Conv", "ConvTranspose", "MatMul", "Gemm") or len(node.input) < 2:
+            continue
+        out, left, right = shapes.get(node.output[0]), shapes.get(node.input[0]), shapes.get(node.input[1])
+        if out is None or left is None or right is None:
+            continue
+        if node.op_type == "Conv":  # W [M, C / group, k...]: each output element sums C / group x k... products
+            inner = int(np.prod(right[1:]))
+        elif node.op_type == "ConvTranspose":  # W [C, M / group, k...]: each input element feeds M / group x k... outputs
+            total += int(np.prod(left)) * int(np.prod(right[1:]))
+            continue
+        elif node.op_type == "Gemm":
+            trans_a = next((a.i for a in node.attribute if a.name == "transA"), 0)
+            inner = left[0] if trans_a else left[-1]
+        else:
+            inner = left[-1]
+        total += int(np.prod(out)) * inner
+    return total
+
+
+def held_subset_size(count: int) -> int:
+    """The smallest n whose mean over n of ``count`` samples (drawn without replacement) has a relative standard
+    error of at most SUBSET_ERROR for per-sample values of coefficient of variation SAMPLE_SPREAD:
+    SAMPLE_SPREAD * sqrt((count - n) / ((count - 1) n)) <= SUBSET_ERROR (the finite-population correction;
+    Cochran 1977, Sampling Techniques, eq. 2.16), i.e. n >= count c / (count - 1 + c), c = (SAMPLE_SPREAD /
+    SUBSET_ERROR)^2. 60 of 100; never more than ``count``."""
+    c = (SAMPLE_SPREAD / SUBSET_ERROR) ** 2
+    return min(count, int(np.ceil(count * c / (count - 1 + c) - 1e-9))) if count > 1 else count
+
+
+def held_subset(model: onnx.ModelProto, hold: dict, reference: np.ndarray, labels, axes: dict,
+                seed: int) -> tuple[dict, np.ndarray, np.ndarray | None, np.ndarray] | None:
+    """(feeds, reference outputs, labels or None, their rows in ``hold``) of held_subset_size of the held-back
+    samples, drawn seeded (``seed + 2``; in file order), on which _measure runs the trials of a weight whose anchors spread; None (every
+    sample, as before) when that is every sample, or when one run of the model on them costs at most SUBSET_WORK
+    multiply-adds (multiply_adds on one sample, times the samples)."""
+    count = len(reference)
+    size = held_subset_size(count)
+    if size >= count:
+        return None
+    one = take_samples(hold, np.arange(1), axes)
+    if multiply_adds(model, one) * count <= SUBSET_WORK:
+        return None
+    rows = np.sort(np.random.default_rng(seed + 2).choice(count, size, replace=False))
+    return take_samples(hold, rows, axes), reference[rows], None if labels is None else labels[rows], rows
 
 
 class _Downstream:
@@ -1117,6 +1209,12 @@ class _Proxy:
         self.anchors.append((eps, error))
         self.runs += 1
 
+    def spread(self) -> bool:
+        """Whether at least ANCHORS anchors' ratios spread beyond SPREAD: then no later trial of the weight is
+        predicted (but by ENVELOPE), since more anchors only widen the range."""
+        ratios = self._ratios()
+        return len(ratios) >= ANCHORS and max(ratios) > SPREAD * min(ratios)
+
     def describe(self) -> str:
         """The anchors' count, ratio range and spread, for the log."""
         ratios = self._ratios()
@@ -1127,7 +1225,8 @@ class _Proxy:
 
 
 def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, options, min_elements, cached=None, save=None,
-             cap=None, keep: dict | None = None, run_size: int = RUN_BATCH, cached_between: dict | None = None):
+             cap=None, keep: dict | None = None, run_size: int = RUN_BATCH, cached_between: dict | None = None,
+             subset: tuple | None = None):
     """Each selected weight's curve [(sparsity, bits, record bytes, error)], the dense candidate last, with, for the
     weights that carry the most bytes (in_between_weights), points (sparsity, bits, record bytes, error, K) at codebook
     sizes K between two bit widths (in_between_sizes) after the 2^b points. Curves in ``cached`` (their 2^b points and
@@ -1153,7 +1252,12 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
     ``keep`` (a dict), when this call runs the calibration pass, is filled with every selected weight's (layer input,
     statistics), name -> pair, for _TrialModels: the same pass on the same samples, which no trial changes (each
     weight's cached inverse factor is dropped when its curve is done). A search with every curve cached calibrates
-    for its trial models instead."""
+    for its trial models instead.
+
+    ``subset`` (held_subset: feeds, reference, labels and rows of some of the held-back samples), when given,
+    measures every trial of a weight whose anchors spread (``_Proxy.spread``) on those samples alone; the trials
+    before, and every trial of the other weights, on all of ``hold`` (the debug log gives their error on the
+    subset's rows too, from the same run: what a measurement on the subset would have said)."""
     graph = gs.import_onnx(model)
     state = CompressionState(graph)
     SelectWeightsPass(min_elements=min_elements)(state)
@@ -1195,6 +1299,7 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
             target.statistics.factor_cache = {}  # every trial of this weight rounds against the same Gram matrix
         proxy = _Proxy(target, metric)
         suffix = None  # the model downstream of the weight (_Downstream), built when a trial first runs the model
+        suffixes = {}  # the same on ``subset``'s samples, built when a trial first runs there
         sample = _row_sample(target, options["seed"])
         sample_error = _Proxy(sample, metric, proxy.gram).layer_error if sample is not None else None
         points, spent = [], 0.0  # spent: the cost (_trial_cost) of the trials run so far
@@ -1236,21 +1341,30 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
                 bytes_ = len(shared.record)
                 spent += _trial_cost(target, False)
                 if error is None:
+                    on_subset = subset is not None and proxy.spread()
+                    feeds, wanted, truth = subset[:3] if on_subset else (hold, reference, labels)
                     if feedable:
                         feed = values.astype(np.float16 if target.dtype == onnx.TensorProto.FLOAT16 else np.float32)
-                        if suffix is None:  # on the first trial that runs the model
+                        if on_subset and "subset" not in suffixes:
+                            suffixes["subset"] = _Downstream(model, target.name, target.original.astype(feed.dtype), feeds,
+                                                             wanted, session, threads, run_size)
+                        elif not on_subset and suffix is None:  # on the first trial that runs the model
                             suffix = _Downstream(model, target.name, target.original.astype(feed.dtype), hold, reference,
                                                  session, threads, run_size)
-                        output = suffix.run(feed)
+                        output = (suffixes["subset"] if on_subset else suffix).run(feed)
                         if output is None:
-                            output = run_batched(session, hold, run_size, extra={target.name: feed})[0]
+                            output = run_batched(session, feeds, run_size, extra={target.name: feed})[0]
                     else:
-                        output = run_batched(_session(model_io.substituted(model, {target.name: values}), threads), hold,
+                        output = run_batched(_session(model_io.substituted(model, {target.name: values}), threads), feeds,
                                              run_size)[0]
-                    error = budget_math.error(metric, reference, output, labels)
+                    error = budget_math.error(metric, wanted, output, truth)
                     proxy.measured(eps, error)
-                    log.debug("%s at sparsity %g, %d bits: eps %.4g, measured %.4g (%s)", target.name, sparsity, b, eps,
-                              error, proxy.describe())
+                    where = f" on {len(wanted)} of {len(reference)} held-back samples" if on_subset else ""
+                    if subset is not None and not on_subset and log.isEnabledFor(logging.DEBUG):
+                        where = (f" ({budget_math.error(metric, subset[1], output[subset[3]], subset[2]):.4g} on the "
+                                 f"{len(subset[1])} of the subset)")
+                    log.debug("%s at sparsity %g, %d bits: eps %.4g, measured %.4g%s (%s)", target.name, sparsity, b, eps,
+                              error, where, proxy.describe())
                 else:
                     log.debug("%s at sparsity %g, %d bits: eps %.4g, predicted %.4g (%s)", target.name, sparsity, b,
                               eps, error, proxy.describe())
@@ -1302,8 +1416,9 @@ def _measure(model, fit, hold, reference, labels, metric, sparsities, bits, opti
                     rate = (time.monotonic() - started) / spent
                     say(f"sensitivity analysis: about {_duration(rate * work_total / workers)} "
                         f"for {trials} trials on {workers} thread(s) (timed on the first {len(bits)})")
-        if suffix is not None:
-            suffix.close()
+        for downstream in [suffix, *suffixes.values()]:
+            if downstream is not None:
+                downstream.close()
         points.extend(between)  # after the 2^b points (a cache of those alone is main's format), before the dense one
         points.append((None, None, target.dense_bytes, 0.0))  # leaving the weight dense is a candidate too
         if handed and target.statistics is not None:  # kept for the trial models, without this weight's inverse factor
