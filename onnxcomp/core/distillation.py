@@ -141,15 +141,36 @@ def fit(layers: list[DenseLayer], fit_x: np.ndarray, fit_target: np.ndarray, sto
         if bias_mask is not None:
             layer.bias *= bias_mask
     params = [p for layer in current for p in (layer.weight, layer.bias)]
-    first = [m.shape for m in params if m is not None]
+
+    def gradient() -> list[np.ndarray | None]:
+        return [g for pair in gradients(current, fit_x, fit_target)[1] for g in pair]
+
+    kept, steps, best_step, start, best = adam(params, masks, gradient, lambda: error(current, stop_x, stop_target),
+                                               learning_rate=learning_rate, max_steps=max_steps, patience=patience)
+    result = [DenseLayer(kept[2 * i], kept[2 * i + 1], layer.relu, layer.weight_mask, layer.bias_mask)
+              for i, layer in enumerate(current)]
+    return FitResult(result, steps, best_step, start, best)
+
+
+def adam(params: list[np.ndarray | None], masks: list[np.ndarray | None], gradient, held_error, *, learning_rate: float,
+         max_steps: int, patience: int) -> tuple[list[np.ndarray | None], int, int, float, float]:
+    """Full-batch Adam with early stopping (module docstring) on ``params`` (arrays changed in place; None: absent).
+
+    ``gradient()`` returns dE/dp on the fit samples for each entry of ``params`` (None where it is None), at their
+    current values; it may modify the arrays it returns. ``masks`` (per entry, 0/1 arrays of its shape, or None)
+    multiply each gradient, so a value whose mask is 0 never moves. ``held_error()`` is the error on the held-back
+    samples at the current values; it is called once before the first step and once after every step (a caller
+    whose parameters are decoded into other arrays decodes there). Returns (copies of the parameters at the step
+    with the lowest held-back error, the start's when none is lower; the steps run; that step, 0 for the start; the
+    held-back error at the start; at that step)."""
+    first = [p.shape for p in params if p is not None]
     moments = [None if p is None else np.zeros_like(p) for p in params]
     squares = [None if p is None else np.zeros_like(p) for p in params]
-    start = best = error(current, stop_x, stop_target)
+    start = best = held_error()
     kept = [None if p is None else p.copy() for p in params]
     best_step = steps = 0
     for step in range(1, max_steps + 1):
-        _, grads = gradients(current, fit_x, fit_target)
-        flat = [g for pair in grads for g in pair]
+        flat = gradient()
         correction1, correction2 = 1.0 - BETA1 ** step, 1.0 - BETA2 ** step
         for p, g, m, v, mask in zip(params, flat, moments, squares, masks):
             if p is None:
@@ -162,13 +183,130 @@ def fit(layers: list[DenseLayer], fit_x: np.ndarray, fit_target: np.ndarray, sto
             v += (1.0 - BETA2) * np.square(g)
             p -= learning_rate * (m / correction1) / (np.sqrt(v / correction2) + EPSILON)
         steps = step
-        now = error(current, stop_x, stop_target)
+        now = held_error()
         if now < best:
             best, best_step = now, step
             kept = [None if p is None else p.copy() for p in params]
         elif step - best_step >= patience:
             break
     assert [p.shape for p in kept if p is not None] == first
-    result = [DenseLayer(kept[2 * i], kept[2 * i + 1], layer.relu, layer.weight_mask, layer.bias_mask)
-              for i, layer in enumerate(current)]
-    return FitResult(result, steps, best_step, start, best)
+    return kept, steps, best_step, start, best
+
+
+@dataclass
+class SharedValues:
+    """A tensor stored as a codebook lookup (a record's contents, in the orientation the chain reads it):
+    ``value[i] = codebook[indices[i]] * scales[i]`` (``scales`` None: 1), then ``value.flat[positions] = values``
+    (the outliers, exact). ``indices`` int [any shape], ``codebook`` [K], ``positions`` int [M] (row-major flat
+    positions in ``indices``' shape), ``values`` [M], ``scales`` [indices' shape] or None; ``fixed`` bool [K] (None:
+    none) marks the entries that do not move (the pruned 0.0, which sparse coding needs exactly 0)."""
+
+    codebook: np.ndarray
+    indices: np.ndarray
+    positions: np.ndarray
+    values: np.ndarray
+    scales: np.ndarray | None = None
+    fixed: np.ndarray | None = None
+
+    def decoded(self, dtype=np.float32) -> np.ndarray:
+        """The tensor, [indices' shape] in ``dtype``."""
+        value = np.asarray(self.codebook, dtype)[self.indices]
+        if self.scales is not None:
+            value *= self.scales
+        value.flat[self.positions] = self.values
+        return value
+
+    def gradients(self, grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(dE/dcodebook [K], dE/dvalues [M]) from dE/dvalue ``grad`` [indices' shape] by the chain rule: an entry's
+        gradient is the sum of the gradients of the values that look it up, each times its scale (Han, Mao and Dally
+        2016, "Deep Compression", section 3.3, equation 3: the centroid fine-tuning step); an outlier takes its own
+        value's gradient and adds nothing to its index's entry (the reader never looks that index up). The sums run
+        in float64 (numpy.bincount), in the elements' order: deterministic."""
+        outliers = np.asarray(grad).reshape(-1)[self.positions].astype(grad.dtype)
+        through = grad * self.scales if self.scales is not None else grad.copy()
+        through.flat[self.positions] = 0
+        sums = np.bincount(self.indices.reshape(-1), weights=through.reshape(-1), minlength=len(self.codebook))
+        return sums.astype(grad.dtype), outliers
+
+
+@dataclass
+class SharedFitResult:
+    """What ``fit_shared`` did: per layer the tuned weight and bias (SharedValues with new codebooks and outlier
+    values, indices and positions the given ones; or a float array for a float bias; None where the layer has none
+    or it was held fixed), the steps run, the step kept (0: the start) and the held-back error at the start and at
+    that step."""
+
+    weights: list[SharedValues | None]
+    biases: list[SharedValues | np.ndarray | None]
+    steps: int
+    best_step: int
+    start_error: float
+    best_error: float
+
+
+def fit_shared(layers: list[DenseLayer], weights: list[SharedValues | None], biases: list[SharedValues | None],
+               fit_x: np.ndarray, fit_target: np.ndarray, stop_x: np.ndarray, stop_target: np.ndarray, *,
+               learning_rate: float = LEARNING_RATE, max_steps: int = MAX_STEPS, patience: int = PATIENCE,
+               dtype=np.float32) -> SharedFitResult:
+    """Fine-tune the codebooks of a shared chain to ``fit_target`` on ``fit_x`` by the same full-batch Adam and
+    early stopping as ``fit`` (module docstring). Layer l's weight [outputs, inputs] is ``weights[l]`` decoded (its
+    codebook entries not ``fixed`` and its outlier values move; indices, positions and scales do not), or, where
+    ``weights[l]`` is None, ``layers[l].weight`` held fixed; its bias is ``biases[l]`` decoded (the same), or, where
+    None, ``layers[l].bias`` moving freely (under ``layers[l].bias_mask``). The given arrays are not modified."""
+    fit_x, fit_target = np.asarray(fit_x, dtype), np.asarray(fit_target, dtype)
+    stop_x, stop_target = np.asarray(stop_x, dtype), np.asarray(stop_target, dtype)
+    coded = [item for pair in zip(weights, biases) for item in pair]  # weight, bias of each layer
+    tuned = [None if item is None else SharedValues(np.array(item.codebook, dtype), item.indices, item.positions,
+                                                      np.array(item.values, dtype),
+                                                      None if item.scales is None else np.asarray(item.scales, dtype),
+                                                      item.fixed) for item in coded]
+    current = [DenseLayer(np.array(layer.weight, dtype), None if layer.bias is None else np.array(layer.bias, dtype),
+                          layer.relu) for layer in layers]
+    params, masks = [], []
+    for index, item in enumerate(tuned):
+        layer = current[index // 2]
+        if item is not None:
+            params += [item.codebook, item.values]
+            masks += [None if item.fixed is None else (~np.asarray(item.fixed, bool)).astype(dtype), None]
+        elif index % 2 and layer.bias is not None:  # a float bias moves
+            bias_mask = layers[index // 2].bias_mask
+            params += [layer.bias, None]
+            masks += [None if bias_mask is None else np.asarray(bias_mask, bool).astype(dtype), None]
+        else:
+            params += [None, None]
+            masks += [None, None]
+
+    def decode() -> None:
+        for index, item in enumerate(tuned):
+            if item is not None:
+                value = item.decoded(dtype)
+                if index % 2:
+                    current[index // 2].bias = value.reshape(-1)
+                else:
+                    current[index // 2].weight = value
+
+    def gradient() -> list[np.ndarray | None]:
+        _, grads = gradients(current, fit_x, fit_target)
+        flat = []
+        for index, item in enumerate(tuned):
+            grad = grads[index // 2][index % 2]
+            if item is not None:
+                flat += list(item.gradients(grad.reshape(item.indices.shape)))
+            else:
+                flat += [grad if params[len(flat)] is not None else None, None]
+        return flat
+
+    def held_error() -> float:
+        decode()
+        return error(current, stop_x, stop_target)
+
+    kept, steps, best_step, start, best = adam(params, masks, gradient, held_error, learning_rate=learning_rate,
+                                               max_steps=max_steps, patience=patience)
+    results: list = []
+    for index, item in enumerate(tuned):
+        if item is not None:
+            results.append(SharedValues(kept[2 * index], item.indices, item.positions, kept[2 * index + 1], item.scales,
+                                        item.fixed))
+        else:
+            results.append(kept[2 * index])
+    return SharedFitResult(results[0::2], results[1::2], steps, best_step, start, best)

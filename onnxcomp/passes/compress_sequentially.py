@@ -53,15 +53,17 @@ from .share_weights import ShareWeightsPass
 
 class CompressSequentiallyPass(GraphPass):
     """``walk=False`` gathers the statistics by probing both models whole for each layer (WholeModelProbes), as
-    before branch seqcal: the reference the tests and bench/sequential_speed.py compare the walk with."""
+    before branch seqcal: the reference the tests and bench/sequential_speed.py compare the walk with. ``distill``
+    (a DistillWeightsPass) distils a fully connected chain between a pruning walk and a sharing walk (run); ``tune``
+    (a TuneCodebooksPass reading that distillation's context) then fine-tunes the shared codebooks."""
 
     def __init__(self, *, data: dict[str, np.ndarray], steps: list[GraphPass], batch: int = 64, threshold: float = 0.0,
                  walk: bool = True, reuse: dict | None = None, frontier_bytes: int = FRONTIER_BYTES,
-                 distill: GraphPass | None = None) -> None:
+                 distill: GraphPass | None = None, tune: GraphPass | None = None) -> None:
         self.data, self.steps, self.batch, self.threshold, self.walk = data, list(steps), batch, threshold, walk
         self.frontier_bytes = frontier_bytes
         self.reuse = reuse if walk else None
-        self.distill = distill
+        self.distill, self.tune = distill, tune
 
     def run(self, state: CompressionState) -> PassResult:
         targets = [t for t in state.targets if t.codebook is None]
@@ -83,7 +85,10 @@ class CompressSequentiallyPass(GraphPass):
         distilled = self.distill(state)
         self._walk(state, targets, [s for s in pruning if not isinstance(s, PruneWeightsPass)] + sharing, None,
                    gs.export_onnx(state.graph.copy()))
-        return PassResult(False, f"compressed {len(targets)} layers in graph order ({distilled.message})")
+        message = distilled.message
+        if self.tune is not None:  # the shared codebooks fit to the original's outputs (TuneCodebooksPass)
+            message += f"; {self.tune(state).message}"
+        return PassResult(False, f"compressed {len(targets)} layers in graph order ({message})")
 
     def _walk(self, state: CompressionState, targets: list, steps: list[GraphPass], reuse: dict | None,
               original: onnx.ModelProto, final: bool = True, label: str = "sequential layers") -> None:

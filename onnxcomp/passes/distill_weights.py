@@ -169,6 +169,9 @@ class DistillWeightsPass(GraphPass):
         self.data, self.holdout, self.seed, self.explicit = data, holdout, seed, explicit
         self.learning_rate, self.max_steps, self.patience = learning_rate, max_steps, patience
         self.result: distillation.FitResult | None = None  # the last run's fit
+        # the last run's (chain, inputs [N, K_0] float64, original outputs [N, K_L] float64, fit rows, held-back rows)
+        # when it distilled (TuneCodebooksPass fits the shared chain on the same samples and split), else None
+        self.context: tuple | None = None
 
     def refusal(self, model: onnx.ModelProto) -> str | None:
         """Why this pass would not distil ``model`` (the original), or None. Said once per process."""
@@ -181,6 +184,7 @@ class DistillWeightsPass(GraphPass):
         return reason
 
     def run(self, state: CompressionState) -> PassResult:
+        self.context = None
         model = gs.export_onnx(state.graph.copy())  # its constants are still the original's (module docstring)
         if self.refusal(model) is not None:
             return PassResult(False, "not a fully connected chain")
@@ -204,6 +208,7 @@ class DistillWeightsPass(GraphPass):
         result = distillation.fit(start, x[fit], expected[fit], x[stop], expected[stop], learning_rate=self.learning_rate,
                                   max_steps=self.max_steps, patience=self.patience, dtype=np.float32)
         self.result = result
+        self.context = (chain, x, expected, fit, stop)
         log.info("distillation: held-back output error %.4g -> %.4g (step %d of %d; %d samples fit, %d held back)",
                  result.start_error, result.best_error, result.best_step, result.steps, len(fit), len(stop))
         fitted = result.layers if result.best_step > 0 else start

@@ -31,6 +31,7 @@ from onnxcomp.passes.fold_weights import FoldRecurrentWeightsPass
 from onnxcomp.passes.integer_weights import INTEGER_WEIGHTS, IntegerWeightsPass
 from onnxcomp.passes.compress_sequentially import CompressSequentiallyPass
 from onnxcomp.passes.distill_weights import DistillWeightsPass
+from onnxcomp.passes.tune_codebooks import TuneCodebooksPass
 from onnxcomp.passes.base import DOMAIN, DOMAIN_VERSION, reads_kept
 from onnxcomp.passes.base import FLOAT_TYPES, onnx_type
 from onnxcomp.passes.names import all_graphs, unique_node_names
@@ -192,7 +193,8 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
     ``distill`` (default: on with ``sequential``, which it needs): a fully connected chain's pruned weights and biases
     are fit to the original model's outputs on the calibration inputs between pruning and sharing
     (DistillWeightsPass; other graphs are left to the walk as before: a warning, once, when ``distill`` is True, an
-    info line when it is only on by default).
+    info line when it is only on by default), and after sharing their codebooks, outlier values and float biases are
+    fine-tuned to the same outputs (TuneCodebooksPass).
     """
     if format not in FORMATS:
         raise InvalidOptionError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
@@ -240,8 +242,9 @@ def build_pipeline(*, prune: str = "magnitude", score: str = "wanda", sparsity=N
                                   matched_uniform=calib is not None and share_weights.MATCHED_UNIFORM))
     if sequential:
         distiller = DistillWeightsPass(data=calib, seed=seed, explicit=bool(distill)) if distill is not False else None
+        tuner = TuneCodebooksPass(distilled=distiller) if distiller is not None else None
         passes.append(CompressSequentiallyPass(data=calib, steps=steps, batch=calib_batch, threshold=activation_threshold,
-                                               reuse=sequential_reuse, distill=distiller))
+                                               reuse=sequential_reuse, distill=distiller, tune=tuner))
     elif PIPELINED and allocate is not None and not settings and calib is None and scope == "layer":
         passes.remove(allocate)  # each weight allocated, pruned and shared in one go (on the same passes)
         passes.append(AllocateShareWeightsPass(allocate, *steps))
