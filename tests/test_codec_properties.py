@@ -108,8 +108,8 @@ def test_sidecar_file_roundtrip(tmp_path_factory, entries):
     data = open(path, "rb").read()
     directory = sidecar.read_directory(path)
     assert [(e.name, e.transposed) for e in directory] == [(n, t) for n, _, t in records]
-    for entry, (_, record, _) in zip(directory, records):
-        assert entry.offset % sidecar.RECORD_ALIGNMENT == 0
+    for end, (entry, (_, record, _)) in zip([32] + [e.offset + e.length for e in directory], zip(directory, records)):
+        assert entry.offset == end  # back to back after the 32-byte header, no padding
         assert data[entry.offset:entry.offset + entry.length] == record
 
 

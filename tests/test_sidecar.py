@@ -94,8 +94,8 @@ def test_sidecar_directory_roundtrip(tmp_path, rng):
     data = open(path, "rb").read()
     assert [e.name for e in entries] == list(records)
     assert [e.transposed for e in entries] == [True, False, False]
+    assert [e.offset for e in entries] == [32] + [e.offset + e.length for e in entries[:-1]]  # no padding
     for entry in entries:
-        assert entry.offset % sidecar.RECORD_ALIGNMENT == 0
         assert data[entry.offset:entry.offset + entry.length] == records[entry.name]
     corrupt = bytearray(data)
     corrupt[-10] ^= 1
@@ -238,3 +238,56 @@ def test_every_truncation_of_an_outlier_record_is_rejected(rng):
         if size > 40:
             with pytest.raises(CorruptSidecarError):
                 sidecar.decode_record(reseal(data[:size - 4]))
+
+
+def _padded_copy(folder, out):
+    """A copy of ``folder``'s out.onnx + out.onnxcomp in the layout writers used before session 20: every record at
+    a multiple of 64 bytes, zero padding between them; the model's external-data offsets moved to match."""
+    import onnx
+
+    data = (folder / "out.onnxcomp").read_bytes()
+    writer = bytearray(data[:32])
+    moved = {}
+    for entry in sidecar.read_directory(str(folder / "out.onnxcomp")):
+        writer += b"\0" * (-len(writer) % 64)
+        moved[entry.offset] = len(writer)
+        writer += data[entry.offset:entry.offset + entry.length]
+    directory = bytearray()
+    for entry in sidecar.read_directory(str(folder / "out.onnxcomp")):
+        name = entry.name.encode()
+        directory += struct.pack("<QQBH", moved[entry.offset], entry.length, int(entry.transposed), len(name)) + name
+    writer[16:24] = struct.pack("<Q", len(writer))
+    (out / "out.onnxcomp").write_bytes(bytes(writer + directory + struct.pack("<I", zlib.crc32(directory))))
+    model = onnx.load(str(folder / "out.onnx"), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for item in tensor.external_data:
+            if item.key == "offset":
+                item.value = str(moved[int(item.value)])
+    onnx.save(model, str(out / "out.onnx"))
+    return sorted(moved.values())
+
+
+def test_sidecars_with_the_old_64_byte_padding_still_run_and_decode(tmp_path, rng):
+    import onnx
+    from onnx import helper
+
+    import onnxcomp
+    from conftest import float_input, make_model, run_compressed, weight
+    from onnxcomp.pipeline.compression import decoded_weights
+
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("MatMul", ["h", "v"], ["y"])],
+                       [float_input("x", ["n", 64])], [float_input("y", ["n", 16])],
+                       [weight(rng, "w", (64, 32)), weight(rng, "v", (32, 16))])
+    (tmp_path / "new").mkdir()
+    (tmp_path / "old").mkdir()
+    onnx.save(model, tmp_path / "in.onnx")
+    onnxcomp.compress(tmp_path / "in.onnx", tmp_path / "new" / "out.onnx", sparsity=0.5, bits=4, min_elements=16)
+    offsets = _padded_copy(tmp_path / "new", tmp_path / "old")
+    assert len(offsets) == 2 and all(o % 64 == 0 for o in offsets) and offsets[0] == 64  # really the old layout
+    assert (tmp_path / "old" / "out.onnxcomp").stat().st_size > (tmp_path / "new" / "out.onnxcomp").stat().st_size
+    x = {"x": rng.standard_normal((3, 64)).astype(np.float32)}
+    assert np.array_equal(run_compressed(tmp_path / "old" / "out.onnx", x)[0],
+                          run_compressed(tmp_path / "new" / "out.onnx", x)[0])
+    old, new = decoded_weights(str(tmp_path / "old" / "out.onnxcomp")), decoded_weights(str(tmp_path / "new" / "out.onnxcomp"))
+    assert old.keys() == new.keys() == {"w", "v"}
+    assert all(np.array_equal(old[k], new[k]) for k in old)
