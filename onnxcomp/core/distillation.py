@@ -21,6 +21,13 @@ with b1 = 0.9, b2 = 0.999, eps = 1e-8. Stop (early stopping on held-back data): 
 held-back samples is computed; the parameters of the step with the lowest are kept, and the fit ends ``patience``
 steps after it (or at ``max_steps``). When no step lowers the held-back error below the start's, the start is
 returned unchanged. Everything is deterministic: no random choice (the caller splits the samples, seeded).
+
+Cost (branch fitspeed): each step is one forward and backward pass over the fit samples and one forward pass over
+the held-back ones, on one BLAS thread (FIT_THREADS). ``fit`` leaves out the first layer's input columns that cannot
+matter (zero in every sample, or read by no kept weight: their gradients are exactly 0, so Adam never moves them);
+``fit_shared`` computes the first layer's product by codebook entry once (LookupProducts), so a step does not
+multiply by the decoded first layer. Both are the same fit as before to rounding (tests compare them with the
+plain computation in float64).
 """
 
 from __future__ import annotations
