@@ -41,9 +41,9 @@ MAX_STEPS = 2000
 PATIENCE = 100  # steps without a new lowest held-back error before the fit stops
 BETA1, BETA2, EPSILON = 0.9, 0.999, 1e-8  # Kingma and Ba 2015's defaults
 # BLAS threads during a fit: its products are small (LeNet-300-100: [2,250, 784] x [784, 300]), and on cores busy with
-# other work two threads waiting on each other made a step 4-8x slower than on the idle machine (branch fitspeed:
-# 280 ms a step at load 3 against 33 ms idle); one thread costs less CPU a step, and the fit's rounding no longer
-# depends on how many cores the machine has.
+# other work two threads waiting on each other made a step about 8x slower than on the idle machine (branch fitspeed:
+# 280 ms a step at load 3 against 33-40 ms at load 1.3-1.9); one thread costs less CPU a step, and the fit's rounding
+# no longer depends on how many cores the machine has.
 FIT_THREADS = 1
 
 
