@@ -292,10 +292,8 @@ class LookupProducts:
     def __init__(self, shared: SharedValues, x: np.ndarray, dtype=np.float32) -> None:
         from scipy import sparse
         outputs, inputs = shared.indices.shape
-        codebook = np.asarray(shared.codebook, np.float64)
-        fixed = np.zeros(len(codebook), bool) if shared.fixed is None else np.asarray(shared.fixed, bool)
-        self.size = len(codebook)
-        self.entries = np.flatnonzero(~(fixed & (codebook == 0)))
+        self.size = len(shared.codebook)
+        self.entries = self.moving(shared)
         looked_up = np.ones(outputs * inputs, bool)
         looked_up[shared.positions] = False
         indices = np.asarray(shared.indices).reshape(-1)
@@ -318,10 +316,17 @@ class LookupProducts:
         self.outlier_inputs = np.ascontiguousarray(np.asarray(x, dtype)[:, outlier_columns])  # [N, M]
 
     @staticmethod
+    def moving(shared: SharedValues) -> np.ndarray:
+        """The entries that get a product: all but those held fixed at exactly 0."""
+        codebook = np.asarray(shared.codebook, np.float64)
+        fixed = np.zeros(len(codebook), bool) if shared.fixed is None else np.asarray(shared.fixed, bool)
+        return np.flatnonzero(~(fixed & (codebook == 0)))
+
+    @staticmethod
     def fits(shared: SharedValues, samples: int, dtype=np.float32) -> bool:
         """Whether the products of ``samples`` samples stay within LOOKUP_BYTES."""
-        entries = len(shared.codebook) if shared.fixed is None else int(np.sum(~(np.asarray(shared.fixed, bool) & (np.asarray(shared.codebook) == 0))))
-        return entries * samples * shared.indices.shape[0] * np.dtype(dtype).itemsize <= LOOKUP_BYTES
+        size = len(LookupProducts.moving(shared)) * samples * shared.indices.shape[0] * np.dtype(dtype).itemsize
+        return size <= LOOKUP_BYTES
 
     def product(self, codebook: np.ndarray, values: np.ndarray) -> np.ndarray:
         """``x W^T`` [N, outputs] at the codebook ``codebook`` [K] and outlier values ``values`` [M] (a new array)."""
