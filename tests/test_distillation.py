@@ -170,3 +170,31 @@ def test_distill_needs_the_sequential_mode(tmp_path, rng):
     with pytest.raises(InvalidOptionError, match="--sequential"):
         compress(str(source), str(tmp_path / "out.onnx"), calib={"x": rng.standard_normal((32, 4, 6)).astype(np.float32)},
                  distill=True, fidelity=False)
+
+
+def test_fit_leaves_out_input_columns_that_cannot_matter_and_fits_as_on_all_of_them(rng):
+    """fit skips the first layer's input columns that are zero in every sample or read by no kept weight: the result
+    is Adam's on the whole chain (the plain loop below) to rounding, and those columns' weights are as they started."""
+    teacher = layers_of(rng, (20, 24, 12, 4))
+    x = rng.standard_normal((600, 20))
+    x[:, [2, 7]] = 0
+    target = distillation.output(teacher, x)
+    student = []
+    for layer in teacher:
+        keep = np.abs(layer.weight) >= np.quantile(np.abs(layer.weight), 0.7)
+        student.append(distillation.DenseLayer(layer.weight * keep, layer.bias.copy(), layer.relu, keep))
+    student[0].weight_mask[:, 11] = False
+    student[0].weight = student[0].weight * student[0].weight_mask
+    result = distillation.fit(student, x[:400], target[:400], x[400:], target[400:], max_steps=200, dtype=np.float64)
+    plain = [distillation.DenseLayer(layer.weight.copy(), layer.bias.copy(), layer.relu) for layer in student]
+    params = [p for layer in plain for p in (layer.weight, layer.bias)]
+    masks = [m for layer in student for m in (layer.weight_mask.astype(np.float64), None)]
+    kept, steps, best_step, _, best = distillation.adam(
+        params, masks, lambda: [g for pair in distillation.gradients(plain, x[:400], target[:400])[1] for g in pair],
+        lambda: distillation.error(plain, x[400:], target[400:]), learning_rate=distillation.LEARNING_RATE,
+        max_steps=200, patience=distillation.PATIENCE)
+    assert (result.steps, result.best_step) == (steps, best_step) and best_step > 0
+    assert result.best_error == pytest.approx(best, rel=1e-9)
+    for layer, weight in zip(result.layers, kept[0::2]):
+        np.testing.assert_allclose(layer.weight, weight, rtol=1e-8, atol=1e-10)
+    np.testing.assert_array_equal(result.layers[0].weight[:, [2, 7, 11]], student[0].weight[:, [2, 7, 11]])

@@ -3,6 +3,7 @@ passes/tune_codebooks.py)."""
 
 import numpy as np
 import onnx
+import pytest
 
 from onnxcomp.core import distillation, sidecar
 from onnxcomp.passes.base import PassResult
@@ -131,3 +132,46 @@ def test_tuned_chain_runs_in_onnxruntime_closer_to_the_original_with_the_same_in
               distillation.DenseLayer(values["w2"].T, values["b2"], False)]  # MatMul's weight is [inputs, outputs]
     numpy_chain = distillation.output(layers, unseen["x"].reshape(300, -1).astype(np.float64))
     np.testing.assert_allclose(numpy_chain, outputs["tuned"], rtol=1e-4, atol=1e-4)
+
+
+def test_lookup_products_give_the_decoded_weights_product_and_gradients(rng):
+    """LookupProducts (the first layer's product by codebook entry, computed once) against the decoded weight: the
+    product x W^T and the codebook and outlier gradients of SharedValues.gradients, scaled and unscaled."""
+    x = rng.standard_normal((40, 12))
+    x[:, 3] = 0
+    for scaled in (False, True):
+        shared = shared_of(rng, (7, 12), entries=6, scaled=scaled)
+        shared.positions = np.array([5, 30, 31, 77])  # two outliers in one row: summed together
+        shared.values = rng.standard_normal(4)
+        lookup = distillation.LookupProducts(shared, x, np.float64)
+        np.testing.assert_allclose(lookup.product(shared.codebook, shared.values), x @ shared.decoded(np.float64).T,
+                                   rtol=1e-12, atol=1e-12)
+        delta = rng.standard_normal((40, 7))
+        (codebook, values), (want_codebook, want_values) = lookup.gradients(delta), shared.gradients(delta.T @ x)
+        assert codebook[0] == 0  # the fixed +0.0 entry has no product and no gradient (it never moves)
+        np.testing.assert_allclose(codebook[1:], want_codebook[1:], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(values, want_values, rtol=1e-10, atol=1e-12)
+
+
+def test_fit_shared_by_lookup_products_follows_the_decoded_path(rng, monkeypatch):
+    """fit_shared with the first layer's products by entry (the default) and without them (LOOKUP_BYTES 0: every
+    step decodes the weight and multiplies by it) run the same fit: the same steps and step kept, codebooks and
+    outlier values equal to rounding (float64)."""
+    teacher = layers_of(rng, (20, 24, 12, 4))
+    x = rng.standard_normal((700, 20))
+    target = distillation.output(teacher, x)
+    weights = [shared_of(rng, layer.weight.shape, entries=6, scaled=index == 0) for index, layer in enumerate(teacher)]
+    start = [distillation.DenseLayer(w.decoded(np.float64), layer.bias.copy(), layer.relu)
+             for w, layer in zip(weights, teacher)]
+
+    def run():
+        return distillation.fit_shared(start, weights, [None] * 3, x[:400], target[:400], x[400:600], target[400:600],
+                                       max_steps=300, dtype=np.float64)
+    by_entry = run()
+    monkeypatch.setattr(distillation, "LOOKUP_BYTES", 0)
+    decoded = run()
+    assert (by_entry.steps, by_entry.best_step) == (decoded.steps, decoded.best_step) and by_entry.best_step > 0
+    assert by_entry.best_error == pytest.approx(decoded.best_error, rel=1e-9)
+    for a, b in zip(by_entry.weights, decoded.weights):
+        np.testing.assert_allclose(a.codebook, b.codebook, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(a.values, b.values, rtol=1e-8, atol=1e-10)

@@ -21,6 +21,13 @@ with b1 = 0.9, b2 = 0.999, eps = 1e-8. Stop (early stopping on held-back data): 
 held-back samples is computed; the parameters of the step with the lowest are kept, and the fit ends ``patience``
 steps after it (or at ``max_steps``). When no step lowers the held-back error below the start's, the start is
 returned unchanged. Everything is deterministic: no random choice (the caller splits the samples, seeded).
+
+Cost (branch fitspeed): each step is one forward and backward pass over the fit samples and one forward pass over
+the held-back ones, on one BLAS thread (FIT_THREADS). ``fit`` leaves out the first layer's input columns that cannot
+matter (zero in every sample, or read by no kept weight: their gradients are exactly 0, so Adam never moves them);
+``fit_shared`` computes the first layer's product by codebook entry once (LookupProducts), so a step does not
+multiply by the decoded first layer. Both are the same fit as before to rounding (tests compare them with the
+plain computation in float64).
 """
 
 from __future__ import annotations
@@ -33,6 +40,11 @@ LEARNING_RATE = 1e-3  # Adam's step (callenet11's study: 300 steps at 1e-3 lower
 MAX_STEPS = 2000
 PATIENCE = 100  # steps without a new lowest held-back error before the fit stops
 BETA1, BETA2, EPSILON = 0.9, 0.999, 1e-8  # Kingma and Ba 2015's defaults
+# BLAS threads during a fit: its products are small (LeNet-300-100: [2,250, 784] x [784, 300]), and on cores busy with
+# other work two threads waiting on each other made a step about 8x slower than on the idle machine (branch fitspeed:
+# 280 ms a step at load 3 against 33-40 ms at load 1.3-1.9); one thread costs less CPU a step, and the fit's rounding
+# no longer depends on how many cores the machine has.
+FIT_THREADS = 1
 
 
 @dataclass
@@ -59,13 +71,14 @@ class FitResult:
     best_error: float
 
 
-def forward(layers: list[DenseLayer], x: np.ndarray) -> list[np.ndarray]:
+def forward(layers: list[DenseLayer], x: np.ndarray, first: np.ndarray | None = None) -> list[np.ndarray]:
     """The chain's values on ``x`` [N, K_0]: ``[h_0, z_1, h_1, ..., z_L]`` (pre-activations z_l and activations h_l
-    alternate; the last is the output), in ``x``'s dtype."""
+    alternate; the last is the output), in ``x``'s dtype. ``first`` [N, K_1], when given, is the first layer's
+    product ``x W_1^T`` computed by the caller (LookupProducts), used in place of the matrix product (it is modified)."""
     values = [x]
     h = x
-    for layer in layers:
-        z = h @ layer.weight.T
+    for index, layer in enumerate(layers):
+        z = first if index == 0 and first is not None else h @ layer.weight.T
         if layer.bias is not None:
             z += layer.bias
         values.append(z)
@@ -77,27 +90,30 @@ def forward(layers: list[DenseLayer], x: np.ndarray) -> list[np.ndarray]:
     return values
 
 
-def output(layers: list[DenseLayer], x: np.ndarray) -> np.ndarray:
-    """The chain's output ``z_L`` [N, K_L] on ``x`` [N, K_0]."""
+def output(layers: list[DenseLayer], x: np.ndarray, first: np.ndarray | None = None) -> np.ndarray:
+    """The chain's output ``z_L`` [N, K_L] on ``x`` [N, K_0] (``first``: as in ``forward``)."""
     h = x
-    for layer in layers:
-        z = h @ layer.weight.T
+    for index, layer in enumerate(layers):
+        z = first if index == 0 and first is not None else h @ layer.weight.T
         if layer.bias is not None:
             z += layer.bias
         h = np.maximum(z, 0) if layer.relu else z
     return h
 
 
-def error(layers: list[DenseLayer], x: np.ndarray, target: np.ndarray) -> float:
-    """``E = (1/N) sum_n ||z_L(n) - t(n)||^2``, as a float (summed in float64)."""
-    difference = output(layers, x) - target
+def error(layers: list[DenseLayer], x: np.ndarray, target: np.ndarray, first: np.ndarray | None = None) -> float:
+    """``E = (1/N) sum_n ||z_L(n) - t(n)||^2``, as a float (summed in float64; ``first``: as in ``forward``)."""
+    difference = output(layers, x, first) - target
     return float(np.sum(np.square(difference, dtype=np.float64)) / max(len(x), 1))
 
 
-def gradients(layers: list[DenseLayer], x: np.ndarray, target: np.ndarray) -> tuple[float, list[tuple[np.ndarray, np.ndarray | None]]]:
+def gradients(layers: list[DenseLayer], x: np.ndarray, target: np.ndarray, first: np.ndarray | None = None
+              ) -> tuple[float, list[tuple[np.ndarray, np.ndarray | None]]]:
     """E on (``x`` [N, K_0], ``target`` [N, K_L]) and its gradient per layer: (dE/dW [outputs, inputs], dE/db
-    [outputs] or None), by backpropagation (module docstring), masks not applied."""
-    values = forward(layers, x)
+    [outputs] or None), by backpropagation (module docstring), masks not applied. With ``first`` (the first layer's
+    product ``x W_1^T``, as in ``forward``), the first layer's dE/dW is not computed: its place holds dE/dz_1 [N, K_1]
+    (LookupProducts.gradients turns it into the codebook's gradient)."""
+    values = forward(layers, x, first)
     n = max(len(x), 1)
     difference = values[-1] - target
     loss = float(np.sum(np.square(difference, dtype=np.float64)) / n)
@@ -108,7 +124,8 @@ def gradients(layers: list[DenseLayer], x: np.ndarray, target: np.ndarray) -> tu
         layer = layers[index]
         previous = position - 1  # h_{l-1}
         h = values[previous]
-        grads[index] = (delta.T @ h, delta.sum(axis=0) if layer.bias is not None else None)
+        grads[index] = (delta if index == 0 and first is not None else delta.T @ h,
+                        delta.sum(axis=0) if layer.bias is not None else None)
         if index > 0:
             delta = delta @ layer.weight
             if layers[index - 1].relu:  # h_{l-1} = max(z_{l-1}, 0): z_{l-1} is the value before it
@@ -140,6 +157,20 @@ def fit(layers: list[DenseLayer], fit_x: np.ndarray, fit_target: np.ndarray, sto
     for layer, bias_mask in zip(current, masks[1::2]):
         if bias_mask is not None:
             layer.bias *= bias_mask
+    # The first layer's input columns that cannot matter (zero in every sample, fit and held back, or read by no kept
+    # weight) are left out of the products: their weights' gradients are exactly 0, so Adam never moves them
+    # (m = v = 0, a zero step), and they are put back as they started. The same fit on fewer multiply-adds
+    # (MNIST: 657 of 784 pixels are nonzero in 4,000 digits; pruning by activation drops more).
+    whole = current[0].weight
+    columns = np.any(fit_x != 0, axis=0) | np.any(stop_x != 0, axis=0)
+    if masks[0] is not None:
+        columns &= masks[0].any(axis=0)
+    columns = np.flatnonzero(columns)
+    narrowed = len(columns) < whole.shape[1]
+    if narrowed:
+        current[0].weight = np.ascontiguousarray(whole[:, columns])
+        masks[0] = None if masks[0] is None else np.ascontiguousarray(masks[0][:, columns])
+        fit_x, stop_x = np.ascontiguousarray(fit_x[:, columns]), np.ascontiguousarray(stop_x[:, columns])
     params = [p for layer in current for p in (layer.weight, layer.bias)]
 
     def gradient() -> list[np.ndarray | None]:
@@ -147,6 +178,10 @@ def fit(layers: list[DenseLayer], fit_x: np.ndarray, fit_target: np.ndarray, sto
 
     kept, steps, best_step, start, best = adam(params, masks, gradient, lambda: error(current, stop_x, stop_target),
                                                learning_rate=learning_rate, max_steps=max_steps, patience=patience)
+    if narrowed:
+        restored = whole.copy()
+        restored[:, columns] = kept[0]
+        kept[0] = restored
     result = [DenseLayer(kept[2 * i], kept[2 * i + 1], layer.relu, layer.weight_mask, layer.bias_mask)
               for i, layer in enumerate(current)]
     return FitResult(result, steps, best_step, start, best)
@@ -163,6 +198,14 @@ def adam(params: list[np.ndarray | None], masks: list[np.ndarray | None], gradie
     whose parameters are decoded into other arrays decodes there). Returns (copies of the parameters at the step
     with the lowest held-back error, the start's when none is lower; the steps run; that step, 0 for the start; the
     held-back error at the start; at that step)."""
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(limits=FIT_THREADS, user_api="blas"):
+        return _adam(params, masks, gradient, held_error, learning_rate=learning_rate, max_steps=max_steps,
+                     patience=patience)
+
+
+def _adam(params, masks, gradient, held_error, *, learning_rate: float, max_steps: int, patience: int):
+    """``adam``'s loop (under its thread limit)."""
     first = [p.shape for p in params if p is not None]
     moments = [None if p is None else np.zeros_like(p) for p in params]
     squares = [None if p is None else np.zeros_like(p) for p in params]
@@ -229,6 +272,76 @@ class SharedValues:
         return sums.astype(grad.dtype), outliers
 
 
+LOOKUP_BYTES = 256 << 20  # at most this many bytes of LookupProducts' products (both sample sets); else the plain path
+
+
+class LookupProducts:
+    """The first layer's product ``x W^T`` [N, outputs] for a weight stored as a codebook lookup (SharedValues), by
+    entry: ``x W^T = sum_k c_k (x A_k^T) + x O^T``, where A_k [outputs, inputs] holds the scales (1 unscaled) of the
+    values that look entry k up, 0 elsewhere (an outlier looks nothing up), and O the outliers' values at their
+    positions. The first layer's input never changes during a fit, so the products ``P_k = x A_k^T`` are computed
+    once (sparse: N multiply-adds a looked-up value), and then each step's product is K scaled sums of [N, outputs]
+    arrays and the entries' gradients K inner products,
+    ``dE/dc_k = sum_{n,i} dE/dz[n,i] P_k[n,i] = sum_{(i,j): A_k[i,j] != 0} (dE/dW)[i,j] A_k[i,j]``,
+    the sum over the values that look entry k up of their gradients times their scales (SharedValues.gradients,
+    Deep Compression's centroid gradient) in another order; an outlier's gradient is ``sum_n dE/dz[n,i] x[n,j]``.
+    This replaces the two [N, inputs] x [inputs, outputs] products of the dense path (forward and dE/dW) a step.
+    Entries held fixed at exactly 0 (the pruned +0.0) add nothing, get no product, and their gradient is given as 0
+    (they never move)."""
+
+    def __init__(self, shared: SharedValues, x: np.ndarray, dtype=np.float32) -> None:
+        from scipy import sparse
+        outputs, inputs = shared.indices.shape
+        self.size = len(shared.codebook)
+        self.entries = self.moving(shared)
+        looked_up = np.ones(outputs * inputs, bool)
+        looked_up[shared.positions] = False
+        indices = np.asarray(shared.indices).reshape(-1)
+        scales = None if shared.scales is None else np.asarray(shared.scales, np.float64).reshape(-1)
+        transposed = np.ascontiguousarray(np.asarray(x, np.float64).T)  # [inputs, N]
+        self.products = np.empty((len(self.entries), len(x), outputs), dtype)
+        for slot, entry in enumerate(self.entries):
+            where = np.flatnonzero(looked_up & (indices == entry))
+            lookup = sparse.csr_matrix((np.ones(len(where)) if scales is None else scales[where],
+                                        (where // inputs, where % inputs)), shape=(outputs, inputs))
+            self.products[slot] = (lookup @ transposed).T
+        self.flat_products = self.products.reshape(len(self.entries), -1)
+        # outliers grouped by output row (stable, so each row's sum runs in the outliers' order)
+        positions = np.asarray(shared.positions, np.int64)
+        self.outlier_rows, outlier_columns = np.divmod(positions, inputs)
+        self.order = np.argsort(self.outlier_rows, kind="stable")
+        rows = self.outlier_rows[self.order]
+        self.row_starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]) if len(rows) else np.zeros(0, np.int64)
+        self.rows = rows[self.row_starts]
+        self.outlier_inputs = np.ascontiguousarray(np.asarray(x, dtype)[:, outlier_columns])  # [N, M]
+
+    @staticmethod
+    def moving(shared: SharedValues) -> np.ndarray:
+        """The entries that get a product: all but those held fixed at exactly 0."""
+        codebook = np.asarray(shared.codebook, np.float64)
+        fixed = np.zeros(len(codebook), bool) if shared.fixed is None else np.asarray(shared.fixed, bool)
+        return np.flatnonzero(~(fixed & (codebook == 0)))
+
+    @staticmethod
+    def fits(shared: SharedValues, samples: int, dtype=np.float32) -> bool:
+        """Whether the products of ``samples`` samples stay within LOOKUP_BYTES."""
+        size = len(LookupProducts.moving(shared)) * samples * shared.indices.shape[0] * np.dtype(dtype).itemsize
+        return size <= LOOKUP_BYTES
+
+    def product(self, codebook: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """``x W^T`` [N, outputs] at the codebook ``codebook`` [K] and outlier values ``values`` [M] (a new array)."""
+        z = (np.asarray(codebook, self.products.dtype)[self.entries] @ self.flat_products).reshape(self.products.shape[1:])
+        if len(self.rows):
+            z[:, self.rows] += np.add.reduceat((self.outlier_inputs * values)[:, self.order], self.row_starts, axis=1)
+        return z
+
+    def gradients(self, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(dE/dcodebook [K], dE/dvalues [M]) from ``delta`` = dE/dz [N, outputs] (class docstring)."""
+        grad = np.zeros(self.size, delta.dtype)
+        grad[self.entries] = self.flat_products @ delta.reshape(-1)
+        return grad, np.einsum("nm,nm->m", delta[:, self.outlier_rows], self.outlier_inputs)
+
+
 @dataclass
 class SharedFitResult:
     """What ``fit_shared`` did: per layer the tuned weight and bias (SharedValues with new codebooks and outlier
@@ -276,9 +389,17 @@ def fit_shared(layers: list[DenseLayer], weights: list[SharedValues | None], bia
             params += [None, None]
             masks += [None, None]
 
+    # the first layer's weight as a lookup: its products by entry once, on each sample set (LookupProducts)
+    lookups = None
+    if tuned[0] is not None and LookupProducts.fits(tuned[0], len(fit_x) + len(stop_x), dtype):
+        lookups = LookupProducts(tuned[0], fit_x, dtype), LookupProducts(tuned[0], stop_x, dtype)
+
+    def first(samples: int) -> np.ndarray | None:
+        return None if lookups is None else lookups[samples].product(tuned[0].codebook, tuned[0].values)
+
     def decode() -> None:
         for index, item in enumerate(tuned):
-            if item is not None:
+            if item is not None and (index or lookups is None):
                 value = item.decoded(dtype)
                 if index % 2:
                     current[index // 2].bias = value.reshape(-1)
@@ -286,11 +407,13 @@ def fit_shared(layers: list[DenseLayer], weights: list[SharedValues | None], bia
                     current[index // 2].weight = value
 
     def gradient() -> list[np.ndarray | None]:
-        _, grads = gradients(current, fit_x, fit_target)
+        _, grads = gradients(current, fit_x, fit_target, first(0))
         flat = []
         for index, item in enumerate(tuned):
             grad = grads[index // 2][index % 2]
-            if item is not None:
+            if index == 0 and lookups is not None:
+                flat += list(lookups[0].gradients(grad))  # grad is dE/dz_1 here
+            elif item is not None:
                 flat += list(item.gradients(grad.reshape(item.indices.shape)))
             else:
                 flat += [grad if params[len(flat)] is not None else None, None]
@@ -298,7 +421,7 @@ def fit_shared(layers: list[DenseLayer], weights: list[SharedValues | None], bia
 
     def held_error() -> float:
         decode()
-        return error(current, stop_x, stop_target)
+        return error(current, stop_x, stop_target, first(1))
 
     kept, steps, best_step, start, best = adam(params, masks, gradient, held_error, learning_rate=learning_rate,
                                                max_steps=max_steps, patience=patience)
