@@ -431,7 +431,9 @@ OrtStatus* CodebookConvKernel::Init(const OrtKernelInfo* info) {
       if (blocked_input && a.group == 1) PlanWinograd(o_count, i_count);
       if (depthwise || (a.group == 1 && !blocked_input)) PlanDepthwise(depthwise);
       // Winograd keeps the filter as OIHWBo ([O/16][C][3][3][16]), which its per-run transform reads.
-      ReorderFilter(dense.data(), o_count, i_count, kernel, block, blocked_input && winograd_.m == 0, weight_data_);
+      // (Blocks of 8 keep onnxruntime's OIHWBiBo for both: a run with few tiles takes the direct convolution.)
+      ReorderFilter(dense.data(), o_count, i_count, kernel, block,
+                    blocked_input && (winograd_.m == 0 || block == kWinogradBlockAvx2), weight_data_);
       if (bias.present) {
         bias_ = bias.values;
         bias_.resize(static_cast<size_t>(o_padded), 0.0f);
@@ -593,7 +595,7 @@ OrtStatus* CodebookConvKernel::ComputeV2(OrtKernelContext* raw_context) noexcept
 void CodebookConvKernel::BlockedConv(OrtKernelContext* context, const OrtValue* x, const OrtValue* bias,
                                      OrtValue* y, const std::vector<int64_t>& x_shape,
                                      const std::vector<int64_t>& y_shape) {
-  if (winograd_.m != 0) return RunWinograd(context, x, y);
+  if (winograd_.m != 0 && (block_ == kWinogradBlock || winograd_.m != kWinogradByRule || WinogradTilesPay(y_shape))) return RunWinograd(context, x, y);
   if (depthwise_ && RunDepthwise(context, x, y, x_shape, y_shape)) return;
   const OrtValue* inputs[] = {x, weight_value_, bias};
   OrtValue* outputs[] = {y};
@@ -665,8 +667,10 @@ void RunWinogradBlock(void* data, size_t block) {
 void CodebookConvKernel::PlanWinograd(int64_t o_count, int64_t i_count) {
   const ConvAttributes& a = attributes_;
   const int setting = WinogradSetting();
-  if (setting == 0 || block_ != kWinogradBlock || weight_dims_.size() != 4 || weight_dims_[2] != 3 ||
-      weight_dims_[3] != 3 || a.group != 1 || i_count % kWinogradBlock != 0 || o_count % kWinogradBlock != 0 ||
+  // Blocks of 16 (AVX-512F CPUs) or of 8 (AVX2 CPUs, onnxruntime's NCHWc block there): the same arithmetic per
+  // output channel, so the same bits either way.
+  if (setting == 0 || (block_ != kWinogradBlock && block_ != kWinogradBlockAvx2) || weight_dims_.size() != 4 ||
+      weight_dims_[2] != 3 || weight_dims_[3] != 3 || a.group != 1 || i_count % block_ != 0 || o_count % block_ != 0 ||
       (a.auto_pad != "NOTSET" && a.auto_pad != "VALID")) {
     return;
   }
@@ -692,16 +696,31 @@ void CodebookConvKernel::PlanWinograd(int64_t o_count, int64_t i_count) {
   plan.m = setting > 0 ? setting : kWinogradByRule;
   plan.block_tiles = WinogradTilesSetting();
 #if defined(ONNXCOMP_HAVE_AVX512_KERNELS)
-  if (SelectIsa() == Isa::kAvx512) {
+  if (block_ == kWinogradBlock && SelectIsa() == Isa::kAvx512) {
     plan.block = WinogradBlockAvx512;
     plan.weights = WinogradWeightsAvx512;
   }
 #endif
+#if defined(ONNXCOMP_HAVE_AVX2_KERNELS)
+  if (block_ == kWinogradBlockAvx2 && SelectIsa() == Isa::kAvx2) {
+    plan.block = WinogradBlockAvx2;
+    plan.weights = WinogradWeightsAvx2;
+  }
+#endif
   if (!plan.block) {
-    plan.block = WinogradBlockScalar;
-    plan.weights = WinogradWeightsScalar;
+    plan.block = block_ == kWinogradBlock ? WinogradBlockScalar : WinogradBlockScalar8;
+    plan.weights = block_ == kWinogradBlock ? WinogradWeightsScalar : WinogradWeightsScalar8;
   }
   winograd_ = plan;
+}
+
+// Blocks of 8 (AVX2 CPUs), m by the rule (not forced by ONNXCOMP_WINOGRAD): the Winograd convolution in a run of at
+// least kWinogradLargeTiles tiles of 4x4 outputs, else onnxruntime's direct one. With 8-lane vectors the transforms and U's pass through memory weigh more against the
+// saved multiply-adds than with 16: on the 512-channel 15 x 15 layer of vgg16 at batch 1 (16 tiles, U of 36 MiB) the
+// Winograd layer measured 1.6x onnxruntime's time, from 64 tiles on it was faster on every layer tried
+// (docs/benchmarks.md, "AVX2").
+bool CodebookConvKernel::WinogradTilesPay(const std::vector<int64_t>& y_shape) const {
+  return y_shape[0] * ((y_shape[2] + 3) / 4) * ((y_shape[3] + 3) / 4) >= kWinogradLargeTiles;
 }
 
 void CodebookConvKernel::RunWinograd(OrtKernelContext* raw_context, const OrtValue* x_value,
@@ -756,7 +775,7 @@ void CodebookConvKernel::RunWinograd(OrtKernelContext* raw_context, const OrtVal
   const double work = double(alpha * alpha) * double(p.tiles()) * double(c) * double(o);
   const bool parallel = work >= kConvParallelWork;
   WinogradWeightsTask weights{&winograd_, m, weight_data_, c, o, u_data};
-  const int64_t o_blocks = o / kWinogradBlock;
+  const int64_t o_blocks = o / block_;
   if (parallel && o_blocks > 1) {
     context.ParallelFor(RunWinogradWeights, static_cast<size_t>(o_blocks), 0, &weights);
   } else {

@@ -208,14 +208,20 @@ void DenseTile(const DenseProblem& p, const float* w, const char* next, int64_t 
   __m256 acc[MR][2];
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-  const float* x = p.x + m0 * p.k;
-  for (int64_t kk = 0; kk < p.k; ++kk) {
+  // One pointer per row and K in a local: the loop is then its loads, broadcasts and FMAs (each row's broadcast
+  // indexed from its own pointer by one shared k), not one address computation per row and a reload of p.k per k.
+  const int64_t k = p.k;
+  const float* x[MR];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) x[r] = p.x + (m0 + r) * k;
+#pragma GCC unroll 1
+  for (int64_t kk = 0; kk < k; ++kk) {
     const __m256 w0 = _mm256_load_ps(w + kk * 16);
     const __m256 w1 = _mm256_load_ps(w + kk * 16 + 8);
     _mm_prefetch(next + kk * 64, _MM_HINT_T0);
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
-      const __m256 xv = _mm256_broadcast_ss(x + r * p.k + kk);
+      const __m256 xv = _mm256_broadcast_ss(x[r] + kk);
       acc[r][0] = _mm256_fmadd_ps(xv, w0, acc[r][0]);
       acc[r][1] = _mm256_fmadd_ps(xv, w1, acc[r][1]);
     }
@@ -252,24 +258,25 @@ struct DenseRowsContext {
   const DenseProblem* p;
   const float* w;
   const char* next;
-  int64_t n0;
+  int64_t n0, row_end;
 };
 
 void DenseRowTile(void* context, int64_t m, int64_t height) {
   const DenseRowsContext& c = *static_cast<const DenseRowsContext*>(context);
+  const char* next = m + height == c.row_end ? c.next : reinterpret_cast<const char*>(c.w);
   switch (height) {
-    case 6: return DenseTile<6>(*c.p, c.w, c.next, m, c.n0);
-    case 5: return DenseTile<5>(*c.p, c.w, c.next, m, c.n0);
-    case 4: return DenseTile<4>(*c.p, c.w, c.next, m, c.n0);
-    case 3: return DenseTile<3>(*c.p, c.w, c.next, m, c.n0);
-    case 2: return DenseTile<2>(*c.p, c.w, c.next, m, c.n0);
-    default: return DenseTile<1>(*c.p, c.w, c.next, m, c.n0);
+    case 6: return DenseTile<6>(*c.p, c.w, next, m, c.n0);
+    case 5: return DenseTile<5>(*c.p, c.w, next, m, c.n0);
+    case 4: return DenseTile<4>(*c.p, c.w, next, m, c.n0);
+    case 3: return DenseTile<3>(*c.p, c.w, next, m, c.n0);
+    case 2: return DenseTile<2>(*c.p, c.w, next, m, c.n0);
+    default: return DenseTile<1>(*c.p, c.w, next, m, c.n0);
   }
 }
 
 void DenseRows(const DenseProblem& p, const float* w, const char* next, int64_t row_begin, int64_t row_end,
                int64_t n0) {
-  DenseRowsContext context{&p, w, next, n0};
+  DenseRowsContext context{&p, w, next, n0, row_end};
   ForBalancedTiles(row_begin, row_end, kDenseRows, DenseRowTile, &context);
 }
 
