@@ -217,7 +217,7 @@ void DenseTile(const DenseProblem& p, const float* w, const char* next, int64_t 
   // The tile's output lines are written once, after the loop: fetched now, the stores do not wait for them.
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) _mm_prefetch(reinterpret_cast<const char*>(p.y + (m0 + r) * p.n + n0), _MM_HINT_T0);
-#pragma GCC unroll 1
+#pragma GCC unroll 2
   for (int64_t kk = 0; kk < k; ++kk) {
     const __m256 w0 = _mm256_load_ps(w + kk * 16);
     const __m256 w1 = _mm256_load_ps(w + kk * 16 + 8);
