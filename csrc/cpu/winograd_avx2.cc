@@ -11,7 +11,7 @@ namespace onnxcomp {
 namespace {
 
 // y[r][8 j + l] = chain over kk of fma(x[r][kk], panel[j][kk][l], .) from 0.0, for r < MR and j < NP. One pointer
-// per row (its broadcast indexed by the shared kk), so the loop is its loads, broadcasts and FMAs.
+// per row (its broadcast indexed by the shared kk), so the loop is its loads, broadcasts and FMAs, unrolled by two.
 template <int MR, int NP>
 inline void GemmTile(const float* x, int64_t k, const float* const* panel, float* y, int64_t ldy) {
   __m256 acc[MR][NP];
@@ -24,7 +24,7 @@ inline void GemmTile(const float* x, int64_t k, const float* const* panel, float
   }
   const float* p0 = panel[0];
   const float* p1 = panel[NP - 1];
-#pragma GCC unroll 1
+#pragma GCC unroll 2
   for (int64_t kk = 0; kk < k; ++kk) {
     const __m256 w0 = _mm256_loadu_ps(p0 + kk * 8);
     const __m256 w1 = NP > 1 ? _mm256_loadu_ps(p1 + kk * 8) : w0;
