@@ -1,5 +1,6 @@
-"""CodebookConv's depthwise path (path 1b: the library's NCHWc16 depthwise kernel, cpu/depthwise.h) against a numpy
-float64 convolution, across instruction-set caps and thread counts, and the rule that picks it.
+"""CodebookConv's depthwise path (path 1b: the library's depthwise kernel on onnxruntime's NCHWc layout of this CPU,
+blocks of 16 with AVX-512F, of 8 with AVX2; cpu/depthwise.h) against a numpy float64 convolution, across
+instruction-set caps and thread counts, and the rule that picks it.
 
 Tolerance: each output is one chain of fused multiply-adds over its k_h * k_w in-bounds taps, then + bias, then the
 activation, so |y - reference| <= (k_h * k_w + 2) * 2^-24 * M (the usual bound of a recursive sum, Higham,
@@ -66,7 +67,8 @@ def checked_against_numpy(x, w, bias, attrs, activation) -> tuple:
 
 
 def assert_same_under_every_isa_cap_and_thread_count(model, x):
-    """scalar, AVX2 (the portable kernel: there is no AVX2 kernel for these paths) and AVX-512, 1 and 2 threads."""
+    """scalar, AVX2 and AVX-512 caps (an AVX-512F CPU, blocks of 16: the AVX2 cap runs the portable kernel; an AVX2
+    CPU, blocks of 8: the AVX2 kernel, and the portable one of blocks of 8 under the scalar cap), 1 and 2 threads."""
     outputs = [run(model, x, {"ONNXCOMP_ISA": isa}) for isa in ("scalar", "avx2", "avx512")]
     outputs.append(run(model, x, threads=2))
     for y in outputs[1:]:

@@ -595,7 +595,9 @@ OrtStatus* CodebookConvKernel::ComputeV2(OrtKernelContext* raw_context) noexcept
 void CodebookConvKernel::BlockedConv(OrtKernelContext* context, const OrtValue* x, const OrtValue* bias,
                                      OrtValue* y, const std::vector<int64_t>& x_shape,
                                      const std::vector<int64_t>& y_shape) {
-  if (winograd_.m != 0 && (block_ == kWinogradBlock || winograd_.m != kWinogradByRule || WinogradTilesPay(y_shape))) return RunWinograd(context, x, y);
+  if (winograd_.m != 0 && (block_ == kWinogradBlock || winograd_.m != kWinogradByRule || WinogradTilesPay(y_shape))) {
+    return RunWinograd(context, x, y);
+  }
   if (depthwise_ && RunDepthwise(context, x, y, x_shape, y_shape)) return;
   const OrtValue* inputs[] = {x, weight_value_, bias};
   OrtValue* outputs[] = {y};
@@ -715,10 +717,10 @@ void CodebookConvKernel::PlanWinograd(int64_t o_count, int64_t i_count) {
 }
 
 // Blocks of 8 (AVX2 CPUs), m by the rule (not forced by ONNXCOMP_WINOGRAD): the Winograd convolution in a run of at
-// least kWinogradLargeTiles tiles of 4x4 outputs, else onnxruntime's direct one. With 8-lane vectors the transforms and U's pass through memory weigh more against the
-// saved multiply-adds than with 16: on the 512-channel 15 x 15 layer of vgg16 at batch 1 (16 tiles, U of 36 MiB) the
-// Winograd layer measured 1.6x onnxruntime's time, from 64 tiles on it was faster on every layer tried
-// (docs/benchmarks.md, "AVX2").
+// least kWinogradLargeTiles tiles of 4x4 outputs, else onnxruntime's direct one. With 8-lane vectors the transforms
+// and U's passes through memory weigh more against the saved multiply-adds than with 16: on a 512-channel 15 x 15
+// layer (vgg16's last, 16 tiles at batch 1, U of 36 MiB) the Winograd layer measured 1.6x onnxruntime's time; from
+// 64 tiles on it was faster on every synthetic layer tried (docs/benchmarks.md, branch `avx2speed`).
 bool CodebookConvKernel::WinogradTilesPay(const std::vector<int64_t>& y_shape) const {
   return y_shape[0] * ((y_shape[2] + 3) / 4) * ((y_shape[3] + 3) / 4) >= kWinogradLargeTiles;
 }
@@ -797,7 +799,8 @@ void CodebookConvKernel::RunWinograd(OrtKernelContext* raw_context, const OrtVal
 void CodebookConvKernel::PlanDepthwise(bool depthwise) {
   const ConvAttributes& a = attributes_;
   const char* setting = getenv(depthwise ? "ONNXCOMP_DEPTHWISE" : "ONNXCOMP_NCHW_INPUT");
-  if ((setting && strcmp(setting, "0") == 0) || block_ != kDepthwiseBlock || weight_dims_.size() != 4 ||
+  if ((setting && strcmp(setting, "0") == 0) || (block_ != kDepthwiseBlock && block_ != kDepthwiseBlockAvx2) ||
+      weight_dims_.size() != 4 ||
       (a.auto_pad != "NOTSET" && a.auto_pad != "VALID")) {
     return;
   }
@@ -821,9 +824,17 @@ void CodebookConvKernel::PlanDepthwise(bool depthwise) {
   depthwise_beta_ = params.size() > 1 ? params[1] : 0.0f;
   nchw_input_ = !depthwise;
 #if defined(ONNXCOMP_HAVE_AVX512_KERNELS)
-  if (SelectIsa() == Isa::kAvx512) depthwise_ = depthwise ? DepthwiseAvx512 : NchwInputAvx512;
+  if (block_ == kDepthwiseBlock && SelectIsa() == Isa::kAvx512) {
+    depthwise_ = depthwise ? DepthwiseAvx512 : NchwInputAvx512;
+  }
 #endif
-  if (!depthwise_) depthwise_ = depthwise ? DepthwiseScalar : NchwInputScalar;
+#if defined(ONNXCOMP_HAVE_AVX2_KERNELS)
+  if (block_ == kDepthwiseBlockAvx2 && SelectIsa() == Isa::kAvx2) {
+    depthwise_ = depthwise ? DepthwiseAvx2 : NchwInputAvx2;
+  }
+#endif
+  if (!depthwise_ && block_ == kDepthwiseBlock) depthwise_ = depthwise ? DepthwiseScalar : NchwInputScalar;
+  if (!depthwise_) depthwise_ = depthwise ? DepthwiseScalar8 : NchwInputScalar8;
 }
 
 namespace {
@@ -853,7 +864,7 @@ bool CodebookConvKernel::RunDepthwise(OrtKernelContext* raw_context, const OrtVa
   DepthwiseProblem p{};
   p.x = x.GetTensorData<float>();
   p.n = xs[0];
-  p.blocks = RoundUp(ys[1], kDepthwiseBlock) / kDepthwiseBlock;  // X and Y padded to the block
+  p.blocks = RoundUp(ys[1], block_) / block_;  // X and Y padded to the block
   p.channels = nchw_input_ ? xs[1] : 0;
   p.h = xs[2];
   p.w = xs[3];
@@ -878,7 +889,7 @@ bool CodebookConvKernel::RunDepthwise(OrtKernelContext* raw_context, const OrtVa
   p.y = y.GetTensorMutableData<float>();
   // Tasks of about 2^14 multiply-adds' worth of rows (at least one row) once the layer is worth splitting.
   const double row_work =
-      double(p.out_w) * double(p.kernel_h * p.kernel_w * std::max<int64_t>(1, p.channels)) * double(kDepthwiseBlock);
+      double(p.out_w) * double(p.kernel_h * p.kernel_w * std::max<int64_t>(1, p.channels)) * double(block_);
   const double work = row_work * double(p.out_h) * double(p.n * p.blocks);
   const bool parallel = work >= kConvParallelWork;
   p.rows_per_task = parallel ? std::max<int64_t>(1, static_cast<int64_t>(double(1 << 14) / row_work)) : p.out_h;

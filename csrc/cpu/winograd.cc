@@ -1,5 +1,5 @@
 // The portable Winograd and depthwise kernels (cpu/winograd.h, cpu/depthwise.h): 16 scalar lanes per vector (8 for
-// the Winograd kernels on blocks of 8), each operation rounded as the AVX-512 and AVX2 kernels' (fmaf for their
+// the kernels on blocks of 8), each operation rounded as the AVX-512 and AVX2 kernels' (fmaf for their
 // fused multiply-adds), so they all give the same bits.
 #include "cpu/winograd.h"
 #include "cpu/depthwise.h"
@@ -101,6 +101,7 @@ namespace block8 {
 namespace {
 using Ops = ScalarOps<8>;
 #include "cpu/winograd_impl.h"
+#include "cpu/depthwise_impl.h"
 }  // namespace
 }  // namespace block8
 
@@ -124,5 +125,7 @@ void WinogradWeightsScalar8(int m, const float* filter, int64_t c, int64_t o, in
 
 void DepthwiseScalar(const DepthwiseProblem& p, int64_t task) { block16::RunDepthwise(p, task); }
 void NchwInputScalar(const DepthwiseProblem& p, int64_t task) { block16::RunNchwInput(p, task); }
+void DepthwiseScalar8(const DepthwiseProblem& p, int64_t task) { block8::RunDepthwise(p, task); }
+void NchwInputScalar8(const DepthwiseProblem& p, int64_t task) { block8::RunNchwInput(p, task); }
 
 }  // namespace onnxcomp

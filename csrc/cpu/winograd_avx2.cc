@@ -1,11 +1,12 @@
-// The AVX2 + FMA Winograd kernels (cpu/winograd.h) on onnxruntime's NCHWc layout with blocks of 8 channels (its block
-// on CPUs without AVX-512F): one __m256 per 8-channel vector; the element-wise products as GEMMs with a 6-row x
+// The AVX2 + FMA Winograd and depthwise kernels (cpu/winograd.h, cpu/depthwise.h) on onnxruntime's NCHWc layout
+// with blocks of 8 channels (its block on CPUs without AVX-512F): one __m256 per 8-channel vector; the element-wise products as GEMMs with a 6-row x
 // 16-column register tile (12 ymm accumulators, two panels of 8 output channels, one broadcast per tile row and k),
 // as matmul_avx2.cc's dense-panel kernel. Compiled with -mavx2 -mfma -ffp-contract=off; called only when the CPU
 // has both.
 #include <immintrin.h>
 
 #include "cpu/winograd.h"
+#include "cpu/depthwise.h"
 
 namespace onnxcomp {
 namespace {
@@ -92,6 +93,7 @@ struct Ops {
 };
 
 #include "cpu/winograd_impl.h"
+#include "cpu/depthwise_impl.h"
 
 }  // namespace
 
@@ -101,5 +103,8 @@ void WinogradWeightsAvx2(int m, const float* filter, int64_t c, int64_t o, int64
                          float* u) {
   RunWeights(m, filter, c, o, ob_begin, ob_end, u);
 }
+
+void DepthwiseAvx2(const DepthwiseProblem& p, int64_t task) { RunDepthwise(p, task); }
+void NchwInputAvx2(const DepthwiseProblem& p, int64_t task) { RunNchwInput(p, task); }
 
 }  // namespace onnxcomp
