@@ -145,3 +145,20 @@ def test_nchw_input_path_against_numpy_float64_and_onnxruntime(case):
 def test_nchw_input_path_is_the_same_under_every_isa_cap_and_thread_count(case):
     x, w, bias, attrs = nchw_inputs(case)
     assert_same_under_every_isa_cap_and_thread_count(dense_conv_model(w, attrs, bias, None, NCHW_ACTS[case]), x)
+
+
+@pytest.mark.parametrize("case", [0, 1])
+def test_nchw_input_kernel_on_blocks_of_8_under_its_setting(case):
+    """On an AVX2 CPU (blocks of 8) path 1c runs only under ONNXCOMP_NCHW_INPUT=1 (its kernel measured slower than
+    onnxruntime's there): then the bits of onnxruntime's NCHW-input kernel, under the scalar cap and two threads too."""
+    from test_winograd import nchwc_block
+
+    if nchwc_block() != 8:
+        pytest.skip("blocks of 8: an x86-64 CPU without AVX-512F")
+    x, w, bias, attrs = nchw_inputs(case)
+    model = dense_conv_model(w, attrs, bias, None, NCHW_ACTS[case])
+    want = run(model, x, {"ONNXCOMP_NCHW_INPUT": "0"})
+    np.testing.assert_array_equal(run(model, x), want)
+    for env, threads in (({"ONNXCOMP_NCHW_INPUT": "1"}, 1), ({"ONNXCOMP_NCHW_INPUT": "1", "ONNXCOMP_ISA": "scalar"}, 1),
+                         ({"ONNXCOMP_NCHW_INPUT": "1"}, 2)):
+        np.testing.assert_array_equal(run(model, x, env, threads=threads), want)

@@ -793,17 +793,21 @@ void CodebookConvKernel::RunWinograd(OrtKernelContext* raw_context, const OrtVal
 }
 
 // Paths 1b and 1c (docs/ops.md, "How it runs"): a depthwise layer of the NCHWc path (or, 1c, one with group 1 and
-// an NCHW input of fewer than 16 channels) with blocks of 16, explicit pads and no activation or one the kernels
-// apply runs the library's kernel (cpu/depthwise.h) on the same X and blocked Y; ONNXCOMP_DEPTHWISE=0 and
-// ONNXCOMP_NCHW_INPUT=0 (read at kernel creation) leave them to onnxruntime's NCHWc Conv.
+// an NCHW input of fewer channels than the block) with blocks of 16 or 8 (1c: 8 only under ONNXCOMP_NCHW_INPUT=1),
+// explicit pads and no activation or one the kernels apply runs the library's kernel (cpu/depthwise.h) on the same X
+// and blocked Y; ONNXCOMP_DEPTHWISE=0 and ONNXCOMP_NCHW_INPUT=0 (read at kernel creation) leave them to
+// onnxruntime's NCHWc Conv.
 void CodebookConvKernel::PlanDepthwise(bool depthwise) {
   const ConvAttributes& a = attributes_;
   const char* setting = getenv(depthwise ? "ONNXCOMP_DEPTHWISE" : "ONNXCOMP_NCHW_INPUT");
   if ((setting && strcmp(setting, "0") == 0) || (block_ != kDepthwiseBlock && block_ != kDepthwiseBlockAvx2) ||
-      weight_dims_.size() != 4 ||
-      (a.auto_pad != "NOTSET" && a.auto_pad != "VALID")) {
+      weight_dims_.size() != 4 || (a.auto_pad != "NOTSET" && a.auto_pad != "VALID")) {
     return;
   }
+  // Path 1c with blocks of 8 (AVX2 CPUs) only under ONNXCOMP_NCHW_INPUT=1: its kernel measured slower there than
+  // onnxruntime's (pplcnet-orientation's first layer, 3 -> 16 channels at stride 2: 615 us against 454; branch
+  // `avx2speed`), while the depthwise kernel on blocks of 8 was faster.
+  if (!depthwise && block_ == kDepthwiseBlockAvx2 && !(setting && strcmp(setting, "1") == 0)) return;
   const std::vector<float>& params = a.activation_params;
   if (a.activation.empty()) {
     depthwise_activation_ = DepthwiseActivation::kNone;
