@@ -1,5 +1,6 @@
-"""CodebookConv's depthwise path (path 1b: the library's NCHWc16 depthwise kernel, cpu/depthwise.h) against a numpy
-float64 convolution, across instruction-set caps and thread counts, and the rule that picks it.
+"""CodebookConv's depthwise path (path 1b: the library's depthwise kernel on onnxruntime's NCHWc layout of this CPU,
+blocks of 16 with AVX-512F, of 8 with AVX2; cpu/depthwise.h) against a numpy float64 convolution, across
+instruction-set caps and thread counts, and the rule that picks it.
 
 Tolerance: each output is one chain of fused multiply-adds over its k_h * k_w in-bounds taps, then + bias, then the
 activation, so |y - reference| <= (k_h * k_w + 2) * 2^-24 * M (the usual bound of a recursive sum, Higham,
@@ -66,7 +67,8 @@ def checked_against_numpy(x, w, bias, attrs, activation) -> tuple:
 
 
 def assert_same_under_every_isa_cap_and_thread_count(model, x):
-    """scalar, AVX2 (the portable kernel: there is no AVX2 kernel for these paths) and AVX-512, 1 and 2 threads."""
+    """scalar, AVX2 and AVX-512 caps (an AVX-512F CPU, blocks of 16: the AVX2 cap runs the portable kernel; an AVX2
+    CPU, blocks of 8: the AVX2 kernel, and the portable one of blocks of 8 under the scalar cap), 1 and 2 threads."""
     outputs = [run(model, x, {"ONNXCOMP_ISA": isa}) for isa in ("scalar", "avx2", "avx512")]
     outputs.append(run(model, x, threads=2))
     for y in outputs[1:]:
@@ -143,3 +145,20 @@ def test_nchw_input_path_against_numpy_float64_and_onnxruntime(case):
 def test_nchw_input_path_is_the_same_under_every_isa_cap_and_thread_count(case):
     x, w, bias, attrs = nchw_inputs(case)
     assert_same_under_every_isa_cap_and_thread_count(dense_conv_model(w, attrs, bias, None, NCHW_ACTS[case]), x)
+
+
+@pytest.mark.parametrize("case", [0, 1])
+def test_nchw_input_kernel_on_blocks_of_8_under_its_setting(case):
+    """On an AVX2 CPU (blocks of 8) path 1c runs only under ONNXCOMP_NCHW_INPUT=1 (its kernel measured slower than
+    onnxruntime's there): then the bits of onnxruntime's NCHW-input kernel, under the scalar cap and two threads too."""
+    from test_winograd import nchwc_block
+
+    if nchwc_block() != 8:
+        pytest.skip("blocks of 8: an x86-64 CPU without AVX-512F")
+    x, w, bias, attrs = nchw_inputs(case)
+    model = dense_conv_model(w, attrs, bias, None, NCHW_ACTS[case])
+    want = run(model, x, {"ONNXCOMP_NCHW_INPUT": "0"})
+    np.testing.assert_array_equal(run(model, x), want)
+    for env, threads in (({"ONNXCOMP_NCHW_INPUT": "1"}, 1), ({"ONNXCOMP_NCHW_INPUT": "1", "ONNXCOMP_ISA": "scalar"}, 1),
+                         ({"ONNXCOMP_NCHW_INPUT": "1"}, 2)):
+        np.testing.assert_array_equal(run(model, x, env, threads=threads), want)

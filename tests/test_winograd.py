@@ -1,5 +1,6 @@
-"""CodebookConv's Winograd path (F(2x2,3x3) and F(4x4,3x3) on the NCHWc16 layout, cpu/winograd.h) against a numpy
-float64 convolution, across instruction-set caps and thread counts, and the rule that picks it.
+"""CodebookConv's Winograd path (F(2x2,3x3) and F(4x4,3x3) on onnxruntime's NCHWc layout of this CPU: blocks of 16
+channels with AVX-512F, of 8 with AVX2; cpu/winograd.h) against a numpy float64 convolution, across instruction-set
+caps and thread counts, and the rule that picks it.
 
 Tolerance: Winograd computes each output as A^T [(G g G^T) . (B^T d B)] A, so rounding errors of the transformed
 values reach every output of a tile, scaled by the transforms' coefficients (up to 8 in F(4x4)'s A, 5 in its B;
@@ -82,17 +83,18 @@ def test_winograd_against_numpy_float64(case, m):
     assert y.shape == reference.shape
     bound = K[m] * (w[0].size + 2) * EPS32 * plane_magnitude(x, w, bias, attrs)
     assert (np.abs(y.astype(np.float64) - reference) <= bound).all()
-    # The path was taken: its rounding differs from onnxruntime's direct convolution somewhere. It runs on the
-    # 16-channel NCHWc block only (onnxruntime's block with AVX-512); under an 8-channel block (AVX2 only) no layer
-    # takes it and the bound above checked onnxruntime's convolution.
+    # The path was taken: its rounding differs from onnxruntime's direct convolution somewhere. It runs on
+    # onnxruntime's NCHWc blocks (16 channels with AVX-512, 8 with AVX2); without NCHWc kernels (not x86-64, or
+    # ONNXCOMP_CONV=ort) no layer takes it and the bound above checked onnxruntime's convolution.
     y_direct = run(model, x, {"ONNXCOMP_WINOGRAD": "0"})
-    assert np.array_equal(y, y_direct) if cpu_block() != 16 else not np.array_equal(y, y_direct)
+    assert np.array_equal(y, y_direct) if cpu_block() == 1 else not np.array_equal(y, y_direct)
 
 
 @pytest.mark.parametrize("m", ["2", "4", ""])
 def test_winograd_is_the_same_under_every_isa_cap_and_thread_count(m):
-    """scalar, AVX2 (the portable kernel too: there is no AVX2 Winograd kernel) and AVX-512, 1 and 2 threads, on a
-    layer whose tiles and weight transform are split over the pool; "" is the rule's choice of m."""
+    """scalar, AVX2 and AVX-512 caps (on an AVX-512F CPU, blocks of 16: the AVX2 cap runs the portable kernel; on an
+    AVX2 CPU, blocks of 8: the AVX2 kernel, and the higher cap is the same), 1 and 2 threads, on a layer whose tiles
+    and weight transform are split over the pool; "" is the rule's choice of m."""
     x_shape, w_shape, attrs = SHAPES[4]
     rng = np.random.default_rng(9)
     w = (rng.standard_normal(w_shape) * 0.3).astype(np.float32)
@@ -108,14 +110,14 @@ def test_winograd_is_the_same_under_every_isa_cap_and_thread_count(m):
 
 
 # Layers the rule leaves to onnxruntime's NCHWc convolution: stride 2, dilation 2, 5x5, grouped, C or O off the
-# 16-channel block, an activation other than Relu, LeakyRelu and Clip, SAME pads, 1-D.
+# channel block (20: off blocks of 16 and of 8), an activation other than Relu, LeakyRelu and Clip, SAME pads, 1-D.
 OTHERS = [
     ((1, 16, 9, 9), (16, 16, 3, 3), dict(pads=[1, 1, 1, 1], strides=[2, 2]), None),
     ((1, 16, 9, 9), (16, 16, 3, 3), dict(pads=[2, 2, 2, 2], dilations=[2, 2]), None),
     ((1, 16, 9, 9), (16, 16, 5, 5), dict(pads=[2, 2, 2, 2]), None),
     ((1, 32, 9, 9), (32, 16, 3, 3), dict(pads=[1, 1, 1, 1], group=2), None),
-    ((1, 24, 9, 9), (16, 24, 3, 3), dict(pads=[1, 1, 1, 1]), None),
-    ((1, 16, 9, 9), (24, 16, 3, 3), dict(pads=[1, 1, 1, 1]), None),
+    ((1, 20, 9, 9), (16, 20, 3, 3), dict(pads=[1, 1, 1, 1]), None),
+    ((1, 16, 9, 9), (20, 16, 3, 3), dict(pads=[1, 1, 1, 1]), None),
     ((1, 16, 9, 9), (16, 16, 3, 3), dict(pads=[1, 1, 1, 1]), "HardSwish"),
     ((1, 16, 9, 9), (16, 16, 3, 3), dict(auto_pad="SAME_UPPER"), None),
     ((1, 16, 9), (16, 16, 3), dict(pads=[1, 1]), None),
@@ -153,3 +155,49 @@ def test_winograd_off_is_onnxruntimes_nchwc_convolution_bit_for_bit():
     y = run(dense_model(w, attrs), x)
     bound = K["4"] * (w[0].size + 2) * EPS32 * plane_magnitude(x, w, None, attrs)
     assert (np.abs(y.astype(np.float64) - ort_conv(x, w, None, attrs).astype(np.float64)) <= 2 * bound).all()
+
+
+def nchwc_block() -> int:
+    """onnxruntime's NCHWc channel block on this CPU (MLAS: 16 with AVX-512F, else 8 on x86-64)."""
+    with open("/proc/cpuinfo") as f:
+        return 16 if " avx512f" in f.read() else 8
+
+
+@pytest.mark.parametrize("m", ["2", "4"])
+def test_blocks_of_8_channels_on_avx2_cpus(m):
+    """Channel counts that are multiples of 8 and not of 16 (24 in, 40 out): on an AVX2 CPU (blocks of 8) the AVX2
+    Winograd kernel runs them, within the bound of the numpy float64 convolution and bit for bit as the portable
+    kernel on blocks of 8 (ONNXCOMP_ISA=scalar); on an AVX-512F CPU (blocks of 16) onnxruntime's convolution does."""
+    x_shape, w_shape, attrs = (2, 24, 14, 11), (40, 24, 3, 3), dict(pads=[1, 0, 1, 2])
+    rng = np.random.default_rng(70)
+    w = (rng.standard_normal(w_shape) * 0.3).astype(np.float32)
+    bias = rng.standard_normal(w_shape[0]).astype(np.float32)
+    x = (2 * rng.standard_normal(x_shape)).astype(np.float32)
+    model = dense_model(w, attrs, bias, "LeakyRelu")
+    y = run(model, x, {"ONNXCOMP_WINOGRAD": m})
+    reference = activate(numpy_conv(x, w, bias, attrs), "LeakyRelu")
+    bound = K[m] * (w[0].size + 2) * EPS32 * plane_magnitude(x, w, bias, attrs)
+    assert (np.abs(y.astype(np.float64) - reference) <= bound).all()
+    direct = run(model, x, {"ONNXCOMP_WINOGRAD": "0"})
+    if nchwc_block() == 8:
+        assert not np.array_equal(y, direct)  # the Winograd path was taken
+        np.testing.assert_array_equal(run(model, x, {"ONNXCOMP_WINOGRAD": m, "ONNXCOMP_ISA": "scalar"}), y)
+        np.testing.assert_array_equal(run(model, x, {"ONNXCOMP_WINOGRAD": m}, threads=2), y)
+    else:
+        np.testing.assert_array_equal(y, direct)
+
+
+def test_blocks_of_8_take_winograd_by_the_rule_only_from_64_tiles():
+    """On an AVX2 CPU (blocks of 8) the rule's Winograd runs where Y has at least 64 tiles of 4x4 outputs per run
+    (the batch counts), and fewer tiles keep onnxruntime's direct convolution bit for bit; one session does both."""
+    if nchwc_block() != 8:
+        pytest.skip("blocks of 8: an x86-64 CPU without AVX-512F")
+    rng = np.random.default_rng(71)
+    w = (rng.standard_normal((16, 16, 3, 3)) * 0.3).astype(np.float32)
+    model = dense_model(w, dict(pads=[1, 1, 1, 1]), None, "Relu")
+    rule = session_with_env(model, {})
+    direct = session_with_env(model, {"ONNXCOMP_WINOGRAD": "0"})
+    few = rng.standard_normal((1, 16, 28, 28)).astype(np.float32)  # 7 x 7 = 49 tiles
+    many = rng.standard_normal((2, 16, 28, 28)).astype(np.float32)  # 98 tiles
+    np.testing.assert_array_equal(rule.run(None, {"x": few})[0], direct.run(None, {"x": few})[0])
+    assert not np.array_equal(rule.run(None, {"x": many})[0], direct.run(None, {"x": many})[0])

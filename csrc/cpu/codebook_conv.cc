@@ -431,7 +431,9 @@ OrtStatus* CodebookConvKernel::Init(const OrtKernelInfo* info) {
       if (blocked_input && a.group == 1) PlanWinograd(o_count, i_count);
       if (depthwise || (a.group == 1 && !blocked_input)) PlanDepthwise(depthwise);
       // Winograd keeps the filter as OIHWBo ([O/16][C][3][3][16]), which its per-run transform reads.
-      ReorderFilter(dense.data(), o_count, i_count, kernel, block, blocked_input && winograd_.m == 0, weight_data_);
+      // (Blocks of 8 keep onnxruntime's OIHWBiBo for both: a run with few tiles takes the direct convolution.)
+      ReorderFilter(dense.data(), o_count, i_count, kernel, block,
+                    blocked_input && (winograd_.m == 0 || block == kWinogradBlockAvx2), weight_data_);
       if (bias.present) {
         bias_ = bias.values;
         bias_.resize(static_cast<size_t>(o_padded), 0.0f);
@@ -593,7 +595,9 @@ OrtStatus* CodebookConvKernel::ComputeV2(OrtKernelContext* raw_context) noexcept
 void CodebookConvKernel::BlockedConv(OrtKernelContext* context, const OrtValue* x, const OrtValue* bias,
                                      OrtValue* y, const std::vector<int64_t>& x_shape,
                                      const std::vector<int64_t>& y_shape) {
-  if (winograd_.m != 0) return RunWinograd(context, x, y);
+  if (winograd_.m != 0 && (block_ == kWinogradBlock || winograd_.m != kWinogradByRule || WinogradTilesPay(y_shape))) {
+    return RunWinograd(context, x, y);
+  }
   if (depthwise_ && RunDepthwise(context, x, y, x_shape, y_shape)) return;
   const OrtValue* inputs[] = {x, weight_value_, bias};
   OrtValue* outputs[] = {y};
@@ -665,8 +669,10 @@ void RunWinogradBlock(void* data, size_t block) {
 void CodebookConvKernel::PlanWinograd(int64_t o_count, int64_t i_count) {
   const ConvAttributes& a = attributes_;
   const int setting = WinogradSetting();
-  if (setting == 0 || block_ != kWinogradBlock || weight_dims_.size() != 4 || weight_dims_[2] != 3 ||
-      weight_dims_[3] != 3 || a.group != 1 || i_count % kWinogradBlock != 0 || o_count % kWinogradBlock != 0 ||
+  // Blocks of 16 (AVX-512F CPUs) or of 8 (AVX2 CPUs, onnxruntime's NCHWc block there): the same arithmetic per
+  // output channel, so the same bits either way.
+  if (setting == 0 || (block_ != kWinogradBlock && block_ != kWinogradBlockAvx2) || weight_dims_.size() != 4 ||
+      weight_dims_[2] != 3 || weight_dims_[3] != 3 || a.group != 1 || i_count % block_ != 0 || o_count % block_ != 0 ||
       (a.auto_pad != "NOTSET" && a.auto_pad != "VALID")) {
     return;
   }
@@ -692,16 +698,31 @@ void CodebookConvKernel::PlanWinograd(int64_t o_count, int64_t i_count) {
   plan.m = setting > 0 ? setting : kWinogradByRule;
   plan.block_tiles = WinogradTilesSetting();
 #if defined(ONNXCOMP_HAVE_AVX512_KERNELS)
-  if (SelectIsa() == Isa::kAvx512) {
+  if (block_ == kWinogradBlock && SelectIsa() == Isa::kAvx512) {
     plan.block = WinogradBlockAvx512;
     plan.weights = WinogradWeightsAvx512;
   }
 #endif
+#if defined(ONNXCOMP_HAVE_AVX2_KERNELS)
+  if (block_ == kWinogradBlockAvx2 && SelectIsa() == Isa::kAvx2) {
+    plan.block = WinogradBlockAvx2;
+    plan.weights = WinogradWeightsAvx2;
+  }
+#endif
   if (!plan.block) {
-    plan.block = WinogradBlockScalar;
-    plan.weights = WinogradWeightsScalar;
+    plan.block = block_ == kWinogradBlock ? WinogradBlockScalar : WinogradBlockScalar8;
+    plan.weights = block_ == kWinogradBlock ? WinogradWeightsScalar : WinogradWeightsScalar8;
   }
   winograd_ = plan;
+}
+
+// Blocks of 8 (AVX2 CPUs), m by the rule (not forced by ONNXCOMP_WINOGRAD): the Winograd convolution in a run of at
+// least kWinogradLargeTiles tiles of 4x4 outputs, else onnxruntime's direct one. With 8-lane vectors the transforms
+// and U's passes through memory weigh more against the saved multiply-adds than with 16: on a 512-channel 15 x 15
+// layer (vgg16's last, 16 tiles at batch 1, U of 36 MiB) the Winograd layer measured 1.6x onnxruntime's time; from
+// 64 tiles on it was faster on every synthetic layer tried (docs/benchmarks.md, branch `avx2speed`).
+bool CodebookConvKernel::WinogradTilesPay(const std::vector<int64_t>& y_shape) const {
+  return y_shape[0] * ((y_shape[2] + 3) / 4) * ((y_shape[3] + 3) / 4) >= kWinogradLargeTiles;
 }
 
 void CodebookConvKernel::RunWinograd(OrtKernelContext* raw_context, const OrtValue* x_value,
@@ -756,7 +777,7 @@ void CodebookConvKernel::RunWinograd(OrtKernelContext* raw_context, const OrtVal
   const double work = double(alpha * alpha) * double(p.tiles()) * double(c) * double(o);
   const bool parallel = work >= kConvParallelWork;
   WinogradWeightsTask weights{&winograd_, m, weight_data_, c, o, u_data};
-  const int64_t o_blocks = o / kWinogradBlock;
+  const int64_t o_blocks = o / block_;
   if (parallel && o_blocks > 1) {
     context.ParallelFor(RunWinogradWeights, static_cast<size_t>(o_blocks), 0, &weights);
   } else {
@@ -772,16 +793,21 @@ void CodebookConvKernel::RunWinograd(OrtKernelContext* raw_context, const OrtVal
 }
 
 // Paths 1b and 1c (docs/ops.md, "How it runs"): a depthwise layer of the NCHWc path (or, 1c, one with group 1 and
-// an NCHW input of fewer than 16 channels) with blocks of 16, explicit pads and no activation or one the kernels
-// apply runs the library's kernel (cpu/depthwise.h) on the same X and blocked Y; ONNXCOMP_DEPTHWISE=0 and
-// ONNXCOMP_NCHW_INPUT=0 (read at kernel creation) leave them to onnxruntime's NCHWc Conv.
+// an NCHW input of fewer channels than the block) with blocks of 16 or 8 (1c: 8 only under ONNXCOMP_NCHW_INPUT=1),
+// explicit pads and no activation or one the kernels apply runs the library's kernel (cpu/depthwise.h) on the same X
+// and blocked Y; ONNXCOMP_DEPTHWISE=0 and ONNXCOMP_NCHW_INPUT=0 (read at kernel creation) leave them to
+// onnxruntime's NCHWc Conv.
 void CodebookConvKernel::PlanDepthwise(bool depthwise) {
   const ConvAttributes& a = attributes_;
   const char* setting = getenv(depthwise ? "ONNXCOMP_DEPTHWISE" : "ONNXCOMP_NCHW_INPUT");
-  if ((setting && strcmp(setting, "0") == 0) || block_ != kDepthwiseBlock || weight_dims_.size() != 4 ||
-      (a.auto_pad != "NOTSET" && a.auto_pad != "VALID")) {
+  if ((setting && strcmp(setting, "0") == 0) || (block_ != kDepthwiseBlock && block_ != kDepthwiseBlockAvx2) ||
+      weight_dims_.size() != 4 || (a.auto_pad != "NOTSET" && a.auto_pad != "VALID")) {
     return;
   }
+  // Path 1c with blocks of 8 (AVX2 CPUs) only under ONNXCOMP_NCHW_INPUT=1: its kernel measured slower there than
+  // onnxruntime's (pplcnet-orientation's first layer, 3 -> 16 channels at stride 2: 615 us against 454; branch
+  // `avx2speed`), while the depthwise kernel on blocks of 8 was faster.
+  if (!depthwise && block_ == kDepthwiseBlockAvx2 && !(setting && strcmp(setting, "1") == 0)) return;
   const std::vector<float>& params = a.activation_params;
   if (a.activation.empty()) {
     depthwise_activation_ = DepthwiseActivation::kNone;
@@ -802,9 +828,17 @@ void CodebookConvKernel::PlanDepthwise(bool depthwise) {
   depthwise_beta_ = params.size() > 1 ? params[1] : 0.0f;
   nchw_input_ = !depthwise;
 #if defined(ONNXCOMP_HAVE_AVX512_KERNELS)
-  if (SelectIsa() == Isa::kAvx512) depthwise_ = depthwise ? DepthwiseAvx512 : NchwInputAvx512;
+  if (block_ == kDepthwiseBlock && SelectIsa() == Isa::kAvx512) {
+    depthwise_ = depthwise ? DepthwiseAvx512 : NchwInputAvx512;
+  }
 #endif
-  if (!depthwise_) depthwise_ = depthwise ? DepthwiseScalar : NchwInputScalar;
+#if defined(ONNXCOMP_HAVE_AVX2_KERNELS)
+  if (block_ == kDepthwiseBlockAvx2 && SelectIsa() == Isa::kAvx2) {
+    depthwise_ = depthwise ? DepthwiseAvx2 : NchwInputAvx2;
+  }
+#endif
+  if (!depthwise_ && block_ == kDepthwiseBlock) depthwise_ = depthwise ? DepthwiseScalar : NchwInputScalar;
+  if (!depthwise_) depthwise_ = depthwise ? DepthwiseScalar8 : NchwInputScalar8;
 }
 
 namespace {
@@ -834,7 +868,7 @@ bool CodebookConvKernel::RunDepthwise(OrtKernelContext* raw_context, const OrtVa
   DepthwiseProblem p{};
   p.x = x.GetTensorData<float>();
   p.n = xs[0];
-  p.blocks = RoundUp(ys[1], kDepthwiseBlock) / kDepthwiseBlock;  // X and Y padded to the block
+  p.blocks = RoundUp(ys[1], block_) / block_;  // X and Y padded to the block
   p.channels = nchw_input_ ? xs[1] : 0;
   p.h = xs[2];
   p.w = xs[3];
@@ -859,7 +893,7 @@ bool CodebookConvKernel::RunDepthwise(OrtKernelContext* raw_context, const OrtVa
   p.y = y.GetTensorMutableData<float>();
   // Tasks of about 2^14 multiply-adds' worth of rows (at least one row) once the layer is worth splitting.
   const double row_work =
-      double(p.out_w) * double(p.kernel_h * p.kernel_w * std::max<int64_t>(1, p.channels)) * double(kDepthwiseBlock);
+      double(p.out_w) * double(p.kernel_h * p.kernel_w * std::max<int64_t>(1, p.channels)) * double(block_);
   const double work = row_work * double(p.out_h) * double(p.n * p.blocks);
   const bool parallel = work >= kConvParallelWork;
   p.rows_per_task = parallel ? std::max<int64_t>(1, static_cast<int64_t>(double(1 << 14) / row_work)) : p.out_h;

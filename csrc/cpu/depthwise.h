@@ -16,22 +16,24 @@
 
 namespace onnxcomp {
 
-constexpr int64_t kDepthwiseBlock = 16;  // channels per block of the layout (onnxruntime's NCHWc16)
+constexpr int64_t kDepthwiseBlock = 16;     // channels per block of the layout (onnxruntime's NCHWc16)
+constexpr int64_t kDepthwiseBlockAvx2 = 8;  // the same where onnxruntime's NCHWc block is 8 (AVX2, no AVX-512F)
 
 // The activations the depthwise kernels apply after the bias (docs/ops.md; the others stay with onnxruntime).
 enum class DepthwiseActivation { kNone = 0, kRelu, kLeakyRelu, kClip, kHardSigmoid, kHardSwish };
 
 struct DepthwiseProblem {
-  const float* x;                // depthwise: [N][blocks][H][W][16]; NCHW input (channels > 0): [N][channels][H][W]
-  int64_t n, blocks, h, w;       // blocks: the padded channel count / 16
+  // B below: the kernel's block, 16 or 8 (the *8 and *Avx2 kernels).
+  const float* x;                // depthwise: [N][blocks][H][W][B]; NCHW input (channels > 0): [N][channels][H][W]
+  int64_t n, blocks, h, w;       // blocks: the padded channel count / B
   int64_t kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left;
   int64_t out_h, out_w;
-  int64_t channels;              // 0: depthwise; else the NCHW input's channels (< 16), path 1c
-  const float* filter;           // [blocks][max(channels, 1)][kernel_h][kernel_w][16] (onnxruntime's OIHWBo)
-  const float* bias;             // [blocks * 16] or null
+  int64_t channels;              // 0: depthwise; else the NCHW input's channels (< B), path 1c
+  const float* filter;           // [blocks][max(channels, 1)][kernel_h][kernel_w][B] (onnxruntime's OIHWBo)
+  const float* bias;             // [blocks * B] or null
   DepthwiseActivation activation;
   float alpha, beta;             // LeakyRelu: alpha; Clip: min, max; HardSigmoid: alpha, beta
-  float* y;                      // [N][blocks][out_h][out_w][16]
+  float* y;                      // [N][blocks][out_h][out_w][B]
   int64_t rows_per_task;         // output rows per task (of one image and channel block)
 
   int64_t row_chunks() const { return (out_h + rows_per_task - 1) / rows_per_task; }
@@ -54,6 +56,12 @@ using DepthwiseKernel = void (*)(const DepthwiseProblem& p, int64_t task);
 
 void DepthwiseScalar(const DepthwiseProblem& p, int64_t task);
 void NchwInputScalar(const DepthwiseProblem& p, int64_t task);
+void DepthwiseScalar8(const DepthwiseProblem& p, int64_t task);
+void NchwInputScalar8(const DepthwiseProblem& p, int64_t task);
+#if defined(ONNXCOMP_HAVE_AVX2_KERNELS)
+void DepthwiseAvx2(const DepthwiseProblem& p, int64_t task);
+void NchwInputAvx2(const DepthwiseProblem& p, int64_t task);
+#endif
 #if defined(ONNXCOMP_HAVE_AVX512_KERNELS)
 void DepthwiseAvx512(const DepthwiseProblem& p, int64_t task);
 void NchwInputAvx512(const DepthwiseProblem& p, int64_t task);

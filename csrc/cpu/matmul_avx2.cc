@@ -208,14 +208,23 @@ void DenseTile(const DenseProblem& p, const float* w, const char* next, int64_t 
   __m256 acc[MR][2];
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-  const float* x = p.x + m0 * p.k;
-  for (int64_t kk = 0; kk < p.k; ++kk) {
+  // One pointer per row and K in a local: the loop is then its loads, broadcasts and FMAs (each row's broadcast
+  // indexed from its own pointer by one shared k), not one address computation per row and a reload of p.k per k.
+  const int64_t k = p.k;
+  const float* x[MR];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) x[r] = p.x + (m0 + r) * k;
+  // The tile's output lines are written once, after the loop: fetched now, the stores do not wait for them.
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) _mm_prefetch(reinterpret_cast<const char*>(p.y + (m0 + r) * p.n + n0), _MM_HINT_T0);
+#pragma GCC unroll 2
+  for (int64_t kk = 0; kk < k; ++kk) {
     const __m256 w0 = _mm256_load_ps(w + kk * 16);
     const __m256 w1 = _mm256_load_ps(w + kk * 16 + 8);
     _mm_prefetch(next + kk * 64, _MM_HINT_T0);
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
-      const __m256 xv = _mm256_broadcast_ss(x + r * p.k + kk);
+      const __m256 xv = _mm256_broadcast_ss(x[r] + kk);
       acc[r][0] = _mm256_fmadd_ps(xv, w0, acc[r][0]);
       acc[r][1] = _mm256_fmadd_ps(xv, w1, acc[r][1]);
     }

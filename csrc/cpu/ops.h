@@ -280,6 +280,8 @@ struct CodebookConvKernel : RecordKernel {
   void BlockedConv(OrtKernelContext* context, const OrtValue* x, const OrtValue* bias, OrtValue* y,
                    const std::vector<int64_t>& x_shape, const std::vector<int64_t>& y_shape);
   void RunWinograd(OrtKernelContext* context, const OrtValue* x, OrtValue* y);
+  // Blocks of 8: whether a run with Y of NCHW shape y_shape takes the planned Winograd convolution (codebook_conv.cc).
+  bool WinogradTilesPay(const std::vector<int64_t>& y_shape) const;
   // Picks the library's depthwise kernel for a kNchwc depthwise layer, or (depthwise false) its NCHW-input kernel for
   // a group-1 layer with fewer channels than the block (leaves depthwise_ null where the rule says no).
   void PlanDepthwise(bool depthwise);

@@ -58,6 +58,8 @@ void GemmRows(const float* x, int64_t rows, int64_t k, const float* const* panel
 }
 
 struct Ops {
+  static constexpr int64_t kLanes = 16;  // channels per block
+  static constexpr bool kBlockedInputFilter = false;  // the filter in OIHWBo (cpu/winograd.h)
   using V = __m512;
   static V Zero() { return _mm512_setzero_ps(); }
   static V Set1(float value) { return _mm512_set1_ps(value); }

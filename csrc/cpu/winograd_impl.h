@@ -1,6 +1,7 @@
-// The Winograd steps written once over a 16-lane vector type (cpu/winograd.h). Included inside an unnamed
-// namespace by cpu/winograd.cc (scalar lanes) and cpu/winograd_avx512.cc (one __m512), after the unit defines
-// `struct Ops` with: V, Zero, Set1, Load, Store (unaligned), Add, Sub, Mul, Fma(a, b, c) = a * b + c rounded once,
+// The Winograd steps written once over a vector type of Ops::kLanes lanes, the channel block of the layout
+// (cpu/winograd.h): 16 or 8. Included inside a namespace by cpu/winograd.cc (scalar lanes, once per block),
+// cpu/winograd_avx512.cc (one __m512) and cpu/winograd_avx2.cc (one __m256), after the unit defines `struct Ops`
+// with: kLanes, kBlockedInputFilter (the filter's layout, below), V, Zero, Set1, Load, Store (unaligned), Add, Sub, Mul, Fma(a, b, c) = a * b + c rounded once,
 // Fnma(a, b, c) = -(a * b) + c rounded once, Max(a, b) = a > b ? a : b, Min(a, b) = a < b ? a : b,
 // NegativeTimes(v, alpha) = v >= 0 ? v : v * alpha, and Gemm (below). Both units are built with
 // -ffp-contract=off, and no step leaves a multiply for the compiler to fuse: the sequence of roundings is this
@@ -74,21 +75,25 @@ template <int M>
 void Weights(const float* filter, int64_t c, int64_t o, int64_t ob_begin, int64_t ob_end, float* u) {
   using V = Ops::V;
   constexpr int A = M + 2;
-  const int64_t ob_count = o / 16;
+  constexpr int64_t L = Ops::kLanes;
+  const int64_t ob_count = o / L;
   for (int64_t ob = ob_begin; ob < ob_end; ++ob) {
     for (int64_t cc = 0; cc < c; ++cc) {
-      const float* g = filter + (ob * c + cc) * 9 * 16;
+      // OIHWBo: [O/L][C][3][3][L]; OIHWBiBo (onnxruntime's NCHWc filter): [O/L][C/L][3][3][L][L].
+      const float* g = Ops::kBlockedInputFilter ? filter + ((ob * (c / L) + cc / L) * 9 * L + cc % L) * L
+                                                : filter + (ob * c + cc) * 9 * L;
+      constexpr int64_t tap = Ops::kBlockedInputFilter ? L * L : L;  // floats from one kernel tap to the next
       V rows[3][A];  // G along the kernel's columns, per kernel row
       for (int i = 0; i < 3; ++i) {
-        const V line[3] = {Ops::Load(g + (i * 3 + 0) * 16), Ops::Load(g + (i * 3 + 1) * 16),
-                           Ops::Load(g + (i * 3 + 2) * 16)};
+        const V line[3] = {Ops::Load(g + (i * 3 + 0) * tap), Ops::Load(g + (i * 3 + 1) * tap),
+                           Ops::Load(g + (i * 3 + 2) * tap)};
         FilterLine<M>(line, rows[i]);
       }
       for (int j = 0; j < A; ++j) {  // G along the rows
         const V line[3] = {rows[0][j], rows[1][j], rows[2][j]};
         V out[A];
         FilterLine<M>(line, out);
-        for (int i = 0; i < A; ++i) Ops::Store(u + (((i * A + j) * ob_count + ob) * c + cc) * 16, out[i]);
+        for (int i = 0; i < A; ++i) Ops::Store(u + (((i * A + j) * ob_count + ob) * c + cc) * L, out[i]);
       }
     }
   }
@@ -99,20 +104,21 @@ void InputTransform(const WinogradProblem& p, int64_t t0, int64_t tb, float* v) 
   using V = Ops::V;
   constexpr int A = M + 2;
   const int64_t tiles_h = (p.out_h + M - 1) / M, tiles_w = (p.out_w + M - 1) / M, per_image = tiles_h * tiles_w;
-  const int64_t cb_count = p.c / 16;
+  constexpr int64_t L = Ops::kLanes;
+  const int64_t cb_count = p.c / L;
   const V zero = Ops::Zero();
   for (int64_t t = 0; t < tb; ++t) {
     const int64_t tile = t0 + t, image = tile / per_image, rest = tile % per_image;
     const int64_t iy0 = (rest / tiles_w) * M - p.pad_top, ix0 = (rest % tiles_w) * M - p.pad_left;
     const bool inside = iy0 >= 0 && ix0 >= 0 && iy0 + A <= p.h && ix0 + A <= p.w;
     for (int64_t cb = 0; cb < cb_count; ++cb) {
-      const float* base = p.x + (image * cb_count + cb) * p.h * p.w * 16;
+      const float* base = p.x + (image * cb_count + cb) * p.h * p.w * L;
       V d[A][A];
       for (int i = 0; i < A; ++i) {
         const int64_t iy = iy0 + i;
         for (int j = 0; j < A; ++j) {
           const int64_t ix = ix0 + j;
-          d[i][j] = inside || (iy >= 0 && iy < p.h && ix >= 0 && ix < p.w) ? Ops::Load(base + (iy * p.w + ix) * 16)
+          d[i][j] = inside || (iy >= 0 && iy < p.h && ix >= 0 && ix < p.w) ? Ops::Load(base + (iy * p.w + ix) * L)
                                                                          : zero;
         }
       }
@@ -121,7 +127,7 @@ void InputTransform(const WinogradProblem& p, int64_t t0, int64_t tb, float* v) 
         V line[A];
         for (int i = 0; i < A; ++i) line[i] = d[i][j];
         InputLine<M>(line);
-        for (int i = 0; i < A; ++i) Ops::Store(v + ((i * A + j) * tb + t) * p.c + cb * 16, line[i]);
+        for (int i = 0; i < A; ++i) Ops::Store(v + ((i * A + j) * tb + t) * p.c + cb * L, line[i]);
       }
     }
   }
@@ -132,7 +138,8 @@ void OutputTransform(const WinogradProblem& p, int64_t t0, int64_t tb, const flo
   using V = Ops::V;
   constexpr int A = M + 2;
   const int64_t tiles_h = (p.out_h + M - 1) / M, tiles_w = (p.out_w + M - 1) / M, per_image = tiles_h * tiles_w;
-  const int64_t ob_count = p.o / 16;
+  constexpr int64_t L = Ops::kLanes;
+  const int64_t ob_count = p.o / L;
   const V zero = Ops::Zero();
   const V alpha = Ops::Set1(p.activation_alpha), beta = Ops::Set1(p.activation_beta);
   for (int64_t t = 0; t < tb; ++t) {
@@ -142,12 +149,12 @@ void OutputTransform(const WinogradProblem& p, int64_t t0, int64_t tb, const flo
       V r[M][A];  // A^T along the element grid's first index
       for (int j = 0; j < A; ++j) {
         V line[A], out[M];
-        for (int i = 0; i < A; ++i) line[i] = Ops::Load(mbuf + ((i * A + j) * tb + t) * p.o + ob * 16);
+        for (int i = 0; i < A; ++i) line[i] = Ops::Load(mbuf + ((i * A + j) * tb + t) * p.o + ob * L);
         OutputLine<M>(line, out);
         for (int i = 0; i < M; ++i) r[i][j] = out[i];
       }
-      const V b = p.bias ? Ops::Load(p.bias + ob * 16) : zero;
-      float* base = p.y + (image * ob_count + ob) * p.out_h * p.out_w * 16;
+      const V b = p.bias ? Ops::Load(p.bias + ob * L) : zero;
+      float* base = p.y + (image * ob_count + ob) * p.out_h * p.out_w * L;
       for (int i = 0; i < M && oy0 + i < p.out_h; ++i) {
         V out[M];
         OutputLine<M>(r[i], out);
@@ -159,7 +166,7 @@ void OutputTransform(const WinogradProblem& p, int64_t t0, int64_t tb, const flo
             case WinogradActivation::kClip: value = Ops::Min(Ops::Max(value, alpha), beta); break;
             default: break;
           }
-          Ops::Store(base + ((oy0 + i) * p.out_w + ox0 + j) * 16, value);
+          Ops::Store(base + ((oy0 + i) * p.out_w + ox0 + j) * L, value);
         }
       }
     }
@@ -174,9 +181,9 @@ void Block(const WinogradProblem& p, int64_t block, float* scratch) {
   float* v = scratch;
   float* mbuf = scratch + (E * p.block_tiles * p.c + 15) / 16 * 16;
   InputTransform<M>(p, t0, tb, v);
-  const int64_t ob_count = p.o / 16;
+  const int64_t ob_count = p.o / Ops::kLanes;
   for (int64_t e = 0; e < E; ++e) {
-    Ops::Gemm(v + e * tb * p.c, tb, p.c, p.u + e * ob_count * p.c * 16, ob_count, mbuf + e * tb * p.o, p.o);
+    Ops::Gemm(v + e * tb * p.c, tb, p.c, p.u + e * ob_count * p.c * Ops::kLanes, ob_count, mbuf + e * tb * p.o, p.o);
   }
   OutputTransform<M>(p, t0, tb, mbuf);
 }
