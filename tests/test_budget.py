@@ -600,6 +600,51 @@ def test_the_envelope_predicts_a_spread_weights_trials_only_when_on(tmp_path, rn
     assert calls[0] > enveloped and all(max(implied) <= autotune.SPREAD * min(implied) for _, implied in predictions)
 
 
+def test_a_spread_weights_trials_skip_its_row_sample(tmp_path, rng, monkeypatch):
+    """Once a weight's anchors spread (ENVELOPE off), no trial of it is predicted again, so none compresses its row
+    sample (it did before: 1-2 CPU s a trial for nothing on vgg16-tumor's block 4/5), and the curves are those of a
+    run whose row samples are compressed anyway (the same measured points)."""
+    from onnxcomp.pipeline import autotune
+    model, fit, hold, reference, options = _curve_inputs(tmp_path, rng, 60)
+    real, calls, sampled = autotune.budget_math.error, [0], []
+
+    def spread(metric, reference, output, labels=None):
+        calls[0] += 1
+        return real(metric, reference, output, labels) * (8.0 if calls[0] % 2 else 1.0)
+
+    proxies = {}
+
+    class Proxy(autotune._Proxy):
+        def __init__(self, target, *args, **kwargs):
+            super().__init__(target, *args, **kwargs)
+            proxies.setdefault(target.name, self)  # the whole weight's comes first, then its row sample's
+
+    real_shared = autotune._shared
+
+    def shared(pruned, *args, **kwargs):
+        whole = proxies[pruned.name]
+        if int(np.prod(pruned.shape)) < whole.original.size:  # a row sample: smaller than its weight
+            sampled.append(whole.spread())
+        return real_shared(pruned, *args, **kwargs)
+
+    monkeypatch.setattr(autotune.budget_math, "error", spread)
+    monkeypatch.setattr(autotune, "_Proxy", Proxy)
+    monkeypatch.setattr(autotune, "_shared", shared)
+    monkeypatch.setattr(autotune, "SAMPLE_ELEMENTS", 256)  # w1 [48, 32] is tried on a row sample of 8 rows
+    monkeypatch.setattr(autotune.parallel, "default_workers", lambda: 1)
+    monkeypatch.setattr(autotune, "ENVELOPE", False)
+    sparsities, bits = (0.0, 0.3, 0.5, 0.6), (2, 3, 4, 5, 6)
+    curves = autotune._measure(model, fit, hold, reference, None, "cosine", sparsities, bits, options, 16)
+    assert sampled and not any(sampled)  # row samples compressed while the proxy held, none after it spread
+    assert any(p.spread() for p in proxies.values())
+    proxies.clear()
+    calls[0], sampled[:] = 0, []
+    monkeypatch.setattr(Proxy, "spread", lambda self: False)  # the old condition: every trial's row sample compressed
+    again = autotune._measure(model, fit, hold, reference, None, "cosine", sparsities, bits, options, 16)
+    assert len(sampled) > 0
+    assert again == curves
+
+
 def test_messages_reach_line_progress_whole():
     import io
     from onnxcomp import progress

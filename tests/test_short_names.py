@@ -72,6 +72,28 @@ def test_names_shorten_and_the_outputs_stay_bit_identical(rng):
     assert again.SerializeToString() == short.SerializeToString()
 
 
+def test_no_short_name_is_a_python_keyword(rng):
+    """A chain long enough to reach the two- and three-letter names (``as``, ``if``, ``in``, ``and``, ``for``...: a
+    Python keyword breaks tools that turn nodes into Python attributes, such as onnx2torch) gets none of them, and
+    still computes the same bits."""
+    import keyword
+    from onnxcomp.passes.short_names import PYTHON_KEYWORDS
+    assert PYTHON_KEYWORDS == set(keyword.kwlist)  # the written-out list is this Python's
+    count = 3600  # 7,200 names: past "and", the 4,215th (53 one-letter names, 53 x 63 two-letter ones, then "aaa"..)
+    nodes = [helper.make_node("Relu" if i % 2 else "Neg", [f"{LONG}{i}" if i else "x"], [f"{LONG}{i + 1}" if i < count - 1 else "y"],
+                              name=f"{LONG}node{i}") for i in range(count)]
+    model = make_model(nodes, [float_input("x", [2, 3])], [float_input("y", [2, 3])], [])
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    short = onnx.ModelProto()
+    short.CopyFrom(model)
+    shorten_names(short)
+    node_names, tensors = names(short)
+    given = set(node_names) | tensors
+    assert PYTHON_KEYWORDS.isdisjoint(given)
+    assert {"ar", "at", "ie", "ig", "anc", "ane"} <= given  # the neighbours of "as", "if" and "and" are handed out
+    assert np.array_equal(run_plain(short, {"x": x})[0], run_plain(model, {"x": x})[0])
+
+
 def test_compress_writes_short_names_unless_asked_to_keep_them(tmp_path):
     """The default output and the --keep-names output hold the same sidecar bytes and compute the same bits; the
     default model file is smaller, with short node names and the same graph inputs, outputs and initializers;
