@@ -573,6 +573,9 @@ def cmd_speed(args) -> None:
             lines.append(f"| {model.name} | - | no compressed output in run `{args.name}` | | | | | | | |")
             continue
         out = folder / f"{model.name}.speed.json"
+        if out.exists():  # an earlier timing of this run's output: kept beside it, named by when it was written
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(out.stat().st_mtime))
+            out.rename(folder / f"{model.name}.speed.{stamp}.json")
         print(f"{model.name}: timing ...", flush=True)
         try:
             subprocess.run([sys.executable, __file__, "_speed", model.name, str(model.onnx_path), str(compressed),
