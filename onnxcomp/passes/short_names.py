@@ -10,8 +10,8 @@ shrank 5-8x, they become a large part of the model file: 22 kB of magika's 35.5 
 and outputs) a new name from one injective map, applied to every graph at once: a subgraph reading an outer-scope
 tensor reads it under its new name, so every connection, shadowing included, is the same as before. New names
 are the shortest C identifiers that are not Python keywords (``a`` .. ``Z``, ``_``, then two characters, ...) in a
-fixed order, assigned in graph order (each node's subgraphs before its outputs), skipping every name the model already uses anywhere, so
-a model gets the same names every time. Kept as they are: the main graph's inputs and outputs (what a caller
+fixed order, assigned in graph order (each node's subgraphs before its outputs), skipping every name the model
+already uses anywhere, so a model gets the same names every time. Kept as they are: the main graph's inputs and outputs (what a caller
 feeds and reads), every initializer and sparse initializer (the sidecar records, the dense weights ``inspect``
 lists, the portable format's codebook names), the outputs of a node that reads only initializers (a weight's
 decoded or widened value: CodebookDecode, the Cast of a float16 weight, which carries the weight's name), names the
@@ -43,8 +43,9 @@ REST = FIRST + string.digits
 
 
 # Python's keywords (3.11's keyword.kwlist, written out so that the names do not depend on the Python that runs
-# onnxcomp). A short name is never one of them: tools that turn an ONNX graph into Python use node names as attribute
-# names (onnx2torch 1.5 fails on a node named ``if``, which minilm-l3's output had: docs/benchmarks.md, ftstudy12).
+# onnxcomp). A short name is never one of them: tools that turn an ONNX graph into Python use node names as
+# attribute names (onnx2torch 1.5 fails on a node named ``if``, which minilm-l3's output had: docs/benchmarks.md,
+# ftstudy12).
 PYTHON_KEYWORDS = frozenset((
     "False", "None", "True", "and", "as", "assert", "async", "await", "break", "class", "continue", "def", "del", "elif",
     "else", "except", "finally", "for", "from", "global", "if", "import", "in", "is", "lambda", "nonlocal", "not", "or",
