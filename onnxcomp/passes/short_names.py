@@ -8,16 +8,16 @@ shrank 5-8x, they become a large part of the model file: 22 kB of magika's 35.5 
 
 ``shorten_names`` gives every node and every tensor some node writes (and every If/Loop/Scan body's formal inputs
 and outputs) a new name from one injective map, applied to every graph at once: a subgraph reading an outer-scope
-tensor reads it under its new name, so every connection, shadowing included, is the same as before. New names
-are the shortest C identifiers that are not Python keywords (``a`` .. ``Z``, ``_``, then two characters, ...) in a
-fixed order, assigned in graph order (each node's subgraphs before its outputs), skipping every name the model
-already uses anywhere, so a model gets the same names every time. Kept as they are: the main graph's inputs and outputs (what a caller
-feeds and reads), every initializer and sparse initializer (the sidecar records, the dense weights ``inspect``
-lists, the portable format's codebook names), the outputs of a node that reads only initializers (a weight's
-decoded or widened value: CodebookDecode, the Cast of a float16 weight, which carries the weight's name), names the
-caller lists (compress: the logits its fidelity check reads, pipeline/fidelity.py ``logit_taps``), empty names (an
-omitted optional input), and everything inside model-local functions (their names are local to the function). A
-model with ``training_info`` is left alone.
+tensor reads it under its new name, so every connection, shadowing included, is the same as before. New names are
+the shortest C identifiers that are not Python keywords (``a`` .. ``Z``, ``_``, then two characters, ...) in a fixed
+order, assigned in graph order (each node's subgraphs before its outputs), skipping every name the model already
+uses anywhere, so a model gets the same names every time. Kept as they are: the main graph's inputs and outputs
+(what a caller feeds and reads), every initializer and sparse initializer (the sidecar records, the dense weights
+``inspect`` lists, the portable format's codebook names), the outputs of a node that reads only initializers (a
+weight's decoded or widened value: CodebookDecode, the Cast of a float16 weight, which carries the weight's name),
+names the caller lists (compress: the logits its fidelity check reads, pipeline/fidelity.py ``logit_taps``), empty
+names (an omitted optional input), and everything inside model-local functions (their names are local to the
+function). A model with ``training_info`` is left alone.
 
 With ``before`` (every tensor name of the model compress read), the initializers the writer made up get short
 names too: a weight's record (``W.onnxcomp_record``: tools find a record by its external-data offset in the sidecar
