@@ -168,6 +168,26 @@ def test_top1_only_for_class_scores(tmp_path, rng):
     assert by_output["scores"]["top1_agreement"] is not None
 
 
+def test_top1_of_a_head_whose_weight_and_bias_are_constant_nodes(tmp_path, rng):
+    """Paddle exports (ppocr-cls) hold the head's weight and bias in Constant nodes, not initializers: the bias Add
+    still counts as a pass-through and the head's [N, 2] output gets its top-1 agreement (it had none: the Add seemed
+    to read two computed values)."""
+    constant = lambda name, shape: helper.make_node(  # noqa: E731
+        "Constant", [], [name], value=numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32)))
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             constant("head", (64, 2)), constant("bias16", (2,)),
+             helper.make_node("MatMul", ["r", "head"], ["logits"]), helper.make_node("Add", ["logits", "bias16"], ["z"]),
+             helper.make_node("Softmax", ["z"], ["probabilities"], axis=1)]
+    model = make_model(nodes, [float_input("x", ["n", 32])], [float_input("probabilities", ["n", 2])],
+                       [weight(rng, "w", (32, 64), 0.3)])
+    onnx.save(model, tmp_path / "in.onnx")
+    from onnxcomp.pipeline.verification import class_score_outputs
+    assert class_score_outputs(model) == {"probabilities"}
+    report = package.compress(tmp_path / "in.onnx", tmp_path / "out.onnx", bits=8, min_elements=16)
+    assert report.fidelity["outputs"][0]["top1_agreement"] is not None
+    assert report.fidelity["top1_agreement"] is not None
+
+
 def test_saturated_sigmoid_is_compared_on_its_logits(tmp_path, rng):
     """A sigmoid map that is exactly 0 on every synthesised input (logits near -200) gives no cosine of its own:
     the check compares the Sigmoid's input (found through a Reshape), equal to an independent measurement."""

@@ -133,7 +133,13 @@ def class_score_outputs(model: onnx.ModelProto) -> set[str]:
     bias Add included), possibly followed by Softmax, LogSoftmax, Sigmoid or a reshape. Features such as pooled
     embeddings (GlobalAveragePool, ReduceMean, a normalisation, an activation) are not, whatever their shape."""
     producers = {output: node for node in model.graph.node for output in node.output}
+    # constants: initializers, Constant nodes' outputs (Paddle exports hold a head's weight and bias in Constant nodes:
+    # ppocr-cls) and the outputs of nodes that read constants only (a Cast of a float16 bias), in graph order
     constants = {t.name for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.domain in ("", "ai.onnx") and (node.op_type == "Constant" or
+                                               node.input and all(i and i in constants for i in node.input)):
+            constants.update(o for o in node.output if o)
     scores = set()
     for output in model.graph.output:
         name, steps = output.name, 0
