@@ -54,6 +54,9 @@ def test_compress_bundled_model_prints_ratio_and_accuracy(tmp_path):
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["ratio"] > 5  # per-layer bits by the data-free proxy (docs/guide.md, Defaults): 6.3x on LeNet-300-100
     assert report["accuracy_before"] - report["accuracy_after"] <= 0.01
+    # fc3.weight (1,000 elements) is below --min-elements: left dense, and the line says it is stored as float16
+    assert [name for name, _ in report["float16"]] == ["fc3.weight"]
+    assert "left dense: fc3.weight: 1000 elements, below --min-elements 1024, stored as float16" in result.stdout
 
 
 def expect_error(result, *words):

@@ -314,8 +314,10 @@ def _print_summary(result) -> None:
         print_table(SUMMARY_COLUMNS, ([layer.name, layer.kind, "x".join(map(str, layer.shape)), f"{layer.sparsity:.1%}",
                                        str(layer.codebook_size), f"{layer.bytes_before:,}", f"{layer.bytes_after:,}",
                                        f"{layer.ratio:.1f}x"] for layer in result.layers))
+    halved = {name for name, _ in result.float16}
     for name, reason in result.skipped:
-        typer.echo(f"left dense: {name}: {reason}")
+        stored = ", stored as float16" if name in halved and "float16" not in reason else ""
+        typer.echo(f"left dense: {name}: {reason}{stored}")
     typer.echo(f"coverage: {result.coverage:.1%} of {result.float_params:,} float parameters compressed"
                + (f" ({len(result.skipped)} tensor{'s' if len(result.skipped) != 1 else ''} left dense, listed above)" if result.skipped else ""))
     typer.echo(f"total: {result.input_bytes:,} bytes -> {result.output_bytes:,} bytes "
